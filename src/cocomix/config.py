@@ -1,0 +1,309 @@
+"""Every configuration as a frozen, typed dataclass, with validation and dict/JSON/TOML round-tripping.
+
+A run is described by one `RunConfig` (model, data, training, method). Each field's docstring says what it
+means; `__post_init__` rejects values outside what a field accepts with a `ConfigError` naming the field.
+The paper's settings (App. A) live in `presets.py`, not here: the defaults below are for a small CPU run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cocomix.errors import ConfigError
+
+FLAVOURS = ("gpt2", "llama")
+PRECISIONS = ("auto", "fp32", "bf16")
+LOG_BACKENDS = ("tensorboard", "wandb")
+
+
+def _check(cond: bool, name: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The student transformer: one module, two flavours."""
+
+    flavour: str = "gpt2"
+    """`gpt2` (learned positions, LayerNorm, GELU, biases, tied embeddings: the paper's) or `llama` (RoPE,
+    RMSNorm, SwiGLU, no biases)."""
+    vocab_size: int = 50257
+    """Number of token ids V; every id in the data must be below it."""
+    n_layer: int = 12
+    """Number of transformer blocks."""
+    n_head: int = 12
+    """Attention heads per block; must divide `d_model`."""
+    d_model: int = 768
+    """Residual width d."""
+    d_mlp: int | None = None
+    """MLP hidden width; None gives 4·d (gpt2) or the SwiGLU width 8·d/3 rounded up to a multiple of 64 (llama)."""
+    context_length: int = 1024
+    """Longest token sequence the model accepts (size of the gpt2 position table)."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention probabilities and residual branches (HF GPT-2 places)."""
+    bias: bool | None = None
+    """Biases in linear layers and norms; None gives True for gpt2 and False for llama."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the LM head."""
+    norm_eps: float = 1e-5
+    """Epsilon of LayerNorm / RMSNorm."""
+    rope_theta: float = 10000.0
+    """RoPE base (llama flavour only)."""
+    init_std: float = 0.02
+    """Std of the normal init; residual output projections use init_std / sqrt(2·n_layer) (GPT-2)."""
+
+    def __post_init__(self) -> None:
+        _check(self.flavour in FLAVOURS, "model.flavour", f"one of {FLAVOURS}", self.flavour)
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "context_length"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"model.{name}", "a positive integer", v)
+        _check(self.d_model % self.n_head == 0, "model.n_head", f"a divisor of d_model={self.d_model}",
+               self.n_head)
+        if self.flavour == "llama":
+            _check(self.head_dim % 2 == 0, "model.n_head", "a value giving an even head_dim (RoPE)", self.n_head)
+        _check(self.d_mlp is None or (isinstance(self.d_mlp, int) and self.d_mlp > 0), "model.d_mlp",
+               "a positive integer or null", self.d_mlp)
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "a value in [0, 1)", self.dropout)
+        _check(self.norm_eps > 0, "model.norm_eps", "a positive number", self.norm_eps)
+        _check(self.init_std > 0, "model.init_std", "a positive number", self.init_std)
+        _check(self.rope_theta > 0, "model.rope_theta", "a positive number", self.rope_theta)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def use_bias(self) -> bool:
+        return (self.flavour == "gpt2") if self.bias is None else self.bias
+
+    @property
+    def mlp_width(self) -> int:
+        if self.d_mlp is not None:
+            return self.d_mlp
+        if self.flavour == "gpt2":
+            return 4 * self.d_model
+        return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the training tokens are and how they are cut into windows."""
+
+    path: str = "data/shakespeare"
+    """A token store written by `cocomix prepare` (train.bin, val.bin, meta.json, tokenizer)."""
+    seq_len: int = 256
+    """T: tokens per training window. Windows are fixed, non-overlapping chunks of the token stream."""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.path, str) and self.path != "", "data.path", "a directory path", self.path)
+        _check(isinstance(self.seq_len, int) and self.seq_len >= 2, "data.seq_len", "an integer >= 2",
+               self.seq_len)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation loop: AdamW, warm-up + cosine schedule, accumulation, clipping, eval and checkpoints."""
+
+    steps: int = 1000
+    """Optimizer updates."""
+    micro_batch_size: int = 8
+    """Windows per forward pass (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer update; the global batch is micro_batch_size · grad_accum · world_size."""
+    lr: float = 6e-4
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine decay as a fraction of the peak (paper: 10%)."""
+    warmup_steps: int | None = None
+    """Linear warm-up from 0; None gives round(steps / 300), the paper's 1/300 of training."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay."""
+    decay_all_params: bool = True
+    """True: one group, decay on every parameter (the official trainer). False: biases and norm weights
+    (parameters with fewer than 2 dims) are not decayed."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    precision: str = "auto"
+    """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    device: str = "auto"
+    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
+    seed: int = 0
+    """Seeds init, dropout and the window order."""
+    eval_every: int = 200
+    """Evaluate validation loss every this many steps (and at the end); 0 disables periodic evaluation."""
+    eval_batches: int = 20
+    """Validation micro-batches per evaluation; 0 uses the whole split."""
+    save_every: int = 200
+    """Write a checkpoint every this many steps (and at the end); 0 saves only at the end."""
+    keep_checkpoints: int = 2
+    """Keep this many most recent step checkpoints (the final one is always kept)."""
+    log_every: int = 10
+    """Print a progress line and append to metrics.jsonl every this many steps."""
+    log_backends: tuple[str, ...] = ()
+    """Extra metric sinks: `tensorboard`, `wandb`."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "micro_batch_size", "grad_accum"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"train.{name}", "a positive integer", v)
+        for name in ("eval_every", "eval_batches", "save_every", "log_every", "keep_checkpoints", "seed"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 0, f"train.{name}", "a non-negative integer", v)
+        _check(self.log_every > 0, "train.log_every", "a positive integer", self.log_every)
+        _check(self.keep_checkpoints > 0, "train.keep_checkpoints", "a positive integer", self.keep_checkpoints)
+        _check(self.lr > 0, "train.lr", "a positive number", self.lr)
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "a value in [0, 1]", self.min_lr_ratio)
+        _check(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps),
+               "train.warmup_steps", "a non-negative integer or null", self.warmup_steps)
+        _check(0.0 <= self.beta1 < 1.0, "train.beta1", "a value in [0, 1)", self.beta1)
+        _check(0.0 <= self.beta2 < 1.0, "train.beta2", "a value in [0, 1)", self.beta2)
+        _check(self.eps > 0, "train.eps", "a positive number", self.eps)
+        _check(self.weight_decay >= 0, "train.weight_decay", "a non-negative number", self.weight_decay)
+        _check(self.grad_clip >= 0, "train.grad_clip", "a non-negative number", self.grad_clip)
+        _check(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", self.precision)
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "train.device",
+               "auto, cpu, cuda or cuda:N", self.device)
+        for b in self.log_backends:
+            _check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
+
+    @property
+    def warmup(self) -> int:
+        return round(self.steps / 300) if self.warmup_steps is None else self.warmup_steps
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: which method trains which model on which data, and how."""
+
+    method: str = "ntp"
+    """Training method, a key of `cocomix.methods.METHODS`."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        from cocomix.methods import METHODS
+
+        _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
+        _check(self.data.seq_len <= self.model.context_length, "data.seq_len",
+               f"at most model.context_length={self.model.context_length}", self.data.seq_len)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building configs from dicts, files and `key=value` overrides, with errors that name the field.
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Check `value` against the annotation `tp`; lists become tuples, ints widen to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}: expected {tp}, got {value!r}")
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), name, "a list", value)
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, item, name) for v in value)
+    if tp is bool:
+        _check(isinstance(value, bool), name, "true or false", value)
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), name, "a string", value)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, name)
+    raise TypeError(f"unsupported annotation {tp} for {name}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and ill-typed values by name."""
+    where = prefix or "config"
+    _check(isinstance(data, dict), where, "a mapping", data)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown field "
+                          f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.field=value` strings (value parsed as JSON, else taken as a string) to a config dict."""
+    out = json.loads(json.dumps(base))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"{key}: unknown config section {p!r}")
+            node = node[p]
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a run config from .json or .toml; a missing or malformed file is a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(p.read_text())
+        return json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
+
+
+def run_config(data: dict[str, Any]) -> RunConfig:
+    """Validated RunConfig from a nested dict (the JSON of `RunConfig.to_dict`)."""
+    return from_dict(RunConfig, data)
