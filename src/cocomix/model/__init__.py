@@ -1,0 +1,8 @@
+"""The student model: transformer (gpt2 / llama flavours), attention with KV cache, slot seam, generation."""
+
+from cocomix.model.attention import KVCache
+from cocomix.model.generate import generate, sample_next
+from cocomix.model.seam import Seam, interleave, read_slots
+from cocomix.model.transformer import ModelOutput, Transformer
+
+__all__ = ["KVCache", "ModelOutput", "Seam", "Transformer", "generate", "interleave", "read_slots", "sample_next"]

@@ -1,0 +1,209 @@
+"""The `cocomix` command: one subcommand per user task, each a thin wrapper of one library function.
+
+    cocomix prepare   corpus -> tokenizer + train/val token memmaps        (cocomix.data.prepare)
+    cocomix train     train a run from a preset / config file / overrides  (cocomix.train.train)
+    cocomix eval      validation loss and perplexity of a checkpoint       (cocomix.eval.evaluate_loss)
+    cocomix generate  sample text from a checkpoint with the KV cache      (cocomix.model.generate)
+    cocomix export    write an NTP checkpoint as a transformers model      (cocomix.export.export_hf)
+    cocomix presets   list presets or print one as JSON
+    cocomix demo      the `make demo` job                                  (cocomix.demo.run_demo)
+
+A user error (bad value, missing or corrupt file) prints one line `cocomix: error: ...` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cocomix.errors import CocomixError
+
+
+def _run_config(args: argparse.Namespace):  # -> RunConfig
+    from cocomix.config import apply_overrides, load_config_file, run_config
+    from cocomix.presets import get_preset
+    from cocomix.train.checkpoint import read_run_config
+
+    if args.config:
+        base = load_config_file(args.config)
+    elif args.preset:
+        base = get_preset(args.preset).to_dict()
+    elif args.resume and (Path(args.out) / "config.json").is_file():
+        base = read_run_config(Path(args.out)).to_dict()
+    else:
+        raise CocomixError("train: give --preset NAME or --config FILE (or --resume an existing --out)")
+    return run_config(apply_overrides(base, args.set or []))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from cocomix.data import prepare
+
+    meta = prepare(args.source, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+                   overwrite=args.overwrite)
+    print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cocomix.train import train
+
+    run = _run_config(args)
+    if args.print_config:
+        print(run.to_json())
+        return 0
+    res = train(run, args.out, resume=args.resume)
+    val = f"{res.val_loss:.4f}" if res.val_loss is not None else "n/a"
+    print(json.dumps({"run_dir": str(res.run_dir), "steps": res.steps, "train_loss": res.train_loss,
+                      "val_loss": res.val_loss}))
+    print(f"done: {res.run_dir} | train_loss {res.train_loss:.4f} | val_loss {val}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cocomix.data import TokenStore
+    from cocomix.data.store import check_vocab
+    from cocomix.eval import evaluate_loss
+    from cocomix.runs import load_run
+
+    run, method, model, ckpt = load_run(args.run, device=args.device)
+    store = TokenStore.open(args.data or run.data.path)
+    check_vocab(store, run.model.vocab_size)
+    seq_len = args.seq_len or run.data.seq_len
+    res = evaluate_loss(method, model, store, args.split, seq_len, args.batch_size, args.batches)
+    print(json.dumps({"checkpoint": str(ckpt), "split": args.split, "seq_len": seq_len, **res}))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from cocomix.data import TokenStore
+    from cocomix.model import generate
+    from cocomix.runs import load_run
+
+    run, _, model, _ = load_run(args.run, device=args.device)
+    tok = TokenStore.open(args.data or run.data.path).tokenizer()
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise CocomixError("--prompt: encodes to no tokens; give some text")
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    for _ in range(args.num_samples):
+        out, _ = generate(model, torch.tensor([ids], device=args.device), args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                          eos_id=tok.eos_id, generator=gen)
+        print(tok.decode(out[0].tolist()))
+        if args.num_samples > 1:
+            print("-" * 40)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cocomix.export import export_hf
+    from cocomix.runs import load_run
+
+    run, _, model, _ = load_run(args.run)
+    tok_dir = Path(args.data or run.data.path) / "tokenizer"
+    folder = export_hf(model, args.out, tokenizer_dir=tok_dir if tok_dir.is_dir() else None)
+    print(json.dumps({"exported": str(folder), "flavour": run.model.flavour}))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from cocomix.presets import PRESETS, get_preset
+
+    if args.name:
+        print(get_preset(args.name).to_json())
+    else:
+        for name, fn in PRESETS.items():
+            print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cocomix.demo import run_demo
+
+    run_demo(args.data, args.out, preset=args.preset)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")
+    s.add_argument("--source", default="shakespeare",
+                   help="shakespeare | text:PATH | jsonl:PATH[#field] | hf:NAME[/CONFIG][@SPLIT]")
+    s.add_argument("--out", default="data/shakespeare", help="output directory")
+    s.add_argument("--tokenizer", default="bpe:4096",
+                   help="bpe:VOCAB (train a byte-level BPE) | tokenizer.json | HF tokenizer name or folder")
+    s.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents held out")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model (NTP now; more methods as they land)")
+    s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    s.add_argument("--config", help="a run config file (.json or .toml)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint")
+    s.add_argument("--run", required=True, help="run directory (latest checkpoint) or checkpoint directory")
+    s.add_argument("--data", help="token store (default: the run's)")
+    s.add_argument("--split", default="val", choices=("train", "val"))
+    s.add_argument("--seq-len", type=int, default=0, help="window length (default: the run's)")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batches", type=int, default=0, help="limit the number of batches (0: whole split)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("generate", help="sample text from a checkpoint")
+    s.add_argument("--run", required=True)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--data", help="token store whose tokenizer to use (default: the run's)")
+    s.add_argument("--max-new-tokens", type=int, default=100)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("export", help="export an NTP checkpoint as a transformers model folder")
+    s.add_argument("--run", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--data", help="token store whose tokenizer to copy (default: the run's)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("presets", help="list presets, or print one as JSON")
+    s.add_argument("name", nargs="?")
+    s.set_defaults(func=cmd_presets)
+
+    s = sub.add_parser("demo", help="prepare Shakespeare, train the tiny model on CPU, report")
+    s.add_argument("--data", default="data/shakespeare")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--preset", default="tiny")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CocomixError as e:
+        print(f"cocomix: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cocomix: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

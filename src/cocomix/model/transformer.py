@@ -1,0 +1,111 @@
+"""The student transformer (GPT-2 or Llama flavour) with an optional slot seam and a KV cache.
+
+Forward: embed (+ learned positions for gpt2) -> blocks[0:seam.layer] -> seam.insert -> blocks[seam.layer:]
+-> seam.read -> final norm -> LM head. Without a seam this is a standard pre-norm decoder; the NTP objective
+on it is the paper's baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cocomix.config import ModelConfig
+from cocomix.model.attention import CausalSelfAttention, KVCache
+from cocomix.model.layers import make_mlp, make_norm
+from cocomix.model.seam import Seam
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    """(B, T, V): logits at t predict token t+1."""
+    aux: dict = field(default_factory=dict)
+    """What the seam produced (e.g. concept logits), for the method's loss."""
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = make_mlp(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), pos, cache)
+        return x + self.drop(self.mlp(self.ln_2(x)))
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM. `seam` (set with `set_seam`) rewrites the sequence between blocks."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.context_length, cfg.d_model) if cfg.flavour == "gpt2" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.seam: Seam | None = None
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std) weights, zero biases, unit norms, residual projections / sqrt(2·n_layer)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
+            elif p.dim() >= 2:
+                nn.init.normal_(p, 0.0, std)
+            elif ".ln_" in name or name.startswith("ln_f"):
+                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+            else:
+                nn.init.zeros_(p)
+
+    def set_seam(self, seam: Seam) -> None:
+        if not 0 < seam.layer < self.cfg.n_layer:
+            raise ValueError(f"seam layer must be in [1, {self.cfg.n_layer - 1}], got {seam.layer}")
+        self.seam = seam
+
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
+        """ids (B, S) -> logits (B, S, V). With a cache, ids continue the cached sequence."""
+        B, S = ids.shape
+        start = cache.tokens if cache is not None else 0
+        pos = torch.arange(start, start + S, device=ids.device)  # (S,)
+        h = self.wte(ids)  # (B, S, d)
+        if self.wpe is not None:
+            if start + S > self.cfg.context_length:
+                raise ValueError(f"sequence of {start + S} tokens exceeds context_length={self.cfg.context_length}")
+            h = h + self.wpe(pos)
+        h = self.drop(h)
+        aux: dict = {}
+        for i, block in enumerate(self.blocks):
+            if self.seam is not None and i == self.seam.layer:
+                h, pos, aux = self.seam.insert(h, pos)
+            h = block(h, pos, cache)
+        if self.seam is not None:
+            h = self.seam.read(h)
+        if cache is not None:
+            cache.tokens += S
+        return ModelOutput(logits=self.lm_head(self.ln_f(h)), aux=aux)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.n_layer)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (a tied head counted once); optionally without token/position embeddings."""
+        n = sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        if exclude_embeddings:
+            n -= self.wte.weight.numel() + (self.wpe.weight.numel() if self.wpe is not None else 0)
+        return n

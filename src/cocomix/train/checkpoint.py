@@ -1,0 +1,179 @@
+"""Checkpoints: written atomically, loaded without unpickling untrusted data.
+
+Layout of a run directory:
+    config.json                  the RunConfig
+    metrics.jsonl                one JSON object per log / eval event
+    checkpoints/step_0000200/    model.safetensors, optimizer.pt, rng.pt, state.json
+    checkpoints/latest           name of the newest complete checkpoint
+A checkpoint is assembled in a hidden temporary folder and renamed into place, and `latest` is replaced
+atomically after it, so a crash at any moment leaves the previous checkpoint intact. Weights are safetensors;
+optimizer and RNG state go through torch.save and come back with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cocomix.config import RunConfig, run_config
+from cocomix.errors import CheckpointError, CocomixError
+
+CKPT_DIR = "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see either the old content or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without duplicate (tied) tensors, contiguous, for safetensors."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in model.state_dict().items():
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def load_model_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load model.safetensors into model; a missing, corrupt or mismatched file is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    own = model.state_dict()
+    for name, t in state.items():
+        if name not in own:
+            raise CheckpointError(f"{path}: unexpected tensor {name!r} (config does not match these weights)")
+        if own[name].shape != t.shape:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, "
+                                  f"model expects {tuple(own[name].shape)}")
+    result = model.load_state_dict(state, strict=False)
+    tied = {n for n in result.missing_keys if n == "lm_head.weight"
+            and getattr(model, "cfg", None) is not None and model.cfg.tie_embeddings}
+    missing = [n for n in result.missing_keys if n not in tied]
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor {missing[0]!r}")
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoints/step_NNNNNNN atomically, point `latest` at it and prune all but the newest `keep`."""
+    root = run_dir / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:07d}"
+    final = root / name
+    tmp = root / f".tmp_{name}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    write_atomic(root / "latest", name + "\n")
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for old in steps[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp_step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` names, or None when the run has none."""
+    pointer = run_dir / CKPT_DIR / "latest"
+    if not pointer.is_file():
+        return None
+    ckpt = run_dir / CKPT_DIR / pointer.read_text().strip()
+    if not (ckpt / "state.json").is_file():
+        raise CheckpointError(f"{pointer}: names {ckpt.name}, which is missing or incomplete")
+    return ckpt
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    try:
+        return json.loads((ckpt / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{ckpt / 'state.json'}: unreadable ({e})") from None
+
+
+def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from a checkpoint; returns its state.json."""
+    load_model_weights(model, ckpt / "model.safetensors")
+    try:
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+        rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{ckpt}: optimizer or RNG state unreadable ({e})") from None
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return read_state(ckpt)
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
+    try:
+        return run_config(json.loads(path.read_text()))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except CocomixError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(run_dir, checkpoint dir) from a run directory (its latest checkpoint) or a checkpoint directory."""
+    p = Path(path)
+    if (p / "state.json").is_file() and p.parent.name == CKPT_DIR:
+        return p.parent.parent, p
+    if not p.is_dir():
+        raise CheckpointError(f"{p}: no such run or checkpoint directory")
+    ckpt = latest_checkpoint(p)
+    if ckpt is None:
+        raise CheckpointError(f"{p}: run has no checkpoint yet")
+    return p, ckpt

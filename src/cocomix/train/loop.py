@@ -1,0 +1,172 @@
+"""The training loop. It knows no method by name: a `Method` builds the model and turns windows into a loss.
+
+Per optimizer step: lr from the schedule, `grad_accum` micro-batches (loss / grad_accum, backward), clip,
+AdamW step. Windows come from a `WindowSampler`, a pure function of (seed, step, micro, rank), so together with
+the saved weights, optimizer and RNG state a resumed run is bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cocomix.config import RunConfig
+from cocomix.data import TokenStore, WindowSampler
+from cocomix.data.store import check_vocab
+from cocomix.errors import CheckpointError, CocomixError, ConfigError
+from cocomix.eval.perplexity import evaluate_loss
+from cocomix.methods import METHODS, Method
+from cocomix.model import Transformer
+from cocomix.train.checkpoint import (
+    latest_checkpoint,
+    load_training_state,
+    read_run_config,
+    save_checkpoint,
+    write_atomic,
+)
+from cocomix.train.metrics import MetricsLogger, Throughput, format_duration
+from cocomix.train.optim import build_optimizer, lr_at, set_lr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA for `auto`/`bf16`, on CPU only for an explicit `bf16`; otherwise fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    train_loss: float
+    val_loss: float | None
+
+
+def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool) -> Path | None:
+    """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CocomixError(f"{run_dir}: cannot create out_dir ({e.strerror})") from None
+    if not os.access(run_dir, os.W_OK):
+        raise CocomixError(f"{run_dir}: out_dir is not writable")
+    ckpt = latest_checkpoint(run_dir)
+    has_config = (run_dir / "config.json").is_file()
+    if not resume:
+        if ckpt is not None or has_config:
+            raise CocomixError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another "
+                               "--out")
+        return None
+    if has_config:
+        stored = read_run_config(run_dir)
+        if stored != run:
+            diff = [k for k, v in _flatten(run.to_dict()).items() if _flatten(stored.to_dict()).get(k) != v]
+            raise CheckpointError(f"{run_dir}: cannot resume, config differs from the stored one in {diff[:3]}")
+    return ckpt
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint."""
+    run_dir = Path(run_dir)
+    tc = run.train
+    store = TokenStore.open(run.data.path)
+    check_vocab(store, run.model.vocab_size)
+    sampler = WindowSampler(store.num_chunks("train", run.data.seq_len), tc.seed, tc.micro_batch_size,
+                            tc.grad_accum)
+    ckpt = prepare_run_dir(run, run_dir, resume)
+    device = resolve_device(tc.device)
+
+    torch.manual_seed(tc.seed)
+    method: Method = METHODS[run.method](run)
+    model: Transformer = method.build_model().to(device)
+    optimizer = build_optimizer(model, tc, device)
+    start = 0
+    if ckpt is not None:
+        start = int(load_training_state(ckpt, model, optimizer)["step"])
+    write_atomic(run_dir / "config.json", run.to_json())
+    logger = MetricsLogger(run_dir, tc.log_backends, resume_step=start if ckpt is not None else None,
+                           config=run.to_dict(), quiet=quiet)
+    forward_model = torch.compile(model) if tc.compile else model
+    cast = autocast_for(tc.precision, device)
+    tokens_per_step = tc.micro_batch_size * tc.grad_accum * run.data.seq_len
+    logger.print(f"cocomix: {run.method} | {model.num_params() / 1e6:.2f}M params | {device} | "
+                 f"{store.num_chunks('train', run.data.seq_len)} train windows of {run.data.seq_len} | "
+                 f"{tokens_per_step} tokens/step | steps {start}->{tc.steps}")
+
+    def run_eval(step: int) -> float:
+        res = evaluate_loss(method, model, store, "val", run.data.seq_len, tc.micro_batch_size,
+                            tc.eval_batches, device, autocast=cast if isinstance(cast, torch.autocast) else None)
+        logger.log({"kind": "eval", "step": step, "val_loss": res["loss"], "val_ppl": res["ppl"]})
+        logger.print(f"eval  step {step:>6} | val_loss {res['loss']:.4f} | val_ppl {res['ppl']:.2f}")
+        return res["loss"]
+
+    meter = Throughput(start, tc.steps)
+    train_loss, val_loss = math.nan, None
+    model.train()
+    for step in range(start, tc.steps):
+        lr = lr_at(step, tc)
+        set_lr(optimizer, lr)
+        sums: dict[str, float] = {}
+        for micro in range(tc.grad_accum):
+            ids = store.batch("train", sampler.indices(step, micro), run.data.seq_len).to(device)
+            with cast:
+                loss, metrics = method.loss(forward_model, ids)
+            (loss / tc.grad_accum).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / tc.grad_accum
+        if tc.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                             if p.grad is not None]))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter.add_tokens(tokens_per_step)
+        done = step + 1
+        train_loss = sums.get("loss", math.nan)
+        if not math.isfinite(train_loss):
+            raise CocomixError(f"training diverged at step {done}: loss is {train_loss} (lower train.lr?)")
+        if done % tc.log_every == 0 or done == tc.steps:
+            rate, eta = meter.report(done)
+            logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": grad_norm,
+                        "tokens": done * tokens_per_step, "tok_per_s": rate, **sums})
+            logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                         f"gnorm {grad_norm:.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
+        if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
+            val_loss = run_eval(done)
+        if (tc.save_every and done % tc.save_every == 0) or done == tc.steps:
+            save_checkpoint(run_dir, done, model, optimizer,
+                            {"train_loss": train_loss, "val_loss": val_loss,
+                             "tokens": done * tokens_per_step}, tc.keep_checkpoints)
+    if start >= tc.steps and ckpt is not None:  # nothing left to do: report the stored numbers
+        state = json.loads((ckpt / "state.json").read_text())
+        train_loss, val_loss = state.get("train_loss", math.nan), state.get("val_loss")
+    logger.close()
+    return TrainResult(run_dir=run_dir, steps=tc.steps, train_loss=train_loss, val_loss=val_loss)

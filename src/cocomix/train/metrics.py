@@ -1,0 +1,89 @@
+"""Metric sinks: metrics.jsonl (always), a readable progress line, and optional TensorBoard / wandb."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cocomix.errors import ConfigError
+
+
+def format_duration(seconds: float) -> str:
+    s = int(max(0, seconds))
+    h, m, s = s // 3600, s % 3600 // 60, s % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricsLogger:
+    """Appends events to run_dir/metrics.jsonl and mirrors scalars to the configured backends."""
+
+    def __init__(self, run_dir: Path, backends: tuple[str, ...] = (), resume_step: int | None = None,
+                 config: dict | None = None, quiet: bool = False) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.quiet = quiet
+        if resume_step is not None and self.path.exists():  # drop events past the checkpoint we resume from
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self.sinks: list[Any] = []
+        for name in backends:
+            if name == "tensorboard":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    raise ConfigError("train.log_backends: tensorboard requested but not installed "
+                                      "(pip install tensorboard)") from None
+                self.sinks.append(("tensorboard", SummaryWriter(str(run_dir / "tensorboard"))))
+            elif name == "wandb":
+                try:
+                    import wandb
+                except ImportError:
+                    raise ConfigError("train.log_backends: wandb requested but not installed "
+                                      "(pip install wandb)") from None
+                self.sinks.append(("wandb", wandb.init(project="cocomix", dir=str(run_dir), config=config,
+                                                       name=run_dir.name, resume="allow")))
+
+    def log(self, event: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+        step = event.get("step", 0)
+        scalars = {k: v for k, v in event.items() if isinstance(v, (int, float)) and k != "step"}
+        for kind, sink in self.sinks:
+            if kind == "tensorboard":
+                for k, v in scalars.items():
+                    sink.add_scalar(f"{event.get('kind', 'train')}/{k}", v, step)
+            else:
+                sink.log({f"{event.get('kind', 'train')}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def print(self, line: str) -> None:
+        if not self.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        for kind, sink in self.sinks:
+            sink.close() if kind == "tensorboard" else sink.finish()
+
+
+class Throughput:
+    """Tokens/s over the last logging interval and ETA from the mean step time since (re)start."""
+
+    def __init__(self, start_step: int, total_steps: int) -> None:
+        self.t0 = self.t_last = time.perf_counter()
+        self.start, self.total, self.last_step = start_step, total_steps, start_step
+        self.tokens = 0
+
+    def add_tokens(self, n: int) -> None:
+        self.tokens += n
+
+    def report(self, step: int) -> tuple[float, float]:
+        """(tokens/s since the last report, seconds left) after finishing `step` (1-based count)."""
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.t_last, 1e-9)
+        per_step = (now - self.t0) / max(1, step - self.start)
+        self.t_last, self.tokens, self.last_step = now, 0, step
+        return rate, per_step * (self.total - step)

@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny model configs and deterministic torch settings for CPU tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cocomix.config import ModelConfig
+
+
+def tiny_model_config(flavour: str = "gpt2", **kw) -> ModelConfig:
+    base = dict(flavour=flavour, vocab_size=97, n_layer=3, n_head=4, d_model=32, context_length=64)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def flavour(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

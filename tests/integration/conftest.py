@@ -1,0 +1,29 @@
+"""A small prepared token store shared by the integration tests (built once per session, offline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cocomix.data import prepare
+
+LINES = [
+    "the king is dead and the queen is sad", "a horse, a horse, my kingdom for a horse",
+    "to be or not to be, that is the question", "all the world's a stage and all the men players",
+    "now is the winter of our discontent", "shall I compare thee to a summer's day",
+    "friends, romans, countrymen, lend me your ears", "what light through yonder window breaks",
+]
+
+
+@pytest.fixture(scope="session")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(24):
+        text = "\n".join(LINES[(i + j) % len(LINES)] + f" {i * j % 7}" for j in range(60))
+        (docs / f"doc{i:02d}.txt").write_text(text)
+    out = root / "store"
+    prepare(f"text:{docs}", out, tokenizer="bpe:320", val_fraction=0.15, progress=False)
+    return out

@@ -1,0 +1,148 @@
+"""Training loop end to end on CPU: loss falls, determinism, exact resume after SIGKILL, CLI, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cocomix.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cocomix.errors import CocomixError
+from cocomix.train import train
+
+
+def small_run(store: Path, **train_kw) -> RunConfig:
+    t = dict(steps=20, micro_batch_size=4, grad_accum=2, lr=3e-3, warmup_steps=2, eval_every=10,
+             eval_batches=2, save_every=10, log_every=5, device="cpu", seed=1)
+    t.update(train_kw)
+    return RunConfig(method="ntp",
+                     model=ModelConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, context_length=32,
+                                       dropout=0.1),
+                     data=DataConfig(path=str(store), seq_len=32), train=TrainConfig(**t))
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    name = (run_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run_dir / "checkpoints" / name / "model.safetensors"))
+
+
+def test_loss_falls_and_same_seed_is_bit_identical(store_dir: Path, tmp_path: Path) -> None:
+    run = small_run(store_dir, steps=30)
+    a = train(run, tmp_path / "a", quiet=True)
+    train(run, tmp_path / "b", quiet=True)
+    events = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["kind"] == "train"]
+    assert losses[-1] < losses[0] - 0.5
+    assert a.val_loss is not None and a.val_loss < 5.0  # log(320) = 5.77
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(small_run(store_dir, steps=30, seed=2), tmp_path / "c", quiet=True)
+    assert not torch.equal(_weights(tmp_path / "c")["wte.weight"], wa["wte.weight"])
+    assert c.train_loss != a.train_loss
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cocomix", *args]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(store_dir: Path, tmp_path: Path) -> None:
+    run = small_run(store_dir, steps=80, save_every=10, eval_every=20, keep_checkpoints=3)
+    cfg = tmp_path / "run.json"
+    cfg.write_text(run.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli("train", "--config", str(cfg), "--out", str(tmp_path / "full")), check=True, env=env,
+                   capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("train", "--config", str(cfg), "--out", str(killed)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip() >= "step_0000020":
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "run finished before it could be killed; make it longer"
+    resumed_from = latest.read_text().strip()
+    assert resumed_from != "step_0000080"
+    subprocess.run(_cli("train", "--out", str(killed), "--resume"), check=True, env=env, capture_output=True)
+
+    full, res = _weights(tmp_path / "full"), _weights(killed)
+    assert full.keys() == res.keys()
+    for k in full:
+        assert torch.equal(full[k], res[k]), f"{k} differs after resume from {resumed_from}"
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()
+             if json.loads(x)["kind"] == "train"]
+    assert steps == list(range(5, 81, 5)), "metrics.jsonl has gaps or duplicates after resume"
+
+
+def test_refuses_to_overwrite_an_existing_run(store_dir: Path, tmp_path: Path) -> None:
+    run = small_run(store_dir, steps=2, eval_every=0, save_every=0)
+    train(run, tmp_path / "r", quiet=True)
+    before = _weights(tmp_path / "r")
+    with pytest.raises(CocomixError, match="already holds a run"):
+        train(run, tmp_path / "r", quiet=True)
+    with pytest.raises(CocomixError, match="config differs"):
+        train(small_run(store_dir, steps=3), tmp_path / "r", resume=True, quiet=True)
+    after = _weights(tmp_path / "r")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_vocab_too_small_for_data_is_an_error(store_dir: Path, tmp_path: Path) -> None:
+    base = small_run(store_dir)
+    run = RunConfig(method="ntp", model=ModelConfig(vocab_size=100, n_layer=1, n_head=2, d_model=16,
+                                                    context_length=32), data=base.data, train=base.train)
+    with pytest.raises(CocomixError, match="vocab"):
+        train(run, tmp_path / "v", quiet=True)
+
+
+def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "run.json"
+    cfg.write_text(small_run(store_dir, steps=4, eval_every=0, save_every=0).to_json())
+    out = tmp_path / "cli"
+    r = subprocess.run(_cli("train", "--config", str(cfg), "--out", str(out)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "tok/s" in r.stderr and "eta" in r.stderr
+    r = subprocess.run(_cli("eval", "--run", str(out), "--batches", "2"), capture_output=True, text=True)
+    res = json.loads(r.stdout)
+    assert r.returncode == 0 and res["windows"] == 16 and 0 < res["loss"] < 6.0
+    r = subprocess.run(_cli("generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "5",
+                            "--temperature", "0"), capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("the king")
+    r = subprocess.run(_cli("export", "--run", str(out), "--out", str(tmp_path / "hf")), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+
+    bad = [
+        (["train", "--preset", "tiny", "--set", "train.lr=-1", "--out", str(tmp_path / "x")], "train.lr"),
+        (["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")], "nope.json"),
+        (["eval", "--run", str(tmp_path / "missing")], "missing"),
+        (["train", "--config", str(cfg), "--out", str(out)], "already holds a run"),
+        (["train", "--config", str(cfg), "--set", "data.path=/nonexistent", "--out", str(tmp_path / "y")],
+         "/nonexistent"),
+    ]
+    for args, needle in bad:
+        r = subprocess.run(_cli(*args), capture_output=True, text=True)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error(store_dir: Path, tmp_path: Path) -> None:
+    run = small_run(store_dir, steps=2, eval_every=0, save_every=0)
+    train(run, tmp_path / "r", quiet=True)
+    weights = tmp_path / "r" / "checkpoints" / "step_0000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    r = subprocess.run(_cli("eval", "--run", str(tmp_path / "r")), capture_output=True, text=True)
+    assert r.returncode == 2 and "model.safetensors" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,89 @@
+"""Config validation, overrides, files and presets: bad values fail with the field's name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cocomix.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, load_config_file, run_config
+from cocomix.errors import ConfigError
+from cocomix.presets import PRESETS, get_preset
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"flavour": "bert"}, "model.flavour"),
+    ({"d_model": 30, "n_head": 4}, "model.n_head"),
+    ({"vocab_size": 0}, "model.vocab_size"),
+    ({"dropout": 1.0}, "model.dropout"),
+])
+def test_model_config_rejects_bad_values(kwargs: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ModelConfig(**kwargs)
+
+
+def test_train_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="train.lr"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ConfigError, match="train.precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ConfigError, match="train.log_backends"):
+        TrainConfig(log_backends=("mlflow",))
+
+
+def test_round_trip_through_json() -> None:
+    for name in PRESETS:
+        cfg = get_preset(name)
+        assert run_config(json.loads(cfg.to_json())) == cfg
+
+
+def test_unknown_and_ill_typed_fields_are_named() -> None:
+    base = RunConfig().to_dict()
+    with pytest.raises(ConfigError, match=r"train\.lr_max: unknown field"):
+        run_config(apply_overrides(base, ["train.lr_max=1"]))
+    with pytest.raises(ConfigError, match=r"train\.steps: expected an integer"):
+        run_config(apply_overrides(base, ["train.steps=1.5"]))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_overrides(base, ["train.steps"])
+    with pytest.raises(ConfigError, match="method"):
+        run_config({**base, "method": "magic"})
+    with pytest.raises(ConfigError, match="data.seq_len"):
+        run_config(apply_overrides(base, ["data.seq_len=4096"]))
+
+
+def test_overrides_parse_json_values() -> None:
+    cfg = run_config(apply_overrides(RunConfig().to_dict(),
+                                     ["train.lr=3e-4", "model.flavour=llama", "train.log_backends=[]",
+                                      "train.warmup_steps=null"]))
+    assert cfg.train.lr == 3e-4 and cfg.model.flavour == "llama" and cfg.train.warmup_steps is None
+
+
+def test_config_files(tmp_path) -> None:
+    (tmp_path / "a.toml").write_text('method = "ntp"\n[train]\nsteps = 7\n')
+    assert run_config(load_config_file(tmp_path / "a.toml")).train.steps == 7
+    (tmp_path / "b.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="b.json: not valid JSON"):
+        load_config_file(tmp_path / "b.json")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config_file(tmp_path / "missing.json")
+
+
+def test_paper_presets_match_the_paper() -> None:
+    p69, p386, p1b = get_preset("gpt2-69m-ntp"), get_preset("gpt2-386m-ntp"), get_preset("gpt2-1b-ntp")
+    assert (p69.model.n_layer, p69.model.d_model, p69.model.n_head) == (8, 624, 8)
+    assert (p386.model.n_layer, p386.model.d_model) == (24, 1072)
+    assert (p1b.model.n_layer, p1b.model.d_model) == (24, 2096)
+    assert [p.train.lr for p in (p69, p386, p1b)] == [6e-4, 3e-4, 2e-4]
+    for p, windows in ((p69, 512), (p386, 512), (p1b, 1024)):
+        assert p.train.micro_batch_size * p.train.grad_accum == windows
+        assert p.data.seq_len == 1024 and p.model.vocab_size == 50257
+        assert (p.train.beta1, p.train.beta2, p.train.weight_decay) == (0.9, 0.95, 0.1)
+        assert p.train.min_lr_ratio == 0.1
+    # paper App. A / official configs: warm-up ~1/300 of the steps
+    assert p69.train.warmup == 130 and p1b.train.warmup == 65
+    assert TrainConfig(steps=40_000).warmup == 133
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(ConfigError, match="--preset"):
+        get_preset("gpt5")

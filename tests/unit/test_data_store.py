@@ -1,0 +1,215 @@
+"""prepare() and TokenStore: layout, meta, round-trip, atomic/overwrite rules, corruption checks."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cocomix.data import TokenStore, prepare
+from cocomix.data.store import check_vocab
+from cocomix.errors import DataError
+
+DOCS = {
+    f"doc{i:02d}.txt": f"Document {i}: the quick brown fox jumps over the lazy dog. "
+                       f"Ünïcödé line {i} — naïve café.\nSecond line of {i}.\n" * (1 + i % 3)
+    for i in range(40)
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, text in DOCS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store_dir(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("store") / "s"
+    prepare(f"text:{corpus}", out, tokenizer="bpe:300", val_fraction=0.2, progress=False)
+    return out
+
+
+def _docs_in(stream: list[int], store: TokenStore) -> list[str]:
+    """Split a token stream at eos ids and decode each document."""
+    tok = store.tokenizer()
+    docs, current = [], []
+    for i in stream:
+        if i == store.eos_id:
+            docs.append(tok.decode(current))
+            current = []
+        else:
+            current.append(i)
+    assert current == []  # the stream ends with an eos
+    return docs
+
+
+def test_layout_and_meta(store_dir: Path) -> None:
+    assert sorted(p.name for p in store_dir.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
+    meta = json.loads((store_dir / "meta.json").read_text())
+    assert meta["format_version"] == 1 and meta["source"].startswith("text:")
+    assert meta["tokenizer"] == "bpe:300" and meta["dtype"] == "uint16"
+    assert 257 < meta["vocab_size"] <= 300 and meta["eos_id"] == 0
+    assert meta["train_documents"] + meta["val_documents"] == len(DOCS)
+    assert meta["val_documents"] == len(meta["val_names"]) >= 1
+    for split in ("train", "val"):
+        assert (store_dir / f"{split}.bin").stat().st_size == 2 * meta[f"{split}_tokens"]
+    assert not [p for p in store_dir.rglob("*") if p.name.startswith(".")]  # no temp files left
+
+
+def test_token_store_round_trips_the_documents(store_dir: Path) -> None:
+    store = TokenStore.open(store_dir)
+    train, val = store.tokens("train"), store.tokens("val")
+    assert train.dtype == np.dtype("<u2") and isinstance(train, np.memmap) and not train.flags.writeable
+    assert int(np.count_nonzero(train == store.eos_id)) == store.meta["train_documents"]
+    val_docs = _docs_in(val.tolist(), store)
+    assert val_docs == [DOCS[name] for name in store.meta["val_names"]]
+    train_docs = _docs_in(train.tolist(), store)
+    assert sorted(train_docs + val_docs) == sorted(DOCS.values())
+    first = next(name for name in sorted(DOCS) if name not in store.meta["val_names"])
+    expected = store.tokenizer().encode(DOCS[first]) + [store.eos_id]
+    assert train[:len(expected)].tolist() == expected  # documents in source order, each closed by eos
+
+
+def test_batch_windows(store_dir: Path) -> None:
+    store = TokenStore.open(store_dir)
+    seq_len = 16
+    n = store.num_chunks("train", seq_len)
+    assert n == store.meta["train_tokens"] // seq_len > 3
+    x = store.batch("train", [2, 0, n - 1], seq_len)
+    assert x.dtype == torch.int64 and x.shape == (3, seq_len)
+    tokens = store.tokens("train")
+    for row, c in zip(x, [2, 0, n - 1], strict=True):
+        assert row.tolist() == tokens[c * seq_len:(c + 1) * seq_len].tolist()
+    with pytest.raises(ValueError):
+        store.batch("train", [n], seq_len)
+
+
+def test_prepare_again_needs_overwrite(corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    first = prepare(f"text:{corpus}", out, tokenizer="bpe:260", progress=False)
+    with pytest.raises(DataError, match="already prepared.*--overwrite"):
+        prepare(f"text:{corpus}", out, tokenizer="bpe:260", progress=False)
+    second = prepare(f"text:{corpus}", out, tokenizer="bpe:260", overwrite=True, progress=False)
+    assert second == first  # deterministic
+
+
+def test_prepare_with_a_saved_tokenizer_and_progress(corpus: Path, store_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    meta = prepare(f"text:{corpus}", tmp_path / "s", tokenizer=str(store_dir / "tokenizer"), val_fraction=0.2)
+    reference = TokenStore.open(store_dir).meta
+    for key in ("vocab_size", "eos_id", "train_tokens", "val_tokens", "val_names"):
+        assert meta[key] == reference[key]
+    assert "prepare: wrote" in capsys.readouterr().err
+
+
+def test_out_dir_problems(corpus: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        prepare(f"text:{corpus}", a_file, tokenizer="bpe:260", progress=False)
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(DataError, match="cannot write"):
+            prepare(f"text:{corpus}", locked, tokenizer="bpe:260", progress=False)
+    with pytest.raises(DataError, match="bpe:<vocab_size>"):
+        prepare(f"text:{corpus}", tmp_path / "x", tokenizer="bpe:big", progress=False)
+
+
+def test_failed_prepare_leaves_no_store(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": broken}\n', encoding="utf-8")
+    out = tmp_path / "s"
+    with pytest.raises(DataError, match="line 2"):
+        prepare(f"jsonl:{path}", out, tokenizer="bpe:260", progress=False)
+    assert not (out / "meta.json").exists() and not list(out.glob("*.bin"))
+    with pytest.raises(DataError, match="meta.json: missing"):
+        TokenStore.open(out)
+
+
+def _copy_store(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_stores_are_rejected(store_dir: Path, tmp_path: Path) -> None:
+    truncated = _copy_store(store_dir, tmp_path / "truncated")
+    with open(truncated / "train.bin", "r+b") as f:
+        f.truncate((truncated / "train.bin").stat().st_size - 2)
+    with pytest.raises(DataError, match=r"train\.bin: corrupt or truncated"):
+        TokenStore.open(truncated)
+
+    missing = _copy_store(store_dir, tmp_path / "missing")
+    (missing / "val.bin").unlink()
+    with pytest.raises(DataError, match=r"val\.bin: missing"):
+        TokenStore.open(missing)
+
+    garbled = _copy_store(store_dir, tmp_path / "garbled")
+    (garbled / "meta.json").write_text("{", encoding="utf-8")
+    with pytest.raises(DataError, match="not valid JSON"):
+        TokenStore.open(garbled)
+    meta = json.loads((store_dir / "meta.json").read_text())
+    del meta["val_tokens"]
+    (garbled / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(DataError, match="missing key 'val_tokens'"):
+        TokenStore.open(garbled)
+
+
+def test_out_of_vocab_id_raises_in_batch(store_dir: Path, tmp_path: Path) -> None:
+    bad = _copy_store(store_dir, tmp_path / "bad")
+    vocab = TokenStore.open(bad).vocab_size
+    tokens = np.fromfile(bad / "val.bin", dtype="<u2")
+    tokens[5] = vocab + 7
+    tokens.tofile(bad / "val.bin")
+    store = TokenStore.open(bad)
+    assert store.batch("val", [0], 4).shape == (1, 4)  # tokens 0..3: the window without the bad id is fine
+    with pytest.raises(DataError, match=rf"token id {vocab + 7} in chunk 1 of split 'val' is >= vocab_size"):
+        store.batch("val", [0, 1], 5)
+    with pytest.raises(DataError, match=r"vocab_size"):
+        store.unigram_entropy("val")
+
+
+def test_check_vocab(store_dir: Path) -> None:
+    store = TokenStore.open(store_dir)
+    check_vocab(store, store.vocab_size)
+    check_vocab(store, 50257)
+    with pytest.raises(DataError, match="model.vocab_size"):
+        check_vocab(store, store.vocab_size - 1)
+
+
+def test_unigram_entropy_of_a_known_distribution(tmp_path: Path) -> None:
+    # Hand-made store: ids 0..3 with counts 4, 2, 1, 1 -> H = 1.75 bits.
+    tokens = np.array([0, 0, 0, 0, 1, 1, 2, 3], dtype="<u2")  # (8,)
+    tokens.tofile(tmp_path / "train.bin")
+    np.array([1, 1, 1], dtype="<u2").tofile(tmp_path / "val.bin")
+    meta = {"format_version": 1, "vocab_size": 10, "eos_id": 0, "dtype": "uint16", "train_tokens": 8,
+            "val_tokens": 3}
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    store = TokenStore.open(tmp_path)
+    assert store.unigram_entropy("train") == pytest.approx(1.75 * math.log(2))
+    assert store.unigram_entropy("val") == pytest.approx(0.0)
+
+
+def test_dtype_choice_and_a_uint32_store(tmp_path: Path) -> None:
+    from cocomix.data.store import dtype_name
+
+    assert dtype_name(4096) == dtype_name(65536) == "uint16" and dtype_name(65537) == "uint32"
+    tokens = np.array([70000, 5, 99999, 0], dtype="<u4")  # (4,)
+    tokens.tofile(tmp_path / "train.bin")
+    (tmp_path / "val.bin").write_bytes(b"")
+    meta = {"format_version": 1, "vocab_size": 100000, "eos_id": 0, "dtype": "uint32", "train_tokens": 4,
+            "val_tokens": 0}
+    (tmp_path / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    store = TokenStore.open(tmp_path)
+    assert store.batch("train", [1, 0], 2).tolist() == [[99999, 0], [70000, 5]]
+    assert store.tokens("val").size == 0 and store.num_chunks("val", 2) == 0

@@ -1,0 +1,91 @@
+"""Byte-level BPE training, round-trips, determinism and loading (tokenizer.json, folder, AutoTokenizer)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cocomix.data import TextTokenizer, load_tokenizer, train_bpe
+from cocomix.errors import DataError
+
+CORPUS = [
+    "To be, or not to be: that is the question:\nWhether 'tis nobler in the mind to suffer\n",
+    "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles,\n",
+    "And by opposing end them? To die: to sleep;\nNo more; and by a sleep to say we end\n",
+] * 5
+
+UNICODE = "Ça va? Ünïcödé — 日本語のテキスト, emoji 🎭🗡️, tabs\tand\r\nnewlines, <|endoftext|> stays text?"
+
+
+@pytest.fixture(scope="module")
+def tok() -> TextTokenizer:
+    return train_bpe(CORPUS, 300)
+
+
+def test_bpe_layout_and_round_trip(tok: TextTokenizer) -> None:
+    assert tok.vocab_size <= 300 and tok.vocab_size > 257  # 256 bytes + eos + some merges
+    assert tok.eos_id == 0 and tok.eos_token == "<|endoftext|>"
+    for text in CORPUS[:3] + [UNICODE.replace("<|endoftext|>", ""), "", " leading space", "x" * 1000]:
+        ids = tok.encode(text)
+        assert all(0 <= i < tok.vocab_size for i in ids)
+        assert tok.decode(ids) == text
+    assert len(tok.encode(CORPUS[0])) < len(CORPUS[0].encode("utf-8"))  # merges were learned
+    assert tok.encode_batch(CORPUS[:3]) == [tok.encode(t) for t in CORPUS[:3]]
+    assert tok.decode(tok.encode("a") + [tok.eos_id]) == "a<|endoftext|>"
+
+
+def test_bpe_is_deterministic(tok: TextTokenizer) -> None:
+    assert train_bpe(iter(CORPUS), 300).to_json() == tok.to_json()
+    # A fresh process (new hash seeds in the Rust library) gives the same file too.
+    code = ("import json, sys; from cocomix.data import train_bpe; "
+            "sys.stdout.write(train_bpe(json.loads(sys.stdin.read()), 300).to_json())")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(CORPUS), capture_output=True,
+                         text=True, check=True, env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    assert out.stdout == tok.to_json()
+
+
+def test_bpe_vocab_too_small() -> None:
+    with pytest.raises(DataError, match="vocab_size >= 257"):
+        train_bpe(CORPUS, 100)
+
+
+def test_save_and_load_folder_and_file(tok: TextTokenizer, tmp_path: Path) -> None:
+    tok.save(tmp_path / "tk")
+    written = sorted(p.name for p in (tmp_path / "tk").iterdir())
+    assert written == ["special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    for spec in (tmp_path / "tk", tmp_path / "tk" / "tokenizer.json"):
+        loaded = load_tokenizer(str(spec))
+        assert loaded.to_json() == tok.to_json()
+        assert (loaded.vocab_size, loaded.eos_id) == (tok.vocab_size, tok.eos_id)
+        assert loaded.encode(UNICODE) == tok.encode(UNICODE)
+
+
+def test_autotokenizer_loads_the_saved_folder(tok: TextTokenizer, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from cocomix.data.tokenizer import _from_transformers
+
+    tok.save(tmp_path / "tk")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tk"))
+    assert isinstance(hf, transformers.PreTrainedTokenizerFast)
+    assert hf.eos_token == "<|endoftext|>" and hf.eos_token_id == tok.eos_id
+    text = CORPUS[1] + UNICODE
+    assert hf(text)["input_ids"] == tok.encode(text)
+    via = _from_transformers(str(tmp_path / "tk"))  # the path load_tokenizer takes for hub names
+    assert via.encode(text) == tok.encode(text) and via.eos_id == tok.eos_id
+    assert via.vocab_size == tok.vocab_size
+
+
+def test_missing_or_bad_tokenizer_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "nope.json"))
+    with pytest.raises(DataError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "no_such_folder"))
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(DataError, match="not a valid tokenizer.json"):
+        load_tokenizer(str(bad))

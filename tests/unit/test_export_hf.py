@@ -1,0 +1,224 @@
+"""Hugging Face export / import (`cocomix.export.hf`): logit parity with transformers' GPT-2 and Llama,
+round trips through `load_hf_weights`, tokenizer copying, and the refusals (non-empty target, seam models,
+bad files). Tiny random models only; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocomix.config import ModelConfig
+from cocomix.errors import CheckpointError
+from cocomix.export import export_hf, hf_config, hf_state_dict, load_hf_weights, model_config_from_hf
+from cocomix.model import Seam, Transformer
+
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+TINY = dict(vocab_size=97, d_model=32, n_layer=2, n_head=4, context_length=32, init_std=0.25)
+
+
+def tiny_model(seed: int = 0, **overrides: object) -> Transformer:
+    """A random model in which every parameter matters: norm weights and all biases perturbed off 1 / 0."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(**{**TINY, **overrides})  # type: ignore[arg-type]
+    model = Transformer(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def random_ids(model: Transformer, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.cfg.vocab_size, (batch, model.cfg.context_length), generator=g)  # (B, T)
+
+
+def hf_class(flavour: str) -> type:
+    return transformers.GPT2LMHeadModel if flavour == "gpt2" else transformers.LlamaForCausalLM
+
+
+@torch.no_grad()
+def ours_vs_hf(model: Transformer, folder: Path) -> float:
+    """Load `folder` with the HF class, check nothing was missing or left over; max |logit difference|."""
+    cls = hf_class(model.cfg.flavour)
+    hf, info = cls.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    hf.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    ids = random_ids(model)
+    ours = model(ids).logits  # (B, T, V)
+    theirs = hf(ids).logits  # (B, T, V)
+    assert ours.shape == theirs.shape == (2, model.cfg.context_length, model.cfg.vocab_size)
+    assert ours.std() > 0.5, "logits too flat for the comparison to mean anything"
+    return (ours - theirs).abs().max().item()
+
+
+PARITY_CASES = {
+    "gpt2": dict(flavour="gpt2"),
+    "gpt2-untied-nobias": dict(flavour="gpt2", tie_embeddings=False, bias=False, d_mlp=48, norm_eps=1e-6),
+    "llama": dict(flavour="llama", rope_theta=500.0),
+    "llama-untied": dict(flavour="llama", tie_embeddings=False),
+    "llama-bias": dict(flavour="llama", bias=True, d_mlp=80, norm_eps=1e-6),
+}
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_logits_match_transformers(case: str, tmp_path: Path) -> None:
+    model = tiny_model(**PARITY_CASES[case])
+    folder = export_hf(model, tmp_path / "hf")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    diff = ours_vs_hf(model, folder)
+    print(f"\n[export parity] {case}: max |logits_ours - logits_hf| = {diff:.3e}")
+    assert diff < 1e-4
+
+
+def test_parity_check_detects_a_wrong_export(tmp_path: Path) -> None:
+    """The parity check is not vacuous: swapping q and k in one layer of the export breaks it."""
+    model = tiny_model(flavour="llama")
+    folder = export_hf(model, tmp_path / "hf")
+    sd = safetensors_torch.load_file(str(folder / "model.safetensors"))
+    a, b = "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight"
+    sd[a], sd[b] = sd[b], sd[a]
+    safetensors_torch.save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert ours_vs_hf(model, folder) > 1e-2
+
+
+def test_config_fields(tmp_path: Path) -> None:
+    g = hf_config(ModelConfig(**TINY, flavour="gpt2", dropout=0.1, norm_eps=1e-6))  # type: ignore[arg-type]
+    assert (g.n_positions, g.n_embd, g.n_inner, g.activation_function) == (32, 32, 128, "gelu_new")
+    assert (g.resid_pdrop, g.embd_pdrop, g.attn_pdrop, g.layer_norm_epsilon) == (0.1, 0.1, 0.1, 1e-6)
+    assert g.tie_word_embeddings and g.bos_token_id is None and g.eos_token_id is None
+    cfg = ModelConfig(**TINY, flavour="llama", rope_theta=500.0, tie_embeddings=False)  # type: ignore[arg-type]
+    ll = hf_config(cfg)
+    widths = (ll.max_position_embeddings, ll.intermediate_size, ll.num_key_value_heads, ll.head_dim)
+    assert widths == (32, 128, 4, 8)
+    assert not ll.tie_word_embeddings and not ll.attention_bias and not ll.mlp_bias
+    rope = getattr(ll, "rope_parameters", None) or {"rope_theta": ll.rope_theta}
+    assert rope["rope_theta"] == 500.0
+    export_hf(tiny_model(flavour="llama"), tmp_path / "hf")
+    data = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert data["model_type"] == "llama" and data["architectures"] == ["LlamaForCausalLM"]
+    assert data.get("dtype", data.get("torch_dtype")) == "float32"
+
+
+def test_state_dict_layout() -> None:
+    g = hf_state_dict(tiny_model(flavour="gpt2"))
+    assert g["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D (in, out)
+    assert "lm_head.weight" not in g  # tied
+    ll = hf_state_dict(tiny_model(flavour="llama", tie_embeddings=False))
+    assert ll["model.layers.0.mlp.down_proj.weight"].shape == (32, 128)
+    assert "lm_head.weight" in ll and "model.layers.0.self_attn.q_proj.bias" not in ll
+    assert all(t.is_contiguous() and t.dtype == torch.float32 for t in ll.values())
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_round_trip_through_load_hf_weights(flavour: str, tmp_path: Path) -> None:
+    model = tiny_model(flavour=flavour, tie_embeddings=flavour == "gpt2")
+    folder = export_hf(model, tmp_path / "hf")
+    cfg = model_config_from_hf(folder)
+    assert cfg == model.cfg
+    fresh = Transformer(cfg).eval()
+    load_hf_weights(fresh, folder)
+    ids = random_ids(model)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, fresh(ids).logits)
+    assert (fresh.lm_head.weight is fresh.wte.weight) == cfg.tie_embeddings
+
+
+def test_gpt2_names_without_prefix_and_without_lm_head(tmp_path: Path) -> None:
+    model = tiny_model(flavour="gpt2", tie_embeddings=False)
+    folder = export_hf(model, tmp_path / "hf")
+    sd = safetensors_torch.load_file(str(folder / "model.safetensors"))
+    head = sd.pop("lm_head.weight")
+    sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+    sd["h.0.attn.bias"] = torch.ones(1, 1, 32, 32)  # causal-mask buffer of old GPT-2 checkpoints: ignored
+    safetensors_torch.save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    fresh = Transformer(model.cfg)
+    load_hf_weights(fresh, folder)  # untied model, tied checkpoint: the head is a copy of the embedding
+    assert torch.equal(fresh.lm_head.weight, model.wte.weight) and not torch.equal(fresh.lm_head.weight, head)
+    assert torch.equal(fresh.blocks[1].attn.qkv.weight, model.blocks[1].attn.qkv.weight)
+
+
+def test_load_errors_name_the_problem(tmp_path: Path) -> None:
+    model = tiny_model(flavour="llama")
+    folder = export_hf(model, tmp_path / "hf")
+    with pytest.raises(CheckpointError, match="model.embed_tokens.weight"):
+        load_hf_weights(Transformer(ModelConfig(**{**TINY, "vocab_size": 98}, flavour="llama")), folder)
+    with pytest.raises(CheckpointError, match="n_head"):
+        load_hf_weights(Transformer(ModelConfig(**{**TINY, "n_head": 2}, flavour="llama")), folder)
+    with pytest.raises(CheckpointError, match="flavour"):
+        load_hf_weights(Transformer(ModelConfig(**TINY, flavour="gpt2")), folder)  # type: ignore[arg-type]
+    sd = safetensors_torch.load_file(str(folder / "model.safetensors"))
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    safetensors_torch.save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="model.layers.1.mlp.up_proj.weight"):
+        load_hf_weights(Transformer(model.cfg), folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_hf_weights(Transformer(model.cfg), folder)
+    with pytest.raises(CheckpointError, match="config.json"):
+        model_config_from_hf(tmp_path)
+
+
+def test_refuses_non_empty_target_and_seam_models(tmp_path: Path) -> None:
+    model = tiny_model(flavour="gpt2")
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    with pytest.raises(CheckpointError, match="not an empty directory"):
+        export_hf(model, target)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    (target / "keep.txt").unlink()
+    export_hf(model, target)  # an empty directory is fine
+    assert (target / "model.safetensors").is_file()
+    seamed = tiny_model(flavour="gpt2")
+    seamed.set_seam(Seam(1))
+    with pytest.raises(CheckpointError, match="NTP models only"):
+        export_hf(seamed, tmp_path / "seamed")
+    assert not (tmp_path / "seamed").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dirs left behind
+
+
+def make_tokenizer_dir(path: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = ["the cat sat on the mat", "a dog ate the hat", "the rain in spain falls mainly on the plain"]
+    tok.train_from_iterator(text * 5, trainer)
+    path.mkdir()
+    tok.save(str(path / "tokenizer.json"))
+    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+                  "bos_token": "<|endoftext|>"}
+    (path / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return path
+
+
+def test_tokenizer_files_are_copied(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tok_dir = make_tokenizer_dir(tmp_path / "tok")
+    raw = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    assert 257 < raw.get_vocab_size() <= 280  # 256 bytes, <|endoftext|>, some merges
+    folder = export_hf(tiny_model(flavour="llama", vocab_size=288), tmp_path / "hf", tokenizer_dir=tok_dir)
+    assert (folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file()
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    text = "the cat ate the plain hat"
+    assert tok(text)["input_ids"] == raw.encode(text).ids
+    assert tok.decode(raw.encode(text).ids) == text
+    eos = raw.token_to_id("<|endoftext|>")
+    assert tok.eos_token_id == eos
+    assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
+    with pytest.raises(CheckpointError, match="vocab_size"):
+        export_hf(tiny_model(flavour="llama"), tmp_path / "small", tokenizer_dir=tok_dir)

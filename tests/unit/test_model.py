@@ -1,0 +1,174 @@
+"""Student transformer: shapes, causality, KV-cache generation parity, seam mechanics, init and determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cocomix.model import KVCache, Seam, Transformer, generate, interleave, read_slots
+from cocomix.model.generate import sample_next
+from tests.conftest import tiny_model_config
+
+
+def _perturbed(model: Transformer) -> Transformer:
+    """Give norms and biases non-default values so every parameter influences the output."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def test_logits_shape_and_param_count(flavour: str) -> None:
+    cfg = tiny_model_config(flavour)
+    model = Transformer(cfg)
+    out = model(torch.randint(0, cfg.vocab_size, (2, 10)))
+    assert out.logits.shape == (2, 10, cfg.vocab_size)
+    d, L, V = cfg.d_model, cfg.n_layer, cfg.vocab_size
+    if flavour == "gpt2":  # 12d^2 + 13d per block, tied embeddings, positions, final LN
+        expected = L * (12 * d * d + 13 * d) + V * d + cfg.context_length * d + 2 * d
+    else:  # qkv+proj 4d^2, SwiGLU 3·d·m, two RMSNorm weights; final RMSNorm
+        m = cfg.mlp_width
+        expected = L * (4 * d * d + 3 * d * m + 2 * d) + V * d + d
+    assert model.num_params() == expected
+
+
+def test_tied_embeddings_share_storage() -> None:
+    model = Transformer(tiny_model_config())
+    assert model.lm_head.weight is model.wte.weight
+    untied = Transformer(tiny_model_config(tie_embeddings=False))
+    assert untied.lm_head.weight is not untied.wte.weight
+
+
+def test_causality_future_token_never_changes_past_logits(flavour: str) -> None:
+    cfg = tiny_model_config(flavour)
+    model = _perturbed(Transformer(cfg)).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 24))
+    base = model(ids).logits
+    for t in (0, 5, 22):
+        changed = ids.clone()
+        changed[:, t + 1] = (changed[:, t + 1] + 1 + torch.arange(2)) % cfg.vocab_size
+        out = model(changed).logits
+        assert torch.equal(out[:, : t + 1], base[:, : t + 1]), f"position <= {t} changed"
+        assert not torch.allclose(out[:, t + 1], base[:, t + 1]), "changed token had no effect at all"
+
+
+@pytest.mark.parametrize("prompt_len", [1, 7])
+def test_kv_cache_generation_matches_full_recompute(flavour: str, prompt_len: int) -> None:
+    cfg = tiny_model_config(flavour)
+    model = _perturbed(Transformer(cfg))
+    prompt = torch.randint(0, cfg.vocab_size, (3, prompt_len))
+    toks_c, logits_c = generate(model, prompt, 20, temperature=0.0, use_cache=True)
+    toks_f, logits_f = generate(model, prompt, 20, temperature=0.0, use_cache=False)
+    assert torch.equal(toks_c, toks_f)
+    assert (logits_c - logits_f).abs().max().item() < 1e-5
+
+
+def test_kv_cache_sampling_matches_with_same_generator(flavour: str) -> None:
+    cfg = tiny_model_config(flavour)
+    model = _perturbed(Transformer(cfg))
+    prompt = torch.randint(0, cfg.vocab_size, (2, 5))
+    a = generate(model, prompt, 15, temperature=1.0, top_k=20, top_p=0.9,
+                 generator=torch.Generator().manual_seed(3))[0]
+    b = generate(model, prompt, 15, temperature=1.0, top_k=20, top_p=0.9, use_cache=False,
+                 generator=torch.Generator().manual_seed(3))[0]
+    assert torch.equal(a, b)
+
+
+def test_chunked_prefill_with_cache_equals_single_pass(flavour: str) -> None:
+    """Feeding 5 tokens, then 6 more (query length > 1 against a non-empty cache) needs bottom-right masking."""
+    cfg = tiny_model_config(flavour)
+    model = _perturbed(Transformer(cfg)).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 11))
+    full = model(ids).logits
+    cache = model.new_cache()
+    first = model(ids[:, :5], cache=cache).logits
+    second = model(ids[:, 5:], cache=cache).logits
+    assert (torch.cat((first, second), 1) - full).abs().max().item() < 1e-5
+    assert cache.tokens == 11 and cache.lengths == [11] * cfg.n_layer
+
+
+class _PauseSeam(Seam):
+    """Test seam: a learned vector after every token, next token read from the slots (pause-token style)."""
+
+    def __init__(self, layer: int, d: int) -> None:
+        super().__init__(layer)
+        self.slot = torch.nn.Parameter(torch.randn(d))
+
+    def insert(self, h, pos):
+        slots = self.slot.expand_as(h) + 0.1 * h  # depends on h_t, like a concept vector would
+        return interleave(h, slots), pos.repeat_interleave(2), {"n_slots": h.shape[1]}
+
+    def read(self, h):
+        return read_slots(h)
+
+
+def test_identity_seam_leaves_model_unchanged() -> None:
+    model = Transformer(tiny_model_config()).eval()
+    ids = torch.randint(0, 97, (2, 9))
+    before = model(ids).logits
+    model.set_seam(Seam(1))
+    assert torch.equal(model(ids).logits, before)
+
+
+def test_interleaving_seam_is_causal_and_cache_exact(flavour: str) -> None:
+    cfg = tiny_model_config(flavour)
+    model = _perturbed(Transformer(cfg))
+    model.set_seam(_PauseSeam(1, cfg.d_model))
+    model.eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 12))
+    out = model(ids)
+    assert out.logits.shape == (2, 12, cfg.vocab_size) and out.aux == {"n_slots": 12}
+    changed = ids.clone()
+    changed[:, 8] = (changed[:, 8] + 1) % cfg.vocab_size
+    assert torch.equal(model(changed).logits[:, :8], out.logits[:, :8])
+    toks_c, logits_c = generate(model, ids[:, :4], 10, temperature=0.0)
+    toks_f, logits_f = generate(model, ids[:, :4], 10, temperature=0.0, use_cache=False)
+    assert torch.equal(toks_c, toks_f)
+    assert (logits_c - logits_f).abs().max().item() < 1e-5
+
+
+def test_interleave_and_read_slots_roundtrip() -> None:
+    h, s = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    mixed = interleave(h, s)
+    assert torch.equal(mixed[:, 0::2], h) and torch.equal(mixed[:, 1::2], s)
+    assert torch.equal(read_slots(mixed), s)
+
+
+def test_kv_cache_grows_past_initial_capacity() -> None:
+    cache = KVCache(1)
+    for _ in range(50):
+        k = torch.randn(1, 2, 3, 4)
+        all_k, _ = cache.update(0, k, k)
+    assert all_k.shape == (1, 2, 150, 4) and torch.equal(all_k[:, :, -3:], k)
+
+
+def test_init_is_deterministic_and_gpt2_scaled() -> None:
+    cfg = tiny_model_config(n_layer=8, d_model=64)
+    torch.manual_seed(5)
+    a = Transformer(cfg)
+    torch.manual_seed(5)
+    b = Transformer(cfg)
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(pa, pb), na
+    proj = a.blocks[0].mlp.proj.weight
+    assert abs(proj.std().item() - 0.02 / 4) < 0.002  # 0.02 / sqrt(2 * 8)
+    assert abs(a.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.002
+    assert torch.equal(a.blocks[0].ln_1.weight, torch.ones(64))
+
+
+def test_top_k_and_top_p_restrict_the_support() -> None:
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0]])
+    gen = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, 1.0, top_k=2, generator=gen)) for _ in range(200)}
+    assert draws == {0, 1}
+    # softmax mass of token 0 is ~0.72: top_p=0.5 keeps only it, top_p=0.9 keeps tokens 0 and 1
+    assert {int(sample_next(logits, 1.0, top_p=0.5, generator=gen)) for _ in range(100)} == {0}
+    assert {int(sample_next(logits, 1.0, top_p=0.9, generator=gen)) for _ in range(300)} == {0, 1}
+    assert int(sample_next(logits, 0.0)) == 0
+
+
+def test_gpt2_refuses_sequences_longer_than_context() -> None:
+    model = Transformer(tiny_model_config(context_length=8))
+    with pytest.raises(ValueError, match="context_length"):
+        model(torch.zeros(1, 9, dtype=torch.long))
