@@ -123,12 +123,15 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path) ->
                        text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+    (tmp_path / "file").write_text("x")
 
     bad = [
         (["train", "--preset", "tiny", "--set", "train.lr=-1", "--out", str(tmp_path / "x")], "train.lr"),
         (["train", "--config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x")], "nope.json"),
         (["eval", "--run", str(tmp_path / "missing")], "missing"),
         (["train", "--config", str(cfg), "--out", str(out)], "already holds a run"),
+        (["train", "--config", str(cfg), "--out", str(tmp_path / "file")], "not a directory"),
+        (["export", "--run", str(out), "--out", str(tmp_path / "hf")], "not an empty directory"),
         (["train", "--config", str(cfg), "--set", "data.path=/nonexistent", "--out", str(tmp_path / "y")],
          "/nonexistent"),
     ]
@@ -146,3 +149,28 @@ def test_corrupt_checkpoint_is_a_clear_error(store_dir: Path, tmp_path: Path) ->
     weights.write_bytes(weights.read_bytes()[:100])
     r = subprocess.run(_cli("eval", "--run", str(tmp_path / "r")), capture_output=True, text=True)
     assert r.returncode == 2 and "model.safetensors" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_trained_checkpoint_exports_with_identical_logits(store_dir: Path, tmp_path: Path, flavour: str) -> None:
+    """A trained checkpoint exported by the CLI loads in transformers and gives our logits (fp32, < 1e-4)."""
+    import transformers
+
+    from cocomix.runs import load_run
+
+    base = small_run(store_dir, steps=6, eval_every=0, save_every=0)
+    model_cfg = ModelConfig(**{**base.model.__dict__, "flavour": flavour, "dropout": 0.0})
+    run = RunConfig(method="ntp", model=model_cfg, data=base.data, train=base.train)
+    train(run, tmp_path / "run", quiet=True)
+    r = subprocess.run(_cli("export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "hf")),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cls = transformers.GPT2LMHeadModel if flavour == "gpt2" else transformers.LlamaForCausalLM
+    hf = cls.from_pretrained(tmp_path / "hf").eval()
+    _, _, ours, _ = load_run(tmp_path / "run")
+    ids = torch.randint(0, 300, (2, 32))
+    with torch.no_grad():
+        diff = (hf(ids).logits - ours(ids).logits).abs().max().item()
+    assert diff < 1e-4
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.decode(tok("the king is dead")["input_ids"]) == "the king is dead"

@@ -1,0 +1,32 @@
+"""Metric sinks: metrics.jsonl trimming on resume, duration formatting, missing optional backends."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from cocomix.errors import ConfigError
+from cocomix.train.metrics import MetricsLogger, format_duration
+
+
+def test_resume_trims_events_past_the_checkpoint(tmp_path: Path) -> None:
+    log = MetricsLogger(tmp_path, quiet=True)
+    for step in (5, 10, 15, 20):
+        log.log({"kind": "train", "step": step, "loss": 1.0})
+    MetricsLogger(tmp_path, resume_step=10, quiet=True)
+    assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [5, 10]
+    MetricsLogger(tmp_path, quiet=True)  # a fresh run starts a fresh log
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_format_duration() -> None:
+    assert format_duration(75) == "1m15s" and format_duration(3 * 3600 + 120) == "3h02m"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_missing_tensorboard_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        MetricsLogger(tmp_path, backends=("tensorboard",))
