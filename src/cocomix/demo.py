@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 
+from cocomix.atomic import atomic_write_text
+from cocomix.config import run_config
 from cocomix.data import TokenStore, prepare
 from cocomix.eval.perplexity import evaluate_loss
 from cocomix.model import generate
 from cocomix.presets import get_preset
 from cocomix.runs import load_run
 from cocomix.train import train
-from cocomix.train.checkpoint import write_atomic
 
 
 def run_demo(data_dir: str | Path = "data/shakespeare", run_dir: str | Path = "runs/demo",
@@ -35,8 +36,6 @@ def run_demo(data_dir: str | Path = "data/shakespeare", run_dir: str | Path = "r
     for key, value in (overrides or {}).items():
         section, name = key.split(".")
         cfg_dict[section][name] = value
-    from cocomix.config import run_config
-
     run = run_config(cfg_dict)
     train(run, run_dir, resume=True)
 
@@ -59,7 +58,7 @@ def run_demo(data_dir: str | Path = "data/shakespeare", run_dir: str | Path = "r
         "unigram_entropy_nats": unigram,
         "sample": tok.decode(sample[0].tolist()),
     }
-    write_atomic(run_dir / "demo_result.json", json.dumps(result, indent=2))
+    atomic_write_text(run_dir / "demo_result.json", json.dumps(result, indent=2))
     print("\n== cocomix demo: tiny NTP on Shakespeare (CPU) ==")
     print(f"parameters             {result['params'] / 1e6:.2f}M")
     print(f"training tokens        {result['train_tokens']:,}")

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from cocomix.data.atomic import atomic_write_text, atomic_writer
+from cocomix.atomic import atomic_write_text, atomic_writer
 from cocomix.data.corpus import Document, iter_split
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer, train_bpe
 from cocomix.errors import DataError

@@ -15,7 +15,7 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from cocomix.data.atomic import atomic_write_text
+from cocomix.atomic import atomic_write_text
 from cocomix.errors import DataError
 
 EOS_TOKEN = "<|endoftext|>"

@@ -22,32 +22,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cocomix.atomic import atomic_write_text, fsync_dir
 from cocomix.config import RunConfig, run_config
 from cocomix.errors import CheckpointError, CocomixError
 
 CKPT_DIR = "checkpoints"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers see either the old content or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -107,12 +86,12 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
-    write_atomic(root / "latest", name + "\n")
+    fsync_dir(root)
+    atomic_write_text(root / "latest", name + "\n")
     steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for old in steps[:-keep]:
         if old != final:

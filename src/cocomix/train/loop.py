@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
@@ -28,7 +29,6 @@ from cocomix.train.checkpoint import (
     load_training_state,
     read_run_config,
     save_checkpoint,
-    write_atomic,
 )
 from cocomix.train.metrics import MetricsLogger, Throughput, format_duration
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
@@ -110,7 +110,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     start = 0
     if ckpt is not None:
         start = int(load_training_state(ckpt, model, optimizer)["step"])
-    write_atomic(run_dir / "config.json", run.to_json())
+    atomic_write_text(run_dir / "config.json", run.to_json())
     logger = MetricsLogger(run_dir, tc.log_backends, resume_step=start if ckpt is not None else None,
                            config=run.to_dict(), quiet=quiet)
     forward_model = torch.compile(model) if tc.compile else model
