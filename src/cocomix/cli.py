@@ -67,8 +67,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.data.store import check_vocab
     from cocomix.eval import evaluate_loss
     from cocomix.runs import load_run
+    from cocomix.train.loop import resolve_device
 
-    run, method, model, ckpt = load_run(args.run, device=args.device)
+    run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device))
     store = TokenStore.open(args.data or run.data.path)
     check_vocab(store, run.model.vocab_size)
     seq_len = args.seq_len or run.data.seq_len
@@ -81,17 +82,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from cocomix.data import TokenStore
+    from cocomix.data.store import check_vocab
     from cocomix.model import generate
+    from cocomix.model.generate import check_sampling
     from cocomix.runs import load_run
+    from cocomix.train.loop import resolve_device
 
-    run, _, model, _ = load_run(args.run, device=args.device)
-    tok = TokenStore.open(args.data or run.data.path).tokenizer()
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    device = resolve_device(args.device)
+    run, _, model, _ = load_run(args.run, device=device)
+    store = TokenStore.open(args.data or run.data.path)
+    check_vocab(store, run.model.vocab_size)
+    tok = store.tokenizer()
     ids = tok.encode(args.prompt)
     if not ids:
         raise CocomixError("--prompt: encodes to no tokens; give some text")
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
     for _ in range(args.num_samples):
-        out, _ = generate(model, torch.tensor([ids], device=args.device), args.max_new_tokens,
+        out, _ = generate(model, torch.tensor([ids], device=device), args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           eos_id=tok.eos_id, generator=gen)
         print(tok.decode(out[0].tolist()))
@@ -105,8 +113,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cocomix.runs import load_run
 
     run, _, model, _ = load_run(args.run)
-    tok_dir = Path(args.data or run.data.path) / "tokenizer"
-    folder = export_hf(model, args.out, tokenizer_dir=tok_dir if tok_dir.is_dir() else None)
+    tok_dir = None
+    if not args.no_tokenizer:
+        tok_dir = Path(args.data or run.data.path) / "tokenizer"
+        if not tok_dir.is_dir():
+            raise CocomixError(f"{tok_dir}: tokenizer not found; point --data at the run's token store or pass "
+                               "--no-tokenizer to export the weights alone")
+    folder = export_hf(model, args.out, tokenizer_dir=tok_dir)
     print(json.dumps({"exported": str(folder), "flavour": run.model.flavour}))
     return 0
 
@@ -179,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--data", help="token store whose tokenizer to copy (default: the run's)")
+    s.add_argument("--no-tokenizer", action="store_true", help="export the weights without a tokenizer")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("presets", help="list presets, or print one as JSON")

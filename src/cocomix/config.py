@@ -241,7 +241,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name,
+               "a finite number", value)
         return float(value)
     if tp is str:
         _check(isinstance(value, str), name, "a string", value)
@@ -298,10 +299,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if p.suffix == ".toml":
             import tomllib
 
-            return tomllib.loads(p.read_text())
-        return json.loads(p.read_text())
+            data = tomllib.loads(p.read_text())
+        else:
+            data = json.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
+    return data
 
 
 def run_config(data: dict[str, Any]) -> RunConfig:

@@ -44,6 +44,9 @@ def test_loss_falls_and_same_seed_is_bit_identical(store_dir: Path, tmp_path: Pa
     assert a.val_loss is not None and a.val_loss < 5.0  # log(320) = 5.77
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    r = subprocess.run(_cli("export", "--run", str(tmp_path / "a"), "--out", str(tmp_path / "hf"), "--no-tokenizer"),
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and not (tmp_path / "hf" / "tokenizer.json").exists()
     c = train(small_run(store_dir, steps=30, seed=2), tmp_path / "c", quiet=True)
     assert not torch.equal(_weights(tmp_path / "c")["wte.weight"], wa["wte.weight"])
     assert c.train_loss != a.train_loss
@@ -81,6 +84,14 @@ def test_sigkill_then_resume_equals_uninterrupted(store_dir: Path, tmp_path: Pat
     assert full.keys() == res.keys()
     for k in full:
         assert torch.equal(full[k], res[k]), f"{k} differs after resume from {resumed_from}"
+    for name in sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("step_*")):
+        same = [(tmp_path / "full" / "checkpoints" / name / f).read_bytes()
+                == (killed / "checkpoints" / name / f).read_bytes() for f in ("state.json", "rng.pt")]
+        assert all(same), f"{name}: state.json / RNG state differ after resume"
+    opt_full = torch.load(tmp_path / "full" / "checkpoints" / "step_0000080" / "optimizer.pt", weights_only=True)
+    opt_res = torch.load(killed / "checkpoints" / "step_0000080" / "optimizer.pt", weights_only=True)
+    for i, st in opt_full["state"].items():
+        assert all(torch.equal(st[k], opt_res["state"][i][k]) for k in st)
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["kind"] == "train"]
     assert steps == list(range(5, 81, 5)), "metrics.jsonl has gaps or duplicates after resume"
@@ -132,9 +143,23 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path) ->
         (["train", "--config", str(cfg), "--out", str(out)], "already holds a run"),
         (["train", "--config", str(cfg), "--out", str(tmp_path / "file")], "not a directory"),
         (["export", "--run", str(out), "--out", str(tmp_path / "hf")], "not an empty directory"),
+        (["export", "--run", str(out), "--out", "/dev/null/hf"], "cannot create the export folder"),
+        (["export", "--run", str(out), "--out", str(tmp_path / "hf2"), "--data", str(tmp_path)],
+         "tokenizer not found"),
+        (["eval", "--run", str(out), "--seq-len", "33"], "context_length"),
+        (["eval", "--run", str(out), "--batch-size", "0"], "batch_size"),
+        (["eval", "--run", str(out), "--seq-len", "31", "--split", "val", "--data", str(store_dir),
+          "--batches", "-1"], "max_batches"),
+        (["generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "40"], "context_length"),
+        (["generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "0"], "max_new_tokens"),
+        (["generate", "--run", str(out), "--prompt", "the king", "--top-k", "0"], "top_k"),
+        (["generate", "--run", str(out), "--prompt", "the king", "--temperature", "-1"], "temperature"),
+        (["train", "--config", str(cfg), "--set", "train.lr=Infinity", "--out", str(tmp_path / "z")], "finite"),
         (["train", "--config", str(cfg), "--set", "data.path=/nonexistent", "--out", str(tmp_path / "y")],
          "/nonexistent"),
     ]
+    if not torch.cuda.is_available():
+        bad.append((["generate", "--run", str(out), "--prompt", "a", "--device", "cuda"], "CUDA is not available"))
     for args, needle in bad:
         r = subprocess.run(_cli(*args), capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
@@ -174,3 +199,39 @@ def test_trained_checkpoint_exports_with_identical_logits(store_dir: Path, tmp_p
     assert diff < 1e-4
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.decode(tok("the king is dead")["input_ids"]) == "the king is dead"
+
+
+def test_val_split_shorter_than_a_window_is_an_error(store_dir: Path, tmp_path: Path) -> None:
+    from cocomix.data import TokenStore
+
+    val_tokens = TokenStore.open(store_dir).num_tokens("val")
+    base = small_run(store_dir)
+    model = ModelConfig(**{**base.model.__dict__, "context_length": val_tokens + 1})
+    run = RunConfig(method="ntp", model=model, data=DataConfig(path=str(store_dir), seq_len=val_tokens + 1),
+                    train=TrainConfig(steps=1, micro_batch_size=1, device="cpu"))
+    with pytest.raises(CocomixError, match="fewer than one window"):
+        train(run, tmp_path / "r", quiet=True)
+
+
+def test_corrupt_training_state_is_a_clear_error_on_resume(store_dir: Path, tmp_path: Path) -> None:
+    run = small_run(store_dir, steps=2, eval_every=0, save_every=0)
+    cfg = tmp_path / "run.json"
+    cfg.write_text(run.to_json())
+    train(run, tmp_path / "r", quiet=True)
+    ckpt = tmp_path / "r" / "checkpoints" / "step_0000002"
+    for name, content in (("optimizer.pt", b"\x80\x04garbage"), ("rng.pt", b""), ("state.json", b"[1, 2]")):
+        original = (ckpt / name).read_bytes()
+        (ckpt / name).write_bytes(content)
+        r = subprocess.run(_cli("train", "--out", str(tmp_path / "r"), "--resume"), capture_output=True, text=True)
+        assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, r.stderr
+        (ckpt / name).write_bytes(original)
+
+
+def test_failed_start_leaves_no_run_behind(store_dir: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(CocomixError, match="tensorboard"):
+        train(small_run(store_dir, steps=2, log_backends=("tensorboard",)), tmp_path / "r", quiet=True)
+    train(small_run(store_dir, steps=2, eval_every=0), tmp_path / "r", quiet=True)  # same out_dir works now

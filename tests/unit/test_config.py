@@ -64,6 +64,9 @@ def test_config_files(tmp_path) -> None:
     (tmp_path / "b.json").write_text("{not json")
     with pytest.raises(ConfigError, match="b.json: not valid JSON"):
         load_config_file(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="c.json: expected a mapping"):
+        load_config_file(tmp_path / "c.json")
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "missing.json")
 

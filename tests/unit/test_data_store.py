@@ -101,6 +101,23 @@ def test_prepare_again_needs_overwrite(corpus: Path, tmp_path: Path) -> None:
     assert second == first  # deterministic
 
 
+def test_failed_overwrite_keeps_the_old_store(corpus: Path, store_dir: Path, tmp_path: Path) -> None:
+    """A source that fails half-way through encoding must leave the prepared store usable and unchanged."""
+    import shutil
+
+    out = tmp_path / "s"
+    shutil.copytree(store_dir, out)
+    before = TokenStore.open(out).tokens("train").copy()
+    bad = tmp_path / "bad"
+    shutil.copytree(corpus, bad)
+    (bad / "zz_last.txt").write_bytes(b"fine start \xff\xfe not utf-8")
+    with pytest.raises(DataError, match="zz_last.txt"):
+        prepare(f"text:{bad}", out, tokenizer=str(out / "tokenizer"), overwrite=True, progress=False)
+    after = TokenStore.open(out)
+    assert np.array_equal(after.tokens("train"), before)
+    assert not list(out.glob(".*.new")) and not list(out.glob(".*.tmp"))
+
+
 def test_prepare_with_a_saved_tokenizer_and_progress(corpus: Path, store_dir: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     meta = prepare(f"text:{corpus}", tmp_path / "s", tokenizer=str(store_dir / "tokenizer"), val_fraction=0.2)

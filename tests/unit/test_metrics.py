@@ -22,6 +22,12 @@ def test_resume_trims_events_past_the_checkpoint(tmp_path: Path) -> None:
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
+def test_damaged_last_line_does_not_block_resume(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "train", "step": 5}\n{"kind": "train", "st')
+    MetricsLogger(tmp_path, resume_step=10, quiet=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"kind": "train", "step": 5}\n'
+
+
 def test_format_duration() -> None:
     assert format_duration(75) == "1m15s" and format_duration(3 * 3600 + 120) == "3h02m"
 

@@ -168,7 +168,7 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     assert int(sample_next(logits, 0.0)) == 0
 
 
-def test_gpt2_refuses_sequences_longer_than_context() -> None:
-    model = Transformer(tiny_model_config(context_length=8))
+def test_refuses_sequences_longer_than_context(flavour: str) -> None:
+    model = Transformer(tiny_model_config(flavour, context_length=8))
     with pytest.raises(ValueError, match="context_length"):
         model(torch.zeros(1, 9, dtype=torch.long))

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from cocomix.atomic import atomic_write_text, atomic_writer
+from cocomix.atomic import atomic_write_text, atomic_writer, fsync_dir
 from cocomix.data.corpus import Document, iter_split
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer, train_bpe
 from cocomix.errors import DataError
@@ -95,15 +95,22 @@ def _encode_into(tok: TextTokenizer, docs: list[Document], handle: BinaryIO, dty
     return int(stream.size)
 
 
+def _pending(out: Path, split: str) -> Path:
+    return out / f".{split}.bin.new"
+
+
 def _write_streams(out: Path, tok: TextTokenizer, source: str, val_fraction: float, dtype: np.dtype,
                    log: _Progress) -> dict[str, Any]:
-    """Write train.bin and val.bin (atomically, together); return the token/document counts and val names."""
+    """Write the streams to `.train.bin.new` / `.val.bin.new`; return the token/document counts and val names.
+
+    Nothing the store already holds is touched here, so a source that fails half-way leaves it intact.
+    """
     counts = {f"{split}_{kind}": 0 for split in SPLITS for kind in ("tokens", "documents")}
     val_names: list[str] = []
     buffers: dict[str, list[Document]] = {split: [] for split in SPLITS}
     buffered_chars = dict.fromkeys(SPLITS, 0)
     with ExitStack() as stack:
-        handles = {split: stack.enter_context(atomic_writer(out / f"{split}.bin")) for split in SPLITS}
+        handles = {split: stack.enter_context(atomic_writer(_pending(out, split))) for split in SPLITS}
 
         def flush(split: str) -> None:
             counts[f"{split}_tokens"] += _encode_into(tok, buffers[split], handles[split], dtype)
@@ -137,9 +144,12 @@ def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_f
     tok = _build_tokenizer(tokenizer, source, val_fraction, log)
     name = dtype_name(tok.vocab_size)
     try:
-        # From here until meta.json is rewritten the folder is marked incomplete.
-        (out / META_FILE).unlink(missing_ok=True)
         counts = _write_streams(out, tok, source, val_fraction, _DTYPES[name], log)
+        # The new streams are complete. From here until meta.json is rewritten the folder is marked incomplete.
+        (out / META_FILE).unlink(missing_ok=True)
+        for split in SPLITS:
+            os.replace(_pending(out, split), out / f"{split}.bin")
+        fsync_dir(out)
         tok.save(out / TOKENIZER_DIR)
         meta = {
             "format_version": FORMAT_VERSION,

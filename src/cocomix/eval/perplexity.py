@@ -7,6 +7,7 @@ import math
 import torch
 
 from cocomix.data import TokenStore
+from cocomix.errors import ConfigError, DataError
 from cocomix.methods import Method
 from cocomix.model import Transformer
 
@@ -20,7 +21,16 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
     Windows are the split's fixed chunks in order; every window contributes T−1 predictions, so the mean over
     batches is weighted by window count. The model is put in eval mode (no dropout) and restored after.
     """
+    if seq_len < 2:
+        raise ConfigError(f"seq_len: expected an integer >= 2 (one prediction needs two tokens), got {seq_len}")
+    if batch_size < 1 or max_batches < 0:
+        raise ConfigError(f"batch_size must be >= 1 and max_batches >= 0, got {batch_size} and {max_batches}")
+    if seq_len > model.cfg.context_length:
+        raise ConfigError(f"seq_len {seq_len} exceeds the model's context_length {model.cfg.context_length}")
     n = store.num_chunks(split, seq_len)
+    if n == 0:
+        raise DataError(f"{store.path}: split {split!r} holds {store.num_tokens(split)} tokens, fewer than one "
+                        f"window of {seq_len}; nothing to evaluate (lower seq_len or hold out more data)")
     if max_batches:
         n = min(n, max_batches * batch_size)
     was_training = model.training

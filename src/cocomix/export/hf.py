@@ -163,8 +163,11 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     special = _tokenizer_special_ids(tok_dir, model.cfg.vocab_size) if tok_dir is not None else {}
     config = hf_config(model.cfg, **special)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise CheckpointError(f"{out}: cannot create the export folder there ({e.strerror or e})") from None
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         config.save_pretrained(str(tmp))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from cocomix.errors import ConfigError
 from cocomix.model.transformer import Transformer
 
 
@@ -26,6 +27,18 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ConfigError naming the first sampling argument outside its range."""
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens}")
+    if not temperature >= 0.0:
+        raise ConfigError(f"temperature: expected a number >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k: expected an integer >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p: expected a number in (0, 1], got {top_p}")
+
+
 @torch.no_grad()
 def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
@@ -38,11 +51,12 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
     early once every row has produced eos_id.
     """
     if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ValueError("prompt must be a non-empty (B, P) tensor of token ids")
+        raise ConfigError("prompt: expected a non-empty (B, P) tensor of token ids")
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
     limit = model.cfg.context_length
-    if model.wpe is not None and prompt.shape[1] + max_new_tokens > limit:
-        raise ValueError(f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"context_length={limit}")
+    if prompt.shape[1] + max_new_tokens > limit:
+        raise ConfigError(f"prompt ({prompt.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                          f"model's context_length {limit}; shorten the prompt or generate fewer tokens")
     was_training = model.training
     model.eval()
     cache = model.new_cache() if use_cache else None

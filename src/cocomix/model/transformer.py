@@ -83,10 +83,10 @@ class Transformer(nn.Module):
         B, S = ids.shape
         start = cache.tokens if cache is not None else 0
         pos = torch.arange(start, start + S, device=ids.device)  # (S,)
+        if start + S > self.cfg.context_length:
+            raise ValueError(f"sequence of {start + S} tokens exceeds context_length={self.cfg.context_length}")
         h = self.wte(ids)  # (B, S, d)
         if self.wpe is not None:
-            if start + S > self.cfg.context_length:
-                raise ValueError(f"sequence of {start + S} tokens exceeds context_length={self.cfg.context_length}")
             h = h + self.wpe(pos)
         h = self.drop(h)
         aux: dict = {}

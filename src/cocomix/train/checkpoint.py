@@ -113,24 +113,34 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
+    """state.json of a checkpoint; CheckpointError unless it is an object with an integer `step`."""
+    path = ckpt / "state.json"
     try:
-        return json.loads((ckpt / "state.json").read_text())
+        state = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{ckpt / 'state.json'}: unreadable ({e})") from None
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        raise CheckpointError(f"{path}: expected a JSON object with a non-negative integer 'step'")
+    return state
 
 
 def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from a checkpoint; returns its state.json."""
+    state = read_state(ckpt)
     load_model_weights(model, ckpt / "model.safetensors")
-    try:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-        rng = torch.load(ckpt / "rng.pt", weights_only=True)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{ckpt}: optimizer or RNG state unreadable ({e})") from None
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return read_state(ckpt)
+    for name in ("optimizer.pt", "rng.pt"):
+        try:
+            loaded = torch.load(ckpt / name, weights_only=True, map_location="cpu")
+            if name == "optimizer.pt":
+                optimizer.load_state_dict(loaded)
+            else:
+                torch.set_rng_state(loaded["cpu"])
+                if "cuda" in loaded and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(loaded["cuda"])
+        except Exception as e:  # a corrupt file can fail in many ways (unpickling, EOF, wrong keys/types)
+            raise CheckpointError(f"{ckpt / name}: unreadable or not a cocomix checkpoint file "
+                                  f"({type(e).__name__}: {e})") from None
+    return state
 
 
 def read_run_config(run_dir: Path) -> RunConfig:

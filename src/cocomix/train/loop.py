@@ -8,7 +8,6 @@ the saved weights, optimizer and RNG state a resumed run is bit-identical to an 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -107,12 +106,13 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     method: Method = METHODS[run.method](run)
     model: Transformer = method.build_model().to(device)
     optimizer = build_optimizer(model, tc, device)
-    start = 0
+    start, val_loss = 0, None
     if ckpt is not None:
-        start = int(load_training_state(ckpt, model, optimizer)["step"])
-    atomic_write_text(run_dir / "config.json", run.to_json())
+        state = load_training_state(ckpt, model, optimizer)
+        start, val_loss = state["step"], state.get("val_loss")
     logger = MetricsLogger(run_dir, tc.log_backends, resume_step=start if ckpt is not None else None,
                            config=run.to_dict(), quiet=quiet)
+    atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
     forward_model = torch.compile(model) if tc.compile else model
     cast = autocast_for(tc.precision, device)
     tokens_per_step = tc.micro_batch_size * tc.grad_accum * run.data.seq_len
@@ -128,7 +128,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         return res["loss"]
 
     meter = Throughput(start, tc.steps)
-    train_loss, val_loss = math.nan, None
+    train_loss = math.nan
     model.train()
     for step in range(start, tc.steps):
         lr = lr_at(step, tc)
@@ -166,7 +166,6 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                             {"train_loss": train_loss, "val_loss": val_loss,
                              "tokens": done * tokens_per_step}, tc.keep_checkpoints)
     if start >= tc.steps and ckpt is not None:  # nothing left to do: report the stored numbers
-        state = json.loads((ckpt / "state.json").read_text())
-        train_loss, val_loss = state.get("train_loss", math.nan), state.get("val_loss")
+        train_loss = state.get("train_loss", math.nan)
     logger.close()
     return TrainResult(run_dir=run_dir, steps=tc.steps, train_loss=train_loss, val_loss=val_loss)

@@ -8,7 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cocomix.atomic import atomic_write_text
 from cocomix.errors import ConfigError
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line, or None for a blank or damaged line (e.g. cut by a crash)."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event.get("step", 0) if isinstance(event, dict) else None
 
 
 def format_duration(seconds: float) -> str:
@@ -25,9 +35,9 @@ class MetricsLogger:
         self.path = run_dir / "metrics.jsonl"
         self.quiet = quiet
         if resume_step is not None and self.path.exists():  # drop events past the checkpoint we resume from
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in self.path.read_text(errors="replace").splitlines()
+                    if _step_of(ln) is not None and _step_of(ln) <= resume_step]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self.sinks: list[Any] = []
