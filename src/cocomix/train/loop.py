@@ -133,35 +133,38 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     for step in range(start, tc.steps):
         lr = lr_at(step, tc)
         set_lr(optimizer, lr)
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # kept on the device: no host sync in the step
         for micro in range(tc.grad_accum):
             ids = store.batch("train", sampler.indices(step, micro), run.data.seq_len).to(device)
             with cast:
                 loss, metrics = method.loss(forward_model, ids)
             (loss / tc.grad_accum).backward()
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / tc.grad_accum
+                sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
         if tc.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         else:
-            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                             if p.grad is not None]))
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         meter.add_tokens(tokens_per_step)
         done = step + 1
-        train_loss = sums.get("loss", math.nan)
-        if not math.isfinite(train_loss):
-            raise CocomixError(f"training diverged at step {done}: loss is {train_loss} (lower train.lr?)")
-        if done % tc.log_every == 0 or done == tc.steps:
+        log_now = done % tc.log_every == 0 or done == tc.steps
+        save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
+        if log_now or save_now:  # the only places metrics leave the device
+            values = {k: float(v) for k, v in sums.items()}
+            train_loss = values.get("loss", math.nan)
+            if not math.isfinite(train_loss):
+                raise CocomixError(f"training diverged by step {done}: loss is {train_loss} (lower train.lr?)")
+        if log_now:
             rate, eta = meter.report(done)
-            logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": grad_norm,
-                        "tokens": done * tokens_per_step, "tok_per_s": rate, **sums})
+            logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": float(grad_norm),
+                        "tokens": done * tokens_per_step, "tok_per_s": rate, **values})
             logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                         f"gnorm {grad_norm:.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
+                         f"gnorm {float(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
         if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
             val_loss = run_eval(done)
-        if (tc.save_every and done % tc.save_every == 0) or done == tc.steps:
+        if save_now:
             save_checkpoint(run_dir, done, model, optimizer,
                             {"train_loss": train_loss, "val_loss": val_loss,
                              "tokens": done * tokens_per_step}, tc.keep_checkpoints)
