@@ -1,0 +1,81 @@
+"""Attribution scores and concept targets (paper §2.2, Eq. 1; official semantics, official-implementation.md §2.1).
+
+Official default: with g = ∂L/∂h the gradient of the teacher's mean next-token NLL over the window with
+respect to the residual stream h at `teacher_layer`, and z the SAE's post-TopK activations of h,
+
+    s[b, t, i] = z[b, t, i] · (g[b, t] · W_dec[:, i])
+
+(no std rescaling, as in the official code), and the targets are the `k_attr` largest *signed* scores. Only the
+`sae_k` active latents can score non-zero, so only their W_dec columns are gathered (B·T·k·d work instead of
+B·T·C·d). The dense `torch.topk` of the official code ranks positive scores first, then zero-score latents
+(inactive ones included), then negative scores; `select_targets` reproduces that order by adding zero-score
+candidates (the smallest latent ids not active at that position).
+
+The final position of a window has no next token, so its gradient and scores are zero: its targets are
+marked invalid with -1.
+
+`selection="activation"` is the paper's ablation (§3.3a): the `k_attr` latents with the largest activation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cocomix.errors import ConfigError
+
+SELECTIONS = ("attribution", "activation")
+INVALID = -1
+
+
+def active_attribution(grad: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+                       W_dec: torch.Tensor) -> torch.Tensor:
+    """Scores of the active latents: grad (B, T, d), values/indices (B, T, k), W_dec (d, C) -> (B, T, k)."""
+    cols = F.embedding(indices, W_dec.t())  # (B, T, k, d): the decoder directions of the active latents
+    return torch.einsum("btd,btkd->btk", grad.to(cols.dtype), cols) * values
+
+
+def select_targets(scores: torch.Tensor, indices: torch.Tensor, k_attr: int) -> torch.Tensor:
+    """Top `k_attr` latent ids by signed score among active latents, ranked as a dense topk over all C would.
+
+    scores, indices (B, T, k) -> (B, T, k_attr) int64. Zero-score candidates are the smallest latent ids that
+    are not active, so a position with fewer than k_attr positive scores gets the same set as the official
+    dense topk would (up to its arbitrary choice among zeros).
+    """
+    B, T, k = indices.shape
+    cand = torch.arange(k + k_attr, device=indices.device).expand(B, T, k + k_attr)  # (B, T, k + k_attr)
+    taken = (cand[..., :, None] == indices[..., None, :]).any(-1)  # (B, T, k + k_attr)
+    key = torch.where(taken, torch.full_like(cand, k + k_attr + 1), cand)
+    fill = torch.topk(-key, k_attr, dim=-1).indices  # positions of the k_attr smallest free ids
+    fill_ids = torch.gather(cand, -1, fill)  # (B, T, k_attr)
+    all_scores = torch.cat((scores, torch.zeros_like(scores[..., :k_attr])), dim=-1)  # (B, T, k + k_attr)
+    all_ids = torch.cat((indices, fill_ids), dim=-1)
+    order = torch.sort(all_scores, dim=-1, descending=True, stable=True).indices[..., :k_attr]  # (B, T, k_attr)
+    return torch.gather(all_ids, -1, order)  # ties keep candidate order: active latents, then ascending free ids
+
+
+@torch.no_grad()
+def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int = 4,
+                    selection: str = "attribution") -> torch.Tensor:
+    """Concept targets (B, T, k_attr) int64 for windows ids (B, T); the final position is INVALID (-1).
+
+    `teacher` is a `cocomix.teacher.Teacher`, `sae` a `cocomix.sae.TopKSAE` whose d_in matches the teacher's
+    residual width.
+    """
+    if selection not in SELECTIONS:
+        raise ConfigError(f"selection: expected one of {SELECTIONS}, got {selection!r}")
+    if not 1 <= k_attr <= sae.k:
+        raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
+    tp = teacher.residual_and_grad(ids)
+    if tp.hidden.shape[-1] != sae.d_in:
+        raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width "
+                          f"{tp.hidden.shape[-1]} at teacher_layer {teacher.layer}")
+    hidden = tp.hidden.to(sae.W_dec.dtype)
+    values, indices, _ = sae.encode(hidden)  # (B, T, k) each
+    if selection == "activation":
+        scores = values
+    else:
+        scores = active_attribution(tp.grad, values, indices, sae.W_dec)  # (B, T, k)
+    targets = select_targets(scores, indices, k_attr)
+    targets[:, -1] = INVALID
+    return targets

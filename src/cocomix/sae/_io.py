@@ -1,0 +1,99 @@
+"""Shared helpers of the SAE loaders: read tensors-only files and JSON, check keys and shapes.
+
+Every problem with a file raises `CheckpointError` with one line naming the file and what was expected.
+Nothing here unpickles arbitrary objects: safetensors files hold tensors only, and `.pt` files are read with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from cocomix.errors import CheckpointError
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, Tensor]:
+    """All tensors of a safetensors file, on CPU. `what` says what the file should hold, for the error message."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found (expected {what})")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (expected {what}): {exc}") from exc
+
+
+def read_torch_weights(path: Path, what: str) -> Any:
+    """A `.pt` file loaded with `weights_only=True` (tensors, numbers, strings, containers; never code)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found (expected {what})")
+    try:
+        return torch.load(str(path), weights_only=True, map_location="cpu")
+    except Exception as exc:  # weights_only refuses any other object with an UnpicklingError; corrupt files vary
+        raise CheckpointError(
+            f"{path}: cannot be loaded as plain tensors with weights_only=True (expected {what}): {_reason(exc)}"
+        ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """The informative line of a `torch.load` failure (torch's weights_only message spans many lines)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found (expected {what})")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON (expected {what}): {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object ({what}), got {type(data).__name__}")
+    return data
+
+
+def get_tensor(tensors: dict[str, Any], key: str, path: Path, ndim: int) -> Tensor:
+    """`tensors[key]`, checked to be a floating-point tensor with `ndim` dimensions."""
+    if key not in tensors:
+        present = ", ".join(sorted(map(str, tensors))) or "none"
+        raise CheckpointError(f"{path}: missing tensor {key!r} (present: {present})")
+    value = tensors[key]
+    if not isinstance(value, Tensor) or not value.is_floating_point() or value.ndim != ndim:
+        got = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+        raise CheckpointError(f"{path}: {key!r} must be a {ndim}-D floating-point tensor, got {got}")
+    return value
+
+
+def check_shape(path: Path, key: str, value: Tensor, expected: tuple[int, ...]) -> None:
+    """Raise if `value` does not have shape `expected`."""
+    if tuple(value.shape) != expected:
+        raise CheckpointError(f"{path}: {key!r} has shape {tuple(value.shape)}, expected {expected}")
+
+
+def get_int(cfg: dict[str, Any], key: str, path: Path, minimum: int = 1) -> int:
+    """`cfg[key]` as an int >= minimum."""
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise CheckpointError(f"{path}: {key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def common_dtype(path: Path, tensors: dict[str, Tensor]) -> torch.dtype:
+    """The one floating dtype shared by `tensors` (mixed dtypes are refused)."""
+    dtypes = {t.dtype for t in tensors.values()}
+    if len(dtypes) != 1:
+        raise CheckpointError(f"{path}: SAE tensors have mixed dtypes {sorted(map(str, dtypes))}, expected one")
+    return dtypes.pop()

@@ -1,0 +1,48 @@
+"""`load_sae`: open an SAE from whatever a path holds, and re-export the per-format loaders and writer.
+
+Dispatch: a `.pt` or `.safetensors` file is an OpenAI `sparse_autoencoder` state dict (`openai.py`); a folder
+with `sae_weights.safetensors` is a SAELens SAE (`saelens.py`); a folder with `sae.safetensors` is a sparsify
+SAE (`sparsify.py`). Every loader returns a `TopKSAE` (the paper's §2.1 concept extractor, c = TopK(E(h)),
+ĥ = D(c)) and refuses anything but plain tensors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cocomix.errors import CheckpointError
+from cocomix.sae.openai import load_openai
+from cocomix.sae.saelens import load_saelens, save_saelens
+from cocomix.sae.sparsify import load_sparsify
+from cocomix.sae.topk import TopKSAE
+
+__all__ = ["load_openai", "load_sae", "load_saelens", "load_sparsify", "save_saelens"]
+
+OPENAI_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def load_sae(spec: str | Path, k: int | None = None) -> TopKSAE:
+    """The SAE at `spec`, format chosen by what the path is. `k` is needed for an OpenAI `.safetensors` file
+    only; for the other formats it must be None or equal the stored k."""
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix not in OPENAI_SUFFIXES:
+            raise CheckpointError(
+                f"{path}: unknown SAE file type (expected an OpenAI state dict as .pt or .safetensors)"
+            )
+        return load_openai(path, k=k)
+    if path.is_dir():
+        if (path / "sae_weights.safetensors").is_file():
+            sae = load_saelens(path)
+        elif (path / "sae.safetensors").is_file():
+            sae = load_sparsify(path)
+        else:
+            raise CheckpointError(
+                f"{path}: not an SAE folder (expected sae_weights.safetensors (SAELens) or sae.safetensors (sparsify))"
+            )
+        if k is not None and k != sae.k:
+            raise CheckpointError(f"{path}: k={k} was given but the SAE's config has k={sae.k}")
+        return sae
+    raise CheckpointError(
+        f"{path}: not found (expected an OpenAI .pt/.safetensors file or a SAELens/sparsify SAE folder)"
+    )

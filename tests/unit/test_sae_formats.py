@@ -1,0 +1,394 @@
+"""SAE file formats: OpenAI (.pt, .safetensors), SAELens and sparsify folders, the SAELens writer, `load_sae`.
+
+Each format is written here with its documented keys and shapes (random weights), loaded, and compared with
+that format's own encode/decode written out directly. The official anchor checks the OpenAI path bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cocomix.errors import CheckpointError
+from cocomix.sae import TopKSAE, load_openai, load_sae, load_saelens, load_sparsify, save_saelens
+
+D, C, K = 16, 64, 6
+ANCHOR = Path("/work/shared/reference/official-anchor")
+_EXECUTED: list[int] = []
+
+
+def _rand(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _x(seed: int = 99) -> torch.Tensor:
+    return 2.0 * _rand(3, 5, D, seed=seed) + 0.3
+
+
+def _dense(pre: torch.Tensor, k: int, relu_first: bool = False) -> torch.Tensor:
+    if relu_first:
+        top = torch.topk(torch.relu(pre), k, dim=-1)
+        vals = top.values
+    else:
+        top = torch.topk(pre, k, dim=-1)
+        vals = torch.relu(top.values)
+    return torch.zeros_like(pre).scatter(-1, top.indices, vals)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    """Max abs difference below tol, relative to the reference's scale when that exceeds 1 (fp32 rounding)."""
+    return (a - b).abs().max().item() < tol * max(1.0, b.abs().max().item())
+
+
+# ----------------------------------------------------------------------------------------------- OpenAI
+
+
+def _openai_sd(activation: str = "TopK", k: int = K) -> OrderedDict:
+    sd = OrderedDict(
+        pre_bias=_rand(D, seed=1, scale=0.1),
+        **{"encoder.weight": _rand(C, D, seed=2, scale=D**-0.5)},
+        latent_bias=_rand(C, seed=3, scale=0.1),
+        **{"decoder.weight": _rand(D, C, seed=4)},
+        stats_last_nonzero=torch.zeros(C, dtype=torch.long),
+        latents_activation_frequency=torch.ones(C),
+        latents_mean_square=torch.zeros(C),
+    )
+    sd["activation"] = activation
+    sd["activation_state_dict"] = {"k": k, "postact_fn": "ReLU"} if activation == "TopK" else {}
+    return sd
+
+
+def _openai_reference(sd: dict, x: torch.Tensor):
+    """OpenAI `LN` then `Autoencoder.encode` / `decode` (normalize=True for TopK)."""
+    mu = x.mean(-1, keepdim=True)
+    xc = x - mu
+    std = xc.std(-1, keepdim=True)
+    xn = xc / (std + 1e-5)
+    z = _dense((xn - sd["pre_bias"]) @ sd["encoder.weight"].T + sd["latent_bias"], K)
+    return z, (z @ sd["decoder.weight"].T + sd["pre_bias"]) * std + mu
+
+
+def test_openai_pt_with_non_tensor_entries(tmp_path: Path) -> None:
+    sd = _openai_sd()
+    path = tmp_path / "sae.pt"
+    torch.save(sd, path)
+    sae = load_openai(path)
+    assert (sae.d_in, sae.n_latents, sae.k, sae.normalize, sae.postact) == (D, C, K, True, "relu")
+    x = _x()
+    z_ref, recon_ref = _openai_reference(sd, x)
+    with torch.no_grad():
+        z, _ = sae.encode_dense(x)
+        assert _close(z, z_ref) and _close(sae(x), recon_ref)
+    assert load_sae(path).k == K
+
+
+def test_openai_safetensors_needs_k(tmp_path: Path) -> None:
+    sd = {key: v for key, v in _openai_sd().items() if isinstance(v, torch.Tensor)}
+    path = tmp_path / "sae.safetensors"
+    save_file(sd, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="pass k"):
+        load_openai(path)
+    sae = load_sae(path, k=K)
+    x = _x()
+    z_ref, recon_ref = _openai_reference(sd, x)
+    with torch.no_grad():
+        z, _ = sae.encode_dense(x)
+        assert _close(z, z_ref) and _close(sae(x), recon_ref)
+
+
+def test_openai_relu_sae_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "v4.pt"
+    torch.save(_openai_sd(activation="ReLU"), path)
+    with pytest.raises(CheckpointError, match=r"v4\.pt.*only TopK SAEs are supported"):
+        load_openai(path)
+
+
+def test_openai_k_mismatch_and_bad_shapes(tmp_path: Path) -> None:
+    path = tmp_path / "sae.pt"
+    torch.save(_openai_sd(), path)
+    with pytest.raises(CheckpointError, match="k=7 was given"):
+        load_openai(path, k=7)
+    sd = _openai_sd()
+    sd["decoder.weight"] = sd["decoder.weight"].T.contiguous()
+    bad = tmp_path / "bad.pt"
+    torch.save(sd, bad)
+    with pytest.raises(CheckpointError, match=r"bad\.pt.*'decoder\.weight' has shape \(64, 16\), expected \(16, 64\)"):
+        load_openai(bad)
+    sd = _openai_sd()
+    del sd["encoder.weight"]
+    torch.save(sd, bad)
+    with pytest.raises(CheckpointError, match=r"bad\.pt: missing tensor 'encoder\.weight'"):
+        load_openai(bad)
+
+
+def _mark_executed() -> int:
+    _EXECUTED.append(1)
+    return 0
+
+
+class _Payload:
+    def __reduce__(self):
+        return (_mark_executed, ())
+
+
+def test_openai_pt_with_pickled_object_is_refused_not_run(tmp_path: Path) -> None:
+    sd = _openai_sd()
+    sd["extra"] = _Payload()
+    path = tmp_path / "evil.pt"
+    torch.save(sd, path)
+    _EXECUTED.clear()
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*weights_only=True.*Unsupported global") as err:
+        load_openai(path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"evil\.pt"):
+        load_sae(path)
+    assert _EXECUTED == []
+
+
+def test_missing_files_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"nope\.pt: file not found"):
+        load_openai(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match=r"nowhere.*not found"):
+        load_sae(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"empty: not an SAE folder"):
+        load_sae(tmp_path / "empty")
+    (tmp_path / "lens").mkdir()
+    (tmp_path / "lens" / "cfg.json").write_text(json.dumps({"architecture": "topk", "k": K}))
+    with pytest.raises(CheckpointError, match=r"sae_weights\.safetensors: file not found"):
+        load_saelens(tmp_path / "lens")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"junk\.safetensors: not a readable safetensors file"):
+        load_sae(tmp_path / "junk.safetensors", k=K)
+
+
+@pytest.mark.skipif(not (ANCHOR / "sae_openai.safetensors").is_file(), reason="official anchor not present")
+def test_official_anchor_sae_topk_is_reproduced() -> None:
+    sae = load_sae(ANCHOR / "sae_openai.safetensors", k=16)
+    out = load_file(str(ANCHOR / "outputs.safetensors"))
+    with torch.no_grad():
+        values, indices, _ = sae.encode(out["teacher.resid_post"])
+    assert torch.equal(indices, out["sae.topk_indices"])
+    assert _close(values, out["sae.topk_values"])
+
+
+# ----------------------------------------------------------------------------------------------- SAELens
+
+
+def _saelens_weights(seed: int = 10) -> dict[str, torch.Tensor]:
+    return {
+        "W_enc": _rand(D, C, seed=seed, scale=D**-0.5),
+        "b_enc": _rand(C, seed=seed + 1, scale=0.1),
+        "W_dec": _rand(C, D, seed=seed + 2),
+        "b_dec": _rand(D, seed=seed + 3, scale=0.1),
+    }
+
+
+def _write_saelens(folder: Path, cfg: dict, weights: dict[str, torch.Tensor]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    save_file(weights, str(folder / "sae_weights.safetensors"))
+    return folder
+
+
+def _saelens_reference(cfg: dict, w: dict[str, torch.Tensor], x: torch.Tensor):
+    """SAELens `process_sae_in` / `TopKSAE.encode` / `decode`, spelled out."""
+    mu, std = torch.zeros_like(x[..., :1]), torch.ones_like(x[..., :1])
+    if cfg.get("normalize_activations") == "layer_norm":
+        mu = x.mean(-1, keepdim=True)
+        std = (x - mu).std(-1, keepdim=True)
+        x = (x - mu) / (std + 1e-5)
+    sae_in = x - w["b_dec"] * cfg.get("apply_b_dec_to_input", True)
+    pre = sae_in @ w["W_enc"] + w["b_enc"]
+    norms = w["W_dec"].norm(dim=-1) if cfg.get("rescale_acts_by_decoder_norm") else torch.ones(C)
+    acts = _dense(pre * norms, K)
+    return acts, ((acts / norms) @ w["W_dec"] + w["b_dec"]) * std + mu
+
+
+V6 = {
+    "architecture": "topk",
+    "d_in": D,
+    "d_sae": C,
+    "k": K,
+    "dtype": "float32",
+    "device": "cpu",
+    "apply_b_dec_to_input": True,
+    "normalize_activations": "none",
+    "metadata": {"sae_lens_version": "6.5.0"},
+}
+PRE6 = {
+    "d_in": D,
+    "d_sae": C,
+    "activation_fn_str": "topk",
+    "activation_fn_kwargs": {"k": K},
+    "apply_b_dec_to_input": False,
+    "normalize_activations": "none",
+    "sae_lens_version": "5.9.0",
+}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [V6, PRE6, {**V6, "normalize_activations": "layer_norm"}, {**V6, "rescale_acts_by_decoder_norm": True}],
+    ids=["v6", "pre6-no-b_dec-on-input", "layer_norm", "rescale-by-decoder-norm"],
+)
+def test_saelens_folder_matches_saelens_semantics(tmp_path: Path, cfg: dict) -> None:
+    w = _saelens_weights()
+    folder = _write_saelens(tmp_path / "sae", cfg, w)
+    sae = load_sae(folder)
+    assert sae.k == K and sae.normalize == (cfg["normalize_activations"] == "layer_norm")
+    x = _x()
+    acts_ref, recon_ref = _saelens_reference(cfg, w, x)
+    with torch.no_grad():
+        z, _ = sae.encode_dense(x)
+        assert _close(z, acts_ref) and _close(sae(x), recon_ref)
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"architecture": "jumprelu"}, "only TopK SAEs are supported"),
+        ({"normalize_activations": "expected_average_only_in"}, "normalize_activations='expected_average_only_in'"),
+        ({"architecture": "topk", "k": None}, "'k' must be an integer"),
+        ({"d_in": D + 1}, "d_in=17"),
+    ],
+)
+def test_saelens_refusals_name_the_file(tmp_path: Path, change: dict, message: str) -> None:
+    folder = _write_saelens(tmp_path / "sae", {**V6, **change}, _saelens_weights())
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_saelens(folder)
+    assert str(folder) in str(err.value)
+
+
+def test_saelens_bad_shape_and_scaling_factor(tmp_path: Path) -> None:
+    w = _saelens_weights()
+    folder = _write_saelens(tmp_path / "a", V6, {**w, "W_dec": w["W_dec"].T.contiguous()})
+    with pytest.raises(CheckpointError, match=r"sae_weights\.safetensors: 'W_dec' has shape \(16, 64\)"):
+        load_saelens(folder)
+    folder = _write_saelens(tmp_path / "b", V6, {**w, "scaling_factor": torch.full((C,), 2.0)})
+    with pytest.raises(CheckpointError, match="non-unit 'scaling_factor'"):
+        load_saelens(folder)
+    folder = _write_saelens(tmp_path / "c", V6, {**w, "scaling_factor": torch.ones(C)})
+    assert load_saelens(folder).k == K
+
+
+def _trained_like_sae(normalize: bool, dtype: torch.dtype = torch.float32) -> TopKSAE:
+    sae = TopKSAE(D, C, K, normalize=normalize, dtype=dtype)
+    return sae.set_weights(
+        pre_bias=_rand(D, seed=21, scale=0.1).to(dtype),
+        W_enc=_rand(C, D, seed=22).to(dtype),
+        latent_bias=_rand(C, seed=23, scale=0.1).to(dtype),
+        W_dec=_rand(D, C, seed=24).to(dtype),
+    )
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_save_saelens_round_trip(tmp_path: Path, normalize: bool) -> None:
+    sae = _trained_like_sae(normalize)
+    folder = save_saelens(sae, tmp_path / "out", metadata={"hook_name": "blocks.2.hook_resid_post"})
+    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk" and cfg["k"] == K and cfg["d_in"] == D and cfg["d_sae"] == C
+    assert cfg["normalize_activations"] == ("layer_norm" if normalize else "none")
+    assert cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    # what the written files mean under SAELens's own semantics (independent of load_saelens)
+    acts_ref, recon_ref = _saelens_reference(cfg, load_file(str(folder / "sae_weights.safetensors")), _x())
+    with torch.no_grad():
+        assert _close(sae.encode_dense(_x())[0], acts_ref) and _close(sae(_x()), recon_ref)
+    back = load_sae(folder)
+    for name in ("pre_bias", "W_enc", "latent_bias", "W_dec"):
+        assert torch.equal(getattr(back, name), getattr(sae, name)), name
+    assert (back.k, back.normalize, back.encode_pre_bias) == (sae.k, sae.normalize, sae.encode_pre_bias)
+    x = _x()
+    with torch.no_grad():
+        assert torch.equal(back.encode_dense(x)[0], sae.encode_dense(x)[0]) and torch.equal(back(x), sae(x))
+    with pytest.raises(CheckpointError, match="k=3 was given"):
+        load_sae(folder, k=3)
+    save_saelens(_trained_like_sae(not normalize), folder)  # replaces an existing SAE folder
+    assert load_sae(folder).normalize == (not normalize)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folders left behind
+
+
+def test_save_saelens_refuses_to_replace_an_unrelated_folder(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="refusing to replace"):
+        save_saelens(_trained_like_sae(True), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_save_saelens_is_read_by_sae_lens_if_installed(tmp_path: Path) -> None:
+    sae_lens = pytest.importorskip("sae_lens")
+    sae = _trained_like_sae(True)
+    folder = save_saelens(sae, tmp_path / "out")
+    theirs = sae_lens.SAE.load_from_disk(str(folder))
+    x = _x()
+    with torch.no_grad():
+        assert _close(theirs.encode(x), sae.encode_dense(x)[0]) and _close(theirs(x), sae(x))
+
+
+# ----------------------------------------------------------------------------------------------- sparsify
+
+
+def _sparsify_weights() -> dict[str, torch.Tensor]:
+    return {
+        "encoder.weight": _rand(C, D, seed=31, scale=D**-0.5),
+        "encoder.bias": _rand(C, seed=32, scale=0.1) - 2.6,  # some positions get fewer than k positive latents
+        "W_dec": _rand(C, D, seed=33),
+        "b_dec": _rand(D, seed=34, scale=0.1),
+    }
+
+
+def _write_sparsify(folder: Path, cfg: dict, weights: dict[str, torch.Tensor]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    save_file(weights, str(folder / "sae.safetensors"))
+    return folder
+
+
+def test_sparsify_folder_matches_sparsify_semantics(tmp_path: Path) -> None:
+    w = _sparsify_weights()
+    # d_in absent: inferred from encoder.weight; num_latents 0 means expansion_factor * d_in
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": C // D,
+        "normalize_decoder": True,
+        "num_latents": 0,
+        "k": K,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+    }
+    sae = load_sae(_write_sparsify(tmp_path / "sp", cfg, w))
+    assert (sae.d_in, sae.n_latents, sae.k, sae.normalize) == (D, C, K, False)
+    x = _x()
+    pre = (x - w["b_dec"]) @ w["encoder.weight"].T + w["encoder.bias"]
+    assert ((pre > 0).sum(-1) < K).any()  # the relu/topk order matters for the indices of zero-valued slots
+    acts = _dense(pre, K, relu_first=True)  # sparsify: relu, then topk
+    with torch.no_grad():
+        values, indices, _ = sae.encode(x)
+        ref = torch.topk(torch.relu(pre), K, dim=-1)
+        assert torch.equal(indices, ref.indices) and _close(values, ref.values)
+        assert _close(sae.encode_dense(x)[0], acts)
+        assert _close(sae(x), acts @ w["W_dec"] + w["b_dec"])
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"activation": "groupmax"}, "only TopK"),
+        ({"transcode": True}, "transcode=true"),
+        ({"num_latents": C * 2}, "128 latents"),
+        ({"d_in": D + 1}, "d_in=17"),
+    ],
+)
+def test_sparsify_refusals(tmp_path: Path, change: dict, message: str) -> None:
+    folder = _write_sparsify(tmp_path / "sp", {"k": K, "num_latents": C, "d_in": D, **change}, _sparsify_weights())
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_sparsify(folder)
+    assert str(folder) in str(err.value)
