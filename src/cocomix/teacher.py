@@ -89,7 +89,7 @@ class Teacher:
             raise ConfigError("teacher: loading a Hugging Face teacher needs transformers (pip install "
                               "transformers)") from None
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype, attn_implementation="eager")
+            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({e})") from None
         return cls(model.to(device), layer)

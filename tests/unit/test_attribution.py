@@ -131,3 +131,26 @@ def test_matches_the_official_implementation_on_the_anchor() -> None:
         for t in range(ids.shape[1] - 1):
             assert set(targets[b, t].tolist()) == set(want[b, t].tolist()), (b, t)
     assert (targets[:, -1] == -1).all()
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_hf_teacher_folder_gives_the_same_residual_and_grad_as_our_model(tmp_path: Path, flavour: str) -> None:
+    """A transformers folder (written by our exporter) and the same weights in our Transformer agree."""
+    from cocomix.export import export_hf
+
+    model = Transformer(tiny_model_config(flavour, n_layer=3)).eval()
+    export_hf(model, tmp_path / "hf")
+    hf_teacher = Teacher.from_pretrained(tmp_path / "hf", layer=1)
+    ours = Teacher(model, layer=1)
+    ids = torch.randint(0, 97, (2, 16))
+    a, b = hf_teacher.residual_and_grad(ids), ours.residual_and_grad(ids)
+    assert (a.hidden - b.hidden).abs().max() < 1e-5
+    assert (a.grad - b.grad).abs().max() < 1e-7 and abs(float(a.loss) - float(b.loss)) < 1e-5
+    assert all(not p.requires_grad for p in hf_teacher.model.parameters())
+
+
+def test_teacher_layer_out_of_range_is_a_config_error() -> None:
+    from cocomix.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher_layer"):
+        Teacher(Transformer(tiny_model_config(n_layer=3)), layer=3)
