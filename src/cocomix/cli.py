@@ -5,6 +5,7 @@
     cocomix eval      validation loss and perplexity of a checkpoint       (cocomix.eval.evaluate_loss)
     cocomix generate  sample text from a checkpoint with the KV cache      (cocomix.model.generate)
     cocomix export    write an NTP checkpoint as a transformers model      (cocomix.export.export_hf)
+    cocomix extract-concepts  cache concept targets of a token store        (cocomix.concepts.cache)
     cocomix presets   list presets or print one as JSON
     cocomix demo      the `make demo` job                                  (cocomix.demo.run_demo)
 
@@ -124,6 +125,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract_concepts(args: argparse.Namespace) -> int:
+    from cocomix.concepts.cache import extract_concepts
+    from cocomix.sae import load_sae
+    from cocomix.teacher import Teacher
+    from cocomix.train.loop import resolve_device
+
+    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device))
+    sae = load_sae(args.sae, k=args.sae_k).to(teacher.device)
+    meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
+                            k_attr=args.k_attr, selection=args.selection, seq_len=args.seq_len,
+                            batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
+    print(json.dumps({k: meta[k] for k in ("complete", "windows", "n_latents", "k_attr", "dtype")}))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from cocomix.presets import PRESETS, get_preset
 
@@ -194,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="token store whose tokenizer to copy (default: the run's)")
     s.add_argument("--no-tokenizer", action="store_true", help="export the weights without a tokenizer")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("extract-concepts", help="run teacher + SAE once over a token store, cache the targets")
+    s.add_argument("--data", required=True, help="token store (from `cocomix prepare`)")
+    s.add_argument("--teacher", required=True, help="HF causal LM name or folder, or a cocomix run directory")
+    s.add_argument("--teacher-layer", type=int, required=True, help="block whose output the SAE reads")
+    s.add_argument("--sae", required=True, help="OpenAI .pt/.safetensors file, SAELens or sparsify folder")
+    s.add_argument("--sae-k", type=int, default=None, help="SAE TopK (needed for OpenAI .safetensors files)")
+    s.add_argument("--k-attr", type=int, default=4, help="targets per position (paper: 4)")
+    s.add_argument("--selection", default="attribution", choices=("attribution", "activation"))
+    s.add_argument("--seq-len", type=int, required=True, help="window length; must equal the training run's")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--splits", default="train,val")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True, help="cache directory (resumed if it holds a partial extraction)")
+    s.set_defaults(func=cmd_extract_concepts)
 
     s = sub.add_parser("presets", help="list presets, or print one as JSON")
     s.add_argument("name", nargs="?")

@@ -1,0 +1,145 @@
+"""The concept-target cache: teacher + SAE run once over a token store, targets read back per training window.
+
+`extract_concepts` writes, for each split, `targets_{split}.bin`: for every window c (the store's fixed chunk of
+`seq_len` tokens) the `k_attr` target latent ids of positions 0 … T−2, as uint16 when the SAE has at most 65536
+latents (int32 otherwise). The final position has no next token and is not stored; `TargetCache.batch` returns
+it as -1 (invalid), exactly like `compute_targets`. Windows are processed in order and `progress.json` records
+how many are done after each flushed batch, so an interrupted extraction resumes where it stopped.
+`meta.json` records what produced the targets (teacher, layer, SAE, selection, k_attr, seq_len, the store's
+tokenizer and token counts); opening the cache with different expectations is a one-line error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cocomix.atomic import atomic_write_text
+from cocomix.concepts.attribution import INVALID, compute_targets
+from cocomix.data import TokenStore
+from cocomix.errors import ConfigError, DataError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+MATCH_KEYS = ("teacher", "teacher_layer", "sae", "sae_sha256", "n_latents", "sae_k", "k_attr", "selection",
+              "seq_len", "tokenizer_sha256", "train_tokens", "val_tokens")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _dtype(n_latents: int) -> np.dtype:
+    return np.dtype(np.uint16) if n_latents <= 65536 else np.dtype(np.int32)
+
+
+def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, sae: Any, *, teacher_spec: str,
+                     sae_spec: str, k_attr: int = 4, selection: str = "attribution", seq_len: int = 1024,
+                     batch_size: int = 8, splits: tuple[str, ...] = SPLITS, max_windows: int | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Compute and store targets for every window of `splits`; resume an interrupted run of the same settings.
+
+    `max_windows` stops after that many windows in total (for testing interruption). Returns meta.json's dict.
+    """
+    store = TokenStore.open(store_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = teacher.device
+    meta = {
+        "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_layer": teacher.layer,
+        "sae": sae_spec, "sae_sha256": file_sha256(Path(sae_spec)) if Path(sae_spec).exists() else None,
+        "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection,
+        "seq_len": seq_len, "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
+        "train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
+        "dtype": _dtype(sae.n_latents).name, "store": str(store.path),
+        "windows": {s: store.num_chunks(s, seq_len) for s in SPLITS},
+    }
+    if (out / "meta.json").is_file():
+        _check_matches(out, json.loads((out / "meta.json").read_text()), meta)
+    else:
+        atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    prog_path = out / "progress.json"
+    done = json.loads(prog_path.read_text()) if prog_path.is_file() else dict.fromkeys(SPLITS, 0)
+    dtype = _dtype(sae.n_latents)
+    budget = max_windows if max_windows is not None else float("inf")
+    t0 = time.perf_counter()
+    for split in splits:
+        n = meta["windows"][split]
+        if n == 0:
+            continue
+        path = out / f"targets_{split}.bin"
+        shape = (n, seq_len - 1, k_attr)
+        mm = np.memmap(path, dtype=dtype, mode="r+" if path.is_file() else "w+", shape=shape)
+        start = done[split]
+        while start < n and budget > 0:
+            stop = int(min(n, start + batch_size, start + budget))
+            ids = store.batch(split, list(range(start, stop)), seq_len).to(device)
+            targets = compute_targets(teacher, sae, ids, k_attr=k_attr, selection=selection)  # (b, T, k_attr)
+            mm[start:stop] = targets[:, :-1].cpu().numpy().astype(dtype)
+            mm.flush()
+            budget -= stop - start
+            start = done[split] = stop
+            atomic_write_text(prog_path, json.dumps(done))
+            if progress:
+                rate = sum(done.values()) / max(time.perf_counter() - t0, 1e-9)
+                print(f"\rextract-concepts {split}: {start}/{n} windows ({rate:.1f} windows/s)", end="",
+                      file=sys.stderr, flush=True)
+        if progress:
+            print(file=sys.stderr)
+        del mm
+    meta["complete"] = all(done[s] >= meta["windows"][s] for s in splits)
+    meta["splits"] = list(splits)
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    return meta
+
+
+def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
+    for key in MATCH_KEYS:
+        if key in expected and stored.get(key) != expected[key]:
+            raise ConfigError(f"{out / 'meta.json'}: concept cache was made with {key}={stored.get(key)!r}, "
+                              f"this run needs {expected[key]!r}; use another cache directory")
+
+
+class TargetCache:
+    """Read-only access to extracted targets, aligned with the token store's windows."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path, self.meta = path, meta
+        self.dtype = np.dtype(meta["dtype"])
+        self._mm: dict[str, np.memmap] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, expect: dict[str, Any] | None = None) -> TargetCache:
+        """Open a complete cache; `expect` (a subset of meta keys) must match what made it."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path / 'meta.json'}: missing or unreadable concept cache ({e})") from None
+        if not meta.get("complete"):
+            raise DataError(f"{path}: concept extraction is incomplete; run `cocomix extract-concepts` again to "
+                            "resume it")
+        _check_matches(path, meta, expect or {})
+        return cls(path, meta)
+
+    def batch(self, split: str, chunk_ids: list[int]) -> torch.Tensor:
+        """Targets (B, T, k_attr) int64 of the given windows; the final position is -1."""
+        if split not in self._mm:
+            shape = (self.meta["windows"][split], self.meta["seq_len"] - 1, self.meta["k_attr"])
+            self._mm[split] = np.memmap(self.path / f"targets_{split}.bin", dtype=self.dtype, mode="r", shape=shape)
+        rows = torch.from_numpy(self._mm[split][np.asarray(chunk_ids)].astype(np.int64))  # (B, T-1, k_attr)
+        last = torch.full((rows.shape[0], 1, rows.shape[2]), INVALID, dtype=torch.int64)
+        return torch.cat((rows, last), dim=1)

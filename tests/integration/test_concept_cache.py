@@ -1,0 +1,79 @@
+"""Concept-target cache: cached targets equal online ones, interruption resumes exactly, mismatches refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocomix.concepts import compute_targets
+from cocomix.concepts.cache import TargetCache, extract_concepts
+from cocomix.config import ModelConfig
+from cocomix.data import TokenStore
+from cocomix.errors import ConfigError
+from cocomix.export import export_hf
+from cocomix.model import Transformer
+from cocomix.sae import TopKSAE, load_sae
+from cocomix.sae.saelens import save_saelens
+from cocomix.teacher import Teacher
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    export_hf(Transformer(ModelConfig(vocab_size=320, n_layer=3, n_head=2, d_model=32, context_length=64)),
+              root / "teacher")
+    sae = TopKSAE(32, 256, 8)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.3)
+    save_saelens(sae, root / "sae")
+    return root / "teacher", root / "sae"
+
+
+def _extract(store: Path, out: Path, parts: tuple[Path, Path], **kw) -> dict:
+    teacher = Teacher.from_pretrained(parts[0], layer=1)
+    sae = load_sae(str(parts[1]))
+    return extract_concepts(store, out, teacher, sae, teacher_spec=str(parts[0]), sae_spec=str(parts[1]),
+                            seq_len=32, batch_size=4, progress=False, **kw)
+
+
+def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
+    r = subprocess.run([sys.executable, "-m", "cocomix", "extract-concepts", "--data", str(store_dir),
+                        "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]),
+                        "--seq-len", "32", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    cache = TargetCache.open(tmp_path / "c", expect={"k_attr": 4, "seq_len": 32})
+    assert cache.meta["dtype"] == "uint16"
+    store = TokenStore.open(store_dir)
+    teacher, sae = Teacher.from_pretrained(parts[0], layer=1), load_sae(str(parts[1]))
+    for split, chunk_ids in (("train", [0, 5, 17, 3]), ("val", [0, 1])):
+        online = compute_targets(teacher, sae, store.batch(split, chunk_ids, 32), k_attr=4)
+        assert torch.equal(cache.batch(split, chunk_ids), online)
+
+
+def test_interrupted_extraction_resumes_to_identical_files(store_dir: Path, tmp_path: Path,
+                                                           parts: tuple[Path, Path]) -> None:
+    _extract(store_dir, tmp_path / "full", parts)
+    partial = _extract(store_dir, tmp_path / "resumed", parts, max_windows=7)
+    assert not partial["complete"]
+    with pytest.raises(Exception, match="incomplete"):
+        TargetCache.open(tmp_path / "resumed")
+    assert _extract(store_dir, tmp_path / "resumed", parts)["complete"]
+    for split in ("train", "val"):
+        name = f"targets_{split}.bin"
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+
+
+def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
+    _extract(store_dir, tmp_path / "c", parts, max_windows=2)
+    with pytest.raises(ConfigError, match="k_attr"):
+        _extract(store_dir, tmp_path / "c", parts, k_attr=3)
+    _extract(store_dir, tmp_path / "c", parts)
+    with pytest.raises(ConfigError, match="seq_len"):
+        TargetCache.open(tmp_path / "c", expect={"seq_len": 64})
