@@ -134,7 +134,8 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
     teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device))
     sae = load_sae(args.sae, k=args.sae_k).to(teacher.device)
     meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
-                            k_attr=args.k_attr, selection=args.selection, seq_len=args.seq_len,
+                            k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
+                            seq_len=args.seq_len,
                             batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
     print(json.dumps({k: meta[k] for k in ("complete", "windows", "n_latents", "k_attr", "dtype")}))
     return 0
@@ -219,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sae-k", type=int, default=None, help="SAE TopK (needed for OpenAI .safetensors files)")
     s.add_argument("--k-attr", type=int, default=4, help="targets per position (paper: 4)")
     s.add_argument("--selection", default="attribution", choices=("attribution", "activation"))
+    s.add_argument("--multiplier", default="activation", choices=("activation", "pre_activation"),
+                   help="attribution multiplier: post-TopK activation (official) or pre-activation (paper Eq. 1)")
     s.add_argument("--seq-len", type=int, required=True, help="window length; must equal the training run's")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--splits", default="train,val")

@@ -154,3 +154,18 @@ def test_teacher_layer_out_of_range_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="teacher_layer"):
         Teacher(Transformer(tiny_model_config(n_layer=3)), layer=3)
+
+
+def test_pre_activation_multiplier_is_eq1_over_all_latents() -> None:
+    teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
+    sae = _random_sae(32, 64, 8)
+    ids = torch.randint(0, 97, (2, 9))
+    got = compute_targets(teacher, sae, ids, k_attr=4, multiplier="pre_activation")
+    tp = teacher.residual_and_grad(ids)
+    pre, _ = sae.pre_activation(tp.hidden)
+    dense = (tp.grad @ sae.W_dec) * pre  # (B, T, C): the formula written out
+    want = torch.topk(dense.detach(), 4, dim=-1).indices
+    assert torch.equal(got[:, :-1], want[:, :-1]) and (got[:, -1] == -1).all()
+    active = sae.encode(tp.hidden)[1]
+    outside = [int(i) not in set(active[b, t].tolist()) for b in range(2) for t in range(8) for i in got[b, t]]
+    assert any(outside), "pre-activation attribution should be able to pick inactive latents"

@@ -15,6 +15,9 @@ The final position of a window has no next token, so its gradient and scores are
 marked invalid with -1.
 
 `selection="activation"` is the paper's ablation (§3.3a): the `k_attr` latents with the largest activation.
+`multiplier="pre_activation"` is the paper's Eq. 1 as written: s = c_pre ⊙ (g · W_dec) with the SAE's
+pre-TopK activations, so inactive latents can score too; it needs all C decoder columns and is computed in
+row chunks to bound memory.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import torch.nn.functional as F
 from cocomix.errors import ConfigError
 
 SELECTIONS = ("attribution", "activation")
+MULTIPLIERS = ("activation", "pre_activation")
+_CHUNK_ELEMENTS = 1 << 24  # rows × C per chunk of the dense pre-activation scores
 INVALID = -1
 
 
@@ -54,14 +59,32 @@ def select_targets(scores: torch.Tensor, indices: torch.Tensor, k_attr: int) -> 
     return torch.gather(all_ids, -1, order)  # ties keep candidate order: active latents, then ascending free ids
 
 
+def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: torch.Tensor,
+                                k_attr: int) -> torch.Tensor:
+    """Eq. 1 with the pre-activation: top k_attr of c_pre ⊙ (g · W_dec) over all C latents.
+
+    grad (B, T, d), pre (B, T, C), W_dec (d, C) -> (B, T, k_attr) int64.
+    """
+    B, T, C = pre.shape
+    g, p = grad.reshape(B * T, -1).to(W_dec.dtype), pre.reshape(B * T, C)
+    rows = max(1, _CHUNK_ELEMENTS // C)
+    out = []
+    for s in range(0, B * T, rows):
+        scores = (g[s:s + rows] @ W_dec) * p[s:s + rows]  # (rows, C)
+        out.append(torch.topk(scores, k_attr, dim=-1).indices)
+    return torch.cat(out).view(B, T, k_attr)
+
+
 @torch.no_grad()
 def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int = 4,
-                    selection: str = "attribution") -> torch.Tensor:
+                    selection: str = "attribution", multiplier: str = "activation") -> torch.Tensor:
     """Concept targets (B, T, k_attr) int64 for windows ids (B, T); the final position is INVALID (-1).
 
     `teacher` is a `cocomix.teacher.Teacher`, `sae` a `cocomix.sae.TopKSAE` whose d_in matches the teacher's
     residual width.
     """
+    if multiplier not in MULTIPLIERS:
+        raise ConfigError(f"multiplier: expected one of {MULTIPLIERS}, got {multiplier!r}")
     if selection not in SELECTIONS:
         raise ConfigError(f"selection: expected one of {SELECTIONS}, got {selection!r}")
     if not 1 <= k_attr <= sae.k:
@@ -71,6 +94,11 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width "
                           f"{tp.hidden.shape[-1]} at teacher_layer {teacher.layer}")
     hidden = tp.hidden.to(sae.W_dec.dtype)
+    if multiplier == "pre_activation" and selection == "attribution":
+        pre, _ = sae.pre_activation(hidden)  # (B, T, C)
+        targets = dense_preactivation_targets(tp.grad, pre, sae.W_dec, k_attr)
+        targets[:, -1] = INVALID
+        return targets
     values, indices, _ = sae.encode(hidden)  # (B, T, k) each
     if selection == "activation":
         scores = values
