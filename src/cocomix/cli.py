@@ -6,6 +6,7 @@
     cocomix generate  sample text from a checkpoint with the KV cache      (cocomix.model.generate)
     cocomix export    write an NTP checkpoint as a transformers model      (cocomix.export.export_hf)
     cocomix extract-concepts  cache concept targets of a token store        (cocomix.concepts.cache)
+    cocomix describe-concepts  name latents by their top activating contexts (cocomix.concepts.describe)
     cocomix presets   list presets or print one as JSON
     cocomix demo      the `make demo` job                                  (cocomix.demo.run_demo)
 
@@ -141,6 +142,26 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_describe_concepts(args: argparse.Namespace) -> int:
+    from cocomix.concepts.describe import describe_concepts, write_report
+    from cocomix.data import TokenStore
+    from cocomix.sae import load_sae
+    from cocomix.teacher import Teacher
+    from cocomix.train.loop import resolve_device
+
+    store = TokenStore.open(args.data)
+    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device))
+    sae = load_sae(args.sae, k=args.sae_k).to(teacher.device)
+    stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
+                              batch_size=args.batch_size, top_n=args.top_n)
+    out = write_report(stats, store, args.out, args.split, args.seq_len, context=args.context,
+                       meta={"teacher": args.teacher, "teacher_layer": args.teacher_layer, "sae": args.sae})
+    fired = int((stats["counts"] > 0).sum())
+    print(json.dumps({"report": str(out / "concepts.md"), "latents": int(stats["counts"].numel()),
+                      "fired": fired, "positions": int(stats["positions"])}))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from cocomix.presets import PRESETS, get_preset
 
@@ -228,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", required=True, help="cache directory (resumed if it holds a partial extraction)")
     s.set_defaults(func=cmd_extract_concepts)
+
+    s = sub.add_parser("describe-concepts", help="frequency and top activating contexts of every SAE latent")
+    s.add_argument("--data", required=True, help="token store (from `cocomix prepare`)")
+    s.add_argument("--teacher", required=True, help="HF causal LM name or folder, or a cocomix run directory")
+    s.add_argument("--teacher-layer", type=int, required=True)
+    s.add_argument("--sae", required=True, help="OpenAI .pt/.safetensors file, SAELens or sparsify folder")
+    s.add_argument("--sae-k", type=int, default=None)
+    s.add_argument("--seq-len", type=int, required=True)
+    s.add_argument("--split", default="val", choices=("train", "val"))
+    s.add_argument("--max-windows", type=int, default=0, help="stop after this many windows (0: the whole split)")
+    s.add_argument("--top-n", type=int, default=8, help="contexts kept per latent")
+    s.add_argument("--context", type=int, default=12, help="tokens shown on each side of the activating token")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True, help="folder for concepts.json and concepts.md")
+    s.set_defaults(func=cmd_describe_concepts)
 
     s = sub.add_parser("presets", help="list presets, or print one as JSON")
     s.add_argument("name", nargs="?")

@@ -94,6 +94,15 @@ class Teacher:
             raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({e})") from None
         return cls(model.to(device), layer)
 
+    @torch.no_grad()
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient)."""
+        self.model(ids)
+        leaf, self._leaf = self._leaf, None
+        if leaf is None:
+            raise RuntimeError("teacher forward did not pass through the capture block")
+        return leaf.detach()
+
     def residual_and_grad(self, ids: torch.Tensor) -> TeacherPass:
         """ids (B, T) -> hidden and ∂L/∂hidden at teacher_layer, L = mean CE(logits[:, :-1], ids[:, 1:])."""
         with torch.enable_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,34 @@ def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts:
     _extract(store_dir, tmp_path / "c", parts)
     with pytest.raises(ConfigError, match="seq_len"):
         TargetCache.open(tmp_path / "c", expect={"seq_len": 64})
+
+
+def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
+    from cocomix.concepts.describe import describe_concepts
+
+    store = TokenStore.open(store_dir)
+    teacher, sae = Teacher.from_pretrained(parts[0], layer=1), load_sae(str(parts[1]))
+    stats = describe_concepts(store, teacher, sae, 32, split="train", max_windows=10, batch_size=3, top_n=5,
+                              progress=False)
+    values, indices, _ = sae.encode(teacher.hidden(store.batch("train", list(range(10)), 32)))
+    values = values.detach()
+    live = values > 0
+    assert torch.equal(stats["counts"], torch.bincount(indices[live], minlength=sae.n_latents))
+    for latent in range(sae.n_latents):
+        acts = torch.sort(values[live][indices[live] == latent], descending=True).values[:5]
+        got = stats["values"][latent][: acts.numel()]
+        assert torch.allclose(got, acts), latent
+        assert (stats["values"][latent][acts.numel():] == float("-inf")).all()
+    w, p = int(stats["windows"][indices[0, 3, 0]][0]), int(stats["token_positions"][indices[0, 3, 0]][0])
+    assert values[w, p][indices[w, p] == indices[0, 3, 0]].numel() == 1  # the stored place really activates it
+
+    r = subprocess.run([sys.executable, "-m", "cocomix", "describe-concepts", "--data", str(store_dir),
+                        "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]), "--seq-len",
+                        "32", "--max-windows", "6", "--device", "cpu", "--out", str(tmp_path / "d")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "d" / "concepts.json").read_text())
+    assert len(report["latents"]) == sae.n_latents and report["positions"] == 6 * 32
+    fired = [c for c in report["latents"] if c["count"]]
+    assert fired and all("«" in ex["text"] and "»" in ex["text"] for c in fired for ex in c["examples"])
+    assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()

@@ -1,0 +1,108 @@
+"""Concept descriptions: per SAE latent, how often it fires and the contexts where it fires most strongly.
+
+`describe_concepts` streams windows of a token store through the frozen teacher (forward only, up to
+`teacher_layer`'s output) and the SAE, counts each latent's activations (frequency = active positions / all
+positions) and keeps its `top_n` strongest activations with their (split, window, position). `write_report`
+decodes those into text snippets — the activating token marked «like this» with `context` tokens on each side —
+and writes `concepts.json` and a readable `concepts.md`, so that steering and inspection can name concepts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cocomix.atomic import atomic_write_text
+from cocomix.data import TokenStore
+
+
+@torch.no_grad()
+def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, split: str = "val",
+                      max_windows: int = 0, batch_size: int = 8, top_n: int = 8,
+                      progress: bool = True) -> dict[str, torch.Tensor]:
+    """Activation counts (C,) and the top_n strongest activations per latent: values (C, top_n) (−inf where
+    fewer), windows (C, top_n), positions (C, top_n); also the number of positions seen."""
+    C = sae.n_latents
+    n = store.num_chunks(split, seq_len)
+    n = min(n, max_windows) if max_windows else n
+    counts = torch.zeros(C, dtype=torch.int64)
+    top_val = torch.full((C, top_n), float("-inf"))
+    top_win = torch.full((C, top_n), -1, dtype=torch.int64)
+    top_pos = torch.full((C, top_n), -1, dtype=torch.int64)
+    latent_of_slot = torch.arange(C).repeat_interleave(top_n)  # (C·top_n,)
+    for start in range(0, n, batch_size):
+        chunk_ids = list(range(start, min(n, start + batch_size)))
+        ids = store.batch(split, chunk_ids, seq_len).to(teacher.device)
+        hidden = teacher.hidden(ids).to(sae.W_dec.dtype)  # (b, T, d)
+        values, indices, _ = sae.encode(hidden)  # (b, T, k)
+        values, indices = values.float().cpu(), indices.cpu()
+        live = values > 0  # a TopK slot whose ReLU output is 0 is not an activation
+        counts += torch.bincount(indices[live], minlength=C)
+        b, T, k = values.shape
+        win = torch.tensor(chunk_ids)[:, None, None].expand(b, T, k)
+        pos = torch.arange(T)[None, :, None].expand(b, T, k)
+        # merge the batch's activations into the running top lists: sort by value, then stably by latent
+        lat = torch.cat((latent_of_slot, indices[live]))
+        val = torch.cat((top_val.flatten(), values[live]))
+        w = torch.cat((top_win.flatten(), win[live]))
+        p = torch.cat((top_pos.flatten(), pos[live]))
+        order = torch.sort(val, descending=True, stable=True).indices
+        order = order[torch.sort(lat[order], stable=True).indices]  # grouped by latent, strongest first
+        lat, val, w, p = lat[order], val[order], w[order], p[order]
+        first = torch.searchsorted(lat, torch.arange(C))  # start of each latent's group
+        rank = torch.arange(lat.numel()) - first[lat]
+        keep = rank < top_n
+        slot = lat[keep] * top_n + rank[keep]
+        top_val.view(-1)[slot], top_win.view(-1)[slot], top_pos.view(-1)[slot] = val[keep], w[keep], p[keep]
+        if progress:
+            print(f"\rdescribe-concepts: {min(n, start + batch_size)}/{n} windows", end="", file=sys.stderr,
+                  flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return {"counts": counts, "positions": torch.tensor(n * seq_len), "values": top_val, "windows": top_win,
+            "token_positions": top_pos}
+
+
+def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str | Path, split: str, seq_len: int,
+                 context: int = 12, meta: dict[str, Any] | None = None) -> Path:
+    """concepts.json (every latent) and concepts.md (latents that fired, most frequent first) in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = store.tokenizer()
+    tokens = store.tokens(split)
+    total = int(stats["positions"])
+    latents = []
+    for i in range(stats["counts"].numel()):
+        examples = []
+        for v, w, p in zip(stats["values"][i].tolist(), stats["windows"][i].tolist(),
+                           stats["token_positions"][i].tolist(), strict=True):
+            if w < 0:
+                continue
+            at = w * seq_len + p
+            left = tok.decode(tokens[max(w * seq_len, at - context):at].tolist())
+            here = tok.decode(tokens[at:at + 1].tolist())
+            right = tok.decode(tokens[at + 1:min((w + 1) * seq_len, at + 1 + context)].tolist())
+            examples.append({"activation": round(v, 5), "window": w, "position": p,
+                             "text": f"{left}«{here}»{right}"})
+        latents.append({"latent": i, "count": int(stats["counts"][i]),
+                        "frequency": int(stats["counts"][i]) / max(1, total), "examples": examples})
+    report = {"split": split, "positions": total, **(meta or {}), "latents": latents}
+    atomic_write_text(out / "concepts.json", json.dumps(report, indent=1, ensure_ascii=False))
+    fired = sorted((c for c in latents if c["count"]), key=lambda c: -c["count"])
+    dead = len(latents) - len(fired)
+    lines = [f"# Concepts ({len(latents)} latents, {total:,} positions of split `{split}`)", "",
+             f"{len(fired)} latents fired at least once; {dead} never fired ({dead / max(1, len(latents)):.1%}).",
+             "The activating token is marked «like this».", ""]
+    for c in fired:
+        lines.append(f"## Latent {c['latent']}: frequency {c['frequency']:.3%} ({c['count']} positions)")
+        lines.append("")
+        for ex in c["examples"]:
+            text = ex["text"].replace("\n", " ⏎ ").replace("|", "\\|")
+            lines.append(f"- {ex['activation']:.3f}: {text}")
+        lines.append("")
+    atomic_write_text(out / "concepts.md", "\n".join(lines) + "\n")
+    return out
