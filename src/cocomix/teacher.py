@@ -62,6 +62,18 @@ class Teacher:
         self.blocks[layer].register_forward_hook(self._capture)
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the teacher's token embedding: every token id fed to it must be below this."""
+        emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else self.model.wte
+        return int(emb.num_embeddings)
+
+    def check_store(self, store: object) -> None:
+        """ConfigError when a token store holds ids the teacher cannot embed (a different tokenizer)."""
+        if store.vocab_size > self.vocab_size:
+            raise ConfigError(f"{store.path}: token store vocab_size {store.vocab_size} exceeds the teacher's "
+                              f"{self.vocab_size}; prepare the data with the teacher's tokenizer")
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

@@ -109,3 +109,14 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     fired = [c for c in report["latents"] if c["count"]]
     assert fired and all("«" in ex["text"] and "»" in ex["text"] for c in fired for ex in c["examples"])
     assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()
+
+
+def test_store_with_a_larger_vocabulary_than_the_teacher_is_refused(store_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    export_hf(Transformer(ModelConfig(vocab_size=100, n_layer=2, n_head=2, d_model=32, context_length=64)),
+              tmp_path / "small_teacher")
+    teacher = Teacher.from_pretrained(tmp_path / "small_teacher", layer=0)
+    assert teacher.vocab_size == 100
+    with pytest.raises(ConfigError, match="exceeds the teacher's 100"):
+        extract_concepts(store_dir, tmp_path / "c", teacher, TopKSAE(32, 64, 4), teacher_spec="t", sae_spec="s",
+                         seq_len=32, progress=False)

@@ -56,6 +56,7 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     `max_windows` stops after that many windows in total (for testing interruption). Returns meta.json's dict.
     """
     store = TokenStore.open(store_path)
+    teacher.check_store(store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = teacher.device

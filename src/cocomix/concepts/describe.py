@@ -26,6 +26,7 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
                       progress: bool = True) -> dict[str, torch.Tensor]:
     """Activation counts (C,) and the top_n strongest activations per latent: values (C, top_n) (−inf where
     fewer), windows (C, top_n), positions (C, top_n); also the number of positions seen."""
+    teacher.check_store(store)
     C = sae.n_latents
     n = store.num_chunks(split, seq_len)
     n = min(n, max_windows) if max_windows else n
