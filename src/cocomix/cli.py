@@ -126,14 +126,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_extract_concepts(args: argparse.Namespace) -> int:
-    from cocomix.concepts.cache import extract_concepts
+def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
+    """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`)."""
     from cocomix.sae import load_sae
     from cocomix.teacher import Teacher
     from cocomix.train.loop import resolve_device
 
     teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device))
-    sae = load_sae(args.sae, k=args.sae_k).to(teacher.device)
+    return teacher, load_sae(args.sae, k=args.sae_k).to(teacher.device)
+
+
+def cmd_extract_concepts(args: argparse.Namespace) -> int:
+    from cocomix.concepts.cache import extract_concepts
+
+    teacher, sae = _teacher_and_sae(args)
     meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
                             k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
                             seq_len=args.seq_len,
@@ -145,13 +151,9 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
 def cmd_describe_concepts(args: argparse.Namespace) -> int:
     from cocomix.concepts.describe import describe_concepts, write_report
     from cocomix.data import TokenStore
-    from cocomix.sae import load_sae
-    from cocomix.teacher import Teacher
-    from cocomix.train.loop import resolve_device
 
     store = TokenStore.open(args.data)
-    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device))
-    sae = load_sae(args.sae, k=args.sae_k).to(teacher.device)
+    teacher, sae = _teacher_and_sae(args)
     stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
                               batch_size=args.batch_size, top_n=args.top_n)
     out = write_report(stats, store, args.out, args.split, args.seq_len, context=args.context,
@@ -178,6 +180,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.data, args.out, preset=args.preset)
     return 0
+
+
+def _add_concept_args(s: argparse.ArgumentParser) -> None:
+    """Arguments naming the token store, the frozen teacher and the SAE (extract-concepts, describe-concepts)."""
+    s.add_argument("--data", required=True, help="token store (from `cocomix prepare`)")
+    s.add_argument("--teacher", required=True, help="HF causal LM name or folder, or a cocomix run directory")
+    s.add_argument("--teacher-layer", type=int, required=True, help="block whose output the SAE reads")
+    s.add_argument("--sae", required=True, help="OpenAI .pt/.safetensors file, SAELens or sparsify folder")
+    s.add_argument("--sae-k", type=int, default=None, help="SAE TopK (needed for OpenAI .safetensors files)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,11 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("extract-concepts", help="run teacher + SAE once over a token store, cache the targets")
-    s.add_argument("--data", required=True, help="token store (from `cocomix prepare`)")
-    s.add_argument("--teacher", required=True, help="HF causal LM name or folder, or a cocomix run directory")
-    s.add_argument("--teacher-layer", type=int, required=True, help="block whose output the SAE reads")
-    s.add_argument("--sae", required=True, help="OpenAI .pt/.safetensors file, SAELens or sparsify folder")
-    s.add_argument("--sae-k", type=int, default=None, help="SAE TopK (needed for OpenAI .safetensors files)")
+    _add_concept_args(s)
     s.add_argument("--k-attr", type=int, default=4, help="targets per position (paper: 4)")
     s.add_argument("--selection", default="attribution", choices=("attribution", "activation"))
     s.add_argument("--multiplier", default="activation", choices=("activation", "pre_activation"),
@@ -251,11 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_extract_concepts)
 
     s = sub.add_parser("describe-concepts", help="frequency and top activating contexts of every SAE latent")
-    s.add_argument("--data", required=True, help="token store (from `cocomix prepare`)")
-    s.add_argument("--teacher", required=True, help="HF causal LM name or folder, or a cocomix run directory")
-    s.add_argument("--teacher-layer", type=int, required=True)
-    s.add_argument("--sae", required=True, help="OpenAI .pt/.safetensors file, SAELens or sparsify folder")
-    s.add_argument("--sae-k", type=int, default=None)
+    _add_concept_args(s)
     s.add_argument("--seq-len", type=int, required=True)
     s.add_argument("--split", default="val", choices=("train", "val"))
     s.add_argument("--max-windows", type=int, default=0, help="stop after this many windows (0: the whole split)")
