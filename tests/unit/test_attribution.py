@@ -14,7 +14,7 @@ from cocomix.sae import TopKSAE
 from cocomix.teacher import Teacher
 from tests.conftest import tiny_model_config
 
-ANCHOR = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "official-anchor"
+ANCHOR = Path(__file__).resolve().parents[1] / "fixtures" / "official-anchor"
 
 
 def _random_sae(d: int, C: int, k: int, dtype: torch.dtype = torch.float32) -> TopKSAE:
@@ -70,6 +70,69 @@ def test_attribution_matches_finite_differences_in_float64() -> None:
     assert checked >= 4
 
 
+def _own_nll(model: torch.nn.Module, ids: torch.Tensor, b: int, t: int) -> float:
+    logits = model(ids).logits  # (B, T, V)
+    return float(torch.nn.functional.cross_entropy(logits[b, t], ids[b, t + 1]))
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["vmap", "loop"])
+def test_next_token_gradient_matches_finite_differences_of_the_own_position_loss(
+        fallback: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paper Eq. 1: grad[b, t] = ∂NLL_t/∂h_t (the own next-token loss only), checked against central differences."""
+    if fallback:  # exercise the per-position loop used when a model op has no vmap rule
+        real = torch.autograd.grad
+
+        def no_vmap(*args, **kwargs):
+            if kwargs.get("is_grads_batched"):
+                raise RuntimeError("no batching rule (simulated)")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    torch.manual_seed(5)
+    model = Transformer(tiny_model_config(n_layer=3, d_model=32)).double()
+    teacher = Teacher(model, layer=1)
+    ids = torch.randint(0, 97, (2, 10))
+    tp = teacher.residual_and_grad(ids, loss="next_token")
+    mean_grad = teacher.residual_and_grad(ids).grad
+    assert torch.count_nonzero(tp.grad[:, -1]) == 0
+    assert not torch.allclose(tp.grad[:, :-2] * 18, mean_grad[:, :-2])  # later losses are not counted
+    eps = 1e-5
+    for b, t in [(0, 0), (1, 3), (0, 6), (1, 8)]:
+        direction = torch.randn(32, dtype=torch.float64)
+
+        def nll_with(sign: float, b: int = b, t: int = t, direction: torch.Tensor = direction) -> float:
+            def hook(module, args, output):
+                output = output.clone()
+                output[b, t] += sign * eps * direction
+                return output
+
+            handle = model.blocks[1].register_forward_hook(hook)
+            try:
+                with torch.no_grad():
+                    return _own_nll(model, ids, b, t)
+            finally:
+                handle.remove()
+
+        fd = (nll_with(1.0) - nll_with(-1.0)) / (2 * eps)
+        analytic = float(tp.grad[b, t] @ direction)
+        assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(fd)), (b, t, fd, analytic)
+    # the final position of the window-mean gradient also carries the effect on later losses: they differ
+    assert not torch.allclose(tp.grad[:, 0], mean_grad[:, 0] * 18)
+
+
+def test_next_token_targets_differ_from_window_mean_targets_and_are_recorded(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
+    sae = _random_sae(32, 64, 8)
+    ids = torch.randint(0, 97, (4, 16))
+    own = compute_targets(teacher, sae, ids, k_attr=4, attribution_loss="next_token")
+    mean = compute_targets(teacher, sae, ids, k_attr=4)
+    assert own.shape == mean.shape and (own[:, -1] == -1).all()
+    assert not torch.equal(own, mean)
+    with pytest.raises(Exception, match="attribution_loss"):
+        compute_targets(teacher, sae, ids, attribution_loss="sum")
+
+
 def test_select_targets_orders_like_a_dense_signed_topk() -> None:
     C, k_attr = 40, 4
     scores = torch.tensor([[[0.5, -0.2, 0.9, 0.0, -1.0, 0.1], [-0.5, -0.2, 0.3, -0.1, -1.0, -0.4]]])
@@ -97,7 +160,7 @@ def test_compute_targets_marks_the_final_position_and_supports_activation_select
     assert not torch.equal(t_act, t_attr)
 
 
-@pytest.mark.skipif(not ANCHOR.is_dir(), reason="official anchor (../shared/reference) not available")
+@pytest.mark.skipif(not ANCHOR.is_dir(), reason="tests/fixtures/official-anchor missing")
 def test_matches_the_official_implementation_on_the_anchor() -> None:
     import transformers
     from safetensors.torch import load_file

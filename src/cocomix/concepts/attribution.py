@@ -17,7 +17,8 @@ marked invalid with -1.
 `selection="activation"` is the paper's ablation (§3.3a): the `k_attr` latents with the largest activation.
 `multiplier="pre_activation"` is the paper's Eq. 1 as written: s = c_pre ⊙ (g · W_dec) with the SAE's
 pre-TopK activations, so inactive latents can score too; it needs all C decoder columns and is computed in
-row chunks to bound memory.
+row chunks to bound memory. `attribution_loss="next_token"` is Eq. 1's gradient: each position's scores use the
+gradient of its own next-token NLL only (see `cocomix.teacher`); it costs about T/32 teacher backward passes.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: to
 
 @torch.no_grad()
 def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int = 4,
-                    selection: str = "attribution", multiplier: str = "activation") -> torch.Tensor:
+                    selection: str = "attribution", multiplier: str = "activation",
+                    attribution_loss: str = "window_mean") -> torch.Tensor:
     """Concept targets (B, T, k_attr) int64 for windows ids (B, T); the final position is INVALID (-1).
 
     `teacher` is a `cocomix.teacher.Teacher`, `sae` a `cocomix.sae.TopKSAE` whose d_in matches the teacher's
@@ -89,7 +91,8 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
         raise ConfigError(f"selection: expected one of {SELECTIONS}, got {selection!r}")
     if not 1 <= k_attr <= sae.k:
         raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
-    tp = teacher.residual_and_grad(ids)
+    # activation selection needs no gradient: the cheap mean-loss pass gives the same hidden state
+    tp = teacher.residual_and_grad(ids, loss=attribution_loss if selection == "attribution" else "window_mean")
     if tp.hidden.shape[-1] != sae.d_in:
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width "
                           f"{tp.hidden.shape[-1]} at teacher_layer {teacher.layer}")

@@ -29,7 +29,7 @@ from cocomix.errors import ConfigError, DataError
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 MATCH_KEYS = ("teacher", "teacher_layer", "sae", "sae_sha256", "n_latents", "sae_k", "k_attr", "selection",
-              "multiplier", "seq_len", "tokenizer_sha256", "train_tokens", "val_tokens")
+              "multiplier", "attribution_loss", "seq_len", "tokenizer_sha256", "train_tokens", "val_tokens")
 
 
 def file_sha256(path: Path) -> str:
@@ -48,7 +48,7 @@ def _dtype(n_latents: int) -> np.dtype:
 
 def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, sae: Any, *, teacher_spec: str,
                      sae_spec: str, k_attr: int = 4, selection: str = "attribution", multiplier: str = "activation",
-                     seq_len: int = 1024,
+                     attribution_loss: str = "window_mean", seq_len: int = 1024,
                      batch_size: int = 8, splits: tuple[str, ...] = SPLITS, max_windows: int | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Compute and store targets for every window of `splits`; resume an interrupted run of the same settings.
@@ -64,7 +64,8 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
         "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_layer": teacher.layer,
         "sae": sae_spec, "sae_sha256": file_sha256(Path(sae_spec)) if Path(sae_spec).exists() else None,
         "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection, "multiplier": multiplier,
-        "seq_len": seq_len, "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
+        "attribution_loss": attribution_loss, "seq_len": seq_len,
+        "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
         "train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
         "dtype": _dtype(sae.n_latents).name, "store": str(store.path),
         "windows": {s: store.num_chunks(s, seq_len) for s in SPLITS},
@@ -90,7 +91,7 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
             stop = int(min(n, start + batch_size, start + budget))
             ids = store.batch(split, list(range(start, stop)), seq_len).to(device)
             targets = compute_targets(teacher, sae, ids, k_attr=k_attr, selection=selection,
-                                      multiplier=multiplier)  # (b, T, k_attr)
+                                      multiplier=multiplier, attribution_loss=attribution_loss)  # (b, T, k_attr)
             mm[start:stop] = targets[:, :-1].cpu().numpy().astype(dtype)
             mm.flush()
             budget -= stop - start

@@ -1,0 +1,52 @@
+"""Teacher activations for SAE training, streamed in shuffled chunks that are a pure function of the step.
+
+Chunk c is the teacher's residual stream (at `teacher_layer`) on `chunk_tokens / seq_len` training windows, the
+ones `WindowSampler(seed).indices(c, 0)` names (so successive chunks walk through the training split in a seeded
+order, epoch after epoch), flattened to (chunk_tokens, d) and permuted by a generator seeded with (seed, c).
+Step s reads rows [j·N, (j+1)·N) of chunk s // steps_per_chunk, j = s mod steps_per_chunk, N = batch_tokens.
+Nothing depends on earlier steps, so a resumed run recomputes exactly the batches an uninterrupted one sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cocomix.data import TokenStore
+from cocomix.data.sampler import WindowSampler
+
+
+class ActivationChunks:
+    """Shuffled batches of teacher activations (see the module docstring)."""
+
+    def __init__(self, store: TokenStore, teacher: object, seq_len: int, chunk_tokens: int, batch_tokens: int,
+                 teacher_batch: int, seed: int) -> None:
+        self.store, self.teacher, self.seq_len = store, teacher, seq_len
+        self.windows = chunk_tokens // seq_len
+        self.batch_tokens, self.teacher_batch, self.seed = batch_tokens, teacher_batch, seed
+        self.steps_per_chunk = chunk_tokens // batch_tokens
+        self.sampler = WindowSampler(store.num_chunks("train", seq_len), seed, self.windows)
+        self._chunk_id: int | None = None
+        self._chunk: torch.Tensor | None = None
+
+    def hidden(self, split: str, window_ids: list[int]) -> torch.Tensor:
+        """Teacher residual stream of the given windows, flattened to (len(window_ids)·seq_len, d)."""
+        out = []
+        for s in range(0, len(window_ids), self.teacher_batch):
+            ids = self.store.batch(split, window_ids[s:s + self.teacher_batch], self.seq_len)
+            out.append(self.teacher.hidden(ids.to(self.teacher.device)).flatten(0, 1))  # (b·T, d)
+        return torch.cat(out)
+
+    def chunk(self, c: int) -> torch.Tensor:
+        """Chunk c, shuffled: (chunk_tokens, d) on the teacher's device."""
+        if c != self._chunk_id:
+            self._chunk = None  # free the old chunk before computing the next one
+            acts = self.hidden("train", self.sampler.indices(c, 0))
+            perm = torch.from_numpy(np.random.default_rng([self.seed, c]).permutation(acts.shape[0]))
+            self._chunk, self._chunk_id = acts[perm.to(acts.device)], c
+        return self._chunk
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The activations of optimizer step `step`: (batch_tokens, d)."""
+        c, j = divmod(step, self.steps_per_chunk)
+        return self.chunk(c)[j * self.batch_tokens:(j + 1) * self.batch_tokens]

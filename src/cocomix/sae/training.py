@@ -1,0 +1,215 @@
+"""`train_sae`: train a TopK SAE on a frozen teacher's residual stream (the `cocomix train-sae` command).
+
+The objective and constraints are in `objective.py` (Gao et al. 2024), the data order in `activations.py`. The
+output directory holds:
+
+    config.json        the SAETrainConfig
+    metrics.jsonl      train events (loss, fvu, auxk, dead fraction, lr, tok/s) and the final eval event
+    checkpoints/       resumable state (SAE weights, Adam state, tokens since each latent fired), written atomically
+    sae/               the trained SAE as a SAELens folder (cfg.json + sae_weights.safetensors)
+    summary.json       FVU and L0 on held-out tokens, dead latents (no activation in `dead_after` training
+                       tokens, Gao et al.'s definition), latents unseen on the held-out tokens, wall-clock
+
+Re-running with the same settings resumes from the latest checkpoint; other settings are refused. The result is a
+pure function of the config: a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cocomix.atomic import atomic_write_text
+from cocomix.data import TokenStore
+from cocomix.errors import CocomixError, ConfigError
+from cocomix.sae.activations import ActivationChunks
+from cocomix.sae.objective import initialize, normalize_decoder, remove_parallel_decoder_grad, sae_losses
+from cocomix.sae.saelens import save_saelens
+from cocomix.sae.topk import TopKSAE
+from cocomix.sae.train_config import SAETrainConfig
+from cocomix.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from cocomix.train.metrics import MetricsLogger, Throughput, format_duration
+
+ADAM_EPS = 6.25e-10  # OpenAI sparse_autoencoder
+INIT_SAMPLE = 32768  # activations used for the geometric-median init of pre_bias
+
+
+class _TrainState(nn.Module):
+    """The SAE plus the per-latent count of training tokens since it last fired (saved with the checkpoint)."""
+
+    def __init__(self, sae: TopKSAE) -> None:
+        super().__init__()
+        self.sae = sae
+        self.register_buffer("since_fired", torch.zeros(sae.n_latents, dtype=torch.int64, device=sae.W_enc.device))
+
+
+@dataclass
+class SAEReport:
+    out_dir: Path
+    fvu: float
+    """Fraction of variance unexplained of the raw residual stream on held-out tokens."""
+    fvu_normalized: float
+    """The same in the SAE's input space (after its layer norm), the quantity the loss minimises."""
+    l0: float
+    """Mean number of non-zero latents per token."""
+    dead_fraction: float
+    """Dead latents as Gao et al. define them: no activation in the last `dead_after` training tokens."""
+    unseen_fraction: float
+    """Latents that never fired on the (much shorter) held-out evaluation tokens: dead or merely rare."""
+    eval_tokens: int
+    wall_clock_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def lr_at(step: int, cfg: SAETrainConfig, peak: float) -> float:
+    """Linear warm-up, constant, then linear decay to 0 over the last `decay_fraction` of the steps."""
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    decay_start = cfg.steps * (1 - cfg.decay_fraction)
+    if cfg.decay_fraction > 0 and step >= decay_start:
+        return peak * max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
+    return peak
+
+
+def _prepare_out(cfg: SAETrainConfig, out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CocomixError(f"{out}: --out exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    if path.is_file():
+        try:
+            stored = SAETrainConfig.from_dict(json.loads(path.read_text()))
+        except (ValueError, ConfigError) as e:
+            raise CocomixError(f"{path}: unreadable SAE training config ({e})") from None
+        if stored != cfg:
+            diff = [k for k, v in cfg.to_dict().items() if stored.to_dict().get(k) != v]
+            raise CocomixError(f"{out}: holds an SAE training run with other settings ({', '.join(diff[:3])}); "
+                               "use another --out")
+    elif any(p.name != "lock" for p in out.iterdir()):
+        raise CocomixError(f"{out}: not empty and not an SAE training run; use another --out")
+
+
+@torch.no_grad()
+def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> dict[str, float]:
+    """FVU (raw and normalised space), L0 and never-fired fraction on the first validation windows."""
+    store, T = chunks.store, chunks.seq_len
+    n_windows = min(store.num_chunks("val", T), max(1, eval_tokens // T))
+    if n_windows == 0:
+        raise CocomixError(f"{store.path}: the val split holds fewer than seq_len={T} tokens; nothing to evaluate")
+    fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=sae.W_enc.device)
+    sums = torch.zeros(6, dtype=torch.float64)  # Σerr², Σx², n, Σerr_n², Σx_n², non-zeros
+    sum_x = sum_xn = None
+    for s in range(0, n_windows, chunks.teacher_batch):
+        x = chunks.hidden("val", list(range(s, min(n_windows, s + chunks.teacher_batch)))).to(sae.W_enc.dtype)
+        values, indices, info = sae.encode(x)  # (N, k)
+        x_n, _ = sae.preprocess(x)
+        recon = sae.decode_sparse(values, indices, info)  # (N, d) raw space
+        recon_n = (recon - info["mu"]) / info["std"] if sae.normalize else recon
+        fired[indices[values > 0]] = True
+        x64, xn64 = x.double(), x_n.double()
+        sum_x = x64.sum(0) if sum_x is None else sum_x + x64.sum(0)
+        sum_xn = xn64.sum(0) if sum_xn is None else sum_xn + xn64.sum(0)
+        sums += torch.tensor([float((x64 - recon.double()).pow(2).sum()), float(x64.pow(2).sum()), x.shape[0],
+                              float((xn64 - recon_n.double()).pow(2).sum()), float(xn64.pow(2).sum()),
+                              float((values > 0).sum())], dtype=torch.float64)
+    err, sq, n, err_n, sq_n, nnz = sums.tolist()
+    var = sq - float(sum_x.pow(2).sum()) / n
+    var_n = sq_n - float(sum_xn.pow(2).sum()) / n
+    return {"fvu": err / var, "fvu_normalized": err_n / var_n, "l0": nnz / n,
+            "unseen_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": int(n)}
+
+
+def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: bool = False) -> SAEReport:
+    """Train (or resume) an SAE for `teacher` (a cocomix.teacher.Teacher) as `cfg` says; returns the eval report."""
+    out = Path(out_dir)
+    t_start = time.perf_counter()
+    store = TokenStore.open(cfg.data)
+    teacher.check_store(store)
+    if store.num_chunks("train", cfg.seq_len) == 0:
+        raise CocomixError(f"{store.path}: the train split holds fewer than seq_len={cfg.seq_len} tokens")
+    _prepare_out(cfg, out)
+    device = teacher.device
+    chunks = ActivationChunks(store, teacher, cfg.seq_len, cfg.chunk_tokens, cfg.batch_tokens, cfg.teacher_batch,
+                              cfg.seed)
+    first = chunks.chunk(0)  # (chunk_tokens, d): also fixes d_in
+    d_in = first.shape[-1]
+    C, k_aux, peak = cfg.width(d_in), cfg.aux_latents(d_in), cfg.learning_rate(d_in)
+    if cfg.k > C:
+        raise ConfigError(f"k: must not exceed the SAE width {C}, got {cfg.k}")
+    sae = TopKSAE(d_in, C, cfg.k, normalize=cfg.normalize).to(device)
+    state = _TrainState(sae)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=peak, betas=(0.9, 0.999), eps=ADAM_EPS)
+    ckpt = latest_checkpoint(out)
+    start = 0
+    if ckpt is not None:
+        start = load_training_state(ckpt, state, optimizer)["step"]
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        initialize(sae, first[:INIT_SAMPLE].to(sae.W_enc.dtype), gen)
+    del first
+    atomic_write_text(out / "config.json", cfg.to_json())
+    logger = MetricsLogger(out, resume_step=start if ckpt is not None else None, quiet=quiet)
+    logger.print(f"train-sae: d_in {d_in} -> {C} latents, k {cfg.k} | {cfg.batch_tokens} tokens/step | "
+                 f"steps {start}->{cfg.steps} | lr {peak:.2e} | dead after {cfg.dead_after} tokens | {device}")
+    meter = Throughput(start, cfg.steps)
+    dead_after = cfg.dead_after
+    for step in range(start, cfg.steps):
+        lr = lr_at(step, cfg, peak)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = chunks.batch(step).to(sae.W_enc.dtype)  # (N, d)
+        dead = state.since_fired >= dead_after  # (C,)
+        fvu, auxk, values, indices = sae_losses(sae, x, dead, k_aux)
+        loss = fvu + cfg.auxk_alpha * auxk
+        loss.backward()
+        remove_parallel_decoder_grad(sae)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        normalize_decoder(sae)
+        with torch.no_grad():
+            fired = torch.zeros(C, dtype=torch.bool, device=device)
+            fired[indices[values > 0]] = True
+            state.since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+        meter.add_tokens(x.shape[0])
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise CocomixError(f"SAE training diverged by step {done}: loss is {loss_value} (lower --lr?)")
+            rate, eta = meter.report(done)
+            dead_frac, fvu_value, auxk_value = float(dead.float().mean()), float(fvu.detach()), float(auxk.detach())
+            logger.log({"kind": "train", "step": done, "loss": loss_value, "fvu": fvu_value, "auxk": auxk_value,
+                        "dead_fraction": dead_frac, "lr": lr, "tokens": done * cfg.batch_tokens, "tok_per_s": rate})
+            logger.print(f"step {done:>6}/{cfg.steps} | fvu {fvu_value:.4f} | auxk {auxk_value:.4f} | "
+                         f"dead {100 * dead_frac:.1f}% | lr {lr:.2e} | {rate / 1e3:.1f}k tok/s | "
+                         f"eta {format_duration(eta)}")
+        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
+            save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
+    sae.eval()
+    metrics = evaluate_sae(sae, chunks, cfg.eval_tokens)
+    dead_train = float((state.since_fired >= dead_after).float().mean())
+    report = SAEReport(out_dir=out, fvu=metrics["fvu"], fvu_normalized=metrics["fvu_normalized"], l0=metrics["l0"],
+                       dead_fraction=dead_train, unseen_fraction=metrics["unseen_fraction"],
+                       eval_tokens=metrics["eval_tokens"], wall_clock_s=time.perf_counter() - t_start)
+    save_saelens(sae, out / "sae", metadata={
+        "model_name": cfg.teacher, "hook_name": f"blocks.{teacher.layer}.hook_resid_post",
+        "hook_layer": teacher.layer, "context_size": cfg.seq_len, "dataset_path": str(store.path),
+        "prepend_bos": False, "training_tokens": cfg.steps * cfg.batch_tokens,
+        "eval": {k: v for k, v in report.to_dict().items() if k != "out_dir"}})
+    logger.log({"kind": "eval", "step": cfg.steps, **{k: v for k, v in report.to_dict().items() if k != "out_dir"}})
+    atomic_write_text(out / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    logger.print(f"train-sae done: FVU {report.fvu:.4f} (normalised {report.fvu_normalized:.4f}) | "
+                 f"L0 {report.l0:.1f} | dead {100 * dead_train:.2f}% (no activation in {dead_after} training tokens) | "
+                 f"{100 * report.unseen_fraction:.2f}% not seen on {report.eval_tokens} held-out tokens | "
+                 f"{format_duration(report.wall_clock_s)}")
+    logger.close()
+    return report

@@ -1,0 +1,117 @@
+"""`cocomix train-sae`: it learns, its SAELens output loads back, an interrupted run resumes bit-identically."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cocomix.sae.training as training
+from cocomix.config import ModelConfig
+from cocomix.data import TokenStore
+from cocomix.export import export_hf
+from cocomix.model import Transformer
+from cocomix.sae import load_sae
+from cocomix.sae.train_config import SAETrainConfig
+from cocomix.sae.training import train_sae
+from cocomix.teacher import Teacher
+
+SMALL = dict(seq_len=32, n_latents=128, k=4, steps=60, lr=1e-2, batch_tokens=256, chunk_tokens=1024, warmup_steps=5,
+             teacher_batch=8, eval_tokens=512, checkpoint_every=20, log_every=10)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=320, n_layer=3, n_head=2, d_model=32, context_length=64))
+    return export_hf(model, tmp_path_factory.mktemp("teacher") / "hf")
+
+
+def _cfg(store: Path, teacher: Path, **kw) -> SAETrainConfig:
+    return SAETrainConfig(teacher=str(teacher), teacher_layer=1, data=str(store), **{**SMALL, **kw})
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "sae" / "sae_weights.safetensors"))
+
+
+def test_train_sae_learns_and_writes_a_loadable_saelens_folder(store_dir: Path, teacher_dir: Path,
+                                                               tmp_path: Path) -> None:
+    cfg = _cfg(store_dir, teacher_dir)
+    teacher = Teacher.from_pretrained(teacher_dir, 1)
+    report = train_sae(cfg, tmp_path / "run", teacher, quiet=True)
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    fvus = [e["fvu"] for e in events if e["kind"] == "train"]
+    assert fvus[-1] < 0.6 * fvus[0] and report.fvu < 0.35
+    assert 0 < report.l0 <= 4 and 0 <= report.dead_fraction <= 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["fvu"] == pytest.approx(report.fvu)
+
+    sae = load_sae(str(tmp_path / "run" / "sae"))
+    assert (sae.d_in, sae.n_latents, sae.k, sae.normalize) == (32, 128, 4, True)
+    assert torch.allclose(sae.W_dec.norm(dim=0), torch.ones(128), atol=1e-5)
+    meta = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())["metadata"]
+    assert meta["hook_name"] == "blocks.1.hook_resid_post" and meta["context_size"] == 32
+    # the reported FVU is what the saved SAE gives on the held-out windows
+    x = teacher.hidden(TokenStore.open(store_dir).batch("val", list(range(16)), 32)).flatten(0, 1)
+    with torch.no_grad():
+        err = (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert float(err) == pytest.approx(report.fvu, rel=1e-4)
+
+
+def test_interrupted_run_resumes_to_identical_weights(store_dir: Path, teacher_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(store_dir, teacher_dir, steps=50)
+    train_sae(cfg, tmp_path / "straight", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+
+    real_save = training.save_checkpoint
+
+    def save_then_crash(out, step, *args, **kwargs):
+        real_save(out, step, *args, **kwargs)
+        if step == 20:
+            raise KeyboardInterrupt  # stands in for a kill right after the step-20 checkpoint
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(cfg, tmp_path / "resumed", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    assert not (tmp_path / "resumed" / "sae").exists()
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    train_sae(cfg, tmp_path / "resumed", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teacher_dir: Path,
+                                                          tmp_path: Path) -> None:
+    cfg = _cfg(store_dir, teacher_dir, steps=10, checkpoint_every=0)
+    train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    r = subprocess.run([sys.executable, "-m", "cocomix", "train-sae", "--teacher", str(teacher_dir),
+                        "--teacher-layer", "1", "--data", str(store_dir), "--out", str(tmp_path / "run"),
+                        "--seq-len", "32", "--k", "8", "--n-latents", "128", "--batch-tokens", "256",
+                        "--chunk-tokens", "1024", "--steps", "10", "--device", "cpu"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "other settings (k" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--k", "0"], "k: expected a positive integer"),
+    (["--chunk-tokens", "1000"], "chunk_tokens: must be a multiple of batch_tokens"),
+    (["--teacher-layer", "7"], "teacher_layer: expected a block index in [0, 2]"),
+    (["--n-latents", "16", "--k", "32"], "k: must not exceed n_latents=16"),
+])
+def test_cli_bad_arguments_are_one_line_errors(store_dir: Path, teacher_dir: Path, tmp_path: Path,
+                                               args: list[str], message: str) -> None:
+    base = {"--teacher": str(teacher_dir), "--teacher-layer": "1", "--data": str(store_dir),
+            "--out": str(tmp_path / "o"), "--seq-len": "32", "--batch-tokens": "256", "--chunk-tokens": "1024",
+            "--device": "cpu"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = [x for kv in base.items() for x in kv]
+    r = subprocess.run([sys.executable, "-m", "cocomix", "train-sae", *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+    assert not (tmp_path / "o" / "sae").exists()
