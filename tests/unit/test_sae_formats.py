@@ -18,7 +18,7 @@ from cocomix.errors import CheckpointError
 from cocomix.sae import TopKSAE, load_openai, load_sae, load_saelens, load_sparsify, save_saelens
 
 D, C, K = 16, 64, 6
-ANCHOR = Path("/work/shared/reference/official-anchor")
+ANCHOR = Path(__file__).resolve().parents[1] / "fixtures" / "official-anchor"
 _EXECUTED: list[int] = []
 
 
