@@ -8,6 +8,7 @@
     cocomix train-sae train a TopK SAE on a teacher's residual stream      (cocomix.sae.training.train_sae)
     cocomix extract-concepts  cache concept targets of a token store        (cocomix.concepts.cache)
     cocomix describe-concepts  name latents by their top activating contexts (cocomix.concepts.describe)
+    cocomix flops     analytic training FLOPs per token and active parameters (cocomix.flops)
     cocomix presets   list presets or print one as JSON
     cocomix demo      the `make demo` job                                  (cocomix.demo.run_demo)
 
@@ -201,6 +202,18 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flops(args: argparse.Namespace) -> int:
+    from cocomix.flops import active_params, ntp_width_for, run_flops
+
+    run = _run_config(args)
+    out = {"method": run.method, "active_params": active_params(run),
+           "flops_per_token": run_flops(run, sae_k=run.concept.sae_k or 32)}
+    if run.method == "cocomix":
+        out["ntp_width_matching_active_params"] = ntp_width_for(run)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from cocomix.presets import PRESETS, get_preset
 
@@ -242,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("train", help="train a model (NTP now; more methods as they land)")
+    s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause)")
     s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
     s.add_argument("--config", help="a run config file (.json or .toml)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
@@ -313,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--out", required=True, help="folder for concepts.json and concepts.md")
     s.set_defaults(func=cmd_describe_concepts)
+
+    s = sub.add_parser("flops", help="analytic training FLOPs per token (teacher and SAE included) of a config")
+    s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    s.add_argument("--config", help="a run config file (.json or .toml)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. concept.cache=DIR")
+    s.set_defaults(func=cmd_flops, resume=False, out="")
 
     s = sub.add_parser("presets", help="list presets, or print one as JSON")
     s.add_argument("name", nargs="?")

@@ -187,6 +187,81 @@ class TrainConfig:
         return round(self.steps / 300) if self.warmup_steps is None else self.warmup_steps
 
 
+SELECTIONS = ("attribution", "activation")
+MULTIPLIERS = ("activation", "pre_activation")
+ATTRIBUTION_LOSSES = ("window_mean", "next_token")
+MIXINGS = ("insert", "add", "none")
+CONCEPT_TARGETS = ("concepts", "hidden")
+HIDDEN_LOSSES = ("l1", "l2", "cosine")
+
+
+@dataclass(frozen=True)
+class ConceptConfig:
+    """The teacher side and the seam: CoCoMix (concepts), KD (teacher logits) and pause tokens (seam only)."""
+
+    teacher: str = ""
+    """Frozen teacher: HF causal LM name or folder, or a cocomix run directory (cocomix and kd)."""
+    teacher_layer: int = 5
+    """Teacher block whose output the SAE reads (paper: 5 of GPT-2's 12, i.e. the 6th)."""
+    sae: str = ""
+    """SAE: OpenAI .pt / .safetensors file, SAELens or sparsify folder (cocomix, unless `cache` is set)."""
+    sae_k: int | None = None
+    """SAE TopK for OpenAI .safetensors files that do not record it."""
+    cache: str = ""
+    """Concept-target cache from `cocomix extract-concepts`; empty computes targets online every step."""
+    n_latents: int = 32768
+    """C: concepts predicted by the student; must equal the SAE's width."""
+    concept_layer: int = 3
+    """Student block whose input predicts the concepts and where the sequence is interleaved (paper: 3 at 69M,
+    5 at 386M / 1.38B). Also where pause tokens go."""
+    lambda_concept: float = 0.1
+    """Weight of the concept loss (Eq. 4); 0 is the mixing-only ablation."""
+    k_attr: int = 4
+    """Concept targets per position."""
+    mix_k: int = 32
+    """TopK of the predicted concept logits that are compressed into the concept vector."""
+    selection: str = "attribution"
+    """`attribution` (the method) or `activation` (§3.3 ablation: the k_attr most active latents)."""
+    multiplier: str = "activation"
+    """Attribution multiplier: post-TopK activation (official) or `pre_activation` (paper Eq. 1 as written)."""
+    attribution_loss: str = "window_mean"
+    """Attribution gradient: the window's mean NLL (official) or each position's `next_token` NLL (Eq. 1)."""
+    mixing: str = "insert"
+    """`insert` the concept vector after each token (the method), `add` it to the hidden state (ablation) or
+    `none` (concept prediction only, ablation)."""
+    target: str = "concepts"
+    """`concepts` (SAE targets, the method) or `hidden` (ablation: regress the teacher's normalised hidden state
+    at teacher_layer with a 2-layer MLP, then compress and mix it the same way)."""
+    hidden_loss: str = "l2"
+    """Loss of the `hidden` ablation: `l1`, `l2` (mean squared error) or `cosine` (1 − cosine similarity)."""
+    d_teacher: int = 768
+    """Teacher residual width (needed to build the `hidden` ablation's predictor)."""
+    mask_last_position: bool = True
+    """Leave the final position out of the concept loss (it has no next token, so no attribution). False is the
+    official code, which trains it towards labels {0, 1, 2, 3} (topk of an all-zero row)."""
+    lambda_kd: float = 0.1
+    """Weight of KL(teacher ‖ student) for the KD baseline."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_latents", "k_attr", "mix_k", "d_teacher"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v > 0, f"concept.{name}", "a positive integer", v)
+        for name in ("teacher_layer", "concept_layer"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 0, f"concept.{name}", "a non-negative integer", v)
+        _check(self.sae_k is None or (isinstance(self.sae_k, int) and self.sae_k > 0), "concept.sae_k",
+               "a positive integer or null", self.sae_k)
+        _check(self.mix_k <= self.n_latents, "concept.mix_k", f"at most n_latents={self.n_latents}", self.mix_k)
+        _check(self.k_attr <= self.n_latents, "concept.k_attr", f"at most n_latents={self.n_latents}", self.k_attr)
+        for name in ("lambda_concept", "lambda_kd"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v >= 0, f"concept.{name}", "a finite number >= 0", v)
+        for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
+                              ("attribution_loss", ATTRIBUTION_LOSSES), ("mixing", MIXINGS),
+                              ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES)):
+            _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run: which method trains which model on which data, and how."""
@@ -196,11 +271,16 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    concept: ConceptConfig = field(default_factory=ConceptConfig)
 
     def __post_init__(self) -> None:
         from cocomix.methods import METHODS
 
         _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
+        if self.method in ("cocomix", "pause"):
+            _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
+                   f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",
+                   self.concept.concept_layer)
         _check(self.data.seq_len <= self.model.context_length, "data.seq_len",
                f"at most model.context_length={self.model.context_length}", self.data.seq_len)
 

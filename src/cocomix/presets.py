@@ -1,4 +1,5 @@
-"""Named run configs: tiny CPU presets for the embedded corpus, and the paper's NTP settings (App. A).
+"""Named run configs: tiny CPU presets for the embedded corpus, and the paper's settings (App. A) for NTP,
+CoCoMix, KD and pause tokens.
 
 Paper presets follow the official configs (`conf/setup/gpt2_*_ntp.yaml`): GPT-2 tokenizer (V = 50257), context
 1024, AdamW β = (0.9, 0.95), weight decay 0.1 on every parameter, peak lr 6e-4 / 3e-4 / 2e-4, warm-up 130 / 130
@@ -10,9 +11,10 @@ process; divide grad_accum by the number of GPUs under torchrun.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
-from cocomix.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from cocomix.errors import ConfigError
 
 
@@ -65,12 +67,96 @@ def gpt2_1b_ntp() -> RunConfig:
     return _paper_ntp(2096, 24, 16, 2e-4, 20_000, 65, 1024, 500, 1000)
 
 
+# ---------------------------------------------------------------------------------------------- concept methods
+# The paper's teacher and SAE: GPT-2 124M (HF `openai-community/gpt2`) and OpenAI's v5 32k TopK SAE at layer 5
+# (resid_post_mlp), which users download once from
+# https://openaipublic.blob.core.windows.net/sparse-autoencoder/gpt2-small/resid_post_mlp_v5_32k/autoencoders/5.pt
+PAPER_CONCEPT = ConceptConfig(teacher="openai-community/gpt2", teacher_layer=5, sae="sae/gpt2-v5-32k-layer5.pt",
+                              sae_k=32, n_latents=32768, k_attr=4, mix_k=32, lambda_concept=0.1, lambda_kd=0.1,
+                              d_teacher=768)
+# The tiny presets use the embedded teacher and SAE that `make demo` builds: a tiny NTP run and its train-sae output.
+TINY_CONCEPT = ConceptConfig(teacher="runs/demo/teacher", teacher_layer=1, sae="runs/demo/teacher-sae/sae",
+                             n_latents=4096, k_attr=4, mix_k=32, lambda_concept=0.1, lambda_kd=0.1, d_teacher=128,
+                             concept_layer=1)
+
+
+def _with(run: RunConfig, method: str, concept: ConceptConfig, **model: int) -> RunConfig:
+    return dataclasses.replace(run, method=method, concept=concept,
+                               model=dataclasses.replace(run.model, **model) if model else run.model)
+
+
+def gpt2_69m_cocomix() -> RunConfig:
+    """CoCoMix-69M: 8 layers, d=512, concepts predicted and mixed at block index 3; GPT-2 teacher, OpenAI SAE."""
+    return _with(gpt2_69m_ntp(), "cocomix", dataclasses.replace(PAPER_CONCEPT, concept_layer=3), d_model=512)
+
+
+def gpt2_386m_cocomix() -> RunConfig:
+    """CoCoMix-386M: 24 layers, d=1024, concept layer 5."""
+    return _with(gpt2_386m_ntp(), "cocomix", dataclasses.replace(PAPER_CONCEPT, concept_layer=5), d_model=1024)
+
+
+def gpt2_1b_cocomix() -> RunConfig:
+    """CoCoMix-1.38B: 24 layers, d=2048, concept layer 5."""
+    return _with(gpt2_1b_ntp(), "cocomix", dataclasses.replace(PAPER_CONCEPT, concept_layer=5), d_model=2048)
+
+
+def gpt2_69m_kd() -> RunConfig:
+    """KD-69M: the NTP-69M student (d=624) plus λ_KD = 0.1 · KL(GPT-2 ‖ student)."""
+    return _with(gpt2_69m_ntp(), "kd", PAPER_CONCEPT)
+
+
+def gpt2_386m_kd() -> RunConfig:
+    """KD-386M: the NTP-386M student (d=1072) distilled from GPT-2."""
+    return _with(gpt2_386m_ntp(), "kd", PAPER_CONCEPT)
+
+
+def gpt2_1b_kd() -> RunConfig:
+    """KD-1.38B: the NTP-1.38B student (d=2096) distilled from GPT-2."""
+    return _with(gpt2_1b_ntp(), "kd", PAPER_CONCEPT)
+
+
+def gpt2_69m_pause() -> RunConfig:
+    """Pause-69M: the NTP-69M student with a learned pause vector after every token at block index 3."""
+    return _with(gpt2_69m_ntp(), "pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=3))
+
+
+def gpt2_386m_pause() -> RunConfig:
+    """Pause-386M: the NTP-386M student with pause tokens at block index 5."""
+    return _with(gpt2_386m_ntp(), "pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=5))
+
+
+def tiny_cocomix() -> RunConfig:
+    """The tiny student trained with CoCoMix on the embedded teacher + SAE (concept layer 1, C = 4096)."""
+    return _with(tiny(), "cocomix", TINY_CONCEPT)
+
+
+def tiny_kd() -> RunConfig:
+    """The tiny student distilled from the embedded teacher (λ_KD = 0.1)."""
+    return _with(tiny(), "kd", TINY_CONCEPT)
+
+
+def tiny_pause() -> RunConfig:
+    """The tiny student with pause tokens after every token at block index 1."""
+    return _with(tiny(), "pause", TINY_CONCEPT)
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {
     "tiny": tiny,
     "tiny-llama": tiny_llama,
+    "tiny-cocomix": tiny_cocomix,
+    "tiny-kd": tiny_kd,
+    "tiny-pause": tiny_pause,
     "gpt2-69m-ntp": gpt2_69m_ntp,
     "gpt2-386m-ntp": gpt2_386m_ntp,
     "gpt2-1b-ntp": gpt2_1b_ntp,
+    "gpt2-69m-cocomix": gpt2_69m_cocomix,
+    "gpt2-386m-cocomix": gpt2_386m_cocomix,
+    "gpt2-1b-cocomix": gpt2_1b_cocomix,
+    "gpt2-69m-kd": gpt2_69m_kd,
+    "gpt2-386m-kd": gpt2_386m_kd,
+    "gpt2-1b-kd": gpt2_1b_kd,
+    "gpt2-69m-pause": gpt2_69m_pause,
+    "gpt2-386m-pause": gpt2_386m_pause,
 }
 
 

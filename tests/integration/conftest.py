@@ -27,3 +27,26 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "store"
     prepare(f"text:{docs}", out, tokenizer="bpe:320", val_fraction=0.15, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def concept_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small random HF-format teacher (vocab 320, d 32, 3 blocks) and a random SAELens SAE (32 -> 256, k 8)."""
+    import torch
+
+    from cocomix.config import ModelConfig
+    from cocomix.export import export_hf
+    from cocomix.model import Transformer
+    from cocomix.sae import TopKSAE
+    from cocomix.sae.saelens import save_saelens
+
+    root = tmp_path_factory.mktemp("parts")
+    torch.manual_seed(0)
+    export_hf(Transformer(ModelConfig(vocab_size=320, n_layer=3, n_head=2, d_model=32, context_length=64)),
+              root / "teacher")
+    sae = TopKSAE(32, 256, 8)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.3)
+    save_saelens(sae, root / "sae")
+    return root / "teacher", root / "sae"

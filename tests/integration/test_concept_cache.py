@@ -18,22 +18,12 @@ from cocomix.errors import ConfigError
 from cocomix.export import export_hf
 from cocomix.model import Transformer
 from cocomix.sae import TopKSAE, load_sae
-from cocomix.sae.saelens import save_saelens
 from cocomix.teacher import Teacher
 
 
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("parts")
-    torch.manual_seed(0)
-    export_hf(Transformer(ModelConfig(vocab_size=320, n_layer=3, n_head=2, d_model=32, context_length=64)),
-              root / "teacher")
-    sae = TopKSAE(32, 256, 8)
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.normal_(0.0, 0.3)
-    save_saelens(sae, root / "sae")
-    return root / "teacher", root / "sae"
+def parts(concept_parts: tuple[Path, Path]) -> tuple[Path, Path]:
+    return concept_parts
 
 
 def _extract(store: Path, out: Path, parts: tuple[Path, Path], **kw) -> dict:

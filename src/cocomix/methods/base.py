@@ -7,6 +7,8 @@ runs of different methods are compared on the same quantity.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +22,17 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), ids[:, 1:].reshape(-1))
 
 
+@dataclass
+class Batch:
+    """One micro-batch: token windows and, for methods that read per-window data (cached targets), their ids."""
+
+    ids: torch.Tensor
+    """(B, T) token ids."""
+    chunk_ids: list[int] | None = None
+    """The store windows the rows came from (None when the rows are not whole store windows)."""
+    split: str = "train"
+
+
 class Method:
     """Base class: subclasses set `name` and implement `build_model` and `loss`."""
 
@@ -31,8 +44,12 @@ class Method:
     def build_model(self) -> Transformer:
         return Transformer(self.run.model)
 
-    def loss(self, model: Transformer, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """ids (B, T) -> (loss to back-propagate, metrics to log; `loss` is the next-token CE)."""
+    def prepare(self, device: torch.device, store: object) -> None:
+        """Load what training needs besides the student (teacher, SAE, target cache) and check it against the
+        token store; inference (eval, generate) does not call it."""
+
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch.ids (B, T) -> (loss to back-propagate, metrics to log; `loss` is the next-token CE)."""
         raise NotImplementedError
 
     def eval_loss(self, model: Transformer, ids: torch.Tensor) -> torch.Tensor:

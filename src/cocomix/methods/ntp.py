@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cocomix.methods.base import Method, next_token_loss
+from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.model import Transformer
 
 
@@ -13,6 +13,6 @@ class NTP(Method):
 
     name = "ntp"
 
-    def loss(self, model: Transformer, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = next_token_loss(model(ids).logits, ids)
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = next_token_loss(model(batch.ids).logits, batch.ids)
         return loss, {"loss": loss.detach()}

@@ -21,7 +21,8 @@ from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
 from cocomix.errors import CheckpointError, CocomixError, ConfigError
 from cocomix.eval.perplexity import evaluate_loss
-from cocomix.methods import METHODS, Method
+from cocomix.flops import LMShape, run_flops
+from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
 from cocomix.train.checkpoint import (
     latest_checkpoint,
@@ -91,6 +92,15 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def flops_per_token(run: RunConfig, method: Method) -> dict[str, float]:
+    """Analytic training FLOPs per token (cocomix.flops), with the loaded teacher's and SAE's real shapes."""
+    teacher, sae = getattr(method, "teacher", None), getattr(method, "sae", None)
+    shape = None
+    if teacher is not None:
+        shape = LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
+    return run_flops(run, shape, sae.k if sae is not None else 32)
+
+
 def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
     """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint."""
     run_dir = Path(run_dir)
@@ -105,6 +115,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)
     model: Transformer = method.build_model().to(device)
+    method.prepare(device, store)
     optimizer = build_optimizer(model, tc, device)
     start, val_loss = 0, None
     if ckpt is not None:
@@ -113,12 +124,16 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     logger = MetricsLogger(run_dir, tc.log_backends, resume_step=start if ckpt is not None else None,
                            config=run.to_dict(), quiet=quiet)
     atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
+    flops = flops_per_token(run, method)
+    if ckpt is None:
+        logger.log({"kind": "flops", "step": 0, **{f"flops_per_token_{k}": v for k, v in flops.items()}})
     forward_model = torch.compile(model) if tc.compile else model
     cast = autocast_for(tc.precision, device)
     tokens_per_step = tc.micro_batch_size * tc.grad_accum * run.data.seq_len
     logger.print(f"cocomix: {run.method} | {model.num_params() / 1e6:.2f}M params | {device} | "
                  f"{store.num_chunks('train', run.data.seq_len)} train windows of {run.data.seq_len} | "
-                 f"{tokens_per_step} tokens/step | steps {start}->{tc.steps}")
+                 f"{tokens_per_step} tokens/step | steps {start}->{tc.steps} | "
+                 f"{flops['total'] / 1e6:.1f} MFLOP/token (student {flops['student'] / 1e6:.1f})")
 
     def run_eval(step: int) -> float:
         res = evaluate_loss(method, model, store, "val", run.data.seq_len, tc.micro_batch_size,
@@ -135,9 +150,10 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         set_lr(optimizer, lr)
         sums: dict[str, torch.Tensor] = {}  # kept on the device: no host sync in the step
         for micro in range(tc.grad_accum):
-            ids = store.batch("train", sampler.indices(step, micro), run.data.seq_len).to(device)
+            chunk_ids = sampler.indices(step, micro)
+            ids = store.batch("train", chunk_ids, run.data.seq_len).to(device)
             with cast:
-                loss, metrics = method.loss(forward_model, ids)
+                loss, metrics = method.loss(forward_model, Batch(ids, chunk_ids))
             (loss / tc.grad_accum).backward()
             for k, v in metrics.items():
                 sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
@@ -159,7 +175,8 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         if log_now:
             rate, eta = meter.report(done)
             logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": float(grad_norm),
-                        "tokens": done * tokens_per_step, "tok_per_s": rate, **values})
+                        "tokens": done * tokens_per_step, "flops": done * tokens_per_step * flops["total"],
+                        "tok_per_s": rate, **values})
             logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
                          f"gnorm {float(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
         if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:

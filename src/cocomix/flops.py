@@ -1,0 +1,167 @@
+"""Analytic training FLOPs per token for every method, teacher and SAE included, and parameter matching.
+
+Conventions (stated so that a hand count can reproduce every number):
+* A matmul (m × k)·(k × n) costs 2·m·k·n FLOPs. Norms, activations, softmax, TopK and elementwise work are not
+  counted (as in Kaplan et al. / PaLM "model FLOPs").
+* Attention: a query attending S keys costs 4·S·d forward (QKᵀ and AV), counted over the full window S (PaLM's
+  convention, not halved for causality).
+* Training a module costs 3× its forward (backward = activation gradients + weight gradients, each 1× forward).
+* A frozen teacher's backward down to `teacher_layer` computes activation gradients only: 1× the forward of its
+  matmuls above that layer and 2× its attention there (dQ, dK, dV, dP), nothing for weights.
+* Per token of the training window T. Embedding lookups are free; the LM head is a matmul (2·d·V).
+
+Student forward per token: Σ_blocks (2·P_block + 4·S·d) + 2·d·V, with P_block the block's matmul weights. In a
+CoCoMix or pause student the blocks from `concept_layer` on see two positions per token over a 2T sequence:
+2·(2·P_block) + 2·4·(2T)·d. The concept head adds 2·d·C (predictor) and 2·mix_k·d (the gathered compression); the
+`hidden` ablation's head adds its MLP and compression matmuls instead.
+
+Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above), SAE encode 2·d_con·C and the
+attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
+gradient repeats the backward T times). Cached targets cost nothing at training time. KD: teacher forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cocomix.config import ModelConfig, RunConfig
+
+
+@dataclass(frozen=True)
+class LMShape:
+    """What the FLOPs count needs of a causal LM: per-block matmul weights, width, vocabulary."""
+
+    block_params: tuple[int, ...]
+    """Matmul weight elements of each block (attention projections + MLP), biases excluded."""
+    d_model: int
+    vocab_size: int
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> LMShape:
+        d, m = cfg.d_model, cfg.mlp_width
+        mlp = (2 if cfg.flavour == "gpt2" else 3) * d * m
+        return cls((4 * d * d + mlp,) * cfg.n_layer, d, cfg.vocab_size)
+
+    @classmethod
+    def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
+        """Count the 2-D weights of every nn.Linear / HF Conv1D inside each block of a loaded model."""
+        counts = []
+        for block in blocks:
+            n = 0
+            for module in block.modules():
+                w = getattr(module, "weight", None)
+                if w is not None and w.dim() == 2 and type(module).__name__ in ("Linear", "Conv1D"):
+                    n += w.numel()
+            counts.append(n)
+        return cls(tuple(counts), d_model, vocab_size)
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.block_params)
+
+
+def lm_forward(shape: LMShape, seq_len: int, split: int | None = None, positions: int = 1) -> float:
+    """Forward FLOPs per token; blocks from `split` on process `positions` per token over positions·T keys."""
+    total = 2.0 * shape.d_model * shape.vocab_size
+    for i, p in enumerate(shape.block_params):
+        n = positions if split is not None and i >= split else 1
+        total += n * (2.0 * p + 4.0 * n * seq_len * shape.d_model)
+    return total
+
+
+def teacher_flops(shape: LMShape, seq_len: int, layer: int, backward: bool) -> float:
+    """Teacher forward per token, plus the activation-only backward from the loss down to block `layer`."""
+    total = lm_forward(shape, seq_len)
+    if backward:
+        total += 2.0 * shape.d_model * shape.vocab_size
+        for p in shape.block_params[layer + 1:]:
+            total += 2.0 * p + 8.0 * seq_len * shape.d_model
+    return total
+
+
+def gpt2_small() -> LMShape:
+    """GPT-2 124M, the paper's teacher (12 × 768, V = 50257)."""
+    return LMShape.from_config(ModelConfig(flavour="gpt2", vocab_size=50257, n_layer=12, n_head=12, d_model=768,
+                                           context_length=1024))
+
+
+def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -> dict[str, float]:
+    """Training FLOPs per token of `run`: student, teacher, SAE and their sum (see the module docstring).
+
+    `teacher` defaults to GPT-2 small (the paper's); `sae_k` is the SAE's TopK. Cached targets (concept.cache)
+    count no teacher or SAE work.
+    """
+    m, c, T = run.model, run.concept, run.data.seq_len
+    shape = LMShape.from_config(m)
+    seam = run.method in ("cocomix", "pause")
+    mixes = run.method == "pause" or (run.method == "cocomix" and c.mixing == "insert")
+    forward = lm_forward(shape, T, c.concept_layer if seam else None, 2 if mixes else 1)
+    if run.method == "cocomix":
+        if c.target == "hidden":
+            forward += 2.0 * (m.d_model * 4 * m.d_model + 4 * m.d_model * c.d_teacher) + 2.0 * c.d_teacher * m.d_model
+        else:
+            forward += 2.0 * m.d_model * c.n_latents + (2.0 * c.mix_k * m.d_model if c.mixing != "none" else 0.0)
+    out = {"student": 3.0 * forward, "teacher": 0.0, "sae": 0.0}
+    teacher = teacher or gpt2_small()
+    online = run.method == "cocomix" and c.lambda_concept > 0 and not (c.cache and c.target == "concepts")
+    if run.method == "kd" or (online and c.target == "hidden"):
+        out["teacher"] = lm_forward(teacher, T)
+    elif online:
+        if c.selection == "activation":
+            out["teacher"] = lm_forward(teacher, T)
+        else:
+            backward = teacher_flops(teacher, T, c.teacher_layer, True) - lm_forward(teacher, T)
+            repeats = T if c.attribution_loss == "next_token" else 1
+            out["teacher"] = lm_forward(teacher, T) + repeats * backward
+        d_con = teacher.d_model
+        out["sae"] = 2.0 * d_con * c.n_latents + 2.0 * sae_k * d_con
+        if c.multiplier == "pre_activation" and c.selection == "attribution":
+            out["sae"] += 2.0 * d_con * c.n_latents
+    out["total"] = out["student"] + out["teacher"] + out["sae"]
+    return out
+
+
+def active_params(run: RunConfig) -> int:
+    """Parameters a token uses: the student, plus for CoCoMix the concept head and the mix_k compression rows
+    it selects ((C + mix_k)·d + biases: the paper's "activated" parameters)."""
+    m, c = run.model, run.concept
+    base = student_params(m)
+    if run.method == "cocomix" and c.target == "concepts":
+        base += (c.n_latents + c.mix_k) * m.d_model + c.n_latents + 2 * m.d_model
+    elif run.method == "pause":
+        base += m.d_model
+    return base
+
+
+def student_params(m: ModelConfig) -> int:
+    """Parameter count of a student from its config without building it (exact for both flavours)."""
+    d, b = m.d_model, m.use_bias
+    norm = d * (2 if (m.flavour == "gpt2" and b) else 1)
+    mlp_w = (2 if m.flavour == "gpt2" else 3) * d * m.mlp_width
+    mlp_b = (m.mlp_width + d) if b and m.flavour == "gpt2" else ((2 * m.mlp_width + d) if b else 0)
+    attn = 4 * d * d + (4 * d if b else 0)
+    block = attn + mlp_w + mlp_b + 2 * norm
+    emb = m.vocab_size * d + (m.context_length * d if m.flavour == "gpt2" else 0)
+    head = 0 if m.tie_embeddings else m.vocab_size * d
+    return emb + m.n_layer * block + norm + head
+
+
+def ntp_width_for(run: RunConfig, multiple: int = 16) -> int:
+    """The NTP width d (a multiple of `multiple` and of n_head) whose parameter count is closest to `run`'s active
+    parameters; the paper's rule (it gives 624 / 1072 / 2096 for CoCoMix at 512 / 1024 / 2048)."""
+    import dataclasses
+    import math
+
+    target = active_params(run)
+    step = math.lcm(multiple, run.model.n_head * (2 if run.model.flavour == "llama" else 1))
+    best, best_gap = run.model.d_model, None
+    d = step
+    while True:
+        cfg = dataclasses.replace(run.model, d_model=d)
+        n = student_params(cfg)
+        gap = abs(n - target)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = d, gap
+        if n > target:
+            return best
+        d += step

@@ -1,0 +1,145 @@
+"""CoCoMix (paper §2.2, Eq. 4): L = L_NTP + λ · L_concept, with the concept seam of `cocomix.model.concept`.
+
+L_concept = mean over positions of (1/k_attr) Σ_i CE(concept_logits_t, target_{t,i})     (Eq. 2, official code)
+
+computed as mean_t [logsumexp(z_t) − mean_i z_t[target_i]] with one logsumexp per position. Targets come from the
+frozen teacher + SAE every step (`compute_targets`, official attribution by default) or from a target cache
+(`cocomix extract-concepts`), read by window id. The final position has no next token: it is left out unless
+`concept.mask_last_position` is false, which reproduces the official code (labels {0, …, k_attr−1} there).
+
+Ablations (§3.3) are options of `ConceptConfig`: `selection="activation"`, `mixing="none"` (prediction only),
+`lambda_concept=0` (mixing only), `mixing="add"`, and `target="hidden"` (regress the teacher's normalised hidden
+state with a 2-layer MLP under an ℓ1 / ℓ2 / cosine loss, then compress and mix it the same way).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cocomix.errors import ConfigError
+from cocomix.methods.base import Batch, Method, next_token_loss
+from cocomix.model import Transformer
+from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
+
+
+def concept_loss(logits: torch.Tensor, targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
+    """Mean over valid positions of the k_attr-averaged C-way CE: logits (B, T, C), targets (B, T, k_attr).
+
+    Targets < 0 mark invalid positions. With mask_last False the final position is trained towards labels
+    0 … k_attr−1, as the official code does.
+    """
+    if not mask_last:
+        targets = targets.clone()
+        targets[:, -1] = torch.arange(targets.shape[-1], device=targets.device)
+    logits = logits.float()
+    valid = (targets[..., 0] >= 0).to(logits.dtype)  # (B, T)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
+    picked = logits.gather(-1, targets.clamp_min(0)).mean(-1)  # (B, T)
+    return ((lse - picked) * valid).sum() / valid.sum().clamp_min(1.0)
+
+
+def hidden_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """The `hidden` ablation's regression loss between pred and target (B, T, d_con)."""
+    pred, target = pred.float(), target.float()
+    if kind == "l1":
+        return (pred - target).abs().mean()
+    if kind == "l2":
+        return (pred - target).pow(2).mean()
+    return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
+
+
+class CoCoMix(Method):
+    """Continuous Concept Mixing: concept prediction from the student's hidden state and concept-vector mixing."""
+
+    name = "cocomix"
+
+    def __init__(self, run) -> None:  # noqa: ANN001 - RunConfig (import cycle)
+        super().__init__(run)
+        self.teacher = None
+        self.sae = None
+        self.cache = None
+
+    def build_model(self) -> Transformer:
+        m, c = self.run.model, self.run.concept
+        model = Transformer(m)
+        if c.target == "hidden":
+            seam = HiddenSeam(c.concept_layer, m.d_model, c.d_teacher, c.mixing, m.init_std)
+        else:
+            seam = ConceptSeam(c.concept_layer, m.d_model, c.n_latents, c.mix_k, c.mixing, m.init_std)
+        model.set_seam(seam)
+        return model
+
+    def prepare(self, device: torch.device, store: object) -> None:
+        from cocomix.sae import load_sae
+        from cocomix.teacher import Teacher
+
+        c = self.run.concept
+        if c.lambda_concept == 0:
+            return  # the mixing-only ablation needs no targets
+        if c.target == "concepts" and c.cache:
+            self.cache = open_cache(c.cache, self.run, store)
+            return
+        if not c.teacher:
+            raise ConfigError("concept.teacher: CoCoMix needs a teacher (HF name/folder or cocomix run) unless "
+                              "concept.cache is set")
+        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device)
+        self.teacher.check_store(store)
+        width = self.teacher.width
+        if c.target == "hidden":
+            if width != c.d_teacher:
+                raise ConfigError(f"concept.d_teacher: the teacher's residual width is {width}, got {c.d_teacher}")
+            return
+        if not c.sae:
+            raise ConfigError("concept.sae: CoCoMix needs an SAE file or folder unless concept.cache is set")
+        self.sae = load_sae(c.sae, k=c.sae_k).to(device)
+        if self.sae.n_latents != c.n_latents:
+            raise ConfigError(f"concept.n_latents: the SAE {c.sae} has {self.sae.n_latents} latents, got "
+                              f"{c.n_latents}")
+        if self.sae.d_in != width:
+            raise ConfigError(f"concept.sae: SAE input width {self.sae.d_in} does not match the teacher's residual "
+                              f"width {width} at teacher_layer {c.teacher_layer}")
+        if c.k_attr > self.sae.k:
+            raise ConfigError(f"concept.k_attr: at most the SAE's k={self.sae.k}, got {c.k_attr}")
+
+    def targets(self, batch: Batch) -> torch.Tensor:
+        """Concept targets (B, T, k_attr) of the batch, -1 at the final position."""
+        from cocomix.concepts.attribution import compute_targets
+
+        c = self.run.concept
+        if self.cache is not None:
+            if batch.chunk_ids is None:
+                raise ConfigError("concept.cache: cached targets need whole store windows (chunk ids)")
+            return self.cache.batch(batch.split, batch.chunk_ids).to(batch.ids.device)
+        if self.teacher is None or self.sae is None:
+            raise RuntimeError("CoCoMix.prepare() was not called before training")
+        return compute_targets(self.teacher, self.sae, batch.ids, k_attr=c.k_attr, selection=c.selection,
+                               multiplier=c.multiplier, attribution_loss=c.attribution_loss)
+
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.run.concept
+        out = model(batch.ids)
+        ntp = next_token_loss(out.logits, batch.ids)
+        if c.lambda_concept == 0:
+            return ntp, {"loss": ntp.detach()}
+        if c.target == "hidden":
+            _, hidden = self.teacher.forward_pass(batch.ids)
+            aux = hidden_loss(out.aux["hidden_pred"], normalize(hidden.float())[0], c.hidden_loss)
+        else:
+            aux = concept_loss(out.aux["concept_logits"], self.targets(batch), c.mask_last_position)
+        total = ntp + c.lambda_concept * aux
+        return total, {"loss": ntp.detach(), "concept_loss": aux.detach(), "total_loss": total.detach()}
+
+
+def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConfig, TargetCache
+    """The target cache for this run, checked against its settings and token store."""
+    from cocomix.concepts.cache import TargetCache, file_sha256
+
+    c = run.concept
+    expect = {"k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
+              "multiplier": c.multiplier, "attribution_loss": c.attribution_loss,
+              "tokenizer_sha256": file_sha256(Path(store.path) / "tokenizer" / "tokenizer.json"),
+              "train_tokens": store.num_tokens("train")}
+    return TargetCache.open(path, expect=expect)

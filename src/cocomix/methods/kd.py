@@ -1,0 +1,54 @@
+"""Knowledge distillation baseline (paper §3.1): L = L_NTP + λ_KD · KL(p_teacher ‖ p_student), λ_KD = 0.1.
+
+The KL is over next-token distributions at the positions that have a next token (B·(T−1)), averaged. Teacher and
+student must share the tokenizer; a teacher whose vocabulary differs from the student's is refused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cocomix.errors import ConfigError
+from cocomix.methods.base import Batch, Method, next_token_loss
+from cocomix.model import Transformer
+
+
+def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions 0 … T−2 of KL(softmax(teacher) ‖ softmax(student)); logits (B, T, V)."""
+    V = student_logits.shape[-1]
+    t = F.log_softmax(teacher_logits[:, :-1].float().reshape(-1, V), dim=-1)
+    s = F.log_softmax(student_logits[:, :-1].float().reshape(-1, V), dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+class KD(Method):
+    """NTP plus distillation from the frozen teacher's next-token distribution."""
+
+    name = "kd"
+
+    def __init__(self, run) -> None:  # noqa: ANN001 - RunConfig
+        super().__init__(run)
+        self.teacher = None
+
+    def prepare(self, device: torch.device, store: object) -> None:
+        from cocomix.teacher import Teacher
+
+        c = self.run.concept
+        if not c.teacher:
+            raise ConfigError("concept.teacher: KD needs a teacher (HF name/folder or cocomix run)")
+        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device)
+        if self.teacher.output_vocab != self.run.model.vocab_size:
+            raise ConfigError(f"concept.teacher: KD needs the student's tokenizer; the teacher predicts "
+                              f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size}")
+        self.teacher.check_store(store)
+
+    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.teacher is None:
+            raise RuntimeError("KD.prepare() was not called before training")
+        logits = model(batch.ids).logits
+        ntp = next_token_loss(logits, batch.ids)
+        teacher_logits, _ = self.teacher.forward_pass(batch.ids)
+        kl = kl_teacher_student(teacher_logits, logits)
+        total = ntp + self.run.concept.lambda_kd * kl
+        return total, {"loss": ntp.detach(), "kd_loss": kl.detach(), "total_loss": total.detach()}

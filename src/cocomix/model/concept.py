@@ -1,0 +1,142 @@
+"""The CoCoMix concept seam (paper §2.2, Eq. 2-4; official `GPT2CoCoMixModel.forward`, implementation notes §2.4).
+
+At block index `concept_layer`, with h (B, T, d) the hidden states entering that block:
+
+    mu, sd = mean_d(h), std_d(h) (unbiased)                  per-position scalars; gradients flow through them
+    x      = (h − mu) / (sd + 1e-5) − pre_bias               parameter-free LN, as the SAE's input norm
+    z      = x @ W_pred.T + b_pred                           concept_logits (B, T, C)         [Eq. 2's head]
+    v, i   = topk(z, mix_k)                                  raw logits kept, no ReLU
+    ĉ      = (Σ_j v_j · W_comp[i_j] + b_comp + pre_bias) · sd + mu      concept_vector (B, T, d)   [Eq. 3]
+    mixing "insert":  [h_0, ĉ_0, h_1, ĉ_1, …] for the upper blocks; the next token is read from the ĉ slots [Eq. 4]
+    mixing "add":     h + ĉ (the paper's addition ablation, §3.3)
+    mixing "none":    h unchanged (concept prediction only, §3.3)
+
+The compression is the official dense `compress_layer(mask · z)` computed as a gather of the mix_k selected rows
+of W_comp (stored (C, d), row c = concept c's direction): same function, same gradients, no C × d matmul.
+Concept slots get no position embedding (gpt2) and share their token's rotary position (llama).
+
+`steer(concepts, alphas)` multiplies chosen concept logits by α before the TopK (paper §3.4, steering).
+
+`PauseSeam` is the pause-token baseline: a learned vector inserted after every token at the same layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cocomix.model.seam import Seam, interleave, read_slots
+
+MIXINGS = ("insert", "add", "none")
+LN_EPS = 1e-5
+
+
+def normalize(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Official parameter-free LN: ((h − mu) / (sd + eps), mu, sd) with the unbiased std; h (…, d)."""
+    mu = h.mean(dim=-1, keepdim=True)
+    sd = h.std(dim=-1, keepdim=True)
+    return (h - mu) / (sd + LN_EPS), mu, sd
+
+
+class ConceptSeam(Seam):
+    """Concept head, TopK compression and mixing at block index `layer` (see the module docstring)."""
+
+    def __init__(self, layer: int, d_model: int, n_latents: int, mix_k: int, mixing: str = "insert",
+                 init_std: float = 0.02) -> None:
+        super().__init__(layer)
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        if not 1 <= mix_k <= n_latents:
+            raise ValueError(f"mix_k must be in [1, n_latents={n_latents}], got {mix_k}")
+        self.mix_k, self.mixing = mix_k, mixing
+        self.pre_bias = nn.Parameter(torch.zeros(d_model))
+        self.predictor = nn.Linear(d_model, n_latents)
+        self.compress_weight = nn.Parameter(torch.empty(n_latents, d_model))
+        self.compress_bias = nn.Parameter(torch.zeros(d_model))
+        nn.init.normal_(self.predictor.weight, 0.0, init_std)
+        nn.init.zeros_(self.predictor.bias)
+        nn.init.normal_(self.compress_weight, 0.0, init_std)
+        self._steer: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def n_latents(self) -> int:
+        return self.compress_weight.shape[0]
+
+    def steer(self, concepts: Tensor | None, alphas: Tensor | None = None) -> None:
+        """Multiply the logits of `concepts` (n,) by `alphas` (n,) before the TopK; None switches steering off."""
+        self._steer = None if concepts is None else (concepts.long(), alphas.float())
+
+    def concept_logits(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """h (B, T, d) -> (concept_logits (B, T, C), mu (B, T, 1), sd (B, T, 1))."""
+        x, mu, sd = normalize(h)
+        return self.predictor(x - self.pre_bias), mu, sd
+
+    def concept_vector(self, logits: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
+        """TopK of the logits compressed to d and un-normalised: (B, T, C) -> (B, T, d)."""
+        if self._steer is not None:
+            idx, alpha = self._steer
+            scale = torch.ones(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            logits = logits * scale.index_copy(0, idx.to(logits.device), alpha.to(logits))
+        values, indices = torch.topk(logits, self.mix_k, dim=-1)  # (B, T, K)
+        B, T, K = values.shape
+        rows = F.embedding_bag(indices.reshape(-1, K), self.compress_weight,
+                               per_sample_weights=values.reshape(-1, K).to(self.compress_weight.dtype),
+                               mode="sum").view(B, T, -1)  # (B, T, d)
+        return (rows + self.compress_bias + self.pre_bias) * sd + mu
+
+    def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
+        logits, mu, sd = self.concept_logits(h)
+        aux = {"concept_logits": logits}
+        if self.mixing == "none":
+            return h, pos, aux
+        c = self.concept_vector(logits, mu, sd)  # (B, T, d)
+        if self.mixing == "add":
+            return h + c, pos, aux
+        return interleave(h, c), pos.repeat_interleave(2), aux
+
+    def read(self, h: Tensor) -> Tensor:
+        return read_slots(h) if self.mixing == "insert" else h
+
+
+class HiddenSeam(ConceptSeam):
+    """Ablation (§3.3): predict the teacher's (normalised) hidden state with a 2-layer MLP instead of concepts,
+    then compress it to d (a linear map d_con -> d) and mix it in the same way."""
+
+    def __init__(self, layer: int, d_model: int, d_teacher: int, mixing: str = "insert",
+                 init_std: float = 0.02) -> None:
+        Seam.__init__(self, layer)
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        self.mixing, self._steer = mixing, None
+        self.pre_bias = nn.Parameter(torch.zeros(d_model))
+        self.predictor = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_teacher))
+        self.compress = nn.Linear(d_teacher, d_model)
+        for m in (self.predictor[0], self.predictor[2], self.compress):
+            nn.init.normal_(m.weight, 0.0, init_std)
+            nn.init.zeros_(m.bias)
+
+    def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
+        x, mu, sd = normalize(h)
+        pred = self.predictor(x - self.pre_bias)  # (B, T, d_teacher)
+        aux = {"hidden_pred": pred}
+        if self.mixing == "none":
+            return h, pos, aux
+        c = (self.compress(pred) + self.pre_bias) * sd + mu  # (B, T, d)
+        if self.mixing == "add":
+            return h + c, pos, aux
+        return interleave(h, c), pos.repeat_interleave(2), aux
+
+
+class PauseSeam(Seam):
+    """Pause-token baseline: a learned vector after every token at block `layer`; next token read from the pauses."""
+
+    def __init__(self, layer: int, d_model: int, init_std: float = 0.02) -> None:
+        super().__init__(layer)
+        self.pause = nn.Parameter(torch.randn(d_model) * init_std)
+
+    def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
+        return interleave(h, self.pause.to(h.dtype).expand_as(h)), pos.repeat_interleave(2), {}
+
+    def read(self, h: Tensor) -> Tensor:
+        return read_slots(h)

@@ -1,0 +1,111 @@
+"""Every method and ablation trains from the CLI on the tiny preset shapes (30 CPU steps, finite and decreasing
+loss); the teacher gets no gradient; FLOPs are logged with the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocomix.methods import CoCoMix
+from cocomix.presets import get_preset
+from cocomix.train import train
+
+VARIANTS = {
+    "ntp": ("tiny", []),
+    "cocomix": ("tiny-cocomix", []),
+    "cocomix-activation-selection": ("tiny-cocomix", ["concept.selection=activation"]),
+    "cocomix-prediction-only": ("tiny-cocomix", ["concept.mixing=none"]),
+    "cocomix-mixing-only": ("tiny-cocomix", ["concept.lambda_concept=0"]),
+    "cocomix-addition": ("tiny-cocomix", ["concept.mixing=add"]),
+    "cocomix-hidden-l2": ("tiny-cocomix", ["concept.target=hidden", "concept.hidden_loss=l2"]),
+    "cocomix-hidden-l1": ("tiny-cocomix", ["concept.target=hidden", "concept.hidden_loss=l1"]),
+    "cocomix-hidden-cosine": ("tiny-cocomix", ["concept.target=hidden", "concept.hidden_loss=cosine"]),
+    "cocomix-eq1-variants": ("tiny-cocomix", ["concept.multiplier=pre_activation",
+                                              "concept.attribution_loss=next_token"]),
+    "cocomix-llama": ("tiny-cocomix", ["model.flavour=llama"]),
+    "kd": ("tiny-kd", []),
+    "pause": ("tiny-pause", []),
+}
+
+
+def _overrides(store: Path, parts: tuple[Path, Path]) -> list[str]:
+    """The tiny preset on the test store (vocab 320), shortened windows, and the test teacher / SAE."""
+    return ["model.vocab_size=320", "model.context_length=64", f"data.path={store}", "data.seq_len=32",
+            "train.steps=30", "train.micro_batch_size=8", "train.log_every=1", "train.eval_every=0",
+            "train.save_every=0", "train.warmup_steps=3", f"concept.teacher={parts[0]}", f"concept.sae={parts[1]}",
+            "concept.n_latents=256", "concept.teacher_layer=1", "concept.d_teacher=32", "concept.mix_k=8"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_method_and_ablation_trains_from_the_cli(variant: str, store_dir: Path, tmp_path: Path,
+                                                       concept_parts: tuple[Path, Path]) -> None:
+    preset, extra = VARIANTS[variant]
+    sets = [x for kv in _overrides(store_dir, concept_parts) + extra for x in ("--set", kv)]
+    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", preset, *sets, "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["kind"] == "train"]
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
+    flops = next(e for e in events if e["kind"] == "flops")
+    assert flops["flops_per_token_total"] >= flops["flops_per_token_student"] > 0
+    if variant in ("cocomix", "kd"):
+        assert flops["flops_per_token_teacher"] > 0
+    if variant == "ntp" or variant == "cocomix-mixing-only":
+        assert flops["flops_per_token_teacher"] == 0
+
+
+def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir: Path, tmp_path: Path,
+                                                                      concept_parts: tuple[Path, Path]) -> None:
+    r = subprocess.run([sys.executable, "-m", "cocomix", "extract-concepts", "--data", str(store_dir), "--teacher",
+                        str(concept_parts[0]), "--teacher-layer", "1", "--sae", str(concept_parts[1]), "--seq-len",
+                        "32", "--device", "cpu", "--out", str(tmp_path / "cache")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    sets = [x for kv in _overrides(store_dir, concept_parts) + [f"concept.cache={tmp_path / 'cache'}",
+                                                                 "concept.teacher=/nonexistent"]
+            for x in ("--set", kv)]
+    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", "tiny-cocomix", *sets, "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert next(e for e in events if e["kind"] == "flops")["flops_per_token_teacher"] == 0
+    losses = [e["concept_loss"] for e in events if e["kind"] == "train"]
+    assert sum(losses[-5:]) < sum(losses[:5])
+
+
+@pytest.mark.parametrize("preset", ["tiny-cocomix", "tiny-kd"])
+def test_teacher_receives_no_gradient_during_training(preset: str, store_dir: Path, tmp_path: Path,
+                                                      concept_parts: tuple[Path, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.config import apply_overrides, run_config
+    from cocomix.methods import KD
+
+    seen = []
+    for cls in (CoCoMix, KD):
+        real = cls.prepare
+
+        def spy(self, device, store, real=real):
+            real(self, device, store)
+            seen.append(self)
+
+        monkeypatch.setattr(cls, "prepare", spy)
+    overrides = [s.replace("train.steps=30", "train.steps=5") for s in _overrides(store_dir, concept_parts)]
+    run = run_config(apply_overrides(get_preset(preset).to_dict(), overrides))
+    train(run, tmp_path / "run", quiet=True)
+    teacher = seen[0].teacher
+    assert all(p.grad is None and not p.requires_grad for p in teacher.model.parameters())
+
+
+def test_kd_refuses_a_teacher_with_another_vocabulary(store_dir: Path, tmp_path: Path,
+                                                     concept_parts: tuple[Path, Path]) -> None:
+    sets = [x for kv in _overrides(store_dir, concept_parts) + ["model.vocab_size=400"] for x in ("--set", kv)]
+    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", "tiny-kd", *sets, "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2 and "KD needs the student's tokenizer" in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1

@@ -1,0 +1,61 @@
+"""Analytic FLOPs against a hand count (69M presets), exact parameter counts, and the paper's width matching."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from cocomix.config import ModelConfig
+from cocomix.flops import active_params, ntp_width_for, run_flops, student_params
+from cocomix.model import Transformer
+from cocomix.presets import get_preset
+
+# Hand count, per token, T = 1024 (conventions in cocomix/flops.py: 2mkn per matmul, attention 4·S·d per query
+# forward, training = 3 × forward, frozen-teacher backward = activation gradients only).
+# CoCoMix-69M student: d = 512, 8 blocks, P = 12·d² = 3,145,728 matmul weights per block, concept layer 3.
+#   blocks 0-2:  3 × (2P + 4·1024·512)                   = 3 × 8,388,608              =  25,165,824
+#   blocks 3-7:  5 × (2·2P + 2·4·2048·512)               = 5 × 20,971,520             = 104,857,600
+#   LM head:     2·512·50257                                                          =  51,463,168
+#   concept head 2·512·32768 + compression 2·32·512      = 33,554,432 + 32,768        =  33,587,200
+#   forward 215,073,792; training ×3                                                  = 645,221,376
+# GPT-2 teacher: d = 768, 12 blocks, P = 7,077,888; forward 12 × (2P + 4·1024·768) + 2·768·50257
+#   = 12 × 17,301,504 + 77,194,752                                                    = 284,812,800
+#   backward to block 5: head 77,194,752 + 6 × (2P + 8·1024·768) = 77,194,752 + 122,683,392 = 199,878,144
+# SAE: 2·768·32768 + 2·32·768                                                         =  50,380,800
+# NTP-69M: d = 624, P = 4,672,512: 3 × (8 × (2P + 4·1024·624) + 2·624·50257)
+#   = 3 × (8 × 11,900,928 + 62,720,736) = 3 × 157,928,160                             = 473,784,480
+HAND = {"cocomix_student": 645_221_376, "teacher": 284_812_800 + 199_878_144, "sae": 50_380_800,
+        "ntp_student": 473_784_480}
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 0.02 * b
+
+
+def test_69m_presets_match_the_hand_count() -> None:
+    cocomix = run_flops(get_preset("gpt2-69m-cocomix"))
+    ntp = run_flops(get_preset("gpt2-69m-ntp"))
+    assert _close(cocomix["student"], HAND["cocomix_student"])
+    assert _close(cocomix["teacher"], HAND["teacher"]) and _close(cocomix["sae"], HAND["sae"])
+    assert _close(cocomix["total"], HAND["cocomix_student"] + HAND["teacher"] + HAND["sae"])
+    assert _close(ntp["student"], HAND["ntp_student"]) and ntp["teacher"] == ntp["sae"] == 0
+    cached = run_flops(dataclasses.replace(get_preset("gpt2-69m-cocomix"), concept=dataclasses.replace(
+        get_preset("gpt2-69m-cocomix").concept, cache="targets")))
+    assert cached["teacher"] == cached["sae"] == 0 and cached["student"] == cocomix["student"]
+    kd = run_flops(get_preset("gpt2-69m-kd"))
+    assert _close(kd["teacher"], 284_812_800)
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+@pytest.mark.parametrize("bias", [None, True, False])
+def test_parameter_count_formula_equals_the_built_model(flavour: str, bias: bool | None) -> None:
+    cfg = ModelConfig(flavour=flavour, vocab_size=97, n_layer=3, n_head=4, d_model=32, context_length=64, bias=bias)
+    assert student_params(cfg) == Transformer(cfg).num_params()
+
+
+def test_width_matching_reproduces_the_papers_baselines() -> None:
+    for size, ntp_width in (("69m", 624), ("386m", 1072), ("1b", 2096)):
+        run = get_preset(f"gpt2-{size}-cocomix")
+        assert ntp_width_for(run) == ntp_width == get_preset(f"gpt2-{size}-ntp").model.d_model
+    assert abs(active_params(get_preset("gpt2-69m-cocomix")) / 1e6 - 68.3) < 0.1  # paper: "69M" (68.2M est.)
