@@ -177,7 +177,8 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
             logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": float(grad_norm),
                         "tokens": done * tokens_per_step, "flops": done * tokens_per_step * flops["total"],
                         "tok_per_s": rate, **values})
-            logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+            others = "".join(f" | {k} {v:.4f}" for k, v in values.items() if k not in ("loss", "total_loss"))
+            logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
                          f"gnorm {float(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
         if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
             val_loss = run_eval(done)
