@@ -8,9 +8,10 @@
     cocomix train-sae train a TopK SAE on a teacher's residual stream      (cocomix.sae.training.train_sae)
     cocomix extract-concepts  cache concept targets of a token store        (cocomix.concepts.cache)
     cocomix describe-concepts  name latents by their top activating contexts (cocomix.concepts.describe)
+    cocomix compare   table and plots of several runs, token efficiency     (cocomix.eval.compare)
     cocomix flops     analytic training FLOPs per token and active parameters (cocomix.flops)
     cocomix presets   list presets or print one as JSON
-    cocomix demo      the `make demo` job                                  (cocomix.demo.run_demo)
+    cocomix demo      the `make demo` pipeline: teacher → SAE → targets → NTP vs CoCoMix → report
 
 A user error (bad value, missing or corrupt file) prints one line `cocomix: error: ...` and exits with code 2.
 """
@@ -73,6 +74,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.runs import load_run
     from cocomix.train.loop import resolve_device
 
+    if args.tasks:
+        from cocomix.eval.harness import run_tasks
+
+        res = run_tasks(args.run, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
+                        limit=args.limit or None, device=str(resolve_device(args.device)), dtype=args.dtype,
+                        batch_size=args.batch_size, data=args.data)
+        print(json.dumps({"checkpoint": str(args.run), "results": res["results"]}, indent=2, default=str))
+        return 0
     run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device))
     store = TokenStore.open(args.data or run.data.path)
     check_vocab(store, run.model.vocab_size)
@@ -202,6 +211,15 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cocomix.eval.compare import compare
+
+    res = compare(args.runs, args.out, reference=args.reference)
+    print(res["table"], end="")
+    print(f"written: {', '.join(str(f) for f in res['files'])}", file=sys.stderr)
+    return 0
+
+
 def cmd_flops(args: argparse.Namespace) -> int:
     from cocomix.flops import active_params, ntp_width_for, run_flops
 
@@ -228,7 +246,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cocomix.demo import run_demo
 
-    run_demo(args.data, args.out, preset=args.preset)
+    steps = {"teacher": args.steps, "sae": args.steps, "student": args.steps} if args.steps else None
+    run_demo(args.data, args.out, steps=steps)
     return 0
 
 
@@ -272,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--batches", type=int, default=0, help="limit the number of batches (0: whole split)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--tasks", help="lm-eval tasks instead of perplexity, e.g. lambada_openai,wikitext,hellaswag,"
+                                   "piqa,social_iqa,arc_easy,winogrande (needs lm-eval; hub tasks need internet)")
+    s.add_argument("--include-path", help="folder of local lm-eval task YAML files (offline tasks)")
+    s.add_argument("--limit", type=int, default=0, help="items per task (0: all)")
+    s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="precision used for every method alike")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("generate", help="sample text from a checkpoint")
@@ -327,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="folder for concepts.json and concepts.md")
     s.set_defaults(func=cmd_describe_concepts)
 
+    s = sub.add_parser("compare", help="compare runs: Markdown table, loss-vs-tokens/FLOPs plots, token efficiency")
+    s.add_argument("runs", nargs="+", help="run directories; names differing only by -seedN are grouped")
+    s.add_argument("--out", default="compare", help="folder for compare.md and the PNG plots")
+    s.add_argument("--reference", help="group the token efficiency is measured against (default: the first)")
+    s.set_defaults(func=cmd_compare)
+
     s = sub.add_parser("flops", help="analytic training FLOPs per token (teacher and SAE included) of a config")
     s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
     s.add_argument("--config", help="a run config file (.json or .toml)")
@@ -337,10 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", nargs="?")
     s.set_defaults(func=cmd_presets)
 
-    s = sub.add_parser("demo", help="prepare Shakespeare, train the tiny model on CPU, report")
+    s = sub.add_parser("demo", help="the make-demo pipeline: teacher, SAE, targets, NTP vs CoCoMix, report")
     s.add_argument("--data", default="data/shakespeare")
     s.add_argument("--out", default="runs/demo")
-    s.add_argument("--preset", default="tiny")
+    s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -1,70 +1,225 @@
-"""`make demo`: prepare the embedded Shakespeare corpus, pretrain the tiny NTP model on CPU, and report.
+"""`make demo`: the whole CoCoMix pipeline on the embedded Shakespeare corpus, on CPU, from nothing.
 
-The report compares the model's validation loss with the unigram entropy of the validation tokens (the loss of
-the best context-free predictor): a model that learned anything from context must be clearly below it.
+Stages (each is skipped when its output is complete, so a re-run reuses finished work and an interrupted one
+resumes):
+
+    data        prepare the corpus: byte-level BPE (4096) and train/val token files
+    teacher     train the teacher: the tiny NTP model                                  -> OUT/teacher
+    sae         train its TopK SAE at teacher_layer 1 (train-sae, 16 × 128 = 2048 latents, k 32) -> OUT/teacher-sae/sae
+    targets     extract concept targets for every window (extract-concepts)           -> OUT/targets
+    ntp         NTP student, parameter-matched to CoCoMix's active parameters          -> OUT/ntp
+    cocomix     CoCoMix student (d 128, concept layer 1, cached targets), same tokens  -> OUT/cocomix
+    report      compare (table, loss-vs-tokens / FLOPs plots, token efficiency), concept descriptions, the
+                student's predicted concepts on a validation passage, one steered generation -> OUT/report.md
+
+Both students see the same windows in the same order (same seed and batch). The numbers are what this run
+measured; nothing is tuned on the validation split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cocomix.atomic import atomic_write_text
-from cocomix.config import run_config
+from cocomix.config import RunConfig
 from cocomix.data import TokenStore, prepare
-from cocomix.eval.perplexity import evaluate_loss
-from cocomix.model import generate
 from cocomix.presets import get_preset
-from cocomix.runs import load_run
-from cocomix.train import train
+
+TEACHER_LAYER = 1
+SAE_EXPANSION = 16
+STEPS = {"teacher": 800, "sae": 500, "student": 800}
 
 
-def run_demo(data_dir: str | Path = "data/shakespeare", run_dir: str | Path = "runs/demo",
-             preset: str = "tiny", overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Prepare (if needed), train (or resume), evaluate; returns and writes run_dir/demo_result.json."""
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    if not (data_dir / "meta.json").is_file():
-        print(f"demo: preparing the Shakespeare corpus into {data_dir}", file=sys.stderr)
-        prepare("shakespeare", data_dir, tokenizer="bpe:4096")
-    base = get_preset(preset)
-    cfg_dict = base.to_dict()
-    cfg_dict["data"]["path"] = str(data_dir)
-    for key, value in (overrides or {}).items():
-        section, name = key.split(".")
-        cfg_dict[section][name] = value
-    run = run_config(cfg_dict)
-    train(run, run_dir, resume=True)
+def _say(msg: str) -> None:
+    print(f"demo: {msg}", file=sys.stderr, flush=True)
 
-    _, method, model, ckpt = load_run(run_dir)
-    store = TokenStore.open(data_dir)
-    val = evaluate_loss(method, model, store, "val", run.data.seq_len, run.train.micro_batch_size)
-    unigram = store.unigram_entropy("val")
+
+def _student_runs(data: Path, out: Path, steps: int, n_latents: int) -> dict[str, RunConfig]:
+    """The CoCoMix student and its parameter-matched NTP baseline, on the same data, seed and batches."""
+    from cocomix.flops import ntp_width_for
+
+    coco = get_preset("tiny-cocomix")
+    train = dataclasses.replace(coco.train, steps=steps, eval_every=200, save_every=200)
+    concept = dataclasses.replace(coco.concept, teacher=str(out / "teacher"), teacher_layer=TEACHER_LAYER,
+                                  sae=str(out / "teacher-sae" / "sae"), cache=str(out / "targets"),
+                                  n_latents=n_latents)
+    coco = dataclasses.replace(coco, data=dataclasses.replace(coco.data, path=str(data)), train=train,
+                               concept=concept)
+    width = ntp_width_for(coco)
+    ntp = dataclasses.replace(coco, method="ntp", model=dataclasses.replace(coco.model, d_model=width))
+    return {"ntp": ntp, "cocomix": coco}
+
+
+def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/demo",
+             steps: dict[str, int] | None = None, source: str = "shakespeare") -> dict[str, Any]:
+    """Run (or resume) every stage; returns the summary written to OUT/demo_result.json.
+
+    `source` is any `cocomix prepare` source (the tests use a small text corpus); `steps` overrides STEPS.
+    """
+    from cocomix.concepts.cache import extract_concepts
+    from cocomix.sae import load_sae
+    from cocomix.sae.train_config import SAETrainConfig
+    from cocomix.sae.training import train_sae
+    from cocomix.teacher import Teacher
+    from cocomix.train import train
+
+    data, out = Path(data_dir), Path(out_dir)
+    steps = {**STEPS, **(steps or {})}
+    timings: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def stage(name: str, done: bool, fn: Any) -> None:
+        t0 = time.perf_counter()
+        if done:
+            _say(f"[{name}] already done, reusing it")
+        else:
+            _say(f"[{name}] starting")
+            fn()
+        timings[name] = time.perf_counter() - t0
+        _say(f"[{name}] {timings[name]:.0f} s")
+
+    stage("data", (data / "meta.json").is_file(), lambda: prepare(source, data, tokenizer="bpe:4096"))
+
+    teacher_run = get_preset("tiny")
+    teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
+                                      train=dataclasses.replace(teacher_run.train, steps=steps["teacher"],
+                                                                eval_every=steps["teacher"]))
+    stage("teacher", _finished(out / "teacher", steps["teacher"]),
+          lambda: train(teacher_run, out / "teacher", resume=True))
+
+    sae_cfg = SAETrainConfig(teacher=str(out / "teacher"), teacher_layer=TEACHER_LAYER, data=str(data),
+                             seq_len=teacher_run.data.seq_len, expansion=SAE_EXPANSION, steps=steps["sae"],
+                             checkpoint_every=100, log_every=50, device="cpu")
+    stage("sae", (out / "teacher-sae" / "summary.json").is_file(),
+          lambda: train_sae(sae_cfg, out / "teacher-sae", Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)))
+    sae_path = out / "teacher-sae" / "sae"
+    n_latents = load_sae(str(sae_path)).n_latents
+    runs = _student_runs(data, out, steps["student"], n_latents)
+    seq_len = runs["cocomix"].data.seq_len
+
+    def extract() -> None:
+        teacher = Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)
+        extract_concepts(data, out / "targets", teacher, load_sae(str(sae_path)), teacher_spec=str(out / "teacher"),
+                         sae_spec=str(sae_path), seq_len=seq_len, batch_size=16)
+
+    stage("targets", _cache_complete(out / "targets"), extract)
+    for name in ("ntp", "cocomix"):
+        stage(name, _finished(out / name, steps["student"]),
+              lambda name=name: train(runs[name], out / name, resume=True))
+    t0 = time.perf_counter()
+    summary = write_report(data, out, runs, timings, steps)
+    timings["report"] = time.perf_counter() - t0
+    summary["stage_seconds"] = timings
+    atomic_write_text(out / "demo_result.json", json.dumps(summary, indent=2))
+    print(summary["table"])
+    print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print(f"report: {out / 'report.md'}")
+    return summary
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    from cocomix.train.checkpoint import latest_checkpoint, read_state
+
+    try:
+        ckpt = latest_checkpoint(run_dir)
+        return ckpt is not None and read_state(ckpt)["step"] >= steps
+    except Exception:  # a damaged run is resumed (and reported) by train itself
+        return False
+
+
+def _cache_complete(path: Path) -> bool:
+    try:
+        return bool(json.loads((path / "meta.json").read_text()).get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dict[str, float],
+                 steps: dict[str, int]) -> dict[str, Any]:
+    """report.md: comparison table and plots, concept descriptions, inspected concepts, a steered generation."""
+    from cocomix.concepts.describe import describe_concepts
+    from cocomix.concepts.describe import write_report as write_concepts
+    from cocomix.eval.compare import compare
+    from cocomix.eval.perplexity import evaluate_loss
+    from cocomix.flops import active_params
+    from cocomix.runs import load_run
+    from cocomix.sae import load_sae
+    from cocomix.teacher import Teacher
+
+    store = TokenStore.open(data)
+    cmp = compare([out / "ntp", out / "cocomix"], out, reference="ntp")
+    seq_len = runs["cocomix"].data.seq_len
+    finals = {}
+    for name in ("ntp", "cocomix"):
+        _, method, model, _ = load_run(out / name)
+        finals[name] = evaluate_loss(method, model, store, "val", seq_len, 16)
+    teacher = Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)
+    sae = load_sae(str(out / "teacher-sae" / "sae"))
+    stats = describe_concepts(store, teacher, sae, seq_len, split="val", max_windows=400, progress=False)
+    write_concepts(stats, store, out / "concepts", "val", seq_len)
+    described = {c["latent"]: c for c in json.loads((out / "concepts" / "concepts.json").read_text())["latents"]}
+    inspected, steer = _inspect_and_steer(out / "cocomix", store, described, seq_len)
+    sae_summary = json.loads((out / "teacher-sae" / "summary.json").read_text())
+    lines = [
+        "# cocomix demo: CoCoMix vs NTP on Shakespeare (CPU)", "",
+        f"Teacher: the tiny NTP model (4 blocks × 128) trained {steps['teacher']} steps (`teacher/`). "
+        f"SAE at teacher block {TEACHER_LAYER}: {sae.n_latents} latents, k {sae.k}; held-out FVU "
+        f"{sae_summary['fvu']:.4f}, L0 {sae_summary['l0']:.1f}, dead {100 * sae_summary['dead_fraction']:.2f}%.", "",
+        f"Students (same windows, same order, {runs['cocomix'].train.steps} steps × "
+        f"{runs['cocomix'].train.micro_batch_size * runs['cocomix'].data.seq_len} tokens): CoCoMix d=128 "
+        f"({active_params(runs['cocomix']) / 1e6:.2f}M active parameters), NTP d={runs['ntp'].model.d_model} "
+        f"({active_params(runs['ntp']) / 1e6:.2f}M, parameter-matched).", "",
+        "## Result", "", cmp["table"],
+        f"Full validation split ({finals['ntp']['tokens']:,} tokens): NTP {finals['ntp']['loss']:.4f}, CoCoMix "
+        f"{finals['cocomix']['loss']:.4f} nats/token (NTP − CoCoMix "
+        f"{finals['ntp']['loss'] - finals['cocomix']['loss']:+.4f}).",
+        "", "![validation loss vs tokens](loss_vs_tokens.png)", "", "![validation loss vs FLOPs](loss_vs_flops.png)",
+        "", "## Predicted concepts on a validation passage", "",
+        "Top-3 concepts the CoCoMix student predicts at a few positions, with each concept's strongest teacher "
+        "context (from `concepts/concepts.md`).", "", *inspected, "", "## Steering", "", *steer, "",
+        "## Stage times", "", *(f"- {k}: {v:.0f} s" for k, v in timings.items()), "",
+    ]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    return {"table": cmp["table"], "val_loss": {k: v["loss"] for k, v in finals.items()},
+            "sae": {k: sae_summary[k] for k in ("fvu", "l0", "dead_fraction")}}
+
+
+@torch.no_grad()
+def _inspect_and_steer(run_dir: Path, store: TokenStore, described: dict[int, dict], seq_len: int,
+                       ) -> tuple[list[str], list[str]]:
+    from cocomix.model import generate
+    from cocomix.runs import load_run
+
+    _, _, model, _ = load_run(run_dir)
     tok = store.tokenizer()
-    prompt = torch.tensor([tok.encode("ROMEO:\n")])
-    sample, _ = generate(model, prompt, 60, temperature=0.8, top_k=50,
-                         generator=torch.Generator().manual_seed(0))
-    result = {
-        "preset": preset,
-        "checkpoint": str(ckpt),
-        "params": model.num_params(),
-        "train_tokens": run.train.steps * run.train.micro_batch_size * run.train.grad_accum * run.data.seq_len,
-        "val_loss_nats": val["loss"],
-        "val_ppl": val["ppl"],
-        "val_tokens": val["tokens"],
-        "unigram_entropy_nats": unigram,
-        "sample": tok.decode(sample[0].tolist()),
-    }
-    atomic_write_text(run_dir / "demo_result.json", json.dumps(result, indent=2))
-    print("\n== cocomix demo: tiny NTP on Shakespeare (CPU) ==")
-    print(f"parameters             {result['params'] / 1e6:.2f}M")
-    print(f"training tokens        {result['train_tokens']:,}")
-    print(f"validation loss        {val['loss']:.4f} nats/token  (ppl {val['ppl']:.1f}, {val['tokens']:,} tokens)")
-    print(f"unigram entropy (val)  {unigram:.4f} nats/token")
-    print(f"difference             {unigram - val['loss']:.4f} nats/token below the unigram baseline")
-    print(f"sample:\n{result['sample']}")
-    print(f"\nwritten: {run_dir / 'demo_result.json'}")
-    return result
+    ids = store.batch("val", [3], seq_len)[:, :48]  # (1, 48)
+    logits = model(ids).aux["concept_logits"][0]  # (48, C)
+    top = torch.topk(logits, 3, dim=-1).indices  # (48, 3)
+
+    def name(c: int) -> str:
+        ex = described.get(c, {}).get("examples") or [{"text": "(never fired on the val sample)"}]
+        return f"#{c} `{ex[0]['text'].strip()}`"
+
+    rows = ["| token | top predicted concepts |", "|---|---|"]
+    for t in range(8, 48, 5):
+        rows.append(f"| `{tok.decode(ids[0, :t + 1].tolist())[-30:].strip()}` | "
+                    + "; ".join(name(int(c)) for c in top[t]) + " |")
+    concept = int(torch.mode(top[:, 0]).values)  # the student's most frequent top-1 concept on the passage
+    prompt = torch.tensor([tok.encode("KING HENRY:\n")])
+    outs = {}
+    for alpha in (0.0, 10.0):
+        model.seam.steer(torch.tensor([concept]), torch.tensor([alpha]) if alpha else torch.tensor([1.0]))
+        tokens, _ = generate(model, prompt, 40, temperature=0.0)
+        outs[alpha] = tok.decode(tokens[0, prompt.shape[1]:].tolist())
+    model.seam.steer(None)
+    steer = [f"Concept {name(concept)} (the student's most frequent top-1 concept above); greedy continuation "
+             "of `KING HENRY:` with its predicted logit × α at every position:", "",
+             f"- α = 1 (unsteered): `{outs[0.0].strip()[:200]}`", f"- α = 10: `{outs[10.0].strip()[:200]}`"]
+    return rows, steer

@@ -76,7 +76,7 @@ PAPER_CONCEPT = ConceptConfig(teacher="openai-community/gpt2", teacher_layer=5, 
                               d_teacher=768)
 # The tiny presets use the embedded teacher and SAE that `make demo` builds: a tiny NTP run and its train-sae output.
 TINY_CONCEPT = ConceptConfig(teacher="runs/demo/teacher", teacher_layer=1, sae="runs/demo/teacher-sae/sae",
-                             n_latents=4096, k_attr=4, mix_k=32, lambda_concept=0.1, lambda_kd=0.1, d_teacher=128,
+                             n_latents=2048, k_attr=4, mix_k=32, lambda_concept=0.1, lambda_kd=0.1, d_teacher=128,
                              concept_layer=1)
 
 
@@ -126,7 +126,7 @@ def gpt2_386m_pause() -> RunConfig:
 
 
 def tiny_cocomix() -> RunConfig:
-    """The tiny student trained with CoCoMix on the embedded teacher + SAE (concept layer 1, C = 4096)."""
+    """The tiny student trained with CoCoMix on the embedded teacher + SAE (concept layer 1, C = 2048)."""
     return _with(tiny(), "cocomix", TINY_CONCEPT)
 
 

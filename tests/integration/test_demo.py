@@ -1,4 +1,4 @@
-"""The `make demo` job end to end (slow: ~3 minutes on 2 cores) and the cheap parts of it."""
+"""The `make demo` pipeline end to end (slow: the full run) and the same code path on a few steps."""
 
 from __future__ import annotations
 
@@ -8,21 +8,35 @@ from pathlib import Path
 import pytest
 
 from cocomix.demo import run_demo
+from tests.integration.conftest import LINES
 
 
 @pytest.mark.slow
-def test_demo_beats_the_unigram_baseline(tmp_path: Path) -> None:
+def test_full_demo_writes_the_report(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "data", tmp_path / "run")
-    assert result["val_loss_nats"] < result["unigram_entropy_nats"] - 0.5
-    stored = json.loads((tmp_path / "run" / "demo_result.json").read_text())
-    assert stored["val_loss_nats"] == result["val_loss_nats"]
+    assert set(result["val_loss"]) == {"ntp", "cocomix"}
+    assert all(v < 6.0 for v in result["val_loss"].values())  # far below the ~6.18 unigram entropy
 
 
-def test_demo_runs_end_to_end_on_a_few_steps(tmp_path: Path) -> None:
-    """Same code path as `make demo` (prepare Shakespeare, train, eval, sample), shortened to 10 steps."""
-    result = run_demo(tmp_path / "data", tmp_path / "run",
-                      overrides={"train.steps": 10, "train.eval_every": 0, "train.save_every": 0})
-    assert result["train_tokens"] == 10 * 16 * 128
-    assert 5.0 < result["unigram_entropy_nats"] < 7.0
-    assert result["sample"].startswith("ROMEO:")
-    assert (tmp_path / "data" / "meta.json").is_file()
+def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: Path) -> None:
+    """Every stage of `make demo` (prepare, teacher, SAE, targets, both students, report), 30 steps each, on a
+    small text corpus instead of the 1.3M-token Shakespeare one."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"doc{i:02d}.txt").write_text("\n".join(f"{LINES[(i + j) % len(LINES)]} {i * j % 11}"
+                                                        for j in range(80)))
+    steps = {"teacher": 30, "sae": 30, "student": 30}
+    result = run_demo(tmp_path / "data", tmp_path / "run", steps=steps, source=f"text:{docs}")
+    out = tmp_path / "run"
+    for f in ("report.md", "loss_vs_tokens.png", "loss_vs_flops.png", "compare.md", "concepts/concepts.md",
+              "teacher-sae/sae/cfg.json", "targets/meta.json", "demo_result.json"):
+        assert (out / f).is_file(), f
+    report = (out / "report.md").read_text()
+    assert "| ntp | ntp | 1 |" in report and "| cocomix | cocomix | 1 |" in report and "α = 10" in report
+    assert set(result["stage_seconds"]) >= {"data", "teacher", "sae", "targets", "ntp", "cocomix"}
+    again = run_demo(tmp_path / "data", tmp_path / "run", steps=steps, source=f"text:{docs}")  # everything reused
+    assert again["val_loss"] == result["val_loss"]
+    assert max(again["stage_seconds"][k] for k in ("teacher", "sae", "targets", "ntp", "cocomix")) < 1.0
+    stored = json.loads((out / "demo_result.json").read_text())
+    assert stored["val_loss"] == again["val_loss"]

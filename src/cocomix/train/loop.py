@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     if ckpt is not None:
         state = load_training_state(ckpt, model, optimizer)
         start, val_loss = state["step"], state.get("val_loss")
+    train_s0 = float(state.get("train_s", 0.0)) if ckpt is not None else 0.0
     logger = MetricsLogger(run_dir, tc.log_backends, resume_step=start if ckpt is not None else None,
                            config=run.to_dict(), quiet=quiet)
     atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
@@ -135,10 +137,20 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
                  f"{tokens_per_step} tokens/step | steps {start}->{tc.steps} | "
                  f"{flops['total'] / 1e6:.1f} MFLOP/token (student {flops['student'] / 1e6:.1f})")
 
+    clock = {"start": time.perf_counter(), "eval": 0.0}
+
+    def train_seconds() -> float:
+        """Wall-clock spent training (evaluation excluded), accumulated over resumes."""
+        return train_s0 + time.perf_counter() - clock["start"] - clock["eval"]
+
     def run_eval(step: int) -> float:
+        t0 = time.perf_counter()
         res = evaluate_loss(method, model, store, "val", run.data.seq_len, tc.micro_batch_size,
                             tc.eval_batches, device, autocast=cast if isinstance(cast, torch.autocast) else None)
-        logger.log({"kind": "eval", "step": step, "val_loss": res["loss"], "val_ppl": res["ppl"]})
+        clock["eval"] += time.perf_counter() - t0
+        logger.log({"kind": "eval", "step": step, "val_loss": res["loss"], "val_ppl": res["ppl"],
+                    "tokens": step * tokens_per_step, "flops": step * tokens_per_step * flops["total"],
+                    "train_s": train_seconds()})
         logger.print(f"eval  step {step:>6} | val_loss {res['loss']:.4f} | val_ppl {res['ppl']:.2f}")
         return res["loss"]
 
@@ -176,7 +188,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
             rate, eta = meter.report(done)
             logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": float(grad_norm),
                         "tokens": done * tokens_per_step, "flops": done * tokens_per_step * flops["total"],
-                        "tok_per_s": rate, **values})
+                        "tok_per_s": rate, "train_s": train_seconds(), **values})
             others = "".join(f" | {k} {v:.4f}" for k, v in values.items() if k not in ("loss", "total_loss"))
             logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
                          f"gnorm {float(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
@@ -184,8 +196,8 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
             val_loss = run_eval(done)
         if save_now:
             save_checkpoint(run_dir, done, model, optimizer,
-                            {"train_loss": train_loss, "val_loss": val_loss,
-                             "tokens": done * tokens_per_step}, tc.keep_checkpoints)
+                            {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
+                             "train_s": train_seconds()}, tc.keep_checkpoints)
     if start >= tc.steps and ckpt is not None:  # nothing left to do: report the stored numbers
         train_loss = state.get("train_loss", math.nan)
     logger.close()

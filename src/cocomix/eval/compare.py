@@ -1,0 +1,206 @@
+"""`cocomix compare`: runs side by side — a Markdown table, loss curves against tokens and FLOPs, token efficiency.
+
+Each run directory contributes its config, its `kind: "eval"` events (validation loss at a step, with tokens,
+training FLOPs counted with teacher and SAE, and training wall-clock) and its final numbers. Runs whose directory
+names differ only by a `-seedN` / `_seedN` / `-sN` suffix are one group: the table shows mean ± sample std over the
+seeds and the plots the mean curve with a ±std band.
+
+Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
+N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
+evaluations around the crossing; efficiency = 1 − N_A / N_B (A needs that fraction fewer tokens). If A never
+reaches L_B, it is reported as not reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cocomix.atomic import atomic_write_text
+from cocomix.errors import CocomixError
+
+SEED_SUFFIX = re.compile(r"[-_](seed|s)\d+$")
+
+
+@dataclass
+class RunCurve:
+    """One run's validation curve and totals."""
+
+    path: Path
+    method: str
+    seed: int
+    tokens: list[float]
+    flops: list[float]
+    val_loss: list[float]
+    train_s: float
+    params: int | None = None
+
+
+@dataclass
+class Group:
+    """Runs that differ only by seed."""
+
+    label: str
+    runs: list[RunCurve] = field(default_factory=list)
+
+    def mean_curve(self, axis: str = "tokens") -> tuple[list[float], list[float], list[float]]:
+        """(x, mean loss, std loss) over the evaluation points all seeds share."""
+        n = min(len(r.val_loss) for r in self.runs)
+        xs = [sum(getattr(r, axis)[i] for r in self.runs) / len(self.runs) for i in range(n)]
+        means, stds = [], []
+        for i in range(n):
+            vals = [r.val_loss[i] for r in self.runs]
+            means.append(sum(vals) / len(vals))
+            stds.append(_std(vals))
+        return xs, means, stds
+
+    def final(self) -> tuple[float, float]:
+        vals = [r.val_loss[-1] for r in self.runs]
+        return sum(vals) / len(vals), _std(vals)
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def read_run(path: str | Path) -> RunCurve:
+    """The evaluation curve of a run directory (config.json + metrics.jsonl)."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+    except (OSError, ValueError) as e:
+        raise CocomixError(f"{path}: not a finished cocomix run (config.json / metrics.jsonl unreadable: "
+                           f"{e})") from None
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash
+    flops_per_token = next((e.get("flops_per_token_total") for e in events if e.get("kind") == "flops"), None)
+    tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
+                       * config["data"]["seq_len"])
+    evals = sorted((e for e in events if e.get("kind") == "eval"), key=lambda e: e["step"])
+    if not evals:
+        raise CocomixError(f"{path / 'metrics.jsonl'}: no validation events; train with train.eval_every > 0")
+    tokens = [float(e.get("tokens", e["step"] * tokens_per_step)) for e in evals]
+    flops = [float(e.get("flops", t * (flops_per_token or math.nan))) for e, t in zip(evals, tokens, strict=True)]
+    train_s = max((float(e.get("train_s", 0.0)) for e in events if "train_s" in e), default=math.nan)
+    return RunCurve(path=path, method=config["method"], seed=config["train"]["seed"], tokens=tokens, flops=flops,
+                    val_loss=[float(e["val_loss"]) for e in evals], train_s=train_s)
+
+
+def group_runs(paths: list[str | Path]) -> list[Group]:
+    """Runs grouped by directory name without its seed suffix, in the order first seen."""
+    groups: dict[str, Group] = {}
+    for p in paths:
+        run = read_run(p)
+        label = SEED_SUFFIX.sub("", run.path.resolve().name)
+        groups.setdefault(label, Group(label)).runs.append(run)
+    return list(groups.values())
+
+
+def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> float | None:
+    """First point where the curve reaches `target`, linearly interpolated; None if it never does."""
+    if losses and losses[0] <= target:
+        return tokens[0]
+    for i in range(1, len(losses)):
+        if losses[i] <= target:
+            t0, t1, l0, l1 = tokens[i - 1], tokens[i], losses[i - 1], losses[i]
+            return t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
+    return None
+
+
+def token_efficiency(a: Group, b: Group) -> float | None:
+    """1 − (tokens A needs to reach B's final loss) / (B's tokens), on mean curves; None if A never gets there."""
+    target, _ = b.final()
+    xs, means, _ = a.mean_curve("tokens")
+    needed = tokens_to_reach(xs, means, target)
+    if needed is None:
+        return None
+    return 1.0 - needed / b.mean_curve("tokens")[0][-1]
+
+
+def _fmt_num(x: float) -> str:
+    if not math.isfinite(x):
+        return "n/a"
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def table(groups: list[Group], reference: str | None = None) -> str:
+    """The Markdown comparison table (and token efficiency against `reference`, default: the first group)."""
+    ref = next((g for g in groups if g.label == reference), groups[0]) if groups else None
+    head = ("| run | method | seeds | final val loss (nats/token) | val ppl | tokens | training FLOPs "
+            "(teacher + SAE incl.) | train wall-clock | tokens/s | token efficiency vs " + (ref.label if ref else "-")
+            + " |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for g in groups:
+        mean, std = g.final()
+        tokens = g.runs[0].tokens[-1]
+        flops = sum(r.flops[-1] for r in g.runs) / len(g.runs)
+        secs = sum(r.train_s for r in g.runs) / len(g.runs)
+        eff = token_efficiency(g, ref) if ref is not None and g is not ref else None
+        eff_s = "—" if g is ref else ("not reached" if eff is None else f"{100 * eff:+.1f}%")
+        loss_s = f"{mean:.4f} ± {std:.4f}" if len(g.runs) > 1 else f"{mean:.4f}"
+        rows.append(f"| {g.label} | {g.runs[0].method} | {len(g.runs)} | {loss_s} | {math.exp(min(mean, 50)):.2f} | "
+                    f"{_fmt_num(tokens)} | {_fmt_num(flops)} | {secs:.0f} s | "
+                    f"{_fmt_num(tokens / secs) if secs and math.isfinite(secs) else 'n/a'} | {eff_s} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def plot(groups: list[Group], out: Path, axis: str) -> Path:
+    """Validation loss against tokens or training FLOPs, one line (±std band) per group; returns the PNG path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CocomixError("compare: plots need matplotlib (pip install matplotlib)") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for g in groups:
+        xs, means, stds = g.mean_curve(axis)
+        label = f"{g.label} ({len(g.runs)} seeds)" if len(g.runs) > 1 else g.label
+        (line,) = ax.plot(xs, means, marker="o", markersize=3, label=label)
+        if len(g.runs) > 1:
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                            [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("training tokens" if axis == "tokens" else "training FLOPs (student + teacher + SAE)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"Validation loss vs {'tokens' if axis == 'tokens' else 'training FLOPs'}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = out / f"loss_vs_{axis}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None = None) -> dict[str, Any]:
+    """Write compare.md and the two PNGs into out_dir; returns {"table", "groups", "files"}."""
+    if not paths:
+        raise CocomixError("compare: give at least one run directory")
+    groups = group_runs(paths)
+    if reference is not None and reference not in {g.label for g in groups}:
+        raise CocomixError(f"--reference: {reference!r} is not one of the runs ({', '.join(g.label for g in groups)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = table(groups, reference)
+    files = [plot(groups, out, "tokens"), plot(groups, out, "flops")]
+    body = ("# Run comparison\n\n" + md + "\nToken efficiency: how many fewer training tokens the run needs to "
+            "reach the reference's final validation loss (mean curves, linear interpolation between evaluations).\n"
+            "\n![validation loss vs tokens](loss_vs_tokens.png)\n\n![validation loss vs FLOPs](loss_vs_flops.png)\n")
+    atomic_write_text(out / "compare.md", body)
+    return {"table": md, "groups": groups, "files": [out / "compare.md", *files]}

@@ -1,0 +1,97 @@
+"""lm-eval adapter: a local multiple-choice task on a CoCoMix checkpoint, offline; per-item log-likelihoods equal
+a direct computation with the model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cocomix.runs import load_run
+
+pytest.importorskip("lm_eval")
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval" / "shakespeare_mc.jsonl"
+TASK = """task: shakespeare_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+"""
+
+
+@pytest.fixture(scope="module")
+def cocomix_run(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("harness") / "run"
+    sets = ["model.vocab_size=320", "model.context_length=64", f"data.path={store_dir}", "data.seq_len=32",
+            "train.steps=20", "train.micro_batch_size=8", "train.eval_every=0", "train.warmup_steps=2",
+            f"concept.teacher={concept_parts[0]}", f"concept.sae={concept_parts[1]}", "concept.n_latents=256",
+            "concept.teacher_layer=1", "concept.mix_k=8"]
+    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", "tiny-cocomix",
+                        *[x for kv in sets for x in ("--set", kv)], "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+def _task_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    shutil.copy(FIXTURE, folder / "items.jsonl")
+    (folder / "shakespeare_mc.yaml").write_text(TASK.format(data=folder / "items.jsonl"))
+    return folder
+
+
+@torch.no_grad()
+def _direct_loglik(model: torch.nn.Module, tok: object, context: str, continuation: str) -> float:
+    """log p(continuation | context) straight from the model's logits."""
+    ctx = tok.encode(context)
+    whole = tok.encode(context + continuation)
+    ids = torch.tensor([whole[:-1]])
+    logp = F.log_softmax(model(ids).logits[0].double(), dim=-1)
+    return float(sum(logp[i - 1, whole[i]] for i in range(len(ctx), len(whole))))
+
+
+def test_local_task_loglikelihoods_equal_direct_scoring(cocomix_run: Path, tmp_path: Path) -> None:
+    from cocomix.data import TokenStore
+    from cocomix.eval.harness import run_tasks
+
+    res = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=_task_dir(tmp_path), log_samples=True)
+    samples = res["samples"]["shakespeare_mc"]
+    assert len(samples) == 24
+    run, _, model, _ = load_run(cocomix_run)
+    assert run.method == "cocomix"
+    tok = TokenStore.open(run.data.path).tokenizer()
+    worst, correct = 0.0, 0
+    for s in samples:
+        doc = s["doc"]
+        ours = [_direct_loglik(model, tok, doc["question"], " " + c) for c in doc["choices"]]
+        theirs = [float(r[0]) for r in s["filtered_resps"]]
+        worst = max(worst, max(abs(a - b) for a, b in zip(ours, theirs, strict=True)))
+        correct += int(max(range(4), key=lambda i: ours[i]) == doc["answer"])
+    print(f"max |lm-eval - direct| log-likelihood over 96 choices: {worst:.3e}")
+    assert worst < 1e-4, worst
+    assert res["results"]["shakespeare_mc"]["acc,none"] == pytest.approx(correct / 24)
+
+
+def test_cli_eval_tasks_runs_offline_and_rejects_unknown_tasks(cocomix_run: Path, tmp_path: Path) -> None:
+    tasks = _task_dir(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks",
+                        "shakespeare_mc", "--include-path", str(tasks), "--limit", "5"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert 0.0 <= out["results"]["shakespeare_mc"]["acc,none"] <= 1.0
+    r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks", "nope_task",
+                        "--include-path", str(tasks)], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown task 'nope_task'" in r.stderr

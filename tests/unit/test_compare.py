@@ -1,0 +1,83 @@
+"""`cocomix compare`: seed grouping, mean ± std, token efficiency against a hand computation, readable plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cocomix.config import RunConfig, TrainConfig
+from cocomix.errors import CocomixError
+from cocomix.eval.compare import compare, group_runs, token_efficiency, tokens_to_reach
+
+
+def _run(root: Path, name: str, method: str, seed: int, losses: list[float], flops_per_token: float) -> Path:
+    """A run directory with config.json and metrics.jsonl as `cocomix train` writes them (eval every 100 steps)."""
+    path = root / name
+    path.mkdir()
+    run = RunConfig(method=method, train=TrainConfig(seed=seed, micro_batch_size=4))
+    (path / "config.json").write_text(run.to_json())
+    tokens_per_step = 4 * run.data.seq_len  # 1024
+    events = [{"kind": "flops", "step": 0, "flops_per_token_total": flops_per_token}]
+    for i, loss in enumerate(losses, start=1):
+        step = 100 * i
+        events.append({"kind": "train", "step": step, "loss": loss + 0.1, "train_s": 2.0 * step})
+        events.append({"kind": "eval", "step": step, "val_loss": loss, "tokens": step * tokens_per_step,
+                       "flops": step * tokens_per_step * flops_per_token, "train_s": 2.0 * step})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"kind": "tr')
+    return path
+
+
+def test_token_efficiency_matches_a_hand_computation(tmp_path: Path) -> None:
+    ntp = _run(tmp_path, "ntp", "ntp", 0, [5.0, 4.5, 4.2, 4.0], 1e6)
+    coco = _run(tmp_path, "cocomix", "cocomix", 0, [4.8, 4.3, 4.05, 3.9], 3e6)
+    groups = group_runs([ntp, coco])
+    # Hand: NTP's final loss 4.0 at 400 steps = 409,600 tokens. CoCoMix's curve crosses 4.0 between step 300
+    # (4.05, 307,200 tokens) and step 400 (3.9, 409,600 tokens): 307,200 + 102,400 · (4.05 − 4.0) / (4.05 − 3.9)
+    # = 341,333.3 tokens, so CoCoMix needs 1 − 341,333.3 / 409,600 = 16.67% fewer tokens.
+    assert token_efficiency(groups[1], groups[0]) == pytest.approx(1 - 341333.333 / 409600, rel=1e-6)
+    assert token_efficiency(groups[0], groups[1]) is None  # NTP never reaches CoCoMix's 3.9
+    assert tokens_to_reach([1.0, 2.0], [3.0, 2.0], 3.5) == 1.0
+
+
+def test_seeds_are_grouped_with_mean_and_sample_std(tmp_path: Path) -> None:
+    runs = [_run(tmp_path, f"ntp-seed{s}", "ntp", s, [5.0, 4.0 + 0.1 * s], 1e6) for s in range(3)]
+    runs.append(_run(tmp_path, "cocomix-seed0", "cocomix", 0, [4.9, 3.9], 2e6))
+    res = compare(runs, tmp_path / "out")
+    groups = res["groups"]
+    assert [g.label for g in groups] == ["ntp", "cocomix"] and len(groups[0].runs) == 3
+    mean, std = groups[0].final()
+    assert mean == pytest.approx(4.1) and std == pytest.approx(0.1)
+    assert "4.1000 ± 0.1000" in res["table"] and "| cocomix | cocomix | 1 | 3.9000 |" in res["table"]
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "loss_vs_tokens.png" in md and "loss_vs_flops.png" in md
+
+
+def test_plots_have_labelled_axes_and_a_legend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.axes
+
+    seen = {}
+    real_legend = matplotlib.axes.Axes.legend
+
+    def spy(self, *args, **kwargs):
+        seen.setdefault(self.get_title(), (self.get_xlabel(), self.get_ylabel(),
+                                          [t.get_label() for t in self.get_lines()]))
+        return real_legend(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", spy)
+    runs = [_run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6), _run(tmp_path, "kd", "kd", 0, [4.9, 3.95], 2e6)]
+    res = compare(runs, tmp_path / "out")
+    for png in res["files"][1:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert set(seen) == {"Validation loss vs tokens", "Validation loss vs training FLOPs"}
+    for xlabel, ylabel, lines in seen.values():
+        assert xlabel.startswith("training") and ylabel == "validation loss (nats/token)" and lines == ["ntp", "kd"]
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(CocomixError, match="not a finished cocomix run"):
+        compare([tmp_path / "missing"], tmp_path / "out")
+    run = _run(tmp_path, "ntp", "ntp", 0, [5.0], 1e6)
+    with pytest.raises(CocomixError, match="--reference"):
+        compare([run], tmp_path / "out", reference="nope")
