@@ -1,13 +1,13 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and pip:
 #   make test    create .venv, install pinned dependencies, run the test suite
-#   make demo    prepare the embedded Shakespeare corpus, train the tiny model on CPU, print the result
+#   make demo    on CPU: Shakespeare -> teacher -> SAE -> concept targets -> NTP vs CoCoMix -> runs/demo/report.md
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test test-slow demo lint bench clean
+.PHONY: install test test-slow demo experiment lint bench clean
 
 $(STAMP): pyproject.toml requirements/dev.txt requirements/interop.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/cocomix demo
+
+experiment: $(STAMP)
+	$(BIN)/cocomix experiment
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -11,6 +11,7 @@
     cocomix compare   table and plots of several runs, token efficiency     (cocomix.eval.compare)
     cocomix flops     analytic training FLOPs per token and active parameters (cocomix.flops)
     cocomix presets   list presets or print one as JSON
+    cocomix experiment  the `make experiment` study (every method, several seeds)  (cocomix.experiment)
     cocomix demo      the `make demo` pipeline: teacher → SAE → targets → NTP vs CoCoMix → report
 
 A user error (bad value, missing or corrupt file) prints one line `cocomix: error: ...` and exits with code 2.
@@ -243,6 +244,14 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from cocomix.experiment import run_experiment
+
+    steps = {"teacher": args.steps, "sae": args.steps, "student": args.steps} if args.steps else None
+    run_experiment(args.data, args.out, seeds=args.seeds, steps=steps)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cocomix.demo import run_demo
 
@@ -373,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/demo")
     s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("experiment", help="the make-experiment study: NTP, CoCoMix, KD, pause, activation "
+                                          "selection, FLOPs-matched NTP, several seeds")
+    s.add_argument("--data", default="data/shakespeare")
+    s.add_argument("--out", default="runs/experiment")
+    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
+    s.set_defaults(func=cmd_experiment)
     return p
 
 

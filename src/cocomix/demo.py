@@ -57,12 +57,10 @@ def _student_runs(data: Path, out: Path, steps: int, n_latents: int) -> dict[str
     return {"ntp": ntp, "cocomix": coco}
 
 
-def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/demo",
-             steps: dict[str, int] | None = None, source: str = "shakespeare") -> dict[str, Any]:
-    """Run (or resume) every stage; returns the summary written to OUT/demo_result.json.
-
-    `source` is any `cocomix prepare` source (the tests use a small text corpus); `steps` overrides STEPS.
-    """
+def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, timings: dict[str, float],
+                   selections: tuple[str, ...] = ("attribution",)) -> int:
+    """The stages every comparison needs: data, teacher, SAE and one target cache per selection rule
+    (OUT/targets for attribution, OUT/targets-activation for activation); returns the SAE width."""
     from cocomix.concepts.cache import extract_concepts
     from cocomix.sae import load_sae
     from cocomix.sae.train_config import SAETrainConfig
@@ -70,49 +68,62 @@ def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "r
     from cocomix.teacher import Teacher
     from cocomix.train import train
 
-    data, out = Path(data_dir), Path(out_dir)
-    steps = {**STEPS, **(steps or {})}
-    timings: dict[str, float] = {}
-    out.mkdir(parents=True, exist_ok=True)
-
-    def stage(name: str, done: bool, fn: Any) -> None:
-        t0 = time.perf_counter()
-        if done:
-            _say(f"[{name}] already done, reusing it")
-        else:
-            _say(f"[{name}] starting")
-            fn()
-        timings[name] = time.perf_counter() - t0
-        _say(f"[{name}] {timings[name]:.0f} s")
-
-    stage("data", (data / "meta.json").is_file(), lambda: prepare(source, data, tokenizer="bpe:4096"))
-
+    stage("data", (data / "meta.json").is_file(), lambda: prepare(source, data, tokenizer="bpe:4096"), timings)
     teacher_run = get_preset("tiny")
     teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
                                       train=dataclasses.replace(teacher_run.train, steps=steps["teacher"],
                                                                 eval_every=steps["teacher"]))
     stage("teacher", _finished(out / "teacher", steps["teacher"]),
-          lambda: train(teacher_run, out / "teacher", resume=True))
-
+          lambda: train(teacher_run, out / "teacher", resume=True), timings)
     sae_cfg = SAETrainConfig(teacher=str(out / "teacher"), teacher_layer=TEACHER_LAYER, data=str(data),
                              seq_len=teacher_run.data.seq_len, expansion=SAE_EXPANSION, steps=steps["sae"],
                              checkpoint_every=100, log_every=50, device="cpu")
     stage("sae", (out / "teacher-sae" / "summary.json").is_file(),
-          lambda: train_sae(sae_cfg, out / "teacher-sae", Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)))
+          lambda: train_sae(sae_cfg, out / "teacher-sae", Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)),
+          timings)
     sae_path = out / "teacher-sae" / "sae"
-    n_latents = load_sae(str(sae_path)).n_latents
+    for selection in selections:
+        cache = out / ("targets" if selection == "attribution" else f"targets-{selection}")
+
+        def extract(cache: Path = cache, selection: str = selection) -> None:
+            teacher = Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)
+            extract_concepts(data, cache, teacher, load_sae(str(sae_path)), teacher_spec=str(out / "teacher"),
+                             sae_spec=str(sae_path), seq_len=teacher_run.data.seq_len, batch_size=16,
+                             selection=selection)
+
+        stage(cache.name, _cache_complete(cache), extract, timings)
+    return load_sae(str(sae_path)).n_latents
+
+
+def stage(name: str, done: bool, fn: Any, timings: dict[str, float]) -> None:
+    """Run `fn` unless `done`, reporting progress and recording the stage's wall-clock."""
+    t0 = time.perf_counter()
+    if done:
+        _say(f"[{name}] already done, reusing it")
+    else:
+        _say(f"[{name}] starting")
+        fn()
+    timings[name] = time.perf_counter() - t0
+    _say(f"[{name}] {timings[name]:.0f} s")
+
+
+def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/demo",
+             steps: dict[str, int] | None = None, source: str = "shakespeare") -> dict[str, Any]:
+    """Run (or resume) every stage; returns the summary written to OUT/demo_result.json.
+
+    `source` is any `cocomix prepare` source (the tests use a small text corpus); `steps` overrides STEPS.
+    """
+    from cocomix.train import train
+
+    data, out = Path(data_dir), Path(out_dir)
+    steps = {**STEPS, **(steps or {})}
+    timings: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    n_latents = concept_stages(data, out, steps, source, timings)
     runs = _student_runs(data, out, steps["student"], n_latents)
-    seq_len = runs["cocomix"].data.seq_len
-
-    def extract() -> None:
-        teacher = Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)
-        extract_concepts(data, out / "targets", teacher, load_sae(str(sae_path)), teacher_spec=str(out / "teacher"),
-                         sae_spec=str(sae_path), seq_len=seq_len, batch_size=16)
-
-    stage("targets", _cache_complete(out / "targets"), extract)
     for name in ("ntp", "cocomix"):
         stage(name, _finished(out / name, steps["student"]),
-              lambda name=name: train(runs[name], out / name, resume=True))
+              lambda name=name: train(runs[name], out / name, resume=True), timings)
     t0 = time.perf_counter()
     summary = write_report(data, out, runs, timings, steps)
     timings["report"] = time.perf_counter() - t0
@@ -122,6 +133,11 @@ def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "r
     print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print(f"report: {out / 'report.md'}")
     return summary
+
+
+def _cell(text: str) -> str:
+    """Text made safe for one Markdown table cell / inline code span: newlines shown as ⏎, no pipes or backticks."""
+    return text.strip().replace("\n", " ⏎ ").replace("|", "¦").replace("`", "'")
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
@@ -205,11 +221,11 @@ def _inspect_and_steer(run_dir: Path, store: TokenStore, described: dict[int, di
 
     def name(c: int) -> str:
         ex = described.get(c, {}).get("examples") or [{"text": "(never fired on the val sample)"}]
-        return f"#{c} `{ex[0]['text'].strip()}`"
+        return f"#{c} `{_cell(ex[0]['text'])}`"
 
-    rows = ["| token | top predicted concepts |", "|---|---|"]
+    rows = ["| text so far (last 30 characters) | top predicted concepts (strongest teacher context) |", "|---|---|"]
     for t in range(8, 48, 5):
-        rows.append(f"| `{tok.decode(ids[0, :t + 1].tolist())[-30:].strip()}` | "
+        rows.append(f"| `{_cell(tok.decode(ids[0, :t + 1].tolist())[-30:])}` | "
                     + "; ".join(name(int(c)) for c in top[t]) + " |")
     concept = int(torch.mode(top[:, 0]).values)  # the student's most frequent top-1 concept on the passage
     prompt = torch.tensor([tok.encode("KING HENRY:\n")])
@@ -221,5 +237,6 @@ def _inspect_and_steer(run_dir: Path, store: TokenStore, described: dict[int, di
     model.seam.steer(None)
     steer = [f"Concept {name(concept)} (the student's most frequent top-1 concept above); greedy continuation "
              "of `KING HENRY:` with its predicted logit × α at every position:", "",
-             f"- α = 1 (unsteered): `{outs[0.0].strip()[:200]}`", f"- α = 10: `{outs[10.0].strip()[:200]}`"]
+             "α = 1 (unsteered):", "", "```", outs[0.0].strip()[:300], "```", "", "α = 10:", "", "```",
+             outs[10.0].strip()[:300], "```"]
     return rows, steer

@@ -17,7 +17,9 @@ CoCoMix or pause student the blocks from `concept_layer` on see two positions pe
 
 Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above), SAE encode 2·d_con·C and the
 attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
-gradient repeats the backward T times). Cached targets cost nothing at training time. KD: teacher forward.
+gradient repeats the backward T times). Cached targets cost nothing at training time; `cached_targets` reports
+what they would have cost online per token (comparisons add it, so CoCoMix is charged for its teacher and SAE
+either way). KD: teacher forward.
 """
 
 from __future__ import annotations
@@ -85,11 +87,34 @@ def gpt2_small() -> LMShape:
                                            context_length=1024))
 
 
+def teacher_shape(spec: str) -> LMShape | None:
+    """The shape of the teacher a config names, without loading its weights: a cocomix run directory, a local HF
+    gpt2 / llama folder, or GPT-2 small's hub names; None when it cannot be told from config files."""
+    from pathlib import Path
+
+    path = Path(spec) if spec else None
+    if path is not None and (path / "config.json").is_file():
+        try:
+            from cocomix.train.checkpoint import read_run_config
+
+            return LMShape.from_config(read_run_config(path).model)
+        except Exception:  # not a cocomix run: try a transformers folder
+            try:
+                from cocomix.export.hf_import import model_config_from_hf
+
+                return LMShape.from_config(model_config_from_hf(path))
+            except Exception:
+                return None
+    if spec in ("gpt2", "openai-community/gpt2"):
+        return gpt2_small()
+    return None
+
+
 def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -> dict[str, float]:
     """Training FLOPs per token of `run`: student, teacher, SAE and their sum (see the module docstring).
 
-    `teacher` defaults to GPT-2 small (the paper's); `sae_k` is the SAE's TopK. Cached targets (concept.cache)
-    count no teacher or SAE work.
+    `teacher` defaults to the shape `teacher_shape(concept.teacher)` finds, else GPT-2 small (the paper's);
+    `sae_k` is the SAE's TopK. Cached targets (concept.cache) count no teacher or SAE work.
     """
     m, c, T = run.model, run.concept, run.data.seq_len
     shape = LMShape.from_config(m)
@@ -102,7 +127,7 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
         else:
             forward += 2.0 * m.d_model * c.n_latents + (2.0 * c.mix_k * m.d_model if c.mixing != "none" else 0.0)
     out = {"student": 3.0 * forward, "teacher": 0.0, "sae": 0.0}
-    teacher = teacher or gpt2_small()
+    teacher = teacher or teacher_shape(c.teacher) or gpt2_small()
     online = run.method == "cocomix" and c.lambda_concept > 0 and not (c.cache and c.target == "concepts")
     if run.method == "kd" or (online and c.target == "hidden"):
         out["teacher"] = lm_forward(teacher, T)
@@ -118,6 +143,12 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
         if c.multiplier == "pre_activation" and c.selection == "attribution":
             out["sae"] += 2.0 * d_con * c.n_latents
     out["total"] = out["student"] + out["teacher"] + out["sae"]
+    out["cached_targets"] = 0.0
+    if run.method == "cocomix" and c.cache and c.target == "concepts" and c.lambda_concept > 0:
+        import dataclasses
+
+        online = run_flops(dataclasses.replace(run, concept=dataclasses.replace(c, cache="")), teacher, sae_k)
+        out["cached_targets"] = online["teacher"] + online["sae"]  # what the cache saved per training token
     return out
 
 

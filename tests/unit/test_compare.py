@@ -81,3 +81,13 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     run = _run(tmp_path, "ntp", "ntp", 0, [5.0], 1e6)
     with pytest.raises(CocomixError, match="--reference"):
         compare([run], tmp_path / "out", reference="nope")
+
+
+def test_cached_targets_are_charged_as_if_computed_online(tmp_path: Path) -> None:
+    run = _run(tmp_path, "cocomix", "cocomix", 0, [5.0, 4.0], 2e6)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    event = json.loads(lines[0])
+    event["flops_per_token_cached_targets"] = 3e6
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps(event), *lines[1:]]))
+    (group,) = group_runs([run])
+    assert group.runs[0].flops[-1] == pytest.approx(200 * 1024 * (2e6 + 3e6))

@@ -78,7 +78,6 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     done = json.loads(prog_path.read_text()) if prog_path.is_file() else dict.fromkeys(SPLITS, 0)
     dtype = _dtype(sae.n_latents)
     budget = max_windows if max_windows is not None else float("inf")
-    t0 = time.perf_counter()
     for split in splits:
         n = meta["windows"][split]
         if n == 0:
@@ -86,7 +85,8 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
         path = out / f"targets_{split}.bin"
         shape = (n, seq_len - 1, k_attr)
         mm = np.memmap(path, dtype=dtype, mode="r+" if path.is_file() else "w+", shape=shape)
-        start = done[split]
+        start = first = done[split]
+        t_split, last_print = time.perf_counter(), 0.0
         while start < n and budget > 0:
             stop = int(min(n, start + batch_size, start + budget))
             ids = store.batch(split, list(range(start, stop)), seq_len).to(device)
@@ -97,8 +97,10 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
             budget -= stop - start
             start = done[split] = stop
             atomic_write_text(prog_path, json.dumps(done))
-            if progress:
-                rate = sum(done.values()) / max(time.perf_counter() - t0, 1e-9)
+            now = time.perf_counter()
+            if progress and (now - last_print >= 1.0 or start >= n):
+                last_print = now
+                rate = (start - first) / max(now - t_split, 1e-9)
                 print(f"\rextract-concepts {split}: {start}/{n} windows ({rate:.1f} windows/s)", end="",
                       file=sys.stderr, flush=True)
         if progress:

@@ -85,14 +85,17 @@ def read_run(path: str | Path) -> RunCurve:
             events.append(json.loads(line))
         except ValueError:
             continue  # a line cut by a crash
-    flops_per_token = next((e.get("flops_per_token_total") for e in events if e.get("kind") == "flops"), None)
+    flops_event = next((e for e in events if e.get("kind") == "flops"), {})
+    flops_per_token = flops_event.get("flops_per_token_total")
+    cached = float(flops_event.get("flops_per_token_cached_targets", 0.0))  # targets made once, charged per token
     tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
                        * config["data"]["seq_len"])
     evals = sorted((e for e in events if e.get("kind") == "eval"), key=lambda e: e["step"])
     if not evals:
         raise CocomixError(f"{path / 'metrics.jsonl'}: no validation events; train with train.eval_every > 0")
     tokens = [float(e.get("tokens", e["step"] * tokens_per_step)) for e in evals]
-    flops = [float(e.get("flops", t * (flops_per_token or math.nan))) for e, t in zip(evals, tokens, strict=True)]
+    flops = [float(e.get("flops", t * (flops_per_token or math.nan))) + t * cached
+             for e, t in zip(evals, tokens, strict=True)]
     train_s = max((float(e.get("train_s", 0.0)) for e in events if "train_s" in e), default=math.nan)
     return RunCurve(path=path, method=config["method"], seed=config["train"]["seed"], tokens=tokens, flops=flops,
                     val_loss=[float(e["val_loss"]) for e in evals], train_s=train_s)

@@ -1,0 +1,123 @@
+"""`make experiment`: the fuller tiny-scale study — NTP, CoCoMix, KD, pause tokens, attribution vs activation
+selection, and an NTP run given CoCoMix's FLOPs budget (teacher and SAE counted), over several seeds.
+
+It reuses the demo's stages (`demo.concept_stages`: corpus, teacher, SAE, target caches for both selection rules)
+and trains every variant with every seed on the same windows in the same order for a given seed:
+
+    ntp                 the NTP student, width matched to CoCoMix's active parameters (`flops.ntp_width_for`)
+    cocomix             CoCoMix d = 128, concept layer 1, cached attribution targets
+    cocomix-activation  the same with activation-selected targets (paper §3.3a)
+    kd                  the NTP-shaped student with λ_KD · KL(teacher ‖ student)
+    pause               the NTP-shaped student with a pause vector after every token at block 1
+    ntp-flops           the NTP student trained for as many FLOPs as CoCoMix uses with its teacher and SAE
+                        (online targets), i.e. more steps on more tokens — a FLOPs-matched comparison
+
+`OUT/experiment.md` holds the comparison table (mean ± std over seeds at equal tokens; the FLOPs-matched run at
+its own token count), the plots, and the statements the study is for, each computed from the runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from cocomix.atomic import atomic_write_text
+from cocomix.config import RunConfig
+from cocomix.demo import STEPS, _finished, _say, _student_runs, concept_stages, stage
+from cocomix.flops import run_flops
+
+VARIANTS = ("ntp", "cocomix", "cocomix-activation", "kd", "pause", "ntp-flops")
+
+
+def variant_runs(base: dict[str, RunConfig], out: Path) -> dict[str, RunConfig]:
+    """Every variant's config (seed 0) built from the demo's CoCoMix student and its matched NTP baseline."""
+    ntp, coco = base["ntp"], base["cocomix"]
+    activation = dataclasses.replace(coco, concept=dataclasses.replace(
+        coco.concept, selection="activation", cache=str(out / "targets-activation")))
+    kd = dataclasses.replace(ntp, method="kd", concept=coco.concept)
+    pause = dataclasses.replace(ntp, method="pause", concept=coco.concept)
+    online = dataclasses.replace(coco, concept=dataclasses.replace(coco.concept, cache=""))
+    ratio = run_flops(online)["total"] / run_flops(ntp)["total"]
+    steps = math.ceil(ntp.train.steps * ratio)
+    flops_matched = dataclasses.replace(ntp, train=dataclasses.replace(
+        ntp.train, steps=steps, eval_every=max(1, ntp.train.eval_every), save_every=ntp.train.save_every))
+    return {"ntp": ntp, "cocomix": coco, "cocomix-activation": activation, "kd": kd, "pause": pause,
+            "ntp-flops": flops_matched}
+
+
+def with_seed(run: RunConfig, seed: int) -> RunConfig:
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, seed=seed))
+
+
+def run_experiment(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/experiment",
+                   seeds: int = 3, steps: dict[str, int] | None = None, source: str = "shakespeare",
+                   variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
+    """Train every variant × seed (resuming finished work), compare, write OUT/experiment.md."""
+    from cocomix.train import train
+
+    data, out = Path(data_dir), Path(out_dir)
+    steps = {**STEPS, **(steps or {})}
+    timings: dict[str, float] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    n_latents = concept_stages(data, out, steps, source, timings, selections=("attribution", "activation"))
+    runs = variant_runs(_student_runs(data, out, steps["student"], n_latents), out)
+    for seed in range(seeds):
+        for name in variants:
+            run = with_seed(runs[name], seed)
+            folder = out / f"{name}-seed{seed}"
+            stage(folder.name, _finished(folder, run.train.steps),
+                  lambda run=run, folder=folder: train(run, folder, resume=True), timings)
+    t0 = time.perf_counter()
+    summary = write_experiment_report(out, variants, seeds, runs)
+    timings["report"] = time.perf_counter() - t0
+    summary["stage_seconds"] = timings
+    atomic_write_text(out / "experiment_result.json", json.dumps(summary, indent=2, default=str))
+    print(summary["table"])
+    for line in summary["findings"]:
+        print(line)
+    _say(f"report: {out / 'experiment.md'}")
+    return summary
+
+
+def write_experiment_report(out: Path, variants: tuple[str, ...], seeds: int,
+                            runs: dict[str, RunConfig]) -> dict[str, Any]:
+    from cocomix.eval.compare import compare, token_efficiency
+
+    paths = [out / f"{name}-seed{seed}" for name in variants for seed in range(seeds)]
+    cmp = compare(paths, out / "compare", reference="ntp" if "ntp" in variants else None)
+    groups = {g.label: g for g in cmp["groups"]}
+    findings = []
+
+    def final(name: str) -> tuple[float, float]:
+        return groups[name].final()
+
+    if {"ntp", "cocomix"} <= groups.keys():
+        (c, cs), (n, ns) = final("cocomix"), final("ntp")
+        margin = 2 * max(cs, ns)
+        eff = token_efficiency(groups["cocomix"], groups["ntp"])
+        met = (n - c) > margin and eff is not None and eff >= 0.10
+        findings.append(f"CoCoMix vs NTP at equal tokens: {c:.4f} ± {cs:.4f} vs {n:.4f} ± {ns:.4f} nats/token "
+                        f"(NTP − CoCoMix = {n - c:+.4f}; twice the larger std = {margin:.4f}); token efficiency "
+                        f"{'not reached' if eff is None else f'{100 * eff:.1f}%'} — target "
+                        f"{'met' if met else 'NOT met'} (needs a gap > 2·std and ≥ 10%).")
+    for name, what in (("kd", "KD"), ("pause", "pause tokens"), ("cocomix-activation", "activation selection")):
+        if name in groups:
+            m, s = final(name)
+            findings.append(f"{what}: {m:.4f} ± {s:.4f} nats/token.")
+    if "ntp-flops" in groups and "cocomix" in groups:
+        m, s = final("ntp-flops")
+        c, _ = final("cocomix")
+        findings.append(f"NTP given CoCoMix's FLOPs (teacher + SAE counted; {runs['ntp-flops'].train.steps} steps): "
+                        f"{m:.4f} ± {s:.4f} nats/token vs CoCoMix {c:.4f} ({'CoCoMix' if c < m else 'NTP'} lower).")
+    body = ["# cocomix experiment (tiny scale, CPU)", "",
+            f"{seeds} seeds per variant; all variants of a seed see the same windows in the same order. "
+            "Mean ± sample std over seeds; token efficiency is against NTP.", "", cmp["table"], "## Findings", "",
+            *(f"- {f}" for f in findings), "", "![loss vs tokens](compare/loss_vs_tokens.png)", "",
+            "![loss vs FLOPs](compare/loss_vs_flops.png)", ""]
+    atomic_write_text(out / "experiment.md", "\n".join(body))
+    return {"table": cmp["table"], "findings": findings,
+            "final": {k: {"mean": g.final()[0], "std": g.final()[1], "seeds": len(g.runs)} for k, g in groups.items()}}
