@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("experiment", help="the make-experiment study: NTP, CoCoMix, KD, pause, activation "
                                           "selection, FLOPs-matched NTP, several seeds")
     s.add_argument("--data", default="data/shakespeare")
-    s.add_argument("--out", default="runs/experiment")
+    s.add_argument("--out", default="runs/demo",
+                   help="output folder; the default reuses the demo's teacher, SAE and targets")
     s.add_argument("--seeds", type=int, default=3)
     s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_experiment)

@@ -53,7 +53,7 @@ def with_seed(run: RunConfig, seed: int) -> RunConfig:
     return dataclasses.replace(run, train=dataclasses.replace(run.train, seed=seed))
 
 
-def run_experiment(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/experiment",
+def run_experiment(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/demo",
                    seeds: int = 3, steps: dict[str, int] | None = None, source: str = "shakespeare",
                    variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
     """Train every variant × seed (resuming finished work), compare, write OUT/experiment.md."""
