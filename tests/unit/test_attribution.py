@@ -26,6 +26,20 @@ def _random_sae(d: int, C: int, k: int, dtype: torch.dtype = torch.float32) -> T
     return sae
 
 
+def _perturbed(model: Transformer, b: int, t: int, delta: torch.Tensor, fn):  # noqa: ANN202
+    """fn() with delta added to the output of block 1 at (b, t)."""
+    def hook(module, args, output):
+        output = output.clone()
+        output[b, t] += delta
+        return output
+
+    handle = model.blocks[1].register_forward_hook(hook)
+    try:
+        return fn()
+    finally:
+        handle.remove()
+
+
 def test_teacher_gets_no_parameter_gradients_and_grad_is_zero_at_the_end() -> None:
     model = Transformer(tiny_model_config(n_layer=3))
     teacher = Teacher(model, layer=1)
@@ -52,16 +66,7 @@ def test_attribution_matches_finite_differences_in_float64() -> None:
         direction = values[b, t, j] * sae.W_dec[:, i]  # (d,)
 
         def loss_with(sign: float, b: int = b, t: int = t, direction: torch.Tensor = direction) -> float:
-            def hook(module, args, output):
-                output = output.clone()
-                output[b, t] += sign * eps * direction
-                return output
-
-            handle = model.blocks[1].register_forward_hook(hook)
-            try:
-                return float(teacher.residual_and_grad(ids).loss)
-            finally:
-                handle.remove()
+            return _perturbed(model, b, t, sign * eps * direction, lambda: float(teacher.residual_and_grad(ids).loss))
 
         fd = (loss_with(1.0) - loss_with(-1.0)) / (2 * eps)
         score = float(scores[b, t, j].detach())
@@ -101,17 +106,8 @@ def test_next_token_gradient_matches_finite_differences_of_the_own_position_loss
         direction = torch.randn(32, dtype=torch.float64)
 
         def nll_with(sign: float, b: int = b, t: int = t, direction: torch.Tensor = direction) -> float:
-            def hook(module, args, output):
-                output = output.clone()
-                output[b, t] += sign * eps * direction
-                return output
-
-            handle = model.blocks[1].register_forward_hook(hook)
-            try:
-                with torch.no_grad():
-                    return _own_nll(model, ids, b, t)
-            finally:
-                handle.remove()
+            with torch.no_grad():
+                return _perturbed(model, b, t, sign * eps * direction, lambda: _own_nll(model, ids, b, t))
 
         fd = (nll_with(1.0) - nll_with(-1.0)) / (2 * eps)
         analytic = float(tp.grad[b, t] @ direction)

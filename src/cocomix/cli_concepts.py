@@ -1,0 +1,131 @@
+"""The concept-side subcommands of `cocomix` (see `cli.py`): train-sae, extract-concepts, describe-concepts.
+
+Each is a thin wrapper of one library function (`sae.training.train_sae`, `concepts.cache.extract_concepts`,
+`concepts.describe`); `add_concept_commands` registers them on the main parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
+    """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`)."""
+    from cocomix.sae import load_sae
+    from cocomix.teacher import Teacher
+    from cocomix.train.loop import resolve_device
+
+    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device))
+    return teacher, load_sae(args.sae, k=args.sae_k).to(teacher.device)
+
+
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from cocomix.sae.train_config import SAETrainConfig
+    from cocomix.sae.training import train_sae
+    from cocomix.teacher import Teacher
+    from cocomix.train.loop import resolve_device
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
+    cfg = SAETrainConfig(**values)
+    teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device))
+    report = train_sae(cfg, args.out, teacher)
+    print(json.dumps({**report.to_dict(), "sae": str(Path(args.out) / "sae")}))
+    return 0
+
+
+def _add_sae_train_args(s: argparse.ArgumentParser) -> None:
+    """One flag per SAETrainConfig field (--teacher-layer for teacher_layer, ...), help from its docstring."""
+    import dataclasses
+
+    from cocomix.sae.train_config import SAETrainConfig, field_docs
+
+    docs = field_docs()
+    for f in dataclasses.fields(SAETrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is dataclasses.MISSING:
+            s.add_argument(flag, dest=f.name, required=True, type=int if f.type == "int" else str, help=docs[f.name])
+        elif isinstance(f.default, bool):
+            s.add_argument(flag, dest=f.name, default=f.default, action=argparse.BooleanOptionalAction,
+                           help=docs[f.name])
+        else:
+            s.add_argument(flag, dest=f.name, default=f.default, type=type(f.default),
+                           help=f"{docs[f.name]} (default {f.default:g})" if isinstance(f.default, float)
+                           else f"{docs[f.name]} (default {f.default})")
+
+
+def cmd_extract_concepts(args: argparse.Namespace) -> int:
+    from cocomix.concepts.cache import extract_concepts
+
+    teacher, sae = _teacher_and_sae(args)
+    meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
+                            k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
+                            attribution_loss=args.attribution_loss, seq_len=args.seq_len,
+                            batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
+    print(json.dumps({k: meta[k] for k in ("complete", "windows", "n_latents", "k_attr", "dtype")}))
+    return 0
+
+
+def cmd_describe_concepts(args: argparse.Namespace) -> int:
+    from cocomix.concepts.describe import describe_concepts, write_report
+    from cocomix.data import TokenStore
+
+    store = TokenStore.open(args.data)
+    teacher, sae = _teacher_and_sae(args)
+    stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
+                              batch_size=args.batch_size, top_n=args.top_n)
+    out = write_report(stats, store, args.out, args.split, args.seq_len, context=args.context,
+                       meta={"teacher": args.teacher, "teacher_layer": args.teacher_layer, "sae": args.sae})
+    fired = int((stats["counts"] > 0).sum())
+    print(json.dumps({"report": str(out / "concepts.md"), "latents": int(stats["counts"].numel()),
+                      "fired": fired, "positions": int(stats["positions"])}))
+    return 0
+
+
+def _add_concept_args(s: argparse.ArgumentParser) -> None:
+    """Arguments naming the token store, the frozen teacher and the SAE (extract-concepts, describe-concepts)."""
+    s.add_argument("--data", required=True, help="token store (from `cocomix prepare`)")
+    s.add_argument("--teacher", required=True, help="HF causal LM name or folder, or a cocomix run directory")
+    s.add_argument("--teacher-layer", type=int, required=True, help="block whose output the SAE reads")
+    s.add_argument("--sae", required=True, help="OpenAI .pt/.safetensors file, SAELens or sparsify folder")
+    s.add_argument("--sae-k", type=int, default=None, help="SAE TopK (needed for OpenAI .safetensors files)")
+
+
+def add_concept_commands(sub: argparse._SubParsersAction) -> None:
+    """Register train-sae, extract-concepts and describe-concepts on the `cocomix` subparsers."""
+    s = sub.add_parser("train-sae", help="train a TopK SAE on a teacher's residual stream (saved for SAELens)")
+    _add_sae_train_args(s)
+    s.add_argument("--out", required=True, help="output directory (resumed when it holds a run of the same settings)")
+    s.set_defaults(func=cmd_train_sae)
+
+    s = sub.add_parser("extract-concepts", help="run teacher + SAE once over a token store, cache the targets")
+    _add_concept_args(s)
+    s.add_argument("--k-attr", type=int, default=4, help="targets per position (paper: 4)")
+    s.add_argument("--selection", default="attribution", choices=("attribution", "activation"))
+    s.add_argument("--multiplier", default="activation", choices=("activation", "pre_activation"),
+                   help="attribution multiplier: post-TopK activation (official) or pre-activation (paper Eq. 1)")
+    s.add_argument("--attribution-loss", default="window_mean", choices=("window_mean", "next_token"),
+                   help="gradient of the window's mean NLL (official) or of each position's own next-token NLL "
+                        "(paper Eq. 1; about T/32 times the teacher backward cost)")
+    s.add_argument("--seq-len", type=int, required=True, help="window length; must equal the training run's")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--splits", default="train,val")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True, help="cache directory (resumed if it holds a partial extraction)")
+    s.set_defaults(func=cmd_extract_concepts)
+
+    s = sub.add_parser("describe-concepts", help="frequency and top activating contexts of every SAE latent")
+    _add_concept_args(s)
+    s.add_argument("--seq-len", type=int, required=True)
+    s.add_argument("--split", default="val", choices=("train", "val"))
+    s.add_argument("--max-windows", type=int, default=0, help="stop after this many windows (0: the whole split)")
+    s.add_argument("--top-n", type=int, default=8, help="contexts kept per latent")
+    s.add_argument("--context", type=int, default=12, help="tokens shown on each side of the activating token")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True, help="folder for concepts.json and concepts.md")
+    s.set_defaults(func=cmd_describe_concepts)
+
