@@ -193,6 +193,7 @@ ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 MIXINGS = ("insert", "add", "none")
 CONCEPT_TARGETS = ("concepts", "hidden")
 HIDDEN_LOSSES = ("l1", "l2", "cosine")
+PAUSE_POSITIONS = ("embedding", "none")
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,10 @@ class ConceptConfig:
     official code, which trains it towards labels {0, 1, 2, 3} (topk of an all-zero row)."""
     lambda_kd: float = 0.1
     """Weight of KL(teacher ‖ student) for the KD baseline."""
+    pause_position: str = "embedding"
+    """Pause slots (gpt2 flavour): `embedding` adds the token's learned position embedding to the pause vector,
+    as for any input token; `none` inserts the bare vector (no position information at the slots). The paper
+    does not specify this; llama slots share their token's rotary position either way."""
 
     def __post_init__(self) -> None:
         for name in ("n_latents", "k_attr", "mix_k", "d_teacher"):
@@ -258,7 +263,8 @@ class ConceptConfig:
             _check(math.isfinite(v) and v >= 0, f"concept.{name}", "a finite number >= 0", v)
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
                               ("attribution_loss", ATTRIBUTION_LOSSES), ("mixing", MIXINGS),
-                              ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES)):
+                              ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES),
+                              ("pause_position", PAUSE_POSITIONS)):
             _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
 
 

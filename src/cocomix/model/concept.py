@@ -17,7 +17,11 @@ Concept slots get no position embedding (gpt2) and share their token's rotary po
 
 `steer(concepts, alphas)` multiplies chosen concept logits by α before the TopK (paper §3.4, steering).
 
-`PauseSeam` is the pause-token baseline: a learned vector inserted after every token at the same layer.
+`PauseSeam` is the pause-token baseline: a learned vector inserted after every token at the same layer. With
+`concept.pause_position = "embedding"` (the default) a gpt2-flavour pause slot also gets its token's learned
+position embedding, as any token entering the model does; without it every slot is the same vector and its query
+cannot tell where it is (the upper blocks then see no position information at the slots). Llama-flavour slots
+share their token's rotary position either way.
 """
 
 from __future__ import annotations
@@ -129,14 +133,23 @@ class HiddenSeam(ConceptSeam):
 
 
 class PauseSeam(Seam):
-    """Pause-token baseline: a learned vector after every token at block `layer`; next token read from the pauses."""
+    """Pause-token baseline: a learned vector after every token at block `layer`; next token read from the pauses.
 
-    def __init__(self, layer: int, d_model: int, init_std: float = 0.02) -> None:
+    `positions` is the model's learned position table (gpt2 flavour) when pause slots should carry their token's
+    position embedding; it is held by reference, not registered, so the weights are stored once (as `wpe`)."""
+
+    def __init__(self, layer: int, d_model: int, init_std: float = 0.02,
+                 positions: nn.Embedding | None = None) -> None:
         super().__init__(layer)
         self.pause = nn.Parameter(torch.randn(d_model) * init_std)
+        self._positions = (positions,)  # a tuple hides the shared module from registration and the state dict
 
     def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
-        return interleave(h, self.pause.to(h.dtype).expand_as(h)), pos.repeat_interleave(2), {}
+        slots = self.pause.to(h.dtype).expand_as(h)                               # (B, S, d)
+        table = self._positions[0]
+        if table is not None:
+            slots = slots + table(pos).to(h.dtype)                                # + wpe[pos] (S, d), broadcast
+        return interleave(h, slots), pos.repeat_interleave(2), {}
 
     def read(self, h: Tensor) -> Tensor:
         return read_slots(h)
