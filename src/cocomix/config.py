@@ -193,7 +193,7 @@ ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 MIXINGS = ("insert", "add", "none")
 CONCEPT_TARGETS = ("concepts", "hidden")
 HIDDEN_LOSSES = ("l1", "l2", "cosine")
-PAUSE_POSITIONS = ("embedding", "none")
+PAUSE_SLOTS = ("vector", "token")
 
 
 @dataclass(frozen=True)
@@ -242,10 +242,10 @@ class ConceptConfig:
     official code, which trains it towards labels {0, 1, 2, 3} (topk of an all-zero row)."""
     lambda_kd: float = 0.1
     """Weight of KL(teacher ‖ student) for the KD baseline."""
-    pause_position: str = "embedding"
-    """Pause slots (gpt2 flavour): `embedding` adds the token's learned position embedding to the pause vector,
-    as for any input token; `none` inserts the bare vector (no position information at the slots). The paper
-    does not specify this; llama slots share their token's rotary position either way."""
+    pause_slot: str = "vector"
+    """Pause slots: `vector`, one learned vector after every token (the paper's "learnable pause token"), or
+    `token`, that vector added to a copy of the token's hidden state (same computation as CoCoMix's slot, no
+    teacher information; used by `tiny-pause`, where the bare vector stays at the unigram plateau)."""
 
     def __post_init__(self) -> None:
         for name in ("n_latents", "k_attr", "mix_k", "d_teacher"):
@@ -264,7 +264,7 @@ class ConceptConfig:
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
                               ("attribution_loss", ATTRIBUTION_LOSSES), ("mixing", MIXINGS),
                               ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES),
-                              ("pause_position", PAUSE_POSITIONS)):
+                              ("pause_slot", PAUSE_SLOTS)):
             _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
 
 

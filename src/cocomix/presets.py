@@ -136,8 +136,9 @@ def tiny_kd() -> RunConfig:
 
 
 def tiny_pause() -> RunConfig:
-    """The tiny student with pause tokens after every token at block index 1."""
-    return _with(tiny(), "pause", TINY_CONCEPT)
+    """The tiny student with a pause slot after every token at block index 1, each slot its token's hidden state
+    plus the learned pause vector (`pause_slot = "token"`): a bare vector stays at the unigram plateau here."""
+    return _with(tiny(), "pause", dataclasses.replace(TINY_CONCEPT, pause_slot="token"))
 
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {

@@ -189,14 +189,12 @@ def test_pause_model_is_a_pause_vector_after_each_token() -> None:
     assert model.seam.pause.shape == (32,) and model(torch.randint(0, 97, (1, 5))).logits.shape == (1, 5, 97)
 
 
-@pytest.mark.parametrize("pause_position", ["embedding", "none"])
-def test_pause_slots_carry_their_tokens_position_embedding_by_default(pause_position: str) -> None:
-    model = Pause(_run("pause", pause_position=pause_position)).build_model()
+@pytest.mark.parametrize("pause_slot", ["vector", "token"])
+def test_pause_slots_are_the_pause_vector_or_the_token_plus_it(pause_slot: str) -> None:
+    model = Pause(_run("pause", pause_slot=pause_slot)).build_model()
     h = torch.randn(2, 5, 32)
     pos = torch.arange(3, 8)
     seq, seq_pos, _ = model.seam.insert(h, pos)                       # (2, 10, 32), (10,)
-    expected = model.seam.pause + (model.wpe(pos) if pause_position == "embedding" else 0)   # (5, 32)
+    expected = model.seam.pause + (h if pause_slot == "token" else 0)  # (2, 5, 32) or (32,)
     assert torch.equal(seq[:, 0::2], h) and torch.equal(seq_pos, pos.repeat_interleave(2))
     assert torch.allclose(seq[:, 1::2], expected.expand(2, 5, 32))
-    # the position table is shared, not a second copy in the state dict
-    assert [k for k in model.state_dict() if "wpe" in k] == ["wpe.weight"]

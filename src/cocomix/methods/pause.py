@@ -1,6 +1,6 @@
 """Pause-token baseline (paper §3.1): a learned vector inserted after every token at `concept.concept_layer`;
 the next token is predicted from the pause slots, so the upper blocks process 2T positions as CoCoMix does.
-gpt2-flavour slots carry their token's position embedding unless `concept.pause_position = "none"`."""
+With `concept.pause_slot = "token"` each slot starts from a copy of its token's hidden state."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ class Pause(Method):
 
     def build_model(self) -> Transformer:
         model = Transformer(self.run.model)
-        positions = model.wpe if self.run.concept.pause_position == "embedding" else None
         model.set_seam(PauseSeam(self.run.concept.concept_layer, self.run.model.d_model, self.run.model.init_std,
-                                 positions=positions))
+                                 copy_token=self.run.concept.pause_slot == "token"))
         return model
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

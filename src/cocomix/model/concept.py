@@ -17,11 +17,9 @@ Concept slots get no position embedding (gpt2) and share their token's rotary po
 
 `steer(concepts, alphas)` multiplies chosen concept logits by α before the TopK (paper §3.4, steering).
 
-`PauseSeam` is the pause-token baseline: a learned vector inserted after every token at the same layer. With
-`concept.pause_position = "embedding"` (the default) a gpt2-flavour pause slot also gets its token's learned
-position embedding, as any token entering the model does; without it every slot is the same vector and its query
-cannot tell where it is (the upper blocks then see no position information at the slots). Llama-flavour slots
-share their token's rotary position either way.
+`PauseSeam` is the pause-token baseline: a learned vector inserted after every token at the same layer
+(`concept.pause_slot = "vector"`, the paper's wording), or that vector added to a copy of its token's hidden state
+(`"token"`: the same extra computation as CoCoMix's slot, with no teacher information in it).
 """
 
 from __future__ import annotations
@@ -133,22 +131,21 @@ class HiddenSeam(ConceptSeam):
 
 
 class PauseSeam(Seam):
-    """Pause-token baseline: a learned vector after every token at block `layer`; next token read from the pauses.
+    """Pause-token baseline: a slot after every token at block `layer`; the next token is read from the slots.
 
-    `positions` is the model's learned position table (gpt2 flavour) when pause slots should carry their token's
-    position embedding; it is held by reference, not registered, so the weights are stored once (as `wpe`)."""
+    Each slot is the learned vector `pause`, plus its token's hidden state when `copy_token`. A bare vector carries
+    no position and no token information, so the slot's query is the same at every position and must learn to find
+    its token by attention alone; at tiny scale this stays at the unigram plateau (see the README's results)."""
 
-    def __init__(self, layer: int, d_model: int, init_std: float = 0.02,
-                 positions: nn.Embedding | None = None) -> None:
+    def __init__(self, layer: int, d_model: int, init_std: float = 0.02, copy_token: bool = False) -> None:
         super().__init__(layer)
         self.pause = nn.Parameter(torch.randn(d_model) * init_std)
-        self._positions = (positions,)  # a tuple hides the shared module from registration and the state dict
+        self.copy_token = copy_token
 
     def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
         slots = self.pause.to(h.dtype).expand_as(h)                               # (B, S, d)
-        table = self._positions[0]
-        if table is not None:
-            slots = slots + table(pos).to(h.dtype)                                # + wpe[pos] (S, d), broadcast
+        if self.copy_token:
+            slots = h + slots                                                     # the token's state + pause
         return interleave(h, slots), pos.repeat_interleave(2), {}
 
     def read(self, h: Tensor) -> Tensor:
