@@ -2,13 +2,15 @@
 selection, and an NTP run given CoCoMix's FLOPs budget (teacher and SAE counted), over several seeds.
 
 It reuses the demo's stages (`demo.concept_stages`: corpus, teacher, SAE, target caches for both selection rules)
-and trains every variant with every seed on the same windows in the same order for a given seed:
+and trains every variant with every seed on the same windows in the same order for a given seed (the demo's own
+`ntp` and `cocomix` runs serve as seed 0 when their configs match, since training is deterministic):
 
     ntp                 the NTP student, width matched to CoCoMix's active parameters (`flops.ntp_width_for`)
     cocomix             CoCoMix d = 128, concept layer 1, cached attribution targets
     cocomix-activation  the same with activation-selected targets (paper §3.3a)
     kd                  the NTP-shaped student with λ_KD · KL(teacher ‖ student)
-    pause               the NTP-shaped student with a pause vector after every token at block 1
+    pause               the NTP-shaped student with a pause slot after every token at block 1 (`pause_slot =
+                        "token"`, as `tiny-pause`: the bare vector stays at the unigram plateau at this scale)
     ntp-flops           the NTP student trained for as many FLOPs as CoCoMix uses with its teacher and SAE
                         (online targets), i.e. more steps on more tokens — a FLOPs-matched comparison
 
@@ -39,7 +41,7 @@ def variant_runs(base: dict[str, RunConfig], out: Path) -> dict[str, RunConfig]:
     activation = dataclasses.replace(coco, concept=dataclasses.replace(
         coco.concept, selection="activation", cache=str(out / "targets-activation")))
     kd = dataclasses.replace(ntp, method="kd", concept=coco.concept)
-    pause = dataclasses.replace(ntp, method="pause", concept=coco.concept)
+    pause = dataclasses.replace(ntp, method="pause", concept=dataclasses.replace(coco.concept, pause_slot="token"))
     online = dataclasses.replace(coco, concept=dataclasses.replace(coco.concept, cache=""))
     ratio = run_flops(online)["total"] / run_flops(ntp)["total"]
     steps = math.ceil(ntp.train.steps * ratio)
@@ -51,6 +53,21 @@ def variant_runs(base: dict[str, RunConfig], out: Path) -> dict[str, RunConfig]:
 
 def with_seed(run: RunConfig, seed: int) -> RunConfig:
     return dataclasses.replace(run, train=dataclasses.replace(run.train, seed=seed))
+
+
+def run_dir(out: Path, name: str, seed: int, run: RunConfig) -> Path:
+    """OUT/NAME-seedS, or the demo's own OUT/NAME (its ntp and cocomix students) when that run has exactly this
+    config: training is deterministic, so re-training it would only repeat the same numbers."""
+    from cocomix.train.checkpoint import read_run_config
+
+    demo_dir = out / name
+    if (demo_dir / "config.json").is_file():
+        try:
+            if read_run_config(demo_dir) == run:
+                return demo_dir
+        except Exception:  # noqa: BLE001 - an unreadable demo run is simply not reused
+            pass
+    return out / f"{name}-seed{seed}"
 
 
 def run_experiment(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/demo",
@@ -68,7 +85,7 @@ def run_experiment(data_dir: str | Path = "data/shakespeare", out_dir: str | Pat
     for seed in range(seeds):
         for name in variants:
             run = with_seed(runs[name], seed)
-            folder = out / f"{name}-seed{seed}"
+            folder = run_dir(out, name, seed, run)
             stage(folder.name, _finished(folder, run.train.steps),
                   lambda run=run, folder=folder: train(run, folder, resume=True), timings)
     t0 = time.perf_counter()
@@ -87,7 +104,7 @@ def write_experiment_report(out: Path, variants: tuple[str, ...], seeds: int,
                             runs: dict[str, RunConfig]) -> dict[str, Any]:
     from cocomix.eval.compare import compare, token_efficiency
 
-    paths = [out / f"{name}-seed{seed}" for name in variants for seed in range(seeds)]
+    paths = [run_dir(out, name, seed, with_seed(runs[name], seed)) for name in variants for seed in range(seeds)]
     cmp = compare(paths, out / "compare", reference="ntp" if "ntp" in variants else None)
     groups = {g.label: g for g in cmp["groups"]}
     findings = []

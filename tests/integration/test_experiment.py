@@ -24,3 +24,15 @@ def test_experiment_runs_every_variant_and_reports(tmp_path: Path) -> None:
     report = (tmp_path / "exp" / "experiment.md").read_text()
     assert "CoCoMix vs NTP at equal tokens" in report and "activation selection" in report
     assert "NTP given CoCoMix's FLOPs" in report and (tmp_path / "exp" / "compare" / "loss_vs_flops.png").is_file()
+
+
+def test_seed_zero_reuses_the_demo_run_only_when_its_config_matches(tmp_path: Path) -> None:
+    from cocomix.experiment import run_dir, with_seed
+    from cocomix.presets import get_preset
+
+    run = get_preset("tiny")
+    (tmp_path / "ntp").mkdir()
+    (tmp_path / "ntp" / "config.json").write_text(json.dumps(run.to_dict()))
+    assert run_dir(tmp_path, "ntp", 0, with_seed(run, 0)) == tmp_path / "ntp"
+    assert run_dir(tmp_path, "ntp", 1, with_seed(run, 1)) == tmp_path / "ntp-seed1"
+    assert run_dir(tmp_path, "cocomix", 0, run) == tmp_path / "cocomix-seed0"
