@@ -75,8 +75,11 @@ PAPER_CONCEPT = ConceptConfig(teacher="openai-community/gpt2", teacher_layer=5, 
                               sae_k=32, n_latents=32768, k_attr=4, mix_k=32, lambda_concept=0.1, lambda_kd=0.1,
                               d_teacher=768)
 # The tiny presets use the embedded teacher and SAE that `make demo` builds: a tiny NTP run and its train-sae output.
+# λ = 0.5 rather than the paper's 0.1: chosen on the training split only (NTP loss on not-yet-seen training windows
+# of the first epoch, paired with the NTP student on the same batches): λ 0.1 was 0.013 nats worse than NTP there,
+# λ 0.5 0.13 nats better. The validation split the demo and experiment report was not looked at.
 TINY_CONCEPT = ConceptConfig(teacher="runs/demo/teacher", teacher_layer=1, sae="runs/demo/teacher-sae/sae",
-                             n_latents=2048, k_attr=4, mix_k=32, lambda_concept=0.1, lambda_kd=0.1, d_teacher=128,
+                             n_latents=2048, k_attr=4, mix_k=32, lambda_concept=0.5, lambda_kd=0.1, d_teacher=128,
                              concept_layer=1)
 
 
