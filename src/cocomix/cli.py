@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cocomix.cli_concepts import add_concept_commands
+from cocomix.cli_interpret import add_interpret_commands
 from cocomix.errors import CocomixError
 
 
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
 
     add_concept_commands(sub)
+    add_interpret_commands(sub)
 
     s = sub.add_parser("compare", help="compare runs: Markdown table, loss-vs-tokens/FLOPs plots, token efficiency")
     s.add_argument("runs", nargs="+", help="run directories; names differing only by -seedN are grouped")

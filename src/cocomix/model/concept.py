@@ -60,13 +60,16 @@ class ConceptSeam(Seam):
         nn.init.zeros_(self.predictor.bias)
         nn.init.normal_(self.compress_weight, 0.0, init_std)
         self._steer: tuple[Tensor, Tensor] | None = None
+        self.last_topk: Tensor | None = None  # (B, T, mix_k) indices of the last steered forward
 
     @property
     def n_latents(self) -> int:
         return self.compress_weight.shape[0]
 
     def steer(self, concepts: Tensor | None, alphas: Tensor | None = None) -> None:
-        """Multiply the logits of `concepts` (n,) by `alphas` (n,) before the TopK; None switches steering off."""
+        """Multiply the logits of `concepts` (n,) by `alphas` (n,) before the TopK; None switches steering off.
+        While steering, each forward records the TopK indices in `last_topk`. A concept whose scaled logit still
+        ranks below the mix_k largest is not mixed: steering it changes nothing at that position."""
         self._steer = None if concepts is None else (concepts.long(), alphas.float())
 
     def concept_logits(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -81,6 +84,8 @@ class ConceptSeam(Seam):
             scale = torch.ones(logits.shape[-1], dtype=logits.dtype, device=logits.device)
             logits = logits * scale.index_copy(0, idx.to(logits.device), alpha.to(logits))
         values, indices = torch.topk(logits, self.mix_k, dim=-1)  # (B, T, K)
+        if self._steer is not None:
+            self.last_topk = indices.detach()  # which concepts were mixed, for steering reports
         B, T, K = values.shape
         rows = F.embedding_bag(indices.reshape(-1, K), self.compress_weight,
                                per_sample_weights=values.reshape(-1, K).to(self.compress_weight.dtype),

@@ -1,0 +1,206 @@
+"""The interpretability subcommands of `cocomix` (see `cli.py`): inspect, steer, steer-eval, compression.
+
+Thin wrappers of `cocomix.interpret`; `add_interpret_commands` registers them on the main parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from cocomix.errors import CocomixError
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """(run config, model, token store, concept book) for a CoCoMix run."""
+    from cocomix.data import TokenStore
+    from cocomix.data.store import check_vocab
+    from cocomix.interpret.inspect import concept_seam
+    from cocomix.interpret.labels import ConceptBook
+    from cocomix.runs import load_run
+    from cocomix.train.loop import resolve_device
+
+    run, _, model, _ = load_run(args.run, device=resolve_device(args.device))
+    seam = concept_seam(model)
+    store = TokenStore.open(args.data or run.data.path)
+    check_vocab(store, run.model.vocab_size)
+    book = ConceptBook.load(args.concepts) if args.concepts else ConceptBook.empty(seam.n_latents)
+    if len(book) != seam.n_latents:
+        raise CocomixError(f"--concepts: describes {len(book)} latents, the student predicts {seam.n_latents}")
+    return run, model, store, book
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from cocomix.interpret.inspect import format_table, inspect_ids, write_html
+
+    run, model, store, book = _open(args)
+    tok = store.tokenizer()
+    if args.text is not None:
+        ids = tok.encode(args.text)
+    else:
+        n = store.num_chunks("val", run.data.seq_len)
+        if not 0 <= args.val_window < n:
+            raise CocomixError(f"--val-window: expected 0..{n - 1}, got {args.val_window}")
+        ids = store.batch("val", [args.val_window], run.data.seq_len)[0, :args.max_tokens].tolist()
+    rows = inspect_ids(model, ids, tok.decode, top=args.top)
+    print(format_table(rows, book))
+    if args.html:
+        path = write_html(rows, book, args.html, f"Concepts predicted by {Path(args.run).name}")
+        print(f"html: {path}")
+    return 0
+
+
+def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44) -> str:
+    wrap = lambda text: sum((textwrap.wrap(line, width) or [""] for line in text.split("\n")), [])  # noqa: E731
+    a, b = wrap(left[1]), wrap(right[1])
+    lines = [f"{left[0]:<{width}} │ {right[0]}", f"{'─' * width}─┼─{'─' * width}"]
+    lines += [f"{x:<{width}} │ {y}" for x, y in zip(a + [""] * (len(b) - len(a)), b + [""] * (len(a) - len(b)),
+                                                     strict=True)]
+    return "\n".join(lines)
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    import torch
+
+    from cocomix.interpret.steer import check_steering, steer_student, steer_teacher
+    from cocomix.model.generate import check_sampling
+
+    concepts = args.concept or []
+    alphas = args.alpha * len(concepts) if len(args.alpha) == 1 else args.alpha
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, None)
+    run, model, store, book = _open(args)
+    check_steering(model.seam.n_latents, concepts, alphas)
+    tok = store.tokenizer()
+    ids = tok.encode(args.prompt)
+    if not ids:
+        raise CocomixError("--prompt: encodes to no tokens; give some text")
+    device = next(model.parameters()).device
+    prompt = torch.tensor([ids], device=device)
+    outs = {}
+    for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        outs[name] = steer_student(model, prompt, concepts, a, args.max_new_tokens, args.temperature, args.top_k,
+                                   generator=gen)
+    what = ", ".join(f"#{c} × {a:g} ({book[c].short()})" for c, a in zip(concepts, alphas, strict=True))
+    print(f"prompt: {args.prompt!r}\nsteering: {what}")
+    for c, u, s in zip(concepts, outs["unsteered"].mixed.tolist(), outs["steered"].mixed.tolist(), strict=True):
+        note = "  (never mixed: its scaled logit stays below the TopK, so steering it has no effect)" if s == 0 else ""
+        print(f"#{c} mixed at {u:.0%} of positions unsteered, {s:.0%} steered{note}")
+    text = {k: tok.decode(v.tokens[0, len(ids):].tolist()) for k, v in outs.items()}
+    print(_side_by_side(("student, unsteered (α = 1)", text["unsteered"]), ("student, steered", text["steered"])))
+    if args.teacher_check:
+        from cocomix.sae import load_sae
+        from cocomix.teacher import Teacher
+
+        c = run.concept
+        teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device)
+        sae = load_sae(c.sae, k=c.sae_k).to(device)
+        t_out = {}
+        for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
+            gen = torch.Generator(device=device).manual_seed(args.seed)
+            t_out[name] = tok.decode(steer_teacher(teacher, sae, prompt, concepts, a, args.max_new_tokens,
+                                                   args.temperature, args.top_k, gen)[0, len(ids):].tolist())
+        print()
+        print(_side_by_side(("teacher, unsteered", t_out["unsteered"]), ("teacher, SAE latent steered",
+                                                                         t_out["steered"])))
+    return 0
+
+
+def cmd_steer_eval(args: argparse.Namespace) -> int:
+    from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
+    from cocomix.sae import load_sae
+    from cocomix.teacher import Teacher
+
+    try:
+        alphas = tuple(float(a) for a in args.alphas.split(","))
+    except ValueError:
+        raise CocomixError(f"--alphas: expected comma-separated numbers, got {args.alphas!r}") from None
+    run, model, store, book = _open(args)
+    cfg = SteerEvalConfig(alphas=alphas, n_prompts=args.prompts, prompt_len=args.prompt_len,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          n_concepts=args.n_concepts, seed=args.seed)
+    if not args.concept and not args.concepts:
+        raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
+    c = run.concept
+    device = next(model.parameters()).device
+    teacher = Teacher.from_pretrained(args.teacher or c.teacher, c.teacher_layer, device=device)
+    sae = load_sae(args.sae or c.sae, k=c.sae_k).to(device)
+    result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
+    out = write_steering_report(result, args.out)
+    print((out / "steering.md").read_text())
+    print(json.dumps(result["summary"]))
+    return 0
+
+
+def cmd_compression(args: argparse.Namespace) -> int:
+    from cocomix.interpret.compression import compression_report
+    from cocomix.interpret.inspect import concept_seam
+    from cocomix.runs import load_run
+
+    _, _, model, _ = load_run(args.run)
+    concept_seam(model)
+    if not args.threshold > 0:
+        raise CocomixError(f"--threshold: expected a number > 0, got {args.threshold}")
+    summary = compression_report(model, args.out, args.threshold)
+    print(json.dumps({**summary, "plot": str(Path(args.out) / "compression.png")}))
+    return 0
+
+
+def _common(s: argparse.ArgumentParser) -> None:
+    s.add_argument("run", help="CoCoMix run directory or checkpoint")
+    s.add_argument("--data", default=None, help="token store with the run's tokenizer (default: the run's)")
+    s.add_argument("--concepts", default=None, help="describe-concepts output folder (labels for concepts)")
+    s.add_argument("--device", default="cpu")
+
+
+def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
+    """Register inspect, steer, steer-eval and compression on the `cocomix` subparsers."""
+    s = sub.add_parser("inspect", help="the concepts a CoCoMix student predicts at every token (table, HTML)")
+    _common(s)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="text to inspect")
+    src.add_argument("--val-window", type=int, help="inspect this validation window of the token store")
+    s.add_argument("--max-tokens", type=int, default=64, help="tokens of the validation window shown")
+    s.add_argument("--top", type=int, default=3, help="concepts shown per token")
+    s.add_argument("--html", default=None, help="also write a self-contained HTML page here")
+    s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("steer", help="generate with chosen concept logits × α, side by side with unsteered")
+    _common(s)
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--concept", type=int, action="append", required=True, help="concept index (repeatable)")
+    s.add_argument("--alpha", type=float, action="append", required=True,
+                   help="multiplier per --concept, or one for all (paper: −10 … 10; 1 is unsteered)")
+    s.add_argument("--max-new-tokens", type=int, default=40)
+    s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--teacher-check", action="store_true",
+                   help="also steer the same SAE latent in the teacher (the run's concept.teacher and concept.sae)")
+    s.set_defaults(func=cmd_steer)
+
+    s = sub.add_parser("steer-eval", help="steering metric: concept activation rate and fluency against α")
+    _common(s)
+    s.add_argument("--concept", type=int, action="append", default=None,
+                   help="concepts to steer (default: chosen from --concepts automatically)")
+    s.add_argument("--n-concepts", type=int, default=5, help="concepts chosen automatically")
+    s.add_argument("--alphas", default="-10,-5,0,1,5,10")
+    s.add_argument("--prompts", type=int, default=24, help="validation windows used as prompts")
+    s.add_argument("--prompt-len", type=int, default=16)
+    s.add_argument("--max-new-tokens", type=int, default=32)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--teacher", default=None, help="teacher (default: the run's concept.teacher)")
+    s.add_argument("--sae", default=None, help="SAE (default: the run's concept.sae)")
+    s.add_argument("--out", required=True, help="folder for steering.md / .json / .png")
+    s.set_defaults(func=cmd_steer_eval)
+
+    s = sub.add_parser("compression", help="compression-layer row norms: histogram and fraction below 1e-2")
+    s.add_argument("run", help="CoCoMix run directory or checkpoint")
+    s.add_argument("--threshold", type=float, default=1e-2)
+    s.add_argument("--out", required=True, help="folder for compression.png / .json")
+    s.set_defaults(func=cmd_compression)

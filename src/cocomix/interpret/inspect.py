@@ -1,0 +1,118 @@
+"""`cocomix inspect`: the concepts a CoCoMix student predicts at every token (paper §3.2, Eq. 2's head).
+
+For a text, the student's concept logits z_t (T, C) come from its hidden state entering `concept_layer`; per
+token we show the `top` largest with their softmax probability over the C concepts and, when a describe-concepts
+report is given, each concept's label (`labels.ConceptBook`). Output is a terminal table and a self-contained
+HTML page (inline CSS only: no scripts, fonts, images or links to fetch), where hovering a token shows its
+concepts.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cocomix.atomic import atomic_write_text
+from cocomix.errors import CocomixError
+from cocomix.interpret.labels import ConceptBook
+from cocomix.model import Transformer
+from cocomix.model.concept import ConceptSeam
+
+
+@dataclass(frozen=True)
+class TokenConcepts:
+    position: int
+    token: str
+    """The token's text as the tokenizer decodes it alone."""
+    concepts: list[tuple[int, float, float]]
+    """(latent, logit, probability) of the top predicted concepts, strongest first."""
+
+
+def concept_seam(model: Transformer) -> ConceptSeam:
+    """The model's concept seam, or a clear error for models without one (NTP, KD, pause, hidden ablation)."""
+    if not isinstance(model.seam, ConceptSeam):
+        kind = type(model.seam).__name__ if model.seam is not None else "no seam"
+        raise CocomixError(f"run: expected a CoCoMix run that predicts concepts, got a model with {kind}")
+    return model.seam
+
+
+@torch.no_grad()
+def inspect_ids(model: Transformer, ids: list[int], decode: object, top: int = 5) -> list[TokenConcepts]:
+    """Top `top` predicted concepts at each of the token ids (one window, at most the context length)."""
+    seam = concept_seam(model)
+    if not ids:
+        raise CocomixError("--text: encodes to no tokens; give some text")
+    if len(ids) > model.cfg.context_length:
+        raise CocomixError(f"--text: {len(ids)} tokens, more than the model's context length "
+                           f"{model.cfg.context_length}; give a shorter text")
+    if not 0 < top <= seam.n_latents:
+        raise CocomixError(f"--top: expected 1..{seam.n_latents}, got {top}")
+    device = next(model.parameters()).device
+    logits = model(torch.tensor([ids], device=device)).aux["concept_logits"][0].float()  # (T, C)
+    probs = torch.softmax(logits, dim=-1)                                                # (T, C)
+    values, indices = torch.topk(logits, top, dim=-1)                                    # (T, top)
+    rows = []
+    for t, token in enumerate(ids):
+        picked = [(int(c), float(v), float(probs[t, c])) for v, c in zip(values[t], indices[t], strict=True)]
+        rows.append(TokenConcepts(t, decode([token]), picked))
+    return rows
+
+
+def _show(text: str) -> str:
+    return text.replace("\n", "⏎").replace("\t", "⇥")
+
+
+def format_table(rows: list[TokenConcepts], book: ConceptBook) -> str:
+    """Fixed-width table: position, token, then `#latent logit p label` per predicted concept."""
+    width = max([len(_show(r.token)) for r in rows] + [5])
+    lines = [f"{'pos':>4}  {'token':<{width}}  top predicted concepts (#latent logit p «activating token» share)"]
+    for r in rows:
+        cells = [f"#{c} {z:+.2f} {p:.2f} {book[c].short()}" for c, z, p in r.concepts]
+        lines.append(f"{r.position:>4}  {_show(r.token):<{width}}  " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; color: #222; }
+.text { font-family: ui-monospace, monospace; line-height: 2.2; white-space: pre-wrap; }
+.tok { position: relative; border-bottom: 2px solid #8ab; padding: 0 1px; }
+.tok:hover { background: #def; }
+.tip { display: none; position: absolute; left: 0; top: 1.8em; z-index: 1; background: #fff; border: 1px solid #999;
+       padding: .4em .6em; white-space: pre; font-size: 12px; line-height: 1.4; box-shadow: 2px 2px 6px #aaa; }
+.tok:hover .tip { display: block; }
+table { border-collapse: collapse; font-size: 13px; margin-top: 2em; }
+td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: left; vertical-align: top; }
+code { background: #f4f4f4; }
+"""
+
+
+def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, title: str) -> Path:
+    """A single HTML file with no external resources: the text with hover tooltips, then the full table."""
+    def concept_line(c: int, z: float, p: float) -> str:
+        return f"#{c}  logit {z:+.2f}  p {p:.3f}  {book[c].short()}"
+
+    spans = []
+    for r in rows:
+        tip = "\n".join(concept_line(*x) for x in r.concepts)
+        alpha = min(1.0, r.concepts[0][2] * 4) if r.concepts else 0.0  # shade by the top concept's probability
+        spans.append(f'<span class="tok" style="background: rgba(255, 190, 60, {alpha:.2f})">'
+                     f'{html.escape(r.token)}<span class="tip">{html.escape(tip)}</span></span>')
+    table = ["<table><tr><th>pos</th><th>token</th><th>top predicted concepts</th>"
+             "<th>strongest teacher context of the top concept</th></tr>"]
+    for r in rows:
+        cells = "<br>".join(html.escape(concept_line(*x)) for x in r.concepts)
+        ctx = book[r.concepts[0][0]].context if r.concepts else ""
+        table.append(f"<tr><td>{r.position}</td><td><code>{html.escape(_show(r.token))}</code></td><td>{cells}</td>"
+                     f"<td>{html.escape(_show(ctx))}</td></tr>")
+    table.append("</table>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>Hover a token to see the concepts the student predicts there "
+            "(shade: probability of the top concept).</p>"
+            f"<div class=\"text\">{''.join(spans)}</div>{''.join(table)}</body></html>\n")
+    out = Path(path)
+    atomic_write_text(out, page)
+    return out

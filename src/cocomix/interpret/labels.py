@@ -1,0 +1,81 @@
+"""Readable names for SAE latents, built from `cocomix describe-concepts` output (concepts.json).
+
+A latent's label is its most common activating token among its strongest contexts (the «marked» token), e.g.
+`«\n» ×6/8`, and its description the strongest context itself. `consistency` — the share of the strongest
+contexts whose activating token is the most common one — says how well a single token describes the latent; it
+is how steering picks "well described" concepts automatically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocomix.errors import CocomixError
+
+_MARKED = re.compile(r"«(.*?)»", re.S)
+
+
+@dataclass(frozen=True)
+class ConceptLabel:
+    latent: int
+    frequency: float
+    """Share of teacher positions where the latent is active (describe-concepts split)."""
+    token: str
+    """Most common activating token among the strongest contexts ('' when the latent never fired)."""
+    consistency: float
+    """Share of the strongest contexts whose activating token is `token` (0 when it never fired)."""
+    context: str
+    """The strongest context, activating token marked «like this» ('' when it never fired)."""
+    described: bool = True
+    """False for `ConceptBook.empty` labels (no describe-concepts report given)."""
+
+    def short(self) -> str:
+        """One-line name: the activating token (escaped) and how consistent it is."""
+        if not self.described:
+            return "-"
+        if not self.context:
+            return "(never fired)"
+        return f"«{self.token.replace(chr(10), '⏎')}» {self.consistency:.0%}"
+
+
+class ConceptBook:
+    """Labels for all latents of one SAE; `ConceptBook.empty(C)` when no descriptions are available."""
+
+    def __init__(self, labels: list[ConceptLabel]) -> None:
+        self.labels = labels
+
+    @classmethod
+    def empty(cls, n_latents: int) -> ConceptBook:
+        return cls([ConceptLabel(i, 0.0, "", 0.0, "", described=False) for i in range(n_latents)])
+
+    @classmethod
+    def load(cls, path: str | Path) -> ConceptBook:
+        """From a describe-concepts folder or its concepts.json."""
+        p = Path(path)
+        p = p / "concepts.json" if p.is_dir() else p
+        try:
+            data = json.loads(p.read_text())
+            latents = data["latents"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CocomixError(f"{p}: not a describe-concepts concepts.json ({type(e).__name__}: {e})") from None
+        labels = []
+        for entry in latents:
+            texts = [ex.get("text", "") for ex in entry.get("examples", [])]
+            marked = [m.group(1) for m in map(_MARKED.search, texts) if m]
+            token, n = Counter(marked).most_common(1)[0] if marked else ("", 0)
+            labels.append(ConceptLabel(int(entry["latent"]), float(entry.get("frequency", 0.0)), token,
+                                       n / len(marked) if marked else 0.0, texts[0] if texts else ""))
+        labels.sort(key=lambda lab: lab.latent)
+        if [lab.latent for lab in labels] != list(range(len(labels))):
+            raise CocomixError(f"{p}: latents are not numbered 0..{len(labels) - 1}")
+        return cls(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, latent: int) -> ConceptLabel:
+        return self.labels[latent]

@@ -1,0 +1,115 @@
+"""Steering (paper §3.2, after Templeton et al. 2024): multiply chosen concepts by α at generation time.
+
+Student: at every position the predicted logits z_t[c] of the chosen concepts are multiplied by α before the
+TopK and the compression (`ConceptSeam.steer`), so the concept vector mixed after each token changes. A concept
+whose scaled logit still ranks below the mix_k largest is not mixed and steering it has no effect there: that is
+the defined behaviour, not an error, and `StudentSteering.mixed` reports how often each concept was mixed, with
+and without steering. α = 1 is the unsteered model, α = 0 removes the concept's logit, α < 0 flips its sign.
+
+Teacher (the paper's cross-check): the SAE latent c at the teacher's `teacher_layer` is multiplied by α in the
+residual stream, h ← h + Σ_c (α_c − 1) · a_c · std · W_dec[:, c] (a_c its TopK activation, std the SAE's input
+normalisation), keeping the SAE's reconstruction error; a latent that is not active at a position is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cocomix.errors import CocomixError
+from cocomix.interpret.inspect import concept_seam
+from cocomix.model import Transformer, generate
+from cocomix.model.generate import check_sampling, sample_next
+
+
+def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[float]) -> None:
+    """CocomixError for concept indices outside [0, n_latents), repeated concepts, a count mismatch or a
+    non-finite α."""
+    if not concepts:
+        raise CocomixError("--concept: give at least one concept index")
+    if len(alphas) != len(concepts):
+        raise CocomixError(f"--alpha: expected one α per concept ({len(concepts)}), got {len(alphas)}")
+    for c in concepts:
+        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < n_latents:
+            raise CocomixError(f"--concept: expected an index in [0, {n_latents - 1}], got {c!r}")
+    if len(set(concepts)) != len(concepts):
+        raise CocomixError(f"--concept: each concept at most once, got {list(concepts)}")
+    for a in alphas:
+        if not isinstance(a, int | float) or not math.isfinite(a):
+            raise CocomixError(f"--alpha: expected a finite number, got {a!r}")
+
+
+@dataclass
+class StudentSteering:
+    tokens: torch.Tensor
+    """(B, P + N) prompt and continuation."""
+    mixed: torch.Tensor
+    """(n,) share of the generating positions (the prompt's last and every generated one but the last) where each
+    steered concept was among the mix_k mixed concepts."""
+
+
+@torch.no_grad()
+def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[int], alphas: Sequence[float],
+                  max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                  generator: torch.Generator | None = None, eos_id: int | None = None) -> StudentSteering:
+    """Generate from prompt (B, P) with concept logits × α at every position (α = 1 everywhere: unsteered)."""
+    seam = concept_seam(model)
+    check_steering(seam.n_latents, concepts, alphas)
+    device = prompt.device
+    idx = torch.tensor(list(concepts), device=device)
+    seam.steer(idx, torch.tensor([float(a) for a in alphas], device=device))
+    try:
+        tokens, _ = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                             eos_id=eos_id, generator=generator)
+        model(tokens)  # one full pass records the TopK at every position (equal to the cached steps)
+        topk = seam.last_topk[:, prompt.shape[1] - 1:tokens.shape[1] - 1]              # (B, N, mix_k)
+        mixed = (topk[..., None] == idx).any(dim=2).float().mean(dim=(0, 1))            # (n,)
+    finally:
+        seam.steer(None)
+        seam.last_topk = None
+    return StudentSteering(tokens, mixed)
+
+
+class _LatentScale:
+    """Forward hook on the teacher's block `layer`: multiplies SAE latents by α in the residual stream."""
+
+    def __init__(self, sae: Any, concepts: Sequence[int], alphas: Sequence[float]) -> None:
+        self.sae = sae
+        self.idx = torch.tensor(list(concepts))
+        self.scale = torch.tensor([float(a) - 1.0 for a in alphas])
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        h = output[0] if isinstance(output, tuple) else output                        # (B, S, d)
+        values, indices, info = self.sae.encode(h.to(self.sae.W_dec.dtype))            # (B, S, k)
+        idx, scale = self.idx.to(h.device), self.scale.to(h.device, values.dtype)
+        act = (values[..., None] * (indices[..., None] == idx)).sum(dim=2)              # (B, S, n) a_c
+        delta = (act * scale) @ self.sae.W_dec[:, idx].T                                # (B, S, d)
+        if "std" in info:
+            delta = delta * info["std"]
+        h = h + delta.to(h.dtype)
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+
+@torch.no_grad()
+def steer_teacher(teacher: Any, sae: Any, prompt: torch.Tensor, concepts: Sequence[int], alphas: Sequence[float],
+                  max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Generate from the teacher (full recomputation per token) with SAE latents × α at teacher_layer."""
+    from cocomix.teacher import _logits
+
+    check_steering(sae.n_latents, concepts, alphas)
+    check_sampling(max_new_tokens, temperature, top_k, None)
+    handle = teacher.blocks[teacher.layer].register_forward_hook(_LatentScale(sae, concepts, alphas))
+    tokens = prompt
+    try:
+        for _ in range(max_new_tokens):
+            last = _logits(teacher.model(tokens))[:, -1].float()                         # (B, V)
+            tokens = torch.cat((tokens, sample_next(last, temperature, top_k, None, generator)[:, None]), dim=1)
+    finally:
+        handle.remove()
+        teacher._leaf = None
+    return tokens

@@ -1,0 +1,204 @@
+"""The steering metric (beyond the paper, whose steering evidence is qualitative): does multiplying a concept's
+predicted logit by α make the student write text where the teacher sees that concept, and at what cost?
+
+For each steered concept c and each α, the student continues the same prompts with the same random stream
+(`steer.steer_student`); the continuation is then read by the frozen teacher + SAE:
+
+    activation rate(c, α) = share of generated positions where SAE latent c is active (in the TopK, > 0)
+    fluency cost(α)       = teacher NLL per generated token (nats; the teacher judges the student's text)
+
+Concepts are chosen automatically when not given: the student's most frequent top-1 predictions on the split,
+keeping those whose describe-concepts label is consistent (`labels.ConceptLabel.consistency` ≥ 0.5).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cocomix.atomic import atomic_write_text
+from cocomix.data import TokenStore
+from cocomix.errors import CocomixError
+from cocomix.interpret.inspect import concept_seam
+from cocomix.interpret.labels import ConceptBook
+from cocomix.interpret.steer import check_steering, steer_student
+from cocomix.model import Transformer
+
+
+@dataclass(frozen=True)
+class SteerEvalConfig:
+    alphas: tuple[float, ...] = (-10.0, -5.0, 0.0, 1.0, 5.0, 10.0)
+    n_prompts: int = 24
+    prompt_len: int = 16
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int | None = 50
+    n_concepts: int = 5
+    split: str = "val"
+    seed: int = 0
+
+    def check(self, context_length: int) -> None:
+        if self.n_prompts < 1 or self.prompt_len < 1 or self.max_new_tokens < 1 or self.n_concepts < 1:
+            raise CocomixError("steer-eval: --prompts, --prompt-len, --max-new-tokens and --concepts must be >= 1")
+        if self.prompt_len + self.max_new_tokens > context_length:
+            raise CocomixError(f"steer-eval: --prompt-len + --max-new-tokens must be at most the context length "
+                               f"{context_length}, got {self.prompt_len + self.max_new_tokens}")
+        if 1.0 not in self.alphas or 0.0 not in self.alphas:
+            raise CocomixError("--alphas: include 1 (unsteered) and 0 (the baseline the ratio is against)")
+
+
+def prompts_from(store: TokenStore, split: str, n: int, length: int, seq_len: int) -> torch.Tensor:
+    """(n, length): the first `length` tokens of n windows spread evenly over the split."""
+    windows = store.num_chunks(split, seq_len)
+    if windows < n:
+        raise CocomixError(f"{store.path}: split {split!r} has {windows} windows of {seq_len}, need {n} prompts")
+    picks = torch.linspace(0, windows - 1, n).round().long().tolist()
+    return store.batch(split, picks, seq_len)[:, :length]
+
+
+@torch.no_grad()
+def choose_concepts(model: Transformer, store: TokenStore, book: ConceptBook, n: int, split: str, seq_len: int,
+                    windows: int = 32, min_consistency: float = 0.5) -> list[int]:
+    """The n concepts the student most often predicts top-1 on `windows` windows, among well-described ones."""
+    device = next(model.parameters()).device
+    ids = store.batch(split, list(range(min(windows, store.num_chunks(split, seq_len)))), seq_len).to(device)
+    top1 = model(ids).aux["concept_logits"].argmax(dim=-1).flatten()                       # (W·T,)
+    counts = torch.bincount(top1.cpu(), minlength=len(book))
+    ranked = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c] > 0]
+    chosen = [c for c in ranked if book[c].consistency >= min_consistency and book[c].frequency > 0][:n]
+    if not chosen:
+        raise CocomixError("steer-eval: no frequently predicted concept has a consistent description; pass "
+                           "--concept explicitly")
+    return chosen
+
+
+@torch.no_grad()
+def read_continuations(teacher: Any, sae: Any, tokens: torch.Tensor, start: int, concepts: Sequence[int],
+                       ) -> tuple[torch.Tensor, float]:
+    """(activation rate (n,) of each latent over positions ≥ start, teacher NLL per token of tokens[:, start:])."""
+    logits, hidden = teacher.forward_pass(tokens)                                          # (B,S,V), (B,S,d)
+    logits = logits.float()
+    values, indices, _ = sae.encode(hidden.to(sae.W_dec.dtype))                            # (B, S, k)
+    gen_v, gen_i = values[:, start:], indices[:, start:]                                   # (B, N, k)
+    idx = torch.tensor(list(concepts), device=gen_i.device)
+    active = ((gen_i[..., None] == idx) & (gen_v[..., None] > 0)).any(dim=2)               # (B, N, n)
+    nll = torch.nn.functional.cross_entropy(logits[:, start - 1:-1].reshape(-1, logits.shape[-1]),
+                                            tokens[:, start:].reshape(-1))
+    return active.float().mean(dim=(0, 1)), float(nll)
+
+
+def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore, book: ConceptBook,
+                  cfg: SteerEvalConfig, seq_len: int, concepts: Sequence[int] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Every (concept, α): activation rate, share of positions where the concept was mixed, teacher NLL."""
+    import sys
+
+    seam = concept_seam(model)
+    cfg.check(model.cfg.context_length)
+    if seam.n_latents != sae.n_latents:
+        raise CocomixError(f"--sae: {sae.n_latents} latents, the student predicts {seam.n_latents}")
+    concepts = list(concepts) if concepts else choose_concepts(model, store, book, cfg.n_concepts, cfg.split,
+                                                                seq_len)
+    check_steering(seam.n_latents, concepts, [1.0] * len(concepts))
+    device = next(model.parameters()).device
+    prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
+    rows = []
+    for i, c in enumerate(concepts):
+        for alpha in cfg.alphas:
+            gen = torch.Generator(device=device).manual_seed(cfg.seed)  # same random stream for every α
+            out = steer_student(model, prompts, [c], [alpha], cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                generator=gen)
+            rate, nll = read_continuations(teacher, sae, out.tokens, cfg.prompt_len, [c])
+            rows.append({"concept": c, "alpha": alpha, "activation_rate": float(rate[0]),
+                         "mixed": float(out.mixed[0]), "teacher_nll": nll})
+        if progress:
+            print(f"\rsteer-eval: {i + 1}/{len(concepts)} concepts", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    return {"config": asdict(cfg), "concepts": concepts, "rows": rows,
+            "labels": {c: {"label": book[c].short(), "context": book[c].context, "frequency": book[c].frequency}
+                       for c in concepts},
+            "summary": summarize(rows, cfg.alphas)}
+
+
+def summarize(rows: list[dict[str, Any]], alphas: Sequence[float]) -> dict[str, Any]:
+    """Mean over concepts per α, and the ratios the acceptance asks for (α = max vs 0, α = min vs 0)."""
+    mean = {a: {k: sum(r[k] for r in rows if r["alpha"] == a) / max(1, sum(r["alpha"] == a for r in rows))
+                for k in ("activation_rate", "mixed", "teacher_nll")} for a in alphas}
+    base = mean[0.0]["activation_rate"]
+    hi, lo = max(alphas), min(alphas)
+
+    def ratio(a: float) -> float | None:
+        return mean[a]["activation_rate"] / base if base > 0 else None
+
+    return {"mean": {str(a): v for a, v in mean.items()}, "ratio_max_alpha_over_zero": ratio(hi),
+            "ratio_min_alpha_over_zero": ratio(lo), "max_alpha": hi, "min_alpha": lo,
+            "fluency_cost_max_alpha": mean[hi]["teacher_nll"] - mean[1.0]["teacher_nll"]}
+
+
+def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """steering.json, steering.md (table) and steering.png (activation rate and teacher NLL against α)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "steering.json", json.dumps(result, indent=1, default=str))
+    alphas = result["config"]["alphas"]
+    head = "| concept | label | " + " | ".join(f"α = {a:g}" for a in alphas) + " |"
+    lines = ["# Steering: activation rate of the steered concept in the continuations (teacher + SAE)", "",
+             f"{result['config']['n_prompts']} prompts × {result['config']['max_new_tokens']} generated tokens, "
+             f"temperature {result['config']['temperature']}, top-k {result['config']['top_k']}; the same random "
+             "stream for every α. Cell: activation rate (share of positions the concept was mixed).", "",
+             head, "|---|---|" + "---|" * len(alphas)]
+    for c in result["concepts"]:
+        cells = [next(r for r in result["rows"] if r["concept"] == c and r["alpha"] == a) for a in alphas]
+        label = result["labels"][c]["label"].replace("|", "¦")
+        lines.append(f"| #{c} | {label} | " + " | ".join(f"{r['activation_rate']:.3f} ({r['mixed']:.2f})"
+                                                           for r in cells) + " |")
+    s = result["summary"]
+    lines += ["| mean | | " + " | ".join(f"{s['mean'][str(a)]['activation_rate']:.3f}" for a in alphas) + " |",
+              "| teacher NLL / token | | " + " | ".join(f"{s['mean'][str(a)]['teacher_nll']:.3f}" for a in alphas)
+              + " |", ""]
+    fmt = (lambda v: "n/a (rate 0 at α = 0)" if v is None else f"{v:.2f}×")  # noqa: E731
+    lines += [f"- α = {s['max_alpha']:g} vs α = 0: mean activation rate {fmt(s['ratio_max_alpha_over_zero'])}; "
+              f"α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}.",
+              f"- Fluency cost of α = {s['max_alpha']:g}: teacher NLL {s['fluency_cost_max_alpha']:+.3f} nats/token "
+              "over the unsteered (α = 1) continuations.", "", "![steering](steering.png)", ""]
+    atomic_write_text(out / "steering.md", "\n".join(lines))
+    _plot(result, out / "steering.png")
+    return out
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = result["config"]["alphas"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for c in result["concepts"]:
+        rates = [next(r["activation_rate"] for r in result["rows"] if r["concept"] == c and r["alpha"] == a)
+                 for a in alphas]
+        ax1.plot(alphas, rates, marker="o", alpha=0.6, label=f"#{c} {result['labels'][c]['label']}")
+    mean = result["summary"]["mean"]
+    ax1.plot(alphas, [mean[str(a)]["activation_rate"] for a in alphas], color="black", linewidth=2.5, marker="s",
+             label="mean")
+    ax1.set_xlabel("steering multiplier α on the concept's predicted logit")
+    ax1.set_ylabel("activation rate in continuation (share of tokens)")
+    ax1.set_title("Steered concept active in the generated text (teacher + SAE)")
+    ax1.legend(fontsize=7)
+    ax2.plot(alphas, [mean[str(a)]["teacher_nll"] for a in alphas], color="tab:red", marker="o")
+    ax2.set_xlabel("steering multiplier α")
+    ax2.set_ylabel("teacher NLL of the continuation (nats/token)")
+    ax2.set_title("Fluency cost (lower is more fluent)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,85 @@
+"""`cocomix inspect / steer / steer-eval / compression` end to end on a tiny trained CoCoMix run, and their
+one-line errors (exit code 2) for bad concept indices, α and runs without concepts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cocomix", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def runs(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+         ) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("interpret")
+    common = ["model.vocab_size=320", "model.context_length=64", f"data.path={store_dir}", "data.seq_len=32",
+              "train.steps=20", "train.micro_batch_size=8", "train.eval_every=0", "train.warmup_steps=2"]
+    concept = [f"concept.teacher={concept_parts[0]}", f"concept.sae={concept_parts[1]}", "concept.n_latents=256",
+               "concept.teacher_layer=1", "concept.mix_k=8"]
+    for name, preset, sets in (("cocomix", "tiny-cocomix", common + concept), ("ntp", "tiny", common)):
+        r = _cli("train", "--preset", preset, *[x for kv in sets for x in ("--set", kv)], "--out", str(root / name))
+        assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli("describe-concepts", "--data", str(store_dir), "--teacher", str(concept_parts[0]), "--teacher-layer", "1",
+             "--sae", str(concept_parts[1]), "--seq-len", "32", "--out", str(root / "concepts"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return {"cocomix": root / "cocomix", "ntp": root / "ntp", "concepts": root / "concepts", "root": root}
+
+
+def test_inspect_prints_a_table_and_writes_a_page(runs: dict[str, Path]) -> None:
+    html = runs["root"] / "inspect.html"
+    r = _cli("inspect", str(runs["cocomix"]), "--text", "the king is dead", "--concepts", str(runs["concepts"]),
+             "--top", "2", "--html", str(html))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(" pos") and all(line.count("#") == 2 for line in lines[1:-1])
+    assert "<!DOCTYPE html>" in html.read_text()
+    r = _cli("inspect", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "8")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 9
+
+
+def test_steer_runs_student_and_teacher_and_reports_mixing(runs: dict[str, Path]) -> None:
+    r = _cli("steer", str(runs["cocomix"]), "--prompt", "the king", "--concept", "5", "--concept", "9",
+             "--alpha", "10", "--max-new-tokens", "6", "--teacher-check")
+    assert r.returncode == 0, r.stderr
+    assert "student, unsteered (α = 1)" in r.stdout and "teacher, SAE latent steered" in r.stdout
+    assert "#5 mixed at" in r.stdout and "#9 mixed at" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--concept", "256", "--alpha", "2"], "--concept: expected an index in [0, 255], got 256"),
+    (["--concept", "3", "--alpha", "nan"], "--alpha: expected a finite number, got nan"),
+    (["--concept", "3", "--concept", "4", "--alpha", "1", "--alpha", "2", "--alpha", "3"],
+     "--alpha: expected one α per concept (2), got 3"),
+])
+def test_steer_bad_input_is_a_one_line_error(runs: dict[str, Path], args: list[str], message: str) -> None:
+    r = _cli("steer", str(runs["cocomix"]), "--prompt", "the king", *args, "--max-new-tokens", "4")
+    assert r.returncode == 2 and r.stderr.strip() == f"cocomix: error: {message}"
+
+
+def test_interpret_commands_refuse_a_run_without_concepts(runs: dict[str, Path]) -> None:
+    for args in (["inspect", str(runs["ntp"]), "--text", "the king"], ["compression", str(runs["ntp"]), "--out",
+                                                                         str(runs["root"] / "c")]):
+        r = _cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "expected a CoCoMix run" in r.stderr
+
+
+def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None:
+    out = runs["root"] / "steering"
+    r = _cli("steer-eval", str(runs["cocomix"]), "--concepts", str(runs["concepts"]), "--concept", "1",
+             "--concept", "2", "--alphas", "-10,0,1,10", "--prompts", "4", "--prompt-len", "4",
+             "--max-new-tokens", "5", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "steering.json").read_text())
+    assert len(result["rows"]) == 2 * 4 and all(0.0 <= row["activation_rate"] <= 1.0 for row in result["rows"])
+    assert (out / "steering.png").stat().st_size > 1000 and "| #1 |" in (out / "steering.md").read_text()
+    r = _cli("compression", str(runs["cocomix"]), "--out", str(runs["root"] / "comp"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["concepts"] == 256 and 0.0 <= summary["fraction_below"] <= 1.0

@@ -1,0 +1,178 @@
+"""Interpretability and steering: concept labels, per-token inspection, the HTML page, steering semantics in the
+student (logits × α before the TopK) and the teacher (SAE latent × α), the steering summary, compression norms."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
+from cocomix.errors import CocomixError
+from cocomix.interpret.compression import compression_norms, compression_report
+from cocomix.interpret.inspect import format_table, inspect_ids, write_html
+from cocomix.interpret.labels import ConceptBook
+from cocomix.interpret.steer import _LatentScale, check_steering, steer_student, steer_teacher
+from cocomix.interpret.steer_eval import summarize
+from cocomix.methods import NTP, CoCoMix
+from cocomix.model import Transformer, generate
+from cocomix.sae import TopKSAE
+from cocomix.teacher import Teacher
+
+C = 80
+
+
+def _model() -> Transformer:
+    run = RunConfig(method="cocomix", data=DataConfig(seq_len=16),
+                    model=ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32, context_length=64),
+                    concept=ConceptConfig(n_latents=C, concept_layer=2, mix_k=8, k_attr=4))
+    model = CoCoMix(run).build_model().eval()
+    with torch.no_grad():
+        model.seam.compress_weight.normal_(0.0, 0.5)  # make the concept vector matter for the next token
+    return model
+
+
+def _decode(ids: list[int]) -> str:
+    return "".join("<&\n" if i % 10 == 0 else chr(97 + i % 26) for i in ids)
+
+
+def _book(tmp_path: Path) -> ConceptBook:
+    latents = [{"latent": i, "count": 0, "frequency": 0.0, "examples": []} for i in range(C)]
+    latents[3] = {"latent": 3, "count": 5, "frequency": 0.01, "examples": [
+        {"text": "a «king» b"}, {"text": "c «king» d"}, {"text": "e «queen» f"}, {"text": "no mark"}]}
+    (tmp_path / "concepts.json").write_text(json.dumps({"latents": latents}))
+    return ConceptBook.load(tmp_path)
+
+
+def test_labels_name_a_latent_by_its_most_common_activating_token(tmp_path: Path) -> None:
+    book = _book(tmp_path)
+    assert (book[3].token, book[3].consistency, book[3].context) == ("king", 2 / 3, "a «king» b")
+    assert book[3].short() == "«king» 67%" and book[4].short() == "(never fired)"
+    assert ConceptBook.empty(5)[2].short() == "-"
+    (tmp_path / "bad.json").write_text("{\"no\": 1}")
+    with pytest.raises(CocomixError, match="bad.json: not a describe-concepts"):
+        ConceptBook.load(tmp_path / "bad.json")
+
+
+def test_inspect_lists_the_top_predicted_concepts_per_token(tmp_path: Path) -> None:
+    model = _model()
+    ids = [5, 17, 40, 3, 10, 77]
+    rows = inspect_ids(model, ids, _decode, top=4)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).aux["concept_logits"][0]   # (6, C)
+    assert len(rows) == len(ids)
+    for t, row in enumerate(rows):
+        assert [c for c, _, _ in row.concepts] == torch.topk(logits[t], 4).indices.tolist()
+        assert math.isclose(row.concepts[0][2], float(torch.softmax(logits[t], -1).max()), rel_tol=1e-5)
+    table = format_table(rows, _book(tmp_path))
+    assert len(table.splitlines()) == 1 + len(ids) and "⏎" in table  # newlines in tokens are shown, not printed
+    with pytest.raises(CocomixError, match="context length"):
+        inspect_ids(model, list(range(65)), _decode)
+    with pytest.raises(CocomixError, match="--top"):
+        inspect_ids(model, ids, _decode, top=C + 1)
+
+
+def test_inspect_refuses_a_model_without_concepts() -> None:
+    ntp = NTP(RunConfig(model=ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32),
+                        data=DataConfig(seq_len=16))).build_model()
+    with pytest.raises(CocomixError, match="expected a CoCoMix run"):
+        inspect_ids(ntp, [1, 2], _decode)
+
+
+def test_html_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    rows = inspect_ids(_model(), [10, 3, 4], _decode, top=2)  # token 10 decodes to "<&\n"
+    page = write_html(rows, _book(tmp_path), tmp_path / "p.html", "t <x>").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "&lt;&amp;" in page and "<x>" not in page
+    for external in ("<script", "src=", "href=", "@import", "url(", "http:", "https:", "<link"):
+        assert external not in page
+
+
+def test_steering_errors_name_the_problem() -> None:
+    check_steering(C, [0, 79], [10.0, -10.0])
+    for concepts, alphas, match in (([80], [1.0], "index in \\[0, 79\\]"), ([-1], [1.0], "index"),
+                                    ([3, 3], [1.0, 1.0], "at most once"), ([3], [1.0, 2.0], "one α per concept"),
+                                    ([3], [float("nan")], "finite"), ([3], [float("inf")], "finite"),
+                                    ([], [], "at least one")):
+        with pytest.raises(CocomixError, match=match):
+            check_steering(C, concepts, alphas)
+
+
+def test_alpha_one_is_the_unsteered_model() -> None:
+    model = _model()
+    prompt = torch.randint(0, 97, (3, 8))
+    plain, _ = generate(model, prompt, 12, temperature=0.0)
+    steered = steer_student(model, prompt, [4, 9], [1.0, 1.0], 12)
+    assert torch.equal(steered.tokens, plain) and model.seam._steer is None and model.seam.last_topk is None
+
+
+def test_a_concept_outside_the_topk_is_reported_and_changes_nothing() -> None:
+    model = _model()
+    with torch.no_grad():  # concept 7's logit is always very negative: × 10 keeps it out of the TopK
+        model.seam.predictor.weight[7].zero_()
+        model.seam.predictor.bias[7] = -50.0
+    prompt = torch.randint(0, 97, (2, 6))
+    plain, _ = generate(model, prompt, 10, temperature=0.0)
+    out = steer_student(model, prompt, [7], [10.0], 10)
+    assert torch.equal(out.tokens, plain) and out.mixed.tolist() == [0.0]
+    flipped = steer_student(model, prompt, [7], [-10.0], 10)  # −10 × −50 = 500: always selected, always mixed
+    assert flipped.mixed.tolist() == [1.0] and not torch.equal(flipped.tokens, plain)
+
+
+def _teacher_and_sae() -> tuple[Teacher, TopKSAE]:
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=3, n_head=2, d_model=16, context_length=64))
+    sae = TopKSAE(16, 64, 4)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.5)
+    return Teacher(model, 1), sae
+
+
+@torch.no_grad()
+def test_teacher_steering_scales_the_sae_latent_in_the_residual_stream() -> None:
+    teacher, sae = _teacher_and_sae()
+    prompt = torch.randint(0, 97, (2, 7))
+    plain, _ = generate(teacher.model, prompt, 6, temperature=0.0)
+    assert torch.equal(steer_teacher(teacher, sae, prompt, [5], [1.0], 6), plain)  # α = 1: unchanged
+    assert not torch.equal(steer_teacher(teacher, sae, prompt, list(range(64)), [-5.0] * 64, 6), plain)
+    h = torch.randn(2, 7, 16)
+    values, indices, info = sae.encode(h)
+    c = int(indices[0, 0, 0])
+    a = (values * (indices == c)).sum(-1, keepdim=True)                              # (2, 7, 1)
+    expected = h + 2.0 * a * info["std"] * sae.W_dec[:, c]                           # α = 3: + (3 − 1)·a·std·d_c
+    got = _LatentScale(sae, [c], [3.0])(None, (), h)
+    assert torch.allclose(got, expected, atol=1e-5) and not torch.equal(got, h)
+    # with an orthonormal, un-normalised SAE the re-encoded latent is exactly α times the original
+    exact = TopKSAE(16, 16, 4, normalize=False)
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    exact.set_weights(pre_bias=torch.zeros(16), W_enc=q.T, latent_bias=torch.zeros(16), W_dec=q)
+    v, i, _ = exact.encode(h)
+    c = int(i[0, 0, 0])
+    z, _ = exact.encode_dense(_LatentScale(exact, [c], [3.0])(None, (), h))
+    assert torch.allclose(z[0, 0, c], 3 * v[0, 0, 0], rtol=1e-5)
+
+
+def test_steering_summary_ratios() -> None:
+    rows = [{"concept": c, "alpha": a, "activation_rate": r, "mixed": 0.5, "teacher_nll": 4.0 + a / 10}
+            for c, rates in ((1, (0.05, 0.1, 0.4)), (2, (0.0, 0.1, 0.2))) for a, r in zip((-10.0, 0.0, 10.0),
+                                                                                        rates, strict=True)]
+    rows += [{"concept": c, "alpha": 1.0, "activation_rate": 0.1, "mixed": 0.5, "teacher_nll": 4.0} for c in (1, 2)]
+    s = summarize(rows, (-10.0, 0.0, 1.0, 10.0))
+    assert math.isclose(s["ratio_max_alpha_over_zero"], 0.3 / 0.1) and math.isclose(s["ratio_min_alpha_over_zero"],
+                                                                                      0.025 / 0.1)
+    assert math.isclose(s["fluency_cost_max_alpha"], 1.0)
+
+
+def test_compression_fraction_below_threshold(tmp_path: Path) -> None:
+    model = _model()
+    with torch.no_grad():
+        model.seam.compress_weight[:8] = 1e-4  # 8 of 80 rows: norm ≈ 5.7e-4 < 1e-2
+    norms = compression_norms(model)
+    assert norms.shape == (C,) and torch.allclose(norms[0], torch.tensor(1e-4 * 32 ** 0.5))
+    summary = compression_report(model, tmp_path)
+    assert math.isclose(summary["fraction_below"], 8 / C) and (tmp_path / "compression.png").stat().st_size > 1000
+    assert re.search(r'"fraction_below": 0\.1', (tmp_path / "compression.json").read_text())
