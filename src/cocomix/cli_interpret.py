@@ -187,7 +187,8 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--concept", type=int, action="append", default=None,
                    help="concepts to steer (default: chosen from --concepts automatically)")
     s.add_argument("--n-concepts", type=int, default=5, help="concepts chosen automatically")
-    s.add_argument("--alphas", default="-10,-5,0,1,5,10")
+    s.add_argument("--alphas", default="-10,-5,0,1,5,10",
+                   help="comma-separated α values; must include 0 and 1 (write --alphas=-10,0,1,10)")
     s.add_argument("--prompts", type=int, default=24, help="validation windows used as prompts")
     s.add_argument("--prompt-len", type=int, default=16)
     s.add_argument("--max-new-tokens", type=int, default=32)

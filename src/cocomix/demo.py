@@ -10,7 +10,8 @@ resumes):
     ntp         NTP student, parameter-matched to CoCoMix's active parameters          -> OUT/ntp
     cocomix     CoCoMix student (d 128, concept layer 1, cached targets), same tokens  -> OUT/cocomix
     report      compare (table, loss-vs-tokens / FLOPs plots, token efficiency), concept descriptions, the
-                student's predicted concepts on a validation passage, one steered generation -> OUT/report.md
+                student's predicted concepts on a validation passage, one steered generation and the steering
+                metric (OUT/steering/) -> OUT/report.md
 
 Both students see the same windows in the same order (same seed and batch). The numbers are what this run
 measured; nothing is tuned on the validation split.
@@ -180,8 +181,7 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
     sae = load_sae(str(out / "teacher-sae" / "sae"))
     stats = describe_concepts(store, teacher, sae, seq_len, split="val", max_windows=400, progress=False)
     write_concepts(stats, store, out / "concepts", "val", seq_len)
-    described = {c["latent"]: c for c in json.loads((out / "concepts" / "concepts.json").read_text())["latents"]}
-    inspected, steer = _inspect_and_steer(out / "cocomix", store, described, seq_len)
+    inspected, steer, steering = _inspect_and_steer(out, store, seq_len)
     sae_summary = json.loads((out / "teacher-sae" / "summary.json").read_text())
     lines = [
         "# cocomix demo: CoCoMix vs NTP on Shakespeare (CPU)", "",
@@ -204,39 +204,48 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"table": cmp["table"], "val_loss": {k: v["loss"] for k, v in finals.items()},
-            "sae": {k: sae_summary[k] for k in ("fvu", "l0", "dead_fraction")}}
+            "sae": {k: sae_summary[k] for k in ("fvu", "l0", "dead_fraction")}, "steering": steering}
 
 
 @torch.no_grad()
-def _inspect_and_steer(run_dir: Path, store: TokenStore, described: dict[int, dict], seq_len: int,
-                       ) -> tuple[list[str], list[str]]:
-    from cocomix.model import generate
+def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Report sections: the student's predicted concepts on a validation passage, one steered generation and the
+    steering metric (`cocomix.interpret`; what `cocomix inspect`, `steer` and `steer-eval` print)."""
+    from cocomix.interpret.inspect import inspect_ids
+    from cocomix.interpret.labels import ConceptBook
+    from cocomix.interpret.steer import steer_student
+    from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
     from cocomix.runs import load_run
+    from cocomix.sae import load_sae
+    from cocomix.teacher import Teacher
 
-    _, _, model, _ = load_run(run_dir)
+    _, _, model, _ = load_run(out / "cocomix")
+    book = ConceptBook.load(out / "concepts")
     tok = store.tokenizer()
-    ids = store.batch("val", [3], seq_len)[:, :48]  # (1, 48)
-    logits = model(ids).aux["concept_logits"][0]  # (48, C)
-    top = torch.topk(logits, 3, dim=-1).indices  # (48, 3)
+    ids = store.batch("val", [3], seq_len)[0, :48].tolist()
+    found = inspect_ids(model, ids, tok.decode, top=3)
 
     def name(c: int) -> str:
-        ex = described.get(c, {}).get("examples") or [{"text": "(never fired on the val sample)"}]
-        return f"#{c} `{_cell(ex[0]['text'])}`"
+        return f"#{c} {_cell(book[c].short())} `{_cell(book[c].context or '(never fired on the val sample)')}`"
 
-    rows = ["| text so far (last 30 characters) | top predicted concepts (strongest teacher context) |", "|---|---|"]
-    for t in range(8, 48, 5):
-        rows.append(f"| `{_cell(tok.decode(ids[0, :t + 1].tolist())[-30:])}` | "
-                    + "; ".join(name(int(c)) for c in top[t]) + " |")
-    concept = int(torch.mode(top[:, 0]).values)  # the student's most frequent top-1 concept on the passage
+    rows = ["| text so far (last 30 characters) | top predicted concepts (label, strongest teacher context) |",
+            "|---|---|"]
+    for t in range(8, len(ids), 5):
+        rows.append(f"| `{_cell(tok.decode(ids[:t + 1])[-30:])}` | "
+                    + "; ".join(name(c) for c, _, _ in found[t].concepts) + " |")
+    windows = store.num_chunks("val", seq_len)
+    cfg = SteerEvalConfig(n_prompts=min(24, windows), prompt_len=16, max_new_tokens=32)
+    teacher = Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)
+    sae = load_sae(str(out / "teacher-sae" / "sae"))
+    metric = steering_eval(model, teacher, sae, store, book, cfg, seq_len, progress=False)
+    write_steering_report(metric, out / "steering")
+    concept = metric["concepts"][0]  # the student's most frequent well-described top-1 concept
     prompt = torch.tensor([tok.encode("KING HENRY:\n")])
-    outs = {}
-    for alpha in (0.0, 10.0):
-        model.seam.steer(torch.tensor([concept]), torch.tensor([alpha]) if alpha else torch.tensor([1.0]))
-        tokens, _ = generate(model, prompt, 40, temperature=0.0)
-        outs[alpha] = tok.decode(tokens[0, prompt.shape[1]:].tolist())
-    model.seam.steer(None)
-    steer = [f"Concept {name(concept)} (the student's most frequent top-1 concept above); greedy continuation "
-             "of `KING HENRY:` with its predicted logit × α at every position:", "",
-             "α = 1 (unsteered):", "", "```", outs[0.0].strip()[:300], "```", "", "α = 10:", "", "```",
-             outs[10.0].strip()[:300], "```"]
-    return rows, steer
+    outs = {a: steer_student(model, prompt, [concept], [a], 40) for a in (1.0, 10.0)}
+    text = {a: tok.decode(o.tokens[0, prompt.shape[1]:].tolist()).strip()[:300] for a, o in outs.items()}
+    steer = [f"Concept {name(concept)}; greedy continuation of `KING HENRY:` with its predicted logit × α at every "
+             f"position (mixed at {outs[1.0].mixed[0]:.0%} of the positions unsteered, {outs[10.0].mixed[0]:.0%} "
+             "steered):", "", "α = 1 (unsteered):", "", "```", text[1.0], "```", "", "α = 10:", "", "```",
+             text[10.0], "```", "", "### Steering metric (`cocomix steer-eval`)", "",
+             *(out / "steering" / "steering.md").read_text().split("\n")[2:]]
+    return rows, [line.replace("](steering.png)", "](steering/steering.png)") for line in steer], metric["summary"]

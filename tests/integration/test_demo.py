@@ -34,6 +34,8 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert "| ntp | ntp | 1 |" in report and "| cocomix | cocomix | 1 |" in report and "α = 10" in report
+    assert "### Steering metric" in report and (out / "steering" / "steering.png").is_file()
+    assert set(result["steering"]["mean"]) == {"-10.0", "-5.0", "0.0", "1.0", "5.0", "10.0"}
     assert set(result["stage_seconds"]) >= {"data", "teacher", "sae", "targets", "ntp", "cocomix"}
     again = run_demo(tmp_path / "data", tmp_path / "run", steps=steps, source=f"text:{docs}")  # everything reused
     assert again["val_loss"] == result["val_loss"]

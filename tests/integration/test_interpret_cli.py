@@ -73,7 +73,7 @@ def test_interpret_commands_refuse_a_run_without_concepts(runs: dict[str, Path])
 def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None:
     out = runs["root"] / "steering"
     r = _cli("steer-eval", str(runs["cocomix"]), "--concepts", str(runs["concepts"]), "--concept", "1",
-             "--concept", "2", "--alphas", "-10,0,1,10", "--prompts", "4", "--prompt-len", "4",
+             "--concept", "2", "--alphas=-10,0,1,10", "--prompts", "4", "--prompt-len", "4",
              "--max-new-tokens", "5", "--out", str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads((out / "steering.json").read_text())

@@ -64,16 +64,20 @@ def prompts_from(store: TokenStore, split: str, n: int, length: int, seq_len: in
 @torch.no_grad()
 def choose_concepts(model: Transformer, store: TokenStore, book: ConceptBook, n: int, split: str, seq_len: int,
                     windows: int = 32, min_consistency: float = 0.5) -> list[int]:
-    """The n concepts the student most often predicts top-1 on `windows` windows, among well-described ones."""
+    """The n concepts the student most often predicts top-1 on `windows` windows, among well-described ones
+    (label consistency ≥ min_consistency); when fewer qualify, the most frequent others that fired in the teacher
+    fill the list (their consistency is shown in every report)."""
     device = next(model.parameters()).device
     ids = store.batch(split, list(range(min(windows, store.num_chunks(split, seq_len)))), seq_len).to(device)
     top1 = model(ids).aux["concept_logits"].argmax(dim=-1).flatten()                       # (W·T,)
     counts = torch.bincount(top1.cpu(), minlength=len(book))
     ranked = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c] > 0]
-    chosen = [c for c in ranked if book[c].consistency >= min_consistency and book[c].frequency > 0][:n]
+    fired = [c for c in ranked if book[c].frequency > 0]
+    chosen = [c for c in fired if book[c].consistency >= min_consistency][:n]
+    chosen += [c for c in fired if c not in chosen][:n - len(chosen)]
     if not chosen:
-        raise CocomixError("steer-eval: no frequently predicted concept has a consistent description; pass "
-                           "--concept explicitly")
+        raise CocomixError("steer-eval: none of the student's predicted concepts ever fired in the describe-concepts "
+                           "report; pass --concept explicitly")
     return chosen
 
 
