@@ -181,7 +181,7 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
     sae = load_sae(str(out / "teacher-sae" / "sae"))
     stats = describe_concepts(store, teacher, sae, seq_len, split="val", max_windows=400, progress=False)
     write_concepts(stats, store, out / "concepts", "val", seq_len)
-    inspected, steer, steering = _inspect_and_steer(out, store, seq_len)
+    inspected, steer, steering = _inspect_and_steer(out, store, seq_len, teacher, sae)
     sae_summary = json.loads((out / "teacher-sae" / "summary.json").read_text())
     lines = [
         "# cocomix demo: CoCoMix vs NTP on Shakespeare (CPU)", "",
@@ -208,7 +208,8 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
 
 
 @torch.no_grad()
-def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int) -> tuple[list[str], list[str], dict[str, Any]]:
+def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Any, sae: Any,
+                       ) -> tuple[list[str], list[str], dict[str, Any]]:
     """Report sections: the student's predicted concepts on a validation passage, one steered generation and the
     steering metric (`cocomix.interpret`; what `cocomix inspect`, `steer` and `steer-eval` print)."""
     from cocomix.interpret.inspect import inspect_ids
@@ -216,8 +217,6 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int) -> tuple[list
     from cocomix.interpret.steer import steer_student
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
     from cocomix.runs import load_run
-    from cocomix.sae import load_sae
-    from cocomix.teacher import Teacher
 
     _, _, model, _ = load_run(out / "cocomix")
     book = ConceptBook.load(out / "concepts")
@@ -235,8 +234,6 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int) -> tuple[list
                     + "; ".join(name(c) for c, _, _ in found[t].concepts) + " |")
     windows = store.num_chunks("val", seq_len)
     cfg = SteerEvalConfig(n_prompts=min(24, windows), prompt_len=16, max_new_tokens=32)
-    teacher = Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)
-    sae = load_sae(str(out / "teacher-sae" / "sae"))
     metric = steering_eval(model, teacher, sae, store, book, cfg, seq_len, progress=False)
     write_steering_report(metric, out / "steering")
     concept = metric["concepts"][0]  # the student's most frequent well-described top-1 concept
