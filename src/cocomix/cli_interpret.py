@@ -121,7 +121,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     run, model, store, book = _open(args)
     cfg = SteerEvalConfig(alphas=alphas, n_prompts=args.prompts, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          n_concepts=args.n_concepts, seed=args.seed)
+                          n_concepts=args.n_concepts, seed=args.seed, teacher_check=args.teacher_check)
     if not args.concept and not args.concepts:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
     c = run.concept
@@ -195,6 +195,8 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=50)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--teacher-check", action="store_true",
+                   help="also steer each concept's SAE latent in the teacher and report its rate (the reference)")
     s.add_argument("--teacher", default=None, help="teacher (default: the run's concept.teacher)")
     s.add_argument("--sae", default=None, help="SAE (default: the run's concept.sae)")
     s.add_argument("--out", required=True, help="folder for steering.md / .json / .png")

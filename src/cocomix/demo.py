@@ -233,7 +233,7 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Any,
         rows.append(f"| `{_cell(tok.decode(ids[:t + 1])[-30:])}` | "
                     + "; ".join(name(c) for c, _, _ in found[t].concepts) + " |")
     windows = store.num_chunks("val", seq_len)
-    cfg = SteerEvalConfig(n_prompts=min(24, windows), prompt_len=16, max_new_tokens=32)
+    cfg = SteerEvalConfig(n_prompts=min(24, windows), prompt_len=16, max_new_tokens=32, teacher_check=True)
     metric = steering_eval(model, teacher, sae, store, book, cfg, seq_len, progress=False)
     write_steering_report(metric, out / "steering")
     concept = metric["concepts"][0]  # the student's most frequent well-described top-1 concept

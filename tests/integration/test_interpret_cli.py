@@ -74,11 +74,18 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
     out = runs["root"] / "steering"
     r = _cli("steer-eval", str(runs["cocomix"]), "--concepts", str(runs["concepts"]), "--concept", "1",
              "--concept", "2", "--alphas=-10,0,1,10", "--prompts", "4", "--prompt-len", "4",
-             "--max-new-tokens", "5", "--out", str(out))
+             "--max-new-tokens", "5", "--teacher-check", "--out", str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads((out / "steering.json").read_text())
-    assert len(result["rows"]) == 2 * 4 and all(0.0 <= row["activation_rate"] <= 1.0 for row in result["rows"])
-    assert (out / "steering.png").stat().st_size > 1000 and "| #1 |" in (out / "steering.md").read_text()
+    rows = result["rows"]
+    assert len(rows) == 2 * 4 and all(0.0 <= row["activation_rate"] <= 1.0 for row in rows)
+    assert all(0.0 <= row["teacher_steered_rate"] <= 1.0 for row in rows)
+    # α = 1 leaves the teacher unsteered: both concepts' reference texts are the same plain teacher continuation
+    plain = [row["teacher_steered_nll"] for row in rows if row["alpha"] == 1.0]
+    assert plain[0] == plain[1]
+    assert "teacher_ratio_max_alpha_over_zero" in result["summary"]
+    md = (out / "steering.md").read_text()
+    assert (out / "steering.png").stat().st_size > 1000 and "| #1 |" in md and "teacher steered (reference)" in md
     r = _cli("compression", str(runs["cocomix"]), "--out", str(runs["root"] / "comp"))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)

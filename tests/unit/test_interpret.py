@@ -164,7 +164,12 @@ def test_steering_summary_ratios() -> None:
     s = summarize(rows, (-10.0, 0.0, 1.0, 10.0))
     assert math.isclose(s["ratio_max_alpha_over_zero"], 0.3 / 0.1) and math.isclose(s["ratio_min_alpha_over_zero"],
                                                                                       0.025 / 0.1)
-    assert math.isclose(s["fluency_cost_max_alpha"], 1.0)
+    assert math.isclose(s["fluency_cost_max_alpha"], 1.0) and "teacher_ratio_max_alpha_over_zero" not in s
+    for r in rows:
+        r |= {"teacher_steered_rate": 0.2 if r["alpha"] == 10.0 else 0.1, "teacher_steered_nll": 4.0}
+    s = summarize(rows, (-10.0, 0.0, 1.0, 10.0))
+    assert math.isclose(s["teacher_ratio_max_alpha_over_zero"], 2.0)
+    assert math.isclose(s["teacher_ratio_min_alpha_over_zero"], 1.0)
 
 
 def test_compression_fraction_below_threshold(tmp_path: Path) -> None:

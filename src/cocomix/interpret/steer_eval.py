@@ -7,6 +7,13 @@ For each steered concept c and each α, the student continues the same prompts w
     activation rate(c, α) = share of generated positions where SAE latent c is active (in the TopK, > 0)
     fluency cost(α)       = teacher NLL per generated token (nats; the teacher judges the student's text)
 
+With `teacher_check`, the teacher itself also continues the prompts with its SAE latent c × α
+(`steer.steer_teacher`, the paper's cross-check) and its text is read the same way: the activation rate the
+concept reaches when the model that defines it is steered — the reference the student's rate is judged against.
+A latent that fires on a token (most latents of a small teacher's early layer) describes the context *so far*:
+steering it changes what comes next, not whether the latent fires on the next tokens, in the teacher as in
+the student (the README's steering results measure this).
+
 Concepts are chosen automatically when not given: the student's most frequent top-1 predictions on the split,
 keeping those whose describe-concepts label is consistent (`labels.ConceptLabel.consistency` ≥ 0.5).
 """
@@ -26,7 +33,7 @@ from cocomix.data import TokenStore
 from cocomix.errors import CocomixError
 from cocomix.interpret.inspect import concept_seam
 from cocomix.interpret.labels import ConceptBook
-from cocomix.interpret.steer import check_steering, steer_student
+from cocomix.interpret.steer import check_steering, steer_student, steer_teacher
 from cocomix.model import Transformer
 
 
@@ -41,6 +48,7 @@ class SteerEvalConfig:
     n_concepts: int = 5
     split: str = "val"
     seed: int = 0
+    teacher_check: bool = False
 
     def check(self, context_length: int) -> None:
         if self.n_prompts < 1 or self.prompt_len < 1 or self.max_new_tokens < 1 or self.n_concepts < 1:
@@ -118,8 +126,15 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
             out = steer_student(model, prompts, [c], [alpha], cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                                 generator=gen)
             rate, nll = read_continuations(teacher, sae, out.tokens, cfg.prompt_len, [c])
-            rows.append({"concept": c, "alpha": alpha, "activation_rate": float(rate[0]),
-                         "mixed": float(out.mixed[0]), "teacher_nll": nll})
+            row = {"concept": c, "alpha": alpha, "activation_rate": float(rate[0]), "mixed": float(out.mixed[0]),
+                   "teacher_nll": nll}
+            if cfg.teacher_check:
+                gen = torch.Generator(device=device).manual_seed(cfg.seed)
+                t_out = steer_teacher(teacher, sae, prompts, [c], [alpha], cfg.max_new_tokens, cfg.temperature,
+                                      cfg.top_k, generator=gen)
+                t_rate, t_nll = read_continuations(teacher, sae, t_out, cfg.prompt_len, [c])
+                row |= {"teacher_steered_rate": float(t_rate[0]), "teacher_steered_nll": t_nll}
+            rows.append(row)
         if progress:
             print(f"\rsteer-eval: {i + 1}/{len(concepts)} concepts", end="", file=sys.stderr, flush=True)
     if progress:
@@ -131,18 +146,25 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
 
 
 def summarize(rows: list[dict[str, Any]], alphas: Sequence[float]) -> dict[str, Any]:
-    """Mean over concepts per α, and the ratios the acceptance asks for (α = max vs 0, α = min vs 0)."""
+    """Mean over concepts per α, and the ratios the acceptance asks for (α = max vs 0, α = min vs 0); with the
+    teacher check, the same for the teacher steered through its SAE latent."""
+    keys = [k for k in ("activation_rate", "mixed", "teacher_nll", "teacher_steered_rate", "teacher_steered_nll")
+            if rows and k in rows[0]]
     mean = {a: {k: sum(r[k] for r in rows if r["alpha"] == a) / max(1, sum(r["alpha"] == a for r in rows))
-                for k in ("activation_rate", "mixed", "teacher_nll")} for a in alphas}
-    base = mean[0.0]["activation_rate"]
+                for k in keys} for a in alphas}
     hi, lo = max(alphas), min(alphas)
 
-    def ratio(a: float) -> float | None:
-        return mean[a]["activation_rate"] / base if base > 0 else None
+    def ratio(a: float, key: str = "activation_rate") -> float | None:
+        base = mean[0.0][key]
+        return mean[a][key] / base if base > 0 else None
 
-    return {"mean": {str(a): v for a, v in mean.items()}, "ratio_max_alpha_over_zero": ratio(hi),
-            "ratio_min_alpha_over_zero": ratio(lo), "max_alpha": hi, "min_alpha": lo,
-            "fluency_cost_max_alpha": mean[hi]["teacher_nll"] - mean[1.0]["teacher_nll"]}
+    out = {"mean": {str(a): v for a, v in mean.items()}, "ratio_max_alpha_over_zero": ratio(hi),
+           "ratio_min_alpha_over_zero": ratio(lo), "max_alpha": hi, "min_alpha": lo,
+           "fluency_cost_max_alpha": mean[hi]["teacher_nll"] - mean[1.0]["teacher_nll"]}
+    if "teacher_steered_rate" in keys:
+        out |= {"teacher_ratio_max_alpha_over_zero": ratio(hi, "teacher_steered_rate"),
+                "teacher_ratio_min_alpha_over_zero": ratio(lo, "teacher_steered_rate")}
+    return out
 
 
 def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
@@ -165,10 +187,18 @@ def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     s = result["summary"]
     lines += ["| mean | | " + " | ".join(f"{s['mean'][str(a)]['activation_rate']:.3f}" for a in alphas) + " |",
               "| teacher NLL / token | | " + " | ".join(f"{s['mean'][str(a)]['teacher_nll']:.3f}" for a in alphas)
-              + " |", ""]
+              + " |"]
+    teacher = "teacher_ratio_max_alpha_over_zero" in s
+    if teacher:
+        lines.append("| mean, teacher steered (reference) | | " + " | ".join(
+            f"{s['mean'][str(a)]['teacher_steered_rate']:.3f}" for a in alphas) + " |")
+    lines.append("")
     fmt = (lambda v: "n/a (rate 0 at α = 0)" if v is None else f"{v:.2f}×")  # noqa: E731
     lines += [f"- α = {s['max_alpha']:g} vs α = 0: mean activation rate {fmt(s['ratio_max_alpha_over_zero'])}; "
               f"α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}.",
+              *([f"- Reference, the teacher steered through the same SAE latents (the paper's cross-check): "
+                 f"α = {s['max_alpha']:g} vs 0 {fmt(s['teacher_ratio_max_alpha_over_zero'])}, α = {s['min_alpha']:g} "
+                 f"vs 0 {fmt(s['teacher_ratio_min_alpha_over_zero'])}."] if teacher else []),
               f"- Fluency cost of α = {s['max_alpha']:g}: teacher NLL {s['fluency_cost_max_alpha']:+.3f} nats/token "
               "over the unsteered (α = 1) continuations.", "", "![steering](steering.png)", ""]
     atomic_write_text(out / "steering.md", "\n".join(lines))
@@ -190,7 +220,10 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ax1.plot(alphas, rates, marker="o", alpha=0.6, label=f"#{c} {result['labels'][c]['label']}")
     mean = result["summary"]["mean"]
     ax1.plot(alphas, [mean[str(a)]["activation_rate"] for a in alphas], color="black", linewidth=2.5, marker="s",
-             label="mean")
+             label="mean (student steered)")
+    if "teacher_steered_rate" in mean[str(alphas[0])]:
+        ax1.plot(alphas, [mean[str(a)]["teacher_steered_rate"] for a in alphas], color="black", linestyle="--",
+                 linewidth=2, marker="^", label="mean, teacher steered (reference)")
     ax1.set_xlabel("steering multiplier α on the concept's predicted logit")
     ax1.set_ylabel("activation rate in continuation (share of tokens)")
     ax1.set_title("Steered concept active in the generated text (teacher + SAE)")
