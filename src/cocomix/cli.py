@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(run.to_json())
         return 0
     res = train(run, args.out, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     val = f"{res.val_loss:.4f}" if res.val_loss is not None else "n/a"
     print(json.dumps({"run_dir": str(res.run_dir), "steps": res.steps, "train_loss": res.train_loss,
                       "val_loss": res.val_loss}))

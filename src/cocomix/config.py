@@ -157,6 +157,8 @@ class TrainConfig:
     """Print a progress line and append to metrics.jsonl every this many steps."""
     log_backends: tuple[str, ...] = ()
     """Extra metric sinks: `tensorboard`, `wandb`."""
+    parallel: str = "ddp"
+    """Under torchrun with several processes: `ddp` (replicated) or `fsdp` (FSDP2, sharded); else unused."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum"):
@@ -179,6 +181,7 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", self.precision)
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "train.device",
                "auto, cpu, cuda or cuda:N", self.device)
+        _check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp or fsdp", self.parallel)
         for b in self.log_backends:
             _check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
 

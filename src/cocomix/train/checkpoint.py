@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,13 @@ CKPT_DIR = "checkpoints"
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """State dict without duplicate (tied) tensors, contiguous, for safetensors."""
+    return _dedup(model.state_dict())
+
+
+def _dedup(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     seen: set[int] = set()
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in weights.items():
         key = t.untyped_storage().data_ptr() if t.numel() else id(t)
         if key in seen:
             continue
@@ -65,9 +70,10 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: missing tensor {missing[0]!r}")
 
 
-def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoints/step_NNNNNNN atomically, point `latest` at it and prune all but the newest `keep`."""
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer | dict[str, Any], state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoints/step_NNNNNNN atomically, point `latest` at it and prune all but the newest `keep`.
+    `model` and `optimizer` may be given as their state dicts (what `distributed.full_state` gathers)."""
     root = run_dir / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
@@ -76,8 +82,9 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    weights = _dedup(model) if isinstance(model, dict) else model_state(model)
+    save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -128,11 +135,17 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
     """Restore weights, optimizer and RNG from a checkpoint; returns its state.json."""
     state = read_state(ckpt)
     load_model_weights(model, ckpt / "model.safetensors")
+    load_optimizer_and_rng(ckpt, optimizer.load_state_dict)
+    return state
+
+
+def load_optimizer_and_rng(ckpt: Path, load_optimizer: Callable[[dict[str, Any]], None]) -> None:
+    """Restore the RNG and hand the optimizer state (single-process format) to `load_optimizer`."""
     for name in ("optimizer.pt", "rng.pt"):
         try:
             loaded = torch.load(ckpt / name, weights_only=True, map_location="cpu")
             if name == "optimizer.pt":
-                optimizer.load_state_dict(loaded)
+                load_optimizer(loaded)
             else:
                 torch.set_rng_state(loaded["cpu"])
                 if "cuda" in loaded and torch.cuda.is_available():
@@ -140,7 +153,6 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
         except Exception as e:  # a corrupt file can fail in many ways (unpickling, EOF, wrong keys/types)
             raise CheckpointError(f"{ckpt / name}: unreadable or not a cocomix checkpoint file "
                                   f"({type(e).__name__}: {e})") from None
-    return state
 
 
 def read_run_config(run_dir: Path) -> RunConfig:

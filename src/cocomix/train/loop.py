@@ -3,6 +3,8 @@
 Per optimizer step: lr from the schedule, `grad_accum` micro-batches (loss / grad_accum, backward), clip,
 AdamW step. Windows come from a `WindowSampler`, a pure function of (seed, step, micro, rank), so together with
 the saved weights, optimizer and RNG state a resumed run is bit-identical to an uninterrupted one on CPU.
+Under torchrun the same loop runs data-parallel (`distributed.py`: DDP or FSDP2); rank 0 logs and writes
+checkpoints, and a run may resume on a different number of processes with the same global batch.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, run_flops
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
+from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import (
     latest_checkpoint,
-    load_training_state,
+    load_model_weights,
+    load_optimizer_and_rng,
     read_run_config,
+    read_state,
     save_checkpoint,
 )
-from cocomix.train.metrics import MetricsLogger, Throughput, format_duration
+from cocomix.train.metrics import MetricsLogger, SilentLogger, Throughput, format_duration
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
 
 
@@ -58,7 +63,11 @@ class TrainResult:
     val_loss: float | None
 
 
-def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool) -> Path | None:
+# may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
+_RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel")
+
+
+def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
     """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
@@ -77,9 +86,19 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool) -> Path | None:
         return None
     if has_config:
         stored = read_run_config(run_dir)
-        if stored != run:
-            diff = [k for k, v in _flatten(run.to_dict()).items() if _flatten(stored.to_dict()).get(k) != v]
+        old, new = _flatten(stored.to_dict()), _flatten(run.to_dict())
+        diff = [k for k, v in new.items() if old.get(k) != v and k not in _RESHARDABLE]
+        if diff:
             raise CheckpointError(f"{run_dir}: cannot resume, config differs from the stored one in {diff[:3]}")
+        if ckpt is not None:
+            state = read_state(ckpt)
+            saved = state.get("global_batch", stored.train.micro_batch_size * stored.train.grad_accum)
+            now = run.train.micro_batch_size * run.train.grad_accum * world_size
+            if saved != now:
+                raise CheckpointError(
+                    f"{run_dir}: cannot resume with a global batch of {now} windows (micro_batch_size "
+                    f"{run.train.micro_batch_size} × grad_accum {run.train.grad_accum} × {world_size} processes); "
+                    f"the run was saved with {saved} — change train.micro_batch_size or train.grad_accum to match")
     return ckpt
 
 
@@ -103,36 +122,50 @@ def flops_per_token(run: RunConfig, method: Method) -> dict[str, float]:
 
 
 def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint."""
-    run_dir = Path(run_dir)
+    """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint.
+    Under torchrun every process calls this; see `distributed.py`."""
+    ctx = dd.context_from_env()
+    result = _train(run, Path(run_dir), resume, quiet, ctx)
+    dd.teardown(ctx)
+    return result
+
+
+def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext) -> TrainResult:
     tc = run.train
     store = TokenStore.open(run.data.path)
     check_vocab(store, run.model.vocab_size)
     sampler = WindowSampler(store.num_chunks("train", run.data.seq_len), tc.seed, tc.micro_batch_size,
-                            tc.grad_accum)
-    ckpt = prepare_run_dir(run, run_dir, resume)
-    device = resolve_device(tc.device)
+                            tc.grad_accum, ctx.world_size, ctx.rank)
+    ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
+    device = dd.setup(ctx, resolve_device(tc.device))
 
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)
     model: Transformer = method.build_model().to(device)
     method.prepare(device, store)
+    state: dict = {}
+    if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
+        state = read_state(ckpt)
+        load_model_weights(model, ckpt / "model.safetensors")
+    module = dd.wrap(model, ctx, tc.parallel, device)
     optimizer = build_optimizer(model, tc, device)
-    start, val_loss = 0, None
     if ckpt is not None:
-        state = load_training_state(ckpt, model, optimizer)
-        start, val_loss = state["step"], state.get("val_loss")
-    train_s0 = float(state.get("train_s", 0.0)) if ckpt is not None else 0.0
-    logger = MetricsLogger(run_dir, tc.log_backends, resume_step=start if ckpt is not None else None,
-                           config=run.to_dict(), quiet=quiet)
-    atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
+        load_optimizer_and_rng(ckpt, lambda saved: dd.load_optimizer(model, optimizer, saved, ctx, tc.parallel))
+    start, val_loss = state.get("step", 0), state.get("val_loss")
+    train_s0 = float(state.get("train_s", 0.0))
+    resume_step = start if ckpt is not None else None
+    logger = (MetricsLogger(run_dir, tc.log_backends, resume_step=resume_step, config=run.to_dict(), quiet=quiet)
+              if ctx.is_main else SilentLogger())
+    if ctx.is_main:
+        atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
     flops = flops_per_token(run, method)
     if ckpt is None:
         logger.log({"kind": "flops", "step": 0, **{f"flops_per_token_{k}": v for k, v in flops.items()}})
-    forward_model = torch.compile(model) if tc.compile else model
+    forward_model = torch.compile(module) if tc.compile else module
     cast = autocast_for(tc.precision, device)
-    tokens_per_step = tc.micro_batch_size * tc.grad_accum * run.data.seq_len
-    logger.print(f"cocomix: {run.method} | {model.num_params() / 1e6:.2f}M params | {device} | "
+    tokens_per_step = sampler.global_batch * run.data.seq_len
+    procs = f" × {ctx.world_size} processes ({tc.parallel})" if ctx.active else ""
+    logger.print(f"cocomix: {run.method} | {model.num_params() / 1e6:.2f}M params | {device}{procs} | "
                  f"{store.num_chunks('train', run.data.seq_len)} train windows of {run.data.seq_len} | "
                  f"{tokens_per_step} tokens/step | steps {start}->{tc.steps} | "
                  f"{flops['total'] / 1e6:.1f} MFLOP/token (student {flops['student'] / 1e6:.1f})")
@@ -164,9 +197,10 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         for micro in range(tc.grad_accum):
             chunk_ids = sampler.indices(step, micro)
             ids = store.batch("train", chunk_ids, run.data.seq_len).to(device)
-            with cast:
-                loss, metrics = method.loss(forward_model, Batch(ids, chunk_ids))
-            (loss / tc.grad_accum).backward()
+            with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
+                with cast:
+                    loss, metrics = method.loss(forward_model, Batch(ids, chunk_ids))
+                (loss / tc.grad_accum).backward()
             for k, v in metrics.items():
                 sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
         if tc.grad_clip > 0:
@@ -179,25 +213,28 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
         done = step + 1
         log_now = done % tc.log_every == 0 or done == tc.steps
         save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
-        if log_now or save_now:  # the only places metrics leave the device
-            values = {k: float(v) for k, v in sums.items()}
+        if log_now or save_now:  # the only places metrics leave the device (averaged over the processes)
+            values = {k: float(v) for k, v in dd.mean_over_ranks(sums, ctx).items()}
             train_loss = values.get("loss", math.nan)
             if not math.isfinite(train_loss):
                 raise CocomixError(f"training diverged by step {done}: loss is {train_loss} (lower train.lr?)")
         if log_now:
             rate, eta = meter.report(done)
-            logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": float(grad_norm),
+            logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": dd.scalar(grad_norm),
                         "tokens": done * tokens_per_step, "flops": done * tokens_per_step * flops["total"],
                         "tok_per_s": rate, "train_s": train_seconds(), **values})
             others = "".join(f" | {k} {v:.4f}" for k, v in values.items() if k not in ("loss", "total_loss"))
             logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
-                         f"gnorm {float(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
+                         f"gnorm {dd.scalar(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
         if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
             val_loss = run_eval(done)
         if save_now:
-            save_checkpoint(run_dir, done, model, optimizer,
-                            {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
-                             "train_s": train_seconds()}, tc.keep_checkpoints)
+            weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
+            if ctx.is_main:
+                save_checkpoint(run_dir, done, weights, optim_state,
+                                {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
+                                 "train_s": train_seconds(), "global_batch": sampler.global_batch,
+                                 "world_size": ctx.world_size}, tc.keep_checkpoints)
     if start >= tc.steps and ckpt is not None:  # nothing left to do: report the stored numbers
         train_loss = state.get("train_loss", math.nan)
     logger.close()

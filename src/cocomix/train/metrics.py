@@ -79,6 +79,19 @@ class MetricsLogger:
             sink.close() if kind == "tensorboard" else sink.finish()
 
 
+class SilentLogger:
+    """What ranks other than 0 log under torchrun: nothing."""
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def print(self, msg: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Throughput:
     """Tokens/s over the last logging interval and ETA from the mean step time since (re)start."""
 

@@ -1,0 +1,191 @@
+"""Data-parallel training under torchrun: DDP or FSDP2 (`fully_shard`), one node or many (no paper equation).
+
+`torchrun --nproc_per_node=N -m cocomix train …` starts N copies of the same command; each reads its RANK,
+WORLD_SIZE and LOCAL_RANK from the environment. Every rank builds the same model from the same seed, loads the
+frozen teacher and SAE itself, and reads its own slice of each step's global batch from the `WindowSampler`
+(micro-batch m of rank r holds positions (m · W + r) · B … of the step's G = B · grad_accum · W windows), so W
+processes with micro-batch B see exactly the windows one process with micro-batch W · B sees.
+
+- `ddp`: `DistributedDataParallel`; gradients are averaged once per optimizer step (`no_sync` on all but the
+  last micro-batch).
+- `fsdp`: FSDP2 — every transformer block and then the whole model are `fully_shard`ed (parameters, gradients
+  and optimizer state split over the ranks); gradient reduce-scatter only on the last micro-batch
+  (`set_requires_gradient_sync`).
+
+Checkpoints stay in the single-process format whatever the mode: rank 0 writes the full (gathered) weights and
+the optimizer state keyed by parameter position, so a run saved by W processes resumes on any other number of
+processes with the same global batch. The backend is NCCL on CUDA and gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cocomix.errors import ConfigError
+
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def context_from_env() -> DistContext:
+    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK); a plain single process without it."""
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        raw = os.environ.get(name)
+        try:
+            values[name] = int(raw) if raw is not None else None
+        except ValueError:
+            raise ConfigError(f"environment {name}: expected an integer, got {raw!r}") from None
+    world = values["WORLD_SIZE"] or 1
+    rank = values["RANK"] or 0
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"environment RANK={rank} / WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
+    return DistContext(rank, world, values["LOCAL_RANK"] or 0)
+
+
+def setup(ctx: DistContext, device: torch.device) -> torch.device:
+    """Join the process group (once) and return this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    if not ctx.active:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.active and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device) -> nn.Module:
+    """The module the training step calls: the model itself (one process), DDP around it, or the model after
+    `fully_shard` of each block and of the root (FSDP2 shards in place: the returned module is `model`)."""
+    if parallel not in PARALLEL:
+        raise ConfigError(f"train.parallel: expected one of {PARALLEL}, got {parallel!r}")
+    if not ctx.active:
+        return model
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (ctx.world_size,))
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+@contextlib.contextmanager
+def grad_sync(module: nn.Module, ctx: DistContext, parallel: str, sync: bool) -> Iterator[None]:
+    """Within it, backward reduces gradients across ranks only when `sync` (the last micro-batch of a step)."""
+    if not ctx.active:
+        yield
+    elif parallel == "ddp":
+        with contextlib.nullcontext() if sync else module.no_sync():
+            yield
+    else:
+        module.set_requires_gradient_sync(sync)
+        yield
+
+
+def scalar(t: torch.Tensor) -> float:
+    """A Python float from a tensor or a DTensor (FSDP2's gradient norm)."""
+    full = getattr(t, "full_tensor", None)
+    return float(full() if full is not None else t)
+
+
+def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
+    """Each metric averaged over the ranks (a collective: every rank calls it at the same steps)."""
+    if not ctx.active or not values:
+        return values
+    keys = sorted(values)
+    stacked = torch.stack([values[k].float() for k in keys])
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    stacked /= ctx.world_size
+    return dict(zip(keys, stacked, strict=True))
+
+
+def _options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistContext,
+               parallel: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(weights, optimizer state) in the single-process format; under FSDP a collective that gathers shards."""
+    if not (ctx.active and parallel == "fsdp"):
+        return {n: t.detach() for n, t in model.state_dict().items()}, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    weights = get_model_state_dict(model, options=_options())  # full on rank 0, empty elsewhere
+    aliases = ({n for n, _ in model.named_parameters(remove_duplicate=False)}
+               - {n for n, _ in model.named_parameters()})  # tied weights (lm_head = wte) are stored once
+    weights = {n: t for n, t in weights.items() if n not in aliases}
+    optim = get_optimizer_state_dict(model, optimizer, options=_options())
+    return weights, _positional(optim) if ctx.is_main else {}
+
+
+def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any], ctx: DistContext,
+                   parallel: str) -> None:
+    """Load a single-process optimizer state into the (possibly sharded) optimizer."""
+    if not (ctx.active and parallel == "fsdp"):
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    name_of: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        name_of.setdefault(id(p), n)
+    names = [[name_of[id(p)] for p in g["params"]] for g in optimizer.param_groups]
+    # every rank read the whole file, so each passes the full state and keeps its own shards
+    set_optimizer_state_dict(model, optimizer, _by_name(saved, names), options=StateDictOptions(full_state_dict=True))
+
+
+def _positional(named: dict[str, Any]) -> dict[str, Any]:
+    """FQN-keyed optimizer state -> keyed by position in the param groups (torch's own `state_dict` format)."""
+    order = [n for g in named["param_groups"] for n in g["params"]]
+    index = {n: i for i, n in enumerate(order)}
+    groups, start = [], 0
+    for g in named["param_groups"]:
+        groups.append({**g, "params": list(range(start, start + len(g["params"])))})
+        start += len(g["params"])
+    return {"state": {index[n]: s for n, s in named["state"].items()}, "param_groups": groups}
+
+
+def _by_name(positional: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
+    """The inverse of `_positional`, given each group's parameter names."""
+    flat = [n for g in names for n in g]
+    if len(flat) != sum(len(g["params"]) for g in positional["param_groups"]):
+        raise ConfigError("optimizer state: the checkpoint's parameter count differs from the model's")
+    groups = [{**g, "params": list(ns)} for g, ns in zip(positional["param_groups"], names, strict=True)]
+    return {"state": {flat[int(i)]: s for i, s in positional["state"].items()}, "param_groups": groups}

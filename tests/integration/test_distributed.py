@@ -1,0 +1,96 @@
+"""torchrun data parallelism on CPU (gloo): 2 processes with DDP or FSDP2 give the per-step losses of 1 process with
+the same global batch, and a checkpoint written by 2 processes resumes on 1 (issue 7, acceptance 1)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+STEPS = 6
+
+
+def _sets(store: Path, parts: tuple[Path, Path], mbs: int, accum: int, parallel: str = "ddp") -> list[str]:
+    kv = ["model.vocab_size=320", "model.context_length=64", f"data.path={store}", "data.seq_len=32",
+          f"train.steps={STEPS}", f"train.micro_batch_size={mbs}", f"train.grad_accum={accum}", "train.log_every=1",
+          "train.eval_every=0", "train.save_every=3", "train.warmup_steps=2", "train.device=cpu",
+          f"train.parallel={parallel}", f"concept.teacher={parts[0]}", f"concept.sae={parts[1]}",
+          "concept.n_latents=256", "concept.teacher_layer=1", "concept.d_teacher=32", "concept.mix_k=8"]
+    return [x for s in kv for x in ("--set", s)]
+
+
+def _train(preset: str, sets: list[str], out: Path, procs: int = 1, resume: bool = False,
+           ) -> subprocess.CompletedProcess:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m"]
+                if procs > 1 else [sys.executable, "-m"])
+    cmd = [*launcher, "cocomix", "train", "--preset", preset, *sets, "--out", str(out)] + (["--resume"] * resume)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _losses(run: Path) -> list[dict[str, float]]:
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: e[k] for k in ("loss", "concept_loss") if k in e} for e in events if e["kind"] == "train"]
+
+
+def _close(a: list[dict[str, float]], b: list[dict[str, float]], rel: float = 1e-5) -> bool:
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(abs(x[k] - y[k]) <= rel * abs(y[k]) for k in x)
+                                    for x, y in zip(a, b, strict=True))
+
+
+PRESETS = {"ntp": "tiny", "cocomix": "tiny-cocomix"}
+
+
+@pytest.fixture(scope="module")
+def single(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+           ) -> dict[str, Path]:
+    """One-process reference runs, micro-batch 4 (the global batch of every 2-process run below)."""
+    root = tmp_path_factory.mktemp("single")
+    for method, preset in PRESETS.items():
+        r = _train(preset, _sets(store_dir, concept_parts, 4, 1), root / method)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return {m: root / m for m in PRESETS}
+
+
+# (method, parallel, micro-batch, grad_accum) with 2 processes: 2 · mbs · accum = 4 windows per step
+CASES = [("ntp", "ddp", 2, 1), ("ntp", "fsdp", 1, 2), ("cocomix", "ddp", 1, 2), ("cocomix", "fsdp", 2, 1)]
+
+
+@pytest.mark.parametrize("method,parallel,mbs,accum", CASES)
+def test_two_processes_match_one_process_step_by_step(method: str, parallel: str, mbs: int, accum: int,
+                                                      single: dict[str, Path], store_dir: Path,
+                                                      concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
+    r = _train(PRESETS[method], _sets(store_dir, concept_parts, mbs, accum, parallel), tmp_path / "run", procs=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "× 2 processes" in r.stderr and r.stdout.count('"run_dir"') == 1  # rank 0 alone reports
+    two, one = _losses(tmp_path / "run"), _losses(single[method])
+    assert len(two) == STEPS and _close(two, one), (two, one)
+    if method == "cocomix":
+        assert all("concept_loss" in x for x in two)
+    a = load_file(str(tmp_path / "run" / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
+    b = load_file(str(single[method] / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
+    assert sorted(a) == sorted(b) and all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
+
+
+def test_checkpoint_from_two_processes_resumes_on_one(single: dict[str, Path], store_dir: Path,
+                                                      concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
+    run = tmp_path / "fsdp"
+    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 1, "fsdp"), run, procs=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = tmp_path / "resumed"  # the same run, rolled back to its step-3 checkpoint
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / f"step_{STEPS:07d}")
+    (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 1), resumed, resume=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "global batch of 2 windows" in r.stderr and "saved with 4" in r.stderr
+    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 2), resumed, resume=True)  # 1 process × 2 × 2
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _close(_losses(resumed), _losses(run)) and _close(_losses(resumed), _losses(single["cocomix"]))
+    a = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
+    b = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
+    assert sorted(a) == sorted(b) and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
