@@ -156,6 +156,18 @@ def test_compute_targets_marks_the_final_position_and_supports_activation_select
     assert not torch.equal(t_act, t_attr)
 
 
+@pytest.mark.parametrize("selection", ["attribution", "activation"])
+def test_row_chunks_give_the_same_targets(selection: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cocomix.concepts.attribution as attribution
+
+    teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
+    sae = _random_sae(32, 64, 8)
+    ids = torch.randint(0, 97, (3, 11))
+    whole = compute_targets(teacher, sae, ids, k_attr=4, selection=selection)
+    monkeypatch.setattr(attribution, "_CHUNK_ELEMENTS", 2 * 64 * 5)  # 5 positions per SAE chunk: 7 chunks
+    assert torch.equal(compute_targets(teacher, sae, ids, k_attr=4, selection=selection), whole)
+
+
 @pytest.mark.skipif(not ANCHOR.is_dir(), reason="tests/fixtures/official-anchor missing")
 def test_matches_the_official_implementation_on_the_anchor() -> None:
     import transformers

@@ -14,6 +14,9 @@ candidates (the smallest latent ids not active at that position).
 The final position of a window has no next token, so its gradient and scores are zero: its targets are
 marked invalid with -1.
 
+The SAE encode and the attribution run in row chunks, so its (rows, C) pre-activations never span the whole
+batch.
+
 `selection="activation"` is the paper's ablation (§3.3a): the `k_attr` latents with the largest activation.
 `multiplier="pre_activation"` is the paper's Eq. 1 as written: s = c_pre ⊙ (g · W_dec) with the SAE's
 pre-TopK activations, so inactive latents can score too; it needs all C decoder columns and is computed in
@@ -102,11 +105,17 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
         targets = dense_preactivation_targets(tp.grad, pre, sae.W_dec, k_attr)
         targets[:, -1] = INVALID
         return targets
-    values, indices, _ = sae.encode(hidden)  # (B, T, k) each
-    if selection == "activation":
-        scores = values
-    else:
-        scores = active_attribution(tp.grad, values, indices, sae.W_dec)  # (B, T, k)
-    targets = select_targets(scores, indices, k_attr)
+    B, T, d = hidden.shape
+    flat_h, flat_g = hidden.reshape(1, B * T, d), tp.grad.reshape(1, B * T, d)
+    rows = max(1, _CHUNK_ELEMENTS // (2 * sae.n_latents))  # bounds the SAE's (rows, C) pre-activations
+    targets = []
+    for s in range(0, B * T, rows):  # every position is independent: the same targets in row chunks
+        values, indices, _ = sae.encode(flat_h[:, s:s + rows])  # (1, n, k) each
+        if selection == "activation":
+            scores = values
+        else:
+            scores = active_attribution(flat_g[:, s:s + rows], values, indices, sae.W_dec)  # (1, n, k)
+        targets.append(select_targets(scores, indices, k_attr))
+    targets = torch.cat(targets, dim=1).view(B, T, k_attr)
     targets[:, -1] = INVALID
     return targets

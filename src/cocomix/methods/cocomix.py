@@ -25,15 +25,23 @@ from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
 
 
+def training_targets(targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
+    """The labels trained on: with mask_last False the final position (marked invalid, −1) is trained towards
+    labels 0 … k_attr−1, as the official code does."""
+    if mask_last:
+        return targets
+    targets = targets.clone()
+    targets[:, -1] = torch.arange(targets.shape[-1], device=targets.device)
+    return targets
+
+
 def concept_loss(logits: torch.Tensor, targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
     """Mean over valid positions of the k_attr-averaged C-way CE: logits (B, T, C), targets (B, T, k_attr).
 
-    Targets < 0 mark invalid positions. With mask_last False the final position is trained towards labels
-    0 … k_attr−1, as the official code does.
+    Targets < 0 mark invalid positions (see `training_targets` for mask_last). Training computes the same loss
+    fused with the head (`cocomix.model.concept_head`); this unfused form serves evaluation and tests.
     """
-    if not mask_last:
-        targets = targets.clone()
-        targets[:, -1] = torch.arange(targets.shape[-1], device=targets.device)
+    targets = training_targets(targets, mask_last)
     logits = logits.float()
     valid = (targets[..., 0] >= 0).to(logits.dtype)  # (B, T)
     lse = torch.logsumexp(logits, dim=-1)  # (B, T)
@@ -120,15 +128,20 @@ class CoCoMix(Method):
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.run.concept
-        out = model(batch.ids)
-        ntp = next_token_loss(out.logits, batch.ids)
         if c.lambda_concept == 0:
+            out = model(batch.ids)
+            ntp = next_token_loss(out.logits, batch.ids)
             return ntp, {"loss": ntp.detach()}
         if c.target == "hidden":
+            out = model(batch.ids)
             _, hidden = self.teacher.forward_pass(batch.ids)
             aux = hidden_loss(out.aux["hidden_pred"], normalize(hidden.float())[0], c.hidden_loss)
         else:
-            aux = concept_loss(out.aux["concept_logits"], self.targets(batch), c.mask_last_position)
+            # targets first: the teacher's transient memory is freed before the student's activations exist
+            targets = training_targets(self.targets(batch), c.mask_last_position)
+            out = model(batch.ids, concept_targets=targets)
+            aux = out.aux["concept_loss"]
+        ntp = next_token_loss(out.logits, batch.ids)
         total = ntp + c.lambda_concept * aux
         return total, {"loss": ntp.detach(), "concept_loss": aux.detach(), "total_loss": total.detach()}
 

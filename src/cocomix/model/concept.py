@@ -17,6 +17,10 @@ Concept slots get no position embedding (gpt2) and share their token's rotary po
 
 `steer(concepts, alphas)` multiplies chosen concept logits by α before the TopK (paper §3.4, steering).
 
+In training the method passes the concept targets into the forward (`Transformer(ids, concept_targets=…)`): the
+head, L_concept and the TopK then run fused and chunked (`concept_head.py`) and aux holds `concept_loss` instead
+of the (B, T, C) `concept_logits`.
+
 `PauseSeam` is the pause-token baseline: a learned vector inserted after every token at the same layer
 (`concept.pause_slot = "vector"`, the paper's wording), or that vector added to a copy of its token's hidden state
 (`"token"`: the same extra computation as CoCoMix's slot, with no teacher information in it).
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cocomix.model.concept_head import concept_head
 from cocomix.model.seam import Seam, interleave, read_slots
 
 MIXINGS = ("insert", "add", "none")
@@ -86,18 +91,32 @@ class ConceptSeam(Seam):
         values, indices = torch.topk(logits, self.mix_k, dim=-1)  # (B, T, K)
         if self._steer is not None:
             self.last_topk = indices.detach()  # which concepts were mixed, for steering reports
+        return self.compress_topk(values, indices, mu, sd)
+
+    def compress_topk(self, values: Tensor, indices: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
+        """Σ_j values_j · W_comp[indices_j] + biases, un-normalised: (B, T, K) twice -> (B, T, d)."""
         B, T, K = values.shape
         rows = F.embedding_bag(indices.reshape(-1, K), self.compress_weight,
                                per_sample_weights=values.reshape(-1, K).to(self.compress_weight.dtype),
                                mode="sum").view(B, T, -1)  # (B, T, d)
         return (rows + self.compress_bias + self.pre_bias) * sd + mu
 
-    def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
-        logits, mu, sd = self.concept_logits(h)
-        aux = {"concept_logits": logits}
-        if self.mixing == "none":
-            return h, pos, aux
-        c = self.concept_vector(logits, mu, sd)  # (B, T, d)
+    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
+        if targets is not None and self._steer is None:  # training: fused, chunked head + L_concept + TopK
+            x, mu, sd = normalize(h)
+            k = 0 if self.mixing == "none" else self.mix_k
+            values, indices, loss = concept_head(x - self.pre_bias, self.predictor.weight, self.predictor.bias,
+                                                 targets, k)
+            aux = {"concept_loss": loss}
+            if self.mixing == "none":
+                return h, pos, aux
+            c = self.compress_topk(values, indices, mu, sd)
+        else:
+            logits, mu, sd = self.concept_logits(h)
+            aux = {"concept_logits": logits}
+            if self.mixing == "none":
+                return h, pos, aux
+            c = self.concept_vector(logits, mu, sd)  # (B, T, d)
         if self.mixing == "add":
             return h + c, pos, aux
         return interleave(h, c), pos.repeat_interleave(2), aux
@@ -123,7 +142,7 @@ class HiddenSeam(ConceptSeam):
             nn.init.normal_(m.weight, 0.0, init_std)
             nn.init.zeros_(m.bias)
 
-    def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
+    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
         x, mu, sd = normalize(h)
         pred = self.predictor(x - self.pre_bias)  # (B, T, d_teacher)
         aux = {"hidden_pred": pred}
@@ -147,7 +166,7 @@ class PauseSeam(Seam):
         self.pause = nn.Parameter(torch.randn(d_model) * init_std)
         self.copy_token = copy_token
 
-    def insert(self, h: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, dict]:
+    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
         slots = self.pause.to(h.dtype).expand_as(h)                               # (B, S, d)
         if self.copy_token:
             slots = h + slots                                                     # the token's state + pause

@@ -20,8 +20,10 @@ class Seam(nn.Module):
         super().__init__()
         self.layer = layer
 
-    def insert(self, h: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """h (B, S, d) entering block `layer`, pos (S,) -> (sequence (B, S', d), its positions (S',), aux)."""
+    def insert(self, h: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """h (B, S, d) entering block `layer`, pos (S,) -> (sequence (B, S', d), its positions (S',), aux).
+        `targets` are training labels for seams that predict them (CoCoMix's concept targets); others ignore them."""
         return h, pos, {}
 
     def read(self, h: torch.Tensor) -> torch.Tensor:

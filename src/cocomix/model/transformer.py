@@ -78,8 +78,10 @@ class Transformer(nn.Module):
             raise ValueError(f"seam layer must be in [1, {self.cfg.n_layer - 1}], got {seam.layer}")
         self.seam = seam
 
-    def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> ModelOutput:
-        """ids (B, S) -> logits (B, S, V). With a cache, ids continue the cached sequence."""
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
+                concept_targets: torch.Tensor | None = None) -> ModelOutput:
+        """ids (B, S) -> logits (B, S, V). With a cache, ids continue the cached sequence. `concept_targets`
+        (B, S, k_attr) go to the seam (CoCoMix training: its loss comes back in aux["concept_loss"])."""
         B, S = ids.shape
         start = cache.tokens if cache is not None else 0
         pos = torch.arange(start, start + S, device=ids.device)  # (S,)
@@ -92,7 +94,7 @@ class Transformer(nn.Module):
         aux: dict = {}
         for i, block in enumerate(self.blocks):
             if self.seam is not None and i == self.seam.layer:
-                h, pos, aux = self.seam.insert(h, pos)
+                h, pos, aux = self.seam.insert(h, pos, concept_targets)
             h = block(h, pos, cache)
         if self.seam is not None:
             h = self.seam.read(h)

@@ -1,0 +1,91 @@
+"""The naive CoCoMix training step: the official code's way of computing the same function (the baseline
+`step_cost.py` measures the optimised path against; official-implementation.md §2.1, §2.4, bug 3).
+
+- Teacher with parameter gradients: its parameters require grad and `loss.backward()` runs the whole backward,
+  down to the embeddings, accumulating ~124M weight gradients that nobody reads; the residual's gradient is
+  read from a retained hook tensor.
+- Full attribution matmul: the SAE code is dense (B, T, C) with autograd on, and the scores are
+  `(grad @ W_dec) * z` over all C latents, then a dense `topk`.
+- Dense compression: the TopK logits are scattered into a (B, T, C) tensor and multiplied by the (C, d)
+  compression matrix.
+- Unfused, unchunked concept cross-entropy: the (B, T, C) logits kept for the backward and one full
+  log-softmax over them per label (four for k_attr = 4).
+
+Everything here computes the same targets and losses as `cocomix` (checked by `step_cost.py` before timing).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cocomix.concepts.attribution import INVALID
+
+
+class NaiveTargets:
+    """Official-style target computation; `model` is a causal LM without the library's capture hook (a copy of
+    the teacher's weights), `layer` the block whose output the SAE reads."""
+
+    def __init__(self, model: torch.nn.Module, layer: int, sae: Any, k_attr: int) -> None:
+        from cocomix.teacher import find_blocks
+
+        self.model, self.sae, self.k_attr = model.eval(), sae, k_attr
+        for p in list(self.model.parameters()) + list(sae.parameters()):
+            p.requires_grad_(True)
+        self._act: torch.Tensor | None = None
+        find_blocks(model)[layer].register_forward_hook(self._keep)
+
+    def _keep(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        act = output[0] if isinstance(output, tuple) else output
+        act.retain_grad()
+        self._act = act
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.model(ids)
+        logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+        loss.backward()  # weight gradients of the whole teacher, as the official code
+        act, self._act = self._act, None
+        z, _ = self.sae.encode_dense(act.detach())  # (B, T, C), autograd on (SAE parameters require grad)
+        scores = (act.grad @ self.sae.W_dec) * z  # (B, T, C)
+        targets = torch.topk(scores, self.k_attr, dim=-1).indices  # (B, T, k_attr)
+        targets[:, -1] = INVALID
+        return targets
+
+
+def dense_compression(seam: Any) -> None:
+    """Make a `ConceptSeam` compress its TopK logits with a dense (B, T, C) @ (C, d) matmul."""
+
+    def concept_vector(self: Any, logits: torch.Tensor, mu: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+        values, indices = torch.topk(logits, self.mix_k, dim=-1)  # (B, T, K)
+        masked = torch.zeros_like(logits).scatter(-1, indices, values)  # (B, T, C)
+        rows = masked @ self.compress_weight.to(masked.dtype)  # (B, T, d)
+        return (rows + self.compress_bias + self.pre_bias) * sd + mu
+
+    seam.concept_vector = types.MethodType(concept_vector, seam)
+
+
+def unchunked_concept_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The concept CE as the official code computes it: one full log-softmax over (B·T, C) per label."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()  # (B·T, C)
+    labels = targets.reshape(-1, targets.shape[-1])  # (B·T, k_attr), −1 ignored (the masked last position)
+    return sum(F.cross_entropy(flat, labels[:, i], ignore_index=INVALID) for i in range(labels.shape[1])) / (
+        labels.shape[1])
+
+
+def naive_loss(method: Any, targets_fn: NaiveTargets) -> Any:
+    """A `Method.loss` for CoCoMix computed the naive way: official targets, unfused head, full CE."""
+    from cocomix.methods import next_token_loss
+
+    def loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        targets = targets_fn(batch.ids)
+        out = model(batch.ids)  # full (B, T, C) concept logits; compression patched dense
+        ntp = next_token_loss(out.logits, batch.ids)
+        aux = unchunked_concept_loss(out.aux["concept_logits"], targets)
+        total = ntp + method.run.concept.lambda_concept * aux
+        return total, {"loss": ntp.detach(), "concept_loss": aux.detach()}
+
+    return loss

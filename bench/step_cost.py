@@ -1,0 +1,284 @@
+"""Training-step cost of every method, side by side in one run: step time, tokens/s, analytic FLOPs per token,
+achieved FLOP/s and peak memory; plus CoCoMix's naive mode (`naive.py`, the official code's way) as the
+baseline of the optimised path. One JSON object goes to stdout.
+
+A step is what `cocomix.train` does per optimizer update: the method's loss, backward, gradient clipping, AdamW,
+zero_grad. Methods:
+
+    ntp              NTP at the CoCoMix student's width (the FLOPs-ratio comparison)
+    ntp-matched      the parameter-matched NTP preset (wider)
+    cocomix          CoCoMix, targets online (teacher + SAE every step), optimised
+    cocomix-naive    the same step with the official code's target computation, dense compression, full CE
+    cocomix-cached   CoCoMix with precomputed targets (read from memory: the disk read is not timed)
+    kd               knowledge distillation (teacher forward, KL)
+    pause            pause slots
+
+Shapes: `--shape 69m` is the paper's 69M configuration (student d 512, 8 layers, vocab 50257, 32768 concepts,
+mix_k 32, GPT-2-small teacher at block 5 — a randomly initialised `transformers` GPT-2, nothing is downloaded)
+at a short context for CPU; `--shape tiny` the demo's shapes. Timing alternates the methods round by round
+(rotating the order) and reports medians. Peak memory: each method is run in a fresh subprocess; on CUDA
+`torch.cuda.max_memory_allocated`, on CPU the process's peak resident set (VmHWM) minus its size before the
+model was built — weights, optimizer state, teacher and the step's transient memory together — and, separately,
+the rise of VmHWM during the steps over the resident size before them (the step's own transient memory).
+
+    PYTHONPATH=src python bench/step_cost.py --shape 69m --seq-len 128 --batch 4
+    PYTHONPATH=src python bench/step_cost.py --shape tiny --methods ntp,cocomix,cocomix-naive
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from naive import NaiveTargets, dense_compression, naive_loss  # noqa: E402
+
+from cocomix.methods import METHODS, Batch  # noqa: E402
+from cocomix.presets import get_preset  # noqa: E402
+from cocomix.train.loop import flops_per_token  # noqa: E402
+from cocomix.train.optim import build_optimizer  # noqa: E402
+
+ALL = ("ntp", "ntp-matched", "cocomix", "cocomix-naive", "cocomix-cached", "kd", "pause")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=("69m", "tiny"), default="69m")
+    p.add_argument("--methods", default=",".join(ALL))
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=4, help="micro-batch (windows per step)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (one step of every method per round)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
+    p.add_argument("--summary", action="store_true", help="also print a readable summary to stderr")
+    p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: one method's memory
+    return p.parse_args()
+
+
+def runs_for(shape: str, seq_len: int, batch: int) -> dict[str, Any]:
+    """RunConfigs of every method at the shape, dropout off (it is noise in a timing)."""
+    names = {"69m": {"ntp-matched": "gpt2-69m-ntp", "cocomix": "gpt2-69m-cocomix", "kd": "gpt2-69m-kd",
+                     "pause": "gpt2-69m-pause"},
+             "tiny": {"ntp-matched": "tiny", "cocomix": "tiny-cocomix", "kd": "tiny-kd", "pause": "tiny-pause"}}[shape]
+    out = {}
+    for method, preset in names.items():
+        run = get_preset(preset)
+        model = dataclasses.replace(run.model, dropout=0.0, context_length=max(seq_len, 8))
+        out[method] = dataclasses.replace(run, model=model, data=dataclasses.replace(run.data, seq_len=seq_len),
+                                          train=dataclasses.replace(run.train, micro_batch_size=batch, device="cpu"))
+    coco = out["cocomix"]
+    out["ntp"] = dataclasses.replace(out["ntp-matched"], model=dataclasses.replace(out["ntp-matched"].model,
+                                                                                   d_model=coco.model.d_model))
+    return out
+
+
+def build_teacher(shape: str, run: Any) -> tuple[torch.nn.Module, Any]:
+    """A randomly initialised teacher of the preset's shape and a random TopK SAE on its residual."""
+    from cocomix.sae import TopKSAE
+
+    torch.manual_seed(1)
+    if shape == "69m":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        model = GPT2LMHeadModel(GPT2Config(n_positions=1024))
+        d = 768
+    else:
+        from cocomix.config import ModelConfig
+        from cocomix.model import Transformer
+
+        model = Transformer(ModelConfig(vocab_size=run.model.vocab_size, n_layer=4, n_head=4, d_model=128,
+                                        context_length=run.model.context_length))
+        d = 128
+    sae = TopKSAE(d, run.concept.n_latents, 32)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.05)
+    return model, sae
+
+
+class Step:
+    """One method's model, optimizer and loss; `__call__` runs one training step on the batch."""
+
+    def __init__(self, name: str, runs: dict[str, Any], shape: str, device: torch.device) -> None:
+        from cocomix.teacher import Teacher
+
+        key = {"cocomix-naive": "cocomix", "cocomix-cached": "cocomix"}.get(name, name)
+        self.run = runs[key]
+        self.name = name
+        torch.manual_seed(0)
+        self.method = METHODS[self.run.method](self.run)
+        self.model = self.method.build_model().to(device)
+        if self.run.method in ("cocomix", "kd"):
+            hf, sae = build_teacher(shape, self.run)
+            c = self.run.concept
+            self.method.teacher = Teacher(copy.deepcopy(hf).to(device), c.teacher_layer)
+            if self.run.method == "cocomix":
+                self.method.sae = sae.to(device)
+                if name == "cocomix-naive":
+                    naive = NaiveTargets(copy.deepcopy(hf).to(device), c.teacher_layer, copy.deepcopy(sae), c.k_attr)
+                    self.method.loss = naive_loss(self.method, naive)
+                    dense_compression(self.model.seam)
+            del hf
+        self.optimizer = build_optimizer(self.model, self.run.train, device)
+        self.flops = flops_per_token(self.run, self.method)
+        self.cached: dict[int, torch.Tensor] = {}
+        self.online_targets = self.method.targets if self.run.method == "cocomix" else None
+
+    def prefill(self, batches: list[torch.Tensor]) -> None:
+        """cocomix-cached: the targets of every batch, computed before any timing; then the teacher and SAE
+        are dropped, as a run with cached targets never loads them."""
+        for key, ids in enumerate(batches):
+            self.cached[key] = self.online_targets(Batch(ids, None))
+        self.method.teacher = self.method.sae = self.online_targets = None
+
+    def __call__(self, ids: torch.Tensor, key: int) -> float:
+        batch = Batch(ids, None)
+        if self.name == "cocomix-cached":
+            target = self.cached[key]
+            self.method.targets = lambda b: target
+        loss, _ = self.method.loss(self.model, batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+def _vm(field: str) -> float:
+    """A /proc/self/status field in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Peak memory of one method's steps, in this (fresh) process."""
+    device = torch.device(args.device)
+    runs = runs_for(args.shape, args.seq_len, args.batch)
+    vocab = runs["ntp"].model.vocab_size
+    ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    base = _vm("VmRSS")
+    step = Step(name, runs, args.shape, device)
+    if name == "cocomix-cached":
+        step.prefill([ids])
+    step(ids, 0)  # optimizer state and cached targets exist from here on
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        resident = torch.cuda.memory_allocated()
+        step(ids, 0)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return {"peak_mib": peak / 2**20, "step_transient_mib": (peak - resident) / 2**20}
+    resident = _vm("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    step(ids, 0)
+    peak = _vm("VmHWM")
+    return {"peak_mib": peak - base, "step_transient_mib": peak - resident}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_of:
+        print(json.dumps(memory_of(args.memory_of, args)))
+        return
+    names = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in names if m not in ALL]
+    if unknown:
+        sys.exit(f"--methods: unknown {unknown}; expected names from {ALL}")
+    device = torch.device(args.device)
+    runs = runs_for(args.shape, args.seq_len, args.batch)
+    steps = {n: Step(n, runs, args.shape, device) for n in names}
+    vocab = runs["ntp"].model.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, vocab, (args.batch, args.seq_len), generator=gen).to(device)
+               for _ in range(args.warmup + args.rounds)]
+    if "cocomix-cached" in steps:
+        steps["cocomix-cached"].prefill(batches)
+    check = {}
+    if "cocomix" in steps and "cocomix-naive" in steps:  # same function: same first loss from the same weights
+        first = {n: steps[n](batches[0], 0) for n in ("cocomix", "cocomix-naive")}
+        check = {"first_loss_optimised": first["cocomix"], "first_loss_naive": first["cocomix-naive"]}
+    for i in range(args.warmup):
+        for n in names:
+            steps[n](batches[i], i)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            b = args.warmup + r
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            steps[n](batches[b], b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[n].append(time.perf_counter() - t0)
+    tokens = args.batch * args.seq_len
+    result: dict[str, Any] = {"shape": args.shape, "seq_len": args.seq_len, "batch": args.batch,
+                              "rounds": args.rounds, "threads": torch.get_num_threads(), "device": str(device),
+                              "torch": torch.__version__, "methods": {}, "naive_check": check}
+    for n in names:
+        med = statistics.median(times[n])
+        f = steps[n].flops
+        per_token = f["student"] + (0.0 if n == "cocomix-cached" else f.get("teacher", 0.0) + f.get("sae", 0.0))
+        result["methods"][n] = {"step_s": med, "tokens_per_s": tokens / med, "flops_per_token": per_token,
+                                "achieved_flops_per_s": per_token * tokens / med,
+                                "params_m": steps[n].model.num_params() / 1e6}
+    del steps
+    if not args.no_memory:
+        for n in names:
+            cmd = [sys.executable, __file__, "--memory-of", n, "--shape", args.shape, "--seq-len",
+                   str(args.seq_len), "--batch", str(args.batch), "--device", args.device]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            if out.returncode != 0:
+                sys.exit(f"memory subprocess for {n} failed: {out.stderr[-2000:]}")
+            result["methods"][n].update(json.loads(out.stdout.strip().splitlines()[-1]))
+    m = result["methods"]
+
+    def ratio(a: str, b: str, key: str) -> float | None:
+        return m[a][key] / m[b][key] if key in m.get(a, {}) and key in m.get(b, {}) else None
+
+    result["ratios"] = {
+        "naive_over_optimised_step": ratio("cocomix-naive", "cocomix", "step_s"),
+        "cached_over_ntp_step": ratio("cocomix-cached", "ntp", "step_s"),
+        "cached_over_ntp_flops": ratio("cocomix-cached", "ntp", "flops_per_token"),
+        "cocomix_over_ntp_matched_peak_memory": ratio("cocomix", "ntp-matched", "peak_mib"),
+        "cached_over_ntp_matched_peak_memory": ratio("cocomix-cached", "ntp-matched", "peak_mib"),
+        "cocomix_over_ntp_peak_memory": ratio("cocomix", "ntp", "peak_mib"),
+        "cached_over_ntp_peak_memory": ratio("cocomix-cached", "ntp", "peak_mib"),
+    }
+    r = result["ratios"]
+    if r["cached_over_ntp_step"] and r["cached_over_ntp_flops"]:
+        r["cached_time_ratio_over_flops_ratio"] = r["cached_over_ntp_step"] / r["cached_over_ntp_flops"]
+    print(json.dumps(result, indent=1))
+    if args.summary:
+        for n, v in m.items():
+            mem = f" | peak {v['peak_mib']:.0f} MiB (step +{v['step_transient_mib']:.0f})" if "peak_mib" in v else ""
+            print(f"{n:15s} {v['step_s']:.3f} s/step | {v['tokens_per_s']:.0f} tok/s | "
+                  f"{v['flops_per_token'] / 1e6:.1f} MFLOP/tok | {v['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s{mem}",
+                  file=sys.stderr)
+        print(json.dumps({k: v for k, v in r.items() if v is not None}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The concept head fused with its loss and TopK for training (paper Eq. 2-3; design §6: "the (B, T, C) logits
+dominate memory").
+
+For N positions with normalised hidden states x (N, d), predictor W (C, d), b (C,), targets (N, k_attr)
+(−1 marks an invalid position) it returns what training needs of the concept logits z = x Wᵀ + b:
+
+    values, indices = topk(z, mix_k)                                          what the compression mixes
+    loss = Σ_valid [logsumexp(z_n) − mean_i z_n[target_n,i]] / #valid          L_concept (Eq. 2, official)
+
+in row chunks of at most `CHUNK_ELEMENTS` logits, keeping only x, the log-sum-exp per row and the TopK indices
+for the backward, which recomputes each chunk's logits once:
+
+    ∂z = g_loss/#valid · valid · (softmax(z) − onehot(targets)/k_attr) + scatter(indices, g_values)
+
+The function is the same as `predictor` → `concept_loss` → `topk` (the unfused path, used when no targets are
+given), computed without ever holding the N × C logits: one chunk at a time, at the cost of one more
+N × d × C matmul in the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MiB in fp32)
+
+
+def chunk_rows(n_latents: int) -> int:
+    return max(1, CHUNK_ELEMENTS // n_latents)
+
+
+def _logits(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """x (n, d) -> z (n, C) in the autocast dtype of the surrounding region."""
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+class ConceptHeadFn(torch.autograd.Function):
+    """See the module docstring. Inputs x (N, d), weight (C, d), bias (C,), targets (N, A) int64, k (mix_k, 0 for
+    none); outputs values (N, k), indices (N, k) int64, loss (scalar fp32)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, k: int,  # noqa: ANN001
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        N, C = x.shape[0], weight.shape[0]
+        rows = chunk_rows(C)
+        lse = torch.empty(N, dtype=torch.float32, device=x.device)
+        picked = torch.empty(N, dtype=torch.float32, device=x.device)
+        values, indices, dtype = [], [], x.dtype
+        for s in range(0, N, rows):
+            z = _logits(x[s:s + rows], weight, bias)  # (n, C)
+            dtype = z.dtype
+            zf = z.float()
+            lse[s:s + rows] = torch.logsumexp(zf, dim=-1)
+            picked[s:s + rows] = zf.gather(-1, targets[s:s + rows].clamp_min(0)).mean(-1)
+            if k:
+                v, i = torch.topk(z, k, dim=-1)  # (n, k)
+                values.append(v)
+                indices.append(i)
+        valid = targets[:, 0] >= 0  # (N,)
+        n_valid = valid.sum().clamp_min(1).float()
+        loss = ((lse - picked) * valid).sum() / n_valid
+        values = torch.cat(values) if k else x.new_empty(N, 0, dtype=dtype)
+        indices = torch.cat(indices) if k else torch.empty(N, 0, dtype=torch.long, device=x.device)
+        ctx.save_for_backward(x, weight, bias, targets, lse, indices, valid, n_valid)
+        ctx.compute_dtype = dtype
+        ctx.mark_non_differentiable(indices)
+        return values, indices, loss
+
+    @staticmethod
+    def backward(ctx, g_values: Tensor | None, g_indices: Tensor | None,  # noqa: ANN001
+                 g_loss: Tensor | None) -> tuple:
+        x, weight, bias, targets, lse, indices, valid, n_valid = ctx.saved_tensors
+        dt = ctx.compute_dtype
+        N, C, A = x.shape[0], weight.shape[0], targets.shape[1]
+        rows = chunk_rows(C)
+        xc, wc, bc = x.to(dt), weight.to(dt), bias.to(dt)
+        scale = (g_loss.float() if g_loss is not None else torch.zeros((), device=x.device)) / n_valid
+        gx = torch.empty_like(x)
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        gb = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        for s in range(0, N, rows):
+            e = min(N, s + rows)
+            w_row = (scale * valid[s:e]).float()  # (n,)
+            grad = torch.exp(torch.nn.functional.linear(xc[s:e], wc, bc).float() - lse[s:e, None])  # softmax (n, C)
+            grad.mul_(w_row[:, None])
+            grad.scatter_add_(-1, targets[s:e].clamp_min(0), (-w_row / A)[:, None].expand(-1, A).contiguous())
+            if g_values is not None and indices.shape[1]:
+                grad.scatter_add_(-1, indices[s:e], g_values[s:e].float())
+            grad = grad.to(dt)  # (n, C)
+            gx[s:e] = (grad @ wc).to(x.dtype)
+            gw.addmm_(grad.t().float(), xc[s:e].float())
+            gb += grad.float().sum(0)
+        return gx, gw.to(weight.dtype), gb.to(bias.dtype), None, None
+
+
+def concept_head(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """x (B, T, d), targets (B, T, A) -> values (B, T, k), indices (B, T, k), L_concept (scalar)."""
+    B, T, d = x.shape
+    v, i, loss = ConceptHeadFn.apply(x.reshape(B * T, d), weight, bias, targets.reshape(B * T, -1), k)
+    return v.view(B, T, -1), i.view(B, T, -1), loss

@@ -1,0 +1,91 @@
+"""The fused, chunked concept head (`cocomix.model.concept_head`) computes what predictor → concept_loss → topk
+computes — values, indices, loss and every gradient — without keeping the N × C logits for the backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cocomix.config import ModelConfig
+from cocomix.methods.cocomix import concept_loss
+from cocomix.model import Transformer
+from cocomix.model import concept_head as ch
+from cocomix.model.concept import ConceptSeam
+
+N, D, C, A, K = 37, 16, 300, 4, 8
+
+
+def _inputs() -> tuple[torch.Tensor, ...]:
+    x = torch.randn(N, D, requires_grad=True)
+    w = (torch.randn(C, D) * 0.3).requires_grad_(True)
+    b = (torch.randn(C) * 0.1).requires_grad_(True)
+    t = torch.randint(0, C, (N, A))
+    t[::5] = -1  # invalid positions
+    return x, w, b, t
+
+
+def _grads(loss: torch.Tensor, values: torch.Tensor, g_values: torch.Tensor, *params: torch.Tensor) -> list:
+    return list(torch.autograd.grad(3.0 * loss + (values * g_values).sum(), params))
+
+
+@pytest.mark.parametrize("rows", [1, 7, N])
+def test_fused_head_equals_the_unfused_one(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ch, "CHUNK_ELEMENTS", rows * C)
+    x, w, b, t = _inputs()
+    values, indices, loss = ch.ConceptHeadFn.apply(x, w, b, t, K)
+    z = F.linear(x, w, b)  # (N, C)
+    ref_loss = concept_loss(z[None], t[None])
+    ref_values, ref_indices = torch.topk(z, K, dim=-1)
+    assert torch.equal(indices, ref_indices) and torch.allclose(values, ref_values, atol=1e-6)
+    assert torch.allclose(loss, ref_loss, atol=1e-6)
+    g_values = torch.randn(N, K)
+    got = _grads(loss, values, g_values, x, w, b)
+    want = _grads(ref_loss, ref_values, g_values, x, w, b)
+    for g, r in zip(got, want, strict=True):
+        assert torch.allclose(g, r, atol=1e-5), (g - r).abs().max()
+
+
+def test_without_topk_only_the_loss_flows() -> None:
+    x, w, b, t = _inputs()
+    values, indices, loss = ch.ConceptHeadFn.apply(x, w, b, t, 0)
+    assert values.shape == (N, 0) and indices.shape == (N, 0)
+    (gx,) = torch.autograd.grad(loss, x)
+    (rx,) = torch.autograd.grad(concept_loss(F.linear(x, w, b)[None], t[None]), x)
+    assert torch.allclose(gx, rx, atol=1e-6)
+
+
+def test_no_n_by_c_tensor_is_kept_for_the_backward() -> None:
+    x, w, b, t = _inputs()
+    sizes: list[int] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        ch.ConceptHeadFn.apply(x, w, b, t, K)
+    assert sizes and max(sizes) < N * C  # x, weight, lse, indices, targets: never the logits
+    sizes.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        concept_loss(F.linear(x, w, b)[None], t[None])
+    assert max(sizes) >= N * C  # the unfused path keeps them
+
+
+def test_model_with_targets_trains_like_the_unfused_path() -> None:
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=3, n_head=4, d_model=32, context_length=64))
+    model.set_seam(ConceptSeam(1, 32, C, K))
+    ids = torch.randint(0, 97, (3, 20))
+    t = torch.randint(0, C, (3, 20, A))
+    t[:, -1] = -1
+    fused = model(ids, concept_targets=t)
+    plain = model(ids)
+    assert "concept_logits" not in fused.aux and torch.allclose(fused.logits, plain.logits, atol=1e-5)
+    ref = concept_loss(plain.aux["concept_logits"], t)
+    assert torch.allclose(fused.aux["concept_loss"], ref, atol=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g1 = torch.autograd.grad(fused.logits.square().mean() + fused.aux["concept_loss"], params)
+    g2 = torch.autograd.grad(plain.logits.square().mean() + ref, params)
+    for a, r in zip(g1, g2, strict=True):
+        assert torch.allclose(a, r, atol=1e-5)
