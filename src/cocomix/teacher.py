@@ -9,7 +9,10 @@ effect of h_t on its own next-token loss only (the window mean also counts its e
 through attention). That needs one backward pass per position; they run batched with `is_grads_batched` (vmap)
 in chunks of `GRAD_CHUNK` positions, about T/GRAD_CHUNK backward calls' worth of time.
 Teacher parameters never require grad: the hidden state at `teacher_layer` is made a fresh leaf, so the backward
-pass runs only through activations above it.
+pass runs only through activations above it. For the window mean the LM head and its NLL run in row chunks
+(`cocomix.model.chunked_nll`) on the final hidden states of the model's trunk (an HF model's `base_model`), so
+the (B, T, V) logits never exist at once; the split is checked once against the whole model's loss and
+abandoned for models whose head does more than a linear map.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cocomix.errors import CheckpointError, ConfigError
+from cocomix.model.chunked_nll import chunked_nll
 
 ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
@@ -36,8 +40,8 @@ class TeacherPass:
     ∂NLL_t / ∂hidden_t ("next_token"); zero at the final position."""
     loss: torch.Tensor
     """(): the teacher's mean next-token NLL over B·(T−1) positions."""
-    logits: torch.Tensor
-    """(B, T, V): teacher logits (detached), e.g. for distillation."""
+    logits: torch.Tensor | None = None
+    """(B, T, V): teacher logits (detached) when they were computed whole (not on the chunked path)."""
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:
@@ -68,6 +72,7 @@ class Teacher:
         self.layer = layer
         self._leaf: torch.Tensor | None = None
         self.blocks[layer].register_forward_hook(self._capture)
+        self._split_ok: bool | None = None  # trunk + chunked head equals the whole model (checked on first use)
 
     @property
     def vocab_size(self) -> int:
@@ -164,11 +169,16 @@ class Teacher:
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
+        if loss == "window_mean" and self._can_split(ids):
+            trunk, head = self._split()
+            with torch.enable_grad():
+                mean = chunked_nll(trunk(ids), head.weight, head.bias, ids)
+                leaf = self._take_leaf()
+                (grad,) = torch.autograd.grad(mean, leaf)
+            return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
         with torch.enable_grad():
             logits = _logits(self.model(ids))  # (B, T, V)
-            leaf, self._leaf = self._leaf, None
-            if leaf is None:
-                raise RuntimeError("teacher forward did not pass through the capture block")
+            leaf = self._take_leaf()
             B, T, V = logits.shape
             flat = logits[:, :-1].reshape(-1, V)
             flat = flat if flat.dtype == torch.float64 else flat.float()  # fp32 at least, keep fp64
@@ -180,6 +190,44 @@ class Teacher:
                 grad = _own_position_grad(nll.sum(0), leaf)
         return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits.detach())
 
+    def _take_leaf(self) -> torch.Tensor:
+        leaf, self._leaf = self._leaf, None
+        if leaf is None:
+            raise RuntimeError("teacher forward did not pass through the capture block")
+        return leaf
+
+    def _split(self) -> tuple[object, nn.Module] | None:
+        """(trunk: ids -> final normed hidden states, the linear LM head), or None when the model has no such
+        split (no base model, a non-linear head, logit soft-capping or scaling in the config)."""
+        m = self.model
+        if hasattr(m, "final_hidden") and isinstance(getattr(m, "lm_head", None), nn.Linear):  # cocomix model
+            return (lambda ids: m.final_hidden(ids)[0]), m.lm_head
+        base = getattr(m, "base_model", None)
+        head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
+        cfg = getattr(m, "config", None)
+        if base is None or base is m or not isinstance(head, nn.Linear):
+            return None
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+            if getattr(cfg, name, None) not in (None, 1, 1.0):
+                return None
+        return (lambda ids: base(ids).last_hidden_state), head
+
+    @torch.no_grad()
+    def _can_split(self, ids: torch.Tensor) -> bool:
+        """Whether trunk + chunked head gives the whole model's loss (decided once, on the first window)."""
+        if self._split_ok is None:
+            split = self._split()
+            ok = split is not None
+            if ok:
+                trunk, head = split
+                one = ids[:1]
+                part = chunked_nll(trunk(one), head.weight, head.bias, one)
+                logits = _logits(self.model(one))
+                whole = F.cross_entropy(logits[0, :-1].to(part.dtype), one[0, 1:])
+                ok = bool(torch.isclose(part, whole, rtol=1e-4, atol=1e-5))
+            self._leaf = None
+            self._split_ok = ok
+        return self._split_ok
 
 def _own_position_grad(per_position: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
     """∂per_position[t] / ∂leaf[:, t] for every t: per_position (T-1,) summed over the batch, leaf (B, T, d).

@@ -82,6 +82,12 @@ class Transformer(nn.Module):
                 concept_targets: torch.Tensor | None = None) -> ModelOutput:
         """ids (B, S) -> logits (B, S, V). With a cache, ids continue the cached sequence. `concept_targets`
         (B, S, k_attr) go to the seam (CoCoMix training: its loss comes back in aux["concept_loss"])."""
+        h, aux = self.final_hidden(ids, cache, concept_targets)
+        return ModelOutput(logits=self.lm_head(h), aux=aux)
+
+    def final_hidden(self, ids: torch.Tensor, cache: KVCache | None = None,
+                     concept_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """ids (B, S) -> (the normed states the LM head reads (B, S, d), the seam's aux)."""
         B, S = ids.shape
         start = cache.tokens if cache is not None else 0
         pos = torch.arange(start, start + S, device=ids.device)  # (S,)
@@ -94,13 +100,14 @@ class Transformer(nn.Module):
         aux: dict = {}
         for i, block in enumerate(self.blocks):
             if self.seam is not None and i == self.seam.layer:
-                h, pos, aux = self.seam.insert(h, pos, concept_targets)
+                extra = () if concept_targets is None else (concept_targets,)  # seams without targets keep working
+                h, pos, aux = self.seam.insert(h, pos, *extra)
             h = block(h, pos, cache)
         if self.seam is not None:
             h = self.seam.read(h)
         if cache is not None:
             cache.tokens += S
-        return ModelOutput(logits=self.lm_head(self.ln_f(h)), aux=aux)
+        return self.ln_f(h), aux
 
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.n_layer)
