@@ -43,8 +43,10 @@ def _whole_model_pass(teacher: Teacher, ids: torch.Tensor) -> tuple[torch.Tensor
 @pytest.mark.parametrize("flavour", ["gpt2", "llama"])
 def test_split_teacher_gives_the_whole_model_gradient(flavour: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import cocomix.teacher as teacher_module
     from cocomix.export import export_hf
 
+    monkeypatch.setattr(teacher_module, "SPLIT_MIN_LOGITS", 0)  # split even this small batch
     monkeypatch.setattr(cn, "CHUNK_ELEMENTS", 7 * 97)  # 7 positions per chunk
     model = Transformer(tiny_model_config(flavour, n_layer=3)).eval()
     export_hf(model, tmp_path / "hf")
@@ -56,9 +58,11 @@ def test_split_teacher_gives_the_whole_model_gradient(flavour: str, tmp_path: Pa
         assert torch.allclose(tp.loss, loss, rtol=1e-6) and (tp.grad - grad).abs().max() < 1e-7
 
 
-def test_heads_that_are_not_a_linear_map_use_the_whole_model(tmp_path: Path) -> None:
+def test_heads_that_are_not_a_linear_map_use_the_whole_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cocomix.teacher as teacher_module
     from cocomix.export import export_hf
 
+    monkeypatch.setattr(teacher_module, "SPLIT_MIN_LOGITS", 0)
     export_hf(Transformer(tiny_model_config(n_layer=3)).eval(), tmp_path / "hf")
     ids = torch.randint(0, 97, (2, 16))
     capped = Teacher.from_pretrained(tmp_path / "hf", layer=1)
@@ -70,3 +74,9 @@ def test_heads_that_are_not_a_linear_map_use_the_whole_model(tmp_path: Path) -> 
     odd._split = lambda: ((lambda x: 2.0 * trunk(x)), head)  # a trunk that does not match the model
     tp = odd.residual_and_grad(ids)
     assert odd._split_ok is False and tp.logits is not None  # the one-time check caught it
+
+
+def test_small_batches_keep_the_whole_logits(tmp_path: Path) -> None:
+    teacher = Teacher(Transformer(tiny_model_config(n_layer=3)).eval(), layer=1)
+    tp = teacher.residual_and_grad(torch.randint(0, 97, (2, 16)))  # 2·16·97 logits: far below the threshold
+    assert tp.logits is not None and teacher._split_ok is None
