@@ -268,8 +268,16 @@ def main() -> None:
         "cached_over_ntp_peak_memory": ratio("cocomix-cached", "ntp", "peak_mib"),
     }
     r = result["ratios"]
+
+    def paired(a: str, b: str) -> float | None:
+        """Median over rounds of the two methods' step-time ratio within the round (cancels slow drift)."""
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True)) if a in m and b in m else None
+
+    r["naive_over_optimised_step_paired"] = paired("cocomix-naive", "cocomix")
+    r["cached_over_ntp_step_paired"] = paired("cocomix-cached", "ntp")
     if r["cached_over_ntp_step"] and r["cached_over_ntp_flops"]:
         r["cached_time_ratio_over_flops_ratio"] = r["cached_over_ntp_step"] / r["cached_over_ntp_flops"]
+        r["cached_time_ratio_over_flops_ratio_paired"] = r["cached_over_ntp_step_paired"] / r["cached_over_ntp_flops"]
     print(json.dumps(result, indent=1))
     if args.summary:
         for n, v in m.items():
