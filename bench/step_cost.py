@@ -28,6 +28,7 @@ the rise of VmHWM during the steps over the resident size before them (the step'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -150,7 +151,9 @@ class Step:
         if self.name == "cocomix-cached":
             target = self.cached[key]
             self.method.targets = lambda b: target
-        loss, _ = self.method.loss(self.model, batch)
+        cast = torch.autocast("cuda", dtype=torch.bfloat16) if ids.is_cuda else contextlib.nullcontext()
+        with cast:  # what training does: bf16 autocast on GPUs, fp32 on CPU
+            loss, _ = self.method.loss(self.model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()

@@ -1,0 +1,27 @@
+"""bench/step_cost.py runs at the tiny shape and its naive mode computes the same step as the optimised path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_step_cost_reports_every_method_and_the_naive_mode_agrees() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "step_cost.py"), "--shape", "tiny", "--seq-len", "32",
+                        "--batch", "2", "--rounds", "1", "--warmup", "0", "--no-memory"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert set(out["methods"]) == {"ntp", "ntp-matched", "cocomix", "cocomix-naive", "cocomix-cached", "kd", "pause"}
+    for v in out["methods"].values():
+        assert v["step_s"] > 0 and v["flops_per_token"] > 0 and v["tokens_per_s"] > 0
+    check = out["naive_check"]
+    assert abs(check["first_loss_optimised"] - check["first_loss_naive"]) < 1e-4 * check["first_loss_naive"]
+    m = out["methods"]
+    assert m["cocomix-cached"]["flops_per_token"] < m["cocomix"]["flops_per_token"]  # no teacher, no SAE
