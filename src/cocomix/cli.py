@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +67,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     res = train(run, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
+    if res.stopped:  # SIGTERM / SIGINT: a checkpoint was written; the conventional 128 + signal number
+        print(f"cocomix: stopped by {res.stopped}; resume with the same command and --resume", file=sys.stderr)
+        return 128 + (signal.SIGTERM if res.stopped == "SIGTERM" else signal.SIGINT)
     val = f"{res.val_loss:.4f}" if res.val_loss is not None else "n/a"
     print(json.dumps({"run_dir": str(res.run_dir), "steps": res.steps, "train_loss": res.train_loss,
                       "val_loss": res.val_loss}))
@@ -291,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CocomixError as e:
-        print(f"cocomix: error: {e}", file=sys.stderr)
+        print("cocomix: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("cocomix: interrupted", file=sys.stderr)

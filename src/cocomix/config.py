@@ -159,9 +159,11 @@ class TrainConfig:
     """Extra metric sinks: `tensorboard`, `wandb`."""
     parallel: str = "ddp"
     """Under torchrun with several processes: `ddp` (replicated) or `fsdp` (FSDP2, sharded); else unused."""
+    max_bad_steps: int = 10
+    """Steps with a non-finite loss or gradient are skipped; this many in a row stop the run."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "micro_batch_size", "grad_accum"):
+        for name in ("steps", "micro_batch_size", "grad_accum", "max_bad_steps"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"train.{name}", "a positive integer", v)
         for name in ("eval_every", "eval_batches", "save_every", "log_every", "keep_checkpoints", "seed"):

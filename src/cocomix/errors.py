@@ -4,6 +4,20 @@ The CLI prints such an error as one line and exits with code 2; everything else 
 """
 
 
+import re
+
+
+def load_failure(exc: Exception) -> str:
+    """The informative first line of a `torch.load` / unpickling failure (torch's weights_only refusal spans many
+    lines); for the one-line errors of the CLI."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
+
+
 class CocomixError(Exception):
     """A problem with the user's input: a config value, a file, a path. The message names the field or file."""
 

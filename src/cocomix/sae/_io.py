@@ -8,7 +8,6 @@ Nothing here unpickles arbitrary objects: safetensors files hold tensors only, a
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from cocomix.errors import CheckpointError
+from cocomix.errors import CheckpointError, load_failure
 
 
 def read_safetensors(path: Path, what: str) -> dict[str, Tensor]:
@@ -38,18 +37,8 @@ def read_torch_weights(path: Path, what: str) -> Any:
         return torch.load(str(path), weights_only=True, map_location="cpu")
     except Exception as exc:  # weights_only refuses any other object with an UnpicklingError; corrupt files vary
         raise CheckpointError(
-            f"{path}: cannot be loaded as plain tensors with weights_only=True (expected {what}): {_reason(exc)}"
+            f"{path}: cannot be loaded as plain tensors with weights_only=True (expected {what}): {load_failure(exc)}"
         ) from exc
-
-
-def _reason(exc: Exception) -> str:
-    """The informative line of a `torch.load` failure (torch's weights_only message spans many lines)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

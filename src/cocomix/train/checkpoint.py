@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from cocomix.atomic import atomic_write_text, fsync_dir
 from cocomix.config import RunConfig, run_config
-from cocomix.errors import CheckpointError, CocomixError
+from cocomix.errors import CheckpointError, CocomixError, load_failure
 
 CKPT_DIR = "checkpoints"
 
@@ -152,7 +152,7 @@ def load_optimizer_and_rng(ckpt: Path, load_optimizer: Callable[[dict[str, Any]]
                     torch.cuda.set_rng_state_all(loaded["cuda"])
         except Exception as e:  # a corrupt file can fail in many ways (unpickling, EOF, wrong keys/types)
             raise CheckpointError(f"{ckpt / name}: unreadable or not a cocomix checkpoint file "
-                                  f"({type(e).__name__}: {e})") from None
+                                  f"({type(e).__name__}: {load_failure(e)})") from None
 
 
 def read_run_config(run_dir: Path) -> RunConfig:

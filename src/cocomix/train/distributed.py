@@ -134,6 +134,15 @@ def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[s
     return dict(zip(keys, stacked, strict=True))
 
 
+def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """True on every rank when `flag` is True on any (a collective: every rank calls it at the same steps)."""
+    if not ctx.active:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
 def _options() -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cocomix.atomic import atomic_write_text
-from cocomix.config import RunConfig
+from cocomix.config import RunConfig, TrainConfig
 from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
 from cocomix.errors import CheckpointError, CocomixError, ConfigError
@@ -36,6 +36,7 @@ from cocomix.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
+from cocomix.train.guard import BadSteps, RunLock, StopSignals
 from cocomix.train.metrics import MetricsLogger, SilentLogger, Throughput, format_duration
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
 
@@ -61,6 +62,10 @@ class TrainResult:
     steps: int
     train_loss: float
     val_loss: float | None
+    stopped: str = ""
+    """The signal (SIGTERM / SIGINT) that stopped the run early, after writing a checkpoint; '' when it finished."""
+    skipped_steps: int = 0
+    """Steps skipped for a non-finite gradient norm, over the whole run."""
 
 
 # may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
@@ -130,6 +135,17 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     return result
 
 
+def _injected_nan_steps() -> set[int]:
+    """Fault injection for the reliability tests: COCOMIX_INJECT_NAN_STEPS="3,4" makes the loss of optimizer
+    steps 3 and 4 (1-based, as logged) NaN."""
+    raw = os.environ.get("COCOMIX_INJECT_NAN_STEPS", "")
+    try:
+        return {int(x) for x in raw.split(",") if x.strip()}
+    except ValueError:
+        raise ConfigError(f"environment COCOMIX_INJECT_NAN_STEPS: expected comma-separated integers, "
+                          f"got {raw!r}") from None
+
+
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext) -> TrainResult:
     tc = run.train
     store = TokenStore.open(run.data.path)
@@ -137,6 +153,16 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
     sampler = WindowSampler(store.num_chunks("train", run.data.seq_len), tc.seed, tc.micro_batch_size,
                             tc.grad_accum, ctx.world_size, ctx.rank)
     ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
+    lock = RunLock(run_dir) if ctx.is_main else None  # one writer per run directory
+    try:
+        return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, tc: TrainConfig,
+                  store: TokenStore, sampler: WindowSampler, ckpt: Path | None) -> TrainResult:
     device = dd.setup(ctx, resolve_device(tc.device))
 
     torch.manual_seed(tc.seed)
@@ -188,54 +214,71 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         return res["loss"]
 
     meter = Throughput(start, tc.steps)
-    train_loss = math.nan
+    train_loss = float(state.get("train_loss", math.nan))
+    bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)))
+    inject, stopped, last_ckpt = _injected_nan_steps(), "", ckpt
     model.train()
-    for step in range(start, tc.steps):
-        lr = lr_at(step, tc)
-        set_lr(optimizer, lr)
-        sums: dict[str, torch.Tensor] = {}  # kept on the device: no host sync in the step
-        for micro in range(tc.grad_accum):
-            chunk_ids = sampler.indices(step, micro)
-            ids = store.batch("train", chunk_ids, run.data.seq_len).to(device)
-            with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
-                with cast:
-                    loss, metrics = method.loss(forward_model, Batch(ids, chunk_ids))
-                (loss / tc.grad_accum).backward()
-            for k, v in metrics.items():
-                sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
-        if tc.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        meter.add_tokens(tokens_per_step)
-        done = step + 1
-        log_now = done % tc.log_every == 0 or done == tc.steps
-        save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
-        if log_now or save_now:  # the only places metrics leave the device (averaged over the processes)
-            values = {k: float(v) for k, v in dd.mean_over_ranks(sums, ctx).items()}
-            train_loss = values.get("loss", math.nan)
-            if not math.isfinite(train_loss):
-                raise CocomixError(f"training diverged by step {done}: loss is {train_loss} (lower train.lr?)")
-        if log_now:
-            rate, eta = meter.report(done)
-            logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": dd.scalar(grad_norm),
-                        "tokens": done * tokens_per_step, "flops": done * tokens_per_step * flops["total"],
-                        "tok_per_s": rate, "train_s": train_seconds(), **values})
-            others = "".join(f" | {k} {v:.4f}" for k, v in values.items() if k not in ("loss", "total_loss"))
-            logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
-                         f"gnorm {dd.scalar(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | eta {format_duration(eta)}")
-        if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
-            val_loss = run_eval(done)
-        if save_now:
-            weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
-            if ctx.is_main:
-                save_checkpoint(run_dir, done, weights, optim_state,
-                                {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
-                                 "train_s": train_seconds(), "global_batch": sampler.global_batch,
-                                 "world_size": ctx.world_size}, tc.keep_checkpoints)
-    if start >= tc.steps and ckpt is not None:  # nothing left to do: report the stored numbers
-        train_loss = state.get("train_loss", math.nan)
+    with StopSignals() as signals:
+        for step in range(start, tc.steps):
+            lr = lr_at(step, tc)
+            set_lr(optimizer, lr)
+            sums: dict[str, torch.Tensor] = {}  # kept on the device until a log step
+            for micro in range(tc.grad_accum):
+                chunk_ids = sampler.indices(step, micro)
+                ids = store.batch("train", chunk_ids, run.data.seq_len).to(device)
+                with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
+                    with cast:
+                        loss, metrics = method.loss(forward_model, Batch(ids, chunk_ids))
+                    if step + 1 in inject:
+                        loss = loss * float("nan")
+                    (loss / tc.grad_accum).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
+            if tc.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                           if p.grad is not None])
+            applied = bad.check(dd.scalar(grad_norm))  # one host sync per step
+            if applied:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            meter.add_tokens(tokens_per_step)
+            done = step + 1
+            if not applied:
+                logger.log({"kind": "skip", "step": done, "skipped_steps": bad.total})
+                logger.print(f"step {done:>6}/{tc.steps} | skipped: non-finite loss or gradient ({bad.in_a_row} in a "
+                             f"row, {bad.total} in all; the weights are unchanged)")
+                bad.stop_if_persistent(done, last_ckpt)
+            log_now = applied and (done % tc.log_every == 0 or done == tc.steps)
+            save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
+            if log_now:  # the only place metrics leave the device (averaged over the processes)
+                values = {k: float(v) for k, v in dd.mean_over_ranks(sums, ctx).items()}
+                train_loss = values.get("loss", math.nan)
+                rate, eta = meter.report(done)
+                logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": dd.scalar(grad_norm),
+                            "tokens": done * tokens_per_step, "flops": done * tokens_per_step * flops["total"],
+                            "tok_per_s": rate, "train_s": train_seconds(), **values})
+                others = "".join(f" | {k} {v:.4f}" for k, v in values.items() if k not in ("loss", "total_loss"))
+                logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
+                             f"gnorm {dd.scalar(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | "
+                             f"eta {format_duration(eta)}")
+            if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
+                val_loss = run_eval(done)
+            stop_now = dd.any_rank(signals.received is not None, ctx, device)
+            if save_now or stop_now:
+                weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
+                if ctx.is_main:
+                    last_ckpt = save_checkpoint(
+                        run_dir, done, weights, optim_state,
+                        {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
+                         "train_s": train_seconds(), "global_batch": sampler.global_batch,
+                         "world_size": ctx.world_size, "skipped_steps": bad.total}, tc.keep_checkpoints)
+            if stop_now:
+                stopped = signals.name or "a signal on another rank"
+                logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
+                             "continue with --resume")
+                break
     logger.close()
-    return TrainResult(run_dir=run_dir, steps=tc.steps, train_loss=train_loss, val_loss=val_loss)
+    return TrainResult(run_dir=run_dir, steps=tc.steps, train_loss=train_loss, val_loss=val_loss, stopped=stopped,
+                       skipped_steps=bad.total)

@@ -1,0 +1,105 @@
+"""What keeps a training run safe on a shared cluster (no paper equation): one writer per run directory, a clean
+stop on SIGTERM / SIGINT, and the non-finite-step policy.
+
+- `RunLock`: an exclusive `flock` on RUN_DIR/.lock for the whole run; a second `cocomix train` into the same
+  directory fails at once with a one-line error instead of interleaving checkpoints. The lock dies with the
+  process (also on SIGKILL), so a crashed run never leaves a stale lock.
+- `StopSignals`: SIGTERM and SIGINT set a flag instead of killing the process; the training loop checks it after
+  each optimizer step, writes a checkpoint and returns (`TrainResult.stopped`). A second signal of the same kind
+  falls back to the default behaviour (kill), for a user who insists.
+- `BadSteps`: a step whose loss or gradient norm is not finite is skipped (no optimizer update, gradients
+  dropped) and counted; `max_bad_steps` in a row stop the run with an error naming the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from cocomix.errors import CocomixError
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """Exclusive lock on a run directory, held until `release` (or process exit)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise CocomixError(f"{run_dir}: another cocomix process is writing this run directory "
+                               f"(it holds {self.path}); wait for it or choose another --out") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StopSignals:
+    """Turn SIGTERM / SIGINT into a stop request for the loop while installed (main thread only)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received == signum:  # asked twice: do what the signal would have done
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        try:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received is not None else ""
+
+
+class BadSteps:
+    """Counts skipped (non-finite) steps; raises after `limit` in a row."""
+
+    def __init__(self, limit: int, total: int = 0) -> None:
+        self.limit, self.total, self.in_a_row = limit, total, 0
+
+    def check(self, grad_norm: float) -> bool:
+        """True when the step may be applied; False (counted) when it must be skipped. The gradient norm is
+        global (the same on every rank) and non-finite whenever the loss is."""
+        if math.isfinite(grad_norm):
+            self.in_a_row = 0
+            return True
+        self.total += 1
+        self.in_a_row += 1
+        return False
+
+    def stop_if_persistent(self, step: int, last_checkpoint: Path | None) -> None:
+        if self.in_a_row >= self.limit:
+            where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+            raise CocomixError(f"training stopped at step {step}: {self.in_a_row} steps in a row had a non-finite "
+                               f"loss or gradient (train.max_bad_steps = {self.limit}); {where} (lower train.lr?)")
