@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test test-slow demo experiment lint bench clean
+.PHONY: install test test-slow test-faults demo experiment lint bench clean
 
 $(STAMP): pyproject.toml requirements/dev.txt requirements/interop.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+test-faults: $(STAMP)
+	PYTHONPATH=src $(BIN)/python tests/faults/kill_resume.py --kills 32
 
 demo: $(STAMP)
 	$(BIN)/cocomix demo

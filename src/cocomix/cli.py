@@ -26,6 +26,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
@@ -195,8 +196,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error convention of every other cocomix error (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cocomix: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
+    p = _Parser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")

@@ -141,6 +141,7 @@ def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_f
     out = Path(out_dir).expanduser()
     log = _Progress(progress)
     _check_out_dir(out, overwrite)
+    next(iter_split(source, val_fraction), None)  # a bad source or val_fraction fails here, before any work
     tok = _build_tokenizer(tokenizer, source, val_fraction, log)
     name = dtype_name(tok.vocab_size)
     try:

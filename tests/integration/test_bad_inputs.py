@@ -1,0 +1,148 @@
+"""A corpus of bad inputs across the CLI: each gives one line `cocomix: error: …` naming the problem, exit code 2,
+and leaves every existing output (a finished run, a prepared store) byte-for-byte untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocomix.cli import main
+from tests.integration.test_train import small_run
+
+
+def _tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+          ) -> dict[str, Path]:
+    """A finished NTP run, a finished CoCoMix run, a copy of the store, broken files, and their hashes."""
+    from cocomix.train import train
+
+    root = tmp_path_factory.mktemp("bad")
+    store = root / "store"
+    shutil.copytree(store_dir, store)
+    run = small_run(store, steps=2, save_every=2, eval_every=0)
+    train(run, root / "run", quiet=True)
+    (root / "run.json").write_text(run.to_json())
+    (root / "bad.json").write_text("{not json")
+    (root / "wrongtype.json").write_text(json.dumps({**json.loads(run.to_json()), "train": {"steps": "many"}}))
+    (root / "afile").write_text("x")
+    (root / "empty-docs").mkdir()
+    broken = root / "broken-store"  # train.bin cut short of what meta.json says
+    shutil.copytree(store, broken)
+    (broken / "train.bin").write_bytes((broken / "train.bin").read_bytes()[:100])
+    corrupt = root / "corrupt-run"  # weights file overwritten with garbage
+    shutil.copytree(root / "run", corrupt)
+    for f in corrupt.rglob("model.safetensors"):
+        f.write_bytes(b"\x00garbage")
+    torch.save({"x": torch.zeros(1)}, root / "notsae.pt")
+    return {"root": root, "store": store, "run": root / "run", "teacher": concept_parts[0],
+            "sae": concept_parts[1], "hash": {"run": _tree_hash(root / "run"), "store": _tree_hash(store)}}
+
+
+# (name, argv with {placeholders}, expected fragment of the error line)
+CASES = [
+    ("train-no-config", ["train", "--out", "{root}/o1"], "give --preset NAME or --config FILE"),
+    ("train-unknown-preset", ["train", "--preset", "nope", "--out", "{root}/o2"], "nope"),
+    ("train-negative-lr", ["train", "--config", "{root}/run.json", "--set", "train.lr=-1", "--out", "{root}/o3"],
+     "train.lr"),
+    ("train-zero-steps", ["train", "--config", "{root}/run.json", "--set", "train.steps=0", "--out", "{root}/o4"],
+     "train.steps"),
+    ("train-bad-precision", ["train", "--config", "{root}/run.json", "--set", "train.precision=fp8", "--out",
+                             "{root}/o5"], "train.precision"),
+    ("train-bad-parallel", ["train", "--config", "{root}/run.json", "--set", "train.parallel=zero3", "--out",
+                            "{root}/o6"], "train.parallel"),
+    ("train-zero-bad-steps", ["train", "--config", "{root}/run.json", "--set", "train.max_bad_steps=0", "--out",
+                              "{root}/o7"], "train.max_bad_steps"),
+    ("train-unknown-key", ["train", "--config", "{root}/run.json", "--set", "train.nosuch=1", "--out", "{root}/o8"],
+     "nosuch"),
+    ("train-heads-dont-divide", ["train", "--config", "{root}/run.json", "--set", "model.n_head=3", "--out",
+                                 "{root}/o9"], "n_head"),
+    ("train-missing-config", ["train", "--config", "{root}/missing.json", "--out", "{root}/o10"], "missing.json"),
+    ("train-invalid-json", ["train", "--config", "{root}/bad.json", "--out", "{root}/o11"], "bad.json"),
+    ("train-wrong-type", ["train", "--config", "{root}/wrongtype.json", "--out", "{root}/o12"], "train.steps"),
+    ("train-missing-store", ["train", "--config", "{root}/run.json", "--set", "data.path={root}/nostore", "--out",
+                             "{root}/o13"], "nostore"),
+    ("train-vocab-too-small", ["train", "--config", "{root}/run.json", "--set", "model.vocab_size=100", "--out",
+                               "{root}/o14"], "vocab"),
+    ("train-window-too-long", ["train", "--config", "{root}/run.json", "--set", "data.seq_len=100000", "--out",
+                               "{root}/o15"], "seq_len"),
+    ("train-out-is-a-file", ["train", "--config", "{root}/run.json", "--out", "{root}/afile"], "afile"),
+    ("train-existing-run", ["train", "--config", "{root}/run.json", "--out", "{run}"], "already holds a run"),
+    ("train-resume-changed", ["train", "--config", "{root}/run.json", "--set", "train.lr=1e-3", "--out", "{run}",
+                              "--resume"], "config differs"),
+    ("train-resume-other-batch", ["train", "--config", "{root}/run.json", "--set", "train.grad_accum=1", "--out",
+                                  "{run}", "--resume"], "global batch"),
+    ("train-truncated-tokens", ["train", "--config", "{root}/run.json", "--set", "data.path={root}/broken-store",
+                                "--out", "{root}/o16"], "train.bin"),
+    ("train-cocomix-no-teacher", ["train", "--preset", "tiny-cocomix", "--set", "data.path={store}", "--set",
+                                  "model.vocab_size=320", "--set", "concept.teacher={root}/noteacher", "--out",
+                                  "{root}/o17"], "noteacher"),
+    ("train-bad-set-syntax", ["train", "--config", "{root}/run.json", "--set", "train.lr", "--out", "{root}/o18"],
+     "KEY=VALUE"),
+    ("cli-unknown-command", ["frobnicate"], "invalid choice"),
+    ("cli-missing-argument", ["eval"], "--run"),
+    ("eval-missing-run", ["eval", "--run", "{root}/norun"], "norun"),
+    ("eval-corrupt-weights", ["eval", "--run", "{root}/corrupt-run"], "model.safetensors"),
+    ("eval-bad-split", ["eval", "--run", "{run}", "--split", "test"], "invalid choice"),
+    ("generate-empty-prompt", ["generate", "--run", "{run}", "--prompt", ""], "--prompt"),
+    ("generate-negative-temperature", ["generate", "--run", "{run}", "--prompt", "the", "--temperature", "-1"],
+     "temperature"),
+    ("generate-bad-top-p", ["generate", "--run", "{run}", "--prompt", "the", "--top-p", "2"], "top_p"),
+    ("export-missing-run", ["export", "--run", "{root}/norun", "--out", "{root}/hf"], "norun"),
+    ("prepare-unknown-source", ["prepare", "--source", "nosuch:thing", "--out", "{root}/p1"], "nosuch"),
+    ("prepare-missing-folder", ["prepare", "--source", "text:{root}/nodocs", "--out", "{root}/p2"], "nodocs"),
+    ("prepare-bad-tokenizer", ["prepare", "--source", "shakespeare", "--tokenizer", "bpe:abc", "--out",
+                               "{root}/p3"], "bpe"),
+    ("prepare-empty-folder", ["prepare", "--source", "text:{root}/empty-docs", "--out", "{root}/p5"],
+     "no *.txt files"),
+    ("prepare-bad-val-fraction", ["prepare", "--source", "shakespeare", "--val-fraction", "2", "--out", "{root}/p4"],
+     "val"),
+    ("prepare-existing-store", ["prepare", "--source", "shakespeare", "--out", "{store}"], "already prepared"),
+    ("train-sae-missing-teacher", ["train-sae", "--teacher", "{root}/noteacher", "--teacher-layer", "1", "--data",
+                                   "{store}", "--out", "{root}/s1"], "noteacher"),
+    ("train-sae-layer-out-of-range", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "99", "--data",
+                                      "{store}", "--out", "{root}/s2"], "teacher_layer"),
+    ("train-sae-zero-k", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "1", "--data", "{store}",
+                          "--k", "0", "--out", "{root}/s3"], "k"),
+    ("extract-missing-sae", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
+                             "1", "--sae", "{root}/nosae", "--seq-len", "32", "--out", "{root}/e1"], "nosae"),
+    ("extract-not-an-sae", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
+                            "1", "--sae", "{root}/notsae.pt", "--seq-len", "32", "--out", "{root}/e2"], "notsae.pt"),
+    ("extract-k-attr-too-big", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                "--teacher-layer", "1", "--sae", "{sae}", "--k-attr", "100", "--seq-len", "32",
+                                "--out", "{root}/e3"], "k_attr"),
+    ("steer-ntp-run", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "10"], "CoCoMix"),
+]
+
+
+@pytest.mark.parametrize("name,argv,fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(name: str, argv: list[str], fragment: str,
+                                                          world: dict, capsys: pytest.CaptureFixture) -> None:
+    args = [a.format(root=world["root"], run=world["run"], store=world["store"], teacher=world["teacher"],
+                     sae=world["sae"]) for a in argv]
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(args))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line]
+    assert exc.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("cocomix: error:"), err
+    assert fragment.lower() in lines[0].lower(), lines[0]
+    assert _tree_hash(world["run"]) == world["hash"]["run"] and _tree_hash(world["store"]) == world["hash"]["store"]
+
+
+def test_the_corpus_is_large_and_distinct() -> None:
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+    assert len({tuple(c[1]) for c in CASES}) == len(CASES)
