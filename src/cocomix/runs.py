@@ -9,12 +9,13 @@ import torch
 from cocomix.config import RunConfig
 from cocomix.methods import METHODS, Method
 from cocomix.model import Transformer
-from cocomix.train.checkpoint import load_model_weights, read_run_config, resolve_checkpoint
+from cocomix.train.checkpoint import load_model_weights, read_run_config, resolve_checkpoint, verify_checkpoint
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunConfig, Method, Transformer, Path]:
     """(config, method, model in eval mode, checkpoint dir) from a run directory or a checkpoint directory."""
     run_dir, ckpt = resolve_checkpoint(path)
+    verify_checkpoint(ckpt)
     run = read_run_config(run_dir)
     method = METHODS[run.method](run)
     model = method.build_model()

@@ -126,8 +126,14 @@ def test_a_malicious_pickle_is_refused_and_never_executed(store_dir: Path, tmp_p
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
     torch.save({"state": {}, "param_groups": [], "x": _Payload(marker)}, evil)
+    ckpt = out / "checkpoints" / "step_0000002"
     for name in ("optimizer.pt", "rng.pt"):  # a checkpoint from a stranger, resumed
-        (out / "checkpoints" / "step_0000002" / name).write_bytes(evil.read_bytes())
+        (ckpt / name).write_bytes(evil.read_bytes())
+    manifest = json.loads((ckpt / "manifest.json").read_text())  # the stranger fixed the checksums too
+    for name in ("optimizer.pt", "rng.pt"):
+        data = (ckpt / name).read_bytes()
+        manifest["files"][name] = {"bytes": len(data), "sha256": __import__("hashlib").sha256(data).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
     (out / "checkpoints" / "latest").write_text("step_0000002\n")
     r = _run(cfg, out, "--resume")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -135,3 +141,16 @@ def test_a_malicious_pickle_is_refused_and_never_executed(store_dir: Path, tmp_p
     with __import__("pytest").raises(CocomixError, match="sae.pt"):  # an SAE file from a stranger
         load_sae(str(evil.rename(tmp_path / "sae.pt")))
     assert not marker.exists()
+
+
+def test_a_checkpoint_damaged_after_writing_is_caught_by_its_manifest(store_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "run.json"
+    cfg.write_text(small_run(store_dir, steps=4, save_every=2, keep_checkpoints=3).to_json())
+    out = tmp_path / "run"
+    assert _run(cfg, out).returncode == 0
+    weights = out / "checkpoints" / "step_0000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one flipped bit in a tensor: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    r = subprocess.run(_cli("eval", "--run", str(out)), capture_output=True, text=True)
+    assert r.returncode == 2 and "does not match its checksum in manifest.json" in r.stderr, r.stderr

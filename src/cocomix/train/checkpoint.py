@@ -3,15 +3,19 @@
 Layout of a run directory:
     config.json                  the RunConfig
     metrics.jsonl                one JSON object per log / eval event
-    checkpoints/step_0000200/    model.safetensors, optimizer.pt, rng.pt, state.json
+    checkpoints/step_0000200/    model.safetensors, optimizer.pt, rng.pt, state.json, manifest.json
     checkpoints/latest           name of the newest complete checkpoint
 A checkpoint is assembled in a hidden temporary folder and renamed into place, and `latest` is replaced
 atomically after it, so a crash at any moment leaves the previous checkpoint intact. Weights are safetensors;
-optimizer and RNG state go through torch.save and come back with `weights_only=True`.
+optimizer and RNG state go through torch.save and come back with `weights_only=True`. `manifest.json` records
+each file's size and SHA-256; `verify_checkpoint` checks them before a checkpoint is used, so a file damaged on
+disk after it was written (a bad sector, a partial copy between clusters) is a clear error, not a silent
+divergence. Checkpoints written before manifests existed are accepted unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +32,33 @@ from cocomix.config import RunConfig, run_config
 from cocomix.errors import CheckpointError, CocomixError, load_failure
 
 CKPT_DIR = "checkpoints"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(ckpt: Path) -> None:
+    """CheckpointError when a file listed in the checkpoint's manifest is missing or differs from it."""
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        return  # written before manifests existed
+    try:
+        files = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: unreadable manifest ({type(e).__name__})") from None
+    for name, want in files.items():
+        f = ckpt / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (listed in {MANIFEST})")
+        if f.stat().st_size != want.get("bytes") or _sha256(f) != want.get("sha256"):
+            raise CheckpointError(f"{f}: does not match its checksum in {MANIFEST} (damaged after it was written); "
+                                  "use an earlier checkpoint")
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -90,6 +121,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -133,6 +166,7 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 
 def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from a checkpoint; returns its state.json."""
+    verify_checkpoint(ckpt)
     state = read_state(ckpt)
     load_model_weights(model, ckpt / "model.safetensors")
     load_optimizer_and_rng(ckpt, optimizer.load_state_dict)

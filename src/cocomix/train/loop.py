@@ -35,6 +35,7 @@ from cocomix.train.checkpoint import (
     read_run_config,
     read_state,
     save_checkpoint,
+    verify_checkpoint,
 )
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
 from cocomix.train.metrics import MetricsLogger, SilentLogger, Throughput, format_duration
@@ -171,6 +172,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     method.prepare(device, store)
     state: dict = {}
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
+        verify_checkpoint(ckpt)
         state = read_state(ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     module = dd.wrap(model, ctx, tc.parallel, device)
