@@ -14,7 +14,8 @@
     cocomix experiment  the `make experiment` study (every method, several seeds)  (cocomix.experiment)
     cocomix demo      the `make demo` pipeline: teacher → SAE → targets → NTP vs CoCoMix → report
 
-A user error (bad value, missing or corrupt file) prints one line `cocomix: error: ...` and exits with code 2.
+A user error (bad value, missing or corrupt file) prints one line `cocomix: error: ...` and exits with code 2
+(`cocomix --debug …` shows its traceback instead).
 """
 
 from __future__ import annotations
@@ -205,6 +206,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")
@@ -303,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CocomixError as e:
+        if args.debug:
+            raise
         print("cocomix: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:

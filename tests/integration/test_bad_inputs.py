@@ -146,3 +146,10 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(name: str, argv: list[
 def test_the_corpus_is_large_and_distinct() -> None:
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
     assert len({tuple(c[1]) for c in CASES}) == len(CASES)
+
+
+def test_debug_shows_the_traceback_of_a_user_error(world: dict) -> None:
+    from cocomix.errors import CocomixError
+
+    with pytest.raises(CocomixError, match="norun"):
+        main(["--debug", "eval", "--run", str(world["root"] / "norun")])
