@@ -35,7 +35,7 @@ from cocomix.errors import CocomixError
 
 
 def _run_config(args: argparse.Namespace):  # -> RunConfig
-    from cocomix.config import apply_overrides, load_config_file, run_config
+    from cocomix.config_io import apply_overrides, load_config_file, run_config
     from cocomix.presets import get_preset
     from cocomix.train.checkpoint import read_run_config
 

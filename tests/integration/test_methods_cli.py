@@ -83,7 +83,7 @@ def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir
 def test_teacher_receives_no_gradient_during_training(preset: str, store_dir: Path, tmp_path: Path,
                                                       concept_parts: tuple[Path, Path],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from cocomix.config import apply_overrides, run_config
+    from cocomix.config_io import apply_overrides, run_config
     from cocomix.methods import KD
 
     seen = []

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from cocomix.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, load_config_file, run_config
+from cocomix.config import ModelConfig, RunConfig, TrainConfig
+from cocomix.config_io import apply_overrides, load_config_file, run_config
 from cocomix.errors import ConfigError
 from cocomix.presets import PRESETS, get_preset
 

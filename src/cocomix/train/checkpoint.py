@@ -28,7 +28,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cocomix.atomic import atomic_write_text, fsync_dir
-from cocomix.config import RunConfig, run_config
+from cocomix.config import RunConfig
+from cocomix.config_io import run_config
 from cocomix.errors import CheckpointError, CocomixError, load_failure
 
 CKPT_DIR = "checkpoints"

@@ -1,0 +1,114 @@
+"""Building a `RunConfig` from dicts, JSON/TOML files and `key=value` overrides, with errors that name the field
+(the config dataclasses themselves are in `cocomix.config`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from cocomix.config import RunConfig, _check
+from cocomix.errors import ConfigError
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Check `value` against the annotation `tp`; lists become tuples, ints widen to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}: expected {tp}, got {value!r}")
+    if origin is tuple:
+        _check(isinstance(value, (list, tuple)), name, "a list", value)
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(v, item, name) for v in value)
+    if tp is bool:
+        _check(isinstance(value, bool), name, "true or false", value)
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name,
+               "a finite number", value)
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), name, "a string", value)
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, name)
+    raise TypeError(f"unsupported annotation {tp} for {name}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and ill-typed values by name."""
+    where = prefix or "config"
+    _check(isinstance(data, dict), where, "a mapping", data)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown field "
+                          f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.field=value` strings (value parsed as JSON, else taken as a string) to a config dict."""
+    out = json.loads(json.dumps(base))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"{key}: unknown config section {p!r}")
+            node = node[p]
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a run config from .json or .toml; a missing or malformed file is a one-line ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(p.read_text())
+        else:
+            data = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
+    return data
+
+
+def run_config(data: dict[str, Any]) -> RunConfig:
+    """Validated RunConfig from a nested dict (the JSON of `RunConfig.to_dict`)."""
+    return from_dict(RunConfig, data)
