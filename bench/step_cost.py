@@ -23,6 +23,8 @@ the rise of VmHWM during the steps over the resident size before them (the step'
 
     PYTHONPATH=src python bench/step_cost.py --shape 69m --seq-len 128 --batch 4
     PYTHONPATH=src python bench/step_cost.py --shape tiny --methods ntp,cocomix,cocomix-naive
+    PYTHONPATH=src python bench/step_cost.py --shape 69m --seq-len 1024 --batch 1 --memory-only \
+        --methods ntp-matched,cocomix,cocomix-cached      # memory at the paper's context, no timing
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
+    p.add_argument("--memory-only", action="store_true", help="only the per-method memory subprocesses, no timing")
     p.add_argument("--summary", action="store_true", help="also print a readable summary to stderr")
     p.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # internal: one method's memory
     return p.parse_args()
@@ -175,6 +178,8 @@ def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     runs = runs_for(args.shape, args.seq_len, args.batch)
     vocab = runs["ntp"].model.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    if args.shape == "69m":  # code, not memory of the step: every method starts with the teacher's library loaded
+        import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     base = _vm("VmRSS")
     step = Step(name, runs, args.shape, device)
     if name == "cocomix-cached":
@@ -208,7 +213,12 @@ def main() -> None:
         sys.exit(f"--methods: unknown {unknown}; expected names from {ALL}")
     device = torch.device(args.device)
     runs = runs_for(args.shape, args.seq_len, args.batch)
-    steps = {n: Step(n, runs, args.shape, device) for n in names}
+    if args.memory_only:
+        args.rounds = args.warmup = 0
+        names_timed: list[str] = []
+    else:
+        names_timed = names
+    steps = {n: Step(n, runs, args.shape, device) for n in names_timed}
     vocab = runs["ntp"].model.vocab_size
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (args.batch, args.seq_len), generator=gen).to(device)
@@ -220,11 +230,11 @@ def main() -> None:
         first = {n: steps[n](batches[0], 0) for n in ("cocomix", "cocomix-naive")}
         check = {"first_loss_optimised": first["cocomix"], "first_loss_naive": first["cocomix-naive"]}
     for i in range(args.warmup):
-        for n in names:
+        for n in names_timed:
             steps[n](batches[i], i)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: [] for n in names_timed}
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names_timed[r % len(names):] + names_timed[:r % len(names)]
         for n in order:
             b = args.warmup + r
             if device.type == "cuda":
@@ -239,6 +249,9 @@ def main() -> None:
                               "rounds": args.rounds, "threads": torch.get_num_threads(), "device": str(device),
                               "torch": torch.__version__, "methods": {}, "naive_check": check}
     for n in names:
+        if n not in steps:  # --memory-only
+            result["methods"][n] = {}
+            continue
         med = statistics.median(times[n])
         f = steps[n].flops
         per_token = f["student"] + (0.0 if n == "cocomix-cached" else f.get("teacher", 0.0) + f.get("sae", 0.0))
@@ -274,7 +287,9 @@ def main() -> None:
 
     def paired(a: str, b: str) -> float | None:
         """Median over rounds of the two methods' step-time ratio within the round (cancels slow drift)."""
-        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True)) if a in m and b in m else None
+        if a not in times or b not in times:
+            return None
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
     r["naive_over_optimised_step_paired"] = paired("cocomix-naive", "cocomix")
     r["cached_over_ntp_step_paired"] = paired("cocomix-cached", "ntp")
@@ -285,9 +300,9 @@ def main() -> None:
     if args.summary:
         for n, v in m.items():
             mem = f" | peak {v['peak_mib']:.0f} MiB (step +{v['step_transient_mib']:.0f})" if "peak_mib" in v else ""
-            print(f"{n:15s} {v['step_s']:.3f} s/step | {v['tokens_per_s']:.0f} tok/s | "
-                  f"{v['flops_per_token'] / 1e6:.1f} MFLOP/tok | {v['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s{mem}",
-                  file=sys.stderr)
+            speed = (f"{v['step_s']:.3f} s/step | {v['tokens_per_s']:.0f} tok/s | {v['flops_per_token'] / 1e6:.1f} "
+                     f"MFLOP/tok | {v['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s" if "step_s" in v else "")
+            print(f"{n:15s} {speed}{mem}", file=sys.stderr)
         print(json.dumps({k: v for k, v in r.items() if v is not None}), file=sys.stderr)
 
 

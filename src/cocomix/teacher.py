@@ -9,10 +9,10 @@ effect of h_t on its own next-token loss only (the window mean also counts its e
 through attention). That needs one backward pass per position; they run batched with `is_grads_batched` (vmap)
 in chunks of `GRAD_CHUNK` positions, about T/GRAD_CHUNK backward calls' worth of time.
 Teacher parameters never require grad: the hidden state at `teacher_layer` is made a fresh leaf, so the backward
-pass runs only through activations above it. For the window mean of a large batch (B·T·V ≥ `SPLIT_MIN_LOGITS`)
-the LM head and its NLL run in row chunks (`cocomix.model.chunked_nll`) on the final hidden states of the
-model's trunk (an HF model's `base_model`), so the (B, T, V) logits never exist at once; the split is checked
-once against the whole model's loss and abandoned for models whose head does more than a linear map.
+pass runs only through activations above it. For the window mean, the LM head and its NLL run in row chunks
+(`cocomix.model.chunked_nll`, which forms ∂L/∂(final hidden) while each chunk's logits exist) on the final hidden
+states of the model's trunk (an HF model's `base_model`), so the (B, T, V) logits never exist at once; the split
+is checked once against the whole model's loss and abandoned for models whose head does more than a linear map.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from cocomix.model.chunked_nll import chunked_nll
 
 ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
-SPLIT_MIN_LOGITS = 1 << 26  # chunk the LM head only when B·T·V reaches this (256 MiB of fp32 logits): below it,
-# keeping the logits is cheaper than recomputing them in the backward
 
 
 @dataclass
@@ -171,7 +169,7 @@ class Teacher:
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
-        if loss == "window_mean" and ids.numel() * self.output_vocab >= SPLIT_MIN_LOGITS and self._can_split(ids):
+        if loss == "window_mean" and self._can_split(ids):
             trunk, head = self._split()
             with torch.enable_grad():
                 mean = chunked_nll(trunk(ids), head.weight, head.bias, ids)

@@ -25,3 +25,15 @@ def test_step_cost_reports_every_method_and_the_naive_mode_agrees() -> None:
     assert abs(check["first_loss_optimised"] - check["first_loss_naive"]) < 1e-4 * check["first_loss_naive"]
     m = out["methods"]
     assert m["cocomix-cached"]["flops_per_token"] < m["cocomix"]["flops_per_token"]  # no teacher, no SAE
+
+
+def test_memory_only_measures_peak_memory_without_timing() -> None:
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "step_cost.py"), "--shape", "tiny", "--seq-len", "32",
+                        "--batch", "2", "--memory-only", "--methods", "ntp-matched,cocomix", "--summary"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    for v in out["methods"].values():
+        assert "step_s" not in v and v["peak_mib"] > 0
+    assert out["ratios"]["cocomix_over_ntp_matched_peak_memory"] > 1  # it carries a teacher and an SAE

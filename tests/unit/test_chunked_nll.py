@@ -43,10 +43,8 @@ def _whole_model_pass(teacher: Teacher, ids: torch.Tensor) -> tuple[torch.Tensor
 @pytest.mark.parametrize("flavour", ["gpt2", "llama"])
 def test_split_teacher_gives_the_whole_model_gradient(flavour: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import cocomix.teacher as teacher_module
     from cocomix.export import export_hf
 
-    monkeypatch.setattr(teacher_module, "SPLIT_MIN_LOGITS", 0)  # split even this small batch
     monkeypatch.setattr(cn, "CHUNK_ELEMENTS", 7 * 97)  # 7 positions per chunk
     model = Transformer(tiny_model_config(flavour, n_layer=3)).eval()
     export_hf(model, tmp_path / "hf")
@@ -58,11 +56,9 @@ def test_split_teacher_gives_the_whole_model_gradient(flavour: str, tmp_path: Pa
         assert torch.allclose(tp.loss, loss, rtol=1e-6) and (tp.grad - grad).abs().max() < 1e-7
 
 
-def test_heads_that_are_not_a_linear_map_use_the_whole_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cocomix.teacher as teacher_module
+def test_heads_that_are_not_a_linear_map_use_the_whole_model(tmp_path: Path) -> None:
     from cocomix.export import export_hf
 
-    monkeypatch.setattr(teacher_module, "SPLIT_MIN_LOGITS", 0)
     export_hf(Transformer(tiny_model_config(n_layer=3)).eval(), tmp_path / "hf")
     ids = torch.randint(0, 97, (2, 16))
     capped = Teacher.from_pretrained(tmp_path / "hf", layer=1)
@@ -76,7 +72,21 @@ def test_heads_that_are_not_a_linear_map_use_the_whole_model(tmp_path: Path, mon
     assert odd._split_ok is False and tp.logits is not None  # the one-time check caught it
 
 
-def test_small_batches_keep_the_whole_logits(tmp_path: Path) -> None:
-    teacher = Teacher(Transformer(tiny_model_config(n_layer=3)).eval(), layer=1)
-    tp = teacher.residual_and_grad(torch.randint(0, 97, (2, 16)))  # 2·16·97 logits: far below the threshold
-    assert tp.logits is not None and teacher._split_ok is None
+def test_forward_without_grad_computes_no_gradient() -> None:
+    h = torch.randn(2, 9, 16)
+    w = torch.randn(53, 16)
+    ids = torch.randint(0, 53, (2, 9))
+    with torch.no_grad():
+        got = cn.chunked_nll(h, w, None, ids)
+    want = F.cross_entropy(F.linear(h, w)[:, :-1].reshape(-1, 53), ids[:, 1:].reshape(-1))
+    assert torch.allclose(got, want, rtol=1e-6)
+
+
+def test_upstream_gradient_scales_the_stored_gradient() -> None:
+    h = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(53, 16, dtype=torch.float64)
+    ids = torch.randint(0, 53, (2, 9))
+    (g1,) = torch.autograd.grad(3.5 * cn.chunked_nll(h, w, None, ids), h)
+    want = F.cross_entropy(F.linear(h, w)[:, :-1].reshape(-1, 53), ids[:, 1:].reshape(-1))
+    (g2,) = torch.autograd.grad(3.5 * want, h)
+    assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-14)

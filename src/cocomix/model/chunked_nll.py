@@ -4,8 +4,10 @@ For final hidden states h (N, d) after the last norm, a frozen head W (V, d) (+ 
 
     L = (1/N) Σ_n [logsumexp(h_n Wᵀ + b) − (h_n Wᵀ + b)[y_n]]          ∂L/∂h_n = (softmax_n − onehot(y_n)) W / N
 
-computed one chunk of rows at a time in both directions, so the (N, V) logits never exist at once (the forward
-keeps h and one log-sum-exp per row; the backward recomputes each chunk's logits). W gets no gradient.
+computed one chunk of rows at a time, so the (N, V) logits never exist at once. When h requires grad, the forward
+also computes ∂L/∂h chunk by chunk while each chunk's logits are at hand (the head's two matmuls, as an unchunked
+forward + backward would do, without recomputing the logits) and keeps it: the backward only scales it by the
+incoming gradient. W and b get no gradient (the teacher is frozen).
 """
 
 from __future__ import annotations
@@ -22,33 +24,31 @@ def _rows(vocab: int) -> int:
 
 
 class ChunkedNLL(torch.autograd.Function):
-    """h (N, d) with grad, weight (V, d), bias (V,) or None, labels (N,) -> mean NLL (scalar, fp32 or fp64)."""
+    """h (N, d), weight (V, d), bias (V,) or None, labels (N,) -> mean NLL (scalar, fp32 or fp64)."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:  # noqa: ANN001
         N, V = h.shape[0], weight.shape[0]
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-        lse = torch.empty(N, dtype=acc, device=h.device)
-        picked = torch.empty(N, dtype=acc, device=h.device)
+        with_grad = ctx.needs_input_grad[0]
+        total = torch.zeros((), dtype=acc, device=h.device)
+        gh = torch.empty_like(h) if with_grad else None  # (N, d): ∂L/∂h, filled chunk by chunk
         for s in range(0, N, _rows(V)):
-            z = F.linear(h[s:s + _rows(V)], weight, bias).to(acc)  # (n, V)
-            lse[s:s + _rows(V)] = torch.logsumexp(z, dim=-1)
-            picked[s:s + _rows(V)] = z.gather(-1, labels[s:s + _rows(V), None])[:, 0]
-        ctx.save_for_backward(h, weight, bias, labels, lse)
-        return (lse - picked).mean()
+            e = min(N, s + _rows(V))
+            z = F.linear(h[s:e], weight, bias).to(acc)  # (n, V) logits
+            lse = torch.logsumexp(z, dim=-1)  # (n,)
+            total += (lse - z.gather(-1, labels[s:e, None])[:, 0]).sum()
+            if with_grad:
+                p = torch.exp(z.sub_(lse[:, None]))  # softmax (n, V), in place of the logits
+                p.scatter_add_(-1, labels[s:e, None], -torch.ones(e - s, 1, dtype=p.dtype, device=p.device))
+                gh[s:e] = (p.to(weight.dtype) @ weight).to(h.dtype) / N  # (n, d)
+        ctx.save_for_backward(gh)
+        return total / N
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple:  # noqa: ANN001
-        h, weight, bias, labels, lse = ctx.saved_tensors
-        N, V = h.shape[0], weight.shape[0]
-        gh = torch.empty_like(h)
-        for s in range(0, N, _rows(V)):
-            e = min(N, s + _rows(V))
-            p = torch.exp(F.linear(h[s:e], weight, bias).to(lse.dtype) - lse[s:e, None])  # softmax (n, V)
-            p.scatter_add_(-1, labels[s:e, None], -torch.ones(e - s, 1, dtype=p.dtype, device=p.device))
-            p.mul_(g / N)
-            gh[s:e] = (p.to(weight.dtype) @ weight).to(h.dtype)
-        return gh, None, None, None
+        (gh,) = ctx.saved_tensors
+        return gh * g.to(gh.dtype), None, None, None
 
 
 def chunked_nll(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor) -> Tensor:
