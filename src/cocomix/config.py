@@ -136,7 +136,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
     precision: str = "auto"
-    """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`."""
+    """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`. fp32 matmuls on CUDA use TF32 (official)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
     device: str = "auto"
@@ -197,6 +197,7 @@ MIXINGS = ("insert", "add", "none")
 CONCEPT_TARGETS = ("concepts", "hidden")
 HIDDEN_LOSSES = ("l1", "l2", "cosine")
 PAUSE_SLOTS = ("vector", "token")
+TEACHER_PRECISIONS = ("fp32", "autocast")
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,10 @@ class ConceptConfig:
     at teacher_layer with a 2-layer MLP, then compress and mix it the same way)."""
     hidden_loss: str = "l2"
     """Loss of the `hidden` ablation: `l1`, `l2` (mean squared error) or `cosine` (1 − cosine similarity)."""
+    teacher_precision: str = "fp32"
+    """How the frozen teacher and SAE compute during training: `fp32` (the official code: outside the training
+    autocast, TF32 matmuls on CUDA; the same numbers as `extract-concepts`) or `autocast` (inside the training
+    autocast, e.g. bf16 on GPUs: faster, its targets differ from fp32 ones by rounding)."""
     d_teacher: int = 768
     """Teacher residual width (needed to build the `hidden` ablation's predictor)."""
     mask_last_position: bool = True
@@ -267,7 +272,7 @@ class ConceptConfig:
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
                               ("attribution_loss", ATTRIBUTION_LOSSES), ("mixing", MIXINGS),
                               ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES),
-                              ("pause_slot", PAUSE_SLOTS)):
+                              ("pause_slot", PAUSE_SLOTS), ("teacher_precision", TEACHER_PRECISIONS)):
             _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
 
 

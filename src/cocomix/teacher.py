@@ -17,6 +17,7 @@ is checked once against the whole model's loss and abandoned for models whose he
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,16 @@ class TeacherPass:
     """(): the teacher's mean next-token NLL over B·(T−1) positions."""
     logits: torch.Tensor | None = None
     """(B, T, V): teacher logits (detached) when they were computed whole (not on the chunked path)."""
+
+
+def teacher_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The region the frozen teacher (and SAE) compute in during training (`concept.teacher_precision`): `fp32`
+    leaves any surrounding autocast (the official teacher is never autocast), `autocast` keeps it."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "autocast":
+        return contextlib.nullcontext()
+    raise ConfigError(f"concept.teacher_precision: expected 'fp32' or 'autocast', got {precision!r}")
 
 
 def find_blocks(model: nn.Module) -> nn.ModuleList:

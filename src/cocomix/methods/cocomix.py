@@ -23,6 +23,7 @@ from cocomix.errors import ConfigError
 from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
+from cocomix.teacher import teacher_precision
 
 
 def training_targets(targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
@@ -123,8 +124,9 @@ class CoCoMix(Method):
             return self.cache.batch(batch.split, batch.chunk_ids).to(batch.ids.device)
         if self.teacher is None or self.sae is None:
             raise RuntimeError("CoCoMix.prepare() was not called before training")
-        return compute_targets(self.teacher, self.sae, batch.ids, k_attr=c.k_attr, selection=c.selection,
-                               multiplier=c.multiplier, attribution_loss=c.attribution_loss)
+        with teacher_precision(c.teacher_precision, batch.ids.device):
+            return compute_targets(self.teacher, self.sae, batch.ids, k_attr=c.k_attr, selection=c.selection,
+                                   multiplier=c.multiplier, attribution_loss=c.attribution_loss)
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.run.concept
@@ -134,7 +136,8 @@ class CoCoMix(Method):
             return ntp, {"loss": ntp.detach()}
         if c.target == "hidden":
             out = model(batch.ids)
-            _, hidden = self.teacher.forward_pass(batch.ids)
+            with teacher_precision(c.teacher_precision, batch.ids.device):
+                _, hidden = self.teacher.forward_pass(batch.ids)
             aux = hidden_loss(out.aux["hidden_pred"], normalize(hidden.float())[0], c.hidden_loss)
         else:
             # targets first: the teacher's transient memory is freed before the student's activations exist

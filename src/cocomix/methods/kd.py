@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cocomix.errors import ConfigError
 from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.model import Transformer
+from cocomix.teacher import teacher_precision
 
 
 def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,8 @@ class KD(Method):
             raise RuntimeError("KD.prepare() was not called before training")
         logits = model(batch.ids).logits
         ntp = next_token_loss(logits, batch.ids)
-        teacher_logits, _ = self.teacher.forward_pass(batch.ids)
+        with teacher_precision(self.run.concept.teacher_precision, batch.ids.device):
+            teacher_logits, _ = self.teacher.forward_pass(batch.ids)
         kl = kl_teacher_student(teacher_logits, logits)
         total = ntp + self.run.concept.lambda_kd * kl
         return total, {"loss": ntp.detach(), "kd_loss": kl.detach(), "total_loss": total.detach()}

@@ -51,7 +51,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for `auto`/`bf16`, on CPU only for an explicit `bf16`; otherwise fp32."""
+    """bf16 autocast on CUDA for `auto`/`bf16`, on CPU only for an explicit `bf16`; otherwise fp32. On CUDA, fp32
+    matmuls (the teacher's, with `concept.teacher_precision = fp32`) may use TF32, as in the official trainer."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
