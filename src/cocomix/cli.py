@@ -31,7 +31,7 @@ from typing import NoReturn
 
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
-from cocomix.errors import CocomixError
+from cocomix.errors import CocomixError, Stopped
 
 
 def _run_config(args: argparse.Namespace):  # -> RunConfig
@@ -309,6 +309,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("cocomix: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
+    except Stopped as e:  # SIGTERM / SIGINT in train-sae or extract-concepts: progress saved
+        print(f"cocomix: stopped by {e.name}; {e.detail}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("cocomix: interrupted", file=sys.stderr)
         return 130

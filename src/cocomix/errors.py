@@ -32,3 +32,18 @@ class DataError(CocomixError):
 
 class CheckpointError(CocomixError):
     """A checkpoint or exported model folder is missing, incomplete or does not match the config."""
+
+
+class Stopped(Exception):  # noqa: N818 - a clean stop, not an error
+    """A long command (`train-sae`, `extract-concepts`) stopped on SIGTERM / SIGINT after saving its progress;
+    `detail` says where and how to resume. The CLI prints it and exits 128 + the signal number."""
+
+    def __init__(self, signum: int, detail: str) -> None:
+        super().__init__(detail)
+        self.signum, self.detail = signum, detail
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name

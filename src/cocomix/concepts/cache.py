@@ -4,7 +4,9 @@
 `seq_len` tokens) the `k_attr` target latent ids of positions 0 … T−2, as uint16 when the SAE has at most 65536
 latents (int32 otherwise). The final position has no next token and is not stored; `TargetCache.batch` returns
 it as -1 (invalid), exactly like `compute_targets`. Windows are processed in order and `progress.json` records
-how many are done after each flushed batch, so an interrupted extraction resumes where it stopped.
+how many are done after each flushed batch, so an interrupted extraction resumes where it stopped. The directory
+is locked while extracting (a second writer fails at once); SIGTERM / SIGINT stop after the current batch is on
+disk (`cocomix.errors.Stopped`).
 `meta.json` records what produced the targets (teacher, layer, SAE, selection, k_attr, seq_len, the store's
 tokenizer and token counts); opening the cache with different expectations is a one-line error.
 """
@@ -24,7 +26,8 @@ import torch
 from cocomix.atomic import atomic_write_text
 from cocomix.concepts.attribution import INVALID, compute_targets
 from cocomix.data import TokenStore
-from cocomix.errors import ConfigError, DataError
+from cocomix.errors import ConfigError, DataError, Stopped
+from cocomix.train.guard import RunLock, StopSignals
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -59,6 +62,20 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     teacher.check_store(store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out)  # one writer per cache directory
+    try:
+        with StopSignals() as signals:
+            return _extract(store, out, teacher, sae, signals, teacher_spec=teacher_spec, sae_spec=sae_spec,
+                            k_attr=k_attr, selection=selection, multiplier=multiplier,
+                            attribution_loss=attribution_loss, seq_len=seq_len, batch_size=batch_size, splits=splits,
+                            max_windows=max_windows, progress=progress)
+    finally:
+        lock.release()
+
+
+def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: StopSignals, *, teacher_spec: str,
+             sae_spec: str, k_attr: int, selection: str, multiplier: str, attribution_loss: str, seq_len: int,
+             batch_size: int, splits: tuple[str, ...], max_windows: int | None, progress: bool) -> dict[str, Any]:
     device = teacher.device
     meta = {
         "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_layer": teacher.layer,
@@ -97,6 +114,11 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
             budget -= stop - start
             start = done[split] = stop
             atomic_write_text(prog_path, json.dumps(done))
+            if signals.received is not None:  # SIGTERM / SIGINT: this batch is on disk; stop here
+                if progress:
+                    print(file=sys.stderr)
+                raise Stopped(signals.received, f"{start}/{n} {split} windows saved in {out}; rerun the same "
+                                                "command to resume")
             now = time.perf_counter()
             if progress and (now - last_print >= 1.0 or start >= n):
                 last_print = now

@@ -10,7 +10,9 @@ output directory holds:
     summary.json       FVU and L0 on held-out tokens, dead latents (no activation in `dead_after` training
                        tokens, Gao et al.'s definition), latents unseen on the held-out tokens, wall-clock
 
-Re-running with the same settings resumes from the latest checkpoint; other settings are refused. The result is a
+Re-running with the same settings resumes from the latest checkpoint; other settings are refused. The directory
+is locked while training (a second writer fails at once); SIGTERM / SIGINT write a checkpoint after the current
+step and stop (`cocomix.errors.Stopped`). The result is a
 pure function of the config: a resumed run ends with the same weights as an uninterrupted one.
 """
 
@@ -28,13 +30,14 @@ from torch import nn
 
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
-from cocomix.errors import CocomixError, ConfigError
+from cocomix.errors import CocomixError, ConfigError, Stopped
 from cocomix.sae.activations import ActivationChunks
 from cocomix.sae.objective import initialize, normalize_decoder, remove_parallel_decoder_grad, sae_losses
 from cocomix.sae.saelens import save_saelens
 from cocomix.sae.topk import TopKSAE
 from cocomix.sae.train_config import SAETrainConfig
 from cocomix.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from cocomix.train.guard import LOCK_NAME, RunLock, StopSignals
 from cocomix.train.metrics import MetricsLogger, Throughput, format_duration
 
 ADAM_EPS = 6.25e-10  # OpenAI sparse_autoencoder
@@ -80,10 +83,21 @@ def lr_at(step: int, cfg: SAETrainConfig, peak: float) -> float:
     return peak
 
 
-def _prepare_out(cfg: SAETrainConfig, out: Path) -> None:
+def _prepare_out(cfg: SAETrainConfig, out: Path) -> RunLock:
+    """Create or reopen `out`, hold its lock, and refuse a directory that holds something else."""
     if out.exists() and not out.is_dir():
         raise CocomixError(f"{out}: --out exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out)
+    try:
+        _check_out(cfg, out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_out(cfg: SAETrainConfig, out: Path) -> None:
     path = out / "config.json"
     if path.is_file():
         try:
@@ -94,7 +108,7 @@ def _prepare_out(cfg: SAETrainConfig, out: Path) -> None:
             diff = [k for k, v in cfg.to_dict().items() if stored.to_dict().get(k) != v]
             raise CocomixError(f"{out}: holds an SAE training run with other settings ({', '.join(diff[:3])}); "
                                "use another --out")
-    elif any(p.name != "lock" for p in out.iterdir()):
+    elif any(p.name != LOCK_NAME for p in out.iterdir()):
         raise CocomixError(f"{out}: not empty and not an SAE training run; use another --out")
 
 
@@ -136,7 +150,15 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: 
     teacher.check_store(store)
     if store.num_chunks("train", cfg.seq_len) == 0:
         raise CocomixError(f"{store.path}: the train split holds fewer than seq_len={cfg.seq_len} tokens")
-    _prepare_out(cfg, out)
+    lock = _prepare_out(cfg, out)
+    try:
+        return _train(cfg, out, teacher, store, quiet, t_start)
+    finally:
+        lock.release()
+
+
+def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, quiet: bool,
+           t_start: float) -> SAEReport:
     device = teacher.device
     chunks = ActivationChunks(store, teacher, cfg.seq_len, cfg.chunk_tokens, cfg.batch_tokens, cfg.teacher_batch,
                               cfg.seed)
@@ -162,38 +184,47 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: 
                  f"steps {start}->{cfg.steps} | lr {peak:.2e} | dead after {cfg.dead_after} tokens | {device}")
     meter = Throughput(start, cfg.steps)
     dead_after = cfg.dead_after
-    for step in range(start, cfg.steps):
-        lr = lr_at(step, cfg, peak)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x = chunks.batch(step).to(sae.W_enc.dtype)  # (N, d)
-        dead = state.since_fired >= dead_after  # (C,)
-        fvu, auxk, values, indices = sae_losses(sae, x, dead, k_aux)
-        loss = fvu + cfg.auxk_alpha * auxk
-        loss.backward()
-        remove_parallel_decoder_grad(sae)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        normalize_decoder(sae)
-        with torch.no_grad():
-            fired = torch.zeros(C, dtype=torch.bool, device=device)
-            fired[indices[values > 0]] = True
-            state.since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
-        meter.add_tokens(x.shape[0])
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise CocomixError(f"SAE training diverged by step {done}: loss is {loss_value} (lower --lr?)")
-            rate, eta = meter.report(done)
-            dead_frac, fvu_value, auxk_value = float(dead.float().mean()), float(fvu.detach()), float(auxk.detach())
-            logger.log({"kind": "train", "step": done, "loss": loss_value, "fvu": fvu_value, "auxk": auxk_value,
-                        "dead_fraction": dead_frac, "lr": lr, "tokens": done * cfg.batch_tokens, "tok_per_s": rate})
-            logger.print(f"step {done:>6}/{cfg.steps} | fvu {fvu_value:.4f} | auxk {auxk_value:.4f} | "
-                         f"dead {100 * dead_frac:.1f}% | lr {lr:.2e} | {rate / 1e3:.1f}k tok/s | "
-                         f"eta {format_duration(eta)}")
-        if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps:
-            save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
+    with StopSignals() as signals:
+        for step in range(start, cfg.steps):
+            lr = lr_at(step, cfg, peak)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = chunks.batch(step).to(sae.W_enc.dtype)  # (N, d)
+            dead = state.since_fired >= dead_after  # (C,)
+            fvu, auxk, values, indices = sae_losses(sae, x, dead, k_aux)
+            loss = fvu + cfg.auxk_alpha * auxk
+            loss.backward()
+            remove_parallel_decoder_grad(sae)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            normalize_decoder(sae)
+            with torch.no_grad():
+                fired = torch.zeros(C, dtype=torch.bool, device=device)
+                fired[indices[values > 0]] = True
+                state.since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+            meter.add_tokens(x.shape[0])
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise CocomixError(f"SAE training diverged by step {done}: loss is {loss_value} (lower --lr?)")
+                rate, eta = meter.report(done)
+                dead_frac, fvu_value, auxk_value = float(dead.float().mean()), float(fvu.detach()), float(auxk.detach())
+                logger.log({"kind": "train", "step": done, "loss": loss_value, "fvu": fvu_value, "auxk": auxk_value,
+                            "dead_fraction": dead_frac, "lr": lr, "tokens": done * cfg.batch_tokens, "tok_per_s": rate})
+                logger.print(f"step {done:>6}/{cfg.steps} | fvu {fvu_value:.4f} | auxk {auxk_value:.4f} | "
+                             f"dead {100 * dead_frac:.1f}% | lr {lr:.2e} | {rate / 1e3:.1f}k tok/s | "
+                             f"eta {format_duration(eta)}")
+            saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
+            if saved:
+                save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
+            if signals.received is not None:  # SIGTERM / SIGINT: save this step, release the lock, exit 128 + sig
+                if not saved:
+                    save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
+                logger.print(f"stopped by {signals.name} after step {done}: checkpoint written")
+                logger.close()
+                raise Stopped(signals.received, f"SAE checkpoint at step {done} in {out}; rerun the same command "
+                                                "to resume")
     sae.eval()
     metrics = evaluate_sae(sae, chunks, cfg.eval_tokens)
     dead_train = float((state.since_fired >= dead_after).float().mean())

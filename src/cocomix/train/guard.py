@@ -1,5 +1,6 @@
 """What keeps a training run safe on a shared cluster (no paper equation): one writer per run directory, a clean
-stop on SIGTERM / SIGINT, and the non-finite-step policy.
+stop on SIGTERM / SIGINT, and the non-finite-step policy. `train`, `train-sae` and `extract-concepts` use the lock
+and the signal handling.
 
 - `RunLock`: an exclusive `flock` on RUN_DIR/.lock for the whole run; a second `cocomix train` into the same
   directory fails at once with a one-line error instead of interleaving checkpoints. The lock dies with the
@@ -7,6 +8,8 @@ stop on SIGTERM / SIGINT, and the non-finite-step policy.
 - `StopSignals`: SIGTERM and SIGINT set a flag instead of killing the process; the training loop checks it after
   each optimizer step, writes a checkpoint and returns (`TrainResult.stopped`). A second signal of the same kind
   falls back to the default behaviour (kill), for a user who insists.
+- `cocomix.errors.Stopped`: how `train-sae` and `extract-concepts`, which share the lock and the signals, report a
+  clean stop (their progress saved) to the CLI, which exits 128 + signal.
 - `BadSteps`: a step whose loss or gradient norm is not finite is skipped (no optimizer update, gradients
   dropped) and counted; `max_bad_steps` in a row stop the run with an error naming the last good checkpoint.
 """
