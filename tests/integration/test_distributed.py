@@ -1,5 +1,6 @@
 """torchrun data parallelism on CPU (gloo): 2 processes with DDP or FSDP2 give the per-step losses of 1 process with
-the same global batch, and a checkpoint written by 2 processes resumes on 1 (issue 7, acceptance 1)."""
+the same global batch (and the same validation loss, its windows split between them), and a checkpoint written by
+2 processes resumes on 1 (issue 7, acceptance 1)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ STEPS = 6
 def _sets(store: Path, parts: tuple[Path, Path], mbs: int, accum: int, parallel: str = "ddp") -> list[str]:
     kv = ["model.vocab_size=320", "model.context_length=64", f"data.path={store}", "data.seq_len=32",
           f"train.steps={STEPS}", f"train.micro_batch_size={mbs}", f"train.grad_accum={accum}", "train.log_every=1",
-          "train.eval_every=0", "train.save_every=3", "train.warmup_steps=2", "train.device=cpu",
-          f"train.parallel={parallel}", f"concept.teacher={parts[0]}", f"concept.sae={parts[1]}",
+          "train.eval_every=3", "train.eval_batches=0", "train.save_every=3", "train.warmup_steps=2",
+          "train.device=cpu", f"train.parallel={parallel}", f"concept.teacher={parts[0]}", f"concept.sae={parts[1]}",
           "concept.n_latents=256", "concept.teacher_layer=1", "concept.d_teacher=32", "concept.mix_k=8"]
     return [x for s in kv for x in ("--set", s)]
 
@@ -35,6 +36,11 @@ def _train(preset: str, sets: list[str], out: Path, procs: int = 1, resume: bool
 def _losses(run: Path) -> list[dict[str, float]]:
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: e[k] for k in ("loss", "concept_loss") if k in e} for e in events if e["kind"] == "train"]
+
+
+def _val_losses(run: Path) -> list[dict[str, float]]:
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{"val_loss": e["val_loss"]} for e in events if e["kind"] == "eval"]
 
 
 def _close(a: list[dict[str, float]], b: list[dict[str, float]], rel: float = 1e-5) -> bool:
@@ -69,6 +75,9 @@ def test_two_processes_match_one_process_step_by_step(method: str, parallel: str
     assert "× 2 processes" in r.stderr and r.stdout.count('"run_dir"') == 1  # rank 0 alone reports
     two, one = _losses(tmp_path / "run"), _losses(single[method])
     assert len(two) == STEPS and _close(two, one), (two, one)
+    # validation over every val window, split between the processes (and FSDP's lockstep forwards)
+    val_two, val_one = _val_losses(tmp_path / "run"), _val_losses(single[method])
+    assert len(val_two) == 2 and _close(val_two, val_one), (val_two, val_one)
     if method == "cocomix":
         assert all("concept_loss" in x for x in two)
     a = load_file(str(tmp_path / "run" / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))

@@ -134,6 +134,14 @@ def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[s
     return dict(zip(keys, stacked, strict=True))
 
 
+def sum_over_ranks(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The element-wise sum of `t` over the ranks (a collective); `t` itself without torchrun."""
+    if ctx.active:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     """True on every rank when `flag` is True on any (a collective: every rank calls it at the same steps)."""
     if not ctx.active:

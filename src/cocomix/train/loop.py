@@ -210,7 +210,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     def run_eval(step: int) -> float:
         t0 = time.perf_counter()
         res = evaluate_loss(method, model, store, "val", run.data.seq_len, tc.micro_batch_size,
-                            tc.eval_batches, device, autocast=cast if isinstance(cast, torch.autocast) else None)
+                            tc.eval_batches, device, autocast=cast if isinstance(cast, torch.autocast) else None,
+                            shard=(ctx.rank, ctx.world_size), sum_over_shards=lambda t: dd.sum_over_ranks(t, ctx))
         clock["eval"] += time.perf_counter() - t0
         logger.log({"kind": "eval", "step": step, "val_loss": res["loss"], "val_ppl": res["ppl"],
                     "tokens": step * tokens_per_step, "flops": step * tokens_per_step * flops["total"],

@@ -1,0 +1,41 @@
+"""`evaluate_loss` split over processes (`shard`, `sum_over_shards`): the shards' sums give the one-process mean
+over the same windows, and every shard runs the same number of forwards (FSDP's collectives need lockstep)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cocomix.data.store import TokenStore
+from cocomix.eval import evaluate_loss
+from cocomix.methods import METHODS
+from cocomix.model import Transformer
+from cocomix.presets import get_preset
+from tests.conftest import tiny_model_config
+
+
+@pytest.fixture(scope="module")
+def store(store_dir: Path) -> TokenStore:
+    return TokenStore.open(store_dir)
+
+
+@pytest.mark.parametrize(("world", "batch_size", "max_batches"), [(2, 3, 0), (3, 2, 5), (4, 4, 0), (5, 16, 0)])
+def test_shards_sum_to_the_single_process_mean(store: TokenStore, world: int, batch_size: int,
+                                               max_batches: int) -> None:
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(n_layer=2, vocab_size=store.vocab_size)).eval()
+    method = METHODS["ntp"](get_preset("tiny"))
+    whole = evaluate_loss(method, model, store, "val", 16, batch_size, max_batches)
+    calls, real = [], method.eval_loss
+    parts: list[torch.Tensor] = []
+    for rank in range(world):
+        n = len(calls)
+        method.eval_loss = lambda m, ids: (calls.append(ids.shape[0]), real(m, ids))[1]
+        evaluate_loss(method, model, store, "val", 16, batch_size, max_batches, shard=(rank, world),
+                      sum_over_shards=lambda t: (parts.append(t), t)[1])
+        calls[n:] = [len(calls) - n]  # forwards of this shard
+    assert len(set(calls)) == 1  # the same number of forwards on every shard
+    total, windows = torch.stack(parts).sum(0).tolist()
+    assert int(windows) == whole["windows"] and total / windows == pytest.approx(whole["loss"], rel=1e-12)
