@@ -89,3 +89,17 @@ def naive_loss(method: Any, targets_fn: NaiveTargets) -> Any:
         return total, {"loss": ntp.detach(), "concept_loss": aux.detach()}
 
     return loss
+
+
+def naive_flops(run: Any, optimised: dict[str, float], teacher: Any) -> dict[str, float]:
+    """Analytic FLOPs per token of the naive step from the optimised step's (`cocomix.flops.run_flops`) and the
+    teacher's shape (`cocomix.flops.LMShape`): dense compression (2·C·d instead of a 2·mix_k·d gather, forward and
+    backward), the teacher's full backward with weight gradients (3× its forward instead of the activation-only
+    backward above teacher_layer) and the dense attribution matmul (2·d_teacher·C)."""
+    from cocomix.flops import lm_forward
+
+    m, c, T = run.model, run.concept, run.data.seq_len
+    student = optimised["student"] + 3.0 * (2.0 * c.n_latents * m.d_model - 2.0 * c.mix_k * m.d_model)
+    teacher_total = 3.0 * lm_forward(teacher, T)
+    sae = optimised["sae"] + 2.0 * teacher.d_model * c.n_latents
+    return {"student": student, "teacher": teacher_total, "sae": sae, "total": student + teacher_total + sae}

@@ -18,8 +18,11 @@ mix_k 32, GPT-2-small teacher at block 5 — a randomly initialised `transformer
 at a short context for CPU; `--shape tiny` the demo's shapes. Timing alternates the methods round by round
 (rotating the order) and reports medians. Peak memory: each method is run in a fresh subprocess; on CUDA
 `torch.cuda.max_memory_allocated`, on CPU the process's peak resident set (VmHWM) minus its size before the
-model was built — weights, optimizer state, teacher and the step's transient memory together — and, separately,
-the rise of VmHWM during the steps over the resident size before them (the step's own transient memory).
+model was built (the teacher's library already loaded) — weights, optimizer state, teacher and the step's
+transient memory together — and, separately, the rise of VmHWM during the steps over the resident size before
+them (the step's own transient memory). The subprocess runs with MALLOC_MMAP_THRESHOLD_=131072, so freed tensors
+return to the OS and the resident size follows live memory rather than glibc's heap retention. The cached method
+never builds the teacher there (a run from a cache does not load it); its targets are random valid labels.
 
     PYTHONPATH=src python bench/step_cost.py --shape 69m --seq-len 128 --batch 4
     PYTHONPATH=src python bench/step_cost.py --shape tiny --methods ntp,cocomix,cocomix-naive
@@ -46,8 +49,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from naive import NaiveTargets, dense_compression, naive_loss  # noqa: E402
+from naive import NaiveTargets, dense_compression, naive_flops, naive_loss  # noqa: E402
 
+from cocomix.flops import LMShape  # noqa: E402
 from cocomix.methods import METHODS, Batch  # noqa: E402
 from cocomix.presets import get_preset  # noqa: E402
 from cocomix.train.loop import flops_per_token  # noqa: E402
@@ -117,7 +121,8 @@ def build_teacher(shape: str, run: Any) -> tuple[torch.nn.Module, Any]:
 class Step:
     """One method's model, optimizer and loss; `__call__` runs one training step on the batch."""
 
-    def __init__(self, name: str, runs: dict[str, Any], shape: str, device: torch.device) -> None:
+    def __init__(self, name: str, runs: dict[str, Any], shape: str, device: torch.device,
+                 with_teacher: bool = True) -> None:
         from cocomix.teacher import Teacher
 
         key = {"cocomix-naive": "cocomix", "cocomix-cached": "cocomix"}.get(name, name)
@@ -126,7 +131,7 @@ class Step:
         torch.manual_seed(0)
         self.method = METHODS[self.run.method](self.run)
         self.model = self.method.build_model().to(device)
-        if self.run.method in ("cocomix", "kd"):
+        if self.run.method in ("cocomix", "kd") and not (name == "cocomix-cached" and not with_teacher):
             hf, sae = build_teacher(shape, self.run)
             c = self.run.concept
             self.method.teacher = Teacher(copy.deepcopy(hf).to(device), c.teacher_layer)
@@ -139,6 +144,10 @@ class Step:
             del hf
         self.optimizer = build_optimizer(self.model, self.run.train, device)
         self.flops = flops_per_token(self.run, self.method)
+        if name == "cocomix-naive":
+            t = self.method.teacher
+            self.flops = naive_flops(self.run, self.flops, LMShape.from_module(t.model, t.blocks, t.width,
+                                                                               t.output_vocab))
         self.cached: dict[int, torch.Tensor] = {}
         self.online_targets = self.method.targets if self.run.method == "cocomix" else None
 
@@ -181,9 +190,13 @@ def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     if args.shape == "69m":  # code, not memory of the step: every method starts with the teacher's library loaded
         import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     base = _vm("VmRSS")
-    step = Step(name, runs, args.shape, device)
-    if name == "cocomix-cached":
-        step.prefill([ids])
+    step = Step(name, runs, args.shape, device, with_teacher=False)  # cached: as a run from a cache, no teacher
+    if name == "cocomix-cached":  # a step's memory does not depend on the label values: random valid targets
+        c = step.run.concept
+        targets = torch.randint(0, c.n_latents, (args.batch, args.seq_len, c.k_attr),
+                                generator=torch.Generator().manual_seed(1)).to(device)
+        targets[:, -1] = -1
+        step.cached[0] = targets
     step(ids, 0)  # optimizer state and cached targets exist from here on
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -265,7 +278,10 @@ def main() -> None:
                    str(args.seq_len), "--batch", str(args.batch), "--device", args.device]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            # freed memory goes back to the OS at once, so the resident size follows live allocations (as
+            # torch.cuda.max_memory_allocated does on GPUs) rather than what glibc's heap happens to keep
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if out.returncode != 0:
                 sys.exit(f"memory subprocess for {n} failed: {out.stderr[-2000:]}")
             result["methods"][n].update(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -276,6 +292,7 @@ def main() -> None:
 
     result["ratios"] = {
         "naive_over_optimised_step": ratio("cocomix-naive", "cocomix", "step_s"),
+        "naive_over_optimised_flops": ratio("cocomix-naive", "cocomix", "flops_per_token"),
         "cached_over_ntp_step": ratio("cocomix-cached", "ntp", "step_s"),
         "cached_over_ntp_flops": ratio("cocomix-cached", "ntp", "flops_per_token"),
         "cocomix_over_ntp_matched_peak_memory": ratio("cocomix", "ntp-matched", "peak_mib"),

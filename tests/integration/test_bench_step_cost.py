@@ -25,6 +25,7 @@ def test_step_cost_reports_every_method_and_the_naive_mode_agrees() -> None:
     assert abs(check["first_loss_optimised"] - check["first_loss_naive"]) < 1e-4 * check["first_loss_naive"]
     m = out["methods"]
     assert m["cocomix-cached"]["flops_per_token"] < m["cocomix"]["flops_per_token"]  # no teacher, no SAE
+    assert m["cocomix-naive"]["flops_per_token"] > m["cocomix"]["flops_per_token"]  # dense, full teacher backward
 
 
 def test_memory_only_measures_peak_memory_without_timing() -> None:
