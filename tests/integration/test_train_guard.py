@@ -103,7 +103,7 @@ def test_a_second_writer_is_locked_out(store_dir: Path, tmp_path: Path) -> None:
     finally:
         lock.release()
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "another cocomix process is writing this run directory" in r.stderr
+    assert "another cocomix process is writing this directory" in r.stderr
     assert _run(cfg, out, "--resume").returncode == 0  # released: the run goes ahead
 
 

@@ -52,7 +52,7 @@ def _docs_in(stream: list[int], store: TokenStore) -> list[str]:
 
 
 def test_layout_and_meta(store_dir: Path) -> None:
-    assert sorted(p.name for p in store_dir.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
+    assert sorted(p.name for p in store_dir.iterdir()) == [".lock", "meta.json", "tokenizer", "train.bin", "val.bin"]
     meta = json.loads((store_dir / "meta.json").read_text())
     assert meta["format_version"] == 1 and meta["source"].startswith("text:")
     assert meta["tokenizer"] == "bpe:300" and meta["dtype"] == "uint16"
@@ -61,7 +61,8 @@ def test_layout_and_meta(store_dir: Path) -> None:
     assert meta["val_documents"] == len(meta["val_names"]) >= 1
     for split in ("train", "val"):
         assert (store_dir / f"{split}.bin").stat().st_size == 2 * meta[f"{split}_tokens"]
-    assert not [p for p in store_dir.rglob("*") if p.name.startswith(".")]  # no temp files left
+    # no temp files left; .lock is the writers' lock file (it holds the last writer's pid)
+    assert [p.name for p in store_dir.rglob("*") if p.name.startswith(".")] == [".lock"]
 
 
 def test_token_store_round_trips_the_documents(store_dir: Path) -> None:
@@ -230,3 +231,24 @@ def test_dtype_choice_and_a_uint32_store(tmp_path: Path) -> None:
     store = TokenStore.open(tmp_path)
     assert store.batch("train", [1, 0], 2).tolist() == [[99999, 0], [70000, 5]]
     assert store.tokens("val").size == 0 and store.num_chunks("val", 2) == 0
+
+
+def test_a_second_prepare_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
+    from cocomix.data import prepare
+    from cocomix.errors import CocomixError
+    from cocomix.train.guard import RunLock
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("some words " * 50)
+    (tmp_path / "docs" / "b.txt").write_text("other words " * 50)
+    out = tmp_path / "store"
+    out.mkdir()
+    lock = RunLock(out)  # a prepare in progress elsewhere
+    try:
+        with pytest.raises(CocomixError, match="another cocomix process is writing this directory"):
+            prepare(f"text:{tmp_path / 'docs'}", out, tokenizer="bpe:300", val_fraction=0.5, progress=False)
+    finally:
+        lock.release()
+    assert not (out / "meta.json").exists()
+    prepare(f"text:{tmp_path / 'docs'}", out, tokenizer="bpe:300", val_fraction=0.5, progress=False)
+    assert (out / "meta.json").is_file()

@@ -138,9 +138,19 @@ def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_f
     `tokenizer` is `bpe:<vocab_size>` (train a byte-level BPE on the train documents only) or a spec for
     `load_tokenizer`. See `corpus.py` for the source forms and the train/val split.
     """
+    from cocomix.train.guard import RunLock  # here: cocomix.train imports this module
+
     out = Path(out_dir).expanduser()
-    log = _Progress(progress)
     _check_out_dir(out, overwrite)
+    lock = RunLock(out)  # one writer per store folder
+    try:
+        _check_out_dir(out, overwrite)  # again under the lock: a concurrent prepare may have finished meanwhile
+        return _prepare(source, out, tokenizer, val_fraction, _Progress(progress))
+    finally:
+        lock.release()
+
+
+def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _Progress) -> dict:
     next(iter_split(source, val_fraction), None)  # a bad source or val_fraction fails here, before any work
     tok = _build_tokenizer(tokenizer, source, val_fraction, log)
     name = dtype_name(tok.vocab_size)

@@ -1,6 +1,6 @@
 """What keeps a training run safe on a shared cluster (no paper equation): one writer per run directory, a clean
 stop on SIGTERM / SIGINT, and the non-finite-step policy. `train`, `train-sae` and `extract-concepts` use the lock
-and the signal handling.
+and the signal handling; `prepare` uses the lock (a kill leaves its folder consistent, see `data/store.py`).
 
 - `RunLock`: an exclusive `flock` on RUN_DIR/.lock for the whole run; a second `cocomix train` into the same
   directory fails at once with a one-line error instead of interleaving checkpoints. The lock dies with the
@@ -39,7 +39,7 @@ class RunLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise CocomixError(f"{run_dir}: another cocomix process is writing this run directory "
+            raise CocomixError(f"{run_dir}: another cocomix process is writing this directory "
                                f"(it holds {self.path}); wait for it or choose another --out") from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
