@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="concept.teacher_dtype of the online CoCoMix and KD steps (naive stays float32)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     p.add_argument("--memory-only", action="store_true", help="only the per-method memory subprocesses, no timing")
     p.add_argument("--summary", action="store_true", help="also print a readable summary to stderr")
@@ -77,7 +79,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def runs_for(shape: str, seq_len: int, batch: int) -> dict[str, Any]:
+def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32") -> dict[str, Any]:
     """RunConfigs of every method at the shape, dropout off (it is noise in a timing)."""
     names = {"69m": {"ntp-matched": "gpt2-69m-ntp", "cocomix": "gpt2-69m-cocomix", "kd": "gpt2-69m-kd",
                      "pause": "gpt2-69m-pause"},
@@ -87,7 +89,8 @@ def runs_for(shape: str, seq_len: int, batch: int) -> dict[str, Any]:
         run = get_preset(preset)
         model = dataclasses.replace(run.model, dropout=0.0, context_length=max(seq_len, 8))
         out[method] = dataclasses.replace(run, model=model, data=dataclasses.replace(run.data, seq_len=seq_len),
-                                          train=dataclasses.replace(run.train, micro_batch_size=batch, device="cpu"))
+                                          train=dataclasses.replace(run.train, micro_batch_size=batch, device="cpu"),
+                                          concept=dataclasses.replace(run.concept, teacher_dtype=teacher_dtype))
     coco = out["cocomix"]
     out["ntp"] = dataclasses.replace(out["ntp-matched"], model=dataclasses.replace(out["ntp-matched"].model,
                                                                                    d_model=coco.model.d_model))
@@ -123,7 +126,7 @@ class Step:
 
     def __init__(self, name: str, runs: dict[str, Any], shape: str, device: torch.device,
                  with_teacher: bool = True) -> None:
-        from cocomix.teacher import Teacher
+        from cocomix.teacher import Teacher, teacher_dtype
 
         key = {"cocomix-naive": "cocomix", "cocomix-cached": "cocomix"}.get(name, name)
         self.run = runs[key]
@@ -134,7 +137,8 @@ class Step:
         if self.run.method in ("cocomix", "kd") and not (name == "cocomix-cached" and not with_teacher):
             hf, sae = build_teacher(shape, self.run)
             c = self.run.concept
-            self.method.teacher = Teacher(copy.deepcopy(hf).to(device), c.teacher_layer)
+            self.method.teacher = Teacher(copy.deepcopy(hf).to(device, teacher_dtype(c.teacher_dtype)),
+                                          c.teacher_layer)
             if self.run.method == "cocomix":
                 self.method.sae = sae.to(device)
                 if name == "cocomix-naive":
@@ -184,7 +188,7 @@ def _vm(field: str) -> float:
 def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     """Peak memory of one method's steps, in this (fresh) process."""
     device = torch.device(args.device)
-    runs = runs_for(args.shape, args.seq_len, args.batch)
+    runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype)
     vocab = runs["ntp"].model.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     if args.shape == "69m":  # code, not memory of the step: every method starts with the teacher's library loaded
@@ -225,7 +229,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"--methods: unknown {unknown}; expected names from {ALL}")
     device = torch.device(args.device)
-    runs = runs_for(args.shape, args.seq_len, args.batch)
+    runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype)
     if args.memory_only:
         args.rounds = args.warmup = 0
         names_timed: list[str] = []
@@ -276,8 +280,7 @@ def main() -> None:
         for n in names:
             cmd = [sys.executable, __file__, "--memory-of", n, "--shape", args.shape, "--seq-len",
                    str(args.seq_len), "--batch", str(args.batch), "--device", args.device]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
+            cmd += ["--teacher-dtype", args.teacher_dtype] + (["--threads", str(args.threads)] if args.threads else [])
             # freed memory goes back to the OS at once, so the resident size follows live allocations (as
             # torch.cuda.max_memory_allocated does on GPUs) rather than what glibc's heap happens to keep
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}

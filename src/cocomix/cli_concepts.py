@@ -14,10 +14,11 @@ from pathlib import Path
 def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
     """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`)."""
     from cocomix.sae import load_sae
-    from cocomix.teacher import Teacher
+    from cocomix.teacher import Teacher, teacher_dtype
     from cocomix.train.loop import resolve_device
 
-    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device))
+    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device),
+                                      dtype=teacher_dtype(args.teacher_dtype))
     return teacher, load_sae(args.sae, k=args.sae_k).to(teacher.device)
 
 
@@ -26,12 +27,13 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     from cocomix.sae.train_config import SAETrainConfig
     from cocomix.sae.training import train_sae
-    from cocomix.teacher import Teacher
+    from cocomix.teacher import Teacher, teacher_dtype
     from cocomix.train.loop import resolve_device
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
     cfg = SAETrainConfig(**values)
-    teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device))
+    teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device),
+                                      dtype=teacher_dtype(cfg.teacher_dtype))
     report = train_sae(cfg, args.out, teacher)
     print(json.dumps({**report.to_dict(), "sae": str(Path(args.out) / "sae")}))
     return 0
@@ -92,6 +94,8 @@ def _add_concept_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--teacher-layer", type=int, required=True, help="block whose output the SAE reads")
     s.add_argument("--sae", required=True, help="OpenAI .pt/.safetensors file, SAELens or sparsify folder")
     s.add_argument("--sae-k", type=int, default=None, help="SAE TopK (needed for OpenAI .safetensors files)")
+    s.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="dtype of the teacher's weights (a training run's concept.teacher_dtype; default float32)")
 
 
 def add_concept_commands(sub: argparse._SubParsersAction) -> None:

@@ -93,10 +93,11 @@ def cmd_steer(args: argparse.Namespace) -> int:
     print(_side_by_side(("student, unsteered (α = 1)", text["unsteered"]), ("student, steered", text["steered"])))
     if args.teacher_check:
         from cocomix.sae import load_sae
-        from cocomix.teacher import Teacher
+        from cocomix.teacher import Teacher, teacher_dtype
 
         c = run.concept
-        teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device)
+        teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
+                                          dtype=teacher_dtype(c.teacher_dtype))
         sae = load_sae(c.sae, k=c.sae_k).to(device)
         t_out = {}
         for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
@@ -112,7 +113,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
     from cocomix.sae import load_sae
-    from cocomix.teacher import Teacher
+    from cocomix.teacher import Teacher, teacher_dtype
 
     try:
         alphas = tuple(float(a) for a in args.alphas.split(","))
@@ -126,7 +127,8 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
     c = run.concept
     device = next(model.parameters()).device
-    teacher = Teacher.from_pretrained(args.teacher or c.teacher, c.teacher_layer, device=device)
+    teacher = Teacher.from_pretrained(args.teacher or c.teacher, c.teacher_layer, device=device,
+                                      dtype=teacher_dtype(c.teacher_dtype))
     sae = load_sae(args.sae or c.sae, k=c.sae_k).to(device)
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
     out = write_steering_report(result, args.out)

@@ -198,6 +198,7 @@ CONCEPT_TARGETS = ("concepts", "hidden")
 HIDDEN_LOSSES = ("l1", "l2", "cosine")
 PAUSE_SLOTS = ("vector", "token")
 TEACHER_PRECISIONS = ("fp32", "autocast")
+TEACHER_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,10 @@ class ConceptConfig:
     """How the frozen teacher and SAE compute during training: `fp32` (the official code: outside the training
     autocast, TF32 matmuls on CUDA; the same numbers as `extract-concepts`) or `autocast` (inside the training
     autocast, e.g. bf16 on GPUs: faster, its targets differ from fp32 ones by rounding)."""
+    teacher_dtype: str = "float32"
+    """Dtype the teacher's weights are loaded in: `float32` (the official code) or `bfloat16` (half the memory, for
+    large teachers; its residual, gradients and hence targets are computed in bf16, a deviation). The SAE stays
+    in its file's dtype."""
     d_teacher: int = 768
     """Teacher residual width (needed to build the `hidden` ablation's predictor)."""
     mask_last_position: bool = True
@@ -272,7 +277,8 @@ class ConceptConfig:
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
                               ("attribution_loss", ATTRIBUTION_LOSSES), ("mixing", MIXINGS),
                               ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES),
-                              ("pause_slot", PAUSE_SLOTS), ("teacher_precision", TEACHER_PRECISIONS)):
+                              ("pause_slot", PAUSE_SLOTS), ("teacher_precision", TEACHER_PRECISIONS),
+                              ("teacher_dtype", TEACHER_DTYPES)):
             _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
 
 

@@ -45,6 +45,13 @@ class TeacherPass:
     """(B, T, V): teacher logits (detached) when they were computed whole (not on the chunked path)."""
 
 
+def teacher_dtype(name: str) -> torch.dtype:
+    """The torch dtype of `concept.teacher_dtype` / `--teacher-dtype` (`float32` or `bfloat16`)."""
+    if name not in ("float32", "bfloat16"):
+        raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {name!r}")
+    return getattr(torch, name)
+
+
 def teacher_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The region the frozen teacher (and SAE) compute in during training (`concept.teacher_precision`): `fp32`
     leaves any surrounding autocast (the official teacher is never autocast), `autocast` keeps it."""
@@ -99,6 +106,11 @@ class Teacher:
             if cfg is not None and isinstance(getattr(cfg, name, None), int):
                 return int(getattr(cfg, name))
         return int(self.model.cfg.d_model)  # a cocomix Transformer
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype of the teacher's weights, as `teacher_dtype` names it ("float32", "bfloat16")."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     @property
     def output_vocab(self) -> int:

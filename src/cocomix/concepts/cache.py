@@ -31,8 +31,10 @@ from cocomix.train.guard import RunLock, StopSignals
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
-MATCH_KEYS = ("teacher", "teacher_layer", "sae", "sae_sha256", "n_latents", "sae_k", "k_attr", "selection",
-              "multiplier", "attribution_loss", "seq_len", "tokenizer_sha256", "train_tokens", "val_tokens")
+MATCH_KEYS = ("teacher", "teacher_layer", "teacher_dtype", "sae", "sae_sha256", "n_latents", "sae_k", "k_attr",
+              "selection", "multiplier", "attribution_loss", "seq_len", "tokenizer_sha256", "train_tokens",
+              "val_tokens")
+_OLD_DEFAULTS = {"teacher_dtype": "float32"}  # keys caches written before they were recorded hold implicitly
 
 
 def file_sha256(path: Path) -> str:
@@ -79,6 +81,7 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
     device = teacher.device
     meta = {
         "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_layer": teacher.layer,
+        "teacher_dtype": teacher.dtype_name,
         "sae": sae_spec, "sae_sha256": file_sha256(Path(sae_spec)) if Path(sae_spec).exists() else None,
         "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection, "multiplier": multiplier,
         "attribution_loss": attribution_loss, "seq_len": seq_len,
@@ -136,8 +139,9 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
 
 def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
     for key in MATCH_KEYS:
-        if key in expected and stored.get(key) != expected[key]:
-            raise ConfigError(f"{out / 'meta.json'}: concept cache was made with {key}={stored.get(key)!r}, "
+        value = stored.get(key, _OLD_DEFAULTS.get(key))
+        if key in expected and value != expected[key]:
+            raise ConfigError(f"{out / 'meta.json'}: concept cache was made with {key}={value!r}, "
                               f"this run needs {expected[key]!r}; use another cache directory")
 
 

@@ -23,7 +23,7 @@ from cocomix.errors import ConfigError
 from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
-from cocomix.teacher import teacher_precision
+from cocomix.teacher import teacher_dtype, teacher_precision
 
 
 def training_targets(targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
@@ -94,7 +94,8 @@ class CoCoMix(Method):
         if not c.teacher:
             raise ConfigError("concept.teacher: CoCoMix needs a teacher (HF name/folder or cocomix run) unless "
                               "concept.cache is set")
-        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device)
+        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
+                                               dtype=teacher_dtype(c.teacher_dtype))
         self.teacher.check_store(store)
         width = self.teacher.width
         if c.target == "hidden":
@@ -155,6 +156,7 @@ def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConf
 
     c = run.concept
     expect = {"k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
+              "teacher_dtype": c.teacher_dtype,
               "multiplier": c.multiplier, "attribution_loss": c.attribution_loss,
               "tokenizer_sha256": file_sha256(Path(store.path) / "tokenizer" / "tokenizer.json"),
               "train_tokens": store.num_tokens("train")}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from cocomix.errors import ConfigError
 from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.model import Transformer
-from cocomix.teacher import teacher_precision
+from cocomix.teacher import teacher_dtype, teacher_precision
 
 
 def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,8 @@ class KD(Method):
         c = self.run.concept
         if not c.teacher:
             raise ConfigError("concept.teacher: KD needs a teacher (HF name/folder or cocomix run)")
-        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device)
+        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
+                                               dtype=teacher_dtype(c.teacher_dtype))
         if self.teacher.output_vocab != self.run.model.vocab_size:
             raise ConfigError(f"concept.teacher: KD needs the student's tokenizer; the teacher predicts "
                               f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size}")

@@ -70,6 +70,8 @@ class SAETrainConfig:
     """Steps between progress lines and metrics.jsonl entries."""
     device: str = "auto"
     """cpu | cuda | cuda:N | auto."""
+    teacher_dtype: str = "float32"
+    """Dtype of the teacher's weights: float32 or bfloat16 (half the memory for large teachers)."""
 
     def __post_init__(self) -> None:
         positive = ("seq_len", "expansion", "k", "steps", "batch_tokens", "chunk_tokens", "teacher_batch",
@@ -87,6 +89,8 @@ class SAETrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.teacher_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {self.teacher_dtype!r}")
         if not 0 <= self.decay_fraction <= 1:
             raise ConfigError(f"decay_fraction: expected a number in [0, 1], got {self.decay_fraction!r}")
         if self.n_latents and self.k > self.n_latents:
