@@ -24,8 +24,8 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
     batches is weighted by window count. The model is put in eval mode (no dropout) and restored after.
     Under torchrun, `shard = (rank, world_size)` gives each process every world_size-th batch and
     `sum_over_shards` (an all-reduce sum) combines their (loss sum, window count): the same windows and mean as
-    one process. Every process runs the same number of forwards (a process without a batch left repeats its
-    first one and does not count it), as FSDP's collective forwards need.
+    one process. Every process runs the same number of forwards (a process without a batch left runs one again
+    and does not count it), as FSDP's collective forwards need.
     """
     if seq_len < 2:
         raise ConfigError(f"seq_len: expected an integer >= 2 (one prediction needs two tokens), got {seq_len}")
