@@ -139,6 +139,11 @@ class TrainConfig:
     """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`. fp32 matmuls on CUDA use TF32 (official)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    chunked_lm_loss: bool = False
+    """Compute the student's next-token loss through the LM head in row chunks, its gradients formed in the
+    forward (a fused linear cross-entropy, `cocomix.model.chunked_nll`): the (B, T, V) logits and their gradient
+    never exist whole. Same loss up to float rounding; off by default (the official trainer's whole logits).
+    Not for method kd, whose KL term needs the whole logits."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
     seed: int = 0
@@ -146,7 +151,9 @@ class TrainConfig:
     eval_every: int = 200
     """Evaluate validation loss every this many steps (and at the end); 0 disables periodic evaluation."""
     eval_batches: int = 20
-    """Validation micro-batches per evaluation; 0 uses the whole split."""
+    """Validation windows per evaluation, in global batches (micro_batch_size · grad_accum · world_size windows,
+    run micro_batch_size at a time), so that splitting the same global batch differently (processes,
+    accumulation, a resume on another world size) evaluates the same windows; 0 uses the whole split."""
     save_every: int = 200
     """Write a checkpoint every this many steps (and at the end); 0 saves only at the end."""
     keep_checkpoints: int = 2
@@ -301,6 +308,8 @@ class RunConfig:
             _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
                    f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",
                    self.concept.concept_layer)
+        _check(not (self.method == "kd" and self.train.chunked_lm_loss), "train.chunked_lm_loss",
+               "false for method kd (its KL term needs the student's whole logits)", self.train.chunked_lm_loss)
         _check(self.data.seq_len <= self.model.context_length, "data.seq_len",
                f"at most model.context_length={self.model.context_length}", self.data.seq_len)
 

@@ -41,6 +41,11 @@ class Method:
     def __init__(self, run: RunConfig) -> None:
         self.run = run
 
+    @property
+    def unused_parameters(self) -> bool:
+        """Whether some of the student's parameters never get a gradient by design (DDP needs to know)."""
+        return False
+
     def build_model(self) -> Transformer:
         return Transformer(self.run.model)
 
@@ -52,7 +57,16 @@ class Method:
         """batch.ids (B, T) -> (loss to back-propagate, metrics to log; `loss` is the next-token CE)."""
         raise NotImplementedError
 
+    def student_loss(self, model: Transformer, ids: torch.Tensor,
+                     **kwargs: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
+        """(next-token CE of the student on ids (B, T), its output): from whole logits, or with
+        `train.chunked_lm_loss` through the head in row chunks (no logits in the output)."""
+        if self.run.train.chunked_lm_loss:
+            out: ModelOutput = model(ids, lm_loss=True, **kwargs)
+            return out.loss, out
+        out = model(ids, **kwargs)
+        return next_token_loss(out.logits, ids), out
+
     def eval_loss(self, model: Transformer, ids: torch.Tensor) -> torch.Tensor:
         """Next-token CE of the model on ids (B, T); what validation loss and perplexity report."""
-        out: ModelOutput = model(ids)
-        return next_token_loss(out.logits, ids)
+        return self.student_loss(model, ids)[0]

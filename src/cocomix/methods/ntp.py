@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cocomix.methods.base import Batch, Method, next_token_loss
+from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 
 
@@ -14,5 +14,5 @@ class NTP(Method):
     name = "ntp"
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = next_token_loss(model(batch.ids).logits, batch.ids)
+        loss, _ = self.student_loss(model, batch.ids)
         return loss, {"loss": loss.detach()}

@@ -1,13 +1,16 @@
-"""Mean next-token NLL through a frozen LM head, in row chunks (design §6; used for the teacher's attribution loss).
+"""Mean next-token NLL through an LM head, in row chunks (design §6): the teacher's attribution loss, and the
+student's next-token loss with `train.chunked_lm_loss` (a fused linear cross-entropy).
 
-For final hidden states h (N, d) after the last norm, a frozen head W (V, d) (+ bias) and labels y (N,):
+For final hidden states h (N, d) after the last norm, a head W (V, d) (+ bias b) and labels y (N,):
 
-    L = (1/N) Σ_n [logsumexp(h_n Wᵀ + b) − (h_n Wᵀ + b)[y_n]]          ∂L/∂h_n = (softmax_n − onehot(y_n)) W / N
+    L = (1/N) Σ_n [logsumexp(h_n Wᵀ + b) − (h_n Wᵀ + b)[y_n]]
+    G = (softmax(h Wᵀ + b) − onehot(y)) / N          (N, V), ∂L/∂logits
+    ∂L/∂h = G W          ∂L/∂W = Gᵀ h          ∂L/∂b = Σ_n G_n
 
-computed one chunk of rows at a time, so the (N, V) logits never exist at once. When h requires grad, the forward
-also computes ∂L/∂h chunk by chunk while each chunk's logits are at hand (the head's two matmuls, as an unchunked
-forward + backward would do, without recomputing the logits) and keeps it: the backward only scales it by the
-incoming gradient. W and b get no gradient (the teacher is frozen).
+computed one chunk of rows at a time, so the (N, V) logits never exist at once. The gradients the inputs need
+(h's always when it requires grad; W's and b's only when they require grad — never for the frozen teacher) are
+formed in the forward, chunk by chunk, while each chunk's logits are at hand: the same matmuls an unchunked
+forward + backward does, without recomputing the logits. The backward only scales them by the incoming gradient.
 """
 
 from __future__ import annotations
@@ -30,28 +33,45 @@ class ChunkedNLL(torch.autograd.Function):
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:  # noqa: ANN001
         N, V = h.shape[0], weight.shape[0]
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-        with_grad = ctx.needs_input_grad[0]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
         total = torch.zeros((), dtype=acc, device=h.device)
-        gh = torch.empty_like(h) if with_grad else None  # (N, d): ∂L/∂h, filled chunk by chunk
+        gh = torch.empty_like(h) if need_h else None  # (N, d): ∂L/∂h, filled chunk by chunk
+        gw = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_w else None  # (V, d), summed over chunks
+        gb = torch.zeros(V, dtype=acc, device=h.device) if need_b else None  # (V,)
         for s in range(0, N, _rows(V)):
             e = min(N, s + _rows(V))
             z = F.linear(h[s:e], weight, bias).to(acc)  # (n, V) logits
             lse = torch.logsumexp(z, dim=-1)  # (n,)
             total += (lse - z.gather(-1, labels[s:e, None])[:, 0]).sum()
-            if with_grad:
+            if need_h or need_w or need_b:
                 p = torch.exp(z.sub_(lse[:, None]))  # softmax (n, V), in place of the logits
                 p.scatter_add_(-1, labels[s:e, None], -torch.ones(e - s, 1, dtype=p.dtype, device=p.device))
-                gh[s:e] = (p.to(weight.dtype) @ weight).to(h.dtype) / N  # (n, d)
-        ctx.save_for_backward(gh)
+                g = p.to(weight.dtype)  # (n, V): rows of N·G
+                if need_h:
+                    gh[s:e] = (g @ weight).to(h.dtype) / N  # (n, d)
+                if need_w:
+                    gw += (g.t() @ h[s:e].to(weight.dtype)).to(acc)  # (V, d), divided by N below
+                if need_b:
+                    gb += p.sum(0)
+        for t in (gw, gb):
+            if t is not None:
+                t.div_(N)
+        ctx.save_for_backward(gh, gw, gb)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total / N
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple:  # noqa: ANN001
-        (gh,) = ctx.saved_tensors
-        return gh * g.to(gh.dtype), None, None, None
+        gh, gw, gb = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.dtypes
+        return (None if gh is None else gh * g.to(gh.dtype),
+                None if gw is None else (gw * g).to(w_dtype),
+                None if gb is None else (gb * g).to(b_dtype), None)
 
 
 def chunked_nll(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor) -> Tensor:
     """Mean NLL of ids[:, 1:] from final hidden states h (B, T, d) through the head (weight, bias)."""
     B, T, d = h.shape
+    if not torch.is_grad_enabled():  # under no_grad a parameter still reports needs_input_grad: no gradients then
+        h, weight, bias = h.detach(), weight.detach(), None if bias is None else bias.detach()
     return ChunkedNLL.apply(h[:, :-1].reshape(-1, d), weight, bias, ids[:, 1:].reshape(-1))

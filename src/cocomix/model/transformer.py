@@ -15,16 +15,19 @@ from torch import nn
 
 from cocomix.config import ModelConfig
 from cocomix.model.attention import CausalSelfAttention, KVCache
+from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.layers import make_mlp, make_norm
 from cocomix.model.seam import Seam
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor
-    """(B, T, V): logits at t predict token t+1."""
+    logits: torch.Tensor | None
+    """(B, T, V): logits at t predict token t+1 (None when the forward computed `loss` in chunks instead)."""
     aux: dict = field(default_factory=dict)
     """What the seam produced (e.g. concept logits), for the method's loss."""
+    loss: torch.Tensor | None = None
+    """With `forward(..., lm_loss=True)`: the mean next-token NLL of the input ids, from chunked logits."""
 
 
 class Block(nn.Module):
@@ -79,10 +82,14 @@ class Transformer(nn.Module):
         self.seam = seam
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
-                concept_targets: torch.Tensor | None = None) -> ModelOutput:
+                concept_targets: torch.Tensor | None = None, lm_loss: bool = False) -> ModelOutput:
         """ids (B, S) -> logits (B, S, V). With a cache, ids continue the cached sequence. `concept_targets`
-        (B, S, k_attr) go to the seam (CoCoMix training: its loss comes back in aux["concept_loss"])."""
+        (B, S, k_attr) go to the seam (CoCoMix training: its loss comes back in aux["concept_loss"]). With
+        `lm_loss`, no logits: `loss` is the next-token NLL of ids through the head in row chunks
+        (`chunked_nll`, `train.chunked_lm_loss`). Both go through forward so DDP / FSDP hooks see them."""
         h, aux = self.final_hidden(ids, cache, concept_targets)
+        if lm_loss:
+            return ModelOutput(logits=None, aux=aux, loss=chunked_nll(h, self.lm_head.weight, None, ids))
         return ModelOutput(logits=self.lm_head(h), aux=aux)
 
     def final_hidden(self, ids: torch.Tensor, cache: KVCache | None = None,

@@ -1,0 +1,117 @@
+"""`train.chunked_lm_loss`: the student's next-token loss through the LM head in row chunks (fused linear CE,
+`cocomix.model.chunked_nll`) gives the loss and every parameter gradient of the whole-logits path, for each
+method that uses it, tied or untied head; KD refuses it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cocomix.config import ConceptConfig, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from cocomix.methods import METHODS, Batch
+from cocomix.model import chunked_nll as cn
+
+
+@pytest.mark.parametrize("rows", [1, 4, 1000])
+def test_weight_and_bias_gradients_equal_cross_entropy(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cn, "CHUNK_ELEMENTS", rows * 53)
+    h = torch.randn(3, 9, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(53, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(53, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 53, (3, 9))
+    got = cn.chunked_nll(h, w, b, ids)
+    mine = torch.autograd.grad(2.5 * got + (w * w).sum(), (h, w, b))  # w also used outside: grads add up
+    want = F.cross_entropy(F.linear(h, w, b)[:, :-1].reshape(-1, 53), ids[:, 1:].reshape(-1))
+    theirs = torch.autograd.grad(2.5 * want + (w * w).sum(), (h, w, b))
+    assert torch.allclose(got, want, rtol=1e-12)
+    for a, e in zip(mine, theirs, strict=True):
+        assert torch.allclose(a, e, rtol=1e-10, atol=1e-13)
+
+
+def _run(method: str, chunked: bool, tie: bool) -> RunConfig:
+    model = ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32, context_length=64, tie_embeddings=tie)
+    concept = ConceptConfig(n_latents=80, concept_layer=2, mix_k=8, k_attr=4)
+    return RunConfig(method=method, model=model, data=DataConfig(seq_len=16), concept=concept,
+                     train=TrainConfig(chunked_lm_loss=chunked))
+
+
+def _loss_and_grads(method: str, chunked: bool, tie: bool, ids: torch.Tensor,
+                    targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    m = METHODS[method](_run(method, chunked, tie))
+    m.targets = lambda batch: targets  # the teacher's labels, fixed (no teacher needed here)
+    torch.manual_seed(3)
+    model = m.build_model()
+    loss, _ = m.loss(model, Batch(ids))
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("method", ["ntp", "cocomix", "pause"])
+def test_chunked_loss_and_gradients_equal_whole_logits(method: str, tie: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cn, "CHUNK_ELEMENTS", 7 * 97)  # 7 rows per chunk: several chunks, a ragged last one
+    torch.manual_seed(0)
+    ids = torch.randint(0, 97, (3, 16))
+    targets = torch.randint(0, 80, (3, 16, 4))
+    targets[:, -1] = -1
+    whole, g_whole = _loss_and_grads(method, False, tie, ids, targets)
+    chunked, g_chunked = _loss_and_grads(method, True, tie, ids, targets)
+    assert torch.allclose(chunked, whole, rtol=1e-6)
+    assert g_chunked.keys() == g_whole.keys()
+    for name, g in g_whole.items():
+        assert (g_chunked[name] - g).abs().max() <= 1e-5 * g.abs().max(), name  # fp32 rounding only
+
+
+def test_eval_loss_and_no_logits_with_chunked_loss() -> None:
+    run = _run("ntp", True, True)
+    m = METHODS["ntp"](run)
+    model = m.build_model()
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        got = m.eval_loss(model, ids)
+        whole = METHODS["ntp"](dataclasses.replace(run, train=TrainConfig())).eval_loss(model, ids)
+        assert model(ids, lm_loss=True).logits is None
+    assert torch.allclose(got, whole, rtol=1e-6)
+
+
+def test_bf16_autocast_gives_close_loss_and_fp32_gradients() -> None:
+    ids = torch.randint(0, 97, (2, 16))
+    out = {}
+    for chunked in (False, True):
+        m = METHODS["ntp"](_run("ntp", chunked, True))
+        torch.manual_seed(3)
+        model = m.build_model()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = m.loss(model, Batch(ids))
+        loss.backward()
+        assert model.lm_head.weight.grad.dtype == torch.float32
+        out[chunked] = (loss.detach(), model.lm_head.weight.grad)
+    assert torch.allclose(out[True][0], out[False][0], rtol=2e-2)
+    assert torch.allclose(out[True][1], out[False][1], rtol=0.1, atol=2e-3)
+
+
+def test_kd_refuses_chunked_loss() -> None:
+    with pytest.raises(ConfigError, match="train.chunked_lm_loss"):
+        _run("kd", True, True)
+
+
+def test_no_gradient_work_under_no_grad(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation (no_grad) with a trainable head forms no gradients in the forward (a parameter still reports
+    needs_input_grad under no_grad, so the wrapper detaches); with grad enabled, it forms ∂L/∂W."""
+    seen = []
+    forward = cn.ChunkedNLL.forward
+
+    def spy(ctx, *args):  # noqa: ANN001, ANN202
+        seen.append(tuple(ctx.needs_input_grad[:2]))
+        return forward(ctx, *args)
+
+    monkeypatch.setattr(cn.ChunkedNLL, "forward", staticmethod(spy))
+    w = torch.randn(53, 16, requires_grad=True)
+    with torch.no_grad():
+        cn.chunked_nll(torch.randn(2, 9, 16), w, None, torch.randint(0, 53, (2, 9)))
+    cn.chunked_nll(torch.randn(2, 9, 16), w, None, torch.randint(0, 53, (2, 9)))
+    assert seen == [(False, False), (False, True)]
