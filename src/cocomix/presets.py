@@ -47,7 +47,7 @@ def _paper_ntp(d: int, n_layer: int, n_head: int, lr: float, steps: int, warmup:
         data=DataConfig(path="data/openwebtext", seq_len=1024),
         train=TrainConfig(steps=steps, micro_batch_size=micro, grad_accum=windows // micro, lr=lr,
                           warmup_steps=warmup, min_lr_ratio=0.1, weight_decay=0.1, decay_all_params=True,
-                          grad_clip=1.0, eval_every=eval_every, eval_batches=1000 // micro + 1,
+                          grad_clip=1.0, eval_every=eval_every, eval_batches=1000 // windows + 1,
                           save_every=save_every, log_every=10),
     )
 

@@ -19,7 +19,7 @@ STEPS = 6
 def _sets(store: Path, parts: tuple[Path, Path], mbs: int, accum: int, parallel: str = "ddp") -> list[str]:
     kv = ["model.vocab_size=320", "model.context_length=64", f"data.path={store}", "data.seq_len=32",
           f"train.steps={STEPS}", f"train.micro_batch_size={mbs}", f"train.grad_accum={accum}", "train.log_every=1",
-          "train.eval_every=3", "train.eval_batches=0", "train.save_every=3", "train.warmup_steps=2",
+          "train.eval_every=3", "train.eval_batches=1", "train.save_every=3", "train.warmup_steps=2",
           "train.device=cpu", f"train.parallel={parallel}", f"concept.teacher={parts[0]}", f"concept.sae={parts[1]}",
           "concept.n_latents=256", "concept.teacher_layer=1", "concept.d_teacher=32", "concept.mix_k=8"]
     return [x for s in kv for x in ("--set", s)]
@@ -62,20 +62,24 @@ def single(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: 
     return {m: root / m for m in PRESETS}
 
 
-# (method, parallel, micro-batch, grad_accum) with 2 processes: 2 · mbs · accum = 4 windows per step
-CASES = [("ntp", "ddp", 2, 1), ("ntp", "fsdp", 1, 2), ("cocomix", "ddp", 1, 2), ("cocomix", "fsdp", 2, 1)]
+# (method, parallel, micro-batch, grad_accum, chunked LM loss) with 2 processes: 2 · mbs · accum = 4 windows per
+# step; two cases also run the student's LM loss in chunks (train.chunked_lm_loss), against the whole-logits run
+CASES = [("ntp", "ddp", 2, 1, False), ("ntp", "fsdp", 1, 2, True), ("cocomix", "ddp", 1, 2, True),
+         ("cocomix", "fsdp", 2, 1, False)]
 
 
-@pytest.mark.parametrize("method,parallel,mbs,accum", CASES)
+@pytest.mark.parametrize("method,parallel,mbs,accum,chunked", CASES)
 def test_two_processes_match_one_process_step_by_step(method: str, parallel: str, mbs: int, accum: int,
-                                                      single: dict[str, Path], store_dir: Path,
+                                                      chunked: bool, single: dict[str, Path], store_dir: Path,
                                                       concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
-    r = _train(PRESETS[method], _sets(store_dir, concept_parts, mbs, accum, parallel), tmp_path / "run", procs=2)
+    sets = [*_sets(store_dir, concept_parts, mbs, accum, parallel), "--set", f"train.chunked_lm_loss={chunked}".lower()]
+    r = _train(PRESETS[method], sets, tmp_path / "run", procs=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "× 2 processes" in r.stderr and r.stdout.count('"run_dir"') == 1  # rank 0 alone reports
     two, one = _losses(tmp_path / "run"), _losses(single[method])
     assert len(two) == STEPS and _close(two, one), (two, one)
-    # validation over every val window, split between the processes (and FSDP's lockstep forwards)
+    # validation over one global batch of val windows (whatever the split into processes and micro-batches),
+    # shared between the processes (and FSDP's lockstep forwards)
     val_two, val_one = _val_losses(tmp_path / "run"), _val_losses(single[method])
     assert len(val_two) == 2 and _close(val_two, val_one), (val_two, val_one)
     if method == "cocomix":

@@ -47,6 +47,9 @@ def test_injected_nan_steps_are_skipped_reported_and_the_run_finishes(store_dir:
     final = load_file(str(ckpts / "step_0000008" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in final.values())
     assert json.loads((ckpts / "step_0000008" / "state.json").read_text())["skipped_steps"] == 2
+    # the streak is saved too, so a resume at step 4 still counts steps 3 and 4 towards max_bad_steps
+    assert [json.loads((ckpts / f"step_000000{s}" / "state.json").read_text())["bad_steps_in_a_row"]
+            for s in (2, 3, 4, 5)] == [0, 1, 2, 0]
 
 
 def test_persistent_nans_stop_with_the_last_good_checkpoint_loadable(store_dir: Path, tmp_path: Path) -> None:

@@ -1,12 +1,17 @@
-"""The pieces of `cocomix.train.distributed` that need no process group: the torchrun environment, the
-optimizer-state formats, and the single-process fall-through."""
+"""The pieces of `cocomix.train.distributed` that need no torchrun: the environment, the optimizer-state formats,
+the single-process fall-through, and DDP on a one-process gloo group (unused parameters of an ablation)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
-from cocomix.errors import ConfigError
+from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
+from cocomix.errors import CheckpointError, ConfigError
+from cocomix.methods import Batch, CoCoMix
 from cocomix.train import distributed as dd
 
 
@@ -54,3 +59,62 @@ def test_single_process_is_a_plain_model() -> None:
     values = {"loss": torch.tensor(2.0)}
     assert dd.mean_over_ranks(values, ctx) is values
     assert dd.scalar(torch.tensor(1.5)) == 1.5
+
+
+@pytest.fixture
+def one_rank_group(tmp_path: Path) -> Iterator[None]:
+    """A gloo process group of one process (DDP runs on it as on many; no torchrun needed)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mixing", ["insert", "none"])
+def test_ddp_trains_the_prediction_only_ablation(mixing: str, one_rank_group: None) -> None:
+    """mixing="none" leaves the compression layer unused; DDP is told so and takes two steps (it refuses the
+    second otherwise: "Expected to have finished reduction in the prior iteration")."""
+    model_cfg = ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32, context_length=64)
+    run = RunConfig(method="cocomix", model=model_cfg, data=DataConfig(seq_len=16),
+                    concept=ConceptConfig(n_latents=80, concept_layer=2, mix_k=8, k_attr=4, mixing=mixing))
+    method = CoCoMix(run)
+    assert method.unused_parameters == (mixing == "none")
+    targets = torch.randint(0, 80, (2, 16, 4))
+    method.targets = lambda batch: targets
+    module = dd.wrap(method.build_model(), dd.DistContext(0, 2, 0), "ddp", torch.device("cpu"),
+                     unused_parameters=method.unused_parameters)
+    assert isinstance(module, torch.nn.parallel.DistributedDataParallel)
+    for _ in range(2):
+        loss, _ = method.loss(module, Batch(torch.randint(0, 97, (2, 16))))
+        loss.backward()
+
+
+def _resume_rank(rank: int, init: str, steps: list[int], out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        dd.check_same_step(steps[rank], dd.DistContext(rank, 2, rank), torch.device("cpu"))
+        result = "ok"
+    except CheckpointError as e:
+        result = str(e)
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}").write_text(result)
+
+
+@pytest.mark.parametrize("steps", [[3, 3], [3, 0]])
+def test_ranks_must_resume_from_the_same_step(steps: list[int], tmp_path: Path) -> None:
+    """Two processes: the same step passes; a rank that found no checkpoint (no shared filesystem) is an error on
+    both ranks, before any collective that could hang."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_resume_rank, args=(f"file://{tmp_path / 'rendezvous'}", steps, str(tmp_path)), nprocs=2)
+    results = [(tmp_path / f"rank{r}").read_text() for r in range(2)]
+    if steps[0] == steps[1]:
+        assert results == ["ok", "ok"]
+    else:
+        assert all("another rank" in r and "shared filesystem" in r for r in results), results

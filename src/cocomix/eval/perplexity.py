@@ -17,8 +17,10 @@ from cocomix.model import Transformer
 def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: str, seq_len: int,
                   batch_size: int, max_batches: int = 0, device: torch.device | None = None,
                   autocast: torch.autocast | None = None, shard: tuple[int, int] = (0, 1),
-                  sum_over_shards: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
-    """Mean next-token loss (nats/token) over the first max_batches·batch_size windows (0: all) of `split`.
+                  sum_over_shards: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  max_windows: int = 0) -> dict[str, float]:
+    """Mean next-token loss (nats/token) over the first max_batches·batch_size windows (0: all) of `split`, or
+    the first `max_windows` when that is set (batch_size then only sets how many run per forward).
 
     Windows are the split's fixed chunks in order; every window contributes T−1 predictions, so the mean over
     batches is weighted by window count. The model is put in eval mode (no dropout) and restored after.
@@ -29,16 +31,17 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
     """
     if seq_len < 2:
         raise ConfigError(f"seq_len: expected an integer >= 2 (one prediction needs two tokens), got {seq_len}")
-    if batch_size < 1 or max_batches < 0:
-        raise ConfigError(f"batch_size must be >= 1 and max_batches >= 0, got {batch_size} and {max_batches}")
+    if batch_size < 1 or max_batches < 0 or max_windows < 0:
+        raise ConfigError(f"batch_size must be >= 1 and max_batches, max_windows >= 0, got {batch_size}, "
+                          f"{max_batches} and {max_windows}")
     if seq_len > model.cfg.context_length:
         raise ConfigError(f"seq_len {seq_len} exceeds the model's context_length {model.cfg.context_length}")
     n = store.num_chunks(split, seq_len)
     if n == 0:
         raise DataError(f"{store.path}: split {split!r} holds {store.num_tokens(split)} tokens, fewer than one "
                         f"window of {seq_len}; nothing to evaluate (lower seq_len or hold out more data)")
-    if max_batches:
-        n = min(n, max_batches * batch_size)
+    if max_windows or max_batches:
+        n = min(n, max_windows or max_batches * batch_size)
     rank, world = shard
     starts = list(range(0, n, batch_size))  # every batch's first window
     rounds = -(-len(starts) // world)

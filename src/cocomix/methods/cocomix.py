@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from cocomix.errors import ConfigError
-from cocomix.methods.base import Batch, Method, next_token_loss
+from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
 from cocomix.teacher import teacher_dtype, teacher_precision
@@ -104,7 +104,7 @@ class CoCoMix(Method):
             return
         if not c.sae:
             raise ConfigError("concept.sae: CoCoMix needs an SAE file or folder unless concept.cache is set")
-        self.sae = load_sae(c.sae, k=c.sae_k).to(device)
+        self.sae = load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device)
         if self.sae.n_latents != c.n_latents:
             raise ConfigError(f"concept.n_latents: the SAE {c.sae} has {self.sae.n_latents} latents, got "
                               f"{c.n_latents}")
@@ -113,6 +113,11 @@ class CoCoMix(Method):
                               f"width {width} at teacher_layer {c.teacher_layer}")
         if c.k_attr > self.sae.k:
             raise ConfigError(f"concept.k_attr: at most the SAE's k={self.sae.k}, got {c.k_attr}")
+
+    @property
+    def unused_parameters(self) -> bool:
+        """Prediction only (`mixing="none"`): the compression layer is built but never used."""
+        return self.run.concept.mixing == "none"
 
     def targets(self, batch: Batch) -> torch.Tensor:
         """Concept targets (B, T, k_attr) of the batch, -1 at the final position."""
@@ -132,20 +137,18 @@ class CoCoMix(Method):
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.run.concept
         if c.lambda_concept == 0:
-            out = model(batch.ids)
-            ntp = next_token_loss(out.logits, batch.ids)
+            ntp, _ = self.student_loss(model, batch.ids)
             return ntp, {"loss": ntp.detach()}
         if c.target == "hidden":
-            out = model(batch.ids)
+            ntp, out = self.student_loss(model, batch.ids)
             with teacher_precision(c.teacher_precision, batch.ids.device):
                 _, hidden = self.teacher.forward_pass(batch.ids)
             aux = hidden_loss(out.aux["hidden_pred"], normalize(hidden.float())[0], c.hidden_loss)
         else:
             # targets first: the teacher's transient memory is freed before the student's activations exist
             targets = training_targets(self.targets(batch), c.mask_last_position)
-            out = model(batch.ids, concept_targets=targets)
+            ntp, out = self.student_loss(model, batch.ids, concept_targets=targets)
             aux = out.aux["concept_loss"]
-        ntp = next_token_loss(out.logits, batch.ids)
         total = ntp + c.lambda_concept * aux
         return total, {"loss": ntp.detach(), "concept_loss": aux.detach(), "total_loss": total.detach()}
 
@@ -156,8 +159,12 @@ def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConf
 
     c = run.concept
     expect = {"k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
-              "teacher_dtype": c.teacher_dtype,
+              "teacher_layer": c.teacher_layer, "teacher_dtype": c.teacher_dtype,
               "multiplier": c.multiplier, "attribution_loss": c.attribution_loss,
               "tokenizer_sha256": file_sha256(Path(store.path) / "tokenizer" / "tokenizer.json"),
               "train_tokens": store.num_tokens("train")}
+    if c.sae_k is not None:
+        expect["sae_k"] = c.sae_k
+    if c.sae and Path(c.sae).exists():  # the SAE by content (its path may differ between machines)
+        expect["sae_sha256"] = file_sha256(Path(c.sae))
     return TargetCache.open(path, expect=expect)

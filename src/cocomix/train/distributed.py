@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cocomix.errors import ConfigError
+from cocomix.errors import CheckpointError, ConfigError
 
 PARALLEL = ("ddp", "fsdp")
 
@@ -83,9 +83,11 @@ def teardown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device) -> nn.Module:
+def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device,
+         unused_parameters: bool = False) -> nn.Module:
     """The module the training step calls: the model itself (one process), DDP around it, or the model after
-    `fully_shard` of each block and of the root (FSDP2 shards in place: the returned module is `model`)."""
+    `fully_shard` of each block and of the root (FSDP2 shards in place: the returned module is `model`).
+    `unused_parameters`: some parameters get no gradient by design (an ablation), which DDP must be told."""
     if parallel not in PARALLEL:
         raise ConfigError(f"train.parallel: expected one of {PARALLEL}, got {parallel!r}")
     if not ctx.active:
@@ -93,7 +95,8 @@ def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=unused_parameters)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -140,6 +143,19 @@ def sum_over_ranks(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def check_same_step(step: int, ctx: DistContext, device: torch.device) -> None:
+    """Every rank resumes from the same checkpoint step (a collective); otherwise a one-line error on every rank,
+    before ranks that disagree could run different numbers of steps or mix loaded and fresh FSDP shards."""
+    if not ctx.active:
+        return
+    t = torch.tensor([step, -step], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if int(t[0]) != step or int(-t[1]) != step:
+        raise CheckpointError(f"run directory: rank {ctx.rank} resumes from step {step} but another rank from "
+                              f"step {int(t[0]) if int(t[0]) != step else int(-t[1])}; every node must see the "
+                              "same run directory (a shared filesystem)")
 
 
 def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:

@@ -88,8 +88,8 @@ class StopSignals:
 class BadSteps:
     """Counts skipped (non-finite) steps; raises after `limit` in a row."""
 
-    def __init__(self, limit: int, total: int = 0) -> None:
-        self.limit, self.total, self.in_a_row = limit, total, 0
+    def __init__(self, limit: int, total: int = 0, in_a_row: int = 0) -> None:
+        self.limit, self.total, self.in_a_row = limit, total, in_a_row  # both restored on resume
 
     def check(self, grad_norm: float) -> bool:
         """True when the step may be applied; False (counted) when it must be skipped. The gradient norm is

@@ -178,7 +178,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
         verify_checkpoint(ckpt)
         state = read_state(ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
-    module = dd.wrap(model, ctx, tc.parallel, device)
+    dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
+    module = dd.wrap(model, ctx, tc.parallel, device, unused_parameters=method.unused_parameters)
     optimizer = build_optimizer(model, tc, device)
     if ckpt is not None:
         load_optimizer_and_rng(ckpt, lambda saved: dd.load_optimizer(model, optimizer, saved, ctx, tc.parallel))
@@ -209,8 +210,11 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
 
     def run_eval(step: int) -> float:
         t0 = time.perf_counter()
-        res = evaluate_loss(method, model, store, "val", run.data.seq_len, tc.micro_batch_size,
-                            tc.eval_batches, device, autocast=cast if isinstance(cast, torch.autocast) else None,
+        # eval_batches counts global batches: how a step's batch is split over processes and micro-batches
+        # (which a resume may change) leaves the validation windows as they are
+        res = evaluate_loss(method, model, store, "val", run.data.seq_len, tc.micro_batch_size, 0, device,
+                            max_windows=tc.eval_batches * sampler.global_batch,
+                            autocast=cast if isinstance(cast, torch.autocast) else None,
                             shard=(ctx.rank, ctx.world_size), sum_over_shards=lambda t: dd.sum_over_ranks(t, ctx))
         clock["eval"] += time.perf_counter() - t0
         logger.log({"kind": "eval", "step": step, "val_loss": res["loss"], "val_ppl": res["ppl"],
@@ -221,14 +225,14 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
 
     meter = Throughput(start, tc.steps)
     train_loss = float(state.get("train_loss", math.nan))
-    bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)))
+    bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)), int(state.get("bad_steps_in_a_row", 0)))
     inject, stopped, last_ckpt = _injected_nan_steps(), "", ckpt
     model.train()
     with StopSignals() as signals:
         for step in range(start, tc.steps):
             lr = lr_at(step, tc)
             set_lr(optimizer, lr)
-            sums: dict[str, torch.Tensor] = {}  # kept on the device until a log step
+            sums: dict[str, torch.Tensor] = {}  # this step's metrics, micro-batch means; read on log steps only
             for micro in range(tc.grad_accum):
                 chunk_ids = sampler.indices(step, micro)
                 ids = store.batch("train", chunk_ids, run.data.seq_len).to(device)
@@ -279,7 +283,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                         run_dir, done, weights, optim_state,
                         {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
                          "train_s": train_seconds(), "global_batch": sampler.global_batch,
-                         "world_size": ctx.world_size, "skipped_steps": bad.total}, tc.keep_checkpoints)
+                         "world_size": ctx.world_size, "skipped_steps": bad.total,
+                         "bad_steps_in_a_row": bad.in_a_row}, tc.keep_checkpoints)
             if stop_now:
                 stopped = signals.name or "a signal on another rank"
                 logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
