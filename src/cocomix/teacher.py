@@ -170,19 +170,13 @@ class Teacher:
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient)."""
         self.model(ids)
-        leaf, self._leaf = self._leaf, None
-        if leaf is None:
-            raise RuntimeError("teacher forward did not pass through the capture block")
-        return leaf.detach()
+        return self._take_leaf(ids).detach()
 
     @torch.no_grad()
     def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
         logits = _logits(self.model(ids))
-        leaf, self._leaf = self._leaf, None
-        if leaf is None:
-            raise RuntimeError("teacher forward did not pass through the capture block")
-        return logits, leaf.detach()
+        return logits, self._take_leaf(ids).detach()
 
     def residual_and_grad(self, ids: torch.Tensor, loss: str = "window_mean") -> TeacherPass:
         """ids (B, T) -> hidden and the loss gradient at teacher_layer (see `TeacherPass.grad`).
@@ -196,12 +190,12 @@ class Teacher:
             trunk, head = self._split()
             with torch.enable_grad():
                 mean = chunked_nll(trunk(ids), head.weight, head.bias, ids)
-                leaf = self._take_leaf()
+                leaf = self._take_leaf(ids)
                 (grad,) = torch.autograd.grad(mean, leaf)
             return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
         with torch.enable_grad():
             logits = _logits(self.model(ids))  # (B, T, V)
-            leaf = self._take_leaf()
+            leaf = self._take_leaf(ids)
             B, T, V = logits.shape
             flat = logits[:, :-1].reshape(-1, V)
             flat = flat if flat.dtype == torch.float64 else flat.float()  # fp32 at least, keep fp64
@@ -213,10 +207,15 @@ class Teacher:
                 grad = _own_position_grad(nll.sum(0), leaf)
         return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits.detach())
 
-    def _take_leaf(self) -> torch.Tensor:
+    def _take_leaf(self, ids: torch.Tensor) -> torch.Tensor:
+        """The captured residual stream of the forward on ids (B, T): one vector per token, or an error."""
         leaf, self._leaf = self._leaf, None
         if leaf is None:
             raise RuntimeError("teacher forward did not pass through the capture block")
+        if leaf.shape[:2] != ids.shape:  # e.g. a CoCoMix run as teacher, captured above its concept seam
+            raise ConfigError(f"teacher_layer: block {self.layer} of this teacher sees {leaf.shape[1]} positions for "
+                              f"{ids.shape[1]} tokens (a cocomix run's block at or above its concept/pause slots); "
+                              "choose a teacher_layer below the run's concept_layer")
         return leaf
 
     def _split(self) -> tuple[object, nn.Module] | None:
@@ -257,7 +256,9 @@ def _own_position_grad(per_position: torch.Tensor, leaf: torch.Tensor) -> torch.
 
     Batch rows are independent, so summing their NLL over the batch keeps each row's gradient separate.
     Positions run in chunks as batched vector-Jacobian products (one-hot grad_outputs, vmapped); if an
-    operator of the model has no batching rule, the chunk falls back to one backward call per position.
+    operator of the model has no batching rule, the chunk falls back to one backward call per position. Out of
+    memory is an error (the fallback would hide it behind a T-fold slowdown): the batched backward holds
+    GRAD_CHUNK times the teacher's gradient graph, a (GRAD_CHUNK, B·(T−1), V) logit gradient included.
     """
     n = per_position.shape[0]
     grad = torch.zeros_like(leaf)  # (B, T, d); the final position keeps zero
@@ -270,7 +271,11 @@ def _own_position_grad(per_position: torch.Tensor, leaf: torch.Tensor) -> torch.
             (g,) = torch.autograd.grad(per_position, leaf, grad_outputs=onehot, retain_graph=True,
                                        is_grads_batched=True)  # (c, B, T, d)
             grad[:, start:stop] = g[torch.arange(stop - start), :, pos].transpose(0, 1)
-        except RuntimeError:  # no vmap rule for some operator: one backward per position
+        except RuntimeError as e:  # no vmap rule for some operator: one backward per position
+            if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e) or "can't allocate" in str(e):
+                raise ConfigError(f"attribution_loss=next_token: out of memory in the batched backward of "
+                                  f"{stop - start} positions (it holds {stop - start}× the teacher's gradient "
+                                  "graph); lower the batch size or use attribution_loss=window_mean") from None
             for t in range(start, stop):
                 (g,) = torch.autograd.grad(per_position[t], leaf, retain_graph=True)  # (B, T, d)
                 grad[:, t] = g[:, t]

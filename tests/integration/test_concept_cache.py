@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from cocomix.concepts import compute_targets
 from cocomix.concepts.cache import TargetCache, extract_concepts
 from cocomix.config import ModelConfig
 from cocomix.data import TokenStore
-from cocomix.errors import ConfigError
+from cocomix.errors import ConfigError, DataError
 from cocomix.export import export_hf
 from cocomix.model import Transformer
 from cocomix.sae import TopKSAE, load_sae
@@ -59,6 +60,48 @@ def test_interrupted_extraction_resumes_to_identical_files(store_dir: Path, tmp_
     for split in ("train", "val"):
         name = f"targets_{split}.bin"
         assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+
+
+def test_completeness_is_per_split(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
+    """A train extraction stopped partway and then a val-only one: the cache is not complete (the rest of the
+    train file is zero-filled), and a split never extracted cannot be read."""
+    _extract(store_dir, tmp_path / "c", parts, splits=("train",), max_windows=3)
+    meta = _extract(store_dir, tmp_path / "c", parts, splits=("val",))
+    assert meta["complete_splits"] == ["val"] and not meta["complete"]
+    with pytest.raises(DataError, match="train split is incomplete"):
+        TargetCache.open(tmp_path / "c")
+    _extract(store_dir, tmp_path / "d", parts, splits=("train",))
+    cache = TargetCache.open(tmp_path / "d")
+    assert cache.batch("train", [0]).shape == (1, 32, 4)
+    with pytest.raises(DataError, match="no complete val targets"):
+        cache.batch("val", [0])
+
+
+def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir: Path, tmp_path: Path,
+                                                                      parts: tuple[Path, Path]) -> None:
+    """A run reading a cache must have the teacher layer, SAE (by content) and SAE k the cache was made with."""
+    import dataclasses
+
+    from cocomix.config import ConceptConfig, DataConfig, RunConfig
+    from cocomix.methods.cocomix import open_cache
+
+    _extract(store_dir, tmp_path / "c", parts)
+    run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=320, n_layer=4, n_head=2, d_model=32,
+                                                        context_length=64),
+                    data=DataConfig(path=str(store_dir), seq_len=32),
+                    concept=ConceptConfig(teacher_layer=1, sae=str(parts[1]), n_latents=256, k_attr=4, concept_layer=2,
+                                          cache=str(tmp_path / "c")))
+    store = TokenStore.open(store_dir)
+    assert open_cache(str(tmp_path / "c"), run, store).meta["teacher_layer"] == 1
+    other_sae = tmp_path / "other-sae"
+    shutil.copytree(parts[1], other_sae)
+    weights = next(other_sae.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # another SAE at the same shapes
+    for change, key in (({"teacher_layer": 2}, "teacher_layer"), ({"sae": str(other_sae)}, "sae_sha256"),
+                        ({"sae_k": 4}, "sae_k")):
+        bad = dataclasses.replace(run, concept=dataclasses.replace(run.concept, **change))
+        with pytest.raises(ConfigError, match=key):
+            open_cache(str(tmp_path / "c"), bad, store)
 
 
 def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:

@@ -227,7 +227,11 @@ def test_teacher_layer_out_of_range_is_a_config_error() -> None:
         Teacher(Transformer(tiny_model_config(n_layer=3)), layer=3)
 
 
-def test_pre_activation_multiplier_is_eq1_over_all_latents() -> None:
+@pytest.mark.parametrize("chunk", [3 * 128, 1 << 24])  # 3 positions per chunk (ragged), or all at once
+def test_pre_activation_multiplier_is_eq1_over_all_latents(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cocomix.concepts.attribution as attribution
+
+    monkeypatch.setattr(attribution, "_CHUNK_ELEMENTS", chunk)
     teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
     sae = _random_sae(32, 64, 8)
     ids = torch.randint(0, 97, (2, 9))
@@ -240,3 +244,40 @@ def test_pre_activation_multiplier_is_eq1_over_all_latents() -> None:
     active = sae.encode(tp.hidden)[1]
     outside = [int(i) not in set(active[b, t].tolist()) for b in range(2) for t in range(8) for i in got[b, t]]
     assert any(outside), "pre-activation attribution should be able to pick inactive latents"
+
+
+def test_a_cocomix_teacher_captured_above_its_concept_slots_is_refused() -> None:
+    """A cocomix run as teacher: its blocks from concept_layer on see 2T positions (tokens and concept slots), so
+    capturing there is a one-line config error, not (B, 2T) targets; below the seam it works."""
+    from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
+    from cocomix.errors import ConfigError
+    from cocomix.methods import CoCoMix
+
+    run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32,
+                                                        context_length=64),
+                    data=DataConfig(seq_len=16), concept=ConceptConfig(n_latents=80, concept_layer=2, mix_k=8))
+    ids = torch.randint(0, 97, (2, 10))
+    sae = TopKSAE(32, 64, 4)
+    for layer in (2, 3):
+        teacher = Teacher(CoCoMix(run).build_model(), layer=layer)  # a fresh model: a Teacher hooks its block
+        with pytest.raises(ConfigError, match="teacher_layer: block .* sees 20 positions for 10 tokens"):
+            compute_targets(teacher, sae, ids, k_attr=2)
+        with pytest.raises(ConfigError, match="teacher_layer"):
+            teacher.hidden(ids)
+    assert compute_targets(Teacher(CoCoMix(run).build_model(), layer=1), sae, ids, k_attr=2).shape == (2, 10, 2)
+
+
+def test_next_token_gradient_out_of_memory_is_an_error_not_a_slow_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.errors import ConfigError
+
+    real = torch.autograd.grad
+
+    def grad(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if kwargs.get("is_grads_batched"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 53.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+    teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
+    with pytest.raises(ConfigError, match="attribution_loss=next_token: out of memory"):
+        teacher.residual_and_grad(torch.randint(0, 97, (2, 9)), loss="next_token")

@@ -81,6 +81,16 @@ def test_inspect_refuses_a_model_without_concepts() -> None:
                         data=DataConfig(seq_len=16))).build_model()
     with pytest.raises(CocomixError, match="expected a CoCoMix run"):
         inspect_ids(ntp, [1, 2], _decode)
+    from cocomix.config import ConceptConfig
+    from cocomix.interpret.compression import compression_norms
+    from cocomix.methods import CoCoMix
+
+    hidden = CoCoMix(RunConfig(method="cocomix", model=ntp.cfg, data=DataConfig(seq_len=16),
+                               concept=ConceptConfig(target="hidden", concept_layer=1, d_teacher=16))).build_model()
+    with pytest.raises(CocomixError, match="expected a CoCoMix run .* HiddenSeam"):  # predicts hidden states
+        inspect_ids(hidden, [1, 2], _decode)
+    with pytest.raises(CocomixError, match="HiddenSeam"):
+        compression_norms(hidden)
 
 
 def test_html_page_is_self_contained_and_escaped(tmp_path: Path) -> None:

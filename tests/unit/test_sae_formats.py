@@ -392,3 +392,28 @@ def test_sparsify_refusals(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(CheckpointError, match=message) as err:
         load_sparsify(folder)
     assert str(folder) in str(err.value)
+
+
+@pytest.mark.parametrize("hook,block", [("blocks.2.hook_resid_post", 2), ("blocks.3.hook_resid_pre", 2),
+                                        ("blocks.0.hook_resid_pre", -1), ("blocks.2.hook_mlp_out", None)])
+@pytest.mark.parametrize("layout", ["6.x", "pre-6"])
+def test_saelens_hook_must_be_the_teacher_layer(hook: str, block: int | None, layout: str, tmp_path: Path) -> None:
+    """A SAELens SAE names the residual hook it was trained on; loading it for another teacher_layer is a
+    one-line error (resid_pre L is the output of block L − 1). Hooks that are not the residual stream, or no
+    hook name, are not checked."""
+    from cocomix.errors import ConfigError
+
+    folder = save_saelens(_trained_like_sae(True), tmp_path / "sae", metadata={"hook_name": hook})
+    if layout == "pre-6":  # the hook name at the top level of cfg.json
+        cfg = json.loads((folder / "cfg.json").read_text())
+        cfg["hook_name"] = cfg["metadata"].pop("hook_name")
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+    assert load_sae(folder).hook_block == block
+    for layer in (0, 1, 2, 3):
+        if block is None or layer == block:
+            assert load_sae(folder, teacher_layer=layer).hook_name == hook
+        else:
+            with pytest.raises(ConfigError, match=f"teacher_layer: .* was trained on {hook}"):
+                load_sae(folder, teacher_layer=layer)
+    bare = save_saelens(_trained_like_sae(True), tmp_path / "bare")
+    assert load_sae(bare, teacher_layer=5).hook_block is None

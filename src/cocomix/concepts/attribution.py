@@ -100,16 +100,15 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width "
                           f"{tp.hidden.shape[-1]} at teacher_layer {teacher.layer}")
     hidden = tp.hidden.to(sae.W_dec.dtype)
-    if multiplier == "pre_activation" and selection == "attribution":
-        pre, _ = sae.pre_activation(hidden)  # (B, T, C)
-        targets = dense_preactivation_targets(tp.grad.to(hidden.dtype), pre, sae.W_dec, k_attr)
-        targets[:, -1] = INVALID
-        return targets
     B, T, d = hidden.shape
     flat_h, flat_g = hidden.reshape(1, B * T, d), tp.grad.to(hidden.dtype).reshape(1, B * T, d)
     rows = max(1, _CHUNK_ELEMENTS // (2 * sae.n_latents))  # bounds the SAE's (rows, C) pre-activations
     targets = []
     for s in range(0, B * T, rows):  # every position is independent: the same targets in row chunks
+        if multiplier == "pre_activation" and selection == "attribution":
+            pre, _ = sae.pre_activation(flat_h[:, s:s + rows])  # (1, n, C)
+            targets.append(dense_preactivation_targets(flat_g[:, s:s + rows], pre, sae.W_dec, k_attr))
+            continue
         values, indices, _ = sae.encode(flat_h[:, s:s + rows])  # (1, n, k) each
         if selection == "activation":
             scores = values

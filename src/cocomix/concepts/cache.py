@@ -8,7 +8,9 @@ how many are done after each flushed batch, so an interrupted extraction resumes
 is locked while extracting (a second writer fails at once); SIGTERM / SIGINT stop after the current batch is on
 disk (`cocomix.errors.Stopped`).
 `meta.json` records what produced the targets (teacher, layer, SAE, selection, k_attr, seq_len, the store's
-tokenizer and token counts); opening the cache with different expectations is a one-line error.
+tokenizer and token counts); opening the cache with different expectations is a one-line error. It also lists
+the splits whose targets are all written (`complete_splits`); `complete` means the train split is (what training
+reads), and reading a split that is not complete is an error, never the zero-filled rest of its file.
 """
 
 from __future__ import annotations
@@ -131,7 +133,10 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         if progress:
             print(file=sys.stderr)
         del mm
-    meta["complete"] = all(done[s] >= meta["windows"][s] for s in splits)
+    # per split, not per call: a later `--splits val` must not vouch for train targets an earlier call left
+    # half-written (their file exists full-size, zero-filled past the progress mark)
+    meta["complete_splits"] = [s for s in SPLITS if done.get(s, 0) >= meta["windows"][s]]
+    meta["complete"] = "train" in meta["complete_splits"]  # what training from the cache reads
     meta["splits"] = list(splits)
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     return meta
@@ -162,14 +167,17 @@ class TargetCache:
         except (OSError, ValueError) as e:
             raise DataError(f"{path / 'meta.json'}: missing or unreadable concept cache ({e})") from None
         if not meta.get("complete"):
-            raise DataError(f"{path}: concept extraction is incomplete; run `cocomix extract-concepts` again to "
-                            "resume it")
+            raise DataError(f"{path}: concept extraction of the train split is incomplete; run `cocomix "
+                            "extract-concepts` again (with train in --splits) to resume it")
         _check_matches(path, meta, expect or {})
         return cls(path, meta)
 
     def batch(self, split: str, chunk_ids: list[int]) -> torch.Tensor:
         """Targets (B, T, k_attr) int64 of the given windows; the final position is -1."""
         if split not in self._mm:
+            if split not in self.meta.get("complete_splits", self.meta.get("splits", SPLITS)):
+                raise DataError(f"{self.path}: no complete {split} targets in this concept cache; run `cocomix "
+                                f"extract-concepts --splits {split}` on it")
             shape = (self.meta["windows"][split], self.meta["seq_len"] - 1, self.meta["k_attr"])
             self._mm[split] = np.memmap(self.path / f"targets_{split}.bin", dtype=self.dtype, mode="r", shape=shape)
         rows = torch.from_numpy(self._mm[split][np.asarray(chunk_ids)].astype(np.int64))  # (B, T-1, k_attr)

@@ -19,7 +19,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.errors import CocomixError
 from cocomix.interpret.labels import ConceptBook
 from cocomix.model import Transformer
-from cocomix.model.concept import ConceptSeam
+from cocomix.model.concept import ConceptSeam, HiddenSeam
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class TokenConcepts:
 
 def concept_seam(model: Transformer) -> ConceptSeam:
     """The model's concept seam, or a clear error for models without one (NTP, KD, pause, hidden ablation)."""
-    if not isinstance(model.seam, ConceptSeam):
+    if not isinstance(model.seam, ConceptSeam) or isinstance(model.seam, HiddenSeam):  # HiddenSeam: no concepts
         kind = type(model.seam).__name__ if model.seam is not None else "no seam"
         raise CocomixError(f"run: expected a CoCoMix run that predicts concepts, got a model with {kind}")
     return model.seam

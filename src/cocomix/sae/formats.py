@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cocomix.errors import CheckpointError
+from cocomix.errors import CheckpointError, ConfigError
 from cocomix.sae.openai import load_openai
 from cocomix.sae.saelens import load_saelens, save_saelens
 from cocomix.sae.sparsify import load_sparsify
@@ -21,10 +21,20 @@ __all__ = ["load_openai", "load_sae", "load_saelens", "load_sparsify", "save_sae
 OPENAI_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-def load_sae(spec: str | Path, k: int | None = None) -> TopKSAE:
+def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None = None) -> TopKSAE:
     """The SAE at `spec`, format chosen by what the path is. `k` is needed for an OpenAI `.safetensors` file
-    only; for the other formats it must be None or equal the stored k."""
-    path = Path(spec)
+    only; for the other formats it must be None or equal the stored k. With `teacher_layer`, an SAE whose file
+    names the residual hook it was trained on (SAELens `hook_name`) must read that block's output."""
+    sae = _load(Path(spec), k)
+    if teacher_layer is not None and sae.hook_block is not None and sae.hook_block != teacher_layer:
+        where = "the token embeddings" if sae.hook_block < 0 else f"the output of block {sae.hook_block}"
+        raise ConfigError(f"teacher_layer: {spec} was trained on {sae.hook_name} ({where}), but teacher_layer is "
+                          f"{teacher_layer}" + (f"; set teacher_layer={sae.hook_block}" if sae.hook_block >= 0
+                                                else ""))
+    return sae
+
+
+def _load(path: Path, k: int | None) -> TopKSAE:
     if path.is_file():
         if path.suffix not in OPENAI_SUFFIXES:
             raise CheckpointError(

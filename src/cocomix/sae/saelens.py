@@ -17,6 +17,9 @@ What SAELens does (sae_lens 6.x `saes/sae.py`, `saes/topk_sae.py`, `loading/pret
 * `rescale_acts_by_decoder_norm` (6.x): pre is multiplied by ‖W_dec row‖ and acts divided by it before
   decoding; this is folded into the weights on load (W_enc·n, b_enc·n, W_dec/n), the same function.
 * A non-unit `scaling_factor` / `finetuning_scaling_factor` tensor (old fine-tuning rescale) is refused.
+* `hook_name` (top level before 6.0, in `metadata` since): a residual hook `blocks.L.hook_resid_post` is the
+  output of block L (our teacher_layer L), `blocks.L.hook_resid_pre` that of block L − 1; kept on the SAE
+  (`hook_name`, `hook_block`) so that `load_sae(..., teacher_layer=)` refuses a mismatched layer.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -73,6 +77,15 @@ def _normalize(cfg_path: Path, cfg: dict[str, Any]) -> bool:
     )
 
 
+def hook_block(name: str | None) -> int | None:
+    """The block whose output a TransformerLens residual hook reads: `blocks.L.hook_resid_post` is block L's
+    output (teacher_layer L), `blocks.L.hook_resid_pre` block L−1's (−1: the embeddings); None otherwise."""
+    m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", name or "")
+    if m is None:
+        return None
+    return int(m.group(1)) - (m.group(2) == "pre")
+
+
 def load_saelens(folder: str | Path) -> TopKSAE:
     """A TopK SAE from a SAELens folder (cfg.json + sae_weights.safetensors), 6.x or pre-6 config layout."""
     folder = Path(folder)
@@ -119,7 +132,11 @@ def load_saelens(folder: str | Path) -> TopKSAE:
     sae = TopKSAE(
         d_in, d_sae, k, normalize=normalize, encode_pre_bias=apply_b_dec, dtype=common_dtype(weights_path, tensors)
     )
-    return sae.set_weights(pre_bias=tensors["b_dec"], W_enc=W_enc.T, latent_bias=b_enc, W_dec=W_dec.T)
+    sae = sae.set_weights(pre_bias=tensors["b_dec"], W_enc=W_enc.T, latent_bias=b_enc, W_dec=W_dec.T)
+    name = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")  # pre-6 / 6.x layouts
+    sae.hook_name = name if isinstance(name, str) else None
+    sae.hook_block = hook_block(sae.hook_name)
+    return sae
 
 
 def saelens_config(sae: TopKSAE, metadata: dict[str, Any] | None = None) -> dict[str, Any]:

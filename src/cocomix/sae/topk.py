@@ -58,6 +58,10 @@ class TopKSAE(nn.Module):
         self.postact = postact
         self.encode_pre_bias = bool(encode_pre_bias)
         self.relu_before_topk = bool(relu_before_topk)
+        self.hook_name: str | None = None
+        """Where the SAE's file says it reads the model (e.g. `blocks.5.hook_resid_post`), if it says."""
+        self.hook_block: int | None = None
+        """The teacher block whose output that is (our teacher_layer; -1: the embeddings), when known."""
         self.pre_bias = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.W_enc = nn.Parameter(torch.zeros(n_latents, d_in, dtype=dtype))
         self.latent_bias = nn.Parameter(torch.zeros(n_latents, dtype=dtype))
