@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import json
 import os
@@ -51,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from naive import NaiveTargets, dense_compression, naive_flops, naive_loss  # noqa: E402
 
-from cocomix.flops import LMShape  # noqa: E402
+from cocomix.flops import LMShape, run_flops  # noqa: E402
 from cocomix.methods import METHODS, Batch  # noqa: E402
 from cocomix.presets import get_preset  # noqa: E402
 from cocomix.train.loop import flops_per_token  # noqa: E402
@@ -126,6 +125,15 @@ def build_teacher(shape: str, run: Any) -> tuple[torch.nn.Module, Any]:
     return model, sae
 
 
+def _lm_shape(model: torch.nn.Module) -> LMShape:
+    """The teacher's shape for the FLOPs count, read from the model itself."""
+    from cocomix.teacher import find_blocks
+
+    width = model.config.n_embd if hasattr(model, "config") else model.cfg.d_model
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else model.lm_head
+    return LMShape.from_module(model, find_blocks(model), int(width), int(head.weight.shape[0]))
+
+
 class Step:
     """One method's model, optimizer and loss; `__call__` runs one training step on the batch."""
 
@@ -139,24 +147,24 @@ class Step:
         torch.manual_seed(0)
         self.method = METHODS[self.run.method](self.run)
         self.model = self.method.build_model().to(device)
+        self.flops: dict[str, float] = {}
         if self.run.method in ("cocomix", "kd") and not (name == "cocomix-cached" and not with_teacher):
+            # one teacher per step, built in place (no transient copies in the memory high-water mark)
             hf, sae = build_teacher(shape, self.run)
             c = self.run.concept
-            self.method.teacher = Teacher(copy.deepcopy(hf).to(device, teacher_dtype(c.teacher_dtype)),
-                                          c.teacher_layer)
-            if self.run.method == "cocomix":
-                self.method.sae = sae.to(device)
-                if name == "cocomix-naive":
-                    naive = NaiveTargets(copy.deepcopy(hf).to(device), c.teacher_layer, copy.deepcopy(sae), c.k_attr)
-                    self.method.loss = naive_loss(self.method, naive)
-                    dense_compression(self.model.seam)
+            if name == "cocomix-naive":  # its own hook-free teacher and SAE; the library's are never built
+                naive = NaiveTargets(hf.to(device), c.teacher_layer, sae.to(device), c.k_attr)
+                self.method.loss = naive_loss(self.method, naive)
+                dense_compression(self.model.seam)
+                shape_ = _lm_shape(hf)
+                self.flops = naive_flops(self.run, run_flops(self.run, shape_, sae.k), shape_)
+            else:
+                self.method.teacher = Teacher(hf.to(device, teacher_dtype(c.teacher_dtype)), c.teacher_layer)
+                if self.run.method == "cocomix":
+                    self.method.sae = sae.to(device)
             del hf
         self.optimizer = build_optimizer(self.model, self.run.train, device)
-        self.flops = flops_per_token(self.run, self.method)
-        if name == "cocomix-naive":
-            t = self.method.teacher
-            self.flops = naive_flops(self.run, self.flops, LMShape.from_module(t.model, t.blocks, t.width,
-                                                                               t.output_vocab))
+        self.flops = self.flops or flops_per_token(self.run, self.method)
         self.cached: dict[int, torch.Tensor] = {}
         self.online_targets = self.method.targets if self.run.method == "cocomix" else None
 

@@ -80,22 +80,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from cocomix.data import TokenStore
     from cocomix.data.store import check_vocab
     from cocomix.eval import evaluate_loss
-    from cocomix.runs import load_run
+    from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
     if args.tasks:
         from cocomix.eval.harness import run_tasks
 
         res = run_tasks(args.run, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
-                        limit=args.limit or None, device=str(resolve_device(args.device)), dtype=args.dtype,
+                        limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
                         batch_size=args.batch_size, data=args.data)
         print(json.dumps({"checkpoint": str(args.run), "results": res["results"]}, indent=2, default=str))
         return 0
-    run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device))
-    store = TokenStore.open(args.data or run.data.path)
+    run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
+    store = run_store(run, args.data)
     check_vocab(store, run.model.vocab_size)
     seq_len = args.seq_len or run.data.seq_len
     res = evaluate_loss(method, model, store, args.split, seq_len, args.batch_size, args.batches)
@@ -106,17 +105,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from cocomix.data import TokenStore
     from cocomix.data.store import check_vocab
     from cocomix.model import generate
     from cocomix.model.generate import check_sampling
-    from cocomix.runs import load_run
+    from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    device = resolve_device(args.device)
+    if args.num_samples < 1:
+        raise CocomixError(f"--num-samples: expected a positive integer, got {args.num_samples}")
+    device = resolve_device(args.device, "--device")
     run, _, model, _ = load_run(args.run, device=device)
-    store = TokenStore.open(args.data or run.data.path)
+    store = run_store(run, args.data)
     check_vocab(store, run.model.vocab_size)
     tok = store.tokenizer()
     ids = tok.encode(args.prompt)
@@ -159,11 +159,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from cocomix.flops import active_params, ntp_width_for, run_flops
+    from cocomix.flops import active_params, ntp_width_for, run_flops, teacher_shape
 
     run = _run_config(args)
     out = {"method": run.method, "active_params": active_params(run),
            "flops_per_token": run_flops(run, sae_k=run.concept.sae_k or 32)}
+    if run.method in ("cocomix", "kd") and run.concept.teacher:  # say whose shape the teacher term counts
+        found = teacher_shape(run.concept.teacher) is not None
+        out["teacher_shape"] = (run.concept.teacher if found else
+                                f"GPT-2 small assumed ({run.concept.teacher!r} is not a local run or HF folder, "
+                                "nor gpt2; training counts the loaded teacher's real shape)")
     if run.method == "cocomix":
         out["ntp_width_matching_active_params"] = ntp_width_for(run)
     print(json.dumps(out, indent=2))
@@ -181,19 +186,26 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_steps(args: argparse.Namespace) -> dict[str, int] | None:
+    """--steps for every stage of demo / experiment (None: the defaults), checked before any stage runs."""
+    if args.steps < 0:
+        raise CocomixError(f"--steps: expected a positive integer (0: the defaults), got {args.steps}")
+    return {"teacher": args.steps, "sae": args.steps, "student": args.steps} if args.steps else None
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cocomix.experiment import run_experiment
 
-    steps = {"teacher": args.steps, "sae": args.steps, "student": args.steps} if args.steps else None
-    run_experiment(args.data, args.out, seeds=args.seeds, steps=steps)
+    if args.seeds < 1:
+        raise CocomixError(f"--seeds: expected a positive integer, got {args.seeds}")
+    run_experiment(args.data, args.out, seeds=args.seeds, steps=_stage_steps(args))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from cocomix.demo import run_demo
 
-    steps = {"teacher": args.steps, "sae": args.steps, "student": args.steps} if args.steps else None
-    run_demo(args.data, args.out, steps=steps)
+    run_demo(args.data, args.out, steps=_stage_steps(args))
     return 0
 
 

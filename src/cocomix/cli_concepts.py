@@ -17,7 +17,7 @@ def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
     from cocomix.teacher import Teacher, teacher_dtype
     from cocomix.train.loop import resolve_device
 
-    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device),
+    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device, "--device"),
                                       dtype=teacher_dtype(args.teacher_dtype))
     return teacher, load_sae(args.sae, k=args.sae_k, teacher_layer=args.teacher_layer).to(teacher.device)
 
@@ -32,7 +32,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
     cfg = SAETrainConfig(**values)
-    teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device),
+    teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device, "--device"),
                                       dtype=teacher_dtype(cfg.teacher_dtype))
     report = train_sae(cfg, args.out, teacher)
     print(json.dumps({**report.to_dict(), "sae": str(Path(args.out) / "sae")}))

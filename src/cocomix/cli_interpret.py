@@ -16,16 +16,15 @@ from cocomix.errors import CocomixError
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """(run config, model, token store, concept book) for a CoCoMix run."""
-    from cocomix.data import TokenStore
     from cocomix.data.store import check_vocab
     from cocomix.interpret.inspect import concept_seam
     from cocomix.interpret.labels import ConceptBook
-    from cocomix.runs import load_run
+    from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
-    run, _, model, _ = load_run(args.run, device=resolve_device(args.device))
+    run, _, model, _ = load_run(args.run, device=resolve_device(args.device, "--device"))
     seam = concept_seam(model)
-    store = TokenStore.open(args.data or run.data.path)
+    store = run_store(run, args.data)
     check_vocab(store, run.model.vocab_size)
     book = ConceptBook.load(args.concepts) if args.concepts else ConceptBook.empty(seam.n_latents)
     if len(book) != seam.n_latents:

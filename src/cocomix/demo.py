@@ -31,6 +31,7 @@ import torch
 from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore, prepare
+from cocomix.errors import CocomixError
 from cocomix.presets import get_preset
 
 TEACHER_LAYER = 1
@@ -69,6 +70,7 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
     from cocomix.teacher import Teacher
     from cocomix.train import train
 
+    _check_stamp(out, {"source": source, "teacher_steps": steps["teacher"], "sae_steps": steps["sae"]})
     stage("data", (data / "meta.json").is_file(), lambda: prepare(source, data, tokenizer="bpe:4096"), timings)
     teacher_run = get_preset("tiny")
     teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
@@ -94,6 +96,22 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
 
         stage(cache.name, _cache_complete(cache), extract, timings)
     return load_sae(str(sae_path)).n_latents
+
+
+def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
+    """Stages are reused by existence, so an output folder must not mix settings: the first call records the
+    corpus and the teacher / SAE step counts in OUT/stages.json, a later call with others is an error (a longer
+    teacher would otherwise sit next to an SAE and targets made from the shorter one)."""
+    path = out / "stages.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        atomic_write_text(path, json.dumps(stamp, indent=2))
+        return
+    if old != stamp:
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in stamp.items() if old.get(k) != v)
+        raise CocomixError(f"{out}: its teacher, SAE and targets were made with other settings ({changed}); "
+                           "use another --out, or remove the folder to start over")
 
 
 def stage(name: str, done: bool, fn: Any, timings: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
-"""Opening a trained run for inference: config, method and model with weights from a checkpoint."""
+"""Opening a trained run for inference: config, method and model with weights from a checkpoint, and its token
+store."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 import torch
 
 from cocomix.config import RunConfig
+from cocomix.data import TokenStore
+from cocomix.errors import DataError
 from cocomix.methods import METHODS, Method
 from cocomix.model import Transformer
 from cocomix.train.checkpoint import load_model_weights, read_run_config, resolve_checkpoint, verify_checkpoint
@@ -21,3 +24,15 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunC
     model = method.build_model()
     load_model_weights(model, ckpt / "model.safetensors")
     return run, method, model.to(device).eval(), ckpt
+
+
+def run_store(run: RunConfig, data: str | Path | None = None) -> TokenStore:
+    """The token store given by `data` (a `--data` flag), else the run's `data.path` — which is relative to where
+    training ran, so a failure says so and how to point elsewhere."""
+    if data:
+        return TokenStore.open(data)
+    try:
+        return TokenStore.open(run.data.path)
+    except DataError as e:
+        raise DataError(f"{e} (the run's data.path {run.data.path!r}, read from {Path.cwd()}; pass --data DIR to "
+                        "use a store elsewhere)") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cocomix.demo import run_demo
+from cocomix.errors import CocomixError
 from tests.integration.conftest import LINES
 
 
@@ -42,3 +43,6 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     assert max(again["stage_seconds"][k] for k in ("teacher", "sae", "targets", "ntp", "cocomix")) < 1.0
     stored = json.loads((out / "demo_result.json").read_text())
     assert stored["val_loss"] == again["val_loss"]
+    # a longer teacher into the same folder would sit next to the SAE and targets of the short one: refused
+    with pytest.raises(CocomixError, match="teacher_steps 30 -> 40"):
+        run_demo(tmp_path / "data", out, steps={**steps, "teacher": 40}, source=f"text:{docs}")

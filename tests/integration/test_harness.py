@@ -95,3 +95,30 @@ def test_cli_eval_tasks_runs_offline_and_rejects_unknown_tasks(cocomix_run: Path
     r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks", "nope_task",
                         "--include-path", str(tasks)], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown task 'nope_task'" in r.stderr
+
+
+def test_generate_until_caps_the_length_and_stops_at_end_of_text(cocomix_run: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_gen_toks above the context (lm-eval's default is 256) is capped, not an error; the end-of-text token
+    ends the answer and is not part of it (lm-eval adds it to the stop sequences)."""
+    from types import SimpleNamespace
+
+    import cocomix.model as cm
+    from cocomix.eval.harness import CocomixLM
+
+    lm = CocomixLM(cocomix_run)
+    req = SimpleNamespace(args=("To be, or not to be", {"until": ["\n\n"], "max_gen_toks": 256}))
+    (text,) = lm.generate_until([req])
+    assert isinstance(text, str) and lm.tok.eos_token not in text
+    real, made = cm.generate, {}
+
+    def ends_with_eos(model, prompt, n, **kw):  # noqa: ANN001, ANN003, ANN202
+        assert prompt.shape[1] + n <= 64  # the prompt keeps at least one token and the total fits the context
+        tokens, logits = real(model, prompt, 3, **kw)
+        made["answer"] = tokens[0, prompt.shape[1]:].tolist()
+        eos = torch.tensor([[lm.tok.eos_id]])
+        return torch.cat([tokens, eos, tokens[:, -2:]], dim=1), logits
+
+    monkeypatch.setattr(cm, "generate", ends_with_eos)
+    (text,) = lm.generate_until([req])
+    assert text == lm.tok.decode(made["answer"]).split("\n\n")[0]

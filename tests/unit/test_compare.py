@@ -91,3 +91,16 @@ def test_cached_targets_are_charged_as_if_computed_online(tmp_path: Path) -> Non
     (run / "metrics.jsonl").write_text("\n".join([json.dumps(event), *lines[1:]]))
     (group,) = group_runs([run])
     assert group.runs[0].flops[-1] == pytest.approx(200 * 1024 * (2e6 + 3e6))
+
+
+def test_a_seed_cut_short_is_compared_at_the_last_shared_point(tmp_path: Path) -> None:
+    """Seeds with different evaluation counts: the final loss and the token efficiency both use the last point
+    every seed has, never one seed's later point against the others' token count."""
+    runs = [_run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.5, 4.2, 4.0], 1e6),
+            _run(tmp_path, "ntp-seed1", "ntp", 1, [5.0, 4.5, 4.2], 1e6),  # stopped after step 300
+            _run(tmp_path, "cocomix-seed0", "cocomix", 0, [4.8, 4.3, 4.05, 3.9], 3e6)]
+    ntp, coco = group_runs(runs)
+    assert ntp.final() == pytest.approx((4.2, 0.0))
+    # CoCoMix reaches 4.2 between step 200 (4.3) and 300 (4.05): 204,800 + 102,400 · 0.1 / 0.25 tokens, against
+    # NTP's 307,200 at its last shared point
+    assert token_efficiency(coco, ntp) == pytest.approx(1 - (204800 + 102400 * 0.4) / 307200, rel=1e-6)

@@ -145,3 +145,13 @@ def test_val_fraction_is_checked(tmp_path: Path) -> None:
     _write_docs(tmp_path, 2)
     with pytest.raises(DataError, match="val_fraction"):
         list(iter_split(f"text:{tmp_path}", 1.0))
+
+
+@pytest.mark.parametrize("text", ["THE TITLE\n\n" + "a line of verse\n" * 20000, "Title\n" + "x" * 100000])
+def test_single_document_cut_keeps_the_val_fraction(text: str, tmp_path: Path) -> None:
+    """A break far from the target (a title's blank line, a single long line) is not taken: the held-out part
+    stays within half of val_fraction of its intended size."""
+    (tmp_path / "book.txt").write_text(text, encoding="utf-8")
+    train, val = split_documents(f"text:{tmp_path / 'book.txt'}", val_fraction=0.05)
+    assert train[0].text + val[0].text == text
+    assert 0.025 <= len(val[0].text) / len(text) <= 0.075

@@ -252,3 +252,25 @@ def test_a_second_prepare_into_a_locked_folder_is_refused(tmp_path: Path) -> Non
     assert not (out / "meta.json").exists()
     prepare(f"text:{tmp_path / 'docs'}", out, tokenizer="bpe:300", val_fraction=0.5, progress=False)
     assert (out / "meta.json").is_file()
+
+
+def test_a_val_fraction_that_holds_out_nothing_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "short.txt").write_text("abcdefghij", encoding="utf-8")  # 5% of 10 characters rounds to none
+    with pytest.raises(DataError, match="holds out no text"):
+        prepare(f"text:{tmp_path / 'short.txt'}", tmp_path / "s", tokenizer="bpe:260", progress=False)
+    assert not (tmp_path / "s" / "meta.json").exists() and not list((tmp_path / "s").glob("*bin*"))
+    prepare(f"text:{tmp_path / 'short.txt'}", tmp_path / "s0", tokenizer="bpe:260", val_fraction=0.0,
+            progress=False)  # no validation asked for: fine
+
+
+def test_a_runs_store_path_failure_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.config import DataConfig, RunConfig
+    from cocomix.runs import run_store
+
+    monkeypatch.chdir(tmp_path)
+    run = RunConfig(data=DataConfig(path="data/shakespeare"))
+    with pytest.raises(DataError, match=r"the run's data.path 'data/shakespeare', read from .*; pass --data DIR"):
+        run_store(run)
+    with pytest.raises(DataError) as e:
+        run_store(run, tmp_path / "elsewhere")  # an explicit --data: its own error, no hint about data.path
+    assert "data.path" not in str(e.value)

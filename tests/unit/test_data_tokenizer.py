@@ -89,3 +89,20 @@ def test_missing_or_bad_tokenizer_files(tmp_path: Path) -> None:
     bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(DataError, match="not a valid tokenizer.json"):
         load_tokenizer(str(bad))
+
+
+def test_saved_folder_adds_no_bos_the_store_never_saw(tok: TextTokenizer, tmp_path: Path) -> None:
+    """A tokenizer whose post-processor prepends a BOS (Llama-style TemplateProcessing): the store's ids have
+    none, so the saved folder drops that post-processor and `AutoTokenizer` encodes exactly as the store did."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, processors
+
+    backend = Tokenizer.from_str(tok.to_json())
+    backend.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
+                                                           special_tokens=[("<|endoftext|>", tok.eos_id)])
+    with_bos = TextTokenizer(backend, tok.eos_id)
+    assert backend.encode("to be", add_special_tokens=True).ids[0] == tok.eos_id  # the template is active
+    with_bos.save(tmp_path / "tk")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tk"))
+    assert hf(CORPUS[0])["input_ids"] == with_bos.encode(CORPUS[0]) == tok.encode(CORPUS[0])
+    assert load_tokenizer(str(tmp_path / "tk")).encode(CORPUS[0]) == tok.encode(CORPUS[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,19 @@ def test_width_matching_reproduces_the_papers_baselines() -> None:
         run = get_preset(f"gpt2-{size}-cocomix")
         assert ntp_width_for(run) == ntp_width == get_preset(f"gpt2-{size}-ntp").model.d_model
     assert abs(active_params(get_preset("gpt2-69m-cocomix")) / 1e6 - 68.3) < 0.1  # paper: "69M" (68.2M est.)
+
+
+def test_flops_command_says_whose_teacher_shape_it_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from cocomix.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no runs/demo here: the tiny preset's teacher path does not exist
+    assert main(["flops", "--preset", "tiny-cocomix"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["teacher_shape"].startswith("GPT-2 small assumed ('runs/demo/teacher'")
+    assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.teacher=gpt2"]) == 0
+    assert json.loads(capsys.readouterr().out)["teacher_shape"] == "gpt2"
+    assert main(["flops", "--preset", "tiny"]) == 0
+    assert "teacher_shape" not in json.loads(capsys.readouterr().out)  # NTP has no teacher

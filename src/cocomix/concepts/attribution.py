@@ -94,14 +94,18 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
         raise ConfigError(f"selection: expected one of {SELECTIONS}, got {selection!r}")
     if not 1 <= k_attr <= sae.k:
         raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
-    # activation selection needs no gradient: the cheap mean-loss pass gives the same hidden state
-    tp = teacher.residual_and_grad(ids, loss=attribution_loss if selection == "attribution" else "window_mean")
-    if tp.hidden.shape[-1] != sae.d_in:
+    if selection == "activation":  # no gradient needed: a teacher forward gives the hidden state
+        hidden, grad = teacher.hidden(ids), None
+    else:
+        tp = teacher.residual_and_grad(ids, loss=attribution_loss)
+        hidden, grad = tp.hidden, tp.grad
+    if hidden.shape[-1] != sae.d_in:
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width "
-                          f"{tp.hidden.shape[-1]} at teacher_layer {teacher.layer}")
-    hidden = tp.hidden.to(sae.W_dec.dtype)
+                          f"{hidden.shape[-1]} at teacher_layer {teacher.layer}")
+    hidden = hidden.to(sae.W_dec.dtype)
     B, T, d = hidden.shape
-    flat_h, flat_g = hidden.reshape(1, B * T, d), tp.grad.to(hidden.dtype).reshape(1, B * T, d)
+    flat_h = hidden.reshape(1, B * T, d)
+    flat_g = grad.to(hidden.dtype).reshape(1, B * T, d) if grad is not None else None
     rows = max(1, _CHUNK_ELEMENTS // (2 * sae.n_latents))  # bounds the SAE's (rows, C) pre-activations
     targets = []
     for s in range(0, B * T, rows):  # every position is independent: the same targets in row chunks

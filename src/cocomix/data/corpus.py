@@ -68,20 +68,26 @@ def _goes_to_val(name: str, val_fraction: float) -> bool:
 
 
 def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Document]]:
-    """Cut a lone document at the paragraph (else line) break nearest to 1 - val_fraction of its length."""
+    """Cut a lone document at the paragraph (else line) break nearest to 1 - val_fraction of its length.
+
+    A break counts only if it keeps the held-out part within half of its intended size either way (a title
+    followed by a blank line must not send the whole book to validation); without one, the cut falls at the
+    character nearest the target.
+    """
     text = doc.text
     target = round(len(text) * (1.0 - val_fraction))
+    slack = len(text) * val_fraction / 2
+    head, tail = text[:target], text[target:]
     for sep in ("\n\n", "\n"):
         # Candidate cuts: just after the last separator ending by `target` and the first one ending after it.
         before = text.rfind(sep, 0, target)
         after = text.find(sep, max(target - len(sep) + 1, 0))
-        cuts = [i + len(sep) for i in (before, after) if i > 0 and text[i + len(sep):].strip()]
+        cuts = [i + len(sep) for i in (before, after)
+                if i > 0 and text[i + len(sep):].strip() and abs(i + len(sep) - target) <= slack]
         if cuts:
             cut = min(cuts, key=lambda c: abs(c - target))
             head, tail = text[:cut], text[cut:]
             break
-    else:
-        head, tail = text[:target], text[target:]
     if head:
         yield "train", Document(f"{doc.name}@train", head)
     if tail:

@@ -156,6 +156,11 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
     name = dtype_name(tok.vocab_size)
     try:
         counts = _write_streams(out, tok, source, val_fraction, _DTYPES[name], log)
+        if val_fraction > 0 and counts["val_tokens"] == 0:  # training would only find out at its first eval
+            for split in SPLITS:
+                _pending(out, split).unlink(missing_ok=True)
+            raise DataError(f"source {source!r}: val_fraction {val_fraction} holds out no text (too little text "
+                            "to split); give more text or a larger --val-fraction")
         # The new streams are complete. From here until meta.json is rewritten the folder is marked incomplete.
         (out / META_FILE).unlink(missing_ok=True)
         for split in SPLITS:

@@ -61,8 +61,15 @@ class TextTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
     def to_json(self) -> str:
-        """The `tokenizer.json` text."""
-        return self._tok.to_str()
+        """The `tokenizer.json` text. A post-processor that adds special tokens (a Llama tokenizer's BOS template)
+        is left out: the store's ids never hold them (`encode` adds none), so a plain HF `AutoTokenizer` of the
+        saved folder must not add them either."""
+        probe = "Hello world"
+        if self._tok.encode(probe, add_special_tokens=True).ids == self.encode(probe):
+            return self._tok.to_str()
+        data = json.loads(self._tok.to_str())
+        data["post_processor"] = None
+        return json.dumps(data, ensure_ascii=False)
 
     def save(self, directory: str | Path) -> None:
         """Write `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` (atomically) so that

@@ -59,7 +59,10 @@ class Group:
         return xs, means, stds
 
     def final(self) -> tuple[float, float]:
-        vals = [r.val_loss[-1] for r in self.runs]
+        """(mean, std) of the loss at the last evaluation point all seeds share (the end of `mean_curve`, so a
+        seed cut short never mixes its last point with the others')."""
+        n = min(len(r.val_loss) for r in self.runs)
+        vals = [r.val_loss[n - 1] for r in self.runs]
         return sum(vals) / len(vals), _std(vals)
 
 

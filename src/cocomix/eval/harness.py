@@ -4,13 +4,14 @@
 
 * `loglikelihood(context, continuation)`: Σ log p(continuation tokens | context) and whether greedy decoding
   would produce exactly them. Tokens follow the HF adapter's convention: whole = encode(context + continuation),
-  the continuation is whole[len(encode(context)):] (trailing spaces of the context move into the continuation,
-  as lm-eval does); an empty context is replaced by the end-of-text token. Inputs longer than the model's
+  the continuation is whole[len(encode(context)):] (trailing whitespace of the context moves into the
+  continuation, as lm-eval does); an empty context is replaced by the end-of-text token. Inputs longer than the model's
   context keep their last `context_length` tokens.
 * `loglikelihood_rolling(text)`: the whole text's log-likelihood in disjoint windows of `context_length`
   (lm-eval's `get_rolling_token_windows`), starting from the end-of-text token.
 * `generate_until(context, {until, max_gen_toks, temperature, do_sample})`: KV-cached generation, cut at the
-  first stop string.
+  end-of-text token (never part of the answer, as lm-eval adds it to the stop sequences) and at the first stop
+  string; `max_gen_toks` is capped at context_length − 1 so that at least one context token remains.
 
 Scoring runs in one precision for every method (fp32 by default; `dtype="bfloat16"` on GPU), in eval mode.
 `run_tasks` calls `lm_eval.simple_evaluate` with a `TaskManager` that also scans `include_path` (local task YAML
@@ -41,13 +42,12 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         if LM is object:
             raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)")
         super().__init__()
-        from cocomix.data import TokenStore
-        from cocomix.runs import load_run
+        from cocomix.runs import load_run, run_store
 
         self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
         self.model = self.model.to(self.dtype).eval()
-        store = TokenStore.open(data or self.run_cfg.data.path)
+        store = run_store(self.run_cfg, data)
         self.tok = store.tokenizer()
         self.eot = self.tok.eos_id if self.tok.eos_id is not None else 0
         self.max_length = self.model.cfg.context_length
@@ -79,7 +79,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         return out
 
     def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        spaces = len(context) - len(context.rstrip(" "))
+        spaces = len(context) - len(context.rstrip())  # all trailing whitespace, as lm-eval's TemplateLM
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         if not context:
@@ -113,12 +113,15 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             kwargs = dict(kwargs or {})
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            max_new = int(kwargs.get("max_gen_toks", 64))
+            max_new = min(int(kwargs.get("max_gen_toks", 64)), self.max_length - 1)
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
             ids = (self.encode(context) or [self.eot])[-(self.max_length - max_new):]
             tokens, _ = generate(self.model, torch.tensor([ids], device=self._device), max_new,
                                  temperature=temperature, eos_id=self.tok.eos_id)
-            text = self.tok.decode(tokens[0, len(ids):].tolist())
+            new = tokens[0, len(ids):].tolist()
+            if self.tok.eos_id in new:  # the end-of-text token stops the answer and is not part of it
+                new = new[:new.index(self.tok.eos_id)]
+            text = self.tok.decode(new)
             cut = min([text.find(s) for s in until if s and s in text], default=len(text))
             out.append(text[:cut])
         return out

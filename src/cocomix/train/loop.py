@@ -42,11 +42,15 @@ from cocomix.train.metrics import MetricsLogger, SilentLogger, Throughput, forma
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "train.device") -> torch.device:
+    """The torch device for `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; `field` names the setting
+    or flag in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"{field}: expected auto, cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
+        raise ConfigError(f"{field}: {name!r} requested but CUDA is not available")
     return torch.device(name)
 
 
