@@ -73,6 +73,8 @@ def parse_args() -> argparse.Namespace:
                    help="concept.teacher_dtype of the online CoCoMix and KD steps (naive stays float32)")
     p.add_argument("--chunked-lm-loss", action="store_true",
                    help="train.chunked_lm_loss for every method but kd and the naive mode (student LM loss in chunks)")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="train.activation_checkpointing for every method (blocks recomputed in the backward)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
     p.add_argument("--memory-only", action="store_true", help="only the per-method memory subprocesses, no timing")
     p.add_argument("--summary", action="store_true", help="also print a readable summary to stderr")
@@ -81,9 +83,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32",
-             chunked_lm_loss: bool = False) -> dict[str, Any]:
+             chunked_lm_loss: bool = False, activation_checkpointing: bool = False) -> dict[str, Any]:
     """RunConfigs of every method at the shape, dropout off (it is noise in a timing); `chunked_lm_loss` for
-    every method but kd (whose KL needs the whole logits)."""
+    every method but kd (whose KL needs the whole logits), `activation_checkpointing` for every method."""
     names = {"69m": {"ntp-matched": "gpt2-69m-ntp", "cocomix": "gpt2-69m-cocomix", "kd": "gpt2-69m-kd",
                      "pause": "gpt2-69m-pause"},
              "tiny": {"ntp-matched": "tiny", "cocomix": "tiny-cocomix", "kd": "tiny-kd", "pause": "tiny-pause"}}[shape]
@@ -93,7 +95,8 @@ def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32
         model = dataclasses.replace(run.model, dropout=0.0, context_length=max(seq_len, 8))
         out[method] = dataclasses.replace(run, model=model, data=dataclasses.replace(run.data, seq_len=seq_len),
                                           train=dataclasses.replace(run.train, micro_batch_size=batch, device="cpu",
-                                                                    chunked_lm_loss=chunked_lm_loss and method != "kd"),
+                                                                    chunked_lm_loss=chunked_lm_loss and method != "kd",
+                                                                    activation_checkpointing=activation_checkpointing),
                                           concept=dataclasses.replace(run.concept, teacher_dtype=teacher_dtype))
     coco = out["cocomix"]
     out["ntp"] = dataclasses.replace(out["ntp-matched"], model=dataclasses.replace(out["ntp-matched"].model,
@@ -147,6 +150,7 @@ class Step:
         torch.manual_seed(0)
         self.method = METHODS[self.run.method](self.run)
         self.model = self.method.build_model().to(device)
+        self.model.checkpoint_blocks = self.run.train.activation_checkpointing
         self.flops: dict[str, float] = {}
         if self.run.method in ("cocomix", "kd") and not (name == "cocomix-cached" and not with_teacher):
             # one teacher per step, built in place (no transient copies in the memory high-water mark)
@@ -201,7 +205,8 @@ def _vm(field: str) -> float:
 def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     """Peak memory of one method's steps, in this (fresh) process."""
     device = torch.device(args.device)
-    runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss)
+    runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss,
+                    args.activation_checkpointing)
     vocab = runs["ntp"].model.vocab_size
     ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     if args.shape == "69m":  # code, not memory of the step: every method starts with the teacher's library loaded
@@ -242,7 +247,8 @@ def main() -> None:
     if unknown:
         sys.exit(f"--methods: unknown {unknown}; expected names from {ALL}")
     device = torch.device(args.device)
-    runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss)
+    runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss,
+                    args.activation_checkpointing)
     if args.memory_only:
         args.rounds = args.warmup = 0
         names_timed: list[str] = []
@@ -278,7 +284,9 @@ def main() -> None:
     result: dict[str, Any] = {"shape": args.shape, "seq_len": args.seq_len, "batch": args.batch,
                               "rounds": args.rounds, "threads": torch.get_num_threads(), "device": str(device),
                               "torch": torch.__version__, "teacher_dtype": args.teacher_dtype,
-                              "chunked_lm_loss": args.chunked_lm_loss, "methods": {}, "naive_check": check}
+                              "chunked_lm_loss": args.chunked_lm_loss,
+                              "activation_checkpointing": args.activation_checkpointing, "methods": {},
+                              "naive_check": check}
     for n in names:
         if n not in steps:  # --memory-only
             result["methods"][n] = {}
@@ -296,6 +304,7 @@ def main() -> None:
                    str(args.seq_len), "--batch", str(args.batch), "--device", args.device]
             cmd += ["--teacher-dtype", args.teacher_dtype] + (["--threads", str(args.threads)] if args.threads else [])
             cmd += ["--chunked-lm-loss"] * args.chunked_lm_loss
+            cmd += ["--activation-checkpointing"] * args.activation_checkpointing
             # freed memory goes back to the OS at once, so the resident size follows live allocations (as
             # torch.cuda.max_memory_allocated does on GPUs) rather than what glibc's heap happens to keep
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}

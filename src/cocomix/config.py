@@ -139,6 +139,10 @@ class TrainConfig:
     """`auto` (bf16 autocast on CUDA, fp32 on CPU), `fp32` or `bf16`. fp32 matmuls on CUDA use TF32 (official)."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    activation_checkpointing: bool = False
+    """Recompute every transformer block's activations in the backward instead of storing them
+    (`torch.utils.checkpoint`, non-reentrant; dropout masks replayed): much less activation memory for about one
+    more forward of the blocks. Same losses and gradients."""
     chunked_lm_loss: bool = False
     """Compute the student's next-token loss through the LM head in row chunks, its gradients formed in the
     forward (a fused linear cross-entropy, `cocomix.model.chunked_nll`): the (B, T, V) logits and their gradient

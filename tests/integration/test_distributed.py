@@ -62,17 +62,20 @@ def single(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: 
     return {m: root / m for m in PRESETS}
 
 
-# (method, parallel, micro-batch, grad_accum, chunked LM loss) with 2 processes: 2 · mbs · accum = 4 windows per
-# step; two cases also run the student's LM loss in chunks (train.chunked_lm_loss), against the whole-logits run
-CASES = [("ntp", "ddp", 2, 1, False), ("ntp", "fsdp", 1, 2, True), ("cocomix", "ddp", 1, 2, True),
-         ("cocomix", "fsdp", 2, 1, False)]
+# (method, parallel, micro-batch, grad_accum, extra settings) with 2 processes: 2 · mbs · accum = 4 windows per
+# step; three cases also use the memory options (chunked LM loss, activation checkpointing), against the 1-process
+# run without them
+CASES = [("ntp", "ddp", 2, 1, ()), ("ntp", "fsdp", 1, 2, ("train.chunked_lm_loss=true",)),
+         ("cocomix", "ddp", 1, 2, ("train.chunked_lm_loss=true",)),
+         ("cocomix", "fsdp", 2, 1, ("train.activation_checkpointing=true",))]
 
 
-@pytest.mark.parametrize("method,parallel,mbs,accum,chunked", CASES)
+@pytest.mark.parametrize("method,parallel,mbs,accum,extra", CASES)
 def test_two_processes_match_one_process_step_by_step(method: str, parallel: str, mbs: int, accum: int,
-                                                      chunked: bool, single: dict[str, Path], store_dir: Path,
-                                                      concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
-    sets = [*_sets(store_dir, concept_parts, mbs, accum, parallel), "--set", f"train.chunked_lm_loss={chunked}".lower()]
+                                                      extra: tuple[str, ...], single: dict[str, Path],
+                                                      store_dir: Path, concept_parts: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    sets = _sets(store_dir, concept_parts, mbs, accum, parallel) + [x for kv in extra for x in ("--set", kv)]
     r = _train(PRESETS[method], sets, tmp_path / "run", procs=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "× 2 processes" in r.stderr and r.stdout.count('"run_dir"') == 1  # rank 0 alone reports

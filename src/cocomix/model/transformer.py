@@ -1,8 +1,9 @@
 """The student transformer (GPT-2 or Llama flavour) with an optional slot seam and a KV cache.
 
 Forward: embed (+ learned positions for gpt2) -> blocks[0:seam.layer] -> seam.insert -> blocks[seam.layer:]
--> seam.read -> final norm -> LM head. Without a seam this is a standard pre-norm decoder; the NTP objective
-on it is the paper's baseline.
+-> seam.read -> final norm -> LM head. With `checkpoint_blocks`, every block's activations are recomputed in
+the backward (activation checkpointing) rather than kept. Without a seam this is a standard pre-norm decoder;
+the NTP objective on it is the paper's baseline.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cocomix.config import ModelConfig
 from cocomix.model.attention import CausalSelfAttention, KVCache
@@ -59,6 +61,9 @@ class Transformer(nn.Module):
         self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.seam: Seam | None = None
+        self.checkpoint_blocks = False
+        """Recompute each block's activations in the backward instead of storing them
+        (`train.activation_checkpointing`); training forwards only (no cache, grad enabled)."""
         self.reset_parameters()
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -109,7 +114,10 @@ class Transformer(nn.Module):
             if self.seam is not None and i == self.seam.layer:
                 extra = () if concept_targets is None else (concept_targets,)  # seams without targets keep working
                 h, pos, aux = self.seam.insert(h, pos, *extra)
-            h = block(h, pos, cache)
+            if self.checkpoint_blocks and cache is None and torch.is_grad_enabled():
+                h = checkpoint(block, h, pos, use_reentrant=False)  # same values; dropout RNG replayed
+            else:
+                h = block(h, pos, cache)
         if self.seam is not None:
             h = self.seam.read(h)
         if cache is not None:

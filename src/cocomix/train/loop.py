@@ -176,6 +176,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)
     model: Transformer = method.build_model().to(device)
+    model.checkpoint_blocks = tc.activation_checkpointing
     method.prepare(device, store)
     state: dict = {}
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
