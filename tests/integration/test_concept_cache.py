@@ -140,7 +140,7 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     report = json.loads((tmp_path / "d" / "concepts.json").read_text())
     assert len(report["latents"]) == sae.n_latents and report["positions"] == 6 * 32
     fired = [c for c in report["latents"] if c["count"]]
-    assert fired and all("«" in ex["text"] and "»" in ex["text"] for c in fired for ex in c["examples"])
+    assert fired and all(f"«{ex['token']}»" in ex["text"] for c in fired for ex in c["examples"])
     assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()
 
 

@@ -53,6 +53,11 @@ def test_labels_name_a_latent_by_its_most_common_activating_token(tmp_path: Path
     assert (book[3].token, book[3].consistency, book[3].context) == ("king", 2 / 3, "a «king» b")
     assert book[3].short() == "«king» 67%" and book[4].short() == "(never fired)"
     assert ConceptBook.empty(5)[2].short() == "-"
+    # a context that itself holds guillemets: the stored token decides, not the first «…» of the text
+    latents = [{"latent": 0, "count": 2, "frequency": 0.1, "examples": [
+        {"token": " roi", "text": "dit «oui» au« roi»"}, {"token": " roi", "text": "le« roi» »"}]}]
+    (tmp_path / "fr.json").write_text(json.dumps({"latents": latents}))
+    assert ConceptBook.load(tmp_path / "fr.json")[0].token == " roi"
     (tmp_path / "bad.json").write_text("{\"no\": 1}")
     with pytest.raises(CocomixError, match="bad.json: not a describe-concepts"):
         ConceptBook.load(tmp_path / "bad.json")

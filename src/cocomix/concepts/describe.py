@@ -87,7 +87,7 @@ def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str
             left = tok.decode(tokens[max(w * seq_len, at - context):at].tolist())
             here = tok.decode(tokens[at:at + 1].tolist())
             right = tok.decode(tokens[at + 1:min((w + 1) * seq_len, at + 1 + context)].tolist())
-            examples.append({"activation": round(v, 5), "window": w, "position": p,
+            examples.append({"activation": round(v, 5), "window": w, "position": p, "token": here,
                              "text": f"{left}«{here}»{right}"})
         latents.append({"latent": i, "count": int(stats["counts"][i]),
                         "frequency": int(stats["counts"][i]) / max(1, total), "examples": examples})

@@ -64,8 +64,10 @@ class ConceptBook:
             raise CocomixError(f"{p}: not a describe-concepts concepts.json ({type(e).__name__}: {e})") from None
         labels = []
         for entry in latents:
-            texts = [ex.get("text", "") for ex in entry.get("examples", [])]
-            marked = [m.group(1) for m in map(_MARKED.search, texts) if m]
+            examples = entry.get("examples", [])
+            texts = [ex.get("text", "") for ex in examples]
+            marked = [ex["token"] if "token" in ex else m.group(1)  # older files: the «marked» span of the text
+                      for ex in examples if "token" in ex or (m := _MARKED.search(ex.get("text", "")))]
             token, n = Counter(marked).most_common(1)[0] if marked else ("", 0)
             labels.append(ConceptLabel(int(entry["latent"]), float(entry.get("frequency", 0.0)), token,
                                        n / len(marked) if marked else 0.0, texts[0] if texts else ""))
