@@ -43,10 +43,12 @@ def _run_config(args: argparse.Namespace):  # -> RunConfig
         base = load_config_file(args.config)
     elif args.preset:
         base = get_preset(args.preset).to_dict()
-    elif args.resume and (Path(args.out) / "config.json").is_file():
+    elif getattr(args, "resume", False) and (Path(args.out) / "config.json").is_file():
         base = read_run_config(Path(args.out)).to_dict()
-    else:
+    elif args.command == "train":
         raise CocomixError("train: give --preset NAME or --config FILE (or --resume an existing --out)")
+    else:
+        raise CocomixError(f"{args.command}: give --preset NAME or --config FILE")
     return run_config(apply_overrides(base, args.set or []))
 
 
