@@ -164,6 +164,8 @@ class Step:
                 self.flops = naive_flops(self.run, run_flops(self.run, shape_, sae.k), shape_)
             else:
                 self.method.teacher = Teacher(hf.to(device, teacher_dtype(c.teacher_dtype)), c.teacher_layer)
+                if self.run.train.activation_checkpointing and self.run.method == "cocomix":
+                    self.method.teacher.checkpoint_blocks()  # as CoCoMix.prepare does
                 if self.run.method == "cocomix":
                     self.method.sae = sae.to(device)
             del hf

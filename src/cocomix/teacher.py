@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from cocomix.errors import CheckpointError, ConfigError
@@ -73,6 +74,17 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
     raise CheckpointError(f"{type(model).__name__}: cannot find its list of decoder blocks")
 
 
+def _checkpointed(forward: object) -> object:
+    """A block forward that, when a graph is being built, keeps only its inputs (non-reentrant checkpoint)."""
+
+    def run(*args: object, **kwargs: object) -> object:
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
+
+
 def _logits(out: object) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]  # HF ModelOutput or cocomix ModelOutput
 
@@ -91,6 +103,21 @@ class Teacher:
         self._leaf: torch.Tensor | None = None
         self.blocks[layer].register_forward_hook(self._capture)
         self._split_ok: bool | None = None  # trunk + chunked head equals the whole model (checked on first use)
+        # an HF model builds no KV cache here (it would hold every layer's keys and values for nothing)
+        self._kw = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None \
+            else {}
+        self.checkpointed = False
+
+    def checkpoint_blocks(self) -> None:
+        """Recompute the activations of the blocks above `layer` in the backward instead of storing them
+        (`train.activation_checkpointing`): the attribution backward runs through those blocks only, so the
+        teacher's transient memory drops to their inputs; the same gradient. Blocks at and below `layer` run
+        without a graph anyway."""
+        if self.checkpointed:
+            return
+        for block in self.blocks[self.layer + 1:]:
+            block.forward = _checkpointed(block.forward)
+        self.checkpointed = True
 
     @property
     def vocab_size(self) -> int:
@@ -169,13 +196,13 @@ class Teacher:
     @torch.no_grad()
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient)."""
-        self.model(ids)
+        self.model(ids, **self._kw)
         return self._take_leaf(ids).detach()
 
     @torch.no_grad()
     def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
-        logits = _logits(self.model(ids))
+        logits = _logits(self.model(ids, **self._kw))
         return logits, self._take_leaf(ids).detach()
 
     def residual_and_grad(self, ids: torch.Tensor, loss: str = "window_mean") -> TeacherPass:
@@ -194,7 +221,7 @@ class Teacher:
                 (grad,) = torch.autograd.grad(mean, leaf)
             return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
         with torch.enable_grad():
-            logits = _logits(self.model(ids))  # (B, T, V)
+            logits = _logits(self.model(ids, **self._kw))  # (B, T, V)
             leaf = self._take_leaf(ids)
             B, T, V = logits.shape
             flat = logits[:, :-1].reshape(-1, V)
@@ -232,7 +259,7 @@ class Teacher:
         for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
             if getattr(cfg, name, None) not in (None, 1, 1.0):
                 return None
-        return (lambda ids: base(ids).last_hidden_state), head
+        return (lambda ids: base(ids, **self._kw).last_hidden_state), head
 
     @torch.no_grad()
     def _can_split(self, ids: torch.Tensor) -> bool:
@@ -244,7 +271,7 @@ class Teacher:
                 trunk, head = split
                 one = ids[:1]
                 part = chunked_nll(trunk(one), head.weight, head.bias, one)
-                logits = _logits(self.model(one))
+                logits = _logits(self.model(one, **self._kw))
                 whole = F.cross_entropy(logits[0, :-1].to(part.dtype), one[0, 1:])
                 ok = bool(torch.isclose(part, whole, rtol=1e-4, atol=1e-5))
             self._leaf = None

@@ -53,3 +53,37 @@ def test_checkpointing_stores_fewer_activations() -> None:
             model(torch.randint(0, 97, (4, 64)))
         saved[checkpointed] = total[0]
     assert saved[True] < 0.5 * saved[False], saved
+
+
+@pytest.mark.parametrize("kind", ["cocomix", "hf"])
+def test_teacher_blocks_above_the_layer_checkpointed_give_the_same_gradient(kind: str) -> None:
+    """`Teacher.checkpoint_blocks`: the attribution gradient is bit-identical and the backward keeps far fewer
+    saved tensors (the blocks above teacher_layer keep only their inputs)."""
+    from cocomix.model import Transformer
+    from cocomix.teacher import Teacher
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        if kind == "hf":
+            transformers = pytest.importorskip("transformers")
+            return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=97, n_positions=64, n_embd=32,
+                                                                        n_layer=4, n_head=4))
+        return Transformer(ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32, context_length=64))
+
+    ids = torch.randint(0, 97, (2, 40))
+    out, saved = {}, {}
+    for checkpointed in (False, True):
+        teacher = Teacher(build(), layer=0)
+        if checkpointed:
+            teacher.checkpoint_blocks()
+        total = [0]
+
+        def pack(t: torch.Tensor, total: list[int] = total) -> torch.Tensor:
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out[checkpointed] = teacher.residual_and_grad(ids)
+        saved[checkpointed] = total[0]
+    assert torch.equal(out[True].grad, out[False].grad) and torch.equal(out[True].loss, out[False].loss)
+    assert saved[True] < 0.5 * saved[False], saved

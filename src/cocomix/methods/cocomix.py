@@ -97,6 +97,8 @@ class CoCoMix(Method):
         self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
                                                dtype=teacher_dtype(c.teacher_dtype))
         self.teacher.check_store(store)
+        if self.run.train.activation_checkpointing and c.attribution_loss == "window_mean":
+            self.teacher.checkpoint_blocks()  # (the batched per-position gradient of next_token is left as is)
         width = self.teacher.width
         if c.target == "hidden":
             if width != c.d_teacher:
