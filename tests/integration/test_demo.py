@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     assert "### Steering metric" in report and (out / "steering" / "steering.png").is_file()
     assert set(result["steering"]["mean"]) == {"-10.0", "-5.0", "0.0", "1.0", "5.0", "10.0"}
     assert set(result["stage_seconds"]) >= {"data", "teacher", "sae", "targets", "ntp", "cocomix"}
+    vocab = json.loads((tmp_path / "data" / "meta.json").read_text())["vocab_size"]
+    assert all(math.isfinite(v) and v < math.log(vocab) for v in result["val_loss"].values())  # learnt something
     again = run_demo(tmp_path / "data", tmp_path / "run", steps=steps, source=f"text:{docs}")  # everything reused
     assert again["val_loss"] == result["val_loss"]
     assert max(again["stage_seconds"][k] for k in ("teacher", "sae", "targets", "ntp", "cocomix")) < 1.0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cocomix.data.store import TokenStore
 from cocomix.eval import evaluate_loss
@@ -39,3 +40,10 @@ def test_shards_sum_to_the_single_process_mean(store: TokenStore, world: int, ba
     assert len(set(calls)) == 1  # the same number of forwards on every shard
     total, windows = torch.stack(parts).sum(0).tolist()
     assert int(windows) == whole["windows"] and total / windows == pytest.approx(whole["loss"], rel=1e-12)
+    # and the one-process mean itself: every prediction of the first `windows` windows, weighted equally
+    n = int(windows)
+    ids = store.batch("val", list(range(n)), 16)
+    with torch.no_grad():
+        logits = model(ids).logits
+    direct = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    assert whole["loss"] == pytest.approx(float(direct), rel=1e-5) and whole["tokens"] == n * 15

@@ -33,7 +33,7 @@ def test_bf16_teacher_targets_agree_with_fp32_ones(store_dir: Path, concept_part
     bf16 = compute_targets(half, sae, ids)
     assert bf16.shape == fp32.shape and torch.equal(bf16[:, -1], fp32[:, -1])  # final position invalid in both
     same = (bf16[:, :-1].sort(-1).values == fp32[:, :-1].sort(-1).values).all(-1).float().mean()
-    assert same > 0.5, f"only {same:.0%} of positions keep the same 4 labels in bf16"
+    assert same > 0.9, f"only {same:.0%} of positions keep the same 4 labels in bf16"  # measured: 97.6%
 
 
 def test_cocomix_trains_with_a_bf16_teacher(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path: Path,

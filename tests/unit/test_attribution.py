@@ -281,3 +281,26 @@ def test_next_token_gradient_out_of_memory_is_an_error_not_a_slow_fallback(monke
     teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
     with pytest.raises(ConfigError, match="attribution_loss=next_token: out of memory"):
         teacher.residual_and_grad(torch.randint(0, 97, (2, 9)), loss="next_token")
+
+
+@pytest.mark.parametrize("option", [{"selection": "activation"}, {"multiplier": "pre_activation"},
+                                    {"attribution_loss": "next_token"}])
+def test_cocomix_targets_follow_the_concept_options(option: dict) -> None:
+    """CoCoMix.targets passes selection / multiplier / attribution_loss on: its online targets equal
+    compute_targets with the option, and differ from the default's."""
+    from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
+    from cocomix.methods import Batch, CoCoMix
+
+    torch.manual_seed(0)
+    teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
+    sae = _random_sae(32, 64, 8)
+    ids = torch.randint(0, 97, (2, 12))
+    run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32,
+                                                        context_length=64),
+                    data=DataConfig(seq_len=12), concept=ConceptConfig(n_latents=64, concept_layer=2, mix_k=8,
+                                                                       k_attr=4, **option))
+    method = CoCoMix(run)
+    method.teacher, method.sae = teacher, sae
+    got = method.targets(Batch(ids))
+    assert torch.equal(got, compute_targets(teacher, sae, ids, k_attr=4, **option))
+    assert not torch.equal(got, compute_targets(teacher, sae, ids, k_attr=4))

@@ -90,8 +90,9 @@ def test_bf16_autocast_gives_close_loss_and_fp32_gradients() -> None:
         loss.backward()
         assert model.lm_head.weight.grad.dtype == torch.float32
         out[chunked] = (loss.detach(), model.lm_head.weight.grad)
-    assert torch.allclose(out[True][0], out[False][0], rtol=2e-2)
-    assert torch.allclose(out[True][1], out[False][1], rtol=0.1, atol=2e-3)
+    assert torch.allclose(out[True][0], out[False][0], rtol=1e-3)  # measured: ~1e-7
+    g_chunked, g_whole = out[True][1], out[False][1]
+    assert (g_chunked - g_whole).abs().max() <= 1e-2 * g_whole.abs().max()  # bf16 rounding: measured ~0.4%
 
 
 def test_kd_refuses_chunked_loss() -> None:

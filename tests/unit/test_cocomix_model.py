@@ -87,20 +87,24 @@ def _ref_cocomix_llama(model: Transformer, ids: torch.Tensor) -> tuple[torch.Ten
         dense[top] = z[t, top]
         rows.append(dense @ seam.compress_weight + seam.compress_bias + seam.pre_bias)
     c = torch.stack(rows) * sd + mu
-    seq, positions = [], []
-    for t in range(T):
-        seq += [x[t], c[t]]
-        positions += [t, t]
-    y = torch.stack(seq)
+    if seam.mixing == "add":  # the addition ablation: h + ĉ at every token, no extra slots
+        y, positions = x + c, list(range(T))
+    else:
+        seq, positions = [], []
+        for t in range(T):
+            seq += [x[t], c[t]]
+            positions += [t, t]
+        y = torch.stack(seq)
     for i in range(seam.layer, cfg.n_layer):
         y = _ref_block(y, model.blocks[i], positions, cfg)
-    slots = y[1::2]
+    slots = y if seam.mixing == "add" else y[1::2]
     return _ref_rmsnorm(slots, model.ln_f.weight, cfg.norm_eps) @ model.lm_head.weight.T, z
 
 
-def test_llama_cocomix_matches_an_independent_reference_forward() -> None:
+@pytest.mark.parametrize("mixing", ["insert", "add"])
+def test_llama_cocomix_matches_an_independent_reference_forward(mixing: str) -> None:
     torch.manual_seed(0)
-    model = CoCoMix(_run(flavour="llama")).build_model().double().eval()
+    model = CoCoMix(_run(flavour="llama", mixing=mixing)).build_model().double().eval()
     _randomize(model)
     ids = torch.randint(0, 97, (2, 9))
     out = model(ids)
@@ -198,3 +202,15 @@ def test_pause_slots_are_the_pause_vector_or_the_token_plus_it(pause_slot: str) 
     expected = model.seam.pause + (h if pause_slot == "token" else 0)  # (2, 5, 32) or (32,)
     assert torch.equal(seq[:, 0::2], h) and torch.equal(seq_pos, pos.repeat_interleave(2))
     assert torch.allclose(seq[:, 1::2], expected.expand(2, 5, 32))
+
+
+def test_hidden_ablation_losses_equal_hand_values() -> None:
+    """The `hidden` ablation's ℓ1 / ℓ2 / cosine losses (mean over positions and, for ℓ1 / ℓ2, dimensions)."""
+    from cocomix.methods.cocomix import hidden_loss
+
+    pred = torch.tensor([[[3.0, 4.0], [0.0, 2.0]]])  # (B=1, T=2, d=2)
+    target = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])
+    assert float(hidden_loss(pred, target, "l1")) == pytest.approx((3 + 4 + 1 + 2) / 4)
+    assert float(hidden_loss(pred, target, "l2")) == pytest.approx((9 + 16 + 1 + 4) / 4)
+    target = torch.tensor([[[1.0, 0.0], [0.0, 5.0]]])  # cosines 3/5 and 1
+    assert float(hidden_loss(pred, target, "cosine")) == pytest.approx(((1 - 0.6) + 0.0) / 2)

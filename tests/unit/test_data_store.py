@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -128,16 +127,24 @@ def test_prepare_with_a_saved_tokenizer_and_progress(corpus: Path, store_dir: Pa
     assert "prepare: wrote" in capsys.readouterr().err
 
 
-def test_out_dir_problems(corpus: Path, tmp_path: Path) -> None:
+def test_out_dir_problems(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(DataError, match="not a folder"):
         prepare(f"text:{corpus}", a_file, tokenizer="bpe:260", progress=False)
-    if os.geteuid() != 0:  # root can write anywhere
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        with pytest.raises(DataError, match="cannot write"):
-            prepare(f"text:{corpus}", locked, tokenizer="bpe:260", progress=False)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    real_write = Path.write_bytes
+
+    def refuse(path: Path, data: bytes) -> int:  # what a read-only folder does (root would write anyway)
+        if path.parent == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    with pytest.raises(DataError, match="cannot write the token store there .Permission denied"):
+        prepare(f"text:{corpus}", locked, tokenizer="bpe:260", progress=False)
+    monkeypatch.undo()
     with pytest.raises(DataError, match="bpe:<vocab_size>"):
         prepare(f"text:{corpus}", tmp_path / "x", tokenizer="bpe:big", progress=False)
 

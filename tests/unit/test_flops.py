@@ -31,7 +31,7 @@ HAND = {"cocomix_student": 645_221_376, "teacher": 284_812_800 + 199_878_144, "s
 
 
 def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= 0.02 * b
+    return abs(a - b) <= 1e-12 * b  # the count is exact: the hand figures above to the FLOP
 
 
 def test_69m_presets_match_the_hand_count() -> None:

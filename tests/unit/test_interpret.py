@@ -196,3 +196,34 @@ def test_compression_fraction_below_threshold(tmp_path: Path) -> None:
     summary = compression_report(model, tmp_path)
     assert math.isclose(summary["fraction_below"], 8 / C) and (tmp_path / "compression.png").stat().st_size > 1000
     assert re.search(r'"fraction_below": 0\.1', (tmp_path / "compression.json").read_text())
+
+
+def test_read_continuations_counts_generated_positions_only() -> None:
+    """The steering metric's reader: a concept's activation rate over the continuation positions (never the
+    prompt), active meaning in the SAE's top k with a positive value, and the teacher's NLL of the continuation,
+    each against a direct position-by-position computation."""
+    from cocomix.interpret.steer_eval import read_continuations
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32)
+    teacher = Teacher(Transformer(cfg), layer=0)
+    sae = TopKSAE(16, 24, 6)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.5)
+    tokens = torch.randint(0, 97, (3, 20))
+    start, concepts = 8, list(range(24))
+    rates, nll = read_continuations(teacher, sae, tokens, start, concepts)
+    hidden = teacher.hidden(tokens)
+    values, indices, _ = sae.encode(hidden)
+    want = torch.zeros(24)
+    for b in range(3):
+        for t in range(start, 20):
+            for v, i in zip(values[b, t].tolist(), indices[b, t].tolist(), strict=True):
+                if v > 0:
+                    want[i] += 1
+    assert torch.allclose(rates, want / (3 * (20 - start)))
+    with torch.no_grad():
+        logp = torch.log_softmax(teacher.model(tokens).logits.double(), -1)
+    direct = -sum(float(logp[b, t - 1, tokens[b, t]]) for b in range(3) for t in range(start, 20)) / (3 * 12)
+    assert nll == pytest.approx(direct, rel=1e-5)

@@ -152,8 +152,9 @@ def test_init_is_deterministic_and_gpt2_scaled() -> None:
     for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), na
     proj = a.blocks[0].mlp.proj.weight
-    assert abs(proj.std().item() - 0.02 / 4) < 0.002  # 0.02 / sqrt(2 * 8)
-    assert abs(a.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.002
+    # 0.02 / sqrt(2 · 8) for residual projections; ~16k-sample estimates are within ~1.2% (2σ)
+    assert abs(proj.std().item() / (0.02 / 4) - 1) < 0.03
+    assert abs(a.blocks[0].attn.qkv.weight.std().item() / 0.02 - 1) < 0.03
     assert torch.equal(a.blocks[0].ln_1.weight, torch.ones(64))
 
 

@@ -1,0 +1,48 @@
+"""KD (the paper's knowledge-distillation baseline): KL(teacher ‖ student) over next-token distributions at
+positions 0 … T−2, against the formula written out, and the total NTP + λ_KD · KL."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
+from cocomix.methods import KD, Batch, next_token_loss
+from cocomix.methods.kd import kl_teacher_student
+from cocomix.model import Transformer
+from cocomix.teacher import Teacher
+
+
+def _kl_by_hand(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """Σ_v p_t(v) (log p_t(v) − log p_s(v)), averaged over the B·(T−1) positions that predict a next token."""
+    pt = torch.softmax(teacher_logits[:, :-1].double(), -1)
+    ps = torch.softmax(student_logits[:, :-1].double(), -1)
+    return (pt * (pt.log() - ps.log())).sum(-1).mean()
+
+
+def test_kl_is_teacher_to_student_per_position() -> None:
+    torch.manual_seed(0)
+    t, s = torch.randn(3, 7, 11) * 2, torch.randn(3, 7, 11) * 2
+    got = kl_teacher_student(t, s)
+    assert float(got) == pytest.approx(float(_kl_by_hand(t, s)), rel=1e-5)
+    assert float(got) != pytest.approx(float(_kl_by_hand(s, t)), rel=1e-2)  # the direction matters here
+    s2 = s.clone()
+    s2[:, -1] = 0.0  # the last position predicts nothing: ignored
+    assert torch.equal(kl_teacher_student(t, s2), got)
+    assert float(kl_teacher_student(t, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kd_loss_is_ntp_plus_lambda_kl() -> None:
+    cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32)
+    run = RunConfig(method="kd", model=cfg, data=DataConfig(seq_len=16), concept=ConceptConfig(lambda_kd=0.3))
+    method = KD(run)
+    torch.manual_seed(1)
+    method.teacher = Teacher(Transformer(cfg), layer=0)
+    student = method.build_model()
+    ids = torch.randint(0, 97, (2, 16))
+    total, metrics = method.loss(student, Batch(ids))
+    with torch.no_grad():
+        s_logits, t_logits = student(ids).logits, method.teacher.model(ids).logits
+    assert float(metrics["loss"]) == pytest.approx(float(next_token_loss(s_logits, ids)), rel=1e-6)
+    assert float(metrics["kd_loss"]) == pytest.approx(float(_kl_by_hand(t_logits, s_logits)), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(float(metrics["loss"]) + 0.3 * float(metrics["kd_loss"]), rel=1e-6)
