@@ -1,21 +1,11 @@
-"""Shared fixtures: tiny model configs and deterministic torch settings for CPU tests.
-
-Tests run single-threaded (here and, through OMP_NUM_THREADS, in the commands they start): their models are
-tiny, so extra threads only add synchronisation, and torchrun tests start two processes on two cores.
-"""
+"""Shared fixtures: tiny model configs and deterministic torch settings for CPU tests."""
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its thread pool; inherited by subprocesses
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from cocomix.config import ModelConfig  # noqa: E402
-
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+from cocomix.config import ModelConfig
 
 
 def tiny_model_config(flavour: str = "gpt2", **kw) -> ModelConfig:

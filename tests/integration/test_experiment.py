@@ -20,8 +20,9 @@ def test_experiment_runs_every_variant_and_reports(tmp_path: Path) -> None:
                             steps={"teacher": 10, "sae": 10, "student": 10}, source=f"text:{docs}")
     assert set(result["final"]) == set(VARIANTS)
     assert all(v["seeds"] == 2 for v in result["final"].values())
-    vocab = json.loads((tmp_path / "data" / "meta.json").read_text())["vocab_size"]
-    assert all(math.isfinite(v["mean"]) and v["mean"] < math.log(vocab) for v in result["final"].values())
+    final = {k: v["mean"] for k, v in result["final"].items()}
+    assert all(math.isfinite(v) for v in final.values())
+    assert final["ntp-flops"] < final["ntp"] - 0.1  # twice the steps (CoCoMix's FLOPs) at 10 steps: far lower
     flops_cfg = json.loads((tmp_path / "exp" / "ntp-flops-seed0" / "config.json").read_text())
     assert flops_cfg["train"]["steps"] > 10  # the FLOPs-matched NTP trains longer
     report = (tmp_path / "exp" / "experiment.md").read_text()
