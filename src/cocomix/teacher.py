@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from cocomix.errors import CheckpointError, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
+from cocomix.model.transformer import checkpointed
 
 ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
@@ -74,17 +74,6 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
     raise CheckpointError(f"{type(model).__name__}: cannot find its list of decoder blocks")
 
 
-def _checkpointed(forward: object) -> object:
-    """A block forward that, when a graph is being built, keeps only its inputs (non-reentrant checkpoint)."""
-
-    def run(*args: object, **kwargs: object) -> object:
-        if torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-        return forward(*args, **kwargs)
-
-    return run
-
-
 def _logits(out: object) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]  # HF ModelOutput or cocomix ModelOutput
 
@@ -116,7 +105,7 @@ class Teacher:
         if self.checkpointed:
             return
         for block in self.blocks[self.layer + 1:]:
-            block.forward = _checkpointed(block.forward)
+            block.forward = checkpointed(block.forward)
         self.checkpointed = True
 
     @property

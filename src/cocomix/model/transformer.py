@@ -9,7 +9,9 @@ the NTP objective on it is the paper's baseline.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +22,18 @@ from cocomix.model.attention import CausalSelfAttention, KVCache
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.layers import make_mlp, make_norm
 from cocomix.model.seam import Seam
+
+
+def checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """`forward` that, while a graph is being built, keeps only its inputs and recomputes the rest in the backward
+    (non-reentrant `torch.utils.checkpoint`: the same values, dropout RNG replayed); a plain call otherwise."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+
+    return run
 
 
 @dataclass
@@ -114,10 +128,7 @@ class Transformer(nn.Module):
             if self.seam is not None and i == self.seam.layer:
                 extra = () if concept_targets is None else (concept_targets,)  # seams without targets keep working
                 h, pos, aux = self.seam.insert(h, pos, *extra)
-            if self.checkpoint_blocks and cache is None and torch.is_grad_enabled():
-                h = checkpoint(block, h, pos, use_reentrant=False)  # same values; dropout RNG replayed
-            else:
-                h = block(h, pos, cache)
+            h = (checkpointed(block) if self.checkpoint_blocks and cache is None else block)(h, pos, cache)
         if self.seam is not None:
             h = self.seam.read(h)
         if cache is not None:
