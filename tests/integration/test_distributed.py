@@ -16,9 +16,11 @@ from safetensors.torch import load_file
 STEPS = 6
 
 
-def _sets(store: Path, parts: tuple[Path, Path], mbs: int, accum: int, parallel: str = "ddp") -> list[str]:
+def _sets(store: Path, parts: tuple[Path, Path], mbs: int, accum: int, parallel: str = "ddp", log_every: int = 1,
+          ) -> list[str]:
     kv = ["model.vocab_size=320", "model.context_length=64", f"data.path={store}", "data.seq_len=32",
-          f"train.steps={STEPS}", f"train.micro_batch_size={mbs}", f"train.grad_accum={accum}", "train.log_every=1",
+          f"train.steps={STEPS}", f"train.micro_batch_size={mbs}", f"train.grad_accum={accum}",
+          f"train.log_every={log_every}",
           "train.eval_every=3", "train.eval_batches=1", "train.save_every=3", "train.warmup_steps=2",
           "train.device=cpu", f"train.parallel={parallel}", f"concept.teacher={parts[0]}", f"concept.sae={parts[1]}",
           "concept.n_latents=256", "concept.teacher_layer=1", "concept.d_teacher=32", "concept.mix_k=8"]
@@ -94,19 +96,22 @@ def test_two_processes_match_one_process_step_by_step(method: str, parallel: str
 
 def test_checkpoint_from_two_processes_resumes_on_one(single: dict[str, Path], store_dir: Path,
                                                       concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
-    run = tmp_path / "fsdp"
-    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 1, "fsdp"), run, procs=2)
+    run = tmp_path / "fsdp"  # logged every 2 steps, so the step-3 checkpoint is mid-interval
+    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 1, "fsdp", log_every=2), run, procs=2)
     assert r.returncode == 0, r.stderr[-3000:]
+    per_step = _losses(single["cocomix"])  # logged: means over the interval of the per-step values
+    means = [{k: (a[k] + b[k]) / 2 for k in a} for a, b in zip(per_step[::2], per_step[1::2], strict=True)]
+    assert _close(_losses(run), means), (_losses(run), means)
     resumed = tmp_path / "resumed"  # the same run, rolled back to its step-3 checkpoint
     shutil.copytree(run, resumed)
     shutil.rmtree(resumed / "checkpoints" / f"step_{STEPS:07d}")
     (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
-    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 1), resumed, resume=True)
+    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 1, log_every=2), resumed, resume=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "global batch of 2 windows" in r.stderr and "saved with 4" in r.stderr
-    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 2), resumed, resume=True)  # 1 process × 2 × 2
+    r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 2, log_every=2), resumed, resume=True)  # 1 × 2 × 2
     assert r.returncode == 0, r.stderr[-3000:]
-    assert _close(_losses(resumed), _losses(run)) and _close(_losses(resumed), _losses(single["cocomix"]))
+    assert _close(_losses(resumed), _losses(run)) and _close(_losses(resumed), means)
     a = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     b = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     assert sorted(a) == sorted(b) and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)

@@ -1,9 +1,11 @@
-"""Training loop end to end on CPU: loss falls, determinism, exact resume after SIGKILL, CLI, errors."""
+"""Training loop end to end on CPU: loss falls, determinism, exact resume after SIGKILL, interval-mean logging, CLI,
+errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +99,36 @@ def test_sigkill_then_resume_equals_uninterrupted(store_dir: Path, tmp_path: Pat
     steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["kind"] == "train"]
     assert steps == list(range(5, 81, 5)), "metrics.jsonl has gaps or duplicates after resume"
+
+
+def _train_events(run_dir: Path) -> list[dict]:
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in e.items() if k not in ("tok_per_s", "train_s")} for e in events if e["kind"] == "train"]
+
+
+def test_logged_metrics_are_interval_means_and_survive_a_mid_interval_resume(store_dir: Path, tmp_path: Path) -> None:
+    every = train(small_run(store_dir, steps=7, log_every=1, save_every=3, eval_every=0), tmp_path / "every",
+                  quiet=True)
+    per_step = _train_events(tmp_path / "every")
+    assert [e["step"] for e in per_step] == list(range(1, 8)) and every.train_loss == per_step[-1]["loss"]
+    run = small_run(store_dir, steps=7, log_every=5, save_every=3, eval_every=0, keep_checkpoints=3)
+    train(run, tmp_path / "five", quiet=True)
+    logged = _train_events(tmp_path / "five")
+    assert [e["step"] for e in logged] == [5, 7]
+    for e, steps in zip(logged, ([1, 2, 3, 4, 5], [6, 7]), strict=True):
+        for key in ("loss", "grad_norm"):  # means over the interval (official: averaged over log_step_freq)
+            mean = sum(per_step[s - 1][key] for s in steps) / len(steps)
+            assert e[key] == pytest.approx(mean, rel=1e-6), (key, e["step"])
+            assert e[key] != pytest.approx(per_step[e["step"] - 1][key], rel=1e-6)  # not the log step's own value
+    state = json.loads((tmp_path / "five" / "checkpoints" / "step_0000003" / "state.json").read_text())
+    assert state["log_interval"]["count"] == 3  # step 3 is mid-interval: its partial sums are saved
+    resumed = tmp_path / "resumed"  # resumed from step 3, it must log exactly what the uninterrupted run logged
+    shutil.copytree(tmp_path / "five", resumed)
+    for name in ("step_0000006", "step_0000007"):
+        shutil.rmtree(resumed / "checkpoints" / name)
+    (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    train(run, resumed, resume=True, quiet=True)
+    assert _train_events(resumed) == logged
 
 
 def test_refuses_to_overwrite_an_existing_run(store_dir: Path, tmp_path: Path) -> None:

@@ -120,10 +120,15 @@ def grad_sync(module: nn.Module, ctx: DistContext, parallel: str, sync: bool) ->
         yield
 
 
-def scalar(t: torch.Tensor) -> float:
-    """A Python float from a tensor or a DTensor (FSDP2's gradient norm)."""
+def local(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a tensor or a DTensor (FSDP2's gradient norm)."""
     full = getattr(t, "full_tensor", None)
-    return float(full() if full is not None else t)
+    return full() if full is not None else t
+
+
+def scalar(t: torch.Tensor) -> float:
+    """A Python float from a tensor or a DTensor."""
+    return float(local(t))
 
 
 def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:

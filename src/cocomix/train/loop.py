@@ -38,7 +38,7 @@ from cocomix.train.checkpoint import (
     verify_checkpoint,
 )
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
-from cocomix.train.metrics import MetricsLogger, SilentLogger, Throughput, format_duration
+from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput, format_duration
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
 
 
@@ -231,6 +231,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     meter = Throughput(start, tc.steps)
     train_loss = float(state.get("train_loss", math.nan))
     bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)), int(state.get("bad_steps_in_a_row", 0)))
+    interval = IntervalMeans()  # logged metrics are means over the logging interval, as the official trainer's
+    interval.load(state.get("log_interval"), device)
     inject, stopped, last_ckpt = _injected_nan_steps(), "", ckpt
     model.train()
     with StopSignals() as signals:
@@ -257,6 +259,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
             applied = bad.check(dd.scalar(grad_norm))  # one host sync per step
             if applied:
                 optimizer.step()
+                interval.add({**sums, "grad_norm": dd.local(grad_norm)})
             optimizer.zero_grad(set_to_none=True)
             meter.add_tokens(tokens_per_step)
             done = step + 1
@@ -268,28 +271,31 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
             log_now = applied and (done % tc.log_every == 0 or done == tc.steps)
             save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
             if log_now:  # the only place metrics leave the device (averaged over the processes)
-                values = {k: float(v) for k, v in dd.mean_over_ranks(sums, ctx).items()}
+                values = {k: float(v) for k, v in dd.mean_over_ranks(interval.take(), ctx).items()}
                 train_loss = values.get("loss", math.nan)
                 rate, eta = meter.report(done)
-                logger.log({"kind": "train", "step": done, "lr": lr, "grad_norm": dd.scalar(grad_norm),
-                            "tokens": done * tokens_per_step, "flops": done * tokens_per_step * flops["total"],
-                            "tok_per_s": rate, "train_s": train_seconds(), **values})
-                others = "".join(f" | {k} {v:.4f}" for k, v in values.items() if k not in ("loss", "total_loss"))
+                logger.log({"kind": "train", "step": done, "lr": lr, "tokens": done * tokens_per_step,
+                            "flops": done * tokens_per_step * flops["total"], "tok_per_s": rate,
+                            "train_s": train_seconds(), **values})
+                others = "".join(f" | {k} {v:.4f}" for k, v in values.items()
+                                 if k not in ("loss", "total_loss", "grad_norm"))
                 logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
-                             f"gnorm {dd.scalar(grad_norm):.3f} | {rate / 1e3:.1f}k tok/s | "
+                             f"gnorm {values['grad_norm']:.3f} | {rate / 1e3:.1f}k tok/s | "
                              f"eta {format_duration(eta)}")
             if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
                 val_loss = run_eval(done)
             stop_now = dd.any_rank(signals.received is not None, ctx, device)
             if save_now or stop_now:
                 weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
+                # every rank resumes the interval from the ranks' mean sums: the logged mean over ranks is linear
+                log_interval = interval.state(dd.mean_over_ranks(interval.sums, ctx))
                 if ctx.is_main:
                     last_ckpt = save_checkpoint(
                         run_dir, done, weights, optim_state,
                         {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
                          "train_s": train_seconds(), "global_batch": sampler.global_batch,
                          "world_size": ctx.world_size, "skipped_steps": bad.total,
-                         "bad_steps_in_a_row": bad.in_a_row}, tc.keep_checkpoints)
+                         "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval}, tc.keep_checkpoints)
             if stop_now:
                 stopped = signals.name or "a signal on another rank"
                 logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "

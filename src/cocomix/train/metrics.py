@@ -1,4 +1,5 @@
-"""Metric sinks: metrics.jsonl (always), a readable progress line, and optional TensorBoard / wandb."""
+"""Metric sinks: metrics.jsonl (always), a readable progress line, and optional TensorBoard / wandb; and the
+running means of the train metrics over a logging interval (as the official trainer logs them)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from cocomix.atomic import atomic_write_text
 from cocomix.errors import ConfigError
@@ -110,3 +113,38 @@ class Throughput:
         per_step = (now - self.t0) / max(1, step - self.start)
         self.t_last, self.tokens, self.last_step = now, 0, step
         return rate, per_step * (self.total - step)
+
+
+class IntervalMeans:
+    """Train metrics summed over the applied steps since the last log, kept on the device (no host sync per step).
+
+    The official trainer logs loss, concept loss and gradient norm as means over its `log_step_freq` steps; so do
+    we, over `train.log_every` steps (skipped steps excluded). The partial sums travel in checkpoints, so a run
+    resumed mid-interval logs what an uninterrupted run logs.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # name -> 0-dim fp32 tensor
+        self.count = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+
+    def take(self) -> dict[str, torch.Tensor]:
+        """The means since the last `take` (or the resumed checkpoint), and a fresh interval."""
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+    def state(self, sums: dict[str, torch.Tensor]) -> dict:
+        """JSON-able state; `sums` are this interval's sums as they are to be saved (e.g. averaged over ranks).
+        fp32 -> Python float -> fp32 is exact, so a resumed interval continues bit for bit."""
+        return {"count": self.count, "sums": {k: float(v) for k, v in sums.items()}}
+
+    def load(self, state: dict | None, device: torch.device) -> None:
+        state = state or {"count": 0, "sums": {}}
+        self.count = int(state["count"])
+        self.sums = {k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in state["sums"].items()}
