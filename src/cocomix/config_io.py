@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -66,15 +67,22 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+_LOOSE_NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")  # .1, 1., +3, 1.e-3: not JSON
+
+
 def _parse_value(text: str) -> Any:
+    """JSON (numbers, true/false, lists, quoted strings), else a number as Python writes it, else the text."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
+        if _LOOSE_NUMBER.fullmatch(text.strip()):
+            return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else float(text)
         return text
 
 
 def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.field=value` strings (value parsed as JSON, else taken as a string) to a config dict."""
+    """Apply `section.field=value` strings to a config dict; a value is parsed as JSON, else as a number such as
+    `.1`, else taken as a string."""
     out = json.loads(json.dumps(base))
     for item in overrides:
         if "=" not in item:

@@ -54,6 +54,15 @@ def test_seeds_are_grouped_with_mean_and_sample_std(tmp_path: Path) -> None:
     assert "loss_vs_tokens.png" in md and "loss_vs_flops.png" in md
 
 
+def test_a_short_s_suffix_groups_only_when_it_is_the_runs_seed() -> None:
+    from cocomix.eval.compare import group_label
+
+    assert group_label("ntp-seed3", 3) == "ntp" and group_label("ntp_seed7", 0) == "ntp"
+    assert group_label("ntp-s2", 2) == "ntp" and group_label("ntp_s0", 0) == "ntp"
+    assert group_label("ctx-s512", 0) == "ctx-s512"  # a context length, not a seed: the name stays
+    assert group_label("ntp", 0) == "ntp" and group_label("ntp-seedx", 0) == "ntp-seedx"
+
+
 def test_plots_have_labelled_axes_and_a_legend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.axes
 

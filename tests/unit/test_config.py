@@ -52,6 +52,14 @@ def test_unknown_and_ill_typed_fields_are_named() -> None:
         run_config(apply_overrides(base, ["data.seq_len=4096"]))
 
 
+def test_overrides_take_numbers_as_python_writes_them() -> None:
+    sets = ["train.lr=.1", "train.min_lr_ratio=1.e-1", "train.steps=+30", "data.path=./store"]
+    cfg = run_config(apply_overrides(RunConfig().to_dict(), sets))
+    assert (cfg.train.lr, cfg.train.min_lr_ratio, cfg.train.steps, cfg.data.path) == (0.1, 0.1, 30, "./store")
+    with pytest.raises(ConfigError, match=r"train\.steps: expected an integer"):
+        run_config(apply_overrides(RunConfig().to_dict(), ["train.steps=30."]))
+
+
 def test_overrides_parse_json_values() -> None:
     cfg = run_config(apply_overrides(RunConfig().to_dict(),
                                      ["train.lr=3e-4", "model.flavour=llama", "train.log_backends=[]",

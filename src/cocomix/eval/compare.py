@@ -2,8 +2,9 @@
 
 Each run directory contributes its config, its `kind: "eval"` events (validation loss at a step, with tokens,
 training FLOPs counted with teacher and SAE, and training wall-clock) and its final numbers. Runs whose directory
-names differ only by a `-seedN` / `_seedN` / `-sN` suffix are one group: the table shows mean ± sample std over the
-seeds and the plots the mean curve with a ±std band.
+names differ only by a `-seedN` / `_seedN` suffix, or a `-sN` / `_sN` suffix whose N is the run's own seed (so
+`ctx-s512` stays a name), are one group: the table shows mean ± sample std over the seeds and the plots the mean
+curve with a ±std band.
 
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
 N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
@@ -23,7 +24,7 @@ from typing import Any
 from cocomix.atomic import atomic_write_text
 from cocomix.errors import CocomixError
 
-SEED_SUFFIX = re.compile(r"[-_](seed|s)\d+$")
+SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
 
 
 @dataclass
@@ -104,12 +105,20 @@ def read_run(path: str | Path) -> RunCurve:
                     val_loss=[float(e["val_loss"]) for e in evals], train_s=train_s)
 
 
+def group_label(name: str, seed: int) -> str:
+    """The directory name without its seed suffix: `-seedN` always, the short `-sN` only when N is the run's seed."""
+    m = SEED_SUFFIX.search(name)
+    if m is None or (m.group(1) == "s" and int(m.group(2)) != seed):
+        return name
+    return name[:m.start()]
+
+
 def group_runs(paths: list[str | Path]) -> list[Group]:
     """Runs grouped by directory name without its seed suffix, in the order first seen."""
     groups: dict[str, Group] = {}
     for p in paths:
         run = read_run(p)
-        label = SEED_SUFFIX.sub("", run.path.resolve().name)
+        label = group_label(run.path.resolve().name, run.seed)
         groups.setdefault(label, Group(label)).runs.append(run)
     return list(groups.values())
 
