@@ -13,6 +13,11 @@ zero_grad. Methods:
     kd               knowledge distillation (teacher forward, KL)
     pause            pause slots
 
+A name may carry the memory options as suffixes, so their cost is timed side by side with the plain step:
+`+ckpt` (train.activation_checkpointing) and `+chunked` (train.chunked_lm_loss; not for kd or cocomix-naive),
+e.g. `ntp-matched,ntp-matched+ckpt+chunked`; the JSON then holds each variant's step-time and peak-memory ratio
+to its plain method. The flags `--activation-checkpointing` / `--chunked-lm-loss` apply to every method instead.
+
 Shapes: `--shape 69m` is the paper's 69M configuration (student d 512, 8 layers, vocab 50257, 32768 concepts,
 mix_k 32, GPT-2-small teacher at block 5 — a randomly initialised `transformers` GPT-2, nothing is downloaded)
 at a short context for CPU; `--shape tiny` the demo's shapes. Timing alternates the methods round by round
@@ -28,6 +33,8 @@ never builds the teacher there (a run from a cache does not load it); its target
     PYTHONPATH=src python bench/step_cost.py --shape tiny --methods ntp,cocomix,cocomix-naive
     PYTHONPATH=src python bench/step_cost.py --shape 69m --seq-len 1024 --batch 1 --memory-only \
         --methods ntp-matched,cocomix,cocomix-cached      # memory at the paper's context, no timing
+    PYTHONPATH=src python bench/step_cost.py --shape 69m --seq-len 512 --batch 2 \
+        --methods ntp-matched,ntp-matched+ckpt+chunked,cocomix,cocomix+ckpt+chunked   # what the options cost
 """
 
 from __future__ import annotations
@@ -57,6 +64,34 @@ from cocomix.train.loop import flops_per_token  # noqa: E402
 from cocomix.train.optim import build_optimizer  # noqa: E402
 
 ALL = ("ntp", "ntp-matched", "cocomix", "cocomix-naive", "cocomix-cached", "kd", "pause")
+OPTIONS = {"ckpt": "activation_checkpointing", "chunked": "chunked_lm_loss"}  # name suffixes: +ckpt, +chunked
+
+
+def split_name(name: str) -> tuple[str, tuple[str, ...]]:
+    """"cocomix+ckpt+chunked" -> ("cocomix", ("ckpt", "chunked"))."""
+    base, *options = name.split("+")
+    return base, tuple(options)
+
+
+def check_name(name: str) -> str | None:
+    """Why `name` is not a benchmark method, or None."""
+    base, options = split_name(name)
+    if base not in ALL:
+        return f"unknown method {base!r}; expected names from {ALL}"
+    bad = [o for o in options if o not in OPTIONS]
+    if bad:
+        return f"{name}: unknown option +{bad[0]}; expected +{' / +'.join(OPTIONS)}"
+    if "chunked" in options and base in ("kd", "cocomix-naive"):
+        return f"{name}: +chunked does not apply to {base} (its loss needs the whole logits)"
+    return None
+
+
+def run_of(name: str, runs: dict[str, Any]) -> Any:
+    """The RunConfig a method name stands for, with its +options switched on."""
+    base, options = split_name(name)
+    run = runs[{"cocomix-naive": "cocomix", "cocomix-cached": "cocomix"}.get(base, base)]
+    flags = {OPTIONS[o]: True for o in options}
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, **flags)) if flags else run
 
 
 def parse_args() -> argparse.Namespace:
@@ -144,9 +179,8 @@ class Step:
                  with_teacher: bool = True) -> None:
         from cocomix.teacher import Teacher, teacher_dtype
 
-        key = {"cocomix-naive": "cocomix", "cocomix-cached": "cocomix"}.get(name, name)
-        self.run = runs[key]
-        self.name = name
+        self.run = run_of(name, runs)
+        self.name, _ = split_name(name)  # the plain method: what the step does
         torch.manual_seed(0)
         self.method = METHODS[self.run.method](self.run)
         self.model = self.method.build_model().to(device)
@@ -215,7 +249,7 @@ def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
         import transformers.models.gpt2.modeling_gpt2  # noqa: F401
     base = _vm("VmRSS")
     step = Step(name, runs, args.shape, device, with_teacher=False)  # cached: as a run from a cache, no teacher
-    if name == "cocomix-cached":  # a step's memory does not depend on the label values: random valid targets
+    if step.name == "cocomix-cached":  # a step's memory does not depend on the label values: random valid targets
         c = step.run.concept
         targets = torch.randint(0, c.n_latents, (args.batch, args.seq_len, c.k_attr),
                                 generator=torch.Generator().manual_seed(1)).to(device)
@@ -245,9 +279,8 @@ def main() -> None:
         print(json.dumps(memory_of(args.memory_of, args)))
         return
     names = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in names if m not in ALL]
-    if unknown:
-        sys.exit(f"--methods: unknown {unknown}; expected names from {ALL}")
+    for why in filter(None, map(check_name, names)):
+        sys.exit(f"--methods: {why}")
     device = torch.device(args.device)
     runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss,
                     args.activation_checkpointing)
@@ -261,8 +294,9 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (args.batch, args.seq_len), generator=gen).to(device)
                for _ in range(args.warmup + args.rounds)]
-    if "cocomix-cached" in steps:
-        steps["cocomix-cached"].prefill(batches)
+    for step in steps.values():
+        if step.name == "cocomix-cached":
+            step.prefill(batches)
     check = {}
     if "cocomix" in steps and "cocomix-naive" in steps:  # same function: same first loss from the same weights
         first = {n: steps[n](batches[0], 0) for n in ("cocomix", "cocomix-naive")}
@@ -295,7 +329,8 @@ def main() -> None:
             continue
         med = statistics.median(times[n])
         f = steps[n].flops
-        per_token = f["student"] + (0.0 if n == "cocomix-cached" else f.get("teacher", 0.0) + f.get("sae", 0.0))
+        cached = steps[n].name == "cocomix-cached"
+        per_token = f["student"] + (0.0 if cached else f.get("teacher", 0.0) + f.get("sae", 0.0))
         result["methods"][n] = {"step_s": med, "tokens_per_s": tokens / med, "flops_per_token": per_token,
                                 "achieved_flops_per_s": per_token * tokens / med,
                                 "params_m": steps[n].model.num_params() / 1e6}
@@ -337,6 +372,9 @@ def main() -> None:
             return None
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
+    variants = {n: split_name(n)[0] for n in names if "+" in n and split_name(n)[0] in m}
+    r["variant_over_plain"] = {n: {"step": ratio(n, base, "step_s"), "step_paired": paired(n, base),
+                                   "peak_memory": ratio(n, base, "peak_mib")} for n, base in variants.items()} or None
     r["naive_over_optimised_step_paired"] = paired("cocomix-naive", "cocomix")
     r["cached_over_ntp_step_paired"] = paired("cocomix-cached", "ntp")
     if r["cached_over_ntp_step"] and r["cached_over_ntp_flops"]:

@@ -38,3 +38,18 @@ def test_memory_only_measures_peak_memory_without_timing() -> None:
     for v in out["methods"].values():
         assert "step_s" not in v and v["peak_mib"] > 0
     assert out["ratios"]["cocomix_over_ntp_matched_peak_memory"] > 1  # it carries a teacher and an SAE
+
+
+def test_memory_option_variants_are_measured_against_their_plain_method() -> None:
+    def bench(methods: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "step_cost.py"), "--shape", "tiny", "--seq-len",
+                               "256", "--batch", "8", "--memory-only", "--methods", methods],
+                              capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+    r = bench("ntp-matched,ntp-matched+ckpt+chunked")
+    assert r.returncode == 0, r.stderr[-2000:]
+    variant = json.loads(r.stdout)["ratios"]["variant_over_plain"]["ntp-matched+ckpt+chunked"]
+    assert variant["peak_memory"] < 0.9  # the options are really switched on: no whole logits, blocks recomputed
+    r = bench("kd+chunked")
+    assert r.returncode != 0 and "+chunked does not apply to kd" in r.stderr
