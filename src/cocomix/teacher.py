@@ -13,6 +13,8 @@ pass runs only through activations above it. For the window mean, the LM head an
 (`cocomix.model.chunked_nll`, which forms ∂L/∂(final hidden) while each chunk's logits exist) on the final hidden
 states of the model's trunk (an HF model's `base_model`), so the (B, T, V) logits never exist at once; the split
 is checked once against the whole model's loss and abandoned for models whose head does more than a linear map.
+`Teacher.hidden(ids)` (SAE training, concept descriptions, the activation-selection ablation) stops the forward
+at the capture block: the blocks above it and the LM head are never run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from cocomix.model.transformer import checkpointed
 
 ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to end a forward that only wants the hidden state at `teacher_layer`."""
 
 
 @dataclass
@@ -90,6 +96,7 @@ class Teacher:
             raise ConfigError(f"teacher_layer: expected a block index in [0, {len(self.blocks) - 1}], got {layer}")
         self.layer = layer
         self._leaf: torch.Tensor | None = None
+        self._stop_at_capture = False
         self.blocks[layer].register_forward_hook(self._capture)
         self._split_ok: bool | None = None  # trunk + chunked head equals the whole model (checked on first use)
         # an HF model builds no KV cache here (it would hold every layer's keys and values for nothing)
@@ -150,6 +157,8 @@ class Teacher:
         hidden = output[0] if isinstance(output, tuple) else output
         leaf = hidden.detach().requires_grad_(True)
         self._leaf = leaf
+        if self._stop_at_capture:
+            raise _Captured
         return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
 
     @classmethod
@@ -184,8 +193,15 @@ class Teacher:
 
     @torch.no_grad()
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient)."""
-        self.model(ids, **self._kw)
+        """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient); the
+        forward ends there (nothing above the capture block runs)."""
+        self._stop_at_capture = True
+        try:
+            self.model(ids, **self._kw)
+        except _Captured:
+            pass
+        finally:
+            self._stop_at_capture = False
         return self._take_leaf(ids).detach()
 
     @torch.no_grad()

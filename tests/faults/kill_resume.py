@@ -183,6 +183,8 @@ def main() -> int:
         if killed:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
+        # a kill during interpreter start-up tests little: count the kills that found the stage's outputs begun
+        wrote = killed and out.is_dir() and any(out.iterdir())
         problem = intact(name, out)
         reruns = 0
         while not problem:
@@ -195,7 +197,8 @@ def main() -> int:
         same = not problem and digest(st["final"](out)) == reference[name]
         if not same and not problem:
             problem = "final outputs differ from the uninterrupted run"
-        results.append({"stage": name, "delay_s": round(delay, 2), "killed": killed, "reruns": reruns,
+        results.append({"stage": name, "delay_s": round(delay, 2), "killed": killed, "after_output": wrote,
+                        "reruns": reruns,
                         "ok": not problem, "problem": problem})
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         if problem:
@@ -204,6 +207,8 @@ def main() -> int:
             shutil.rmtree(out, ignore_errors=True)
     summary = {"kills_attempted": args.kills, "killed_mid_run": sum(r["killed"] for r in results),
                "per_stage": {n: sum(r["killed"] for r in results if r["stage"] == n) for n in names},
+               "per_stage_after_output": {n: sum(r["after_output"] for r in results if r["stage"] == n)
+                                          for n in names},
                "failures": failures, "reference_seconds": {n: round(d, 1) for n, d in duration.items()},
                "work_dir": str(root) if args.keep or failures else None}
     print(json.dumps(summary, indent=1))

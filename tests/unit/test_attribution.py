@@ -220,6 +220,29 @@ def test_hf_teacher_folder_gives_the_same_residual_and_grad_as_our_model(tmp_pat
     assert all(not p.requires_grad for p in hf_teacher.model.parameters())
 
 
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_hidden_stops_the_forward_at_the_capture_block(tmp_path: Path, flavour: str) -> None:
+    """`Teacher.hidden` gives the full forward's residual bit for bit without running anything above the capture
+    block; the teacher works as before afterwards (the next full pass still runs every block)."""
+    from cocomix.export import export_hf
+
+    model = Transformer(tiny_model_config(flavour, n_layer=3)).eval()
+    export_hf(model, tmp_path / "hf")
+    ids = torch.randint(0, 97, (2, 16))
+    for teacher in (Teacher(model, layer=1), Teacher.from_pretrained(tmp_path / "hf", layer=1)):
+        ran: list[str] = []
+        teacher.blocks[2].register_forward_hook(lambda *a, ran=ran: ran.append("block 2"))
+        head = teacher.model.get_output_embeddings() if hasattr(teacher.model, "get_output_embeddings") \
+            else teacher.model.lm_head
+        head.register_forward_hook(lambda *a, ran=ran: ran.append("head"))
+        _, full = teacher.forward_pass(ids)
+        assert ran == ["block 2", "head"]
+        ran.clear()
+        assert torch.equal(teacher.hidden(ids), full) and ran == []
+        _, again = teacher.forward_pass(ids)
+        assert torch.equal(again, full) and ran == ["block 2", "head"]
+
+
 def test_teacher_layer_out_of_range_is_a_config_error() -> None:
     from cocomix.errors import ConfigError
 
