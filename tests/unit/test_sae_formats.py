@@ -378,6 +378,32 @@ def test_sparsify_folder_matches_sparsify_semantics(tmp_path: Path) -> None:
         assert _close(sae(x), acts @ w["W_dec"] + w["b_dec"])
 
 
+def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> None:
+    """sparsify saves one folder per hookpoint: `layers.N` / `h.N` is block N's output. Loading one for another
+    teacher_layer is a one-line error; a root holding several hookpoints (`Sae.load_many`'s layout) resolves to
+    the teacher_layer's folder, and the target cache hashes that folder only."""
+    from cocomix.concepts.cache import file_sha256, sae_sha256
+    from cocomix.errors import ConfigError
+
+    cfg = {"k": K, "num_latents": C, "d_in": D}
+    root = tmp_path / "sae-llama-32x"
+    for i, name in enumerate(("layers.0", "layers.2", "layers.2.mlp")):
+        _write_sparsify(root / name, cfg, {n: w * (i + 1) for n, w in _sparsify_weights().items()})
+    assert load_sae(root / "layers.2").hook_block == 2 and load_sae(root / "layers.2.mlp").hook_block is None
+    with pytest.raises(ConfigError, match=r"teacher_layer: .* was trained on layers\.2 \(the output of block 2\)"):
+        load_sae(root / "layers.2", teacher_layer=1)
+    assert load_sae(root / "layers.2.mlp", teacher_layer=1).hook_name == "layers.2.mlp"  # not a residual: unchecked
+    assert load_sae(root, teacher_layer=2).hook_name == "layers.2"
+    assert sae_sha256(str(root), 2) == file_sha256(root / "layers.2") != sae_sha256(str(root), 0)
+    for layer in (1, None):
+        with pytest.raises(CheckpointError, match=r"several hookpoints \(layers\.0, layers\.2, layers\.2\.mlp\)"):
+            load_sae(root, teacher_layer=layer)
+    gpt2 = _write_sparsify(tmp_path / "run" / "transformer.h.5", cfg, _sparsify_weights())
+    assert load_sae(gpt2).hook_block == 5 and load_sae(tmp_path / "run", teacher_layer=5).hook_block == 5
+    renamed = _write_sparsify(tmp_path / "my_sae", cfg, _sparsify_weights())
+    assert load_sae(renamed, teacher_layer=7).hook_block is None
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

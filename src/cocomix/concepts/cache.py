@@ -49,6 +49,14 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
+    """The SAE's content hash (its files only: in a folder of sparsify hookpoints, the teacher_layer's), or None
+    for a spec that is no local path."""
+    from cocomix.sae.formats import sae_path
+
+    return file_sha256(sae_path(sae_spec, teacher_layer)) if Path(sae_spec).exists() else None
+
+
 def _dtype(n_latents: int) -> np.dtype:
     return np.dtype(np.uint16) if n_latents <= 65536 else np.dtype(np.int32)
 
@@ -84,7 +92,7 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
     meta = {
         "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_layer": teacher.layer,
         "teacher_dtype": teacher.dtype_name,
-        "sae": sae_spec, "sae_sha256": file_sha256(Path(sae_spec)) if Path(sae_spec).exists() else None,
+        "sae": sae_spec, "sae_sha256": sae_sha256(sae_spec, teacher.layer),
         "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection, "multiplier": multiplier,
         "attribution_loss": attribution_loss, "seq_len": seq_len,
         "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),

@@ -157,7 +157,7 @@ class CoCoMix(Method):
 
 def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConfig, TargetCache
     """The target cache for this run, checked against its settings and token store."""
-    from cocomix.concepts.cache import TargetCache, file_sha256
+    from cocomix.concepts.cache import TargetCache, file_sha256, sae_sha256
 
     c = run.concept
     expect = {"k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
@@ -168,5 +168,5 @@ def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConf
     if c.sae_k is not None:
         expect["sae_k"] = c.sae_k
     if c.sae and Path(c.sae).exists():  # the SAE by content (its path may differ between machines)
-        expect["sae_sha256"] = file_sha256(Path(c.sae))
+        expect["sae_sha256"] = sae_sha256(c.sae, c.teacher_layer)
     return TargetCache.open(path, expect=expect)

@@ -13,7 +13,7 @@ from pathlib import Path
 from cocomix.errors import CheckpointError, ConfigError
 from cocomix.sae.openai import load_openai
 from cocomix.sae.saelens import load_saelens, save_saelens
-from cocomix.sae.sparsify import load_sparsify
+from cocomix.sae.sparsify import hookpoint_folder, load_sparsify
 from cocomix.sae.topk import TopKSAE
 
 __all__ = ["load_openai", "load_sae", "load_saelens", "load_sparsify", "save_saelens"]
@@ -24,14 +24,24 @@ OPENAI_SUFFIXES = (".pt", ".pth", ".safetensors")
 def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None = None) -> TopKSAE:
     """The SAE at `spec`, format chosen by what the path is. `k` is needed for an OpenAI `.safetensors` file
     only; for the other formats it must be None or equal the stored k. With `teacher_layer`, an SAE whose file
-    names the residual hook it was trained on (SAELens `hook_name`) must read that block's output."""
-    sae = _load(Path(spec), k)
+    names the residual hook it was trained on (SAELens `hook_name`, a sparsify hookpoint folder) must read that
+    block's output, and a folder of sparsify hookpoints resolves to the one for that layer."""
+    sae = _load(sae_path(spec, teacher_layer), k)
     if teacher_layer is not None and sae.hook_block is not None and sae.hook_block != teacher_layer:
         where = "the token embeddings" if sae.hook_block < 0 else f"the output of block {sae.hook_block}"
         raise ConfigError(f"teacher_layer: {spec} was trained on {sae.hook_name} ({where}), but teacher_layer is "
                           f"{teacher_layer}" + (f"; set teacher_layer={sae.hook_block}" if sae.hook_block >= 0
                                                 else ""))
     return sae
+
+
+def sae_path(spec: str | Path, teacher_layer: int | None = None) -> Path:
+    """The file or folder that holds the SAE `spec` names: `spec` itself, or in a folder of sparsify hookpoints the
+    one for `teacher_layer` (what `load_sae` reads, and what target caches hash)."""
+    path = Path(spec)
+    if path.is_dir() and not (path / "sae_weights.safetensors").is_file() and not (path / "sae.safetensors").is_file():
+        return hookpoint_folder(path, teacher_layer) or path
+    return path
 
 
 def _load(path: Path, k: int | None) -> TopKSAE:

@@ -13,10 +13,16 @@ What sparsify does (`sparsify/sparse_coder.py`, `fused_encoder.py`, `config.py`;
   input normalisation, so `normalize=False`, and b_dec plays OpenAI's pre_bias role exactly.
 * Refused: `activation="groupmax"`, transcoders (`transcode`, which predict another activation and do not
   subtract b_dec), and `skip_connection` (the `W_skip` term is not a TopK SAE).
+* Hookpoints: sparsify saves one folder per hookpoint, named by the module it hooked: `layers.N` (Llama, Pythia,
+  ...) or `h.N` (GPT-2) is the output of block N, i.e. our teacher_layer N (kept as `hook_name` / `hook_block`, so
+  `load_sae(..., teacher_layer=)` refuses another layer); other names (`layers.N.mlp`, a renamed folder) are not
+  checked. A run's root folder holding several hookpoints (`Sae.load_many`'s layout, e.g. a hub download of
+  `EleutherAI/sae-llama-3-8b-32x`) resolves to the folder of the requested teacher_layer (`hookpoint_folder`).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cocomix.errors import CheckpointError
@@ -26,6 +32,28 @@ from cocomix.sae.topk import TopKSAE
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
 WHAT = "sparsify weights encoder.weight (C, d), encoder.bias (C,), W_dec (C, d), b_dec (d,)"
+_BLOCK_OUTPUT = re.compile(r"(?:.*\.)?(?:layers|h)\.(\d+)")  # a hookpoint that is a whole block's output
+
+
+def hookpoint_block(name: str) -> int | None:
+    """The block whose output a sparsify hookpoint folder name reads ("layers.5", "h.5" -> 5), else None."""
+    m = _BLOCK_OUTPUT.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def hookpoint_folder(root: Path, teacher_layer: int | None) -> Path | None:
+    """In a folder of sparsify hookpoint folders, the one for `teacher_layer`; None when `root` is not such a folder.
+    Raises when it is but holds no folder for that layer (naming those it holds)."""
+    hooks = sorted(p for p in root.iterdir() if (p / WEIGHTS_NAME).is_file() and (p / CFG_NAME).is_file())
+    if not hooks:
+        return None
+    blocks = {hookpoint_block(p.name): p for p in hooks}
+    if teacher_layer is not None and teacher_layer in blocks:
+        return blocks[teacher_layer]
+    names = ", ".join(p.name for p in hooks[:8]) + (", ..." if len(hooks) > 8 else "")
+    want = f"one for teacher_layer {teacher_layer}" if teacher_layer is not None else "a teacher_layer to pick one"
+    raise CheckpointError(f"{root}: holds sparsify SAEs for several hookpoints ({names}); expected {want}, "
+                          "or give the hookpoint's folder itself")
 
 
 def load_sparsify(folder: str | Path) -> TopKSAE:
@@ -65,6 +93,8 @@ def load_sparsify(folder: str | Path) -> TopKSAE:
         raise CheckpointError(f"{cfg_path}: k={k} exceeds the {n_latents} latents")
 
     sae = TopKSAE(d_in, n_latents, k, normalize=False, relu_before_topk=True, dtype=common_dtype(weights_path, tensors))
+    sae.hook_name = folder.resolve().name
+    sae.hook_block = hookpoint_block(sae.hook_name)
     return sae.set_weights(
         pre_bias=tensors["b_dec"],
         W_enc=tensors["encoder.weight"],
