@@ -186,11 +186,11 @@ class Step:
         self.model = self.method.build_model().to(device)
         self.model.checkpoint_blocks = self.run.train.activation_checkpointing
         self.flops: dict[str, float] = {}
-        if self.run.method in ("cocomix", "kd") and not (name == "cocomix-cached" and not with_teacher):
+        if self.run.method in ("cocomix", "kd") and not (self.name == "cocomix-cached" and not with_teacher):
             # one teacher per step, built in place (no transient copies in the memory high-water mark)
             hf, sae = build_teacher(shape, self.run)
             c = self.run.concept
-            if name == "cocomix-naive":  # its own hook-free teacher and SAE; the library's are never built
+            if self.name == "cocomix-naive":  # its own hook-free teacher and SAE; the library's are never built
                 naive = NaiveTargets(hf.to(device), c.teacher_layer, sae.to(device), c.k_attr)
                 self.method.loss = naive_loss(self.method, naive)
                 dense_compression(self.model.seam)

@@ -163,7 +163,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Keep this many most recent step checkpoints (the final one is always kept)."""
     log_every: int = 10
-    """Print a progress line and append to metrics.jsonl every this many steps."""
+    """Print a progress line and append to metrics.jsonl every this many steps. The logged loss, concept / KD loss
+    and gradient norm are means over the steps since the last log (skipped steps excluded), as the official trainer
+    averages over its `log_step_freq`."""
     log_backends: tuple[str, ...] = ()
     """Extra metric sinks: `tensorboard`, `wandb`."""
     parallel: str = "ddp"

@@ -75,7 +75,7 @@ def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        if _LOOSE_NUMBER.fullmatch(text.strip()):
+        if _LOOSE_NUMBER.fullmatch(text.strip()) and not re.fullmatch(r"\s*[+-]?0\d+\s*", text):  # "01": a name
             return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else float(text)
         return text
 

@@ -35,8 +35,9 @@ ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
 
 
-class _Captured(Exception):
-    """Raised by the capture hook to end a forward that only wants the hidden state at `teacher_layer`."""
+class _Captured(BaseException):
+    """Raised by the capture hook to end a forward that only wants the hidden state at `teacher_layer` (a
+    BaseException, so that no `except Exception` inside a model's forward swallows it)."""
 
 
 @dataclass

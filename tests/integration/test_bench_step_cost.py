@@ -53,3 +53,10 @@ def test_memory_option_variants_are_measured_against_their_plain_method() -> Non
     assert variant["peak_memory"] < 0.9  # the options are really switched on: no whole logits, blocks recomputed
     r = bench("kd+chunked")
     assert r.returncode != 0 and "+chunked does not apply to kd" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "step_cost.py"), "--shape", "tiny", "--seq-len", "32",
+                        "--batch", "2", "--rounds", "1", "--warmup", "0", "--no-memory", "--methods",
+                        "cocomix-naive,cocomix-naive+ckpt"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads(r.stdout)["methods"]  # a suffixed naive step is still the naive step (its own FLOPs count)
+    assert m["cocomix-naive+ckpt"]["flops_per_token"] == m["cocomix-naive"]["flops_per_token"]

@@ -50,6 +50,14 @@ def test_injected_nan_steps_are_skipped_reported_and_the_run_finishes(store_dir:
     # the streak is saved too, so a resume at step 4 still counts steps 3 and 4 towards max_bad_steps
     assert [json.loads((ckpts / f"step_000000{s}" / "state.json").read_text())["bad_steps_in_a_row"]
             for s in (2, 3, 4, 5)] == [0, 1, 2, 0]
+    # logged every 3 steps: each interval's mean over its applied steps, also when the log step itself is skipped
+    per_step = {e["step"]: e["loss"] for e in ev if e["kind"] == "train"}
+    cfg.write_text(small_run(store_dir, steps=8, save_every=0, log_every=3).to_json())
+    r = _run(cfg, tmp_path / "every3", env={"COCOMIX_INJECT_NAN_STEPS": "3,4"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    logged = {e["step"]: e["loss"] for e in _events(tmp_path / "every3") if e["kind"] == "train"}
+    want = {3: (per_step[1] + per_step[2]) / 2, 6: (per_step[5] + per_step[6]) / 2, 8: (per_step[7] + per_step[8]) / 2}
+    assert logged.keys() == want.keys() and all(abs(logged[s] - want[s]) < 1e-6 * want[s] for s in want), logged
 
 
 def test_persistent_nans_stop_with_the_last_good_checkpoint_loadable(store_dir: Path, tmp_path: Path) -> None:

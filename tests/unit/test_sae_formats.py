@@ -379,9 +379,11 @@ def test_sparsify_folder_matches_sparsify_semantics(tmp_path: Path) -> None:
 
 
 def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> None:
-    """sparsify saves one folder per hookpoint: `layers.N` / `h.N` is block N's output. Loading one for another
-    teacher_layer is a one-line error; a root holding several hookpoints (`Sae.load_many`'s layout) resolves to
-    the teacher_layer's folder, and the target cache hashes that folder only."""
+    """A sparsify run saves one folder per module hookpoint, listed in the run's config.json: `layers.N` / `h.N`
+    is block N's output. Loading one for another teacher_layer is a one-line error; the run folder
+    (`Sae.load_many`'s layout) resolves to the teacher_layer's folder, and the target cache hashes that folder
+    only. Without the run's list (older SAEs named hidden_states[N], the input of block N, `layers.N` too) nothing
+    is inferred from names."""
     from cocomix.concepts.cache import file_sha256, sae_sha256
     from cocomix.errors import ConfigError
 
@@ -389,6 +391,10 @@ def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> No
     root = tmp_path / "sae-llama-32x"
     for i, name in enumerate(("layers.0", "layers.2", "layers.2.mlp")):
         _write_sparsify(root / name, cfg, {n: w * (i + 1) for n, w in _sparsify_weights().items()})
+    with pytest.raises(CheckpointError, match=r"no config\.json listing them as module hookpoints"):
+        load_sae(root, teacher_layer=2)  # an older layout: never guessed
+    assert load_sae(root / "layers.2", teacher_layer=1).hook_block is None  # unknown meaning: unchecked
+    (root / "config.json").write_text(json.dumps({"hookpoints": ["layers.0", "layers.2", "layers.2.mlp"]}))
     assert load_sae(root / "layers.2").hook_block == 2 and load_sae(root / "layers.2.mlp").hook_block is None
     with pytest.raises(ConfigError, match=r"teacher_layer: .* was trained on layers\.2 \(the output of block 2\)"):
         load_sae(root / "layers.2", teacher_layer=1)
@@ -396,12 +402,16 @@ def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> No
     assert load_sae(root, teacher_layer=2).hook_name == "layers.2"
     assert sae_sha256(str(root), 2) == file_sha256(root / "layers.2") != sae_sha256(str(root), 0)
     for layer in (1, None):
-        with pytest.raises(CheckpointError, match=r"several hookpoints \(layers\.0, layers\.2, layers\.2\.mlp\)"):
+        with pytest.raises(CheckpointError, match=r"SAE folders layers\.0, layers\.2, layers\.2\.mlp; expected"):
             load_sae(root, teacher_layer=layer)
-    gpt2 = _write_sparsify(tmp_path / "run" / "transformer.h.5", cfg, _sparsify_weights())
-    assert load_sae(gpt2).hook_block == 5 and load_sae(tmp_path / "run", teacher_layer=5).hook_block == 5
-    renamed = _write_sparsify(tmp_path / "my_sae", cfg, _sparsify_weights())
-    assert load_sae(renamed, teacher_layer=7).hook_block is None
+    run = tmp_path / "gpt2-run"
+    for name in ("h.5", "transformer.h.5"):
+        _write_sparsify(run / name, cfg, _sparsify_weights())
+    (run / "config.json").write_text(json.dumps({"hookpoints": ["h.5"]}))
+    assert load_sae(run / "h.5").hook_block == 5 and load_sae(run, teacher_layer=5).hook_name == "h.5"
+    (run / "config.json").write_text(json.dumps({"hookpoints": ["h.5", "transformer.h.5"]}))
+    with pytest.raises(CheckpointError, match="h.5 and transformer.h.5 both read block 5"):
+        load_sae(run, teacher_layer=5)
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,15 @@ What sparsify does (`sparsify/sparse_coder.py`, `fused_encoder.py`, `config.py`;
   input normalisation, so `normalize=False`, and b_dec plays OpenAI's pre_bias role exactly.
 * Refused: `activation="groupmax"`, transcoders (`transcode`, which predict another activation and do not
   subtract b_dec), and `skip_connection` (the `W_skip` term is not a TopK SAE).
-* Hookpoints: sparsify saves one folder per hookpoint, named by the module it hooked: `layers.N` (Llama, Pythia,
-  ...) or `h.N` (GPT-2) is the output of block N, i.e. our teacher_layer N (kept as `hook_name` / `hook_block`, so
-  `load_sae(..., teacher_layer=)` refuses another layer); other names (`layers.N.mlp`, a renamed folder) are not
-  checked. A run's root folder holding several hookpoints (`Sae.load_many`'s layout, e.g. a hub download of
-  `EleutherAI/sae-llama-3-8b-32x`) resolves to the folder of the requested teacher_layer (`hookpoint_folder`).
+* Hookpoints: sparsify's trainer saves one folder per hookpoint under a run folder whose `config.json` (its
+  TrainConfig) lists them in `hookpoints`; each is the name of the module hooked, whose *output* was encoded:
+  `layers.N` (Llama, Pythia, ...) or `h.N` (GPT-2) is the output of block N, our teacher_layer N. Only folders
+  so listed are read that way (kept as `hook_name` / `hook_block`, so `load_sae(..., teacher_layer=)` refuses
+  another layer): SAEs from before module hookpoints (the first `EleutherAI/sae-llama-3-8b-32x`, trained on
+  `output_hidden_states`) name `hidden_states[N]`, the *input* of block N, `layers.N` too, and a folder without
+  its run's config cannot tell the two apart, so it is not checked. A run folder (`Sae.load_many`'s layout)
+  resolves to the hookpoint of the requested teacher_layer (`hookpoint_folder`); without the run's `config.json`
+  listing hookpoints it is refused rather than guessed.
 """
 
 from __future__ import annotations
@@ -31,29 +35,52 @@ from cocomix.sae.topk import TopKSAE
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
+RUN_CFG_NAME = "config.json"  # the run folder's TrainConfig, beside the hookpoint folders
 WHAT = "sparsify weights encoder.weight (C, d), encoder.bias (C,), W_dec (C, d), b_dec (d,)"
 _BLOCK_OUTPUT = re.compile(r"(?:.*\.)?(?:layers|h)\.(\d+)")  # a hookpoint that is a whole block's output
 
 
 def hookpoint_block(name: str) -> int | None:
-    """The block whose output a sparsify hookpoint folder name reads ("layers.5", "h.5" -> 5), else None."""
+    """The block whose output a sparsify module hookpoint reads ("layers.5", "h.5" -> 5), else None."""
     m = _BLOCK_OUTPUT.fullmatch(name)
     return int(m.group(1)) if m else None
 
 
+def _run_hookpoints(run: Path) -> list[str] | None:
+    """The `hookpoints` a sparsify run folder's `config.json` lists, or None (no such config)."""
+    try:
+        cfg = read_json(run / RUN_CFG_NAME, "a sparsify TrainConfig")
+    except CheckpointError:
+        return None
+    hooks = cfg.get("hookpoints")
+    return [h for h in hooks if isinstance(h, str)] if isinstance(hooks, list) else None
+
+
 def hookpoint_folder(root: Path, teacher_layer: int | None) -> Path | None:
-    """In a folder of sparsify hookpoint folders, the one for `teacher_layer`; None when `root` is not such a folder.
-    Raises when it is but holds no folder for that layer (naming those it holds)."""
+    """In a sparsify run folder, the hookpoint folder of `teacher_layer`; None when `root` holds no hookpoint
+    folders. Raises when it does but none is that block's output, or the run's config does not say what they are."""
     hooks = sorted(p for p in root.iterdir() if (p / WEIGHTS_NAME).is_file() and (p / CFG_NAME).is_file())
     if not hooks:
         return None
-    blocks = {hookpoint_block(p.name): p for p in hooks}
+    names = ", ".join(p.name for p in hooks[:8]) + (", ..." if len(hooks) > 8 else "")
+    listed = _run_hookpoints(root)
+    if listed is None:
+        raise CheckpointError(f"{root}: holds sparsify SAE folders ({names}) but no {RUN_CFG_NAME} listing them as "
+                              "module hookpoints (older SAEs name hidden_states[N], the input of block N, layers.N); "
+                              "give the folder of the SAE you mean")
+    blocks: dict[int, Path] = {}
+    for p in hooks:
+        block = hookpoint_block(p.name) if p.name in listed else None
+        if block is not None and block in blocks:
+            raise CheckpointError(f"{root}: {blocks[block].name} and {p.name} both read block {block}; give the "
+                                  "folder of the SAE you mean")
+        if block is not None:
+            blocks[block] = p
     if teacher_layer is not None and teacher_layer in blocks:
         return blocks[teacher_layer]
-    names = ", ".join(p.name for p in hooks[:8]) + (", ..." if len(hooks) > 8 else "")
     want = f"one for teacher_layer {teacher_layer}" if teacher_layer is not None else "a teacher_layer to pick one"
-    raise CheckpointError(f"{root}: holds sparsify SAEs for several hookpoints ({names}); expected {want}, "
-                          "or give the hookpoint's folder itself")
+    raise CheckpointError(f"{root}: a sparsify run with SAE folders {names}; expected {want}, or give the "
+                          "hookpoint's folder itself")
 
 
 def load_sparsify(folder: str | Path) -> TopKSAE:
@@ -93,8 +120,9 @@ def load_sparsify(folder: str | Path) -> TopKSAE:
         raise CheckpointError(f"{cfg_path}: k={k} exceeds the {n_latents} latents")
 
     sae = TopKSAE(d_in, n_latents, k, normalize=False, relu_before_topk=True, dtype=common_dtype(weights_path, tensors))
-    sae.hook_name = folder.resolve().name
-    sae.hook_block = hookpoint_block(sae.hook_name)
+    name = folder.resolve().name
+    if name in (_run_hookpoints(folder.resolve().parent) or []):  # a module hookpoint of a sparsify run
+        sae.hook_name, sae.hook_block = name, hookpoint_block(name)
     return sae.set_weights(
         pre_bias=tensors["b_dec"],
         W_enc=tensors["encoder.weight"],

@@ -256,10 +256,11 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
             else:
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
                                                            if p.grad is not None])
-            applied = bad.check(dd.scalar(grad_norm))  # one host sync per step
+            grad_norm = dd.local(grad_norm)  # FSDP2: a DTensor, made whole once
+            applied = bad.check(float(grad_norm))  # one host sync per step
             if applied:
                 optimizer.step()
-                interval.add({**sums, "grad_norm": dd.local(grad_norm)})
+                interval.add({**sums, "grad_norm": grad_norm})
             optimizer.zero_grad(set_to_none=True)
             meter.add_tokens(tokens_per_step)
             done = step + 1
@@ -268,7 +269,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                 logger.print(f"step {done:>6}/{tc.steps} | skipped: non-finite loss or gradient ({bad.in_a_row} in a "
                              f"row, {bad.total} in all; the weights are unchanged)")
                 bad.stop_if_persistent(done, last_ckpt)
-            log_now = applied and (done % tc.log_every == 0 or done == tc.steps)
+            # a skipped step at a log step still logs its interval's applied steps (none: nothing to log)
+            log_now = interval.count > 0 and (done % tc.log_every == 0 or done == tc.steps)
             save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
             if log_now:  # the only place metrics leave the device (averaged over the processes)
                 values = {k: float(v) for k, v in dd.mean_over_ranks(interval.take(), ctx).items()}
