@@ -177,8 +177,9 @@ class Step:
 
     def __init__(self, name: str, runs: dict[str, Any], shape: str, device: torch.device,
                  with_teacher: bool = True) -> None:
-        from cocomix.teacher import Teacher, teacher_dtype
+        from cocomix.teacher import Teacher, cuda_matmul_precision, teacher_dtype
 
+        cuda_matmul_precision(device)  # TF32 on CUDA, as training sets it
         self.run = run_of(name, runs)
         self.name, _ = split_name(name)  # the plain method: what the step does
         torch.manual_seed(0)

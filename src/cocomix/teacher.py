@@ -60,6 +60,14 @@ def teacher_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def cuda_matmul_precision(device: torch.device) -> None:
+    """On CUDA, fp32 matmuls may use TF32 (precision "high"), as the official trainer turns TF32 on. Called by
+    training and by `extract-concepts` alike, so that an fp32 teacher and SAE give cached targets computed as the
+    online ones are."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
 def teacher_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The region the frozen teacher (and SAE) compute in during training (`concept.teacher_precision`): `fp32`
     leaves any surrounding autocast (the official teacher is never autocast), `autocast` keeps it."""

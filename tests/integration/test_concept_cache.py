@@ -144,6 +144,18 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()
 
 
+def test_extraction_sets_the_matmul_precision_training_sets(store_dir: Path, tmp_path: Path,
+                                                             parts: tuple[Path, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """TF32 on CUDA in training must also hold in extract-concepts, or cached targets differ from online ones."""
+    import cocomix.concepts.cache as cache
+
+    seen: list[torch.device] = []
+    monkeypatch.setattr(cache, "cuda_matmul_precision", seen.append)
+    _extract(store_dir, tmp_path / "c", parts, max_windows=4)
+    assert seen == [torch.device("cpu")]
+
+
 def test_store_with_a_larger_vocabulary_than_the_teacher_is_refused(store_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     export_hf(Transformer(ModelConfig(vocab_size=100, n_layer=2, n_head=2, d_model=32, context_length=64)),

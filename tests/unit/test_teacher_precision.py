@@ -89,3 +89,24 @@ def test_unknown_precision_is_refused() -> None:
         dataclasses.replace(get_preset("tiny-cocomix").concept, teacher_precision="fp16")
     with pytest.raises(ConfigError, match="teacher_precision"):
         teacher_precision("fp16", torch.device("cpu"))
+
+
+
+def test_cuda_matmul_precision_is_tf32_on_cuda_only_and_training_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA, training lets fp32 matmuls use TF32 (as the official trainer does), through the helper that
+    `extract-concepts` calls too (tests/integration/test_concept_cache.py)."""
+    import cocomix.train.loop as loop
+    from cocomix.teacher import cuda_matmul_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        cuda_matmul_precision(torch.device("cpu"))
+        assert torch.get_float32_matmul_precision() == before
+        cuda_matmul_precision(torch.device("cuda"))  # sets a process flag; needs no GPU
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    seen: list[torch.device] = []
+    monkeypatch.setattr(loop, "cuda_matmul_precision", seen.append)
+    loop.autocast_for("auto", torch.device("cpu"))
+    assert seen == [torch.device("cpu")]

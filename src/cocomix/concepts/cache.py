@@ -29,6 +29,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.concepts.attribution import INVALID, compute_targets
 from cocomix.data import TokenStore
 from cocomix.errors import ConfigError, DataError, Stopped
+from cocomix.teacher import cuda_matmul_precision
 from cocomix.train.guard import RunLock, StopSignals
 
 FORMAT_VERSION = 1
@@ -89,6 +90,7 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
              sae_spec: str, k_attr: int, selection: str, multiplier: str, attribution_loss: str, seq_len: int,
              batch_size: int, splits: tuple[str, ...], max_windows: int | None, progress: bool) -> dict[str, Any]:
     device = teacher.device
+    cuda_matmul_precision(device)  # TF32 on CUDA, as in training: cached targets = online targets
     meta = {
         "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_layer": teacher.layer,
         "teacher_dtype": teacher.dtype_name,

@@ -118,8 +118,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
     rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():  # this process's device: every rank's advances alike (same seed, same ops)
-        rng["cuda_device"] = torch.cuda.get_rng_state()
+    if torch.cuda.is_initialized():  # this process's device (training sets it current): every rank's advances
+        rng["cuda_device"] = torch.cuda.get_rng_state()  # alike (same seed, same ops); CPU runs touch no GPU
     torch.save(rng, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
@@ -183,9 +183,9 @@ def load_optimizer_and_rng(ckpt: Path, load_optimizer: Callable[[dict[str, Any]]
                 load_optimizer(loaded)
             else:
                 torch.set_rng_state(loaded["cpu"])
-                if "cuda_device" in loaded and torch.cuda.is_available():  # onto this rank's own device
+                if "cuda_device" in loaded and torch.cuda.is_initialized():  # onto this rank's own device
                     torch.cuda.set_rng_state(loaded["cuda_device"])
-                elif "cuda" in loaded and torch.cuda.is_available():  # older checkpoints: every device's state
+                elif "cuda" in loaded and torch.cuda.is_initialized():  # older checkpoints: every device's state
                     torch.cuda.set_rng_state_all(loaded["cuda"])
         except Exception as e:  # a corrupt file can fail in many ways (unpickling, EOF, wrong keys/types)
             raise CheckpointError(f"{ckpt / name}: unreadable or not a cocomix checkpoint file "

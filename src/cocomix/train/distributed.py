@@ -20,6 +20,7 @@ processes with the same global batch. The backend is NCCL on CUDA and gloo on CP
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from torch import nn
 from cocomix.errors import CheckpointError, ConfigError
 
 PARALLEL = ("ddp", "fsdp")
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default is 10 (NCCL): short for big checkpoints
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,19 @@ def context_from_env() -> DistContext:
 
 
 def setup(ctx: DistContext, device: torch.device) -> torch.device:
-    """Join the process group (once) and return this rank's device (cuda:LOCAL_RANK on GPUs)."""
+    """Join the process group (once) and return this rank's device (cuda:LOCAL_RANK on GPUs, modulo the GPUs the
+    process sees: a scheduler may expose one per process). A CUDA device is made current, also for one process
+    (`cuda:1`), so that its RNG state is the one checkpoints save and restore. Collectives wait up to
+    `COLLECTIVE_TIMEOUT` (rank 0 writes and hashes whole checkpoints while the others wait)."""
     if not ctx.active:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank)
+        device = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return device
 
 

@@ -27,6 +27,7 @@ from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, run_flops
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
+from cocomix.teacher import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import (
     latest_checkpoint,
@@ -57,8 +58,7 @@ def resolve_device(name: str, field: str = "train.device") -> torch.device:
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA for `auto`/`bf16`, on CPU only for an explicit `bf16`; otherwise fp32. On CUDA, fp32
     matmuls (the teacher's, with `concept.teacher_precision = fp32`) may use TF32, as in the official trainer."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
+    cuda_matmul_precision(device)
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
