@@ -7,7 +7,9 @@ mean next-token NLL with respect to it — the official attribution's ∂L/∂h 
 or, with `loss="next_token"`, the paper's Eq. 1 gradient: at each position t, ∂(−log p(x_{t+1} | x_≤t)) / ∂h_t, the
 effect of h_t on its own next-token loss only (the window mean also counts its effect on later tokens' losses
 through attention). That needs one backward pass per position; they run batched with `is_grads_batched` (vmap)
-in chunks of `GRAD_CHUNK` positions, about T/GRAD_CHUNK backward calls' worth of time.
+in chunks of `GRAD_CHUNK` positions, about T/GRAD_CHUNK backward calls' worth of time, from the trunk's final
+hidden states (∂NLL_t/∂final_t comes from the chunked LM head below, so no (GRAD_CHUNK, B·T, V) logit gradient
+exists) or, for models without that split, from whole logits.
 Teacher parameters never require grad: the hidden state at `teacher_layer` is made a fresh leaf, so the backward
 pass runs only through activations above it. For the window mean, the LM head and its NLL run in row chunks
 (`cocomix.model.chunked_nll`, which forms ∂L/∂(final hidden) while each chunk's logits exist) on the final hidden
@@ -227,12 +229,22 @@ class Teacher:
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
-        if loss == "window_mean" and self._can_split(ids):
+        if self._can_split(ids):
             trunk, head = self._split()
             with torch.enable_grad():
-                mean = chunked_nll(trunk(ids), head.weight, head.bias, ids)
+                final = trunk(ids)  # (B, T, d_final): the trunk's output, in the graph back to the leaf
                 leaf = self._take_leaf(ids)
-                (grad,) = torch.autograd.grad(mean, leaf)
+                if loss == "window_mean":
+                    mean = chunked_nll(final, head.weight, head.bias, ids)
+                    (grad,) = torch.autograd.grad(mean, leaf)
+                    return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
+                # each position's own NLL reads only its own final hidden state, so ∂NLL_t/∂final_t is the mean's
+                # gradient there times the B·(T−1) positions it averages over; from there, per-position VJPs
+                free = final.detach().requires_grad_(True)
+                mean = chunked_nll(free, head.weight, head.bias, ids)
+                (at_final,) = torch.autograd.grad(mean, free)  # (B, T, d_final); zero at the final position
+                at_final = at_final * (ids.shape[0] * (ids.shape[1] - 1))
+                grad = _own_position_grad(final, leaf, at_final)
             return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
         with torch.enable_grad():
             logits = _logits(self.model(ids, **self._kw))  # (B, T, V)
@@ -245,7 +257,7 @@ class Teacher:
             if loss == "window_mean":
                 (grad,) = torch.autograd.grad(mean, leaf)
             else:
-                grad = _own_position_grad(nll.sum(0), leaf)
+                grad = _own_position_grad(nll.sum(0), leaf, None)
         return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits.detach())
 
     def _take_leaf(self, ids: torch.Tensor) -> torch.Tensor:
@@ -292,32 +304,40 @@ class Teacher:
             self._split_ok = ok
         return self._split_ok
 
-def _own_position_grad(per_position: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
-    """∂per_position[t] / ∂leaf[:, t] for every t: per_position (T-1,) summed over the batch, leaf (B, T, d).
+def _own_position_grad(out: torch.Tensor, leaf: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor:
+    """∂NLL_t / ∂leaf[:, t] for every position t < T−1, leaf (B, T, d).
 
-    Batch rows are independent, so summing their NLL over the batch keeps each row's gradient separate.
-    Positions run in chunks as batched vector-Jacobian products (one-hot grad_outputs, vmapped); if an
-    operator of the model has no batching rule, the chunk falls back to one backward call per position. Out of
-    memory is an error (the fallback would hide it behind a T-fold slowdown): the batched backward holds
-    GRAD_CHUNK times the teacher's gradient graph, a (GRAD_CHUNK, B·(T−1), V) logit gradient included.
+    With `seed=None`, `out` is the per-position NLL summed over the batch, (T−1,); otherwise `out` is the
+    trunk's final hidden states (B, T, d_final) and `seed` (B, T, d_final) holds ∂NLL_t/∂out[:, t] at each t
+    (the LM head and its softmax already applied, in row chunks: no (B, T, V) logit gradient is ever held).
+    Batch rows are independent, so one backward serves every row. Positions run in chunks as batched
+    vector-Jacobian products (grad_outputs non-zero at one position each, vmapped); if an operator of the model
+    has no batching rule, the chunk falls back to one backward call per position. Out of memory is an error (the
+    fallback would hide it behind a T-fold slowdown): the batched backward holds GRAD_CHUNK times the teacher's
+    gradient graph.
     """
-    n = per_position.shape[0]
+    n = leaf.shape[1] - 1
     grad = torch.zeros_like(leaf)  # (B, T, d); the final position keeps zero
     for start in range(0, n, GRAD_CHUNK):
         stop = min(n, start + GRAD_CHUNK)
-        pos = torch.arange(start, stop, device=leaf.device)
-        onehot = torch.zeros(stop - start, n, dtype=per_position.dtype, device=leaf.device)  # (c, T-1)
-        onehot[torch.arange(stop - start), pos] = 1
+        c, rows, pos = stop - start, torch.arange(stop - start, device=leaf.device), \
+            torch.arange(start, stop, device=leaf.device)
+        if seed is None:
+            outputs = torch.zeros(c, n, dtype=out.dtype, device=leaf.device)  # (c, T-1)
+            outputs[rows, pos] = 1
+        else:
+            outputs = torch.zeros(c, *out.shape, dtype=out.dtype, device=leaf.device)  # (c, B, T, d_final)
+            outputs[rows, :, pos] = seed[:, start:stop].transpose(0, 1)
         try:
-            (g,) = torch.autograd.grad(per_position, leaf, grad_outputs=onehot, retain_graph=True,
+            (g,) = torch.autograd.grad(out, leaf, grad_outputs=outputs, retain_graph=True,
                                        is_grads_batched=True)  # (c, B, T, d)
-            grad[:, start:stop] = g[torch.arange(stop - start), :, pos].transpose(0, 1)
+            grad[:, start:stop] = g[rows, :, pos].transpose(0, 1)
         except RuntimeError as e:  # no vmap rule for some operator: one backward per position
             if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e) or "can't allocate" in str(e):
                 raise ConfigError(f"attribution_loss=next_token: out of memory in the batched backward of "
-                                  f"{stop - start} positions (it holds {stop - start}× the teacher's gradient "
-                                  "graph); lower the batch size or use attribution_loss=window_mean") from None
-            for t in range(start, stop):
-                (g,) = torch.autograd.grad(per_position[t], leaf, retain_graph=True)  # (B, T, d)
+                                  f"{c} positions (it holds {c}× the teacher's gradient graph); lower the batch "
+                                  "size or use attribution_loss=window_mean") from None
+            for i, t in enumerate(range(start, stop)):
+                (g,) = torch.autograd.grad(out, leaf, grad_outputs=outputs[i], retain_graph=True)  # (B, T, d)
                 grad[:, t] = g[:, t]
     return grad

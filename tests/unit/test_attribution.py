@@ -81,9 +81,12 @@ def _own_nll(model: torch.nn.Module, ids: torch.Tensor, b: int, t: int) -> float
 
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["vmap", "loop"])
+@pytest.mark.parametrize("split", [True, False])
 def test_next_token_gradient_matches_finite_differences_of_the_own_position_loss(
-        fallback: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Paper Eq. 1: grad[b, t] = ∂NLL_t/∂h_t (the own next-token loss only), checked against central differences."""
+        fallback: bool, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paper Eq. 1: grad[b, t] = ∂NLL_t/∂h_t (the own next-token loss only), checked against central differences;
+    from the trunk's output with the LM head's gradient formed in chunks (`split`, models with a linear head), and
+    from whole logits (other models)."""
     if fallback:  # exercise the per-position loop used when a model op has no vmap rule
         real = torch.autograd.grad
 
@@ -96,8 +99,10 @@ def test_next_token_gradient_matches_finite_differences_of_the_own_position_loss
     torch.manual_seed(5)
     model = Transformer(tiny_model_config(n_layer=3, d_model=32)).double()
     teacher = Teacher(model, layer=1)
+    teacher._split_ok = None if split else False  # False: as for a model whose head is not a plain linear map
     ids = torch.randint(0, 97, (2, 10))
     tp = teacher.residual_and_grad(ids, loss="next_token")
+    assert (tp.logits is None) == split
     mean_grad = teacher.residual_and_grad(ids).grad
     assert torch.count_nonzero(tp.grad[:, -1]) == 0
     assert not torch.allclose(tp.grad[:, :-2] * 18, mean_grad[:, :-2])  # later losses are not counted
