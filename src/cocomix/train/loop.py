@@ -276,9 +276,11 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                 values = {k: float(v) for k, v in dd.mean_over_ranks(interval.take(), ctx).items()}
                 train_loss = values.get("loss", math.nan)
                 rate, eta = meter.report(done)
+                memory = ({"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+                          if device.type == "cuda" else {})  # this process's peak since it started
                 logger.log({"kind": "train", "step": done, "lr": lr, "tokens": done * tokens_per_step,
                             "flops": done * tokens_per_step * flops["total"], "tok_per_s": rate,
-                            "train_s": train_seconds(), **values})
+                            "train_s": train_seconds(), **memory, **values})
                 others = "".join(f" | {k} {v:.4f}" for k, v in values.items()
                                  if k not in ("loss", "total_loss", "grad_norm"))
                 logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "

@@ -1,0 +1,150 @@
+"""Throughput and model FLOPs utilisation (MFU) of whole presets, trained by the real `cocomix train` command:
+the GPU check of issue 7 (acceptance 5: the 69M CoCoMix and NTP presets for a few hundred steps in bf16).
+
+Everything is built offline in `--work`, so the script runs on a machine without internet: a synthetic corpus
+(seeded pseudo-words) prepared into a token store (byte-level BPE, 4096 tokens: the ids do not change a step's
+cost), and, for presets with a teacher, a randomly initialised teacher of the preset's shape (GPT-2 small for
+`d_teacher` 768, the paper's; a small GPT-2 otherwise) with a random TopK SAE of the preset's latents and k,
+saved in SAELens format. Each preset then trains for `--steps` optimizer steps with its own model, context,
+micro-batch, precision (bf16 autocast on CUDA) and method, evaluation and intermediate checkpoints off;
+`--grad-accum` defaults to 1 (the preset's accumulation only repeats the same micro-steps).
+
+Reported per preset (JSON on stdout and in WORK/throughput.json): tokens/s (median over the logged intervals
+after the first, which holds start-up and compilation), analytic model FLOPs per token (`cocomix.flops`: the
+student's 6N + attention, plus the frozen teacher's and SAE's forward and backward-to-hidden when online),
+achieved TFLOP/s, MFU = achieved / `--peak-tflops` (by default the bf16 dense peak of a known GPU: H100/H200
+989.4, A100 312; unknown devices and CPUs get none), and the peak GPU memory the run logged.
+
+    python bench/preset_throughput.py --device cuda --steps 300 --work /tmp/pt            # the 69M pair
+    python bench/preset_throughput.py --presets tiny,tiny-cocomix --device cpu --steps 6 --words 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
+
+
+def synthetic_corpus(folder: Path, words: int, seed: int = 0) -> None:
+    """Text files of seeded pseudo-words (syllable strings with a Zipf-like frequency), ~words words in all."""
+    rng = random.Random(seed)
+    syllables = [a + b for a in "bdfgklmnprstvz" for b in "aeiou"]
+    lexicon = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(5000)]
+    weights = [1.0 / (i + 1) for i in range(len(lexicon))]
+    folder.mkdir(parents=True, exist_ok=True)
+    per_doc = max(50, min(2000, words // 100))  # at least ~100 documents, so the validation split is never empty
+    for d in range(max(2, words // per_doc)):
+        text = " ".join(rng.choices(lexicon, weights, k=per_doc))
+        (folder / f"doc{d:04d}.txt").write_text(text + "\n")
+
+
+def build_teacher_and_sae(run: Any, out: Path) -> tuple[Path, Path]:
+    """A random teacher of the preset's concept shape (HF GPT-2 folder) and a random SAE (SAELens folder)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cocomix.sae import TopKSAE
+    from cocomix.sae.saelens import save_saelens
+
+    c = run.concept
+    torch.manual_seed(0)
+    if c.d_teacher == 768 and c.teacher_layer < 12:
+        cfg = GPT2Config(vocab_size=max(50257, run.model.vocab_size))  # GPT-2 small, the paper's teacher
+    else:
+        cfg = GPT2Config(vocab_size=run.model.vocab_size, n_embd=c.d_teacher, n_layer=c.teacher_layer + 2,
+                         n_head=max(1, c.d_teacher // 32), n_positions=max(1024, run.model.context_length))
+    GPT2LMHeadModel(cfg).save_pretrained(out / "teacher")
+    sae = TopKSAE(c.d_teacher, c.n_latents, c.sae_k or 32)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.05)
+    save_saelens(sae, out / "sae")
+    return out / "teacher", out / "sae"
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    if given is not None:
+        return given
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def summarise(run_dir: Path, peak: float | None) -> dict[str, Any]:
+    """tokens/s, FLOPs/token, achieved TFLOP/s, MFU and GPU memory from a finished run's metrics.jsonl."""
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    flops = next(e for e in events if e["kind"] == "flops")
+    train = [e for e in events if e["kind"] == "train"]
+    timed = train[1:] or train  # the first interval holds start-up (and torch.compile)
+    rate = statistics.median(e["tok_per_s"] for e in timed)
+    per_token = flops["flops_per_token_total"]
+    achieved = rate * per_token / 1e12
+    return {"steps": train[-1]["step"], "log_intervals_timed": len(timed), "tokens_per_s": rate,
+            "model_flops_per_token": per_token, "student_flops_per_token": flops["flops_per_token_student"],
+            "achieved_tflops": achieved, "mfu": achieved / peak if peak else None,
+            "gpu_peak_gib": max((e.get("gpu_peak_gib", 0.0) for e in train), default=None) or None,
+            "final_train_loss": train[-1]["loss"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", default="gpt2-69m-ntp,gpt2-69m-cocomix")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--work", default="runs/preset-throughput", help="folder for the data, teacher, SAE and runs")
+    p.add_argument("--words", type=int, default=2_000_000, help="size of the synthetic corpus")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: known GPUs' bf16)")
+    p.add_argument("--set", action="append", default=[], help="extra key=value for every run (e.g. train.compile=true)")
+    args = p.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from cocomix.data import prepare
+    from cocomix.presets import get_preset
+
+    work = Path(args.work)
+    store = work / "data"
+    if not (store / "meta.json").is_file():
+        synthetic_corpus(work / "corpus", args.words)
+        prepare(f"text:{work / 'corpus'}", store, tokenizer="bpe:4096", val_fraction=0.05, progress=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    peak = peak_tflops(args.device, args.peak_tflops)
+    results: dict[str, Any] = {"device": args.device, "peak_tflops": peak, "steps": args.steps, "presets": {}}
+    for name in args.presets.split(","):
+        run = get_preset(name)
+        sets = [f"data.path={store}", f"train.steps={args.steps}", f"train.device={args.device}",
+                f"train.grad_accum={args.grad_accum}", "train.eval_every=0", "train.eval_batches=1",
+                "train.save_every=0", f"train.log_every={args.log_every}",
+                f"train.warmup_steps={min(run.train.warmup_steps, max(1, args.steps // 10))}"]
+        if run.method in ("cocomix", "kd"):
+            teacher, sae = build_teacher_and_sae(run, work / f"parts-{name}")
+            sets += [f"concept.teacher={teacher}", f"concept.sae={sae}"]
+        out = work / name
+        cmd = [sys.executable, "-m", "cocomix", "train", "--preset", name, "--out", str(out)]
+        cmd += [x for kv in sets + args.set for x in ("--set", kv)]
+        if (out / "config.json").exists():
+            cmd.append("--resume")  # a rerun finishes (or just re-reads) the same run
+        print(f"[preset_throughput] {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+        r = subprocess.run(cmd, env=env, stdout=sys.stderr)  # stdout: this script's JSON alone
+        if r.returncode != 0:
+            sys.exit(f"{name}: cocomix train exited with {r.returncode}")
+        results["presets"][name] = summarise(out, peak)
+    (work / "throughput.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
