@@ -162,13 +162,20 @@ def main() -> int:
                                                eval_batches=2, save_every=5, log_every=5, device="cpu",
                                                seed=1)).to_json())
     plan = stages(parts, cfg)
-    reference, duration = {}, {}
+    reference, duration, first_output = {}, {}, {}
     for name, st in plan.items():
         out = root / f"ref-{name}"
         t0 = time.perf_counter()
-        r = subprocess.run(st["cmd"](out), capture_output=True, text=True, env=env)
+        proc = subprocess.Popen(st["cmd"](out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=env)
+        while proc.poll() is None and name not in first_output:  # when the stage starts writing its outputs
+            if out.is_dir() and any(out.iterdir()):
+                first_output[name] = time.perf_counter() - t0
+            time.sleep(0.01)
+        _, err = proc.communicate()
         duration[name] = time.perf_counter() - t0
-        assert r.returncode == 0, f"{name}: {r.stderr[-2000:]}"
+        first_output.setdefault(name, 0.2)
+        assert proc.returncode == 0, f"{name}: {err[-2000:]}"
         reference[name] = digest(st["final"](out))
     results, failures = [], []
     names = list(plan)
@@ -176,7 +183,8 @@ def main() -> int:
         name = names[i % len(names)]
         st = plan[name]
         out = root / f"kill{i:02d}-{name}"
-        delay = rng.uniform(0.2, duration[name])
+        # kills land between the stage's first output and its end (earlier ones would only test interpreter start-up)
+        delay = rng.uniform(first_output[name], duration[name])
         proc = subprocess.Popen(st["cmd"](out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         killed = proc.poll() is None
@@ -210,6 +218,7 @@ def main() -> int:
                "per_stage_after_output": {n: sum(r["after_output"] for r in results if r["stage"] == n)
                                           for n in names},
                "failures": failures, "reference_seconds": {n: round(d, 1) for n, d in duration.items()},
+               "reference_first_output_seconds": {n: round(d, 1) for n, d in first_output.items()},
                "work_dir": str(root) if args.keep or failures else None}
     print(json.dumps(summary, indent=1))
     if not args.keep and not failures:
