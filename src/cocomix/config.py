@@ -170,6 +170,12 @@ class TrainConfig:
     """Extra metric sinks: `tensorboard`, `wandb`."""
     parallel: str = "ddp"
     """Under torchrun with several processes: `ddp` (replicated) or `fsdp` (FSDP2, sharded); else unused."""
+    fsdp_param_dtype: str = "float32"
+    """Under FSDP2 (torchrun, `parallel = fsdp`): the dtype parameters are all-gathered and computed in
+    (`MixedPrecisionPolicy.param_dtype`); gradients are reduced in fp32 and the sharded weights and AdamW state stay
+    fp32. `float32` (default) leaves the compute precision to autocast, so an FSDP run equals a one-process run;
+    `bfloat16` halves the all-gather traffic and is what the official FSDP runs did (their residual stream is then
+    bf16 too). Unused without FSDP."""
     max_bad_steps: int = 10
     """Steps with a non-finite loss or gradient are skipped; this many in a row stop the run."""
 
@@ -195,6 +201,8 @@ class TrainConfig:
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "train.device",
                "auto, cpu, cuda or cuda:N", self.device)
         _check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp or fsdp", self.parallel)
+        _check(self.fsdp_param_dtype in ("float32", "bfloat16"), "train.fsdp_param_dtype", "float32 or bfloat16",
+               self.fsdp_param_dtype)
         for b in self.log_backends:
             _check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
 

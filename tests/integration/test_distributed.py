@@ -115,3 +115,19 @@ def test_checkpoint_from_two_processes_resumes_on_one(single: dict[str, Path], s
     a = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     b = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     assert sorted(a) == sorted(b) and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+
+
+def test_fsdp_bf16_parameters_train_close_to_fp32_and_keep_fp32_weights(single: dict[str, Path], store_dir: Path,
+                                                                       concept_parts: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    """`train.fsdp_param_dtype=bfloat16` (the official FSDP runs' mixed precision): parameters are gathered and
+    computed in bf16, so the losses move by bf16 rounding only, while the saved weights stay fp32 (sharded master
+    weights, fp32 gradient reduction)."""
+    sets = _sets(store_dir, concept_parts, 2, 1, "fsdp") + ["--set", "train.fsdp_param_dtype=bfloat16"]
+    r = _train("tiny-cocomix", sets, tmp_path / "run", procs=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    bf16, fp32 = _losses(tmp_path / "run"), _losses(single["cocomix"])
+    assert len(bf16) == STEPS and _close(bf16, fp32, rel=2e-2), (bf16, fp32)
+    assert not _close(bf16, fp32, rel=1e-6)  # the parameters really were bf16
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
+    assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}

@@ -91,10 +91,11 @@ def teardown(ctx: DistContext) -> None:
 
 
 def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device,
-         unused_parameters: bool = False) -> nn.Module:
+         unused_parameters: bool = False, param_dtype: str = "float32") -> nn.Module:
     """The module the training step calls: the model itself (one process), DDP around it, or the model after
     `fully_shard` of each block and of the root (FSDP2 shards in place: the returned module is `model`).
-    `unused_parameters`: some parameters get no gradient by design (an ablation), which DDP must be told."""
+    `unused_parameters`: some parameters get no gradient by design (an ablation), which DDP must be told.
+    `param_dtype` (FSDP only): the dtype parameters are gathered and computed in; gradients reduce in fp32."""
     if parallel not in PARALLEL:
         raise ConfigError(f"train.parallel: expected one of {PARALLEL}, got {parallel!r}")
     if not ctx.active:
@@ -105,12 +106,13 @@ def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        find_unused_parameters=unused_parameters)
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (ctx.world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32)
     for block in model.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

@@ -184,7 +184,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
         state = read_state(ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
-    module = dd.wrap(model, ctx, tc.parallel, device, unused_parameters=method.unused_parameters)
+    module = dd.wrap(model, ctx, tc.parallel, device, unused_parameters=method.unused_parameters,
+                     param_dtype=tc.fsdp_param_dtype)
     optimizer = build_optimizer(model, tc, device)
     if ckpt is not None:
         load_optimizer_and_rng(ckpt, lambda saved: dd.load_optimizer(model, optimizer, saved, ctx, tc.parallel))
