@@ -46,6 +46,28 @@ def test_fused_head_equals_the_unfused_one(rows: int, monkeypatch: pytest.Monkey
         assert torch.allclose(g, r, atol=1e-5), (g - r).abs().max()
 
 
+@pytest.mark.parametrize("rows", [7, N])
+def test_fused_head_under_bf16_autocast_matches_the_unfused_one(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16 autocast (what GPUs train in) the fused head computes its logits, ∂x and ∂W in bf16, as a
+    plain Linear does, and returns fp32 gradients for the fp32 parameters: within bf16 rounding of the unfused
+    path's."""
+    monkeypatch.setattr(ch, "CHUNK_ELEMENTS", rows * C)
+    x, w, b, t = _inputs()
+    g_values = torch.randn(N, K)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values, indices, loss = ch.ConceptHeadFn.apply(x, w, b, t, K)
+        z = F.linear(x, w, b)  # (N, C) bf16
+        ref_loss = concept_loss(z[None], t[None])
+        ref_values, _ = torch.topk(z, K, dim=-1)
+    assert values.dtype == torch.bfloat16 and torch.equal(values, ref_values)
+    assert torch.allclose(loss, ref_loss.float(), rtol=1e-3)
+    got = _grads(loss, values.float(), g_values, x, w, b)
+    want = _grads(ref_loss, ref_values.float(), g_values, x, w, b)
+    for g, r in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        assert (g - r).abs().max() <= 5e-3 * r.abs().max(), (g - r).abs().max()
+
+
 def test_without_topk_only_the_loss_flows() -> None:
     x, w, b, t = _inputs()
     values, indices, loss = ch.ConceptHeadFn.apply(x, w, b, t, 0)

@@ -88,7 +88,8 @@ class ConceptHeadFn(torch.autograd.Function):
                 grad.scatter_add_(-1, indices[s:e], g_values[s:e].float())
             grad = grad.to(dt)  # (n, C)
             gx[s:e] = (grad @ wc).to(x.dtype)
-            gw.addmm_(grad.t().float(), xc[s:e].float())
+            gw += (grad.t() @ xc[s:e]).float()  # in the compute dtype (bf16 tensor cores under autocast, as a
+            # plain Linear's weight gradient), accumulated over chunks in fp32
             gb += grad.float().sum(0)
         return gx, gw.to(weight.dtype), gb.to(bias.dtype), None, None
 
