@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L40": 181.0, "L4": 121.0}
+# (dense bf16, SXM parts; a PCIe card or another GPU: give --peak-tflops)
 
 
 def synthetic_corpus(folder: Path, words: int, seed: int = 0) -> None:
@@ -79,8 +81,8 @@ def peak_tflops(device: str, given: float | None) -> float | None:
         return None
     import torch
 
-    name = torch.cuda.get_device_name(torch.device(device))
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    words = re.split(r"[\s-]+", torch.cuda.get_device_name(torch.device(device)))  # "NVIDIA A100-SXM4-80GB"
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in words), None)
 
 
 def summarise(run_dir: Path, peak: float | None) -> dict[str, Any]:

@@ -203,6 +203,8 @@ class TrainConfig:
         _check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp or fsdp", self.parallel)
         _check(self.fsdp_param_dtype in ("float32", "bfloat16"), "train.fsdp_param_dtype", "float32 or bfloat16",
                self.fsdp_param_dtype)
+        _check(self.fsdp_param_dtype == "float32" or self.parallel == "fsdp", "train.fsdp_param_dtype",
+               "float32 unless train.parallel is fsdp (DDP has no parameter dtype policy)", self.fsdp_param_dtype)
         for b in self.log_backends:
             _check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
 

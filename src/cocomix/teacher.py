@@ -243,7 +243,7 @@ class Teacher:
                 free = final.detach().requires_grad_(True)
                 mean = chunked_nll(free, head.weight, head.bias, ids)
                 (at_final,) = torch.autograd.grad(mean, free)  # (B, T, d_final); zero at the final position
-                at_final = at_final * (ids.shape[0] * (ids.shape[1] - 1))
+                at_final = (at_final.float() * (ids.shape[0] * (ids.shape[1] - 1))).to(final.dtype)
                 grad = _own_position_grad(final, leaf, at_final)
             return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
         with torch.enable_grad():

@@ -166,16 +166,16 @@ def main() -> int:
     for name, st in plan.items():
         out = root / f"ref-{name}"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(st["cmd"](out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=env)
-        while proc.poll() is None and name not in first_output:  # when the stage starts writing its outputs
-            if out.is_dir() and any(out.iterdir()):
-                first_output[name] = time.perf_counter() - t0
-            time.sleep(0.01)
-        _, err = proc.communicate()
-        duration[name] = time.perf_counter() - t0
+        with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a chatty stage cannot block on it
+            proc = subprocess.Popen(st["cmd"](out), stdout=subprocess.DEVNULL, stderr=err, text=True, env=env)
+            while proc.poll() is None:  # when the stage starts writing its outputs
+                if name not in first_output and out.is_dir() and any(out.iterdir()):
+                    first_output[name] = time.perf_counter() - t0
+                time.sleep(0.01)
+            duration[name] = time.perf_counter() - t0
+            err.seek(0)
+            assert proc.returncode == 0, f"{name}: {err.read()[-2000:]}"
         first_output.setdefault(name, 0.2)
-        assert proc.returncode == 0, f"{name}: {err[-2000:]}"
         reference[name] = digest(st["final"](out))
     results, failures = [], []
     names = list(plan)

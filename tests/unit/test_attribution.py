@@ -121,6 +121,21 @@ def test_next_token_gradient_matches_finite_differences_of_the_own_position_loss
     assert not torch.allclose(tp.grad[:, 0], mean_grad[:, 0] * 18)
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_next_token_gradient_of_a_bf16_teacher_is_the_fp32_one_within_bf16_rounding(split: bool) -> None:
+    import copy
+
+    torch.manual_seed(5)
+    model = Transformer(tiny_model_config(n_layer=3, d_model=32))
+    ids = torch.randint(0, 97, (2, 40))
+    want = Teacher(model, layer=1).residual_and_grad(ids, loss="next_token").grad
+    teacher = Teacher(copy.deepcopy(model).bfloat16(), layer=1)
+    teacher._split_ok = None if split else False
+    tp = teacher.residual_and_grad(ids, loss="next_token")
+    assert tp.grad.dtype == torch.bfloat16 and (tp.logits is None) == split
+    assert float((tp.grad.float() - want).norm() / want.norm()) < 2e-2
+
+
 def test_next_token_targets_differ_from_window_mean_targets_and_are_recorded(tmp_path: Path) -> None:
     torch.manual_seed(0)
     teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)

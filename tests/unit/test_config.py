@@ -52,6 +52,16 @@ def test_unknown_and_ill_typed_fields_are_named() -> None:
         run_config(apply_overrides(base, ["data.seq_len=4096"]))
 
 
+def test_fsdp_param_dtype_needs_fsdp() -> None:
+    base = RunConfig().to_dict()
+    cfg = run_config(apply_overrides(base, ["train.parallel=fsdp", "train.fsdp_param_dtype=bfloat16"]))
+    assert cfg.train.fsdp_param_dtype == "bfloat16"
+    with pytest.raises(ConfigError, match=r"train\.fsdp_param_dtype: expected float32 unless train\.parallel is fsdp"):
+        run_config(apply_overrides(base, ["train.fsdp_param_dtype=bfloat16"]))
+    with pytest.raises(ConfigError, match=r"train\.fsdp_param_dtype: expected float32 or bfloat16"):
+        run_config(apply_overrides(base, ["train.parallel=fsdp", "train.fsdp_param_dtype=float16"]))
+
+
 def test_overrides_take_numbers_as_python_writes_them() -> None:
     sets = ["train.lr=.1", "train.min_lr_ratio=1.e-1", "train.steps=+30", "data.path=./store"]
     cfg = run_config(apply_overrides(RunConfig().to_dict(), sets))

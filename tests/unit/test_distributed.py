@@ -32,6 +32,27 @@ def test_environment_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> Non
         dd.context_from_env()
 
 
+def test_cuda_device_of_each_process_is_indexed_and_made_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train.device=auto|cuda` gives an index-less device, which `torch.cuda.set_device` refuses: one process takes
+    the current index; under torchrun LOCAL_RANK, or 0 where each process sees one GPU; more processes than GPUs on
+    a node is an error. (torch.cuda is stubbed: this runs without a GPU.)"""
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    monkeypatch.setattr(dd.dist, "is_initialized", lambda: True)  # no process group is joined here
+    one = dd.DistContext(0, 1, 0)
+    assert dd.setup(one, torch.device("cuda")) == torch.device("cuda", 2) == current[-1]
+    assert dd.setup(one, torch.device("cuda", 1)) == torch.device("cuda", 1) == current[-1]
+    assert dd.setup(one, torch.device("cpu")) == torch.device("cpu") and len(current) == 2
+    for visible, local_rank, want in ((8, 3, 3), (1, 3, 0)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda v=visible: v)
+        got = dd.setup(dd.DistContext(3, 4, local_rank), torch.device("cuda"))
+        assert got == torch.device("cuda", want) == current[-1]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ConfigError, match="LOCAL_RANK=5: this node shows 4 GPUs"):
+        dd.setup(dd.DistContext(5, 8, 5), torch.device("cuda"))
+
+
 def test_optimizer_state_round_trips_between_positions_and_names() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     params = list(model.parameters())

@@ -68,16 +68,22 @@ def context_from_env() -> DistContext:
 
 
 def setup(ctx: DistContext, device: torch.device) -> torch.device:
-    """Join the process group (once) and return this rank's device (cuda:LOCAL_RANK on GPUs, modulo the GPUs the
-    process sees: a scheduler may expose one per process). A CUDA device is made current, also for one process
-    (`cuda:1`), so that its RNG state is the one checkpoints save and restore. Collectives wait up to
-    `COLLECTIVE_TIMEOUT` (rank 0 writes and hashes whole checkpoints while the others wait)."""
+    """Join the process group (once) and return this rank's device: cuda:LOCAL_RANK on GPUs, or cuda:0 when the
+    process sees one GPU (a scheduler may expose one per process). The CUDA device is made current, also for one
+    process (`cuda:1`; `cuda` / `auto` become the current index), so that its RNG state is the one checkpoints save
+    and restore. Collectives wait up to `COLLECTIVE_TIMEOUT` (rank 0 writes and hashes whole checkpoints while the
+    others wait)."""
     if not ctx.active:
         if device.type == "cuda":
+            device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
+        visible = torch.cuda.device_count()
+        if visible > 1 and ctx.local_rank >= visible:
+            raise ConfigError(f"environment LOCAL_RANK={ctx.local_rank}: this node shows {visible} GPUs; start at "
+                              f"most {visible} processes per node (--nproc_per_node)")
+        device = torch.device("cuda", ctx.local_rank if visible > 1 else 0)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
