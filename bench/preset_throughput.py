@@ -124,7 +124,11 @@ def main() -> None:
         prepare(f"text:{work / 'corpus'}", store, tokenizer="bpe:4096", val_fraction=0.05, progress=False)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     peak = peak_tflops(args.device, args.peak_tflops)
-    results: dict[str, Any] = {"device": args.device, "peak_tflops": peak, "steps": args.steps, "presets": {}}
+    import torch
+
+    name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
+    results: dict[str, Any] = {"device": args.device, "device_name": name, "torch": torch.__version__,
+                               "peak_tflops": peak, "steps": args.steps, "presets": {}}
     for name in args.presets.split(","):
         run = get_preset(name)
         sets = [f"data.path={store}", f"train.steps={args.steps}", f"train.device={args.device}",
