@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cocomix.errors import CheckpointError, ConfigError
+from cocomix.sae import saelens, sparsify
 from cocomix.sae.openai import load_openai
 from cocomix.sae.saelens import load_saelens, save_saelens
 from cocomix.sae.sparsify import hookpoint_folder, load_sparsify
@@ -39,9 +40,16 @@ def sae_path(spec: str | Path, teacher_layer: int | None = None) -> Path:
     """The file or folder that holds the SAE `spec` names: `spec` itself, or in a folder of sparsify hookpoints the
     one for `teacher_layer` (what `load_sae` reads, and what target caches hash)."""
     path = Path(spec)
-    if path.is_dir() and not (path / "sae_weights.safetensors").is_file() and not (path / "sae.safetensors").is_file():
+    if path.is_dir() and _folder_format(path) is None:
         return hookpoint_folder(path, teacher_layer) or path
     return path
+
+
+def _folder_format(path: Path) -> str | None:
+    """"saelens" or "sparsify" by the weights file a folder holds, else None."""
+    if (path / saelens.WEIGHTS_NAME).is_file():
+        return "saelens"
+    return "sparsify" if (path / sparsify.WEIGHTS_NAME).is_file() else None
 
 
 def _load(path: Path, k: int | None) -> TopKSAE:
@@ -52,9 +60,10 @@ def _load(path: Path, k: int | None) -> TopKSAE:
             )
         return load_openai(path, k=k)
     if path.is_dir():
-        if (path / "sae_weights.safetensors").is_file():
+        kind = _folder_format(path)
+        if kind == "saelens":
             sae = load_saelens(path)
-        elif (path / "sae.safetensors").is_file():
+        elif kind == "sparsify":
             sae = load_sparsify(path)
         else:
             raise CheckpointError(

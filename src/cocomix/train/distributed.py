@@ -141,11 +141,6 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return full() if full is not None else t
 
 
-def scalar(t: torch.Tensor) -> float:
-    """A Python float from a tensor or a DTensor."""
-    return float(local(t))
-
-
 def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
     """Each metric averaged over the ranks (a collective: every rank calls it at the same steps)."""
     if not ctx.active or not values:
