@@ -17,7 +17,9 @@ CoCoMix or pause student the blocks from `concept_layer` on see two positions pe
 
 Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above), SAE encode 2·d_con·C and the
 attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
-gradient repeats the backward T times). Cached targets cost nothing at training time; `cached_targets` reports
+gradient runs the LM head's backward once and repeats the backward through the blocks above `teacher_layer` T
+times, as `Teacher.residual_and_grad` does). Activation-selected targets need no gradient: the teacher's forward
+stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes. Cached targets cost nothing at training time; `cached_targets` reports
 what they would have cost online per token (comparisons add it, so CoCoMix is charged for its teacher and SAE
 either way). KD: teacher forward.
 """
@@ -69,6 +71,11 @@ def lm_forward(shape: LMShape, seq_len: int, split: int | None = None, positions
         n = positions if split is not None and i >= split else 1
         total += n * (2.0 * p + 4.0 * n * seq_len * shape.d_model)
     return total
+
+
+def lm_prefix_forward(shape: LMShape, seq_len: int, layer: int) -> float:
+    """Forward FLOPs per token of blocks 0 … `layer` only (a teacher read at `layer` and stopped there)."""
+    return sum(2.0 * p + 4.0 * seq_len * shape.d_model for p in shape.block_params[:layer + 1])
 
 
 def teacher_flops(shape: LMShape, seq_len: int, layer: int, backward: bool) -> float:
@@ -132,16 +139,18 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     if run.method == "kd" or (online and c.target == "hidden"):
         out["teacher"] = lm_forward(teacher, T)
     elif online:
-        if c.selection == "activation":
-            out["teacher"] = lm_forward(teacher, T)
-        else:
-            backward = teacher_flops(teacher, T, c.teacher_layer, True) - lm_forward(teacher, T)
-            repeats = T if c.attribution_loss == "next_token" else 1
-            out["teacher"] = lm_forward(teacher, T) + repeats * backward
         d_con = teacher.d_model
-        out["sae"] = 2.0 * d_con * c.n_latents + 2.0 * sae_k * d_con
-        if c.multiplier == "pre_activation" and c.selection == "attribution":
-            out["sae"] += 2.0 * d_con * c.n_latents
+        out["sae"] = 2.0 * d_con * c.n_latents
+        if c.selection == "activation":
+            out["teacher"] = lm_prefix_forward(teacher, T, c.teacher_layer)
+        else:
+            head = 2.0 * teacher.d_model * teacher.vocab_size
+            blocks = teacher_flops(teacher, T, c.teacher_layer, True) - lm_forward(teacher, T) - head
+            repeats = T if c.attribution_loss == "next_token" else 1
+            out["teacher"] = lm_forward(teacher, T) + head + repeats * blocks
+            out["sae"] += 2.0 * sae_k * d_con
+            if c.multiplier == "pre_activation":
+                out["sae"] += 2.0 * d_con * c.n_latents
     out["total"] = out["student"] + out["teacher"] + out["sae"]
     out["cached_targets"] = 0.0
     if run.method == "cocomix" and c.cache and c.target == "concepts" and c.lambda_concept > 0:
