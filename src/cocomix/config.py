@@ -252,7 +252,8 @@ class ConceptConfig:
     selection: str = "attribution"
     """`attribution` (the method) or `activation` (§3.3 ablation: the k_attr most active latents)."""
     multiplier: str = "activation"
-    """Attribution multiplier: post-TopK activation (official) or `pre_activation` (paper Eq. 1 as written)."""
+    """Attribution multiplier: post-TopK activation (official) or `pre_activation` (paper Eq. 1's multiplier;
+    the gradient is taken at the true residual, not Eq. 1's reconstruction D(c_t))."""
     attribution_loss: str = "window_mean"
     """Attribution gradient: the window's mean NLL (official) or each position's `next_token` NLL (Eq. 1)."""
     mixing: str = "insert"

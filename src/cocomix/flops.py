@@ -19,9 +19,9 @@ Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above),
 attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
 gradient runs the LM head's backward once and repeats the backward through the blocks above `teacher_layer` T
 times, as `Teacher.residual_and_grad` does). Activation-selected targets need no gradient: the teacher's forward
-stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes. Cached targets cost nothing at training time; `cached_targets` reports
-what they would have cost online per token (comparisons add it, so CoCoMix is charged for its teacher and SAE
-either way). KD: teacher forward.
+stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes. Cached targets cost nothing at training time;
+`cached_targets` reports what they would have cost online per token (comparisons add it, so CoCoMix is charged
+for its teacher and SAE either way). KD: teacher forward.
 """
 
 from __future__ import annotations

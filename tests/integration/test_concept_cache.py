@@ -79,7 +79,8 @@ def test_completeness_is_per_split(store_dir: Path, tmp_path: Path, parts: tuple
 
 def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir: Path, tmp_path: Path,
                                                                       parts: tuple[Path, Path]) -> None:
-    """A run reading a cache must have the teacher layer, SAE (by content) and SAE k the cache was made with."""
+    """A run reading a cache must have the teacher (by its weights), teacher layer, SAE (by content) and SAE k the
+    cache was made with."""
     import dataclasses
 
     from cocomix.config import ConceptConfig, DataConfig, RunConfig
@@ -89,16 +90,22 @@ def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir:
     run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=320, n_layer=4, n_head=2, d_model=32,
                                                         context_length=64),
                     data=DataConfig(path=str(store_dir), seq_len=32),
-                    concept=ConceptConfig(teacher_layer=1, sae=str(parts[1]), n_latents=256, k_attr=4, concept_layer=2,
-                                          cache=str(tmp_path / "c")))
+                    concept=ConceptConfig(teacher=str(parts[0]), teacher_layer=1, sae=str(parts[1]), n_latents=256,
+                                          k_attr=4, concept_layer=2, cache=str(tmp_path / "c")))
     store = TokenStore.open(store_dir)
     assert open_cache(str(tmp_path / "c"), run, store).meta["teacher_layer"] == 1
-    other_sae = tmp_path / "other-sae"
-    shutil.copytree(parts[1], other_sae)
-    weights = next(other_sae.glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # another SAE at the same shapes
+    moved = tmp_path / "elsewhere" / "teacher"  # the same teacher at another path (another machine) is accepted
+    shutil.copytree(parts[0], moved)
+    assert open_cache(str(tmp_path / "c"), dataclasses.replace(
+        run, concept=dataclasses.replace(run.concept, teacher=str(moved))), store).meta["teacher_layer"] == 1
+    other_sae, other_teacher = tmp_path / "other-sae", tmp_path / "other-teacher"
+    for src, dst in ((parts[1], other_sae), (parts[0], other_teacher)):
+        shutil.copytree(src, dst)
+        weights = next(dst.glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # another model at the same shapes
     for change, key in (({"teacher_layer": 2}, "teacher_layer"), ({"sae": str(other_sae)}, "sae_sha256"),
-                        ({"sae_k": 4}, "sae_k")):
+                        ({"sae_k": 4}, "sae_k"), ({"teacher": str(other_teacher)}, "teacher_fingerprint"),
+                        ({"teacher": "openai-community/gpt2"}, "teacher=")):
         bad = dataclasses.replace(run, concept=dataclasses.replace(run.concept, **change))
         with pytest.raises(ConfigError, match=key):
             open_cache(str(tmp_path / "c"), bad, store)

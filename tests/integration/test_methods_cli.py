@@ -4,6 +4,7 @@ loss); the teacher gets no gradient; FLOPs are logged with the run."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,12 +64,15 @@ def test_every_method_and_ablation_trains_from_the_cli(variant: str, store_dir: 
 
 def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir: Path, tmp_path: Path,
                                                                       concept_parts: tuple[Path, Path]) -> None:
+    teacher = tmp_path / "teacher"  # the cache's teacher (same path), then moved away: it cannot be loaded
+    shutil.copytree(concept_parts[0], teacher)
     r = subprocess.run([sys.executable, "-m", "cocomix", "extract-concepts", "--data", str(store_dir), "--teacher",
-                        str(concept_parts[0]), "--teacher-layer", "1", "--sae", str(concept_parts[1]), "--seq-len",
+                        str(teacher), "--teacher-layer", "1", "--sae", str(concept_parts[1]), "--seq-len",
                         "32", "--device", "cpu", "--out", str(tmp_path / "cache")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    teacher.rename(tmp_path / "moved-away")
     sets = [x for kv in _overrides(store_dir, concept_parts) + [f"concept.cache={tmp_path / 'cache'}",
-                                                                 "concept.teacher=/nonexistent"]
+                                                                 f"concept.teacher={teacher}"]
             for x in ("--set", kv)]
     r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", "tiny-cocomix", *sets, "--out",
                         str(tmp_path / "run")], capture_output=True, text=True)

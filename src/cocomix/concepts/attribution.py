@@ -18,10 +18,12 @@ The SAE encode and the attribution run in row chunks, so its (rows, C) pre-activ
 batch.
 
 `selection="activation"` is the paper's ablation (§3.3a): the `k_attr` latents with the largest activation.
-`multiplier="pre_activation"` is the paper's Eq. 1 as written: s = c_pre ⊙ (g · W_dec) with the SAE's
-pre-TopK activations, so inactive latents can score too; it needs all C decoder columns and is computed in
-row chunks to bound memory. `attribution_loss="next_token"` is Eq. 1's gradient: each position's scores use the
-gradient of its own next-token NLL only (see `cocomix.teacher`); it costs about T/32 teacher backward passes.
+`multiplier="pre_activation"` is Eq. 1's multiplier: s = c_pre ⊙ (g · W_dec) with the SAE's pre-TopK
+activations, so inactive latents can score too; it needs all C decoder columns and is computed in row chunks to
+bound memory. `attribution_loss="next_token"` is Eq. 1's loss: each position's scores use the gradient of its own
+next-token NLL only (see `cocomix.teacher`); it costs about T/32 teacher backward passes. Both take the gradient
+at the teacher's true residual stream h_t, as the official code does; Eq. 1 writes it with the teacher run from
+the SAE's reconstruction D(c_t), which no option reproduces.
 """
 
 from __future__ import annotations

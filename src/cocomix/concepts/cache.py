@@ -34,9 +34,9 @@ from cocomix.train.guard import RunLock, StopSignals
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
-MATCH_KEYS = ("teacher", "teacher_layer", "teacher_dtype", "sae", "sae_sha256", "n_latents", "sae_k", "k_attr",
-              "selection", "multiplier", "attribution_loss", "seq_len", "tokenizer_sha256", "train_tokens",
-              "val_tokens")
+MATCH_KEYS = ("teacher", "teacher_fingerprint", "teacher_layer", "teacher_dtype", "sae", "sae_sha256", "n_latents",
+              "sae_k", "k_attr", "selection", "multiplier", "attribution_loss", "seq_len", "tokenizer_sha256",
+              "train_tokens", "val_tokens")
 _OLD_DEFAULTS = {"teacher_dtype": "float32"}  # keys caches written before they were recorded hold implicitly
 
 
@@ -56,6 +56,43 @@ def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
     from cocomix.sae.formats import sae_path
 
     return file_sha256(sae_path(sae_spec, teacher_layer)) if Path(sae_spec).exists() else None
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_SAMPLE = 1 << 20
+
+
+def teacher_fingerprint(spec: str) -> str | None:
+    """A fingerprint of a local teacher's weights, or None for a hub name (then the name itself is compared).
+
+    Cheap on any teacher size: sha256 over config.json and, per weight file (for a cocomix run, the checkpoint
+    `Teacher.from_pretrained` loads), its name, size and three 1 MiB samples (start, middle, end). Another model,
+    shape or fine-tune changes it; a path that differs between machines does not.
+    """
+    path = Path(spec)
+    if not path.exists():
+        return None
+    if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
+        from cocomix.train.checkpoint import resolve_checkpoint
+
+        files = [resolve_checkpoint(path)[1] / "model.safetensors"]
+    elif path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name ==
+                                                                      "config.json"))
+    else:
+        files = [path]
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}\n".encode())
+        with open(f, "rb") as fh:
+            if f.name == "config.json" or size <= 3 * _SAMPLE:
+                h.update(fh.read())
+                continue
+            for start in (0, size // 2, size - _SAMPLE):
+                fh.seek(start)
+                h.update(fh.read(_SAMPLE))
+    return h.hexdigest()
 
 
 def _dtype(n_latents: int) -> np.dtype:
@@ -92,7 +129,8 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
     device = teacher.device
     cuda_matmul_precision(device)  # TF32 on CUDA, as in training: cached targets = online targets
     meta = {
-        "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_layer": teacher.layer,
+        "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_fingerprint":
+        teacher_fingerprint(teacher_spec), "teacher_layer": teacher.layer,
         "teacher_dtype": teacher.dtype_name,
         "sae": sae_spec, "sae_sha256": sae_sha256(sae_spec, teacher.layer),
         "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection, "multiplier": multiplier,
@@ -153,7 +191,11 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
 
 
 def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
+    # the teacher by its weights where both sides could read them (paths differ between machines), else by name
+    by_weights = bool(stored.get("teacher_fingerprint") and expected.get("teacher_fingerprint"))
     for key in MATCH_KEYS:
+        if key == ("teacher" if by_weights else "teacher_fingerprint"):
+            continue
         value = stored.get(key, _OLD_DEFAULTS.get(key))
         if key in expected and value != expected[key]:
             raise ConfigError(f"{out / 'meta.json'}: concept cache was made with {key}={value!r}, "

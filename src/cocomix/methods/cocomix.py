@@ -157,10 +157,11 @@ class CoCoMix(Method):
 
 def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConfig, TargetCache
     """The target cache for this run, checked against its settings and token store."""
-    from cocomix.concepts.cache import TargetCache, file_sha256, sae_sha256
+    from cocomix.concepts.cache import TargetCache, file_sha256, sae_sha256, teacher_fingerprint
 
     c = run.concept
-    expect = {"k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
+    expect = {"teacher": c.teacher, "teacher_fingerprint": teacher_fingerprint(c.teacher),  # by weights when local
+              "k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
               "teacher_layer": c.teacher_layer, "teacher_dtype": c.teacher_dtype,
               "multiplier": c.multiplier, "attribution_loss": c.attribution_loss,
               "tokenizer_sha256": file_sha256(Path(store.path) / "tokenizer" / "tokenizer.json"),
