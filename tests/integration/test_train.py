@@ -245,6 +245,21 @@ def test_val_split_shorter_than_a_window_is_an_error(store_dir: Path, tmp_path: 
                     train=TrainConfig(steps=1, micro_batch_size=1, device="cpu"))
     with pytest.raises(CocomixError, match="fewer than one window"):
         train(run, tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()  # refused before any training, not at the final evaluation
+
+
+def test_resume_refuses_a_token_store_changed_since_the_checkpoint(store_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(store_dir, store)
+    run = small_run(store, steps=4, eval_every=0, save_every=2)
+    (tmp_path / "run.json").write_text(run.to_json())
+    r = subprocess.run(_cli("train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "r")),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    tokenizer = store / "tokenizer" / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text() + "\n")  # re-prepared with another tokenizer (same vocabulary)
+    r = subprocess.run(_cli("train", "--out", str(tmp_path / "r"), "--resume"), capture_output=True, text=True)
+    assert r.returncode == 2 and "tokenizer_sha256" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_corrupt_training_state_is_a_clear_error_on_resume(store_dir: Path, tmp_path: Path) -> None:

@@ -106,3 +106,24 @@ def test_saved_folder_adds_no_bos_the_store_never_saw(tok: TextTokenizer, tmp_pa
     hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "tk"))
     assert hf(CORPUS[0])["input_ids"] == with_bos.encode(CORPUS[0]) == tok.encode(CORPUS[0])
     assert load_tokenizer(str(tmp_path / "tk")).encode(CORPUS[0]) == tok.encode(CORPUS[0])
+
+
+def test_documents_encode_special_token_strings_as_text(tok: TextTokenizer) -> None:
+    """The store encodes documents "ordinarily" (tiktoken's encode_ordinary in the official preparation): a literal
+    <|endoftext|> inside a document is text and round-trips, never the end-of-document id."""
+    (ids,) = tok.encode_ordinary_batch([UNICODE])
+    assert tok.eos_id not in ids and tok.decode(ids) == UNICODE
+    assert tok.eos_id in tok.encode(UNICODE)  # plain `encode` (prompts, lm-eval contexts) keeps HF's behaviour
+
+
+def test_saved_truncation_or_padding_never_cuts_documents(tok: TextTokenizer, tmp_path: Path) -> None:
+    backend = tok.backend.__class__.from_str(tok.backend.to_str())
+    backend.enable_truncation(4)
+    backend.enable_padding(length=64)
+    (tmp_path / "tokenizer.json").write_text(backend.to_str())
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    text = CORPUS[0] * 3
+    assert loaded.encode(text) == tok.encode(text) and len(loaded.encode("the")) < 4
+    assert loaded.encode_ordinary_batch([text]) == tok.encode_ordinary_batch([text])
+    saved = json.loads(loaded.to_json())
+    assert saved["truncation"] is None and saved["padding"] is None

@@ -87,7 +87,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 def _encode_into(tok: TextTokenizer, docs: list[Document], handle: BinaryIO, dtype: np.dtype) -> int:
     """Encode `docs`, append the eos id to each, write the ids to `handle`; return the token count."""
     pieces = []
-    for ids in tok.encode_batch([doc.text for doc in docs]):
+    for ids in tok.encode_ordinary_batch([doc.text for doc in docs]):
         ids.append(tok.eos_id)
         pieces.append(np.asarray(ids, dtype=dtype))  # (len(ids),)
     stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype)  # (sum of lengths,)

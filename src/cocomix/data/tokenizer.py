@@ -3,7 +3,9 @@
 `train_bpe` trains a byte-level BPE (GPT-2 style: every byte is a base token, so any text round-trips)
 with the special token `<|endoftext|>` as end of document. `load_tokenizer` reads a `tokenizer.json`, a
 folder holding one, or anything `transformers.AutoTokenizer` can load. Encoding never adds special tokens
-(no BOS): the token store appends the end-of-document id itself.
+(no BOS): the token store appends the end-of-document id itself, and encodes documents with
+`encode_ordinary_batch` (special-token strings inside a document stay text). Truncation or padding settings in a
+loaded tokenizer.json are dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ class TextTokenizer:
     """Text <-> token ids, with a known end-of-document id `eos_id`."""
 
     def __init__(self, tokenizer: Tokenizer, eos_id: int) -> None:
-        self._tok = tokenizer
+        # a copy without the truncation or padding a saved tokenizer.json may carry: documents are never cut or padded
+        self._tok = Tokenizer.from_str(tokenizer.to_str())
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self._ordinary: Tokenizer | None = None
         vocab = tokenizer.get_vocab(with_added_tokens=True)
         # One more than the largest id, so that every id the tokenizer emits is below it.
         self._vocab_size = max(vocab.values()) + 1 if vocab else 0
@@ -56,6 +62,15 @@ class TextTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [enc.ids for enc in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
+        """Like `encode_batch`, but special-token strings in the text (a literal "<|endoftext|>") are encoded as
+        text, not as the special id: tiktoken's `encode_ordinary`, which the official data preparation uses, so a
+        document boundary never appears inside a document."""
+        if self._ordinary is None:
+            self._ordinary = Tokenizer.from_str(self._tok.to_str())
+            self._ordinary.encode_special_tokens = True
+        return [enc.ids for enc in self._ordinary.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)

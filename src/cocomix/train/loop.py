@@ -22,7 +22,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig, TrainConfig
 from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
-from cocomix.errors import CheckpointError, CocomixError, ConfigError
+from cocomix.errors import CheckpointError, CocomixError, ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, run_flops
 from cocomix.methods import METHODS, Batch, Method
@@ -154,10 +154,35 @@ def _injected_nan_steps() -> set[int]:
                           f"got {raw!r}") from None
 
 
+def store_identity(store: TokenStore) -> dict[str, object]:
+    """What a resume must find unchanged in the token store: its split sizes and tokenizer (the window order and
+    contents follow from them)."""
+    from cocomix.concepts.cache import file_sha256
+
+    return {"train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
+            "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json")}
+
+
+def _check_same_store(state: dict, store: TokenStore, ckpt: Path) -> None:
+    saved = state.get("store")
+    if saved is None:  # a checkpoint written before stores were recorded
+        return
+    now = store_identity(store)
+    for key, value in saved.items():
+        if now.get(key) != value:
+            raise DataError(f"{store.path}: the token store changed since {ckpt} was written ({key} {value!r} -> "
+                            f"{now.get(key)!r}); a resume would read other windows: point data.path at the store "
+                            "the run was trained on")
+
+
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext) -> TrainResult:
     tc = run.train
     store = TokenStore.open(run.data.path)
     check_vocab(store, run.model.vocab_size)
+    if store.num_chunks("val", run.data.seq_len) == 0:  # the final evaluation would fail after all the training
+        raise DataError(f"{store.path}: the val split holds {store.num_tokens('val')} tokens, fewer than one window "
+                        f"of data.seq_len={run.data.seq_len}; training evaluates on it: prepare the store with a "
+                        "larger --val-fraction (or more data)")
     sampler = WindowSampler(store.num_chunks("train", run.data.seq_len), tc.seed, tc.micro_batch_size,
                             tc.grad_accum, ctx.world_size, ctx.rank)
     ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
@@ -182,6 +207,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
         verify_checkpoint(ckpt)
         state = read_state(ckpt)
+        _check_same_store(state, store, ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
     module = dd.wrap(model, ctx, tc.parallel, device, unused_parameters=method.unused_parameters,
@@ -300,7 +326,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                         {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
                          "train_s": train_seconds(), "global_batch": sampler.global_batch,
                          "world_size": ctx.world_size, "skipped_steps": bad.total,
-                         "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval}, tc.keep_checkpoints)
+                         "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
+                         "store": store_identity(store)}, tc.keep_checkpoints)
             if stop_now:
                 stopped = signals.name or "a signal on another rank"
                 logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
