@@ -122,3 +122,44 @@ def test_generate_until_caps_the_length_and_stops_at_end_of_text(cocomix_run: Pa
     monkeypatch.setattr(cm, "generate", ends_with_eos)
     (text,) = lm.generate_until([req])
     assert text == lm.tok.decode(made["answer"]).split("\n\n")[0]
+
+
+def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_gen_toks > max_new_tokens > max_tokens > max_completion_tokens, else lm-eval's default 256 (capped at
+    context_length − 1 = 63 here)."""
+    from types import SimpleNamespace
+
+    import cocomix.model as cm
+    from cocomix.eval.harness import CocomixLM
+
+    lm, asked = CocomixLM(cocomix_run), []
+    real = cm.generate
+
+    def record(model, prompt, n, **kw):  # noqa: ANN001, ANN003, ANN202
+        asked.append(n)
+        return real(model, prompt, 1, **kw)
+
+    monkeypatch.setattr(cm, "generate", record)
+    for kwargs in ({"max_new_tokens": 5}, {"max_tokens": 7, "max_completion_tokens": 9}, {"max_gen_toks": 2,
+                   "max_new_tokens": 5}, {"max_completion_tokens": 9}, {}):
+        lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n"], **kwargs}))])
+    assert asked == [5, 7, 2, 9, 63]
+
+
+def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from cocomix.errors import ConfigError
+    from cocomix.eval.harness import CocomixLM
+
+    tasks = _task_dir(tmp_path)
+    for flag, value in (("--batch-size", "0"), ("--limit", "-1")):
+        r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks",
+                            "shakespeare_mc", "--include-path", str(tasks), flag, value],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr, r.stderr
+    lm = CocomixLM(cocomix_run)
+    long = SimpleNamespace(args=("To be", " or not" * 80))  # a continuation longer than the 64-token context
+    with pytest.raises(ConfigError, match="continuation is"):
+        lm.loglikelihood([long])

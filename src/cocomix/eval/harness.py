@@ -11,7 +11,9 @@
   (lm-eval's `get_rolling_token_windows`), starting from the end-of-text token.
 * `generate_until(context, {until, max_gen_toks, temperature, do_sample})`: KV-cached generation, cut at the
   end-of-text token (never part of the answer, as lm-eval adds it to the stop sequences) and at the first stop
-  string; `max_gen_toks` is capped at context_length − 1 so that at least one context token remains.
+  string; the length is lm-eval's (`max_gen_toks` or its aliases `max_new_tokens`, `max_tokens`,
+  `max_completion_tokens`, default 256), capped at context_length − 1 so that at least one context token remains.
+  A continuation longer than the context cannot be scored: a one-line error.
 
 Scoring runs in one precision for every method (fp32 by default; `dtype="bfloat16"` on GPU), in eval mode.
 `run_tasks` calls `lm_eval.simple_evaluate` with a `TaskManager` that also scans `include_path` (local task YAML
@@ -34,6 +36,10 @@ except ImportError:  # lm-eval is optional: importing this module still works, u
     LM = object  # type: ignore[misc,assignment]
 
 
+DEFAULT_MAX_GEN_TOKS = 256
+_MAX_NEW_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+
+
 class CocomixLM(LM):  # type: ignore[misc,valid-type]
     """A cocomix run (directory or checkpoint) behind lm-eval's LM interface."""
 
@@ -42,12 +48,14 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         if LM is object:
             raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)")
         super().__init__()
+        from cocomix.data.store import check_vocab
         from cocomix.runs import load_run, run_store
 
         self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
         self.model = self.model.to(self.dtype).eval()
         store = run_store(self.run_cfg, data)
+        check_vocab(store, self.run_cfg.model.vocab_size)
         self.tok = store.tokenizer()
         self.eot = self.tok.eos_id if self.tok.eos_id is not None else 0
         self.max_length = self.model.cfg.context_length
@@ -73,6 +81,9 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             logp = F.log_softmax(self.model(ids.to(self._device)).logits.float(), dim=-1)  # (b, width, V)
             for i, (x, (_, cont)) in enumerate(zip(inputs, batch, strict=True)):
                 n = len(cont)
+                if n > len(x):
+                    raise ConfigError(f"--tasks: a request's continuation is {n} tokens, more than the model's "
+                                      f"context_length {self.max_length} can score")
                 rows = logp[i, len(x) - n:len(x)]  # the positions that predict the continuation
                 target = torch.tensor(cont, device=rows.device)
                 out.append((float(rows.gather(-1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all())))
@@ -113,7 +124,9 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             kwargs = dict(kwargs or {})
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            max_new = min(int(kwargs.get("max_gen_toks", 64)), self.max_length - 1)
+            # lm-eval's aliases, in its priority order, and its default of 256 (`normalize_gen_kwargs`)
+            asked = next((kwargs[k] for k in _MAX_NEW_ALIASES if kwargs.get(k) is not None), DEFAULT_MAX_GEN_TOKS)
+            max_new = min(int(asked), self.max_length - 1)
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
             ids = (self.encode(context) or [self.eot])[-(self.max_length - max_new):]
             tokens, _ = generate(self.model, torch.tensor([ids], device=self._device), max_new,
@@ -136,6 +149,10 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)") from None
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size}")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"--limit: expected a number >= 0 (0: every example), got {limit}")
     lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size)
     manager = TaskManager(include_path=str(include_path) if include_path else None)
     unknown = [t for t in tasks if t not in manager.all_tasks]
