@@ -90,6 +90,27 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     run = _run(tmp_path, "ntp", "ntp", 0, [5.0], 1e6)
     with pytest.raises(CocomixError, match="--reference"):
         compare([run], tmp_path / "out", reference="nope")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CocomixError, match="--out"):
+        compare([run], tmp_path / "file")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"method": "ntp"}')
+    (broken / "metrics.jsonl").write_text("")
+    with pytest.raises(CocomixError, match="not a cocomix run config"):
+        compare([broken], tmp_path / "out")
+
+
+def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> None:
+    """Same directory name in two experiments (or one run twice, or two methods) is refused, not averaged."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _run(tmp_path / "a", "ntp", "ntp", 0, [5.0, 4.0], 1e6)
+    b = _run(tmp_path / "b", "ntp", "ntp", 0, [5.0, 3.0], 1e6)
+    c = _run(tmp_path / "b", "ntp-seed1", "cocomix", 1, [5.0, 3.0], 1e6)
+    for runs, why in (([a, b], "both seed 0"), ([a, a], "the same run"), ([a, c], "methods ntp and cocomix")):
+        with pytest.raises(CocomixError, match=why):
+            group_runs(runs)
 
 
 def test_cached_targets_are_charged_as_if_computed_online(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ class RunCurve:
     val_loss: list[float]
     train_s: float
     params: int | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    """The run's model config (seeds of one group must share it)."""
 
 
 @dataclass
@@ -76,7 +78,14 @@ def _std(values: list[float]) -> float:
 
 def read_run(path: str | Path) -> RunCurve:
     """The evaluation curve of a run directory (config.json + metrics.jsonl)."""
-    path = Path(path)
+    try:
+        return _read_run(Path(path))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CocomixError(f"{Path(path) / 'config.json'}: not a cocomix run config (missing or malformed "
+                           f"{e})") from None
+
+
+def _read_run(path: Path) -> RunCurve:
     try:
         config = json.loads((path / "config.json").read_text())
         lines = (path / "metrics.jsonl").read_text().splitlines()
@@ -102,7 +111,7 @@ def read_run(path: str | Path) -> RunCurve:
              for e, t in zip(evals, tokens, strict=True)]
     train_s = max((float(e.get("train_s", 0.0)) for e in events if "train_s" in e), default=math.nan)
     return RunCurve(path=path, method=config["method"], seed=config["train"]["seed"], tokens=tokens, flops=flops,
-                    val_loss=[float(e["val_loss"]) for e in evals], train_s=train_s)
+                    val_loss=[float(e["val_loss"]) for e in evals], train_s=train_s, model=config["model"])
 
 
 def group_label(name: str, seed: int) -> str:
@@ -119,7 +128,16 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
     for p in paths:
         run = read_run(p)
         label = group_label(run.path.resolve().name, run.seed)
-        groups.setdefault(label, Group(label)).runs.append(run)
+        group = groups.setdefault(label, Group(label))
+        for other in group.runs:  # a group is one run's seeds: two seeds alike, or two runs unalike, are an error
+            why = ("the same run" if other.path.resolve() == run.path.resolve() else
+                   f"both seed {run.seed}" if other.seed == run.seed else
+                   f"methods {other.method} and {run.method}" if other.method != run.method else
+                   "different model configs" if other.model != run.model else "")
+            if why:
+                raise CocomixError(f"compare: {other.path} and {run.path} would be seeds of one group {label!r} "
+                                   f"({why}); give runs of different experiments different directory names")
+        group.runs.append(run)
     return list(groups.values())
 
 
@@ -211,7 +229,10 @@ def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None 
     if reference is not None and reference not in {g.label for g in groups}:
         raise CocomixError(f"--reference: {reference!r} is not one of the runs ({', '.join(g.label for g in groups)})")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CocomixError(f"--out {out}: cannot create the output folder ({e.strerror or e})") from None
     md = table(groups, reference)
     files = [plot(groups, out, "tokens"), plot(groups, out, "flops")]
     body = ("# Run comparison\n\n" + md + "\nToken efficiency: how many fewer training tokens the run needs to "
