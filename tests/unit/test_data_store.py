@@ -97,8 +97,11 @@ def test_prepare_again_needs_overwrite(corpus: Path, tmp_path: Path) -> None:
     first = prepare(f"text:{corpus}", out, tokenizer="bpe:260", progress=False)
     with pytest.raises(DataError, match="already prepared.*--overwrite"):
         prepare(f"text:{corpus}", out, tokenizer="bpe:260", progress=False)
+    stale = out / "..train.bin.new.k1ll3d.tmp"  # what a SIGKILL during encoding leaves behind
+    stale.write_bytes(b"\0" * 1000)
     second = prepare(f"text:{corpus}", out, tokenizer="bpe:260", overwrite=True, progress=False)
     assert second == first  # deterministic
+    assert not stale.exists() and not list(out.glob(".*.tmp"))
 
 
 def test_failed_overwrite_keeps_the_old_store(corpus: Path, store_dir: Path, tmp_path: Path) -> None:

@@ -105,6 +105,9 @@ def _write_streams(out: Path, tok: TextTokenizer, source: str, val_fraction: flo
 
     Nothing the store already holds is touched here, so a source that fails half-way leaves it intact.
     """
+    for split in SPLITS:  # a killed prepare's partial streams (atomic_writer's temp files), possibly corpus-sized
+        for stale in out.glob(f".{_pending(out, split).name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     counts = {f"{split}_{kind}": 0 for split in SPLITS for kind in ("tokens", "documents")}
     val_names: list[str] = []
     buffers: dict[str, list[Document]] = {split: [] for split in SPLITS}

@@ -4,7 +4,8 @@ Each run directory contributes its config, its `kind: "eval"` events (validation
 training FLOPs counted with teacher and SAE, and training wall-clock) and its final numbers. Runs whose directory
 names differ only by a `-seedN` / `_seedN` suffix, or a `-sN` / `_sN` suffix whose N is the run's own seed (so
 `ctx-s512` stays a name), are one group: the table shows mean ± sample std over the seeds and the plots the mean
-curve with a ±std band.
+curve with a ±std band. Runs a group would mix that cannot be seeds of one run (the same seed twice, the same
+directory twice, another method or model config) are refused rather than averaged.
 
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
 N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
