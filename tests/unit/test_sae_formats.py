@@ -398,7 +398,8 @@ def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> No
     assert load_sae(root / "layers.2").hook_block == 2 and load_sae(root / "layers.2.mlp").hook_block is None
     with pytest.raises(ConfigError, match=r"teacher_layer: .* was trained on layers\.2 \(the output of block 2\)"):
         load_sae(root / "layers.2", teacher_layer=1)
-    assert load_sae(root / "layers.2.mlp", teacher_layer=1).hook_name == "layers.2.mlp"  # not a residual: unchecked
+    with pytest.raises(ConfigError, match=r"trained on layers\.2\.mlp, which is not the residual stream"):
+        load_sae(root / "layers.2.mlp", teacher_layer=2)  # an MLP output is no block's output
     assert load_sae(root, teacher_layer=2).hook_name == "layers.2"
     assert sae_sha256(str(root), 2) == file_sha256(root / "layers.2") != sae_sha256(str(root), 0)
     for layer in (1, None):
@@ -419,37 +420,81 @@ def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> No
     [
         ({"activation": "groupmax"}, "only TopK"),
         ({"transcode": True}, "transcode=true"),
+        ({"embed_skip": True}, "embed_skip=true"),
+        ({"normalize_decoder": True, "multi_topk": True, "W_extra": None}, "unexpected tensors"),
         ({"num_latents": C * 2}, "128 latents"),
         ({"d_in": D + 1}, "d_in=17"),
     ],
 )
 def test_sparsify_refusals(tmp_path: Path, change: dict, message: str) -> None:
-    folder = _write_sparsify(tmp_path / "sp", {"k": K, "num_latents": C, "d_in": D, **change}, _sparsify_weights())
+    weights = _sparsify_weights()
+    if change.pop("W_extra", False) is None:  # a tensor the plain TopK forward would silently drop
+        weights["W_extra"] = torch.zeros(D)
+    folder = _write_sparsify(tmp_path / "sp", {"k": K, "num_latents": C, "d_in": D, **change}, weights)
     with pytest.raises(CheckpointError, match=message) as err:
         load_sparsify(folder)
     assert str(folder) in str(err.value)
 
 
 @pytest.mark.parametrize("hook,block", [("blocks.2.hook_resid_post", 2), ("blocks.3.hook_resid_pre", 2),
-                                        ("blocks.0.hook_resid_pre", -1), ("blocks.2.hook_mlp_out", None)])
-@pytest.mark.parametrize("layout", ["6.x", "pre-6"])
+                                        ("blocks.0.hook_resid_pre", -1), ("blocks.2.hook_mlp_out", None),
+                                        ("blocks.2.hook_resid_mid", None), ("model.layers.3", 3),
+                                        ("transformer.h.1", 1)])
+@pytest.mark.parametrize("layout", ["6.x", "pre-6", "hook_point"])
 def test_saelens_hook_must_be_the_teacher_layer(hook: str, block: int | None, layout: str, tmp_path: Path) -> None:
-    """A SAELens SAE names the residual hook it was trained on; loading it for another teacher_layer is a
-    one-line error (resid_pre L is the output of block L − 1). Hooks that are not the residual stream, or no
-    hook name, are not checked."""
+    """A SAELens SAE names the hook it was trained on; loading it for another teacher_layer is a one-line error
+    (resid_pre L is the output of block L − 1; an HF module name is that block's output), and so is a hook that
+    is not the residual stream between blocks. No hook name: not checked."""
     from cocomix.errors import ConfigError
 
     folder = save_saelens(_trained_like_sae(True), tmp_path / "sae", metadata={"hook_name": hook})
-    if layout == "pre-6":  # the hook name at the top level of cfg.json
+    if layout != "6.x":  # the hook name at the top level of cfg.json (before 6.0; `hook_point` in older files)
         cfg = json.loads((folder / "cfg.json").read_text())
-        cfg["hook_name"] = cfg["metadata"].pop("hook_name")
+        cfg["hook_name" if layout == "pre-6" else "hook_point"] = cfg["metadata"].pop("hook_name")
         (folder / "cfg.json").write_text(json.dumps(cfg))
     assert load_sae(folder).hook_block == block
     for layer in (0, 1, 2, 3):
-        if block is None or layer == block:
+        if layer == block:
             assert load_sae(folder, teacher_layer=layer).hook_name == hook
+        elif block is None:
+            with pytest.raises(ConfigError, match="which is not the residual stream"):
+                load_sae(folder, teacher_layer=layer)
         else:
             with pytest.raises(ConfigError, match=f"teacher_layer: .* was trained on {hook}"):
                 load_sae(folder, teacher_layer=layer)
     bare = save_saelens(_trained_like_sae(True), tmp_path / "bare")
     assert load_sae(bare, teacher_layer=5).hook_block is None
+
+
+@pytest.mark.parametrize("change,message", [({"reshape_activations": "hook_z"}, "reshaped activations"),
+                                            ({"hook_head_index": 3}, "reshaped activations"),
+                                            ({"metadata": ["not", "an", "object"]}, "'metadata' must be an object")])
+def test_saelens_refuses_what_is_not_a_residual_encoder(change: dict, message: str, tmp_path: Path) -> None:
+    folder = save_saelens(_trained_like_sae(True), tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    (folder / "cfg.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        load_sae(folder)
+
+
+def test_saelens_sae_of_a_centred_transformer_lens_stream_centres_its_input(tmp_path: Path) -> None:
+    """center_writing_weights: true (TransformerLens) means the SAE saw h − mean_d(h): loaded, it encodes the
+    centred stream (so a per-position shift changes nothing) and reconstructs in the uncentred one."""
+    x = _rand(6, D, seed=5)
+    shift = _rand(6, 1, seed=6) * 3
+    for flag, centred in ((True, True), (False, False), (None, False)):
+        kwargs = {} if flag is None else {"model_from_pretrained_kwargs": {"center_writing_weights": flag}}
+        folder = save_saelens(_trained_like_sae(False), tmp_path / f"sae-{flag}", metadata=kwargs)
+        sae = load_sae(folder)
+        assert sae.center_input is centred
+        z, _ = sae.encode_dense(x)
+        if centred:
+            plain = _trained_like_sae(False)
+            expect, _ = plain.encode_dense(x - x.mean(-1, keepdim=True))
+            assert torch.equal(z, expect) and torch.allclose(sae.encode_dense(x + shift)[0], z, atol=1e-5)
+            recon = sae(x)
+            centred_recon = plain(x - x.mean(-1, keepdim=True))
+            assert torch.allclose(recon, centred_recon + x.mean(-1, keepdim=True), atol=1e-5)
+            assert load_sae(save_saelens(sae, tmp_path / "again")).center_input  # written back
+        else:
+            assert not torch.allclose(sae.encode_dense(x + shift)[0], z, atol=1e-3)

@@ -25,9 +25,14 @@ OPENAI_SUFFIXES = (".pt", ".pth", ".safetensors")
 def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None = None) -> TopKSAE:
     """The SAE at `spec`, format chosen by what the path is. `k` is needed for an OpenAI `.safetensors` file
     only; for the other formats it must be None or equal the stored k. With `teacher_layer`, an SAE whose file
-    names the residual hook it was trained on (SAELens `hook_name`, a sparsify hookpoint folder) must read that
-    block's output, and a folder of sparsify hookpoints resolves to the one for that layer."""
+    names the hook it was trained on (SAELens `hook_name`, a sparsify hookpoint folder) must read that block's
+    output (a named hook that is no block's residual output, e.g. an MLP output, is refused), and a folder of
+    sparsify hookpoints resolves to the one for that layer."""
     sae = _load(sae_path(spec, teacher_layer), k)
+    if teacher_layer is not None and sae.hook_name is not None and sae.hook_block is None:
+        raise ConfigError(f"{spec}: trained on {sae.hook_name}, which is not the residual stream at a block's "
+                          "output; cocomix encodes the output of block teacher_layer with it (use an SAE of "
+                          "blocks.L.hook_resid_post / resid_pre, or a sparsify layers.L hookpoint)")
     if teacher_layer is not None and sae.hook_block is not None and sae.hook_block != teacher_layer:
         where = "the token embeddings" if sae.hook_block < 0 else f"the output of block {sae.hook_block}"
         raise ConfigError(f"teacher_layer: {spec} was trained on {sae.hook_name} ({where}), but teacher_layer is "

@@ -19,7 +19,15 @@ What SAELens does (sae_lens 6.x `saes/sae.py`, `saes/topk_sae.py`, `loading/pret
 * A non-unit `scaling_factor` / `finetuning_scaling_factor` tensor (old fine-tuning rescale) is refused.
 * `hook_name` (top level before 6.0, in `metadata` since): a residual hook `blocks.L.hook_resid_post` is the
   output of block L (our teacher_layer L), `blocks.L.hook_resid_pre` that of block L − 1; kept on the SAE
-  (`hook_name`, `hook_block`) so that `load_sae(..., teacher_layer=)` refuses a mismatched layer.
+  (`hook_name`, `hook_block`) so that `load_sae(..., teacher_layer=)` refuses a mismatched layer. A Hugging Face
+  module name (`transformer.h.L`, `model.layers.L`) is block L's output; any other named hook (an MLP or
+  attention output, `hook_resid_mid`) is refused for a teacher_layer, as are `reshape_activations` (`hook_z`)
+  and `hook_head_index` SAEs. Older configs name the hook `hook_point`.
+* TransformerLens centring: `model_from_pretrained_kwargs.center_writing_weights: true` (TransformerLens's own
+  default; SAELens has written `false` by default in recent versions) means the SAE saw the residual stream minus
+  each position's mean over d. Without `layer_norm` such an SAE centres its input (`TopKSAE.center_input`),
+  which is exact for LayerNorm models (every write to the stream centred). When the key is absent, nothing is
+  assumed (older SAEs trained with TransformerLens's defaults are centred and say so nowhere).
 """
 
 from __future__ import annotations
@@ -78,12 +86,16 @@ def _normalize(cfg_path: Path, cfg: dict[str, Any]) -> bool:
 
 
 def hook_block(name: str | None) -> int | None:
-    """The block whose output a TransformerLens residual hook reads: `blocks.L.hook_resid_post` is block L's
-    output (teacher_layer L), `blocks.L.hook_resid_pre` block L−1's (−1: the embeddings); None otherwise."""
+    """The block whose output a residual hook reads: TransformerLens `blocks.L.hook_resid_post` is block L's output
+    (teacher_layer L), `blocks.L.hook_resid_pre` block L−1's (−1: the embeddings); a Hugging Face module name
+    (`transformer.h.L`, `model.layers.L`, as SAELens names hooks of HF models) is block L's output; None for
+    any other hook (an MLP or attention output, `hook_resid_mid`, `hook_z`: not the residual stream between
+    blocks)."""
     m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", name or "")
-    if m is None:
-        return None
-    return int(m.group(1)) - (m.group(2) == "pre")
+    if m is not None:
+        return int(m.group(1)) - (m.group(2) == "pre")
+    m = re.fullmatch(r"(?:.*\.)?(?:layers|h)\.(\d+)", name or "")
+    return int(m.group(1)) if m else None
 
 
 def load_saelens(folder: str | Path) -> TopKSAE:
@@ -95,6 +107,11 @@ def load_saelens(folder: str | Path) -> TopKSAE:
     normalize = _normalize(cfg_path, cfg)
     if (cfg.get("activation_fn_kwargs") or {}).get("postact_fn", "ReLU") not in ("ReLU", "relu"):
         raise CheckpointError(f"{cfg_path}: only a ReLU post-activation after the TopK is supported")
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape not in (None, "none") or cfg.get("hook_head_index") is not None:
+        raise CheckpointError(f"{cfg_path}: an SAE on reshaped activations (reshape_activations={reshape!r}, "
+                              f"hook_head_index={cfg.get('hook_head_index')!r}) is not supported; cocomix encodes "
+                              "the residual stream")
     apply_b_dec = cfg.get("apply_b_dec_to_input", True)
     if not isinstance(apply_b_dec, bool):
         raise CheckpointError(f"{cfg_path}: 'apply_b_dec_to_input' must be true or false, got {apply_b_dec!r}")
@@ -133,9 +150,15 @@ def load_saelens(folder: str | Path) -> TopKSAE:
         d_in, d_sae, k, normalize=normalize, encode_pre_bias=apply_b_dec, dtype=common_dtype(weights_path, tensors)
     )
     sae = sae.set_weights(pre_bias=tensors["b_dec"], W_enc=W_enc.T, latent_bias=b_enc, W_dec=W_dec.T)
-    name = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")  # pre-6 / 6.x layouts
+    meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_path}: 'metadata' must be an object, got {type(meta).__name__}")
+    # 6.x keeps hook_name in metadata, pre-6 at the top level, older configs call it hook_point
+    name = cfg.get("hook_name") or meta.get("hook_name") or cfg.get("hook_point")
     sae.hook_name = name if isinstance(name, str) else None
     sae.hook_block = hook_block(sae.hook_name)
+    kwargs = meta.get("model_from_pretrained_kwargs", cfg.get("model_from_pretrained_kwargs")) or {}
+    sae.center_input = isinstance(kwargs, dict) and kwargs.get("center_writing_weights") is True and not normalize
     return sae
 
 
@@ -145,6 +168,9 @@ def saelens_config(sae: TopKSAE, metadata: dict[str, Any] | None = None) -> dict
         raise CheckpointError(f"cannot write a SAELens SAE: SAELens's TopK applies ReLU, this SAE uses {sae.postact!r}")
     meta = dict(metadata or {})
     meta.update({"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION})
+    if sae.center_input:
+        meta["model_from_pretrained_kwargs"] = {**meta.get("model_from_pretrained_kwargs", {}),
+                                                "center_writing_weights": True}
     meta.setdefault("written_by", "cocomix.sae.save_saelens")
     return {
         "architecture": "topk",

@@ -37,6 +37,7 @@ CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
 RUN_CFG_NAME = "config.json"  # the run folder's TrainConfig, beside the hookpoint folders
 WHAT = "sparsify weights encoder.weight (C, d), encoder.bias (C,), W_dec (C, d), b_dec (d,)"
+_HARMLESS_FLAGS = ("normalize_decoder", "multi_topk")  # true flags that only shape training, not the forward
 _BLOCK_OUTPUT = re.compile(r"(?:.*\.)?(?:layers|h)\.(\d+)")  # a hookpoint that is a whole block's output
 
 
@@ -91,8 +92,8 @@ def load_sparsify(folder: str | Path) -> TopKSAE:
     activation = cfg.get("activation", "topk")
     if activation != "topk":
         raise CheckpointError(f"{cfg_path}: activation {activation!r}; only TopK SAEs are supported")
-    for flag in ("transcode", "skip_connection"):
-        if cfg.get(flag, False):
+    for flag, value in cfg.items():  # transcode, skip_connection, embed_skip, ... all change the forward pass
+        if value is True and flag not in _HARMLESS_FLAGS:
             raise CheckpointError(f"{cfg_path}: {flag}=true is not supported (expected a plain TopK autoencoder)")
     k = get_int(cfg, "k", cfg_path)
 
@@ -105,6 +106,9 @@ def load_sparsify(folder: str | Path) -> TopKSAE:
         "W_dec": get_tensor(sd, "W_dec", weights_path, 2),
         "b_dec": get_tensor(sd, "b_dec", weights_path, 1),
     }
+    extra = sorted(set(sd) - set(tensors))
+    if extra:
+        raise CheckpointError(f"{weights_path}: unexpected tensors {extra} for a TopK SAE (expected {WHAT})")
     n_latents, d_in = tensors["encoder.weight"].shape
     if "d_in" in cfg and cfg["d_in"] != d_in:
         raise CheckpointError(f"{cfg_path}: d_in={cfg['d_in']!r} but encoder.weight gives {d_in}")

@@ -16,7 +16,8 @@ Two switches exist only to represent other formats faithfully (see `saelens.py`,
 `encode_pre_bias=False` skips the `pre_bias` subtraction before encoding (SAELens `apply_b_dec_to_input=false`;
 `pre_bias` is still added after decoding) and `relu_before_topk=True` takes the top k of ReLU(pre) (sparsify's
 order). Both orders give the same dense code; they differ only in which zero-valued latents fill the k slots
-when fewer than k pre-activations are positive.
+when fewer than k pre-activations are positive. `center_input` (without `normalize`) uses x − mean(x) as x_n and
+adds the mean back on decode: an SAE trained on TransformerLens's centred residual stream (`saelens.py`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class TopKSAE(nn.Module):
         self.postact = postact
         self.encode_pre_bias = bool(encode_pre_bias)
         self.relu_before_topk = bool(relu_before_topk)
+        self.center_input = False
+        """Subtract each position's mean over d before encoding (added back on decode), without `normalize`: an
+        SAE trained on a TransformerLens model with centred writing weights saw the residual stream minus its
+        mean (`saelens.py`)."""
         self.hook_name: str | None = None
         """Where the SAE's file says it reads the model (e.g. `blocks.5.hook_resid_post`), if it says."""
         self.hook_block: int | None = None
@@ -80,7 +85,7 @@ class TopKSAE(nn.Module):
         return (
             f"d_in={self.d_in}, n_latents={self.n_latents}, k={self.k}, normalize={self.normalize}, "
             f"postact={self.postact!r}, encode_pre_bias={self.encode_pre_bias}, "
-            f"relu_before_topk={self.relu_before_topk}"
+            f"relu_before_topk={self.relu_before_topk}, center_input={self.center_input}"
         )
 
     @torch.no_grad()
@@ -96,13 +101,17 @@ class TopKSAE(nn.Module):
     # ------------------------------------------------------------------ encode
 
     def preprocess(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """OpenAI's `LN` when `normalize` (mean, Bessel-corrected std, eps added to the std, no affine), else identity.
+        """OpenAI's `LN` when `normalize` (mean, Bessel-corrected std, eps added to the std, no affine), else identity
+        (or the mean's removal, `center_input`).
 
         `x` is cast to the parameters' dtype. Returns (x_n, {"mu": (…, 1), "std": (…, 1)}).
         """
         x = x.to(self.pre_bias.dtype)
         if not self.normalize:
             one = torch.ones((), dtype=x.dtype, device=x.device)
+            if self.center_input:
+                mu = x.mean(dim=-1, keepdim=True)
+                return x - mu, {"mu": mu, "std": one.expand(*x.shape[:-1], 1)}
             return x, {"mu": torch.zeros_like(one).expand(*x.shape[:-1], 1), "std": one.expand(*x.shape[:-1], 1)}
         mu = x.mean(dim=-1, keepdim=True)
         x = x - mu
@@ -139,9 +148,9 @@ class TopKSAE(nn.Module):
 
     def _denormalize(self, y: Tensor, info: dict[str, Tensor]) -> Tensor:
         y = y + self.pre_bias
-        if not self.normalize:
-            return y
-        return y * info["std"] + info["mu"]
+        if self.normalize:
+            return y * info["std"] + info["mu"]
+        return y + info["mu"] if self.center_input else y
 
     def decode_sparse(self, values: Tensor, indices: Tensor, info: dict[str, Tensor]) -> Tensor:
         """(Σ_j values_j · W_dec[:, indices_j] + pre_bias) · std + mu, gathering only the k columns per position."""
