@@ -27,6 +27,16 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_folder(directory: Path) -> None:
+    """Flush every file directly in `directory`, then the folder itself: before renaming a folder built under a
+    temporary name into place, so a crash never leaves a complete-looking folder of truncated files."""
+    for f in directory.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(directory)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces `path` on a clean exit; on an exception the temp file is removed."""

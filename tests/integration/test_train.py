@@ -208,6 +208,12 @@ def test_corrupt_checkpoint_is_a_clear_error(store_dir: Path, tmp_path: Path) ->
     weights.write_bytes(weights.read_bytes()[:100])
     r = subprocess.run(_cli("eval", "--run", str(tmp_path / "r")), capture_output=True, text=True)
     assert r.returncode == 2 and "model.safetensors" in r.stderr and "Traceback" not in r.stderr
+    manifest = weights.parent / "manifest.json"
+    for path, content in ((manifest, b'{"files": ["model.safetensors"]}'), (manifest, b'{"files": {"a": 1}}'),
+                          (tmp_path / "r" / "checkpoints" / "latest", b"\xff\xfe step")):
+        path.write_bytes(content)
+        r = subprocess.run(_cli("eval", "--run", str(tmp_path / "r")), capture_output=True, text=True)
+        assert r.returncode == 2 and path.name in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("flavour", ["gpt2", "llama"])

@@ -96,6 +96,17 @@ def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teach
                         "--chunk-tokens", "1024", "--steps", "10", "--device", "cpu"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "other settings (k" in r.stderr, r.stderr
+    import dataclasses
+
+    before = _weights(tmp_path / "run")  # settings that leave the SAE as it is may change on a resume
+    train_sae(dataclasses.replace(cfg, device="auto", log_every=3, checkpoint_every=4, teacher_batch=2,
+                                  eval_tokens=64), tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1),
+              quiet=True)
+    after = _weights(tmp_path / "run")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    (tmp_path / "run" / "config.json").write_text("{}")
+    with pytest.raises(training.CocomixError, match="unreadable SAE training config"):
+        train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
 
 
 @pytest.mark.parametrize("args,message", [

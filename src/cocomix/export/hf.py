@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cocomix.atomic import fsync_dir, fsync_folder
 from cocomix.config import ModelConfig
 from cocomix.errors import CheckpointError
 from cocomix.export.hf_names import TOKENIZER_FILES, WEIGHTS_NAME, fresh_tensor, gpt2_transposed, name_map
@@ -179,7 +180,9 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
                 (tmp / "tokenizer_config.json").write_text(
                     json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        fsync_folder(tmp)
         os.replace(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one
+        fsync_dir(out.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{out}: export failed ({e})") from e

@@ -97,15 +97,19 @@ def _prepare_out(cfg: SAETrainConfig, out: Path) -> RunLock:
     return lock
 
 
+OPERATIONAL = ("device", "log_every", "checkpoint_every", "teacher_batch", "eval_tokens")
+"""Settings a resume may change: they leave the trained SAE as it is (up to the device's float rounding)."""
+
+
 def _check_out(cfg: SAETrainConfig, out: Path) -> None:
     path = out / "config.json"
     if path.is_file():
         try:
             stored = SAETrainConfig.from_dict(json.loads(path.read_text()))
-        except (ValueError, ConfigError) as e:
+        except (ValueError, TypeError, AttributeError, ConfigError) as e:
             raise CocomixError(f"{path}: unreadable SAE training config ({e})") from None
-        if stored != cfg:
-            diff = [k for k, v in cfg.to_dict().items() if stored.to_dict().get(k) != v]
+        diff = [k for k, v in cfg.to_dict().items() if stored.to_dict().get(k) != v and k not in OPERATIONAL]
+        if diff:
             raise CocomixError(f"{out}: holds an SAE training run with other settings ({', '.join(diff[:3])}); "
                                "use another --out")
     elif any(p.name != LOCK_NAME for p in out.iterdir()):

@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cocomix.atomic import atomic_write_text, fsync_dir
+from cocomix.atomic import atomic_write_text, fsync_dir, fsync_folder
 from cocomix.config import RunConfig
 from cocomix.config_io import run_config
 from cocomix.errors import CheckpointError, CocomixError, load_failure
@@ -53,6 +53,8 @@ def verify_checkpoint(ckpt: Path) -> None:
         files = json.loads(path.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: unreadable manifest ({type(e).__name__})") from None
+    if not isinstance(files, dict) or not all(isinstance(w, dict) for w in files.values()):
+        raise CheckpointError(f"{path}: unreadable manifest (expected 'files' to map names to {{bytes, sha256}})")
     for name, want in files.items():
         f = ckpt / name
         if not f.is_file():
@@ -124,10 +126,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(tmp)
+    fsync_folder(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -147,7 +146,11 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = run_dir / CKPT_DIR / "latest"
     if not pointer.is_file():
         return None
-    ckpt = run_dir / CKPT_DIR / pointer.read_text().strip()
+    try:
+        ckpt = run_dir / CKPT_DIR / pointer.read_text().strip()
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"{pointer}: unreadable ({type(e).__name__}); expected a checkpoint folder "
+                              "name") from None
     if not (ckpt / "state.json").is_file():
         raise CheckpointError(f"{pointer}: names {ckpt.name}, which is missing or incomplete")
     return ckpt
