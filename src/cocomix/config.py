@@ -219,6 +219,7 @@ ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 MIXINGS = ("insert", "add", "none")
 CONCEPT_TARGETS = ("concepts", "hidden")
 HIDDEN_LOSSES = ("l1", "l2", "cosine")
+HIDDEN_LOSS_REDUCTIONS = ("sum", "mean")
 PAUSE_SLOTS = ("vector", "token")
 TEACHER_PRECISIONS = ("fp32", "autocast")
 TEACHER_DTYPES = ("float32", "bfloat16")
@@ -263,7 +264,10 @@ class ConceptConfig:
     """`concepts` (SAE targets, the method) or `hidden` (ablation: regress the teacher's normalised hidden state
     at teacher_layer with a 2-layer MLP, then compress and mix it the same way)."""
     hidden_loss: str = "l2"
-    """Loss of the `hidden` ablation: `l1`, `l2` (mean squared error) or `cosine` (1 − cosine similarity)."""
+    """Loss of the `hidden` ablation: `l1`, `l2` or `cosine` (1 − cosine similarity), averaged over positions."""
+    hidden_loss_reduction: str = "sum"
+    """How `l1` / `l2` reduce over the d_con dimensions of a position: `sum` (the paper's ‖h^con − g(h)‖²₂ and
+    ‖·‖₁) or `mean` (mean absolute / squared error: 1/d_con of the paper's scale at the same λ)."""
     teacher_precision: str = "fp32"
     """How the frozen teacher and SAE compute during training: `fp32` (the official code: outside the training
     autocast, TF32 matmuls on CUDA; the same numbers as `extract-concepts`) or `autocast` (inside the training
@@ -301,6 +305,7 @@ class ConceptConfig:
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
                               ("attribution_loss", ATTRIBUTION_LOSSES), ("mixing", MIXINGS),
                               ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES),
+                              ("hidden_loss_reduction", HIDDEN_LOSS_REDUCTIONS),
                               ("pause_slot", PAUSE_SLOTS), ("teacher_precision", TEACHER_PRECISIONS),
                               ("teacher_dtype", TEACHER_DTYPES)):
             _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))

@@ -205,12 +205,15 @@ def test_pause_slots_are_the_pause_vector_or_the_token_plus_it(pause_slot: str) 
 
 
 def test_hidden_ablation_losses_equal_hand_values() -> None:
-    """The `hidden` ablation's ℓ1 / ℓ2 / cosine losses (mean over positions and, for ℓ1 / ℓ2, dimensions)."""
+    """The `hidden` ablation's ℓ1 / ℓ2 / cosine losses: mean over positions of the paper's norms (sum over
+    dimensions), or with reduction="mean" also over dimensions."""
     from cocomix.methods.cocomix import hidden_loss
 
     pred = torch.tensor([[[3.0, 4.0], [0.0, 2.0]]])  # (B=1, T=2, d=2)
     target = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])
-    assert float(hidden_loss(pred, target, "l1")) == pytest.approx((3 + 4 + 1 + 2) / 4)
-    assert float(hidden_loss(pred, target, "l2")) == pytest.approx((9 + 16 + 1 + 4) / 4)
+    assert float(hidden_loss(pred, target, "l1")) == pytest.approx((3 + 4 + 1 + 2) / 2)
+    assert float(hidden_loss(pred, target, "l2")) == pytest.approx((9 + 16 + 1 + 4) / 2)
+    assert float(hidden_loss(pred, target, "l1", "mean")) == pytest.approx((3 + 4 + 1 + 2) / 4)
+    assert float(hidden_loss(pred, target, "l2", "mean")) == pytest.approx((9 + 16 + 1 + 4) / 4)
     target = torch.tensor([[[1.0, 0.0], [0.0, 5.0]]])  # cosines 3/5 and 1
     assert float(hidden_loss(pred, target, "cosine")) == pytest.approx(((1 - 0.6) + 0.0) / 2)

@@ -50,14 +50,15 @@ def concept_loss(logits: torch.Tensor, targets: torch.Tensor, mask_last: bool = 
     return ((lse - picked) * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-def hidden_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """The `hidden` ablation's regression loss between pred and target (B, T, d_con)."""
+def hidden_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, reduction: str = "sum") -> torch.Tensor:
+    """The `hidden` ablation's regression loss between pred and target (B, T, d_con), a mean over positions of
+    ‖target − pred‖₁ or ‖target − pred‖²₂ (paper §3.3b; `reduction="mean"` also averages over d_con) or of
+    1 − cosine similarity."""
     pred, target = pred.float(), target.float()
-    if kind == "l1":
-        return (pred - target).abs().mean()
-    if kind == "l2":
-        return (pred - target).pow(2).mean()
-    return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(pred, target, dim=-1)).mean()
+    err = (pred - target).abs() if kind == "l1" else (pred - target).pow(2)     # (B, T, d_con)
+    return err.sum(-1).mean() if reduction == "sum" else err.mean()
 
 
 class CoCoMix(Method):
@@ -145,7 +146,8 @@ class CoCoMix(Method):
             ntp, out = self.student_loss(model, batch.ids)
             with teacher_precision(c.teacher_precision, batch.ids.device):
                 _, hidden = self.teacher.forward_pass(batch.ids)
-            aux = hidden_loss(out.aux["hidden_pred"], normalize(hidden.float())[0], c.hidden_loss)
+            aux = hidden_loss(out.aux["hidden_pred"], normalize(hidden.float())[0], c.hidden_loss,
+                              c.hidden_loss_reduction)
         else:
             # targets first: the teacher's transient memory is freed before the student's activations exist
             targets = training_targets(self.targets(batch), c.mask_last_position)
