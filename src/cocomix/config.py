@@ -19,6 +19,7 @@ from cocomix.errors import ConfigError
 FLAVOURS = ("gpt2", "llama")
 PRECISIONS = ("auto", "fp32", "bf16")
 LOG_BACKENDS = ("tensorboard", "wandb")
+WINDOW_OFFSETS = ("random", "fixed")
 
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
@@ -98,12 +99,20 @@ class DataConfig:
     path: str = "data/shakespeare"
     """A token store written by `cocomix prepare` (train.bin, val.bin, meta.json, tokenizer)."""
     seq_len: int = 256
-    """T: tokens per training window. Windows are fixed, non-overlapping chunks of the token stream."""
+    """T: tokens per training window. Window c is the c-th non-overlapping chunk of T tokens, shifted by
+    `window_offset`."""
+    window_offset: str = "random"
+    """`random` (the official loader): in every epoch, training window c starts at c·T + r with r drawn uniformly
+    from [0, T] (the last window from [0, tokens left after the last chunk]), seeded by (train.seed, epoch, c);
+    `fixed`: r = 0, the same windows every epoch (what cached concept targets need). Validation windows are
+    always the fixed chunks."""
 
     def __post_init__(self) -> None:
         _check(isinstance(self.path, str) and self.path != "", "data.path", "a directory path", self.path)
         _check(isinstance(self.seq_len, int) and self.seq_len >= 2, "data.seq_len", "an integer >= 2",
                self.seq_len)
+        _check(self.window_offset in WINDOW_OFFSETS, "data.window_offset", f"one of {WINDOW_OFFSETS}",
+               self.window_offset)
 
 
 @dataclass(frozen=True)
@@ -332,6 +341,9 @@ class RunConfig:
                    self.concept.concept_layer)
         _check(not (self.method == "kd" and self.train.chunked_lm_loss), "train.chunked_lm_loss",
                "false for method kd (its KL term needs the student's whole logits)", self.train.chunked_lm_loss)
+        _check(not (self.method == "cocomix" and self.concept.cache and self.data.window_offset != "fixed"),
+               "data.window_offset", "'fixed' with concept.cache (cached targets belong to the fixed windows; "
+               "random crops need online targets)", self.data.window_offset)
         _check(self.data.seq_len <= self.model.context_length, "data.seq_len",
                f"at most model.context_length={self.model.context_length}", self.data.seq_len)
 

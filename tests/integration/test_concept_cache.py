@@ -89,7 +89,7 @@ def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir:
     _extract(store_dir, tmp_path / "c", parts)
     run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=320, n_layer=4, n_head=2, d_model=32,
                                                         context_length=64),
-                    data=DataConfig(path=str(store_dir), seq_len=32),
+                    data=DataConfig(path=str(store_dir), seq_len=32, window_offset="fixed"),
                     concept=ConceptConfig(teacher=str(parts[0]), teacher_layer=1, sae=str(parts[1]), n_latents=256,
                                           k_attr=4, concept_layer=2, cache=str(tmp_path / "c")))
     store = TokenStore.open(store_dir)

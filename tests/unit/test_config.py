@@ -90,6 +90,16 @@ def test_config_files(tmp_path) -> None:
         load_config_file(tmp_path / "missing.json")
 
 
+def test_cached_targets_need_fixed_windows() -> None:
+    base = get_preset("gpt2-69m-cocomix").to_dict()
+    with pytest.raises(ConfigError, match=r"data\.window_offset: expected 'fixed' with concept\.cache"):
+        run_config(apply_overrides(base, ["concept.cache=targets"]))
+    cfg = run_config(apply_overrides(base, ["concept.cache=targets", "data.window_offset=fixed"]))
+    assert cfg.data.window_offset == "fixed" and get_preset("tiny-cocomix").data.window_offset == "fixed"
+    with pytest.raises(ConfigError, match=r"data\.window_offset"):
+        run_config(apply_overrides(base, ["data.window_offset=shifted"]))
+
+
 def test_paper_presets_match_the_paper() -> None:
     p69, p386, p1b = get_preset("gpt2-69m-ntp"), get_preset("gpt2-386m-ntp"), get_preset("gpt2-1b-ntp")
     assert (p69.model.n_layer, p69.model.d_model, p69.model.n_head) == (8, 624, 8)
@@ -101,6 +111,7 @@ def test_paper_presets_match_the_paper() -> None:
         assert p.data.seq_len == 1024 and p.model.vocab_size == 50257
         assert (p.train.beta1, p.train.beta2, p.train.weight_decay) == (0.9, 0.95, 0.1)
         assert p.train.min_lr_ratio == 0.1
+        assert p.data.window_offset == "random"  # the official loader's random crops
     # paper App. A / official configs: warm-up ~1/300 of the steps
     assert p69.train.warmup == 130 and p1b.train.warmup == 65
     assert TrainConfig(steps=40_000).warmup == 133

@@ -70,3 +70,31 @@ def test_argument_checks() -> None:
         WindowSampler(5, seed=0, micro_batch_size=1, world_size=2, rank=2)
     with pytest.raises(ValueError):
         WindowSampler(5, seed=0, micro_batch_size=1, grad_accum=2).indices(0, 2)
+
+
+def test_random_window_offsets_follow_the_official_crops() -> None:
+    """Chunk c of epoch e starts at c·T + r, r uniform in [0, T] ([0, spare] for the last chunk), drawn anew each
+    epoch; the chunk order is the fixed-window sampler's, and the offsets are as reproducible as the order."""
+    n, T, spare = 40, 16, 5
+    fixed = WindowSampler(n, seed=2, micro_batch_size=4, grad_accum=2)
+    rand = WindowSampler(n, seed=2, micro_batch_size=4, grad_accum=2, seq_len=T, spare=spare)
+    again = WindowSampler(n, seed=2, micro_batch_size=4, grad_accum=2, seq_len=T, spare=spare)
+    seen: dict[int, list[int]] = {}
+    for step in range(30):  # 240 samples: 6 epochs
+        for m in range(2):
+            chunks, offsets = rand.windows(step, m)
+            assert chunks == fixed.indices(step, m) and (chunks, offsets) == again.windows(step, m)
+            assert fixed.windows(step, m)[1] == [0] * 4
+            for c, r in zip(chunks, offsets, strict=True):
+                assert 0 <= r <= (spare if c == n - 1 else T)
+                seen.setdefault(c, []).append(r)
+    everything = [r for rs in seen.values() for r in rs]
+    assert min(everything) == 0 and max(everything) == T  # both ends of [0, T] inclusive occur
+    assert all(len(set(rs)) > 1 for c, rs in seen.items() if c != n - 1)  # shifted anew each epoch
+    ranks = [WindowSampler(n, 2, 2, 2, 2, r, seq_len=T, spare=spare) for r in range(2)]
+    for step in (0, 3):  # per-rank micro-batches are slices of the single-process stream, offsets included
+        for m in range(2):
+            for r in range(2):
+                chunks, offsets = rand.windows(step, m)
+                got = ranks[r].windows(step, m)
+                assert got == (chunks[2 * r:2 * r + 2], offsets[2 * r:2 * r + 2])

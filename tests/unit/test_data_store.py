@@ -90,6 +90,15 @@ def test_batch_windows(store_dir: Path) -> None:
         assert row.tolist() == tokens[c * seq_len:(c + 1) * seq_len].tolist()
     with pytest.raises(ValueError):
         store.batch("train", [n], seq_len)
+    spare = store.num_tokens("train") - n * seq_len
+    y = store.batch("train", [2, 0, n - 1], seq_len, offsets=[seq_len, 3, spare])  # shifted windows
+    for row, start in zip(y, [3 * seq_len, 3, (n - 1) * seq_len + spare], strict=True):
+        assert row.tolist() == tokens[start:start + seq_len].tolist()
+    for bad in ([seq_len + 1], [-1]):
+        with pytest.raises(ValueError, match="window offsets"):
+            store.batch("train", [0], seq_len, offsets=bad)
+    with pytest.raises(ValueError, match="window offsets"):
+        store.batch("train", [n - 1], seq_len, offsets=[spare + 1])  # past the split's end
 
 
 def test_prepare_again_needs_overwrite(corpus: Path, tmp_path: Path) -> None:

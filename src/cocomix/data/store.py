@@ -277,14 +277,24 @@ class TokenStore:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         return self.num_tokens(split) // seq_len
 
-    def batch(self, split: str, chunk_ids: Sequence[int], seq_len: int) -> torch.Tensor:
-        """int64 (B, T): row b is tokens[c·T:(c+1)·T], c = chunk_ids[b]; DataError on an id >= vocab_size."""
+    def batch(self, split: str, chunk_ids: Sequence[int], seq_len: int,
+              offsets: Sequence[int] | None = None) -> torch.Tensor:
+        """int64 (B, T): row b is tokens[s:s + T], s = c·T + r with c = chunk_ids[b] and r = offsets[b] (0 without
+        offsets; the window must fit in the split); DataError on an id >= vocab_size."""
         n_chunks = self.num_chunks(split, seq_len)
         ids = np.asarray(chunk_ids, dtype=np.int64).reshape(-1)  # (B,)
         if ids.size and (ids.min() < 0 or ids.max() >= n_chunks):
             raise ValueError(f"chunk ids must be in [0, {n_chunks}) for split {split!r} with seq_len "
                              f"{seq_len}, got min {ids.min()} max {ids.max()}")
-        index = ids[:, None] * seq_len + np.arange(seq_len)[None, :]  # (B, T)
+        starts = ids * seq_len  # (B,)
+        if offsets is not None:
+            shift = np.asarray(offsets, dtype=np.int64).reshape(-1)  # (B,)
+            starts = starts + shift
+            if shift.size and (shift.min() < 0 or shift.max() > seq_len
+                               or starts.max() + seq_len > self.num_tokens(split)):
+                raise ValueError(f"window offsets must be in [0, {seq_len}] and keep the window inside split "
+                                 f"{split!r}, got {shift.tolist()}")
+        index = starts[:, None] + np.arange(seq_len)[None, :]  # (B, T)
         window = self.tokens(split)[index]  # (B, T), store dtype
         if window.size:
             top = int(window.max())

@@ -183,8 +183,11 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         raise DataError(f"{store.path}: the val split holds {store.num_tokens('val')} tokens, fewer than one window "
                         f"of data.seq_len={run.data.seq_len}; training evaluates on it: prepare the store with a "
                         "larger --val-fraction (or more data)")
-    sampler = WindowSampler(store.num_chunks("train", run.data.seq_len), tc.seed, tc.micro_batch_size,
-                            tc.grad_accum, ctx.world_size, ctx.rank)
+    T, chunks = run.data.seq_len, store.num_chunks("train", run.data.seq_len)
+    random_offsets = run.data.window_offset == "random"
+    sampler = WindowSampler(chunks, tc.seed, tc.micro_batch_size, tc.grad_accum, ctx.world_size, ctx.rank,
+                            seq_len=T if random_offsets else 0,
+                            spare=store.num_tokens("train") - chunks * T if random_offsets else 0)
     ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
     lock = RunLock(run_dir) if ctx.is_main else None  # one writer per run directory
     try:
@@ -268,11 +271,13 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
             set_lr(optimizer, lr)
             sums: dict[str, torch.Tensor] = {}  # this step's metrics, micro-batch means; read on log steps only
             for micro in range(tc.grad_accum):
-                chunk_ids = sampler.indices(step, micro)
-                ids = store.batch("train", chunk_ids, run.data.seq_len).to(device)
+                chunk_ids, offsets = sampler.windows(step, micro)
+                ids = store.batch("train", chunk_ids, run.data.seq_len, offsets).to(device)
+                # a cached target belongs to a fixed chunk: shifted windows have none (the config refuses both)
+                window = None if sampler.seq_len else chunk_ids
                 with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
                     with cast:
-                        loss, metrics = method.loss(forward_model, Batch(ids, chunk_ids))
+                        loss, metrics = method.loss(forward_model, Batch(ids, window))
                     if step + 1 in inject:
                         loss = loss * float("nan")
                     (loss / tc.grad_accum).backward()
