@@ -166,7 +166,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     run = _run_config(args)
     out = {"method": run.method, "active_params": active_params(run),
            "flops_per_token": run_flops(run, sae_k=run.concept.sae_k or 32)}
-    if run.method in ("cocomix", "kd") and run.concept.teacher:  # say whose shape the teacher term counts
+    if run.method in ("cocomix", "kd", "kd-pause") and run.concept.teacher:  # say whose shape the teacher term counts
         found = teacher_shape(run.concept.teacher) is not None
         out["teacher_shape"] = (run.concept.teacher if found else
                                 f"GPT-2 small assumed ({run.concept.teacher!r} is not a local run or HF folder, "

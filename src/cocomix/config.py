@@ -335,12 +335,13 @@ class RunConfig:
         from cocomix.methods import METHODS
 
         _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
-        if self.method in ("cocomix", "pause"):
+        if self.method in ("cocomix", "pause", "kd-pause"):
             _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
                    f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",
                    self.concept.concept_layer)
-        _check(not (self.method == "kd" and self.train.chunked_lm_loss), "train.chunked_lm_loss",
-               "false for method kd (its KL term needs the student's whole logits)", self.train.chunked_lm_loss)
+        _check(not (self.method in ("kd", "kd-pause") and self.train.chunked_lm_loss), "train.chunked_lm_loss",
+               f"false for method {self.method} (its KL term needs the student's whole logits)",
+               self.train.chunked_lm_loss)
         _check(not (self.method == "cocomix" and self.concept.cache and self.data.window_offset != "fixed"),
                "data.window_offset", "'fixed' with concept.cache (cached targets belong to the fixed windows; "
                "random crops need online targets)", self.data.window_offset)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cocomix.config import ModelConfig, RunConfig
+from cocomix.methods import DISTILLING, PAUSING
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     """
     m, c, T = run.model, run.concept, run.data.seq_len
     shape = LMShape.from_config(m)
-    seam = run.method in ("cocomix", "pause")
-    mixes = run.method == "pause" or (run.method == "cocomix" and c.mixing == "insert")
+    seam = run.method in ("cocomix", *PAUSING)
+    mixes = run.method in PAUSING or (run.method == "cocomix" and c.mixing == "insert")
     forward = lm_forward(shape, T, c.concept_layer if seam else None, 2 if mixes else 1)
     if run.method == "cocomix":
         if c.target == "hidden":
@@ -136,7 +137,7 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     out = {"student": 3.0 * forward, "teacher": 0.0, "sae": 0.0}
     teacher = teacher or teacher_shape(c.teacher) or gpt2_small()
     online = run.method == "cocomix" and c.lambda_concept > 0 and not (c.cache and c.target == "concepts")
-    if run.method == "kd" or (online and c.target == "hidden"):
+    if run.method in DISTILLING or (online and c.target == "hidden"):
         out["teacher"] = lm_forward(teacher, T)
     elif online:
         d_con = teacher.d_model
@@ -168,7 +169,7 @@ def active_params(run: RunConfig) -> int:
     base = student_params(m)
     if run.method == "cocomix" and c.target == "concepts":
         base += (c.n_latents + c.mix_k) * m.d_model + c.n_latents + 2 * m.d_model
-    elif run.method == "pause":
+    elif run.method in PAUSING:
         base += m.d_model
     return base
 

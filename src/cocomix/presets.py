@@ -129,6 +129,26 @@ def gpt2_386m_pause() -> RunConfig:
     return _with(gpt2_386m_ntp(), "pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=5))
 
 
+def gpt2_1b_pause() -> RunConfig:
+    """Pause-1.38B: the NTP-1.38B student with pause tokens at block index 5."""
+    return _with(gpt2_1b_ntp(), "pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=5))
+
+
+def gpt2_69m_kd_pause() -> RunConfig:
+    """KD+Pause-69M (paper §3.3f): the Pause-69M student distilled from GPT-2 (λ_KD = 0.1)."""
+    return _with(gpt2_69m_ntp(), "kd-pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=3))
+
+
+def gpt2_386m_kd_pause() -> RunConfig:
+    """KD+Pause-386M: the Pause-386M student distilled from GPT-2."""
+    return _with(gpt2_386m_ntp(), "kd-pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=5))
+
+
+def gpt2_1b_kd_pause() -> RunConfig:
+    """KD+Pause-1.38B: the Pause-1.38B student distilled from GPT-2."""
+    return _with(gpt2_1b_ntp(), "kd-pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=5))
+
+
 def tiny_cocomix() -> RunConfig:
     """The tiny student trained with CoCoMix on the embedded teacher + SAE (concept layer 1, C = 2048)."""
     return _with(tiny(), "cocomix", TINY_CONCEPT)
@@ -162,6 +182,10 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
     "gpt2-1b-kd": gpt2_1b_kd,
     "gpt2-69m-pause": gpt2_69m_pause,
     "gpt2-386m-pause": gpt2_386m_pause,
+    "gpt2-1b-pause": gpt2_1b_pause,
+    "gpt2-69m-kd-pause": gpt2_69m_kd_pause,
+    "gpt2-386m-kd-pause": gpt2_386m_kd_pause,
+    "gpt2-1b-kd-pause": gpt2_1b_kd_pause,
 }
 
 

@@ -31,6 +31,7 @@ VARIANTS = {
     "cocomix-llama": ("tiny-cocomix", ["model.flavour=llama"]),
     "kd": ("tiny-kd", []),
     "pause": ("tiny-pause", []),
+    "kd-pause": ("tiny-kd", ["method=kd-pause", "concept.pause_slot=token"]),
 }
 
 
@@ -56,7 +57,7 @@ def test_every_method_and_ablation_trains_from_the_cli(variant: str, store_dir: 
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.05, losses
     flops = next(e for e in events if e["kind"] == "flops")
     assert flops["flops_per_token_total"] >= flops["flops_per_token_student"] > 0
-    if variant in ("cocomix", "kd"):
+    if variant in ("cocomix", "kd", "kd-pause"):
         assert flops["flops_per_token_teacher"] > 0
     if variant == "ntp" or variant == "cocomix-mixing-only":
         assert flops["flops_per_token_teacher"] == 0

@@ -46,3 +46,28 @@ def test_kd_loss_is_ntp_plus_lambda_kl() -> None:
     assert float(metrics["loss"]) == pytest.approx(float(next_token_loss(s_logits, ids)), rel=1e-6)
     assert float(metrics["kd_loss"]) == pytest.approx(float(_kl_by_hand(t_logits, s_logits)), rel=1e-5)
     assert float(total.detach()) == pytest.approx(float(metrics["loss"]) + 0.3 * float(metrics["kd_loss"]), rel=1e-6)
+
+
+def test_kd_pause_distils_into_the_pause_student() -> None:
+    """KD+Pause: the pause student (slots after every token from concept_layer on, next token read from the
+    slots) with the same NTP + λ_KD · KL loss; its NTP term equals the Pause method's loss on the same weights."""
+    from cocomix.methods import KDPause, Pause
+    from cocomix.model.concept import PauseSeam
+
+    cfg = ModelConfig(vocab_size=97, n_layer=3, n_head=2, d_model=16, context_length=32)
+    run = RunConfig(method="kd-pause", model=cfg, data=DataConfig(seq_len=16),
+                    concept=ConceptConfig(lambda_kd=0.3, concept_layer=1))
+    method = KDPause(run)
+    torch.manual_seed(1)
+    method.teacher = Teacher(Transformer(cfg), layer=0)
+    student = method.build_model()
+    assert isinstance(student.seam, PauseSeam)
+    ids = torch.randint(0, 97, (2, 16))
+    total, metrics = method.loss(student, Batch(ids))
+    pause_loss, _ = Pause(RunConfig(method="pause", model=cfg, data=DataConfig(seq_len=16),
+                                    concept=ConceptConfig(concept_layer=1))).loss(student, Batch(ids))
+    with torch.no_grad():
+        s_logits, t_logits = student(ids).logits, method.teacher.model(ids).logits
+    assert float(metrics["loss"]) == pytest.approx(float(pause_loss.detach()), rel=1e-6)
+    assert float(metrics["kd_loss"]) == pytest.approx(float(_kl_by_hand(t_logits, s_logits)), rel=1e-5)
+    assert float(total.detach()) == pytest.approx(float(metrics["loss"]) + 0.3 * float(metrics["kd_loss"]), rel=1e-6)

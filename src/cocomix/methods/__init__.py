@@ -3,9 +3,15 @@
 from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.methods.cocomix import CoCoMix
 from cocomix.methods.kd import KD
+from cocomix.methods.kd_pause import KDPause
 from cocomix.methods.ntp import NTP
 from cocomix.methods.pause import Pause
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (NTP, CoCoMix, KD, Pause)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (NTP, CoCoMix, KD, Pause, KDPause)}
+DISTILLING = ("kd", "kd-pause")
+"""Methods with the KD loss (a frozen teacher's next-token distribution every step)."""
+PAUSING = ("pause", "kd-pause")
+"""Methods whose student has a pause slot after every token from `concept.concept_layer` on."""
 
-__all__ = ["KD", "METHODS", "NTP", "Batch", "CoCoMix", "Method", "Pause", "next_token_loss"]
+__all__ = ["DISTILLING", "KD", "METHODS", "NTP", "PAUSING", "Batch", "CoCoMix", "KDPause", "Method", "Pause",
+           "next_token_loss"]
