@@ -82,11 +82,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from cocomix.data.store import check_vocab
+    from cocomix.errors import ConfigError
     from cocomix.eval import evaluate_loss
     from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
+    perplexity_only = {"--split": args.split, "--seq-len": args.seq_len, "--batches": args.batches}
+    tasks_only = {"--limit": args.limit, "--include-path": args.include_path}
+    for flag, value in (perplexity_only if args.tasks else tasks_only).items():
+        if value is not None:  # an option the chosen evaluation would ignore
+            raise ConfigError(f"{flag}: " + ("a perplexity option; lm-eval --tasks do not use it" if args.tasks
+                                             else "an lm-eval option; it needs --tasks"))
     if args.tasks:
         from cocomix.eval.harness import run_tasks
 
@@ -98,9 +107,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
     store = run_store(run, args.data)
     check_vocab(store, run.model.vocab_size)
-    seq_len = args.seq_len or run.data.seq_len
-    res = evaluate_loss(method, model, store, args.split, seq_len, args.batch_size, args.batches)
-    print(json.dumps({"checkpoint": str(ckpt), "split": args.split, "seq_len": seq_len, **res}))
+    seq_len, split = args.seq_len or run.data.seq_len, args.split or "val"
+    model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
+    res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0)
+    print(json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype, **res}))
     return 0
 
 
@@ -245,15 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint")
     s.add_argument("--run", required=True, help="run directory (latest checkpoint) or checkpoint directory")
     s.add_argument("--data", help="token store (default: the run's)")
-    s.add_argument("--split", default="val", choices=("train", "val"))
-    s.add_argument("--seq-len", type=int, default=0, help="window length (default: the run's)")
+    s.add_argument("--split", choices=("train", "val"), help="split for the perplexity (default: val)")
+    s.add_argument("--seq-len", type=int, help="perplexity window length (default: the run's)")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--batches", type=int, default=0, help="limit the number of batches (0: whole split)")
+    s.add_argument("--batches", type=int, help="perplexity: limit the number of batches (default: whole split)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--tasks", help="lm-eval tasks instead of perplexity, e.g. lambada_openai,wikitext,hellaswag,"
                                    "piqa,social_iqa,arc_easy,winogrande (needs lm-eval; hub tasks need internet)")
     s.add_argument("--include-path", help="folder of local lm-eval task YAML files (offline tasks)")
-    s.add_argument("--limit", type=int, default=0, help="items per task (0: all)")
+    s.add_argument("--limit", type=int, help="items per task (default: all)")
     s.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="precision used for every method alike")
     s.set_defaults(func=cmd_eval)
