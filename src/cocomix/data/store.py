@@ -178,7 +178,7 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
             "eos_id": tok.eos_id,
             "eos_token": tok.eos_token,
             "dtype": name,
-            "val_fraction": val_fraction,
+            "val_fraction": None if source == "shakespeare" else val_fraction,  # shakespeare: fixed held-out plays
             "train_tokens": counts["train_tokens"],
             "val_tokens": counts["val_tokens"],
             "train_documents": counts["train_documents"],
