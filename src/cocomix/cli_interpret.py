@@ -35,6 +35,8 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from cocomix.interpret.inspect import format_table, inspect_ids, write_html
 
+    if args.max_tokens < 1:
+        raise CocomixError(f"--max-tokens: expected an integer >= 1, got {args.max_tokens}")
     run, model, store, book = _open(args)
     tok = store.tokenizer()
     if args.text is not None:
@@ -47,7 +49,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     rows = inspect_ids(model, ids, tok.decode, top=args.top)
     print(format_table(rows, book))
     if args.html:
-        path = write_html(rows, book, args.html, f"Concepts predicted by {Path(args.run).name}")
+        try:
+            path = write_html(rows, book, args.html, f"Concepts predicted by {Path(args.run).name}")
+        except OSError as e:
+            raise CocomixError(f"--html {args.html}: cannot write the page ({e.strerror or e})") from None
         print(f"html: {path}")
     return 0
 
@@ -86,7 +91,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     what = ", ".join(f"#{c} × {a:g} ({book[c].short()})" for c, a in zip(concepts, alphas, strict=True))
     print(f"prompt: {args.prompt!r}\nsteering: {what}")
     for c, u, s in zip(concepts, outs["unsteered"].mixed.tolist(), outs["steered"].mixed.tolist(), strict=True):
-        note = "  (never mixed: its scaled logit stays below the TopK, so steering it has no effect)" if s == 0 else ""
+        note = ("  (never mixed: its scaled logit stays below the TopK, so steering it has no effect)" if u == s == 0
+                else "  (steering keeps it out of the TopK: removed from the mixed concepts)" if s == 0 else "")
         print(f"#{c} mixed at {u:.0%} of positions unsteered, {s:.0%} steered{note}")
     text = {k: tok.decode(v.tokens[0, len(ids):].tolist()) for k, v in outs.items()}
     print(_side_by_side(("student, unsteered (α = 1)", text["unsteered"]), ("student, steered", text["steered"])))
@@ -131,7 +137,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     sae = load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device)
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
     out = write_steering_report(result, args.out)
-    print((out / "steering.md").read_text())
+    print((out / "steering.md").read_text(encoding="utf-8"))
     print(json.dumps(result["summary"]))
     return 0
 

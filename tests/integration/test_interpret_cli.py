@@ -90,3 +90,20 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["concepts"] == 256 and 0.0 <= summary["fraction_below"] <= 1.0
+
+
+def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_dir: Path,
+                                                  concept_parts: tuple[Path, Path]) -> None:
+    root = runs["root"]
+    (root / "a-folder.html").mkdir(exist_ok=True)
+    for args, message in (
+            (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,10", "--prompts", "2",
+              "--prompt-len", "40", "--max-new-tokens", "10", "--out", str(root / "se")], "--prompt-len: prompts are"),
+            (["inspect", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "0"], "--max-tokens: expected"),
+            (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(root / "a-folder.html")],
+             "--html"),
+            (["describe-concepts", "--data", str(store_dir), "--teacher", str(concept_parts[0]), "--teacher-layer",
+              "1", "--sae", str(concept_parts[1]), "--seq-len", "32", "--top-n", "0", "--out", str(root / "d")],
+             "--top-n: expected an integer >= 1")):
+        r = _cli(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr

@@ -227,3 +227,37 @@ def test_read_continuations_counts_generated_positions_only() -> None:
         logp = torch.log_softmax(teacher.model(tokens).logits.double(), -1)
     direct = -sum(float(logp[b, t - 1, tokens[b, t]]) for b in range(3) for t in range(start, 20)) / (3 * 12)
     assert nll == pytest.approx(direct, rel=1e-5)
+
+
+def test_a_prediction_only_run_refuses_steering_and_compression() -> None:
+    """concept.mixing=none never mixes its concepts: steering and the compression analysis have nothing to act on."""
+    run = RunConfig(method="cocomix", data=DataConfig(seq_len=16),
+                    model=ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32, context_length=64),
+                    concept=ConceptConfig(n_latents=C, concept_layer=2, mix_k=8, k_attr=4, mixing="none"))
+    model = CoCoMix(run).build_model().eval()
+    with pytest.raises(CocomixError, match="mixing=none .* steering"):
+        steer_student(model, torch.randint(0, 97, (1, 4)), [3], [10.0], 4)
+    with pytest.raises(CocomixError, match="mixing=none .* compression analysis"):
+        compression_norms(model)
+    assert len(inspect_ids(model, [1, 2, 3], _decode, top=2)) == 3  # inspecting its predictions still works
+
+
+def test_labels_and_tables_show_control_characters_visibly() -> None:
+    from cocomix.interpret.labels import visible
+
+    assert visible("a\r\nb\x1b[31mc\u200bd\te") == "a␍⏎b\\x1b[31mc\\u200bd⇥e"
+    assert visible("plain ünïcode 日本") == "plain ünïcode 日本"
+
+
+def test_steering_plot_takes_labels_with_dollar_signs(tmp_path: Path) -> None:
+    """Corpus labels are text, not matplotlib mathtext ("$$" used to abort the plot after all the generation)."""
+    from cocomix.interpret.steer_eval import write_steering_report
+
+    rows = [{"concept": 3, "alpha": a, "activation_rate": r, "mixed": 0.5, "teacher_nll": 4.0}
+            for a, r in ((0.0, 0.1), (1.0, 0.2), (10.0, 0.3))]
+    result = {"config": {"alphas": [0.0, 1.0, 10.0], "n_prompts": 2, "max_new_tokens": 4, "temperature": 1.0,
+                         "top_k": 50}, "concepts": [3], "rows": rows,
+              "labels": {3: {"label": "«$$» 50%", "context": "", "frequency": 0.1}},
+              "summary": summarize(rows, [0.0, 1.0, 10.0])}
+    out = write_steering_report(result, tmp_path / "s")
+    assert (out / "steering.png").stat().st_size > 1000 and "«$$»" in (out / "steering.md").read_text()

@@ -18,6 +18,7 @@ import torch
 
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
+from cocomix.errors import ConfigError
 
 
 @torch.no_grad()
@@ -26,6 +27,10 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
                       progress: bool = True) -> dict[str, torch.Tensor]:
     """Activation counts (C,) and the top_n strongest activations per latent: values (C, top_n) (−inf where
     fewer), windows (C, top_n), positions (C, top_n); also the number of positions seen."""
+    for flag, value, least in (("--batch-size", batch_size, 1), ("--top-n", top_n, 1),
+                               ("--max-windows", max_windows, 0)):
+        if value < least:
+            raise ConfigError(f"{flag}: expected an integer >= {least}, got {value}")
     teacher.check_store(store)
     C = sae.n_latents
     n = store.num_chunks(split, seq_len)

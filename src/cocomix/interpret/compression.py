@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cocomix.atomic import atomic_write_text
-from cocomix.interpret.inspect import concept_seam
+from cocomix.interpret.inspect import mixing_seam
 from cocomix.model import Transformer
 
 THRESHOLD = 1e-2
@@ -24,7 +24,7 @@ THRESHOLD = 1e-2
 @torch.no_grad()
 def compression_norms(model: Transformer) -> torch.Tensor:
     """(C,) L2 norm of each concept's compression row."""
-    return concept_seam(model).compress_weight.float().norm(dim=-1).cpu()
+    return mixing_seam(model, "the compression analysis").compress_weight.float().norm(dim=-1).cpu()
 
 
 def compression_report(model: Transformer, out_dir: str | Path, threshold: float = THRESHOLD) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch
 
 from cocomix.atomic import atomic_write_text
 from cocomix.errors import CocomixError
-from cocomix.interpret.labels import ConceptBook
+from cocomix.interpret.labels import ConceptBook, visible
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam
 
@@ -37,6 +37,15 @@ def concept_seam(model: Transformer) -> ConceptSeam:
         kind = type(model.seam).__name__ if model.seam is not None else "no seam"
         raise CocomixError(f"run: expected a CoCoMix run that predicts concepts, got a model with {kind}")
     return model.seam
+
+
+def mixing_seam(model: Transformer, what: str) -> ConceptSeam:
+    """The concept seam of a run that mixes its concepts (steering, compression analysis), else a clear error."""
+    seam = concept_seam(model)
+    if seam.mixing == "none":
+        raise CocomixError(f"run: trained with concept.mixing=none (prediction only): its concepts are never mixed "
+                           f"into the model, so {what} has nothing to act on")
+    return seam
 
 
 @torch.no_grad()
@@ -62,7 +71,7 @@ def inspect_ids(model: Transformer, ids: list[int], decode: object, top: int = 5
 
 
 def _show(text: str) -> str:
-    return text.replace("\n", "⏎").replace("\t", "⇥")
+    return visible(text)
 
 
 def format_table(rows: list[TokenConcepts], book: ConceptBook) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,18 @@ class ConceptLabel:
             return "-"
         if not self.context:
             return "(never fired)"
-        return f"«{self.token.replace(chr(10), '⏎')}» {self.consistency:.0%}"
+        return f"«{visible(self.token)}» {self.consistency:.0%}"
+
+
+_MARKS = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
+
+
+def visible(text: str) -> str:
+    """Corpus text safe for one line of a terminal or a Markdown cell: newline, tab and carriage return as
+    marks, every other control or format character (ANSI escapes, zero-width marks) as a \\xNN / \\uNNNN
+    escape."""
+    return "".join(_MARKS.get(ch) or (ascii(ch)[1:-1] if unicodedata.category(ch)[0] == "C" else ch)
+                   for ch in text)
 
 
 class ConceptBook:
@@ -58,7 +70,7 @@ class ConceptBook:
         p = Path(path)
         p = p / "concepts.json" if p.is_dir() else p
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
             latents = data["latents"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CocomixError(f"{p}: not a describe-concepts concepts.json ({type(e).__name__}: {e})") from None

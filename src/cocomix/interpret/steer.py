@@ -4,7 +4,9 @@ Student: at every position the predicted logits z_t[c] of the chosen concepts ar
 TopK and the compression (`ConceptSeam.steer`), so the concept vector mixed after each token changes. A concept
 whose scaled logit still ranks below the mix_k largest is not mixed and steering it has no effect there: that is
 the defined behaviour, not an error, and `StudentSteering.mixed` reports how often each concept was mixed, with
-and without steering. α = 1 is the unsteered model, α = 0 removes the concept's logit, α < 0 flips its sign.
+and without steering. α = 1 is the unsteered model, α = 0 removes the concept's logit (a logit of 0 can still
+rank among the mix_k largest, which have no ReLU: it is then counted as mixed with weight 0), α < 0 flips its
+sign. A run trained with `concept.mixing=none` never mixes concepts: steering it is refused.
 
 Teacher (the paper's cross-check): the SAE latent c at the teacher's `teacher_layer` is multiplied by α in the
 residual stream, h ← h + Σ_c (α_c − 1) · a_c · std · W_dec[:, c] (a_c its TopK activation, std the SAE's input
@@ -21,7 +23,7 @@ from typing import Any
 import torch
 
 from cocomix.errors import CocomixError
-from cocomix.interpret.inspect import concept_seam
+from cocomix.interpret.inspect import mixing_seam
 from cocomix.model import Transformer, generate
 from cocomix.model.generate import check_sampling, sample_next
 
@@ -57,7 +59,7 @@ def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[i
                   max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
                   generator: torch.Generator | None = None, eos_id: int | None = None) -> StudentSteering:
     """Generate from prompt (B, P) with concept logits × α at every position (α = 1 everywhere: unsteered)."""
-    seam = concept_seam(model)
+    seam = mixing_seam(model, "steering")
     check_steering(seam.n_latents, concepts, alphas)
     device = prompt.device
     idx = torch.tensor(list(concepts), device=device)

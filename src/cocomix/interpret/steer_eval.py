@@ -31,7 +31,7 @@ import torch
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
 from cocomix.errors import CocomixError
-from cocomix.interpret.inspect import concept_seam
+from cocomix.interpret.inspect import mixing_seam
 from cocomix.interpret.labels import ConceptBook
 from cocomix.interpret.steer import check_steering, steer_student, steer_teacher
 from cocomix.model import Transformer
@@ -76,9 +76,11 @@ def choose_concepts(model: Transformer, store: TokenStore, book: ConceptBook, n:
     (label consistency ≥ min_consistency); when fewer qualify, the most frequent others that fired in the teacher
     fill the list (their consistency is shown in every report)."""
     device = next(model.parameters()).device
-    ids = store.batch(split, list(range(min(windows, store.num_chunks(split, seq_len)))), seq_len).to(device)
-    top1 = model(ids).aux["concept_logits"].argmax(dim=-1).flatten()                       # (W·T,)
-    counts = torch.bincount(top1.cpu(), minlength=len(book))
+    counts = torch.zeros(len(book), dtype=torch.long)
+    for w in range(min(windows, store.num_chunks(split, seq_len))):  # one window at a time: (T, C) logits at most
+        ids = store.batch(split, [w], seq_len).to(device)                                    # (1, T)
+        top1 = model(ids).aux["concept_logits"].argmax(dim=-1).flatten()                     # (T,)
+        counts += torch.bincount(top1.cpu(), minlength=len(book))
     ranked = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c] > 0]
     fired = [c for c in ranked if book[c].frequency > 0]
     chosen = [c for c in fired if book[c].consistency >= min_consistency][:n]
@@ -110,7 +112,7 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     """Every (concept, α): activation rate, share of positions where the concept was mixed, teacher NLL."""
     import sys
 
-    seam = concept_seam(model)
+    seam = mixing_seam(model, "steering")
     cfg.check(model.cfg.context_length)
     if seam.n_latents != sae.n_latents:
         raise CocomixError(f"--sae: {sae.n_latents} latents, the student predicts {seam.n_latents}")
@@ -118,6 +120,9 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
                                                                 seq_len)
     check_steering(seam.n_latents, concepts, [1.0] * len(concepts))
     device = next(model.parameters()).device
+    if cfg.prompt_len > seq_len:
+        raise CocomixError(f"--prompt-len: prompts are cut from windows of the run's seq_len {seq_len}; expected at "
+                           f"most {seq_len}, got {cfg.prompt_len}")
     prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
     rows = []
     for i, c in enumerate(concepts):
@@ -217,7 +222,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for c in result["concepts"]:
         rates = [next(r["activation_rate"] for r in result["rows"] if r["concept"] == c and r["alpha"] == a)
                  for a in alphas]
-        ax1.plot(alphas, rates, marker="o", alpha=0.6, label=f"#{c} {result['labels'][c]['label']}")
+        label = result["labels"][c]["label"].replace("$", r"\$")  # corpus text, not mathtext
+        ax1.plot(alphas, rates, marker="o", alpha=0.6, label=f"#{c} {label}")
     mean = result["summary"]["mean"]
     ax1.plot(alphas, [mean[str(a)]["activation_rate"] for a in alphas], color="black", linewidth=2.5, marker="s",
              label="mean (student steered)")
