@@ -195,6 +195,7 @@ class TrainConfig:
         for name in ("eval_every", "eval_batches", "save_every", "log_every", "keep_checkpoints", "seed"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 0, f"train.{name}", "a non-negative integer", v)
+        _check(self.seed < 2**64, "train.seed", "an integer below 2**64 (torch's seed range)", self.seed)
         _check(self.log_every > 0, "train.log_every", "a positive integer", self.log_every)
         _check(self.keep_checkpoints > 0, "train.keep_checkpoints", "a positive integer", self.keep_checkpoints)
         _check(self.lr > 0, "train.lr", "a positive number", self.lr)

@@ -80,21 +80,30 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+
+
 def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `section.field=value` strings to a config dict; a value is parsed as JSON, else as a number such as
-    `.1`, else taken as a string."""
+    """Apply `section.field=value` strings to a config dict. A string field takes the text as it is (stripped;
+    `data.path=2024` is a path); other values are parsed as JSON, else as a number such as `.1`, else taken as a
+    string. A section the dict leaves out (a partial config file) is created."""
     out = json.loads(json.dumps(base))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node = out
+        node, cls = out, RunConfig
         for p in parts[:-1]:
+            section = _field_types(cls).get(p)
             if not isinstance(node.get(p), dict):
-                raise ConfigError(f"{key}: unknown config section {p!r}")
-            node = node[p]
-        node[parts[-1]] = _parse_value(raw)
+                if not dataclasses.is_dataclass(section):
+                    raise ConfigError(f"{key}: unknown config section {p!r}")
+                node[p] = {}  # left out of the file: its defaults, with this override
+            node, cls = node[p], section
+        tp = _field_types(cls).get(parts[-1])
+        node[parts[-1]] = raw.strip() if tp is str and not raw.strip().startswith('"') else _parse_value(raw)
     return out
 
 
@@ -104,16 +113,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read the config file ({getattr(e, 'strerror', None) or e})") from None
+    try:
         if p.suffix == ".toml":
             import tomllib
 
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(text)
         else:
-            data = json.loads(p.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+            data = json.loads(text)
+    except ValueError as e:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as e:  # TOML dates and times have no config field
+        raise ConfigError(f"{p}: a value is not a string, number, boolean or list ({e})") from None
     return data
 
 

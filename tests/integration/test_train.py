@@ -290,3 +290,37 @@ def test_failed_start_leaves_no_run_behind(store_dir: Path, tmp_path: Path) -> N
     with pytest.raises(CocomixError, match="tensorboard"):
         train(small_run(store_dir, steps=2, log_backends=("tensorboard",)), tmp_path / "r", quiet=True)
     train(small_run(store_dir, steps=2, eval_every=0), tmp_path / "r", quiet=True)  # same out_dir works now
+
+
+def test_a_signal_during_the_final_step_leaves_a_finished_run(store_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SIGTERM that arrives while the last step runs: the run is complete (saved at its final step), not
+    reported as stopped (a scheduler requeueing on exit 143 would rerun it)."""
+    from cocomix.train import guard
+
+    class AlreadySignalled(guard.StopSignals):
+        def __enter__(self) -> guard.StopSignals:
+            self.received = signal.SIGTERM
+            return self
+
+    monkeypatch.setattr("cocomix.train.loop.StopSignals", AlreadySignalled)
+    res = train(small_run(store_dir, steps=1, eval_every=0, save_every=0), tmp_path / "r", quiet=True)
+    assert res.stopped == "" and (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_0000001"
+    res = train(small_run(store_dir, steps=3, eval_every=0, save_every=0), tmp_path / "s", quiet=True)
+    assert res.stopped == "SIGTERM" and _weights(tmp_path / "s") is not None  # before the end: stopped at step 1
+    assert (tmp_path / "s" / "checkpoints" / "latest").read_text().strip() == "step_0000001"
+
+
+def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, tmp_path: Path) -> None:
+    run = small_run(store_dir, steps=4, eval_every=0, save_every=2)
+    stopped = small_run(store_dir, steps=2, eval_every=0, save_every=2)
+    train(run, tmp_path / "straight", quiet=True)
+    train(stopped, tmp_path / "resumed", quiet=True)
+    (tmp_path / "resumed" / "config.json").write_text(run.to_json())  # as if stopped after step 2 of 4
+    other = small_run(store_dir, steps=4, eval_every=1, save_every=1, keep_checkpoints=5, log_every=1,
+                      eval_batches=1)
+    train(other, tmp_path / "resumed", resume=True, quiet=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CocomixError, match="config differs"):
+        train(small_run(store_dir, steps=4, lr=1e-3), tmp_path / "resumed", resume=True, quiet=True)

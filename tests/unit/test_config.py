@@ -77,7 +77,23 @@ def test_overrides_parse_json_values() -> None:
     assert cfg.train.lr == 3e-4 and cfg.model.flavour == "llama" and cfg.train.warmup_steps is None
 
 
+def test_overrides_reach_sections_a_file_leaves_out_and_keep_strings_as_text() -> None:
+    partial = {"method": "ntp", "data": {"path": "x"}}  # a valid file: train and model take their defaults
+    cfg = run_config(apply_overrides(partial, ["train.lr=1e-3", "data.path=2024", "concept.teacher=true",
+                                               "train.device= cpu", 'data.path="quoted"']))
+    assert cfg.train.lr == 1e-3 and cfg.data.path == "quoted" and cfg.concept.teacher == "true"
+    assert cfg.train.device == "cpu"
+    assert run_config(apply_overrides(partial, ["data.path=2024"])).data.path == "2024"
+    with pytest.raises(ConfigError, match="unknown config section 'trian'"):
+        apply_overrides(partial, ["trian.lr=1"])
+    with pytest.raises(ConfigError, match=r"train\.seed: expected an integer below 2\*\*64"):
+        run_config(apply_overrides(partial, [f"train.seed={2**64}"]))
+
+
 def test_config_files(tmp_path) -> None:
+    (tmp_path / "d.toml").write_text('method = "ntp"\n[train]\nseed = 1979-05-27\n')
+    with pytest.raises(ConfigError, match="d.toml: a value is not a string"):
+        load_config_file(tmp_path / "d.toml")
     (tmp_path / "a.toml").write_text('method = "ntp"\n[train]\nsteps = 7\n')
     assert run_config(load_config_file(tmp_path / "a.toml")).train.steps == 7
     (tmp_path / "b.json").write_text("{not json")

@@ -199,6 +199,8 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistCont
     aliases = ({n for n, _ in model.named_parameters(remove_duplicate=False)}
                - {n for n, _ in model.named_parameters()})  # tied weights (lm_head = wte) are stored once
     weights = {n: t for n, t in weights.items() if n not in aliases}
+    if not optimizer.state:  # no update applied yet (all skipped): torch would initialise the state with a step
+        return weights, optimizer.state_dict() if ctx.is_main else {}
     optim = get_optimizer_state_dict(model, optimizer, options=_options())
     return weights, _positional(optim) if ctx.is_main else {}
 

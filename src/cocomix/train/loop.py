@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,11 @@ class TrainResult:
 
 
 # may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
-_RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel")
+_RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel", "train.fsdp_param_dtype")
+# settings a resume may change because the weights do not depend on them (up to the device's rounding)
+_OPERATIONAL = ("train.device", "train.compile", "train.activation_checkpointing", "train.keep_checkpoints",
+                "train.log_backends", "train.log_every", "train.eval_every", "train.eval_batches",
+                "train.save_every")
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
@@ -100,7 +105,7 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
     if has_config:
         stored = read_run_config(run_dir)
         old, new = _flatten(stored.to_dict()), _flatten(run.to_dict())
-        diff = [k for k, v in new.items() if old.get(k) != v and k not in _RESHARDABLE]
+        diff = [k for k, v in new.items() if old.get(k) != v and k not in _RESHARDABLE + _OPERATIONAL]
         if diff:
             raise CheckpointError(f"{run_dir}: cannot resume, config differs from the stored one in {diff[:3]}")
         if ckpt is not None:
@@ -112,6 +117,15 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                     f"{run_dir}: cannot resume with a global batch of {now} windows (micro_batch_size "
                     f"{run.train.micro_batch_size} × grad_accum {run.train.grad_accum} × {world_size} processes); "
                     f"the run was saved with {saved} — change train.micro_batch_size or train.grad_accum to match")
+            split = (stored.train.micro_batch_size, stored.train.grad_accum, state.get("world_size", 1))
+            resplit = split != (run.train.micro_batch_size, run.train.grad_accum, world_size)
+            if resplit and run.model.dropout > 0 and os.environ.get("RANK", "0") == "0":
+                print(f"cocomix: note: resuming with another split of the global batch (micro-batch × accumulation × "
+                      f"processes {split[0]} × {split[1]} × {split[2]} -> {run.train.micro_batch_size} × "
+                      f"{run.train.grad_accum} × {world_size}) and model.dropout {run.model.dropout}: dropout masks "
+                      "follow the micro-batches, so the run continues on another random path than an "
+                      "uninterrupted one (same data, same expectation; equal only without dropout)",
+                      file=sys.stderr)
     return ckpt
 
 
@@ -320,7 +334,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                              f"eta {format_duration(eta)}")
             if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
                 val_loss = run_eval(done)
-            stop_now = dd.any_rank(signals.received is not None, ctx, device)
+            # a signal during the final step: the run is complete, saved below, and not reported as stopped
+            stop_now = dd.any_rank(signals.received is not None, ctx, device) and done < tc.steps
             if save_now or stop_now:
                 weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
                 # every rank resumes the interval from the ranks' mean sums: the logged mean over ranks is linear

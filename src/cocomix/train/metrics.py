@@ -51,15 +51,22 @@ class MetricsLogger:
                 except ImportError:
                     raise ConfigError("train.log_backends: tensorboard requested but not installed "
                                       "(pip install tensorboard)") from None
-                self.sinks.append(("tensorboard", SummaryWriter(str(run_dir / "tensorboard"))))
+                # a resume drops the events a crashed process wrote past the checkpoint, as metrics.jsonl does
+                purge = None if resume_step is None else resume_step + 1
+                self.sinks.append(("tensorboard", SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)))
             elif name == "wandb":
                 try:
                     import wandb
                 except ImportError:
                     raise ConfigError("train.log_backends: wandb requested but not installed "
                                       "(pip install wandb)") from None
+                id_file = run_dir / "wandb_run_id"  # the same wandb run across resumes (resume needs its id)
+                run_id = id_file.read_text().strip() if id_file.is_file() else ""
+                if not run_id:
+                    run_id = wandb.util.generate_id()
+                    atomic_write_text(id_file, run_id + "\n")
                 self.sinks.append(("wandb", wandb.init(project="cocomix", dir=str(run_dir), config=config,
-                                                       name=run_dir.name, resume="allow")))
+                                                       name=run_dir.name, id=run_id, resume="allow")))
 
     def log(self, event: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
