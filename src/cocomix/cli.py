@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if res.stopped:  # SIGTERM / SIGINT: a checkpoint was written; the conventional 128 + signal number
         print(f"cocomix: stopped by {res.stopped}; resume with the same command and --resume", file=sys.stderr)
-        return 128 + (signal.SIGTERM if res.stopped == "SIGTERM" else signal.SIGINT)
+        return 128 + (signal.SIGTERM if res.stopped.startswith("SIGTERM") else signal.SIGINT)
     val = f"{res.val_loss:.4f}" if res.val_loss is not None else "n/a"
     print(json.dumps({"run_dir": str(res.run_dir), "steps": res.steps, "train_loss": res.train_loss,
                       "val_loss": res.val_loss}))

@@ -173,13 +173,14 @@ def check_same_step(step: int, ctx: DistContext, device: torch.device) -> None:
                               "same run directory (a shared filesystem)")
 
 
-def any_rank(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """True on every rank when `flag` is True on any (a collective: every rank calls it at the same steps)."""
+def max_over_ranks(value: int, ctx: DistContext, device: torch.device) -> int:
+    """The largest of the ranks' small non-negative integers, on every rank (a collective: every rank calls it at
+    the same steps); e.g. the number of a stop signal any rank received."""
     if not ctx.active:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return value
+    t = torch.tensor([float(value)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return int(t.item())
 
 
 def _options() -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -335,7 +336,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
             if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
                 val_loss = run_eval(done)
             # a signal during the final step: the run is complete, saved below, and not reported as stopped
-            stop_now = dd.any_rank(signals.received is not None, ctx, device) and done < tc.steps
+            signum = dd.max_over_ranks(signals.received or 0, ctx, device)  # a signal any rank received
+            stop_now = signum > 0 and done < tc.steps
             if save_now or stop_now:
                 weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
                 # every rank resumes the interval from the ranks' mean sums: the logged mean over ranks is linear
@@ -349,7 +351,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                          "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
                          "store": store_identity(store)}, tc.keep_checkpoints)
             if stop_now:
-                stopped = signals.name or "a signal on another rank"
+                stopped = signal.Signals(signum).name + ("" if signals.received else " (on another rank)")
                 logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
                              "continue with --resume")
                 break
