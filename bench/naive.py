@@ -16,6 +16,8 @@ Everything here computes the same targets and losses as `cocomix` (checked by `s
 
 from __future__ import annotations
 
+import json
+import sys
 import types
 from typing import Any
 
@@ -44,13 +46,14 @@ class NaiveTargets:
         self._act = act
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(ids)
+        kw = {"use_cache": False} if hasattr(getattr(self.model, "config", None), "use_cache") else {}
+        out = self.model(ids, **kw)  # no HF KV cache: nothing reads it (the library's teacher builds none either)
         logits = out.logits if hasattr(out, "logits") else out[0]  # (B, T, V)
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
         loss.backward()  # weight gradients of the whole teacher, as the official code
         act, self._act = self._act, None
         z, _ = self.sae.encode_dense(act.detach())  # (B, T, C), autograd on (SAE parameters require grad)
-        scores = (act.grad @ self.sae.W_dec) * z  # (B, T, C)
+        scores = (act.grad.to(self.sae.W_dec.dtype) @ self.sae.W_dec) * z  # (B, T, C)
         targets = torch.topk(scores, self.k_attr, dim=-1).indices  # (B, T, k_attr)
         targets[:, -1] = INVALID
         return targets
@@ -92,15 +95,47 @@ def naive_loss(method: Any, targets_fn: NaiveTargets) -> Any:
     return loss
 
 
-def naive_flops(run: Any, optimised: dict[str, float], teacher: Any) -> dict[str, float]:
+def naive_flops(run: Any, optimised: dict[str, float], teacher: Any, sae_k: int = 32) -> dict[str, float]:
     """Analytic FLOPs per token of the naive step from the optimised step's (`cocomix.flops.run_flops`) and the
     teacher's shape (`cocomix.flops.LMShape`): dense compression (2·C·d instead of a 2·mix_k·d gather, forward and
     backward), the teacher's full backward with weight gradients (3× its forward instead of the activation-only
-    backward above teacher_layer) and the dense attribution matmul (2·d_teacher·C)."""
+    backward above teacher_layer) and the dense attribution matmul (2·d_teacher·C) in place of the gather of the
+    sae_k active decoder columns (2·sae_k·d_teacher)."""
     from cocomix.flops import lm_forward
 
     m, c, T = run.model, run.concept, run.data.seq_len
     student = optimised["student"] + 3.0 * (2.0 * c.n_latents * m.d_model - 2.0 * c.mix_k * m.d_model)
     teacher_total = 3.0 * lm_forward(teacher, T)
-    sae = optimised["sae"] + 2.0 * teacher.d_model * c.n_latents
+    sae = optimised["sae"] - 2.0 * sae_k * teacher.d_model + 2.0 * teacher.d_model * c.n_latents  # dense, no gather
     return {"student": student, "teacher": teacher_total, "sae": sae, "total": student + teacher_total + sae}
+
+
+def _batch(ids: torch.Tensor) -> Any:
+    from cocomix.methods import Batch
+
+    return Batch(ids, None)
+
+
+def same_function(optimised: Any, naive: Any, ids: torch.Tensor, chunked: bool) -> dict[str, Any]:
+    """Both steps compute the same function: the same targets (as sets per position: ties among zero scores may
+    be ordered differently), the same first losses and, after that step, the same weights (the model's own
+    rounding apart). Exits when they do not: a speed ratio between different functions means nothing."""
+    with torch.no_grad():
+        a = optimised.method.targets(_batch(ids))                                   # (B, T, k_attr)
+    b = naive.naive_targets(ids)                                                          # (B, T, k_attr)
+    naive.model.zero_grad(set_to_none=True)
+    same = (a.sort(-1).values == b.sort(-1).values).all(-1).double().mean().item()        # share of positions
+    losses = {n: (s(ids, 0), float(s.metrics["concept_loss"])) for n, s in (("opt", optimised), ("naive", naive))}
+    wa, wb = optimised.model.state_dict(), naive.model.state_dict()
+    weight_diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    check = {"targets_match": same, "first_loss_optimised": losses["opt"][0], "first_loss_naive": losses["naive"][0],
+             "concept_loss_optimised": losses["opt"][1], "concept_loss_naive": losses["naive"][1],
+             "max_weight_diff_after_one_step": weight_diff,
+             # Adam's first step moves a weight by up to lr: a different label moves rows by ~lr, rounding in a
+             # near-zero gradient by a small share of it
+             "max_weight_diff_over_lr": weight_diff / optimised.run.train.lr,
+             "comparable": not chunked}  # the naive step keeps the student's unchunked LM loss
+    tol = 1e-4 * abs(losses["opt"][1])
+    if same < 0.99 or abs(losses["opt"][1] - losses["naive"][1]) > tol:
+        sys.exit(f"naive and optimised CoCoMix steps compute different things: {json.dumps(check)}")
+    return check

@@ -82,6 +82,8 @@ def peak_tflops(device: str, given: float | None) -> float | None:
     import torch
 
     words = re.split(r"[\s-]+", torch.cuda.get_device_name(torch.device(device)))  # "NVIDIA A100-SXM4-80GB"
+    if {"PCIe", "NVL"} & set(words):  # lower clocks / power than the SXM figures below: give --peak-tflops
+        return None
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in words), None)
 
 
@@ -97,6 +99,8 @@ def summarise(run_dir: Path, peak: float | None) -> dict[str, Any]:
     return {"steps": train[-1]["step"], "log_intervals_timed": len(timed), "tokens_per_s": rate,
             "model_flops_per_token": per_token, "student_flops_per_token": flops["flops_per_token_student"],
             "achieved_tflops": achieved, "mfu": achieved / peak if peak else None,
+            # the student alone (CoCoMix's teacher and SAE compute in fp32/TF32, not at the bf16 peak)
+            "student_mfu": rate * flops["flops_per_token_student"] / 1e12 / peak if peak else None,
             "gpu_peak_gib": max((e.get("gpu_peak_gib", 0.0) for e in train), default=None) or None,
             "final_train_loss": train[-1]["loss"]}
 
@@ -135,7 +139,7 @@ def main() -> None:
                 f"train.grad_accum={args.grad_accum}", "train.eval_every=0", "train.eval_batches=1",
                 "train.save_every=0", f"train.log_every={args.log_every}",
                 f"train.warmup_steps={min(run.train.warmup_steps, max(1, args.steps // 10))}"]
-        if run.method in ("cocomix", "kd"):
+        if run.method in ("cocomix", "kd", "kd-pause"):
             teacher, sae = build_teacher_and_sae(run, work / f"parts-{name}")
             sets += [f"concept.teacher={teacher}", f"concept.sae={sae}"]
         out = work / name

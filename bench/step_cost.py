@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -55,7 +56,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from naive import NaiveTargets, dense_compression, naive_flops, naive_loss  # noqa: E402
+from naive import NaiveTargets, dense_compression, naive_flops, naive_loss, same_function  # noqa: E402
 
 from cocomix.flops import LMShape, run_flops  # noqa: E402
 from cocomix.methods import METHODS, Batch  # noqa: E402
@@ -105,7 +106,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="concept.teacher_dtype of the online CoCoMix and KD steps (naive stays float32)")
+                   help="concept.teacher_dtype of the teacher-using steps (the naive step's teacher too)")
     p.add_argument("--chunked-lm-loss", action="store_true",
                    help="train.chunked_lm_loss for every method but kd and the naive mode (student LM loss in chunks)")
     p.add_argument("--activation-checkpointing", action="store_true",
@@ -192,11 +193,13 @@ class Step:
             hf, sae = build_teacher(shape, self.run)
             c = self.run.concept
             if self.name == "cocomix-naive":  # its own hook-free teacher and SAE; the library's are never built
-                naive = NaiveTargets(hf.to(device), c.teacher_layer, sae.to(device), c.k_attr)
+                naive = NaiveTargets(hf.to(device, teacher_dtype(c.teacher_dtype)), c.teacher_layer, sae.to(device),
+                                     c.k_attr)
+                self.naive_targets = naive
                 self.method.loss = naive_loss(self.method, naive)
                 dense_compression(self.model.seam)
                 shape_ = _lm_shape(hf)
-                self.flops = naive_flops(self.run, run_flops(self.run, shape_, sae.k), shape_)
+                self.flops = naive_flops(self.run, run_flops(self.run, shape_, sae.k), shape_, sae.k)
             else:
                 self.method.teacher = Teacher(hf.to(device, teacher_dtype(c.teacher_dtype)), c.teacher_layer)
                 if self.run.train.activation_checkpointing and self.run.method == "cocomix":
@@ -223,7 +226,7 @@ class Step:
             self.method.targets = lambda b: target
         cast = torch.autocast("cuda", dtype=torch.bfloat16) if ids.is_cuda else contextlib.nullcontext()
         with cast:  # what training does: bf16 autocast on GPUs, fp32 on CPU
-            loss, _ = self.method.loss(self.model, batch)
+            loss, self.metrics = self.method.loss(self.model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -242,21 +245,30 @@ def _vm(field: str) -> float:
 def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     """Peak memory of one method's steps, in this (fresh) process."""
     device = torch.device(args.device)
-    runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss,
-                    args.activation_checkpointing)
-    vocab = runs["ntp"].model.vocab_size
-    ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-    if args.shape == "69m":  # code, not memory of the step: every method starts with the teacher's library loaded
-        import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+
+    def first_step(seq_len: int, batch: int) -> tuple[Step, torch.Tensor]:
+        """The method built at this shape and one step taken (its optimizer state exists from here on)."""
+        runs = runs_for(args.shape, seq_len, batch, args.teacher_dtype, args.chunked_lm_loss,
+                        args.activation_checkpointing)
+        ids = torch.randint(0, runs["ntp"].model.vocab_size, (batch, seq_len),
+                            generator=torch.Generator().manual_seed(0)).to(device)
+        step = Step(name, runs, args.shape, device, with_teacher=False)  # cached: as a run from a cache
+        if step.name == "cocomix-cached":  # a step's memory does not depend on the label values: random targets
+            c = step.run.concept
+            targets = torch.randint(0, c.n_latents, (batch, seq_len, c.k_attr),
+                                    generator=torch.Generator().manual_seed(1)).to(device)
+            targets[:, -1] = -1
+            step.cached[0] = targets
+        step(ids, 0)
+        return step, ids
+
+    # the runtime's own start-up (thread pools, kernel libraries, lazily imported modules: ~100 MiB on CPU) is not
+    # the method's memory: one tiny step of the same method first, freed, then the baseline
+    warm, _ = first_step(8, 1)
+    del warm
+    gc.collect()
     base = _vm("VmRSS")
-    step = Step(name, runs, args.shape, device, with_teacher=False)  # cached: as a run from a cache, no teacher
-    if step.name == "cocomix-cached":  # a step's memory does not depend on the label values: random valid targets
-        c = step.run.concept
-        targets = torch.randint(0, c.n_latents, (args.batch, args.seq_len, c.k_attr),
-                                generator=torch.Generator().manual_seed(1)).to(device)
-        targets[:, -1] = -1
-        step.cached[0] = targets
-    step(ids, 0)  # optimizer state and cached targets exist from here on
+    step, ids = first_step(args.seq_len, args.batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -299,9 +311,8 @@ def main() -> None:
         if step.name == "cocomix-cached":
             step.prefill(batches)
     check = {}
-    if "cocomix" in steps and "cocomix-naive" in steps:  # same function: same first loss from the same weights
-        first = {n: steps[n](batches[0], 0) for n in ("cocomix", "cocomix-naive")}
-        check = {"first_loss_optimised": first["cocomix"], "first_loss_naive": first["cocomix-naive"]}
+    if "cocomix" in steps and "cocomix-naive" in steps:
+        check = same_function(steps["cocomix"], steps["cocomix-naive"], batches[0], args.chunked_lm_loss)
     for i in range(args.warmup):
         for n in names_timed:
             steps[n](batches[i], i)

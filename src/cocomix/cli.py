@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause)")
+    s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")
     s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
     s.add_argument("--config", help="a run config file (.json or .toml)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")

@@ -1,6 +1,6 @@
 """Fault-injection loop: SIGKILL `cocomix prepare`, `train`, `train-sae` and `extract-concepts` at random moments,
 rerun each until it completes, and check that nothing is ever corrupt and that the final outputs are
-bit-identical to an uninterrupted run (issue 8, acceptance 1). Run with `make test-faults` (~10 minutes on 2
+bit-identical to an uninterrupted run (issue 8, acceptance 1). Run with `make test-faults` (~6 minutes on 2
 cores); prints one JSON summary and exits 1 on any failure.
 
     PYTHONPATH=src python tests/faults/kill_resume.py --kills 32 --seed 0

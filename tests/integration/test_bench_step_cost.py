@@ -23,6 +23,9 @@ def test_step_cost_reports_every_method_and_the_naive_mode_agrees() -> None:
         assert v["step_s"] > 0 and v["flops_per_token"] > 0 and v["tokens_per_s"] > 0
     check = out["naive_check"]
     assert abs(check["first_loss_optimised"] - check["first_loss_naive"]) < 1e-4 * check["first_loss_naive"]
+    assert check["targets_match"] == 1.0 and check["comparable"]
+    assert abs(check["concept_loss_optimised"] - check["concept_loss_naive"]) < 1e-4 * check["concept_loss_naive"]
+    assert check["max_weight_diff_over_lr"] < 0.1  # the same update (a different label moves weights by ~lr)
     m = out["methods"]
     assert m["cocomix-cached"]["flops_per_token"] < m["cocomix"]["flops_per_token"]  # no teacher, no SAE
     assert m["cocomix-naive"]["flops_per_token"] > m["cocomix"]["flops_per_token"]  # dense, full teacher backward
