@@ -34,6 +34,14 @@ def _extract(store: Path, out: Path, parts: tuple[Path, Path], **kw) -> dict:
                             seq_len=32, batch_size=4, progress=False, **kw)
 
 
+@pytest.fixture(scope="module")
+def full_cache(store_dir: Path, parts: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted extraction of both splits, read (never written) by the tests that need a complete one."""
+    out = tmp_path_factory.mktemp("cache") / "full"
+    _extract(store_dir, out, parts)
+    return out
+
+
 def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
     r = subprocess.run([sys.executable, "-m", "cocomix", "extract-concepts", "--data", str(store_dir),
                         "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]),
@@ -50,8 +58,7 @@ def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, pa
 
 
 def test_interrupted_extraction_resumes_to_identical_files(store_dir: Path, tmp_path: Path,
-                                                           parts: tuple[Path, Path]) -> None:
-    _extract(store_dir, tmp_path / "full", parts)
+                                                           parts: tuple[Path, Path], full_cache: Path) -> None:
     partial = _extract(store_dir, tmp_path / "resumed", parts, max_windows=7)
     assert not partial["complete"]
     with pytest.raises(Exception, match="incomplete"):
@@ -59,7 +66,7 @@ def test_interrupted_extraction_resumes_to_identical_files(store_dir: Path, tmp_
     assert _extract(store_dir, tmp_path / "resumed", parts)["complete"]
     for split in ("train", "val"):
         name = f"targets_{split}.bin"
-        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
+        assert (full_cache / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
 
 
 def test_completeness_is_per_split(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
@@ -78,7 +85,8 @@ def test_completeness_is_per_split(store_dir: Path, tmp_path: Path, parts: tuple
 
 
 def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir: Path, tmp_path: Path,
-                                                                      parts: tuple[Path, Path]) -> None:
+                                                                      parts: tuple[Path, Path],
+                                                                      full_cache: Path) -> None:
     """A run reading a cache must have the teacher (by its weights), teacher layer, SAE (by content) and SAE k the
     cache was made with."""
     import dataclasses
@@ -86,17 +94,16 @@ def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir:
     from cocomix.config import ConceptConfig, DataConfig, RunConfig
     from cocomix.methods.cocomix import open_cache
 
-    _extract(store_dir, tmp_path / "c", parts)
     run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=320, n_layer=4, n_head=2, d_model=32,
                                                         context_length=64),
                     data=DataConfig(path=str(store_dir), seq_len=32, window_offset="fixed"),
                     concept=ConceptConfig(teacher=str(parts[0]), teacher_layer=1, sae=str(parts[1]), n_latents=256,
-                                          k_attr=4, concept_layer=2, cache=str(tmp_path / "c")))
+                                          k_attr=4, concept_layer=2, cache=str(full_cache)))
     store = TokenStore.open(store_dir)
-    assert open_cache(str(tmp_path / "c"), run, store).meta["teacher_layer"] == 1
+    assert open_cache(str(full_cache), run, store).meta["teacher_layer"] == 1
     moved = tmp_path / "elsewhere" / "teacher"  # the same teacher at another path (another machine) is accepted
     shutil.copytree(parts[0], moved)
-    assert open_cache(str(tmp_path / "c"), dataclasses.replace(
+    assert open_cache(str(full_cache), dataclasses.replace(
         run, concept=dataclasses.replace(run.concept, teacher=str(moved))), store).meta["teacher_layer"] == 1
     other_sae, other_teacher = tmp_path / "other-sae", tmp_path / "other-teacher"
     for src, dst in ((parts[1], other_sae), (parts[0], other_teacher)):
@@ -108,7 +115,7 @@ def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir:
                         ({"teacher": "openai-community/gpt2"}, "teacher=")):
         bad = dataclasses.replace(run, concept=dataclasses.replace(run.concept, **change))
         with pytest.raises(ConfigError, match=key):
-            open_cache(str(tmp_path / "c"), bad, store)
+            open_cache(str(full_cache), bad, store)
 
 
 def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
