@@ -119,6 +119,7 @@ def main() -> None:
     args = p.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from cocomix.data import prepare
+    from cocomix.methods import DISTILLING
     from cocomix.presets import get_preset
 
     work = Path(args.work)
@@ -139,7 +140,7 @@ def main() -> None:
                 f"train.grad_accum={args.grad_accum}", "train.eval_every=0", "train.eval_batches=1",
                 "train.save_every=0", f"train.log_every={args.log_every}",
                 f"train.warmup_steps={min(run.train.warmup_steps, max(1, args.steps // 10))}"]
-        if run.method in ("cocomix", "kd", "kd-pause"):
+        if run.method == "cocomix" or run.method in DISTILLING:
             teacher, sae = build_teacher_and_sae(run, work / f"parts-{name}")
             sets += [f"concept.teacher={teacher}", f"concept.sae={sae}"]
         out = work / name

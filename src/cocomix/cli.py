@@ -172,11 +172,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     from cocomix.flops import active_params, ntp_width_for, run_flops, teacher_shape
+    from cocomix.methods import DISTILLING
 
     run = _run_config(args)
     out = {"method": run.method, "active_params": active_params(run),
            "flops_per_token": run_flops(run, sae_k=run.concept.sae_k or 32)}
-    if run.method in ("cocomix", "kd", "kd-pause") and run.concept.teacher:  # say whose shape the teacher term counts
+    # say whose shape the teacher term counts
+    if (run.method == "cocomix" or run.method in DISTILLING) and run.concept.teacher:
         found = teacher_shape(run.concept.teacher) is not None
         out["teacher_shape"] = (run.concept.teacher if found else
                                 f"GPT-2 small assumed ({run.concept.teacher!r} is not a local run or HF folder, "

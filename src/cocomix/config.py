@@ -333,14 +333,14 @@ class RunConfig:
     concept: ConceptConfig = field(default_factory=ConceptConfig)
 
     def __post_init__(self) -> None:
-        from cocomix.methods import METHODS
+        from cocomix.methods import DISTILLING, METHODS, PAUSING
 
         _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
-        if self.method in ("cocomix", "pause", "kd-pause"):
+        if self.method == "cocomix" or self.method in PAUSING:
             _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
                    f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",
                    self.concept.concept_layer)
-        _check(not (self.method in ("kd", "kd-pause") and self.train.chunked_lm_loss), "train.chunked_lm_loss",
+        _check(not (self.method in DISTILLING and self.train.chunked_lm_loss), "train.chunked_lm_loss",
                f"false for method {self.method} (its KL term needs the student's whole logits)",
                self.train.chunked_lm_loss)
         _check(not (self.method == "cocomix" and self.concept.cache and self.data.window_offset != "fixed"),

@@ -47,6 +47,7 @@ from safetensors.torch import save as safetensors_save
 from cocomix.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
 from cocomix.errors import CheckpointError
 from cocomix.sae._io import check_shape, common_dtype, get_int, get_tensor, read_json, read_safetensors
+from cocomix.sae.sparsify import hookpoint_block
 from cocomix.sae.topk import TopKSAE
 
 CFG_NAME = "cfg.json"
@@ -94,8 +95,7 @@ def hook_block(name: str | None) -> int | None:
     m = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", name or "")
     if m is not None:
         return int(m.group(1)) - (m.group(2) == "pre")
-    m = re.fullmatch(r"(?:.*\.)?(?:layers|h)\.(\d+)", name or "")
-    return int(m.group(1)) if m else None
+    return hookpoint_block(name or "")  # an HF module name, as sparsify names its hookpoints
 
 
 def load_saelens(folder: str | Path) -> TopKSAE:

@@ -178,11 +178,10 @@ def store_identity(store: TokenStore) -> dict[str, object]:
             "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json")}
 
 
-def _check_same_store(state: dict, store: TokenStore, ckpt: Path) -> None:
+def _check_same_store(state: dict, now: dict[str, object], store: TokenStore, ckpt: Path) -> None:
     saved = state.get("store")
     if saved is None:  # a checkpoint written before stores were recorded
         return
-    now = store_identity(store)
     for key, value in saved.items():
         if now.get(key) != value:
             raise DataError(f"{store.path}: the token store changed since {ckpt} was written ({key} {value!r} -> "
@@ -222,10 +221,11 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     model.checkpoint_blocks = tc.activation_checkpointing
     method.prepare(device, store)
     state: dict = {}
+    identity = store_identity(store)  # recorded in every checkpoint, checked on resume
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
         verify_checkpoint(ckpt)
         state = read_state(ckpt)
-        _check_same_store(state, store, ckpt)
+        _check_same_store(state, identity, store, ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
     module = dd.wrap(model, ctx, tc.parallel, device, unused_parameters=method.unused_parameters,
@@ -349,7 +349,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                          "train_s": train_seconds(), "global_batch": sampler.global_batch,
                          "world_size": ctx.world_size, "skipped_steps": bad.total,
                          "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
-                         "store": store_identity(store)}, tc.keep_checkpoints)
+                         "store": identity}, tc.keep_checkpoints)
             if stop_now:
                 stopped = signal.Signals(signum).name + ("" if signals.received else " (on another rank)")
                 logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
