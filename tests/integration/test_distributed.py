@@ -5,12 +5,16 @@ the same global batch (and the same validation loss, its windows split between t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 STEPS = 6
@@ -131,3 +135,72 @@ def test_fsdp_bf16_parameters_train_close_to_fp32_and_keep_fp32_weights(single: 
     assert not _close(bf16, fp32, rel=1e-6)  # the parameters really were bf16
     weights = load_file(str(tmp_path / "run" / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     assert {str(t.dtype) for t in weights.values()} == {"torch.float32"}
+
+
+def _worker_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=`rank` (Linux /proc), None until it has started."""
+    for task in Path(f"/proc/{launcher.pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            try:
+                env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in env:
+                return int(child)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds torchrun's workers through /proc")
+def test_a_signal_on_one_rank_stops_every_rank_with_a_checkpoint(store_dir: Path, concept_parts: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    """SIGTERM delivered to rank 1 alone (a node's pre-emption notice, a stray kill): every rank stops after the
+    same step, rank 0 writes an off-schedule checkpoint and says the signal came from another rank."""
+    run, steps = tmp_path / "run", 5000
+    sets = _sets(store_dir, concept_parts, 2, 1) + ["--set", f"train.steps={steps}", "--set", "train.eval_every=0",
+                                                    "--set", "train.save_every=1000"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cocomix",
+           "train", "--preset", "tiny", *sets, "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics, deadline, pid = run / "metrics.jsonl", time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        pid = pid or _worker_pid(proc, 1)
+        if pid and metrics.is_file() and metrics.read_text().count('"kind": "train"') >= 3:
+            break
+        time.sleep(0.01)
+    assert pid is not None and proc.poll() is None, "the run ended before rank 1 could be signalled"
+    os.kill(pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert "stopped by SIGTERM (on another rank) after step" in err, err[-3000:]  # rank 0's report
+    latest = (run / "checkpoints" / "latest").read_text().strip()
+    step = int(latest.split("_")[1])
+    assert 3 <= step < 1000, latest  # written at the stop, not by the schedule
+    logged = [e["step"] for e in map(json.loads, metrics.read_text().splitlines()) if e["kind"] == "train"]
+    assert logged[-1] == step  # no rank went on past the step the signal was seen after
+
+
+def test_fsdp_checkpoint_of_an_optimizer_no_step_has_touched_resumes_exactly(store_dir: Path,
+                                                                             concept_parts: tuple[Path, Path],
+                                                                             tmp_path: Path) -> None:
+    """The first two steps of a 2-process FSDP run skipped (non-finite loss): its step-2 checkpoint holds an empty
+    optimizer state, not one that torch's state-dict gathering initialised with a step, so resuming from it (on 1
+    process) takes the same updates as the uninterrupted run."""
+    sets = _sets(store_dir, concept_parts, 2, 1, "fsdp") + ["--set", "train.save_every=2", "--set", "train.steps=4"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cocomix",
+           "train", "--preset", "tiny", *sets, "--out", str(tmp_path / "two")]
+    r = subprocess.run(cmd, env={**os.environ, "COCOMIX_INJECT_NAN_STEPS": "1,2"}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    optim = torch.load(tmp_path / "two" / "checkpoints" / "step_0000002" / "optimizer.pt", weights_only=True)
+    assert optim["state"] == {}, "an optimizer no update touched was saved with a state"
+    resumed = tmp_path / "resumed"  # the same run, rolled back to its step-2 checkpoint
+    shutil.copytree(tmp_path / "two", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000004")
+    (resumed / "checkpoints" / "latest").write_text("step_0000002\n")
+    one = _sets(store_dir, concept_parts, 4, 1) + ["--set", "train.save_every=2", "--set", "train.steps=4"]
+    r = _train("tiny", one, resumed, resume=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = _losses(tmp_path / "two")
+    assert len(losses) == 2 and _close(_losses(resumed), losses), (_losses(resumed), losses)
+    a = load_file(str(tmp_path / "two" / "checkpoints" / "step_0000004" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step_0000004" / "model.safetensors"))
+    assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
