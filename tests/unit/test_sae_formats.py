@@ -384,7 +384,8 @@ def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> No
     (`Sae.load_many`'s layout) resolves to the teacher_layer's folder, and the target cache hashes that folder
     only. Without the run's list (older SAEs named hidden_states[N], the input of block N, `layers.N` too) nothing
     is inferred from names."""
-    from cocomix.concepts.cache import file_sha256, sae_sha256
+    from cocomix.concepts.cache import sae_sha256
+    from cocomix.digest import file_sha256
     from cocomix.errors import ConfigError
 
     cfg = {"k": K, "num_latents": C, "d_in": D}

@@ -28,6 +28,7 @@ import torch
 from cocomix.atomic import atomic_write_text
 from cocomix.concepts.attribution import INVALID, compute_targets
 from cocomix.data import TokenStore
+from cocomix.digest import file_sha256
 from cocomix.errors import ConfigError, DataError, Stopped
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train.guard import RunLock, StopSignals
@@ -38,16 +39,6 @@ MATCH_KEYS = ("teacher", "teacher_fingerprint", "teacher_layer", "teacher_dtype"
               "sae_k", "k_attr", "selection", "multiplier", "attribution_loss", "seq_len", "tokenizer_sha256",
               "train_tokens", "val_tokens")
 _OLD_DEFAULTS = {"teacher_dtype": "float32"}  # keys caches written before they were recorded hold implicitly
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
@@ -109,7 +100,7 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     `max_windows` stops after that many windows in total (for testing interruption). Returns meta.json's dict.
     """
     store = TokenStore.open(store_path)
-    teacher.check_store(store)
+    teacher.check_store(store, seq_len)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)  # one writer per cache directory

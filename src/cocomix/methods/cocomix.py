@@ -97,7 +97,7 @@ class CoCoMix(Method):
                               "concept.cache is set")
         self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
                                                dtype=teacher_dtype(c.teacher_dtype))
-        self.teacher.check_store(store)
+        self.teacher.check_store(store, self.run.data.seq_len)
         if self.run.train.activation_checkpointing and c.attribution_loss == "window_mean":
             self.teacher.checkpoint_blocks()  # (the batched per-position gradient of next_token is left as is)
         width = self.teacher.width
@@ -159,7 +159,8 @@ class CoCoMix(Method):
 
 def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConfig, TargetCache
     """The target cache for this run, checked against its settings and token store."""
-    from cocomix.concepts.cache import TargetCache, file_sha256, sae_sha256, teacher_fingerprint
+    from cocomix.concepts.cache import TargetCache, sae_sha256, teacher_fingerprint
+    from cocomix.digest import file_sha256
 
     c = run.concept
     expect = {"teacher": c.teacher, "teacher_fingerprint": teacher_fingerprint(c.teacher),  # by weights when local

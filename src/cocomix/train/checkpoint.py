@@ -15,7 +15,6 @@ divergence. Checkpoints written before manifests existed are accepted unverified
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,18 +29,11 @@ from safetensors.torch import load_file, save_file
 from cocomix.atomic import atomic_write_text, fsync_dir, fsync_folder
 from cocomix.config import RunConfig
 from cocomix.config_io import run_config
+from cocomix.digest import file_sha256
 from cocomix.errors import CheckpointError, CocomixError, load_failure
 
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_checkpoint(ckpt: Path) -> None:
@@ -59,7 +51,7 @@ def verify_checkpoint(ckpt: Path) -> None:
         f = ckpt / name
         if not f.is_file():
             raise CheckpointError(f"{f}: missing (listed in {MANIFEST})")
-        if f.stat().st_size != want.get("bytes") or _sha256(f) != want.get("sha256"):
+        if f.stat().st_size != want.get("bytes") or file_sha256(f) != want.get("sha256"):
             raise CheckpointError(f"{f}: does not match its checksum in {MANIFEST} (damaged after it was written); "
                                   "use an earlier checkpoint")
 
@@ -124,7 +116,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
         rng["cuda_device"] = torch.cuda.get_rng_state()  # alike (same seed, same ops); CPU runs touch no GPU
     torch.save(rng, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-    files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir())}
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
     fsync_folder(tmp)
     if final.exists():

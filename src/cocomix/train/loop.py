@@ -172,7 +172,7 @@ def _injected_nan_steps() -> set[int]:
 def store_identity(store: TokenStore) -> dict[str, object]:
     """What a resume must find unchanged in the token store: its split sizes and tokenizer (the window order and
     contents follow from them)."""
-    from cocomix.concepts.cache import file_sha256
+    from cocomix.digest import file_sha256
 
     return {"train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
             "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json")}
