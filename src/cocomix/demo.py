@@ -31,11 +31,12 @@ import torch
 from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore, prepare
-from cocomix.errors import CocomixError
+from cocomix.errors import CocomixError, Stopped
 from cocomix.presets import get_preset
 
 TEACHER_LAYER = 1
 SAE_EXPANSION = 16
+TOKENIZER = "bpe:4096"
 STEPS = {"teacher": 800, "sae": 500, "student": 800}
 
 
@@ -48,7 +49,8 @@ def _student_runs(data: Path, out: Path, steps: int, n_latents: int) -> dict[str
     from cocomix.flops import ntp_width_for
 
     coco = get_preset("tiny-cocomix")
-    train = dataclasses.replace(coco.train, steps=steps, eval_every=200, save_every=200)
+    every = max(1, steps // 4)  # four evaluations (every 200 of the demo's 800 steps): a curve for token efficiency
+    train = dataclasses.replace(coco.train, steps=steps, eval_every=every, save_every=every)
     concept = dataclasses.replace(coco.concept, teacher=str(out / "teacher"), teacher_layer=TEACHER_LAYER,
                                   sae=str(out / "teacher-sae" / "sae"), cache=str(out / "targets"),
                                   n_latents=n_latents)
@@ -68,18 +70,19 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
     from cocomix.sae.train_config import SAETrainConfig
     from cocomix.sae.training import train_sae
     from cocomix.teacher import Teacher
-    from cocomix.train import train
 
-    _check_stamp(out, {"source": source, "teacher_steps": steps["teacher"], "sae_steps": steps["sae"]})
-    stage("data", (data / "meta.json").is_file(), lambda: prepare(source, data, tokenizer="bpe:4096"), timings)
+    _check_stamp(out, {"source": source, "data": str(data.resolve()), "teacher_steps": steps["teacher"],
+                       "sae_steps": steps["sae"]})
+    stage("data", _store_ready(data, source), lambda: prepare(source, data, tokenizer=TOKENIZER), timings)
     teacher_run = get_preset("tiny")
     teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
                                       train=dataclasses.replace(teacher_run.train, steps=steps["teacher"],
                                                                 eval_every=steps["teacher"]))
-    stage("teacher", _finished(out / "teacher", steps["teacher"]),
-          lambda: train(teacher_run, out / "teacher", resume=True), timings)
+    stage("teacher", _finished(out / "teacher", teacher_run), lambda: train_stage(teacher_run, out / "teacher"),
+          timings)
     sae_cfg = SAETrainConfig(teacher=str(out / "teacher"), teacher_layer=TEACHER_LAYER, data=str(data),
                              seq_len=teacher_run.data.seq_len, expansion=SAE_EXPANSION, steps=steps["sae"],
+                             warmup_steps=min(100, steps["sae"] // 5),
                              checkpoint_every=100, log_every=50, device="cpu")
     stage("sae", (out / "teacher-sae" / "summary.json").is_file(),
           lambda: train_sae(sae_cfg, out / "teacher-sae", Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)),
@@ -100,30 +103,90 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
 
 def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
     """Stages are reused by existence, so an output folder must not mix settings: the first call records the
-    corpus and the teacher / SAE step counts in OUT/stages.json, a later call with others is an error (a longer
-    teacher would otherwise sit next to an SAE and targets made from the shorter one)."""
+    corpus, its token store and the teacher / SAE step counts in OUT/stages.json, a later call with others is an
+    error (a longer teacher would otherwise sit next to an SAE and targets made from the shorter one). A stamp
+    written before a key existed is completed with it."""
     path = out / "stages.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CocomixError(f"{path}: unreadable ({e}); remove the folder {out} to start over") from None
+        if not isinstance(old, dict):
+            raise CocomixError(f"{path}: expected a JSON object; remove the folder {out} to start over")
+        changed = ", ".join(f"{k} {old[k]!r} -> {v!r}" for k, v in stamp.items() if k in old and old[k] != v)
+        if changed:
+            raise CocomixError(f"{out}: its teacher, SAE and targets were made with other settings ({changed}); "
+                               "use another --out, or remove the folder to start over")
+        if stamp.keys() <= old.keys():
+            return
+    atomic_write_text(path, json.dumps(stamp, indent=2))
+
+
+def _store_ready(data: Path, source: str) -> bool:
+    """Whether DATA already holds the demo's token store (prepared from `source` with the demo's tokenizer); a
+    store prepared from something else is an error rather than silently trained on."""
     try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        atomic_write_text(path, json.dumps(stamp, indent=2))
-        return
-    if old != stamp:
-        changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in stamp.items() if old.get(k) != v)
-        raise CocomixError(f"{out}: its teacher, SAE and targets were made with other settings ({changed}); "
-                           "use another --out, or remove the folder to start over")
+        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as e:
+        raise CocomixError(f"{data / 'meta.json'}: unreadable ({e}); remove {data} to prepare it again") from None
+    got = (meta.get("source"), meta.get("tokenizer")) if isinstance(meta, dict) else None
+    if got != (source, TOKENIZER):
+        raise CocomixError(f"{data}: holds a token store prepared from {got!r}, not the demo's "
+                           f"{(source, TOKENIZER)!r}; give another --data, or remove it to prepare it again")
+    return True
 
 
-def stage(name: str, done: bool, fn: Any, timings: dict[str, float]) -> None:
-    """Run `fn` unless `done`, reporting progress and recording the stage's wall-clock."""
-    t0 = time.perf_counter()
+def train_stage(run: RunConfig, run_dir: Path) -> None:
+    """Train (or resume) one run of the pipeline; a run stopped by SIGTERM / SIGINT stops the pipeline too (the
+    next stages would build on an unfinished model), with the CLI's exit code 128 + signal."""
+    import signal
+
+    from cocomix.train import train
+
+    result = train(run, run_dir, resume=True)
+    if result.stopped:
+        name = result.stopped.split()[0]
+        raise Stopped(int(signal.Signals[name]), f"{run_dir}: stopped by {result.stopped} with a checkpoint; "
+                      "run the same command again to resume")
+
+
+def make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CocomixError(f"--out {out}: cannot create the output folder ({e.strerror or e})") from None
+
+
+def stage(name: str, done: bool, fn: Any, timings: dict[str, float | None]) -> None:
+    """Run `fn` unless `done`, reporting progress and recording the stage's wall-clock (None: reused, not run)."""
     if done:
         _say(f"[{name}] already done, reusing it")
-    else:
-        _say(f"[{name}] starting")
-        fn()
+        timings[name] = None
+        return
+    _say(f"[{name}] starting")
+    t0 = time.perf_counter()
+    fn()
     timings[name] = time.perf_counter() - t0
     _say(f"[{name}] {timings[name]:.0f} s")
+
+
+def _earlier_timings(path: Path) -> dict[str, float]:
+    """Stage times an earlier run of the pipeline measured (its result JSON), to report for reused stages."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")).get("stage_seconds", {})
+        return {k: float(v) for k, v in old.items() if isinstance(v, (int, float))}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def fill_reused(timings: dict[str, float | None], earlier: dict[str, float]) -> tuple[dict[str, float], list[str]]:
+    """(stage seconds with a reused stage's time taken from the run that made it, where known; the reused
+    stages)."""
+    reused = [k for k, v in timings.items() if v is None]
+    return {k: earlier[k] if v is None else v for k, v in timings.items() if v is not None or k in earlier}, reused
 
 
 def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "runs/demo",
@@ -132,24 +195,24 @@ def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "r
 
     `source` is any `cocomix prepare` source (the tests use a small text corpus); `steps` overrides STEPS.
     """
-    from cocomix.train import train
-
     data, out = Path(data_dir), Path(out_dir)
     steps = {**STEPS, **(steps or {})}
-    timings: dict[str, float] = {}
-    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float | None] = {}
+    make_out(out)
+    earlier = _earlier_timings(out / "demo_result.json")
     n_latents = concept_stages(data, out, steps, source, timings)
     runs = _student_runs(data, out, steps["student"], n_latents)
     for name in ("ntp", "cocomix"):
-        stage(name, _finished(out / name, steps["student"]),
-              lambda name=name: train(runs[name], out / name, resume=True), timings)
+        stage(name, _finished(out / name, runs[name]), lambda name=name: train_stage(runs[name], out / name), timings)
+    seconds, reused = fill_reused(timings, earlier)
     t0 = time.perf_counter()
-    summary = write_report(data, out, runs, timings, steps)
-    timings["report"] = time.perf_counter() - t0
-    summary["stage_seconds"] = timings
+    summary = write_report(data, out, runs, seconds, reused, steps)
+    seconds["report"] = time.perf_counter() - t0
+    summary["stage_seconds"], summary["reused_stages"] = seconds, reused
     atomic_write_text(out / "demo_result.json", json.dumps(summary, indent=2))
     print(summary["table"])
-    print("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    print("stage times: " + ", ".join(f"{k} {v:.0f} s" + (" (reused)" if k in reused else "")
+                                      for k, v in seconds.items()))
     print(f"report: {out / 'report.md'}")
     return summary
 
@@ -159,14 +222,25 @@ def _cell(text: str) -> str:
     return text.strip().replace("\n", " ⏎ ").replace("|", "¦").replace("`", "'")
 
 
-def _finished(run_dir: Path, steps: int) -> bool:
+def _finished(run_dir: Path, run: RunConfig) -> bool:
+    """Whether run_dir holds `run` trained to the end. A run there with other settings (a longer one, an edited
+    preset) is an error: reusing it would report numbers of a run the report does not describe."""
+    from cocomix.errors import CheckpointError
     from cocomix.train.checkpoint import latest_checkpoint, read_state
+    from cocomix.train.loop import prepare_run_dir
 
     try:
         ckpt = latest_checkpoint(run_dir)
-        return ckpt is not None and read_state(ckpt)["step"] >= steps
-    except Exception:  # a damaged run is resumed (and reported) by train itself
+        done = ckpt is not None and read_state(ckpt)["step"] >= run.train.steps
+    except Exception:  # noqa: BLE001 - a damaged run is resumed (and reported) by train itself
         return False
+    if done:
+        try:
+            prepare_run_dir(run, run_dir, resume=True)
+        except CheckpointError as e:
+            raise CocomixError(f"{run_dir}: holds a finished run with other settings ({e}); use another --out, or "
+                               "remove it to train it again") from None
+    return done
 
 
 def _cache_complete(path: Path) -> bool:
@@ -176,7 +250,7 @@ def _cache_complete(path: Path) -> bool:
         return False
 
 
-def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dict[str, float],
+def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dict[str, float], reused: list[str],
                  steps: dict[str, int]) -> dict[str, Any]:
     """report.md: comparison table and plots, concept descriptions, inspected concepts, a steered generation."""
     from cocomix.concepts.describe import describe_concepts
@@ -211,14 +285,17 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
         f"({active_params(runs['cocomix']) / 1e6:.2f}M active parameters), NTP d={runs['ntp'].model.d_model} "
         f"({active_params(runs['ntp']) / 1e6:.2f}M, parameter-matched).", "",
         "## Result", "", cmp["table"],
-        f"Full validation split ({finals['ntp']['tokens']:,} tokens): NTP {finals['ntp']['loss']:.4f}, CoCoMix "
+        f"Full validation split ({store.num_chunks('val', seq_len):,} windows of {seq_len}, "
+        f"{finals['ntp']['tokens']:,} predicted tokens): NTP {finals['ntp']['loss']:.4f}, CoCoMix "
         f"{finals['cocomix']['loss']:.4f} nats/token (NTP − CoCoMix "
         f"{finals['ntp']['loss'] - finals['cocomix']['loss']:+.4f}).",
         "", "![validation loss vs tokens](loss_vs_tokens.png)", "", "![validation loss vs FLOPs](loss_vs_flops.png)",
         "", "## Predicted concepts on a validation passage", "",
         "Top-3 concepts the CoCoMix student predicts at a few positions, with each concept's strongest teacher "
         "context (from `concepts/concepts.md`).", "", *inspected, "", "## Steering", "", *steer, "",
-        "## Stage times", "", *(f"- {k}: {v:.0f} s" for k, v in timings.items()), "",
+        "## Stage times", "", *(f"- {k}: {v:.0f} s" + (" (measured when it ran; reused by this run)" if k in reused
+                                                        else "") for k, v in timings.items()),
+        *(f"- {k}: reused from an earlier run (not timed)" for k in reused if k not in timings), "",
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"table": cmp["table"], "val_loss": {k: v["loss"] for k, v in finals.items()},

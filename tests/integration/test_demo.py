@@ -43,9 +43,35 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     assert all(math.isfinite(v) and v < math.log(vocab) for v in result["val_loss"].values())  # learnt something
     again = run_demo(tmp_path / "data", tmp_path / "run", steps=steps, source=f"text:{docs}")  # everything reused
     assert again["val_loss"] == result["val_loss"]
-    assert max(again["stage_seconds"][k] for k in ("teacher", "sae", "targets", "ntp", "cocomix")) < 1.0
+    trained = ("teacher", "sae", "targets", "ntp", "cocomix")
+    assert set(again["reused_stages"]) == {"data", *trained}  # and their times are the ones measured when they ran
+    assert all(again["stage_seconds"][k] == result["stage_seconds"][k] for k in trained)
+    assert "(measured when it ran; reused by this run)" in (out / "report.md").read_text()
     stored = json.loads((out / "demo_result.json").read_text())
     assert stored["val_loss"] == again["val_loss"]
     # a longer teacher into the same folder would sit next to the SAE and targets of the short one: refused
     with pytest.raises(CocomixError, match="teacher_steps 30 -> 40"):
         run_demo(tmp_path / "data", out, steps={**steps, "teacher": 40}, source=f"text:{docs}")
+    # a finished student with other settings is not reported as this one
+    with pytest.raises(CocomixError, match="ntp: holds a finished run with other settings"):
+        run_demo(tmp_path / "data", out, steps={**steps, "student": 20}, source=f"text:{docs}")
+    # nor is a token store prepared from another corpus trained on
+    with pytest.raises(CocomixError, match="holds a token store prepared from"):
+        run_demo(tmp_path / "data", tmp_path / "other", steps=steps, source="shakespeare")
+
+
+def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """`train` returns (checkpoint written) when SIGTERM arrives; the pipeline must not build the next stage on the
+    unfinished model but stop with the signal's exit status."""
+    import cocomix.train
+    from cocomix.demo import train_stage
+    from cocomix.errors import Stopped
+    from cocomix.presets import get_preset
+    from cocomix.train.loop import TrainResult
+
+    monkeypatch.setattr(cocomix.train, "train", lambda run, run_dir, resume: TrainResult(
+        Path(run_dir), 3, 5.0, None, stopped="SIGTERM (on another rank)"))
+    with pytest.raises(Stopped, match="stopped by SIGTERM") as stop:
+        train_stage(get_preset("tiny"), tmp_path / "teacher")
+    assert stop.value.signum == 15

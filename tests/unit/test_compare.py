@@ -134,3 +134,20 @@ def test_a_seed_cut_short_is_compared_at_the_last_shared_point(tmp_path: Path) -
     # CoCoMix reaches 4.2 between step 200 (4.3) and 300 (4.05): 204,800 + 102,400 · 0.1 / 0.25 tokens, against
     # NTP's 307,200 at its last shared point
     assert token_efficiency(coco, ntp) == pytest.approx(1 - (204800 + 102400 * 0.4) / 307200, rel=1e-6)
+
+
+def test_a_seed_cut_short_is_compared_at_the_shared_evaluation_and_a_bound_is_marked(tmp_path: Path) -> None:
+    """Tokens and FLOPs come from the evaluation the loss is read at (not each seed's own last one), the cut is
+    said, and an efficiency whose first evaluation already beats the reference is shown as a lower bound."""
+    runs = [_run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.5, 4.2, 4.0], 1e6),
+            _run(tmp_path, "ntp-seed1", "ntp", 1, [5.1, 4.6], 1e6)]  # stopped after 2 evaluations
+    runs.append(_run(tmp_path, "cocomix-seed0", "cocomix", 0, [4.4, 4.0], 3e6))
+    res = compare(runs, tmp_path / "out", reference="ntp")
+    ntp_row = next(line for line in res["table"].splitlines() if line.startswith("| ntp |"))
+    # the loss at evaluation 2 (mean 4.55, 204,800 tokens = 204.80k), its FLOPs 204,800 · 1e6 = 204.80G
+    assert "4.5500 ± 0.0707" in ntp_row and "| 204.80k |" in ntp_row and "| 204.80G |" in ntp_row, ntp_row
+    assert "ntp: its seeds have 2 / 4 evaluations" in res["table"]
+    coco_row = next(line for line in res["table"].splitlines() if line.startswith("| cocomix |"))
+    # CoCoMix's first evaluation (4.4, 102,400 tokens) is already below NTP's 4.55: needs at most half the tokens
+    assert "| ≥ +50.0% |" in coco_row, coco_row
+    assert "≥: the run's first evaluation already reached" in res["table"]

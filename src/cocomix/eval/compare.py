@@ -10,7 +10,8 @@ directory twice, another method or model config) are refused rather than average
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
 N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
 evaluations around the crossing; efficiency = 1 − N_A / N_B (A needs that fraction fewer tokens). If A never
-reaches L_B, it is reported as not reached.
+reaches L_B, it is reported as not reached; if A's first evaluation is already at or below L_B, N_A is at most
+that evaluation's tokens and the efficiency is shown as a lower bound (≥).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cocomix.atomic import atomic_write_text
+from cocomix.atomic import atomic_write_text, atomic_writer
 from cocomix.errors import CocomixError
 
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
@@ -154,13 +155,21 @@ def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> 
 
 
 def token_efficiency(a: Group, b: Group) -> float | None:
-    """1 − (tokens A needs to reach B's final loss) / (B's tokens), on mean curves; None if A never gets there."""
+    """1 − (tokens A needs to reach B's final loss) / (B's tokens), on mean curves; None if A never gets there.
+    When A's first evaluation is already at or below B's final loss the value is a lower bound
+    (`efficiency_is_bound`): A got there at some point before it."""
     target, _ = b.final()
     xs, means, _ = a.mean_curve("tokens")
     needed = tokens_to_reach(xs, means, target)
     if needed is None:
         return None
     return 1.0 - needed / b.mean_curve("tokens")[0][-1]
+
+
+def efficiency_is_bound(a: Group, b: Group) -> bool:
+    """Whether A's first evaluation already reaches B's final loss, so that `token_efficiency` is a lower bound."""
+    _, means, _ = a.mean_curve("tokens")
+    return bool(means) and means[0] <= b.final()[0]
 
 
 def _fmt_num(x: float) -> str:
@@ -178,19 +187,29 @@ def table(groups: list[Group], reference: str | None = None) -> str:
     head = ("| run | method | seeds | final val loss (nats/token) | val ppl | tokens | training FLOPs "
             "(teacher + SAE incl.) | train wall-clock | tokens/s | token efficiency vs " + (ref.label if ref else "-")
             + " |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    rows = []
+    rows, notes = [], []
     for g in groups:
         mean, std = g.final()
-        tokens = g.runs[0].tokens[-1]
-        flops = sum(r.flops[-1] for r in g.runs) / len(g.runs)
+        tokens = g.mean_curve("tokens")[0][-1]  # at the evaluation `final` reads, not each seed's own last one
+        flops = g.mean_curve("flops")[0][-1]
+        lengths = sorted({len(r.val_loss) for r in g.runs})
+        if len(lengths) > 1:
+            notes.append(f"{g.label}: its seeds have {' / '.join(map(str, lengths))} evaluations (a run cut "
+                         f"short?); compared at evaluation {lengths[0]}, the last they share.")
         secs = sum(r.train_s for r in g.runs) / len(g.runs)
         eff = token_efficiency(g, ref) if ref is not None and g is not ref else None
-        eff_s = "—" if g is ref else ("not reached" if eff is None else f"{100 * eff:+.1f}%")
+        bound = "≥ " if eff is not None and efficiency_is_bound(g, ref) else ""
+        eff_s = "—" if g is ref else ("not reached" if eff is None else f"{bound}{100 * eff:+.1f}%")
         loss_s = f"{mean:.4f} ± {std:.4f}" if len(g.runs) > 1 else f"{mean:.4f}"
         rows.append(f"| {g.label} | {g.runs[0].method} | {len(g.runs)} | {loss_s} | {math.exp(min(mean, 50)):.2f} | "
                     f"{_fmt_num(tokens)} | {_fmt_num(flops)} | {secs:.0f} s | "
                     f"{_fmt_num(tokens / secs) if secs and math.isfinite(secs) else 'n/a'} | {eff_s} |")
-    return head + "\n".join(rows) + "\n"
+    bound = any(g is not ref and ref is not None and token_efficiency(g, ref) is not None
+                and efficiency_is_bound(g, ref) for g in groups)
+    if bound:
+        notes.append("≥: the run's first evaluation already reached the reference's final loss, so it needed at "
+                     "most that many tokens (evaluate more often for the exact figure).")
+    return head + "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
 def plot(groups: list[Group], out: Path, axis: str) -> Path:
@@ -217,7 +236,8 @@ def plot(groups: list[Group], out: Path, axis: str) -> Path:
     ax.legend()
     fig.tight_layout()
     path = out / f"loss_vs_{axis}.png"
-    fig.savefig(path)
+    with atomic_writer(path) as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
     return path
 

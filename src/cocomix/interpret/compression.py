@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cocomix.atomic import atomic_write_text
+from cocomix.atomic import atomic_write_text, atomic_writer
 from cocomix.interpret.inspect import mixing_seam
 from cocomix.model import Transformer
 
@@ -50,9 +50,8 @@ def compression_report(model: Transformer, out_dir: str | Path, threshold: float
     ax.set_title(f"Compression layer: {norms.numel()} concept rows")
     ax.legend()
     fig.tight_layout()
-    tmp = out / "compression.tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_writer(out / "compression.png") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(out / "compression.png")
     atomic_write_text(out / "compression.json", json.dumps(summary, indent=1))
     return summary

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from cocomix.atomic import atomic_write_text
+from cocomix.atomic import atomic_write_text, atomic_writer
 from cocomix.data import TokenStore
 from cocomix.errors import CocomixError
 from cocomix.interpret.inspect import mixing_seam
@@ -241,7 +241,6 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_writer(path) as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
