@@ -74,7 +74,10 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
 def cmd_describe_concepts(args: argparse.Namespace) -> int:
     from cocomix.concepts.describe import describe_concepts, write_report
     from cocomix.data import TokenStore
+    from cocomix.errors import ConfigError
 
+    if args.context < 0:
+        raise ConfigError(f"--context: expected an integer >= 0, got {args.context}")
     store = TokenStore.open(args.data)
     teacher, sae = _teacher_and_sae(args)
     stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,

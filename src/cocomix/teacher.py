@@ -80,12 +80,22 @@ def teacher_precision(precision: str, device: torch.device) -> contextlib.Abstra
     raise ConfigError(f"concept.teacher_precision: expected 'fp32' or 'autocast', got {precision!r}")
 
 
+def text_config(model: nn.Module) -> object | None:
+    """An HF model's language-model config (a multimodal model's text part; the config itself otherwise)."""
+    cfg = getattr(model, "config", None)
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
 def find_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder-block list of an HF causal LM or a cocomix Transformer (the ModuleList of n_layer blocks)."""
+    """The decoder-block list of an HF causal LM or a cocomix Transformer (the ModuleList of n_layer blocks).
+    A multimodal model (Gemma 3 and the like, which `AutoModelForCausalLM` also loads) is searched in its text
+    decoder only, never in its vision tower."""
     if hasattr(model, "blocks") and isinstance(model.blocks, nn.ModuleList):
         return model.blocks
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for _, module in model.named_modules():
+    n = getattr(text_config(model), "num_hidden_layers", None)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    root = decoder if isinstance(decoder, nn.Module) else model
+    for _, module in root.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0 and (n is None or len(module) == n):
             return module
     raise CheckpointError(f"{type(model).__name__}: cannot find its list of decoder blocks")
@@ -135,7 +145,7 @@ class Teacher:
     @property
     def width(self) -> int:
         """Residual width d_con at the capture point (the hidden size of the model)."""
-        cfg = getattr(self.model, "config", None)
+        cfg = text_config(self.model)
         for name in ("hidden_size", "n_embd", "d_model"):
             if cfg is not None and isinstance(getattr(cfg, name, None), int):
                 return int(getattr(cfg, name))
@@ -153,11 +163,36 @@ class Teacher:
         head = head if head is not None else self.model.lm_head
         return int(head.weight.shape[0])
 
-    def check_store(self, store: object) -> None:
-        """ConfigError when a token store holds ids the teacher cannot embed (a different tokenizer)."""
+    @property
+    def max_positions(self) -> int | None:
+        """The longest window the teacher can read: a cocomix run's context_length, or an HF model's position
+        table (`n_positions` / `max_position_embeddings` where a learned position embedding of that size exists);
+        None for rotary models, whose max_position_embeddings is a training length, not a limit."""
+        if hasattr(self.model, "cfg") and hasattr(self.model.cfg, "context_length"):
+            return int(self.model.cfg.context_length)
+        cfg = text_config(self.model)
+        limit = next((getattr(cfg, k) for k in ("n_positions", "max_position_embeddings")
+                      if isinstance(getattr(cfg, k, None), int)), None)
+        if limit is None:
+            return None
+        tokens = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        learned = any(isinstance(m, nn.Embedding) and m is not tokens and limit <= m.num_embeddings <= limit + 2
+                      for m in self.model.modules())  # OPT's table has 2 extra rows
+        return limit if learned else None
+
+    def check_store(self, store: object, seq_len: int) -> None:
+        """ConfigError when the teacher cannot read the store's windows: ids it cannot embed (a different
+        tokenizer), windows longer than its position table, or windows with no next token to predict."""
         if store.vocab_size > self.vocab_size:
             raise ConfigError(f"{store.path}: token store vocab_size {store.vocab_size} exceeds the teacher's "
                               f"{self.vocab_size}; prepare the data with the teacher's tokenizer")
+        if seq_len < 2:
+            raise ConfigError(f"seq_len: expected at least 2 tokens per window (one next-token prediction), got "
+                              f"{seq_len}")
+        limit = self.max_positions
+        if limit is not None and seq_len > limit:
+            raise ConfigError(f"seq_len: {seq_len}-token windows exceed the teacher's {limit} positions; use a "
+                              f"seq_len of at most {limit}")
 
     @property
     def device(self) -> torch.device:
@@ -198,8 +233,9 @@ class Teacher:
             finally:
                 if bar:
                     hf_logging.enable_progress_bar()
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({e})") from None
+        except Exception as e:  # noqa: BLE001 - OSError, ValueError, a damaged safetensors header, an unpickling error
+            raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
         return cls(model.to(device), layer)
 
     @torch.no_grad()
@@ -264,7 +300,8 @@ class Teacher:
         """The captured residual stream of the forward on ids (B, T): one vector per token, or an error."""
         leaf, self._leaf = self._leaf, None
         if leaf is None:
-            raise RuntimeError("teacher forward did not pass through the capture block")
+            raise CheckpointError(f"teacher: its forward on token ids did not pass through block {self.layer} of "
+                                  f"the decoder blocks found ({type(self.model).__name__}); give a text causal LM")
         if leaf.shape[:2] != ids.shape:  # e.g. a CoCoMix run as teacher, captured above its concept seam
             raise ConfigError(f"teacher_layer: block {self.layer} of this teacher sees {leaf.shape[1]} positions for "
                               f"{ids.shape[1]} tokens (a cocomix run's block at or above its concept/pause slots); "

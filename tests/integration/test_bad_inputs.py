@@ -48,6 +48,13 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     for f in corrupt.rglob("model.safetensors"):
         f.write_bytes(b"\x00garbage")
     torch.save({"x": torch.zeros(1)}, root / "notsae.pt")
+    from cocomix.sae import TopKSAE
+    from cocomix.sae.saelens import save_saelens
+
+    save_saelens(TopKSAE(16, 64, 4), root / "narrow-sae")  # reads 16-wide activations; the teacher's are 32
+    shutil.copytree(concept_parts[0], root / "cut-teacher")  # weights file cut in the middle of its header
+    (root / "cut-teacher" / "model.safetensors").write_bytes((root / "cut-teacher" / "model.safetensors")
+                                                             .read_bytes()[:6])
     return {"root": root, "store": store, "run": root / "run", "teacher": concept_parts[0],
             "sae": concept_parts[1], "hash": {"run": _tree_hash(root / "run"), "store": _tree_hash(store)}}
 
@@ -134,6 +141,23 @@ CASES = [
     ("extract-k-attr-too-big", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}",
                                 "--teacher-layer", "1", "--sae", "{sae}", "--k-attr", "100", "--seq-len", "32",
                                 "--out", "{root}/e3"], "k_attr"),
+    ("extract-window-too-long", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                 "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "128", "--out", "{root}/e4"],
+     "exceed the teacher's 64 positions"),
+    ("train-sae-window-too-long", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "1", "--data", "{store}",
+                                   "--seq-len", "128", "--out", "{root}/s4"], "exceed the teacher's 64 positions"),
+    ("describe-one-token-windows", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                    "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "1", "--out", "{root}/d1"],
+     "at least 2 tokens"),
+    ("describe-sae-of-other-width", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                     "--teacher-layer", "1", "--sae", "{root}/narrow-sae", "--seq-len", "32", "--out",
+                                     "{root}/d2"], "SAE input width 16"),
+    ("describe-negative-context", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                   "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--context", "-3",
+                                   "--out", "{root}/d3"], "--context"),
+    ("extract-cut-teacher-weights", ["extract-concepts", "--data", "{store}", "--teacher", "{root}/cut-teacher",
+                                     "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--out",
+                                     "{root}/e5"], "cannot load a causal LM teacher"),
     ("steer-ntp-run", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "10"], "CoCoMix"),
 ]
 

@@ -263,6 +263,27 @@ def test_hidden_stops_the_forward_at_the_capture_block(tmp_path: Path, flavour: 
         assert torch.equal(again, full) and ran == ["block 2", "head"]
 
 
+def test_a_multimodal_causal_lm_is_hooked_in_its_text_decoder(tmp_path: Path) -> None:
+    """`AutoModelForCausalLM` loads Gemma 3 as `Gemma3ForConditionalGeneration`, whose first block list is the
+    vision tower's: the capture must sit on the language model's block, with the text width."""
+    import transformers as tf
+
+    text = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, max_position_embeddings=64, sliding_window=8)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    tf.Gemma3ForConditionalGeneration(tf.Gemma3Config(text_config=text, vision_config=vision,
+                                                      mm_tokens_per_image=4)).save_pretrained(tmp_path / "g3")
+    teacher = Teacher.from_pretrained(tmp_path / "g3", layer=1)
+    assert len(teacher.blocks) == 3 and teacher.width == 32
+    assert teacher.max_positions is None  # rotary: max_position_embeddings is no hard limit on the window
+    assert teacher.blocks is teacher.model.get_decoder().layers
+    ids = torch.randint(0, 97, (2, 10))
+    hidden = teacher.model(ids, output_hidden_states=True).hidden_states[2]  # the output of block 1
+    assert torch.allclose(teacher.hidden(ids), hidden, atol=1e-6)
+    assert teacher.residual_and_grad(ids).grad.shape == (2, 10, 32)
+
+
 def test_teacher_layer_out_of_range_is_a_config_error() -> None:
     from cocomix.errors import ConfigError
 

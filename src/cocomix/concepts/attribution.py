@@ -96,6 +96,9 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
         raise ConfigError(f"selection: expected one of {SELECTIONS}, got {selection!r}")
     if not 1 <= k_attr <= sae.k:
         raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
+    if sae.n_latents < sae.k + k_attr:  # select_targets fills from the ids below k + k_attr
+        raise ConfigError(f"SAE with {sae.n_latents} latents: need at least sae k + k_attr = {sae.k + k_attr} "
+                          "latents to choose targets from")
     if selection == "activation":  # no gradient needed: a teacher forward gives the hidden state
         hidden, grad = teacher.hidden(ids), None
     else:

@@ -18,7 +18,7 @@ import torch
 
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
-from cocomix.errors import ConfigError
+from cocomix.errors import ConfigError, DataError
 
 
 @torch.no_grad()
@@ -31,9 +31,15 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
                                ("--max-windows", max_windows, 0)):
         if value < least:
             raise ConfigError(f"{flag}: expected an integer >= {least}, got {value}")
-    teacher.check_store(store)
+    teacher.check_store(store, seq_len)
+    if sae.d_in != teacher.width:
+        raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width {teacher.width} "
+                          f"at teacher_layer {teacher.layer}")
     C = sae.n_latents
     n = store.num_chunks(split, seq_len)
+    if n == 0:
+        raise DataError(f"{store.path}: the {split} split holds no whole window of {seq_len} tokens; use a "
+                        "smaller --seq-len")
     n = min(n, max_windows) if max_windows else n
     counts = torch.zeros(C, dtype=torch.int64)
     top_val = torch.full((C, top_n), float("-inf"))

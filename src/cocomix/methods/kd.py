@@ -43,7 +43,7 @@ class KD(Method):
         if self.teacher.output_vocab != self.run.model.vocab_size:
             raise ConfigError(f"concept.teacher: KD needs the student's tokenizer; the teacher predicts "
                               f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size}")
-        self.teacher.check_store(store)
+        self.teacher.check_store(store, self.run.data.seq_len)
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.teacher is None:
