@@ -76,7 +76,7 @@ def setup(root: Path) -> dict[str, Path]:
               root / "teacher")
     run = subprocess.run(cli("train-sae", "--teacher", str(root / "teacher"), "--teacher-layer", "1", "--data",
                              str(root / "store"), "--seq-len", "32", "--n-latents", "128", "--k", "8", "--steps",
-                             "10", "--batch-tokens", "256", "--out", str(root / "sae-ref")),
+                             "10", "--warmup-steps", "2", "--batch-tokens", "256", "--out", str(root / "sae-ref")),
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     return {"docs": docs, "store": root / "store", "teacher": root / "teacher", "sae": root / "sae-ref" / "sae"}
@@ -99,7 +99,8 @@ def stages(parts: dict[str, Path], cfg: Path) -> dict[str, dict]:
         "train-sae": {
             "cmd": lambda out: cli("train-sae", "--teacher", str(parts["teacher"]), "--teacher-layer", "1",
                                    "--data", str(parts["store"]), "--seq-len", "32", "--n-latents", "128", "--k",
-                                   "8", "--steps", "60", "--batch-tokens", "256", "--checkpoint-every", "5",
+                                   "8", "--steps", "60", "--warmup-steps", "6", "--batch-tokens", "256",
+                                   "--checkpoint-every", "5",
                                    "--out", str(out)),
             "rerun": [], "done_ok": None,
             "final": lambda out: sorted((out / "sae").iterdir())},

@@ -78,8 +78,8 @@ def test_cli_flags_load_the_teacher_in_bf16(store_dir: Path, concept_parts: tupl
                  "--out", str(tmp_path / "c")]) == 0
     assert json.loads((tmp_path / "c" / "meta.json").read_text())["teacher_dtype"] == "bfloat16"
     assert main(["train-sae", "--teacher", teacher, "--teacher-layer", "1", "--data", str(store_dir), "--seq-len",
-                 "32", "--n-latents", "64", "--k", "4", "--steps", "3", "--batch-tokens", "256", "--chunk-tokens",
-                 "1024", "--eval-tokens", "256", "--device", "cpu", "--teacher-dtype", "bfloat16",
+                 "32", "--n-latents", "64", "--k", "4", "--steps", "3", "--warmup-steps", "1", "--batch-tokens", "256",
+                 "--chunk-tokens", "1024", "--eval-tokens", "256", "--device", "cpu", "--teacher-dtype", "bfloat16",
                  "--out", str(tmp_path / "sae")]) == 0
     assert json.loads((tmp_path / "sae" / "config.json").read_text())["teacher_dtype"] == "bfloat16"
     assert main(["train-sae", "--teacher", teacher, "--teacher-layer", "1", "--data", str(store_dir),

@@ -93,7 +93,7 @@ def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teach
     r = subprocess.run([sys.executable, "-m", "cocomix", "train-sae", "--teacher", str(teacher_dir),
                         "--teacher-layer", "1", "--data", str(store_dir), "--out", str(tmp_path / "run"),
                         "--seq-len", "32", "--k", "8", "--n-latents", "128", "--batch-tokens", "256",
-                        "--chunk-tokens", "1024", "--steps", "10", "--device", "cpu"],
+                        "--chunk-tokens", "1024", "--steps", "10", "--warmup-steps", "5", "--device", "cpu"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "other settings (k" in r.stderr, r.stderr
     import dataclasses
@@ -114,15 +114,59 @@ def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teach
     (["--chunk-tokens", "1000"], "chunk_tokens: must be a multiple of batch_tokens"),
     (["--teacher-layer", "7"], "teacher_layer: expected a block index in [0, 2]"),
     (["--n-latents", "16", "--k", "32"], "k: must not exceed n_latents=16"),
+    (["--warmup-steps", "100"], "warmup_steps: 100 exceeds steps=10"),
+    (["--seq-len", "128", "--chunk-tokens", "1024"], "exceed the teacher's 64 positions"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(store_dir: Path, teacher_dir: Path, tmp_path: Path,
                                                args: list[str], message: str) -> None:
     base = {"--teacher": str(teacher_dir), "--teacher-layer": "1", "--data": str(store_dir),
             "--out": str(tmp_path / "o"), "--seq-len": "32", "--batch-tokens": "256", "--chunk-tokens": "1024",
-            "--device": "cpu"}
+            "--device": "cpu", "--steps": "10", "--warmup-steps": "2"}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     argv = [x for kv in base.items() for x in kv]
     r = subprocess.run([sys.executable, "-m", "cocomix", "train-sae", *argv], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "o" / "sae").exists()
+
+
+def test_a_finished_run_rerun_returns_its_report_without_recomputing(store_dir: Path, teacher_dir: Path,
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(store_dir, teacher_dir, steps=10, checkpoint_every=0)
+    first = train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    monkeypatch.setattr(training.ActivationChunks, "chunk", lambda *a: pytest.fail("recomputed activations"))
+    again = train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    assert again.fvu == first.fvu and again.l0 == first.l0
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # one eval event, not two
+
+
+def test_a_diverged_step_is_never_checkpointed(store_dir: Path, teacher_dir: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-finite loss at a checkpoint step between logging steps stops the run before the checkpoint: the last
+    checkpoint on disk is the one before, so a rerun does not resume from NaN weights."""
+    real = training.ActivationChunks.batch
+
+    def poisoned(self, step: int) -> torch.Tensor:
+        x = real(self, step)
+        return x * float("inf") if step == 5 else x  # the loss of step 6 (1-based) is not finite
+
+    monkeypatch.setattr(training.ActivationChunks, "batch", poisoned)
+    cfg = _cfg(store_dir, teacher_dir, steps=20, checkpoint_every=3, log_every=10)
+    with pytest.raises(training.CocomixError, match="diverged at step 6"):
+        train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+
+
+def test_a_store_without_val_windows_is_refused_before_training(tmp_path: Path, teacher_dir: Path) -> None:
+    from cocomix.data import prepare
+    from tests.integration.conftest import LINES
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("\n".join(LINES * 20))
+    prepare(f"text:{tmp_path / 'docs'}", tmp_path / "store", tokenizer="bpe:320", val_fraction=0.0, progress=False)
+    with pytest.raises(training.CocomixError, match="the val split holds fewer than seq_len=32"):
+        train_sae(_cfg(tmp_path / "store", teacher_dir, steps=10), tmp_path / "run",
+                  Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    assert not (tmp_path / "run").exists()

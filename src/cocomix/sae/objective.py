@@ -8,6 +8,10 @@ With x_n the (optionally layer-normed) input, z = TopK(W_enc(x_n − b_pre) + b_
             ê = W_dec · ReLU(TopK_{k_aux}(pre-activations of dead latents only))
     loss  = L + α · L_aux                                            (α = 1/32, k_aux = d_in / 2)
 
+L_aux is EleutherAI sparsify's form of Gao et al.'s AuxK: scaled by the share of k_aux that is dead and normalised
+by the input's variance. OpenAI's `sparse_autoencoder` normalises it by the variance of the residual e instead and
+has no scale, so its AuxK is stronger by about 1/FVU; with α = 1/32 both only revive dead latents.
+
 The encoder's backward is sparse (`TopKEncode`): only the k selected pre-activations per token receive gradient,
 so the encoder gradient is gathered per latent (B·k·d work) instead of the dense (N, C) × (N, d) product.
 
@@ -51,9 +55,13 @@ class TopKEncode(torch.autograd.Function):
         order = torch.argsort(flat, stable=True)  # pairs grouped by latent
         counts = torch.bincount(flat, minlength=C)  # (C,)
         rows = torch.div(order, k, rounding_mode="floor")  # token of each sorted pair
-        d_W = F.embedding_bag(rows, x_in, torch.cumsum(counts, 0) - counts, mode="sum",
-                              per_sample_weights=g_flat[order])  # (C, d)
-        d_b = torch.zeros(C, dtype=g_values.dtype, device=g_values.device).index_add_(0, flat, g_flat)  # (C,)
+        starts, g_sorted = torch.cumsum(counts, 0) - counts, g_flat[order]
+        d_W = F.embedding_bag(rows, x_in, starts, mode="sum", per_sample_weights=g_sorted)  # (C, d)
+        # the same per-latent sums of g alone (a one-row table of ones): a fixed summation order, where CUDA's
+        # index_add_ would accumulate in a run-dependent one (equal on CPU, bit for bit)
+        ones = torch.ones(1, 1, dtype=g_values.dtype, device=g_values.device)
+        d_b = F.embedding_bag(torch.zeros_like(rows), ones, starts, mode="sum",
+                              per_sample_weights=g_sorted).squeeze(1)  # (C,)
         d_pre = -(d_b @ W_enc) if ctx.needs_input_grad[1] else None  # Σ over tokens of −∂/∂x_in
         return None, d_pre, d_W, d_b, None
 

@@ -2,7 +2,7 @@
 
 Defaults follow Gao et al. ("Scaling and evaluating sparse autoencoders", 2024) and OpenAI's `sparse_autoencoder`
 where they say something: TopK k = 32 (the SAE the paper uses), input layer norm (`normalize`), AuxK with
-k_aux = d_in / 2 and α = 1/32, Adam with ε = 6.25e-10, learning rate 2e-4 / sqrt(n_latents / 2^14). Width defaults
+k_aux = d_in / 2 and α = 1/32 (AuxK itself in EleutherAI sparsify's form, see `objective.py`), Adam with ε = 6.25e-10, learning rate 2e-4 / sqrt(n_latents / 2^14). Width defaults
 to 32 × d_in (the paper's GPT-2 SAE has 32,768 ≈ 42.7 × 768 latents). Where they give no number at our scale we
 choose one and say so: a latent is "dead" for AuxK after `dead_tokens` training tokens without firing (Gao et al.
 use 10M tokens; by default we use min(10M, a quarter of the run) so that short runs revive latents too).
@@ -93,6 +93,9 @@ class SAETrainConfig:
             raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {self.teacher_dtype!r}")
         if not 0 <= self.decay_fraction <= 1:
             raise ConfigError(f"decay_fraction: expected a number in [0, 1], got {self.decay_fraction!r}")
+        if self.warmup_steps > self.steps:
+            raise ConfigError(f"warmup_steps: {self.warmup_steps} exceeds steps={self.steps}, so the learning rate "
+                              "would never reach its peak nor decay; give a smaller --warmup-steps")
         if self.n_latents and self.k > self.n_latents:
             raise ConfigError(f"k: must not exceed n_latents={self.n_latents}, got {self.k}")
         if self.chunk_tokens % self.batch_tokens:

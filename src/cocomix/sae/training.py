@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,20 @@ def _check_out(cfg: SAETrainConfig, out: Path) -> None:
         raise CocomixError(f"{out}: not empty and not an SAE training run; use another --out")
 
 
+def _finished_report(cfg: SAETrainConfig, out: Path) -> SAEReport | None:
+    """The stored report of a run in `out` that already trained all `cfg.steps` and wrote its SAE, else None."""
+    from cocomix.train.checkpoint import read_state
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is None or read_state(ckpt)["step"] < cfg.steps or not (out / "sae").is_dir():
+        return None
+    try:
+        stored = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        return SAEReport(**{**stored, "out_dir": out})
+    except (OSError, ValueError, TypeError):
+        return None  # no usable summary: evaluate again
+
+
 @torch.no_grad()
 def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> dict[str, float]:
     """FVU (raw and normalised space), L0 and never-fired fraction on the first validation windows."""
@@ -151,9 +166,12 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: 
     out = Path(out_dir)
     t_start = time.perf_counter()
     store = TokenStore.open(cfg.data)
-    teacher.check_store(store)
-    if store.num_chunks("train", cfg.seq_len) == 0:
-        raise CocomixError(f"{store.path}: the train split holds fewer than seq_len={cfg.seq_len} tokens")
+    teacher.check_store(store, cfg.seq_len)
+    for split in ("train", "val"):  # the val split is read at the end: a run that cannot finish must not start
+        if store.num_chunks(split, cfg.seq_len) == 0:
+            raise CocomixError(f"{store.path}: the {split} split holds fewer than seq_len={cfg.seq_len} tokens")
+    if cfg.k > cfg.width(teacher.width):
+        raise ConfigError(f"k: must not exceed the SAE width {cfg.width(teacher.width)}, got {cfg.k}")
     lock = _prepare_out(cfg, out)
     try:
         return _train(cfg, out, teacher, store, quiet, t_start)
@@ -163,14 +181,18 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: 
 
 def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, quiet: bool,
            t_start: float) -> SAEReport:
+    done_before = _finished_report(cfg, out)
+    if done_before is not None:  # a rerun of a finished run: its SAE and report stand (nothing recomputed)
+        if not quiet:
+            print(f"train-sae: {out} already finished ({cfg.steps} steps); its SAE is {out / 'sae'}",
+                  file=sys.stderr)
+        return done_before
     device = teacher.device
     chunks = ActivationChunks(store, teacher, cfg.seq_len, cfg.chunk_tokens, cfg.batch_tokens, cfg.teacher_batch,
                               cfg.seed)
     first = chunks.chunk(0)  # (chunk_tokens, d): also fixes d_in
     d_in = first.shape[-1]
     C, k_aux, peak = cfg.width(d_in), cfg.aux_latents(d_in), cfg.learning_rate(d_in)
-    if cfg.k > C:
-        raise ConfigError(f"k: must not exceed the SAE width {C}, got {cfg.k}")
     sae = TopKSAE(d_in, C, cfg.k, normalize=cfg.normalize).to(device)
     state = _TrainState(sae)
     optimizer = torch.optim.Adam(sae.parameters(), lr=peak, betas=(0.9, 0.999), eps=ADAM_EPS)
@@ -208,10 +230,15 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, q
                 state.since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
             meter.add_tokens(x.shape[0])
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
+            stopping = signals.received is not None
+            if done % cfg.log_every == 0 or saved or stopping:  # never log or save a diverged SAE
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise CocomixError(f"SAE training diverged by step {done}: loss is {loss_value} (lower --lr?)")
+                    raise CocomixError(f"SAE training diverged at step {done}: loss is {loss_value}; the last "
+                                       "checkpoint is from before it — train again into a new --out with a lower "
+                                       "--lr")
+            if done % cfg.log_every == 0 or done == cfg.steps:
                 rate, eta = meter.report(done)
                 dead_frac, fvu_value, auxk_value = float(dead.float().mean()), float(fvu.detach()), float(auxk.detach())
                 logger.log({"kind": "train", "step": done, "loss": loss_value, "fvu": fvu_value, "auxk": auxk_value,
@@ -219,10 +246,9 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, q
                 logger.print(f"step {done:>6}/{cfg.steps} | fvu {fvu_value:.4f} | auxk {auxk_value:.4f} | "
                              f"dead {100 * dead_frac:.1f}% | lr {lr:.2e} | {rate / 1e3:.1f}k tok/s | "
                              f"eta {format_duration(eta)}")
-            saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
             if saved:
                 save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
-            if signals.received is not None:  # SIGTERM / SIGINT: save this step, release the lock, exit 128 + sig
+            if stopping:  # SIGTERM / SIGINT: save this step, release the lock, exit 128 + sig
                 if not saved:
                     save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
                 logger.print(f"stopped by {signals.name} after step {done}: checkpoint written")
