@@ -81,7 +81,7 @@ def test_a_second_writer_is_locked_out_of_sae_and_cache_directories(store_dir: P
     locks = [RunLock(tmp_path / "sae"), RunLock(tmp_path / "cache")]  # other processes at work
     try:
         with pytest.raises(CocomixError, match="another cocomix process is writing"):
-            training.train_sae(_cfg(store_dir, teacher_dir, steps=2), tmp_path / "sae",
+            training.train_sae(_cfg(store_dir, teacher_dir, steps=2, warmup_steps=2), tmp_path / "sae",
                                Teacher.from_pretrained(teacher_dir, 1), quiet=True)
         teacher, sae = concept_parts
         with pytest.raises(CocomixError, match="another cocomix process is writing"):
@@ -92,6 +92,6 @@ def test_a_second_writer_is_locked_out_of_sae_and_cache_directories(store_dir: P
         for lock in locks:
             lock.release()
     assert not (tmp_path / "cache" / "meta.json").exists() and not (tmp_path / "sae" / "config.json").exists()
-    training.train_sae(_cfg(store_dir, teacher_dir, steps=2, checkpoint_every=0), tmp_path / "sae",
+    training.train_sae(_cfg(store_dir, teacher_dir, steps=2, warmup_steps=2, checkpoint_every=0), tmp_path / "sae",
                        Teacher.from_pretrained(teacher_dir, 1), quiet=True)  # released: it goes ahead
     assert load_file(str(tmp_path / "sae" / "sae" / "sae_weights.safetensors"))

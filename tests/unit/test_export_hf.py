@@ -166,6 +166,15 @@ def test_load_errors_name_the_problem(tmp_path: Path) -> None:
         load_hf_weights(Transformer(model.cfg), folder)
     with pytest.raises(CheckpointError, match="config.json"):
         model_config_from_hf(tmp_path)
+    hf_cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**hf_cfg, "rope_parameters": None, "rope_scaling": "bad"}))
+    with pytest.raises(CheckpointError, match="rope_scaling: expected a JSON object"):
+        model_config_from_hf(folder)
+    (folder / "config.json").write_text(json.dumps(hf_cfg))
+    (folder / "pytorch_model.bin").unlink()
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a.safetensors"]}))
+    with pytest.raises(CheckpointError, match="weight_map: expected an object"):
+        load_hf_weights(Transformer(model.cfg), folder)
 
 
 def test_refuses_non_empty_target_and_seam_models(tmp_path: Path) -> None:
@@ -213,12 +222,14 @@ def test_tokenizer_files_are_copied(tmp_path: Path) -> None:
     assert 257 < raw.get_vocab_size() <= 280  # 256 bytes, <|endoftext|>, some merges
     folder = export_hf(tiny_model(flavour="llama", vocab_size=288), tmp_path / "hf", tokenizer_dir=tok_dir)
     assert (folder / "tokenizer.json").is_file() and (folder / "tokenizer_config.json").is_file()
+    assert {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir()}["model.safetensors"] == 0o644
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     text = "the cat ate the plain hat"
     assert tok(text)["input_ids"] == raw.encode(text).ids
     assert tok.decode(raw.encode(text).ids) == text
     eos = raw.token_to_id("<|endoftext|>")
     assert tok.eos_token_id == eos
+    assert tok.model_max_length == 32  # the model's context, so truncation=True cuts to what it can read
     assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
     with pytest.raises(CheckpointError, match="vocab_size"):
         export_hf(tiny_model(flavour="llama"), tmp_path / "small", tokenizer_dir=tok_dir)

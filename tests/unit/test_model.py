@@ -167,6 +167,8 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     assert {int(sample_next(logits, 1.0, top_p=0.5, generator=gen)) for _ in range(100)} == {0}
     assert {int(sample_next(logits, 1.0, top_p=0.9, generator=gen)) for _ in range(300)} == {0, 1}
     assert int(sample_next(logits, 0.0)) == 0
+    # a temperature so small that logits / T overflows: the top token, not a NaN distribution
+    assert int(sample_next(torch.tensor([[-40.0, -30.0, -50.0]]), 1e-38, generator=gen)) == 1
 
 
 def test_refuses_sequences_longer_than_context(flavour: str) -> None:

@@ -145,6 +145,19 @@ def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> dict[str, in
     return ids
 
 
+def _write_tokenizer_config(path: Path, context_length: int) -> None:
+    """tokenizer_config.json with `model_max_length` = the model's context (`truncation=True` in transformers then
+    cuts to what the model can read); the store's own config, if any, keeps its other keys."""
+    try:
+        tok_cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as e:
+        raise CheckpointError(f"{path}: unreadable tokenizer config ({e})") from None
+    tok_cfg = tok_cfg if isinstance(tok_cfg, dict) else {}
+    tok_cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    tok_cfg["model_max_length"] = context_length
+    path.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
     """Write `model` as a Hugging Face folder at `out_dir` (created atomically) and return its path.
 
@@ -171,14 +184,13 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
         raise CheckpointError(f"{out}: cannot create the export folder there ({e.strerror or e})") from None
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        os.chmod(tmp / WEIGHTS_NAME, 0o644)  # safetensors creates it 0600: readable by the users of the folder
         config.save_pretrained(str(tmp))
         if tok_dir is not None:
             for fname in TOKENIZER_FILES:
                 if (tok_dir / fname).is_file():
                     shutil.copyfile(tok_dir / fname, tmp / fname)
-            if not (tmp / "tokenizer_config.json").is_file():
-                (tmp / "tokenizer_config.json").write_text(
-                    json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
+            _write_tokenizer_config(tmp / "tokenizer_config.json", model.cfg.context_length)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         fsync_folder(tmp)
         os.replace(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one

@@ -50,6 +50,8 @@ def _llama_rope_theta(hf: dict[str, Any], where: Path) -> float:
     if isinstance(params, dict) and "rope_type" not in params and "rope_theta" not in params:
         raise CheckpointError(f"{where}: per-layer-type rope_parameters are not supported")
     params = params if isinstance(params, dict) else hf.get("rope_scaling") or {}
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{where}: rope_scaling: expected a JSON object or null, got {params!r}")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
         raise CheckpointError(f"{where}: RoPE type {rope_type!r} is not supported (only 'default')")
@@ -132,6 +134,8 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: malformed index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map: expected an object of tensor name -> file name")
         files = [folder / f for f in sorted(set(weight_map.values()))]
     else:
         raise CheckpointError(f"{single}: missing (only safetensors weights are read, never pickles)")

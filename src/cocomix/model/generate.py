@@ -13,7 +13,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     """Next token ids (B,) from last-position logits (B, V); temperature 0 is greedy."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # shifted so the largest logit is 0 first: a tiny temperature sends the others to -inf, never the top to +inf
+    logits = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

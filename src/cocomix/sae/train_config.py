@@ -1,11 +1,12 @@
 """`SAETrainConfig`: every setting of `cocomix train-sae` (TopK SAE training, Gao et al. 2024), validated.
 
 Defaults follow Gao et al. ("Scaling and evaluating sparse autoencoders", 2024) and OpenAI's `sparse_autoencoder`
-where they say something: TopK k = 32 (the SAE the paper uses), input layer norm (`normalize`), AuxK with
-k_aux = d_in / 2 and α = 1/32 (AuxK itself in EleutherAI sparsify's form, see `objective.py`), Adam with ε = 6.25e-10, learning rate 2e-4 / sqrt(n_latents / 2^14). Width defaults
-to 32 × d_in (the paper's GPT-2 SAE has 32,768 ≈ 42.7 × 768 latents). Where they give no number at our scale we
-choose one and say so: a latent is "dead" for AuxK after `dead_tokens` training tokens without firing (Gao et al.
-use 10M tokens; by default we use min(10M, a quarter of the run) so that short runs revive latents too).
+where they say something: TopK k = 32 (the SAE the paper uses), input layer norm (`normalize`), AuxK with k_aux =
+d_in / 2 and α = 1/32 (AuxK itself in EleutherAI sparsify's form, see `objective.py`), Adam with ε = 6.25e-10,
+learning rate 2e-4 / sqrt(n_latents / 2^14). Width defaults to 32 × d_in (the paper's GPT-2 SAE has 32,768 ≈ 42.7 ×
+768 latents). Where they give no number at our scale we choose one and say so: a latent is "dead" for AuxK after
+`dead_tokens` training tokens without firing (Gao et al. use 10M tokens; by default we use min(10M, a quarter of
+the run) so that short runs revive latents too).
 """
 
 from __future__ import annotations

@@ -110,6 +110,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     tmp.mkdir()
     weights = _dedup(model) if isinstance(model, dict) else model_state(model)
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(tmp / "model.safetensors", 0o644)  # safetensors creates it 0600, unlike every other file here
     torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_initialized():  # this process's device (training sets it current): every rank's advances
