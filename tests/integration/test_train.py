@@ -151,7 +151,7 @@ def test_vocab_too_small_for_data_is_an_error(store_dir: Path, tmp_path: Path) -
         train(run, tmp_path / "v", quiet=True)
 
 
-def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path) -> None:
+def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = tmp_path / "run.json"
     cfg.write_text(small_run(store_dir, steps=4, eval_every=0, save_every=0).to_json())
     out = tmp_path / "cli"
@@ -194,11 +194,18 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path) ->
     ]
     if not torch.cuda.is_available():
         bad.append((["generate", "--run", str(out), "--prompt", "a", "--device", "cuda"], "CUDA is not available"))
+    from cocomix.cli import main  # in-process (the subprocess runs above check the real entry point)
+
     for args, needle in bad:
-        r = subprocess.run(_cli(*args), capture_output=True, text=True)
-        assert r.returncode == 2, (args, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0], r.stderr
+        capsys.readouterr()
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], err
 
 
 def test_corrupt_checkpoint_is_a_clear_error(store_dir: Path, tmp_path: Path) -> None:
