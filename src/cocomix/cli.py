@@ -55,7 +55,11 @@ def _run_config(args: argparse.Namespace):  # -> RunConfig
 def cmd_prepare(args: argparse.Namespace) -> int:
     from cocomix.data import prepare
 
-    meta = prepare(args.source, args.out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
+    out = args.out or ("data/shakespeare" if args.source == "shakespeare" else None)
+    if out is None:  # data/shakespeare is where the tiny presets read: another corpus there would be trained on
+        raise CocomixError(f"--out: give the folder for the token store of {args.source!r} (the default "
+                           "data/shakespeare is for the embedded corpus only)")
+    meta = prepare(args.source, out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
                    overwrite=args.overwrite)
     print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
     return 0
@@ -105,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({"checkpoint": str(args.run), "results": res["results"]}, indent=2, default=str))
         return 0
     run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
-    store = run_store(run, args.data)
+    store = run_store(run, args.data, ckpt)
     check_vocab(store, run.model.vocab_size)
     seq_len, split = args.seq_len or run.data.seq_len, args.split or "val"
     model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
@@ -127,8 +131,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise CocomixError(f"--num-samples: expected a positive integer, got {args.num_samples}")
     device = resolve_device(args.device, "--device")
-    run, _, model, _ = load_run(args.run, device=device)
-    store = run_store(run, args.data)
+    run, _, model, ckpt = load_run(args.run, device=device)
+    store = run_store(run, args.data, ckpt)
     check_vocab(store, run.model.vocab_size)
     tok = store.tokenizer()
     ids = tok.encode(args.prompt)
@@ -223,8 +227,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows an option's default unless it is None / False or the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if hidden or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with the one-line error convention of every other cocomix error (exit code 2)."""
+    """argparse with the one-line error convention of every other cocomix error (exit code 2), and defaults in
+    every subcommand's help."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"cocomix: error: {message} (see `{self.prog} --help`)\n")
@@ -238,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")
     s.add_argument("--source", default="shakespeare",
                    help="shakespeare | text:PATH | jsonl:PATH[#field] | hf:NAME[/CONFIG][@SPLIT]")
-    s.add_argument("--out", default="data/shakespeare", help="output directory")
+    s.add_argument("--out", help="output directory (default for the embedded shakespeare corpus: data/shakespeare, "
+                                 "where the tiny presets read; required for any other source)")
     s.add_argument("--tokenizer", default="bpe:4096",
                    help="bpe:VOCAB (train a byte-level BPE) | tokenizer.json | HF tokenizer name or folder")
     s.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents held out")
@@ -246,11 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")
-    s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    s.add_argument("--config", help="a run config file (.json or .toml)")
+    base = s.add_mutually_exclusive_group()
+    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    base.add_argument("--config", help="a run config file (.json or .toml)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--out", required=True, help="run directory")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its stored config when neither "
+                        "--preset nor --config is given); an empty or missing --out starts the run")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.set_defaults(func=cmd_train)
 
@@ -259,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="token store (default: the run's)")
     s.add_argument("--split", choices=("train", "val"), help="split for the perplexity (default: val)")
     s.add_argument("--seq-len", type=int, help="perplexity window length (default: the run's)")
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=int, default=8, help="windows (perplexity) or requests (lm-eval) per batch")
     s.add_argument("--batches", type=int, help="perplexity: limit the number of batches (default: whole split)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     s.add_argument("--tasks", help="lm-eval tasks instead of perplexity, e.g. lambada_openai,wikitext,hellaswag,"
                                    "piqa,social_iqa,arc_easy,winogrande (needs lm-eval; hub tasks need internet)")
     s.add_argument("--include-path", help="folder of local lm-eval task YAML files (offline tasks)")
@@ -271,21 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("generate", help="sample text from a checkpoint")
-    s.add_argument("--run", required=True)
-    s.add_argument("--prompt", required=True)
+    s.add_argument("--run", required=True, help="run directory (latest checkpoint) or checkpoint directory")
+    s.add_argument("--prompt", required=True, help="text to continue")
     s.add_argument("--data", help="token store whose tokenizer to use (default: the run's)")
-    s.add_argument("--max-new-tokens", type=int, default=100)
+    s.add_argument("--max-new-tokens", type=int, default=100,
+                   help="tokens to generate; prompt + these must fit the model's context_length")
     s.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--num-samples", type=int, default=1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with this mass")
+    s.add_argument("--num-samples", type=int, default=1, help="continuations to print")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     s.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("export", help="export an NTP checkpoint as a transformers model folder")
-    s.add_argument("--run", required=True)
-    s.add_argument("--out", required=True)
+    s = sub.add_parser("export", help="export an NTP or KD checkpoint as a transformers model folder")
+    s.add_argument("--run", required=True, help="run directory (latest checkpoint) or checkpoint directory")
+    s.add_argument("--out", required=True, help="new (or empty) folder for config.json, model.safetensors and the "
+                                               "tokenizer")
     s.add_argument("--data", help="token store whose tokenizer to copy (default: the run's)")
     s.add_argument("--no-tokenizer", action="store_true", help="export the weights without a tokenizer")
     s.set_defaults(func=cmd_export)
@@ -300,27 +326,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("flops", help="analytic training FLOPs per token (teacher and SAE included) of a config")
-    s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    s.add_argument("--config", help="a run config file (.json or .toml)")
+    base = s.add_mutually_exclusive_group()
+    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    base.add_argument("--config", help="a run config file (.json or .toml)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. concept.cache=DIR")
     s.set_defaults(func=cmd_flops, resume=False, out="")
 
     s = sub.add_parser("presets", help="list presets, or print one as JSON")
-    s.add_argument("name", nargs="?")
+    s.add_argument("name", nargs="?", help="the preset to print (default: list them all)")
     s.set_defaults(func=cmd_presets)
 
     s = sub.add_parser("demo", help="the make-demo pipeline: teacher, SAE, targets, NTP vs CoCoMix, report")
-    s.add_argument("--data", default="data/shakespeare")
-    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--data", default="data/shakespeare", help="token store (prepared here if missing)")
+    s.add_argument("--out", default="runs/demo", help="folder of every stage's output and the report")
     s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("experiment", help="the make-experiment study: NTP, CoCoMix, KD, pause, activation "
                                           "selection, FLOPs-matched NTP, several seeds")
-    s.add_argument("--data", default="data/shakespeare")
+    s.add_argument("--data", default="data/shakespeare", help="token store (prepared here if missing)")
     s.add_argument("--out", default="runs/demo",
                    help="output folder; the default reuses the demo's teacher, SAE and targets")
-    s.add_argument("--seeds", type=int, default=3)
+    s.add_argument("--seeds", type=int, default=3, help="seeds per variant")
     s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_experiment)
     return p

@@ -22,9 +22,9 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
-    run, _, model, _ = load_run(args.run, device=resolve_device(args.device, "--device"))
+    run, _, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
     seam = concept_seam(model)
-    store = run_store(run, args.data)
+    store = run_store(run, args.data, ckpt)
     check_vocab(store, run.model.vocab_size)
     book = ConceptBook.load(args.concepts) if args.concepts else ConceptBook.empty(seam.n_latents)
     if len(book) != seam.n_latents:
@@ -160,7 +160,7 @@ def _common(s: argparse.ArgumentParser) -> None:
     s.add_argument("run", help="CoCoMix run directory or checkpoint")
     s.add_argument("--data", default=None, help="token store with the run's tokenizer (default: the run's)")
     s.add_argument("--concepts", default=None, help="describe-concepts output folder (labels for concepts)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
 
 def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
@@ -177,14 +177,14 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("steer", help="generate with chosen concept logits × α, side by side with unsteered")
     _common(s)
-    s.add_argument("--prompt", required=True)
+    s.add_argument("--prompt", required=True, help="text to continue")
     s.add_argument("--concept", type=int, action="append", required=True, help="concept index (repeatable)")
     s.add_argument("--alpha", type=float, action="append", required=True,
                    help="multiplier per --concept, or one for all (paper: −10 … 10; 1 is unsteered)")
-    s.add_argument("--max-new-tokens", type=int, default=40)
+    s.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate")
     s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every α)")
     s.add_argument("--teacher-check", action="store_true",
                    help="also steer the same SAE latent in the teacher (the run's concept.teacher and concept.sae)")
     s.set_defaults(func=cmd_steer)
@@ -197,11 +197,11 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--alphas", default="-10,-5,0,1,5,10",
                    help="comma-separated α values; must include 0 and 1 (write --alphas=-10,0,1,10)")
     s.add_argument("--prompts", type=int, default=24, help="validation windows used as prompts")
-    s.add_argument("--prompt-len", type=int, default=16)
-    s.add_argument("--max-new-tokens", type=int, default=32)
-    s.add_argument("--temperature", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=50)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--prompt-len", type=int, default=16, help="tokens of each prompt (cut from a validation window)")
+    s.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 is greedy)")
+    s.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every α)")
     s.add_argument("--teacher-check", action="store_true",
                    help="also steer each concept's SAE latent in the teacher and report its rate (the reference)")
     s.add_argument("--teacher", default=None, help="teacher (default: the run's concept.teacher)")
@@ -211,6 +211,6 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("compression", help="compression-layer row norms: histogram and fraction below 1e-2")
     s.add_argument("run", help="CoCoMix run directory or checkpoint")
-    s.add_argument("--threshold", type=float, default=1e-2)
+    s.add_argument("--threshold", type=float, default=1e-2, help="column norm counted as pruned (paper: 1e-2)")
     s.add_argument("--out", required=True, help="folder for compression.png / .json")
     s.set_defaults(func=cmd_compression)

@@ -191,5 +191,5 @@ PRESETS: dict[str, Callable[[], RunConfig]] = {
 
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+        raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
     return PRESETS[name]()

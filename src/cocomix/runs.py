@@ -9,10 +9,17 @@ import torch
 
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore
+from cocomix.digest import file_sha256
 from cocomix.errors import DataError
 from cocomix.methods import METHODS, Method
 from cocomix.model import Transformer
-from cocomix.train.checkpoint import load_model_weights, read_run_config, resolve_checkpoint, verify_checkpoint
+from cocomix.train.checkpoint import (
+    load_model_weights,
+    read_run_config,
+    read_state,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunConfig, Method, Transformer, Path]:
@@ -26,13 +33,21 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunC
     return run, method, model.to(device).eval(), ckpt
 
 
-def run_store(run: RunConfig, data: str | Path | None = None) -> TokenStore:
+def run_store(run: RunConfig, data: str | Path | None = None, ckpt: Path | None = None) -> TokenStore:
     """The token store given by `data` (a `--data` flag), else the run's `data.path` — which is relative to where
-    training ran, so a failure says so and how to point elsewhere."""
+    training ran, so a failure says so and how to point elsewhere. With the checkpoint, a store whose tokenizer is
+    not the one the run was trained with is refused (its ids would stand for other text)."""
     if data:
-        return TokenStore.open(data)
-    try:
-        return TokenStore.open(run.data.path)
-    except DataError as e:
-        raise DataError(f"{e} (the run's data.path {run.data.path!r}, read from {Path.cwd()}; pass --data DIR to "
-                        "use a store elsewhere)") from None
+        store = TokenStore.open(data)
+    else:
+        try:
+            store = TokenStore.open(run.data.path)
+        except DataError as e:
+            raise DataError(f"{e} (the run's data.path {run.data.path!r}, read from {Path.cwd()}; pass --data DIR "
+                            "to use a store elsewhere)") from None
+    trained = (read_state(ckpt).get("store") or {}).get("tokenizer_sha256") if ckpt is not None else None
+    if trained is not None:
+        if file_sha256(store.path / "tokenizer" / "tokenizer.json") != trained:
+            raise DataError(f"{store.path}: its tokenizer is not the one the run was trained with (tokenizer.json "
+                            f"differs); give the run's token store" + (" as --data" if data else ""))
+    return store

@@ -213,6 +213,11 @@ class Teacher:
         """An HF causal LM (`AutoModelForCausalLM.from_pretrained`, name or local folder) or a cocomix run/checkpoint
         directory (one holding `config.json` of a cocomix run or `checkpoints/`)."""
         path = Path(name_or_path)
+        text = str(name_or_path)
+        local = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1  # never a hub id
+        if local and not path.exists():
+            raise CheckpointError(f"{name_or_path}: no such folder (a teacher is a cocomix run, a local Hugging "
+                                  "Face model folder or a hub name)")
         if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
             from cocomix.runs import load_run
 

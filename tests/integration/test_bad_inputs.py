@@ -48,9 +48,12 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     for f in corrupt.rglob("model.safetensors"):
         f.write_bytes(b"\x00garbage")
     torch.save({"x": torch.zeros(1)}, root / "notsae.pt")
+    from cocomix.data import prepare
     from cocomix.sae import TopKSAE
     from cocomix.sae.saelens import save_saelens
 
+    prepare(f"text:{store_dir.parent / 'docs'}", root / "other-tok", tokenizer="bpe:300", val_fraction=0.15,
+            progress=False)  # the same text under another tokenizer
     save_saelens(TopKSAE(16, 64, 4), root / "narrow-sae")  # reads 16-wide activations; the teacher's are 32
     shutil.copytree(concept_parts[0], root / "cut-teacher")  # weights file cut in the middle of its header
     (root / "cut-teacher" / "model.safetensors").write_bytes((root / "cut-teacher" / "model.safetensors")
@@ -129,7 +132,7 @@ CASES = [
      "val"),
     ("prepare-existing-store", ["prepare", "--source", "shakespeare", "--out", "{store}"], "already prepared"),
     ("train-sae-missing-teacher", ["train-sae", "--teacher", "{root}/noteacher", "--teacher-layer", "1", "--data",
-                                   "{store}", "--out", "{root}/s1"], "noteacher"),
+                                   "{store}", "--out", "{root}/s1"], "noteacher: no such folder"),
     ("train-sae-layer-out-of-range", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "99", "--data",
                                       "{store}", "--out", "{root}/s2"], "teacher_layer"),
     ("train-sae-zero-k", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "1", "--data", "{store}",
@@ -158,6 +161,17 @@ CASES = [
     ("extract-cut-teacher-weights", ["extract-concepts", "--data", "{store}", "--teacher", "{root}/cut-teacher",
                                      "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--out",
                                      "{root}/e5"], "cannot load a causal LM teacher"),
+    ("extract-unknown-split", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
+                               "1", "--sae", "{sae}", "--seq-len", "32", "--splits", "train,test", "--out",
+                               "{root}/e6"], "splits: expected distinct names among train, val"),
+    ("prepare-corpus-without-out", ["prepare", "--source", "text:{root}/empty-docs"], "--out: give the folder"),
+    ("train-preset-and-config", ["train", "--preset", "tiny", "--config", "{root}/run.json", "--out", "{root}/o31"],
+     "not allowed with argument --preset"),
+    ("eval-store-of-another-tokenizer", ["eval", "--run", "{run}", "--data", "{root}/other-tok"],
+     "not the one the run was trained with"),
+    ("generate-store-of-another-tokenizer", ["generate", "--run", "{run}", "--data", "{root}/other-tok", "--prompt",
+                                             "the", "--max-new-tokens", "2"], "not the one the run was trained with"),
+    ("eval-not-a-run", ["eval", "--run", "{root}/empty-docs"], "not a cocomix run"),
     ("steer-ntp-run", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "10"], "CoCoMix"),
 ]
 

@@ -331,3 +331,11 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(CocomixError, match="config differs"):
         train(small_run(store_dir, steps=4, lr=1e-3), tmp_path / "resumed", resume=True, quiet=True)
+
+
+def test_resume_of_an_empty_out_starts_the_run_and_says_so(store_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from cocomix.train.loop import prepare_run_dir
+
+    assert prepare_run_dir(small_run(store_dir), tmp_path / "new", resume=True) is None
+    assert "nothing to resume in" in capsys.readouterr().err and (tmp_path / "new").is_dir()

@@ -134,5 +134,5 @@ def test_paper_presets_match_the_paper() -> None:
 
 
 def test_unknown_preset() -> None:
-    with pytest.raises(ConfigError, match="--preset"):
+    with pytest.raises(ConfigError, match="preset: unknown preset .gpt5."):
         get_preset("gpt5")

@@ -101,6 +101,13 @@ def test_batch_windows(store_dir: Path) -> None:
         store.batch("train", [n - 1], seq_len, offsets=[spare + 1])  # past the split's end
 
 
+def test_prepare_says_when_the_corpus_cannot_fill_the_vocabulary(corpus: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    meta = prepare(f"text:{corpus}", tmp_path / "s", tokenizer="bpe:50000", progress=True)
+    assert meta["vocab_size"] < 50000
+    assert f"support only {meta['vocab_size']} BPE tokens (bpe:50000 asked for)" in capsys.readouterr().err
+
+
 def test_prepare_again_needs_overwrite(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "s"
     first = prepare(f"text:{corpus}", out, tokenizer="bpe:260", progress=False)

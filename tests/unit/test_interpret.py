@@ -261,3 +261,6 @@ def test_steering_plot_takes_labels_with_dollar_signs(tmp_path: Path) -> None:
               "summary": summarize(rows, [0.0, 1.0, 10.0])}
     out = write_steering_report(result, tmp_path / "s")
     assert (out / "steering.png").stat().st_size > 1000 and "«$$»" in (out / "steering.md").read_text()
+    # no negative α: the report states no "α = 0 vs α = 0" comparison
+    assert "α = 10 vs α = 0: mean activation rate 3.00×." in (out / "steering.md").read_text()
+    assert "α = 0 vs α = 0" not in (out / "steering.md").read_text()

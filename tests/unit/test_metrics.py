@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cocomix.errors import ConfigError
-from cocomix.train.metrics import MetricsLogger, format_duration
+from cocomix.progress import format_duration
+from cocomix.train.metrics import MetricsLogger
 
 
 def test_resume_trims_events_past_the_checkpoint(tmp_path: Path) -> None:
@@ -36,3 +37,15 @@ def test_format_duration() -> None:
 def test_missing_tensorboard_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         MetricsLogger(tmp_path, backends=("tensorboard",))
+
+
+def test_progress_in_a_log_file_is_whole_lines(capsys: pytest.CaptureFixture) -> None:
+    """stderr is not a terminal here (pytest captures it): no carriage returns, a line at the end."""
+    from cocomix.progress import ProgressLine
+
+    line = ProgressLine("extract-concepts train", 10, log_interval=3600)
+    for done in range(1, 11):
+        line.update(done)
+    line.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.splitlines() == [err.splitlines()[0]] and "10/10 windows" in err

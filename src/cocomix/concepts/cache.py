@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from cocomix.concepts.attribution import INVALID, compute_targets
 from cocomix.data import TokenStore
 from cocomix.digest import file_sha256
 from cocomix.errors import ConfigError, DataError, Stopped
+from cocomix.progress import ProgressLine
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train.guard import RunLock, StopSignals
 
@@ -99,6 +98,8 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
 
     `max_windows` stops after that many windows in total (for testing interruption). Returns meta.json's dict.
     """
+    if not splits or any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits):
+        raise ConfigError(f"splits: expected distinct names among {', '.join(SPLITS)}, got {','.join(splits)!r}")
     store = TokenStore.open(store_path)
     teacher.check_store(store, seq_len)
     out = Path(out_dir)
@@ -146,8 +147,8 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         path = out / f"targets_{split}.bin"
         shape = (n, seq_len - 1, k_attr)
         mm = np.memmap(path, dtype=dtype, mode="r+" if path.is_file() else "w+", shape=shape)
-        start = first = done[split]
-        t_split, last_print = time.perf_counter(), 0.0
+        start = done[split]
+        line = ProgressLine(f"extract-concepts {split}", n, start=start, enabled=progress)
         while start < n and budget > 0:
             stop = int(min(n, start + batch_size, start + budget))
             ids = store.batch(split, list(range(start, stop)), seq_len).to(device)
@@ -159,18 +160,11 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
             start = done[split] = stop
             atomic_write_text(prog_path, json.dumps(done))
             if signals.received is not None:  # SIGTERM / SIGINT: this batch is on disk; stop here
-                if progress:
-                    print(file=sys.stderr)
+                line.close()
                 raise Stopped(signals.received, f"{start}/{n} {split} windows saved in {out}; rerun the same "
                                                 "command to resume")
-            now = time.perf_counter()
-            if progress and (now - last_print >= 1.0 or start >= n):
-                last_print = now
-                rate = (start - first) / max(now - t_split, 1e-9)
-                print(f"\rextract-concepts {split}: {start}/{n} windows ({rate:.1f} windows/s)", end="",
-                      file=sys.stderr, flush=True)
-        if progress:
-            print(file=sys.stderr)
+            line.update(start)
+        line.close()
         del mm
     # per split, not per call: a later `--splits val` must not vouch for train targets an earlier call left
     # half-written (their file exists full-size, zero-filled past the progress mark)

@@ -10,7 +10,6 @@ and writes `concepts.json` and a readable `concepts.md`, so that steering and in
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
 from cocomix.errors import ConfigError, DataError
+from cocomix.progress import ProgressLine
 
 
 @torch.no_grad()
@@ -46,6 +46,7 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
     top_win = torch.full((C, top_n), -1, dtype=torch.int64)
     top_pos = torch.full((C, top_n), -1, dtype=torch.int64)
     latent_of_slot = torch.arange(C).repeat_interleave(top_n)  # (C·top_n,)
+    line = ProgressLine("describe-concepts", n, enabled=progress)
     for start in range(0, n, batch_size):
         chunk_ids = list(range(start, min(n, start + batch_size)))
         ids = store.batch(split, chunk_ids, seq_len).to(teacher.device)
@@ -70,11 +71,8 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
         keep = rank < top_n
         slot = lat[keep] * top_n + rank[keep]
         top_val.view(-1)[slot], top_win.view(-1)[slot], top_pos.view(-1)[slot] = val[keep], w[keep], p[keep]
-        if progress:
-            print(f"\rdescribe-concepts: {min(n, start + batch_size)}/{n} windows", end="", file=sys.stderr,
-                  flush=True)
-    if progress:
-        print(file=sys.stderr)
+        line.update(min(n, start + batch_size))
+    line.close()
     return {"counts": counts, "positions": torch.tensor(n * seq_len), "values": top_val, "windows": top_win,
             "token_positions": top_pos}
 

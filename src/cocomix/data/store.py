@@ -67,7 +67,11 @@ def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress
     log(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the train documents of {source!r}",
         force=True)
     train_texts = (doc.text for split, doc in iter_split(source, val_fraction) if split == "train")
-    return train_bpe(train_texts, vocab_size)
+    tok = train_bpe(train_texts, vocab_size)
+    if tok.vocab_size < vocab_size:
+        log(f"note: the train documents support only {tok.vocab_size} BPE tokens ({spec} asked for): the store's "
+            f"vocabulary is {tok.vocab_size}", force=True)
+    return tok
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -119,7 +123,7 @@ def _write_streams(out: Path, tok: TextTokenizer, source: str, val_fraction: flo
             counts[f"{split}_tokens"] += _encode_into(tok, buffers[split], handles[split], dtype)
             counts[f"{split}_documents"] += len(buffers[split])
             buffers[split], buffered_chars[split] = [], 0
-            log(f"encoded {counts['train_documents'] + counts['val_documents']} documents: "
+            log(f"encoded {counts['train_documents'] + counts['val_documents']} documents so far: "
                 f"{counts['train_tokens']:,} train and {counts['val_tokens']:,} val tokens")
 
         for split, doc in iter_split(source, val_fraction):

@@ -54,7 +54,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
         self.model = self.model.to(self.dtype).eval()
-        store = run_store(self.run_cfg, data)
+        store = run_store(self.run_cfg, data, self.checkpoint)
         check_vocab(store, self.run_cfg.model.vocab_size)
         self.tok = store.tokenizer()
         self.eot = self.tok.eos_id if self.tok.eos_id is not None else 0

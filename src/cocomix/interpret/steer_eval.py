@@ -35,6 +35,7 @@ from cocomix.interpret.inspect import mixing_seam
 from cocomix.interpret.labels import ConceptBook
 from cocomix.interpret.steer import check_steering, steer_student, steer_teacher
 from cocomix.model import Transformer
+from cocomix.progress import ProgressLine
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,10 @@ class SteerEvalConfig:
     teacher_check: bool = False
 
     def check(self, context_length: int) -> None:
-        if self.n_prompts < 1 or self.prompt_len < 1 or self.max_new_tokens < 1 or self.n_concepts < 1:
-            raise CocomixError("steer-eval: --prompts, --prompt-len, --max-new-tokens and --concepts must be >= 1")
+        for flag, value in (("--prompts", self.n_prompts), ("--prompt-len", self.prompt_len),
+                            ("--max-new-tokens", self.max_new_tokens), ("--n-concepts", self.n_concepts)):
+            if value < 1:
+                raise CocomixError(f"{flag}: expected an integer >= 1, got {value}")
         if self.prompt_len + self.max_new_tokens > context_length:
             raise CocomixError(f"steer-eval: --prompt-len + --max-new-tokens must be at most the context length "
                                f"{context_length}, got {self.prompt_len + self.max_new_tokens}")
@@ -116,8 +119,12 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     cfg.check(model.cfg.context_length)
     if seam.n_latents != sae.n_latents:
         raise CocomixError(f"--sae: {sae.n_latents} latents, the student predicts {seam.n_latents}")
-    concepts = list(concepts) if concepts else choose_concepts(model, store, book, cfg.n_concepts, cfg.split,
-                                                                seq_len)
+    if not concepts:
+        concepts = choose_concepts(model, store, book, cfg.n_concepts, cfg.split, seq_len)
+        if len(concepts) < cfg.n_concepts:
+            print(f"steer-eval: note: {len(concepts)} of the {cfg.n_concepts} concepts asked for: the student "
+                  "predicts no other concept (top-1) that fired in the describe-concepts report", file=sys.stderr)
+    concepts = list(concepts)
     check_steering(seam.n_latents, concepts, [1.0] * len(concepts))
     device = next(model.parameters()).device
     if cfg.prompt_len > seq_len:
@@ -125,6 +132,7 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
                            f"most {seq_len}, got {cfg.prompt_len}")
     prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
     rows = []
+    line = ProgressLine("steer-eval", len(concepts), unit="concepts", enabled=progress)
     for i, c in enumerate(concepts):
         for alpha in cfg.alphas:
             gen = torch.Generator(device=device).manual_seed(cfg.seed)  # same random stream for every α
@@ -140,10 +148,8 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
                 t_rate, t_nll = read_continuations(teacher, sae, t_out, cfg.prompt_len, [c])
                 row |= {"teacher_steered_rate": float(t_rate[0]), "teacher_steered_nll": t_nll}
             rows.append(row)
-        if progress:
-            print(f"\rsteer-eval: {i + 1}/{len(concepts)} concepts", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        line.update(i + 1)
+    line.close()
     return {"config": asdict(cfg), "concepts": concepts, "rows": rows,
             "labels": {c: {"label": book[c].short(), "context": book[c].context, "frequency": book[c].frequency}
                        for c in concepts},
@@ -199,11 +205,13 @@ def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
             f"{s['mean'][str(a)]['teacher_steered_rate']:.3f}" for a in alphas) + " |")
     lines.append("")
     fmt = (lambda v: "n/a (rate 0 at α = 0)" if v is None else f"{v:.2f}×")  # noqa: E731
-    lines += [f"- α = {s['max_alpha']:g} vs α = 0: mean activation rate {fmt(s['ratio_max_alpha_over_zero'])}; "
-              f"α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}.",
+    negative = s["min_alpha"] < 0  # without a negative α there is no "lowered" comparison to state
+    lines += [f"- α = {s['max_alpha']:g} vs α = 0: mean activation rate {fmt(s['ratio_max_alpha_over_zero'])}"
+              + (f"; α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}." if negative else "."),
               *([f"- Reference, the teacher steered through the same SAE latents (the paper's cross-check): "
-                 f"α = {s['max_alpha']:g} vs 0 {fmt(s['teacher_ratio_max_alpha_over_zero'])}, α = {s['min_alpha']:g} "
-                 f"vs 0 {fmt(s['teacher_ratio_min_alpha_over_zero'])}."] if teacher else []),
+                 f"α = {s['max_alpha']:g} vs 0 {fmt(s['teacher_ratio_max_alpha_over_zero'])}"
+                 + (f", α = {s['min_alpha']:g} vs 0 {fmt(s['teacher_ratio_min_alpha_over_zero'])}." if negative
+                    else ".")] if teacher else []),
               f"- Fluency cost of α = {s['max_alpha']:g}: teacher NLL {s['fluency_cost_max_alpha']:+.3f} nats/token "
               "over the unsteered (α = 1) continuations.", "", "![steering](steering.png)", ""]
     atomic_write_text(out / "steering.md", "\n".join(lines))

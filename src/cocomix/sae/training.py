@@ -32,6 +32,7 @@ from torch import nn
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
 from cocomix.errors import CocomixError, ConfigError, Stopped
+from cocomix.progress import format_duration
 from cocomix.sae.activations import ActivationChunks
 from cocomix.sae.objective import initialize, normalize_decoder, remove_parallel_decoder_grad, sae_losses
 from cocomix.sae.saelens import save_saelens
@@ -39,7 +40,7 @@ from cocomix.sae.topk import TopKSAE
 from cocomix.sae.train_config import SAETrainConfig
 from cocomix.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from cocomix.train.guard import LOCK_NAME, RunLock, StopSignals
-from cocomix.train.metrics import MetricsLogger, Throughput, format_duration
+from cocomix.train.metrics import MetricsLogger, Throughput
 
 ADAM_EPS = 6.25e-10  # OpenAI sparse_autoencoder
 INIT_SAMPLE = 32768  # activations used for the geometric-median init of pre_bias

@@ -209,5 +209,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         raise CheckpointError(f"{p}: no such run or checkpoint directory")
     ckpt = latest_checkpoint(p)
     if ckpt is None:
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"{p}: not a cocomix run (no config.json or checkpoints/); give a run directory "
+                                  "or one of its checkpoints")
         raise CheckpointError(f"{p}: run has no checkpoint yet")
     return p, ckpt

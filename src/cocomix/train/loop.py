@@ -29,6 +29,7 @@ from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, run_flops
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
+from cocomix.progress import format_duration
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import (
@@ -41,7 +42,7 @@ from cocomix.train.checkpoint import (
     verify_checkpoint,
 )
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
-from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput, format_duration
+from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
 
 
@@ -127,6 +128,8 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                       "follow the micro-batches, so the run continues on another random path than an "
                       "uninterrupted one (same data, same expectation; equal only without dropout)",
                       file=sys.stderr)
+    elif ckpt is None and os.environ.get("RANK", "0") == "0":  # e.g. the first submission of a requeued job
+        print(f"cocomix: note: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)
     return ckpt
 
 

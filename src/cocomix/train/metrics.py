@@ -24,12 +24,6 @@ def _step_of(line: str) -> int | None:
     return event.get("step", 0) if isinstance(event, dict) else None
 
 
-def format_duration(seconds: float) -> str:
-    s = int(max(0, seconds))
-    h, m, s = s // 3600, s % 3600 // 60, s % 60
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
-
-
 class MetricsLogger:
     """Appends events to run_dir/metrics.jsonl and mirrors scalars to the configured backends."""
 
