@@ -71,8 +71,8 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
     from cocomix.sae.training import train_sae
     from cocomix.teacher import Teacher
 
-    _check_stamp(out, {"source": source, "data": str(data.resolve()), "teacher_steps": steps["teacher"],
-                       "sae_steps": steps["sae"]})
+    # (the store's path is not stamped: `_store_ready` checks what it holds, and a moved checkout stays usable)
+    _check_stamp(out, {"source": source, "teacher_steps": steps["teacher"], "sae_steps": steps["sae"]})
     stage("data", _store_ready(data, source), lambda: prepare(source, data, tokenizer=TOKENIZER), timings)
     teacher_run = get_preset("tiny")
     teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
@@ -103,7 +103,7 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
 
 def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
     """Stages are reused by existence, so an output folder must not mix settings: the first call records the
-    corpus, its token store and the teacher / SAE step counts in OUT/stages.json, a later call with others is an
+    corpus and the teacher / SAE step counts in OUT/stages.json, a later call with others is an
     error (a longer teacher would otherwise sit next to an SAE and targets made from the shorter one). A stamp
     written before a key existed is completed with it."""
     path = out / "stages.json"
