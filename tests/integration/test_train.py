@@ -335,7 +335,7 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
 
 def test_resume_of_an_empty_out_starts_the_run_and_says_so(store_dir: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
-    from cocomix.train.loop import prepare_run_dir
-
-    assert prepare_run_dir(small_run(store_dir), tmp_path / "new", resume=True) is None
-    assert "nothing to resume in" in capsys.readouterr().err and (tmp_path / "new").is_dir()
+    train(small_run(store_dir, steps=1, eval_every=0, eval_batches=1), tmp_path / "new", resume=True, quiet=True)
+    assert "nothing to resume in" in capsys.readouterr().err and (tmp_path / "new" / "config.json").is_file()
+    train(small_run(store_dir, steps=1, eval_every=0, eval_batches=1), tmp_path / "new", resume=True, quiet=True)
+    assert "nothing to resume" not in capsys.readouterr().err  # a finished run is there now

@@ -128,8 +128,6 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                       "follow the micro-batches, so the run continues on another random path than an "
                       "uninterrupted one (same data, same expectation; equal only without dropout)",
                       file=sys.stderr)
-    elif ckpt is None and os.environ.get("RANK", "0") == "0":  # e.g. the first submission of a requeued job
-        print(f"cocomix: note: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)
     return ckpt
 
 
@@ -207,6 +205,9 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
                             spare=store.num_tokens("train") - chunks * T if random_offsets else 0)
     ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
     lock = RunLock(run_dir) if ctx.is_main else None  # one writer per run directory
+    if resume and ckpt is None and not (run_dir / "config.json").is_file() and ctx.is_main:  # e.g. the first
+        # submission of a job that is always launched with --resume (the lock is held: this run does start)
+        print(f"cocomix: note: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)
     try:
         return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt)
     finally:
