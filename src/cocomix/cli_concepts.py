@@ -26,12 +26,14 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     import dataclasses
 
     from cocomix.sae.train_config import SAETrainConfig
-    from cocomix.sae.training import train_sae
+    from cocomix.sae.training import check_out, train_sae
     from cocomix.teacher import Teacher, teacher_dtype
     from cocomix.train.loop import resolve_device
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
     cfg = SAETrainConfig(**values)
+    if Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load; checked again, locked
+        check_out(cfg, Path(args.out))
     teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device, "--device"),
                                       dtype=teacher_dtype(cfg.teacher_dtype))
     report = train_sae(cfg, args.out, teacher)

@@ -96,6 +96,11 @@ def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teach
                         "--chunk-tokens", "1024", "--steps", "10", "--warmup-steps", "5", "--device", "cpu"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "other settings (k" in r.stderr, r.stderr
+    # said before the teacher is loaded (a hub teacher can take minutes): a teacher that does not exist is not
+    # even looked at
+    r = subprocess.run([*r.args[:4], "--teacher", str(tmp_path / "absent"), *r.args[6:]], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "other settings" in r.stderr and "absent" not in r.stderr, r.stderr
     import dataclasses
 
     before = _weights(tmp_path / "run")  # settings that leave the SAE as it is may change on a resume

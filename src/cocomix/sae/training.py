@@ -92,7 +92,7 @@ def _prepare_out(cfg: SAETrainConfig, out: Path) -> RunLock:
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)
     try:
-        _check_out(cfg, out)
+        check_out(cfg, out)
     except BaseException:
         lock.release()
         raise
@@ -103,7 +103,8 @@ OPERATIONAL = ("device", "log_every", "checkpoint_every", "teacher_batch", "eval
 """Settings a resume may change: they leave the trained SAE as it is (up to the device's float rounding)."""
 
 
-def _check_out(cfg: SAETrainConfig, out: Path) -> None:
+def check_out(cfg: SAETrainConfig, out: Path) -> None:
+    """CocomixError when `out` holds an SAE run of other settings, or something that is not an SAE run."""
     path = out / "config.json"
     if path.is_file():
         try:
