@@ -187,7 +187,7 @@ def table(groups: list[Group], reference: str | None = None) -> str:
     head = ("| run | method | seeds | final val loss (nats/token) | val ppl | tokens | training FLOPs "
             "(teacher + SAE incl.) | train wall-clock | tokens/s | token efficiency vs " + (ref.label if ref else "-")
             + " |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    rows, notes = [], []
+    rows, notes, any_bound = [], [], False
     for g in groups:
         mean, std = g.final()
         tokens = g.mean_curve("tokens")[0][-1]  # at the evaluation `final` reads, not each seed's own last one
@@ -199,14 +199,13 @@ def table(groups: list[Group], reference: str | None = None) -> str:
         secs = sum(r.train_s for r in g.runs) / len(g.runs)
         eff = token_efficiency(g, ref) if ref is not None and g is not ref else None
         bound = "≥ " if eff is not None and efficiency_is_bound(g, ref) else ""
+        any_bound = any_bound or bool(bound)
         eff_s = "—" if g is ref else ("not reached" if eff is None else f"{bound}{100 * eff:+.1f}%")
         loss_s = f"{mean:.4f} ± {std:.4f}" if len(g.runs) > 1 else f"{mean:.4f}"
         rows.append(f"| {g.label} | {g.runs[0].method} | {len(g.runs)} | {loss_s} | {math.exp(min(mean, 50)):.2f} | "
                     f"{_fmt_num(tokens)} | {_fmt_num(flops)} | {secs:.0f} s | "
                     f"{_fmt_num(tokens / secs) if secs and math.isfinite(secs) else 'n/a'} | {eff_s} |")
-    bound = any(g is not ref and ref is not None and token_efficiency(g, ref) is not None
-                and efficiency_is_bound(g, ref) for g in groups)
-    if bound:
+    if any_bound:
         notes.append("≥: the run's first evaluation already reached the reference's final loss, so it needed at "
                      "most that many tokens (evaluate more often for the exact figure).")
     return head + "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes)
