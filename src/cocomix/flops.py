@@ -17,8 +17,9 @@ CoCoMix or pause student the blocks from `concept_layer` on see two positions pe
 
 Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above), SAE encode 2·d_con·C and the
 attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
-gradient runs the LM head's backward once and repeats the backward through the blocks above `teacher_layer` T
-times, as `Teacher.residual_and_grad` does). Activation-selected targets need no gradient: the teacher's forward
+gradient costs the same: one backward pass through own-position attention, `Teacher.residual_and_grad`; a teacher
+that fails its own-position check instead repeats the backward through the blocks above `teacher_layer` per
+position, which is not counted here). Activation-selected targets need no gradient: the teacher's forward
 stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes. Cached targets cost nothing at training time;
 `cached_targets` reports what they would have cost online per token (comparisons add it, so CoCoMix is charged
 for its teacher and SAE either way). KD: teacher forward.
@@ -145,10 +146,7 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
         if c.selection == "activation":
             out["teacher"] = lm_prefix_forward(teacher, T, c.teacher_layer)
         else:
-            head = 2.0 * teacher.d_model * teacher.vocab_size
-            blocks = teacher_flops(teacher, T, c.teacher_layer, True) - lm_forward(teacher, T) - head
-            repeats = T if c.attribution_loss == "next_token" else 1
-            out["teacher"] = lm_forward(teacher, T) + head + repeats * blocks
+            out["teacher"] = teacher_flops(teacher, T, c.teacher_layer, True)
             out["sae"] += 2.0 * sae_k * d_con
             if c.multiplier == "pre_activation":
                 out["sae"] += 2.0 * d_con * c.n_latents

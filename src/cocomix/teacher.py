@@ -6,10 +6,14 @@ block `teacher_layer` (transformer_lens `blocks.{L}.hook_resid_post`) together w
 mean next-token NLL with respect to it — the official attribution's ∂L/∂h (official-implementation.md §2.1) —
 or, with `loss="next_token"`, the paper's Eq. 1 gradient: at each position t, ∂(−log p(x_{t+1} | x_≤t)) / ∂h_t, the
 effect of h_t on its own next-token loss only (the window mean also counts its effect on later tokens' losses
-through attention). That needs one backward pass per position; they run batched with `is_grads_batched` (vmap)
-in chunks of `GRAD_CHUNK` positions, about T/GRAD_CHUNK backward calls' worth of time, from the trunk's final
-hidden states (∂NLL_t/∂final_t comes from the chunked LM head below, so no (GRAD_CHUNK, B·T, V) logit gradient
-exists) or, for models without that split, from whole logits.
+through attention). That is one backward pass for all positions where attention is the model's only
+cross-position operator: attention runs as own-position attention (`cocomix.teacher_attention`), whose backward
+treats other positions' keys and values as constants, so the gradient of Σ_t NLL_t at h_t is ∂NLL_t/∂h_t. A
+one-time check on the first window compares it with per-position backward passes; a model that fails it (or
+cannot run it: a cocomix run with slots, attention sinks) gets those instead, batched with `is_grads_batched`
+(vmap) in chunks of `GRAD_CHUNK` positions, about T/GRAD_CHUNK backward calls' worth of time, from the trunk's
+final hidden states (∂NLL_t/∂final_t comes from the chunked LM head below, so no (GRAD_CHUNK, B·T, V) logit
+gradient exists) or, for models without that split, from whole logits.
 Teacher parameters never require grad: the hidden state at `teacher_layer` is made a fresh leaf, so the backward
 pass runs only through activations above it. For the window mean, the LM head and its NLL run in row chunks
 (`cocomix.model.chunked_nll`, which forms ∂L/∂(final hidden) while each chunk's logits exist) on the final hidden
@@ -22,6 +26,7 @@ at the capture block: the blocks above it and the LM head are never run.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from torch import nn
 from cocomix.errors import CheckpointError, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.transformer import checkpointed
+from cocomix.teacher_attention import Unsupported, own_position
 
 ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
@@ -124,6 +130,9 @@ class Teacher:
         self._kw = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None \
             else {}
         self.checkpointed = False
+        self.next_token_mode: str | None = None
+        """How the Eq. 1 gradient is computed: "own_position" (one backward pass), "per_position" (one per
+        position), or None before the first `residual_and_grad(loss="next_token")` decides."""
 
     def checkpoint_blocks(self) -> None:
         """Recompute the activations of the blocks above `layer` in the backward instead of storing them
@@ -266,40 +275,101 @@ class Teacher:
         """ids (B, T) -> hidden and the loss gradient at teacher_layer (see `TeacherPass.grad`).
 
         loss="window_mean": ∂L/∂hidden with L = mean CE(logits[:, :-1], ids[:, 1:]) (the official code).
-        loss="next_token": grad[:, t] = ∂CE_t/∂hidden[:, t] with CE_t the NLL of ids[:, t + 1] (paper Eq. 1).
+        loss="next_token": grad[:, t] = ∂CE_t/∂hidden[:, t] with CE_t the NLL of ids[:, t + 1] (paper Eq. 1): one
+        backward pass through own-position attention where the first window's check allows
+        (`next_token_mode`), else batched per-position backward passes.
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
+        if loss == "next_token":
+            return self._own_position_pass(ids) if self._own_position_ok(ids) else self._per_position_pass(ids)
         if self._can_split(ids):
             trunk, head = self._split()
             with torch.enable_grad():
                 final = trunk(ids)  # (B, T, d_final): the trunk's output, in the graph back to the leaf
                 leaf = self._take_leaf(ids)
-                if loss == "window_mean":
-                    mean = chunked_nll(final, head.weight, head.bias, ids)
-                    (grad,) = torch.autograd.grad(mean, leaf)
-                    return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
+                mean = chunked_nll(final, head.weight, head.bias, ids)
+                (grad,) = torch.autograd.grad(mean, leaf)
+            return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
+        with torch.enable_grad():
+            logits, leaf, nll = self._whole_nll(ids)
+            mean = nll.mean()
+            (grad,) = torch.autograd.grad(mean, leaf)
+        return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits.detach())
+
+    def _whole_nll(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids (B, T) -> (logits (B, T, V), the captured leaf, per-position NLL (B, T-1) in fp32 at least)."""
+        logits = _logits(self.model(ids, **self._kw))  # (B, T, V)
+        leaf = self._take_leaf(ids)
+        B, T, V = logits.shape
+        flat = logits[:, :-1].reshape(-1, V)
+        flat = flat if flat.dtype == torch.float64 else flat.float()  # fp32 at least, keep fp64
+        nll = F.cross_entropy(flat, ids[:, 1:].reshape(-1), reduction="none").view(B, T - 1)  # (B, T-1)
+        return logits, leaf, nll
+
+    def _own_position_pass(self, ids: torch.Tensor) -> TeacherPass:
+        """The Eq. 1 gradient in one backward pass: with own-position attention, the gradient of Σ_t NLL_t at
+        hidden_t is ∂NLL_t/∂hidden_t (`cocomix.model.own_position`)."""
+        n = ids.shape[0] * (ids.shape[1] - 1)  # positions the mean averages over
+        split = self._can_split(ids)
+        with own_position(self.model), torch.enable_grad():
+            if split:
+                trunk, head = self._split()
+                final = trunk(ids)  # (B, T, d_final)
+                leaf = self._take_leaf(ids)
+                mean, logits = chunked_nll(final, head.weight, head.bias, ids), None
+            else:
+                logits, leaf, nll = self._whole_nll(ids)
+                mean, logits = nll.mean(), logits.detach()
+            (grad,) = torch.autograd.grad(mean * n, leaf)  # (B, T, d); zero at the final position
+        return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits)
+
+    def _per_position_pass(self, ids: torch.Tensor, positions: list[int] | None = None) -> TeacherPass:
+        """The Eq. 1 gradient from one (batched) backward call per position (`positions`, default all T−1);
+        the rows of other positions stay zero."""
+        if self._can_split(ids):
+            trunk, head = self._split()
+            with torch.enable_grad():
+                final = trunk(ids)  # (B, T, d_final)
+                leaf = self._take_leaf(ids)
                 # each position's own NLL reads only its own final hidden state, so ∂NLL_t/∂final_t is the mean's
                 # gradient there times the B·(T−1) positions it averages over; from there, per-position VJPs
                 free = final.detach().requires_grad_(True)
                 mean = chunked_nll(free, head.weight, head.bias, ids)
                 (at_final,) = torch.autograd.grad(mean, free)  # (B, T, d_final); zero at the final position
-                at_final = (at_final.float() * (ids.shape[0] * (ids.shape[1] - 1))).to(final.dtype)
-                grad = _own_position_grad(final, leaf, at_final)
+                wide = torch.promote_types(at_final.dtype, torch.float32)  # fp32 at least, keep fp64
+                at_final = (at_final.to(wide) * (ids.shape[0] * (ids.shape[1] - 1))).to(final.dtype)
+                grad = _own_position_grad(final, leaf, at_final, positions)
             return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach())
         with torch.enable_grad():
-            logits = _logits(self.model(ids, **self._kw))  # (B, T, V)
-            leaf = self._take_leaf(ids)
-            B, T, V = logits.shape
-            flat = logits[:, :-1].reshape(-1, V)
-            flat = flat if flat.dtype == torch.float64 else flat.float()  # fp32 at least, keep fp64
-            nll = F.cross_entropy(flat, ids[:, 1:].reshape(-1), reduction="none").view(B, T - 1)  # (B, T-1)
-            mean = nll.mean()
-            if loss == "window_mean":
-                (grad,) = torch.autograd.grad(mean, leaf)
+            logits, leaf, nll = self._whole_nll(ids)
+            grad = _own_position_grad(nll.sum(0), leaf, None, positions)
+        return TeacherPass(hidden=leaf.detach(), grad=grad, loss=nll.mean().detach(), logits=logits.detach())
+
+    def _own_position_ok(self, ids: torch.Tensor) -> bool:
+        """Whether own-position attention gives this model's Eq. 1 gradient: decided once, on the first row of
+        the first batch, against per-position backward passes at three positions (a relative error of 1e-3, 5e-2
+        for 16-bit weights). A model it cannot serve falls back, with a warning (T/GRAD_CHUNK batched calls)."""
+        if self.next_token_mode is None:
+            one = ids[:1]
+            T = one.shape[1]
+            positions = sorted({0, (T - 1) // 2, T - 2})
+            try:
+                fast = self._own_position_pass(one).grad[0, positions]  # (3, d)
+            except Unsupported as e:
+                why = str(e)
             else:
-                grad = _own_position_grad(nll.sum(0), leaf, None)
-        return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits.detach())
+                slow = self._per_position_pass(one, positions).grad[0, positions]
+                err = float((fast.double() - slow.double()).norm() / (slow.double().norm() + 1e-30))
+                tol = 1e-3 if fast.dtype in (torch.float32, torch.float64) else 5e-2
+                why = "" if err <= tol else f"its gradients differ from per-position backward passes ({err:.2g})"
+            self._leaf = None
+            self.next_token_mode = "per_position" if why else "own_position"
+            if why:
+                warnings.warn(f"attribution_loss=next_token: own-position attention cannot serve this teacher "
+                              f"({why}); one backward pass per position instead (about {T // GRAD_CHUNK or 1} "
+                              "batched calls per batch)", stacklevel=3)
+        return self.next_token_mode == "own_position"
 
     def _take_leaf(self, ids: torch.Tensor) -> torch.Tensor:
         """The captured residual stream of the forward on ids (B, T): one vector per token, or an error."""
@@ -346,8 +416,9 @@ class Teacher:
             self._split_ok = ok
         return self._split_ok
 
-def _own_position_grad(out: torch.Tensor, leaf: torch.Tensor, seed: torch.Tensor | None) -> torch.Tensor:
-    """∂NLL_t / ∂leaf[:, t] for every position t < T−1, leaf (B, T, d).
+def _own_position_grad(out: torch.Tensor, leaf: torch.Tensor, seed: torch.Tensor | None,
+                       positions: list[int] | None = None) -> torch.Tensor:
+    """∂NLL_t / ∂leaf[:, t] for every position t < T−1 (or those in `positions`), leaf (B, T, d).
 
     With `seed=None`, `out` is the per-position NLL summed over the batch, (T−1,); otherwise `out` is the
     trunk's final hidden states (B, T, d_final) and `seed` (B, T, d_final) holds ∂NLL_t/∂out[:, t] at each t
@@ -359,27 +430,28 @@ def _own_position_grad(out: torch.Tensor, leaf: torch.Tensor, seed: torch.Tensor
     gradient graph.
     """
     n = leaf.shape[1] - 1
+    todo = list(range(n)) if positions is None else list(positions)
     grad = torch.zeros_like(leaf)  # (B, T, d); the final position keeps zero
-    for start in range(0, n, GRAD_CHUNK):
-        stop = min(n, start + GRAD_CHUNK)
-        c, rows, pos = stop - start, torch.arange(stop - start, device=leaf.device), \
-            torch.arange(start, stop, device=leaf.device)
+    for start in range(0, len(todo), GRAD_CHUNK):
+        chunk = todo[start:start + GRAD_CHUNK]
+        c, rows, pos = len(chunk), torch.arange(len(chunk), device=leaf.device), \
+            torch.tensor(chunk, device=leaf.device)
         if seed is None:
             outputs = torch.zeros(c, n, dtype=out.dtype, device=leaf.device)  # (c, T-1)
             outputs[rows, pos] = 1
         else:
             outputs = torch.zeros(c, *out.shape, dtype=out.dtype, device=leaf.device)  # (c, B, T, d_final)
-            outputs[rows, :, pos] = seed[:, start:stop].transpose(0, 1)
+            outputs[rows, :, pos] = seed[:, pos].transpose(0, 1)
         try:
             (g,) = torch.autograd.grad(out, leaf, grad_outputs=outputs, retain_graph=True,
                                        is_grads_batched=True)  # (c, B, T, d)
-            grad[:, start:stop] = g[rows, :, pos].transpose(0, 1)
+            grad[:, pos] = g[rows, :, pos].transpose(0, 1)
         except RuntimeError as e:  # no vmap rule for some operator: one backward per position
             if isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e) or "can't allocate" in str(e):
                 raise ConfigError(f"attribution_loss=next_token: out of memory in the batched backward of "
                                   f"{c} positions (it holds {c}× the teacher's gradient graph); lower the batch "
                                   "size or use attribution_loss=window_mean") from None
-            for i, t in enumerate(range(start, stop)):
+            for i, t in enumerate(chunk):
                 (g,) = torch.autograd.grad(out, leaf, grad_outputs=outputs[i], retain_graph=True)  # (B, T, d)
                 grad[:, t] = g[:, t]
     return grad

@@ -80,14 +80,15 @@ def _own_nll(model: torch.nn.Module, ids: torch.Tensor, b: int, t: int) -> float
     return float(torch.nn.functional.cross_entropy(logits[b, t], ids[b, t + 1]))
 
 
-@pytest.mark.parametrize("fallback", [False, True], ids=["vmap", "loop"])
+@pytest.mark.parametrize("mode", ["own_position", "vmap", "loop"])
 @pytest.mark.parametrize("split", [True, False])
 def test_next_token_gradient_matches_finite_differences_of_the_own_position_loss(
-        fallback: bool, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        mode: str, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Paper Eq. 1: grad[b, t] = ∂NLL_t/∂h_t (the own next-token loss only), checked against central differences;
-    from the trunk's output with the LM head's gradient formed in chunks (`split`, models with a linear head), and
-    from whole logits (other models)."""
-    if fallback:  # exercise the per-position loop used when a model op has no vmap rule
+    in one backward pass through own-position attention and in per-position backward passes (batched, or one
+    call each); from the trunk's output with the LM head's gradient formed in chunks (`split`, models with a
+    linear head), and from whole logits (other models)."""
+    if mode == "loop":  # exercise the per-position loop used when a model op has no vmap rule
         real = torch.autograd.grad
 
         def no_vmap(*args, **kwargs):
@@ -100,8 +101,10 @@ def test_next_token_gradient_matches_finite_differences_of_the_own_position_loss
     model = Transformer(tiny_model_config(n_layer=3, d_model=32)).double()
     teacher = Teacher(model, layer=1)
     teacher._split_ok = None if split else False  # False: as for a model whose head is not a plain linear map
+    teacher.next_token_mode = None if mode == "own_position" else "per_position"
     ids = torch.randint(0, 97, (2, 10))
     tp = teacher.residual_and_grad(ids, loss="next_token")
+    assert teacher.next_token_mode == ("own_position" if mode == "own_position" else "per_position")
     assert (tp.logits is None) == split
     mean_grad = teacher.residual_and_grad(ids).grad
     assert torch.count_nonzero(tp.grad[:, -1]) == 0
@@ -343,6 +346,7 @@ def test_next_token_gradient_out_of_memory_is_an_error_not_a_slow_fallback(monke
 
     monkeypatch.setattr(torch.autograd, "grad", grad)
     teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
+    teacher.next_token_mode = "per_position"  # as for a teacher that failed the own-position check
     with pytest.raises(ConfigError, match="attribution_loss=next_token: out of memory"):
         teacher.residual_and_grad(torch.randint(0, 97, (2, 9)), loss="next_token")
 

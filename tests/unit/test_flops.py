@@ -50,12 +50,14 @@ def test_69m_presets_match_the_hand_count() -> None:
 
 
 def test_target_options_count_what_the_teacher_runs() -> None:
-    """next_token: the head's backward once, the 6 blocks above block 5 once per position (T = 1024);
-    activation selection: blocks 0-5 forward only (the teacher stops there), SAE encode without the gather."""
+    """next_token: one backward pass (own-position attention), the window mean's cost: forward, the head's
+    backward and the 6 blocks above block 5; activation selection: blocks 0-5 forward only (the teacher stops
+    there), SAE encode without the gather."""
     run = get_preset("gpt2-69m-cocomix")
     per_position = run_flops(dataclasses.replace(run, concept=dataclasses.replace(
         run.concept, attribution_loss="next_token")))
-    assert _close(per_position["teacher"], 284_812_800 + 77_194_752 + 1024 * 122_683_392)
+    assert _close(per_position["teacher"], 284_812_800 + 77_194_752 + 122_683_392)
+    assert per_position["teacher"] == run_flops(run)["teacher"]
     activation = run_flops(dataclasses.replace(run, concept=dataclasses.replace(run.concept, selection="activation")))
     assert _close(activation["teacher"], 6 * 17_301_504) and _close(activation["sae"], 2 * 768 * 32768)
 

@@ -3,7 +3,8 @@
 Decoding with a cache needs the causal mask aligned to the *bottom right* (query i of S new positions sees keys
 up to past + i). SDPA's `is_causal` aligns top-left when S differs from the key length, which is the official
 implementation's cached-decoding bug; here that case gets an explicit mask. Layers may hold caches of different
-lengths (layers above a slot seam hold two entries per token), so lengths are tracked per layer.
+lengths (layers above a slot seam hold two entries per token), so lengths are tracked per layer. With
+`own_position` set (a teacher computing the Eq. 1 gradient), attention runs `own_position_attention` instead.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import nn
 
 from cocomix.config import ModelConfig
 from cocomix.model.layers import apply_rope, rope_tables
+from cocomix.model.own_position import own_position_attention
 
 
 class KVCache:
@@ -58,6 +60,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.use_bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.use_bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        self.own_position = False
+        """Backward along each position's own key/value only (the teacher's Eq. 1 gradient; no cache)."""
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """x (B, S, d), pos (S,) integer positions (used by RoPE) -> (B, S, d)."""
@@ -70,6 +74,9 @@ class CausalSelfAttention(nn.Module):
         if self.rope_theta is not None:
             cos, sin = rope_tables(pos, hd, self.rope_theta, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.own_position and cache is None:
+            y = own_position_attention(q, k, v, scaling=hd ** -0.5)  # (B, H, S, hd)
+            return self.resid_drop(self.proj(y.transpose(1, 2).contiguous().view(B, S, d)))
         mask, causal = None, True
         if cache is not None:
             past = cache.lengths[self.layer]

@@ -1,0 +1,85 @@
+"""Own-position attention: causal attention whose backward keeps only each position's path to itself.
+
+Paper Eq. 1 scores a concept at position t by the gradient of that position's own next-token loss,
+∂NLL_t/∂h_t. In a decoder whose only cross-position operator is causal attention, h_t reaches NLL_t along one
+stream only: position t's own, through its own query, key and value at every layer above (a path through a later
+position u > t never comes back to t; no earlier position depends on h_t). So if, in each attention layer, the
+keys and values of the *other* positions are held constant for the backward pass, the gradient of Σ_t NLL_t at
+h_t is ∂NLL_t/∂h_t for every t at once: one backward pass instead of one per position.
+
+`own_position_attention` computes ordinary softmax attention (the forward values are unchanged) with that
+backward. Without logit soft-capping it is SDPA on detached keys and values (which already gives each query its
+whole gradient) plus a term that is zero in value and carries the own-position paths: ∂out_u/∂v_u = p_uu and
+∂out_u/∂s_uu = p_uu (v_u − out_u) through the own score s_uu = q_u·k_u, with p_uu each query's attention weight on
+its own key (from a row-chunked log-sum-exp, no (T, T) tensor kept). Memory is that of SDPA plus O(B·H·T). With
+soft-capping it is eager attention with the diagonal score kept in the graph (a (B, H, T, T) tensor per layer).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def own_position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaling: float,
+                           mask: torch.Tensor | None = None, causal: bool = True,
+                           softcap: float | None = None) -> torch.Tensor:
+    """softmax(q kᵀ·scaling [softcapped] + mask) v with gradients only along each query position's own key/value.
+
+    q (B, H, T, hd); k, v (B, H_kv, T, hd) with H a multiple of H_kv (grouped-query heads share a key/value
+    head); `mask`: None (causal when `causal`), a bool mask broadcastable to (B, H, T, T) that is True where a
+    query may attend, or an additive float mask. Returns (B, H, T, hd).
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, T, hd)
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"own-position attention needs as many keys as queries, got {k.shape[2]} for {q.shape[2]}")
+    if mask is None and causal:
+        T = q.shape[2]
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    if softcap is not None:
+        return _eager(q, k, v, scaling, mask, softcap)
+    kd, vd = k.detach(), v.detach()
+    out = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask, scale=scaling)  # (B, H, T, hd)
+    with torch.no_grad():
+        p_own = _own_weight(q, kd, scaling, mask).unsqueeze(-1).to(v.dtype)  # (B, H, T, 1)
+        away = vd - out  # (B, H, T, hd): v_u − out_u
+    s_own = (q.detach() * k).sum(-1, keepdim=True) * scaling  # (B, H, T, 1): in the graph through k_u only
+    return out + p_own * (v - vd) + p_own * away * (s_own - s_own.detach())  # zero added, own paths' gradients
+
+
+def _own_weight(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tensor | None,
+                rows: int = 1 << 24) -> torch.Tensor:
+    """(B, H, T): each query's softmax weight on its own key, exp(s_uu − logsumexp_s s_us), in fp32 at least,
+    with the (·, T) score rows formed about `rows` elements at a time."""
+    B, H, T, _ = q.shape
+    wide = torch.promote_types(q.dtype, torch.float32)
+    lse = torch.empty(B, H, T, dtype=wide, device=q.device)
+    step = max(1, rows // max(1, B * H * T))
+    for a in range(0, T, step):
+        s = (q[:, :, a:a + step] @ k.transpose(-1, -2)).to(wide) * scaling  # (B, H, r, T)
+        if mask is not None:
+            m = mask[..., a:a + step, :]
+            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
+        lse[:, :, a:a + step] = torch.logsumexp(s, dim=-1)
+    own = (q * k).sum(-1).to(wide) * scaling  # (B, H, T)
+    if mask is not None:
+        diag = mask.diagonal(dim1=-2, dim2=-1)  # (..., T)
+        own = own.masked_fill(~diag, float("-inf")) if diag.dtype == torch.bool else own + diag
+    return torch.exp(own - lse)
+
+
+def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, mask: torch.Tensor | None,
+           softcap: float) -> torch.Tensor:
+    """Soft-capped attention (B, H, T, hd) with other positions' keys and values detached, the own score live."""
+    scores = torch.matmul(q, k.detach().transpose(-1, -2)) * scaling  # (B, H, T, T): other keys are constants
+    scores.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1) * scaling)  # q_u·k_u, in the graph through both
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    p = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype)  # (B, H, T, T)
+    vd = v.detach()
+    own_weight = p.diagonal(dim1=-2, dim2=-1).unsqueeze(-1).detach()  # (B, H, T, 1)
+    # the value is p @ v; the second term is zero but carries ∂out_u/∂v_u = p_uu
+    return torch.matmul(p, vd) + own_weight * (v - vd)  # (B, H, T, hd)

@@ -1,0 +1,160 @@
+"""Own-position attention and the one-pass Eq. 1 gradient: values, per-query gradients, HF teachers, fallbacks."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from cocomix.model import Transformer
+from cocomix.model.own_position import _own_weight, own_position_attention
+from cocomix.teacher import Teacher
+from tests.conftest import tiny_model_config
+
+transformers = pytest.importorskip("transformers")
+
+
+def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, mask: torch.Tensor | None,
+               softcap: float | None) -> torch.Tensor:
+    """Plain eager attention: q (B, H, T, hd), k/v (B, H_kv, T, hd), mask a bool (True = attend) or None."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = q @ k.transpose(-1, -2) * scaling
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    T = q.shape[2]
+    mask = torch.ones(T, T, dtype=torch.bool).tril() if mask is None else mask
+    return torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v
+
+
+def _qkv(B: int = 2, H: int = 4, H_kv: int = 2, T: int = 7, hd: int = 5) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.randn(B, h, T, hd, dtype=torch.float64, requires_grad=True) for h in (H, H_kv, H_kv))
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("mask_kind", ["causal", "bool", "additive"])
+def test_values_are_softmax_attention(mask_kind: str, softcap: float | None) -> None:
+    torch.manual_seed(0)
+    q, k, v = _qkv()
+    T = q.shape[2]
+    window = _window(T, 3)
+    mask = {"causal": None, "bool": window,
+            "additive": torch.zeros(T, T, dtype=torch.float64).masked_fill(~window, float("-inf"))}[mask_kind]
+    out = own_position_attention(q, k, v, scaling=0.4, mask=mask, softcap=softcap)
+    want = _reference(q, k, v, 0.4, None if mask_kind == "causal" else window, softcap)
+    assert out.shape == want.shape and torch.allclose(out, want, atol=1e-12)
+
+
+def _window(T: int, width: int) -> torch.Tensor:
+    """(T, T) bool: causal, each query seeing its `width` most recent positions (itself included)."""
+    return torch.ones(T, T, dtype=torch.bool).tril() & ~torch.ones(T, T, dtype=torch.bool).tril(-width)
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_each_query_is_differentiated_along_its_own_key_and_value_only(softcap: float | None, sliding: bool) -> None:
+    """∂(Σ_u w_u·out_u)/∂(q, k, v) equals Σ_u of the gradient of w_u·out_u computed with every other position's
+    key and value detached (grouped-query heads included: a key head collects the gradients of its group)."""
+    torch.manual_seed(1)
+    q, k, v = _qkv()
+    w = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    mask = _window(7, 3) if sliding else None
+    got = torch.autograd.grad((own_position_attention(q, k, v, scaling=0.4, mask=mask, softcap=softcap) * w).sum(),
+                              (q, k, v))
+    want = [torch.zeros_like(x) for x in (q, k, v)]
+    for u in range(q.shape[2]):
+        keep = torch.zeros(1, 1, q.shape[2], 1, dtype=torch.float64)
+        keep[:, :, u] = 1
+        ku, vu = k * keep + k.detach() * (1 - keep), v * keep + v.detach() * (1 - keep)  # only position u live
+        out_u = _reference(q, ku, vu, 0.4, mask, softcap)[:, :, u]  # (B, H, hd)
+        for acc, g in zip(want, torch.autograd.grad((out_u * w[:, :, u]).sum(), (q, k, v)), strict=True):
+            acc += g
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+    # and it is not the ordinary gradient (which also counts later queries' use of a key/value)
+    full = torch.autograd.grad((_reference(q, k, v, 0.4, mask, softcap) * w).sum(), k)[0]
+    assert not torch.allclose(full, got[1], atol=1e-6)
+
+
+def test_own_weights_are_the_attention_diagonal_in_any_row_chunking() -> None:
+    torch.manual_seed(4)
+    q, k, _ = _qkv(H_kv=4)
+    p = torch.softmax((q @ k.transpose(-1, -2) * 0.4).masked_fill(~_window(7, 3), float("-inf")), -1)
+    want = p.diagonal(dim1=-2, dim2=-1)  # (B, H, T)
+    for rows in (1, 2 * 4 * 7 * 3, 1 << 24):  # one query row at a time, three, all
+        assert torch.allclose(_own_weight(q.detach(), k.detach(), 0.4, _window(7, 3), rows=rows), want, atol=1e-14)
+
+
+def _hf_model(name: str) -> torch.nn.Module:
+    tf = transformers
+    common = dict(vocab_size=97, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
+    if name == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=97, n_embd=32, n_layer=3, n_head=4, n_positions=64,
+                                                bos_token_id=0, eos_token_id=0))
+    if name == "llama":  # grouped-query attention, rotary positions, SDPA by default
+        return tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=2, **common))
+    if name == "gpt_neox":
+        return tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**common))
+    if name == "gemma2":  # eager by default; attention-logit soft-capping, sliding-window layers, capped final logits
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(num_key_value_heads=2, head_dim=8, attn_logit_softcapping=5.0,
+                                                    final_logit_softcapping=30.0, sliding_window=4, **common))
+    if name == "mistral":  # sliding window in every layer
+        return tf.MistralForCausalLM(tf.MistralConfig(num_key_value_heads=2, sliding_window=5, **common))
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "gpt_neox", "gemma2", "mistral"])
+def test_hf_teachers_get_the_per_position_gradient_in_one_pass(name: str) -> None:
+    torch.manual_seed(2)
+    model = _hf_model(name).double().eval()
+    before = model.config._attn_implementation
+    teacher = Teacher(model, layer=0)
+    ids = torch.randint(0, 97, (2, 12))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        fast = teacher.residual_and_grad(ids, loss="next_token")
+    assert teacher.next_token_mode == "own_position"
+    assert model.config._attn_implementation == before  # switched for the pass only
+    slow = teacher._per_position_pass(ids)
+    tol = 1e-5 if name == "gemma2" else 1e-10  # gemma2's eager attention takes its softmax in fp32
+    assert float((fast.grad - slow.grad).norm() / slow.grad.norm()) < tol
+    assert abs(float(fast.loss - slow.loss)) < 1e-8
+    mean = teacher.residual_and_grad(ids)  # the window mean's gradient also counts later positions' losses
+    assert not torch.allclose(fast.grad, mean.grad * 22, atol=1e-6)
+
+
+def test_a_model_that_mixes_positions_outside_attention_falls_back_with_a_warning() -> None:
+    """A state-space model (Mamba) has no attention to switch: the first window's check sees different
+    gradients and the teacher uses per-position backward passes."""
+    torch.manual_seed(3)
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=97, hidden_size=32,
+                                                                   num_hidden_layers=2, state_size=4))
+    teacher = Teacher(model.double().eval(), layer=0)
+    ids = torch.randint(0, 97, (2, 8))
+    with pytest.warns(UserWarning, match="own-position attention cannot serve this teacher .*gradients differ"):
+        got = teacher.residual_and_grad(ids, loss="next_token")
+    assert teacher.next_token_mode == "per_position"
+    assert torch.equal(got.grad, teacher._per_position_pass(ids).grad)
+
+
+def test_a_cocomix_run_with_slots_as_teacher_falls_back() -> None:
+    """Above a concept seam a token's stream continues at its slot (another position): not own-position."""
+    from cocomix.config import ConceptConfig, DataConfig, RunConfig
+    from cocomix.methods import CoCoMix
+
+    run = RunConfig(method="cocomix", model=tiny_model_config(n_layer=4), data=DataConfig(seq_len=16),
+                    concept=ConceptConfig(n_latents=80, concept_layer=2, mix_k=8))
+    teacher = Teacher(CoCoMix(run).build_model().double(), layer=1)
+    ids = torch.randint(0, 97, (2, 10))
+    with pytest.warns(UserWarning, match="a cocomix run with concept or pause slots"):
+        got = teacher.residual_and_grad(ids, loss="next_token")
+    assert teacher.next_token_mode == "per_position" and torch.count_nonzero(got.grad[:, :-1]) > 0
+
+
+def test_our_transformer_switches_back_after_the_pass() -> None:
+    model = Transformer(tiny_model_config("llama", n_layer=3)).eval()
+    teacher = Teacher(model, layer=1)
+    teacher.residual_and_grad(torch.randint(0, 97, (2, 9)), loss="next_token")
+    assert teacher.next_token_mode == "own_position"
+    assert not any(block.attn.own_position for block in model.blocks)
