@@ -24,7 +24,8 @@ WINDOW_OFFSETS = ("random", "fixed")
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
     if not cond:
-        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+        shown = repr(value)
+        raise ConfigError(f"{name}: expected {expected}, got {shown if len(shown) <= 80 else shown[:77] + '...'}")
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,12 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
                 return _coerce(value, a, name)
             except ConfigError:
                 pass
-        raise ConfigError(f"{name}: expected {tp}, got {value!r}")
+        kinds = " or ".join(_describe(a) for a in args if a is not type(None))
+        if type(None) in args:
+            kinds += " or null"
+        _check(False, name, kinds, value)
     if origin is tuple:
-        _check(isinstance(value, (list, tuple)), name, "a list", value)
+        _check(isinstance(value, (list, tuple)), name, 'a list, e.g. ["a", "b"]', value)
         (item,) = typing.get_args(tp)[:1]
         return tuple(_coerce(v, item, name) for v in value)
     if tp is bool:
@@ -42,7 +45,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name,
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value), name,
                "a finite number", value)
         return float(value)
     if tp is str:
@@ -51,6 +54,20 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, name)
     raise TypeError(f"unsupported annotation {tp} for {name}")
+
+
+def _describe(tp: Any) -> str:
+    """How an override spells a value of annotation `tp` (for error messages)."""
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, "a list" if typing.get_origin(tp) is tuple else str(tp))
+
+
+def _finite(value: int | float) -> bool:
+    """A number a float field can hold (a huge integer overflows float)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
@@ -74,9 +91,12 @@ def _parse_value(text: str) -> Any:
     """JSON (numbers, true/false, lists, quoted strings), else a number as Python writes it, else the text."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or an integer beyond Python's digit limit
         if _LOOSE_NUMBER.fullmatch(text.strip()) and not re.fullmatch(r"\s*[+-]?0\d+\s*", text):  # "01": a name
-            return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else float(text)
+            try:
+                return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else float(text)
+            except ValueError:  # beyond Python's integer digit limit
+                return text
         return text
 
 

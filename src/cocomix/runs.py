@@ -10,7 +10,7 @@ import torch
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore
 from cocomix.digest import file_sha256
-from cocomix.errors import DataError
+from cocomix.errors import CheckpointError, DataError
 from cocomix.methods import METHODS, Method
 from cocomix.model import Transformer
 from cocomix.train.checkpoint import (
@@ -25,7 +25,11 @@ from cocomix.train.checkpoint import (
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunConfig, Method, Transformer, Path]:
     """(config, method, model in eval mode, checkpoint dir) from a run directory or a checkpoint directory."""
     run_dir, ckpt = resolve_checkpoint(path)
-    verify_checkpoint(ckpt)
+    try:
+        verify_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; give one of the run's earlier checkpoint folders "
+                              f"({run_dir / 'checkpoints'}/step_...) instead") from None
     run = read_run_config(run_dir)
     method = METHODS[run.method](run)
     model = method.build_model()

@@ -91,7 +91,7 @@ CASES = [
                                "{root}/o15"], "seq_len"),
     ("train-out-is-a-file", ["train", "--config", "{root}/run.json", "--out", "{root}/afile"], "afile"),
     ("train-existing-run", ["train", "--config", "{root}/run.json", "--out", "{run}"], "already holds a run"),
-    ("train-resume-changed", ["train", "--config", "{root}/run.json", "--set", "train.lr=1e-3", "--out", "{run}",
+    ("train-resume-changed", ["train", "--config", "{root}/run.json", "--set", "train.seed=7", "--out", "{run}",
                               "--resume"], "config differs"),
     ("train-resume-other-batch", ["train", "--config", "{root}/run.json", "--set", "train.grad_accum=1", "--out",
                                   "{run}", "--resume"], "global batch"),

@@ -329,8 +329,45 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
     train(other, tmp_path / "resumed", resume=True, quiet=True)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(CocomixError, match="config differs"):
-        train(small_run(store_dir, steps=4, lr=1e-3), tmp_path / "resumed", resume=True, quiet=True)
+    with pytest.raises(CocomixError, match=r"config differs from the stored one: train.seed 1 -> 2"):
+        train(small_run(store_dir, steps=4, seed=2), tmp_path / "resumed", resume=True, quiet=True)
+
+
+def test_resume_may_lower_the_learning_rate_and_move_the_store(store_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """After a divergence the run continues from its checkpoint with a lower train.lr (said, and used); a store
+    copied elsewhere (node-local scratch) is accepted at its new data.path, its identity still checked."""
+    train(small_run(store_dir, steps=2, eval_every=0, save_every=2), tmp_path / "r", quiet=True)
+    (tmp_path / "r" / "config.json").write_text(small_run(store_dir, steps=4, eval_every=0, save_every=2).to_json())
+    moved = tmp_path / "scratch"
+    shutil.copytree(store_dir, moved)
+    train(small_run(moved, steps=4, eval_every=0, save_every=2, lr=1e-3, log_every=1), tmp_path / "r", resume=True,
+          quiet=True)
+    assert "resuming with train.lr 0.003 -> 0.001" in capsys.readouterr().err
+    lrs = [e["lr"] for e in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines())
+           if e.get("kind") == "train" and e["step"] > 2]
+    assert lrs and all(lr <= 1e-3 for lr in lrs)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["data"]["path"] == str(moved)
+
+
+def test_resume_skips_a_damaged_latest_checkpoint_for_the_newest_that_verifies(store_dir: Path, tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    run = small_run(store_dir, steps=4, eval_every=0, save_every=2, keep_checkpoints=3)
+    train(run, tmp_path / "r", quiet=True)
+    want = {k: v.clone() for k, v in _weights(tmp_path / "r").items()}  # (not views of the file changed below)
+    weights = tmp_path / "r" / "checkpoints" / "step_0000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # a bit flipped on disk
+    weights.write_bytes(bytes(data))
+    train(run, tmp_path / "r", resume=True, quiet=True)  # from step 2 again: the same steps 3 and 4
+    err = capsys.readouterr().err
+    assert "does not match its checksum" in err and "resuming from" in err and "step_0000002 instead" in err
+    got = _weights(tmp_path / "r")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    for name in ("step_0000002", "step_0000004"):  # now nothing verifies
+        (tmp_path / "r" / "checkpoints" / name / "rng.pt").write_bytes(b"")
+    with pytest.raises(CocomixError, match="no earlier checkpoint in .* verifies"):
+        train(run, tmp_path / "r", resume=True, quiet=True)
 
 
 def test_resume_of_an_empty_out_starts_the_run_and_says_so(store_dir: Path, tmp_path: Path,

@@ -77,6 +77,16 @@ def test_overrides_parse_json_values() -> None:
     assert cfg.train.lr == 3e-4 and cfg.model.flavour == "llama" and cfg.train.warmup_steps is None
 
 
+def test_bad_override_values_are_config_errors_that_say_how_to_spell_them() -> None:
+    base = RunConfig().to_dict()
+    for sets, message in ((["train.lr=1" + "0" * 400], r"train\.lr: expected a finite number, got 1000.*\.\.\.$"),
+                          (["train.lr=" + "1" * 5000], r"train\.lr: expected a finite number"),
+                          (["train.warmup_steps=None"], r"train\.warmup_steps: expected an integer or null"),
+                          (["train.log_backends=tensorboard"], r'train\.log_backends: expected a list, e\.g\. \["a"')):
+        with pytest.raises(ConfigError, match=message):
+            run_config(apply_overrides(base, sets))
+
+
 def test_overrides_reach_sections_a_file_leaves_out_and_keep_strings_as_text() -> None:
     partial = {"method": "ntp", "data": {"path": "x"}}  # a valid file: train and model take their defaults
     cfg = run_config(apply_overrides(partial, ["train.lr=1e-3", "data.path=2024", "concept.teacher=true",

@@ -52,8 +52,7 @@ def verify_checkpoint(ckpt: Path) -> None:
         if not f.is_file():
             raise CheckpointError(f"{f}: missing (listed in {MANIFEST})")
         if f.stat().st_size != want.get("bytes") or file_sha256(f) != want.get("sha256"):
-            raise CheckpointError(f"{f}: does not match its checksum in {MANIFEST} (damaged after it was written); "
-                                  "use an earlier checkpoint")
+            raise CheckpointError(f"{f}: does not match its checksum in {MANIFEST} (damaged after it was written)")
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -105,4 +105,6 @@ class BadSteps:
         if self.in_a_row >= self.limit:
             where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
             raise CocomixError(f"training stopped at step {step}: {self.in_a_row} steps in a row had a non-finite "
-                               f"loss or gradient (train.max_bad_steps = {self.limit}); {where} (lower train.lr?)")
+                               f"loss or gradient (train.max_bad_steps = {self.limit}); {where}. To continue from "
+                               "it with a lower learning rate or tighter clipping, run the same command with "
+                               "--resume and --set train.lr=... (or train.grad_clip=...)")

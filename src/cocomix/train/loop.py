@@ -33,6 +33,7 @@ from cocomix.progress import format_duration
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import (
+    CKPT_DIR,
     latest_checkpoint,
     load_model_weights,
     load_optimizer_and_rng,
@@ -85,6 +86,12 @@ _RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel", 
 _OPERATIONAL = ("train.device", "train.compile", "train.activation_checkpointing", "train.keep_checkpoints",
                 "train.log_backends", "train.log_every", "train.eval_every", "train.eval_batches",
                 "train.save_every")
+# settings a resume may change on purpose (after a divergence: rewind to the last good checkpoint with a lower
+# learning rate or tighter clipping); the change is printed, and the run no longer equals an uninterrupted one
+_ADJUSTABLE = ("train.lr", "train.min_lr_ratio", "train.grad_clip", "train.max_bad_steps")
+# paths a resume may change (files moved to node-local scratch, another machine) because their content is checked:
+# the token store against the identity each checkpoint records, a target cache against the run's settings
+_RELOCATABLE = ("data.path", "concept.cache")
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
@@ -97,19 +104,28 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         raise CocomixError(f"{run_dir}: cannot create out_dir ({e.strerror})") from None
     if not os.access(run_dir, os.W_OK):
         raise CocomixError(f"{run_dir}: out_dir is not writable")
-    ckpt = latest_checkpoint(run_dir)
     has_config = (run_dir / "config.json").is_file()
     if not resume:
-        if ckpt is not None or has_config:
+        if has_config or (run_dir / CKPT_DIR / "latest").exists():
             raise CocomixError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another "
                                "--out")
         return None
+    ckpt = usable_checkpoint(run_dir)
     if has_config:
         stored = read_run_config(run_dir)
         old, new = _flatten(stored.to_dict()), _flatten(run.to_dict())
-        diff = [k for k, v in new.items() if old.get(k) != v and k not in _RESHARDABLE + _OPERATIONAL]
+        changed = [k for k, v in new.items() if old.get(k) != v]
+        moved = [k for k in changed if k in _RELOCATABLE and old.get(k) and new.get(k)]  # not on <-> off
+        adjusted = [k for k in changed if k in _ADJUSTABLE]
+        diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved)]
         if diff:
-            raise CheckpointError(f"{run_dir}: cannot resume, config differs from the stored one in {diff[:3]}")
+            shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+            raise CheckpointError(f"{run_dir}: cannot resume, the config differs from the stored one: {shown}"
+                                  f"{' (and more)' if len(diff) > 3 else ''}")
+        if adjusted and os.environ.get("RANK", "0") == "0":
+            shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in adjusted)
+            print(f"cocomix: note: resuming with {shown}; from here the run differs from an uninterrupted one",
+                  file=sys.stderr)
         if ckpt is not None:
             state = read_state(ckpt)
             saved = state.get("global_batch", stored.train.micro_batch_size * stored.train.grad_accum)
@@ -129,6 +145,35 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                       "uninterrupted one (same data, same expectation; equal only without dropout)",
                       file=sys.stderr)
     return ckpt
+
+
+def usable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a resume starts from: the one `latest` names when it verifies against its manifest, else
+    (with a note) the newest earlier checkpoint that does; CheckpointError when none does."""
+    root = run_dir / CKPT_DIR
+    try:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            return None
+        verify_checkpoint(ckpt)
+        read_state(ckpt)
+        return ckpt
+    except CheckpointError as e:
+        damaged = e
+    bad = (root / "latest").read_text(errors="replace").strip() if (root / "latest").is_file() else ""
+    for older in sorted(root.glob("step_*"), reverse=True):  # zero-padded: newest first
+        if older.name == bad or not (older / "state.json").is_file():
+            continue
+        try:
+            verify_checkpoint(older)
+            read_state(older)
+        except CheckpointError:
+            continue
+        if os.environ.get("RANK", "0") == "0":
+            print(f"cocomix: note: {' '.join(str(damaged).split())}; resuming from {older} instead",
+                  file=sys.stderr)
+        return older
+    raise CheckpointError(f"{damaged}; and no earlier checkpoint in {root} verifies") from None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -205,9 +250,10 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
                             spare=store.num_tokens("train") - chunks * T if random_offsets else 0)
     ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
     lock = RunLock(run_dir) if ctx.is_main else None  # one writer per run directory
-    if resume and ckpt is None and not (run_dir / "config.json").is_file() and ctx.is_main:  # e.g. the first
-        # submission of a job that is always launched with --resume (the lock is held: this run does start)
-        print(f"cocomix: note: nothing to resume in {run_dir}; starting a new run", file=sys.stderr)
+    if resume and ckpt is None and ctx.is_main:  # e.g. the first submission of a job that is always launched
+        # with --resume, or one killed before its first checkpoint (the lock is held: this run does start)
+        what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
+        print(f"cocomix: note: {what} in {run_dir}; starting the run from step 0", file=sys.stderr)
     try:
         return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt)
     finally:
@@ -227,8 +273,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     state: dict = {}
     identity = store_identity(store)  # recorded in every checkpoint, checked on resume
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
-        verify_checkpoint(ckpt)
-        state = read_state(ckpt)
+        state = read_state(ckpt)  # (verified against its manifest by usable_checkpoint)
         _check_same_store(state, identity, store, ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
@@ -271,6 +316,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                             autocast=cast if isinstance(cast, torch.autocast) else None,
                             shard=(ctx.rank, ctx.world_size), sum_over_shards=lambda t: dd.sum_over_ranks(t, ctx))
         clock["eval"] += time.perf_counter() - t0
+        meter.exclude(time.perf_counter() - t0)
         logger.log({"kind": "eval", "step": step, "val_loss": res["loss"], "val_ppl": res["ppl"],
                     "tokens": step * tokens_per_step, "flops": step * tokens_per_step * flops["total"],
                     "train_s": train_seconds()})
@@ -284,81 +330,85 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     interval.load(state.get("log_interval"), device)
     inject, stopped, last_ckpt = _injected_nan_steps(), "", ckpt
     model.train()
-    with StopSignals() as signals:
-        for step in range(start, tc.steps):
-            lr = lr_at(step, tc)
-            set_lr(optimizer, lr)
-            sums: dict[str, torch.Tensor] = {}  # this step's metrics, micro-batch means; read on log steps only
-            for micro in range(tc.grad_accum):
-                chunk_ids, offsets = sampler.windows(step, micro)
-                ids = store.batch("train", chunk_ids, run.data.seq_len, offsets).to(device)
-                # a cached target belongs to a fixed chunk: shifted windows have none (the config refuses both)
-                window = None if sampler.seq_len else chunk_ids
-                with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
-                    with cast:
-                        loss, metrics = method.loss(forward_model, Batch(ids, window))
-                    if step + 1 in inject:
-                        loss = loss * float("nan")
-                    (loss / tc.grad_accum).backward()
-                for k, v in metrics.items():
-                    sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
-            if tc.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                           if p.grad is not None])
-            grad_norm = dd.local(grad_norm)  # FSDP2: a DTensor, made whole once
-            applied = bad.check(float(grad_norm))  # one host sync per step
-            if applied:
-                optimizer.step()
-                interval.add({**sums, "grad_norm": grad_norm})
-            optimizer.zero_grad(set_to_none=True)
-            meter.add_tokens(tokens_per_step)
-            done = step + 1
-            if not applied:
-                logger.log({"kind": "skip", "step": done, "skipped_steps": bad.total})
-                logger.print(f"step {done:>6}/{tc.steps} | skipped: non-finite loss or gradient ({bad.in_a_row} in a "
-                             f"row, {bad.total} in all; the weights are unchanged)")
-                bad.stop_if_persistent(done, last_ckpt)
-            # a skipped step at a log step still logs its interval's applied steps (none: nothing to log)
-            log_now = interval.count > 0 and (done % tc.log_every == 0 or done == tc.steps)
-            save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
-            if log_now:  # the only place metrics leave the device (averaged over the processes)
-                values = {k: float(v) for k, v in dd.mean_over_ranks(interval.take(), ctx).items()}
-                train_loss = values.get("loss", math.nan)
-                rate, eta = meter.report(done)
-                memory = ({"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
-                          if device.type == "cuda" else {})  # this process's peak since it started
-                logger.log({"kind": "train", "step": done, "lr": lr, "tokens": done * tokens_per_step,
-                            "flops": done * tokens_per_step * flops["total"], "tok_per_s": rate,
-                            "train_s": train_seconds(), **memory, **values})
-                others = "".join(f" | {k} {v:.4f}" for k, v in values.items()
-                                 if k not in ("loss", "total_loss", "grad_norm"))
-                logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
-                             f"gnorm {values['grad_norm']:.3f} | {rate / 1e3:.1f}k tok/s | "
-                             f"eta {format_duration(eta)}")
-            if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
-                val_loss = run_eval(done)
-            # a signal during the final step: the run is complete, saved below, and not reported as stopped
-            signum = dd.max_over_ranks(signals.received or 0, ctx, device)  # a signal any rank received
-            stop_now = signum > 0 and done < tc.steps
-            if save_now or stop_now:
-                weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
-                # every rank resumes the interval from the ranks' mean sums: the logged mean over ranks is linear
-                log_interval = interval.state(dd.mean_over_ranks(interval.sums, ctx))
-                if ctx.is_main:
-                    last_ckpt = save_checkpoint(
-                        run_dir, done, weights, optim_state,
-                        {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
-                         "train_s": train_seconds(), "global_batch": sampler.global_batch,
-                         "world_size": ctx.world_size, "skipped_steps": bad.total,
-                         "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
-                         "store": identity}, tc.keep_checkpoints)
-            if stop_now:
-                stopped = signal.Signals(signum).name + ("" if signals.received else " (on another rank)")
-                logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
-                             "continue with --resume")
-                break
-    logger.close()
+    try:  # the loggers are closed (TensorBoard flushed, the wandb run finished) however the loop ends
+        with StopSignals() as signals:
+            for step in range(start, tc.steps):
+                lr = lr_at(step, tc)
+                set_lr(optimizer, lr)
+                sums: dict[str, torch.Tensor] = {}  # this step's metrics, micro-batch means; read on log steps only
+                for micro in range(tc.grad_accum):
+                    chunk_ids, offsets = sampler.windows(step, micro)
+                    ids = store.batch("train", chunk_ids, run.data.seq_len, offsets).to(device)
+                    # a cached target belongs to a fixed chunk: shifted windows have none (the config refuses both)
+                    window = None if sampler.seq_len else chunk_ids
+                    with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
+                        with cast:
+                            loss, metrics = method.loss(forward_model, Batch(ids, window))
+                        if step + 1 in inject:
+                            loss = loss * float("nan")
+                        (loss / tc.grad_accum).backward()
+                    for k, v in metrics.items():
+                        sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
+                if tc.grad_clip > 0:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                else:
+                    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                               if p.grad is not None])
+                grad_norm = dd.local(grad_norm)  # FSDP2: a DTensor, made whole once
+                applied = bad.check(float(grad_norm))  # one host sync per step
+                if applied:
+                    optimizer.step()
+                    interval.add({**sums, "grad_norm": grad_norm})
+                optimizer.zero_grad(set_to_none=True)
+                meter.add_tokens(tokens_per_step)
+                done = step + 1
+                if not applied:
+                    logger.log({"kind": "skip", "step": done, "skipped_steps": bad.total})
+                    logger.print(f"step {done:>6}/{tc.steps} | skipped: non-finite loss or gradient "
+                                 f"({bad.in_a_row} in a row, {bad.total} in all; the weights are unchanged)")
+                    bad.stop_if_persistent(done, last_ckpt)
+                # a skipped step at a log step still logs its interval's applied steps (none: nothing to log)
+                log_now = interval.count > 0 and (done % tc.log_every == 0 or done == tc.steps)
+                save_now = (tc.save_every and done % tc.save_every == 0) or done == tc.steps
+                if log_now:  # the only place metrics leave the device (averaged over the processes)
+                    values = {k: float(v) for k, v in dd.mean_over_ranks(interval.take(), ctx).items()}
+                    train_loss = values.get("loss", math.nan)
+                    rate, eta = meter.report(done)
+                    memory = ({"gpu_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+                              if device.type == "cuda" else {})  # this process's peak since it started
+                    logger.log({"kind": "train", "step": done, "lr": lr, "tokens": done * tokens_per_step,
+                                "flops": done * tokens_per_step * flops["total"], "tok_per_s": rate,
+                                "train_s": train_seconds(), **memory, **values})
+                    others = "".join(f" | {k} {v:.4f}" for k, v in values.items()
+                                     if k not in ("loss", "total_loss", "grad_norm"))
+                    logger.print(f"step {done:>6}/{tc.steps} | loss {train_loss:.4f}{others} | lr {lr:.2e} | "
+                                 f"gnorm {values['grad_norm']:.3f} | {rate / 1e3:.1f}k tok/s | "
+                                 f"eta {format_duration(eta)}")
+                if (tc.eval_every and done % tc.eval_every == 0) or done == tc.steps:
+                    val_loss = run_eval(done)
+                # a signal during the final step: the run is complete, saved below, and not reported as stopped
+                signum = dd.max_over_ranks(signals.received or 0, ctx, device)  # a signal any rank received
+                stop_now = signum > 0 and done < tc.steps
+                if save_now or stop_now:
+                    t_save = time.perf_counter()
+                    weights, optim_state = dd.full_state(model, optimizer, ctx, tc.parallel)  # collective under FSDP
+                    # every rank resumes the interval from the ranks' mean sums: the logged mean over ranks is linear
+                    log_interval = interval.state(dd.mean_over_ranks(interval.sums, ctx))
+                    if ctx.is_main:
+                        last_ckpt = save_checkpoint(
+                            run_dir, done, weights, optim_state,
+                            {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
+                             "train_s": train_seconds(), "global_batch": sampler.global_batch,
+                             "world_size": ctx.world_size, "skipped_steps": bad.total,
+                             "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
+                             "store": identity}, tc.keep_checkpoints)
+                    meter.exclude(time.perf_counter() - t_save)
+                if stop_now:
+                    stopped = signal.Signals(signum).name + ("" if signals.received else " (on another rank)")
+                    logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
+                                 "continue with --resume")
+                    break
+    finally:
+        logger.close()
     return TrainResult(run_dir=run_dir, steps=tc.steps, train_loss=train_loss, val_loss=val_loss, stopped=stopped,
                        skipped_steps=bad.total)

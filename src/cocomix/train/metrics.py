@@ -59,6 +59,9 @@ class MetricsLogger:
                 if not run_id:
                     run_id = wandb.util.generate_id()
                     atomic_write_text(id_file, run_id + "\n")
+                if resume_step is not None:  # wandb keeps what it already received for a step
+                    self.print(f"cocomix: note: wandb keeps the values the interrupted attempt logged after step "
+                               f"{resume_step}; metrics.jsonl and TensorBoard hold the resumed run's")
                 self.sinks.append(("wandb", wandb.init(project="cocomix", dir=str(run_dir), config=config,
                                                        name=run_dir.name, id=run_id, resume="allow")))
 
@@ -97,7 +100,8 @@ class SilentLogger:
 
 
 class Throughput:
-    """Tokens/s over the last logging interval and ETA from the mean step time since (re)start."""
+    """Training tokens/s over the last logging interval (evaluations and checkpoint saves left out) and the ETA
+    from the mean step time since (re)start (those included: they recur)."""
 
     def __init__(self, start_step: int, total_steps: int) -> None:
         self.t0 = self.t_last = time.perf_counter()
@@ -106,6 +110,10 @@ class Throughput:
 
     def add_tokens(self, n: int) -> None:
         self.tokens += n
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation, a checkpoint save) out of the current interval's tokens/s."""
+        self.t_last += seconds
 
     def report(self, step: int) -> tuple[float, float]:
         """(tokens/s since the last report, seconds left) after finishing `step` (1-based count)."""
