@@ -59,8 +59,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if out is None:  # data/shakespeare is where the tiny presets read: another corpus there would be trained on
         raise CocomixError(f"--out: give the folder for the token store of {args.source!r} (the default "
                            "data/shakespeare is for the embedded corpus only)")
-    meta = prepare(args.source, out, tokenizer=args.tokenizer, val_fraction=args.val_fraction,
-                   overwrite=args.overwrite)
+    if args.source == "shakespeare" and args.val_fraction is not None:
+        raise CocomixError("--val-fraction: the embedded shakespeare corpus holds out fixed plays; the option is "
+                           "for other sources")
+    meta = prepare(args.source, out, tokenizer=args.tokenizer,
+                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction, overwrite=args.overwrite)
     print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
     return 0
 
@@ -262,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "where the tiny presets read; required for any other source)")
     s.add_argument("--tokenizer", default="bpe:4096",
                    help="bpe:VOCAB (train a byte-level BPE) | tokenizer.json | HF tokenizer name or folder")
-    s.add_argument("--val-fraction", type=float, default=0.05, help="fraction of documents held out")
+    s.add_argument("--val-fraction", type=float, default=None,
+                   help="fraction of documents held out (default 0.05; shakespeare holds out fixed plays)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
     s.set_defaults(func=cmd_prepare)
 

@@ -68,6 +68,31 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
         list(iter_documents(f"jsonl:{path}"))
 
 
+def test_jsonl_errors_name_the_exact_line_and_text_sources_drop_a_bom(tmp_path: Path) -> None:
+    lines = [json.dumps({"text": f"row {i}"}) for i in range(2000)]
+    (tmp_path / "bad.jsonl").write_bytes("\n".join(lines[:1500]).encode() + b"\n{\"text\": \"x\xff\"}\n"
+                                         + "\n".join(lines).encode())
+    with pytest.raises(DataError, match=r"bad\.jsonl: line 1501: not valid UTF-8 text \(byte 11 of the line\)"):
+        list(iter_documents(f"jsonl:{tmp_path / 'bad.jsonl'}"))
+    (tmp_path / "half.jsonl").write_text('{"text": "fine"}\n{"text": "cut \\ud83d emoji"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"half\.jsonl: line 2: field 'text' holds an unpaired surrogate"):
+        list(iter_documents(f"jsonl:{tmp_path / 'half.jsonl'}"))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\r\n{"text": "second"}\r\n')
+    assert [d.text for d in iter_documents(f"jsonl:{tmp_path / 'bom.jsonl'}")] == ["first", "second"]
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfBOM first")
+    assert [d.text for d in iter_documents(f"text:{tmp_path / 'bom.txt'}")] == ["BOM first"]
+
+
+def test_folders_skip_hidden_copies(tmp_path: Path) -> None:
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "book.txt").write_text("the book", encoding="utf-8")
+    (tmp_path / ".ipynb_checkpoints" / "book-checkpoint.txt").write_text("the book", encoding="utf-8")
+    (tmp_path / ".hidden.jsonl").write_text('{"text": "x"}\n', encoding="utf-8")
+    (tmp_path / "rows.jsonl").write_text('{"text": "y"}\n', encoding="utf-8")
+    assert [d.name for d in iter_documents(f"text:{tmp_path}")] == ["book.txt"]
+    assert [d.name for d in iter_documents(f"jsonl:{tmp_path}")] == ["rows.jsonl:1"]
+
+
 def test_hf_source_on_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
@@ -95,6 +120,9 @@ def test_hf_spec_parsing(tmp_path: Path) -> None:
                                                                       "wikitext-2-raw-v1", "train")
     assert parse_hf_spec("Skylion007/openwebtext/") == ("Skylion007/openwebtext", None, "train")
     assert parse_hf_spec(str(tmp_path)) == (str(tmp_path), None, "train")
+    for typo in ("./mydata", "../mydata", "~/no-such-corpus-here", str(tmp_path / "nope")):
+        with pytest.raises(DataError, match="does not exist"):
+            parse_hf_spec(typo)
 
 
 @pytest.mark.parametrize("source", ["", "books", "text:", "csv:/x", "hf:"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,46 @@ def test_a_val_fraction_that_holds_out_nothing_is_an_error(tmp_path: Path) -> No
     assert not (tmp_path / "s" / "meta.json").exists() and not list((tmp_path / "s").glob("*bin*"))
     prepare(f"text:{tmp_path / 'short.txt'}", tmp_path / "s0", tokenizer="bpe:260", val_fraction=0.0,
             progress=False)  # no validation asked for: fine
+
+
+def test_a_val_fraction_that_leaves_no_training_text_is_an_error(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    names = [n for n in (f"d{i}.txt" for i in range(200)) if zlib.crc32(n.encode()) < 0.9 * 2**32][:2]
+    for n in names:  # both documents hash into validation at 0.9
+        (docs / n).write_text("some words here " * 20, encoding="utf-8")
+    with pytest.raises(DataError, match="leaves no training text"):
+        prepare(f"text:{docs}", tmp_path / "s", tokenizer="bpe:260", val_fraction=0.9, progress=False)
+    assert not (tmp_path / "s" / "meta.json").exists()
+
+
+class _PrefixSpace:
+    """A tokenizer that, like SentencePiece's, marks the start of every input (so pieces cannot be cut apart)."""
+
+    def __init__(self, tok: object) -> None:
+        self.tok = tok
+
+    def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
+        return [[7] + ids for ids in self.tok.encode_ordinary_batch(texts)]
+
+
+def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(store_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.data import store as store_mod
+
+    tok = TokenStore.open(store_dir).tokenizer()
+    text = "".join(DOCS.values()) * 3  # lines, blank lines, indented and unicode text
+    whole = np.asarray(tok.encode_ordinary_batch([text])[0], dtype=np.uint32)
+    monkeypatch.setattr(store_mod, "_PIECE_CHARS", 300)
+    monkeypatch.setattr(store_mod, "_MARGIN", 64)
+    calls = []
+    real = tok.encode_ordinary_batch
+    monkeypatch.setattr(tok, "encode_ordinary_batch", lambda texts: calls.append(len(texts)) or real(texts))
+    got = store_mod._encode_long(tok, text, np.dtype(np.uint32))
+    assert np.array_equal(got, whole) and len(text) // 300 // 2 < calls.count(3)  # many cuts, each checked
+    odd = _PrefixSpace(real.__self__)
+    want = np.asarray(odd.encode_ordinary_batch([text])[0], dtype=np.uint32)
+    assert np.array_equal(store_mod._encode_long(odd, text, np.dtype(np.uint32)), want)  # no cut passes
 
 
 def test_a_runs_store_path_failure_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,12 +16,18 @@ from cocomix.errors import DataError
 
 
 def _read_utf8(path: Path) -> str:
+    """The file's text; a leading byte-order mark (U+FEFF, as some editors write) is dropped."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 text (byte {e.start})") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+
+
+def _hidden(relative: Path) -> bool:
+    """Under a hidden folder or hidden itself (`.ipynb_checkpoints/`, `.git/`): copies, not the corpus."""
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def read_text(path_str: str) -> Iterator[tuple[str, str]]:
@@ -34,7 +40,8 @@ def read_text(path_str: str) -> Iterator[tuple[str, str]]:
         return
     if not path.is_dir():
         raise DataError(f"source 'text:{path_str}': {path} does not exist (expected a .txt file or a folder)")
-    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*.txt") if p.is_file())
+    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*.txt") if p.is_file()
+                   and not _hidden(p.relative_to(path)))
     if not files:
         raise DataError(f"source 'text:{path_str}': no *.txt files under {path}")
     for name, file in files:
@@ -48,7 +55,7 @@ def _jsonl_files(path_str: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.jsonl") if p.is_file())
+        files = sorted(p for p in path.rglob("*.jsonl") if p.is_file() and not _hidden(p.relative_to(path)))
         if files:
             return files
         raise DataError(f"source 'jsonl:{path_str}': no *.jsonl files under {path}")
@@ -61,27 +68,33 @@ def read_jsonl(path_str: str, field: str) -> Iterator[tuple[str, str]]:
     for file in _jsonl_files(path_str):
         label = file.name if file == root else file.relative_to(root).as_posix()
         try:
-            handle = file.open(encoding="utf-8")
+            handle = file.open("rb")  # lines end at b"\n" (JSON Lines); each is decoded on its own
         except OSError as e:
             raise DataError(f"{file}: cannot read ({e.strerror or e})") from e
         with handle:
-            lineno = 0
-            try:
-                for lineno, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{file}: line {lineno}: not valid JSON ({e.msg})") from e
-                    text = record.get(field) if isinstance(record, dict) else None
-                    if not isinstance(text, str):
-                        raise DataError(f"{file}: line {lineno}: expected a JSON object with a string field "
-                                        f"{field!r}")
-                    if text:
-                        yield f"{label}:{lineno}", text
-            except UnicodeDecodeError as e:
-                raise DataError(f"{file}: line {lineno + 1}: not valid UTF-8 text") from e
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{file}: line {lineno}: not valid UTF-8 text (byte {e.start} of the "
+                                    "line)") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{file}: line {lineno}: not valid JSON ({e.msg})") from e
+                text = record.get(field) if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise DataError(f"{file}: line {lineno}: expected a JSON object with a string field "
+                                    f"{field!r}")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as e:  # a lone "\ud83d" escape (half an emoji, cut by a scraper)
+                    raise DataError(f"{file}: line {lineno}: field {field!r} holds an unpaired surrogate escape "
+                                    f"({text[e.start]!r} at character {e.start}), which is not text") from None
+                if text:
+                    yield f"{label}:{lineno}", text
 
 
 def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
@@ -96,6 +109,8 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
         raise DataError(f"source 'hf:{spec}': expected hf:<dataset>[/<config>][@<split>]")
     if Path(rest).expanduser().exists():
         return str(Path(rest).expanduser()), None, split
+    if rest.startswith(("/", "./", "../", "~")):  # a path, not a hub name: a typo must not reach the hub
+        raise DataError(f"source 'hf:{spec}': {Path(rest).expanduser()} does not exist (a local dataset folder)")
     if rest.endswith("/"):
         return rest.rstrip("/"), None, split
     parts = rest.split("/")

@@ -35,6 +35,10 @@ _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 _REQUIRED_INT_KEYS = ("format_version", "vocab_size", "eos_id", "train_tokens", "val_tokens")
 _BATCH_DOCS = 512  # documents per encode_batch call ...
 _BATCH_CHARS = 8_000_000  # ... or fewer, once this many characters are buffered
+_PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters ...
+_MARGIN = 4096  # ... each cut checked on this many characters either side ...
+_CUT_TRIES = 8  # ... and after this many failed checks in a row the rest is encoded whole
+_PIECES_PER_CALL = 8
 _ENTROPY_BLOCK = 1 << 24  # tokens per np.bincount call in unigram_entropy
 
 
@@ -89,14 +93,49 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 
 
 def _encode_into(tok: TextTokenizer, docs: list[Document], handle: BinaryIO, dtype: np.dtype) -> int:
-    """Encode `docs`, append the eos id to each, write the ids to `handle`; return the token count."""
-    pieces = []
-    for ids in tok.encode_ordinary_batch([doc.text for doc in docs]):
-        ids.append(tok.eos_id)
-        pieces.append(np.asarray(ids, dtype=dtype))  # (len(ids),)
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype)  # (sum of lengths,)
-    handle.write(stream.tobytes())
-    return int(stream.size)
+    """Encode `docs`, append the eos id to each, write the ids to `handle`; return the token count. A document
+    longer than `_PIECE_CHARS` is encoded in pieces (`_encode_long`)."""
+    short = [i for i, doc in enumerate(docs) if len(doc.text) <= _PIECE_CHARS]
+    encoded = dict(zip(short, tok.encode_ordinary_batch([docs[i].text for i in short]), strict=True))
+    total = 0
+    for i, doc in enumerate(docs):
+        ids = np.asarray(encoded.pop(i), dtype=dtype) if i in encoded else _encode_long(tok, doc.text, dtype)
+        stream = np.append(ids, np.asarray([tok.eos_id], dtype=dtype))  # (len(ids) + 1,)
+        handle.write(stream.tobytes())
+        total += int(stream.size)
+    return total
+
+
+def _encode_long(tok: TextTokenizer, text: str, dtype: np.dtype) -> np.ndarray:
+    """The ids of one long document, encoded in pieces of about `_PIECE_CHARS` characters (a tokenizer's working
+    memory is hundreds of bytes per token: a whole book-sized file at once would need tens of GB).
+
+    A piece ends before a line break that a non-space character follows. A cut is taken only where encoding the
+    `_MARGIN` characters around it whole gives the same ids as encoding the two sides apart, so the ids equal the
+    whole document's (byte-level BPE tokenizers cut cleanly there; one that does not, e.g. a SentencePiece
+    tokenizer adding a prefix space to every input, fails the check and the text stays whole after
+    `_CUT_TRIES` failures)."""
+    cuts, failures, pos = [0], 0, _PIECE_CHARS
+    while pos < len(text) and failures < _CUT_TRIES:
+        j = text.find("\n", pos)
+        while j != -1 and (j + 1 >= len(text) or text[j + 1].isspace()):
+            j = text.find("\n", j + 1)
+        if j == -1:
+            break
+        a, b = max(cuts[-1], j - _MARGIN), min(len(text), j + _MARGIN)
+        whole, left, right = tok.encode_ordinary_batch([text[a:b], text[a:j], text[j:b]])
+        if whole == left + right:
+            cuts.append(j)
+            pos, failures = j + _PIECE_CHARS, 0
+        else:
+            pos, failures = j + 1, failures + 1
+    cuts.append(len(text))
+    spans = list(zip(cuts[:-1], cuts[1:], strict=True))
+    out = []
+    for k in range(0, len(spans), _PIECES_PER_CALL):  # a few pieces per call: the tokenizer encodes them in parallel
+        batch = [text[a:b] for a, b in spans[k:k + _PIECES_PER_CALL]]
+        out.extend(np.asarray(ids, dtype=dtype) for ids in tok.encode_ordinary_batch(batch))
+    return np.concatenate(out)
 
 
 def _pending(out: Path, split: str) -> Path:
@@ -163,6 +202,11 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
     name = dtype_name(tok.vocab_size)
     try:
         counts = _write_streams(out, tok, source, val_fraction, _DTYPES[name], log)
+        if counts["train_tokens"] == 0:  # every document hashed into validation
+            for split in SPLITS:
+                _pending(out, split).unlink(missing_ok=True)
+            raise DataError(f"source {source!r}: val_fraction {val_fraction} leaves no training text (too few "
+                            "documents to split); give more text or a smaller --val-fraction")
         if val_fraction > 0 and counts["val_tokens"] == 0:  # training would only find out at its first eval
             for split in SPLITS:
                 _pending(out, split).unlink(missing_ok=True)

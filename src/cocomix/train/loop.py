@@ -296,6 +296,9 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     cast = autocast_for(tc.precision, device)
     tokens_per_step = sampler.global_batch * run.data.seq_len
     procs = f" × {ctx.world_size} processes ({tc.parallel})" if ctx.active else ""
+    if tc.warmup >= tc.steps > 0:
+        logger.print(f"cocomix: note: train.warmup_steps {tc.warmup} >= train.steps {tc.steps}: the learning rate "
+                     f"never reaches train.lr {tc.lr:g}")
     logger.print(f"cocomix: {run.method} | {model.num_params() / 1e6:.2f}M params | {device}{procs} | "
                  f"{store.num_chunks('train', run.data.seq_len)} train windows of {run.data.seq_len} | "
                  f"{tokens_per_step} tokens/step | steps {start}->{tc.steps} | "
