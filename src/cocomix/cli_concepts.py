@@ -67,7 +67,7 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
     teacher, sae = _teacher_and_sae(args)
     meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
                             k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
-                            attribution_loss=args.attribution_loss, seq_len=args.seq_len,
+                            attribution_loss=args.attribution_loss, gradient_at=args.gradient_at, seq_len=args.seq_len,
                             batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
     print(json.dumps({k: meta[k] for k in ("complete", "windows", "n_latents", "k_attr", "dtype")}))
     return 0
@@ -118,7 +118,11 @@ def add_concept_commands(sub: argparse._SubParsersAction) -> None:
                    help="attribution multiplier: post-TopK activation (official) or pre-activation (paper Eq. 1)")
     s.add_argument("--attribution-loss", default="window_mean", choices=("window_mean", "next_token"),
                    help="gradient of the window's mean NLL (official) or of each position's own next-token NLL "
-                        "(paper Eq. 1; about T/32 times the teacher backward cost)")
+                        "(paper Eq. 1; one teacher backward pass through own-position attention)")
+    s.add_argument("--gradient-at", default="residual", choices=("residual", "reconstruction"),
+                   help="take the gradient at the teacher's true residual (official) or, with --attribution-loss "
+                        "next_token, at the SAE reconstruction D(c_t) the teacher is run from (paper Eq. 1 as "
+                        "written; a second teacher forward)")
     s.add_argument("--seq-len", type=int, required=True, help="window length; must equal the training run's")
     s.add_argument("--batch-size", type=int, default=8, help="windows per teacher pass")
     s.add_argument("--splits", default="train,val", help="comma-separated splits to extract (train, val)")

@@ -227,6 +227,7 @@ class TrainConfig:
 SELECTIONS = ("attribution", "activation")
 MULTIPLIERS = ("activation", "pre_activation")
 ATTRIBUTION_LOSSES = ("window_mean", "next_token")
+GRADIENT_POINTS = ("residual", "reconstruction")
 MIXINGS = ("insert", "add", "none")
 CONCEPT_TARGETS = ("concepts", "hidden")
 HIDDEN_LOSSES = ("l1", "l2", "cosine")
@@ -264,10 +265,14 @@ class ConceptConfig:
     selection: str = "attribution"
     """`attribution` (the method) or `activation` (§3.3 ablation: the k_attr most active latents)."""
     multiplier: str = "activation"
-    """Attribution multiplier: post-TopK activation (official) or `pre_activation` (paper Eq. 1's multiplier;
-    the gradient is taken at the true residual, not Eq. 1's reconstruction D(c_t))."""
+    """Attribution multiplier: post-TopK activation (official) or `pre_activation` (paper Eq. 1's multiplier)."""
     attribution_loss: str = "window_mean"
     """Attribution gradient: the window's mean NLL (official) or each position's `next_token` NLL (Eq. 1)."""
+    gradient_at: str = "residual"
+    """Where the attribution gradient is taken: the teacher's true `residual` stream (official) or, with
+    attribution_loss=next_token, the SAE's `reconstruction` D(c_t) with the teacher run from it at position t
+    (Eq. 1 as written). Eq. 1 entire: multiplier=pre_activation, attribution_loss=next_token,
+    gradient_at=reconstruction."""
     mixing: str = "insert"
     """`insert` the concept vector after each token (the method), `add` it to the hidden state (ablation) or
     `none` (concept prediction only, ablation)."""
@@ -314,12 +319,17 @@ class ConceptConfig:
             v = getattr(self, name)
             _check(math.isfinite(v) and v >= 0, f"concept.{name}", "a finite number >= 0", v)
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
-                              ("attribution_loss", ATTRIBUTION_LOSSES), ("mixing", MIXINGS),
+                              ("attribution_loss", ATTRIBUTION_LOSSES), ("gradient_at", GRADIENT_POINTS),
+                              ("mixing", MIXINGS),
                               ("target", CONCEPT_TARGETS), ("hidden_loss", HIDDEN_LOSSES),
                               ("hidden_loss_reduction", HIDDEN_LOSS_REDUCTIONS),
                               ("pause_slot", PAUSE_SLOTS), ("teacher_precision", TEACHER_PRECISIONS),
                               ("teacher_dtype", TEACHER_DTYPES)):
             _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
+        if self.gradient_at == "reconstruction":
+            _check(self.attribution_loss == "next_token" and self.selection == "attribution", "concept.gradient_at",
+                   "'residual' unless attribution_loss=next_token and selection=attribution (Eq. 1 runs the teacher "
+                   "from D(c_t) for position t's own loss)", self.gradient_at)
 
 
 @dataclass(frozen=True)

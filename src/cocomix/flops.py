@@ -19,10 +19,11 @@ Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above),
 attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
 gradient costs the same: one backward pass through own-position attention, `Teacher.residual_and_grad`; a teacher
 that fails its own-position check instead repeats the backward through the blocks above `teacher_layer` per
-position, which is not counted here). Activation-selected targets need no gradient: the teacher's forward
-stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes. Cached targets cost nothing at training time;
-`cached_targets` reports what they would have cost online per token (comparisons add it, so CoCoMix is charged
-for its teacher and SAE either way). KD: teacher forward.
+position, which is not counted here). `gradient_at="reconstruction"` adds a teacher forward (the first pass, on the
+true stream) and the SAE's reconstruction (encode 2·d_con·C, decode 2·k·d_con). Activation-selected targets need
+no gradient: the teacher's forward stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes. Cached
+targets cost nothing at training time; `cached_targets` reports what they would have cost online per token
+(comparisons add it, so CoCoMix is charged for its teacher and SAE either way). KD: teacher forward.
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
         else:
             out["teacher"] = teacher_flops(teacher, T, c.teacher_layer, True)
             out["sae"] += 2.0 * sae_k * d_con
+            if c.gradient_at == "reconstruction":
+                out["teacher"] += lm_forward(teacher, T)
+                out["sae"] += 2.0 * d_con * c.n_latents + 2.0 * sae_k * d_con
             if c.multiplier == "pre_activation":
                 out["sae"] += 2.0 * d_con * c.n_latents
     out["total"] = out["student"] + out["teacher"] + out["sae"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from torch import nn
 
 from cocomix.errors import CheckpointError, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
+from cocomix.model.own_position import Streams
 from cocomix.model.transformer import checkpointed
 from cocomix.teacher_attention import Unsupported, own_position
 
@@ -124,6 +126,7 @@ class Teacher:
         self.layer = layer
         self._leaf: torch.Tensor | None = None
         self._stop_at_capture = False
+        self._replace: torch.Tensor | None = None
         self.blocks[layer].register_forward_hook(self._capture)
         self._split_ok: bool | None = None  # trunk + chunked head equals the whole model (checked on first use)
         # an HF model builds no KV cache here (it would hold every layer's keys and values for nothing)
@@ -208,9 +211,11 @@ class Teacher:
         return next(self.model.parameters()).device
 
     def _capture(self, module: nn.Module, args: tuple, output: object) -> object:
-        """Replace the block's hidden-state output by a leaf that requires grad (the attribution point)."""
+        """Replace the block's hidden-state output by a leaf that requires grad (the attribution point): the output
+        itself, or `_replace` (the SAE reconstruction, for `gradient_at="reconstruction"`)."""
         hidden = output[0] if isinstance(output, tuple) else output
-        leaf = hidden.detach().requires_grad_(True)
+        source = hidden if self._replace is None else self._replace.to(hidden.dtype)
+        leaf = source.detach().requires_grad_(True)
         self._leaf = leaf
         if self._stop_at_capture:
             raise _Captured
@@ -271,16 +276,25 @@ class Teacher:
         logits = _logits(self.model(ids, **self._kw))
         return logits, self._take_leaf(ids).detach()
 
-    def residual_and_grad(self, ids: torch.Tensor, loss: str = "window_mean") -> TeacherPass:
+    def residual_and_grad(self, ids: torch.Tensor, loss: str = "window_mean",
+                          reconstruct: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TeacherPass:
         """ids (B, T) -> hidden and the loss gradient at teacher_layer (see `TeacherPass.grad`).
 
         loss="window_mean": ∂L/∂hidden with L = mean CE(logits[:, :-1], ids[:, 1:]) (the official code).
         loss="next_token": grad[:, t] = ∂CE_t/∂hidden[:, t] with CE_t the NLL of ids[:, t + 1] (paper Eq. 1): one
         backward pass through own-position attention where the first window's check allows
         (`next_token_mode`), else batched per-position backward passes.
+        With `reconstruct` (hidden (B, T, d) -> the SAE's reconstruction D(c), same shape; next_token only): Eq. 1
+        as written, grad[:, t] = ∂CE_t/∂D(c_t) with the teacher run from D(c_t) at position t and the true
+        residual stream at the others (`_reconstruction_pass`).
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
+        if reconstruct is not None:
+            if loss != "next_token":
+                raise ConfigError("gradient_at=reconstruction: needs attribution_loss=next_token (Eq. 1 runs the "
+                                  "teacher from D(c_t) for position t's own loss)")
+            return self._reconstruction_pass(ids, reconstruct)
         if loss == "next_token":
             return self._own_position_pass(ids) if self._own_position_ok(ids) else self._per_position_pass(ids)
         if self._can_split(ids):
@@ -323,6 +337,47 @@ class Teacher:
                 mean, logits = nll.mean(), logits.detach()
             (grad,) = torch.autograd.grad(mean * n, leaf)  # (B, T, d); zero at the final position
         return TeacherPass(hidden=leaf.detach(), grad=grad, loss=mean.detach(), logits=logits)
+
+    def _reconstruction_pass(self, ids: torch.Tensor,
+                             reconstruct: Callable[[torch.Tensor], torch.Tensor]) -> TeacherPass:
+        """Paper Eq. 1 as written: grad[:, t] = ∂(−log p(x_{t+1} | D(c_t), h_<t)) / ∂D(c_t).
+
+        Pass 1 runs the teacher on the true residual stream, recording every attention layer's keys and values
+        (and the loss reported). Pass 2 replaces the residual at `layer` by the reconstruction D(c) everywhere, and
+        each query attends to the recorded keys and values of the other positions and to its own live ones: so
+        position t's stream above `layer` is exactly that of a teacher run from D(c_t) with h_<t unchanged, and
+        one backward gives every position's gradient (`cocomix.model.own_position.Streams`)."""
+        if not self._own_position_ok(ids):
+            raise ConfigError("gradient_at=reconstruction: needs own-position attention, which this teacher cannot "
+                              "run (see the warning above); use gradient_at=residual")
+        n = ids.shape[0] * (ids.shape[1] - 1)
+        split = self._can_split(ids)
+        streams = Streams(record={})
+        logits = None
+        with own_position(self.model, streams), torch.no_grad():  # pass 1: the true stream
+            if split:
+                trunk, head = self._split()
+                final = trunk(ids)  # (B, T, d_final)
+                hidden = self._take_leaf(ids).detach()
+                mean = chunked_nll(final, head.weight, head.bias, ids)
+            else:
+                logits, leaf, nll = self._whole_nll(ids)
+                hidden, mean = leaf.detach(), nll.mean()
+        self._replace = reconstruct(hidden)  # (B, T, d)
+        try:
+            with own_position(self.model, Streams(reference=streams.record)), torch.enable_grad():  # pass 2
+                if split:
+                    final = trunk(ids)
+                    leaf = self._take_leaf(ids)
+                    own = chunked_nll(final, head.weight, head.bias, ids)
+                else:
+                    _, leaf, nll = self._whole_nll(ids)
+                    own = nll.mean()
+                (grad,) = torch.autograd.grad(own * n, leaf)  # (B, T, d); zero at the final position
+        finally:
+            self._replace = None
+        return TeacherPass(hidden=hidden, grad=grad, loss=mean.detach(),
+                           logits=logits.detach() if logits is not None else None)
 
     def _per_position_pass(self, ids: torch.Tensor, positions: list[int] | None = None) -> TeacherPass:
         """The Eq. 1 gradient from one (batched) backward call per position (`positions`, default all T−1);

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from cocomix.model.attention import CausalSelfAttention
-from cocomix.model.own_position import own_position_attention
+from cocomix.model.own_position import Streams, attend
 
 KEY = "cocomix_own_position"
+_active: list[Streams] = []  # the streams of the pass in progress (the HF attention function reads them)
 
 
 class Unsupported(Exception):
@@ -42,10 +43,12 @@ def _hf_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     causal = bool(getattr(module, "is_causal", True)) if causal is None else bool(causal)
     if attention_mask is not None and attention_mask.shape[-1] != key.shape[-2]:
         attention_mask = attention_mask[..., : key.shape[-2]]
+    if not _active:
+        raise RuntimeError(f"{KEY} attention called outside an own_position() pass")
     softcap = kwargs.get("softcap")
-    out = own_position_attention(query, key, value, scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
-                                 mask=attention_mask, causal=causal,
-                                 softcap=float(softcap) if softcap is not None else None)  # (B, H, T, hd)
+    out = attend(_active[-1], module, query, key, value,
+                 scaling=query.shape[-1] ** -0.5 if scaling is None else scaling, mask=attention_mask,
+                 causal=causal, softcap=float(softcap) if softcap is not None else None)  # (B, H, T, hd)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -58,9 +61,11 @@ def _register() -> None:
 
 
 @contextlib.contextmanager
-def own_position(model: nn.Module) -> Iterator[None]:
+def own_position(model: nn.Module, streams: Streams | None = None) -> Iterator[None]:
     """Within the block, `model`'s attention is own-position attention (same forward values; each position's
-    backward runs along its own stream only). Raises `Unsupported` for models it cannot serve."""
+    backward runs along its own stream only), recording or reading `streams`. Raises `Unsupported` for models it
+    cannot serve."""
+    streams = streams or Streams()
     if getattr(model, "seam", None) is not None:
         raise Unsupported("a cocomix run with concept or pause slots")
     ours = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
@@ -72,13 +77,15 @@ def own_position(model: nn.Module) -> Iterator[None]:
         _register()
     saved = [c._attn_implementation_internal for c in configs]
     try:
+        _active.append(streams)
         for m in ours:
-            m.own_position = True
+            m.own_position = streams
         for c in configs:
             c._attn_implementation_internal = KEY
         yield
     finally:
+        _active.pop()
         for m in ours:
-            m.own_position = False
+            m.own_position = None
         for c, impl in zip(configs, saved, strict=True):
             c._attn_implementation_internal = impl

@@ -125,6 +125,12 @@ def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts:
     _extract(store_dir, tmp_path / "c", parts)
     with pytest.raises(ConfigError, match="seq_len"):
         TargetCache.open(tmp_path / "c", expect={"seq_len": 64})
+    with pytest.raises(ConfigError, match="gradient_at='residual', this run needs 'reconstruction'"):
+        TargetCache.open(tmp_path / "c", expect={"gradient_at": "reconstruction"})
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    del meta["gradient_at"]  # a cache written before the option existed: made at the residual
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    assert TargetCache.open(tmp_path / "c", expect={"gradient_at": "residual"}).meta["k_attr"] == 4
 
 
 def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:

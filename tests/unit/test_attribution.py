@@ -352,7 +352,8 @@ def test_next_token_gradient_out_of_memory_is_an_error_not_a_slow_fallback(monke
 
 
 @pytest.mark.parametrize("option", [{"selection": "activation"}, {"multiplier": "pre_activation"},
-                                    {"attribution_loss": "next_token"}])
+                                    {"attribution_loss": "next_token"},
+                                    {"attribution_loss": "next_token", "gradient_at": "reconstruction"}])
 def test_cocomix_targets_follow_the_concept_options(option: dict) -> None:
     """CoCoMix.targets passes selection / multiplier / attribution_loss on: its online targets equal
     compute_targets with the option, and differ from the default's."""

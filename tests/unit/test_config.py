@@ -77,6 +77,15 @@ def test_overrides_parse_json_values() -> None:
     assert cfg.train.lr == 3e-4 and cfg.model.flavour == "llama" and cfg.train.warmup_steps is None
 
 
+def test_the_reconstruction_gradient_needs_the_per_position_loss() -> None:
+    base = RunConfig().to_dict()
+    with pytest.raises(ConfigError, match="concept.gradient_at: expected 'residual' unless attribution_loss=next"):
+        run_config(apply_overrides(base, ["concept.gradient_at=reconstruction"]))
+    cfg = run_config(apply_overrides(base, ["concept.gradient_at=reconstruction",
+                                            "concept.attribution_loss=next_token"]))
+    assert cfg.concept.gradient_at == "reconstruction"
+
+
 def test_bad_override_values_are_config_errors_that_say_how_to_spell_them() -> None:
     base = RunConfig().to_dict()
     for sets, message in ((["train.lr=1" + "0" * 400], r"train\.lr: expected a finite number, got 1000.*\.\.\.$"),

@@ -58,6 +58,10 @@ def test_target_options_count_what_the_teacher_runs() -> None:
         run.concept, attribution_loss="next_token")))
     assert _close(per_position["teacher"], 284_812_800 + 77_194_752 + 122_683_392)
     assert per_position["teacher"] == run_flops(run)["teacher"]
+    at_d = run_flops(dataclasses.replace(run, concept=dataclasses.replace(
+        run.concept, attribution_loss="next_token", gradient_at="reconstruction")))
+    assert _close(at_d["teacher"], 2 * 284_812_800 + 77_194_752 + 122_683_392)  # a second forward
+    assert _close(at_d["sae"] - per_position["sae"], 2 * 768 * 32768 + 2 * 32 * 768)  # the reconstruction
     activation = run_flops(dataclasses.replace(run, concept=dataclasses.replace(run.concept, selection="activation")))
     assert _close(activation["teacher"], 6 * 17_301_504) and _close(activation["sae"], 2 * 768 * 32768)
 

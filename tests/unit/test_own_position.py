@@ -157,4 +157,61 @@ def test_our_transformer_switches_back_after_the_pass() -> None:
     teacher = Teacher(model, layer=1)
     teacher.residual_and_grad(torch.randint(0, 97, (2, 9)), loss="next_token")
     assert teacher.next_token_mode == "own_position"
-    assert not any(block.attn.own_position for block in model.blocks)
+    assert all(block.attn.own_position is None for block in model.blocks)
+
+
+def _run_from_reconstruction_one_position_at_a_time(model: torch.nn.Module, block: torch.nn.Module,
+                                                    ids: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """grad[:, t] = ∂NLL_t/∂r_t with the residual at `block` replaced by r at position t only: T forwards."""
+    grad = torch.zeros_like(r)
+    for t in range(ids.shape[1] - 1):
+        x = r[:, t].clone().requires_grad_(True)
+
+        def swap(module, args, out, t=t, x=x):  # noqa: ANN001, ANN202
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            h[:, t] = x
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        handle = block.register_forward_hook(swap)
+        try:
+            logits = model(ids).logits  # (B, T, V)
+            nll = torch.nn.functional.cross_entropy(logits[:, t], ids[:, t + 1], reduction="sum")
+            grad[:, t] = torch.autograd.grad(nll, x)[0]
+        finally:
+            handle.remove()
+    return grad
+
+
+@pytest.mark.parametrize("name", ["ours", "llama", "gemma2"])
+def test_the_reconstruction_gradient_is_eq1_as_written(name: str) -> None:
+    """gradient_at=reconstruction: two passes (the true stream recorded, then the stream from D(c)) give at every
+    t the gradient of −log p(x_{t+1} | D(c_t), h_<t), as T separate forwards with only position t replaced do."""
+    from cocomix.concepts.attribution import reconstruction
+    from tests.unit.test_attribution import _random_sae
+
+    torch.manual_seed(5)
+    model = (Transformer(tiny_model_config(n_layer=3)) if name == "ours" else _hf_model(name)).double().eval()
+    teacher = Teacher(model, layer=1)
+    sae = _random_sae(32, 128, 8, torch.float64)
+    ids = torch.randint(0, 97, (2, 9))
+    got = teacher.residual_and_grad(ids, loss="next_token", reconstruct=lambda h: reconstruction(sae, h))
+    tol = 1e-5 if name == "gemma2" else 1e-10  # gemma2's own eager attention takes its softmax in fp32
+    assert torch.allclose(got.hidden, teacher.hidden(ids), rtol=0, atol=tol)  # the true residual
+    want = _run_from_reconstruction_one_position_at_a_time(model, teacher.blocks[1], ids,
+                                                           reconstruction(sae, got.hidden))
+    assert float((got.grad - want).norm() / want.norm()) < tol
+    at_residual = teacher.residual_and_grad(ids, loss="next_token").grad
+    assert float((at_residual - want).norm() / want.norm()) > 0.1  # a different point: a different gradient
+    assert abs(float(got.loss) - float(teacher.residual_and_grad(ids).loss)) < tol  # the true stream's loss
+
+
+def test_the_reconstruction_gradient_needs_own_position_attention() -> None:
+    from cocomix.errors import ConfigError
+
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=97, hidden_size=32,
+                                                                   num_hidden_layers=2, state_size=4))
+    teacher = Teacher(model.double().eval(), layer=0)
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match="gradient_at=reconstruction: needs own-position"):
+        teacher.residual_and_grad(torch.randint(0, 97, (2, 8)), loss="next_token", reconstruct=lambda h: h)
+    with pytest.raises(ConfigError, match="needs attribution_loss=next_token"):
+        teacher.residual_and_grad(torch.randint(0, 97, (2, 8)), reconstruct=lambda h: h)

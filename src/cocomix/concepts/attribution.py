@@ -21,9 +21,12 @@ batch.
 `multiplier="pre_activation"` is Eq. 1's multiplier: s = c_pre ⊙ (g · W_dec) with the SAE's pre-TopK
 activations, so inactive latents can score too; it needs all C decoder columns and is computed in row chunks to
 bound memory. `attribution_loss="next_token"` is Eq. 1's loss: each position's scores use the gradient of its own
-next-token NLL only (see `cocomix.teacher`); it costs about T/32 teacher backward passes. Both take the gradient
-at the teacher's true residual stream h_t, as the official code does; Eq. 1 writes it with the teacher run from
-the SAE's reconstruction D(c_t), which no option reproduces.
+next-token NLL only (see `cocomix.teacher`; one teacher backward pass through own-position attention). Both take
+the gradient at the teacher's true residual stream h_t, as the official code does. `gradient_at="reconstruction"`
+(with `next_token`) takes it as Eq. 1 writes it: with the teacher run from the SAE's reconstruction D(c_t) at
+position t and the true h_<t before it, ∂/∂D(c_t) (two teacher forwards and one backward). The chain rule to c_t
+through an input-normalising SAE's decoder adds a positive per-position factor (the residual's std), which leaves
+each position's ranking, hence the targets, unchanged; it is not applied.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from cocomix.errors import ConfigError
 
 SELECTIONS = ("attribution", "activation")
 MULTIPLIERS = ("activation", "pre_activation")
+GRADIENT_POINTS = ("residual", "reconstruction")
 _CHUNK_ELEMENTS = 1 << 24  # rows × C per chunk of the dense pre-activation scores
 INVALID = -1
 
@@ -84,7 +88,7 @@ def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: to
 @torch.no_grad()
 def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int = 4,
                     selection: str = "attribution", multiplier: str = "activation",
-                    attribution_loss: str = "window_mean") -> torch.Tensor:
+                    attribution_loss: str = "window_mean", gradient_at: str = "residual") -> torch.Tensor:
     """Concept targets (B, T, k_attr) int64 for windows ids (B, T); the final position is INVALID (-1).
 
     `teacher` is a `cocomix.teacher.Teacher`, `sae` a `cocomix.sae.TopKSAE` whose d_in matches the teacher's
@@ -99,10 +103,16 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
     if sae.n_latents < sae.k + k_attr:  # select_targets fills from the ids below k + k_attr
         raise ConfigError(f"SAE with {sae.n_latents} latents: need at least sae k + k_attr = {sae.k + k_attr} "
                           "latents to choose targets from")
+    if gradient_at not in GRADIENT_POINTS:
+        raise ConfigError(f"gradient_at: expected one of {GRADIENT_POINTS}, got {gradient_at!r}")
+    if gradient_at == "reconstruction" and (selection != "attribution" or attribution_loss != "next_token"):
+        raise ConfigError("gradient_at=reconstruction: needs selection=attribution and attribution_loss=next_token "
+                          "(paper Eq. 1)")
     if selection == "activation":  # no gradient needed: a teacher forward gives the hidden state
         hidden, grad = teacher.hidden(ids), None
     else:
-        tp = teacher.residual_and_grad(ids, loss=attribution_loss)
+        reconstruct = (lambda h: reconstruction(sae, h)) if gradient_at == "reconstruction" else None
+        tp = teacher.residual_and_grad(ids, loss=attribution_loss, reconstruct=reconstruct)
         hidden, grad = tp.hidden, tp.grad
     if hidden.shape[-1] != sae.d_in:
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width "
@@ -127,3 +137,14 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
     targets = torch.cat(targets, dim=1).view(B, T, k_attr)
     targets[:, -1] = INVALID
     return targets
+
+
+@torch.no_grad()
+def reconstruction(sae: object, hidden: torch.Tensor) -> torch.Tensor:
+    """The SAE's reconstruction D(TopK(E(h))) of hidden (B, T, d) in the residual's dtype, in row chunks."""
+    if hidden.shape[-1] != sae.d_in:
+        raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width {hidden.shape[-1]}")
+    flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, d)
+    rows = max(1, _CHUNK_ELEMENTS // sae.n_latents)
+    out = torch.cat([sae(flat[s:s + rows]) for s in range(0, flat.shape[0], rows)])  # (B·T, d)
+    return out.to(hidden.dtype).view_as(hidden)

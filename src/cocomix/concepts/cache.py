@@ -35,9 +35,10 @@ from cocomix.train.guard import RunLock, StopSignals
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 MATCH_KEYS = ("teacher", "teacher_fingerprint", "teacher_layer", "teacher_dtype", "sae", "sae_sha256", "n_latents",
-              "sae_k", "k_attr", "selection", "multiplier", "attribution_loss", "seq_len", "tokenizer_sha256",
-              "train_tokens", "val_tokens")
-_OLD_DEFAULTS = {"teacher_dtype": "float32"}  # keys caches written before they were recorded hold implicitly
+              "sae_k", "k_attr", "selection", "multiplier", "attribution_loss", "gradient_at", "seq_len",
+              "tokenizer_sha256", "train_tokens", "val_tokens")
+# keys caches written before they were recorded hold implicitly
+_OLD_DEFAULTS = {"teacher_dtype": "float32", "gradient_at": "residual"}
 
 
 def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
@@ -91,7 +92,7 @@ def _dtype(n_latents: int) -> np.dtype:
 
 def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, sae: Any, *, teacher_spec: str,
                      sae_spec: str, k_attr: int = 4, selection: str = "attribution", multiplier: str = "activation",
-                     attribution_loss: str = "window_mean", seq_len: int = 1024,
+                     attribution_loss: str = "window_mean", gradient_at: str = "residual", seq_len: int = 1024,
                      batch_size: int = 8, splits: tuple[str, ...] = SPLITS, max_windows: int | None = None,
                      progress: bool = True) -> dict[str, Any]:
     """Compute and store targets for every window of `splits`; resume an interrupted run of the same settings.
@@ -109,14 +110,16 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
         with StopSignals() as signals:
             return _extract(store, out, teacher, sae, signals, teacher_spec=teacher_spec, sae_spec=sae_spec,
                             k_attr=k_attr, selection=selection, multiplier=multiplier,
-                            attribution_loss=attribution_loss, seq_len=seq_len, batch_size=batch_size, splits=splits,
+                            attribution_loss=attribution_loss, gradient_at=gradient_at, seq_len=seq_len,
+                            batch_size=batch_size, splits=splits,
                             max_windows=max_windows, progress=progress)
     finally:
         lock.release()
 
 
 def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: StopSignals, *, teacher_spec: str,
-             sae_spec: str, k_attr: int, selection: str, multiplier: str, attribution_loss: str, seq_len: int,
+             sae_spec: str, k_attr: int, selection: str, multiplier: str, attribution_loss: str, gradient_at: str,
+             seq_len: int,
              batch_size: int, splits: tuple[str, ...], max_windows: int | None, progress: bool) -> dict[str, Any]:
     device = teacher.device
     cuda_matmul_precision(device)  # TF32 on CUDA, as in training: cached targets = online targets
@@ -126,7 +129,7 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         "teacher_dtype": teacher.dtype_name,
         "sae": sae_spec, "sae_sha256": sae_sha256(sae_spec, teacher.layer),
         "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection, "multiplier": multiplier,
-        "attribution_loss": attribution_loss, "seq_len": seq_len,
+        "attribution_loss": attribution_loss, "gradient_at": gradient_at, "seq_len": seq_len,
         "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
         "train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
         "dtype": _dtype(sae.n_latents).name, "store": str(store.path),
@@ -153,7 +156,8 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
             stop = int(min(n, start + batch_size, start + budget))
             ids = store.batch(split, list(range(start, stop)), seq_len).to(device)
             targets = compute_targets(teacher, sae, ids, k_attr=k_attr, selection=selection,
-                                      multiplier=multiplier, attribution_loss=attribution_loss)  # (b, T, k_attr)
+                                      multiplier=multiplier, attribution_loss=attribution_loss,
+                                      gradient_at=gradient_at)  # (b, T, k_attr)
             mm[start:stop] = targets[:, :-1].cpu().numpy().astype(dtype)
             mm.flush()
             budget -= stop - start

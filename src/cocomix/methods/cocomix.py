@@ -135,7 +135,8 @@ class CoCoMix(Method):
             raise RuntimeError("CoCoMix.prepare() was not called before training")
         with teacher_precision(c.teacher_precision, batch.ids.device):
             return compute_targets(self.teacher, self.sae, batch.ids, k_attr=c.k_attr, selection=c.selection,
-                                   multiplier=c.multiplier, attribution_loss=c.attribution_loss)
+                                   multiplier=c.multiplier, attribution_loss=c.attribution_loss,
+                                   gradient_at=c.gradient_at)
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.run.concept
@@ -166,7 +167,7 @@ def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConf
     expect = {"teacher": c.teacher, "teacher_fingerprint": teacher_fingerprint(c.teacher),  # by weights when local
               "k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
               "teacher_layer": c.teacher_layer, "teacher_dtype": c.teacher_dtype,
-              "multiplier": c.multiplier, "attribution_loss": c.attribution_loss,
+              "multiplier": c.multiplier, "attribution_loss": c.attribution_loss, "gradient_at": c.gradient_at,
               "tokenizer_sha256": file_sha256(Path(store.path) / "tokenizer" / "tokenizer.json"),
               "train_tokens": store.num_tokens("train")}
     if c.sae_k is not None:

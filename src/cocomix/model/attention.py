@@ -15,7 +15,7 @@ from torch import nn
 
 from cocomix.config import ModelConfig
 from cocomix.model.layers import apply_rope, rope_tables
-from cocomix.model.own_position import own_position_attention
+from cocomix.model.own_position import Streams, attend
 
 
 class KVCache:
@@ -60,8 +60,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.use_bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.use_bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
-        self.own_position = False
-        """Backward along each position's own key/value only (the teacher's Eq. 1 gradient; no cache)."""
+        self.own_position: Streams | None = None
+        """Set: own-position attention (the teacher's Eq. 1 gradient; no cache), recording or reading streams."""
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """x (B, S, d), pos (S,) integer positions (used by RoPE) -> (B, S, d)."""
@@ -74,8 +74,8 @@ class CausalSelfAttention(nn.Module):
         if self.rope_theta is not None:
             cos, sin = rope_tables(pos, hd, self.rope_theta, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.own_position and cache is None:
-            y = own_position_attention(q, k, v, scaling=hd ** -0.5)  # (B, H, S, hd)
+        if self.own_position is not None and cache is None:
+            y = attend(self.own_position, self, q, k, v, scaling=hd ** -0.5)  # (B, H, S, hd)
             return self.resid_drop(self.proj(y.transpose(1, 2).contiguous().view(B, S, d)))
         mask, causal = None, True
         if cache is not None:

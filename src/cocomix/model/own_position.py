@@ -13,33 +13,64 @@ whole gradient) plus a term that is zero in value and carries the own-position p
 ∂out_u/∂s_uu = p_uu (v_u − out_u) through the own score s_uu = q_u·k_u, with p_uu each query's attention weight on
 its own key (from a row-chunked log-sum-exp, no (T, T) tensor kept). Memory is that of SDPA plus O(B·H·T). With
 soft-capping it is eager attention with the diagonal score kept in the graph (a (B, H, T, T) tensor per layer).
+
+`Streams` extends this to the paper's Eq. 1 as written, −log p(x_{t+1} | D(c_t), h_<t): the teacher runs once on
+the true residual stream, `record`ing every layer's keys and values, and once from the SAE reconstruction D(c),
+where each query u attends to the recorded keys and values of the other positions (the true h_<u) and to its own
+live key and value (eager attention, with a reference).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
+@dataclass
+class Streams:
+    """What own-position attention does besides attending: `record` collects each attention layer's keys and
+    values, (B, H_kv, T, hd) each, keyed by the layer's module; `reference` supplies them as the keys and values of
+    the other positions (a query's own key and value stay those of the stream being run)."""
+
+    record: dict | None = None
+    reference: dict | None = None
+
+
+def attend(streams: Streams, layer: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaling: float,
+           mask: torch.Tensor | None = None, causal: bool = True, softcap: float | None = None) -> torch.Tensor:
+    """`own_position_attention` for attention layer `layer` (any hashable key), recording or reading `streams`."""
+    if streams.record is not None:
+        streams.record[layer] = (k.detach(), v.detach())
+    ref = streams.reference[layer] if streams.reference is not None else None
+    return own_position_attention(q, k, v, scaling=scaling, mask=mask, causal=causal, softcap=softcap, ref=ref)
+
+
 def own_position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaling: float,
-                           mask: torch.Tensor | None = None, causal: bool = True,
-                           softcap: float | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, causal: bool = True, softcap: float | None = None,
+                           ref: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """softmax(q kᵀ·scaling [softcapped] + mask) v with gradients only along each query position's own key/value.
 
     q (B, H, T, hd); k, v (B, H_kv, T, hd) with H a multiple of H_kv (grouped-query heads share a key/value
     head); `mask`: None (causal when `causal`), a bool mask broadcastable to (B, H, T, T) that is True where a
-    query may attend, or an additive float mask. Returns (B, H, T, hd).
+    query may attend, or an additive float mask. With `ref` = (k_ref, v_ref) shaped like k and v, a query attends
+    to the other positions' k_ref and v_ref and to its own k and v. Returns (B, H, T, hd).
     """
     groups = q.shape[1] // k.shape[1]
+    if ref is not None and (ref[0].shape != k.shape or ref[1].shape != v.shape):
+        raise ValueError(f"reference keys/values {tuple(ref[0].shape)} do not match {tuple(k.shape)}")
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, T, hd)
+        if ref is not None:
+            ref = (ref[0].repeat_interleave(groups, dim=1), ref[1].repeat_interleave(groups, dim=1))
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"own-position attention needs as many keys as queries, got {k.shape[2]} for {q.shape[2]}")
     if mask is None and causal:
         T = q.shape[2]
         mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    if softcap is not None:
-        return _eager(q, k, v, scaling, mask, softcap)
+    if softcap is not None or ref is not None:
+        return _eager(q, k, v, scaling, mask, softcap, ref)
     kd, vd = k.detach(), v.detach()
     out = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask, scale=scaling)  # (B, H, T, hd)
     with torch.no_grad():
@@ -71,15 +102,19 @@ def _own_weight(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Te
 
 
 def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, mask: torch.Tensor | None,
-           softcap: float) -> torch.Tensor:
-    """Soft-capped attention (B, H, T, hd) with other positions' keys and values detached, the own score live."""
-    scores = torch.matmul(q, k.detach().transpose(-1, -2)) * scaling  # (B, H, T, T): other keys are constants
+           softcap: float | None, ref: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Eager attention (B, H, T, hd) over constant keys/values of the other positions (k, v detached, or `ref`)
+    with each query's own score and value live."""
+    k_other, v_other = (k, v) if ref is None else ref
+    k_other, v_other = k_other.detach(), v_other.detach()
+    scores = torch.matmul(q, k_other.transpose(-1, -2)) * scaling  # (B, H, T, T)
     scores.diagonal(dim1=-2, dim2=-1).copy_((q * k).sum(-1) * scaling)  # q_u·k_u, in the graph through both
-    scores = torch.tanh(scores / softcap) * softcap
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     p = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(v.dtype)  # (B, H, T, T)
-    vd = v.detach()
-    own_weight = p.diagonal(dim1=-2, dim2=-1).unsqueeze(-1).detach()  # (B, H, T, 1)
-    # the value is p @ v; the second term is zero but carries ∂out_u/∂v_u = p_uu
-    return torch.matmul(p, vd) + own_weight * (v - vd)  # (B, H, T, hd)
+    own = p.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)  # (B, H, T, 1)
+    # p @ v_other counts the other stream's v_u on the diagonal: the second term swaps in the own v_u (without a
+    # reference it is zero in value and carries ∂out_u/∂v_u = p_uu)
+    return torch.matmul(p, v_other) + own * (v - v_other)  # (B, H, T, hd)
