@@ -321,12 +321,12 @@ class Teacher:
         nll = F.cross_entropy(flat, ids[:, 1:].reshape(-1), reduction="none").view(B, T - 1)  # (B, T-1)
         return logits, leaf, nll
 
-    def _own_position_pass(self, ids: torch.Tensor) -> TeacherPass:
+    def _own_position_pass(self, ids: torch.Tensor, streams: Streams | None = None) -> TeacherPass:
         """The Eq. 1 gradient in one backward pass: with own-position attention, the gradient of Σ_t NLL_t at
         hidden_t is ∂NLL_t/∂hidden_t (`cocomix.model.own_position`)."""
         n = ids.shape[0] * (ids.shape[1] - 1)  # positions the mean averages over
         split = self._can_split(ids)
-        with own_position(self.model), torch.enable_grad():
+        with own_position(self.model, streams), torch.enable_grad():
             if split:
                 trunk, head = self._split()
                 final = trunk(ids)  # (B, T, d_final)
@@ -403,21 +403,31 @@ class Teacher:
 
     def _own_position_ok(self, ids: torch.Tensor) -> bool:
         """Whether own-position attention gives this model's Eq. 1 gradient: decided once, on the first row of
-        the first batch, against per-position backward passes at three positions (a relative error of 1e-3, 5e-2
-        for 16-bit weights). A model it cannot serve falls back, with a warning (T/GRAD_CHUNK batched calls)."""
+        the first batch. Every decoder block's attention must have run through it (a model computing attention
+        itself is not switched), and the gradient must match per-position backward passes at three positions
+        (relative error ≤ 1e-3 at each, 5e-2 for 16-bit weights). A model it cannot serve falls back, with a
+        warning (T/GRAD_CHUNK batched calls)."""
         if self.next_token_mode is None:
             one = ids[:1]
             T = one.shape[1]
             positions = sorted({0, (T - 1) // 2, T - 2})
+            streams = Streams()
             try:
-                fast = self._own_position_pass(one).grad[0, positions]  # (3, d)
-            except Unsupported as e:
-                why = str(e)
+                fast = self._own_position_pass(one, streams).grad[0, positions]  # (3, d)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Unsupported, or a model whose own code breaks when switched
+                why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             else:
-                slow = self._per_position_pass(one, positions).grad[0, positions]
-                err = float((fast.double() - slow.double()).norm() / (slow.double().norm() + 1e-30))
-                tol = 1e-3 if fast.dtype in (torch.float32, torch.float64) else 5e-2
-                why = "" if err <= tol else f"its gradients differ from per-position backward passes ({err:.2g})"
+                if streams.calls < len(self.blocks):
+                    why = (f"only {streams.calls} of its {len(self.blocks)} blocks ran their attention through "
+                           "transformers' attention interface")
+                else:
+                    slow = self._per_position_pass(one, positions).grad[0, positions]
+                    err = float(((fast.double() - slow.double()).norm(dim=-1)
+                                 / slow.double().norm(dim=-1).clamp_min(1e-30)).max())
+                    tol = 1e-3 if fast.dtype in (torch.float32, torch.float64) else 5e-2
+                    why = "" if err <= tol else f"its gradients differ from per-position backward passes ({err:.2g})"
             self._leaf = None
             self.next_token_mode = "per_position" if why else "own_position"
             if why:

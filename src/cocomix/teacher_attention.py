@@ -37,6 +37,8 @@ def _hf_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     ((B, T, H, hd), no weights)."""
     if kwargs.get("s_aux") is not None:
         raise Unsupported("attention sinks")
+    if kwargs.get("position_bias") is not None:
+        raise Unsupported("a position bias passed to attention")
     if dropout:
         raise Unsupported("attention dropout")
     causal = kwargs.get("is_causal")

@@ -77,13 +77,33 @@ def test_each_query_is_differentiated_along_its_own_key_and_value_only(softcap: 
     assert not torch.allclose(full, got[1], atol=1e-6)
 
 
-def test_own_weights_are_the_attention_diagonal_in_any_row_chunking() -> None:
+def test_own_weights_are_the_attention_diagonal_in_any_chunking() -> None:
     torch.manual_seed(4)
     q, k, _ = _qkv(H_kv=4)
-    p = torch.softmax((q @ k.transpose(-1, -2) * 0.4).masked_fill(~_window(7, 3), float("-inf")), -1)
-    want = p.diagonal(dim1=-2, dim2=-1)  # (B, H, T)
-    for rows in (1, 2 * 4 * 7 * 3, 1 << 24):  # one query row at a time, three, all
-        assert torch.allclose(_own_weight(q.detach(), k.detach(), 0.4, _window(7, 3), rows=rows), want, atol=1e-14)
+    q, k = q.detach(), k.detach()
+    scores = q @ k.transpose(-1, -2) * 0.4
+    for mask, causal in ((_window(7, 3), False), (_window(7, 3)[None, None].expand(2, 1, 7, 7), False),
+                         (None, True)):
+        want = torch.softmax(scores.masked_fill(~(_window(7, 7) if mask is None else mask), float("-inf")), -1)
+        want = want.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)  # (B, H, T, 1)
+        for budget in (1, 4 * 7 * 3, 4 * 7 * 7 * 2, 1 << 26):  # one row at a time ... everything at once
+            got = _own_weight(q, k, 0.4, mask, causal, budget=budget)
+            assert torch.allclose(got, want, atol=1e-14), (budget, mask is None)
+    nothing = _window(7, 3).clone()
+    nothing[4] = False  # a query that may attend to nothing has no own weight (not NaN)
+    got = _own_weight(q, k, 0.4, nothing, False)
+    assert torch.equal(got[:, :, 4], torch.zeros_like(got[:, :, 4])) and torch.isfinite(got).all()
+
+
+def test_sixteen_bit_scores_are_formed_in_fp32() -> None:
+    """fp16 q·k beyond 65504 overflows in fp16; the own-path term stays finite and the output is SDPA's."""
+    torch.manual_seed(6)
+    q = (100 + torch.randn(1, 2, 5, 8)).half()
+    k, v = (100 + torch.randn(1, 2, 5, 8)).half(), torch.randn(1, 2, 5, 8).half()
+    assert not torch.isfinite((q * k).sum(-1)).all()  # the overflow this guards against (q·k ≈ 80000)
+    out = own_position_attention(q, k, v, scaling=1.0)
+    want = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, scale=1.0)
+    assert torch.isfinite(out).all() and torch.allclose(out.float(), want, atol=2e-2)
 
 
 def _hf_model(name: str) -> torch.nn.Module:
@@ -124,18 +144,24 @@ def test_hf_teachers_get_the_per_position_gradient_in_one_pass(name: str) -> Non
     assert not torch.allclose(fast.grad, mean.grad * 22, atol=1e-6)
 
 
-def test_a_model_that_mixes_positions_outside_attention_falls_back_with_a_warning() -> None:
-    """A state-space model (Mamba) has no attention to switch: the first window's check sees different
-    gradients and the teacher uses per-position backward passes."""
+@pytest.mark.parametrize("name", ["mamba", "bloom", "mpt"])
+def test_a_model_the_switch_does_not_reach_falls_back_with_a_warning(name: str) -> None:
+    """A state-space model (Mamba) has no attention; Bloom and MPT compute theirs in their own code (Bloom would
+    even drop its causal mask under the switched mask builder, MPT crashes on it): none runs every block's
+    attention through the switch, so the teacher uses per-position backward passes, whatever the precision."""
+    tf = transformers
     torch.manual_seed(3)
-    model = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=97, hidden_size=32,
-                                                                   num_hidden_layers=2, state_size=4))
-    teacher = Teacher(model.double().eval(), layer=0)
-    ids = torch.randint(0, 97, (2, 8))
-    with pytest.warns(UserWarning, match="own-position attention cannot serve this teacher .*gradients differ"):
-        got = teacher.residual_and_grad(ids, loss="next_token")
-    assert teacher.next_token_mode == "per_position"
-    assert torch.equal(got.grad, teacher._per_position_pass(ids).grad)
+    model = {"mamba": lambda: tf.MambaForCausalLM(tf.MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+                                                                 state_size=4)),
+             "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4)),
+             "mpt": lambda: tf.MptForCausalLM(tf.MptConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4))}[name]()
+    for dtype in (torch.float64,) if name == "mamba" else (torch.float64, torch.bfloat16):  # (its CPU path: fp32)
+        teacher = Teacher(model.to(dtype).eval(), layer=0)
+        ids = torch.randint(0, 97, (2, 8))
+        with pytest.warns(UserWarning, match="own-position attention cannot serve this teacher"):
+            got = teacher.residual_and_grad(ids, loss="next_token")
+        assert teacher.next_token_mode == "per_position"
+        assert torch.equal(got.grad, teacher._per_position_pass(ids).grad)
 
 
 def test_a_cocomix_run_with_slots_as_teacher_falls_back() -> None:

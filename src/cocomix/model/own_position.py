@@ -36,11 +36,14 @@ class Streams:
 
     record: dict | None = None
     reference: dict | None = None
+    calls: int = 0
+    """Attention layers run through `attend` (a teacher checks that every block's attention did)."""
 
 
 def attend(streams: Streams, layer: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaling: float,
            mask: torch.Tensor | None = None, causal: bool = True, softcap: float | None = None) -> torch.Tensor:
     """`own_position_attention` for attention layer `layer` (any hashable key), recording or reading `streams`."""
+    streams.calls += 1
     if streams.record is not None:
         streams.record[layer] = (k.detach(), v.detach())
     ref = streams.reference[layer] if streams.reference is not None else None
@@ -66,39 +69,54 @@ def own_position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             ref = (ref[0].repeat_interleave(groups, dim=1), ref[1].repeat_interleave(groups, dim=1))
     if q.shape[2] != k.shape[2]:
         raise ValueError(f"own-position attention needs as many keys as queries, got {k.shape[2]} for {q.shape[2]}")
-    if mask is None and causal:
-        T = q.shape[2]
-        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     if softcap is not None or ref is not None:
+        if mask is None and causal:
+            mask = _causal(0, q.shape[2], q.shape[2], q.device)
         return _eager(q, k, v, scaling, mask, softcap, ref)
     kd, vd = k.detach(), v.detach()
-    out = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask, scale=scaling)  # (B, H, T, hd)
+    is_causal = mask is None and causal  # SDPA's own causal kernels (flash on GPU), no (T, T) mask
+    out = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask, is_causal=is_causal, scale=scaling)  # (B,H,T,hd)
+    wide = torch.promote_types(q.dtype, torch.float32)  # the own score in fp32 at least (16-bit: no overflow)
     with torch.no_grad():
-        p_own = _own_weight(q, kd, scaling, mask).unsqueeze(-1).to(v.dtype)  # (B, H, T, 1)
-        away = vd - out  # (B, H, T, hd): v_u − out_u
-    s_own = (q.detach() * k).sum(-1, keepdim=True) * scaling  # (B, H, T, 1): in the graph through k_u only
-    return out + p_own * (v - vd) + p_own * away * (s_own - s_own.detach())  # zero added, own paths' gradients
+        p_own = _own_weight(q, kd, scaling, mask, is_causal)  # (B, H, T, 1), wide
+        away = (vd - out).to(wide)  # (B, H, T, hd): v_u − out_u
+    s_own = (q.detach().to(wide) * k.to(wide)).sum(-1, keepdim=True) * scaling  # (B, H, T, 1): through k_u only
+    own_paths = p_own * (v - vd).to(wide) + p_own * away * (s_own - s_own.detach())  # zero in value
+    return out + own_paths.to(out.dtype)
 
 
-def _own_weight(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tensor | None,
-                rows: int = 1 << 24) -> torch.Tensor:
-    """(B, H, T): each query's softmax weight on its own key, exp(s_uu − logsumexp_s s_us), in fp32 at least,
-    with the (·, T) score rows formed about `rows` elements at a time."""
+def _causal(start: int, stop: int, T: int, device: torch.device) -> torch.Tensor:
+    """(stop − start, T) bool: query rows start … stop−1 of a causal mask."""
+    return torch.arange(T, device=device) <= torch.arange(start, stop, device=device)[:, None]
+
+
+def _own_weight(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tensor | None, causal: bool,
+                budget: int = 1 << 26) -> torch.Tensor:
+    """(B, H, T, 1): each query's softmax weight on its own key, exp(s_uu − logsumexp_s s_us), in fp32 at least
+    (0 for a query that may attend to nothing), with the scores formed in (b, H, r, T) blocks of about `budget`
+    elements (`mask` None and `causal`: the causal mask, built per block)."""
     B, H, T, _ = q.shape
     wide = torch.promote_types(q.dtype, torch.float32)
+    qw, kw = q.to(wide), k.to(wide)
     lse = torch.empty(B, H, T, dtype=wide, device=q.device)
-    step = max(1, rows // max(1, B * H * T))
-    for a in range(0, T, step):
-        s = (q[:, :, a:a + step] @ k.transpose(-1, -2)).to(wide) * scaling  # (B, H, r, T)
-        if mask is not None:
-            m = mask[..., a:a + step, :]
-            s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
-        lse[:, :, a:a + step] = torch.logsumexp(s, dim=-1)
-    own = (q * k).sum(-1).to(wide) * scaling  # (B, H, T)
+    b_step = max(1, min(B, budget // (H * T * T)))
+    r_step = max(1, min(T, budget // (b_step * H * T)))
+    for b in range(0, B, b_step):
+        for a in range(0, T, r_step):
+            s = (qw[b:b + b_step, :, a:a + r_step] @ kw[b:b + b_step].transpose(-1, -2)) * scaling  # (b, H, r, T)
+            m = _causal(a, min(T, a + r_step), T, q.device) if mask is None and causal else None
+            if mask is not None:
+                m = mask[b:b + b_step] if mask.dim() == 4 and mask.shape[0] > 1 else mask
+                m = m[..., a:a + r_step, :]
+            if m is not None:
+                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
+            lse[b:b + b_step, :, a:a + r_step] = torch.logsumexp(s, dim=-1)
+    own = (qw * kw).sum(-1) * scaling  # (B, H, T)
     if mask is not None:
         diag = mask.diagonal(dim1=-2, dim2=-1)  # (..., T)
         own = own.masked_fill(~diag, float("-inf")) if diag.dtype == torch.bool else own + diag
-    return torch.exp(own - lse)
+    weight = torch.where(lse == float("-inf"), torch.zeros_like(lse), torch.exp(own - lse))
+    return weight.unsqueeze(-1)
 
 
 def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, mask: torch.Tensor | None,
