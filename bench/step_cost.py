@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from naive import NaiveTargets, dense_compression, naive_flops, naive_loss, same_function  # noqa: E402
 
-from cocomix.flops import LMShape, run_flops  # noqa: E402
+from cocomix.flops import LMShape, ntp_width_for, run_flops  # noqa: E402
 from cocomix.methods import METHODS, Batch  # noqa: E402
 from cocomix.presets import get_preset  # noqa: E402
 from cocomix.train.loop import flops_per_token  # noqa: E402
@@ -135,6 +135,9 @@ def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32
                                                                     activation_checkpointing=activation_checkpointing),
                                           concept=dataclasses.replace(run.concept, teacher_dtype=teacher_dtype))
     coco = out["cocomix"]
+    if shape == "tiny":  # the tiny NTP preset has CoCoMix's width: match the parameters as the demo does
+        out["ntp-matched"] = dataclasses.replace(out["ntp-matched"], model=dataclasses.replace(
+            out["ntp-matched"].model, d_model=ntp_width_for(coco)))
     out["ntp"] = dataclasses.replace(out["ntp-matched"], model=dataclasses.replace(out["ntp-matched"].model,
                                                                                    d_model=coco.model.d_model))
     return out
@@ -208,7 +211,7 @@ class Step:
                     self.method.sae = sae.to(device)
             del hf
         self.optimizer = build_optimizer(self.model, self.run.train, device)
-        self.flops = self.flops or flops_per_token(self.run, self.method)
+        self.flops = self.flops or flops_per_token(self.run, self.method)[0]
         self.cached: dict[int, torch.Tensor] = {}
         self.online_targets = self.method.targets if self.run.method == "cocomix" else None
 

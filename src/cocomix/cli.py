@@ -109,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         res = run_tasks(args.run, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
                         batch_size=args.batch_size, data=args.data)
-        print(json.dumps({"checkpoint": str(args.run), "results": res["results"]}, indent=2, default=str))
+        print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
         return 0
     run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
     store = run_store(run, args.data, ckpt)

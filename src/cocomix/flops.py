@@ -133,7 +133,8 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     forward = lm_forward(shape, T, c.concept_layer if seam else None, 2 if mixes else 1)
     if run.method == "cocomix":
         if c.target == "hidden":
-            forward += 2.0 * (m.d_model * 4 * m.d_model + 4 * m.d_model * c.d_teacher) + 2.0 * c.d_teacher * m.d_model
+            forward += 2.0 * (m.d_model * 4 * m.d_model + 4 * m.d_model * c.d_teacher)  # the head's MLP
+            forward += 2.0 * c.d_teacher * m.d_model if c.mixing != "none" else 0.0  # the compression
         else:
             forward += 2.0 * m.d_model * c.n_latents + (2.0 * c.mix_k * m.d_model if c.mixing != "none" else 0.0)
     out = {"student": 3.0 * forward, "teacher": 0.0, "sae": 0.0}

@@ -50,6 +50,9 @@ def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, pa
     assert r.returncode == 0, r.stderr
     cache = TargetCache.open(tmp_path / "c", expect={"k_attr": 4, "seq_len": 32})
     assert cache.meta["dtype"] == "uint16"
+    teacher = Teacher.from_pretrained(parts[0], layer=1)
+    assert cache.meta["teacher_shape"]["d_model"] == 32 and len(cache.meta["teacher_shape"]["block_params"]) == len(
+        teacher.blocks)  # what a run reading the cache is charged (cocomix.train.loop.flops_per_token)
     store = TokenStore.open(store_dir)
     teacher, sae = Teacher.from_pretrained(parts[0], layer=1), load_sae(str(parts[1]))
     for split, chunk_ids in (("train", [0, 5, 17, 3]), ("val", [0, 1])):

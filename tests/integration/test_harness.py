@@ -92,6 +92,7 @@ def test_cli_eval_tasks_runs_offline_and_rejects_unknown_tasks(cocomix_run: Path
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert 0.0 <= out["results"]["shakespeare_mc"]["acc,none"] <= 1.0
+    assert Path(out["checkpoint"]).parent == cocomix_run / "checkpoints"  # the step scored, not just the run
     r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks", "nope_task",
                         "--include-path", str(tasks)], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown task 'nope_task'" in r.stderr

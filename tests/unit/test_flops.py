@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cocomix.config import ModelConfig
-from cocomix.flops import active_params, ntp_width_for, run_flops, student_params
+from cocomix.flops import LMShape, active_params, ntp_width_for, run_flops, student_params
 from cocomix.model import Transformer
 from cocomix.presets import get_preset
 
@@ -94,3 +94,34 @@ def test_flops_command_says_whose_teacher_shape_it_counts(tmp_path: Path, capsys
     assert json.loads(capsys.readouterr().out)["teacher_shape"] == "gpt2"
     assert main(["flops", "--preset", "tiny"]) == 0
     assert "teacher_shape" not in json.loads(capsys.readouterr().out)  # NTP has no teacher
+
+
+def test_the_hidden_ablation_without_mixing_counts_no_compression() -> None:
+    from cocomix.flops import LMShape, lm_forward
+
+    run = get_preset("gpt2-69m-cocomix")
+    hidden = dataclasses.replace(run, concept=dataclasses.replace(run.concept, target="hidden", mixing="none"))
+    m, c = run.model, run.concept
+    want = lm_forward(LMShape.from_config(m), run.data.seq_len, c.concept_layer, 1) \
+        + 2.0 * (m.d_model * 4 * m.d_model + 4 * m.d_model * c.d_teacher)  # the head's MLP, no compression
+    assert _close(run_flops(hidden)["student"], 3 * want)
+
+
+def test_a_cached_run_is_charged_the_teacher_its_cache_recorded() -> None:
+    """A run reading a target cache never loads its teacher: the FLOPs use the shape the cache recorded, and
+    without one (an older cache, a teacher not resolvable here) GPT-2 small is assumed, with a note."""
+    from types import SimpleNamespace
+
+    from cocomix.train.loop import flops_per_token
+
+    run = get_preset("gpt2-69m-cocomix")
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, window_offset="fixed"),
+                              concept=dataclasses.replace(run.concept, cache="targets", teacher="/nowhere/teacher"))
+    tiny = {"block_params": [4096] * 2, "d_model": 32, "vocab_size": 97}
+    method = SimpleNamespace(teacher=None, sae=None, cache=SimpleNamespace(meta={"teacher_shape": tiny, "sae_k": 8}))
+    flops, note = flops_per_token(run, method)
+    online = run_flops(dataclasses.replace(run, concept=dataclasses.replace(run.concept, cache="")),
+                       LMShape(tuple(tiny["block_params"]), 32, 97), 8)
+    assert note == "" and _close(flops["cached_targets"], online["teacher"] + online["sae"])
+    flops, note = flops_per_token(run, SimpleNamespace(teacher=None, sae=None, cache=SimpleNamespace(meta={})))
+    assert "as GPT-2 small" in note and flops["cached_targets"] > 100 * (online["teacher"] + online["sae"]) / 2

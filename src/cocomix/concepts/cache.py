@@ -41,6 +41,14 @@ MATCH_KEYS = ("teacher", "teacher_fingerprint", "teacher_layer", "teacher_dtype"
 _OLD_DEFAULTS = {"teacher_dtype": "float32", "gradient_at": "residual"}
 
 
+def _shape(teacher: Any) -> dict[str, Any]:
+    """The teacher's `cocomix.flops.LMShape` as JSON: matmul weights per block, width, output vocabulary."""
+    from cocomix.flops import LMShape
+
+    shape = LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
+    return {"block_params": list(shape.block_params), "d_model": shape.d_model, "vocab_size": shape.vocab_size}
+
+
 def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
     """The SAE's content hash (its files only: in a folder of sparsify hookpoints, the teacher_layer's), or None
     for a spec that is no local path."""
@@ -133,6 +141,7 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
         "train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
         "dtype": _dtype(sae.n_latents).name, "store": str(store.path),
+        "teacher_shape": _shape(teacher),  # for the FLOPs count of runs that read the cache (never load the teacher)
         "windows": {s: store.num_chunks(s, seq_len) for s in SPLITS},
     }
     if (out / "meta.json").is_file():

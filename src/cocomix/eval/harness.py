@@ -143,7 +143,8 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
 def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None = None, limit: int | None = None,
               device: str = "cpu", dtype: str = "float32", batch_size: int = 8, data: str | None = None,
               log_samples: bool = False) -> dict[str, Any]:
-    """lm_eval.simple_evaluate on a cocomix run; `include_path` adds local task YAML folders."""
+    """lm_eval.simple_evaluate on a cocomix run (its result dict, plus `checkpoint`: the folder scored);
+    `include_path` adds local task YAML folders."""
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
@@ -158,5 +159,7 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"--tasks: unknown task {unknown[0]!r} (local task folders go in --include-path)")
-    return simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples,
-                           batch_size=batch_size)
+    res = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples,
+                          batch_size=batch_size)
+    res["checkpoint"] = str(lm.checkpoint)  # the checkpoint scored (a run directory's latest)
+    return res

@@ -26,7 +26,7 @@ from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
 from cocomix.errors import CheckpointError, CocomixError, ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
-from cocomix.flops import LMShape, run_flops
+from cocomix.flops import LMShape, run_flops, teacher_shape
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
 from cocomix.progress import format_duration
@@ -186,13 +186,22 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def flops_per_token(run: RunConfig, method: Method) -> dict[str, float]:
-    """Analytic training FLOPs per token (cocomix.flops), with the loaded teacher's and SAE's real shapes."""
+def flops_per_token(run: RunConfig, method: Method) -> tuple[dict[str, float], str]:
+    """Analytic training FLOPs per token (cocomix.flops) with the real shapes of the loaded teacher and SAE, or,
+    for cached targets, of those the cache recorded; and a note when the teacher's shape had to be assumed."""
     teacher, sae = getattr(method, "teacher", None), getattr(method, "sae", None)
-    shape = None
+    cache = getattr(method, "cache", None)
+    recorded = cache.meta.get("teacher_shape") if cache is not None else None
+    shape, note = None, ""
+    sae_k = sae.k if sae is not None else (cache.meta.get("sae_k") if cache is not None else None)
     if teacher is not None:
         shape = LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
-    return run_flops(run, shape, sae.k if sae is not None else 32)
+    elif recorded is not None:
+        shape = LMShape(tuple(recorded["block_params"]), int(recorded["d_model"]), int(recorded["vocab_size"]))
+    elif run.concept.teacher and run.method != "ntp" and teacher_shape(run.concept.teacher) is None:
+        note = (f"cocomix: note: FLOPs per token count the teacher {run.concept.teacher!r} as GPT-2 small (its "
+                "shape is not known here: the target cache predates recorded shapes)")
+    return run_flops(run, shape, sae_k or run.concept.sae_k or 32), note
 
 
 def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
@@ -289,7 +298,9 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
               if ctx.is_main else SilentLogger())
     if ctx.is_main:
         atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
-    flops = flops_per_token(run, method)
+    flops, flops_note = flops_per_token(run, method)
+    if flops_note and ckpt is None:
+        logger.print(flops_note)
     if ckpt is None:
         logger.log({"kind": "flops", "step": 0, **{f"flops_per_token_{k}": v for k, v in flops.items()}})
     forward_model = torch.compile(module) if tc.compile else module
