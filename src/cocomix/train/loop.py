@@ -259,19 +259,20 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
                             spare=store.num_tokens("train") - chunks * T if random_offsets else 0)
     ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
     lock = RunLock(run_dir) if ctx.is_main else None  # one writer per run directory
+    fresh_note = ""
     if resume and ckpt is None and ctx.is_main:  # e.g. the first submission of a job that is always launched
-        # with --resume, or one killed before its first checkpoint (the lock is held: this run does start)
+        # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
         what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
-        print(f"cocomix: note: {what} in {run_dir}; starting the run from step 0", file=sys.stderr)
+        fresh_note = f"cocomix: note: {what} in {run_dir}; starting the run from step 0"
     try:
-        return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt)
+        return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt, fresh_note)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, tc: TrainConfig,
-                  store: TokenStore, sampler: WindowSampler, ckpt: Path | None) -> TrainResult:
+                  store: TokenStore, sampler: WindowSampler, ckpt: Path | None, fresh_note: str = "") -> TrainResult:
     device = dd.setup(ctx, resolve_device(tc.device))
 
     torch.manual_seed(tc.seed)
@@ -298,6 +299,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
               if ctx.is_main else SilentLogger())
     if ctx.is_main:
         atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
+    if fresh_note:
+        print(fresh_note, file=sys.stderr)
     flops, flops_note = flops_per_token(run, method)
     if flops_note and ckpt is None:
         logger.print(flops_note)
