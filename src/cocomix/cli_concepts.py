@@ -19,7 +19,8 @@ def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
 
     teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device, "--device"),
                                       dtype=teacher_dtype(args.teacher_dtype))
-    return teacher, load_sae(args.sae, k=args.sae_k, teacher_layer=args.teacher_layer).to(teacher.device)
+    sae = load_sae(args.sae, k=args.sae_k, teacher_layer=args.teacher_layer).to(teacher.device)
+    return teacher, teacher.fit_sae(sae)
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:

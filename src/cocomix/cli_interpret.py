@@ -103,7 +103,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         c = run.concept
         teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
                                           dtype=teacher_dtype(c.teacher_dtype))
-        sae = load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device)
+        sae = teacher.fit_sae(load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
         t_out = {}
         for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
             gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -134,7 +134,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     teacher = Teacher.from_pretrained(args.teacher or c.teacher, c.teacher_layer, device=device,
                                       dtype=teacher_dtype(c.teacher_dtype))
-    sae = load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device)
+    sae = teacher.fit_sae(load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
     out = write_steering_report(result, args.out)
     print((out / "steering.md").read_text(encoding="utf-8"))

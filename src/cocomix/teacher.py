@@ -207,6 +207,27 @@ class Teacher:
                               f"seq_len of at most {limit}")
 
     @property
+    def norm_kind(self) -> str | None:
+        """How the teacher's blocks normalise: "layer_norm" (the mean removed), "rms_norm", or None (unknown)."""
+        names = [type(m).__name__.lower() for m in self.blocks[0].modules()]
+        if any(isinstance(m, nn.LayerNorm) for m in self.blocks[0].modules()) or any(
+                n.endswith("layernorm") for n in names):
+            return "layer_norm"
+        return "rms_norm" if any("rmsnorm" in n for n in names) else None
+
+    def fit_sae(self, sae: object) -> object:
+        """`sae` as this teacher's activations need it. A SAELens SAE trained on TransformerLens activations with
+        `center_writing_weights` centres its input (`center_input`); TransformerLens centres LayerNorm models only,
+        so for an RMSNorm teacher (Llama, Gemma, Qwen, Mistral) the SAE saw uncentred activations: centring is
+        turned off, with a warning."""
+        if getattr(sae, "center_input", False) and self.norm_kind == "rms_norm":
+            sae.center_input = False
+            warnings.warn("SAE: its config asks for TransformerLens's center_writing_weights, which TransformerLens "
+                          "applies to LayerNorm models only; this teacher uses RMSNorm, so the SAE's input is not "
+                          "centred", stacklevel=2)
+        return sae
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

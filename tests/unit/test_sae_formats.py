@@ -499,3 +499,30 @@ def test_saelens_sae_of_a_centred_transformer_lens_stream_centres_its_input(tmp_
             assert load_sae(save_saelens(sae, tmp_path / "again")).center_input  # written back
         else:
             assert not torch.allclose(sae.encode_dense(x + shift)[0], z, atol=1e-3)
+
+
+def test_saelens_weights_take_the_configs_dtype_and_a_weights_file_asks_for_its_folder(tmp_path: Path) -> None:
+    w = _saelens_weights()
+    folder = _write_saelens(tmp_path / "sae", V6, {k: v.bfloat16() for k, v in w.items()})  # stored in bf16
+    assert load_sae(folder).W_enc.dtype == torch.float32  # computed as SAELens does: in cfg["dtype"]
+    with pytest.raises(CheckpointError, match="the weights of a SAELens SAE; give its folder"):
+        load_sae(str(folder / "sae_weights.safetensors"))
+
+
+def test_an_rmsnorm_teacher_turns_off_transformer_lens_centring() -> None:
+    """TransformerLens centres writing weights of LayerNorm models only: an SAE asking for it is centred for a
+    GPT-2-style teacher and not (with a warning) for an RMSNorm one."""
+    from cocomix.model import Transformer
+    from cocomix.teacher import Teacher
+    from tests.conftest import tiny_model_config
+
+    for flavour, centred in (("gpt2", True), ("llama", False)):
+        teacher = Teacher(Transformer(tiny_model_config(flavour, n_layer=2)), layer=0)
+        assert teacher.norm_kind == ("layer_norm" if flavour == "gpt2" else "rms_norm")
+        sae = _trained_like_sae(False)
+        sae.center_input = True
+        if centred:
+            assert teacher.fit_sae(sae).center_input
+        else:
+            with pytest.warns(UserWarning, match="this teacher uses RMSNorm"):
+                assert not teacher.fit_sae(sae).center_input

@@ -107,7 +107,7 @@ class CoCoMix(Method):
             return
         if not c.sae:
             raise ConfigError("concept.sae: CoCoMix needs an SAE file or folder unless concept.cache is set")
-        self.sae = load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device)
+        self.sae = self.teacher.fit_sae(load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
         if self.sae.n_latents != c.n_latents:
             raise ConfigError(f"concept.n_latents: the SAE {c.sae} has {self.sae.n_latents} latents, got "
                               f"{c.n_latents}")

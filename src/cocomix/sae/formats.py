@@ -59,6 +59,10 @@ def _folder_format(path: Path) -> str | None:
 
 def _load(path: Path, k: int | None) -> TopKSAE:
     if path.is_file():
+        if path.name in (saelens.WEIGHTS_NAME, sparsify.WEIGHTS_NAME) and (path.parent / "cfg.json").is_file():
+            kind = "SAELens" if path.name == saelens.WEIGHTS_NAME else "sparsify"
+            raise CheckpointError(f"{path}: the weights of a {kind} SAE; give its folder ({path.parent}), which "
+                                  "holds its config too")
         if path.suffix not in OPENAI_SUFFIXES:
             raise CheckpointError(
                 f"{path}: unknown SAE file type (expected an OpenAI state dict as .pt or .safetensors)"
