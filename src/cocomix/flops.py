@@ -21,7 +21,8 @@ gradient costs the same: one backward pass through own-position attention, `Teac
 that fails its own-position check instead repeats the backward through the blocks above `teacher_layer` per
 position, which is not counted here). `gradient_at="reconstruction"` adds a teacher forward (the first pass, on the
 true stream) and the SAE's reconstruction (encode 2·d_con·C, decode 2·k·d_con). Activation-selected targets need
-no gradient: the teacher's forward stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes. Cached
+no gradient: the teacher's forward stops at `teacher_layer` (`Teacher.hidden`) and the SAE encodes (the `hidden`
+ablation's regression target: the same forward, no SAE). Cached
 targets cost nothing at training time; `cached_targets` reports what they would have cost online per token
 (comparisons add it, so CoCoMix is charged for its teacher and SAE either way). KD: teacher forward.
 """
@@ -140,8 +141,10 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     out = {"student": 3.0 * forward, "teacher": 0.0, "sae": 0.0}
     teacher = teacher or teacher_shape(c.teacher) or gpt2_small()
     online = run.method == "cocomix" and c.lambda_concept > 0 and not (c.cache and c.target == "concepts")
-    if run.method in DISTILLING or (online and c.target == "hidden"):
+    if run.method in DISTILLING:
         out["teacher"] = lm_forward(teacher, T)
+    elif online and c.target == "hidden":
+        out["teacher"] = lm_prefix_forward(teacher, T, c.teacher_layer)  # stopped at the capture block
     elif online:
         d_con = teacher.d_model
         out["sae"] = 2.0 * d_con * c.n_latents

@@ -140,3 +140,27 @@ def test_ranks_must_resume_from_the_same_step(steps: list[int], tmp_path: Path) 
         assert results == ["ok", "ok"]
     else:
         assert all("another rank" in r and "shared filesystem" in r for r in results), results
+
+
+def test_a_resumed_optimizer_keeps_the_implementation_chosen_for_its_device() -> None:
+    """A checkpoint's param groups carry `fused` / `foreach` (a GPU run's fused AdamW); loaded on another device
+    the live optimizer's choice stays, the state and hyper-parameters come from the checkpoint."""
+    w = torch.nn.Parameter(torch.randn(3))
+    saved_opt = torch.optim.AdamW([w], lr=1e-3, foreach=True)
+    w.grad = torch.ones(3)
+    saved_opt.step()
+    saved = saved_opt.state_dict()
+    saved["param_groups"][0]["fused"] = True  # as written by a CUDA run
+    live = torch.optim.AdamW([w], lr=5e-4, foreach=False)
+    dd.load_optimizer(torch.nn.Linear(1, 1), live, saved, dd.DistContext(), "ddp")
+    group = live.param_groups[0]
+    assert group["foreach"] is False and not group["fused"] and group["lr"] == 1e-3
+    assert torch.equal(live.state[w]["exp_avg"], saved_opt.state[w]["exp_avg"])
+
+
+def test_dropout_seeds_differ_across_ranks_and_micro_batches_and_repeat_on_resume() -> None:
+    from cocomix.train.loop import dropout_seed
+
+    seeds = {dropout_seed(7, step, micro, rank) for step in range(50) for micro in range(4) for rank in range(8)}
+    assert len(seeds) == 50 * 4 * 8  # no two (step, micro, rank) share masks
+    assert dropout_seed(7, 3, 1, 2) == dropout_seed(7, 3, 1, 2) != dropout_seed(8, 3, 1, 2)

@@ -146,7 +146,7 @@ class CoCoMix(Method):
         if c.target == "hidden":
             ntp, out = self.student_loss(model, batch.ids)
             with teacher_precision(c.teacher_precision, batch.ids.device):
-                _, hidden = self.teacher.forward_pass(batch.ids)
+                hidden = self.teacher.hidden(batch.ids)  # the forward ends at the capture block
             aux = hidden_loss(out.aux["hidden_pred"], normalize(hidden.float())[0], c.hidden_loss,
                               c.hidden_loss_reduction)
         else:

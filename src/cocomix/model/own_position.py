@@ -93,29 +93,29 @@ def _causal(start: int, stop: int, T: int, device: torch.device) -> torch.Tensor
 def _own_weight(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Tensor | None, causal: bool,
                 budget: int = 1 << 26) -> torch.Tensor:
     """(B, H, T, 1): each query's softmax weight on its own key, exp(s_uu − logsumexp_s s_us), in fp32 at least
-    (0 for a query that may attend to nothing), with the scores formed in (b, H, r, T) blocks of about `budget`
-    elements (`mask` None and `causal`: the causal mask, built per block)."""
+    and outside any autocast (0 for a query that may attend to nothing), with the scores formed in (b, H, r, T)
+    blocks of about `budget` elements (`mask` None and `causal`: the causal mask, built per block). The own score
+    is read from the same block as the log-sum-exp (one matmul's rounding, TF32 or not, for both)."""
     B, H, T, _ = q.shape
     wide = torch.promote_types(q.dtype, torch.float32)
     qw, kw = q.to(wide), k.to(wide)
-    lse = torch.empty(B, H, T, dtype=wide, device=q.device)
+    weight = torch.empty(B, H, T, dtype=wide, device=q.device)
     b_step = max(1, min(B, budget // (H * T * T)))
     r_step = max(1, min(T, budget // (b_step * H * T)))
-    for b in range(0, B, b_step):
-        for a in range(0, T, r_step):
-            s = (qw[b:b + b_step, :, a:a + r_step] @ kw[b:b + b_step].transpose(-1, -2)) * scaling  # (b, H, r, T)
-            m = _causal(a, min(T, a + r_step), T, q.device) if mask is None and causal else None
-            if mask is not None:
-                m = mask[b:b + b_step] if mask.dim() == 4 and mask.shape[0] > 1 else mask
-                m = m[..., a:a + r_step, :]
-            if m is not None:
-                s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
-            lse[b:b + b_step, :, a:a + r_step] = torch.logsumexp(s, dim=-1)
-    own = (qw * kw).sum(-1) * scaling  # (B, H, T)
-    if mask is not None:
-        diag = mask.diagonal(dim1=-2, dim2=-1)  # (..., T)
-        own = own.masked_fill(~diag, float("-inf")) if diag.dtype == torch.bool else own + diag
-    weight = torch.where(lse == float("-inf"), torch.zeros_like(lse), torch.exp(own - lse))
+    with torch.autocast(q.device.type, enabled=False):
+        for b in range(0, B, b_step):
+            for a in range(0, T, r_step):
+                s = (qw[b:b + b_step, :, a:a + r_step] @ kw[b:b + b_step].transpose(-1, -2)) * scaling  # (b,H,r,T)
+                m = _causal(a, min(T, a + r_step), T, q.device) if mask is None and causal else None
+                if mask is not None:
+                    m = mask[b:b + b_step] if mask.dim() == 4 and mask.shape[0] > 1 else mask
+                    m = m[..., a:a + r_step, :]
+                if m is not None:
+                    s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m
+                lse = torch.logsumexp(s, dim=-1)  # (b, H, r)
+                own = s.diagonal(offset=a, dim1=-2, dim2=-1)  # (b, H, r): query a + i's score on key a + i
+                weight[b:b + b_step, :, a:a + r_step] = torch.where(lse == float("-inf"), torch.zeros_like(lse),
+                                                                     torch.exp(own - lse))
     return weight.unsqueeze(-1)
 
 

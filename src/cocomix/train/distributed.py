@@ -208,7 +208,14 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: DistCont
 
 def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any], ctx: DistContext,
                    parallel: str) -> None:
-    """Load a single-process optimizer state into the (possibly sharded) optimizer."""
+    """Load a single-process optimizer state into the (possibly sharded) optimizer. The live optimizer's
+    implementation flags (`fused`, `foreach`, `capturable`: what `build_optimizer` chose for this device) replace the
+    saved ones, so a run saved on a CPU and resumed on a GPU (or back) runs the device's AdamW."""
+    live = optimizer.param_groups
+    if len(saved.get("param_groups", [])) == len(live):
+        saved = {**saved, "param_groups": [
+            {**g, **{k: lg[k] for k in ("fused", "foreach", "capturable", "differentiable") if k in lg}}
+            for g, lg in zip(saved["param_groups"], live, strict=True)]}
     if not (ctx.active and parallel == "fsdp"):
         optimizer.load_state_dict(saved)
         return

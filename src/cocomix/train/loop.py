@@ -176,6 +176,12 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
     raise CheckpointError(f"{damaged}; and no earlier checkpoint in {root} verifies") from None
 
 
+def dropout_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The RNG seed of one rank's micro-batch under torchrun with dropout (independent masks across ranks, and a
+    resume on any number of processes draws what the uninterrupted run drew at the same (step, micro, rank))."""
+    return (((seed * 1_000_003 + step) * 1_000_033 + micro) * 65_537 + rank) % (2**63)
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -341,6 +347,9 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
         return res["loss"]
 
     meter = Throughput(start, tc.steps)
+    # every rank starts from the same seed (identical initial weights); without reseeding, each would then draw
+    # rank 0's dropout masks for its own shard of the batch
+    per_rank_dropout = ctx.world_size > 1 and run.model.dropout > 0
     train_loss = float(state.get("train_loss", math.nan))
     bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)), int(state.get("bad_steps_in_a_row", 0)))
     interval = IntervalMeans()  # logged metrics are means over the logging interval, as the official trainer's
@@ -355,7 +364,10 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                 sums: dict[str, torch.Tensor] = {}  # this step's metrics, micro-batch means; read on log steps only
                 for micro in range(tc.grad_accum):
                     chunk_ids, offsets = sampler.windows(step, micro)
-                    ids = store.batch("train", chunk_ids, run.data.seq_len, offsets).to(device)
+                    ids = store.batch("train", chunk_ids, run.data.seq_len, offsets)
+                    ids = ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids
+                    if per_rank_dropout:  # each rank its own masks, a pure function of the position in the run
+                        torch.manual_seed(dropout_seed(tc.seed, step, micro, ctx.rank))
                     # a cached target belongs to a fixed chunk: shifted windows have none (the config refuses both)
                     window = None if sampler.seq_len else chunk_ids
                     with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
