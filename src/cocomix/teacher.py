@@ -148,6 +148,12 @@ class Teacher:
             block.forward = checkpointed(block.forward)
         self.checkpointed = True
 
+    def _uncheckpoint_blocks(self) -> None:
+        """Undo `checkpoint_blocks` (the batched per-position backward of a fallback does not go through it)."""
+        for block in self.blocks[self.layer + 1:]:
+            block.__dict__.pop("forward", None)
+        self.checkpointed = False
+
     @property
     def vocab_size(self) -> int:
         """Rows of the teacher's token embedding: every token id fed to it must be below this."""
@@ -444,7 +450,11 @@ class Teacher:
                     why = (f"only {streams.calls} of its {len(self.blocks)} blocks ran their attention through "
                            "transformers' attention interface")
                 else:
+                    checkpointed_blocks = self.checkpointed
+                    self._uncheckpoint_blocks()  # the reference: plain per-position backward passes
                     slow = self._per_position_pass(one, positions).grad[0, positions]
+                    if checkpointed_blocks:
+                        self.checkpoint_blocks()
                     err = float(((fast.double() - slow.double()).norm(dim=-1)
                                  / slow.double().norm(dim=-1).clamp_min(1e-30)).max())
                     exact = fast.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(
@@ -455,6 +465,7 @@ class Teacher:
             self._leaf = None
             self.next_token_mode = "per_position" if why else "own_position"
             if why:
+                self._uncheckpoint_blocks()
                 warnings.warn(f"attribution_loss=next_token: own-position attention cannot serve this teacher "
                               f"({why}); one backward pass per position instead (about {T // GRAD_CHUNK or 1} "
                               "batched calls per batch)", stacklevel=3)

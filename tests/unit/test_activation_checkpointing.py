@@ -55,8 +55,9 @@ def test_checkpointing_stores_fewer_activations() -> None:
     assert saved[True] < 0.5 * saved[False], saved
 
 
+@pytest.mark.parametrize("loss", ["window_mean", "next_token"])
 @pytest.mark.parametrize("kind", ["cocomix", "hf"])
-def test_teacher_blocks_above_the_layer_checkpointed_give_the_same_gradient(kind: str) -> None:
+def test_teacher_blocks_above_the_layer_checkpointed_give_the_same_gradient(kind: str, loss: str) -> None:
     """`Teacher.checkpoint_blocks`: the attribution gradient is bit-identical and the backward keeps far fewer
     saved tensors (the blocks above teacher_layer keep only their inputs)."""
     from cocomix.model import Transformer
@@ -83,7 +84,8 @@ def test_teacher_blocks_above_the_layer_checkpointed_give_the_same_gradient(kind
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out[checkpointed] = teacher.residual_and_grad(ids)
+            out[checkpointed] = teacher.residual_and_grad(ids, loss=loss)
         saved[checkpointed] = total[0]
+        assert teacher.checkpointed == checkpointed  # kept through next_token's own-position check
     assert torch.equal(out[True].grad, out[False].grad) and torch.equal(out[True].loss, out[False].loss)
     assert saved[True] < 0.5 * saved[False], saved

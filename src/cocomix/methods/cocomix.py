@@ -98,8 +98,8 @@ class CoCoMix(Method):
         self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
                                                dtype=teacher_dtype(c.teacher_dtype))
         self.teacher.check_store(store, self.run.data.seq_len)
-        if self.run.train.activation_checkpointing and c.attribution_loss == "window_mean":
-            self.teacher.checkpoint_blocks()  # (the batched per-position gradient of next_token is left as is)
+        if self.run.train.activation_checkpointing:  # (undone if next_token falls back to per-position passes)
+            self.teacher.checkpoint_blocks()
         width = self.teacher.width
         if c.target == "hidden":
             if width != c.d_teacher:
