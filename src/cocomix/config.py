@@ -326,6 +326,11 @@ class ConceptConfig:
                               ("pause_slot", PAUSE_SLOTS), ("teacher_precision", TEACHER_PRECISIONS),
                               ("teacher_dtype", TEACHER_DTYPES)):
             _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
+        if self.selection == "activation":
+            _check((self.multiplier, self.attribution_loss, self.gradient_at) == ("activation", "window_mean",
+                                                                                  "residual"),
+                   "concept.selection", "'attribution' with multiplier / attribution_loss / gradient_at options "
+                   "(selection=activation takes the most active latents, no attribution)", self.selection)
         if self.gradient_at == "reconstruction":
             _check(self.attribution_loss == "next_token" and self.selection == "attribution", "concept.gradient_at",
                    "'residual' unless attribution_loss=next_token and selection=attribution (Eq. 1 runs the teacher "

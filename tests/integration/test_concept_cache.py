@@ -122,6 +122,12 @@ def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir:
 
 
 def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
+    for bad, message in (({"gradient_at": "reconstruction"}, "needs attribution_loss=next_token"),
+                         ({"selection": "activation", "attribution_loss": "next_token"}, "selection=activation"),
+                         ({"k_attr": 0}, "k_attr")):  # refused before the cache folder is made: a fixed rerun works
+        with pytest.raises(ConfigError, match=message):
+            _extract(store_dir, tmp_path / "refused", parts, **bad)
+        assert not (tmp_path / "refused").exists()
     _extract(store_dir, tmp_path / "c", parts, max_windows=2)
     with pytest.raises(ConfigError, match="k_attr"):
         _extract(store_dir, tmp_path / "c", parts, k_attr=3)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -348,6 +349,17 @@ def test_resume_may_lower_the_learning_rate_and_move_the_store(store_dir: Path, 
            if e.get("kind") == "train" and e["step"] > 2]
     assert lrs and all(lr <= 1e-3 for lr in lrs)
     assert json.loads((tmp_path / "r" / "config.json").read_text())["data"]["path"] == str(moved)
+    with pytest.raises(CocomixError, match="the run is finished .*train.lr would change nothing"):
+        train(small_run(moved, steps=4, eval_every=0, save_every=2, lr=5e-4), tmp_path / "r", resume=True, quiet=True)
+    other = tmp_path / "reordered"  # the same sizes and tokenizer, other windows: not the store it trained on
+    shutil.copytree(store_dir, other)
+    ids = np.fromfile(other / "train.bin", dtype=np.uint16)
+    np.roll(ids, ids.size // 2).tofile(other / "train.bin")  # the two halves swapped
+    (tmp_path / "r" / "config.json").write_text(small_run(moved, steps=6, eval_every=0, save_every=2,
+                                                          lr=1e-3).to_json())
+    with pytest.raises(CocomixError, match="train_sampled_sha256"):
+        train(small_run(other, steps=6, eval_every=0, save_every=2, lr=1e-3), tmp_path / "r", resume=True,
+              quiet=True)
 
 
 def test_resume_skips_a_damaged_latest_checkpoint_for_the_newest_that_verifies(store_dir: Path, tmp_path: Path,

@@ -49,3 +49,22 @@ def test_progress_in_a_log_file_is_whole_lines(capsys: pytest.CaptureFixture) ->
     line.close()
     err = capsys.readouterr().err
     assert "\r" not in err and err.splitlines() == [err.splitlines()[0]] and "10/10 windows" in err
+
+
+def test_wandb_keeps_one_run_id_across_resumes_and_says_what_it_keeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """The wandb run id is ours (wandb moved its generator between versions), written once, reused on resume."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.append(kw) or types.SimpleNamespace(log=lambda *a, **k: None,
+                                                                        finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    MetricsLogger(tmp_path, ("wandb",), config={"x": 1}).close()
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    assert len(run_id) == 8 and calls[0]["id"] == run_id and calls[0]["resume"] == "allow"
+    MetricsLogger(tmp_path, ("wandb",), resume_step=3, config={"x": 1}).close()
+    assert calls[1]["id"] == run_id and "wandb keeps the values the interrupted attempt logged after step 3" in \
+        capsys.readouterr().err

@@ -85,6 +85,29 @@ def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: to
     return torch.cat(out).view(B, T, k_attr)
 
 
+def check_target_options(sae: object, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
+                         gradient_at: str) -> None:
+    """ConfigError for target options that do not fit together or the SAE (before any work is done)."""
+    from cocomix.teacher import ATTRIBUTION_LOSSES
+
+    for name, value, allowed in (("multiplier", multiplier, MULTIPLIERS), ("selection", selection, SELECTIONS),
+                                 ("attribution_loss", attribution_loss, ATTRIBUTION_LOSSES),
+                                 ("gradient_at", gradient_at, GRADIENT_POINTS)):
+        if value not in allowed:
+            raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
+    if not 1 <= k_attr <= sae.k:
+        raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
+    if sae.n_latents < sae.k + k_attr:  # select_targets fills from the ids below k + k_attr
+        raise ConfigError(f"SAE with {sae.n_latents} latents: need at least sae k + k_attr = {sae.k + k_attr} "
+                          "latents to choose targets from")
+    if selection == "activation" and (multiplier, attribution_loss, gradient_at) != (
+            "activation", "window_mean", "residual"):
+        raise ConfigError("selection=activation takes the most active latents: multiplier, attribution_loss and "
+                          "gradient_at apply to selection=attribution only; leave them at their defaults")
+    if gradient_at == "reconstruction" and attribution_loss != "next_token":
+        raise ConfigError("gradient_at=reconstruction: needs attribution_loss=next_token (paper Eq. 1)")
+
+
 @torch.no_grad()
 def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int = 4,
                     selection: str = "attribution", multiplier: str = "activation",
@@ -94,20 +117,7 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
     `teacher` is a `cocomix.teacher.Teacher`, `sae` a `cocomix.sae.TopKSAE` whose d_in matches the teacher's
     residual width.
     """
-    if multiplier not in MULTIPLIERS:
-        raise ConfigError(f"multiplier: expected one of {MULTIPLIERS}, got {multiplier!r}")
-    if selection not in SELECTIONS:
-        raise ConfigError(f"selection: expected one of {SELECTIONS}, got {selection!r}")
-    if not 1 <= k_attr <= sae.k:
-        raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
-    if sae.n_latents < sae.k + k_attr:  # select_targets fills from the ids below k + k_attr
-        raise ConfigError(f"SAE with {sae.n_latents} latents: need at least sae k + k_attr = {sae.k + k_attr} "
-                          "latents to choose targets from")
-    if gradient_at not in GRADIENT_POINTS:
-        raise ConfigError(f"gradient_at: expected one of {GRADIENT_POINTS}, got {gradient_at!r}")
-    if gradient_at == "reconstruction" and (selection != "attribution" or attribution_loss != "next_token"):
-        raise ConfigError("gradient_at=reconstruction: needs selection=attribution and attribution_loss=next_token "
-                          "(paper Eq. 1)")
+    check_target_options(sae, k_attr, selection, multiplier, attribution_loss, gradient_at)
     if selection == "activation":  # no gradient needed: a teacher forward gives the hidden state
         hidden, grad = teacher.hidden(ids), None
     else:

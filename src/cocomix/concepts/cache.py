@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cocomix.atomic import atomic_write_text
-from cocomix.concepts.attribution import INVALID, compute_targets
+from cocomix.concepts.attribution import INVALID, check_target_options, compute_targets
 from cocomix.data import TokenStore
 from cocomix.digest import file_sha256
 from cocomix.errors import ConfigError, DataError, Stopped
@@ -109,6 +109,7 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     """
     if not splits or any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits):
         raise ConfigError(f"splits: expected distinct names among {', '.join(SPLITS)}, got {','.join(splits)!r}")
+    check_target_options(sae, k_attr, selection, multiplier, attribution_loss, gradient_at)
     store = TokenStore.open(store_path)
     teacher.check_store(store, seq_len)
     out = Path(out_dir)

@@ -43,7 +43,7 @@ def read_text(path_str: str) -> Iterator[tuple[str, str]]:
     files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*.txt") if p.is_file()
                    and not _hidden(p.relative_to(path)))
     if not files:
-        raise DataError(f"source 'text:{path_str}': no *.txt files under {path}")
+        raise DataError(f"source 'text:{path_str}': no *.txt files under {path} (hidden folders are skipped)")
     for name, file in files:
         text = _read_utf8(file)
         if text:
@@ -58,7 +58,7 @@ def _jsonl_files(path_str: str) -> list[Path]:
         files = sorted(p for p in path.rglob("*.jsonl") if p.is_file() and not _hidden(p.relative_to(path)))
         if files:
             return files
-        raise DataError(f"source 'jsonl:{path_str}': no *.jsonl files under {path}")
+        raise DataError(f"source 'jsonl:{path_str}': no *.jsonl files under {path} (hidden folders are skipped)")
     raise DataError(f"source 'jsonl:{path_str}': {path} does not exist (expected a .jsonl file or a folder)")
 
 

@@ -122,6 +122,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
             shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
             raise CheckpointError(f"{run_dir}: cannot resume, the config differs from the stored one: {shown}"
                                   f"{' (and more)' if len(diff) > 3 else ''}")
+        if adjusted and ckpt is not None and read_state(ckpt)["step"] >= run.train.steps:
+            raise CheckpointError(f"{run_dir}: the run is finished (step {read_state(ckpt)['step']}); "
+                                  f"{', '.join(adjusted)} would change nothing but its recorded config")
         if adjusted and os.environ.get("RANK", "0") == "0":
             shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in adjusted)
             print(f"cocomix: note: resuming with {shown}; from here the run differs from an uninterrupted one",
@@ -231,19 +234,20 @@ def _injected_nan_steps() -> set[int]:
 
 
 def store_identity(store: TokenStore) -> dict[str, object]:
-    """What a resume must find unchanged in the token store: its split sizes and tokenizer (the window order and
-    contents follow from them)."""
-    from cocomix.digest import file_sha256
+    """What a resume must find unchanged in the token store: its split sizes, tokenizer and a sampled digest of
+    each split's ids (a store re-prepared from other text, or the same text in another order, differs)."""
+    from cocomix.digest import file_sha256, sampled_sha256
 
     return {"train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
-            "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json")}
+            "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
+            **{f"{split}_sampled_sha256": sampled_sha256(store.path / f"{split}.bin") for split in ("train", "val")}}
 
 
 def _check_same_store(state: dict, now: dict[str, object], store: TokenStore, ckpt: Path) -> None:
     saved = state.get("store")
     if saved is None:  # a checkpoint written before stores were recorded
         return
-    for key, value in saved.items():
+    for key, value in saved.items():  # (keys a checkpoint predates are not compared)
         if now.get(key) != value:
             raise DataError(f"{store.path}: the token store changed since {ckpt} was written ({key} {value!r} -> "
                             f"{now.get(key)!r}); a resume would read other windows: point data.path at the store "

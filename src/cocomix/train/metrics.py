@@ -4,6 +4,7 @@ running means of the train metrics over a logging interval (as the official trai
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -57,7 +58,7 @@ class MetricsLogger:
                 id_file = run_dir / "wandb_run_id"  # the same wandb run across resumes (resume needs its id)
                 run_id = id_file.read_text().strip() if id_file.is_file() else ""
                 if not run_id:
-                    run_id = wandb.util.generate_id()
+                    run_id = secrets.token_hex(4)  # wandb's id alphabet; its own generator moved between versions
                     atomic_write_text(id_file, run_id + "\n")
                 if resume_step is not None:  # wandb keeps what it already received for a step
                     self.print(f"cocomix: note: wandb keeps the values the interrupted attempt logged after step "
