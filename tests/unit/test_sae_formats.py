@@ -526,3 +526,23 @@ def test_an_rmsnorm_teacher_turns_off_transformer_lens_centring() -> None:
         else:
             with pytest.warns(UserWarning, match="this teacher uses RMSNorm"):
                 assert not teacher.fit_sae(sae).center_input
+
+
+def test_an_openai_file_in_the_published_layout_is_checked_against_the_teacher_layer(tmp_path: Path) -> None:
+    """`resid_post_mlp_v5_32k/autoencoders/5.pt` (the paper's SAE, as published) reads block 5's output."""
+    from cocomix.errors import ConfigError
+
+    for location, block in (("resid_post_mlp_v5_32k", 5), ("resid_post_attn_v5_32k", None)):
+        path = tmp_path / location / "autoencoders" / "5.pt"
+        path.parent.mkdir(parents=True)
+        torch.save(_openai_sd(), path)
+        if block is None:  # mid-block: not the residual stream cocomix reads
+            with pytest.raises(ConfigError, match="blocks.5.hook_resid_mid, which is not the residual stream"):
+                load_sae(path, teacher_layer=5)
+            continue
+        assert load_sae(path, teacher_layer=5).hook_block == 5
+        with pytest.raises(ConfigError, match="set teacher_layer=5"):
+            load_sae(path, teacher_layer=4)
+    plain = tmp_path / "sae.pt"  # any other name: nothing to check
+    torch.save(_openai_sd(), plain)
+    assert load_sae(plain, teacher_layer=3).hook_name is None

@@ -23,6 +23,7 @@ from typing import Any
 
 from cocomix.errors import CheckpointError
 from cocomix.sae._io import check_shape, common_dtype, get_tensor, read_safetensors, read_torch_weights
+from cocomix.sae.saelens import hook_block
 from cocomix.sae.topk import TopKSAE
 
 WHAT = "an OpenAI sparse_autoencoder state dict (pre_bias, encoder.weight, latent_bias, decoder.weight)"
@@ -58,9 +59,31 @@ def _from_tensors(path: Path, sd: Mapping[str, Any], k: int, normalize: bool, po
     )
 
 
+# OpenAI's published locations (sparse_autoencoder.paths) and the TransformerLens hooks they read
+_LOCATIONS = {"resid_post_mlp": "hook_resid_post", "resid_post_attn": "hook_resid_mid",
+              "resid_delta_attn": "hook_attn_out", "resid_delta_mlp": "hook_mlp_out", "mlp_post_act": "mlp.hook_post"}
+
+
+def openai_hook(path: Path) -> str | None:
+    """The TransformerLens hook an OpenAI SAE file was trained on when its path keeps the published layout
+    (`{location}_{version}/autoencoders/{layer}.pt`, e.g. `resid_post_mlp_v5_32k/autoencoders/5.pt`: block 5's
+    output), else None (nothing to check)."""
+    if path.parent.name != "autoencoders" or not path.stem.isdigit():
+        return None
+    location = next((loc for loc in _LOCATIONS if path.parent.parent.name.startswith(loc + "_v")), None)
+    return f"blocks.{int(path.stem)}.{_LOCATIONS[location]}" if location else None
+
+
 def load_openai(path: str | Path, k: int | None = None) -> TopKSAE:
-    """A TopK SAE from an OpenAI state dict: a `.pt` (k from the file) or a `.safetensors` (k required)."""
-    path = Path(path)
+    """A TopK SAE from an OpenAI state dict: a `.pt` (k from the file) or a `.safetensors` (k required). A path in
+    the published layout names the hook (`openai_hook`), so `load_sae(..., teacher_layer=)` can check it."""
+    sae = _load_openai(Path(path), k)
+    sae.hook_name = openai_hook(Path(path))
+    sae.hook_block = hook_block(sae.hook_name)
+    return sae
+
+
+def _load_openai(path: Path, k: int | None) -> TopKSAE:
     if path.suffix == ".safetensors":
         tensors = read_safetensors(path, WHAT)
         if k is None:
