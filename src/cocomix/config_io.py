@@ -43,7 +43,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         return value
     if tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
-        _check(abs(value) <= 2**64, name, "an integer of at most 64 bits", value)
+        _check(abs(value) <= 2**64, name, "an integer of magnitude at most 2**64", value)
         return value
     if tp is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value), name,

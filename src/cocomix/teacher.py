@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cocomix.config import ATTRIBUTION_LOSSES
 from cocomix.errors import CheckpointError, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.own_position import Streams
 from cocomix.model.transformer import checkpointed
 from cocomix.teacher_attention import Unsupported, own_position
 
-ATTRIBUTION_LOSSES = ("window_mean", "next_token")
 GRAD_CHUNK = 32  # positions per batched backward call of the "next_token" gradient
 
 
@@ -428,6 +428,16 @@ class Teacher:
             grad = _own_position_grad(nll.sum(0), leaf, None, positions)
         return TeacherPass(hidden=leaf.detach(), grad=grad, loss=nll.mean().detach(), logits=logits.detach())
 
+    def decide_next_token(self, ids: torch.Tensor, gradient_at: str = "residual") -> str:
+        """Decide, before any output is written, how the Eq. 1 gradient will be computed (`next_token_mode`), on
+        `ids`: a fixed window (the store's first), so that every rank and every resume decides alike.
+        ConfigError when `gradient_at="reconstruction"` cannot be served (it needs own-position attention)."""
+        self._own_position_ok(ids)
+        if gradient_at == "reconstruction" and self.next_token_mode != "own_position":
+            raise ConfigError("gradient_at=reconstruction: needs own-position attention, which this teacher cannot "
+                              "run (see the warning above); use gradient_at=residual")
+        return self.next_token_mode
+
     def _own_position_ok(self, ids: torch.Tensor) -> bool:
         """Whether own-position attention gives this model's Eq. 1 gradient: decided once, on the first row of
         the first batch. Every decoder block's attention must have run through it (a model computing attention
@@ -446,15 +456,17 @@ class Teacher:
             except Exception as e:  # noqa: BLE001 - Unsupported, or a model whose own code breaks when switched
                 why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             else:
-                if streams.calls < len(self.blocks):
-                    why = (f"only {streams.calls} of its {len(self.blocks)} blocks ran their attention through "
+                if len(streams.layers) < len(self.blocks):
+                    why = (f"only {len(streams.layers)} of its {len(self.blocks)} blocks ran their attention through "
                            "transformers' attention interface")
                 else:
                     checkpointed_blocks = self.checkpointed
                     self._uncheckpoint_blocks()  # the reference: plain per-position backward passes
-                    slow = self._per_position_pass(one, positions).grad[0, positions]
-                    if checkpointed_blocks:
-                        self.checkpoint_blocks()
+                    try:
+                        slow = self._per_position_pass(one, positions).grad[0, positions]
+                    finally:
+                        if checkpointed_blocks:
+                            self.checkpoint_blocks()
                     err = float(((fast.double() - slow.double()).norm(dim=-1)
                                  / slow.double().norm(dim=-1).clamp_min(1e-30)).max())
                     exact = fast.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(

@@ -376,9 +376,17 @@ def test_resume_skips_a_damaged_latest_checkpoint_for_the_newest_that_verifies(s
     assert "does not match its checksum" in err and "resuming from" in err and "step_0000002 instead" in err
     got = _weights(tmp_path / "r")
     assert all(torch.equal(want[k], got[k]) for k in want)
+    assert (tmp_path / "r" / "checkpoints" / ".damaged_step_0000004" / "model.safetensors").is_file()  # kept aside
+    (tmp_path / "r" / "checkpoints" / "latest").unlink()  # as after a crash before the first pointer was written
+    train(run, tmp_path / "r", resume=True, quiet=True)  # finished at step 4: found again, nothing to train
+    err = capsys.readouterr().err
+    assert "latest is missing; resuming from" in err and "step_0000004 instead" in err, err
     for name in ("step_0000002", "step_0000004"):  # now nothing verifies
         (tmp_path / "r" / "checkpoints" / name / "rng.pt").write_bytes(b"")
-    with pytest.raises(CocomixError, match="no earlier checkpoint in .* verifies"):
+    with pytest.raises(CocomixError, match="no checkpoint verifies"):
+        train(run, tmp_path / "r", resume=True, quiet=True)
+    (tmp_path / "r" / "checkpoints" / "latest").write_text("step_0000004\n")
+    with pytest.raises(CocomixError, match="rng.pt.*and no earlier checkpoint in .* verifies"):
         train(run, tmp_path / "r", resume=True, quiet=True)
 
 

@@ -93,8 +93,8 @@ def test_bad_override_values_are_config_errors_that_say_how_to_spell_them() -> N
     for sets, message in ((["train.lr=1" + "0" * 400], r"train\.lr: expected a finite number, got 1000.*\.\.\.$"),
                           (["train.lr=" + "1" * 5000], r"train\.lr: expected a finite number"),
                           (["train.warmup_steps=None"], r"train\.warmup_steps: expected an integer or null"),
-                          (["train.steps=" + "9" * 500], r"train\.steps: expected an integer of at most 64 bits"),
-                          (["model.d_model=4" + "0" * 499], r"model\.d_model: expected an integer of at most 64"),
+                          (["train.steps=" + "9" * 500], r"train\.steps: expected an integer of magnitude"),
+                          (["model.d_model=4" + "0" * 499], r"model\.d_model: expected an integer of magn"),
                           (["train.log_backends=tensorboard"], r'train\.log_backends: expected a list, e\.g\. \["a"')):
         with pytest.raises(ConfigError, match=message):
             run_config(apply_overrides(base, sets))

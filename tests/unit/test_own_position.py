@@ -151,12 +151,12 @@ def test_a_model_the_switch_does_not_reach_falls_back_with_a_warning(name: str) 
     attention through the switch, so the teacher uses per-position backward passes, whatever the precision."""
     tf = transformers
     torch.manual_seed(3)
-    model = {"mamba": lambda: tf.MambaForCausalLM(tf.MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
+    build = {"mamba": lambda: tf.MambaForCausalLM(tf.MambaConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
                                                                  state_size=4)),
              "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(vocab_size=97, hidden_size=32, n_layer=2, n_head=4)),
-             "mpt": lambda: tf.MptForCausalLM(tf.MptConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4))}[name]()
+             "mpt": lambda: tf.MptForCausalLM(tf.MptConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4))}[name]
     for dtype in (torch.float64,) if name == "mamba" else (torch.float64, torch.bfloat16):  # (its CPU path: fp32)
-        teacher = Teacher(model.to(dtype).eval(), layer=0)
+        teacher = Teacher(build().to(dtype).eval(), layer=0)  # a fresh model: a Teacher hooks its block
         teacher.checkpoint_blocks()  # train.activation_checkpointing: undone for the per-position passes
         ids = torch.randint(0, 97, (2, 8))
         with pytest.warns(UserWarning, match="own-position attention cannot serve this teacher"):
@@ -238,7 +238,11 @@ def test_the_reconstruction_gradient_needs_own_position_attention() -> None:
     model = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=97, hidden_size=32,
                                                                    num_hidden_layers=2, state_size=4))
     teacher = Teacher(model.double().eval(), layer=0)
+    ids = torch.randint(0, 97, (2, 8))
     with pytest.warns(UserWarning), pytest.raises(ConfigError, match="gradient_at=reconstruction: needs own-position"):
-        teacher.residual_and_grad(torch.randint(0, 97, (2, 8)), loss="next_token", reconstruct=lambda h: h)
+        teacher.decide_next_token(ids[:1], "reconstruction")  # what extract-concepts and training call up front
+    assert teacher.decide_next_token(ids[:1]) == "per_position"  # decided once
+    with pytest.raises(ConfigError, match="gradient_at=reconstruction: needs own-position"):
+        teacher.residual_and_grad(ids, loss="next_token", reconstruct=lambda h: h)
     with pytest.raises(ConfigError, match="needs attribution_loss=next_token"):
         teacher.residual_and_grad(torch.randint(0, 97, (2, 8)), reconstruct=lambda h: h)

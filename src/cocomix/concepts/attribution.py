@@ -34,11 +34,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cocomix.config import ATTRIBUTION_LOSSES, GRADIENT_POINTS
 from cocomix.errors import ConfigError
 
 SELECTIONS = ("attribution", "activation")
 MULTIPLIERS = ("activation", "pre_activation")
-GRADIENT_POINTS = ("residual", "reconstruction")
 _CHUNK_ELEMENTS = 1 << 24  # rows × C per chunk of the dense pre-activation scores
 INVALID = -1
 
@@ -88,8 +88,6 @@ def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: to
 def check_target_options(sae: object, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
                          gradient_at: str) -> None:
     """ConfigError for target options that do not fit together or the SAE (before any work is done)."""
-    from cocomix.teacher import ATTRIBUTION_LOSSES
-
     for name, value, allowed in (("multiplier", multiplier, MULTIPLIERS), ("selection", selection, SELECTIONS),
                                  ("attribution_loss", attribution_loss, ATTRIBUTION_LOSSES),
                                  ("gradient_at", gradient_at, GRADIENT_POINTS)):

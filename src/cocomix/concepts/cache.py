@@ -112,6 +112,10 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     check_target_options(sae, k_attr, selection, multiplier, attribution_loss, gradient_at)
     store = TokenStore.open(store_path)
     teacher.check_store(store, seq_len)
+    if selection == "attribution" and attribution_loss == "next_token":  # decided on a fixed window, up front
+        first = next((s for s in splits if store.num_chunks(s, seq_len) > 0), None)
+        if first is not None:
+            teacher.decide_next_token(store.batch(first, [0], seq_len).to(teacher.device), gradient_at)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)  # one writer per cache directory

@@ -11,7 +11,8 @@ h_t is ∂NLL_t/∂h_t for every t at once: one backward pass instead of one per
 backward. Without logit soft-capping it is SDPA on detached keys and values (which already gives each query its
 whole gradient) plus a term that is zero in value and carries the own-position paths: ∂out_u/∂v_u = p_uu and
 ∂out_u/∂s_uu = p_uu (v_u − out_u) through the own score s_uu = q_u·k_u, with p_uu each query's attention weight on
-its own key (from a row-chunked log-sum-exp, no (T, T) tensor kept). Memory is that of SDPA plus O(B·H·T). With
+its own key (from a row-chunked log-sum-exp, no (T, T) tensor kept). Memory is that of SDPA plus a few (B, H, T,
+hd) fp32 tensors for the own-path term. With
 soft-capping it is eager attention with the diagonal score kept in the graph (a (B, H, T, T) tensor per layer).
 
 `Streams` extends this to the paper's Eq. 1 as written, −log p(x_{t+1} | D(c_t), h_<t): the teacher runs once on
@@ -22,7 +23,7 @@ live key and value (eager attention, with a reference).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +37,14 @@ class Streams:
 
     record: dict | None = None
     reference: dict | None = None
-    calls: int = 0
-    """Attention layers run through `attend` (a teacher checks that every block's attention did)."""
+    layers: set = field(default_factory=set)
+    """The attention layers that ran through `attend` (a teacher checks that every block's attention did)."""
 
 
 def attend(streams: Streams, layer: object, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scaling: float,
            mask: torch.Tensor | None = None, causal: bool = True, softcap: float | None = None) -> torch.Tensor:
     """`own_position_attention` for attention layer `layer` (any hashable key), recording or reading `streams`."""
-    streams.calls += 1
+    streams.layers.add(layer)
     if streams.record is not None:
         streams.record[layer] = (k.detach(), v.detach())
     ref = streams.reference[layer] if streams.reference is not None else None

@@ -25,7 +25,8 @@ OPENAI_SUFFIXES = (".pt", ".pth", ".safetensors")
 def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None = None) -> TopKSAE:
     """The SAE at `spec`, format chosen by what the path is. `k` is needed for an OpenAI `.safetensors` file
     only; for the other formats it must be None or equal the stored k. With `teacher_layer`, an SAE whose file
-    names the hook it was trained on (SAELens `hook_name`, a sparsify hookpoint folder) must read that block's
+    names the hook it was trained on (SAELens `hook_name`, a sparsify hookpoint folder, an OpenAI file kept in the
+    published `{location}_v5_32k/autoencoders/{layer}.pt` layout) must read that block's
     output (a named hook that is no block's residual output, e.g. an MLP output, is refused), and a folder of
     sparsify hookpoints resolves to the one for that layer."""
     sae = _load(sae_path(spec, teacher_layer), k)

@@ -129,7 +129,8 @@ def load_saelens(folder: str | Path) -> TopKSAE:
     extra = sorted(set(sd) - set(tensors) - set(SCALING_KEYS))
     if extra:
         raise CheckpointError(f"{weights_path}: unexpected tensors {extra} for a TopK SAE (expected {WHAT})")
-    dtype = getattr(torch, cfg["dtype"], None) if isinstance(cfg.get("dtype"), str) else None
+    name = cfg["dtype"].removeprefix("torch.") if isinstance(cfg.get("dtype"), str) else ""
+    dtype = getattr(torch, name, None) if name else None  # "float32" or, from older writers, "torch.float32"
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # SAELens computes in its config's dtype
         tensors = {name: t.to(dtype) for name, t in tensors.items()}
     d_in, d_sae = tensors["W_enc"].shape

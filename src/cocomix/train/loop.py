@@ -122,6 +122,11 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
             shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
             raise CheckpointError(f"{run_dir}: cannot resume, the config differs from the stored one: {shown}"
                                   f"{' (and more)' if len(diff) > 3 else ''}")
+        if "data.path" in moved and ckpt is not None and "train_sampled_sha256" not in (
+                read_state(ckpt).get("store") or {}):
+            raise CheckpointError(f"{run_dir}: data.path moved ({old['data.path']!r} -> {new['data.path']!r}), but "
+                                  f"{ckpt.name} predates the store's content digest, so the move cannot be checked; "
+                                  "point data.path at the store the run was trained on")
         if adjusted and ckpt is not None and read_state(ckpt)["step"] >= run.train.steps:
             raise CheckpointError(f"{run_dir}: the run is finished (step {read_state(ckpt)['step']}); "
                                   f"{', '.join(adjusted)} would change nothing but its recorded config")
@@ -152,36 +157,49 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
 
 def usable_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint a resume starts from: the one `latest` names when it verifies against its manifest, else
-    (with a note) the newest earlier checkpoint that does; CheckpointError when none does."""
+    (with a note) the newest other checkpoint that does — also when `latest` is missing (a crash between the first
+    checkpoint's rename and its pointer); CheckpointError when checkpoints exist and none verifies. A damaged
+    checkpoint is renamed `.damaged_step_…` (kept for inspection, out of the `keep_checkpoints` count)."""
     root = run_dir / CKPT_DIR
+    damaged: CheckpointError | None = None
     try:
         ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            return None
-        verify_checkpoint(ckpt)
-        read_state(ckpt)
-        return ckpt
+        if ckpt is not None:
+            verify_checkpoint(ckpt)
+            read_state(ckpt)
+            return ckpt
     except CheckpointError as e:
         damaged = e
     bad = (root / "latest").read_text(errors="replace").strip() if (root / "latest").is_file() else ""
+    main = os.environ.get("RANK", "0") == "0"
+    failures: list[str] = []
     for older in sorted(root.glob("step_*"), reverse=True):  # zero-padded: newest first
         if older.name == bad or not (older / "state.json").is_file():
             continue
         try:
             verify_checkpoint(older)
             read_state(older)
-        except CheckpointError:
+        except CheckpointError as e:
+            failures.append(" ".join(str(e).split()))
             continue
-        if os.environ.get("RANK", "0") == "0":
-            print(f"cocomix: note: {' '.join(str(damaged).split())}; resuming from {older} instead",
-                  file=sys.stderr)
+        if main:
+            why = " ".join(str(damaged).split()) if damaged else f"{root / 'latest'} is missing"
+            if damaged and bad and (root / bad).is_dir():
+                (root / bad).rename(root / f".damaged_{bad}")
+                why += f" (kept as {root / ('.damaged_' + bad)})"
+            print(f"cocomix: note: {why}; resuming from {older} instead", file=sys.stderr)
         return older
-    raise CheckpointError(f"{damaged}; and no earlier checkpoint in {root} verifies") from None
+    if damaged is not None:
+        raise CheckpointError(f"{damaged}; and no earlier checkpoint in {root} verifies") from None
+    if failures:  # checkpoints, none usable, and no pointer: not a fresh start
+        raise CheckpointError(f"{root}: no checkpoint verifies ({failures[0]})")
+    return None
 
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """The RNG seed of one rank's micro-batch under torchrun with dropout (independent masks across ranks, and a
-    resume on any number of processes draws what the uninterrupted run drew at the same (step, micro, rank))."""
+    """The RNG seed of one rank's micro-batch in a multi-process run with dropout: independent masks across ranks,
+    a pure function of (seed, step, micro, rank), so a resume with the same processes and split draws the same
+    masks (a single process keeps one RNG stream, saved in its checkpoints)."""
     return (((seed * 1_000_003 + step) * 1_000_033 + micro) * 65_537 + rank) % (2**63)
 
 
@@ -207,7 +225,7 @@ def flops_per_token(run: RunConfig, method: Method) -> tuple[dict[str, float], s
         shape = LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
     elif recorded is not None:
         shape = LMShape(tuple(recorded["block_params"]), int(recorded["d_model"]), int(recorded["vocab_size"]))
-    elif run.concept.teacher and run.method != "ntp" and teacher_shape(run.concept.teacher) is None:
+    elif cache is not None and run.concept.teacher and teacher_shape(run.concept.teacher) is None:
         note = (f"cocomix: note: FLOPs per token count the teacher {run.concept.teacher!r} as GPT-2 small (its "
                 "shape is not known here: the target cache predates recorded shapes)")
     return run_flops(run, shape, sae_k or run.concept.sae_k or 32), note
