@@ -227,7 +227,7 @@ def _finished(run_dir: Path, run: RunConfig) -> bool:
     preset) is an error: reusing it would report numbers of a run the report does not describe."""
     from cocomix.errors import CheckpointError
     from cocomix.train.checkpoint import latest_checkpoint, read_state
-    from cocomix.train.loop import prepare_run_dir
+    from cocomix.train.resume import prepare_run_dir
 
     try:
         ckpt = latest_checkpoint(run_dir)

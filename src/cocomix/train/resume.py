@@ -1,0 +1,159 @@
+"""Resuming a run: which checkpoint to start from, which config changes a resume accepts, and whether the token
+store is still the one the run was trained on (exact resume: a resumed run equals an uninterrupted one on CPU)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from cocomix.config import RunConfig
+from cocomix.data import TokenStore
+from cocomix.errors import CheckpointError, CocomixError, DataError
+from cocomix.train.checkpoint import CKPT_DIR, latest_checkpoint, read_run_config, read_state, verify_checkpoint
+
+# may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
+_RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel", "train.fsdp_param_dtype")
+# settings a resume may change because the weights do not depend on them (up to the device's rounding)
+_OPERATIONAL = ("train.device", "train.compile", "train.activation_checkpointing", "train.keep_checkpoints",
+                "train.log_backends", "train.log_every", "train.eval_every", "train.eval_batches",
+                "train.save_every")
+# settings a resume may change on purpose (after a divergence: rewind to the last good checkpoint with a lower
+# learning rate or tighter clipping); the change is printed, and the run no longer equals an uninterrupted one
+_ADJUSTABLE = ("train.lr", "train.min_lr_ratio", "train.grad_clip", "train.max_bad_steps")
+# paths a resume may change (files moved to node-local scratch, another machine) because their content is checked:
+# the token store against the identity each checkpoint records, a target cache against the run's settings
+_RELOCATABLE = ("data.path", "concept.cache")
+
+
+def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
+    """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CocomixError(f"{run_dir}: cannot create out_dir ({e.strerror})") from None
+    if not os.access(run_dir, os.W_OK):
+        raise CocomixError(f"{run_dir}: out_dir is not writable")
+    has_config = (run_dir / "config.json").is_file()
+    if not resume:
+        if has_config or (run_dir / CKPT_DIR / "latest").exists():
+            raise CocomixError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another "
+                               "--out")
+        return None
+    ckpt = usable_checkpoint(run_dir)
+    if has_config:
+        stored = read_run_config(run_dir)
+        old, new = _flatten(stored.to_dict()), _flatten(run.to_dict())
+        changed = [k for k, v in new.items() if old.get(k) != v]
+        moved = [k for k in changed if k in _RELOCATABLE and old.get(k) and new.get(k)]  # not on <-> off
+        adjusted = [k for k in changed if k in _ADJUSTABLE]
+        diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved)]
+        if diff:
+            shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+            raise CheckpointError(f"{run_dir}: cannot resume, the config differs from the stored one: {shown}"
+                                  f"{' (and more)' if len(diff) > 3 else ''}")
+        if "data.path" in moved and ckpt is not None and "train_sampled_sha256" not in (
+                read_state(ckpt).get("store") or {}):
+            raise CheckpointError(f"{run_dir}: data.path moved ({old['data.path']!r} -> {new['data.path']!r}), but "
+                                  f"{ckpt.name} predates the store's content digest, so the move cannot be checked; "
+                                  "point data.path at the store the run was trained on")
+        if adjusted and ckpt is not None and read_state(ckpt)["step"] >= run.train.steps:
+            raise CheckpointError(f"{run_dir}: the run is finished (step {read_state(ckpt)['step']}); "
+                                  f"{', '.join(adjusted)} would change nothing but its recorded config")
+        if adjusted and os.environ.get("RANK", "0") == "0":
+            shown = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in adjusted)
+            print(f"cocomix: note: resuming with {shown}; from here the run differs from an uninterrupted one",
+                  file=sys.stderr)
+        if ckpt is not None:
+            state = read_state(ckpt)
+            saved = state.get("global_batch", stored.train.micro_batch_size * stored.train.grad_accum)
+            now = run.train.micro_batch_size * run.train.grad_accum * world_size
+            if saved != now:
+                raise CheckpointError(
+                    f"{run_dir}: cannot resume with a global batch of {now} windows (micro_batch_size "
+                    f"{run.train.micro_batch_size} × grad_accum {run.train.grad_accum} × {world_size} processes); "
+                    f"the run was saved with {saved} — change train.micro_batch_size or train.grad_accum to match")
+            split = (stored.train.micro_batch_size, stored.train.grad_accum, state.get("world_size", 1))
+            resplit = split != (run.train.micro_batch_size, run.train.grad_accum, world_size)
+            if resplit and run.model.dropout > 0 and os.environ.get("RANK", "0") == "0":
+                print(f"cocomix: note: resuming with another split of the global batch (micro-batch × accumulation × "
+                      f"processes {split[0]} × {split[1]} × {split[2]} -> {run.train.micro_batch_size} × "
+                      f"{run.train.grad_accum} × {world_size}) and model.dropout {run.model.dropout}: dropout masks "
+                      "follow the micro-batches, so the run continues on another random path than an "
+                      "uninterrupted one (same data, same expectation; equal only without dropout)",
+                      file=sys.stderr)
+    return ckpt
+
+
+def usable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint a resume starts from: the one `latest` names when it verifies against its manifest, else
+    (with a note) the newest other checkpoint that does — also when `latest` is missing (a crash between the first
+    checkpoint's rename and its pointer); CheckpointError when checkpoints exist and none verifies. A damaged
+    checkpoint is renamed `.damaged_step_…` (kept for inspection, out of the `keep_checkpoints` count)."""
+    root = run_dir / CKPT_DIR
+    damaged: CheckpointError | None = None
+    try:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None:
+            verify_checkpoint(ckpt)
+            read_state(ckpt)
+            return ckpt
+    except CheckpointError as e:
+        damaged = e
+    bad = (root / "latest").read_text(errors="replace").strip() if (root / "latest").is_file() else ""
+    main = os.environ.get("RANK", "0") == "0"
+    failures: list[str] = []
+    for older in sorted(root.glob("step_*"), reverse=True):  # zero-padded: newest first
+        if older.name == bad or not (older / "state.json").is_file():
+            continue
+        try:
+            verify_checkpoint(older)
+            read_state(older)
+        except CheckpointError as e:
+            failures.append(" ".join(str(e).split()))
+            continue
+        if main:
+            why = " ".join(str(damaged).split()) if damaged else f"{root / 'latest'} is missing"
+            if damaged and bad and (root / bad).is_dir():
+                (root / bad).rename(root / f".damaged_{bad}")
+                why += f" (kept as {root / ('.damaged_' + bad)})"
+            print(f"cocomix: note: {why}; resuming from {older} instead", file=sys.stderr)
+        return older
+    if damaged is not None:
+        raise CheckpointError(f"{damaged}; and no earlier checkpoint in {root} verifies") from None
+    if failures:  # checkpoints, none usable, and no pointer: not a fresh start
+        raise CheckpointError(f"{root}: no checkpoint verifies ({failures[0]})")
+    return None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def store_identity(store: TokenStore) -> dict[str, object]:
+    """What a resume must find unchanged in the token store: its split sizes, tokenizer and a sampled digest of
+    each split's ids (a store re-prepared from other text, or the same text in another order, differs)."""
+    from cocomix.digest import file_sha256, sampled_sha256
+
+    return {"train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
+            "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
+            **{f"{split}_sampled_sha256": sampled_sha256(store.path / f"{split}.bin") for split in ("train", "val")}}
+
+
+def check_same_store(state: dict, now: dict[str, object], store: TokenStore, ckpt: Path) -> None:
+    saved = state.get("store")
+    if saved is None:  # a checkpoint written before stores were recorded
+        return
+    for key, value in saved.items():  # (keys a checkpoint predates are not compared)
+        if now.get(key) != value:
+            raise DataError(f"{store.path}: the token store changed since {ckpt} was written ({key} {value!r} -> "
+                            f"{now.get(key)!r}); a resume would read other windows: point data.path at the store "
+                            "the run was trained on")
