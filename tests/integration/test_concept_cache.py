@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from cocomix.export import export_hf
 from cocomix.model import Transformer
 from cocomix.sae import TopKSAE, load_sae
 from cocomix.teacher import Teacher
+from tests.cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +42,9 @@ def full_cache(store_dir: Path, parts: tuple[Path, Path], tmp_path_factory: pyte
 
 
 def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
-    r = subprocess.run([sys.executable, "-m", "cocomix", "extract-concepts", "--data", str(store_dir),
-                        "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]),
-                        "--seq-len", "32", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "c")],
-                       capture_output=True, text=True)
+    r = run_cli("extract-concepts", "--data", str(store_dir),
+                "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]),
+                "--seq-len", "32", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr
     cache = TargetCache.open(tmp_path / "c", expect={"k_attr": 4, "seq_len": 32})
     assert cache.meta["dtype"] == "uint16"
@@ -161,10 +159,9 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     w, p = int(stats["windows"][indices[0, 3, 0]][0]), int(stats["token_positions"][indices[0, 3, 0]][0])
     assert values[w, p][indices[w, p] == indices[0, 3, 0]].numel() == 1  # the stored place really activates it
 
-    r = subprocess.run([sys.executable, "-m", "cocomix", "describe-concepts", "--data", str(store_dir),
-                        "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]), "--seq-len",
-                        "32", "--max-windows", "6", "--device", "cpu", "--out", str(tmp_path / "d")],
-                       capture_output=True, text=True)
+    r = run_cli("describe-concepts", "--data", str(store_dir),
+                "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]), "--seq-len",
+                "32", "--max-windows", "6", "--device", "cpu", "--out", str(tmp_path / "d"))
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "d" / "concepts.json").read_text())
     assert len(report["latents"]) == sae.n_latents and report["positions"] == 6 * 32

@@ -17,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.cli import CliResult, run_cli
+
 STEPS = 6
 
 
@@ -32,11 +34,13 @@ def _sets(store: Path, parts: tuple[Path, Path], mbs: int, accum: int, parallel:
 
 
 def _train(preset: str, sets: list[str], out: Path, procs: int = 1, resume: bool = False,
-           ) -> subprocess.CompletedProcess:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m"]
-                if procs > 1 else [sys.executable, "-m"])
-    cmd = [*launcher, "cocomix", "train", "--preset", preset, *sets, "--out", str(out)] + (["--resume"] * resume)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+           ) -> subprocess.CompletedProcess | CliResult:
+    """`cocomix train` under torchrun with `procs` processes, or (1) in this process."""
+    args = ["train", "--preset", preset, *sets, "--out", str(out)] + (["--resume"] * resume)
+    if procs == 1:
+        return run_cli(*args)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m"]
+    return subprocess.run([*launcher, "cocomix", *args], capture_output=True, text=True, timeout=300)
 
 
 def _losses(run: Path) -> list[dict[str, float]]:

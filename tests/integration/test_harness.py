@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from cocomix.runs import load_run
+from tests.cli import run_cli
 
 pytest.importorskip("lm_eval")
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "lm_eval" / "shakespeare_mc.jsonl"
@@ -39,8 +38,7 @@ def cocomix_run(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_fact
             "train.steps=20", "train.micro_batch_size=8", "train.eval_every=0", "train.warmup_steps=2",
             f"concept.teacher={concept_parts[0]}", f"concept.sae={concept_parts[1]}", "concept.n_latents=256",
             "concept.teacher_layer=1", "concept.mix_k=8"]
-    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", "tiny-cocomix",
-                        *[x for kv in sets for x in ("--set", kv)], "--out", str(out)], capture_output=True, text=True)
+    r = run_cli("train", "--preset", "tiny-cocomix", *[x for kv in sets for x in ("--set", kv)], "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -87,14 +85,13 @@ def test_local_task_loglikelihoods_equal_direct_scoring(cocomix_run: Path, tmp_p
 
 def test_cli_eval_tasks_runs_offline_and_rejects_unknown_tasks(cocomix_run: Path, tmp_path: Path) -> None:
     tasks = _task_dir(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks",
-                        "shakespeare_mc", "--include-path", str(tasks), "--limit", "5"], capture_output=True, text=True)
+    r = run_cli("eval", "--run", str(cocomix_run), "--tasks",
+                "shakespeare_mc", "--include-path", str(tasks), "--limit", "5")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert 0.0 <= out["results"]["shakespeare_mc"]["acc,none"] <= 1.0
     assert Path(out["checkpoint"]).parent == cocomix_run / "checkpoints"  # the step scored, not just the run
-    r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks", "nope_task",
-                        "--include-path", str(tasks)], capture_output=True, text=True)
+    r = run_cli("eval", "--run", str(cocomix_run), "--tasks", "nope_task", "--include-path", str(tasks))
     assert r.returncode == 2 and "unknown task 'nope_task'" in r.stderr
 
 
@@ -156,9 +153,8 @@ def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Pat
 
     tasks = _task_dir(tmp_path)
     for flag, value in (("--batch-size", "0"), ("--limit", "-1")):
-        r = subprocess.run([sys.executable, "-m", "cocomix", "eval", "--run", str(cocomix_run), "--tasks",
-                            "shakespeare_mc", "--include-path", str(tasks), flag, value],
-                           capture_output=True, text=True)
+        r = run_cli("eval", "--run", str(cocomix_run), "--tasks",
+                    "shakespeare_mc", "--include-path", str(tasks), flag, value)
         assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr, r.stderr
     lm = CocomixLM(cocomix_run)
     long = SimpleNamespace(args=("To be", " or not" * 80))  # a continuation longer than the 64-token context

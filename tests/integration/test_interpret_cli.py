@@ -4,15 +4,11 @@ one-line errors (exit code 2) for bad concept indices, α and runs without conce
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cocomix", *args], capture_output=True, text=True)
+from tests.cli import run_cli as _cli
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ import torch
 from cocomix.methods import CoCoMix
 from cocomix.presets import get_preset
 from cocomix.train import train
+from tests.cli import run_cli
 
 VARIANTS = {
     "ntp": ("tiny", []),
@@ -49,8 +48,7 @@ def test_every_method_and_ablation_trains_from_the_cli(variant: str, store_dir: 
                                                        concept_parts: tuple[Path, Path]) -> None:
     preset, extra = VARIANTS[variant]
     sets = [x for kv in _overrides(store_dir, concept_parts) + extra for x in ("--set", kv)]
-    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", preset, *sets, "--out",
-                        str(tmp_path / "run")], capture_output=True, text=True)
+    r = run_cli("train", "--preset", preset, *sets, "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr[-2000:]
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in events if e["kind"] == "train"]
@@ -68,16 +66,15 @@ def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir
                                                                       concept_parts: tuple[Path, Path]) -> None:
     teacher = tmp_path / "teacher"  # the cache's teacher (same path), then moved away: it cannot be loaded
     shutil.copytree(concept_parts[0], teacher)
-    r = subprocess.run([sys.executable, "-m", "cocomix", "extract-concepts", "--data", str(store_dir), "--teacher",
-                        str(teacher), "--teacher-layer", "1", "--sae", str(concept_parts[1]), "--seq-len",
-                        "32", "--device", "cpu", "--out", str(tmp_path / "cache")], capture_output=True, text=True)
+    r = run_cli("extract-concepts", "--data", str(store_dir), "--teacher",
+                str(teacher), "--teacher-layer", "1", "--sae", str(concept_parts[1]), "--seq-len",
+                "32", "--device", "cpu", "--out", str(tmp_path / "cache"))
     assert r.returncode == 0, r.stderr
     teacher.rename(tmp_path / "moved-away")
     sets = [x for kv in _overrides(store_dir, concept_parts) + [f"concept.cache={tmp_path / 'cache'}",
                                                                  f"concept.teacher={teacher}"]
             for x in ("--set", kv)]
-    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", "tiny-cocomix", *sets, "--out",
-                        str(tmp_path / "run")], capture_output=True, text=True)
+    r = run_cli("train", "--preset", "tiny-cocomix", *sets, "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr[-2000:]
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert next(e for e in events if e["kind"] == "flops")["flops_per_token_teacher"] == 0
@@ -111,7 +108,6 @@ def test_teacher_receives_no_gradient_during_training(preset: str, store_dir: Pa
 def test_kd_refuses_a_teacher_with_another_vocabulary(store_dir: Path, tmp_path: Path,
                                                      concept_parts: tuple[Path, Path]) -> None:
     sets = [x for kv in _overrides(store_dir, concept_parts) + ["model.vocab_size=400"] for x in ("--set", kv)]
-    r = subprocess.run([sys.executable, "-m", "cocomix", "train", "--preset", "tiny-kd", *sets, "--out",
-                        str(tmp_path / "run")], capture_output=True, text=True)
+    r = run_cli("train", "--preset", "tiny-kd", *sets, "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "KD needs the student's tokenizer" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from cocomix.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from cocomix.errors import CocomixError
 from cocomix.train import train
+from tests.cli import run_cli
 
 
 def small_run(store: Path, **train_kw) -> RunConfig:
@@ -47,8 +48,7 @@ def test_loss_falls_and_same_seed_is_bit_identical(store_dir: Path, tmp_path: Pa
     assert a.val_loss is not None and a.val_loss < 5.0  # log(320) = 5.77
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    r = subprocess.run(_cli("export", "--run", str(tmp_path / "a"), "--out", str(tmp_path / "hf"), "--no-tokenizer"),
-                       capture_output=True, text=True)
+    r = run_cli("export", "--run", str(tmp_path / "a"), "--out", str(tmp_path / "hf"), "--no-tokenizer")
     assert r.returncode == 0 and not (tmp_path / "hf" / "tokenizer.json").exists()
     c = train(small_run(store_dir, steps=30, seed=2), tmp_path / "c", quiet=True)
     assert not torch.equal(_weights(tmp_path / "c")["wte.weight"], wa["wte.weight"])
@@ -156,17 +156,16 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
     cfg = tmp_path / "run.json"
     cfg.write_text(small_run(store_dir, steps=4, eval_every=0, save_every=0).to_json())
     out = tmp_path / "cli"
+    # the real entry point (`python -m cocomix`); the other calls run `cocomix.cli.main` in this process
     r = subprocess.run(_cli("train", "--config", str(cfg), "--out", str(out)), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "tok/s" in r.stderr and "eta" in r.stderr
-    r = subprocess.run(_cli("eval", "--run", str(out), "--batches", "2"), capture_output=True, text=True)
+    r = run_cli("eval", "--run", str(out), "--batches", "2")
     res = json.loads(r.stdout)
     assert r.returncode == 0 and res["windows"] == 16 and 0 < res["loss"] < 6.0
-    r = subprocess.run(_cli("generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "5",
-                            "--temperature", "0"), capture_output=True, text=True)
+    r = run_cli("generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "5", "--temperature", "0")
     assert r.returncode == 0 and r.stdout.startswith("the king")
-    r = subprocess.run(_cli("export", "--run", str(out), "--out", str(tmp_path / "hf")), capture_output=True,
-                       text=True)
+    r = run_cli("export", "--run", str(out), "--out", str(tmp_path / "hf"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "model.safetensors").is_file()
     (tmp_path / "file").write_text("x")
@@ -195,7 +194,7 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
     ]
     if not torch.cuda.is_available():
         bad.append((["generate", "--run", str(out), "--prompt", "a", "--device", "cuda"], "CUDA is not available"))
-    from cocomix.cli import main  # in-process (the subprocess runs above check the real entry point)
+    from cocomix.cli import main  # in-process (the subprocess run above checks the real entry point)
 
     for args, needle in bad:
         capsys.readouterr()
@@ -214,13 +213,13 @@ def test_corrupt_checkpoint_is_a_clear_error(store_dir: Path, tmp_path: Path) ->
     train(run, tmp_path / "r", quiet=True)
     weights = tmp_path / "r" / "checkpoints" / "step_0000002" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    r = subprocess.run(_cli("eval", "--run", str(tmp_path / "r")), capture_output=True, text=True)
+    r = run_cli("eval", "--run", str(tmp_path / "r"))
     assert r.returncode == 2 and "model.safetensors" in r.stderr and "Traceback" not in r.stderr
     manifest = weights.parent / "manifest.json"
     for path, content in ((manifest, b'{"files": ["model.safetensors"]}'), (manifest, b'{"files": {"a": 1}}'),
                           (tmp_path / "r" / "checkpoints" / "latest", b"\xff\xfe step")):
         path.write_bytes(content)
-        r = subprocess.run(_cli("eval", "--run", str(tmp_path / "r")), capture_output=True, text=True)
+        r = run_cli("eval", "--run", str(tmp_path / "r"))
         assert r.returncode == 2 and path.name in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -235,8 +234,7 @@ def test_trained_checkpoint_exports_with_identical_logits(store_dir: Path, tmp_p
     model_cfg = ModelConfig(**{**base.model.__dict__, "flavour": flavour, "dropout": 0.0})
     run = RunConfig(method="ntp", model=model_cfg, data=base.data, train=base.train)
     train(run, tmp_path / "run", quiet=True)
-    r = subprocess.run(_cli("export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "hf")),
-                       capture_output=True, text=True)
+    r = run_cli("export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
     assert r.returncode == 0, r.stderr
     cls = transformers.GPT2LMHeadModel if flavour == "gpt2" else transformers.LlamaForCausalLM
     hf = cls.from_pretrained(tmp_path / "hf").eval()
@@ -267,12 +265,11 @@ def test_resume_refuses_a_token_store_changed_since_the_checkpoint(store_dir: Pa
     shutil.copytree(store_dir, store)
     run = small_run(store, steps=4, eval_every=0, save_every=2)
     (tmp_path / "run.json").write_text(run.to_json())
-    r = subprocess.run(_cli("train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "r")),
-                       capture_output=True, text=True)
+    r = run_cli("train", "--config", str(tmp_path / "run.json"), "--out", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
     tokenizer = store / "tokenizer" / "tokenizer.json"
     tokenizer.write_text(tokenizer.read_text() + "\n")  # re-prepared with another tokenizer (same vocabulary)
-    r = subprocess.run(_cli("train", "--out", str(tmp_path / "r"), "--resume"), capture_output=True, text=True)
+    r = run_cli("train", "--out", str(tmp_path / "r"), "--resume")
     assert r.returncode == 2 and "tokenizer_sha256" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -285,7 +282,7 @@ def test_corrupt_training_state_is_a_clear_error_on_resume(store_dir: Path, tmp_
     for name, content in (("optimizer.pt", b"\x80\x04garbage"), ("rng.pt", b""), ("state.json", b"[1, 2]")):
         original = (ckpt / name).read_bytes()
         (ckpt / name).write_bytes(content)
-        r = subprocess.run(_cli("train", "--out", str(tmp_path / "r"), "--resume"), capture_output=True, text=True)
+        r = run_cli("train", "--out", str(tmp_path / "r"), "--resume")
         assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, r.stderr
         (ckpt / name).write_bytes(original)
 

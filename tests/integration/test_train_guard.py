@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from cocomix.train.guard import RunLock
+from tests.cli import CliResult, run_cli
 from tests.integration.test_train import small_run
 
 
@@ -27,9 +28,8 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _run(cfg: Path, out: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(_cli("train", "--config", str(cfg), "--out", str(out), *extra), capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+def _run(cfg: Path, out: Path, *extra: str, env: dict | None = None) -> CliResult:
+    return run_cli("train", "--config", str(cfg), "--out", str(out), *extra, env=env)
 
 
 def test_injected_nan_steps_are_skipped_reported_and_the_run_finishes(store_dir: Path, tmp_path: Path) -> None:
@@ -78,8 +78,10 @@ def test_sigterm_writes_a_checkpoint_and_resume_equals_an_uninterrupted_run(stor
     run = small_run(store_dir, steps=60, save_every=25, eval_every=0, log_every=1, keep_checkpoints=5)
     cfg = tmp_path / "run.json"
     cfg.write_text(run.to_json())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    assert _run(cfg, tmp_path / "full", env=env).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs in processes of their own, with the same threads
+    full = subprocess.run(_cli("train", "--config", str(cfg), "--out", str(tmp_path / "full")), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen(_cli("train", "--config", str(cfg), "--out", str(stopped)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -163,5 +165,5 @@ def test_a_checkpoint_damaged_after_writing_is_caught_by_its_manifest(store_dir:
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01  # one flipped bit in a tensor: still a valid safetensors file
     weights.write_bytes(bytes(data))
-    r = subprocess.run(_cli("eval", "--run", str(out)), capture_output=True, text=True)
+    r = run_cli("eval", "--run", str(out))
     assert r.returncode == 2 and "does not match its checksum in manifest.json" in r.stderr, r.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from cocomix.sae import load_sae
 from cocomix.sae.train_config import SAETrainConfig
 from cocomix.sae.training import train_sae
 from cocomix.teacher import Teacher
+from tests.cli import run_cli
 
 SMALL = dict(seq_len=32, n_latents=128, k=4, steps=60, lr=1e-2, batch_tokens=256, chunk_tokens=1024, warmup_steps=5,
              teacher_batch=8, eval_tokens=512, checkpoint_every=20, log_every=10)
@@ -90,16 +89,14 @@ def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teach
                                                           tmp_path: Path) -> None:
     cfg = _cfg(store_dir, teacher_dir, steps=10, checkpoint_every=0)
     train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
-    r = subprocess.run([sys.executable, "-m", "cocomix", "train-sae", "--teacher", str(teacher_dir),
-                        "--teacher-layer", "1", "--data", str(store_dir), "--out", str(tmp_path / "run"),
-                        "--seq-len", "32", "--k", "8", "--n-latents", "128", "--batch-tokens", "256",
-                        "--chunk-tokens", "1024", "--steps", "10", "--warmup-steps", "5", "--device", "cpu"],
-                       capture_output=True, text=True)
+    r = run_cli("train-sae", "--teacher", str(teacher_dir),
+                "--teacher-layer", "1", "--data", str(store_dir), "--out", str(tmp_path / "run"),
+                "--seq-len", "32", "--k", "8", "--n-latents", "128", "--batch-tokens", "256",
+                "--chunk-tokens", "1024", "--steps", "10", "--warmup-steps", "5", "--device", "cpu")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "other settings (k" in r.stderr, r.stderr
     # said before the teacher is loaded (a hub teacher can take minutes): a teacher that does not exist is not
     # even looked at
-    r = subprocess.run([*r.args[:4], "--teacher", str(tmp_path / "absent"), *r.args[6:]], capture_output=True,
-                       text=True)
+    r = run_cli(*r.args[:1], "--teacher", str(tmp_path / "absent"), *r.args[3:])
     assert r.returncode == 2 and "other settings" in r.stderr and "absent" not in r.stderr, r.stderr
     import dataclasses
 
@@ -130,7 +127,7 @@ def test_cli_bad_arguments_are_one_line_errors(store_dir: Path, teacher_dir: Pat
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     argv = [x for kv in base.items() for x in kv]
-    r = subprocess.run([sys.executable, "-m", "cocomix", "train-sae", *argv], capture_output=True, text=True)
+    r = run_cli("train-sae", *argv)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "o" / "sae").exists()
 
