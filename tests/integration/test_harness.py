@@ -160,3 +160,31 @@ def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Pat
     long = SimpleNamespace(args=("To be", " or not" * 80))  # a continuation longer than the 64-token context
     with pytest.raises(ConfigError, match="continuation is"):
         lm.loglikelihood([long])
+
+
+def test_lm_evals_own_task_index_is_built_only_when_a_task_needs_it(tmp_path: Path) -> None:
+    """Tasks all defined in --include-path: a manager of that folder alone (lm-eval's ~15,000 built-in task files
+    take seconds to index); a built-in task, or a local group (it may list built-in tasks): the full index."""
+    from lm_eval.tasks import TaskManager
+
+    from cocomix.eval.harness import _task_manager
+
+    tasks = _task_dir(tmp_path)
+    (tasks / "group.yaml").write_text("group: shakespeare_group\ntask:\n  - shakespeare_mc\n")
+    built: list[bool] = []
+
+    class Recording(TaskManager):
+        def __init__(self, include_path: str | None = None, include_defaults: bool = True) -> None:
+            built.append(include_defaults)
+            if not include_defaults:  # the full index is not built here (~11 s): only which one was asked for
+                super().__init__(include_path=include_path, include_defaults=False)
+
+    local = _task_manager(Recording, ["shakespeare_mc"], tasks)
+    assert built == [False] and "shakespeare_mc" in local.all_subtasks and "shakespeare_group" in local.all_groups
+    for names in (["shakespeare_group"], ["shakespeare_mc", "hellaswag"]):
+        built.clear()
+        _task_manager(Recording, names, tasks)
+        assert built == [False, True], names
+    built.clear()
+    _task_manager(Recording, ["hellaswag"], None)
+    assert built == [True]
