@@ -95,6 +95,50 @@ def test_own_weights_are_the_attention_diagonal_in_any_chunking() -> None:
     assert torch.equal(got[:, :, 4], torch.zeros_like(got[:, :, 4])) and torch.isfinite(got).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_own_weights_from_the_flash_kernels_log_sum_exp_equal_the_chunked_ones(dtype: torch.dtype) -> None:
+    """On CPU the own weights come from the flash kernel's log-sum-exp (`_flash_cpu`); they equal the chunked
+    computation (`_own_weight`) for a causal, a sliding-window bool, an additive, a batched mask, a query whose own
+    key is masked and one that may attend to nothing, and its output is SDPA's."""
+    from cocomix.model.own_position import _flash_cpu
+
+    torch.manual_seed(5)
+    q, k, v = (x.detach().to(dtype) for x in _qkv(H_kv=4))
+    own_masked = _window(7, 3).clone()
+    own_masked[2, 2] = False
+    own_masked[4] = False
+    masks = [None, _window(7, 3), torch.zeros(7, 7, dtype=dtype).masked_fill(~_window(7, 4), float("-inf")),
+             _window(7, 3)[None, None].expand(2, 1, 7, 7), own_masked]
+    for mask in masks:
+        causal = mask is None
+        found = _flash_cpu(q, k, v, 0.4, mask, causal)
+        assert found is not None
+        out, p_own = found
+        want = _own_weight(q, k, 0.4, mask, causal)
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        assert p_own.dtype == want.dtype and torch.allclose(p_own, want, atol=tol), mask
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=0.4)
+        assert torch.allclose(out.float(), sdpa.float(), atol=tol, equal_nan=True)
+    assert torch.equal(p_own[:, :, 4], torch.zeros_like(p_own[:, :, 4])) and (p_own[:, :, 2] == 0).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast chooses its own kernel: the chunked path
+        assert _flash_cpu(q, k, v, 0.4, None, True) is None
+
+
+def test_the_chunked_fallback_gives_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cocomix.model.own_position as op
+
+    torch.manual_seed(7)
+    q, k, v = _qkv()
+    w = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    for mask in (None, _window(7, 3)):
+        flash = torch.autograd.grad((own_position_attention(q, k, v, scaling=0.4, mask=mask) * w).sum(), (q, k, v))
+        with monkeypatch.context() as m:
+            m.setattr(op, "_flash_cpu", lambda *a: None)
+            chunked = torch.autograd.grad((own_position_attention(q, k, v, scaling=0.4, mask=mask) * w).sum(),
+                                          (q, k, v))
+        assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(flash, chunked, strict=True))
+
+
 def test_sixteen_bit_scores_are_formed_in_fp32() -> None:
     """fp16 q·k beyond 65504 overflows in fp16; the own-path term stays finite and the output is SDPA's."""
     torch.manual_seed(6)

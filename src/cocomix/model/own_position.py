@@ -11,8 +11,9 @@ h_t is ∂NLL_t/∂h_t for every t at once: one backward pass instead of one per
 backward. Without logit soft-capping it is SDPA on detached keys and values (which already gives each query its
 whole gradient) plus a term that is zero in value and carries the own-position paths: ∂out_u/∂v_u = p_uu and
 ∂out_u/∂s_uu = p_uu (v_u − out_u) through the own score s_uu = q_u·k_u, with p_uu each query's attention weight on
-its own key (from a row-chunked log-sum-exp, no (T, T) tensor kept). Memory is that of SDPA plus a few (B, H, T,
-hd) fp32 tensors for the own-path term. With
+its own key: exp(s_uu − lse_u) with the log-sum-exp that SDPA's CPU flash kernel returns along with its output
+(`_flash_cpu`), or elsewhere (CUDA, autocast) from a row-chunked second pass over the scores (`_own_weight`; no
+(T, T) tensor kept). Memory is that of SDPA plus a few (B, H, T, hd) fp32 tensors for the own-path term. With
 soft-capping it is eager attention with the diagonal score kept in the graph (a (B, H, T, T) tensor per layer).
 
 `Streams` extends this to the paper's Eq. 1 as written, −log p(x_{t+1} | D(c_t), h_<t): the teacher runs once on
@@ -76,14 +77,47 @@ def own_position_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         return _eager(q, k, v, scaling, mask, softcap, ref)
     kd, vd = k.detach(), v.detach()
     is_causal = mask is None and causal  # SDPA's own causal kernels (flash on GPU), no (T, T) mask
-    out = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask, is_causal=is_causal, scale=scaling)  # (B,H,T,hd)
     wide = torch.promote_types(q.dtype, torch.float32)  # the own score in fp32 at least (16-bit: no overflow)
+    found = _flash_cpu(q, kd, vd, scaling, mask, is_causal)
+    if found is not None:  # the kernel's log-sum-exp gives the own weights for free
+        out, p_own = found
+    else:
+        out = F.scaled_dot_product_attention(q, kd, vd, attn_mask=mask, is_causal=is_causal,
+                                             scale=scaling)  # (B, H, T, hd)
+        with torch.no_grad():
+            p_own = _own_weight(q, kd, scaling, mask, is_causal)  # (B, H, T, 1), wide
     with torch.no_grad():
-        p_own = _own_weight(q, kd, scaling, mask, is_causal)  # (B, H, T, 1), wide
         away = (vd - out).to(wide)  # (B, H, T, hd): v_u − out_u
     s_own = (q.detach().to(wide) * k.to(wide)).sum(-1, keepdim=True) * scaling  # (B, H, T, 1): through k_u only
     own_paths = p_own * (v - vd).to(wide) + p_own * away * (s_own - s_own.detach())  # zero in value
     return out + own_paths.to(out.dtype)
+
+
+def _flash_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, mask: torch.Tensor | None,
+               is_causal: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """On CPU outside autocast: SDPA's flash kernel (what `F.scaled_dot_product_attention` runs there), which also
+    returns each query's log-sum-exp, so the own weight is exp(s_uu + mask_uu − lse_u) with no second pass over the
+    scores: (out (B, H, T, hd) in the graph through q, p_own (B, H, T, 1) fp32 at least, no graph). None where
+    that kernel is not available (CUDA, autocast, a kernel that refuses the inputs): then `_own_weight`. The
+    kernel takes additive masks only: a bool mask becomes one in the inputs' dtype (its shape, e.g. (B, 1, T, T))."""
+    if q.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not (q.dtype == k.dtype == v.dtype):
+        return None
+    wide = torch.promote_types(q.dtype, torch.float32)
+    bias = None  # the mask as the kernel takes it: additive, in the inputs' dtype
+    if mask is not None:
+        bias = (torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+                if mask.dtype == torch.bool else mask.to(q.dtype))
+    try:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal,
+                                                                              attn_mask=bias, scale=scaling)
+    except (RuntimeError, AttributeError):
+        return None
+    with torch.no_grad():
+        s_own = (q.detach().to(wide) * k.to(wide)).sum(-1) * scaling  # (B, H, T)
+        if bias is not None:  # a query whose own key is masked puts no weight on it (also a fully masked row)
+            s_own = s_own + bias.diagonal(dim1=-2, dim2=-1).to(wide)
+        p_own = torch.where(s_own == float("-inf"), 0.0, torch.exp(s_own - lse.to(wide))).unsqueeze(-1)  # (B,H,T,1)
+    return out, p_own
 
 
 def _causal(start: int, stop: int, T: int, device: torch.device) -> torch.Tensor:
