@@ -175,6 +175,10 @@ def test_failed_prepare_leaves_no_store(tmp_path: Path) -> None:
     out = tmp_path / "s"
     with pytest.raises(DataError, match="line 2"):
         prepare(f"jsonl:{path}", out, tokenizer="bpe:260", progress=False)
+    assert not out.exists()  # the folder this call created, removed again (nothing was written)
+    out.mkdir()  # a folder that was there before is kept, and holds no store
+    with pytest.raises(DataError, match="line 2"):
+        prepare(f"jsonl:{path}", out, tokenizer="bpe:260", progress=False)
     assert not (out / "meta.json").exists() and not list(out.glob("*.bin"))
     with pytest.raises(DataError, match="meta.json: missing"):
         TokenStore.open(out)

@@ -117,6 +117,7 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
         if first is not None:
             teacher.decide_next_token(store.batch(first, [0], seq_len).to(teacher.device), gradient_at)
     out = Path(out_dir)
+    created = not out.exists()  # removed again if extraction fails before writing anything into it
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)  # one writer per cache directory
     try:
@@ -127,7 +128,7 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
                             batch_size=batch_size, splits=splits,
                             max_windows=max_windows, progress=progress)
     finally:
-        lock.release()
+        lock.release(remove_empty_dir=created)
 
 
 def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: StopSignals, *, teacher_spec: str,

@@ -187,13 +187,14 @@ def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_f
     from cocomix.train.guard import RunLock  # here: cocomix.train imports this module
 
     out = Path(out_dir).expanduser()
+    created = not out.exists()  # removed again if preparing fails before writing anything into it
     _check_out_dir(out, overwrite)
     lock = RunLock(out)  # one writer per store folder
     try:
         _check_out_dir(out, overwrite)  # again under the lock: a concurrent prepare may have finished meanwhile
         return _prepare(source, out, tokenizer, val_fraction, _Progress(progress))
     finally:
-        lock.release()
+        lock.release(remove_empty_dir=created)
 
 
 def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _Progress) -> dict:

@@ -85,18 +85,20 @@ def lr_at(step: int, cfg: SAETrainConfig, peak: float) -> float:
     return peak
 
 
-def _prepare_out(cfg: SAETrainConfig, out: Path) -> RunLock:
-    """Create or reopen `out`, hold its lock, and refuse a directory that holds something else."""
+def _prepare_out(cfg: SAETrainConfig, out: Path) -> tuple[RunLock, bool]:
+    """Create or reopen `out`, hold its lock, and refuse a directory that holds something else; returns the lock
+    and whether this call created `out`."""
     if out.exists() and not out.is_dir():
         raise CocomixError(f"{out}: --out exists and is not a directory")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)
     try:
         check_out(cfg, out)
     except BaseException:
-        lock.release()
+        lock.release(remove_empty_dir=created)
         raise
-    return lock
+    return lock, created
 
 
 OPERATIONAL = ("device", "log_every", "checkpoint_every", "teacher_batch", "eval_tokens")
@@ -174,11 +176,11 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: 
             raise CocomixError(f"{store.path}: the {split} split holds fewer than seq_len={cfg.seq_len} tokens")
     if cfg.k > cfg.width(teacher.width):
         raise ConfigError(f"k: must not exceed the SAE width {cfg.width(teacher.width)}, got {cfg.k}")
-    lock = _prepare_out(cfg, out)
+    lock, created = _prepare_out(cfg, out)
     try:
         return _train(cfg, out, teacher, store, quiet, t_start)
     finally:
-        lock.release()
+        lock.release(remove_empty_dir=created)
 
 
 def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, quiet: bool,

@@ -44,11 +44,22 @@ class RunLock:
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
 
-    def release(self) -> None:
-        if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
+    def release(self, *, remove_empty_dir: bool = False) -> None:
+        """Unlock. With `remove_empty_dir` (for a directory this command created), a directory that holds nothing
+        but the lock file is removed first, while still locked: a start that failed before writing anything
+        leaves no empty folder behind."""
+        if self._fd < 0:
+            return
+        if remove_empty_dir:
+            try:
+                if [p.name for p in self.path.parent.iterdir()] == [LOCK_NAME]:
+                    self.path.unlink()
+                    self.path.parent.rmdir()
+            except OSError:  # something appeared meanwhile, or no permission: keep the folder
+                pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = -1
 
 
 class StopSignals:

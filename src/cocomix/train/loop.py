@@ -135,6 +135,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
     sampler = WindowSampler(chunks, tc.seed, tc.micro_batch_size, tc.grad_accum, ctx.world_size, ctx.rank,
                             seq_len=T if random_offsets else 0,
                             spare=store.num_tokens("train") - chunks * T if random_offsets else 0)
+    created = not run_dir.exists()  # removed again if the run fails before writing anything into it
     ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
     lock = RunLock(run_dir) if ctx.is_main else None  # one writer per run directory
     fresh_note = ""
@@ -146,7 +147,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt, fresh_note)
     finally:
         if lock is not None:
-            lock.release()
+            lock.release(remove_empty_dir=created)
 
 
 def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, tc: TrainConfig,
