@@ -120,8 +120,16 @@ def test_own_weights_from_the_flash_kernels_log_sum_exp_equal_the_chunked_ones(d
         sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=0.4)
         assert torch.allclose(out.float(), sdpa.float(), atol=tol, equal_nan=True)
     assert torch.equal(p_own[:, :, 4], torch.zeros_like(p_own[:, :, 4])) and (p_own[:, :, 2] == 0).all()
+    padding = torch.ones(2, 1, 1, 7, dtype=torch.bool)  # a key-padding mask (one row for every query)
+    padding[0, ..., 5:] = False
+    out, p_own = _flash_cpu(q, k, v, 0.4, padding, False)
+    assert torch.allclose(p_own, _own_weight(q, k, 0.4, padding.expand(2, 1, 7, 7), False), atol=tol)
+    assert torch.allclose(p_own, _own_weight(q, k, 0.4, padding, False, budget=4 * 7 * 3), atol=tol)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast chooses its own kernel: the chunked path
         assert _flash_cpu(q, k, v, 0.4, None, True) is None
+    # a head dimension that is not contiguous: SDPA would not run this kernel (it reads it as contiguous)
+    qt = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert torch.equal(qt, q) and _flash_cpu(qt, k, v, 0.4, None, True) is None
 
 
 def test_the_chunked_fallback_gives_the_same_gradients(monkeypatch: pytest.MonkeyPatch) -> None:

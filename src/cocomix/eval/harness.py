@@ -169,8 +169,9 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
 def _task_manager(manager_cls: Any, tasks: list[str], include_path: str | Path | None) -> Any:
     """The lm-eval `TaskManager` that `tasks` need. Indexing lm-eval's own task folders reads ~15,000 YAML files
     (~11 s on 2 CPU cores); when every requested name is a task (not a group or tag, which may list built-in
-    tasks) defined in `include_path`, a manager of that folder alone resolves them the same way (local
-    definitions take precedence over built-in ones of the same name either way)."""
+    tasks) defined in `include_path`, a manager of that folder alone resolves them. (A local task named like a
+    built-in one is then the local one; the full index of lm-eval 0.4.13 also prefers local definitions, older
+    versions preferred the built-in ones: name local tasks apart.)"""
     if include_path:
         local = manager_cls(include_path=str(include_path), include_defaults=False)
         if all(t in local.all_subtasks for t in tasks):

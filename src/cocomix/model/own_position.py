@@ -98,24 +98,28 @@ def _flash_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
     """On CPU outside autocast: SDPA's flash kernel (what `F.scaled_dot_product_attention` runs there), which also
     returns each query's log-sum-exp, so the own weight is exp(s_uu + mask_uu − lse_u) with no second pass over the
     scores: (out (B, H, T, hd) in the graph through q, p_own (B, H, T, 1) fp32 at least, no graph). None where
-    that kernel is not available (CUDA, autocast, a kernel that refuses the inputs): then `_own_weight`. The
-    kernel takes additive masks only: a bool mask becomes one in the inputs' dtype (its shape, e.g. (B, 1, T, T))."""
-    if q.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not (q.dtype == k.dtype == v.dtype):
+    SDPA would not run that kernel (CUDA, autocast, inputs whose last dimension is not contiguous) or the kernel
+    refuses the inputs (e.g. a float mask of another dtype): then `_own_weight`. The kernel takes additive masks
+    only: a bool mask becomes one in the inputs' dtype (its shape, e.g. (B, 1, T, T)); a float mask is passed on
+    unchanged."""
+    if (q.device.type != "cpu" or torch.is_autocast_enabled("cpu") or not (q.dtype == k.dtype == v.dtype)
+            or any(x.stride(-1) != 1 for x in (q, k, v))):  # the kernel assumes contiguous head dimensions
         return None
     wide = torch.promote_types(q.dtype, torch.float32)
-    bias = None  # the mask as the kernel takes it: additive, in the inputs' dtype
-    if mask is not None:
-        bias = (torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-                if mask.dtype == torch.bool else mask.to(q.dtype))
+    bias = mask  # the mask as the kernel takes it: additive
+    if mask is not None and mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
     try:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal,
                                                                               attn_mask=bias, scale=scaling)
     except (RuntimeError, AttributeError):
         return None
     with torch.no_grad():
+        B, H, T, _ = q.shape
         s_own = (q.detach().to(wide) * k.to(wide)).sum(-1) * scaling  # (B, H, T)
         if bias is not None:  # a query whose own key is masked puts no weight on it (also a fully masked row)
-            s_own = s_own + bias.diagonal(dim1=-2, dim2=-1).to(wide)
+            full = torch.broadcast_to(bias, (*bias.shape[:-2], T, T))  # a (…, 1, T) padding mask too; a view
+            s_own = s_own + full.diagonal(dim1=-2, dim2=-1).to(wide)
         p_own = torch.where(s_own == float("-inf"), 0.0, torch.exp(s_own - lse.to(wide))).unsqueeze(-1)  # (B,H,T,1)
     return out, p_own
 
@@ -134,6 +138,8 @@ def _own_weight(q: torch.Tensor, k: torch.Tensor, scaling: float, mask: torch.Te
     B, H, T, _ = q.shape
     wide = torch.promote_types(q.dtype, torch.float32)
     qw, kw = q.to(wide), k.to(wide)
+    if mask is not None:
+        mask = torch.broadcast_to(mask, (*mask.shape[:-2], T, T))  # a (…, 1, T) padding mask too; a view
     weight = torch.empty(B, H, T, dtype=wide, device=q.device)
     b_step = max(1, min(B, budget // (H * T * T)))
     r_step = max(1, min(T, budget // (b_step * H * T)))

@@ -34,15 +34,33 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK_NAME
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise CocomixError(f"{run_dir}: another cocomix process is writing this directory "
-                               f"(it holds {self.path}); wait for it or choose another --out") from None
+        for _ in range(3):  # a holder that removes its empty folder on release unlinks the lock file it held
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise CocomixError(f"{run_dir}: cannot create its lock file {LOCK_NAME} ({e.strerror})") from None
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._fd)
+                raise CocomixError(f"{run_dir}: another cocomix process is writing this directory "
+                                   f"(it holds {self.path}); wait for it or choose another --out") from None
+            if self._holds_the_file_on_disk():
+                break
+            os.close(self._fd)  # locked a file that was unlinked meanwhile: lock the one there now
+        else:
+            self._fd = -1
+            raise CocomixError(f"{run_dir}: its lock file {LOCK_NAME} keeps being removed; is another process "
+                               "deleting this directory?")
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
+
+    def _holds_the_file_on_disk(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def release(self, *, remove_empty_dir: bool = False) -> None:
         """Unlock. With `remove_empty_dir` (for a directory this command created), a directory that holds nothing
