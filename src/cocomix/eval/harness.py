@@ -177,4 +177,3 @@ def _task_manager(manager_cls: Any, tasks: list[str], include_path: str | Path |
         if all(t in local.all_subtasks for t in tasks):
             return local
     return manager_cls(include_path=str(include_path) if include_path else None)
-
