@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from cocomix.errors import CheckpointError
 from cocomix.sae import TopKSAE, load_openai, load_sae, load_saelens, load_sparsify, save_saelens
+from cocomix.sae.formats import sae_path
 
 D, C, K = 16, 64, 6
 ANCHOR = Path(__file__).resolve().parents[1] / "fixtures" / "official-anchor"
@@ -99,6 +100,25 @@ def test_openai_safetensors_needs_k(tmp_path: Path) -> None:
     with torch.no_grad():
         z, _ = sae.encode_dense(x)
         assert _close(z, z_ref) and _close(sae(x), recon_ref)
+
+
+def test_openai_file_loads_strictly_and_in_fp32(tmp_path: Path) -> None:
+    """As OpenAI's `from_state_dict` (strict `load_state_dict` into an fp32 module): an unknown tensor is refused,
+    and a half-precision file computes in fp32."""
+    tensors = {key: v for key, v in _openai_sd().items() if isinstance(v, torch.Tensor)}
+    save_file({**tensors, "threshold": torch.zeros(C)}, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointError, match=r"extra\.safetensors: unexpected entries \['threshold'\]"):
+        load_openai(tmp_path / "extra.safetensors", k=K)
+    sd = _openai_sd()
+    half = {key: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for key, v in sd.items()}
+    torch.save(half, tmp_path / "half.pt")
+    sae = load_openai(tmp_path / "half.pt")
+    assert sae.W_enc.dtype == torch.float32
+    as_fp32 = {key: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+               for key, v in half.items()}
+    x = _x()
+    with torch.no_grad():
+        assert _close(sae.encode_dense(x)[0], _openai_reference(as_fp32, x)[0])
 
 
 def test_openai_relu_sae_is_refused(tmp_path: Path) -> None:
@@ -256,6 +276,8 @@ def test_saelens_folder_matches_saelens_semantics(tmp_path: Path, cfg: dict) -> 
         ({"normalize_activations": "expected_average_only_in"}, "normalize_activations='expected_average_only_in'"),
         ({"architecture": "topk", "k": None}, "'k' must be an integer"),
         ({"d_in": D + 1}, "d_in=17"),
+        # SAELens's pre-6 conversion would take activation_fn_kwargs' k: two different k are refused, not guessed
+        ({"architecture": "topk", "k": K, "activation_fn_kwargs": {"k": K + 1}}, "disagree; expected one k"),
     ],
 )
 def test_saelens_refusals_name_the_file(tmp_path: Path, change: dict, message: str) -> None:
@@ -416,6 +438,30 @@ def test_sparsify_hookpoint_folders_name_the_teacher_layer(tmp_path: Path) -> No
         load_sae(run, teacher_layer=5)
 
 
+def test_sparsify_runs_of_several_seeds_save_a_folder_per_seed(tmp_path: Path) -> None:
+    """With several `init_seeds` the sparsify trainer saves `HOOKPOINT/seedN/`: a seed folder is its hookpoint's
+    (checked against teacher_layer), and a run or hookpoint folder resolves to its only seed or asks which one."""
+    from cocomix.errors import ConfigError
+
+    cfg = {"k": K, "num_latents": C, "d_in": D}
+    run = tmp_path / "run"
+    for hook, seeds in (("layers.1", ("seed0", "seed1")), ("layers.3", ("seed7",))):
+        for i, seed in enumerate(seeds):
+            _write_sparsify(run / hook / seed, cfg, {n: w * (i + 1) for n, w in _sparsify_weights().items()})
+    (run / "config.json").write_text(json.dumps({"hookpoints": ["layers.1", "layers.3"], "init_seeds": [0, 1]}))
+    sae = load_sae(run / "layers.1" / "seed1", teacher_layer=1)
+    assert (sae.hook_name, sae.hook_block) == ("layers.1", 1)
+    assert torch.equal(sae.W_dec, load_sparsify(run / "layers.1" / "seed1").W_dec)
+    with pytest.raises(ConfigError, match=r"trained on layers\.1 \(the output of block 1\)"):
+        load_sae(run / "layers.1" / "seed0", teacher_layer=3)
+    for spec in (run, run / "layers.1"):
+        with pytest.raises(CheckpointError, match=r"layers\.1: SAEs of several seeds \(seed0, seed1\); give"):
+            load_sae(spec, teacher_layer=1)
+    for spec in (run, run / "layers.3"):
+        assert load_sae(spec, teacher_layer=3).hook_block == 3
+    assert sae_path(run, 3) == run / "layers.3" / "seed7"
+
+
 @pytest.mark.parametrize(
     "change,message",
     [
@@ -476,6 +522,22 @@ def test_saelens_refuses_what_is_not_a_residual_encoder(change: dict, message: s
     (folder / "cfg.json").write_text(json.dumps({**cfg, **change}))
     with pytest.raises(CheckpointError, match=message):
         load_sae(folder)
+
+
+def test_saelens_head_and_hook_z_saes_are_refused_in_either_config_layout(tmp_path: Path) -> None:
+    """6.x keeps hook_head_index in metadata; a pre-6 config without reshape_activations whose hook is hook_z is
+    reshaped by SAELens (GPT-2's 12 × 64 hook_z has the residual stream's width, so no shape check catches it)."""
+    folder = save_saelens(_trained_like_sae(True), tmp_path / "sae")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    layouts = [{**cfg, "metadata": {**cfg["metadata"], "hook_head_index": 2}},
+               {k: v for k, v in cfg.items() if k != "reshape_activations"} | {"hook_name": "blocks.2.attn.hook_z"}]
+    for changed in layouts:
+        (folder / "cfg.json").write_text(json.dumps(changed))
+        with pytest.raises(CheckpointError, match="reshaped activations"):
+            load_sae(folder)
+    plain = {k: v for k, v in cfg.items() if k != "reshape_activations"} | {"hook_name": "blocks.2.hook_resid_post"}
+    (folder / "cfg.json").write_text(json.dumps(plain))
+    assert load_sae(folder).hook_block == 2  # no key and a residual hook: loaded as before
 
 
 def test_saelens_sae_of_a_centred_transformer_lens_stream_centres_its_input(tmp_path: Path) -> None:

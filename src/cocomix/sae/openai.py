@@ -7,7 +7,8 @@ An `Autoencoder.state_dict()` holds the tensors
 
 and, in the released `.pt` files, two non-tensor entries: `activation` ("TopK" for the v5 family, "ReLU" for
 v1/v4) and `activation_state_dict` ({"k": 32, "postact_fn": "ReLU"}). OpenAI's `from_state_dict` sets
-`normalize = (activation == "TopK")`, so every TopK SAE in this format normalises its input with `LN`.
+`normalize = (activation == "TopK")`, so every TopK SAE in this format normalises its input with `LN`. It builds
+an fp32 `Autoencoder` and loads strictly: we compute in fp32 whatever the file's dtype, and refuse any other entry.
 
 A `.pt` is read with `torch.load(weights_only=True)`, which admits tensors, numbers, strings and containers
 only; a file holding any other object is refused without running it. A `.safetensors` file carries the same
@@ -28,6 +29,8 @@ from cocomix.sae.topk import TopKSAE
 
 WHAT = "an OpenAI sparse_autoencoder state dict (pre_bias, encoder.weight, latent_bias, decoder.weight)"
 POSTACT_NAMES = {"relu": "relu", "identity": "identity"}
+STATISTICS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square")  # unused buffers
+NON_TENSOR = ("activation", "activation_state_dict")
 
 
 def _postact(path: Path, name: Any) -> str:
@@ -44,6 +47,12 @@ def _from_tensors(path: Path, sd: Mapping[str, Any], k: int, normalize: bool, po
         "latent_bias": get_tensor(sd, "latent_bias", path, 1),
         "decoder.weight": get_tensor(sd, "decoder.weight", path, 2),
     }
+    extra = sorted(set(sd) - set(tensors) - set(STATISTICS) - set(NON_TENSOR))
+    if extra:  # OpenAI's from_state_dict loads strictly: a tensor it does not know is another kind of model
+        raise CheckpointError(f"{path}: unexpected entries {extra} (expected {WHAT}, the statistics "
+                              f"{', '.join(STATISTICS)} and {', '.join(NON_TENSOR)})")
+    # from_state_dict builds an fp32 Autoencoder and copies the file into it: a half-precision file computes in fp32
+    tensors = {name: t.float() for name, t in tensors.items()}
     n_latents, d_in = tensors["encoder.weight"].shape
     check_shape(path, "pre_bias", tensors["pre_bias"], (d_in,))
     check_shape(path, "latent_bias", tensors["latent_bias"], (n_latents,))

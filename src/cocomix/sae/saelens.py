@@ -65,6 +65,9 @@ def _topk_k(cfg_path: Path, cfg: dict[str, Any]) -> int:
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{cfg_path}: 'activation_fn_kwargs' must be an object, got {kwargs!r}")
     if architecture == "topk" or (architecture == "standard" and activation == "topk"):
+        if "k" in cfg and "k" in kwargs and cfg["k"] != kwargs["k"]:  # SAELens's pre-6 conversion takes kwargs'
+            raise CheckpointError(f"{cfg_path}: k={cfg['k']!r} and activation_fn_kwargs.k={kwargs['k']!r} "
+                                  "disagree; expected one k")
         if "k" in cfg:
             return get_int(cfg, "k", cfg_path)
         if "k" in kwargs:
@@ -107,10 +110,18 @@ def load_saelens(folder: str | Path) -> TopKSAE:
     normalize = _normalize(cfg_path, cfg)
     if (cfg.get("activation_fn_kwargs") or {}).get("postact_fn", "ReLU") not in ("ReLU", "relu"):
         raise CheckpointError(f"{cfg_path}: only a ReLU post-activation after the TopK is supported")
-    reshape = cfg.get("reshape_activations", "none")
-    if reshape not in (None, "none") or cfg.get("hook_head_index") is not None:
+    meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_path}: 'metadata' must be an object, got {type(meta).__name__}")
+    # 6.x keeps hook_name and hook_head_index in metadata, pre-6 at the top level, older configs say hook_point
+    hook = cfg.get("hook_name") or meta.get("hook_name") or cfg.get("hook_point")
+    hook = hook if isinstance(hook, str) else None
+    head = cfg.get("hook_head_index", meta.get("hook_head_index"))
+    # without the key, SAELens's pre-6 conversion reshapes a hook_z SAE's (B, T, heads, d_head) input
+    reshape = cfg.get("reshape_activations", "hook_z" if hook and "hook_z" in hook else "none")
+    if reshape not in (None, "none") or head is not None:
         raise CheckpointError(f"{cfg_path}: an SAE on reshaped activations (reshape_activations={reshape!r}, "
-                              f"hook_head_index={cfg.get('hook_head_index')!r}) is not supported; cocomix encodes "
+                              f"hook_head_index={head!r}, hook {hook!r}) is not supported; cocomix encodes "
                               "the residual stream")
     apply_b_dec = cfg.get("apply_b_dec_to_input", True)
     if not isinstance(apply_b_dec, bool):
@@ -154,12 +165,7 @@ def load_saelens(folder: str | Path) -> TopKSAE:
         d_in, d_sae, k, normalize=normalize, encode_pre_bias=apply_b_dec, dtype=common_dtype(weights_path, tensors)
     )
     sae = sae.set_weights(pre_bias=tensors["b_dec"], W_enc=W_enc.T, latent_bias=b_enc, W_dec=W_dec.T)
-    meta = cfg.get("metadata") or {}
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{cfg_path}: 'metadata' must be an object, got {type(meta).__name__}")
-    # 6.x keeps hook_name in metadata, pre-6 at the top level, older configs call it hook_point
-    name = cfg.get("hook_name") or meta.get("hook_name") or cfg.get("hook_point")
-    sae.hook_name = name if isinstance(name, str) else None
+    sae.hook_name = hook
     sae.hook_block = hook_block(sae.hook_name)
     kwargs = meta.get("model_from_pretrained_kwargs", cfg.get("model_from_pretrained_kwargs")) or {}
     sae.center_input = isinstance(kwargs, dict) and kwargs.get("center_writing_weights") is True and not normalize

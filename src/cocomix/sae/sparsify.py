@@ -21,7 +21,9 @@ What sparsify does (`sparsify/sparse_coder.py`, `fused_encoder.py`, `config.py`;
   `output_hidden_states`) name `hidden_states[N]`, the *input* of block N, `layers.N` too, and a folder without
   its run's config cannot tell the two apart, so it is not checked. A run folder (`Sae.load_many`'s layout)
   resolves to the hookpoint of the requested teacher_layer (`hookpoint_folder`); without the run's `config.json`
-  listing hookpoints it is refused rather than guessed.
+  listing hookpoints it is refused rather than guessed. A run trained with several `init_seeds` saves
+  `HOOKPOINT/seedN/` per seed: such a folder is read as its hookpoint's, and a run folder resolves to the seed
+  folder when there is one, and asks which when there are several.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ RUN_CFG_NAME = "config.json"  # the run folder's TrainConfig, beside the hookpoi
 WHAT = "sparsify weights encoder.weight (C, d), encoder.bias (C,), W_dec (C, d), b_dec (d,)"
 _HARMLESS_FLAGS = ("normalize_decoder", "multi_topk")  # true flags that only shape training, not the forward
 _BLOCK_OUTPUT = re.compile(r"(?:.*\.)?(?:layers|h)\.(\d+)")  # a hookpoint that is a whole block's output
+_SEED = re.compile(r"seed\d+")  # with several init_seeds, the trainer saves HOOKPOINT/seedN/ per seed
 
 
 def hookpoint_block(name: str) -> int | None:
@@ -57,10 +60,31 @@ def _run_hookpoints(run: Path) -> list[str] | None:
     return [h for h in hooks if isinstance(h, str)] if isinstance(hooks, list) else None
 
 
+def _is_sae(folder: Path) -> bool:
+    return (folder / WEIGHTS_NAME).is_file() and (folder / CFG_NAME).is_file()
+
+
+def _seeds(hook: Path) -> list[Path]:
+    """The `seedN` SAE folders under a hookpoint folder of a run trained with several `init_seeds`."""
+    return sorted(p for p in hook.iterdir() if _SEED.fullmatch(p.name) and _is_sae(p)) if hook.is_dir() else []
+
+
+def _one_seed(hook: Path) -> Path:
+    """A hookpoint folder itself, or its only `seedN` folder; CheckpointError when it holds several."""
+    seeds = _seeds(hook)
+    if len(seeds) > 1 and not _is_sae(hook):
+        raise CheckpointError(f"{hook}: SAEs of several seeds ({', '.join(p.name for p in seeds)}); give the folder "
+                              "of the one you mean")
+    return hook if _is_sae(hook) or not seeds else seeds[0]
+
+
 def hookpoint_folder(root: Path, teacher_layer: int | None) -> Path | None:
-    """In a sparsify run folder, the hookpoint folder of `teacher_layer`; None when `root` holds no hookpoint
-    folders. Raises when it does but none is that block's output, or the run's config does not say what they are."""
-    hooks = sorted(p for p in root.iterdir() if (p / WEIGHTS_NAME).is_file() and (p / CFG_NAME).is_file())
+    """In a sparsify run folder, the hookpoint folder of `teacher_layer` (its `seedN` folder when the run trained
+    one seed per hookpoint); None when `root` holds no hookpoint folders. Raises when it does but none is that
+    block's output, the run's config does not say what they are, or that hookpoint has several seeds."""
+    if _seeds(root):  # a hookpoint folder of a several-seed run
+        return _one_seed(root)
+    hooks = sorted(p for p in root.iterdir() if _is_sae(p) or _seeds(p))
     if not hooks:
         return None
     names = ", ".join(p.name for p in hooks[:8]) + (", ..." if len(hooks) > 8 else "")
@@ -78,7 +102,7 @@ def hookpoint_folder(root: Path, teacher_layer: int | None) -> Path | None:
         if block is not None:
             blocks[block] = p
     if teacher_layer is not None and teacher_layer in blocks:
-        return blocks[teacher_layer]
+        return _one_seed(blocks[teacher_layer])
     want = f"one for teacher_layer {teacher_layer}" if teacher_layer is not None else "a teacher_layer to pick one"
     raise CheckpointError(f"{root}: a sparsify run with SAE folders {names}; expected {want}, or give the "
                           "hookpoint's folder itself")
@@ -124,9 +148,10 @@ def load_sparsify(folder: str | Path) -> TopKSAE:
         raise CheckpointError(f"{cfg_path}: k={k} exceeds the {n_latents} latents")
 
     sae = TopKSAE(d_in, n_latents, k, normalize=False, relu_before_topk=True, dtype=common_dtype(weights_path, tensors))
-    name = folder.resolve().name
-    if name in (_run_hookpoints(folder.resolve().parent) or []):  # a module hookpoint of a sparsify run
-        sae.hook_name, sae.hook_block = name, hookpoint_block(name)
+    hook = folder.resolve()
+    hook = hook.parent if _SEED.fullmatch(hook.name) and not _run_hookpoints(hook.parent) else hook  # HOOK/seedN
+    if hook.name in (_run_hookpoints(hook.parent) or []):  # a module hookpoint of a sparsify run
+        sae.hook_name, sae.hook_block = hook.name, hookpoint_block(hook.name)
     return sae.set_weights(
         pre_bias=tensors["b_dec"],
         W_enc=tensors["encoder.weight"],
