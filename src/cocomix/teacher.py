@@ -65,6 +65,12 @@ def teacher_precision(precision: str, device: torch.device) -> contextlib.Abstra
     raise ConfigError(f"concept.teacher_precision: expected 'fp32' or 'autocast', got {precision!r}")
 
 
+# config fields with which transformers' causal LMs change logits after the LM head (the split then runs the whole
+# model instead): soft-capping of any value, and a scale other than 1
+_SOFTCAPS = ("final_logit_softcapping", "softcap")
+_LOGIT_SCALES = ("logit_scale", "logits_scaling", "output_multiplier")
+
+
 def text_config(model: nn.Module) -> object | None:
     """An HF model's language-model config (a multimodal model's text part; the config itself otherwise)."""
     cfg = getattr(model, "config", None)
@@ -106,9 +112,12 @@ class Teacher(PerPositionGradients):
         self._replace: torch.Tensor | None = None
         self.blocks[layer].register_forward_hook(self._capture)
         self._split_ok: bool | None = None  # trunk + chunked head equals the whole model (checked on first use)
-        # an HF model builds no KV cache here (it would hold every layer's keys and values for nothing)
-        self._kw = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None \
-            else {}
+        # an HF model builds no KV cache here: it would hold every layer's keys and values for nothing, and blocks
+        # recomputed by activation checkpointing would append theirs twice (a multimodal model keeps use_cache in
+        # its text config)
+        has_cache = any(getattr(c, "use_cache", None) is not None
+                        for c in (getattr(model, "config", None), text_config(model)))
+        self._kw = {"use_cache": False} if has_cache else {}
         self.checkpointed = False
         self.next_token_mode: str | None = None
         """How the Eq. 1 gradient is computed: "own_position" (one backward pass), "per_position" (one per
@@ -230,9 +239,10 @@ class Teacher(PerPositionGradients):
                         dtype: torch.dtype = torch.float32) -> Teacher:
         """An HF causal LM (`AutoModelForCausalLM.from_pretrained`, name or local folder) or a cocomix run/checkpoint
         directory (one holding `config.json` of a cocomix run or `checkpoints/`)."""
-        path = Path(name_or_path)
         text = str(name_or_path)
-        local = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1  # never a hub id
+        local = text.startswith((".", "~")) or Path(text).is_absolute() or text.count("/") > 1  # never a hub id
+        path = Path(text).expanduser()
+        name_or_path = str(path) if local else text
         if local and not path.exists():
             raise CheckpointError(f"{name_or_path}: no such folder (a teacher is a cocomix run, a local Hugging "
                                   "Face model folder or a hub name)")
@@ -331,6 +341,10 @@ class Teacher(PerPositionGradients):
         if leaf is None:
             raise CheckpointError(f"teacher: its forward on token ids did not pass through block {self.layer} of "
                                   f"the decoder blocks found ({type(self.model).__name__}); give a text causal LM")
+        if leaf.dim() != 3:  # e.g. Gemma 3n's blocks pass a stack of (B, T, d) streams (AltUp)
+            raise ConfigError(f"teacher: block {self.layer} of {type(self.model).__name__} outputs a tensor of shape "
+                              f"{tuple(leaf.shape)}, not one (batch, tokens, width) residual stream; this "
+                              "architecture is not supported as a teacher")
         if leaf.shape[:2] != ids.shape:  # e.g. a CoCoMix run as teacher, captured above its concept seam
             raise ConfigError(f"teacher_layer: block {self.layer} of this teacher sees {leaf.shape[1]} positions for "
                               f"{ids.shape[1]} tokens (a cocomix run's block at or above its concept/pause slots); "
@@ -348,8 +362,10 @@ class Teacher(PerPositionGradients):
         cfg = getattr(m, "config", None)
         if base is None or base is m or not isinstance(head, nn.Linear):
             return None
-        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-            if getattr(cfg, name, None) not in (None, 1, 1.0):
+        for c in (cfg, text_config(m)):  # a multimodal model's logit settings live in its text config
+            if any(getattr(c, name, None) is not None for name in _SOFTCAPS):
+                return None
+            if any(getattr(c, name, None) not in (None, 1, 1.0) for name in _LOGIT_SCALES):
                 return None
         return (lambda ids: base(ids, **self._kw).last_hidden_state), head
 

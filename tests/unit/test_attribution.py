@@ -285,6 +285,52 @@ def test_a_multimodal_causal_lm_is_hooked_in_its_text_decoder(tmp_path: Path) ->
     hidden = teacher.model(ids, output_hidden_states=True).hidden_states[2]  # the output of block 1
     assert torch.allclose(teacher.hidden(ids), hidden, atol=1e-6)
     assert teacher.residual_and_grad(ids).grad.shape == (2, 10, 32)
+    # use_cache sits in the text config: off all the same, or blocks recomputed by activation checkpointing would
+    # append their keys and values to the cache a second time (a shape error in the sliding-window layers)
+    assert teacher._kw == {"use_cache": False}
+    ref = {loss: teacher.residual_and_grad(ids, loss=loss) for loss in ("window_mean", "next_token")}
+    teacher.checkpoint_blocks()
+    for loss, tp in ref.items():
+        again = teacher.residual_and_grad(ids, loss=loss)
+        assert torch.allclose(again.grad, tp.grad, atol=1e-7) and torch.allclose(again.loss, tp.loss)
+    assert teacher.next_token_mode == "own_position"
+
+
+def test_a_teacher_path_may_start_with_a_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.export import export_hf
+
+    export_hf(Transformer(tiny_model_config(n_layer=2)).eval(), tmp_path / "models" / "hf")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert len(Teacher.from_pretrained("~/models/hf", layer=1).blocks) == 2
+
+
+def test_logit_softcapping_or_scaling_in_any_config_runs_the_whole_model(tmp_path: Path) -> None:
+    """The trunk + chunked head split is not taken when the config (or a multimodal model's text config) caps
+    logits — at any value, 1.0 included — or scales them by other than 1."""
+    from types import SimpleNamespace
+
+    from cocomix.export import export_hf
+
+    export_hf(Transformer(tiny_model_config(n_layer=2)).eval(), tmp_path / "hf")
+    teacher = Teacher.from_pretrained(tmp_path / "hf", layer=1)
+    assert teacher._split() is not None
+    cfg = teacher.model.config
+    for name, value, split in (("final_logit_softcapping", 1.0, False), ("softcap", 50.0, False),
+                               ("output_multiplier", 2.0, False), ("output_multiplier", 1.0, True),
+                               ("logits_scaling", 4.0, False)):
+        text = SimpleNamespace(**{name: value})
+        cfg.get_text_config = lambda text=text, **_: text  # a multimodal config's text part
+        assert (teacher._split() is not None) == split, (name, value)
+    del cfg.get_text_config
+
+
+def test_a_block_output_that_is_not_one_residual_stream_is_refused() -> None:
+    from cocomix.errors import ConfigError
+
+    teacher = Teacher(Transformer(tiny_model_config(n_layer=2)), layer=0)
+    teacher._leaf = torch.zeros(4, 2, 10, 32)  # Gemma 3n's AltUp blocks pass 4 stacked streams
+    with pytest.raises(ConfigError, match=r"outputs a tensor of shape \(4, 2, 10, 32\), not one"):
+        teacher._take_leaf(torch.zeros(2, 10, dtype=torch.long))
 
 
 def test_teacher_layer_out_of_range_is_a_config_error() -> None:

@@ -38,6 +38,9 @@ class ChunkedNLL(torch.autograd.Function):
         gh = torch.empty_like(h) if need_h else None  # (N, d): ∂L/∂h, filled chunk by chunk
         gw = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_w else None  # (V, d), summed over chunks
         gb = torch.zeros(V, dtype=acc, device=h.device) if need_b else None  # (V,)
+        # a head in a narrower dtype than `acc` (bf16) gets G rounded once, as autograd's backward of the mean does;
+        # in fp32 / fp64 the division by N comes after the matmuls
+        scale_first = weight.dtype != acc
         for s in range(0, N, _rows(V)):
             e = min(N, s + _rows(V))
             z = F.linear(h[s:e], weight, bias).to(acc)  # (n, V) logits
@@ -46,15 +49,17 @@ class ChunkedNLL(torch.autograd.Function):
             if need_h or need_w or need_b:
                 p = torch.exp(z.sub_(lse[:, None]))  # softmax (n, V), in place of the logits
                 p.scatter_add_(-1, labels[s:e, None], -torch.ones(e - s, 1, dtype=p.dtype, device=p.device))
-                g = p.to(weight.dtype)  # (n, V): rows of N·G
+                if scale_first:
+                    p.div_(N)
+                g = p.to(weight.dtype)  # (n, V): rows of G, or of N·G
                 if need_h:
-                    gh[s:e] = (g @ weight).to(h.dtype) / N  # (n, d)
+                    gh[s:e] = (g @ weight).to(h.dtype) if scale_first else (g @ weight).to(h.dtype) / N  # (n, d)
                 if need_w:
-                    gw += (g.t() @ h[s:e].to(weight.dtype)).to(acc)  # (V, d), divided by N below
+                    gw += (g.t() @ h[s:e].to(weight.dtype)).to(acc)  # (V, d), divided by N below (or before)
                 if need_b:
                     gb += p.sum(0)
         for t in (gw, gb):
-            if t is not None:
+            if t is not None and not scale_first:
                 t.div_(N)
         ctx.save_for_backward(gh, gw, gb)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
