@@ -208,3 +208,26 @@ def test_fsdp_checkpoint_of_an_optimizer_no_step_has_touched_resumes_exactly(sto
     a = load_file(str(tmp_path / "two" / "checkpoints" / "step_0000004" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "step_0000004" / "model.safetensors"))
     assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+
+
+def test_two_processes_with_dropout_resume_exactly(single: dict[str, Path], store_dir: Path,
+                                                   concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
+    """With dropout each rank draws its own masks from `dropout_seed(seed, step, micro, rank)`, so a 2-process run
+    resumed from its step-3 checkpoint (on 2 processes, the same split) takes exactly the uninterrupted run's
+    steps; dropout really is on (the losses differ from the dropout-free run's)."""
+    sets = _sets(store_dir, concept_parts, 1, 2) + ["--set", "model.dropout=0.1"]
+    run = tmp_path / "run"
+    r = _train("tiny", sets, run, procs=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    losses = _losses(run)
+    assert len(losses) == STEPS and not _close(losses, _losses(single["ntp"]), rel=1e-3)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoints" / f"step_{STEPS:07d}")
+    (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    r = _train("tiny", sets, resumed, procs=2, resume=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _losses(resumed) == losses, (_losses(resumed), losses)
+    a = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)

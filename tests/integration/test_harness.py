@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cocomix.errors import ConfigError
 from cocomix.runs import load_run
 from tests.cli import run_cli
 
@@ -95,17 +96,15 @@ def test_cli_eval_tasks_runs_offline_and_rejects_unknown_tasks(cocomix_run: Path
     assert r.returncode == 2 and "unknown task 'nope_task'" in r.stderr
 
 
-def test_generate_until_caps_the_length_and_stops_at_end_of_text(cocomix_run: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """max_gen_toks above the context (lm-eval's default is 256) is capped, not an error; the end-of-text token
-    ends the answer and is not part of it (lm-eval adds it to the stop sequences)."""
+def test_generate_until_stops_at_end_of_text(cocomix_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end-of-text token ends the answer and is not part of it (lm-eval adds it to the stop sequences)."""
     from types import SimpleNamespace
 
     import cocomix.model as cm
     from cocomix.eval.harness import CocomixLM
 
     lm = CocomixLM(cocomix_run)
-    req = SimpleNamespace(args=("To be, or not to be", {"until": ["\n\n"], "max_gen_toks": 256}))
+    req = SimpleNamespace(args=("To be, or not to be", {"until": ["\n\n"], "max_gen_toks": 40}))
     (text,) = lm.generate_until([req])
     assert isinstance(text, str) and lm.tok.eos_token not in text
     real, made = cm.generate, {}
@@ -124,8 +123,9 @@ def test_generate_until_caps_the_length_and_stops_at_end_of_text(cocomix_run: Pa
 
 def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """max_gen_toks > max_new_tokens > max_tokens > max_completion_tokens, else lm-eval's default 256 (capped at
-    context_length − 1 = 63 here)."""
+    """max_gen_toks > max_new_tokens > max_tokens > max_completion_tokens, else lm-eval's default 256, which must
+    leave room for the prompt in the context (64 here): as lm-eval's HF model, an error rather than a prompt cut
+    to nothing."""
     from types import SimpleNamespace
 
     import cocomix.model as cm
@@ -140,9 +140,67 @@ def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Pat
 
     monkeypatch.setattr(cm, "generate", record)
     for kwargs in ({"max_new_tokens": 5}, {"max_tokens": 7, "max_completion_tokens": 9}, {"max_gen_toks": 2,
-                   "max_new_tokens": 5}, {"max_completion_tokens": 9}, {}):
+                   "max_new_tokens": 5}, {"max_completion_tokens": 9}, {"max_gen_toks": 63}):
         lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n"], **kwargs}))])
     assert asked == [5, 7, 2, 9, 63]
+    for kwargs in ({}, {"max_gen_toks": 64}, {"max_gen_toks": 0}):
+        with pytest.raises(ConfigError, match=r"max_gen_toks \d+; expected 1 to 63"):
+            lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n"], **kwargs}))])
+
+
+def test_generation_options_are_read_as_lm_eval_normalises_them(cocomix_run: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """do_sample unset: sampling iff temperature > 0; do_sample true without a temperature: 1 (HF's default);
+    top_k / top_p are passed on when sampling; an option the model cannot honour is an error; a stop string ends
+    generation as soon as it appears."""
+    from types import SimpleNamespace
+
+    import cocomix.model as cm
+    from cocomix.eval.harness import CocomixLM
+
+    lm, seen = CocomixLM(cocomix_run), []
+    real = cm.generate
+
+    def record(model, prompt, n, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append({k: kw.get(k) for k in ("temperature", "top_k", "top_p")})
+        return real(model, prompt, n, **kw)
+
+    monkeypatch.setattr(cm, "generate", record)
+    cases = [({"temperature": 0.7}, {"temperature": 0.7, "top_k": None, "top_p": None}),
+             ({"do_sample": True}, {"temperature": 1.0, "top_k": None, "top_p": None}),
+             ({"do_sample": False, "temperature": 0.7}, {"temperature": 0.0, "top_k": None, "top_p": None}),
+             ({"do_sample": True, "temperature": 0.5, "top_k": 3, "top_p": 0.9},
+              {"temperature": 0.5, "top_k": 3, "top_p": 0.9}),
+             ({"temperature": 0.0, "top_k": 3, "num_beams": 1}, {"temperature": 0.0, "top_k": None, "top_p": None})]
+    for kwargs, want in cases:
+        lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n"], "max_gen_toks": 2, **kwargs}))])
+        assert seen[-1] == want, (kwargs, seen[-1])
+    with pytest.raises(ConfigError, match=r"generation option num_beams=4 is not supported"):
+        lm.generate_until([SimpleNamespace(args=("To be", {"num_beams": 4, "max_gen_toks": 2}))])
+    # the stop strings end generation as soon as the decoded new text holds one (`generate`'s `stop`)
+    stops = []
+    monkeypatch.setattr(cm, "generate", lambda *a, **kw: stops.append(kw["stop"]) or real(*a, **kw))
+    lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n\n", "Q:"], "max_gen_toks": 2}))])
+    prompt = lm.encode("To be")
+
+    def ids(text: str) -> torch.Tensor:
+        return torch.tensor([prompt + lm.encode(text)])
+
+    assert stops[-1](ids(" or not Q: x")) and stops[-1](ids(" or\n\n")) and not stops[-1](ids(" or not"))
+    lm.generate_until([SimpleNamespace(args=("To be", {"until": [], "max_gen_toks": 2}))])
+    assert stops[-1] is None
+
+
+def test_an_empty_continuation_is_an_error_not_a_certain_choice(cocomix_run: Path) -> None:
+    from types import SimpleNamespace
+
+    from cocomix.eval.harness import CocomixLM
+
+    lm = CocomixLM(cocomix_run)
+    for context, continuation in (("To be", ""), ("", "")):
+        with pytest.raises(ConfigError, match="has no tokens of its own"):
+            lm.loglikelihood([SimpleNamespace(args=(context, continuation))])
+    assert len(lm.loglikelihood([SimpleNamespace(args=("To be", " or"))])) == 1
 
 
 def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Path) -> None:

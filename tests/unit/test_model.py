@@ -64,6 +64,17 @@ def test_kv_cache_generation_matches_full_recompute(flavour: str, prompt_len: in
     assert (logits_c - logits_f).abs().max().item() < 1e-5
 
 
+def test_generation_stops_when_the_stop_callback_says_so(flavour: str) -> None:
+    cfg = tiny_model_config(flavour)
+    model = _perturbed(Transformer(cfg))
+    prompt = torch.randint(0, cfg.vocab_size, (1, 4))
+    full, _ = generate(model, prompt, 12, temperature=0.0)
+    seen = []
+    tokens, logits = generate(model, prompt, 12, temperature=0.0,
+                              stop=lambda t: seen.append(t.shape[1]) or t.shape[1] == 7)
+    assert seen == [5, 6, 7] and torch.equal(tokens, full[:, :7]) and logits.shape[1] == 3
+
+
 def test_kv_cache_sampling_matches_with_same_generator(flavour: str) -> None:
     cfg = tiny_model_config(flavour)
     model = _perturbed(Transformer(cfg))

@@ -5,15 +5,19 @@
 * `loglikelihood(context, continuation)`: Σ log p(continuation tokens | context) and whether greedy decoding
   would produce exactly them. Tokens follow the HF adapter's convention: whole = encode(context + continuation),
   the continuation is whole[len(encode(context)):] (trailing whitespace of the context moves into the
-  continuation, as lm-eval does); an empty context is replaced by the end-of-text token. Inputs longer than the model's
-  context keep their last `context_length` tokens.
+  continuation, as lm-eval does); an empty context is replaced by the end-of-text token. Inputs longer than the
+  model's context keep their last `context_length` tokens (said once). A continuation with no tokens of its own
+  (empty, or merged into the context's last token) or longer than the context cannot be scored: a one-line
+  error, where lm-eval's HF model stops on an assertion.
 * `loglikelihood_rolling(text)`: the whole text's log-likelihood in disjoint windows of `context_length`
   (lm-eval's `get_rolling_token_windows`), starting from the end-of-text token.
-* `generate_until(context, {until, max_gen_toks, temperature, do_sample})`: KV-cached generation, cut at the
-  end-of-text token (never part of the answer, as lm-eval adds it to the stop sequences) and at the first stop
-  string; the length is lm-eval's (`max_gen_toks` or its aliases `max_new_tokens`, `max_tokens`,
-  `max_completion_tokens`, default 256), capped at context_length − 1 so that at least one context token remains.
-  A continuation longer than the context cannot be scored: a one-line error.
+* `generate_until(context, {until, max_gen_toks, do_sample, temperature, top_k, top_p})`: KV-cached generation,
+  stopped at the end-of-text token (never part of the answer, as lm-eval adds it to the stop sequences) or as
+  soon as a stop string appears, and cut at the first one; the length is lm-eval's (`max_gen_toks` or its
+  aliases `max_new_tokens`, `max_tokens`, `max_completion_tokens`, default 256) and, as in lm-eval's HF model,
+  must be below `context_length` (the prompt keeps its last context_length − max_gen_toks tokens, said once).
+  Sampling as lm-eval normalises it: `do_sample` unset means sampling iff temperature > 0; `do_sample` true
+  without a temperature samples at 1 (HF's default). Other options (`num_beams` above 1, ...) are refused.
 
 Scoring runs in one precision for every method (fp32 by default; `dtype="bfloat16"` on GPU), in eval mode.
 `run_tasks` calls `lm_eval.simple_evaluate` with a `TaskManager` that also scans `include_path` (local task YAML
@@ -23,6 +27,7 @@ built-in task index (seconds to build) is skipped.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ except ImportError:  # lm-eval is optional: importing this module still works, u
 
 DEFAULT_MAX_GEN_TOKS = 256
 _MAX_NEW_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
+_NEUTRAL_GEN_KWARGS = {"num_beams": 1, "repetition_penalty": 1.0}  # HF generate options at values that change nothing
 
 
 class CocomixLM(LM):  # type: ignore[misc,valid-type]
@@ -62,6 +68,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         self.max_length = self.model.cfg.context_length
         self.batch_size = batch_size
         self._device = torch.device(device)
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------------ scoring
 
@@ -75,6 +82,10 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         for start in range(0, len(pairs), self.batch_size):
             batch = pairs[start:start + self.batch_size]
             inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in batch]
+            if any(len(ctx) + len(cont) > self.max_length + 1 for ctx, cont in batch):
+                self._warn_once("score", f"a request longer than context_length {self.max_length} + 1 tokens is "
+                                "scored on its last tokens (the context is cut on the left, as lm-eval's HF model "
+                                "does)")
             width = max(len(x) for x in inputs)
             ids = torch.full((len(batch), width), self.eot, dtype=torch.long)
             for i, x in enumerate(inputs):
@@ -95,9 +106,15 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         if not context:
-            return [self.eot], self.encode(continuation)
-        whole, ctx = self.encode(context + continuation), self.encode(context)
-        return ctx, whole[len(ctx):]
+            ctx, cont = [self.eot], self.encode(continuation)
+        else:
+            whole, ctx = self.encode(context + continuation), self.encode(context)
+            ctx, cont = ctx, whole[len(ctx):]
+        if not cont:  # it would score log p = 0 and count as greedy: a choice that always wins
+            raise ConfigError(f"--tasks: the continuation {continuation!r} of the context …{context[-40:]!r} has no "
+                              "tokens of its own (empty, or merged into the context's last token); lm-eval's HF "
+                              "model refuses such a request too")
+        return ctx, cont
 
     # ------------------------------------------------------------------ lm-eval interface
 
@@ -122,23 +139,65 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         out = []
         for req in requests:
             context, kwargs = req.args
-            kwargs = dict(kwargs or {})
-            until = kwargs.get("until") or []
-            until = [until] if isinstance(until, str) else list(until)
-            # lm-eval's aliases, in its priority order, and its default of 256 (`normalize_gen_kwargs`)
-            asked = next((kwargs[k] for k in _MAX_NEW_ALIASES if kwargs.get(k) is not None), DEFAULT_MAX_GEN_TOKS)
-            max_new = min(int(asked), self.max_length - 1)
-            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
-            ids = (self.encode(context) or [self.eot])[-(self.max_length - max_new):]
+            until, max_new, sampling = self._gen_kwargs(dict(kwargs or {}))
+            ids = self.encode(context) or [self.eot]
+            if len(ids) > self.max_length - max_new:
+                self._warn_once("generate", f"a generation prompt of {len(ids)} tokens keeps its last "
+                                f"{self.max_length - max_new} (context_length {self.max_length} − max_gen_toks "
+                                f"{max_new}), as lm-eval's HF model does")
+                ids = ids[-(self.max_length - max_new):]
+            start = len(ids)
+
+            def stopped(tokens: torch.Tensor, start: int = start, until: list[str] = until) -> bool:
+                text = self.tok.decode(tokens[0, start:].tolist())  # (1, P + n) so far
+                return any(s in text for s in until if s)
+
             tokens, _ = generate(self.model, torch.tensor([ids], device=self._device), max_new,
-                                 temperature=temperature, eos_id=self.tok.eos_id)
-            new = tokens[0, len(ids):].tolist()
+                                 eos_id=self.tok.eos_id, stop=stopped if until else None, **sampling)
+            new = tokens[0, start:].tolist()
             if self.tok.eos_id in new:  # the end-of-text token stops the answer and is not part of it
                 new = new[:new.index(self.tok.eos_id)]
             text = self.tok.decode(new)
             cut = min([text.find(s) for s in until if s and s in text], default=len(text))
             out.append(text[:cut])
         return out
+
+    def _gen_kwargs(self, kwargs: dict[str, Any]) -> tuple[list[str], int, dict[str, Any]]:
+        """(stop strings, new tokens, sampling arguments of `generate`) from a request's generation kwargs, read as
+        lm-eval's `normalize_gen_kwargs` and its HF model read them; an option we cannot honour is an error."""
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        # lm-eval's aliases, in its priority order, and its default of 256
+        asked = next((kwargs[k] for k in _MAX_NEW_ALIASES if kwargs.get(k) is not None), DEFAULT_MAX_GEN_TOKS)
+        for k in _MAX_NEW_ALIASES:
+            kwargs.pop(k, None)
+        max_new = int(asked)
+        if not 1 <= max_new < self.max_length:
+            raise ConfigError(f"--tasks: a task asks for max_gen_toks {max_new}; expected 1 to {self.max_length - 1} "
+                              f"(the model's context_length {self.max_length} must keep room for the prompt; "
+                              "set max_gen_toks in the task's generation_kwargs)")
+        do_sample = kwargs.pop("do_sample", None)
+        # sampling when asked, or (do_sample unset) at a temperature above 0; HF's default temperature is 1
+        temperature = kwargs.pop("temperature", None)
+        temperature = float(temperature if temperature is not None else (1.0 if do_sample else 0.0))
+        top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
+        for key, neutral in _NEUTRAL_GEN_KWARGS.items():
+            if kwargs.get(key, neutral) == neutral:
+                kwargs.pop(key, None)
+        if kwargs:
+            key = sorted(kwargs)[0]
+            raise ConfigError(f"--tasks: generation option {key}={kwargs[key]!r} is not supported by the cocomix "
+                              "model (supported: until, max_gen_toks, do_sample, temperature, top_k, top_p)")
+        sample = bool(do_sample) if do_sample is not None else temperature > 0.0
+        if not sample or temperature == 0.0:
+            return until, max_new, {"temperature": 0.0}
+        return until, max_new, {"temperature": temperature, "top_k": top_k or None,
+                                "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p)}
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"--tasks: {message} (said once)", stacklevel=3)
 
 
 def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None = None, limit: int | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from cocomix.errors import ConfigError
@@ -44,12 +46,13 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None,
+             stop: Callable[[torch.Tensor], bool] | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Continue prompt (B, P) by up to max_new_tokens.
 
     Returns (tokens (B, P + N), step_logits (B, N, V)): the logits each new token was drawn from. Without the
     cache every step recomputes the whole prefix (the reference the cache is tested against). Generation stops
-    early once every row has produced eos_id.
+    early once every row has produced eos_id, or once `stop(tokens so far)` is true (checked after every token).
     """
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ConfigError("prompt: expected a non-empty (B, P) tensor of token ids")
@@ -74,7 +77,7 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
         step_logits.append(last)
         tokens = torch.cat((tokens, nxt[:, None]), dim=1)
         feed = nxt[:, None]
-        if eos_id is not None and bool(done.all()):
+        if (eos_id is not None and bool(done.all())) or (stop is not None and stop(tokens)):
             break
     model.train(was_training)
     return tokens, torch.stack(step_logits, dim=1)
