@@ -12,16 +12,18 @@ from cocomix.errors import CocomixError
 from cocomix.eval.compare import compare, group_runs, token_efficiency, tokens_to_reach
 
 
-def _run(root: Path, name: str, method: str, seed: int, losses: list[float], flops_per_token: float) -> Path:
-    """A run directory with config.json and metrics.jsonl as `cocomix train` writes them (eval every 100 steps)."""
+def _run(root: Path, name: str, method: str, seed: int, losses: list[float], flops_per_token: float,
+         steps: list[int] | None = None, **train: object) -> Path:
+    """A run directory with config.json and metrics.jsonl as `cocomix train` writes them (eval every 100 steps,
+    or at `steps`)."""
     path = root / name
     path.mkdir()
-    run = RunConfig(method=method, train=TrainConfig(seed=seed, micro_batch_size=4))
+    run = RunConfig(method=method, train=TrainConfig(seed=seed, micro_batch_size=4, **train))
     (path / "config.json").write_text(run.to_json())
     tokens_per_step = 4 * run.data.seq_len  # 1024
     events = [{"kind": "flops", "step": 0, "flops_per_token_total": flops_per_token}]
     for i, loss in enumerate(losses, start=1):
-        step = 100 * i
+        step = steps[i - 1] if steps else 100 * i
         events.append({"kind": "train", "step": step, "loss": loss + 0.1, "train_s": 2.0 * step})
         events.append({"kind": "eval", "step": step, "val_loss": loss, "tokens": step * tokens_per_step,
                        "flops": step * tokens_per_step * flops_per_token, "train_s": 2.0 * step})
@@ -108,9 +110,30 @@ def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> N
     a = _run(tmp_path / "a", "ntp", "ntp", 0, [5.0, 4.0], 1e6)
     b = _run(tmp_path / "b", "ntp", "ntp", 0, [5.0, 3.0], 1e6)
     c = _run(tmp_path / "b", "ntp-seed1", "cocomix", 1, [5.0, 3.0], 1e6)
-    for runs, why in (([a, b], "both seed 0"), ([a, a], "the same run"), ([a, c], "methods ntp and cocomix")):
+    d = _run(tmp_path / "b", "ntp-seed2", "ntp", 2, [5.0, 3.0], 1e6, lr=9e-3)  # another experiment's lr
+    for runs, why in (([a, b], "both seed 0"), ([a, a], "the same run"), ([a, c], "methods ntp and cocomix"),
+                      ([a, d], r"train\.lr 0\.0006 vs 0\.009")):
         with pytest.raises(CocomixError, match=why):
             group_runs(runs)
+    e = _run(tmp_path / "b", "ntp-seed3", "ntp", 3, [5.0, 3.0], 1e6, eval_every=50, grad_accum=2)
+    assert len(group_runs([a, e])[0].runs) == 2  # evaluation schedule and batch split shape no result
+
+
+def test_seeds_are_lined_up_by_step_and_non_finite_losses_left_out(tmp_path: Path) -> None:
+    """A seed evaluated at other steps (its eval_every changed on a resume) is compared at the steps both have,
+    never its i-th evaluation against another's; a NaN evaluation is dropped and said."""
+    a = _run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.6, 4.45, 4.3], 1e6, steps=[200, 400, 600, 800])
+    b = _run(tmp_path, "ntp-seed1", "ntp", 1, [5.0, 4.6, 4.5, 4.4, 4.35, 4.3], 1e6,
+             steps=[200, 400, 500, 600, 700, 800])
+    (ntp,) = group_runs([a, b])
+    assert ntp.steps() == [200, 400, 600, 800] and ntp.final() == pytest.approx((4.3, 0.0))
+    xs, means, _ = ntp.mean_curve("tokens")
+    assert xs == [200 * 1024, 400 * 1024, 600 * 1024, 800 * 1024] and means[2] == pytest.approx((4.45 + 4.4) / 2)
+    c = _run(tmp_path, "kd", "kd", 0, [5.0, float("nan"), 4.2], 1e6)
+    res = compare([a, b, c], tmp_path / "out")
+    assert "kd: 1 evaluation(s) with a non-finite validation loss left out." in res["table"]
+    kd_row = next(line for line in res["table"].splitlines() if line.startswith("| kd |"))
+    assert "| 4.2000 |" in kd_row and "nan" not in kd_row
 
 
 def test_cached_targets_are_charged_as_if_computed_online(tmp_path: Path) -> None:
@@ -146,7 +169,9 @@ def test_a_seed_cut_short_is_compared_at_the_shared_evaluation_and_a_bound_is_ma
     ntp_row = next(line for line in res["table"].splitlines() if line.startswith("| ntp |"))
     # the loss at evaluation 2 (mean 4.55, 204,800 tokens = 204.80k), its FLOPs 204,800 · 1e6 = 204.80G
     assert "4.5500 ± 0.0707" in ntp_row and "| 204.80k |" in ntp_row and "| 204.80G |" in ntp_row, ntp_row
-    assert "ntp: its seeds have 2 / 4 evaluations" in res["table"]
+    assert "ntp: its seeds were evaluated at different steps (4 / 2 evaluations); compared at the 2 steps they " \
+        "share, up to step 200." in res["table"]
+    assert "| 400 s |" in ntp_row  # the wall-clock at step 200 (2 s a step), not seed 0's 800 s at step 400
     coco_row = next(line for line in res["table"].splitlines() if line.startswith("| cocomix |"))
     # CoCoMix's first evaluation (4.4, 102,400 tokens) is already below NTP's 4.55: needs at most half the tokens
     assert "| ≥ +50.0% |" in coco_row, coco_row

@@ -5,7 +5,10 @@ training FLOPs counted with teacher and SAE, and training wall-clock) and its fi
 names differ only by a `-seedN` / `_seedN` suffix, or a `-sN` / `_sN` suffix whose N is the run's own seed (so
 `ctx-s512` stays a name), are one group: the table shows mean ± sample std over the seeds and the plots the mean
 curve with a ±std band. Runs a group would mix that cannot be seeds of one run (the same seed twice, the same
-directory twice, another method or model config) are refused rather than averaged.
+directory twice, another method, or any setting that shapes the result: all but the seed and
+`resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths) are refused rather than averaged. Seeds
+are lined up by training step: the group's curve and final loss are at the steps every seed evaluated, and its
+wall-clock is each seed's at the final one. A non-finite validation loss is left out (said under the table).
 
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
 N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
@@ -36,13 +39,20 @@ class RunCurve:
     path: Path
     method: str
     seed: int
+    steps: list[int]
     tokens: list[float]
     flops: list[float]
     val_loss: list[float]
+    eval_train_s: list[float]
+    """Training wall-clock at each evaluation (NaN where a log does not say)."""
     train_s: float
+    """Training wall-clock at the run's last event."""
     params: int | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    """The run's model config (seeds of one group must share it)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The run's flattened config without its seed and the settings that do not shape its result
+    (`resume.RESULT_NEUTRAL`); seeds of one group must share it."""
+    non_finite: int = 0
+    """Evaluations left out for a non-finite loss."""
 
 
 @dataclass
@@ -52,23 +62,41 @@ class Group:
     label: str
     runs: list[RunCurve] = field(default_factory=list)
 
+    def steps(self) -> list[int]:
+        """The training steps at which every seed was evaluated, in order."""
+        common = set(self.runs[0].steps).intersection(*(r.steps for r in self.runs[1:]))
+        if not common:
+            raise CocomixError(f"compare: the seeds of {self.label!r} share no evaluation step "
+                               f"({', '.join(str(r.path) for r in self.runs)})")
+        return sorted(common)
+
+    def _at(self, run: RunCurve, name: str, step: int) -> float:
+        return getattr(run, name)[run.steps.index(step)]
+
     def mean_curve(self, axis: str = "tokens") -> tuple[list[float], list[float], list[float]]:
-        """(x, mean loss, std loss) over the evaluation points all seeds share."""
-        n = min(len(r.val_loss) for r in self.runs)
-        xs = [sum(getattr(r, axis)[i] for r in self.runs) / len(self.runs) for i in range(n)]
-        means, stds = [], []
-        for i in range(n):
-            vals = [r.val_loss[i] for r in self.runs]
+        """(x, mean loss, std loss) at the steps every seed evaluated."""
+        xs, means, stds = [], [], []
+        for step in self.steps():
+            xs.append(sum(self._at(r, axis, step) for r in self.runs) / len(self.runs))
+            vals = [self._at(r, "val_loss", step) for r in self.runs]
             means.append(sum(vals) / len(vals))
             stds.append(_std(vals))
         return xs, means, stds
 
     def final(self) -> tuple[float, float]:
-        """(mean, std) of the loss at the last evaluation point all seeds share (the end of `mean_curve`, so a
-        seed cut short never mixes its last point with the others')."""
-        n = min(len(r.val_loss) for r in self.runs)
-        vals = [r.val_loss[n - 1] for r in self.runs]
+        """(mean, std) of the loss at the last step every seed evaluated (the end of `mean_curve`, so a seed cut
+        short never mixes its last point with the others')."""
+        step = self.steps()[-1]
+        vals = [self._at(r, "val_loss", step) for r in self.runs]
         return sum(vals) / len(vals), _std(vals)
+
+    def train_seconds(self) -> float:
+        """Mean training wall-clock of the seeds at the final compared step (a seed's last event where its log
+        does not record it at evaluations)."""
+        step = self.steps()[-1]
+        secs = [self._at(r, "eval_train_s", step) for r in self.runs]
+        secs = [s if math.isfinite(s) else r.train_s for s, r in zip(secs, self.runs, strict=True)]
+        return sum(secs) / len(secs)
 
 
 def _std(values: list[float]) -> float:
@@ -106,14 +134,23 @@ def _read_run(path: Path) -> RunCurve:
     tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
                        * config["data"]["seq_len"])
     evals = sorted((e for e in events if e.get("kind") == "eval"), key=lambda e: e["step"])
+    finite = [e for e in evals if math.isfinite(float(e["val_loss"]))]
+    non_finite, evals = len(evals) - len(finite), finite
     if not evals:
-        raise CocomixError(f"{path / 'metrics.jsonl'}: no validation events; train with train.eval_every > 0")
+        raise CocomixError(f"{path / 'metrics.jsonl'}: no validation events with a finite loss; train with "
+                           "train.eval_every > 0")
     tokens = [float(e.get("tokens", e["step"] * tokens_per_step)) for e in evals]
     flops = [float(e.get("flops", t * (flops_per_token or math.nan))) + t * cached
              for e, t in zip(evals, tokens, strict=True)]
     train_s = max((float(e.get("train_s", 0.0)) for e in events if "train_s" in e), default=math.nan)
-    return RunCurve(path=path, method=config["method"], seed=config["train"]["seed"], tokens=tokens, flops=flops,
-                    val_loss=[float(e["val_loss"]) for e in evals], train_s=train_s, model=config["model"])
+    from cocomix.train.resume import RESULT_NEUTRAL, _flatten
+
+    settings = {k: v for k, v in _flatten(config).items() if k != "train.seed" and k not in RESULT_NEUTRAL}
+    return RunCurve(path=path, method=config["method"], seed=config["train"]["seed"],
+                    steps=[int(e["step"]) for e in evals], tokens=tokens, flops=flops,
+                    val_loss=[float(e["val_loss"]) for e in evals],
+                    eval_train_s=[float(e.get("train_s", math.nan)) for e in evals], train_s=train_s,
+                    settings=settings, non_finite=non_finite)
 
 
 def group_label(name: str, seed: int) -> str:
@@ -132,10 +169,13 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
         label = group_label(run.path.resolve().name, run.seed)
         group = groups.setdefault(label, Group(label))
         for other in group.runs:  # a group is one run's seeds: two seeds alike, or two runs unalike, are an error
+            differ = sorted(k for k in other.settings.keys() | run.settings.keys()
+                            if other.settings.get(k) != run.settings.get(k))
             why = ("the same run" if other.path.resolve() == run.path.resolve() else
                    f"both seed {run.seed}" if other.seed == run.seed else
                    f"methods {other.method} and {run.method}" if other.method != run.method else
-                   "different model configs" if other.model != run.model else "")
+                   f"{differ[0]} {other.settings.get(differ[0])!r} vs {run.settings.get(differ[0])!r}" if differ
+                   else "")
             if why:
                 raise CocomixError(f"compare: {other.path} and {run.path} would be seeds of one group {label!r} "
                                    f"({why}); give runs of different experiments different directory names")
@@ -192,11 +232,15 @@ def table(groups: list[Group], reference: str | None = None) -> str:
         mean, std = g.final()
         tokens = g.mean_curve("tokens")[0][-1]  # at the evaluation `final` reads, not each seed's own last one
         flops = g.mean_curve("flops")[0][-1]
-        lengths = sorted({len(r.val_loss) for r in g.runs})
-        if len(lengths) > 1:
-            notes.append(f"{g.label}: its seeds have {' / '.join(map(str, lengths))} evaluations (a run cut "
-                         f"short?); compared at evaluation {lengths[0]}, the last they share.")
-        secs = sum(r.train_s for r in g.runs) / len(g.runs)
+        shared = g.steps()
+        if any(r.steps != shared for r in g.runs):
+            notes.append(f"{g.label}: its seeds were evaluated at different steps "
+                         f"({' / '.join(str(len(r.steps)) for r in g.runs)} evaluations); compared at the "
+                         f"{len(shared)} steps they share, up to step {shared[-1]}.")
+        dropped = sum(r.non_finite for r in g.runs)
+        if dropped:
+            notes.append(f"{g.label}: {dropped} evaluation(s) with a non-finite validation loss left out.")
+        secs = g.train_seconds()
         eff = token_efficiency(g, ref) if ref is not None and g is not ref else None
         bound = "≥ " if eff is not None and efficiency_is_bound(g, ref) else ""
         any_bound = any_bound or bool(bound)

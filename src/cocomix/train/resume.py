@@ -24,6 +24,9 @@ _ADJUSTABLE = ("train.lr", "train.min_lr_ratio", "train.grad_clip", "train.max_b
 # paths a resume may change (files moved to node-local scratch, another machine) because their content is checked:
 # the token store against the identity each checkpoint records, a target cache against the run's settings
 _RELOCATABLE = ("data.path", "concept.cache")
+# settings that do not shape a run's result (beyond the device's rounding): seeds that `compare` groups may
+# differ in these (and in train.seed) only
+RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
