@@ -170,13 +170,20 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
 
 def active_params(run: RunConfig) -> int:
     """Parameters a token uses: the student, plus for CoCoMix the concept head and the mix_k compression rows
-    it selects ((C + mix_k)·d + biases: the paper's "activated" parameters)."""
+    it selects ((C + mix_k)·d + biases: the paper's "activated" parameters), for the `hidden` ablation its MLP
+    predictor and compression. With `mixing=none` the predictor never feeds the output and is not counted (the
+    paper's Fig. 6d "Concept pred (53M)")."""
     m, c = run.model, run.concept
     base = student_params(m)
-    if run.method == "cocomix" and c.target == "concepts":
-        base += (c.n_latents + c.mix_k) * m.d_model + c.n_latents + 2 * m.d_model
+    d, d_t = m.d_model, c.d_teacher
+    if run.method == "cocomix" and c.mixing == "none":
+        pass
+    elif run.method == "cocomix" and c.target == "concepts":
+        base += (c.n_latents + c.mix_k) * d + c.n_latents + 2 * d
+    elif run.method == "cocomix" and c.target == "hidden":  # `HiddenSeam`: pre_bias, d → 4d → d_t MLP, d_t → d
+        base += d + (d * 4 * d + 4 * d) + (4 * d * d_t + d_t) + (d_t * d + d)
     elif run.method in PAUSING:
-        base += m.d_model
+        base += d
     return base
 
 

@@ -120,7 +120,11 @@ def gpt2_1b_kd() -> RunConfig:
 
 
 def gpt2_69m_pause() -> RunConfig:
-    """Pause-69M: the NTP-69M student with a learned pause vector after every token at block index 3."""
+    """Pause-69M: the NTP-69M student with a learned pause vector after every token at block index 3 (the
+    paper's wording). Unverified at this scale: a bare vector's query is the same at every position, so with
+    GPT-2's absolute positions the slot cannot single out its own token at its first block; at the tiny shapes it
+    stayed at the unigram plateau (README). Check that a short run leaves it before citing the baseline, or
+    set concept.pause_slot=token."""
     return _with(gpt2_69m_ntp(), "pause", dataclasses.replace(PAPER_CONCEPT, concept_layer=3))
 
 

@@ -80,6 +80,24 @@ def test_width_matching_reproduces_the_papers_baselines() -> None:
     assert abs(active_params(get_preset("gpt2-69m-cocomix")) / 1e6 - 68.3) < 0.1  # paper: "69M" (68.2M est.)
 
 
+def test_active_parameters_of_the_ablations_count_what_feeds_the_output() -> None:
+    """The `hidden` ablation's predictor and compression all feed the output; with mixing=none no predictor
+    does (the paper's "Concept pred (53M)")."""
+    import dataclasses
+
+    from cocomix.model.concept import HiddenSeam
+
+    run = get_preset("gpt2-69m-cocomix")
+    m = run.model
+    hidden = dataclasses.replace(run, concept=dataclasses.replace(run.concept, target="hidden"))
+    seam = HiddenSeam(3, m.d_model, run.concept.d_teacher)
+    assert active_params(hidden) == student_params(m) + sum(p.numel() for p in seam.parameters())
+    for target in ("concepts", "hidden"):
+        alone = dataclasses.replace(run, concept=dataclasses.replace(run.concept, target=target, mixing="none"))
+        assert active_params(alone) == student_params(m)
+    assert 512 < ntp_width_for(hidden) < 624  # its 3M-parameter MLP, not the 16.8M concept head
+
+
 def test_flops_command_says_whose_teacher_shape_it_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import json

@@ -71,3 +71,20 @@ def test_kd_pause_distils_into_the_pause_student() -> None:
     assert float(metrics["loss"]) == pytest.approx(float(pause_loss.detach()), rel=1e-6)
     assert float(metrics["kd_loss"]) == pytest.approx(float(_kl_by_hand(t_logits, s_logits)), rel=1e-5)
     assert float(total.detach()) == pytest.approx(float(metrics["loss"]) + 0.3 * float(metrics["kd_loss"]), rel=1e-6)
+
+
+def test_kd_takes_a_teacher_shallower_than_concept_teacher_layer(tmp_path) -> None:  # noqa: ANN001
+    """KD reads logits only: a 2-block teacher is fine although concept.teacher_layer defaults to 5."""
+    from types import SimpleNamespace
+
+    from cocomix.export import export_hf
+
+    cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32)
+    export_hf(Transformer(cfg).eval(), tmp_path / "hf")
+    run = RunConfig(method="kd", model=cfg, data=DataConfig(seq_len=16),
+                    concept=ConceptConfig(teacher=str(tmp_path / "hf")))
+    assert run.concept.teacher_layer == 5
+    method = KD(run)
+    method.prepare(torch.device("cpu"), SimpleNamespace(vocab_size=97, path=tmp_path))
+    total, _ = method.loss(method.build_model(), Batch(torch.randint(0, 97, (2, 16))))
+    assert torch.isfinite(total)

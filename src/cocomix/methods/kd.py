@@ -38,8 +38,8 @@ class KD(Method):
         c = self.run.concept
         if not c.teacher:
             raise ConfigError("concept.teacher: KD needs a teacher (HF name/folder or cocomix run)")
-        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
-                                               dtype=teacher_dtype(c.teacher_dtype))
+        # KD reads the teacher's logits only: concept.teacher_layer (default 5) is not checked against its depth
+        self.teacher = Teacher.from_pretrained(c.teacher, 0, device=device, dtype=teacher_dtype(c.teacher_dtype))
         if self.teacher.output_vocab != self.run.model.vocab_size:
             raise ConfigError(f"concept.teacher: KD needs the student's tokenizer; the teacher predicts "
                               f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size}")
