@@ -212,9 +212,10 @@ def test_fsdp_checkpoint_of_an_optimizer_no_step_has_touched_resumes_exactly(sto
 
 def test_two_processes_with_dropout_resume_exactly(single: dict[str, Path], store_dir: Path,
                                                    concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
-    """With dropout each rank draws its own masks from `dropout_seed(seed, step, micro, rank)`, so a 2-process run
-    resumed from its step-3 checkpoint (on 2 processes, the same split) takes exactly the uninterrupted run's
-    steps; dropout really is on (the losses differ from the dropout-free run's)."""
+    """A 2-process run with dropout, resumed from its step-3 checkpoint (on 2 processes, the same split), takes
+    exactly the uninterrupted run's steps: each rank's masks are a pure function of the position in the run
+    (`dropout_seed`, whose independence across ranks is unit-tested). Dropout really is on (the losses differ
+    from the dropout-free run's)."""
     sets = _sets(store_dir, concept_parts, 1, 2) + ["--set", "model.dropout=0.1"]
     run = tmp_path / "run"
     r = _train("tiny", sets, run, procs=2)
