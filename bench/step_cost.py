@@ -14,7 +14,7 @@ zero_grad. Methods:
     pause            pause slots
 
 A name may carry the memory options as suffixes, so their cost is timed side by side with the plain step:
-`+ckpt` (train.activation_checkpointing) and `+chunked` (train.chunked_lm_loss; not for kd or cocomix-naive),
+`+ckpt` (train.activation_checkpointing) and `+chunked` (train.chunked_lm_loss; not for cocomix-naive),
 e.g. `ntp-matched,ntp-matched+ckpt+chunked`; the JSON then holds each variant's step-time and peak-memory ratio
 to its plain method. The flags `--activation-checkpointing` / `--chunked-lm-loss` apply to every method instead.
 
@@ -82,8 +82,8 @@ def check_name(name: str) -> str | None:
     bad = [o for o in options if o not in OPTIONS]
     if bad:
         return f"{name}: unknown option +{bad[0]}; expected +{' / +'.join(OPTIONS)}"
-    if "chunked" in options and base in ("kd", "cocomix-naive"):
-        return f"{name}: +chunked does not apply to {base} (its loss needs the whole logits)"
+    if "chunked" in options and base == "cocomix-naive":
+        return f"{name}: +chunked does not apply to {base} (the official code's whole logits)"
     return None
 
 
@@ -108,7 +108,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="concept.teacher_dtype of the teacher-using steps (the naive step's teacher too)")
     p.add_argument("--chunked-lm-loss", action="store_true",
-                   help="train.chunked_lm_loss for every method but kd and the naive mode (student LM loss in chunks)")
+                   help="train.chunked_lm_loss for every method but the naive mode (student LM loss in chunks)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="train.activation_checkpointing for every method (blocks recomputed in the backward)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
@@ -131,7 +131,7 @@ def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32
         model = dataclasses.replace(run.model, dropout=0.0, context_length=max(seq_len, 8))
         out[method] = dataclasses.replace(run, model=model, data=dataclasses.replace(run.data, seq_len=seq_len),
                                           train=dataclasses.replace(run.train, micro_batch_size=batch, device="cpu",
-                                                                    chunked_lm_loss=chunked_lm_loss and method != "kd",
+                                                                    chunked_lm_loss=chunked_lm_loss,
                                                                     activation_checkpointing=activation_checkpointing),
                                           concept=dataclasses.replace(run.concept, teacher_dtype=teacher_dtype))
     coco = out["cocomix"]

@@ -156,8 +156,8 @@ class TrainConfig:
     chunked_lm_loss: bool = False
     """Compute the student's next-token loss through the LM head in row chunks, its gradients formed in the
     forward (a fused linear cross-entropy, `cocomix.model.chunked_nll`): the (B, T, V) logits and their gradient
-    never exist whole. Same loss up to float rounding; off by default (the official trainer's whole logits).
-    Not for method kd, whose KL term needs the whole logits."""
+    never exist whole; for KD the KL to the teacher too (`chunked_kd`). Same loss up to float rounding; off by
+    default (the official trainer's whole logits)."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`."""
     seed: int = 0
@@ -349,16 +349,13 @@ class RunConfig:
     concept: ConceptConfig = field(default_factory=ConceptConfig)
 
     def __post_init__(self) -> None:
-        from cocomix.methods import DISTILLING, METHODS, PAUSING
+        from cocomix.methods import METHODS, PAUSING
 
         _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
         if self.method == "cocomix" or self.method in PAUSING:
             _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
                    f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",
                    self.concept.concept_layer)
-        _check(not (self.method in DISTILLING and self.train.chunked_lm_loss), "train.chunked_lm_loss",
-               f"false for method {self.method} (its KL term needs the student's whole logits)",
-               self.train.chunked_lm_loss)
         _check(not (self.method == "cocomix" and self.concept.cache and self.data.window_offset != "fixed"),
                "data.window_offset", "'fixed' with concept.cache (cached targets belong to the fixed windows; "
                "random crops need online targets)", self.data.window_offset)

@@ -50,12 +50,14 @@ def test_memory_option_variants_are_measured_against_their_plain_method() -> Non
                               capture_output=True, text=True, timeout=600,
                               env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
-    r = bench("ntp-matched,ntp-matched+ckpt+chunked")
+    r = bench("ntp-matched,ntp-matched+ckpt+chunked,kd,kd+chunked")
     assert r.returncode == 0, r.stderr[-2000:]
-    variant = json.loads(r.stdout)["ratios"]["variant_over_plain"]["ntp-matched+ckpt+chunked"]
-    assert variant["peak_memory"] < 0.9  # the options are really switched on: no whole logits, blocks recomputed
-    r = bench("kd+chunked")
-    assert r.returncode != 0 and "+chunked does not apply to kd" in r.stderr
+    variants = json.loads(r.stdout)["ratios"]["variant_over_plain"]
+    # the options are really switched on: no whole logits, blocks recomputed; KD's KL without fp32 (N, V) copies
+    assert variants["ntp-matched+ckpt+chunked"]["peak_memory"] < 0.9
+    assert variants["kd+chunked"]["peak_memory"] < 0.97  # measured 0.92 at these tiny shapes (V 4096)
+    r = bench("cocomix-naive+chunked")
+    assert r.returncode != 0 and "+chunked does not apply to cocomix-naive" in r.stderr
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "step_cost.py"), "--shape", "tiny", "--seq-len", "32",
                         "--batch", "2", "--rounds", "1", "--warmup", "0", "--no-memory", "--methods",
                         "cocomix-naive,cocomix-naive+ckpt"], capture_output=True, text=True, timeout=600,

@@ -1,6 +1,6 @@
 """`train.chunked_lm_loss`: the student's next-token loss through the LM head in row chunks (fused linear CE,
 `cocomix.model.chunked_nll`) gives the loss and every parameter gradient of the whole-logits path, for each
-method that uses it, tied or untied head; KD refuses it."""
+method that uses it, tied or untied head; for KD the NLL + λ·KL of `chunked_kd`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cocomix.config import ConceptConfig, ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig
+from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig, TrainConfig
 from cocomix.methods import METHODS, Batch
 from cocomix.model import chunked_nll as cn
 
@@ -95,9 +95,52 @@ def test_bf16_autocast_gives_close_loss_and_fp32_gradients() -> None:
     assert (g_chunked - g_whole).abs().max() <= 1e-2 * g_whole.abs().max()  # bf16 rounding: measured ~0.4%
 
 
-def test_kd_refuses_chunked_loss() -> None:
-    with pytest.raises(ConfigError, match="train.chunked_lm_loss"):
-        _run("kd", True, True)
+@pytest.mark.parametrize("rows", [1, 4, 1000])
+def test_chunked_kd_equals_nll_plus_lambda_kl(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NLL + λ·KL(p_teacher ‖ p_student) at positions 0 … T−2 and every gradient, in fp64, as the whole-logits
+    formula written out; the NLL and KL it reports carry no gradient."""
+    monkeypatch.setattr(cn, "CHUNK_ELEMENTS", rows * 53)
+    h = torch.randn(3, 9, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(53, 16, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(53, dtype=torch.float64, requires_grad=True)
+    ids, teacher = torch.randint(0, 53, (3, 9)), torch.randn(3, 9, 53, dtype=torch.float64) * 2
+    total, nll, kl = cn.chunked_kd(h, w, b, ids, teacher, 0.3)
+    logits = F.linear(h, w, b)[:, :-1].reshape(-1, 53)
+    want_nll = F.cross_entropy(logits, ids[:, 1:].reshape(-1))
+    log_t, log_s = F.log_softmax(teacher[:, :-1].reshape(-1, 53), -1), F.log_softmax(logits, -1)
+    want_kl = (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    assert torch.allclose(nll, want_nll, rtol=1e-12) and torch.allclose(kl, want_kl, rtol=1e-10)
+    assert not nll.requires_grad and not kl.requires_grad
+    mine = torch.autograd.grad(total, (h, w, b))
+    theirs = torch.autograd.grad(want_nll + 0.3 * want_kl, (h, w, b))
+    for a, e in zip(mine, theirs, strict=True):
+        assert torch.allclose(a, e, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", ["kd", "kd-pause"])
+def test_kd_with_chunked_loss_trains_as_with_whole_logits(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.model import Transformer
+    from cocomix.teacher import Teacher
+
+    monkeypatch.setattr(cn, "CHUNK_ELEMENTS", 7 * 97)
+    torch.manual_seed(0)
+    teacher = Teacher(Transformer(_run("ntp", False, True).model), layer=0)
+    ids = torch.randint(0, 97, (3, 16))
+    out = {}
+    for chunked in (False, True):
+        m = METHODS[method](_run(method, chunked, False))
+        m.teacher = teacher
+        torch.manual_seed(3)
+        model = m.build_model()
+        loss, metrics = m.loss(model, Batch(ids))
+        loss.backward()
+        out[chunked] = (loss.detach(), metrics, {n: p.grad for n, p in model.named_parameters()})
+    (whole, mw, gw), (chunk, mc, gc) = out[False], out[True]
+    assert torch.allclose(chunk, whole, rtol=1e-6)
+    for key in ("loss", "kd_loss", "total_loss"):
+        assert torch.allclose(mc[key], mw[key], rtol=1e-5), key
+    for name, g in gw.items():
+        assert (gc[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
 
 
 def test_no_gradient_work_under_no_grad(monkeypatch: pytest.MonkeyPatch) -> None:

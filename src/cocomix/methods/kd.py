@@ -1,7 +1,9 @@
 """Knowledge distillation baseline (paper §3.1): L = L_NTP + λ_KD · KL(p_teacher ‖ p_student), λ_KD = 0.1.
 
 The KL is over next-token distributions at the positions that have a next token (B·(T−1)), averaged. Teacher and
-student must share the tokenizer; a teacher whose vocabulary differs from the student's is refused.
+student must share the tokenizer; a teacher whose vocabulary differs from the student's is refused. With
+`train.chunked_lm_loss` the student's NLL and KL run through its LM head in row chunks (`chunked_kd`): no
+(B, T, V) student logits, no fp32 copies of either distribution; the same loss up to float rounding.
 """
 
 from __future__ import annotations
@@ -48,10 +50,15 @@ class KD(Method):
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.teacher is None:
             raise RuntimeError("KD.prepare() was not called before training")
-        logits = model(batch.ids).logits
-        ntp = next_token_loss(logits, batch.ids)
+        lam = self.run.concept.lambda_kd
         with teacher_precision(self.run.concept.teacher_precision, batch.ids.device):
             teacher_logits, _ = self.teacher.forward_pass(batch.ids)
-        kl = kl_teacher_student(teacher_logits, logits)
-        total = ntp + self.run.concept.lambda_kd * kl
+        if self.run.train.chunked_lm_loss:  # NLL and KL through the student's head in row chunks
+            out = model(batch.ids, lm_loss=True, teacher_logits=teacher_logits, lambda_kd=lam)
+            total, ntp, kl = out.loss, out.aux["lm_nll"], out.aux["lm_kl"]
+        else:
+            logits = model(batch.ids).logits
+            ntp = next_token_loss(logits, batch.ids)
+            kl = kl_teacher_student(teacher_logits, logits)
+            total = ntp + lam * kl
         return total, {"loss": ntp.detach(), "kd_loss": kl.detach(), "total_loss": total.detach()}

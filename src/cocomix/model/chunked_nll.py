@@ -11,6 +11,10 @@ computed one chunk of rows at a time, so the (N, V) logits never exist at once. 
 (h's always when it requires grad; W's and b's only when they require grad — never for the frozen teacher) are
 formed in the forward, chunk by chunk, while each chunk's logits are at hand: the same matmuls an unchunked
 forward + backward does, without recomputing the logits. The backward only scales them by the incoming gradient.
+
+With teacher logits Z_t (N, V) and a weight λ (the KD baseline, `chunked_kd`), the loss is L + λ·KL with
+KL = (1/N) Σ_n KL(softmax(Z_t,n) ‖ softmax(h_n Wᵀ + b)) (paper §2.2), and G gains λ (p_s − p_t) / N; the teacher
+logits are read chunk by chunk too, so no fp32 (N, V) copy of either distribution is made.
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ def _rows(vocab: int) -> int:
 
 
 class ChunkedNLL(torch.autograd.Function):
-    """h (N, d), weight (V, d), bias (V,) or None, labels (N,) -> mean NLL (scalar, fp32 or fp64)."""
+    """h (N, d), weight (V, d), bias (V,) or None, labels (N,), teacher logits (N, V) or None, λ -> (mean NLL +
+    λ·mean KL, mean NLL, mean KL) (scalars, fp32 or fp64; the gradient flows through the first only)."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,  # noqa: ANN001
+                teacher: Tensor | None = None, lam: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
         N, V = h.shape[0], weight.shape[0]
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         total = torch.zeros((), dtype=acc, device=h.device)
+        kl = torch.zeros((), dtype=acc, device=h.device)
         gh = torch.empty_like(h) if need_h else None  # (N, d): ∂L/∂h, filled chunk by chunk
         gw = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_w else None  # (V, d), summed over chunks
         gb = torch.zeros(V, dtype=acc, device=h.device) if need_b else None  # (V,)
@@ -46,8 +53,16 @@ class ChunkedNLL(torch.autograd.Function):
             z = F.linear(h[s:e], weight, bias).to(acc)  # (n, V) logits
             lse = torch.logsumexp(z, dim=-1)  # (n,)
             total += (lse - z.gather(-1, labels[s:e, None])[:, 0]).sum()
+            p_t = None
+            if teacher is not None:
+                log_t = torch.log_softmax(teacher[s:e].to(acc), dim=-1)  # (n, V)
+                p_t = log_t.exp()
+                kl += (p_t * (log_t - z + lse[:, None])).sum()  # Σ p_t (log p_t − log p_s)
+                del log_t
             if need_h or need_w or need_b:
                 p = torch.exp(z.sub_(lse[:, None]))  # softmax (n, V), in place of the logits
+                if p_t is not None:  # N·G = p_s − onehot + λ (p_s − p_t)
+                    p.mul_(1.0 + lam).sub_(p_t, alpha=lam)
                 p.scatter_add_(-1, labels[s:e, None], -torch.ones(e - s, 1, dtype=p.dtype, device=p.device))
                 if scale_first:
                     p.div_(N)
@@ -63,20 +78,37 @@ class ChunkedNLL(torch.autograd.Function):
                 t.div_(N)
         ctx.save_for_backward(gh, gw, gb)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
-        return total / N
+        nll, kl = total / N, kl / N
+        both = nll + lam * kl
+        ctx.mark_non_differentiable(nll, kl)
+        return both, nll, kl
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple:  # noqa: ANN001
+    def backward(ctx, g: Tensor, _g_nll: Tensor, _g_kl: Tensor) -> tuple:  # noqa: ANN001
         gh, gw, gb = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
         return (None if gh is None else gh * g.to(gh.dtype),
                 None if gw is None else (gw * g).to(w_dtype),
-                None if gb is None else (gb * g).to(b_dtype), None)
+                None if gb is None else (gb * g).to(b_dtype), None, None, None)
 
 
 def chunked_nll(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor) -> Tensor:
     """Mean NLL of ids[:, 1:] from final hidden states h (B, T, d) through the head (weight, bias)."""
+    return _apply(h, weight, bias, ids, None, 0.0)[0]
+
+
+def chunked_kd(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teacher_logits: Tensor,
+               lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(NLL + λ·KL to back-propagate, NLL, KL) of the student's final hidden states h (B, T, d) through its head,
+    against ids[:, 1:] and the teacher's next-token distributions teacher_logits (B, T, V), both at positions
+    0 … T−2 (the KD baseline's loss, `kd.kl_teacher_student`, without whole logits)."""
+    V = teacher_logits.shape[-1]
+    return _apply(h, weight, bias, ids, teacher_logits[:, :-1].reshape(-1, V), lam)
+
+
+def _apply(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teacher: Tensor | None,
+           lam: float) -> tuple[Tensor, Tensor, Tensor]:
     B, T, d = h.shape
     if not torch.is_grad_enabled():  # under no_grad a parameter still reports needs_input_grad: no gradients then
         h, weight, bias = h.detach(), weight.detach(), None if bias is None else bias.detach()
-    return ChunkedNLL.apply(h[:, :-1].reshape(-1, d), weight, bias, ids[:, 1:].reshape(-1))
+    return ChunkedNLL.apply(h[:, :-1].reshape(-1, d), weight, bias, ids[:, 1:].reshape(-1), teacher, lam)

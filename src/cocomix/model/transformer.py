@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from cocomix.config import ModelConfig
 from cocomix.model.attention import CausalSelfAttention, KVCache
-from cocomix.model.chunked_nll import chunked_nll
+from cocomix.model.chunked_nll import chunked_kd, chunked_nll
 from cocomix.model.layers import make_mlp, make_norm
 from cocomix.model.seam import Seam
 
@@ -101,12 +101,19 @@ class Transformer(nn.Module):
         self.seam = seam
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
-                concept_targets: torch.Tensor | None = None, lm_loss: bool = False) -> ModelOutput:
+                concept_targets: torch.Tensor | None = None, lm_loss: bool = False,
+                teacher_logits: torch.Tensor | None = None, lambda_kd: float = 0.0) -> ModelOutput:
         """ids (B, S) -> logits (B, S, V). With a cache, ids continue the cached sequence. `concept_targets`
         (B, S, k_attr) go to the seam (CoCoMix training: its loss comes back in aux["concept_loss"]). With
         `lm_loss`, no logits: `loss` is the next-token NLL of ids through the head in row chunks
-        (`chunked_nll`, `train.chunked_lm_loss`). Both go through forward so DDP / FSDP hooks see them."""
+        (`chunked_nll`, `train.chunked_lm_loss`); given the teacher's logits (B, S, V) too, NLL + λ_KD · KL
+        (`chunked_kd`, the KD baseline), with NLL and KL in aux["lm_nll"] / aux["lm_kl"]. Both go through forward
+        so DDP / FSDP hooks see them."""
         h, aux = self.final_hidden(ids, cache, concept_targets)
+        if lm_loss and teacher_logits is not None:
+            loss, aux["lm_nll"], aux["lm_kl"] = chunked_kd(h, self.lm_head.weight, None, ids, teacher_logits,
+                                                           lambda_kd)
+            return ModelOutput(logits=None, aux=aux, loss=loss)
         if lm_loss:
             return ModelOutput(logits=None, aux=aux, loss=chunked_nll(h, self.lm_head.weight, None, ids))
         return ModelOutput(logits=self.lm_head(h), aux=aux)
