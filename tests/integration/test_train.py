@@ -403,3 +403,64 @@ def test_resume_of_an_empty_out_starts_the_run_and_says_so(store_dir: Path, tmp_
     assert "nothing to resume in" in capsys.readouterr().err and (tmp_path / "new" / "config.json").is_file()
     train(small_run(store_dir, steps=1, eval_every=0, eval_batches=1), tmp_path / "new", resume=True, quiet=True)
     assert "nothing to resume" not in capsys.readouterr().err  # a finished run is there now
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_nothing_behind(store_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while saving: a one-line CheckpointError, the half-written folder removed (a full disk must
+    not stay full), the previous checkpoint intact; a later save also clears another process's leftovers and an
+    interrupted prune's, and a prune never leaves a `step_*` folder half deleted."""
+    import cocomix.train.checkpoint as ck
+    from cocomix.errors import CheckpointError
+
+    run = small_run(store_dir, steps=20, save_every=10, eval_every=0, keep_checkpoints=1)
+    out = tmp_path / "run"
+    real_save, calls = torch.save, []
+
+    def full_disk(obj, f, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(f)
+        if len(calls) > 2:  # the step-10 checkpoint's optimizer and RNG files are written, then the disk is full
+            raise RuntimeError(f"[enforce fail at inline_container.cc:672] . unexpected pos ({os.strerror(28)})")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"step_0000020: cannot write the checkpoint .*previous checkpoint is "
+                                              r"intact: free space and rerun with --resume"):
+        train(run, out, quiet=True)
+    root = out / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000010"]
+    monkeypatch.setattr(ck.torch, "save", real_save)
+    (root / ".tmp_step_0000020_99999").mkdir()  # a killed process's half checkpoint
+    (root / ".deleting_step_0000005").mkdir()  # a prune killed half-way
+    renamed = []
+    real_rename = ck.os.rename
+    monkeypatch.setattr(ck.os, "rename", lambda a, b: renamed.append(Path(b).name) or real_rename(a, b))
+    train(run, out, resume=True, quiet=True)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000020"]
+    assert ".deleting_step_0000010" in renamed  # pruned out of the step_* names before its files went
+
+
+def test_a_second_job_on_a_locked_run_never_reads_its_checkpoints(store_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's lock is taken before its checkpoints are verified: a duplicate `--resume` job fails at once and
+    cannot take a checkpoint the first is writing for a damaged one; checkpoints without the run's config.json
+    are refused, not trained on under another config."""
+    import cocomix.train.resume as rs
+    from cocomix.train.guard import RunLock
+
+    run = small_run(store_dir, steps=10, save_every=10, eval_every=0)
+    out = tmp_path / "run"
+    train(run, out, quiet=True)
+    read = []
+    monkeypatch.setattr(rs, "usable_checkpoint", lambda d: read.append(d))
+    lock = RunLock(out)  # the first job, still running
+    try:
+        with pytest.raises(CocomixError, match="another cocomix process is writing this directory"):
+            train(small_run(store_dir, steps=20, save_every=10, eval_every=0), out, resume=True, quiet=True)
+    finally:
+        lock.release()
+    assert read == []
+    monkeypatch.undo()
+    (out / "config.json").unlink()
+    with pytest.raises(CocomixError, match="holds checkpoints but no config.json"):
+        train(small_run(store_dir, steps=20, save_every=10, eval_every=0, seed=7), out, resume=True, quiet=True)

@@ -10,7 +10,10 @@ atomically after it, so a crash at any moment leaves the previous checkpoint int
 optimizer and RNG state go through torch.save and come back with `weights_only=True`. `manifest.json` records
 each file's size and SHA-256; `verify_checkpoint` checks them before a checkpoint is used, so a file damaged on
 disk after it was written (a bad sector, a partial copy between clusters) is a clear error, not a silent
-divergence. Checkpoints written before manifests existed are accepted unverified.
+divergence. Checkpoints written before manifests existed are accepted unverified. A save that fails (a full
+disk) removes its temporary folder and says so in one line; the next save also removes what a killed process
+left (`.tmp_step_*`, `.deleting_step_*`: a pruned checkpoint is renamed out of the `step_*` names before its
+files are deleted). `metrics.jsonl` is fsynced with each checkpoint.
 """
 
 from __future__ import annotations
@@ -101,12 +104,34 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     `model` and `optimizer` may be given as their state dicts (what `distributed.full_state` gathers)."""
     root = run_dir / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)  # a failed save's or an interrupted prune's (this process holds the run's lock)
     name = f"step_{step:07d}"
     final = root / name
     tmp = root / f".tmp_{name}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        _write_files(tmp, step, model, optimizer, state)
+        _fsync_file(run_dir / "metrics.jsonl")  # the log up to this step is as durable as the checkpoint
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
+        if isinstance(e, (OSError, RuntimeError)):  # torch's writer reports ENOSPC as a RuntimeError
+            raise CheckpointError(f"{final}: cannot write the checkpoint ({' '.join(str(e).split())[:200]}); "
+                                  "the previous checkpoint is intact: free space and rerun with --resume") from None
+        raise
+    if final.exists():
+        _remove(final)
+    os.rename(tmp, final)
+    fsync_dir(root)
+    atomic_write_text(root / "latest", name + "\n")
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for old in steps[:-keep]:
+        if old != final:
+            _remove(old)
+    return final
+
+
+def _write_files(tmp: Path, step: int, model: torch.nn.Module | dict[str, torch.Tensor],
+                 optimizer: torch.optim.Optimizer | dict[str, Any], state: dict[str, Any]) -> None:
     weights = _dedup(model) if isinstance(model, dict) else model_state(model)
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     os.chmod(tmp / "model.safetensors", 0o644)  # safetensors creates it 0600, unlike every other file here
@@ -119,18 +144,28 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     files = {f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
     fsync_folder(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    fsync_dir(root)
-    atomic_write_text(root / "latest", name + "\n")
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
-    for old in steps[:-keep]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp_step_*"):
+
+
+def _remove(ckpt: Path) -> None:
+    """Delete a checkpoint folder: renamed out of the `step_*` names first, so that a kill half-way through never
+    leaves a `step_*` folder with some of its files (and its manifest) gone."""
+    doomed = ckpt.with_name(f".deleting_{ckpt.name}")
+    os.rename(ckpt, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    for stale in [*root.glob(".tmp_step_*"), *root.glob(".deleting_step_*")]:
         shutil.rmtree(stale, ignore_errors=True)
-    return final
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_file():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -24,7 +24,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig, TrainConfig
 from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
-from cocomix.errors import ConfigError, DataError
+from cocomix.errors import CocomixError, ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, run_flops, teacher_shape
 from cocomix.methods import METHODS, Batch, Method
@@ -136,14 +136,18 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
                             seq_len=T if random_offsets else 0,
                             spare=store.num_tokens("train") - chunks * T if random_offsets else 0)
     created = not run_dir.exists()  # removed again if the run fails before writing anything into it
-    ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
-    lock = RunLock(run_dir) if ctx.is_main else None  # one writer per run directory
-    fresh_note = ""
-    if resume and ckpt is None and ctx.is_main:  # e.g. the first submission of a job that is always launched
-        # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
-        what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
-        fresh_note = f"cocomix: note: {what} in {run_dir}; starting the run from step 0"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
+    # one writer per run directory, locked before its checkpoints are read: a second job on the same --out fails
+    # here, before it could take a checkpoint the first is writing for a damaged one
+    lock = RunLock(run_dir) if ctx.is_main else None
     try:
+        ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
+        fresh_note = ""
+        if resume and ckpt is None and ctx.is_main:  # e.g. the first submission of a job that is always launched
+            # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
+            what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
+            fresh_note = f"cocomix: note: {what} in {run_dir}; starting the run from step 0"
         return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt, fresh_note)
     finally:
         if lock is not None:

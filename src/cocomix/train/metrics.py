@@ -151,7 +151,9 @@ class IntervalMeans:
 
     def state(self, sums: dict[str, torch.Tensor]) -> dict:
         """JSON-able state; `sums` are this interval's sums as they are to be saved (e.g. averaged over ranks).
-        fp32 -> Python float -> fp32 is exact, so a resumed interval continues bit for bit."""
+        fp32 -> Python float -> fp32 is exact, so a resumed 1-process interval continues bit for bit (saved
+        averaged over ranks, a multi-process interval's logged mean continues up to the rounding of the sum's new
+        order; the weights are unaffected)."""
         return {"count": self.count, "sums": {k: float(v) for k, v in sums.items()}}
 
     def load(self, state: dict | None, device: torch.device) -> None:

@@ -46,6 +46,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                                "--out")
         return None
     ckpt = usable_checkpoint(run_dir)
+    if ckpt is not None and not has_config:
+        raise CheckpointError(f"{run_dir}: holds checkpoints but no config.json, so nothing says they belong to "
+                              "this config; restore the run's config.json (or start in another --out)")
     if has_config:
         stored = read_run_config(run_dir)
         old, new = _flatten(stored.to_dict()), _flatten(run.to_dict())
