@@ -13,6 +13,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
+    """The output folder `path`; ConfigError (before any work) when a file, or a folder inside one, is in the way."""
+    from cocomix.errors import ConfigError
+
+    out = Path(path)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{flag} {out}: {p} is a file, not a folder")
+            break
+    return out
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:

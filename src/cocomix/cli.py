@@ -156,13 +156,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cocomix.export import export_hf
     from cocomix.runs import load_run
 
-    run, _, model, _ = load_run(args.run)
+    run, _, model, ckpt = load_run(args.run)
     tok_dir = None
     if not args.no_tokenizer:
         tok_dir = Path(args.data or run.data.path) / "tokenizer"
         if not tok_dir.is_dir():
             raise CocomixError(f"{tok_dir}: tokenizer not found; point --data at the run's token store or pass "
                                "--no-tokenizer to export the weights alone")
+        from cocomix.runs import run_store
+
+        run_store(run, args.data, ckpt)  # a store of another tokenizer is refused, as eval and generate refuse it
     folder = export_hf(model, args.out, tokenizer_dir=tok_dir)
     print(json.dumps({"exported": str(folder), "flavour": run.model.flavour}))
     return 0
@@ -365,6 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print("cocomix: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
+        return 2
+    except OSError as e:  # a file the command cannot read or write: permissions, a full disk, a path in the way
+        if args.debug:
+            raise
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        what = e.strerror or " ".join(str(e).split())
+        print(f"cocomix: error: {where + ': ' if where else ''}{what}", file=sys.stderr)
         return 2
     except Stopped as e:  # SIGTERM / SIGINT in train-sae or extract-concepts: progress saved
         print(f"cocomix: stopped by {e.name}; {e.detail}", file=sys.stderr)

@@ -63,8 +63,10 @@ def _add_sae_train_args(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_extract_concepts(args: argparse.Namespace) -> int:
+    from cocomix.atomic import check_out_folder
     from cocomix.concepts.cache import extract_concepts
 
+    check_out_folder(args.out)  # before the teacher and SAE load
     teacher, sae = _teacher_and_sae(args)
     meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
                             k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
@@ -81,6 +83,9 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
 
     if args.context < 0:
         raise ConfigError(f"--context: expected an integer >= 0, got {args.context}")
+    from cocomix.atomic import check_out_folder
+
+    check_out_folder(args.out)  # before the teacher pass, not after it
     store = TokenStore.open(args.data)
     teacher, sae = _teacher_and_sae(args)
     stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from cocomix.atomic import check_out_folder
 from cocomix.errors import CocomixError
 
 
@@ -120,10 +121,14 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.sae import load_sae
     from cocomix.teacher import Teacher, teacher_dtype
 
+    check_out_folder(args.out)  # before the evaluation, not after it
     try:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
         raise CocomixError(f"--alphas: expected comma-separated numbers, got {args.alphas!r}") from None
+    bad = next((a for a in alphas if not abs(a) < float("inf")), None)
+    if bad is not None:
+        raise CocomixError(f"--alphas: expected finite numbers, got {bad!r}")
     run, model, store, book = _open(args)
     cfg = SteerEvalConfig(alphas=alphas, n_prompts=args.prompts, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -147,6 +152,7 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from cocomix.interpret.inspect import concept_seam
     from cocomix.runs import load_run
 
+    check_out_folder(args.out)
     _, _, model, _ = load_run(args.run)
     concept_seam(model)
     if not args.threshold > 0:

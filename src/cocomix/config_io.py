@@ -92,6 +92,8 @@ def _parse_value(text: str) -> Any:
     """JSON (numbers, true/false, lists, quoted strings), else a number as Python writes it, else the text."""
     try:
         return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"--set: a value nested too deeply to read ({text[:20]}…)") from None
     except ValueError:  # JSONDecodeError, or an integer beyond Python's digit limit
         if _LOOSE_NUMBER.fullmatch(text.strip()) and not re.fullmatch(r"\s*[+-]?0\d+\s*", text):  # "01": a name
             try:
@@ -144,7 +146,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         else:
             data = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config sections at the top level")

@@ -126,6 +126,8 @@ def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
 def _store_ready(data: Path, source: str) -> bool:
     """Whether DATA already holds the demo's token store (prepared from `source` with the demo's tokenizer); a
     store prepared from something else is an error rather than silently trained on."""
+    if data.exists() and not data.is_dir():
+        raise CocomixError(f"--data {data}: a file, not a token store folder; give another --data")
     try:
         meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
     except FileNotFoundError:

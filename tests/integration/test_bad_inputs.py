@@ -175,6 +175,32 @@ CASES = [
                                              "the", "--max-new-tokens", "2"], "not the one the run was trained with"),
     ("eval-not-a-run", ["eval", "--run", "{root}/empty-docs"], "not a cocomix run"),
     ("steer-ntp-run", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "10"], "CoCoMix"),
+    ("extract-zero-batch", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer", "1",
+                            "--sae", "{sae}", "--seq-len", "32", "--batch-size", "0", "--out", "{root}/e8"],
+     "--batch-size: expected an integer >= 1"),
+    ("extract-out-is-a-file", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
+                               "1", "--sae", "{sae}", "--seq-len", "32", "--out", "{root}/afile"],
+     "afile is a file, not a folder"),
+    ("extract-out-is-a-store", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
+                                "1", "--sae", "{sae}", "--seq-len", "32", "--out", "{store}"],
+     "its meta.json is not a concept cache's"),
+    ("describe-out-inside-a-file", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                    "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--out",
+                                    "{root}/afile/sub"], "afile is a file, not a folder"),
+    ("compression-ntp-run", ["compression", "{run}", "--out", "{root}/c1"], "got a plain LM (NTP or KD)"),
+    ("train-out-is-a-store", ["train", "--config", "{root}/run.json", "--out", "{store}"],
+     "but no cocomix run; choose a new or empty --out"),
+    ("train-out-is-a-checkpoint", ["train", "--config", "{root}/run.json", "--out", "{run}/checkpoints/step_0000002"],
+     "but no cocomix run"),
+    ("eval-empty-task-list", ["eval", "--run", "{run}", "--tasks", ","], "--tasks: expected comma-separated"),
+    ("eval-include-path-missing", ["eval", "--run", "{run}", "--tasks", "x", "--include-path", "{root}/nowhere"],
+     "nowhere: not a folder"),
+    ("generate-infinite-temperature", ["generate", "--run", "{run}", "--prompt", "the", "--temperature", "inf"],
+     "temperature: expected a finite number"),
+    ("train-deeply-nested-set", ["train", "--config", "{root}/run.json", "--set", "train.lr=" + "[" * 50000,
+                                 "--out", "{root}/o32"], "nested too deeply"),
+    ("export-store-of-another-tokenizer", ["export", "--run", "{run}", "--data", "{root}/other-tok", "--out",
+                                           "{root}/hf2"], "not the one the run was trained with"),
 ]
 
 
@@ -203,3 +229,20 @@ def test_debug_shows_the_traceback_of_a_user_error(world: dict) -> None:
 
     with pytest.raises(CocomixError, match="norun"):
         main(["--debug", "eval", "--run", str(world["root"] / "norun")])
+
+
+def test_a_file_the_command_cannot_read_or_write_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """Permissions, a full disk, a path in the way (OSError anywhere in a command): one line naming the file,
+    exit 2 (tests run as root here, so a chmod 000 file would still be readable: the error is injected)."""
+    import cocomix.cli as cli
+
+    def unreadable(args):  # noqa: ANN001, ANN202
+        raise PermissionError(13, "Permission denied", "/runs/x/config.json")
+
+    monkeypatch.setattr(cli, "cmd_eval", unreadable)
+    assert main(["eval", "--run", "/runs/x"]) == 2
+    assert capsys.readouterr().err == "cocomix: error: /runs/x/config.json: Permission denied\n"
+    monkeypatch.setattr(cli, "cmd_eval", lambda args: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert main(["eval", "--run", "/runs/x"]) == 2
+    assert capsys.readouterr().err == "cocomix: error: No space left on device\n"

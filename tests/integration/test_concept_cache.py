@@ -191,3 +191,21 @@ def test_store_with_a_larger_vocabulary_than_the_teacher_is_refused(store_dir: P
     with pytest.raises(ConfigError, match="exceeds the teacher's 100"):
         extract_concepts(store_dir, tmp_path / "c", teacher, TopKSAE(32, 64, 4), teacher_spec="t", sae_spec="s",
                          seq_len=32, progress=False)
+
+
+def test_cache_files_that_do_not_read_are_clear_errors_and_the_sae_is_matched_by_content(tmp_path: Path) -> None:
+    """A truncated meta.json / progress.json is a one-line error naming it; the SAE given by another path to the
+    same files (relative vs absolute) is the same SAE."""
+    from cocomix.concepts import cache as cc
+    from cocomix.errors import CheckpointError, ConfigError
+
+    (tmp_path / "meta.json").write_text('{"k_attr": 4, "win')
+    with pytest.raises(CheckpointError, match=r"meta\.json: unreadable \(JSONDecodeError\); delete the cache"):
+        cc._read_cache_json(tmp_path / "meta.json")
+    (tmp_path / "progress.json").write_text("[]")
+    with pytest.raises(CheckpointError, match=r"progress\.json: expected a JSON object"):
+        cc._read_cache_json(tmp_path / "progress.json")
+    stored = {"k_attr": 4, "windows": {}, "sae": "runs/demo/sae", "sae_sha256": "abc", "teacher": "t"}
+    cc._check_matches(tmp_path, stored, {**stored, "sae": "/work/runs/demo/sae"})  # same content: fine
+    with pytest.raises(ConfigError, match="made with sae_sha256='abc'"):
+        cc._check_matches(tmp_path, stored, {**stored, "sae": "/work/runs/demo/sae", "sae_sha256": "def"})

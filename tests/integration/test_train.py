@@ -464,3 +464,11 @@ def test_a_second_job_on_a_locked_run_never_reads_its_checkpoints(store_dir: Pat
     (out / "config.json").unlink()
     with pytest.raises(CocomixError, match="holds checkpoints but no config.json"):
         train(small_run(store_dir, steps=20, save_every=10, eval_every=0, seed=7), out, resume=True, quiet=True)
+
+
+def test_a_train_sae_output_given_as_a_run_says_what_it_is(tmp_path: Path) -> None:
+    from cocomix.train.checkpoint import read_run_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"auxk_alpha": 1 / 32, "k": 32, "steps": 500}))
+    with pytest.raises(CocomixError, match=r"a train-sae output \(its SAE is .*/sae\), not a model run"):
+        read_run_config(tmp_path)

@@ -176,3 +176,14 @@ def test_a_seed_cut_short_is_compared_at_the_shared_evaluation_and_a_bound_is_ma
     # CoCoMix's first evaluation (4.4, 102,400 tokens) is already below NTP's 4.55: needs at most half the tokens
     assert "| ≥ +50.0% |" in coco_row, coco_row
     assert "≥: the run's first evaluation already reached" in res["table"]
+
+
+def test_a_malformed_metrics_event_names_metrics_jsonl(tmp_path: Path) -> None:
+    run = _run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(["[1, 2, 3]", *lines[:-1]]) + "\n")  # a non-object line: skipped
+    assert group_runs([run])[0].final()[0] == 4.0
+    (run / "metrics.jsonl").write_text("\n".join([*lines[:-1], '{"kind": "eval", "step": 300, "val_loss": "abc"}'])
+                                       + "\n")
+    with pytest.raises(CocomixError, match=r"metrics\.jsonl: a malformed event \(ValueError"):
+        group_runs([run])

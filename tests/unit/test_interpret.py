@@ -92,9 +92,9 @@ def test_inspect_refuses_a_model_without_concepts() -> None:
 
     hidden = CoCoMix(RunConfig(method="cocomix", model=ntp.cfg, data=DataConfig(seq_len=16),
                                concept=ConceptConfig(target="hidden", concept_layer=1, d_teacher=16))).build_model()
-    with pytest.raises(CocomixError, match="expected a CoCoMix run .* HiddenSeam"):  # predicts hidden states
+    with pytest.raises(CocomixError, match="expected a CoCoMix run .* hidden-state ablation"):  # no concepts
         inspect_ids(hidden, [1, 2], _decode)
-    with pytest.raises(CocomixError, match="HiddenSeam"):
+    with pytest.raises(CocomixError, match="hidden-state ablation"):
         compression_norms(hidden)
 
 
@@ -264,3 +264,18 @@ def test_steering_plot_takes_labels_with_dollar_signs(tmp_path: Path) -> None:
     # no negative α: the report states no "α = 0 vs α = 0" comparison
     assert "α = 10 vs α = 0: mean activation rate 3.00×." in (out / "steering.md").read_text()
     assert "α = 0 vs α = 0" not in (out / "steering.md").read_text()
+
+
+@pytest.mark.parametrize("content", ['{"latents": [{"frequency": 0.1}]}', '{"latents": [1, 2]}', '{"latents": 5}',
+                                     '{"latents": [{"latent": 0, "frequency": "often"}]}',
+                                     '{"latents": [{"latent": 0, "examples": [{"text": null}]}]}'])
+def test_a_malformed_concepts_file_is_a_one_line_error(content: str, tmp_path: Path) -> None:
+    from cocomix.errors import CocomixError
+
+    (tmp_path / "concepts.json").write_text(content)
+    try:
+        book = ConceptBook.load(tmp_path)
+    except CocomixError as e:
+        assert "not a describe-concepts concepts.json" in str(e)
+    else:  # a null example text is read as no text
+        assert len(book) == 1 and book[0].context == ""

@@ -186,3 +186,14 @@ def test_refuses_sequences_longer_than_context(flavour: str) -> None:
     model = Transformer(tiny_model_config(flavour, context_length=8))
     with pytest.raises(ValueError, match="context_length"):
         model(torch.zeros(1, 9, dtype=torch.long))
+
+
+def test_a_temperature_too_small_for_fp32_samples_the_argmax() -> None:
+    """1e-300 underflows to 0 in fp32 (0/0 would be NaN): the limit of sampling as T -> 0, the argmax."""
+    logits = torch.tensor([[0.5, 2.0, -1.0], [3.0, 0.0, 1.0]])
+    assert sample_next(logits, 1e-300).tolist() == [1, 0]
+    from cocomix.errors import ConfigError
+    from cocomix.model.generate import check_sampling
+
+    with pytest.raises(ConfigError, match="temperature: expected a finite number"):
+        check_sampling(1, float("inf"), None, None)

@@ -27,7 +27,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.concepts.attribution import INVALID, check_target_options, compute_targets
 from cocomix.data import TokenStore
 from cocomix.digest import file_sha256
-from cocomix.errors import ConfigError, DataError, Stopped
+from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
 from cocomix.progress import ProgressLine
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train.guard import RunLock, StopSignals
@@ -109,7 +109,10 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     """
     if not splits or any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits):
         raise ConfigError(f"splits: expected distinct names among {', '.join(SPLITS)}, got {','.join(splits)!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
     check_target_options(sae, k_attr, selection, multiplier, attribution_loss, gradient_at)
+    _check_out(Path(out_dir))
     store = TokenStore.open(store_path)
     teacher.check_store(store, seq_len)
     if selection == "attribution" and attribution_loss == "next_token":  # decided on a fixed window, up front
@@ -151,11 +154,16 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         "windows": {s: store.num_chunks(s, seq_len) for s in SPLITS},
     }
     if (out / "meta.json").is_file():
-        _check_matches(out, json.loads((out / "meta.json").read_text()), meta)
+        _check_matches(out, _read_cache_json(out / "meta.json"), meta)
     else:
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     prog_path = out / "progress.json"
-    done = json.loads(prog_path.read_text()) if prog_path.is_file() else dict.fromkeys(SPLITS, 0)
+    done = _read_cache_json(prog_path) if prog_path.is_file() else dict.fromkeys(SPLITS, 0)
+    if not all(isinstance(done.get(s, 0), int) and not isinstance(done.get(s, 0), bool) and done.get(s, 0) >= 0
+               for s in SPLITS):
+        raise CheckpointError(f"{prog_path}: expected each split's count of finished windows, got {done!r}; "
+                              "delete the cache folder to extract again")
+    done = {s: done.get(s, 0) for s in SPLITS}
     dtype = _dtype(sae.n_latents)
     budget = max_windows if max_windows is not None else float("inf")
     for split in splits:
@@ -194,11 +202,46 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
     return meta
 
 
+# what an output folder of extract-concepts holds (besides files being written atomically: dot-prefixed)
+_CACHE_FILES = ("meta.json", "progress.json", "targets_train.bin", "targets_val.bin")
+
+
+def _check_out(out: Path) -> None:
+    """ConfigError, before any work, for an --out that is a file or a folder holding something else."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder (expected a concept cache folder)")
+    if out.is_dir() and not (out / "meta.json").is_file():
+        other = sorted(p.name for p in out.iterdir() if p.name not in _CACHE_FILES and not p.name.startswith("."))
+        if other:
+            raise ConfigError(f"--out {out}: holds {other[0]!r} and no concept cache; choose a new or empty folder")
+    elif out.is_dir():
+        stored = _read_cache_json(out / "meta.json")
+        if "k_attr" not in stored or "windows" not in stored:
+            raise ConfigError(f"--out {out}: its meta.json is not a concept cache's (a token store, or another "
+                              "command's output?); choose another --out")
+
+
+def _read_cache_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({type(e).__name__}); delete the cache folder to extract "
+                              "again") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object; delete the cache folder to extract again")
+    return data
+
+
 def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
-    # the teacher by its weights where both sides could read them (paths differ between machines), else by name
+    if "k_attr" not in stored or "windows" not in stored:
+        raise ConfigError(f"{out / 'meta.json'}: not a concept cache's (a token store, or another command's "
+                          "output?); choose another --out")
+    # the teacher by its weights where both sides could read them (paths differ between machines), else by name;
+    # the SAE by its files' hash likewise
     by_weights = bool(stored.get("teacher_fingerprint") and expected.get("teacher_fingerprint"))
+    by_content = bool(stored.get("sae_sha256") and expected.get("sae_sha256"))
     for key in MATCH_KEYS:
-        if key == ("teacher" if by_weights else "teacher_fingerprint"):
+        if key == ("teacher" if by_weights else "teacher_fingerprint") or (key == "sae" and by_content):
             continue
         value = stored.get(key, _OLD_DEFAULTS.get(key))
         if key in expected and value != expected[key]:

@@ -125,14 +125,28 @@ def _read_run(path: Path) -> RunCurve:
     events = []
     for line in lines:
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except ValueError:
             continue  # a line cut by a crash
+        if isinstance(event, dict):
+            events.append(event)
+    from cocomix.train.resume import RESULT_NEUTRAL, _flatten
+
+    tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
+                       * config["data"]["seq_len"])  # a config without these: read_run's error names config.json
+    settings = {k: v for k, v in _flatten(config).items() if k != "train.seed" and k not in RESULT_NEUTRAL}
+    method, seed = config["method"], config["train"]["seed"]
+    try:
+        return _curve(path, events, tokens_per_step, method, seed, settings)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CocomixError(f"{path / 'metrics.jsonl'}: a malformed event ({type(e).__name__}: {e})") from None
+
+
+def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, method: str, seed: int,
+           settings: dict[str, Any]) -> RunCurve:
     flops_event = next((e for e in events if e.get("kind") == "flops"), {})
     flops_per_token = flops_event.get("flops_per_token_total")
     cached = float(flops_event.get("flops_per_token_cached_targets", 0.0))  # targets made once, charged per token
-    tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
-                       * config["data"]["seq_len"])
     evals = sorted((e for e in events if e.get("kind") == "eval"), key=lambda e: e["step"])
     finite = [e for e in evals if math.isfinite(float(e["val_loss"]))]
     non_finite, evals = len(evals) - len(finite), finite
@@ -143,10 +157,7 @@ def _read_run(path: Path) -> RunCurve:
     flops = [float(e.get("flops", t * (flops_per_token or math.nan))) + t * cached
              for e, t in zip(evals, tokens, strict=True)]
     train_s = max((float(e.get("train_s", 0.0)) for e in events if "train_s" in e), default=math.nan)
-    from cocomix.train.resume import RESULT_NEUTRAL, _flatten
-
-    settings = {k: v for k, v in _flatten(config).items() if k != "train.seed" and k not in RESULT_NEUTRAL}
-    return RunCurve(path=path, method=config["method"], seed=config["train"]["seed"],
+    return RunCurve(path=path, method=method, seed=seed,
                     steps=[int(e["step"]) for e in evals], tokens=tokens, flops=flops,
                     val_loss=[float(e["val_loss"]) for e in evals],
                     eval_train_s=[float(e.get("train_s", math.nan)) for e in evals], train_s=train_s,

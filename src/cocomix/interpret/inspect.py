@@ -34,8 +34,10 @@ class TokenConcepts:
 def concept_seam(model: Transformer) -> ConceptSeam:
     """The model's concept seam, or a clear error for models without one (NTP, KD, pause, hidden ablation)."""
     if not isinstance(model.seam, ConceptSeam) or isinstance(model.seam, HiddenSeam):  # HiddenSeam: no concepts
-        kind = type(model.seam).__name__ if model.seam is not None else "no seam"
-        raise CocomixError(f"run: expected a CoCoMix run that predicts concepts, got a model with {kind}")
+        kind = {None: "a plain LM (NTP or KD)", "PauseSeam": "a pause-token model",
+                "HiddenSeam": "the hidden-state ablation"}.get(type(model.seam).__name__ if model.seam else None,
+                                                                 type(model.seam).__name__)
+        raise CocomixError(f"run: expected a CoCoMix run that predicts concepts, got {kind}")
     return model.seam
 
 

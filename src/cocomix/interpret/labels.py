@@ -54,6 +54,17 @@ def visible(text: str) -> str:
                    for ch in text)
 
 
+def _label(entry: dict) -> ConceptLabel:
+    """One latent's label from its concepts.json entry (KeyError / TypeError / ValueError when malformed)."""
+    examples = entry.get("examples", [])
+    texts = [str(ex.get("text") or "") for ex in examples]
+    marked = [str(ex["token"]) if "token" in ex else m.group(1)  # older files: the «marked» span of the text
+              for ex, text in zip(examples, texts, strict=True) if "token" in ex or (m := _MARKED.search(text))]
+    token, n = Counter(marked).most_common(1)[0] if marked else ("", 0)
+    return ConceptLabel(int(entry["latent"]), float(entry.get("frequency", 0.0)), token,
+                        n / len(marked) if marked else 0.0, texts[0] if texts else "")
+
+
 class ConceptBook:
     """Labels for all latents of one SAE; `ConceptBook.empty(C)` when no descriptions are available."""
 
@@ -75,14 +86,12 @@ class ConceptBook:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CocomixError(f"{p}: not a describe-concepts concepts.json ({type(e).__name__}: {e})") from None
         labels = []
-        for entry in latents:
-            examples = entry.get("examples", [])
-            texts = [ex.get("text", "") for ex in examples]
-            marked = [ex["token"] if "token" in ex else m.group(1)  # older files: the «marked» span of the text
-                      for ex in examples if "token" in ex or (m := _MARKED.search(ex.get("text", "")))]
-            token, n = Counter(marked).most_common(1)[0] if marked else ("", 0)
-            labels.append(ConceptLabel(int(entry["latent"]), float(entry.get("frequency", 0.0)), token,
-                                       n / len(marked) if marked else 0.0, texts[0] if texts else ""))
+        try:
+            for entry in latents:
+                labels.append(_label(entry))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            where = f" (entry {len(labels)})" if isinstance(latents, list) else ""
+            raise CocomixError(f"{p}: not a describe-concepts concepts.json{where}: {type(e).__name__}: {e}") from None
         labels.sort(key=lambda lab: lab.latent)
         if [lab.latent for lab in labels] != list(range(len(labels))):
             raise CocomixError(f"{p}: latents are not numbered 0..{len(labels) - 1}")

@@ -119,6 +119,9 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     cfg.check(model.cfg.context_length)
     if seam.n_latents != sae.n_latents:
         raise CocomixError(f"--sae: {sae.n_latents} latents, the student predicts {seam.n_latents}")
+    if sae.d_in != teacher.width:
+        raise CocomixError(f"--teacher: its residual width at teacher_layer {teacher.layer} is {teacher.width}, the "
+                           f"SAE reads {sae.d_in}-wide activations (give the teacher the SAE was trained on)")
     if not concepts:
         concepts = choose_concepts(model, store, book, cfg.n_concepts, cfg.split, seq_len)
         if len(concepts) < cfg.n_concepts:

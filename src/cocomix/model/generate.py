@@ -13,7 +13,7 @@ from cocomix.model.transformer import Transformer
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Next token ids (B,) from last-position logits (B, V); temperature 0 is greedy."""
-    if temperature == 0.0:
+    if temperature < torch.finfo(torch.float32).tiny:  # 0, or so small that it underflows in fp32: the limit
         return logits.argmax(dim=-1)
     # shifted so the largest logit is 0 first: a tiny temperature sends the others to -inf, never the top to +inf
     logits = (logits.float() - logits.float().amax(dim=-1, keepdim=True)) / temperature
@@ -34,8 +34,8 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
     """ConfigError naming the first sampling argument outside its range."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens}")
-    if not temperature >= 0.0:
-        raise ConfigError(f"temperature: expected a number >= 0 (0 is greedy), got {temperature}")
+    if not 0.0 <= temperature < float("inf"):
+        raise ConfigError(f"temperature: expected a finite number >= 0 (0 is greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k: expected an integer >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

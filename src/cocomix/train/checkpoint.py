@@ -227,9 +227,13 @@ def read_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
     try:
-        return run_config(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except ValueError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, dict) and "auxk_alpha" in data and "model" not in data:
+        raise CheckpointError(f"{run_dir}: a train-sae output (its SAE is {run_dir / 'sae'}), not a model run")
+    try:
+        return run_config(data)
     except CocomixError as e:
         raise CheckpointError(f"{path}: {e}") from None
 

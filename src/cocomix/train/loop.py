@@ -24,7 +24,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig, TrainConfig
 from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
-from cocomix.errors import CocomixError, ConfigError, DataError
+from cocomix.errors import ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, run_flops, teacher_shape
 from cocomix.methods import METHODS, Batch, Method
@@ -41,7 +41,7 @@ from cocomix.train.checkpoint import (
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
 from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
-from cocomix.train.resume import check_same_store, prepare_run_dir, store_identity
+from cocomix.train.resume import check_run_folder, check_same_store, prepare_run_dir, store_identity
 
 
 def resolve_device(name: str, field: str = "train.device") -> torch.device:
@@ -136,8 +136,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
                             seq_len=T if random_offsets else 0,
                             spare=store.num_tokens("train") - chunks * T if random_offsets else 0)
     created = not run_dir.exists()  # removed again if the run fails before writing anything into it
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
+    check_run_folder(run_dir)  # a file, or a folder of something else: refused before it is locked (touched)
     # one writer per run directory, locked before its checkpoints are read: a second job on the same --out fails
     # here, before it could take a checkpoint the first is writing for a damaged one
     lock = RunLock(run_dir) if ctx.is_main else None

@@ -29,6 +29,21 @@ _RELOCATABLE = ("data.path", "concept.cache")
 RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
 
 
+# what a run directory may hold before its config.json exists (a start that stopped early)
+_RUN_FILES = (".lock", "config.json", "metrics.jsonl", CKPT_DIR, "tensorboard", "wandb", "wandb_run_id")
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """CocomixError for an --out that is a file, or a folder holding something other than a cocomix run (a
+    checkpoint folder, a token store): a run is never written into it. Cheap; called before the run is locked."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
+    if run_dir.is_dir() and not (run_dir / "config.json").is_file() and not (run_dir / CKPT_DIR).exists():
+        other = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES)
+        if other:
+            raise CocomixError(f"{run_dir}: holds {other[0]!r} but no cocomix run; choose a new or empty --out")
+
+
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
     """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run)."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -40,6 +55,7 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
     if not os.access(run_dir, os.W_OK):
         raise CocomixError(f"{run_dir}: out_dir is not writable")
     has_config = (run_dir / "config.json").is_file()
+    check_run_folder(run_dir)
     if not resume:
         if has_config or (run_dir / CKPT_DIR / "latest").exists():
             raise CocomixError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another "
