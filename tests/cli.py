@@ -64,14 +64,17 @@ def _log_streams_to(stream: io.StringIO) -> Iterator[None]:
     saved = []
     for h in handlers:
         if not isinstance(h, logging._StderrHandler):  # the last-resort handler already follows sys.stderr
-            old = h.setStream(stream)
+            try:
+                old = h.setStream(stream)
+            except ValueError:  # bound to a stream closed since (a pytest capture of an earlier test): no flush
+                old, h.stream = h.stream, stream
             if old is not None:  # None: it already wrote to `stream`
                 saved.append((h, old))
     try:
         yield
     finally:
         for h, old in saved:
-            h.setStream(old)
+            h.stream = old  # as it was, closed or not (setStream would flush `stream` only)
 
 
 @contextlib.contextmanager

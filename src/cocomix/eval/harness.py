@@ -205,11 +205,6 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
               log_samples: bool = False) -> dict[str, Any]:
     """lm_eval.simple_evaluate on a cocomix run (its result dict, plus `checkpoint`: the folder scored);
     `include_path` adds local task YAML folders."""
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)") from None
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size}")
     if not tasks:
@@ -217,6 +212,11 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
     if include_path is not None and not Path(include_path).is_dir():
         raise ConfigError(f"--include-path {include_path}: not a folder (expected a folder of lm-eval task YAML "
                           "files)")
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)") from None
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit: expected a number >= 0 (0: every example), got {limit}")
     lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size)
