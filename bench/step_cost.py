@@ -120,8 +120,8 @@ def parse_args() -> argparse.Namespace:
 
 def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32",
              chunked_lm_loss: bool = False, activation_checkpointing: bool = False) -> dict[str, Any]:
-    """RunConfigs of every method at the shape, dropout off (it is noise in a timing); `chunked_lm_loss` for
-    every method but kd (whose KL needs the whole logits), `activation_checkpointing` for every method."""
+    """RunConfigs of every method at the shape, dropout off (it is noise in a timing); `chunked_lm_loss` and
+    `activation_checkpointing` for every method (the naive step ignores the first: the official whole logits)."""
     names = {"69m": {"ntp-matched": "gpt2-69m-ntp", "cocomix": "gpt2-69m-cocomix", "kd": "gpt2-69m-kd",
                      "pause": "gpt2-69m-pause"},
              "tiny": {"ntp-matched": "tiny", "cocomix": "tiny-cocomix", "kd": "tiny-kd", "pause": "tiny-pause"}}[shape]

@@ -189,9 +189,9 @@ CASES = [
                                     "{root}/afile/sub"], "afile is a file, not a folder"),
     ("compression-ntp-run", ["compression", "{run}", "--out", "{root}/c1"], "got a plain LM (NTP or KD)"),
     ("train-out-is-a-store", ["train", "--config", "{root}/run.json", "--out", "{store}"],
-     "but no cocomix run; choose a new or empty --out"),
+     "holds a token store, not a cocomix run; choose a new or empty --out"),
     ("train-out-is-a-checkpoint", ["train", "--config", "{root}/run.json", "--out", "{run}/checkpoints/step_0000002"],
-     "but no cocomix run"),
+     "holds a checkpoint, not a cocomix run"),
     ("eval-empty-task-list", ["eval", "--run", "{run}", "--tasks", ","], "--tasks: expected comma-separated"),
     ("eval-include-path-missing", ["eval", "--run", "{run}", "--tasks", "x", "--include-path", "{root}/nowhere"],
      "nowhere: not a folder"),
@@ -200,7 +200,7 @@ CASES = [
     ("train-deeply-nested-set", ["train", "--config", "{root}/run.json", "--set", "train.lr=" + "[" * 50000,
                                  "--out", "{root}/o32"], "nested too deeply"),
     ("export-store-of-another-tokenizer", ["export", "--run", "{run}", "--data", "{root}/other-tok", "--out",
-                                           "{root}/hf2"], "not the one the run was trained with"),
+                                           "{root}/hf2"], "not the tokenizer the run was trained with"),
 ]
 
 

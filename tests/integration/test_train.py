@@ -472,3 +472,14 @@ def test_a_train_sae_output_given_as_a_run_says_what_it_is(tmp_path: Path) -> No
     (tmp_path / "config.json").write_text(json.dumps({"auxk_alpha": 1 / 32, "k": 32, "steps": 500}))
     with pytest.raises(CocomixError, match=r"a train-sae output \(its SAE is .*/sae\), not a model run"):
         read_run_config(tmp_path)
+
+
+def test_a_job_log_in_the_out_folder_does_not_stop_the_run(store_dir: Path, tmp_path: Path) -> None:
+    """A scheduler writes its log (or `tee` its output) into --out before the run starts, and an interrupted
+    atomic write leaves a dot-file: the run starts there all the same."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "slurm-123.out").write_text("starting\n")
+    (out / ".config.json.x1y2.tmp").write_text("{")
+    train(small_run(store_dir, steps=2, save_every=2, eval_every=0), out, resume=True, quiet=True)
+    assert (out / "checkpoints" / "step_0000002").is_dir() and (out / "slurm-123.out").is_file()

@@ -117,6 +117,14 @@ def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> N
             group_runs(runs)
     e = _run(tmp_path / "b", "ntp-seed3", "ntp", 3, [5.0, 3.0], 1e6, eval_every=50, grad_accum=2)
     assert len(group_runs([a, e])[0].runs) == 2  # evaluation schedule and batch split shape no result
+    f = _run(tmp_path / "b", "ntp-seed4", "ntp", 4, [5.0, 3.0], 1e6, eval_batches=3)
+    with pytest.raises(CocomixError, match=r"train\.eval_batches"):  # a loss measured on other windows
+        group_runs([a, f])
+    old = json.loads((a / "config.json").read_text())
+    del old["train"]["chunked_lm_loss"]  # written by an older cocomix: the default is filled in
+    g = _run(tmp_path / "b", "ntp-seed5", "ntp", 5, [5.0, 3.0], 1e6)
+    (g / "config.json").write_text(json.dumps({**old, "train": {**old["train"], "seed": 5}}))
+    assert len(group_runs([a, g])[0].runs) == 2
 
 
 def test_seeds_are_lined_up_by_step_and_non_finite_losses_left_out(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ def test_layout_and_meta(store_dir: Path) -> None:
     meta = json.loads((store_dir / "meta.json").read_text())
     assert meta["format_version"] == 1 and meta["source"].startswith("text:")
     assert meta["tokenizer"] == "bpe:300" and meta["dtype"] == "uint16"
+    assert meta["val_split"] == "blake2b-64 of document names"
     assert 257 < meta["vocab_size"] <= 300 and meta["eos_id"] == 0
     assert meta["train_documents"] + meta["val_documents"] == len(DOCS)
     assert meta["val_documents"] == len(meta["val_names"]) >= 1

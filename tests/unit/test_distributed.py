@@ -164,3 +164,33 @@ def test_dropout_seeds_differ_across_ranks_micro_batches_and_run_seeds() -> None
     seeds = {dropout_seed(seed, step, micro, rank) for seed in (7, 8) for step in range(50) for micro in range(4)
              for rank in range(8)}
     assert len(seeds) == 2 * 50 * 4 * 8  # no two (seed, step, micro, rank) share masks
+
+
+def test_fsdp_with_bf16_parameters_leaves_kds_teacher_logits_in_fp32(one_rank_group: None) -> None:
+    """The root's forward inputs are not cast: chunked KD's teacher logits reach the KL in fp32 under
+    fsdp_param_dtype=bfloat16 (as the whole-logits path, which never passes them through the model)."""
+    from cocomix.model import Transformer, chunked_nll
+
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32))
+    seen = []
+    real = chunked_nll.chunked_kd
+
+    def spy(h, w, b, ids, teacher_logits, lam):  # noqa: ANN001, ANN202
+        seen.append(teacher_logits.dtype)
+        return real(h, w, b, ids, teacher_logits, lam)
+
+    import cocomix.model.transformer as tr
+
+    original = tr.chunked_kd
+    tr.chunked_kd = spy
+    try:
+        class OneRank(dd.DistContext):  # FSDP on this one-process group (a real run has world_size > 1)
+            active = property(lambda self: True)
+
+        module = dd.wrap(model, OneRank(0, 1, 0), "fsdp", torch.device("cpu"), param_dtype="bfloat16")
+        out = module(torch.randint(0, 97, (2, 16)), lm_loss=True, teacher_logits=torch.randn(2, 16, 97),
+                     lambda_kd=0.1)
+        out.loss.backward()
+    finally:
+        tr.chunked_kd = original
+    assert seen == [torch.float32]

@@ -228,6 +228,7 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
             "eos_token": tok.eos_token,
             "dtype": name,
             "val_fraction": None if source == "shakespeare" else val_fraction,  # shakespeare: fixed held-out plays
+            "val_split": "fixed plays" if source == "shakespeare" else "blake2b-64 of document names",  # corpus.py
             "train_tokens": counts["train_tokens"],
             "val_tokens": counts["val_tokens"],
             "train_documents": counts["train_documents"],

@@ -6,7 +6,8 @@ names differ only by a `-seedN` / `_seedN` suffix, or a `-sN` / `_sN` suffix who
 `ctx-s512` stays a name), are one group: the table shows mean ± sample std over the seeds and the plots the mean
 curve with a ±std band. Runs a group would mix that cannot be seeds of one run (the same seed twice, the same
 directory twice, another method, or any setting that shapes the result: all but the seed and
-`resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths) are refused rather than averaged. Seeds
+`resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths; validation batches count) are refused
+rather than averaged. Seeds
 are lined up by training step: the group's curve and final loss are at the steps every seed evaluated, and its
 wall-clock is each seed's at the final one. A non-finite validation loss is left out (said under the table).
 
@@ -134,7 +135,15 @@ def _read_run(path: Path) -> RunCurve:
 
     tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
                        * config["data"]["seq_len"])  # a config without these: read_run's error names config.json
-    settings = {k: v for k, v in _flatten(config).items() if k != "train.seed" and k not in RESULT_NEUTRAL}
+    try:  # with the defaults of fields an older cocomix did not write, as a resume reads it
+        from cocomix.config_io import run_config
+
+        full = run_config(config).to_dict()
+    except CocomixError:
+        full = config
+    # validation on another number of batches is another measurement: only the rest of RESULT_NEUTRAL may differ
+    settings = {k: v for k, v in _flatten(full).items()
+                if k != "train.seed" and (k not in RESULT_NEUTRAL or k == "train.eval_batches")}
     method, seed = config["method"], config["train"]["seed"]
     try:
         return _curve(path, events, tokens_per_step, method, seed, settings)

@@ -31,12 +31,14 @@ def _rows(vocab: int) -> int:
 
 
 class ChunkedNLL(torch.autograd.Function):
-    """h (N, d), weight (V, d), bias (V,) or None, labels (N,), teacher logits (N, V) or None, λ -> (mean NLL +
-    λ·mean KL, mean NLL, mean KL) (scalars, fp32 or fp64; the gradient flows through the first only)."""
+    """h (N, d), weight (V, d), bias (V,) or None, labels (N,), teacher logits (N, V) or None, λ, and the rows
+    of `teacher` that match h's (N,) or None (all, in order) -> (mean NLL + λ·mean KL, mean NLL, mean KL)
+    (scalars, fp32 or fp64; the gradient flows through the first only)."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,  # noqa: ANN001
-                teacher: Tensor | None = None, lam: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+                teacher: Tensor | None = None, lam: float = 0.0, teacher_rows: Tensor | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor]:
         N, V = h.shape[0], weight.shape[0]
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -55,7 +57,8 @@ class ChunkedNLL(torch.autograd.Function):
             total += (lse - z.gather(-1, labels[s:e, None])[:, 0]).sum()
             p_t = None
             if teacher is not None:
-                log_t = torch.log_softmax(teacher[s:e].to(acc), dim=-1)  # (n, V)
+                rows = teacher[s:e] if teacher_rows is None else teacher[teacher_rows[s:e]]  # (n, V)
+                log_t = torch.log_softmax(rows.to(acc), dim=-1)  # (n, V)
                 p_t = log_t.exp()
                 kl += (p_t * (log_t - z + lse[:, None])).sum()  # Σ p_t (log p_t − log p_s)
                 del log_t
@@ -89,7 +92,7 @@ class ChunkedNLL(torch.autograd.Function):
         w_dtype, b_dtype = ctx.dtypes
         return (None if gh is None else gh * g.to(gh.dtype),
                 None if gw is None else (gw * g).to(w_dtype),
-                None if gb is None else (gb * g).to(b_dtype), None, None, None)
+                None if gb is None else (gb * g).to(b_dtype), None, None, None, None)
 
 
 def chunked_nll(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor) -> Tensor:
@@ -102,13 +105,16 @@ def chunked_kd(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teac
     """(NLL + λ·KL to back-propagate, NLL, KL) of the student's final hidden states h (B, T, d) through its head,
     against ids[:, 1:] and the teacher's next-token distributions teacher_logits (B, T, V), both at positions
     0 … T−2 (the KD baseline's loss, `kd.kl_teacher_student`, without whole logits)."""
-    V = teacher_logits.shape[-1]
-    return _apply(h, weight, bias, ids, teacher_logits[:, :-1].reshape(-1, V), lam)
+    B, T, V = teacher_logits.shape
+    # the rows of positions 0 … T−2 in the (B·T, V) view, read chunk by chunk: no copy of the teacher's logits
+    rows = (torch.arange(B, device=ids.device)[:, None] * T + torch.arange(T - 1, device=ids.device)).reshape(-1)
+    return _apply(h, weight, bias, ids, teacher_logits.reshape(B * T, V), lam, rows)
 
 
 def _apply(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teacher: Tensor | None,
-           lam: float) -> tuple[Tensor, Tensor, Tensor]:
+           lam: float, teacher_rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     B, T, d = h.shape
     if not torch.is_grad_enabled():  # under no_grad a parameter still reports needs_input_grad: no gradients then
         h, weight, bias = h.detach(), weight.detach(), None if bias is None else bias.detach()
-    return ChunkedNLL.apply(h[:, :-1].reshape(-1, d), weight, bias, ids[:, 1:].reshape(-1), teacher, lam)
+    return ChunkedNLL.apply(h[:, :-1].reshape(-1, d), weight, bias, ids[:, 1:].reshape(-1), teacher, lam,
+                            teacher_rows)

@@ -115,8 +115,9 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
         if isinstance(e, (OSError, RuntimeError)):  # torch's writer reports ENOSPC as a RuntimeError
+            kept = "the previous checkpoint is intact: " if (root / "latest").is_file() else ""
             raise CheckpointError(f"{final}: cannot write the checkpoint ({' '.join(str(e).split())[:200]}); "
-                                  "the previous checkpoint is intact: free space and rerun with --resume") from None
+                                  f"{kept}free space and rerun with --resume") from None
         raise
     if final.exists():
         _remove(final)
@@ -150,7 +151,11 @@ def _remove(ckpt: Path) -> None:
     """Delete a checkpoint folder: renamed out of the `step_*` names first, so that a kill half-way through never
     leaves a `step_*` folder with some of its files (and its manifest) gone."""
     doomed = ckpt.with_name(f".deleting_{ckpt.name}")
-    os.rename(ckpt, doomed)
+    try:
+        os.rename(ckpt, doomed)
+    except OSError:  # gone already, or a leftover of that name could not be cleared: never fail a finished save
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return
     shutil.rmtree(doomed, ignore_errors=True)
 
 

@@ -118,7 +118,11 @@ def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device
     policy = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32)
     for block in model.blocks:
         fully_shard(block, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    # the root's floating inputs stay as given: KD's teacher logits (`forward(teacher_logits=)`) are the fp32
+    # target of its KL, not an activation (ids and concept targets are integers, never cast)
+    root = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32,
+                                cast_forward_inputs=False)
+    fully_shard(model, mesh=mesh, mp_policy=root)
     return model
 
 

@@ -29,19 +29,23 @@ _RELOCATABLE = ("data.path", "concept.cache")
 RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
 
 
-# what a run directory may hold before its config.json exists (a start that stopped early)
-_RUN_FILES = (".lock", "config.json", "metrics.jsonl", CKPT_DIR, "tensorboard", "wandb", "wandb_run_id")
+# outputs of other kinds that a run must never be written into, by the files that mark them
+_OTHER_OUTPUTS = (("a checkpoint", ("state.json", "model.safetensors", "manifest.json")),
+                  ("a token store", ("train.bin", "val.bin")),
+                  ("a concept cache", ("targets_train.bin", "targets_val.bin", "progress.json")),
+                  ("an SAE", ("sae_weights.safetensors", "sae.safetensors", "cfg.json")))
 
 
 def check_run_folder(run_dir: Path) -> None:
-    """CocomixError for an --out that is a file, or a folder holding something other than a cocomix run (a
-    checkpoint folder, a token store): a run is never written into it. Cheap; called before the run is locked."""
+    """CocomixError for an --out that is a file, or a folder that holds another kind of output (a checkpoint, a
+    token store, an SAE, a concept cache): a run is never written into it. Anything else a job may put there
+    first (its scheduler's log, a `tee` file) is fine. Cheap; called before the run is locked."""
     if run_dir.exists() and not run_dir.is_dir():
         raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
     if run_dir.is_dir() and not (run_dir / "config.json").is_file() and not (run_dir / CKPT_DIR).exists():
-        other = sorted(p.name for p in run_dir.iterdir() if p.name not in _RUN_FILES)
-        if other:
-            raise CocomixError(f"{run_dir}: holds {other[0]!r} but no cocomix run; choose a new or empty --out")
+        kind = next((what for what, files in _OTHER_OUTPUTS if any((run_dir / f).is_file() for f in files)), None)
+        if kind is not None:
+            raise CocomixError(f"{run_dir}: holds {kind}, not a cocomix run; choose a new or empty --out")
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
