@@ -38,6 +38,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 1:
         raise CocomixError(f"--max-tokens: expected an integer >= 1, got {args.max_tokens}")
+    if args.html:  # a page that cannot be written is said before the table, not after it
+        html = Path(args.html)
+        if html.is_dir() or not html.parent.is_dir():
+            raise CocomixError(f"--html {html}: " + ("a folder; give a file name" if html.is_dir() else
+                                                     f"its folder {html.parent} does not exist"))
     run, model, store, book = _open(args)
     tok = store.tokenizer()
     if args.text is not None:

@@ -97,9 +97,14 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
               "--prompt-len", "40", "--max-new-tokens", "10", "--out", str(root / "se")], "--prompt-len: prompts are"),
             (["inspect", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "0"], "--max-tokens: expected"),
             (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(root / "a-folder.html")],
-             "--html"),
+             "a-folder.html: a folder; give a file name"),
+            (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(root / "no" / "page.html")],
+             "its folder"),
+            (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,nan", "--out", str(root / "se2")],
+             "--alphas: expected finite numbers"),
             (["describe-concepts", "--data", str(store_dir), "--teacher", str(concept_parts[0]), "--teacher-layer",
               "1", "--sae", str(concept_parts[1]), "--seq-len", "32", "--top-n", "0", "--out", str(root / "d")],
              "--top-n: expected an integer >= 1")):
         r = _cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+        assert not r.stdout  # refused before any table or work
