@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temporary name in the same folder, flush and fsync, then `os.replace`.
 
-A reader therefore sees either the old file or the complete new one, never a partial write.
+A reader therefore sees either the old file or the complete new one, never a partial write. `check_out_folder`
+refuses, before a command does its work, an output folder that a file stands in the way of.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
-                raise ConfigError(f"{flag} {out}: {p} is a file, not a folder")
+                raise ConfigError(f"{flag} {out}: {p} exists and is not a directory (a file)")
             break
     return out
 
@@ -40,13 +41,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file's written data to disk."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def fsync_folder(directory: Path) -> None:
     """Flush every file directly in `directory`, then the folder itself: before renaming a folder built under a
     temporary name into place, so a crash never leaves a complete-looking folder of truncated files."""
     for f in directory.iterdir():
         if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(f)
     fsync_dir(directory)
 
 

@@ -163,13 +163,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not tok_dir.is_dir():
             raise CocomixError(f"{tok_dir}: tokenizer not found; point --data at the run's token store or pass "
                                "--no-tokenizer to export the weights alone")
-        from cocomix.digest import file_sha256
-        from cocomix.train.checkpoint import read_state
+        from cocomix.runs import check_tokenizer
 
-        trained = (read_state(ckpt).get("store") or {}).get("tokenizer_sha256")
-        if trained is not None and file_sha256(tok_dir / "tokenizer.json") != trained:  # as eval and generate
-            raise CocomixError(f"{tok_dir}: not the tokenizer the run was trained with (tokenizer.json differs); "
-                               "point --data at the run's token store")
+        check_tokenizer(tok_dir, ckpt, "point --data at the run's token store")  # as eval and generate check it
     folder = export_hf(model, args.out, tokenizer_dir=tok_dir)
     print(json.dumps({"exported": str(folder), "flavour": run.model.flavour}))
     return 0

@@ -49,9 +49,14 @@ def run_store(run: RunConfig, data: str | Path | None = None, ckpt: Path | None 
         except DataError as e:
             raise DataError(f"{e} (the run's data.path {run.data.path!r}, read from {Path.cwd()}; pass --data DIR "
                             "to use a store elsewhere)") from None
-    trained = (read_state(ckpt).get("store") or {}).get("tokenizer_sha256") if ckpt is not None else None
-    if trained is not None:
-        if file_sha256(store.path / "tokenizer" / "tokenizer.json") != trained:
-            raise DataError(f"{store.path}: its tokenizer is not the one the run was trained with (tokenizer.json "
-                            f"differs); give the run's token store" + (" as --data" if data else ""))
+    check_tokenizer(store.path / "tokenizer", ckpt, "give the run's token store" + (" as --data" if data else ""))
     return store
+
+
+def check_tokenizer(tokenizer_dir: Path, ckpt: Path | None, hint: str) -> None:
+    """DataError when the checkpoint recorded the tokenizer it was trained with and `tokenizer_dir` holds another
+    (a store of other ids would stand for other text); `hint` says what to give instead."""
+    trained = (read_state(ckpt).get("store") or {}).get("tokenizer_sha256") if ckpt is not None else None
+    if trained is not None and file_sha256(tokenizer_dir / "tokenizer.json") != trained:
+        raise DataError(f"{tokenizer_dir.parent}: its tokenizer is not the one the run was trained with "
+                        f"(tokenizer.json differs); {hint}")

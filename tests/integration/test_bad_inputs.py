@@ -180,13 +180,13 @@ CASES = [
      "--batch-size: expected an integer >= 1"),
     ("extract-out-is-a-file", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
                                "1", "--sae", "{sae}", "--seq-len", "32", "--out", "{root}/afile"],
-     "afile is a file, not a folder"),
+     "afile exists and is not a directory"),
     ("extract-out-is-a-store", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
                                 "1", "--sae", "{sae}", "--seq-len", "32", "--out", "{store}"],
      "its meta.json is not a concept cache's"),
     ("describe-out-inside-a-file", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
                                     "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--out",
-                                    "{root}/afile/sub"], "afile is a file, not a folder"),
+                                    "{root}/afile/sub"], "afile exists and is not a directory"),
     ("compression-ntp-run", ["compression", "{run}", "--out", "{root}/c1"], "got a plain LM (NTP or KD)"),
     ("train-out-is-a-store", ["train", "--config", "{root}/run.json", "--out", "{store}"],
      "holds a token store, not a cocomix run; choose a new or empty --out"),
@@ -200,7 +200,7 @@ CASES = [
     ("train-deeply-nested-set", ["train", "--config", "{root}/run.json", "--set", "train.lr=" + "[" * 50000,
                                  "--out", "{root}/o32"], "nested too deeply"),
     ("export-store-of-another-tokenizer", ["export", "--run", "{run}", "--data", "{root}/other-tok", "--out",
-                                           "{root}/hf2"], "not the tokenizer the run was trained with"),
+                                           "{root}/hf2"], "not the one the run was trained with"),
 ]
 
 

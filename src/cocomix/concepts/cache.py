@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cocomix.atomic import atomic_write_text
+from cocomix.atomic import atomic_write_text, check_out_folder
 from cocomix.concepts.attribution import INVALID, check_target_options, compute_targets
 from cocomix.data import TokenStore
 from cocomix.digest import file_sha256
@@ -154,16 +154,15 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         "windows": {s: store.num_chunks(s, seq_len) for s in SPLITS},
     }
     if (out / "meta.json").is_file():
-        _check_matches(out, _read_cache_json(out / "meta.json"), meta)
+        _check_matches(out, _read_cache_meta(out), meta)
     else:
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     prog_path = out / "progress.json"
-    done = _read_cache_json(prog_path) if prog_path.is_file() else dict.fromkeys(SPLITS, 0)
-    if not all(isinstance(done.get(s, 0), int) and not isinstance(done.get(s, 0), bool) and done.get(s, 0) >= 0
-               for s in SPLITS):
-        raise CheckpointError(f"{prog_path}: expected each split's count of finished windows, got {done!r}; "
+    saved = _read_cache_json(prog_path) if prog_path.is_file() else {}
+    done = {s: saved.get(s, 0) for s in SPLITS}  # windows finished per split
+    if not all(type(n) is int and n >= 0 for n in done.values()):
+        raise CheckpointError(f"{prog_path}: expected each split's count of finished windows, got {saved!r}; "
                               "delete the cache folder to extract again")
-    done = {s: done.get(s, 0) for s in SPLITS}
     dtype = _dtype(sae.n_latents)
     budget = max_windows if max_windows is not None else float("inf")
     for split in splits:
@@ -208,17 +207,22 @@ _CACHE_FILES = ("meta.json", "progress.json", "targets_train.bin", "targets_val.
 
 def _check_out(out: Path) -> None:
     """ConfigError, before any work, for an --out that is a file or a folder holding something else."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder (expected a concept cache folder)")
-    if out.is_dir() and not (out / "meta.json").is_file():
+    check_out_folder(out)
+    if out.is_dir() and (out / "meta.json").is_file():
+        _read_cache_meta(out)
+    elif out.is_dir():
         other = sorted(p.name for p in out.iterdir() if p.name not in _CACHE_FILES and not p.name.startswith("."))
         if other:
             raise ConfigError(f"--out {out}: holds {other[0]!r} and no concept cache; choose a new or empty folder")
-    elif out.is_dir():
-        stored = _read_cache_json(out / "meta.json")
-        if "k_attr" not in stored or "windows" not in stored:
-            raise ConfigError(f"--out {out}: its meta.json is not a concept cache's (a token store, or another "
-                              "command's output?); choose another --out")
+
+
+def _read_cache_meta(out: Path) -> dict[str, Any]:
+    """The cache's meta.json; ConfigError for the meta.json of something else (a token store's)."""
+    stored = _read_cache_json(out / "meta.json")
+    if "k_attr" not in stored or "windows" not in stored:
+        raise ConfigError(f"--out {out}: its meta.json is not a concept cache's (a token store, or another "
+                          "command's output?); choose another --out")
+    return stored
 
 
 def _read_cache_json(path: Path) -> dict[str, Any]:
@@ -233,9 +237,6 @@ def _read_cache_json(path: Path) -> dict[str, Any]:
 
 
 def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) -> None:
-    if "k_attr" not in stored or "windows" not in stored:
-        raise ConfigError(f"{out / 'meta.json'}: not a concept cache's (a token store, or another command's "
-                          "output?); choose another --out")
     # the teacher by its weights where both sides could read them (paths differ between machines), else by name;
     # the SAE by its files' hash likewise
     by_weights = bool(stored.get("teacher_fingerprint") and expected.get("teacher_fingerprint"))

@@ -7,9 +7,9 @@ names differ only by a `-seedN` / `_seedN` suffix, or a `-sN` / `_sN` suffix who
 curve with a ±std band. Runs a group would mix that cannot be seeds of one run (the same seed twice, the same
 directory twice, another method, or any setting that shapes the result: all but the seed and
 `resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths; validation batches count) are refused
-rather than averaged. Seeds
-are lined up by training step: the group's curve and final loss are at the steps every seed evaluated, and its
-wall-clock is each seed's at the final one. A non-finite validation loss is left out (said under the table).
+rather than averaged. Seeds are lined up by training step: the group's curve and final loss are at the steps
+every seed evaluated, and its wall-clock is each seed's at the final one. A non-finite validation loss is left
+out (said under the table).
 
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
 N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
@@ -131,18 +131,17 @@ def _read_run(path: Path) -> RunCurve:
             continue  # a line cut by a crash
         if isinstance(event, dict):
             events.append(event)
-    from cocomix.train.resume import RESULT_NEUTRAL, _flatten
+    from cocomix.config_io import run_config
+    from cocomix.train.resume import RESULT_NEUTRAL, flatten
 
     tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
                        * config["data"]["seq_len"])  # a config without these: read_run's error names config.json
     try:  # with the defaults of fields an older cocomix did not write, as a resume reads it
-        from cocomix.config_io import run_config
-
         full = run_config(config).to_dict()
     except CocomixError:
         full = config
     # validation on another number of batches is another measurement: only the rest of RESULT_NEUTRAL may differ
-    settings = {k: v for k, v in _flatten(full).items()
+    settings = {k: v for k, v in flatten(full).items()
                 if k != "train.seed" and (k not in RESULT_NEUTRAL or k == "train.eval_batches")}
     method, seed = config["method"], config["train"]["seed"]
     try:

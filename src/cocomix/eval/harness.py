@@ -109,7 +109,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             ctx, cont = [self.eot], self.encode(continuation)
         else:
             whole, ctx = self.encode(context + continuation), self.encode(context)
-            ctx, cont = ctx, whole[len(ctx):]
+            cont = whole[len(ctx):]
         if not cont:  # it would score log p = 0 and count as greedy: a choice that always wins
             raise ConfigError(f"--tasks: the continuation {continuation!r} of the context …{context[-40:]!r} has no "
                               "tokens of its own (empty, or merged into the context's last token); lm-eval's HF "

@@ -31,9 +31,9 @@ def _rows(vocab: int) -> int:
 
 
 class ChunkedNLL(torch.autograd.Function):
-    """h (N, d), weight (V, d), bias (V,) or None, labels (N,), teacher logits (N, V) or None, λ, and the rows
-    of `teacher` that match h's (N,) or None (all, in order) -> (mean NLL + λ·mean KL, mean NLL, mean KL)
-    (scalars, fp32 or fp64; the gradient flows through the first only)."""
+    """h (N, d), weight (V, d), bias (V,) or None, labels (N,), and for KD teacher logits (M, V), λ and the rows
+    of them that match h's (N,) -> (mean NLL + λ·mean KL, mean NLL, mean KL) (scalars, fp32 or fp64; the gradient
+    flows through the first only)."""
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,  # noqa: ANN001
@@ -57,8 +57,7 @@ class ChunkedNLL(torch.autograd.Function):
             total += (lse - z.gather(-1, labels[s:e, None])[:, 0]).sum()
             p_t = None
             if teacher is not None:
-                rows = teacher[s:e] if teacher_rows is None else teacher[teacher_rows[s:e]]  # (n, V)
-                log_t = torch.log_softmax(rows.to(acc), dim=-1)  # (n, V)
+                log_t = torch.log_softmax(teacher[teacher_rows[s:e]].to(acc), dim=-1)  # (n, V)
                 p_t = log_t.exp()
                 kl += (p_t * (log_t - z + lse[:, None])).sum()  # Σ p_t (log p_t − log p_s)
                 del log_t
@@ -71,7 +70,8 @@ class ChunkedNLL(torch.autograd.Function):
                     p.div_(N)
                 g = p.to(weight.dtype)  # (n, V): rows of G, or of N·G
                 if need_h:
-                    gh[s:e] = (g @ weight).to(h.dtype) if scale_first else (g @ weight).to(h.dtype) / N  # (n, d)
+                    gh_rows = (g @ weight).to(h.dtype)  # (n, d)
+                    gh[s:e] = gh_rows if scale_first else gh_rows / N
                 if need_w:
                     gw += (g.t() @ h[s:e].to(weight.dtype)).to(acc)  # (V, d), divided by N below (or before)
                 if need_b:

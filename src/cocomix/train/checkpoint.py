@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cocomix.atomic import atomic_write_text, fsync_dir, fsync_folder
+from cocomix.atomic import atomic_write_text, fsync_dir, fsync_file, fsync_folder
 from cocomix.config import RunConfig
 from cocomix.config_io import run_config
 from cocomix.digest import file_sha256
@@ -111,7 +111,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     tmp.mkdir()
     try:
         _write_files(tmp, step, model, optimizer, state)
-        _fsync_file(run_dir / "metrics.jsonl")  # the log up to this step is as durable as the checkpoint
+        if (run_dir / "metrics.jsonl").is_file():
+            fsync_file(run_dir / "metrics.jsonl")  # the log up to this step is as durable as the checkpoint
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
         if isinstance(e, (OSError, RuntimeError)):  # torch's writer reports ENOSPC as a RuntimeError
@@ -162,15 +163,6 @@ def _remove(ckpt: Path) -> None:
 def _remove_leftovers(root: Path) -> None:
     for stale in [*root.glob(".tmp_step_*"), *root.glob(".deleting_step_*")]:
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    if path.is_file():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

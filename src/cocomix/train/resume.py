@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from cocomix.atomic import check_out_folder
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore
 from cocomix.errors import CheckpointError, CocomixError, DataError
@@ -40,8 +41,7 @@ def check_run_folder(run_dir: Path) -> None:
     """CocomixError for an --out that is a file, or a folder that holds another kind of output (a checkpoint, a
     token store, an SAE, a concept cache): a run is never written into it. Anything else a job may put there
     first (its scheduler's log, a `tee` file) is fine. Cheap; called before the run is locked."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
+    check_out_folder(run_dir)
     if run_dir.is_dir() and not (run_dir / "config.json").is_file() and not (run_dir / CKPT_DIR).exists():
         kind = next((what for what, files in _OTHER_OUTPUTS if any((run_dir / f).is_file() for f in files)), None)
         if kind is not None:
@@ -50,8 +50,7 @@ def check_run_folder(run_dir: Path) -> None:
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
     """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CocomixError(f"{run_dir}: out_dir exists and is not a directory")
+    check_run_folder(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -59,7 +58,6 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
     if not os.access(run_dir, os.W_OK):
         raise CocomixError(f"{run_dir}: out_dir is not writable")
     has_config = (run_dir / "config.json").is_file()
-    check_run_folder(run_dir)
     if not resume:
         if has_config or (run_dir / CKPT_DIR / "latest").exists():
             raise CocomixError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another "
@@ -71,7 +69,7 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                               "this config; restore the run's config.json (or start in another --out)")
     if has_config:
         stored = read_run_config(run_dir)
-        old, new = _flatten(stored.to_dict()), _flatten(run.to_dict())
+        old, new = flatten(stored.to_dict()), flatten(run.to_dict())
         changed = [k for k, v in new.items() if old.get(k) != v]
         moved = [k for k in changed if k in _RELOCATABLE and old.get(k) and new.get(k)]  # not on <-> off
         adjusted = [k for k in changed if k in _ADJUSTABLE]
@@ -154,11 +152,12 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"section.key": value}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
