@@ -202,7 +202,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from cocomix.presets import PRESETS, get_preset
 
-    if args.name:
+    if args.name is not None:
         print(get_preset(args.name).to_json())
     else:
         for name, fn in PRESETS.items():

@@ -103,6 +103,7 @@ CASES = [
     ("train-bad-set-syntax", ["train", "--config", "{root}/run.json", "--set", "train.lr", "--out", "{root}/o18"],
      "KEY=VALUE"),
     ("cli-unknown-command", ["frobnicate"], "invalid choice"),
+    ("presets-empty-name", ["presets", ""], "unknown preset ''"),
     ("cli-missing-argument", ["eval"], "--run"),
     ("eval-missing-run", ["eval", "--run", "{root}/norun"], "norun"),
     ("eval-corrupt-weights", ["eval", "--run", "{root}/corrupt-run"], "model.safetensors"),
