@@ -46,6 +46,24 @@ def test_fused_head_equals_the_unfused_one(rows: int, monkeypatch: pytest.Monkey
         assert torch.allclose(g, r, atol=1e-5), (g - r).abs().max()
 
 
+def test_fused_head_keeps_fp64_inputs_in_fp64(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp64 inputs give an fp64 loss and gradients to fp64 rounding (gradient checks need it), as chunked_nll."""
+    monkeypatch.setattr(ch, "CHUNK_ELEMENTS", 7 * C)
+    x, w, b, t = _inputs()
+    x, w, b = (v.detach().double().requires_grad_(True) for v in (x, w, b))
+    values, _, loss = ch.ConceptHeadFn.apply(x, w, b, t, K)
+    z = F.linear(x, w, b)  # (N, C) fp64
+    valid = t[:, 0] >= 0
+    ref_loss = (torch.logsumexp(z, -1) - z.gather(-1, t.clamp_min(0)).mean(-1))[valid].mean()
+    assert loss.dtype == torch.float64 and concept_loss(z[None], t[None]).dtype == torch.float64
+    assert abs(float((loss - ref_loss).detach())) < 1e-13
+    g_values = torch.randn(N, K, dtype=torch.float64)
+    got = _grads(loss, values, g_values, x, w, b)
+    want = _grads(ref_loss, torch.topk(z, K, dim=-1).values, g_values, x, w, b)
+    for g, r in zip(got, want, strict=True):
+        assert g.dtype == torch.float64 and (g - r).abs().max() < 1e-12, (g - r).abs().max()
+
+
 @pytest.mark.parametrize("rows", [7, N])
 def test_fused_head_under_bf16_autocast_matches_the_unfused_one(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under bf16 autocast (what GPUs train in) the fused head computes its logits, ∂x and ∂W in bf16, as a

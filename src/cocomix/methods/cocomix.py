@@ -43,7 +43,7 @@ def concept_loss(logits: torch.Tensor, targets: torch.Tensor, mask_last: bool = 
     fused with the head (`cocomix.model.concept_head`); this unfused form serves evaluation and tests.
     """
     targets = training_targets(targets, mask_last)
-    logits = logits.float()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 sums, fp64 kept
     valid = (targets[..., 0] >= 0).to(logits.dtype)  # (B, T)
     lse = torch.logsumexp(logits, dim=-1)  # (B, T)
     picked = logits.gather(-1, targets.clamp_min(0)).mean(-1)  # (B, T)

@@ -36,20 +36,21 @@ def _logits(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 class ConceptHeadFn(torch.autograd.Function):
     """See the module docstring. Inputs x (N, d), weight (C, d), bias (C,), targets (N, A) int64, k (mix_k, 0 for
-    none); outputs values (N, k), indices (N, k) int64, loss (scalar fp32)."""
+    none); outputs values (N, k), indices (N, k) int64, loss (scalar; fp32, fp64 for fp64 inputs)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, k: int,  # noqa: ANN001
                 ) -> tuple[Tensor, Tensor, Tensor]:
         N, C = x.shape[0], weight.shape[0]
         rows = chunk_rows(C)
-        lse = torch.empty(N, dtype=torch.float32, device=x.device)
-        picked = torch.empty(N, dtype=torch.float32, device=x.device)
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 sums for bf16 / fp32 inputs, fp64 for fp64
+        lse = torch.empty(N, dtype=acc, device=x.device)
+        picked = torch.empty(N, dtype=acc, device=x.device)
         values, indices, dtype = [], [], x.dtype
         for s in range(0, N, rows):
             z = _logits(x[s:s + rows], weight, bias)  # (n, C)
             dtype = z.dtype
-            zf = z.float()
+            zf = z.to(acc)
             lse[s:s + rows] = torch.logsumexp(zf, dim=-1)
             picked[s:s + rows] = zf.gather(-1, targets[s:s + rows].clamp_min(0)).mean(-1)
             if k:
@@ -74,23 +75,24 @@ class ConceptHeadFn(torch.autograd.Function):
         N, C, A = x.shape[0], weight.shape[0], targets.shape[1]
         rows = chunk_rows(C)
         xc, wc, bc = x.to(dt), weight.to(dt), bias.to(dt)
-        scale = (g_loss.float() if g_loss is not None else torch.zeros((), device=x.device)) / n_valid
+        acc = lse.dtype
+        scale = (g_loss.to(acc) if g_loss is not None else torch.zeros((), dtype=acc, device=x.device)) / n_valid
         gx = torch.empty_like(x)
-        gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        gb = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        gb = torch.zeros(bias.shape, dtype=acc, device=bias.device)
         for s in range(0, N, rows):
             e = min(N, s + rows)
-            w_row = (scale * valid[s:e]).float()  # (n,)
-            grad = torch.exp(torch.nn.functional.linear(xc[s:e], wc, bc).float() - lse[s:e, None])  # softmax (n, C)
+            w_row = (scale * valid[s:e]).to(acc)  # (n,)
+            grad = torch.exp(torch.nn.functional.linear(xc[s:e], wc, bc).to(acc) - lse[s:e, None])  # softmax (n, C)
             grad.mul_(w_row[:, None])
             grad.scatter_add_(-1, targets[s:e].clamp_min(0), (-w_row / A)[:, None].expand(-1, A).contiguous())
             if g_values is not None and indices.shape[1]:
-                grad.scatter_add_(-1, indices[s:e], g_values[s:e].float())
+                grad.scatter_add_(-1, indices[s:e], g_values[s:e].to(acc))
             grad = grad.to(dt)  # (n, C)
             gx[s:e] = (grad @ wc).to(x.dtype)
-            gw += (grad.t() @ xc[s:e]).float()  # in the compute dtype (bf16 tensor cores under autocast, as a
+            gw += (grad.t() @ xc[s:e]).to(acc)  # in the compute dtype (bf16 tensor cores under autocast, as a
             # plain Linear's weight gradient), accumulated over chunks in fp32
-            gb += grad.float().sum(0)
+            gb += grad.to(acc).sum(0)
         return gx, gw.to(weight.dtype), gb.to(bias.dtype), None, None
 
 
