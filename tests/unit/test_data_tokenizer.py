@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cocomix.data import TextTokenizer, load_tokenizer, train_bpe
+from cocomix.data.tokenizer import token_in_context, token_texts
 from cocomix.errors import DataError
 
 CORPUS = [
@@ -127,3 +128,43 @@ def test_saved_truncation_or_padding_never_cuts_documents(tok: TextTokenizer, tm
     assert loaded.encode_ordinary_batch([text]) == tok.encode_ordinary_batch([text])
     saved = json.loads(loaded.to_json())
     assert saved["truncation"] is None and saved["padding"] is None
+
+
+def test_token_texts_keep_characters_split_over_byte_tokens(tok: TextTokenizer) -> None:
+    """Characters whose UTF-8 bytes the small BPE splits over several tokens come out whole, at the token that
+    completes them, where decoding each token alone gives replacement characters."""
+    text = "Où est le café? naïve ✓ 日本"
+    ids = tok.encode(text)
+    alone = [tok.decode([i]) for i in ids]
+    assert any("\ufffd" in a for a in alone)  # the case this is for: a character split over tokens
+    texts = tok.token_texts(ids)
+    assert "".join(texts) == text and not any("\ufffd" in t for t in texts)
+    for t, piece in enumerate(texts):  # a token adds nothing only while its character is incomplete
+        assert piece or (t + 1 < len(ids) and tok.decode(ids[:t + 1]).endswith("\ufffd"))
+    assert tok.token_texts([]) == []
+
+
+def test_token_texts_fall_back_to_single_tokens_for_rewriting_decoders() -> None:
+    # a decoder whose prefix text is not a prefix of the whole text: each token is decoded alone
+    words = {1: "a", 2: "b", 3: "c"}
+
+    def reverse(ids: list[int]) -> str:
+        return "".join(words[i] for i in ids)[::-1]
+
+    assert token_texts(reverse, [1, 2, 3]) == ["a", "b", "c"]
+
+
+def test_token_in_context_cuts_at_character_boundaries(tok: TextTokenizer) -> None:
+    text = "le café ✓ 日本 fin"
+    ids = tok.encode(text)
+    texts = tok.token_texts(ids)
+    for at in range(len(ids)):
+        left, here, right = token_in_context(tok.decode, ids, at)
+        assert left + here + right == text and here and "\ufffd" not in here
+        # the token's own text, or (a token holding only the start of a character) that whole character
+        assert here == texts[at] or (texts[at] == "" and here == next(t for t in texts[at:] if t))
+    first = texts.index("")  # a token holding only the first bytes of a character
+    for cut in (ids[first + 1:], ids[:first + 1]):  # windows cutting that character at their start / end
+        assert "\ufffd" in tok.decode(cut)
+        for at in range(len(cut)):  # its stray bytes are dropped, not shown as U+FFFD
+            assert "\ufffd" not in "".join(token_in_context(tok.decode, cut, at))

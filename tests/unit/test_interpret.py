@@ -107,6 +107,22 @@ def test_html_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
         assert external not in page
 
 
+_BYTES = [*b"caf \xc3\xa9\xe2\x9c\x93<&"]  # token i is byte _BYTES[i % 11]: "é" and "✓" span several tokens
+
+
+def _byte_decode(ids: list[int]) -> str:
+    return bytes(_BYTES[i % 11] for i in ids).decode("utf-8", errors="replace")
+
+
+def test_characters_split_over_byte_tokens_show_whole(tmp_path: Path) -> None:
+    rows = inspect_ids(_model(), [0, 1, 2, 4, 5, 3, 6, 7, 8, 9, 10], _byte_decode, top=2)  # "café ✓<&"
+    assert [r.token for r in rows] == ["c", "a", "f", "", "é", " ", "", "", "✓", "<", "&"]
+    page = write_html(rows, _book(tmp_path), tmp_path / "p.html", "t").read_text()
+    assert "\ufffd" not in page and "é" in page and "✓" in page and "&lt;" in page
+    table = format_table(rows, _book(tmp_path))
+    assert "\ufffd" not in table and "✓" in table
+
+
 def test_steering_errors_name_the_problem() -> None:
     check_steering(C, [0, 79], [10.0, -10.0])
     for concepts, alphas, match in (([80], [1.0], "index in \\[0, 79\\]"), ([-1], [1.0], "index"),

@@ -17,6 +17,7 @@ import torch
 
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
+from cocomix.data.tokenizer import token_in_context
 from cocomix.errors import ConfigError, DataError
 from cocomix.progress import ProgressLine
 
@@ -93,9 +94,9 @@ def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str
             if w < 0:
                 continue
             at = w * seq_len + p
-            left = tok.decode(tokens[max(w * seq_len, at - context):at].tolist())
-            here = tok.decode(tokens[at:at + 1].tolist())
-            right = tok.decode(tokens[at + 1:min((w + 1) * seq_len, at + 1 + context)].tolist())
+            a = max(w * seq_len, at - context)
+            window = tokens[a:min((w + 1) * seq_len, at + 1 + context)].tolist()
+            left, here, right = token_in_context(tok.decode, window, at - a)  # whole characters, not bytes
             examples.append({"activation": round(v, 5), "window": w, "position": p, "token": here,
                              "text": f"{left}«{here}»{right}"})
         latents.append({"latent": i, "count": int(stats["counts"][i]),

@@ -11,7 +11,7 @@ loaded tokenizer.json are dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,46 @@ from cocomix.errors import DataError
 
 EOS_TOKEN = "<|endoftext|>"
 _FALLBACK_EOS = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>")
+
+
+def token_texts(decode: Callable[[list[int]], str], ids: list[int]) -> list[str]:
+    """The text each of `ids` adds to the decoded text: the characters that are complete once that token is read.
+
+    Decoding one token at a time breaks a character whose UTF-8 bytes span several byte-level tokens ("é", "日",
+    "—" in a small BPE) into replacement characters "\ufffd"; here such a character belongs to the token that
+    completes it, and the tokens before it in the character get "". Prefixes are decoded in turn (O(n²) in
+    tokens: meant for a window or a context, not a corpus); a tokenizer whose decoded prefixes are not prefixes
+    of the whole (a decoder that rewrites earlier text) falls back to decoding each token alone.
+    """
+    out, done = [], ""
+    for t in range(len(ids)):
+        text = decode(list(ids[:t + 1]))
+        if not text.startswith(done):
+            return [decode([i]) for i in ids]
+        if text.endswith("\ufffd") and t + 1 < len(ids):  # a character still missing bytes: wait for them
+            out.append("")
+            continue
+        out.append(text[len(done):])
+        done = text
+    return out
+
+
+def token_in_context(decode: Callable[[list[int]], str], ids: list[int], at: int) -> tuple[str, str, str]:
+    """(text before, text of, text after) token `at` of `ids`, cut at character boundaries: a character whose
+    bytes token `at` starts or continues is given whole to it (as `token_texts` gives it to the token completing
+    it), and bytes of a character cut off at either end of `ids` are dropped, so none of the three holds a
+    replacement character made by a cut. A few decodes, whatever len(ids)."""
+    left = decode(list(ids[:at]))
+    end = at + 1
+    while end < len(ids) and decode(list(ids[:end])).endswith("\ufffd"):  # the character needs more bytes
+        end += 1
+    upto, whole = decode(list(ids[:end])), decode(list(ids))
+    stable = left.rstrip("\ufffd")  # a character token `at` completes belongs to it
+    if not (upto.startswith(stable) and whole.startswith(upto)):  # a decoder that rewrites earlier text
+        return left, decode([ids[at]]), decode(list(ids[at + 1:]))
+    left, here, right = stable.lstrip("\ufffd"), upto[len(stable):], whole[len(upto):].rstrip("\ufffd")
+    here = here if left else here.lstrip("\ufffd")  # stray bytes at the start of ids ...
+    return left, (here if right else here.rstrip("\ufffd")), right  # ... or at its end
 
 
 class TextTokenizer:
@@ -74,6 +114,10 @@ class TextTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """The text each token adds (see `token_texts`): joined, they give `decode(ids)`."""
+        return token_texts(self.decode, ids)
 
     def to_json(self) -> str:
         """The `tokenizer.json` text. A post-processor that adds special tokens (a Llama tokenizer's BOS template)

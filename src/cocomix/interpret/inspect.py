@@ -10,12 +10,14 @@ concepts.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from cocomix.atomic import atomic_write_text
+from cocomix.data.tokenizer import token_texts
 from cocomix.errors import CocomixError
 from cocomix.interpret.labels import ConceptBook, visible
 from cocomix.model import Transformer
@@ -26,7 +28,8 @@ from cocomix.model.concept import ConceptSeam, HiddenSeam
 class TokenConcepts:
     position: int
     token: str
-    """The token's text as the tokenizer decodes it alone."""
+    """The text the token adds ('' for a token holding only some of a character's bytes: the character shows at
+    the token that completes it; see `cocomix.data.tokenizer.token_texts`)."""
     concepts: list[tuple[int, float, float]]
     """(latent, logit, probability) of the top predicted concepts, strongest first."""
 
@@ -51,7 +54,8 @@ def mixing_seam(model: Transformer, what: str) -> ConceptSeam:
 
 
 @torch.no_grad()
-def inspect_ids(model: Transformer, ids: list[int], decode: object, top: int = 5) -> list[TokenConcepts]:
+def inspect_ids(model: Transformer, ids: list[int], decode: Callable[[list[int]], str],
+                top: int = 5) -> list[TokenConcepts]:
     """Top `top` predicted concepts at each of the token ids (one window, at most the context length)."""
     seam = concept_seam(model)
     if not ids:
@@ -66,14 +70,18 @@ def inspect_ids(model: Transformer, ids: list[int], decode: object, top: int = 5
     probs = torch.softmax(logits, dim=-1)                                                # (T, C)
     values, indices = torch.topk(logits, top, dim=-1)                                    # (T, top)
     rows = []
-    for t, token in enumerate(ids):
+    for t, text in enumerate(token_texts(decode, ids)):
         picked = [(int(c), float(v), float(probs[t, c])) for v, c in zip(values[t], indices[t], strict=True)]
-        rows.append(TokenConcepts(t, decode([token]), picked))
+        rows.append(TokenConcepts(t, text, picked))
     return rows
 
 
+PART = "⋯"
+"""How the table shows a token that holds only part of a character (the character is at the next token)."""
+
+
 def _show(text: str) -> str:
-    return visible(text)
+    return visible(text) if text else PART
 
 
 def format_table(rows: list[TokenConcepts], book: ConceptBook) -> str:
@@ -91,6 +99,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; color: 
 .text { font-family: ui-monospace, monospace; line-height: 2.2; white-space: pre-wrap; }
 .tok { position: relative; border-bottom: 2px solid #8ab; padding: 0 1px; }
 .tok:hover { background: #def; }
+.part { display: inline-block; width: .4em; }
 .tip { display: none; position: absolute; left: 0; top: 1.8em; z-index: 1; background: #fff; border: 1px solid #999;
        padding: .4em .6em; white-space: pre; font-size: 12px; line-height: 1.4; box-shadow: 2px 2px 6px #aaa; }
 .tok:hover .tip { display: block; }
@@ -109,7 +118,8 @@ def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, t
     for r in rows:
         tip = "\n".join(concept_line(*x) for x in r.concepts)
         alpha = min(1.0, r.concepts[0][2] * 4) if r.concepts else 0.0  # shade by the top concept's probability
-        spans.append(f'<span class="tok" style="background: rgba(255, 190, 60, {alpha:.2f})">'
+        kind = "tok" if r.token else "tok part"  # part of a character: a narrow mark that can still be hovered
+        spans.append(f'<span class="{kind}" style="background: rgba(255, 190, 60, {alpha:.2f})">'
                      f'{html.escape(r.token)}<span class="tip">{html.escape(tip)}</span></span>')
     table = ["<table><tr><th>pos</th><th>token</th><th>top predicted concepts</th>"
              "<th>strongest teacher context of the top concept</th></tr>"]
