@@ -109,6 +109,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         c = run.concept
         teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
                                           dtype=teacher_dtype(c.teacher_dtype))
+        teacher.check_store(store, len(ids) + args.max_new_tokens, "the prompt's tokens + --max-new-tokens")
         sae = teacher.fit_sae(load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
         t_out = {}
         for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):

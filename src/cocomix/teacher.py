@@ -96,6 +96,26 @@ def _logits(out: object) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]  # HF ModelOutput or cocomix ModelOutput
 
 
+def _folder_vocab(folder: Path) -> dict[str, int] | None:
+    """token -> id of the tokenizer saved in an HF model folder (tokenizer.json, else vocab.json); None when the
+    folder holds neither or it cannot be read (a sentencepiece-only tokenizer)."""
+    import json
+
+    try:
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab(with_added_tokens=True)
+        if (folder / "vocab.json").is_file():
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            if (folder / "added_tokens.json").is_file():
+                vocab = {**vocab, **json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))}
+            return vocab if isinstance(vocab, dict) else None
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is not checked; loading the model said what it could
+        return None
+    return None
+
+
 class Teacher(PerPositionGradients):
     """A frozen causal LM with a capture point at the output of block `layer`."""
 
@@ -119,6 +139,9 @@ class Teacher(PerPositionGradients):
                         for c in (getattr(model, "config", None), text_config(model)))
         self._kw = {"use_cache": False} if has_cache else {}
         self.checkpointed = False
+        self.tokenizer_source: tuple[str, Path] | None = None
+        """Where the teacher's tokenizer can be checked: ("run", checkpoint) for a cocomix run (its recorded
+        tokenizer_sha256), ("hf", folder) for a local HF folder; None (not checked) for hub names and bare models."""
         self.next_token_mode: str | None = None
         """How the Eq. 1 gradient is computed: "own_position" (one backward pass), "per_position" (one per
         position), or None before the first `residual_and_grad(loss="next_token")` decides."""
@@ -184,19 +207,48 @@ class Teacher(PerPositionGradients):
                       for m in self.model.modules())  # OPT's table has 2 extra rows
         return limit if learned else None
 
-    def check_store(self, store: object, seq_len: int) -> None:
-        """ConfigError when the teacher cannot read the store's windows: ids it cannot embed (a different
-        tokenizer), windows longer than its position table, or windows with no next token to predict."""
+    def check_store(self, store: object, seq_len: int, length: str = "seq_len") -> None:
+        """ConfigError when the teacher cannot read the store's windows: ids it cannot embed or that stand for
+        other tokens (a different tokenizer), windows longer than its position table, or windows with no next
+        token to predict. `length` names the setting that gave `seq_len`, for the message."""
         if store.vocab_size > self.vocab_size:
             raise ConfigError(f"{store.path}: token store vocab_size {store.vocab_size} exceeds the teacher's "
                               f"{self.vocab_size}; prepare the data with the teacher's tokenizer")
+        self._check_tokenizer(store)
         if seq_len < 2:
-            raise ConfigError(f"seq_len: expected at least 2 tokens per window (one next-token prediction), got "
+            raise ConfigError(f"{length}: expected at least 2 tokens per window (one next-token prediction), got "
                               f"{seq_len}")
         limit = self.max_positions
         if limit is not None and seq_len > limit:
-            raise ConfigError(f"seq_len: {seq_len}-token windows exceed the teacher's {limit} positions; use a "
-                              f"seq_len of at most {limit}")
+            raise ConfigError(f"{length}: {seq_len}-token windows exceed the teacher's {limit} positions; use "
+                              f"at most {limit}")
+
+    def _check_tokenizer(self, store: object) -> None:
+        """ConfigError when the store's token ids stand for other tokens than the teacher's: a cocomix run's
+        recorded tokenizer differs, or a local HF folder's tokenizer (tokenizer.json, else vocab.json) gives some
+        of the store's tokens other ids. A teacher whose tokenizer cannot be read here is not checked."""
+        if self.tokenizer_source is None:
+            return
+        kind, where = self.tokenizer_source
+        hint = "prepare the data with the teacher's tokenizer (cocomix prepare --tokenizer ...)"
+        if kind == "run":
+            from cocomix.errors import DataError
+            from cocomix.runs import check_tokenizer
+
+            try:
+                check_tokenizer(store.path / "tokenizer", where, hint)
+            except DataError as e:
+                raise ConfigError(str(e).replace("the run was trained with", "the teacher run was trained with")
+                                  ) from None
+            return
+        theirs = _folder_vocab(where)
+        if theirs is None:
+            return
+        ours = store.tokenizer().backend.get_vocab(with_added_tokens=True)
+        other = sorted((i, t) for t, i in ours.items() if theirs.get(t) != i)
+        if other:
+            raise ConfigError(f"{store.path}: its tokenizer is not the teacher's: {len(other)} of its {len(ours)} "
+                              f"tokens have other ids in {where} (token {other[0][0]} is {other[0][1]!r}); {hint}")
 
     @property
     def norm_kind(self) -> str | None:
@@ -249,8 +301,10 @@ class Teacher(PerPositionGradients):
         if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
             from cocomix.runs import load_run
 
-            _, _, model, _ = load_run(path, device=device)
-            return cls(model.to(dtype), layer)
+            _, _, model, ckpt = load_run(path, device=device)
+            teacher = cls(model.to(dtype), layer)
+            teacher.tokenizer_source = ("run", ckpt)
+            return teacher
         try:
             from transformers import AutoModelForCausalLM
         except ImportError:
@@ -269,7 +323,9 @@ class Teacher(PerPositionGradients):
         except Exception as e:  # noqa: BLE001 - OSError, ValueError, a damaged safetensors header, an unpickling error
             raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        return cls(model.to(device), layer)
+        teacher = cls(model.to(device), layer)
+        teacher.tokenizer_source = ("hf", path) if local or path.is_dir() else None
+        return teacher
 
     @torch.no_grad()
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:

@@ -193,6 +193,46 @@ def test_store_with_a_larger_vocabulary_than_the_teacher_is_refused(store_dir: P
                          seq_len=32, progress=False)
 
 
+def test_a_teacher_with_another_tokenizer_is_refused(store_dir: Path, tmp_path: Path,
+                                                     parts: tuple[Path, Path]) -> None:
+    """Same vocabulary size, other ids: an HF folder's tokenizer.json / vocab.json, or a teacher run's recorded
+    tokenizer, that is not the store's is refused before any target is computed; the store's own is accepted."""
+    from cocomix.config import DataConfig, RunConfig, TrainConfig
+    from cocomix.data import train_bpe
+    from cocomix.train import train
+
+    store = TokenStore.open(store_dir)
+    other = train_bpe(["an entirely different corpus of words, " * 50, "with other merges and ids\n" * 50], 320)
+    assert other.vocab_size <= store.vocab_size
+    teacher_dir = tmp_path / "teacher"
+    shutil.copytree(parts[0], teacher_dir)
+    assert Teacher.from_pretrained(teacher_dir, layer=1).tokenizer_source == ("hf", teacher_dir)
+    for name, text in (("tokenizer.json", store.tokenizer().backend.to_str()), ("tokenizer.json", None)):
+        (teacher_dir / name).write_text(text if text is not None else other.backend.to_str())
+        teacher = Teacher.from_pretrained(teacher_dir, layer=1)
+        if text is not None:
+            teacher.check_store(store, 32)
+        else:
+            with pytest.raises(ConfigError, match="its tokenizer is not the teacher's: .* tokens have other ids"):
+                _extract(store_dir, tmp_path / "c", (teacher_dir, parts[1]))
+            assert not (tmp_path / "c").exists()
+    (teacher_dir / "tokenizer.json").unlink()
+    (teacher_dir / "vocab.json").write_text(json.dumps(other.backend.get_vocab()))
+    with pytest.raises(ConfigError, match="not the teacher's"):
+        Teacher.from_pretrained(teacher_dir, layer=1).check_store(store, 32)
+
+    run = RunConfig(data=DataConfig(path=str(store_dir), seq_len=16),
+                    model=ModelConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, context_length=64),
+                    train=TrainConfig(steps=1, micro_batch_size=2, eval_every=0, save_every=1, log_every=1))
+    train(run, tmp_path / "run", quiet=True)
+    run_teacher = Teacher.from_pretrained(tmp_path / "run", layer=0)
+    run_teacher.check_store(store, 16)
+    shutil.copytree(store_dir, tmp_path / "store2")
+    (tmp_path / "store2" / "tokenizer" / "tokenizer.json").write_text(other.backend.to_str())
+    with pytest.raises(ConfigError, match="not the one the teacher run was trained with"):
+        run_teacher.check_store(TokenStore.open(tmp_path / "store2"), 16)
+
+
 def test_cache_files_that_do_not_read_are_clear_errors_and_the_sae_is_matched_by_content(tmp_path: Path) -> None:
     """A truncated meta.json / progress.json is a one-line error naming it; the SAE given by another path to the
     same files (relative vs absolute) is the same SAE."""

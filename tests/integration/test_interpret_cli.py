@@ -90,9 +90,21 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
 
 def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_dir: Path,
                                                   concept_parts: tuple[Path, Path]) -> None:
+    import torch
+
+    from cocomix.config import ModelConfig
+    from cocomix.export import export_hf
+    from cocomix.model import Transformer
+
     root = runs["root"]
     (root / "a-folder.html").mkdir(exist_ok=True)
+    torch.manual_seed(0)  # a teacher that reads 16 positions: too few for 4 + 20 tokens, refused before any work
+    export_hf(Transformer(ModelConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, context_length=16)),
+              root / "short-teacher")
     for args, message in (
+            (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1", "--prompts", "2", "--prompt-len",
+              "4", "--max-new-tokens", "20", "--teacher", str(root / "short-teacher"), "--out", str(root / "se3")],
+             "--prompt-len + --max-new-tokens: 24-token windows exceed the teacher's 16 positions"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,10", "--prompts", "2",
               "--prompt-len", "40", "--max-new-tokens", "10", "--out", str(root / "se")], "--prompt-len: prompts are"),
             (["inspect", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "0"], "--max-tokens: expected"),

@@ -122,6 +122,10 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     if sae.d_in != teacher.width:
         raise CocomixError(f"--teacher: its residual width at teacher_layer {teacher.layer} is {teacher.width}, the "
                            f"SAE reads {sae.d_in}-wide activations (give the teacher the SAE was trained on)")
+    if cfg.prompt_len > seq_len:
+        raise CocomixError(f"--prompt-len: prompts are cut from windows of the run's seq_len {seq_len}; expected at "
+                           f"most {seq_len}, got {cfg.prompt_len}")
+    teacher.check_store(store, cfg.prompt_len + cfg.max_new_tokens, "--prompt-len + --max-new-tokens")
     if not concepts:
         concepts = choose_concepts(model, store, book, cfg.n_concepts, cfg.split, seq_len)
         if len(concepts) < cfg.n_concepts:
@@ -130,9 +134,6 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     concepts = list(concepts)
     check_steering(seam.n_latents, concepts, [1.0] * len(concepts))
     device = next(model.parameters()).device
-    if cfg.prompt_len > seq_len:
-        raise CocomixError(f"--prompt-len: prompts are cut from windows of the run's seq_len {seq_len}; expected at "
-                           f"most {seq_len}, got {cfg.prompt_len}")
     prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
     rows = []
     line = ProgressLine("steer-eval", len(concepts), unit="concepts", enabled=progress)
