@@ -119,6 +119,70 @@ def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir:
             open_cache(str(full_cache), bad, store)
 
 
+def test_a_cache_only_run_opens_and_another_store_or_a_damaged_file_is_refused(
+        store_dir: Path, tmp_path: Path, parts: tuple[Path, Path], full_cache: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run naming no teacher (its targets all come from the cache) opens it; a store with the same tokenizer and
+    sizes but other windows is refused; a truncated targets file or ids outside the SAE are one-line errors."""
+    import dataclasses
+
+    import numpy as np
+
+    from cocomix.config import ConceptConfig, DataConfig, RunConfig
+    from cocomix.methods.cocomix import open_cache
+
+    run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=320, n_layer=4, n_head=2, d_model=32,
+                                                        context_length=64),
+                    data=DataConfig(path=str(store_dir), seq_len=32, window_offset="fixed"),
+                    concept=ConceptConfig(teacher="", teacher_layer=1, sae="", n_latents=256, k_attr=4,
+                                          concept_layer=2, cache=str(full_cache)))
+    store = TokenStore.open(store_dir)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # "" was read as the current directory's teacher
+    assert open_cache(str(full_cache), run, store).meta["teacher"] == str(parts[0])
+    permuted = tmp_path / "permuted"  # the same tokenizer and token counts, the windows in another order
+    shutil.copytree(store_dir, permuted)
+    ids = np.fromfile(permuted / "train.bin", dtype=np.uint16)
+    n = len(ids) // 32 * 32
+    ids[:n] = ids[:n].reshape(-1, 32)[::-1].reshape(-1)
+    ids.tofile(permuted / "train.bin")
+    with pytest.raises(ConfigError, match="train_sampled_sha256"):
+        open_cache(str(full_cache), dataclasses.replace(run, data=dataclasses.replace(run.data, path=str(permuted))),
+                   TokenStore.open(permuted))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(full_cache, damaged)
+    targets = damaged / "targets_train.bin"
+    data = np.fromfile(targets, dtype=np.uint16)
+    data[40] = 300  # an id beyond the SAE's 256 latents
+    data.tofile(targets)
+    cache = TargetCache.open(damaged)
+    assert cache.batch("train", [1]).shape == (1, 32, 4)  # window 0 holds the bad id, window 1 does not
+    with pytest.raises(DataError, match="holds latent ids outside \\[0, 256\\)"):
+        cache.batch("train", [0])
+    targets.write_bytes(targets.read_bytes()[:-10])
+    with pytest.raises(DataError, match="bytes, expected .* the cache is damaged"):
+        TargetCache.open(damaged).batch("train", [1])
+
+
+def test_a_first_call_that_fails_does_not_block_the_corrected_one(store_dir: Path, tmp_path: Path,
+                                                                   parts: tuple[Path, Path]) -> None:
+    teacher = Teacher.from_pretrained(parts[0], layer=1)
+    with pytest.raises(ConfigError, match="--sae: reads 16-wide activations"):  # refused before the folder is made
+        extract_concepts(store_dir, tmp_path / "c", teacher, TopKSAE(16, 64, 4), teacher_spec="t", sae_spec="s",
+                         seq_len=32, progress=False)
+    assert not (tmp_path / "c").exists()
+    # a call stopped before its first window was written (an out-of-memory first batch) leaves a meta.json that a
+    # call with other settings (another dtype or SAE) replaces; once a window is written, settings must match
+    _extract(store_dir, tmp_path / "c", parts, max_windows=0)
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    meta["sae"], meta["sae_sha256"] = "an-earlier-sae", "0" * 64
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    _extract(store_dir, tmp_path / "c", parts, max_windows=3)
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["sae"] == str(parts[1])
+    with pytest.raises(ConfigError, match="k_attr=4, this run needs 3"):
+        _extract(store_dir, tmp_path / "c", parts, k_attr=3)
+
+
 def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
     for bad, message in (({"gradient_at": "reconstruction"}, "needs attribution_loss=next_token"),
                          ({"selection": "activation", "attribution_loss": "next_token"}, "selection=activation"),

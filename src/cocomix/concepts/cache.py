@@ -8,7 +8,8 @@ how many are done after each flushed batch, so an interrupted extraction resumes
 is locked while extracting (a second writer fails at once); SIGTERM / SIGINT stop after the current batch is on
 disk (`cocomix.errors.Stopped`).
 `meta.json` records what produced the targets (teacher, layer, SAE, selection, k_attr, seq_len, the store's
-tokenizer and token counts); opening the cache with different expectations is a one-line error. It also lists
+tokenizer, token counts and a sampled digest of each split's ids); opening the cache with different expectations
+is a one-line error, as is reading a targets file of the wrong size or holding ids outside the SAE. It also lists
 the splits whose targets are all written (`complete_splits`); `complete` means the train split is (what training
 reads), and reading a split that is not complete is an error, never the zero-filled rest of its file.
 """
@@ -31,14 +32,16 @@ from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
 from cocomix.progress import ProgressLine
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train.guard import RunLock, StopSignals
+from cocomix.train.resume import store_identity
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 MATCH_KEYS = ("teacher", "teacher_fingerprint", "teacher_layer", "teacher_dtype", "sae", "sae_sha256", "n_latents",
               "sae_k", "k_attr", "selection", "multiplier", "attribution_loss", "gradient_at", "seq_len",
-              "tokenizer_sha256", "train_tokens", "val_tokens")
+              "tokenizer_sha256", "train_tokens", "val_tokens", "train_sampled_sha256", "val_sampled_sha256")
 # keys caches written before they were recorded hold implicitly
 _OLD_DEFAULTS = {"teacher_dtype": "float32", "gradient_at": "residual"}
+_NOT_RECORDED_BEFORE = ("train_sampled_sha256", "val_sampled_sha256")  # not compared for caches predating them
 
 
 def _shape(teacher: Any) -> dict[str, Any]:
@@ -68,6 +71,8 @@ def teacher_fingerprint(spec: str) -> str | None:
     `Teacher.from_pretrained` loads), its name, size and three 1 MiB samples (start, middle, end). Another model,
     shape or fine-tune changes it; a path that differs between machines does not.
     """
+    if not spec:  # no teacher named (a run that reads its targets from a cache)
+        return None
     path = Path(spec)
     if not path.exists():
         return None
@@ -115,6 +120,9 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     _check_out(Path(out_dir))
     store = TokenStore.open(store_path)
     teacher.check_store(store, seq_len)
+    if sae.d_in != teacher.width:
+        raise ConfigError(f"--sae: reads {sae.d_in}-wide activations, the teacher's residual width at teacher_layer "
+                          f"{teacher.layer} is {teacher.width} (give the SAE trained on this teacher)")
     if selection == "attribution" and attribution_loss == "next_token":  # decided on a fixed window, up front
         first = next((s for s in splits if store.num_chunks(s, seq_len) > 0), None)
         if first is not None:
@@ -147,22 +155,23 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         "sae": sae_spec, "sae_sha256": sae_sha256(sae_spec, teacher.layer),
         "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection, "multiplier": multiplier,
         "attribution_loss": attribution_loss, "gradient_at": gradient_at, "seq_len": seq_len,
-        "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
-        "train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
+        **store_identity(store),  # tokenizer, token counts and a sampled digest of each split's ids
         "dtype": _dtype(sae.n_latents).name, "store": str(store.path),
         "teacher_shape": _shape(teacher),  # for the FLOPs count of runs that read the cache (never load the teacher)
         "windows": {s: store.num_chunks(s, seq_len) for s in SPLITS},
     }
-    if (out / "meta.json").is_file():
-        _check_matches(out, _read_cache_meta(out), meta)
-    else:
-        atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     prog_path = out / "progress.json"
     saved = _read_cache_json(prog_path) if prog_path.is_file() else {}
     done = {s: saved.get(s, 0) for s in SPLITS}  # windows finished per split
     if not all(type(n) is int and n >= 0 for n in done.values()):
         raise CheckpointError(f"{prog_path}: expected each split's count of finished windows, got {saved!r}; "
                               "delete the cache folder to extract again")
+    if (out / "meta.json").is_file() and any(done.values()):
+        _check_matches(out, _read_cache_meta(out), meta)
+    else:  # a new cache, or one whose first call stopped before any window was written: (re)start it
+        for split in SPLITS:
+            (out / f"targets_{split}.bin").unlink(missing_ok=True)
+        atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     dtype = _dtype(sae.n_latents)
     budget = max_windows if max_windows is not None else float("inf")
     for split in splits:
@@ -242,7 +251,8 @@ def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) 
     by_weights = bool(stored.get("teacher_fingerprint") and expected.get("teacher_fingerprint"))
     by_content = bool(stored.get("sae_sha256") and expected.get("sae_sha256"))
     for key in MATCH_KEYS:
-        if key == ("teacher" if by_weights else "teacher_fingerprint") or (key == "sae" and by_content):
+        if key == ("teacher" if by_weights else "teacher_fingerprint") or (key == "sae" and by_content) or (
+                key in _NOT_RECORDED_BEFORE and key not in stored):
             continue
         value = stored.get(key, _OLD_DEFAULTS.get(key))
         if key in expected and value != expected[key]:
@@ -279,7 +289,18 @@ class TargetCache:
                 raise DataError(f"{self.path}: no complete {split} targets in this concept cache; run `cocomix "
                                 f"extract-concepts --splits {split}` on it")
             shape = (self.meta["windows"][split], self.meta["seq_len"] - 1, self.meta["k_attr"])
-            self._mm[split] = np.memmap(self.path / f"targets_{split}.bin", dtype=self.dtype, mode="r", shape=shape)
+            path = self.path / f"targets_{split}.bin"
+            want = int(np.prod(shape)) * self.dtype.itemsize
+            size = path.stat().st_size if path.is_file() else None
+            if size != want:
+                raise DataError(f"{path}: {'missing' if size is None else f'{size} bytes'}, expected {want} "
+                                f"({shape[0]} windows × {shape[1]} positions × {shape[2]} targets); the cache is "
+                                "damaged: extract it again")
+            self._mm[split] = np.memmap(path, dtype=self.dtype, mode="r", shape=shape)
         rows = torch.from_numpy(self._mm[split][np.asarray(chunk_ids)].astype(np.int64))  # (B, T-1, k_attr)
+        if rows.numel() and (int(rows.max()) >= self.meta["n_latents"] or int(rows.min()) < 0):
+            raise DataError(f"{self.path / f'targets_{split}.bin'}: holds latent ids outside [0, "
+                            f"{self.meta['n_latents']}) in windows {chunk_ids[:4]}…; the cache is damaged: extract "
+                            "it again")
         last = torch.full((rows.shape[0], 1, rows.shape[2]), INVALID, dtype=torch.int64)
         return torch.cat((rows, last), dim=1)

@@ -165,15 +165,16 @@ class CoCoMix(Method):
 def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConfig, TargetCache
     """The target cache for this run, checked against its settings and token store."""
     from cocomix.concepts.cache import TargetCache, sae_sha256, teacher_fingerprint
-    from cocomix.digest import file_sha256
+    from cocomix.train.resume import store_identity
 
     c = run.concept
-    expect = {"teacher": c.teacher, "teacher_fingerprint": teacher_fingerprint(c.teacher),  # by weights when local
-              "k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
+    identity = store_identity(store)
+    expect = {"k_attr": c.k_attr, "n_latents": c.n_latents, "seq_len": run.data.seq_len, "selection": c.selection,
               "teacher_layer": c.teacher_layer, "teacher_dtype": c.teacher_dtype,
               "multiplier": c.multiplier, "attribution_loss": c.attribution_loss, "gradient_at": c.gradient_at,
-              "tokenizer_sha256": file_sha256(Path(store.path) / "tokenizer" / "tokenizer.json"),
-              "train_tokens": store.num_tokens("train")}
+              **{k: identity[k] for k in ("tokenizer_sha256", "train_tokens", "train_sampled_sha256")}}
+    if c.teacher:  # a run may name no teacher when it reads its targets from the cache: the cache's stands
+        expect.update(teacher=c.teacher, teacher_fingerprint=teacher_fingerprint(c.teacher))  # by weights if local
     if c.sae_k is not None:
         expect["sae_k"] = c.sae_k
     if c.sae and Path(c.sae).exists():  # the SAE by content (its path may differ between machines)
