@@ -111,10 +111,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, data=args.data)
         print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
         return 0
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 2),
+                               ("--batches", args.batches, 0)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag}: expected an integer >= {least}" + (" (0: the whole split)" if least == 0
+                                                                          else "") + f", got {value}")
     run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
     store = run_store(run, args.data, ckpt)
     check_vocab(store, run.model.vocab_size)
-    seq_len, split = args.seq_len or run.data.seq_len, args.split or "val"
+    seq_len = args.seq_len if args.seq_len is not None else run.data.seq_len
+    split = args.split or "val"
     model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
     res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0)
     print(json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype, **res}))

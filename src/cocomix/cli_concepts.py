@@ -18,7 +18,7 @@ def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
     from cocomix.train.loop import resolve_device
 
     teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device, "--device"),
-                                      dtype=teacher_dtype(args.teacher_dtype))
+                                      dtype=teacher_dtype(args.teacher_dtype), layer_field="--teacher-layer")
     sae = load_sae(args.sae, k=args.sae_k, teacher_layer=args.teacher_layer).to(teacher.device)
     return teacher, teacher.fit_sae(sae)
 
@@ -36,7 +36,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     if Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load; checked again, locked
         check_out(cfg, Path(args.out))
     teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device, "--device"),
-                                      dtype=teacher_dtype(cfg.teacher_dtype))
+                                      dtype=teacher_dtype(cfg.teacher_dtype), layer_field="--teacher-layer")
     report = train_sae(cfg, args.out, teacher)
     print(json.dumps({**report.to_dict(), "sae": str(Path(args.out) / "sae")}))
     return 0

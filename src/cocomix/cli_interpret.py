@@ -161,8 +161,8 @@ def cmd_compression(args: argparse.Namespace) -> int:
     check_out_folder(args.out)
     _, _, model, _ = load_run(args.run)
     concept_seam(model)
-    if not args.threshold > 0:
-        raise CocomixError(f"--threshold: expected a number > 0, got {args.threshold}")
+    if not 0 < args.threshold < float("inf"):
+        raise CocomixError(f"--threshold: expected a finite number > 0, got {args.threshold}")
     summary = compression_report(model, args.out, args.threshold)
     print(json.dumps({**summary, "plot": str(Path(args.out) / "compression.png")}))
     return 0

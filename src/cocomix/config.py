@@ -104,7 +104,7 @@ class DataConfig:
     `window_offset`."""
     window_offset: str = "random"
     """`random` (the official loader): in every epoch, training window c starts at c·T + r with r drawn uniformly
-    from [0, T] (the last window from [0, tokens left after the last chunk]), seeded by (train.seed, epoch, c);
+    from [0, T] (the last window from [0, tokens left after the last chunk]), one stream per (train.seed, epoch);
     `fixed`: r = 0, the same windows every epoch (what cached concept targets need). Validation windows are
     always the fixed chunks."""
 
@@ -218,6 +218,8 @@ class TrainConfig:
                "float32 unless train.parallel is fsdp (DDP has no parameter dtype policy)", self.fsdp_param_dtype)
         for b in self.log_backends:
             _check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
+        _check(len(set(self.log_backends)) == len(self.log_backends), "train.log_backends", "each backend at most "
+               "once", list(self.log_backends))
 
     @property
     def warmup(self) -> int:
@@ -356,7 +358,12 @@ class RunConfig:
             _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
                    f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",
                    self.concept.concept_layer)
-        _check(not (self.method == "cocomix" and self.concept.cache and self.data.window_offset != "fixed"),
+        c = self.concept  # (other methods ignore the concept section, cache included: NTP baselines copy it)
+        reads_cache = self.method == "cocomix" and c.target == "concepts" and c.lambda_concept > 0
+        _check(not (c.cache and self.method == "cocomix" and not reads_cache), "concept.cache", "empty with "
+               "concept.target=hidden or concept.lambda_concept=0 (no concept targets are read: the cache would be "
+               "ignored)", c.cache)
+        _check(not (c.cache and reads_cache and self.data.window_offset != "fixed"),
                "data.window_offset", "'fixed' with concept.cache (cached targets belong to the fixed windows; "
                "random crops need online targets)", self.data.window_offset)
         _check(self.data.seq_len <= self.model.context_length, "data.seq_len",

@@ -119,13 +119,13 @@ def _folder_vocab(folder: Path) -> dict[str, int] | None:
 class Teacher(PerPositionGradients):
     """A frozen causal LM with a capture point at the output of block `layer`."""
 
-    def __init__(self, model: nn.Module, layer: int) -> None:
+    def __init__(self, model: nn.Module, layer: int, layer_field: str = "teacher_layer") -> None:
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.blocks = find_blocks(model)
         if not 0 <= layer < len(self.blocks):
-            raise ConfigError(f"teacher_layer: expected a block index in [0, {len(self.blocks) - 1}], got {layer}")
+            raise ConfigError(f"{layer_field}: expected a block index in [0, {len(self.blocks) - 1}], got {layer}")
         self.layer = layer
         self._leaf: torch.Tensor | None = None
         self._stop_at_capture = False
@@ -288,9 +288,10 @@ class Teacher(PerPositionGradients):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, layer: int, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32) -> Teacher:
+                        dtype: torch.dtype = torch.float32, layer_field: str = "teacher_layer") -> Teacher:
         """An HF causal LM (`AutoModelForCausalLM.from_pretrained`, name or local folder) or a cocomix run/checkpoint
-        directory (one holding `config.json` of a cocomix run or `checkpoints/`)."""
+        directory (one holding `config.json` of a cocomix run or `checkpoints/`); `layer_field` names the setting
+        that gave `layer`, for the error when the teacher has no such block."""
         text = str(name_or_path)
         local = text.startswith((".", "~")) or Path(text).is_absolute() or text.count("/") > 1  # never a hub id
         path = Path(text).expanduser()
@@ -302,7 +303,7 @@ class Teacher(PerPositionGradients):
             from cocomix.runs import load_run
 
             _, _, model, ckpt = load_run(path, device=device)
-            teacher = cls(model.to(dtype), layer)
+            teacher = cls(model.to(dtype), layer, layer_field)
             teacher.tokenizer_source = ("run", ckpt)
             return teacher
         try:
@@ -323,7 +324,7 @@ class Teacher(PerPositionGradients):
         except Exception as e:  # noqa: BLE001 - OSError, ValueError, a damaged safetensors header, an unpickling error
             raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
-        teacher = cls(model.to(device), layer)
+        teacher = cls(model.to(device), layer, layer_field)
         teacher.tokenizer_source = ("hf", path) if local or path.is_dir() else None
         return teacher
 

@@ -114,6 +114,8 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
              "its folder"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,nan", "--out", str(root / "se2")],
              "--alphas: expected finite numbers"),
+            (["compression", str(runs["cocomix"]), "--threshold", "inf", "--out", str(root / "comp-inf")],
+             "--threshold: expected a finite number > 0, got inf"),
             (["describe-concepts", "--data", str(store_dir), "--teacher", str(concept_parts[0]), "--teacher-layer",
               "1", "--sae", str(concept_parts[1]), "--seq-len", "32", "--top-n", "0", "--out", str(root / "d")],
              "--top-n: expected an integer >= 1")):

@@ -159,3 +159,24 @@ def test_paper_presets_match_the_paper() -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(ConfigError, match="preset: unknown preset .gpt5."):
         get_preset("gpt5")
+
+
+def test_a_cache_a_cocomix_run_would_never_open_is_refused() -> None:
+    base = get_preset("tiny-cocomix").to_dict()
+    for unused in (["concept.target=hidden"], ["concept.lambda_concept=0"]):
+        with pytest.raises(ConfigError, match="concept.cache: expected empty with concept.target=hidden"):
+            run_config(apply_overrides(base, ["concept.cache=targets", *unused]))
+        run_config(apply_overrides(base, unused))  # without a cache: fine
+    # other methods ignore the concept section (the demo's NTP baseline is its CoCoMix config with method=ntp),
+    # also with random windows
+    ntp = run_config(apply_overrides(base, ["method=ntp", "concept.cache=targets", "data.window_offset=random"]))
+    assert ntp.concept.cache == "targets"
+
+
+def test_log_backends_and_a_chunked_loss_resume() -> None:
+    from cocomix.train.resume import RESULT_NEUTRAL
+
+    base = get_preset("tiny").to_dict()
+    with pytest.raises(ConfigError, match="train.log_backends: expected each backend at most once"):
+        run_config(apply_overrides(base, ['train.log_backends=["tensorboard","tensorboard"]']))
+    assert "train.chunked_lm_loss" in RESULT_NEUTRAL  # the same loss up to rounding: a resume may switch it on

@@ -177,6 +177,9 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     # softmax mass of token 0 is ~0.72: top_p=0.5 keeps only it, top_p=0.9 keeps tokens 0 and 1
     assert {int(sample_next(logits, 1.0, top_p=0.5, generator=gen)) for _ in range(100)} == {0}
     assert {int(sample_next(logits, 1.0, top_p=0.9, generator=gen)) for _ in range(300)} == {0, 1}
+    # a prefix whose mass is exactly top_p is enough (HF's TopPLogitsWarper): .5 + .25 = .75 keeps two tokens
+    exact = torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()
+    assert {int(sample_next(exact, 1.0, top_p=0.75, generator=gen)) for _ in range(300)} == {0, 1}
     assert int(sample_next(logits, 0.0)) == 0
     # a temperature so small that logits / T overflows: the top token, not a NaN distribution
     assert int(sample_next(torch.tensor([[-40.0, -30.0, -50.0]]), 1e-38, generator=gen)) == 1

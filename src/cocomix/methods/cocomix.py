@@ -95,8 +95,8 @@ class CoCoMix(Method):
         if not c.teacher:
             raise ConfigError("concept.teacher: CoCoMix needs a teacher (HF name/folder or cocomix run) unless "
                               "concept.cache is set")
-        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
-                                               dtype=teacher_dtype(c.teacher_dtype))
+        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device, dtype=teacher_dtype(
+            c.teacher_dtype), layer_field="concept.teacher_layer")
         self.teacher.check_store(store, self.run.data.seq_len)
         if self.run.train.activation_checkpointing:  # (undone if next_token falls back to per-position passes)
             self.teacher.checkpoint_blocks()

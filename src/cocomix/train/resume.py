@@ -16,7 +16,8 @@ from cocomix.train.checkpoint import CKPT_DIR, latest_checkpoint, read_run_confi
 # may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
 _RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel", "train.fsdp_param_dtype")
 # settings a resume may change because the weights do not depend on them (up to the device's rounding)
-_OPERATIONAL = ("train.device", "train.compile", "train.activation_checkpointing", "train.keep_checkpoints",
+_OPERATIONAL = ("train.device", "train.compile", "train.activation_checkpointing", "train.chunked_lm_loss",
+                "train.keep_checkpoints",
                 "train.log_backends", "train.log_every", "train.eval_every", "train.eval_batches",
                 "train.save_every")
 # settings a resume may change on purpose (after a divergence: rewind to the last good checkpoint with a lower
