@@ -204,7 +204,8 @@ def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts:
     assert TargetCache.open(tmp_path / "c", expect={"gradient_at": "residual"}).meta["k_attr"] == 4
 
 
-def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
+def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from cocomix.concepts.describe import describe_concepts
 
     store = TokenStore.open(store_dir)
@@ -222,6 +223,13 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
         assert (stats["values"][latent][acts.numel():] == float("-inf")).all()
     w, p = int(stats["windows"][indices[0, 3, 0]][0]), int(stats["token_positions"][indices[0, 3, 0]][0])
     assert values[w, p][indices[w, p] == indices[0, 3, 0]].numel() == 1  # the stored place really activates it
+    import cocomix.concepts.describe as describe
+
+    monkeypatch.setattr(describe, "SAE_CHUNK_ELEMENTS", 2 * sae.n_latents * 7)  # 7 positions per SAE encode
+    chunked = describe_concepts(store, teacher, sae, 32, split="train", max_windows=10, batch_size=3, top_n=5,
+                                progress=False)
+    assert all(torch.equal(chunked[k], stats[k]) for k in stats if k != "values")  # the same places ...
+    assert torch.allclose(chunked["values"], stats["values"], atol=1e-5)  # ... values up to the matmul's rounding
 
     r = run_cli("describe-concepts", "--data", str(store_dir),
                 "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]), "--seq-len",

@@ -187,7 +187,7 @@ def test_row_chunks_give_the_same_targets(selection: str, monkeypatch: pytest.Mo
     sae = _random_sae(32, 64, 8)
     ids = torch.randint(0, 97, (3, 11))
     whole = compute_targets(teacher, sae, ids, k_attr=4, selection=selection)
-    monkeypatch.setattr(attribution, "_CHUNK_ELEMENTS", 2 * 64 * 5)  # 5 positions per SAE chunk: 7 chunks
+    monkeypatch.setattr(attribution, "SAE_CHUNK_ELEMENTS", 2 * 64 * 5)  # 5 positions per SAE chunk: 7 chunks
     assert torch.equal(compute_targets(teacher, sae, ids, k_attr=4, selection=selection), whole)
 
 
@@ -344,7 +344,7 @@ def test_teacher_layer_out_of_range_is_a_config_error() -> None:
 def test_pre_activation_multiplier_is_eq1_over_all_latents(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
     import cocomix.concepts.attribution as attribution
 
-    monkeypatch.setattr(attribution, "_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(attribution, "SAE_CHUNK_ELEMENTS", chunk)
     teacher = Teacher(Transformer(tiny_model_config(n_layer=3)), layer=1)
     sae = _random_sae(32, 64, 8)
     ids = torch.randint(0, 97, (2, 9))

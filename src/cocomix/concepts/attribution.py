@@ -39,7 +39,7 @@ from cocomix.errors import ConfigError
 
 SELECTIONS = ("attribution", "activation")
 MULTIPLIERS = ("activation", "pre_activation")
-_CHUNK_ELEMENTS = 1 << 24  # rows × C per chunk of the dense pre-activation scores
+SAE_CHUNK_ELEMENTS = 1 << 24  # rows × C per chunk of the dense pre-activation scores
 INVALID = -1
 
 
@@ -77,7 +77,7 @@ def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: to
     """
     B, T, C = pre.shape
     g, p = grad.reshape(B * T, -1).to(W_dec.dtype), pre.reshape(B * T, C)
-    rows = max(1, _CHUNK_ELEMENTS // C)
+    rows = max(1, SAE_CHUNK_ELEMENTS // C)
     out = []
     for s in range(0, B * T, rows):
         scores = (g[s:s + rows] @ W_dec) * p[s:s + rows]  # (rows, C)
@@ -129,7 +129,7 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
     B, T, d = hidden.shape
     flat_h = hidden.reshape(1, B * T, d)
     flat_g = grad.to(hidden.dtype).reshape(1, B * T, d) if grad is not None else None
-    rows = max(1, _CHUNK_ELEMENTS // (2 * sae.n_latents))  # bounds the SAE's (rows, C) pre-activations
+    rows = max(1, SAE_CHUNK_ELEMENTS // (2 * sae.n_latents))  # bounds the SAE's (rows, C) pre-activations
     targets = []
     for s in range(0, B * T, rows):  # every position is independent: the same targets in row chunks
         if multiplier == "pre_activation" and selection == "attribution":
@@ -153,6 +153,6 @@ def reconstruction(sae: object, hidden: torch.Tensor) -> torch.Tensor:
     if hidden.shape[-1] != sae.d_in:
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width {hidden.shape[-1]}")
     flat = hidden.reshape(-1, hidden.shape[-1])  # (B·T, d)
-    rows = max(1, _CHUNK_ELEMENTS // sae.n_latents)
+    rows = max(1, SAE_CHUNK_ELEMENTS // sae.n_latents)
     out = torch.cat([sae(flat[s:s + rows]) for s in range(0, flat.shape[0], rows)])  # (B·T, d)
     return out.to(hidden.dtype).view_as(hidden)

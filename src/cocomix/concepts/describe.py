@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cocomix.atomic import atomic_write_text
+from cocomix.concepts.attribution import SAE_CHUNK_ELEMENTS
 from cocomix.data import TokenStore
 from cocomix.data.tokenizer import token_in_context
 from cocomix.errors import ConfigError, DataError
@@ -52,11 +53,15 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
         chunk_ids = list(range(start, min(n, start + batch_size)))
         ids = store.batch(split, chunk_ids, seq_len).to(teacher.device)
         hidden = teacher.hidden(ids).to(sae.W_dec.dtype)  # (b, T, d)
-        values, indices, _ = sae.encode(hidden)  # (b, T, k)
-        values, indices = values.float().cpu(), indices.cpu()
+        b, T, d = hidden.shape
+        flat = hidden.reshape(1, b * T, d)
+        rows = max(1, SAE_CHUNK_ELEMENTS // (2 * C))  # bounds the SAE's (rows, C) pre-activations, as compute_targets
+        parts = [sae.encode(flat[:, s:s + rows])[:2] for s in range(0, b * T, rows)]  # (1, n, k) each
+        values = torch.cat([v for v, _ in parts], dim=1).reshape(b, T, -1).float().cpu()  # (b, T, k)
+        indices = torch.cat([i for _, i in parts], dim=1).reshape(b, T, -1).cpu()         # (b, T, k)
         live = values > 0  # a TopK slot whose ReLU output is 0 is not an activation
         counts += torch.bincount(indices[live], minlength=C)
-        b, T, k = values.shape
+        k = values.shape[-1]
         win = torch.tensor(chunk_ids)[:, None, None].expand(b, T, k)
         pos = torch.arange(T)[None, :, None].expand(b, T, k)
         # merge the batch's activations into the running top lists: sort by value, then stably by latent
