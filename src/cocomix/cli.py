@@ -2,12 +2,16 @@
 
     cocomix prepare   corpus -> tokenizer + train/val token memmaps        (cocomix.data.prepare)
     cocomix train     train a run from a preset / config file / overrides  (cocomix.train.train)
-    cocomix eval      validation loss and perplexity of a checkpoint       (cocomix.eval.evaluate_loss)
+    cocomix eval      validation loss / perplexity, or lm-eval tasks       (cocomix.eval.evaluate_loss, .harness)
     cocomix generate  sample text from a checkpoint with the KV cache      (cocomix.model.generate)
-    cocomix export    write an NTP checkpoint as a transformers model      (cocomix.export.export_hf)
+    cocomix export    write an NTP or KD checkpoint as a transformers model (cocomix.export.export_hf)
     cocomix train-sae train a TopK SAE on a teacher's residual stream      (cocomix.sae.training.train_sae)
     cocomix extract-concepts  cache concept targets of a token store        (cocomix.concepts.cache)
     cocomix describe-concepts  name latents by their top activating contexts (cocomix.concepts.describe)
+    cocomix inspect   a student's predicted concepts per token: table, HTML (cocomix.interpret.inspect)
+    cocomix steer     generation with concepts' logits scaled by α          (cocomix.interpret.steer)
+    cocomix steer-eval  the steering metric over concepts, prompts and α   (cocomix.interpret.steer_eval)
+    cocomix compression  column norms of the compression layer             (cocomix.interpret.compression)
     cocomix compare   table and plots of several runs, token efficiency     (cocomix.eval.compare)
     cocomix flops     analytic training FLOPs per token and active parameters (cocomix.flops)
     cocomix presets   list presets or print one as JSON

@@ -140,7 +140,7 @@ CASES = [
     ("train-sae-missing-teacher", ["train-sae", "--teacher", "{root}/noteacher", "--teacher-layer", "1", "--data",
                                    "{store}", "--out", "{root}/s1"], "noteacher: no such folder"),
     ("train-sae-layer-out-of-range", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "99", "--data",
-                                      "{store}", "--out", "{root}/s2"], "teacher_layer"),
+                                      "{store}", "--out", "{root}/s2"], "--teacher-layer: expected a block index"),
     ("train-sae-zero-k", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "1", "--data", "{store}",
                           "--k", "0", "--out", "{root}/s3"], "k"),
     ("extract-missing-sae", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",

@@ -14,7 +14,7 @@ import torch
 from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
 from cocomix.errors import CocomixError
 from cocomix.interpret.compression import compression_norms, compression_report
-from cocomix.interpret.inspect import format_table, inspect_ids, write_html
+from cocomix.interpret.inspect import TokenConcepts, format_table, inspect_ids, write_html
 from cocomix.interpret.labels import ConceptBook
 from cocomix.interpret.steer import _LatentScale, check_steering, steer_student, steer_teacher
 from cocomix.interpret.steer_eval import summarize
@@ -121,6 +121,10 @@ def test_characters_split_over_byte_tokens_show_whole(tmp_path: Path) -> None:
     assert "\ufffd" not in page and "é" in page and "✓" in page and "&lt;" in page
     table = format_table(rows, _book(tmp_path))
     assert "\ufffd" not in table and "✓" in table
+    # control characters in the text are escaped on the page (an ESC would make it invalid HTML); breaks stay
+    page = write_html([TokenConcepts(0, "red\x1b[31m\nnext", [(3, 1.0, 0.5)])], _book(tmp_path),
+                      tmp_path / "c.html", "t").read_text()
+    assert "\x1b" not in page and "red\\x1b[31m\nnext" in page
 
 
 def test_steering_errors_name_the_problem() -> None:

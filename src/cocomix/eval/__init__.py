@@ -1,4 +1,5 @@
-"""Evaluation: perplexity on prepared splits (lm-eval-harness and run comparison arrive with later work)."""
+"""Evaluation: perplexity on prepared splits (`perplexity`), lm-eval-harness tasks (`harness`), run comparison
+(`compare`)."""
 
 from cocomix.eval.perplexity import evaluate_loss
 

@@ -118,9 +118,10 @@ def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, t
     for r in rows:
         tip = "\n".join(concept_line(*x) for x in r.concepts)
         alpha = min(1.0, r.concepts[0][2] * 4) if r.concepts else 0.0  # shade by the top concept's probability
+        text = visible(r.token, keep="\n\t")  # line breaks and tabs kept, other control characters escaped
         kind = "tok" if r.token else "tok part"  # part of a character: a narrow mark that can still be hovered
         spans.append(f'<span class="{kind}" style="background: rgba(255, 190, 60, {alpha:.2f})">'
-                     f'{html.escape(r.token)}<span class="tip">{html.escape(tip)}</span></span>')
+                     f'{html.escape(text)}<span class="tip">{html.escape(tip)}</span></span>')
     table = ["<table><tr><th>pos</th><th>token</th><th>top predicted concepts</th>"
              "<th>strongest teacher context of the top concept</th></tr>"]
     for r in rows:

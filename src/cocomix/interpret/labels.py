@@ -46,12 +46,12 @@ class ConceptLabel:
 _MARKS = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
 
 
-def visible(text: str) -> str:
+def visible(text: str, keep: str = "") -> str:
     """Corpus text safe for one line of a terminal or a Markdown cell: newline, tab and carriage return as
     marks, every other control or format character (ANSI escapes, zero-width marks) as a \\xNN / \\uNNNN
-    escape."""
-    return "".join(_MARKS.get(ch) or (ascii(ch)[1:-1] if unicodedata.category(ch)[0] == "C" else ch)
-                   for ch in text)
+    escape; characters in `keep` stay as they are (the HTML page keeps its line breaks)."""
+    return "".join(ch if ch in keep else _MARKS.get(ch) or (ascii(ch)[1:-1] if unicodedata.category(ch)[0] == "C"
+                                                               else ch) for ch in text)
 
 
 def _label(entry: dict) -> ConceptLabel:

@@ -63,21 +63,23 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
                           f"model's context_length {limit}; shorten the prompt or generate fewer tokens")
     was_training = model.training
     model.eval()
-    cache = model.new_cache() if use_cache else None
-    tokens, step_logits = prompt, []
-    done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
-    feed = prompt
-    for _ in range(max_new_tokens):
-        out = model(feed if use_cache else tokens, cache=cache)
-        last = out.logits[:, -1].float()  # (B, V)
-        nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
-        if eos_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-            done |= nxt == eos_id
-        step_logits.append(last)
-        tokens = torch.cat((tokens, nxt[:, None]), dim=1)
-        feed = nxt[:, None]
-        if (eos_id is not None and bool(done.all())) or (stop is not None and stop(tokens)):
-            break
-    model.train(was_training)
+    try:
+        cache = model.new_cache() if use_cache else None
+        tokens, step_logits = prompt, []
+        done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+        feed = prompt
+        for _ in range(max_new_tokens):
+            out = model(feed if use_cache else tokens, cache=cache)
+            last = out.logits[:, -1].float()  # (B, V)
+            nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            step_logits.append(last)
+            tokens = torch.cat((tokens, nxt[:, None]), dim=1)
+            feed = nxt[:, None]
+            if (eos_id is not None and bool(done.all())) or (stop is not None and stop(tokens)):
+                break
+    finally:  # a stop callback or an interrupted step leaves the model in the mode it came in
+        model.train(was_training)
     return tokens, torch.stack(step_logits, dim=1)
