@@ -91,7 +91,7 @@ class ConceptHeadFn(torch.autograd.Function):
             grad = grad.to(dt)  # (n, C)
             gx[s:e] = (grad @ wc).to(x.dtype)
             gw += (grad.t() @ xc[s:e]).to(acc)  # in the compute dtype (bf16 tensor cores under autocast, as a
-            # plain Linear's weight gradient), accumulated over chunks in fp32
+            # plain Linear's weight gradient), accumulated over chunks in fp32 (fp64 for fp64 inputs)
             gb += grad.to(acc).sum(0)
         return gx, gw.to(weight.dtype), gb.to(bias.dtype), None, None
 
