@@ -208,6 +208,16 @@ def test_fsdp_checkpoint_of_an_optimizer_no_step_has_touched_resumes_exactly(sto
     a = load_file(str(tmp_path / "two" / "checkpoints" / "step_0000004" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / "step_0000004" / "model.safetensors"))
     assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    # and on 2 FSDP processes again: each rank cuts its shards of the saved state (no AdamW step is invented)
+    again = tmp_path / "again"
+    shutil.copytree(resumed, again)
+    shutil.rmtree(again / "checkpoints" / "step_0000004")
+    (again / "checkpoints" / "latest").write_text("step_0000002\n")
+    r = subprocess.run([*cmd[:-1], str(again), "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _losses(again) == losses, (_losses(again), losses)
+    c = load_file(str(again / "checkpoints" / "step_0000004" / "model.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_two_processes_with_dropout_resume_exactly(single: dict[str, Path], store_dir: Path,

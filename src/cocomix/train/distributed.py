@@ -223,14 +223,24 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, saved: di
     if not (ctx.active and parallel == "fsdp"):
         optimizer.load_state_dict(saved)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    # Under FSDP every rank read the whole file: each full state tensor is cut into this rank's shard exactly as its
+    # parameter is (no communication), and the optimizer loads it as one process would. (DCP's
+    # set_optimizer_state_dict is not used: it first initialises the state with a zero step, so an empty saved
+    # state -- every update so far skipped -- resumed at AdamW step 1, and it refuses a parameter without state --
+    # the unused compression layer of concept.mixing=none.)
+    from torch.distributed.tensor import DTensor, distribute_tensor
 
-    name_of: dict[int, str] = {}
-    for n, p in model.named_parameters():
-        name_of.setdefault(id(p), n)
-    names = [[name_of[id(p)] for p in g["params"]] for g in optimizer.param_groups]
-    # every rank read the whole file, so each passes the full state and keeps its own shards
-    set_optimizer_state_dict(model, optimizer, _by_name(saved, names), options=StateDictOptions(full_state_dict=True))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if len(params) != sum(len(g["params"]) for g in saved.get("param_groups", [])):
+        raise ConfigError("optimizer state: the checkpoint's parameter count differs from the model's")
+
+    def shard(value: Any, p: torch.Tensor) -> Any:  # a full (param-shaped) state tensor -> this rank's shard
+        if isinstance(p, DTensor) and torch.is_tensor(value) and value.dim() > 0:
+            return distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+        return value  # the step count, or a parameter that is not sharded
+
+    state = {i: {k: shard(v, params[int(i)]) for k, v in s.items()} for i, s in saved.get("state", {}).items()}
+    optimizer.load_state_dict({**saved, "state": state})
 
 
 def _positional(named: dict[str, Any]) -> dict[str, Any]:
@@ -242,12 +252,3 @@ def _positional(named: dict[str, Any]) -> dict[str, Any]:
         groups.append({**g, "params": list(range(start, start + len(g["params"])))})
         start += len(g["params"])
     return {"state": {index[n]: s for n, s in named["state"].items()}, "param_groups": groups}
-
-
-def _by_name(positional: dict[str, Any], names: list[list[str]]) -> dict[str, Any]:
-    """The inverse of `_positional`, given each group's parameter names."""
-    flat = [n for g in names for n in g]
-    if len(flat) != sum(len(g["params"]) for g in positional["param_groups"]):
-        raise ConfigError("optimizer state: the checkpoint's parameter count differs from the model's")
-    groups = [{**g, "params": list(ns)} for g, ns in zip(positional["param_groups"], names, strict=True)]
-    return {"state": {flat[int(i)]: s for i, s in positional["state"].items()}, "param_groups": groups}
