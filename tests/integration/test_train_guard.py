@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -167,3 +168,27 @@ def test_a_checkpoint_damaged_after_writing_is_caught_by_its_manifest(store_dir:
     weights.write_bytes(bytes(data))
     r = run_cli("eval", "--run", str(out))
     assert r.returncode == 2 and "does not match its checksum in manifest.json" in r.stderr, r.stderr
+
+
+def test_a_repeated_signal_insists_except_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone, a second SIGTERM does what SIGTERM does (here: the previous handler, standing in for dying); under
+    torchrun (TORCHELASTIC_RUN_ID set), where SLURM or a terminal signals the worker and torchrun forwards its own
+    copy, the repeat is the same request and the stop stays graceful."""
+    from cocomix.train.guard import StopSignals
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        for torchrun, died in ((False, [signal.SIGTERM]), (True, [])):
+            if torchrun:
+                monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+            else:
+                monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+            seen.clear()
+            with StopSignals() as stop:
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+                assert stop.received == signal.SIGTERM
+            assert seen == died
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -107,6 +107,13 @@ def test_learning_rate_schedule_warms_up_holds_and_decays_to_zero() -> None:
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0 and lrs[50] == 1.0 and lrs[79] == 1.0
     assert lrs[80] == 1.0 and lrs[99] == pytest.approx(0.05)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    # a warm-up that runs into the decay follows the lower line: no jump from its top down to the decay
+    for warmup in (95, 100):
+        cfg = SAETrainConfig(teacher="t", teacher_layer=0, data="d", steps=100, warmup_steps=warmup,
+                             decay_fraction=0.2)
+        lrs = [lr_at(s, cfg, 1.0) for s in range(100)]
+        assert max(abs(a - b) for a, b in zip(lrs, lrs[1:], strict=False)) <= 0.05 + 1e-12
+        assert lrs[-1] == pytest.approx(0.05) and max(lrs) < 1.0
 
 
 @pytest.mark.parametrize("change,message", [

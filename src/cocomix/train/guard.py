@@ -81,16 +81,23 @@ class RunLock:
 
 
 class StopSignals:
-    """Turn SIGTERM / SIGINT into a stop request for the loop while installed (main thread only)."""
+    """Turn SIGTERM / SIGINT into a stop request for the loop while installed (main thread only).
+
+    A second signal of the same kind insists: it does what the signal would have done. Under torchrun a worker
+    is signalled twice for one request: SLURM (time limit, scancel) or a terminal's Ctrl-C signals every process
+    of the job, and torchrun forwards its own copy; there repeats are ignored, and torchrun's shutdown timeout
+    (`--shutdown-timeout`, TORCH_ELASTIC_SHUTDOWN_TIMEOUT) is what ends a worker that takes too long.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._under_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received == signum:  # asked twice: do what the signal would have done
+        if self.received == signum and not self._under_torchrun:  # asked twice: do what the signal would have done
             signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
             signal.raise_signal(signum)
             return

@@ -33,6 +33,7 @@ from cocomix.progress import format_duration
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import (
+    CKPT_DIR,
     load_model_weights,
     load_optimizer_and_rng,
     read_state,
@@ -307,6 +308,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                              "world_size": ctx.world_size, "skipped_steps": bad.total,
                              "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
                              "store": identity}, tc.keep_checkpoints)
+                    else:  # the folder rank 0 wrote: what every rank names as the last good checkpoint
+                        last_ckpt = run_dir / CKPT_DIR / f"step_{done:07d}"
                     meter.exclude(time.perf_counter() - t_save)
                 if stop_now:
                     stopped = signal.Signals(signum).name + ("" if signals.received else " (on another rank)")
