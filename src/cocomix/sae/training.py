@@ -78,12 +78,11 @@ class SAEReport:
 def lr_at(step: int, cfg: SAETrainConfig, peak: float) -> float:
     """Linear warm-up, constant, then linear decay to 0 over the last `decay_fraction` of the steps; where the
     warm-up runs into the decay, the lower of the two lines (no jump from the warm-up's top down to the decay)."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    lr = peak * (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else peak
     decay_start = cfg.steps * (1 - cfg.decay_fraction)
-    decay = 1.0
     if cfg.decay_fraction > 0 and step >= decay_start:
-        decay = max(0.0, (cfg.steps - step) / (cfg.steps - decay_start))
-    return peak * min(warm, decay)
+        lr = min(lr, peak * max(0.0, (cfg.steps - step) / (cfg.steps - decay_start)))
+    return lr
 
 
 def _prepare_out(cfg: SAETrainConfig, out: Path) -> tuple[RunLock, bool]:
