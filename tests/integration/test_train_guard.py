@@ -192,3 +192,25 @@ def test_a_repeated_signal_insists_except_under_torchrun(monkeypatch: pytest.Mon
             assert seen == died
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_checkpoint_file_moved_away_while_it_is_verified_is_a_checkpoint_error(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                                  ) -> None:
+    """Rank 0 may set a damaged checkpoint aside while another rank still hashes its files: that rank sees a
+    missing file (CheckpointError, which resume handles), not a raw FileNotFoundError."""
+    import cocomix.train.checkpoint as checkpoint
+    from cocomix.errors import CheckpointError
+
+    ckpt = tmp_path / "step_0000001"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"weights")
+    (ckpt / "manifest.json").write_text(json.dumps({"files": {"model.safetensors": {"bytes": 7, "sha256": "x"}}}))
+
+    def vanished(path: Path) -> str:
+        path.unlink()  # renamed away between the existence check and the read
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(checkpoint, "file_sha256", vanished)
+    with pytest.raises(CheckpointError, match="model.safetensors: missing"):
+        checkpoint.verify_checkpoint(ckpt)

@@ -550,6 +550,9 @@ def test_saelens_sae_of_a_centred_transformer_lens_stream_centres_its_input(tmp_
         folder = save_saelens(_trained_like_sae(False), tmp_path / f"sae-{flag}", metadata=kwargs)
         sae = load_sae(folder)
         assert sae.center_input is centred
+        # the file says how the stream was read (raw unless told otherwise), for TransformerLens users
+        written = json.loads((folder / "cfg.json").read_text())["metadata"]["model_from_pretrained_kwargs"]
+        assert written == {"center_writing_weights": bool(flag)}
         z, _ = sae.encode_dense(x)
         if centred:
             plain = _trained_like_sae(False)

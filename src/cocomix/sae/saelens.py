@@ -178,9 +178,14 @@ def saelens_config(sae: TopKSAE, metadata: dict[str, Any] | None = None) -> dict
         raise CheckpointError(f"cannot write a SAELens SAE: SAELens's TopK applies ReLU, this SAE uses {sae.postact!r}")
     meta = dict(metadata or {})
     meta.update({"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION})
+    # how the activations were read, for SAELens users who load the model with TransformerLens (whose own default
+    # centres the residual stream): centred if this SAE centres its input; else as the caller's metadata says, and
+    # by default the raw stream (what every SAE train-sae writes saw)
+    kwargs = dict(meta.get("model_from_pretrained_kwargs") or {})
     if sae.center_input:
-        meta["model_from_pretrained_kwargs"] = {**meta.get("model_from_pretrained_kwargs", {}),
-                                                "center_writing_weights": True}
+        kwargs["center_writing_weights"] = True
+    kwargs.setdefault("center_writing_weights", False)
+    meta["model_from_pretrained_kwargs"] = kwargs
     meta.setdefault("written_by", "cocomix.sae.save_saelens")
     return {
         "architecture": "topk",

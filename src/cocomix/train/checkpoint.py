@@ -52,9 +52,13 @@ def verify_checkpoint(ckpt: Path) -> None:
         raise CheckpointError(f"{path}: unreadable manifest (expected 'files' to map names to {{bytes, sha256}})")
     for name, want in files.items():
         f = ckpt / name
-        if not f.is_file():
-            raise CheckpointError(f"{f}: missing (listed in {MANIFEST})")
-        if f.stat().st_size != want.get("bytes") or file_sha256(f) != want.get("sha256"):
+        try:
+            if not f.is_file():
+                raise FileNotFoundError(f)
+            damaged = f.stat().st_size != want.get("bytes") or file_sha256(f) != want.get("sha256")
+        except FileNotFoundError:  # missing, or moved away while read (rank 0 setting a damaged checkpoint aside)
+            raise CheckpointError(f"{f}: missing (listed in {MANIFEST})") from None
+        if damaged:
             raise CheckpointError(f"{f}: does not match its checksum in {MANIFEST} (damaged after it was written)")
 
 
