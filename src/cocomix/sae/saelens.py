@@ -27,7 +27,9 @@ What SAELens does (sae_lens 6.x `saes/sae.py`, `saes/topk_sae.py`, `loading/pret
   default; SAELens has written `false` by default in recent versions) means the SAE saw the residual stream minus
   each position's mean over d. Without `layer_norm` such an SAE centres its input (`TopKSAE.center_input`),
   which is exact for LayerNorm models (every write to the stream centred). When the key is absent, nothing is
-  assumed (older SAEs trained with TransformerLens's defaults are centred and say so nowhere).
+  assumed (older SAEs trained with TransformerLens's defaults are centred and say so nowhere). `save_saelens`
+  always writes the key: true for an SAE that centres its input, else what the caller's metadata says, by
+  default false (the raw stream every `train-sae` SAE saw).
 """
 
 from __future__ import annotations
