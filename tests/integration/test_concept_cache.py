@@ -321,3 +321,20 @@ def test_cache_files_that_do_not_read_are_clear_errors_and_the_sae_is_matched_by
     cc._check_matches(tmp_path, stored, {**stored, "sae": "/work/runs/demo/sae"})  # same content: fine
     with pytest.raises(ConfigError, match="made with sae_sha256='abc'"):
         cc._check_matches(tmp_path, stored, {**stored, "sae": "/work/runs/demo/sae", "sae_sha256": "def"})
+
+
+def test_the_eq1_gradient_path_is_decided_on_the_first_train_window_whatever_the_splits(
+        store_dir: Path, tmp_path: Path, parts: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """attribution_loss=next_token picks its gradient path on one window up front; extraction of the val split
+    alone decides on train's first window, as training does, so both take the same path."""
+    store = TokenStore.open(store_dir)
+    seen = []
+    real = Teacher.decide_next_token
+
+    def spy(self: Teacher, ids: torch.Tensor, *args: object, **kwargs: object) -> object:
+        seen.append(ids.clone())
+        return real(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(Teacher, "decide_next_token", spy)
+    _extract(store_dir, tmp_path / "c", parts, splits=("val",), attribution_loss="next_token", max_windows=2)
+    assert len(seen) == 1 and torch.equal(seen[0], store.batch("train", [0], 32))

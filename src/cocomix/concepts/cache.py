@@ -123,8 +123,10 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     if sae.d_in != teacher.width:
         raise ConfigError(f"--sae: reads {sae.d_in}-wide activations, the teacher's residual width at teacher_layer "
                           f"{teacher.layer} is {teacher.width} (give the SAE trained on this teacher)")
-    if selection == "attribution" and attribution_loss == "next_token":  # decided on a fixed window, up front
-        first = next((s for s in splits if store.num_chunks(s, seq_len) > 0), None)
+    if selection == "attribution" and attribution_loss == "next_token":  # decided on a fixed window, up front:
+        # train's first, whichever splits are asked for (what training decides on), so every call and every
+        # online run take the same gradient path
+        first = next((s for s in ("train", *splits) if store.num_chunks(s, seq_len) > 0), None)
         if first is not None:
             teacher.decide_next_token(store.batch(first, [0], seq_len).to(teacher.device), gradient_at)
     out = Path(out_dir)
