@@ -53,10 +53,10 @@ def run_store(run: RunConfig, data: str | Path | None = None, ckpt: Path | None 
     return store
 
 
-def check_tokenizer(tokenizer_dir: Path, ckpt: Path | None, hint: str) -> None:
+def check_tokenizer(tokenizer_dir: Path, ckpt: Path | None, hint: str, whose: str = "the run") -> None:
     """DataError when the checkpoint recorded the tokenizer it was trained with and `tokenizer_dir` holds another
-    (a store of other ids would stand for other text); `hint` says what to give instead."""
+    (a store of other ids would stand for other text); `hint` says what to give instead, `whose` names the run."""
     trained = (read_state(ckpt).get("store") or {}).get("tokenizer_sha256") if ckpt is not None else None
     if trained is not None and file_sha256(tokenizer_dir / "tokenizer.json") != trained:
-        raise DataError(f"{tokenizer_dir.parent}: its tokenizer is not the one the run was trained with "
+        raise DataError(f"{tokenizer_dir.parent}: its tokenizer is not the one {whose} was trained with "
                         f"(tokenizer.json differs); {hint}")

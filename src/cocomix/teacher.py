@@ -96,26 +96,6 @@ def _logits(out: object) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]  # HF ModelOutput or cocomix ModelOutput
 
 
-def _folder_vocab(folder: Path) -> dict[str, int] | None:
-    """token -> id of the tokenizer saved in an HF model folder (tokenizer.json, else vocab.json); None when the
-    folder holds neither or it cannot be read (a sentencepiece-only tokenizer)."""
-    import json
-
-    try:
-        if (folder / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer
-
-            return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab(with_added_tokens=True)
-        if (folder / "vocab.json").is_file():
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-            if (folder / "added_tokens.json").is_file():
-                vocab = {**vocab, **json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))}
-            return vocab if isinstance(vocab, dict) else None
-    except Exception:  # noqa: BLE001 - an unreadable tokenizer is not checked; loading the model said what it could
-        return None
-    return None
-
-
 class Teacher(PerPositionGradients):
     """A frozen causal LM with a capture point at the output of block `layer`."""
 
@@ -214,7 +194,10 @@ class Teacher(PerPositionGradients):
         if store.vocab_size > self.vocab_size:
             raise ConfigError(f"{store.path}: token store vocab_size {store.vocab_size} exceeds the teacher's "
                               f"{self.vocab_size}; prepare the data with the teacher's tokenizer")
-        self._check_tokenizer(store)
+        if self.tokenizer_source is not None:
+            from cocomix.teacher_tokenizer import check_teacher_tokenizer
+
+            check_teacher_tokenizer(*self.tokenizer_source, store)
         if seq_len < 2:
             raise ConfigError(f"{length}: expected at least 2 tokens per window (one next-token prediction), got "
                               f"{seq_len}")
@@ -222,33 +205,6 @@ class Teacher(PerPositionGradients):
         if limit is not None and seq_len > limit:
             raise ConfigError(f"{length}: {seq_len}-token windows exceed the teacher's {limit} positions; use "
                               f"at most {limit}")
-
-    def _check_tokenizer(self, store: object) -> None:
-        """ConfigError when the store's token ids stand for other tokens than the teacher's: a cocomix run's
-        recorded tokenizer differs, or a local HF folder's tokenizer (tokenizer.json, else vocab.json) gives some
-        of the store's tokens other ids. A teacher whose tokenizer cannot be read here is not checked."""
-        if self.tokenizer_source is None:
-            return
-        kind, where = self.tokenizer_source
-        hint = "prepare the data with the teacher's tokenizer (cocomix prepare --tokenizer ...)"
-        if kind == "run":
-            from cocomix.errors import DataError
-            from cocomix.runs import check_tokenizer
-
-            try:
-                check_tokenizer(store.path / "tokenizer", where, hint)
-            except DataError as e:
-                raise ConfigError(str(e).replace("the run was trained with", "the teacher run was trained with")
-                                  ) from None
-            return
-        theirs = _folder_vocab(where)
-        if theirs is None:
-            return
-        ours = store.tokenizer().backend.get_vocab(with_added_tokens=True)
-        other = sorted((i, t) for t, i in ours.items() if theirs.get(t) != i)
-        if other:
-            raise ConfigError(f"{store.path}: its tokenizer is not the teacher's: {len(other)} of its {len(ours)} "
-                              f"tokens have other ids in {where} (token {other[0][0]} is {other[0][1]!r}); {hint}")
 
     @property
     def norm_kind(self) -> str | None:

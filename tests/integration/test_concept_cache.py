@@ -301,7 +301,7 @@ def test_a_teacher_with_another_tokenizer_is_refused(store_dir: Path, tmp_path: 
     run_teacher.check_store(store, 16)
     shutil.copytree(store_dir, tmp_path / "store2")
     (tmp_path / "store2" / "tokenizer" / "tokenizer.json").write_text(other.backend.to_str())
-    with pytest.raises(ConfigError, match="not the one the teacher run was trained with"):
+    with pytest.raises(DataError, match="not the one the teacher run was trained with"):
         run_teacher.check_store(TokenStore.open(tmp_path / "store2"), 16)
 
 

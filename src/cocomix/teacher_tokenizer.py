@@ -1,0 +1,53 @@
+"""Does a token store speak the teacher's tokenizer? (The teacher reads the store's ids as its own tokens: paper
+§2.1's concepts are only the teacher's if the ids mean the same text.)
+
+`check_teacher_tokenizer(kind, where, store)`: for a cocomix run as teacher ("run", its checkpoint), the tokenizer
+hash the run recorded must be the store's (`runs.check_tokenizer`); for a local Hugging Face folder ("hf", the
+folder), every token of the store's tokenizer must have the same id in the folder's `tokenizer.json` (else
+`vocab.json` + `added_tokens.json`). A folder whose tokenizer cannot be read here (sentencepiece only) is not
+checked, nor is a hub name (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cocomix.errors import ConfigError
+
+_HINT = "prepare the data with the teacher's tokenizer (cocomix prepare --tokenizer ...)"
+
+
+def check_teacher_tokenizer(kind: str, where: Path, store: object) -> None:
+    """DataError / ConfigError when the store's token ids stand for other tokens than the teacher's."""
+    if kind == "run":
+        from cocomix.runs import check_tokenizer
+
+        check_tokenizer(store.path / "tokenizer", where, _HINT, whose="the teacher run")
+        return
+    theirs = folder_vocab(where)
+    if theirs is None:
+        return
+    ours = store.tokenizer().backend.get_vocab(with_added_tokens=True)
+    other = sorted((i, t) for t, i in ours.items() if theirs.get(t) != i)
+    if other:
+        raise ConfigError(f"{store.path}: its tokenizer is not the teacher's: {len(other)} of its {len(ours)} "
+                          f"tokens have other ids in {where} (token {other[0][0]} is {other[0][1]!r}); {_HINT}")
+
+
+def folder_vocab(folder: Path) -> dict[str, int] | None:
+    """token -> id of the tokenizer saved in an HF model folder (tokenizer.json, else vocab.json); None when the
+    folder holds neither or it cannot be read (a sentencepiece-only tokenizer)."""
+    try:
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab(with_added_tokens=True)
+        if (folder / "vocab.json").is_file():
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            if (folder / "added_tokens.json").is_file():
+                vocab = {**vocab, **json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))}
+            return vocab if isinstance(vocab, dict) else None
+    except Exception:  # noqa: BLE001 - an unreadable tokenizer is not checked; loading the model said what it could
+        return None
+    return None
