@@ -90,9 +90,15 @@ def setup(ctx: DistContext, device: torch.device) -> torch.device:
     return device
 
 
-def teardown(ctx: DistContext) -> None:
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (a collective); nothing for one process."""
     if ctx.active and dist.is_initialized():
         dist.barrier()
+
+
+def teardown(ctx: DistContext) -> None:
+    """Leave the process group (after `barrier`: a rank leaving early would fail the others' last collective)."""
+    if ctx.active and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -39,6 +39,7 @@ from cocomix.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
+from cocomix.train.fail_fast import FailFast
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
 from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
@@ -107,7 +108,10 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint.
     Under torchrun every process calls this; see `distributed.py`."""
     ctx = dd.context_from_env()
-    result = _train(run, Path(run_dir), resume, quiet, ctx)
+    device = dd.setup(ctx, resolve_device(run.train.device))
+    with FailFast(ctx):  # a rank that fails stops the others at once, not after the collective timeout
+        result = _train(run, Path(run_dir), resume, quiet, ctx, device)
+        dd.barrier(ctx)  # every rank has finished (a rank failing before it still stops the others)
     dd.teardown(ctx)
     return result
 
@@ -123,7 +127,8 @@ def _injected_nan_steps() -> set[int]:
                           f"got {raw!r}") from None
 
 
-def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext) -> TrainResult:
+def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext,
+           device: torch.device) -> TrainResult:
     tc = run.train
     store = TokenStore.open(run.data.path)
     check_vocab(store, run.model.vocab_size)
@@ -148,15 +153,15 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
             # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
             what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
             fresh_note = f"cocomix: note: {what} in {run_dir}; starting the run from step 0"
-        return _train_locked(run, run_dir, quiet, ctx, tc, store, sampler, ckpt, fresh_note)
+        return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note)
     finally:
         if lock is not None:
             lock.release(remove_empty_dir=created)
 
 
-def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, tc: TrainConfig,
-                  store: TokenStore, sampler: WindowSampler, ckpt: Path | None, fresh_note: str = "") -> TrainResult:
-    device = dd.setup(ctx, resolve_device(tc.device))
+def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, device: torch.device,
+                  tc: TrainConfig, store: TokenStore, sampler: WindowSampler, ckpt: Path | None,
+                  fresh_note: str = "") -> TrainResult:
 
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)

@@ -1,0 +1,107 @@
+"""One rank's failure stops every rank within seconds instead of after the collective timeout (no paper equation).
+
+Under torchrun on several nodes, a process that raises (rank 0 finding the disk full while it writes a checkpoint,
+one GPU out of memory, a file one node cannot read) exits, and its node's agent stops that node's processes. The
+agents of the other nodes are not told: their processes wait in the next collective until it times out
+(`distributed.COLLECTIVE_TIMEOUT`, 30 minutes), holding the whole allocation.
+
+`FailFast` closes that gap through the process group's key-value store (the TCP store every rank already talks
+to). A rank leaving it with an exception writes its rank under a key of the store; every rank runs a watcher
+thread that polls the key and, when another rank has failed, says so on stderr and ends its process at once
+(exit code `EXIT_CODE`): its main thread may be blocked inside a collective, where no exception can reach it.
+Each watcher that acts adds one to a counter, and the failing rank waits (at most `2 · poll` seconds) until every
+other rank has seen the failure before it goes on raising, because when rank 0 hosts the store its exit takes the
+store away.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import torch.distributed as dist
+
+from cocomix.train.distributed import DistContext
+
+EXIT_CODE = 1
+POLL_SECONDS = 3.0
+
+
+def _keys() -> tuple[str, str]:
+    """Per torchrun attempt (`--max-restarts`), so that a restarted group does not read the last one's failure."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"cocomix/attempt_{attempt}/failed_rank", f"cocomix/attempt_{attempt}/acks"
+
+
+
+def _default_store() -> Any | None:
+    """The default process group's store, or None where this torch does not expose it (no watcher then)."""
+    getter = getattr(dist.distributed_c10d, "_get_default_store", None)
+    try:
+        return getter() if getter is not None and dist.is_initialized() else None
+    except (RuntimeError, ValueError):
+        return None
+
+
+class FailFast:
+    """Context manager around a distributed job's work (the training and its final barrier); a no-op for one
+    process. See the module docstring."""
+
+    def __init__(self, ctx: DistContext, poll: float = POLL_SECONDS) -> None:
+        self.ctx, self.poll = ctx, poll
+        self.store: Any | None = None
+        self._done = threading.Event()
+        self._failed_here = False  # this rank announced a failure: its own watcher leaves it to the raise
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> FailFast:
+        if self.ctx.active:
+            self.store = _default_store()
+        if self.store is not None:
+            key, acks = _keys()
+            self._thread = threading.Thread(target=self._watch, args=(key, acks), name="cocomix-fail-fast",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self, key: str, acks: str) -> None:
+        store = self.store
+        while not self._done.wait(self.poll):
+            try:
+                if not store.check([key]):
+                    continue
+                failed = store.get(key).decode()
+            except Exception:  # the store went away (its host ended): nothing left to watch
+                return
+            if self._failed_here or self._done.is_set():
+                return
+            print(f"cocomix: rank {self.ctx.rank}: stopping because rank {failed} failed (its output has the "
+                  "reason); no checkpoint is written for the unfinished step", file=sys.stderr, flush=True)
+            try:
+                store.add(acks, 1)
+            except Exception:
+                pass
+            os._exit(EXIT_CODE)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if exc is not None and self.store is not None and not isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+            self._failed_here = True
+            self._announce()
+        self._done.set()
+        return False
+
+    def _announce(self) -> None:
+        key, acks = _keys()
+        try:
+            if not self.store.check([key]):  # the first failure names the rank; later ones keep it
+                self.store.set(key, str(self.ctx.rank))
+            deadline = time.monotonic() + 2 * self.poll
+            while time.monotonic() < deadline and self.store.add(acks, 0) < self.ctx.world_size - 1:
+                time.sleep(0.1)
+        except Exception:  # the store is gone: the agents end the job themselves
+            pass

@@ -1,0 +1,68 @@
+"""`FailFast`: a rank that fails stops the other ranks through the process group's store, instead of leaving them
+in a collective until it times out; a run whose ranks all finish is left alone. Two plain processes join a gloo
+group through env:// (rank 0 hosts the store, as without torchrun's agent); a sleep stands in for a collective
+that never returns (what NCCL does when a peer is gone)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from cocomix.train.fail_fast import EXIT_CODE
+
+WORKER = textwrap.dedent("""
+    import os, sys, time
+    import torch.distributed as dist
+    from cocomix.train.distributed import DistContext
+    from cocomix.train.fail_fast import FailFast
+
+    rank, fail = int(os.environ["RANK"]), os.environ["FAIL_RANK"]
+    dist.init_process_group("gloo")
+    with FailFast(DistContext(rank, 2, rank), poll=0.2):
+        if str(rank) == fail:
+            raise RuntimeError("no space left on device")
+        time.sleep(float(os.environ["WORK_S"]) if rank == 1 else 0.0)
+    print("WORK-DONE", file=sys.stderr)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_pair(tmp_path: Path, fail_rank: str, work_s: float) -> tuple[list[int], list[str], float]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = _free_port()
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    procs = []
+    t0 = time.monotonic()
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "FAIL_RANK": fail_rank, "WORK_S": str(work_s),
+               "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=120)[1] for p in procs]
+    return [p.returncode for p in procs], outs, time.monotonic() - t0
+
+
+def test_a_failing_rank_stops_a_rank_that_waits(tmp_path: Path) -> None:
+    codes, errs, took = _run_pair(tmp_path, fail_rank="0", work_s=60.0)
+    assert codes[0] != 0 and "no space left on device" in errs[0]  # the failing rank raises its own error
+    assert codes[1] == EXIT_CODE, errs[1]
+    assert "rank 1: stopping because rank 0 failed" in errs[1] and "WORK-DONE" not in errs[1]
+    assert took < 45, f"the waiting rank was not stopped in time ({took:.0f} s)"
+
+
+def test_ranks_that_finish_at_different_times_are_left_alone(tmp_path: Path) -> None:
+    """Rank 0 (the store's host) leaves first; rank 1 still works for a while and then finishes normally."""
+    codes, errs, _ = _run_pair(tmp_path, fail_rank="none", work_s=1.5)
+    assert codes == [0, 0], errs
+    assert all("WORK-DONE" in e and "stopping because" not in e for e in errs)
