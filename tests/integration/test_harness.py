@@ -246,3 +246,72 @@ def test_lm_evals_own_task_index_is_built_only_when_a_task_needs_it(tmp_path: Pa
     built.clear()
     _task_manager(Recording, ["hellaswag"], None)
     assert built == [True]
+
+
+def _lm_evals_hf_scoring(lm: object, batch_size: int) -> object:
+    """lm-eval's own HF model code (`HFLM._loglikelihood_tokens`, `loglikelihood_rolling`, `TemplateLM`'s
+    context/continuation split) run on our model and tokenizer: the reference our adapter must equal."""
+    from lm_eval.api.model import CacheHook
+    from lm_eval.models.huggingface import HFLM
+
+    class Reference(HFLM):
+        eot_token_id = property(lambda self: self._eot)
+        prefix_token_id = property(lambda self: self._eot)
+        max_length = property(lambda self: self._max)
+        batch_size = property(lambda self: self._bs)
+        device = property(lambda self: self._dev)
+        rank = property(lambda self: 0)
+        world_size = property(lambda self: 1)
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kw: object) -> list[int]:
+            return self._tok.encode(string)
+
+        def _model_call(self, inps: torch.Tensor, attn_mask: object = None, labels: object = None) -> torch.Tensor:
+            with torch.no_grad():
+                return self._model(inps).logits
+
+    ref = Reference.__new__(Reference)  # HFLM's __init__ loads a transformers model: bypassed
+    ref._eot, ref._max, ref._bs, ref._dev, ref._tok, ref._model = (lm.eot, lm.max_length, batch_size, lm._device,
+                                                                  lm.tok, lm.model)
+    ref.backend, ref.logits_cache, ref.softmax_dtype, ref.cache_hook = "causal", True, torch.float32, CacheHook(None)
+    ref.enable_thinking = False
+    return ref
+
+
+def test_scores_equal_lm_evals_hf_model_on_our_model(cocomix_run: Path) -> None:
+    """Truncated requests (longer than the 64-token context), an empty context, an empty context whose
+    continuation starts with the end-of-text token, trailing whitespace, batches of mixed lengths, and rolling
+    windows: the same numbers and greedy flags as lm-eval's HF model, in request order."""
+    from types import SimpleNamespace
+
+    from cocomix.eval.harness import CocomixLM
+
+    lm = CocomixLM(cocomix_run, batch_size=3)
+    ref = _lm_evals_hf_scoring(lm, batch_size=3)
+    long = "Now is the winter of our discontent made glorious summer by this sun of York; " * 4
+    pairs = [("To be", " or not to be"), ("", "Now is the winter"), ("", lm.tok.eos_token + " To be"),
+             (long, " and all the clouds"), ("KING RICHARD:\n\n", "Now is"), ("A", " horse"),
+             (long[:90], " that lour'd upon our house"), ("To be, or not", " to be")]
+    requests = [SimpleNamespace(args=p) for p in pairs]
+    with pytest.warns(UserWarning, match="scored on its last tokens"):
+        ours = lm.loglikelihood(requests)
+    theirs = ref.loglikelihood(requests, disable_tqdm=True)
+    assert len(lm.encode(long)) > lm.max_length  # the truncation path is exercised
+    for (a, greedy_a), (b, greedy_b), pair in zip(ours, theirs, requests, strict=True):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)) and greedy_a == greedy_b, (pair.args, a, b)
+    texts = [SimpleNamespace(args=(t,)) for t in (long * 2, "A", "To be, or not to be", "")]
+    for a, b in zip(lm.loglikelihood_rolling(texts), ref.loglikelihood_rolling(texts, disable_tqdm=True),
+                    strict=True):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+
+
+def test_adapter_arguments_are_checked_and_limit_zero_means_every_example(cocomix_run: Path,
+                                                                          tmp_path: Path) -> None:
+    from cocomix.eval.harness import CocomixLM, run_tasks
+
+    for kwargs, field in (({"dtype": "float16"}, "--dtype"), ({"batch_size": 0}, "--batch-size"),
+                          ({"batch_size": "auto"}, "--batch-size"), ({"device": "gpu"}, "--device")):
+        with pytest.raises(ConfigError, match=field):
+            CocomixLM(cocomix_run, **kwargs)
+    res = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=_task_dir(tmp_path), limit=0, log_samples=True)
+    assert len(res["samples"]["shakespeare_mc"]) == 24

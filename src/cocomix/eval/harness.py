@@ -5,10 +5,11 @@
 * `loglikelihood(context, continuation)`: Σ log p(continuation tokens | context) and whether greedy decoding
   would produce exactly them. Tokens follow the HF adapter's convention: whole = encode(context + continuation),
   the continuation is whole[len(encode(context)):] (trailing whitespace of the context moves into the
-  continuation, as lm-eval does); an empty context is replaced by the end-of-text token. Inputs longer than the
-  model's context keep their last `context_length` tokens (said once). A continuation with no tokens of its own
-  (empty, or merged into the context's last token) or longer than the context cannot be scored: a one-line
-  error, where lm-eval's HF model stops on an assertion.
+  continuation, as lm-eval does); an empty context is the end-of-text token (lm-eval's prefix token: our stores
+  separate documents with it), or the continuation's first token when that is the end-of-text token. Inputs
+  longer than the model's context keep their last `context_length` tokens (said once). A continuation with no
+  tokens of its own (empty, or merged into the context's last token) or longer than the context cannot be
+  scored: a one-line error, where lm-eval's HF model stops on an assertion.
 * `loglikelihood_rolling(text)`: the whole text's log-likelihood in disjoint windows of `context_length`
   (lm-eval's `get_rolling_token_windows`), starting from the end-of-text token.
 * `generate_until(context, {until, max_gen_toks, do_sample, temperature, top_k, top_p})`: KV-cached generation,
@@ -45,6 +46,7 @@ except ImportError:  # lm-eval is optional: importing this module still works, u
 DEFAULT_MAX_GEN_TOKS = 256
 _MAX_NEW_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 _NEUTRAL_GEN_KWARGS = {"num_beams": 1, "repetition_penalty": 1.0}  # HF generate options at values that change nothing
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class CocomixLM(LM):  # type: ignore[misc,valid-type]
@@ -57,9 +59,15 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         super().__init__()
         from cocomix.data.store import check_vocab
         from cocomix.runs import load_run, run_store
+        from cocomix.train.loop import resolve_device
 
+        if dtype not in _DTYPES:
+            raise ConfigError(f"--dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
+        device = str(resolve_device(device, field="--device"))
         self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
-        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+        self.dtype = _DTYPES[dtype]
         self.model = self.model.to(self.dtype).eval()
         store = run_store(self.run_cfg, data, self.checkpoint)
         check_vocab(store, self.run_cfg.model.vocab_size)
@@ -77,36 +85,39 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
 
     @torch.no_grad()
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """(Σ log p(cont | ctx), greedy?) for token-id pairs; batched by right-padding, scored in fp32."""
-        out: list[tuple[float, bool]] = []
-        for start in range(0, len(pairs), self.batch_size):
-            batch = pairs[start:start + self.batch_size]
-            inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in batch]
-            if any(len(ctx) + len(cont) > self.max_length + 1 for ctx, cont in batch):
-                self._warn_once("score", f"a request longer than context_length {self.max_length} + 1 tokens is "
-                                "scored on its last tokens (the context is cut on the left, as lm-eval's HF model "
-                                "does)")
-            width = max(len(x) for x in inputs)
+        """(Σ log p(cont | ctx), greedy?) for token-id pairs, in their order. Batched longest first (as lm-eval's
+        HF model orders them, so that right-padding is small) and scored in fp32 on the continuation's rows."""
+        if any(len(ctx) + len(cont) > self.max_length + 1 for ctx, cont in pairs):
+            self._warn_once("score", f"a request longer than context_length {self.max_length} + 1 tokens is "
+                            "scored on its last tokens (the context is cut on the left, as lm-eval's HF model does)")
+        inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
+        for x, (_, cont) in zip(inputs, pairs, strict=True):
+            if len(cont) > len(x):
+                raise ConfigError(f"--tasks: a request's continuation is {len(cont)} tokens, more than the model's "
+                                  f"context_length {self.max_length} can score")
+        order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            width = len(inputs[batch[0]])  # the longest of the batch
             ids = torch.full((len(batch), width), self.eot, dtype=torch.long)
-            for i, x in enumerate(inputs):
-                ids[i, :len(x)] = torch.tensor(x)
-            logp = F.log_softmax(self.model(ids.to(self._device)).logits.float(), dim=-1)  # (b, width, V)
-            for i, (x, (_, cont)) in enumerate(zip(inputs, batch, strict=True)):
-                n = len(cont)
-                if n > len(x):
-                    raise ConfigError(f"--tasks: a request's continuation is {n} tokens, more than the model's "
-                                      f"context_length {self.max_length} can score")
-                rows = logp[i, len(x) - n:len(x)]  # the positions that predict the continuation
-                target = torch.tensor(cont, device=rows.device)
-                out.append((float(rows.gather(-1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all())))
+            for row, i in enumerate(batch):
+                ids[row, :len(inputs[i])] = torch.tensor(inputs[i])
+            logits = self.model(ids.to(self._device)).logits  # (b, width, V)
+            for row, i in enumerate(batch):
+                n, end = len(pairs[i][1]), len(inputs[i])
+                logp = F.log_softmax(logits[row, end - n:end].float(), dim=-1)  # (n, V): the rows predicting it
+                target = torch.tensor(pairs[i][1], device=logp.device)
+                out[i] = (float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all()))
         return out
 
     def _pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         spaces = len(context) - len(context.rstrip())  # all trailing whitespace, as lm-eval's TemplateLM
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
-        if not context:
-            ctx, cont = [self.eot], self.encode(continuation)
+        if not context:  # lm-eval: the prefix token, unless the continuation starts with it
+            whole = self.encode(continuation)
+            ctx, cont = (whole[:1], whole[1:]) if whole[:1] == [self.eot] else ([self.eot], whole)
         else:
             whole, ctx = self.encode(context + continuation), self.encode(context)
             cont = whole[len(ctx):]
@@ -205,8 +216,6 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
               log_samples: bool = False) -> dict[str, Any]:
     """lm_eval.simple_evaluate on a cocomix run (its result dict, plus `checkpoint`: the folder scored);
     `include_path` adds local task YAML folders."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size}")
     if not tasks:
         raise ConfigError("--tasks: expected comma-separated lm-eval task names")
     if include_path is not None and not Path(include_path).is_dir():
@@ -219,6 +228,7 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
         raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)") from None
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit: expected a number >= 0 (0: every example), got {limit}")
+    limit = limit or None  # lm-eval reads 0 as "no example"
     lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size)
     manager = _task_manager(TaskManager, tasks, include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
