@@ -232,12 +232,15 @@ def test_two_processes_with_dropout_resume_exactly(single: dict[str, Path], stor
     assert r.returncode == 0, r.stderr[-3000:]
     losses = _losses(run)
     assert len(losses) == STEPS and not _close(losses, _losses(single["ntp"]), rel=1e-3)
-    resumed = tmp_path / "resumed"
-    shutil.copytree(run, resumed)
-    shutil.rmtree(resumed / "checkpoints" / f"step_{STEPS:07d}")
-    (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    resumed = tmp_path / "resumed"  # rolled back to step 3: the last checkpoint is damaged, which rank 0 alone
+    shutil.copytree(run, resumed)      # finds (and says so once); every rank resumes from the step it chose
+    weights = resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
     r = _train("tiny", sets, resumed, procs=2, resume=True)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("does not match its checksum") == 1 and "resuming from" in r.stderr, r.stderr[-3000:]
     assert _losses(resumed) == losses, (_losses(resumed), losses)
     a = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))

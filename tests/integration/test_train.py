@@ -483,3 +483,28 @@ def test_a_job_log_in_the_out_folder_does_not_stop_the_run(store_dir: Path, tmp_
     (out / ".config.json.x1y2.tmp").write_text("{")
     train(small_run(store_dir, steps=2, save_every=2, eval_every=0), out, resume=True, quiet=True)
     assert (out / "checkpoints" / "step_0000002").is_dir() and (out / "slurm-123.out").is_file()
+
+
+def test_under_torchrun_rank_0_alone_verifies_the_checkpoint(store_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`prepare_run_dir(from_rank0=…)`: rank 0 hashes the checkpoints and broadcasts the step it chose; another
+    rank takes that step without reading the files (a 2-process resume from a damaged checkpoint runs end to end
+    in test_distributed)."""
+    import cocomix.train.resume as rs
+
+    run = small_run(store_dir, steps=10, save_every=5, eval_every=0)
+    out = tmp_path / "run"
+    train(run, out, quiet=True)
+    sent: list[int] = []
+    monkeypatch.setenv("RANK", "0")
+    ckpt = rs.prepare_run_dir(run, out, resume=True, world_size=1, from_rank0=lambda v: sent.append(v) or v)
+    assert sent == [10] and ckpt == out / "checkpoints" / "step_0000010"
+
+    def refuse(d: Path) -> None:
+        raise AssertionError("a rank other than 0 verified the checkpoints")
+
+    monkeypatch.setattr(rs, "usable_checkpoint", refuse)
+    monkeypatch.setenv("RANK", "1")
+    assert rs.prepare_run_dir(run, out, resume=True, world_size=1, from_rank0=lambda v: 5) == (
+        out / "checkpoints" / "step_0000005")
+    assert rs.prepare_run_dir(run, out, resume=True, world_size=1, from_rank0=lambda v: -1) is None

@@ -205,12 +205,17 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
     return state
 
 
-def load_optimizer_and_rng(ckpt: Path, load_optimizer: Callable[[dict[str, Any]], None]) -> None:
-    """Restore the RNG and hand the optimizer state (single-process format) to `load_optimizer`."""
+def load_optimizer_and_rng(ckpt: Path, load_optimizer: Callable[[dict[str, Any]], None], mmap: bool = False) -> None:
+    """Restore the RNG and hand the optimizer state (single-process format) to `load_optimizer`. `mmap`: the
+    optimizer file is memory-mapped rather than read (for a loader that copies what it keeps)."""
     for name in ("optimizer.pt", "rng.pt"):
         try:
-            loaded = torch.load(ckpt / name, weights_only=True, map_location="cpu")
+            mapped = mmap and name == "optimizer.pt"
+            loaded = torch.load(ckpt / name, weights_only=True, map_location="cpu", mmap=mapped)
             if name == "optimizer.pt":
+                if mapped:  # the step counts, which optimizers keep as they are given, in memory of their own
+                    loaded = {**loaded, "state": {i: {k: v.clone() if torch.is_tensor(v) and v.dim() == 0 else v
+                                                      for k, v in s.items()} for i, s in loaded["state"].items()}}
                 load_optimizer(loaded)
             else:
                 torch.set_rng_state(loaded["cpu"])

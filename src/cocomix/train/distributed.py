@@ -183,6 +183,15 @@ def check_same_step(step: int, ctx: DistContext, device: torch.device) -> None:
                               "same run directory (a shared filesystem)")
 
 
+def from_rank0(value: int, ctx: DistContext, device: torch.device) -> int:
+    """Rank 0's integer on every rank (a collective); `value` itself for one process."""
+    if not ctx.active:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def max_over_ranks(value: int, ctx: DistContext, device: torch.device) -> int:
     """The largest of the ranks' small non-negative integers, on every rank (a collective: every rank calls it at
     the same steps); e.g. the number of a stop signal any rank received."""
@@ -242,7 +251,8 @@ def load_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, saved: di
 
     def shard(value: Any, p: torch.Tensor) -> Any:  # a full (param-shaped) state tensor -> this rank's shard
         if isinstance(p, DTensor) and torch.is_tensor(value) and value.dim() > 0:
-            return distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+            # a copy first: the saved tensor may be a view of the memory-mapped file, which a shard must not keep
+            return distribute_tensor(value.to(p.device, copy=True), p.device_mesh, p.placements, src_data_rank=None)
         return value  # the step count, or a parameter that is not sharded
 
     state = {i: {k: shard(v, params[int(i)]) for k, v in s.items()} for i, s in saved.get("state", {}).items()}

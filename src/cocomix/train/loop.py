@@ -147,7 +147,8 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
     # here, before it could take a checkpoint the first is writing for a damaged one
     lock = RunLock(run_dir) if ctx.is_main else None
     try:
-        ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size)
+        ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size,
+                               from_rank0=(lambda v: dd.from_rank0(v, ctx, device)) if ctx.active else None)
         fresh_note = ""
         if resume and ckpt is None and ctx.is_main:  # e.g. the first submission of a job that is always launched
             # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
@@ -171,7 +172,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     state: dict = {}
     identity = store_identity(store)  # recorded in every checkpoint, checked on resume
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
-        state = read_state(ckpt)  # (verified against its manifest by usable_checkpoint)
+        state = read_state(ckpt)  # (verified against its manifest by usable_checkpoint, on rank 0)
         check_same_store(state, identity, store, ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
@@ -179,7 +180,10 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                      param_dtype=tc.fsdp_param_dtype)
     optimizer = build_optimizer(model, tc, device)
     if ckpt is not None:
-        load_optimizer_and_rng(ckpt, lambda saved: dd.load_optimizer(model, optimizer, saved, ctx, tc.parallel))
+        # under FSDP or on a GPU the saved state is copied into shards / device memory: the file is memory-mapped,
+        # so the ranks of a node share its pages instead of each holding the whole optimizer state in RAM
+        load_optimizer_and_rng(ckpt, lambda saved: dd.load_optimizer(model, optimizer, saved, ctx, tc.parallel),
+                               mmap=device.type == "cuda" or (ctx.active and tc.parallel == "fsdp"))
     start, val_loss = state.get("step", 0), state.get("val_loss")
     train_s0 = float(state.get("train_s", 0.0))
     resume_step = start if ckpt is not None else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from cocomix.atomic import check_out_folder
@@ -49,8 +50,12 @@ def check_run_folder(run_dir: Path) -> None:
             raise CocomixError(f"{run_dir}: holds {kind}, not a cocomix run; choose a new or empty --out")
 
 
-def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1) -> Path | None:
-    """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run)."""
+def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1,
+                    from_rank0: Callable[[int], int] | None = None) -> Path | None:
+    """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run).
+    Under torchrun `from_rank0` broadcasts rank 0's integer to every rank (a collective): rank 0 alone hashes the
+    checkpoints against their manifests and the others take the step it chose, instead of every rank reading and
+    hashing the whole checkpoint again."""
     check_run_folder(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +69,11 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
             raise CocomixError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another "
                                "--out")
         return None
-    ckpt = usable_checkpoint(run_dir)
+    main = os.environ.get("RANK", "0") == "0"
+    ckpt = usable_checkpoint(run_dir) if main or from_rank0 is None else None
+    if from_rank0 is not None:
+        step = from_rank0(-1 if ckpt is None else read_state(ckpt)["step"])  # -1: no checkpoint to resume from
+        ckpt = None if step < 0 else run_dir / CKPT_DIR / f"step_{step:07d}"
     if ckpt is not None and not has_config:
         raise CheckpointError(f"{run_dir}: holds checkpoints but no config.json, so nothing says they belong to "
                               "this config; restore the run's config.json (or start in another --out)")
