@@ -123,7 +123,6 @@ def same_function(optimised: Any, naive: Any, ids: torch.Tensor, chunked: bool) 
     with torch.no_grad():
         a = optimised.method.targets(_batch(ids))                                   # (B, T, k_attr)
     b = naive.naive_targets(ids)                                                          # (B, T, k_attr)
-    naive.model.zero_grad(set_to_none=True)
     same = (a.sort(-1).values == b.sort(-1).values).all(-1).double().mean().item()        # share of positions
     losses = {n: (s(ids, 0), float(s.metrics["concept_loss"])) for n, s in (("opt", optimised), ("naive", naive))}
     wa, wb = optimised.model.state_dict(), naive.model.state_dict()
@@ -135,9 +134,19 @@ def same_function(optimised: Any, naive: Any, ids: torch.Tensor, chunked: bool) 
              # near-zero gradient by a small share of it
              "max_weight_diff_over_lr": weight_diff / optimised.run.train.lr,
              "comparable": not chunked}  # the naive step keeps the student's unchunked LM loss
-    tol = 1e-4 * abs(losses["opt"][1])
     # a bf16 teacher's two backward orders round differently: near-tied scores swap labels at a few positions
     least = 0.99 if optimised.run.concept.teacher_dtype == "float32" else 0.95
-    if same < least or abs(losses["opt"][1] - losses["naive"][1]) > tol:
-        sys.exit(f"naive and optimised CoCoMix steps compute different things: {json.dumps(check)}")
+    why = []
+    if same < least:
+        why.append(f"targets equal at {same:.2%} of the positions, fewer than {least:.0%}")
+    for i, what in ((1, "concept"), (0, "first total")):
+        if abs(losses["opt"][i] - losses["naive"][i]) > 1e-4 * abs(losses["opt"][i]):
+            why.append(f"{what} losses differ by more than 1e-4 relative")
+    # Adam's first step is ~lr · sign(gradient): rounding moves weights whose gradient is near 0 by a share of lr
+    # (0.02–0.08 measured), a different gradient by up to 2·lr
+    if same == 1.0 and check["max_weight_diff_over_lr"] > 0.5:
+        why.append("the same labels but weights after one step apart by more than 0.5·lr")
+    if why:
+        sys.exit(f"naive and optimised CoCoMix steps compute different things ({'; '.join(why)}): "
+                 f"{json.dumps(check)}")
     return check

@@ -128,7 +128,8 @@ def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32
     out = {}
     for method, preset in names.items():
         run = get_preset(preset)
-        model = dataclasses.replace(run.model, dropout=0.0, context_length=max(seq_len, 8))
+        # the preset's position table (its parameter count), longer where --seq-len asks for more
+        model = dataclasses.replace(run.model, dropout=0.0, context_length=max(run.model.context_length, seq_len))
         out[method] = dataclasses.replace(run, model=model, data=dataclasses.replace(run.data, seq_len=seq_len),
                                           train=dataclasses.replace(run.train, micro_batch_size=batch, device="cpu",
                                                                     chunked_lm_loss=chunked_lm_loss,
@@ -295,8 +296,12 @@ def main() -> None:
         print(json.dumps(memory_of(args.memory_of, args)))
         return
     names = [m for m in args.methods.split(",") if m]
+    if not names:
+        sys.exit(f"--methods: expected comma-separated names from {ALL}")
     for why in filter(None, map(check_name, names)):
         sys.exit(f"--methods: {why}")
+    if args.warmup < 0 or args.rounds < (0 if args.memory_only else 1):
+        sys.exit(f"--rounds / --warmup: expected rounds >= 1 and warmup >= 0, got {args.rounds} and {args.warmup}")
     device = torch.device(args.device)
     runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss,
                     args.activation_checkpointing)
@@ -314,14 +319,17 @@ def main() -> None:
         if step.name == "cocomix-cached":
             step.prefill(batches)
     check = {}
-    if "cocomix" in steps and "cocomix-naive" in steps:
-        check = same_function(steps["cocomix"], steps["cocomix-naive"], batches[0], args.chunked_lm_loss)
+    pair = next(((n, "cocomix-naive" + n[len("cocomix"):]) for n in names_timed if split_name(n)[0] == "cocomix"
+                 and "cocomix-naive" + n[len("cocomix"):] in steps), None)  # the same options on both sides
+    if pair is not None:
+        check = {"pair": list(pair), **same_function(steps[pair[0]], steps[pair[1]], batches[0],
+                                                     args.chunked_lm_loss)}
     for i in range(args.warmup):
         for n in names_timed:
             steps[n](batches[i], i)
     times: dict[str, list[float]] = {n: [] for n in names_timed}
     for r in range(args.rounds):
-        order = names_timed[r % len(names):] + names_timed[:r % len(names)]
+        order = names_timed[r % len(names_timed):] + names_timed[:r % len(names_timed)]
         for n in order:
             b = args.warmup + r
             if device.type == "cuda":

@@ -65,3 +65,11 @@ def test_memory_option_variants_are_measured_against_their_plain_method() -> Non
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads(r.stdout)["methods"]  # a suffixed naive step is still the naive step (its own FLOPs count)
     assert m["cocomix-naive+ckpt"]["flops_per_token"] == m["cocomix-naive"]["flops_per_token"]
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    for args in (["--methods", ""], ["--rounds", "0"], ["--warmup", "-1"]):
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "step_cost.py"), "--shape", "tiny", *args],
+                           capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        assert r.returncode != 0 and "Traceback" not in r.stderr and "--" in r.stderr, (args, r.stderr[-500:])
