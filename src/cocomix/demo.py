@@ -208,7 +208,7 @@ def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "r
         stage(name, _finished(out / name, runs[name]), lambda name=name: train_stage(runs[name], out / name), timings)
     seconds, reused = fill_reused(timings, earlier)
     t0 = time.perf_counter()
-    summary = write_report(data, out, runs, seconds, reused, steps)
+    summary = write_report(data, out, runs, seconds, reused, steps, source)
     seconds["report"] = time.perf_counter() - t0
     summary["stage_seconds"], summary["reused_stages"] = seconds, reused
     atomic_write_text(out / "demo_result.json", json.dumps(summary, indent=2))
@@ -253,7 +253,7 @@ def _cache_complete(path: Path) -> bool:
 
 
 def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dict[str, float], reused: list[str],
-                 steps: dict[str, int]) -> dict[str, Any]:
+                 steps: dict[str, int], source: str = "shakespeare") -> dict[str, Any]:
     """report.md: comparison table and plots, concept descriptions, inspected concepts, a steered generation."""
     from cocomix.concepts.describe import describe_concepts
     from cocomix.concepts.describe import write_report as write_concepts
@@ -263,6 +263,7 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
     from cocomix.runs import load_run
     from cocomix.sae import load_sae
     from cocomix.teacher import Teacher
+    from cocomix.train.checkpoint import read_run_config
 
     store = TokenStore.open(data)
     cmp = compare([out / "ntp", out / "cocomix"], out, reference="ntp")
@@ -277,13 +278,16 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
     write_concepts(stats, store, out / "concepts", "val", seq_len)
     inspected, steer, steering = _inspect_and_steer(out, store, seq_len, teacher, sae)
     sae_summary = json.loads((out / "teacher-sae" / "summary.json").read_text())
+    tm = read_run_config(out / "teacher").model
+    coco, corpus = runs["cocomix"], "Shakespeare" if source == "shakespeare" else f"`{_cell(source)}`"
     lines = [
-        "# cocomix demo: CoCoMix vs NTP on Shakespeare (CPU)", "",
-        f"Teacher: the tiny NTP model (4 blocks × 128) trained {steps['teacher']} steps (`teacher/`). "
+        f"# cocomix demo: CoCoMix vs NTP on {corpus} (CPU)", "",
+        f"Teacher: an NTP model ({tm.n_layer} blocks × {tm.d_model}) trained {steps['teacher']} steps (`teacher/`). "
         f"SAE at teacher block {TEACHER_LAYER}: {sae.n_latents} latents, k {sae.k}; held-out FVU "
         f"{sae_summary['fvu']:.4f}, L0 {sae_summary['l0']:.1f}, dead {100 * sae_summary['dead_fraction']:.2f}%.", "",
-        f"Students (same windows, same order, {runs['cocomix'].train.steps} steps × "
-        f"{runs['cocomix'].train.micro_batch_size * runs['cocomix'].data.seq_len} tokens): CoCoMix d=128 "
+        f"Students (same windows, same order, {coco.train.steps} steps × "
+        f"{coco.train.micro_batch_size * coco.train.grad_accum * coco.data.seq_len} tokens): CoCoMix "
+        f"d={coco.model.d_model} "
         f"({active_params(runs['cocomix']) / 1e6:.2f}M active parameters), NTP d={runs['ntp'].model.d_model} "
         f"({active_params(runs['ntp']) / 1e6:.2f}M, parameter-matched).", "",
         "## Result", "", cmp["table"],

@@ -38,6 +38,13 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     report = (out / "report.md").read_text()
     assert "| ntp | ntp | 1 |" in report and "| cocomix | cocomix | 1 |" in report and "α = 10" in report
     assert "### Steering metric" in report and (out / "steering" / "steering.png").is_file()
+    # the corpus and the shapes it names are this run's (a text corpus, the tiny teacher, a 1-step batch)
+    assert report.startswith(f"# cocomix demo: CoCoMix vs NTP on `text:{docs}` (CPU)") and "Shakespeare" not in report
+    teacher = json.loads((out / "teacher" / "config.json").read_text())["model"]
+    coco = json.loads((out / "cocomix" / "config.json").read_text())
+    assert f"({teacher['n_layer']} blocks × {teacher['d_model']})" in report
+    assert f"{coco['train']['micro_batch_size'] * coco['train']['grad_accum'] * coco['data']['seq_len']} tokens): " \
+        f"CoCoMix d={coco['model']['d_model']} " in report
     assert set(result["steering"]["mean"]) == {"-10.0", "-5.0", "0.0", "1.0", "5.0", "10.0"}
     assert set(result["stage_seconds"]) >= {"data", "teacher", "sae", "targets", "ntp", "cocomix"}
     vocab = json.loads((tmp_path / "data" / "meta.json").read_text())["vocab_size"]
@@ -47,7 +54,7 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
 
     seen: dict = {}
 
-    def report(data, out, runs, seconds, reused, steps):  # noqa: ANN001, ANN202
+    def report(data, out, runs, seconds, reused, steps, source):  # noqa: ANN001, ANN202
         seen.update(seconds=dict(seconds), reused=list(reused), runs=runs)
         return {"table": "", "val_loss": result["val_loss"]}
 

@@ -13,12 +13,12 @@ from cocomix.eval.compare import compare, group_runs, token_efficiency, tokens_t
 
 
 def _run(root: Path, name: str, method: str, seed: int, losses: list[float], flops_per_token: float,
-         steps: list[int] | None = None, **train: object) -> Path:
+         steps: list[int] | None = None, planned: int = 1000, **train: object) -> Path:
     """A run directory with config.json and metrics.jsonl as `cocomix train` writes them (eval every 100 steps,
-    or at `steps`)."""
+    or at `steps`; `planned`: its train.steps)."""
     path = root / name
     path.mkdir()
-    run = RunConfig(method=method, train=TrainConfig(seed=seed, micro_batch_size=4, **train))
+    run = RunConfig(method=method, train=TrainConfig(seed=seed, micro_batch_size=4, steps=planned, **train))
     (path / "config.json").write_text(run.to_json())
     tokens_per_step = 4 * run.data.seq_len  # 1024
     events = [{"kind": "flops", "step": 0, "flops_per_token_total": flops_per_token}]
@@ -195,3 +195,54 @@ def test_a_malformed_metrics_event_names_metrics_jsonl(tmp_path: Path) -> None:
                                        + "\n")
     with pytest.raises(CocomixError, match=r"metrics\.jsonl: a malformed event \(ValueError"):
         group_runs([run])
+
+
+def test_seeds_of_another_global_batch_are_refused(tmp_path: Path) -> None:
+    a = _run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.0], 1e6)
+    b = _run(tmp_path, "ntp-seed1", "ntp", 1, [5.0, 4.1], 1e6)
+    lines = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()[:-1]]
+    for e in lines:  # twice the windows per step (e.g. twice the processes: config.json does not record them)
+        if "tokens" in e:
+            e["tokens"] *= 2
+    (b / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    with pytest.raises(CocomixError, match="102400 vs 204800 training tokens at step 100: another global batch"):
+        group_runs([a, b])
+
+
+def test_diverged_unfinished_and_differently_measured_runs_are_said(tmp_path: Path) -> None:
+    ntp = _run(tmp_path, "ntp", "ntp", 0, [5.0, 4.5, 4.2, 4.0], 1e6, planned=400)
+    coco = _run(tmp_path, "coco", "cocomix", 0, [4.8, 4.3, 3.9, float("nan")], 3e6, planned=400)
+    short = _run(tmp_path, "kd", "kd", 0, [4.9, 4.4], 2e6, planned=400, eval_batches=5)
+    res = compare([ntp, coco, short], tmp_path / "out", reference="ntp")
+    assert ("coco: DIVERGED — coco's last evaluation (step 400) is non-finite; its row is read at step 300"
+            in res["table"]), res["table"]
+    assert "kd: unfinished — kd last evaluated at step 200 of 400." in res["table"]
+    assert "kd: validation measured otherwise than ntp's (train.eval_batches 5 vs 20)" in res["table"]
+    assert "ntp: unfinished" not in res["table"] and "coco: validation measured" not in res["table"]
+
+
+def test_edge_cases_of_the_logs_give_figures_or_one_line_errors(tmp_path: Path) -> None:
+    ref = _run(tmp_path, "ntp", "ntp", 0, [5.0], 1e6, steps=[0])  # evaluated before any step: no efficiency
+    other = _run(tmp_path, "kd", "kd", 0, [4.0], 1e6, steps=[100])
+    lines = [json.loads(x) for x in (other / "metrics.jsonl").read_text().splitlines()[:-1]]
+    (other / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in e.items() if k != "train_s"}) + "\n"
+                                                 for e in lines))  # a log that records no wall-clock
+    res = compare([ref, other], tmp_path / "out", reference="ntp")
+    kd_row = next(line for line in res["table"].splitlines() if line.startswith("| kd |"))
+    assert kd_row.endswith("| n/a | n/a | not reached |"), kd_row
+    (other / "metrics.jsonl").write_text(json.dumps({"kind": "eval", "step": "x" * 5000, "val_loss": 4.0}) + "\n")
+    with pytest.raises(CocomixError, match="step is 'xxx") as e:
+        group_runs([other])
+    assert len(str(e.value)) < 300
+
+
+def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path: Path) -> None:
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        compare([_run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6)], tmp_path / "out")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

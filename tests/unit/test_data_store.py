@@ -346,3 +346,66 @@ def test_a_runs_store_path_failure_says_where_it_looked(tmp_path: Path, monkeypa
     with pytest.raises(DataError) as e:
         run_store(run, tmp_path / "elsewhere")  # an explicit --data: its own error, no hint about data.path
     assert "data.path" not in str(e.value)
+
+
+def test_one_line_and_indented_documents_are_cut_too(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no line break that a non-space follows, a long document is cut before spaces (same ids)."""
+    from cocomix.data import store as store_mod
+
+    tok = TokenStore.open(store_dir).tokenizer()
+    monkeypatch.setattr(store_mod, "_PIECE_CHARS", 300)
+    monkeypatch.setattr(store_mod, "_MARGIN", 64)
+    for text in (" ".join(DOCS.values()).replace("\n", " ") * 2,  # one line
+                 "".join("    " + line + "\n" for v in DOCS.values() for line in v.splitlines()) * 2):  # indented
+        whole = np.asarray(tok.encode_ordinary_batch([text])[0], dtype=np.uint32)
+        calls = []
+        real = tok.encode_ordinary_batch
+        monkeypatch.setattr(tok, "encode_ordinary_batch",
+                            lambda texts, calls=calls, real=real: calls.append(texts) or real(texts))
+        got = store_mod._encode_long(tok, text, np.dtype(np.uint32))
+        monkeypatch.setattr(tok, "encode_ordinary_batch", real)
+        pieces = [len(t) for batch in calls if len(batch) != 3 for t in batch]  # the encoding calls (not checks)
+        assert np.array_equal(got, whole) and len(pieces) > len(text) // 600 and max(pieces) < 1000
+
+
+def test_bpe_training_reads_long_documents_in_pieces_with_the_same_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.data import store as store_mod
+    from cocomix.data.tokenizer import train_bpe
+
+    text = "".join(DOCS.values()) * 4 + " ".join(DOCS.values()).replace("\n", " ") * 2
+    monkeypatch.setattr(store_mod, "_PIECE_CHARS", 500)
+    pieces = list(store_mod.training_pieces(text))
+    assert "".join(pieces) == text and len(pieces) > len(text) // 1000 and max(map(len, pieces)) < 1500
+    assert train_bpe(pieces, 400).to_json() == train_bpe([text], 400).to_json()
+
+
+def test_a_folder_of_someone_elses_bins_is_not_replaced_without_overwrite(corpus: Path, tmp_path: Path) -> None:
+    """nanoGPT's data/openwebtext holds train.bin / val.bin and no meta.json: refused unless --overwrite; a
+    cocomix prepare killed while it swapped in its streams (its marker left) is rerun without --overwrite."""
+    out = tmp_path / "openwebtext"
+    out.mkdir()
+    (out / "train.bin").write_bytes(b"\1\0" * 1000)
+    (out / "val.bin").write_bytes(b"\1\0" * 100)
+    with pytest.raises(DataError, match=r"holds train\.bin, val\.bin but no meta\.json.*--overwrite"):
+        prepare(f"text:{corpus}", out, tokenizer="bpe:260", progress=False)
+    assert (out / "train.bin").read_bytes() == b"\1\0" * 1000
+    prepare(f"text:{corpus}", out, tokenizer="bpe:260", overwrite=True, progress=False)
+    assert not (out / ".cocomix-incomplete").exists()
+    (out / "meta.json").unlink()  # as a kill between the streams' swap and meta.json leaves it ...
+    (out / ".cocomix-incomplete").write_text("")  # ... with the marker written before the swap
+    prepare(f"text:{corpus}", out, tokenizer="bpe:260", progress=False)
+    assert TokenStore.open(out).num_tokens("train") > 0
+
+
+def test_file_names_that_are_not_utf8_are_split_and_recorded(tmp_path: Path) -> None:
+    import os
+
+    folder = os.fsencode(tmp_path / "docs")
+    os.mkdir(folder)
+    for i in range(6):
+        with open(folder + b"/caf\xe9%d.txt" % i, "w") as f:
+            f.write(f"word{i} and more text here\n" * 50)
+    meta = prepare(f"text:{tmp_path / 'docs'}", tmp_path / "s", tokenizer="bpe:260", val_fraction=0.3,
+                   progress=False)
+    assert meta["val_documents"] >= 1 and all("\ufffd" in n for n in meta["val_names"])
+    assert json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8"))["val_names"] == meta["val_names"]

@@ -92,6 +92,16 @@ def test_missing_or_bad_tokenizer_files(tmp_path: Path) -> None:
         load_tokenizer(str(bad))
 
 
+def test_an_eos_token_the_config_names_must_exist(tok: TextTokenizer, tmp_path: Path) -> None:
+    """A config naming an eos the tokenizer lacks is an error, not a silent fall-back to <|endoftext|>."""
+    tok.save(tmp_path)
+    assert load_tokenizer(str(tmp_path)).eos_id == tok.eos_id
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": "</s>"}))
+    with pytest.raises(DataError, match="names eos_token '</s>', which is not a token of tokenizer.json"):
+        load_tokenizer(str(tmp_path))
+
+
 def test_saved_folder_adds_no_bos_the_store_never_saw(tok: TextTokenizer, tmp_path: Path) -> None:
     """A tokenizer whose post-processor prepends a BOS (Llama-style TemplateProcessing): the store's ids have
     none, so the saved folder drops that post-processor and `AutoTokenizer` encodes exactly as the store did."""

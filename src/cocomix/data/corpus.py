@@ -68,7 +68,8 @@ def iter_documents(source: str) -> Iterator[Document]:
 
 def split_key(name: str) -> int:
     """A document name's place in [0, 2**64): validation when below val_fraction · 2**64."""
-    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "big")
+    # surrogateescape: a file name that is not UTF-8 (bytes Python decoded as lone surrogates) hashes its bytes
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
 
 
 def _goes_to_val(name: str, val_fraction: float) -> bool:

@@ -31,6 +31,7 @@ SPLITS = ("train", "val")
 META_FILE = "meta.json"
 TOKENIZER_DIR = "tokenizer"
 MAX_VAL_NAMES = 100
+_INCOMPLETE = ".cocomix-incomplete"  # while prepare swaps in new streams: the folder is a store being written
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 _REQUIRED_INT_KEYS = ("format_version", "vocab_size", "eos_id", "train_tokens", "val_tokens")
 _BATCH_DOCS = 512  # documents per encode_batch call ...
@@ -70,7 +71,8 @@ def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress
         raise DataError(f"tokenizer {spec!r}: expected bpe:<vocab_size>, e.g. bpe:4096") from None
     log(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the train documents of {source!r}",
         force=True)
-    train_texts = (doc.text for split, doc in iter_split(source, val_fraction) if split == "train")
+    train_texts = (piece for split, doc in iter_split(source, val_fraction) if split == "train"
+                   for piece in training_pieces(doc.text))
     tok = train_bpe(train_texts, vocab_size)
     if tok.vocab_size < vocab_size:
         log(f"note: the train documents support only {tok.vocab_size} BPE tokens ({spec} asked for): the store's "
@@ -83,6 +85,11 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise DataError(f"{out}: exists and is not a folder (expected a folder for the token store)")
     if (out / META_FILE).exists() and not overwrite:
         raise DataError(f"{out}: already prepared ({META_FILE} exists); pass --overwrite to replace it")
+    foreign = [n for n in ("train.bin", "val.bin", TOKENIZER_DIR) if (out / n).exists()]
+    if foreign and not (out / META_FILE).exists() and not (out / _INCOMPLETE).exists() and not overwrite:
+        # e.g. nanoGPT's data/openwebtext/{train,val}.bin (no meta.json): never replaced without being asked
+        raise DataError(f"{out}: holds {', '.join(foreign)} but no {META_FILE}, so not a cocomix token store; "
+                        "pass --overwrite to replace them, or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".cocomix-write-test.{os.getpid()}"
@@ -106,20 +113,53 @@ def _encode_into(tok: TextTokenizer, docs: list[Document], handle: BinaryIO, dty
     return total
 
 
+def _find_cut(text: str, char: str, start: int, stop: int, spaced: bool) -> int:
+    """The first `char` in text[start:stop] that a non-space follows (and, if `spaced`, a non-space precedes)."""
+    i = text.find(char, max(start, 1) if spaced else start, stop)
+    while i != -1 and (i + 1 >= len(text) or text[i + 1].isspace() or (spaced and text[i - 1].isspace())):
+        i = text.find(char, i + 1, stop)
+    return i
+
+
+def _next_cut(text: str, pos: int) -> int:
+    """Where to cut a long text at or after `pos`: before a line break that a non-space follows or, where there is
+    none within `_PIECE_CHARS`, before a space between two non-spaces (a one-line text, indented lines); past that
+    window only when it has neither; -1 when the rest has neither. A byte-level BPE pre-tokenizes both sides as
+    it does the whole (` word` keeps its space, a line break is a pre-token of its own)."""
+    for stop in (pos + _PIECE_CHARS, len(text)):
+        for char, spaced in (("\n", False), (" ", True)):
+            cut = _find_cut(text, char, pos, stop, spaced)
+            if cut != -1:
+                return cut
+    return -1
+
+
+def training_pieces(text: str) -> Iterator[str]:
+    """A document as BPE training reads it: pieces of about `_PIECE_CHARS` characters cut where `_next_cut` says
+    (the trainer holds ~100 bytes per character of its input: a book-sized file whole would need tens of GB);
+    the pre-tokens, and so the trained merges, are those of the whole text."""
+    start, pos = 0, _PIECE_CHARS
+    while pos < len(text):
+        j = _next_cut(text, pos)
+        if j == -1:
+            break
+        yield text[start:j]
+        start, pos = j, j + _PIECE_CHARS
+    yield text[start:]
+
+
 def _encode_long(tok: TextTokenizer, text: str, dtype: np.dtype) -> np.ndarray:
     """The ids of one long document, encoded in pieces of about `_PIECE_CHARS` characters (a tokenizer's working
     memory is hundreds of bytes per token: a whole book-sized file at once would need tens of GB).
 
-    A piece ends before a line break that a non-space character follows. A cut is taken only where encoding the
+    A piece ends where `_next_cut` says (a line break, else a space). A cut is taken only where encoding the
     `_MARGIN` characters around it whole gives the same ids as encoding the two sides apart, so the ids equal the
     whole document's (byte-level BPE tokenizers cut cleanly there; one that does not, e.g. a SentencePiece
     tokenizer adding a prefix space to every input, fails the check and the text stays whole after
     `_CUT_TRIES` failures)."""
     cuts, failures, pos = [0], 0, _PIECE_CHARS
     while pos < len(text) and failures < _CUT_TRIES:
-        j = text.find("\n", pos)
-        while j != -1 and (j + 1 >= len(text) or text[j + 1].isspace()):
-            j = text.find("\n", j + 1)
+        j = _next_cut(text, pos)
         if j == -1:
             break
         a, b = max(cuts[-1], j - _MARGIN), min(len(text), j + _MARGIN)
@@ -166,8 +206,8 @@ def _write_streams(out: Path, tok: TextTokenizer, source: str, val_fraction: flo
                 f"{counts['train_tokens']:,} train and {counts['val_tokens']:,} val tokens")
 
         for split, doc in iter_split(source, val_fraction):
-            if split == "val" and len(val_names) < MAX_VAL_NAMES:
-                val_names.append(doc.name)
+            if split == "val" and len(val_names) < MAX_VAL_NAMES:  # (a non-UTF-8 file name shown with U+FFFD)
+                val_names.append(doc.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
             buffers[split].append(doc)
             buffered_chars[split] += len(doc.text)
             if len(buffers[split]) >= _BATCH_DOCS or buffered_chars[split] >= _BATCH_CHARS:
@@ -213,7 +253,9 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
                 _pending(out, split).unlink(missing_ok=True)
             raise DataError(f"source {source!r}: val_fraction {val_fraction} holds out no text (too little text "
                             "to split); give more text or a larger --val-fraction")
-        # The new streams are complete. From here until meta.json is rewritten the folder is marked incomplete.
+        # The new streams are complete. From here until meta.json is rewritten the folder is marked incomplete
+        # (no meta.json: the store does not open) and ours (the marker: a rerun may replace it without --overwrite)
+        atomic_write_text(out / _INCOMPLETE, "a cocomix prepare was replacing this store\n")
         (out / META_FILE).unlink(missing_ok=True)
         for split in SPLITS:
             os.replace(_pending(out, split), out / f"{split}.bin")
@@ -236,6 +278,7 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
             "val_names": counts["val_names"],
         }
         atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        (out / _INCOMPLETE).unlink(missing_ok=True)
     except OSError as e:
         raise DataError(f"{out}: cannot write the token store ({e.strerror or e})") from e
     log(f"wrote {out}: {meta['train_tokens']:,} train tokens ({meta['train_documents']} documents), "
@@ -339,6 +382,8 @@ class TokenStore:
         starts = ids * seq_len  # (B,)
         if offsets is not None:
             shift = np.asarray(offsets, dtype=np.int64).reshape(-1)  # (B,)
+            if shift.shape != starts.shape:
+                raise ValueError(f"window offsets: expected one per chunk id ({starts.size}), got {shift.size}")
             starts = starts + shift
             if shift.size and (shift.min() < 0 or shift.max() > seq_len
                                or starts.max() + seq_len > self.num_tokens(split)):

@@ -197,7 +197,10 @@ def _from_tokenizer_json(path: Path) -> TextTokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on malformed files
         raise DataError(f"{path}: not a valid tokenizer.json ({e})") from e
-    candidates = [c for c in (_eos_from_config(path.parent),) if c] + list(_FALLBACK_EOS)
+    named = _eos_from_config(path.parent)
+    if named and tok.token_to_id(named) is None:  # a fallback would silently end documents with another token
+        raise DataError(f"{path.parent}: its config names eos_token {named!r}, which is not a token of {path.name}")
+    candidates = [c for c in (named,) if c] + list(_FALLBACK_EOS)
     for token in candidates:
         eos_id = tok.token_to_id(token)
         if eos_id is not None:

@@ -8,8 +8,11 @@ curve with a ±std band. Runs a group would mix that cannot be seeds of one run 
 directory twice, another method, or any setting that shapes the result: all but the seed and
 `resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths; validation batches count) are refused
 rather than averaged. Seeds are lined up by training step: the group's curve and final loss are at the steps
-every seed evaluated, and its wall-clock is each seed's at the final one. A non-finite validation loss is left
-out (said under the table).
+every seed evaluated, and its wall-clock is each seed's at the final one. Seeds must also have trained on the
+same tokens per step (another global batch is refused). A non-finite validation loss is left out (said under
+the table); a run whose last evaluation is non-finite is flagged DIVERGED, one whose log ends before its
+`train.steps` unfinished, and a group whose validation differs from the reference's (`MEASURED_ON`: validation
+batches, context, vocabulary, store) gets a note saying its loss is not like for like.
 
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
 N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
@@ -31,6 +34,8 @@ from cocomix.atomic import atomic_write_text, atomic_writer
 from cocomix.errors import CocomixError
 
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
+# settings a validation loss depends on besides the model; groups that differ in them are compared with a note
+MEASURED_ON = ("train.eval_batches", "data.seq_len", "model.vocab_size", "data.path")
 
 
 @dataclass
@@ -54,6 +59,12 @@ class RunCurve:
     (`resume.RESULT_NEUTRAL`); seeds of one group must share it."""
     non_finite: int = 0
     """Evaluations left out for a non-finite loss."""
+    diverged_at: int | None = None
+    """The step of the run's last evaluation when its loss is non-finite (the curve ends before it)."""
+    planned_steps: int | None = None
+    """`train.steps` of its config (a run stopped earlier is unfinished)."""
+    measured_on: dict[str, Any] = field(default_factory=dict)
+    """What its validation loss depends on besides the model: windows, context, vocabulary, store."""
 
 
 @dataclass
@@ -144,10 +155,15 @@ def _read_run(path: Path) -> RunCurve:
     settings = {k: v for k, v in flatten(full).items()
                 if k != "train.seed" and (k not in RESULT_NEUTRAL or k == "train.eval_batches")}
     method, seed = config["method"], config["train"]["seed"]
+    flat = flatten(full)
     try:
-        return _curve(path, events, tokens_per_step, method, seed, settings)
+        curve = _curve(path, events, tokens_per_step, method, seed, settings)
     except (ValueError, TypeError, KeyError) as e:
-        raise CocomixError(f"{path / 'metrics.jsonl'}: a malformed event ({type(e).__name__}: {e})") from None
+        raise CocomixError(f"{path / 'metrics.jsonl'}: a malformed event ({type(e).__name__}: "
+                           f"{str(e)[:120]})") from None
+    curve.planned_steps = flat.get("train.steps")
+    curve.measured_on = {k: flat.get(k) for k in MEASURED_ON}
+    return curve
 
 
 def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, method: str, seed: int,
@@ -155,8 +171,15 @@ def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, metho
     flops_event = next((e for e in events if e.get("kind") == "flops"), {})
     flops_per_token = flops_event.get("flops_per_token_total")
     cached = float(flops_event.get("flops_per_token_cached_targets", 0.0))  # targets made once, charged per token
-    evals = sorted((e for e in events if e.get("kind") == "eval"), key=lambda e: e["step"])
+    evals = [e for e in events if e.get("kind") == "eval"]
+    bad = next((e["step"] for e in evals if isinstance(e.get("step"), bool) or not isinstance(e.get("step"), int)
+                or e["step"] < 0), None)
+    if bad is not None or any("step" not in e for e in evals):
+        raise CocomixError(f"{path / 'metrics.jsonl'}: an eval event whose step is {str(bad)[:40]!r}, expected a "
+                           "non-negative integer")
+    evals.sort(key=lambda e: e["step"])
     finite = [e for e in evals if math.isfinite(float(e["val_loss"]))]
+    diverged_at = evals[-1]["step"] if evals and evals[-1] is not (finite[-1] if finite else None) else None
     non_finite, evals = len(evals) - len(finite), finite
     if not evals:
         raise CocomixError(f"{path / 'metrics.jsonl'}: no validation events with a finite loss; train with "
@@ -169,7 +192,7 @@ def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, metho
                     steps=[int(e["step"]) for e in evals], tokens=tokens, flops=flops,
                     val_loss=[float(e["val_loss"]) for e in evals],
                     eval_train_s=[float(e.get("train_s", math.nan)) for e in evals], train_s=train_s,
-                    settings=settings, non_finite=non_finite)
+                    settings=settings, non_finite=non_finite, diverged_at=diverged_at)
 
 
 def group_label(name: str, seed: int) -> str:
@@ -195,6 +218,11 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
                    f"methods {other.method} and {run.method}" if other.method != run.method else
                    f"{differ[0]} {other.settings.get(differ[0])!r} vs {run.settings.get(differ[0])!r}" if differ
                    else "")
+            if not why:  # a global batch of another size (processes × micro-batch × accumulation, or context)
+                step = next((st for st in other.steps if st in run.steps and st > 0), None)
+                if step is not None and (other.tokens[other.steps.index(step)] != run.tokens[run.steps.index(step)]):
+                    why = (f"{other.tokens[other.steps.index(step)]:.0f} vs {run.tokens[run.steps.index(step)]:.0f} "
+                           f"training tokens at step {step}: another global batch")
             if why:
                 raise CocomixError(f"compare: {other.path} and {run.path} would be seeds of one group {label!r} "
                                    f"({why}); give runs of different experiments different directory names")
@@ -220,9 +248,10 @@ def token_efficiency(a: Group, b: Group) -> float | None:
     target, _ = b.final()
     xs, means, _ = a.mean_curve("tokens")
     needed = tokens_to_reach(xs, means, target)
-    if needed is None:
+    reference_tokens = b.mean_curve("tokens")[0][-1]
+    if needed is None or reference_tokens <= 0:  # (a reference evaluated before any training step: no figure)
         return None
-    return 1.0 - needed / b.mean_curve("tokens")[0][-1]
+    return 1.0 - needed / reference_tokens
 
 
 def efficiency_is_bound(a: Group, b: Group) -> bool:
@@ -257,8 +286,26 @@ def table(groups: list[Group], reference: str | None = None) -> str:
                          f"({' / '.join(str(len(r.steps)) for r in g.runs)} evaluations); compared at the "
                          f"{len(shared)} steps they share, up to step {shared[-1]}.")
         dropped = sum(r.non_finite for r in g.runs)
-        if dropped:
+        diverged = [r for r in g.runs if r.diverged_at is not None]
+        if diverged:
+            notes.append(f"{g.label}: DIVERGED — " + "; ".join(
+                f"{r.path.name}'s last evaluation (step {r.diverged_at}) is non-finite" for r in diverged)
+                + f"; its row is read at step {shared[-1]}, the last finite evaluation its seeds share.")
+        elif dropped:
             notes.append(f"{g.label}: {dropped} evaluation(s) with a non-finite validation loss left out.")
+        unfinished = [r for r in g.runs if r.planned_steps and r.diverged_at is None
+                      and r.steps[-1] < r.planned_steps]
+        if unfinished:
+            notes.append(f"{g.label}: unfinished — " + "; ".join(
+                f"{r.path.name} last evaluated at step {r.steps[-1]} of {r.planned_steps}" for r in unfinished)
+                + ".")
+        if ref is not None and g is not ref:
+            other = [k for k in MEASURED_ON if g.runs[0].measured_on.get(k) != ref.runs[0].measured_on.get(k)]
+            if other:
+                notes.append(f"{g.label}: validation measured otherwise than {ref.label}'s ("
+                             + ", ".join(f"{k} {g.runs[0].measured_on.get(k)!r} vs "
+                                         f"{ref.runs[0].measured_on.get(k)!r}" for k in other)
+                             + "): its loss and token efficiency are not like for like.")
         secs = g.train_seconds()
         eff = token_efficiency(g, ref) if ref is not None and g is not ref else None
         bound = "≥ " if eff is not None and efficiency_is_bound(g, ref) else ""
@@ -266,7 +313,7 @@ def table(groups: list[Group], reference: str | None = None) -> str:
         eff_s = "—" if g is ref else ("not reached" if eff is None else f"{bound}{100 * eff:+.1f}%")
         loss_s = f"{mean:.4f} ± {std:.4f}" if len(g.runs) > 1 else f"{mean:.4f}"
         rows.append(f"| {g.label} | {g.runs[0].method} | {len(g.runs)} | {loss_s} | {math.exp(min(mean, 50)):.2f} | "
-                    f"{_fmt_num(tokens)} | {_fmt_num(flops)} | {secs:.0f} s | "
+                    f"{_fmt_num(tokens)} | {_fmt_num(flops)} | {f'{secs:.0f} s' if math.isfinite(secs) else 'n/a'} | "
                     f"{_fmt_num(tokens / secs) if secs and math.isfinite(secs) else 'n/a'} | {eff_s} |")
     if any_bound:
         notes.append("≥: the run's first evaluation already reached the reference's final loss, so it needed at "
@@ -276,17 +323,17 @@ def table(groups: list[Group], reference: str | None = None) -> str:
 
 def plot(groups: list[Group], out: Path, axis: str) -> Path:
     """Validation loss against tokens or training FLOPs, one line (±std band) per group; returns the PNG path."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure on the Agg canvas: no pyplot, so a caller's backend is left alone
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise CocomixError("compare: plots need matplotlib (pip install matplotlib)") from None
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for g in groups:
         xs, means, stds = g.mean_curve(axis)
-        label = f"{g.label} ({len(g.runs)} seeds)" if len(g.runs) > 1 else g.label
+        label = f"{g.label} ({len(g.runs)} seeds, mean ± 1 std)" if len(g.runs) > 1 else g.label
         (line,) = ax.plot(xs, means, marker="o", markersize=3, label=label)
         if len(g.runs) > 1:
             ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
@@ -300,7 +347,6 @@ def plot(groups: list[Group], out: Path, axis: str) -> Path:
     path = out / f"loss_vs_{axis}.png"
     with atomic_writer(path) as fh:
         fig.savefig(fh, format="png")
-    plt.close(fig)
     return path
 
 
