@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from cocomix.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from cocomix.errors import CocomixError
+from cocomix.errors import CheckpointError, CocomixError
 from cocomix.train import train
 from tests.cli import run_cli
 
@@ -508,3 +508,11 @@ def test_under_torchrun_rank_0_alone_verifies_the_checkpoint(store_dir: Path, tm
     assert rs.prepare_run_dir(run, out, resume=True, world_size=1, from_rank0=lambda v: 5) == (
         out / "checkpoints" / "step_0000005")
     assert rs.prepare_run_dir(run, out, resume=True, world_size=1, from_rank0=lambda v: -1) is None
+    with pytest.raises(CheckpointError, match="which this rank does not find; every node must see the same run"):
+        rs.prepare_run_dir(run, out, resume=True, world_size=1, from_rank0=lambda v: 7)  # another node's view
+    monkeypatch.undo()
+    monkeypatch.setenv("RANK", "0")
+    (out / "checkpoints" / "step_0000010").rename(out / "checkpoints" / "final")
+    (out / "checkpoints" / "latest").write_text("final\n")
+    with pytest.raises(CheckpointError, match="holds step 10, so under torchrun it must be named step_0000010"):
+        rs.prepare_run_dir(run, out, resume=True, world_size=1, from_rank0=lambda v: v)

@@ -217,7 +217,7 @@ def test_diverged_unfinished_and_differently_measured_runs_are_said(tmp_path: Pa
     assert ("coco: DIVERGED — coco's last evaluation (step 400) is non-finite; its row is read at step 300"
             in res["table"]), res["table"]
     assert "kd: unfinished — kd last evaluated at step 200 of 400." in res["table"]
-    assert "kd: validation measured otherwise than ntp's (train.eval_batches 5 vs 20)" in res["table"]
+    assert "kd: validation measured otherwise than ntp's (validation windows 20 vs 80)" in res["table"]
     assert "ntp: unfinished" not in res["table"] and "coco: validation measured" not in res["table"]
 
 
@@ -246,3 +246,26 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path: Path) -> Non
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+def test_a_moved_store_is_the_same_validation_split_and_another_store_is_not(tmp_path: Path) -> None:
+    """The note compares the validation split a run's checkpoint recorded (size and sampled digest), not the
+    store's path: a moved store (resume allows it) is no note, a re-prepared store is."""
+    def with_store(path: Path, data_path: str, digest: str) -> Path:
+        config = json.loads((path / "config.json").read_text())
+        config["data"]["path"] = data_path
+        (path / "config.json").write_text(json.dumps(config))
+        ckpt = path / "checkpoints" / "step_0000200"
+        ckpt.mkdir(parents=True)
+        (ckpt / "state.json").write_text(json.dumps({"step": 200, "store": {"val_tokens": 50_000,
+                                                                             "val_sampled_sha256": digest}}))
+        (path / "checkpoints" / "latest").write_text("step_0000200\n")
+        return path
+
+    ntp = with_store(_run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6, planned=200), "data/x", "ab" * 32)
+    moved = with_store(_run(tmp_path, "kd", "kd", 0, [4.9, 3.9], 1e6, planned=200), "/scratch/x", "ab" * 32)
+    other = with_store(_run(tmp_path, "pause", "pause", 0, [4.9, 3.9], 1e6, planned=200), "data/x", "cd" * 32)
+    table = compare([ntp, moved, other], tmp_path / "out", reference="ntp")["table"]
+    assert "kd: validation measured" not in table
+    assert "pause: validation measured otherwise than ntp's (validation split '50000 tokens, cdcdcdcdcdcd' vs " \
+        "'50000 tokens, abababababab')" in table, table

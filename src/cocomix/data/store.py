@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -113,25 +114,23 @@ def _encode_into(tok: TextTokenizer, docs: list[Document], handle: BinaryIO, dty
     return total
 
 
-def _find_cut(text: str, char: str, start: int, stop: int, spaced: bool) -> int:
-    """The first `char` in text[start:stop] that a non-space follows (and, if `spaced`, a non-space precedes)."""
-    i = text.find(char, max(start, 1) if spaced else start, stop)
-    while i != -1 and (i + 1 >= len(text) or text[i + 1].isspace() or (spaced and text[i - 1].isspace())):
-        i = text.find(char, i + 1, stop)
-    return i
+_LINE_CUT = re.compile(r"\n(?=\S)")  # before a line break that a non-space follows
+_SPACE_CUT = re.compile(r"(?<=\S) (?=\S)")  # before a space between two non-spaces
+_ANY_CUT = re.compile(r"\n(?=\S)|(?<=\S) (?=\S)")
 
 
 def _next_cut(text: str, pos: int) -> int:
     """Where to cut a long text at or after `pos`: before a line break that a non-space follows or, where there is
     none within `_PIECE_CHARS`, before a space between two non-spaces (a one-line text, indented lines); past that
-    window only when it has neither; -1 when the rest has neither. A byte-level BPE pre-tokenizes both sides as
-    it does the whole (` word` keeps its space, a line break is a pre-token of its own)."""
-    for stop in (pos + _PIECE_CHARS, len(text)):
-        for char, spaced in (("\n", False), (" ", True)):
-            cut = _find_cut(text, char, pos, stop, spaced)
-            if cut != -1:
-                return cut
-    return -1
+    window the first of either (one scan that stops there, so cutting a whole text stays linear in its length);
+    -1 when the rest has neither. A byte-level BPE pre-tokenizes both sides as it does the whole (` word` keeps its
+    space, a line break is a pre-token of its own)."""
+    for pattern in (_LINE_CUT, _SPACE_CUT):
+        m = pattern.search(text, pos, pos + _PIECE_CHARS + 1)  # (+1: the look-ahead sees the window's last cut)
+        if m is not None:
+            return m.start()
+    m = _ANY_CUT.search(text, pos)
+    return -1 if m is None else m.start()
 
 
 def training_pieces(text: str) -> Iterator[str]:

@@ -11,8 +11,9 @@ rather than averaged. Seeds are lined up by training step: the group's curve and
 every seed evaluated, and its wall-clock is each seed's at the final one. Seeds must also have trained on the
 same tokens per step (another global batch is refused). A non-finite validation loss is left out (said under
 the table); a run whose last evaluation is non-finite is flagged DIVERGED, one whose log ends before its
-`train.steps` unfinished, and a group whose validation differs from the reference's (`MEASURED_ON`: validation
-batches, context, vocabulary, store) gets a note saying its loss is not like for like.
+`train.steps` unfinished, and a group whose validation differs from the reference's (`MEASURED_ON`: the number of
+validation windows, context, vocabulary, the validation split its checkpoint recorded) gets a note saying its
+loss is not like for like.
 
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
 N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
@@ -35,7 +36,7 @@ from cocomix.errors import CocomixError
 
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
 # settings a validation loss depends on besides the model; groups that differ in them are compared with a note
-MEASURED_ON = ("train.eval_batches", "data.seq_len", "model.vocab_size", "data.path")
+MEASURED_ON = ("validation windows", "data.seq_len", "model.vocab_size", "validation split")
 
 
 @dataclass
@@ -162,8 +163,33 @@ def _read_run(path: Path) -> RunCurve:
         raise CocomixError(f"{path / 'metrics.jsonl'}: a malformed event ({type(e).__name__}: "
                            f"{str(e)[:120]})") from None
     curve.planned_steps = flat.get("train.steps")
-    curve.measured_on = {k: flat.get(k) for k in MEASURED_ON}
+    seq_len = flat["data.seq_len"]
+    split, val_tokens = _val_split(path)
+    available = val_tokens // seq_len if isinstance(val_tokens, int) else None  # the split's windows, if known
+    global_batch = curve.tokens[-1] / curve.steps[-1] / seq_len if curve.steps[-1] else None
+    eval_batches = flat.get("train.eval_batches")  # global batches (0: the whole split)
+    asked = None if eval_batches == 0 or global_batch is None else round(eval_batches * global_batch)
+    windows = available if asked is None else asked if available is None else min(asked, available)
+    curve.measured_on = {"validation windows": "all" if eval_batches == 0 and windows is None else windows,
+                         "data.seq_len": seq_len, "model.vocab_size": flat.get("model.vocab_size"),
+                         "validation split": split}
     return curve
+
+
+def _val_split(path: Path) -> tuple[str | None, int | None]:
+    """(the validation split a run evaluated on as its latest checkpoint recorded it: size and sampled digest of
+    the store's val.bin, which moving the store keeps; its token count), Nones where there is none to read."""
+    try:
+        from cocomix.train.checkpoint import latest_checkpoint, read_state
+
+        ckpt = latest_checkpoint(path)
+        store = read_state(ckpt).get("store") if ckpt is not None else None
+    except CocomixError:
+        return None, None
+    if not isinstance(store, dict) or "val_sampled_sha256" not in store:
+        return None, None
+    tokens = store.get("val_tokens")
+    return f"{tokens} tokens, {str(store['val_sampled_sha256'])[:12]}", tokens if isinstance(tokens, int) else None
 
 
 def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, method: str, seed: int,
@@ -300,7 +326,9 @@ def table(groups: list[Group], reference: str | None = None) -> str:
                 f"{r.path.name} last evaluated at step {r.steps[-1]} of {r.planned_steps}" for r in unfinished)
                 + ".")
         if ref is not None and g is not ref:
-            other = [k for k in MEASURED_ON if g.runs[0].measured_on.get(k) != ref.runs[0].measured_on.get(k)]
+            mine, theirs = g.runs[0].measured_on, ref.runs[0].measured_on
+            other = [k for k in MEASURED_ON if mine.get(k) is not None and theirs.get(k) is not None
+                     and mine.get(k) != theirs.get(k)]  # (not recorded: not compared)
             if other:
                 notes.append(f"{g.label}: validation measured otherwise than {ref.label}'s ("
                              + ", ".join(f"{k} {g.runs[0].measured_on.get(k)!r} vs "

@@ -72,8 +72,15 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
     main = os.environ.get("RANK", "0") == "0"
     ckpt = usable_checkpoint(run_dir) if main or from_rank0 is None else None
     if from_rank0 is not None:
-        step = from_rank0(-1 if ckpt is None else read_state(ckpt)["step"])  # -1: no checkpoint to resume from
+        step = -1 if ckpt is None else read_state(ckpt)["step"]  # -1: no checkpoint to resume from
+        if ckpt is not None and ckpt.name != f"step_{step:07d}":  # the other ranks find it by its step
+            raise CheckpointError(f"{ckpt}: holds step {step}, so under torchrun it must be named "
+                                  f"step_{step:07d}; rename it (and `latest`)")
+        step = from_rank0(step)
         ckpt = None if step < 0 else run_dir / CKPT_DIR / f"step_{step:07d}"
+        if ckpt is not None and not (ckpt / "state.json").is_file():
+            raise CheckpointError(f"{run_dir}: rank 0 resumes from {ckpt.name}, which this rank does not find; "
+                                  "every node must see the same run directory (a shared filesystem)")
     if ckpt is not None and not has_config:
         raise CheckpointError(f"{run_dir}: holds checkpoints but no config.json, so nothing says they belong to "
                               "this config; restore the run's config.json (or start in another --out)")
