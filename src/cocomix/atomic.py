@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
-    """The output folder `path`; ConfigError (before any work) when a file, or a folder inside one, is in the way."""
+def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...] | None = None) -> Path:
+    """The output folder `path`; ConfigError (before any work) when a file, or a folder inside one, is in the way,
+    or (`own` given: the kinds of `cocomix.outputs` this command writes) when it holds another kind of output."""
     from cocomix.errors import ConfigError
 
     out = Path(path)
@@ -24,6 +25,12 @@ def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
             if not p.is_dir():
                 raise ConfigError(f"{flag} {out}: {p} exists and is not a directory (a file)")
             break
+    if own is not None:
+        from cocomix.outputs import output_kind
+
+        kind = output_kind(out)
+        if kind is not None and kind not in own:
+            raise ConfigError(f"{flag} {out}: holds {kind}; choose a new or empty folder")
     return out
 
 

@@ -11,7 +11,7 @@
     cocomix inspect   a student's predicted concepts per token: table, HTML (cocomix.interpret.inspect)
     cocomix steer     generation with concepts' logits scaled by α          (cocomix.interpret.steer)
     cocomix steer-eval  the steering metric over concepts, prompts and α   (cocomix.interpret.steer_eval)
-    cocomix compression  column norms of the compression layer             (cocomix.interpret.compression)
+    cocomix compression  row norms of the compression layer                (cocomix.interpret.compression)
     cocomix compare   table and plots of several runs, token efficiency     (cocomix.eval.compare)
     cocomix flops     analytic training FLOPs per token and active parameters (cocomix.flops)
     cocomix presets   list presets or print one as JSON
@@ -182,8 +182,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from cocomix.atomic import check_out_folder
     from cocomix.eval.compare import compare
 
+    check_out_folder(args.out, own=("a run comparison (compare)",))
     res = compare(args.runs, args.out, reference=args.reference)
     print(res["table"], end="")
     print(f"written: {', '.join(str(f) for f in res['files'])}", file=sys.stderr)
@@ -363,21 +365,35 @@ def build_parser() -> argparse.ArgumentParser:
                                           "selection, FLOPs-matched NTP, several seeds")
     s.add_argument("--data", default="data/shakespeare", help="token store (prepared here if missing)")
     s.add_argument("--out", default="runs/demo",
-                   help="output folder; the default reuses the demo's teacher, SAE and targets")
+                   help="output folder (default runs/demo: reuses the demo's teacher, SAE and targets)")
     s.add_argument("--seeds", type=int, default=3, help="seeds per variant")
     s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_experiment)
     return p
 
 
+def _as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """A library error that names its setting (`max_new_tokens: expected ...`) names the command's flag instead
+    (`--max-new-tokens: ...`) where the command has one of that name; `train`'s settings stay config keys."""
+    name, sep, rest = message.partition(": ")
+    if not sep or command == "train" or not name.replace("_", "").isalpha() or not name.islower():
+        return message
+    flag = "--" + name.replace("_", "-")
+    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+    options = sub.choices[command]._option_string_actions if command in sub.choices else {}
+    return f"{flag}: {rest}" if flag in options else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except CocomixError as e:
         if args.debug:
             raise
-        print("cocomix: error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
+        message = _as_flag(" ".join(str(e).split()), parser, args.command)
+        print("cocomix: error: " + message, file=sys.stderr)  # always one line
         return 2
     except OSError as e:  # a file the command cannot read or write: permissions, a full disk, a path in the way
         if args.debug:

@@ -85,7 +85,7 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
         raise ConfigError(f"--context: expected an integer >= 0, got {args.context}")
     from cocomix.atomic import check_out_folder
 
-    check_out_folder(args.out)  # before the teacher pass, not after it
+    check_out_folder(args.out, own=("concept descriptions (describe-concepts)",))  # before the teacher pass
     store = TokenStore.open(args.data)
     teacher, sae = _teacher_and_sae(args)
     stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
@@ -119,7 +119,8 @@ def add_concept_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("extract-concepts", help="run teacher + SAE once over a token store, cache the targets")
     _add_concept_args(s)
     s.add_argument("--k-attr", type=int, default=4, help="targets per position (paper: 4)")
-    s.add_argument("--selection", default="attribution", choices=("attribution", "activation"))
+    s.add_argument("--selection", default="attribution", choices=("attribution", "activation"),
+                   help="concept labels: the top attribution scores (paper) or the top activations (ablation)")
     s.add_argument("--multiplier", default="activation", choices=("activation", "pre_activation"),
                    help="attribution multiplier: post-TopK activation (official) or pre-activation (paper Eq. 1)")
     s.add_argument("--attribution-loss", default="window_mean", choices=("window_mean", "next_token"),

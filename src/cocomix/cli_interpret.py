@@ -42,6 +42,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         html = Path(args.html)
         if html.is_dir() or not html.parent.is_dir():
             raise CocomixError(f"--html {html}: " + ("a folder; give a file name" if html.is_dir() else
+                                                     f"{html.parent} is a file, not a folder" if
+                                                     html.parent.exists() else
                                                      f"its folder {html.parent} does not exist"))
     run, model, store, book = _open(args)
     tok = store.tokenizer()
@@ -127,7 +129,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.sae import load_sae
     from cocomix.teacher import Teacher, teacher_dtype
 
-    check_out_folder(args.out)  # before the evaluation, not after it
+    check_out_folder(args.out, own=("a steering metric (steer-eval)",))  # before the evaluation, not after it
     try:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
@@ -135,6 +137,8 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     bad = next((a for a in alphas if not abs(a) < float("inf")), None)
     if bad is not None:
         raise CocomixError(f"--alphas: expected finite numbers, got {bad!r}")
+    if len(set(alphas)) != len(alphas):
+        raise CocomixError(f"--alphas: {args.alphas!r} repeats a value; give each α once")
     run, model, store, book = _open(args)
     cfg = SteerEvalConfig(alphas=alphas, n_prompts=args.prompts, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -158,7 +162,7 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from cocomix.interpret.inspect import concept_seam
     from cocomix.runs import load_run
 
-    check_out_folder(args.out)
+    check_out_folder(args.out, own=("a compression analysis",))
     _, _, model, _ = load_run(args.run)
     concept_seam(model)
     if not 0 < args.threshold < float("inf"):
@@ -223,6 +227,6 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("compression", help="compression-layer row norms: histogram and fraction below 1e-2")
     s.add_argument("run", help="CoCoMix run directory or checkpoint")
-    s.add_argument("--threshold", type=float, default=1e-2, help="column norm counted as pruned (paper: 1e-2)")
+    s.add_argument("--threshold", type=float, default=1e-2, help="row norm counted as pruned (paper: 1e-2)")
     s.add_argument("--out", required=True, help="folder for compression.png / .json")
     s.set_defaults(func=cmd_compression)

@@ -24,7 +24,7 @@ import torch
 
 from cocomix.atomic import atomic_write_text, atomic_writer, fsync_dir
 from cocomix.data.corpus import Document, iter_split
-from cocomix.data.tokenizer import TextTokenizer, load_tokenizer, train_bpe
+from cocomix.data.tokenizer import TextTokenizer, check_bpe_size, load_tokenizer, train_bpe
 from cocomix.errors import DataError
 
 FORMAT_VERSION = 1
@@ -70,6 +70,7 @@ def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress
         vocab_size = int(spec[4:])
     except ValueError:
         raise DataError(f"tokenizer {spec!r}: expected bpe:<vocab_size>, e.g. bpe:4096") from None
+    check_bpe_size(vocab_size)  # before the progress line: a bad size is the only line printed
     log(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the train documents of {source!r}",
         force=True)
     train_texts = (piece for split, doc in iter_split(source, val_fraction) if split == "train"
@@ -84,6 +85,11 @@ def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder (expected a folder for the token store)")
+    from cocomix.outputs import STORE, output_kind
+
+    kind = output_kind(out)
+    if kind not in (None, STORE):  # a run, an SAE, a cache, a report: never mixed with a store
+        raise DataError(f"{out}: holds {kind}, not a token store; choose a new or empty --out")
     if (out / META_FILE).exists() and not overwrite:
         raise DataError(f"{out}: already prepared ({META_FILE} exists); pass --overwrite to replace it")
     foreign = [n for n in ("train.bin", "val.bin", TOKENIZER_DIR) if (out / n).exists()]

@@ -152,15 +152,20 @@ class TextTokenizer:
         atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
 
 
+def check_bpe_size(vocab_size: int) -> None:
+    """DataError unless a byte-level BPE can have `vocab_size` ids (256 bytes + the end-of-text token at least)."""
+    minimum = len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if not isinstance(vocab_size, int) or vocab_size < minimum:
+        raise DataError(f"tokenizer: a byte-level BPE needs vocab_size >= {minimum} (256 bytes + "
+                        f"{EOS_TOKEN}), got {vocab_size!r}")
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     """Train a byte-level BPE with `vocab_size` ids (256 bytes + `<|endoftext|>` + merges) on `texts`.
 
     Deterministic: the same texts give the same `tokenizer.json`.
     """
-    minimum = len(pre_tokenizers.ByteLevel.alphabet()) + 1
-    if not isinstance(vocab_size, int) or vocab_size < minimum:
-        raise DataError(f"tokenizer: a byte-level BPE needs vocab_size >= {minimum} (256 bytes + "
-                        f"{EOS_TOKEN}), got {vocab_size!r}")
+    check_bpe_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

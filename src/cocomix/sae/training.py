@@ -109,6 +109,11 @@ def check_out(cfg: SAETrainConfig, out: Path) -> None:
     """CocomixError when `out` holds an SAE run of other settings, or something that is not an SAE run."""
     path = out / "config.json"
     if path.is_file():
+        from cocomix.outputs import RUN, output_kind
+
+        kind = output_kind(out)  # (an SAE run not finished yet looks like a model run: config, checkpoints, log)
+        if kind not in (None, RUN, "a train-sae output") or (kind == RUN and '"auxk_alpha"' not in path.read_text()):
+            raise CocomixError(f"{out}: holds {kind}, not an SAE training run; use another --out")
         try:
             stored = SAETrainConfig.from_dict(json.loads(path.read_text()))
         except (ValueError, TypeError, AttributeError, ConfigError) as e:

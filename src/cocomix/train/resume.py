@@ -12,6 +12,7 @@ from cocomix.atomic import check_out_folder
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore
 from cocomix.errors import CheckpointError, CocomixError, DataError
+from cocomix.outputs import RUN, output_kind
 from cocomix.train.checkpoint import CKPT_DIR, latest_checkpoint, read_run_config, read_state, verify_checkpoint
 
 # may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
@@ -32,11 +33,6 @@ _RELOCATABLE = ("data.path", "concept.cache")
 RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
 
 
-# outputs of other kinds that a run must never be written into, by the files that mark them
-_OTHER_OUTPUTS = (("a checkpoint", ("state.json", "model.safetensors", "manifest.json")),
-                  ("a token store", ("train.bin", "val.bin")),
-                  ("a concept cache", ("targets_train.bin", "targets_val.bin", "progress.json")),
-                  ("an SAE", ("sae_weights.safetensors", "sae.safetensors", "cfg.json")))
 
 
 def check_run_folder(run_dir: Path) -> None:
@@ -45,9 +41,12 @@ def check_run_folder(run_dir: Path) -> None:
     first (its scheduler's log, a `tee` file) is fine. Cheap; called before the run is locked."""
     check_out_folder(run_dir)
     if run_dir.is_dir() and not (run_dir / "config.json").is_file() and not (run_dir / CKPT_DIR).exists():
-        kind = next((what for what, files in _OTHER_OUTPUTS if any((run_dir / f).is_file() for f in files)), None)
+        kind = output_kind(run_dir)  # a run without its config.json yet is a run (prepare_run_dir says more)
         if kind is not None:
             raise CocomixError(f"{run_dir}: holds {kind}, not a cocomix run; choose a new or empty --out")
+    elif output_kind(run_dir) not in (None, RUN):
+        raise CocomixError(f"{run_dir}: holds {output_kind(run_dir)}, not a cocomix run; choose a new or empty "
+                           "--out")
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1,

@@ -1,0 +1,41 @@
+"""What kind of cocomix output a folder holds, told by the files that mark it (no paper equation).
+
+Every command that writes into an `--out` folder refuses one that holds another command's output, so that a
+mistyped path never mixes a run's checkpoints with a token store, or a report with a run (`check_out_folder` in
+`atomic.py` asks `output_kind`). The kinds below are what the commands write; a folder with none of these files
+(a new folder, or one with a scheduler's log) holds no output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUN = "a cocomix run"
+STORE = "a token store"
+
+# (kind, files any one of which marks it), tried in order after the folders recognised as a whole below
+_BY_FILE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("a checkpoint", ("state.json", "manifest.json")),
+    (STORE, ("train.bin", "val.bin")),
+    ("a concept cache", ("targets_train.bin", "targets_val.bin", "progress.json")),
+    ("an SAE", ("sae_weights.safetensors", "sae.safetensors", "cfg.json")),
+    ("a model folder", ("model.safetensors",)),
+    ("concept descriptions (describe-concepts)", ("concepts.json",)),
+    ("a steering metric (steer-eval)", ("steering.json",)),
+    ("a compression analysis", ("compression.json",)),
+    ("a run comparison (compare)", ("compare.md",)),
+)
+
+
+def output_kind(folder: str | Path) -> str | None:
+    """The kind of output `folder` holds, or None (not a folder, or none of the marking files)."""
+    path = Path(folder)
+    if not path.is_dir():
+        return None
+    if (path / "stages.json").is_file() or (path / "demo_result.json").is_file():
+        return "a demo output (make demo)"
+    if (path / "summary.json").is_file() and (path / "sae").is_dir():
+        return "a train-sae output"
+    if (path / "config.json").is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):
+        return RUN
+    return next((kind for kind, files in _BY_FILE if any((path / f).exists() for f in files)), None)
