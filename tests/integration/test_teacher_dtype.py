@@ -84,4 +84,4 @@ def test_cli_flags_load_the_teacher_in_bf16(store_dir: Path, concept_parts: tupl
     assert json.loads((tmp_path / "sae" / "config.json").read_text())["teacher_dtype"] == "bfloat16"
     assert main(["train-sae", "--teacher", teacher, "--teacher-layer", "1", "--data", str(store_dir),
                  "--teacher-dtype", "float16", "--out", str(tmp_path / "bad")]) == 2
-    assert "teacher_dtype: expected 'float32' or 'bfloat16'" in capsys.readouterr().err
+    assert "--teacher-dtype: expected 'float32' or 'bfloat16'" in capsys.readouterr().err
