@@ -39,6 +39,8 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     (root / "bad.json").write_text("{not json")
     (root / "wrongtype.json").write_text(json.dumps({**json.loads(run.to_json()), "train": {"steps": "many"}}))
     (root / "afile").write_text("x")
+    (root / "sae-run" / "sae").mkdir(parents=True)  # what train-sae writes around its SAE
+    (root / "sae-run" / "summary.json").write_text("{}")
     (root / "empty-docs").mkdir()
     broken = root / "broken-store"  # train.bin cut short of what meta.json says
     shutil.copytree(store, broken)
@@ -223,6 +225,11 @@ CASES = [
      "--alphas: '0,1,1' repeats a value"),
     ("inspect-html-under-a-file", ["inspect", "{run}", "--text", "the", "--html", "{root}/afile/x.html"],
      "afile is a file, not a folder"),
+    ("describe-sae-is-a-train-sae-output", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                            "--teacher-layer", "1", "--sae", "{root}/sae-run", "--seq-len", "32",
+                                            "--out", "{root}/d9"], "sae-run: a train-sae output; its SAE is"),
+    ("export-out-under-a-file", ["export", "--run", "{run}", "--out", "{root}/afile/hf"],
+     "afile exists and is not a directory"),
 ]
 
 

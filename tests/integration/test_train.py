@@ -177,7 +177,7 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
         (["train", "--config", str(cfg), "--out", str(out)], "already holds a run"),
         (["train", "--config", str(cfg), "--out", str(tmp_path / "file")], "not a directory"),
         (["export", "--run", str(out), "--out", str(tmp_path / "hf")], "not an empty directory"),
-        (["export", "--run", str(out), "--out", "/dev/null/hf"], "cannot create the export folder"),
+        (["export", "--run", str(out), "--out", "/dev/null/hf"], "/dev/null exists and is not a directory"),
         (["export", "--run", str(out), "--out", str(tmp_path / "hf2"), "--data", str(tmp_path)],
          "tokenizer not found"),
         (["eval", "--run", str(out), "--seq-len", "33"], "context_length"),
@@ -195,6 +195,8 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
     if not torch.cuda.is_available():
         bad.append((["generate", "--run", str(out), "--prompt", "a", "--device", "cuda"], "CUDA is not available"))
     from cocomix.cli import main  # in-process (the subprocess run above checks the real entry point)
+
+    assert main(["eval", "--run", str(out / "checkpoints" / "latest"), "--batches", "1"]) == 0  # the pointer file
 
     for args, needle in bad:
         capsys.readouterr()

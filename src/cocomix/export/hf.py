@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cocomix.atomic import fsync_dir, fsync_folder
+from cocomix.atomic import check_out_folder, fsync_dir, fsync_folder
 from cocomix.config import ModelConfig
 from cocomix.errors import CheckpointError
 from cocomix.export.hf_names import TOKENIZER_FILES, WEIGHTS_NAME, fresh_tensor, gpt2_transposed, name_map
@@ -177,6 +177,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     special = _tokenizer_special_ids(tok_dir, model.cfg.vocab_size) if tok_dir is not None else {}
     config = hf_config(model.cfg, **special)
 
+    check_out_folder(out)  # a file on the way: said as such, not as "File exists"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -80,6 +80,8 @@ class ConceptBook:
         """From a describe-concepts folder or its concepts.json."""
         p = Path(path)
         p = p / "concepts.json" if p.is_dir() else p
+        if not p.is_file():
+            raise CocomixError(f"--concepts {path}: no concepts.json there (give a describe-concepts output folder)")
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
             latents = data["latents"]

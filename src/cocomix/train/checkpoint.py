@@ -249,6 +249,8 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     if (p / "state.json").is_file() and p.parent.name == CKPT_DIR:
         return p.parent.parent, p
+    if p.is_file() and p.name == "latest" and p.parent.name == CKPT_DIR:  # the pointer: the checkpoint it names
+        return resolve_checkpoint(p.parent.parent)
     if not p.is_dir():
         raise CheckpointError(f"{p}: no such run or checkpoint directory")
     ckpt = latest_checkpoint(p)
