@@ -47,7 +47,7 @@ def _run_config(args: argparse.Namespace):  # -> RunConfig
         base = load_config_file(args.config)
     elif args.preset:
         base = get_preset(args.preset).to_dict()
-    elif getattr(args, "resume", False) and (Path(args.out) / "config.json").is_file():
+    elif getattr(args, "resume", False) and args.out and (Path(args.out) / "config.json").is_file():
         base = read_run_config(Path(args.out)).to_dict()
     elif args.command == "train":
         raise CocomixError("train: give --preset NAME or --config FILE (or --resume an existing --out)")
@@ -79,6 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(run.to_json())
         return 0
+    if not args.out:
+        raise CocomixError("--out: expected the run directory (cocomix train ... --out DIR)")
     res = train(run, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
@@ -152,13 +154,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not ids:
         raise CocomixError("--prompt: encodes to no tokens; give some text")
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    for _ in range(args.num_samples):
+    for i in range(args.num_samples):
         out, _ = generate(model, torch.tensor([ids], device=device), args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                           eos_id=tok.eos_id, generator=gen)
+        if i:
+            print("-" * 40)  # between samples
         print(tok.decode(out[0].tolist()))
-        if args.num_samples > 1:
-            print("-" * 40)
     return 0
 
 
@@ -290,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
     base.add_argument("--config", help="a run config file (.json or .toml)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
-    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--out", default=None, help="run directory (needed unless --print-config)")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (its stored config when neither "
                         "--preset nor --config is given); an empty or missing --out starts the run")

@@ -230,6 +230,7 @@ CASES = [
                                             "--out", "{root}/d9"], "sae-run: a train-sae output; its SAE is"),
     ("export-out-under-a-file", ["export", "--run", "{run}", "--out", "{root}/afile/hf"],
      "afile exists and is not a directory"),
+    ("train-without-out", ["train", "--config", "{root}/run.json"], "--out: expected the run directory"),
 ]
 
 
