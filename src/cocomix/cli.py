@@ -31,10 +31,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
+from cocomix.cli_parser import Parser, as_flag
 from cocomix.errors import CocomixError, Stopped
 
 
@@ -247,31 +247,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Help(argparse.HelpFormatter):
-    """Help that shows an option's default unless it is None / False or the text already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        hidden = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if hidden or "default" in text or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the one-line error convention of every other cocomix error (exit code 2), and defaults in
-    every subcommand's help."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        kwargs.setdefault("formatter_class", _Help)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"cocomix: error: {message} (see `{self.prog} --help`)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
+    p = Parser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -374,18 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
-    """A library error that names its setting (`max_new_tokens: expected ...`) names the command's flag instead
-    (`--max-new-tokens: ...`) where the command has one of that name; `train`'s settings stay config keys."""
-    name, sep, rest = message.partition(": ")
-    if not sep or command == "train" or not name.replace("_", "").isalpha() or not name.islower():
-        return message
-    flag = "--" + name.replace("_", "-")
-    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
-    options = sub.choices[command]._option_string_actions if command in sub.choices else {}
-    return f"{flag}: {rest}" if flag in options else message
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -394,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CocomixError as e:
         if args.debug:
             raise
-        message = _as_flag(" ".join(str(e).split()), parser, args.command)
+        message = as_flag(" ".join(str(e).split()), parser, args.command)
         print("cocomix: error: " + message, file=sys.stderr)  # always one line
         return 2
     except OSError as e:  # a file the command cannot read or write: permissions, a full disk, a path in the way

@@ -318,21 +318,21 @@ class _PrefixSpace:
 
 def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(store_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from cocomix.data import store as store_mod
+    from cocomix.data import long_text
 
     tok = TokenStore.open(store_dir).tokenizer()
     text = "".join(DOCS.values()) * 3  # lines, blank lines, indented and unicode text
     whole = np.asarray(tok.encode_ordinary_batch([text])[0], dtype=np.uint32)
-    monkeypatch.setattr(store_mod, "_PIECE_CHARS", 300)
-    monkeypatch.setattr(store_mod, "_MARGIN", 64)
+    monkeypatch.setattr(long_text, "PIECE_CHARS", 300)
+    monkeypatch.setattr(long_text, "MARGIN", 64)
     calls = []
     real = tok.encode_ordinary_batch
     monkeypatch.setattr(tok, "encode_ordinary_batch", lambda texts: calls.append(len(texts)) or real(texts))
-    got = store_mod._encode_long(tok, text, np.dtype(np.uint32))
+    got = long_text.encode_long(tok, text, np.dtype(np.uint32))
     assert np.array_equal(got, whole) and len(text) // 300 // 2 < calls.count(3)  # many cuts, each checked
     odd = _PrefixSpace(real.__self__)
     want = np.asarray(odd.encode_ordinary_batch([text])[0], dtype=np.uint32)
-    assert np.array_equal(store_mod._encode_long(odd, text, np.dtype(np.uint32)), want)  # no cut passes
+    assert np.array_equal(long_text.encode_long(odd, text, np.dtype(np.uint32)), want)  # no cut passes
 
 
 def test_a_runs_store_path_failure_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -350,11 +350,11 @@ def test_a_runs_store_path_failure_says_where_it_looked(tmp_path: Path, monkeypa
 
 def test_one_line_and_indented_documents_are_cut_too(store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With no line break that a non-space follows, a long document is cut before spaces (same ids)."""
-    from cocomix.data import store as store_mod
+    from cocomix.data import long_text
 
     tok = TokenStore.open(store_dir).tokenizer()
-    monkeypatch.setattr(store_mod, "_PIECE_CHARS", 300)
-    monkeypatch.setattr(store_mod, "_MARGIN", 64)
+    monkeypatch.setattr(long_text, "PIECE_CHARS", 300)
+    monkeypatch.setattr(long_text, "MARGIN", 64)
     for text in (" ".join(DOCS.values()).replace("\n", " ") * 2,  # one line
                  "".join("    " + line + "\n" for v in DOCS.values() for line in v.splitlines()) * 2):  # indented
         whole = np.asarray(tok.encode_ordinary_batch([text])[0], dtype=np.uint32)
@@ -362,19 +362,19 @@ def test_one_line_and_indented_documents_are_cut_too(store_dir: Path, monkeypatc
         real = tok.encode_ordinary_batch
         monkeypatch.setattr(tok, "encode_ordinary_batch",
                             lambda texts, calls=calls, real=real: calls.append(texts) or real(texts))
-        got = store_mod._encode_long(tok, text, np.dtype(np.uint32))
+        got = long_text.encode_long(tok, text, np.dtype(np.uint32))
         monkeypatch.setattr(tok, "encode_ordinary_batch", real)
         pieces = [len(t) for batch in calls if len(batch) != 3 for t in batch]  # the encoding calls (not checks)
         assert np.array_equal(got, whole) and len(pieces) > len(text) // 600 and max(pieces) < 1000
 
 
 def test_bpe_training_reads_long_documents_in_pieces_with_the_same_merges(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cocomix.data import store as store_mod
+    from cocomix.data import long_text
     from cocomix.data.tokenizer import train_bpe
 
     text = "".join(DOCS.values()) * 4 + " ".join(DOCS.values()).replace("\n", " ") * 2
-    monkeypatch.setattr(store_mod, "_PIECE_CHARS", 500)
-    pieces = list(store_mod.training_pieces(text))
+    monkeypatch.setattr(long_text, "PIECE_CHARS", 500)
+    pieces = list(long_text.training_pieces(text))
     assert "".join(pieces) == text and len(pieces) > len(text) // 1000 and max(map(len, pieces)) < 1500
     assert train_bpe(pieces, 400).to_json() == train_bpe([text], 400).to_json()
 

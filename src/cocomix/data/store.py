@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from cocomix.atomic import atomic_write_text, atomic_writer, fsync_dir
+from cocomix.data import long_text
 from cocomix.data.corpus import Document, iter_split
 from cocomix.data.tokenizer import TextTokenizer, check_bpe_size, load_tokenizer, train_bpe
 from cocomix.errors import DataError
@@ -37,10 +37,6 @@ _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 _REQUIRED_INT_KEYS = ("format_version", "vocab_size", "eos_id", "train_tokens", "val_tokens")
 _BATCH_DOCS = 512  # documents per encode_batch call ...
 _BATCH_CHARS = 8_000_000  # ... or fewer, once this many characters are buffered
-_PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters ...
-_MARGIN = 4096  # ... each cut checked on this many characters either side ...
-_CUT_TRIES = 8  # ... and after this many failed checks in a row the rest is encoded whole
-_PIECES_PER_CALL = 8
 _ENTROPY_BLOCK = 1 << 24  # tokens per np.bincount call in unigram_entropy
 
 
@@ -74,7 +70,7 @@ def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress
     log(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the train documents of {source!r}",
         force=True)
     train_texts = (piece for split, doc in iter_split(source, val_fraction) if split == "train"
-                   for piece in training_pieces(doc.text))
+                   for piece in long_text.training_pieces(doc.text))
     tok = train_bpe(train_texts, vocab_size)
     if tok.vocab_size < vocab_size:
         log(f"note: the train documents support only {tok.vocab_size} BPE tokens ({spec} asked for): the store's "
@@ -108,79 +104,16 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
 
 def _encode_into(tok: TextTokenizer, docs: list[Document], handle: BinaryIO, dtype: np.dtype) -> int:
     """Encode `docs`, append the eos id to each, write the ids to `handle`; return the token count. A document
-    longer than `_PIECE_CHARS` is encoded in pieces (`_encode_long`)."""
-    short = [i for i, doc in enumerate(docs) if len(doc.text) <= _PIECE_CHARS]
+    longer than `long_text.PIECE_CHARS` is encoded in pieces (`long_text.encode_long`)."""
+    short = [i for i, doc in enumerate(docs) if len(doc.text) <= long_text.PIECE_CHARS]
     encoded = dict(zip(short, tok.encode_ordinary_batch([docs[i].text for i in short]), strict=True))
     total = 0
     for i, doc in enumerate(docs):
-        ids = np.asarray(encoded.pop(i), dtype=dtype) if i in encoded else _encode_long(tok, doc.text, dtype)
+        ids = np.asarray(encoded.pop(i), dtype=dtype) if i in encoded else long_text.encode_long(tok, doc.text, dtype)
         stream = np.append(ids, np.asarray([tok.eos_id], dtype=dtype))  # (len(ids) + 1,)
         handle.write(stream.tobytes())
         total += int(stream.size)
     return total
-
-
-_LINE_CUT = re.compile(r"\n(?=\S)")  # before a line break that a non-space follows
-_SPACE_CUT = re.compile(r"(?<=\S) (?=\S)")  # before a space between two non-spaces
-_ANY_CUT = re.compile(r"\n(?=\S)|(?<=\S) (?=\S)")
-
-
-def _next_cut(text: str, pos: int) -> int:
-    """Where to cut a long text at or after `pos`: before a line break that a non-space follows or, where there is
-    none within `_PIECE_CHARS`, before a space between two non-spaces (a one-line text, indented lines); past that
-    window the first of either (one scan that stops there, so cutting a whole text stays linear in its length);
-    -1 when the rest has neither. A byte-level BPE pre-tokenizes both sides as it does the whole (` word` keeps its
-    space, a line break is a pre-token of its own)."""
-    for pattern in (_LINE_CUT, _SPACE_CUT):
-        m = pattern.search(text, pos, pos + _PIECE_CHARS + 1)  # (+1: the look-ahead sees the window's last cut)
-        if m is not None:
-            return m.start()
-    m = _ANY_CUT.search(text, pos)
-    return -1 if m is None else m.start()
-
-
-def training_pieces(text: str) -> Iterator[str]:
-    """A document as BPE training reads it: pieces of about `_PIECE_CHARS` characters cut where `_next_cut` says
-    (the trainer holds ~100 bytes per character of its input: a book-sized file whole would need tens of GB);
-    the pre-tokens, and so the trained merges, are those of the whole text."""
-    start, pos = 0, _PIECE_CHARS
-    while pos < len(text):
-        j = _next_cut(text, pos)
-        if j == -1:
-            break
-        yield text[start:j]
-        start, pos = j, j + _PIECE_CHARS
-    yield text[start:]
-
-
-def _encode_long(tok: TextTokenizer, text: str, dtype: np.dtype) -> np.ndarray:
-    """The ids of one long document, encoded in pieces of about `_PIECE_CHARS` characters (a tokenizer's working
-    memory is hundreds of bytes per token: a whole book-sized file at once would need tens of GB).
-
-    A piece ends where `_next_cut` says (a line break, else a space). A cut is taken only where encoding the
-    `_MARGIN` characters around it whole gives the same ids as encoding the two sides apart, so the ids equal the
-    whole document's (byte-level BPE tokenizers cut cleanly there; one that does not, e.g. a SentencePiece
-    tokenizer adding a prefix space to every input, fails the check and the text stays whole after
-    `_CUT_TRIES` failures)."""
-    cuts, failures, pos = [0], 0, _PIECE_CHARS
-    while pos < len(text) and failures < _CUT_TRIES:
-        j = _next_cut(text, pos)
-        if j == -1:
-            break
-        a, b = max(cuts[-1], j - _MARGIN), min(len(text), j + _MARGIN)
-        whole, left, right = tok.encode_ordinary_batch([text[a:b], text[a:j], text[j:b]])
-        if whole == left + right:
-            cuts.append(j)
-            pos, failures = j + _PIECE_CHARS, 0
-        else:
-            pos, failures = j + 1, failures + 1
-    cuts.append(len(text))
-    spans = list(zip(cuts[:-1], cuts[1:], strict=True))
-    out = []
-    for k in range(0, len(spans), _PIECES_PER_CALL):  # a few pieces per call: the tokenizer encodes them in parallel
-        batch = [text[a:b] for a, b in spans[k:k + _PIECES_PER_CALL]]
-        out.extend(np.asarray(ids, dtype=dtype) for ids in tok.encode_ordinary_batch(batch))
-    return np.concatenate(out)
 
 
 def _pending(out: Path, split: str) -> Path:
