@@ -40,13 +40,9 @@ def check_run_folder(run_dir: Path) -> None:
     token store, an SAE, a concept cache): a run is never written into it. Anything else a job may put there
     first (its scheduler's log, a `tee` file) is fine. Cheap; called before the run is locked."""
     check_out_folder(run_dir)
-    if run_dir.is_dir() and not (run_dir / "config.json").is_file() and not (run_dir / CKPT_DIR).exists():
-        kind = output_kind(run_dir)  # a run without its config.json yet is a run (prepare_run_dir says more)
-        if kind is not None:
-            raise CocomixError(f"{run_dir}: holds {kind}, not a cocomix run; choose a new or empty --out")
-    elif output_kind(run_dir) not in (None, RUN):
-        raise CocomixError(f"{run_dir}: holds {output_kind(run_dir)}, not a cocomix run; choose a new or empty "
-                           "--out")
+    kind = output_kind(run_dir)
+    if kind not in (None, RUN):
+        raise CocomixError(f"{run_dir}: holds {kind}, not a cocomix run; choose a new or empty --out")
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1,
