@@ -205,7 +205,7 @@ def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, metho
                            "non-negative integer")
     evals.sort(key=lambda e: e["step"])
     finite = [e for e in evals if math.isfinite(float(e["val_loss"]))]
-    diverged_at = evals[-1]["step"] if evals and evals[-1] is not (finite[-1] if finite else None) else None
+    diverged_at = evals[-1]["step"] if evals and not math.isfinite(float(evals[-1]["val_loss"])) else None
     non_finite, evals = len(evals) - len(finite), finite
     if not evals:
         raise CocomixError(f"{path / 'metrics.jsonl'}: no validation events with a finite loss; train with "
@@ -246,9 +246,9 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
                    else "")
             if not why:  # a global batch of another size (processes × micro-batch × accumulation, or context)
                 step = next((st for st in other.steps if st in run.steps and st > 0), None)
-                if step is not None and (other.tokens[other.steps.index(step)] != run.tokens[run.steps.index(step)]):
-                    why = (f"{other.tokens[other.steps.index(step)]:.0f} vs {run.tokens[run.steps.index(step)]:.0f} "
-                           f"training tokens at step {step}: another global batch")
+                if step is not None:
+                    a, b = other.tokens[other.steps.index(step)], run.tokens[run.steps.index(step)]
+                    why = f"{a:.0f} vs {b:.0f} training tokens at step {step}: another global batch" if a != b else ""
             if why:
                 raise CocomixError(f"compare: {other.path} and {run.path} would be seeds of one group {label!r} "
                                    f"({why}); give runs of different experiments different directory names")
@@ -331,8 +331,7 @@ def table(groups: list[Group], reference: str | None = None) -> str:
                      and mine.get(k) != theirs.get(k)]  # (not recorded: not compared)
             if other:
                 notes.append(f"{g.label}: validation measured otherwise than {ref.label}'s ("
-                             + ", ".join(f"{k} {g.runs[0].measured_on.get(k)!r} vs "
-                                         f"{ref.runs[0].measured_on.get(k)!r}" for k in other)
+                             + ", ".join(f"{k} {mine[k]!r} vs {theirs[k]!r}" for k in other)
                              + "): its loss and token efficiency are not like for like.")
         secs = g.train_seconds()
         eff = token_efficiency(g, ref) if ref is not None and g is not ref else None
