@@ -34,7 +34,7 @@ from pathlib import Path
 
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
-from cocomix.cli_parser import Parser, as_flag
+from cocomix.cli_parser import DEVICE_HELP, Parser, add_debug, add_run, as_flag, merge_run
 from cocomix.errors import CocomixError, Stopped
 
 
@@ -277,13 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint")
-    s.add_argument("--run", required=True, help="run directory (latest checkpoint) or checkpoint directory")
+    add_run(s, "run directory (latest checkpoint) or checkpoint directory")
     s.add_argument("--data", help="token store (default: the run's)")
     s.add_argument("--split", choices=("train", "val"), help="split for the perplexity (default: val)")
     s.add_argument("--seq-len", type=int, help="perplexity window length (default: the run's)")
     s.add_argument("--batch-size", type=int, default=8, help="windows (perplexity) or requests (lm-eval) per batch")
     s.add_argument("--batches", type=int, help="perplexity: limit the number of batches (default: whole split)")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--tasks", help="lm-eval tasks instead of perplexity, e.g. lambada_openai,wikitext,hellaswag,"
                                    "piqa,social_iqa,arc_easy,winogrande (needs lm-eval; hub tasks need internet)")
     s.add_argument("--include-path", help="folder of local lm-eval task YAML files (offline tasks)")
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("generate", help="sample text from a checkpoint")
-    s.add_argument("--run", required=True, help="run directory (latest checkpoint) or checkpoint directory")
+    add_run(s, "run directory (latest checkpoint) or checkpoint directory")
     s.add_argument("--prompt", required=True, help="text to continue")
     s.add_argument("--data", help="token store whose tokenizer to use (default: the run's)")
     s.add_argument("--max-new-tokens", type=int, default=100,
@@ -303,11 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with this mass")
     s.add_argument("--num-samples", type=int, default=1, help="continuations to print")
     s.add_argument("--seed", type=int, default=0, help="sampling seed")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("export", help="export an NTP or KD checkpoint as a transformers model folder")
-    s.add_argument("--run", required=True, help="run directory (latest checkpoint) or checkpoint directory")
+    add_run(s, "run directory (latest checkpoint) or checkpoint directory")
     s.add_argument("--out", required=True, help="new (or empty) folder for config.json, model.safetensors and the "
                                                "tokenizer")
     s.add_argument("--data", help="token store whose tokenizer to copy (default: the run's)")
@@ -348,12 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=3, help="seeds per variant")
     s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_experiment)
+    add_debug(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    merge_run(args, parser)
     try:
         return args.func(args)
     except CocomixError as e:

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from cocomix.cli_parser import DEVICE_HELP
+
 
 def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
     """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`)."""
@@ -133,7 +135,7 @@ def add_concept_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seq-len", type=int, required=True, help="window length; must equal the training run's")
     s.add_argument("--batch-size", type=int, default=8, help="windows per teacher pass")
     s.add_argument("--splits", default="train,val", help="comma-separated splits to extract (train, val)")
-    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, help="cache directory (resumed if it holds a partial extraction)")
     s.set_defaults(func=cmd_extract_concepts)
 
@@ -145,7 +147,7 @@ def add_concept_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--top-n", type=int, default=8, help="contexts kept per latent")
     s.add_argument("--context", type=int, default=12, help="tokens shown on each side of the activating token")
     s.add_argument("--batch-size", type=int, default=8, help="windows per teacher pass")
-    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, help="folder for concepts.json and concepts.md")
     s.set_defaults(func=cmd_describe_concepts)
 

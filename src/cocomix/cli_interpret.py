@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cocomix.atomic import check_out_folder
+from cocomix.cli_parser import DEVICE_HELP, add_run
 from cocomix.errors import CocomixError
 
 
@@ -173,10 +174,10 @@ def cmd_compression(args: argparse.Namespace) -> int:
 
 
 def _common(s: argparse.ArgumentParser) -> None:
-    s.add_argument("run", help="CoCoMix run directory or checkpoint")
+    add_run(s, "CoCoMix run directory or checkpoint")
     s.add_argument("--data", default=None, help="token store with the run's tokenizer (default: the run's)")
     s.add_argument("--concepts", default=None, help="describe-concepts output folder (labels for concepts)")
-    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
@@ -226,7 +227,7 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_steer_eval)
 
     s = sub.add_parser("compression", help="compression-layer row norms: histogram and fraction below 1e-2")
-    s.add_argument("run", help="CoCoMix run directory or checkpoint")
+    add_run(s, "CoCoMix run directory or checkpoint")
     s.add_argument("--threshold", type=float, default=1e-2, help="row norm counted as pruned (paper: 1e-2)")
     s.add_argument("--out", required=True, help="folder for compression.png / .json")
     s.set_defaults(func=cmd_compression)

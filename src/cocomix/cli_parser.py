@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
+
 
 class Help(argparse.HelpFormatter):
     """Help that shows an option's default unless it is None / False or the text already says it."""
@@ -38,6 +40,42 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
     if not sep or command == "train" or not name.replace("_", "").isalpha() or not name.islower():
         return message
     flag = "--" + name.replace("_", "-")
-    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
-    options = sub.choices[command]._option_string_actions if command in sub.choices else {}
+    try:
+        options = subcommand(parser, command)._option_string_actions
+    except KeyError:
+        options = {}
     return f"{flag}: {rest}" if flag in options else message
+
+
+def subcommand(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of `cocomix COMMAND`."""
+    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+def add_run(s: argparse.ArgumentParser, help: str) -> None:
+    """The run a command reads, given either way: `cocomix eval RUN` or `cocomix eval --run RUN`
+    (`merge_run` checks that exactly one was given)."""
+    s.add_argument("run", nargs="?", default=None, metavar="RUN", help=f"{help} (or --run RUN)")
+    s.add_argument("--run", dest="run_option", default=None, metavar="RUN", help="the same as RUN")
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    """`--debug` after the subcommand too (`cocomix eval --debug ...`), as well as before it."""
+    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+    for s in sub.choices.values():
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of user errors too")
+
+
+def merge_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """One `args.run` from the positional RUN or `--run`; neither, or two different runs, is an argument error."""
+    if not hasattr(args, "run_option"):
+        return
+    given = [r for r in (args.run, args.run_option) if r is not None]
+    if not given:
+        subcommand(parser, args.command).error("the following arguments are required: RUN (or --run RUN)")
+    if len(given) == 2 and given[0] != given[1]:
+        subcommand(parser, args.command).error(f"RUN {given[0]!r} and --run {given[1]!r} differ; give the run once")
+    args.run = given[0]
+    del args.run_option

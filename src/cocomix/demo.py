@@ -148,7 +148,7 @@ def train_stage(run: RunConfig, run_dir: Path) -> None:
 
     from cocomix.train import train
 
-    result = train(run, run_dir, resume=True)
+    result = train(run, run_dir, resume=True, stop_hint="run the same command again to resume")
     if result.stopped:
         name = result.stopped.split()[0]
         raise Stopped(int(signal.Signals[name]), f"{run_dir}: stopped by {result.stopped} with a checkpoint; "

@@ -107,6 +107,9 @@ CASES = [
     ("cli-unknown-command", ["frobnicate"], "invalid choice"),
     ("presets-empty-name", ["presets", ""], "unknown preset ''"),
     ("cli-missing-argument", ["eval"], "--run"),
+    ("inspect-missing-run", ["inspect", "--text", "x"], "required: RUN (or --run RUN)"),
+    ("run-given-twice", ["steer", "{run}", "--run", "{root}/norun", "--prompt", "a", "--concept", "1", "--alpha",
+                         "2"], "differ; give the run once"),
     ("eval-missing-run", ["eval", "--run", "{root}/norun"], "norun"),
     ("eval-corrupt-weights", ["eval", "--run", "{root}/corrupt-run"], "model.safetensors"),
     ("eval-bad-split", ["eval", "--run", "{run}", "--split", "test"], "invalid choice"),
@@ -254,11 +257,26 @@ def test_the_corpus_is_large_and_distinct() -> None:
     assert len({tuple(c[1]) for c in CASES}) == len(CASES)
 
 
-def test_debug_shows_the_traceback_of_a_user_error(world: dict) -> None:
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_of_a_user_error(world: dict, where: str) -> None:
+    """`--debug` before the subcommand or among its options."""
     from cocomix.errors import CocomixError
 
+    args = ["eval", "--run", str(world["root"] / "norun")]
     with pytest.raises(CocomixError, match="norun"):
-        main(["--debug", "eval", "--run", str(world["root"] / "norun")])
+        main(["--debug", *args] if where == "before" else [*args, "--debug"])
+
+
+def test_every_device_option_defaults_to_auto() -> None:
+    """The commands that take --device agree: CUDA when available (on this CPU machine, the CPU)."""
+    import argparse
+
+    from cocomix.cli import build_parser
+
+    sub = next(a for a in build_parser()._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
+    defaults = {name: s.get_default("device") for name, s in sub.choices.items()
+                if "--device" in s._option_string_actions}
+    assert len(defaults) >= 8 and set(defaults.values()) == {"auto"}, defaults
 
 
 def test_a_file_the_command_cannot_read_or_write_is_one_line(monkeypatch: pytest.MonkeyPatch,

@@ -87,8 +87,14 @@ def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: py
     from cocomix.presets import get_preset
     from cocomix.train.loop import TrainResult
 
-    monkeypatch.setattr(cocomix.train, "train", lambda run, run_dir, resume: TrainResult(
-        Path(run_dir), 3, 5.0, None, stopped="SIGTERM (on another rank)"))
+    hints = []
+
+    def stopped(run, run_dir, resume, stop_hint):  # noqa: ANN001, ANN202
+        hints.append(stop_hint)
+        return TrainResult(Path(run_dir), 3, 5.0, None, stopped="SIGTERM (on another rank)")
+
+    monkeypatch.setattr(cocomix.train, "train", stopped)
     with pytest.raises(Stopped, match="stopped by SIGTERM") as stop:
         train_stage(get_preset("tiny"), tmp_path / "teacher")
     assert stop.value.signum == 15
+    assert hints == ["run the same command again to resume"]  # the loop's line, not "continue with --resume"

@@ -36,7 +36,7 @@ def test_inspect_prints_a_table_and_writes_a_page(runs: dict[str, Path]) -> None
     lines = r.stdout.splitlines()
     assert lines[0].startswith(" pos") and all(line.count("#") == 2 for line in lines[1:-1])
     assert "<!DOCTYPE html>" in html.read_text()
-    r = _cli("inspect", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "8")
+    r = _cli("inspect", "--run", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "8")  # RUN or --run
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 9
 
 

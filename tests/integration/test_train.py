@@ -197,6 +197,14 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
     from cocomix.cli import main  # in-process (the subprocess run above checks the real entry point)
 
     assert main(["eval", "--run", str(out / "checkpoints" / "latest"), "--batches", "1"]) == 0  # the pointer file
+    capsys.readouterr()
+    # RUN is positional or --run in every command that reads one (the same run given both ways is accepted)
+    assert main(["eval", str(out), "--batches", "2"]) == 0 and json.loads(capsys.readouterr().out) == res
+    assert main(["generate", "--prompt", "the king", str(out), "--max-new-tokens", "5", "--temperature", "0",
+                 "--run", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("the king")
+    bad += [(["eval", str(out), "--run", str(tmp_path / "missing")], "differ; give the run once"),
+            (["generate", "--prompt", "the king"], "the following arguments are required: RUN (or --run RUN)")]
 
     for args, needle in bad:
         capsys.readouterr()

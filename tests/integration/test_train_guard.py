@@ -94,7 +94,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_equals_an_uninterrupted_run(stor
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "stopped by SIGTERM" in err
+    assert "stopped by SIGTERM" in err and "checkpoint written to" in err and "; continue with --resume" in err
     name = (stopped / "checkpoints" / "latest").read_text().strip()
     step = int(name.split("_")[1])
     assert 7 <= step < 60 and step != 25, f"stopped at {name}: not an off-schedule checkpoint"

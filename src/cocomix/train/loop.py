@@ -104,13 +104,15 @@ def flops_per_token(run: RunConfig, method: Method) -> tuple[dict[str, float], s
     return run_flops(run, shape, sae_k or run.concept.sae_k or 32), note
 
 
-def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False) -> TrainResult:
+def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False,
+          stop_hint: str = "continue with --resume") -> TrainResult:
     """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint.
-    Under torchrun every process calls this; see `distributed.py`."""
+    Under torchrun every process calls this; see `distributed.py`. `stop_hint` ends the line printed when a
+    signal stops the run (how the caller's user resumes it)."""
     ctx = dd.context_from_env()
     device = dd.setup(ctx, resolve_device(run.train.device))
     with FailFast(ctx):  # a rank that fails stops the others at once, not after the collective timeout
-        result = _train(run, Path(run_dir), resume, quiet, ctx, device)
+        result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint)
         dd.barrier(ctx)  # every rank has finished (a rank failing before it still stops the others)
     dd.teardown(ctx)
     return result
@@ -128,7 +130,7 @@ def _injected_nan_steps() -> set[int]:
 
 
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext,
-           device: torch.device) -> TrainResult:
+           device: torch.device, stop_hint: str) -> TrainResult:
     tc = run.train
     store = TokenStore.open(run.data.path)
     check_vocab(store, run.model.vocab_size)
@@ -154,7 +156,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
             # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
             what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
             fresh_note = f"cocomix: note: {what} in {run_dir}; starting the run from step 0"
-        return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note)
+        return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note, stop_hint)
     finally:
         if lock is not None:
             lock.release(remove_empty_dir=created)
@@ -162,7 +164,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
 
 def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, device: torch.device,
                   tc: TrainConfig, store: TokenStore, sampler: WindowSampler, ckpt: Path | None,
-                  fresh_note: str = "") -> TrainResult:
+                  fresh_note: str = "", stop_hint: str = "continue with --resume") -> TrainResult:
 
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)
@@ -323,7 +325,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                 if stop_now:
                     stopped = signal.Signals(signum).name + ("" if signals.received else " (on another rank)")
                     logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
-                                 "continue with --resume")
+                                 + stop_hint)
                     break
     finally:
         logger.close()
