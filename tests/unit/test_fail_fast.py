@@ -18,12 +18,16 @@ from cocomix.train.fail_fast import EXIT_CODE
 WORKER = textwrap.dedent("""
     import os, sys, time
     import torch.distributed as dist
+    from cocomix.train import fail_fast
     from cocomix.train.distributed import DistContext
     from cocomix.train.fail_fast import FailFast
 
     rank, fail = int(os.environ["RANK"]), os.environ["FAIL_RANK"]
     dist.init_process_group("gloo")
-    with FailFast(DistContext(rank, 2, rank), poll=0.2):
+    fail_fast.CLEANUP_SECONDS = 1.0
+    with FailFast(DistContext(rank, 2, rank), poll=0.2) as guard:
+        guard.on_stop(lambda: time.sleep(600))  # a sink that hangs (wandb waiting on the blocked main thread)
+        guard.on_stop(lambda: open(os.environ["FLUSHED"] + str(rank), "w").write("closed"))  # the logger's close
         if str(rank) == fail:
             raise RuntimeError("no space left on device")
         time.sleep(float(os.environ["WORK_S"]) if rank == 1 else 0.0)
@@ -47,6 +51,7 @@ def _run_pair(tmp_path: Path, fail_rank: str, work_s: float) -> tuple[list[int],
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "FAIL_RANK": fail_rank, "WORK_S": str(work_s),
+               "FLUSHED": str(tmp_path / "flushed"),
                "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=120)[1] for p in procs]
@@ -59,6 +64,8 @@ def test_a_failing_rank_stops_a_rank_that_waits(tmp_path: Path) -> None:
     assert codes[1] == EXIT_CODE, errs[1]
     assert "rank 1: stopping because rank 0 failed" in errs[1] and "WORK-DONE" not in errs[1]
     assert took < 45, f"the waiting rank was not stopped in time ({took:.0f} s)"
+    # the stopped rank ran its cleanups, past one that hangs; the failing rank leaves that to its own exit path
+    assert (tmp_path / "flushed1").read_text() == "closed" and not (tmp_path / "flushed0").exists()
 
 
 def test_ranks_that_finish_at_different_times_are_left_alone(tmp_path: Path) -> None:
@@ -66,3 +73,4 @@ def test_ranks_that_finish_at_different_times_are_left_alone(tmp_path: Path) -> 
     codes, errs, _ = _run_pair(tmp_path, fail_rank="none", work_s=1.5)
     assert codes == [0, 0], errs
     assert all("WORK-DONE" in e and "stopping because" not in e for e in errs)
+    assert not list(tmp_path.glob("flushed*"))  # the cleanups are only for a rank stopped by another's failure

@@ -12,6 +12,10 @@ thread that polls the key and, when another rank has failed, says so on stderr a
 Each watcher that acts adds one to a counter, and the failing rank waits (at most `2 · poll` seconds) until every
 other rank has seen the failure before it goes on raising, because when rank 0 hosts the store its exit takes the
 store away.
+
+Before it ends its process the watcher runs the callbacks registered with `on_stop` (the metrics logger's close,
+which flushes TensorBoard and finishes wandb), each in a thread given at most `CLEANUP_SECONDS`: the main
+thread is blocked, so a sink that needs it must not hold the exit up.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +34,7 @@ from cocomix.train.distributed import DistContext
 
 EXIT_CODE = 1
 POLL_SECONDS = 3.0
+CLEANUP_SECONDS = 10.0
 
 
 def _keys() -> tuple[str, str]:
@@ -47,6 +53,13 @@ def _default_store() -> Any | None:
         return None
 
 
+def _quietly(callback: Callable[[], object]) -> None:
+    try:
+        callback()
+    except Exception as e:  # the process is ending anyway; say what was not flushed
+        print(f"cocomix: note: while stopping: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+
 class FailFast:
     """Context manager around a distributed job's work (the training and its final barrier); a no-op for one
     process. See the module docstring."""
@@ -57,6 +70,18 @@ class FailFast:
         self._done = threading.Event()
         self._failed_here = False  # this rank announced a failure: its own watcher leaves it to the raise
         self._thread: threading.Thread | None = None
+        self._on_stop: list[Callable[[], object]] = []
+
+    def on_stop(self, callback: Callable[[], object]) -> None:
+        """Run `callback` (in a bounded thread) if the watcher ends this process because another rank failed."""
+        self._on_stop.append(callback)
+
+    def _cleanup(self) -> None:
+        for callback in self._on_stop:
+            worker = threading.Thread(target=_quietly, args=(callback,), name="cocomix-fail-fast-cleanup",
+                                      daemon=True)
+            worker.start()
+            worker.join(CLEANUP_SECONDS)
 
     def __enter__(self) -> FailFast:
         if self.ctx.active:
@@ -85,6 +110,7 @@ class FailFast:
                 store.add(acks, 1)
             except Exception:
                 pass
+            self._cleanup()
             os._exit(EXIT_CODE)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,8 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     signal stops the run (how the caller's user resumes it)."""
     ctx = dd.context_from_env()
     device = dd.setup(ctx, resolve_device(run.train.device))
-    with FailFast(ctx):  # a rank that fails stops the others at once, not after the collective timeout
-        result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint)
+    with FailFast(ctx) as fail_fast:  # a rank that fails stops the others at once, not after the collective timeout
+        result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint, fail_fast.on_stop)
         dd.barrier(ctx)  # every rank has finished (a rank failing before it still stops the others)
     dd.teardown(ctx)
     return result
@@ -130,7 +131,7 @@ def _injected_nan_steps() -> set[int]:
 
 
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext,
-           device: torch.device, stop_hint: str) -> TrainResult:
+           device: torch.device, stop_hint: str, on_stop: Callable[[Callable[[], object]], None]) -> TrainResult:
     tc = run.train
     store = TokenStore.open(run.data.path)
     check_vocab(store, run.model.vocab_size)
@@ -156,7 +157,8 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
             # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
             what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
             fresh_note = f"cocomix: note: {what} in {run_dir}; starting the run from step 0"
-        return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note, stop_hint)
+        return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note, stop_hint,
+                             on_stop)
     finally:
         if lock is not None:
             lock.release(remove_empty_dir=created)
@@ -164,7 +166,8 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
 
 def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, device: torch.device,
                   tc: TrainConfig, store: TokenStore, sampler: WindowSampler, ckpt: Path | None,
-                  fresh_note: str = "", stop_hint: str = "continue with --resume") -> TrainResult:
+                  fresh_note: str = "", stop_hint: str = "continue with --resume",
+                  on_stop: Callable[[Callable[[], object]], None] | None = None) -> TrainResult:
 
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)
@@ -191,6 +194,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     resume_step = start if ckpt is not None else None
     logger = (MetricsLogger(run_dir, tc.log_backends, resume_step=resume_step, config=run.to_dict(), quiet=quiet)
               if ctx.is_main else SilentLogger())
+    if on_stop is not None:  # stopped by another rank's failure: flush TensorBoard / finish wandb on the way out
+        on_stop(logger.close)
     if ctx.is_main:
         atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
     if fresh_note:

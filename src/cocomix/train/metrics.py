@@ -83,7 +83,9 @@ class MetricsLogger:
             print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        for kind, sink in self.sinks:
+        """Flush and close the backends (once: a second call, e.g. from `FailFast`'s watcher, does nothing)."""
+        sinks, self.sinks = self.sinks, []
+        for kind, sink in sinks:
             sink.close() if kind == "tensorboard" else sink.finish()
 
 
