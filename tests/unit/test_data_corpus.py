@@ -231,3 +231,60 @@ def test_single_document_cut_keeps_the_val_fraction(text: str, tmp_path: Path) -
     train, val = split_documents(f"text:{tmp_path / 'book.txt'}", val_fraction=0.05)
     assert train[0].text + val[0].text == text
     assert 0.025 <= len(val[0].text) / len(text) <= 0.075
+
+
+EOT = "<|endoftext|>"
+
+
+def test_text_file_cut_into_documents_at_a_separator(tmp_path: Path) -> None:
+    """TinyStories' text files separate stories by a line `<|endoftext|>`: `text:FILE#<|endoftext|>` makes each
+    story a document (named by its piece number), read as the whole-file reader reads text (BOM, CR LF)."""
+    stories = ["Once upon a time ✓ a cat.\r\nThe end.", "", "Ben had a ball.", "  \n ", "Zoë ran.\rHome."]
+    (tmp_path / "stories.txt").write_bytes(("\ufeff" + f"\n{EOT}\n".join(stories) + f"\n{EOT}\n").encode())
+    docs = list(iter_documents(f"text:{tmp_path / 'stories.txt'}#{EOT}"))
+    assert docs == [Document("stories.txt#0", "Once upon a time ✓ a cat.\nThe end."),
+                    Document("stories.txt#2", "Ben had a ball."), Document("stories.txt#4", "Zoë ran.\nHome.")]
+    # without the separator: one document, the separators left as text (as the official preparation reads them)
+    whole = list(iter_documents(f"text:{tmp_path / 'stories.txt'}"))
+    assert len(whole) == 1 and whole[0].text.count(EOT) == 5
+    # a folder: every file cut, named by its relative path
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "b.txt").write_text(f"x{EOT}y")
+    names = [d.name for d in iter_documents(f"text:{tmp_path}#{EOT}")]
+    assert names == ["more/b.txt#0", "more/b.txt#1", "stories.txt#0", "stories.txt#2", "stories.txt#4"]
+    # many documents: the hash split, not the single-document cut
+    (tmp_path / "many.txt").write_text(EOT.join(f"story {i} of a dog" for i in range(400)))
+    train, val = split_documents(f"text:{tmp_path / 'many.txt'}#{EOT}", val_fraction=0.1)
+    assert len(train) + len(val) == 400 and 20 < len(val) < 60
+
+
+def test_separator_pieces_do_not_depend_on_the_read_block(tmp_path: Path) -> None:
+    """The file is read in blocks; a separator or a multi-byte character across a block boundary changes
+    nothing."""
+    import random
+
+    from cocomix.data.sources import _split_file
+
+    rng = random.Random(0)
+    alphabet = ["a", "b", " ", "\n", "é", "✓", "🙂", "<", "|", "##"]
+    text = "".join(rng.choice(alphabet) if rng.random() > 0.02 else "<|e|>" for _ in range(3000))
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    expected = [(i, piece.strip()) for i, piece in enumerate(text.split("<|e|>"))]
+    assert len(expected) > 30
+    for block in (1, 2, 3, 5, 7, 64, 1 << 22):
+        assert list(_split_file(path, "<|e|>", block=block)) == expected, block
+    assert [t for _, t in _split_file(path, "##", block=4)] == [p.strip() for p in text.split("##")]
+
+
+def test_separator_source_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a#b.txt").write_text("x")  # an existing path with '#' is taken whole
+    assert [d.name for d in iter_documents(f"text:{tmp_path / 'a#b.txt'}")] == ["a#b.txt"]
+    assert [d.name for d in iter_documents(f"text:{tmp_path / 'a#b.txt'}#b")] == ["a#b.txt#0"]  # then cut at b
+    with pytest.raises(DataError, match="empty separator"):
+        list(iter_documents(f"text:{tmp_path / 'a#b.txt'}#"))
+    with pytest.raises(DataError, match=r"nope\.txt does not exist .*#SEPARATOR"):
+        list(iter_documents(f"text:{tmp_path / 'nope.txt'}#{EOT}"))
+    (tmp_path / "bad.txt").write_bytes(b"good" + EOT.encode() + b"ok \xff")
+    with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 text \(byte 20\)"):  # 4 + 13 + 3: in the file
+        list(iter_documents(f"text:{tmp_path / 'bad.txt'}#{EOT}"))

