@@ -107,7 +107,14 @@ def test_prepare_says_when_the_corpus_cannot_fill_the_vocabulary(corpus: Path, t
                                                                  capsys: pytest.CaptureFixture) -> None:
     meta = prepare(f"text:{corpus}", tmp_path / "s", tokenizer="bpe:50000", progress=True)
     assert meta["vocab_size"] < 50000
-    assert f"support only {meta['vocab_size']} BPE tokens (bpe:50000 asked for)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"support only {meta['vocab_size']} BPE tokens (bpe:50000 asked for)" in err
+    # BPE training says what it has read before the merges, which show no progress of their own
+    docs = meta["train_documents"]
+    chars = sum(len(p.read_text()) for p in corpus.rglob("*.txt"))  # (bounds: val documents are not counted)
+    line = next(ln for ln in err.splitlines() if "BPE: computing the merges" in ln)
+    assert f"over {docs:,} train documents (" in line
+    assert 0 < int(line.split("(")[1].split(" ")[0].replace(",", "")) <= chars
 
 
 def test_prepare_again_needs_overwrite(corpus: Path, tmp_path: Path) -> None:

@@ -69,13 +69,24 @@ def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress
     check_bpe_size(vocab_size)  # before the progress line: a bad size is the only line printed
     log(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the train documents of {source!r}",
         force=True)
-    train_texts = (piece for split, doc in iter_split(source, val_fraction) if split == "train"
-                   for piece in long_text.training_pieces(doc.text))
-    tok = train_bpe(train_texts, vocab_size)
+    tok = train_bpe(_counted_train_pieces(source, val_fraction, log), vocab_size)
     if tok.vocab_size < vocab_size:
         log(f"note: the train documents support only {tok.vocab_size} BPE tokens ({spec} asked for): the store's "
             f"vocabulary is {tok.vocab_size}", force=True)
     return tok
+
+
+def _counted_train_pieces(source: str, val_fraction: float, log: _Progress) -> Iterator[str]:
+    """The train documents' text in the pieces BPE training reads (`long_text.training_pieces`), with progress
+    lines while the trainer counts them and one when it goes on to the merges (which shows none)."""
+    docs = chars = 0
+    for split, doc in iter_split(source, val_fraction):
+        if split != "train":
+            continue
+        yield from long_text.training_pieces(doc.text)
+        docs, chars = docs + 1, chars + len(doc.text)
+        log(f"BPE: counted {docs:,} train documents ({chars:,} characters) so far")
+    log(f"BPE: computing the merges over {docs:,} train documents ({chars:,} characters)", force=True)
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
