@@ -119,9 +119,9 @@ class Teacher(PerPositionGradients):
                         for c in (getattr(model, "config", None), text_config(model)))
         self._kw = {"use_cache": False} if has_cache else {}
         self.checkpointed = False
-        self.tokenizer_source: tuple[str, Path] | None = None
+        self.tokenizer_source: tuple[str, Path | str] | None = None
         """Where the teacher's tokenizer can be checked: ("run", checkpoint) for a cocomix run (its recorded
-        tokenizer_sha256), ("hf", folder) for a local HF folder; None (not checked) for hub names and bare models."""
+        tokenizer_sha256), ("hf", folder) for a local HF folder, ("hub", name) for a hub name; None for bare models."""
         self.next_token_mode: str | None = None
         """How the Eq. 1 gradient is computed: "own_position" (one backward pass), "per_position" (one per
         position), or None before the first `residual_and_grad(loss="next_token")` decides."""
@@ -281,7 +281,7 @@ class Teacher(PerPositionGradients):
             raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''})") from None
         teacher = cls(model.to(device), layer, layer_field)
-        teacher.tokenizer_source = ("hf", path) if local or path.is_dir() else None
+        teacher.tokenizer_source = ("hf", path) if local or path.is_dir() else ("hub", text)
         return teacher
 
     @torch.no_grad()

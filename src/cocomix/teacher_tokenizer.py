@@ -4,13 +4,16 @@
 `check_teacher_tokenizer(kind, where, store)`: for a cocomix run as teacher ("run", its checkpoint), the tokenizer
 hash the run recorded must be the store's (`runs.check_tokenizer`); for a local Hugging Face folder ("hf", the
 folder), every token of the store's tokenizer must have the same id in the folder's `tokenizer.json` (else
-`vocab.json` + `added_tokens.json`). A folder whose tokenizer cannot be read here (sentencepiece only) is not
-checked, nor is a hub name (nothing is downloaded).
+`vocab.json` + `added_tokens.json`, else whatever `transformers.AutoTokenizer` reads there, a sentencepiece model
+included); for a hub name ("hub"), the same through `AutoTokenizer.from_pretrained(name)`, which finds the files
+where the model's came from (the Hugging Face cache, or the hub when the model was just downloaded from it). A
+tokenizer that cannot be read is not checked, with a note.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from cocomix.errors import ConfigError
@@ -18,15 +21,19 @@ from cocomix.errors import ConfigError
 _HINT = "prepare the data with the teacher's tokenizer (cocomix prepare --tokenizer ...)"
 
 
-def check_teacher_tokenizer(kind: str, where: Path, store: object) -> None:
+def check_teacher_tokenizer(kind: str, where: Path | str, store: object) -> None:
     """DataError / ConfigError when the store's token ids stand for other tokens than the teacher's."""
     if kind == "run":
         from cocomix.runs import check_tokenizer
 
         check_tokenizer(store.path / "tokenizer", where, _HINT, whose="the teacher run")
         return
-    theirs = folder_vocab(where)
+    theirs = folder_vocab(Path(where)) if kind == "hf" else None
     if theirs is None:
+        theirs = auto_vocab(str(where))
+    if theirs is None:
+        print(f"cocomix: note: the teacher's tokenizer ({where}) cannot be read here, so the token store's "
+              "tokenizer is not checked against it", file=sys.stderr)
         return
     ours = store.tokenizer().backend.get_vocab(with_added_tokens=True)
     other = sorted((i, t) for t, i in ours.items() if theirs.get(t) != i)
@@ -51,3 +58,24 @@ def folder_vocab(folder: Path) -> dict[str, int] | None:
     except Exception:  # noqa: BLE001 - an unreadable tokenizer is not checked; loading the model said what it could
         return None
     return None
+
+
+def auto_vocab(name_or_folder: str) -> dict[str, int] | None:
+    """token -> id of `transformers.AutoTokenizer.from_pretrained(name_or_folder)`, added tokens included; None
+    when it cannot be loaded (offline with nothing cached, sentencepiece missing) or holds only special tokens
+    (no tokenizer files)."""
+    try:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a failure is said once, by the caller's note
+        try:
+            tok = AutoTokenizer.from_pretrained(name_or_folder)
+            vocab, special = tok.get_vocab(), set(tok.all_special_tokens)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except Exception:  # noqa: BLE001 - OSError, ValueError, ImportError: the tokenizer is not there to check
+        return None
+    # without tokenizer files, transformers 5 builds the config's tokenizer class empty: special tokens only
+    return dict(vocab) if isinstance(vocab, dict) and len(vocab) > len(special) else None

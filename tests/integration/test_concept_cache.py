@@ -305,6 +305,59 @@ def test_a_teacher_with_another_tokenizer_is_refused(store_dir: Path, tmp_path: 
         run_teacher.check_store(TokenStore.open(tmp_path / "store2"), 16)
 
 
+HUB_CHECK = """
+import sys
+from cocomix.data import TokenStore
+from cocomix.errors import ConfigError
+from cocomix.teacher import Teacher
+
+teacher = Teacher.from_pretrained("cocomix-test/teacher", layer=1)
+assert teacher.tokenizer_source == ("hub", "cocomix-test/teacher"), teacher.tokenizer_source
+try:
+    teacher.check_store(TokenStore.open(sys.argv[1]), 32)
+    print("ACCEPTED")
+except ConfigError as e:
+    print("REFUSED", e)
+"""
+
+
+def test_a_hub_teacher_is_checked_against_the_store_through_the_hub_cache(store_dir: Path, tmp_path: Path,
+                                                                         parts: tuple[Path, Path]) -> None:
+    """A hub name (the paper's `gpt2`) is loaded, model and tokenizer, from the Hugging Face cache, here offline
+    from a cache laid out as the hub client writes it; a store of another tokenizer is refused, the teacher's
+    own accepted, and a teacher with no tokenizer anywhere is used with a note."""
+    import os
+    import subprocess
+    import sys
+
+    from cocomix.data import train_bpe
+
+    store = TokenStore.open(store_dir)
+    repo = tmp_path / "hub" / "models--cocomix-test--teacher"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(parts[0], snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def check() -> str:
+        r = subprocess.run([sys.executable, "-c", HUB_CHECK, str(store_dir)], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout + r.stderr
+
+    other = train_bpe(["an entirely different corpus of words, " * 50, "with other merges and ids\n" * 50], 320)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (snapshot / name).unlink(missing_ok=True)
+    assert "ACCEPTED" in check() and "is not checked" in check()  # nothing to compare with: said, not refused
+    (snapshot / "tokenizer.json").write_text(other.backend.to_str())
+    assert "REFUSED" in (out := check()) and "its tokenizer is not the teacher's" in out
+    (snapshot / "tokenizer.json").write_text(store.tokenizer().backend.to_str())
+    assert "ACCEPTED" in (out := check()) and "not checked" not in out
+
+
 def test_cache_files_that_do_not_read_are_clear_errors_and_the_sae_is_matched_by_content(tmp_path: Path) -> None:
     """A truncated meta.json / progress.json is a one-line error naming it; the SAE given by another path to the
     same files (relative vs absolute) is the same SAE."""
