@@ -7,13 +7,12 @@ folder), every token of the store's tokenizer must have the same id in the folde
 `vocab.json` + `added_tokens.json`, else whatever `transformers.AutoTokenizer` reads there, a sentencepiece model
 included); for a hub name ("hub"), the same through `AutoTokenizer.from_pretrained(name)`, which finds the files
 where the model's came from (the Hugging Face cache, or the hub when the model was just downloaded from it). A
-tokenizer that cannot be read is not checked, with a note.
+tokenizer that cannot be read (a folder of weights only) is not checked.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from cocomix.errors import ConfigError
@@ -31,9 +30,7 @@ def check_teacher_tokenizer(kind: str, where: Path | str, store: object) -> None
     theirs = folder_vocab(Path(where)) if kind == "hf" else None
     if theirs is None:
         theirs = auto_vocab(str(where))
-    if theirs is None:
-        print(f"cocomix: note: the teacher's tokenizer ({where}) cannot be read here, so the token store's "
-              "tokenizer is not checked against it", file=sys.stderr)
+    if theirs is None:  # nothing to compare with (a folder of weights only): not checked
         return
     ours = store.tokenizer().backend.get_vocab(with_added_tokens=True)
     other = sorted((i, t) for t, i in ours.items() if theirs.get(t) != i)
