@@ -315,3 +315,34 @@ def test_adapter_arguments_are_checked_and_limit_zero_means_every_example(cocomi
             CocomixLM(cocomix_run, **kwargs)
     res = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=_task_dir(tmp_path), limit=0, log_samples=True)
     assert len(res["samples"]["shakespeare_mc"]) == 24
+
+
+def test_lm_eval_finds_the_adapter_by_its_model_name(cocomix_run: Path, tmp_path: Path) -> None:
+    """`cocomix` is lm-eval's model name: registered on import (simple_evaluate(model="cocomix")) and declared as
+    an `lm_eval.models` entry point of the installed package (what lm-eval's plugin discovery reads); lm-eval's
+    own settings (a string batch size, max_batch_size) are accepted, a wrong model argument is one line."""
+    import importlib.metadata
+    import tomllib
+
+    from lm_eval import simple_evaluate
+    from lm_eval.api.registry import get_model
+    from lm_eval.tasks import TaskManager
+
+    from cocomix.eval.harness import CocomixLM, run_tasks
+
+    assert get_model("cocomix") is CocomixLM
+    assert get_model("hf").__name__ == "HFLM"  # lm-eval's own names still resolve
+    declared = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert declared["project"]["entry-points"]["lm_eval.models"] == {"cocomix": "cocomix.eval.harness:CocomixLM"}
+    installed = {ep.name: ep for ep in importlib.metadata.entry_points(group="lm_eval.models")}
+    assert installed["cocomix"].load() is CocomixLM  # the package as `make install` installs it
+
+    tasks = _task_dir(tmp_path)
+    by_name = simple_evaluate(model="cocomix", model_args=f"run={cocomix_run},dtype=float32", tasks=["shakespeare_mc"],
+                              batch_size="4", max_batch_size=64, task_manager=TaskManager(include_path=str(tasks)))
+    ours = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=tasks)
+    assert by_name["results"]["shakespeare_mc"] == ours["results"]["shakespeare_mc"]
+    for args, needle in (("pretrained=gpt2", "unknown argument 'pretrained'"), ("dtype=float32", "no run"),
+                         (f"run={cocomix_run},dtype=float16", "--dtype")):
+        with pytest.raises(ConfigError, match=needle):
+            CocomixLM.create_from_arg_string(args, {"batch_size": 1, "max_batch_size": None, "device": None})

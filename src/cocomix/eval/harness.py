@@ -21,6 +21,9 @@
   without a temperature samples at 1 (HF's default). Other options (`num_beams` above 1, ...) are refused.
 
 Scoring runs in one precision for every method (fp32 by default; `dtype="bfloat16"` on GPU), in eval mode.
+The adapter is lm-eval's model `cocomix`: registered when this module is imported (`simple_evaluate(model=
+"cocomix", model_args="run=RUN")`) and declared as an `lm_eval.models` entry point, which lm-eval versions with
+plugins (after 0.4.13) find by themselves: `lm-eval run --model cocomix --model_args run=RUN,dtype=bfloat16`.
 `run_tasks` calls `lm_eval.simple_evaluate` with a `TaskManager` that also scans `include_path` (local task YAML
 files, e.g. JSONL-backed tasks that need no network); when every requested task is defined there, lm-eval's
 built-in task index (seconds to build) is skipped.
@@ -53,7 +56,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
     """A cocomix run (directory or checkpoint) behind lm-eval's LM interface."""
 
     def __init__(self, run: str | Path, data: str | Path | None = None, device: str = "cpu",
-                 dtype: str = "float32", batch_size: int = 8) -> None:
+                 dtype: str = "float32", batch_size: int | str = 8) -> None:
         if LM is object:
             raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)")
         super().__init__()
@@ -63,6 +66,8 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
 
         if dtype not in _DTYPES:
             raise ConfigError(f"--dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
+        if isinstance(batch_size, str) and batch_size.strip().isdigit():  # lm-eval's --batch_size is a string
+            batch_size = int(batch_size)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
         device = str(resolve_device(device, field="--device"))
@@ -205,10 +210,49 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         return until, max_new, {"temperature": temperature, "top_k": top_k or None,
                                 "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p)}
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> CocomixLM:
+        """What `lm-eval --model cocomix --model_args run=RUN,...` calls (see `create_from_arg_obj`)."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> CocomixLM:
+        """The adapter from lm-eval's model_args (run, data, device, dtype, batch_size) and its own settings
+        (batch_size, device; max_batch_size, which a fixed batch size does not use); other arguments are errors."""
+        args = {k: v for k, v in (additional_config or {}).items() if v is not None and k != "max_batch_size"}
+        args.update(arg_dict)
+        known = ("run", "data", "device", "dtype", "batch_size")
+        unknown = sorted(set(args) - set(known))
+        if unknown or "run" not in args:
+            raise ConfigError(f"model_args: {'unknown argument ' + repr(unknown[0]) if unknown else 'no run'}; "
+                              f"expected run=RUN_DIR and optionally {', '.join(known[1:])}")
+        return cls(**{k: str(v) if k in ("run", "data", "device", "dtype") else v for k, v in args.items()})
+
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
             warnings.warn(f"--tasks: {message} (said once)", stacklevel=3)
+
+
+def _register() -> None:
+    """lm-eval's model name `cocomix` (its built-in names are registered first: lm-eval loads them only into an
+    empty registry)."""
+    if LM is object:
+        return
+    import lm_eval.models  # noqa: F401
+    from lm_eval.api.registry import get_model, register_model
+
+    try:
+        if get_model("cocomix") is CocomixLM:
+            return
+    except ValueError:
+        pass
+    register_model("cocomix")(CocomixLM)
+
+
+_register()
 
 
 def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None = None, limit: int | None = None,
