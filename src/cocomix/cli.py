@@ -66,8 +66,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.source == "shakespeare" and args.val_fraction is not None:
         raise CocomixError("--val-fraction: the embedded shakespeare corpus holds out fixed plays; the option is "
                            "for other sources")
-    meta = prepare(args.source, out, tokenizer=args.tokenizer,
-                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction, overwrite=args.overwrite)
+    meta = prepare(args.source, out, tokenizer=args.tokenizer, overwrite=args.overwrite, streaming=args.streaming,
+                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction)
     print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
     return 0
 
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=None,
                    help="fraction of documents held out (default 0.05; shakespeare holds out fixed plays)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
+    s.add_argument("--streaming", action="store_true",
+                   help="hf: sources: stream the dataset (no download into the cache and Arrow conversion first)")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")

@@ -288,3 +288,29 @@ def test_separator_source_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"good" + EOT.encode() + b"ok \xff")
     with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 text \(byte 20\)"):  # 4 + 13 + 3: in the file
         list(iter_documents(f"text:{tmp_path / 'bad.txt'}#{EOT}"))
+
+
+def test_hf_streaming_reads_the_same_documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`streaming` (`load_dataset(..., streaming=True)`) gives the rows of the non-streamed dataset, in order and
+    with the same names (so the same split), and converts nothing into the datasets cache."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "webtext"
+    folder.mkdir()
+    for part in range(3):  # several data files, read in name order either way
+        rows = [{"text": f"part {part} row {i}" if i % 5 else "", "id": i} for i in range(40)]
+        (folder / f"part-{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.Dataset.from_dict({"body": [f"row {i}" for i in range(30)]}).to_parquet(str(tmp_path / "rows.parquet"))
+    sources = (f"hf:{folder}", f"hf:{folder}@train", f"hf:{tmp_path / 'rows.parquet'}#body")
+    streamed = [list(iter_documents(source, streaming=True)) for source in sources]
+    assert not list((tmp_path / "cache").rglob("*.arrow"))  # nothing converted
+    for source, docs in zip(sources, streamed, strict=True):
+        assert len(docs) > 20 and docs == list(iter_documents(source)), source
+    assert list((tmp_path / "cache").rglob("*.arrow"))  # (what the non-streamed reads wrote)
+    assert list(iter_split(f"hf:{folder}", 0.2, streaming=True)) == list(iter_split(f"hf:{folder}", 0.2))
+    for source, message in ((f"hf:{folder}#body", "no column 'body'"),
+                            (f"hf:{folder}@train[:10%]", r"streaming: split 'train\[:10%\]'.*a slice needs"),
+                            (f"text:{folder}", "streaming: only hf: sources")):
+        with pytest.raises(DataError, match=message):
+            list(iter_documents(source, streaming=True))

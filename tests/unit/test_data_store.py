@@ -416,3 +416,28 @@ def test_file_names_that_are_not_utf8_are_split_and_recorded(tmp_path: Path) -> 
                    progress=False)
     assert meta["val_documents"] >= 1 and all("\ufffd" in n for n in meta["val_names"])
     assert json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8"))["val_names"] == meta["val_names"]
+
+
+def test_a_streamed_hf_source_prepares_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cocomix prepare --streaming` on an hf: source: the same tokens, tokenizer and split as without it."""
+    import json
+
+    datasets = pytest.importorskip("datasets")
+    from cocomix.cli import main
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    who, where = ["king", "queen", "fool", "lord"], ["home", "away", "north", "south", "out"]
+    lines = [f"the {who[i % 4]} of row {i} went {where[i % 5]} again" for i in range(120)]
+    (folder / "rows.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    stores = {}
+    for flag in ([], ["--streaming"]):
+        out = tmp_path / ("streamed" if flag else "loaded")
+        assert main(["prepare", "--source", f"hf:{folder}", "--tokenizer", "bpe:300", "--out", str(out), *flag]) == 0
+        stores[bool(flag)] = out
+    for name in ("train.bin", "val.bin", "tokenizer/tokenizer.json"):
+        assert (stores[True] / name).read_bytes() == (stores[False] / name).read_bytes(), name
+    meta = [json.loads((stores[k] / "meta.json").read_text()) for k in (False, True)]
+    assert meta[0] == meta[1] and meta[0]["val_documents"] > 0

@@ -51,8 +51,11 @@ def _with_field(rest: str, default: str = "text") -> tuple[str, str]:
     return rest, default
 
 
-def iter_documents(source: str) -> Iterator[Document]:
-    """Every document of `source`, in a fixed order (see the module docstring for the source forms)."""
+def iter_documents(source: str, streaming: bool = False) -> Iterator[Document]:
+    """Every document of `source`, in a fixed order (see the module docstring for the source forms); `streaming`
+    streams an `hf:` dataset (`sources.read_hf`)."""
+    if streaming and not source.startswith("hf:"):
+        raise DataError(f"streaming: only hf: sources are streamed; {source!r} is read from local files as it is")
     if source == "shakespeare":
         pairs: Iterator[tuple[str, str]] = shakespeare.iter_plays()
     elif source.startswith("text:") and len(source) > 5:
@@ -60,7 +63,7 @@ def iter_documents(source: str) -> Iterator[Document]:
     elif source.startswith("jsonl:") and len(source) > 6:
         pairs = sources.read_jsonl(*_with_field(source[6:]))
     elif source.startswith("hf:") and len(source) > 3:
-        pairs = sources.read_hf(*_with_field(source[3:]))
+        pairs = sources.read_hf(*_with_field(source[3:]), streaming=streaming)
     else:
         raise DataError(f"source {source!r}: expected one of {', '.join(SOURCE_FORMS)}")
     for name, text in pairs:
@@ -104,11 +107,11 @@ def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Doc
         yield "val", Document(f"{doc.name}@val", tail)
 
 
-def iter_split(source: str, val_fraction: float = 0.05) -> Iterator[tuple[str, Document]]:
+def iter_split(source: str, val_fraction: float = 0.05, streaming: bool = False) -> Iterator[tuple[str, Document]]:
     """Yield ("train" | "val", document) for every document of `source`, streaming (one held back)."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
-    docs = iter_documents(source)
+    docs = iter_documents(source, streaming)
     if source == "shakespeare":
         seen = set()
         for doc in docs:

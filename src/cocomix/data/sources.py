@@ -207,7 +207,7 @@ def _from_disk(spec: str, datasets: Any, folder: Path, split: str) -> Any:
     return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
 
 
-def _load_hf(spec: str, name: str, config: str | None, split: str) -> Any:
+def _load_hf(spec: str, name: str, config: str | None, split: str, streaming: bool = False) -> Any:
     try:
         import datasets
     except ImportError as e:
@@ -215,7 +215,10 @@ def _load_hf(spec: str, name: str, config: str | None, split: str) -> Any:
                         f"`pip install datasets` (or `pip install cocomix[hf]`)") from e
     path = Path(name)
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        return _from_disk(spec, datasets, path, split)
+        return _from_disk(spec, datasets, path, split)  # memory-mapped already: streaming changes nothing
+    if streaming and "[" in split:
+        raise DataError(f"streaming: split {split!r} of 'hf:{spec}': a slice needs the whole split; stream a whole "
+                        "split, or leave --streaming out")
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
@@ -225,7 +228,7 @@ def _load_hf(spec: str, name: str, config: str | None, split: str) -> Any:
     else:
         data_files = None
     try:
-        return datasets.load_dataset(name, config, split=split, data_files=data_files)
+        return datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=streaming)
     except Exception as e:  # the library raises many types; all mean "this dataset could not be loaded"
         first_line = (str(e).strip().splitlines() or [""])[0]
         hint = " (for an owner/name dataset without a config write hf:owner/name/)" if config else ""
@@ -233,17 +236,23 @@ def _load_hf(spec: str, name: str, config: str | None, split: str) -> Any:
                         f"failed: {type(e).__name__}: {first_line}{hint}") from e
 
 
-def read_hf(spec: str, field: str) -> Iterator[tuple[str, str]]:
-    """Rows of a Hugging Face dataset (hub name or local folder), one document per row, text from `field`."""
+def read_hf(spec: str, field: str, streaming: bool = False) -> Iterator[tuple[str, str]]:
+    """Rows of a Hugging Face dataset (hub name or local folder), one document per row, text from `field`.
+    `streaming` reads the rows as `datasets` streams them (`load_dataset(..., streaming=True)`: nothing downloaded
+    to the cache or converted to Arrow first), in the same order, so with the same names and split."""
     name, config, split = parse_hf_spec(spec)
-    dataset = _load_hf(spec, name, config, split)
-    if field not in dataset.column_names:
+    dataset = _load_hf(spec, name, config, split, streaming)
+    columns = dataset.column_names  # None for a stream whose features are only known once it is read
+    if columns is not None and field not in columns:
         raise DataError(f"source 'hf:{spec}': the dataset has no column {field!r} (columns: "
-                        f"{', '.join(dataset.column_names)}); pick one with hf:...#<column>")
+                        f"{', '.join(columns)}); pick one with hf:...#<column>")
     # A local folder is named by its base name, so that moving it does not change the train/val split.
     label = Path(name).name if Path(name).exists() else spec.partition("@")[0].rstrip("/")
     row = 0
-    for batch in dataset.select_columns([field]).iter(batch_size=1024):
+    for batch in (dataset if columns is None else dataset.select_columns([field])).iter(batch_size=1024):
+        if field not in batch:
+            raise DataError(f"source 'hf:{spec}': the dataset has no column {field!r} (columns: "
+                            f"{', '.join(batch)}); pick one with hf:...#<column>")
         for text in batch[field]:
             if text is not None and not isinstance(text, str):
                 raise DataError(f"source 'hf:{spec}': row {row}: column {field!r} holds "
