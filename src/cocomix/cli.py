@@ -100,6 +100,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.data.store import check_vocab
     from cocomix.errors import ConfigError
     from cocomix.eval import evaluate_loss
+    from cocomix.progress import ProgressLine
     from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
@@ -128,7 +129,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seq_len = args.seq_len if args.seq_len is not None else run.data.seq_len
     split = args.split or "val"
     model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
-    res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0)
+    line = ProgressLine("eval", 0)
+
+    def report(done: int, total: int) -> None:
+        line.total = total
+        line.update(done)
+
+    res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0, progress=report)
+    line.close()
     print(json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype, **res}))
     return 0
 

@@ -31,14 +31,21 @@ def test_shards_sum_to_the_single_process_mean(store: TokenStore, world: int, ba
     whole = evaluate_loss(method, model, store, "val", 16, batch_size, max_batches)
     calls, real = [], method.eval_loss
     parts: list[torch.Tensor] = []
+    reported: list[list[tuple[int, int]]] = []  # progress(done, total) of each shard
     for rank in range(world):
         n = len(calls)
         method.eval_loss = lambda m, ids: (calls.append(ids.shape[0]), real(m, ids))[1]
+        reported.append([])
         evaluate_loss(method, model, store, "val", 16, batch_size, max_batches, shard=(rank, world),
-                      sum_over_shards=lambda t: (parts.append(t), t)[1])
+                      sum_over_shards=lambda t: (parts.append(t), t)[1],
+                      progress=lambda done, total: reported[-1].append((done, total)))
         calls[n:] = [len(calls) - n]  # forwards of this shard
     assert len(set(calls)) == 1  # the same number of forwards on every shard
     total, windows = torch.stack(parts).sum(0).tolist()
+    # progress: each shard counts up to its own total, once per batch it counts; the totals add up to the whole
+    assert sum(r[-1][1] for r in reported if r) == whole["windows"]
+    assert all(r[-1][0] == r[-1][1] and len({t for _, t in r}) == 1 for r in reported if r)
+    assert all(b > a for r in reported for (a, _), (b, _) in zip(r, r[1:], strict=False))
     assert int(windows) == whole["windows"] and total / windows == pytest.approx(whole["loss"], rel=1e-12)
     # and the one-process mean itself: every prediction of the first `windows` windows, weighted equally
     n = int(windows)

@@ -163,6 +163,7 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
     r = run_cli("eval", "--run", str(out), "--batches", "2")
     res = json.loads(r.stdout)
     assert r.returncode == 0 and res["windows"] == 16 and 0 < res["loss"] < 6.0
+    assert "eval: 16/16 windows (" in r.stderr  # progress on stderr (a log gets the last line at least)
     r = run_cli("generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "5", "--temperature", "0")
     assert r.returncode == 0 and r.stdout.startswith("the king")
     r = run_cli("export", "--run", str(out), "--out", str(tmp_path / "hf"))

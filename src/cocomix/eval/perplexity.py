@@ -18,7 +18,7 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
                   batch_size: int, max_batches: int = 0, device: torch.device | None = None,
                   autocast: torch.autocast | None = None, shard: tuple[int, int] = (0, 1),
                   sum_over_shards: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  max_windows: int = 0) -> dict[str, float]:
+                  max_windows: int = 0, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Mean next-token loss (nats/token) over the first max_batches·batch_size windows (0: all) of `split`, or
     the first `max_windows` when that is set (batch_size then only sets how many run per forward).
 
@@ -27,7 +27,8 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
     Under torchrun, `shard = (rank, world_size)` gives each process every world_size-th batch and
     `sum_over_shards` (an all-reduce sum) combines their (loss sum, window count): the same windows and mean as
     one process. Every process runs the same number of forwards (a process without a batch left runs one again
-    and does not count it), as FSDP's collective forwards need.
+    and does not count it), as FSDP's collective forwards need. `progress(done, total)` is called with this
+    process's windows after each of its batches.
     """
     if seq_len < 2:
         raise ConfigError(f"seq_len: expected an integer >= 2 (one prediction needs two tokens), got {seq_len}")
@@ -45,6 +46,7 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
     rank, world = shard
     starts = list(range(0, n, batch_size))  # every batch's first window
     rounds = -(-len(starts) // world)
+    mine = sum(min(n, s + batch_size) - s for s in starts[rank::world])  # this process's windows
     was_training = model.training
     model.eval()
     total, windows = 0.0, 0
@@ -63,6 +65,8 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
         if counted:
             total += float(loss) * len(chunk_ids)
             windows += len(chunk_ids)
+            if progress is not None:
+                progress(windows, mine)
     model.train(was_training)
     if sum_over_shards is not None:
         summed = sum_over_shards(torch.tensor([total, float(windows)], dtype=torch.float64, device=device))
