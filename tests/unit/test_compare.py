@@ -126,6 +126,24 @@ def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> N
     (g / "config.json").write_text(json.dumps({**old, "train": {**old["train"], "seed": 5}}))
     assert len(group_runs([a, g])[0].runs) == 2
 
+    def seed_with(base: Path, name: str, seed: int, **concept: object) -> Path:
+        """A seed of `base` whose config differs in `concept.*` settings."""
+        cfg = json.loads((base / "config.json").read_text())
+        run = _run(tmp_path / "b", name, cfg["method"], seed, [5.0, 3.0], 1e6)
+        (run / "config.json").write_text(json.dumps({**cfg, "train": {**cfg["train"], "seed": seed},
+                                                     "concept": {**cfg["concept"], **concept}}))
+        return run
+
+    # concept.* settings a method does not read cannot make its seeds differ; those it reads do
+    assert len(group_runs([a, seed_with(a, "ntp-seed6", 6, k_attr=2, teacher="other")])[0].runs) == 2
+    p0 = _run(tmp_path / "b", "pause", "pause", 0, [5.0, 3.0], 1e6)
+    assert len(group_runs([p0, seed_with(p0, "pause-seed1", 1, k_attr=2)])[0].runs) == 2
+    with pytest.raises(CocomixError, match=r"concept\.concept_layer"):
+        group_runs([p0, seed_with(p0, "pause-seed2", 2, concept_layer=2)])
+    m0 = _run(tmp_path / "b", "mix", "cocomix", 0, [5.0, 3.0], 1e6)
+    with pytest.raises(CocomixError, match=r"concept\.k_attr"):
+        group_runs([m0, seed_with(m0, "mix-seed1", 1, k_attr=2)])
+
 
 def test_seeds_are_lined_up_by_step_and_non_finite_losses_left_out(tmp_path: Path) -> None:
     """A seed evaluated at other steps (its eval_every changed on a resume) is compared at the steps both have,

@@ -6,7 +6,8 @@ names differ only by a `-seedN` / `_seedN` suffix, or a `-sN` / `_sN` suffix who
 `ctx-s512` stays a name), are one group: the table shows mean ± sample std over the seeds and the plots the mean
 curve with a ±std band. Runs a group would mix that cannot be seeds of one run (the same seed twice, the same
 directory twice, another method, or any setting that shapes the result: all but the seed and
-`resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths; validation batches count) are refused
+`resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths, and the `concept.*` settings the method does
+not read, `Method.concept_settings`; validation batches count) are refused
 rather than averaged. Seeds are lined up by training step: the group's curve and final loss are at the steps
 every seed evaluated, and its wall-clock is each seed's at the final one. Seeds must also have trained on the
 same tokens per step (another global batch is refused). A non-finite validation loss is left out (said under
@@ -144,6 +145,7 @@ def _read_run(path: Path) -> RunCurve:
         if isinstance(event, dict):
             events.append(event)
     from cocomix.config_io import run_config
+    from cocomix.methods import METHODS
     from cocomix.train.resume import RESULT_NEUTRAL, flatten
 
     tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
@@ -153,10 +155,10 @@ def _read_run(path: Path) -> RunCurve:
     except CocomixError:
         full = config
     # validation on another number of batches is another measurement: only the rest of RESULT_NEUTRAL may differ
-    settings = {k: v for k, v in flatten(full).items()
-                if k != "train.seed" and (k not in RESULT_NEUTRAL or k == "train.eval_batches")}
-    method, seed = config["method"], config["train"]["seed"]
-    flat = flatten(full)
+    method, seed, flat = config["method"], config["train"]["seed"], flatten(full)
+    used = getattr(METHODS.get(method), "concept_settings", None)  # concept.* the method reads (None: all)
+    settings = {k: v for k, v in flat.items() if k != "train.seed" and (k not in RESULT_NEUTRAL or k ==
+                "train.eval_batches") and (used is None or not k.startswith("concept.") or k in used)}
     try:
         curve = _curve(path, events, tokens_per_step, method, seed, settings)
     except (ValueError, TypeError, KeyError) as e:

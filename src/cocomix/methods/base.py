@@ -37,6 +37,9 @@ class Method:
     """Base class: subclasses set `name` and implement `build_model` and `loss`."""
 
     name = "base"
+    concept_settings: tuple[str, ...] | None = None
+    """The `concept.*` settings this method reads (None: any may shape its result); `compare` lets seeds of a
+    run differ in the others."""
 
     def __init__(self, run: RunConfig) -> None:
         self.run = run

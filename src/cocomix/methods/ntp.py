@@ -12,6 +12,7 @@ class NTP(Method):
     """Plain language modelling on a transformer without a seam."""
 
     name = "ntp"
+    concept_settings = ()
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, _ = self.student_loss(model, batch.ids)

@@ -15,6 +15,7 @@ class Pause(Method):
     """NTP on a student with a pause slot after every token."""
 
     name = "pause"
+    concept_settings = ("concept.concept_layer", "concept.pause_slot")
 
     def build_model(self) -> Transformer:
         model = Transformer(self.run.model)
