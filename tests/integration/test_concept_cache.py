@@ -241,6 +241,20 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     assert fired and all(f"«{ex['token']}»" in ex["text"] for c in fired for ex in c["examples"])
     assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()
 
+    # an example whose snippet repeats another's (a refrain) is listed once in concepts.md, with its count; the
+    # json keeps every example
+    from cocomix.concepts.describe import write_report
+
+    twice = {"counts": torch.tensor([3, 0]), "positions": torch.tensor(64), "values": torch.tensor(
+        [[2.5, 2.0, 1.0], [float("-inf")] * 3]), "windows": torch.tensor([[0, 0, 1], [-1] * 3]),
+        "token_positions": torch.tensor([[5, 5, 9], [-1] * 3])}
+    write_report(twice, store, tmp_path / "twice", "train", 32, context=4)
+    examples = json.loads((tmp_path / "twice" / "concepts.json").read_text())["latents"][0]["examples"]
+    assert len(examples) == 3 and examples[0]["text"] == examples[1]["text"] != examples[2]["text"]
+    listed = [ln for ln in (tmp_path / "twice" / "concepts.md").read_text().splitlines() if ln.startswith("- ")]
+    assert len(listed) == 2 and listed[0].startswith("- 2.500: ") and listed[0].endswith(" (×2)")
+    assert listed[1].startswith("- 1.000: ") and "×" not in listed[1]
+
 
 def test_extraction_sets_the_matmul_precision_training_sets(store_dir: Path, tmp_path: Path,
                                                              parts: tuple[Path, Path],

@@ -4,7 +4,8 @@
 `teacher_layer`'s output) and the SAE, counts each latent's activations (frequency = active positions / all
 positions) and keeps its `top_n` strongest activations with their (split, window, position). `write_report`
 decodes those into text snippets — the activating token marked «like this» with `context` tokens on each side —
-and writes `concepts.json` and a readable `concepts.md`, so that steering and inspection can name concepts.
+and writes `concepts.json` (every example) and a readable `concepts.md` (an example whose snippet repeats an
+earlier one's shown once, with its count), so that steering and inspection can name concepts.
 """
 
 from __future__ import annotations
@@ -116,9 +117,12 @@ def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str
     for c in fired:
         lines.append(f"## Latent {c['latent']}: frequency {c['frequency']:.3%} ({c['count']} positions)")
         lines.append("")
+        shown: dict[str, list] = {}  # a repeated passage (a refrain, a stage direction) once, with its count
         for ex in c["examples"]:
-            text = ex["text"].replace("\n", " ⏎ ").replace("|", "\\|")
-            lines.append(f"- {ex['activation']:.3f}: {text}")
+            shown.setdefault(ex["text"], [ex["activation"], 0])[1] += 1
+        for text, (activation, times) in shown.items():
+            text = text.replace("\n", " ⏎ ").replace("|", "\\|")
+            lines.append(f"- {activation:.3f}: {text}" + (f" (×{times})" if times > 1 else ""))
         lines.append("")
     atomic_write_text(out / "concepts.md", "\n".join(lines) + "\n")
     return out
