@@ -63,11 +63,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if out is None:  # data/shakespeare is where the tiny presets read: another corpus there would be trained on
         raise CocomixError(f"--out: give the folder for the token store of {args.source!r} (the default "
                            "data/shakespeare is for the embedded corpus only)")
-    if args.source == "shakespeare" and args.val_fraction is not None:
-        raise CocomixError("--val-fraction: the embedded shakespeare corpus holds out fixed plays; the option is "
-                           "for other sources")
+    if args.source == "shakespeare" and (args.val_fraction is not None or args.split_by != "name"):
+        flag = "--val-fraction" if args.val_fraction is not None else "--split-by"
+        raise CocomixError(f"{flag}: the embedded shakespeare corpus holds out fixed plays; the option is for "
+                           "other sources")
     meta = prepare(args.source, out, tokenizer=args.tokenizer, overwrite=args.overwrite, streaming=args.streaming,
-                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction)
+                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction, split_by=args.split_by)
     print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
     return 0
 
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=None,
                    help="fraction of documents held out (default 0.05; shakespeare holds out fixed plays)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
+    s.add_argument("--split-by", choices=("name", "content"), default="name",
+                   help="what the train/val split hashes: each document's name, or its text (copies on one side)")
     s.add_argument("--streaming", action="store_true",
                    help="hf: sources: stream the dataset (no download into the cache and Arrow conversion first)")
     s.set_defaults(func=cmd_prepare)

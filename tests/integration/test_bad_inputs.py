@@ -133,6 +133,8 @@ CASES = [
     ("export-missing-run", ["export", "--run", "{root}/norun", "--out", "{root}/hf"], "norun"),
     ("prepare-unknown-source", ["prepare", "--source", "nosuch:thing", "--out", "{root}/p1"], "nosuch"),
     ("prepare-missing-folder", ["prepare", "--source", "text:{root}/nodocs", "--out", "{root}/p2"], "nodocs"),
+    ("prepare-split-by-shakespeare", ["prepare", "--split-by", "content", "--out", "{root}/p3"],
+     "--split-by: the embedded shakespeare corpus holds out fixed plays"),
     ("prepare-streaming-text", ["prepare", "--source", "text:{root}/nodocs", "--streaming", "--out", "{root}/p2"],
      "--streaming: only hf: sources"),
     ("prepare-bad-tokenizer", ["prepare", "--source", "shakespeare", "--tokenizer", "bpe:abc", "--out",

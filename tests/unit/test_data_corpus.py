@@ -314,3 +314,25 @@ def test_hf_streaming_reads_the_same_documents(tmp_path: Path, monkeypatch: pyte
                             (f"text:{folder}", "streaming: only hf: sources")):
         with pytest.raises(DataError, match=message):
             list(iter_documents(source, streaming=True))
+
+
+def test_split_by_content_keeps_copies_together_and_survives_insertions(tmp_path: Path) -> None:
+    """`split_by="content"` hashes each text: copies of a text fall on one side, and a line inserted into a JSON
+    Lines file moves no other document across (by name, `file:line` shifts and the split reshuffles)."""
+    texts = [f"document number {i} about {'cats' if i % 3 else 'dogs'}" for i in range(300)]
+    rows = texts + texts[:100]  # 100 exact copies
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a new first row", *rows]))
+
+    def val_texts(path: Path, split_by: str) -> set[str]:
+        return {d.text for split, d in iter_split(f"jsonl:{path}", 0.1, split_by=split_by) if split == "val"}
+
+    train_texts = {d.text for split, d in iter_split(f"jsonl:{tmp_path / 'a.jsonl'}", 0.1, split_by="content")
+                   if split == "train"}
+    by_content = val_texts(tmp_path / "a.jsonl", "content")
+    assert 10 < len(by_content) < 60 and not by_content & train_texts  # no text on both sides
+    assert val_texts(tmp_path / "b.jsonl", "content") - {"a new first row"} == by_content
+    by_name = val_texts(tmp_path / "a.jsonl", "name")
+    assert len(by_name ^ val_texts(tmp_path / "b.jsonl", "name")) > 10  # the name split reshuffles
+    with pytest.raises(DataError, match="split_by: expected one of name, content"):
+        list(iter_split(f"jsonl:{tmp_path / 'a.jsonl'}", 0.1, split_by="hash"))

@@ -441,3 +441,10 @@ def test_a_streamed_hf_source_prepares_the_same_store(tmp_path: Path, monkeypatc
         assert (stores[True] / name).read_bytes() == (stores[False] / name).read_bytes(), name
     meta = [json.loads((stores[k] / "meta.json").read_text()) for k in (False, True)]
     assert meta[0] == meta[1] and meta[0]["val_documents"] > 0
+    assert meta[0]["val_split"] == "blake2b-64 of document names"
+    out = tmp_path / "by-content"
+    assert main(["prepare", "--source", f"hf:{folder}", "--tokenizer", "bpe:300", "--out", str(out),
+                 "--split-by", "content"]) == 0
+    by_content = json.loads((out / "meta.json").read_text())
+    assert by_content["val_split"] == "blake2b-64 of document contents"
+    assert by_content["val_names"] != meta[0]["val_names"]  # another split of the same rows

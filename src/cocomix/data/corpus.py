@@ -10,8 +10,9 @@ Source strings:
   or a `save_to_disk` folder; see `sources.py`); split `train` and field `text` by default.
 
 Splitting: Shakespeare holds out the fixed plays `SHAKESPEARE_VAL_PLAYS`. Any other source sends a document to
-validation when a 64-bit BLAKE2b hash of its name falls below `val_fraction` of its range, so about that
-fraction of documents go to val, the same ones on every run (stores prepared before 2026-11-29 used CRC-32,
+validation when a 64-bit BLAKE2b hash of its name (or, with `split_by="content"`, of its text: copies of one
+text then fall on one side, and inserting documents moves no other) falls below `val_fraction` of its range, so
+about that fraction of documents go to val, the same ones on every run (stores prepared before 2026-11-29 used CRC-32,
 whose linearity made names that differ in a few digits — `dataset[199]` — fall together: a few hundred rows
 could give one validation document, or twice the intended share). If that leaves val empty, the last
 document goes there; a source with a single document is cut at the paragraph break nearest to
@@ -71,7 +72,7 @@ def iter_documents(source: str, streaming: bool = False) -> Iterator[Document]:
 
 
 def split_key(name: str) -> int:
-    """A document name's place in [0, 2**64): validation when below val_fraction · 2**64."""
+    """A document name's (or text's) place in [0, 2**64): validation when below val_fraction · 2**64."""
     # surrogateescape: a file name that is not UTF-8 (bytes Python decoded as lone surrogates) hashes its bytes
     return int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "big")
 
@@ -107,10 +108,17 @@ def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Doc
         yield "val", Document(f"{doc.name}@val", tail)
 
 
-def iter_split(source: str, val_fraction: float = 0.05, streaming: bool = False) -> Iterator[tuple[str, Document]]:
-    """Yield ("train" | "val", document) for every document of `source`, streaming (one held back)."""
+SPLIT_BY = ("name", "content")
+
+
+def iter_split(source: str, val_fraction: float = 0.05, streaming: bool = False,
+               split_by: str = "name") -> Iterator[tuple[str, Document]]:
+    """Yield ("train" | "val", document) for every document of `source`, streaming (one held back); `split_by`
+    hashes each document's name or its text."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
+    if split_by not in SPLIT_BY:
+        raise DataError(f"split_by: expected one of {', '.join(SPLIT_BY)}, got {split_by!r}")
     docs = iter_documents(source, streaming)
     if source == "shakespeare":
         seen = set()
@@ -134,12 +142,13 @@ def iter_split(source: str, val_fraction: float = 0.05, streaming: bool = False)
             yield from _split_single(held, val_fraction)
         return
     any_val = False
+    key = (lambda doc: doc.name) if split_by == "name" else (lambda doc: doc.text)
     while nxt is not None:
-        split = "val" if _goes_to_val(held.name, val_fraction) else "train"
+        split = "val" if _goes_to_val(key(held), val_fraction) else "train"
         any_val = any_val or split == "val"
         yield split, held
         held, nxt = nxt, next(docs, None)
-    to_val = _goes_to_val(held.name, val_fraction) or (val_fraction > 0.0 and not any_val)
+    to_val = _goes_to_val(key(held), val_fraction) or (val_fraction > 0.0 and not any_val)
     yield ("val" if to_val else "train"), held
 
 

@@ -13,8 +13,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,6 +39,7 @@ _REQUIRED_INT_KEYS = ("format_version", "vocab_size", "eos_id", "train_tokens", 
 _BATCH_DOCS = 512  # documents per encode_batch call ...
 _BATCH_CHARS = 8_000_000  # ... or fewer, once this many characters are buffered
 _ENTROPY_BLOCK = 1 << 24  # tokens per np.bincount call in unigram_entropy
+_Documents = Callable[[], Iterator[tuple[str, Document]]]  # (split, document) of the source, read again per call
 
 
 def dtype_name(vocab_size: int) -> str:
@@ -58,7 +60,7 @@ class _Progress:
             print(f"prepare: {message}", file=sys.stderr, flush=True)
 
 
-def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress, streaming: bool) -> TextTokenizer:
+def _build_tokenizer(spec: str, source: str, documents: _Documents, log: _Progress) -> TextTokenizer:
     """`bpe:<vocab>` trains a byte-level BPE on the train documents; anything else goes to load_tokenizer."""
     if not spec.startswith("bpe:"):
         return load_tokenizer(spec)
@@ -69,18 +71,18 @@ def _build_tokenizer(spec: str, source: str, val_fraction: float, log: _Progress
     check_bpe_size(vocab_size)  # before the progress line: a bad size is the only line printed
     log(f"training a byte-level BPE tokenizer (vocab {vocab_size}) on the train documents of {source!r}",
         force=True)
-    tok = train_bpe(_counted_train_pieces(source, val_fraction, log, streaming), vocab_size)
+    tok = train_bpe(_counted_train_pieces(documents, log), vocab_size)
     if tok.vocab_size < vocab_size:
         log(f"note: the train documents support only {tok.vocab_size} BPE tokens ({spec} asked for): the store's "
             f"vocabulary is {tok.vocab_size}", force=True)
     return tok
 
 
-def _counted_train_pieces(source: str, val_fraction: float, log: _Progress, streaming: bool) -> Iterator[str]:
+def _counted_train_pieces(documents: _Documents, log: _Progress) -> Iterator[str]:
     """The train documents' text in the pieces BPE training reads (`long_text.training_pieces`), with progress
     lines while the trainer counts them and one when it goes on to the merges (which shows none)."""
     docs = chars = 0
-    for split, doc in iter_split(source, val_fraction, streaming):
+    for split, doc in documents():
         if split != "train":
             continue
         yield from long_text.training_pieces(doc.text)
@@ -131,8 +133,8 @@ def _pending(out: Path, split: str) -> Path:
     return out / f".{split}.bin.new"
 
 
-def _write_streams(out: Path, tok: TextTokenizer, source: str, val_fraction: float, dtype: np.dtype,
-                   log: _Progress, streaming: bool) -> dict[str, Any]:
+def _write_streams(out: Path, tok: TextTokenizer, documents: _Documents, dtype: np.dtype,
+                   log: _Progress) -> dict[str, Any]:
     """Write the streams to `.train.bin.new` / `.val.bin.new`; return the token/document counts and val names.
 
     Nothing the store already holds is touched here, so a source that fails half-way leaves it intact.
@@ -154,7 +156,7 @@ def _write_streams(out: Path, tok: TextTokenizer, source: str, val_fraction: flo
             log(f"encoded {counts['train_documents'] + counts['val_documents']} documents so far: "
                 f"{counts['train_tokens']:,} train and {counts['val_tokens']:,} val tokens")
 
-        for split, doc in iter_split(source, val_fraction, streaming):
+        for split, doc in documents():
             if split == "val" and len(val_names) < MAX_VAL_NAMES:  # (a non-UTF-8 file name shown with U+FFFD)
                 val_names.append(doc.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
             buffers[split].append(doc)
@@ -167,12 +169,13 @@ def _write_streams(out: Path, tok: TextTokenizer, source: str, val_fraction: flo
 
 
 def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_fraction: float = 0.05,
-            overwrite: bool = False, progress: bool = True, streaming: bool = False) -> dict:
+            overwrite: bool = False, progress: bool = True, streaming: bool = False, split_by: str = "name") -> dict:
     """Tokenize `source` into a token store at `out_dir`; return its meta (also written to meta.json).
 
     `tokenizer` is `bpe:<vocab_size>` (train a byte-level BPE on the train documents only) or a spec for
     `load_tokenizer`. See `corpus.py` for the source forms and the train/val split. `streaming` streams an `hf:`
-    dataset instead of downloading and converting it first (read twice with `bpe:`: once to train, once to encode).
+    dataset instead of downloading and converting it first (read twice with `bpe:`: once to train, once to encode);
+    `split_by` ("name" or "content") is what the split hashes.
     """
     from cocomix.train.guard import RunLock  # here: cocomix.train imports this module
 
@@ -182,17 +185,19 @@ def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_f
     lock = RunLock(out)  # one writer per store folder
     try:
         _check_out_dir(out, overwrite)  # again under the lock: a concurrent prepare may have finished meanwhile
-        return _prepare(source, out, tokenizer, val_fraction, _Progress(progress), streaming)
+        documents = partial(iter_split, source, val_fraction, streaming, split_by)
+        return _prepare(source, out, tokenizer, val_fraction, _Progress(progress), documents, split_by)
     finally:
         lock.release(remove_empty_dir=created)
 
 
-def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _Progress, streaming: bool) -> dict:
-    next(iter_split(source, val_fraction, streaming), None)  # a bad source or val_fraction fails here, before any work
-    tok = _build_tokenizer(tokenizer, source, val_fraction, log, streaming)
+def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _Progress, documents: _Documents,
+             split_by: str) -> dict:
+    next(documents(), None)  # a bad source, val_fraction or split_by fails here, before any work
+    tok = _build_tokenizer(tokenizer, source, documents, log)
     name = dtype_name(tok.vocab_size)
     try:
-        counts = _write_streams(out, tok, source, val_fraction, _DTYPES[name], log, streaming)
+        counts = _write_streams(out, tok, documents, _DTYPES[name], log)
         if counts["train_tokens"] == 0:  # every document hashed into validation
             for split in SPLITS:
                 _pending(out, split).unlink(missing_ok=True)
@@ -220,7 +225,7 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
             "eos_token": tok.eos_token,
             "dtype": name,
             "val_fraction": None if source == "shakespeare" else val_fraction,  # shakespeare: fixed held-out plays
-            "val_split": "fixed plays" if source == "shakespeare" else "blake2b-64 of document names",  # corpus.py
+            "val_split": "fixed plays" if source == "shakespeare" else f"blake2b-64 of document {split_by}s",
             "train_tokens": counts["train_tokens"],
             "val_tokens": counts["val_tokens"],
             "train_documents": counts["train_documents"],
