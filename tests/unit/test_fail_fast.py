@@ -30,7 +30,11 @@ WORKER = textwrap.dedent("""
         guard.on_stop(lambda: open(os.environ["FLUSHED"] + str(rank), "w").write("closed"))  # the logger's close
         if str(rank) == fail:
             raise RuntimeError("no space left on device")
+        if f"kill{rank}" == fail:  # killed outright (the OOM killer): no announcement, the store's host is gone
+            time.sleep(0.5)
+            os.kill(os.getpid(), 9)
         time.sleep(float(os.environ["WORK_S"]) if rank == 1 else 0.0)
+        dist.barrier()  # as train() ends its guarded work: rank 0 (the store's host) cannot leave before the others
     print("WORK-DONE", file=sys.stderr)
 """)
 
@@ -69,8 +73,20 @@ def test_a_failing_rank_stops_a_rank_that_waits(tmp_path: Path) -> None:
 
 
 def test_ranks_that_finish_at_different_times_are_left_alone(tmp_path: Path) -> None:
-    """Rank 0 (the store's host) leaves first; rank 1 still works for a while and then finishes normally."""
-    codes, errs, _ = _run_pair(tmp_path, fail_rank="none", work_s=1.5)
+    """Rank 0 (the store's host) finishes its work first and waits in the final barrier while rank 1 still works
+    for a while (longer than `LOST_STORE_POLLS` polls); both then leave normally."""
+    codes, errs, _ = _run_pair(tmp_path, fail_rank="none", work_s=2.0)
     assert codes == [0, 0], errs
     assert all("WORK-DONE" in e and "stopping because" not in e for e in errs)
     assert not list(tmp_path.glob("flushed*"))  # the cleanups are only for a rank stopped by another's failure
+
+
+def test_a_rank_killed_outright_that_hosts_the_store_stops_the_others(tmp_path: Path) -> None:
+    """Under env:// rank 0 hosts the store: when it dies without a word (SIGKILL), the store is gone, and the
+    waiting rank stops after `LOST_STORE_POLLS` polls instead of waiting out the collective timeout."""
+    codes, errs, took = _run_pair(tmp_path, fail_rank="kill0", work_s=60.0)
+    assert codes[0] == -9, errs[0]
+    assert codes[1] == EXIT_CODE, errs[1]
+    assert "rank 1: stopping because the process group's store is gone" in errs[1] and "WORK-DONE" not in errs[1]
+    assert took < 45, f"the waiting rank was not stopped in time ({took:.0f} s)"
+    assert (tmp_path / "flushed1").read_text() == "closed"

@@ -13,6 +13,10 @@ Each watcher that acts adds one to a counter, and the failing rank waits (at mos
 other rank has seen the failure before it goes on raising, because when rank 0 hosts the store its exit takes the
 store away.
 
+A store that no poll can reach `LOST_STORE_POLLS` times in a row stops the rank the same way: its host has ended
+(under env:// rank 0, which may have been killed outright without announcing anything; under torchrun the agent
+of the rendezvous host).
+
 Before it ends its process the watcher runs the callbacks registered with `on_stop` (the metrics logger's close,
 which flushes TensorBoard and finishes wandb), each in a thread given at most `CLEANUP_SECONDS`: the main
 thread is blocked, so a sink that needs it must not hold the exit up.
@@ -35,6 +39,7 @@ from cocomix.train.distributed import DistContext
 EXIT_CODE = 1
 POLL_SECONDS = 3.0
 CLEANUP_SECONDS = 10.0
+LOST_STORE_POLLS = 3  # polls in a row that cannot reach the store before a rank takes it for its host's end
 
 
 def _keys() -> tuple[str, str]:
@@ -94,24 +99,32 @@ class FailFast:
         return self
 
     def _watch(self, key: str, acks: str) -> None:
-        store = self.store
+        store, lost = self.store, 0
         while not self._done.wait(self.poll):
             try:
                 if not store.check([key]):
+                    lost = 0
                     continue
                 failed = store.get(key).decode()
-            except Exception:  # the store went away (its host ended): nothing left to watch
-                return
+            except Exception:  # the store is unreachable: its host (rank 0 under env://, else the agent) is gone
+                lost += 1
+                if lost < LOST_STORE_POLLS or self._failed_here or self._done.is_set():
+                    continue
+                self._stop("the process group's store is gone (its host, rank 0 or the torchrun agent that "
+                           "started the job, has ended)")
             if self._failed_here or self._done.is_set():
                 return
-            print(f"cocomix: rank {self.ctx.rank}: stopping because rank {failed} failed (its output has the "
-                  "reason); no checkpoint is written for the unfinished step", file=sys.stderr, flush=True)
             try:
                 store.add(acks, 1)
             except Exception:
                 pass
-            self._cleanup()
-            os._exit(EXIT_CODE)
+            self._stop(f"rank {failed} failed (its output has the reason)")
+
+    def _stop(self, why: str) -> None:
+        print(f"cocomix: rank {self.ctx.rank}: stopping because {why}; no checkpoint is written for the unfinished "
+              "step", file=sys.stderr, flush=True)
+        self._cleanup()
+        os._exit(EXIT_CODE)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
