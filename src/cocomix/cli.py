@@ -136,8 +136,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         line.total = total
         line.update(done)
 
-    res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0, progress=report)
-    line.close()
+    try:
+        res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0,
+                            progress=report)
+    finally:
+        line.close()  # (an error or Ctrl-C is said on its own line)
     print(json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype, **res}))
     return 0
 

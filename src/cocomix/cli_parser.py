@@ -5,6 +5,7 @@ setting shown with the command's flag of that name."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import NoReturn
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N"
@@ -75,7 +76,7 @@ def merge_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     given = [r for r in (args.run, args.run_option) if r is not None]
     if not given:
         subcommand(parser, args.command).error("the following arguments are required: RUN (or --run RUN)")
-    if len(given) == 2 and given[0] != given[1]:
+    if len(given) == 2 and Path(given[0]).expanduser().resolve() != Path(given[1]).expanduser().resolve():
         subcommand(parser, args.command).error(f"RUN {given[0]!r} and --run {given[1]!r} differ; give the run once")
     args.run = given[0]
     del args.run_option

@@ -342,6 +342,15 @@ def test_lm_eval_finds_the_adapter_by_its_model_name(cocomix_run: Path, tmp_path
                               batch_size="4", max_batch_size=64, task_manager=TaskManager(include_path=str(tasks)))
     ours = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=tasks)
     assert by_name["results"]["shakespeare_mc"] == ours["results"]["shakespeare_mc"]
+    made = CocomixLM.create_from_arg_obj({"run": str(cocomix_run), "data": None}, {"batch_size": "2", "device": None,
+                                                                                   "max_batch_size": 8, "new": 1})
+    assert made.batch_size == 2 and made.run_cfg.data.path  # data=None is the run's store; lm-eval's extras ignored
+    import importlib
+
+    import cocomix.eval.harness as harness
+
+    importlib.reload(harness)  # a second import of the module (e.g. by a plugin loader) registers nothing twice
+    assert get_model("cocomix").__qualname__ == "CocomixLM"
     for args, needle in (("pretrained=gpt2", "unknown argument 'pretrained'"), ("dtype=float32", "no run"),
                          (f"run={cocomix_run},dtype=float16", "--dtype")):
         with pytest.raises(ConfigError, match=needle):

@@ -202,7 +202,7 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
     # RUN is positional or --run in every command that reads one (the same run given both ways is accepted)
     assert main(["eval", str(out), "--batches", "2"]) == 0 and json.loads(capsys.readouterr().out) == res
     assert main(["generate", "--prompt", "the king", str(out), "--max-new-tokens", "5", "--temperature", "0",
-                 "--run", str(out)]) == 0
+                 "--run", str(out) + "/"]) == 0  # the same folder written another way
     assert capsys.readouterr().out.startswith("the king")
     bad += [(["eval", str(out), "--run", str(tmp_path / "missing")], "differ; give the run once"),
             (["generate", "--prompt", "the king"], "the following arguments are required: RUN (or --run RUN)")]

@@ -288,6 +288,12 @@ def test_separator_source_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"good" + EOT.encode() + b"ok \xff")
     with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 text \(byte 20\)"):  # 4 + 13 + 3: in the file
         list(iter_documents(f"text:{tmp_path / 'bad.txt'}#{EOT}"))
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfab\xffc")  # the offset counts the byte-order mark
+    for source in (f"text:{tmp_path / 'bom.txt'}", f"text:{tmp_path / 'bom.txt'}#{EOT}"):
+        with pytest.raises(DataError, match=r"bom\.txt: not valid UTF-8 text \(byte 5\)"):
+            list(iter_documents(source))
+    with pytest.raises(DataError, match="no path before '#'"):  # not the current folder
+        list(iter_documents(f"text:#{EOT}"))
 
 
 def test_hf_streaming_reads_the_same_documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

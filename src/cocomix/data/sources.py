@@ -17,13 +17,17 @@ from typing import Any
 
 from cocomix.errors import DataError
 
+_BOM = b"\xef\xbb\xbf"
+
 
 def _read_utf8(path: Path) -> str:
     """The file's text; a leading byte-order mark (U+FEFF, as some editors write) is dropped."""
     try:
         return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 text (byte {e.start})") from e
+    except UnicodeDecodeError as e:  # utf-8-sig counts from after the mark: the offset in the file is given
+        with path.open("rb") as f:
+            skipped = len(_BOM) if f.read(len(_BOM)) == _BOM else 0
+        raise DataError(f"{path}: not valid UTF-8 text (byte {e.start + skipped})") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
@@ -35,16 +39,18 @@ def _hidden(relative: Path) -> bool:
 
 def split_text_spec(spec: str) -> tuple[str, str | None]:
     """`PATH[#SEPARATOR]` as (path, separator or None). An existing path is taken whole (a file name may hold
-    `#`); otherwise the path ends before the first `#` after which an existing path ends."""
+    `#`); otherwise the path is the shortest one ending before a `#` that exists."""
     if Path(spec).expanduser().exists() or "#" not in spec:
         return spec, None
     for i, char in enumerate(spec):
-        if char == "#" and Path(spec[:i]).expanduser().exists():
+        if char == "#" and i > 0 and Path(spec[:i]).expanduser().exists():  # ("" would be the current folder)
             if i == len(spec) - 1:
                 raise DataError(f"source 'text:{spec}': empty separator after '#' (text:PATH#SEPARATOR, e.g. "
                                 "text:stories.txt#<|endoftext|>)")
             return spec[:i], spec[i + 1:]
     head = spec.partition("#")[0]
+    if not head:
+        raise DataError(f"source 'text:{spec}': no path before '#' (text:PATH#SEPARATOR)")
     raise DataError(f"source 'text:{spec}': {Path(head).expanduser()} does not exist (expected a .txt file or a "
                     "folder, then optionally #SEPARATOR)")
 
@@ -54,32 +60,37 @@ def _decode_piece(path: Path, raw: bytes, offset: int, first: bool) -> str:
     endings read as `Path.read_text` reads them (CR LF and CR become LF), surrounding whitespace dropped."""
     try:
         text = raw.decode("utf-8-sig" if first else "utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 text (byte {offset + e.start})") from None
+    except UnicodeDecodeError as e:  # (utf-8-sig counts from after a byte-order mark)
+        skipped = len(_BOM) if first and raw.startswith(_BOM) else 0
+        raise DataError(f"{path}: not valid UTF-8 text (byte {offset + skipped + e.start})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
 def _split_file(path: Path, separator: str, block: int = 1 << 22) -> Iterator[tuple[int, str]]:
-    """(index, text) of every piece of the file between occurrences of `separator`, streamed block by block (a
-    2 GB file of stories is never held whole). UTF-8 is self-synchronising, so the separator's bytes are found
-    in the bytes exactly where its characters are in the text."""
+    """(index, text) of every piece of the file between occurrences of `separator`, streamed block by block: a
+    2 GB file of stories is held one story at a time. Linear in the file's size however long a piece is (bytes
+    appended in place, each searched once, plus the separator's length). UTF-8 is self-synchronising, so the
+    separator's bytes are found in the bytes exactly where its characters are in the text."""
     sep = separator.encode("utf-8")
     try:
         handle = path.open("rb")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     with handle:
-        buf, offset, index = b"", 0, 0  # offset: the file position of buf[0]
+        buf, offset, index = bytearray(), 0, 0  # offset: the file position of buf[0]
         while True:
+            searched = max(0, len(buf) - len(sep) + 1)  # no separator starts before here
             block_bytes = handle.read(block)
             buf += block_bytes
             start = 0
-            while (at := buf.find(sep, start)) >= 0:
-                yield index, _decode_piece(path, buf[start:at], offset + start, first=index == 0)
+            while (at := buf.find(sep, max(start, searched))) >= 0:
+                yield index, _decode_piece(path, bytes(buf[start:at]), offset + start, first=index == 0)
                 index, start = index + 1, at + len(sep)
-            buf, offset = buf[start:], offset + start
+            if start:
+                del buf[:start]
+                offset += start
             if not block_bytes:
-                yield index, _decode_piece(path, buf, offset, first=index == 0)
+                yield index, _decode_piece(path, bytes(buf), offset, first=index == 0)
                 return
 
 

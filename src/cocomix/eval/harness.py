@@ -22,8 +22,8 @@
 
 Scoring runs in one precision for every method (fp32 by default; `dtype="bfloat16"` on GPU), in eval mode.
 The adapter is lm-eval's model `cocomix`: registered when this module is imported (`simple_evaluate(model=
-"cocomix", model_args="run=RUN")`) and declared as an `lm_eval.models` entry point, which lm-eval versions with
-plugins (after 0.4.13) find by themselves: `lm-eval run --model cocomix --model_args run=RUN,dtype=bfloat16`.
+"cocomix", model_args="run=RUN")`), and declared as an `lm_eval.models` entry point for the plugin discovery
+of the harness's plugin guide (lm-eval 0.4.13, the newest release here, does not scan entry points yet).
 `run_tasks` calls `lm_eval.simple_evaluate` with a `TaskManager` that also scans `include_path` (local task YAML
 files, e.g. JSONL-backed tasks that need no network); when every requested task is defined there, lm-eval's
 built-in task index (seconds to build) is skipped.
@@ -221,13 +221,15 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> CocomixLM:
         """The adapter from lm-eval's model_args (run, data, device, dtype, batch_size) and its own settings
         (batch_size, device; max_batch_size, which a fixed batch size does not use); other arguments are errors."""
-        args = {k: v for k, v in (additional_config or {}).items() if v is not None and k != "max_batch_size"}
-        args.update(arg_dict)
         known = ("run", "data", "device", "dtype", "batch_size")
-        unknown = sorted(set(args) - set(known))
-        if unknown or "run" not in args:
+        unknown = sorted(set(arg_dict) - set(known))
+        if unknown or "run" not in arg_dict:
             raise ConfigError(f"model_args: {'unknown argument ' + repr(unknown[0]) if unknown else 'no run'}; "
                               f"expected run=RUN_DIR and optionally {', '.join(known[1:])}")
+        # lm-eval's own settings (a CLI's device and batch size), overridden by model_args; others it may add
+        # (max_batch_size) mean nothing to a fixed batch size
+        args = {k: v for k, v in (additional_config or {}).items() if v is not None and k in known}
+        args.update({k: v for k, v in arg_dict.items() if v is not None})
         return cls(**{k: str(v) if k in ("run", "data", "device", "dtype") else v for k, v in args.items()})
 
     def _warn_once(self, kind: str, message: str) -> None:
@@ -245,11 +247,11 @@ def _register() -> None:
     from lm_eval.api.registry import get_model, register_model
 
     try:
-        if get_model("cocomix") is CocomixLM:
-            return
+        known = get_model("cocomix")
     except ValueError:
-        pass
-    register_model("cocomix")(CocomixLM)
+        known = None
+    if known is None or (known.__module__, known.__qualname__) != (CocomixLM.__module__, CocomixLM.__qualname__):
+        register_model("cocomix")(CocomixLM)  # (a re-import of this module finds its first class registered)
 
 
 _register()
