@@ -22,3 +22,12 @@ def flavour(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def offline_datasets(tmp_path, monkeypatch):  # noqa: ANN001, ANN201
+    """The `datasets` module with its cache under tmp_path and the hub offline (the test skips without it)."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return datasets

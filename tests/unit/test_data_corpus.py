@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,10 +94,7 @@ def test_folders_skip_hidden_copies(tmp_path: Path) -> None:
     assert [d.name for d in iter_documents(f"jsonl:{tmp_path}")] == ["rows.jsonl:1"]
 
 
-def test_hf_source_on_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hf_source_on_a_local_folder(tmp_path: Path, offline_datasets: Any) -> None:
     folder = tmp_path / "mycorpus"
     folder.mkdir()
     rows = [{"text": "one", "n": 1}, {"text": "", "n": 2}, {"text": "three", "n": 3}]
@@ -110,14 +108,11 @@ def test_hf_source_on_a_local_folder(tmp_path: Path, monkeypatch: pytest.MonkeyP
         list(iter_documents(f"hf:{folder}@nope"))
 
 
-def test_hf_source_on_save_to_disk_folders_and_single_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            ) -> None:
+def test_hf_source_on_save_to_disk_folders_and_single_files(tmp_path: Path, offline_datasets: Any) -> None:
     """`save_to_disk` folders are read with `load_from_disk`, their splits by name (load_dataset would refuse a
     Dataset's folder and pool a DatasetDict's splits, held-out rows into train); a single data file is a split
     `train`."""
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = offline_datasets
     train = datasets.Dataset.from_dict({"text": [f"train row {i}" for i in range(10)]})
     held = datasets.Dataset.from_dict({"text": [f"held-out row {i}" for i in range(4)]})
     datasets.DatasetDict({"mytrain": train, "mytest": held}).save_to_disk(str(tmp_path / "dict"))
@@ -296,12 +291,10 @@ def test_separator_source_errors_are_one_line(tmp_path: Path) -> None:
         list(iter_documents(f"text:#{EOT}"))
 
 
-def test_hf_streaming_reads_the_same_documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_streaming_reads_the_same_documents(tmp_path: Path, offline_datasets: Any) -> None:
     """`streaming` (`load_dataset(..., streaming=True)`) gives the rows of the non-streamed dataset, in order and
     with the same names (so the same split), and converts nothing into the datasets cache."""
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    datasets = offline_datasets
     folder = tmp_path / "webtext"
     folder.mkdir()
     for part in range(3):  # several data files, read in name order either way

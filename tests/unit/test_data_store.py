@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -418,15 +419,12 @@ def test_file_names_that_are_not_utf8_are_split_and_recorded(tmp_path: Path) -> 
     assert json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8"))["val_names"] == meta["val_names"]
 
 
-def test_a_streamed_hf_source_prepares_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_streamed_hf_source_prepares_the_same_store(tmp_path: Path, offline_datasets: Any) -> None:
     """`cocomix prepare --streaming` on an hf: source: the same tokens, tokenizer and split as without it."""
     import json
 
-    datasets = pytest.importorskip("datasets")
     from cocomix.cli import main
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tmp_path / "corpus"
     folder.mkdir()
     who, where = ["king", "queen", "fool", "lord"], ["home", "away", "north", "south", "out"]
