@@ -320,18 +320,24 @@ def test_a_teacher_with_another_tokenizer_is_refused(store_dir: Path, tmp_path: 
 
 
 HUB_CHECK = """
-import sys
+import shutil, sys
+from pathlib import Path
 from cocomix.data import TokenStore
 from cocomix.errors import ConfigError
 from cocomix.teacher import Teacher
 
-teacher = Teacher.from_pretrained("cocomix-test/teacher", layer=1)
-assert teacher.tokenizer_source == ("hub", "cocomix-test/teacher"), teacher.tokenizer_source
-try:
-    teacher.check_store(TokenStore.open(sys.argv[1]), 32)
-    print("ACCEPTED")
-except ConfigError as e:
-    print("REFUSED", e)
+store, snapshot = TokenStore.open(sys.argv[1]), Path(sys.argv[2])
+for tokenizer in sys.argv[3:]:  # "-": no tokenizer files in the cache; else the tokenizer.json to put there
+    (snapshot / "tokenizer.json").unlink(missing_ok=True)
+    if tokenizer != "-":
+        shutil.copy(tokenizer, snapshot / "tokenizer.json")
+    teacher = Teacher.from_pretrained("cocomix-test/teacher", layer=1)
+    assert teacher.tokenizer_source == ("hub", "cocomix-test/teacher"), teacher.tokenizer_source
+    try:
+        teacher.check_store(store, 32)
+        print("ACCEPTED")
+    except ConfigError as e:
+        print("REFUSED", e)
 """
 
 
@@ -356,20 +362,19 @@ def test_a_hub_teacher_is_checked_against_the_store_through_the_hub_cache(store_
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
            "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
-    def check() -> str:
-        r = subprocess.run([sys.executable, "-c", HUB_CHECK, str(store_dir)], env=env, capture_output=True, text=True,
-                           timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        return r.stdout + r.stderr
-
     other = train_bpe(["an entirely different corpus of words, " * 50, "with other merges and ids\n" * 50], 320)
+    (tmp_path / "other.json").write_text(other.backend.to_str())
+    (tmp_path / "own.json").write_text(store.tokenizer().backend.to_str())
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         (snapshot / name).unlink(missing_ok=True)
-    assert "ACCEPTED" in check()  # nothing to compare with (transformers builds an empty GPT2Tokenizer): not refused
-    (snapshot / "tokenizer.json").write_text(other.backend.to_str())
-    assert "REFUSED" in (out := check()) and "its tokenizer is not the teacher's" in out
-    (snapshot / "tokenizer.json").write_text(store.tokenizer().backend.to_str())
-    assert "ACCEPTED" in check()
+    r = subprocess.run([sys.executable, "-c", HUB_CHECK, str(store_dir), str(snapshot), "-",
+                        str(tmp_path / "other.json"), str(tmp_path / "own.json")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    none, another, own = r.stdout.splitlines()
+    assert none == "ACCEPTED"  # nothing to compare with (transformers builds an empty GPT2Tokenizer): not refused
+    assert another.startswith("REFUSED") and "its tokenizer is not the teacher's" in another
+    assert own == "ACCEPTED"
 
 
 def test_cache_files_that_do_not_read_are_clear_errors_and_the_sae_is_matched_by_content(tmp_path: Path) -> None:
