@@ -339,7 +339,8 @@ def test_lm_eval_finds_the_adapter_by_its_model_name(cocomix_run: Path, tmp_path
 
     tasks = _task_dir(tmp_path)
     by_name = simple_evaluate(model="cocomix", model_args=f"run={cocomix_run},dtype=float32", tasks=["shakespeare_mc"],
-                              batch_size="4", max_batch_size=64, task_manager=TaskManager(include_path=str(tasks)))
+                              batch_size="4", max_batch_size=64,
+                              task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
     ours = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=tasks)
     assert by_name["results"]["shakespeare_mc"] == ours["results"]["shakespeare_mc"]
     made = CocomixLM.create_from_arg_obj({"run": str(cocomix_run), "data": None}, {"batch_size": "2", "device": None,
