@@ -48,10 +48,14 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
     return f"{flag}: {rest}" if flag in options else message
 
 
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every `cocomix COMMAND` parser, by command."""
+    return next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def subcommand(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
     """The parser of `cocomix COMMAND`."""
-    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[command]
+    return _commands(parser)[command]
 
 
 def add_run(s: argparse.ArgumentParser, help: str) -> None:
@@ -63,8 +67,7 @@ def add_run(s: argparse.ArgumentParser, help: str) -> None:
 
 def add_debug(parser: argparse.ArgumentParser) -> None:
     """`--debug` after the subcommand too (`cocomix eval --debug ...`), as well as before it."""
-    sub = next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction))
-    for s in sub.choices.values():
+    for s in _commands(parser).values():
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of user errors too")
 

@@ -66,7 +66,7 @@ def auto_vocab(name_or_folder: str) -> dict[str, int] | None:
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # a failure is said once, by the caller's note
+        hf_logging.set_verbosity_error()  # a tokenizer that is not there is not checked: no log lines
         try:
             tok = AutoTokenizer.from_pretrained(name_or_folder)
             vocab, special = tok.get_vocab(), set(tok.all_special_tokens)

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch.distributed as dist
 
@@ -120,7 +120,7 @@ class FailFast:
                 pass
             self._stop(f"rank {failed} failed (its output has the reason)")
 
-    def _stop(self, why: str) -> None:
+    def _stop(self, why: str) -> NoReturn:
         print(f"cocomix: rank {self.ctx.rank}: stopping because {why}; no checkpoint is written for the unfinished "
               "step", file=sys.stderr, flush=True)
         self._cleanup()
