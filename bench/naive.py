@@ -86,7 +86,7 @@ def naive_loss(method: Any, targets_fn: NaiveTargets) -> Any:
     def loss(model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(batch.ids.device.type, enabled=False):  # the official teacher is never autocast
             targets = targets_fn(batch.ids)
-        out = model(batch.ids)  # full (B, T, C) concept logits; compression patched dense
+        out = model(batch.ids, concept_logits=True)  # whole (B, T, C) concept logits; compression patched dense
         ntp = next_token_loss(out.logits, batch.ids)
         aux = unchunked_concept_loss(out.aux["concept_logits"], targets)
         total = ntp + method.run.concept.lambda_concept * aux

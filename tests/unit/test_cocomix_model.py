@@ -107,7 +107,7 @@ def test_llama_cocomix_matches_an_independent_reference_forward(mixing: str) -> 
     model = CoCoMix(_run(flavour="llama", mixing=mixing)).build_model().double().eval()
     _randomize(model)
     ids = torch.randint(0, 97, (2, 9))
-    out = model(ids)
+    out = model(ids, concept_logits=True)
     for b in range(2):
         logits, z = _ref_cocomix_llama(model, ids[b])
         assert (out.logits[b] - logits).abs().max() < 1e-10
@@ -129,11 +129,11 @@ def test_changing_a_later_token_never_changes_earlier_outputs(flavour: str, meth
     model = METHODS[method](_run(method, flavour, **concept)).build_model().double().eval()
     _randomize(model)
     ids = torch.randint(0, 97, (1, 14))
-    base = model(ids)
+    base = model(ids, concept_logits=True)
     for t in (0, 5, 12):
         changed = ids.clone()
         changed[0, t + 1] = (changed[0, t + 1] + 1) % 97
-        out = model(changed)
+        out = model(changed, concept_logits=True)
         assert torch.equal(out.logits[:, : t + 1], base.logits[:, : t + 1])
         for key, value in base.aux.items():
             assert torch.equal(out.aux[key][:, : t + 1], value[:, : t + 1]), key

@@ -1,5 +1,6 @@
 """The fused, chunked concept head (`cocomix.model.concept_head`) computes what predictor → concept_loss → topk
-computes — values, indices, loss and every gradient — without keeping the N × C logits for the backward."""
+computes — values, indices, loss and every gradient — without keeping the N × C logits for the backward; without
+targets (eval, generation) the seam's TopK runs over row chunks and gives what the whole logits give."""
 
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def test_model_with_targets_trains_like_the_unfused_path() -> None:
     t = torch.randint(0, C, (3, 20, A))
     t[:, -1] = -1
     fused = model(ids, concept_targets=t)
-    plain = model(ids)
+    plain = model(ids, concept_logits=True)
     assert "concept_logits" not in fused.aux and torch.allclose(fused.logits, plain.logits, atol=1e-5)
     ref = concept_loss(plain.aux["concept_logits"], t)
     assert torch.allclose(fused.aux["concept_loss"], ref, atol=1e-6)
@@ -129,3 +130,57 @@ def test_model_with_targets_trains_like_the_unfused_path() -> None:
     g2 = torch.autograd.grad(plain.logits.square().mean() + ref, params)
     for a, r in zip(g1, g2, strict=True):
         assert torch.allclose(a, r, atol=1e-5)
+
+
+def _logit_rows(fn: object) -> int:
+    """The most rows of any (…, C) tensor (concept logits or a chunk of them) an op creates while fn() runs;
+    the predictor weight's transpose (d, C) is not counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Rows(TorchDispatchMode):
+        most = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                logit_shaped = isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == C
+                if logit_shaped and func != torch.ops.aten.t.default:
+                    Rows.most = max(Rows.most, t.numel() // C)
+            return out
+
+    with Rows():
+        fn()
+    return Rows.most
+
+
+@pytest.mark.parametrize("rows", [7, 25, 1000])
+def test_inference_topk_runs_over_row_chunks_and_equals_the_whole_logits(
+        rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ch, "CHUNK_ELEMENTS", rows * C)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=3, n_head=4, d_model=32, context_length=64))
+    model.set_seam(ConceptSeam(1, 32, C, K))
+    model.double()
+    ids = torch.randint(0, 97, (3, 20))  # 60 positions: 9, 3 or 1 chunks
+    with torch.no_grad():
+        lean, whole = model(ids), model(ids, concept_logits=True)
+        assert "concept_logits" not in lean.aux and whole.aux["concept_logits"].shape == (3, 20, C)
+        assert torch.equal(lean.logits, whole.logits) if rows >= 60 else torch.allclose(lean.logits, whole.logits,
+                                                                                       atol=1e-12)
+        assert _logit_rows(lambda: model(ids)) == min(rows, 60)  # a chunk of logits at a time
+        assert _logit_rows(lambda: model(ids, concept_logits=True)) == 60  # all (3, 20, C) at once
+        seam = model.seam
+        z = whole.aux["concept_logits"]
+        steered = z.argmin(dim=-1)[0, :2]  # two weak concepts, × −40: they enter the TopK somewhere
+        seam.steer(steered, torch.tensor([-40.0, -40.0]))
+        s_lean = model(ids)
+        lean_topk = seam.last_topk
+        s_whole = model(ids, concept_logits=True)
+        seam.steer(None)
+    assert torch.equal(lean_topk, seam.last_topk) and torch.allclose(s_lean.logits, s_whole.logits, atol=1e-12)
+    assert not torch.allclose(s_lean.logits, lean.logits)
+    params = [p for p in model.parameters() if p.requires_grad]  # with autograd on, no targets: same gradients
+    g1 = torch.autograd.grad(model(ids).logits.square().mean(), params, allow_unused=True)
+    g2 = torch.autograd.grad(model(ids, concept_logits=True).logits.square().mean(), params, allow_unused=True)
+    for a, r in zip(g1, g2, strict=True):
+        assert (a is None and r is None) or torch.allclose(a, r, atol=1e-12)

@@ -68,7 +68,7 @@ def test_inspect_lists_the_top_predicted_concepts_per_token(tmp_path: Path) -> N
     ids = [5, 17, 40, 3, 10, 77]
     rows = inspect_ids(model, ids, _decode, top=4)
     with torch.no_grad():
-        logits = model(torch.tensor([ids])).aux["concept_logits"][0]   # (6, C)
+        logits = model(torch.tensor([ids]), concept_logits=True).aux["concept_logits"][0]   # (6, C)
     assert len(rows) == len(ids)
     for t, row in enumerate(rows):
         assert [c for c, _, _ in row.concepts] == torch.topk(logits[t], 4).indices.tolist()

@@ -40,7 +40,7 @@ def concept_seam(model: Transformer) -> ConceptSeam:
         kind = {None: "a plain LM (NTP or KD)", "PauseSeam": "a pause-token model",
                 "HiddenSeam": "the hidden-state ablation"}.get(type(model.seam).__name__ if model.seam else None,
                                                                  type(model.seam).__name__)
-        raise CocomixError(f"run: expected a CoCoMix run that predicts concepts, got {kind}")
+        raise CocomixError(f"RUN: expected a CoCoMix run that predicts concepts, got {kind}")
     return model.seam
 
 
@@ -48,7 +48,7 @@ def mixing_seam(model: Transformer, what: str) -> ConceptSeam:
     """The concept seam of a run that mixes its concepts (steering, compression analysis), else a clear error."""
     seam = concept_seam(model)
     if seam.mixing == "none":
-        raise CocomixError(f"run: trained with concept.mixing=none (prediction only): its concepts are never mixed "
+        raise CocomixError(f"RUN: trained with concept.mixing=none (prediction only): its concepts are never mixed "
                            f"into the model, so {what} has nothing to act on")
     return seam
 
@@ -66,7 +66,8 @@ def inspect_ids(model: Transformer, ids: list[int], decode: Callable[[list[int]]
     if not 0 < top <= seam.n_latents:
         raise CocomixError(f"--top: expected 1..{seam.n_latents}, got {top}")
     device = next(model.parameters()).device
-    logits = model(torch.tensor([ids], device=device)).aux["concept_logits"][0].float()  # (T, C)
+    out = model(torch.tensor([ids], device=device), concept_logits=True)
+    logits = out.aux["concept_logits"][0].float()                                        # (T, C)
     probs = torch.softmax(logits, dim=-1)                                                # (T, C)
     values, indices = torch.topk(logits, top, dim=-1)                                    # (T, top)
     rows = []

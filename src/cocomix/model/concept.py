@@ -18,8 +18,11 @@ Concept slots get no position embedding (gpt2) and share their token's rotary po
 `steer(concepts, alphas)` multiplies chosen concept logits by α before the TopK (paper §3.4, steering).
 
 In training the method passes the concept targets into the forward (`Transformer(ids, concept_targets=…)`): the
-head, L_concept and the TopK then run fused and chunked (`concept_head.py`) and aux holds `concept_loss` instead
-of the (B, T, C) `concept_logits`.
+head, L_concept and the TopK then run fused and chunked (`concept_head.py`) and aux holds `concept_loss`.
+Otherwise (eval, generation, lm-eval) the TopK runs over row chunks of at most `CHUNK_ELEMENTS` logits, so the
+(B, T, C) logits are never held whole (at C = 32768 they are 128 KiB per position in fp32); only a forward asked
+for them (`Transformer(ids, concept_logits=True)`: `inspect`, the steering metric) computes them whole and returns
+them in aux["concept_logits"]. Both give the same values: each chunk is the same rows of the same matmul.
 
 `PauseSeam` is the pause-token baseline: a learned vector inserted after every token at the same layer
 (`concept.pause_slot = "vector"`, the paper's wording), or that vector added to a copy of its token's hidden state
@@ -32,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cocomix.model.concept_head import concept_head
+from cocomix.model.concept_head import chunk_rows, concept_head
 from cocomix.model.seam import Seam, interleave, read_slots
 
 MIXINGS = ("insert", "add", "none")
@@ -82,16 +85,38 @@ class ConceptSeam(Seam):
         x, mu, sd = normalize(h)
         return self.predictor(x - self.pre_bias), mu, sd
 
-    def concept_vector(self, logits: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
-        """TopK of the logits compressed to d and un-normalised: (B, T, C) -> (B, T, d)."""
-        if self._steer is not None:
-            idx, alpha = self._steer
-            scale = torch.ones(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-            logits = logits * scale.index_copy(0, idx.to(logits.device), alpha.to(logits))
-        values, indices = torch.topk(logits, self.mix_k, dim=-1)  # (B, T, K)
+    def _steered(self, logits: Tensor) -> Tensor:
+        """The logits (…, C) with the steered concepts' logits × α (unchanged when not steering)."""
+        if self._steer is None:
+            return logits
+        idx, alpha = self._steer
+        scale = torch.ones(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+        return logits * scale.index_copy(0, idx.to(logits.device), alpha.to(logits))
+
+    def _record(self, indices: Tensor) -> None:
         if self._steer is not None:
             self.last_topk = indices.detach()  # which concepts were mixed, for steering reports
+
+    def concept_vector(self, logits: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
+        """TopK of the logits compressed to d and un-normalised: (B, T, C) -> (B, T, d)."""
+        values, indices = torch.topk(self._steered(logits), self.mix_k, dim=-1)  # (B, T, K)
+        self._record(indices)
         return self.compress_topk(values, indices, mu, sd)
+
+    def topk_chunked(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """TopK of the (steered) concept logits of the normalised x (B, T, d) -> values, indices (B, T, mix_k),
+        computed over row chunks of at most CHUNK_ELEMENTS logits: the (B, T, C) logits never exist whole."""
+        B, T, d = x.shape
+        flat, rows = x.reshape(B * T, d), chunk_rows(self.n_latents)
+        if B * T <= rows:  # one chunk: the whole matmul, as `concept_logits` computes it
+            parts = [torch.topk(self._steered(self.predictor(x)), self.mix_k, dim=-1)]
+        else:
+            parts = [torch.topk(self._steered(self.predictor(flat[s:s + rows])), self.mix_k, dim=-1)
+                     for s in range(0, B * T, rows)]  # each (n, K); the (n, C) chunk is freed after its TopK
+        values = torch.cat([p.values.reshape(-1, self.mix_k) for p in parts]).view(B, T, self.mix_k)
+        indices = torch.cat([p.indices.reshape(-1, self.mix_k) for p in parts]).view(B, T, self.mix_k)
+        self._record(indices)
+        return values, indices
 
     def compress_topk(self, values: Tensor, indices: Tensor, mu: Tensor, sd: Tensor) -> Tensor:
         """Σ_j values_j · W_comp[indices_j] + biases, un-normalised: (B, T, K) twice -> (B, T, d)."""
@@ -101,8 +126,16 @@ class ConceptSeam(Seam):
                                mode="sum").view(B, T, -1)  # (B, T, d)
         return (rows + self.compress_bias + self.pre_bias) * sd + mu
 
-    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
-        if targets is not None and self._steer is None:  # training: fused, chunked head + L_concept + TopK
+    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None,
+               keep_logits: bool = False) -> tuple[Tensor, Tensor, dict]:
+        """See `Seam.insert`; `keep_logits` returns the whole (B, T, C) concept logits in aux."""
+        if keep_logits or (targets is not None and self._steer is not None):
+            logits, mu, sd = self.concept_logits(h)
+            aux = {"concept_logits": logits}
+            if self.mixing == "none":
+                return h, pos, aux
+            c = self.concept_vector(logits, mu, sd)  # (B, T, d)
+        elif targets is not None:  # training: fused, chunked head + L_concept + TopK
             x, mu, sd = normalize(h)
             k = 0 if self.mixing == "none" else self.mix_k
             values, indices, loss = concept_head(x - self.pre_bias, self.predictor.weight, self.predictor.bias,
@@ -111,12 +144,13 @@ class ConceptSeam(Seam):
             if self.mixing == "none":
                 return h, pos, aux
             c = self.compress_topk(values, indices, mu, sd)
-        else:
-            logits, mu, sd = self.concept_logits(h)
-            aux = {"concept_logits": logits}
+        else:  # inference: TopK over row chunks, no (B, T, C) logits held
+            aux = {}
             if self.mixing == "none":
                 return h, pos, aux
-            c = self.concept_vector(logits, mu, sd)  # (B, T, d)
+            x, mu, sd = normalize(h)
+            values, indices = self.topk_chunked(x - self.pre_bias)
+            c = self.compress_topk(values, indices, mu, sd)
         if self.mixing == "add":
             return h + c, pos, aux
         return interleave(h, c), pos.repeat_interleave(2), aux
@@ -142,7 +176,8 @@ class HiddenSeam(ConceptSeam):
             nn.init.normal_(m.weight, 0.0, init_std)
             nn.init.zeros_(m.bias)
 
-    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
+    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None,
+               keep_logits: bool = False) -> tuple[Tensor, Tensor, dict]:
         x, mu, sd = normalize(h)
         pred = self.predictor(x - self.pre_bias)  # (B, T, d_teacher)
         aux = {"hidden_pred": pred}
@@ -166,7 +201,8 @@ class PauseSeam(Seam):
         self.pause = nn.Parameter(torch.randn(d_model) * init_std)
         self.copy_token = copy_token
 
-    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor, dict]:
+    def insert(self, h: Tensor, pos: Tensor, targets: Tensor | None = None,
+               keep_logits: bool = False) -> tuple[Tensor, Tensor, dict]:
         slots = self.pause.to(h.dtype).expand_as(h)                               # (B, S, d)
         if self.copy_token:
             slots = h + slots                                                     # the token's state + pause

@@ -21,9 +21,11 @@ class Seam(nn.Module):
         self.layer = layer
 
     def insert(self, h: torch.Tensor, pos: torch.Tensor, targets: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+               keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """h (B, S, d) entering block `layer`, pos (S,) -> (sequence (B, S', d), its positions (S',), aux).
-        `targets` are training labels for seams that predict them (CoCoMix's concept targets); others ignore them."""
+        `targets` are training labels for seams that predict them (CoCoMix's concept targets); others ignore them.
+        `keep_logits` asks a seam that predicts concept logits to return them whole (aux["concept_logits"]); the
+        transformer passes it only when asked, so a seam without the argument keeps working."""
         return h, pos, {}
 
     def read(self, h: torch.Tensor) -> torch.Tensor:

@@ -102,14 +102,16 @@ class Transformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None,
                 concept_targets: torch.Tensor | None = None, lm_loss: bool = False,
-                teacher_logits: torch.Tensor | None = None, lambda_kd: float = 0.0) -> ModelOutput:
+                teacher_logits: torch.Tensor | None = None, lambda_kd: float = 0.0,
+                concept_logits: bool = False) -> ModelOutput:
         """ids (B, S) -> logits (B, S, V). With a cache, ids continue the cached sequence. `concept_targets`
         (B, S, k_attr) go to the seam (CoCoMix training: its loss comes back in aux["concept_loss"]). With
         `lm_loss`, no logits: `loss` is the next-token NLL of ids through the head in row chunks
         (`chunked_nll`, `train.chunked_lm_loss`); given the teacher's logits (B, S, V) too, NLL + λ_KD · KL
         (`chunked_kd`, the KD baseline), with NLL and KL in aux["lm_nll"] / aux["lm_kl"]. Both go through forward
-        so DDP / FSDP hooks see them."""
-        h, aux = self.final_hidden(ids, cache, concept_targets)
+        so DDP / FSDP hooks see them. `concept_logits` asks a CoCoMix seam for its whole (B, S, C) concept logits
+        in aux["concept_logits"] (otherwise its TopK runs in row chunks and they are never held)."""
+        h, aux = self.final_hidden(ids, cache, concept_targets, concept_logits)
         if lm_loss and teacher_logits is not None:
             loss, aux["lm_nll"], aux["lm_kl"] = chunked_kd(h, self.lm_head.weight, None, ids, teacher_logits,
                                                            lambda_kd)
@@ -119,7 +121,8 @@ class Transformer(nn.Module):
         return ModelOutput(logits=self.lm_head(h), aux=aux)
 
     def final_hidden(self, ids: torch.Tensor, cache: KVCache | None = None,
-                     concept_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                     concept_targets: torch.Tensor | None = None,
+                     concept_logits: bool = False) -> tuple[torch.Tensor, dict]:
         """ids (B, S) -> (the normed states the LM head reads (B, S, d), the seam's aux)."""
         B, S = ids.shape
         start = cache.tokens if cache is not None else 0
@@ -134,7 +137,8 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.seam is not None and i == self.seam.layer:
                 extra = () if concept_targets is None else (concept_targets,)  # seams without targets keep working
-                h, pos, aux = self.seam.insert(h, pos, *extra)
+                keep = {"keep_logits": True} if concept_logits else {}  # only a concept seam is asked
+                h, pos, aux = self.seam.insert(h, pos, *extra, **keep)
             h = (checkpointed(block) if self.checkpoint_blocks and cache is None else block)(h, pos, cache)
         if self.seam is not None:
             h = self.seam.read(h)
