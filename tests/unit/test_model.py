@@ -75,6 +75,18 @@ def test_generation_stops_when_the_stop_callback_says_so(flavour: str) -> None:
     assert seen == [5, 6, 7] and torch.equal(tokens, full[:, :7]) and logits.shape[1] == 3
 
 
+def test_generation_never_samples_ids_beyond_the_tokenizer() -> None:
+    torch.manual_seed(0)
+    model = _perturbed(Transformer(tiny_model_config()))  # vocab 97, as if padded past a 40-token tokenizer
+    prompt = torch.randint(0, 40, (4, 3))
+    free, _ = generate(model, prompt, 30, temperature=2.0, generator=torch.Generator().manual_seed(0))
+    assert int(free[:, 3:].max()) >= 40  # without the limit, the padded ids are sampled
+    for temperature in (2.0, 0.0):
+        limited, logits = generate(model, prompt, 30, temperature=temperature, vocab_limit=40,
+                                   generator=torch.Generator().manual_seed(0))
+        assert int(limited[:, 3:].max()) < 40 and bool(torch.isneginf(logits[..., 40:]).all())
+
+
 def test_kv_cache_sampling_matches_with_same_generator(flavour: str) -> None:
     cfg = tiny_model_config(flavour)
     model = _perturbed(Transformer(cfg))

@@ -169,7 +169,8 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
                 return any(s in text for s in until if s)
 
             tokens, _ = generate(self.model, torch.tensor([ids], device=self._device), max_new,
-                                 eos_id=self.tok.eos_id, stop=stopped if until else None, **sampling)
+                                 eos_id=self.tok.eos_id, stop=stopped if until else None,
+                                 vocab_limit=self.tok.vocab_size, **sampling)
             new = tokens[0, start:].tolist()
             if self.tok.eos_id in new:  # the end-of-text token stops the answer and is not part of it
                 new = new[:new.index(self.tok.eos_id)]

@@ -57,8 +57,10 @@ class StudentSteering:
 @torch.no_grad()
 def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[int], alphas: Sequence[float],
                   max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                  generator: torch.Generator | None = None, eos_id: int | None = None) -> StudentSteering:
-    """Generate from prompt (B, P) with concept logits × α at every position (α = 1 everywhere: unsteered)."""
+                  generator: torch.Generator | None = None, eos_id: int | None = None,
+                  vocab_limit: int | None = None) -> StudentSteering:
+    """Generate from prompt (B, P) with concept logits × α at every position (α = 1 everywhere: unsteered);
+    `vocab_limit`: the tokenizer's size, ids at and above it are never sampled (`generate`)."""
     seam = mixing_seam(model, "steering")
     check_steering(seam.n_latents, concepts, alphas)
     device = prompt.device
@@ -66,7 +68,7 @@ def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[i
     seam.steer(idx, torch.tensor([float(a) for a in alphas], device=device))
     try:
         tokens, _ = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
-                             eos_id=eos_id, generator=generator)
+                             eos_id=eos_id, generator=generator, vocab_limit=vocab_limit)
         model(tokens)  # one full pass records the TopK at every position (equal to the cached steps)
         topk = seam.last_topk[:, prompt.shape[1] - 1:tokens.shape[1] - 1]              # (B, N, mix_k)
         mixed = (topk[..., None] == idx).any(dim=2).float().mean(dim=(0, 1))            # (n,)
@@ -99,8 +101,9 @@ class _LatentScale:
 @torch.no_grad()
 def steer_teacher(teacher: Any, sae: Any, prompt: torch.Tensor, concepts: Sequence[int], alphas: Sequence[float],
                   max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Generate from the teacher (full recomputation per token) with SAE latents × α at teacher_layer."""
+                  generator: torch.Generator | None = None, vocab_limit: int | None = None) -> torch.Tensor:
+    """Generate from the teacher (full recomputation per token) with SAE latents × α at teacher_layer; ids at
+    and above `vocab_limit` (the tokenizer's size) are never sampled."""
     from cocomix.teacher import _logits
 
     check_steering(sae.n_latents, concepts, alphas)
@@ -110,6 +113,8 @@ def steer_teacher(teacher: Any, sae: Any, prompt: torch.Tensor, concepts: Sequen
     try:
         for _ in range(max_new_tokens):
             last = _logits(teacher.model(tokens))[:, -1].float()                         # (B, V)
+            if vocab_limit is not None and vocab_limit < last.shape[-1]:
+                last[:, vocab_limit:] = float("-inf")                                      # not in the tokenizer
             tokens = torch.cat((tokens, sample_next(last, temperature, top_k, None, generator)[:, None]), dim=1)
     finally:
         handle.remove()

@@ -82,7 +82,7 @@ def choose_concepts(model: Transformer, store: TokenStore, book: ConceptBook, n:
     counts = torch.zeros(len(book), dtype=torch.long)
     for w in range(min(windows, store.num_chunks(split, seq_len))):  # one window at a time: (T, C) logits at most
         ids = store.batch(split, [w], seq_len).to(device)                                    # (1, T)
-        top1 = model(ids).aux["concept_logits"].argmax(dim=-1).flatten()                     # (T,)
+        top1 = model(ids, concept_logits=True).aux["concept_logits"].argmax(dim=-1).flatten()  # (T,)
         counts += torch.bincount(top1.cpu(), minlength=len(book))
     ranked = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c] > 0]
     fired = [c for c in ranked if book[c].frequency > 0]
@@ -141,14 +141,14 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
         for alpha in cfg.alphas:
             gen = torch.Generator(device=device).manual_seed(cfg.seed)  # same random stream for every α
             out = steer_student(model, prompts, [c], [alpha], cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                                generator=gen)
+                                generator=gen, vocab_limit=store.vocab_size)
             rate, nll = read_continuations(teacher, sae, out.tokens, cfg.prompt_len, [c])
             row = {"concept": c, "alpha": alpha, "activation_rate": float(rate[0]), "mixed": float(out.mixed[0]),
                    "teacher_nll": nll}
             if cfg.teacher_check:
                 gen = torch.Generator(device=device).manual_seed(cfg.seed)
                 t_out = steer_teacher(teacher, sae, prompts, [c], [alpha], cfg.max_new_tokens, cfg.temperature,
-                                      cfg.top_k, generator=gen)
+                                      cfg.top_k, generator=gen, vocab_limit=store.vocab_size)
                 t_rate, t_nll = read_continuations(teacher, sae, t_out, cfg.prompt_len, [c])
                 row |= {"teacher_steered_rate": float(t_rate[0]), "teacher_steered_nll": t_nll}
             rows.append(row)

@@ -46,13 +46,16 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, t
 def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None,
-             stop: Callable[[torch.Tensor], bool] | None = None,
+             stop: Callable[[torch.Tensor], bool] | None = None, vocab_limit: int | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Continue prompt (B, P) by up to max_new_tokens.
 
     Returns (tokens (B, P + N), step_logits (B, N, V)): the logits each new token was drawn from. Without the
     cache every step recomputes the whole prefix (the reference the cache is tested against). Generation stops
     early once every row has produced eos_id, or once `stop(tokens so far)` is true (checked after every token).
+    `vocab_limit` (the tokenizer's size) gives the ids at and above it logit −inf: a model whose vocabulary is
+    padded beyond its tokenizer's (`model.vocab_size` larger, as nanoGPT's 50304) never emits an id the tokenizer
+    cannot decode; those logits stay −inf in step_logits.
     """
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ConfigError("prompt: expected a non-empty (B, P) tensor of token ids")
@@ -71,6 +74,8 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
         for _ in range(max_new_tokens):
             out = model(feed if use_cache else tokens, cache=cache)
             last = out.logits[:, -1].float()  # (B, V)
+            if vocab_limit is not None and vocab_limit < last.shape[-1]:
+                last[:, vocab_limit:] = float("-inf")  # ids the tokenizer does not have
             nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
