@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary name in the same folder, flush and fsync, then `os.replace`.
 
 A reader therefore sees either the old file or the complete new one, never a partial write. `check_out_folder`
-refuses, before a command does its work, an output folder that a file stands in the way of.
+refuses, before a command does its work, an output folder that a file stands in the way of, or whose path is not
+UTF-8 (`check_utf8_path`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,25 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def check_utf8_path(path: str | Path, flag: str = "--out") -> None:
+    """ConfigError for a path whose bytes are not UTF-8 (they reach Python as lone surrogates): safetensors and
+    tokenizers open only UTF-8 paths, so what a command wrote there could not be read back."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        from cocomix.errors import ConfigError
+
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{flag} {shown}: the path is not valid UTF-8 (safetensors and tokenizers open only UTF-8 "
+                          "paths); choose another name") from None
+
+
 def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...] | None = None) -> Path:
     """The output folder `path`; ConfigError (before any work) when a file, or a folder inside one, is in the way,
     or (`own` given: the kinds of `cocomix.outputs` this command writes) when it holds another kind of output."""
     from cocomix.errors import ConfigError
 
+    check_utf8_path(path, flag)
     out = Path(path)
     for p in (out, *out.parents):
         if p.exists():

@@ -26,73 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
-from cocomix.cli_parser import DEVICE_HELP, Parser, add_debug, add_run, as_flag, merge_run
+from cocomix.cli_parser import DEVICE_HELP, Parser, add_debug, add_run, as_flag, merge_run, subcommand, utf8_text
+from cocomix.cli_run import add_run_commands, add_setup_commands
 from cocomix.errors import CocomixError, Stopped
-
-
-def _run_config(args: argparse.Namespace):  # -> RunConfig
-    from cocomix.config_io import apply_overrides, load_config_file, run_config
-    from cocomix.presets import get_preset
-    from cocomix.train.checkpoint import read_run_config
-
-    if args.config:
-        base = load_config_file(args.config)
-    elif args.preset:
-        base = get_preset(args.preset).to_dict()
-    elif getattr(args, "resume", False) and args.out and (Path(args.out) / "config.json").is_file():
-        base = read_run_config(Path(args.out)).to_dict()
-    elif args.command == "train":
-        raise CocomixError("train: give --preset NAME or --config FILE (or --resume an existing --out)")
-    else:
-        raise CocomixError(f"{args.command}: give --preset NAME or --config FILE")
-    return run_config(apply_overrides(base, args.set or []))
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    from cocomix.data import prepare
-
-    out = args.out or ("data/shakespeare" if args.source == "shakespeare" else None)
-    if out is None:  # data/shakespeare is where the tiny presets read: another corpus there would be trained on
-        raise CocomixError(f"--out: give the folder for the token store of {args.source!r} (the default "
-                           "data/shakespeare is for the embedded corpus only)")
-    if args.source == "shakespeare" and (args.val_fraction is not None or args.split_by != "name"):
-        flag = "--val-fraction" if args.val_fraction is not None else "--split-by"
-        raise CocomixError(f"{flag}: the embedded shakespeare corpus holds out fixed plays; the option is for "
-                           "other sources")
-    meta = prepare(args.source, out, tokenizer=args.tokenizer, overwrite=args.overwrite, streaming=args.streaming,
-                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction, split_by=args.split_by)
-    print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
-    return 0
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from cocomix.train import train
-
-    run = _run_config(args)
-    if args.print_config:
-        print(run.to_json())
-        return 0
-    if not args.out:
-        raise CocomixError("--out: expected the run directory (cocomix train ... --out DIR)")
-    res = train(run, args.out, resume=args.resume)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return 0
-    if res.stopped:  # SIGTERM / SIGINT: a checkpoint was written; the conventional 128 + signal number
-        print(f"cocomix: stopped by {res.stopped}; resume with the same command and --resume", file=sys.stderr)
-        return 128 + (signal.SIGTERM if res.stopped.startswith("SIGTERM") else signal.SIGINT)
-    val = f"{res.val_loss:.4f}" if res.val_loss is not None else "n/a"
-    print(json.dumps({"run_dir": str(res.run_dir), "steps": res.steps, "train_loss": res.train_loss,
-                      "val_loss": res.val_loss}))
-    print(f"done: {res.run_dir} | train_loss {res.train_loss:.4f} | val_loss {val}", file=sys.stderr)
-    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -105,6 +47,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
+    if args.tasks is not None and not [t for t in args.tasks.split(",") if t.strip()]:
+        raise ConfigError(f"--tasks: expected comma-separated lm-eval task names, got {args.tasks!r}")
     perplexity_only = {"--split": args.split, "--seq-len": args.seq_len, "--batches": args.batches}
     tasks_only = {"--limit": args.limit, "--include-path": args.include_path}
     for flag, value in (perplexity_only if args.tasks else tasks_only).items():
@@ -114,7 +58,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.tasks:
         from cocomix.eval.harness import run_tasks
 
-        res = run_tasks(args.run, [t for t in args.tasks.split(",") if t], include_path=args.include_path,
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        res = run_tasks(args.run, tasks, include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
                         batch_size=args.batch_size, data=args.data)
         print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
@@ -169,7 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for i in range(args.num_samples):
         out, _ = generate(model, torch.tensor([ids], device=device), args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          eos_id=tok.eos_id, generator=gen)
+                          eos_id=tok.eos_id, generator=gen, vocab_limit=tok.vocab_size)
         if i:
             print("-" * 40)  # between samples
         print(tok.decode(out[0].tolist()))
@@ -206,36 +151,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_flops(args: argparse.Namespace) -> int:
-    from cocomix.flops import active_params, ntp_width_for, run_flops, teacher_shape
-    from cocomix.methods import DISTILLING
-
-    run = _run_config(args)
-    out = {"method": run.method, "active_params": active_params(run),
-           "flops_per_token": run_flops(run, sae_k=run.concept.sae_k or 32)}
-    # say whose shape the teacher term counts
-    if (run.method == "cocomix" or run.method in DISTILLING) and run.concept.teacher:
-        found = teacher_shape(run.concept.teacher) is not None
-        out["teacher_shape"] = (run.concept.teacher if found else
-                                f"GPT-2 small assumed ({run.concept.teacher!r} is not a local run or HF folder, "
-                                "nor gpt2; training counts the loaded teacher's real shape)")
-    if run.method == "cocomix":
-        out["ntp_width_matching_active_params"] = ntp_width_for(run)
-    print(json.dumps(out, indent=2))
-    return 0
-
-
-def cmd_presets(args: argparse.Namespace) -> int:
-    from cocomix.presets import PRESETS, get_preset
-
-    if args.name is not None:
-        print(get_preset(args.name).to_json())
-    else:
-        for name, fn in PRESETS.items():
-            print(f"{name:18s} {(fn.__doc__ or '').strip().splitlines()[0]}")
-    return 0
-
-
 def _stage_steps(args: argparse.Namespace) -> dict[str, int] | None:
     """--steps for every stage of demo / experiment (None: the defaults), checked before any stage runs."""
     if args.steps < 0:
@@ -263,35 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")
-    s.add_argument("--source", default="shakespeare",
-                   help="shakespeare | text:PATH[#SEPARATOR] | jsonl:PATH[#field] | hf:NAME[/CONFIG][@SPLIT][#field] "
-                        "(text:stories.txt#'<|endoftext|>' cuts the file into documents there)")
-    s.add_argument("--out", help="output directory (default for the embedded shakespeare corpus: data/shakespeare, "
-                                 "where the tiny presets read; required for any other source)")
-    s.add_argument("--tokenizer", default="bpe:4096",
-                   help="bpe:VOCAB (train a byte-level BPE) | tokenizer.json | HF tokenizer name or folder")
-    s.add_argument("--val-fraction", type=float, default=None,
-                   help="fraction of documents held out (default 0.05; shakespeare holds out fixed plays)")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
-    s.add_argument("--split-by", choices=("name", "content"), default="name",
-                   help="what the train/val split hashes: each document's name, or its text (copies on one side)")
-    s.add_argument("--streaming", action="store_true",
-                   help="hf: sources: stream the dataset (no download into the cache and Arrow conversion first)")
-    s.set_defaults(func=cmd_prepare)
-
-    s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")
-    base = s.add_mutually_exclusive_group()
-    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    base.add_argument("--config", help="a run config file (.json or .toml)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
-    s.add_argument("--out", default=None, help="run directory (needed unless --print-config)")
-    s.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint (its stored config when neither "
-                        "--preset nor --config is given); an empty or missing --out starts the run")
-    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    s.set_defaults(func=cmd_train)
+    add_run_commands(sub)
 
     s = sub.add_parser("eval", help="validation loss / perplexity of a checkpoint")
     add_run(s, "run directory (latest checkpoint) or checkpoint directory")
@@ -311,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("generate", help="sample text from a checkpoint")
     add_run(s, "run directory (latest checkpoint) or checkpoint directory")
-    s.add_argument("--prompt", required=True, help="text to continue")
+    s.add_argument("--prompt", required=True, type=utf8_text, help="text to continue")
     s.add_argument("--data", help="token store whose tokenizer to use (default: the run's)")
     s.add_argument("--max-new-tokens", type=int, default=100,
                    help="tokens to generate; prompt + these must fit the model's context_length")
@@ -340,17 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", help="group the token efficiency is measured against (default: the first)")
     s.set_defaults(func=cmd_compare)
 
-    s = sub.add_parser("flops", help="analytic training FLOPs per token (teacher and SAE included) of a config")
-    base = s.add_mutually_exclusive_group()
-    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    base.add_argument("--config", help="a run config file (.json or .toml)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. concept.cache=DIR")
-    s.set_defaults(func=cmd_flops, resume=False, out="")
-
-    s = sub.add_parser("presets", help="list presets, or print one as JSON")
-    s.add_argument("name", nargs="?", help="the preset to print (default: list them all)")
-    s.set_defaults(func=cmd_presets)
-
     s = sub.add_parser("demo", help="the make-demo pipeline: teacher, SAE, targets, NTP vs CoCoMix, report")
     s.add_argument("--data", default="data/shakespeare", help="token store (prepared here if missing)")
     s.add_argument("--out", default="runs/demo", help="folder of every stage's output and the report")
@@ -365,13 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seeds", type=int, default=3, help="seeds per variant")
     s.add_argument("--steps", type=int, default=0, help="steps of every stage (0: the demo's defaults)")
     s.set_defaults(func=cmd_experiment)
+    add_setup_commands(sub)
     add_debug(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's parser, so the hint is `cocomix COMMAND --help`
+        subcommand(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     merge_run(args, parser)
     try:
         return args.func(args)

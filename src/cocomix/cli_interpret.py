@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cocomix.atomic import check_out_folder
-from cocomix.cli_parser import DEVICE_HELP, add_run
+from cocomix.cli_parser import DEVICE_HELP, add_run, utf8_text
 from cocomix.errors import CocomixError
 
 
@@ -96,7 +96,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
         gen = torch.Generator(device=device).manual_seed(args.seed)
         outs[name] = steer_student(model, prompt, concepts, a, args.max_new_tokens, args.temperature, args.top_k,
-                                   generator=gen)
+                                   generator=gen, vocab_limit=tok.vocab_size)
     what = ", ".join(f"#{c} × {a:g} ({book[c].short()})" for c, a in zip(concepts, alphas, strict=True))
     print(f"prompt: {args.prompt!r}\nsteering: {what}")
     for c, u, s in zip(concepts, outs["unsteered"].mixed.tolist(), outs["steered"].mixed.tolist(), strict=True):
@@ -118,7 +118,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
         for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
             gen = torch.Generator(device=device).manual_seed(args.seed)
             t_out[name] = tok.decode(steer_teacher(teacher, sae, prompt, concepts, a, args.max_new_tokens,
-                                                   args.temperature, args.top_k, gen)[0, len(ids):].tolist())
+                                                   args.temperature, args.top_k, gen,
+                                                   vocab_limit=tok.vocab_size)[0, len(ids):].tolist())
         print()
         print(_side_by_side(("teacher, unsteered", t_out["unsteered"]), ("teacher, SAE latent steered",
                                                                          t_out["steered"])))
@@ -185,7 +186,7 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("inspect", help="the concepts a CoCoMix student predicts at every token (table, HTML)")
     _common(s)
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="text to inspect")
+    src.add_argument("--text", type=utf8_text, help="text to inspect")
     src.add_argument("--val-window", type=int, help="inspect this validation window of the token store")
     s.add_argument("--max-tokens", type=int, default=64, help="tokens of the validation window shown")
     s.add_argument("--top", type=int, default=3, help="concepts shown per token")
@@ -194,7 +195,7 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("steer", help="generate with chosen concept logits × α, side by side with unsteered")
     _common(s)
-    s.add_argument("--prompt", required=True, help="text to continue")
+    s.add_argument("--prompt", required=True, type=utf8_text, help="text to continue")
     s.add_argument("--concept", type=int, action="append", required=True, help="concept index (repeatable)")
     s.add_argument("--alpha", type=float, action="append", required=True,
                    help="multiplier per --concept, or one for all (paper: −10 … 10; 1 is unsteered)")

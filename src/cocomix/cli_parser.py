@@ -48,6 +48,16 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
     return f"{flag}: {rest}" if flag in options else message
 
 
+def utf8_text(value: str) -> str:
+    """argparse type of a text argument (`--prompt`, `--text`): bytes of the command line that are not UTF-8
+    reach Python as lone surrogates, which no tokenizer encodes; refused as an argument error."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not valid UTF-8 text (check the shell's or the script's encoding)") from None
+    return value
+
+
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """Every `cocomix COMMAND` parser, by command."""
     return next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)).choices

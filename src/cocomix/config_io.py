@@ -117,6 +117,8 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted field name, e.g. train.lr=3e-4")
         node, cls = out, RunConfig
         for p in parts[:-1]:
             section = _field_types(cls).get(p)
@@ -139,6 +141,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read the config file ({getattr(e, 'strerror', None) or e})") from None
+    if p.suffix not in (".json", ".toml"):
+        raise ConfigError(f"{p}: expected a .json or .toml config file")
     try:
         if p.suffix == ".toml":
             import tomllib

@@ -197,3 +197,24 @@ def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"preset: unknown preset {name!r} (known: {', '.join(PRESETS)})")
     return PRESETS[name]()
+
+
+def check_demo_outputs(run: RunConfig) -> None:
+    """ConfigError naming the first concept path the run reads that points into the demo's outputs (`runs/demo/`,
+    as the tiny concept presets do) and does not exist yet, with how to make it."""
+    from pathlib import Path
+
+    from cocomix.methods import DISTILLING
+
+    c = run.concept
+    if run.method == "cocomix" and c.lambda_concept != 0:
+        needed = ("cache",) if c.cache and c.target == "concepts" else (
+            ("teacher", "sae") if c.target == "concepts" else ("teacher",))
+    else:
+        needed = ("teacher",) if run.method in DISTILLING else ()
+    for name in needed:
+        value = str(getattr(c, name) or "")
+        if value.startswith("runs/demo/") and not Path(value).exists():
+            raise ConfigError(f"concept.{name}: {value} does not exist; the tiny concept presets read the teacher, "
+                              "SAE and targets that `make demo` builds: run it first, or set concept.teacher, "
+                              "concept.sae or concept.cache")

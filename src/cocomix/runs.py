@@ -28,8 +28,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunC
     try:
         verify_checkpoint(ckpt)
     except CheckpointError as e:
-        raise CheckpointError(f"{e}; give one of the run's earlier checkpoint folders "
-                              f"({run_dir / 'checkpoints'}/step_...) instead") from None
+        others = sorted(d for d in (run_dir / "checkpoints").glob("step_*")
+                        if d != ckpt and (d / "state.json").is_file())
+        hint = (f"give another of the run's checkpoint folders instead (e.g. {others[-1]})" if others else
+                "the run has no other checkpoint to fall back to")
+        raise CheckpointError(f"{e}; {hint}") from None
     run = read_run_config(run_dir)
     method = METHODS[run.method](run)
     model = method.build_model()

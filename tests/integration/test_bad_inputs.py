@@ -50,6 +50,8 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     for f in corrupt.rglob("model.safetensors"):
         f.write_bytes(b"\x00garbage")
     torch.save({"x": torch.zeros(1)}, root / "notsae.pt")
+    shutil.copytree(store, root / "badtok-store")  # a store whose tokenizer.json was damaged after prepare
+    (root / "badtok-store" / "tokenizer" / "tokenizer.json").write_text("garbage")
     from cocomix.data import prepare
     from cocomix.sae import TopKSAE
     from cocomix.sae.saelens import save_saelens
@@ -238,6 +240,27 @@ CASES = [
     ("export-out-under-a-file", ["export", "--run", "{run}", "--out", "{root}/afile/hf"],
      "afile exists and is not a directory"),
     ("train-without-out", ["train", "--config", "{root}/run.json"], "--out: expected the run directory"),
+    # text and paths that are not UTF-8 (a shell passing Latin-1 bytes): refused before any work
+    ("generate-prompt-not-utf8", ["generate", "{run}", "--prompt", "caf\udce9"],
+     "argument --prompt: not valid UTF-8 text"),
+    ("inspect-text-not-utf8", ["inspect", "{run}", "--text", "\udce9t\udce9"], "argument --text: not valid UTF-8"),
+    ("train-out-not-utf8", ["train", "--config", "{root}/run.json", "--out", "{root}/o\udce9"],
+     "o\\xe9: the path is not valid UTF-8"),
+    ("prepare-out-not-utf8", ["prepare", "--source", "shakespeare", "--out", "{root}/p\udce9"],
+     "the path is not valid UTF-8"),
+    ("train-set-empty-key", ["train", "--config", "{root}/run.json", "--set", "=5", "--out", "{root}/o40"],
+     "with a dotted field name"),
+    ("train-config-not-json-or-toml", ["train", "--config", "{root}/afile", "--out", "{root}/o41"],
+     "afile: expected a .json or .toml config file"),
+    ("train-resume-a-store", ["train", "--resume", "--out", "{store}"],
+     "holds a token store, so --resume has no config to continue"),
+    ("train-damaged-tokenizer", ["train", "--config", "{root}/run.json", "--set", "data.path={root}/badtok-store",
+                                 "--out", "{root}/o42"], "not a valid tokenizer.json"),
+    ("eval-tasks-empty-string", ["eval", "{run}", "--tasks", ""], "--tasks: expected comma-separated"),
+    ("eval-unknown-option", ["eval", "{run}", "--checkpoint", "x"], "(see `cocomix eval --help`)"),
+    ("eval-seq-len-over-context", ["eval", "{run}", "--seq-len", "100000"], "--seq-len: 100000 exceeds"),
+    ("eval-corrupt-weights-no-fallback", ["eval", "{root}/corrupt-run"], "the run has no other checkpoint"),
+    ("inspect-ntp-run", ["inspect", "{run}", "--text", "the"], "RUN: expected a CoCoMix run"),
 ]
 
 
@@ -254,6 +277,16 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(name: str, argv: list[
     assert len(lines) == 1 and lines[0].startswith("cocomix: error:"), err
     assert fragment.lower() in lines[0].lower(), lines[0]
     assert _tree_hash(world["run"]) == world["hash"]["run"] and _tree_hash(world["store"]) == world["hash"]["store"]
+
+
+def test_tiny_concept_presets_without_the_demo_say_how_to_make_its_outputs(
+        world: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(world["root"])  # no runs/demo/ here
+    for preset in ("tiny-cocomix", "tiny-kd"):
+        code = main(["train", "--preset", preset, "--set", f"data.path={world['store']}", "--out", "t"])
+        err = capsys.readouterr().err
+        assert code == 2 and "concept.teacher: runs/demo/teacher does not exist" in err and "make demo" in err
+        assert not (world["root"] / "t").exists()
 
 
 def test_the_corpus_is_large_and_distinct() -> None:

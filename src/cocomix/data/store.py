@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from cocomix.atomic import atomic_write_text, atomic_writer, fsync_dir
+from cocomix.atomic import atomic_write_text, atomic_writer, check_utf8_path, fsync_dir
 from cocomix.data import long_text
 from cocomix.data.corpus import Document, iter_split
 from cocomix.data.tokenizer import TextTokenizer, check_bpe_size, load_tokenizer, train_bpe
@@ -92,6 +92,7 @@ def _counted_train_pieces(documents: _Documents, log: _Progress) -> Iterator[str
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
+    check_utf8_path(out)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder (expected a folder for the token store)")
     from cocomix.outputs import STORE, output_kind
@@ -153,8 +154,9 @@ def _write_streams(out: Path, tok: TextTokenizer, documents: _Documents, dtype: 
             counts[f"{split}_tokens"] += _encode_into(tok, buffers[split], handles[split], dtype)
             counts[f"{split}_documents"] += len(buffers[split])
             buffers[split], buffered_chars[split] = [], 0
+            waiting = sum(len(b) for b in buffers.values())  # (the other split's, encoded once it fills a batch)
             log(f"encoded {counts['train_documents'] + counts['val_documents']} documents so far: "
-                f"{counts['train_tokens']:,} train and {counts['val_tokens']:,} val tokens")
+                f"{counts['train_tokens']:,} train and {counts['val_tokens']:,} val tokens; {waiting} more read")
 
         for split, doc in documents():
             if split == "val" and len(val_names) < MAX_VAL_NAMES:  # (a non-UTF-8 file name shown with U+FFFD)

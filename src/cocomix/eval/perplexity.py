@@ -36,7 +36,7 @@ def evaluate_loss(method: Method, model: Transformer, store: TokenStore, split: 
         raise ConfigError(f"batch_size must be >= 1 and max_batches, max_windows >= 0, got {batch_size}, "
                           f"{max_batches} and {max_windows}")
     if seq_len > model.cfg.context_length:
-        raise ConfigError(f"seq_len {seq_len} exceeds the model's context_length {model.cfg.context_length}")
+        raise ConfigError(f"seq_len: {seq_len} exceeds the model's context_length {model.cfg.context_length}")
     n = store.num_chunks(split, seq_len)
     if n == 0:
         raise DataError(f"{store.path}: split {split!r} holds {store.num_tokens(split)} tokens, fewer than one "

@@ -37,7 +37,7 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     flavour with `bias=False`; HF GPT-2 always has them) are written as zeros: the same function.
     """
     if model.seam is not None:
-        raise CheckpointError("export supports NTP models only: this model has a slot seam (CoCoMix, pause "
+        raise CheckpointError("export supports NTP and KD models only: this model has a slot seam (CoCoMix, pause "
                               "or addition), which is not a plain Hugging Face GPT-2 or Llama architecture")
     cfg = model.cfg
     if cfg.tie_embeddings and model.lm_head.weight is not model.wte.weight and not torch.equal(

@@ -107,6 +107,9 @@ OPERATIONAL = ("device", "log_every", "checkpoint_every", "teacher_batch", "eval
 
 def check_out(cfg: SAETrainConfig, out: Path) -> None:
     """CocomixError when `out` holds an SAE run of other settings, or something that is not an SAE run."""
+    from cocomix.atomic import check_utf8_path
+
+    check_utf8_path(out)
     path = out / "config.json"
     if path.is_file():
         from cocomix.outputs import RUN, output_kind

@@ -245,12 +245,15 @@ def read_run_config(run_dir: Path) -> RunConfig:
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(run_dir, checkpoint dir) from a run directory (its latest checkpoint) or a checkpoint directory."""
+    """(run_dir, checkpoint dir) from a run directory (its latest checkpoint; so do its `checkpoints/` folder and
+    `latest` pointer) or a checkpoint directory."""
     p = Path(path)
     if (p / "state.json").is_file() and p.parent.name == CKPT_DIR:
         return p.parent.parent, p
     if p.is_file() and p.name == "latest" and p.parent.name == CKPT_DIR:  # the pointer: the checkpoint it names
         return resolve_checkpoint(p.parent.parent)
+    if p.name == CKPT_DIR and (p / "latest").is_file():  # the run's checkpoints/ folder: its latest checkpoint
+        return resolve_checkpoint(p.parent)
     if not p.is_dir():
         raise CheckpointError(f"{p}: no such run or checkpoint directory")
     ckpt = latest_checkpoint(p)

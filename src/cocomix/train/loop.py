@@ -135,6 +135,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
     tc = run.train
     store = TokenStore.open(run.data.path)
     check_vocab(store, run.model.vocab_size)
+    store.tokenizer()  # a damaged tokenizer.json is said now, not when the run is first used (generate, export)
     if store.num_chunks("val", run.data.seq_len) == 0:  # the final evaluation would fail after all the training
         raise DataError(f"{store.path}: the val split holds {store.num_tokens('val')} tokens, fewer than one window "
                         f"of data.seq_len={run.data.seq_len}; training evaluates on it: prepare the store with a "

@@ -1,0 +1,162 @@
+"""The run-side subcommands of `cocomix` (see `cli.py`): prepare, train (`add_run_commands`, listed first) and
+flops, presets (`add_setup_commands`).
+
+Each is a thin wrapper of one library function (`data.prepare`, `train.train`, `flops.run_flops`, `presets`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cocomix.errors import CocomixError
+
+
+def run_config_from(args: argparse.Namespace):  # -> RunConfig
+    from cocomix.config_io import apply_overrides, load_config_file, run_config
+    from cocomix.presets import get_preset
+    from cocomix.train.checkpoint import read_run_config
+
+    if args.config:
+        base = load_config_file(args.config)
+    elif args.preset:
+        base = get_preset(args.preset).to_dict()
+    elif getattr(args, "resume", False) and args.out and (Path(args.out) / "config.json").is_file():
+        base = read_run_config(Path(args.out)).to_dict()
+    elif args.command == "train" and getattr(args, "resume", False) and args.out:
+        from cocomix.outputs import output_kind
+
+        out = Path(args.out)
+        kind = output_kind(out) if out.is_dir() else None
+        what = (f"holds {kind}" if kind else "has no run (no config.json)" if out.is_dir() else "does not exist")
+        raise CocomixError(f"--out {out}: {what}, so --resume has no config to continue; give --preset NAME or "
+                           "--config FILE to start a run there")
+    elif args.command == "train":
+        raise CocomixError("train: give --preset NAME or --config FILE (or --resume an existing --out)")
+    else:
+        raise CocomixError(f"{args.command}: give --preset NAME or --config FILE")
+    return run_config(apply_overrides(base, args.set or []))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from cocomix.data import prepare
+
+    out = args.out or ("data/shakespeare" if args.source == "shakespeare" else None)
+    if out is None:  # data/shakespeare is where the tiny presets read: another corpus there would be trained on
+        raise CocomixError(f"--out: give the folder for the token store of {args.source!r} (the default "
+                           "data/shakespeare is for the embedded corpus only)")
+    if args.source == "shakespeare" and (args.val_fraction is not None or args.split_by != "name"):
+        flag = "--val-fraction" if args.val_fraction is not None else "--split-by"
+        raise CocomixError(f"{flag}: the embedded shakespeare corpus holds out fixed plays; the option is for "
+                           "other sources")
+    meta = prepare(args.source, out, tokenizer=args.tokenizer, overwrite=args.overwrite, streaming=args.streaming,
+                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction, split_by=args.split_by)
+    print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cocomix.train import train
+
+    run = run_config_from(args)
+    if args.print_config:
+        print(run.to_json())
+        return 0
+    if not args.out:
+        raise CocomixError("--out: expected the run directory (cocomix train ... --out DIR)")
+    from cocomix.presets import check_demo_outputs
+
+    check_demo_outputs(run)
+    res = train(run, args.out, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
+    if res.stopped:  # SIGTERM / SIGINT: a checkpoint was written; the conventional 128 + signal number
+        print(f"cocomix: stopped by {res.stopped}; resume with the same command and --resume", file=sys.stderr)
+        return 128 + (signal.SIGTERM if res.stopped.startswith("SIGTERM") else signal.SIGINT)
+    val = f"{res.val_loss:.4f}" if res.val_loss is not None else "n/a"
+    print(json.dumps({"run_dir": str(res.run_dir), "steps": res.steps, "train_loss": res.train_loss,
+                      "val_loss": res.val_loss}))
+    print(f"done: {res.run_dir} | train_loss {res.train_loss:.4f} | val_loss {val}", file=sys.stderr)
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from cocomix.flops import active_params, ntp_width_for, run_flops, teacher_shape
+    from cocomix.methods import DISTILLING
+
+    run = run_config_from(args)
+    out = {"method": run.method, "active_params": active_params(run),
+           "flops_per_token": run_flops(run, sae_k=run.concept.sae_k or 32)}
+    # say whose shape the teacher term counts
+    if (run.method == "cocomix" or run.method in DISTILLING) and run.concept.teacher:
+        found = teacher_shape(run.concept.teacher) is not None
+        out["teacher_shape"] = (run.concept.teacher if found else
+                                f"GPT-2 small assumed ({run.concept.teacher!r} is not a local run or HF folder, "
+                                "nor gpt2; training counts the loaded teacher's real shape)")
+    if run.method == "cocomix":
+        out["ntp_width_matching_active_params"] = ntp_width_for(run)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from cocomix.presets import PRESETS, get_preset
+
+    if args.name is not None:
+        print(get_preset(args.name).to_json())
+    else:
+        for name, fn in PRESETS.items():
+            print(f"{name:18s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    return 0
+
+
+def add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """Register prepare and train."""
+    s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")
+    s.add_argument("--source", default="shakespeare",
+                   help="shakespeare | text:PATH[#SEPARATOR] | jsonl:PATH[#field] | hf:NAME[/CONFIG][@SPLIT][#field] "
+                        "(text:stories.txt#'<|endoftext|>' cuts the file into documents there)")
+    s.add_argument("--out", help="output directory (default for the embedded shakespeare corpus: data/shakespeare, "
+                                 "where the tiny presets read; required for any other source)")
+    s.add_argument("--tokenizer", default="bpe:4096",
+                   help="bpe:VOCAB (train a byte-level BPE) | tokenizer.json | HF tokenizer name or folder")
+    s.add_argument("--val-fraction", type=float, default=None,
+                   help="fraction of documents held out (default 0.05; shakespeare holds out fixed plays)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
+    s.add_argument("--split-by", choices=("name", "content"), default="name",
+                   help="what the train/val split hashes: each document's name, or its text (copies on one side)")
+    s.add_argument("--streaming", action="store_true",
+                   help="hf: sources: stream the dataset (no download into the cache and Arrow conversion first)")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")
+    base = s.add_mutually_exclusive_group()
+    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    base.add_argument("--config", help="a run config file (.json or .toml)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
+    s.add_argument("--out", default=None, help="run directory (needed unless --print-config)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its stored config when neither "
+                        "--preset nor --config is given); an empty or missing --out starts the run")
+    s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    s.set_defaults(func=cmd_train)
+
+
+
+def add_setup_commands(sub: argparse._SubParsersAction) -> None:
+    """Register flops and presets."""
+    s = sub.add_parser("flops", help="analytic training FLOPs per token (teacher and SAE included) of a config")
+    base = s.add_mutually_exclusive_group()
+    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    base.add_argument("--config", help="a run config file (.json or .toml)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. concept.cache=DIR")
+    s.set_defaults(func=cmd_flops, resume=False, out="")
+
+    s = sub.add_parser("presets", help="list presets, or print one as JSON")
+    s.add_argument("name", nargs="?", help="the preset to print (default: list them all)")
+    s.set_defaults(func=cmd_presets)
+
