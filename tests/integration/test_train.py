@@ -199,6 +199,8 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
 
     assert main(["eval", "--run", str(out / "checkpoints" / "latest"), "--batches", "1"]) == 0  # the pointer file
     capsys.readouterr()
+    assert main(["eval", str(out / "checkpoints"), "--batches", "2"]) == 0  # the checkpoints folder: the latest
+    assert json.loads(capsys.readouterr().out) == res
     # RUN is positional or --run in every command that reads one (the same run given both ways is accepted)
     assert main(["eval", str(out), "--batches", "2"]) == 0 and json.loads(capsys.readouterr().out) == res
     assert main(["generate", "--prompt", "the king", str(out), "--max-new-tokens", "5", "--temperature", "0",
