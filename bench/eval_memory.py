@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_cost import _vm, runs_for  # noqa: E402
+from step_cost import _vm, memory_subprocess, runs_for  # noqa: E402
 
 VARIANTS = ("chunked", "whole")
 
@@ -74,21 +72,16 @@ def variant_of(name: str, args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.variant_of:
+    if args.variant_of:  # the measuring process (the only one that computes)
+        torch.set_num_threads(args.threads or torch.get_num_threads())
         print(json.dumps(variant_of(args.variant_of, args)))
         return
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}
     results = {}
     for name in VARIANTS:
         cmd = [sys.executable, __file__, "--variant-of", name, "--shape", args.shape, "--seq-len",
                str(args.seq_len), "--batch", str(args.batch), "--threads", str(args.threads)]
         cmd += ["--chunked-lm-loss"] if args.chunked_lm_loss else []
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if out.returncode:
-            sys.exit(f"{name} subprocess failed: {out.stderr[-2000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        results[name] = memory_subprocess(cmd, name)
         print(f"{name}: {results[name]}", file=sys.stderr)
     run = runs_for(args.shape, args.seq_len, args.batch, chunked_lm_loss=args.chunked_lm_loss)["cocomix"]
     logits_mib = args.batch * args.seq_len * run.concept.n_latents * 4 / 2**20

@@ -288,6 +288,17 @@ def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     return {"peak_mib": peak - base, "step_transient_mib": peak - resident}
 
 
+def memory_subprocess(cmd: list[str], what: str) -> dict[str, Any]:
+    """The JSON object a fresh measuring process prints last. Freed memory goes back to the OS at once
+    (MALLOC_MMAP_THRESHOLD_), so the resident size follows live allocations (as torch.cuda.max_memory_allocated
+    does on GPUs) rather than what glibc's heap happens to keep."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        sys.exit(f"memory subprocess for {what} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -365,13 +376,7 @@ def main() -> None:
             cmd += ["--teacher-dtype", args.teacher_dtype] + (["--threads", str(args.threads)] if args.threads else [])
             cmd += ["--chunked-lm-loss"] * args.chunked_lm_loss
             cmd += ["--activation-checkpointing"] * args.activation_checkpointing
-            # freed memory goes back to the OS at once, so the resident size follows live allocations (as
-            # torch.cuda.max_memory_allocated does on GPUs) rather than what glibc's heap happens to keep
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "131072")}
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                sys.exit(f"memory subprocess for {n} failed: {out.stderr[-2000:]}")
-            result["methods"][n].update(json.loads(out.stdout.strip().splitlines()[-1]))
+            result["methods"][n].update(memory_subprocess(cmd, n))
     m = result["methods"]
 
     def ratio(a: str, b: str, key: str) -> float | None:
