@@ -190,7 +190,7 @@ def test_refuses_non_empty_target_and_seam_models(tmp_path: Path) -> None:
     assert (target / "model.safetensors").is_file()
     seamed = tiny_model(flavour="gpt2")
     seamed.set_seam(Seam(1))
-    with pytest.raises(CheckpointError, match="NTP models only"):
+    with pytest.raises(CheckpointError, match="NTP and KD models only"):
         export_hf(seamed, tmp_path / "seamed")
     assert not (tmp_path / "seamed").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dirs left behind
