@@ -12,11 +12,17 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cocomix.errors import CocomixError
 
+if TYPE_CHECKING:
+    from cocomix.config import RunConfig
 
-def run_config_from(args: argparse.Namespace):  # -> RunConfig
+
+def run_config_from(args: argparse.Namespace) -> RunConfig:
+    """The run config of `train` / `flops`: --config FILE, --preset NAME or (train --resume) the run's stored
+    config, with the --set overrides applied."""
     from cocomix.config_io import apply_overrides, load_config_file, run_config
     from cocomix.presets import get_preset
     from cocomix.train.checkpoint import read_run_config
@@ -144,7 +150,6 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
                         "--preset nor --config is given); an empty or missing --out starts the run")
     s.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     s.set_defaults(func=cmd_train)
-
 
 
 def add_setup_commands(sub: argparse._SubParsersAction) -> None:
