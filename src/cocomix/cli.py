@@ -47,18 +47,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.runs import load_run, run_store
     from cocomix.train.loop import resolve_device
 
-    if args.tasks is not None and not [t for t in args.tasks.split(",") if t.strip()]:
+    tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if tasks == []:
         raise ConfigError(f"--tasks: expected comma-separated lm-eval task names, got {args.tasks!r}")
     perplexity_only = {"--split": args.split, "--seq-len": args.seq_len, "--batches": args.batches}
     tasks_only = {"--limit": args.limit, "--include-path": args.include_path}
-    for flag, value in (perplexity_only if args.tasks else tasks_only).items():
+    for flag, value in (perplexity_only if tasks else tasks_only).items():
         if value is not None:  # an option the chosen evaluation would ignore
-            raise ConfigError(f"{flag}: " + ("a perplexity option; lm-eval --tasks do not use it" if args.tasks
+            raise ConfigError(f"{flag}: " + ("a perplexity option; lm-eval --tasks do not use it" if tasks
                                              else "an lm-eval option; it needs --tasks"))
-    if args.tasks:
+    if tasks:
         from cocomix.eval.harness import run_tasks
 
-        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
         res = run_tasks(args.run, tasks, include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
                         batch_size=args.batch_size, data=args.data)

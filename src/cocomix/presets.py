@@ -79,7 +79,8 @@ PAPER_CONCEPT = ConceptConfig(teacher="openai-community/gpt2", teacher_layer=5, 
 # λ = 0.5 rather than the paper's 0.1: chosen on the training split only (NTP loss on not-yet-seen training windows
 # of the first epoch, paired with the NTP student on the same batches): λ 0.1 was 0.013 nats worse than NTP there,
 # λ 0.5 0.13 nats better. The validation split the demo and experiment report was not looked at.
-TINY_CONCEPT = ConceptConfig(teacher="runs/demo/teacher", teacher_layer=1, sae="runs/demo/teacher-sae/sae",
+DEMO_OUTPUTS = "runs/demo/"  # where `make demo` writes (relative to the working directory, as data.path)
+TINY_CONCEPT = ConceptConfig(teacher=DEMO_OUTPUTS + "teacher", teacher_layer=1, sae=DEMO_OUTPUTS + "teacher-sae/sae",
                              n_latents=2048, k_attr=4, mix_k=32, lambda_concept=0.5, lambda_kd=0.1, d_teacher=128,
                              concept_layer=1)
 
@@ -200,7 +201,7 @@ def get_preset(name: str) -> RunConfig:
 
 
 def check_demo_outputs(run: RunConfig) -> None:
-    """ConfigError naming the first concept path the run reads that points into the demo's outputs (`runs/demo/`,
+    """ConfigError naming the first concept path the run reads that points into the demo's outputs (DEMO_OUTPUTS,
     as the tiny concept presets do) and does not exist yet, with how to make it."""
     from pathlib import Path
 
@@ -216,7 +217,7 @@ def check_demo_outputs(run: RunConfig) -> None:
         value = str(getattr(c, name) or "")
         if not value or Path(value).exists():
             continue
-        if not value.startswith("runs/demo/"):
+        if not value.startswith(DEMO_OUTPUTS):
             return  # a path of the user's own: training's own check names it
         raise ConfigError(f"concept.{name}: {value} does not exist; the tiny concept presets read the teacher, "
                           "SAE and targets that `make demo` builds: run it first, or set concept.teacher, "

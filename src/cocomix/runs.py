@@ -14,6 +14,7 @@ from cocomix.errors import CheckpointError, DataError
 from cocomix.methods import METHODS, Method
 from cocomix.model import Transformer
 from cocomix.train.checkpoint import (
+    CKPT_DIR,
     load_model_weights,
     read_run_config,
     read_state,
@@ -28,7 +29,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunC
     try:
         verify_checkpoint(ckpt)
     except CheckpointError as e:
-        others = sorted(d for d in (run_dir / "checkpoints").glob("step_*")
+        others = sorted(d for d in (run_dir / CKPT_DIR).glob("step_*")
                         if d != ckpt and (d / "state.json").is_file())
         hint = (f"give another of the run's checkpoint folders instead (e.g. {others[-1]})" if others else
                 "the run has no other checkpoint to fall back to")

@@ -25,7 +25,7 @@ import torch
 from cocomix.errors import CocomixError
 from cocomix.interpret.inspect import mixing_seam
 from cocomix.model import Transformer, generate
-from cocomix.model.generate import check_sampling, sample_next
+from cocomix.model.generate import check_sampling, restrict_vocab, sample_next
 
 
 def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[float]) -> None:
@@ -112,9 +112,7 @@ def steer_teacher(teacher: Any, sae: Any, prompt: torch.Tensor, concepts: Sequen
     tokens = prompt
     try:
         for _ in range(max_new_tokens):
-            last = _logits(teacher.model(tokens))[:, -1].float()                         # (B, V)
-            if vocab_limit is not None and vocab_limit < last.shape[-1]:
-                last[:, vocab_limit:] = float("-inf")                                      # not in the tokenizer
+            last = restrict_vocab(_logits(teacher.model(tokens))[:, -1].float(), vocab_limit)  # (B, V)
             tokens = torch.cat((tokens, sample_next(last, temperature, top_k, None, generator)[:, None]), dim=1)
     finally:
         handle.remove()

@@ -30,6 +30,14 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def restrict_vocab(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tensor:
+    """logits (B, V) with the ids at and above `vocab_limit` (the tokenizer's size) set to −inf, in place: a model
+    whose vocabulary is padded beyond its tokenizer's never samples an id nothing decodes."""
+    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+        logits[:, vocab_limit:] = float("-inf")
+    return logits
+
+
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     """ConfigError naming the first sampling argument outside its range."""
     if max_new_tokens < 1:
@@ -73,9 +81,7 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
         feed = prompt
         for _ in range(max_new_tokens):
             out = model(feed if use_cache else tokens, cache=cache)
-            last = out.logits[:, -1].float()  # (B, V)
-            if vocab_limit is not None and vocab_limit < last.shape[-1]:
-                last[:, vocab_limit:] = float("-inf")  # ids the tokenizer does not have
+            last = restrict_vocab(out.logits[:, -1].float(), vocab_limit)  # (B, V)
             nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
