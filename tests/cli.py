@@ -104,6 +104,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -
         for action, category, module in reversed(_DEFAULT_FILTERS):
             warnings.filterwarnings(action, category=category, module=module)
         warnings.showwarning = show
+        formatwarning = warnings.formatwarning  # main() sets cocomix's one-line format; restored after the call
         try:
             code = main(list(args))
         except SystemExit as e:  # argparse: --help (0) and usage errors (2)
@@ -112,4 +113,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 300) -
             else:
                 err.write(f"{e.code}\n")
                 code = 1
+        finally:
+            warnings.formatwarning = formatwarning
     return CliResult(list(args), code, out.getvalue(), err.getvalue())

@@ -32,7 +32,17 @@ from pathlib import Path
 
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
-from cocomix.cli_parser import DEVICE_HELP, Parser, add_debug, add_run, as_flag, merge_run, subcommand, utf8_text
+from cocomix.cli_parser import (
+    DEVICE_HELP,
+    Parser,
+    add_debug,
+    add_run,
+    as_flag,
+    merge_run,
+    short_warnings,
+    subcommand,
+    utf8_text,
+)
 from cocomix.cli_run import add_run_commands, add_setup_commands
 from cocomix.errors import CocomixError, Stopped
 
@@ -247,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    short_warnings()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's parser, so the hint is `cocomix COMMAND --help`

@@ -1,10 +1,11 @@
 """The `cocomix` command line's conventions (no paper equation): every option's default shown in `--help`, an
-argument error as one line with exit code 2 (as every other cocomix error), and library errors that name a
-setting shown with the command's flag of that name."""
+argument error as one line with exit code 2 (as every other cocomix error), library errors that name a setting
+shown with the command's flag of that name, and cocomix's own warnings as one line."""
 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -46,6 +47,21 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
     except KeyError:
         options = {}
     return f"{flag}: {rest}" if flag in options else message
+
+
+def short_warnings() -> None:
+    """Print cocomix's own warnings as one line, `cocomix: warning: ...`, like its errors; warnings of other
+    packages keep Python's format (file, line and source, which help there)."""
+    package = str(Path(__file__).resolve().parent)
+    default = warnings.formatwarning
+
+    def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+            line: str | None = None) -> str:
+        if str(Path(filename).resolve()).startswith(package):
+            return f"cocomix: warning: {' '.join(str(message).split())}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
 
 
 def utf8_text(value: str) -> str:

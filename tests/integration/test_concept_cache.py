@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from cocomix.errors import ConfigError, DataError
 from cocomix.export import export_hf
 from cocomix.model import Transformer
 from cocomix.sae import TopKSAE, load_sae
+from cocomix.sae.saelens import save_saelens
 from cocomix.teacher import Teacher
 from tests.cli import run_cli
 
@@ -410,3 +412,18 @@ def test_the_eq1_gradient_path_is_decided_on_the_first_train_window_whatever_the
     monkeypatch.setattr(Teacher, "decide_next_token", spy)
     _extract(store_dir, tmp_path / "c", parts, splits=("val",), attribution_loss="next_token", max_windows=2)
     assert len(seen) == 1 and torch.equal(seen[0], store.batch("train", [0], 32))
+
+
+def test_an_sae_that_does_not_fit_the_teacher_is_named(store_dir: Path, tmp_path: Path,
+                                                       parts: tuple[Path, Path]) -> None:
+    """The random test SAE leaves the teacher's activations unexplained: extraction warns, naming --sae. An SAE
+    that reconstructs every activation exactly (latents ±e_i, k = d) extracts silently."""
+    with pytest.warns(UserWarning, match=r"--sae: the SAE leaves \d+\.\d\d of the variance of the teacher's block 1"):
+        _extract(store_dir, tmp_path / "random", parts, splits=("val",))
+    eye = torch.eye(32)
+    exact = TopKSAE(32, 64, 32).set_weights(pre_bias=torch.zeros(32), W_enc=torch.cat([eye, -eye]),
+                                            latent_bias=torch.zeros(64), W_dec=torch.cat([eye, -eye]).T)
+    save_saelens(exact, tmp_path / "exact-sae")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _extract(store_dir, tmp_path / "exact", (parts[0], tmp_path / "exact-sae"), splits=("val",))

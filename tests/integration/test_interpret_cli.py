@@ -72,6 +72,7 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
              "--concept", "2", "--alphas=-10,0,1,10", "--prompts", "4", "--prompt-len", "4",
              "--max-new-tokens", "5", "--teacher-check", "--out", str(out))
     assert r.returncode == 0, r.stderr
+    assert r.stderr.count("cocomix: warning: --sae: the SAE leaves") == 1  # the random test SAE fits no teacher
     result = json.loads((out / "steering.json").read_text())
     rows = result["rows"]
     assert len(rows) == 2 * 4 and all(0.0 <= row["activation_rate"] <= 1.0 for row in rows)

@@ -30,6 +30,7 @@ from cocomix.data import TokenStore
 from cocomix.digest import file_sha256
 from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
 from cocomix.progress import ProgressLine
+from cocomix.sae.fit import check_sae_fit
 from cocomix.teacher import cuda_matmul_precision
 from cocomix.train.guard import RunLock, StopSignals
 from cocomix.train.resume import store_identity
@@ -123,12 +124,14 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     if sae.d_in != teacher.width:
         raise ConfigError(f"--sae: reads {sae.d_in}-wide activations, the teacher's residual width at teacher_layer "
                           f"{teacher.layer} is {teacher.width} (give the SAE trained on this teacher)")
-    if selection == "attribution" and attribution_loss == "next_token":  # decided on a fixed window, up front:
-        # train's first, whichever splits are asked for (what training decides on), so every call and every
-        # online run take the same gradient path
-        first = next((s for s in ("train", *splits) if store.num_chunks(s, seq_len) > 0), None)
-        if first is not None:
-            teacher.decide_next_token(store.batch(first, [0], seq_len).to(teacher.device), gradient_at)
+    # train's first window, whichever splits are asked for (what training decides on), so that every call and every
+    # online run take the same gradient path
+    first = next((s for s in ("train", *splits) if store.num_chunks(s, seq_len) > 0), None)
+    if first is not None:
+        window = store.batch(first, [0], seq_len).to(teacher.device)  # (1, T)
+        check_sae_fit(teacher, sae, window, "--sae")
+        if selection == "attribution" and attribution_loss == "next_token":  # decided on a fixed window, up front
+            teacher.decide_next_token(window, gradient_at)
     out = Path(out_dir)
     created = not out.exists()  # removed again if extraction fails before writing anything into it
     out.mkdir(parents=True, exist_ok=True)

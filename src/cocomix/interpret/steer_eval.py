@@ -36,6 +36,7 @@ from cocomix.interpret.labels import ConceptBook
 from cocomix.interpret.steer import check_steering, steer_student, steer_teacher
 from cocomix.model import Transformer
 from cocomix.progress import ProgressLine
+from cocomix.sae.fit import check_sae_fit
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,8 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     check_steering(seam.n_latents, concepts, [1.0] * len(concepts))
     device = next(model.parameters()).device
     prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
+    window = cfg.prompt_len + cfg.max_new_tokens  # as long as the texts the teacher reads back (checked above)
+    check_sae_fit(teacher, sae, store.batch(cfg.split, [0], seq_len)[:, :window].to(device), "--sae")
     rows = []
     line = ProgressLine("steer-eval", len(concepts), unit="concepts", enabled=progress)
     for i, c in enumerate(concepts):

@@ -84,6 +84,7 @@ class CoCoMix(Method):
 
     def prepare(self, device: torch.device, store: object) -> None:
         from cocomix.sae import load_sae
+        from cocomix.sae.fit import check_sae_fit
         from cocomix.teacher import Teacher
 
         c = self.run.concept
@@ -114,10 +115,11 @@ class CoCoMix(Method):
         if self.sae.d_in != width:
             raise ConfigError(f"concept.sae: SAE input width {self.sae.d_in} does not match the teacher's residual "
                               f"width {width} at teacher_layer {c.teacher_layer}")
-        if c.selection == "attribution" and c.attribution_loss == "next_token" and \
-                store.num_chunks("train", self.run.data.seq_len) > 0:  # decided before anything is written
-            self.teacher.decide_next_token(store.batch("train", [0], self.run.data.seq_len).to(device),
-                                           c.gradient_at)
+        if store.num_chunks("train", self.run.data.seq_len) > 0:
+            first = store.batch("train", [0], self.run.data.seq_len).to(device)  # (1, T)
+            check_sae_fit(self.teacher, self.sae, first, "concept.sae")
+            if c.selection == "attribution" and c.attribution_loss == "next_token":  # decided before any write
+                self.teacher.decide_next_token(first, c.gradient_at)
         if c.k_attr > self.sae.k:
             raise ConfigError(f"concept.k_attr: at most the SAE's k={self.sae.k}, got {c.k_attr}")
 

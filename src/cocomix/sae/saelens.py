@@ -169,6 +169,8 @@ def load_saelens(folder: str | Path) -> TopKSAE:
     sae = sae.set_weights(pre_bias=tensors["b_dec"], W_enc=W_enc.T, latent_bias=b_enc, W_dec=W_dec.T)
     sae.hook_name = hook
     sae.hook_block = hook_block(sae.hook_name)
+    model_name = cfg.get("model_name") or meta.get("model_name")
+    sae.model_name = model_name if isinstance(model_name, str) else None
     kwargs = meta.get("model_from_pretrained_kwargs", cfg.get("model_from_pretrained_kwargs")) or {}
     sae.center_input = isinstance(kwargs, dict) and kwargs.get("center_writing_weights") is True and not normalize
     return sae

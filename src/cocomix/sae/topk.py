@@ -67,6 +67,8 @@ class TopKSAE(nn.Module):
         """Where the SAE's file says it reads the model (e.g. `blocks.5.hook_resid_post`), if it says."""
         self.hook_block: int | None = None
         """The teacher block whose output that is (our teacher_layer; -1: the embeddings), when known."""
+        self.model_name: str | None = None
+        """The model the SAE's config says it was trained on (SAELens `model_name`), if it says; shown, not compared."""
         self.pre_bias = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.W_enc = nn.Parameter(torch.zeros(n_latents, d_in, dtype=dtype))
         self.latent_bias = nn.Parameter(torch.zeros(n_latents, dtype=dtype))

@@ -1,0 +1,52 @@
+"""Does an SAE belong to this teacher and block? Its reconstruction error on the teacher's own activations.
+
+An SAE of the right width but of another teacher, another block or another normalisation loads without complaint
+and yields concept targets that mean nothing (paper §2.1: the concepts are c = TopK(E(h)) of *this* teacher's
+residual stream h). Names cannot settle it (`gpt2`, `openai-community/gpt2` and TransformerLens's `gpt2-small` are
+one model; a local path depends on the folder it was given from), so the check is functional: the fraction of
+variance unexplained,
+
+    FVU = Σ‖x_n − x̂_n‖² / Σ‖x_n − mean(x_n)‖²,   x̂ = D(TopK(E(x)))
+
+in the SAE's input space (after its own normalisation, as `train-sae` reports `fvu_normalized`), over one window of
+the teacher's block output, position 0 left out (GPT-2-like teachers give the first position a residual norm tens
+of times the others', which an SAE may not have been trained on). SAEs of the right teacher and block give well under
+`FVU_WARN` (the demo's 0.04; published GPT-2 SAEs about 0.1-0.3); a mismatched one gives about 1 or more.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+FVU_WARN = 0.5
+"""Above this FVU the SAE explains less than half of the teacher's activations: a warning names the likely causes."""
+
+
+@torch.no_grad()
+def sae_fvu(sae: torch.nn.Module, x: torch.Tensor) -> float:
+    """FVU of `sae` on activations x (N, d), in the SAE's normalised input space (float64 sums)."""
+    values, indices, info = sae.encode(x)  # (N, k) each
+    x_n, _ = sae.preprocess(x)  # (N, d)
+    recon = sae.decode_sparse(values, indices, info)  # (N, d), raw space
+    recon_n = (recon - info["mu"]) / info["std"]  # back to x_n's space (mu 0 and std 1 where it is the raw space)
+    x64, r64 = x_n.double(), recon_n.double()
+    variance = (x64 - x64.mean(0)).pow(2).sum()
+    return float((x64 - r64).pow(2).sum() / variance.clamp_min(torch.finfo(torch.float64).tiny))
+
+
+def check_sae_fit(teacher: object, sae: torch.nn.Module, ids: torch.Tensor, sae_field: str) -> float:
+    """FVU of `sae` on `teacher`'s block-`teacher.layer` output for ids (B, T); warns (once, naming `sae_field`)
+    when it exceeds FVU_WARN. Returns the FVU."""
+    h = teacher.hidden(ids)  # (B, T, d)
+    x = (h[:, 1:] if h.shape[1] > 1 else h).reshape(-1, h.shape[-1])  # (B·(T-1), d): position 0 left out
+    fvu = sae_fvu(sae, x.to(sae.W_enc.dtype))
+    if not fvu <= FVU_WARN:  # also NaN
+        named = getattr(sae, "model_name", None)
+        trained = f" (its config names the model {named!r})" if named else ""
+        warnings.warn(f"{sae_field}: the SAE leaves {fvu:.2f} of the variance of the teacher's block "
+                      f"{teacher.layer} output unexplained (FVU; an SAE of this teacher and block is typically below "
+                      f"0.3): it was likely trained on another teacher, block or normalisation{trained}, and its "
+                      "concepts will not describe this teacher", stacklevel=2)
+    return fvu
