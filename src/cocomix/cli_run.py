@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,6 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cocomix.presets import check_demo_outputs
 
     check_demo_outputs(run)
+    if os.environ.get("RANK", "0") != "0":  # every rank would say the same: rank 0 alone warns
+        warnings.filterwarnings("ignore", module=r"cocomix\.")
     res = train(run, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0

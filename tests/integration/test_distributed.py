@@ -89,6 +89,7 @@ def test_two_processes_match_one_process_step_by_step(method: str, parallel: str
     r = _train(PRESETS[method], sets, tmp_path / "run", procs=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "× 2 processes" in r.stderr and r.stdout.count('"run_dir"') == 1  # rank 0 alone reports
+    assert r.stderr.count("the SAE leaves") == (method == "cocomix")  # ... and warns (the random test SAE)
     two, one = _losses(tmp_path / "run"), _losses(single[method])
     assert len(two) == STEPS and _close(two, one), (two, one)
     # validation over one global batch of val windows (whatever the split into processes and micro-batches),
