@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def shown_path(path: str | Path) -> str:
+    """`path` as text every writer accepts (a report, a plot label): bytes that are not UTF-8 as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def check_utf8_path(path: str | Path, flag: str = "--out") -> None:
     """ConfigError for a path whose bytes are not UTF-8 (they reach Python as lone surrogates): safetensors and
     tokenizers open only UTF-8 paths, so what a command wrote there could not be read back."""
@@ -23,9 +28,8 @@ def check_utf8_path(path: str | Path, flag: str = "--out") -> None:
     except UnicodeEncodeError:
         from cocomix.errors import ConfigError
 
-        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        raise ConfigError(f"{flag} {shown}: the path is not valid UTF-8 (safetensors and tokenizers open only UTF-8 "
-                          "paths); choose another name") from None
+        raise ConfigError(f"{flag} {shown_path(path)}: the path is not valid UTF-8 (safetensors and tokenizers open "
+                          "only UTF-8 paths); choose another name") from None
 
 
 def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...] | None = None) -> Path:

@@ -287,3 +287,18 @@ def test_a_moved_store_is_the_same_validation_split_and_another_store_is_not(tmp
     assert "kd: validation measured" not in table
     assert "pause: validation measured otherwise than ntp's (validation split '50000 tokens, cdcdcdcdcdcd' vs " \
         "'50000 tokens, abababababab')" in table, table
+
+
+def test_a_run_folder_renamed_to_a_non_utf8_name_is_shown_escaped(tmp_path: Path) -> None:
+    """cocomix refuses to create such a folder, but one renamed by hand is compared, its name as `\\xNN`."""
+    import os
+
+    ntp = _run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6)
+    coco = _run(tmp_path, "cocomix", "cocomix", 0, [4.9, 3.9], 2e6)
+    renamed = tmp_path / os.fsdecode(b"coco\xffmix")
+    coco.rename(renamed)
+    res = compare([ntp, renamed], tmp_path / "out")
+    assert [g.label for g in res["groups"]] == ["ntp", "coco\\xffmix"]
+    md = (tmp_path / "out" / "compare.md").read_text(encoding="utf-8")
+    assert "| coco\\xffmix | cocomix |" in md and "coco\\xffmix last evaluated at step 200" in md
+    assert (tmp_path / "out" / "loss_vs_tokens.png").stat().st_size > 1000

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cocomix.atomic import atomic_write_text, atomic_writer
+from cocomix.atomic import atomic_write_text, atomic_writer, shown_path
 from cocomix.errors import CocomixError
 
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
@@ -236,7 +236,7 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
     groups: dict[str, Group] = {}
     for p in paths:
         run = read_run(p)
-        label = group_label(run.path.resolve().name, run.seed)
+        label = group_label(shown_path(run.path.resolve().name), run.seed)
         group = groups.setdefault(label, Group(label))
         for other in group.runs:  # a group is one run's seeds: two seeds alike, or two runs unalike, are an error
             differ = sorted(k for k in other.settings.keys() | run.settings.keys()
@@ -317,7 +317,7 @@ def table(groups: list[Group], reference: str | None = None) -> str:
         diverged = [r for r in g.runs if r.diverged_at is not None]
         if diverged:
             notes.append(f"{g.label}: DIVERGED — " + "; ".join(
-                f"{r.path.name}'s last evaluation (step {r.diverged_at}) is non-finite" for r in diverged)
+                f"{shown_path(r.path.name)}'s last evaluation (step {r.diverged_at}) is non-finite" for r in diverged)
                 + f"; its row is read at step {shared[-1]}, the last finite evaluation its seeds share.")
         elif dropped:
             notes.append(f"{g.label}: {dropped} evaluation(s) with a non-finite validation loss left out.")
@@ -325,8 +325,8 @@ def table(groups: list[Group], reference: str | None = None) -> str:
                       and r.steps[-1] < r.planned_steps]
         if unfinished:
             notes.append(f"{g.label}: unfinished — " + "; ".join(
-                f"{r.path.name} last evaluated at step {r.steps[-1]} of {r.planned_steps}" for r in unfinished)
-                + ".")
+                f"{shown_path(r.path.name)} last evaluated at step {r.steps[-1]} of {r.planned_steps}"
+                for r in unfinished) + ".")
         if ref is not None and g is not ref:
             mine, theirs = g.runs[0].measured_on, ref.runs[0].measured_on
             other = [k for k in MEASURED_ON if mine.get(k) is not None and theirs.get(k) is not None
