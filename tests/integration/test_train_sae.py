@@ -80,9 +80,17 @@ def test_interrupted_run_resumes_to_identical_weights(store_dir: Path, teacher_d
         train_sae(cfg, tmp_path / "resumed", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
     assert not (tmp_path / "resumed" / "sae").exists()
     monkeypatch.setattr(training, "save_checkpoint", real_save)
+    computed, real_chunk = [], training.ActivationChunks.chunk
+
+    def chunk(self, c: int) -> torch.Tensor:  # noqa: ANN001
+        computed.append(c)
+        return real_chunk(self, c)
+
+    monkeypatch.setattr(training.ActivationChunks, "chunk", chunk)
     train_sae(cfg, tmp_path / "resumed", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert computed[0] == 20 // 4  # the resumed run starts at step 20's chunk (4 steps a chunk), never chunk 0
 
 
 def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teacher_dir: Path,

@@ -202,8 +202,7 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, q
     device = teacher.device
     chunks = ActivationChunks(store, teacher, cfg.seq_len, cfg.chunk_tokens, cfg.batch_tokens, cfg.teacher_batch,
                               cfg.seed)
-    first = chunks.chunk(0)  # (chunk_tokens, d): also fixes d_in
-    d_in = first.shape[-1]
+    d_in = teacher.width  # the width of teacher.hidden's activations
     C, k_aux, peak = cfg.width(d_in), cfg.aux_latents(d_in), cfg.learning_rate(d_in)
     sae = TopKSAE(d_in, C, cfg.k, normalize=cfg.normalize).to(device)
     state = _TrainState(sae)
@@ -212,10 +211,9 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, q
     start = 0
     if ckpt is not None:
         start = load_training_state(ckpt, state, optimizer)["step"]
-    else:
+    else:  # a fresh run: chunk 0 initialises the SAE (a resumed one computes no chunk before its own)
         gen = torch.Generator().manual_seed(cfg.seed)
-        initialize(sae, first[:INIT_SAMPLE].to(sae.W_enc.dtype), gen)
-    del first
+        initialize(sae, chunks.chunk(0)[:INIT_SAMPLE].to(sae.W_enc.dtype), gen)  # (INIT_SAMPLE, d)
     atomic_write_text(out / "config.json", cfg.to_json())
     logger = MetricsLogger(out, resume_step=start if ckpt is not None else None, quiet=quiet)
     logger.print(f"train-sae: d_in {d_in} -> {C} latents, k {cfg.k} | {cfg.batch_tokens} tokens/step | "
