@@ -104,8 +104,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
     if (run.method == "cocomix" or run.method in DISTILLING) and run.concept.teacher:
         found = teacher_shape(run.concept.teacher) is not None
         out["teacher_shape"] = (run.concept.teacher if found else
-                                f"GPT-2 small assumed ({run.concept.teacher!r} is not a local run or HF folder, "
-                                "nor gpt2; training counts the loaded teacher's real shape)")
+                                f"GPT-2 small assumed ({run.concept.teacher!r} is neither a cocomix run nor a causal "
+                                "LM transformers can build from a local folder or the HF cache; training counts the "
+                                "loaded teacher's real shape)")
     if run.method == "cocomix":
         out["ntp_width_matching_active_params"] = ntp_width_for(run)
     print(json.dumps(out, indent=2))

@@ -99,8 +99,10 @@ def gpt2_small() -> LMShape:
 
 
 def teacher_shape(spec: str) -> LMShape | None:
-    """The shape of the teacher a config names, without loading its weights: a cocomix run directory, a local HF
-    gpt2 / llama folder, or GPT-2 small's hub names; None when it cannot be told from config files."""
+    """The shape of the teacher a config names, without loading its weights: a cocomix run directory, or a
+    Hugging Face causal LM of any architecture `transformers` builds (a local folder, or a hub name whose config
+    is already in the HF cache; nothing is downloaded), counted as training counts the loaded teacher; GPT-2
+    small for its hub names otherwise; None when it cannot be told."""
     from pathlib import Path
 
     path = Path(spec) if spec else None
@@ -109,16 +111,29 @@ def teacher_shape(spec: str) -> LMShape | None:
             from cocomix.train.checkpoint import read_run_config
 
             return LMShape.from_config(read_run_config(path).model)
-        except Exception:  # not a cocomix run: try a transformers folder
-            try:
-                from cocomix.export.hf_import import model_config_from_hf
-
-                return LMShape.from_config(model_config_from_hf(path))
-            except Exception:
-                return None
-    if spec in ("gpt2", "openai-community/gpt2"):
+        except Exception:  # not a cocomix run: a transformers folder
+            pass
+    shape = _hf_shape(spec) if spec else None
+    if shape is None and spec in ("gpt2", "openai-community/gpt2"):
         return gpt2_small()
-    return None
+    return shape
+
+
+def _hf_shape(spec: str) -> LMShape | None:
+    """An HF causal LM built from its config on the meta device (no weights, no memory), counted by
+    `LMShape.from_module` through the `Teacher` that training would wrap it in; None if that fails."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from cocomix.teacher import Teacher
+
+        config = AutoConfig.from_pretrained(spec, local_files_only=True)
+        with torch.device("meta"):
+            teacher = Teacher(AutoModelForCausalLM.from_config(config), 0)
+        return LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
+    except Exception:  # not an HF causal LM readable here (no folder, not cached, unknown architecture)
+        return None
 
 
 def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -> dict[str, float]:

@@ -145,3 +145,29 @@ def test_a_cached_run_is_charged_the_teacher_its_cache_recorded() -> None:
     assert note == "" and _close(flops["cached_targets"], online["teacher"] + online["sae"])
     flops, note = flops_per_token(run, SimpleNamespace(teacher=None, sae=None, cache=SimpleNamespace(meta={})))
     assert "as GPT-2 small" in note and flops["cached_targets"] > 100 * (online["teacher"] + online["sae"]) / 2
+
+
+@pytest.mark.parametrize("arch", ["llama-gqa", "gpt-neox"])
+def test_a_local_hf_teacher_of_any_architecture_is_counted_as_training_counts_it(arch: str, tmp_path: Path) -> None:
+    """`cocomix flops` reads an HF folder's shape from its config (built on the meta device), also where cocomix
+    cannot build the model itself (grouped-query attention, GPT-NeoX): the same count as the loaded teacher's."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from cocomix.flops import LMShape, teacher_shape
+    from cocomix.teacher import Teacher
+
+    torch.manual_seed(0)
+    if arch == "llama-gqa":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                             num_attention_heads=4, num_key_value_heads=2))
+    else:
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=3, num_attention_heads=4))
+    model.save_pretrained(tmp_path / arch)
+    loaded = Teacher.from_pretrained(tmp_path / arch, 1)
+    want = LMShape.from_module(loaded.model, loaded.blocks, loaded.width, loaded.output_vocab)
+    assert teacher_shape(str(tmp_path / arch)) == want and want.n_layer == 3 and want.vocab_size == 97
+    kv = 2 if arch == "llama-gqa" else 4  # k and v projections are half as wide with 2 of 4 heads
+    mlp = 3 * 32 * 48 if arch == "llama-gqa" else 2 * 32 * 64
+    assert want.block_params[0] == 2 * 32 * 32 + 2 * 32 * (32 * kv // 4) + mlp
