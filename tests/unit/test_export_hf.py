@@ -231,5 +231,16 @@ def test_tokenizer_files_are_copied(tmp_path: Path) -> None:
     assert tok.eos_token_id == eos
     assert tok.model_max_length == 32  # the model's context, so truncation=True cuts to what it can read
     assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
+    # the model's 288 ids exceed the tokenizer's: HF generate never samples the ids no token stands for
+    n = raw.get_vocab_size(with_added_tokens=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert hf.generation_config.suppress_tokens == list(range(n, 288))
+    torch.manual_seed(0)
+    ids = tok("the cat", return_tensors="pt")["input_ids"]
+    out = hf.generate(ids, do_sample=True, top_k=0, temperature=3.0, max_new_tokens=30, min_new_tokens=30,
+                      pad_token_id=eos)
+    assert out.shape[1] == ids.shape[1] + 30 and int(out.max()) < n
+    plain = export_hf(tiny_model(flavour="llama", vocab_size=n), tmp_path / "exact", tokenizer_dir=tok_dir)
+    assert not (plain / "generation_config.json").exists()  # nothing to suppress
     with pytest.raises(CheckpointError, match="vocab_size"):
         export_hf(tiny_model(flavour="llama"), tmp_path / "small", tokenizer_dir=tok_dir)

@@ -117,8 +117,9 @@ def _special_token(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> dict[str, int | None]:
-    """bos/eos ids named by the tokenizer folder (tokenizer_config.json, else special_tokens_map.json)."""
+def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> tuple[dict[str, int | None], int]:
+    """bos/eos ids named by the tokenizer folder (tokenizer_config.json, else special_tokens_map.json), and the
+    tokenizer's size."""
     from tokenizers import Tokenizer
 
     try:
@@ -142,7 +143,7 @@ def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> dict[str, in
     for key in ("bos_token", "eos_token"):
         token = _special_token(names.get(key))
         ids[f"{key}_id"] = tok.token_to_id(token) if token is not None else None
-    return ids
+    return ids, n
 
 
 def _write_tokenizer_config(path: Path, context_length: int) -> None:
@@ -162,7 +163,10 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     """Write `model` as a Hugging Face folder at `out_dir` (created atomically) and return its path.
 
     The folder holds config.json, model.safetensors (fp32) and, when `tokenizer_dir` is given, its
-    tokenizer.json / tokenizer_config.json / special_tokens_map.json, so `AutoTokenizer` loads it too.
+    tokenizer.json / tokenizer_config.json / special_tokens_map.json, so `AutoTokenizer` loads it too. A model
+    vocabulary larger than the tokenizer's (a padded vocab_size, a small store) also gets generation_config.json
+    with `suppress_tokens` = the ids no token stands for, so that HF `generate` never samples them; the logits
+    stay the model's.
     Refuses (CheckpointError) a model with a slot seam and an `out_dir` that exists and is not empty.
     """
     from safetensors.torch import save_file
@@ -174,7 +178,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     if tok_dir is not None and not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{tok_dir}: no tokenizer.json to export")
     state = hf_state_dict(model)  # raises for seam models before anything is written
-    special = _tokenizer_special_ids(tok_dir, model.cfg.vocab_size) if tok_dir is not None else {}
+    special, n_tokens = _tokenizer_special_ids(tok_dir, model.cfg.vocab_size) if tok_dir is not None else ({}, 0)
     config = hf_config(model.cfg, **special)
 
     check_out_folder(out)  # a file on the way: said as such, not as "File exists"
@@ -192,6 +196,11 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
                 if (tok_dir / fname).is_file():
                     shutil.copyfile(tok_dir / fname, tmp / fname)
             _write_tokenizer_config(tmp / "tokenizer_config.json", model.cfg.context_length)
+            if n_tokens < model.cfg.vocab_size:  # ids no token stands for: never generated (as `cocomix generate`)
+                from transformers import GenerationConfig
+
+                GenerationConfig(**{k: v for k, v in special.items() if v is not None},
+                                 suppress_tokens=list(range(n_tokens, model.cfg.vocab_size))).save_pretrained(str(tmp))
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         fsync_folder(tmp)
         os.replace(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one
