@@ -7,12 +7,13 @@ folder), every token of the store's tokenizer must have the same id in the folde
 `vocab.json` + `added_tokens.json`, else whatever `transformers.AutoTokenizer` reads there, a sentencepiece model
 included); for a hub name ("hub"), the same through `AutoTokenizer.from_pretrained(name)`, which finds the files
 where the model's came from (the Hugging Face cache, or the hub when the model was just downloaded from it). A
-tokenizer that cannot be read (a folder of weights only) is not checked.
+tokenizer that cannot be read (a folder of weights only) is not checked, with a one-line warning.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from cocomix.errors import ConfigError
@@ -30,7 +31,10 @@ def check_teacher_tokenizer(kind: str, where: Path | str, store: object) -> None
     theirs = folder_vocab(Path(where)) if kind == "hf" else None
     if theirs is None:
         theirs = auto_vocab(str(where))
-    if theirs is None:  # nothing to compare with (a folder of weights only): not checked
+    if theirs is None:  # nothing to compare with (a folder of weights only): not checked, said
+        warnings.warn(f"{where}: the teacher has no tokenizer to check the store's against; the store's token ids "
+                      f"are read as the teacher's own (if the store was prepared with another tokenizer, {_HINT})",
+                      stacklevel=3)
         return
     ours = store.tokenizer().backend.get_vocab(with_added_tokens=True)
     other = sorted((i, t) for t, i in ours.items() if theirs.get(t) != i)

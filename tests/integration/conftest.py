@@ -30,8 +30,9 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def concept_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A small random HF-format teacher (vocab 320, d 32, 3 blocks) and a random SAELens SAE (32 -> 256, k 8)."""
+def concept_parts(tmp_path_factory: pytest.TempPathFactory, store_dir: Path) -> tuple[Path, Path]:
+    """A small random HF-format teacher (vocab 320, d 32, 3 blocks) with the test store's tokenizer, and a random
+    SAELens SAE (32 -> 256, k 8)."""
     import torch
 
     from cocomix.config import ModelConfig
@@ -43,7 +44,7 @@ def concept_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     root = tmp_path_factory.mktemp("parts")
     torch.manual_seed(0)
     export_hf(Transformer(ModelConfig(vocab_size=320, n_layer=3, n_head=2, d_model=32, context_length=64)),
-              root / "teacher")
+              root / "teacher", tokenizer_dir=store_dir / "tokenizer")
     sae = TopKSAE(32, 256, 8)
     with torch.no_grad():
         for p in sae.parameters():

@@ -308,6 +308,10 @@ def test_a_teacher_with_another_tokenizer_is_refused(store_dir: Path, tmp_path: 
     (teacher_dir / "vocab.json").write_text(json.dumps(other.backend.get_vocab()))
     with pytest.raises(ConfigError, match="not the teacher's"):
         Teacher.from_pretrained(teacher_dir, layer=1).check_store(store, 32)
+    for name in ("vocab.json", "tokenizer_config.json", "special_tokens_map.json"):  # weights and config only
+        (teacher_dir / name).unlink(missing_ok=True)
+    with pytest.warns(UserWarning, match=r"teacher: the teacher has no tokenizer to check the store's against"):
+        Teacher.from_pretrained(teacher_dir, layer=1).check_store(store, 32)
 
     run = RunConfig(data=DataConfig(path=str(store_dir), seq_len=16),
                     model=ModelConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, context_length=64),

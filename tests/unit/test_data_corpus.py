@@ -97,10 +97,13 @@ def test_folders_skip_hidden_copies(tmp_path: Path) -> None:
 def test_hf_source_on_a_local_folder(tmp_path: Path, offline_datasets: Any) -> None:
     folder = tmp_path / "mycorpus"
     folder.mkdir()
-    rows = [{"text": "one", "n": 1}, {"text": "", "n": 2}, {"text": "three", "n": 3}]
+    rows = [{"text": "one", "n": 1}, {"text": "", "n": 2}, {"text": "three", "n": 3}, {"text": " \n\t ", "n": 4}]
     (folder / "part.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     docs = list(iter_documents(f"hf:{folder}"))
-    assert docs == [Document("mycorpus[0]", "one"), Document("mycorpus[2]", "three")]  # empty row skipped
+    assert docs == [Document("mycorpus[0]", "one"), Document("mycorpus[2]", "three")]  # empty, blank rows skipped
+    (tmp_path / "blank.jsonl").write_text('{"text": "  "}\n{"text": "\\n\\n"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="holds no \\(non-empty\\) documents"):
+        list(iter_split(f"jsonl:{tmp_path / 'blank.jsonl'}"))
     assert [d.text for d in iter_documents(f"hf:{folder}@train")] == ["one", "three"]
     with pytest.raises(DataError, match="no column 'body'"):
         list(iter_documents(f"hf:{folder}#body"))

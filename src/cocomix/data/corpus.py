@@ -9,6 +9,8 @@ Source strings:
 - `hf:<dataset>[/<config>][@<split>][#<field>]`: a Hugging Face dataset (hub name, local folder or data file,
   or a `save_to_disk` folder; see `sources.py`); split `train` and field `text` by default.
 
+Rows or files that are empty, None or whitespace only are no documents (skipped, keeping their row numbers).
+
 Splitting: Shakespeare holds out the fixed plays `SHAKESPEARE_VAL_PLAYS`. Any other source sends a document to
 validation when a 64-bit BLAKE2b hash of its name (or, with `split_by="content"`, of its text: copies of one
 text then fall on one side, and inserting documents moves no other) falls below `val_fraction` of its range, so
@@ -68,7 +70,8 @@ def iter_documents(source: str, streaming: bool = False) -> Iterator[Document]:
     else:
         raise DataError(f"source {source!r}: expected one of {', '.join(SOURCE_FORMS)}")
     for name, text in pairs:
-        yield Document(name, text)
+        if text.strip():  # whitespace alone is no document (an empty or None row is skipped by its reader)
+            yield Document(name, text)
 
 
 def split_key(name: str) -> int:
