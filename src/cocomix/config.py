@@ -298,7 +298,8 @@ class ConceptConfig:
     """Teacher residual width (needed to build the `hidden` ablation's predictor)."""
     mask_last_position: bool = True
     """Leave the final position out of the concept loss (it has no next token, so no attribution). False is the
-    official code, which trains it towards labels {0, 1, 2, 3} (topk of an all-zero row)."""
+    official code, which trains it towards the topk of an all-zero row (arbitrary ids there; here {0, …, k_attr−1},
+    what a CPU topk returns)."""
     lambda_kd: float = 0.1
     """Weight of KL(teacher ‖ student) for the KD baseline."""
     pause_slot: str = "vector"

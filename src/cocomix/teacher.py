@@ -194,10 +194,6 @@ class Teacher(PerPositionGradients):
         if store.vocab_size > self.vocab_size:
             raise ConfigError(f"{store.path}: token store vocab_size {store.vocab_size} exceeds the teacher's "
                               f"{self.vocab_size}; prepare the data with the teacher's tokenizer")
-        if self.tokenizer_source is not None:
-            from cocomix.teacher_tokenizer import check_teacher_tokenizer
-
-            check_teacher_tokenizer(*self.tokenizer_source, store)
         if seq_len < 2:
             raise ConfigError(f"{length}: expected at least 2 tokens per window (one next-token prediction), got "
                               f"{seq_len}")
@@ -205,6 +201,10 @@ class Teacher(PerPositionGradients):
         if limit is not None and seq_len > limit:
             raise ConfigError(f"{length}: {seq_len}-token windows exceed the teacher's {limit} positions; use "
                               f"at most {limit}")
+        if self.tokenizer_source is not None:  # last: it may only warn (no tokenizer to check against)
+            from cocomix.teacher_tokenizer import check_teacher_tokenizer
+
+            check_teacher_tokenizer(*self.tokenizer_source, store)
 
     @property
     def norm_kind(self) -> str | None:

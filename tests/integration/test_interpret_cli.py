@@ -101,7 +101,7 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
     (root / "a-folder.html").mkdir(exist_ok=True)
     torch.manual_seed(0)  # a teacher that reads 16 positions: too few for 4 + 20 tokens, refused before any work
     export_hf(Transformer(ModelConfig(vocab_size=320, n_layer=2, n_head=2, d_model=32, context_length=16)),
-              root / "short-teacher")
+              root / "short-teacher")  # no tokenizer either: the error comes before that warning
     for args, message in (
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1", "--prompts", "2", "--prompt-len",
               "4", "--max-new-tokens", "20", "--teacher", str(root / "short-teacher"), "--out", str(root / "se3")],

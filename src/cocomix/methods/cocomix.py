@@ -5,7 +5,8 @@ L_concept = mean over positions of (1/k_attr) Σ_i CE(concept_logits_t, target_{
 computed as mean_t [logsumexp(z_t) − mean_i z_t[target_i]] with one logsumexp per position. Targets come from the
 frozen teacher + SAE every step (`compute_targets`, official attribution by default) or from a target cache
 (`cocomix extract-concepts`), read by window id. The final position has no next token: it is left out unless
-`concept.mask_last_position` is false, which reproduces the official code (labels {0, …, k_attr−1} there).
+`concept.mask_last_position` is false, which reproduces the official code (the topk of an all-zero row: arbitrary
+ids there, {0, …, k_attr−1} here, what a CPU topk returns).
 
 Ablations (§3.3) are options of `ConceptConfig`: `selection="activation"`, `mixing="none"` (prediction only),
 `lambda_concept=0` (mixing only), `mixing="add"`, and `target="hidden"` (regress the teacher's normalised hidden
@@ -28,7 +29,8 @@ from cocomix.teacher import teacher_dtype, teacher_precision
 
 def training_targets(targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
     """The labels trained on: with mask_last False the final position (marked invalid, −1) is trained towards
-    labels 0 … k_attr−1, as the official code does."""
+    labels 0 … k_attr−1, the official code's topk of an all-zero row as a CPU computes it (on a GPU its ids are
+    arbitrary)."""
     if mask_last:
         return targets
     targets = targets.clone()

@@ -48,6 +48,6 @@ def check_sae_fit(teacher: object, sae: torch.nn.Module, ids: torch.Tensor, sae_
         trained = f" (its config names the model {named!r})" if named else ""
         warnings.warn(f"{sae_field}: the SAE leaves {fvu:.2f} of the variance of the teacher's block "
                       f"{teacher.layer} output unexplained (FVU; one trained there leaves far less, the demo's 0.05): "
-                      f"it was likely trained on another teacher, block or normalisation{trained}, and its "
-                      "concepts will not describe this teacher", stacklevel=2)
+                      f"it was likely trained on another teacher, block or normalisation{trained}, or barely "
+                      "trained, and its concepts will not describe this teacher", stacklevel=2)
     return fvu
