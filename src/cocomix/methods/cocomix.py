@@ -16,6 +16,7 @@ state with a 2-layer MLP under an ℓ1 / ℓ2 / cosine loss, then compress and m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,10 @@ from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
 from cocomix.teacher import teacher_dtype, teacher_precision
+
+if TYPE_CHECKING:
+    from cocomix.concepts.cache import TargetCache
+    from cocomix.config import RunConfig
 
 
 def training_targets(targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
@@ -166,7 +171,7 @@ class CoCoMix(Method):
         return total, {"loss": ntp.detach(), "concept_loss": aux.detach(), "total_loss": total.detach()}
 
 
-def open_cache(path: str, run, store: object):  # noqa: ANN001, ANN201 - RunConfig, TargetCache
+def open_cache(path: str, run: RunConfig, store: object) -> TargetCache:
     """The target cache for this run, checked against its settings and token store."""
     from cocomix.concepts.cache import TargetCache, sae_sha256, teacher_fingerprint
     from cocomix.train.resume import store_identity
