@@ -96,7 +96,7 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
                        meta={"teacher": args.teacher, "teacher_layer": args.teacher_layer, "sae": args.sae})
     fired = int((stats["counts"] > 0).sum())
     print(json.dumps({"report": str(out / "concepts.md"), "latents": int(stats["counts"].numel()),
-                      "fired": fired, "positions": int(stats["positions"])}))
+                      "fired": fired, "positions": int(stats["positions"]), "fvu": float(stats["fvu"])}))
     return 0
 
 

@@ -50,14 +50,15 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
 
 
 def short_warnings() -> None:
-    """Print cocomix's own warnings as one line, `cocomix: warning: ...`, like its errors; warnings of other
-    packages keep Python's format (file, line and source, which help there)."""
-    package = str(Path(__file__).resolve().parent)
+    """Print cocomix's own warnings (`CocomixWarning`) as one line, `cocomix: warning: ...`, like its errors;
+    warnings of other packages keep Python's format (file, line and source, which help there)."""
+    from cocomix.errors import CocomixWarning
+
     default = warnings.formatwarning
 
     def fmt(message: Warning | str, category: type[Warning], filename: str, lineno: int,
             line: str | None = None) -> str:
-        if str(Path(filename).resolve()).startswith(package):
+        if issubclass(category, CocomixWarning):
             return f"cocomix: warning: {' '.join(str(message).split())}\n"
         return default(message, category, filename, lineno, line)
 

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cocomix.errors import CocomixError
+from cocomix.errors import CocomixError, CocomixWarning
 
 if TYPE_CHECKING:
     from cocomix.config import RunConfig
@@ -79,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_demo_outputs(run)
     if os.environ.get("RANK", "0") != "0":  # every rank would say the same: rank 0 alone warns
-        warnings.filterwarnings("ignore", module=r"cocomix\.")
+        warnings.filterwarnings("ignore", category=CocomixWarning)
     res = train(run, args.out, resume=args.resume)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0

@@ -1,6 +1,7 @@
 """User-facing errors: anything a user can cause (bad config, missing or corrupt file) raises `CocomixError`.
 
 The CLI prints such an error as one line and exits with code 2; everything else is a bug and keeps its traceback.
+`CocomixWarning` is the one-line note about the input that does not stop the work.
 """
 
 
@@ -16,6 +17,11 @@ def load_failure(exc: Exception) -> str:
         text = text.split(marker, 1)[1]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__
+
+
+class CocomixWarning(UserWarning):
+    """A note about the user's input that does not stop the work (an SAE that does not fit its teacher, a teacher
+    with no tokenizer to check): the CLI prints it as one line, `cocomix: warning: ...`."""
 
 
 class CocomixError(Exception):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cocomix.config import ATTRIBUTION_LOSSES
-from cocomix.errors import CheckpointError, ConfigError
+from cocomix.errors import CheckpointError, CocomixWarning, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.transformer import checkpointed
 from cocomix.teacher_eq1 import PerPositionGradients, TeacherPass
@@ -224,7 +224,7 @@ class Teacher(PerPositionGradients):
             sae.center_input = False
             warnings.warn("SAE: its config asks for TransformerLens's center_writing_weights, which TransformerLens "
                           "applies to LayerNorm models only; this teacher uses RMSNorm, so the SAE's input is not "
-                          "centred", stacklevel=2)
+                          "centred", CocomixWarning, stacklevel=2)
         return sae
 
     @property

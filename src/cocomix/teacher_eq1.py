@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cocomix.errors import ConfigError
+from cocomix.errors import CocomixWarning, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.own_position import Streams
 from cocomix.teacher_attention import Unsupported, own_position
@@ -176,7 +176,7 @@ class PerPositionGradients:
                 self._uncheckpoint_blocks()
                 warnings.warn(f"attribution_loss=next_token: own-position attention cannot serve this teacher "
                               f"({why}); one backward pass per position instead (about {T // GRAD_CHUNK or 1} "
-                              "batched calls per batch)", stacklevel=3)
+                              "batched calls per batch)", CocomixWarning, stacklevel=3)
         return self.next_token_mode == "own_position"
 
 

@@ -16,7 +16,7 @@ import json
 import warnings
 from pathlib import Path
 
-from cocomix.errors import ConfigError
+from cocomix.errors import CocomixWarning, ConfigError
 
 _HINT = "prepare the data with the teacher's tokenizer (cocomix prepare --tokenizer ...)"
 
@@ -34,7 +34,7 @@ def check_teacher_tokenizer(kind: str, where: Path | str, store: object) -> None
     if theirs is None:  # nothing to compare with (a folder of weights only): not checked, said
         warnings.warn(f"{where}: the teacher has no tokenizer to check the store's against; the store's token ids "
                       f"are read as the teacher's own (if the store was prepared with another tokenizer, {_HINT})",
-                      stacklevel=3)
+                      CocomixWarning, stacklevel=3)
         return
     ours = store.tokenizer().backend.get_vocab(with_added_tokens=True)
     other = sorted((i, t) for t, i in ours.items() if theirs.get(t) != i)

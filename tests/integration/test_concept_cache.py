@@ -18,6 +18,7 @@ from cocomix.errors import ConfigError, DataError
 from cocomix.export import export_hf
 from cocomix.model import Transformer
 from cocomix.sae import TopKSAE, load_sae
+from cocomix.sae.fit import sae_fvu
 from cocomix.sae.saelens import save_saelens
 from cocomix.teacher import Teacher
 from tests.cli import run_cli
@@ -225,13 +226,16 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
         assert (stats["values"][latent][acts.numel():] == float("-inf")).all()
     w, p = int(stats["windows"][indices[0, 3, 0]][0]), int(stats["token_positions"][indices[0, 3, 0]][0])
     assert values[w, p][indices[w, p] == indices[0, 3, 0]].numel() == 1  # the stored place really activates it
+    h = teacher.hidden(store.batch("train", list(range(10)), 32))[:, 1:].reshape(-1, 32)  # position 0 left out
+    assert float(stats["fvu"]) == pytest.approx(sae_fvu(sae, h), rel=1e-9) and float(stats["fvu"]) > 1
     import cocomix.concepts.describe as describe
 
     monkeypatch.setattr(describe, "SAE_CHUNK_ELEMENTS", 2 * sae.n_latents * 7)  # 7 positions per SAE encode
     chunked = describe_concepts(store, teacher, sae, 32, split="train", max_windows=10, batch_size=3, top_n=5,
                                 progress=False)
-    assert all(torch.equal(chunked[k], stats[k]) for k in stats if k != "values")  # the same places ...
+    assert all(torch.equal(chunked[k], stats[k]) for k in stats if k not in ("values", "fvu"))  # the same places
     assert torch.allclose(chunked["values"], stats["values"], atol=1e-5)  # ... values up to the matmul's rounding
+    assert float(chunked["fvu"]) == pytest.approx(float(stats["fvu"]), rel=1e-6)
 
     r = run_cli("describe-concepts", "--data", str(store_dir),
                 "--teacher", str(parts[0]), "--teacher-layer", "1", "--sae", str(parts[1]), "--seq-len",
@@ -239,6 +243,10 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "d" / "concepts.json").read_text())
     assert len(report["latents"]) == sae.n_latents and report["positions"] == 6 * 32
+    fvu = json.loads(r.stdout)["fvu"]
+    assert report["fvu"] == fvu > 1 and f"The SAE leaves {fvu:.4f} of the variance" in (
+        tmp_path / "d" / "concepts.md").read_text()
+    assert r.stderr.count("cocomix: warning: --sae: the SAE leaves") == 1  # the random test SAE
     fired = [c for c in report["latents"] if c["count"]]
     assert fired and all(f"«{ex['token']}»" in ex["text"] for c in fired for ex in c["examples"])
     assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()

@@ -2,7 +2,8 @@
 
 `describe_concepts` streams windows of a token store through the frozen teacher (forward only, up to
 `teacher_layer`'s output) and the SAE, counts each latent's activations (frequency = active positions / all
-positions) and keeps its `top_n` strongest activations with their (split, window, position). `write_report`
+positions) and keeps its `top_n` strongest activations with their (split, window, position), and measures how well
+the SAE reconstructs those activations (FVU, `sae/fit.py`). `write_report`
 decodes those into text snippets — the activating token marked «like this» with `context` tokens on each side —
 and writes `concepts.json` (every example) and a readable `concepts.md` (an example whose snippet repeats an
 earlier one's shown once, with its count), so that steering and inspection can name concepts.
@@ -22,6 +23,7 @@ from cocomix.data import TokenStore
 from cocomix.data.tokenizer import token_in_context
 from cocomix.errors import ConfigError, DataError
 from cocomix.progress import ProgressLine
+from cocomix.sae.fit import FVUSums, warn_if_unfit
 
 
 @torch.no_grad()
@@ -49,6 +51,7 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
     top_win = torch.full((C, top_n), -1, dtype=torch.int64)
     top_pos = torch.full((C, top_n), -1, dtype=torch.int64)
     latent_of_slot = torch.arange(C).repeat_interleave(top_n)  # (C·top_n,)
+    fvu = FVUSums()
     line = ProgressLine("describe-concepts", n, enabled=progress)
     for start in range(0, n, batch_size):
         chunk_ids = list(range(start, min(n, start + batch_size)))
@@ -57,7 +60,13 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
         b, T, d = hidden.shape
         flat = hidden.reshape(1, b * T, d)
         rows = max(1, SAE_CHUNK_ELEMENTS // (2 * C))  # bounds the SAE's (rows, C) pre-activations, as compute_targets
-        parts = [sae.encode(flat[:, s:s + rows])[:2] for s in range(0, b * T, rows)]  # (1, n, k) each
+        parts = []
+        for s in range(0, b * T, rows):
+            x = flat[0, s:s + rows]  # (n, d)
+            v, i, info = sae.encode(x)  # (n, k) each
+            later = torch.arange(s, s + x.shape[0], device=x.device) % T != 0  # position 0 left out of the FVU
+            fvu.add(sae, x[later], v[later], i[later], {key: t[later] for key, t in info.items()})
+            parts.append((v[None], i[None]))  # (1, n, k) each
         values = torch.cat([v for v, _ in parts], dim=1).reshape(b, T, -1).float().cpu()  # (b, T, k)
         indices = torch.cat([i for _, i in parts], dim=1).reshape(b, T, -1).cpu()         # (b, T, k)
         live = values > 0  # a TopK slot whose ReLU output is 0 is not an activation
@@ -80,8 +89,9 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
         top_val.view(-1)[slot], top_win.view(-1)[slot], top_pos.view(-1)[slot] = val[keep], w[keep], p[keep]
         line.update(min(n, start + batch_size))
     line.close()
+    warn_if_unfit(fvu.value(), sae, teacher.layer, "--sae")
     return {"counts": counts, "positions": torch.tensor(n * seq_len), "values": top_val, "windows": top_win,
-            "token_positions": top_pos}
+            "token_positions": top_pos, "fvu": torch.tensor(fvu.value(), dtype=torch.float64)}
 
 
 def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str | Path, split: str, seq_len: int,
@@ -107,12 +117,15 @@ def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str
                              "text": f"{left}«{here}»{right}"})
         latents.append({"latent": i, "count": int(stats["counts"][i]),
                         "frequency": int(stats["counts"][i]) / max(1, total), "examples": examples})
-    report = {"split": split, "positions": total, **(meta or {}), "latents": latents}
+    fvu = float(stats["fvu"]) if "fvu" in stats else None
+    report = {"split": split, "positions": total, "fvu": fvu, **(meta or {}), "latents": latents}
     atomic_write_text(out / "concepts.json", json.dumps(report, indent=1, ensure_ascii=False))
     fired = sorted((c for c in latents if c["count"]), key=lambda c: -c["count"])
     dead = len(latents) - len(fired)
     lines = [f"# Concepts ({len(latents)} latents, {total:,} positions of split `{split}`)", "",
              f"{len(fired)} latents fired at least once; {dead} never fired ({dead / max(1, len(latents)):.1%}).",
+             *([] if fvu is None else [f"The SAE leaves {fvu:.4f} of the variance of these activations unexplained "
+                                       "(FVU in its normalised input space; each window's position 0 left out)."]),
              "The activating token is marked «like this».", ""]
     for c in fired:
         lines.append(f"## Latent {c['latent']}: frequency {c['frequency']:.3%} ({c['count']} positions)")

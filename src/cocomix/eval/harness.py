@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cocomix.errors import ConfigError
+from cocomix.errors import CocomixWarning, ConfigError
 
 try:
     from lm_eval.api.model import LM
@@ -236,7 +236,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(f"--tasks: {message} (said once)", stacklevel=3)
+            warnings.warn(f"--tasks: {message} (said once)", CocomixWarning, stacklevel=3)
 
 
 def _register() -> None:

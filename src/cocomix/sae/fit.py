@@ -21,33 +21,67 @@ import warnings
 
 import torch
 
+from cocomix.errors import CocomixWarning
+
 FVU_WARN = 0.5
 """Above this FVU the SAE explains less than half of the teacher's activations: a warning names the likely causes."""
 
 
-@torch.no_grad()
+class FVUSums:
+    """The FVU over many batches: running float64 sums of ‖x_n − x̂_n‖², x_n and ‖x_n‖², and the row count."""
+
+    def __init__(self) -> None:
+        self.err = self.sq = 0.0
+        self.total: torch.Tensor | None = None  # Σ x_n, (d,)
+        self.rows = 0
+
+    @torch.no_grad()
+    def add(self, sae: torch.nn.Module, x: torch.Tensor, values: torch.Tensor | None = None,
+            indices: torch.Tensor | None = None, info: dict[str, torch.Tensor] | None = None) -> None:
+        """Rows x (N, d), with their encoding (values, indices (N, k), info) when the caller already has it."""
+        if values is None or indices is None or info is None:
+            values, indices, info = sae.encode(x)
+        x_n, _ = sae.preprocess(x)  # (N, d)
+        recon = sae.decode_sparse(values, indices, info)  # (N, d), raw space
+        recon_n = (recon - info["mu"]) / info["std"]  # back to x_n's space (mu 0 and std 1 where it is the raw space)
+        x64 = x_n.double()
+        self.err += float((x64 - recon_n.double()).pow(2).sum())
+        self.sq += float(x64.pow(2).sum())
+        self.total = x64.sum(0) if self.total is None else self.total + x64.sum(0)
+        self.rows += x.shape[0]
+
+    def value(self) -> float:
+        """Σ‖x_n − x̂_n‖² / Σ‖x_n − mean(x_n)‖² (NaN before any row, or for constant rows)."""
+        if self.total is None:
+            return float("nan")
+        variance = self.sq - float(self.total.pow(2).sum()) / self.rows
+        return self.err / variance if variance > 0 else float("nan")
+
+
 def sae_fvu(sae: torch.nn.Module, x: torch.Tensor) -> float:
     """FVU of `sae` on activations x (N, d), in the SAE's normalised input space (float64 sums)."""
-    values, indices, info = sae.encode(x)  # (N, k) each
-    x_n, _ = sae.preprocess(x)  # (N, d)
-    recon = sae.decode_sparse(values, indices, info)  # (N, d), raw space
-    recon_n = (recon - info["mu"]) / info["std"]  # back to x_n's space (mu 0 and std 1 where it is the raw space)
-    x64, r64 = x_n.double(), recon_n.double()
-    variance = (x64 - x64.mean(0)).pow(2).sum()
-    return float((x64 - r64).pow(2).sum() / variance.clamp_min(torch.finfo(torch.float64).tiny))
+    sums = FVUSums()
+    sums.add(sae, x)
+    return sums.value()
 
 
 def check_sae_fit(teacher: object, sae: torch.nn.Module, ids: torch.Tensor, sae_field: str) -> float:
-    """FVU of `sae` on `teacher`'s block-`teacher.layer` output for ids (B, T); warns (once, naming `sae_field`)
+    """FVU of `sae` on `teacher`'s block-`teacher.layer` output for ids (B, T); warns (naming `sae_field`)
     when it exceeds FVU_WARN. Returns the FVU."""
     h = teacher.hidden(ids)  # (B, T, d)
     x = (h[:, 1:] if h.shape[1] > 1 else h).reshape(-1, h.shape[-1])  # (B·(T-1), d): position 0 left out
     fvu = sae_fvu(sae, x.to(sae.W_enc.dtype))
-    if not fvu <= FVU_WARN:  # also NaN
-        named = getattr(sae, "model_name", None)
-        trained = f" (its config names the model {named!r})" if named else ""
-        warnings.warn(f"{sae_field}: the SAE leaves {fvu:.2f} of the variance of the teacher's block "
-                      f"{teacher.layer} output unexplained (FVU; one trained there leaves far less, the demo's 0.05): "
-                      f"it was likely trained on another teacher, block or normalisation{trained}, or barely "
-                      "trained, and its concepts will not describe this teacher", stacklevel=2)
+    warn_if_unfit(fvu, sae, teacher.layer, sae_field)
     return fvu
+
+
+def warn_if_unfit(fvu: float, sae: torch.nn.Module, layer: int, sae_field: str) -> None:
+    """The warning of an FVU above FVU_WARN (or NaN), naming `sae_field` and the model the SAE's config names."""
+    if fvu <= FVU_WARN:
+        return
+    named = getattr(sae, "model_name", None)
+    trained = f" (its config names the model {named!r})" if named else ""
+    warnings.warn(f"{sae_field}: the SAE leaves {fvu:.2f} of the variance of the teacher's block {layer} output "
+                  "unexplained (FVU; one trained there leaves far less, the demo's 0.05): it was likely trained on "
+                  f"another teacher, block or normalisation{trained}, or barely trained, and its concepts will not "
+                  "describe this teacher", CocomixWarning, stacklevel=3)
