@@ -78,10 +78,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cocomix.presets import check_demo_outputs
 
     check_demo_outputs(run)
-    if os.environ.get("RANK", "0") != "0":  # every rank would say the same: rank 0 alone warns
+    host = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 warns and reports
+    if not host:  # every rank would say the same
         warnings.filterwarnings("ignore", category=CocomixWarning)
     res = train(run, args.out, resume=args.resume)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+    if not host:
         return 0
     if res.stopped:  # SIGTERM / SIGINT: a checkpoint was written; the conventional 128 + signal number
         print(f"cocomix: stopped by {res.stopped}; resume with the same command and --resume", file=sys.stderr)

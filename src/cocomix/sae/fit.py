@@ -28,9 +28,11 @@ FVU_WARN = 0.5
 
 
 class FVUSums:
-    """The FVU over many batches: running float64 sums of ‖x_n − x̂_n‖², x_n and ‖x_n‖², and the row count."""
+    """The FVU over many batches: running float64 sums of ‖x_n − x̂_n‖², x_n and ‖x_n‖², and the row count; in
+    the SAE's normalised input space, or with `raw` in the activations' own (x against x̂)."""
 
-    def __init__(self) -> None:
+    def __init__(self, raw: bool = False) -> None:
+        self.raw = raw
         self.err = self.sq = 0.0
         self.total: torch.Tensor | None = None  # Σ x_n, (d,)
         self.rows = 0
@@ -41,9 +43,12 @@ class FVUSums:
         """Rows x (N, d), with their encoding (values, indices (N, k), info) when the caller already has it."""
         if values is None or indices is None or info is None:
             values, indices, info = sae.encode(x)
-        x_n, _ = sae.preprocess(x)  # (N, d)
         recon = sae.decode_sparse(values, indices, info)  # (N, d), raw space
-        recon_n = (recon - info["mu"]) / info["std"]  # back to x_n's space (mu 0 and std 1 where it is the raw space)
+        if self.raw:
+            x_n, recon_n = x.to(recon.dtype), recon
+        else:
+            x_n, _ = sae.preprocess(x)  # (N, d)
+            recon_n = (recon - info["mu"]) / info["std"]  # to x_n's space (mu 0, std 1 where it is the raw space)
         x64 = x_n.double()
         self.err += float((x64 - recon_n.double()).pow(2).sum())
         self.sq += float(x64.pow(2).sum())

@@ -34,6 +34,7 @@ from cocomix.data import TokenStore
 from cocomix.errors import CocomixError, ConfigError, Stopped
 from cocomix.progress import format_duration
 from cocomix.sae.activations import ActivationChunks
+from cocomix.sae.fit import FVUSums
 from cocomix.sae.objective import initialize, normalize_decoder, remove_parallel_decoder_grad, sae_losses
 from cocomix.sae.saelens import save_saelens
 from cocomix.sae.topk import TopKSAE
@@ -151,26 +152,17 @@ def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> di
     if n_windows == 0:
         raise CocomixError(f"{store.path}: the val split holds fewer than seq_len={T} tokens; nothing to evaluate")
     fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=sae.W_enc.device)
-    sums = torch.zeros(6, dtype=torch.float64)  # Σerr², Σx², n, Σerr_n², Σx_n², non-zeros
-    sum_x = sum_xn = None
+    fvu, fvu_n = FVUSums(raw=True), FVUSums()
+    nnz = 0
     for s in range(0, n_windows, chunks.teacher_batch):
         x = chunks.hidden("val", list(range(s, min(n_windows, s + chunks.teacher_batch)))).to(sae.W_enc.dtype)
         values, indices, info = sae.encode(x)  # (N, k)
-        x_n, _ = sae.preprocess(x)
-        recon = sae.decode_sparse(values, indices, info)  # (N, d) raw space
-        recon_n = (recon - info["mu"]) / info["std"] if sae.normalize else recon
+        fvu.add(sae, x, values, indices, info)
+        fvu_n.add(sae, x, values, indices, info)
         fired[indices[values > 0]] = True
-        x64, xn64 = x.double(), x_n.double()
-        sum_x = x64.sum(0) if sum_x is None else sum_x + x64.sum(0)
-        sum_xn = xn64.sum(0) if sum_xn is None else sum_xn + xn64.sum(0)
-        sums += torch.tensor([float((x64 - recon.double()).pow(2).sum()), float(x64.pow(2).sum()), x.shape[0],
-                              float((xn64 - recon_n.double()).pow(2).sum()), float(xn64.pow(2).sum()),
-                              float((values > 0).sum())], dtype=torch.float64)
-    err, sq, n, err_n, sq_n, nnz = sums.tolist()
-    var = sq - float(sum_x.pow(2).sum()) / n
-    var_n = sq_n - float(sum_xn.pow(2).sum()) / n
-    return {"fvu": err / var, "fvu_normalized": err_n / var_n, "l0": nnz / n,
-            "unseen_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": int(n)}
+        nnz += int((values > 0).sum())
+    return {"fvu": fvu.value(), "fvu_normalized": fvu_n.value(), "l0": nnz / fvu.rows,
+            "unseen_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": fvu.rows}
 
 
 def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: bool = False) -> SAEReport:
