@@ -129,8 +129,9 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     """Register prepare and train."""
     s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")
     s.add_argument("--source", default="shakespeare",
-                   help="shakespeare | text:PATH[#SEPARATOR] | jsonl:PATH[#field] | hf:NAME[/CONFIG][@SPLIT][#field] "
-                        "(text:stories.txt#'<|endoftext|>' cuts the file into documents there)")
+                   help="shakespeare | text:PATH[#SEPARATOR] | jsonl:PATH[#field] | hf:NAME[:CONFIG][@SPLIT][#field] "
+                        "(text:stories.txt#'<|endoftext|>' cuts the file into documents there; NAME is a hub "
+                        "name or owner/name, or a local folder or data file)")
     s.add_argument("--out", help="output directory (default for the embedded shakespeare corpus: data/shakespeare, "
                                  "where the tiny presets read; required for any other source)")
     s.add_argument("--tokenizer", default="bpe:4096",

@@ -150,15 +150,39 @@ def test_hf_spec_parsing(tmp_path: Path) -> None:
     from cocomix.data.sources import parse_hf_spec
 
     assert parse_hf_spec("openwebtext") == ("openwebtext", None, "train")
-    assert parse_hf_spec("wikitext/wikitext-103-raw-v1@validation") == ("wikitext", "wikitext-103-raw-v1",
+    assert parse_hf_spec("wikitext:wikitext-103-raw-v1@validation") == ("wikitext", "wikitext-103-raw-v1",
                                                                         "validation")
-    assert parse_hf_spec("Salesforce/wikitext/wikitext-2-raw-v1") == ("Salesforce/wikitext",
-                                                                      "wikitext-2-raw-v1", "train")
+    # owner/name is one dataset (the hub's usual name); its config follows a colon, or a third part
+    assert parse_hf_spec("Skylion007/openwebtext") == ("Skylion007/openwebtext", None, "train")
     assert parse_hf_spec("Skylion007/openwebtext/") == ("Skylion007/openwebtext", None, "train")
+    for spec in ("Salesforce/wikitext:wikitext-2-raw-v1", "Salesforce/wikitext/wikitext-2-raw-v1"):
+        assert parse_hf_spec(spec) == ("Salesforce/wikitext", "wikitext-2-raw-v1", "train")
+    for bad in ("a/b/c/d", "a//b", "a/b:", "a/b/c:d", ":c"):
+        with pytest.raises(DataError, match=r"expected hf:<dataset>\[:<config>\]"):
+            parse_hf_spec(bad)
     assert parse_hf_spec(str(tmp_path)) == (str(tmp_path), None, "train")
     for typo in ("./mydata", "../mydata", "~/no-such-corpus-here", str(tmp_path / "nope")):
         with pytest.raises(DataError, match="does not exist"):
             parse_hf_spec(typo)
+
+
+def test_hub_document_names_do_not_depend_on_how_the_config_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train/val split hashes document names: `owner/name:config` and `owner/name/config` are one dataset."""
+    import datasets
+
+    from cocomix.data import sources
+
+    asked = []
+
+    def hub(spec: str, name: str, config: str | None, split: str, streaming: bool = False) -> Any:
+        asked.append((name, config, split))  # what would go to datasets.load_dataset
+        return datasets.Dataset.from_dict({"text": ["one", "two"]})
+
+    monkeypatch.setattr(sources, "_load_hf", hub)
+    names = [[d.name for d in iter_documents(f"hf:Salesforce/wikitext{sep}wikitext-2-raw-v1@test")]
+             for sep in (":", "/")]
+    assert names[0] == names[1] == [f"Salesforce/wikitext/wikitext-2-raw-v1[{i}]" for i in range(2)]
+    assert asked == [("Salesforce/wikitext", "wikitext-2-raw-v1", "test")] * 2
 
 
 @pytest.mark.parametrize("source", ["", "books", "text:", "csv:/x", "hf:"])

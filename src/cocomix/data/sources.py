@@ -173,28 +173,29 @@ def read_jsonl(path_str: str, field: str) -> Iterator[tuple[str, str]]:
 
 
 def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
-    """Split `<dataset>[/<config>][@<split>]` into (dataset, config, split); split defaults to `train`.
+    """Split `<dataset>[:<config>][@<split>]` into (dataset, config, split); split defaults to `train`.
 
-    An existing local path is a dataset folder (or one data file) with no config. Otherwise `a/b` is dataset `a`
-    with config `b`, `a/b/c` is dataset `a/b` with config `c`, and a trailing slash (`owner/name/`) means no config.
+    An existing local path is a dataset folder (or one data file) with no config. Otherwise the dataset is a hub
+    name, `name` or `owner/name`, and a config follows a colon (`Salesforce/wikitext:wikitext-2-raw-v1`). The
+    form `owner/name/config` is read as well, and a trailing slash (`owner/name/`) changes nothing.
     """
     rest, _, split = spec.partition("@")
     split = split or "train"
+    expected = "expected hf:<dataset>[:<config>][@<split>] with a dataset name (name or owner/name) or an " \
+               "existing local folder or data file"
     if not rest:
-        raise DataError(f"source 'hf:{spec}': expected hf:<dataset>[/<config>][@<split>]")
+        raise DataError(f"source 'hf:{spec}': {expected}")
     if Path(rest).expanduser().exists():
         return str(Path(rest).expanduser()), None, split
     if rest.startswith(("/", "./", "../", "~")):  # a path, not a hub name: a typo must not reach the hub
         raise DataError(f"source 'hf:{spec}': {Path(rest).expanduser()} does not exist (a local dataset folder)")
-    if rest.endswith("/"):
-        return rest.rstrip("/"), None, split
-    parts = rest.split("/")
-    if len(parts) == 1:
-        return rest, None, split
-    if len(parts) in (2, 3) and all(parts):
-        return "/".join(parts[:-1]), parts[-1], split
-    raise DataError(f"source 'hf:{spec}': expected hf:<dataset>[/<config>][@<split>] with a dataset name "
-                    f"(name or owner/name) or an existing local folder")
+    name, colon, config = rest.partition(":")
+    parts = name.rstrip("/").split("/")
+    if len(parts) == 3 and not colon:  # owner/name/config
+        parts, config = parts[:2], parts[2]
+    if (colon and not config) or len(parts) > 2 or not all(parts):
+        raise DataError(f"source 'hf:{spec}': {expected}")
+    return "/".join(parts), config or None, split
 
 
 # `datasets` builders for a single local data file, by extension
@@ -242,7 +243,8 @@ def _load_hf(spec: str, name: str, config: str | None, split: str, streaming: bo
         return datasets.load_dataset(name, config, split=split, data_files=data_files, streaming=streaming)
     except Exception as e:  # the library raises many types; all mean "this dataset could not be loaded"
         first_line = (str(e).strip().splitlines() or [""])[0]
-        hint = " (for an owner/name dataset without a config write hf:owner/name/)" if config else ""
+        hint = (" (a config follows a colon: hf:NAME:CONFIG; NAME is name or owner/name)"
+                if config is None and "/" in name and not path.exists() else "")
         raise DataError(f"source 'hf:{spec}': datasets.load_dataset({name!r}, {config!r}, split={split!r}) "
                         f"failed: {type(e).__name__}: {first_line}{hint}") from e
 
@@ -258,7 +260,8 @@ def read_hf(spec: str, field: str, streaming: bool = False) -> Iterator[tuple[st
         raise DataError(f"source 'hf:{spec}': the dataset has no column {field!r} (columns: "
                         f"{', '.join(columns)}); pick one with hf:...#<column>")
     # A local folder is named by its base name, so that moving it does not change the train/val split.
-    label = Path(name).name if Path(name).exists() else spec.partition("@")[0].rstrip("/")
+    # A hub dataset is named `name/config` (`owner/name/config`) however its config was written.
+    label = Path(name).name if Path(name).exists() else name + (f"/{config}" if config else "")
     row = 0
     for batch in (dataset if columns is None else dataset.select_columns([field])).iter(batch_size=1024):
         if field not in batch:
