@@ -36,7 +36,7 @@ experiment: $(STAMP)
 	$(BIN)/cocomix experiment
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

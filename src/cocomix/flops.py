@@ -1,4 +1,5 @@
-"""Analytic training FLOPs per token for every method, teacher and SAE included, and parameter matching.
+"""Analytic training FLOPs per token for every method, teacher and SAE included, and parameter matching
+(paper §3 "Training setup": parameter-matched NTP; no paper equation).
 
 Conventions (stated so that a hand count can reproduce every number):
 * A matmul (m × k)·(k × n) costs 2·m·k·n FLOPs. Norms, activations, softmax, TopK and elementwise work are not

@@ -1,4 +1,4 @@
-"""Progress of long commands on stderr (extract-concepts, describe-concepts, steer-eval): one line rewritten in
+"""Progress of long commands on stderr (extract-concepts, describe-concepts, steer-eval, eval): one line rewritten in
 place on a terminal, whole lines at a slower pace in a log file (a `\\r` line would become one endless line)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The concept-target cache: teacher + SAE run once over a token store, targets read back per training window.
+"""The concept-target cache: teacher + SAE run once over a token store, targets read back per training window
+(the targets of paper Eq. 1-2, as `concepts/attribution.py` selects them).
 
 `extract_concepts` writes, for each split, `targets_{split}.bin`: for every window c (the store's fixed chunk of
 `seq_len` tokens) the `k_attr` target latent ids of positions 0 … T−2, as uint16 when the SAE has at most 65536

@@ -1,4 +1,5 @@
-"""Concept descriptions: per SAE latent, how often it fires and the contexts where it fires most strongly.
+"""Concept descriptions: per SAE latent, how often it fires and the contexts where it fires most strongly
+(what paper §3.2 reads concepts by; no paper equation).
 
 `describe_concepts` streams windows of a token store through the frozen teacher (forward only, up to
 `teacher_layer`'s output) and the SAE, counts each latent's activations (frequency = active positions / all

@@ -1,5 +1,5 @@
 """The token store: a folder of pre-tokenized train/val token streams, written by `prepare`, read by
-`TokenStore`.
+`TokenStore` (no paper equation).
 
 Layout (nanoGPT style): `train.bin` and `val.bin` hold the token ids of every document, each document followed
 by the end-of-document id, as raw little-endian uint16 (vocab <= 65536) or uint32; `tokenizer/` holds the

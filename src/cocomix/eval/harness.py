@@ -1,4 +1,5 @@
-"""lm-evaluation-harness adapter: every cocomix model (NTP, CoCoMix, KD, pause) as an `lm_eval` LM.
+"""lm-evaluation-harness adapter: every cocomix model (NTP, CoCoMix, KD, pause) as an `lm_eval` LM (the
+paper's downstream tasks, §3 Table 1; no paper equation).
 
 `CocomixLM(run_dir)` answers the three request types of lm-eval 0.4:
 

@@ -1,4 +1,5 @@
-"""Validation loss and perplexity: mean next-token NLL over non-overlapping windows of a prepared split."""
+"""Validation loss and perplexity: mean next-token NLL over non-overlapping windows of a prepared split
+(the paper's validation perplexity, §3; no paper equation)."""
 
 from __future__ import annotations
 

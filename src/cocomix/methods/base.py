@@ -1,4 +1,5 @@
-"""The method protocol: how a training objective plugs into the loop, which knows no method by name.
+"""The method protocol: how a training objective plugs into the loop, which knows no method by name
+(`next_token_loss` is L_NTP of paper Eq. 4).
 
 A method builds the student (possibly with a seam and extra modules) and turns a batch of token windows into a
 scalar loss plus metrics. `next_token_loss` is the shifted cross-entropy every method reports as `loss`, so

@@ -1,5 +1,6 @@
-"""Mean next-token NLL through an LM head, in row chunks (design §6): the teacher's attribution loss, and the
-student's next-token loss with `train.chunked_lm_loss` (a fused linear cross-entropy).
+"""Mean next-token NLL through an LM head, in row chunks (design §6): the teacher's attribution loss (the loss
+differentiated in paper Eq. 1), and the student's next-token loss L_NTP of Eq. 4 with `train.chunked_lm_loss` (a
+fused linear cross-entropy).
 
 For final hidden states h (N, d) after the last norm, a head W (V, d) (+ bias b) and labels y (N,):
 

@@ -1,4 +1,4 @@
-"""The CoCoMix concept seam (paper §2.2, Eq. 2-4; official `GPT2CoCoMixModel.forward`, implementation notes §2.4).
+"""The CoCoMix concept seam (paper §2.2, Eq. 2-4; official `GPT2CoCoMixModel.forward`, official-implementation.md §2.4).
 
 At block index `concept_layer`, with h (B, T, d) the hidden states entering that block:
 

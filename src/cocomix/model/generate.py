@@ -1,4 +1,5 @@
-"""Autoregressive generation with the KV cache: greedy, temperature, top-k and top-p (nucleus) sampling."""
+"""Autoregressive generation with the KV cache: greedy, temperature, top-k and top-p (nucleus) sampling
+(no paper equation; CoCoMix generation mixes a concept vector at every new position, §2.2)."""
 
 from __future__ import annotations
 

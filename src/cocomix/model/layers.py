@@ -1,4 +1,5 @@
-"""Building blocks of the student transformer: norms, MLPs and rotary position embeddings.
+"""Building blocks of the student transformer: norms, MLPs and rotary position embeddings (no paper
+equation: the paper's students are GPT-2 models, §3).
 
 GPT-2 flavour: LayerNorm, GELU (tanh approximation, HF `gelu_new`) MLP. Llama flavour: RMSNorm, SwiGLU MLP and
 RoPE in the rotate-half convention of Hugging Face's Llama, so exported weights load without permutation.

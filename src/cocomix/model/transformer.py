@@ -1,4 +1,5 @@
-"""The student transformer (GPT-2 or Llama flavour) with an optional slot seam and a KV cache.
+"""The student transformer (GPT-2 or Llama flavour) with an optional slot seam and a KV cache (paper §2.1;
+the seam is where Eq. 3-4 act).
 
 Forward: embed (+ learned positions for gpt2) -> blocks[0:seam.layer] -> seam.insert -> blocks[seam.layer:]
 -> seam.read -> final norm -> LM head. With `checkpoint_blocks`, every block's activations are recomputed in

@@ -1,4 +1,4 @@
-"""Shared helpers of the SAE loaders: read tensors-only files and JSON, check keys and shapes.
+"""Shared helpers of the SAE loaders: read tensors-only files and JSON, check keys and shapes (no paper equation).
 
 Every problem with a file raises `CheckpointError` with one line naming the file and what was expected.
 Nothing here unpickles arbitrary objects: safetensors files hold tensors only, and `.pt` files are read with

@@ -1,4 +1,5 @@
-"""Teacher activations for SAE training, streamed in shuffled chunks that are a pure function of the step.
+"""Teacher activations for SAE training, streamed in shuffled chunks that are a pure function of the step
+(the SAE of paper §2.1 / App. A is trained on them; no paper equation).
 
 Chunk c is the teacher's residual stream (at `teacher_layer`) on `chunk_tokens / seq_len` training windows, the
 ones `WindowSampler(seed).indices(c, 0)` names (so successive chunks walk through the training split in a seeded

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, loaded without unpickling untrusted data.
+"""Checkpoints: written atomically, loaded without unpickling untrusted data (no paper equation).
 
 Layout of a run directory:
     config.json                  the RunConfig

@@ -1,4 +1,5 @@
-"""The training loop. It knows no method by name: a `Method` builds the model and turns windows into a loss.
+"""The training loop. It knows no method by name: a `Method` builds the model and turns windows into a loss
+(the optimisation of paper App. A; no paper equation).
 
 Per optimizer step: lr from the schedule, `grad_accum` micro-batches (loss / grad_accum, backward), clip,
 AdamW step. Windows come from a `WindowSampler`, a pure function of (seed, step, micro, rank), so together with
