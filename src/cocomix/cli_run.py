@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -22,14 +21,21 @@ if TYPE_CHECKING:
 
 
 def run_config_from(args: argparse.Namespace) -> RunConfig:
-    """The run config of `train` / `flops`: --config FILE, --preset NAME or (train --resume) the run's stored
-    config, with the --set overrides applied."""
-    from cocomix.config_io import apply_overrides, load_config_file, run_config
+    """The run config of `train` / `flops`: --config FILE, --preset NAME, both (the file's fields on top of the
+    preset's) or (train --resume) the run's stored config, with the --set overrides applied."""
+    from cocomix.config_io import apply_overrides, load_config_file, merge_config, run_config
     from cocomix.presets import get_preset
     from cocomix.train.checkpoint import read_run_config
 
-    if args.config:
+    if args.config and args.preset:  # the file's fields on top of the preset's
+        base = merge_config(get_preset(args.preset).to_dict(), load_config_file(args.config))
+    elif args.config:
         base = load_config_file(args.config)
+        left_out = [name for name in ("model", "data", "train") if name not in base]
+        if left_out:
+            warnings.warn(f"--config {args.config} leaves out {', '.join(left_out)}: those fields take RunConfig's "
+                          "defaults (model: GPT-2 124M's shapes; see --print-config); --preset NAME --config FILE "
+                          "starts from a preset instead", CocomixWarning, stacklevel=2)
     elif args.preset:
         base = get_preset(args.preset).to_dict()
     elif getattr(args, "resume", False) and args.out and (Path(args.out) / "config.json").is_file():
@@ -86,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if res.stopped:  # SIGTERM / SIGINT: a checkpoint was written; the conventional 128 + signal number
         print(f"cocomix: stopped by {res.stopped}; resume with the same command and --resume", file=sys.stderr)
-        return 128 + (signal.SIGTERM if res.stopped.startswith("SIGTERM") else signal.SIGINT)
+        return res.exit_code
     val = f"{res.val_loss:.4f}" if res.val_loss is not None else "n/a"
     print(json.dumps({"run_dir": str(res.run_dir), "steps": res.steps, "train_loss": res.train_loss,
                       "val_loss": res.val_loss}))
@@ -95,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from cocomix.flops import active_params, ntp_width_for, run_flops, teacher_shape
+    from cocomix.flops import active_params, ntp_width_for, plugin_note, run_flops, teacher_shape
     from cocomix.methods import DISTILLING
 
     run = run_config_from(args)
@@ -110,6 +116,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
                                 "loaded teacher's real shape)")
     if run.method == "cocomix":
         out["ntp_width_matching_active_params"] = ntp_width_for(run)
+    if plugin_note(run):
+        out["note"] = plugin_note(run)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -146,9 +154,9 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")
-    base = s.add_mutually_exclusive_group()
-    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    base.add_argument("--config", help="a run config file (.json or .toml)")
+    s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    s.add_argument("--config", help="a run config file (.json or .toml); with --preset, its fields replace the "
+                   "preset's")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--out", default=None, help="run directory (needed unless --print-config)")
     s.add_argument("--resume", action="store_true",
@@ -161,9 +169,9 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
 def add_setup_commands(sub: argparse._SubParsersAction) -> None:
     """Register flops and presets."""
     s = sub.add_parser("flops", help="analytic training FLOPs per token (teacher and SAE included) of a config")
-    base = s.add_mutually_exclusive_group()
-    base.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    base.add_argument("--config", help="a run config file (.json or .toml)")
+    s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
+    s.add_argument("--config", help="a run config file (.json or .toml); with --preset, its fields replace the "
+                   "preset's")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. concept.cache=DIR")
     s.set_defaults(func=cmd_flops, resume=False, out="")
 

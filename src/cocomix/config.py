@@ -345,7 +345,8 @@ class RunConfig:
     """One training run: which method trains which model on which data, and how."""
 
     method: str = "ntp"
-    """Training method, a key of `cocomix.methods.METHODS`."""
+    """Training method, a key of `cocomix.methods.METHODS` (built in, or another package's `cocomix.methods`
+    entry point: `methods/plugins.py`)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -353,8 +354,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         from cocomix.methods import METHODS, PAUSING
+        from cocomix.methods.plugins import load_method_plugins
 
-        _check(self.method in METHODS, "method", f"one of {sorted(METHODS)}", self.method)
+        if self.method not in METHODS:  # another package's method (a `cocomix.methods` entry point)
+            load_method_plugins(METHODS)
+        _check(self.method in METHODS, "method", f"one of {sorted(METHODS)} (or a `cocomix.methods` entry point)",
+               self.method)
         if self.method == "cocomix" or self.method in PAUSING:
             _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
                    f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",

@@ -132,6 +132,17 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s values in place of its own, section by section (a config file on top of a preset)."""
+    out = json.loads(json.dumps(base))
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a run config from .json or .toml; a missing or malformed file is a one-line ConfigError."""
     p = Path(path)

@@ -144,15 +144,12 @@ def _store_ready(data: Path, source: str) -> bool:
 def train_stage(run: RunConfig, run_dir: Path) -> None:
     """Train (or resume) one run of the pipeline; a run stopped by SIGTERM / SIGINT stops the pipeline too (the
     next stages would build on an unfinished model), with the CLI's exit code 128 + signal."""
-    import signal
-
     from cocomix.train import train
 
     result = train(run, run_dir, resume=True, stop_hint="run the same command again to resume")
     if result.stopped:
-        name = result.stopped.split()[0]
-        raise Stopped(int(signal.Signals[name]), f"{run_dir}: stopped by {result.stopped} with a checkpoint; "
-                      "run the same command again to resume")
+        raise Stopped(result.signum, f"{run_dir}: stopped by {result.stopped} with a checkpoint; run the same "
+                      "command again to resume")
 
 
 def make_out(out: Path) -> None:

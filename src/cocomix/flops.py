@@ -137,6 +137,15 @@ def _hf_shape(spec: str) -> LMShape | None:
         return None
 
 
+def plugin_note(run: RunConfig) -> str:
+    """What the FLOPs of a method from another package (an entry point) leave out; '' for built-in methods."""
+    from cocomix.methods import BUILT_IN
+
+    return "" if run.method in BUILT_IN else (
+        f"FLOPs per token count method {run.method!r}'s student as a plain decoder without teacher work (only the "
+        "built-in methods' seams, heads and teachers are known here)")
+
+
 def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -> dict[str, float]:
     """Training FLOPs per token of `run`: student, teacher, SAE and their sum (see the module docstring).
 

@@ -36,7 +36,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunC
         raise CheckpointError(f"{e}; {hint}") from None
     run = read_run_config(run_dir)
     method = METHODS[run.method](run)
-    model = method.build_model()
+    with torch.random.fork_rng(devices=[]):  # the initialisation the weights replace leaves the caller's RNG alone
+        model = method.build_model()
     load_model_weights(model, ckpt / "model.safetensors")
     return run, method, model.to(device).eval(), ckpt
 

@@ -36,6 +36,7 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     run = small_run(store, steps=2, save_every=2, eval_every=0)
     train(run, root / "run", quiet=True)
     (root / "run.json").write_text(run.to_json())
+    (root / "heads.json").write_text('{"model": {"n_head": 3}}')  # a partial file on top of a preset
     (root / "bad.json").write_text("{not json")
     (root / "wrongtype.json").write_text(json.dumps({**json.loads(run.to_json()), "train": {"steps": "many"}}))
     (root / "afile").write_text("x")
@@ -182,8 +183,8 @@ CASES = [
                                "1", "--sae", "{sae}", "--seq-len", "32", "--splits", "train,test", "--out",
                                "{root}/e6"], "splits: expected distinct names among train, val"),
     ("prepare-corpus-without-out", ["prepare", "--source", "text:{root}/empty-docs"], "--out: give the folder"),
-    ("train-preset-and-config", ["train", "--preset", "tiny", "--config", "{root}/run.json", "--out", "{root}/o31"],
-     "not allowed with argument --preset"),
+    ("train-preset-and-bad-config", ["train", "--preset", "tiny", "--config", "{root}/heads.json", "--out",
+                                     "{root}/o31"], "model.n_head: expected a divisor of d_model=128, got 3"),
     ("eval-store-of-another-tokenizer", ["eval", "--run", "{run}", "--data", "{root}/other-tok"],
      "not the one the run was trained with"),
     ("generate-store-of-another-tokenizer", ["generate", "--run", "{run}", "--data", "{root}/other-tok", "--prompt",

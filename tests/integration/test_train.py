@@ -337,6 +337,44 @@ def test_a_signal_during_the_final_step_leaves_a_finished_run(store_dir: Path, t
     res = train(small_run(store_dir, steps=3, eval_every=0, save_every=0), tmp_path / "s", quiet=True)
     assert res.stopped == "SIGTERM" and _weights(tmp_path / "s") is not None  # before the end: stopped at step 1
     assert (tmp_path / "s" / "checkpoints" / "latest").read_text().strip() == "step_0000001"
+    assert (res.steps, res.signum, res.exit_code) == (1, signal.SIGTERM, 143)  # the steps done, not the 3 planned
+
+
+def test_train_and_load_run_leave_the_callers_rng_alone(store_dir: Path, tmp_path: Path) -> None:
+    from cocomix.runs import load_run
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    for call in (lambda: train(small_run(store_dir, steps=2, eval_every=0), tmp_path / "r", quiet=True),
+                 lambda: load_run(tmp_path / "r")):
+        torch.manual_seed(123)
+        call()
+        assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_relative_store_path_missing_says_where_it_was_read_from(store_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    run = small_run(store_dir, steps=2)
+    monkeypatch.chdir(store_dir.parent)
+    relative = dataclasses.replace(run, data=dataclasses.replace(run.data, path=store_dir.name))
+    train(relative, tmp_path / "r", quiet=True)  # trained where the path means the store
+    monkeypatch.chdir(tmp_path)  # a resume from elsewhere
+    with pytest.raises(CocomixError, match=f"data.path '{store_dir.name}' is read from {tmp_path}; run from the "
+                                           "folder it is relative to, or --set data.path=DIR"):
+        train(relative, tmp_path / "r", resume=True, quiet=True)
+
+
+def test_a_student_too_large_for_memory_is_one_line_naming_its_shape(store_dir: Path, tmp_path: Path) -> None:
+    """5.1e17 bytes of embedding: beyond any address space, so refused whatever the overcommit policy."""
+    r = run_cli("train", "--preset", "tiny", "--set", f"data.path={store_dir}", "--set",
+                "model.vocab_size=1000000000000000", "--out", str(tmp_path / "huge"))
+    err = r.stderr
+    assert r.returncode == 2 and err.count("\n") == 1, err
+    assert err.startswith("cocomix: error: model: the student does not fit in cpu memory (d_model 128, n_layer 4, "
+                          "vocab_size 1000000000000000, context_length 128): ")
+    assert not (tmp_path / "huge").exists()
 
 
 def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, tmp_path: Path) -> None:

@@ -302,3 +302,16 @@ def test_a_run_folder_renamed_to_a_non_utf8_name_is_shown_escaped(tmp_path: Path
     md = (tmp_path / "out" / "compare.md").read_text(encoding="utf-8")
     assert "| coco\\xffmix | cocomix |" in md and "coco\\xffmix last evaluated at step 200" in md
     assert (tmp_path / "out" / "loss_vs_tokens.png").stat().st_size > 1000
+
+
+def test_a_run_without_a_finite_validation_loss_is_refused_with_the_reason(tmp_path: Path) -> None:
+    ntp = _run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6)
+    early = _run(tmp_path, "early", "ntp", 1, [], 1e6)  # stopped at step 11, before its first evaluation
+    with open(early / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"kind": "train", "step": 11, "loss": 6.0}) + "\n")
+    with pytest.raises(CocomixError, match="no validation loss yet: the log ends at step 11, before the run's first "
+                                           "evaluation"):
+        compare([ntp, early], tmp_path / "out")
+    gone = _run(tmp_path, "gone", "ntp", 2, [float("nan"), float("inf")], 1e6)
+    with pytest.raises(CocomixError, match="every validation loss is non-finite"):
+        compare([ntp, gone], tmp_path / "out2")

@@ -180,3 +180,20 @@ def test_log_backends_and_a_chunked_loss_resume() -> None:
     with pytest.raises(ConfigError, match="train.log_backends: expected each backend at most once"):
         run_config(apply_overrides(base, ['train.log_backends=["tensorboard","tensorboard"]']))
     assert "train.chunked_lm_loss" in RESULT_NEUTRAL  # the same loss up to rounding: a resume may switch it on
+
+
+def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path) -> None:  # noqa: ANN001
+    from tests.cli import run_cli
+
+    (tmp_path / "part.json").write_text('{"train": {"steps": 5}, "model": {"n_layer": 2}}')
+    r = run_cli("train", "--preset", "tiny", "--config", str(tmp_path / "part.json"), "--set", "train.lr=0.002",
+                "--print-config")
+    printed = json.loads(r.stdout)
+    tiny = get_preset("tiny").to_dict()
+    assert r.returncode == 0 and r.stderr == ""
+    assert (printed["train"]["steps"], printed["model"]["n_layer"], printed["train"]["lr"]) == (5, 2, 0.002)
+    assert printed["model"]["d_model"] == tiny["model"]["d_model"] and printed["data"] == tiny["data"]
+    r = run_cli("train", "--config", str(tmp_path / "part.json"), "--print-config")
+    assert r.returncode == 0 and json.loads(r.stdout)["model"]["d_model"] == 768
+    assert r.stderr.startswith(f"cocomix: warning: --config {tmp_path / 'part.json'} leaves out data: those fields "
+                               "take RunConfig's defaults") and r.stderr.count("\n") == 1

@@ -68,3 +68,23 @@ def test_wandb_keeps_one_run_id_across_resumes_and_says_what_it_keeps(tmp_path: 
     MetricsLogger(tmp_path, ("wandb",), resume_step=3, config={"x": 1}).close()
     assert calls[1]["id"] == run_id and "wandb keeps the values the interrupted attempt logged after step 3" in \
         capsys.readouterr().err
+
+
+def test_a_wandb_start_that_fails_is_one_config_error_and_leaves_no_run_id(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from cocomix.errors import ConfigError
+
+    def refuse(**kw: object) -> None:
+        raise RuntimeError("api_key not configured (no-tty). call wandb.login(key=[your_api_key])\nmore detail")
+
+    fake = types.ModuleType("wandb")
+    fake.init = refuse
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with pytest.raises(ConfigError, match=r"^train.log_backends: wandb could not start \(RuntimeError: api_key not "
+                                          r"configured \(no-tty\)\. call wandb.login\(key=\[your_api_key\]\)\); "
+                                          r"log in with `wandb login`, or set WANDB_MODE=offline$"):
+        MetricsLogger(tmp_path, ("wandb",), config={"x": 1})
+    assert not (tmp_path / "wandb_run_id").exists()

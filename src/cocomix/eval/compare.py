@@ -7,20 +7,19 @@ names differ only by a `-seedN` / `_seedN` suffix, or a `-sN` / `_sN` suffix who
 curve with a ±std band. Runs a group would mix that cannot be seeds of one run (the same seed twice, the same
 directory twice, another method, or any setting that shapes the result: all but the seed and
 `resume.RESULT_NEUTRAL`'s batch split, logging, device and data paths, and the `concept.*` settings the method does
-not read, `Method.concept_settings`; validation batches count) are refused
-rather than averaged. Seeds are lined up by training step: the group's curve and final loss are at the steps
-every seed evaluated, and its wall-clock is each seed's at the final one. Seeds must also have trained on the
-same tokens per step (another global batch is refused). A non-finite validation loss is left out (said under
-the table); a run whose last evaluation is non-finite is flagged DIVERGED, one whose log ends before its
-`train.steps` unfinished, and a group whose validation differs from the reference's (`MEASURED_ON`: the number of
-validation windows, context, vocabulary, the validation split its checkpoint recorded) gets a note saying its
-loss is not like for like.
+not read, `Method.concept_settings`; validation batches count) are refused rather than averaged. Seeds are lined up
+by training step: the group's curve and final loss are at the steps every seed evaluated, and its wall-clock is each
+seed's at the final one. Seeds must also have trained on the same tokens per step (another global batch is refused).
+A non-finite validation loss is left out (said under the table); a run whose last evaluation is non-finite is
+flagged DIVERGED, one whose log ends before its `train.steps` unfinished, and a group whose validation differs from
+the reference's (`MEASURED_ON`: the number of validation windows, context, vocabulary, the validation split its
+checkpoint recorded) gets a note saying its loss is not like for like.
 
-Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and
-N_B its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
-evaluations around the crossing; efficiency = 1 − N_A / N_B (A needs that fraction fewer tokens). If A never
-reaches L_B, it is reported as not reached; if A's first evaluation is already at or below L_B, N_A is at most
-that evaluation's tokens and the efficiency is shown as a lower bound (≥).
+Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and N_B
+its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
+evaluations around the crossing; efficiency = 1 − N_A / N_B (A needs that fraction fewer tokens). If A never reaches
+L_B, it is reported as not reached; if A's first evaluation is already at or below L_B, N_A is at most that
+evaluation's tokens and the efficiency is shown as a lower bound (≥).
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,10 +114,8 @@ class Group:
 
 
 def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    """Sample standard deviation (0 for fewer than 2 values)."""
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
 def read_run(path: str | Path) -> RunCurve:
@@ -210,8 +208,10 @@ def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, metho
     diverged_at = evals[-1]["step"] if evals and not math.isfinite(float(evals[-1]["val_loss"])) else None
     non_finite, evals = len(evals) - len(finite), finite
     if not evals:
-        raise CocomixError(f"{path / 'metrics.jsonl'}: no validation events with a finite loss; train with "
-                           "train.eval_every > 0")
+        last = max((e["step"] for e in events if isinstance(e.get("step"), int)), default=0)
+        raise CocomixError(f"{path / 'metrics.jsonl'}: " + ("every validation loss is non-finite" if non_finite else
+                           f"no validation loss yet: the log ends at step {last}, before the run's first evaluation "
+                           "(resume it with `cocomix train --out RUN --resume`, or leave it out)"))
     tokens = [float(e.get("tokens", e["step"] * tokens_per_step)) for e in evals]
     flops = [float(e.get("flops", t * (flops_per_token or math.nan))) + t * cached
              for e, t in zip(evals, tokens, strict=True)]

@@ -8,10 +8,12 @@ from cocomix.methods.ntp import NTP
 from cocomix.methods.pause import Pause
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (NTP, CoCoMix, KD, Pause, KDPause)}
+BUILT_IN = tuple(METHODS)
+"""The methods of this package (`METHODS` may gain others' from entry points: `methods/plugins.py`)."""
 DISTILLING = ("kd", "kd-pause")
 """Methods with the KD loss (a frozen teacher's next-token distribution every step)."""
 PAUSING = ("pause", "kd-pause")
 """Methods whose student has a pause slot after every token from `concept.concept_layer` on."""
 
-__all__ = ["DISTILLING", "KD", "METHODS", "NTP", "PAUSING", "Batch", "CoCoMix", "KDPause", "Method", "Pause",
-           "next_token_loss"]
+__all__ = ["BUILT_IN", "DISTILLING", "KD", "METHODS", "NTP", "PAUSING", "Batch", "CoCoMix", "KDPause", "Method",
+           "Pause", "next_token_loss"]

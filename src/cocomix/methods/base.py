@@ -58,7 +58,9 @@ class Method:
         token store; inference (eval, generate) does not call it."""
 
     def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """batch.ids (B, T) -> (loss to back-propagate, metrics to log; `loss` is the next-token CE)."""
+        """batch.ids (B, T) -> (loss to back-propagate, metrics to log: scalar tensors or numbers). The metric
+        `loss` is the next-token CE every run reports (`compare`, the progress line); a method that gives none
+        gets the returned loss logged under that name."""
         raise NotImplementedError
 
     def student_loss(self, model: Transformer, ids: torch.Tensor,

@@ -28,7 +28,7 @@ from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
 from cocomix.errors import ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
-from cocomix.flops import LMShape, run_flops, teacher_shape
+from cocomix.flops import LMShape, plugin_note, run_flops, teacher_shape
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
 from cocomix.progress import format_duration
@@ -73,12 +73,21 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
 class TrainResult:
     run_dir: Path
     steps: int
+    """Optimizer steps done: `train.steps`, or the step a signal stopped the run after."""
     train_loss: float
     val_loss: float | None
     stopped: str = ""
     """The signal (SIGTERM / SIGINT) that stopped the run early, after writing a checkpoint; '' when it finished."""
     skipped_steps: int = 0
     """Steps skipped for a non-finite gradient norm, over the whole run."""
+    signum: int = 0
+    """The number of the signal in `stopped` (0 when the run finished)."""
+
+    @property
+    def exit_code(self) -> int:
+        """What `cocomix train` exits with: 0, or 128 + the signal when one stopped the run (a script run under a
+        scheduler should exit with it too, so a pre-empted job is seen as stopped and requeued)."""
+        return 128 + self.signum if self.signum else 0
 
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -103,17 +112,37 @@ def flops_per_token(run: RunConfig, method: Method) -> tuple[dict[str, float], s
     elif cache is not None and run.concept.teacher and teacher_shape(run.concept.teacher) is None:
         note = (f"cocomix: note: FLOPs per token count the teacher {run.concept.teacher!r} as GPT-2 small (its "
                 "shape is not known here: the target cache predates recorded shapes)")
+    if plugin_note(run):
+        note = f"cocomix: note: {plugin_note(run)}"
     return run_flops(run, shape, sae_k or run.concept.sae_k or 32), note
+
+
+def build_student(method: Method, run: RunConfig, device: torch.device) -> Transformer:
+    """The method's student on `device`; a model too large for the memory there is a ConfigError naming its shape
+    (not an allocator traceback)."""
+    try:
+        return method.build_model().to(device)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in str(e):
+            raise
+        m = run.model
+        raise ConfigError(f"model: the student does not fit in {device.type} memory (d_model {m.d_model}, n_layer "
+                          f"{m.n_layer}, vocab_size {m.vocab_size}, context_length {m.context_length}): "
+                          f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
 
 
 def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool = False,
           stop_hint: str = "continue with --resume") -> TrainResult:
     """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint.
     Under torchrun every process calls this; see `distributed.py`. `stop_hint` ends the line printed when a
-    signal stops the run (how the caller's user resumes it)."""
+    signal stops the run (how the caller's user resumes it). The caller's torch RNG state (CPU, and the run's
+    GPU) is restored afterwards. A SIGTERM / SIGINT stops the run after a checkpoint and returns: see
+    `TrainResult.stopped` and `exit_code`."""
     ctx = dd.context_from_env()
     device = dd.setup(ctx, resolve_device(run.train.device))
-    with FailFast(ctx) as fail_fast:  # a rank that fails stops the others at once, not after the collective timeout
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])  # restored on the way out
+    # a rank that fails stops the others at once, not after the collective timeout
+    with rng, FailFast(ctx) as fail_fast:
         result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint, fail_fast.on_stop)
         dd.barrier(ctx)  # every rank has finished (a rank failing before it still stops the others)
     dd.teardown(ctx)
@@ -134,7 +163,13 @@ def _injected_nan_steps() -> set[int]:
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext,
            device: torch.device, stop_hint: str, on_stop: Callable[[Callable[[], object]], None]) -> TrainResult:
     tc = run.train
-    store = TokenStore.open(run.data.path)
+    try:
+        store = TokenStore.open(run.data.path)
+    except DataError as e:
+        if Path(run.data.path).is_absolute():
+            raise
+        raise DataError(f"{e} (data.path {run.data.path!r} is read from {Path.cwd()}; run from the folder it is "
+                        "relative to, or --set data.path=DIR: a resume accepts a moved store)") from None
     check_vocab(store, run.model.vocab_size)
     store.tokenizer()  # a damaged tokenizer.json is said now, not when the run is first used (generate, export)
     if store.num_chunks("val", run.data.seq_len) == 0:  # the final evaluation would fail after all the training
@@ -173,7 +208,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
 
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)
-    model: Transformer = method.build_model().to(device)
+    model = build_student(method, run, device)
     model.checkpoint_blocks = tc.activation_checkpointing
     method.prepare(device, store)
     state: dict = {}
@@ -249,7 +284,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)), int(state.get("bad_steps_in_a_row", 0)))
     interval = IntervalMeans()  # logged metrics are means over the logging interval, as the official trainer's
     interval.load(state.get("log_interval"), device)
-    inject, stopped, last_ckpt = _injected_nan_steps(), "", ckpt
+    inject, stopped, last_ckpt, done = _injected_nan_steps(), "", ckpt, start
     model.train()
     try:  # the loggers are closed (TensorBoard flushed, the wandb run finished) however the loop ends
         with StopSignals() as signals:
@@ -271,8 +306,9 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                         if step + 1 in inject:
                             loss = loss * float("nan")
                         (loss / tc.grad_accum).backward()
-                    for k, v in metrics.items():
-                        sums[k] = sums[k] + v.detach() / tc.grad_accum if k in sums else v.detach() / tc.grad_accum
+                    for k, v in {"loss": loss, **metrics}.items():  # a method's own "loss" metric wins
+                        v = torch.as_tensor(v, device=device).detach() / tc.grad_accum  # (a float metric too)
+                        sums[k] = sums[k] + v if k in sums else v
                 if tc.grad_clip > 0:
                     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 else:
@@ -336,5 +372,5 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                     break
     finally:
         logger.close()
-    return TrainResult(run_dir=run_dir, steps=tc.steps, train_loss=train_loss, val_loss=val_loss, stopped=stopped,
-                       skipped_steps=bad.total)
+    return TrainResult(run_dir=run_dir, steps=done if stopped else tc.steps, train_loss=train_loss,
+                       val_loss=val_loss, stopped=stopped, skipped_steps=bad.total, signum=signum if stopped else 0)

@@ -57,14 +57,22 @@ class MetricsLogger:
                                       "(pip install wandb)") from None
                 id_file = run_dir / "wandb_run_id"  # the same wandb run across resumes (resume needs its id)
                 run_id = id_file.read_text().strip() if id_file.is_file() else ""
-                if not run_id:
-                    run_id = secrets.token_hex(4)  # wandb's id alphabet; its own generator moved between versions
-                    atomic_write_text(id_file, run_id + "\n")
+                fresh = not run_id
+                run_id = run_id or secrets.token_hex(4)  # wandb's id alphabet; its generator moved between versions
                 if resume_step is not None:  # wandb keeps what it already received for a step
                     self.print(f"cocomix: note: wandb keeps the values the interrupted attempt logged after step "
                                f"{resume_step}; metrics.jsonl and TensorBoard hold the resumed run's")
-                self.sinks.append(("wandb", wandb.init(project="cocomix", dir=str(run_dir), config=config,
-                                                       name=run_dir.name, id=run_id, resume="allow")))
+                try:
+                    sink = wandb.init(project="cocomix", dir=str(run_dir), config=config, name=run_dir.name,
+                                      id=run_id, resume="allow")
+                except Exception as e:  # no API key, no network, a bad WANDB_* setting: wandb raises many types
+                    self.close()  # a TensorBoard writer opened before it
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    raise ConfigError(f"train.log_backends: wandb could not start ({type(e).__name__}: {first}); "
+                                      "log in with `wandb login`, or set WANDB_MODE=offline") from None
+                if fresh:  # only once the run exists: a failed start leaves nothing behind
+                    atomic_write_text(id_file, run_id + "\n")
+                self.sinks.append(("wandb", sink))
 
     def log(self, event: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
