@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -264,13 +265,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         subcommand(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     merge_run(args, parser)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that left (a closed pipe) is found here, not in the flush at exit
+        return code
     except CocomixError as e:
         if args.debug:
             raise
         message = as_flag(" ".join(str(e).split()), parser, args.command)
         print("cocomix: error: " + message, file=sys.stderr)  # always one line
         return 2
+    except BrokenPipeError:  # `cocomix … | head`: the reader left; what it did not read is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not raise again
+        return 128 + 13  # as a process ended by SIGPIPE
     except OSError as e:  # a file the command cannot read or write: permissions, a full disk, a path in the way
         if args.debug:
             raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     tok = store.tokenizer()
     if args.text is not None:
         ids = tok.encode(args.text)
+        if len(ids) > args.max_tokens:
+            print(f"inspect: note: --text is {len(ids)} tokens; its first {args.max_tokens} are shown "
+                  "(--max-tokens)", file=sys.stderr)
+            ids = ids[:args.max_tokens]
     else:
         n = store.num_chunks("val", run.data.seq_len)
         if not 0 <= args.val_window < n:
@@ -78,7 +83,7 @@ def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44
 def cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
-    from cocomix.interpret.steer import check_steering, steer_student, steer_teacher
+    from cocomix.interpret.steer import check_steering, steer_student, steer_teacher, teacher_activity
     from cocomix.model.generate import check_sampling
 
     concepts = args.concept or []
@@ -97,7 +102,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         gen = torch.Generator(device=device).manual_seed(args.seed)
         outs[name] = steer_student(model, prompt, concepts, a, args.max_new_tokens, args.temperature, args.top_k,
                                    generator=gen, vocab_limit=tok.vocab_size)
-    what = ", ".join(f"#{c} × {a:g} ({book[c].short()})" for c, a in zip(concepts, alphas, strict=True))
+    what = ", ".join(f"#{c} × {a:g} ({book[c].short().strip('()')})" for c, a in zip(concepts, alphas, strict=True))
     print(f"prompt: {args.prompt!r}\nsteering: {what}")
     for c, u, s in zip(concepts, outs["unsteered"].mixed.tolist(), outs["steered"].mixed.tolist(), strict=True):
         note = ("  (never mixed: its scaled logit stays below the TopK, so steering it has no effect)" if u == s == 0
@@ -114,13 +119,18 @@ def cmd_steer(args: argparse.Namespace) -> int:
                                           dtype=teacher_dtype(c.teacher_dtype))
         teacher.check_store(store, len(ids) + args.max_new_tokens, "the prompt's tokens + --max-new-tokens")
         sae = teacher.fit_sae(load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
-        t_out = {}
+        t_out, active = {}, {}
         for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
             gen = torch.Generator(device=device).manual_seed(args.seed)
-            t_out[name] = tok.decode(steer_teacher(teacher, sae, prompt, concepts, a, args.max_new_tokens,
-                                                   args.temperature, args.top_k, gen,
-                                                   vocab_limit=tok.vocab_size)[0, len(ids):].tolist())
+            tokens = steer_teacher(teacher, sae, prompt, concepts, a, args.max_new_tokens, args.temperature,
+                                   args.top_k, gen, vocab_limit=tok.vocab_size)
+            t_out[name], active[name] = tok.decode(tokens[0, len(ids):].tolist()), teacher_activity(
+                teacher, sae, tokens, len(ids), concepts).tolist()
         print()
+        for c, u, s in zip(concepts, active["unsteered"], active["steered"], strict=True):
+            note = "  (never active: steering it in the teacher changed nothing)" if u == s == 0 else ""
+            print(f"teacher: #{c} active at {u:.0%} of positions unsteered, {s:.0%} steered (the teacher's "
+                  f"steering edits a latent only where it is active){note}")
         print(_side_by_side(("teacher, unsteered", t_out["unsteered"]), ("teacher, SAE latent steered",
                                                                          t_out["steered"])))
     return 0
@@ -132,6 +142,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.teacher import Teacher, teacher_dtype
 
     check_out_folder(args.out, own=("a steering metric (steer-eval)",))  # before the evaluation, not after it
+    _say_replaced(Path(args.out) / "steering.json", "steering metric")
     try:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
@@ -165,6 +176,7 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from cocomix.runs import load_run
 
     check_out_folder(args.out, own=("a compression analysis",))
+    _say_replaced(Path(args.out) / "compression.json", "compression analysis")
     _, _, model, _ = load_run(args.run)
     concept_seam(model)
     if not 0 < args.threshold < float("inf"):
@@ -172,6 +184,12 @@ def cmd_compression(args: argparse.Namespace) -> int:
     summary = compression_report(model, args.out, args.threshold)
     print(json.dumps({**summary, "plot": str(Path(args.out) / "compression.png")}))
     return 0
+
+
+def _say_replaced(path: Path, what: str) -> None:
+    """A note that this command's earlier output in its --out folder is about to be replaced."""
+    if path.is_file():
+        print(f"cocomix: note: --out {path.parent} holds a {what}; it is replaced", file=sys.stderr)
 
 
 def _common(s: argparse.ArgumentParser) -> None:
@@ -188,7 +206,7 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", type=utf8_text, help="text to inspect")
     src.add_argument("--val-window", type=int, help="inspect this validation window of the token store")
-    s.add_argument("--max-tokens", type=int, default=64, help="tokens of the validation window shown")
+    s.add_argument("--max-tokens", type=int, default=64, help="tokens shown (of --text or the validation window)")
     s.add_argument("--top", type=int, default=3, help="concepts shown per token")
     s.add_argument("--html", default=None, help="also write a self-contained HTML page here")
     s.set_defaults(func=cmd_inspect)

@@ -338,7 +338,8 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Any,
     prompt = torch.tensor([tok.encode("KING HENRY:\n")])
     outs = {a: steer_student(model, prompt, [concept], [a], 40) for a in (1.0, 10.0)}
     text = {a: tok.decode(o.tokens[0, prompt.shape[1]:].tolist()).strip()[:300] for a, o in outs.items()}
-    steer = [f"Concept {name(concept)}; greedy continuation of `KING HENRY:` with its predicted logit × α at every "
+    steer = [f"Concept {name(concept)}; greedy continuation of `KING HENRY:` and a newline (`cocomix steer --prompt "
+             "$'KING HENRY:\\n'`) with its predicted logit × α at every "
              f"position (mixed at {outs[1.0].mixed[0]:.0%} of the positions unsteered, {outs[10.0].mixed[0]:.0%} "
              "steered):", "", "α = 1 (unsteered):", "", "```", text[1.0], "```", "", "α = 10:", "", "```",
              text[10.0], "```", "", "### Steering metric (`cocomix steer-eval`)", "",

@@ -14,8 +14,9 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressLine:
-    """`update(done)` reports `label: done/total unit (rate/s, eta)` at most every `interval` seconds on a terminal,
-    every `log_interval` seconds otherwise, and always at the end; `close()` ends the terminal line."""
+    """`update(done)` reports `label: done/total unit (rate/s, or seconds per unit below 1/s; eta)` at most
+    every `interval` seconds on a terminal, every `log_interval` seconds otherwise, and always at the end;
+    `close()` ends the terminal line."""
 
     def __init__(self, label: str, total: int, unit: str = "windows", start: int = 0, enabled: bool = True,
                  interval: float = 1.0, log_interval: float = 30.0) -> None:
@@ -32,7 +33,8 @@ class ProgressLine:
         self.last = now
         rate = (done - self.start) / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0.0
-        text = f"{self.label}: {done}/{self.total} {self.unit} ({rate:.1f}/s, eta {format_duration(eta)})"
+        pace = f"{rate:.1f}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s per {self.unit.removesuffix('s')}"
+        text = f"{self.label}: {done}/{self.total} {self.unit} ({pace}, eta {format_duration(eta)})"
         if self.tty:
             print(f"\r{text}", end="", file=sys.stderr, flush=True)
             self.open = True

@@ -190,6 +190,8 @@ CASES = [
     ("generate-store-of-another-tokenizer", ["generate", "--run", "{run}", "--data", "{root}/other-tok", "--prompt",
                                              "the", "--max-new-tokens", "2"], "not the one the run was trained with"),
     ("eval-not-a-run", ["eval", "--run", "{root}/empty-docs"], "not a cocomix run"),
+    ("generate-past-the-context", ["generate", "{run}", "--prompt", "the", "--max-new-tokens", "500"],
+     "--max-new-tokens: 500 new tokens after a prompt of 2 tokens exceed the model's context_length 32"),
     ("steer-ntp-run", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "10"], "CoCoMix"),
     ("extract-zero-batch", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer", "1",
                             "--sae", "{sae}", "--seq-len", "32", "--batch-size", "0", "--out", "{root}/e8"],
@@ -332,3 +334,17 @@ def test_a_file_the_command_cannot_read_or_write_is_one_line(monkeypatch: pytest
     monkeypatch.setattr(cli, "cmd_eval", lambda args: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     assert main(["eval", "--run", "/runs/x"]) == 2
     assert capsys.readouterr().err == "cocomix: error: No space left on device\n"
+
+
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """`cocomix presets | head -0`: the reader is gone; no error line, the exit status of a SIGPIPE death."""
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    proc = subprocess.Popen([sys.executable, "-m", "cocomix", "presets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": src})
+    proc.stdout.close()  # before it writes anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == ""

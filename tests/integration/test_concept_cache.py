@@ -255,15 +255,17 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     # json keeps every example
     from cocomix.concepts.describe import write_report
 
-    twice = {"counts": torch.tensor([3, 0]), "positions": torch.tensor(64), "values": torch.tensor(
-        [[2.5, 2.0, 1.0], [float("-inf")] * 3]), "windows": torch.tensor([[0, 0, 1], [-1] * 3]),
-        "token_positions": torch.tensor([[5, 5, 9], [-1] * 3])}
+    # (the same passage read at a neighbouring token is counted with the stronger snippet there)
+    twice = {"counts": torch.tensor([5, 0]), "positions": torch.tensor(64), "values": torch.tensor(
+        [[2.5, 2.0, 1.0, 0.9, 0.8], [float("-inf")] * 5]), "windows": torch.tensor([[0, 0, 1, 1, 1], [-1] * 5]),
+        "token_positions": torch.tensor([[5, 5, 9, 11, 20], [-1] * 5])}
     write_report(twice, store, tmp_path / "twice", "train", 32, context=4)
     examples = json.loads((tmp_path / "twice" / "concepts.json").read_text())["latents"][0]["examples"]
-    assert len(examples) == 3 and examples[0]["text"] == examples[1]["text"] != examples[2]["text"]
+    assert len(examples) == 5 and examples[0]["text"] == examples[1]["text"] != examples[2]["text"]
     listed = [ln for ln in (tmp_path / "twice" / "concepts.md").read_text().splitlines() if ln.startswith("- ")]
-    assert len(listed) == 2 and listed[0].startswith("- 2.500: ") and listed[0].endswith(" (×2)")
-    assert listed[1].startswith("- 1.000: ") and "×" not in listed[1]
+    assert len(listed) == 3 and listed[0].startswith("- 2.500: ") and listed[0].endswith(" (×2)")
+    assert listed[1].startswith("- 1.000: ") and listed[1].endswith(" (+1 at neighbouring tokens)")  # 11 near 9
+    assert listed[2].startswith("- 0.800: ") and "×" not in listed[2] and "+" not in listed[2]  # 20: too far
 
 
 def test_extraction_sets_the_matmul_precision_training_sets(store_dir: Path, tmp_path: Path,

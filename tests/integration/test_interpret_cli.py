@@ -4,6 +4,7 @@ one-line errors (exit code 2) for bad concept indices, α and runs without conce
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,9 @@ def test_inspect_prints_a_table_and_writes_a_page(runs: dict[str, Path]) -> None
     assert "<!DOCTYPE html>" in html.read_text()
     r = _cli("inspect", "--run", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "8")  # RUN or --run
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 9
+    assert "no describe-concepts labels: pass --concepts DIR" in r.stdout.splitlines()[0]
+    r = _cli("inspect", str(runs["cocomix"]), "--text", "the king is dead " * 40, "--max-tokens", "5")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 6 and "its first 5 are shown" in r.stderr
 
 
 def test_steer_runs_student_and_teacher_and_reports_mixing(runs: dict[str, Path]) -> None:
@@ -46,6 +50,10 @@ def test_steer_runs_student_and_teacher_and_reports_mixing(runs: dict[str, Path]
     assert r.returncode == 0, r.stderr
     assert "student, unsteered (α = 1)" in r.stdout and "teacher, SAE latent steered" in r.stdout
     assert "#5 mixed at" in r.stdout and "#9 mixed at" in r.stdout
+    assert re.search(r"teacher: #5 active at \d+% of positions unsteered, \d+% steered", r.stdout)
+    r = _cli("steer", str(runs["cocomix"]), "--prompt", "the king", "--concept", "5", "--alpha", "3",
+             "--max-new-tokens", "4")  # no --concepts: no labels
+    assert r.returncode == 0 and "steering: #5 × 3 (-)" in r.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -83,10 +91,15 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
     assert "teacher_ratio_max_alpha_over_zero" in result["summary"]
     md = (out / "steering.md").read_text()
     assert (out / "steering.png").stat().st_size > 1000 and "| #1 |" in md and "teacher steered (reference)" in md
+    assert "| #1, teacher steered |" in md and "Against the unsteered α = 1:" in md
+    assert "ratio_max_alpha_over_one" in result["summary"]
     r = _cli("compression", str(runs["cocomix"]), "--out", str(runs["root"] / "comp"))
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["concepts"] == 256 and 0.0 <= summary["fraction_below"] <= 1.0
+    assert 0.0 <= summary["fraction_near_initial"] <= 1.0 and summary["initial_norm"] > 0
+    r = _cli("compression", str(runs["cocomix"]), "--out", str(runs["root"] / "comp"))  # its own output: replaced
+    assert r.returncode == 0 and "holds a compression analysis; it is replaced" in r.stderr
 
 
 def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_dir: Path,

@@ -200,6 +200,11 @@ def test_steering_summary_ratios() -> None:
     assert math.isclose(s["ratio_max_alpha_over_zero"], 0.3 / 0.1) and math.isclose(s["ratio_min_alpha_over_zero"],
                                                                                       0.025 / 0.1)
     assert math.isclose(s["fluency_cost_max_alpha"], 1.0) and "teacher_ratio_max_alpha_over_zero" not in s
+    assert math.isclose(s["ratio_max_alpha_over_one"], 0.3 / 0.1) and math.isclose(s["ratio_min_alpha_over_one"],
+                                                                                     0.025 / 0.1)
+    rows[0]["activation_rate"] = 0.3  # concept 1 at α = −10: the mean there is now 0.15
+    assert math.isclose(summarize(rows, (-10.0, 0.0, 1.0, 10.0))["ratio_min_alpha_over_one"], 0.15 / 0.1)
+    rows[0]["activation_rate"] = 0.05
     for r in rows:
         r |= {"teacher_steered_rate": 0.2 if r["alpha"] == 10.0 else 0.1, "teacher_steered_nll": 4.0}
     s = summarize(rows, (-10.0, 0.0, 1.0, 10.0))
@@ -216,6 +221,38 @@ def test_compression_fraction_below_threshold(tmp_path: Path) -> None:
     summary = compression_report(model, tmp_path)
     assert math.isclose(summary["fraction_below"], 8 / C) and (tmp_path / "compression.png").stat().st_size > 1000
     assert re.search(r'"fraction_below": 0\.1', (tmp_path / "compression.json").read_text())
+    # rows as initialised (N(0, 0.02²) entries) have norms near 0.02·√32; rows training moved do not
+    initial = model.cfg.init_std * 32 ** 0.5
+    assert math.isclose(summary["initial_norm"], initial) and summary["fraction_near_initial"] == 0.0
+    with torch.no_grad():
+        torch.manual_seed(0)
+        model.seam.compress_weight[16:].normal_(0.0, model.cfg.init_std)
+    near = compression_report(model, tmp_path)["fraction_near_initial"]
+    expected = ((compression_norms(model)[16:] - initial).abs() <= 0.1 * initial).sum().item() / C
+    assert near == expected and 0.3 < near < 64 / C  # most of the 64 re-initialised rows, none of the others
+
+
+def test_teacher_activity_counts_the_generating_positions() -> None:
+    """Where the teacher's steering acts: positions start − 1 … S − 2 whose latent is active, against a direct
+    count (position S − 1 predicts no generated token and is left out)."""
+    from cocomix.interpret.steer import teacher_activity
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32)
+    teacher = Teacher(Transformer(cfg), layer=0)
+    sae = TopKSAE(16, 24, 6)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.5)
+    tokens, start = torch.randint(0, 97, (2, 14)), 5
+    got = teacher_activity(teacher, sae, tokens, start, list(range(24)))
+    values, indices, _ = sae.encode(teacher.hidden(tokens))
+    want = torch.zeros(24)
+    for b in range(2):
+        for t in range(start - 1, 13):
+            for v, i in zip(values[b, t].tolist(), indices[b, t].tolist(), strict=True):
+                want[i] += v > 0
+    assert torch.allclose(got, want / (2 * 9)) and 0 < float(got.sum())
 
 
 def test_read_continuations_counts_generated_positions_only() -> None:

@@ -132,11 +132,18 @@ def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str
         lines.append(f"## Latent {c['latent']}: frequency {c['frequency']:.3%} ({c['count']} positions)")
         lines.append("")
         shown: dict[str, list] = {}  # a repeated passage (a refrain, a stage direction) once, with its count
-        for ex in c["examples"]:
-            shown.setdefault(ex["text"], [ex["activation"], 0])[1] += 1
-        for text, (activation, times) in shown.items():
+        kept: list[tuple[int, int, str]] = []  # (window, position, text) of the snippets shown
+        for ex in c["examples"]:  # strongest first
+            near = next((t for w, p, t in kept if w == ex["window"] and abs(p - ex["position"]) <= context), None)
+            if ex["text"] not in shown and near is not None:  # the passage of a stronger one, at a neighbouring
+                shown[near][2] += 1  # token: counted with it
+                continue
+            kept.append((ex["window"], ex["position"], ex["text"]))
+            shown.setdefault(ex["text"], [ex["activation"], 0, 0])[1] += 1
+        for text, (activation, times, neighbours) in shown.items():
             text = text.replace("\n", " ⏎ ").replace("|", "\\|")
-            lines.append(f"- {activation:.3f}: {text}" + (f" (×{times})" if times > 1 else ""))
+            lines.append(f"- {activation:.3f}: {text}" + (f" (×{times})" if times > 1 else "")
+                         + (f" (+{neighbours} at neighbouring tokens)" if neighbours else ""))
         lines.append("")
     atomic_write_text(out / "concepts.md", "\n".join(lines) + "\n")
     return out

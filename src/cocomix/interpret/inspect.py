@@ -88,7 +88,9 @@ def _show(text: str) -> str:
 def format_table(rows: list[TokenConcepts], book: ConceptBook) -> str:
     """Fixed-width table: position, token, then `#latent logit p label` per predicted concept."""
     width = max([len(_show(r.token)) for r in rows] + [5])
-    lines = [f"{'pos':>4}  {'token':<{width}}  top predicted concepts (#latent logit p «activating token» share)"]
+    described = any(book[c].described for r in rows for c, _, _ in r.concepts)
+    labels = "«activating token» share" if described else "- = no describe-concepts labels: pass --concepts DIR"
+    lines = [f"{'pos':>4}  {'token':<{width}}  top predicted concepts (#latent logit p {labels})"]
     for r in rows:
         cells = [f"#{c} {z:+.2f} {p:.2f} {book[c].short()}" for c, z, p in r.concepts]
         lines.append(f"{r.position:>4}  {_show(r.token):<{width}}  " + " | ".join(cells))
@@ -129,7 +131,7 @@ def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, t
         cells = "<br>".join(html.escape(concept_line(*x)) for x in r.concepts)
         ctx = book[r.concepts[0][0]].context if r.concepts else ""
         table.append(f"<tr><td>{r.position}</td><td><code>{html.escape(_show(r.token))}</code></td><td>{cells}</td>"
-                     f"<td>{html.escape(_show(ctx))}</td></tr>")
+                     f"<td>{html.escape(visible(ctx) if ctx else '—')}</td></tr>")
     table.append("</table>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"

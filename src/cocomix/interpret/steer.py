@@ -10,7 +10,10 @@ sign. A run trained with `concept.mixing=none` never mixes concepts: steering it
 
 Teacher (the paper's cross-check): the SAE latent c at the teacher's `teacher_layer` is multiplied by α in the
 residual stream, h ← h + Σ_c (α_c − 1) · a_c · std · W_dec[:, c] (a_c its TopK activation, std the SAE's input
-normalisation), keeping the SAE's reconstruction error; a latent that is not active at a position is unchanged.
+normalisation), keeping the SAE's reconstruction error; a latent that is not active at a position is unchanged
+(`teacher_activity` says where it was). The edit is α × the latent's decoded contribution; re-encoding the edited
+state gives less than α × a_c, as the SAE normalises its input by the state's own mean and std, which the edit
+changes (on the demo teacher, α = 10 re-encodes at 2.4–5× a_c).
 """
 
 from __future__ import annotations
@@ -96,6 +99,19 @@ class _LatentScale:
             delta = delta * info["std"]
         h = h + delta.to(h.dtype)
         return (h, *output[1:]) if isinstance(output, tuple) else h
+
+
+@torch.no_grad()
+def teacher_activity(teacher: Any, sae: Any, tokens: torch.Tensor, start: int, concepts: Sequence[int]) -> torch.Tensor:
+    """(n,) share of the generating positions of tokens (B, S) (start − 1 … S − 2, whose block output is edited
+    before each new token is drawn) where each SAE latent is active. The teacher's steering adds to a latent only
+    where it is active, and whether it is depends only on the tokens so far (blocks up to `teacher_layer` never see
+    the edit), so this is where `steer_teacher` acted on that text; 0 means steering changed nothing."""
+    _, hidden = teacher.forward_pass(tokens)                                                # (B, S, d)
+    values, indices, _ = sae.encode(hidden.to(sae.W_dec.dtype))                             # (B, S, k)
+    v, i = values[:, start - 1:-1], indices[:, start - 1:-1]                                # (B, N, k)
+    idx = torch.tensor(list(concepts), device=i.device)
+    return ((i[..., None] == idx) & (v[..., None] > 0)).any(dim=2).float().mean(dim=(0, 1))
 
 
 @torch.no_grad()

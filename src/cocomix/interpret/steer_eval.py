@@ -164,20 +164,21 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
 
 
 def summarize(rows: list[dict[str, Any]], alphas: Sequence[float]) -> dict[str, Any]:
-    """Mean over concepts per α, and the ratios the acceptance asks for (α = max vs 0, α = min vs 0); with the
-    teacher check, the same for the teacher steered through its SAE latent."""
+    """Mean over concepts per α, and the ratios the acceptance asks for (α = max vs 0, α = min vs 0; also against
+    the unsteered α = 1); with the teacher check, the same for the teacher steered through its SAE latent."""
     keys = [k for k in ("activation_rate", "mixed", "teacher_nll", "teacher_steered_rate", "teacher_steered_nll")
             if rows and k in rows[0]]
     mean = {a: {k: sum(r[k] for r in rows if r["alpha"] == a) / max(1, sum(r["alpha"] == a for r in rows))
                 for k in keys} for a in alphas}
     hi, lo = max(alphas), min(alphas)
 
-    def ratio(a: float, key: str = "activation_rate") -> float | None:
-        base = mean[0.0][key]
+    def ratio(a: float, key: str = "activation_rate", over: float = 0.0) -> float | None:
+        base = mean[over][key]
         return mean[a][key] / base if base > 0 else None
 
     out = {"mean": {str(a): v for a, v in mean.items()}, "ratio_max_alpha_over_zero": ratio(hi),
-           "ratio_min_alpha_over_zero": ratio(lo), "max_alpha": hi, "min_alpha": lo,
+           "ratio_min_alpha_over_zero": ratio(lo), "ratio_max_alpha_over_one": ratio(hi, over=1.0),
+           "ratio_min_alpha_over_one": ratio(lo, over=1.0), "max_alpha": hi, "min_alpha": lo,
            "fluency_cost_max_alpha": mean[hi]["teacher_nll"] - mean[1.0]["teacher_nll"]}
     if "teacher_steered_rate" in keys:
         out |= {"teacher_ratio_max_alpha_over_zero": ratio(hi, "teacher_steered_rate"),
@@ -195,13 +196,17 @@ def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     lines = ["# Steering: activation rate of the steered concept in the continuations (teacher + SAE)", "",
              f"{result['config']['n_prompts']} prompts × {result['config']['max_new_tokens']} generated tokens, "
              f"temperature {result['config']['temperature']}, top-k {result['config']['top_k']}; the same random "
-             "stream for every α. Cell: activation rate (share of positions the concept was mixed).", "",
+             "stream for every α. Cell: activation rate (share of positions the concept was mixed); with the teacher "
+             "check, a row with the rate in the teacher's own steered text (and the teacher's NLL of it).", "",
              head, "|---|---|" + "---|" * len(alphas)]
     for c in result["concepts"]:
         cells = [next(r for r in result["rows"] if r["concept"] == c and r["alpha"] == a) for a in alphas]
         label = result["labels"][c]["label"].replace("|", "¦")
         lines.append(f"| #{c} | {label} | " + " | ".join(f"{r['activation_rate']:.3f} ({r['mixed']:.2f})"
                                                            for r in cells) + " |")
+        if "teacher_steered_rate" in cells[0]:
+            lines.append(f"| #{c}, teacher steered | | " + " | ".join(
+                f"{r['teacher_steered_rate']:.3f} (NLL {r['teacher_steered_nll']:.2f})" for r in cells) + " |")
     s = result["summary"]
     lines += ["| mean | | " + " | ".join(f"{s['mean'][str(a)]['activation_rate']:.3f}" for a in alphas) + " |",
               "| teacher NLL / token | | " + " | ".join(f"{s['mean'][str(a)]['teacher_nll']:.3f}" for a in alphas)
@@ -214,7 +219,12 @@ def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     fmt = (lambda v: "n/a (rate 0 at α = 0)" if v is None else f"{v:.2f}×")  # noqa: E731
     negative = s["min_alpha"] < 0  # without a negative α there is no "lowered" comparison to state
     lines += [f"- α = {s['max_alpha']:g} vs α = 0: mean activation rate {fmt(s['ratio_max_alpha_over_zero'])}"
-              + (f"; α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}." if negative else "."),
+              + (f"; α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}." if negative else ".")
+              + f" Against the unsteered α = 1: {fmt(s.get('ratio_max_alpha_over_one'))}"
+              + (f" and {fmt(s.get('ratio_min_alpha_over_one'))}." if negative else "."),
+              *(["- A negative α flips the sign of the concept's logit: a concept whose predicted logit is usually "
+                 "negative then rises into the TopK and is mixed *more* (see the mixed shares), so α < 0 does not "
+                 "suppress it; α = 0 removes its logit."] if negative else []),
               *([f"- Reference, the teacher steered through the same SAE latents (the paper's cross-check): "
                  f"α = {s['max_alpha']:g} vs 0 {fmt(s['teacher_ratio_max_alpha_over_zero'])}"
                  + (f", α = {s['min_alpha']:g} vs 0 {fmt(s['teacher_ratio_min_alpha_over_zero'])}." if negative
@@ -248,7 +258,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     ax1.set_xlabel("steering multiplier α on the concept's predicted logit")
     ax1.set_ylabel("activation rate in continuation (share of tokens)")
     ax1.set_title("Steered concept active in the generated text (teacher + SAE)")
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=7, framealpha=0.5, loc="best")
     ax2.plot(alphas, [mean[str(a)]["teacher_nll"] for a in alphas], color="tab:red", marker="o")
     ax2.set_xlabel("steering multiplier α")
     ax2.set_ylabel("teacher NLL of the continuation (nats/token)")

@@ -71,8 +71,9 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     limit = model.cfg.context_length
     if prompt.shape[1] + max_new_tokens > limit:
-        raise ConfigError(f"prompt ({prompt.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                          f"model's context_length {limit}; shorten the prompt or generate fewer tokens")
+        n = prompt.shape[1]
+        raise ConfigError(f"max_new_tokens: {max_new_tokens} new tokens after a prompt of {n} token{'s' * (n != 1)} "
+                          f"exceed the model's context_length {limit}; shorten the prompt or generate fewer tokens")
     was_training = model.training
     model.eval()
     try:
