@@ -232,7 +232,7 @@ def test_compression_fraction_below_threshold(tmp_path: Path) -> None:
     assert near == expected and 0.3 < near < 64 / C  # most of the 64 re-initialised rows, none of the others
 
 
-def _teacher_and_sae() -> tuple[Teacher, TopKSAE]:
+def _seeded_teacher_and_sae() -> tuple[Teacher, TopKSAE]:
     """A random 2-block teacher (d 16) read at block 0 and a random SAE (24 latents, k 6) on it."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32)
@@ -249,7 +249,7 @@ def test_teacher_activity_counts_the_generating_positions() -> None:
     count (position S − 1 predicts no generated token and is left out)."""
     from cocomix.interpret.steer import teacher_activity
 
-    teacher, sae = _teacher_and_sae()
+    teacher, sae = _seeded_teacher_and_sae()
     tokens, start = torch.randint(0, 97, (2, 14)), 5
     got = teacher_activity(teacher, sae, tokens, start, list(range(24)))
     values, indices, _ = sae.encode(teacher.hidden(tokens))
@@ -267,7 +267,7 @@ def test_read_continuations_counts_generated_positions_only() -> None:
     each against a direct position-by-position computation."""
     from cocomix.interpret.steer_eval import read_continuations
 
-    teacher, sae = _teacher_and_sae()
+    teacher, sae = _seeded_teacher_and_sae()
     tokens = torch.randint(0, 97, (3, 20))
     start, concepts = 8, list(range(24))
     rates, nll = read_continuations(teacher, sae, tokens, start, concepts)

@@ -257,8 +257,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
                  linewidth=2, marker="^", label="mean, teacher steered (reference)")
     ax1.set_xlabel("steering multiplier α on the concept's predicted logit")
     ax1.set_ylabel("activation rate in continuation (share of tokens)")
-    ax1.set_title("Steered concept active in the generated text (teacher + SAE)")
-    ax1.legend(fontsize=7, framealpha=0.5, loc="best")
+    ax1.set_title("Steered concept active in the generated text")
+    ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below: no curve hidden
     ax2.plot(alphas, [mean[str(a)]["teacher_nll"] for a in alphas], color="tab:red", marker="o")
     ax2.set_xlabel("steering multiplier α")
     ax2.set_ylabel("teacher NLL of the continuation (nats/token)")
@@ -267,5 +267,5 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_writer(path) as fh:
-        fig.savefig(fh, format="png", dpi=110)
+        fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
