@@ -275,7 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("cocomix: error: " + message, file=sys.stderr)  # always one line
         return 2
     except BrokenPipeError:  # `cocomix … | head`: the reader left; what it did not read is no error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not raise again
+        if args.debug:
+            raise
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not raise again
+        except (OSError, ValueError):  # stdout is no file (redirected in-process): nothing is flushed at exit
+            pass
         return 128 + 13  # as a process ended by SIGPIPE
     except OSError as e:  # a file the command cannot read or write: permissions, a full disk, a path in the way
         if args.debug:

@@ -52,7 +52,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.text is not None:
         ids = tok.encode(args.text)
         if len(ids) > args.max_tokens:
-            print(f"inspect: note: --text is {len(ids)} tokens; its first {args.max_tokens} are shown "
+            print(f"cocomix: note: --text is {len(ids)} tokens; its first {args.max_tokens} are shown "
                   "(--max-tokens)", file=sys.stderr)
             ids = ids[:args.max_tokens]
     else:
@@ -142,7 +142,6 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.teacher import Teacher, teacher_dtype
 
     check_out_folder(args.out, own=("a steering metric (steer-eval)",))  # before the evaluation, not after it
-    _say_replaced(Path(args.out) / "steering.json", "steering metric")
     try:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
@@ -164,6 +163,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
                                       dtype=teacher_dtype(c.teacher_dtype))
     sae = teacher.fit_sae(load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
+    _say_replaced(Path(args.out) / "steering.json", "steering metric")
     out = write_steering_report(result, args.out)
     print((out / "steering.md").read_text(encoding="utf-8"))
     print(json.dumps(result["summary"]))
@@ -176,11 +176,11 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from cocomix.runs import load_run
 
     check_out_folder(args.out, own=("a compression analysis",))
-    _say_replaced(Path(args.out) / "compression.json", "compression analysis")
     _, _, model, _ = load_run(args.run)
     concept_seam(model)
     if not 0 < args.threshold < float("inf"):
         raise CocomixError(f"--threshold: expected a finite number > 0, got {args.threshold}")
+    _say_replaced(Path(args.out) / "compression.json", "compression analysis")
     summary = compression_report(model, args.out, args.threshold)
     print(json.dumps({**summary, "plot": str(Path(args.out) / "compression.png")}))
     return 0

@@ -33,9 +33,10 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         base = load_config_file(args.config)
         left_out = [name for name in ("model", "data", "train") if name not in base]
         if left_out:
+            shapes = " (model: GPT-2 124M's shapes)" if "model" in left_out else ""
             warnings.warn(f"--config {args.config} leaves out {', '.join(left_out)}: those fields take RunConfig's "
-                          "defaults (model: GPT-2 124M's shapes; see --print-config); --preset NAME --config FILE "
-                          "starts from a preset instead", CocomixWarning, stacklevel=2)
+                          f"defaults{shapes}, see --print-config; --preset NAME --config FILE starts from a preset "
+                          "instead", CocomixWarning, stacklevel=2)
     elif args.preset:
         base = get_preset(args.preset).to_dict()
     elif getattr(args, "resume", False) and args.out and (Path(args.out) / "config.json").is_file():

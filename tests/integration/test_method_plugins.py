@@ -77,3 +77,19 @@ def test_an_entry_point_method_works_in_the_library_and_every_command(store_dir:
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["loss"] == pytest.approx(res.val_loss, rel=1e-5)
+
+
+def test_a_name_a_script_registered_first_keeps_its_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cocomix.methods import NTP
+    from cocomix.methods.plugins import load_method_plugins
+
+    _install(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    plugins.reset()
+    methods = {**METHODS, "ls-ntp": NTP}  # a script's own registration, before any config named the plugin
+    with pytest.warns(CocomixWarning) as said:  # (the fixture's broken and built-in-named entries warn too)
+        load_method_plugins(methods)
+    plugins.reset()
+    assert ("method plugin 'ls-ntp' (ls_ntp_plugin:LabelSmoothedNTP): 'ls-ntp' is already registered; the plugin "
+            "is ignored") in [str(w.message) for w in said]
+    assert methods["ls-ntp"] is NTP

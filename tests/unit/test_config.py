@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -182,7 +183,7 @@ def test_log_backends_and_a_chunked_loss_resume() -> None:
     assert "train.chunked_lm_loss" in RESULT_NEUTRAL  # the same loss up to rounding: a resume may switch it on
 
 
-def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path) -> None:  # noqa: ANN001
+def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path: Path) -> None:
     from tests.cli import run_cli
 
     (tmp_path / "part.json").write_text('{"train": {"steps": 5}, "model": {"n_layer": 2}}')

@@ -200,11 +200,12 @@ def test_steering_summary_ratios() -> None:
     assert math.isclose(s["ratio_max_alpha_over_zero"], 0.3 / 0.1) and math.isclose(s["ratio_min_alpha_over_zero"],
                                                                                       0.025 / 0.1)
     assert math.isclose(s["fluency_cost_max_alpha"], 1.0) and "teacher_ratio_max_alpha_over_zero" not in s
-    assert math.isclose(s["ratio_max_alpha_over_one"], 0.3 / 0.1) and math.isclose(s["ratio_min_alpha_over_one"],
-                                                                                     0.025 / 0.1)
-    rows[0]["activation_rate"] = 0.3  # concept 1 at α = −10: the mean there is now 0.15
-    assert math.isclose(summarize(rows, (-10.0, 0.0, 1.0, 10.0))["ratio_min_alpha_over_one"], 0.15 / 0.1)
-    rows[0]["activation_rate"] = 0.05
+    for r in rows:  # the unsteered α = 1 at 0.2, apart from α = 0's 0.1: each ratio has its own base
+        r["activation_rate"] = 0.2 if r["alpha"] == 1.0 else r["activation_rate"]
+    s = summarize(rows, (-10.0, 0.0, 1.0, 10.0))
+    assert math.isclose(s["ratio_max_alpha_over_one"], 0.3 / 0.2) and math.isclose(s["ratio_min_alpha_over_one"],
+                                                                                     0.025 / 0.2)
+    assert math.isclose(s["ratio_max_alpha_over_zero"], 0.3 / 0.1)
     for r in rows:
         r |= {"teacher_steered_rate": 0.2 if r["alpha"] == 10.0 else 0.1, "teacher_steered_nll": 4.0}
     s = summarize(rows, (-10.0, 0.0, 1.0, 10.0))

@@ -6,7 +6,7 @@ Source strings:
 - `text:<path>[#<separator>]`: a .txt file (one document) or a folder (every *.txt under it, sorted, one
   document each); with a separator, each file is cut into documents at it (`text:stories.txt#<|endoftext|>`).
 - `jsonl:<path>[#<field>]`: one document per line of a JSON Lines file (or folder of them); field `text`.
-- `hf:<dataset>[/<config>][@<split>][#<field>]`: a Hugging Face dataset (hub name, local folder or data file,
+- `hf:<dataset>[:<config>][@<split>][#<field>]`: a Hugging Face dataset (hub name, local folder or data file,
   or a `save_to_disk` folder; see `sources.py`); split `train` and field `text` by default.
 
 Rows or files that are empty, None or whitespace only are no documents (skipped, keeping their row numbers).
@@ -33,7 +33,7 @@ from cocomix.data.shakespeare import SHAKESPEARE_VAL_PLAYS
 from cocomix.errors import DataError
 
 SOURCE_FORMS = ("'shakespeare'", "'text:<path>[#<separator>]'", "'jsonl:<path>[#<field>]'",
-                "'hf:<dataset>[/<config>][@<split>][#<field>]'")
+                "'hf:<dataset>[:<config>][@<split>][#<field>]'")
 
 __all__ = ["Document", "SHAKESPEARE_VAL_PLAYS", "iter_documents", "iter_split", "split_documents"]
 

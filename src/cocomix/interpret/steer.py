@@ -107,7 +107,9 @@ def teacher_activity(teacher: Any, sae: Any, tokens: torch.Tensor, start: int, c
     before each new token is drawn) where each SAE latent is active. The teacher's steering adds to a latent only
     where it is active, and whether it is depends only on the tokens so far (blocks up to `teacher_layer` never see
     the edit), so this is where `steer_teacher` acted on that text; 0 means steering changed nothing."""
-    _, hidden = teacher.forward_pass(tokens)                                                # (B, S, d)
+    if not 1 <= start < tokens.shape[1]:
+        raise CocomixError(f"start: expected 1 to {tokens.shape[1] - 1} (the prompt's length), got {start}")
+    hidden = teacher.hidden(tokens)                                                          # (B, S, d)
     values, indices, _ = sae.encode(hidden.to(sae.W_dec.dtype))                             # (B, S, k)
     v, i = values[:, start - 1:-1], indices[:, start - 1:-1]                                # (B, N, k)
     idx = torch.tensor(list(concepts), device=i.device)

@@ -216,12 +216,12 @@ def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
         lines.append("| mean, teacher steered (reference) | | " + " | ".join(
             f"{s['mean'][str(a)]['teacher_steered_rate']:.3f}" for a in alphas) + " |")
     lines.append("")
-    fmt = (lambda v: "n/a (rate 0 at α = 0)" if v is None else f"{v:.2f}×")  # noqa: E731
+    fmt = (lambda v, base=0: f"n/a (rate 0 at α = {base})" if v is None else f"{v:.2f}×")  # noqa: E731
     negative = s["min_alpha"] < 0  # without a negative α there is no "lowered" comparison to state
     lines += [f"- α = {s['max_alpha']:g} vs α = 0: mean activation rate {fmt(s['ratio_max_alpha_over_zero'])}"
               + (f"; α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}." if negative else ".")
-              + f" Against the unsteered α = 1: {fmt(s.get('ratio_max_alpha_over_one'))}"
-              + (f" and {fmt(s.get('ratio_min_alpha_over_one'))}." if negative else "."),
+              + f" Against the unsteered α = 1: {fmt(s.get('ratio_max_alpha_over_one'), 1)}"
+              + (f" and {fmt(s.get('ratio_min_alpha_over_one'), 1)}." if negative else "."),
               *(["- A negative α flips the sign of the concept's logit: a concept whose predicted logit is usually "
                  "negative then rises into the TopK and is mixed *more* (see the mixed shares), so α < 0 does not "
                  "suppress it; α = 0 removes its logit."] if negative else []),

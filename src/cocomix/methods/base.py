@@ -2,8 +2,9 @@
 (`next_token_loss` is L_NTP of paper Eq. 4).
 
 A method builds the student (possibly with a seam and extra modules) and turns a batch of token windows into a
-scalar loss plus metrics. `next_token_loss` is the shifted cross-entropy every method reports as `loss`, so
-runs of different methods are compared on the same quantity.
+scalar loss plus metrics. `next_token_loss` is the shifted cross-entropy every built-in method reports as `loss`,
+so runs of different methods are compared on the same quantity (validation always is: `eval_loss`); a method
+from another package that logs no `loss` metric has its returned objective logged under that name instead.
 """
 
 from __future__ import annotations

@@ -30,11 +30,13 @@ def load_method_plugins(methods: dict[str, type[Method]]) -> None:
     if _loaded:
         return
     _loaded = True
+    from cocomix.methods import BUILT_IN
+
     for ep in importlib.metadata.entry_points(group=GROUP):
         where = f"method plugin {ep.name!r} ({ep.value})"
-        if ep.name in methods:
-            warnings.warn(f"{where}: {ep.name!r} is a built-in method; the plugin is ignored", CocomixWarning,
-                          stacklevel=2)
+        if ep.name in methods:  # a built-in name, or one a script (or another plugin) registered first
+            what = "a built-in method" if ep.name in BUILT_IN else "already registered"
+            warnings.warn(f"{where}: {ep.name!r} is {what}; the plugin is ignored", CocomixWarning, stacklevel=2)
             continue
         try:
             cls = ep.load()

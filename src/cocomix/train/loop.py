@@ -83,6 +83,10 @@ class TrainResult:
     signum: int = 0
     """The number of the signal in `stopped` (0 when the run finished)."""
 
+    def __post_init__(self) -> None:
+        if self.stopped and not self.signum:  # built with the signal's name only
+            self.signum = int(signal.Signals[self.stopped.split()[0]])
+
     @property
     def exit_code(self) -> int:
         """What `cocomix train` exits with: 0, or 128 + the signal when one stopped the run (a script run under a
@@ -120,13 +124,16 @@ def flops_per_token(run: RunConfig, method: Method) -> tuple[dict[str, float], s
 def build_student(method: Method, run: RunConfig, device: torch.device) -> Transformer:
     """The method's student on `device`; a model too large for the memory there is a ConfigError naming its shape
     (not an allocator traceback)."""
+    where = "cpu"  # built there, then moved
     try:
-        return method.build_model().to(device)
+        model = method.build_model()
+        where = device.type
+        return model.to(device)
     except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
         if not isinstance(e, (MemoryError, torch.OutOfMemoryError)) and "allocate" not in str(e):
             raise
         m = run.model
-        raise ConfigError(f"model: the student does not fit in {device.type} memory (d_model {m.d_model}, n_layer "
+        raise ConfigError(f"model: the student does not fit in {where} memory (d_model {m.d_model}, n_layer "
                           f"{m.n_layer}, vocab_size {m.vocab_size}, context_length {m.context_length}): "
                           f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
 
@@ -166,7 +173,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
     try:
         store = TokenStore.open(run.data.path)
     except DataError as e:
-        if Path(run.data.path).is_absolute():
+        if Path(run.data.path).is_absolute() or Path(run.data.path).exists():  # a damaged store: its own message
             raise
         raise DataError(f"{e} (data.path {run.data.path!r} is read from {Path.cwd()}; run from the folder it is "
                         "relative to, or --set data.path=DIR: a resume accepts a moved store)") from None
@@ -284,7 +291,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)), int(state.get("bad_steps_in_a_row", 0)))
     interval = IntervalMeans()  # logged metrics are means over the logging interval, as the official trainer's
     interval.load(state.get("log_interval"), device)
-    inject, stopped, last_ckpt, done = _injected_nan_steps(), "", ckpt, start
+    inject, stopped, last_ckpt, done, signum = _injected_nan_steps(), "", ckpt, start, 0
     model.train()
     try:  # the loggers are closed (TensorBoard flushed, the wandb run finished) however the loop ends
         with StopSignals() as signals:
