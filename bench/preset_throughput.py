@@ -16,7 +16,7 @@ achieved TFLOP/s, MFU = achieved / `--peak-tflops` (by default the bf16 dense pe
 989.4, A100 312; unknown devices and CPUs get none), and the peak GPU memory the run logged.
 
     python bench/preset_throughput.py --device cuda --steps 300 --work /tmp/pt            # the 69M pair
-    python bench/preset_throughput.py --presets tiny,tiny-cocomix --device cpu --steps 6 --words 20000
+    python bench/preset_throughput.py --presets tiny,tiny-cocomix --device cpu --steps 6 --log-every 2 --words 20000
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def summarise(run_dir: Path, peak: float | None) -> dict[str, Any]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", default="gpt2-69m-ntp,gpt2-69m-cocomix")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--device", default="cuda")

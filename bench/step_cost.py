@@ -23,7 +23,8 @@ mix_k 32, GPT-2-small teacher at block 5 — a randomly initialised `transformer
 at a short context for CPU; `--shape tiny` the demo's shapes. Timing alternates the methods round by round
 (rotating the order) and reports medians. Peak memory: each method is run in a fresh subprocess; on CUDA
 `torch.cuda.max_memory_allocated`, on CPU the process's peak resident set (VmHWM) minus its size before the
-model was built (the teacher's library already loaded) — weights, optimizer state, teacher and the step's
+model was built, after one tiny step of the same method was built, run and freed there first (so the runtime's
+own start-up — thread pools, kernel libraries — is not counted) — weights, optimizer state, teacher and the step's
 transient memory together — and, separately, the rise of VmHWM during the steps over the resident size before
 them (the step's own transient memory). The subprocess runs with MALLOC_MMAP_THRESHOLD_=131072, so freed tensors
 return to the OS and the resident size follows live memory rather than glibc's heap retention. The cached method
@@ -96,7 +97,7 @@ def run_of(name: str, runs: dict[str, Any]) -> Any:
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=("69m", "tiny"), default="69m")
     p.add_argument("--methods", default=",".join(ALL))
     p.add_argument("--seq-len", type=int, default=128)

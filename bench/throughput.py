@@ -5,11 +5,12 @@ For each shape (a preset, optionally overridden from the command line) the scrip
 - ours: `cocomix.model.Transformer(ModelConfig(flavour=..., bias=True, dropout=0, tie_embeddings=True))`, and
 - the reference: `bench/nanogpt_reference.GPT` with the same shapes (gpt2 flavour only),
 
-checks that both have the same number of parameters, copies our weights into the reference and checks that
-the two compute the same logits, then gives each an AdamW optimizer with the same hyperparameters. One
-training step is: forward, shifted next-token cross-entropy (`cocomix.methods.next_token_loss`, the same
-function for both), backward, `clip_grad_norm_(1.0)`, `optimizer.step()`, `zero_grad(set_to_none=True)`;
-both models see the same random token batches. Everything runs on the CPU.
+checks that both have the same number of parameters, copies our weights into the reference and records the
+largest difference of the two models' logits (expected 0), then gives each an AdamW optimizer with the same
+hyperparameters. One training step is: forward, shifted next-token cross-entropy
+(`cocomix.methods.next_token_loss`, the same function for both), backward, `clip_grad_norm_(1.0)`,
+`optimizer.step()`, `zero_grad(set_to_none=True)`; both models see the same random token batches. Everything runs
+on the CPU.
 
 After `--warmup` untimed steps each, timing alternates between the two models in ABBA order (ours, ref, ref,
 ours, ...) for `--repeats` rounds of `--steps` steps, so that machine load drifting during the run affects
