@@ -91,7 +91,7 @@ def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: py
 
     def stopped(run, run_dir, resume, stop_hint):  # noqa: ANN001, ANN202
         hints.append(stop_hint)
-        return TrainResult(Path(run_dir), 3, 5.0, None, stopped="SIGTERM (on another rank)", signum=15)
+        return TrainResult(Path(run_dir), 3, 5.0, None, stopped="SIGTERM (on another rank)")
 
     monkeypatch.setattr(cocomix.train, "train", stopped)
     with pytest.raises(Stopped, match="stopped by SIGTERM") as stop:

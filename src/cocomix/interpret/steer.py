@@ -111,9 +111,14 @@ def teacher_activity(teacher: Any, sae: Any, tokens: torch.Tensor, start: int, c
         raise CocomixError(f"start: expected 1 to {tokens.shape[1] - 1} (the prompt's length), got {start}")
     hidden = teacher.hidden(tokens)                                                          # (B, S, d)
     values, indices, _ = sae.encode(hidden.to(sae.W_dec.dtype))                             # (B, S, k)
-    v, i = values[:, start - 1:-1], indices[:, start - 1:-1]                                # (B, N, k)
-    idx = torch.tensor(list(concepts), device=i.device)
-    return ((i[..., None] == idx) & (v[..., None] > 0)).any(dim=2).float().mean(dim=(0, 1))
+    return active_rate(values[:, start - 1:-1], indices[:, start - 1:-1], concepts)
+
+
+def active_rate(values: torch.Tensor, indices: torch.Tensor, concepts: Sequence[int]) -> torch.Tensor:
+    """(n,) share of the positions of an SAE encode, values and indices (B, N, k), where each latent of `concepts`
+    is active (in the TopK with a value above 0)."""
+    idx = torch.tensor(list(concepts), device=indices.device)
+    return ((indices[..., None] == idx) & (values[..., None] > 0)).any(dim=2).float().mean(dim=(0, 1))  # (n,)
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from cocomix.data import TokenStore
 from cocomix.errors import CocomixError
 from cocomix.interpret.inspect import mixing_seam
 from cocomix.interpret.labels import ConceptBook
-from cocomix.interpret.steer import check_steering, steer_student, steer_teacher
+from cocomix.interpret.steer import active_rate, check_steering, steer_student, steer_teacher
 from cocomix.model import Transformer
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
@@ -102,12 +102,9 @@ def read_continuations(teacher: Any, sae: Any, tokens: torch.Tensor, start: int,
     logits, hidden = teacher.forward_pass(tokens)                                          # (B,S,V), (B,S,d)
     logits = logits.float()
     values, indices, _ = sae.encode(hidden.to(sae.W_dec.dtype))                            # (B, S, k)
-    gen_v, gen_i = values[:, start:], indices[:, start:]                                   # (B, N, k)
-    idx = torch.tensor(list(concepts), device=gen_i.device)
-    active = ((gen_i[..., None] == idx) & (gen_v[..., None] > 0)).any(dim=2)               # (B, N, n)
     nll = torch.nn.functional.cross_entropy(logits[:, start - 1:-1].reshape(-1, logits.shape[-1]),
                                             tokens[:, start:].reshape(-1))
-    return active.float().mean(dim=(0, 1)), float(nll)
+    return active_rate(values[:, start:], indices[:, start:], concepts), float(nll)
 
 
 def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore, book: ConceptBook,

@@ -80,12 +80,10 @@ class TrainResult:
     """The signal (SIGTERM / SIGINT) that stopped the run early, after writing a checkpoint; '' when it finished."""
     skipped_steps: int = 0
     """Steps skipped for a non-finite gradient norm, over the whole run."""
-    signum: int = 0
-    """The number of the signal in `stopped` (0 when the run finished)."""
-
-    def __post_init__(self) -> None:
-        if self.stopped and not self.signum:  # built with the signal's name only
-            self.signum = int(signal.Signals[self.stopped.split()[0]])
+    @property
+    def signum(self) -> int:
+        """The number of the signal in `stopped` (0 when the run finished)."""
+        return int(signal.Signals[self.stopped.split()[0]]) if self.stopped else 0
 
     @property
     def exit_code(self) -> int:
@@ -291,7 +289,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)), int(state.get("bad_steps_in_a_row", 0)))
     interval = IntervalMeans()  # logged metrics are means over the logging interval, as the official trainer's
     interval.load(state.get("log_interval"), device)
-    inject, stopped, last_ckpt, done, signum = _injected_nan_steps(), "", ckpt, start, 0
+    inject, stopped, last_ckpt, done = _injected_nan_steps(), "", ckpt, start
     model.train()
     try:  # the loggers are closed (TensorBoard flushed, the wandb run finished) however the loop ends
         with StopSignals() as signals:
@@ -380,4 +378,4 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     finally:
         logger.close()
     return TrainResult(run_dir=run_dir, steps=done if stopped else tc.steps, train_loss=train_loss,
-                       val_loss=val_loss, stopped=stopped, skipped_steps=bad.total, signum=signum if stopped else 0)
+                       val_loss=val_loss, stopped=stopped, skipped_steps=bad.total)
