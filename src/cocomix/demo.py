@@ -61,7 +61,7 @@ def _student_runs(data: Path, out: Path, steps: int, n_latents: int) -> dict[str
     return {"ntp": ntp, "cocomix": coco}
 
 
-def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, timings: dict[str, float],
+def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, timings: dict[str, float | None],
                    selections: tuple[str, ...] = ("attribution",)) -> int:
     """The stages every comparison needs: data, teacher, SAE and one target cache per selection rule
     (OUT/targets for attribution, OUT/targets-activation for activation); returns the SAE width."""

@@ -23,6 +23,7 @@ import contextlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,12 @@ from cocomix.config import ATTRIBUTION_LOSSES
 from cocomix.errors import CheckpointError, CocomixWarning, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.transformer import checkpointed
+from cocomix.teacher_blocks import find_blocks, text_config
 from cocomix.teacher_eq1 import PerPositionGradients, TeacherPass
+
+if TYPE_CHECKING:
+    from cocomix.data.store import TokenStore
+    from cocomix.sae.topk import TopKSAE
 
 
 class _Captured(BaseException):
@@ -71,28 +77,7 @@ _SOFTCAPS = ("final_logit_softcapping", "softcap")
 _LOGIT_SCALES = ("logit_scale", "logits_scaling", "output_multiplier")
 
 
-def text_config(model: nn.Module) -> object | None:
-    """An HF model's language-model config (a multimodal model's text part; the config itself otherwise)."""
-    cfg = getattr(model, "config", None)
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-
-
-def find_blocks(model: nn.Module) -> nn.ModuleList:
-    """The decoder-block list of an HF causal LM or a cocomix Transformer (the ModuleList of n_layer blocks).
-    A multimodal model (Gemma 3 and the like, which `AutoModelForCausalLM` also loads) is searched in its text
-    decoder only, never in its vision tower."""
-    if hasattr(model, "blocks") and isinstance(model.blocks, nn.ModuleList):
-        return model.blocks
-    n = getattr(text_config(model), "num_hidden_layers", None)
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    root = decoder if isinstance(decoder, nn.Module) else model
-    for _, module in root.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n is None or len(module) == n):
-            return module
-    raise CheckpointError(f"{type(model).__name__}: cannot find its list of decoder blocks")
-
-
-def _logits(out: object) -> torch.Tensor:
+def _logits(out: Any) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]  # HF ModelOutput or cocomix ModelOutput
 
 
@@ -187,7 +172,7 @@ class Teacher(PerPositionGradients):
                       for m in self.model.modules())  # OPT's table has 2 extra rows
         return limit if learned else None
 
-    def check_store(self, store: object, seq_len: int, length: str = "seq_len") -> None:
+    def check_store(self, store: TokenStore, seq_len: int, length: str = "seq_len") -> None:
         """ConfigError when the teacher cannot read the store's windows: ids it cannot embed or that stand for
         other tokens (a different tokenizer), windows longer than its position table, or windows with no next
         token to predict. `length` names the setting that gave `seq_len`, for the message."""
@@ -215,7 +200,7 @@ class Teacher(PerPositionGradients):
             return "layer_norm"
         return "rms_norm" if any("rmsnorm" in n for n in names) else None
 
-    def fit_sae(self, sae: object) -> object:
+    def fit_sae(self, sae: TopKSAE) -> TopKSAE:
         """`sae` as this teacher's activations need it. A SAELens SAE trained on TransformerLens activations with
         `center_writing_weights` centres its input (`center_input`); TransformerLens centres LayerNorm models only,
         so for an RMSNorm teacher (Llama, Gemma, Qwen, Mistral) the SAE saw uncentred activations: centring is
@@ -364,7 +349,7 @@ class Teacher(PerPositionGradients):
                               "choose a teacher_layer below the run's concept_layer")
         return leaf
 
-    def _split(self) -> tuple[object, nn.Module] | None:
+    def _split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
         """(trunk: ids -> final normed hidden states, the linear LM head), or None when the model has no such
         split (no base model, a non-linear head, logit soft-capping or scaling in the config)."""
         m = self.model

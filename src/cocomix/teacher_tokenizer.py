@@ -15,18 +15,22 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cocomix.errors import CocomixWarning, ConfigError
+
+if TYPE_CHECKING:
+    from cocomix.data.store import TokenStore
 
 _HINT = "prepare the data with the teacher's tokenizer (cocomix prepare --tokenizer ...)"
 
 
-def check_teacher_tokenizer(kind: str, where: Path | str, store: object) -> None:
+def check_teacher_tokenizer(kind: str, where: Path | str, store: TokenStore) -> None:
     """DataError / ConfigError when the store's token ids stand for other tokens than the teacher's."""
     if kind == "run":
         from cocomix.runs import check_tokenizer
 
-        check_tokenizer(store.path / "tokenizer", where, _HINT, whose="the teacher run")
+        check_tokenizer(store.path / "tokenizer", Path(where), _HINT, whose="the teacher run")
         return
     theirs = folder_vocab(Path(where)) if kind == "hf" else None
     if theirs is None:

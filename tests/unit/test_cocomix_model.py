@@ -118,6 +118,36 @@ def test_llama_cocomix_matches_an_independent_reference_forward(mixing: str) -> 
     assert (out32.logits[0].double() - logits).abs().max() < 1e-5
 
 
+def _ref_pause_llama(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+    """Logits (T, V) of one sequence through a pause student: the pause slot (plus its token's state with
+    pause_slot "token") after every token from block `layer` on, the next token read from the slots."""
+    cfg, seam = model.cfg, model.seam
+    T = ids.shape[0]
+    x = model.wte.weight[ids]
+    for i in range(seam.layer):
+        x = _ref_block(x, model.blocks[i], list(range(T)), cfg)
+    seq, positions = [], []
+    for t in range(T):
+        seq += [x[t], seam.pause + (x[t] if seam.copy_token else 0)]
+        positions += [t, t]
+    y = torch.stack(seq)
+    for i in range(seam.layer, cfg.n_layer):
+        y = _ref_block(y, model.blocks[i], positions, cfg)
+    return _ref_rmsnorm(y[1::2], model.ln_f.weight, cfg.norm_eps) @ model.lm_head.weight.T
+
+
+@pytest.mark.parametrize("pause_slot", ["vector", "token"])
+def test_llama_pause_matches_an_independent_reference_forward(pause_slot: str) -> None:
+    """The pause baseline predicts each next token from its slot, not from the token's own position."""
+    torch.manual_seed(0)
+    model = Pause(_run("pause", flavour="llama", pause_slot=pause_slot)).build_model().double().eval()
+    _randomize(model)
+    ids = torch.randint(0, 97, (2, 9))
+    logits = model(ids).logits
+    for b in range(2):
+        assert (logits[b] - _ref_pause_llama(model, ids[b])).abs().max() < 1e-10
+
+
 # ------------------------------------------------------------------ causality, NTP equivalence, generation
 
 
@@ -186,6 +216,10 @@ def test_steering_scales_the_chosen_logits_before_the_topk() -> None:
     assert not torch.allclose(steered[0, 0], base[0, 0])
     seam.steer(None)
     assert torch.equal(seam.concept_vector(logits, mu, sd), base)
+    with pytest.raises(ValueError, match="alphas of the concepts' shape"):
+        seam.steer(torch.tensor([weakest]))  # concepts without their α
+    with pytest.raises(ValueError, match=r"\(2,\), got \(1,\)"):
+        seam.steer(torch.tensor([1, 2]), torch.tensor([3.0]))
 
 
 def test_pause_model_is_a_pause_vector_after_each_token() -> None:
@@ -202,6 +236,14 @@ def test_pause_slots_are_the_pause_vector_or_the_token_plus_it(pause_slot: str) 
     expected = model.seam.pause + (h if pause_slot == "token" else 0)  # (2, 5, 32) or (32,)
     assert torch.equal(seq[:, 0::2], h) and torch.equal(seq_pos, pos.repeat_interleave(2))
     assert torch.allclose(seq[:, 1::2], expected.expand(2, 5, 32))
+
+
+@pytest.mark.parametrize("target", ["concepts", "hidden"])
+def test_cocomix_loss_before_prepare_is_a_clear_error(target: str) -> None:
+    method = CoCoMix(_run(target=target, d_teacher=24))
+    model = method.build_model()
+    with pytest.raises(RuntimeError, match=r"prepare\(\) was not called"):
+        method.loss(model, Batch(torch.randint(0, 97, (1, 16)), None))
 
 
 def test_hidden_ablation_losses_equal_hand_values() -> None:

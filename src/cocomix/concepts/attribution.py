@@ -31,11 +31,17 @@ each position's ranking, hence the targets, unchanged; it is not applied.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from cocomix.config import ATTRIBUTION_LOSSES, GRADIENT_POINTS
 from cocomix.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
 SELECTIONS = ("attribution", "activation")
 MULTIPLIERS = ("activation", "pre_activation")
@@ -85,7 +91,7 @@ def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: to
     return torch.cat(out).view(B, T, k_attr)
 
 
-def check_target_options(sae: object, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
+def check_target_options(sae: TopKSAE, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
                          gradient_at: str) -> None:
     """ConfigError for target options that do not fit together or the SAE (before any work is done)."""
     for name, value, allowed in (("multiplier", multiplier, MULTIPLIERS), ("selection", selection, SELECTIONS),
@@ -107,7 +113,7 @@ def check_target_options(sae: object, k_attr: int, selection: str, multiplier: s
 
 
 @torch.no_grad()
-def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int = 4,
+def compute_targets(teacher: Teacher, sae: TopKSAE, ids: torch.Tensor, k_attr: int = 4,
                     selection: str = "attribution", multiplier: str = "activation",
                     attribution_loss: str = "window_mean", gradient_at: str = "residual") -> torch.Tensor:
     """Concept targets (B, T, k_attr) int64 for windows ids (B, T); the final position is INVALID (-1).
@@ -148,7 +154,7 @@ def compute_targets(teacher: object, sae: object, ids: torch.Tensor, k_attr: int
 
 
 @torch.no_grad()
-def reconstruction(sae: object, hidden: torch.Tensor) -> torch.Tensor:
+def reconstruction(sae: TopKSAE, hidden: torch.Tensor) -> torch.Tensor:
     """The SAE's reconstruction D(TopK(E(h))) of hidden (B, T, d) in the residual's dtype, in row chunks."""
     if hidden.shape[-1] != sae.d_in:
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width {hidden.shape[-1]}")

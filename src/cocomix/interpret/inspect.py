@@ -21,7 +21,7 @@ from cocomix.data.tokenizer import token_texts
 from cocomix.errors import CocomixError
 from cocomix.interpret.labels import ConceptBook, visible
 from cocomix.model import Transformer
-from cocomix.model.concept import ConceptSeam, HiddenSeam
+from cocomix.model.concept import ConceptSeam
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TokenConcepts:
 
 def concept_seam(model: Transformer) -> ConceptSeam:
     """The model's concept seam, or a clear error for models without one (NTP, KD, pause, hidden ablation)."""
-    if not isinstance(model.seam, ConceptSeam) or isinstance(model.seam, HiddenSeam):  # HiddenSeam: no concepts
+    if not isinstance(model.seam, ConceptSeam):
         kind = {None: "a plain LM (NTP or KD)", "PauseSeam": "a pause-token model",
                 "HiddenSeam": "the hidden-state ablation"}.get(type(model.seam).__name__ if model.seam else None,
                                                                  type(model.seam).__name__)

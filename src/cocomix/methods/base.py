@@ -10,12 +10,16 @@ from another package that logs no `loss` metric has its returned objective logge
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from cocomix.config import RunConfig
 from cocomix.model import ModelOutput, Transformer
+
+if TYPE_CHECKING:
+    from cocomix.data.store import TokenStore
 
 
 def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -54,17 +58,18 @@ class Method:
     def build_model(self) -> Transformer:
         return Transformer(self.run.model)
 
-    def prepare(self, device: torch.device, store: object) -> None:
+    def prepare(self, device: torch.device, store: TokenStore) -> None:
         """Load what training needs besides the student (teacher, SAE, target cache) and check it against the
         token store; inference (eval, generate) does not call it."""
 
-    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """batch.ids (B, T) -> (loss to back-propagate, metrics to log: scalar tensors or numbers). The metric
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """batch.ids (B, T) -> (loss to back-propagate, metrics to log: scalar tensors or numbers). `model` is the
+        student as training runs it (possibly compiled, or wrapped by DDP / FSDP). The metric
         `loss` is the next-token CE every run reports (`compare`, the progress line); a method that gives none
         gets the returned loss logged under that name."""
         raise NotImplementedError
 
-    def student_loss(self, model: Transformer, ids: torch.Tensor,
+    def student_loss(self, model: torch.nn.Module, ids: torch.Tensor,
                      **kwargs: torch.Tensor) -> tuple[torch.Tensor, ModelOutput]:
         """(next-token CE of the student on ids (B, T), its output): from whole logits, or with
         `train.chunked_lm_loss` through the head in row chunks (no logits in the output)."""
@@ -74,6 +79,6 @@ class Method:
         out = model(ids, **kwargs)
         return next_token_loss(out.logits, ids), out
 
-    def eval_loss(self, model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+    def eval_loss(self, model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         """Next-token CE of the model on ids (B, T); what validation loss and perplexity report."""
         return self.student_loss(model, ids)[0]

@@ -30,6 +30,9 @@ from cocomix.teacher import teacher_dtype, teacher_precision
 if TYPE_CHECKING:
     from cocomix.concepts.cache import TargetCache
     from cocomix.config import RunConfig
+    from cocomix.data.store import TokenStore
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
 
 def training_targets(targets: torch.Tensor, mask_last: bool = True) -> torch.Tensor:
@@ -73,23 +76,23 @@ class CoCoMix(Method):
 
     name = "cocomix"
 
-    def __init__(self, run) -> None:  # noqa: ANN001 - RunConfig (import cycle)
+    def __init__(self, run: RunConfig) -> None:
         super().__init__(run)
-        self.teacher = None
-        self.sae = None
-        self.cache = None
+        self.teacher: Teacher | None = None  # set by prepare (online targets, or the hidden-state ablation)
+        self.sae: TopKSAE | None = None
+        self.cache: TargetCache | None = None  # set by prepare with concept.cache
 
     def build_model(self) -> Transformer:
         m, c = self.run.model, self.run.concept
         model = Transformer(m)
         if c.target == "hidden":
-            seam = HiddenSeam(c.concept_layer, m.d_model, c.d_teacher, c.mixing, m.init_std)
+            seam: ConceptSeam | HiddenSeam = HiddenSeam(c.concept_layer, m.d_model, c.d_teacher, c.mixing, m.init_std)
         else:
             seam = ConceptSeam(c.concept_layer, m.d_model, c.n_latents, c.mix_k, c.mixing, m.init_std)
         model.set_seam(seam)
         return model
 
-    def prepare(self, device: torch.device, store: object) -> None:
+    def prepare(self, device: torch.device, store: TokenStore) -> None:
         from cocomix.sae import load_sae
         from cocomix.sae.fit import check_sae_fit
         from cocomix.teacher import Teacher
@@ -151,12 +154,14 @@ class CoCoMix(Method):
                                    multiplier=c.multiplier, attribution_loss=c.attribution_loss,
                                    gradient_at=c.gradient_at)
 
-    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.run.concept
         if c.lambda_concept == 0:
             ntp, _ = self.student_loss(model, batch.ids)
             return ntp, {"loss": ntp.detach()}
         if c.target == "hidden":
+            if self.teacher is None:
+                raise RuntimeError("CoCoMix.prepare() was not called before training")
             ntp, out = self.student_loss(model, batch.ids)
             with teacher_precision(c.teacher_precision, batch.ids.device):
                 hidden = self.teacher.hidden(batch.ids)  # the forward ends at the capture block
@@ -171,7 +176,7 @@ class CoCoMix(Method):
         return total, {"loss": ntp.detach(), "concept_loss": aux.detach(), "total_loss": total.detach()}
 
 
-def open_cache(path: str, run: RunConfig, store: object) -> TargetCache:
+def open_cache(path: str, run: RunConfig, store: TokenStore) -> TargetCache:
     """The target cache for this run, checked against its settings and token store."""
     from cocomix.concepts.cache import TargetCache, sae_sha256, teacher_fingerprint
     from cocomix.train.resume import store_identity

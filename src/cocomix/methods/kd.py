@@ -8,13 +8,19 @@ student must share the tokenizer; a teacher whose vocabulary differs from the st
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from cocomix.errors import ConfigError
 from cocomix.methods.base import Batch, Method, next_token_loss
-from cocomix.model import Transformer
 from cocomix.teacher import teacher_dtype, teacher_precision
+
+if TYPE_CHECKING:
+    from cocomix.config import RunConfig
+    from cocomix.data.store import TokenStore
+    from cocomix.teacher import Teacher
 
 
 def kl_teacher_student(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
@@ -30,11 +36,11 @@ class KD(Method):
 
     name = "kd"
 
-    def __init__(self, run) -> None:  # noqa: ANN001 - RunConfig
+    def __init__(self, run: RunConfig) -> None:
         super().__init__(run)
-        self.teacher = None
+        self.teacher: Teacher | None = None  # set by prepare
 
-    def prepare(self, device: torch.device, store: object) -> None:
+    def prepare(self, device: torch.device, store: TokenStore) -> None:
         from cocomix.teacher import Teacher
 
         c = self.run.concept
@@ -47,7 +53,7 @@ class KD(Method):
                               f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size}")
         self.teacher.check_store(store, self.run.data.seq_len)
 
-    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.teacher is None:
             raise RuntimeError("KD.prepare() was not called before training")
         lam = self.run.concept.lambda_kd

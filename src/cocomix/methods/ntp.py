@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from cocomix.methods.base import Batch, Method
-from cocomix.model import Transformer
 
 
 class NTP(Method):
@@ -14,6 +13,6 @@ class NTP(Method):
     name = "ntp"
     concept_settings = ()
 
-    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, _ = self.student_loss(model, batch.ids)
         return loss, {"loss": loss.detach()}

@@ -23,6 +23,6 @@ class Pause(Method):
                                  copy_token=self.run.concept.pause_slot == "token"))
         return model
 
-    def loss(self, model: Transformer, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, _ = self.student_loss(model, batch.ids)
         return loss, {"loss": loss.detach()}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MiB in fp32)
 
@@ -37,7 +38,7 @@ class ChunkedNLL(torch.autograd.Function):
     flows through the first only)."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,  # noqa: ANN001
+    def forward(ctx: FunctionCtx, h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
                 teacher: Tensor | None = None, lam: float = 0.0, teacher_rows: Tensor | None = None,
                 ) -> tuple[Tensor, Tensor, Tensor]:
         N, V = h.shape[0], weight.shape[0]
@@ -88,7 +89,7 @@ class ChunkedNLL(torch.autograd.Function):
         return both, nll, kl
 
     @staticmethod
-    def backward(ctx, g: Tensor, _g_nll: Tensor, _g_kl: Tensor) -> tuple:  # noqa: ANN001
+    def backward(ctx: FunctionCtx, g: Tensor, _g_nll: Tensor, _g_kl: Tensor) -> tuple:
         gh, gw, gb = ctx.saved_tensors
         w_dtype, b_dtype = ctx.dtypes
         return (None if gh is None else gh * g.to(gh.dtype),

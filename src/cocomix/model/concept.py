@@ -78,6 +78,9 @@ class ConceptSeam(Seam):
         """Multiply the logits of `concepts` (n,) by `alphas` (n,) before the TopK; None switches steering off.
         While steering, each forward records the TopK indices in `last_topk`. A concept whose scaled logit still
         ranks below the mix_k largest is not mixed: steering it changes nothing at that position."""
+        if concepts is not None and (alphas is None or alphas.shape != concepts.shape):
+            got = None if alphas is None else tuple(alphas.shape)
+            raise ValueError(f"steer: expected alphas of the concepts' shape {tuple(concepts.shape)}, got {got}")
         self._steer = None if concepts is None else (concepts.long(), alphas.float())
 
     def concept_logits(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -159,16 +162,17 @@ class ConceptSeam(Seam):
         return read_slots(h) if self.mixing == "insert" else h
 
 
-class HiddenSeam(ConceptSeam):
+class HiddenSeam(Seam):
     """Ablation (§3.3): predict the teacher's (normalised) hidden state with a 2-layer MLP instead of concepts,
-    then compress it to d (a linear map d_con -> d) and mix it in the same way."""
+    then compress it to d (a linear map d_con -> d) and mix it in the same way. It has no concepts: nothing to
+    inspect or steer."""
 
     def __init__(self, layer: int, d_model: int, d_teacher: int, mixing: str = "insert",
                  init_std: float = 0.02) -> None:
-        Seam.__init__(self, layer)
+        super().__init__(layer)
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
-        self.mixing, self._steer = mixing, None
+        self.mixing = mixing
         self.pre_bias = nn.Parameter(torch.zeros(d_model))
         self.predictor = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_teacher))
         self.compress = nn.Linear(d_teacher, d_model)
@@ -187,6 +191,9 @@ class HiddenSeam(ConceptSeam):
         if self.mixing == "add":
             return h + c, pos, aux
         return interleave(h, c), pos.repeat_interleave(2), aux
+
+    def read(self, h: Tensor) -> Tensor:
+        return read_slots(h) if self.mixing == "insert" else h
 
 
 class PauseSeam(Seam):

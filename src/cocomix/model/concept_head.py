@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MiB in fp32)
 
@@ -39,7 +40,7 @@ class ConceptHeadFn(torch.autograd.Function):
     none); outputs values (N, k), indices (N, k) int64, loss (scalar; fp32, fp64 for fp64 inputs)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, k: int,  # noqa: ANN001
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, k: int,
                 ) -> tuple[Tensor, Tensor, Tensor]:
         N, C = x.shape[0], weight.shape[0]
         rows = chunk_rows(C)
@@ -68,7 +69,7 @@ class ConceptHeadFn(torch.autograd.Function):
         return values, indices, loss
 
     @staticmethod
-    def backward(ctx, g_values: Tensor | None, g_indices: Tensor | None,  # noqa: ANN001
+    def backward(ctx: FunctionCtx, g_values: Tensor | None, g_indices: Tensor | None,
                  g_loss: Tensor | None) -> tuple:
         x, weight, bias, targets, lse, indices, valid, n_valid = ctx.saved_tensors
         dt = ctx.compute_dtype

@@ -8,6 +8,7 @@ Nothing here unpickles arbitrary objects: safetensors files hold tensors only, a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def get_tensor(tensors: dict[str, Any], key: str, path: Path, ndim: int) -> Tensor:
+def get_tensor(tensors: Mapping[str, Any], key: str, path: Path, ndim: int) -> Tensor:
     """`tensors[key]`, checked to be a floating-point tensor with `ndim` dimensions."""
     if key not in tensors:
         present = ", ".join(sorted(map(str, tensors))) or "none"

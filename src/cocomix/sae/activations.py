@@ -10,17 +10,22 @@ Nothing depends on earlier steps, so a resumed run recomputes exactly the batche
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from cocomix.data import TokenStore
 from cocomix.data.sampler import WindowSampler
 
+if TYPE_CHECKING:
+    from cocomix.teacher import Teacher
+
 
 class ActivationChunks:
     """Shuffled batches of teacher activations (see the module docstring)."""
 
-    def __init__(self, store: TokenStore, teacher: object, seq_len: int, chunk_tokens: int, batch_tokens: int,
+    def __init__(self, store: TokenStore, teacher: Teacher, seq_len: int, chunk_tokens: int, batch_tokens: int,
                  teacher_batch: int, seed: int) -> None:
         self.store, self.teacher, self.seq_len = store, teacher, seq_len
         self.windows = chunk_tokens // seq_len

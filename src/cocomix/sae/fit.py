@@ -18,10 +18,15 @@ student read by the demo's SAE: 1.66).
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 
 from cocomix.errors import CocomixWarning
+
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
 FVU_WARN = 0.5
 """Above this FVU the SAE explains less than half of the teacher's activations: a warning names the likely causes."""
@@ -38,7 +43,7 @@ class FVUSums:
         self.rows = 0
 
     @torch.no_grad()
-    def add(self, sae: torch.nn.Module, x: torch.Tensor, values: torch.Tensor | None = None,
+    def add(self, sae: TopKSAE, x: torch.Tensor, values: torch.Tensor | None = None,
             indices: torch.Tensor | None = None, info: dict[str, torch.Tensor] | None = None) -> None:
         """Rows x (N, d), with their encoding (values, indices (N, k), info) when the caller already has it."""
         if values is None or indices is None or info is None:
@@ -63,14 +68,14 @@ class FVUSums:
         return self.err / variance if variance > 0 else float("nan")
 
 
-def sae_fvu(sae: torch.nn.Module, x: torch.Tensor) -> float:
+def sae_fvu(sae: TopKSAE, x: torch.Tensor) -> float:
     """FVU of `sae` on activations x (N, d), in the SAE's normalised input space (float64 sums)."""
     sums = FVUSums()
     sums.add(sae, x)
     return sums.value()
 
 
-def check_sae_fit(teacher: object, sae: torch.nn.Module, ids: torch.Tensor, sae_field: str) -> float:
+def check_sae_fit(teacher: Teacher, sae: TopKSAE, ids: torch.Tensor, sae_field: str) -> float:
     """FVU of `sae` on `teacher`'s block-`teacher.layer` output for ids (B, T); warns (naming `sae_field`)
     when it exceeds FVU_WARN. Returns the FVU."""
     h = teacher.hidden(ids)  # (B, T, d)

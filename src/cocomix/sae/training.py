@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ from cocomix.sae.train_config import SAETrainConfig
 from cocomix.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from cocomix.train.guard import LOCK_NAME, RunLock, StopSignals
 from cocomix.train.metrics import MetricsLogger, Throughput
+
+if TYPE_CHECKING:
+    from cocomix.teacher import Teacher
 
 ADAM_EPS = 6.25e-10  # OpenAI sparse_autoencoder
 INIT_SAMPLE = 32768  # activations used for the geometric-median init of pre_bias
@@ -145,7 +148,7 @@ def _finished_report(cfg: SAETrainConfig, out: Path) -> SAEReport | None:
 
 
 @torch.no_grad()
-def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> dict[str, float]:
+def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> dict[str, float | int]:
     """FVU (raw and normalised space), L0 and never-fired fraction on the first validation windows."""
     store, T = chunks.store, chunks.seq_len
     n_windows = min(store.num_chunks("val", T), max(1, eval_tokens // T))
@@ -165,7 +168,7 @@ def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> di
             "unseen_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": fvu.rows}
 
 
-def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: bool = False) -> SAEReport:
+def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: Teacher, quiet: bool = False) -> SAEReport:
     """Train (or resume) an SAE for `teacher` (a cocomix.teacher.Teacher) as `cfg` says; returns the eval report."""
     out = Path(out_dir)
     t_start = time.perf_counter()
@@ -183,7 +186,7 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: object, quiet: 
         lock.release(remove_empty_dir=created)
 
 
-def _train(cfg: SAETrainConfig, out: Path, teacher: object, store: TokenStore, quiet: bool,
+def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, quiet: bool,
            t_start: float) -> SAEReport:
     done_before = _finished_report(cfg, out)
     if done_before is not None:  # a rerun of a finished run: its SAE and report stand (nothing recomputed)
