@@ -62,12 +62,23 @@ def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, pa
 
 
 def test_interrupted_extraction_resumes_to_identical_files(store_dir: Path, tmp_path: Path,
-                                                           parts: tuple[Path, Path], full_cache: Path) -> None:
+                                                           parts: tuple[Path, Path], full_cache: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import cocomix.concepts.cache as cache_module
+
     partial = _extract(store_dir, tmp_path / "resumed", parts, max_windows=7)
     assert not partial["complete"]
-    with pytest.raises(Exception, match="incomplete"):
+    with pytest.raises(DataError, match="incomplete"):
         TargetCache.open(tmp_path / "resumed")
-    assert _extract(store_dir, tmp_path / "resumed", parts)["complete"]
+    rows: list[int] = []  # windows the resumed extraction computes targets for
+
+    def counted(teacher: Teacher, sae: TopKSAE, ids: torch.Tensor, **kw: object) -> torch.Tensor:
+        rows.append(ids.shape[0])
+        return compute_targets(teacher, sae, ids, **kw)
+
+    monkeypatch.setattr(cache_module, "compute_targets", counted)
+    meta = _extract(store_dir, tmp_path / "resumed", parts)
+    assert meta["complete"] and sum(rows) == sum(meta["windows"].values()) - 7  # none of the first 7 again
     for split in ("train", "val"):
         name = f"targets_{split}.bin"
         assert (full_cache / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()

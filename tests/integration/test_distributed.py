@@ -120,6 +120,7 @@ def test_checkpoint_from_two_processes_resumes_on_one(single: dict[str, Path], s
     assert "global batch of 2 windows" in r.stderr and "saved with 4" in r.stderr
     r = _train("tiny-cocomix", _sets(store_dir, concept_parts, 2, 2, log_every=2), resumed, resume=True)  # 1 × 2 × 2
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"steps 3->{STEPS} |" in r.stderr, r.stderr[-3000:]  # it went on from step 3, not from step 0
     assert _close(_losses(resumed), _losses(run)) and _close(_losses(resumed), means)
     a = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     b = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
@@ -216,6 +217,7 @@ def test_fsdp_checkpoint_of_an_optimizer_no_step_has_touched_resumes_exactly(sto
     (again / "checkpoints" / "latest").write_text("step_0000002\n")
     r = subprocess.run([*cmd[:-1], str(again), "--resume"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "steps 2->4 |" in r.stderr, r.stderr[-3000:]
     assert _losses(again) == losses, (_losses(again), losses)
     c = load_file(str(again / "checkpoints" / "step_0000004" / "model.safetensors"))
     assert all(torch.equal(a[k], c[k]) for k in a)
@@ -242,6 +244,7 @@ def test_two_processes_with_dropout_resume_exactly(single: dict[str, Path], stor
     r = _train("tiny", sets, resumed, procs=2, resume=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("does not match its checksum") == 1 and "resuming from" in r.stderr, r.stderr[-3000:]
+    assert f"steps 3->{STEPS} |" in r.stderr, r.stderr[-3000:]
     assert _losses(resumed) == losses, (_losses(resumed), losses)
     a = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))

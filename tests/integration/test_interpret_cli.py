@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,6 +89,9 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
     # α = 1 leaves the teacher unsteered: both concepts' reference texts are the same plain teacher continuation
     plain = [row["teacher_steered_nll"] for row in rows if row["alpha"] == 1.0]
     assert plain[0] == plain[1]
+    for c in (1, 2):  # α is applied: the steered rows differ from the unsteered α = 1
+        by_alpha = {row["alpha"]: row for row in rows if row["concept"] == c}
+        assert any(by_alpha[a]["mixed"] != by_alpha[1.0]["mixed"] for a in (-10.0, 0.0, 10.0)), by_alpha
     assert "teacher_ratio_max_alpha_over_zero" in result["summary"]
     md = (out / "steering.md").read_text()
     assert (out / "steering.png").stat().st_size > 1000 and "| #1 |" in md and "teacher steered (reference)" in md
@@ -100,6 +104,28 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
     assert 0.0 <= summary["fraction_near_initial"] <= 1.0 and summary["initial_norm"] > 0
     r = _cli("compression", str(runs["cocomix"]), "--out", str(runs["root"] / "comp"))  # its own output: replaced
     assert r.returncode == 0 and "holds a compression analysis; it is replaced" in r.stderr
+
+
+def test_steer_eval_steers_student_and_teacher_with_every_alpha(runs: dict[str, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each (concept, α) of the table is generated with that concept and α, by the student and by the teacher (the
+    tiny random teacher's greedy text rarely changes under steering, so its rows alone cannot show this)."""
+    import cocomix.interpret.steer_eval as se
+    from cocomix.cli import main
+
+    seen: dict[str, list[tuple[list[int], list[float]]]] = {"student": [], "teacher": []}
+    for who, real, at in (("student", se.steer_student, 2), ("teacher", se.steer_teacher, 3)):
+        def spy(*args: Any, _real: Any = real, _who: str = who, _at: int = at, **kw: Any) -> Any:
+            seen[_who].append((list(args[_at]), list(args[_at + 1])))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(se, f"steer_{who}", spy)
+    out = runs["root"] / "steering-spied"
+    assert main(["steer-eval", str(runs["cocomix"]), "--concepts", str(runs["concepts"]), "--concept", "1",
+                 "--concept", "2", "--alphas=-10,0,1,10", "--prompts", "2", "--prompt-len", "4", "--max-new-tokens",
+                 "2", "--teacher-check", "--out", str(out)]) == 0
+    want = [([c], [a]) for c in (1, 2) for a in (-10.0, 0.0, 1.0, 10.0)]
+    assert seen == {"student": want, "teacher": want}
 
 
 def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_dir: Path,

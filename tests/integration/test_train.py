@@ -33,6 +33,22 @@ def small_run(store: Path, **train_kw) -> RunConfig:
                      data=DataConfig(path=str(store), seq_len=32), train=TrainConfig(**t))
 
 
+def _count_micro_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one per NTP training micro-batch from now on: a resumed run must train only the steps
+    after its checkpoint (a run restarted from step 0 ends with the same weights, so equality alone cannot tell)."""
+    from cocomix.methods.ntp import NTP
+
+    calls: list[int] = []
+    original = NTP.loss
+
+    def counted(self: NTP, model: torch.nn.Module, batch: object) -> tuple:
+        calls.append(1)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(NTP, "loss", counted)
+    return calls
+
+
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     name = (run_dir / "checkpoints" / "latest").read_text().strip()
     return load_file(str(run_dir / "checkpoints" / name / "model.safetensors"))
@@ -81,7 +97,9 @@ def test_sigkill_then_resume_equals_uninterrupted(store_dir: Path, tmp_path: Pat
     assert proc.returncode == -signal.SIGKILL, "run finished before it could be killed; make it longer"
     resumed_from = latest.read_text().strip()
     assert resumed_from != "step_0000080"
-    subprocess.run(_cli("train", "--out", str(killed), "--resume"), check=True, env=env, capture_output=True)
+    r = subprocess.run(_cli("train", "--out", str(killed), "--resume"), check=True, env=env, capture_output=True,
+                       text=True)
+    assert f"steps {int(resumed_from[5:])}->80 |" in r.stderr, r.stderr[-2000:]  # it went on, not started over
 
     full, res = _weights(tmp_path / "full"), _weights(killed)
     assert full.keys() == res.keys()
@@ -107,7 +125,8 @@ def _train_events(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in e.items() if k not in ("tok_per_s", "train_s")} for e in events if e["kind"] == "train"]
 
 
-def test_logged_metrics_are_interval_means_and_survive_a_mid_interval_resume(store_dir: Path, tmp_path: Path) -> None:
+def test_logged_metrics_are_interval_means_and_survive_a_mid_interval_resume(store_dir: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     every = train(small_run(store_dir, steps=7, log_every=1, save_every=3, eval_every=0), tmp_path / "every",
                   quiet=True)
     per_step = _train_events(tmp_path / "every")
@@ -128,7 +147,9 @@ def test_logged_metrics_are_interval_means_and_survive_a_mid_interval_resume(sto
     for name in ("step_0000006", "step_0000007"):
         shutil.rmtree(resumed / "checkpoints" / name)
     (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
+    micro_batches = _count_micro_batches(monkeypatch)
     train(run, resumed, resume=True, quiet=True)
+    assert len(micro_batches) == (7 - 3) * 2  # steps 4 … 7, grad_accum 2
     assert _train_events(resumed) == logged
 
 
@@ -377,7 +398,8 @@ def test_a_student_too_large_for_memory_is_one_line_naming_its_shape(store_dir: 
     assert not (tmp_path / "huge").exists()
 
 
-def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, tmp_path: Path) -> None:
+def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     run = small_run(store_dir, steps=4, eval_every=0, save_every=2)
     stopped = small_run(store_dir, steps=2, eval_every=0, save_every=2)
     train(run, tmp_path / "straight", quiet=True)
@@ -385,7 +407,9 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
     (tmp_path / "resumed" / "config.json").write_text(run.to_json())  # as if stopped after step 2 of 4
     other = small_run(store_dir, steps=4, eval_every=1, save_every=1, keep_checkpoints=5, log_every=1,
                       eval_batches=1)
+    micro_batches = _count_micro_batches(monkeypatch)
     train(other, tmp_path / "resumed", resume=True, quiet=True)
+    assert len(micro_batches) == (4 - 2) * 2  # steps 3 and 4, grad_accum 2
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(CocomixError, match=r"config differs from the stored one: train.seed 1 -> 2"):

@@ -100,6 +100,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_equals_an_uninterrupted_run(stor
     assert 7 <= step < 60 and step != 25, f"stopped at {name}: not an off-schedule checkpoint"
     r = subprocess.run(_cli("train", "--out", str(stopped), "--resume"), env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert f"steps {step}->60 |" in r.stderr, r.stderr[-2000:]  # it went on from the checkpoint, not from step 0
     a = load_file(str(tmp_path / "full" / "checkpoints" / "step_0000060" / "model.safetensors"))
     b = load_file(str(stopped / "checkpoints" / "step_0000060" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), f"resume from {name} differs"

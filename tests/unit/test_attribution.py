@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cocomix.concepts import active_attribution, compute_targets, select_targets
+from cocomix.errors import ConfigError
 from cocomix.model import Transformer
 from cocomix.sae import TopKSAE
 from cocomix.teacher import Teacher
@@ -148,7 +149,7 @@ def test_next_token_targets_differ_from_window_mean_targets_and_are_recorded(tmp
     mean = compute_targets(teacher, sae, ids, k_attr=4)
     assert own.shape == mean.shape and (own[:, -1] == -1).all()
     assert not torch.equal(own, mean)
-    with pytest.raises(Exception, match="attribution_loss"):
+    with pytest.raises(ConfigError, match="attribution_loss"):
         compute_targets(teacher, sae, ids, attribution_loss="sum")
 
 

@@ -38,6 +38,20 @@ def _run(method: str, chunked: bool, tie: bool) -> RunConfig:
                      train=TrainConfig(chunked_lm_loss=chunked))
 
 
+def _chunked_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one per `ChunkedNLL` forward from now on (the rows it reads): whether the loss went
+    through the chunked head at all, which equal losses alone cannot tell."""
+    calls: list[int] = []
+    forward = cn.ChunkedNLL.forward
+
+    def spy(ctx, h, *args):  # noqa: ANN001, ANN202
+        calls.append(h.shape[0] * h.shape[1] if h.dim() == 3 else h.shape[0])
+        return forward(ctx, h, *args)
+
+    monkeypatch.setattr(cn.ChunkedNLL, "forward", staticmethod(spy))
+    return calls
+
+
 def _loss_and_grads(method: str, chunked: bool, tie: bool, ids: torch.Tensor,
                     targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     m = METHODS[method](_run(method, chunked, tie))
@@ -58,35 +72,43 @@ def test_chunked_loss_and_gradients_equal_whole_logits(method: str, tie: bool,
     ids = torch.randint(0, 97, (3, 16))
     targets = torch.randint(0, 80, (3, 16, 4))
     targets[:, -1] = -1
+    passes = _chunked_passes(monkeypatch)
     whole, g_whole = _loss_and_grads(method, False, tie, ids, targets)
+    assert passes == []  # the whole-logits path
     chunked, g_chunked = _loss_and_grads(method, True, tie, ids, targets)
+    assert len(passes) == 1 and passes[0] >= 3 * 15  # every position with a next token, in chunks of 7 rows
     assert torch.allclose(chunked, whole, rtol=1e-6)
     assert g_chunked.keys() == g_whole.keys()
     for name, g in g_whole.items():
         assert (g_chunked[name] - g).abs().max() <= 1e-5 * g.abs().max(), name  # fp32 rounding only
 
 
-def test_eval_loss_and_no_logits_with_chunked_loss() -> None:
+def test_eval_loss_and_no_logits_with_chunked_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     run = _run("ntp", True, True)
     m = METHODS["ntp"](run)
     model = m.build_model()
     ids = torch.randint(0, 97, (2, 16))
+    passes = _chunked_passes(monkeypatch)
     with torch.no_grad():
         got = m.eval_loss(model, ids)
+        assert len(passes) == 1
         whole = METHODS["ntp"](dataclasses.replace(run, train=TrainConfig())).eval_loss(model, ids)
+        assert len(passes) == 1
         assert model(ids, lm_loss=True).logits is None
     assert torch.allclose(got, whole, rtol=1e-6)
 
 
-def test_bf16_autocast_gives_close_loss_and_fp32_gradients() -> None:
+def test_bf16_autocast_gives_close_loss_and_fp32_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     ids = torch.randint(0, 97, (2, 16))
     out = {}
+    passes = _chunked_passes(monkeypatch)
     for chunked in (False, True):
         m = METHODS["ntp"](_run("ntp", chunked, True))
         torch.manual_seed(3)
         model = m.build_model()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, _ = m.loss(model, Batch(ids))
+        assert len(passes) == int(chunked)
         loss.backward()
         assert model.lm_head.weight.grad.dtype == torch.float32
         out[chunked] = (loss.detach(), model.lm_head.weight.grad)
@@ -127,12 +149,14 @@ def test_kd_with_chunked_loss_trains_as_with_whole_logits(method: str, monkeypat
     teacher = Teacher(Transformer(_run("ntp", False, True).model), layer=0)
     ids = torch.randint(0, 97, (3, 16))
     out = {}
+    passes = _chunked_passes(monkeypatch)
     for chunked in (False, True):
         m = METHODS[method](_run(method, chunked, False))
         m.teacher = teacher
         torch.manual_seed(3)
         model = m.build_model()
         loss, metrics = m.loss(model, Batch(ids))
+        assert len(passes) == int(chunked)  # the teacher's own forward takes the whole-logits path
         loss.backward()
         out[chunked] = (loss.detach(), metrics, {n: p.grad for n, p in model.named_parameters()})
     (whole, mw, gw), (chunk, mc, gc) = out[False], out[True]

@@ -76,6 +76,30 @@ def test_auxk_uses_only_dead_latents_and_trains_only_them() -> None:
     assert not torch.allclose(auxk, auxk_big)
 
 
+@pytest.mark.parametrize("k_aux", [3, 5, 6, 40])
+def test_auxk_equals_the_dense_formula(k_aux: int) -> None:
+    """AuxK (Gao et al. 2024): the top min(k_aux, n_dead) dead latents (ReLU) reconstruct the main error,
+    min(n_dead / k_aux, 1) · ‖e_hat − (x_n − recon)‖² / total variance, written out with dense matrices."""
+    sae = _sae()
+    x = torch.randn(64, 12, dtype=torch.float64)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[[3, 7, 20, 31, 40]] = True
+    _, auxk, _, _ = sae_losses(sae, x, dead, k_aux)
+    x_n, _ = sae.preprocess(x)
+    b_pre = sae.pre_bias if sae.encode_pre_bias else torch.zeros_like(sae.pre_bias)
+    pre = (x_n - b_pre) @ sae.W_enc.T + sae.latent_bias                      # (N, C)
+    top = torch.topk(pre, sae.k, dim=-1)
+    code = torch.zeros_like(pre).scatter(-1, top.indices, top.values.clamp_min(0))
+    error = x_n - (code @ sae.W_dec.T + sae.pre_bias)                        # (N, d)
+    dead_pre = pre.masked_fill(~dead, float("-inf"))
+    aux = torch.topk(dead_pre, min(k_aux, 5), dim=-1)
+    aux_code = torch.zeros_like(pre).scatter(-1, aux.indices, aux.values.clamp_min(0))
+    e_hat = aux_code @ sae.W_dec.T
+    total_var = ((x_n - x_n.mean(0)) ** 2).sum()
+    want = min(5 / k_aux, 1.0) * ((e_hat - error) ** 2).sum() / total_var
+    assert torch.allclose(auxk.detach(), want.detach(), rtol=1e-10), (float(auxk), float(want))
+
+
 def test_decoder_constraint_keeps_unit_columns_and_removes_parallel_gradient() -> None:
     sae = _sae()
     sae.W_dec.grad = torch.randn_like(sae.W_dec)
