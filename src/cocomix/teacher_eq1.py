@@ -17,8 +17,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from cocomix.errors import CocomixWarning, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
@@ -43,6 +45,21 @@ class TeacherPass:
 
 class PerPositionGradients:
     """Eq. 1 gradients for `Teacher` (see the module docstring); the methods use the Teacher's state."""
+
+    if TYPE_CHECKING:  # what the methods read from `Teacher` (declared for readers and type checkers only)
+        model: nn.Module
+        blocks: nn.ModuleList
+        checkpointed: bool
+        next_token_mode: str | None
+        _leaf: torch.Tensor | None
+        _replace: torch.Tensor | None
+
+        def _can_split(self, ids: torch.Tensor) -> bool: ...
+        def _split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None: ...
+        def _take_leaf(self, ids: torch.Tensor) -> torch.Tensor: ...
+        def _whole_nll(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+        def checkpoint_blocks(self) -> None: ...
+        def _uncheckpoint_blocks(self) -> None: ...
 
     def _own_position_pass(self, ids: torch.Tensor, streams: Streams | None = None) -> TeacherPass:
         """The Eq. 1 gradient in one backward pass: with own-position attention, the gradient of Σ_t NLL_t at
