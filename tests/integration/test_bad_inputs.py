@@ -70,7 +70,7 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
 # (name, argv with {placeholders}, expected fragment of the error line)
 CASES = [
     ("train-no-config", ["train", "--out", "{root}/o1"], "give --preset NAME or --config FILE"),
-    ("train-unknown-preset", ["train", "--preset", "nope", "--out", "{root}/o2"], "nope"),
+    ("train-unknown-preset", ["train", "--preset", "nope", "--out", "{root}/o2"], "unknown preset 'nope'"),
     ("train-negative-lr", ["train", "--config", "{root}/run.json", "--set", "train.lr=-1", "--out", "{root}/o3"],
      "train.lr"),
     ("train-zero-steps", ["train", "--config", "{root}/run.json", "--set", "train.steps=0", "--out", "{root}/o4"],
@@ -91,7 +91,7 @@ CASES = [
     ("train-missing-store", ["train", "--config", "{root}/run.json", "--set", "data.path={root}/nostore", "--out",
                              "{root}/o13"], "nostore"),
     ("train-vocab-too-small", ["train", "--config", "{root}/run.json", "--set", "model.vocab_size=100", "--out",
-                               "{root}/o14"], "vocab"),
+                               "{root}/o14"], "model.vocab_size is 100; set model.vocab_size >= 320"),
     ("train-window-too-long", ["train", "--config", "{root}/run.json", "--set", "data.seq_len=100000", "--out",
                                "{root}/o15"], "seq_len"),
     ("train-out-is-a-file", ["train", "--config", "{root}/run.json", "--out", "{root}/afile"], "afile"),
@@ -154,7 +154,7 @@ CASES = [
     ("train-sae-layer-out-of-range", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "99", "--data",
                                       "{store}", "--out", "{root}/s2"], "--teacher-layer: expected a block index"),
     ("train-sae-zero-k", ["train-sae", "--teacher", "{teacher}", "--teacher-layer", "1", "--data", "{store}",
-                          "--k", "0", "--out", "{root}/s3"], "k"),
+                          "--k", "0", "--out", "{root}/s3"], "--k: expected a positive integer, got 0"),
     ("extract-missing-sae", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",
                              "1", "--sae", "{root}/nosae", "--seq-len", "32", "--out", "{root}/e1"], "nosae"),
     ("extract-not-an-sae", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer",

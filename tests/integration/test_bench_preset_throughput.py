@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,7 @@ def test_preset_throughput_trains_each_preset_and_reports_mfu(tmp_path: Path) ->
     for res in (ntp, coco):
         assert res["steps"] == 4 and res["log_intervals_timed"] == 1 and res["tokens_per_s"] > 0
         assert res["mfu"] == res["achieved_tflops"] / 2 and res["gpu_peak_gib"] is None  # CPU: no GPU memory
+        assert res["achieved_tflops"] == pytest.approx(res["tokens_per_s"] * res["model_flops_per_token"] / 1e12)
     # online CoCoMix counts the frozen teacher and SAE on top of its student
     assert coco["model_flops_per_token"] > coco["student_flops_per_token"]
     assert ntp["model_flops_per_token"] == ntp["student_flops_per_token"]

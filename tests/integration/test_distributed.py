@@ -44,8 +44,10 @@ def _train(preset: str, sets: list[str], out: Path, procs: int = 1, resume: bool
 
 
 def _losses(run: Path) -> list[dict[str, float]]:
+    """Logged training losses and pre-clip gradient norms (a gradient summed instead of averaged over micro-batches
+    shows in the norm only: clipping and AdamW's normalisation hide its scale from the losses)."""
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: e[k] for k in ("loss", "concept_loss") if k in e} for e in events if e["kind"] == "train"]
+    return [{k: e[k] for k in ("loss", "concept_loss", "grad_norm") if k in e} for e in events if e["kind"] == "train"]
 
 
 def _val_losses(run: Path) -> list[dict[str, float]]:

@@ -46,6 +46,7 @@ def test_cocomix_trains_with_a_bf16_teacher(store_dir: Path, concept_parts: tupl
                                      [*overrides, "concept.teacher_dtype=bfloat16"]))
     res = train(run, tmp_path / "run", quiet=True)
     assert seen[0].teacher.dtype_name == "bfloat16" and torch.isfinite(torch.tensor(res.train_loss))
+    assert seen[0].sae.W_enc.dtype == seen[0].sae.W_dec.dtype == torch.float32  # the SAE stays fp32
 
 
 def test_the_cache_records_the_teacher_dtype(store_dir: Path, concept_parts: tuple[Path, Path],

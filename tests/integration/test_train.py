@@ -49,6 +49,21 @@ def _count_micro_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _record_optimizer_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[set[float], float]]:
+    """A list that grows by (the learning rates of the param groups, the global gradient norm) at every AdamW
+    step from now on: what the optimizer is actually given, whatever the loop logs."""
+    seen: list[tuple[set[float], float]] = []
+    real = torch.optim.AdamW.step
+
+    def step(self: torch.optim.AdamW, *args: object, **kwargs: object) -> object:
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(({group["lr"] for group in self.param_groups}, float(torch.nn.utils.get_total_norm(grads))))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    return seen
+
+
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     name = (run_dir / "checkpoints" / "latest").read_text().strip()
     return load_file(str(run_dir / "checkpoints" / name / "model.safetensors"))
@@ -151,6 +166,35 @@ def test_logged_metrics_are_interval_means_and_survive_a_mid_interval_resume(sto
     train(run, resumed, resume=True, quiet=True)
     assert len(micro_batches) == (7 - 3) * 2  # steps 4 … 7, grad_accum 2
     assert _train_events(resumed) == logged
+
+
+def test_each_step_follows_the_schedule_clips_and_logs_what_it_trained_on(store_dir: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every optimizer step runs at lr_at(step) (linear warm-up, then cosine), on gradients clipped to
+    train.grad_clip; the logged grad_norm is the norm before clipping, and the logged loss the mean of the losses
+    the method returned for the step's micro-batches."""
+    from cocomix.methods.ntp import NTP
+    from cocomix.train.optim import lr_at
+
+    run = small_run(store_dir, steps=6, warmup_steps=2, log_every=1, eval_every=0, save_every=0, grad_clip=0.05)
+    steps = _record_optimizer_steps(monkeypatch)
+    returned: list[float] = []
+    real_loss = NTP.loss
+
+    def loss(self: NTP, model: torch.nn.Module, batch: object) -> tuple:
+        out = real_loss(self, model, batch)
+        returned.append(float(out[0]))
+        return out
+
+    monkeypatch.setattr(NTP, "loss", loss)
+    train(run, tmp_path / "r", quiet=True)
+    want = [lr_at(s, run.train) for s in range(6)]
+    assert [lrs for lrs, _ in steps] == [{lr} for lr in want] and want[1] < want[2] > want[5] > 0
+    assert all(norm <= 0.05 * (1 + 1e-5) for _, norm in steps)
+    logged = _train_events(tmp_path / "r")
+    assert [e["step"] for e in logged] == list(range(1, 7)) and all(e["grad_norm"] > 0.05 for e in logged)
+    for e in logged:  # grad_accum 2: micro-batches 2(s−1) and 2(s−1)+1 of step s
+        assert e["loss"] == pytest.approx(sum(returned[2 * e["step"] - 2:2 * e["step"]]) / 2, rel=1e-6)
 
 
 def test_refuses_to_overwrite_an_existing_run(store_dir: Path, tmp_path: Path) -> None:
@@ -417,16 +461,19 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
 
 
 def test_resume_may_lower_the_learning_rate_and_move_the_store(store_dir: Path, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+                                                               capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """After a divergence the run continues from its checkpoint with a lower train.lr (said, and used); a store
     copied elsewhere (node-local scratch) is accepted at its new data.path, its identity still checked."""
     train(small_run(store_dir, steps=2, eval_every=0, save_every=2), tmp_path / "r", quiet=True)
     (tmp_path / "r" / "config.json").write_text(small_run(store_dir, steps=4, eval_every=0, save_every=2).to_json())
     moved = tmp_path / "scratch"
     shutil.copytree(store_dir, moved)
+    steps = _record_optimizer_steps(monkeypatch)
     train(small_run(moved, steps=4, eval_every=0, save_every=2, lr=1e-3, log_every=1), tmp_path / "r", resume=True,
           quiet=True)
     assert "resuming with train.lr 0.003 -> 0.001" in capsys.readouterr().err
+    assert len(steps) == 2 and all(0 < lr <= 1e-3 for lrs, _ in steps for lr in lrs)  # what AdamW was given
     lrs = [e["lr"] for e in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines())
            if e.get("kind") == "train" and e["step"] > 2]
     assert lrs and all(lr <= 1e-3 for lr in lrs)

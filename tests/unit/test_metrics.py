@@ -88,3 +88,57 @@ def test_a_wandb_start_that_fails_is_one_config_error_and_leaves_no_run_id(tmp_p
                                           r"log in with `wandb login`, or set WANDB_MODE=offline$"):
         MetricsLogger(tmp_path, ("wandb",), config={"x": 1})
     assert not (tmp_path / "wandb_run_id").exists()
+
+
+def test_throughput_is_tokens_over_the_interval_without_evaluations_and_eta_from_the_mean_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """tokens/s counts the last interval's tokens over its time minus what `exclude` left out (an evaluation);
+    the ETA is the mean step time since the (re)start, evaluations included, times the steps left."""
+    from cocomix.train import metrics
+
+    clock = iter([100.0, 110.0, 130.0])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    meter = metrics.Throughput(start_step=10, total_steps=30)  # resumed at step 10; t0 = 100
+    meter.add_tokens(4000)
+    meter.exclude(2.0)                                          # a 2 s evaluation inside the interval
+    assert meter.report(step=15) == (4000 / 8.0, 10.0 / 5 * 15)  # 8 s of training; 2 s per step, 15 steps left
+    meter.add_tokens(1000)
+    assert meter.report(step=20) == (1000 / 20.0, 30.0 / 10 * 10)
+
+
+def test_tensorboard_and_wandb_receive_every_scalar_under_its_event_kind(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both backends get each event's numbers (not its strings) as KIND/NAME at the event's step; a resume purges
+    TensorBoard's events past the checkpoint; close flushes both once."""
+    import sys
+    import types
+
+    writers: list[dict] = []
+
+    class Writer:
+        def __init__(self, folder: str, purge_step: int | None = None) -> None:
+            writers.append({"folder": folder, "purge": purge_step, "scalars": [], "closed": 0})
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            writers[-1]["scalars"].append((tag, value, step))
+
+        def close(self) -> None:
+            writers[-1]["closed"] += 1
+
+    logged: list[tuple[dict, int]] = []
+    finished: list[int] = []
+    tensorboard = types.ModuleType("torch.utils.tensorboard")
+    tensorboard.SummaryWriter = Writer
+    wandb = types.ModuleType("wandb")
+    wandb.init = lambda **kw: types.SimpleNamespace(log=lambda values, step: logged.append((values, step)),
+                                                    finish=lambda: finished.append(1))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", tensorboard)
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    logger = MetricsLogger(tmp_path, ("tensorboard", "wandb"), resume_step=4)
+    logger.log({"kind": "train", "step": 5, "loss": 2.5, "lr": 1e-3, "note": "text"})
+    logger.log({"kind": "eval", "step": 5, "val_loss": 2.75})
+    logger.close()
+    logger.close()
+    assert writers == [{"folder": str(tmp_path / "tensorboard"), "purge": 5, "closed": 1,
+                        "scalars": [("train/loss", 2.5, 5), ("train/lr", 1e-3, 5), ("eval/val_loss", 2.75, 5)]}]
+    assert logged == [({"train/loss": 2.5, "train/lr": 1e-3}, 5), ({"eval/val_loss": 2.75}, 5)] and finished == [1]

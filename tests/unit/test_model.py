@@ -212,3 +212,54 @@ def test_a_temperature_too_small_for_fp32_samples_the_argmax() -> None:
 
     with pytest.raises(ConfigError, match="temperature: expected a finite number"):
         check_sampling(1, float("inf"), None, None)
+
+
+def test_temperature_sharpens_or_flattens_the_distribution() -> None:
+    """Logits [1, 0]: token 0 is drawn with probability σ(1/T): 0.881 at T = 0.5, 0.731 at T = 1, 0.622 at T = 2."""
+    logits = torch.tensor([[1.0, 0.0]]).expand(4000, 2)
+    gen = torch.Generator().manual_seed(0)
+    for temperature in (0.5, 1.0, 2.0):
+        share = float((sample_next(logits, temperature, generator=gen) == 0).float().mean())
+        assert abs(share - float(torch.sigmoid(torch.tensor(1.0 / temperature)))) < 0.03, (temperature, share)
+
+
+def test_generation_pads_finished_rows_with_the_end_token_and_stops_when_all_are_done() -> None:
+    """A row that has produced eos_id produces only eos_id from then on, while the others go on unchanged;
+    generation ends once every row has produced it."""
+    model = _perturbed(Transformer(tiny_model_config()))
+    prompt = torch.randint(0, 97, (2, 4))
+
+    def sample(rows: torch.Tensor, **kw: int) -> torch.Tensor:  # sampled: the tiny model repeats one token greedily
+        return generate(model, rows, 16, temperature=1.0, generator=torch.Generator().manual_seed(1), **kw)[0]
+
+    full = sample(prompt)  # (2, 20), no end token; each row's draws do not depend on the other row's
+    eos = int(full[0, 6])  # what row 0 emits at its third step
+    assert len(set(full[0, 4:].tolist())) > 3  # a varied continuation, so that the padding below shows
+    got = sample(prompt, eos_id=eos)
+    firsts = [next((t for t in range(4, 20) if int(full[r, t]) == eos), None) for r in range(2)]
+    end = 20 if None in firsts else max(firsts) + 1  # stops after the step on which the last row finished
+    assert firsts[0] is not None and firsts[0] <= 6 and got.shape == (2, end)
+    for r, first in enumerate(firsts):
+        stop = end if first is None else first + 1
+        assert torch.equal(got[r, :stop], full[r, :stop])          # unchanged up to its own end token
+        assert bool((got[r, stop:] == eos).all())                  # then the end token only
+    alone = sample(prompt[:1])  # one row (other draws than in a batch of two)
+    eos = int(alone[0, 6])
+    first = next(t for t in range(4, 20) if int(alone[0, t]) == eos)
+    assert torch.equal(sample(prompt[:1], eos_id=eos), alone[:, :first + 1])  # stops right after its end token
+
+
+def test_attention_dropout_is_applied_in_training_only() -> None:
+    """With every nn.Dropout off, the model's dropout acts on the attention probabilities alone (SDPA's
+    dropout_p): a training-mode forward differs from the evaluation-mode one, and two training forwards differ."""
+    model = Transformer(tiny_model_config(dropout=0.5))
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    ids = torch.randint(0, 97, (2, 12))
+    model.eval()
+    with torch.no_grad():
+        plain = model(ids).logits
+        model.train()
+        a, b = model(ids).logits, model(ids).logits
+    assert not torch.allclose(a, plain) and not torch.allclose(a, b)

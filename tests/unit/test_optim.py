@@ -39,3 +39,4 @@ def test_param_groups() -> None:
     decay, no_decay = two.param_groups
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0 and len(decay["params"]) + len(no_decay["params"]) == n_unique
+    assert decay["weight_decay"] == 0.1
