@@ -1,6 +1,7 @@
 """Fault-injection loop: SIGKILL `cocomix prepare`, `train`, `train-sae` and `extract-concepts` at random moments,
-rerun each until it completes, and check that nothing is ever corrupt and that the final outputs are
-bit-identical to an uninterrupted run (issue 8, acceptance 1). Run with `make test-faults` (~6 minutes on 2
+rerun each until it completes, and check that nothing is ever corrupt, that `train` and `train-sae` go on from
+the checkpoint the kill left, and that the final outputs are bit-identical to an uninterrupted run (issue 8,
+acceptance 1). Run with `make test-faults` (~6 minutes on 2
 cores); prints one JSON summary and exits 1 on any failure.
 
     PYTHONPATH=src python tests/faults/kill_resume.py --kills 32 --seed 0
@@ -141,6 +142,12 @@ def intact(stage: str, out: Path) -> str:
     return ""
 
 
+def latest_step(out: Path) -> int:
+    """The step of the latest checkpoint in `out` (0 when there is none)."""
+    pointer = out / "checkpoints" / "latest"
+    return int(pointer.read_text().strip().split("_")[1]) if pointer.is_file() else 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=32)
@@ -197,9 +204,14 @@ def main() -> int:
         problem = intact(name, out)
         reruns = 0
         while not problem:
+            start = latest_step(out)  # what a train / train-sae rerun must go on from
             r = subprocess.run(st["cmd"](out) + st["rerun"], capture_output=True, text=True, env=env)
             reruns += 1
             if r.returncode == 0 or (st["done_ok"] and st["done_ok"] in r.stderr):
+                # a rerun that started over would also end with the uninterrupted run's outputs: its start line
+                # (`steps N->`) must name the checkpoint the kill left
+                if r.returncode == 0 and name in ("train", "train-sae") and f"steps {start}->" not in r.stderr:
+                    problem = f"the rerun did not go on from step {start}: {r.stderr.strip()[-300:]}"
                 break
             if reruns >= 3:
                 problem = f"rerun failed: {r.stderr.strip()[-300:]}"
