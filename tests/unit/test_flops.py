@@ -171,3 +171,43 @@ def test_a_local_hf_teacher_of_any_architecture_is_counted_as_training_counts_it
     kv = 2 if arch == "llama-gqa" else 4  # k and v projections are half as wide with 2 of 4 heads
     mlp = 3 * 32 * 48 if arch == "llama-gqa" else 2 * 32 * 64
     assert want.block_params[0] == 2 * 32 * 32 + 2 * 32 * (32 * kv // 4) + mlp
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_block_shapes_from_the_config_equal_the_built_model(flavour: str) -> None:
+    """The per-block matmul weights the count uses, against the Linear weights of a built student (Llama's
+    SwiGLU MLP has three matrices, GPT-2's two)."""
+    from cocomix.teacher_blocks import find_blocks
+
+    cfg = ModelConfig(flavour=flavour, vocab_size=97, n_layer=3, n_head=4, d_model=32, context_length=64)
+    model = Transformer(cfg)
+    assert LMShape.from_config(cfg) == LMShape.from_module(model, find_blocks(model), 32, 97)
+
+
+def test_addition_mixing_and_the_pre_activation_multiplier_are_counted_as_they_run() -> None:
+    """mixing=add keeps one position per token in the upper blocks (no interleaving); the pre-activation
+    multiplier reads every latent's score: one more dense 2·768·32768 product with the gradient."""
+    run = get_preset("gpt2-69m-cocomix")
+    add = run_flops(dataclasses.replace(run, concept=dataclasses.replace(run.concept, mixing="add")))
+    # 8 blocks at one position over 1024 keys, LM head, concept head and compression; training × 3
+    forward = 8 * (2 * 3_145_728 + 4 * 1024 * 512) + 51_463_168 + 33_587_200
+    assert _close(add["student"], 3 * forward)
+    pre = run_flops(dataclasses.replace(run, concept=dataclasses.replace(run.concept, multiplier="pre_activation")))
+    assert _close(pre["sae"] - run_flops(run)["sae"], 2 * 768 * 32768)
+
+
+def test_an_untied_head_and_the_concept_biases_are_active_parameters() -> None:
+    run = get_preset("gpt2-69m-cocomix")
+    untied = dataclasses.replace(run.model, tie_embeddings=False)
+    assert student_params(untied) == student_params(run.model) + 50257 * 512
+    # the concept head (C × d weights + C biases), the mix_k compression rows it selects, compression and
+    # pre-bias vectors (d each): the paper's "(C + K) × d activated parameters" plus biases
+    assert active_params(run) == student_params(run.model) + (32768 + 32) * 512 + 32768 + 2 * 512
+
+
+def test_a_llama_baseline_width_keeps_whole_rotary_heads() -> None:
+    """Llama widths step by 2·n_head (each head's dimension even, for the rotary pairs) and by 16."""
+    run = get_preset("gpt2-69m-cocomix")
+    llama = dataclasses.replace(run, model=dataclasses.replace(run.model, flavour="llama", n_head=16))
+    width = ntp_width_for(llama)
+    assert width % 16 == 0 and (width // 16) % 2 == 0 and width > 512
