@@ -3,6 +3,7 @@ over the same windows, and every shard runs the same number of forwards (FSDP's 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,4 @@ def test_shards_sum_to_the_single_process_mean(store: TokenStore, world: int, ba
         logits = model(ids).logits
     direct = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     assert whole["loss"] == pytest.approx(float(direct), rel=1e-5) and whole["tokens"] == n * 15
+    assert whole["ppl"] == pytest.approx(math.exp(float(direct)), rel=1e-5)  # perplexity: e^(mean NLL per token)

@@ -52,6 +52,9 @@ def test_seeds_are_grouped_with_mean_and_sample_std(tmp_path: Path) -> None:
     mean, std = groups[0].final()
     assert mean == pytest.approx(4.1) and std == pytest.approx(0.1)
     assert "4.1000 ± 0.1000" in res["table"] and "| cocomix | cocomix | 1 | 3.9000 |" in res["table"]
+    # perplexity = exp(mean loss): e^4.1 = 60.34, e^3.9 = 49.40; per run 200 steps × 1024 tokens in 400 s: 512/s
+    assert "| ntp | ntp | 3 | 4.1000 ± 0.1000 | 60.34 | 204.80k | 204.80G | 400 s | 512 | — |" in res["table"]
+    assert "| cocomix | cocomix | 1 | 3.9000 | 49.40 | 204.80k | 409.60G | 400 s | 512 | +10.0% |" in res["table"]
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "loss_vs_tokens.png" in md and "loss_vs_flops.png" in md
 
@@ -315,3 +318,15 @@ def test_a_run_without_a_finite_validation_loss_is_refused_with_the_reason(tmp_p
     gone = _run(tmp_path, "gone", "ntp", 2, [float("nan"), float("inf")], 1e6)
     with pytest.raises(CocomixError, match="every validation loss is non-finite"):
         compare([ntp, gone], tmp_path / "out2")
+
+
+def test_a_first_evaluation_equal_to_the_reference_final_loss_is_a_bound(tmp_path: Path) -> None:
+    """Reaching the reference's final loss exactly at the first evaluation already makes the efficiency a lower
+    bound (the loss may have been reached earlier); just above it, it is not."""
+    from cocomix.eval.compare import efficiency_is_bound
+
+    ref = _run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6)
+    equal = _run(tmp_path, "equal", "cocomix", 0, [4.0, 3.5], 1e6)
+    above = _run(tmp_path, "above", "cocomix", 1, [4.0001, 3.5], 1e6)
+    (ntp, at, over) = group_runs([ref, equal, above])
+    assert efficiency_is_bound(at, ntp) and not efficiency_is_bound(over, ntp)

@@ -151,3 +151,17 @@ def test_learning_rate_schedule_warms_up_holds_and_decays_to_zero() -> None:
 def test_bad_settings_name_the_field(change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         SAETrainConfig(**{"teacher": "t", "teacher_layer": 0, "data": "d", **change})
+
+
+def test_sae_training_defaults_follow_gao_et_al() -> None:
+    """Gao et al. 2024 / OpenAI's sparse_autoencoder: k = 32, layer-normed input, AuxK α = 1/32 with k_aux = d/2,
+    lr 2e-4 / √(C / 2^14); width 32 × d (ours); a latent is dead after 10M tokens without firing (capped at a
+    quarter of a shorter run)."""
+    cfg = SAETrainConfig(teacher="t", teacher_layer=5, data="d")
+    assert (cfg.k, cfg.normalize, cfg.auxk_alpha, cfg.expansion) == (32, True, 1.0 / 32, 32)
+    assert cfg.width(768) == 24576 and cfg.aux_latents(768) == 384
+    assert cfg.learning_rate(768) == pytest.approx(2e-4 / (24576 / 16384) ** 0.5, rel=1e-12)
+    long_run = SAETrainConfig(teacher="t", teacher_layer=5, data="d", steps=100_000, batch_tokens=4096)
+    assert long_run.dead_after == 10_000_000 and cfg.dead_after == 2000 * 4096 // 4
+    given = SAETrainConfig(teacher="t", teacher_layer=5, data="d", n_latents=32768, lr=1e-3, k_aux=100)
+    assert (given.width(768), given.learning_rate(768), given.aux_latents(768)) == (32768, 1e-3, 100)
