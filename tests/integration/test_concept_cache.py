@@ -260,6 +260,9 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     assert r.stderr.count("cocomix: warning: --sae: the SAE leaves") == 1  # the random test SAE
     fired = [c for c in report["latents"] if c["count"]]
     assert fired and all(f"«{ex['token']}»" in ex["text"] for c in fired for ex in c["examples"])
+    tok, stream = store.tokenizer(), store.tokens(report["split"])  # the marked token is the one at (window, position)
+    assert all(ex["token"] == tok.decode([int(stream[ex["window"] * 32 + ex["position"]])])
+               for c in fired for ex in c["examples"])
     assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()
 
     # an example whose snippet repeats another's (a refrain) is listed once in concepts.md, with its count; the
@@ -277,6 +280,39 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     assert len(listed) == 3 and listed[0].startswith("- 2.500: ") and listed[0].endswith(" (×2)")
     assert listed[1].startswith("- 1.000: ") and listed[1].endswith(" (+1 at neighbouring tokens)")  # 11 near 9
     assert listed[2].startswith("- 0.800: ") and "×" not in listed[2] and "+" not in listed[2]  # 20: too far
+
+
+def test_report_marks_the_recorded_token_within_its_window(store_dir: Path, tmp_path: Path) -> None:
+    """write_report on hand-made stats: each snippet is tokens[max(window start, at - context) : min(window end,
+    at + 1 + context)] with token `at` = window · T + position marked; frequency = count / positions; concepts.md
+    lists the latents that fired by count, descending (not by latent id)."""
+    from cocomix.concepts.describe import write_report
+
+    store = TokenStore.open(store_dir)
+    tok, stream = store.tokenizer(), store.tokens("train")
+    ninf = float("-inf")
+    stats = {"counts": torch.tensor([2, 7, 0, 4]), "positions": torch.tensor(3 * 32),
+             "values": torch.tensor([[1.5, ninf, ninf], [3.0, 2.0, 1.0], [ninf] * 3, [0.5, ninf, ninf]]),
+             "windows": torch.tensor([[0, -1, -1], [1, 2, 1], [-1] * 3, [2, -1, -1]]),
+             "token_positions": torch.tensor([[5, -1, -1], [0, 17, 31], [-1] * 3, [1, -1, -1]])}
+    write_report(stats, store, tmp_path / "r", "train", 32, context=4)
+    report = json.loads((tmp_path / "r" / "concepts.json").read_text())
+    # (latent, example) -> (first, marked, end) token indices of the snippet in the split, by hand
+    expected = {(0, 0): (1, 5, 10), (1, 0): (32, 32, 37), (1, 1): (77, 81, 86), (1, 2): (59, 63, 64),
+                (3, 0): (64, 65, 70)}
+    for (latent, n), (first, at, end) in expected.items():
+        ex = report["latents"][latent]["examples"][n]
+        assert (ex["window"], ex["position"]) == divmod(at, 32)
+        here = tok.decode([int(stream[at])])
+        assert here not in (tok.decode([int(stream[at - 1])]), tok.decode([int(stream[at + 1])]))  # a shift shows
+        assert ex["token"] == here
+        assert ex["text"] == (tok.decode([int(t) for t in stream[first:at]]) + f"«{here}»"
+                              + tok.decode([int(t) for t in stream[at + 1:end]]))
+    assert [len(c["examples"]) for c in report["latents"]] == [1, 3, 0, 1]
+    assert [c["frequency"] for c in report["latents"]] == [2 / 96, 7 / 96, 0.0, 4 / 96]
+    md = (tmp_path / "r" / "concepts.md").read_text()
+    headers = [ln.split(":")[0] for ln in md.splitlines() if ln.startswith("## Latent ")]
+    assert headers == ["## Latent 1", "## Latent 3", "## Latent 0"]  # counts 7, 4, 2; latent 2 never fired
 
 
 def test_extraction_sets_the_matmul_precision_training_sets(store_dir: Path, tmp_path: Path,
@@ -452,3 +488,30 @@ def test_an_sae_that_does_not_fit_the_teacher_is_named(store_dir: Path, tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _extract(store_dir, tmp_path / "exact", (parts[0], tmp_path / "exact-sae"), splits=("val",))
+
+
+def test_the_teacher_fingerprint_samples_a_large_weight_file_at_its_start_middle_and_end(tmp_path: Path) -> None:
+    """Over 3 MiB a weight file is fingerprinted by its name, size and the 1 MiB blocks at 0, size // 2 and
+    size - 1 MiB (written out here with hashlib): a fine-tune that changes only the file's middle or its last MiB
+    is another teacher."""
+    import hashlib
+    import random
+
+    from cocomix.concepts.cache import teacher_fingerprint
+
+    mib, size = 1 << 20, 8 << 20
+    data = random.Random(0).randbytes(size)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    samples = data[:mib] + data[size // 2:size // 2 + mib] + data[-mib:]
+    want = hashlib.sha256(f"model.safetensors:{size}\n".encode() + samples).hexdigest()
+    assert teacher_fingerprint(str(path)) == want
+    for where in (size // 2 + 1000, size - 1000):  # in the middle sample; in the last MiB
+        changed = bytearray(data)
+        changed[where] ^= 0x01
+        path.write_bytes(bytes(changed))
+        assert teacher_fingerprint(str(path)) != want, where
+    changed = bytearray(data)
+    changed[2 * mib] ^= 0x01  # between the samples: the same fingerprint (cheap, by design)
+    path.write_bytes(bytes(changed))
+    assert teacher_fingerprint(str(path)) == want

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -460,6 +461,27 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
         train(small_run(store_dir, steps=4, seed=2), tmp_path / "resumed", resume=True, quiet=True)
 
 
+@pytest.mark.parametrize("section,field,value,shown", [
+    ("train", "weight_decay", 0.01, "train.weight_decay 0.1 -> 0.01"),
+    ("train", "warmup_steps", 3, "train.warmup_steps 2 -> 3"),
+    ("model", "dropout", 0.0, "model.dropout 0.1 -> 0.0"),
+    ("concept", "lambda_concept", 0.5, "concept.lambda_concept 0.1 -> 0.5"),
+])
+def test_resume_refuses_settings_the_trained_weights_depend_on(store_dir: Path, tmp_path: Path, section: str,
+                                                              field: str, value: float, shown: str) -> None:
+    """Unlike train.lr (a deliberate rewind after a divergence), these change what the run optimises or how: a
+    resume with any of them changed is refused, naming the field, before a step is trained."""
+    import dataclasses
+
+    run = small_run(store_dir, steps=4, eval_every=0, save_every=2)
+    train(small_run(store_dir, steps=2, eval_every=0, save_every=2), tmp_path / "r", quiet=True)
+    (tmp_path / "r" / "config.json").write_text(run.to_json())  # as if stopped after step 2 of 4
+    changed = dataclasses.replace(run, **{section: dataclasses.replace(getattr(run, section), **{field: value})})
+    with pytest.raises(CocomixError, match=rf"config differs from the stored one: {re.escape(shown)}$"):
+        train(changed, tmp_path / "r", resume=True, quiet=True)
+    assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_0000002"  # nothing trained
+
+
 def test_resume_may_lower_the_learning_rate_and_move_the_store(store_dir: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
@@ -517,6 +539,44 @@ def test_resume_skips_a_damaged_latest_checkpoint_for_the_newest_that_verifies(s
     (tmp_path / "r" / "checkpoints" / "latest").write_text("step_0000004\n")
     with pytest.raises(CocomixError, match="rng.pt.*and no earlier checkpoint in .* verifies"):
         train(run, tmp_path / "r", resume=True, quiet=True)
+
+
+def test_resume_skips_a_latest_checkpoint_missing_a_file_its_manifest_lists(store_dir: Path, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """A checkpoint whose optimizer.pt is gone (a partial copy between clusters) does not verify, by name; a resume
+    takes the one before it and trains the same steps again."""
+    from cocomix.train.checkpoint import verify_checkpoint
+
+    run = small_run(store_dir, steps=4, eval_every=0, save_every=2, keep_checkpoints=3)
+    train(run, tmp_path / "r", quiet=True)
+    want = {k: v.clone() for k, v in _weights(tmp_path / "r").items()}
+    latest = tmp_path / "r" / "checkpoints" / "step_0000004"
+    (latest / "optimizer.pt").unlink()
+    missing = f"{latest / 'optimizer.pt'}: missing (listed in manifest.json)"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(missing)}$"):
+        verify_checkpoint(latest)
+    train(run, tmp_path / "r", resume=True, quiet=True)
+    err = capsys.readouterr().err
+    assert missing in err and "step_0000002 instead" in err, err
+    got = _weights(tmp_path / "r")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_damage_past_the_first_mebibyte_of_a_checkpoint_file_is_found(tmp_path: Path) -> None:
+    """verify_checkpoint hashes all of a file, not its first 1 MiB block: a bit flipped at 1.5 MiB of a 2 MiB
+    model.safetensors (same size) is a checksum error."""
+    from cocomix.train.checkpoint import save_checkpoint, verify_checkpoint
+
+    weights = {"w": torch.arange(512 * 1024, dtype=torch.float32)}  # 2 MiB of tensor data
+    ckpt = save_checkpoint(tmp_path / "r", 1, weights, {"state": {}, "param_groups": []}, {}, keep=1)
+    verify_checkpoint(ckpt)  # as written: fine
+    path = ckpt / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    assert len(data) > 2 * (1 << 20)
+    data[3 * (1 << 19)] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: does not match its checksum in manifest\.json"):
+        verify_checkpoint(ckpt)
 
 
 def test_resume_of_an_empty_out_starts_the_run_and_says_so(store_dir: Path, tmp_path: Path,

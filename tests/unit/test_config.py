@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from cocomix.config import ModelConfig, RunConfig, TrainConfig
+from cocomix.config import ConceptConfig, ModelConfig, RunConfig, TrainConfig
 from cocomix.config_io import apply_overrides, load_config_file, run_config
 from cocomix.errors import ConfigError
 from cocomix.presets import PRESETS, get_preset
@@ -31,6 +32,40 @@ def test_train_config_rejects_bad_values() -> None:
         TrainConfig(precision="fp8")
     with pytest.raises(ConfigError, match="train.log_backends"):
         TrainConfig(log_backends=("mlflow",))
+
+
+@pytest.mark.parametrize("build,field", [
+    (lambda: TrainConfig(min_lr_ratio=1.5), r"train\.min_lr_ratio: expected a value in \[0, 1\]"),
+    (lambda: TrainConfig(grad_clip=-1.0), r"train\.grad_clip: expected a non-negative number"),
+    (lambda: TrainConfig(keep_checkpoints=0), r"train\.keep_checkpoints: expected a positive integer"),
+    (lambda: TrainConfig(beta2=1.0), r"train\.beta2: expected a value in \[0, 1\)"),  # AdamW divides by 1 - beta2
+    (lambda: ConceptConfig(n_latents=8, mix_k=9, k_attr=4), r"concept\.mix_k: expected at most n_latents=8"),
+    (lambda: ConceptConfig(n_latents=8, mix_k=8, k_attr=9), r"concept\.k_attr: expected at most n_latents=8"),
+    (lambda: RunConfig(method="cocomix", model=ModelConfig(n_layer=4), concept=ConceptConfig(concept_layer=0)),
+     r"concept\.concept_layer: expected a block index in \[1, 3\]"),
+    (lambda: RunConfig(method="cocomix", model=ModelConfig(n_layer=4), concept=ConceptConfig(concept_layer=4)),
+     r"concept\.concept_layer: expected a block index in \[1, 3\]"),
+])
+def test_out_of_range_settings_are_refused_by_name(build: Callable[[], object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        build()
+
+
+def test_the_boundaries_of_those_ranges_are_accepted() -> None:
+    t = TrainConfig(min_lr_ratio=1.0, grad_clip=0.0, keep_checkpoints=1, beta2=0.0)
+    assert (t.min_lr_ratio, t.grad_clip, t.keep_checkpoints, t.beta2) == (1.0, 0.0, 1, 0.0)
+    c = ConceptConfig(n_latents=8, mix_k=8, k_attr=8)
+    assert (c.mix_k, c.k_attr) == (8, 8)
+    for layer in (1, 3):
+        run = RunConfig(method="cocomix", model=ModelConfig(n_layer=4), concept=ConceptConfig(concept_layer=layer))
+        assert run.concept.concept_layer == layer
+
+
+def test_the_default_warm_up_is_the_nearest_integer_to_a_300th_of_the_steps() -> None:
+    """round(steps / 300), as documented: 20000 / 300 = 66.67 -> 67 (truncating would give 66). The official
+    configs set their warm-ups explicitly (130 / 65 steps, the presets' values), so this is only the default."""
+    assert [TrainConfig(steps=s).warmup for s in (20_000, 20_100, 149, 1)] == [67, 67, 0, 0]
+    assert TrainConfig(steps=451).warmup == 2 and TrainConfig(steps=20_000, warmup_steps=5).warmup == 5
 
 
 def test_round_trip_through_json() -> None:
@@ -69,6 +104,20 @@ def test_overrides_take_numbers_as_python_writes_them() -> None:
     assert (cfg.train.lr, cfg.train.min_lr_ratio, cfg.train.steps, cfg.data.path) == (0.1, 0.1, 30, "./store")
     with pytest.raises(ConfigError, match=r"train\.steps: expected an integer"):
         run_config(apply_overrides(RunConfig().to_dict(), ["train.steps=30."]))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.steps=true", r"train\.steps: expected an integer, got True"),  # JSON true is not 1
+    ("train.warmup_steps=false", r"train\.warmup_steps: expected an integer or null, got False"),
+    ("train.lr=true", r"train\.lr: expected a finite number, got True"),
+    ("train.steps=01", r"train\.steps: expected an integer, got '01'"),  # JSON and Python refuse 01; C reads 8
+    ("train.max_bad_steps=-010", r"train\.max_bad_steps: expected an integer, got '-010'"),
+])
+def test_a_boolean_or_a_zero_padded_integer_is_not_taken_as_a_number(override: str, message: str) -> None:
+    """`--set train.steps=true` or `=01` is a mistake, not 1: a one-line error naming the field."""
+    with pytest.raises(ConfigError, match=f"^{message}$") as e:
+        run_config(apply_overrides(RunConfig().to_dict(), [override]))
+    assert "\n" not in str(e.value)
 
 
 def test_overrides_parse_json_values() -> None:

@@ -244,3 +244,94 @@ def test_tokenizer_files_are_copied(tmp_path: Path) -> None:
     assert not (plain / "generation_config.json").exists()  # nothing to suppress
     with pytest.raises(CheckpointError, match="vocab_size"):
         export_hf(tiny_model(flavour="llama"), tmp_path / "small", tokenizer_dir=tok_dir)
+
+
+def edit_weights(folder: Path, **changes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rewrite the folder's model.safetensors with `changes` (name -> tensor) applied; the original tensors."""
+    sd = safetensors_torch.load_file(str(folder / "model.safetensors"))
+    safetensors_torch.save_file({**sd, **changes}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return sd
+
+
+def edit_config(folder: Path, drop: tuple[str, ...] = (), **changes: object) -> dict[str, object]:
+    """Rewrite the folder's config.json without the keys `drop` and with `changes`; the result."""
+    data = json.loads((folder / "config.json").read_text())
+    data = {k: v for k, v in {**data, **changes}.items() if k not in drop}
+    (folder / "config.json").write_text(json.dumps(data))
+    return data
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_non_zero_bias_refused_for_a_bias_less_model(flavour: str, tmp_path: Path) -> None:
+    """A bias our bias-less model can't hold loads only when all zeros; a non-zero one would be silently dropped."""
+    model = tiny_model(flavour=flavour, bias=False)
+    folder = export_hf(model, tmp_path / "hf")
+    name = "transformer.h.1.mlp.c_fc.bias" if flavour == "gpt2" else "model.layers.1.self_attn.k_proj.bias"
+    bias = torch.zeros(128 if flavour == "gpt2" else 32)
+    sd = edit_weights(folder, **{name: bias})  # (GPT-2 exports always hold biases: zeros for ours)
+    assert flavour == "llama" or torch.equal(sd[name], bias)
+    load_hf_weights(Transformer(model.cfg), folder)  # zeros: the same function, accepted
+    bias[3] = 0.5  # one non-zero entry is enough
+    edit_weights(folder, **{name: bias})
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' is non-zero but the model has no biases"):
+        load_hf_weights(Transformer(model.cfg), folder)
+
+
+def test_tied_model_refuses_a_different_lm_head(tmp_path: Path) -> None:
+    """A tied model takes an lm_head equal to the embeddings, refuses one that differs (it would be ignored)."""
+    model = tiny_model(flavour="gpt2")
+    folder = export_hf(model, tmp_path / "hf")
+    wte = safetensors_torch.load_file(str(folder / "model.safetensors"))["transformer.wte.weight"]
+    edit_weights(folder, **{"lm_head.weight": wte.clone()})
+    load_hf_weights(Transformer(model.cfg), folder)
+    head = wte.clone()
+    head[5, 7] += 1.0
+    edit_weights(folder, **{"lm_head.weight": head})
+    with pytest.raises(CheckpointError, match="'lm_head.weight' differs from 'transformer.wte.weight' but the model "
+                                              "ties embeddings"):
+        load_hf_weights(Transformer(model.cfg), folder)
+
+
+def test_unexpected_tensors_refused(tmp_path: Path) -> None:
+    model = tiny_model(flavour="llama")
+    folder = export_hf(model, tmp_path / "hf")
+    edit_weights(folder, **{"model.layers.0.mlp.extra.weight": torch.ones(4)})
+    with pytest.raises(CheckpointError, match=r"unexpected tensor\(s\) \['model.layers.0.mlp.extra.weight'\]"):
+        load_hf_weights(Transformer(model.cfg), folder)
+
+
+@pytest.mark.parametrize(("flavour", "field", "ours", "theirs"),
+                         [("gpt2", "norm_eps", 1e-5, 1e-6), ("llama", "norm_eps", 1e-5, 1e-6),
+                          ("llama", "rope_theta", 10000.0, 500.0)])
+def test_norm_eps_and_rope_theta_mismatch_refused(flavour: str, field: str, ours: float, theirs: float,
+                                                  tmp_path: Path) -> None:
+    """Same shapes, another function: a folder made with a different norm_eps / rope_theta is refused."""
+    folder = export_hf(tiny_model(flavour=flavour, **{field: theirs}), tmp_path / "hf")
+    target = Transformer(ModelConfig(**TINY, flavour=flavour, **{field: ours}))  # type: ignore[arg-type]
+    with pytest.raises(CheckpointError, match=f"{field}={theirs!r} in the HF config but {ours!r} in the model"):
+        load_hf_weights(target, folder)
+
+
+def test_scale_attn_by_inverse_layer_idx_refused(tmp_path: Path) -> None:
+    """Off (as in transformers' default, which an omitted key means) is accepted; on is refused."""
+    folder = export_hf(tiny_model(flavour="gpt2"), tmp_path / "hf")
+    assert transformers.GPT2Config().scale_attn_by_inverse_layer_idx is False
+    edit_config(folder, drop=("scale_attn_by_inverse_layer_idx",))
+    assert model_config_from_hf(folder).flavour == "gpt2"
+    edit_config(folder, scale_attn_by_inverse_layer_idx=False)
+    assert model_config_from_hf(folder).flavour == "gpt2"
+    edit_config(folder, scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(CheckpointError, match="scale_attn_by_inverse_layer_idx=true is not supported"):
+        model_config_from_hf(folder)
+
+
+def test_omitted_config_fields_take_transformers_defaults(tmp_path: Path) -> None:
+    """A config.json without resid_pdrop / rms_norm_eps means what transformers reads it as: its class defaults."""
+    gpt2 = export_hf(tiny_model(flavour="gpt2"), tmp_path / "gpt2")
+    assert model_config_from_hf(gpt2).dropout == 0.0 != transformers.GPT2Config().resid_pdrop
+    edit_config(gpt2, drop=("resid_pdrop",))
+    assert model_config_from_hf(gpt2).dropout == transformers.GPT2Config().resid_pdrop
+    llama = export_hf(tiny_model(flavour="llama"), tmp_path / "llama")
+    assert model_config_from_hf(llama).norm_eps == 1e-5 != transformers.LlamaConfig().rms_norm_eps
+    edit_config(llama, drop=("rms_norm_eps",))
+    assert model_config_from_hf(llama).norm_eps == transformers.LlamaConfig().rms_norm_eps
