@@ -338,6 +338,21 @@ def test_store_with_a_larger_vocabulary_than_the_teacher_is_refused(store_dir: P
                          seq_len=32, progress=False)
 
 
+def test_a_store_token_the_teacher_lacks_is_refused(store_dir: Path, tmp_path: Path) -> None:
+    """The teacher's tokenizer holds every other token of the store at the same id but one: that token would be
+    read as whatever the teacher has at its id (or nothing), so the store is refused, naming it."""
+    from cocomix.teacher_tokenizer import check_teacher_tokenizer
+
+    store = TokenStore.open(store_dir)
+    vocab = store.tokenizer().backend.get_vocab(with_added_tokens=True)
+    dropped = max(vocab, key=vocab.get)  # the last merge
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for t, i in vocab.items() if t != dropped}))
+    with pytest.raises(ConfigError, match=rf"1 of its {len(vocab)} tokens have other ids .* \(token {vocab[dropped]} "):
+        check_teacher_tokenizer("hf", tmp_path, store)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    check_teacher_tokenizer("hf", tmp_path, store)  # all of them: accepted
+
+
 def test_a_teacher_with_another_tokenizer_is_refused(store_dir: Path, tmp_path: Path,
                                                      parts: tuple[Path, Path]) -> None:
     """Same vocabulary size, other ids: an HF folder's tokenizer.json / vocab.json, or a teacher run's recorded

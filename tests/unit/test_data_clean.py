@@ -78,3 +78,12 @@ def test_real_play_has_no_markup_left() -> None:
 @pytest.mark.parametrize("line", ["**Prologue**", "**FIRST CLOWN**  "])
 def test_speaker_lines(line: str) -> None:
     assert markdown_to_text(line).endswith(":\n")
+
+
+def test_no_line_keeps_trailing_spaces() -> None:
+    """Markdown's two-space hard line break, and a blank left where trailing markup was removed, are not part of
+    the text."""
+    from cocomix.data.clean import markdown_to_text
+
+    text = markdown_to_text("**KING**  \nWhat say you?  \nNothing, my lord. _\n_Exit._ &nbsp;\n")
+    assert text.splitlines() == ["KING:", "What say you?", "Nothing, my lord.", "Exit."]

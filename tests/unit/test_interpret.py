@@ -231,6 +231,10 @@ def test_compression_fraction_below_threshold(tmp_path: Path) -> None:
     near = compression_report(model, tmp_path)["fraction_near_initial"]
     expected = ((compression_norms(model)[16:] - initial).abs() <= 0.1 * initial).sum().item() / C
     assert near == expected and 0.3 < near < 64 / C  # most of the 64 re-initialised rows, none of the others
+    ranked = sorted(compression_norms(model).tolist())  # 80 norms: median between the 40th and 41st
+    q = json.loads((tmp_path / "compression.json").read_text())["quantiles"]
+    assert (q["min"], q["max"]) == pytest.approx((ranked[0], ranked[-1]))
+    assert q["median"] == pytest.approx((ranked[39] + ranked[40]) / 2) and ranked[3] <= q["p05"] <= ranked[4]
 
 
 def _seeded_teacher_and_sae() -> tuple[Teacher, TopKSAE]:

@@ -142,3 +142,15 @@ def test_tensorboard_and_wandb_receive_every_scalar_under_its_event_kind(tmp_pat
     assert writers == [{"folder": str(tmp_path / "tensorboard"), "purge": 5, "closed": 1,
                         "scalars": [("train/loss", 2.5, 5), ("train/lr", 1e-3, 5), ("eval/val_loss", 2.75, 5)]}]
     assert logged == [({"train/loss": 2.5, "train/lr": 1e-3}, 5), ({"eval/val_loss": 2.75}, 5)] and finished == [1]
+
+
+def test_progress_line_rate_and_eta_count_from_its_start(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """A resumed job (start 10 of 100): 20 more windows in 10 s is 2/s, so 70 left take 35 s."""
+    from cocomix import progress
+
+    clock = iter([0.0, 10.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    line = progress.ProgressLine("extract", 100, start=10, interval=0.0, log_interval=0.0)
+    line.update(30)
+    assert capsys.readouterr().err.strip() == f"extract: 30/100 windows (2.0/s, eta {format_duration(35.0)})"

@@ -297,6 +297,10 @@ def test_saelens_bad_shape_and_scaling_factor(tmp_path: Path) -> None:
         load_saelens(folder)
     folder = _write_saelens(tmp_path / "c", V6, {**w, "scaling_factor": torch.ones(C)})
     assert load_saelens(folder).k == K
+    # a JumpReLU SAE's threshold (or any other tensor) would be silently ignored by a TopK reading: refused
+    folder = _write_saelens(tmp_path / "d", V6, {**w, "threshold": torch.full((C,), 0.5)})
+    with pytest.raises(CheckpointError, match=r"unexpected tensors \['threshold'\] for a TopK SAE"):
+        load_saelens(folder)
 
 
 def _trained_like_sae(normalize: bool, dtype: torch.dtype = torch.float32) -> TopKSAE:
