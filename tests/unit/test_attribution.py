@@ -420,3 +420,23 @@ def test_cocomix_targets_follow_the_concept_options(option: dict) -> None:
     got = method.targets(Batch(ids))
     assert torch.equal(got, compute_targets(teacher, sae, ids, k_attr=4, **option))
     assert not torch.equal(got, compute_targets(teacher, sae, ids, k_attr=4))
+
+
+def test_the_decoder_blocks_are_the_module_list_of_num_hidden_layers() -> None:
+    """A model holding another non-empty ModuleList first (adapters, a vision tower's layers) is read at the list
+    whose length is its config's num_hidden_layers."""
+    import types
+
+    from torch import nn
+
+    from cocomix.teacher_blocks import find_blocks
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = types.SimpleNamespace(num_hidden_layers=3)
+            self.adapters = nn.ModuleList([nn.Linear(4, 4) for _ in range(2)])
+            self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+
+    model = Model()
+    assert find_blocks(model) is model.layers

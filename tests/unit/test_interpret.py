@@ -3,6 +3,7 @@ student (logits × α before the TopK) and the teacher (SAE latent × α), the s
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -105,6 +106,17 @@ def test_html_page_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "&lt;&amp;" in page and "<x>" not in page
     for external in ("<script", "src=", "href=", "@import", "url(", "http:", "https:", "<link"):
         assert external not in page
+
+
+def test_html_shades_by_the_top_concept_and_shows_its_context(tmp_path: Path) -> None:
+    """Each token's shade is 4 × its top concept's probability (capped at 1), and the table's context column is
+    the top concept's strongest teacher context (latent 3 has one in the test book, latent 5 none)."""
+    rows = [TokenConcepts(0, "a", [(3, 2.0, 0.1), (5, 1.0, 0.05)]),
+            TokenConcepts(1, "b", [(5, 3.0, 0.3), (3, 1.0, 0.1)])]
+    page = write_html(rows, _book(tmp_path), tmp_path / "p.html", "t").read_text()
+    assert re.findall(r"rgba\(255, 190, 60, ([0-9.]+)\)", page) == ["0.40", "1.00"]
+    cells = re.findall(r"<tr><td>(\d)</td>.*?<td>([^<]*)</td></tr>", page)
+    assert cells == [("0", html.escape("a «king» b")), ("1", "—")]
 
 
 _BYTES = [*b"caf \xc3\xa9\xe2\x9c\x93<&"]  # token i is byte _BYTES[i % 11]: "é" and "✓" span several tokens
