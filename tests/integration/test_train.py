@@ -34,20 +34,22 @@ def small_run(store: Path, **train_kw) -> RunConfig:
                      data=DataConfig(path=str(store), seq_len=32), train=TrainConfig(**t))
 
 
-def _count_micro_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """A list that grows by one per NTP training micro-batch from now on: a resumed run must train only the steps
-    after its checkpoint (a run restarted from step 0 ends with the same weights, so equality alone cannot tell)."""
+def _record_micro_batch_losses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A list that grows by the loss of every NTP training micro-batch from now on: what the method returned (a
+    resumed run must train only the steps after its checkpoint: one restarted from step 0 ends with the same
+    weights, so equality alone cannot tell)."""
     from cocomix.methods.ntp import NTP
 
-    calls: list[int] = []
+    losses: list[float] = []
     original = NTP.loss
 
-    def counted(self: NTP, model: torch.nn.Module, batch: object) -> tuple:
-        calls.append(1)
-        return original(self, model, batch)
+    def recorded(self: NTP, model: torch.nn.Module, batch: object) -> tuple:
+        out = original(self, model, batch)
+        losses.append(float(out[0]))
+        return out
 
-    monkeypatch.setattr(NTP, "loss", counted)
-    return calls
+    monkeypatch.setattr(NTP, "loss", recorded)
+    return losses
 
 
 def _record_optimizer_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[set[float], float]]:
@@ -163,7 +165,7 @@ def test_logged_metrics_are_interval_means_and_survive_a_mid_interval_resume(sto
     for name in ("step_0000006", "step_0000007"):
         shutil.rmtree(resumed / "checkpoints" / name)
     (resumed / "checkpoints" / "latest").write_text("step_0000003\n")
-    micro_batches = _count_micro_batches(monkeypatch)
+    micro_batches = _record_micro_batch_losses(monkeypatch)
     train(run, resumed, resume=True, quiet=True)
     assert len(micro_batches) == (7 - 3) * 2  # steps 4 … 7, grad_accum 2
     assert _train_events(resumed) == logged
@@ -174,20 +176,11 @@ def test_each_step_follows_the_schedule_clips_and_logs_what_it_trained_on(store_
     """Every optimizer step runs at lr_at(step) (linear warm-up, then cosine), on gradients clipped to
     train.grad_clip; the logged grad_norm is the norm before clipping, and the logged loss the mean of the losses
     the method returned for the step's micro-batches."""
-    from cocomix.methods.ntp import NTP
     from cocomix.train.optim import lr_at
 
     run = small_run(store_dir, steps=6, warmup_steps=2, log_every=1, eval_every=0, save_every=0, grad_clip=0.05)
     steps = _record_optimizer_steps(monkeypatch)
-    returned: list[float] = []
-    real_loss = NTP.loss
-
-    def loss(self: NTP, model: torch.nn.Module, batch: object) -> tuple:
-        out = real_loss(self, model, batch)
-        returned.append(float(out[0]))
-        return out
-
-    monkeypatch.setattr(NTP, "loss", loss)
+    returned = _record_micro_batch_losses(monkeypatch)
     train(run, tmp_path / "r", quiet=True)
     want = [lr_at(s, run.train) for s in range(6)]
     assert [lrs for lrs, _ in steps] == [{lr} for lr in want] and want[1] < want[2] > want[5] > 0
@@ -452,7 +445,7 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
     (tmp_path / "resumed" / "config.json").write_text(run.to_json())  # as if stopped after step 2 of 4
     other = small_run(store_dir, steps=4, eval_every=1, save_every=1, keep_checkpoints=5, log_every=1,
                       eval_batches=1)
-    micro_batches = _count_micro_batches(monkeypatch)
+    micro_batches = _record_micro_batch_losses(monkeypatch)
     train(other, tmp_path / "resumed", resume=True, quiet=True)
     assert len(micro_batches) == (4 - 2) * 2  # steps 3 and 4, grad_accum 2
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
