@@ -203,6 +203,44 @@ def test_teacher_steering_scales_the_sae_latent_in_the_residual_stream() -> None
     assert torch.allclose(z[0, 0, c], 3 * v[0, 0, 0], rtol=1e-5)
 
 
+def _hf_teacher_model(name: str) -> torch.nn.Module:
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if name == "gpt2":
+        return tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=97, n_embd=16, n_layer=3, n_head=2, n_positions=64))
+    return tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=97, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                              num_key_value_heads=1, intermediate_size=32))
+
+
+@pytest.mark.parametrize("kind", ["cocomix", "gpt2", "llama"])
+@torch.no_grad()
+def test_cached_teacher_steering_equals_full_recomputation(kind: str) -> None:
+    """The KV-cache path feeds one token per step and draws the same tokens as recomputing the whole sequence,
+    greedy and sampled, for a cocomix teacher and HF GPT-2 / Llama (`past_key_values`)."""
+    teacher, sae = _teacher_and_sae()
+    if kind != "cocomix":
+        teacher = Teacher(_hf_teacher_model(kind), 1)
+    prompt = torch.randint(0, 97, (3, 5), generator=torch.Generator().manual_seed(1))
+    widths: list[int] = []
+    spy = teacher.model.register_forward_pre_hook(lambda m, args, kw: widths.append(
+        (args[0] if args else kw["input_ids"]).shape[1]), with_kwargs=True)
+    concepts, alphas = list(range(0, 64, 2)), [-6.0] * 32
+    for temperature, top_k in ((0.0, None), (1.0, 20)):
+        outs = {}
+        for cached in (True, False):
+            widths.clear()
+            gen = torch.Generator().manual_seed(2)
+            outs[cached] = steer_teacher(teacher, sae, prompt, concepts, alphas, 8, temperature, top_k, gen,
+                                         use_cache=cached)
+            assert widths == ([5] + [1] * 7 if cached else list(range(5, 13))), (cached, widths)
+        assert torch.equal(outs[True], outs[False]), (kind, temperature)
+        gen = torch.Generator().manual_seed(2)
+        plain = steer_teacher(teacher, sae, prompt, concepts, [1.0] * 32, 8, temperature, top_k, gen)
+        assert not torch.equal(plain, outs[True])  # the steering changed the continuation: the equality is not moot
+    spy.remove()
+
+
 def test_steering_summary_ratios() -> None:
     rows = [{"concept": c, "alpha": a, "activation_rate": r, "mixed": 0.5, "teacher_nll": 4.0 + a / 10}
             for c, rates in ((1, (0.05, 0.1, 0.4)), (2, (0.0, 0.1, 0.2))) for a, r in zip((-10.0, 0.0, 10.0),

@@ -18,6 +18,7 @@ changes (on the demo teacher, α = 10 re-encodes at 2.4–5× a_c).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,19 +125,40 @@ def active_rate(values: torch.Tensor, indices: torch.Tensor, concepts: Sequence[
 @torch.no_grad()
 def steer_teacher(teacher: Any, sae: Any, prompt: torch.Tensor, concepts: Sequence[int], alphas: Sequence[float],
                   max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                  generator: torch.Generator | None = None, vocab_limit: int | None = None) -> torch.Tensor:
-    """Generate from the teacher (full recomputation per token) with SAE latents × α at teacher_layer; ids at
-    and above `vocab_limit` (the tokenizer's size) are never sampled."""
+                  generator: torch.Generator | None = None, vocab_limit: int | None = None,
+                  use_cache: bool = True) -> torch.Tensor:
+    """Generate from the teacher with SAE latents × α at teacher_layer; ids at and above `vocab_limit` (the
+    tokenizer's size) are never sampled.
+
+    With `use_cache` (default) each new token runs alone against the KV cache (a cocomix teacher's own cache, an HF
+    teacher's `cache`, named `past_key_values` before transformers 5.24): the edit at a position depends only on
+    the tokens up to it, so the cached keys and values are the ones a full recomputation would give.
+    `use_cache=False` recomputes the whole sequence per token (the reference it is tested against), as does a
+    model without a KV cache."""
     from cocomix.teacher import _logits
 
     check_steering(sae.n_latents, concepts, alphas)
     check_sampling(max_new_tokens, temperature, top_k, None)
     handle = teacher.blocks[teacher.layer].register_forward_hook(_LatentScale(sae, concepts, alphas))
-    tokens = prompt
+    own = isinstance(teacher.model, Transformer)
+    cache: Any = teacher.model.new_cache() if use_cache and own else None
+    # transformers 5.24 renamed the argument and output `past_key_values` to `cache` (the old name goes in 5.40)
+    hf_name = "cache" if "cache" in inspect.signature(teacher.model.forward).parameters else "past_key_values"
+    # an HF model caches when its config has `use_cache` (the Teacher then passes use_cache=False elsewhere)
+    cached, tokens, feed = use_cache and (own or "use_cache" in teacher._kw), prompt, prompt
     try:
         for _ in range(max_new_tokens):
-            last = restrict_vocab(_logits(teacher.model(tokens))[:, -1].float(), vocab_limit)  # (B, V)
-            tokens = torch.cat((tokens, sample_next(last, temperature, top_k, None, generator)[:, None]), dim=1)
+            if not cached:
+                out = teacher.model(tokens, **teacher._kw)
+            elif own:
+                out = teacher.model(feed, cache=cache)
+            else:
+                out = teacher.model(feed, use_cache=True, **{hf_name: cache})
+                cache = getattr(out, hf_name, None)
+                cached = cache is not None  # a model without a KV cache recomputes from the next token on
+            last = restrict_vocab(_logits(out)[:, -1].float(), vocab_limit)                    # (B, V)
+            feed = sample_next(last, temperature, top_k, None, generator)[:, None]           # (B, 1)
+            tokens = torch.cat((tokens, feed), dim=1)
     finally:
         handle.remove()
         teacher._leaf = None
