@@ -136,7 +136,11 @@ def test_characters_split_over_byte_tokens_show_whole(tmp_path: Path) -> None:
     # control characters in the text are escaped on the page (an ESC would make it invalid HTML); breaks stay
     page = write_html([TokenConcepts(0, "red\x1b[31m\nnext", [(3, 1.0, 0.5)])], _book(tmp_path),
                       tmp_path / "c.html", "t").read_text()
-    assert "\x1b" not in page and "red\\x1b[31m\nnext" in page
+    assert "\x1b" not in page and 'red\\x1b[31m<span class="mark">⏎</span>\nnext' in page  # a break shows its mark
+    # the key under the text says how to read a concept line, or that no labels were given
+    assert "share of its strongest teacher contexts" in page
+    bare = write_html([TokenConcepts(0, "a", [(3, 1.0, 0.5)])], ConceptBook.empty(C), tmp_path / "e.html", "t")
+    assert "no describe-concepts labels were given (pass --concepts DIR)" in bare.read_text()
 
 
 def test_steering_errors_name_the_problem() -> None:

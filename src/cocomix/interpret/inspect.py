@@ -98,18 +98,32 @@ def format_table(rows: list[TokenConcepts], book: ConceptBook) -> str:
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em; max-width: 72em; color: #222; }
 .text { font-family: ui-monospace, monospace; line-height: 2.2; white-space: pre-wrap; }
 .tok { position: relative; border-bottom: 2px solid #8ab; padding: 0 1px; }
 .tok:hover { background: #def; }
 .part { display: inline-block; width: .4em; }
+.mark { color: #999; }
 .tip { display: none; position: absolute; left: 0; top: 1.8em; z-index: 1; background: #fff; border: 1px solid #999;
        padding: .4em .6em; white-space: pre; font-size: 12px; line-height: 1.4; box-shadow: 2px 2px 6px #aaa; }
 .tok:hover .tip { display: block; }
 table { border-collapse: collapse; font-size: 13px; margin-top: 2em; }
 td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: left; vertical-align: top; }
+td.concepts { white-space: nowrap; font-family: ui-monospace, monospace; font-size: 12px; }
+.key { font-size: 13px; color: #555; }
 code { background: #f4f4f4; }
 """
+
+
+def _key(rows: list[TokenConcepts], book: ConceptBook) -> str:
+    """How to read a concept line of the page."""
+    key = ("Each concept: #SAE latent, the student's predicted logit, its probability p (softmax over all "
+           "concepts), ")
+    if any(book[c].described for r in rows for c, _, _ in r.concepts):
+        return html.escape(key + "then the teacher token that most often activates the latent, «marked», and the "
+                           "share of its strongest teacher contexts where it is that token (how well one token "
+                           "describes it).")
+    return html.escape(key + "then - : no describe-concepts labels were given (pass --concepts DIR).")
 
 
 def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, title: str) -> Path:
@@ -121,23 +135,27 @@ def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, t
     for r in rows:
         tip = "\n".join(concept_line(*x) for x in r.concepts)
         alpha = min(1.0, r.concepts[0][2] * 4) if r.concepts else 0.0  # shade by the top concept's probability
-        text = visible(r.token, keep="\n\t")  # line breaks and tabs kept, other control characters escaped
+        text = html.escape(visible(r.token, keep="\n\t"))  # breaks and tabs kept, other control characters escaped
+        # a line break shows its mark before breaking, so a newline token has something to hover
+        text = text.replace("\n", '<span class="mark">⏎</span>\n')
         kind = "tok" if r.token else "tok part"  # part of a character: a narrow mark that can still be hovered
         spans.append(f'<span class="{kind}" style="background: rgba(255, 190, 60, {alpha:.2f})">'
-                     f'{html.escape(text)}<span class="tip">{html.escape(tip)}</span></span>')
+                     f'{text}<span class="tip">{html.escape(tip)}</span></span>')
     table = ["<table><tr><th>pos</th><th>token</th><th>top predicted concepts</th>"
              "<th>strongest teacher context of the top concept</th></tr>"]
     for r in rows:
         cells = "<br>".join(html.escape(concept_line(*x)) for x in r.concepts)
         ctx = book[r.concepts[0][0]].context if r.concepts else ""
-        table.append(f"<tr><td>{r.position}</td><td><code>{html.escape(_show(r.token))}</code></td><td>{cells}</td>"
+        table.append(f"<tr><td>{r.position}</td><td><code>{html.escape(_show(r.token))}</code></td>"
+                     f"<td class=\"concepts\">{cells}</td>"
                      f"<td>{html.escape(visible(ctx) if ctx else '—')}</td></tr>")
     table.append("</table>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>Hover a token to see the concepts the student predicts there "
             "(shade: probability of the top concept).</p>"
-            f"<div class=\"text\">{''.join(spans)}</div>{''.join(table)}</body></html>\n")
+            f"<div class=\"text\">{''.join(spans)}</div><p class=\"key\">{_key(rows, book)}</p>{''.join(table)}"
+            "</body></html>\n")
     out = Path(path)
     atomic_write_text(out, page)
     return out
