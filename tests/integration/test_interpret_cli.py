@@ -162,3 +162,26 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
         r = _cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
         assert not r.stdout  # refused before any table or work
+
+
+def test_the_teacher_steerability_example_runs(store_dir: Path, concept_parts: tuple[Path, Path]) -> None:
+    """`examples/teacher_steerability.py` (the README's steering section quotes it) on the tiny HF teacher: one
+    JSON line per chosen latent with its rates at α in {0, 1, α, −α}, then the summary."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "examples" / "teacher_steerability.py"), "--teacher",
+                        str(concept_parts[0]), "--layer", "1", "--sae", str(concept_parts[1]), "--data", str(store_dir),
+                        "--seq-len", "32", "--windows", "4", "--min-freq", "0", "--max-freq", "1", "--latents", "2",
+                        "--prompts", "3", "--prompt-len", "8", "--new-tokens", "4"],
+                       capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    *rows, summary = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 2 and summary["latents"] == 2 and summary["layer"] == 1
+    for row in rows:
+        assert set(row) == {"latent", "frequency", *(f"{k}@{a}" for k in ("rate", "nll") for a in (0, 1, 10, -10))}
+        assert all(0.0 <= row[f"rate@{a}"] <= 1.0 for a in (0, 1, 10, -10)) and row["frequency"] > 0
+    assert rows[0]["frequency"] >= rows[1]["frequency"]  # most frequent first
