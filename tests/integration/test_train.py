@@ -45,7 +45,7 @@ def _record_micro_batch_losses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     def recorded(self: NTP, model: torch.nn.Module, batch: object) -> tuple:
         out = original(self, model, batch)
-        losses.append(float(out[0]))
+        losses.append(float(out[0].detach()))
         return out
 
     monkeypatch.setattr(NTP, "loss", recorded)
