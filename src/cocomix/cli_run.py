@@ -156,8 +156,8 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")
     s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    s.add_argument("--config", help="a run config file (.json or .toml); with --preset, its fields replace the "
-                   "preset's")
+    s.add_argument("--config", help="a run config file (.json or .toml), or a run directory (its config.json); "
+                   "with --preset, its fields replace the preset's")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
     s.add_argument("--out", default=None, help="run directory (needed unless --print-config)")
     s.add_argument("--resume", action="store_true",
@@ -171,8 +171,8 @@ def add_setup_commands(sub: argparse._SubParsersAction) -> None:
     """Register flops and presets."""
     s = sub.add_parser("flops", help="analytic training FLOPs per token (teacher and SAE included) of a config")
     s.add_argument("--preset", help="a preset name (see `cocomix presets`)")
-    s.add_argument("--config", help="a run config file (.json or .toml); with --preset, its fields replace the "
-                   "preset's")
+    s.add_argument("--config", help="a run config file (.json or .toml), or a run directory (its config.json); "
+                   "with --preset, its fields replace the preset's")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. concept.cache=DIR")
     s.set_defaults(func=cmd_flops, resume=False, out="")
 

@@ -144,8 +144,14 @@ def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a run config from .json or .toml; a missing or malformed file is a one-line ConfigError."""
+    """Read a run config from .json or .toml, or from a run directory (its `config.json`, the config it trained
+    with); a missing or malformed file is a one-line ConfigError."""
     p = Path(path)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"{p}: a directory without config.json; expected a .json or .toml config file or a "
+                              "run directory")
+        p = p / "config.json"
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:

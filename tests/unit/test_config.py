@@ -177,6 +177,12 @@ def test_config_files(tmp_path) -> None:
         load_config_file(tmp_path / "c.json")
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "missing.json")
+    # a run directory gives the config it trained with; a directory without one is named as such
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ConfigError, match="run: a directory without config.json"):
+        load_config_file(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(get_preset("tiny-cocomix").to_dict()))
+    assert run_config(load_config_file(tmp_path / "run")) == get_preset("tiny-cocomix")
 
 
 def test_cached_targets_need_fixed_windows() -> None:
