@@ -36,7 +36,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from cocomix.interpret.inspect import format_table, inspect_ids, write_html
+    from cocomix.interpret.inspect import format_table, inspect_ids, is_inspect_page, write_html
 
     if args.max_tokens < 1:
         raise CocomixError(f"--max-tokens: expected an integer >= 1, got {args.max_tokens}")
@@ -47,6 +47,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                                      f"{html.parent} is a file, not a folder" if
                                                      html.parent.exists() else
                                                      f"its folder {html.parent} does not exist"))
+        if html.is_file() and not is_inspect_page(html):  # a mistyped path must not replace a config or report
+            raise CocomixError(f"--html {html}: exists and is not a page `cocomix inspect` wrote; give a new file "
+                               "name (or remove the file)")
     run, model, store, book = _open(args)
     tok = store.tokenizer()
     if args.text is not None:

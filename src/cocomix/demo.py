@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
-from cocomix.atomic import atomic_write_text
+from cocomix.atomic import atomic_write_text, check_out_folder
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore, prepare
 from cocomix.errors import CocomixError, Stopped
+from cocomix.outputs import DEMO, STORE
 from cocomix.presets import get_preset
 
 TEACHER_LAYER = 1
@@ -152,7 +153,12 @@ def train_stage(run: RunConfig, run_dir: Path) -> None:
                       "command again to resume")
 
 
-def make_out(out: Path) -> None:
+def make_out(out: Path, data: Path | None = None) -> None:
+    """Create OUT after checking, before anything is written, that OUT holds no other command's output (a run, a
+    store, ...) and that `data` (--data) is a token store or a new or empty folder."""
+    check_out_folder(out, own=(DEMO,))
+    if data is not None:
+        check_out_folder(data, "--data", own=(STORE,))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -197,7 +203,7 @@ def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "r
     data, out = Path(data_dir), Path(out_dir)
     steps = {**STEPS, **(steps or {})}
     timings: dict[str, float | None] = {}
-    make_out(out)
+    make_out(out, data)
     earlier = _earlier_timings(out / "demo_result.json")
     n_latents = concept_stages(data, out, steps, source, timings)
     runs = _student_runs(data, out, steps["student"], n_latents)

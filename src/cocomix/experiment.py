@@ -81,7 +81,7 @@ def run_experiment(data_dir: str | Path = "data/shakespeare", out_dir: str | Pat
     data, out = Path(data_dir), Path(out_dir)
     steps = {**STEPS, **(steps or {})}
     timings: dict[str, float | None] = {}
-    make_out(out)
+    make_out(out, data)
     n_latents = concept_stages(data, out, steps, source, timings, selections=("attribution", "activation"))
     runs = variant_runs(_student_runs(data, out, steps["student"], n_latents), out)
     for seed in range(seeds):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 RUN = "a cocomix run"
 STORE = "a token store"
+DEMO = "a demo output (make demo)"  # make demo's and make experiment's OUT (stages.json)
 
 # (kind, files any one of which marks it), tried in order after the folders recognised as a whole below
 _BY_FILE: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -33,7 +34,7 @@ def output_kind(folder: str | Path) -> str | None:
     if not path.is_dir():
         return None
     if (path / "stages.json").is_file() or (path / "demo_result.json").is_file():
-        return "a demo output (make demo)"
+        return DEMO
     if (path / "summary.json").is_file() and (path / "sae").is_dir():
         return "a train-sae output"
     if (path / "config.json").is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):

@@ -98,3 +98,22 @@ def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: py
         train_stage(get_preset("tiny"), tmp_path / "teacher")
     assert stop.value.signum == 15
     assert hints == ["run the same command again to resume"]  # the loop's line, not "continue with --resume"
+
+
+def test_an_out_or_data_folder_holding_other_output_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from cocomix.errors import ConfigError
+    from cocomix.experiment import run_experiment
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "targets_train.bin").write_bytes(b"")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for call, match in ((lambda: run_demo(tmp_path / "data", run), "--out .*run: holds a cocomix run"),
+                        (lambda: run_experiment(tmp_path / "data", run), "--out .*run: holds a cocomix run"),
+                        (lambda: run_demo(cache, tmp_path / "new"), "--data .*cache: holds a concept cache")):
+        with pytest.raises(ConfigError, match=match):
+            call()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no stages.json, no new folder

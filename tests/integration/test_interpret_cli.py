@@ -37,7 +37,10 @@ def test_inspect_prints_a_table_and_writes_a_page(runs: dict[str, Path]) -> None
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith(" pos") and all(line.count("#") == 2 for line in lines[1:-1])
-    assert "<!DOCTYPE html>" in html.read_text()
+    first = html.read_text()
+    assert "<!DOCTYPE html>" in first
+    again = _cli("inspect", str(runs["cocomix"]), "--text", "a horse", "--html", str(html))  # its own page: replaced
+    assert again.returncode == 0 and html.read_text() != first
     r = _cli("inspect", "--run", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "8")  # RUN or --run
     assert r.returncode == 0 and len(r.stdout.splitlines()) == 9
     assert "no describe-concepts labels: pass --concepts DIR" in r.stdout.splitlines()[0]
@@ -152,6 +155,8 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
              "a-folder.html: a folder; give a file name"),
             (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(root / "no" / "page.html")],
              "its folder"),
+            (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(runs["cocomix"] / "config.json")],
+             "config.json: exists and is not a page `cocomix inspect` wrote"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,nan", "--out", str(root / "se2")],
              "--alphas: expected finite numbers"),
             (["compression", str(runs["cocomix"]), "--threshold", "inf", "--out", str(root / "comp-inf")],
@@ -162,6 +167,7 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
         r = _cli(*args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
         assert not r.stdout  # refused before any table or work
+    json.loads((runs["cocomix"] / "config.json").read_text())  # the run's config is intact
 
 
 def test_the_teacher_steerability_example_runs(store_dir: Path, concept_parts: tuple[Path, Path]) -> None:

@@ -115,6 +115,18 @@ code { background: #f4f4f4; }
 """
 
 
+_GENERATOR = '<meta name="generator" content="cocomix inspect">'
+
+
+def is_inspect_page(path: Path) -> bool:
+    """Whether the file at `path` is a page `write_html` wrote (which `inspect --html` may replace)."""
+    try:
+        with open(path, "rb") as fh:
+            return _GENERATOR.encode() in fh.read(4096)
+    except OSError:
+        return False
+
+
 def _key(rows: list[TokenConcepts], book: ConceptBook) -> str:
     """How to read a concept line of the page."""
     key = ("Each concept: #SAE latent, the student's predicted logit, its probability p (softmax over all "
@@ -150,7 +162,7 @@ def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, t
                      f"<td class=\"concepts\">{cells}</td>"
                      f"<td>{html.escape(visible(ctx) if ctx else '—')}</td></tr>")
     table.append("</table>")
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{_GENERATOR}"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>Hover a token to see the concepts the student predicts there "
             "(shade: probability of the top concept).</p>"
