@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -446,3 +447,20 @@ def test_a_streamed_hf_source_prepares_the_same_store(tmp_path: Path, offline_da
     by_content = json.loads((out / "meta.json").read_text())
     assert by_content["val_split"] == "blake2b-64 of document contents"
     assert by_content["val_names"] != meta[0]["val_names"]  # another split of the same rows
+
+
+def test_a_path_that_is_plainly_not_a_store_is_named_for_what_it_is(store_dir: Path, tmp_path: Path) -> None:
+    """A store's file, another command's output with a meta.json of its own (a concept cache) and the folder above
+    a store each get their own diagnosis, not "corrupt, prepare it again"."""
+    with pytest.raises(DataError, match=rf"meta.json: a file, not a token store; .* \({re.escape(str(store_dir))}\)"):
+        TokenStore.open(store_dir / "meta.json")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "meta.json").write_text("{}")
+    (cache / "targets_train.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="cache: holds a concept cache, not a token store"):
+        TokenStore.open(cache)
+    with pytest.raises(DataError, match=rf"not a token store; its subfolder {store_dir.name} holds one"):
+        TokenStore.open(store_dir.parent)
+    with pytest.raises(DataError, match="meta.json: missing; run `cocomix prepare`"):  # an empty folder, as before
+        TokenStore.open(tmp_path)

@@ -264,6 +264,24 @@ def _validate_meta(meta_path: Path, meta: Any) -> dict:
     return meta
 
 
+def _check_store_folder(path: Path) -> None:
+    """DataError naming what `path` is when it is plainly not a token store: a file (a store's meta.json, say),
+    another command's output (a concept cache also has a meta.json), or a folder whose subfolders hold stores."""
+    from cocomix.outputs import STORE, output_kind
+
+    if path.is_file():
+        raise DataError(f"{path}: a file, not a token store; give the folder `cocomix prepare` wrote"
+                        + (f" ({path.parent})" if path.name in (META_FILE, "train.bin", "val.bin") else ""))
+    kind = output_kind(path)
+    if kind is not None and kind != STORE:
+        raise DataError(f"{path}: holds {kind}, not a token store (the folder `cocomix prepare` wrote)")
+    if path.is_dir() and not (path / META_FILE).exists():
+        stores = sorted(p.parent.name for p in path.glob(f"*/{META_FILE}") if (p.parent / "train.bin").is_file())
+        if stores:
+            raise DataError(f"{path}: not a token store; its subfolder{'s' * (len(stores) > 1)} "
+                            f"{', '.join(stores[:5])} {'hold' if len(stores) > 1 else 'holds'} one")
+
+
 class TokenStore:
     """A prepared token store, opened read-only; the token streams are memory-mapped on first use."""
 
@@ -280,6 +298,7 @@ class TokenStore:
         """Open the store at `path`; DataError if it is missing, incomplete, corrupt or truncated."""
         path = Path(path).expanduser()
         meta_path = path / META_FILE
+        _check_store_folder(path)
         if not meta_path.is_file():
             hint = "" if path.is_dir() else " (the folder does not exist)"
             raise DataError(f"{meta_path}: missing{hint}; run `cocomix prepare` to build the token store")
