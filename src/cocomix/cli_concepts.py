@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from cocomix.cli_parser import DEVICE_HELP
@@ -75,6 +76,10 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
                             attribution_loss=args.attribution_loss, gradient_at=args.gradient_at, seq_len=args.seq_len,
                             batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
     print(json.dumps({k: meta[k] for k in ("complete", "windows", "n_latents", "k_attr", "dtype")}))
+    if not meta["complete"]:  # "complete" is about the split training reads
+        print(f"cocomix: note: {args.out}: the train split has no targets yet (splits done: "
+              f"{', '.join(meta['complete_splits']) or 'none'}); training from this cache needs `--splits train`",
+              file=sys.stderr)
     return 0
 
 

@@ -92,6 +92,11 @@ def test_completeness_is_per_split(store_dir: Path, tmp_path: Path, parts: tuple
     assert meta["complete_splits"] == ["val"] and not meta["complete"]
     with pytest.raises(DataError, match="train split is incomplete"):
         TargetCache.open(tmp_path / "c")
+    _extract(store_dir, tmp_path / "v", parts, splits=("val",))  # never a train split: said so
+    with pytest.raises(DataError, match="v: holds no train targets .* --splits train"):
+        TargetCache.open(tmp_path / "v")
+    with pytest.raises(DataError, match="holds a token store, not a concept cache"):
+        TargetCache.open(store_dir)
     _extract(store_dir, tmp_path / "d", parts, splits=("train",))
     cache = TargetCache.open(tmp_path / "d")
     assert cache.batch("train", [0]).shape == (1, 32, 4)

@@ -277,12 +277,21 @@ class TargetCache:
     @classmethod
     def open(cls, path: str | Path, expect: dict[str, Any] | None = None) -> TargetCache:
         """Open a complete cache; `expect` (a subset of meta keys) must match what made it."""
+        from cocomix.outputs import output_kind
+
         path = Path(path)
+        kind = output_kind(path)
+        if kind not in (None, "a concept cache"):
+            raise DataError(f"{path}: holds {kind}, not a concept cache (the folder `cocomix extract-concepts` "
+                            "wrote)")
         try:
             meta = json.loads((path / "meta.json").read_text())
         except (OSError, ValueError) as e:
             raise DataError(f"{path / 'meta.json'}: missing or unreadable concept cache ({e})") from None
         if not meta.get("complete"):
+            if not (path / "targets_train.bin").exists():  # e.g. --splits val only: training reads train
+                raise DataError(f"{path}: holds no train targets (extracted with --splits without train); training "
+                                "reads the train split: run `cocomix extract-concepts --splits train` on it")
             raise DataError(f"{path}: concept extraction of the train split is incomplete; run `cocomix "
                             "extract-concepts` again (with train in --splits) to resume it")
         _check_matches(path, meta, expect or {})

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from cocomix.errors import ConfigError
+from cocomix.errors import ConfigError, DataError
 from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
@@ -193,4 +193,7 @@ def open_cache(path: str, run: RunConfig, store: TokenStore) -> TargetCache:
         expect["sae_k"] = c.sae_k
     if c.sae and Path(c.sae).exists():  # the SAE by content (its path may differ between machines)
         expect["sae_sha256"] = sae_sha256(c.sae, c.teacher_layer)
-    return TargetCache.open(path, expect=expect)
+    try:
+        return TargetCache.open(path, expect=expect)
+    except DataError as e:  # named by the setting that gave the path
+        raise DataError(f"concept.cache: {e}") from None
