@@ -83,6 +83,30 @@ def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44
     return "\n".join(lines)
 
 
+def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any) -> tuple[Any, Any]:
+    """The teacher and SAE of `--teacher` / `--sae`, else of the run's concept.teacher / concept.sae (paths
+    relative to where training ran: a failure says so)."""
+    from cocomix.sae import load_sae
+    from cocomix.teacher import Teacher, teacher_dtype
+
+    c = run.concept
+
+    def hint(e: CocomixError, key: str, flag: str, value: str) -> CocomixError:
+        return CocomixError(f"{e} (the run's concept.{key} {value!r}, read from {Path.cwd()}; pass {flag} to use "
+                            "one elsewhere)")
+
+    try:
+        teacher = Teacher.from_pretrained(args.teacher or c.teacher, c.teacher_layer, device=device,
+                                          dtype=teacher_dtype(c.teacher_dtype))
+    except CocomixError as e:
+        raise (e if args.teacher else hint(e, "teacher", "--teacher", c.teacher)) from None
+    try:
+        sae = load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer)
+    except CocomixError as e:
+        raise (e if args.sae else hint(e, "sae", "--sae", c.sae)) from None
+    return teacher, teacher.fit_sae(sae.to(device))
+
+
 def cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
@@ -100,6 +124,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
         raise CocomixError("--prompt: encodes to no tokens; give some text")
     device = next(model.parameters()).device
     prompt = torch.tensor([ids], device=device)
+    if args.teacher_check:  # loaded before anything is printed: a teacher that cannot be read is said first
+        teacher, sae = _teacher_and_sae(args, run, device)
+        teacher.check_store(store, len(ids) + args.max_new_tokens, "the prompt's tokens + --max-new-tokens")
     outs = {}
     for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
         gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -114,14 +141,6 @@ def cmd_steer(args: argparse.Namespace) -> int:
     text = {k: tok.decode(v.tokens[0, len(ids):].tolist()) for k, v in outs.items()}
     print(_side_by_side(("student, unsteered (α = 1)", text["unsteered"]), ("student, steered", text["steered"])))
     if args.teacher_check:
-        from cocomix.sae import load_sae
-        from cocomix.teacher import Teacher, teacher_dtype
-
-        c = run.concept
-        teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device,
-                                          dtype=teacher_dtype(c.teacher_dtype))
-        teacher.check_store(store, len(ids) + args.max_new_tokens, "the prompt's tokens + --max-new-tokens")
-        sae = teacher.fit_sae(load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
         t_out, active = {}, {}
         for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
             gen = torch.Generator(device=device).manual_seed(args.seed)
@@ -141,8 +160,6 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
-    from cocomix.sae import load_sae
-    from cocomix.teacher import Teacher, teacher_dtype
 
     check_out_folder(args.out, own=("a steering metric (steer-eval)",))  # before the evaluation, not after it
     try:
@@ -160,11 +177,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
                           n_concepts=args.n_concepts, seed=args.seed, teacher_check=args.teacher_check)
     if not args.concept and not args.concepts:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
-    c = run.concept
-    device = next(model.parameters()).device
-    teacher = Teacher.from_pretrained(args.teacher or c.teacher, c.teacher_layer, device=device,
-                                      dtype=teacher_dtype(c.teacher_dtype))
-    sae = teacher.fit_sae(load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
+    teacher, sae = _teacher_and_sae(args, run, next(model.parameters()).device)
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
     _say_replaced(Path(args.out) / "steering.json", "steering metric")
     out = write_steering_report(result, args.out)
@@ -225,7 +238,10 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every α)")
     s.add_argument("--teacher-check", action="store_true",
-                   help="also steer the same SAE latent in the teacher (the run's concept.teacher and concept.sae)")
+                   help="also steer the same SAE latent in the teacher (the run's concept.teacher and concept.sae, "
+                        "or --teacher / --sae)")
+    s.add_argument("--teacher", default=None, help="teacher for --teacher-check (default: the run's concept.teacher)")
+    s.add_argument("--sae", default=None, help="SAE for --teacher-check (default: the run's concept.sae)")
     s.set_defaults(func=cmd_steer)
 
     s = sub.add_parser("steer-eval", help="steering metric: concept activation rate and fluency against α")

@@ -191,3 +191,26 @@ def test_the_teacher_steerability_example_runs(store_dir: Path, concept_parts: t
         assert set(row) == {"latent", "frequency", *(f"{k}@{a}" for k in ("rate", "nll") for a in (0, 1, 10, -10))}
         assert all(0.0 <= row[f"rate@{a}"] <= 1.0 for a in (0, 1, 10, -10)) and row["frequency"] > 0
     assert rows[0]["frequency"] >= rows[1]["frequency"]  # most frequent first
+
+
+def test_steer_teacher_check_loads_the_teacher_first_and_takes_overrides(runs: dict[str, Path], tmp_path: Path,
+                                                                        concept_parts: tuple[Path, Path]) -> None:
+    """The teacher and SAE are loaded before any generation is printed; a run's relative concept.teacher that is
+    not found from here says where it was read from and that --teacher overrides it, which works."""
+    import shutil
+
+    moved = tmp_path / "cocomix"
+    shutil.copytree(runs["cocomix"], moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["concept"]["teacher"] = "elsewhere/teacher"
+    (moved / "config.json").write_text(json.dumps(config))
+    base = ["steer", str(moved), "--prompt", "the king", "--concept", "3", "--alpha", "5", "--max-new-tokens", "4",
+            "--teacher-check"]
+    r = _cli(*base)
+    assert r.returncode == 2 and not r.stdout, (r.stdout, r.stderr)
+    assert "the run's concept.teacher 'elsewhere/teacher', read from" in r.stderr and "pass --teacher" in r.stderr
+    r = _cli(*base, "--teacher", str(concept_parts[0]), "--sae", str(concept_parts[1]))
+    assert r.returncode == 0, r.stderr
+    assert "teacher, SAE latent steered" in r.stdout
+    r = _cli(*base, "--teacher", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "missing" in r.stderr and "concept.teacher" not in r.stderr and not r.stdout
