@@ -148,6 +148,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     with); a missing or malformed file is a one-line ConfigError."""
     p = Path(path)
     if p.is_dir():
+        from cocomix.outputs import RUN, output_kind
+
+        kind = output_kind(p)
+        if kind not in (None, RUN):  # an exported model's config.json is a transformers config, not a run's
+            raise ConfigError(f"{p}: holds {kind}, not a run; expected a .json or .toml config file or a run "
+                              "directory")
         if not (p / "config.json").is_file():
             raise ConfigError(f"{p}: a directory without config.json; expected a .json or .toml config file or a "
                               "run directory")

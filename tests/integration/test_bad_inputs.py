@@ -190,6 +190,12 @@ CASES = [
     ("generate-store-of-another-tokenizer", ["generate", "--run", "{run}", "--data", "{root}/other-tok", "--prompt",
                                              "the", "--max-new-tokens", "2"], "not the one the run was trained with"),
     ("eval-not-a-run", ["eval", "--run", "{root}/empty-docs"], "not a cocomix run"),
+    ("eval-a-file-of-the-run", ["eval", "{run}/config.json"], "config.json: a file; give a run directory or one of "
+                                                              "its checkpoints (e.g. "),
+    ("eval-a-concept-cache-as-data", ["eval", "{run}", "--data", "{root}/sae-run"],
+     "holds a train-sae output, not a token store"),
+    ("train-config-of-a-store", ["train", "--config", "{store}", "--out", "{root}/o40"],
+     "holds a token store, not a run"),
     ("generate-past-the-context", ["generate", "{run}", "--prompt", "the", "--max-new-tokens", "500"],
      "--max-new-tokens: 500 new tokens after a prompt of 2 tokens exceed the model's context_length 32"),
     ("steer-ntp-run", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "10"], "CoCoMix"),

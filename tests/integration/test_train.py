@@ -237,6 +237,8 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
         (["train", "--config", str(cfg), "--out", str(out)], "already holds a run"),
         (["train", "--config", str(cfg), "--out", str(tmp_path / "file")], "not a directory"),
         (["export", "--run", str(out), "--out", str(tmp_path / "hf")], "not an empty directory"),
+        (["eval", "--run", str(tmp_path / "hf")], "hf: a transformers model folder (cocomix export), not a cocomix "
+                                                  "run"),
         (["export", "--run", str(out), "--out", "/dev/null/hf"], "/dev/null exists and is not a directory"),
         (["export", "--run", str(out), "--out", str(tmp_path / "hf2"), "--data", str(tmp_path)],
          "tokenizer not found"),

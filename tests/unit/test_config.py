@@ -183,6 +183,11 @@ def test_config_files(tmp_path) -> None:
         load_config_file(tmp_path / "run")
     (tmp_path / "run" / "config.json").write_text(json.dumps(get_preset("tiny-cocomix").to_dict()))
     assert run_config(load_config_file(tmp_path / "run")) == get_preset("tiny-cocomix")
+    (tmp_path / "hf").mkdir()  # an exported model: its config.json is transformers'
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "gpt2"}')
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="hf: holds a model folder, not a run"):
+        load_config_file(tmp_path / "hf")
 
 
 def test_cached_targets_need_fixed_windows() -> None:

@@ -254,10 +254,15 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         return resolve_checkpoint(p.parent.parent)
     if p.name == CKPT_DIR and (p / "latest").is_file():  # the run's checkpoints/ folder: its latest checkpoint
         return resolve_checkpoint(p.parent)
+    if p.is_file():  # a run's config.json, a checkpoint's weights: its folder was meant
+        raise CheckpointError(f"{p}: a file; give a run directory or one of its checkpoints (e.g. {p.parent})")
     if not p.is_dir():
         raise CheckpointError(f"{p}: no such run or checkpoint directory")
     ckpt = latest_checkpoint(p)
     if ckpt is None:
+        if (p / "model.safetensors").is_file() and (p / "config.json").is_file():
+            raise CheckpointError(f"{p}: a transformers model folder (cocomix export), not a cocomix run; give the "
+                                  "run directory it was exported from, or load it with transformers")
         if not (p / "config.json").is_file():
             raise CheckpointError(f"{p}: not a cocomix run (no config.json or checkpoints/); give a run directory "
                                   "or one of its checkpoints")
