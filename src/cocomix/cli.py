@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cocomix import cli_parser
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
 from cocomix.cli_parser import (
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     short_warnings()
     parser = build_parser()
+    cli_parser.ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's parser, so the hint is `cocomix COMMAND --help`
         subcommand(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")

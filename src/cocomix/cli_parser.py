@@ -23,6 +23,10 @@ class Help(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
+ARGV: list[str] = []
+"""The command line being parsed (`cli.main` sets it), for the hints of `Parser.error`."""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the one-line error convention of every other cocomix error (exit code 2), and defaults in
     every subcommand's help."""
@@ -32,6 +36,11 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
+        flag = message.removeprefix("argument ").partition(":")[0]
+        given = ARGV[ARGV.index(flag) + 1:ARGV.index(flag) + 2] if flag in ARGV else []
+        if message.endswith("expected one argument") and given and given[0][:1] == "-" and (
+                given[0][1:2].isdigit() or given[0][1:2] == "."):  # `--alphas -10,0,1`: a negative value
+            message += f" (argparse reads {given[0]!r} as an option: write {flag}={given[0]})"
         self.exit(2, f"cocomix: error: {message} (see `{self.prog} --help`)\n")
 
 

@@ -157,6 +157,8 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
              "its folder"),
             (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(runs["cocomix"] / "config.json")],
              "config.json: exists and is not a page `cocomix inspect` wrote"),
+            (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas", "-10,0,1", "--out", str(root / "se4")],
+             "argparse reads '-10,0,1' as an option: write --alphas=-10,0,1"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,nan", "--out", str(root / "se2")],
              "--alphas: expected finite numbers"),
             (["compression", str(runs["cocomix"]), "--threshold", "inf", "--out", str(root / "comp-inf")],
