@@ -129,8 +129,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.name is not None:
         print(get_preset(args.name).to_json())
     else:
-        for name, fn in PRESETS.items():
-            print(f"{name:18s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        width = max(map(len, PRESETS)) + 1
+        for name, fn in PRESETS.items():  # the docstring's first sentence, which may span lines
+            first = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())
+            end = first.find(". ")
+            print(f"{name:{width}s} {first if end < 0 else first[:end + 1]}")
     return 0
 
 

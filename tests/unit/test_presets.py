@@ -48,3 +48,15 @@ def test_paper_preset_matches_the_paper(size: str, method: str) -> None:
     if method == "cocomix":  # λ = 0.1, K_attr = 4, TopK of the concept logits 32 (official concept_num)
         assert (c.lambda_concept, c.k_attr, c.mix_k) == (0.1, 4, 32)
         assert (c.selection, c.multiplier, c.mixing, c.target) == ("attribution", "activation", "insert", "concepts")
+
+
+def test_the_preset_list_gives_each_whole_first_sentence(capsys: pytest.CaptureFixture) -> None:
+    """`cocomix presets` prints one line per preset with its docstring's first sentence, even one that wraps."""
+    from cocomix.cli import main
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(PRESETS)
+    pause = next(line for line in lines if line.startswith("gpt2-69m-pause "))
+    assert pause.endswith("at block index 3 (the paper's wording).")  # a sentence that spans two docstring lines
+    assert all(line.rstrip().endswith((".", ")")) for line in lines), lines

@@ -238,8 +238,9 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
         (out / _INCOMPLETE).unlink(missing_ok=True)
     except OSError as e:
         raise DataError(f"{out}: cannot write the token store ({e.strerror or e})") from e
-    log(f"wrote {out}: {meta['train_tokens']:,} train tokens ({meta['train_documents']} documents), "
-        f"{meta['val_tokens']:,} val tokens ({meta['val_documents']} documents), vocab {meta['vocab_size']}",
+    docs = {s: f"{meta[f'{s}_documents']} document{'s' * (meta[f'{s}_documents'] != 1)}" for s in SPLITS}
+    log(f"wrote {out}: {meta['train_tokens']:,} train tokens ({docs['train']}), "
+        f"{meta['val_tokens']:,} val tokens ({docs['val']}), vocab {meta['vocab_size']}",
         force=True)
     return meta
 
