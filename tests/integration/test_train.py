@@ -720,3 +720,15 @@ def test_compiled_training_takes_the_eager_steps(store_dir: Path, concept_parts:
     assert len(losses[True]) == 4
     for (a, ca), (b, cb) in zip(losses[True], losses[False], strict=True):
         assert abs(a - b) <= 1e-4 * abs(b) and abs(ca - cb) <= 1e-4 * abs(cb), losses
+
+
+def test_resuming_a_finished_run_says_so_and_a_longer_one_is_pointed_to_a_new_run(
+        store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train(small_run(store_dir, steps=2, eval_every=0, save_every=2), tmp_path / "r", quiet=True)
+    capsys.readouterr()
+    train(small_run(store_dir, steps=2, eval_every=0, save_every=2), tmp_path / "r", resume=True)
+    seen = capsys.readouterr()
+    assert "already finished (step 2 of 2); nothing to train" in seen.out + seen.err
+    with pytest.raises(CocomixError, match=r"train.steps 2 -> 5; train.steps also sets the learning-rate schedule, "
+                                           r"so a longer run is a new run \(--config .*r --set train.steps=N"):
+        train(small_run(store_dir, steps=5, eval_every=0, save_every=2), tmp_path / "r", resume=True, quiet=True)

@@ -251,6 +251,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     cast = autocast_for(tc.precision, device)
     tokens_per_step = sampler.global_batch * run.data.seq_len
     procs = f" × {ctx.world_size} processes ({tc.parallel})" if ctx.active else ""
+    if start >= tc.steps > 0:  # `--resume` of a finished run: its final evaluation and summary only
+        logger.print(f"cocomix: note: {run_dir}: already finished (step {start} of {tc.steps}); nothing to train")
     if tc.warmup >= tc.steps > 0:
         logger.print(f"cocomix: note: train.warmup_steps {tc.warmup} >= train.steps {tc.steps}: the learning rate "
                      f"never reaches train.lr {tc.lr:g}")

@@ -88,8 +88,10 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved)]
         if diff:
             shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+            longer = ("; train.steps also sets the learning-rate schedule, so a longer run is a new run "
+                      f"(--config {run_dir} --set train.steps=N --out NEW)" if "train.steps" in diff else "")
             raise CheckpointError(f"{run_dir}: cannot resume, the config differs from the stored one: {shown}"
-                                  f"{' (and more)' if len(diff) > 3 else ''}")
+                                  f"{' (and more)' if len(diff) > 3 else ''}{longer}")
         if "data.path" in moved and ckpt is not None and "train_sampled_sha256" not in (
                 read_state(ckpt).get("store") or {}):
             raise CheckpointError(f"{run_dir}: data.path moved ({old['data.path']!r} -> {new['data.path']!r}), but "
