@@ -48,7 +48,7 @@ class SAETrainConfig:
     lr: float = 0.0
     """Adam learning rate; 0 means 2e-4 / sqrt(n_latents / 2^14) (Gao et al.)."""
     warmup_steps: int = 100
-    """Linear warm-up from 0."""
+    """Linear warm-up from 0 (more than `steps` is allowed, with a note: the peak is never reached)."""
     decay_fraction: float = 0.2
     """The last fraction of steps decays the learning rate linearly to 0."""
     auxk_alpha: float = 1.0 / 32
@@ -94,9 +94,6 @@ class SAETrainConfig:
             raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {self.teacher_dtype!r}")
         if not 0 <= self.decay_fraction <= 1:
             raise ConfigError(f"decay_fraction: expected a number in [0, 1], got {self.decay_fraction!r}")
-        if self.warmup_steps > self.steps:
-            raise ConfigError(f"warmup_steps: {self.warmup_steps} exceeds steps={self.steps}, so the learning rate "
-                              "would never reach its peak nor decay; give a smaller --warmup-steps")
         if self.n_latents and self.k > self.n_latents:
             raise ConfigError(f"k: must not exceed n_latents={self.n_latents}, got {self.k}")
         if self.chunk_tokens % self.batch_tokens:

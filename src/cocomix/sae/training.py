@@ -211,6 +211,9 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
         initialize(sae, chunks.chunk(0)[:INIT_SAMPLE].to(sae.W_enc.dtype), gen)  # (INIT_SAMPLE, d)
     atomic_write_text(out / "config.json", cfg.to_json())
     logger = MetricsLogger(out, resume_step=start if ckpt is not None else None, quiet=quiet)
+    if cfg.warmup_steps > cfg.steps:  # (a smoke test's few steps under the default warm-up): said, as train does
+        logger.print(f"train-sae: note: warmup_steps {cfg.warmup_steps} > steps {cfg.steps}: the learning rate "
+                     f"never reaches its peak {peak:.2e}")
     logger.print(f"train-sae: d_in {d_in} -> {C} latents, k {cfg.k} | {cfg.batch_tokens} tokens/step | "
                  f"steps {start}->{cfg.steps} | lr {peak:.2e} | dead after {cfg.dead_after} tokens | {device}")
     meter = Throughput(start, cfg.steps)
