@@ -46,14 +46,25 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
 
         out = Path(args.out)
         kind = output_kind(out) if out.is_dir() else None
-        what = (f"holds {kind}" if kind else "has no run (no config.json)" if out.is_dir() else "does not exist")
+        if kind:  # another command's output: no run can start there either
+            raise CocomixError(f"--out {out}: holds {kind}, not a run, so there is nothing to --resume; choose "
+                               "another --out")
+        what = "has no run (no config.json)" if out.is_dir() else "does not exist"
         raise CocomixError(f"--out {out}: {what}, so --resume has no config to continue; give --preset NAME or "
                            "--config FILE to start a run there")
     elif args.command == "train":
         raise CocomixError("train: give --preset NAME or --config FILE (or --resume an existing --out)")
     else:
         raise CocomixError(f"{args.command}: give --preset NAME or --config FILE")
-    return run_config(apply_overrides(base, args.set or []))
+    run = run_config(apply_overrides(base, args.set or []))
+    # concept settings given on the command line to an NTP run (a stored NTP run may carry its CoCoMix twin's,
+    # as the demo's does: those are not flagged), e.g. a concept.cache on `tiny` instead of `tiny-cocomix`
+    given = list(dict.fromkeys(kv.partition("=")[0] for kv in args.set or [] if kv.startswith("concept.")))
+    if run.method == "ntp" and given:
+        warnings.warn(f"--set {', '.join(given)}: method ntp reads no concept settings, so this changes nothing; "
+                      "set method=cocomix (or use a *-cocomix preset) to train with concepts", CocomixWarning,
+                      stacklevel=2)
+    return run
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

@@ -258,3 +258,10 @@ def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path: Path
     assert r.returncode == 0 and json.loads(r.stdout)["model"]["d_model"] == 768
     assert r.stderr.startswith(f"cocomix: warning: --config {tmp_path / 'part.json'} leaves out data: those fields "
                                "take RunConfig's defaults") and r.stderr.count("\n") == 1
+    # concept settings on the command line of an NTP run change nothing: said; on a CoCoMix run, nothing said
+    r = run_cli("train", "--preset", "tiny", "--set", "concept.cache=targets", "--print-config")
+    assert r.returncode == 0 and r.stderr == ("cocomix: warning: --set concept.cache: method ntp reads no concept "
+                                              "settings, so this changes nothing; set method=cocomix (or use a "
+                                              "*-cocomix preset) to train with concepts\n")
+    r = run_cli("train", "--preset", "tiny-cocomix", "--set", "concept.lambda_concept=0.2", "--print-config")
+    assert r.returncode == 0 and r.stderr == ""
