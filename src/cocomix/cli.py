@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compare", help="compare runs: Markdown table, loss-vs-tokens/FLOPs plots, token efficiency")
     s.add_argument("runs", nargs="+", help="run directories; names differing only by -seedN are grouped")
     s.add_argument("--out", default="compare", help="folder for compare.md and the PNG plots")
-    s.add_argument("--reference", help="group the token efficiency is measured against (default: the first)")
+    s.add_argument("--reference", help="group (or one of its run directories) the token efficiency is measured "
+                   "against (default: the first)")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("demo", help="the make-demo pipeline: teacher, SAE, targets, NTP vs CoCoMix, report")

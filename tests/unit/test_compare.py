@@ -205,6 +205,8 @@ def test_a_seed_cut_short_is_compared_at_the_shared_evaluation_and_a_bound_is_ma
     # CoCoMix's first evaluation (4.4, 102,400 tokens) is already below NTP's 4.55: needs at most half the tokens
     assert "| ≥ +50.0% |" in coco_row, coco_row
     assert "≥: the run's first evaluation already reached" in res["table"]
+    # the reference may be given as one of its runs' paths: the same table
+    assert compare(runs, tmp_path / "out2", reference=str(runs[1]))["table"] == res["table"]
 
 
 def test_a_malformed_metrics_event_names_metrics_jsonl(tmp_path: Path) -> None:

@@ -384,6 +384,9 @@ def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None 
     if not paths:
         raise CocomixError("compare: give at least one run directory")
     groups = group_runs(paths)
+    if reference is not None and reference not in {g.label for g in groups}:  # a run's path names its group
+        reference = next((g.label for g in groups for r in g.runs if r.path.resolve() == Path(reference).resolve()),
+                         reference)
     if reference is not None and reference not in {g.label for g in groups}:
         raise CocomixError(f"--reference: {reference!r} is not one of the runs ({', '.join(g.label for g in groups)})")
     out = Path(out_dir)
