@@ -132,8 +132,10 @@ def cmd_steer(args: argparse.Namespace) -> int:
         gen = torch.Generator(device=device).manual_seed(args.seed)
         outs[name] = steer_student(model, prompt, concepts, a, args.max_new_tokens, args.temperature, args.top_k,
                                    generator=gen, vocab_limit=tok.vocab_size)
-    what = ", ".join(f"#{c} × {a:g} ({book[c].short().strip('()')})" for c, a in zip(concepts, alphas, strict=True))
-    print(f"prompt: {args.prompt!r}\nsteering: {what}")
+    what = ", ".join(f"#{c} × {a:g}" + (f" ({book[c].short().strip('()')})" if book[c].described else "")
+                     for c, a in zip(concepts, alphas, strict=True))
+    unlabelled = "" if any(book[c].described for c in concepts) else " (labels: pass --concepts DIR)"
+    print(f"prompt: {args.prompt!r}\nsteering: {what}{unlabelled}")
     for c, u, s in zip(concepts, outs["unsteered"].mixed.tolist(), outs["steered"].mixed.tolist(), strict=True):
         note = ("  (never mixed: its scaled logit stays below the TopK, so steering it has no effect)" if u == s == 0
                 else "  (steering keeps it out of the TopK: removed from the mixed concepts)" if s == 0 else "")

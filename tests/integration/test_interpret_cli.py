@@ -57,7 +57,7 @@ def test_steer_runs_student_and_teacher_and_reports_mixing(runs: dict[str, Path]
     assert re.search(r"teacher: #5 active at \d+% of positions unsteered, \d+% steered", r.stdout)
     r = _cli("steer", str(runs["cocomix"]), "--prompt", "the king", "--concept", "5", "--alpha", "3",
              "--max-new-tokens", "4")  # no --concepts: no labels
-    assert r.returncode == 0 and "steering: #5 × 3 (-)" in r.stdout
+    assert r.returncode == 0 and "steering: #5 × 3 (labels: pass --concepts DIR)" in r.stdout
 
 
 @pytest.mark.parametrize("args,message", [
