@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cocomix import cli_parser
+from cocomix import __version__, cli_parser
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
 from cocomix.cli_parser import (
@@ -189,6 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="cocomix", description="Pretrain LMs with Continuous Concept Mixing.")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+    p.add_argument("--version", action="version", version=f"cocomix {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     add_run_commands(sub)
 
