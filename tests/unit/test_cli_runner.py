@@ -40,7 +40,6 @@ def test_exit_codes_and_streams_are_a_subprocess_s(monkeypatch) -> None:  # noqa
 
 def test_version_is_printed() -> None:
     from cocomix import __version__
-    from tests.cli import run_cli
 
     r = run_cli("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"cocomix {__version__}"
