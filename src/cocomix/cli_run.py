@@ -131,6 +131,13 @@ def cmd_flops(args: argparse.Namespace) -> int:
     if plugin_note(run):
         out["note"] = plugin_note(run)
     print(json.dumps(out, indent=2))
+    f = {k: v / 1e6 for k, v in out["flops_per_token"].items()}  # the same in words, on stderr (stdout stays JSON)
+    line = (f"flops: {f['total']:.1f} MFLOP/token per training step (student {f['student']:.1f}, teacher "
+            f"{f['teacher']:.1f}, SAE {f['sae']:.1f})")
+    if f.get("cached_targets"):
+        line += (f"; the cached targets cost {f['cached_targets']:.1f} more once, when extracted (`compare` counts "
+                 f"them: {f['total'] + f['cached_targets']:.1f} in all)")
+    print(line, file=sys.stderr)
     return 0
 
 

@@ -111,7 +111,19 @@ def test_flops_command_says_whose_teacher_shape_it_counts(tmp_path: Path, capsys
     assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.teacher=gpt2"]) == 0
     assert json.loads(capsys.readouterr().out)["teacher_shape"] == "gpt2"
     assert main(["flops", "--preset", "tiny"]) == 0
-    assert "teacher_shape" not in json.loads(capsys.readouterr().out)  # NTP has no teacher
+    seen = capsys.readouterr()
+    assert "teacher_shape" not in json.loads(seen.out)  # NTP has no teacher
+    total = json.loads(seen.out)["flops_per_token"]["total"]
+    assert seen.err == f"flops: {total / 1e6:.1f} MFLOP/token per training step (student {total / 1e6:.1f}, " \
+        "teacher 0.0, SAE 0.0)\n"  # the same in words, on stderr
+    # cached targets: the training step's count, and what extracting them cost once (compare's total adds it)
+    assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.teacher=gpt2", "--set",
+                 "concept.cache=targets"]) == 0
+    seen = capsys.readouterr()
+    f = json.loads(seen.out)["flops_per_token"]
+    assert f["cached_targets"] > 0 and f["teacher"] == 0
+    assert f"the cached targets cost {f['cached_targets'] / 1e6:.1f} more once, when extracted (`compare` counts " \
+        f"them: {(f['total'] + f['cached_targets']) / 1e6:.1f} in all)" in seen.err
 
 
 def test_the_hidden_ablation_without_mixing_counts_no_compression() -> None:
