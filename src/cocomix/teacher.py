@@ -247,6 +247,14 @@ class Teacher(PerPositionGradients):
             teacher = cls(model.to(dtype), layer, layer_field)
             teacher.tokenizer_source = ("run", ckpt)
             return teacher
+        if path.is_dir() and not (path / "config.json").is_file():  # not a model: say what is, not transformers'
+            from cocomix.outputs import output_kind
+
+            kind = output_kind(path)
+            inside = sorted(p.parent.name for p in path.glob("*/config.json"))[:5]
+            raise CheckpointError(f"{name_or_path}: " + (f"holds {kind}, not a teacher" if kind else
+                                                         "neither a cocomix run nor a model folder (no config.json)")
+                                  + (f"; its subfolders {', '.join(inside)} have a config.json" if inside else ""))
         try:
             from transformers import AutoModelForCausalLM
         except ImportError:
