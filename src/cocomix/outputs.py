@@ -40,3 +40,15 @@ def output_kind(folder: str | Path) -> str | None:
     if (path / "config.json").is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):
         return RUN
     return next((kind for kind, files in _BY_FILE if any((path / f).exists() for f in files)), None)
+
+
+def what_is(path: str | Path) -> str | None:
+    """What `path` is when it is not a run directory ("a file", "a missing folder", "holds a concept cache"), for
+    errors; None for a run or a folder none of the kinds mark."""
+    p = Path(path)
+    if not p.exists():
+        return "a missing folder"
+    if not p.is_dir():
+        return "a file"
+    kind = output_kind(p)
+    return None if kind in (None, RUN) else f"holds {kind}"

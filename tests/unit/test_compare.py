@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,9 +91,18 @@ def test_plots_have_labelled_axes_and_a_legend(tmp_path: Path, monkeypatch: pyte
 
 
 def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(CocomixError, match="not a finished cocomix run"):
+    with pytest.raises(CocomixError, match="missing: a missing folder, not a run; give a run directory"):
         compare([tmp_path / "missing"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CocomixError, match="empty: not a finished cocomix run"):
+        compare([tmp_path / "empty"], tmp_path / "out")
     run = _run(tmp_path, "ntp", "ntp", 0, [5.0], 1e6)
+    ckpt = run / "checkpoints" / "step_0000001"  # a run's checkpoint: the run it belongs to is named
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    with pytest.raises(CocomixError, match=rf"step_0000001: holds a checkpoint, not a run; give a run directory "
+                                           rf"\({re.escape(str(run))}\)"):
+        compare([ckpt], tmp_path / "out")
     with pytest.raises(CocomixError, match="--reference"):
         compare([run], tmp_path / "out", reference="nope")
     (tmp_path / "file").write_text("")

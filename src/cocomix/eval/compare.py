@@ -34,6 +34,7 @@ from typing import Any
 
 from cocomix.atomic import atomic_write_text, atomic_writer, shown_path
 from cocomix.errors import CocomixError
+from cocomix.outputs import what_is
 
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
 # settings a validation loss depends on besides the model; groups that differ in them are compared with a note
@@ -132,8 +133,10 @@ def _read_run(path: Path) -> RunCurve:
         config = json.loads((path / "config.json").read_text())
         lines = (path / "metrics.jsonl").read_text().splitlines()
     except (OSError, ValueError) as e:
-        raise CocomixError(f"{path}: not a finished cocomix run (config.json / metrics.jsonl unreadable: "
-                           f"{e})") from None
+        what, run = what_is(path), f" ({path.parent.parent})" if path.parent.name == "checkpoints" else ""
+        raise CocomixError(f"{path}: {what}, not a run; give a run directory{run}" if what else  # a checkpoint, ...
+                           f"{path}: not a finished cocomix run (config.json / metrics.jsonl unreadable: "
+                           f"{getattr(e, 'strerror', None) or e})") from None
     events = []
     for line in lines:
         try:
