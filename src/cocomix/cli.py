@@ -147,7 +147,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         from cocomix.runs import check_tokenizer
 
         check_tokenizer(tok_dir, ckpt, "point --data at the run's token store")  # as eval and generate check it
-    folder = export_hf(model, args.out, tokenizer_dir=tok_dir)
+    try:
+        folder = export_hf(model, args.out, tokenizer_dir=tok_dir)
+    except CocomixError as e:  # the output folder's problems name the flag
+        raise (CocomixError(f"--out {e}") if str(e).startswith(f"{args.out}: export target") else e) from None
     print(json.dumps({"exported": str(folder), "flavour": run.model.flavour}))
     return 0
 

@@ -236,7 +236,9 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
         (["eval", "--run", str(tmp_path / "missing")], "missing"),
         (["train", "--config", str(cfg), "--out", str(out)], "already holds a run"),
         (["train", "--config", str(cfg), "--out", str(tmp_path / "file")], "not a directory"),
-        (["export", "--run", str(out), "--out", str(tmp_path / "hf")], "not an empty directory"),
+        (["export", "--run", str(out), "--out", str(tmp_path / "hf")], f"--out {tmp_path / 'hf'}: export target "
+                                                                       "exists and is not an empty directory"),
+        (["export", "--run", str(out), "--out", str(cfg)], "run.json: export target exists and is a file"),
         (["eval", "--run", str(tmp_path / "hf")], "hf: a transformers model folder (cocomix export), not a cocomix "
                                                   "run"),
         (["export", "--run", str(out), "--out", "/dev/null/hf"], "/dev/null exists and is not a directory"),

@@ -173,7 +173,9 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CheckpointError(f"{out}: export target exists and is not an empty directory")
+        raise CheckpointError(f"{out}: export target exists and is " + ("a file" if not out.is_dir() else
+                                                                           "not an empty directory")
+                              + "; give a new or empty folder")
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
     if tok_dir is not None and not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{tok_dir}: no tokenizer.json to export")
