@@ -198,7 +198,7 @@ def test_a_first_call_that_fails_does_not_block_the_corrected_one(store_dir: Pat
     (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
     _extract(store_dir, tmp_path / "c", parts, max_windows=3)
     assert json.loads((tmp_path / "c" / "meta.json").read_text())["sae"] == str(parts[1])
-    with pytest.raises(ConfigError, match="k_attr=4, this run needs 3"):
+    with pytest.raises(ConfigError, match="k_attr=4, not 3 as asked here"):
         _extract(store_dir, tmp_path / "c", parts, k_attr=3)
 
 
@@ -215,7 +215,7 @@ def test_mismatched_settings_are_refused(store_dir: Path, tmp_path: Path, parts:
     _extract(store_dir, tmp_path / "c", parts)
     with pytest.raises(ConfigError, match="seq_len"):
         TargetCache.open(tmp_path / "c", expect={"seq_len": 64})
-    with pytest.raises(ConfigError, match="gradient_at='residual', this run needs 'reconstruction'"):
+    with pytest.raises(ConfigError, match="gradient_at='residual', not 'reconstruction' as asked here"):
         TargetCache.open(tmp_path / "c", expect={"gradient_at": "reconstruction"})
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     del meta["gradient_at"]  # a cache written before the option existed: made at the residual

@@ -263,7 +263,7 @@ def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) 
         value = stored.get(key, _OLD_DEFAULTS.get(key))
         if key in expected and value != expected[key]:
             raise ConfigError(f"{out / 'meta.json'}: concept cache was made with {key}={value!r}, "
-                              f"this run needs {expected[key]!r}; use another cache directory")
+                              f"not {expected[key]!r} as asked here; use another cache directory")
 
 
 class TargetCache:
