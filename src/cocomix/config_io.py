@@ -124,7 +124,8 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
             section = _field_types(cls).get(p)
             if not isinstance(node.get(p), dict):
                 if not dataclasses.is_dataclass(section):
-                    raise ConfigError(f"{key}: unknown config section {p!r}")
+                    known = sorted(k for k, v in _field_types(cls).items() if dataclasses.is_dataclass(v))
+                    raise ConfigError(f"{key}: unknown config section {p!r} (known: {', '.join(known)})")
                 node[p] = {}  # left out of the file: its defaults, with this override
             node, cls = node[p], section
         tp = _field_types(cls).get(parts[-1])

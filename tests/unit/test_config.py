@@ -157,7 +157,7 @@ def test_overrides_reach_sections_a_file_leaves_out_and_keep_strings_as_text() -
     assert cfg.train.lr == 1e-3 and cfg.data.path == "quoted" and cfg.concept.teacher == "true"
     assert cfg.train.device == "cpu"
     assert run_config(apply_overrides(partial, ["data.path=2024"])).data.path == "2024"
-    with pytest.raises(ConfigError, match="unknown config section 'trian'"):
+    with pytest.raises(ConfigError, match=r"unknown config section 'trian' \(known: concept, data, model, train\)"):
         apply_overrides(partial, ["trian.lr=1"])
     with pytest.raises(ConfigError, match=r"train\.seed: expected an integer below 2\*\*64"):
         run_config(apply_overrides(partial, [f"train.seed={2**64}"]))
