@@ -260,7 +260,7 @@ def test_unigram_entropy_of_a_known_distribution(tmp_path: Path) -> None:
 
 
 def test_dtype_choice_and_a_uint32_store(tmp_path: Path) -> None:
-    from cocomix.data.store import dtype_name
+    from cocomix.data.prepare_store import dtype_name
 
     assert dtype_name(4096) == dtype_name(65536) == "uint16" and dtype_name(65537) == "uint32"
     tokens = np.array([70000, 5, 99999, 0], dtype="<u4")  # (4,)

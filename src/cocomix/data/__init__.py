@@ -5,8 +5,9 @@ draws windows in the order given by `WindowSampler`.
 """
 
 from cocomix.data.corpus import Document, iter_documents, split_documents
+from cocomix.data.prepare_store import prepare
 from cocomix.data.sampler import WindowSampler
-from cocomix.data.store import TokenStore, check_vocab, prepare
+from cocomix.data.store import TokenStore, check_vocab
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer, train_bpe
 
 __all__ = [
