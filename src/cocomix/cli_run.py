@@ -57,13 +57,18 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     else:
         raise CocomixError(f"{args.command}: give --preset NAME or --config FILE")
     run = run_config(apply_overrides(base, args.set or []))
-    # concept settings given on the command line to an NTP run (a stored NTP run may carry its CoCoMix twin's,
-    # as the demo's does: those are not flagged), e.g. a concept.cache on `tiny` instead of `tiny-cocomix`
-    given = list(dict.fromkeys(kv.partition("=")[0] for kv in args.set or [] if kv.startswith("concept.")))
-    if run.method == "ntp" and given:
-        warnings.warn(f"--set {', '.join(given)}: method ntp reads no concept settings, so this changes nothing; "
-                      "set method=cocomix (or use a *-cocomix preset) to train with concepts", CocomixWarning,
-                      stacklevel=2)
+    # concept settings given on the command line that the method does not read (`Method.concept_settings`; a
+    # stored config may carry its CoCoMix twin's, as the demo's NTP run does: those are not flagged), e.g. a
+    # concept.cache on `tiny` instead of `tiny-cocomix`
+    from cocomix.methods import METHODS
+
+    used = getattr(METHODS.get(run.method), "concept_settings", None)  # None: all of them
+    given = [k for k in dict.fromkeys(kv.partition("=")[0].strip() for kv in args.set or [])
+             if k.startswith("concept.") and used is not None and k not in used]
+    if given:
+        warnings.warn(f"--set {', '.join(given)}: method {run.method} does not read "
+                      f"{'this setting' if len(given) == 1 else 'these settings'}, so it changes nothing; set "
+                      "method=cocomix (or use a *-cocomix preset) to train with concepts", CocomixWarning, stacklevel=2)
     return run
 
 

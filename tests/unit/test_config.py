@@ -260,8 +260,11 @@ def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path: Path
                                "take RunConfig's defaults") and r.stderr.count("\n") == 1
     # concept settings on the command line of an NTP run change nothing: said; on a CoCoMix run, nothing said
     r = run_cli("train", "--preset", "tiny", "--set", "concept.cache=targets", "--print-config")
-    assert r.returncode == 0 and r.stderr == ("cocomix: warning: --set concept.cache: method ntp reads no concept "
-                                              "settings, so this changes nothing; set method=cocomix (or use a "
+    assert r.returncode == 0 and r.stderr == ("cocomix: warning: --set concept.cache: method ntp does not read this "
+                                              "setting, so it changes nothing; set method=cocomix (or use a "
                                               "*-cocomix preset) to train with concepts\n")
+    r = run_cli("train", "--preset", "tiny-pause", "--set", "concept.cache=targets", "--set",
+                "concept.concept_layer=1", "--print-config")  # pause reads its slot's layer, not the cache
+    assert r.returncode == 0 and "--set concept.cache: method pause does not read" in r.stderr
     r = run_cli("train", "--preset", "tiny-cocomix", "--set", "concept.lambda_concept=0.2", "--print-config")
     assert r.returncode == 0 and r.stderr == ""

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cocomix.atomic import atomic_write_text, atomic_writer, shown_path
+from cocomix.atomic import atomic_write_text, shown_path
 from cocomix.errors import CocomixError
+from cocomix.eval.compare_plot import plot
 from cocomix.outputs import what_is
 
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
@@ -351,35 +352,6 @@ def table(groups: list[Group], reference: str | None = None) -> str:
         notes.append("≥: the run's first evaluation already reached the reference's final loss, so it needed at "
                      "most that many tokens (evaluate more often for the exact figure).")
     return head + "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes)
-
-
-def plot(groups: list[Group], out: Path, axis: str) -> Path:
-    """Validation loss against tokens or training FLOPs, one line (±std band) per group; returns the PNG path."""
-    try:  # a Figure on the Agg canvas: no pyplot, so a caller's backend is left alone
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise CocomixError("compare: plots need matplotlib (pip install matplotlib)") from None
-    fig = Figure(figsize=(7, 4.5), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for g in groups:
-        xs, means, stds = g.mean_curve(axis)
-        label = f"{g.label} ({len(g.runs)} seeds, mean ± 1 std)" if len(g.runs) > 1 else g.label
-        (line,) = ax.plot(xs, means, marker="o", markersize=3, label=label)
-        if len(g.runs) > 1:
-            ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
-                            [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("training tokens" if axis == "tokens" else "training FLOPs (student + teacher + SAE)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"Validation loss vs {'tokens' if axis == 'tokens' else 'training FLOPs'}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = out / f"loss_vs_{axis}.png"
-    with atomic_writer(path) as fh:
-        fig.savefig(fh, format="png")
-    return path
 
 
 def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None = None) -> dict[str, Any]:
