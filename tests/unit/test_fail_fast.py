@@ -13,7 +13,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from cocomix.train.fail_fast import EXIT_CODE
+import pytest
+
+from cocomix.train import fail_fast
+from cocomix.train.distributed import DistContext
+from cocomix.train.fail_fast import EXIT_CODE, FailFast
 
 WORKER = textwrap.dedent("""
     import os, sys, time
@@ -90,3 +94,28 @@ def test_a_rank_killed_outright_that_hosts_the_store_stops_the_others(tmp_path: 
     assert "rank 1: stopping because the process group's store is gone" in errs[1] and "WORK-DONE" not in errs[1]
     assert took < 45, f"the waiting rank was not stopped in time ({took:.0f} s)"
     assert (tmp_path / "flushed1").read_text() == "closed"
+
+
+class _SlowStore:
+    """A store whose every call takes `delay` seconds (a busy or distant TCP store)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.calls = delay, 0
+
+    def check(self, keys: list[str]) -> bool:
+        self.calls += 1
+        time.sleep(self.delay)
+        return False
+
+
+def test_leaving_the_guard_waits_for_its_watcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher is no longer running when the guard is left, even from inside a slow store call: the process
+    group is destroyed, or the interpreter ends, only after it (a thread still inside the store then can abort the
+    process)."""
+    store = _SlowStore(delay=0.5)
+    monkeypatch.setattr(fail_fast, "_default_store", lambda: store)
+    guard = FailFast(DistContext(0, 2, 0), poll=0.05)
+    with guard:
+        while store.calls == 0:  # the watcher is inside its first store call
+            time.sleep(0.01)
+    assert guard._thread is not None and not guard._thread.is_alive()

@@ -17,6 +17,9 @@ A store that no poll can reach `LOST_STORE_POLLS` times in a row stops the rank 
 (under env:// rank 0, which may have been killed outright without announcing anything; under torchrun the agent
 of the rendezvous host).
 
+Leaving the guard stops the watcher and waits for it (at most `poll + JOIN_SECONDS`): a watcher thread still
+inside a store call while the process group is destroyed, or the interpreter exits, can abort the process.
+
 Before it ends its process the watcher runs the callbacks registered with `on_stop` (the metrics logger's close,
 which flushes TensorBoard and finishes wandb), each in a thread given at most `CLEANUP_SECONDS`: the main
 thread is blocked, so a sink that needs it must not hold the exit up.
@@ -40,6 +43,7 @@ EXIT_CODE = 1
 POLL_SECONDS = 3.0
 CLEANUP_SECONDS = 10.0
 LOST_STORE_POLLS = 3  # polls in a row that cannot reach the store before a rank takes it for its host's end
+JOIN_SECONDS = 5.0  # how long leaving the guard waits, past one poll, for the watcher's store call to return
 
 
 def _keys() -> tuple[str, str]:
@@ -132,6 +136,8 @@ class FailFast:
             self._failed_here = True
             self._announce()
         self._done.set()
+        if self._thread is not None:  # a watcher still inside a store call when the process ends (or the group is
+            self._thread.join(self.poll + JOIN_SECONDS)  # destroyed) can abort it ("terminate called ...")
         return False
 
     def _announce(self) -> None:
