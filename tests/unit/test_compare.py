@@ -153,6 +153,13 @@ def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> N
     assert len(group_runs([p0, seed_with(p0, "pause-seed1", 1, k_attr=2)])[0].runs) == 2
     with pytest.raises(CocomixError, match=r"concept\.concept_layer"):
         group_runs([p0, seed_with(p0, "pause-seed2", 2, concept_layer=2)])
+    for kd in ("kd", "kd-pause"):  # the teacher and λ_KD shape a KD run; the concept targets' settings do not
+        k0 = _run(tmp_path / "b", kd, kd, 0, [5.0, 3.0], 1e6)
+        assert len(group_runs([k0, seed_with(k0, f"{kd}-seed1", 1, k_attr=2, mix_k=4, cache="t")])[0].runs) == 2
+        with pytest.raises(CocomixError, match=r"concept\.lambda_kd"):
+            group_runs([k0, seed_with(k0, f"{kd}-seed2", 2, lambda_kd=0.5)])
+    with pytest.raises(CocomixError, match=r"concept\.concept_layer"):  # KD+Pause's slot is where Pause's is
+        group_runs([k0, seed_with(k0, "kd-pause-seed3", 3, concept_layer=2)])
     m0 = _run(tmp_path / "b", "mix", "cocomix", 0, [5.0, 3.0], 1e6)
     with pytest.raises(CocomixError, match=r"concept\.k_attr"):
         group_runs([m0, seed_with(m0, "mix-seed1", 1, k_attr=2)])

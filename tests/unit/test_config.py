@@ -266,5 +266,8 @@ def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path: Path
     r = run_cli("train", "--preset", "tiny-pause", "--set", "concept.cache=targets", "--set",
                 "concept.concept_layer=1", "--print-config")  # pause reads its slot's layer, not the cache
     assert r.returncode == 0 and "--set concept.cache: method pause does not read" in r.stderr
+    r = run_cli("train", "--preset", "tiny-kd", "--set", "concept.cache=targets", "--set", "concept.lambda_kd=0.2",
+                "--print-config")  # KD reads its teacher and λ_KD, not the concept targets' settings
+    assert r.returncode == 0 and r.stderr.startswith("cocomix: warning: --set concept.cache: method kd does not read")
     r = run_cli("train", "--preset", "tiny-cocomix", "--set", "concept.lambda_concept=0.2", "--print-config")
     assert r.returncode == 0 and r.stderr == ""

@@ -35,6 +35,7 @@ class KD(Method):
     """NTP plus distillation from the frozen teacher's next-token distribution."""
 
     name = "kd"
+    concept_settings = ("concept.teacher", "concept.teacher_dtype", "concept.teacher_precision", "concept.lambda_kd")
 
     def __init__(self, run: RunConfig) -> None:
         super().__init__(run)

@@ -13,6 +13,7 @@ class KDPause(KD):
     """Distillation from the frozen teacher on a student with a pause slot after every token."""
 
     name = "kd-pause"
+    concept_settings = (*KD.concept_settings, *Pause.concept_settings)
 
     def build_model(self) -> Transformer:
         return Pause.build_model(self)  # type: ignore[arg-type]  # Pause's model needs only self.run
