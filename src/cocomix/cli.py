@@ -4,7 +4,7 @@
     cocomix train     train a run from a preset / config file / overrides  (cocomix.train.train)
     cocomix eval      validation loss / perplexity, or lm-eval tasks       (cocomix.eval.evaluate_loss, .harness)
     cocomix generate  sample text from a checkpoint with the KV cache      (cocomix.model.generate)
-    cocomix export    write an NTP or KD checkpoint as a transformers model (cocomix.export.export_hf)
+    cocomix export    write an NTP, KD or prediction-only checkpoint as a transformers model (export_hf)
     cocomix train-sae train a TopK SAE on a teacher's residual stream      (cocomix.sae.training.train_sae)
     cocomix extract-concepts  cache concept targets of a token store        (cocomix.concepts.cache)
     cocomix describe-concepts  name latents by their top activating contexts (cocomix.concepts.describe)
@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("export", help="export an NTP or KD checkpoint as a transformers model folder")
+    s = sub.add_parser("export", help="export an NTP, KD or prediction-only CoCoMix checkpoint as a transformers "
+                       "model folder")
     add_run(s, "run directory (latest checkpoint) or checkpoint directory")
     s.add_argument("--out", required=True, help="new (or empty) folder for config.json, model.safetensors and the "
                                                "tokenizer")

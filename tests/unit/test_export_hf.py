@@ -190,10 +190,29 @@ def test_refuses_non_empty_target_and_seam_models(tmp_path: Path) -> None:
     assert (target / "model.safetensors").is_file()
     seamed = tiny_model(flavour="gpt2")
     seamed.set_seam(Seam(1))
-    with pytest.raises(CheckpointError, match="NTP and KD models only"):
+    with pytest.raises(CheckpointError, match="NTP and KD models .* only: this model mixes slots"):
         export_hf(seamed, tmp_path / "seamed")
     assert not (tmp_path / "seamed").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dirs left behind
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def test_a_prediction_only_cocomix_model_exports_as_its_language_model(flavour: str, tmp_path: Path) -> None:
+    """concept.mixing=none: the seam predicts concepts and leaves the hidden states alone, so the language model
+    is a plain decoder; the export drops the predictor and gives the same logits. Mixing seams stay refused."""
+    from cocomix.model.concept import ConceptSeam, HiddenSeam
+
+    model = tiny_model(flavour=flavour)
+    model.set_seam(ConceptSeam(1, TINY["d_model"], n_latents=64, mix_k=8, mixing="none"))
+    with torch.no_grad():
+        model.seam.predictor.weight.normal_()  # a predictor that matters for its own output
+    export_hf(model, tmp_path / "none")
+    assert ours_vs_hf(model, tmp_path / "none") < 1e-4
+    for seam in (ConceptSeam(1, TINY["d_model"], 64, 8, mixing="add"), HiddenSeam(1, TINY["d_model"], 16)):
+        mixed = tiny_model(flavour=flavour)
+        mixed.set_seam(seam)
+        with pytest.raises(CheckpointError, match="this model mixes slots"):
+            export_hf(mixed, tmp_path / "mixed")
 
 
 def make_tokenizer_dir(path: Path) -> Path:

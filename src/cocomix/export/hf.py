@@ -1,8 +1,10 @@
 """Hugging Face interop: export an NTP `Transformer` as a `transformers` GPT-2 / Llama folder; read one back.
 
 `export_hf` writes `config.json` (`hf_config`) and `model.safetensors` (`hf_state_dict`), optionally with the
-tokenizer files, atomically. The folder loads offline with `GPT2LMHeadModel.from_pretrained` (gpt2 flavour)
-or `LlamaForCausalLM.from_pretrained` (llama flavour) and gives the same logits as our model.
+tokenizer files, atomically. NTP and KD students export, and prediction-only CoCoMix ones (`concept.mixing=none`,
+without their concept predictor); a seam that mixes slots into the hidden states does not. The folder loads
+offline with `GPT2LMHeadModel.from_pretrained` (gpt2 flavour) or `LlamaForCausalLM.from_pretrained` (llama
+flavour) and gives the same logits as our model.
 The reverse direction (`load_hf_weights`, `model_config_from_hf`) is in `hf_import.py`; tensor names and
 layouts are in `hf_names.py`.
 
@@ -33,12 +35,15 @@ if TYPE_CHECKING:
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """Our weights under HF names and layouts (fp32, CPU, contiguous, no shared storage).
 
-    A tied LM head is left out (HF re-ties it from `tie_word_embeddings`). Biases our model lacks (gpt2
+    A prediction-only CoCoMix model (`concept.mixing=none`: its seam predicts concepts and leaves the hidden
+    states as they are) is exported as its language model: the concept predictor, which no logit depends on, is
+    left out. A tied LM head is left out (HF re-ties it from `tie_word_embeddings`). Biases our model lacks (gpt2
     flavour with `bias=False`; HF GPT-2 always has them) are written as zeros: the same function.
     """
-    if model.seam is not None:
-        raise CheckpointError("export supports NTP and KD models only: this model has a slot seam (CoCoMix, pause "
-                              "or addition), which is not a plain Hugging Face GPT-2 or Llama architecture")
+    if model.seam is not None and getattr(model.seam, "mixing", None) != "none":
+        raise CheckpointError("export supports NTP and KD models (and prediction-only CoCoMix, concept.mixing=none) "
+                              "only: this model mixes slots into its hidden states (CoCoMix, pause or addition), "
+                              "which is not a plain Hugging Face GPT-2 or Llama architecture")
     cfg = model.cfg
     if cfg.tie_embeddings and model.lm_head.weight is not model.wte.weight and not torch.equal(
             model.lm_head.weight, model.wte.weight):
@@ -167,7 +172,8 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     vocabulary larger than the tokenizer's (a padded vocab_size, a small store) also gets generation_config.json
     with `suppress_tokens` = the ids no token stands for, so that HF `generate` never samples them; the logits
     stay the model's.
-    Refuses (CheckpointError) a model with a slot seam and an `out_dir` that exists and is not empty.
+    Refuses (CheckpointError) a model whose seam mixes slots in (CoCoMix, pause, addition) and an `out_dir` that
+    exists and is not empty.
     """
     from safetensors.torch import save_file
 
