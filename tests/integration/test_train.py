@@ -538,6 +538,40 @@ def test_resume_skips_a_damaged_latest_checkpoint_for_the_newest_that_verifies(s
         train(run, tmp_path / "r", resume=True, quiet=True)
 
 
+def test_every_damaged_checkpoint_a_resume_passes_over_is_said_and_kept_aside(store_dir: Path, tmp_path: Path,
+                                                                              capsys: pytest.CaptureFixture) -> None:
+    """`latest` (step 6) and the checkpoint before it (step 4) are both damaged: the resume starts from step 2,
+    names both, and moves both out of the `step_*` names (numbered when an earlier resume took the name)."""
+    run = small_run(store_dir, steps=6, eval_every=0, save_every=2, keep_checkpoints=3)
+    train(run, tmp_path / "r", quiet=True)
+    want = {k: v.clone() for k, v in _weights(tmp_path / "r").items()}
+    root = tmp_path / "r" / "checkpoints"
+    for step in (4, 6):
+        weights = root / f"step_{step:07d}" / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0x01
+        weights.write_bytes(bytes(data))
+    train(run, tmp_path / "r", resume=True, quiet=True)
+    err = capsys.readouterr().err
+    assert "step_0000006/model.safetensors" in err and "step_0000004/model.safetensors" in err, err
+    assert "step_0000002 instead" in err and err.count("does not match its checksum") == 2, err
+    assert all(torch.equal(want[k], v) for k, v in _weights(tmp_path / "r").items())
+    assert sorted(p.name for p in root.iterdir() if "damaged" in p.name) == [".damaged_step_0000004",
+                                                                            ".damaged_step_0000006"]
+    # damaged again, their .damaged_ names taken by the last resume's: numbered
+    weights = root / "step_0000006" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    (root / "step_0000004" / "rng.pt").write_bytes(b"")
+    train(run, tmp_path / "r", resume=True, quiet=True)
+    err = capsys.readouterr().err
+    assert "rng.pt: does not match its checksum" in err and "step_0000002 instead" in err, err
+    assert sorted(p.name for p in root.iterdir() if "damaged" in p.name) == [
+        ".damaged_step_0000004", ".damaged_step_0000004.2", ".damaged_step_0000006", ".damaged_step_0000006.2"]
+    assert (root / ".damaged_step_0000004.2" / "rng.pt").read_bytes() == b""  # the newest damage, kept as it is
+
+
 def test_resume_skips_a_latest_checkpoint_missing_a_file_its_manifest_lists(store_dir: Path, tmp_path: Path,
                                                                             capsys: pytest.CaptureFixture) -> None:
     """A checkpoint whose optimizer.pt is gone (a partial copy between clusters) does not verify, by name; a resume

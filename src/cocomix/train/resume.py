@@ -128,8 +128,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
 def usable_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint a resume starts from: the one `latest` names when it verifies against its manifest, else
     (with a note) the newest other checkpoint that does — also when `latest` is missing (a crash between the first
-    checkpoint's rename and its pointer); CheckpointError when checkpoints exist and none verifies. A damaged
-    checkpoint is renamed `.damaged_step_…` (kept for inspection, out of the `keep_checkpoints` count)."""
+    checkpoint's rename and its pointer); CheckpointError when checkpoints exist and none verifies. Every damaged
+    checkpoint passed over is named in the note and renamed `.damaged_step_…` (kept for inspection, out of the
+    `keep_checkpoints` count; numbered `.2`, `.3`, … when an earlier resume took the name)."""
     root = run_dir / CKPT_DIR
     damaged: CheckpointError | None = None
     try:
@@ -142,7 +143,7 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
         damaged = e
     bad = (root / "latest").read_text(errors="replace").strip() if (root / "latest").is_file() else ""
     main = os.environ.get("RANK", "0") == "0"
-    failures: list[str] = []
+    failures: list[tuple[str, str]] = []  # (folder name, why) of the newer checkpoints that do not verify either
     for older in sorted(root.glob("step_*"), reverse=True):  # zero-padded: newest first
         if older.name == bad or not (older / "state.json").is_file():
             continue
@@ -150,20 +151,37 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
             verify_checkpoint(older)
             read_state(older)
         except CheckpointError as e:
-            failures.append(" ".join(str(e).split()))
+            failures.append((older.name, " ".join(str(e).split())))
             continue
         if main:
             why = " ".join(str(damaged).split()) if damaged else f"{root / 'latest'} is missing"
             if damaged and bad and (root / bad).is_dir():
-                (root / bad).rename(root / f".damaged_{bad}")
-                why += f" (kept as {root / ('.damaged_' + bad)})"
+                why += _set_aside(root, bad)
+            for name, reason in failures:  # every damaged checkpoint passed over is said and kept aside
+                why += f"; {reason}{_set_aside(root, name)}"
             print(f"cocomix: note: {why}; resuming from {older} instead", file=sys.stderr)
         return older
     if damaged is not None:
         raise CheckpointError(f"{damaged}; and no earlier checkpoint in {root} verifies") from None
     if failures:  # checkpoints, none usable, and no pointer: not a fresh start
-        raise CheckpointError(f"{root}: no checkpoint verifies ({failures[0]})")
+        raise CheckpointError(f"{root}: no checkpoint verifies ({failures[0][1]})")
     return None
+
+
+def _set_aside(root: Path, name: str) -> str:
+    """Rename the damaged checkpoint `root/name` to `.damaged_name` (`.damaged_name.2`, … when an earlier resume
+    took that name), out of the `step_*` names and kept for inspection; the words that say where it went."""
+    n = 1
+    while True:
+        aside = root / (f".damaged_{name}" + (f".{n}" if n > 1 else ""))
+        if not aside.exists():
+            break
+        n += 1
+    try:
+        (root / name).rename(aside)
+    except OSError as e:
+        return f" (left in place: cannot rename it to {aside.name}: {e.strerror or e})"
+    return f" (kept as {aside})"
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
