@@ -75,7 +75,10 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
                             k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
                             attribution_loss=args.attribution_loss, gradient_at=args.gradient_at, seq_len=args.seq_len,
                             batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
-    print(json.dumps({k: meta[k] for k in ("complete", "windows", "n_latents", "k_attr", "dtype")}))
+    # the windows of each split whose targets are all written (a split not asked for, or unfinished, is absent)
+    done = {s: n for s, n in meta["windows"].items() if s in meta["complete_splits"]}
+    print(json.dumps({"complete": meta["complete"], "windows": done,
+                      **{k: meta[k] for k in ("n_latents", "k_attr", "dtype")}}))
     if not meta["complete"]:  # "complete" is about the split training reads
         print(f"cocomix: note: {args.out}: the train split has no targets yet (splits done: "
               f"{', '.join(meta['complete_splits']) or 'none'}); training from this cache needs `--splits train`",

@@ -50,6 +50,12 @@ def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, pa
                 "--seq-len", "32", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr
     cache = TargetCache.open(tmp_path / "c", expect={"k_attr": 4, "seq_len": 32})
+    summary = json.loads(r.stdout)  # the windows extracted, per split
+    assert summary["complete"] and summary["windows"] == cache.meta["windows"] and len(summary["windows"]) == 2
+    r = run_cli("extract-concepts", "--data", str(store_dir), "--teacher", str(parts[0]), "--teacher-layer", "1",
+                "--sae", str(parts[1]), "--seq-len", "32", "--device", "cpu", "--splits", "train",
+                "--out", str(tmp_path / "t"))
+    assert json.loads(r.stdout)["windows"] == {"train": cache.meta["windows"]["train"]}  # val was not asked for
     assert cache.meta["dtype"] == "uint16"
     teacher = Teacher.from_pretrained(parts[0], layer=1)
     assert cache.meta["teacher_shape"]["d_model"] == 32 and len(cache.meta["teacher_shape"]["block_params"]) == len(
