@@ -191,9 +191,10 @@ class PerPositionGradients:
             self.next_token_mode = "per_position" if why else "own_position"
             if why:
                 self._uncheckpoint_blocks()
+                calls = max(1, -(-(T - 1) // GRAD_CHUNK))  # the T − 1 positions with a next token, in chunks
                 warnings.warn(f"attribution_loss=next_token: own-position attention cannot serve this teacher "
-                              f"({why}); one backward pass per position instead (about {T // GRAD_CHUNK or 1} "
-                              "batched calls per batch)", CocomixWarning, stacklevel=3)
+                              f"({why}); one backward pass per position instead (about {calls} batched "
+                              f"call{'s' * (calls != 1)} per batch)", CocomixWarning, stacklevel=3)
         return self.next_token_mode == "own_position"
 
 
