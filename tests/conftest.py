@@ -7,6 +7,10 @@ import torch
 
 from cocomix.config import ModelConfig
 
+# FSDP2 on CPU (gloo) needs torch >= 2.7 (`cocomix.train.distributed.check_support`); the GPU path needs 2.6
+needs_cpu_fsdp = pytest.mark.skipif(not hasattr(torch.cpu.Stream, "record_event"),
+                                    reason=f"FSDP2 on CPU needs torch >= 2.7 (this is {torch.__version__})")
+
 
 def tiny_model_config(flavour: str = "gpt2", **kw) -> ModelConfig:
     base = dict(flavour=flavour, vocab_size=97, n_layer=3, n_head=4, d_model=32, context_length=64)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.cli import CliResult, run_cli
+from tests.conftest import needs_cpu_fsdp
 
 STEPS = 6
 
@@ -77,9 +78,10 @@ def single(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: 
 # (method, parallel, micro-batch, grad_accum, extra settings) with 2 processes: 2 · mbs · accum = 4 windows per
 # step; three cases also use the memory options (chunked LM loss, activation checkpointing), against the 1-process
 # run without them
-CASES = [("ntp", "ddp", 2, 1, ()), ("ntp", "fsdp", 1, 2, ("train.chunked_lm_loss=true",)),
+CASES = [("ntp", "ddp", 2, 1, ()),
+         pytest.param("ntp", "fsdp", 1, 2, ("train.chunked_lm_loss=true",), marks=needs_cpu_fsdp),
          ("cocomix", "ddp", 1, 2, ("train.chunked_lm_loss=true",)),
-         ("cocomix", "fsdp", 2, 1, ("train.activation_checkpointing=true",))]
+         pytest.param("cocomix", "fsdp", 2, 1, ("train.activation_checkpointing=true",), marks=needs_cpu_fsdp)]
 
 
 @pytest.mark.parametrize("method,parallel,mbs,accum,extra", CASES)
@@ -105,6 +107,7 @@ def test_two_processes_match_one_process_step_by_step(method: str, parallel: str
     assert sorted(a) == sorted(b) and all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
 
 
+@needs_cpu_fsdp
 def test_checkpoint_from_two_processes_resumes_on_one(single: dict[str, Path], store_dir: Path,
                                                       concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
     run = tmp_path / "fsdp"  # logged every 2 steps, so the step-3 checkpoint is mid-interval
@@ -129,6 +132,7 @@ def test_checkpoint_from_two_processes_resumes_on_one(single: dict[str, Path], s
     assert sorted(a) == sorted(b) and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
 
 
+@needs_cpu_fsdp
 def test_fsdp_bf16_parameters_train_close_to_fp32_and_keep_fp32_weights(single: dict[str, Path], store_dir: Path,
                                                                        concept_parts: tuple[Path, Path],
                                                                        tmp_path: Path) -> None:
@@ -186,6 +190,7 @@ def test_a_signal_on_one_rank_stops_every_rank_with_a_checkpoint(store_dir: Path
     assert logged[-1] == step  # no rank went on past the step the signal was seen after
 
 
+@needs_cpu_fsdp
 def test_fsdp_checkpoint_of_an_optimizer_no_step_has_touched_resumes_exactly(store_dir: Path,
                                                                              concept_parts: tuple[Path, Path],
                                                                              tmp_path: Path) -> None:

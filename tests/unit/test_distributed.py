@@ -125,6 +125,20 @@ def test_single_process_is_a_plain_model() -> None:
     assert dd.local(t) is t  # a plain tensor passes through (a DTensor is made whole)
 
 
+def test_fsdp_on_cpu_with_a_torch_too_old_for_it_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch 2.6's CPU streams lack the `record_event` FSDP2 calls in its first forward: said before any work."""
+    two = dd.DistContext(0, 2, 0)
+    for parallel, device in (("fsdp", "cpu"), ("ddp", "cpu"), ("fsdp", "cuda")):
+        dd.check_support(two, parallel, torch.device(device))  # this torch: nothing to say
+    monkeypatch.setattr(torch.cpu, "Stream", type("Stream", (), {}))  # a CPU stream as torch 2.6 has it
+    with pytest.raises(ConfigError, match=r"^train\.parallel=fsdp: FSDP2 on CPU needs torch 2\.7 or newer \(this "
+                       r"is torch .*\); use train\.parallel=ddp, GPUs, or a newer torch$"):
+        dd.check_support(two, "fsdp", torch.device("cpu"))
+    dd.check_support(two, "ddp", torch.device("cpu"))
+    dd.check_support(two, "fsdp", torch.device("cuda"))
+    dd.check_support(dd.DistContext(), "fsdp", torch.device("cpu"))  # one process: no FSDP at all
+
+
 @pytest.fixture
 def one_rank_group(tmp_path: Path) -> Iterator[None]:
     """A gloo process group of one process (DDP runs on it as on many; no torchrun needed)."""

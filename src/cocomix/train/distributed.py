@@ -102,6 +102,15 @@ def teardown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
+def check_support(ctx: DistContext, parallel: str, device: torch.device) -> None:
+    """ConfigError, before any work, where this torch cannot run `parallel` on `device`: FSDP2 on CPU (gloo)
+    needs torch 2.7 or newer, whose CPU streams have the `record_event` FSDP2 calls (2.6 fails in the first
+    forward with an AttributeError); on GPUs torch 2.6 runs it."""
+    if ctx.active and parallel == "fsdp" and device.type == "cpu" and not hasattr(torch.cpu.Stream, "record_event"):
+        raise ConfigError(f"train.parallel=fsdp: FSDP2 on CPU needs torch 2.7 or newer (this is torch "
+                          f"{torch.__version__}); use train.parallel=ddp, GPUs, or a newer torch")
+
+
 def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device,
          unused_parameters: bool = False, param_dtype: str = "float32") -> nn.Module:
     """The module the training step calls: the model itself (one process), DDP around it, or the model after

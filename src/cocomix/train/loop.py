@@ -168,6 +168,7 @@ def _injected_nan_steps() -> set[int]:
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext,
            device: torch.device, stop_hint: str, on_stop: Callable[[Callable[[], object]], None]) -> TrainResult:
     tc = run.train
+    dd.check_support(ctx, tc.parallel, device)  # before the run folder is made
     try:
         store = TokenStore.open(run.data.path)
     except DataError as e:
