@@ -114,7 +114,9 @@ def test_teacher_receives_no_gradient_during_training(preset: str, store_dir: Pa
 
 def test_kd_refuses_a_teacher_with_another_vocabulary(store_dir: Path, tmp_path: Path,
                                                      concept_parts: tuple[Path, Path]) -> None:
-    sets = [x for kv in _overrides(store_dir, concept_parts) + ["model.vocab_size=400"] for x in ("--set", kv)]
+    kd = [kv for kv in _overrides(store_dir, concept_parts)
+          if not kv.startswith("concept.") or kv.startswith("concept.teacher=")]  # KD reads no SAE setting
+    sets = [x for kv in kd + ["model.vocab_size=400"] for x in ("--set", kv)]
     r = run_cli("train", "--preset", "tiny-kd", *sets, "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "KD needs the student's tokenizer" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
