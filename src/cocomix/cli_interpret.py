@@ -111,6 +111,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
     from cocomix.interpret.steer import check_steering, steer_student, steer_teacher, teacher_activity
+    from cocomix.interpret.steer_eval import check_teacher_and_sae
     from cocomix.model.generate import check_sampling
 
     concepts = args.concept or []
@@ -126,6 +127,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     prompt = torch.tensor([ids], device=device)
     if args.teacher_check:  # loaded before anything is printed: a teacher that cannot be read is said first
         teacher, sae = _teacher_and_sae(args, run, device)
+        check_teacher_and_sae(model.seam.n_latents, teacher, sae)
         teacher.check_store(store, len(ids) + args.max_new_tokens, "the prompt's tokens + --max-new-tokens")
     outs = {}
     for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):

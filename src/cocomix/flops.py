@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from cocomix.config import ModelConfig, RunConfig
 from cocomix.methods import DISTILLING, PAUSING
 
@@ -53,13 +55,15 @@ class LMShape:
 
     @classmethod
     def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
-        """Count the 2-D weights of every nn.Linear / HF Conv1D inside each block of a loaded model."""
+        """Count the 2-D weights of every nn.Linear (subclasses included: Falcon's FalconLinear) / HF Conv1D inside
+        each block of a loaded model. (Mixture-of-experts weights held as 3-D parameters are not counted.)"""
         counts = []
         for block in blocks:
             n = 0
             for module in block.modules():
                 w = getattr(module, "weight", None)
-                if w is not None and w.dim() == 2 and type(module).__name__ in ("Linear", "Conv1D"):
+                if w is not None and w.dim() == 2 and (isinstance(module, nn.Linear) or
+                                                       type(module).__name__ == "Conv1D"):
                     n += w.numel()
             counts.append(n)
         return cls(tuple(counts), d_model, vocab_size)

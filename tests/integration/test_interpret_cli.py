@@ -216,3 +216,13 @@ def test_steer_teacher_check_loads_the_teacher_first_and_takes_overrides(runs: d
     assert "teacher, SAE latent steered" in r.stdout
     r = _cli(*base, "--teacher", str(tmp_path / "missing"))
     assert r.returncode == 2 and "missing" in r.stderr and "concept.teacher" not in r.stderr and not r.stdout
+    # an SAE of another width or another number of latents than the student's concepts: said before any text
+    from cocomix.sae import TopKSAE
+    from cocomix.sae.saelens import save_saelens
+
+    for name, (d_in, latents), said in (("wide", (48, 256), "the SAE reads 48-wide activations"),
+                                        ("more", (32, 512), "--sae: 512 latents, the student predicts 256")):
+        save_saelens(TopKSAE(d_in, latents, 8), tmp_path / name)
+        r = _cli(*base, "--teacher", str(concept_parts[0]), "--sae", str(tmp_path / name))
+        assert r.returncode == 2 and said in r.stderr and not r.stdout, (r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

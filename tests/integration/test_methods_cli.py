@@ -119,4 +119,5 @@ def test_kd_refuses_a_teacher_with_another_vocabulary(store_dir: Path, tmp_path:
     sets = [x for kv in kd + ["model.vocab_size=400"] for x in ("--set", kv)]
     r = run_cli("train", "--preset", "tiny-kd", *sets, "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "KD needs the student's tokenizer" in r.stderr, r.stderr
+    assert "padded vocabulary needs --set model.vocab_size=320" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1

@@ -223,3 +223,16 @@ def test_a_llama_baseline_width_keeps_whole_rotary_heads() -> None:
     llama = dataclasses.replace(run, model=dataclasses.replace(run.model, flavour="llama", n_head=16))
     width = ntp_width_for(llama)
     assert width % 16 == 0 and (width // 16) % 2 == 0 and width > 512
+
+
+def test_linear_subclasses_are_counted_as_weights() -> None:
+    """A block whose projections subclass nn.Linear (Falcon's FalconLinear) costs what plain Linears cost."""
+    from torch import nn
+
+    class OwnLinear(nn.Linear):
+        pass
+
+    plain = nn.ModuleList([nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 8))])
+    own = nn.ModuleList([nn.Sequential(OwnLinear(8, 16), OwnLinear(16, 8))])
+    assert LMShape.from_module(None, own, 8, 10).block_params == (256,)
+    assert LMShape.from_module(None, own, 8, 10) == LMShape.from_module(None, plain, 8, 10)

@@ -107,6 +107,16 @@ def read_continuations(teacher: Any, sae: Any, tokens: torch.Tensor, start: int,
     return active_rate(values[:, start:], indices[:, start:], concepts), float(nll)
 
 
+def check_teacher_and_sae(n_latents: int, teacher: Any, sae: Any) -> None:
+    """CocomixError unless the SAE has the student's `n_latents` concepts (a concept index means the same latent on
+    both sides) and reads activations of the teacher's residual width."""
+    if n_latents != sae.n_latents:
+        raise CocomixError(f"--sae: {sae.n_latents} latents, the student predicts {n_latents}")
+    if sae.d_in != teacher.width:
+        raise CocomixError(f"--teacher: its residual width at teacher_layer {teacher.layer} is {teacher.width}, the "
+                           f"SAE reads {sae.d_in}-wide activations (give the teacher the SAE was trained on)")
+
+
 def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore, book: ConceptBook,
                   cfg: SteerEvalConfig, seq_len: int, concepts: Sequence[int] | None = None,
                   progress: bool = True) -> dict[str, Any]:
@@ -115,11 +125,7 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
 
     seam = mixing_seam(model, "steering")
     cfg.check(model.cfg.context_length)
-    if seam.n_latents != sae.n_latents:
-        raise CocomixError(f"--sae: {sae.n_latents} latents, the student predicts {seam.n_latents}")
-    if sae.d_in != teacher.width:
-        raise CocomixError(f"--teacher: its residual width at teacher_layer {teacher.layer} is {teacher.width}, the "
-                           f"SAE reads {sae.d_in}-wide activations (give the teacher the SAE was trained on)")
+    check_teacher_and_sae(seam.n_latents, teacher, sae)
     if cfg.prompt_len > seq_len:
         raise CocomixError(f"--prompt-len: prompts are cut from windows of the run's seq_len {seq_len}; expected at "
                            f"most {seq_len}, got {cfg.prompt_len}")

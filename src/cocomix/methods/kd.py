@@ -51,7 +51,9 @@ class KD(Method):
         self.teacher = Teacher.from_pretrained(c.teacher, 0, device=device, dtype=teacher_dtype(c.teacher_dtype))
         if self.teacher.output_vocab != self.run.model.vocab_size:
             raise ConfigError(f"concept.teacher: KD needs the student's tokenizer; the teacher predicts "
-                              f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size}")
+                              f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size} (a "
+                              "teacher with the same tokenizer and a padded vocabulary needs --set "
+                              f"model.vocab_size={self.teacher.output_vocab})")
         self.teacher.check_store(store, self.run.data.seq_len)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
