@@ -113,6 +113,7 @@ def chunked_kd(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teac
     return _apply(h, weight, bias, ids, teacher_logits.reshape(B * T, V), lam, rows)
 
 
+@torch.compiler.disable  # eager under train.compile: a traced chunk loop is unrolled (see concept_head.py)
 def _apply(h: Tensor, weight: Tensor, bias: Tensor | None, ids: Tensor, teacher: Tensor | None,
            lam: float, teacher_rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     B, T, d = h.shape

@@ -106,6 +106,7 @@ class ConceptSeam(Seam):
         self._record(indices)
         return self.compress_topk(values, indices, mu, sd)
 
+    @torch.compiler.disable  # eager under train.compile: a traced chunk loop is unrolled (see concept_head.py)
     def topk_chunked(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """TopK of the (steered) concept logits of the normalised x (B, T, d) -> values, indices (B, T, mix_k),
         computed over row chunks of at most CHUNK_ELEMENTS logits: the (B, T, C) logits never exist whole."""

@@ -15,6 +15,11 @@ for the backward, which recomputes each chunk's logits once:
 The function is the same as `predictor` → `concept_loss` → `topk` (the unfused path, used when no targets are
 given), computed without ever holding the N × C logits: one chunk at a time, at the cost of one more
 N × d × C matmul in the backward.
+
+Under `train.compile` the function runs eagerly (`torch.compiler.disable`): traced, its chunk loop would be
+unrolled into one copy per chunk in the forward and another in the backward (64 each at the 69M preset's 16 × 1024
+positions and 32,768 concepts), and compiling them took minutes on a GPU while gaining nothing (each chunk is
+one matmul, a log-sum-exp and a TopK).
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class ConceptHeadFn(torch.autograd.Function):
         return gx, gw.to(weight.dtype), gb.to(bias.dtype), None, None
 
 
+@torch.compiler.disable
 def concept_head(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, T, d), targets (B, T, A) -> values (B, T, k), indices (B, T, k), L_concept (scalar)."""
     B, T, d = x.shape
