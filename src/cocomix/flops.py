@@ -30,7 +30,11 @@ targets cost nothing at training time; `cached_targets` reports what they would 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -139,6 +143,47 @@ def _hf_shape(spec: str) -> LMShape | None:
         return LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
     except Exception:  # not an HF causal LM readable here (no folder, not cached, unknown architecture)
         return None
+
+
+def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
+    """The teacher shape a target cache recorded in its meta.json (`teacher_shape`), None for older caches."""
+    rec = meta.get("teacher_shape")
+    if not isinstance(rec, Mapping):
+        return None
+    return LMShape(tuple(int(p) for p in rec["block_params"]), int(rec["d_model"]), int(rec["vocab_size"]))
+
+
+def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:
+    """What training would count for `run`'s teacher and SAE, read from files without loading the teacher (for
+    `cocomix flops`; training counts the loaded parts, `train.loop.flops_per_token`): the teacher shape a target
+    cache recorded (None otherwise: `run_flops` then counts the named teacher), the SAE's k — concept.sae_k, else
+    the cache's, else the SAE file's — and where k came from (32, the paper's, when none of these says)."""
+    c = run.concept
+    if run.method != "cocomix" or c.target != "concepts":
+        return None, c.sae_k or 32, ""
+    meta: Any = {}
+    if c.cache:
+        try:
+            meta = json.loads((Path(c.cache) / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+    if c.sae_k:
+        return recorded_teacher(meta), c.sae_k, "concept.sae_k"
+    if meta.get("sae_k"):
+        return recorded_teacher(meta), int(meta["sae_k"]), f"recorded by the target cache {c.cache}"
+    if c.selection == "activation" or c.lambda_concept <= 0:
+        return recorded_teacher(meta), 32, ""  # k is not counted: no attribution
+    why = "no concept.sae is named"
+    if c.sae:
+        from cocomix.errors import CocomixError
+        from cocomix.sae import load_sae
+
+        try:
+            return recorded_teacher(meta), load_sae(c.sae, teacher_layer=c.teacher_layer).k, f"the SAE {c.sae}"
+        except (CocomixError, OSError) as e:
+            why = f"concept.sae could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    return recorded_teacher(meta), 32, f"32 assumed (concept.sae_k is unset and {why})"
 
 
 def plugin_note(run: RunConfig) -> str:

@@ -67,6 +67,15 @@ def test_every_method_and_ablation_trains_from_the_cli(variant: str, store_dir: 
     assert said == ([head] if variant in WITH_SAE else []), r.stderr[-2000:]
     if variant == "ntp" or variant == "cocomix-mixing-only":
         assert flops["flops_per_token_teacher"] == 0
+    if variant in ("cocomix", "kd"):  # `cocomix flops` of the run counts what training counted (the SAE's k is 8)
+        _assert_flops_command_counts_as_training(tmp_path / "run", flops)
+
+
+def _assert_flops_command_counts_as_training(run_dir: Path, logged: dict) -> None:
+    r = run_cli("flops", "--config", str(run_dir))
+    assert r.returncode == 0, r.stderr[-2000:]
+    counted = json.loads(r.stdout)["flops_per_token"]
+    assert {k: logged[f"flops_per_token_{k}"] for k in counted} == counted
 
 
 def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir: Path, tmp_path: Path,
@@ -84,7 +93,11 @@ def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir
     r = run_cli("train", "--preset", "tiny-cocomix", *sets, "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr[-2000:]
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert next(e for e in events if e["kind"] == "flops")["flops_per_token_teacher"] == 0
+    flops = next(e for e in events if e["kind"] == "flops")
+    assert flops["flops_per_token_teacher"] == 0
+    # the moved-away teacher is counted by the shape the cache recorded, its SAE by the cache's k
+    assert flops["flops_per_token_cached_targets"] > 0
+    _assert_flops_command_counts_as_training(tmp_path / "run", flops)
     losses = [e["concept_loss"] for e in events if e["kind"] == "train"]
     assert sum(losses[-5:]) < sum(losses[:5])
 

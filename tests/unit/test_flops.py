@@ -108,6 +108,10 @@ def test_flops_command_says_whose_teacher_shape_it_counts(tmp_path: Path, capsys
     assert main(["flops", "--preset", "tiny-cocomix"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["teacher_shape"].startswith("GPT-2 small assumed ('runs/demo/teacher'")
+    assert out["sae_k"]["k"] == 32 and out["sae_k"]["from"].startswith(  # and says why k is assumed
+        "32 assumed (concept.sae_k is unset and concept.sae could not be read: runs/demo/teacher-sae/sae: not found")
+    assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.sae_k=8"]) == 0
+    assert json.loads(capsys.readouterr().out)["sae_k"] == {"k": 8, "from": "concept.sae_k"}
     assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.teacher=gpt2"]) == 0
     assert json.loads(capsys.readouterr().out)["teacher_shape"] == "gpt2"
     assert main(["flops", "--preset", "tiny"]) == 0

@@ -92,7 +92,8 @@ def test_openai_safetensors_needs_k(tmp_path: Path) -> None:
     sd = {key: v for key, v in _openai_sd().items() if isinstance(v, torch.Tensor)}
     path = tmp_path / "sae.safetensors"
     save_file(sd, str(path), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match="pass k"):
+    with pytest.raises(CheckpointError, match=r"no TopK size; give its k \(concept.sae_k in a run config, "
+                                              r"--sae-k on extract-concepts and describe-concepts\)"):
         load_openai(path)
     sae = load_sae(path, k=K)
     x = _x()

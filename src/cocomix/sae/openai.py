@@ -96,7 +96,9 @@ def _load_openai(path: Path, k: int | None) -> TopKSAE:
     if path.suffix == ".safetensors":
         tensors = read_safetensors(path, WHAT)
         if k is None:
-            raise CheckpointError(f"{path}: a safetensors OpenAI SAE stores no activation; pass k (its TopK size)")
+            raise CheckpointError(f"{path}: a safetensors OpenAI SAE stores no activation, so no TopK size; give "
+                                  "its k (concept.sae_k in a run config, --sae-k on extract-concepts and "
+                                  "describe-concepts)")
         return _from_tensors(path, tensors, int(k), normalize=True, postact="relu")
 
     sd = read_torch_weights(path, WHAT)

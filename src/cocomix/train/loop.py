@@ -28,7 +28,7 @@ from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
 from cocomix.errors import ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
-from cocomix.flops import LMShape, plugin_note, run_flops, teacher_shape
+from cocomix.flops import LMShape, plugin_note, recorded_teacher, run_flops, teacher_shape
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
 from cocomix.progress import format_duration
@@ -104,13 +104,13 @@ def flops_per_token(run: RunConfig, method: Method) -> tuple[dict[str, float], s
     for cached targets, of those the cache recorded; and a note when the teacher's shape had to be assumed."""
     teacher, sae = getattr(method, "teacher", None), getattr(method, "sae", None)
     cache = getattr(method, "cache", None)
-    recorded = cache.meta.get("teacher_shape") if cache is not None else None
+    recorded = recorded_teacher(cache.meta) if cache is not None else None
     shape, note = None, ""
     sae_k = sae.k if sae is not None else (cache.meta.get("sae_k") if cache is not None else None)
     if teacher is not None:
         shape = LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
     elif recorded is not None:
-        shape = LMShape(tuple(recorded["block_params"]), int(recorded["d_model"]), int(recorded["vocab_size"]))
+        shape = recorded
     elif cache is not None and run.concept.teacher and teacher_shape(run.concept.teacher) is None:
         note = (f"cocomix: note: FLOPs per token count the teacher {run.concept.teacher!r} as GPT-2 small (its "
                 "shape is not known here: the target cache predates recorded shapes)")
