@@ -10,7 +10,7 @@ processes with micro-batch B see exactly the windows one process with micro-batc
   last micro-batch).
 - `fsdp`: FSDP2 — every transformer block and then the whole model are `fully_shard`ed (parameters, gradients
   and optimizer state split over the ranks); gradient reduce-scatter only on the last micro-batch
-  (`set_requires_gradient_sync`).
+  (`set_requires_gradient_sync`); on CPU (gloo) a sum followed by FSDP's division by W, not `ReduceOp.AVG`.
 
 Checkpoints stay in the single-process format whatever the mode: rank 0 writes the full (gathered) weights and
 the optimizer state keyed by parameter position, so a run saved by W processes resumes on any other number of
@@ -138,6 +138,9 @@ def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device
     root = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32,
                                 cast_forward_inputs=False)
     fully_shard(model, mesh=mesh, mp_policy=root)
+    if device.type == "cpu":  # gloo: torch 2.8's gloo sums where FSDP2 asks for ReduceOp.AVG (pytorch#162338),
+        for module in (*model.blocks, model):  # gradients W times too large; a sum and FSDP's own division instead
+            module.set_force_sum_reduction_for_comms(True)
     return model
 
 
