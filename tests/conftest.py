@@ -7,7 +7,8 @@ import torch
 
 from cocomix.config import ModelConfig
 
-# FSDP2 on CPU (gloo) needs torch >= 2.7 (`cocomix.train.distributed.check_support`); the GPU path needs 2.6
+# FSDP2 on CPU (gloo) needs torch >= 2.7 (`cocomix.train.distributed.check_support`): below pyproject's floor (2.8),
+# for a torch installed around it
 needs_cpu_fsdp = pytest.mark.skipif(not hasattr(torch.cpu.Stream, "record_event"),
                                     reason=f"FSDP2 on CPU needs torch >= 2.7 (this is {torch.__version__})")
 
