@@ -54,13 +54,13 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _log_streams_to(stream: io.StringIO) -> Iterator[None]:
-    """Every logging handler that writes to a stream (not a file, not pytest's own capture) writes to `stream`
-    meanwhile."""
+    """Every logging handler that writes to a stream (not a file, not pytest's own capture, not a lazy handler
+    that has opened no stream yet, such as torch's trace-log handler) writes to `stream` meanwhile."""
     loggers = [logging.getLogger(), *(x for x in logging.Logger.manager.loggerDict.values()
                                       if isinstance(x, logging.Logger))]
     handlers = {h for lg in loggers for h in lg.handlers
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                and not type(h).__module__.startswith("_pytest")}
+                and not type(h).__module__.startswith("_pytest") and h.stream is not None}
     saved = []
     for h in handlers:
         if not isinstance(h, logging._StderrHandler):  # the last-resort handler already follows sys.stderr

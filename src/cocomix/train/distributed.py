@@ -138,8 +138,10 @@ def wrap(model: nn.Module, ctx: DistContext, parallel: str, device: torch.device
     root = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32,
                                 cast_forward_inputs=False)
     fully_shard(model, mesh=mesh, mp_policy=root)
-    if device.type == "cpu":  # gloo: torch 2.8's gloo sums where FSDP2 asks for ReduceOp.AVG (pytorch#162338),
-        for module in (*model.blocks, model):  # gradients W times too large; a sum and FSDP's own division instead
+    if device.type == "cpu" and hasattr(model, "set_force_sum_reduction_for_comms"):  # torch >= 2.8
+        # gloo: torch 2.8's (at least) sums where FSDP2 asks for ReduceOp.AVG (pytorch#162338): gradients W times
+        # too large. A sum and FSDP's own division by W instead, on every sharded module
+        for module in (*model.blocks, model):
             module.set_force_sum_reduction_for_comms(True)
     return model
 
