@@ -5,7 +5,7 @@ Each round spawns two ranks (file:// rendezvous) that resume from different step
 `CheckpointError`, then leave the process group. On torch 2.6 and 2.7 the gloo process group's destructor joins
 its worker threads while holding the GIL, and a worker still freeing the all-reduce's tensor needs the GIL: a
 deadlock (pytorch#154976). A round that has not ended after `--timeout` seconds is counted as hung and killed.
-Prints one JSON line: torch version, rounds, hung.
+Prints one JSON line, the last on stdout: torch version, rounds, hung.
 
     PYTHONPATH=src python bench/gloo_teardown.py --rounds 30
 """

@@ -17,4 +17,5 @@ def test_ranks_that_refuse_a_resume_leave_the_process_group_without_hanging() ->
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "gloo_teardown.py"), "--rounds", "3", "--timeout", "60"],
                        capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout) == {"torch": torch.__version__, "rounds": 3, "hung": 0}
+    last = r.stdout.strip().splitlines()[-1]  # some torch versions' gloo prints its connections to stdout too
+    assert json.loads(last) == {"torch": torch.__version__, "rounds": 3, "hung": 0}
