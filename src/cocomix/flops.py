@@ -168,22 +168,23 @@ def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:
         except (OSError, ValueError):
             meta = {}
         meta = meta if isinstance(meta, dict) else {}
+    shape = recorded_teacher(meta)
     if c.sae_k:
-        return recorded_teacher(meta), c.sae_k, "concept.sae_k"
+        return shape, c.sae_k, "concept.sae_k"
     if meta.get("sae_k"):
-        return recorded_teacher(meta), int(meta["sae_k"]), f"recorded by the target cache {c.cache}"
+        return shape, int(meta["sae_k"]), f"recorded by the target cache {c.cache}"
     if c.selection == "activation" or c.lambda_concept <= 0:
-        return recorded_teacher(meta), 32, ""  # k is not counted: no attribution
+        return shape, 32, ""  # k is not counted: no attribution
     why = "no concept.sae is named"
     if c.sae:
         from cocomix.errors import CocomixError
         from cocomix.sae import load_sae
 
         try:
-            return recorded_teacher(meta), load_sae(c.sae, teacher_layer=c.teacher_layer).k, f"the SAE {c.sae}"
+            return shape, load_sae(c.sae, teacher_layer=c.teacher_layer).k, f"the SAE {c.sae}"
         except (CocomixError, OSError) as e:
             why = f"concept.sae could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-    return recorded_teacher(meta), 32, f"32 assumed (concept.sae_k is unset and {why})"
+    return shape, 32, f"32 assumed (concept.sae_k is unset and {why})"
 
 
 def plugin_note(run: RunConfig) -> str:
