@@ -14,7 +14,9 @@ Conventions (stated so that a hand count can reproduce every number):
 Student forward per token: Σ_blocks (2·P_block + 4·S·d) + 2·d·V, with P_block the block's matmul weights. In a
 CoCoMix or pause student the blocks from `concept_layer` on see two positions per token over a 2T sequence:
 2·(2·P_block) + 2·4·(2T)·d. The concept head adds 2·d·C (predictor) and 2·mix_k·d (the gathered compression); the
-`hidden` ablation's head adds its MLP and compression matmuls instead.
+`hidden` ablation's head adds its MLP and compression matmuls instead. A cocomix run used as a teacher is counted
+the same way (`LMShape.from_run`): its slots and head in the forward, and in the backward to `teacher_layer` the
+head's activation gradients (1× its forward) when the LM loss reaches it through the mixed slots.
 
 Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above), SAE encode 2·d_con·C and the
 attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
@@ -30,6 +32,7 @@ targets cost nothing at training time; `cached_targets` reports what they would 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,12 +53,58 @@ class LMShape:
     """Matmul weight elements of each block (attention projections + MLP), biases excluded."""
     d_model: int
     vocab_size: int
+    seam_layer: int | None = None
+    """A cocomix run's slot seam: the first block that sees `seam_positions` positions per token (None: none)."""
+    seam_positions: int = 1
+    seam_head: float = 0.0
+    """Forward matmul FLOPs per token of the seam's head (concept predictor + compression), run once per token."""
+    seam_head_backward: float = 0.0
+    """Activation-gradient FLOPs per token through the head when the LM loss reaches it (0 without mixing)."""
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> LMShape:
         d, m = cfg.d_model, cfg.mlp_width
         mlp = (2 if cfg.flavour == "gpt2" else 3) * d * m
         return cls((4 * d * d + mlp,) * cfg.n_layer, d, cfg.vocab_size)
+
+    @classmethod
+    def from_run(cls, run: RunConfig) -> LMShape:
+        """A cocomix run's whole model as its forward computes it: the decoder, and for a method with slots the
+        seam's layer, positions per token and head (a built-in method's; another package's counts as a plain
+        decoder, see `plugin_note`)."""
+        base = cls.from_config(run.model)
+        m, c = run.model, run.concept
+        if run.method not in ("cocomix", *PAUSING):
+            return base
+        positions = 2 if run.method in PAUSING or c.mixing == "insert" else 1
+        head = 0.0
+        if run.method == "cocomix" and c.mixing != "none":  # without mixing only training's concept loss runs it
+            head = concept_predictor(run)
+            head += 2.0 * (c.d_teacher if c.target == "hidden" else c.mix_k) * m.d_model  # the compression
+        return dataclasses.replace(base, seam_layer=c.concept_layer, seam_positions=positions, seam_head=head,
+                                   seam_head_backward=head)
+
+    @classmethod
+    def of_teacher(cls, teacher: Any) -> LMShape:
+        """A loaded `cocomix.teacher.Teacher`'s shape: a cocomix run's from its config (`from_run`), any other
+        model's from its modules (`from_module`)."""
+        run = getattr(teacher, "run", None)
+        if run is not None:
+            return cls.from_run(run)
+        return cls.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
+
+    def positions_at(self, block: int) -> int:
+        """Positions per token that block index `block` processes."""
+        return self.seam_positions if self.seam_layer is not None and block >= self.seam_layer else 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON (a target cache's `teacher_shape`; `recorded_teacher` reads it back)."""
+        out: dict[str, Any] = {"block_params": list(self.block_params), "d_model": self.d_model,
+                               "vocab_size": self.vocab_size}
+        if self.seam_layer is not None:
+            out.update(seam_layer=self.seam_layer, seam_positions=self.seam_positions, seam_head=self.seam_head,
+                       seam_head_backward=self.seam_head_backward)
+        return out
 
     @classmethod
     def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
@@ -77,27 +126,44 @@ class LMShape:
         return len(self.block_params)
 
 
-def lm_forward(shape: LMShape, seq_len: int, split: int | None = None, positions: int = 1) -> float:
-    """Forward FLOPs per token; blocks from `split` on process `positions` per token over positions·T keys."""
-    total = 2.0 * shape.d_model * shape.vocab_size
-    for i, p in enumerate(shape.block_params):
-        n = positions if split is not None and i >= split else 1
-        total += n * (2.0 * p + 4.0 * n * seq_len * shape.d_model)
-    return total
+def _block_forward(shape: LMShape, block: int, seq_len: int) -> float:
+    """Forward FLOPs per token of one block: n positions per token, each attending n·T keys."""
+    n = shape.positions_at(block)
+    return n * (2.0 * shape.block_params[block] + 4.0 * n * seq_len * shape.d_model)
+
+
+def concept_predictor(run: RunConfig) -> float:
+    """Forward FLOPs per token of a CoCoMix head's prediction: the concept logits (2·d·C), or the `hidden`
+    ablation's MLP."""
+    d, c = run.model.d_model, run.concept
+    return 2.0 * (d * 4 * d + 4 * d * c.d_teacher) if c.target == "hidden" else 2.0 * d * c.n_latents
+
+
+def lm_forward(shape: LMShape, seq_len: int) -> float:
+    """Forward FLOPs per token: every block (those from the seam on at its positions per token), the seam's head
+    and the LM head."""
+    return (2.0 * shape.d_model * shape.vocab_size + shape.seam_head
+            + sum(_block_forward(shape, i, seq_len) for i in range(shape.n_layer)))
 
 
 def lm_prefix_forward(shape: LMShape, seq_len: int, layer: int) -> float:
-    """Forward FLOPs per token of blocks 0 … `layer` only (a teacher read at `layer` and stopped there)."""
-    return sum(2.0 * p + 4.0 * seq_len * shape.d_model for p in shape.block_params[:layer + 1])
+    """Forward FLOPs per token of blocks 0 … `layer` only (a teacher read at `layer` and stopped there; the seam's
+    head runs when the seam is at or below `layer`)."""
+    head = shape.seam_head if shape.seam_layer is not None and shape.seam_layer <= layer else 0.0
+    return head + sum(_block_forward(shape, i, seq_len) for i in range(layer + 1))
 
 
 def teacher_flops(shape: LMShape, seq_len: int, layer: int, backward: bool) -> float:
-    """Teacher forward per token, plus the activation-only backward from the loss down to block `layer`."""
+    """Teacher forward per token, plus the activation-only backward from the loss down to block `layer`: 1× the
+    forward of the matmuls above it, 2× their attention, and the seam's head when the gradient passes it."""
     total = lm_forward(shape, seq_len)
     if backward:
         total += 2.0 * shape.d_model * shape.vocab_size
-        for p in shape.block_params[layer + 1:]:
-            total += 2.0 * p + 8.0 * seq_len * shape.d_model
+        for i in range(layer + 1, shape.n_layer):
+            n = shape.positions_at(i)
+            total += n * (2.0 * shape.block_params[i] + 8.0 * n * seq_len * shape.d_model)
+        if shape.seam_layer is not None and shape.seam_layer > layer:
+            total += shape.seam_head_backward
     return total
 
 
@@ -119,7 +185,7 @@ def teacher_shape(spec: str) -> LMShape | None:
         try:
             from cocomix.train.checkpoint import read_run_config
 
-            return LMShape.from_config(read_run_config(path).model)
+            return LMShape.from_run(read_run_config(path))
         except Exception:  # not a cocomix run: a transformers folder
             pass
     shape = _hf_shape(spec) if spec else None
@@ -150,7 +216,10 @@ def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
     rec = meta.get("teacher_shape")
     if not isinstance(rec, Mapping):
         return None
-    return LMShape(tuple(int(p) for p in rec["block_params"]), int(rec["d_model"]), int(rec["vocab_size"]))
+    seam = rec.get("seam_layer")
+    return LMShape(tuple(int(p) for p in rec["block_params"]), int(rec["d_model"]), int(rec["vocab_size"]),
+                   None if seam is None else int(seam), int(rec.get("seam_positions", 1)),
+                   float(rec.get("seam_head", 0.0)), float(rec.get("seam_head_backward", 0.0)))
 
 
 def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:
@@ -202,17 +271,10 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     `teacher` defaults to the shape `teacher_shape(concept.teacher)` finds, else GPT-2 small (the paper's);
     `sae_k` is the SAE's TopK. Cached targets (concept.cache) count no teacher or SAE work.
     """
-    m, c, T = run.model, run.concept, run.data.seq_len
-    shape = LMShape.from_config(m)
-    seam = run.method in ("cocomix", *PAUSING)
-    mixes = run.method in PAUSING or (run.method == "cocomix" and c.mixing == "insert")
-    forward = lm_forward(shape, T, c.concept_layer if seam else None, 2 if mixes else 1)
-    if run.method == "cocomix":
-        if c.target == "hidden":
-            forward += 2.0 * (m.d_model * 4 * m.d_model + 4 * m.d_model * c.d_teacher)  # the head's MLP
-            forward += 2.0 * c.d_teacher * m.d_model if c.mixing != "none" else 0.0  # the compression
-        else:
-            forward += 2.0 * m.d_model * c.n_latents + (2.0 * c.mix_k * m.d_model if c.mixing != "none" else 0.0)
+    c, T = run.concept, run.data.seq_len
+    forward = lm_forward(LMShape.from_run(run), T)
+    if run.method == "cocomix" and c.mixing == "none":
+        forward += concept_predictor(run)  # its prediction feeds the concept loss only
     out = {"student": 3.0 * forward, "teacher": 0.0, "sae": 0.0}
     teacher = teacher or teacher_shape(c.teacher) or gpt2_small()
     online = run.method == "cocomix" and c.lambda_concept > 0 and not (c.cache and c.target == "concepts")
@@ -236,8 +298,6 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     out["total"] = out["student"] + out["teacher"] + out["sae"]
     out["cached_targets"] = 0.0
     if run.method == "cocomix" and c.cache and c.target == "concepts" and c.lambda_concept > 0:
-        import dataclasses
-
         online = run_flops(dataclasses.replace(run, concept=dataclasses.replace(c, cache="")), teacher, sae_k)
         out["cached_targets"] = online["teacher"] + online["sae"]  # what the cache saved per training token
     return out
@@ -278,7 +338,6 @@ def student_params(m: ModelConfig) -> int:
 def ntp_width_for(run: RunConfig, multiple: int = 16) -> int:
     """The NTP width d (a multiple of `multiple` and of n_head) whose parameter count is closest to `run`'s active
     parameters; the paper's rule (it gives 624 / 1072 / 2096 for CoCoMix at 512 / 1024 / 2048)."""
-    import dataclasses
     import math
 
     target = active_params(run)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cocomix.config import ATTRIBUTION_LOSSES
+from cocomix.config import ATTRIBUTION_LOSSES, RunConfig
 from cocomix.errors import CheckpointError, CocomixWarning, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.transformer import checkpointed
@@ -107,6 +107,8 @@ class Teacher(PerPositionGradients):
         self.tokenizer_source: tuple[str, Path | str] | None = None
         """Where the teacher's tokenizer can be checked: ("run", checkpoint) for a cocomix run (its recorded
         tokenizer_sha256), ("hf", folder) for a local HF folder, ("hub", name) for a hub name; None for bare models."""
+        self.run: RunConfig | None = None
+        """A cocomix run's config when the teacher is one (for `cocomix.flops.LMShape.of_teacher`)."""
         self.next_token_mode: str | None = None
         """How the Eq. 1 gradient is computed: "own_position" (one backward pass), "per_position" (one per
         position), or None before the first `residual_and_grad(loss="next_token")` decides."""
@@ -243,9 +245,10 @@ class Teacher(PerPositionGradients):
         if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
             from cocomix.runs import load_run
 
-            _, _, model, ckpt = load_run(path, device=device)
+            run, _, model, ckpt = load_run(path, device=device)
             teacher = cls(model.to(dtype), layer, layer_field)
             teacher.tokenizer_source = ("run", ckpt)
+            teacher.run = run
             return teacher
         if path.is_dir() and not (path / "config.json").is_file():  # not a model: say what is, not transformers'
             from cocomix.outputs import output_kind

@@ -136,7 +136,7 @@ def test_the_hidden_ablation_without_mixing_counts_no_compression() -> None:
     run = get_preset("gpt2-69m-cocomix")
     hidden = dataclasses.replace(run, concept=dataclasses.replace(run.concept, target="hidden", mixing="none"))
     m, c = run.model, run.concept
-    want = lm_forward(LMShape.from_config(m), run.data.seq_len, c.concept_layer, 1) \
+    want = lm_forward(LMShape.from_config(m), run.data.seq_len) \
         + 2.0 * (m.d_model * 4 * m.d_model + 4 * m.d_model * c.d_teacher)  # the head's MLP, no compression
     assert _close(run_flops(hidden)["student"], 3 * want)
     prefix = sum(2.0 * 7_077_888 + 4.0 * run.data.seq_len * 768 for _ in range(c.teacher_layer + 1))

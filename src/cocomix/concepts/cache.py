@@ -47,11 +47,11 @@ _NOT_RECORDED_BEFORE = ("train_sampled_sha256", "val_sampled_sha256")  # not com
 
 
 def _shape(teacher: Any) -> dict[str, Any]:
-    """The teacher's `cocomix.flops.LMShape` as JSON: matmul weights per block, width, output vocabulary."""
+    """The teacher's `cocomix.flops.LMShape` as JSON: matmul weights per block, width, output vocabulary (and a
+    cocomix run's seam)."""
     from cocomix.flops import LMShape
 
-    shape = LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
-    return {"block_params": list(shape.block_params), "d_model": shape.d_model, "vocab_size": shape.vocab_size}
+    return LMShape.of_teacher(teacher).to_json()
 
 
 def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:

@@ -108,7 +108,7 @@ def flops_per_token(run: RunConfig, method: Method) -> tuple[dict[str, float], s
     shape, note = None, ""
     sae_k = sae.k if sae is not None else (cache.meta.get("sae_k") if cache is not None else None)
     if teacher is not None:
-        shape = LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
+        shape = LMShape.of_teacher(teacher)
     elif recorded is not None:
         shape = recorded
     elif cache is not None and run.concept.teacher and teacher_shape(run.concept.teacher) is None:

@@ -1,0 +1,162 @@
+"""The analytic FLOPs (`cocomix.flops`) against the matmul FLOPs torch's own formulas count while the real modules
+run: student forwards and training steps of every built-in method, the online targets of an HF teacher and of a
+cocomix run used as a teacher (its concept slots and head included).
+
+The count is the one `torch.utils.flop_counter` keeps (mm, addmm, bmm, attention), with the attention backward
+taken as dQ, dK, dV and dP (the module's convention; torch's formula adds a recomputation of the scores). What the
+analytic count names but the code computes elementwise, or computes again, is added or taken off by name below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import bmm_flop, flop_registry, sdpa_flop_count, shape_wrapper
+
+from cocomix.concepts.attribution import compute_targets
+from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
+from cocomix.flops import LMShape, lm_forward, lm_prefix_forward, recorded_teacher, run_flops, teacher_flops
+from cocomix.methods import METHODS, Batch
+from cocomix.sae.topk import TopKSAE
+from cocomix.teacher import Teacher
+
+aten = torch.ops.aten
+T, D, V, C, MIX_K, SAE_K = 16, 32, 97, 80, 8, 8
+
+
+def _sdpa_forward(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    return sdpa_flop_count(q, k, v)
+
+
+def _sdpa_backward(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    b, h, s, d = q
+    return 4 * bmm_flop((b * h, s, d), (b * h, d, k[2]))  # dP, dV, dQ, dK
+
+
+class MatmulFlops(TorchDispatchMode):
+    """Sums the FLOPs of every matmul and attention op that runs (a dispatch mode: unlike `FlopCounterMode` it
+    installs no module hooks, which `torch.autograd.grad` on a teacher's leaf does not allow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.formulas = {**flop_registry,
+                         aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(_sdpa_forward),
+                         aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(_sdpa_backward)}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.formulas.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def _run(method: str, flavour: str = "gpt2", **concept: Any) -> RunConfig:
+    model = ModelConfig(flavour=flavour, vocab_size=V, n_layer=4, n_head=4, d_model=D, context_length=64)
+    c = {"n_latents": C, "concept_layer": 2, "mix_k": MIX_K, "k_attr": 4, "d_teacher": 24, **concept}
+    return RunConfig(method=method, model=model, data=DataConfig(seq_len=T), concept=ConceptConfig(**c))
+
+
+def _gather(run: RunConfig) -> float:
+    """The compression of a concept head mixing its TopK: counted as a 2·mix_k·d matmul of the gathered rows,
+    computed elementwise (no matmul op)."""
+    c = run.concept
+    return 2.0 * MIX_K * D if run.method == "cocomix" and c.target == "concepts" and c.mixing != "none" else 0.0
+
+
+STUDENTS = [("ntp", {}), ("pause", {}), ("cocomix", {}), ("cocomix", {"mixing": "add"}),
+            ("cocomix", {"mixing": "none"}), ("cocomix", {"target": "hidden"})]
+
+
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
+def _id(value: Any) -> str:
+    return "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+
+
+@pytest.mark.parametrize(("method", "concept"), STUDENTS, ids=_id)
+def test_the_forward_of_every_student_costs_what_lm_forward_counts(method: str, concept: dict[str, str],
+                                                                   flavour: str) -> None:
+    run = _run(method, flavour, **concept)
+    model = METHODS[method](run).build_model().eval()
+    ids = torch.randint(0, V, (2, T))
+    with MatmulFlops() as count, torch.no_grad():
+        model(ids)
+    assert count.total / ids.numel() == lm_forward(LMShape.from_run(run), T) - _gather(run)
+
+
+@pytest.mark.parametrize(("method", "concept"), STUDENTS, ids=_id)
+def test_a_training_step_costs_what_run_flops_counts_for_the_student(method: str, concept: dict[str, str]) -> None:
+    """Loss and backward (weights included) of one step: 3× the forward. The fused concept head computes its
+    logits again in the backward instead of keeping (B, T, C) of them: one 2·d·C more, which model FLOPs (as
+    activation checkpointing) do not count."""
+    run = _run(method, "llama", **concept)
+    meth = METHODS[method](run)
+    model = meth.build_model().train()
+    ids = torch.randint(0, V, (2, T))
+    targets = torch.randint(0, C, (2, T, 4))
+    targets[:, -1] = -1
+    meth.targets = lambda batch: targets  # type: ignore[method-assign]  # what a teacher would give
+    meth.teacher = SimpleNamespace(hidden=lambda x: torch.randn(2, T, 24))  # type: ignore[assignment]
+    with MatmulFlops() as count:
+        loss, _ = meth.loss(model, Batch(ids))
+        loss.backward()
+    recompute = 2.0 * D * C if method == "cocomix" and run.concept.target == "concepts" else 0.0
+    assert count.total / ids.numel() == run_flops(run)["student"] - 3 * _gather(run) + recompute
+
+
+def _save_run(run: RunConfig, run_dir: Path) -> None:
+    from cocomix.train.checkpoint import save_checkpoint
+
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(run.to_json())
+    save_checkpoint(run_dir, 1, METHODS[run.method](run).build_model(), {"state": {}, "param_groups": []}, {}, keep=1)
+
+
+def _targets_flops(teacher: Teacher, sae: TopKSAE, ids: torch.Tensor, selection: str) -> float:
+    compute_targets(teacher, sae, ids, selection=selection)  # the first call checks the teacher's split head once
+    with MatmulFlops() as count:
+        compute_targets(teacher, sae, ids, selection=selection)
+    return count.total / ids.numel()
+
+
+@pytest.mark.parametrize(("method", "concept"), [("hf", {}), ("cocomix", {}), ("cocomix", {"mixing": "add"}),
+                                                 ("cocomix", {"mixing": "none"}), ("pause", {})], ids=_id)
+def test_online_targets_cost_what_the_teacher_and_sae_counts_say(method: str, concept: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """Teacher forward, the activation-only backward down to teacher_layer, SAE encode and attribution gather; a
+    cocomix run as teacher with its slots and head (before, counted as a plain decoder: ~45% too little). The
+    teacher's chunked head reads no logits at the final position (no next token): 2·d·V/T less each way."""
+    if method == "hf":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=D, n_layer=4, n_head=4, n_positions=64,
+                                   bos_token_id=0, eos_token_id=0)).save_pretrained(tmp_path / "t")
+    else:
+        _save_run(_run(method, **concept), tmp_path / "t")
+    teacher = Teacher.from_pretrained(tmp_path / "t", 1)
+    shape = LMShape.of_teacher(teacher)
+    if method != "hf":
+        assert teacher.run is not None and shape == LMShape.from_run(teacher.run) and shape.seam_layer == 2
+        assert recorded_teacher({"teacher_shape": shape.to_json()}) == shape  # what a target cache records
+    from cocomix.flops import teacher_shape
+
+    assert teacher_shape(str(tmp_path / "t")) == shape  # `cocomix flops` without loading it
+    sae = TopKSAE(D, C, SAE_K)
+    ids = torch.randint(0, V, (2, T))
+    last = 2.0 * D * V / T
+    gather = _gather(teacher.run) if teacher.run is not None else 0.0
+    want = teacher_flops(shape, T, 1, True) + 2.0 * D * C + 2.0 * SAE_K * D
+    assert _targets_flops(teacher, sae, ids, "attribution") == want - 2 * last - 2 * gather
+    assert _targets_flops(teacher, sae, ids, "activation") == lm_prefix_forward(shape, T, 1) + 2.0 * D * C
+    kd = dataclasses.replace(_run("kd"), concept=dataclasses.replace(_run("kd").concept, teacher=str(tmp_path / "t")))
+    with MatmulFlops() as count, torch.no_grad():
+        teacher.model(ids)
+    assert count.total / ids.numel() == run_flops(kd)["teacher"] - gather  # KD: the teacher's whole forward
