@@ -9,7 +9,8 @@ Conventions (stated so that a hand count can reproduce every number):
 * Training a module costs 3× its forward (backward = activation gradients + weight gradients, each 1× forward).
 * A frozen teacher's backward down to `teacher_layer` computes activation gradients only: 1× the forward of its
   matmuls above that layer and 2× its attention there (dQ, dK, dV, dP), nothing for weights.
-* Per token of the training window T. Embedding lookups are free; the LM head is a matmul (2·d·V).
+* Per token of the training window T. Embedding lookups are free; the LM head is a matmul (2·d·V). A mixture of
+  experts counts its router and the top_k experts a token is sent to.
 
 Student forward per token: Σ_blocks (2·P_block + 4·S·d) + 2·d·V, with P_block the block's matmul weights. In a
 CoCoMix or pause student the blocks from `concept_layer` on see two positions per token over a 2T sequence:
@@ -109,21 +110,58 @@ class LMShape:
     @classmethod
     def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
         """Count the 2-D weights of every nn.Linear (subclasses included: Falcon's FalconLinear) / HF Conv1D inside
-        each block of a loaded model. (Mixture-of-experts weights held as 3-D parameters are not counted.)"""
+        each block of a loaded model, and a mixture of experts as a token uses it (`_moe_weights`)."""
         counts = []
+        top_k = getattr(getattr(model, "config", None), "num_experts_per_tok", None)
         for block in blocks:
-            n = 0
+            share = _expert_share(block)
+            n = 0.0
             for module in block.modules():
                 w = getattr(module, "weight", None)
                 if w is not None and w.dim() == 2 and (isinstance(module, nn.Linear) or
                                                        type(module).__name__ == "Conv1D"):
-                    n += w.numel()
-            counts.append(n)
+                    n += w.numel() * share.get(id(module), 1.0)
+            counts.append(round(n) + _moe_weights(block, top_k))
         return cls(tuple(counts), d_model, vocab_size)
 
     @property
     def n_layer(self) -> int:
         return len(self.block_params)
+
+
+def _moe_weights(block: nn.Module, top_k: object) -> int:
+    """Matmul weights a token uses in a block's mixture of experts as `transformers` 5 holds one: a router module
+    (`top_k`, `num_experts`, a 2-D `weight` of E rows; an nn.Linear router is counted already) and expert modules
+    (`num_experts`, 3-D parameters of E matrices), of which each token uses `top_k` (the router's, else the
+    model config's `num_experts_per_tok`). 0 for a dense block, and for experts whose top_k cannot be told."""
+    for module in block.modules():
+        k = getattr(module, "top_k", None)
+        if isinstance(k, int) and isinstance(getattr(module, "num_experts", None), int):
+            top_k = k
+            break
+    n = 0
+    for module in block.modules():
+        experts = getattr(module, "num_experts", None)
+        if not isinstance(experts, int) or experts < 1 or isinstance(module, nn.Linear):
+            continue
+        for name, p in module.named_parameters(recurse=False):
+            if p.dim() == 3 and p.shape[0] == experts and isinstance(top_k, int):
+                n += p[0].numel() * top_k  # a token's top_k experts
+            elif p.dim() == 2 and name == "weight" and p.shape[0] == experts:
+                n += p.numel()  # the router's logits
+    return n
+
+
+def _expert_share(block: nn.Module) -> dict[int, float]:
+    """For experts held as a list of modules (`transformers` 4: a block with `num_experts`, `top_k` and an
+    `experts` ModuleList of E MLPs): the share top_k / E of each of their layers that a token uses, by id."""
+    share: dict[int, float] = {}
+    for module in block.modules():
+        experts, k = getattr(module, "experts", None), getattr(module, "top_k", None)
+        if isinstance(experts, nn.ModuleList) and isinstance(k, int) and len(experts) > 0:
+            for layer in experts.modules():
+                share[id(layer)] = k / len(experts)
+    return share
 
 
 def _block_forward(shape: LMShape, block: int, seq_len: int) -> float:

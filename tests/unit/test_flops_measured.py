@@ -39,6 +39,12 @@ def _sdpa_backward(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any
     return 4 * bmm_flop((b * h, s, d), (b * h, d, k[2]))  # dP, dV, dQ, dK
 
 
+def _grouped_mm(a: Any, b: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    """Mixture-of-experts matmuls (`transformers`' grouped_mm experts): every routed row of a (M, K) times its
+    expert's (K, N) matrix."""
+    return 2 * a[0] * a[-1] * b[-1]
+
+
 class MatmulFlops(TorchDispatchMode):
     """Sums the FLOPs of every matmul and attention op that runs (a dispatch mode: unlike `FlopCounterMode` it
     installs no module hooks, which `torch.autograd.grad` on a teacher's leaf does not allow)."""
@@ -48,7 +54,8 @@ class MatmulFlops(TorchDispatchMode):
         self.total = 0
         self.formulas = {**flop_registry,
                          aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(_sdpa_forward),
-                         aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(_sdpa_backward)}
+                         aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(_sdpa_backward),
+                         aten._grouped_mm: shape_wrapper(_grouped_mm)}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -160,3 +167,61 @@ def test_online_targets_cost_what_the_teacher_and_sae_counts_say(method: str, co
     with MatmulFlops() as count, torch.no_grad():
         teacher.model(ids)
     assert count.total / ids.numel() == run_flops(kd)["teacher"] - gather  # KD: the teacher's whole forward
+
+
+def _moe(arch: str) -> torch.nn.Module:
+    import transformers as tf
+
+    small = {"vocab_size": V, "hidden_size": D, "intermediate_size": 48, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "num_experts_per_tok": 2}
+    if arch == "mixtral":
+        return tf.MixtralForCausalLM(tf.MixtralConfig(**small, num_hidden_layers=2, num_local_experts=4))
+    if arch == "qwen2-moe":  # a shared expert and its gate beside the routed ones
+        return tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(**small, num_hidden_layers=2, num_experts=4,
+                                                        moe_intermediate_size=24, shared_expert_intermediate_size=40))
+    if arch == "gpt-oss":  # expert biases, (E, d, 2m) layout
+        return tf.GptOssForCausalLM(tf.GptOssConfig(**small, num_hidden_layers=2, num_local_experts=4, head_dim=8,
+                                                    layer_types=["full_attention"] * 2))
+    small["num_key_value_heads"] = 4  # deepseek-v3: a dense first block, then routed experts
+    return tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(
+        **small, num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=4, moe_intermediate_size=24,
+        n_group=1, topk_group=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
+        v_head_dim=8))
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2-moe", "gpt-oss", "deepseek-v3"])
+def test_a_mixture_of_experts_teacher_is_counted_as_a_token_uses_it(arch: str) -> None:
+    """`transformers` 5 holds experts as 3-D parameters: a token runs its router and its top_k experts (before,
+    neither was counted)."""
+    pytest.importorskip("transformers", minversion="5")
+    teacher = Teacher(_moe(arch), 0)
+    ids = torch.randint(0, V, (2, T))
+    with MatmulFlops() as count, torch.no_grad():
+        teacher.model(ids)
+    shape = LMShape.of_teacher(teacher)
+    assert count.total / ids.numel() == lm_forward(shape, T)
+    dense = LMShape.from_module(None, teacher.blocks, D, V)  # no model config: the routers' top_k stands
+    assert dense == shape
+
+
+def test_experts_held_as_a_module_list_count_their_top_k_share() -> None:
+    """`transformers` 4's layout (a block with `num_experts`, `top_k`, an nn.Linear router and an `experts`
+    ModuleList of MLPs): a token uses top_k of the E experts' weights, and the whole router."""
+    from torch import nn
+
+    class Expert(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1, self.w2 = nn.Linear(D, 48, bias=False), nn.Linear(48, D, bias=False)
+
+    class SparseMoe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_experts, self.top_k = 4, 2
+            self.gate = nn.Linear(D, 4, bias=False)
+            self.experts = nn.ModuleList(Expert() for _ in range(4))
+
+    block = nn.Module()
+    block.attn = nn.Linear(D, 3 * D)
+    block.moe = SparseMoe()
+    assert LMShape.from_module(None, [block], D, V).block_params == (3 * D * D + 4 * D + 2 * (2 * D * 48),)
