@@ -5,7 +5,8 @@ Conventions (stated so that a hand count can reproduce every number):
 * A matmul (m × k)·(k × n) costs 2·m·k·n FLOPs. Norms, activations, softmax, TopK and elementwise work are not
   counted (as in Kaplan et al. / PaLM "model FLOPs").
 * Attention: a query attending S keys costs 4·S·d forward (QKᵀ and AV), counted over the full window S (PaLM's
-  convention, not halved for causality).
+  convention, not halved for causality); 2·S·(d_qk + d_v) for a teacher whose heads are not d wide in all
+  (head_dim · heads of Qwen 3 or Gemma, MLA's own query·key and value widths).
 * Training a module costs 3× its forward (backward = activation gradients + weight gradients, each 1× forward).
 * A frozen teacher's backward down to `teacher_layer` computes activation gradients only: 1× the forward of its
   matmuls above that layer and 2× its attention there (dQ, dK, dV, dP), nothing for weights.
@@ -61,6 +62,10 @@ class LMShape:
     """Forward matmul FLOPs per token of the seam's head (concept predictor + compression), run once per token."""
     seam_head_backward: float = 0.0
     """Activation-gradient FLOPs per token through the head when the LM loss reaches it (0 without mixing)."""
+    attn_qk: int = 0
+    """Query·key width over all query heads, when it is not d_model (Qwen 3, Gemma: head_dim·heads; MLA)."""
+    attn_v: int = 0
+    """Value width over all query heads, when it is not d_model."""
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> LMShape:
@@ -94,6 +99,11 @@ class LMShape:
             return cls.from_run(run)
         return cls.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
 
+    @property
+    def attention(self) -> int:
+        """Query·key plus value width: a query attending one key costs 2·this forward (QKᵀ and AV)."""
+        return (self.attn_qk or self.d_model) + (self.attn_v or self.d_model)
+
     def positions_at(self, block: int) -> int:
         """Positions per token that block index `block` processes."""
         return self.seam_positions if self.seam_layer is not None and block >= self.seam_layer else 1
@@ -102,6 +112,8 @@ class LMShape:
         """The fields as JSON (a target cache's `teacher_shape`; `recorded_teacher` reads it back)."""
         out: dict[str, Any] = {"block_params": list(self.block_params), "d_model": self.d_model,
                                "vocab_size": self.vocab_size}
+        if self.attn_qk or self.attn_v:
+            out.update(attn_qk=self.attn_qk, attn_v=self.attn_v)
         if self.seam_layer is not None:
             out.update(seam_layer=self.seam_layer, seam_positions=self.seam_positions, seam_head=self.seam_head,
                        seam_head_backward=self.seam_head_backward)
@@ -110,9 +122,13 @@ class LMShape:
     @classmethod
     def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
         """Count the 2-D weights of every nn.Linear (subclasses included: Falcon's FalconLinear) / HF Conv1D inside
-        each block of a loaded model, and a mixture of experts as a token uses it (`_moe_weights`)."""
+        each block of a loaded model, a mixture of experts as a token uses it (`_moe_weights`), and the attention
+        widths its config gives (`_attention_widths`)."""
+        from cocomix.teacher_blocks import text_config
+
+        config = text_config(model) if isinstance(model, nn.Module) else None
         counts = []
-        top_k = getattr(getattr(model, "config", None), "num_experts_per_tok", None)
+        top_k = getattr(config, "num_experts_per_tok", None)
         for block in blocks:
             share = _expert_share(block)
             n = 0.0
@@ -122,7 +138,8 @@ class LMShape:
                                                        type(module).__name__ == "Conv1D"):
                     n += w.numel() * share.get(id(module), 1.0)
             counts.append(round(n) + _moe_weights(block, top_k))
-        return cls(tuple(counts), d_model, vocab_size)
+        qk, v = _attention_widths(config, d_model)
+        return cls(tuple(counts), d_model, vocab_size, attn_qk=qk, attn_v=v)
 
     @property
     def n_layer(self) -> int:
@@ -152,6 +169,20 @@ def _moe_weights(block: nn.Module, top_k: object) -> int:
     return n
 
 
+def _attention_widths(config: Any, d_model: int) -> tuple[int, int]:
+    """(query·key, value) widths over the query heads of an HF config (head_dim · heads; an MLA config's
+    qk_head_dim / v_head_dim), each 0 where it is d_model or the config does not say."""
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        return 0, 0
+    head = getattr(config, "head_dim", None)
+    head = head if isinstance(head, int) and head > 0 else d_model // heads
+    qk, v = getattr(config, "qk_head_dim", None), getattr(config, "v_head_dim", None)
+    qk = heads * (qk if isinstance(qk, int) and qk > 0 else head)
+    v = heads * (v if isinstance(v, int) and v > 0 else head)
+    return (0 if qk == d_model else qk), (0 if v == d_model else v)
+
+
 def _expert_share(block: nn.Module) -> dict[int, float]:
     """For experts held as a list of modules (`transformers` 4: a block with `num_experts`, `top_k` and an
     `experts` ModuleList of E MLPs): the share top_k / E of each of their layers that a token uses, by id."""
@@ -167,7 +198,7 @@ def _expert_share(block: nn.Module) -> dict[int, float]:
 def _block_forward(shape: LMShape, block: int, seq_len: int) -> float:
     """Forward FLOPs per token of one block: n positions per token, each attending n·T keys."""
     n = shape.positions_at(block)
-    return n * (2.0 * shape.block_params[block] + 4.0 * n * seq_len * shape.d_model)
+    return n * (2.0 * shape.block_params[block] + 2.0 * n * seq_len * shape.attention)
 
 
 def concept_predictor(run: RunConfig) -> float:
@@ -199,7 +230,7 @@ def teacher_flops(shape: LMShape, seq_len: int, layer: int, backward: bool) -> f
         total += 2.0 * shape.d_model * shape.vocab_size
         for i in range(layer + 1, shape.n_layer):
             n = shape.positions_at(i)
-            total += n * (2.0 * shape.block_params[i] + 8.0 * n * seq_len * shape.d_model)
+            total += n * (2.0 * shape.block_params[i] + 4.0 * n * seq_len * shape.attention)
         if shape.seam_layer is not None and shape.seam_layer > layer:
             total += shape.seam_head_backward
     return total
@@ -257,7 +288,8 @@ def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
     seam = rec.get("seam_layer")
     return LMShape(tuple(int(p) for p in rec["block_params"]), int(rec["d_model"]), int(rec["vocab_size"]),
                    None if seam is None else int(seam), int(rec.get("seam_positions", 1)),
-                   float(rec.get("seam_head", 0.0)), float(rec.get("seam_head_backward", 0.0)))
+                   float(rec.get("seam_head", 0.0)), float(rec.get("seam_head_backward", 0.0)),
+                   int(rec.get("attn_qk", 0)), int(rec.get("attn_v", 0)))
 
 
 def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:

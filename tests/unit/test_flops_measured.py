@@ -169,39 +169,52 @@ def test_online_targets_cost_what_the_teacher_and_sae_counts_say(method: str, co
     assert count.total / ids.numel() == run_flops(kd)["teacher"] - gather  # KD: the teacher's whole forward
 
 
-def _moe(arch: str) -> torch.nn.Module:
+def _hf(arch: str) -> torch.nn.Module:
     import transformers as tf
 
     small = {"vocab_size": V, "hidden_size": D, "intermediate_size": 48, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "num_experts_per_tok": 2}
+             "num_key_value_heads": 2}
+    moe = {**small, "num_experts_per_tok": 2}
+    if arch == "qwen3":  # heads of head_dim 16: the attention is 2·d wide
+        return tf.Qwen3ForCausalLM(tf.Qwen3Config(**small, num_hidden_layers=2, head_dim=16))
+    if arch == "gemma2":  # the same, and a soft-capped head (no split head: its logits at every position)
+        return tf.Gemma2ForCausalLM(tf.Gemma2Config(**small, num_hidden_layers=2, head_dim=16))
     if arch == "mixtral":
-        return tf.MixtralForCausalLM(tf.MixtralConfig(**small, num_hidden_layers=2, num_local_experts=4))
+        return tf.MixtralForCausalLM(tf.MixtralConfig(**moe, num_hidden_layers=2, num_local_experts=4))
     if arch == "qwen2-moe":  # a shared expert and its gate beside the routed ones
-        return tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(**small, num_hidden_layers=2, num_experts=4,
+        return tf.Qwen2MoeForCausalLM(tf.Qwen2MoeConfig(**moe, num_hidden_layers=2, num_experts=4,
                                                         moe_intermediate_size=24, shared_expert_intermediate_size=40))
     if arch == "gpt-oss":  # expert biases, (E, d, 2m) layout
-        return tf.GptOssForCausalLM(tf.GptOssConfig(**small, num_hidden_layers=2, num_local_experts=4, head_dim=8,
+        return tf.GptOssForCausalLM(tf.GptOssConfig(**moe, num_hidden_layers=2, num_local_experts=4, head_dim=8,
                                                     layer_types=["full_attention"] * 2))
-    small["num_key_value_heads"] = 4  # deepseek-v3: a dense first block, then routed experts
+    moe["num_key_value_heads"] = 4  # deepseek-v3: MLA (query·key 4 × 16, value 4 × 6), a dense block, experts
     return tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(
-        **small, num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=4, moe_intermediate_size=24,
-        n_group=1, topk_group=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4,
-        v_head_dim=8))
+        **moe, num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=4, moe_intermediate_size=24,
+        n_group=1, topk_group=1, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=12,
+        v_head_dim=6))
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen2-moe", "gpt-oss", "deepseek-v3"])
-def test_a_mixture_of_experts_teacher_is_counted_as_a_token_uses_it(arch: str) -> None:
-    """`transformers` 5 holds experts as 3-D parameters: a token runs its router and its top_k experts (before,
-    neither was counted)."""
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "mixtral", "qwen2-moe", "gpt-oss", "deepseek-v3"])
+def test_hf_teachers_of_other_shapes_are_counted_as_they_run(arch: str) -> None:
+    """Attention wider or narrower than d (head_dim · heads, MLA), and mixtures of experts as `transformers` 5
+    holds them (3-D parameters: a token runs its router and its top_k experts): the forward and the attribution
+    backward (before, attention was taken as d wide and experts were not counted)."""
     pytest.importorskip("transformers", minversion="5")
-    teacher = Teacher(_moe(arch), 0)
+    teacher = Teacher(_hf(arch), 0)
     ids = torch.randint(0, V, (2, T))
     with MatmulFlops() as count, torch.no_grad():
         teacher.model(ids)
     shape = LMShape.of_teacher(teacher)
     assert count.total / ids.numel() == lm_forward(shape, T)
-    dense = LMShape.from_module(None, teacher.blocks, D, V)  # no model config: the routers' top_k stands
-    assert dense == shape
+    assert recorded_teacher({"teacher_shape": shape.to_json()}) == shape
+    teacher.residual_and_grad(ids)  # the first call checks the split head
+    with MatmulFlops() as count:
+        teacher.residual_and_grad(ids)
+    last = 2.0 * D * V / T if teacher._split_ok else 0.0
+    assert teacher._split_ok is (arch != "gemma2")
+    assert count.total / ids.numel() == teacher_flops(shape, T, 0, True) - 2 * last
+    if arch in ("mixtral", "qwen2-moe", "gpt-oss", "deepseek-v3"):  # without the model config the routers' top_k
+        assert LMShape.from_module(None, teacher.blocks, D, V).block_params == shape.block_params
 
 
 def test_experts_held_as_a_module_list_count_their_top_k_share() -> None:
