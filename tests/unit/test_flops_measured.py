@@ -119,6 +119,30 @@ def test_a_training_step_costs_what_run_flops_counts_for_the_student(method: str
     assert count.total / ids.numel() == run_flops(run)["student"] - 3 * _gather(run) + recompute
 
 
+@pytest.mark.parametrize("method", ["kd", "kd-pause"])
+@pytest.mark.parametrize("teacher_kind", ["hf", "cocomix"])
+def test_a_distillation_step_costs_the_student_and_the_teachers_forward(method: str, teacher_kind: str) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    run = _run(method)
+    if teacher_kind == "hf":
+        teacher = Teacher(GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=D, n_layer=3, n_head=4, n_positions=64)), 0)
+    else:  # a cocomix run distilled from: its slots and head are part of its forward
+        teacher_run = _run("cocomix")
+        teacher = Teacher(METHODS["cocomix"](teacher_run).build_model(), 0)
+        teacher.run = teacher_run
+    meth = METHODS[method](run)
+    meth.teacher = teacher  # type: ignore[attr-defined]  # what prepare() loads
+    model = meth.build_model().train()
+    ids = torch.randint(0, V, (2, T))
+    with MatmulFlops() as count:
+        loss, _ = meth.loss(model, Batch(ids))
+        loss.backward()
+    flops = run_flops(run, LMShape.of_teacher(teacher))
+    gather = _gather(teacher.run) if teacher.run is not None else 0.0
+    assert count.total / ids.numel() == flops["student"] + flops["teacher"] - gather
+
+
 def _save_run(run: RunConfig, run_dir: Path) -> None:
     from cocomix.train.checkpoint import save_checkpoint
 
