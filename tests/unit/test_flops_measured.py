@@ -262,3 +262,38 @@ def test_experts_held_as_a_module_list_count_their_top_k_share() -> None:
     block.attn = nn.Linear(D, 3 * D)
     block.moe = SparseMoe()
     assert LMShape.from_module(None, [block], D, V).block_params == (3 * D * D + 4 * D + 2 * (2 * D * 48),)
+
+
+def test_the_naive_and_the_optimised_cocomix_steps_cost_what_step_cost_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two sides of `bench/step_cost.py`'s naive-vs-optimised ratio (issue 7): the naive step (the official
+    code's teacher backward with weight gradients, dense attribution and compression, whole logits) exactly as
+    `naive_flops` counts it; the optimised step as `run_flops` counts it, but for the fused head's recomputed logits
+    (2·d·C more), the gathered compression (elementwise) and the teacher's split head (no final position)."""
+    import copy
+    import importlib
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    naive = importlib.import_module("naive")  # bench/naive.py
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=D, n_layer=4, n_head=4, n_positions=64))
+    sae = TopKSAE(D, C, SAE_K)
+    run = _run("cocomix", teacher_layer=1)
+    ids = torch.randint(0, V, (2, T))
+    optimised = METHODS["cocomix"](run)
+    optimised.teacher, optimised.sae = Teacher(copy.deepcopy(hf), 1), sae  # type: ignore[attr-defined]
+    model = optimised.build_model().train()
+    optimised.loss(model, Batch(ids))  # the teacher checks its split head once
+    with MatmulFlops() as count:
+        optimised.loss(model, Batch(ids))[0].backward()
+    shape = LMShape.of_teacher(optimised.teacher)
+    flops = run_flops(run, shape, SAE_K)
+    assert count.total / ids.numel() == flops["total"] + 2.0 * D * C - 3 * _gather(run) - 2 * (2.0 * D * V / T)
+
+    slow = METHODS["cocomix"](run)
+    model = slow.build_model().train()
+    naive.dense_compression(model.seam)
+    slow.loss = naive.naive_loss(slow, naive.NaiveTargets(copy.deepcopy(hf), 1, copy.deepcopy(sae), 4))
+    with MatmulFlops() as count:
+        slow.loss(model, Batch(ids))[0].backward()
+    assert count.total / ids.numel() == naive.naive_flops(run, flops, shape, SAE_K)["total"]
