@@ -6,7 +6,8 @@ Conventions (stated so that a hand count can reproduce every number):
   counted (as in Kaplan et al. / PaLM "model FLOPs").
 * Attention: a query attending S keys costs 4·S·d forward (QKᵀ and AV), counted over the full window S (PaLM's
   convention, not halved for causality); 2·S·(d_qk + d_v) for a teacher whose heads are not d wide in all
-  (head_dim · heads of Qwen 3 or Gemma, MLA's own query·key and value widths).
+  (head_dim · heads of Qwen 3 or Gemma, MLA's own query·key and value widths). A sliding-window block attends
+  min(window, S) keys (a kernel that masks the rest out of a full S × S product computes more than this).
 * Training a module costs 3× its forward (backward = activation gradients + weight gradients, each 1× forward).
 * A frozen teacher's backward down to `teacher_layer` computes activation gradients only: 1× the forward of its
   matmuls above that layer and 2× its attention there (dQ, dK, dV, dP), nothing for weights.
@@ -36,176 +37,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from cocomix.config import ModelConfig, RunConfig
+from cocomix.lm_shape import LMShape, concept_predictor, gpt2_small, recorded_teacher, teacher_shape
 from cocomix.methods import DISTILLING, PAUSING
 
-
-@dataclass(frozen=True)
-class LMShape:
-    """What the FLOPs count needs of a causal LM: per-block matmul weights, width, vocabulary."""
-
-    block_params: tuple[int, ...]
-    """Matmul weight elements of each block (attention projections + MLP), biases excluded."""
-    d_model: int
-    vocab_size: int
-    seam_layer: int | None = None
-    """A cocomix run's slot seam: the first block that sees `seam_positions` positions per token (None: none)."""
-    seam_positions: int = 1
-    seam_head: float = 0.0
-    """Forward matmul FLOPs per token of the seam's head (concept predictor + compression), run once per token."""
-    seam_head_backward: float = 0.0
-    """Activation-gradient FLOPs per token through the head when the LM loss reaches it (0 without mixing)."""
-    attn_qk: int = 0
-    """Query·key width over all query heads, when it is not d_model (Qwen 3, Gemma: head_dim·heads; MLA)."""
-    attn_v: int = 0
-    """Value width over all query heads, when it is not d_model."""
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig) -> LMShape:
-        d, m = cfg.d_model, cfg.mlp_width
-        mlp = (2 if cfg.flavour == "gpt2" else 3) * d * m
-        return cls((4 * d * d + mlp,) * cfg.n_layer, d, cfg.vocab_size)
-
-    @classmethod
-    def from_run(cls, run: RunConfig) -> LMShape:
-        """A cocomix run's whole model as its forward computes it: the decoder, and for a method with slots the
-        seam's layer, positions per token and head (a built-in method's; another package's counts as a plain
-        decoder, see `plugin_note`)."""
-        base = cls.from_config(run.model)
-        m, c = run.model, run.concept
-        if run.method not in ("cocomix", *PAUSING):
-            return base
-        positions = 2 if run.method in PAUSING or c.mixing == "insert" else 1
-        head = 0.0
-        if run.method == "cocomix" and c.mixing != "none":  # without mixing only training's concept loss runs it
-            head = concept_predictor(run)
-            head += 2.0 * (c.d_teacher if c.target == "hidden" else c.mix_k) * m.d_model  # the compression
-        return dataclasses.replace(base, seam_layer=c.concept_layer, seam_positions=positions, seam_head=head,
-                                   seam_head_backward=head)
-
-    @classmethod
-    def of_teacher(cls, teacher: Any) -> LMShape:
-        """A loaded `cocomix.teacher.Teacher`'s shape: a cocomix run's from its config (`from_run`), any other
-        model's from its modules (`from_module`)."""
-        run = getattr(teacher, "run", None)
-        if run is not None:
-            return cls.from_run(run)
-        return cls.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
-
-    @property
-    def attention(self) -> int:
-        """Query·key plus value width: a query attending one key costs 2·this forward (QKᵀ and AV)."""
-        return (self.attn_qk or self.d_model) + (self.attn_v or self.d_model)
-
-    def positions_at(self, block: int) -> int:
-        """Positions per token that block index `block` processes."""
-        return self.seam_positions if self.seam_layer is not None and block >= self.seam_layer else 1
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields as JSON (a target cache's `teacher_shape`; `recorded_teacher` reads it back)."""
-        out: dict[str, Any] = {"block_params": list(self.block_params), "d_model": self.d_model,
-                               "vocab_size": self.vocab_size}
-        if self.attn_qk or self.attn_v:
-            out.update(attn_qk=self.attn_qk, attn_v=self.attn_v)
-        if self.seam_layer is not None:
-            out.update(seam_layer=self.seam_layer, seam_positions=self.seam_positions, seam_head=self.seam_head,
-                       seam_head_backward=self.seam_head_backward)
-        return out
-
-    @classmethod
-    def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
-        """Count the 2-D weights of every nn.Linear (subclasses included: Falcon's FalconLinear) / HF Conv1D inside
-        each block of a loaded model, a mixture of experts as a token uses it (`_moe_weights`), and the attention
-        widths its config gives (`_attention_widths`)."""
-        from cocomix.teacher_blocks import text_config
-
-        config = text_config(model) if isinstance(model, nn.Module) else None
-        counts = []
-        top_k = getattr(config, "num_experts_per_tok", None)
-        for block in blocks:
-            share = _expert_share(block)
-            n = 0.0
-            for module in block.modules():
-                w = getattr(module, "weight", None)
-                if w is not None and w.dim() == 2 and (isinstance(module, nn.Linear) or
-                                                       type(module).__name__ == "Conv1D"):
-                    n += w.numel() * share.get(id(module), 1.0)
-            counts.append(round(n) + _moe_weights(block, top_k))
-        qk, v = _attention_widths(config, d_model)
-        return cls(tuple(counts), d_model, vocab_size, attn_qk=qk, attn_v=v)
-
-    @property
-    def n_layer(self) -> int:
-        return len(self.block_params)
-
-
-def _moe_weights(block: nn.Module, top_k: object) -> int:
-    """Matmul weights a token uses in a block's mixture of experts as `transformers` 5 holds one: a router module
-    (`top_k`, `num_experts`, a 2-D `weight` of E rows; an nn.Linear router is counted already) and expert modules
-    (`num_experts`, 3-D parameters of E matrices), of which each token uses `top_k` (the router's, else the
-    model config's `num_experts_per_tok`). 0 for a dense block, and for experts whose top_k cannot be told."""
-    for module in block.modules():
-        k = getattr(module, "top_k", None)
-        if isinstance(k, int) and isinstance(getattr(module, "num_experts", None), int):
-            top_k = k
-            break
-    n = 0
-    for module in block.modules():
-        experts = getattr(module, "num_experts", None)
-        if not isinstance(experts, int) or experts < 1 or isinstance(module, nn.Linear):
-            continue
-        for name, p in module.named_parameters(recurse=False):
-            if p.dim() == 3 and p.shape[0] == experts and isinstance(top_k, int):
-                n += p[0].numel() * top_k  # a token's top_k experts
-            elif p.dim() == 2 and name == "weight" and p.shape[0] == experts:
-                n += p.numel()  # the router's logits
-    return n
-
-
-def _attention_widths(config: Any, d_model: int) -> tuple[int, int]:
-    """(query·key, value) widths over the query heads of an HF config (head_dim · heads; an MLA config's
-    qk_head_dim / v_head_dim), each 0 where it is d_model or the config does not say."""
-    heads = getattr(config, "num_attention_heads", None)
-    if not isinstance(heads, int) or heads < 1:
-        return 0, 0
-    head = getattr(config, "head_dim", None)
-    head = head if isinstance(head, int) and head > 0 else d_model // heads
-    qk, v = getattr(config, "qk_head_dim", None), getattr(config, "v_head_dim", None)
-    qk = heads * (qk if isinstance(qk, int) and qk > 0 else head)
-    v = heads * (v if isinstance(v, int) and v > 0 else head)
-    return (0 if qk == d_model else qk), (0 if v == d_model else v)
-
-
-def _expert_share(block: nn.Module) -> dict[int, float]:
-    """For experts held as a list of modules (`transformers` 4: a block with `num_experts`, `top_k` and an
-    `experts` ModuleList of E MLPs): the share top_k / E of each of their layers that a token uses, by id."""
-    share: dict[int, float] = {}
-    for module in block.modules():
-        experts, k = getattr(module, "experts", None), getattr(module, "top_k", None)
-        if isinstance(experts, nn.ModuleList) and isinstance(k, int) and len(experts) > 0:
-            for layer in experts.modules():
-                share[id(layer)] = k / len(experts)
-    return share
+__all__ = ["LMShape", "active_params", "config_parts", "gpt2_small", "lm_forward", "lm_prefix_forward",
+           "ntp_width_for", "plugin_note", "recorded_teacher", "run_flops", "student_params", "teacher_flops",
+           "teacher_shape"]
 
 
 def _block_forward(shape: LMShape, block: int, seq_len: int) -> float:
     """Forward FLOPs per token of one block: n positions per token, each attending n·T keys."""
     n = shape.positions_at(block)
-    return n * (2.0 * shape.block_params[block] + 2.0 * n * seq_len * shape.attention)
-
-
-def concept_predictor(run: RunConfig) -> float:
-    """Forward FLOPs per token of a CoCoMix head's prediction: the concept logits (2·d·C), or the `hidden`
-    ablation's MLP."""
-    d, c = run.model.d_model, run.concept
-    return 2.0 * (d * 4 * d + 4 * d * c.d_teacher) if c.target == "hidden" else 2.0 * d * c.n_latents
+    return n * (2.0 * shape.block_params[block] + 2.0 * shape.keys_at(block, seq_len) * shape.attention)
 
 
 def lm_forward(shape: LMShape, seq_len: int) -> float:
@@ -230,66 +77,10 @@ def teacher_flops(shape: LMShape, seq_len: int, layer: int, backward: bool) -> f
         total += 2.0 * shape.d_model * shape.vocab_size
         for i in range(layer + 1, shape.n_layer):
             n = shape.positions_at(i)
-            total += n * (2.0 * shape.block_params[i] + 4.0 * n * seq_len * shape.attention)
+            total += n * (2.0 * shape.block_params[i] + 4.0 * shape.keys_at(i, seq_len) * shape.attention)
         if shape.seam_layer is not None and shape.seam_layer > layer:
             total += shape.seam_head_backward
     return total
-
-
-def gpt2_small() -> LMShape:
-    """GPT-2 124M, the paper's teacher (12 × 768, V = 50257)."""
-    return LMShape.from_config(ModelConfig(flavour="gpt2", vocab_size=50257, n_layer=12, n_head=12, d_model=768,
-                                           context_length=1024))
-
-
-def teacher_shape(spec: str) -> LMShape | None:
-    """The shape of the teacher a config names, without loading its weights: a cocomix run directory, or a
-    Hugging Face causal LM of any architecture `transformers` builds (a local folder, or a hub name whose config
-    is already in the HF cache; nothing is downloaded), counted as training counts the loaded teacher; GPT-2
-    small for its hub names otherwise; None when it cannot be told."""
-    from pathlib import Path
-
-    path = Path(spec) if spec else None
-    if path is not None and (path / "config.json").is_file():
-        try:
-            from cocomix.train.checkpoint import read_run_config
-
-            return LMShape.from_run(read_run_config(path))
-        except Exception:  # not a cocomix run: a transformers folder
-            pass
-    shape = _hf_shape(spec) if spec else None
-    if shape is None and spec in ("gpt2", "openai-community/gpt2"):
-        return gpt2_small()
-    return shape
-
-
-def _hf_shape(spec: str) -> LMShape | None:
-    """An HF causal LM built from its config on the meta device (no weights, no memory), counted by
-    `LMShape.from_module` through the `Teacher` that training would wrap it in; None if that fails."""
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from cocomix.teacher import Teacher
-
-        config = AutoConfig.from_pretrained(spec, local_files_only=True)
-        with torch.device("meta"):
-            teacher = Teacher(AutoModelForCausalLM.from_config(config), 0)
-        return LMShape.from_module(teacher.model, teacher.blocks, teacher.width, teacher.output_vocab)
-    except Exception:  # not an HF causal LM readable here (no folder, not cached, unknown architecture)
-        return None
-
-
-def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
-    """The teacher shape a target cache recorded in its meta.json (`teacher_shape`), None for older caches."""
-    rec = meta.get("teacher_shape")
-    if not isinstance(rec, Mapping):
-        return None
-    seam = rec.get("seam_layer")
-    return LMShape(tuple(int(p) for p in rec["block_params"]), int(rec["d_model"]), int(rec["vocab_size"]),
-                   None if seam is None else int(seam), int(rec.get("seam_positions", 1)),
-                   float(rec.get("seam_head", 0.0)), float(rec.get("seam_head_backward", 0.0)),
-                   int(rec.get("attn_qk", 0)), int(rec.get("attn_v", 0)))
 
 
 def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:

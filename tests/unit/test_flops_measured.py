@@ -297,3 +297,26 @@ def test_the_naive_and_the_optimised_cocomix_steps_cost_what_step_cost_counts(mo
     with MatmulFlops() as count:
         slow.loss(model, Batch(ids))[0].backward()
     assert count.total / ids.numel() == naive.naive_flops(run, flops, shape, SAE_K)["total"]
+
+
+def test_sliding_window_blocks_count_the_keys_in_their_window() -> None:
+    """Gemma 2 alternates local (sliding-window) and global blocks: a local block's query attends at most `window`
+    keys. SDPA computes the full T × T product and masks it, so torch's count exceeds the model FLOPs by exactly
+    the masked keys of the local blocks."""
+    import transformers as tf
+
+    pytest.importorskip("transformers", minversion="5")
+    window = 6
+    model = tf.Gemma2ForCausalLM(tf.Gemma2Config(vocab_size=V, hidden_size=D, intermediate_size=48,
+                                                 num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+                                                 head_dim=16, sliding_window=window))
+    teacher = Teacher(model, 0)
+    shape = LMShape.of_teacher(teacher)
+    assert shape.windows == (window, 0, window, 0)
+    ids = torch.randint(0, V, (2, T))
+    with MatmulFlops() as count, torch.no_grad():
+        teacher.model(ids)
+    masked = 2 * 2.0 * (T - window) * shape.attention  # two local blocks, 2·(d_qk + d_v) per key left out
+    assert count.total / ids.numel() == lm_forward(shape, T) + masked
+    assert recorded_teacher({"teacher_shape": shape.to_json()}) == shape
+    assert lm_forward(dataclasses.replace(shape, windows=()), T) == lm_forward(shape, T) + masked
