@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +33,12 @@ def check_utf8_path(path: str | Path, flag: str = "--out") -> None:
                           "only UTF-8 paths); choose another name") from None
 
 
-def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...] | None = None) -> Path:
+def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...] | None = None,
+                     replaces: bool = False) -> Path:
     """The output folder `path`; ConfigError (before any work) when a file, or a folder inside one, is in the way,
-    or (`own` given: the kinds of `cocomix.outputs` this command writes) when it holds another kind of output."""
+    or (`own` given: the kinds of `cocomix.outputs` this command writes) when it holds another kind of output.
+    With `replaces` (a command that rewrites its output rather than resuming it), a note on stderr when the folder
+    already holds one of `own`."""
     from cocomix.errors import ConfigError
 
     check_utf8_path(path, flag)
@@ -50,6 +54,8 @@ def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...]
         kind = output_kind(out)
         if kind is not None and kind not in own:
             raise ConfigError(f"{flag} {out}: holds {kind}; choose a new or empty folder")
+        if kind is not None and replaces:
+            print(f"cocomix: note: {flag} {out} holds {kind}; it is replaced", file=sys.stderr)
     return out
 
 

@@ -159,7 +159,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from cocomix.atomic import check_out_folder
     from cocomix.eval.compare import compare
 
-    check_out_folder(args.out, own=("a run comparison (compare)",))
+    check_out_folder(args.out, own=("a run comparison (compare)",), replaces=True)
     res = compare(args.runs, args.out, reference=args.reference)
     print(res["table"], end="")
     print(f"written: {', '.join(str(f) for f in res['files'])}", file=sys.stderr)

@@ -95,7 +95,7 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
         raise ConfigError(f"--context: expected an integer >= 0, got {args.context}")
     from cocomix.atomic import check_out_folder
 
-    check_out_folder(args.out, own=("concept descriptions (describe-concepts)",))  # before the teacher pass
+    check_out_folder(args.out, own=("concept descriptions (describe-concepts)",), replaces=True)  # before the pass
     store = TokenStore.open(args.data)
     teacher, sae = _teacher_and_sae(args)
     stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,

@@ -165,7 +165,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
 
-    check_out_folder(args.out, own=("a steering metric (steer-eval)",))  # before the evaluation, not after it
+    check_out_folder(args.out, own=("a steering metric (steer-eval)",), replaces=True)  # before the evaluation
     try:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
@@ -183,7 +183,6 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
     teacher, sae = _teacher_and_sae(args, run, next(model.parameters()).device)
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
-    _say_replaced(Path(args.out) / "steering.json", "steering metric")
     out = write_steering_report(result, args.out)
     print((out / "steering.md").read_text(encoding="utf-8"))
     print(json.dumps(result["summary"]))
@@ -195,21 +194,14 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from cocomix.interpret.inspect import concept_seam
     from cocomix.runs import load_run
 
-    check_out_folder(args.out, own=("a compression analysis",))
+    check_out_folder(args.out, own=("a compression analysis",), replaces=True)
     _, _, model, _ = load_run(args.run)
     concept_seam(model)
     if not 0 < args.threshold < float("inf"):
         raise CocomixError(f"--threshold: expected a finite number > 0, got {args.threshold}")
-    _say_replaced(Path(args.out) / "compression.json", "compression analysis")
     summary = compression_report(model, args.out, args.threshold)
     print(json.dumps({**summary, "plot": str(Path(args.out) / "compression.png")}))
     return 0
-
-
-def _say_replaced(path: Path, what: str) -> None:
-    """A note that this command's earlier output in its --out folder is about to be replaced."""
-    if path.is_file():
-        print(f"cocomix: note: --out {path.parent} holds a {what}; it is replaced", file=sys.stderr)
 
 
 def _common(s: argparse.ArgumentParser) -> None:

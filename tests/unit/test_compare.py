@@ -349,3 +349,16 @@ def test_a_first_evaluation_equal_to_the_reference_final_loss_is_a_bound(tmp_pat
     above = _run(tmp_path, "above", "cocomix", 1, [4.0001, 3.5], 1e6)
     (ntp, at, over) = group_runs([ref, equal, above])
     assert efficiency_is_bound(at, ntp) and not efficiency_is_bound(over, ntp)
+
+
+def test_rerunning_compare_into_its_own_output_says_it_is_replaced(tmp_path: Path) -> None:
+    from tests.cli import run_cli
+
+    runs = [str(_run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6)), str(_run(tmp_path, "coco", "cocomix", 0,
+                                                                              [4.9, 3.9], 2e6))]
+    first = run_cli("compare", *runs, "--out", str(tmp_path / "cmp"))
+    assert first.returncode == 0, first.stderr
+    assert "it is replaced" not in first.stderr
+    again = run_cli("compare", *runs, "--out", str(tmp_path / "cmp"))
+    assert again.returncode == 0 and f"--out {tmp_path / 'cmp'} holds a run comparison (compare); it is replaced" \
+        in again.stderr
