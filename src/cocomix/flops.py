@@ -15,11 +15,13 @@ Conventions (stated so that a hand count can reproduce every number):
   experts counts its router and the top_k experts a token is sent to.
 
 Student forward per token: Σ_blocks (2·P_block + 4·S·d) + 2·d·V, with P_block the block's matmul weights. In a
-CoCoMix or pause student the blocks from `concept_layer` on see two positions per token over a 2T sequence:
-2·(2·P_block) + 2·4·(2T)·d. The concept head adds 2·d·C (predictor) and 2·mix_k·d (the gathered compression); the
-`hidden` ablation's head adds its MLP and compression matmuls instead. A cocomix run used as a teacher is counted
-the same way (`LMShape.from_run`): its slots and head in the forward, and in the backward to `teacher_layer` the
-head's activation gradients (1× its forward) when the LM loss reaches it through the mixed slots.
+pause student, and a CoCoMix one that inserts its concept vectors (`mixing="insert"`, the paper's), the blocks
+from `concept_layer` on see two positions per token over a 2T sequence: 2·(2·P_block) + 2·4·(2T)·d (`add` and
+`none` keep one). The concept head adds 2·d·C (predictor) and 2·mix_k·d (the gathered compression); the `hidden`
+ablation's head adds its MLP and compression matmuls instead. A cocomix run used as a teacher is counted the same
+way (`LMShape.from_run`): its slots and head in the forward, and in the backward to `teacher_layer` the head's
+activation gradients (1× its forward) when the LM loss reaches it through the concept vectors (any mixing but
+`none`).
 
 Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above), SAE encode 2·d_con·C and the
 attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
@@ -134,8 +136,8 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
     """
     c, T = run.concept, run.data.seq_len
     forward = lm_forward(LMShape.from_run(run), T)
-    if run.method == "cocomix" and c.mixing == "none":
-        forward += concept_predictor(run)  # its prediction feeds the concept loss only
+    if run.method == "cocomix" and c.mixing == "none" and c.target == "concepts" and c.lambda_concept > 0:
+        forward += concept_predictor(run)  # its concept logits feed the concept loss only
     out = {"student": 3.0 * forward, "teacher": 0.0, "sae": 0.0}
     teacher = teacher or teacher_shape(c.teacher) or gpt2_small()
     online = run.method == "cocomix" and c.lambda_concept > 0 and not (c.cache and c.target == "concepts")

@@ -18,6 +18,9 @@ from torch import nn
 from cocomix.config import ModelConfig, RunConfig
 from cocomix.methods import PAUSING
 
+SHAPE_VERSION = 2
+"""Of the JSON `LMShape.to_json` writes; 1 (no `version` key) had only block_params, d_model and vocab_size."""
+
 
 @dataclass(frozen=True)
 class LMShape:
@@ -58,12 +61,15 @@ class LMShape:
         if run.method not in ("cocomix", *PAUSING):
             return base
         positions = 2 if run.method in PAUSING or c.mixing == "insert" else 1
-        head = 0.0
-        if run.method == "cocomix" and c.mixing != "none":  # without mixing only training's concept loss runs it
+        head = backward = 0.0
+        if run.method == "cocomix" and c.mixing != "none":
             head = concept_predictor(run)
             head += 2.0 * (c.d_teacher if c.target == "hidden" else c.mix_k) * m.d_model  # the compression
+            backward = head
+        elif run.method == "cocomix" and c.target == "hidden":  # its MLP runs in every forward, feeding no slot
+            head = concept_predictor(run)  # (a concept head without mixing runs only for training's loss)
         return dataclasses.replace(base, seam_layer=c.concept_layer, seam_positions=positions, seam_head=head,
-                                   seam_head_backward=head)
+                                   seam_head_backward=backward)
 
     @classmethod
     def of_teacher(cls, teacher: Any) -> LMShape:
@@ -92,8 +98,8 @@ class LMShape:
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON (a target cache's `teacher_shape`; `recorded_teacher` reads it back)."""
-        out: dict[str, Any] = {"block_params": list(self.block_params), "d_model": self.d_model,
-                               "vocab_size": self.vocab_size}
+        out: dict[str, Any] = {"version": SHAPE_VERSION, "block_params": list(self.block_params),
+                               "d_model": self.d_model, "vocab_size": self.vocab_size}
         if self.attn_qk or self.attn_v:
             out.update(attn_qk=self.attn_qk, attn_v=self.attn_v)
         if self.windows:
@@ -105,23 +111,13 @@ class LMShape:
 
     @classmethod
     def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
-        """Count the 2-D weights of every nn.Linear (subclasses included: Falcon's FalconLinear) / HF Conv1D inside
-        each block of a loaded model, a mixture of experts as a token uses it (`_moe_weights`), and the attention
-        widths its config gives (`_attention_widths`)."""
+        """Count the matmul weights a token uses in each block of a loaded model (`_block_weights`) and the
+        attention widths and sliding windows its config gives (`_attention_widths`, `_sliding_windows`)."""
         from cocomix.teacher_blocks import text_config
 
         config = text_config(model) if isinstance(model, nn.Module) else None
-        counts = []
         top_k = getattr(config, "num_experts_per_tok", None)
-        for block in blocks:
-            share = _expert_share(block)
-            n = 0.0
-            for module in block.modules():
-                w = getattr(module, "weight", None)
-                if w is not None and w.dim() == 2 and (isinstance(module, nn.Linear) or
-                                                       type(module).__name__ == "Conv1D"):
-                    n += w.numel() * share.get(id(module), 1.0)
-            counts.append(round(n) + _moe_weights(block, top_k))
+        counts = [_block_weights(block, top_k if isinstance(top_k, int) else None) for block in blocks]
         qk, v = _attention_widths(config, d_model)
         return cls(tuple(counts), d_model, vocab_size, attn_qk=qk, attn_v=v,
                    windows=_sliding_windows(config, len(counts)))
@@ -131,27 +127,31 @@ class LMShape:
         return len(self.block_params)
 
 
-def _moe_weights(block: nn.Module, top_k: object) -> int:
-    """Matmul weights a token uses in a block's mixture of experts as `transformers` 5 holds one: a router module
-    (`top_k`, `num_experts`, a 2-D `weight` of E rows; an nn.Linear router is counted already) and expert modules
-    (`num_experts`, 3-D parameters of E matrices), of which each token uses `top_k` (the router's, else the
-    model config's `num_experts_per_tok`). 0 for a dense block, and for experts whose top_k cannot be told."""
+def _block_weights(block: nn.Module, top_k: int | None) -> int:
+    """Matmul weights a token uses in one block: the 2-D weight of every nn.Linear (subclasses included: Falcon's
+    FalconLinear) and HF Conv1D, and of a mixture of experts what a token runs: its router (a module with a `top_k`
+    and a 2-D `weight`, when it is no nn.Linear) in full, and top_k of the E experts, held as 3-D parameters of E
+    matrices in a module with `num_experts` (`transformers` 5) or as an `experts` ModuleList of E MLPs (4). top_k
+    is a module's own (the router's, or the MoE block's), else `top_k` (the config's `num_experts_per_tok`);
+    experts whose top_k cannot be told are counted whole (a list) or not at all (3-D)."""
+    own = [m.top_k for m in block.modules() if isinstance(getattr(m, "top_k", None), int)]
+    k = own[0] if own else top_k
+    share: dict[int, float] = {}  # id(layer) -> the share of a list expert's layer a token uses
     for module in block.modules():
-        k = getattr(module, "top_k", None)
-        if isinstance(k, int) and isinstance(getattr(module, "num_experts", None), int):
-            top_k = k
-            break
-    n = 0
+        experts = getattr(module, "experts", None)
+        if k is not None and isinstance(experts, nn.ModuleList) and len(experts) > 0:
+            share.update((id(layer), k / len(experts)) for layer in experts.modules())
+    n = 0.0
     for module in block.modules():
+        w = module._parameters.get("weight")
+        linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+        if w is not None and w.dim() == 2 and (linear or isinstance(getattr(module, "top_k", None), int)):
+            n += w.numel() * share.get(id(module), 1.0)  # a layer, or a router's logits
         experts = getattr(module, "num_experts", None)
-        if not isinstance(experts, int) or experts < 1 or isinstance(module, nn.Linear):
-            continue
-        for name, p in module.named_parameters(recurse=False):
-            if p.dim() == 3 and p.shape[0] == experts and isinstance(top_k, int):
-                n += p[0].numel() * top_k  # a token's top_k experts
-            elif p.dim() == 2 and name == "weight" and p.shape[0] == experts:
-                n += p.numel()  # the router's logits
-    return n
+        if k is not None and not linear and isinstance(experts, int) and experts > 0:
+            n += sum(p[0].numel() * k for p in module.parameters(recurse=False)
+                     if p.dim() == 3 and p.shape[0] == experts)  # a token's top_k experts
+    return round(n)
 
 
 def _attention_widths(config: Any, d_model: int) -> tuple[int, int]:
@@ -183,18 +183,6 @@ def _sliding_windows(config: Any, n_layer: int) -> tuple[int, ...]:
     return out if any(out) else ()
 
 
-def _expert_share(block: nn.Module) -> dict[int, float]:
-    """For experts held as a list of modules (`transformers` 4: a block with `num_experts`, `top_k` and an
-    `experts` ModuleList of E MLPs): the share top_k / E of each of their layers that a token uses, by id."""
-    share: dict[int, float] = {}
-    for module in block.modules():
-        experts, k = getattr(module, "experts", None), getattr(module, "top_k", None)
-        if isinstance(experts, nn.ModuleList) and isinstance(k, int) and len(experts) > 0:
-            for layer in experts.modules():
-                share[id(layer)] = k / len(experts)
-    return share
-
-
 def concept_predictor(run: RunConfig) -> float:
     """Forward FLOPs per token of a CoCoMix head's prediction: the concept logits (2·d·C), or the `hidden`
     ablation's MLP."""
@@ -209,16 +197,18 @@ def gpt2_small() -> LMShape:
 
 
 def teacher_shape(spec: str) -> LMShape | None:
-    """The shape of the teacher a config names, without loading its weights: a cocomix run directory, or a
-    Hugging Face causal LM of any architecture `transformers` builds (a local folder, or a hub name whose config
-    is already in the HF cache; nothing is downloaded), counted as training counts the loaded teacher; GPT-2
-    small for its hub names otherwise; None when it cannot be told."""
+    """The shape of the teacher a config names, without loading its weights: a cocomix run directory (or one of
+    its checkpoints, as `Teacher.from_pretrained` takes them), or a Hugging Face causal LM of any architecture
+    `transformers` builds (a local folder, or a hub name whose config is already in the HF cache; nothing is
+    downloaded), counted as training counts the loaded teacher; GPT-2 small for its hub names otherwise; None
+    when it cannot be told."""
     path = Path(spec) if spec else None
-    if path is not None and (path / "config.json").is_file():
+    if path is not None and any((path / name).exists() for name in ("config.json", "state.json", "checkpoints")):
         try:
-            from cocomix.train.checkpoint import read_run_config
+            from cocomix.train.checkpoint import read_run_config, resolve_checkpoint
 
-            return LMShape.from_run(read_run_config(path))
+            run_dir = resolve_checkpoint(path)[0] if (path / "state.json").is_file() else path
+            return LMShape.from_run(read_run_config(run_dir))
         except Exception:  # not a cocomix run: a transformers folder
             pass
     shape = _hf_shape(spec) if spec else None
@@ -245,10 +235,16 @@ def _hf_shape(spec: str) -> LMShape | None:
 
 
 def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
-    """The teacher shape a target cache recorded in its meta.json (`teacher_shape`), None for older caches."""
+    """The teacher shape a target cache recorded in its meta.json (`teacher_shape`), None for caches older than
+    that record. A record without a `version` predates seams, experts, attention widths and windows: the teacher
+    the cache names is counted instead where it can be told here (`teacher_shape`), else the old record."""
     rec = meta.get("teacher_shape")
     if not isinstance(rec, Mapping):
         return None
+    if "version" not in rec and isinstance(meta.get("teacher"), str):
+        named = teacher_shape(meta["teacher"])
+        if named is not None:
+            return named
     seam = rec.get("seam_layer")
     return LMShape(tuple(int(p) for p in rec["block_params"]), int(rec["d_model"]), int(rec["vocab_size"]),
                    None if seam is None else int(seam), int(rec.get("seam_positions", 1)),

@@ -36,7 +36,8 @@ def _sdpa_forward(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **k
 
 def _sdpa_backward(grad: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
     b, h, s, d = q
-    return 4 * bmm_flop((b * h, s, d), (b * h, d, k[2]))  # dP, dV, dQ, dK
+    keys, d_v = k[2], v[3]  # dP = dO·Vᵀ and dV = Pᵀ·dO (value width), dQ = dS·K and dK = dSᵀ·Q (query·key width)
+    return 2 * bmm_flop((b * h, s, d_v), (b * h, d_v, keys)) + 2 * bmm_flop((b * h, s, d), (b * h, d, keys))
 
 
 def _grouped_mm(a: Any, b: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
@@ -80,14 +81,15 @@ def _gather(run: RunConfig) -> float:
 
 
 STUDENTS = [("ntp", {}), ("pause", {}), ("cocomix", {}), ("cocomix", {"mixing": "add"}),
-            ("cocomix", {"mixing": "none"}), ("cocomix", {"target": "hidden"})]
+            ("cocomix", {"mixing": "none"}), ("cocomix", {"target": "hidden"}),
+            ("cocomix", {"target": "hidden", "mixing": "none"}), ("cocomix", {"mixing": "none", "lambda_concept": 0.0})]
 
 
-@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
 def _id(value: Any) -> str:
     return "-".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
 
 
+@pytest.mark.parametrize("flavour", ["gpt2", "llama"])
 @pytest.mark.parametrize(("method", "concept"), STUDENTS, ids=_id)
 def test_the_forward_of_every_student_costs_what_lm_forward_counts(method: str, concept: dict[str, str],
                                                                    flavour: str) -> None:
@@ -115,7 +117,8 @@ def test_a_training_step_costs_what_run_flops_counts_for_the_student(method: str
     with MatmulFlops() as count:
         loss, _ = meth.loss(model, Batch(ids))
         loss.backward()
-    recompute = 2.0 * D * C if method == "cocomix" and run.concept.target == "concepts" else 0.0
+    c = run.concept
+    recompute = 2.0 * D * C if method == "cocomix" and c.target == "concepts" and c.lambda_concept > 0 else 0.0
     assert count.total / ids.numel() == run_flops(run)["student"] - 3 * _gather(run) + recompute
 
 
@@ -180,6 +183,12 @@ def test_online_targets_cost_what_the_teacher_and_sae_counts_say(method: str, co
     from cocomix.flops import teacher_shape
 
     assert teacher_shape(str(tmp_path / "t")) == shape  # `cocomix flops` without loading it
+    if method != "hf":  # ... also given a checkpoint of the run, as a teacher may be
+        assert teacher_shape(str(next((tmp_path / "t" / "checkpoints").glob("step_*")))) == shape
+    old = {"block_params": list(shape.block_params), "d_model": D, "vocab_size": V}  # a cache's record before seams
+    assert recorded_teacher({"teacher": str(tmp_path / "t"), "teacher_shape": old}) == shape  # the named teacher
+    bare = LMShape(shape.block_params, D, V)
+    assert recorded_teacher({"teacher": str(tmp_path / "gone"), "teacher_shape": old}) == bare  # else the record
     sae = TopKSAE(D, C, SAE_K)
     ids = torch.randint(0, V, (2, T))
     last = 2.0 * D * V / T
@@ -242,8 +251,8 @@ def test_hf_teachers_of_other_shapes_are_counted_as_they_run(arch: str) -> None:
 
 
 def test_experts_held_as_a_module_list_count_their_top_k_share() -> None:
-    """`transformers` 4's layout (a block with `num_experts`, `top_k`, an nn.Linear router and an `experts`
-    ModuleList of MLPs): a token uses top_k of the E experts' weights, and the whole router."""
+    """`transformers` 4's layouts (an `experts` ModuleList of MLPs; top_k on the MoE block with an nn.Linear router,
+    or on a router holding a bare weight): a token uses top_k of the E experts' weights, and the whole router."""
     from torch import nn
 
     class Expert(nn.Module):
@@ -258,10 +267,24 @@ def test_experts_held_as_a_module_list_count_their_top_k_share() -> None:
             self.gate = nn.Linear(D, 4, bias=False)
             self.experts = nn.ModuleList(Expert() for _ in range(4))
 
-    block = nn.Module()
-    block.attn = nn.Linear(D, 3 * D)
-    block.moe = SparseMoe()
-    assert LMShape.from_module(None, [block], D, V).block_params == (3 * D * D + 4 * D + 2 * (2 * D * 48),)
+    class Router(nn.Module):  # DeepSeek-V3 in transformers 4: top_k on the router, a bare (E, d) weight
+        def __init__(self) -> None:
+            super().__init__()
+            self.top_k, self.n_routed_experts = 2, 4
+            self.weight = nn.Parameter(torch.zeros(4, D))
+
+    class DeepseekMoe(nn.Module):  # ... and none on the MoE block
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = Router()
+            self.experts = nn.ModuleList(Expert() for _ in range(4))
+
+    want = 3 * D * D + 4 * D + 2 * (2 * D * 48)  # attention, router, 2 of the 4 experts
+    for moe in (SparseMoe(), DeepseekMoe()):
+        block = nn.Module()
+        block.attn = nn.Linear(D, 3 * D)
+        block.moe = moe
+        assert LMShape.from_module(None, [block], D, V).block_params == (want,)
 
 
 def test_the_naive_and_the_optimised_cocomix_steps_cost_what_step_cost_counts(monkeypatch: pytest.MonkeyPatch) -> None:
