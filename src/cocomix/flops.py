@@ -52,7 +52,7 @@ __all__ = ["LMShape", "active_params", "config_parts", "gpt2_small", "lm_forward
 
 
 def _block_forward(shape: LMShape, block: int, seq_len: int) -> float:
-    """Forward FLOPs per token of one block: n positions per token, each attending n·T keys."""
+    """Forward FLOPs per token of one block: n positions per token, each attending `keys_at` keys."""
     n = shape.positions_at(block)
     return n * (2.0 * shape.block_params[block] + 2.0 * shape.keys_at(block, seq_len) * shape.attention)
 

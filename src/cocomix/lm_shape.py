@@ -73,8 +73,9 @@ class LMShape:
 
     @classmethod
     def of_teacher(cls, teacher: Any) -> LMShape:
-        """A loaded `cocomix.teacher.Teacher`'s shape: a cocomix run's from its config (`from_run`), any other
-        model's from its modules (`from_module`)."""
+        """A loaded `cocomix.teacher.Teacher`'s shape: a cocomix run's from its config (`from_run`; `Teacher.run`,
+        which `Teacher.from_pretrained` sets: a cocomix model wrapped by hand without it counts as a plain
+        decoder), any other model's from its modules (`from_module`)."""
         run = getattr(teacher, "run", None)
         if run is not None:
             return cls.from_run(run)
