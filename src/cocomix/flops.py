@@ -6,8 +6,9 @@ Conventions (stated so that a hand count can reproduce every number):
   counted (as in Kaplan et al. / PaLM "model FLOPs").
 * Attention: a query attending S keys costs 4·S·d forward (QKᵀ and AV), counted over the full window S (PaLM's
   convention, not halved for causality); 2·S·(d_qk + d_v) for a teacher whose heads are not d wide in all
-  (head_dim · heads of Qwen 3 or Gemma, MLA's own query·key and value widths). A sliding-window block attends
-  min(window, S) keys (a kernel that masks the rest out of a full S × S product computes more than this).
+  (head_dim · heads of Qwen 3 or Gemma, MLA's own query·key and value widths). A sliding-window or chunked block
+  attends min(window, S) keys (a kernel that masks the rest out of a full S × S product computes more than this);
+  a block without softmax attention (linear attention, Mamba) none, and its recurrence is not counted.
 * Training a module costs 3× its forward (backward = activation gradients + weight gradients, each 1× forward).
 * A frozen teacher's backward down to `teacher_layer` computes activation gradients only: 1× the forward of its
   matmuls above that layer and 2× its attention there (dQ, dK, dV, dP), nothing for weights.

@@ -1,8 +1,9 @@
 """The shape of a causal LM as the FLOPs count needs it (`LMShape`; no paper equation): per-block matmul weights,
-width, vocabulary, attention widths and sliding windows, and a cocomix run's slot seam and concept head; read
-from a cocomix config, a loaded model's modules (Linear / Conv1D weights, mixture-of-experts routers and the
-top_k experts a token uses), a teacher named in a config (without loading its weights) or a target cache's
-record. The counts themselves, and their conventions, are in `cocomix.flops`.
+width, vocabulary, attention widths and key limits (sliding windows, blocks without softmax attention), and a
+cocomix run's slot seam and concept head; read from a cocomix config, a loaded model's modules (Linear / Conv1D
+weights, mixture-of-experts routers and the top_k experts a token uses), a teacher named in a config (without
+loading its weights) or a target cache's record. The counts themselves, and their conventions, are in
+`cocomix.flops`.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ class LMShape:
     """Query·key width over all query heads, when it is not d_model (Qwen 3, Gemma: head_dim·heads; MLA)."""
     attn_v: int = 0
     """Value width over all query heads, when it is not d_model."""
-    windows: tuple[int, ...] = ()
-    """Per block, the sliding window (keys a query attends at most) of a local-attention block, 0 for a global one;
-    () when every block is global."""
+    key_limits: tuple[int, ...] = ()
+    """Per block, the keys a query attends at most: 0 all (global attention), > 0 its sliding window or chunk, −1
+    none (a block without softmax attention: linear attention, Mamba, a convolution); () when all are global."""
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> LMShape:
@@ -91,11 +92,11 @@ class LMShape:
         return self.seam_positions if self.seam_layer is not None and block >= self.seam_layer else 1
 
     def keys_at(self, block: int, seq_len: int) -> int:
-        """Keys a query of block index `block` attends in a window of seq_len tokens: all its positions, or its
-        sliding window when that is shorter."""
+        """Keys a query of block index `block` attends in a window of seq_len tokens: all its positions, its
+        sliding window or chunk when that is shorter, none without softmax attention."""
         keys = self.positions_at(block) * seq_len
-        window = self.windows[block] if block < len(self.windows) else 0
-        return min(window, keys) if window > 0 else keys
+        limit = self.key_limits[block] if block < len(self.key_limits) else 0
+        return 0 if limit < 0 else min(limit, keys) if limit > 0 else keys
 
     def to_json(self) -> dict[str, Any]:
         """The fields as JSON (a target cache's `teacher_shape`; `recorded_teacher` reads it back)."""
@@ -103,8 +104,8 @@ class LMShape:
                                "d_model": self.d_model, "vocab_size": self.vocab_size}
         if self.attn_qk or self.attn_v:
             out.update(attn_qk=self.attn_qk, attn_v=self.attn_v)
-        if self.windows:
-            out["windows"] = list(self.windows)
+        if self.key_limits:
+            out["key_limits"] = list(self.key_limits)
         if self.seam_layer is not None:
             out.update(seam_layer=self.seam_layer, seam_positions=self.seam_positions, seam_head=self.seam_head,
                        seam_head_backward=self.seam_head_backward)
@@ -113,7 +114,7 @@ class LMShape:
     @classmethod
     def from_module(cls, model: object, blocks: object, d_model: int, vocab_size: int) -> LMShape:
         """Count the matmul weights a token uses in each block of a loaded model (`_block_weights`) and the
-        attention widths and sliding windows its config gives (`_attention_widths`, `_sliding_windows`)."""
+        attention widths and per-block key limits its config gives (`_attention_widths`, `_key_limits`)."""
         from cocomix.teacher_blocks import text_config
 
         config = text_config(model) if isinstance(model, nn.Module) else None
@@ -121,7 +122,7 @@ class LMShape:
         counts = [_block_weights(block, top_k if isinstance(top_k, int) else None) for block in blocks]
         qk, v = _attention_widths(config, d_model)
         return cls(tuple(counts), d_model, vocab_size, attn_qk=qk, attn_v=v,
-                   windows=_sliding_windows(config, len(counts)))
+                   key_limits=_key_limits(config, len(counts)))
 
     @property
     def n_layer(self) -> int:
@@ -169,18 +170,26 @@ def _attention_widths(config: Any, d_model: int) -> tuple[int, int]:
     return (0 if qk == d_model else qk), (0 if v == d_model else v)
 
 
-def _sliding_windows(config: Any, n_layer: int) -> tuple[int, ...]:
-    """Per-block sliding windows of an HF config: `sliding_window` on the blocks its `layer_types` call
-    "sliding_attention", or on every block when it has no layer types (Mistral); () without a window."""
+# `layer_types` of transformers' configs (legacy names remapped) whose queries attend fewer keys than all
+_WINDOWED = ("sliding_attention", "hybrid_sliding")
+_CHUNKED = ("chunked_attention",)
+_NO_SOFTMAX_ATTENTION = ("linear_attention", "mamba", "conv", "moe", "recurrent")
+
+
+def _key_limits(config: Any, n_layer: int) -> tuple[int, ...]:
+    """Per-block key limits (`LMShape.key_limits`) of an HF config: its `layer_types` (or the older
+    `layers_block_type`) with `sliding_window` for sliding blocks and `attention_chunk_size` for chunked ones;
+    `sliding_window` on every block of a config without layer types (Mistral); () where all blocks are global
+    or the config does not say."""
     window = getattr(config, "sliding_window", None)
-    if not isinstance(window, int) or window < 1:
-        return ()
-    types = getattr(config, "layer_types", None)
-    if not types:
-        return (window,) * n_layer
-    if len(types) != n_layer:
-        return ()
-    out = tuple(window if kind == "sliding_attention" else 0 for kind in types)
+    window = window if isinstance(window, int) and window > 0 else 0
+    chunk = getattr(config, "attention_chunk_size", None)
+    chunk = chunk if isinstance(chunk, int) and chunk > 0 else 0
+    types = getattr(config, "layer_types", None) or getattr(config, "layers_block_type", None)
+    if not isinstance(types, (list, tuple)) or len(types) != n_layer:
+        return (window,) * n_layer if window and not types else ()
+    out = tuple(window if kind in _WINDOWED else chunk if kind in _CHUNKED else
+                -1 if kind in _NO_SOFTMAX_ATTENTION else 0 for kind in types)
     return out if any(out) else ()
 
 
@@ -237,7 +246,7 @@ def _hf_shape(spec: str) -> LMShape | None:
 
 def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
     """The teacher shape a target cache recorded in its meta.json (`teacher_shape`), None for caches older than
-    that record. A record without a `version` predates seams, experts, attention widths and windows: the teacher
+    that record. A record without a `version` predates seams, experts, attention widths and key limits: the teacher
     the cache names is counted instead where it can be told here (`teacher_shape`), else the old record."""
     rec = meta.get("teacher_shape")
     if not isinstance(rec, Mapping):
@@ -251,4 +260,4 @@ def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
                    None if seam is None else int(seam), int(rec.get("seam_positions", 1)),
                    float(rec.get("seam_head", 0.0)), float(rec.get("seam_head_backward", 0.0)),
                    int(rec.get("attn_qk", 0)), int(rec.get("attn_v", 0)),
-                   tuple(int(w) for w in rec.get("windows", ())))
+                   tuple(int(w) for w in rec.get("key_limits", ())))

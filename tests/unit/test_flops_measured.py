@@ -53,6 +53,7 @@ class MatmulFlops(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self.by_op: dict[str, int] = {}
         self.formulas = {**flop_registry,
                          aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(_sdpa_forward),
                          aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(_sdpa_backward),
@@ -63,7 +64,10 @@ class MatmulFlops(TorchDispatchMode):
         out = func(*args, **kwargs)
         formula = self.formulas.get(func._overloadpacket)
         if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+            flops = formula(*args, **kwargs, out_val=out)
+            self.total += flops
+            name = str(func._overloadpacket)
+            self.by_op[name] = self.by_op.get(name, 0) + flops
         return out
 
 
@@ -335,11 +339,43 @@ def test_sliding_window_blocks_count_the_keys_in_their_window() -> None:
                                                  head_dim=16, sliding_window=window))
     teacher = Teacher(model, 0)
     shape = LMShape.of_teacher(teacher)
-    assert shape.windows == (window, 0, window, 0)
+    assert shape.key_limits == (window, 0, window, 0)
     ids = torch.randint(0, V, (2, T))
     with MatmulFlops() as count, torch.no_grad():
         teacher.model(ids)
     masked = 2 * 2.0 * (T - window) * shape.attention  # two local blocks, 2·(d_qk + d_v) per key left out
     assert count.total / ids.numel() == lm_forward(shape, T) + masked
     assert recorded_teacher({"teacher_shape": shape.to_json()}) == shape
-    assert lm_forward(dataclasses.replace(shape, windows=()), T) == lm_forward(shape, T) + masked
+    assert lm_forward(dataclasses.replace(shape, key_limits=()), T) == lm_forward(shape, T) + masked
+
+
+def test_blocks_without_softmax_attention_count_none() -> None:
+    """Jamba's Mamba blocks (`layer_types` "linear_attention") attend no keys: the attention FLOPs torch counts are
+    those of its attention blocks alone. (The Mamba scan and convolution themselves are not model FLOPs here.)"""
+    import transformers as tf
+
+    pytest.importorskip("transformers", minversion="5")
+    model = tf.JambaForCausalLM(tf.JambaConfig(vocab_size=V, hidden_size=D, intermediate_size=48,
+                                               num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4,
+                                               attn_layer_period=2, attn_layer_offset=1, expert_layer_period=4,
+                                               mamba_d_state=4, mamba_dt_rank=4, use_mamba_kernels=False))
+    shape = LMShape.of_teacher(Teacher(model, 0))
+    assert shape.key_limits == (-1, 0, -1, 0)
+    ids = torch.randint(0, V, (2, T))
+    with MatmulFlops() as count, torch.no_grad():
+        model(ids)
+    attention = count.by_op["aten._scaled_dot_product_flash_attention_for_cpu"] / ids.numel()
+    assert attention == sum(2.0 * shape.keys_at(i, T) * shape.attention for i in range(4)) == 2 * 2.0 * T * 2 * D
+
+
+@pytest.mark.parametrize(("config", "want"), [
+    ({"sliding_window": 4096}, (4096, 4096, 4096)),  # Mistral: every block
+    ({"sliding_window": None, "layer_types": ["full_attention"] * 3}, ()),
+    ({"attention_chunk_size": 8192, "layer_types": ["chunked_attention"] * 2 + ["full_attention"]}, (8192, 8192, 0)),
+    ({"layers_block_type": ["mamba", "attention", "mamba"]}, (-1, 0, -1)),  # transformers 4's Jamba
+    ({"sliding_window": 64, "layer_types": ["sliding_attention"] * 2}, ()),  # not one per block: not read
+], ids=["mistral", "global", "llama4-chunked", "jamba-4.x", "mismatched"])
+def test_key_limits_are_read_from_the_layer_types(config: dict[str, Any], want: tuple[int, ...]) -> None:
+    from cocomix.lm_shape import _key_limits
+
+    assert _key_limits(SimpleNamespace(**config), 3) == want
