@@ -8,7 +8,8 @@ Conventions (stated so that a hand count can reproduce every number):
   convention, not halved for causality); 2·S·(d_qk + d_v) for a teacher whose heads are not d wide in all
   (head_dim · heads of Qwen 3 or Gemma, MLA's own query·key and value widths). A sliding-window or chunked block
   attends min(window, S) keys (a kernel that masks the rest out of a full S × S product computes more than this);
-  a block without softmax attention (linear attention, Mamba) none, and its recurrence is not counted.
+  a block without softmax attention (linear attention, Mamba, an MLP-only block) none, and its recurrence is not
+  counted; sparse attention (an indexer's or compressed keys) is counted as if it read all of them.
 * Training a module costs 3× its forward (backward = activation gradients + weight gradients, each 1× forward).
 * A frozen teacher's backward down to `teacher_layer` computes activation gradients only: 1× the forward of its
   matmuls above that layer and 2× its attention there (dQ, dK, dV, dP), nothing for weights.

@@ -19,8 +19,9 @@ from torch import nn
 from cocomix.config import ModelConfig, RunConfig
 from cocomix.methods import PAUSING
 
-SHAPE_VERSION = 2
-"""Of the JSON `LMShape.to_json` writes; 1 (no `version` key) had only block_params, d_model and vocab_size."""
+SHAPE_VERSION = 3
+"""Of the JSON `LMShape.to_json` writes; 1 (no `version` key) had only block_params, d_model and vocab_size, 2
+no blocks without softmax attention."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class LMShape:
         from cocomix.teacher_blocks import text_config
 
         config = text_config(model) if isinstance(model, nn.Module) else None
-        top_k = getattr(config, "num_experts_per_tok", None)
+        top_k = _setting(config, "num_experts_per_tok")
         counts = [_block_weights(block, top_k if isinstance(top_k, int) else None) for block in blocks]
         qk, v = _attention_widths(config, d_model)
         return cls(tuple(counts), d_model, vocab_size, attn_qk=qk, attn_v=v,
@@ -159,12 +160,12 @@ def _block_weights(block: nn.Module, top_k: int | None) -> int:
 def _attention_widths(config: Any, d_model: int) -> tuple[int, int]:
     """(query·key, value) widths over the query heads of an HF config (head_dim · heads; an MLA config's
     qk_head_dim / v_head_dim), each 0 where it is d_model or the config does not say."""
-    heads = getattr(config, "num_attention_heads", None)
+    heads = _setting(config, "num_attention_heads")
     if not isinstance(heads, int) or heads < 1:
         return 0, 0
-    head = getattr(config, "head_dim", None)
+    head = _setting(config, "head_dim")
     head = head if isinstance(head, int) and head > 0 else d_model // heads
-    qk, v = getattr(config, "qk_head_dim", None), getattr(config, "v_head_dim", None)
+    qk, v = _setting(config, "qk_head_dim"), _setting(config, "v_head_dim")
     qk = heads * (qk if isinstance(qk, int) and qk > 0 else head)
     v = heads * (v if isinstance(v, int) and v > 0 else head)
     return (0 if qk == d_model else qk), (0 if v == d_model else v)
@@ -173,19 +174,37 @@ def _attention_widths(config: Any, d_model: int) -> tuple[int, int]:
 # `layer_types` of transformers' configs (legacy names remapped) whose queries attend fewer keys than all
 _WINDOWED = ("sliding_attention", "hybrid_sliding")
 _CHUNKED = ("chunked_attention",)
-_NO_SOFTMAX_ATTENTION = ("linear_attention", "mamba", "conv", "moe", "recurrent")
+_NO_SOFTMAX_ATTENTION = ("linear_attention", "mamba", "conv", "moe", "mlp", "recurrent")
+# anything else attends all keys: "full_attention", "hybrid" (attention beside a state-space mixer), and the sparse
+# kinds ("indexed_attention", "compressed_sparse_attention", ...), whose queries read fewer keys than counted
+
+
+def _setting(config: Any, name: str) -> Any:
+    """A config field, None where it is missing or cannot be read as one value (a transformers config with
+    per-layer settings raises for a field that differs between layers)."""
+    try:
+        return getattr(config, name, None)
+    except Exception:  # noqa: BLE001 - e.g. AmbiguousGlobalPerLayerAttributeError
+        return None
 
 
 def _key_limits(config: Any, n_layer: int) -> tuple[int, ...]:
-    """Per-block key limits (`LMShape.key_limits`) of an HF config: its `layer_types` (or the older
-    `layers_block_type`) with `sliding_window` for sliding blocks and `attention_chunk_size` for chunked ones;
+    """Per-block key limits (`LMShape.key_limits`) of an HF config: its `layer_types` with `sliding_window` for
+    sliding blocks and `attention_chunk_size` for chunked ones (or transformers 4's `layers_block_type`, whose
+    "attention" blocks are windowed by `attention_window_size` where one is set: RecurrentGemma);
     `sliding_window` on every block of a config without layer types (Mistral); () where all blocks are global
     or the config does not say."""
-    window = getattr(config, "sliding_window", None)
+    window = _setting(config, "sliding_window")
     window = window if isinstance(window, int) and window > 0 else 0
-    chunk = getattr(config, "attention_chunk_size", None)
+    chunk = _setting(config, "attention_chunk_size")
     chunk = chunk if isinstance(chunk, int) and chunk > 0 else 0
-    types = getattr(config, "layer_types", None) or getattr(config, "layers_block_type", None)
+    types = _setting(config, "layer_types")
+    if not types:
+        types = _setting(config, "layers_block_type")
+        local = _setting(config, "attention_window_size")
+        if types and isinstance(local, int) and local > 0:
+            types = ["sliding_attention" if kind == "attention" else kind for kind in types]
+            window = local
     if not isinstance(types, (list, tuple)) or len(types) != n_layer:
         return (window,) * n_layer if window and not types else ()
     out = tuple(window if kind in _WINDOWED else chunk if kind in _CHUNKED else
@@ -246,12 +265,12 @@ def _hf_shape(spec: str) -> LMShape | None:
 
 def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
     """The teacher shape a target cache recorded in its meta.json (`teacher_shape`), None for caches older than
-    that record. A record without a `version` predates seams, experts, attention widths and key limits: the teacher
-    the cache names is counted instead where it can be told here (`teacher_shape`), else the old record."""
+    that record. A record of an older `version` (none: before seams, experts, attention widths and key limits)
+    gives way to the teacher the cache names where it can be told here (`teacher_shape`), else it is read."""
     rec = meta.get("teacher_shape")
     if not isinstance(rec, Mapping):
         return None
-    if "version" not in rec and isinstance(meta.get("teacher"), str):
+    if rec.get("version", 1) != SHAPE_VERSION and isinstance(meta.get("teacher"), str):
         named = teacher_shape(meta["teacher"])
         if named is not None:
             return named
@@ -260,4 +279,4 @@ def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
                    None if seam is None else int(seam), int(rec.get("seam_positions", 1)),
                    float(rec.get("seam_head", 0.0)), float(rec.get("seam_head_backward", 0.0)),
                    int(rec.get("attn_qk", 0)), int(rec.get("attn_v", 0)),
-                   tuple(int(w) for w in rec.get("key_limits", ())))
+                   tuple(int(w) for w in rec.get("key_limits", rec.get("windows", ()))))

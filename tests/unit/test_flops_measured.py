@@ -374,8 +374,30 @@ def test_blocks_without_softmax_attention_count_none() -> None:
     ({"attention_chunk_size": 8192, "layer_types": ["chunked_attention"] * 2 + ["full_attention"]}, (8192, 8192, 0)),
     ({"layers_block_type": ["mamba", "attention", "mamba"]}, (-1, 0, -1)),  # transformers 4's Jamba
     ({"sliding_window": 64, "layer_types": ["sliding_attention"] * 2}, ()),  # not one per block: not read
-], ids=["mistral", "global", "llama4-chunked", "jamba-4.x", "mismatched"])
+    ({"layer_types": ["linear_attention", "mlp", "full_attention"]}, (-1, -1, 0)),  # Nemotron-H's MLP-only blocks
+    ({"layers_block_type": ["recurrent", "recurrent", "attention"], "attention_window_size": 2048},
+     (-1, -1, 2048)),  # transformers 4's RecurrentGemma: local attention blocks
+], ids=["mistral", "global", "llama4-chunked", "jamba-4.x", "mismatched", "nemotron-h", "recurrentgemma-4.x"])
 def test_key_limits_are_read_from_the_layer_types(config: dict[str, Any], want: tuple[int, ...]) -> None:
     from cocomix.lm_shape import _key_limits
 
     assert _key_limits(SimpleNamespace(**config), 3) == want
+
+
+def test_a_config_whose_settings_differ_per_layer_is_read_without_failing() -> None:
+    """transformers 5 configs with per-layer settings raise when one of those is read as a single value: the
+    shape reader takes such a field as unknown instead of failing training over a FLOPs count."""
+    from cocomix.lm_shape import _attention_widths, _key_limits
+
+    class PerLayer:
+        num_attention_heads, layer_types = 4, ["full_attention", "sliding_attention", "full_attention"]
+
+        @property
+        def sliding_window(self) -> int:
+            raise AttributeError("sliding_window differs between layers: read per_layer_config[i]")
+
+        @property
+        def head_dim(self) -> int:
+            raise ValueError("head_dim differs between layers")
+
+    assert _key_limits(PerLayer(), 3) == () and _attention_widths(PerLayer(), D) == (0, 0)
