@@ -1,6 +1,7 @@
 """Where one training step's time goes: `torch.profiler` over the steps of `step_cost.py` (same models, same
-shapes), split into the concept targets (teacher + SAE), the student's forward and loss, the backward and the
-optimizer step, with the ops that take the most time.
+shapes), split into the teacher's work (`targets`: CoCoMix's concept targets, teacher and SAE, in the optimised or
+the naive mode; KD's teacher forward), the student's forward and losses, the backward, and the optimizer step
+(gradient clipping and AdamW), with the ops that take the most time.
 
 Made for the question the 2026-11-30 GPU lease left open (online CoCoMix 3.5× NTP's step time against a FLOPs
 ratio of 2.49; the teacher path at ~69 TFLOP/s): run it there and read which ops, launches or host-side waits
@@ -22,7 +23,8 @@ import argparse
 import json
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -87,25 +89,53 @@ class Regions:
             torch.cuda.synchronize(self.device)
 
 
+@contextmanager
+def teacher_timed(step: Step, regions: Regions) -> Iterator[None]:
+    """Inside: the step's teacher work runs in the `targets` region (CoCoMix's concept targets, teacher and SAE;
+    the naive mode's official-style targets; KD's teacher forward); restored after."""
+    method = step.method
+    if step.name == "cocomix-naive":
+        from naive import naive_loss
+
+        loss, targets_fn = method.loss, step.naive_targets
+
+        def timed_naive(ids: torch.Tensor) -> torch.Tensor:
+            with regions("targets"):
+                return targets_fn(ids)
+
+        method.loss = naive_loss(method, timed_naive)
+        try:
+            yield
+        finally:
+            method.loss = loss
+        return
+    if step.online_targets is not None:
+        name, owner = "targets", method
+    elif getattr(method, "teacher", None) is not None:  # KD: the teacher's logits
+        name, owner = "forward_pass", method.teacher
+    else:
+        yield
+        return
+    original = getattr(owner, name)
+
+    def timed(*args: Any) -> Any:
+        with regions("targets"):
+            return original(*args)
+
+    setattr(owner, name, timed)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
 def profiled_step(step: Step, ids: torch.Tensor, regions: Regions) -> None:
     """One step of `step_cost.Step`, its parts inside profiler regions (the same calls as `Step.__call__`)."""
     from cocomix.methods import Batch
 
-    method = step.method
-    targets = getattr(method, "targets", None)
-    if step.online_targets is not None:
-        def timed_targets(batch: Batch) -> torch.Tensor:
-            with regions("targets"):
-                return targets(batch)
-
-        method.targets = timed_targets
     cast = torch.autocast("cuda", dtype=torch.bfloat16) if ids.is_cuda else nullcontext()
-    try:
-        with cast, regions("student_loss"):  # the targets' region nests inside it: subtracted below
-            loss, _ = method.loss(step.model, Batch(ids, None))
-    finally:
-        if targets is not None:
-            method.targets = targets
+    with teacher_timed(step, regions), cast, regions("student_loss"):  # targets nest inside: subtracted later
+        loss, _ = step.method.loss(step.model, Batch(ids, None))
     with regions("backward"):
         loss.backward()
     with regions("optimizer"):
@@ -144,7 +174,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"  # microseconds
     events = prof.key_averages()
     table = events.table(sort_by=sort, row_limit=args.rows)
-    top = sorted(events, key=lambda e: getattr(e, sort, 0.0), reverse=True)[:args.rows]
+    # ranked: on a GPU the kernels (device rows), on a CPU the ops; never the regions' own annotations
+    ranked = [e for e in events if e.key not in REGIONS and not getattr(e, "is_user_annotation", False)
+              and (e.device_type == DeviceType.CUDA) == (device.type == "cuda")]
+    top = sorted(ranked, key=lambda e: getattr(e, sort, 0.0), reverse=True)[:args.rows]
     out = {
         "method": args.method, "shape": args.shape, "device": str(device), "seq_len": args.seq_len,
         "batch": args.batch, "steps_profiled": n, "torch": torch.__version__,
@@ -157,11 +190,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "region_tflops": {
             "targets": _rate((flops.get("teacher", 0.0) + flops.get("sae", 0.0)) * tokens, seconds["targets"]),
             "student": _rate(flops.get("student", 0.0) * tokens, seconds["student_loss"] + seconds["backward"])},
-        "top_ops": [{"op": e.key, "calls": e.count // n, "self_seconds": round(getattr(e, sort) / 1e6 / n, 5)}
+        "top_ops": [{"op": e.key, "calls": round(e.count / n, 2), "self_seconds": round(getattr(e, sort) / 1e6 / n, 5)}
                     for e in top],
     }
     if device.type == "cuda":  # many small kernels point at launch overhead rather than arithmetic
-        out["cuda_kernels_per_step"] = sum(e.count for e in events if e.device_type == DeviceType.CUDA) // n
+        out["cuda_kernels_per_step"] = round(sum(e.count for e in ranked) / n, 1)
     if args.out:
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...]
         if kind is not None and kind not in own:
             raise ConfigError(f"{flag} {out}: holds {kind}; choose a new or empty folder")
         if kind is not None and replaces:
-            print(f"cocomix: note: {flag} {out} holds {kind}; it is replaced", file=sys.stderr)
+            print(f"cocomix: note: {flag} {out} holds {kind}; this run will replace it", file=sys.stderr)
     return out
 
 

@@ -275,11 +275,11 @@ def test_describe_concepts_counts_and_top_contexts(store_dir: Path, tmp_path: Pa
     assert all(ex["token"] == tok.decode([int(stream[ex["window"] * 32 + ex["position"]])])
                for c in fired for ex in c["examples"])
     assert "## Latent" in (tmp_path / "d" / "concepts.md").read_text()
-    assert "it is replaced" not in r.stderr
+    assert "will replace it" not in r.stderr
     r = run_cli("describe-concepts", "--data", str(store_dir), "--teacher", str(parts[0]), "--teacher-layer", "1",
                 "--sae", str(parts[1]), "--seq-len", "32", "--max-windows", "2", "--device", "cpu", "--out",
                 str(tmp_path / "d"))  # into its own output again: said
-    assert r.returncode == 0 and "holds concept descriptions (describe-concepts); it is replaced" in r.stderr
+    assert r.returncode == 0 and "holds concept descriptions (describe-concepts); this run will replace it" in r.stderr
 
     # an example whose snippet repeats another's (a refrain) is listed once in concepts.md, with its count; the
     # json keeps every example

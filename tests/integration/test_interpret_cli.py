@@ -106,7 +106,7 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
     assert summary["concepts"] == 256 and 0.0 <= summary["fraction_below"] <= 1.0
     assert 0.0 <= summary["fraction_near_initial"] <= 1.0 and summary["initial_norm"] > 0
     r = _cli("compression", str(runs["cocomix"]), "--out", str(runs["root"] / "comp"))  # its own output: replaced
-    assert r.returncode == 0 and "holds a compression analysis; it is replaced" in r.stderr
+    assert r.returncode == 0 and "holds a compression analysis; this run will replace it" in r.stderr
 
 
 def test_steer_eval_steers_student_and_teacher_with_every_alpha(runs: dict[str, Path],

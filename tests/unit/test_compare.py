@@ -358,7 +358,7 @@ def test_rerunning_compare_into_its_own_output_says_it_is_replaced(tmp_path: Pat
                                                                               [4.9, 3.9], 2e6))]
     first = run_cli("compare", *runs, "--out", str(tmp_path / "cmp"))
     assert first.returncode == 0, first.stderr
-    assert "it is replaced" not in first.stderr
+    assert "will replace it" not in first.stderr
     again = run_cli("compare", *runs, "--out", str(tmp_path / "cmp"))
-    assert again.returncode == 0 and f"--out {tmp_path / 'cmp'} holds a run comparison (compare); it is replaced" \
-        in again.stderr
+    note = f"--out {tmp_path / 'cmp'} holds a run comparison (compare); this run will replace it"
+    assert again.returncode == 0 and note in again.stderr
