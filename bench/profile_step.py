@@ -52,7 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=20, help="top ops listed")
     p.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--out", default="", help="folder for trace.json and ops.txt (none by default)")
+    p.add_argument("--chunk-elements", type=int, default=0,
+                   help="logits per row chunk of the fused concept head and the chunked NLLs (the SAE's chunks "
+                        "twice this), instead of the library's 2^23: fewer, larger chunks for a GPU")
     args = p.parse_args(argv)
+    if args.chunk_elements < 0:
+        p.error(f"--chunk-elements: expected a positive count (0: the library's), got {args.chunk_elements}")
     for name in ("warmup", "steps", "rows", "seq_len", "batch"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')}: expected a positive count, got {getattr(args, name)}")
@@ -149,9 +154,22 @@ def _rate(flops: float, seconds: float) -> float | None:
     return round(flops / seconds / 1e12, 4) if seconds > 0 and flops > 0 else None
 
 
+def set_chunk_elements(n: int) -> int:
+    """Row chunks of n logits in the fused concept head and the chunked NLLs, 2n in the SAE's scores (the
+    library's module constants, read at every call); returns the concept head's chunk size in force."""
+    from cocomix.concepts import attribution
+    from cocomix.model import chunked_nll, concept_head
+
+    if n:
+        concept_head.CHUNK_ELEMENTS = chunked_nll.CHUNK_ELEMENTS = n
+        attribution.SAE_CHUNK_ELEMENTS = 2 * n
+    return concept_head.CHUNK_ELEMENTS
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = torch.device(args.device)
+    chunk = set_chunk_elements(args.chunk_elements)
     runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype)
     step = Step(args.method, runs, args.shape, device)
     gen = torch.Generator().manual_seed(0)
@@ -180,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     top = sorted(ranked, key=lambda e: getattr(e, sort, 0.0), reverse=True)[:args.rows]
     out = {
         "method": args.method, "shape": args.shape, "device": str(device), "seq_len": args.seq_len,
-        "batch": args.batch, "steps_profiled": n, "torch": torch.__version__,
+        "batch": args.batch, "steps_profiled": n, "torch": torch.__version__, "chunk_elements": chunk,
         "seconds_per_step": {k: round(v, 5) for k, v in seconds.items()},
         "step_seconds": round(total, 5),
         "share": {k: round(v / total, 4) for k, v in seconds.items()} if total > 0 else {},

@@ -23,7 +23,8 @@ def _profile(*args: str) -> dict:
 
 
 def test_a_profiled_cocomix_step_is_split_into_targets_student_backward_and_optimizer(tmp_path: Path) -> None:
-    out = _profile("--out", str(tmp_path / "prof"))
+    out = _profile("--out", str(tmp_path / "prof"), "--chunk-elements", str(1 << 12))  # many small chunks
+    assert out["chunk_elements"] == 1 << 12
     seconds = out["seconds_per_step"]
     assert set(seconds) == {"targets", "student_loss", "backward", "optimizer"} and min(seconds.values()) > 0
     assert abs(sum(out["share"].values()) - 1) < 1e-3 and out["flops_per_token"]["teacher"] > 0
