@@ -1,6 +1,8 @@
 """The analytic FLOPs (`cocomix.flops`) against the matmul FLOPs torch's own formulas count while the real modules
-run: student forwards and training steps of every built-in method, the online targets of an HF teacher and of a
-cocomix run used as a teacher (its concept slots and head included).
+run: student forwards and training steps of every built-in method, KD steps, the online targets of an HF teacher
+and of a cocomix run used as a teacher (its concept slots and head included), HF teachers of other shapes
+(mixtures of experts, wide heads, MLA, sliding windows, Mamba hybrids) and both sides of `bench/step_cost.py`'s
+naive-vs-optimised ratio.
 
 The count is the one `torch.utils.flop_counter` keeps (mm, addmm, bmm, attention), with the attention backward
 taken as dQ, dK, dV and dP (the module's convention; torch's formula adds a recomputation of the scores). What the
