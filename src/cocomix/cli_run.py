@@ -119,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     from cocomix.flops import active_params, config_parts, ntp_width_for, plugin_note, run_flops, teacher_shape
+    from cocomix.lm_shape import gpt2_small
     from cocomix.methods import DISTILLING
 
     run = run_config_from(args)
@@ -126,14 +127,18 @@ def cmd_flops(args: argparse.Namespace) -> int:
     out = {"method": run.method, "active_params": active_params(run),
            "flops_per_token": run_flops(run, shape, sae_k)}
     # say whose shape the teacher term counts, and which k the SAE term
+    counted = shape
     if shape is not None:
         out["teacher_shape"] = f"recorded by the target cache {run.concept.cache}"
     elif (run.method == "cocomix" or run.method in DISTILLING) and run.concept.teacher:
-        found = teacher_shape(run.concept.teacher) is not None
-        out["teacher_shape"] = (run.concept.teacher if found else
+        counted = teacher_shape(run.concept.teacher)
+        out["teacher_shape"] = (run.concept.teacher if counted is not None else
                                 f"GPT-2 small assumed ({run.concept.teacher!r} is neither a cocomix run nor a causal "
                                 "LM transformers can build from a local folder or the HF cache; training counts the "
                                 "loaded teacher's real shape)")
+        counted = counted or gpt2_small()
+    if counted is not None:
+        out["teacher"] = counted.summary()
     if k_from:
         out["sae_k"] = {"k": sae_k, "from": k_from}
     if run.method == "cocomix":

@@ -129,6 +129,21 @@ class LMShape:
     def n_layer(self) -> int:
         return len(self.block_params)
 
+    def summary(self) -> dict[str, Any]:
+        """What the count takes this model to be, for `cocomix flops`: blocks, widths, the matmul weights a token
+        uses (a mixture of experts' router and top_k experts only), and where set the blocks that attend a window
+        or no keys and a cocomix run's slot seam."""
+        out: dict[str, Any] = {"blocks": self.n_layer, "d_model": self.d_model, "vocab_size": self.vocab_size,
+                               "matmul_weights_per_token": sum(self.block_params),
+                               "attention_widths": {"query_key": self.attn_qk or self.d_model,
+                                                    "value": self.attn_v or self.d_model}}
+        if self.key_limits:
+            out["windowed_blocks"] = sum(1 for k in self.key_limits if k > 0)
+            out["blocks_without_attention"] = sum(1 for k in self.key_limits if k < 0)
+        if self.seam_layer is not None:
+            out["slots_from_block"] = self.seam_layer
+        return out
+
 
 def _block_weights(block: nn.Module, top_k: int | None) -> int:
     """Matmul weights a token uses in one block: the 2-D weight of every nn.Linear (subclasses included: Falcon's

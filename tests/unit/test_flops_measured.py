@@ -403,3 +403,27 @@ def test_a_config_whose_settings_differ_per_layer_is_read_without_failing() -> N
             raise ValueError("head_dim differs between layers")
 
     assert _key_limits(PerLayer(), 3) == () and _attention_widths(PerLayer(), D) == (0, 0)
+
+
+def test_the_flops_command_says_what_it_takes_the_teacher_to_be(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`cocomix flops` for a KD run from a local mixture-of-experts teacher with wide heads and sliding windows:
+    its summary gives the weights a token uses (router and top_k experts), the attention widths and the windowed
+    blocks, as the count takes them."""
+    import json
+
+    import transformers as tf
+
+    from cocomix.cli import main
+
+    pytest.importorskip("transformers", minversion="5")
+    tf.MixtralForCausalLM(tf.MixtralConfig(vocab_size=V, hidden_size=D, intermediate_size=48, num_attention_heads=4,
+                                           num_key_value_heads=2, head_dim=16, num_hidden_layers=2,
+                                           num_local_experts=4, num_experts_per_tok=2, sliding_window=8)
+                          ).save_pretrained(tmp_path / "moe")
+    assert main(["flops", "--preset", "tiny-kd", "--set", f"concept.teacher={tmp_path / 'moe'}"]) == 0
+    teacher = json.loads(capsys.readouterr().out)["teacher"]
+    per_block = 2 * D * 64 + 2 * D * 32 + 4 * D + 2 * (3 * D * 48)  # q, o; k, v; router; 2 of 4 experts
+    assert teacher == {"blocks": 2, "d_model": D, "vocab_size": V, "matmul_weights_per_token": 2 * per_block,
+                       "attention_widths": {"query_key": 64, "value": 64}, "windowed_blocks": 2,
+                       "blocks_without_attention": 0}
