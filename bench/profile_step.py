@@ -72,22 +72,14 @@ class Regions:
         self.device = device
         self.seconds: dict[str, float] = dict.fromkeys(REGIONS, 0.0)
 
-    def __call__(self, name: str) -> Any:
-        regions = self
-
-        class _Region:
-            def __enter__(self) -> None:
-                regions._sync()
-                self.start = time.perf_counter()
-                self.mark = record_function(name)
-                self.mark.__enter__()
-
-            def __exit__(self, *exc: object) -> None:
-                regions._sync()
-                self.mark.__exit__(*exc)
-                regions.seconds[name] += time.perf_counter() - self.start
-
-        return _Region()
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        with record_function(name):
+            yield
+            self._sync()
+        self.seconds[name] += time.perf_counter() - start
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

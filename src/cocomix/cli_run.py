@@ -124,21 +124,21 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
     run = run_config_from(args)
     shape, sae_k, k_from = config_parts(run)  # what training would count, read from the cache or the SAE file
-    out = {"method": run.method, "active_params": active_params(run),
-           "flops_per_token": run_flops(run, shape, sae_k)}
-    # say whose shape the teacher term counts, and which k the SAE term
-    counted = shape
+    # say whose shape the teacher term counts (read once, here), and which k the SAE term
+    said = ""
     if shape is not None:
-        out["teacher_shape"] = f"recorded by the target cache {run.concept.cache}"
+        said = f"recorded by the target cache {run.concept.cache}"
     elif (run.method == "cocomix" or run.method in DISTILLING) and run.concept.teacher:
-        counted = teacher_shape(run.concept.teacher)
-        out["teacher_shape"] = (run.concept.teacher if counted is not None else
-                                f"GPT-2 small assumed ({run.concept.teacher!r} is neither a cocomix run nor a causal "
-                                "LM transformers can build from a local folder or the HF cache; training counts the "
-                                "loaded teacher's real shape)")
-        counted = counted or gpt2_small()
-    if counted is not None:
-        out["teacher"] = counted.summary()
+        shape = teacher_shape(run.concept.teacher)
+        said = (run.concept.teacher if shape is not None else
+                f"GPT-2 small assumed ({run.concept.teacher!r} is neither a cocomix run nor a causal LM transformers "
+                "can build from a local folder or the HF cache; training counts the loaded teacher's real shape)")
+        shape = shape or gpt2_small()
+    out: dict = {"method": run.method, "active_params": active_params(run),
+                 "flops_per_token": run_flops(run, shape, sae_k)}
+    if said:
+        out["teacher_shape"] = said
+        out["teacher"] = shape.summary()
     if k_from:
         out["sae_k"] = {"k": sae_k, "from": k_from}
     if run.method == "cocomix":
