@@ -96,6 +96,42 @@ def test_cli_eval_tasks_runs_offline_and_rejects_unknown_tasks(cocomix_run: Path
     assert r.returncode == 2 and "unknown task 'nope_task'" in r.stderr
 
 
+GEN_TASK = """task: shakespeare_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{choices[answer]}}}}"
+generation_kwargs:
+  until: ["."]
+  max_gen_toks: 5
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_a_local_generation_task_runs_through_lm_eval_in_batches(cocomix_run: Path, tmp_path: Path) -> None:
+    """lm-eval's own generate_until path: its requests reach the batched adapter and every answer equals the
+    adapter's one-request answer."""
+    from types import SimpleNamespace
+
+    from cocomix.eval.harness import CocomixLM, run_tasks
+
+    folder = _task_dir(tmp_path)
+    (folder / "shakespeare_gen.yaml").write_text(GEN_TASK.format(data=folder / "items.jsonl"))
+    res = run_tasks(cocomix_run, ["shakespeare_gen"], include_path=folder, batch_size=5, log_samples=True)
+    samples = res["samples"]["shakespeare_gen"]
+    assert len(samples) == 24 and 0.0 <= res["results"]["shakespeare_gen"]["exact_match,none"] <= 1.0
+    lm = CocomixLM(cocomix_run, batch_size=1)
+    for s in samples:
+        (alone,) = lm.generate_until([SimpleNamespace(args=(s["doc"]["question"], {"until": ["."],
+                                                                                    "max_gen_toks": 5}))])
+        assert s["resps"][0][0] == alone
+
+
 def test_generate_until_stops_at_end_of_text(cocomix_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The end-of-text token ends the answer and is not part of it (lm-eval adds it to the stop sequences)."""
     from types import SimpleNamespace
@@ -107,18 +143,52 @@ def test_generate_until_stops_at_end_of_text(cocomix_run: Path, monkeypatch: pyt
     req = SimpleNamespace(args=("To be, or not to be", {"until": ["\n\n"], "max_gen_toks": 40}))
     (text,) = lm.generate_until([req])
     assert isinstance(text, str) and lm.tok.eos_token not in text
-    real, made = cm.generate, {}
+    real, made = cm.generate_ragged, {}
 
-    def ends_with_eos(model, prompt, n, **kw):  # noqa: ANN001, ANN003, ANN202
-        assert prompt.shape[1] + n <= 64  # the prompt keeps at least one token and the total fits the context
-        tokens, logits = real(model, prompt, 3, **kw)
-        made["answer"] = tokens[0, prompt.shape[1]:].tolist()
-        eos = torch.tensor([[lm.tok.eos_id]])
-        return torch.cat([tokens, eos, tokens[:, -2:]], dim=1), logits
+    def ends_with_eos(model, prompts, n, **kw):  # noqa: ANN001, ANN003, ANN202
+        assert len(prompts[0]) + n <= 64  # the prompt keeps at least one token and the total fits the context
+        (new,) = real(model, prompts, 3, **kw)
+        made["answer"] = new
+        return [new + [lm.tok.eos_id] + new[-2:]]
 
-    monkeypatch.setattr(cm, "generate", ends_with_eos)
+    monkeypatch.setattr(cm, "generate_ragged", ends_with_eos)
     (text,) = lm.generate_until([req])
     assert text == lm.tok.decode(made["answer"]).split("\n\n")[0]
+
+
+def test_generation_runs_in_batches_and_answers_as_one_request_at_a_time(cocomix_run: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests with the same options share batches of batch_size, longest prompt first, whatever their prompt
+    lengths; each answer equals the one-request answer and comes back in the requests' order."""
+    from types import SimpleNamespace
+
+    import cocomix.model as cm
+    from cocomix.eval.harness import CocomixLM
+
+    texts = ["To be", "Now is the winter of our discontent", "O", "Friends, Romans, countrymen, lend me",
+             "What light", "Shall I compare thee to a summer's day? Thou art more"]
+    options = [{"until": ["\n\n"], "max_gen_toks": 9}, {"until": ["e"], "max_gen_toks": 6}]
+    reqs = [SimpleNamespace(args=(t, options[i % 2])) for i, t in enumerate(texts)]
+
+    def varied(batch_size: int) -> CocomixLM:  # the 20-step model answers with spaces: the same noise on both
+        lm = CocomixLM(cocomix_run, batch_size=batch_size)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in lm.model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        return lm
+
+    alone = varied(1).generate_until(reqs)
+    calls, real = [], cm.generate_ragged
+    monkeypatch.setattr(cm, "generate_ragged", lambda m, prompts, n, **kw: calls.append((n, prompts))
+                        or real(m, prompts, n, **kw))
+    lm = varied(2)
+    assert lm.generate_until(reqs) == alone
+    assert len(set(alone)) == len(alone) and sum(len(a) for a in alone) > 20, alone  # varied, non-empty answers
+    assert [(n, len(prompts)) for n, prompts in calls] == [(9, 2), (9, 1), (6, 2), (6, 1)]
+    lengths = {n: [len(p) for _, prompts in calls if _ == n for p in prompts] for n in (9, 6)}
+    for n, group in ((9, texts[0::2]), (6, texts[1::2])):
+        assert lengths[n] == sorted((len(lm.encode(t)) for t in group), reverse=True)
 
 
 def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Path,
@@ -132,13 +202,13 @@ def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Pat
     from cocomix.eval.harness import CocomixLM
 
     lm, asked = CocomixLM(cocomix_run), []
-    real = cm.generate
+    real = cm.generate_ragged
 
-    def record(model, prompt, n, **kw):  # noqa: ANN001, ANN003, ANN202
+    def record(model, prompts, n, **kw):  # noqa: ANN001, ANN003, ANN202
         asked.append(n)
-        return real(model, prompt, 1, **kw)
+        return real(model, prompts, 1, **kw)
 
-    monkeypatch.setattr(cm, "generate", record)
+    monkeypatch.setattr(cm, "generate_ragged", record)
     for kwargs in ({"max_new_tokens": 5}, {"max_tokens": 7, "max_completion_tokens": 9}, {"max_gen_toks": 2,
                    "max_new_tokens": 5}, {"max_completion_tokens": 9}, {"max_gen_toks": 63}):
         lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n"], **kwargs}))])
@@ -159,13 +229,13 @@ def test_generation_options_are_read_as_lm_eval_normalises_them(cocomix_run: Pat
     from cocomix.eval.harness import CocomixLM
 
     lm, seen = CocomixLM(cocomix_run), []
-    real = cm.generate
+    real = cm.generate_ragged
 
-    def record(model, prompt, n, **kw):  # noqa: ANN001, ANN003, ANN202
+    def record(model, prompts, n, **kw):  # noqa: ANN001, ANN003, ANN202
         seen.append({k: kw.get(k) for k in ("temperature", "top_k", "top_p")})
-        return real(model, prompt, n, **kw)
+        return real(model, prompts, n, **kw)
 
-    monkeypatch.setattr(cm, "generate", record)
+    monkeypatch.setattr(cm, "generate_ragged", record)
     cases = [({"temperature": 0.7}, {"temperature": 0.7, "top_k": None, "top_p": None}),
              ({"do_sample": True}, {"temperature": 1.0, "top_k": None, "top_p": None}),
              ({"do_sample": False, "temperature": 0.7}, {"temperature": 0.0, "top_k": None, "top_p": None}),
@@ -177,16 +247,12 @@ def test_generation_options_are_read_as_lm_eval_normalises_them(cocomix_run: Pat
         assert seen[-1] == want, (kwargs, seen[-1])
     with pytest.raises(ConfigError, match=r"generation option num_beams=4 is not supported"):
         lm.generate_until([SimpleNamespace(args=("To be", {"num_beams": 4, "max_gen_toks": 2}))])
-    # the stop strings end generation as soon as the decoded new text holds one (`generate`'s `stop`)
+    # the stop strings end a row as soon as its decoded new text holds one (`generate_ragged`'s `stop`)
     stops = []
-    monkeypatch.setattr(cm, "generate", lambda *a, **kw: stops.append(kw["stop"]) or real(*a, **kw))
+    monkeypatch.setattr(cm, "generate_ragged", lambda *a, **kw: stops.append(kw["stop"]) or real(*a, **kw))
     lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n\n", "Q:"], "max_gen_toks": 2}))])
-    prompt = lm.encode("To be")
-
-    def ids(text: str) -> torch.Tensor:
-        return torch.tensor([prompt + lm.encode(text)])
-
-    assert stops[-1](ids(" or not Q: x")) and stops[-1](ids(" or\n\n")) and not stops[-1](ids(" or not"))
+    stop = stops[-1]
+    assert stop(0, lm.encode(" or not Q: x")) and stop(0, lm.encode(" or\n\n")) and not stop(0, lm.encode(" or not"))
     lm.generate_until([SimpleNamespace(args=("To be", {"until": [], "max_gen_toks": 2}))])
     assert stops[-1] is None
 

@@ -14,6 +14,7 @@ paper's downstream tasks, §3 Table 1; no paper equation).
 * `loglikelihood_rolling(text)`: the whole text's log-likelihood in disjoint windows of `context_length`
   (lm-eval's `get_rolling_token_windows`), starting from the end-of-text token.
 * `generate_until(context, {until, max_gen_toks, do_sample, temperature, top_k, top_p})`: KV-cached generation,
+  `batch_size` requests at a time (`generate_ragged`: prompts of any lengths share a batch; each row ends alone),
   stopped at the end-of-text token (never part of the answer, as lm-eval adds it to the stop sequences) or as
   soon as a stop string appears, and cut at the first one; the length is lm-eval's (`max_gen_toks` or its
   aliases `max_new_tokens`, `max_tokens`, `max_completion_tokens`, default 256) and, as in lm-eval's HF model,
@@ -151,10 +152,13 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
 
     @torch.no_grad()
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        from cocomix.model import generate
+        """Requests with the same generation options run `batch_size` at a time, longest prompt first (as lm-eval's
+        HF model orders them), through `generate_ragged`; the answers come back in the requests' order."""
+        from cocomix.model import generate_ragged
 
-        out = []
-        for req in requests:
+        groups: dict[str, list[int]] = {}
+        jobs = []
+        for i, req in enumerate(requests):
             context, kwargs = req.args
             until, max_new, sampling = self._gen_kwargs(dict(kwargs or {}))
             ids = self.encode(context) or [self.eot]
@@ -163,22 +167,32 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
                                 f"{self.max_length - max_new} (context_length {self.max_length} − max_gen_toks "
                                 f"{max_new}), as lm-eval's HF model does")
                 ids = ids[-(self.max_length - max_new):]
-            start = len(ids)
+            jobs.append((ids, until, max_new, sampling))
+            groups.setdefault(repr((until, max_new, sorted(sampling.items()))), []).append(i)
+        out = [""] * len(requests)
+        for members in groups.values():
+            members.sort(key=lambda i: -len(jobs[i][0]))
+            for first in range(0, len(members), self.batch_size):
+                batch = members[first:first + self.batch_size]
+                _, until, max_new, sampling = jobs[batch[0]]
 
-            def stopped(tokens: torch.Tensor, start: int = start, until: list[str] = until) -> bool:
-                text = self.tok.decode(tokens[0, start:].tolist())  # (1, P + n) so far
-                return any(s in text for s in until if s)
+                def stopped(row: int, new: list[int], until: list[str] = until) -> bool:
+                    text = self.tok.decode(new)
+                    return any(s in text for s in until if s)
 
-            tokens, _ = generate(self.model, torch.tensor([ids], device=self._device), max_new,
-                                 eos_id=self.tok.eos_id, stop=stopped if until else None,
-                                 vocab_limit=self.tok.vocab_size, **sampling)
-            new = tokens[0, start:].tolist()
-            if self.tok.eos_id in new:  # the end-of-text token stops the answer and is not part of it
-                new = new[:new.index(self.tok.eos_id)]
-            text = self.tok.decode(new)
-            cut = min([text.find(s) for s in until if s and s in text], default=len(text))
-            out.append(text[:cut])
+                answers = generate_ragged(self.model, [jobs[i][0] for i in batch], max_new,
+                                          eos_id=self.tok.eos_id, stop=stopped if until else None,
+                                          vocab_limit=self.tok.vocab_size, **sampling)
+                for i, new in zip(batch, answers, strict=True):
+                    out[i] = self._answer(new, until)
         return out
+
+    def _answer(self, new: list[int], until: list[str]) -> str:
+        """The text of generated tokens, without the end-of-text token and cut at the first stop string."""
+        if self.tok.eos_id in new:  # the end-of-text token stops the answer and is not part of it
+            new = new[:new.index(self.tok.eos_id)]
+        text = self.tok.decode(new)
+        return text[:min([text.find(s) for s in until if s and s in text], default=len(text))]
 
     def _gen_kwargs(self, kwargs: dict[str, Any]) -> tuple[list[str], int, dict[str, Any]]:
         """(stop strings, new tokens, sampling arguments of `generate`) from a request's generation kwargs, read as

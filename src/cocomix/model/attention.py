@@ -46,6 +46,12 @@ class KVCache:
         self.lengths[layer] = n + s
         return buf_k[:, :, : n + s], buf_v[:, :, : n + s]
 
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Keep only the batch rows `index` (b,) of every layer's buffers (rows that ended leave a batch)."""
+        for i, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            if k is not None and v is not None:
+                self.keys[i], self.values[i] = k.index_select(0, index), v.index_select(0, index)
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with a fused qkv projection; RoPE for the llama flavour."""
