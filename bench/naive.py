@@ -116,10 +116,12 @@ def _batch(ids: torch.Tensor) -> Any:
     return Batch(ids, None)
 
 
-def same_function(optimised: Any, naive: Any, ids: torch.Tensor, chunked: bool) -> dict[str, Any]:
+def same_function(optimised: Any, naive: Any, ids: torch.Tensor, chunked: bool, autocast: bool = False,
+                  ) -> dict[str, Any]:
     """Both steps compute the same function: the same targets (as sets per position: ties among zero scores may
     be ordered differently), the same first losses and, after that step, the same weights (the model's own
-    rounding apart). Exits when they do not: a speed ratio between different functions means nothing."""
+    rounding apart; `autocast`: the steps ran under bf16 autocast, whose rounding flips the sign of a few near-zero
+    gradient entries). Exits when they do not: a speed ratio between different functions means nothing."""
     with torch.no_grad():
         a = optimised.method.targets(_batch(ids))                                   # (B, T, k_attr)
     b = naive.naive_targets(ids)                                                          # (B, T, k_attr)
@@ -127,12 +129,15 @@ def same_function(optimised: Any, naive: Any, ids: torch.Tensor, chunked: bool) 
     losses = {n: (s(ids, 0), float(s.metrics["concept_loss"])) for n, s in (("opt", optimised), ("naive", naive))}
     wa, wb = optimised.model.state_dict(), naive.model.state_dict()
     weight_diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    lr = optimised.run.train.lr
+    apart = sum(int(((wa[k] - wb[k]).abs() > lr).sum()) for k in wa) / sum(wa[k].numel() for k in wa)
     check = {"targets_match": same, "first_loss_optimised": losses["opt"][0], "first_loss_naive": losses["naive"][0],
              "concept_loss_optimised": losses["opt"][1], "concept_loss_naive": losses["naive"][1],
              "max_weight_diff_after_one_step": weight_diff,
              # Adam's first step moves a weight by up to lr: a different label moves rows by ~lr, rounding in a
              # near-zero gradient by a small share of it
-             "max_weight_diff_over_lr": weight_diff / optimised.run.train.lr,
+             "max_weight_diff_over_lr": weight_diff / lr,
+             "share_of_weights_apart_by_over_lr": apart,
              "comparable": not chunked}  # the naive step keeps the student's unchunked LM loss
     # a bf16 teacher's two backward orders round differently: near-tied scores swap labels at a few positions
     least = 0.99 if optimised.run.concept.teacher_dtype == "float32" else 0.95
@@ -143,9 +148,13 @@ def same_function(optimised: Any, naive: Any, ids: torch.Tensor, chunked: bool) 
         if abs(losses["opt"][i] - losses["naive"][i]) > 1e-4 * abs(losses["opt"][i]):
             why.append(f"{what} losses differ by more than 1e-4 relative")
     # Adam's first step is ~lr · sign(gradient): rounding moves weights whose gradient is near 0 by a share of lr
-    # (0.02–0.08 measured), a different gradient by up to 2·lr
-    if same == 1.0 and check["max_weight_diff_over_lr"] > 0.5:
+    # (0.02–0.08 measured), a different gradient by up to 2·lr. Under bf16 autocast on a CPU, rounding flips the
+    # sign of some near-zero gradient entries (0.07% of the weights at the 69M shapes), each then 2·lr apart
+    if same == 1.0 and not autocast and check["max_weight_diff_over_lr"] > 0.5:
         why.append("the same labels but weights after one step apart by more than 0.5·lr")
+    if same == 1.0 and autocast and apart > 0.01:
+        why.append(f"the same labels but {apart:.2%} of the weights more than lr apart after one step (bf16 "
+                   "rounding flips fewer than 1%)")
     if why:
         sys.exit(f"naive and optimised CoCoMix steps compute different things ({'; '.join(why)}): "
                  f"{json.dumps(check)}")

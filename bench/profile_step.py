@@ -24,7 +24,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,8 +129,9 @@ def teacher_timed(step: Step, regions: Regions) -> Iterator[None]:
 def profiled_step(step: Step, ids: torch.Tensor, regions: Regions) -> None:
     """One step of `step_cost.Step`, its parts inside profiler regions (the same calls as `Step.__call__`)."""
     from cocomix.methods import Batch
+    from cocomix.train.loop import autocast_for
 
-    cast = torch.autocast("cuda", dtype=torch.bfloat16) if ids.is_cuda else nullcontext()
+    cast = autocast_for(step.run.train.precision, ids.device)  # train.precision, as `Step.__call__`
     with teacher_timed(step, regions), cast, regions("student_loss"):  # targets nest inside: subtracted later
         loss, _ = step.method.loss(step.model, Batch(ids, None))
     with regions("backward"):

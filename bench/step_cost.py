@@ -13,10 +13,13 @@ zero_grad. Methods:
     kd               knowledge distillation (teacher forward, KL)
     pause            pause slots
 
-A name may carry the memory options as suffixes, so their cost is timed side by side with the plain step:
-`+ckpt` (train.activation_checkpointing) and `+chunked` (train.chunked_lm_loss; not for cocomix-naive),
-e.g. `ntp-matched,ntp-matched+ckpt+chunked`; the JSON then holds each variant's step-time and peak-memory ratio
-to its plain method. The flags `--activation-checkpointing` / `--chunked-lm-loss` apply to every method instead.
+A name may carry options as suffixes, so their cost is timed side by side with the plain step:
+`+ckpt` (train.activation_checkpointing), `+chunked` (train.chunked_lm_loss; not for cocomix-naive) and `+bf16`
+(train.precision=bf16: the student under bf16 autocast, also on a CPU; the teacher stays fp32 as
+concept.teacher_precision=fp32 says), e.g. `ntp-matched,ntp-matched+ckpt+chunked` or `cocomix,cocomix+bf16`; the
+JSON then holds each variant's step-time and peak-memory ratio to its plain method. The flags
+`--activation-checkpointing` / `--chunked-lm-loss` / `--precision` apply to every method instead (`--precision
+auto`, the default: bf16 autocast on CUDA, fp32 on CPU, as training does).
 
 Shapes: `--shape 69m` is the paper's 69M configuration (student d 512, 8 layers, vocab 50257, 32768 concepts,
 mix_k 32, GPT-2-small teacher at block 5 — a randomly initialised `transformers` GPT-2, nothing is downloaded)
@@ -41,7 +44,6 @@ never builds the teacher there (a run from a cache does not load it); its target
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
@@ -62,11 +64,13 @@ from naive import NaiveTargets, dense_compression, naive_flops, naive_loss, same
 from cocomix.flops import LMShape, ntp_width_for, run_flops  # noqa: E402
 from cocomix.methods import METHODS, Batch  # noqa: E402
 from cocomix.presets import get_preset  # noqa: E402
-from cocomix.train.loop import flops_per_token  # noqa: E402
+from cocomix.train.loop import autocast_for, flops_per_token  # noqa: E402
 from cocomix.train.optim import build_optimizer  # noqa: E402
 
 ALL = ("ntp", "ntp-matched", "cocomix", "cocomix-naive", "cocomix-cached", "kd", "pause")
-OPTIONS = {"ckpt": "activation_checkpointing", "chunked": "chunked_lm_loss"}  # name suffixes: +ckpt, +chunked
+# name suffixes (+ckpt, +chunked, +bf16): the train setting each switches on
+OPTIONS = {"ckpt": ("activation_checkpointing", True), "chunked": ("chunked_lm_loss", True),
+           "bf16": ("precision", "bf16")}
 
 
 def split_name(name: str) -> tuple[str, tuple[str, ...]]:
@@ -92,7 +96,7 @@ def run_of(name: str, runs: dict[str, Any]) -> Any:
     """The RunConfig a method name stands for, with its +options switched on."""
     base, options = split_name(name)
     run = runs[{"cocomix-naive": "cocomix", "cocomix-cached": "cocomix"}.get(base, base)]
-    flags = {OPTIONS[o]: True for o in options}
+    flags = dict(OPTIONS[o] for o in options)
     return dataclasses.replace(run, train=dataclasses.replace(run.train, **flags)) if flags else run
 
 
@@ -108,6 +112,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"),
                    help="concept.teacher_dtype of the teacher-using steps (the naive step's teacher too)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="the student's compute precision, as train.precision: auto = bf16 autocast on CUDA, fp32 on "
+                        "CPU; bf16 = bf16 autocast on either (the teacher stays fp32: concept.teacher_precision)")
     p.add_argument("--chunked-lm-loss", action="store_true",
                    help="train.chunked_lm_loss for every method but the naive mode (student LM loss in chunks)")
     p.add_argument("--activation-checkpointing", action="store_true",
@@ -120,7 +127,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32",
-             chunked_lm_loss: bool = False, activation_checkpointing: bool = False) -> dict[str, Any]:
+             chunked_lm_loss: bool = False, activation_checkpointing: bool = False,
+             precision: str = "auto") -> dict[str, Any]:
     """RunConfigs of every method at the shape, dropout off (it is noise in a timing); `chunked_lm_loss` and
     `activation_checkpointing` for every method (the naive step ignores the first: the official whole logits)."""
     names = {"69m": {"ntp-matched": "gpt2-69m-ntp", "cocomix": "gpt2-69m-cocomix", "kd": "gpt2-69m-kd",
@@ -134,6 +142,7 @@ def runs_for(shape: str, seq_len: int, batch: int, teacher_dtype: str = "float32
         out[method] = dataclasses.replace(run, model=model, data=dataclasses.replace(run.data, seq_len=seq_len),
                                           train=dataclasses.replace(run.train, micro_batch_size=batch, device="cpu",
                                                                     chunked_lm_loss=chunked_lm_loss,
+                                                                    precision=precision,
                                                                     activation_checkpointing=activation_checkpointing),
                                           concept=dataclasses.replace(run.concept, teacher_dtype=teacher_dtype))
     coco = out["cocomix"]
@@ -229,8 +238,7 @@ class Step:
         if self.name == "cocomix-cached":
             target = self.cached[key]
             self.method.targets = lambda b: target
-        cast = torch.autocast("cuda", dtype=torch.bfloat16) if ids.is_cuda else contextlib.nullcontext()
-        with cast:  # what training does: bf16 autocast on GPUs, fp32 on CPU
+        with autocast_for(self.run.train.precision, ids.device):  # what training does (train.precision)
             loss, self.metrics = self.method.loss(self.model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -254,7 +262,7 @@ def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     def first_step(seq_len: int, batch: int) -> tuple[Step, torch.Tensor]:
         """The method built at this shape and one step taken (its optimizer state exists from here on)."""
         runs = runs_for(args.shape, seq_len, batch, args.teacher_dtype, args.chunked_lm_loss,
-                        args.activation_checkpointing)
+                        args.activation_checkpointing, args.precision)
         ids = torch.randint(0, runs["ntp"].model.vocab_size, (batch, seq_len),
                             generator=torch.Generator().manual_seed(0)).to(device)
         step = Step(name, runs, args.shape, device, with_teacher=False)  # cached: as a run from a cache
@@ -316,7 +324,7 @@ def main() -> None:
         sys.exit(f"--rounds / --warmup: expected rounds >= 1 and warmup >= 0, got {args.rounds} and {args.warmup}")
     device = torch.device(args.device)
     runs = runs_for(args.shape, args.seq_len, args.batch, args.teacher_dtype, args.chunked_lm_loss,
-                    args.activation_checkpointing)
+                    args.activation_checkpointing, args.precision)
     if args.memory_only:
         args.rounds = args.warmup = 0
         names_timed: list[str] = []
@@ -334,8 +342,9 @@ def main() -> None:
     pair = next(((n, "cocomix-naive" + n[len("cocomix"):]) for n in names_timed if split_name(n)[0] == "cocomix"
                  and "cocomix-naive" + n[len("cocomix"):] in steps), None)  # the same options on both sides
     if pair is not None:
+        autocast = isinstance(autocast_for(steps[pair[0]].run.train.precision, device), torch.autocast)
         check = {"pair": list(pair), **same_function(steps[pair[0]], steps[pair[1]], batches[0],
-                                                     args.chunked_lm_loss)}
+                                                     args.chunked_lm_loss, autocast)}
     for i in range(args.warmup):
         for n in names_timed:
             steps[n](batches[i], i)
@@ -355,6 +364,7 @@ def main() -> None:
     result: dict[str, Any] = {"shape": args.shape, "seq_len": args.seq_len, "batch": args.batch,
                               "rounds": args.rounds, "threads": torch.get_num_threads(), "device": str(device),
                               "torch": torch.__version__, "teacher_dtype": args.teacher_dtype,
+                              "precision": args.precision,
                               "chunked_lm_loss": args.chunked_lm_loss,
                               "activation_checkpointing": args.activation_checkpointing, "methods": {},
                               "naive_check": check}
@@ -374,7 +384,8 @@ def main() -> None:
         for n in names:
             cmd = [sys.executable, __file__, "--memory-of", n, "--shape", args.shape, "--seq-len",
                    str(args.seq_len), "--batch", str(args.batch), "--device", args.device]
-            cmd += ["--teacher-dtype", args.teacher_dtype] + (["--threads", str(args.threads)] if args.threads else [])
+            cmd += ["--teacher-dtype", args.teacher_dtype, "--precision", args.precision]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--chunked-lm-loss"] * args.chunked_lm_loss
             cmd += ["--activation-checkpointing"] * args.activation_checkpointing
             result["methods"][n].update(memory_subprocess(cmd, n))

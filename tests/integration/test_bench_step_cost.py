@@ -73,3 +73,21 @@ def test_bad_arguments_are_one_line_errors() -> None:
                            capture_output=True, text=True, timeout=600,
                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
         assert r.returncode != 0 and "Traceback" not in r.stderr and "--" in r.stderr, (args, r.stderr[-500:])
+
+
+def test_a_bf16_variant_runs_under_autocast_and_is_checked_against_its_naive_twin() -> None:
+    """+bf16 is train.precision=bf16 (autocast also on a CPU): the optimised and naive steps still compute the same
+    step (bf16 rounding apart), and their first loss is not the fp32 one."""
+    def first_losses(methods: str) -> dict:
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "step_cost.py"), "--shape", "tiny", "--seq-len",
+                            "32", "--batch", "2", "--rounds", "1", "--warmup", "0", "--no-memory", "--methods",
+                            methods], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout)["naive_check"]
+
+    fp32, bf16 = first_losses("cocomix,cocomix-naive"), first_losses("cocomix+bf16,cocomix-naive+bf16")
+    assert bf16["pair"] == ["cocomix+bf16", "cocomix-naive+bf16"] and bf16["targets_match"] == 1.0
+    assert bf16["share_of_weights_apart_by_over_lr"] < 0.01 and fp32["share_of_weights_apart_by_over_lr"] == 0.0
+    assert bf16["first_loss_optimised"] != fp32["first_loss_optimised"]
+    assert abs(bf16["first_loss_optimised"] - fp32["first_loss_optimised"]) < 1e-2 * fp32["first_loss_optimised"]
