@@ -74,7 +74,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         res = run_tasks(args.run, tasks, include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
                         batch_size=args.batch_size, data=args.data)
-        print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
+        if res is not None:  # (under torchrun, rank 0 prints for every rank)
+            print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
         return 0
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 2),
                                ("--batches", args.batches, 0)):

@@ -132,6 +132,32 @@ def test_a_local_generation_task_runs_through_lm_eval_in_batches(cocomix_run: Pa
         assert s["resps"][0][0] == alone
 
 
+def test_torchrun_shares_the_documents_between_ranks_and_reports_every_one(cocomix_run: Path,
+                                                                            tmp_path: Path) -> None:
+    """`cocomix eval --tasks` under torchrun (2 gloo processes): lm-eval gives each rank half the documents and
+    gathers them on rank 0, which prints the results once; they equal a one-process run's."""
+    import subprocess
+    import sys
+
+    folder = _task_dir(tmp_path)
+    (folder / "shakespeare_gen.yaml").write_text(GEN_TASK.format(data=folder / "items.jsonl"))
+    # RUN positionally: torchrun's own parser takes `--run` for an abbreviation of its `--run-path`
+    args = ["eval", str(cocomix_run), "--tasks", "shakespeare_mc,shakespeare_gen", "--include-path",
+            str(folder), "--device", "cpu", "--batch-size", "4"]
+    one = run_cli(*args)
+    assert one.returncode == 0, one.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "cocomix", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"results"') == 1  # rank 0 alone prints
+    assert "| 12/12" in r.stderr and "| 24/24" not in r.stderr  # lm-eval built 12 of the 24 documents per rank
+    two = json.loads(r.stdout[r.stdout.index("{"):])
+    want = json.loads(one.stdout)["results"]
+    for task, key in (("shakespeare_mc", "acc,none"), ("shakespeare_gen", "exact_match,none")):
+        assert two["results"][task][key] == pytest.approx(want[task][key], abs=1e-9), task
+        assert two["results"][task].get("sample_len", 24) == 24
+
+
 def test_generate_until_stops_at_end_of_text(cocomix_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The end-of-text token ends the answer and is not part of it (lm-eval adds it to the stop sequences)."""
     from types import SimpleNamespace

@@ -29,6 +29,11 @@ of the harness's plugin guide (lm-eval 0.4.13, the newest release here, does not
 `run_tasks` calls `lm_eval.simple_evaluate` with a `TaskManager` that also scans `include_path` (local task YAML
 files, e.g. JSONL-backed tasks that need no network); when every requested task is defined there, lm-eval's
 built-in task index (seconds to build) is skipped.
+
+Under torchrun the adapter joins the process group (gloo on CPU, NCCL on CUDA, one GPU per local rank) and gives
+lm-eval its rank, world size and collectives (`all_gather`, `gather_object`, `barrier`, the hooks of lm-eval's
+`LM`): lm-eval then builds each rank's share of every task's documents and gathers the per-document metrics on
+rank 0, which alone gets results (`run_tasks` leaves the process group afterwards).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from cocomix.errors import CocomixWarning, ConfigError
@@ -64,6 +70,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         super().__init__()
         from cocomix.data.store import check_vocab
         from cocomix.runs import load_run, run_store
+        from cocomix.train import distributed as dd
         from cocomix.train.loop import resolve_device
 
         if dtype not in _DTYPES:
@@ -72,7 +79,11 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             batch_size = int(batch_size)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
-        device = str(resolve_device(device, field="--device"))
+        # under torchrun: join the process group (gloo on CPU, NCCL on CUDA; cuda:LOCAL_RANK), and lm-eval gives each
+        # rank its share of the documents and gathers the metrics on rank 0 through the collectives below
+        self._ctx = dd.context_from_env()
+        device = str(dd.setup(self._ctx, resolve_device(device, field="--device")))
+        self._rank, self._world_size = self._ctx.rank, self._ctx.world_size
         self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
         self.dtype = _DTYPES[dtype]
         self.model = self.model.to(self.dtype).eval()
@@ -84,6 +95,32 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         self.batch_size = batch_size
         self._device = torch.device(device)
         self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ ranks (lm-eval's data parallelism)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's tensor, concatenated in rank order (0-d tensors stacked); this one alone for one process."""
+        if self._world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self._world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        """Every rank's object in rank order on rank `dst`, None on the others."""
+        if self._world_size == 1:
+            return [obj]
+        out: list[Any] | None = [None] * self._world_size if self._rank == dst else None
+        dist.gather_object(obj, out, dst=dst)
+        return out
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            dist.barrier()
 
     # ------------------------------------------------------------------ scoring
 
@@ -275,9 +312,10 @@ _register()
 
 def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None = None, limit: int | None = None,
               device: str = "cpu", dtype: str = "float32", batch_size: int = 8, data: str | None = None,
-              log_samples: bool = False) -> dict[str, Any]:
+              log_samples: bool = False) -> dict[str, Any] | None:
     """lm_eval.simple_evaluate on a cocomix run (its result dict, plus `checkpoint`: the folder scored);
-    `include_path` adds local task YAML folders."""
+    `include_path` adds local task YAML folders. Under torchrun every rank scores its share of each task's
+    documents; rank 0 returns the results of all of them, the other ranks None."""
     if not tasks:
         raise ConfigError("--tasks: expected comma-separated lm-eval task names")
     if include_path is not None and not Path(include_path).is_dir():
@@ -296,8 +334,15 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ConfigError(f"--tasks: unknown task {unknown[0]!r} (local task folders go in --include-path)")
-    res = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples,
-                          batch_size=batch_size)
+    try:
+        res = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples,
+                              batch_size=batch_size)
+    finally:
+        from cocomix.train import distributed as dd
+
+        dd.teardown(lm._ctx)  # under torchrun (lm-eval's last collective was its gather on rank 0)
+    if res is None:  # a rank other than 0 under torchrun: rank 0 holds the results
+        return None
     res["checkpoint"] = str(lm.checkpoint)  # the checkpoint scored (a run directory's latest)
     return res
 
