@@ -57,6 +57,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.eval import evaluate_loss
     from cocomix.progress import ProgressLine
     from cocomix.runs import load_run, run_store
+    from cocomix.train import distributed as dd
     from cocomix.train.loop import resolve_device
 
     tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -82,24 +83,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if value is not None and value < least:
             raise ConfigError(f"{flag}: expected an integer >= {least}" + (" (0: the whole split)" if least == 0
                                                                           else "") + f", got {value}")
-    run, method, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
-    store = run_store(run, args.data, ckpt)
-    check_vocab(store, run.model.vocab_size)
-    seq_len = args.seq_len if args.seq_len is not None else run.data.seq_len
-    split = args.split or "val"
-    model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
-    line = ProgressLine("eval", 0)
-
-    def report(done: int, total: int) -> None:
-        line.total = total
-        line.update(done)
-
+    # under torchrun every rank takes every world_size-th batch and the sums are all-reduced: the same windows and
+    # mean as one process (as periodic validation in training), printed once, by rank 0
+    ctx = dd.context_from_env()
+    device = dd.setup(ctx, resolve_device(args.device, "--device"))
     try:
-        res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0,
-                            progress=report)
+        run, method, model, ckpt = load_run(args.run, device=device)
+        store = run_store(run, args.data, ckpt)
+        check_vocab(store, run.model.vocab_size)
+        seq_len = args.seq_len if args.seq_len is not None else run.data.seq_len
+        split = args.split or "val"
+        model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
+        line = ProgressLine("eval", 0, enabled=ctx.is_main)
+
+        def report(done: int, total: int) -> None:
+            line.total = total
+            line.update(done)
+
+        try:
+            res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0,
+                                progress=report if ctx.is_main else None, shard=(ctx.rank, ctx.world_size),
+                                sum_over_shards=lambda t: dd.sum_over_ranks(t, ctx))
+        finally:
+            line.close()  # (an error or Ctrl-C is said on its own line)
     finally:
-        line.close()  # (an error or Ctrl-C is said on its own line)
-    print(json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype, **res}))
+        dd.teardown(ctx)
+    if ctx.is_main:
+        print(json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype, **res}))
     return 0
 
 

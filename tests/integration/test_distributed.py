@@ -256,3 +256,18 @@ def test_two_processes_with_dropout_resume_exactly(single: dict[str, Path], stor
     a = load_file(str(run / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     b = load_file(str(resumed / "checkpoints" / f"step_{STEPS:07d}" / "model.safetensors"))
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_perplexity_eval_under_torchrun_splits_the_windows_and_prints_once(single: dict[str, Path]) -> None:
+    """`cocomix eval RUN` under torchrun: each rank evaluates every 2nd batch of windows and the sums are reduced,
+    so the loss is the one-process loss over the same windows, printed by rank 0 alone."""
+    args = ["eval", str(single["cocomix"]), "--batch-size", "3", "--device", "cpu"]  # RUN positionally (torchrun)
+    one = run_cli(*args)
+    assert one.returncode == 0, one.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "cocomix", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    want = json.loads(one.stdout)
+    assert len(lines) == 1 and lines[0]["windows"] == want["windows"] > 3, (lines, want)
+    assert abs(lines[0]["loss"] - want["loss"]) <= 1e-6 * want["loss"]
