@@ -10,17 +10,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from cocomix.cli_parser import DEVICE_HELP
 
 
-def _teacher_and_sae(args: argparse.Namespace):  # -> tuple[Teacher, TopKSAE]
-    """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`)."""
+def _teacher_and_sae(args: argparse.Namespace, device: Any = None):  # -> tuple[Teacher, TopKSAE]
+    """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`), on `device`
+    (default: `--device`)."""
     from cocomix.sae import load_sae
     from cocomix.teacher import Teacher, teacher_dtype
     from cocomix.train.loop import resolve_device
 
-    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=resolve_device(args.device, "--device"),
+    device = device if device is not None else resolve_device(args.device, "--device")
+    teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=device,
                                       dtype=teacher_dtype(args.teacher_dtype), layer_field="--teacher-layer")
     sae = load_sae(args.sae, k=args.sae_k, teacher_layer=args.teacher_layer).to(teacher.device)
     return teacher, teacher.fit_sae(sae)
@@ -68,13 +71,25 @@ def _add_sae_train_args(s: argparse.ArgumentParser) -> None:
 def cmd_extract_concepts(args: argparse.Namespace) -> int:
     from cocomix.atomic import check_out_folder
     from cocomix.concepts.cache import extract_concepts
+    from cocomix.train import distributed as dd
+    from cocomix.train.loop import resolve_device
 
     check_out_folder(args.out)  # before the teacher and SAE load
-    teacher, sae = _teacher_and_sae(args)
-    meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
-                            k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
-                            attribution_loss=args.attribution_loss, gradient_at=args.gradient_at, seq_len=args.seq_len,
-                            batch_size=args.batch_size, splits=tuple(args.splits.split(",")))
+    # under torchrun: every rank runs the teacher on its own device (cuda:LOCAL_RANK, or the CPU with gloo) over its
+    # share of each round of windows; rank 0 writes the cache and prints
+    ctx = dd.context_from_env()
+    device = dd.setup(ctx, resolve_device(args.device, "--device"))
+    try:
+        teacher, sae = _teacher_and_sae(args, device)
+        meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
+                                k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
+                                attribution_loss=args.attribution_loss, gradient_at=args.gradient_at,
+                                seq_len=args.seq_len, batch_size=args.batch_size,
+                                splits=tuple(args.splits.split(",")), ctx=ctx)
+    finally:
+        dd.teardown(ctx)
+    if not ctx.is_main:
+        return 0
     # the windows of each split whose targets are all written (a split not asked for, or unfinished, is absent)
     done = {s: n for s, n in meta["windows"].items() if s in meta["complete_splits"]}
     print(json.dumps({"complete": meta["complete"], "windows": done,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -546,3 +549,81 @@ def test_the_teacher_fingerprint_samples_a_large_weight_file_at_its_start_middle
     changed[2 * mib] ^= 0x01  # between the samples: the same fingerprint (cheap, by design)
     path.write_bytes(bytes(changed))
     assert teacher_fingerprint(str(path)) == want
+
+
+PARTIAL_UNDER_TORCHRUN = """
+import os
+import signal
+import sys
+
+import torch
+
+import cocomix.concepts.cache as cache
+from cocomix.errors import Stopped
+from cocomix.sae import load_sae
+from cocomix.teacher import Teacher
+from cocomix.train import distributed as dd
+
+store, out, teacher_path, sae_path, windows, signal_rank = sys.argv[1:]
+ctx = dd.context_from_env()
+dd.setup(ctx, torch.device("cpu"))
+if ctx.rank == int(signal_rank):  # SIGTERM to this rank alone, while it computes its second batch
+    real, calls = cache.compute_targets, []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    cache.compute_targets = signalled
+teacher = Teacher.from_pretrained(teacher_path, layer=1)
+try:
+    cache.extract_concepts(store, out, teacher, load_sae(sae_path), teacher_spec=teacher_path, sae_spec=sae_path,
+                           seq_len=32, batch_size=4, progress=False, max_windows=int(windows), ctx=ctx)
+except Stopped as e:
+    print(f"rank {ctx.rank} stopped: {e.detail}")
+dd.teardown(ctx)
+"""
+
+
+def test_two_processes_write_the_one_process_cache_and_a_stopped_one_resumes_on_one(
+        store_dir: Path, tmp_path: Path, parts: tuple[Path, Path], full_cache: Path) -> None:
+    """extract-concepts under torchrun (2 gloo processes): each round's batches are split between the ranks and rank
+    0 writes them, so the files are the one-process files byte for byte; a 2-process extraction stopped after 13
+    windows (a round cut short: rank 1 gets one window of it) resumes in one process to the same files."""
+    args = ["extract-concepts", "--data", str(store_dir), "--teacher", str(parts[0]), "--teacher-layer", "1",
+            "--sae", str(parts[1]), "--seq-len", "32", "--batch-size", "4", "--device", "cpu"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    r = subprocess.run([*torchrun, "-m", "cocomix", *args, "--out", str(tmp_path / "two")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"complete"') == 1 and json.loads(r.stdout)["complete"]  # rank 0 alone prints
+
+    def same_files(a: Path, b: Path) -> None:
+        for name in ("targets_train.bin", "targets_val.bin"):
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+        meta_a, meta_b = (json.loads((p / "meta.json").read_text()) for p in (a, b))
+        assert meta_a == meta_b
+
+    same_files(tmp_path / "two", full_cache)
+    script = tmp_path / "partial.py"
+    script.write_text(PARTIAL_UNDER_TORCHRUN)
+
+    def partial(out: Path, windows: int, signal_rank: int) -> str:
+        r = subprocess.run([*torchrun, str(script), str(store_dir), str(out), str(parts[0]), str(parts[1]),
+                            str(windows), str(signal_rank)], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout
+
+    assert "stopped" not in partial(tmp_path / "resumed", 13, -1)
+    assert json.loads((tmp_path / "resumed" / "progress.json").read_text())["train"] == 13
+    # SIGTERM on rank 1 alone, during the second round: every rank stops after that round, which rank 0 has saved
+    said = partial(tmp_path / "signalled", 10 ** 6, 1)
+    assert "rank 0 stopped: 16/" in said and "rank 1 stopped: 16/" in said, said
+    assert json.loads((tmp_path / "signalled" / "progress.json").read_text())["train"] == 16
+    for out in ("resumed", "signalled"):
+        r = run_cli(*args, "--out", str(tmp_path / out))
+        assert r.returncode == 0, r.stderr[-2000:]
+        same_files(tmp_path / out, full_cache)

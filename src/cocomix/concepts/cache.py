@@ -33,6 +33,8 @@ from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
 from cocomix.teacher import cuda_matmul_precision
+from cocomix.train import distributed as dd
+from cocomix.train.distributed import DistContext
 from cocomix.train.guard import RunLock, StopSignals
 from cocomix.train.resume import store_identity
 
@@ -109,11 +111,14 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
                      sae_spec: str, k_attr: int = 4, selection: str = "attribution", multiplier: str = "activation",
                      attribution_loss: str = "window_mean", gradient_at: str = "residual", seq_len: int = 1024,
                      batch_size: int = 8, splits: tuple[str, ...] = SPLITS, max_windows: int | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, ctx: DistContext | None = None) -> dict[str, Any]:
     """Compute and store targets for every window of `splits`; resume an interrupted run of the same settings.
 
     `max_windows` stops after that many windows in total (for testing interruption). Returns meta.json's dict.
+    Under torchrun (`ctx`: every rank calls this, the teacher and SAE on its own device) the ranks share each
+    round of windows and rank 0 writes: the file one process with the same batch size writes.
     """
+    ctx = ctx or DistContext()
     if not splits or any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits):
         raise ConfigError(f"splits: expected distinct names among {', '.join(SPLITS)}, got {','.join(splits)!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -135,30 +140,30 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
             teacher.decide_next_token(window, gradient_at)
     out = Path(out_dir)
     created = not out.exists()  # removed again if extraction fails before writing anything into it
-    out.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(out)  # one writer per cache directory
+    lock = None
     try:
+        if ctx.is_main:  # rank 0 alone writes the cache (the other ranks send it their targets)
+            out.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out)  # one writer per cache directory
         with StopSignals() as signals:
-            return _extract(store, out, teacher, sae, signals, teacher_spec=teacher_spec, sae_spec=sae_spec,
+            return _extract(store, out, teacher, sae, signals, ctx, teacher_spec=teacher_spec, sae_spec=sae_spec,
                             k_attr=k_attr, selection=selection, multiplier=multiplier,
                             attribution_loss=attribution_loss, gradient_at=gradient_at, seq_len=seq_len,
                             batch_size=batch_size, splits=splits,
                             max_windows=max_windows, progress=progress)
     finally:
-        lock.release(remove_empty_dir=created)
+        if lock is not None:
+            lock.release(remove_empty_dir=created)
 
 
-def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: StopSignals, *, teacher_spec: str,
-             sae_spec: str, k_attr: int, selection: str, multiplier: str, attribution_loss: str, gradient_at: str,
-             seq_len: int,
-             batch_size: int, splits: tuple[str, ...], max_windows: int | None, progress: bool) -> dict[str, Any]:
-    device = teacher.device
-    cuda_matmul_precision(device)  # TF32 on CUDA, as in training: cached targets = online targets
-    meta = {
+def _meta(store: TokenStore, teacher: Any, sae: Any, main: bool, *, teacher_spec: str, sae_spec: str, k_attr: int,
+          selection: str, multiplier: str, attribution_loss: str, gradient_at: str, seq_len: int) -> dict[str, Any]:
+    """What meta.json records; the content hashes on the main rank only (the others never write or compare it)."""
+    return {
         "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_fingerprint":
-        teacher_fingerprint(teacher_spec), "teacher_layer": teacher.layer,
+        teacher_fingerprint(teacher_spec) if main else None, "teacher_layer": teacher.layer,
         "teacher_dtype": teacher.dtype_name,
-        "sae": sae_spec, "sae_sha256": sae_sha256(sae_spec, teacher.layer),
+        "sae": sae_spec, "sae_sha256": sae_sha256(sae_spec, teacher.layer) if main else None,
         "n_latents": sae.n_latents, "sae_k": sae.k, "k_attr": k_attr, "selection": selection, "multiplier": multiplier,
         "attribution_loss": attribution_loss, "gradient_at": gradient_at, "seq_len": seq_len,
         **store_identity(store),  # tokenizer, token counts and a sampled digest of each split's ids
@@ -166,6 +171,11 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         "teacher_shape": _shape(teacher),  # for the FLOPs count of runs that read the cache (never load the teacher)
         "windows": {s: store.num_chunks(s, seq_len) for s in SPLITS},
     }
+
+
+def _start(out: Path, meta: dict[str, Any]) -> dict[str, int]:
+    """(Main rank) the windows already done per split: resumed from progress.json after checking meta.json
+    matches, or a fresh start with meta.json written."""
     prog_path = out / "progress.json"
     saved = _read_cache_json(prog_path) if prog_path.is_file() else {}
     done = {s: saved.get(s, 0) for s in SPLITS}  # windows finished per split
@@ -178,6 +188,22 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         for split in SPLITS:
             (out / f"targets_{split}.bin").unlink(missing_ok=True)
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    return done
+
+
+def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: StopSignals, ctx: DistContext, *,
+             teacher_spec: str, sae_spec: str, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
+             gradient_at: str, seq_len: int, batch_size: int, splits: tuple[str, ...], max_windows: int | None,
+             progress: bool) -> dict[str, Any]:
+    """Targets in rounds of world_size · batch_size windows in order: rank r computes the round's r-th batch (the
+    batches one process would run), rank 0 writes them all and then the round's progress."""
+    device = teacher.device
+    cuda_matmul_precision(device)  # TF32 on CUDA, as in training: cached targets = online targets
+    meta = _meta(store, teacher, sae, ctx.is_main, teacher_spec=teacher_spec, sae_spec=sae_spec, k_attr=k_attr,
+                 selection=selection, multiplier=multiplier, attribution_loss=attribution_loss,
+                 gradient_at=gradient_at, seq_len=seq_len)
+    done = dict(zip(SPLITS, dd.on_main_rank(lambda: list(_start(out, meta).values()), len(SPLITS), ctx, device),
+                    strict=True))
     dtype = _dtype(sae.n_latents)
     budget = max_windows if max_windows is not None else float("inf")
     for split in splits:
@@ -185,25 +211,34 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
         if n == 0:
             continue
         path = out / f"targets_{split}.bin"
-        shape = (n, seq_len - 1, k_attr)
-        mm = np.memmap(path, dtype=dtype, mode="r+" if path.is_file() else "w+", shape=shape)
+        mm = np.memmap(path, dtype=dtype, mode="r+" if path.is_file() else "w+",
+                       shape=(n, seq_len - 1, k_attr)) if ctx.is_main else None
         start = done[split]
-        line = ProgressLine(f"extract-concepts {split}", n, start=start, enabled=progress)
+        line = ProgressLine(f"extract-concepts {split}", n, start=start, enabled=progress and ctx.is_main)
         while start < n and budget > 0:
-            stop = int(min(n, start + batch_size, start + budget))
-            ids = store.batch(split, list(range(start, stop)), seq_len).to(device)
-            targets = compute_targets(teacher, sae, ids, k_attr=k_attr, selection=selection,
-                                      multiplier=multiplier, attribution_loss=attribution_loss,
-                                      gradient_at=gradient_at)  # (b, T, k_attr)
-            mm[start:stop] = targets[:, :-1].cpu().numpy().astype(dtype)
-            mm.flush()
+            stop = int(min(n, start + ctx.world_size * batch_size, start + budget))
+            mine = range(min(stop, start + ctx.rank * batch_size), min(stop, start + (ctx.rank + 1) * batch_size))
+            if len(mine):
+                ids = store.batch(split, list(mine), seq_len).to(device)
+                targets = compute_targets(teacher, sae, ids, k_attr=k_attr, selection=selection,
+                                          multiplier=multiplier, attribution_loss=attribution_loss,
+                                          gradient_at=gradient_at)[:, :-1]  # (b, T − 1, k_attr)
+            else:  # the round's last windows went to lower ranks
+                targets = torch.empty(0, seq_len - 1, k_attr, dtype=torch.long, device=device)
+            parts = dd.gather_rows(targets, batch_size, ctx)  # on every rank; rank 0 writes
+            if mm is not None:
+                mm[start:stop] = torch.cat(parts).cpu().numpy().astype(dtype)
+                mm.flush()
             budget -= stop - start
             start = done[split] = stop
-            atomic_write_text(prog_path, json.dumps(done))
-            if signals.received is not None:  # SIGTERM / SIGINT: this batch is on disk; stop here
+            if ctx.is_main:
+                atomic_write_text(out / "progress.json", json.dumps(done))
+            signum = dd.max_over_ranks(signals.received or 0, ctx, device)  # any rank's SIGTERM / SIGINT stops all
+            if signum:  # this round is on disk; stop here
                 line.close()
-                raise Stopped(signals.received, f"{start}/{n} {split} windows saved in {out}; rerun the same "
-                                                "command to resume")
+                dd.barrier(ctx)  # the other ranks leave once rank 0 has written the progress
+                raise Stopped(signum, f"{start}/{n} {split} windows saved in {out}; rerun the same "
+                                      "command to resume")
             line.update(start)
         line.close()
         del mm
@@ -212,7 +247,9 @@ def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: Stop
     meta["complete_splits"] = [s for s in SPLITS if done.get(s, 0) >= meta["windows"][s]]
     meta["complete"] = "train" in meta["complete_splits"]  # what training from the cache reads
     meta["splits"] = list(splits)
-    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    if ctx.is_main:
+        atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
+    dd.barrier(ctx)
     return meta
 
 

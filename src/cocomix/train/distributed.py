@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cocomix.errors import CheckpointError, ConfigError
+from cocomix.errors import CheckpointError, CocomixError, ConfigError
 
 PARALLEL = ("ddp", "fsdp")
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)  # torch's default is 10 (NCCL): short for big checkpoints
@@ -214,6 +214,40 @@ def max_over_ranks(value: int, ctx: DistContext, device: torch.device) -> int:
     t = torch.tensor([float(value)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def on_main_rank(compute: Callable[[], list[int]], n: int, ctx: DistContext, device: torch.device) -> list[int]:
+    """`compute()` (n integers) run by rank 0 alone, its result on every rank (collectives). When it raises there,
+    every other rank stops with a one-line error instead of waiting for rank 0."""
+    if not ctx.active:
+        return compute()
+    if ctx.is_main:
+        try:
+            values = compute()
+        except BaseException:
+            from_rank0(-1, ctx, device)  # the others' status broadcast below
+            raise
+        from_rank0(0, ctx, device)
+    elif from_rank0(0, ctx, device) < 0:
+        raise CocomixError(f"rank {ctx.rank}: rank 0 stopped with an error (see its message)")
+    t = torch.tensor(values if ctx.is_main else [0] * n, dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return [int(v) for v in t.tolist()]
+
+
+def gather_rows(t: torch.Tensor, rows: int, ctx: DistContext) -> list[torch.Tensor]:
+    """Every rank's t (n_r, ...), n_r <= rows, on every rank in rank order (collectives: padded to `rows` rows to
+    travel, cut back after); [t] for one process."""
+    if not ctx.active:
+        return [t]
+    pad = t.new_zeros((rows, *t.shape[1:]))
+    pad[:t.shape[0]] = t
+    count = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    counts = [torch.empty_like(count) for _ in range(ctx.world_size)]
+    parts = [torch.empty_like(pad) for _ in range(ctx.world_size)]
+    dist.all_gather(counts, count)
+    dist.all_gather(parts, pad)
+    return [p[:int(c)] for p, c in zip(parts, counts, strict=True)]
 
 
 def _options() -> Any:
