@@ -47,6 +47,15 @@ from cocomix.cli_parser import (
 )
 from cocomix.cli_run import add_run_commands, add_setup_commands
 from cocomix.errors import CocomixError, Stopped
+from cocomix.eval.batch_size import DEFAULT_MAX, parse_batch_size
+
+
+def _batch_size_arg(text: str) -> int | str:
+    """`--batch-size`: an integer >= 1 or 'auto' (argparse says what is wrong, exit 2)."""
+    try:
+        return parse_batch_size(text)
+    except CocomixError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--batch-size: ")) from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -64,7 +73,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if tasks == []:
         raise ConfigError(f"--tasks: expected comma-separated lm-eval task names, got {args.tasks!r}")
     perplexity_only = {"--split": args.split, "--seq-len": args.seq_len, "--batches": args.batches}
-    tasks_only = {"--limit": args.limit, "--include-path": args.include_path}
+    tasks_only = {"--limit": args.limit, "--include-path": args.include_path,
+                  "--max-batch-size": None if args.max_batch_size == DEFAULT_MAX else args.max_batch_size}
+    if args.batch_size == "auto" and not tasks:
+        raise ConfigError("--batch-size: 'auto' is for lm-eval --tasks; the validation loss takes an integer")
     for flag, value in (perplexity_only if tasks else tasks_only).items():
         if value is not None:  # an option the chosen evaluation would ignore
             raise ConfigError(f"{flag}: " + ("a perplexity option; lm-eval --tasks do not use it" if tasks
@@ -74,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         res = run_tasks(args.run, tasks, include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
-                        batch_size=args.batch_size, data=args.data)
+                        batch_size=args.batch_size, max_batch_size=args.max_batch_size, data=args.data)
         if res is not None:  # (under torchrun, rank 0 prints for every rank)
             print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
         return 0
@@ -212,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="token store (default: the run's)")
     s.add_argument("--split", choices=("train", "val"), help="split for the perplexity (default: val)")
     s.add_argument("--seq-len", type=int, help="perplexity window length (default: the run's)")
-    s.add_argument("--batch-size", type=int, default=8, help="windows (perplexity) or requests (lm-eval) per batch")
+    s.add_argument("--batch-size", type=_batch_size_arg, default=8,
+                   help="windows (validation loss) or requests (lm-eval) per batch; 'auto' (lm-eval): the largest "
+                        "that fits on the GPU, from --max-batch-size down")
+    s.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX, help="lm-eval: where 'auto' starts")
     s.add_argument("--batches", type=int, help="perplexity: limit the number of batches (default: whole split)")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--tasks", help="lm-eval tasks instead of perplexity, e.g. lambada_openai,wikitext,hellaswag,"

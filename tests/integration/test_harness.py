@@ -402,11 +402,54 @@ def test_adapter_arguments_are_checked_and_limit_zero_means_every_example(cocomi
     from cocomix.eval.harness import CocomixLM, run_tasks
 
     for kwargs, field in (({"dtype": "float16"}, "--dtype"), ({"batch_size": 0}, "--batch-size"),
-                          ({"batch_size": "auto"}, "--batch-size"), ({"device": "gpu"}, "--device")):
+                          ({"batch_size": "most"}, "--batch-size"), ({"batch_size": "auto:x"}, "--batch-size"),
+                          ({"max_batch_size": "auto"}, "max_batch_size"), ({"device": "gpu"}, "--device")):
         with pytest.raises(ConfigError, match=field):
             CocomixLM(cocomix_run, **kwargs)
     res = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=_task_dir(tmp_path), limit=0, log_samples=True)
     assert len(res["samples"]["shakespeare_mc"]) == 24
+
+
+def test_auto_batch_size_halves_until_a_batch_fits_and_is_fixed_on_a_cpu(cocomix_run: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval's `--batch_size auto` / `auto:N`: on a GPU the largest of max_batch_size, /2, … whose full-context
+    scoring forward does not run out of memory; on a CPU (no such signal) the fixed CPU default, said once."""
+    import torch
+
+    from cocomix.eval.batch_size import CPU_AUTO, largest_fitting, parse_batch_size
+    from cocomix.eval.harness import CocomixLM
+
+    assert [parse_batch_size(v) for v in ("auto", "auto:4", "auto:1.5", "12", 3)] == ["auto", "auto", "auto", 12, 3]
+    tried: list[int] = []
+
+    def fits_up_to(limit: int, error: BaseException) -> object:
+        def probe(rows: int) -> None:
+            tried.append(rows)
+            if rows > limit:
+                raise error
+        return probe
+
+    assert largest_fitting(fits_up_to(20, torch.OutOfMemoryError("CUDA out of memory")), 64) == 16
+    assert tried == [64, 32, 16]
+    assert largest_fitting(fits_up_to(0, RuntimeError("CUDA error: out of memory")), 8) == 1  # 1 is not tried
+    with pytest.raises(ValueError, match="other"):  # any other error is the real one
+        largest_fitting(fits_up_to(0, ValueError("other")), 8)
+    lm = CocomixLM(cocomix_run, batch_size="auto:2", max_batch_size=32)
+    with pytest.warns(UserWarning, match=f"--batch-size auto on cpu: {CPU_AUTO}"):
+        assert lm.batch_size == CPU_AUTO
+    # the detection a GPU runs: real scoring forwards of the full context, halving from max_batch_size
+    lm = CocomixLM(cocomix_run, batch_size="auto", max_batch_size=32)
+    real, probed = lm._probe, []
+
+    def probe(rows: int) -> None:
+        probed.append(rows)
+        real(rows)
+        if rows > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(lm, "_probe", probe)
+    monkeypatch.setattr(lm, "_device", torch.device("cuda"))  # (only the branch; the probe runs on the CPU)
+    assert lm.batch_size == 4 and probed == [32, 16, 8, 4] and lm.batch_size == 4 and len(probed) == 4
 
 
 def test_lm_eval_finds_the_adapter_by_its_model_name(cocomix_run: Path, tmp_path: Path) -> None:

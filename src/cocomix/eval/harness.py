@@ -47,6 +47,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from cocomix.errors import CocomixWarning, ConfigError
+from cocomix.eval.batch_size import CPU_AUTO, DEFAULT_MAX, largest_fitting, parse_batch_size
 
 try:
     from lm_eval.api.model import LM
@@ -64,7 +65,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
     """A cocomix run (directory or checkpoint) behind lm-eval's LM interface."""
 
     def __init__(self, run: str | Path, data: str | Path | None = None, device: str = "cpu",
-                 dtype: str = "float32", batch_size: int | str = 8) -> None:
+                 dtype: str = "float32", batch_size: int | str = 8, max_batch_size: int | str = DEFAULT_MAX) -> None:
         if LM is object:
             raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)")
         super().__init__()
@@ -75,10 +76,12 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
 
         if dtype not in _DTYPES:
             raise ConfigError(f"--dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-        if isinstance(batch_size, str) and batch_size.strip().isdigit():  # lm-eval's --batch_size is a string
-            batch_size = int(batch_size)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
+        self._batch_asked = parse_batch_size(batch_size)  # lm-eval's --batch_size is a string: "8", "auto"
+        max_batch = parse_batch_size(max_batch_size, "max_batch_size")
+        if max_batch == "auto":
+            raise ConfigError("max_batch_size: expected an integer >= 1, got 'auto'")
+        self.max_batch_size = int(max_batch)
+        self._batch: int | None = None if self._batch_asked == "auto" else int(self._batch_asked)
         # under torchrun: join the process group (gloo on CPU, NCCL on CUDA; cuda:LOCAL_RANK), and lm-eval gives each
         # rank its share of the documents and gathers the metrics on rank 0 through the collectives below
         self._ctx = dd.context_from_env()
@@ -92,9 +95,30 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         self.tok = store.tokenizer()
         self.eot = self.tok.eos_id if self.tok.eos_id is not None else 0
         self.max_length = self.model.cfg.context_length
-        self.batch_size = batch_size
         self._device = torch.device(device)
         self._warned: set[str] = set()
+
+    @property
+    def batch_size(self) -> int:
+        """Requests per batch: the fixed size, or `auto`'s, detected on first use (the smallest over the ranks)."""
+        if self._batch is None:
+            if self._device.type != "cuda":
+                self._warn_once("batch", f"--batch-size auto on {self._device.type}: {CPU_AUTO} (only a GPU reports "
+                                "running out of memory, which finding the largest batch needs)")
+                self._batch = CPU_AUTO
+            else:
+                self._batch = largest_fitting(self._probe, self.max_batch_size)
+            if self._world_size > 1:
+                t = torch.tensor([self._batch], device=self._device)
+                dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                self._batch = int(t.item())
+        return self._batch
+
+    @torch.no_grad()
+    def _probe(self, rows: int) -> None:
+        """A scoring forward of `rows` sequences of the full context, as `_score` runs the longest batch."""
+        ids = torch.zeros(rows, self.max_length, dtype=torch.long, device=self.model.lm_head.weight.device)
+        F.log_softmax(self.model(ids).logits.float(), dim=-1)
 
     # ------------------------------------------------------------------ ranks (lm-eval's data parallelism)
 
@@ -272,15 +296,14 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> CocomixLM:
-        """The adapter from lm-eval's model_args (run, data, device, dtype, batch_size) and its own settings
-        (batch_size, device; max_batch_size, which a fixed batch size does not use); other arguments are errors."""
-        known = ("run", "data", "device", "dtype", "batch_size")
+        """The adapter from lm-eval's model_args (run, data, device, dtype, batch_size, max_batch_size) and its own
+        settings (batch_size, max_batch_size, device); other arguments are errors."""
+        known = ("run", "data", "device", "dtype", "batch_size", "max_batch_size")
         unknown = sorted(set(arg_dict) - set(known))
         if unknown or "run" not in arg_dict:
             raise ConfigError(f"model_args: {'unknown argument ' + repr(unknown[0]) if unknown else 'no run'}; "
                               f"expected run=RUN_DIR and optionally {', '.join(known[1:])}")
-        # lm-eval's own settings (a CLI's device and batch size), overridden by model_args; others it may add
-        # (max_batch_size) mean nothing to a fixed batch size
+        # lm-eval's own settings (a CLI's device and batch sizes), overridden by model_args
         args = {k: v for k, v in (additional_config or {}).items() if v is not None and k in known}
         args.update({k: v for k, v in arg_dict.items() if v is not None})
         return cls(**{k: str(v) if k in ("run", "data", "device", "dtype") else v for k, v in args.items()})
@@ -311,8 +334,8 @@ _register()
 
 
 def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None = None, limit: int | None = None,
-              device: str = "cpu", dtype: str = "float32", batch_size: int = 8, data: str | None = None,
-              log_samples: bool = False) -> dict[str, Any] | None:
+              device: str = "cpu", dtype: str = "float32", batch_size: int | str = 8, data: str | None = None,
+              log_samples: bool = False, max_batch_size: int = DEFAULT_MAX) -> dict[str, Any] | None:
     """lm_eval.simple_evaluate on a cocomix run (its result dict, plus `checkpoint`: the folder scored);
     `include_path` adds local task YAML folders. Under torchrun every rank scores its share of each task's
     documents; rank 0 returns the results of all of them, the other ranks None."""
@@ -329,7 +352,7 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit: expected a number >= 0 (0: every example), got {limit}")
     limit = limit or None  # lm-eval reads 0 as "no example"
-    lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size)
+    lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size, max_batch_size=max_batch_size)
     manager = _task_manager(TaskManager, tasks, include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
