@@ -210,7 +210,11 @@ def main() -> int:
             if r.returncode == 0 or (st["done_ok"] and st["done_ok"] in r.stderr):
                 # a rerun that started over would also end with the uninterrupted run's outputs: its start line
                 # (`steps N->`) must name the checkpoint the kill left
-                if r.returncode == 0 and name in ("train", "train-sae") and f"steps {start}->" not in r.stderr:
+                # (a kill that landed after the run's last write, while the interpreter was exiting, leaves a
+                # finished run: its rerun says so and trains nothing; the outputs are then checked below)
+                finished = "already finished" in r.stderr
+                if (r.returncode == 0 and name in ("train", "train-sae") and f"steps {start}->" not in r.stderr
+                        and not finished):
                     problem = f"the rerun did not go on from step {start}: {r.stderr.strip()[-300:]}"
                 break
             if reruns >= 3:

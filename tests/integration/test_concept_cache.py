@@ -627,3 +627,14 @@ def test_two_processes_write_the_one_process_cache_and_a_stopped_one_resumes_on_
         r = run_cli(*args, "--out", str(tmp_path / out))
         assert r.returncode == 0, r.stderr[-2000:]
         same_files(tmp_path / out, full_cache)
+    # rank 0 cannot lock the folder (another writer holds it): every rank stops with a one-line error, none waits
+    from cocomix.train.guard import RunLock
+
+    held = RunLock(tmp_path / "held")
+    try:
+        r = subprocess.run([*torchrun, "-m", "cocomix", *args, "--out", str(tmp_path / "held")], capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        held.release()
+    assert r.returncode != 0 and "another cocomix process is writing this directory" in r.stderr
+    assert "rank 1: rank 0 stopped with an error" in r.stderr

@@ -141,10 +141,15 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
     out = Path(out_dir)
     created = not out.exists()  # removed again if extraction fails before writing anything into it
     lock = None
+
+    def take_lock() -> list[int]:  # rank 0 alone writes the cache (the other ranks send it their targets)
+        nonlocal lock
+        out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out)  # one writer per cache directory
+        return []
+
     try:
-        if ctx.is_main:  # rank 0 alone writes the cache (the other ranks send it their targets)
-            out.mkdir(parents=True, exist_ok=True)
-            lock = RunLock(out)  # one writer per cache directory
+        dd.on_main_rank(take_lock, 0, ctx, teacher.device)
         with StopSignals() as signals:
             return _extract(store, out, teacher, sae, signals, ctx, teacher_spec=teacher_spec, sae_spec=sae_spec,
                             k_attr=k_attr, selection=selection, multiplier=multiplier,

@@ -230,6 +230,8 @@ def on_main_rank(compute: Callable[[], list[int]], n: int, ctx: DistContext, dev
         from_rank0(0, ctx, device)
     elif from_rank0(0, ctx, device) < 0:
         raise CocomixError(f"rank {ctx.rank}: rank 0 stopped with an error (see its message)")
+    if n == 0:
+        return []
     t = torch.tensor(values if ctx.is_main else [0] * n, dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
     return [int(v) for v in t.tolist()]
