@@ -27,3 +27,5 @@ def test_the_readme_library_example_runs_as_written(store_dir: Path, tmp_path: P
     assert names["result"].steps == 3 and (tmp_path / "runs" / "tiny" / "checkpoints" / "latest").is_file()
     # the tiny model's 4096 ids over the store's 320-token tokenizer: vocab_limit keeps every sampled id decodable
     assert names["model"].cfg.vocab_size == 4096 and int(names["tokens"].max()) < names["tok"].vocab_size == 320
+    answers = names["answers"]  # generate_ragged: the new ids of each prompt, up to 20, decodable
+    assert len(answers) == 2 and all(1 <= len(a) <= 20 and max(a) < 320 for a in answers)
