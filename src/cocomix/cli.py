@@ -69,6 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.train import distributed as dd
     from cocomix.train.loop import resolve_device
 
+    cli_parser.warn_on_rank0_only()  # under torchrun rank 0 alone warns and prints
     tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
     if tasks == []:
         raise ConfigError(f"--tasks: expected comma-separated lm-eval task names, got {args.tasks!r}")

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cocomix.cli_parser import DEVICE_HELP
+from cocomix.cli_parser import DEVICE_HELP, warn_on_rank0_only
 
 
 def _teacher_and_sae(args: argparse.Namespace, device: Any = None):  # -> tuple[Teacher, TopKSAE]
@@ -75,6 +75,7 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
     from cocomix.train.loop import resolve_device
 
     check_out_folder(args.out)  # before the teacher and SAE load
+    warn_on_rank0_only()
     # under torchrun: every rank runs the teacher on its own device (cuda:LOCAL_RANK, or the CPU with gloo) over its
     # share of each round of windows; rank 0 writes the cache and prints
     ctx = dd.context_from_env()
@@ -109,12 +110,23 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
     if args.context < 0:
         raise ConfigError(f"--context: expected an integer >= 0, got {args.context}")
     from cocomix.atomic import check_out_folder
+    from cocomix.train import distributed as dd
+    from cocomix.train.loop import resolve_device
 
-    check_out_folder(args.out, own=("concept descriptions (describe-concepts)",), replaces=True)  # before the pass
+    warn_on_rank0_only()
+    ctx = dd.context_from_env()  # under torchrun the ranks share the windows; rank 0 writes the report
+    if ctx.is_main:
+        check_out_folder(args.out, own=("concept descriptions (describe-concepts)",), replaces=True)  # before the pass
     store = TokenStore.open(args.data)
-    teacher, sae = _teacher_and_sae(args)
-    stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
-                              batch_size=args.batch_size, top_n=args.top_n)
+    device = dd.setup(ctx, resolve_device(args.device, "--device"))
+    try:
+        teacher, sae = _teacher_and_sae(args, device)
+        stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
+                                  batch_size=args.batch_size, top_n=args.top_n, ctx=ctx)
+    finally:
+        dd.teardown(ctx)
+    if not ctx.is_main:
+        return 0
     out = write_report(stats, store, args.out, args.split, args.seq_len, context=args.context,
                        meta={"teacher": args.teacher, "teacher_layer": args.teacher_layer, "sae": args.sae})
     fired = int((stats["counts"] > 0).sum())

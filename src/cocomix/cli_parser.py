@@ -58,6 +58,19 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
     return f"{flag}: {rest}" if flag in options else message
 
 
+def warn_on_rank0_only() -> bool:
+    """Under torchrun, silence cocomix's warnings on every rank but 0 (each would say the same); whether this
+    process is rank 0 (or the only one)."""
+    import os
+
+    from cocomix.errors import CocomixWarning
+
+    host = os.environ.get("RANK", "0") == "0"
+    if not host:
+        warnings.filterwarnings("ignore", category=CocomixWarning)
+    return host
+
+
 def short_warnings() -> None:
     """Print cocomix's own warnings (`CocomixWarning`) as one line, `cocomix: warning: ...`, like its errors;
     warnings of other packages keep Python's format (file, line and source, which help there)."""

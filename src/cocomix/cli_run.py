@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -90,8 +89,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cocomix.cli_parser import warn_on_rank0_only
     from cocomix.train import train
 
+    host = warn_on_rank0_only()  # under torchrun only rank 0 warns (the config's warnings too) and reports
     run = run_config_from(args)
     if args.print_config:
         print(run.to_json())
@@ -101,9 +102,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cocomix.presets import check_demo_outputs
 
     check_demo_outputs(run)
-    host = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 warns and reports
-    if not host:  # every rank would say the same
-        warnings.filterwarnings("ignore", category=CocomixWarning)
     res = train(run, args.out, resume=args.resume)
     if not host:
         return 0

@@ -599,6 +599,7 @@ def test_two_processes_write_the_one_process_cache_and_a_stopped_one_resumes_on_
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('"complete"') == 1 and json.loads(r.stdout)["complete"]  # rank 0 alone prints
+    assert r.stderr.count("cocomix: warning: --sae: the SAE leaves") == 1  # ... and warns (the random test SAE)
 
     def same_files(a: Path, b: Path) -> None:
         for name in ("targets_train.bin", "targets_val.bin"):
@@ -638,3 +639,23 @@ def test_two_processes_write_the_one_process_cache_and_a_stopped_one_resumes_on_
         held.release()
     assert r.returncode != 0 and "another cocomix process is writing this directory" in r.stderr
     assert "rank 1: rank 0 stopped with an error" in r.stderr
+
+
+def test_describe_concepts_under_torchrun_finds_what_one_process_finds(store_dir: Path, tmp_path: Path,
+                                                                      parts: tuple[Path, Path]) -> None:
+    """describe-concepts under torchrun (2 gloo processes): the ranks take every 2nd batch of windows and combine
+    counts, FVU sums and top lists, so rank 0's report holds the one-process counts and examples (the FVU up to
+    the order of its float64 sums), written and printed once."""
+    args = ["describe-concepts", "--data", str(store_dir), "--teacher", str(parts[0]), "--teacher-layer", "1",
+            "--sae", str(parts[1]), "--seq-len", "32", "--max-windows", "11", "--batch-size", "2", "--top-n", "4",
+            "--device", "cpu"]
+    one = run_cli(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "cocomix", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"report"') == 1 and r.stderr.count("the SAE leaves") == 1  # rank 0 alone reports
+    a, b = (json.loads((tmp_path / d / "concepts.json").read_text()) for d in ("one", "two"))
+    assert b.pop("fvu") == pytest.approx(a.pop("fvu"), rel=1e-12)
+    assert a == b and sum(c["count"] for c in a["latents"]) > 0 and a["positions"] == 11 * 32
+    assert sum(len(c["examples"]) for c in a["latents"]) > 20

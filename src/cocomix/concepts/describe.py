@@ -25,14 +25,20 @@ from cocomix.data.tokenizer import token_in_context
 from cocomix.errors import ConfigError, DataError
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import FVUSums, warn_if_unfit
+from cocomix.train import distributed as dd
+from cocomix.train.distributed import DistContext
 
 
 @torch.no_grad()
 def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, split: str = "val",
                       max_windows: int = 0, batch_size: int = 8, top_n: int = 8,
-                      progress: bool = True) -> dict[str, torch.Tensor]:
+                      progress: bool = True, ctx: DistContext | None = None) -> dict[str, torch.Tensor]:
     """Activation counts (C,) and the top_n strongest activations per latent: values (C, top_n) (−inf where
-    fewer), windows (C, top_n), positions (C, top_n); also the number of positions seen."""
+    fewer), windows (C, top_n), positions (C, top_n); also the number of positions seen. Equal activations rank
+    by window, then position (the earlier first). Under torchrun (`ctx`: every rank calls this) rank r reads every
+    world_size-th batch and the ranks' counts, FVU sums and top lists are combined on every rank: what one process
+    finds (the FVU up to the order of its float64 sums)."""
+    ctx = ctx or DistContext()
     for flag, value, least in (("--batch-size", batch_size, 1), ("--top-n", top_n, 1),
                                ("--max-windows", max_windows, 0)):
         if value < least:
@@ -53,8 +59,8 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
     top_pos = torch.full((C, top_n), -1, dtype=torch.int64)
     latent_of_slot = torch.arange(C).repeat_interleave(top_n)  # (C·top_n,)
     fvu = FVUSums()
-    line = ProgressLine("describe-concepts", n, enabled=progress)
-    for start in range(0, n, batch_size):
+    line = ProgressLine("describe-concepts", n, enabled=progress and ctx.is_main)
+    for start in range(ctx.rank * batch_size, n, ctx.world_size * batch_size):
         chunk_ids = list(range(start, min(n, start + batch_size)))
         ids = store.batch(split, chunk_ids, seq_len).to(teacher.device)
         hidden = teacher.hidden(ids).to(sae.W_dec.dtype)  # (b, T, d)
@@ -75,24 +81,44 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
         k = values.shape[-1]
         win = torch.tensor(chunk_ids)[:, None, None].expand(b, T, k)
         pos = torch.arange(T)[None, :, None].expand(b, T, k)
-        # merge the batch's activations into the running top lists: sort by value, then stably by latent
-        lat = torch.cat((latent_of_slot, indices[live]))
-        val = torch.cat((top_val.flatten(), values[live]))
-        w = torch.cat((top_win.flatten(), win[live]))
-        p = torch.cat((top_pos.flatten(), pos[live]))
-        order = torch.sort(val, descending=True, stable=True).indices
-        order = order[torch.sort(lat[order], stable=True).indices]  # grouped by latent, strongest first
-        lat, val, w, p = lat[order], val[order], w[order], p[order]
-        first = torch.searchsorted(lat, torch.arange(C))  # start of each latent's group
-        rank = torch.arange(lat.numel()) - first[lat]
-        keep = rank < top_n
-        slot = lat[keep] * top_n + rank[keep]
-        top_val.view(-1)[slot], top_win.view(-1)[slot], top_pos.view(-1)[slot] = val[keep], w[keep], p[keep]
+        _merge_top((top_val, top_win, top_pos), latent_of_slot, indices[live], values[live], win[live], pos[live])
         line.update(min(n, start + batch_size))
     line.close()
+    if ctx.active:  # every rank's counts, FVU sums and top lists, combined alike on every rank
+        counts = dd.sum_over_ranks(counts.to(teacher.device), ctx).cpu()
+        fvu.reduce(lambda t: dd.sum_over_ranks(t.to(teacher.device), ctx).cpu(), sae.d_in)
+        theirs = [torch.cat(dd.gather_rows(t.to(teacher.device)[None], 1, ctx)).cpu()  # (W, C, top_n)
+                  for t in (top_val, top_win, top_pos)]
+        lat = latent_of_slot.repeat(ctx.world_size)
+        top_val, top_win, top_pos = (torch.full_like(t, fill) for t, fill in
+                                     ((top_val, float("-inf")), (top_win, -1), (top_pos, -1)))
+        found = theirs[1].flatten() >= 0
+        _merge_top((top_val, top_win, top_pos), latent_of_slot, lat[found],
+                   *(t.flatten()[found] for t in theirs))
     warn_if_unfit(fvu.value(), sae, teacher.layer, "--sae")
     return {"counts": counts, "positions": torch.tensor(n * seq_len), "values": top_val, "windows": top_win,
             "token_positions": top_pos, "fvu": torch.tensor(fvu.value(), dtype=torch.float64)}
+
+
+def _merge_top(top: tuple[torch.Tensor, torch.Tensor, torch.Tensor], latent_of_slot: torch.Tensor,
+               lat: torch.Tensor, val: torch.Tensor, win: torch.Tensor, pos: torch.Tensor) -> None:
+    """Merge activations (N,) — latent, value, window, position — into the running top lists (values, windows,
+    positions, each (C, top_n), in place): per latent the top_n largest values, ties by window then position."""
+    top_val, top_win, top_pos = top
+    C, top_n = top_val.shape
+    lat = torch.cat((latent_of_slot, lat))
+    val, w, p = torch.cat((top_val.flatten(), val)), torch.cat((top_win.flatten(), win)), torch.cat(
+        (top_pos.flatten(), pos))
+    # sorted by position, window, value (descending), then latent: each a stable sort, so the later keys decide
+    order = torch.sort(p, stable=True).indices
+    for key, descending in ((w, False), (val, True), (lat, False)):
+        order = order[torch.sort(key[order], descending=descending, stable=True).indices]
+    lat, val, w, p = lat[order], val[order], w[order], p[order]  # grouped by latent, strongest first
+    first = torch.searchsorted(lat, torch.arange(C))  # start of each latent's group
+    rank = torch.arange(lat.numel()) - first[lat]
+    keep = rank < top_n
+    slot = lat[keep] * top_n + rank[keep]
+    top_val.view(-1)[slot], top_win.view(-1)[slot], top_pos.view(-1)[slot] = val[keep], w[keep], p[keep]
 
 
 def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str | Path, split: str, seq_len: int,

@@ -18,6 +18,7 @@ student read by the demo's SAE: 1.66).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -59,6 +60,15 @@ class FVUSums:
         self.sq += float(x64.pow(2).sum())
         self.total = x64.sum(0) if self.total is None else self.total + x64.sum(0)
         self.rows += x.shape[0]
+
+    def reduce(self, sum_over: Callable[[torch.Tensor], torch.Tensor], width: int) -> None:
+        """Replace the sums by `sum_over` of them (e.g. over the ranks of a torchrun job: every rank calls this;
+        `width` is the rows' width, for a rank that saw none)."""
+        total = self.total if self.total is not None else torch.zeros(width, dtype=torch.float64)
+        summed = sum_over(torch.cat((torch.tensor([self.err, self.sq, float(self.rows)], dtype=torch.float64),
+                                     total.double().cpu())))  # (3 + width,)
+        self.err, self.sq, self.rows = float(summed[0]), float(summed[1]), int(summed[2])
+        self.total = summed[3:] if self.rows else None
 
     def value(self) -> float:
         """Σ‖x_n − x̂_n‖² / Σ‖x_n − mean(x_n)‖² (NaN before any row, or for constant rows)."""
