@@ -35,16 +35,24 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from cocomix.sae.train_config import SAETrainConfig
     from cocomix.sae.training import check_out, train_sae
     from cocomix.teacher import Teacher, teacher_dtype
+    from cocomix.train import distributed as dd
     from cocomix.train.loop import resolve_device
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
     cfg = SAETrainConfig(**values)
-    if Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load; checked again, locked
-        check_out(cfg, Path(args.out))
-    teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=resolve_device(cfg.device, "--device"),
-                                      dtype=teacher_dtype(cfg.teacher_dtype), layer_field="--teacher-layer")
-    report = train_sae(cfg, args.out, teacher)
-    print(json.dumps({**report.to_dict(), "sae": str(Path(args.out) / "sae")}))
+    ctx = dd.context_from_env()  # under torchrun the ranks share the teacher work and each step's rows
+    if ctx.is_main and Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load;
+        check_out(cfg, Path(args.out))  # checked again, locked
+    warn_on_rank0_only()
+    device = dd.setup(ctx, resolve_device(cfg.device, "--device"))
+    try:
+        teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=device,
+                                          dtype=teacher_dtype(cfg.teacher_dtype), layer_field="--teacher-layer")
+        report = train_sae(cfg, args.out, teacher, ctx=ctx)
+    finally:
+        dd.teardown(ctx)
+    if ctx.is_main:
+        print(json.dumps({**report.to_dict(), "sae": str(Path(args.out) / "sae")}))
     return 0
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +194,91 @@ def test_a_warm_up_longer_than_the_run_is_a_note_as_in_train(store_dir: Path, te
     assert r.returncode == 0, r.stderr
     assert "warmup_steps 100 > steps 4: the learning rate never reaches its peak" in r.stdout + r.stderr
     assert (tmp_path / "o" / "sae" / "sae_weights.safetensors").is_file()
+
+
+SIGNALLED_UNDER_TORCHRUN = """
+import os, signal, sys
+import torch
+import cocomix.sae.training as training
+from cocomix.errors import Stopped
+from cocomix.sae.train_config import SAETrainConfig
+from cocomix.teacher import Teacher
+from cocomix.train import distributed as dd
+
+config, out = sys.argv[1:]
+ctx = dd.context_from_env()
+dd.setup(ctx, torch.device("cpu"))
+if ctx.rank == 1:  # SIGTERM to rank 1 alone, while it reads step 10's rows
+    real = training.ActivationChunks.batch
+
+    def batch(self, step):
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, step)
+
+    training.ActivationChunks.batch = batch
+cfg = SAETrainConfig.from_dict(__import__("json").loads(open(config).read()))
+try:
+    training.train_sae(cfg, out, Teacher.from_pretrained(cfg.teacher, 1), quiet=ctx.rank != 0, ctx=ctx)
+except Stopped as e:
+    print(f"rank {ctx.rank} stopped: {e.detail}")
+dd.teardown(ctx)
+"""
+
+
+def test_two_processes_take_the_one_process_steps_and_a_stopped_run_resumes_on_one(
+        store_dir: Path, teacher_dir: Path, tmp_path: Path) -> None:
+    """train-sae under torchrun (2 gloo processes): the ranks share each chunk's teacher batches and each step's
+    rows and sum their gradients, so they follow the one-process run (equal up to the order of float sums: the
+    logged FVU within 1e-5, weights within 1e-5); rank 0 alone writes and prints. A SIGTERM on rank 1 alone
+    stops both after a checkpoint, which one process resumes to the same SAE."""
+    cfg = _cfg(store_dir, teacher_dir, steps=24, checkpoint_every=8, log_every=4)
+    settings = {**SMALL, "steps": 24, "checkpoint_every": 8, "log_every": 4, "teacher": teacher_dir,
+                "teacher_layer": 1, "data": store_dir, "device": "cpu"}
+    flags = [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    one = run_cli("train-sae", *flags, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    r = subprocess.run([*torchrun, "-m", "cocomix", "train-sae", *flags, "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('"fvu"') == 1 and r.stderr.count("train-sae done") == 1  # rank 0 alone reports
+    assert "× 2 processes" in r.stderr
+
+    def train_fvu(out: Path) -> list[float]:
+        events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [e["fvu"] for e in events if e["kind"] == "train"]
+
+    def close_to_one(out: Path) -> None:
+        assert train_fvu(out) == pytest.approx(train_fvu(tmp_path / "one"), rel=1e-5)
+        a, b = _weights(tmp_path / "one"), _weights(out)
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+        summaries = [json.loads((p / "summary.json").read_text()) for p in (tmp_path / "one", out)]
+        assert summaries[1]["fvu"] == pytest.approx(summaries[0]["fvu"], rel=1e-5)
+        assert summaries[1]["dead_fraction"] == summaries[0]["dead_fraction"]
+
+    assert len(train_fvu(tmp_path / "two")) == 6
+    close_to_one(tmp_path / "two")
+    config = tmp_path / "cfg.json"
+    config.write_text(cfg.to_json())
+    script = tmp_path / "signalled.py"
+    script.write_text(SIGNALLED_UNDER_TORCHRUN)
+    r = subprocess.run([*torchrun, str(script), str(config), str(tmp_path / "stopped")], capture_output=True,
+                       text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("stopped: SAE checkpoint at step 11") == 2, r.stdout  # both ranks, after step 11
+    assert not (tmp_path / "stopped" / "sae").exists()
+    resumed = run_cli("train-sae", *flags, "--out", str(tmp_path / "stopped"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    close_to_one(tmp_path / "stopped")
+
+
+def test_a_batch_that_does_not_divide_among_the_processes_is_refused(store_dir: Path, teacher_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    from cocomix.train.distributed import DistContext
+
+    with pytest.raises(training.ConfigError, match="batch_tokens: must divide among the 3 processes, got 256"):
+        train_sae(_cfg(store_dir, teacher_dir), tmp_path / "o", Teacher.from_pretrained(teacher_dir, 1),
+                  ctx=DistContext(0, 3))
+    assert not (tmp_path / "o").exists()

@@ -6,6 +6,8 @@ ones `WindowSampler(seed).indices(c, 0)` names (so successive chunks walk throug
 order, epoch after epoch), flattened to (chunk_tokens, d) and permuted by a generator seeded with (seed, c).
 Step s reads rows [j·N, (j+1)·N) of chunk s // steps_per_chunk, j = s mod steps_per_chunk, N = batch_tokens.
 Nothing depends on earlier steps, so a resumed run recomputes exactly the batches an uninterrupted one sees.
+Under torchrun (`ctx`) the ranks share a chunk's teacher batches (rank r runs every world_size-th one) and gather
+them, so every rank holds the chunk one process computes; each then trains on its share of every step's rows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 
 from cocomix.data import TokenStore
 from cocomix.data.sampler import WindowSampler
+from cocomix.train import distributed as dd
+from cocomix.train.distributed import DistContext
 
 if TYPE_CHECKING:
     from cocomix.teacher import Teacher
@@ -26,8 +30,9 @@ class ActivationChunks:
     """Shuffled batches of teacher activations (see the module docstring)."""
 
     def __init__(self, store: TokenStore, teacher: Teacher, seq_len: int, chunk_tokens: int, batch_tokens: int,
-                 teacher_batch: int, seed: int) -> None:
+                 teacher_batch: int, seed: int, ctx: DistContext | None = None) -> None:
         self.store, self.teacher, self.seq_len = store, teacher, seq_len
+        self.ctx = ctx or DistContext()
         self.windows = chunk_tokens // seq_len
         self.batch_tokens, self.teacher_batch, self.seed = batch_tokens, teacher_batch, seed
         self.steps_per_chunk = chunk_tokens // batch_tokens
@@ -43,11 +48,29 @@ class ActivationChunks:
             out.append(self.teacher.hidden(ids.to(self.teacher.device)).flatten(0, 1))  # (b·T, d)
         return torch.cat(out)
 
+    def shared_hidden(self, split: str, window_ids: list[int]) -> torch.Tensor:
+        """`hidden` of the windows on every rank, computed once: under torchrun rank r runs teacher batches r,
+        r + world_size, ... (the batches `hidden` runs) and the ranks gather them in order."""
+        W, r = self.ctx.world_size, self.ctx.rank
+        if not self.ctx.active:
+            return self.hidden(split, window_ids)
+        starts = range(0, len(window_ids), self.teacher_batch)  # one process's teacher batches
+        dtype = next(self.teacher.model.parameters()).dtype
+        parts = []
+        for first in range(0, len(starts), W):  # rounds of W batches, one per rank
+            if first + r < len(starts):
+                s = starts[first + r]
+                mine = self.hidden(split, window_ids[s:s + self.teacher_batch]).to(dtype)  # (b·T, d)
+            else:  # the last round's batches went to lower ranks
+                mine = torch.empty(0, self.teacher.width, dtype=dtype, device=self.teacher.device)
+            parts.extend(dd.gather_rows(mine, self.teacher_batch * self.seq_len, self.ctx))
+        return torch.cat(parts)
+
     def chunk(self, c: int) -> torch.Tensor:
         """Chunk c, shuffled: (chunk_tokens, d) on the teacher's device."""
         if c != self._chunk_id:
             self._chunk = None  # free the old chunk before computing the next one
-            acts = self.hidden("train", self.sampler.indices(c, 0))
+            acts = self.shared_hidden("train", self.sampler.indices(c, 0))
             perm = torch.from_numpy(np.random.default_rng([self.seed, c]).permutation(acts.shape[0]))
             self._chunk, self._chunk_id = acts[perm.to(acts.device)], c
         return self._chunk

@@ -95,18 +95,23 @@ def initialize(sae: TopKSAE, sample: Tensor, generator: torch.Generator) -> None
     sae.latent_bias.zero_()
 
 
-def sae_losses(sae: TopKSAE, x: Tensor, dead: Tensor | None, k_aux: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sae_losses(sae: TopKSAE, x: Tensor, dead: Tensor | None, k_aux: int,
+               rows: slice | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(fvu, auxk, values, indices) for a batch x (N, d_in) of raw activations; `dead` is a (C,) bool mask.
 
     values, indices (N, k) are the batch's TopK code (for firing statistics); auxk is 0 when no latent is dead.
+    With `rows` (a rank's share under torchrun) both losses sum over those rows only, still divided by the whole
+    batch's variance: the ranks' losses (and gradients) add up to the whole batch's.
     """
     x_n, _ = sae.preprocess(x)  # (N, d)
+    total_var = (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
+    if rows is not None:
+        x_n = x_n[rows]  # (n, d)
     b_pre = sae.pre_bias if sae.encode_pre_bias else torch.zeros_like(sae.pre_bias)
     values, indices = TopKEncode.apply(x_n, b_pre, sae.W_enc, sae.latent_bias, sae.k)  # (N, k) each
     values = values.clamp_min(0)
     recon = F.embedding_bag(indices, sae.W_dec.t(), per_sample_weights=values, mode="sum") + sae.pre_bias  # (N, d)
     error = x_n - recon  # (N, d)
-    total_var = (x_n - x_n.mean(0)).pow(2).sum().clamp_min(1e-12)
     fvu = error.pow(2).sum() / total_var
     auxk = fvu.new_zeros(())
     dead_ids = dead.nonzero().squeeze(1) if dead is not None else None  # (n_dead,)

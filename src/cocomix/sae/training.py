@@ -14,12 +14,17 @@ Re-running with the same settings resumes from the latest checkpoint; other sett
 is locked while training (a second writer fails at once); SIGTERM / SIGINT write a checkpoint after the current
 step and stop (`cocomix.errors.Stopped`). The result is a
 pure function of the config: a resumed run ends with the same weights as an uninterrupted one.
+
+Under torchrun (`ctx`) the ranks share each chunk's teacher work and each step's rows (`batch_tokens` must divide
+by the number of processes); their gradients are summed, so they all take the one-process step (up to the order
+of the sums) and stay equal. Rank 0 alone holds the lock, reads and writes the directory (`ranks.py`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -33,15 +38,18 @@ from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
 from cocomix.errors import CocomixError, ConfigError, Stopped
 from cocomix.progress import format_duration
+from cocomix.sae import ranks
 from cocomix.sae.activations import ActivationChunks
 from cocomix.sae.fit import FVUSums
 from cocomix.sae.objective import initialize, normalize_decoder, remove_parallel_decoder_grad, sae_losses
 from cocomix.sae.saelens import save_saelens
 from cocomix.sae.topk import TopKSAE
 from cocomix.sae.train_config import SAETrainConfig
+from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from cocomix.train.distributed import DistContext
 from cocomix.train.guard import LOCK_NAME, RunLock, StopSignals
-from cocomix.train.metrics import MetricsLogger, Throughput
+from cocomix.train.metrics import MetricsLogger, SilentLogger, Throughput
 
 if TYPE_CHECKING:
     from cocomix.teacher import Teacher
@@ -149,27 +157,36 @@ def _finished_report(cfg: SAETrainConfig, out: Path) -> SAEReport | None:
 
 @torch.no_grad()
 def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> dict[str, float | int]:
-    """FVU (raw and normalised space), L0 and never-fired fraction on the first validation windows."""
-    store, T = chunks.store, chunks.seq_len
+    """FVU (raw and normalised space), L0 and never-fired fraction on the first validation windows (under torchrun
+    rank r takes every world_size-th batch of them and the sums are combined: the same figures on every rank)."""
+    store, T, ctx = chunks.store, chunks.seq_len, chunks.ctx
     n_windows = min(store.num_chunks("val", T), max(1, eval_tokens // T))
     if n_windows == 0:
         raise CocomixError(f"{store.path}: the val split holds fewer than seq_len={T} tokens; nothing to evaluate")
     fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=sae.W_enc.device)
     fvu, fvu_n = FVUSums(raw=True), FVUSums()
     nnz = 0
-    for s in range(0, n_windows, chunks.teacher_batch):
+    for s in range(ctx.rank * chunks.teacher_batch, n_windows, ctx.world_size * chunks.teacher_batch):
         x = chunks.hidden("val", list(range(s, min(n_windows, s + chunks.teacher_batch)))).to(sae.W_enc.dtype)
         values, indices, info = sae.encode(x)  # (N, k)
         fvu.add(sae, x, values, indices, info)
         fvu_n.add(sae, x, values, indices, info)
         fired[indices[values > 0]] = True
         nnz += int((values > 0).sum())
+    if ctx.active:
+        for sums in (fvu, fvu_n):
+            sums.reduce(lambda t: dd.sum_over_ranks(t.to(sae.W_enc.device), ctx).cpu(), sae.d_in)
+        nnz = int(dd.sum_over_ranks(torch.tensor(nnz, device=sae.W_enc.device), ctx))
+        fired = ranks.fired_anywhere(fired, ctx)
     return {"fvu": fvu.value(), "fvu_normalized": fvu_n.value(), "l0": nnz / fvu.rows,
             "unseen_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": fvu.rows}
 
 
-def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: Teacher, quiet: bool = False) -> SAEReport:
-    """Train (or resume) an SAE for `teacher` (a cocomix.teacher.Teacher) as `cfg` says; returns the eval report."""
+def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: Teacher, quiet: bool = False,
+              ctx: DistContext | None = None) -> SAEReport:
+    """Train (or resume) an SAE for `teacher` (a cocomix.teacher.Teacher) as `cfg` says; returns the eval report.
+    Under torchrun every rank calls this with its `ctx` (see the module docstring) and gets the report."""
+    ctx = ctx or DistContext()
     out = Path(out_dir)
     t_start = time.perf_counter()
     store = TokenStore.open(cfg.data)
@@ -179,16 +196,25 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: Teacher, quiet:
             raise CocomixError(f"{store.path}: the {split} split holds fewer than seq_len={cfg.seq_len} tokens")
     if cfg.k > cfg.width(teacher.width):
         raise ConfigError(f"k: must not exceed the SAE width {cfg.width(teacher.width)}, got {cfg.k}")
-    lock, created = _prepare_out(cfg, out)
+    if cfg.batch_tokens % ctx.world_size:
+        raise ConfigError(f"batch_tokens: must divide among the {ctx.world_size} processes, got {cfg.batch_tokens}")
+    held: list[tuple[RunLock, bool]] = []
+
+    def take_lock() -> list[int]:  # rank 0 alone writes the run directory
+        held.append(_prepare_out(cfg, out))
+        return []
+
     try:
-        return _train(cfg, out, teacher, store, quiet, t_start)
+        dd.on_main_rank(take_lock, 0, ctx, teacher.device)
+        return _train(cfg, out, teacher, store, quiet or not ctx.is_main, t_start, ctx)
     finally:
-        lock.release(remove_empty_dir=created)
+        for lock, created in held:
+            lock.release(remove_empty_dir=created)
 
 
 def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, quiet: bool,
-           t_start: float) -> SAEReport:
-    done_before = _finished_report(cfg, out)
+           t_start: float, ctx: DistContext) -> SAEReport:
+    done_before = ranks.from_main(_finished_report(cfg, out) if ctx.is_main else None, ctx)
     if done_before is not None:  # a rerun of a finished run: its SAE and report stand (nothing recomputed)
         if not quiet:
             print(f"train-sae: {out} already finished ({cfg.steps} steps); its SAE is {out / 'sae'}",
@@ -196,26 +222,36 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
         return done_before
     device = teacher.device
     chunks = ActivationChunks(store, teacher, cfg.seq_len, cfg.chunk_tokens, cfg.batch_tokens, cfg.teacher_batch,
-                              cfg.seed)
+                              cfg.seed, ctx)
     d_in = teacher.width  # the width of teacher.hidden's activations
     C, k_aux, peak = cfg.width(d_in), cfg.aux_latents(d_in), cfg.learning_rate(d_in)
     sae = TopKSAE(d_in, C, cfg.k, normalize=cfg.normalize).to(device)
     state = _TrainState(sae)
     optimizer = torch.optim.Adam(sae.parameters(), lr=peak, betas=(0.9, 0.999), eps=ADAM_EPS)
-    ckpt = latest_checkpoint(out)
+    ckpt = latest_checkpoint(out) if ctx.is_main else None
     start = 0
     if ckpt is not None:
         start = load_training_state(ckpt, state, optimizer)["step"]
-    else:  # a fresh run: chunk 0 initialises the SAE (a resumed one computes no chunk before its own)
+    resumed = bool(dd.from_rank0(int(ckpt is not None), ctx, device))
+    start = dd.from_rank0(start, ctx, device)
+    if not resumed:  # a fresh run: chunk 0 initialises the SAE (a resumed one computes no chunk before its own)
         gen = torch.Generator().manual_seed(cfg.seed)
         initialize(sae, chunks.chunk(0)[:INIT_SAMPLE].to(sae.W_enc.dtype), gen)  # (INIT_SAMPLE, d)
-    atomic_write_text(out / "config.json", cfg.to_json())
-    logger = MetricsLogger(out, resume_step=start if ckpt is not None else None, quiet=quiet)
+    ranks.broadcast_state(state, optimizer, resumed, ctx)  # every rank starts from rank 0's state
+    share = None  # this rank's rows of every step's batch (torchrun)
+    if ctx.active:
+        n = cfg.batch_tokens // ctx.world_size
+        share = slice(ctx.rank * n, (ctx.rank + 1) * n)
+    if ctx.is_main:
+        atomic_write_text(out / "config.json", cfg.to_json())
+    logger = (MetricsLogger(out, resume_step=start if resumed else None, quiet=quiet) if ctx.is_main
+              else SilentLogger())
     if cfg.warmup_steps > cfg.steps:  # (a smoke test's few steps under the default warm-up): said, as train does
         logger.print(f"train-sae: note: warmup_steps {cfg.warmup_steps} > steps {cfg.steps}: the learning rate "
                      f"never reaches its peak {peak:.2e}")
+    procs = f" × {ctx.world_size} processes" if ctx.active else ""
     logger.print(f"train-sae: d_in {d_in} -> {C} latents, k {cfg.k} | {cfg.batch_tokens} tokens/step | "
-                 f"steps {start}->{cfg.steps} | lr {peak:.2e} | dead after {cfg.dead_after} tokens | {device}")
+                 f"steps {start}->{cfg.steps} | lr {peak:.2e} | dead after {cfg.dead_after} tokens | {device}{procs}")
     meter = Throughput(start, cfg.steps)
     dead_after = cfg.dead_after
     with StopSignals() as signals:
@@ -225,9 +261,10 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
                 group["lr"] = lr
             x = chunks.batch(step).to(sae.W_enc.dtype)  # (N, d)
             dead = state.since_fired >= dead_after  # (C,)
-            fvu, auxk, values, indices = sae_losses(sae, x, dead, k_aux)
+            fvu, auxk, values, indices = sae_losses(sae, x, dead, k_aux, rows=share)  # (this rank's share)
             loss = fvu + cfg.auxk_alpha * auxk
             loss.backward()
+            ranks.sum_grads(sae, ctx)  # the whole batch's gradient, on every rank
             remove_parallel_decoder_grad(sae)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -235,13 +272,15 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
             with torch.no_grad():
                 fired = torch.zeros(C, dtype=torch.bool, device=device)
                 fired[indices[values > 0]] = True
-                state.since_fired.add_(x.shape[0]).masked_fill_(fired, 0)
+                state.since_fired.add_(x.shape[0]).masked_fill_(ranks.fired_anywhere(fired, ctx), 0)
             meter.add_tokens(x.shape[0])
             done = step + 1
             saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
-            stopping = signals.received is not None
+            signum = dd.max_over_ranks(signals.received or 0, ctx, device)  # any rank's SIGTERM / SIGINT stops all
+            stopping = signum != 0
             if done % cfg.log_every == 0 or saved or stopping:  # never log or save a diverged SAE
-                loss_value = float(loss.detach())
+                loss, fvu, auxk = dd.sum_over_ranks(torch.stack((loss.detach(), fvu.detach(), auxk.detach())), ctx)
+                loss_value = float(loss)
                 if not math.isfinite(loss_value):
                     raise CocomixError(f"SAE training diverged at step {done}: loss is {loss_value}; the last "
                                        "checkpoint is from before it — train again into a new --out with a lower "
@@ -254,31 +293,33 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
                 logger.print(f"step {done:>6}/{cfg.steps} | fvu {fvu_value:.4f} | auxk {auxk_value:.4f} | "
                              f"dead {100 * dead_frac:.1f}% | lr {lr:.2e} | {rate / 1e3:.1f}k tok/s | "
                              f"eta {format_duration(eta)}")
-            if saved:
+            if saved and ctx.is_main:
                 save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
             if stopping:  # SIGTERM / SIGINT: save this step, release the lock, exit 128 + sig
-                if not saved:
+                if not saved and ctx.is_main:
                     save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
-                logger.print(f"stopped by {signals.name} after step {done}: checkpoint written")
+                logger.print(f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint written")
                 logger.close()
-                raise Stopped(signals.received, f"SAE checkpoint at step {done} in {out}; rerun the same command "
-                                                "to resume")
+                dd.barrier(ctx)  # no rank leaves (and torchrun stops the others) before rank 0 has saved
+                raise Stopped(signum, f"SAE checkpoint at step {done} in {out}; rerun the same command to resume")
     sae.eval()
     metrics = evaluate_sae(sae, chunks, cfg.eval_tokens)
     dead_train = float((state.since_fired >= dead_after).float().mean())
     report = SAEReport(out_dir=out, fvu=metrics["fvu"], fvu_normalized=metrics["fvu_normalized"], l0=metrics["l0"],
                        dead_fraction=dead_train, unseen_fraction=metrics["unseen_fraction"],
                        eval_tokens=metrics["eval_tokens"], wall_clock_s=time.perf_counter() - t_start)
-    save_saelens(sae, out / "sae", metadata={
-        "model_name": cfg.teacher, "hook_name": f"blocks.{teacher.layer}.hook_resid_post",
-        "hook_layer": teacher.layer, "context_size": cfg.seq_len, "dataset_path": str(store.path),
-        "prepend_bos": False, "training_tokens": cfg.steps * cfg.batch_tokens,
-        "eval": {k: v for k, v in report.to_dict().items() if k != "out_dir"}})
+    if ctx.is_main:
+        save_saelens(sae, out / "sae", metadata={
+            "model_name": cfg.teacher, "hook_name": f"blocks.{teacher.layer}.hook_resid_post",
+            "hook_layer": teacher.layer, "context_size": cfg.seq_len, "dataset_path": str(store.path),
+            "prepend_bos": False, "training_tokens": cfg.steps * cfg.batch_tokens,
+            "eval": {k: v for k, v in report.to_dict().items() if k != "out_dir"}})
+        atomic_write_text(out / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
     logger.log({"kind": "eval", "step": cfg.steps, **{k: v for k, v in report.to_dict().items() if k != "out_dir"}})
-    atomic_write_text(out / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
     logger.print(f"train-sae done: FVU {report.fvu:.4f} (normalised {report.fvu_normalized:.4f}) | "
                  f"L0 {report.l0:.1f} | dead {100 * dead_train:.2f}% (no activation in {dead_after} training tokens) | "
                  f"{100 * report.unseen_fraction:.2f}% not seen on {report.eval_tokens} held-out tokens | "
                  f"{format_duration(report.wall_clock_s)}")
     logger.close()
+    dd.barrier(ctx)  # rank 0 has written the SAE when any rank returns
     return report
