@@ -41,11 +41,11 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
     cfg = SAETrainConfig(**values)
     ctx = dd.context_from_env()  # under torchrun the ranks share the teacher work and each step's rows
-    if ctx.is_main and Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load;
-        check_out(cfg, Path(args.out))  # checked again, locked
     warn_on_rank0_only()
     device = dd.setup(ctx, resolve_device(cfg.device, "--device"))
     try:
+        if Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load; checked again,
+            dd.main_rank_does(lambda: check_out(cfg, Path(args.out)), ctx, device)  # locked, by rank 0
         teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=device,
                                           dtype=teacher_dtype(cfg.teacher_dtype), layer_field="--teacher-layer")
         report = train_sae(cfg, args.out, teacher, ctx=ctx)
@@ -123,11 +123,11 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
 
     warn_on_rank0_only()
     ctx = dd.context_from_env()  # under torchrun the ranks share the windows; rank 0 writes the report
-    if ctx.is_main:
-        check_out_folder(args.out, own=("concept descriptions (describe-concepts)",), replaces=True)  # before the pass
     store = TokenStore.open(args.data)
     device = dd.setup(ctx, resolve_device(args.device, "--device"))
     try:
+        dd.main_rank_does(lambda: check_out_folder(args.out, own=("concept descriptions (describe-concepts)",),
+                                                   replaces=True), ctx, device)  # before the pass
         teacher, sae = _teacher_and_sae(args, device)
         stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
                                   batch_size=args.batch_size, top_n=args.top_n, ctx=ctx)

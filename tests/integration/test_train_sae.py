@@ -272,6 +272,11 @@ def test_two_processes_take_the_one_process_steps_and_a_stopped_run_resumes_on_o
     resumed = run_cli("train-sae", *flags, "--out", str(tmp_path / "stopped"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     close_to_one(tmp_path / "stopped")
+    # what rank 0 alone reads can fail there alone: every rank stops with one line, none waits for it
+    r = subprocess.run([*torchrun, "-m", "cocomix", "train-sae", *flags, "--k", "8", "--out", str(tmp_path / "one")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "holds an SAE training run with other settings (k" in r.stderr, r.stderr[-3000:]
+    assert "rank 1: rank 0 stopped with an error" in r.stderr
 
 
 def test_a_batch_that_does_not_divide_among_the_processes_is_refused(store_dir: Path, teacher_dir: Path,

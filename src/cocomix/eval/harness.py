@@ -353,11 +353,11 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
         raise ConfigError(f"--limit: expected a number >= 0 (0: every example), got {limit}")
     limit = limit or None  # lm-eval reads 0 as "no example"
     lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size, max_batch_size=max_batch_size)
-    manager = _task_manager(TaskManager, tasks, include_path)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise ConfigError(f"--tasks: unknown task {unknown[0]!r} (local task folders go in --include-path)")
-    try:
+    try:  # (the process group, under torchrun, is torn down whatever happens from here)
+        manager = _task_manager(TaskManager, tasks, include_path)
+        unknown = [t for t in tasks if t not in manager.all_tasks]
+        if unknown:
+            raise ConfigError(f"--tasks: unknown task {unknown[0]!r} (local task folders go in --include-path)")
         res = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples,
                               batch_size=batch_size)
     finally:

@@ -7,7 +7,8 @@ next token is the prompt's (forced) rather than a sampled one. Every row therefo
 their own positions. A row ends with the end-of-text token, after `max_new_tokens` new tokens, or when `stop`
 says so; ended rows leave the batch (their cache rows are dropped), so the remaining steps cost only what the
 live rows need. Rounding differs from one-row `generate` (prompt tokens past the shortest run one at a time, and
-matmuls see other batch sizes), by ~1e-6 in fp32.
+matmuls see other batch sizes), by ~1e-6 in fp32. With sampling (temperature > 0) the rows draw from one
+generator, so a prompt's continuation depends on its batch-mates and their order, not only on the seed.
 """
 
 from __future__ import annotations

@@ -50,19 +50,19 @@ class ActivationChunks:
 
     def shared_hidden(self, split: str, window_ids: list[int]) -> torch.Tensor:
         """`hidden` of the windows on every rank, computed once: under torchrun rank r runs teacher batches r,
-        r + world_size, ... (the batches `hidden` runs) and the ranks gather them in order."""
+        r + world_size, ... (the batches `hidden` runs) and the ranks gather them in order, in float32 (exact for
+        a 16-bit teacher's stream, which training reads in float32)."""
         W, r = self.ctx.world_size, self.ctx.rank
         if not self.ctx.active:
             return self.hidden(split, window_ids)
         starts = range(0, len(window_ids), self.teacher_batch)  # one process's teacher batches
-        dtype = next(self.teacher.model.parameters()).dtype
         parts = []
         for first in range(0, len(starts), W):  # rounds of W batches, one per rank
             if first + r < len(starts):
                 s = starts[first + r]
-                mine = self.hidden(split, window_ids[s:s + self.teacher_batch]).to(dtype)  # (b·T, d)
+                mine = self.hidden(split, window_ids[s:s + self.teacher_batch]).float()  # (b·T, d)
             else:  # the last round's batches went to lower ranks
-                mine = torch.empty(0, self.teacher.width, dtype=dtype, device=self.teacher.device)
+                mine = torch.empty(0, self.teacher.width, device=self.teacher.device)
             parts.extend(dd.gather_rows(mine, self.teacher_batch * self.seq_len, self.ctx))
         return torch.cat(parts)
 

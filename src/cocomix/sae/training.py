@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,13 +215,19 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: Teacher, quiet:
 
 def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, quiet: bool,
            t_start: float, ctx: DistContext) -> SAEReport:
-    done_before = ranks.from_main(_finished_report(cfg, out) if ctx.is_main else None, ctx)
-    if done_before is not None:  # a rerun of a finished run: its SAE and report stand (nothing recomputed)
+    device = teacher.device
+    found: list[SAEReport | None] = [None]
+
+    def look() -> list[int]:  # rank 0 reads the directory; should that fail, every rank stops (none waits)
+        found[0] = _finished_report(cfg, out)
+        return [int(found[0] is not None)]
+
+    if dd.on_main_rank(look, 1, ctx, device)[0]:  # a rerun of a finished run: its SAE and report stand
+        done_before = ranks.from_main(found[0], ctx)  # (nothing recomputed)
         if not quiet:
             print(f"train-sae: {out} already finished ({cfg.steps} steps); its SAE is {out / 'sae'}",
                   file=sys.stderr)
         return done_before
-    device = teacher.device
     chunks = ActivationChunks(store, teacher, cfg.seq_len, cfg.chunk_tokens, cfg.batch_tokens, cfg.teacher_batch,
                               cfg.seed, ctx)
     d_in = teacher.width  # the width of teacher.hidden's activations
@@ -228,12 +235,12 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
     sae = TopKSAE(d_in, C, cfg.k, normalize=cfg.normalize).to(device)
     state = _TrainState(sae)
     optimizer = torch.optim.Adam(sae.parameters(), lr=peak, betas=(0.9, 0.999), eps=ADAM_EPS)
-    ckpt = latest_checkpoint(out) if ctx.is_main else None
-    start = 0
-    if ckpt is not None:
-        start = load_training_state(ckpt, state, optimizer)["step"]
-    resumed = bool(dd.from_rank0(int(ckpt is not None), ctx, device))
-    start = dd.from_rank0(start, ctx, device)
+
+    def load() -> list[int]:  # (rank 0) whether a checkpoint was loaded, and its step
+        ckpt = latest_checkpoint(out)
+        return [0, 0] if ckpt is None else [1, load_training_state(ckpt, state, optimizer)["step"]]
+
+    resumed, start = dd.on_main_rank(load, 2, ctx, device)
     if not resumed:  # a fresh run: chunk 0 initialises the SAE (a resumed one computes no chunk before its own)
         gen = torch.Generator().manual_seed(cfg.seed)
         initialize(sae, chunks.chunk(0)[:INIT_SAMPLE].to(sae.W_enc.dtype), gen)  # (INIT_SAMPLE, d)
@@ -242,10 +249,14 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
     if ctx.active:
         n = cfg.batch_tokens // ctx.world_size
         share = slice(ctx.rank * n, (ctx.rank + 1) * n)
-    if ctx.is_main:
+    loggers: list[MetricsLogger | SilentLogger] = [SilentLogger()]
+
+    def open_log() -> None:
         atomic_write_text(out / "config.json", cfg.to_json())
-    logger = (MetricsLogger(out, resume_step=start if resumed else None, quiet=quiet) if ctx.is_main
-              else SilentLogger())
+        loggers[0] = MetricsLogger(out, resume_step=start if resumed else None, quiet=quiet)
+
+    dd.main_rank_does(open_log, ctx, device)
+    logger = loggers[0]
     if cfg.warmup_steps > cfg.steps:  # (a smoke test's few steps under the default warm-up): said, as train does
         logger.print(f"train-sae: note: warmup_steps {cfg.warmup_steps} > steps {cfg.steps}: the learning rate "
                      f"never reaches its peak {peak:.2e}")
@@ -293,14 +304,12 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
                 logger.print(f"step {done:>6}/{cfg.steps} | fvu {fvu_value:.4f} | auxk {auxk_value:.4f} | "
                              f"dead {100 * dead_frac:.1f}% | lr {lr:.2e} | {rate / 1e3:.1f}k tok/s | "
                              f"eta {format_duration(eta)}")
-            if saved and ctx.is_main:
-                save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
-            if stopping:  # SIGTERM / SIGINT: save this step, release the lock, exit 128 + sig
-                if not saved and ctx.is_main:
-                    save_checkpoint(out, done, state, optimizer, {"tokens": done * cfg.batch_tokens}, keep=2)
+            if saved or stopping:  # SIGTERM / SIGINT: save this step, release the lock, exit 128 + sig
+                dd.main_rank_does(partial(save_checkpoint, out, done, state, optimizer,
+                                   {"tokens": done * cfg.batch_tokens}, keep=2), ctx, device)
+            if stopping:
                 logger.print(f"stopped by {signal.Signals(signum).name} after step {done}: checkpoint written")
                 logger.close()
-                dd.barrier(ctx)  # no rank leaves (and torchrun stops the others) before rank 0 has saved
                 raise Stopped(signum, f"SAE checkpoint at step {done} in {out}; rerun the same command to resume")
     sae.eval()
     metrics = evaluate_sae(sae, chunks, cfg.eval_tokens)
@@ -308,18 +317,21 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
     report = SAEReport(out_dir=out, fvu=metrics["fvu"], fvu_normalized=metrics["fvu_normalized"], l0=metrics["l0"],
                        dead_fraction=dead_train, unseen_fraction=metrics["unseen_fraction"],
                        eval_tokens=metrics["eval_tokens"], wall_clock_s=time.perf_counter() - t_start)
-    if ctx.is_main:
+
+    def write_sae() -> None:
         save_saelens(sae, out / "sae", metadata={
             "model_name": cfg.teacher, "hook_name": f"blocks.{teacher.layer}.hook_resid_post",
             "hook_layer": teacher.layer, "context_size": cfg.seq_len, "dataset_path": str(store.path),
             "prepend_bos": False, "training_tokens": cfg.steps * cfg.batch_tokens,
             "eval": {k: v for k, v in report.to_dict().items() if k != "out_dir"}})
         atomic_write_text(out / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
+
+    dd.main_rank_does(write_sae, ctx, device)
     logger.log({"kind": "eval", "step": cfg.steps, **{k: v for k, v in report.to_dict().items() if k != "out_dir"}})
     logger.print(f"train-sae done: FVU {report.fvu:.4f} (normalised {report.fvu_normalized:.4f}) | "
                  f"L0 {report.l0:.1f} | dead {100 * dead_train:.2f}% (no activation in {dead_after} training tokens) | "
                  f"{100 * report.unseen_fraction:.2f}% not seen on {report.eval_tokens} held-out tokens | "
                  f"{format_duration(report.wall_clock_s)}")
     logger.close()
-    dd.barrier(ctx)  # rank 0 has written the SAE when any rank returns
     return report
+

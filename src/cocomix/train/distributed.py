@@ -237,6 +237,16 @@ def on_main_rank(compute: Callable[[], list[int]], n: int, ctx: DistContext, dev
     return [int(v) for v in t.tolist()]
 
 
+def main_rank_does(action: Callable[[], object], ctx: DistContext, device: torch.device) -> None:
+    """`action()` (a check or a write) on rank 0 alone, the others waiting for it; when it raises there, every
+    other rank stops with a one-line error instead of waiting in the next collective."""
+    def compute() -> list[int]:
+        action()
+        return []
+
+    on_main_rank(compute, 0, ctx, device)
+
+
 def gather_rows(t: torch.Tensor, rows: int, ctx: DistContext) -> list[torch.Tensor]:
     """Every rank's t (n_r, ...), n_r <= rows, on every rank in rank order (collectives: padded to `rows` rows to
     travel, cut back after); [t] for one process."""
