@@ -97,10 +97,13 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         self.max_length = self.model.cfg.context_length
         self._device = torch.device(device)
         self._warned: set[str] = set()
+        if self._batch is None and self._world_size > 1:
+            _ = self.batch_size  # under torchrun 'auto' is settled here, where every rank is (a collective)
 
     @property
     def batch_size(self) -> int:
-        """Requests per batch: the fixed size, or `auto`'s, detected on first use (the smallest over the ranks)."""
+        """Requests per batch: the fixed size, or `auto`'s, detected on first use (under torchrun when the adapter
+        is made, the smallest over the ranks)."""
         if self._batch is None:
             if self._device.type != "cuda":
                 self._warn_once("batch", f"--batch-size auto on {self._device.type}: {CPU_AUTO} (only a GPU reports "
