@@ -46,7 +46,7 @@ from cocomix.cli_parser import (
     utf8_text,
 )
 from cocomix.cli_run import add_run_commands, add_setup_commands
-from cocomix.errors import CocomixError, Stopped
+from cocomix.errors import CocomixError, ConfigError, Stopped
 from cocomix.eval.batch_size import DEFAULT_MAX, parse_batch_size
 
 
@@ -291,6 +291,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TORCHRUN_COMMANDS = ("train", "train-sae", "extract-concepts", "describe-concepts", "eval")
+"""The commands whose processes share the work under torchrun; the others would each do all of it."""
+
+
+def _check_torchrun(command: str) -> None:
+    """ConfigError for a one-process command started by torchrun with several processes (WORLD_SIZE > 1)."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if command not in TORCHRUN_COMMANDS and world.strip() not in ("", "0", "1"):
+        raise ConfigError(f"{command}: runs in one process, but torchrun started {world} (WORLD_SIZE); start it "
+                          f"without torchrun (under torchrun: {', '.join(TORCHRUN_COMMANDS)})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     short_warnings()
     parser = build_parser()
@@ -300,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subcommand(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     merge_run(args, parser)
     try:
+        _check_torchrun(args.command)
         code = args.func(args)
         sys.stdout.flush()  # a reader that left (a closed pipe) is found here, not in the flush at exit
         return code
