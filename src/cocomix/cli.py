@@ -67,6 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.progress import ProgressLine
     from cocomix.runs import load_run, run_store
     from cocomix.train import distributed as dd
+    from cocomix.train.fail_fast import FailFast
     from cocomix.train.loop import resolve_device
 
     cli_parser.warn_on_rank0_only()  # under torchrun rank 0 alone warns and prints
@@ -101,24 +102,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ctx = dd.context_from_env()
     device = dd.setup(ctx, resolve_device(args.device, "--device"))
     try:
-        run, method, model, ckpt = load_run(args.run, device=device)
-        store = run_store(run, args.data, ckpt)
-        check_vocab(store, run.model.vocab_size)
-        seq_len = args.seq_len if args.seq_len is not None else run.data.seq_len
-        split = args.split or "val"
-        model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
-        line = ProgressLine("eval", 0, enabled=ctx.is_main)
+        with FailFast(ctx):  # any rank's error stops the others at once
+            run, method, model, ckpt = load_run(args.run, device=device)
+            store = run_store(run, args.data, ckpt)
+            check_vocab(store, run.model.vocab_size)
+            seq_len = args.seq_len if args.seq_len is not None else run.data.seq_len
+            split = args.split or "val"
+            model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype])
+            line = ProgressLine("eval", 0, enabled=ctx.is_main)
 
-        def report(done: int, total: int) -> None:
-            line.total = total
-            line.update(done)
+            def report(done: int, total: int) -> None:
+                line.total = total
+                line.update(done)
 
-        try:
-            res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0,
-                                progress=report if ctx.is_main else None, shard=(ctx.rank, ctx.world_size),
-                                sum_over_shards=lambda t: dd.sum_over_ranks(t, ctx))
-        finally:
-            line.close()  # (an error or Ctrl-C is said on its own line)
+            try:
+                res = evaluate_loss(method, model, store, split, seq_len, args.batch_size, args.batches or 0,
+                                    progress=report if ctx.is_main else None, shard=(ctx.rank, ctx.world_size),
+                                    sum_over_shards=lambda t: dd.sum_over_ranks(t, ctx))
+            finally:
+                line.close()  # (an error or Ctrl-C is said on its own line)
     finally:
         dd.teardown(ctx)
     if ctx.is_main:

@@ -36,6 +36,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from cocomix.sae.training import check_out, train_sae
     from cocomix.teacher import Teacher, teacher_dtype
     from cocomix.train import distributed as dd
+    from cocomix.train.fail_fast import FailFast
     from cocomix.train.loop import resolve_device
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
@@ -44,11 +45,12 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     warn_on_rank0_only()
     device = dd.setup(ctx, resolve_device(cfg.device, "--device"))
     try:
-        if Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load; checked again,
-            dd.main_rank_does(lambda: check_out(cfg, Path(args.out)), ctx, device)  # locked, by rank 0
-        teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=device,
-                                          dtype=teacher_dtype(cfg.teacher_dtype), layer_field="--teacher-layer")
-        report = train_sae(cfg, args.out, teacher, ctx=ctx)
+        with FailFast(ctx):  # any rank's error stops the others at once
+            if Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load; checked again,
+                dd.main_rank_does(lambda: check_out(cfg, Path(args.out)), ctx, device)  # locked, by rank 0
+            teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=device,
+                                              dtype=teacher_dtype(cfg.teacher_dtype), layer_field="--teacher-layer")
+            report = train_sae(cfg, args.out, teacher, ctx=ctx)
     finally:
         dd.teardown(ctx)
     if ctx.is_main:
@@ -80,6 +82,7 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
     from cocomix.atomic import check_out_folder
     from cocomix.concepts.cache import extract_concepts
     from cocomix.train import distributed as dd
+    from cocomix.train.fail_fast import FailFast
     from cocomix.train.loop import resolve_device
 
     check_out_folder(args.out)  # before the teacher and SAE load
@@ -89,12 +92,13 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
     ctx = dd.context_from_env()
     device = dd.setup(ctx, resolve_device(args.device, "--device"))
     try:
-        teacher, sae = _teacher_and_sae(args, device)
-        meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
-                                k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
-                                attribution_loss=args.attribution_loss, gradient_at=args.gradient_at,
-                                seq_len=args.seq_len, batch_size=args.batch_size,
-                                splits=tuple(args.splits.split(",")), ctx=ctx)
+        with FailFast(ctx):  # any rank's error stops the others at once
+            teacher, sae = _teacher_and_sae(args, device)
+            meta = extract_concepts(args.data, args.out, teacher, sae, teacher_spec=args.teacher, sae_spec=args.sae,
+                                    k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
+                                    attribution_loss=args.attribution_loss, gradient_at=args.gradient_at,
+                                    seq_len=args.seq_len, batch_size=args.batch_size,
+                                    splits=tuple(args.splits.split(",")), ctx=ctx)
     finally:
         dd.teardown(ctx)
     if not ctx.is_main:
@@ -119,6 +123,7 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
         raise ConfigError(f"--context: expected an integer >= 0, got {args.context}")
     from cocomix.atomic import check_out_folder
     from cocomix.train import distributed as dd
+    from cocomix.train.fail_fast import FailFast
     from cocomix.train.loop import resolve_device
 
     warn_on_rank0_only()
@@ -126,11 +131,12 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
     store = TokenStore.open(args.data)
     device = dd.setup(ctx, resolve_device(args.device, "--device"))
     try:
-        dd.main_rank_does(lambda: check_out_folder(args.out, own=("concept descriptions (describe-concepts)",),
-                                                   replaces=True), ctx, device)  # before the pass
-        teacher, sae = _teacher_and_sae(args, device)
-        stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
-                                  batch_size=args.batch_size, top_n=args.top_n, ctx=ctx)
+        with FailFast(ctx):  # any rank's error stops the others at once
+            dd.main_rank_does(lambda: check_out_folder(args.out, own=("concept descriptions (describe-concepts)",),
+                                                       replaces=True), ctx, device)  # before the pass
+            teacher, sae = _teacher_and_sae(args, device)
+            stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
+                                      batch_size=args.batch_size, top_n=args.top_n, ctx=ctx)
     finally:
         dd.teardown(ctx)
     if not ctx.is_main:

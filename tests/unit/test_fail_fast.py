@@ -26,12 +26,18 @@ WORKER = textwrap.dedent("""
     from cocomix.train.distributed import DistContext
     from cocomix.train.fail_fast import FailFast
 
+    from cocomix.errors import Stopped
+
     rank, fail = int(os.environ["RANK"]), os.environ["FAIL_RANK"]
     dist.init_process_group("gloo")
     fail_fast.CLEANUP_SECONDS = 1.0
-    with FailFast(DistContext(rank, 2, rank), poll=0.2) as guard:
+    guard = FailFast(DistContext(rank, 2, rank), poll=0.2).__enter__()  # (left by hand below, to see the exit)
+    try:
         guard.on_stop(lambda: time.sleep(600))  # a sink that hangs (wandb waiting on the blocked main thread)
         guard.on_stop(lambda: open(os.environ["FLUSHED"] + str(rank), "w").write("closed"))  # the logger's close
+        if fail == "stop":  # a stop signal: every rank saves and raises Stopped, rank 1 a few polls after rank 0
+            time.sleep(0.6 * rank)
+            raise Stopped(15, "checkpoint written")
         if str(rank) == fail:
             raise RuntimeError("no space left on device")
         if f"kill{rank}" == fail:  # killed outright (the OOM killer): no announcement, the store's host is gone
@@ -39,6 +45,15 @@ WORKER = textwrap.dedent("""
             os.kill(os.getpid(), 9)
         time.sleep(float(os.environ["WORK_S"]) if rank == 1 else 0.0)
         dist.barrier()  # as train() ends its guarded work: rank 0 (the store's host) cannot leave before the others
+    except BaseException as e:
+        if not guard.__exit__(type(e), e, e.__traceback__):
+            if isinstance(e, Stopped):  # rank 0 (the store's host) stays a while, as a process finishing up does
+                print("STOPPED", file=sys.stderr, flush=True)
+                time.sleep(1.5 if rank == 0 else 0.0)
+                sys.exit(128 + 15)
+            raise
+    else:
+        guard.__exit__(None, None, None)
     print("WORK-DONE", file=sys.stderr)
 """)
 
@@ -83,6 +98,14 @@ def test_ranks_that_finish_at_different_times_are_left_alone(tmp_path: Path) -> 
     assert codes == [0, 0], errs
     assert all("WORK-DONE" in e and "stopping because" not in e for e in errs)
     assert not list(tmp_path.glob("flushed*"))  # the cleanups are only for a rank stopped by another's failure
+
+
+def test_a_stop_signal_that_every_rank_obeys_is_no_failure(tmp_path: Path) -> None:
+    """`train-sae` and `extract-concepts` end a signalled run by raising `Stopped` on every rank, not at the same
+    instant: the first is not announced as a failure, so the later ones finish their own orderly stop."""
+    codes, errs, _ = _run_pair(tmp_path, fail_rank="stop", work_s=0.0)
+    assert codes == [143, 143], errs
+    assert all("STOPPED" in e and "stopping because" not in e for e in errs), errs
 
 
 def test_a_rank_killed_outright_that_hosts_the_store_stops_the_others(tmp_path: Path) -> None:

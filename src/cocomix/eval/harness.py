@@ -361,8 +361,11 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
             raise ConfigError(f"--tasks: unknown task {unknown[0]!r} (local task folders go in --include-path)")
-        res = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=log_samples,
-                              batch_size=batch_size)
+        from cocomix.train.fail_fast import FailFast
+
+        with FailFast(lm._ctx):  # under torchrun any rank's error stops the others at once
+            res = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=limit,
+                                  log_samples=log_samples, batch_size=batch_size)
     finally:
         from cocomix.train import distributed as dd
 

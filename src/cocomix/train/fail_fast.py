@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 
 import torch.distributed as dist
 
+from cocomix.errors import Stopped
 from cocomix.train.distributed import DistContext
 
 EXIT_CODE = 1
@@ -132,7 +133,9 @@ class FailFast:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> bool:
-        if exc is not None and self.store is not None and not isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
+        # a stop signal that every rank obeys (`Stopped`, raised on each after its progress is saved) is no failure
+        if exc is not None and self.store is not None and not isinstance(exc, (KeyboardInterrupt, GeneratorExit,
+                                                                               Stopped)):
             self._failed_here = True
             self._announce()
         self._done.set()
