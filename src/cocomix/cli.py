@@ -298,9 +298,11 @@ TORCHRUN_COMMANDS = ("train", "train-sae", "extract-concepts", "describe-concept
 
 
 def _check_torchrun(command: str) -> None:
-    """ConfigError for a one-process command started by torchrun with several processes (WORLD_SIZE > 1)."""
+    """ConfigError for a one-process command started by torchrun (TORCHELASTIC_RUN_ID) with several processes
+    (WORLD_SIZE > 1); a launcher that sets WORLD_SIZE in every container (Kubeflow, SageMaker) is left alone."""
     world = os.environ.get("WORLD_SIZE", "1")
-    if command not in TORCHRUN_COMMANDS and world.strip() not in ("", "0", "1"):
+    if (command not in TORCHRUN_COMMANDS and "TORCHELASTIC_RUN_ID" in os.environ
+            and world.strip() not in ("", "0", "1")):
         raise ConfigError(f"{command}: runs in one process, but torchrun started {world} (WORLD_SIZE); start it "
                           f"without torchrun (under torchrun: {', '.join(TORCHRUN_COMMANDS)})")
 

@@ -46,8 +46,8 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     device = dd.setup(ctx, resolve_device(cfg.device, "--device"))
     try:
         with FailFast(ctx):  # any rank's error stops the others at once
-            if Path(args.out).is_dir():  # "other settings" before the (possibly long) teacher load; checked again,
-                dd.main_rank_does(lambda: check_out(cfg, Path(args.out)), ctx, device)  # locked, by rank 0
+            # "other settings" before the (possibly long) teacher load, by rank 0 (checked again, locked, later)
+            dd.main_rank_does(lambda: Path(args.out).is_dir() and check_out(cfg, Path(args.out)), ctx, device)
             teacher = Teacher.from_pretrained(cfg.teacher, cfg.teacher_layer, device=device,
                                               dtype=teacher_dtype(cfg.teacher_dtype), layer_field="--teacher-layer")
             report = train_sae(cfg, args.out, teacher, ctx=ctx)

@@ -366,11 +366,13 @@ def test_output_into_a_closed_pipe_ends_quietly() -> None:
 def test_a_one_process_command_under_torchrun_is_a_one_line_error(tmp_path: Path) -> None:
     """`prepare`, `generate`, `demo`, ... do all their work in each process: started by torchrun with several
     processes they say so (exit 2) instead of racing each other for their output; the sharing commands do not."""
-    r = run_cli("presets", env={"WORLD_SIZE": "2", "RANK": "1"})
+    torchrun = {"WORLD_SIZE": "2", "RANK": "1", "TORCHELASTIC_RUN_ID": "none"}
+    r = run_cli("presets", env=torchrun)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "presets: runs in one process, but torchrun started 2 (WORLD_SIZE)" in r.stderr
-    assert run_cli("presets", env={"WORLD_SIZE": "1"}).returncode == 0
+    assert run_cli("presets", env={**torchrun, "WORLD_SIZE": "1"}).returncode == 0
+    assert run_cli("presets", env={"WORLD_SIZE": "2", "RANK": "1"}).returncode == 0  # not torchrun (Kubeflow)
     # a sharing command goes on to its own checks (here: a missing store), not to this error
     r = run_cli("describe-concepts", "--data", str(tmp_path / "absent"), "--teacher", "t", "--teacher-layer", "0",
-                "--sae", "s", "--seq-len", "8", "--out", str(tmp_path / "o"), env={"WORLD_SIZE": "2", "RANK": "1"})
+                "--sae", "s", "--seq-len", "8", "--out", str(tmp_path / "o"), env=torchrun)
     assert r.returncode == 2 and "runs in one process" not in r.stderr, r.stderr

@@ -72,6 +72,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         from cocomix.data.store import check_vocab
         from cocomix.runs import load_run, run_store
         from cocomix.train import distributed as dd
+        from cocomix.train.fail_fast import FailFast
         from cocomix.train.loop import resolve_device
 
         if dtype not in _DTYPES:
@@ -87,18 +88,19 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         self._ctx = dd.context_from_env()
         device = str(dd.setup(self._ctx, resolve_device(device, field="--device")))
         self._rank, self._world_size = self._ctx.rank, self._ctx.world_size
-        self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
-        self.dtype = _DTYPES[dtype]
-        self.model = self.model.to(self.dtype).eval()
-        store = run_store(self.run_cfg, data, self.checkpoint)
-        check_vocab(store, self.run_cfg.model.vocab_size)
-        self.tok = store.tokenizer()
-        self.eot = self.tok.eos_id if self.tok.eos_id is not None else 0
-        self.max_length = self.model.cfg.context_length
-        self._device = torch.device(device)
-        self._warned: set[str] = set()
-        if self._batch is None and self._world_size > 1:
-            _ = self.batch_size  # under torchrun 'auto' is settled here, where every rank is (a collective)
+        with FailFast(self._ctx):  # a rank that cannot load the run stops the others at once
+            self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
+            self.dtype = _DTYPES[dtype]
+            self.model = self.model.to(self.dtype).eval()
+            store = run_store(self.run_cfg, data, self.checkpoint)
+            check_vocab(store, self.run_cfg.model.vocab_size)
+            self.tok = store.tokenizer()
+            self.eot = self.tok.eos_id if self.tok.eos_id is not None else 0
+            self.max_length = self.model.cfg.context_length
+            self._device = torch.device(device)
+            self._warned: set[str] = set()
+            if self._batch is None and self._world_size > 1:
+                _ = self.batch_size  # under torchrun 'auto' is settled here, where every rank is (a collective)
 
     @property
     def batch_size(self) -> int:

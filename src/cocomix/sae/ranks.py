@@ -23,7 +23,7 @@ def broadcast_state(state: nn.Module, optimizer: torch.optim.Optimizer, resumed:
     if not ctx.active:
         return
     for t in state.state_dict().values():  # views of the parameters and buffers: written in place
-        dist.broadcast(t, src=0)
+        _broadcast_into(t)
     if not resumed:
         return
     for group in optimizer.param_groups:
@@ -33,10 +33,21 @@ def broadcast_state(state: nn.Module, optimizer: torch.optim.Optimizer, resumed:
                 s.update({"step": torch.zeros((), dtype=torch.float32)},
                          **{k: torch.zeros_like(p, memory_format=torch.preserve_format) for k in ADAM_STATE})
             for k in ADAM_STATE:
-                dist.broadcast(s[k], src=0)
+                _broadcast_into(s[k])
             step = s["step"].to(p.device)  # a CPU scalar in Adam's default form; collectives want the device
             dist.broadcast(step, src=0)
             s["step"].copy_(step)
+
+
+def _broadcast_into(t: torch.Tensor) -> None:
+    """Rank 0's values of t written into t on every rank; through a contiguous copy where t is not contiguous
+    (the SAE's W_dec is a transposed view, and NCCL sends contiguous tensors only)."""
+    if t.is_contiguous():
+        dist.broadcast(t, src=0)
+        return
+    buf = t.contiguous()
+    dist.broadcast(buf, src=0)
+    t.copy_(buf)
 
 
 def sum_grads(module: nn.Module, ctx: DistContext) -> None:
@@ -50,7 +61,9 @@ def sum_grads(module: nn.Module, ctx: DistContext) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.copy_(flat[offset:offset + n].view(p.shape))  # (in the gradient's own layout)
         offset += n
 
 

@@ -324,10 +324,11 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
             "hook_layer": teacher.layer, "context_size": cfg.seq_len, "dataset_path": str(store.path),
             "prepend_bos": False, "training_tokens": cfg.steps * cfg.batch_tokens,
             "eval": {k: v for k, v in report.to_dict().items() if k != "out_dir"}})
-        atomic_write_text(out / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        logger.log({"kind": "eval", "step": cfg.steps, **{k: v for k, v in report.to_dict().items()
+                                                          if k != "out_dir"}})
+        atomic_write_text(out / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")  # (last: "finished")
 
     dd.main_rank_does(write_sae, ctx, device)
-    logger.log({"kind": "eval", "step": cfg.steps, **{k: v for k, v in report.to_dict().items() if k != "out_dir"}})
     logger.print(f"train-sae done: FVU {report.fvu:.4f} (normalised {report.fvu_normalized:.4f}) | "
                  f"L0 {report.l0:.1f} | dead {100 * dead_train:.2f}% (no activation in {dead_after} training tokens) | "
                  f"{100 * report.unseen_fraction:.2f}% not seen on {report.eval_tokens} held-out tokens | "
