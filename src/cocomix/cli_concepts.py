@@ -33,7 +33,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     import dataclasses
 
     from cocomix.sae.train_config import SAETrainConfig
-    from cocomix.sae.training import check_out, train_sae
+    from cocomix.sae.training import check_out, check_world_size, train_sae
     from cocomix.teacher import Teacher, teacher_dtype
     from cocomix.train import distributed as dd
     from cocomix.train.fail_fast import FailFast
@@ -42,6 +42,7 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
     cfg = SAETrainConfig(**values)
     ctx = dd.context_from_env()  # under torchrun the ranks share the teacher work and each step's rows
+    check_world_size(cfg, ctx.world_size)  # before the (possibly long) teacher load
     warn_on_rank0_only()
     device = dd.setup(ctx, resolve_device(cfg.device, "--device"))
     try:

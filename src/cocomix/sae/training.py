@@ -197,8 +197,7 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: Teacher, quiet:
             raise CocomixError(f"{store.path}: the {split} split holds fewer than seq_len={cfg.seq_len} tokens")
     if cfg.k > cfg.width(teacher.width):
         raise ConfigError(f"k: must not exceed the SAE width {cfg.width(teacher.width)}, got {cfg.k}")
-    if cfg.batch_tokens % ctx.world_size:
-        raise ConfigError(f"batch_tokens: must divide among the {ctx.world_size} processes, got {cfg.batch_tokens}")
+    check_world_size(cfg, ctx.world_size)
     held: list[tuple[RunLock, bool]] = []
 
     def take_lock() -> list[int]:  # rank 0 alone writes the run directory
@@ -211,6 +210,12 @@ def train_sae(cfg: SAETrainConfig, out_dir: str | Path, teacher: Teacher, quiet:
     finally:
         for lock, created in held:
             lock.release(remove_empty_dir=created)
+
+
+def check_world_size(cfg: SAETrainConfig, world_size: int) -> None:
+    """ConfigError unless every step's rows divide among the processes of a torchrun job."""
+    if cfg.batch_tokens % world_size:
+        raise ConfigError(f"batch_tokens: must divide among the {world_size} processes, got {cfg.batch_tokens}")
 
 
 def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, quiet: bool,
