@@ -1,5 +1,5 @@
 """What the ranks of a `train-sae` run under torchrun exchange (no paper equation): rank 0's starting state, the
-summed gradients of every step, which latents fired anywhere, and a finished run's report.
+summed gradients of every step and a finished run's report.
 
 Every rank holds the whole SAE and Adam state and applies the same update, so the ranks stay equal without
 comparing weights; only rank 0 reads and writes the run directory, so it need not be shared between nodes.
@@ -65,15 +65,6 @@ def sum_grads(module: nn.Module, ctx: DistContext) -> None:
             p.grad = torch.zeros_like(p)
         p.grad.copy_(flat[offset:offset + n].view(p.shape))  # (in the gradient's own layout)
         offset += n
-
-
-def fired_anywhere(fired: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """(C,) bool: the latents that fired on any rank's rows."""
-    if not ctx.active:
-        return fired
-    counts = fired.to(torch.int32)
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    return counts > 0
 
 
 def from_main(value: Any, ctx: DistContext) -> Any:

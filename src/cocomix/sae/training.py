@@ -178,7 +178,7 @@ def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> di
         for sums in (fvu, fvu_n):
             sums.reduce(lambda t: dd.sum_over_ranks(t.to(sae.W_enc.device), ctx).cpu(), sae.d_in)
         nnz = int(dd.sum_over_ranks(torch.tensor(nnz, device=sae.W_enc.device), ctx))
-        fired = ranks.fired_anywhere(fired, ctx)
+        fired = dd.sum_over_ranks(fired.int(), ctx) > 0  # fired on any rank's windows
     return {"fvu": fvu.value(), "fvu_normalized": fvu_n.value(), "l0": nnz / fvu.rows,
             "unseen_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": fvu.rows}
 
@@ -288,7 +288,8 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
             with torch.no_grad():
                 fired = torch.zeros(C, dtype=torch.bool, device=device)
                 fired[indices[values > 0]] = True
-                state.since_fired.add_(x.shape[0]).masked_fill_(ranks.fired_anywhere(fired, ctx), 0)
+                anywhere = dd.sum_over_ranks(fired.int(), ctx) > 0  # (C,) fired on any rank's rows
+                state.since_fired.add_(x.shape[0]).masked_fill_(anywhere, 0)
             meter.add_tokens(x.shape[0])
             done = step + 1
             saved = (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.steps
