@@ -188,3 +188,27 @@ def test_inference_topk_runs_over_row_chunks_and_equals_the_whole_logits(
     g2 = torch.autograd.grad(model(ids, concept_logits=True).logits.square().mean(), params, allow_unused=True)
     for a, r in zip(g1, g2, strict=True):
         assert (a is None and r is None) or torch.allclose(a, r, atol=1e-12)
+
+
+def test_a_training_forward_under_steering_keeps_the_concept_loss() -> None:
+    """Targets with steering on take the whole-logits branch; L_concept scores the unsteered prediction there, the
+    same value the fused head gives, while the mixed TopK is the steered one."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=97, n_layer=3, n_head=4, d_model=32, context_length=64))
+    model.set_seam(ConceptSeam(1, 32, C, K))
+    model.double()
+    ids = torch.randint(0, 97, (2, 12))
+    targets = torch.randint(0, C, (2, 12, 4))
+    targets[:, -1] = -1
+    plain = model(ids, concept_targets=targets)
+    with torch.no_grad():
+        z = model(ids, concept_logits=True).aux["concept_logits"]
+    model.seam.steer(z.argmin(dim=-1)[0, :1], torch.tensor([-40.0]))
+    steered = model(ids, concept_targets=targets)
+    model.seam.steer(None)
+    assert "concept_loss" in steered.aux
+    assert torch.allclose(steered.aux["concept_loss"], plain.aux["concept_loss"], atol=1e-12)
+    assert not torch.allclose(steered.logits, plain.logits)  # the steered concept was mixed
+    steered.aux["concept_loss"].backward()
+    grad = model.seam.predictor.weight.grad
+    assert grad is not None and bool(torch.isfinite(grad).all()) and grad.abs().sum() > 0

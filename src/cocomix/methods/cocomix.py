@@ -25,6 +25,7 @@ from cocomix.errors import ConfigError, DataError
 from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
+from cocomix.model.concept_head import whole_logits_loss
 from cocomix.teacher import teacher_dtype, teacher_precision
 
 if TYPE_CHECKING:
@@ -52,12 +53,7 @@ def concept_loss(logits: torch.Tensor, targets: torch.Tensor, mask_last: bool = 
     Targets < 0 mark invalid positions (see `training_targets` for mask_last). Training computes the same loss
     fused with the head (`cocomix.model.concept_head`); this unfused form serves evaluation and tests.
     """
-    targets = training_targets(targets, mask_last)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 sums, fp64 kept
-    valid = (targets[..., 0] >= 0).to(logits.dtype)  # (B, T)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
-    picked = logits.gather(-1, targets.clamp_min(0)).mean(-1)  # (B, T)
-    return ((lse - picked) * valid).sum() / valid.sum().clamp_min(1.0)
+    return whole_logits_loss(logits, training_targets(targets, mask_last))
 
 
 def hidden_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, reduction: str = "sum") -> torch.Tensor:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cocomix.model.concept_head import chunk_rows, concept_head
+from cocomix.model.concept_head import chunk_rows, concept_head, whole_logits_loss
 from cocomix.model.seam import Seam, interleave, read_slots
 
 MIXINGS = ("insert", "add", "none")
@@ -134,8 +134,10 @@ class ConceptSeam(Seam):
                keep_logits: bool = False) -> tuple[Tensor, Tensor, dict]:
         """See `Seam.insert`; `keep_logits` returns the whole (B, T, C) concept logits in aux."""
         if keep_logits or (targets is not None and self._steer is not None):
-            logits, mu, sd = self.concept_logits(h)
+            logits, mu, sd = self.concept_logits(h)  # unsteered: L_concept scores the prediction itself
             aux = {"concept_logits": logits}
+            if targets is not None:  # the same L_concept as the fused head, from the whole logits
+                aux["concept_loss"] = whole_logits_loss(logits, targets)
             if self.mixing == "none":
                 return h, pos, aux
             c = self.concept_vector(logits, mu, sd)  # (B, T, d)

@@ -102,6 +102,16 @@ class ConceptHeadFn(torch.autograd.Function):
         return gx, gw.to(weight.dtype), gb.to(bias.dtype), None, None
 
 
+def whole_logits_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """L_concept from whole logits (B, T, C) and targets (B, T, A), targets < 0 marking invalid positions: the
+    mean over valid positions of the A-averaged C-way CE, the function `ConceptHeadFn` computes fused."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 sums, fp64 kept
+    valid = (targets[..., 0] >= 0).to(logits.dtype)  # (B, T)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T)
+    picked = logits.gather(-1, targets.clamp_min(0)).mean(-1)  # (B, T)
+    return ((lse - picked) * valid).sum() / valid.sum().clamp_min(1.0)
+
+
 @torch.compiler.disable
 def concept_head(x: Tensor, weight: Tensor, bias: Tensor, targets: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """x (B, T, d), targets (B, T, A) -> values (B, T, k), indices (B, T, k), L_concept (scalar)."""
