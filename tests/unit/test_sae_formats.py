@@ -88,6 +88,23 @@ def test_openai_pt_with_non_tensor_entries(tmp_path: Path) -> None:
     assert load_sae(path).k == K
 
 
+def test_openai_pt_saved_by_a_recent_torch_keeps_the_activation_copies(tmp_path: Path) -> None:
+    """Upstream `TopK.state_dict` runs for the child module under a recent torch, so a home-trained SAE's file also
+    holds `activation.k` / `activation.postact_fn`: read when they agree, refused when they contradict."""
+    sd = _openai_sd()
+    sd["activation.k"], sd["activation.postact_fn"] = K, "ReLU"
+    torch.save(sd, tmp_path / "home.pt")
+    sae = load_openai(tmp_path / "home.pt")
+    x = _x()
+    with torch.no_grad():
+        assert sae.k == K and _close(sae.encode_dense(x)[0], _openai_reference(sd, x)[0])
+    sd["activation.k"] = K + 1
+    torch.save(sd, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=rf"odd\.pt: activation\.k is {K + 1} but activation_state_dict\.k "
+                                              rf"is {K}"):
+        load_openai(tmp_path / "odd.pt")
+
+
 def test_openai_safetensors_needs_k(tmp_path: Path) -> None:
     sd = {key: v for key, v in _openai_sd().items() if isinstance(v, torch.Tensor)}
     path = tmp_path / "sae.safetensors"

@@ -8,7 +8,9 @@ An `Autoencoder.state_dict()` holds the tensors
 and, in the released `.pt` files, two non-tensor entries: `activation` ("TopK" for the v5 family, "ReLU" for
 v1/v4) and `activation_state_dict` ({"k": 32, "postact_fn": "ReLU"}). OpenAI's `from_state_dict` sets
 `normalize = (activation == "TopK")`, so every TopK SAE in this format normalises its input with `LN`. It builds
-an fp32 `Autoencoder` and loads strictly: we compute in fp32 whatever the file's dtype, and refuse any other entry.
+an fp32 `Autoencoder` and loads strictly: we compute in fp32 whatever the file's dtype, and refuse any other entry,
+except `activation.k` / `activation.postact_fn`, the copies a recent torch writes when the upstream code saves a
+model it trained (they must agree with `activation_state_dict`).
 
 A `.pt` is read with `torch.load(weights_only=True)`, which admits tensors, numbers, strings and containers
 only; a file holding any other object is refused without running it. A `.safetensors` file carries the same
@@ -31,6 +33,9 @@ WHAT = "an OpenAI sparse_autoencoder state dict (pre_bias, encoder.weight, laten
 POSTACT_NAMES = {"relu": "relu", "identity": "identity"}
 STATISTICS = ("stats_last_nonzero", "latents_activation_frequency", "latents_mean_square")  # unused buffers
 NON_TENSOR = ("activation", "activation_state_dict")
+# what OpenAI's `TopK.state_dict` adds under the module prefix when an `Autoencoder` is saved with a recent torch
+# (which calls each child's own `state_dict`); the released files predate that and hold neither
+ACTIVATION_COPIES = {"activation.k": "k", "activation.postact_fn": "postact_fn"}
 
 
 def _postact(path: Path, name: Any) -> str:
@@ -47,7 +52,7 @@ def _from_tensors(path: Path, sd: Mapping[str, Any], k: int, normalize: bool, po
         "latent_bias": get_tensor(sd, "latent_bias", path, 1),
         "decoder.weight": get_tensor(sd, "decoder.weight", path, 2),
     }
-    extra = sorted(set(sd) - set(tensors) - set(STATISTICS) - set(NON_TENSOR))
+    extra = sorted(set(sd) - set(tensors) - set(STATISTICS) - set(NON_TENSOR) - set(ACTIVATION_COPIES))
     if extra:  # OpenAI's from_state_dict loads strictly: a tensor it does not know is another kind of model
         raise CheckpointError(f"{path}: unexpected entries {extra} (expected {WHAT}, the statistics "
                               f"{', '.join(STATISTICS)} and {', '.join(NON_TENSOR)})")
@@ -118,5 +123,9 @@ def _load_openai(path: Path, k: int | None) -> TopKSAE:
     if k is not None and int(k) != file_k:
         raise CheckpointError(f"{path}: k={k} was given but the file's TopK has k={file_k}")
     postact = _postact(path, state.get("postact_fn", "ReLU"))
+    for key, field in ACTIVATION_COPIES.items():  # a home-saved file's second copy must say the same
+        if key in sd and sd[key] != state.get(field, "ReLU" if field == "postact_fn" else None):
+            raise CheckpointError(f"{path}: {key} is {sd[key]!r} but activation_state_dict.{field} is "
+                                  f"{state.get(field)!r}")
     # OpenAI's from_state_dict: normalize = (activation == "TopK")
     return _from_tensors(path, sd, file_k, normalize=True, postact=postact)
