@@ -491,3 +491,24 @@ def test_lm_eval_finds_the_adapter_by_its_model_name(cocomix_run: Path, tmp_path
                          (f"run={cocomix_run},dtype=float16", "--dtype")):
         with pytest.raises(ConfigError, match=needle):
             CocomixLM.create_from_arg_string(args, {"batch_size": 1, "max_batch_size": None, "device": None})
+
+
+def test_torchrun_with_an_lm_eval_that_predates_model_collectives_is_a_one_line_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """lm-eval < 0.4.12 gathers through `lm.accelerator`, which our adapter does not have: refused up front under
+    torchrun, accepted in one process and from 0.4.12 on."""
+    import importlib.metadata
+
+    from cocomix.eval import harness
+
+    installed = {"v": "0.4.11"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: installed["v"])
+    harness.check_harness_version()  # one process: any version
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match=r"^--tasks under torchrun: lm-eval 0\.4\.11 is installed; data-parallel "
+                                          r"evaluation needs lm-eval>=0\.4\.12"):
+        harness.check_harness_version()
+    for ok in ("0.4.12", "0.4.13.dev0", "0.5.0"):
+        installed["v"] = ok
+        harness.check_harness_version()

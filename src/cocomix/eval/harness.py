@@ -38,6 +38,7 @@ rank 0, which alone gets results (`run_tasks` leaves the process group afterward
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,31 @@ def _register() -> None:
 _register()
 
 
+# the first lm-eval whose evaluator gathers through the model's own collectives (`all_gather`, `gather_object`,
+# `barrier`); earlier ones call `lm.accelerator`, which only their HF model has
+DISTRIBUTED_SINCE = (0, 4, 12)
+
+
+def check_harness_version() -> None:
+    """Under torchrun, refuse an lm-eval older than DISTRIBUTED_SINCE in one line, not an AttributeError mid-run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from cocomix.train import distributed as dd
+
+    if dd.context_from_env().world_size == 1:
+        return
+
+    try:
+        found = version("lm_eval")
+    except PackageNotFoundError:  # imported from a source tree: nothing to compare
+        return
+    numbers = tuple(int(p) for p in re.findall(r"\d+", found)[:3])
+    if numbers < DISTRIBUTED_SINCE:
+        need = ".".join(map(str, DISTRIBUTED_SINCE))
+        raise ConfigError(f"--tasks under torchrun: lm-eval {found} is installed; data-parallel evaluation needs "
+                          f"lm-eval>={need} (pip install 'lm-eval>={need}'), or run without torchrun")
+
+
 def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None = None, limit: int | None = None,
               device: str = "cpu", dtype: str = "float32", batch_size: int | str = 8, data: str | None = None,
               log_samples: bool = False, max_batch_size: int = DEFAULT_MAX) -> dict[str, Any] | None:
@@ -354,6 +380,7 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)") from None
+    check_harness_version()
     if limit is not None and limit < 0:
         raise ConfigError(f"--limit: expected a number >= 0 (0: every example), got {limit}")
     limit = limit or None  # lm-eval reads 0 as "no example"
