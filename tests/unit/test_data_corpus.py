@@ -185,6 +185,22 @@ def test_hub_document_names_do_not_depend_on_how_the_config_is_written(monkeypat
     assert asked == [("Salesforce/wikitext", "wikitext-2-raw-v1", "test")] * 2
 
 
+def test_a_hub_loading_script_is_a_one_line_error_that_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """datasets >= 4 refuses loading scripts (Skylion007/openwebtext was one): the error names it and the way out."""
+    import datasets
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("Dataset scripts are no longer supported, but found openwebtext.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    with pytest.raises(DataError) as caught:
+        list(iter_documents("hf:Skylion007/openwebtext"))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("source 'hf:Skylion007/openwebtext': datasets.load_dataset(")
+    assert "RuntimeError: Dataset scripts are no longer supported" in message
+    assert "loading script" in message and "as hf:FOLDER, jsonl:PATH or text:PATH" in message
+
+
 @pytest.mark.parametrize("source", ["", "books", "text:", "csv:/x", "hf:"])
 def test_bad_source_string(source: str) -> None:
     with pytest.raises(DataError, match="expected"):

@@ -219,6 +219,13 @@ def _from_disk(spec: str, datasets: Any, folder: Path, split: str) -> Any:
     return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
 
 
+# what `datasets` says of a hub dataset that is a loading script: 4.x refuses scripts, 2.x/3.x want them trusted
+_SCRIPT_SIGNS = ("Dataset scripts are no longer supported", "trust_remote_code")
+_SCRIPT_HINT = (" (this hub dataset is a loading script, which datasets 4 and later do not run and cocomix never runs: "
+                "use a copy of its text in data files — Parquet, JSON Lines or .txt — as hf:FOLDER, jsonl:PATH or "
+                "text:PATH)")
+
+
 def _load_hf(spec: str, name: str, config: str | None, split: str, streaming: bool = False) -> Any:
     try:
         import datasets
@@ -245,6 +252,8 @@ def _load_hf(spec: str, name: str, config: str | None, split: str, streaming: bo
         first_line = (str(e).strip().splitlines() or [""])[0]
         hint = (" (a config follows a colon: hf:NAME:CONFIG; NAME is name or owner/name)"
                 if config is None and "/" in name and not path.exists() else "")
+        if any(sign in str(e) for sign in _SCRIPT_SIGNS):
+            hint = _SCRIPT_HINT
         raise DataError(f"source 'hf:{spec}': datasets.load_dataset({name!r}, {config!r}, split={split!r}) "
                         f"failed: {type(e).__name__}: {first_line}{hint}") from e
 
