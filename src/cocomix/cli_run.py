@@ -74,6 +74,8 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from cocomix.data import prepare
 
+    if args.adopt is not None:
+        return _adopt(args)
     out = args.out or ("data/shakespeare" if args.source == "shakespeare" else None)
     if out is None:  # data/shakespeare is where the tiny presets read: another corpus there would be trained on
         raise CocomixError(f"--out: give the folder for the token store of {args.source!r} (the default "
@@ -82,8 +84,25 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         flag = "--val-fraction" if args.val_fraction is not None else "--split-by"
         raise CocomixError(f"{flag}: the embedded shakespeare corpus holds out fixed plays; the option is for "
                            "other sources")
-    meta = prepare(args.source, out, tokenizer=args.tokenizer, overwrite=args.overwrite, streaming=args.streaming,
+    meta = prepare(args.source, out, tokenizer=args.tokenizer or "bpe:4096", overwrite=args.overwrite,
+                   streaming=args.streaming,
                    val_fraction=0.05 if args.val_fraction is None else args.val_fraction, split_by=args.split_by)
+    print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
+    return 0
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    """`prepare --adopt DIR`: nanoGPT-style train.bin / val.bin made a token store in place (`adopt_store.py`)."""
+    from cocomix.data.adopt_store import adopt
+
+    given = [flag for flag, value in (("--source", args.source != "shakespeare"), ("--out", args.out),
+                                      ("--val-fraction", args.val_fraction is not None),
+                                      ("--split-by", args.split_by != "name"), ("--streaming", args.streaming),
+                                      ("--overwrite", args.overwrite)) if value]
+    if given:
+        raise CocomixError(f"{given[0]}: --adopt makes the folder's own train.bin / val.bin a store in place; it "
+                           "reads no source and takes only --tokenizer")
+    meta = adopt(args.adopt, tokenizer=args.tokenizer or "gpt2")
     print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
     return 0
 
@@ -177,8 +196,9 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
                         "name or owner/name, or a local folder or data file)")
     s.add_argument("--out", help="output directory (default for the embedded shakespeare corpus: data/shakespeare, "
                                  "where the tiny presets read; required for any other source)")
-    s.add_argument("--tokenizer", default="bpe:4096",
-                   help="bpe:VOCAB (train a byte-level BPE) | tokenizer.json | HF tokenizer name or folder")
+    s.add_argument("--tokenizer", default=None,
+                   help="bpe:VOCAB (train a byte-level BPE; the default, bpe:4096) | tokenizer.json | HF tokenizer "
+                        "name or folder (with --adopt: the one that wrote the streams, default gpt2)")
     s.add_argument("--val-fraction", type=float, default=None,
                    help="fraction of documents held out (default 0.05; shakespeare holds out fixed plays)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing prepared store")
@@ -186,6 +206,9 @@ def add_run_commands(sub: argparse._SubParsersAction) -> None:
                    help="what the train/val split hashes: each document's name, or its text (copies on one side)")
     s.add_argument("--streaming", action="store_true",
                    help="hf: sources: stream the dataset (no download into the cache and Arrow conversion first)")
+    s.add_argument("--adopt", metavar="DIR",
+                   help="instead of tokenizing a source: make DIR's nanoGPT-style train.bin / val.bin (e.g. the "
+                        "official code's OpenWebText) a token store in place, checked against --tokenizer")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model with any method (ntp, cocomix, kd, pause, kd-pause)")

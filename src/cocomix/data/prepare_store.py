@@ -103,7 +103,8 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
     if foreign and not (out / META_FILE).exists() and not (out / INCOMPLETE).exists() and not overwrite:
         # e.g. nanoGPT's data/openwebtext/{train,val}.bin (no meta.json): never replaced without being asked
         raise DataError(f"{out}: holds {', '.join(foreign)} but no {META_FILE}, so not a cocomix token store; "
-                        "pass --overwrite to replace them, or choose another --out")
+                        "pass --overwrite to replace them, choose another --out, or use them as they are with "
+                        f"`cocomix prepare --adopt {out}` (nanoGPT-style streams)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".cocomix-write-test.{os.getpid()}"
