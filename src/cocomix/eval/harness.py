@@ -19,8 +19,9 @@ paper's downstream tasks, §3 Table 1; no paper equation).
   soon as a stop string appears, and cut at the first one; the length is lm-eval's (`max_gen_toks` or its
   aliases `max_new_tokens`, `max_tokens`, `max_completion_tokens`, default 256) and, as in lm-eval's HF model,
   must be below `context_length` (the prompt keeps its last context_length − max_gen_toks tokens, said once).
-  Sampling as lm-eval normalises it: `do_sample` unset means sampling iff temperature > 0; `do_sample` true
-  without a temperature samples at 1 (HF's default). Other options (`num_beams` above 1, ...) are refused.
+  Sampling: `do_sample` unset means sampling iff temperature > 0, as lm-eval's HF model reads it; `do_sample` true
+  without a temperature samples at 1, HF `generate`'s default (lm-eval's HF model passes temperature 0 there,
+  which HF refuses). Other options (`num_beams` above 1, ...) are refused.
 
 Scoring runs in one precision for every method (fp32 by default; `dtype="bfloat16"` on GPU), in eval mode.
 The adapter is lm-eval's model `cocomix`: registered when this module is imported (`simple_evaluate(model=
