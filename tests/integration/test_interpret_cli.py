@@ -63,6 +63,8 @@ def test_steer_runs_student_and_teacher_and_reports_mixing(runs: dict[str, Path]
 @pytest.mark.parametrize("args,message", [
     (["--concept", "256", "--alpha", "2"], "--concept: expected an index in [0, 255], got 256"),
     (["--concept", "3", "--alpha", "nan"], "--alpha: expected a finite number, got nan"),
+    (["--concept", "3", "--alpha", "1e30"], "--alpha: expected |α| <= 10000, got 1e+30 (the paper steers with "
+                                            "-10 ... 10; a far larger α overflows the model's floats)"),
     (["--concept", "3", "--concept", "4", "--alpha", "1", "--alpha", "2", "--alpha", "3"],
      "--alpha: expected one α per concept (2), got 3"),
 ])
@@ -161,6 +163,8 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
              "argparse reads '-10,0,1' as an option: write --alphas=-10,0,1"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,nan", "--out", str(root / "se2")],
              "--alphas: expected finite numbers"),
+            (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,-2e4", "--out", str(root / "se5")],
+             "--alphas: expected values with |α| <= 10000, got -20000.0"),
             (["compression", str(runs["cocomix"]), "--threshold", "inf", "--out", str(root / "comp-inf")],
              "--threshold: expected a finite number > 0, got inf"),
             (["describe-concepts", "--data", str(store_dir), "--teacher", str(concept_parts[0]), "--teacher-layer",

@@ -31,10 +31,12 @@ from cocomix.interpret.inspect import mixing_seam
 from cocomix.model import Transformer, generate
 from cocomix.model.generate import check_sampling, restrict_vocab, sample_next
 
+MAX_ALPHA = 1e4  # far beyond the paper's ±10, far below what overflows fp32 / bf16 logits (~1e30 on small models)
+
 
 def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[float]) -> None:
-    """CocomixError for concept indices outside [0, n_latents), repeated concepts, a count mismatch or a
-    non-finite α."""
+    """CocomixError for concept indices outside [0, n_latents), repeated concepts, a count mismatch or an α that
+    is not finite or exceeds MAX_ALPHA in size."""
     if not concepts:
         raise CocomixError("--concept: give at least one concept index")
     if len(alphas) != len(concepts):
@@ -47,6 +49,9 @@ def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[flo
     for a in alphas:
         if not isinstance(a, int | float) or not math.isfinite(a):
             raise CocomixError(f"--alpha: expected a finite number, got {a!r}")
+        if abs(a) > MAX_ALPHA:
+            raise CocomixError(f"--alpha: expected |α| <= {MAX_ALPHA:g}, got {a!r} (the paper steers with "
+                               "-10 ... 10; a far larger α overflows the model's floats)")
 
 
 @dataclass
