@@ -203,6 +203,49 @@ def test_refuses_to_overwrite_an_existing_run(store_dir: Path, tmp_path: Path) -
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_run_that_never_reached_a_checkpoint_starts_again_with_resume_and_a_new_config(
+        store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """What a run killed (or failed) before its first checkpoint leaves, config.json and some metrics, holds nothing
+    to continue: --resume starts it again even with a corrected config, and equals a fresh run of that config."""
+    wrong, right = small_run(store_dir, steps=40, eval_every=0), small_run(store_dir, steps=3, eval_every=0)
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "config.json").write_text(wrong.to_json())
+    (folder / "metrics.jsonl").write_text('{"kind": "train", "step": 1, "loss": 9.0}\n')
+    with pytest.raises(CocomixError, match=r"already holds a run, which never reached a checkpoint; pass --resume to "
+                                           r"start it again \(with this config\)"):
+        train(right, folder, quiet=True)
+    capsys.readouterr()
+    train(right, folder, resume=True, quiet=True)
+    err = capsys.readouterr().err
+    assert f"{folder} never reached a checkpoint; its config is replaced (train.steps 40 -> 3" in err
+    from cocomix.train.checkpoint import read_run_config
+
+    assert read_run_config(folder) == right
+    assert all(e.get("loss") != 9.0 for e in _train_events(folder))  # the dead attempt's metrics are gone
+    train(right, tmp_path / "fresh", quiet=True)
+    a, b = _weights(folder), _weights(tmp_path / "fresh")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    with pytest.raises(CocomixError, match="config differs"):  # once it has a checkpoint, the config is the run's
+        train(wrong, folder, resume=True, quiet=True)
+
+
+def test_a_resume_on_another_cpu_thread_count_says_it_is_not_bit_identical(
+        store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = small_run(store_dir, steps=2, eval_every=0, save_every=1)
+    real = torch.get_num_threads()
+    with monkeypatch.context() as m:
+        m.setattr(torch, "get_num_threads", lambda: real + 5)  # what state.json records
+        train(small_run(store_dir, steps=1, eval_every=0, save_every=1), tmp_path / "r", quiet=True)
+    assert json.loads((tmp_path / "r" / "checkpoints" / "step_0000001" / "state.json").read_text())[
+        "cpu_threads"] == real + 5
+    (tmp_path / "r" / "config.json").write_text(run.to_json())  # as if a 2-step run had stopped after step 1
+    capsys.readouterr()
+    train(run, tmp_path / "r", resume=True)
+    assert (f"resuming with {real} CPU threads where {tmp_path / 'r' / 'checkpoints' / 'step_0000001'} was written "
+            f"with {real + 5}: the matmuls sum in another order") in capsys.readouterr().err
+
+
 def test_vocab_too_small_for_data_is_an_error(store_dir: Path, tmp_path: Path) -> None:
     base = small_run(store_dir)
     run = RunConfig(method="ntp", model=ModelConfig(vocab_size=100, n_layer=1, n_head=2, d_model=16,
@@ -765,6 +808,7 @@ def test_resuming_a_finished_run_says_so_and_a_longer_one_is_pointed_to_a_new_ru
     train(small_run(store_dir, steps=2, eval_every=0, save_every=2), tmp_path / "r", resume=True)
     seen = capsys.readouterr()
     assert "already finished (step 2 of 2); nothing to train" in seen.out + seen.err
-    with pytest.raises(CocomixError, match=r"train.steps 2 -> 5; train.steps also sets the learning-rate schedule, "
-                                           r"so a longer run is a new run \(--config .*r --set train.steps=N"):
+    with pytest.raises(CocomixError, match=r"train.steps 2 -> 5; train.steps also sets the learning-rate "
+                                           r"schedule, so a run with other steps is a new run \(--config .*r --set "
+                                           r"train.steps=N"):
         train(small_run(store_dir, steps=5, eval_every=0, save_every=2), tmp_path / "r", resume=True, quiet=True)

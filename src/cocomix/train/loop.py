@@ -243,6 +243,11 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
         atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
     if fresh_note:
         print(fresh_note, file=sys.stderr)
+    threads = state.get("cpu_threads")
+    if device.type == "cpu" and threads is not None and threads != torch.get_num_threads():
+        logger.print(f"cocomix: note: resuming with {torch.get_num_threads()} CPU threads where {ckpt} was written "
+                     f"with {threads}: the matmuls sum in another order, so the run equals an uninterrupted one up "
+                     f"to rounding, not bit for bit (OMP_NUM_THREADS={threads} restores that)")
     flops, flops_note = flops_per_token(run, method)
     if flops_note and ckpt is None:
         logger.print(flops_note)
@@ -367,7 +372,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                             run_dir, done, weights, optim_state,
                             {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
                              "train_s": train_seconds(), "global_batch": sampler.global_batch,
-                             "world_size": ctx.world_size, "skipped_steps": bad.total,
+                             "world_size": ctx.world_size, "cpu_threads": torch.get_num_threads(),
+                             "skipped_steps": bad.total,
                              "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
                              "store": identity}, tc.keep_checkpoints)
                     else:  # the folder rank 0 wrote: what every rank names as the last good checkpoint

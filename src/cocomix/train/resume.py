@@ -59,7 +59,13 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
     if not os.access(run_dir, os.W_OK):
         raise CocomixError(f"{run_dir}: out_dir is not writable")
     has_config = (run_dir / "config.json").is_file()
+    # a run killed or failed before its first checkpoint left its config.json (and metrics) but nothing to continue
+    ckpt_dir = run_dir / CKPT_DIR
+    never_saved = has_config and not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir()))
     if not resume:
+        if never_saved:
+            raise CocomixError(f"{run_dir}: already holds a run, which never reached a checkpoint; pass --resume to "
+                               "start it again (with this config) or choose another --out")
         if has_config or (run_dir / CKPT_DIR / "latest").exists():
             raise CocomixError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another "
                                "--out")
@@ -86,9 +92,15 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         moved = [k for k in changed if k in _RELOCATABLE and old.get(k) and new.get(k)]  # not on <-> off
         adjusted = [k for k in changed if k in _ADJUSTABLE]
         diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved)]
+        if diff and never_saved and ckpt is None:  # nothing to continue: the run starts again, as it is now
+            if main:
+                shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+                print(f"cocomix: note: {run_dir} never reached a checkpoint; its config is replaced ({shown}"
+                      f"{' and more' if len(diff) > 3 else ''})", file=sys.stderr)
+            return None
         if diff:
             shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-            longer = ("; train.steps also sets the learning-rate schedule, so a longer run is a new run "
+            longer = ("; train.steps also sets the learning-rate schedule, so a run with other steps is a new run "
                       f"(--config {run_dir} --set train.steps=N --out NEW)" if "train.steps" in diff else "")
             raise CheckpointError(f"{run_dir}: cannot resume, the config differs from the stored one: {shown}"
                                   f"{' (and more)' if len(diff) > 3 else ''}{longer}")
