@@ -116,6 +116,7 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
 
 
 def cmd_describe_concepts(args: argparse.Namespace) -> int:
+    from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
     from cocomix.concepts.describe import describe_concepts, write_report
     from cocomix.data import TokenStore
     from cocomix.errors import ConfigError
@@ -143,7 +144,10 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
     if not ctx.is_main:
         return 0
     out = write_report(stats, store, args.out, args.split, args.seq_len, context=args.context,
-                       meta={"teacher": args.teacher, "teacher_layer": args.teacher_layer, "sae": args.sae})
+                       meta={"teacher": args.teacher, "teacher_layer": args.teacher_layer, "sae": args.sae,
+                             # contents, so inspect / steer can tell another SAE or teacher from a moved one
+                             "sae_sha256": sae_sha256(args.sae, args.teacher_layer),
+                             "teacher_fingerprint": teacher_fingerprint(args.teacher)})
     fired = int((stats["counts"] > 0).sum())
     print(json.dumps({"report": str(out / "concepts.md"), "latents": int(stats["counts"].numel()),
                       "fired": fired, "positions": int(stats["positions"]), "fvu": float(stats["fvu"])}))

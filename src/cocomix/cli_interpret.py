@@ -32,6 +32,8 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     book = ConceptBook.load(args.concepts) if args.concepts else ConceptBook.empty(seam.n_latents)
     if len(book) != seam.n_latents:
         raise CocomixError(f"--concepts: describes {len(book)} latents, the student predicts {seam.n_latents}")
+    c = run.concept
+    book.check_source(c.sae, c.teacher, c.teacher_layer, str(args.concepts))
     return run, model, store, book
 
 

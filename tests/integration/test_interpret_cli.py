@@ -230,3 +230,27 @@ def test_steer_teacher_check_loads_the_teacher_first_and_takes_overrides(runs: d
         r = _cli(*base, "--teacher", str(concept_parts[0]), "--sae", str(tmp_path / name))
         assert r.returncode == 2 and said in r.stderr and not r.stdout, (r.stdout, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_concept_labels_of_another_sae_teacher_or_layer_are_refused(runs: dict[str, Path]) -> None:
+    """concepts.json records what it describes (sae_sha256, teacher_fingerprint, teacher_layer): labels made for
+    another SAE of the same width would name the run's concepts wrongly, so inspect / steer refuse them."""
+    report = json.loads((runs["concepts"] / "concepts.json").read_text())
+    assert len(report["sae_sha256"]) == 64 and len(report["teacher_fingerprint"]) == 64 and report["teacher_layer"] == 1
+    for change, message in ((("sae_sha256", "0" * 64), "describes another SAE"),
+                            (("teacher_fingerprint", "0" * 64), "was made with another teacher"),
+                            (("teacher_layer", 2), "describes teacher_layer 2's latents, the run's concepts are "
+                                                   "teacher_layer 1's")):
+        other = runs["root"] / f"other-{change[0]}"
+        other.mkdir(exist_ok=True)
+        (other / "concepts.json").write_text(json.dumps({**report, change[0]: change[1]}))
+        for cmd in (["inspect", str(runs["cocomix"]), "--text", "the king"],
+                    ["steer", str(runs["cocomix"]), "--prompt", "the king", "--concept", "3", "--alpha", "2",
+                     "--max-new-tokens", "2"]):
+            r = _cli(*cmd, "--concepts", str(other))
+            assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    older = {k: v for k, v in report.items() if k not in ("sae_sha256", "teacher_fingerprint")}  # before recording
+    (runs["root"] / "older").mkdir(exist_ok=True)
+    (runs["root"] / "older" / "concepts.json").write_text(json.dumps(older))
+    assert _cli("inspect", str(runs["cocomix"]), "--text", "the king", "--concepts",
+                str(runs["root"] / "older")).returncode == 0

@@ -65,11 +65,17 @@ def _label(entry: dict) -> ConceptLabel:
                         n / len(marked) if marked else 0.0, texts[0] if texts else "")
 
 
+SOURCE_KEYS = ("teacher", "teacher_layer", "sae", "sae_sha256", "teacher_fingerprint")
+
+
 class ConceptBook:
     """Labels for all latents of one SAE; `ConceptBook.empty(C)` when no descriptions are available."""
 
-    def __init__(self, labels: list[ConceptLabel]) -> None:
+    def __init__(self, labels: list[ConceptLabel], source: dict | None = None) -> None:
         self.labels = labels
+        self.source = source or {}
+        """What describe-concepts read: teacher, teacher_layer, sae and (since they are recorded) sae_sha256 and
+        teacher_fingerprint; empty for `empty`."""
 
     @classmethod
     def empty(cls, n_latents: int) -> ConceptBook:
@@ -97,7 +103,28 @@ class ConceptBook:
         labels.sort(key=lambda lab: lab.latent)
         if [lab.latent for lab in labels] != list(range(len(labels))):
             raise CocomixError(f"{p}: latents are not numbered 0..{len(labels) - 1}")
-        return cls(labels)
+        source = {k: data[k] for k in SOURCE_KEYS if k in data} if isinstance(data, dict) else {}
+        return cls(labels, source)
+
+    def check_source(self, sae: str, teacher: str, teacher_layer: int, where: str) -> None:
+        """CocomixError when these labels describe another SAE, teacher or layer than a run's `concept.sae`,
+        `concept.teacher` and `concept.teacher_layer` (each compared when both sides know it: a content hash
+        for local files, so a moved file still matches)."""
+        from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
+
+        got = self.source
+        if isinstance(got.get("teacher_layer"), int) and got["teacher_layer"] != teacher_layer:
+            raise CocomixError(f"--concepts {where}: describes teacher_layer {got['teacher_layer']}'s latents, the "
+                               f"run's concepts are teacher_layer {teacher_layer}'s")
+        if got.get("sae_sha256") and sae and Path(sae).exists() and got["sae_sha256"] != sae_sha256(sae,
+                                                                                                  teacher_layer):
+            raise CocomixError(f"--concepts {where}: describes another SAE ({got.get('sae')!r}) than the run's "
+                               f"concept.sae {sae!r} (their files differ); describe that one with describe-concepts")
+        if got.get("teacher_fingerprint") and teacher:
+            mine = teacher_fingerprint(teacher)
+            if mine is not None and mine != got["teacher_fingerprint"]:
+                raise CocomixError(f"--concepts {where}: was made with another teacher ({got.get('teacher')!r}) "
+                                   f"than the run's concept.teacher {teacher!r}")
 
     def __len__(self) -> int:
         return len(self.labels)
