@@ -242,6 +242,12 @@ class Teacher(PerPositionGradients):
         if local and not path.exists():
             raise CheckpointError(f"{name_or_path}: no such folder (a teacher is a cocomix run, a local Hugging "
                                   "Face model folder or a hub name)")
+        owner = text.partition("/")[0]
+        if not local and "/" in text and owner and Path(owner).is_dir() and not path.exists():
+            # `runs/teach` with a local runs/: a mistyped path, not the hub's owner "runs" (minutes of retries)
+            raise CheckpointError(f"{text}: no such folder in {Path(owner).resolve()} (read as a local path since "
+                                  f"{owner}/ is a folder here; a teacher is a cocomix run, a local Hugging Face model "
+                                  "folder or a hub name)")
         if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
             from cocomix.runs import load_run
 

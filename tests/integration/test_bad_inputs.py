@@ -376,3 +376,30 @@ def test_a_one_process_command_under_torchrun_is_a_one_line_error(tmp_path: Path
     r = run_cli("describe-concepts", "--data", str(tmp_path / "absent"), "--teacher", "t", "--teacher-layer", "0",
                 "--sae", "s", "--seq-len", "8", "--out", str(tmp_path / "o"), env=torchrun)
     assert r.returncode == 2 and "runs in one process" not in r.stderr, r.stderr
+
+
+def test_a_mistyped_relative_teacher_path_is_not_sent_to_the_hub(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`runs/teach` with a local runs/ folder is a typo of a local path: said at once, not minutes of hub retries
+    for an owner named "runs"; with no such local folder the same text is still a hub name."""
+    import transformers
+
+    from cocomix.errors import CheckpointError
+    from cocomix.teacher import Teacher
+
+    asked: list[str] = []
+
+    def hub(name: str, **kwargs: object) -> None:
+        asked.append(name)
+        raise OSError("offline")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(CheckpointError, match=r"^runs/teach: no such folder in .*runs \(read as a local path since "
+                                              r"runs/ is a folder here"):
+        Teacher.from_pretrained("runs/teach", 1)
+    assert asked == []
+    with pytest.raises(CheckpointError):
+        Teacher.from_pretrained("openai-community/gpt2", 1)
+    assert asked == ["openai-community/gpt2"]
