@@ -1,6 +1,20 @@
 """Evaluation: perplexity on prepared splits (`perplexity`), lm-eval-harness tasks (`harness`), run comparison
-(`compare`)."""
+(`compare`).
 
-from cocomix.eval.perplexity import evaluate_loss
+`evaluate_loss` is imported on first use (PEP 562), so that the command line can read `eval.batch_size` to parse
+its options without importing torch: `cocomix --help` answers at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["evaluate_loss"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "evaluate_loss":
+        from cocomix.eval.perplexity import evaluate_loss
+
+        return evaluate_loss
+    raise AttributeError(f"module 'cocomix.eval' has no attribute {name!r}")

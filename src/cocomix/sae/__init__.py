@@ -4,12 +4,22 @@
 uses. Loaders read OpenAI state dicts (`.pt` with weights_only, or `.safetensors`), SAELens folders and
 EleutherAI sparsify folders into it; `save_saelens` writes a SAELens folder; `load_sae` picks the format from
 the path.
+
+The names are imported on first use (PEP 562): `cocomix.sae.train_config`, which the command line reads to build
+`train-sae`'s flags, then does not import torch, and `cocomix --help` answers at once.
 """
 
-from cocomix.sae.formats import load_sae
-from cocomix.sae.openai import load_openai
-from cocomix.sae.saelens import load_saelens, save_saelens
-from cocomix.sae.sparsify import load_sparsify
-from cocomix.sae.topk import TopKSAE
+from __future__ import annotations
 
-__all__ = ["TopKSAE", "load_openai", "load_sae", "load_saelens", "load_sparsify", "save_saelens"]
+from importlib import import_module
+from typing import Any
+
+_WHERE = {"TopKSAE": "topk", "load_openai": "openai", "load_sae": "formats", "load_saelens": "saelens",
+          "load_sparsify": "sparsify", "save_saelens": "saelens"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(f"cocomix.sae.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'cocomix.sae' has no attribute {name!r}")
