@@ -185,8 +185,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from cocomix.atomic import check_out_folder
     from cocomix.eval.compare import compare
 
-    check_out_folder(args.out, own=("a run comparison (compare)",), replaces=True)
-    res = compare(args.runs, args.out, reference=args.reference)
+    check_out_folder(args.out, own=("a run comparison (compare)",))  # refused before reading the runs ...
+    res = compare(args.runs, args.out, reference=args.reference,  # ... the note only once they are read and checked
+                  before_writing=lambda: check_out_folder(args.out, own=("a run comparison (compare)",),
+                                                          replaces=True))
     print(res["table"], end="")
     print(f"written: {', '.join(str(f) for f in res['files'])}", file=sys.stderr)
     return 0

@@ -123,6 +123,9 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
 
     if args.context < 0:
         raise ConfigError(f"--context: expected an integer >= 0, got {args.context}")
+    from cocomix.concepts.describe import check_describe_args
+
+    check_describe_args(args.batch_size, args.top_n, args.max_windows)  # before the --out note
     from cocomix.atomic import check_out_folder
     from cocomix.train import distributed as dd
     from cocomix.train.fail_fast import FailFast

@@ -232,6 +232,15 @@ def test_steer_teacher_check_loads_the_teacher_first_and_takes_overrides(runs: d
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_an_argument_error_into_an_existing_describe_output_is_one_line(runs: dict[str, Path], store_dir: Path,
+                                                                       concept_parts: tuple[Path, Path]) -> None:
+    """No "will replace it" note before the error: nothing is replaced."""
+    r = _cli("describe-concepts", "--data", str(store_dir), "--teacher", str(concept_parts[0]), "--teacher-layer",
+             "1", "--sae", str(concept_parts[1]), "--seq-len", "32", "--max-windows", "-5", "--out",
+             str(runs["concepts"]))
+    assert r.returncode == 2 and r.stderr.strip() == "cocomix: error: --max-windows: expected an integer >= 0, got -5"
+
+
 def test_concept_labels_of_another_sae_teacher_or_layer_are_refused(runs: dict[str, Path]) -> None:
     """concepts.json records what it describes (sae_sha256, teacher_fingerprint, teacher_layer): labels made for
     another SAE of the same width would name the run's concepts wrongly, so inspect / steer refuse them."""

@@ -362,3 +362,6 @@ def test_rerunning_compare_into_its_own_output_says_it_is_replaced(tmp_path: Pat
     again = run_cli("compare", *runs, "--out", str(tmp_path / "cmp"))
     note = f"--out {tmp_path / 'cmp'} holds a run comparison (compare); this run will replace it"
     assert again.returncode == 0 and note in again.stderr
+    bad = run_cli("compare", *runs, "--out", str(tmp_path / "cmp"), "--reference", "nope")
+    assert bad.returncode == 2 and "will replace it" not in bad.stderr  # an argument error: nothing replaced
+    assert bad.stderr.strip().startswith("cocomix: error: --reference: 'nope'") and bad.stderr.count("\n") == 1

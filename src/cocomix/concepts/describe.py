@@ -29,6 +29,14 @@ from cocomix.train import distributed as dd
 from cocomix.train.distributed import DistContext
 
 
+def check_describe_args(batch_size: int, top_n: int, max_windows: int) -> None:
+    """ConfigError naming the flag when a count is out of range."""
+    for flag, value, least in (("--batch-size", batch_size, 1), ("--top-n", top_n, 1),
+                               ("--max-windows", max_windows, 0)):
+        if value < least:
+            raise ConfigError(f"{flag}: expected an integer >= {least}, got {value}")
+
+
 @torch.no_grad()
 def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, split: str = "val",
                       max_windows: int = 0, batch_size: int = 8, top_n: int = 8,
@@ -39,10 +47,7 @@ def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, s
     world_size-th batch and the ranks' counts, FVU sums and top lists are combined on every rank: what one process
     finds (the FVU up to the order of its float64 sums)."""
     ctx = ctx or DistContext()
-    for flag, value, least in (("--batch-size", batch_size, 1), ("--top-n", top_n, 1),
-                               ("--max-windows", max_windows, 0)):
-        if value < least:
-            raise ConfigError(f"{flag}: expected an integer >= {least}, got {value}")
+    check_describe_args(batch_size, top_n, max_windows)
     teacher.check_store(store, seq_len)
     if sae.d_in != teacher.width:
         raise ConfigError(f"SAE input width {sae.d_in} does not match the teacher's residual width {teacher.width} "

@@ -28,6 +28,7 @@ import json
 import math
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,8 +355,10 @@ def table(groups: list[Group], reference: str | None = None) -> str:
     return head + "\n".join(rows) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
-def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None = None) -> dict[str, Any]:
-    """Write compare.md and the two PNGs into out_dir; returns {"table", "groups", "files"}."""
+def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None = None,
+            before_writing: Callable[[], object] | None = None) -> dict[str, Any]:
+    """Write compare.md and the two PNGs into out_dir; returns {"table", "groups", "files"}. `before_writing` runs
+    once the runs and `reference` are read and checked (the command line's check of out_dir and its note)."""
     if not paths:
         raise CocomixError("compare: give at least one run directory")
     groups = group_runs(paths)
@@ -364,6 +367,8 @@ def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None 
                          reference)
     if reference is not None and reference not in {g.label for g in groups}:
         raise CocomixError(f"--reference: {reference!r} is not one of the runs ({', '.join(g.label for g in groups)})")
+    if before_writing is not None:
+        before_writing()
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
