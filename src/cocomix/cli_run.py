@@ -84,6 +84,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         flag = "--val-fraction" if args.val_fraction is not None else "--split-by"
         raise CocomixError(f"{flag}: the embedded shakespeare corpus holds out fixed plays; the option is for "
                            "other sources")
+    if args.val_fraction == 0:
+        print("cocomix: note: --val-fraction 0 holds out no validation text: train-sae and extract-concepts can read "
+              "this store, but `cocomix train` evaluates on its val split and will refuse it", file=sys.stderr)
     meta = prepare(args.source, out, tokenizer=args.tokenizer or "bpe:4096", overwrite=args.overwrite,
                    streaming=args.streaming,
                    val_fraction=0.05 if args.val_fraction is None else args.val_fraction, split_by=args.split_by)

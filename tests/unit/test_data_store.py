@@ -464,3 +464,14 @@ def test_a_path_that_is_plainly_not_a_store_is_named_for_what_it_is(store_dir: P
         TokenStore.open(store_dir.parent)
     with pytest.raises(DataError, match="meta.json: missing; run `cocomix prepare`"):  # an empty folder, as before
         TokenStore.open(tmp_path)
+
+
+def test_prepare_with_no_validation_text_says_that_training_will_refuse_it(corpus: Path, tmp_path: Path) -> None:
+    from tests.cli import run_cli
+
+    r = run_cli("prepare", "--source", f"text:{corpus}", "--tokenizer", "bpe:260", "--val-fraction", "0", "--out",
+                str(tmp_path / "s"))
+    assert r.returncode == 0 and json.loads(r.stdout)["val_tokens"] == 0
+    assert "--val-fraction 0 holds out no validation text" in r.stderr and "will refuse it" in r.stderr
+    r = run_cli("prepare", "--source", f"text:{corpus}", "--tokenizer", "bpe:260", "--out", str(tmp_path / "t"))
+    assert r.returncode == 0 and "holds out no validation" not in r.stderr
