@@ -173,7 +173,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)  # TOML refuses a repeated key itself
     except (ValueError, RecursionError) as e:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
     if not isinstance(data, dict):
@@ -183,6 +183,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except (TypeError, ValueError) as e:  # TOML dates and times have no config field
         raise ConfigError(f"{p}: a value is not a string, number, boolean or list ({e})") from None
     return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, with a ValueError for a key given twice (json keeps the last one without a word)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice in one object; the first one would be ignored")
+        out[key] = value
+    return out
 
 
 def run_config(data: dict[str, Any]) -> RunConfig:

@@ -172,6 +172,10 @@ def test_config_files(tmp_path) -> None:
     (tmp_path / "b.json").write_text("{not json")
     with pytest.raises(ConfigError, match="b.json: not valid JSON"):
         load_config_file(tmp_path / "b.json")
+    (tmp_path / "twice.json").write_text('{"train": {"steps": 2}, "train": {"lr": 1e-3}}')  # steps=2 would vanish
+    with pytest.raises(ConfigError, match=r"twice.json: not valid JSON \(the key 'train' appears twice in one "
+                                          r"object"):
+        load_config_file(tmp_path / "twice.json")
     (tmp_path / "c.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="c.json: expected a mapping"):
         load_config_file(tmp_path / "c.json")
