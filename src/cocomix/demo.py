@@ -73,8 +73,9 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
     from cocomix.teacher import Teacher
 
     # (the store's path is not stamped: `_store_ready` checks what it holds, and a moved checkout stays usable)
+    ready = _store_ready(data, source)  # another store at --data is refused before anything is written
     _check_stamp(out, {"source": source, "teacher_steps": steps["teacher"], "sae_steps": steps["sae"]})
-    stage("data", _store_ready(data, source), lambda: prepare(source, data, tokenizer=TOKENIZER), timings)
+    stage("data", ready, lambda: prepare(source, data, tokenizer=TOKENIZER), timings)
     teacher_run = get_preset("tiny")
     teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
                                       train=dataclasses.replace(teacher_run.train, steps=steps["teacher"],

@@ -75,6 +75,7 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     # nor is a token store prepared from another corpus trained on
     with pytest.raises(CocomixError, match="holds a token store prepared from"):
         run_demo(tmp_path / "data", tmp_path / "other", steps=steps, source="shakespeare")
+    assert not (tmp_path / "other" / "stages.json").exists()  # refused before anything was written
 
 
 def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: pytest.MonkeyPatch,
