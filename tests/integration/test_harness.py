@@ -312,6 +312,18 @@ def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Pat
         lm.loglikelihood([long])
 
 
+def test_an_unknown_task_next_to_a_malformed_task_file_names_the_file(cocomix_run: Path, tmp_path: Path) -> None:
+    tasks = _task_dir(tmp_path)
+    (tasks / "mytask.yaml").write_text("task: mytask\ndataset_path: [json\n")  # an unclosed list
+    (tasks / "fine.yaml").write_text("task: fine\nprocess_results: !function utils.process\n")  # lm-eval's tag
+    r = run_cli("eval", "--run", str(cocomix_run), "--tasks", "mytask", "--include-path", str(tasks))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    line = r.stderr.strip()
+    assert line.startswith("cocomix: error: --tasks: unknown task 'mytask' (")
+    assert "mytask.yaml is not valid YAML" in line
+
+
 def test_lm_evals_own_task_index_is_built_only_when_a_task_needs_it(tmp_path: Path) -> None:
     """Tasks all defined in --include-path: a manager of that folder alone (lm-eval's ~15,000 built-in task files
     take seconds to index); a built-in task, or a local group (it may list built-in tasks): the full index."""

@@ -390,7 +390,10 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
         manager = _task_manager(TaskManager, tasks, include_path)
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
-            raise ConfigError(f"--tasks: unknown task {unknown[0]!r} (local task folders go in --include-path)")
+            broken = _unreadable_task_file(include_path) if include_path else None
+            raise ConfigError(f"--tasks: unknown task {unknown[0]!r} " + (
+                f"({broken}, which lm-eval skips, may define it)" if broken else
+                "(local task folders go in --include-path)"))
         from cocomix.train.fail_fast import FailFast
 
         with FailFast(lm._ctx):  # under torchrun any rank's error stops the others at once
@@ -404,6 +407,25 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
         return None
     res["checkpoint"] = str(lm.checkpoint)  # the checkpoint scored (a run directory's latest)
     return res
+
+
+def _unreadable_task_file(folder: str | Path) -> str | None:
+    """'FILE is not valid YAML (…)' for the first task file under `folder` that does not parse, else None
+    (lm-eval logs such a file and goes on, so its task is then only "unknown"). lm-eval's own tags
+    (`!function module.name`) are accepted as it reads them."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    for path in sorted(Path(folder).rglob("*.yaml")):
+        try:
+            yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # a SafeLoader: builds no objects
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return f"{path} is not valid YAML ({first})"
+    return None
 
 
 def _task_manager(manager_cls: Any, tasks: list[str], include_path: str | Path | None) -> Any:
