@@ -7,6 +7,7 @@ Each is a thin wrapper of one library function (`data.prepare`, `train.train`, `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 def run_config_from(args: argparse.Namespace) -> RunConfig:
     """The run config of `train` / `flops`: --config FILE, --preset NAME, both (the file's fields on top of the
     preset's) or (train --resume) the run's stored config, with the --set overrides applied."""
+    from cocomix.config import RunConfig
     from cocomix.config_io import apply_overrides, load_config_file, merge_config, run_config
     from cocomix.presets import get_preset
     from cocomix.train.checkpoint import read_run_config
@@ -31,7 +33,8 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     elif args.config:
         base = load_config_file(args.config)
         left_out = [name for name in ("model", "data", "train") if name not in base]
-        if left_out:
+        foreign = set(base) - {f.name for f in dataclasses.fields(RunConfig)}  # another tool's file: refused below
+        if left_out and not foreign:
             shapes = " (model: GPT-2 124M's shapes)" if "model" in left_out else ""
             warnings.warn(f"--config {args.config} leaves out {', '.join(left_out)}: those fields take RunConfig's "
                           f"defaults{shapes}, see --print-config; --preset NAME --config FILE starts from a preset "

@@ -403,3 +403,13 @@ def test_a_mistyped_relative_teacher_path_is_not_sent_to_the_hub(tmp_path: Path,
     with pytest.raises(CheckpointError):
         Teacher.from_pretrained("openai-community/gpt2", 1)
     assert asked == ["openai-community/gpt2"]
+
+
+def test_another_kind_of_json_as_config_is_one_line(world: dict, capsys: pytest.CaptureFixture) -> None:
+    """A token store's meta.json is no run config: the unknown field is the one line, without the "leaves out
+    model, data, train" warning a partial run config gets."""
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(["train", "--config", str(Path(world["store"]) / "meta.json"), "--out",
+                               str(Path(world["root"]) / "cfg-meta")]))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "unknown field" in err and "leaves out" not in err, err
