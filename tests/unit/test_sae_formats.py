@@ -188,6 +188,23 @@ def test_openai_pt_with_pickled_object_is_refused_not_run(tmp_path: Path) -> Non
     assert _EXECUTED == []
 
 
+def test_a_plain_pickle_of_a_newer_protocol_is_refused_without_torchs_warning(tmp_path: Path) -> None:
+    """`pickle.dump(..., protocol=4)` (not torch.save): torch warns of the protocol before refusing; the one-line
+    error is all the user sees."""
+    import pickle
+    import warnings
+
+    path = tmp_path / "p4.pt"
+    with open(path, "wb") as f:
+        pickle.dump({**_openai_sd(), "extra": _Payload()}, f, protocol=4)
+    _EXECUTED.clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(CheckpointError, match=r"p4\.pt: cannot be loaded as plain tensors"):
+            load_openai(path)
+    assert [str(w.message) for w in seen] == [] and _EXECUTED == []
+
+
 def test_missing_files_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"nope\.pt: file not found"):
         load_openai(tmp_path / "nope.pt")

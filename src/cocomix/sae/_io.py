@@ -8,6 +8,7 @@ Nothing here unpickles arbitrary objects: safetensors files hold tensors only, a
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,9 @@ def read_torch_weights(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found (expected {what})")
     try:
-        return torch.load(str(path), weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch's note on a newer pickle protocol: the load itself answers for it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(str(path), weights_only=True, map_location="cpu")
     except Exception as exc:  # weights_only refuses any other object with an UnpicklingError; corrupt files vary
         raise CheckpointError(
             f"{path}: cannot be loaded as plain tensors with weights_only=True (expected {what}): {load_failure(exc)}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,9 @@ def load_optimizer_and_rng(ckpt: Path, load_optimizer: Callable[[dict[str, Any]]
     for name in ("optimizer.pt", "rng.pt"):
         try:
             mapped = mmap and name == "optimizer.pt"
-            loaded = torch.load(ckpt / name, weights_only=True, map_location="cpu", mmap=mapped)
+            with warnings.catch_warnings():  # torch's note on a newer pickle protocol: the load answers for it
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                loaded = torch.load(ckpt / name, weights_only=True, map_location="cpu", mmap=mapped)
             if name == "optimizer.pt":
                 if mapped:  # the step counts, which optimizers keep as they are given, in memory of their own
                     loaded = {**loaded, "state": {i: {k: v.clone() if torch.is_tensor(v) and v.dim() == 0 else v
