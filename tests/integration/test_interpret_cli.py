@@ -263,3 +263,20 @@ def test_concept_labels_of_another_sae_teacher_or_layer_are_refused(runs: dict[s
     (runs["root"] / "older" / "concepts.json").write_text(json.dumps(older))
     assert _cli("inspect", str(runs["cocomix"]), "--text", "the king", "--concepts",
                 str(runs["root"] / "older")).returncode == 0
+
+
+def test_the_sae_fit_check_of_steer_eval_reads_enough_positions(runs: dict[str, Path], store_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short texts (4 + 5 tokens) are checked on as many windows as FIT_POSITIONS needs, not on 8 positions of
+    one (where a fitting SAE read as unfit)."""
+    from cocomix.data import TokenStore
+    from cocomix.interpret import steer_eval
+
+    shapes = []
+    monkeypatch.setattr(steer_eval, "check_sae_fit", lambda teacher, sae, ids, field: shapes.append(ids.shape))
+    r = _cli("steer-eval", str(runs["cocomix"]), "--concepts", str(runs["concepts"]), "--concept", "1",
+             "--alphas=0,1", "--prompts", "2", "--prompt-len", "4", "--max-new-tokens", "5", "--out",
+             str(runs["root"] / "steering-fit"))
+    assert r.returncode == 0, r.stderr
+    want = min(TokenStore.open(store_dir).num_chunks("val", 32), -(-steer_eval.FIT_POSITIONS // 8))
+    assert want > 1 and [tuple(s) for s in shapes] == [(want, 9)]

@@ -38,6 +38,8 @@ from cocomix.model import Transformer
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
 
+FIT_POSITIONS = 256  # teacher positions the SAE-fit check reads at least (the demo's 48-token texts: 6 windows)
+
 
 @dataclass(frozen=True)
 class SteerEvalConfig:
@@ -140,7 +142,10 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     device = next(model.parameters()).device
     prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
     window = cfg.prompt_len + cfg.max_new_tokens  # as long as the texts the teacher reads back (checked above)
-    check_sae_fit(teacher, sae, store.batch(cfg.split, [0], seq_len)[:, :window].to(device), "--sae")
+    # at least FIT_POSITIONS positions (short texts: more windows), so that the FVU is no small-sample figure
+    fit_windows = min(store.num_chunks(cfg.split, seq_len), -(-FIT_POSITIONS // max(1, window - 1)))
+    check_sae_fit(teacher, sae, store.batch(cfg.split, list(range(fit_windows)), seq_len)[:, :window].to(device),
+                  "--sae")
     rows = []
     line = ProgressLine("steer-eval", len(concepts), unit="concepts", enabled=progress)
     for i, c in enumerate(concepts):
