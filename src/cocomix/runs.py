@@ -63,5 +63,8 @@ def check_tokenizer(tokenizer_dir: Path, ckpt: Path | None, hint: str, whose: st
     (a store of other ids would stand for other text); `hint` says what to give instead, `whose` names the run."""
     trained = (read_state(ckpt).get("store") or {}).get("tokenizer_sha256") if ckpt is not None else None
     if trained is not None and file_sha256(tokenizer_dir / "tokenizer.json") != trained:
+        from cocomix.data.tokenizer import load_tokenizer
+
+        load_tokenizer(str(tokenizer_dir / "tokenizer.json"))  # a damaged file is said as such, not as another one
         raise DataError(f"{tokenizer_dir.parent}: its tokenizer is not the one {whose} was trained with "
                         f"(tokenizer.json differs); {hint}")

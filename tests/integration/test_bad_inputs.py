@@ -194,6 +194,8 @@ CASES = [
                                      "{root}/o31"], "model.n_head: expected a divisor of d_model=128, got 3"),
     ("eval-store-of-another-tokenizer", ["eval", "--run", "{run}", "--data", "{root}/other-tok"],
      "not the one the run was trained with"),
+    ("eval-store-with-a-damaged-tokenizer", ["eval", "--run", "{run}", "--data", "{root}/badtok-store"],
+     "tokenizer.json: not a valid tokenizer.json"),
     ("generate-store-of-another-tokenizer", ["generate", "--run", "{run}", "--data", "{root}/other-tok", "--prompt",
                                              "the", "--max-new-tokens", "2"], "not the one the run was trained with"),
     ("eval-not-a-run", ["eval", "--run", "{root}/empty-docs"], "not a cocomix run"),
