@@ -20,6 +20,7 @@ at the capture block: the blocks above it and the LM head are never run.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -243,11 +244,13 @@ class Teacher(PerPositionGradients):
             raise CheckpointError(f"{name_or_path}: no such folder (a teacher is a cocomix run, a local Hugging "
                                   "Face model folder or a hub name)")
         owner = text.partition("/")[0]
-        if not local and "/" in text and owner and Path(owner).is_dir() and not path.exists():
-            # `runs/teach` with a local runs/: a mistyped path, not the hub's owner "runs" (minutes of retries)
-            raise CheckpointError(f"{text}: no such folder in {Path(owner).resolve()} (read as a local path since "
-                                  f"{owner}/ is a folder here; a teacher is a cocomix run, a local Hugging Face model "
-                                  "folder or a hub name)")
+        # `runs/teach` next to a local runs/ folder is likely a mistyped path, but a hub owner's name may be a local
+        # folder too (models downloaded by owner/name): said now, before the hub's retries, and in the error
+        typo = (f" (and no local folder {text}, though {owner}/ is one here: a mistyped path?)"
+                if not local and "/" in text and owner and Path(owner).is_dir() and not path.exists() else "")
+        if typo:
+            print(f"cocomix: note: teacher {text}: no such local folder, though {owner}/ is one here; reading it as "
+                  "a Hugging Face hub name", file=sys.stderr)
         if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
             from cocomix.runs import load_run
 
@@ -281,7 +284,7 @@ class Teacher(PerPositionGradients):
                     hf_logging.enable_progress_bar()
         except Exception as e:  # noqa: BLE001 - OSError, ValueError, a damaged safetensors header, an unpickling error
             raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                                  f"{str(e).splitlines()[0] if str(e) else ''}){typo}") from None
         teacher = cls(model.to(device), layer, layer_field)
         teacher.tokenizer_source = ("hf", path) if local or path.is_dir() else ("hub", text)
         return teacher
