@@ -87,12 +87,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         flag = "--val-fraction" if args.val_fraction is not None else "--split-by"
         raise CocomixError(f"{flag}: the embedded shakespeare corpus holds out fixed plays; the option is for "
                            "other sources")
-    if args.val_fraction == 0:
-        print("cocomix: note: --val-fraction 0 holds out no validation text: train-sae and extract-concepts can read "
-              "this store, but `cocomix train` evaluates on its val split and will refuse it", file=sys.stderr)
     meta = prepare(args.source, out, tokenizer=args.tokenizer or "bpe:4096", overwrite=args.overwrite,
                    streaming=args.streaming,
                    val_fraction=0.05 if args.val_fraction is None else args.val_fraction, split_by=args.split_by)
+    if meta["val_tokens"] == 0:  # said once the store is written: an error before it stays the one line
+        print("cocomix: note: no validation text was held out (--val-fraction 0): `cocomix train` and `train-sae` "
+              "evaluate on the val split and will refuse this store; `extract-concepts --splits train` reads it",
+              file=sys.stderr)
     print(json.dumps({k: meta[k] for k in ("vocab_size", "train_tokens", "val_tokens", "dtype")}))
     return 0
 

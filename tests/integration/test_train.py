@@ -218,7 +218,9 @@ def test_a_run_that_never_reached_a_checkpoint_starts_again_with_resume_and_a_ne
     capsys.readouterr()
     train(right, folder, resume=True, quiet=True)
     err = capsys.readouterr().err
-    assert f"{folder} never reached a checkpoint; its config is replaced (train.steps 40 -> 3" in err
+    assert err.count("cocomix: note:") == 1, err
+    assert (f"no checkpoint yet in {folder}; starting the run from step 0 with the config given now (train.steps "
+            "40 -> 3") in err
     from cocomix.train.checkpoint import read_run_config
 
     assert read_run_config(folder) == right
@@ -228,6 +230,12 @@ def test_a_run_that_never_reached_a_checkpoint_starts_again_with_resume_and_a_ne
     assert all(torch.equal(a[k], b[k]) for k in b)
     with pytest.raises(CocomixError, match="config differs"):  # once it has a checkpoint, the config is the run's
         train(wrong, folder, resume=True, quiet=True)
+    # killed while writing its first checkpoint: only the temporary folder is there, still nothing to continue
+    again = tmp_path / "again"
+    (again / "checkpoints" / ".tmp_step_0000001_123").mkdir(parents=True)
+    (again / "config.json").write_text(wrong.to_json())
+    train(right, again, resume=True, quiet=True)
+    assert read_run_config(again) == right
 
 
 def test_a_resume_on_another_cpu_thread_count_says_it_is_not_bit_identical(

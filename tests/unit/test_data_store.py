@@ -472,6 +472,9 @@ def test_prepare_with_no_validation_text_says_that_training_will_refuse_it(corpu
     r = run_cli("prepare", "--source", f"text:{corpus}", "--tokenizer", "bpe:260", "--val-fraction", "0", "--out",
                 str(tmp_path / "s"))
     assert r.returncode == 0 and json.loads(r.stdout)["val_tokens"] == 0
-    assert "--val-fraction 0 holds out no validation text" in r.stderr and "will refuse it" in r.stderr
+    assert "no validation text was held out (--val-fraction 0)" in r.stderr and "will refuse this store" in r.stderr
+    r = run_cli("prepare", "--source", f"text:{corpus}", "--tokenizer", "bpe:1", "--val-fraction", "0", "--out",
+                str(tmp_path / "u"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1  # an error stays the one line
     r = run_cli("prepare", "--source", f"text:{corpus}", "--tokenizer", "bpe:260", "--out", str(tmp_path / "t"))
-    assert r.returncode == 0 and "holds out no validation" not in r.stderr
+    assert r.returncode == 0 and "no validation text" not in r.stderr

@@ -193,13 +193,15 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
     # here, before it could take a checkpoint the first is writing for a damaged one
     lock = RunLock(run_dir) if ctx.is_main else None
     try:
+        notes: list[str] = []
         ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size,
-                               from_rank0=(lambda v: dd.from_rank0(v, ctx, device)) if ctx.active else None)
+                               from_rank0=(lambda v: dd.from_rank0(v, ctx, device)) if ctx.active else None,
+                               notes=notes)
         fresh_note = ""
         if resume and ckpt is None and ctx.is_main:  # e.g. the first submission of a job that is always launched
             # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
-            what = "no checkpoint yet" if (run_dir / "config.json").is_file() else "nothing to resume"
-            fresh_note = f"cocomix: note: {what} in {run_dir}; starting the run from step 0"
+            fresh_note = notes[0] if notes else f"cocomix: note: nothing to resume in {run_dir}; starting the run " \
+                                                "from step 0"
         return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note, stop_hint,
                              on_stop)
     finally:

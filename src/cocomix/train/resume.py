@@ -46,8 +46,9 @@ def check_run_folder(run_dir: Path) -> None:
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1,
-                    from_rank0: Callable[[int], int] | None = None) -> Path | None:
-    """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run).
+                    from_rank0: Callable[[int], int] | None = None, notes: list[str] | None = None) -> Path | None:
+    """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run). `notes`
+    receives the note of a resume that starts from step 0 (for the caller to print once the run has set up).
     Under torchrun `from_rank0` broadcasts rank 0's integer to every rank (a collective): rank 0 alone hashes the
     checkpoints against their manifests and the others take the step it chose, instead of every rank reading and
     hashing the whole checkpoint again."""
@@ -60,8 +61,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         raise CocomixError(f"{run_dir}: out_dir is not writable")
     has_config = (run_dir / "config.json").is_file()
     # a run killed or failed before its first checkpoint left its config.json (and metrics) but nothing to continue
-    ckpt_dir = run_dir / CKPT_DIR
-    never_saved = has_config and not (ckpt_dir.is_dir() and any(ckpt_dir.iterdir()))
+    ckpt_dir = run_dir / CKPT_DIR  # (a first checkpoint cut off while written is only a .tmp_ folder)
+    never_saved = has_config and not (ckpt_dir.is_dir() and any(not p.name.startswith(".tmp_")
+                                                                 for p in ckpt_dir.iterdir()))
     if not resume:
         if never_saved:
             raise CocomixError(f"{run_dir}: already holds a run, which never reached a checkpoint; pass --resume to "
@@ -92,11 +94,12 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         moved = [k for k in changed if k in _RELOCATABLE and old.get(k) and new.get(k)]  # not on <-> off
         adjusted = [k for k in changed if k in _ADJUSTABLE]
         diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved)]
-        if diff and never_saved and ckpt is None:  # nothing to continue: the run starts again, as it is now
-            if main:
-                shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-                print(f"cocomix: note: {run_dir} never reached a checkpoint; its config is replaced ({shown}"
-                      f"{' and more' if len(diff) > 3 else ''})", file=sys.stderr)
+        if never_saved and ckpt is None:  # nothing to continue: the run starts again, with the config given now
+            if notes is not None:
+                shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
+                notes.append(f"cocomix: note: no checkpoint yet in {run_dir}; starting the run from step 0" + (
+                    f" with the config given now ({shown}{' and more' if len(changed) > 3 else ''})"
+                    if changed else ""))
             return None
         if diff:
             shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
