@@ -68,6 +68,8 @@ def _write(path: Path, ids: list[int], dtype: str = "<u2") -> None:
     ("no_eos", r"val\.bin: ends with id 5, not the end-of-document id 0"),
     ("no_val", r"no val\.bin \(expected nanoGPT-style train\.bin and val\.bin\)"),
     ("empty_train", r"train\.bin is empty"),
+    ("uint32", r"train\.bin: every second uint16 is 0, as in uint32 ids"),
+    ("incomplete", r"a cocomix prepare was interrupted while writing this store"),
 ])
 def test_streams_that_do_not_fit_the_tokenizer_are_refused_and_nothing_is_written(
         prepared: Path, tmp_path: Path, damage: str, message: str) -> None:
@@ -82,6 +84,11 @@ def test_streams_that_do_not_fit_the_tokenizer_are_refused_and_nothing_is_writte
         _write(bins / "val.bin", [7, eos, 5])
     elif damage == "no_val":
         (bins / "val.bin").unlink()
+    elif damage == "uint32":  # the same ids written 4 bytes each: size, ids and final eos all pass as uint16
+        ids = np.fromfile(prepared / "train.bin", dtype="<u2")
+        _write(bins / "train.bin", ids.tolist(), dtype="<u4")
+    elif damage == "incomplete":
+        (bins / ".cocomix-incomplete").write_text("")
     else:
         (bins / "train.bin").write_bytes(b"")
     with pytest.raises(DataError, match=message):

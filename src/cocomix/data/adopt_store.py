@@ -8,7 +8,8 @@ writes the two files that make the folder a store: `tokenizer/` and, last, `meta
 (the official `train_test_split(test_size=0.0005, seed=2357)`).
 
 Checks, each a one-line DataError naming the file: both streams exist and hold whole tokens of the dtype the
-tokenizer's vocabulary needs; the train stream is not empty; every id is below the vocabulary size; each
+tokenizer's vocabulary needs (and, for uint16, do not look like uint32 ids: every second one 0); the train stream
+is not empty; no interrupted cocomix prepare left the folder; every id is below the vocabulary size; each
 non-empty stream ends with the end-of-document id (nanoGPT appends it to every document, so a stream that does not
 was written with another tokenizer or is truncated).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cocomix.atomic import atomic_write_text
-from cocomix.data.store import DTYPES, FORMAT_VERSION, META_FILE, SPLITS, TOKENIZER_DIR
+from cocomix.data.store import DTYPES, FORMAT_VERSION, INCOMPLETE, META_FILE, SPLITS, TOKENIZER_DIR
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer
 from cocomix.errors import DataError
 
@@ -45,6 +46,11 @@ def _scan(path: Path, dtype: np.dtype, tok: TextTokenizer, progress: bool) -> tu
     if n == 0:
         return 0, 0
     ids = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+    head = ids[:1 << 16]  # (≤ 65536,)
+    if dtype.itemsize == 2 and head.size >= 64 and not head[1::2].any() and head[0::2].any():
+        # uint32 ids read as uint16: every high half is 0 (the size and even the ids may pass the checks below)
+        raise DataError(f"{path}: every second uint16 is 0, as in uint32 ids; a vocabulary of {tok.vocab_size} is "
+                        "stored as uint16 ids (written with another dtype?)")
     documents, last_report = 0, time.monotonic()
     for start in range(0, n, BLOCK_TOKENS):
         block = ids[start:start + BLOCK_TOKENS]  # (≤ BLOCK_TOKENS,)
@@ -76,6 +82,9 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
                         "folder holding train.bin and val.bin)")
     if (out / META_FILE).exists():
         raise DataError(f"--adopt {out}: already a token store ({META_FILE} exists); train on it as it is")
+    if (out / INCOMPLETE).exists():  # its streams may be half old, half new: not nanoGPT's files
+        raise DataError(f"--adopt {out}: a cocomix prepare was interrupted while writing this store; run that "
+                        "prepare again")
     kind = output_kind(out)
     if kind not in (None, STORE):
         raise DataError(f"--adopt {out}: holds {kind}, not token streams")
@@ -87,7 +96,7 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
                         "wrote them (gpt2 for nanoGPT's and the official code's OpenWebText)")
     tok = load_tokenizer(tokenizer)
     name = "uint16" if tok.vocab_size <= 2**16 else "uint32"
-    lock = RunLock(out)
+    lock = RunLock(out, instead="let it finish")
     try:
         counts = {}
         for split in SPLITS:

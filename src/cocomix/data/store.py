@@ -87,7 +87,7 @@ class TokenStore:
         meta_path = path / META_FILE
         _check_store_folder(path)
         if not meta_path.is_file():
-            if path.is_dir() and (path / "train.bin").is_file():  # nanoGPT's data/openwebtext, say
+            if path.is_dir() and (path / "train.bin").is_file() and not (path / INCOMPLETE).exists():  # nanoGPT's
                 raise DataError(f"{meta_path}: missing, next to a train.bin; `cocomix prepare --adopt {path} "
                                 "--tokenizer TOKENIZER` makes nanoGPT-style streams a token store in place")
             hint = "" if path.is_dir() else " (the folder does not exist)"

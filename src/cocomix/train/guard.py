@@ -32,7 +32,8 @@ LOCK_NAME = ".lock"
 class RunLock:
     """Exclusive lock on a run directory, held until `release` (or process exit)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, instead: str = "choose another --out") -> None:
+        """`instead`: what the error of a folder locked by another process tells the user to do besides waiting."""
         self.path = run_dir / LOCK_NAME
         for _ in range(3):  # a holder that removes its empty folder on release unlinks the lock file it held
             try:
@@ -45,7 +46,7 @@ class RunLock:
             except BlockingIOError:
                 os.close(self._fd)
                 raise CocomixError(f"{run_dir}: another cocomix process is writing this directory "
-                                   f"(it holds {self.path}); wait for it or choose another --out") from None
+                                   f"(it holds {self.path}); wait for it or {instead}") from None
             if self._holds_the_file_on_disk():
                 break
             os.close(self._fd)  # locked a file that was unlinked meanwhile: lock the one there now
