@@ -137,9 +137,11 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
     device = dd.setup(ctx, resolve_device(args.device, "--device"))
     try:
         with FailFast(ctx):  # any rank's error stops the others at once
-            dd.main_rank_does(lambda: check_out_folder(args.out, own=("concept descriptions (describe-concepts)",),
-                                                       replaces=True), ctx, device)  # before the pass
+            own = ("concept descriptions (describe-concepts)",)
+            dd.main_rank_does(lambda: check_out_folder(args.out, own=own), ctx, device)  # refused before loading
             teacher, sae = _teacher_and_sae(args, device)
+            # the "will replace it" note once the teacher and SAE have loaded, before the pass
+            dd.main_rank_does(lambda: check_out_folder(args.out, own=own, replaces=True), ctx, device)
             stats = describe_concepts(store, teacher, sae, args.seq_len, split=args.split, max_windows=args.max_windows,
                                       batch_size=args.batch_size, top_n=args.top_n, ctx=ctx)
     finally:

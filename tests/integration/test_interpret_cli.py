@@ -239,6 +239,9 @@ def test_an_argument_error_into_an_existing_describe_output_is_one_line(runs: di
              "1", "--sae", str(concept_parts[1]), "--seq-len", "32", "--max-windows", "-5", "--out",
              str(runs["concepts"]))
     assert r.returncode == 2 and r.stderr.strip() == "cocomix: error: --max-windows: expected an integer >= 0, got -5"
+    r = _cli("describe-concepts", "--data", str(store_dir), "--teacher", str(concept_parts[0]), "--teacher-layer",
+             "1", "--sae", str(runs["root"] / "no-such-sae"), "--seq-len", "32", "--out", str(runs["concepts"]))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no-such-sae" in r.stderr, r.stderr
 
 
 def test_concept_labels_of_another_sae_teacher_or_layer_are_refused(runs: dict[str, Path]) -> None:
