@@ -244,13 +244,13 @@ def test_an_argument_error_into_an_existing_describe_output_is_one_line(runs: di
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no-such-sae" in r.stderr, r.stderr
 
 
-def test_concept_labels_of_another_sae_teacher_or_layer_are_refused(runs: dict[str, Path]) -> None:
+def test_labels_of_another_sae_or_layer_are_refused_and_of_another_teacher_warned(runs: dict[str, Path]) -> None:
     """concepts.json records what it describes (sae_sha256, teacher_fingerprint, teacher_layer): labels made for
-    another SAE of the same width would name the run's concepts wrongly, so inspect / steer refuse them."""
+    another SAE of the same width or another layer would name the run's concepts wrongly, so inspect / steer
+    refuse them; another teacher (the same SAE) is a warning."""
     report = json.loads((runs["concepts"] / "concepts.json").read_text())
     assert len(report["sae_sha256"]) == 64 and len(report["teacher_fingerprint"]) == 64 and report["teacher_layer"] == 1
     for change, message in ((("sae_sha256", "0" * 64), "describes another SAE"),
-                            (("teacher_fingerprint", "0" * 64), "was made with another teacher"),
                             (("teacher_layer", 2), "describes teacher_layer 2's latents, the run's concepts are "
                                                    "teacher_layer 1's")):
         other = runs["root"] / f"other-{change[0]}"
@@ -261,6 +261,11 @@ def test_concept_labels_of_another_sae_teacher_or_layer_are_refused(runs: dict[s
                      "--max-new-tokens", "2"]):
             r = _cli(*cmd, "--concepts", str(other))
             assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+    other = runs["root"] / "other-teacher"  # the same SAE read through another teacher: a warning
+    other.mkdir(exist_ok=True)
+    (other / "concepts.json").write_text(json.dumps({**report, "teacher_fingerprint": "0" * 64}))
+    r = _cli("inspect", str(runs["cocomix"]), "--text", "the king", "--concepts", str(other))
+    assert r.returncode == 0 and r.stderr.count("made with another teacher") == 1, r.stderr
     older = {k: v for k, v in report.items() if k not in ("sae_sha256", "teacher_fingerprint")}  # before recording
     (runs["root"] / "older").mkdir(exist_ok=True)
     (runs["root"] / "older" / "concepts.json").write_text(json.dumps(older))

@@ -1,5 +1,5 @@
-"""The command line starts without importing torch: `--help`, `presets` and argument errors answer at once, and
-a Ctrl-C during start-up meets `main`'s handler (exit 130) instead of a traceback from inside an import."""
+"""The command line starts without importing torch: `--help`, `presets` and argument errors answer at once (and
+the import that a command needs runs inside `main`, under its Ctrl-C handler)."""
 
 from __future__ import annotations
 

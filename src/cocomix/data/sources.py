@@ -221,9 +221,8 @@ def _from_disk(spec: str, datasets: Any, folder: Path, split: str) -> Any:
 
 # what `datasets` says of a hub dataset that is a loading script: 4.x refuses scripts, 2.x/3.x want them trusted
 _SCRIPT_SIGNS = ("Dataset scripts are no longer supported", "trust_remote_code")
-_SCRIPT_HINT = (" (this hub dataset is a loading script, which datasets 4 and later do not run and cocomix never runs: "
-                "use a copy of its text in data files — Parquet, JSON Lines or .txt — as hf:FOLDER, jsonl:PATH or "
-                "text:PATH)")
+_SCRIPT_HINT = (" (this hub dataset is a loading script, which datasets 4 and later do not run: use a copy of its "
+                "text in data files — Parquet, JSON Lines or .txt — as hf:FOLDER, jsonl:PATH or text:PATH)")
 
 
 def _load_hf(spec: str, name: str, config: str | None, split: str, streaming: bool = False) -> Any:

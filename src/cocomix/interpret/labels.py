@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocomix.errors import CocomixError
+from cocomix.errors import CocomixError, CocomixWarning
 
 _MARKED = re.compile(r"«(.*?)»", re.S)
 
@@ -107,9 +108,9 @@ class ConceptBook:
         return cls(labels, source)
 
     def check_source(self, sae: str, teacher: str, teacher_layer: int, where: str) -> None:
-        """CocomixError when these labels describe another SAE, teacher or layer than a run's `concept.sae`,
-        `concept.teacher` and `concept.teacher_layer` (each compared when both sides know it: a content hash
-        for local files, so a moved file still matches)."""
+        """CocomixError when these labels describe another SAE or layer than a run's `concept.sae` and
+        `concept.teacher_layer`, a warning for another teacher than `concept.teacher` (each compared when both
+        sides know it: a content hash of local files, so a moved file still matches; hub names are not compared)."""
         from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
 
         got = self.source
@@ -121,10 +122,14 @@ class ConceptBook:
             raise CocomixError(f"--concepts {where}: describes another SAE ({got.get('sae')!r}) than the run's "
                                f"concept.sae {sae!r} (their files differ); describe that one with describe-concepts")
         if got.get("teacher_fingerprint") and teacher:
-            mine = teacher_fingerprint(teacher)
-            if mine is not None and mine != got["teacher_fingerprint"]:
-                raise CocomixError(f"--concepts {where}: was made with another teacher ({got.get('teacher')!r}) "
-                                   f"than the run's concept.teacher {teacher!r}")
+            try:
+                mine = teacher_fingerprint(teacher)
+            except CocomixError:  # a teacher run without checkpoints now: nothing to compare with
+                mine = None
+            if mine is not None and mine != got["teacher_fingerprint"]:  # (a teacher run trained on, say)
+                warnings.warn(f"--concepts {where}: made with another teacher ({got.get('teacher')!r}) than the "
+                              f"run's concept.teacher {teacher!r} now; the same SAE's latents, but their contexts "
+                              "were read through that teacher", CocomixWarning, stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -143,7 +143,8 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
     window = cfg.prompt_len + cfg.max_new_tokens  # as long as the texts the teacher reads back (checked above)
     # at least FIT_POSITIONS positions (short texts: more windows), so that the FVU is no small-sample figure
-    fit_windows = min(store.num_chunks(cfg.split, seq_len), -(-FIT_POSITIONS // max(1, window - 1)))
+    per_window = max(1, min(window, seq_len) - 1)  # (position 0 of each is left out)
+    fit_windows = min(store.num_chunks(cfg.split, seq_len), -(-FIT_POSITIONS // per_window))
     check_sae_fit(teacher, sae, store.batch(cfg.split, list(range(fit_windows)), seq_len)[:, :window].to(device),
                   "--sae")
     rows = []
