@@ -7,7 +7,10 @@ its options without importing torch: `cocomix --help` answers at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr__` imports it on first use
+    from cocomix.eval.perplexity import evaluate_loss
 
 __all__ = ["evaluate_loss"]
 

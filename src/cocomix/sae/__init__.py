@@ -12,14 +12,25 @@ The names are imported on first use (PEP 562): `cocomix.sae.train_config`, which
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and editors see; at run time `__getattr__` imports each on first use
+    from cocomix.sae.formats import load_sae
+    from cocomix.sae.openai import load_openai
+    from cocomix.sae.saelens import load_saelens, save_saelens
+    from cocomix.sae.sparsify import load_sparsify
+    from cocomix.sae.topk import TopKSAE
 
 _WHERE = {"TopKSAE": "topk", "load_openai": "openai", "load_sae": "formats", "load_saelens": "saelens",
           "load_sparsify": "sparsify", "save_saelens": "saelens"}
-__all__ = sorted(_WHERE)
+__all__ = ["TopKSAE", "load_openai", "load_sae", "load_saelens", "load_sparsify", "save_saelens"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         return getattr(import_module(f"cocomix.sae.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'cocomix.sae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
