@@ -8,8 +8,7 @@ official config's `dropout: 0.0` is never wired into the model, so the published
 The global batch is micro_batch_size · grad_accum · world_size: the presets give 512 / 1024 windows on one
 process; divide grad_accum by the number of GPUs under torchrun. Validation during training reads whole global
 batches (`train.eval_batches`, so that it does not depend on the split into processes): 1024 windows (2 × 512;
-1B: 1 × 1024) where the official trainer's `eval_limit` reads 1000 (its final `test.py` evaluation is
-`cocomix eval`'s).
+1B: 1 × 1024) where the official trainer's `eval_limit` reads 1000.
 """
 
 from __future__ import annotations
