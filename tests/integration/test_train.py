@@ -644,6 +644,36 @@ def test_resume_skips_a_latest_checkpoint_missing_a_file_its_manifest_lists(stor
     assert all(torch.equal(want[k], got[k]) for k in want)
 
 
+def test_resume_skips_an_old_checkpoint_without_manifest_whose_rng_or_weights_do_not_read(
+        store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Checkpoints written before manifests have no checksums; a damaged rng.pt or a weights file whose header does
+    not parse is still found before the resume, which takes the checkpoint before it."""
+    from cocomix.train.checkpoint import verify_checkpoint
+
+    run = small_run(store_dir, steps=4, eval_every=0, save_every=2, keep_checkpoints=3)
+    train(run, tmp_path / "r", quiet=True)
+    want = {k: v.clone() for k, v in _weights(tmp_path / "r").items()}
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(tmp_path / "r", snapshot)
+    for damaged, message in (("rng.pt", "rng.pt: unreadable ("), ("model.safetensors", "model.safetensors: "
+                                                                                        "unreadable (")):
+        shutil.rmtree(tmp_path / "r")
+        shutil.copytree(snapshot, tmp_path / "r")
+        for ckpt in (tmp_path / "r" / "checkpoints").glob("step_*"):
+            (ckpt / "manifest.json").unlink()  # as an old checkpoint
+        latest = tmp_path / "r" / "checkpoints" / "step_0000004"
+        verify_checkpoint(latest)  # readable as it is
+        (latest / damaged).write_bytes((latest / damaged).read_bytes()[:5])
+        with pytest.raises(CheckpointError, match=re.escape(message) + r".*written before manifests$"):
+            verify_checkpoint(latest)
+        capsys.readouterr()
+        train(run, tmp_path / "r", resume=True, quiet=True)
+        err = capsys.readouterr().err
+        assert message in err and "step_0000002 instead" in err, err
+        got = _weights(tmp_path / "r")
+        assert all(torch.equal(want[k], got[k]) for k in want)
+
+
 def test_damage_past_the_first_mebibyte_of_a_checkpoint_file_is_found(tmp_path: Path) -> None:
     """verify_checkpoint hashes all of a file, not its first 1 MiB block: a bit flipped at 1.5 MiB of a 2 MiB
     model.safetensors (same size) is a checksum error."""

@@ -43,8 +43,9 @@ MANIFEST = "manifest.json"
 def verify_checkpoint(ckpt: Path) -> None:
     """CheckpointError when a file listed in the checkpoint's manifest is missing or differs from it."""
     path = ckpt / MANIFEST
-    if not path.is_file():
-        return  # written before manifests existed
+    if not path.is_file():  # written before manifests existed: the files must at least read as what they are
+        _readable_without_manifest(ckpt)
+        return
     try:
         files = json.loads(path.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -61,6 +62,30 @@ def verify_checkpoint(ckpt: Path) -> None:
             raise CheckpointError(f"{f}: missing (listed in {MANIFEST})") from None
         if damaged:
             raise CheckpointError(f"{f}: does not match its checksum in {MANIFEST} (damaged after it was written)")
+
+
+def _readable_without_manifest(ckpt: Path) -> None:
+    """CheckpointError when a checkpoint with no manifest (an old one) has weights whose safetensors header does
+    not parse or an `rng.pt` that does not load: what a manifest's checksums would have caught, found without one
+    so that a resume passes over it too (the optimizer state, the large file, is read when it is used)."""
+    from safetensors import safe_open
+
+    weights = ckpt / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{weights}: unreadable ({type(e).__name__}) in a checkpoint written before "
+                              "manifests") from None
+    rng = ckpt / "rng.pt"
+    if rng.is_file():
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                torch.load(rng, weights_only=True, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - weights_only refusals and truncations raise many types
+            raise CheckpointError(f"{rng}: unreadable ({load_failure(e)}) in a checkpoint written before "
+                                  "manifests") from None
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
