@@ -10,7 +10,8 @@ atomically after it, so a crash at any moment leaves the previous checkpoint int
 optimizer and RNG state go through torch.save and come back with `weights_only=True`. `manifest.json` records
 each file's size and SHA-256; `verify_checkpoint` checks them before a checkpoint is used, so a file damaged on
 disk after it was written (a bad sector, a partial copy between clusters) is a clear error, not a silent
-divergence. Checkpoints written before manifests existed are accepted unverified. A save that fails (a full
+divergence. Checkpoints written before manifests existed have no checksums: their weights' header and `rng.pt`
+must at least read. A save that fails (a full
 disk) removes its temporary folder and says so in one line; the next save also removes what a killed process
 left (`.tmp_step_*`, `.deleting_step_*`: a pruned checkpoint is renamed out of the `step_*` names before its
 files are deleted). `metrics.jsonl` is fsynced with each checkpoint.
