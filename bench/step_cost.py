@@ -192,7 +192,8 @@ class Step:
 
     def __init__(self, name: str, runs: dict[str, Any], shape: str, device: torch.device,
                  with_teacher: bool = True) -> None:
-        from cocomix.teacher import Teacher, cuda_matmul_precision, teacher_dtype
+        from cocomix.teacher import Teacher
+        from cocomix.teacher_precision import cuda_matmul_precision, teacher_dtype
 
         cuda_matmul_precision(device)  # TF32 on CUDA, as training sets it
         self.run = run_of(name, runs)

@@ -19,7 +19,8 @@ def _teacher_and_sae(args: argparse.Namespace, device: Any = None):  # -> tuple[
     """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`), on `device`
     (default: `--device`)."""
     from cocomix.sae import load_sae
-    from cocomix.teacher import Teacher, teacher_dtype
+    from cocomix.teacher import Teacher
+    from cocomix.teacher_precision import teacher_dtype
     from cocomix.train.loop import resolve_device
 
     device = device if device is not None else resolve_device(args.device, "--device")
@@ -34,7 +35,8 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
     from cocomix.sae.train_config import SAETrainConfig
     from cocomix.sae.training import check_out, check_world_size, train_sae
-    from cocomix.teacher import Teacher, teacher_dtype
+    from cocomix.teacher import Teacher
+    from cocomix.teacher_precision import teacher_dtype
     from cocomix.train import distributed as dd
     from cocomix.train.fail_fast import FailFast
     from cocomix.train.loop import resolve_device

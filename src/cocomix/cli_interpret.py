@@ -89,7 +89,8 @@ def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any) -> tuple[A
     """The teacher and SAE of `--teacher` / `--sae`, else of the run's concept.teacher / concept.sae (paths
     relative to where training ran: a failure says so)."""
     from cocomix.sae import load_sae
-    from cocomix.teacher import Teacher, teacher_dtype
+    from cocomix.teacher import Teacher
+    from cocomix.teacher_precision import teacher_dtype
 
     c = run.concept
 

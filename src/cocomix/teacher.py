@@ -19,7 +19,6 @@ at the capture block: the blocks above it and the LM head are never run.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import warnings
 from collections.abc import Callable
@@ -45,31 +44,6 @@ if TYPE_CHECKING:
 class _Captured(BaseException):
     """Raised by the capture hook to end a forward that only wants the hidden state at `teacher_layer` (a
     BaseException, so that no `except Exception` inside a model's forward swallows it)."""
-
-
-def teacher_dtype(name: str) -> torch.dtype:
-    """The torch dtype of `concept.teacher_dtype` / `--teacher-dtype` (`float32` or `bfloat16`)."""
-    if name not in ("float32", "bfloat16"):
-        raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {name!r}")
-    return getattr(torch, name)
-
-
-def cuda_matmul_precision(device: torch.device) -> None:
-    """On CUDA, fp32 matmuls may use TF32 (precision "high"), as the official trainer turns TF32 on. Called by
-    training and by `extract-concepts` alike, so that an fp32 teacher and SAE give cached targets computed as the
-    online ones are."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-
-
-def teacher_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The region the frozen teacher (and SAE) compute in during training (`concept.teacher_precision`): `fp32`
-    leaves any surrounding autocast (the official teacher is never autocast), `autocast` keeps it."""
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    if precision == "autocast":
-        return contextlib.nullcontext()
-    raise ConfigError(f"concept.teacher_precision: expected 'fp32' or 'autocast', got {precision!r}")
 
 
 # config fields with which transformers' causal LMs change logits after the LM head (the split then runs the whole

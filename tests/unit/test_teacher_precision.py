@@ -16,7 +16,8 @@ from cocomix.methods import KD, Batch, CoCoMix
 from cocomix.model import Transformer
 from cocomix.presets import get_preset
 from cocomix.sae import TopKSAE
-from cocomix.teacher import Teacher, teacher_precision
+from cocomix.teacher import Teacher
+from cocomix.teacher_precision import teacher_precision
 from tests.conftest import tiny_model_config
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
@@ -96,7 +97,7 @@ def test_cuda_matmul_precision_is_tf32_on_cuda_only_and_training_sets_it(monkeyp
     """On CUDA, training lets fp32 matmuls use TF32 (as the official trainer does), through the helper that
     `extract-concepts` calls too (tests/integration/test_concept_cache.py)."""
     import cocomix.train.loop as loop
-    from cocomix.teacher import cuda_matmul_precision
+    from cocomix.teacher_precision import cuda_matmul_precision
 
     before = torch.get_float32_matmul_precision()
     try:

@@ -32,7 +32,7 @@ from cocomix.digest import file_sha256
 from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
-from cocomix.teacher import cuda_matmul_precision
+from cocomix.teacher_precision import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.distributed import DistContext
 from cocomix.train.guard import RunLock, StopSignals

@@ -26,7 +26,7 @@ from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
 from cocomix.model.concept_head import whole_logits_loss
-from cocomix.teacher import teacher_dtype, teacher_precision
+from cocomix.teacher_precision import teacher_dtype, teacher_precision
 
 if TYPE_CHECKING:
     from cocomix.concepts.cache import TargetCache

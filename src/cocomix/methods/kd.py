@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from cocomix.errors import ConfigError
 from cocomix.methods.base import Batch, Method, next_token_loss
-from cocomix.teacher import teacher_dtype, teacher_precision
+from cocomix.teacher_precision import teacher_dtype, teacher_precision
 
 if TYPE_CHECKING:
     from cocomix.config import RunConfig

@@ -32,7 +32,7 @@ from cocomix.flops import LMShape, plugin_note, recorded_teacher, run_flops, tea
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.model import Transformer
 from cocomix.progress import format_duration
-from cocomix.teacher import cuda_matmul_precision
+from cocomix.teacher_precision import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import (
     CKPT_DIR,
