@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag}: " + ("a perplexity option; lm-eval --tasks do not use it" if tasks
                                              else "an lm-eval option; it needs --tasks"))
     if tasks:
-        from cocomix.eval.harness import run_tasks
+        from cocomix.eval.tasks import run_tasks
 
         res = run_tasks(args.run, tasks, include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,

@@ -64,7 +64,7 @@ def _direct_loglik(model: torch.nn.Module, tok: object, context: str, continuati
 
 def test_local_task_loglikelihoods_equal_direct_scoring(cocomix_run: Path, tmp_path: Path) -> None:
     from cocomix.data import TokenStore
-    from cocomix.eval.harness import run_tasks
+    from cocomix.eval.tasks import run_tasks
 
     res = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=_task_dir(tmp_path), log_samples=True)
     samples = res["samples"]["shakespeare_mc"]
@@ -118,7 +118,8 @@ def test_a_local_generation_task_runs_through_lm_eval_in_batches(cocomix_run: Pa
     adapter's one-request answer."""
     from types import SimpleNamespace
 
-    from cocomix.eval.harness import CocomixLM, run_tasks
+    from cocomix.eval.harness import CocomixLM
+    from cocomix.eval.tasks import run_tasks
 
     folder = _task_dir(tmp_path)
     (folder / "shakespeare_gen.yaml").write_text(GEN_TASK.format(data=folder / "items.jsonl"))
@@ -329,7 +330,7 @@ def test_lm_evals_own_task_index_is_built_only_when_a_task_needs_it(tmp_path: Pa
     take seconds to index); a built-in task, or a local group (it may list built-in tasks): the full index."""
     from lm_eval.tasks import TaskManager
 
-    from cocomix.eval.harness import _task_manager
+    from cocomix.eval.tasks import _task_manager
 
     tasks = _task_dir(tmp_path)
     (tasks / "group.yaml").write_text("group: shakespeare_group\ntask:\n  - shakespeare_mc\n")
@@ -411,7 +412,8 @@ def test_scores_equal_lm_evals_hf_model_on_our_model(cocomix_run: Path) -> None:
 
 def test_adapter_arguments_are_checked_and_limit_zero_means_every_example(cocomix_run: Path,
                                                                           tmp_path: Path) -> None:
-    from cocomix.eval.harness import CocomixLM, run_tasks
+    from cocomix.eval.harness import CocomixLM
+    from cocomix.eval.tasks import run_tasks
 
     for kwargs, field in (({"dtype": "float16"}, "--dtype"), ({"batch_size": 0}, "--batch-size"),
                           ({"batch_size": "most"}, "--batch-size"), ({"batch_size": "auto:x"}, "--batch-size"),
@@ -475,7 +477,8 @@ def test_lm_eval_finds_the_adapter_by_its_model_name(cocomix_run: Path, tmp_path
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    from cocomix.eval.harness import CocomixLM, run_tasks
+    from cocomix.eval.harness import CocomixLM
+    from cocomix.eval.tasks import run_tasks
 
     assert get_model("cocomix") is CocomixLM
     assert get_model("hf").__name__ == "HFLM"  # lm-eval's own names still resolve
@@ -511,16 +514,16 @@ def test_torchrun_with_an_lm_eval_that_predates_model_collectives_is_a_one_line_
     torchrun, accepted in one process and from 0.4.12 on."""
     import importlib.metadata
 
-    from cocomix.eval import harness
+    from cocomix.eval import tasks
 
     installed = {"v": "0.4.11"}
     monkeypatch.setattr(importlib.metadata, "version", lambda name: installed["v"])
-    harness.check_harness_version()  # one process: any version
+    tasks.check_harness_version()  # one process: any version
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(ConfigError, match=r"^--tasks under torchrun: lm-eval 0\.4\.11 is installed; data-parallel "
                                           r"evaluation needs lm-eval>=0\.4\.12"):
-        harness.check_harness_version()
+        tasks.check_harness_version()
     for ok in ("0.4.12", "0.4.13.dev0", "0.5.0"):
         installed["v"] = ok
-        harness.check_harness_version()
+        tasks.check_harness_version()
