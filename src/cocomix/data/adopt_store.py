@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from cocomix.atomic import atomic_write_text
+from cocomix.data.prepare_store import dtype_name
 from cocomix.data.store import DTYPES, FORMAT_VERSION, INCOMPLETE, META_FILE, SPLITS, TOKENIZER_DIR
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer
 from cocomix.errors import DataError
@@ -95,7 +96,7 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
         raise DataError(f"--tokenizer {tokenizer}: adopted streams are already tokenized; give the tokenizer that "
                         "wrote them (gpt2 for nanoGPT's and the official code's OpenWebText)")
     tok = load_tokenizer(tokenizer)
-    name = "uint16" if tok.vocab_size <= 2**16 else "uint32"
+    name = dtype_name(tok.vocab_size)  # what `prepare` would have written
     lock = RunLock(out, instead="let it finish")
     try:
         counts = {}
