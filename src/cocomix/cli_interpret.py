@@ -173,15 +173,10 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
         raise CocomixError(f"--alphas: expected comma-separated numbers, got {args.alphas!r}") from None
-    bad = next((a for a in alphas if not abs(a) < float("inf")), None)
-    if bad is not None:
-        raise CocomixError(f"--alphas: expected finite numbers, got {bad!r}")
-    from cocomix.interpret.steer import MAX_ALPHA
+    from cocomix.interpret.steer import check_alpha
 
-    big = next((a for a in alphas if abs(a) > MAX_ALPHA), None)
-    if big is not None:
-        raise CocomixError(f"--alphas: expected values with |α| <= {MAX_ALPHA:g}, got {big!r} (the paper steers "
-                           "with -10 ... 10)")
+    for a in alphas:
+        check_alpha(a, "--alphas")
     if len(set(alphas)) != len(alphas):
         raise CocomixError(f"--alphas: {args.alphas!r} repeats a value; give each α once")
     run, model, store, book = _open(args)

@@ -47,11 +47,16 @@ def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[flo
     if len(set(concepts)) != len(concepts):
         raise CocomixError(f"--concept: each concept at most once, got {list(concepts)}")
     for a in alphas:
-        if not isinstance(a, int | float) or not math.isfinite(a):
-            raise CocomixError(f"--alpha: expected a finite number, got {a!r}")
-        if abs(a) > MAX_ALPHA:
-            raise CocomixError(f"--alpha: expected |α| <= {MAX_ALPHA:g}, got {a!r} (the paper steers with "
-                               "-10 ... 10; a far larger α overflows the model's floats)")
+        check_alpha(a)
+
+
+def check_alpha(a: object, flag: str = "--alpha") -> None:
+    """CocomixError naming `flag` for an α that is not a finite number or exceeds MAX_ALPHA in size."""
+    if not isinstance(a, int | float) or isinstance(a, bool) or not math.isfinite(a):
+        raise CocomixError(f"{flag}: expected a finite number, got {a!r}")
+    if abs(a) > MAX_ALPHA:
+        raise CocomixError(f"{flag}: expected |α| <= {MAX_ALPHA:g}, got {a!r} (the paper steers with -10 ... 10; a "
+                           "far larger α overflows the model's floats)")
 
 
 @dataclass
