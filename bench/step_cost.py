@@ -60,6 +60,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from naive import NaiveTargets, dense_compression, naive_flops, naive_loss, same_function  # noqa: E402
+from step_report import print_summary, ratios  # noqa: E402
 
 from cocomix.flops import LMShape, ntp_width_for, run_flops  # noqa: E402
 from cocomix.methods import METHODS, Batch  # noqa: E402
@@ -391,45 +392,11 @@ def main() -> None:
             cmd += ["--activation-checkpointing"] * args.activation_checkpointing
             result["methods"][n].update(memory_subprocess(cmd, n))
     m = result["methods"]
-
-    def ratio(a: str, b: str, key: str) -> float | None:
-        return m[a][key] / m[b][key] if key in m.get(a, {}) and key in m.get(b, {}) else None
-
-    result["ratios"] = {
-        "naive_over_optimised_step": ratio("cocomix-naive", "cocomix", "step_s"),
-        "naive_over_optimised_flops": ratio("cocomix-naive", "cocomix", "flops_per_token"),
-        "cached_over_ntp_step": ratio("cocomix-cached", "ntp", "step_s"),
-        "cached_over_ntp_flops": ratio("cocomix-cached", "ntp", "flops_per_token"),
-        "cocomix_over_ntp_matched_peak_memory": ratio("cocomix", "ntp-matched", "peak_mib"),
-        "cached_over_ntp_matched_peak_memory": ratio("cocomix-cached", "ntp-matched", "peak_mib"),
-        "cocomix_over_ntp_peak_memory": ratio("cocomix", "ntp", "peak_mib"),
-        "cached_over_ntp_peak_memory": ratio("cocomix-cached", "ntp", "peak_mib"),
-    }
-    r = result["ratios"]
-
-    def paired(a: str, b: str) -> float | None:
-        """Median over rounds of the two methods' step-time ratio within the round (cancels slow drift)."""
-        if a not in times or b not in times:
-            return None
-        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
-
     variants = {n: split_name(n)[0] for n in names if "+" in n and split_name(n)[0] in m}
-    r["variant_over_plain"] = {n: {"step": ratio(n, base, "step_s"), "step_paired": paired(n, base),
-                                   "peak_memory": ratio(n, base, "peak_mib")} for n, base in variants.items()} or None
-    r["naive_over_optimised_step_paired"] = paired("cocomix-naive", "cocomix")
-    r["cached_over_ntp_step_paired"] = paired("cocomix-cached", "ntp")
-    if r["cached_over_ntp_step"] and r["cached_over_ntp_flops"]:
-        r["cached_time_ratio_over_flops_ratio"] = r["cached_over_ntp_step"] / r["cached_over_ntp_flops"]
-        r["cached_time_ratio_over_flops_ratio_paired"] = r["cached_over_ntp_step_paired"] / r["cached_over_ntp_flops"]
+    result["ratios"] = ratios(m, times, variants)
     print(json.dumps(result, indent=1))
     if args.summary:
-        for n, v in m.items():
-            mem = f" | peak {v['peak_mib']:.0f} MiB (step +{v['step_transient_mib']:.0f})" if "peak_mib" in v else ""
-            speed = (f"{v['step_s']:.3f} s/step | {v['tokens_per_s']:.0f} tok/s | {v['flops_per_token'] / 1e6:.1f} "
-                     f"MFLOP/tok | {v['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s" if "step_s" in v else "")
-            print(f"{n:15s} {speed}{mem}", file=sys.stderr)
-        print(json.dumps({k: v for k, v in r.items() if v is not None}), file=sys.stderr)
-
+        print_summary(m, result["ratios"])
 
 if __name__ == "__main__":
     main()
