@@ -1,4 +1,7 @@
-"""`python -m cocomix` runs the CLI."""
+"""`python -m cocomix` runs the CLI.
+
+No paper equation.
+"""
 
 import sys
 

@@ -1,8 +1,8 @@
 """Atomic file writes: write to a temporary name in the same folder, flush and fsync, then `os.replace`.
 
 A reader therefore sees either the old file or the complete new one, never a partial write. `check_out_folder`
-refuses, before a command does its work, an output folder that a file stands in the way of, or whose path is not
-UTF-8 (`check_utf8_path`).
+refuses, before a command does its work, an output folder that a file stands in the way of, whose path is not
+UTF-8 (`check_utf8_path`), or (`own=`) that holds another command's output (no paper equation).
 """
 
 from __future__ import annotations

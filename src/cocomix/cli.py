@@ -20,6 +20,8 @@
 
 A user error (bad value, missing or corrupt file) prints one line `cocomix: error: ...` and exits with code 2
 (`cocomix --debug …` shows its traceback instead).
+
+No paper equation.
 """
 
 from __future__ import annotations

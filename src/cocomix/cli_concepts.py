@@ -2,6 +2,8 @@
 
 Each is a thin wrapper of one library function (`sae.training.train_sae`, `concepts.cache.extract_concepts`,
 `concepts.describe`); `add_concept_commands` registers them on the main parser.
+
+No paper equation.
 """
 
 from __future__ import annotations

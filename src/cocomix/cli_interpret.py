@@ -1,6 +1,8 @@
 """The interpretability subcommands of `cocomix` (see `cli.py`): inspect, steer, steer-eval, compression.
 
 Thin wrappers of `cocomix.interpret`; `add_interpret_commands` registers them on the main parser.
+
+No paper equation.
 """
 
 from __future__ import annotations

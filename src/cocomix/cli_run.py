@@ -2,6 +2,8 @@
 flops, presets (`add_setup_commands`).
 
 Each is a thin wrapper of one library function (`data.prepare`, `train.train`, `flops.run_flops`, `presets`).
+
+No paper equation.
 """
 
 from __future__ import annotations

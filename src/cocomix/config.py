@@ -3,7 +3,10 @@ from dicts, files and overrides is `config_io.py`).
 
 A run is described by one `RunConfig` (model, data, training, method). Each field's docstring says what it
 means; `__post_init__` rejects values outside what a field accepts with a `ConfigError` naming the field.
-The paper's settings (App. A) live in `presets.py`, not here: the defaults below are for a small CPU run.
+The defaults are GPT-2 small's shape and the paper's concept settings; the paper's runs (App. A) and the tiny
+CPU runs are named configs in `presets.py`.
+
+No paper equation.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Building a `RunConfig` from dicts, JSON/TOML files and `key=value` overrides, with errors that name the field
-(the config dataclasses themselves are in `cocomix.config`)."""
+(the config dataclasses themselves are in `cocomix.config`).
+
+No paper equation.
+"""
 
 from __future__ import annotations
 

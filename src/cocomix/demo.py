@@ -15,6 +15,8 @@ resumes):
 
 Both students see the same windows in the same order (same seed and batch). The numbers are what this run
 measured; nothing is tuned on the validation split.
+
+No paper equation.
 """
 
 from __future__ import annotations

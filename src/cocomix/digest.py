@@ -1,4 +1,7 @@
-"""sha256 digests of files and folders: checkpoint manifests, target-cache provenance, token-store identity."""
+"""sha256 digests of files and folders: checkpoint manifests, target-cache provenance, token-store identity.
+
+No paper equation.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 The CLI prints such an error as one line and exits with code 2; everything else is a bug and keeps its traceback.
 `CocomixWarning` is the one-line note about the input that does not stop the work.
+
+No paper equation.
 """
 
 

@@ -1,5 +1,8 @@
 """Progress of long commands on stderr (extract-concepts, describe-concepts, steer-eval, eval): one line rewritten in
-place on a terminal, whole lines at a slower pace in a log file (a `\\r` line would become one endless line)."""
+place on a terminal, whole lines at a slower pace in a log file (a `\\r` line would become one endless line).
+
+No paper equation.
+"""
 
 from __future__ import annotations
 

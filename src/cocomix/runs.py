@@ -1,5 +1,5 @@
 """Opening a trained run for inference: config, method and model with weights from a checkpoint, and its token
-store."""
+store, checked to hold the run's tokenizer (`check_tokenizer`) (no paper equation)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ batch.
 `multiplier="pre_activation"` is Eq. 1's multiplier: s = c_pre ⊙ (g · W_dec) with the SAE's pre-TopK
 activations, so inactive latents can score too; it needs all C decoder columns and is computed in row chunks to
 bound memory. `attribution_loss="next_token"` is Eq. 1's loss: each position's scores use the gradient of its own
-next-token NLL only (see `cocomix.teacher`; one teacher backward pass through own-position attention). Both take
+next-token NLL only (see `cocomix.teacher_eq1`; one teacher backward pass through own-position attention). Both take
 the gradient at the teacher's true residual stream h_t, as the official code does. `gradient_at="reconstruction"`
 (with `next_token`) takes it as Eq. 1 writes it: with the teacher run from the SAE's reconstruction D(c_t) at
 position t and the true h_<t before it, ∂/∂D(c_t) (two teacher forwards and one backward). The chain rule to c_t

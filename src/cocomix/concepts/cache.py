@@ -49,9 +49,9 @@ _NOT_RECORDED_BEFORE = ("train_sampled_sha256", "val_sampled_sha256")  # not com
 
 
 def _shape(teacher: Any) -> dict[str, Any]:
-    """The teacher's `cocomix.flops.LMShape` as JSON: matmul weights per block, width, output vocabulary (and a
+    """The teacher's `cocomix.lm_shape.LMShape` as JSON: matmul weights per block, width, output vocabulary (and a
     cocomix run's seam)."""
-    from cocomix.flops import LMShape
+    from cocomix.lm_shape import LMShape
 
     return LMShape.of_teacher(teacher).to_json()
 

@@ -4,6 +4,8 @@ The plays use a small subset of Markdown: `#`/`##`/`###`/`####` headings (title,
 speaker lines, `_..._` or `*...*` stage directions (sometimes spanning lines or doubled: `__\\[Aside]_`),
 backslash escapes (`\\[`, `\\-`, `1\\.`), hard line breaks (two trailing spaces) and the odd HTML entity
 (`&amp;`). None of the plays uses `_` or `*` as a literal character, so every unescaped one is markup.
+
+No paper equation.
 """
 
 from __future__ import annotations

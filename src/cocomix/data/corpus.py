@@ -20,6 +20,8 @@ could give one validation document, or twice the intended share). If that leaves
 document goes there; a source with a single document is cut at the paragraph break nearest to
 `1 - val_fraction` of its length. The split streams: only one document is held back, so large datasets need
 not fit in memory.
+
+No paper equation.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ With random window offsets (`data.window_offset="random"`, the official loader's
 token offset r: chunk c of epoch e starts at c·T + r, r = offsets(e)[c] drawn uniformly from [0, T] (the last
 chunk's from [0, spare], the tokens after the last whole chunk) by a generator seeded with (seed, e), so each
 epoch sees every chunk once, each time shifted differently, and the offsets are as reproducible as the order.
+
+No paper equation.
 """
 
 from __future__ import annotations

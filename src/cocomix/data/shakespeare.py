@@ -2,6 +2,8 @@
 
 Only the files are used: the package is located with `importlib.util.find_spec` and never imported (it is
 installed with `--no-deps`, so importing it could fail). Validation is three whole held-out plays.
+
+No paper equation.
 """
 
 from __future__ import annotations

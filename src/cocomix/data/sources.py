@@ -6,6 +6,8 @@ split hashes them. Empty and null texts are skipped.
 
 `hf:` reads a hub dataset or a local one: a folder of data files or a single data file (`datasets.load_dataset`,
 by the file's extension), or a folder written by `save_to_disk` (`datasets.load_from_disk`, split by name).
+
+No paper equation.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ folder holding one, or anything `transformers.AutoTokenizer` can load. Encoding 
 (no BOS): the token store appends the end-of-document id itself, and encodes documents with
 `encode_ordinary_batch` (special-token strings inside a document stay text). Truncation or padding settings in a
 loaded tokenizer.json are dropped.
+
+No paper equation.
 """
 
 from __future__ import annotations

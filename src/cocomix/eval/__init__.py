@@ -1,5 +1,5 @@
-"""Evaluation: perplexity on prepared splits (`perplexity`), lm-eval-harness tasks (`harness`), run comparison
-(`compare`).
+"""Evaluation: perplexity on prepared splits (`perplexity`), lm-eval-harness tasks (the adapter `harness`, the
+task runner `tasks`, lm-eval's batch size `batch_size`), run comparison (`compare`, its plots `compare_plot`).
 
 `evaluate_loss` is imported on first use (PEP 562), so that the command line can read `eval.batch_size` to parse
 its options without importing torch: `cocomix --help` answers at once.

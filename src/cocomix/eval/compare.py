@@ -20,6 +20,8 @@ its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly
 evaluations around the crossing; efficiency = 1 − N_A / N_B (A needs that fraction fewer tokens). If A never reaches
 L_B, it is reported as not reached; if A's first evaluation is already at or below L_B, N_A is at most that
 evaluation's tokens and the efficiency is shown as a lower bound (≥).
+
+No paper equation.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hugging Face interop: export an NTP `Transformer` as a `transformers` GPT-2 / Llama folder; read one back.
+"""Hugging Face export: an NTP, KD or prediction-only CoCoMix `Transformer` as a `transformers` GPT-2 / Llama folder.
 
 `export_hf` writes `config.json` (`hf_config`) and `model.safetensors` (`hf_state_dict`), optionally with the
 tokenizer files, atomically. NTP and KD students export, and prediction-only CoCoMix ones (`concept.mixing=none`,
@@ -9,6 +9,8 @@ The reverse direction (`load_hf_weights`, `model_config_from_hf`) is in `hf_impo
 layouts are in `hf_names.py`.
 
 `transformers` is imported inside the functions that need it, so `import cocomix` does not require it.
+
+No paper equation.
 """
 
 from __future__ import annotations

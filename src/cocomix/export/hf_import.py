@@ -3,6 +3,8 @@
 `model_config_from_hf` maps a `config.json` to a `ModelConfig` (refusing what our model cannot represent:
 grouped-query attention, scaled RoPE, other activations); `load_hf_weights` loads the tensors, checking names
 and shapes, for exported or compatible folders.
+
+No paper equation.
 """
 
 from __future__ import annotations

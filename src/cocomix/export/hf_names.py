@@ -4,6 +4,8 @@ Ours: `nn.Linear` (out, in) everywhere, attention `qkv` fused as rows [q; k; v] 
 HF GPT-2 uses `Conv1D` (in, out), so every block Linear weight is transposed and `c_attn` is the transposed
 fused qkv. HF Llama keeps (out, in) with separate `q_proj` / `k_proj` / `v_proj`; our RoPE is already in its
 rotate-half convention, so no row permutation is needed.
+
+No paper equation.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ A latent's label is its most common activating token among its strongest context
 `«\n» ×6/8`, and its description the strongest context itself. `consistency` — the share of the strongest
 contexts whose activating token is the most common one — says how well a single token describes the latent; it
 is how steering picks "well described" concepts automatically.
+
+No paper equation.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Training methods behind one protocol (`Method`); `METHODS` maps a config's `method` name to its class."""
+"""Training methods behind one protocol (`Method`); `METHODS` maps a config's `method` name to its class.
+
+Each method's loss is in its module (CoCoMix: paper Eq. 2 and 4).
+"""
 
 from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.methods.cocomix import CoCoMix

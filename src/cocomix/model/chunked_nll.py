@@ -14,8 +14,8 @@ formed in the forward, chunk by chunk, while each chunk's logits are at hand: th
 forward + backward does, without recomputing the logits. The backward only scales them by the incoming gradient.
 
 With teacher logits Z_t (N, V) and a weight λ (the KD baseline, `chunked_kd`), the loss is L + λ·KL with
-KL = (1/N) Σ_n KL(softmax(Z_t,n) ‖ softmax(h_n Wᵀ + b)) (paper §2.2), and G gains λ (p_s − p_t) / N; the teacher
-logits are read chunk by chunk too, so no fp32 (N, V) copy of either distribution is made.
+KL = (1/N) Σ_n KL(softmax(Z_t,n) ‖ softmax(h_n Wᵀ + b)) (the KD baseline, paper §3.1), and G gains λ (p_s − p_t) / N;
+the teacher logits are read chunk by chunk too, so no fp32 (N, V) copy of either distribution is made.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ The compression is the official dense `compress_layer(mask · z)` computed as a 
 of W_comp (stored (C, d), row c = concept c's direction): same function, same gradients, no C × d matmul.
 Concept slots get no position embedding (gpt2) and share their token's rotary position (llama).
 
-`steer(concepts, alphas)` multiplies chosen concept logits by α before the TopK (paper §3.4, steering).
+`steer(concepts, alphas)` multiplies chosen concept logits by α before the TopK (paper §3.2, steering).
 
 In training the method passes the concept targets into the forward (`Transformer(ids, concept_targets=…)`): the
 head, L_concept and the TopK then run fused and chunked (`concept_head.py`) and aux holds `concept_loss`.

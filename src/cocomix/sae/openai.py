@@ -16,6 +16,8 @@ A `.pt` is read with `torch.load(weights_only=True)`, which admits tensors, numb
 only; a file holding any other object is refused without running it. A `.safetensors` file carries the same
 tensor keys but cannot hold the non-tensor entries: it is taken as TopK with ReLU and `normalize=True`, and `k`
 must be passed (the official anchor's `sae_openai.safetensors` is such a file, with k = 16).
+
+The SAE of paper §2.1: c = TopK(E(h)), ĥ = D(c).
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ What SAELens does (sae_lens 6.x `saes/sae.py`, `saes/topk_sae.py`, `loading/pret
   assumed (older SAEs trained with TransformerLens's defaults are centred and say so nowhere). `save_saelens`
   always writes the key: true for an SAE that centres its input, else what the caller's metadata says, by
   default false (the raw stream every `train-sae` SAE saw).
+
+The SAE of paper §2.1: c = TopK(E(h)), ĥ = D(c).
 """
 
 from __future__ import annotations

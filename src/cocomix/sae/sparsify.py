@@ -24,6 +24,8 @@ What sparsify does (`sparsify/sparse_coder.py`, `fused_encoder.py`, `config.py`;
   listing hookpoints it is refused rather than guessed. A run trained with several `init_seeds` saves
   `HOOKPOINT/seedN/` per seed: such a folder is read as its hookpoint's, and a run folder resolves to the seed
   folder when there is one, and asks which when there are several.
+
+The SAE of paper §2.1: c = TopK(E(h)), ĥ = D(c).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ learning rate 2e-4 / sqrt(n_latents / 2^14). Width defaults to 32 × d_in (the p
 768 latents). Where they give no number at our scale we choose one and say so: a latent is "dead" for AuxK after
 `dead_tokens` training tokens without firing (Gao et al. use 10M tokens; by default we use min(10M, a quarter of
 the run) so that short runs revive latents too).
+
+Trains the SAE of paper §2.1 (c = TopK(E(h)), ĥ = D(c)), not one of CoCoMix's equations.
 """
 
 from __future__ import annotations

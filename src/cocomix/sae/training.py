@@ -18,6 +18,8 @@ pure function of the config: a resumed run ends with the same weights as an unin
 Under torchrun (`ctx`) the ranks share each chunk's teacher work and each step's rows (`batch_tokens` must divide
 by the number of processes); their gradients are summed, so they all take the one-process step (up to the order
 of the sums) and stay equal. Rank 0 alone holds the lock, reads and writes the directory (`ranks.py`).
+
+Trains the SAE of paper §2.1 (c = TopK(E(h)), ĥ = D(c)), not one of CoCoMix's equations.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """What keeps a training run safe on a shared cluster (no paper equation): one writer per run directory, a clean
 stop on SIGTERM / SIGINT, and the non-finite-step policy. `train`, `train-sae` and `extract-concepts` use the lock
-and the signal handling; `prepare` uses the lock (a kill leaves its folder consistent, see `data/store.py`).
+and the signal handling; `prepare` and `prepare --adopt` use the lock (a kill leaves the folder consistent, see
+`data/store.py`).
 
 - `RunLock`: an exclusive `flock` on RUN_DIR/.lock for the whole run; a second `cocomix train` into the same
   directory fails at once with a one-line error instead of interleaving checkpoints. The lock dies with the
   process (also on SIGKILL), so a crashed run never leaves a stale lock.
 - `StopSignals`: SIGTERM and SIGINT set a flag instead of killing the process; the training loop checks it after
   each optimizer step, writes a checkpoint and returns (`TrainResult.stopped`). A second signal of the same kind
-  falls back to the default behaviour (kill), for a user who insists.
+  falls back to the default behaviour (kill), for a user who insists; under torchrun, where one request arrives twice
+  (SLURM or Ctrl-C and torchrun both signal), repeats are ignored (see `StopSignals`).
 - `cocomix.errors.Stopped`: how `train-sae` and `extract-concepts`, which share the lock and the signals, report a
   clean stop (their progress saved) to the CLI, which exits 128 + signal.
 - `BadSteps`: a step whose loss or gradient norm is not finite is skipped (no optimizer update, gradients

@@ -1,5 +1,8 @@
 """Metric sinks: metrics.jsonl (always), a readable progress line, and optional TensorBoard / wandb; and the
-running means of the train metrics over a logging interval (as the official trainer logs them)."""
+running means of the train metrics over a logging interval (as the official trainer logs them).
+
+No paper equation.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Resuming a run: which checkpoint to start from, which config changes a resume accepts, and whether the token
-store is still the one the run was trained on (exact resume: a resumed run equals an uninterrupted one on CPU)."""
+store is still the one the run was trained on (exact resume: a resumed run equals an uninterrupted one on CPU).
+
+No paper equation.
+"""
 
 from __future__ import annotations
 
