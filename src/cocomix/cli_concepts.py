@@ -79,6 +79,7 @@ def _add_sae_train_args(s: argparse.ArgumentParser) -> None:
                            help=docs[f.name])
         else:
             s.add_argument(flag, dest=f.name, default=f.default, type=type(f.default),
+                           choices=("float32", "bfloat16") if f.name == "teacher_dtype" else None,
                            help=f"{docs[f.name]} (default {f.default:g})" if isinstance(f.default, float)
                            else f"{docs[f.name]} (default {f.default})")
 

@@ -119,6 +119,10 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from cocomix.interpret.steer_eval import check_teacher_and_sae
     from cocomix.model.generate import check_sampling
 
+    unused = [flag for flag, value in (("--teacher", args.teacher), ("--sae", args.sae)) if value is not None]
+    if unused and not args.teacher_check:  # read only by --teacher-check: refused rather than ignored
+        named = " and ".join(unused)
+        raise CocomixError(f"{named}: used only by --teacher-check; add --teacher-check or drop {named}")
     concepts = args.concept or []
     alphas = args.alpha * len(concepts) if len(args.alpha) == 1 else args.alpha
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, None)

@@ -5,6 +5,7 @@ shown with the command's flag of that name, and cocomix's own warnings as one li
 from __future__ import annotations
 
 import argparse
+import re
 import warnings
 from pathlib import Path
 from typing import NoReturn
@@ -44,18 +45,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"cocomix: error: {message} (see `{self.prog} --help`)\n")
 
 
+_SETTING_EQ = re.compile(r"(?<![\w.\-/])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)=([^\s,;:)]+)")  # k_attr=4
+
+
 def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
-    """A library error that names its setting (`max_new_tokens: expected ...`) names the command's flag instead
-    (`--max-new-tokens: ...`) where the command has one of that name; `train`'s settings stay config keys."""
-    name, sep, rest = message.partition(": ")
-    if not sep or command == "train" or not name.replace("_", "").isalpha() or not name.islower():
+    """A library error that names its settings names the command's flags instead, where the command has a flag of
+    that name: a leading `max_new_tokens: ...` becomes `--max-new-tokens: ...`, and `k_attr=4` anywhere in the
+    message `--k-attr 4` (`gradient_at=reconstruction: needs attribution_loss=next_token`); `train`'s settings
+    stay config keys, as its `--set` takes them."""
+    if command == "train":
         return message
-    flag = "--" + name.replace("_", "-")
     try:
         options = subcommand(parser, command)._option_string_actions
     except KeyError:
-        options = {}
-    return f"{flag}: {rest}" if flag in options else message
+        return message
+
+    def flag(name: str) -> str | None:
+        candidate = "--" + name.replace("_", "-")
+        return candidate if candidate in options else None
+
+    name, sep, rest = message.partition(": ")
+    if sep and name.replace("_", "").isalpha() and name.islower() and flag(name):
+        message = f"{flag(name)}: {rest}"
+    return _SETTING_EQ.sub(lambda m: f"{flag(m[1])} {m[2]}" if flag(m[1]) else m[0], message)
 
 
 def warn_on_rank0_only() -> bool:

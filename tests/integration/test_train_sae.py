@@ -124,9 +124,9 @@ def test_other_settings_in_the_same_directory_are_refused(store_dir: Path, teach
 
 @pytest.mark.parametrize("args,message", [
     (["--k", "0"], "k: expected a positive integer"),
-    (["--chunk-tokens", "1000"], "--chunk-tokens: must be a multiple of batch_tokens"),
+    (["--chunk-tokens", "1000"], "--chunk-tokens: must be a multiple of --batch-tokens 256"),
     (["--teacher-layer", "7"], "--teacher-layer: expected a block index in [0, 2]"),
-    (["--n-latents", "16", "--k", "32"], "k: must not exceed n_latents=16"),
+    (["--n-latents", "16", "--k", "32"], "--k: must not exceed --n-latents 16"),
     (["--seq-len", "128", "--chunk-tokens", "1024"], "exceed the teacher's 64 positions"),
 ])
 def test_cli_bad_arguments_are_one_line_errors(store_dir: Path, teacher_dir: Path, tmp_path: Path,
