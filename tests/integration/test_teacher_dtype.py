@@ -83,6 +83,10 @@ def test_cli_flags_load_the_teacher_in_bf16(store_dir: Path, concept_parts: tupl
                  "--chunk-tokens", "1024", "--eval-tokens", "256", "--device", "cpu", "--teacher-dtype", "bfloat16",
                  "--out", str(tmp_path / "sae")]) == 0
     assert json.loads((tmp_path / "sae" / "config.json").read_text())["teacher_dtype"] == "bfloat16"
-    assert main(["train-sae", "--teacher", teacher, "--teacher-layer", "1", "--data", str(store_dir),
-                 "--teacher-dtype", "float16", "--out", str(tmp_path / "bad")]) == 2
-    assert "--teacher-dtype: expected 'float32' or 'bfloat16'" in capsys.readouterr().err
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # refused by the parser, as extract-concepts' and describe-concepts'
+        main(["train-sae", "--teacher", teacher, "--teacher-layer", "1", "--data", str(store_dir),
+              "--teacher-dtype", "float16", "--out", str(tmp_path / "bad")])
+    assert stop.value.code == 2
+    assert "--teacher-dtype: invalid choice: 'float16' (choose from 'float32', 'bfloat16')" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

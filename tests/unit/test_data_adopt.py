@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -111,3 +113,29 @@ def test_cli_adopt_and_its_one_line_errors(prepared: Path, tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["train_tokens"] == TokenStore.open(prepared).num_tokens("train")
     assert "is a token store" in r.stderr
+
+
+def test_a_folder_that_cannot_be_written_is_refused_with_the_link_recipe_and_linked_streams_adopt(
+        prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bins = _bins(prepared, tmp_path / "readonly")
+    real_open = os.open
+
+    def read_only(path: str | os.PathLike, flags: int, *args: int) -> int:  # a folder on a read-only mount
+        if Path(path).parent == bins and flags & os.O_CREAT:
+            raise PermissionError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(DataError, match=r"readonly: cannot write there \(Read-only file system\); .*ln -s"):
+        adopt(bins, tokenizer=str(prepared / "tokenizer"), progress=False)
+    monkeypatch.undo()
+    assert sorted(p.name for p in bins.iterdir()) == ["train.bin", "val.bin"]
+    linked = tmp_path / "linked"  # the recipe: the streams linked into a writable folder, adopted there
+    linked.mkdir()
+    for split in ("train", "val"):
+        (linked / f"{split}.bin").symlink_to(bins / f"{split}.bin")
+    adopt(linked, tokenizer=str(prepared / "tokenizer"), progress=False)
+    adopted, reference = TokenStore.open(linked), TokenStore.open(prepared)
+    assert store_identity(adopted) == store_identity(reference)
+    assert (adopted.batch("val", [0, 1], 16) == reference.batch("val", [0, 1], 16)).all()
+    assert sorted(p.name for p in bins.iterdir()) == ["train.bin", "val.bin"]  # nothing written beside the originals

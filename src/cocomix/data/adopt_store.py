@@ -11,12 +11,14 @@ Checks, each a one-line DataError naming the file: both streams exist and hold w
 tokenizer's vocabulary needs (and, for uint16, do not look like uint32 ids: every second one 0); the train stream
 is not empty; no interrupted cocomix prepare left the folder; every id is below the vocabulary size; each
 non-empty stream ends with the end-of-document id (nanoGPT appends it to every document, so a stream that does not
-was written with another tokenizer or is truncated).
+was written with another tokenizer or is truncated). A folder that cannot be written (a read-only mount) is refused
+with the recipe: link the streams into a writable folder and adopt that one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,7 +77,7 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
     """Make `folder`, holding nanoGPT-style `train.bin` / `val.bin`, a token store read by `tokenizer` (a spec for
     `load_tokenizer`); return its meta (also written to meta.json)."""
     from cocomix.outputs import STORE, output_kind
-    from cocomix.train.guard import RunLock  # here: cocomix.train imports the data package
+    from cocomix.train.guard import LOCK_NAME, RunLock  # here: cocomix.train imports the data package
 
     out = Path(folder).expanduser()
     if not out.is_dir():
@@ -97,6 +99,12 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
                         "wrote them (gpt2 for nanoGPT's and the official code's OpenWebText)")
     tok = load_tokenizer(tokenizer)
     name = dtype_name(tok.vocab_size)  # what `prepare` would have written
+    try:  # RunLock's file, made here first so that a folder on a read-only mount is told what to do instead
+        os.close(os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as e:
+        raise DataError(f"--adopt {out}: cannot write there ({e.strerror or e}); adopting adds {TOKENIZER_DIR}/ and "
+                        f"{META_FILE} beside the streams: link them into a writable folder (mkdir D; ln -s "
+                        f"{out.resolve()}/train.bin {out.resolve()}/val.bin D/) and adopt D") from e
     lock = RunLock(out, instead="let it finish")
     try:
         counts = {}
