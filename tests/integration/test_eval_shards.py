@@ -56,3 +56,24 @@ def test_shards_sum_to_the_single_process_mean(store: TokenStore, world: int, ba
     direct = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     assert whole["loss"] == pytest.approx(float(direct), rel=1e-5) and whole["tokens"] == n * 15
     assert whole["ppl"] == pytest.approx(math.exp(float(direct)), rel=1e-5)  # perplexity: e^(mean NLL per token)
+
+
+def test_evaluation_runs_with_dropout_off_and_gives_the_model_back_in_training_mode(store: TokenStore) -> None:
+    torch.manual_seed(0)
+    model = Transformer(tiny_model_config(n_layer=2, vocab_size=store.vocab_size, dropout=0.5))  # training mode
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(10.0)  # away from the uniform initial prediction, so that dropout moves the loss
+    method = METHODS["ntp"](get_preset("tiny"))
+    first = evaluate_loss(method, model, store, "val", 16, 4, 2)
+    assert model.training  # periodic validation mid-run: training goes on with dropout
+    ids = store.batch("val", list(range(8)), 16)
+    with torch.no_grad():
+        logits = model.eval()(ids).logits  # the deterministic forward: dropout off
+    direct = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    model.train()
+    assert first["loss"] == pytest.approx(float(direct), rel=1e-5) and first["windows"] == 8
+    assert evaluate_loss(method, model, store, "val", 16, 4, 2)["loss"] == first["loss"]
+    with torch.no_grad():  # (and dropout at 0.5 does change the loss: the check above could fail)
+        assert float(F.cross_entropy(model(ids).logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                     ids[:, 1:].reshape(-1))) != pytest.approx(first["loss"], rel=1e-3)

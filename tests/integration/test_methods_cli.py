@@ -86,6 +86,10 @@ def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir
                 str(teacher), "--teacher-layer", "1", "--sae", str(concept_parts[1]), "--seq-len",
                 "32", "--device", "cpu", "--out", str(tmp_path / "cache"))
     assert r.returncode == 0, r.stderr
+    online = [x for kv in _overrides(store_dir, concept_parts) + [f"concept.teacher={teacher}"]
+              for x in ("--set", kv)]  # the same run with its targets computed at every step
+    r = run_cli("train", "--preset", "tiny-cocomix", *online, "--out", str(tmp_path / "online"))
+    assert r.returncode == 0, r.stderr[-2000:]
     teacher.rename(tmp_path / "moved-away")
     sets = [x for kv in _overrides(store_dir, concept_parts) + [f"concept.cache={tmp_path / 'cache'}",
                                                                  f"concept.teacher={teacher}"]
@@ -93,6 +97,11 @@ def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir
     r = run_cli("train", "--preset", "tiny-cocomix", *sets, "--out", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr[-2000:]
     events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # the cache's targets are the online ones, read for the windows each step trains on: the same run
+    online_events = [json.loads(line) for line in (tmp_path / "online" / "metrics.jsonl").read_text().splitlines()]
+    steps = [(e["step"], e["loss"], e["concept_loss"]) for e in events if e["kind"] == "train"]
+    assert len(steps) == 30
+    assert steps == [(e["step"], e["loss"], e["concept_loss"]) for e in online_events if e["kind"] == "train"]
     flops = next(e for e in events if e["kind"] == "flops")
     assert flops["flops_per_token_teacher"] == 0
     # the moved-away teacher is counted by the shape the cache recorded, its SAE by the cache's k

@@ -63,7 +63,17 @@ def test_train_sae_learns_and_writes_a_loadable_saelens_folder(store_dir: Path, 
     x = teacher.hidden(TokenStore.open(store_dir).batch("val", list(range(16)), 32)).flatten(0, 1)
     with torch.no_grad():
         err = (sae(x) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        values, indices, _ = sae.encode(x)  # (N, 4)
+        mu = x.mean(-1, keepdim=True)
+        std = (x - mu).std(-1, keepdim=True)  # OpenAI's LN: Bessel-corrected, eps on the std
+        x_n, recon_n = (x - mu) / (std + 1e-5), (sae(x) - mu) / std  # the loss's space: x_n against D(c)
+        err_n = (x_n - recon_n).pow(2).sum() / (x_n - x_n.mean(0)).pow(2).sum()
     assert float(err) == pytest.approx(report.fvu, rel=1e-4)
+    assert float(err_n) == pytest.approx(report.fvu_normalized, rel=1e-4) and report.eval_tokens == x.shape[0]
+    assert report.l0 == pytest.approx(float((values > 0).sum(-1).float().mean()), rel=1e-6)
+    fired = torch.zeros(128, dtype=torch.bool)
+    fired[indices[values > 0]] = True
+    assert report.unseen_fraction == pytest.approx(1 - float(fired.float().mean()))
 
 
 def test_interrupted_run_resumes_to_identical_weights(store_dir: Path, teacher_dir: Path, tmp_path: Path,

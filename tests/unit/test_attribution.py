@@ -71,7 +71,7 @@ def test_attribution_matches_finite_differences_in_float64() -> None:
 
         fd = (loss_with(1.0) - loss_with(-1.0)) / (2 * eps)
         score = float(scores[b, t, j].detach())
-        assert abs(fd - score) <= 1e-2 * abs(fd) + 1e-12, (b, t, i, fd, score)
+        assert abs(fd - score) <= 1e-6 * max(1.0, abs(fd)), (b, t, i, fd, score)  # central differences, fp64
         checked += abs(fd) > 1e-8
     assert checked >= 4
 

@@ -112,7 +112,7 @@ def test_bf16_autocast_gives_close_loss_and_fp32_gradients(monkeypatch: pytest.M
         loss.backward()
         assert model.lm_head.weight.grad.dtype == torch.float32
         out[chunked] = (loss.detach(), model.lm_head.weight.grad)
-    assert torch.allclose(out[True][0], out[False][0], rtol=1e-3)  # measured: ~1e-7
+    assert torch.allclose(out[True][0], out[False][0], rtol=1e-5)  # measured: ~1e-7 (a bf16 log-sum-exp: ~1e-3)
     g_chunked, g_whole = out[True][1], out[False][1]
     assert (g_chunked - g_whole).abs().max() <= 1e-2 * g_whole.abs().max()  # bf16 rounding: measured ~0.4%
 

@@ -11,7 +11,7 @@ import torch
 from cocomix.config import ConceptConfig, DataConfig, ModelConfig, RunConfig
 from cocomix.methods import NTP, Batch, CoCoMix, Pause
 from cocomix.model import Transformer, generate
-from cocomix.model.concept import ConceptSeam
+from cocomix.model.concept import ConceptSeam, normalize
 
 
 def _run(method: str = "cocomix", flavour: str = "gpt2", **concept) -> RunConfig:
@@ -214,6 +214,18 @@ def test_steering_scales_the_chosen_logits_before_the_topk() -> None:
     seam.steer(torch.tensor([weakest]), torch.tensor([-50.0]))  # a very negative logit times −50 wins the TopK
     steered = seam.concept_vector(logits, mu, sd)
     assert not torch.allclose(steered[0, 0], base[0, 0])
+    # written out: the scaled logit competes in the TopK and enters with its scaled value; the dense compression
+    scaled = logits.clone()
+    scaled[..., weakest] *= -50.0
+    values, indices = torch.topk(scaled, 4, dim=-1)  # (1, 3, 4)
+    dense = torch.zeros_like(scaled).scatter(-1, indices, values)  # (1, 3, 40)
+    expected = (dense @ seam.compress_weight + seam.compress_bias + seam.pre_bias) * sd + mu
+    assert torch.allclose(steered, expected, atol=1e-5)
+    assert torch.equal(seam.last_topk, indices) and bool((seam.last_topk[0, 0] == weakest).any())
+    with torch.no_grad():  # the chunked TopK the model's forward runs scales the same logits
+        x, _, _ = normalize(h)
+        chunked_values, chunked_indices = seam.topk_chunked(x - seam.pre_bias)
+    assert torch.equal(chunked_indices, indices) and torch.allclose(chunked_values, values, atol=1e-6)
     seam.steer(None)
     assert torch.equal(seam.concept_vector(logits, mu, sd), base)
     with pytest.raises(ValueError, match="alphas of the concepts' shape"):

@@ -137,13 +137,22 @@ def test_no_normalization_and_no_encode_pre_bias() -> None:
     assert (recon - (z @ sae.W_dec.T + sae.pre_bias)).abs().max() < 1e-10
 
 
-def test_gradients_flow_through_sparse_decode() -> None:
-    sae = _random_sae()
-    x = _inputs()
-    values, indices, info = sae.encode(x)
-    sae.decode_sparse(values, indices, info).square().sum().backward()
-    for p in sae.parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all()
+def test_sparse_decode_has_the_dense_decodes_gradients() -> None:
+    grads = {}
+    for sparse in (True, False):
+        sae = _random_sae()  # the same weights both times (seeded), float64
+        x = _inputs()
+        values, indices, info = sae.encode(x)
+        if sparse:
+            recon = sae.decode_sparse(values, indices, info)
+        else:  # the dense code written out: zeros(C) with the k values scattered in
+            z = torch.zeros(*values.shape[:-1], C, dtype=values.dtype).scatter(-1, indices, values)
+            recon = sae.decode(z, info)
+        (recon.square().sum() + (recon * x).sum()).backward()
+        grads[sparse] = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    assert set(grads[True]) == {"pre_bias", "W_enc", "latent_bias", "W_dec"}
+    for name, g in grads[False].items():
+        assert g.abs().max() > 0 and torch.allclose(grads[True][name], g, rtol=0, atol=1e-10), name
 
 
 def test_layout_properties_and_validation() -> None:
