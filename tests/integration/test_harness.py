@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cocomix.data import TokenStore
 from cocomix.errors import ConfigError
 from cocomix.runs import load_run
 from tests.cli import run_cli
@@ -63,7 +64,6 @@ def _direct_loglik(model: torch.nn.Module, tok: object, context: str, continuati
 
 
 def test_local_task_loglikelihoods_equal_direct_scoring(cocomix_run: Path, tmp_path: Path) -> None:
-    from cocomix.data import TokenStore
     from cocomix.eval.tasks import run_tasks
 
     res = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=_task_dir(tmp_path), log_samples=True)
@@ -90,7 +90,12 @@ def test_cli_eval_tasks_runs_offline_and_rejects_unknown_tasks(cocomix_run: Path
                 "shakespeare_mc", "--include-path", str(tasks), "--limit", "5")
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
-    assert 0.0 <= out["results"]["shakespeare_mc"]["acc,none"] <= 1.0
+    run, _, model, _ = load_run(cocomix_run)  # --limit 5: the task's first 5 items, scored as the model scores them
+    tok = TokenStore.open(run.data.path).tokenizer()
+    right = [max(range(4), key=lambda i, d=d: _direct_loglik(model, tok, d["question"], " " + d["choices"][i]))
+             == d["answer"] for d in map(json.loads, FIXTURE.read_text().splitlines())]  # each of the 24 items
+    assert out["results"]["shakespeare_mc"]["acc,none"] == pytest.approx(sum(right[:5]) / 5)
+    assert sum(right[:5]) / 5 != pytest.approx(sum(right) / 24)  # so the check tells 5 items from all 24
     assert Path(out["checkpoint"]).parent == cocomix_run / "checkpoints"  # the step scored, not just the run
     r = run_cli("eval", "--run", str(cocomix_run), "--tasks", "nope_task", "--include-path", str(tasks))
     assert r.returncode == 2 and "unknown task 'nope_task'" in r.stderr

@@ -274,8 +274,26 @@ def test_cli_eval_generate_export_and_errors(store_dir: Path, tmp_path: Path, ca
     res = json.loads(r.stdout)
     assert r.returncode == 0 and res["windows"] == 16 and 0 < res["loss"] < 6.0
     assert "eval: 16/16 windows (" in r.stderr  # progress on stderr (a log gets the last line at least)
+    # what the commands print is what the library gives for the run's last checkpoint
+    from cocomix.eval import evaluate_loss
+    from cocomix.model import generate
+    from cocomix.runs import load_run, run_store
+
+    run, method, model, ckpt = load_run(str(out), device=torch.device("cpu"))
+    store = run_store(run, None, ckpt)
+    tok = store.tokenizer()
+    assert res["loss"] == pytest.approx(evaluate_loss(method, model, store, "val", run.data.seq_len, 8, 2)["loss"],
+                                        rel=1e-6)  # the command's default --batch-size 8, 2 batches
+    greedy, _ = generate(model, torch.tensor([tok.encode("the king")]), 5, temperature=0.0, eos_id=tok.eos_id,
+                         vocab_limit=tok.vocab_size)
     r = run_cli("generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "5", "--temperature", "0")
-    assert r.returncode == 0 and r.stdout.startswith("the king")
+    assert r.returncode == 0 and r.stdout == tok.decode(greedy[0].tolist()) + "\n"
+    sampled = ["generate", "--run", str(out), "--prompt", "the king", "--max-new-tokens", "20", "--temperature", "1"]
+    r1, r2 = run_cli(*sampled, "--seed", "1"), run_cli(*sampled, "--seed", "1")
+    assert r1.returncode == 0 and r1.stdout == r2.stdout != run_cli(*sampled, "--seed", "2").stdout
+    r = run_cli(*sampled, "--num-samples", "3", "--top-k", "5", "--top-p", "0.9")
+    samples = r.stdout.split("-" * 40 + "\n")
+    assert r.returncode == 0 and len(samples) == 3 and all(x.startswith("the king") for x in samples)
     r = run_cli("export", "--run", str(out), "--out", str(tmp_path / "hf"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "hf" / "model.safetensors").is_file()

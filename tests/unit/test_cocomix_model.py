@@ -234,11 +234,6 @@ def test_steering_scales_the_chosen_logits_before_the_topk() -> None:
         seam.steer(torch.tensor([1, 2]), torch.tensor([3.0]))
 
 
-def test_pause_model_is_a_pause_vector_after_each_token() -> None:
-    model = Pause(_run("pause")).build_model()
-    assert model.seam.pause.shape == (32,) and model(torch.randint(0, 97, (1, 5))).logits.shape == (1, 5, 97)
-
-
 @pytest.mark.parametrize("pause_slot", ["vector", "token"])
 def test_pause_slots_are_the_pause_vector_or_the_token_plus_it(pause_slot: str) -> None:
     model = Pause(_run("pause", pause_slot=pause_slot)).build_model()

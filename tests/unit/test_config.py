@@ -204,20 +204,9 @@ def test_cached_targets_need_fixed_windows() -> None:
         run_config(apply_overrides(base, ["data.window_offset=shifted"]))
 
 
-def test_paper_presets_match_the_paper() -> None:
-    p69, p386, p1b = get_preset("gpt2-69m-ntp"), get_preset("gpt2-386m-ntp"), get_preset("gpt2-1b-ntp")
-    assert (p69.model.n_layer, p69.model.d_model, p69.model.n_head) == (8, 624, 8)
-    assert (p386.model.n_layer, p386.model.d_model) == (24, 1072)
-    assert (p1b.model.n_layer, p1b.model.d_model) == (24, 2096)
-    assert [p.train.lr for p in (p69, p386, p1b)] == [6e-4, 3e-4, 2e-4]
-    for p, windows in ((p69, 512), (p386, 512), (p1b, 1024)):
-        assert p.train.micro_batch_size * p.train.grad_accum == windows
-        assert p.data.seq_len == 1024 and p.model.vocab_size == 50257
-        assert (p.train.beta1, p.train.beta2, p.train.weight_decay) == (0.9, 0.95, 0.1)
-        assert p.train.min_lr_ratio == 0.1
-        assert p.data.window_offset == "random"  # the official loader's random crops
-    # paper App. A / official configs: warm-up ~1/300 of the steps
-    assert p69.train.warmup == 130 and p1b.train.warmup == 65
+def test_warmup_defaults_to_a_three_hundredth_of_the_steps() -> None:
+    # the paper presets' values are checked one by one in test_presets.py; here the rule behind their warm-up
+    # (official configs: warm-up ~1/300 of the steps) as the config applies it to any run
     assert TrainConfig(steps=40_000).warmup == 133
 
 
