@@ -297,3 +297,35 @@ def test_a_batch_that_does_not_divide_among_the_processes_is_refused(store_dir: 
         train_sae(_cfg(store_dir, teacher_dir), tmp_path / "o", Teacher.from_pretrained(teacher_dir, 1),
                   ctx=DistContext(0, 3))
     assert not (tmp_path / "o").exists()
+
+
+def test_dead_latents_are_those_that_did_not_fire_in_the_last_dead_tokens(store_dir: Path, teacher_dir: Path,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer's firing bookkeeping, recomputed from each step's TopK code: latent j is dead at a step when it
+    has not fired (a positive value) in the last `dead_tokens` training tokens; AuxK is 0 exactly when none is."""
+    real_init, real_losses = training.initialize, training.sae_losses
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, float]] = []
+
+    def init_with_a_silent_latent(sae, sample, gen) -> None:  # latent 0 never wins the TopK
+        real_init(sae, sample, gen)
+        sae.latent_bias.data[0] = -1e4
+
+    def recorded(sae, x, dead, k_aux, rows=None):
+        fvu, auxk, values, indices = real_losses(sae, x, dead, k_aux, rows=rows)
+        seen.append((dead.clone(), values.detach().clone(), indices.clone(), x.shape[0], float(auxk)))
+        return fvu, auxk, values, indices
+
+    monkeypatch.setattr(training, "initialize", init_with_a_silent_latent)
+    monkeypatch.setattr(training, "sae_losses", recorded)
+    report = train_sae(_cfg(store_dir, teacher_dir, steps=12, dead_tokens=512, checkpoint_every=0),
+                       tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    since = torch.zeros(128)  # tokens since each latent last fired, as the trainer should count them
+    for step, (dead, values, indices, n, auxk) in enumerate(seen):
+        assert torch.equal(dead, since >= 512), step
+        assert (auxk == 0) == (not dead.any()), step
+        fired = torch.zeros(128, dtype=torch.bool)
+        fired[indices[values > 0]] = True
+        since = (since + n).masked_fill(fired, 0)
+    assert len(seen) == 12 and not seen[1][0].any() and seen[2][0][0]  # 256 tokens a step: dead from step 3 on
+    assert report.dead_fraction == pytest.approx(float((since >= 512).float().mean())) and report.dead_fraction > 0
