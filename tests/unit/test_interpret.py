@@ -8,6 +8,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from cocomix.interpret.compression import compression_norms, compression_report
 from cocomix.interpret.inspect import TokenConcepts, format_table, inspect_ids, write_html
 from cocomix.interpret.labels import ConceptBook
 from cocomix.interpret.steer import _LatentScale, check_steering, steer_student, steer_teacher
-from cocomix.interpret.steer_eval import summarize
+from cocomix.interpret.steer_eval import choose_concepts, summarize
 from cocomix.methods import NTP, CoCoMix
 from cocomix.model import Transformer, generate
 from cocomix.sae import TopKSAE
@@ -395,3 +396,34 @@ def test_a_null_example_text_is_read_as_no_text(tmp_path: Path) -> None:
     (tmp_path / "concepts.json").write_text('{"latents": [{"latent": 0, "examples": [{"text": null}]}]}')
     book = ConceptBook.load(tmp_path)
     assert len(book) == 1 and book[0].context == ""
+
+
+class _Top1Model(torch.nn.Module):
+    """A student whose top-1 concept at each position is given: window w's ids are all w."""
+
+    def __init__(self, top1: list[list[int]], n_latents: int) -> None:
+        super().__init__()
+        self.top1, self.n_latents = top1, n_latents
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # (a device to run on)
+
+    def forward(self, ids: torch.Tensor, concept_logits: bool = False) -> SimpleNamespace:
+        assert concept_logits
+        best = torch.tensor([self.top1[int(ids[0, 0])]])  # (1, T)
+        logits = torch.nn.functional.one_hot(best, self.n_latents).float() * 5.0 - 1.0  # (1, T, C)
+        return SimpleNamespace(aux={"concept_logits": logits})
+
+
+def test_steer_eval_chooses_the_most_predicted_well_described_concepts_then_fills_with_fired_ones() -> None:
+    top1 = [[3] * 10 + [1, 4], [1] * 5 + [5] * 4 + [0] * 2 + [3]]  # counts 3: 11, 1: 6, 5: 4, 0: 2, 4: 1, 2: 0
+    store = SimpleNamespace(num_chunks=lambda split, T: 2,
+                            batch=lambda split, ids, T: torch.full((len(ids), T), ids[0], dtype=torch.long))
+    entry = lambda frequency, consistency: SimpleNamespace(frequency=frequency, consistency=consistency)  # noqa: E731
+    book = [entry(0.1, 0.8), entry(0.2, 0.3), entry(0.1, 0.9), entry(0.3, 0.9), entry(0.0, 0.9), entry(0.1, 0.6)]
+    model = _Top1Model(top1, 6)
+    choose = lambda n, b=book: choose_concepts(model, store, b, n, "val", 12)  # noqa: E731
+    assert choose(2) == [3, 5]  # by top-1 count among consistency >= 0.5 (1 is poorly described)
+    assert choose(4) == [3, 5, 0, 1]  # then the most frequent other concepts that fired in the teacher
+    assert choose(10) == [3, 5, 0, 1]  # never 4 (it never fired in the teacher) nor 2 (never predicted)
+    assert choose_concepts(model, store, book, 2, "val", 12, windows=1) == [3, 1]  # window 0 only: 3, 1 and 4
+    with pytest.raises(CocomixError, match="none of the student's predicted concepts ever fired"):
+        choose(3, [entry(0.0, 1.0)] * 6)
