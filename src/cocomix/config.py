@@ -188,7 +188,8 @@ class TrainConfig:
     (`MixedPrecisionPolicy.param_dtype`); gradients are reduced in fp32 and the sharded weights and AdamW state stay
     fp32. `float32` (default) leaves the compute precision to autocast, so an FSDP run equals a one-process run;
     `bfloat16` halves the all-gather traffic and is what the official FSDP runs did (their residual stream is then
-    bf16 too). Unused without FSDP."""
+    bf16 too), and avoids the bf16 copies of the gathered weights that autocast keeps under `float32` (up to the
+    whole student's, 2 bytes per parameter, on every GPU). Unused without FSDP."""
     max_bad_steps: int = 10
     """Steps with a non-finite loss or gradient are skipped; this many in a row stop the run."""
 

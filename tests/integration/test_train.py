@@ -868,3 +868,22 @@ def test_resuming_a_finished_run_says_so_and_a_longer_one_is_pointed_to_a_new_ru
                                            r"schedule, so a run with other steps is a new run \(--config .*r --set "
                                            r"train.steps=N"):
         train(small_run(store_dir, steps=5, eval_every=0, save_every=2), tmp_path / "r", resume=True, quiet=True)
+
+
+def test_training_sets_tf32_before_the_method_set_up_and_restores_the_callers_precision(
+        store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA training lets fp32 matmuls use TF32 (`cuda_matmul_precision`); simulated here by a helper that sets
+    it on any device: the method's set-up (the teacher checks of CoCoMix) already runs so, and the caller gets its
+    own precision back."""
+    import cocomix.train.loop as loop
+    from cocomix.methods.ntp import NTP
+
+    monkeypatch.setattr(loop, "cuda_matmul_precision", lambda device: torch.set_float32_matmul_precision("high"))
+    seen: list[str] = []
+    real_prepare = NTP.prepare
+    monkeypatch.setattr(NTP, "prepare", lambda self, *a: (seen.append(torch.get_float32_matmul_precision()),
+                                                          real_prepare(self, *a))[1])
+    before = torch.get_float32_matmul_precision()
+    assert before == "highest"  # the default, so that "high" below can be told from it
+    train(small_run(store_dir, steps=2, eval_every=0, save_every=0), tmp_path / "run", quiet=True)
+    assert seen == ["high"] and torch.get_float32_matmul_precision() == before

@@ -159,6 +159,14 @@ def _finished_report(cfg: SAETrainConfig, out: Path) -> SAEReport | None:
 
 
 @torch.no_grad()
+def fired_latents(values: torch.Tensor, indices: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """(C,) bool: the latents with a positive value in a TopK code values, indices (N, k). A scatter, not boolean
+    indexing, so a GPU step does not wait for the host to learn how many there are."""
+    slots = torch.where(values > 0, indices, n_latents)  # (N, k); a zero-valued slot points past the end
+    hit = torch.zeros(n_latents + 1, dtype=torch.bool, device=values.device)
+    return hit.scatter_(0, slots.flatten(), True)[:n_latents]
+
+
 def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> dict[str, float | int]:
     """FVU (raw and normalised space), L0 and never-fired fraction on the first validation windows (under torchrun
     rank r takes every world_size-th batch of them and the sums are combined: the same figures on every rank)."""
@@ -174,7 +182,7 @@ def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> di
         values, indices, info = sae.encode(x)  # (N, k)
         fvu.add(sae, x, values, indices, info)
         fvu_n.add(sae, x, values, indices, info)
-        fired[indices[values > 0]] = True
+        fired |= fired_latents(values, indices, sae.n_latents)
         nnz += int((values > 0).sum())
     if ctx.active:
         for sums in (fvu, fvu_n):
@@ -288,8 +296,7 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
             optimizer.zero_grad(set_to_none=True)
             normalize_decoder(sae)
             with torch.no_grad():
-                fired = torch.zeros(C, dtype=torch.bool, device=device)
-                fired[indices[values > 0]] = True
+                fired = fired_latents(values, indices, C)  # (C,) on this rank's rows
                 anywhere = dd.sum_over_ranks(fired.int(), ctx) > 0  # (C,) fired on any rank's rows
                 state.since_fired.add_(x.shape[0]).masked_fill_(anywhere, 0)
             meter.add_tokens(x.shape[0])

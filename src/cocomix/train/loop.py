@@ -141,15 +141,20 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     """Train `run` into run_dir (config.json, metrics.jsonl, checkpoints/); resume from its latest checkpoint.
     Under torchrun every process calls this; see `distributed.py`. `stop_hint` ends the line printed when a
     signal stops the run (how the caller's user resumes it). The caller's torch RNG state (CPU, and the run's
-    GPU) is restored afterwards. A SIGTERM / SIGINT stops the run after a checkpoint and returns: see
-    `TrainResult.stopped` and `exit_code`."""
+    GPU) and fp32 matmul precision (TF32 during training on CUDA) are restored afterwards. A SIGTERM / SIGINT
+    stops the run after a checkpoint and returns: see `TrainResult.stopped` and `exit_code`."""
     ctx = dd.context_from_env()
     device = dd.setup(ctx, resolve_device(run.train.device))
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])  # restored on the way out
-    # a rank that fails stops the others at once, not after the collective timeout
-    with rng, FailFast(ctx) as fail_fast:
-        result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint, fail_fast.on_stop)
-        dd.barrier(ctx)  # every rank has finished (a rank failing before it still stops the others)
+    matmul_precision = torch.get_float32_matmul_precision()  # the caller's, restored on the way out too
+    cuda_matmul_precision(device)  # TF32 on CUDA from the start: the method's set-up checks run as training does
+    try:
+        # a rank that fails stops the others at once, not after the collective timeout
+        with rng, FailFast(ctx) as fail_fast:
+            result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint, fail_fast.on_stop)
+            dd.barrier(ctx)  # every rank has finished (a rank failing before it still stops the others)
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
     dd.teardown(ctx)
     return result
 
