@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cocomix.errors import CocomixWarning
 from cocomix.model import Transformer
 from cocomix.model import chunked_nll as cn
 from cocomix.teacher import Teacher
@@ -68,8 +69,17 @@ def test_heads_that_are_not_a_linear_map_use_the_whole_model(tmp_path: Path) -> 
     odd = Teacher.from_pretrained(tmp_path / "hf", layer=1)
     trunk, head = odd._split()
     odd._split = lambda: ((lambda x: 2.0 * trunk(x)), head)  # a trunk that does not match the model
-    tp = odd.residual_and_grad(ids)
+    with pytest.warns(CocomixWarning, match=r"through its LM head give loss .*from whole logits"):
+        tp = odd.residual_and_grad(ids)
     assert odd._split_ok is False and tp.logits is not None  # the one-time check caught it
+
+
+def test_the_split_check_allows_the_rounding_of_the_logits_matmuls() -> None:
+    from cocomix.teacher import split_rtol
+
+    assert split_rtol(torch.zeros(1)) == 1e-4  # fp32: the check's own 1e-4
+    assert split_rtol(torch.zeros(1, dtype=torch.bfloat16)) == 2 * 2.0 ** -7  # bf16: chunks may round otherwise
+    assert split_rtol(torch.zeros(1, dtype=torch.float64)) == 1e-4
 
 
 def test_forward_without_grad_computes_no_gradient() -> None:
