@@ -313,7 +313,7 @@ def test_dead_latents_are_those_that_did_not_fire_in_the_last_dead_tokens(store_
 
     def recorded(sae, x, dead, k_aux, rows=None):
         fvu, auxk, values, indices = real_losses(sae, x, dead, k_aux, rows=rows)
-        seen.append((dead.clone(), values.detach().clone(), indices.clone(), x.shape[0], float(auxk)))
+        seen.append((dead.clone(), values.detach().clone(), indices.clone(), x.shape[0], float(auxk.detach())))
         return fvu, auxk, values, indices
 
     monkeypatch.setattr(training, "initialize", init_with_a_silent_latent)

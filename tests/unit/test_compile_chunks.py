@@ -67,3 +67,23 @@ def test_inference_and_kd_forwards_trace_no_chunk_loop(model: Transformer) -> No
     assert "logsumexp" not in names and "log_softmax" not in names, names
     ref = model(ids, lm_loss=True, teacher_logits=teacher, lambda_kd=0.1)
     assert torch.allclose(out.loss, ref.loss, atol=1e-6)
+
+
+def test_the_seam_breaks_the_compiled_graph_between_the_two_halves_not_at_every_block(model: Transformer) -> None:
+    """The fused concept head runs eagerly, so the compiled forward breaks there: into the blocks below the seam
+    and the blocks above it, each half one graph (a break inside the block loop would compile block by block)."""
+    model.blocks.extend(Transformer(ModelConfig(vocab_size=V, n_layer=3, n_head=4, d_model=32,
+                                                context_length=64)).blocks)  # 6 blocks, the seam at 1
+    graphs: list[torch.fx.GraphModule] = []
+
+    def record(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    ids, t = torch.randint(0, V, (3, 20)), torch.randint(0, C, (3, 20, A))
+    out = torch.compile(model, backend=record)(ids, concept_targets=t, lm_loss=True)
+    attention = [sum(n.op == "call_function" and "scaled_dot_product" in str(n.target) for n in gm.graph.nodes)
+                 for gm in graphs]  # attention calls captured per graph
+    assert sorted(a for a in attention if a) == [1, 5], attention  # block 0 | blocks 1-5
+    assert torch.allclose(out.loss, model(ids, concept_targets=t, lm_loss=True).loss, atol=1e-6)

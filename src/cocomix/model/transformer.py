@@ -135,12 +135,18 @@ class Transformer(nn.Module):
             h = h + self.wpe(pos)
         h = self.drop(h)
         aux: dict = {}
-        for i, block in enumerate(self.blocks):
-            if self.seam is not None and i == self.seam.layer:
-                extra = () if concept_targets is None else (concept_targets,)  # seams without targets keep working
-                keep = {"keep_logits": True} if concept_logits else {}  # only a concept seam is asked
-                h, pos, aux = self.seam.insert(h, pos, *extra, **keep)
-            h = (checkpointed(block) if self.checkpoint_blocks and cache is None else block)(h, pos, cache)
+        # the seam sits between two block loops, not inside one: under torch.compile its eager parts (the fused
+        # concept head) then break the graph between the two whole halves rather than into a graph per block
+        at = self.seam.layer if self.seam is not None and self.seam.layer < len(self.blocks) else len(self.blocks)
+        wrap = checkpointed if self.checkpoint_blocks and cache is None else (lambda block: block)
+        for block in self.blocks[:at]:
+            h = wrap(block)(h, pos, cache)
+        if at < len(self.blocks):
+            extra = () if concept_targets is None else (concept_targets,)  # seams without targets keep working
+            keep = {"keep_logits": True} if concept_logits else {}  # only a concept seam is asked
+            h, pos, aux = self.seam.insert(h, pos, *extra, **keep)
+        for block in self.blocks[at:]:
+            h = wrap(block)(h, pos, cache)
         if self.seam is not None:
             h = self.seam.read(h)
         if cache is not None:
