@@ -43,6 +43,7 @@ from cocomix.cli_parser import (
     add_run,
     as_flag,
     merge_run,
+    seed_arg,
     short_warnings,
     subcommand,
     utf8_text,
@@ -167,6 +168,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     run, _, model, ckpt = load_run(args.run)
     tok_dir = None
+    if args.no_tokenizer and args.data is not None:
+        raise CocomixError("--data: read for the tokenizer only; drop it, or drop --no-tokenizer")
     if not args.no_tokenizer:
         tok_dir = Path(args.data or run.data.path) / "tokenizer"
         if not tok_dir.is_dir():
@@ -255,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with this mass")
     s.add_argument("--num-samples", type=int, default=1, help="continuations to print")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed")
+    s.add_argument("--seed", type=seed_arg, default=0, help="sampling seed")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.set_defaults(func=cmd_generate)
 
@@ -311,6 +314,11 @@ def _check_torchrun(command: str) -> None:
                           f"without torchrun (under torchrun: {', '.join(TORCHRUN_COMMANDS)})")
 
 
+PATH_OPTIONS = ("out", "data", "html", "config", "run", "teacher", "sae", "concepts", "include_path", "adopt",
+                "tokenizer")
+"""Options (argparse dests) that name a file, folder or model; an empty one is refused."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     short_warnings()
     parser = build_parser()
@@ -319,6 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # said by the command's parser, so the hint is `cocomix COMMAND --help`
         subcommand(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     merge_run(args, parser)
+    command = subcommand(parser, args.command)
+    for dest in PATH_OPTIONS:  # "" is no path: read as the current folder it would be written or read there
+        if getattr(args, dest, None) == "" and command.get_default(dest) != "":  # (given, not a command's default)
+            command.error(f"argument --{dest.replace('_', '-')}: expected a path, got an empty string")
     try:
         _check_torchrun(args.command)
         code = args.func(args)

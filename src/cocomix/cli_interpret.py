@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cocomix.atomic import check_out_folder
-from cocomix.cli_parser import DEVICE_HELP, add_run, utf8_text
+from cocomix.cli_parser import DEVICE_HELP, add_run, seed_arg, utf8_text
 from cocomix.errors import CocomixError
 
 
@@ -42,7 +42,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from cocomix.interpret.inspect import format_table, inspect_ids, is_inspect_page, write_html
 
-    if args.max_tokens < 1:
+    if args.max_tokens is not None and args.max_tokens < 1:
         raise CocomixError(f"--max-tokens: expected an integer >= 1, got {args.max_tokens}")
     if args.html:  # a page that cannot be written is said before the table, not after it
         html = Path(args.html)
@@ -56,17 +56,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                "name (or remove the file)")
     run, model, store, book = _open(args)
     tok = store.tokenizer()
+    context = model.cfg.context_length
+    if args.max_tokens is not None and args.max_tokens > context:
+        raise CocomixError(f"--max-tokens: expected at most the model's context length {context}, got "
+                           f"{args.max_tokens}")
+    max_tokens = args.max_tokens or min(64, context)
     if args.text is not None:
         ids = tok.encode(args.text)
-        if len(ids) > args.max_tokens:
-            print(f"cocomix: note: --text is {len(ids)} tokens; its first {args.max_tokens} are shown "
+        if len(ids) > max_tokens:
+            print(f"cocomix: note: --text is {len(ids)} tokens; its first {max_tokens} are shown "
                   "(--max-tokens)", file=sys.stderr)
-            ids = ids[:args.max_tokens]
+            ids = ids[:max_tokens]
     else:
         n = store.num_chunks("val", run.data.seq_len)
         if not 0 <= args.val_window < n:
             raise CocomixError(f"--val-window: expected 0..{n - 1}, got {args.val_window}")
-        ids = store.batch("val", [args.val_window], run.data.seq_len)[0, :args.max_tokens].tolist()
+        ids = store.batch("val", [args.val_window], run.data.seq_len)[0, :max_tokens].tolist()
     rows = inspect_ids(model, ids, tok.decode, top=args.top)
     print(format_table(rows, book))
     if args.html:
@@ -228,7 +233,9 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", type=utf8_text, help="text to inspect")
     src.add_argument("--val-window", type=int, help="inspect this validation window of the token store")
-    s.add_argument("--max-tokens", type=int, default=64, help="tokens shown (of --text or the validation window)")
+    s.add_argument("--max-tokens", type=int, default=None,
+                   help="tokens shown (of --text or the validation window; default 64, or the model's context "
+                        "length if shorter)")
     s.add_argument("--top", type=int, default=3, help="concepts shown per token")
     s.add_argument("--html", default=None, help="also write a self-contained HTML page here")
     s.set_defaults(func=cmd_inspect)
@@ -242,7 +249,7 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate")
     s.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     s.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every α)")
+    s.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (the same for every α)")
     s.add_argument("--teacher-check", action="store_true",
                    help="also steer the same SAE latent in the teacher (the run's concept.teacher and concept.sae, "
                         "or --teacher / --sae)")
@@ -262,7 +269,7 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per prompt")
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 is greedy)")
     s.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every α)")
+    s.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (the same for every α)")
     s.add_argument("--teacher-check", action="store_true",
                    help="also steer each concept's SAE latent in the teacher and report its rate (the reference)")
     s.add_argument("--teacher", default=None, help="teacher (default: the run's concept.teacher)")

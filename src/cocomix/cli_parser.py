@@ -109,6 +109,17 @@ def utf8_text(value: str) -> str:
     return value
 
 
+def seed_arg(text: str) -> int:
+    """argparse type of `--seed`: an integer in torch's seed range [0, 2**64) (larger ones overflow its generator)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**64) (torch's seed range), got {text}")
+    return value
+
+
 def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """Every `cocomix COMMAND` parser, by command."""
     return next(a for a in parser._subparsers._group_actions if isinstance(a, argparse._SubParsersAction)).choices

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cocomix.cli_parser import utf8_text
 from cocomix.errors import CocomixError, CocomixWarning
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def add_run_commands(sub: argparse._SubParsersAction) -> None:
     """Register prepare and train."""
     s = sub.add_parser("prepare", help="tokenize a corpus into train/val token files")
-    s.add_argument("--source", default="shakespeare",
+    s.add_argument("--source", default="shakespeare", type=utf8_text,
                    help="shakespeare | text:PATH[#SEPARATOR] | jsonl:PATH[#field] | hf:NAME[:CONFIG][@SPLIT][#field] "
                         "(text:stories.txt#'<|endoftext|>' cuts the file into documents there; NAME is a hub "
                         "name or owner/name, or a local folder or data file)")

@@ -113,7 +113,8 @@ def _field_types(cls: type) -> dict[str, Any]:
 def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.field=value` strings to a config dict. A string field takes the text as it is (stripped;
     `data.path=2024` is a path); other values are parsed as JSON, else as a number such as `.1`, else taken as a
-    string. A section the dict leaves out (a partial config file) is created."""
+    string. A section the dict leaves out (a partial config file) is created; a whole section given as a JSON
+    object (`model={"n_layer": 2}`) is merged into the one there, field by field, as a config file is."""
     out = json.loads(json.dumps(base))
     for item in overrides:
         if "=" not in item:
@@ -132,7 +133,10 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[p] = {}  # left out of the file: its defaults, with this override
             node, cls = node[p], section
         tp = _field_types(cls).get(parts[-1])
-        node[parts[-1]] = raw.strip() if tp is str and not raw.strip().startswith('"') else _parse_value(raw)
+        value = raw.strip() if tp is str and not raw.strip().startswith('"') else _parse_value(raw)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            value = merge_config(node[parts[-1]], value)  # `model={"n_layer": 2}` sets one field, as --config does
+        node[parts[-1]] = value
     return out
 
 
@@ -163,7 +167,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
                               "run directory")
         p = p / "config.json"
     if not p.is_file():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: " + ("not a regular file; expected a .json or .toml config file" if p.exists()
+                                      else "config file not found"))
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -181,11 +186,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of config sections at the top level")
-    try:
-        json.dumps(data)
-    except (TypeError, ValueError) as e:  # TOML dates and times have no config field
-        raise ConfigError(f"{p}: a value is not a string, number, boolean or list ({e})") from None
+    bad = _first_non_json(data)
+    if bad is not None:  # TOML dates and times have no config field
+        raise ConfigError(f"{p}: {bad[0]}: expected a string, number, boolean or list, got a "
+                          f"{type(bad[1]).__name__} ({bad[1]})")
     return data
+
+
+def _first_non_json(value: Any, key: str = "") -> tuple[str, Any] | None:
+    """(dotted key, value) of the first value in a parsed config that JSON cannot hold, else None."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _first_non_json(v, f"{key}.{k}" if key else str(k))
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list):
+        return next((f for i, v in enumerate(value) if (f := _first_non_json(v, f"{key}[{i}]")) is not None), None)
+    return None if value is None or isinstance(value, (str, int, float, bool)) else (key, value)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

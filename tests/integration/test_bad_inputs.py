@@ -65,8 +65,20 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     shutil.copytree(concept_parts[0], root / "cut-teacher")  # weights file cut in the middle of its header
     (root / "cut-teacher" / "model.safetensors").write_bytes((root / "cut-teacher" / "model.safetensors")
                                                              .read_bytes()[:6])
+    shutil.copytree(root / "run", root / "ckfile-run")  # `checkpoints` a file where the run keeps its folder
+    shutil.rmtree(root / "ckfile-run" / "checkpoints")
+    (root / "ckfile-run" / "checkpoints").write_text("x")
+    shutil.copytree(root / "run", root / "nomodel-run")  # config.json without its model section
+    stored = json.loads((root / "run" / "config.json").read_text())
+    (root / "nomodel-run" / "config.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "model"}))
+    nan_sae = TopKSAE(32, 64, 4)
+    with torch.no_grad():
+        nan_sae.W_dec[3, 1] = float("nan")
+    save_saelens(nan_sae, root / "nan-sae")
+    (root / "date.toml").write_text("[train]\nsteps = 3\nstart = 2024-01-01\n")
+    kept = ("run", "store", "ckfile-run", "nomodel-run")
     return {"root": root, "store": store, "run": root / "run", "teacher": concept_parts[0],
-            "sae": concept_parts[1], "hash": {"run": _tree_hash(root / "run"), "store": _tree_hash(store)}}
+            "sae": concept_parts[1], "hash": {name: _tree_hash(root / name) for name in kept}}
 
 
 # (name, argv with {placeholders}, expected fragment of the error line)
@@ -287,6 +299,34 @@ CASES = [
     ("eval-seq-len-over-context", ["eval", "{run}", "--seq-len", "100000"], "--seq-len: 100000 exceeds"),
     ("eval-corrupt-weights-no-fallback", ["eval", "{root}/corrupt-run"], "the run has no other checkpoint"),
     ("inspect-ntp-run", ["inspect", "{run}", "--text", "the"], "RUN: expected a CoCoMix run"),
+    # seeds beyond torch's range, sizes that would abort in Rust, names no file format can hold
+    ("generate-seed-too-large", ["generate", "{run}", "--prompt", "the", "--seed", str(2**64)],
+     "argument --seed: expected an integer in [0, 2**64)"),
+    ("steer-seed-too-large", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "2", "--seed",
+                              "999999999999999999999999"], "argument --seed: expected an integer in [0, 2**64)"),
+    ("steer-eval-negative-seed", ["steer-eval", "{run}", "--out", "{root}/se9", "--seed=-1"],
+     "argument --seed: expected an integer in [0, 2**64)"),
+    ("train-sae-seed-too-large", ["train-sae", "--teacher", "{root}/noteacher", "--teacher-layer", "1", "--data",
+                                  "{store}", "--seed", str(2**64), "--out", "{root}/s9"],
+     "--seed: expected an integer below 2**64"),
+    ("prepare-bpe-too-large", ["prepare", "--source", "shakespeare", "--out", "{root}/p9", "--tokenizer",
+                               "bpe:2147483648"], "--tokenizer: a byte-level BPE takes vocab_size <= 16777216"),
+    ("prepare-source-not-utf8", ["prepare", "--source", "text:{root}/d\udce9", "--out", "{root}/p10"],
+     "argument --source: not valid UTF-8 text"),
+    ("prepare-adopt-not-utf8", ["prepare", "--adopt", "{root}/a\udce9"], "a\\xe9: the path is not valid UTF-8"),
+    ("train-resume-checkpoints-a-file", ["train", "--config", "{root}/run.json", "--out", "{root}/ckfile-run",
+                                         "--resume"], "checkpoints: not a folder, but the run keeps its checkpoints"),
+    ("eval-config-without-model", ["eval", "{root}/nomodel-run"], "config.json: no model section"),
+    ("extract-nan-sae", ["extract-concepts", "--data", "{store}", "--teacher", "{teacher}", "--teacher-layer", "1",
+                         "--sae", "{root}/nan-sae", "--seq-len", "32", "--out", "{root}/e11"],
+     "nan-sae: the SAE's W_dec holds NaN or infinite values"),
+    ("steer-eval-empty-out", ["steer-eval", "{run}", "--out", ""], "argument --out: expected a path, got an empty"),
+    ("export-data-without-tokenizer", ["export", "{run}", "--out", "{root}/hf3", "--no-tokenizer", "--data",
+                                       "{store}"], "--data: read for the tokenizer only"),
+    ("train-config-not-a-file", ["train", "--config", "/dev/null", "--out", "{root}/o44"],
+     "/dev/null: not a regular file"),
+    ("train-toml-date", ["train", "--config", "{root}/date.toml", "--out", "{root}/o45"],
+     "date.toml: train.start: expected a string, number, boolean or list, got a date"),
 ]
 
 
@@ -302,7 +342,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(name: str, argv: list[
     assert exc.value.code == 2, err
     assert len(lines) == 1 and lines[0].startswith("cocomix: error:"), err
     assert fragment.lower() in lines[0].lower(), lines[0]
-    assert _tree_hash(world["run"]) == world["hash"]["run"] and _tree_hash(world["store"]) == world["hash"]["store"]
+    assert {name: _tree_hash(world["root"] / name) for name in world["hash"]} == world["hash"]
 
 
 def test_tiny_concept_presets_without_the_demo_say_how_to_make_its_outputs(
@@ -417,3 +457,35 @@ def test_a_mistyped_relative_teacher_path_is_said_at_once_and_in_the_error(
         Teacher.from_pretrained("openai-community/gpt2", 1)  # no local owner folder: a hub name, no hint
     assert "mistyped" not in str(caught.value) and "no such local folder" not in capsys.readouterr().err
     assert asked == ["runs/teach", "openai-community/gpt2"]
+
+
+def test_a_fresh_run_failing_on_its_data_before_a_checkpoint_leaves_its_folder_as_it_was(
+        world: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token id beyond the vocabulary is found in the chunk that holds it, once training reads it: the run had
+    written config.json and metrics.jsonl by then. They are removed again, so the same command (a new --out, or a
+    job's folder holding only its log) starts afresh once the store is fixed, not "already holds a run"."""
+    import numpy as np
+
+    root = world["root"]
+    oov = root / "oov-store"
+    shutil.copytree(world["store"], oov)
+    ids = np.fromfile(oov / "train.bin", dtype=np.uint16)
+    ids[::50] = 60000  # in every window of 32 tokens or the next
+    ids.tofile(oov / "train.bin")
+    (root / "job").mkdir()
+    (root / "job" / "job.log").write_text("submitted")
+    for out in (root / "fresh", root / "job"):
+        argv = ["train", "--config", str(root / "run.json"), "--out", str(out)]
+        assert main([*argv, "--set", f"data.path={oov}"]) == 2
+        assert "token id 60000" in capsys.readouterr().err
+        assert not out.exists() if out.name == "fresh" else sorted(p.name for p in out.iterdir()) == [".lock",
+                                                                                                      "job.log"]
+        assert main(argv) == 0  # the store of run.json: trains in the same folder
+        assert (out / "checkpoints" / "latest").is_file()
+    assert (root / "job" / "job.log").read_text() == "submitted"
+    monkeypatch.setenv("COCOMIX_INJECT_NAN_STEPS", "1,2")  # a divergence is no bad input: its metrics stay
+    assert main(["train", "--config", str(root / "run.json"), "--set", "train.max_bad_steps=2", "--set",
+                 "train.save_every=0", "--out", str(root / "diverged")]) == 2
+    assert "training stopped at step 2" in capsys.readouterr().err
+    assert [json.loads(line)["kind"] for line in (root / "diverged" / "metrics.jsonl").read_text().splitlines()
+            ].count("skip") == 2

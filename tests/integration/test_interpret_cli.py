@@ -153,6 +153,8 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,10", "--prompts", "2",
               "--prompt-len", "40", "--max-new-tokens", "10", "--out", str(root / "se")], "--prompt-len: prompts are"),
             (["inspect", str(runs["cocomix"]), "--val-window", "0", "--max-tokens", "0"], "--max-tokens: expected"),
+            (["inspect", str(runs["cocomix"]), "--text", "the king", "--max-tokens", "65"],
+             "--max-tokens: expected at most the model's context length 64, got 65"),
             (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(root / "a-folder.html")],
              "a-folder.html: a folder; give a file name"),
             (["inspect", str(runs["cocomix"]), "--text", "the king", "--html", str(root / "no" / "page.html")],

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from cocomix.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from cocomix.errors import CheckpointError, CocomixError
 from cocomix.train import train
+from cocomix.train.checkpoint import resolve_checkpoint
 from tests.cli import run_cli
 
 
@@ -594,10 +595,20 @@ def test_resume_skips_a_damaged_latest_checkpoint_for_the_newest_that_verifies(s
     got = _weights(tmp_path / "r")
     assert all(torch.equal(want[k], got[k]) for k in want)
     assert (tmp_path / "r" / "checkpoints" / ".damaged_step_0000004" / "model.safetensors").is_file()  # kept aside
-    (tmp_path / "r" / "checkpoints" / "latest").unlink()  # as after a crash before the first pointer was written
+    pointer = tmp_path / "r" / "checkpoints" / "latest"
+    for text in ("", "../../elsewhere/step_0000004\n", ".."):  # never followed out of the run's checkpoints
+        pointer.write_text(text)
+        with pytest.raises(CocomixError, match="latest: expected the name of a checkpoint folder beside it"):
+            resolve_checkpoint(tmp_path / "r")
+    pointer.unlink()  # as after a crash before the first pointer was written
+    with pytest.raises(CocomixError, match=r"latest is missing, .*give one \(.*step_0000004\), or `cocomix train "
+                                           r"--resume` restores the pointer"):
+        resolve_checkpoint(tmp_path / "r")  # (eval, generate, export): not "no checkpoint yet"
     train(run, tmp_path / "r", resume=True, quiet=True)  # finished at step 4: found again, nothing to train
     err = capsys.readouterr().err
     assert "latest is missing; resuming from" in err and "step_0000004 instead" in err, err
+    assert pointer.read_text() == "step_0000004\n" and resolve_checkpoint(tmp_path / "r")[1].name == "step_0000004"
+    pointer.unlink()
     for name in ("step_0000002", "step_0000004"):  # now nothing verifies
         (tmp_path / "r" / "checkpoints" / name / "rng.pt").write_bytes(b"")
     with pytest.raises(CocomixError, match="no checkpoint verifies"):

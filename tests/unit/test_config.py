@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cocomix.config import ConceptConfig, ModelConfig, RunConfig, TrainConfig
-from cocomix.config_io import apply_overrides, load_config_file, run_config
+from cocomix.config_io import apply_overrides, load_config_file, merge_config, run_config
 from cocomix.errors import ConfigError
 from cocomix.presets import PRESETS, get_preset
 
@@ -86,6 +87,17 @@ def test_unknown_and_ill_typed_fields_are_named() -> None:
         run_config({**base, "method": "magic"})
     with pytest.raises(ConfigError, match="data.seq_len"):
         run_config(apply_overrides(base, ["data.seq_len=4096"]))
+
+
+def test_a_section_set_as_a_json_object_is_merged_as_a_config_file_is() -> None:
+    """`--set 'model={"n_layer": 2}'` changes n_layer only, as a config file holding that section would; the
+    preset's other model fields (d_model, vocab_size) stay."""
+    base = get_preset("tiny").to_dict()
+    cfg = run_config(apply_overrides(base, ['model={"n_layer": 2}']))
+    assert cfg.model == dataclasses.replace(get_preset("tiny").model, n_layer=2)
+    assert cfg.model == run_config(merge_config(base, {"model": {"n_layer": 2}})).model
+    with pytest.raises(ConfigError, match=r"model\.nope: unknown field"):
+        run_config(apply_overrides(base, ['model={"nope": 1}']))
 
 
 def test_fsdp_param_dtype_needs_fsdp() -> None:
@@ -165,7 +177,8 @@ def test_overrides_reach_sections_a_file_leaves_out_and_keep_strings_as_text() -
 
 def test_config_files(tmp_path) -> None:
     (tmp_path / "d.toml").write_text('method = "ntp"\n[train]\nseed = 1979-05-27\n')
-    with pytest.raises(ConfigError, match="d.toml: a value is not a string"):
+    with pytest.raises(ConfigError, match=r"d.toml: train.seed: expected a string, number, boolean or list, got "
+                                          r"a date \(1979-05-27\)"):
         load_config_file(tmp_path / "d.toml")
     (tmp_path / "a.toml").write_text('method = "ntp"\n[train]\nsteps = 7\n')
     assert run_config(load_config_file(tmp_path / "a.toml")).train.steps == 7

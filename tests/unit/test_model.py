@@ -193,6 +193,8 @@ def test_top_k_and_top_p_restrict_the_support() -> None:
     exact = torch.tensor([[0.5, 0.25, 0.125, 0.125]]).log()
     assert {int(sample_next(exact, 1.0, top_p=0.75, generator=gen)) for _ in range(300)} == {0, 1}
     assert int(sample_next(logits, 0.0)) == 0
+    # a top_p below float32's smallest number (0 in the comparison): the top token, not an empty support
+    assert {int(sample_next(logits[:, [1, 0, 2]], 1.0, top_p=1e-300, generator=gen)) for _ in range(20)} == {1}
     # a temperature so small that logits / T overflows: the top token, not a NaN distribution
     assert int(sample_next(torch.tensor([[-40.0, -30.0, -50.0]]), 1e-38, generator=gen)) == 1
 

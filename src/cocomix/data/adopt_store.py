@@ -76,10 +76,12 @@ def _scan(path: Path, dtype: np.dtype, tok: TextTokenizer, progress: bool) -> tu
 def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) -> dict:
     """Make `folder`, holding nanoGPT-style `train.bin` / `val.bin`, a token store read by `tokenizer` (a spec for
     `load_tokenizer`); return its meta (also written to meta.json)."""
+    from cocomix.atomic import check_utf8_path
     from cocomix.outputs import STORE, output_kind
     from cocomix.train.guard import LOCK_NAME, RunLock  # here: cocomix.train imports the data package
 
     out = Path(folder).expanduser()
+    check_utf8_path(out, "--adopt")  # its resolved path goes into meta.json, written last
     if not out.is_dir():
         raise DataError(f"--adopt {out}: {'not a folder' if out.exists() else 'does not exist'} (expected the "
                         "folder holding train.bin and val.bin)")

@@ -154,12 +154,20 @@ class TextTokenizer:
         atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
 
 
+BPE_MAX_VOCAB = 2**24
+"""The largest `bpe:<vocab_size>` prepare trains (real vocabularies stay below 2**20)."""
+
+
 def check_bpe_size(vocab_size: int) -> None:
-    """DataError unless a byte-level BPE can have `vocab_size` ids (256 bytes + the end-of-text token at least)."""
+    """DataError unless a byte-level BPE can have `vocab_size` ids (256 bytes + the end-of-text token at least, and
+    at most BPE_MAX_VOCAB: the Rust trainer aborts the process, not raises, on sizes of 2**31 and more)."""
     minimum = len(pre_tokenizers.ByteLevel.alphabet()) + 1
     if not isinstance(vocab_size, int) or vocab_size < minimum:
         raise DataError(f"tokenizer: a byte-level BPE needs vocab_size >= {minimum} (256 bytes + "
                         f"{EOS_TOKEN}), got {vocab_size!r}")
+    if vocab_size > BPE_MAX_VOCAB:
+        raise DataError(f"tokenizer: a byte-level BPE takes vocab_size <= {BPE_MAX_VOCAB} (2**24, far above any "
+                        f"real vocabulary), got {vocab_size}")
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:

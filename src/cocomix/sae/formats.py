@@ -30,6 +30,10 @@ def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None =
     output (a named hook that is no block's residual output, e.g. an MLP output, is refused), and a folder of
     sparsify hookpoints resolves to the one for that layer."""
     sae = _load(sae_path(spec, teacher_layer), k)
+    for name, tensor in [*sae.named_parameters(), *sae.named_buffers()]:
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):  # NaN concepts, "fvu": NaN in JSON
+            raise CheckpointError(f"{spec}: the SAE's {name} holds NaN or infinite values; a damaged or diverged "
+                                  "SAE file")
     if teacher_layer is not None and sae.hook_name is not None and sae.hook_block is None:
         raise ConfigError(f"{spec}: trained on {sae.hook_name}, which is not the residual stream at a block's "
                           "output; cocomix encodes the output of block teacher_layer with it (use an SAE of "

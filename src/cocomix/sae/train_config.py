@@ -88,6 +88,8 @@ class SAETrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}: expected a non-negative integer, got {value!r}")
+        if self.seed >= 2**64:
+            raise ConfigError(f"seed: expected an integer below 2**64 (torch's seed range), got {self.seed}")
         for name in ("lr", "auxk_alpha"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

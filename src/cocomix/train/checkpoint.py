@@ -202,10 +202,14 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not pointer.is_file():
         return None
     try:
-        ckpt = run_dir / CKPT_DIR / pointer.read_text().strip()
+        name = pointer.read_text().strip()
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{pointer}: unreadable ({type(e).__name__}); expected a checkpoint folder "
                               "name") from None
+    if not name or name in (".", "..") or Path(name).name != name:  # a path would lead out of the run
+        raise CheckpointError(f"{pointer}: expected the name of a checkpoint folder beside it (step_NNNNNNN), "
+                              f"got {name!r}")
+    ckpt = run_dir / CKPT_DIR / name
     if not (ckpt / "state.json").is_file():
         raise CheckpointError(f"{pointer}: names {ckpt.name}, which is missing or incomplete")
     return ckpt
@@ -258,6 +262,7 @@ def load_optimizer_and_rng(ckpt: Path, load_optimizer: Callable[[dict[str, Any]]
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
+    """The config a run trained with (its config.json); CheckpointError naming the file when it is not one."""
     path = run_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
@@ -267,6 +272,10 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if isinstance(data, dict) and "auxk_alpha" in data and "model" not in data:
         raise CheckpointError(f"{run_dir}: a train-sae output (its SAE is {run_dir / 'sae'}), not a model run")
+    missing = [k for k in ("method", "model", "data", "train") if k not in data] if isinstance(data, dict) else []
+    if missing:  # every run writes them all: defaults in their place would build another model than the weights'
+        raise CheckpointError(f"{path}: no {', '.join(missing)} section; the run wrote every section, so the file "
+                              "was damaged or edited (restore it)")
     try:
         return run_config(data)
     except CocomixError as e:
@@ -295,5 +304,10 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         if not (p / "config.json").is_file():
             raise CheckpointError(f"{p}: not a cocomix run (no config.json or checkpoints/); give a run directory "
                                   "or one of its checkpoints")
+        steps = sorted(q.name for q in (p / CKPT_DIR).glob("step_*") if (q / "state.json").is_file())
+        if steps:  # `latest` lost (a crash between a checkpoint's rename and its pointer, a deleted file)
+            raise CheckpointError(f"{p}: {CKPT_DIR}/latest is missing, so which checkpoint is the run's is not "
+                                  f"said; give one ({p / CKPT_DIR / steps[-1]}), or `cocomix train --resume` "
+                                  "restores the pointer")
         raise CheckpointError(f"{p}: run has no checkpoint yet")
     return p, ckpt

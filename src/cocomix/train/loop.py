@@ -26,7 +26,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig, TrainConfig
 from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
-from cocomix.errors import ConfigError, DataError
+from cocomix.errors import CheckpointError, ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, plugin_note, recorded_teacher, run_flops, teacher_shape
 from cocomix.methods import METHODS, Batch, Method
@@ -34,18 +34,12 @@ from cocomix.model import Transformer
 from cocomix.progress import format_duration
 from cocomix.teacher_precision import cuda_matmul_precision
 from cocomix.train import distributed as dd
-from cocomix.train.checkpoint import (
-    CKPT_DIR,
-    load_model_weights,
-    load_optimizer_and_rng,
-    read_state,
-    save_checkpoint,
-)
+from cocomix.train.checkpoint import CKPT_DIR, load_model_weights, load_optimizer_and_rng, read_state, save_checkpoint
 from cocomix.train.fail_fast import FailFast
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
 from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
-from cocomix.train.resume import check_run_folder, check_same_store, prepare_run_dir, store_identity
+from cocomix.train.resume import check_run_folder, check_same_store, prepare_run_dir, store_identity, undo_unsaved_start
 
 
 def resolve_device(name: str, field: str = "train.device") -> torch.device:
@@ -207,8 +201,16 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
             # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
             fresh_note = notes[0] if notes else f"cocomix: note: nothing to resume in {run_dir}; starting the run " \
                                                 "from step 0"
-        return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note, stop_hint,
-                             on_stop)
+        # a fresh run's own files, removed again if it fails on a user error before its first checkpoint
+        before = ({p.name for p in run_dir.iterdir()} if ckpt is None and ctx.is_main
+                  and not (run_dir / "config.json").exists() else None)
+        try:
+            return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note,
+                                 stop_hint, on_stop)
+        except (DataError, CheckpointError):  # bad input, not a divergence (its metrics show what happened)
+            if before is not None:
+                undo_unsaved_start(run_dir, before)
+            raise
     finally:
         if lock is not None:
             lock.release(remove_empty_dir=created)

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cocomix.atomic import check_out_folder
+from cocomix.atomic import atomic_write_text, check_out_folder
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore
 from cocomix.errors import CheckpointError, CocomixError, DataError
@@ -36,8 +36,6 @@ _RELOCATABLE = ("data.path", "concept.cache")
 RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
 
 
-
-
 def check_run_folder(run_dir: Path) -> None:
     """CocomixError for an --out that is a file, or a folder that holds another kind of output (a checkpoint, a
     token store, an SAE, a concept cache): a run is never written into it. Anything else a job may put there
@@ -46,6 +44,28 @@ def check_run_folder(run_dir: Path) -> None:
     kind = output_kind(run_dir)
     if kind not in (None, RUN):
         raise CocomixError(f"{run_dir}: holds {kind}, not a cocomix run; choose a new or empty --out")
+    ckpts = run_dir / CKPT_DIR
+    if ckpts.exists() and not ckpts.is_dir():  # found before the run writes anything, not at its first save
+        raise CocomixError(f"{ckpts}: not a folder, but the run keeps its checkpoints there; move it away")
+
+
+def undo_unsaved_start(run_dir: Path, before: set[str]) -> None:
+    """After a fresh run failed on bad input (a token id out of the vocabulary in a chunk first read at step N, a
+    damaged target cache: a DataError or CheckpointError, not a divergence) before its first checkpoint: remove
+    what it wrote into `run_dir` (the entries not in `before`: config.json, metrics.jsonl, log folders), so that
+    the same command, once the input is fixed, starts again instead of being told the folder holds a run. A run
+    that saved a checkpoint is left as it is."""
+    import shutil
+
+    ckpts = run_dir / CKPT_DIR
+    if ckpts.is_dir() and any(not p.name.startswith(".tmp_") for p in ckpts.iterdir()):
+        return
+    for path in run_dir.iterdir():
+        if path.name not in before:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1,
@@ -148,7 +168,8 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
     (with a note) the newest other checkpoint that does — also when `latest` is missing (a crash between the first
     checkpoint's rename and its pointer); CheckpointError when checkpoints exist and none verifies. Every damaged
     checkpoint passed over is named in the note and renamed `.damaged_step_…` (kept for inspection, out of the
-    `keep_checkpoints` count; numbered `.2`, `.3`, … when an earlier resume took the name)."""
+    `keep_checkpoints` count; numbered `.2`, `.3`, … when an earlier resume took the name), and `latest` is made
+    to name the checkpoint chosen."""
     root = run_dir / CKPT_DIR
     damaged: CheckpointError | None = None
     try:
@@ -177,7 +198,9 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
                 why += _set_aside(root, bad)
             for name, reason in failures:  # every damaged checkpoint passed over is said and kept aside
                 why += f"; {reason}{_set_aside(root, name)}"
-            print(f"cocomix: note: {why}; resuming from {older} instead", file=sys.stderr)
+            atomic_write_text(root / "latest", older.name + "\n")  # eval, generate, export read it too
+            print(f"cocomix: note: {why}; resuming from {older} instead ({root / 'latest'} now names it)",
+                  file=sys.stderr)
         return older
     if damaged is not None:
         raise CheckpointError(f"{damaged}; and no earlier checkpoint in {root} verifies") from None
