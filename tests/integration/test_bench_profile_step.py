@@ -22,6 +22,7 @@ def _profile(*args: str) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow  # ~30 s on 2 cores (`make test-slow`)
 def test_a_profiled_cocomix_step_is_split_into_targets_student_backward_and_optimizer(tmp_path: Path) -> None:
     out = _profile("--out", str(tmp_path / "prof"), "--chunk-elements", str(1 << 12))  # many small chunks
     assert out["chunk_elements"] == 1 << 12

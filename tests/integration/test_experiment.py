@@ -6,10 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from cocomix.experiment import VARIANTS, run_experiment
 from tests.integration.conftest import LINES
 
 
+@pytest.mark.slow  # ~100 s on 2 cores: every variant twice (`make test-slow`)
 def test_experiment_runs_every_variant_and_reports(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
