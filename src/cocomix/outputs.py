@@ -8,6 +8,7 @@ mistyped path never mixes a run's checkpoints with a token store, or a report wi
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 RUN = "a cocomix run"
@@ -52,3 +53,12 @@ def what_is(path: str | Path) -> str | None:
         return "a file"
     kind = output_kind(p)
     return None if kind in (None, RUN) else f"holds {kind}"
+
+
+def workspace(folder: Path, look_at: int = 200) -> bool:
+    """Whether `folder`, or one of its first `look_at` entries, holds a cocomix output other than a model folder: a
+    `runs/` of a user's work rather than models downloaded by owner/name (a hub name never starts there)."""
+    if not folder.is_dir():
+        return False
+    return any(kind not in (None, "a model folder")
+               for kind in (output_kind(folder), *map(output_kind, itertools.islice(folder.iterdir(), look_at))))

@@ -230,8 +230,13 @@ class Teacher(PerPositionGradients):
         owner = text.partition("/")[0]
         # `runs/teach` next to a local runs/ folder is likely a mistyped path, but a hub owner's name may be a local
         # folder too (models downloaded by owner/name): said now, before the hub's retries, and in the error
+        from cocomix.outputs import workspace
+
         typo = (f" (and no local folder {text}, though {owner}/ is one here: a mistyped path?)"
                 if not local and "/" in text and owner and Path(owner).is_dir() and not path.exists() else "")
+        if typo and workspace(Path(owner)):  # cocomix outputs, not models kept by owner/name: no hub retries
+            raise CheckpointError(f"{text}: no such folder, and {owner}/ here holds cocomix outputs (a mistyped "
+                                  "path?); a teacher is a cocomix run, a local Hugging Face model folder or a hub name")
         if typo:
             print(f"cocomix: note: teacher {text}: no such local folder, though {owner}/ is one here; reading it as "
                   "a Hugging Face hub name", file=sys.stderr)

@@ -457,6 +457,12 @@ def test_a_mistyped_relative_teacher_path_is_said_at_once_and_in_the_error(
         Teacher.from_pretrained("openai-community/gpt2", 1)  # no local owner folder: a hub name, no hint
     assert "mistyped" not in str(caught.value) and "no such local folder" not in capsys.readouterr().err
     assert asked == ["runs/teach", "openai-community/gpt2"]
+    (tmp_path / "runs" / "demo").mkdir()
+    (tmp_path / "runs" / "demo" / "stages.json").write_text("{}")  # runs/ holds cocomix outputs: a workspace
+    with pytest.raises(CheckpointError, match=r"^runs/teach: no such folder, and runs/ here holds cocomix outputs "
+                                              r"\(a mistyped path\?\)"):
+        Teacher.from_pretrained("runs/teach", 1)
+    assert asked == ["runs/teach", "openai-community/gpt2"]  # the hub was not asked (no retries to wait for)
 
 
 def test_a_fresh_run_failing_on_its_data_before_a_checkpoint_leaves_its_folder_as_it_was(
