@@ -68,6 +68,7 @@ class ModelConfig:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "context_length"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v > 0, f"model.{name}", "a positive integer", v)
+        _check(self.n_layer <= 10_000, "model.n_layer", "at most 10000 blocks", self.n_layer)  # (per-block tuples)
         _check(self.d_model % self.n_head == 0, "model.n_head", f"a divisor of d_model={self.d_model}",
                self.n_head)
         if self.flavour == "llama":

@@ -325,6 +325,11 @@ CASES = [
                                        "{store}"], "--data: read for the tokenizer only"),
     ("train-config-not-a-file", ["train", "--config", "/dev/null", "--out", "{root}/o44"],
      "/dev/null: not a regular file"),
+    ("flops-absurd-depth", ["flops", "--preset", "tiny", "--set", "model.n_layer=100000000"],
+     "model.n_layer: expected at most 10000 blocks"),
+    ("describe-top-n-too-large", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
+                                  "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--top-n", "100000000",
+                                  "--out", "{root}/d10"], "--top-n: expected at most 1000"),
     ("train-toml-date", ["train", "--config", "{root}/date.toml", "--out", "{root}/o45"],
      "date.toml: train.start: expected a string, number, boolean or list, got a date"),
 ]

@@ -185,8 +185,16 @@ def test_a_cache_only_run_opens_and_another_store_or_a_damaged_file_is_refused(
     data.tofile(targets)
     cache = TargetCache.open(damaged)
     assert cache.batch("train", [1]).shape == (1, 32, 4)  # window 0 holds the bad id, window 1 does not
-    with pytest.raises(DataError, match="holds latent ids outside \\[0, 256\\)"):
-        cache.batch("train", [0])
+    with pytest.raises(DataError, match="holds latent ids outside \\[0, 256\\) in window 0; the cache"):
+        cache.batch("train", [2, 0, 1])  # named by the window that holds it, not the batch's first
+    meta = json.loads((damaged / "meta.json").read_text())
+    for key, value, said in (("windows", {"train": "806"}, "windows is {'train': '806'}, expected a count"),
+                             ("windows", [1], "windows is \\[1\\]"), ("dtype", 5, "dtype is 5, expected an integer"),
+                             ("dtype", "float32", "dtype is 'float32'"), ("k_attr", "4", "k_attr is '4'")):
+        (damaged / "meta.json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(DataError, match=f"meta.json: {said}.*damaged: extract it again"):
+            TargetCache.open(damaged)
+    (damaged / "meta.json").write_text(json.dumps(meta))
     targets.write_bytes(targets.read_bytes()[:-10])
     with pytest.raises(DataError, match="bytes, expected .* the cache is damaged"):
         TargetCache.open(damaged).batch("train", [1])

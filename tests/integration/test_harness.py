@@ -308,10 +308,12 @@ def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Pat
     from cocomix.eval.harness import CocomixLM
 
     tasks = _task_dir(tmp_path)
-    for flag, value in (("--batch-size", "0"), ("--limit", "-1")):
+    for flag, value in (("--batch-size", "0"), ("--limit", "-1"), ("--limit", str(2**63)),
+                        ("--max-batch-size", "0")):
         r = run_cli("eval", "--run", str(cocomix_run), "--tasks",
                     "shakespeare_mc", "--include-path", str(tasks), flag, value)
         assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "expected" in r.stderr and ("'auto'" in r.stderr) == (flag == "--batch-size"), r.stderr  # no bound
     lm = CocomixLM(cocomix_run)
     long = SimpleNamespace(args=("To be", " or not" * 80))  # a continuation longer than the 64-token context
     with pytest.raises(ConfigError, match="continuation is"):

@@ -114,6 +114,11 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     (broken / "metrics.jsonl").write_text("")
     with pytest.raises(CocomixError, match="not a cocomix run config"):
         compare([broken], tmp_path / "out")
+    config = json.loads((run / "config.json").read_text())
+    for value in (0, -2, 1.5):  # a hand-edited window length: named, not a ZeroDivisionError or "-216 windows"
+        (run / "config.json").write_text(json.dumps({**config, "data": {**config["data"], "seq_len": value}}))
+        with pytest.raises(CocomixError, match=rf"config.json: data.seq_len is {value}, expected a positive integer"):
+            compare([run], tmp_path / "out")
 
 
 def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> None:

@@ -308,6 +308,29 @@ def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) 
                               f"not {expected[key]!r} as asked here; use another cache directory")
 
 
+def _check_meta_types(where: Path, meta: Any) -> None:
+    """DataError unless a cache's meta.json has the shapes reading it relies on (a damaged or edited file)."""
+    def bad(what: str) -> DataError:
+        return DataError(f"{where}: {what}; the concept cache's meta.json is damaged: extract it again")
+
+    if not isinstance(meta, dict):
+        raise bad("expected a JSON object")
+    for key, least in (("seq_len", 2), ("k_attr", 1), ("n_latents", 1)):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise bad(f"{key} is {value!r}, expected an integer >= {least}")
+    windows = meta.get("windows")
+    if not isinstance(windows, dict) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                for n in windows.values()):
+        raise bad(f"windows is {windows!r}, expected a count of windows per split")
+    try:
+        dtype = np.dtype(meta.get("dtype"))
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "iu":
+        raise bad(f"dtype is {meta.get('dtype')!r}, expected an integer dtype name such as 'int32'")
+
+
 class TargetCache:
     """Read-only access to extracted targets, aligned with the token store's windows."""
 
@@ -336,6 +359,7 @@ class TargetCache:
                                 "reads the train split: run `cocomix extract-concepts --splits train` on it")
             raise DataError(f"{path}: concept extraction of the train split is incomplete; run `cocomix "
                             "extract-concepts` again (with train in --splits) to resume it")
+        _check_meta_types(path / "meta.json", meta)
         _check_matches(path, meta, expect or {})
         return cls(path, meta)
 
@@ -356,8 +380,11 @@ class TargetCache:
             self._mm[split] = np.memmap(path, dtype=self.dtype, mode="r", shape=shape)
         rows = torch.from_numpy(self._mm[split][np.asarray(chunk_ids)].astype(np.int64))  # (B, T-1, k_attr)
         if rows.numel() and (int(rows.max()) >= self.meta["n_latents"] or int(rows.min()) < 0):
+            out = ((rows >= self.meta["n_latents"]) | (rows < 0)).flatten(1).any(1).tolist()  # (B,)
+            damaged = [c for c, o in zip(chunk_ids, out, strict=True) if o]
             raise DataError(f"{self.path / f'targets_{split}.bin'}: holds latent ids outside [0, "
-                            f"{self.meta['n_latents']}) in windows {chunk_ids[:4]}…; the cache is damaged: extract "
-                            "it again")
+                            f"{self.meta['n_latents']}) in window{'s' if len(damaged) > 1 else ''} "
+                            f"{', '.join(map(str, damaged[:4]))}{'…' if len(damaged) > 4 else ''}; the cache is "
+                            "damaged: extract it again")
         last = torch.full((rows.shape[0], 1, rows.shape[2]), INVALID, dtype=torch.int64)
         return torch.cat((rows, last), dim=1)

@@ -35,6 +35,8 @@ def check_describe_args(batch_size: int, top_n: int, max_windows: int) -> None:
                                ("--max-windows", max_windows, 0)):
         if value < least:
             raise ConfigError(f"{flag}: expected an integer >= {least}, got {value}")
+    if top_n > 1000:  # (latents × top_n buffers are allocated up front: 32768 latents × 1000 are ~0.7 GB)
+        raise ConfigError(f"--top-n: expected at most 1000 contexts per latent, got {top_n}")
 
 
 @torch.no_grad()

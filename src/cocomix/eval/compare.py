@@ -153,8 +153,11 @@ def _read_run(path: Path) -> RunCurve:
     from cocomix.methods import METHODS
     from cocomix.train.resume import RESULT_NEUTRAL, flatten
 
-    tokens_per_step = (config["train"]["micro_batch_size"] * config["train"]["grad_accum"]
-                       * config["data"]["seq_len"])  # a config without these: read_run's error names config.json
+    for section, key in (("train", "micro_batch_size"), ("train", "grad_accum"), ("data", "seq_len")):
+        value = config[section][key]  # a config without these: read_run's error names config.json
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CocomixError(f"{path / 'config.json'}: {section}.{key} is {value!r}, expected a positive integer")
+    tokens_per_step = config["train"]["micro_batch_size"] * config["train"]["grad_accum"] * config["data"]["seq_len"]
     try:  # with the defaults of fields an older cocomix did not write, as a resume reads it
         full = run_config(config).to_dict()
     except CocomixError:

@@ -11,6 +11,7 @@ task next to a task file that is not valid YAML names that file (lm-eval skips s
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,8 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
     except ImportError:
         raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)") from None
     check_harness_version()
-    if limit is not None and limit < 0:
-        raise ConfigError(f"--limit: expected a number >= 0 (0: every example), got {limit}")
+    if limit is not None and not 0 <= limit <= sys.maxsize:  # lm-eval slices with it
+        raise ConfigError(f"--limit: expected a number in [0, {sys.maxsize}] (0: every example), got {limit}")
     limit = limit or None  # lm-eval reads 0 as "no example"
     lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size, max_batch_size=max_batch_size)
     try:  # (the process group, under torchrun, is torn down whatever happens from here)
