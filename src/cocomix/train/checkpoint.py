@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -216,7 +217,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
-    """state.json of a checkpoint; CheckpointError unless it is an object with an integer `step`."""
+    """state.json of a checkpoint; CheckpointError unless it is an object with a non-negative integer `step` (the
+    one its `step_N` folder names) and its other records of the types written (a damaged or edited file)."""
     path = ckpt / "state.json"
     try:
         state = json.loads(path.read_text())
@@ -224,7 +226,29 @@ def read_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: unreadable ({e})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
         raise CheckpointError(f"{path}: expected a JSON object with a non-negative integer 'step'")
+    named = re.fullmatch(r"step_(\d+)", ckpt.name)
+    if named and int(named[1]) != state["step"]:
+        raise CheckpointError(f"{path}: holds step {state['step']}, but its folder is {ckpt.name}; the checkpoint "
+                              "is damaged or was moved")
+    wrong = next((key for key, kinds in _STATE_TYPES.items() if key in state and not (
+        isinstance(state[key], kinds) and not isinstance(state[key], bool)
+        and (key in ("train_loss", "val_loss") or not isinstance(state[key], (int, float)) or state[key] >= 0))),
+        None)  # counts and durations are not negative; a loss may be (a plugin's), or NaN
+    if wrong is not None or not isinstance((state.get("log_interval") or {}).get("sums", {}), dict):
+        key = wrong or "log_interval"
+        raise CheckpointError(f"{path}: {key} is {state.get(key)!r}, not what a checkpoint records; the checkpoint "
+                              "is damaged")
     return state
+
+
+# the types of what `save_checkpoint`'s callers record in state.json (None: not known, e.g. no evaluation yet)
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("train_loss", "val_loss"), (int, float, type(None))),
+    **dict.fromkeys(("tokens", "global_batch", "world_size", "skipped_steps", "bad_steps_in_a_row"), (int,)),
+    "cpu_threads": (int, type(None)), "train_s": (int, float), "log_interval": (dict, type(None)),
+    "store": (dict, type(None)),
+}
+
 
 
 def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
