@@ -48,8 +48,13 @@ def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...]
             if not p.is_dir():
                 raise ConfigError(f"{flag} {out}: {p} exists and is not a directory (a file)")
             break
+    from cocomix.outputs import RUN, output_kind
+
+    for p in (out, *out.parents):  # a run's checkpoints/ folder holds its checkpoints only (pruned, resumed from)
+        if p.name == "checkpoints" and output_kind(p.parent) == RUN:
+            raise ConfigError(f"{flag} {out}: inside the checkpoints folder of the run {p.parent}; choose a folder "
+                              "outside it")
     if own is not None:
-        from cocomix.outputs import output_kind
 
         kind = output_kind(out)
         if kind is not None and kind not in own:

@@ -129,8 +129,8 @@ def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> N
     b = _run(tmp_path / "b", "ntp", "ntp", 0, [5.0, 3.0], 1e6)
     c = _run(tmp_path / "b", "ntp-seed1", "cocomix", 1, [5.0, 3.0], 1e6)
     d = _run(tmp_path / "b", "ntp-seed2", "ntp", 2, [5.0, 3.0], 1e6, lr=9e-3)  # another experiment's lr
-    for runs, why in (([a, b], "both seed 0"), ([a, a], "the same run"), ([a, c], "methods ntp and cocomix"),
-                      ([a, d], r"train\.lr 0\.0006 vs 0\.009")):
+    for runs, why in (([a, b], "both seed 0"), ([a, a], "ntp is given twice .*; give each run once"),
+                      ([a, c], "methods ntp and cocomix"), ([a, d], r"train\.lr 0\.0006 vs 0\.009")):
         with pytest.raises(CocomixError, match=why):
             group_runs(runs)
     e = _run(tmp_path / "b", "ntp-seed3", "ntp", 3, [5.0, 3.0], 1e6, eval_every=50, grad_accum=2)

@@ -261,6 +261,8 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
                 if step is not None:
                     a, b = other.tokens[other.steps.index(step)], run.tokens[run.steps.index(step)]
                     why = f"{a:.0f} vs {b:.0f} training tokens at step {step}: another global batch" if a != b else ""
+            if why == "the same run":
+                raise CocomixError(f"compare: {run.path} is given twice (as {other.path} too); give each run once")
             if why:
                 raise CocomixError(f"compare: {other.path} and {run.path} would be seeds of one group {label!r} "
                                    f"({why}); give runs of different experiments different directory names")
