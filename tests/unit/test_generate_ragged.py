@@ -92,9 +92,17 @@ def test_sampling_arguments_act_as_in_generate() -> None:
 def test_bad_arguments_are_errors_and_the_mode_is_restored() -> None:
     model = _model("ntp").train()
     for prompts, match in (([], "at least one prompt"), ([[1, 2], []], "at least one prompt"),
-                           ([[1] * 60, [2]], r"max_new_tokens: 5 new tokens after a prompt of 60 tokens exceed")):
+                           ([[1] * 60, [2]], r"max_new_tokens: 5 new tokens after a prompt of 60 tokens exceed"),
+                           ([[1, 2], [model.cfg.vocab_size]], rf"prompts: token id {model.cfg.vocab_size} is outside "
+                                                              rf"the model's vocabulary \[0, {model.cfg.vocab_size}\)"),
+                           ([[-1]], "prompts: token id -1 is outside"), ([[1.5]], "integer token ids"),
+                           ([[[1]]], "integer token ids")):
         with pytest.raises(ConfigError, match=match):
             generate_ragged(model, prompts, 5)
+    for prompt, match in ((torch.tensor([[1, model.cfg.vocab_size + 3]]), "prompt: token id"),
+                          (torch.tensor([[-2]]), "token id -2 is outside"), (torch.tensor([[1.0]]), "integer token")):
+        with pytest.raises(ConfigError, match=match):  # (torch's embedding lookup would raise IndexError)
+            generate(model, prompt, 2)
     with pytest.raises(ConfigError, match="top_p"):
         generate_ragged(model, [[1]], 5, top_p=1.5)
 

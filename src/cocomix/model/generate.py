@@ -40,6 +40,14 @@ def restrict_vocab(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tenso
     return logits
 
 
+def check_ids(ids: torch.Tensor, vocab_size: int, what: str = "prompt") -> None:
+    """ConfigError for a token id outside the model's vocabulary [0, vocab_size) (an embedding lookup's IndexError
+    otherwise)."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ConfigError(f"{what}: token id {bad} is outside the model's vocabulary [0, {vocab_size})")
+
+
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     """ConfigError naming the first sampling argument outside its range."""
     if max_new_tokens < 1:
@@ -67,8 +75,9 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
     padded beyond its tokenizer's (`model.vocab_size` larger, as nanoGPT's 50304) never emits an id the tokenizer
     cannot decode; those logits stay −inf in step_logits.
     """
-    if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ConfigError("prompt: expected a non-empty (B, P) tensor of token ids")
+    if prompt.dim() != 2 or prompt.shape[1] == 0 or prompt.is_floating_point() or prompt.is_complex():
+        raise ConfigError("prompt: expected a non-empty (B, P) tensor of integer token ids")
+    check_ids(prompt, model.cfg.vocab_size)
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     limit = model.cfg.context_length
     if prompt.shape[1] + max_new_tokens > limit:
