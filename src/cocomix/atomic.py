@@ -55,7 +55,6 @@ def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...]
             raise ConfigError(f"{flag} {out}: inside the checkpoints folder of the run {p.parent}; choose a folder "
                               "outside it")
     if own is not None:
-
         kind = output_kind(out)
         if kind is not None and kind not in own:
             raise ConfigError(f"{flag} {out}: holds {kind}; choose a new or empty folder")

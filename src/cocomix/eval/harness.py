@@ -77,13 +77,13 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         if dtype not in _DTYPES:
             raise ConfigError(f"--dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
         self._batch_asked = parse_batch_size(batch_size)  # lm-eval's --batch_size is a string: "8", "auto"
-        try:
+        try:  # an integer >= 1 ("8" from lm-eval's model_args); 'auto' is no bound
             max_batch = parse_batch_size(max_batch_size, "max_batch_size")
         except ConfigError:
-            max_batch = "auto"  # (said as the integer it must be, below: 'auto' is no bound)
-        if max_batch == "auto":
+            max_batch = None
+        if not isinstance(max_batch, int):
             raise ConfigError(f"max_batch_size: expected an integer >= 1, got {max_batch_size!r}")
-        self.max_batch_size = int(max_batch)
+        self.max_batch_size = max_batch
         self._batch: int | None = None if self._batch_asked == "auto" else int(self._batch_asked)
         # under torchrun: join the process group (gloo on CPU, NCCL on CUDA; cuda:LOCAL_RANK), and lm-eval gives each
         # rank its share of the documents and gathers the metrics on rank 0 through the collectives below

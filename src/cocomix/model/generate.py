@@ -43,8 +43,9 @@ def restrict_vocab(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tenso
 def check_ids(ids: torch.Tensor, vocab_size: int, what: str = "prompt") -> None:
     """ConfigError for a token id outside the model's vocabulary [0, vocab_size) (an embedding lookup's IndexError
     otherwise)."""
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+    lo, hi = (int(ids.min()), int(ids.max())) if ids.numel() else (0, 0)
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
         raise ConfigError(f"{what}: token id {bad} is outside the model's vocabulary [0, {vocab_size})")
 
 

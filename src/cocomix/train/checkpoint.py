@@ -230,14 +230,14 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     if named and int(named[1]) != state["step"]:
         raise CheckpointError(f"{path}: holds step {state['step']}, but its folder is {ckpt.name}; the checkpoint "
                               "is damaged or was moved")
-    wrong = next((key for key, kinds in _STATE_TYPES.items() if key in state and not (
-        isinstance(state[key], kinds) and not isinstance(state[key], bool)
-        and (key in ("train_loss", "val_loss") or not isinstance(state[key], (int, float)) or state[key] >= 0))),
-        None)  # counts and durations are not negative; a loss may be (a plugin's), or NaN
-    if wrong is not None or not isinstance((state.get("log_interval") or {}).get("sums", {}), dict):
-        key = wrong or "log_interval"
-        raise CheckpointError(f"{path}: {key} is {state.get(key)!r}, not what a checkpoint records; the checkpoint "
-                              "is damaged")
+    for key, kinds in _STATE_TYPES.items():
+        value = state.get(key)
+        negative = key not in ("train_loss", "val_loss") and isinstance(value, (int, float)) and value < 0
+        typed = isinstance(value, kinds) and not isinstance(value, bool)  # (a loss may be negative, or NaN)
+        sums = value.get("sums", {}) if key == "log_interval" and isinstance(value, dict) else {}
+        if key in state and (not typed or negative or not isinstance(sums, dict)):
+            raise CheckpointError(f"{path}: {key} is {value!r}, not what a checkpoint records; the checkpoint is "
+                                  "damaged")
     return state
 
 
@@ -248,7 +248,6 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "cpu_threads": (int, type(None)), "train_s": (int, float), "log_interval": (dict, type(None)),
     "store": (dict, type(None)),
 }
-
 
 
 def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

@@ -201,7 +201,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
             # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
             fresh_note = notes[0] if notes else f"cocomix: note: nothing to resume in {run_dir}; starting the run " \
                                                 "from step 0"
-        # a fresh run's own files, removed again if it fails on a user error before its first checkpoint
+        # a fresh run's own files, removed again if it fails on bad input before its first checkpoint
         before = ({p.name for p in run_dir.iterdir()} if ckpt is None and ctx.is_main
                   and not (run_dir / "config.json").exists() else None)
         try:

@@ -49,6 +49,12 @@ def check_run_folder(run_dir: Path) -> None:
         raise CocomixError(f"{ckpts}: not a folder, but the run keeps its checkpoints there; move it away")
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run saved a checkpoint (a first one cut off while written is only a `.tmp_` folder)."""
+    ckpts = run_dir / CKPT_DIR
+    return ckpts.is_dir() and any(not p.name.startswith(".tmp_") for p in ckpts.iterdir())
+
+
 def undo_unsaved_start(run_dir: Path, before: set[str]) -> None:
     """After a fresh run failed on bad input (a token id out of the vocabulary in a chunk first read at step N, a
     damaged target cache: a DataError or CheckpointError, not a divergence) before its first checkpoint: remove
@@ -57,8 +63,7 @@ def undo_unsaved_start(run_dir: Path, before: set[str]) -> None:
     that saved a checkpoint is left as it is."""
     import shutil
 
-    ckpts = run_dir / CKPT_DIR
-    if ckpts.is_dir() and any(not p.name.startswith(".tmp_") for p in ckpts.iterdir()):
+    if has_checkpoint(run_dir):
         return
     for path in run_dir.iterdir():
         if path.name not in before:
@@ -84,9 +89,7 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         raise CocomixError(f"{run_dir}: out_dir is not writable")
     has_config = (run_dir / "config.json").is_file()
     # a run killed or failed before its first checkpoint left its config.json (and metrics) but nothing to continue
-    ckpt_dir = run_dir / CKPT_DIR  # (a first checkpoint cut off while written is only a .tmp_ folder)
-    never_saved = has_config and not (ckpt_dir.is_dir() and any(not p.name.startswith(".tmp_")
-                                                                 for p in ckpt_dir.iterdir()))
+    never_saved = has_config and not has_checkpoint(run_dir)
     if not resume:
         if never_saved:
             raise CocomixError(f"{run_dir}: already holds a run, which never reached a checkpoint; pass --resume to "
