@@ -194,6 +194,9 @@ def test_a_cache_only_run_opens_and_another_store_or_a_damaged_file_is_refused(
         (damaged / "meta.json").write_text(json.dumps({**meta, key: value}))
         with pytest.raises(DataError, match=f"meta.json: {said}.*damaged: extract it again"):
             TargetCache.open(damaged)
+    (damaged / "meta.json").write_text(json.dumps({**meta, "format_version": 2}))  # a newer cocomix's cache
+    with pytest.raises(DataError, match="format_version is 2; this cocomix reads concept caches of format 1 to 1"):
+        TargetCache.open(damaged)
     (damaged / "meta.json").write_text(json.dumps(meta))
     targets.write_bytes(targets.read_bytes()[:-10])
     with pytest.raises(DataError, match="bytes, expected .* the cache is damaged"):

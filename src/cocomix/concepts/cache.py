@@ -315,6 +315,10 @@ def _check_meta_types(where: Path, meta: Any) -> None:
 
     if not isinstance(meta, dict):
         raise bad("expected a JSON object")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise DataError(f"{where}: format_version is {version!r}; this cocomix reads concept caches of format 1 to "
+                        f"{FORMAT_VERSION}: upgrade cocomix, or extract the cache again")
     for key, least in (("seq_len", 2), ("k_attr", 1), ("n_latents", 1)):
         value = meta.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
