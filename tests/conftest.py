@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# Tests never reach a hub: a name that is not a local folder fails at once (huggingface_hub's offline mode) instead
+# of after the hub client's retries, here and in the subprocesses tests start. Read when huggingface_hub is first
+# imported, so it is set before any test module imports transformers.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
 import torch
 
 from cocomix.config import ModelConfig
