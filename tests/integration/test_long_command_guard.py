@@ -94,4 +94,5 @@ def test_a_second_writer_is_locked_out_of_sae_and_cache_directories(store_dir: P
     assert not (tmp_path / "cache" / "meta.json").exists() and not (tmp_path / "sae" / "config.json").exists()
     training.train_sae(_cfg(store_dir, teacher_dir, steps=2, warmup_steps=2, checkpoint_every=0), tmp_path / "sae",
                        Teacher.from_pretrained(teacher_dir, 1), quiet=True)  # released: it goes ahead
-    assert load_file(str(tmp_path / "sae" / "sae" / "sae_weights.safetensors"))
+    assert set(load_file(str(tmp_path / "sae" / "sae" / "sae_weights.safetensors"))) == {"W_enc", "b_enc", "W_dec",
+                                                                                         "b_dec"}

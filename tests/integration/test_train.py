@@ -3,6 +3,7 @@ errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -192,6 +193,25 @@ def test_each_step_follows_the_schedule_clips_and_logs_what_it_trained_on(store_
         assert e["loss"] == pytest.approx(sum(returned[2 * e["step"] - 2:2 * e["step"]]) / 2, rel=1e-6)
 
 
+def test_a_resume_may_switch_the_chunked_lm_loss_on(store_dir: Path, tmp_path: Path) -> None:
+    """train.chunked_lm_loss computes the same loss through the head in row chunks: a run resumed with it on is
+    accepted (no "config differs") and ends where the uninterrupted run ends, up to fp32 rounding."""
+    run = small_run(store_dir, steps=4, eval_every=0, save_every=2)
+    train(run, tmp_path / "straight", quiet=True)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000004")
+    (resumed / "checkpoints" / "latest").write_text("step_0000002\n")
+    with pytest.raises(CocomixError, match="config differs"):  # a setting that changes the result is refused
+        train(dataclasses.replace(run, train=dataclasses.replace(run.train, seed=2)), resumed, resume=True,
+              quiet=True)
+    chunked = dataclasses.replace(run, train=dataclasses.replace(run.train, chunked_lm_loss=True))
+    train(chunked, resumed, resume=True, quiet=True)
+    a, b = _weights(tmp_path / "straight"), _weights(resumed)
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the chunked loss did run: its rounding differs
+
+
 def test_refuses_to_overwrite_an_existing_run(store_dir: Path, tmp_path: Path) -> None:
     run = small_run(store_dir, steps=2, eval_every=0, save_every=0)
     train(run, tmp_path / "r", quiet=True)
@@ -259,7 +279,7 @@ def test_vocab_too_small_for_data_is_an_error(store_dir: Path, tmp_path: Path) -
     base = small_run(store_dir)
     run = RunConfig(method="ntp", model=ModelConfig(vocab_size=100, n_layer=1, n_head=2, d_model=16,
                                                     context_length=32), data=base.data, train=base.train)
-    with pytest.raises(CocomixError, match="vocab"):
+    with pytest.raises(CocomixError, match="vocab_size is 320 but model.vocab_size is 100; set model.vocab_size >= 3"):
         train(run, tmp_path / "v", quiet=True)
 
 
@@ -468,7 +488,8 @@ def test_a_signal_during_the_final_step_leaves_a_finished_run(store_dir: Path, t
     res = train(small_run(store_dir, steps=1, eval_every=0, save_every=0), tmp_path / "r", quiet=True)
     assert res.stopped == "" and (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_0000001"
     res = train(small_run(store_dir, steps=3, eval_every=0, save_every=0), tmp_path / "s", quiet=True)
-    assert res.stopped == "SIGTERM" and _weights(tmp_path / "s") is not None  # before the end: stopped at step 1
+    assert res.stopped == "SIGTERM"  # before the end: stopped at step 1, with a whole checkpoint
+    assert set(_weights(tmp_path / "s")) == set(_weights(tmp_path / "r"))
     assert (tmp_path / "s" / "checkpoints" / "latest").read_text().strip() == "step_0000001"
     assert (res.steps, res.signum, res.exit_code) == (1, signal.SIGTERM, 143)  # the steps done, not the 3 planned
 

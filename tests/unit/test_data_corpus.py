@@ -203,7 +203,7 @@ def test_a_hub_loading_script_is_a_one_line_error_that_says_what_to_do(monkeypat
 
 @pytest.mark.parametrize("source", ["", "books", "text:", "csv:/x", "hf:"])
 def test_bad_source_string(source: str) -> None:
-    with pytest.raises(DataError, match="expected"):
+    with pytest.raises(DataError, match=f"source '{source}': expected one of 'shakespeare', 'text:<path>"):
         list(iter_documents(source))
 
 

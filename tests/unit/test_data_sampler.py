@@ -66,9 +66,9 @@ def test_epoch_boundary_inside_a_micro_batch_and_epoch_of() -> None:
 def test_argument_checks() -> None:
     with pytest.raises(DataError, match="seq_len"):
         WindowSampler(0, seed=0, micro_batch_size=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 2"):
         WindowSampler(5, seed=0, micro_batch_size=1, world_size=2, rank=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"micro must be in \[0, 2\), got 2"):
         WindowSampler(5, seed=0, micro_batch_size=1, grad_accum=2).indices(0, 2)
 
 

@@ -92,7 +92,7 @@ def test_batch_windows(store_dir: Path) -> None:
     tokens = store.tokens("train")
     for row, c in zip(x, [2, 0, n - 1], strict=True):
         assert row.tolist() == tokens[c * seq_len:(c + 1) * seq_len].tolist()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"chunk ids must be in \\[0, {n}\\) for split 'train'"):
         store.batch("train", [n], seq_len)
     spare = store.num_tokens("train") - n * seq_len
     y = store.batch("train", [2, 0, n - 1], seq_len, offsets=[seq_len, 3, spare])  # shifted windows

@@ -172,6 +172,11 @@ def test_ddp_trains_the_prediction_only_ablation(mixing: str, one_rank_group: No
     for _ in range(2):
         loss, _ = method.loss(module, Batch(torch.randint(0, 97, (2, 16))))
         loss.backward()
+    grads = {n: p.grad for n, p in module.module.named_parameters()}
+    assert all(g is None or bool(torch.isfinite(g).all()) for g in grads.values())
+    # the compression layer gets a gradient exactly when its vector is mixed in; the concept head always does
+    assert (grads["seam.compress_weight"] is None) == (mixing == "none")
+    assert all(g is not None for n, g in grads.items() if not n.startswith("seam.compress"))
 
 
 def _resume_rank(rank: int, init: str, steps: list[int], out: str) -> None:

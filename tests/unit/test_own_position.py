@@ -215,7 +215,13 @@ def test_a_model_the_switch_does_not_reach_falls_back_with_a_warning(name: str) 
                           r"batched call per batch\)"):  # 7 positions with a next token: one chunk
             got = teacher.residual_and_grad(ids, loss="next_token")
         assert teacher.next_token_mode == "per_position" and not teacher.checkpointed
-        assert torch.equal(got.grad, teacher._per_position_pass(ids).grad)
+        # as T separate forwards with only position t's residual made a leaf give it
+        want = _run_from_reconstruction_one_position_at_a_time(teacher.model, teacher.blocks[0], ids,
+                                                               teacher.hidden(ids))
+        # bf16: the passes batch positions differently; Mamba's CPU scan runs in fp32 whatever the weights
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-6 if name == "mamba" else 1e-10
+        assert torch.count_nonzero(want[:, :-1]) > 0
+        assert float((got.grad.double() - want.double()).norm() / want.double().norm()) < tol
 
 
 def test_a_cocomix_run_with_slots_as_teacher_falls_back() -> None:

@@ -161,11 +161,11 @@ def test_layout_properties_and_validation() -> None:
     assert sae.W_dec.shape == (D, C) and sae.W_enc.shape == (C, D)
     assert sae.W_dec.t().is_contiguous()  # columns are contiguous for the embedding-bag gather
     assert sae.double().W_dec.t().is_contiguous()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="k must be in"):
         TopKSAE(D, C, C + 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="postact must be one of"):
         TopKSAE(D, C, K, postact="gelu")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="W_enc: expected shape"):
         sae.set_weights(
             pre_bias=torch.zeros(D), W_enc=torch.zeros(D, C), latent_bias=torch.zeros(C), W_dec=torch.zeros(D, C)
         )
