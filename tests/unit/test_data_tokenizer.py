@@ -92,6 +92,42 @@ def test_missing_or_bad_tokenizer_files(tmp_path: Path) -> None:
         load_tokenizer(str(bad))
 
 
+def test_a_folder_without_a_tokenizer_is_named_for_what_it_is(tok: TextTokenizer, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token store gives its own tokenizer; a cocomix run, a model saved without tokenizer files or one whose
+    files make an empty tokenizer are one-line errors (AutoTokenizer would build a 1-token tokenizer from them and
+    `prepare` would write a store of end-of-text tokens only)."""
+    tok.save(tmp_path / "store" / "tokenizer")
+    (tmp_path / "store" / "meta.json").write_text("{}")
+    assert load_tokenizer(str(tmp_path / "store")).to_json() == tok.to_json()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"method": "ntp", "data": {"path": "data/corpus"}}))
+    (run / "metrics.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"a cocomix run, not a tokenizer; give the tokenizer folder of the token "
+                                        r"store it was trained on \(data/corpus/tokenizer, its data.path's\)"):
+        load_tokenizer(str(run))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (model / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match="model holds no tokenizer files .*a model saved without its tokenizer"):
+        load_tokenizer(str(model))
+    (model / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    with pytest.raises(DataError, match="has a vocabulary of 1 token\\(s\\): not a usable tokenizer"):
+        load_tokenizer(str(model))
+    import transformers
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise ValueError("Couldn't instantiate the backend tokenizer from one of:\n(1) a tokenizers file\n(2) ...")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    with pytest.raises(DataError) as caught:
+        load_tokenizer(str(model))
+    assert str(caught.value).endswith("ValueError: Couldn't instantiate the backend tokenizer from one of: (1) a "
+                                      "tokenizers file (2) ...")  # the whole message, on one line
+
+
 def test_an_eos_token_the_config_names_must_exist(tok: TextTokenizer, tmp_path: Path) -> None:
     """A config naming an eos the tokenizer lacks is an error, not a silent fall-back to <|endoftext|>."""
     tok.save(tmp_path)

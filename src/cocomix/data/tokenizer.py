@@ -233,14 +233,18 @@ def _from_transformers(spec: str) -> TextTokenizer:
     try:
         hf_tok = AutoTokenizer.from_pretrained(spec)
     except Exception as e:  # OSError, ValueError, hub errors: all mean "cannot load"
-        first_line = (str(e).strip().splitlines() or [""])[0]
+        said = " ".join(str(e).split())  # transformers' messages run over several lines: kept on one
+        said = said if len(said) <= 300 else said[:300] + " …"
         raise DataError(f"tokenizer {spec!r}: AutoTokenizer.from_pretrained failed: {type(e).__name__}: "
-                        f"{first_line}") from e
+                        f"{said}") from e
     backend = getattr(hf_tok, "backend_tokenizer", None)
     if backend is None:
         raise DataError(f"tokenizer {spec!r}: has no fast (tokenizers) backend; convert it to tokenizer.json")
     if hf_tok.eos_token_id is None:
         raise DataError(f"tokenizer {spec!r}: has no eos token (eos_token_id is None)")
+    if backend.get_vocab_size(with_added_tokens=True) < 2:  # an empty tokenizer: every text would be one eos
+        raise DataError(f"tokenizer {spec!r}: has a vocabulary of {backend.get_vocab_size(with_added_tokens=True)} "
+                        "token(s): not a usable tokenizer (a folder saved without its tokenizer files?)")
     return TextTokenizer(backend, int(hf_tok.eos_token_id))
 
 
@@ -249,13 +253,41 @@ def _looks_like_path(spec: str) -> bool:
     return explicit or spec.endswith(".json")
 
 
+# what a Hugging Face tokenizer is saved as (AutoTokenizer builds an empty tokenizer from a folder with none of them)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model", "tiktoken.model")
+
+
+def _check_tokenizer_folder(spec: str, path: Path) -> None:
+    """DataError for a local folder that holds no tokenizer: a cocomix run (named with its store's tokenizer) or a
+    model saved without one."""
+    config = path / "config.json"
+    if config.is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):
+        try:
+            store = json.loads(config.read_text(encoding="utf-8"))["data"]["path"]
+        except (OSError, ValueError, KeyError, TypeError):
+            store = None
+        where = f" ({Path(store) / 'tokenizer'}, its data.path's)" if isinstance(store, str) else ""
+        raise DataError(f"tokenizer {spec!r}: a cocomix run, not a tokenizer; give the tokenizer folder of the token "
+                        f"store it was trained on{where}")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise DataError(f"tokenizer {spec!r}: {path} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, "
+                        "...): a model saved without its tokenizer? Give the folder its tokenizer was saved to")
+
+
 def load_tokenizer(spec: str) -> TextTokenizer:
-    """A `tokenizer.json` path, a folder holding one, or a name/folder for `transformers.AutoTokenizer`."""
+    """A `tokenizer.json` path, a folder holding one, a token store (its `tokenizer/`), or a name/folder for
+    `transformers.AutoTokenizer`; DataError for a folder with no tokenizer in it (a cocomix run, a model saved
+    without its tokenizer)."""
     path = Path(spec).expanduser()
     if path.is_file():
         return _from_tokenizer_json(path)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return _from_tokenizer_json(path / "tokenizer.json")
+    if path.is_dir() and (path / "tokenizer" / "tokenizer.json").is_file():  # a token store: the one it was made with
+        return _from_tokenizer_json(path / "tokenizer" / "tokenizer.json")
+    if path.is_dir():
+        _check_tokenizer_folder(spec, path)
     if _looks_like_path(spec) and not path.exists():
         raise DataError(f"tokenizer {spec!r}: {path} does not exist (expected a tokenizer.json, a folder "
                         f"with one, or a Hugging Face tokenizer name)")
