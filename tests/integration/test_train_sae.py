@@ -18,6 +18,7 @@ from cocomix.data import TokenStore
 from cocomix.export import export_hf
 from cocomix.model import Transformer
 from cocomix.sae import load_sae
+from cocomix.sae.fit import sae_fvu
 from cocomix.sae.train_config import SAETrainConfig
 from cocomix.sae.training import train_sae
 from cocomix.teacher import Teacher
@@ -71,6 +72,10 @@ def test_train_sae_learns_and_writes_a_loadable_saelens_folder(store_dir: Path, 
     assert float(err) == pytest.approx(report.fvu, rel=1e-4)
     assert float(err_n) == pytest.approx(report.fvu_normalized, rel=1e-4) and report.eval_tokens == x.shape[0]
     assert report.l0 == pytest.approx(float((values > 0).sum(-1).float().mean()), rel=1e-6)
+    # leaving out each window's position 0: the fit check's (and describe-concepts') figure
+    later = torch.arange(x.shape[0]) % 32 != 0
+    assert report.fvu_normalized_excl_first == pytest.approx(sae_fvu(sae, x[later]), rel=1e-6)
+    assert report.fvu_normalized_excl_first != pytest.approx(report.fvu_normalized, rel=1e-3)
     fired = torch.zeros(128, dtype=torch.bool)
     fired[indices[values > 0]] = True
     assert report.unseen_fraction == pytest.approx(1 - float(fired.float().mean()))

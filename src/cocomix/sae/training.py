@@ -85,6 +85,10 @@ class SAEReport:
     """Latents that never fired on the (much shorter) held-out evaluation tokens: dead or merely rare."""
     eval_tokens: int
     wall_clock_s: float
+    fvu_normalized_excl_first: float = float("nan")
+    """`fvu_normalized` with each window's position 0 left out: the figure `describe-concepts` reports and the SAE
+    fit check compares with FVU_WARN (a GPT-2-like teacher's first position has a far larger norm); NaN in a
+    summary.json written before it was recorded."""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -175,21 +179,24 @@ def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> di
     if n_windows == 0:
         raise CocomixError(f"{store.path}: the val split holds fewer than seq_len={T} tokens; nothing to evaluate")
     fired = torch.zeros(sae.n_latents, dtype=torch.bool, device=sae.W_enc.device)
-    fvu, fvu_n = FVUSums(raw=True), FVUSums()
+    fvu, fvu_n, fvu_later = FVUSums(raw=True), FVUSums(), FVUSums()
     nnz = 0
     for s in range(ctx.rank * chunks.teacher_batch, n_windows, ctx.world_size * chunks.teacher_batch):
         x = chunks.hidden("val", list(range(s, min(n_windows, s + chunks.teacher_batch)))).to(sae.W_enc.dtype)
         values, indices, info = sae.encode(x)  # (N, k)
         fvu.add(sae, x, values, indices, info)
         fvu_n.add(sae, x, values, indices, info)
+        later = torch.arange(x.shape[0], device=x.device) % T != 0  # (N,): each window's position 0 left out
+        fvu_later.add(sae, x[later])
         fired |= fired_latents(values, indices, sae.n_latents)
         nnz += int((values > 0).sum())
     if ctx.active:
-        for sums in (fvu, fvu_n):
+        for sums in (fvu, fvu_n, fvu_later):
             sums.reduce(lambda t: dd.sum_over_ranks(t.to(sae.W_enc.device), ctx).cpu(), sae.d_in)
         nnz = int(dd.sum_over_ranks(torch.tensor(nnz, device=sae.W_enc.device), ctx))
         fired = dd.sum_over_ranks(fired.int(), ctx) > 0  # fired on any rank's windows
-    return {"fvu": fvu.value(), "fvu_normalized": fvu_n.value(), "l0": nnz / fvu.rows,
+    return {"fvu": fvu.value(), "fvu_normalized": fvu_n.value(), "fvu_normalized_excl_first": fvu_later.value(),
+            "l0": nnz / fvu.rows,
             "unseen_fraction": 1.0 - float(fired.float().mean()), "eval_tokens": fvu.rows}
 
 
@@ -331,7 +338,8 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
     dead_train = float((state.since_fired >= dead_after).float().mean())
     report = SAEReport(out_dir=out, fvu=metrics["fvu"], fvu_normalized=metrics["fvu_normalized"], l0=metrics["l0"],
                        dead_fraction=dead_train, unseen_fraction=metrics["unseen_fraction"],
-                       eval_tokens=metrics["eval_tokens"], wall_clock_s=time.perf_counter() - t_start)
+                       eval_tokens=metrics["eval_tokens"], wall_clock_s=time.perf_counter() - t_start,
+                       fvu_normalized_excl_first=metrics["fvu_normalized_excl_first"])
 
     def write_sae() -> None:
         save_saelens(sae, out / "sae", metadata={
@@ -344,7 +352,9 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
         atomic_write_text(out / "summary.json", json.dumps(report.to_dict(), indent=2) + "\n")  # (last: "finished")
 
     dd.main_rank_does(write_sae, ctx, device)
-    logger.print(f"train-sae done: FVU {report.fvu:.4f} (normalised {report.fvu_normalized:.4f}) | "
+    logger.print(f"train-sae done: FVU {report.fvu:.4f} (normalised {report.fvu_normalized:.4f}; "
+                 f"{report.fvu_normalized_excl_first:.4f} leaving out each window's position 0, as the fit check "
+                 "does) | "
                  f"L0 {report.l0:.1f} | dead {100 * dead_train:.2f}% (no activation in {dead_after} training tokens) | "
                  f"{100 * report.unseen_fraction:.2f}% not seen on {report.eval_tokens} held-out tokens | "
                  f"{format_duration(report.wall_clock_s)}")
