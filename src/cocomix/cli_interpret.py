@@ -121,7 +121,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
     from cocomix.interpret.steer import check_steering, steer_student, steer_teacher, teacher_activity
-    from cocomix.interpret.steer_eval import check_teacher_and_sae
+    from cocomix.interpret.steer_eval import check_fit_on_store, check_teacher_and_sae
     from cocomix.model.generate import check_sampling
 
     unused = [flag for flag, value in (("--teacher", args.teacher), ("--sae", args.sae)) if value is not None]
@@ -143,6 +143,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
         teacher, sae = _teacher_and_sae(args, run, device)
         check_teacher_and_sae(model.seam.n_latents, teacher, sae)
         teacher.check_store(store, len(ids) + args.max_new_tokens, "the prompt's tokens + --max-new-tokens")
+        split = "val" if store.num_chunks("val", run.data.seq_len) else "train"
+        check_fit_on_store(teacher, sae, store, split, run.data.seq_len, len(ids) + args.max_new_tokens)
     outs = {}
     for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
         gen = torch.Generator(device=device).manual_seed(args.seed)

@@ -220,6 +220,9 @@ def test_steer_teacher_check_loads_the_teacher_first_and_takes_overrides(runs: d
     r = _cli(*base, "--teacher", str(concept_parts[0]), "--sae", str(concept_parts[1]))
     assert r.returncode == 0, r.stderr
     assert "teacher, SAE latent steered" in r.stdout
+    # the fixture's SAE is random, not trained on this teacher: steer says so, as steer-eval does (one line)
+    warned = [line for line in r.stderr.splitlines() if line.startswith("cocomix: warning:")]
+    assert len(warned) == 1 and "--sae: the SAE leaves" in warned[0] and "unexplained" in warned[0], r.stderr
     r = _cli(*base, "--teacher", str(tmp_path / "missing"))
     assert r.returncode == 2 and "missing" in r.stderr and "concept.teacher" not in r.stderr and not r.stdout
     # an SAE of another width or another number of latents than the student's concepts: said before any text

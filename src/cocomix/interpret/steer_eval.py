@@ -119,6 +119,18 @@ def check_teacher_and_sae(n_latents: int, teacher: Any, sae: Any) -> None:
                            f"SAE reads {sae.d_in}-wide activations (give the teacher the SAE was trained on)")
 
 
+def check_fit_on_store(teacher: Any, sae: Any, store: TokenStore, split: str, seq_len: int,
+                       window: int) -> float:
+    """`check_sae_fit` (warns as `--sae` when the SAE does not describe the teacher's block) on the first windows
+    of `split`, cut to `window` tokens: at least FIT_POSITIONS positions (short texts: more windows), so that the
+    FVU is no small-sample figure. Returns the FVU."""
+    window = min(window, seq_len)
+    per_window = max(1, window - 1)  # (position 0 of each is left out)
+    fit_windows = max(1, min(store.num_chunks(split, seq_len), -(-FIT_POSITIONS // per_window)))
+    ids = store.batch(split, list(range(fit_windows)), seq_len)[:, :window]  # (fit_windows, window)
+    return check_sae_fit(teacher, sae, ids.to(teacher.device), "--sae")
+
+
 def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore, book: ConceptBook,
                   cfg: SteerEvalConfig, seq_len: int, concepts: Sequence[int] | None = None,
                   progress: bool = True) -> dict[str, Any]:
@@ -141,12 +153,8 @@ def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore,
     check_steering(seam.n_latents, concepts, [1.0] * len(concepts))
     device = next(model.parameters()).device
     prompts = prompts_from(store, cfg.split, cfg.n_prompts, cfg.prompt_len, seq_len).to(device)
-    window = cfg.prompt_len + cfg.max_new_tokens  # as long as the texts the teacher reads back (checked above)
-    # at least FIT_POSITIONS positions (short texts: more windows), so that the FVU is no small-sample figure
-    per_window = max(1, min(window, seq_len) - 1)  # (position 0 of each is left out)
-    fit_windows = min(store.num_chunks(cfg.split, seq_len), -(-FIT_POSITIONS // per_window))
-    check_sae_fit(teacher, sae, store.batch(cfg.split, list(range(fit_windows)), seq_len)[:, :window].to(device),
-                  "--sae")
+    # as long as the texts the teacher reads back (checked above)
+    check_fit_on_store(teacher, sae, store, cfg.split, seq_len, cfg.prompt_len + cfg.max_new_tokens)
     rows = []
     line = ProgressLine("steer-eval", len(concepts), unit="concepts", enabled=progress)
     for i, c in enumerate(concepts):
