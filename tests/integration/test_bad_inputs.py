@@ -62,6 +62,7 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     prepare(f"text:{store_dir.parent / 'docs'}", root / "other-tok", tokenizer="bpe:300", val_fraction=0.15,
             progress=False)  # the same text under another tokenizer
     save_saelens(TopKSAE(16, 64, 4), root / "narrow-sae")  # reads 16-wide activations; the teacher's are 32
+    save_saelens(TopKSAE(32, 256, 8), root / "block1-sae", metadata={"hook_name": "blocks.1.hook_resid_post"})
     shutil.copytree(concept_parts[0], root / "cut-teacher")  # weights file cut in the middle of its header
     (root / "cut-teacher" / "model.safetensors").write_bytes((root / "cut-teacher" / "model.safetensors")
                                                              .read_bytes()[:6])
@@ -122,6 +123,21 @@ CASES = [
     ("train-cocomix-no-teacher", ["train", "--preset", "tiny-cocomix", "--set", "data.path={store}", "--set",
                                   "model.vocab_size=320", "--set", "concept.teacher={root}/noteacher", "--out",
                                   "{root}/o17"], "noteacher: no such folder (a teacher is"),
+    ("train-cocomix-sae-of-another-block", ["train", "--preset", "tiny-cocomix", "--set", "data.path={store}", "--set",
+                                           "model.vocab_size=320", "--set", "concept.teacher={teacher}", "--set",
+                                           "concept.sae={root}/block1-sae", "--set", "concept.teacher_layer=2",
+                                           "--set", "data.seq_len=64", "--out", "{root}/o19"],
+     "concept.teacher_layer: {root}/block1-sae was trained on blocks.1.hook_resid_post (the output of block 1), but "
+     "concept.teacher_layer is 2; set concept.teacher_layer=1"),
+    ("train-cocomix-sae-is-a-train-sae-output", ["train", "--preset", "tiny-cocomix", "--set", "data.path={store}",
+                                                 "--set", "model.vocab_size=320", "--set", "concept.teacher={teacher}",
+                                                 "--set", "concept.sae={root}/sae-run", "--set", "data.seq_len=64",
+                                                 "--out", "{root}/o20"],
+     "concept.sae: {root}/sae-run: a train-sae output; give its SAE folder, {root}/sae-run/sae"),
+    ("train-cocomix-windows-beyond-the-teacher", ["train", "--preset", "tiny-cocomix", "--set", "data.path={store}",
+                                                  "--set", "model.vocab_size=320", "--set", "concept.teacher={teacher}",
+                                                  "--set", "concept.sae={root}/block1-sae", "--out", "{root}/o21"],
+     "data.seq_len: 128-token windows exceed the teacher's 64 positions; use at most 64"),
     ("train-bad-set-syntax", ["train", "--config", "{root}/run.json", "--set", "train.lr", "--out", "{root}/o18"],
      "KEY=VALUE"),
     ("cli-unknown-command", ["frobnicate"], "invalid choice"),
@@ -286,7 +302,7 @@ CASES = [
      "afile is a file, not a folder"),
     ("describe-sae-is-a-train-sae-output", ["describe-concepts", "--data", "{store}", "--teacher", "{teacher}",
                                             "--teacher-layer", "1", "--sae", "{root}/sae-run", "--seq-len", "32",
-                                            "--out", "{root}/d9"], "sae-run: a train-sae output; its SAE is"),
+                                            "--out", "{root}/d9"], "sae-run: a train-sae output; give its SAE folder"),
     ("export-out-under-a-file", ["export", "--run", "{run}", "--out", "{root}/afile/hf"],
      "afile exists and is not a directory"),
     ("train-without-out", ["train", "--config", "{root}/run.json"], "--out: expected the run directory"),
@@ -358,6 +374,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(name: str, argv: list[
     lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line]
     assert exc.value.code == 2, err
     assert len(lines) == 1 and lines[0].startswith("cocomix: error:"), err
+    fragment = fragment.format(root=world["root"])
     assert fragment.lower() in lines[0].lower(), lines[0]
     assert {name: _tree_hash(world["root"] / name) for name in world["hash"]} == world["hash"]
 

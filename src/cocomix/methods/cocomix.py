@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from cocomix.errors import ConfigError, DataError
+from cocomix.errors import CocomixError, ConfigError, DataError
 from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
@@ -104,7 +104,7 @@ class CoCoMix(Method):
                               "concept.cache is set")
         self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device, dtype=teacher_dtype(
             c.teacher_dtype), layer_field="concept.teacher_layer")
-        self.teacher.check_store(store, self.run.data.seq_len)
+        self.teacher.check_store(store, self.run.data.seq_len, "data.seq_len")
         if self.run.train.activation_checkpointing:  # (undone if next_token falls back to per-position passes)
             self.teacher.checkpoint_blocks()
         width = self.teacher.width
@@ -114,7 +114,14 @@ class CoCoMix(Method):
             return
         if not c.sae:
             raise ConfigError("concept.sae: CoCoMix needs an SAE file or folder unless concept.cache is set")
-        self.sae = self.teacher.fit_sae(load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer).to(device))
+        try:
+            sae = load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer)
+        except CocomixError as e:  # named by the config keys `train` speaks in
+            said = str(e)
+            said = (said.replace("teacher_layer", "concept.teacher_layer") if said.startswith("teacher_layer:")
+                    else f"concept.sae: {said}")
+            raise type(e)(said) from None
+        self.sae = self.teacher.fit_sae(sae.to(device))
         if self.sae.n_latents != c.n_latents:
             raise ConfigError(f"concept.n_latents: the SAE {c.sae} has {self.sae.n_latents} latents, got "
                               f"{c.n_latents}")

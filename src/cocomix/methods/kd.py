@@ -54,7 +54,7 @@ class KD(Method):
                               f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size} (a "
                               "teacher with the same tokenizer and a padded vocabulary needs --set "
                               f"model.vocab_size={self.teacher.output_vocab})")
-        self.teacher.check_store(store, self.run.data.seq_len)
+        self.teacher.check_store(store, self.run.data.seq_len, "data.seq_len")
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.teacher is None:

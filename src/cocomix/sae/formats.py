@@ -80,7 +80,7 @@ def _load(path: Path, k: int | None) -> TopKSAE:
         elif kind == "sparsify":
             sae = load_sparsify(path)
         elif (path / "sae").is_dir() and (path / "summary.json").is_file():
-            raise CheckpointError(f"{path}: a train-sae output; its SAE is {path / 'sae'}")
+            raise CheckpointError(f"{path}: a train-sae output; give its SAE folder, {path / 'sae'}")
         else:
             raise CheckpointError(
                 f"{path}: not an SAE folder (expected sae_weights.safetensors (SAELens) or sae.safetensors (sparsify))"
