@@ -106,14 +106,18 @@ def test_flops_command_says_whose_teacher_shape_it_counts(tmp_path: Path, capsys
 
     monkeypatch.chdir(tmp_path)  # no runs/demo here: the tiny preset's teacher path does not exist
     assert main(["flops", "--preset", "tiny-cocomix"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    seen = capsys.readouterr()
+    out = json.loads(seen.out)
     assert out["teacher_shape"].startswith("GPT-2 small assumed ('runs/demo/teacher'")
+    # the summary on stderr says the figures rest on assumptions, not only the JSON
+    assert seen.err.endswith("; teacher: GPT-2 small assumed (see teacher_shape); SAE k 32 assumed (see sae_k)\n")
     assert out["sae_k"]["k"] == 32 and out["sae_k"]["from"].startswith(  # and says why k is assumed
         "32 assumed (concept.sae_k is unset and concept.sae could not be read: runs/demo/teacher-sae/sae: not found")
     assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.sae_k=8"]) == 0
     assert json.loads(capsys.readouterr().out)["sae_k"] == {"k": 8, "from": "concept.sae_k"}
     assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.teacher=gpt2"]) == 0
-    assert json.loads(capsys.readouterr().out)["teacher_shape"] == "gpt2"
+    seen = capsys.readouterr()
+    assert json.loads(seen.out)["teacher_shape"] == "gpt2" and "GPT-2 small assumed" not in seen.err
     assert main(["flops", "--preset", "tiny"]) == 0
     seen = capsys.readouterr()
     assert "teacher_shape" not in json.loads(seen.out)  # NTP has no teacher
