@@ -370,3 +370,11 @@ def test_rerunning_compare_into_its_own_output_says_it_is_replaced(tmp_path: Pat
     bad = run_cli("compare", *runs, "--out", str(tmp_path / "cmp"), "--reference", "nope")
     assert bad.returncode == 2 and "will replace it" not in bad.stderr  # an argument error: nothing replaced
     assert bad.stderr.strip().startswith("cocomix: error: --reference: 'nope'") and bad.stderr.count("\n") == 1
+
+
+def test_a_short_run_wall_clock_keeps_a_tenth(tmp_path: Path) -> None:
+    """Under 10 s the table keeps a tenth of a second (a 0.4 s run is not "0 s"); whole seconds above."""
+    short = _run(tmp_path, "short", "ntp", 0, [5.0, 4.9], 1e6, steps=[1, 2])  # train_s 2 s per step: 4.0 s
+    longer = _run(tmp_path, "longer", "cocomix", 0, [5.1, 4.8], 1e6, steps=[3, 6])  # 12 s
+    table = compare([short, longer], tmp_path / "out")["table"]
+    assert "| 4.0 s |" in table and "| 12 s |" in table, table

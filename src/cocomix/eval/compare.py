@@ -123,6 +123,13 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
+def _fmt_secs(secs: float) -> str:
+    """A wall-clock for the table: whole seconds, a tenth under 10 s (a short run is not "0 s")."""
+    if not math.isfinite(secs):
+        return "n/a"
+    return f"{secs:.1f} s" if secs < 9.95 else f"{secs:.0f} s"
+
+
 def read_run(path: str | Path) -> RunCurve:
     """The evaluation curve of a run directory (config.json + metrics.jsonl)."""
     try:
@@ -354,7 +361,7 @@ def table(groups: list[Group], reference: str | None = None) -> str:
         eff_s = "—" if g is ref else ("not reached" if eff is None else f"{bound}{100 * eff:+.1f}%")
         loss_s = f"{mean:.4f} ± {std:.4f}" if len(g.runs) > 1 else f"{mean:.4f}"
         rows.append(f"| {g.label} | {g.runs[0].method} | {len(g.runs)} | {loss_s} | {math.exp(min(mean, 50)):.2f} | "
-                    f"{_fmt_num(tokens)} | {_fmt_num(flops)} | {f'{secs:.0f} s' if math.isfinite(secs) else 'n/a'} | "
+                    f"{_fmt_num(tokens)} | {_fmt_num(flops)} | {_fmt_secs(secs)} | "
                     f"{_fmt_num(tokens / secs) if secs and math.isfinite(secs) else 'n/a'} | {eff_s} |")
     if any_bound:
         notes.append("≥: the run's first evaluation already reached the reference's final loss, so it needed at "
