@@ -181,7 +181,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
                  f"them: {f['total'] + f['cached_targets']:.1f} in all)")
     if said.startswith("GPT-2 small assumed"):  # assumptions the figures rest on: in the summary, not only the JSON
         line += "; teacher: GPT-2 small assumed (see teacher_shape)"
-    if k_from and "assumed" in k_from:
+    if k_from and k_from.startswith(f"{sae_k} assumed"):
         line += f"; SAE k {sae_k} assumed (see sae_k)"
     print(line, file=sys.stderr)
     return 0

@@ -98,6 +98,8 @@ def test_a_folder_without_a_tokenizer_is_named_for_what_it_is(tok: TextTokenizer
     files make an empty tokenizer are one-line errors (AutoTokenizer would build a 1-token tokenizer from them and
     `prepare` would write a store of end-of-text tokens only)."""
     tok.save(tmp_path / "store" / "tokenizer")
+    with pytest.raises(DataError, match="holds no tokenizer files"):  # a tokenizer/ subfolder alone is no store
+        load_tokenizer(str(tmp_path / "store"))
     (tmp_path / "store" / "meta.json").write_text("{}")
     assert load_tokenizer(str(tmp_path / "store")).to_json() == tok.to_json()
     run = tmp_path / "run"
@@ -113,15 +115,31 @@ def test_a_folder_without_a_tokenizer_is_named_for_what_it_is(tok: TextTokenizer
     (model / "model.safetensors").write_bytes(b"")
     with pytest.raises(DataError, match="model holds no tokenizer files .*a model saved without its tokenizer"):
         load_tokenizer(str(model))
-    (model / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
-    with pytest.raises(DataError, match="has a vocabulary of 1 token\\(s\\): not a usable tokenizer"):
+    for config in ({"tokenizer_class": "GPT2Tokenizer"}, {"tokenizer_class": "GPT2Tokenizer", "pad_token": "<pad>"},
+                   {"tokenizer_class": "LlamaTokenizer"}):  # vocabularies of 1 to 3 special tokens: encode nothing
+        (model / "tokenizer_config.json").write_text(json.dumps(config))
+        with pytest.raises(DataError, match="encodes 'The quick brown fox .*' to nothing .*not a usable tokenizer"):
+            load_tokenizer(str(model))
+    (model / "tokenizer_config.json").unlink()
+    from cocomix.data.tokenizer import _check_tokenizer_folder
+
+    for name in ("spm.model", "sentencepiece.model", "tokenizer.model.v3", "tekken.json", "cl100k.tiktoken"):
+        (model / name).write_bytes(b"")  # files AutoTokenizer builds tokenizers from: the folder goes on to it
+        assert _check_tokenizer_folder(str(model), model) is None
+        (model / name).unlink()
+    (model / "checkpoints").mkdir()  # another tool's model folder with checkpoints/: no cocomix run without "method"
+    with pytest.raises(DataError, match="holds no tokenizer files"):
         load_tokenizer(str(model))
+    (tmp_path / "gpt2").mkdir()
+    with pytest.raises(DataError, match="is an empty local folder \\(it hides any hub name of that name\\)"):
+        load_tokenizer(str(tmp_path / "gpt2"))
     import transformers
 
     def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise ValueError("Couldn't instantiate the backend tokenizer from one of:\n(1) a tokenizers file\n(2) ...")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fail)
+    (model / "tokenizer_config.json").write_text("{}")
     with pytest.raises(DataError) as caught:
         load_tokenizer(str(model))
     assert str(caught.value).endswith("ValueError: Couldn't instantiate the backend tokenizer from one of: (1) a "

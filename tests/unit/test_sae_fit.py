@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -78,3 +79,12 @@ def test_non_finite_activations_warn() -> None:
     h[0, 2, 1] = float("nan")
     _, said = _quiet(check_sae_fit, _Teacher(h), _basis_sae(6, 6), torch.zeros(1, 5, dtype=torch.long), "--sae")
     assert len(said) == 1 and "nan of the variance" in said[0]
+
+
+def test_sums_of_no_rows_are_nan() -> None:
+    """A rank or a selection that saw no rows reports NaN (it divided by zero rows)."""
+    from cocomix.sae.fit import FVUSums
+
+    sums = FVUSums()
+    sums.add(TopKSAE(8, 32, 4), torch.zeros(0, 8))
+    assert sums.rows == 0 and math.isnan(sums.value())

@@ -242,9 +242,12 @@ def _from_transformers(spec: str) -> TextTokenizer:
         raise DataError(f"tokenizer {spec!r}: has no fast (tokenizers) backend; convert it to tokenizer.json")
     if hf_tok.eos_token_id is None:
         raise DataError(f"tokenizer {spec!r}: has no eos token (eos_token_id is None)")
-    if backend.get_vocab_size(with_added_tokens=True) < 2:  # an empty tokenizer: every text would be one eos
-        raise DataError(f"tokenizer {spec!r}: has a vocabulary of {backend.get_vocab_size(with_added_tokens=True)} "
-                        "token(s): not a usable tokenizer (a folder saved without its tokenizer files?)")
+    ids = backend.encode(_PROBE, add_special_tokens=False).ids
+    unk = hf_tok.unk_token_id
+    if not ids or all(i == unk for i in ids):  # an empty tokenizer: every document would be one eos
+        raise DataError(f"tokenizer {spec!r}: encodes {_PROBE!r} to {'nothing' if not ids else 'unknown tokens only'} "
+                        f"(a vocabulary of {backend.get_vocab_size(with_added_tokens=True)}): not a usable tokenizer "
+                        "(a folder saved without its vocabulary files?)")
     return TextTokenizer(backend, int(hf_tok.eos_token_id))
 
 
@@ -253,26 +256,41 @@ def _looks_like_path(spec: str) -> bool:
     return explicit or spec.endswith(".json")
 
 
-# what a Hugging Face tokenizer is saved as (AutoTokenizer builds an empty tokenizer from a folder with none of them)
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
-                    "spiece.model", "sentencepiece.bpe.model", "tiktoken.model")
+_PROBE = "The quick brown fox jumps over the lazy dog."  # any usable tokenizer gives it known tokens
+# what a Hugging Face tokenizer is saved as (AutoTokenizer builds an empty tokenizer from a folder with none of them):
+# these names, or any sentencepiece `*.model` / `tokenizer.model.*` / `*.tiktoken` file
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tekken.json")
+_TOKENIZER_GLOBS = ("*.model", "tokenizer.model.*", "*.tiktoken")
+
+
+def _is_cocomix_run(path: Path) -> dict | None:
+    """A cocomix run's config.json (its folder also holds checkpoints/ or metrics.jsonl), else None."""
+    if not ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):
+        return None
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) and "method" in config and isinstance(config.get("data"), dict) else None
 
 
 def _check_tokenizer_folder(spec: str, path: Path) -> None:
     """DataError for a local folder that holds no tokenizer: a cocomix run (named with its store's tokenizer) or a
     model saved without one."""
-    config = path / "config.json"
-    if config.is_file() and ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):
-        try:
-            store = json.loads(config.read_text(encoding="utf-8"))["data"]["path"]
-        except (OSError, ValueError, KeyError, TypeError):
-            store = None
+    if any((path / name).is_file() for name in _TOKENIZER_FILES) or any(
+            any(path.glob(pattern)) for pattern in _TOKENIZER_GLOBS):
+        return
+    run = _is_cocomix_run(path)
+    if run is not None:
+        store = run["data"].get("path")
         where = f" ({Path(store) / 'tokenizer'}, its data.path's)" if isinstance(store, str) else ""
         raise DataError(f"tokenizer {spec!r}: a cocomix run, not a tokenizer; give the tokenizer folder of the token "
                         f"store it was trained on{where}")
-    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-        raise DataError(f"tokenizer {spec!r}: {path} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, "
-                        "...): a model saved without its tokenizer? Give the folder its tokenizer was saved to")
+    if not any(path.iterdir()):
+        raise DataError(f"tokenizer {spec!r}: {path} is an empty local folder (it hides any hub name of that name); "
+                        "give a tokenizer's folder or name")
+    raise DataError(f"tokenizer {spec!r}: {path} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, "
+                    "*.model, ...): a model saved without its tokenizer? Give the folder its tokenizer was saved to")
 
 
 def load_tokenizer(spec: str) -> TextTokenizer:
@@ -284,7 +302,8 @@ def load_tokenizer(spec: str) -> TextTokenizer:
         return _from_tokenizer_json(path)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return _from_tokenizer_json(path / "tokenizer.json")
-    if path.is_dir() and (path / "tokenizer" / "tokenizer.json").is_file():  # a token store: the one it was made with
+    if path.is_dir() and (path / "meta.json").is_file() and (path / "tokenizer" / "tokenizer.json").is_file():
+        # a token store: the tokenizer it was prepared with
         return _from_tokenizer_json(path / "tokenizer" / "tokenizer.json")
     if path.is_dir():
         _check_tokenizer_folder(spec, path)

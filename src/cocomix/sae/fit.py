@@ -72,7 +72,7 @@ class FVUSums:
 
     def value(self) -> float:
         """Σ‖x_n − x̂_n‖² / Σ‖x_n − mean(x_n)‖² (NaN before any row, or for constant rows)."""
-        if self.total is None:
+        if self.total is None or self.rows == 0:
             return float("nan")
         variance = self.sq - float(self.total.pow(2).sum()) / self.rows
         return self.err / variance if variance > 0 else float("nan")
