@@ -187,7 +187,7 @@ def evaluate_sae(sae: TopKSAE, chunks: ActivationChunks, eval_tokens: int) -> di
         fvu.add(sae, x, values, indices, info)
         fvu_n.add(sae, x, values, indices, info)
         later = torch.arange(x.shape[0], device=x.device) % T != 0  # (N,): each window's position 0 left out
-        fvu_later.add(sae, x[later])
+        fvu_later.add(sae, x[later], values[later], indices[later], {k: v[later] for k, v in info.items()})
         fired |= fired_latents(values, indices, sae.n_latents)
         nnz += int((values > 0).sum())
     if ctx.active:
