@@ -115,12 +115,10 @@ class CoCoMix(Method):
         if not c.sae:
             raise ConfigError("concept.sae: CoCoMix needs an SAE file or folder unless concept.cache is set")
         try:
-            sae = load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer)
-        except CocomixError as e:  # named by the config keys `train` speaks in
+            sae = load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer, layer_field="concept.teacher_layer")
+        except CocomixError as e:  # named by the config key `train` speaks in
             said = str(e)
-            said = (said.replace("teacher_layer", "concept.teacher_layer") if said.startswith("teacher_layer:")
-                    else f"concept.sae: {said}")
-            raise type(e)(said) from None
+            raise type(e)(said if said.startswith("concept.") else f"concept.sae: {said}") from None
         self.sae = self.teacher.fit_sae(sae.to(device))
         if self.sae.n_latents != c.n_latents:
             raise ConfigError(f"concept.n_latents: the SAE {c.sae} has {self.sae.n_latents} latents, got "

@@ -22,13 +22,15 @@ __all__ = ["load_openai", "load_sae", "load_saelens", "load_sparsify", "save_sae
 OPENAI_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None = None) -> TopKSAE:
+def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None = None,
+             layer_field: str = "teacher_layer") -> TopKSAE:
     """The SAE at `spec`, format chosen by what the path is. `k` is needed for an OpenAI `.safetensors` file
     only; for the other formats it must be None or equal the stored k. With `teacher_layer`, an SAE whose file
     names the hook it was trained on (SAELens `hook_name`, a sparsify hookpoint folder, an OpenAI file kept in the
     published `{location}_v5_32k/autoencoders/{layer}.pt` layout) must read that block's
     output (a named hook that is no block's residual output, e.g. an MLP output, is refused), and a folder of
-    sparsify hookpoints resolves to the one for that layer."""
+    sparsify hookpoints resolves to the one for that layer. `layer_field` names the setting that gave
+    `teacher_layer`, for the error (`train`: concept.teacher_layer)."""
     sae = _load(sae_path(spec, teacher_layer), k)
     for name, tensor in [*sae.named_parameters(), *sae.named_buffers()]:
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):  # NaN concepts, "fvu": NaN in JSON
@@ -40,8 +42,8 @@ def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None =
                           "blocks.L.hook_resid_post / resid_pre, or a sparsify layers.L hookpoint)")
     if teacher_layer is not None and sae.hook_block is not None and sae.hook_block != teacher_layer:
         where = "the token embeddings" if sae.hook_block < 0 else f"the output of block {sae.hook_block}"
-        raise ConfigError(f"teacher_layer: {spec} was trained on {sae.hook_name} ({where}), but teacher_layer is "
-                          f"{teacher_layer}" + (f"; set teacher_layer={sae.hook_block}" if sae.hook_block >= 0
+        raise ConfigError(f"{layer_field}: {spec} was trained on {sae.hook_name} ({where}), but {layer_field} is "
+                          f"{teacher_layer}" + (f"; set {layer_field}={sae.hook_block}" if sae.hook_block >= 0
                                                 else ""))
     return sae
 
