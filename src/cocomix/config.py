@@ -270,7 +270,9 @@ class ConceptConfig:
     mix_k: int = 32
     """TopK of the predicted concept logits that are compressed into the concept vector."""
     selection: str = "attribution"
-    """`attribution` (the method) or `activation` (§3.3 ablation: the k_attr most active latents)."""
+    """`attribution` (the method) or `activation` (§3.3 ablation: the k_attr most active latents). Either way the
+    final position is left out of the concept loss (target caches hold T−1 positions), although its activations
+    exist: 1/T of the positions, a deviation of the ablation's, needing `mask_last_position` true."""
     multiplier: str = "activation"
     """Attribution multiplier: post-TopK activation (official) or `pre_activation` (paper Eq. 1's multiplier)."""
     attribution_loss: str = "window_mean"
@@ -339,6 +341,9 @@ class ConceptConfig:
                                                                                   "residual"),
                    "concept.selection", "'attribution' with multiplier / attribution_loss / gradient_at options "
                    "(selection=activation takes the most active latents, no attribution)", self.selection)
+            _check(self.mask_last_position, "concept.mask_last_position",
+                   "true with selection=activation (false trains the final position towards the official "
+                   "attribution's all-zero row, which activation selection does not have)", self.mask_last_position)
         if self.gradient_at == "reconstruction":
             _check(self.attribution_loss == "next_token" and self.selection == "attribution", "concept.gradient_at",
                    "'residual' unless attribution_loss=next_token and selection=attribution (Eq. 1 runs the teacher "

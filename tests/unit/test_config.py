@@ -148,6 +148,10 @@ def test_the_reconstruction_gradient_needs_the_per_position_loss() -> None:
     assert cfg.concept.gradient_at == "reconstruction"
     with pytest.raises(ConfigError, match="concept.selection: expected 'attribution' with multiplier"):
         run_config(apply_overrides(base, ["concept.selection=activation", "concept.multiplier=pre_activation"]))
+    # activation selection has no all-zero final row for mask_last_position=false to train towards
+    with pytest.raises(ConfigError, match="concept.mask_last_position: expected true with selection=activation"):
+        run_config(apply_overrides(base, ["concept.selection=activation", "concept.mask_last_position=false"]))
+    assert not run_config(apply_overrides(base, ["concept.mask_last_position=false"])).concept.mask_last_position
 
 
 def test_bad_override_values_are_config_errors_that_say_how_to_spell_them() -> None:
