@@ -8,7 +8,8 @@ official config's `dropout: 0.0` is never wired into the model, so the published
 The global batch is micro_batch_size · grad_accum · world_size: the presets give 512 / 1024 windows on one
 process; divide grad_accum by the number of GPUs under torchrun. Validation during training reads whole global
 batches (`train.eval_batches`, so that it does not depend on the split into processes): 1024 windows (2 × 512;
-1B: 1 × 1024) where the official trainer's `eval_limit` reads 1000.
+1B: 1 × 1024) where the official trainer's `eval_limit` reads 1000. As the official config: seed 22, and logged
+losses and gradient norms averaged over 50 steps (`log_step_freq`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _paper_ntp(d: int, n_layer: int, n_head: int, lr: float, steps: int, warmup:
         train=TrainConfig(steps=steps, micro_batch_size=micro, grad_accum=windows // micro, lr=lr,
                           warmup_steps=warmup, min_lr_ratio=0.1, weight_decay=0.1, decay_all_params=True,
                           grad_clip=1.0, eval_every=eval_every, eval_batches=1000 // windows + 1,
-                          save_every=save_every, log_every=10),
+                          save_every=save_every, log_every=50, seed=22),
     )
 
 

@@ -36,6 +36,7 @@ def test_paper_preset_matches_the_paper(size: str, method: str) -> None:
     assert (t.lr, t.steps, t.warmup, t.min_lr_ratio) == (lr, steps, warmup, 0.1)
     assert (t.beta1, t.beta2, t.eps, t.weight_decay, t.decay_all_params) == (0.9, 0.95, 1e-8, 0.1, True)
     assert t.grad_clip == 1.0 and m.dropout == 0.1
+    assert (t.seed, t.log_every) == (22, 50)  # the official config's seed and log_step_freq
     assert t.micro_batch_size * t.grad_accum * run.data.seq_len == windows * 1024
     if method == "ntp":
         return
