@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tasks: expected comma-separated lm-eval task names, got {args.tasks!r}")
     perplexity_only = {"--split": args.split, "--seq-len": args.seq_len, "--batches": args.batches}
     tasks_only = {"--limit": args.limit, "--include-path": args.include_path,
-                  "--max-batch-size": None if args.max_batch_size == DEFAULT_MAX else args.max_batch_size}
+                  "--max-batch-size": args.max_batch_size}
     if args.batch_size == "auto" and not tasks:
         raise ConfigError("--batch-size: 'auto' is for lm-eval --tasks; the validation loss takes an integer")
     for flag, value in (perplexity_only if tasks else tasks_only).items():
@@ -89,9 +89,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if tasks:
         from cocomix.eval.tasks import run_tasks
 
+        most = DEFAULT_MAX if args.max_batch_size is None else args.max_batch_size
         res = run_tasks(args.run, tasks, include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
-                        batch_size=args.batch_size, max_batch_size=args.max_batch_size, data=args.data)
+                        batch_size=args.batch_size, max_batch_size=most, data=args.data)
         if res is not None:  # (under torchrun, rank 0 prints for every rank)
             print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
         return 0
@@ -237,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_batch_size_arg, default=8,
                    help="windows (validation loss) or requests (lm-eval) per batch; 'auto' (lm-eval): the largest "
                         "that fits on the GPU, from --max-batch-size down")
-    s.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX, help="lm-eval: where 'auto' starts")
+    s.add_argument("--max-batch-size", type=int, default=None,
+                   help=f"lm-eval: where 'auto' starts (default {DEFAULT_MAX})")
     s.add_argument("--batches", type=int, help="perplexity: limit the number of batches (default: whole split)")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--tasks", help="lm-eval tasks instead of perplexity, e.g. lambada_openai,wikitext,hellaswag,"

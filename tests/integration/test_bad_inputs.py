@@ -150,6 +150,8 @@ CASES = [
     ("eval-corrupt-weights", ["eval", "--run", "{root}/corrupt-run"], "model.safetensors"),
     ("eval-bad-split", ["eval", "--run", "{run}", "--split", "test"], "invalid choice"),
     ("eval-task-option-without-tasks", ["eval", "--run", "{run}", "--limit", "3"], "--limit: an lm-eval option"),
+    ("eval-default-max-batch-size-without-tasks", ["eval", "--run", "{run}", "--max-batch-size", "64"],
+     "--max-batch-size: an lm-eval option"),  # refused even at its default value: given, it would be ignored
     ("eval-perplexity-option-with-tasks", ["eval", "--run", "{run}", "--tasks", "x", "--batches", "2"],
      "--batches: a perplexity option"),
     ("eval-bad-device", ["eval", "--run", "{run}", "--device", "bogus"], "--device: expected auto, cpu"),
