@@ -264,7 +264,8 @@ _TOKENIZER_GLOBS = ("*.model", "tokenizer.model.*", "*.tiktoken")
 
 
 def _is_cocomix_run(path: Path) -> dict | None:
-    """A cocomix run's config.json (its folder also holds checkpoints/ or metrics.jsonl), else None."""
+    """A cocomix run's config.json (its folder also holds checkpoints/ or metrics.jsonl), else None. Stricter than
+    `outputs.output_kind`'s RUN: another tool's model folder with a config.json and checkpoints/ is no run."""
     if not ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):
         return None
     try:
