@@ -12,12 +12,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cocomix.cli_parser import DEVICE_HELP, warn_on_rank0_only
 
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
-def _teacher_and_sae(args: argparse.Namespace, device: Any = None):  # -> tuple[Teacher, TopKSAE]
+
+def _teacher_and_sae(args: argparse.Namespace, device: Any = None) -> tuple[Teacher, TopKSAE]:
     """The frozen teacher and SAE named by the shared concept arguments (see `_add_concept_args`), on `device`
     (default: `--device`)."""
     from cocomix.sae import load_sae

@@ -12,11 +12,15 @@ import json
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cocomix.atomic import check_out_folder
 from cocomix.cli_parser import DEVICE_HELP, add_run, seed_arg, utf8_text
 from cocomix.errors import CocomixError
+
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
@@ -92,7 +96,7 @@ def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44
     return "\n".join(lines)
 
 
-def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any) -> tuple[Any, Any]:
+def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any) -> tuple[Teacher, TopKSAE]:
     """The teacher and SAE of `--teacher` / `--sae`, else of the run's concept.teacher / concept.sae (paths
     relative to where training ran: a failure says so)."""
     from cocomix.sae import load_sae

@@ -26,7 +26,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,10 @@ from cocomix.data import TokenStore, prepare
 from cocomix.errors import CocomixError, Stopped
 from cocomix.outputs import DEMO, STORE
 from cocomix.presets import get_preset
+
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
 TEACHER_LAYER = 1
 SAE_EXPANSION = 16
@@ -315,7 +319,7 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
 
 
 @torch.no_grad()
-def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Any, sae: Any,
+def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Teacher, sae: TopKSAE,
                        ) -> tuple[list[str], list[str], dict[str, Any]]:
     """Report sections: the student's predicted concepts on a validation passage, one steered generation and the
     steering metric (`cocomix.interpret`; what `cocomix inspect`, `steer` and `steer-eval` print)."""

@@ -12,12 +12,15 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from cocomix.config import ModelConfig, RunConfig
 from cocomix.methods import PAUSING
+
+if TYPE_CHECKING:
+    from cocomix.teacher import Teacher
 
 SHAPE_VERSION = 3
 """Of the JSON `LMShape.to_json` writes; 1 (no `version` key) had only block_params, d_model and vocab_size, 2
@@ -74,7 +77,7 @@ class LMShape:
                                    seam_head_backward=backward)
 
     @classmethod
-    def of_teacher(cls, teacher: Any) -> LMShape:
+    def of_teacher(cls, teacher: Teacher) -> LMShape:
         """A loaded `cocomix.teacher.Teacher`'s shape: a cocomix run's from its config (`from_run`; `Teacher.run`,
         which `Teacher.from_pretrained` sets: a cocomix model wrapped by hand without it counts as a plain
         decoder), any other model's from its modules (`from_module`)."""

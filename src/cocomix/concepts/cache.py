@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,10 @@ from cocomix.train.distributed import DistContext
 from cocomix.train.guard import RunLock, StopSignals
 from cocomix.train.resume import store_identity
 
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 MATCH_KEYS = ("teacher", "teacher_fingerprint", "teacher_layer", "teacher_dtype", "sae", "sae_sha256", "n_latents",
@@ -48,7 +52,7 @@ _OLD_DEFAULTS = {"teacher_dtype": "float32", "gradient_at": "residual"}
 _NOT_RECORDED_BEFORE = ("train_sampled_sha256", "val_sampled_sha256")  # not compared for caches predating them
 
 
-def _shape(teacher: Any) -> dict[str, Any]:
+def _shape(teacher: Teacher) -> dict[str, Any]:
     """The teacher's `cocomix.lm_shape.LMShape` as JSON: matmul weights per block, width, output vocabulary (and a
     cocomix run's seam)."""
     from cocomix.lm_shape import LMShape
@@ -107,7 +111,7 @@ def _dtype(n_latents: int) -> np.dtype:
     return np.dtype(np.uint16) if n_latents <= 65536 else np.dtype(np.int32)
 
 
-def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, sae: Any, *, teacher_spec: str,
+def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Teacher, sae: TopKSAE, *, teacher_spec: str,
                      sae_spec: str, k_attr: int = 4, selection: str = "attribution", multiplier: str = "activation",
                      attribution_loss: str = "window_mean", gradient_at: str = "residual", seq_len: int = 1024,
                      batch_size: int = 8, splits: tuple[str, ...] = SPLITS, max_windows: int | None = None,
@@ -161,8 +165,9 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Any, 
             lock.release(remove_empty_dir=created)
 
 
-def _meta(store: TokenStore, teacher: Any, sae: Any, main: bool, *, teacher_spec: str, sae_spec: str, k_attr: int,
-          selection: str, multiplier: str, attribution_loss: str, gradient_at: str, seq_len: int) -> dict[str, Any]:
+def _meta(store: TokenStore, teacher: Teacher, sae: TopKSAE, main: bool, *, teacher_spec: str, sae_spec: str,
+          k_attr: int, selection: str, multiplier: str, attribution_loss: str, gradient_at: str,
+          seq_len: int) -> dict[str, Any]:
     """What meta.json records; the content hashes on the main rank only (the others never write or compare it)."""
     return {
         "format_version": FORMAT_VERSION, "teacher": teacher_spec, "teacher_fingerprint":
@@ -196,7 +201,7 @@ def _start(out: Path, meta: dict[str, Any]) -> dict[str, int]:
     return done
 
 
-def _extract(store: TokenStore, out: Path, teacher: Any, sae: Any, signals: StopSignals, ctx: DistContext, *,
+def _extract(store: TokenStore, out: Path, teacher: Teacher, sae: TopKSAE, signals: StopSignals, ctx: DistContext, *,
              teacher_spec: str, sae_spec: str, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
              gradient_at: str, seq_len: int, batch_size: int, splits: tuple[str, ...], max_windows: int | None,
              progress: bool) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,10 @@ from cocomix.sae.fit import FVUSums, warn_if_unfit
 from cocomix.train import distributed as dd
 from cocomix.train.distributed import DistContext
 
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
+
 
 def check_describe_args(batch_size: int, top_n: int, max_windows: int) -> None:
     """ConfigError naming the flag when a count is out of range."""
@@ -40,7 +44,7 @@ def check_describe_args(batch_size: int, top_n: int, max_windows: int) -> None:
 
 
 @torch.no_grad()
-def describe_concepts(store: TokenStore, teacher: Any, sae: Any, seq_len: int, split: str = "val",
+def describe_concepts(store: TokenStore, teacher: Teacher, sae: TopKSAE, seq_len: int, split: str = "val",
                       max_windows: int = 0, batch_size: int = 8, top_n: int = 8,
                       progress: bool = True, ctx: DistContext | None = None) -> dict[str, torch.Tensor]:
     """Activation counts (C,) and the top_n strongest activations per latent: values (C, top_n) (−inf where

@@ -22,7 +22,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,10 @@ from cocomix.errors import CocomixError
 from cocomix.interpret.inspect import mixing_seam
 from cocomix.model import Transformer, generate
 from cocomix.model.generate import check_sampling, restrict_vocab, sample_next
+
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
 MAX_ALPHA = 1e4  # far beyond the paper's ±10, far below what overflows fp32 / bf16 logits (~1e30 on small models)
 
@@ -95,7 +99,7 @@ def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[i
 class _LatentScale:
     """Forward hook on the teacher's block `layer`: multiplies SAE latents by α in the residual stream."""
 
-    def __init__(self, sae: Any, concepts: Sequence[int], alphas: Sequence[float]) -> None:
+    def __init__(self, sae: TopKSAE, concepts: Sequence[int], alphas: Sequence[float]) -> None:
         self.sae = sae
         self.idx = torch.tensor(list(concepts))
         self.scale = torch.tensor([float(a) - 1.0 for a in alphas])
@@ -113,7 +117,8 @@ class _LatentScale:
 
 
 @torch.no_grad()
-def teacher_activity(teacher: Any, sae: Any, tokens: torch.Tensor, start: int, concepts: Sequence[int]) -> torch.Tensor:
+def teacher_activity(teacher: Teacher, sae: TopKSAE, tokens: torch.Tensor, start: int,
+                     concepts: Sequence[int]) -> torch.Tensor:
     """(n,) share of the generating positions of tokens (B, S) (start − 1 … S − 2, whose block output is edited
     before each new token is drawn) where each SAE latent is active. The teacher's steering adds to a latent only
     where it is active, and whether it is depends only on the tokens so far (blocks up to `teacher_layer` never see
@@ -133,8 +138,8 @@ def active_rate(values: torch.Tensor, indices: torch.Tensor, concepts: Sequence[
 
 
 @torch.no_grad()
-def steer_teacher(teacher: Any, sae: Any, prompt: torch.Tensor, concepts: Sequence[int], alphas: Sequence[float],
-                  max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+def steer_teacher(teacher: Teacher, sae: TopKSAE, prompt: torch.Tensor, concepts: Sequence[int],
+                  alphas: Sequence[float], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
                   generator: torch.Generator | None = None, vocab_limit: int | None = None,
                   use_cache: bool = True) -> torch.Tensor:
     """Generate from the teacher with SAE latents × α at teacher_layer; ids at and above `vocab_limit` (the

@@ -24,7 +24,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +37,10 @@ from cocomix.interpret.steer import active_rate, check_steering, steer_student, 
 from cocomix.model import Transformer
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
+
+if TYPE_CHECKING:
+    from cocomix.sae.topk import TopKSAE
+    from cocomix.teacher import Teacher
 
 FIT_POSITIONS = 256  # teacher positions the SAE-fit check reads at least (the demo's 48-token texts: 6 windows)
 
@@ -98,7 +102,7 @@ def choose_concepts(model: Transformer, store: TokenStore, book: ConceptBook, n:
 
 
 @torch.no_grad()
-def read_continuations(teacher: Any, sae: Any, tokens: torch.Tensor, start: int, concepts: Sequence[int],
+def read_continuations(teacher: Teacher, sae: TopKSAE, tokens: torch.Tensor, start: int, concepts: Sequence[int],
                        ) -> tuple[torch.Tensor, float]:
     """(activation rate (n,) of each latent over positions ≥ start, teacher NLL per token of tokens[:, start:])."""
     logits, hidden = teacher.forward_pass(tokens)                                          # (B,S,V), (B,S,d)
@@ -109,7 +113,7 @@ def read_continuations(teacher: Any, sae: Any, tokens: torch.Tensor, start: int,
     return active_rate(values[:, start:], indices[:, start:], concepts), float(nll)
 
 
-def check_teacher_and_sae(n_latents: int, teacher: Any, sae: Any) -> None:
+def check_teacher_and_sae(n_latents: int, teacher: Teacher, sae: TopKSAE) -> None:
     """CocomixError unless the SAE has the student's `n_latents` concepts (a concept index means the same latent on
     both sides) and reads activations of the teacher's residual width."""
     if n_latents != sae.n_latents:
@@ -119,7 +123,7 @@ def check_teacher_and_sae(n_latents: int, teacher: Any, sae: Any) -> None:
                            f"SAE reads {sae.d_in}-wide activations (give the teacher the SAE was trained on)")
 
 
-def check_fit_on_store(teacher: Any, sae: Any, store: TokenStore, split: str, seq_len: int,
+def check_fit_on_store(teacher: Teacher, sae: TopKSAE, store: TokenStore, split: str, seq_len: int,
                        window: int) -> float:
     """`check_sae_fit` (warns as `--sae` when the SAE does not describe the teacher's block) on the first windows
     of `split`, cut to `window` tokens: at least FIT_POSITIONS positions (short texts: more windows), so that the
@@ -131,7 +135,7 @@ def check_fit_on_store(teacher: Any, sae: Any, store: TokenStore, split: str, se
     return check_sae_fit(teacher, sae, ids.to(teacher.device), "--sae")
 
 
-def steering_eval(model: Transformer, teacher: Any, sae: Any, store: TokenStore, book: ConceptBook,
+def steering_eval(model: Transformer, teacher: Teacher, sae: TopKSAE, store: TokenStore, book: ConceptBook,
                   cfg: SteerEvalConfig, seq_len: int, concepts: Sequence[int] | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Every (concept, α): activation rate, share of positions where the concept was mixed, teacher NLL."""
