@@ -158,10 +158,14 @@ def cmd_steer(args: argparse.Namespace) -> int:
                      for c, a in zip(concepts, alphas, strict=True))
     unlabelled = "" if any(book[c].described for c in concepts) else " (labels: pass --concepts DIR)"
     print(f"prompt: {args.prompt!r}\nsteering: {what}{unlabelled}")
-    for c, u, s in zip(concepts, outs["unsteered"].mixed.tolist(), outs["steered"].mixed.tolist(), strict=True):
-        note = ("  (never mixed: its scaled logit stays below the TopK, so steering it has no effect)" if u == s == 0
-                else "  (steering keeps it out of the TopK: removed from the mixed concepts)" if s == 0 else "")
-        print(f"#{c} mixed at {u:.0%} of positions unsteered, {s:.0%} steered{note}")
+    for i, c in enumerate(concepts):
+        u, s = (float(outs[k].mixed[i]) for k in ("unsteered", "steered"))
+        ever = any(bool(outs[k].ever_mixed[i]) for k in ("unsteered", "steered"))
+        note = ("  (never mixed: its scaled logit stays below the TopK, so steering it has no effect)" if not ever
+                else "  (mixed in the prompt only: steering reaches the continuation through attention)"
+                if u == s == 0 else
+                "  (steering keeps it out of the TopK: removed from the mixed concepts)" if s == 0 else "")
+        print(f"#{c} mixed at {u:.0%} of the generating positions unsteered, {s:.0%} steered{note}")
     text = {k: tok.decode(v.tokens[0, len(ids):].tolist()) for k, v in outs.items()}
     print(_side_by_side(("student, unsteered (α = 1)", text["unsteered"]), ("student, steered", text["steered"])))
     if args.teacher_check:
@@ -170,13 +174,17 @@ def cmd_steer(args: argparse.Namespace) -> int:
             gen = torch.Generator(device=device).manual_seed(args.seed)
             tokens = steer_teacher(teacher, sae, prompt, concepts, a, args.max_new_tokens, args.temperature,
                                    args.top_k, gen, vocab_limit=tok.vocab_size)
-            t_out[name], active[name] = tok.decode(tokens[0, len(ids):].tolist()), teacher_activity(
-                teacher, sae, tokens, len(ids), concepts).tolist()
+            t_out[name] = tok.decode(tokens[0, len(ids):].tolist())
+            active[name] = (teacher_activity(teacher, sae, tokens, len(ids), concepts).tolist(),  # generating
+                            teacher_activity(teacher, sae, tokens, 1, concepts).tolist())  # prompt included
         print()
-        for c, u, s in zip(concepts, active["unsteered"], active["steered"], strict=True):
-            note = "  (never active: steering it in the teacher changed nothing)" if u == s == 0 else ""
-            print(f"teacher: #{c} active at {u:.0%} of positions unsteered, {s:.0%} steered (the teacher's "
-                  f"steering edits a latent only where it is active){note}")
+        for i, c in enumerate(concepts):
+            (u, u_all), (s, s_all) = ((active[k][0][i], active[k][1][i]) for k in ("unsteered", "steered"))
+            note = ("  (never active: steering it in the teacher changed nothing)" if u_all == s_all == 0
+                    else "  (active in the prompt only: steering reaches the continuation through attention)"
+                    if u == s == 0 else "")
+            print(f"teacher: #{c} active at {u:.0%} of the generating positions unsteered, {s:.0%} steered (the "
+                  f"teacher's steering edits a latent only where it is active){note}")
         print(_side_by_side(("teacher, unsteered", t_out["unsteered"]), ("teacher, SAE latent steered",
                                                                          t_out["steered"])))
     return 0

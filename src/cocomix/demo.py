@@ -353,8 +353,8 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Teac
     text = {a: tok.decode(o.tokens[0, prompt.shape[1]:].tolist()).strip()[:300] for a, o in outs.items()}
     steer = [f"Concept {name(concept)}; greedy continuation of `KING HENRY:` and a newline (`cocomix steer --prompt "
              "$'KING HENRY:\\n'`) with its predicted logit × α at every "
-             f"position (mixed at {outs[1.0].mixed[0]:.0%} of the positions unsteered, {outs[10.0].mixed[0]:.0%} "
-             "steered):", "", "α = 1 (unsteered):", "", "```", text[1.0], "```", "", "α = 10:", "", "```",
-             text[10.0], "```", "", "### Steering metric (`cocomix steer-eval`)", "",
+             f"position (mixed at {outs[1.0].mixed[0]:.0%} of the generating positions unsteered, "
+             f"{outs[10.0].mixed[0]:.0%} steered):", "", "α = 1 (unsteered):", "", "```", text[1.0], "```", "",
+             "α = 10:", "", "```", text[10.0], "```", "", "### Steering metric (`cocomix steer-eval`)", "",
              *(out / "steering" / "steering.md").read_text().split("\n")[2:]]
     return rows, [line.replace("](steering.png)", "](steering/steering.png)") for line in steer], metric["summary"]

@@ -53,8 +53,8 @@ def test_steer_runs_student_and_teacher_and_reports_mixing(runs: dict[str, Path]
              "--alpha", "10", "--max-new-tokens", "6", "--teacher-check")
     assert r.returncode == 0, r.stderr
     assert "student, unsteered (α = 1)" in r.stdout and "teacher, SAE latent steered" in r.stdout
-    assert "#5 mixed at" in r.stdout and "#9 mixed at" in r.stdout
-    assert re.search(r"teacher: #5 active at \d+% of positions unsteered, \d+% steered", r.stdout)
+    assert "#5 mixed at" in r.stdout and "#9 mixed at" in r.stdout and "of the generating positions" in r.stdout
+    assert re.search(r"teacher: #5 active at \d+% of the generating positions unsteered, \d+% steered", r.stdout)
     r = _cli("steer", str(runs["cocomix"]), "--prompt", "the king", "--concept", "5", "--alpha", "3",
              "--max-new-tokens", "4")  # no --concepts: no labels
     assert r.returncode == 0 and "steering: #5 × 3 (labels: pass --concepts DIR)" in r.stdout

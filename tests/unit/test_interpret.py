@@ -18,7 +18,7 @@ from cocomix.errors import CocomixError
 from cocomix.interpret.compression import compression_norms, compression_report
 from cocomix.interpret.inspect import TokenConcepts, format_table, inspect_ids, write_html
 from cocomix.interpret.labels import ConceptBook
-from cocomix.interpret.steer import _LatentScale, check_steering, steer_student, steer_teacher
+from cocomix.interpret.steer import _LatentScale, check_steering, steer_student, steer_teacher, teacher_activity
 from cocomix.interpret.steer_eval import choose_concepts, summarize
 from cocomix.methods import NTP, CoCoMix
 from cocomix.model import Transformer, generate
@@ -173,6 +173,53 @@ def test_a_concept_outside_the_topk_is_reported_and_changes_nothing() -> None:
     assert torch.equal(out.tokens, plain) and out.mixed.tolist() == [0.0]
     flipped = steer_student(model, prompt, [7], [-10.0], 10)  # −10 × −50 = 500: always selected, always mixed
     assert flipped.mixed.tolist() == [1.0] and not torch.equal(flipped.tokens, plain)
+
+
+def test_a_concept_mixed_in_the_prompt_only_still_steers_the_continuation() -> None:
+    """Steering edits every position, prompt included: a concept mixed at a prompt position alone (token X, never
+    generated) is at 0% of the generating positions, yet removing it changes what follows through attention, so
+    `ever_mixed` (what `steer`'s "no effect" note reads) is True; a concept never mixed anywhere is False."""
+    model, X = _model(), 96
+    with torch.no_grad():  # concept 7's logit is far above the others exactly where the residual holds X's direction
+        v = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(0)), dim=0)
+        model.wte.weight[X] = 40 * v
+        model.seam.predictor.weight[7] = 20 * v
+        model.seam.predictor.bias[7] = -60.0
+    prompt = torch.randint(0, X, (2, 6), generator=torch.Generator().manual_seed(3))
+    prompt[:, 1] = X
+    plain = steer_student(model, prompt, [7], [1.0], 10, vocab_limit=X)
+    removed = steer_student(model, prompt, [7], [0.0], 10, vocab_limit=X)
+    assert plain.mixed.tolist() == [0.0] and plain.ever_mixed.tolist() == [True]
+    assert removed.ever_mixed.tolist() == [False]
+    with torch.no_grad():  # the continuation is drawn from other logits once the prompt's concept is removed
+        model.seam.steer(torch.tensor([7]), torch.tensor([0.0]))
+        steered = model(plain.tokens).logits
+        model.seam.steer(None)
+        unsteered = model(plain.tokens).logits
+    assert torch.equal(steered[:, :1], unsteered[:, :1]) and (steered[:, 5:] - unsteered[:, 5:]).abs().amax() > 1e-3
+    assert steer_student(model, prompt, [8], [1.0], 10, vocab_limit=X).ever_mixed.dtype == torch.bool
+
+
+@torch.no_grad()
+def test_teacher_activity_counts_the_prompt_from_start_one() -> None:
+    """A latent active at a prompt position alone: 0 at the generating positions (start = the prompt's length), but
+    not at every position (start = 1), and its edit there moves the logits the continuation is drawn from."""
+    teacher, sae = _teacher_and_sae()
+    v = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(0)), dim=0)
+    teacher.model.wte.weight[96] = 40 * v
+    W_enc, bias = sae.W_enc.clone(), sae.latent_bias.clone()
+    W_enc[5], bias[5] = v, 0.0
+    sae.set_weights(pre_bias=torch.zeros(16), W_enc=W_enc, latent_bias=bias, W_dec=sae.W_dec.clone())
+    prompt = torch.randint(0, 96, (2, 6), generator=torch.Generator().manual_seed(3))
+    prompt[:, 1] = 96
+    tokens = steer_teacher(teacher, sae, prompt, [5], [1.0], 8, vocab_limit=96)
+    assert teacher_activity(teacher, sae, tokens, 6, [5]).tolist() == [0.0]
+    assert teacher_activity(teacher, sae, tokens, 1, [5]).item() == pytest.approx(2 / 26)  # position 1 of 13
+    plain = teacher.model(tokens).logits
+    hook = teacher.blocks[teacher.layer].register_forward_hook(_LatentScale(sae, [5], [-20.0]))
+    steered = teacher.model(tokens).logits
+    hook.remove()
+    assert torch.equal(steered[:, :1], plain[:, :1]) and (steered[:, 5:] - plain[:, 5:]).abs().amax() > 1e-2
 
 
 def _teacher_and_sae() -> tuple[Teacher, TopKSAE]:

@@ -70,6 +70,10 @@ class StudentSteering:
     mixed: torch.Tensor
     """(n,) share of the generating positions (the prompt's last and every generated one but the last) where each
     steered concept was among the mix_k mixed concepts."""
+    ever_mixed: torch.Tensor
+    """(n,) bool: whether each concept was mixed at any position but the last, prompt included (steering edits
+    every position, and an edit in the prompt reaches the continuation through attention): False means
+    steering it had no effect."""
 
 
 @torch.no_grad()
@@ -88,12 +92,13 @@ def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[i
         tokens, _ = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                              eos_id=eos_id, generator=generator, vocab_limit=vocab_limit)
         model(tokens)  # one full pass records the TopK at every position (equal to the cached steps)
-        topk = seam.last_topk[:, prompt.shape[1] - 1:tokens.shape[1] - 1]              # (B, N, mix_k)
-        mixed = (topk[..., None] == idx).any(dim=2).float().mean(dim=(0, 1))            # (n,)
+        hits = (seam.last_topk[:, :tokens.shape[1] - 1, :, None] == idx).any(dim=2)   # (B, S - 1, n)
+        mixed = hits[:, prompt.shape[1] - 1:].float().mean(dim=(0, 1))                  # (n,)
+        ever_mixed = hits.flatten(0, 1).any(dim=0)                                      # (n,)
     finally:
         seam.steer(None)
         seam.last_topk = None
-    return StudentSteering(tokens, mixed)
+    return StudentSteering(tokens, mixed, ever_mixed)
 
 
 class _LatentScale:
@@ -119,10 +124,12 @@ class _LatentScale:
 @torch.no_grad()
 def teacher_activity(teacher: Teacher, sae: TopKSAE, tokens: torch.Tensor, start: int,
                      concepts: Sequence[int]) -> torch.Tensor:
-    """(n,) share of the generating positions of tokens (B, S) (start − 1 … S − 2, whose block output is edited
-    before each new token is drawn) where each SAE latent is active. The teacher's steering adds to a latent only
-    where it is active, and whether it is depends only on the tokens so far (blocks up to `teacher_layer` never see
-    the edit), so this is where `steer_teacher` acted on that text; 0 means steering changed nothing."""
+    """(n,) share of the positions start − 1 … S − 2 of tokens (B, S) where each SAE latent is active. The
+    teacher's steering adds to a latent only where it is active, and whether it is depends only on the tokens so
+    far (blocks up to `teacher_layer` never see the edit), so this is where `steer_teacher` acted on that text.
+    With start the prompt's length these are the generating positions (whose block output is edited before each
+    new token is drawn); with start = 1 every position an edit can pass on, prompt included (through attention):
+    0 there means steering changed nothing."""
     if not 1 <= start < tokens.shape[1]:
         raise CocomixError(f"start: expected 1 to {tokens.shape[1] - 1} (the prompt's length), got {start}")
     hidden = teacher.hidden(tokens)                                                          # (B, S, d)
