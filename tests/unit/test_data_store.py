@@ -272,6 +272,10 @@ def test_dtype_choice_and_a_uint32_store(tmp_path: Path) -> None:
     store = TokenStore.open(tmp_path)
     assert store.batch("train", [1, 0], 2).tolist() == [[99999, 0], [70000, 5]]
     assert store.tokens("val").size == 0 and store.num_chunks("val", 2) == 0
+    for bad in (["uint32"], {"a": 1}, "int8"):  # any JSON value: a one-line error, never a TypeError
+        (tmp_path / "meta.json").write_text(json.dumps({**meta, "dtype": bad}), encoding="utf-8")
+        with pytest.raises(DataError, match=r"meta.json: dtype: expected one of \['uint16', 'uint32'\], got "):
+            TokenStore.open(tmp_path)
 
 
 def test_a_second_prepare_into_a_locked_folder_is_refused(tmp_path: Path) -> None:
@@ -313,6 +317,24 @@ def test_a_val_fraction_that_leaves_no_training_text_is_an_error(tmp_path: Path)
     with pytest.raises(DataError, match="leaves no training text"):
         prepare(f"text:{docs}", tmp_path / "s", tokenizer="bpe:260", val_fraction=0.9, progress=False)
     assert not (tmp_path / "s" / "meta.json").exists()
+
+
+def test_a_tokenizer_that_encodes_every_document_to_nothing_is_refused(tmp_path: Path) -> None:
+    """An untrained BPE tokenizer.json (its end-of-text token alone) would make a store of end-of-text ids only."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    empty = Tokenizer(models.BPE())
+    empty.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    empty.add_special_tokens(["<|endoftext|>"])
+    empty.save(str(tmp_path / "tokenizer.json"))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(40):
+        (docs / f"d{i}.txt").write_text(f"document {i} has some words", encoding="utf-8")
+    with pytest.raises(DataError, match=r"tokenizer '.*tokenizer.json': encodes every document of 'text:.*' to no "
+                                        r"tokens \(a vocabulary of 1: an untrained or empty tokenizer\?\)"):
+        prepare(f"text:{docs}", tmp_path / "s", tokenizer=str(tmp_path / "tokenizer.json"), progress=False)
+    assert not (tmp_path / "s" / "meta.json").exists() and not list((tmp_path / "s").glob("*bin*"))
 
 
 class _PrefixSpace:

@@ -203,6 +203,11 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
                 _pending(out, split).unlink(missing_ok=True)
             raise DataError(f"source {source!r}: val_fraction {val_fraction} leaves no training text (too few "
                             "documents to split); give more text or a smaller --val-fraction")
+        if counts["train_tokens"] == counts["train_documents"]:  # every document's ids: its end-of-text alone
+            for split in SPLITS:
+                _pending(out, split).unlink(missing_ok=True)
+            raise DataError(f"tokenizer {tokenizer!r}: encodes every document of {source!r} to no tokens (a "
+                            f"vocabulary of {tok.vocab_size}: an untrained or empty tokenizer?); give a usable one")
         if val_fraction > 0 and counts["val_tokens"] == 0:  # training would only find out at its first eval
             for split in SPLITS:
                 _pending(out, split).unlink(missing_ok=True)

@@ -44,7 +44,7 @@ def _validate_meta(meta_path: Path, meta: Any) -> dict:
     if meta["format_version"] > FORMAT_VERSION:
         raise DataError(f"{meta_path}: format_version {meta['format_version']} is newer than this cocomix "
                         f"reads ({FORMAT_VERSION}); upgrade cocomix or prepare the data again")
-    if meta["dtype"] not in DTYPES:
+    if not isinstance(meta["dtype"], str) or meta["dtype"] not in DTYPES:
         raise DataError(f"{meta_path}: dtype: expected one of {sorted(DTYPES)}, got {meta['dtype']!r}")
     if not 0 <= meta["eos_id"] < meta["vocab_size"]:
         raise DataError(f"{meta_path}: eos_id {meta['eos_id']} is not below vocab_size {meta['vocab_size']}")
