@@ -265,6 +265,25 @@ def test_tokenizer_files_are_copied(tmp_path: Path) -> None:
         export_hf(tiny_model(flavour="llama"), tmp_path / "small", tokenizer_dir=tok_dir)
 
 
+def test_a_tokenizer_with_gaps_in_its_ids_suppresses_only_the_ids_above_its_largest(tmp_path: Path) -> None:
+    """A vocabulary of 13 tokens at ids 0, 1 and 20 … 30 reads as size 31 (as `TextTokenizer.vocab_size`, what
+    `cocomix generate` limits to): its words are never suppressed, and a 25-id model is too small for it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = ["the", "cat", "ate", "a", "plain", "hat", "dog", "sat", "on", "mat", "red"]
+    vocab = {"[UNK]": 0, "<|endoftext|>": 1, **{w: 20 + i for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    folder = export_hf(tiny_model(flavour="llama", vocab_size=40), tmp_path / "hf", tokenizer_dir=tmp_path / "tok")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder)
+    assert hf.generation_config.suppress_tokens == list(range(31, 40))
+    with pytest.raises(CheckpointError, match="tokenizer has ids up to 30 but the model's vocab_size is 25"):
+        export_hf(tiny_model(flavour="llama", vocab_size=25), tmp_path / "small", tokenizer_dir=tmp_path / "tok")
+
+
 def edit_weights(folder: Path, **changes: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rewrite the folder's model.safetensors with `changes` (name -> tensor) applied; the original tensors."""
     sd = safetensors_torch.load_file(str(folder / "model.safetensors"))

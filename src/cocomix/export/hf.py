@@ -126,16 +126,18 @@ def _special_token(value: Any) -> str | None:
 
 def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> tuple[dict[str, int | None], int]:
     """bos/eos ids named by the tokenizer folder (tokenizer_config.json, else special_tokens_map.json), and the
-    tokenizer's size."""
+    tokenizer's size (its largest id + 1)."""
     from tokenizers import Tokenizer
 
     try:
         tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     except Exception as e:  # tokenizers raises a bare Exception on a malformed file
         raise CheckpointError(f"{tokenizer_dir / 'tokenizer.json'}: cannot read tokenizer ({e})") from None
-    n = tok.get_vocab_size(with_added_tokens=True)
+    # one more than its largest id (as `TextTokenizer.vocab_size`): a vocabulary with gaps in its ids has fewer
+    # tokens than that, and counting them would suppress real tokens and let a too-large id pass
+    n = max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
     if n > vocab_size:
-        raise CheckpointError(f"{tokenizer_dir}: tokenizer has {n} tokens but the model's vocab_size is "
+        raise CheckpointError(f"{tokenizer_dir}: tokenizer has ids up to {n - 1} but the model's vocab_size is "
                               f"{vocab_size}")
     names: dict[str, Any] = {}
     for fname in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
