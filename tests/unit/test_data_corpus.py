@@ -271,6 +271,16 @@ def test_single_document_cut_keeps_the_val_fraction(text: str, tmp_path: Path) -
     assert 0.025 <= len(val[0].text) / len(text) <= 0.075
 
 
+def test_single_document_cut_never_holds_out_whitespace_only(tmp_path: Path) -> None:
+    """A lone document ending in blank lines, with no break near the target: the cut falls within its text, not in
+    the trailing whitespace (which would make a validation split of line breaks)."""
+    text = "word " * 40 + "\n" * 12
+    (tmp_path / "ws.txt").write_text(text, encoding="utf-8")
+    train, val = split_documents(f"text:{tmp_path / 'ws.txt'}", val_fraction=0.05)
+    assert train[0].text + val[0].text == text and val[0].text.strip() and train[0].text.strip()
+    assert 0.025 <= len(val[0].text.rstrip()) / len(text.rstrip()) <= 0.075
+
+
 EOT = "<|endoftext|>"
 
 

@@ -94,8 +94,9 @@ def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Doc
     character nearest the target.
     """
     text = doc.text
-    target = round(len(text) * (1.0 - val_fraction))
-    slack = len(text) * val_fraction / 2
+    size = len(text.rstrip())  # trailing whitespace is no text to hold out
+    target = round(size * (1.0 - val_fraction))
+    slack = size * val_fraction / 2
     head, tail = text[:target], text[target:]
     for sep in ("\n\n", "\n"):
         # Candidate cuts: just after the last separator ending by `target` and the first one ending after it.
@@ -107,6 +108,8 @@ def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Doc
             cut = min(cuts, key=lambda c: abs(c - target))
             head, tail = text[:cut], text[cut:]
             break
+    if not (head.strip() and tail.strip()):  # one side would be whitespace only: no split (an error follows)
+        head, tail = text, ""
     if head:
         yield "train", Document(f"{doc.name}@train", head)
     if tail:
