@@ -325,6 +325,27 @@ def test_separator_pieces_do_not_depend_on_the_read_block(tmp_path: Path) -> Non
     assert [t for _, t in _split_file(path, "##", block=4)] == [p.strip() for p in text.split("##")]
 
 
+def test_a_line_break_separator_splits_crlf_and_cr_files_as_lf_ones(tmp_path: Path) -> None:
+    """`#\n\n` (blank lines) cuts a file with CR LF or CR line endings where it cuts the LF one, whatever the read
+    block (a CR LF across a block boundary is one line break); a bad byte names its piece."""
+    from cocomix.data.sources import _split_file
+
+    stories = ["story one\nline two", "story two", "", "story  three\n"]
+    lf = "\n\n".join(stories)
+    want = [(i, p.strip()) for i, p in enumerate(lf.split("\n\n"))]
+    for ending in ("\n", "\r\n", "\r"):
+        path = tmp_path / "s.txt"
+        path.write_bytes(lf.replace("\n", ending).encode())
+        for block in (1, 2, 3, 1 << 22):
+            assert list(_split_file(path, "\n\n", block=block)) == want, (ending, block)
+        assert list(_split_file(path, "\r\n\r\n", block=3)) == want  # the separator read as the text is
+    assert [d.text for d in iter_documents(f"text:{path}#\n\n")] == ["story one\nline two", "story two",
+                                                                       "story  three"]
+    path.write_bytes(b"ok\r\n\r\nbad \xff byte")
+    with pytest.raises(DataError, match=r"s.txt: not valid UTF-8 text \(piece 1\)"):
+        list(_split_file(path, "\n\n"))
+
+
 def test_separator_source_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "a#b.txt").write_text("x")  # an existing path with '#' is taken whole
     assert [d.name for d in iter_documents(f"text:{tmp_path / 'a#b.txt'}")] == ["a#b.txt"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cocomix.errors import DataError
 
@@ -57,23 +57,39 @@ def split_text_spec(spec: str) -> tuple[str, str | None]:
                     "folder, then optionally #SEPARATOR)")
 
 
-def _decode_piece(path: Path, raw: bytes, offset: int, first: bool) -> str:
+def _decode_piece(path: Path, raw: bytes, offset: int | None, first: bool, index: int) -> str:
     """One piece of a file split at a separator: UTF-8 (a leading BOM dropped from the file's first piece), line
-    endings read as `Path.read_text` reads them (CR LF and CR become LF), surrounding whitespace dropped."""
+    endings read as `Path.read_text` reads them (CR LF and CR become LF), surrounding whitespace dropped. `offset`:
+    the file position of raw[0], None where line endings were rewritten before the split (the error then names
+    the piece)."""
     try:
         text = raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as e:  # (utf-8-sig counts from after a byte-order mark)
         skipped = len(_BOM) if first and raw.startswith(_BOM) else 0
-        raise DataError(f"{path}: not valid UTF-8 text (byte {offset + skipped + e.start})") from None
+        where = f"piece {index}" if offset is None else f"byte {offset + skipped + e.start}"
+        raise DataError(f"{path}: not valid UTF-8 text ({where})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def _read_block(handle: BinaryIO, block: int, newlines: bool) -> bytes:
+    """The next `block` bytes of the file; with `newlines`, CR LF and CR read as LF (as the text is read), a CR at
+    the block's end completed with the byte after it so that a CR LF is never cut in two."""
+    data = handle.read(block)
+    if not newlines:
+        return data
+    while data.endswith(b"\r") and (more := handle.read(1)):
+        data += more
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
 
 def _split_file(path: Path, separator: str, block: int = 1 << 22) -> Iterator[tuple[int, str]]:
     """(index, text) of every piece of the file between occurrences of `separator`, streamed block by block: a
     2 GB file of stories is held one story at a time. Linear in the file's size however long a piece is (bytes
     appended in place, each searched once, plus the separator's length). UTF-8 is self-synchronising, so the
-    separator's bytes are found in the bytes exactly where its characters are in the text."""
-    sep = separator.encode("utf-8")
+    separator's bytes are found in the bytes exactly where its characters are in the text. A separator with a line
+    break (`#\n\n`: blank lines) matches the text as it reads, CR LF and CR line endings as LF."""
+    newlines = "\n" in separator or "\r" in separator
+    sep = (separator.replace("\r\n", "\n").replace("\r", "\n") if newlines else separator).encode("utf-8")
     try:
         handle = path.open("rb")
     except OSError as e:
@@ -82,17 +98,18 @@ def _split_file(path: Path, separator: str, block: int = 1 << 22) -> Iterator[tu
         buf, offset, index = bytearray(), 0, 0  # offset: the file position of buf[0]
         while True:
             searched = max(0, len(buf) - len(sep) + 1)  # no separator starts before here
-            block_bytes = handle.read(block)
+            block_bytes = _read_block(handle, block, newlines)
             buf += block_bytes
             start = 0
             while (at := buf.find(sep, max(start, searched))) >= 0:
-                yield index, _decode_piece(path, bytes(buf[start:at]), offset + start, first=index == 0)
+                yield index, _decode_piece(path, bytes(buf[start:at]), None if newlines else offset + start,
+                                           index == 0, index)
                 index, start = index + 1, at + len(sep)
             if start:
                 del buf[:start]
                 offset += start
             if not block_bytes:
-                yield index, _decode_piece(path, bytes(buf), offset, first=index == 0)
+                yield index, _decode_piece(path, bytes(buf), None if newlines else offset, index == 0, index)
                 return
 
 
