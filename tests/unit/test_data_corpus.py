@@ -135,6 +135,17 @@ def test_hf_source_on_save_to_disk_folders_and_single_files(tmp_path: Path, offl
     (tmp_path / "notes.docx").write_text("x")
     with pytest.raises(DataError, match=r"notes\.docx: expected a data file ending in \.parquet"):
         list(iter_documents(f"hf:{tmp_path / 'notes.docx'}"))
+    # local names holding `@` or `#` are paths, never split there (nor sent to the hub)
+    (tmp_path / "ds@v2").mkdir()
+    train.to_parquet(str(tmp_path / "ds@v2" / "d#2.parquet"))
+    for spec in ("ds@v2", "ds@v2@train", "ds@v2/d#2.parquet", "ds@v2/d#2.parquet@train[:3]#text"):
+        got = [d.text for d in iter_documents(f"hf:{tmp_path / spec}")]
+        assert got == train["text"][:3 if "[:3]" in spec else 10], spec
+    with pytest.raises(DataError, match=r"ds@v2', None, split='validation'\) failed: .*Unknown split"):
+        list(iter_documents(f"hf:{tmp_path / 'ds@v2'}@validation"))
+    (tmp_path / "docs#v2.jsonl").write_text('{"text": "a", "body": "b"}\n', encoding="utf-8")
+    assert [d.text for d in iter_documents(f"jsonl:{tmp_path / 'docs#v2.jsonl'}#body")] == ["b"]
+    assert [d.name for d in iter_documents(f"jsonl:{tmp_path / 'docs#v2.jsonl'}")] == ["docs#v2.jsonl:1"]
 
 
 def test_a_null_text_is_skipped_in_jsonl_as_in_hf(tmp_path: Path) -> None:

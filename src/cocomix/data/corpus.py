@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from cocomix.data import shakespeare, sources
 from cocomix.data.shakespeare import SHAKESPEARE_VAL_PLAYS
@@ -48,8 +49,12 @@ class Document:
     text: str
 
 
-def _with_field(rest: str, default: str = "text") -> tuple[str, str]:
-    """Split an optional `#<field>` suffix off a path or dataset spec."""
+def _with_field(rest: str, default: str = "text", split: bool = False) -> tuple[str, str]:
+    """Split an optional `#<field>` suffix off a path or dataset spec (with `split`, an `hf:` one, whose path may be
+    followed by `@<split>`). An existing path is taken whole: a file or folder name may hold `#`."""
+    if Path(rest).expanduser().exists() or (split and "@" in rest and any(
+            Path(rest[:i]).expanduser().exists() for i, c in enumerate(rest) if c == "@" and "#" not in rest[i:])):
+        return rest, default
     head, sep, field = rest.rpartition("#")
     if sep and field and "/" not in field and "\\" not in field:
         return head, field
@@ -68,7 +73,7 @@ def iter_documents(source: str, streaming: bool = False) -> Iterator[Document]:
     elif source.startswith("jsonl:") and len(source) > 6:
         pairs = sources.read_jsonl(*_with_field(source[6:]))
     elif source.startswith("hf:") and len(source) > 3:
-        pairs = sources.read_hf(*_with_field(source[3:]), streaming=streaming)
+        pairs = sources.read_hf(*_with_field(source[3:], split=True), streaming=streaming)
     else:
         raise DataError(f"source {source!r}: expected one of {', '.join(SOURCE_FORMS)}")
     for name, text in pairs:

@@ -198,7 +198,10 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     name, `name` or `owner/name`, and a config follows a colon (`Salesforce/wikitext:wikitext-2-raw-v1`). The
     form `owner/name/config` is read as well, and a trailing slash (`owner/name/`) changes nothing.
     """
-    rest, _, split = spec.partition("@")
+    # an existing path is taken whole, or up to the last `@` after which a split is named: a name may hold `@`
+    at = next((i for i in range(len(spec), 0, -1) if (i == len(spec) or spec[i] == "@")
+               and Path(spec[:i]).expanduser().exists()), None)
+    rest, _, split = (spec[:at], "@", spec[at + 1:]) if at is not None else spec.partition("@")
     split = split or "train"
     expected = "expected hf:<dataset>[:<config>][@<split>] with a dataset name (name or owner/name) or an " \
                "existing local folder or data file"
