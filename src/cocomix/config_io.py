@@ -124,12 +124,16 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not all(parts):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted field name, e.g. train.lr=3e-4")
         node, cls = out, RunConfig
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             section = _field_types(cls).get(p)
             if not isinstance(node.get(p), dict):
                 if not dataclasses.is_dataclass(section):
                     known = sorted(k for k, v in _field_types(cls).items() if dataclasses.is_dataclass(v))
                     raise ConfigError(f"{key}: unknown config section {p!r} (known: {', '.join(known)})")
+                if node.get(p) is not None:  # the file's own wrong value, not replaced by the defaults
+                    shown = repr(node[p])
+                    raise ConfigError(f"{'.'.join(parts[:i + 1])}: expected a mapping, got "
+                                      f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
                 node[p] = {}  # left out of the file: its defaults, with this override
             node, cls = node[p], section
         tp = _field_types(cls).get(parts[-1])

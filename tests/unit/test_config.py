@@ -100,6 +100,20 @@ def test_a_section_set_as_a_json_object_is_merged_as_a_config_file_is() -> None:
         run_config(apply_overrides(base, ['model={"nope": 1}']))
 
 
+def test_an_override_into_a_section_that_is_not_a_mapping_is_an_error_not_the_defaults() -> None:
+    """A config whose `model` is a string: `--set model.n_layer=2` names the wrong value (as loading the file
+    without the override does) instead of putting GPT-2 124M's defaults, or losing a preset's section, in its
+    place; a section the file leaves out (or sets to null) takes the defaults with the override."""
+    base = {**get_preset("tiny").to_dict(), "model": "llama"}
+    with pytest.raises(ConfigError, match=r"^model: expected a mapping, got 'llama'$"):
+        apply_overrides(base, ["model.n_layer=2"])
+    with pytest.raises(ConfigError, match=r"^model: expected a mapping"):
+        run_config(base)
+    for model in (None, "absent"):
+        loose = {k: v for k, v in base.items() if k != "model"} | ({} if model == "absent" else {"model": None})
+        assert run_config(apply_overrides(loose, ["model.n_layer=2"])).model.n_layer == 2
+
+
 def test_fsdp_param_dtype_needs_fsdp() -> None:
     base = RunConfig().to_dict()
     cfg = run_config(apply_overrides(base, ["train.parallel=fsdp", "train.fsdp_param_dtype=bfloat16"]))
