@@ -316,6 +316,43 @@ def test_a_moved_store_is_the_same_validation_split_and_another_store_is_not(tmp
         "'50000 tokens, abababababab')" in table, table
 
 
+def test_whole_split_runs_are_alike_when_one_has_no_checkpoint_record(tmp_path: Path) -> None:
+    """Two runs evaluated on their whole split (eval_batches 0), one with its checkpoint's record of the split's
+    size and one without (its checkpoints removed): no note; against 5 global batches, one."""
+    ntp = _run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6, planned=200, eval_batches=0)
+    ckpt = ntp / "checkpoints" / "step_0000200"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text(json.dumps({"step": 200, "store": {"val_tokens": 50_000,
+                                                                         "val_sampled_sha256": "ab" * 32}}))
+    (ntp / "checkpoints" / "latest").write_text("step_0000200\n")
+    bare = _run(tmp_path, "kd", "kd", 0, [4.9, 3.9], 1e6, planned=200, eval_batches=0)
+    part = _run(tmp_path, "pause", "pause", 0, [4.9, 3.9], 1e6, planned=200, eval_batches=5)
+    table = compare([ntp, bare, part], tmp_path / "out", reference="ntp")["table"]
+    assert "kd: validation measured" not in table
+    assert "pause: validation measured otherwise than ntp's (validation windows 20 vs 195)" in table, table
+    table = compare([bare, part], tmp_path / "out2", reference="kd")["table"]  # all of an unknown split vs 20
+    assert "pause: validation measured otherwise than kd's (validation windows 20 vs 'all')" in table, table
+
+
+def test_plot_labels_are_shown_as_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run names are legend labels as they are: a leading `_` (which matplotlib hides) and `$` pairs (mathtext,
+    which a backslash can make unparsable) are plain text."""
+    import matplotlib.axes
+
+    runs = [_run(tmp_path, "_base", "ntp", 0, [5.0, 4.0], 1e6), _run(tmp_path, "a$\\x$b", "kd", 0, [4.9, 3.9], 1e6)]
+    seen: list[list[str]] = []
+    legend = matplotlib.axes.Axes.legend
+
+    def record(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(self.get_legend_handles_labels()[1])
+        return legend(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", record)
+    compare(runs, tmp_path / "out")
+    assert len(seen) == 2 and all(labels == ["\u200b_base", "a\\$\\x\\$b"] for labels in seen), seen
+    assert (tmp_path / "out" / "loss_vs_tokens.png").stat().st_size > 0
+
+
 def test_a_run_folder_renamed_to_a_non_utf8_name_is_shown_escaped(tmp_path: Path) -> None:
     """cocomix refuses to create such a folder, but one renamed by hand is compared, its name as `\\xNN`."""
     import os

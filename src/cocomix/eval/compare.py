@@ -189,7 +189,7 @@ def _read_run(path: Path) -> RunCurve:
     windows = available if asked is None else asked if available is None else min(asked, available)
     curve.measured_on = {"validation windows": "all" if eval_batches == 0 and windows is None else windows,
                          "data.seq_len": seq_len, "model.vocab_size": flat.get("model.vocab_size"),
-                         "validation split": split}
+                         "validation split": split, "whole split": eval_batches == 0}
     return curve
 
 
@@ -348,8 +348,10 @@ def table(groups: list[Group], reference: str | None = None) -> str:
                 for r in unfinished) + ".")
         if ref is not None and g is not ref:
             mine, theirs = g.runs[0].measured_on, ref.runs[0].measured_on
+            whole = mine.get("whole split") and theirs.get("whole split")  # both read all their split's windows
             other = [k for k in MEASURED_ON if mine.get(k) is not None and theirs.get(k) is not None
-                     and mine.get(k) != theirs.get(k)]  # (not recorded: not compared)
+                     and mine.get(k) != theirs.get(k)  # (not recorded: not compared)
+                     and not (k == "validation windows" and whole and "all" in (mine[k], theirs[k]))]
             if other:
                 notes.append(f"{g.label}: validation measured otherwise than {ref.label}'s ("
                              + ", ".join(f"{k} {mine[k]!r} vs {theirs[k]!r}" for k in other)

@@ -25,7 +25,9 @@ def plot(groups: list[Group], out: Path, axis: str) -> Path:
     ax = fig.add_subplot()
     for g in groups:
         xs, means, stds = g.mean_curve(axis)
-        label = f"{g.label} ({len(g.runs)} seeds, mean ± 1 std)" if len(g.runs) > 1 else g.label
+        name = g.label.replace("$", r"\$")  # a directory name, not mathtext (`a$\x$b` would not parse)
+        name = "\u200b" + name if name.startswith("_") else name  # matplotlib leaves `_`-labels out of the legend
+        label = f"{name} ({len(g.runs)} seeds, mean ± 1 std)" if len(g.runs) > 1 else name
         (line,) = ax.plot(xs, means, marker="o", markersize=3, label=label)
         if len(g.runs) > 1:
             ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
