@@ -70,8 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from cocomix.progress import ProgressLine
     from cocomix.runs import load_run, run_store
     from cocomix.train import distributed as dd
+    from cocomix.train.device import resolve_device
     from cocomix.train.fail_fast import FailFast
-    from cocomix.train.loop import resolve_device
 
     cli_parser.warn_on_rank0_only()  # under torchrun rank 0 alone warns and prints
     tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -139,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from cocomix.model import generate
     from cocomix.model.generate import check_sampling
     from cocomix.runs import load_run, run_store
-    from cocomix.train.loop import resolve_device
+    from cocomix.train.device import resolve_device
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     if args.num_samples < 1:

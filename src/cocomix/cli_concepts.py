@@ -27,7 +27,7 @@ def _teacher_and_sae(args: argparse.Namespace, device: Any = None) -> tuple[Teac
     from cocomix.sae import load_sae
     from cocomix.teacher import Teacher
     from cocomix.teacher_precision import teacher_dtype
-    from cocomix.train.loop import resolve_device
+    from cocomix.train.device import resolve_device
 
     device = device if device is not None else resolve_device(args.device, "--device")
     teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=device,
@@ -44,8 +44,8 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     from cocomix.teacher import Teacher
     from cocomix.teacher_precision import teacher_dtype
     from cocomix.train import distributed as dd
+    from cocomix.train.device import resolve_device
     from cocomix.train.fail_fast import FailFast
-    from cocomix.train.loop import resolve_device
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SAETrainConfig)}
     cfg = SAETrainConfig(**values)
@@ -92,8 +92,8 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
     from cocomix.atomic import check_out_folder
     from cocomix.concepts.cache import extract_concepts
     from cocomix.train import distributed as dd
+    from cocomix.train.device import resolve_device
     from cocomix.train.fail_fast import FailFast
-    from cocomix.train.loop import resolve_device
 
     check_out_folder(args.out)  # before the teacher and SAE load
     warn_on_rank0_only()
@@ -137,8 +137,8 @@ def cmd_describe_concepts(args: argparse.Namespace) -> int:
     check_describe_args(args.batch_size, args.top_n, args.max_windows)  # before the --out note
     from cocomix.atomic import check_out_folder
     from cocomix.train import distributed as dd
+    from cocomix.train.device import resolve_device
     from cocomix.train.fail_fast import FailFast
-    from cocomix.train.loop import resolve_device
 
     warn_on_rank0_only()
     ctx = dd.context_from_env()  # under torchrun the ranks share the windows; rank 0 writes the report

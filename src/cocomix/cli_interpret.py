@@ -29,7 +29,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     from cocomix.interpret.inspect import concept_seam
     from cocomix.interpret.labels import ConceptBook
     from cocomix.runs import load_run, run_store
-    from cocomix.train.loop import resolve_device
+    from cocomix.train.device import resolve_device
 
     run, _, model, ckpt = load_run(args.run, device=resolve_device(args.device, "--device"))
     seam = concept_seam(model)

@@ -6,8 +6,9 @@ The CLI prints such an error as one line and exits with code 2; everything else 
 No paper equation.
 """
 
-
+import contextlib
 import re
+from collections.abc import Iterator
 
 
 def load_failure(exc: Exception) -> str:
@@ -55,3 +56,14 @@ class Stopped(Exception):  # noqa: N818 - a clean stop, not an error
         import signal
 
         return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def named_by(key: str) -> Iterator[None]:
+    """Re-raise a CocomixError from the block with the config key `key` in front (`concept.sae: ...`), the setting
+    `train` speaks in, unless the message already names a key of that section (`concept.teacher_layer: ...`)."""
+    try:
+        yield
+    except CocomixError as e:
+        said = str(e)
+        raise type(e)(said if said.startswith(key.split(".")[0] + ".") else f"{key}: {said}") from None

@@ -76,7 +76,7 @@ class Teacher(PerPositionGradients):
         self.blocks = find_blocks(model)
         if not 0 <= layer < len(self.blocks):
             raise ConfigError(f"{layer_field}: expected a block index in [0, {len(self.blocks) - 1}], got {layer}")
-        self.layer = layer
+        self.layer, self.layer_field = layer, layer_field
         self._leaf: torch.Tensor | None = None
         self._stop_at_capture = False
         self._replace: torch.Tensor | None = None
@@ -353,9 +353,9 @@ class Teacher(PerPositionGradients):
                               f"{tuple(leaf.shape)}, not one (batch, tokens, width) residual stream; this "
                               "architecture is not supported as a teacher")
         if leaf.shape[:2] != ids.shape:  # e.g. a CoCoMix run as teacher, captured above its concept seam
-            raise ConfigError(f"teacher_layer: block {self.layer} of this teacher sees {leaf.shape[1]} positions for "
-                              f"{ids.shape[1]} tokens (a cocomix run's block at or above its concept/pause slots); "
-                              "choose a teacher_layer below the run's concept_layer")
+            raise ConfigError(f"{self.layer_field}: block {self.layer} of this teacher sees {leaf.shape[1]} positions "
+                              f"for {ids.shape[1]} tokens (a cocomix run's block at or above its concept/pause "
+                              "slots); choose a teacher_layer below the run's concept_layer")
         return leaf
 
     def _split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:

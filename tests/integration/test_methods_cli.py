@@ -109,6 +109,10 @@ def test_cocomix_with_cached_targets_trains_and_never_runs_the_teacher(store_dir
     _assert_flops_command_counts_as_training(tmp_path / "run", flops)
     losses = [e["concept_loss"] for e in events if e["kind"] == "train"]
     assert sum(losses[-5:]) < sum(losses[:5])
+    # a cache made with other settings is named by the setting that gave it
+    r = run_cli("train", "--preset", "tiny-cocomix", *sets, "--set", "data.seq_len=16", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stderr.startswith(f"cocomix: error: concept.cache: {tmp_path / 'cache'}/meta.json: "
+                                                     "concept cache was made with seq_len=32, not 16"), r.stderr
 
 
 @pytest.mark.parametrize("preset", ["tiny-cocomix", "tiny-kd"])

@@ -378,6 +378,9 @@ def test_a_cocomix_teacher_captured_above_its_concept_slots_is_refused() -> None
             compute_targets(teacher, sae, ids, k_attr=2)
         with pytest.raises(ConfigError, match="teacher_layer"):
             teacher.hidden(ids)
+    named = Teacher(CoCoMix(run).build_model(), layer=3, layer_field="concept.teacher_layer")  # as `train` builds it
+    with pytest.raises(ConfigError, match="^concept.teacher_layer: block 3 of this teacher sees 20 positions"):
+        named.hidden(ids)
     assert compute_targets(Teacher(CoCoMix(run).build_model(), layer=1), sae, ids, k_attr=2).shape == (2, 10, 2)
 
 

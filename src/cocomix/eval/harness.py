@@ -71,8 +71,8 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         from cocomix.data.store import check_vocab
         from cocomix.runs import load_run, run_store
         from cocomix.train import distributed as dd
+        from cocomix.train.device import resolve_device
         from cocomix.train.fail_fast import FailFast
-        from cocomix.train.loop import resolve_device
 
         if dtype not in _DTYPES:
             raise ConfigError(f"--dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from cocomix.errors import CocomixError, ConfigError, DataError
+from cocomix.errors import ConfigError, named_by
 from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
@@ -102,8 +102,9 @@ class CoCoMix(Method):
         if not c.teacher:
             raise ConfigError("concept.teacher: CoCoMix needs a teacher (HF name/folder or cocomix run) unless "
                               "concept.cache is set")
-        self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device, dtype=teacher_dtype(
-            c.teacher_dtype), layer_field="concept.teacher_layer")
+        with named_by("concept.teacher"):
+            self.teacher = Teacher.from_pretrained(c.teacher, c.teacher_layer, device=device, dtype=teacher_dtype(
+                c.teacher_dtype), layer_field="concept.teacher_layer")
         self.teacher.check_store(store, self.run.data.seq_len, "data.seq_len")
         if self.run.train.activation_checkpointing:  # (undone if next_token falls back to per-position passes)
             self.teacher.checkpoint_blocks()
@@ -114,11 +115,8 @@ class CoCoMix(Method):
             return
         if not c.sae:
             raise ConfigError("concept.sae: CoCoMix needs an SAE file or folder unless concept.cache is set")
-        try:
+        with named_by("concept.sae"):
             sae = load_sae(c.sae, k=c.sae_k, teacher_layer=c.teacher_layer, layer_field="concept.teacher_layer")
-        except CocomixError as e:  # named by the config key `train` speaks in
-            said = str(e)
-            raise type(e)(said if said.startswith("concept.") else f"concept.sae: {said}") from None
         self.sae = self.teacher.fit_sae(sae.to(device))
         if self.sae.n_latents != c.n_latents:
             raise ConfigError(f"concept.n_latents: the SAE {c.sae} has {self.sae.n_latents} latents, got "
@@ -194,7 +192,5 @@ def open_cache(path: str, run: RunConfig, store: TokenStore) -> TargetCache:
         expect["sae_k"] = c.sae_k
     if c.sae and Path(c.sae).exists():  # the SAE by content (its path may differ between machines)
         expect["sae_sha256"] = sae_sha256(c.sae, c.teacher_layer)
-    try:
+    with named_by("concept.cache"):  # a damaged cache or one made otherwise: named by the setting that gave it
         return TargetCache.open(path, expect=expect)
-    except DataError as e:  # named by the setting that gave the path
-        raise DataError(f"concept.cache: {e}") from None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from cocomix.errors import ConfigError
+from cocomix.errors import ConfigError, named_by
 from cocomix.methods.base import Batch, Method, next_token_loss
 from cocomix.teacher_precision import teacher_dtype, teacher_precision
 
@@ -48,7 +48,8 @@ class KD(Method):
         if not c.teacher:
             raise ConfigError("concept.teacher: KD needs a teacher (HF name/folder or cocomix run)")
         # KD reads the teacher's logits only: concept.teacher_layer (default 5) is not checked against its depth
-        self.teacher = Teacher.from_pretrained(c.teacher, 0, device=device, dtype=teacher_dtype(c.teacher_dtype))
+        with named_by("concept.teacher"):
+            self.teacher = Teacher.from_pretrained(c.teacher, 0, device=device, dtype=teacher_dtype(c.teacher_dtype))
         if self.teacher.output_vocab != self.run.model.vocab_size:
             raise ConfigError(f"concept.teacher: KD needs the student's tokenizer; the teacher predicts "
                               f"{self.teacher.output_vocab} tokens, the student {self.run.model.vocab_size} (a "

@@ -10,7 +10,6 @@ checkpoints, and a run may resume on a different number of processes with the sa
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
@@ -35,32 +34,12 @@ from cocomix.progress import format_duration
 from cocomix.teacher_precision import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import CKPT_DIR, load_model_weights, load_optimizer_and_rng, read_state, save_checkpoint
+from cocomix.train.device import autocast_for, resolve_device
 from cocomix.train.fail_fast import FailFast
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
 from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
 from cocomix.train.resume import check_run_folder, check_same_store, prepare_run_dir, store_identity, undo_unsaved_start
-
-
-def resolve_device(name: str, field: str = "train.device") -> torch.device:
-    """The torch device for `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`; `field` names the setting
-    or flag in errors."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise ConfigError(f"{field}: expected auto, cpu, cuda or cuda:N, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"{field}: {name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
-def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA for `auto`/`bf16`, on CPU only for an explicit `bf16`; otherwise fp32. On CUDA, fp32
-    matmuls (the teacher's, with `concept.teacher_precision = fp32`) may use TF32, as in the official trainer."""
-    cuda_matmul_precision(device)
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
