@@ -107,7 +107,9 @@ def test_cuda_matmul_precision_is_tf32_on_cuda_only_and_training_sets_it(monkeyp
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
+    import cocomix.train.device as device
+
     seen: list[torch.device] = []
-    monkeypatch.setattr(loop, "cuda_matmul_precision", seen.append)
-    loop.autocast_for("auto", torch.device("cpu"))
+    monkeypatch.setattr(device, "cuda_matmul_precision", seen.append)
+    loop.autocast_for("auto", torch.device("cpu"))  # the training step's autocast (train/device.py)
     assert seen == [torch.device("cpu")]
