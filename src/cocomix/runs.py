@@ -19,6 +19,7 @@ from cocomix.train.checkpoint import (
     read_run_config,
     read_state,
     resolve_checkpoint,
+    step_folders,
     verify_checkpoint,
 )
 
@@ -29,8 +30,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunC
     try:
         verify_checkpoint(ckpt)
     except CheckpointError as e:
-        others = sorted(d for d in (run_dir / CKPT_DIR).glob("step_*")
-                        if d != ckpt and (d / "state.json").is_file())
+        others = [d for d in step_folders(run_dir / CKPT_DIR) if d != ckpt and (d / "state.json").is_file()]
         hint = (f"give another of the run's checkpoint folders instead (e.g. {others[-1]})" if others else
                 "the run has no other checkpoint to fall back to")
         raise CheckpointError(f"{e}; {hint}") from None

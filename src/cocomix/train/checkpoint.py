@@ -157,7 +157,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
     os.rename(tmp, final)
     fsync_dir(root)
     atomic_write_text(root / "latest", name + "\n")
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    steps = step_folders(root)
     for old in steps[:-keep]:
         if old != final:
             _remove(old)
@@ -197,13 +197,20 @@ def _remove_leftovers(root: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def step_folders(root: Path) -> list[Path]:
+    """The `step_N` checkpoint folders under `root`, oldest first by step number (not by name: an 8-digit step
+    sorts after 9999999), without look-alikes such as a user's `step_0000004.bak` copy."""
+    steps = [(int(m[1]), p) for p in root.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name)) and p.is_dir()]
+    return [p for _, p in sorted(steps)]
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint `latest` names, or None when the run has none."""
     pointer = run_dir / CKPT_DIR / "latest"
     if not pointer.is_file():
         return None
     try:
-        name = pointer.read_text().strip()
+        name = pointer.read_text().strip().rstrip("/")  # `step_0000004/`, as a shell completes it, names it too
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise CheckpointError(f"{pointer}: unreadable ({type(e).__name__}); expected a checkpoint folder "
                               "name") from None
@@ -327,7 +334,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
         if not (p / "config.json").is_file():
             raise CheckpointError(f"{p}: not a cocomix run (no config.json or checkpoints/); give a run directory "
                                   "or one of its checkpoints")
-        steps = sorted(q.name for q in (p / CKPT_DIR).glob("step_*") if (q / "state.json").is_file())
+        steps = [q.name for q in step_folders(p / CKPT_DIR) if (q / "state.json").is_file()]
         if steps:  # `latest` lost (a crash between a checkpoint's rename and its pointer, a deleted file)
             raise CheckpointError(f"{p}: {CKPT_DIR}/latest is missing, so which checkpoint is the run's is not "
                                   f"said; give one ({p / CKPT_DIR / steps[-1]}), or `cocomix train --resume` "

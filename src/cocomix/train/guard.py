@@ -18,6 +18,7 @@ and the signal handling; `prepare` and `prepare --adopt` use the lock (a kill le
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -37,6 +38,7 @@ class RunLock:
     def __init__(self, run_dir: Path, instead: str = "choose another --out") -> None:
         """`instead`: what the error of a folder locked by another process tells the user to do besides waiting."""
         self.path = run_dir / LOCK_NAME
+        existed = run_dir.exists()
         for _ in range(3):  # a holder that removes its empty folder on release unlinks the lock file it held
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,15 @@ class RunLock:
                 os.close(self._fd)
                 raise CocomixError(f"{run_dir}: another cocomix process is writing this directory "
                                    f"(it holds {self.path}); wait for it or {instead}") from None
+            except OSError as e:  # a filesystem without flock (ENOLCK: Lustre mounted without it, some NFS)
+                os.close(self._fd)
+                self._fd = -1
+                if not existed:  # the folder this call made holds only the lock file: leave nothing behind
+                    with contextlib.suppress(OSError):
+                        self.path.unlink()
+                        run_dir.rmdir()
+                raise CocomixError(f"{self.path}: cannot lock it ({e.strerror or e}); cocomix needs a filesystem "
+                                   "with flock for its output folders (Lustre: mounted with -o flock)") from None
             if self._holds_the_file_on_disk():
                 break
             os.close(self._fd)  # locked a file that was unlinked meanwhile: lock the one there now

@@ -16,7 +16,14 @@ from cocomix.config import RunConfig
 from cocomix.data import TokenStore
 from cocomix.errors import CheckpointError, CocomixError, DataError
 from cocomix.outputs import RUN, output_kind
-from cocomix.train.checkpoint import CKPT_DIR, latest_checkpoint, read_run_config, read_state, verify_checkpoint
+from cocomix.train.checkpoint import (
+    CKPT_DIR,
+    latest_checkpoint,
+    read_run_config,
+    read_state,
+    step_folders,
+    verify_checkpoint,
+)
 
 # may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
 _RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel", "train.fsdp_param_dtype")
@@ -183,10 +190,10 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
             return ckpt
     except CheckpointError as e:
         damaged = e
-    bad = (root / "latest").read_text(errors="replace").strip() if (root / "latest").is_file() else ""
+    bad = (root / "latest").read_text(errors="replace").strip().rstrip("/") if (root / "latest").is_file() else ""
     main = os.environ.get("RANK", "0") == "0"
     failures: list[tuple[str, str]] = []  # (folder name, why) of the newer checkpoints that do not verify either
-    for older in sorted(root.glob("step_*"), reverse=True):  # zero-padded: newest first
+    for older in reversed(step_folders(root)):  # newest first
         if older.name == bad or not (older / "state.json").is_file():
             continue
         try:
@@ -197,7 +204,7 @@ def usable_checkpoint(run_dir: Path) -> Path | None:
             continue
         if main:
             why = " ".join(str(damaged).split()) if damaged else f"{root / 'latest'} is missing"
-            if damaged and bad and (root / bad).is_dir():
+            if damaged and bad not in ("", ".", "..") and Path(bad).name == bad and (root / bad).is_dir():
                 why += _set_aside(root, bad)
             for name, reason in failures:  # every damaged checkpoint passed over is said and kept aside
                 why += f"; {reason}{_set_aside(root, name)}"
