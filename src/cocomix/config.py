@@ -272,7 +272,8 @@ class ConceptConfig:
     selection: str = "attribution"
     """`attribution` (the method) or `activation` (§3.3 ablation: the k_attr most active latents). Either way the
     final position is left out of the concept loss (target caches hold T−1 positions), although its activations
-    exist: 1/T of the positions, a deviation of the ablation's, needing `mask_last_position` true."""
+    exist: 1/T of the positions, a deviation of the ablation's; CoCoMix training refuses it with
+    `mask_last_position` false."""
     multiplier: str = "activation"
     """Attribution multiplier: post-TopK activation (official) or `pre_activation` (paper Eq. 1's multiplier)."""
     attribution_loss: str = "window_mean"
@@ -341,9 +342,6 @@ class ConceptConfig:
                                                                                   "residual"),
                    "concept.selection", "'attribution' with multiplier / attribution_loss / gradient_at options "
                    "(selection=activation takes the most active latents, no attribution)", self.selection)
-            _check(self.mask_last_position, "concept.mask_last_position",
-                   "true with selection=activation (false trains the final position towards the official "
-                   "attribution's all-zero row, which activation selection does not have)", self.mask_last_position)
         if self.gradient_at == "reconstruction":
             _check(self.attribution_loss == "next_token" and self.selection == "attribution", "concept.gradient_at",
                    "'residual' unless attribution_loss=next_token and selection=attribution (Eq. 1 runs the teacher "

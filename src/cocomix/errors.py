@@ -62,8 +62,11 @@ class Stopped(Exception):  # noqa: N818 - a clean stop, not an error
 def named_by(key: str) -> Iterator[None]:
     """Re-raise a CocomixError from the block with the config key `key` in front (`concept.sae: ...`), the setting
     `train` speaks in, unless the message already names a key of that section (`concept.teacher_layer: ...`)."""
+    section, _, last = key.rpartition(".")
     try:
         yield
     except CocomixError as e:
         said = str(e)
-        raise type(e)(said if said.startswith(key.split(".")[0] + ".") else f"{key}: {said}") from None
+        if not re.match(rf"{re.escape(section)}\.\w+: ", said):  # (`concept.cache_v1/meta.json: …` names no key)
+            said = f"{key}: {said.removeprefix(last + ': ')}"  # a bare `teacher: …` becomes `concept.teacher: …`
+        raise type(e)(said) from None

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from cocomix.config import ConceptConfig, ModelConfig, RunConfig, TrainConfig
 from cocomix.config_io import apply_overrides, load_config_file, merge_config, run_config
@@ -162,9 +163,14 @@ def test_the_reconstruction_gradient_needs_the_per_position_loss() -> None:
     assert cfg.concept.gradient_at == "reconstruction"
     with pytest.raises(ConfigError, match="concept.selection: expected 'attribution' with multiplier"):
         run_config(apply_overrides(base, ["concept.selection=activation", "concept.multiplier=pre_activation"]))
-    # activation selection has no all-zero final row for mask_last_position=false to train towards
+    # activation selection has no all-zero final row for mask_last_position=false to train towards: CoCoMix
+    # training refuses it before any work, while a stored run of that config still opens (eval, export)
+    from cocomix.methods import CoCoMix
+
+    odd = run_config(apply_overrides(base, ["method=cocomix", "concept.selection=activation",
+                                            "concept.mask_last_position=false"]))
     with pytest.raises(ConfigError, match="concept.mask_last_position: expected true with selection=activation"):
-        run_config(apply_overrides(base, ["concept.selection=activation", "concept.mask_last_position=false"]))
+        CoCoMix(odd).prepare(torch.device("cpu"), None)
     assert not run_config(apply_overrides(base, ["concept.mask_last_position=false"])).concept.mask_last_position
 
 

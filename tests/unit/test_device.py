@@ -29,3 +29,19 @@ def test_a_gpu_index_the_machine_lacks_names_the_setting(monkeypatch: pytest.Mon
         resolve_device("cuda:2")
     with pytest.raises(ConfigError, match=r"^--device: 'cuda:7' requested but this machine has 2 CUDA device"):
         resolve_device("cuda:7", "--device")
+    for bad in ("cuda:01", "cuda:\u00b2", "cuda:-1", "cuda:"):  # ('²'.isdigit() is true: int() would raise)
+        with pytest.raises(ConfigError, match=r"^train.device: expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+
+
+def test_under_torchrun_the_index_is_left_to_the_local_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun's processes each take cuda:LOCAL_RANK (`distributed.setup`), so `cuda:1` on a process that sees
+    one GPU (per-process binding) is not refused; without CUDA it still is."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+

@@ -174,8 +174,8 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     The folder holds config.json, model.safetensors (fp32) and, when `tokenizer_dir` is given, its
     tokenizer.json / tokenizer_config.json / special_tokens_map.json, so `AutoTokenizer` loads it too. A model
     vocabulary larger than the tokenizer's (a padded vocab_size, a small store) also gets generation_config.json
-    with `suppress_tokens` = the ids no token stands for, so that HF `generate` never samples them; the logits
-    stay the model's.
+    with `suppress_tokens` = the ids above the tokenizer's largest, so that HF `generate` never samples them (as
+    `cocomix generate`; gaps among the tokenizer's own ids are left as they are); the logits stay the model's.
     Refuses (CheckpointError) a model whose seam mixes slots in (CoCoMix, pause, addition) and an `out_dir` that
     exists and is not empty.
     """
@@ -208,7 +208,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
                 if (tok_dir / fname).is_file():
                     shutil.copyfile(tok_dir / fname, tmp / fname)
             _write_tokenizer_config(tmp / "tokenizer_config.json", model.cfg.context_length)
-            if n_tokens < model.cfg.vocab_size:  # ids no token stands for: never generated (as `cocomix generate`)
+            if n_tokens < model.cfg.vocab_size:  # ids above the tokenizer's: never generated (as `cocomix generate`)
                 from transformers import GenerationConfig
 
                 GenerationConfig(**{k: v for k, v in special.items() if v is not None},

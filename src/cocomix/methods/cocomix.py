@@ -96,6 +96,10 @@ class CoCoMix(Method):
         c = self.run.concept
         if c.lambda_concept == 0:
             return  # the mixing-only ablation needs no targets
+        if c.selection == "activation" and not c.mask_last_position:  # (checked here: stored runs still open)
+            raise ConfigError("concept.mask_last_position: expected true with selection=activation (false trains "
+                              "the final position towards the official attribution's all-zero row, which "
+                              "activation selection does not have)")
         if c.target == "concepts" and c.cache:
             self.cache = open_cache(c.cache, self.run, store)
             return

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 
 import torch
 
@@ -15,10 +17,11 @@ def resolve_device(name: str, field: str = "train.device") -> torch.device:
     or flag in errors."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+    if name != "cpu" and not (name == "cuda" or re.fullmatch(r"cuda:(0|[1-9][0-9]*)", name, re.ASCII)):
         raise ConfigError(f"{field}: expected auto, cpu, cuda or cuda:N, got {name!r}")
     n = torch.cuda.device_count() if name.startswith("cuda") and torch.cuda.is_available() else 0
-    if name.startswith("cuda") and (not n or int(name[5:] or 0) >= n):  # cuda:N of a machine with fewer GPUs too
+    torchrun = "LOCAL_RANK" in os.environ  # each process takes cuda:LOCAL_RANK whatever N says (`distributed.setup`)
+    if name.startswith("cuda") and (not n or (not torchrun and int(name[5:] or 0) >= n)):  # an N beyond the GPUs
         raise ConfigError(f"{field}: {name!r} requested but " + (f"this machine has {n} CUDA device(s)" if n
                                                                   else "CUDA is not available"))
     return torch.device(name)
