@@ -169,6 +169,43 @@ def test_a_finished_run_rerun_returns_its_report_without_recomputing(store_dir: 
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # one eval event, not two
 
 
+def test_a_rerun_compares_the_store_and_teacher_by_content_not_by_the_path_given(
+        store_dir: Path, teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import numpy as np
+
+    for where in ("a", "b"):
+        shutil.copytree(store_dir, tmp_path / where / "store")
+        shutil.copytree(teacher_dir, tmp_path / where / "teacher")
+    ids = tmp_path / "b" / "store" / "train.bin"  # b/store: the same tokenizer and sizes, other windows
+    dtype = json.loads((tmp_path / "b" / "store" / "meta.json").read_text())["dtype"]
+    np.roll(np.fromfile(ids, dtype=dtype), 7).tofile(ids)
+    torch.manual_seed(1)  # b/teacher: another teacher of the same shape
+    export_hf(Transformer(ModelConfig(vocab_size=320, n_layer=3, n_head=2, d_model=32, context_length=64)),
+              tmp_path / "other_teacher")
+    shutil.rmtree(tmp_path / "b" / "teacher")
+    shutil.copytree(tmp_path / "other_teacher", tmp_path / "b" / "teacher")
+    out = tmp_path / "run"
+    cfg = SAETrainConfig(teacher="teacher", teacher_layer=1, data="store", **{**SMALL, "steps": 10,
+                                                                              "checkpoint_every": 0})
+    monkeypatch.chdir(tmp_path / "a")
+    first = train_sae(cfg, out, Teacher.from_pretrained("./teacher", 1), quiet=True)
+    # the same store and teacher by their absolute paths, from another folder: the finished run stands
+    monkeypatch.chdir(tmp_path)
+    absolute = SAETrainConfig(**{**cfg.to_dict(), "teacher": str(tmp_path / "a" / "teacher"),
+                                 "data": str(tmp_path / "a" / "store")})
+    assert train_sae(absolute, out, Teacher.from_pretrained(absolute.teacher, 1), quiet=True).fvu == first.fvu
+    # the same relative paths from b/ name another store, then another teacher: refused, not mixed in
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(training.CocomixError, match="trained on another token store than --data store"):
+        train_sae(cfg, out, Teacher.from_pretrained("./teacher", 1), quiet=True)
+    shutil.rmtree(tmp_path / "b" / "store")
+    shutil.copytree(store_dir, tmp_path / "b" / "store")
+    with pytest.raises(training.CocomixError, match="trained on another teacher than --teacher teacher"):
+        train_sae(cfg, out, Teacher.from_pretrained("./teacher", 1), quiet=True)
+
+
 def test_a_diverged_step_is_never_checkpointed(store_dir: Path, teacher_dir: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A non-finite loss at a checkpoint step between logging steps stops the run before the checkpoint: the last

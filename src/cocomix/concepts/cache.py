@@ -81,7 +81,7 @@ def teacher_fingerprint(spec: str) -> str | None:
     """
     if not spec:  # no teacher named (a run that reads its targets from a cache)
         return None
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if not path.exists():
         return None
     if (path / "checkpoints").is_dir() or (path / "state.json").is_file():

@@ -9,11 +9,13 @@ output directory holds:
     sae/               the trained SAE as a SAELens folder (cfg.json + sae_weights.safetensors)
     summary.json       FVU and L0 on held-out tokens, dead latents (no activation in `dead_after` training
                        tokens, Gao et al.'s definition), latents unseen on the held-out tokens, wall-clock
+    inputs.json        the token store's identity and the teacher's weight fingerprint (`run_inputs.py`)
 
-Re-running with the same settings resumes from the latest checkpoint; other settings are refused. The directory
-is locked while training (a second writer fails at once); SIGTERM / SIGINT write a checkpoint after the current
-step and stop (`cocomix.errors.Stopped`). The result is a
-pure function of the config: a resumed run ends with the same weights as an uninterrupted one.
+Re-running with the same settings resumes from the latest checkpoint; other settings are refused (the store and
+the teacher are compared by content, so they may be named by another path). The directory is locked while training
+(a second writer fails at once); SIGTERM / SIGINT write a checkpoint after the current step and stop
+(`cocomix.errors.Stopped`). The result is a pure function of the config: a resumed run ends with the same weights
+as an uninterrupted one.
 
 Under torchrun (`ctx`) the ranks share each chunk's teacher work and each step's rows (`batch_tokens` must divide
 by the number of processes); their gradients are summed, so they all take the one-process step (up to the order
@@ -45,6 +47,7 @@ from cocomix.sae import ranks
 from cocomix.sae.activations import ActivationChunks
 from cocomix.sae.fit import FVUSums
 from cocomix.sae.objective import initialize, normalize_decoder, remove_parallel_decoder_grad, sae_losses
+from cocomix.sae.run_inputs import INPUTS, RELOCATABLE, check_same_inputs, read_inputs, run_inputs
 from cocomix.sae.saelens import save_saelens
 from cocomix.sae.topk import TopKSAE
 from cocomix.sae.train_config import SAETrainConfig
@@ -140,10 +143,14 @@ def check_out(cfg: SAETrainConfig, out: Path) -> None:
             stored = SAETrainConfig.from_dict(json.loads(path.read_text()))
         except (ValueError, TypeError, AttributeError, ConfigError) as e:
             raise CocomixError(f"{path}: unreadable SAE training config ({e})") from None
-        diff = [k for k, v in cfg.to_dict().items() if stored.to_dict().get(k) != v and k not in OPERATIONAL]
+        recorded = read_inputs(out)  # None for a run from before inputs.json: its paths are compared as given
+        moved = RELOCATABLE if recorded is not None else ()
+        diff = [k for k, v in cfg.to_dict().items() if stored.to_dict().get(k) != v and k not in OPERATIONAL + moved]
         if diff:
             raise CocomixError(f"{out}: holds an SAE training run with other settings ({', '.join(diff[:3])}); "
                                "use another --out")
+        if recorded is not None:
+            check_same_inputs(cfg, stored, out, recorded)
     elif any(p.name != LOCK_NAME for p in out.iterdir()):
         raise CocomixError(f"{out}: not empty and not an SAE training run; use another --out")
 
@@ -275,6 +282,7 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
 
     def open_log() -> None:
         atomic_write_text(out / "config.json", cfg.to_json())
+        atomic_write_text(out / INPUTS, json.dumps(run_inputs(cfg), indent=2) + "\n")  # (checked by a rerun)
         loggers[0] = MetricsLogger(out, resume_step=start if resumed else None, quiet=quiet)
 
     dd.main_rank_does(open_log, ctx, device)
