@@ -86,6 +86,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if value is not None:  # an option the chosen evaluation would ignore
             raise ConfigError(f"{flag}: " + ("a perplexity option; lm-eval --tasks do not use it" if tasks
                                              else "an lm-eval option; it needs --tasks"))
+    if tasks and args.max_batch_size is not None and isinstance(args.batch_size, int):
+        raise ConfigError(f"--max-batch-size: sets where --batch-size auto starts; a fixed --batch-size "
+                          f"{args.batch_size} does not use it")
     if tasks:
         from cocomix.eval.tasks import run_tasks
 

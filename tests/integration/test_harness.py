@@ -308,12 +308,17 @@ def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Pat
     from cocomix.eval.harness import CocomixLM
 
     tasks = _task_dir(tmp_path)
-    for flag, value in (("--batch-size", "0"), ("--limit", "-1"), ("--limit", str(2**63)),
-                        ("--max-batch-size", "0")):
+    for flag, value, *more in (("--batch-size", "0"), ("--limit", "-1"), ("--limit", str(2**63)),
+                               ("--max-batch-size", "0", "--batch-size", "auto")):
         r = run_cli("eval", "--run", str(cocomix_run), "--tasks",
-                    "shakespeare_mc", "--include-path", str(tasks), flag, value)
+                    "shakespeare_mc", "--include-path", str(tasks), flag, value, *more)
         assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert "expected" in r.stderr and ("'auto'" in r.stderr) == (flag == "--batch-size"), r.stderr  # no bound
+    # --max-batch-size sets where 'auto' starts: with a fixed --batch-size it would do nothing
+    r = run_cli("eval", "--run", str(cocomix_run), "--tasks", "shakespeare_mc", "--include-path", str(tasks),
+                "--batch-size", "8", "--max-batch-size", "2")
+    assert r.returncode == 2 and r.stderr.startswith("cocomix: error: --max-batch-size:"), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
     lm = CocomixLM(cocomix_run)
     long = SimpleNamespace(args=("To be", " or not" * 80))  # a continuation longer than the 64-token context
     with pytest.raises(ConfigError, match="continuation is"):
@@ -330,6 +335,25 @@ def test_an_unknown_task_next_to_a_malformed_task_file_names_the_file(cocomix_ru
     line = r.stderr.strip()
     assert line.startswith("cocomix: error: --tasks: unknown task 'mytask' (")
     assert "mytask.yaml is not valid YAML" in line
+
+
+def test_a_task_lm_eval_cannot_build_is_a_one_line_error_naming_the_cause(cocomix_run: Path,
+                                                                          tmp_path: Path) -> None:
+    """What lm-eval raises while it builds a local task (no model code runs then) is said in one line, exit 2."""
+    tasks = _task_dir(tmp_path)
+    original = (tasks / "shakespeare_mc.yaml").read_text()
+    (tasks / "items_bad.jsonl").write_text('{"question": "a", "choices": ["b"], "answer": 0}\n{"question": \n')
+    for edit, cause in (
+            (("doc_to_text: \"{{question}}\"", "doc_to_text: !function utils_absent.text"), "ImportError"),
+            (("output_type: multiple_choice", "output_type: multiple_choise"), "invalid output_type"),
+            (("items.jsonl", "items_bad.jsonl"), "DatasetGenerationError")):
+        (tasks / "shakespeare_mc.yaml").write_text(original.replace(*edit))
+        r = run_cli("eval", "--run", str(cocomix_run), "--tasks", "shakespeare_mc", "--include-path", str(tasks),
+                    "--limit", "2")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        line = r.stderr.strip().splitlines()[-1]  # (datasets may print its progress bar before it fails)
+        assert line.startswith("cocomix: error: --tasks shakespeare_mc: lm-eval could not build the task "
+                               f"(task files in --include-path {tasks}): ") and cause in line, r.stderr
 
 
 def test_lm_evals_own_task_index_is_built_only_when_a_task_needs_it(tmp_path: Path) -> None:

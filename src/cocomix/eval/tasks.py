@@ -5,7 +5,9 @@
 that also scans `include_path` (local task YAML files, e.g. JSONL-backed tasks that need no network); when every
 requested task is defined there, lm-eval's built-in task index (seconds to build) is skipped. Under torchrun it
 first checks that lm-eval gathers through the adapter's collectives (`check_harness_version`), and an unknown
-task next to a task file that is not valid YAML names that file (lm-eval skips such files).
+task next to a task file that is not valid YAML names that file (lm-eval skips such files); whatever lm-eval raises
+while it builds the tasks (a `!function` module missing, an unknown output_type, a data file that does not parse)
+is one ConfigError line naming the cause.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cocomix.errors import ConfigError
+from cocomix.errors import CocomixError, ConfigError
 from cocomix.eval.batch_size import DEFAULT_MAX
 from cocomix.eval.harness import CocomixLM
 
@@ -113,8 +115,33 @@ def _task_manager(manager_cls: Any, tasks: list[str], include_path: str | Path |
     tasks) defined in `include_path`, a manager of that folder alone resolves them. (A local task named like a
     built-in one is then the local one; the full index of lm-eval 0.4.13 also prefers local definitions, older
     versions preferred the built-in ones: name local tasks apart.)"""
+    manager = None
     if include_path:
         local = manager_cls(include_path=str(include_path), include_defaults=False)
         if all(t in local.all_subtasks for t in tasks):
-            return local
-    return manager_cls(include_path=str(include_path) if include_path else None)
+            manager = local
+    if manager is None:
+        manager = manager_cls(include_path=str(include_path) if include_path else None)
+    for name in ("load", "load_task_or_group"):  # where lm-eval builds the tasks (0.4.13: `load`; earlier: both)
+        if callable(getattr(manager, name, None)):
+            setattr(manager, name, _one_line_errors(getattr(manager, name), tasks, include_path))
+    return manager
+
+
+def _one_line_errors(build: Any, tasks: list[str], include_path: str | Path | None) -> Any:
+    """`build` (a TaskManager method that builds tasks from their YAML and loads their datasets) with what it
+    raises said in one line as a ConfigError: a `!function` whose module is missing, an unknown output_type, a
+    data file that does not parse. No model code runs while tasks are built, so any error there is the tasks'."""
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return build(*args, **kwargs)
+        except CocomixError:
+            raise
+        except Exception as e:
+            cause = f"{type(e).__name__}: {' '.join(str(e).split())}"
+            if e.__cause__ is not None:  # e.g. datasets' DatasetGenerationError, whose cause names the file
+                cause += f" ({type(e.__cause__).__name__}: {' '.join(str(e.__cause__).split())})"
+            where = f" (task files in --include-path {include_path})" if include_path else ""
+            raise ConfigError(f"--tasks {','.join(tasks)}: lm-eval could not build the task{'s' * (len(tasks) > 1)}"
+                              f"{where}: {cause}") from e
+    return wrapped
