@@ -196,6 +196,20 @@ def test_refuses_non_empty_target_and_seam_models(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dirs left behind
 
 
+def test_an_empty_folder_through_a_symlink_is_filled_and_the_current_folder_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model(flavour="gpt2")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    assert export_hf(model, tmp_path / "link") == tmp_path / "empty"  # the folder it points to, the link kept
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link" / "model.safetensors").is_file()
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(CheckpointError, match=r"^\.: the current folder; give a new folder"):
+        export_hf(model, ".")
+    assert list((tmp_path / "here").iterdir()) == [] and (tmp_path / "here").is_dir()
+
+
 @pytest.mark.parametrize("flavour", ["gpt2", "llama"])
 def test_a_prediction_only_cocomix_model_exports_as_its_language_model(flavour: str, tmp_path: Path) -> None:
     """concept.mixing=none: the seam predicts concepts and leaves the hidden states alone, so the language model

@@ -182,6 +182,10 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     from safetensors.torch import save_file
 
     out = Path(out_dir)
+    if out.is_dir():  # an empty folder, given as `.` or through a symlink: the folder itself is replaced
+        out = out.resolve()
+        if out == Path.cwd().resolve():
+            raise CheckpointError(f"{out_dir}: the current folder; give a new folder, or an empty one you are not in")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: export target exists and is " + ("a file" if not out.is_dir() else
                                                                            "not an empty directory")
