@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -110,12 +111,14 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
 
 
 def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
-    """Stages are reused by existence, so an output folder must not mix settings: the first call records the
-    corpus and the teacher / SAE step counts in OUT/stages.json, a later call with others is an
-    error (a longer teacher would otherwise sit next to an SAE and targets made from the shorter one). A stamp
-    written before a key existed is completed with it."""
+    """Stages are reused by existence, so an output folder must not mix settings: a call records the corpus and
+    the teacher / SAE step counts in OUT/stages.json, and once the teacher, SAE or a target cache exists a later
+    call with others is an error (a longer teacher would otherwise sit next to an SAE and targets made from the
+    shorter one); before that (a call that failed in its data stage) the stamp is replaced. A stamp written before a
+    key existed is completed with it."""
     path = out / "stages.json"
-    if path.exists():
+    made = any((out / name).exists() for name in ("teacher", "teacher-sae")) or any(out.glob("targets*"))
+    if path.exists() and made:  # (a stamp with no stage made after it, as a call whose data stage failed, is redone)
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
@@ -158,6 +161,10 @@ def train_stage(run: RunConfig, run_dir: Path) -> None:
     if result.stopped:
         raise Stopped(result.signum, f"{run_dir}: stopped by {result.stopped} with a checkpoint; run the same "
                       "command again to resume")
+    if result.late_signal:  # the run finished meanwhile; the signal still stops the pipeline before its next stage
+        raise Stopped(int(signal.Signals[result.late_signal]), f"{run_dir}: finished, but {result.late_signal} "
+                      "arrived during its last step: stopping before the next stage; run the same command again "
+                      "to go on")
 
 
 def make_out(out: Path, data: Path | None = None) -> None:
@@ -165,6 +172,8 @@ def make_out(out: Path, data: Path | None = None) -> None:
     store, ...) and that `data` (--data) is a token store or a new or empty folder."""
     check_out_folder(out, own=(DEMO,))
     if data is not None:
+        if data.resolve() == out.resolve():
+            raise CocomixError(f"--data {data}: the same folder as --out; the token store needs a folder of its own")
         check_out_folder(data, "--data", own=(STORE,))
     try:
         out.mkdir(parents=True, exist_ok=True)

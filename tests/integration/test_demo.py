@@ -81,7 +81,8 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
 def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
     """`train` returns (checkpoint written) when SIGTERM arrives; the pipeline must not build the next stage on the
-    unfinished model but stop with the signal's exit status."""
+    unfinished model but stop with the signal's exit status; a signal during a stage's last step (the run then
+    finishes) stops the pipeline too, before the next stage."""
     import cocomix.train
     from cocomix.demo import train_stage
     from cocomix.errors import Stopped
@@ -99,6 +100,14 @@ def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: py
         train_stage(get_preset("tiny"), tmp_path / "teacher")
     assert stop.value.signum == 15
     assert hints == ["run the same command again to resume"]  # the loop's line, not "continue with --resume"
+
+    def finished_under_a_signal(run, run_dir, resume, stop_hint):  # noqa: ANN001, ANN202
+        return TrainResult(Path(run_dir), 5, 5.0, 5.1, late_signal="SIGINT")  # during its last step
+
+    monkeypatch.setattr(cocomix.train, "train", finished_under_a_signal)
+    with pytest.raises(Stopped, match="finished, but SIGINT arrived during its last step") as stop:
+        train_stage(get_preset("tiny"), tmp_path / "teacher")
+    assert stop.value.signum == 2
 
 
 def test_an_out_or_data_folder_holding_other_output_is_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -118,3 +127,22 @@ def test_an_out_or_data_folder_holding_other_output_is_refused_before_anything_i
         with pytest.raises(ConfigError, match=match):
             call()
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no stages.json, no new folder
+
+
+def test_a_call_that_failed_before_making_a_stage_does_not_pin_its_settings(tmp_path: Path) -> None:
+    """OUT/stages.json pins the settings the teacher, SAE and targets were made with; a call whose data stage
+    failed made none of them, so the corrected call (other --steps) is not refused for its stamp."""
+    missing = f"text:{tmp_path / 'no-such-docs'}"
+    small = {"teacher": 5, "sae": 5, "student": 5}
+    for steps in (small, {**small, "teacher": 9}):
+        with pytest.raises(CocomixError, match="no-such-docs") as failed:
+            run_demo(tmp_path / "data", tmp_path / "out", steps=steps, source=missing)
+        assert "other settings" not in str(failed.value)
+    assert json.loads((tmp_path / "out" / "stages.json").read_text())["teacher_steps"] == 9
+    (tmp_path / "out" / "teacher").mkdir()  # once a stage is made, its settings hold
+    with pytest.raises(CocomixError, match="teacher_steps 9 -> 5"):
+        run_demo(tmp_path / "data", tmp_path / "out", steps=small, source=missing)
+    # --data = --out: refused before anything is written (the store would land in the demo's folder)
+    with pytest.raises(CocomixError, match="the same folder as --out"):
+        run_demo(tmp_path / "same", tmp_path / "same", steps=small, source=missing)
+    assert not (tmp_path / "same").exists()

@@ -487,11 +487,13 @@ def test_a_signal_during_the_final_step_leaves_a_finished_run(store_dir: Path, t
     monkeypatch.setattr("cocomix.train.loop.StopSignals", AlreadySignalled)
     res = train(small_run(store_dir, steps=1, eval_every=0, save_every=0), tmp_path / "r", quiet=True)
     assert res.stopped == "" and (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_0000001"
+    assert (res.late_signal, res.exit_code) == ("SIGTERM", 0)  # said, for a pipeline to stop before what is next
     res = train(small_run(store_dir, steps=3, eval_every=0, save_every=0), tmp_path / "s", quiet=True)
     assert res.stopped == "SIGTERM"  # before the end: stopped at step 1, with a whole checkpoint
     assert set(_weights(tmp_path / "s")) == set(_weights(tmp_path / "r"))
     assert (tmp_path / "s" / "checkpoints" / "latest").read_text().strip() == "step_0000001"
     assert (res.steps, res.signum, res.exit_code) == (1, signal.SIGTERM, 143)  # the steps done, not the 3 planned
+    assert res.late_signal == ""
 
 
 def test_train_and_load_run_leave_the_callers_rng_alone(store_dir: Path, tmp_path: Path) -> None:

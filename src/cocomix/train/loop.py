@@ -53,6 +53,10 @@ class TrainResult:
     """The signal (SIGTERM / SIGINT) that stopped the run early, after writing a checkpoint; '' when it finished."""
     skipped_steps: int = 0
     """Steps skipped for a non-finite gradient norm, over the whole run."""
+    late_signal: str = ""
+    """A SIGTERM / SIGINT that arrived during the final step (its evaluation, its checkpoint): the run finished and
+    is saved, so `stopped` stays ''; a pipeline of runs (`demo`, `experiment`) stops before its next stage."""
+
     @property
     def signum(self) -> int:
         """The number of the signal in `stopped` (0 when the run finished)."""
@@ -285,7 +289,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     bad = BadSteps(tc.max_bad_steps, int(state.get("skipped_steps", 0)), int(state.get("bad_steps_in_a_row", 0)))
     interval = IntervalMeans()  # logged metrics are means over the logging interval, as the official trainer's
     interval.load(state.get("log_interval"), device)
-    inject, stopped, last_ckpt, done = _injected_nan_steps(), "", ckpt, start
+    inject, stopped, last_ckpt, done, signum = _injected_nan_steps(), "", ckpt, start, 0
     model.train()
     try:  # the loggers are closed (TensorBoard flushed, the wandb run finished) however the loop ends
         with StopSignals() as signals:
@@ -372,7 +376,9 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                     logger.print(f"stopped by {stopped} after step {done}: checkpoint written to {last_ckpt}; "
                                  + stop_hint)
                     break
+            late = 0 if stopped else signum or signals.received or 0  # (also one during the final save)
     finally:
         logger.close()
     return TrainResult(run_dir=run_dir, steps=done if stopped else tc.steps, train_loss=train_loss,
-                       val_loss=val_loss, stopped=stopped, skipped_steps=bad.total)
+                       val_loss=val_loss, stopped=stopped, skipped_steps=bad.total,
+                       late_signal=signal.Signals(late).name if late else "")
