@@ -344,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CocomixError as e:
         if args.debug:
             raise
-        message = as_flag(" ".join(str(e).split()), parser, args.command)
+        given = [v for v in vars(args).values() if isinstance(v, str)]  # (paths the message may start with)
+        message = as_flag(" ".join(str(e).split()), parser, args.command, given)
         print("cocomix: error: " + message, file=sys.stderr)  # always one line
         return 2
     except BrokenPipeError:  # `cocomix … | head`: the reader left; what it did not read is no error of ours

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import re
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,11 +49,12 @@ class Parser(argparse.ArgumentParser):
 _SETTING_EQ = re.compile(r"(?<![\w.\-/])([a-z][a-z0-9]*(?:_[a-z0-9]+)*)=([^\s,;:)]+)")  # k_attr=4
 
 
-def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+def as_flag(message: str, parser: argparse.ArgumentParser, command: str, given: Iterable[object] = ()) -> str:
     """A library error that names its settings names the command's flags instead, where the command has a flag of
     that name: a leading `max_new_tokens: ...` becomes `--max-new-tokens: ...`, and `k_attr=4` anywhere in the
     message `--k-attr 4` (`gradient_at=reconstruction: needs attribution_loss=next_token`); `train`'s settings
-    stay config keys, as its `--set` takes them."""
+    stay config keys, as its `--set` takes them. A leading name that is one of the values the user `given` (a run
+    directory called `data`, say: `data: not a cocomix run`) is that path, not a setting, and stays."""
     if command == "train":
         return message
     try:
@@ -65,7 +67,7 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str) -> str:
         return candidate if candidate in options else None
 
     name, sep, rest = message.partition(": ")
-    if sep and name.replace("_", "").isalpha() and name.islower() and flag(name):
+    if sep and name.replace("_", "").isalpha() and name.islower() and flag(name) and name not in given:
         message = f"{flag(name)}: {rest}"
     return _SETTING_EQ.sub(lambda m: f"{flag(m[1])} {m[2]}" if flag(m[1]) else m[0], message)
 
