@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from cocomix.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from cocomix.errors import CheckpointError, CocomixError
@@ -601,6 +601,41 @@ def test_resume_may_lower_the_learning_rate_and_move_the_store(store_dir: Path, 
     with pytest.raises(CocomixError, match="train_sampled_sha256"):
         train(small_run(other, steps=6, eval_every=0, save_every=2, lr=1e-3), tmp_path / "r", resume=True,
               quiet=True)
+
+
+def test_resume_takes_a_moved_teacher_and_sae_by_their_content(store_dir: Path, concept_parts: tuple[Path, Path],
+                                                               tmp_path: Path) -> None:
+    """CoCoMix with online targets: every checkpoint records the teacher's and SAE's content, so a resume may name
+    them by another path (copied to node-local scratch), and one whose path now holds other weights is refused."""
+    from cocomix.config_io import apply_overrides, run_config
+    from cocomix.presets import get_preset
+
+    for where in ("a", "b"):
+        shutil.copytree(concept_parts[0], tmp_path / where / "teacher")
+        shutil.copytree(concept_parts[1], tmp_path / where / "sae")
+
+    def cocomix(where: str, steps: int) -> RunConfig:
+        return run_config(apply_overrides(get_preset("tiny-cocomix").to_dict(), [
+            "model.vocab_size=320", "model.context_length=64", f"data.path={store_dir}", "data.seq_len=32",
+            f"train.steps={steps}", "train.micro_batch_size=4", "train.eval_every=0", "train.save_every=2",
+            "train.warmup_steps=1", "train.device=cpu", f"concept.teacher={tmp_path / where / 'teacher'}",
+            f"concept.sae={tmp_path / where / 'sae'}", "concept.n_latents=256", "concept.teacher_layer=1",
+            "concept.d_teacher=32", "concept.mix_k=8"]))
+
+    train(cocomix("a", 4), tmp_path / "straight", quiet=True)
+    train(cocomix("a", 2), tmp_path / "r", quiet=True)
+    (tmp_path / "r" / "config.json").write_text(cocomix("a", 4).to_json())  # (a run of 4 steps, cut at step 2)
+    recorded = json.loads((tmp_path / "r" / "checkpoints" / "step_0000002" / "state.json").read_text())["inputs"]
+    assert set(recorded) == {"concept.teacher", "concept.sae"}
+    train(cocomix("b", 4), tmp_path / "r", resume=True, quiet=True)  # the same files at other paths
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "r")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (tmp_path / "r" / "config.json").write_text(cocomix("b", 6).to_json())
+    sae_file = tmp_path / "b" / "sae" / "sae_weights.safetensors"  # the path the run names now: other weights
+    weights = load_file(str(sae_file))
+    save_file({k: v * 1.5 if k == "W_dec" else v for k, v in weights.items()}, str(sae_file))
+    with pytest.raises(CocomixError, match="concept.sae: .* holds other weights than the sae .* was trained with"):
+        train(cocomix("b", 6), tmp_path / "r", resume=True, quiet=True)
 
 
 def test_resume_skips_a_damaged_latest_checkpoint_for_the_newest_that_verifies(store_dir: Path, tmp_path: Path,

@@ -62,6 +62,21 @@ class Method:
         """Load what training needs besides the student (teacher, SAE, target cache) and check it against the
         token store; inference (eval, generate) does not call it."""
 
+    def input_fingerprints(self) -> dict[str, str]:
+        """The content fingerprints of the local files `prepare` loaded, by the config key that named them: the
+        teacher (`self.teacher` set: `concept.teacher`, its weights sampled) and the SAE (`self.sae` set:
+        `concept.sae`, hashed). Every checkpoint records them, so a resume may name them by another path (files
+        moved to node-local scratch) and is refused when the path it names now holds other weights. A hub name has
+        no fingerprint (the name itself is compared)."""
+        from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
+
+        c, found = self.run.concept, {}
+        if getattr(self, "teacher", None) is not None and (teacher := teacher_fingerprint(c.teacher)):
+            found["concept.teacher"] = teacher
+        if getattr(self, "sae", None) is not None and (sae := sae_sha256(c.sae, c.teacher_layer)):
+            found["concept.sae"] = sae
+        return found
+
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """batch.ids (B, T) -> (loss to back-propagate, metrics to log: scalar tensors or numbers). `model` is the
         student as training runs it (possibly compiled, or wrapped by DDP / FSDP). The metric

@@ -39,7 +39,14 @@ from cocomix.train.fail_fast import FailFast
 from cocomix.train.guard import BadSteps, RunLock, StopSignals
 from cocomix.train.metrics import IntervalMeans, MetricsLogger, SilentLogger, Throughput
 from cocomix.train.optim import build_optimizer, lr_at, set_lr
-from cocomix.train.resume import check_run_folder, check_same_store, prepare_run_dir, store_identity, undo_unsaved_start
+from cocomix.train.resume import (
+    check_run_folder,
+    check_same_inputs,
+    check_same_store,
+    prepare_run_dir,
+    store_identity,
+    undo_unsaved_start,
+)
 
 
 @dataclass
@@ -211,9 +218,11 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     method.prepare(device, store)
     state: dict = {}
     identity = store_identity(store)  # recorded in every checkpoint, checked on resume
+    inputs = method.input_fingerprints()  # the teacher's and SAE's content: recorded, checked on resume
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
         state = read_state(ckpt)  # (verified against its manifest by usable_checkpoint, on rank 0)
         check_same_store(state, identity, store, ckpt)
+        check_same_inputs(state, inputs, run, ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
     module = dd.wrap(model, ctx, tc.parallel, device, unused_parameters=method.unused_parameters,
@@ -367,7 +376,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                              "world_size": ctx.world_size, "cpu_threads": torch.get_num_threads(),
                              "skipped_steps": bad.total,
                              "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
-                             "store": identity}, tc.keep_checkpoints)
+                             "store": identity, "inputs": inputs}, tc.keep_checkpoints)
                     else:  # the folder rank 0 wrote: what every rank names as the last good checkpoint
                         last_ckpt = run_dir / CKPT_DIR / f"step_{done:07d}"
                     meter.exclude(time.perf_counter() - t_save)

@@ -38,6 +38,9 @@ _ADJUSTABLE = ("train.lr", "train.min_lr_ratio", "train.grad_clip", "train.max_b
 # paths a resume may change (files moved to node-local scratch, another machine) because their content is checked:
 # the token store against the identity each checkpoint records, a target cache against the run's settings
 _RELOCATABLE = ("data.path", "concept.cache")
+# paths a resume may change when the checkpoint recorded their content (`Method.input_fingerprints`: a teacher's
+# weights, an SAE's hash), checked by `check_same_inputs` once the method has loaded them
+_RELOCATABLE_BY_CONTENT = ("concept.teacher", "concept.sae")
 # settings that do not shape a run's result (beyond the device's rounding): seeds that `compare` groups may
 # differ in these (and in train.seed) only
 RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
@@ -124,7 +127,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         stored = read_run_config(run_dir)
         old, new = flatten(stored.to_dict()), flatten(run.to_dict())
         changed = [k for k, v in new.items() if old.get(k) != v]
-        moved = [k for k in changed if k in _RELOCATABLE and old.get(k) and new.get(k)]  # not on <-> off
+        recorded = (read_state(ckpt).get("inputs") or {}) if ckpt is not None else {}
+        moved = [k for k in changed if (k in _RELOCATABLE or (k in _RELOCATABLE_BY_CONTENT and k in recorded))
+                 and old.get(k) and new.get(k)]  # (not on <-> off)
         adjusted = [k for k in changed if k in _ADJUSTABLE]
         diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved)]
         if never_saved and ckpt is None:  # nothing to continue: the run starts again, with the config given now
@@ -254,6 +259,18 @@ def store_identity(store: TokenStore) -> dict[str, object]:
     return {"train_tokens": store.num_tokens("train"), "val_tokens": store.num_tokens("val"),
             "tokenizer_sha256": file_sha256(store.path / "tokenizer" / "tokenizer.json"),
             **{f"{split}_sampled_sha256": sampled_sha256(store.path / f"{split}.bin") for split in ("train", "val")}}
+
+
+def check_same_inputs(state: dict, now: dict[str, str], run: RunConfig, ckpt: Path) -> None:
+    """CheckpointError when a teacher or SAE the checkpoint recorded (`Method.input_fingerprints`) is not what the
+    config names now: a path moved to other weights, or another path given on resume that holds other files."""
+    for key, value in (state.get("inputs") or {}).items():
+        if now.get(key) != value:
+            section, _, field = key.partition(".")
+            path = getattr(getattr(run, section), field)
+            raise CheckpointError(f"{key}: {path!r} holds other weights than the {field} {ckpt} was trained with "
+                                  f"(its content differs from what the checkpoint recorded); point {key} at the "
+                                  f"{field} the run was trained with")
 
 
 def check_same_store(state: dict, now: dict[str, object], store: TokenStore, ckpt: Path) -> None:
