@@ -92,7 +92,10 @@ def summarise(run_dir: Path, peak: float | None) -> dict[str, Any]:
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     flops = next(e for e in events if e["kind"] == "flops")
     train = [e for e in events if e["kind"] == "train"]
-    timed = train[1:] or train  # the first interval holds start-up (and torch.compile)
+    if len(train) < 2:
+        sys.exit(f"{run_dir}: {len(train)} logged interval(s); the first holds start-up and is left out, so at least "
+                 "two are needed (more --steps or a smaller --log-every)")
+    timed = train[1:]  # the first interval holds start-up (and torch.compile)
     rate = statistics.median(e["tok_per_s"] for e in timed)
     per_token = flops["flops_per_token_total"]
     achieved = rate * per_token / 1e12
@@ -117,6 +120,9 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: known GPUs' bf16)")
     p.add_argument("--set", action="append", default=[], help="extra key=value for every run (e.g. train.compile=true)")
     args = p.parse_args()
+    if args.steps < 2 * args.log_every:  # the first interval (start-up, compilation) is left out: two at least
+        p.error(f"--steps {args.steps}: give at least 2 × --log-every ({2 * args.log_every}); the first logged "
+                "interval holds start-up and torch.compile and is left out of the rates")
     sys.path.insert(0, str(ROOT / "src"))
     from cocomix.data import prepare
     from cocomix.methods import DISTILLING

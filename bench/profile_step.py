@@ -3,8 +3,8 @@ shapes), split into the teacher's work (`targets`: CoCoMix's concept targets, te
 the naive mode; KD's teacher forward), the student's forward and losses, the backward, and the optimizer step
 (gradient clipping and AdamW), with the ops that take the most time.
 
-Made for the question the 2026-11-30 GPU lease left open (online CoCoMix 3.5× NTP's step time against a FLOPs
-ratio of 2.49; the teacher path at ~69 TFLOP/s): run it there and read which ops, launches or host-side waits
+Made for the question the 2026-11-30 GPU lease left open (online CoCoMix 3.38× NTP's step time side by side, against a
+FLOPs ratio of 2.49; the teacher path at ~69 TFLOP/s): run it there and read which ops, launches or host-side waits
 fill the target path. On CPU it tells the same story for this machine.
 
     PYTHONPATH=src python bench/profile_step.py --shape 69m --seq-len 128 --batch 4            # CPU
@@ -53,8 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--out", default="", help="folder for trace.json and ops.txt (none by default)")
     p.add_argument("--chunk-elements", type=int, default=0,
-                   help="logits per row chunk of the fused concept head and the chunked NLLs (the SAE's chunks "
-                        "twice this), instead of the library's 2^23: fewer, larger chunks for a GPU")
+                   help="logits per row chunk of the fused concept head and the chunked NLLs (the SAE encode's "
+                        "pre-activations per chunk too), instead of the library's 2^23: fewer, larger chunks for "
+                        "a GPU")
     args = p.parse_args(argv)
     if args.chunk_elements < 0:
         p.error(f"--chunk-elements: expected a positive count (0: the library's), got {args.chunk_elements}")
@@ -148,8 +149,10 @@ def _rate(flops: float, seconds: float) -> float | None:
 
 
 def set_chunk_elements(n: int) -> int:
-    """Row chunks of n logits in the fused concept head and the chunked NLLs, 2n in the SAE's scores (the
-    library's module constants, read at every call); returns the concept head's chunk size in force."""
+    """Row chunks of n logits in the fused concept head and the chunked NLLs, and of n pre-activations in the SAE
+    encode of the default target path (SAE_CHUNK_ELEMENTS = 2n: that path divides it by 2·C, the pre-activation
+    and reconstruction paths by C; the library's module constants, read at every call); returns the concept head's
+    chunk size in force."""
     from cocomix.concepts import attribution
     from cocomix.model import chunked_nll, concept_head
 

@@ -275,6 +275,9 @@ def log(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.min_ratio is not None and args.flavour != "gpt2":
+        log(f"--min-ratio: only the gpt2 flavour is compared with the reference (a ratio), not {args.flavour}")
+        return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
