@@ -232,3 +232,19 @@ def test_token_in_context_cuts_at_character_boundaries(tok: TextTokenizer) -> No
         assert "\ufffd" in tok.decode(cut)
         for at in range(len(cut)):  # its stray bytes are dropped, not shown as U+FFFD
             assert "\ufffd" not in "".join(token_in_context(tok.decode, cut, at))
+
+
+def test_a_replacement_character_of_the_text_itself_stays_with_its_token(tok: TextTokenizer) -> None:
+    """Scraped text holds real U+FFFD characters (3 byte-level tokens in this BPE): the token that completes one
+    shows it, as for any character, not the token after it, in `token_texts` and in `token_in_context`."""
+    text = "the king\ufffd is dead, caf\u00e9 \ufffd\ufffdok"
+    ids = tok.encode(text)
+    texts = tok.token_texts(ids)
+    assert "".join(texts) == text
+    holder = texts.index("\ufffd")  # the first one's third byte completes it; the space is the next token's
+    assert texts[holder - 3:holder + 2] == ["ing", "", "", "\ufffd", " "], texts
+    assert texts[-8:] == ["", "", "\ufffd", "", "", "\ufffd", "o", "k"], texts  # two in a row: each at its 3rd byte
+    for at in range(len(ids)):
+        left, here, right = token_in_context(tok.decode, ids, at)
+        assert left + here + right == text
+        assert here == texts[at] or (texts[at] == "" and here == next(t for t in texts[at:] if t))

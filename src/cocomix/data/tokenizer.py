@@ -26,21 +26,30 @@ EOS_TOKEN = "<|endoftext|>"
 _FALLBACK_EOS = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>")
 
 
+def _incomplete(text: str, after: str) -> bool:
+    """Whether the "\ufffd" that decoded `text` ends with stands for the first bytes of a character the next token
+    goes on with: `after` (the text one token later) is the same (that token added bytes to it) or no longer
+    starts with it (that token completed another character). A "\ufffd" the text itself holds stays in `after`,
+    followed by what the next token adds."""
+    return text.endswith("\ufffd") and (after == text or not after.startswith(text))
+
+
 def token_texts(decode: Callable[[list[int]], str], ids: list[int]) -> list[str]:
     """The text each of `ids` adds to the decoded text: the characters that are complete once that token is read.
 
     Decoding one token at a time breaks a character whose UTF-8 bytes span several byte-level tokens ("é", "日",
     "—" in a small BPE) into replacement characters "\ufffd"; here such a character belongs to the token that
-    completes it, and the tokens before it in the character get "". Prefixes are decoded in turn (O(n²) in
-    tokens: meant for a window or a context, not a corpus); a tokenizer whose decoded prefixes are not prefixes
-    of the whole (a decoder that rewrites earlier text) falls back to decoding each token alone.
+    completes it, and the tokens before it in the character get "" (so does a "\ufffd" of the text itself, as
+    scraped text holds). Prefixes are decoded in turn (O(n²) in tokens: meant for a window or a context, not a
+    corpus); a tokenizer whose decoded prefixes are not prefixes of the whole (a decoder that rewrites earlier
+    text) falls back to decoding each token alone.
     """
+    prefixes = [decode(list(ids[:t + 1])) for t in range(len(ids))]
     out, done = [], ""
-    for t in range(len(ids)):
-        text = decode(list(ids[:t + 1]))
+    for t, text in enumerate(prefixes):
         if not text.startswith(done):
             return [decode([i]) for i in ids]
-        if text.endswith("\ufffd") and t + 1 < len(ids):  # a character still missing bytes: wait for them
+        if t + 1 < len(ids) and _incomplete(text, prefixes[t + 1]):  # a character still missing bytes: wait
             out.append("")
             continue
         out.append(text[len(done):])
@@ -53,12 +62,11 @@ def token_in_context(decode: Callable[[list[int]], str], ids: list[int], at: int
     bytes token `at` starts or continues is given whole to it (as `token_texts` gives it to the token completing
     it), and bytes of a character cut off at either end of `ids` are dropped, so none of the three holds a
     replacement character made by a cut. A few decodes, whatever len(ids)."""
-    left = decode(list(ids[:at]))
+    left, upto, whole = decode(list(ids[:at])), decode(list(ids[:at + 1])), decode(list(ids))
+    stable = left[:-1] if _incomplete(left, upto) else left  # a character token `at` continues belongs to it
     end = at + 1
-    while end < len(ids) and decode(list(ids[:end])).endswith("\ufffd"):  # the character needs more bytes
-        end += 1
-    upto, whole = decode(list(ids[:end])), decode(list(ids))
-    stable = left.rstrip("\ufffd")  # a character token `at` completes belongs to it
+    while end < len(ids) and _incomplete(upto, after := decode(list(ids[:end + 1]))):  # it needs more bytes
+        end, upto = end + 1, after
     if not (upto.startswith(stable) and whole.startswith(upto)):  # a decoder that rewrites earlier text
         return left, decode([ids[at]]), decode(list(ids[at + 1:]))
     left, here, right = stable.lstrip("\ufffd"), upto[len(stable):], whole[len(upto):].rstrip("\ufffd")
