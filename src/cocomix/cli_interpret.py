@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from cocomix.teacher import Teacher
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """(run config, model, token store, concept book) for a CoCoMix run."""
+def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Path]:
+    """(run config, model, token store, concept book, checkpoint folder) for a CoCoMix run."""
     from cocomix.data.store import check_vocab
     from cocomix.interpret.inspect import concept_seam
     from cocomix.interpret.labels import ConceptBook
@@ -40,7 +40,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
         raise CocomixError(f"--concepts: describes {len(book)} latents, the student predicts {seam.n_latents}")
     c = run.concept
     book.check_source(c.sae, c.teacher, c.teacher_layer, str(args.concepts))
-    return run, model, store, book
+    return run, model, store, book, ckpt
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -58,7 +58,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if html.is_file() and not is_inspect_page(html):  # a mistyped path must not replace a config or report
             raise CocomixError(f"--html {html}: exists and is not a page `cocomix inspect` wrote; give a new file "
                                "name (or remove the file)")
-    run, model, store, book = _open(args)
+    run, model, store, book, ckpt = _open(args)
     tok = store.tokenizer()
     context = model.cfg.context_length
     if args.max_tokens is not None and args.max_tokens > context:
@@ -73,6 +73,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             ids = ids[:max_tokens]
     else:
         n = store.num_chunks("val", run.data.seq_len)
+        if n == 0:
+            raise CocomixError(f"{store.path}: its val split holds no window of the run's seq_len "
+                               f"{run.data.seq_len} tokens; pass --text")
         if not 0 <= args.val_window < n:
             raise CocomixError(f"--val-window: expected 0..{n - 1}, got {args.val_window}")
         ids = store.batch("val", [args.val_window], run.data.seq_len)[0, :max_tokens].tolist()
@@ -96,7 +99,35 @@ def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44
     return "\n".join(lines)
 
 
-def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any) -> tuple[Teacher, TopKSAE]:
+def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any) -> None:
+    """CocomixError when `--sae` is another SAE than the one the student's concept indices refer to: its content
+    hash against each record of the run's SAE found (the concept labels' source, the checkpoint's inputs, the
+    run's concept.sae where it still exists, its target cache's meta). None found: nothing to compare."""
+    import json
+
+    from cocomix.concepts.cache import sae_sha256
+    from cocomix.train.checkpoint import read_state
+
+    c = run.concept
+    given = sae_sha256(path, c.teacher_layer)
+    known = [("--concepts' source", book.source.get("sae_sha256")),
+             (f"{ckpt}'s record", (read_state(ckpt).get("inputs") or {}).get("concept.sae"))]
+    if c.sae and Path(c.sae).exists():
+        known.append((f"the run's concept.sae {c.sae}", sae_sha256(c.sae, c.teacher_layer)))
+    if c.cache and (Path(c.cache) / "meta.json").is_file():
+        try:
+            known.append((f"the run's concept.cache {c.cache}",
+                          json.loads((Path(c.cache) / "meta.json").read_text(encoding="utf-8")).get("sae_sha256")))
+        except (OSError, ValueError, AttributeError):
+            pass  # (an unreadable cache records nothing to compare with)
+    for where, sha in known:
+        if given is not None and isinstance(sha, str) and sha != given:
+            raise CocomixError(f"--sae {path}: not the SAE the student's concepts refer to (its files differ from "
+                               f"{where}); give the SAE the run was trained with")
+
+
+def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any, ckpt: Path, book: Any,
+                     ) -> tuple[Teacher, TopKSAE]:
     """The teacher and SAE of `--teacher` / `--sae`, else of the run's concept.teacher / concept.sae (paths
     relative to where training ran: a failure says so)."""
     from cocomix.sae import load_sae
@@ -118,6 +149,8 @@ def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any) -> tuple[T
         sae = load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer)
     except CocomixError as e:
         raise (e if args.sae else hint(e, "sae", "--sae", c.sae)) from None
+    if args.sae and sae.n_latents == c.n_latents and sae.d_in == teacher.width:  # (other shapes: said later)
+        _check_given_sae(args.sae, run, ckpt, book)
     return teacher, teacher.fit_sae(sae.to(device))
 
 
@@ -135,7 +168,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     concepts = args.concept or []
     alphas = args.alpha * len(concepts) if len(args.alpha) == 1 else args.alpha
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, None)
-    run, model, store, book = _open(args)
+    run, model, store, book, ckpt = _open(args)
     check_steering(model.seam.n_latents, concepts, alphas)
     tok = store.tokenizer()
     ids = tok.encode(args.prompt)
@@ -144,7 +177,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     prompt = torch.tensor([ids], device=device)
     if args.teacher_check:  # loaded before anything is printed: a teacher that cannot be read is said first
-        teacher, sae = _teacher_and_sae(args, run, device)
+        teacher, sae = _teacher_and_sae(args, run, device, ckpt, book)
         check_teacher_and_sae(model.seam.n_latents, teacher, sae)
         teacher.check_store(store, len(ids) + args.max_new_tokens, "the prompt's tokens + --max-new-tokens")
         split = "val" if store.num_chunks("val", run.data.seq_len) else "train"
@@ -204,13 +237,14 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
         check_alpha(a, "--alphas")
     if len(set(alphas)) != len(alphas):
         raise CocomixError(f"--alphas: {args.alphas!r} repeats a value; give each α once")
-    run, model, store, book = _open(args)
+    alphas = sorted(alphas)  # the report's rows and the plot's lines in α order, however they were typed
+    run, model, store, book, ckpt = _open(args)
     cfg = SteerEvalConfig(alphas=alphas, n_prompts=args.prompts, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           n_concepts=args.n_concepts, seed=args.seed, teacher_check=args.teacher_check)
     if not args.concept and not args.concepts:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
-    teacher, sae = _teacher_and_sae(args, run, next(model.parameters()).device)
+    teacher, sae = _teacher_and_sae(args, run, next(model.parameters()).device, ckpt, book)
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
     out = write_steering_report(result, args.out)
     print((out / "steering.md").read_text(encoding="utf-8"))

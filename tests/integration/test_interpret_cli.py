@@ -293,3 +293,40 @@ def test_the_sae_fit_check_of_steer_eval_reads_enough_positions(runs: dict[str, 
     assert r.returncode == 0, r.stderr
     want = min(TokenStore.open(store_dir).num_chunks("val", 32), -(-steer_eval.FIT_POSITIONS // 8))
     assert want > 1 and [tuple(s) for s in shapes] == [(want, 9)]
+
+
+def test_another_sae_of_the_same_shape_alphas_in_any_order_and_an_empty_val_split(
+        runs: dict[str, Path], concept_parts: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--sae` must be the SAE the student's concept indices refer to (its labels come from it): another one of the
+    same shape is refused, the run's own at another path accepted; steer-eval's rows come in α order; a store with
+    no validation window is said as such."""
+    import shutil
+
+    from cocomix.data import prepare
+    from cocomix.sae import TopKSAE
+    from cocomix.sae.saelens import save_saelens
+    from tests.integration.conftest import LINES
+
+    save_saelens(TopKSAE(32, 256, 8), tmp_path / "other-sae")
+    shutil.copytree(concept_parts[1], tmp_path / "same-sae")
+    base = ["steer", str(runs["cocomix"]), "--prompt", "the king", "--concept", "3", "--alpha", "5",
+            "--max-new-tokens", "2", "--teacher-check", "--teacher", str(concept_parts[0])]
+    r = _cli(*base, "--sae", str(tmp_path / "other-sae"))
+    assert r.returncode == 2 and not r.stdout and "not the SAE the student's concepts refer to" in r.stderr, r.stderr
+    assert _cli(*base, "--sae", str(tmp_path / "same-sae")).returncode == 0
+    out = tmp_path / "steering"
+    r = _cli("steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=10,0,1,-10", "--prompts", "2",
+             "--prompt-len", "4", "--max-new-tokens", "2", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert [row["alpha"] for row in json.loads((out / "steering.json").read_text())["rows"]] == [-10, 0, 1, 10]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("\n".join(LINES * 20))
+    train_only = tmp_path / "store"
+    tokenizer = json.loads((runs["cocomix"] / "config.json").read_text())["data"]["path"] + "/tokenizer"
+    prepare(f"text:{tmp_path / 'docs'}", train_only, tokenizer=tokenizer, val_fraction=0.0, progress=False)
+    for args in (["inspect", str(runs["cocomix"]), "--data", str(train_only), "--val-window", "0"],
+                 ["steer-eval", str(runs["cocomix"]), "--data", str(train_only), "--concepts", str(runs["concepts"]),
+                  "--alphas=0,1", "--out", str(tmp_path / "se")]):
+        r = _cli(*args)
+        assert r.returncode == 2 and "its val split holds no window of the run's seq_len 32 tokens" in r.stderr, \
+            r.stderr

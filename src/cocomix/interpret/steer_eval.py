@@ -87,6 +87,9 @@ def choose_concepts(model: Transformer, store: TokenStore, book: ConceptBook, n:
     fill the list (their consistency is shown in every report)."""
     device = next(model.parameters()).device
     counts = torch.zeros(len(book), dtype=torch.long)
+    if store.num_chunks(split, seq_len) == 0:  # (said here: "no concept fired" would blame the report)
+        raise CocomixError(f"{store.path}: its {split} split holds no window of the run's seq_len {seq_len} tokens "
+                           "to choose concepts on; give a store with one (--data)")
     for w in range(min(windows, store.num_chunks(split, seq_len))):  # one window at a time: (T, C) logits at most
         ids = store.batch(split, [w], seq_len).to(device)                                    # (1, T)
         top1 = model(ids, concept_logits=True).aux["concept_logits"].argmax(dim=-1).flatten()  # (T,)
