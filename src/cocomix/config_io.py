@@ -129,6 +129,9 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node.get(p), dict):
                 if not dataclasses.is_dataclass(section):
                     known = sorted(k for k, v in _field_types(cls).items() if dataclasses.is_dataclass(v))
+                    if section is not None:  # a field, given as if it were a section
+                        field = ".".join(parts[:i + 1])
+                        raise ConfigError(f"{key}: {field} is a field, not a section (expected {field}=VALUE)")
                     raise ConfigError(f"{key}: unknown config section {p!r} (known: {', '.join(known)})")
                 if node.get(p) is not None:  # the file's own wrong value, not replaced by the defaults
                     shown = repr(node[p])

@@ -555,7 +555,7 @@ def test_resume_accepts_settings_the_weights_do_not_depend_on(store_dir: Path, t
     ("train", "weight_decay", 0.01, "train.weight_decay 0.1 -> 0.01"),
     ("train", "warmup_steps", 3, "train.warmup_steps 2 -> 3"),
     ("model", "dropout", 0.0, "model.dropout 0.1 -> 0.0"),
-    ("concept", "lambda_concept", 0.5, "concept.lambda_concept 0.1 -> 0.5"),
+    ("train", "beta2", 0.99, "train.beta2 0.95 -> 0.99"),
 ])
 def test_resume_refuses_settings_the_trained_weights_depend_on(store_dir: Path, tmp_path: Path, section: str,
                                                               field: str, value: float, shown: str) -> None:
@@ -570,6 +570,21 @@ def test_resume_refuses_settings_the_trained_weights_depend_on(store_dir: Path, 
     with pytest.raises(CocomixError, match=rf"config differs from the stored one: {re.escape(shown)}$"):
         train(changed, tmp_path / "r", resume=True, quiet=True)
     assert (tmp_path / "r" / "checkpoints" / "latest").read_text().strip() == "step_0000002"  # nothing trained
+
+
+def test_resume_accepts_a_concept_setting_the_method_does_not_read(store_dir: Path, tmp_path: Path) -> None:
+    """An NTP run reads no concept.* setting (`train --set` warns that one changes nothing): a resume with one
+    changed is not refused over it, and ends with the uninterrupted run's weights."""
+    import dataclasses
+
+    run = small_run(store_dir, steps=4, eval_every=0, save_every=2)
+    train(run, tmp_path / "straight", quiet=True)
+    train(small_run(store_dir, steps=2, eval_every=0, save_every=2), tmp_path / "r", quiet=True)
+    (tmp_path / "r" / "config.json").write_text(run.to_json())  # as if stopped after step 2 of 4
+    changed = dataclasses.replace(run, concept=dataclasses.replace(run.concept, lambda_concept=0.5, k_attr=8))
+    train(changed, tmp_path / "r", resume=True, quiet=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "r")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_may_lower_the_learning_rate_and_move_the_store(store_dir: Path, tmp_path: Path,

@@ -195,6 +195,9 @@ def test_overrides_reach_sections_a_file_leaves_out_and_keep_strings_as_text() -
     assert run_config(apply_overrides(partial, ["data.path=2024"])).data.path == "2024"
     with pytest.raises(ConfigError, match=r"unknown config section 'trian' \(known: concept, data, model, train\)"):
         apply_overrides(partial, ["trian.lr=1"])
+    with pytest.raises(ConfigError, match=r"^model\.n_layer\.x: model\.n_layer is a field, not a section \(expected "
+                                          r"model\.n_layer=VALUE\)$"):
+        apply_overrides(partial, ["model.n_layer.x=1"])
     with pytest.raises(ConfigError, match=r"train\.seed: expected an integer below 2\*\*64"):
         run_config(apply_overrides(partial, [f"train.seed={2**64}"]))
 

@@ -131,7 +131,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         moved = [k for k in changed if (k in _RELOCATABLE or (k in _RELOCATABLE_BY_CONTENT and k in recorded))
                  and old.get(k) and new.get(k)]  # (not on <-> off)
         adjusted = [k for k in changed if k in _ADJUSTABLE]
-        diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved)]
+        read = _read_concept_settings(run)
+        unread = tuple(k for k in changed if k.startswith("concept.") and read is not None and k not in read)
+        diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved) + unread]
         if never_saved and ckpt is None:  # nothing to continue: the run starts again, with the config given now
             if notes is not None:
                 shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:3])
@@ -176,6 +178,14 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                       "uninterrupted one (same data, same expectation; equal only without dropout)",
                       file=sys.stderr)
     return ckpt
+
+
+def _read_concept_settings(run: RunConfig) -> tuple[str, ...] | None:
+    """The `concept.*` keys the run's method reads (`Method.concept_settings`; None: it does not say, all may
+    matter): a change to another one changes nothing, so a resume accepts it (as `train --set` warns)."""
+    from cocomix.methods import METHODS
+
+    return getattr(METHODS.get(run.method), "concept_settings", None)
 
 
 def usable_checkpoint(run_dir: Path) -> Path | None:
