@@ -161,8 +161,14 @@ def cmd_flops(args: argparse.Namespace) -> int:
                 f"GPT-2 small assumed ({run.concept.teacher!r} is neither a cocomix run nor a causal LM transformers "
                 "can build from a local folder or the HF cache; training counts the loaded teacher's real shape)")
         shape = shape or gpt2_small()
-    out: dict = {"method": run.method, "active_params": active_params(run),
-                 "flops_per_token": run_flops(run, shape, sae_k)}
+    elif run.method == "cocomix" or run.method in DISTILLING:
+        shape = gpt2_small()
+        said = ("GPT-2 small assumed (no concept.teacher" + (f", and the target cache {run.concept.cache} records "
+                "no shape" if run.concept.cache else "") + ")")
+    flops = run_flops(run, shape, sae_k)
+    if not (flops["teacher"] or flops.get("cached_targets")):  # no teacher work counted: no shape to say
+        said = ""
+    out: dict = {"method": run.method, "active_params": active_params(run), "flops_per_token": flops}
     if said:
         out["teacher_shape"] = said
         out["teacher"] = shape.summary()

@@ -132,6 +132,14 @@ def test_flops_command_says_whose_teacher_shape_it_counts(tmp_path: Path, capsys
     assert f["cached_targets"] > 0 and f["teacher"] == 0
     assert f"the cached targets cost {f['cached_targets'] / 1e6:.1f} more once, when extracted (`compare` counts " \
         f"them: {(f['total'] + f['cached_targets']) / 1e6:.1f} in all)" in seen.err
+    # no teacher named: the figures still rest on GPT-2 small, and say so; no teacher work counted: nothing said
+    assert main(["flops", "--preset", "tiny-kd", "--set", "concept.teacher="]) == 0
+    seen = capsys.readouterr()
+    assert json.loads(seen.out)["teacher_shape"] == "GPT-2 small assumed (no concept.teacher)"
+    assert "; teacher: GPT-2 small assumed (see teacher_shape)" in seen.err
+    assert main(["flops", "--preset", "tiny-cocomix", "--set", "concept.lambda_concept=0"]) == 0
+    seen = capsys.readouterr()
+    assert "teacher_shape" not in json.loads(seen.out) and "assumed (see teacher_shape)" not in seen.err
 
 
 def test_the_hidden_ablation_without_mixing_counts_no_compression() -> None:
