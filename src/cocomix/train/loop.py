@@ -44,6 +44,7 @@ from cocomix.train.resume import (
     check_same_inputs,
     check_same_store,
     prepare_run_dir,
+    record_adjustments,
     store_identity,
     undo_unsaved_start,
 )
@@ -240,8 +241,9 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
               if ctx.is_main else SilentLogger())
     if on_stop is not None:  # stopped by another rank's failure: flush TensorBoard / finish wandb on the way out
         on_stop(logger.close)
-    if ctx.is_main:
-        atomic_write_text(run_dir / "config.json", run.to_json())  # only once everything above has succeeded
+    if ctx.is_main:  # only once everything above has succeeded; a resume's changed lr etc. recorded first
+        record_adjustments(run_dir, run, resume_step)
+        atomic_write_text(run_dir / "config.json", run.to_json())
     if fresh_note:
         print(fresh_note, file=sys.stderr)
     threads = state.get("cpu_threads")

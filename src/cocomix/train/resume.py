@@ -144,7 +144,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         if diff:
             shown = "; ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
             longer = ("; train.steps also sets the learning-rate schedule, so a run with other steps is a new run "
-                      f"(--config {run_dir} --set train.steps=N --out NEW)" if "train.steps" in diff else "")
+                      f"(--config {run_dir} --set train.steps=N --out NEW" + (
+                          f"; it takes the settings in force at the run's end, see {ADJUSTED}"
+                          if (run_dir / ADJUSTED).is_file() else "") + ")" if "train.steps" in diff else "")
             raise CheckpointError(f"{run_dir}: cannot resume, the config differs from the stored one: {shown}"
                                   f"{' (and more)' if len(diff) > 3 else ''}{longer}")
         if "data.path" in moved and ckpt is not None and "train_sampled_sha256" not in (
@@ -178,6 +180,26 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                       "uninterrupted one (same data, same expectation; equal only without dropout)",
                       file=sys.stderr)
     return ckpt
+
+
+ADJUSTED = "adjusted.jsonl"
+"""In a run directory: one line per resume that changed a `_ADJUSTABLE` setting, {"step": N, key: [old, new]}."""
+
+
+def record_adjustments(run_dir: Path, run: RunConfig, step: int | None) -> None:
+    """Before a resumed run's config.json is replaced by `run`: append to ADJUSTED the adjustable settings that
+    change from step `step` on, so that the run's history survives (config.json holds the values in force at its
+    end; `--config RUN` reads those, and warns that the run trained otherwise before)."""
+    import json
+
+    if step is None or not (run_dir / "config.json").is_file():
+        return
+    old, new = flatten(read_run_config(run_dir).to_dict()), flatten(run.to_dict())
+    changed = {k: [old.get(k), new[k]] for k in _ADJUSTABLE if old.get(k) != new.get(k)}
+    if changed:
+        path = run_dir / ADJUSTED
+        before = path.read_text(encoding="utf-8") if path.is_file() else ""
+        atomic_write_text(path, before + json.dumps({"step": step, **changed}) + "\n")
 
 
 def _read_concept_settings(run: RunConfig) -> tuple[str, ...] | None:
