@@ -89,6 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if tasks and args.max_batch_size is not None and isinstance(args.batch_size, int):
         raise ConfigError(f"--max-batch-size: sets where --batch-size auto starts; a fixed --batch-size "
                           f"{args.batch_size} does not use it")
+    if args.batch_size is None:  # not given: 8, or the largest that fits when --max-batch-size says where to start
+        args.batch_size = "auto" if tasks and args.max_batch_size is not None else 8
     if tasks:
         from cocomix.eval.tasks import run_tasks
 
@@ -238,11 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="token store (default: the run's)")
     s.add_argument("--split", choices=("train", "val"), help="split for the perplexity (default: val)")
     s.add_argument("--seq-len", type=int, help="perplexity window length (default: the run's)")
-    s.add_argument("--batch-size", type=_batch_size_arg, default=8,
-                   help="windows (validation loss) or requests (lm-eval) per batch; 'auto' (lm-eval): the largest "
-                        "that fits on the GPU, from --max-batch-size down")
+    s.add_argument("--batch-size", type=_batch_size_arg, default=None,
+                   help="windows (validation loss) or requests (lm-eval) per batch (default 8; with "
+                        "--max-batch-size, auto); 'auto' (lm-eval): the largest that fits on the GPU, from "
+                        "--max-batch-size down")
     s.add_argument("--max-batch-size", type=int, default=None,
-                   help=f"lm-eval: where 'auto' starts (default {DEFAULT_MAX})")
+                   help=f"lm-eval: where 'auto' starts (default {DEFAULT_MAX}); given alone, it means "
+                        "--batch-size auto")
     s.add_argument("--batches", type=int, help="perplexity: limit the number of batches (default: whole split)")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--tasks", help="lm-eval tasks instead of perplexity, e.g. lambada_openai,wikitext,hellaswag,"
@@ -344,7 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CocomixError as e:
         if args.debug:
             raise
-        given = [v for v in vars(args).values() if isinstance(v, str)]  # (paths the message may start with)
+        given = [form for v in vars(args).values() if isinstance(v, str)  # (paths the message may start with,
+                 for form in (v, str(Path(v)))]                         # as given and as a library writes them)
         message = as_flag(" ".join(str(e).split()), parser, args.command, given)
         print("cocomix: error: " + message, file=sys.stderr)  # always one line
         return 2

@@ -101,8 +101,10 @@ def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44
 
 def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any) -> None:
     """CocomixError when `--sae` is another SAE than the one the student's concept indices refer to: its content
-    hash against each record of the run's SAE found (the concept labels' source, the checkpoint's inputs, the
-    run's concept.sae where it still exists, its target cache's meta). None found: nothing to compare."""
+    hash against the checkpoint's record of the SAE it trained with and the concept labels' source; without
+    either (a run trained before checkpoints recorded it, no --concepts), against the run's concept.sae where it
+    still exists and its target cache's meta (those are read from here, and `--sae` is often given because they
+    no longer name the run's SAE). Nothing found: nothing to compare."""
     import json
 
     from cocomix.concepts.cache import sae_sha256
@@ -110,16 +112,17 @@ def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any) -> None:
 
     c = run.concept
     given = sae_sha256(path, c.teacher_layer)
-    known = [("--concepts' source", book.source.get("sae_sha256")),
-             (f"{ckpt}'s record", (read_state(ckpt).get("inputs") or {}).get("concept.sae"))]
-    if c.sae and Path(c.sae).exists():
-        known.append((f"the run's concept.sae {c.sae}", sae_sha256(c.sae, c.teacher_layer)))
-    if c.cache and (Path(c.cache) / "meta.json").is_file():
-        try:
-            known.append((f"the run's concept.cache {c.cache}",
-                          json.loads((Path(c.cache) / "meta.json").read_text(encoding="utf-8")).get("sae_sha256")))
-        except (OSError, ValueError, AttributeError):
-            pass  # (an unreadable cache records nothing to compare with)
+    known = [(f"{ckpt}'s record", (read_state(ckpt).get("inputs") or {}).get("concept.sae")),
+             ("--concepts' source", book.source.get("sae_sha256"))]  # made when the run (its labels) used it
+    if not any(isinstance(sha, str) for _, sha in known):
+        if c.sae and Path(c.sae).exists():
+            known.append((f"the run's concept.sae {c.sae}", sae_sha256(c.sae, c.teacher_layer)))
+        elif c.cache and (Path(c.cache) / "meta.json").is_file():
+            try:
+                meta = json.loads((Path(c.cache) / "meta.json").read_text(encoding="utf-8"))
+                known.append((f"the run's concept.cache {c.cache}", meta.get("sae_sha256")))
+            except (OSError, ValueError, AttributeError):
+                pass  # (an unreadable cache records nothing to compare with)
     for where, sha in known:
         if given is not None and isinstance(sha, str) and sha != given:
             raise CocomixError(f"--sae {path}: not the SAE the student's concepts refer to (its files differ from "

@@ -62,6 +62,13 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     else:
         raise CocomixError(f"{args.command}: give --preset NAME or --config FILE")
     run = run_config(apply_overrides(base, args.set or []))
+    resumed_here = getattr(args, "resume", False) and args.out and Path(args.out).resolve() == Path(
+        args.config or "").resolve()
+    if (args.command == "train" and args.config and Path(args.config).is_dir() and not resumed_here
+            and (Path(args.config) / "adjusted.jsonl").is_file()):  # (train.resume.ADJUSTED)
+        warnings.warn(f"--config {args.config}: that run was resumed with adjusted settings (e.g. a lower train.lr "
+                      "after a divergence, listed by step in its adjusted.jsonl); its config.json, read here, holds "
+                      "those in force at its end, not what it started with", CocomixWarning, stacklevel=2)
     # concept settings given on the command line that the method does not read (`Method.concept_settings`; a
     # stored config may carry its CoCoMix twin's, as the demo's NTP run does: those are not flagged), e.g. a
     # concept.cache on `tiny` instead of `tiny-cocomix`

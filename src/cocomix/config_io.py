@@ -12,12 +12,11 @@ import math
 import re
 import types
 import typing
-import warnings
 from pathlib import Path
 from typing import Any
 
 from cocomix.config import RunConfig, _check
-from cocomix.errors import CocomixWarning, ConfigError
+from cocomix.errors import ConfigError
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
@@ -173,10 +172,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if not (p / "config.json").is_file():
             raise ConfigError(f"{p}: a directory without config.json; expected a .json or .toml config file or a "
                               "run directory")
-        if (p / "adjusted.jsonl").is_file():  # (train.resume.ADJUSTED)
-            warnings.warn(f"{p}: resumed with adjusted settings (e.g. a lower train.lr after a divergence, listed by "
-                          "step in its adjusted.jsonl); its config.json, read here, holds those in force at its "
-                          "end, not what it started with", CocomixWarning, stacklevel=2)
         p = p / "config.json"
     if not p.is_file():
         raise ConfigError(f"{p}: " + ("not a regular file; expected a .json or .toml config file" if p.exists()

@@ -112,12 +112,12 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
 
 def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
     """Stages are reused by existence, so an output folder must not mix settings: a call records the corpus and
-    the teacher / SAE step counts in OUT/stages.json, and once the teacher, SAE or a target cache exists a later
-    call with others is an error (a longer teacher would otherwise sit next to an SAE and targets made from the
+    the teacher / SAE step counts in OUT/stages.json, and once any stage's output is in OUT a later call with
+    others is an error (a longer teacher would otherwise sit next to an SAE and targets made from the
     shorter one); before that (a call that failed in its data stage) the stamp is replaced. A stamp written before a
     key existed is completed with it."""
     path = out / "stages.json"
-    made = any((out / name).exists() for name in ("teacher", "teacher-sae")) or any(out.glob("targets*"))
+    made = any(p.name not in ("stages.json", ".lock") for p in out.iterdir()) if out.is_dir() else False
     if path.exists() and made:  # (a stamp with no stage made after it, as a call whose data stage failed, is redone)
         try:
             old = json.loads(path.read_text(encoding="utf-8"))

@@ -142,6 +142,10 @@ def test_a_call_that_failed_before_making_a_stage_does_not_pin_its_settings(tmp_
     (tmp_path / "out" / "teacher").mkdir()  # once a stage is made, its settings hold
     with pytest.raises(CocomixError, match="teacher_steps 9 -> 5"):
         run_demo(tmp_path / "data", tmp_path / "out", steps=small, source=missing)
+    (tmp_path / "out" / "teacher").rmdir()  # a student built on it, its teacher deleted: still pinned
+    (tmp_path / "out" / "ntp").mkdir()
+    with pytest.raises(CocomixError, match="teacher_steps 9 -> 5"):
+        run_demo(tmp_path / "data", tmp_path / "out", steps=small, source=missing)
     # --data = --out: refused before anything is written (the store would land in the demo's folder)
     with pytest.raises(CocomixError, match="the same folder as --out"):
         run_demo(tmp_path / "same", tmp_path / "same", steps=small, source=missing)

@@ -319,6 +319,9 @@ def test_bad_task_arguments_are_one_line_errors(cocomix_run: Path, tmp_path: Pat
                 "--batch-size", "8", "--max-batch-size", "2")
     assert r.returncode == 2 and r.stderr.startswith("cocomix: error: --max-batch-size:"), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
+    r = run_cli("eval", "--run", str(cocomix_run), "--tasks", "shakespeare_mc", "--include-path", str(tasks),
+                "--max-batch-size", "2", "--limit", "2")  # alone: --batch-size auto (a CPU takes 8, said once)
+    assert r.returncode == 0 and "--max-batch-size" not in r.stderr, r.stderr
     lm = CocomixLM(cocomix_run)
     long = SimpleNamespace(args=("To be", " or not" * 80))  # a continuation longer than the 64-token context
     with pytest.raises(ConfigError, match="continuation is"):

@@ -314,6 +314,14 @@ def test_another_sae_of_the_same_shape_alphas_in_any_order_and_an_empty_val_spli
     r = _cli(*base, "--sae", str(tmp_path / "other-sae"))
     assert r.returncode == 2 and not r.stdout and "not the SAE the student's concepts refer to" in r.stderr, r.stderr
     assert _cli(*base, "--sae", str(tmp_path / "same-sae")).returncode == 0
+    # the checkpoint's record decides: the run's own SAE is accepted although its concept.sae now names other files
+    moved = tmp_path / "moved-run"
+    shutil.copytree(runs["cocomix"], moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["concept"]["sae"] = str(tmp_path / "other-sae")
+    (moved / "config.json").write_text(json.dumps(config))
+    r = _cli(base[0], str(moved), *base[2:], "--sae", str(tmp_path / "same-sae"))
+    assert r.returncode == 0, r.stderr
     out = tmp_path / "steering"
     r = _cli("steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=10,0,1,-10", "--prompts", "2",
              "--prompt-len", "4", "--max-new-tokens", "2", "--out", str(out))

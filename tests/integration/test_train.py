@@ -609,11 +609,9 @@ def test_resume_may_lower_the_learning_rate_and_move_the_store(store_dir: Path, 
     # configured from this one is told
     assert [json.loads(x) for x in (tmp_path / "r" / "adjusted.jsonl").read_text().splitlines()] == [
         {"step": 2, "train.lr": [0.003, 0.001]}]
-    from cocomix.config_io import load_config_file
-    from cocomix.errors import CocomixWarning
-
-    with pytest.warns(CocomixWarning, match="resumed with adjusted settings .* not what it started with"):
-        assert load_config_file(tmp_path / "r")["train"]["lr"] == 1e-3
+    r = run_cli("train", "--config", str(tmp_path / "r"), "--print-config")
+    assert r.returncode == 0 and json.loads(r.stdout)["train"]["lr"] == 1e-3
+    assert "resumed with adjusted settings" in r.stderr and "not what it started with" in r.stderr, r.stderr
     with pytest.raises(CocomixError, match="the run is finished .*train.lr would change nothing"):
         train(small_run(moved, steps=4, eval_every=0, save_every=2, lr=5e-4), tmp_path / "r", resume=True, quiet=True)
     other = tmp_path / "reordered"  # the same sizes and tokenizer, other windows: not the store it trained on

@@ -43,3 +43,19 @@ def test_a_state_of_the_recorded_types_is_read(tmp_path: Path) -> None:
 def test_a_damaged_state_is_a_checkpoint_error_naming_the_record(tmp_path: Path, changes: dict, said: str) -> None:
     with pytest.raises(CheckpointError, match=f"state.json: {said}"):
         read_state(_state(tmp_path, **changes))
+
+
+def test_a_recorded_teacher_or_sae_is_compared_by_content_and_a_missing_one_said_so(tmp_path: Path) -> None:
+    """`resume.check_same_inputs`: what the checkpoint recorded must be what the config names now; a teacher that
+    is no local path any more (a hub name's model would load instead) is said as such, not as other weights."""
+    from cocomix.presets import get_preset
+    from cocomix.train.resume import check_same_inputs
+
+    run = get_preset("tiny-cocomix")
+    state = {"step": 2, "inputs": {"concept.teacher": "aa", "concept.sae": "bb"}}
+    check_same_inputs(state, {"concept.teacher": "aa", "concept.sae": "bb"}, run, tmp_path)
+    check_same_inputs({"step": 2}, {"concept.teacher": "zz"}, run, tmp_path)  # a checkpoint from before records
+    with pytest.raises(CheckpointError, match=r"^concept\.sae: .* holds other weights than the sae"):
+        check_same_inputs(state, {"concept.teacher": "aa", "concept.sae": "cc"}, run, tmp_path)
+    with pytest.raises(CheckpointError, match=r"^concept\.teacher: .* is no local teacher from here, but"):
+        check_same_inputs(state, {"concept.sae": "bb"}, run, tmp_path)

@@ -115,7 +115,7 @@ def _task_manager(manager_cls: Any, tasks: list[str], include_path: str | Path |
     tasks) defined in `include_path`, a manager of that folder alone resolves them. (A local task named like a
     built-in one is then the local one; the full index of lm-eval 0.4.13 also prefers local definitions, older
     versions preferred the built-in ones: name local tasks apart.)"""
-    manager = None
+    manager = local = None
     if include_path:
         local = manager_cls(include_path=str(include_path), include_defaults=False)
         if all(t in local.all_subtasks for t in tasks):
@@ -124,14 +124,16 @@ def _task_manager(manager_cls: Any, tasks: list[str], include_path: str | Path |
         manager = manager_cls(include_path=str(include_path) if include_path else None)
     for name in ("load", "load_task_or_group"):  # where lm-eval builds the tasks (0.4.13: `load`; earlier: both)
         if callable(getattr(manager, name, None)):
-            setattr(manager, name, _one_line_errors(getattr(manager, name), tasks, include_path))
+            setattr(manager, name, _one_line_errors(getattr(manager, name), tasks,
+                                                    include_path if manager is local else None))
     return manager
 
 
 def _one_line_errors(build: Any, tasks: list[str], include_path: str | Path | None) -> Any:
     """`build` (a TaskManager method that builds tasks from their YAML and loads their datasets) with what it
     raises said in one line as a ConfigError: a `!function` whose module is missing, an unknown output_type, a
-    data file that does not parse. No model code runs while tasks are built, so any error there is the tasks'."""
+    data file that does not parse, a hub dataset that cannot be downloaded. No model code runs while tasks are
+    built, so any error there is the tasks'. `include_path`: the folder every task comes from, named in the line."""
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return build(*args, **kwargs)

@@ -182,14 +182,14 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    if out.is_dir():  # an empty folder, given as `.` or through a symlink: the folder itself is replaced
-        out = out.resolve()
-        if out == Path.cwd().resolve():
-            raise CheckpointError(f"{out_dir}: the current folder; give a new folder, or an empty one you are not in")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CheckpointError(f"{out}: export target exists and is " + ("a file" if not out.is_dir() else
                                                                            "not an empty directory")
                               + "; give a new or empty folder")
+    if out.is_dir():  # an empty folder, given as `.` or through a symlink: the folder itself is replaced
+        if out.resolve() == Path.cwd().resolve():
+            raise CheckpointError(f"{out}: the current folder; give a new folder, or an empty one you are not in")
+        out = out.resolve()
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else None
     if tok_dir is not None and not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{tok_dir}: no tokenizer.json to export")

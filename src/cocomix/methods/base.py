@@ -71,9 +71,9 @@ class Method:
         from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
 
         c, found = self.run.concept, {}
-        if getattr(self, "teacher", None) is not None and (teacher := teacher_fingerprint(c.teacher)):
+        if getattr(self, "teacher", None) is not None and c.teacher and (teacher := teacher_fingerprint(c.teacher)):
             found["concept.teacher"] = teacher
-        if getattr(self, "sae", None) is not None and (sae := sae_sha256(c.sae, c.teacher_layer)):
+        if getattr(self, "sae", None) is not None and c.sae and (sae := sae_sha256(c.sae, c.teacher_layer)):
             found["concept.sae"] = sae
         return found
 

@@ -219,11 +219,12 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
     method.prepare(device, store)
     state: dict = {}
     identity = store_identity(store)  # recorded in every checkpoint, checked on resume
-    inputs = method.input_fingerprints()  # the teacher's and SAE's content: recorded, checked on resume
+    inputs = method.input_fingerprints() if ctx.is_main else {}  # teacher / SAE content: rank 0 saves and checks
     if ckpt is not None:  # weights before wrapping (FSDP shards what is loaded), optimizer after
         state = read_state(ckpt)  # (verified against its manifest by usable_checkpoint, on rank 0)
         check_same_store(state, identity, store, ckpt)
-        check_same_inputs(state, inputs, run, ckpt)
+        if ctx.is_main:
+            check_same_inputs(state, inputs, run, ckpt)
         load_model_weights(model, ckpt / "model.safetensors")
     dd.check_same_step(state.get("step", 0), ctx, device)  # before any collective a disagreement would hang
     module = dd.wrap(model, ctx, tc.parallel, device, unused_parameters=method.unused_parameters,

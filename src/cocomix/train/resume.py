@@ -1,5 +1,6 @@
 """Resuming a run: which checkpoint to start from, which config changes a resume accepts, and whether the token
-store is still the one the run was trained on (exact resume: a resumed run equals an uninterrupted one on CPU).
+store, teacher and SAE are still the ones the run was trained on, by content (exact resume: a resumed run equals
+an uninterrupted one on CPU); a deliberate change (a lower learning rate after a divergence) is recorded by step.
 
 No paper equation.
 """
@@ -300,9 +301,10 @@ def check_same_inputs(state: dict, now: dict[str, str], run: RunConfig, ckpt: Pa
         if now.get(key) != value:
             section, _, field = key.partition(".")
             path = getattr(getattr(run, section), field)
-            raise CheckpointError(f"{key}: {path!r} holds other weights than the {field} {ckpt} was trained with "
-                                  f"(its content differs from what the checkpoint recorded); point {key} at the "
-                                  f"{field} the run was trained with")
+            why = (f"holds other weights than the {field} {ckpt} was trained with (its content differs from what "
+                   "the checkpoint recorded)" if now.get(key) else
+                   f"is no local {field} from here, but {ckpt} recorded the weights of a local one")
+            raise CheckpointError(f"{key}: {path!r} {why}; point {key} at the {field} the run was trained with")
 
 
 def check_same_store(state: dict, now: dict[str, object], store: TokenStore, ckpt: Path) -> None:
