@@ -93,6 +93,64 @@ def test_interrupted_extraction_resumes_to_identical_files(store_dir: Path, tmp_
         assert (full_cache / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
 
 
+def test_a_resume_never_fills_counted_windows_with_zeros(store_dir: Path, tmp_path: Path,
+                                                         parts: tuple[Path, Path], full_cache: Path) -> None:
+    """progress.json counts windows done: without meta.json the extraction starts again from window 0 (not from
+    the old count over a new zero-filled file); a targets file missing or cut short under a count is refused."""
+    from cocomix.errors import CheckpointError
+
+    _extract(store_dir, tmp_path / "a", parts, max_windows=7)
+    (tmp_path / "a" / "meta.json").unlink()
+    meta = _extract(store_dir, tmp_path / "a", parts)
+    assert meta["complete"]
+    for split in ("train", "val"):  # all computed again: the same bytes as an uninterrupted extraction
+        name = f"targets_{split}.bin"
+        assert (full_cache / name).read_bytes() == (tmp_path / "a" / name).read_bytes()
+    _extract(store_dir, tmp_path / "b", parts, max_windows=7)
+    (tmp_path / "b" / "targets_train.bin").unlink()
+    with pytest.raises(CheckpointError, match=r"targets_train\.bin: progress\.json counts 7 train windows done, "
+                                              r"but the file is missing; delete the cache folder"):
+        _extract(store_dir, tmp_path / "b", parts)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "meta.json").write_text("[]")  # valid JSON, not an object
+    with pytest.raises(DataError, match=r"meta\.json: expected a JSON object"):
+        TargetCache.open(tmp_path / "c")
+
+
+def test_a_resumed_run_takes_a_copy_of_its_cache_but_not_another_sae_s(
+        store_dir: Path, tmp_path: Path, parts: tuple[Path, Path], full_cache: Path) -> None:
+    """A cache-only run (no teacher, no SAE named: nothing else to compare) records what made its targets in every
+    checkpoint: a resume may read a copy of the cache elsewhere, not targets of another SAE."""
+    from cocomix.config import ConceptConfig, DataConfig, RunConfig, TrainConfig
+    from cocomix.errors import CheckpointError
+    from cocomix.train import train
+
+    other_sae = tmp_path / "other-sae"
+    torch.manual_seed(3)
+    sae = TopKSAE(32, 256, 8)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.3)
+    save_saelens(sae, other_sae)
+    _extract(store_dir, tmp_path / "other-cache", (parts[0], other_sae))
+    shutil.copytree(full_cache, tmp_path / "copy")
+
+    def run(cache: Path, steps: int) -> RunConfig:
+        return RunConfig(method="cocomix", model=ModelConfig(vocab_size=320, n_layer=4, n_head=2, d_model=32,
+                                                             context_length=64),
+                         data=DataConfig(path=str(store_dir), seq_len=32, window_offset="fixed"),
+                         train=TrainConfig(steps=steps, micro_batch_size=2, eval_every=0, save_every=2,
+                                           warmup_steps=1, device="cpu"),
+                         concept=ConceptConfig(teacher="", teacher_layer=1, sae="", n_latents=256, k_attr=4,
+                                               mix_k=8, concept_layer=2, cache=str(cache)))
+
+    train(run(full_cache, 2), tmp_path / "r", quiet=True)
+    (tmp_path / "r" / "config.json").write_text(run(full_cache, 6).to_json())  # (cut at step 2 of 6)
+    with pytest.raises(CheckpointError, match=r"^concept\.cache: .*other-cache' holds another cache than the one"):
+        train(run(tmp_path / "other-cache", 6), tmp_path / "r", resume=True, quiet=True)
+    assert train(run(tmp_path / "copy", 6), tmp_path / "r", resume=True, quiet=True).steps == 6
+
+
 def test_completeness_is_per_split(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:
     """A train extraction stopped partway and then a val-only one: the cache is not complete (the rest of the
     train file is zero-filled), and a split never extracted cannot be read."""

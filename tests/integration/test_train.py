@@ -656,7 +656,7 @@ def test_resume_takes_a_moved_teacher_and_sae_by_their_content(store_dir: Path, 
     sae_file = tmp_path / "b" / "sae" / "sae_weights.safetensors"  # the path the run names now: other weights
     weights = load_file(str(sae_file))
     save_file({k: v * 1.5 if k == "W_dec" else v for k, v in weights.items()}, str(sae_file))
-    with pytest.raises(CocomixError, match="concept.sae: .* holds other weights than the sae .* was trained with"):
+    with pytest.raises(CocomixError, match="concept.sae: .* holds another sae than the one .* was trained with"):
         train(cocomix("b", 6), tmp_path / "r", resume=True, quiet=True)
 
 

@@ -55,7 +55,7 @@ def test_a_recorded_teacher_or_sae_is_compared_by_content_and_a_missing_one_said
     state = {"step": 2, "inputs": {"concept.teacher": "aa", "concept.sae": "bb"}}
     check_same_inputs(state, {"concept.teacher": "aa", "concept.sae": "bb"}, run, tmp_path)
     check_same_inputs({"step": 2}, {"concept.teacher": "zz"}, run, tmp_path)  # a checkpoint from before records
-    with pytest.raises(CheckpointError, match=r"^concept\.sae: .* holds other weights than the sae"):
+    with pytest.raises(CheckpointError, match=r"^concept\.sae: .* holds another sae than the one"):
         check_same_inputs(state, {"concept.teacher": "aa", "concept.sae": "cc"}, run, tmp_path)
     with pytest.raises(CheckpointError, match=r"^concept\.teacher: .* is no local teacher from here, but"):
         check_same_inputs(state, {"concept.sae": "bb"}, run, tmp_path)

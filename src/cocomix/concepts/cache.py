@@ -17,7 +17,6 @@ reads), and reading a split that is not complete is an error, never the zero-fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +26,8 @@ import torch
 
 from cocomix.atomic import atomic_write_text, check_out_folder
 from cocomix.concepts.attribution import INVALID, check_target_options, compute_targets
+from cocomix.concepts.identity import sae_sha256, teacher_fingerprint
 from cocomix.data import TokenStore
-from cocomix.digest import file_sha256
 from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
@@ -58,53 +57,6 @@ def _shape(teacher: Teacher) -> dict[str, Any]:
     from cocomix.lm_shape import LMShape
 
     return LMShape.of_teacher(teacher).to_json()
-
-
-def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
-    """The SAE's content hash (its files only: in a folder of sparsify hookpoints, the teacher_layer's), or None
-    for a spec that is no local path."""
-    from cocomix.sae.formats import sae_path
-
-    return file_sha256(sae_path(sae_spec, teacher_layer)) if Path(sae_spec).exists() else None
-
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_SAMPLE = 1 << 20
-
-
-def teacher_fingerprint(spec: str) -> str | None:
-    """A fingerprint of a local teacher's weights, or None for a hub name (then the name itself is compared).
-
-    Cheap on any teacher size: sha256 over config.json and, per weight file (for a cocomix run, the checkpoint
-    `Teacher.from_pretrained` loads), its name, size and three 1 MiB samples (start, middle, end). Another model,
-    shape or fine-tune changes it; a path that differs between machines does not.
-    """
-    if not spec:  # no teacher named (a run that reads its targets from a cache)
-        return None
-    path = Path(spec).expanduser()
-    if not path.exists():
-        return None
-    if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
-        from cocomix.train.checkpoint import resolve_checkpoint
-
-        files = [resolve_checkpoint(path)[1] / "model.safetensors"]
-    elif path.is_dir():
-        files = sorted(f for f in path.iterdir() if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name ==
-                                                                      "config.json"))
-    else:
-        files = [path]
-    h = hashlib.sha256()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}\n".encode())
-        with open(f, "rb") as fh:
-            if f.name == "config.json" or size <= 3 * _SAMPLE:
-                h.update(fh.read())
-                continue
-            for start in (0, size // 2, size - _SAMPLE):
-                fh.seek(start)
-                h.update(fh.read(_SAMPLE))
-    return h.hexdigest()
 
 
 def _dtype(n_latents: int) -> np.dtype:
@@ -194,9 +146,18 @@ def _start(out: Path, meta: dict[str, Any]) -> dict[str, int]:
                               "delete the cache folder to extract again")
     if (out / "meta.json").is_file() and any(done.values()):
         _check_matches(out, _read_cache_meta(out), meta)
+        for split in SPLITS:  # the windows progress.json counts as done must be on disk, whole
+            path, n = out / f"targets_{split}.bin", meta["windows"][split]
+            size = n * (meta["seq_len"] - 1) * meta["k_attr"] * np.dtype(meta["dtype"]).itemsize
+            if done[split] and not (path.is_file() and path.stat().st_size == size):
+                raise CheckpointError(f"{path}: progress.json counts {done[split]} {split} windows done, but the "
+                                      "file is " + ("missing" if not path.is_file() else "not of the cache's size")
+                                      + "; delete the cache folder to extract again")
     else:  # a new cache, or one whose first call stopped before any window was written: (re)start it
         for split in SPLITS:
             (out / f"targets_{split}.bin").unlink(missing_ok=True)
+        prog_path.unlink(missing_ok=True)  # (counts of a cache whose meta.json is gone describe nothing now)
+        done = dict.fromkeys(SPLITS, 0)
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=2))
     return done
 
@@ -348,6 +309,15 @@ class TargetCache:
         self.dtype = np.dtype(meta["dtype"])
         self._mm: dict[str, np.memmap] = {}
 
+    def fingerprint(self) -> str:
+        """What made these targets (meta.json's MATCH_KEYS: teacher, SAE, layer, selection, k_attr, the store's
+        identity), hashed: the same for a copy of the cache at another path, another for targets of another SAE
+        or teacher. A run records it in every checkpoint (`Method.input_fingerprints`)."""
+        import hashlib
+
+        made_by = {k: self.meta.get(k) for k in MATCH_KEYS}
+        return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
+
     @classmethod
     def open(cls, path: str | Path, expect: dict[str, Any] | None = None) -> TargetCache:
         """Open a complete cache; `expect` (a subset of meta keys) must match what made it."""
@@ -362,6 +332,8 @@ class TargetCache:
             meta = json.loads((path / "meta.json").read_text())
         except (OSError, ValueError) as e:
             raise DataError(f"{path / 'meta.json'}: missing or unreadable concept cache ({e})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{path / 'meta.json'}: expected a JSON object (a concept cache's meta.json)")
         if not meta.get("complete"):
             if not (path / "targets_train.bin").exists():  # e.g. --splits val only: training reads train
                 raise DataError(f"{path}: holds no train targets (extracted with --splits without train); training "

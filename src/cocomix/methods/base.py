@@ -63,11 +63,12 @@ class Method:
         token store; inference (eval, generate) does not call it."""
 
     def input_fingerprints(self) -> dict[str, str]:
-        """The content fingerprints of the local files `prepare` loaded, by the config key that named them: the
-        teacher (`self.teacher` set: `concept.teacher`, its weights sampled) and the SAE (`self.sae` set:
-        `concept.sae`, hashed). Every checkpoint records them, so a resume may name them by another path (files
-        moved to node-local scratch) and is refused when the path it names now holds other weights. A hub name has
-        no fingerprint (the name itself is compared)."""
+        """The content fingerprints of what `prepare` loaded, by the config key that named it: the teacher
+        (`self.teacher` set: `concept.teacher`, its weights sampled), the SAE (`self.sae` set: `concept.sae`,
+        hashed) and a target cache (`self.cache` set: `concept.cache`, what made its targets). Every checkpoint
+        records them, so a resume may name them by another path (files moved to node-local scratch) and is
+        refused when the path it names now holds other content. A hub name has no fingerprint (the name itself
+        is compared)."""
         from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
 
         c, found = self.run.concept, {}
@@ -75,6 +76,8 @@ class Method:
             found["concept.teacher"] = teacher
         if getattr(self, "sae", None) is not None and c.sae and (sae := sae_sha256(c.sae, c.teacher_layer)):
             found["concept.sae"] = sae
+        if getattr(self, "cache", None) is not None and c.cache:  # what made its targets (`TargetCache.fingerprint`)
+            found["concept.cache"] = self.cache.fingerprint()
         return found
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

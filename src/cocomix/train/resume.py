@@ -301,7 +301,7 @@ def check_same_inputs(state: dict, now: dict[str, str], run: RunConfig, ckpt: Pa
         if now.get(key) != value:
             section, _, field = key.partition(".")
             path = getattr(getattr(run, section), field)
-            why = (f"holds other weights than the {field} {ckpt} was trained with (its content differs from what "
+            why = (f"holds another {field} than the one {ckpt} was trained with (its content differs from what "
                    "the checkpoint recorded)" if now.get(key) else
                    f"is no local {field} from here, but {ckpt} recorded the weights of a local one")
             raise CheckpointError(f"{key}: {path!r} {why}; point {key} at the {field} the run was trained with")
