@@ -420,3 +420,19 @@ def test_split_by_content_keeps_copies_together_and_survives_insertions(tmp_path
     assert len(by_name ^ val_texts(tmp_path / "b.jsonl", "name")) > 10  # the name split reshuffles
     with pytest.raises(DataError, match="split_by: expected one of name, content"):
         list(iter_split(f"jsonl:{tmp_path / 'a.jsonl'}", 0.1, split_by="hash"))
+
+
+def test_a_stream_that_fails_while_read_and_a_folder_named_dot(tmp_path: Path, offline_datasets: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed source parses its files only as the rows are read: a broken line there is a DataError naming the
+    source (as without streaming), not a traceback. `hf:.` names its rows by the folder's own name, as its
+    absolute path does, so the train/val split does not depend on how the path is written."""
+    folder = tmp_path / "webtext"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(30)))
+    assert [d.name for d in iter_documents(f"hf:{folder}")][:2] == ["webtext[0]", "webtext[1]"]
+    monkeypatch.chdir(folder)
+    assert list(iter_documents("hf:.")) == list(iter_documents(f"hf:{folder}"))
+    (folder / "a.jsonl").write_text((folder / "a.jsonl").read_text() + '{"text": "broken\n')
+    with pytest.raises(DataError, match=r"^source 'hf:\.': reading the rows after the first \d+ failed: "):
+        list(iter_documents("hf:.", streaming=True))

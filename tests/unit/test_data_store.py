@@ -500,3 +500,22 @@ def test_prepare_with_no_validation_text_says_that_training_will_refuse_it(corpu
     assert r.returncode == 2 and r.stderr.count("\n") == 1  # an error stays the one line
     r = run_cli("prepare", "--source", f"text:{corpus}", "--tokenizer", "bpe:260", "--out", str(tmp_path / "t"))
     assert r.returncode == 0 and "no validation text" not in r.stderr
+
+
+def test_a_tokenizer_that_cannot_encode_a_document_names_it(tmp_path: Path) -> None:
+    """A Unigram model trained without an unknown token fails on a character it never saw: a DataError naming the
+    document (and nothing left behind), not the tokenizers library's traceback."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the king is dead and the queen is sad"] * 50,
+                            trainers.UnigramTrainer(vocab_size=40, special_tokens=["</s>"]))
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "docs").mkdir()
+    for i in range(6):
+        (tmp_path / "docs" / f"d{i}.txt").write_text("the king is sad" + (" zq!" if i == 4 else ""))
+    with pytest.raises(DataError, match=r"^document 'd4\.txt': the tokenizer cannot encode it \(Exception: "):
+        prepare(f"text:{tmp_path / 'docs'}", tmp_path / "store", tokenizer=str(tmp_path / "tok"), progress=False)
+    assert not (tmp_path / "store").exists()

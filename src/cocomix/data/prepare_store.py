@@ -118,14 +118,36 @@ def _encode_into(tok: TextTokenizer, docs: list[Document], handle: BinaryIO, dty
     """Encode `docs`, append the eos id to each, write the ids to `handle`; return the token count. A document
     longer than `long_text.PIECE_CHARS` is encoded in pieces (`long_text.encode_long`)."""
     short = [i for i, doc in enumerate(docs) if len(doc.text) <= long_text.PIECE_CHARS]
-    encoded = dict(zip(short, tok.encode_ordinary_batch([docs[i].text for i in short]), strict=True))
+    encoded = dict(zip(short, _encoded(tok, [docs[i] for i in short]), strict=True))
     total = 0
     for i, doc in enumerate(docs):
-        ids = np.asarray(encoded.pop(i), dtype=dtype) if i in encoded else long_text.encode_long(tok, doc.text, dtype)
+        ids = np.asarray(encoded.pop(i), dtype=dtype) if i in encoded else _encoded(tok, [doc], dtype)
         stream = np.append(ids, np.asarray([tok.eos_id], dtype=dtype))  # (len(ids) + 1,)
         handle.write(stream.tobytes())
         total += int(stream.size)
     return total
+
+
+def _encoded(tok: TextTokenizer, docs: list[Document], dtype: np.dtype | None = None) -> Any:
+    """The ids of `docs` (with `dtype`: of the one long document, `long_text.encode_long`); an error the tokenizer
+    raises (a Unigram or WordLevel model without an unknown token meeting an unseen character) is a DataError
+    naming the document."""
+    try:
+        if dtype is not None:
+            return long_text.encode_long(tok, docs[0].text, dtype)
+        return tok.encode_ordinary_batch([doc.text for doc in docs])
+    except Exception as e:
+        failing = docs[0].name
+        for doc in docs:  # which one: each alone
+            try:
+                tok.encode_ordinary_batch([doc.text])
+            except Exception:
+                failing = doc.name
+                break
+        shown = failing.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise DataError(f"document {shown!r}: the tokenizer cannot encode it ({type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0]}); give a tokenizer with an unknown token, or a "
+                        "byte-level one") from e
 
 
 def _pending(out: Path, split: str) -> Path:

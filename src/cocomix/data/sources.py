@@ -13,6 +13,7 @@ No paper equation.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -207,8 +208,8 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
                "existing local folder or data file"
     if not rest:
         raise DataError(f"source 'hf:{spec}': {expected}")
-    if Path(rest).expanduser().exists():
-        return str(Path(rest).expanduser()), None, split
+    if Path(rest).expanduser().exists():  # (absolute, not through links: `.` names a folder as its path does)
+        return os.path.abspath(Path(rest).expanduser()), None, split
     if rest.startswith(("/", "./", "../", "~")):  # a path, not a hub name: a typo must not reach the hub
         raise DataError(f"source 'hf:{spec}': {Path(rest).expanduser()} does not exist (a local dataset folder)")
     name, colon, config = rest.partition(":")
@@ -293,7 +294,7 @@ def read_hf(spec: str, field: str, streaming: bool = False) -> Iterator[tuple[st
     # A hub dataset is named `name/config` (`owner/name/config`) however its config was written.
     label = Path(name).name if Path(name).exists() else name + (f"/{config}" if config else "")
     row = 0
-    for batch in (dataset if columns is None else dataset.select_columns([field])).iter(batch_size=1024):
+    for batch in _batches(spec, dataset if columns is None else dataset.select_columns([field])):
         if field not in batch:
             raise DataError(f"source 'hf:{spec}': the dataset has no column {field!r} (columns: "
                             f"{', '.join(batch)}); pick one with hf:...#<column>")
@@ -304,3 +305,20 @@ def read_hf(spec: str, field: str, streaming: bool = False) -> Iterator[tuple[st
             if text:
                 yield f"{label}[{row}]", text
             row += 1
+
+
+def _batches(spec: str, dataset: Any) -> Iterator[dict[str, list]]:
+    """The dataset's rows in batches of 1024; what reading them raises (a stream parses its files only here: a bad
+    line, a damaged shard, a dropped connection) is a DataError naming the source and the rows read before."""
+    rows, read = iter(dataset.iter(batch_size=1024)), 0
+    while True:
+        try:
+            batch = next(rows)
+        except StopIteration:
+            return
+        except Exception as e:
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise DataError(f"source 'hf:{spec}': reading the rows after the first {read} failed: "
+                            f"{type(e).__name__}: {first_line}") from e
+        read += len(next(iter(batch.values()), []))
+        yield batch
