@@ -154,3 +154,18 @@ def test_progress_line_rate_and_eta_count_from_its_start(monkeypatch: pytest.Mon
     line = progress.ProgressLine("extract", 100, start=10, interval=0.0, log_interval=0.0)
     line.update(30)
     assert capsys.readouterr().err.strip() == "extract: 30/100 windows (2.0/s, eta 0m35s)"
+
+
+def test_a_restart_from_step_0_drops_what_an_earlier_attempt_logged(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that never reached a checkpoint starts again (resume_step None): its metrics.jsonl, TensorBoard
+    events and wandb run id from the failed attempt go, so no backend shows both attempts over the same steps; a
+    resume from a checkpoint keeps them."""
+    for name in ("metrics.jsonl", "wandb_run_id", "tensorboard/events.out.tfevents.1"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text('{"kind": "train", "step": 2}\n')
+    MetricsLogger(tmp_path, (), resume_step=2).close()
+    assert (tmp_path / "tensorboard").is_dir() and (tmp_path / "wandb_run_id").is_file()
+    MetricsLogger(tmp_path, ()).close()
+    assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "wandb_run_id").exists()
+    assert not (tmp_path / "metrics.jsonl").exists() or (tmp_path / "metrics.jsonl").read_text() == ""

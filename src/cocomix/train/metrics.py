@@ -39,8 +39,12 @@ class MetricsLogger:
             kept = [ln for ln in self.path.read_text(errors="replace").splitlines()
                     if _step_of(ln) is not None and _step_of(ln) <= resume_step]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+        elif resume_step is None:  # a run (re)starting from step 0: nothing an earlier attempt logged is its own
+            import shutil
+
+            self.path.unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+            (run_dir / "wandb_run_id").unlink(missing_ok=True)  # (a new wandb run, not the failed attempt's)
         self.sinks: list[Any] = []
         for name in backends:
             if name == "tensorboard":
