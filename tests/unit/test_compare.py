@@ -316,6 +316,33 @@ def test_a_moved_store_is_the_same_validation_split_and_another_store_is_not(tmp
         "'50000 tokens, abababababab')" in table, table
 
 
+def test_seeds_trained_on_another_store_are_refused_and_on_a_moved_copy_grouped(tmp_path: Path) -> None:
+    """Seeds of one run train on one token store, as their checkpoints recorded it by content (train split size,
+    sampled digest, tokenizer): a copy at another path groups, a store of other text is refused, not averaged."""
+    def with_store(path: Path, data_path: str, train_digest: str) -> Path:
+        config = json.loads((path / "config.json").read_text())
+        config["data"]["path"] = data_path
+        (path / "config.json").write_text(json.dumps(config))
+        ckpt = path / "checkpoints" / "step_0000200"
+        ckpt.mkdir(parents=True)
+        store = {"val_tokens": 50_000, "val_sampled_sha256": "ab" * 32, "train_tokens": 900_000,
+                 "train_sampled_sha256": train_digest, "tokenizer_sha256": "ef" * 32}
+        (ckpt / "state.json").write_text(json.dumps({"step": 200, "store": store}))
+        (path / "checkpoints" / "latest").write_text("step_0000200\n")
+        return path
+
+    a = with_store(_run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.0], 1e6, planned=200), "data/x", "11" * 32)
+    b = with_store(_run(tmp_path, "ntp-seed1", "ntp", 1, [5.1, 4.1], 1e6, planned=200), "/scratch/x", "11" * 32)
+    assert [len(g.runs) for g in group_runs([a, b])] == [2]
+    (tmp_path / "other").mkdir()
+    c = with_store(_run(tmp_path / "other", "ntp-seed2", "ntp", 2, [5.1, 4.1], 1e6, planned=200), "data/y",
+                   "22" * 32)
+    with pytest.raises(CocomixError, match=r"would be seeds of one group 'ntp' \(token store \(train split\) "
+                                           r"'900000 tokens, 111111111111, tokenizer efefefefefef' vs '900000 tokens, "
+                                           r"222222222222"):
+        group_runs([a, c])
+
+
 def test_whole_split_runs_are_alike_when_one_has_no_checkpoint_record(tmp_path: Path) -> None:
     """Two runs evaluated on their whole split (eval_batches 0), one with its checkpoint's record of the split's
     size and one without (its checkpoints removed): no note; against 5 global batches, one."""

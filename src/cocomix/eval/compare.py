@@ -13,7 +13,8 @@ seed's at the final one. Seeds must also have trained on the same tokens per ste
 A non-finite validation loss is left out (said under the table); a run whose last evaluation is non-finite is
 flagged DIVERGED, one whose log ends before its `train.steps` unfinished, and a group whose validation differs from
 the reference's (`MEASURED_ON`: the number of validation windows, context, vocabulary, the validation split its
-checkpoint recorded) gets a note saying its loss is not like for like.
+checkpoint recorded) gets a note saying its loss is not like for like. Seeds must also have trained on one token
+store (its train split and tokenizer as their checkpoints recorded them: a moved copy is the same store).
 
 Token efficiency of A over B (the paper's 21.5%): with L_B the final validation loss of B (mean over seeds) and N_B
 its tokens, N_A = the tokens at which A's mean curve first reaches L_B, linearly interpolated between the two
@@ -38,6 +39,7 @@ from typing import Any
 from cocomix.atomic import atomic_write_text, shown_path
 from cocomix.errors import CocomixError
 from cocomix.eval.compare_plot import plot
+from cocomix.eval.recorded_store import recorded_store
 from cocomix.outputs import what_is
 
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
@@ -174,6 +176,9 @@ def _read_run(path: Path) -> RunCurve:
     used = getattr(METHODS.get(method), "concept_settings", None)  # concept.* the method reads (None: all)
     settings = {k: v for k, v in flat.items() if k != "train.seed" and (k not in RESULT_NEUTRAL or k ==
                 "train.eval_batches") and (used is None or not k.startswith("concept.") or k in used)}
+    split, val_tokens, trained_on = recorded_store(path)
+    if trained_on:  # seeds of one run train on one store (recorded by content, so a moved store is the same)
+        settings["token store (train split)"] = trained_on
     try:
         curve = _curve(path, events, tokens_per_step, method, seed, settings)
     except (ValueError, TypeError, KeyError) as e:
@@ -181,7 +186,6 @@ def _read_run(path: Path) -> RunCurve:
                            f"{str(e)[:120]})") from None
     curve.planned_steps = flat.get("train.steps")
     seq_len = flat["data.seq_len"]
-    split, val_tokens = _val_split(path)
     available = val_tokens // seq_len if isinstance(val_tokens, int) else None  # the split's windows, if known
     global_batch = curve.tokens[-1] / curve.steps[-1] / seq_len if curve.steps[-1] else None
     eval_batches = flat.get("train.eval_batches")  # global batches (0: the whole split)
@@ -191,22 +195,6 @@ def _read_run(path: Path) -> RunCurve:
                          "data.seq_len": seq_len, "model.vocab_size": flat.get("model.vocab_size"),
                          "validation split": split, "whole split": eval_batches == 0}
     return curve
-
-
-def _val_split(path: Path) -> tuple[str | None, int | None]:
-    """(the validation split a run evaluated on as its latest checkpoint recorded it: size and sampled digest of
-    the store's val.bin, which moving the store keeps; its token count), Nones where there is none to read."""
-    try:
-        from cocomix.train.checkpoint import latest_checkpoint, read_state
-
-        ckpt = latest_checkpoint(path)
-        store = read_state(ckpt).get("store") if ckpt is not None else None
-    except CocomixError:
-        return None, None
-    if not isinstance(store, dict) or "val_sampled_sha256" not in store:
-        return None, None
-    tokens = store.get("val_tokens")
-    return f"{tokens} tokens, {str(store['val_sampled_sha256'])[:12]}", tokens if isinstance(tokens, int) else None
 
 
 def _curve(path: Path, events: list[dict[str, Any]], tokens_per_step: int, method: str, seed: int,
