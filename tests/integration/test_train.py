@@ -746,6 +746,12 @@ def test_resume_skips_a_latest_checkpoint_missing_a_file_its_manifest_lists(stor
     missing = f"{latest / 'optimizer.pt'}: missing (listed in manifest.json)"
     with pytest.raises(CheckpointError, match=f"^{re.escape(missing)}$"):
         verify_checkpoint(latest)
+    manifest = (latest / "manifest.json").read_bytes()  # the manifest lost too: not taken for an old checkpoint
+    (latest / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match=r"manifest\.json: missing, though .*state\.json says the checkpoint "
+                                              r"was written with one"):
+        verify_checkpoint(latest)
+    (latest / "manifest.json").write_bytes(manifest)
     train(run, tmp_path / "r", resume=True, quiet=True)
     err = capsys.readouterr().err
     assert missing in err and "step_0000002 instead" in err, err
@@ -768,8 +774,10 @@ def test_resume_skips_an_old_checkpoint_without_manifest_whose_rng_or_weights_do
                                                                                         "unreadable (")):
         shutil.rmtree(tmp_path / "r")
         shutil.copytree(snapshot, tmp_path / "r")
-        for ckpt in (tmp_path / "r" / "checkpoints").glob("step_*"):
-            (ckpt / "manifest.json").unlink()  # as an old checkpoint
+        for ckpt in (tmp_path / "r" / "checkpoints").glob("step_*"):  # as an old checkpoint
+            (ckpt / "manifest.json").unlink()
+            state = json.loads((ckpt / "state.json").read_text())
+            (ckpt / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "manifest"}))
         latest = tmp_path / "r" / "checkpoints" / "step_0000004"
         verify_checkpoint(latest)  # readable as it is
         (latest / damaged).write_bytes((latest / damaged).read_bytes()[:5])

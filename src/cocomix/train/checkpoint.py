@@ -11,7 +11,8 @@ optimizer and RNG state go through torch.save and come back with `weights_only=T
 each file's size and SHA-256; `verify_checkpoint` checks them before a checkpoint is used, so a file damaged on
 disk after it was written (a bad sector, a partial copy between clusters) is a clear error, not a silent
 divergence. Checkpoints written before manifests existed have no checksums: their weights' header and `rng.pt`
-must at least read. A save that fails (a full
+must at least read (state.json records `"manifest": true` since, so a checkpoint that lost its manifest is damaged,
+not taken for an old one). A save that fails (a full
 disk) removes its temporary folder and says so in one line; the next save also removes what a killed process
 left (`.tmp_step_*`, `.deleting_step_*`: a pruned checkpoint is renamed out of the `step_*` names before its
 files are deleted). `metrics.jsonl` is fsynced with each checkpoint.
@@ -46,6 +47,9 @@ def verify_checkpoint(ckpt: Path) -> None:
     """CheckpointError when a file listed in the checkpoint's manifest is missing or differs from it."""
     path = ckpt / MANIFEST
     if not path.is_file():  # written before manifests existed: the files must at least read as what they are
+        if _says_manifest(ckpt):  # ... unless its state.json says it had one: lost (a partial copy), so damaged
+            raise CheckpointError(f"{path}: missing, though {ckpt / 'state.json'} says the checkpoint was written "
+                                  "with one; its files cannot be checked (a partial copy?)")
         _readable_without_manifest(ckpt)
         return
     try:
@@ -64,6 +68,15 @@ def verify_checkpoint(ckpt: Path) -> None:
             raise CheckpointError(f"{f}: missing (listed in {MANIFEST})") from None
         if damaged:
             raise CheckpointError(f"{f}: does not match its checksum in {MANIFEST} (damaged after it was written)")
+
+
+def _says_manifest(ckpt: Path) -> bool:
+    """Whether the checkpoint's state.json records that a manifest was written with it (every checkpoint since
+    that record exists; an unreadable state.json is the manifest-less path's to report)."""
+    try:
+        return json.loads((ckpt / "state.json").read_text()).get("manifest") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _readable_without_manifest(ckpt: Path) -> None:
@@ -174,7 +187,7 @@ def _write_files(tmp: Path, step: int, model: torch.nn.Module | dict[str, torch.
     if torch.cuda.is_initialized():  # this process's device (training sets it current): every rank's advances
         rng["cuda_device"] = torch.cuda.get_rng_state()  # alike (same seed, same ops); CPU runs touch no GPU
     torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state, "manifest": True}, indent=2))
     files = {f.name: {"bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in sorted(tmp.iterdir())}
     (tmp / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
     fsync_folder(tmp)
@@ -240,7 +253,7 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     for key, kinds in _STATE_TYPES.items():
         value = state.get(key)
         negative = key not in ("train_loss", "val_loss") and isinstance(value, (int, float)) and value < 0
-        typed = isinstance(value, kinds) and not isinstance(value, bool)  # (a loss may be negative, or NaN)
+        typed = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))  # (a loss: <0, NaN)
         sums = value.get("sums", {}) if key == "log_interval" and isinstance(value, dict) else {}
         if key in state and (not typed or negative or not isinstance(sums, dict)):
             raise CheckpointError(f"{path}: {key} is {value!r}, not what a checkpoint records; the checkpoint is "
@@ -253,7 +266,7 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("train_loss", "val_loss"), (int, float, type(None))),
     **dict.fromkeys(("tokens", "global_batch", "world_size", "skipped_steps", "bad_steps_in_a_row"), (int,)),
     "cpu_threads": (int, type(None)), "train_s": (int, float), "log_interval": (dict, type(None)),
-    "store": (dict, type(None)), "inputs": (dict,),
+    "store": (dict, type(None)), "inputs": (dict,), "manifest": (bool,),
 }
 
 
