@@ -293,19 +293,23 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path: Path) -> Non
         matplotlib.use(before)
 
 
+def _with_store(path: Path, data_path: str, store: dict) -> Path:
+    """The run at `path` with data.path `data_path` and a step-200 checkpoint recording `store` (its identity)."""
+    config = json.loads((path / "config.json").read_text())
+    config["data"]["path"] = data_path
+    (path / "config.json").write_text(json.dumps(config))
+    ckpt = path / "checkpoints" / "step_0000200"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text(json.dumps({"step": 200, "store": store}))
+    (path / "checkpoints" / "latest").write_text("step_0000200\n")
+    return path
+
+
 def test_a_moved_store_is_the_same_validation_split_and_another_store_is_not(tmp_path: Path) -> None:
     """The note compares the validation split a run's checkpoint recorded (size and sampled digest), not the
     store's path: a moved store (resume allows it) is no note, a re-prepared store is."""
     def with_store(path: Path, data_path: str, digest: str) -> Path:
-        config = json.loads((path / "config.json").read_text())
-        config["data"]["path"] = data_path
-        (path / "config.json").write_text(json.dumps(config))
-        ckpt = path / "checkpoints" / "step_0000200"
-        ckpt.mkdir(parents=True)
-        (ckpt / "state.json").write_text(json.dumps({"step": 200, "store": {"val_tokens": 50_000,
-                                                                             "val_sampled_sha256": digest}}))
-        (path / "checkpoints" / "latest").write_text("step_0000200\n")
-        return path
+        return _with_store(path, data_path, {"val_tokens": 50_000, "val_sampled_sha256": digest})
 
     ntp = with_store(_run(tmp_path, "ntp", "ntp", 0, [5.0, 4.0], 1e6, planned=200), "data/x", "ab" * 32)
     moved = with_store(_run(tmp_path, "kd", "kd", 0, [4.9, 3.9], 1e6, planned=200), "/scratch/x", "ab" * 32)
@@ -320,16 +324,9 @@ def test_seeds_trained_on_another_store_are_refused_and_on_a_moved_copy_grouped(
     """Seeds of one run train on one token store, as their checkpoints recorded it by content (train split size,
     sampled digest, tokenizer): a copy at another path groups, a store of other text is refused, not averaged."""
     def with_store(path: Path, data_path: str, train_digest: str) -> Path:
-        config = json.loads((path / "config.json").read_text())
-        config["data"]["path"] = data_path
-        (path / "config.json").write_text(json.dumps(config))
-        ckpt = path / "checkpoints" / "step_0000200"
-        ckpt.mkdir(parents=True)
-        store = {"val_tokens": 50_000, "val_sampled_sha256": "ab" * 32, "train_tokens": 900_000,
-                 "train_sampled_sha256": train_digest, "tokenizer_sha256": "ef" * 32}
-        (ckpt / "state.json").write_text(json.dumps({"step": 200, "store": store}))
-        (path / "checkpoints" / "latest").write_text("step_0000200\n")
-        return path
+        return _with_store(path, data_path, {"val_tokens": 50_000, "val_sampled_sha256": "ab" * 32,
+                                             "train_tokens": 900_000, "train_sampled_sha256": train_digest,
+                                             "tokenizer_sha256": "ef" * 32})
 
     a = with_store(_run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.0], 1e6, planned=200), "data/x", "11" * 32)
     b = with_store(_run(tmp_path, "ntp-seed1", "ntp", 1, [5.1, 4.1], 1e6, planned=200), "/scratch/x", "11" * 32)
