@@ -338,6 +338,9 @@ def test_seeds_trained_on_another_store_are_refused_and_on_a_moved_copy_grouped(
                                            r"'900000 tokens, 111111111111, tokenizer efefefefefef' vs '900000 tokens, "
                                            r"222222222222"):
         group_runs([a, c])
+    (tmp_path / "old").mkdir()  # a seed whose checkpoint predates the record: not compared on it
+    old = _run(tmp_path / "old", "ntp-seed3", "ntp", 3, [5.1, 4.1], 1e6, planned=200)
+    assert [len(g.runs) for g in group_runs([a, old])] == [2]
 
 
 def test_whole_split_runs_are_alike_when_one_has_no_checkpoint_record(tmp_path: Path) -> None:

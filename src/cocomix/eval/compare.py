@@ -45,6 +45,7 @@ from cocomix.outputs import what_is
 SEED_SUFFIX = re.compile(r"[-_](seed|s)(\d+)$")
 # settings a validation loss depends on besides the model; groups that differ in them are compared with a note
 MEASURED_ON = ("validation windows", "data.seq_len", "model.vocab_size", "validation split")
+RECORDED = ("token store (train split)",)  # settings read from a checkpoint's records, which older ones may lack
 
 
 @dataclass
@@ -178,7 +179,7 @@ def _read_run(path: Path) -> RunCurve:
                 "train.eval_batches") and (used is None or not k.startswith("concept.") or k in used)}
     split, val_tokens, trained_on = recorded_store(path)
     if trained_on:  # seeds of one run train on one store (recorded by content, so a moved store is the same)
-        settings["token store (train split)"] = trained_on
+        settings[RECORDED[0]] = trained_on
     try:
         curve = _curve(path, events, tokens_per_step, method, seed, settings)
     except (ValueError, TypeError, KeyError) as e:
@@ -244,8 +245,9 @@ def group_runs(paths: list[str | Path]) -> list[Group]:
         label = group_label(shown_path(run.path.resolve().name), run.seed)
         group = groups.setdefault(label, Group(label))
         for other in group.runs:  # a group is one run's seeds: two seeds alike, or two runs unalike, are an error
-            differ = sorted(k for k in other.settings.keys() | run.settings.keys()
-                            if other.settings.get(k) != run.settings.get(k))
+            differ = sorted(k for k in other.settings.keys() | run.settings.keys()  # (a record one run's checkpoint
+                            if other.settings.get(k) != run.settings.get(k)    # predates is not compared)
+                            and (k not in RECORDED or (k in other.settings and k in run.settings)))
             why = ("the same run" if other.path.resolve() == run.path.resolve() else
                    f"both seed {run.seed}" if other.seed == run.seed else
                    f"methods {other.method} and {run.method}" if other.method != run.method else
