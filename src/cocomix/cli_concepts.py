@@ -125,8 +125,8 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
 
 
 def cmd_describe_concepts(args: argparse.Namespace) -> int:
-    from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
     from cocomix.concepts.describe import describe_concepts, write_report
+    from cocomix.concepts.identity import sae_sha256, teacher_fingerprint
     from cocomix.data import TokenStore
     from cocomix.errors import ConfigError
 

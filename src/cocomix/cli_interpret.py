@@ -107,7 +107,7 @@ def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any) -> None:
     no longer name the run's SAE). Nothing found: nothing to compare."""
     import json
 
-    from cocomix.concepts.cache import sae_sha256
+    from cocomix.concepts.identity import sae_sha256
     from cocomix.train.checkpoint import read_state
 
     c = run.concept

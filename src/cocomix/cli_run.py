@@ -64,19 +64,22 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     run = run_config(apply_overrides(base, args.set or []))
     resumed_here = getattr(args, "resume", False) and args.out and Path(args.out).resolve() == Path(
         args.config or "").resolve()
-    if (args.command == "train" and args.config and Path(args.config).is_dir() and not resumed_here
-            and (Path(args.config) / "adjusted.jsonl").is_file()):  # (train.resume.ADJUSTED)
+    if args.command == "train" and args.config and Path(args.config).is_dir() and not resumed_here:
+        from cocomix.train.resume import ADJUSTED
+
+        adjusted = (Path(args.config) / ADJUSTED).is_file()
+    else:
+        adjusted = False
+    if adjusted:
         warnings.warn(f"--config {args.config}: that run was resumed with adjusted settings (e.g. a lower train.lr "
                       "after a divergence, listed by step in its adjusted.jsonl); its config.json, read here, holds "
                       "those in force at its end, not what it started with", CocomixWarning, stacklevel=2)
     # concept settings given on the command line that the method does not read (`Method.concept_settings`; a
     # stored config may carry its CoCoMix twin's, as the demo's NTP run does: those are not flagged), e.g. a
     # concept.cache on `tiny` instead of `tiny-cocomix`
-    from cocomix.methods import METHODS
+    from cocomix.methods import unread_concept_settings
 
-    used = getattr(METHODS.get(run.method), "concept_settings", None)  # None: all of them
-    given = [k for k in dict.fromkeys(kv.partition("=")[0].strip() for kv in args.set or [])
-             if k.startswith("concept.") and used is not None and k not in used]
+    given = unread_concept_settings(run.method, dict.fromkeys(kv.partition("=")[0].strip() for kv in args.set or []))
     if given:
         warnings.warn(f"--set {', '.join(given)}: method {run.method} does not read "
                       f"{'this setting' if len(given) == 1 else 'these settings'}, so it changes nothing; set "

@@ -160,7 +160,7 @@ def _read_run(path: Path) -> RunCurve:
         if isinstance(event, dict):
             events.append(event)
     from cocomix.config_io import run_config
-    from cocomix.methods import METHODS
+    from cocomix.methods import unread_concept_settings
     from cocomix.train.resume import RESULT_NEUTRAL, flatten
 
     for section, key in (("train", "micro_batch_size"), ("train", "grad_accum"), ("data", "seq_len")):
@@ -174,9 +174,9 @@ def _read_run(path: Path) -> RunCurve:
         full = config
     # validation on another number of batches is another measurement: only the rest of RESULT_NEUTRAL may differ
     method, seed, flat = config["method"], config["train"]["seed"], flatten(full)
-    used = getattr(METHODS.get(method), "concept_settings", None)  # concept.* the method reads (None: all)
+    unread = set(unread_concept_settings(method, flat))
     settings = {k: v for k, v in flat.items() if k != "train.seed" and (k not in RESULT_NEUTRAL or k ==
-                "train.eval_batches") and (used is None or not k.startswith("concept.") or k in used)}
+                "train.eval_batches") and k not in unread}
     split, val_tokens, trained_on = recorded_store(path)
     if trained_on:  # seeds of one run train on one store (recorded by content, so a moved store is the same)
         settings[RECORDED[0]] = trained_on

@@ -113,7 +113,7 @@ class ConceptBook:
         """CocomixError when these labels describe another SAE or layer than a run's `concept.sae` and
         `concept.teacher_layer`, a warning for another teacher than `concept.teacher` (each compared when both
         sides know it: a content hash of local files, so a moved file still matches; hub names are not compared)."""
-        from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
+        from cocomix.concepts.identity import sae_sha256, teacher_fingerprint
 
         got = self.source
         if isinstance(got.get("teacher_layer"), int) and got["teacher_layer"] != teacher_layer:

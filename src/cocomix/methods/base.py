@@ -69,7 +69,7 @@ class Method:
         records them, so a resume may name them by another path (files moved to node-local scratch) and is
         refused when the path it names now holds other content. A hub name has no fingerprint (the name itself
         is compared)."""
-        from cocomix.concepts.cache import sae_sha256, teacher_fingerprint
+        from cocomix.concepts.identity import sae_sha256, teacher_fingerprint
 
         c, found = self.run.concept, {}
         if getattr(self, "teacher", None) is not None and c.teacher and (teacher := teacher_fingerprint(c.teacher)):

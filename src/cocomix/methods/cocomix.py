@@ -181,7 +181,8 @@ class CoCoMix(Method):
 
 def open_cache(path: str, run: RunConfig, store: TokenStore) -> TargetCache:
     """The target cache for this run, checked against its settings and token store."""
-    from cocomix.concepts.cache import TargetCache, sae_sha256, teacher_fingerprint
+    from cocomix.concepts.cache import TargetCache
+    from cocomix.concepts.identity import sae_sha256, teacher_fingerprint
     from cocomix.train.resume import store_identity
 
     c = run.concept

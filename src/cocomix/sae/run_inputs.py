@@ -25,7 +25,7 @@ RELOCATABLE = ("data", "teacher")
 def run_inputs(cfg: SAETrainConfig) -> dict[str, object]:
     """The token store's identity (split sizes, tokenizer, sampled digests of the ids) and the teacher's weight
     fingerprint (None for a hub name: then the name is what is compared)."""
-    from cocomix.concepts.cache import teacher_fingerprint
+    from cocomix.concepts.identity import teacher_fingerprint
     from cocomix.data import TokenStore
     from cocomix.train.resume import store_identity
 
@@ -41,7 +41,7 @@ def read_inputs(out: Path) -> dict | None:
     return recorded if isinstance(recorded, dict) and isinstance(recorded.get("store"), dict) else None
 
 
-def check_same_inputs(cfg: SAETrainConfig, stored: SAETrainConfig, out: Path, recorded: dict) -> None:
+def check_rerun_inputs(cfg: SAETrainConfig, stored: SAETrainConfig, out: Path, recorded: dict) -> None:
     """CocomixError when `cfg.data` or `cfg.teacher` names another store or teacher than the run in `out` (whose
     stored config is `stored`) was trained on."""
     now = run_inputs(cfg)

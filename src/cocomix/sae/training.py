@@ -47,7 +47,7 @@ from cocomix.sae import ranks
 from cocomix.sae.activations import ActivationChunks
 from cocomix.sae.fit import FVUSums
 from cocomix.sae.objective import initialize, normalize_decoder, remove_parallel_decoder_grad, sae_losses
-from cocomix.sae.run_inputs import INPUTS, RELOCATABLE, check_same_inputs, read_inputs, run_inputs
+from cocomix.sae.run_inputs import INPUTS, RELOCATABLE, check_rerun_inputs, read_inputs, run_inputs
 from cocomix.sae.saelens import save_saelens
 from cocomix.sae.topk import TopKSAE
 from cocomix.sae.train_config import SAETrainConfig
@@ -150,7 +150,7 @@ def check_out(cfg: SAETrainConfig, out: Path) -> None:
             raise CocomixError(f"{out}: holds an SAE training run with other settings ({', '.join(diff[:3])}); "
                                "use another --out")
         if recorded is not None:
-            check_same_inputs(cfg, stored, out, recorded)
+            check_rerun_inputs(cfg, stored, out, recorded)
     elif any(p.name != LOCK_NAME for p in out.iterdir()):
         raise CocomixError(f"{out}: not empty and not an SAE training run; use another --out")
 

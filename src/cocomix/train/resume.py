@@ -132,8 +132,9 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
         moved = [k for k in changed if (k in _RELOCATABLE or (k in _RELOCATABLE_BY_CONTENT and k in recorded))
                  and old.get(k) and new.get(k)]  # (not on <-> off)
         adjusted = [k for k in changed if k in _ADJUSTABLE]
-        read = _read_concept_settings(run)
-        unread = tuple(k for k in changed if k.startswith("concept.") and read is not None and k not in read)
+        from cocomix.methods import unread_concept_settings
+
+        unread = tuple(unread_concept_settings(run.method, changed))  # (changing one changes nothing)
         diff = [k for k in changed if k not in _RESHARDABLE + _OPERATIONAL + _ADJUSTABLE + tuple(moved) + unread]
         if never_saved and ckpt is None:  # nothing to continue: the run starts again, with the config given now
             if notes is not None:
@@ -201,14 +202,6 @@ def record_adjustments(run_dir: Path, run: RunConfig, step: int | None) -> None:
         path = run_dir / ADJUSTED
         before = path.read_text(encoding="utf-8") if path.is_file() else ""
         atomic_write_text(path, before + json.dumps({"step": step, **changed}) + "\n")
-
-
-def _read_concept_settings(run: RunConfig) -> tuple[str, ...] | None:
-    """The `concept.*` keys the run's method reads (`Method.concept_settings`; None: it does not say, all may
-    matter): a change to another one changes nothing, so a resume accepts it (as `train --set` warns)."""
-    from cocomix.methods import METHODS
-
-    return getattr(METHODS.get(run.method), "concept_settings", None)
 
 
 def usable_checkpoint(run_dir: Path) -> Path | None:
