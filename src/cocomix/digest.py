@@ -11,8 +11,12 @@ from pathlib import Path
 
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, or of a folder's files concatenated in sorted path order; read in 1 MiB blocks."""
+    return files_sha256(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+
+
+def files_sha256(files: list[Path]) -> str:
+    """Hex sha256 of the files' bytes concatenated in the order given; read in 1 MiB blocks."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

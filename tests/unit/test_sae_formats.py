@@ -375,6 +375,29 @@ def test_save_saelens_round_trip(tmp_path: Path, normalize: bool) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folders left behind
 
 
+def test_an_sae_folder_is_identified_by_the_files_load_sae_reads(tmp_path: Path) -> None:
+    """`sae_sha256` (what caches, checkpoints and labels record) hashes cfg.json and the weights: a README or
+    the `.cache/` that a hub download leaves in the folder (rewritten on every download) do not change it, so a
+    resume from a re-downloaded copy is not refused; other weights do. A clean folder keeps the hash of the whole
+    folder, which earlier records hold."""
+    from cocomix.concepts.identity import sae_sha256
+    from cocomix.digest import file_sha256
+
+    folder = save_saelens(_trained_like_sae(True), tmp_path / "sae")
+    clean = sae_sha256(str(folder), 2)
+    assert clean == file_sha256(folder)
+    (folder / "README.md").write_text("notes")
+    (folder / ".cache" / "huggingface" / "download").mkdir(parents=True)
+    (folder / ".cache" / "huggingface" / "download" / "cfg.json.metadata").write_text("abc\n1767225600.1\n")
+    assert sae_sha256(str(folder), 2) == clean != file_sha256(folder)
+    save_saelens(_trained_like_sae(False), folder)
+    assert sae_sha256(str(folder), 2) != clean
+    sparse = _write_sparsify(tmp_path / "sparse", {"k": K, "num_latents": C, "d_in": D}, _sparsify_weights())
+    before = sae_sha256(str(sparse), 0)
+    (sparse / "README.md").write_text("notes")
+    assert sae_sha256(str(sparse), 0) == before
+
+
 def test_save_saelens_refuses_to_replace_an_unrelated_folder(tmp_path: Path) -> None:
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")

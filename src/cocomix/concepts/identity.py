@@ -10,15 +10,18 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from cocomix.digest import file_sha256
+from cocomix.digest import files_sha256
 
 
 def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
-    """The SAE's content hash (its files only: in a folder of sparsify hookpoints, the teacher_layer's), or None
-    for a spec that is no local path."""
-    from cocomix.sae.formats import sae_path
+    """The SAE's content hash, or None for a spec that is no local path: sha256 of the files `load_sae` reads
+    (`cocomix.sae.formats.sae_files`: a SAELens or sparsify folder's cfg.json then weights, in a folder of
+    sparsify hookpoints the teacher_layer's), so that a README or a hub download's `.cache/` beside them does not
+    change it. For a folder holding only those two files this equals the hash of the whole folder, which cocomix
+    recorded before."""
+    from cocomix.sae.formats import sae_files
 
-    return file_sha256(sae_path(sae_spec, teacher_layer)) if Path(sae_spec).exists() else None
+    return files_sha256(sae_files(sae_spec, teacher_layer)) if Path(sae_spec).exists() else None
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

@@ -57,6 +57,20 @@ def sae_path(spec: str | Path, teacher_layer: int | None = None) -> Path:
     return path
 
 
+def sae_files(spec: str | Path, teacher_layer: int | None = None) -> list[Path]:
+    """The files `load_sae` reads for `spec`, in sorted order: an OpenAI file itself; a SAELens or sparsify
+    folder's cfg.json and weights (not a README, nor the `.cache/` a hub download leaves, which change on every
+    download); any other folder's files (which `load_sae` refuses)."""
+    path = sae_path(spec, teacher_layer)
+    if not path.is_dir():
+        return [path]
+    kind = _folder_format(path)
+    if kind is not None:
+        fmt = saelens if kind == "saelens" else sparsify
+        return sorted(f for f in (path / fmt.CFG_NAME, path / fmt.WEIGHTS_NAME) if f.is_file())
+    return sorted(f for f in path.rglob("*") if f.is_file())
+
+
 def _folder_format(path: Path) -> str | None:
     """"saelens" or "sparsify" by the weights file a folder holds, else None."""
     if (path / saelens.WEIGHTS_NAME).is_file():
