@@ -253,8 +253,8 @@ def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Pat
 def test_generation_options_are_read_as_lm_eval_normalises_them(cocomix_run: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """do_sample unset: sampling iff temperature > 0; do_sample true without a temperature: 1 (HF's default);
-    top_k / top_p are passed on when sampling; an option the model cannot honour is an error; a stop string ends
-    generation as soon as it appears."""
+    top_k / top_p are passed on when sampling (an unset top_k is HF generate's 50, 0 is off); an option the model
+    cannot honour is an error; a stop string ends generation as soon as it appears."""
     from types import SimpleNamespace
 
     import cocomix.model as cm
@@ -268,8 +268,9 @@ def test_generation_options_are_read_as_lm_eval_normalises_them(cocomix_run: Pat
         return real(model, prompts, n, **kw)
 
     monkeypatch.setattr(cm, "generate_ragged", record)
-    cases = [({"temperature": 0.7}, {"temperature": 0.7, "top_k": None, "top_p": None}),
-             ({"do_sample": True}, {"temperature": 1.0, "top_k": None, "top_p": None}),
+    cases = [({"temperature": 0.7}, {"temperature": 0.7, "top_k": 50, "top_p": None}),  # HF generate's top_k
+             ({"do_sample": True}, {"temperature": 1.0, "top_k": 50, "top_p": None}),
+             ({"do_sample": True, "top_k": 0}, {"temperature": 1.0, "top_k": None, "top_p": None}),  # 0: off
              ({"do_sample": False, "temperature": 0.7}, {"temperature": 0.0, "top_k": None, "top_p": None}),
              ({"do_sample": True, "temperature": 0.5, "top_k": 3, "top_p": 0.9},
               {"temperature": 0.5, "top_k": 3, "top_p": 0.9}),

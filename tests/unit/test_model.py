@@ -87,6 +87,21 @@ def test_generation_never_samples_ids_beyond_the_tokenizer() -> None:
         assert int(limited[:, 3:].max()) < 40 and bool(torch.isneginf(logits[..., 40:]).all())
 
 
+def test_generation_keeps_one_row_of_logits_per_step_not_the_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step's (B, V) logits own their memory: a view of the prompt's (B, P, V) logits would hold all of them
+    (at GPT-2's vocabulary, 200 MB a row for a 1000-token prompt) until generation ends."""
+    import importlib
+
+    gen = importlib.import_module("cocomix.model.generate")  # (the package's `generate` is the function)
+    torch.manual_seed(0)
+    model, sizes = Transformer(tiny_model_config()), []
+    real = gen.sample_next
+    monkeypatch.setattr(gen, "sample_next", lambda logits, *a: sizes.append(logits.untyped_storage().nbytes())
+                        or real(logits, *a))
+    generate(model, torch.randint(0, 97, (2, 12)), 3)
+    assert sizes == [2 * 97 * 4] * 3
+
+
 def test_kv_cache_sampling_matches_with_same_generator(flavour: str) -> None:
     cfg = tiny_model_config(flavour)
     model = _perturbed(Transformer(cfg))

@@ -21,7 +21,8 @@ paper's downstream tasks, §3 Table 1; no paper equation).
   must be below `context_length` (the prompt keeps its last context_length − max_gen_toks tokens, said once).
   Sampling: `do_sample` unset means sampling iff temperature > 0, as lm-eval's HF model reads it; `do_sample` true
   without a temperature samples at 1, HF `generate`'s default (lm-eval's HF model passes temperature 0 there,
-  which HF refuses). Other options (`num_beams` above 1, ...) are refused.
+  which HF refuses), and an unset `top_k` samples from the 50 likeliest tokens, HF `generate`'s default (0 turns
+  it off). Other options (`num_beams` above 1, ...) are refused.
 
 Scoring runs in one precision for every method (fp32 by default; `dtype="bfloat16"` on GPU), in eval mode.
 The adapter is lm-eval's model `cocomix`: registered when this module is imported (`simple_evaluate(model=
@@ -55,6 +56,7 @@ except ImportError:  # lm-eval is optional: importing this module still works, u
 
 
 DEFAULT_MAX_GEN_TOKS = 256
+HF_TOP_K = 50  # transformers GenerationConfig's top_k when a sampling task sets none
 _MAX_NEW_ALIASES = ("max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens")
 _NEUTRAL_GEN_KWARGS = {"num_beams": 1, "repetition_penalty": 1.0}  # HF generate options at values that change nothing
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -291,7 +293,8 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         sample = bool(do_sample) if do_sample is not None else temperature > 0.0
         if not sample or temperature == 0.0:
             return until, max_new, {"temperature": 0.0}
-        return until, max_new, {"temperature": temperature, "top_k": top_k or None,
+        # an unset top_k is HF generate's default of 50 (`GenerationConfig`), as lm-eval's HF model samples; 0 is off
+        return until, max_new, {"temperature": temperature, "top_k": HF_TOP_K if top_k is None else (top_k or None),
                                 "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p)}
 
     @classmethod

@@ -94,7 +94,8 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
         feed = prompt
         for _ in range(max_new_tokens):
             out = model(feed if use_cache else tokens, cache=cache)
-            last = restrict_vocab(out.logits[:, -1].float(), vocab_limit)  # (B, V)
+            # (B, V), a copy: a view would keep the prompt's (B, P, V) logits alive until the end
+            last = restrict_vocab(out.logits[:, -1].float().clone(), vocab_limit)
             nxt = sample_next(last, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
