@@ -146,6 +146,9 @@ def test_learning_rate_schedule_warms_up_holds_and_decays_to_zero() -> None:
     ({"chunk_tokens": 5000}, "chunk_tokens: must be a multiple of batch_tokens"),
     ({"lr": float("nan")}, "lr: expected a finite number"),
     ({"decay_fraction": 1.5}, "decay_fraction"),
+    ({"decay_fraction": "0.2"}, "decay_fraction: expected a finite number >= 0, got '0.2'"),
+    ({"lr": True}, "lr: expected a finite number >= 0, got True"),  # (Adam at lr 1.0 otherwise)
+    ({"auxk_alpha": True}, "auxk_alpha: expected a finite number"),
     ({"teacher_layer": -1}, "teacher_layer: expected a non-negative integer"),
 ])
 def test_bad_settings_name_the_field(change: dict, message: str) -> None:

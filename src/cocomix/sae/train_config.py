@@ -90,13 +90,13 @@ class SAETrainConfig:
                 raise ConfigError(f"{name}: expected a non-negative integer, got {value!r}")
         if self.seed >= 2**64:
             raise ConfigError(f"seed: expected an integer below 2**64 (torch's seed range), got {self.seed}")
-        for name in ("lr", "auxk_alpha"):
+        for name in ("lr", "auxk_alpha", "decay_fraction"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name}: expected a finite number >= 0, got {value!r}")
         if self.teacher_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {self.teacher_dtype!r}")
-        if not 0 <= self.decay_fraction <= 1:
+        if self.decay_fraction > 1:
             raise ConfigError(f"decay_fraction: expected a number in [0, 1], got {self.decay_fraction!r}")
         if self.n_latents and self.k > self.n_latents:
             raise ConfigError(f"k: must not exceed n_latents={self.n_latents}, got {self.k}")
