@@ -77,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
     if tasks == []:
         raise ConfigError(f"--tasks: expected comma-separated lm-eval task names, got {args.tasks!r}")
-    perplexity_only = {"--split": args.split, "--seq-len": args.seq_len, "--batches": args.batches}
+    perplexity_only = {"--split": args.split, "--batches": args.batches}
     tasks_only = {"--limit": args.limit, "--include-path": args.include_path,
                   "--max-batch-size": args.max_batch_size}
     if args.batch_size == "auto" and not tasks:
@@ -97,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         most = DEFAULT_MAX if args.max_batch_size is None else args.max_batch_size
         res = run_tasks(args.run, tasks, include_path=args.include_path,
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
-                        batch_size=args.batch_size, max_batch_size=most, data=args.data)
+                        batch_size=args.batch_size, max_batch_size=most, data=args.data, max_length=args.seq_len)
         if res is not None:  # (under torchrun, rank 0 prints for every rank)
             print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
         return 0
@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(s, "run directory (latest checkpoint) or checkpoint directory")
     s.add_argument("--data", help="token store (default: the run's)")
     s.add_argument("--split", choices=("train", "val"), help="split for the perplexity (default: val)")
-    s.add_argument("--seq-len", type=int, help="perplexity window length (default: the run's)")
+    s.add_argument("--seq-len", type=int, help="perplexity window length, or with --tasks the most tokens one "
+                   "forward scores, up to the model's context_length (default: the run's data.seq_len)")
     s.add_argument("--batch-size", type=_batch_size_arg, default=None,
                    help="windows (validation loss) or requests (lm-eval) per batch (default 8; with "
                         "--max-batch-size, auto); 'auto' (lm-eval): the largest that fits on the GPU, from "

@@ -159,6 +159,8 @@ CASES = [
      "--batches: a perplexity option"),
     ("eval-bad-device", ["eval", "--run", "{run}", "--device", "bogus"], "--device: expected auto, cpu"),
     ("eval-zero-seq-len", ["eval", "--run", "{run}", "--seq-len", "0"], "--seq-len: expected an integer >= 2"),
+    ("eval-tasks-seq-len-past-context", ["eval", "--run", "{run}", "--tasks", "x", "--seq-len", "100000"],
+     "max_length (eval --seq-len): expected an integer from 1 to the model's context_length"),
     ("eval-zero-batch-size", ["eval", "--run", "{run}", "--batch-size", "0"], "--batch-size: expected an integer"),
     ("eval-negative-batches", ["eval", "--run", "{run}", "--batches", "-1"], "--batches: expected an integer >= 0"),
     ("train-bad-device", ["train", "--config", "{root}/run.json", "--set", "train.device=gpu", "--out",

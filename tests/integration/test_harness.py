@@ -172,13 +172,13 @@ def test_generate_until_stops_at_end_of_text(cocomix_run: Path, monkeypatch: pyt
     from cocomix.eval.harness import CocomixLM
 
     lm = CocomixLM(cocomix_run)
-    req = SimpleNamespace(args=("To be, or not to be", {"until": ["\n\n"], "max_gen_toks": 40}))
+    req = SimpleNamespace(args=("To be, or not to be", {"until": ["\n\n"], "max_gen_toks": 20}))
     (text,) = lm.generate_until([req])
     assert isinstance(text, str) and lm.tok.eos_token not in text
     real, made = cm.generate_ragged, {}
 
     def ends_with_eos(model, prompts, n, **kw):  # noqa: ANN001, ANN003, ANN202
-        assert len(prompts[0]) + n <= 64  # the prompt keeps at least one token and the total fits the context
+        assert len(prompts[0]) + n <= 32  # the prompt keeps at least one token and the total fits the 32 scored
         (new,) = real(model, prompts, 3, **kw)
         made["answer"] = new
         return [new + [lm.tok.eos_id] + new[-2:]]
@@ -203,7 +203,7 @@ def test_generation_runs_in_batches_and_answers_as_one_request_at_a_time(cocomix
     reqs = [SimpleNamespace(args=(t, options[i % 2])) for i, t in enumerate(texts)]
 
     def varied(batch_size: int) -> CocomixLM:  # the 20-step model answers with spaces: the same noise on both
-        lm = CocomixLM(cocomix_run, batch_size=batch_size)
+        lm = CocomixLM(cocomix_run, batch_size=batch_size, max_length=64)  # every prompt whole (the longest: 34)
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in lm.model.parameters():
@@ -226,8 +226,8 @@ def test_generation_runs_in_batches_and_answers_as_one_request_at_a_time(cocomix
 def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """max_gen_toks > max_new_tokens > max_tokens > max_completion_tokens, else lm-eval's default 256, which must
-    leave room for the prompt in the context (64 here): as lm-eval's HF model, an error rather than a prompt cut
-    to nothing."""
+    leave room for the prompt in the scored length (the 32 tokens the run trained on here): as lm-eval's HF
+    model, an error rather than a prompt cut to nothing."""
     from types import SimpleNamespace
 
     import cocomix.model as cm
@@ -242,11 +242,11 @@ def test_generation_length_follows_lm_evals_aliases_and_default(cocomix_run: Pat
 
     monkeypatch.setattr(cm, "generate_ragged", record)
     for kwargs in ({"max_new_tokens": 5}, {"max_tokens": 7, "max_completion_tokens": 9}, {"max_gen_toks": 2,
-                   "max_new_tokens": 5}, {"max_completion_tokens": 9}, {"max_gen_toks": 63}):
+                   "max_new_tokens": 5}, {"max_completion_tokens": 9}, {"max_gen_toks": 31}):
         lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n"], **kwargs}))])
-    assert asked == [5, 7, 2, 9, 63]
-    for kwargs in ({}, {"max_gen_toks": 64}, {"max_gen_toks": 0}):
-        with pytest.raises(ConfigError, match=r"max_gen_toks \d+; expected 1 to 63"):
+    assert asked == [5, 7, 2, 9, 31]
+    for kwargs in ({}, {"max_gen_toks": 32}, {"max_gen_toks": 0}):
+        with pytest.raises(ConfigError, match=r"max_gen_toks \d+; expected 1 to 31 \(the run's data\.seq_len 32"):
             lm.generate_until([SimpleNamespace(args=("To be", {"until": ["\n"], **kwargs}))])
 
 
@@ -419,7 +419,7 @@ def _lm_evals_hf_scoring(lm: object, batch_size: int) -> object:
 
 
 def test_scores_equal_lm_evals_hf_model_on_our_model(cocomix_run: Path) -> None:
-    """Truncated requests (longer than the 64-token context), an empty context, an empty context whose
+    """Truncated requests (longer than the 32 tokens the run trained on), an empty context, an empty context whose
     continuation starts with the end-of-text token, trailing whitespace, batches of mixed lengths, and rolling
     windows: the same numbers and greedy flags as lm-eval's HF model, in request order."""
     from types import SimpleNamespace
@@ -443,6 +443,26 @@ def test_scores_equal_lm_evals_hf_model_on_our_model(cocomix_run: Path) -> None:
     for a, b in zip(lm.loglikelihood_rolling(texts), ref.loglikelihood_rolling(texts, disable_tqdm=True),
                     strict=True):
         assert abs(a - b) <= 1e-4 * max(1.0, abs(b)), (a, b)
+
+
+def test_the_scored_length_is_what_the_run_trained_on_unless_asked(cocomix_run: Path) -> None:
+    """The run was trained on 32-token windows of a 64-position model: lm-eval scores at most 32 tokens a
+    forward (positions 32 to 63 never trained), as `cocomix eval`'s validation loss reads 32-token windows;
+    max_length (eval --seq-len) asks for more, up to the model's context_length."""
+    from types import SimpleNamespace
+
+    from cocomix.eval.harness import CocomixLM
+
+    text = [SimpleNamespace(args=("Now is the winter of our discontent made glorious summer by this sun " * 3,))]
+    lm, wide = CocomixLM(cocomix_run), CocomixLM(cocomix_run, max_length="64")
+    assert (lm.max_length, wide.max_length, lm.model.cfg.context_length) == (32, 64, 64)
+    assert len(lm.encode(text[0].args[0])) > 64
+    assert lm.loglikelihood_rolling(text) == CocomixLM(cocomix_run, max_length=32).loglikelihood_rolling(text)
+    assert lm.loglikelihood_rolling(text) != wide.loglikelihood_rolling(text)
+    for bad in (0, 65, "auto", True, 2.5):
+        with pytest.raises(ConfigError, match=r"max_length \(eval --seq-len\): expected an integer from 1 to the "
+                                              r"model's context_length 64"):
+            CocomixLM(cocomix_run, max_length=bad)
 
 
 def test_adapter_arguments_are_checked_and_limit_zero_means_every_example(cocomix_run: Path,

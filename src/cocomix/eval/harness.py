@@ -8,17 +8,20 @@ paper's downstream tasks, §3 Table 1; no paper equation).
   the continuation is whole[len(encode(context)):] (trailing whitespace of the context moves into the
   continuation, as lm-eval does); an empty context is the end-of-text token (lm-eval's prefix token: our stores
   separate documents with it), or the continuation's first token when that is the end-of-text token. Inputs
-  longer than the model's context keep their last `context_length` tokens (said once). A continuation with no
+  longer than the scored length keep their last tokens (said once): that length (lm-eval's `max_length`) is the
+  run's `data.seq_len`, the windows it was trained on, unless `max_length=N` (model_args) asks for up to the
+  model's `context_length` (lm-eval's HF model takes the model's positions, but a cocomix run may be built with
+  more positions than it trained: those are untrained). A continuation with no
   tokens of its own (empty, or merged into the context's last token) or longer than the context cannot be
   scored: a one-line error, where lm-eval's HF model stops on an assertion.
-* `loglikelihood_rolling(text)`: the whole text's log-likelihood in disjoint windows of `context_length`
+* `loglikelihood_rolling(text)`: the whole text's log-likelihood in disjoint windows of the scored length
   (lm-eval's `get_rolling_token_windows`), starting from the end-of-text token.
 * `generate_until(context, {until, max_gen_toks, do_sample, temperature, top_k, top_p})`: KV-cached generation,
   `batch_size` requests at a time (`generate_ragged`: prompts of any lengths share a batch; each row ends alone),
   stopped at the end-of-text token (never part of the answer, as lm-eval adds it to the stop sequences) or as
   soon as a stop string appears, and cut at the first one; the length is lm-eval's (`max_gen_toks` or its
   aliases `max_new_tokens`, `max_tokens`, `max_completion_tokens`, default 256) and, as in lm-eval's HF model,
-  must be below `context_length` (the prompt keeps its last context_length − max_gen_toks tokens, said once).
+  must be below the scored length (the prompt keeps its last scored length − max_gen_toks tokens, said once).
   Sampling: `do_sample` unset means sampling iff temperature > 0, as lm-eval's HF model reads it; `do_sample` true
   without a temperature samples at 1, HF `generate`'s default (lm-eval's HF model passes temperature 0 there,
   which HF refuses), and an unset `top_k` samples from the 50 likeliest tokens, HF `generate`'s default (0 turns
@@ -66,7 +69,8 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
     """A cocomix run (directory or checkpoint) behind lm-eval's LM interface."""
 
     def __init__(self, run: str | Path, data: str | Path | None = None, device: str = "cpu",
-                 dtype: str = "float32", batch_size: int | str = 8, max_batch_size: int | str = DEFAULT_MAX) -> None:
+                 dtype: str = "float32", batch_size: int | str = 8, max_batch_size: int | str = DEFAULT_MAX,
+                 max_length: int | str | None = None) -> None:
         if LM is object:
             raise ConfigError("--tasks: lm-evaluation-harness is not installed (pip install lm-eval)")
         super().__init__()
@@ -100,7 +104,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             check_vocab(store, self.run_cfg.model.vocab_size)
             self.tok = store.tokenizer()
             self.eot = self.tok.eos_id if self.tok.eos_id is not None else 0
-            self.max_length = self.model.cfg.context_length
+            self.max_length, self._length_name = self._scored_length(max_length)
             self._device = torch.device(device)
             self._warned: set[str] = set()
             if self._batch is None and self._world_size > 1:
@@ -165,13 +169,13 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         """(Σ log p(cont | ctx), greedy?) for token-id pairs, in their order. Batched longest first (as lm-eval's
         HF model orders them, so that right-padding is small) and scored in fp32 on the continuation's rows."""
         if any(len(ctx) + len(cont) > self.max_length + 1 for ctx, cont in pairs):
-            self._warn_once("score", f"a request longer than context_length {self.max_length} + 1 tokens is "
+            self._warn_once("score", f"a request longer than {self._length_name} {self.max_length} + 1 tokens is "
                             "scored on its last tokens (the context is cut on the left, as lm-eval's HF model does)")
         inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
         for x, (_, cont) in zip(inputs, pairs, strict=True):
             if len(cont) > len(x):
                 raise ConfigError(f"--tasks: a request's continuation is {len(cont)} tokens, more than the model's "
-                                  f"context_length {self.max_length} can score")
+                                  f"{self._length_name} {self.max_length} can score")
         order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         for start in range(0, len(order), self.batch_size):
@@ -234,7 +238,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             ids = self.encode(context) or [self.eot]
             if len(ids) > self.max_length - max_new:
                 self._warn_once("generate", f"a generation prompt of {len(ids)} tokens keeps its last "
-                                f"{self.max_length - max_new} (context_length {self.max_length} − max_gen_toks "
+                                f"{self.max_length - max_new} ({self._length_name} {self.max_length} − max_gen_toks "
                                 f"{max_new}), as lm-eval's HF model does")
                 ids = ids[-(self.max_length - max_new):]
             jobs.append((ids, until, max_new, sampling))
@@ -275,9 +279,11 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             kwargs.pop(k, None)
         max_new = int(asked)
         if not 1 <= max_new < self.max_length:
+            limit = self.model.cfg.context_length
+            more = f", or eval --seq-len up to the model's context_length {limit}" if self.max_length < limit else ""
             raise ConfigError(f"--tasks: a task asks for max_gen_toks {max_new}; expected 1 to {self.max_length - 1} "
-                              f"(the model's context_length {self.max_length} must keep room for the prompt; "
-                              "set max_gen_toks in the task's generation_kwargs)")
+                              f"({self._length_name} {self.max_length} must keep room for the prompt; "
+                              f"set max_gen_toks in the task's generation_kwargs{more})")
         do_sample = kwargs.pop("do_sample", None)
         # sampling when asked, or (do_sample unset) at a temperature above 0; HF's default temperature is 1
         temperature = kwargs.pop("temperature", None)
@@ -306,9 +312,9 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> CocomixLM:
-        """The adapter from lm-eval's model_args (run, data, device, dtype, batch_size, max_batch_size) and its own
-        settings (batch_size, max_batch_size, device); other arguments are errors."""
-        known = ("run", "data", "device", "dtype", "batch_size", "max_batch_size")
+        """The adapter from lm-eval's model_args (run, data, device, dtype, batch_size, max_batch_size, max_length)
+        and its own settings (batch_size, max_batch_size, device); other arguments are errors."""
+        known = ("run", "data", "device", "dtype", "batch_size", "max_batch_size", "max_length")
         unknown = sorted(set(arg_dict) - set(known))
         if unknown or "run" not in arg_dict:
             raise ConfigError(f"model_args: {'unknown argument ' + repr(unknown[0]) if unknown else 'no run'}; "
@@ -317,6 +323,26 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         args = {k: v for k, v in (additional_config or {}).items() if v is not None and k in known}
         args.update({k: v for k, v in arg_dict.items() if v is not None})
         return cls(**{k: str(v) if k in ("run", "data", "device", "dtype") else v for k, v in args.items()})
+
+    def _scored_length(self, asked: int | str | None) -> tuple[int, str]:
+        """(the most tokens one forward scores, what set it): `max_length` when given (1 to the model's
+        context_length), else the run's data.seq_len, the windows it was trained on — a model's positions past
+        them are untrained (GPT-2's position embeddings, RoPE beyond its trained range), and `cocomix eval`'s
+        validation loss reads windows of that length too — or context_length where that is smaller."""
+        limit = self.model.cfg.context_length
+        if asked is not None:
+            try:
+                value = int(asked)
+            except (TypeError, ValueError):
+                value = 0
+            if isinstance(asked, bool) or not 1 <= value <= limit or str(value) != str(asked).strip():
+                raise ConfigError(f"max_length (eval --seq-len): expected an integer from 1 to the model's "
+                                  f"context_length {limit}, got {asked!r}")
+            return value, "max_length"
+        trained = self.run_cfg.data.seq_len
+        if trained < limit:
+            return trained, "the run's data.seq_len"
+        return limit, "context_length"
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:

@@ -48,9 +48,11 @@ def check_harness_version() -> None:
 
 def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None = None, limit: int | None = None,
               device: str = "cpu", dtype: str = "float32", batch_size: int | str = 8, data: str | None = None,
-              log_samples: bool = False, max_batch_size: int = DEFAULT_MAX) -> dict[str, Any] | None:
+              log_samples: bool = False, max_batch_size: int = DEFAULT_MAX,
+              max_length: int | None = None) -> dict[str, Any] | None:
     """lm_eval.simple_evaluate on a cocomix run (its result dict, plus `checkpoint`: the folder scored);
-    `include_path` adds local task YAML folders. Under torchrun every rank scores its share of each task's
+    `include_path` adds local task YAML folders; `max_length` is the most tokens one forward scores (default:
+    the run's data.seq_len; `CocomixLM`). Under torchrun every rank scores its share of each task's
     documents; rank 0 returns the results of all of them, the other ranks None."""
     if not tasks:
         raise ConfigError("--tasks: expected comma-separated lm-eval task names")
@@ -66,7 +68,8 @@ def run_tasks(run: str | Path, tasks: list[str], include_path: str | Path | None
     if limit is not None and not 0 <= limit <= sys.maxsize:  # lm-eval slices with it
         raise ConfigError(f"--limit: expected a number in [0, {sys.maxsize}] (0: every example), got {limit}")
     limit = limit or None  # lm-eval reads 0 as "no example"
-    lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size, max_batch_size=max_batch_size)
+    lm = CocomixLM(run, data=data, device=device, dtype=dtype, batch_size=batch_size, max_batch_size=max_batch_size,
+                   max_length=max_length)
     try:  # (the process group, under torchrun, is torn down whatever happens from here)
         manager = _task_manager(TaskManager, tasks, include_path)
         unknown = [t for t in tasks if t not in manager.all_tasks]
