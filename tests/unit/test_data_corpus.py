@@ -146,6 +146,10 @@ def test_hf_source_on_save_to_disk_folders_and_single_files(tmp_path: Path, offl
     (tmp_path / "docs#v2.jsonl").write_text('{"text": "a", "body": "b"}\n', encoding="utf-8")
     assert [d.text for d in iter_documents(f"jsonl:{tmp_path / 'docs#v2.jsonl'}#body")] == ["b"]
     assert [d.name for d in iter_documents(f"jsonl:{tmp_path / 'docs#v2.jsonl'}")] == ["docs#v2.jsonl:1"]
+    (tmp_path / "damaged").mkdir()  # a save_to_disk folder whose dataset_dict.json is cut short
+    (tmp_path / "damaged" / "dataset_dict.json").write_text('{"splits": ["tr')
+    with pytest.raises(DataError, match=r"damaged holds dataset_dict\.json, but datasets\.load_from_disk cannot read"):
+        list(iter_documents(f"hf:{tmp_path / 'damaged'}"))
 
 
 def test_a_null_text_is_skipped_in_jsonl_as_in_hf(tmp_path: Path) -> None:

@@ -519,3 +519,33 @@ def test_a_tokenizer_that_cannot_encode_a_document_names_it(tmp_path: Path) -> N
     with pytest.raises(DataError, match=r"^document 'd4\.txt': the tokenizer cannot encode it \(Exception: "):
         prepare(f"text:{tmp_path / 'docs'}", tmp_path / "store", tokenizer=str(tmp_path / "tok"), progress=False)
     assert not (tmp_path / "store").exists()
+
+
+def test_a_tokenizer_without_an_unknown_token_prepares_a_corpus_it_covers(store_dir: Path, tmp_path: Path) -> None:
+    """A word-level vocabulary with no unknown token encodes a corpus of its own words: its store is prepared
+    (over an earlier one with --overwrite) and saved without encoding any text of ours. The same tokenizer by an
+    AutoTokenizer (a hub name, a folder of other files), which prepare probes with a sentence, is a one-line error
+    naming it."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from cocomix.data.tokenizer import _from_transformers
+
+    words = ["the", "king", "is", "sad", "dead", "<|endoftext|>"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "docs").mkdir()
+    for i in range(20):
+        (tmp_path / "docs" / f"d{i}.txt").write_text(" ".join(words[(i + j) % 5] for j in range(30)))
+    out = tmp_path / "store"
+    shutil.copytree(store_dir, out)
+    prepare(f"text:{tmp_path / 'docs'}", out, tokenizer=str(tmp_path / "tok"), overwrite=True, progress=False)
+    store = TokenStore.open(out)
+    assert store.vocab_size == 6 and store.tokenizer().decode(store.tokens("train")[:3].tolist()) == "the king is"
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>"}
+    (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(DataError, match=r"cannot encode 'The quick brown fox.*a vocabulary without an unknown token"):
+        _from_transformers(str(tmp_path / "tok"))

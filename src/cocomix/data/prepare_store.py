@@ -235,6 +235,7 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
                 _pending(out, split).unlink(missing_ok=True)
             raise DataError(f"source {source!r}: val_fraction {val_fraction} holds out no text (too little text "
                             "to split); give more text or a larger --val-fraction")
+        tok.to_json()  # what tok.save writes, rendered while the old store is whole (a failure here loses nothing)
         # The new streams are complete. From here until meta.json is rewritten the folder is marked incomplete
         # (no meta.json: the store does not open) and ours (the marker: a rerun may replace it without --overwrite)
         atomic_write_text(out / INCOMPLETE, "a cocomix prepare was replacing this store\n")

@@ -230,7 +230,13 @@ def _from_disk(spec: str, datasets: Any, folder: Path, split: str) -> Any:
     """A folder written by `save_to_disk` (`load_dataset` refuses a Dataset's and misreads a DatasetDict's: its
     split names are guessed from file names), its split chosen by name; slices as `load_dataset` reads them
     (`train[:10%]`, `train[:100]+train[-50:]`). A single Dataset's rows are the split `train`."""
-    loaded = datasets.load_from_disk(str(folder))
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as e:  # noqa: BLE001 - a damaged JSON file, a missing arrow file, a stray state.json
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        marker = "dataset_dict.json" if (folder / "dataset_dict.json").is_file() else "state.json"
+        raise DataError(f"source 'hf:{spec}': {folder} holds {marker}, but datasets.load_from_disk cannot read it as "
+                        f"a saved dataset ({type(e).__name__}: {first_line})") from None
     splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
     try:
         instruction = datasets.ReadInstruction.from_spec(split)

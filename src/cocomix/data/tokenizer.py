@@ -132,9 +132,10 @@ class TextTokenizer:
     def to_json(self) -> str:
         """The `tokenizer.json` text. A post-processor that adds special tokens (a Llama tokenizer's BOS template)
         is left out: the store's ids never hold them (`encode` adds none), so a plain HF `AutoTokenizer` of the
-        saved folder must not add them either."""
-        probe = "Hello world"
-        if self._tok.encode(probe, add_special_tokens=True).ids == self.encode(probe):
+        saved folder must not add them either. Read off the post-processor, not by encoding a probe text (which a
+        vocabulary without an unknown token cannot encode)."""
+        post = self._tok.post_processor
+        if post is None or post.num_special_tokens_to_add(False) == 0:
             return self._tok.to_str()
         data = json.loads(self._tok.to_str())
         data["post_processor"] = None
@@ -250,7 +251,12 @@ def _from_transformers(spec: str) -> TextTokenizer:
         raise DataError(f"tokenizer {spec!r}: has no fast (tokenizers) backend; convert it to tokenizer.json")
     if hf_tok.eos_token_id is None:
         raise DataError(f"tokenizer {spec!r}: has no eos token (eos_token_id is None)")
-    ids = backend.encode(_PROBE, add_special_tokens=False).ids
+    try:
+        ids = backend.encode(_PROBE, add_special_tokens=False).ids
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+        said = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"tokenizer {spec!r}: cannot encode {_PROBE!r} ({said}): a vocabulary without an unknown "
+                        "token fails on any text outside it; give a tokenizer that encodes any text") from None
     unk = hf_tok.unk_token_id
     if not ids or all(i == unk for i in ids):  # an empty tokenizer: every document would be one eos
         raise DataError(f"tokenizer {spec!r}: encodes {_PROBE!r} to {'nothing' if not ids else 'unknown tokens only'} "
