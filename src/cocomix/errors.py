@@ -43,6 +43,11 @@ class CheckpointError(CocomixError):
     """A checkpoint or exported model folder is missing, incomplete or does not match the config."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (a full disk, a quota): the run's logs so far are kept, not undone as a
+    failure on bad input is."""
+
+
 class Stopped(Exception):  # noqa: N818 - a clean stop, not an error
     """A long command (`train-sae`, `extract-concepts`) stopped on SIGTERM / SIGINT after saving its progress;
     `detail` says where and how to resume. The CLI prints it and exits 128 + the signal number."""

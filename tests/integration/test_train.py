@@ -851,6 +851,27 @@ def test_a_checkpoint_that_cannot_be_written_leaves_nothing_behind(store_dir: Pa
     assert ".deleting_step_0000010" in renamed  # pruned out of the step_* names before its files went
 
 
+def test_a_first_checkpoint_that_cannot_be_written_keeps_the_runs_logs(store_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the first save is no bad input: the run's config.json and the metrics of the steps it trained
+    stay (hours of them on a real run), and --resume, once there is space, starts it again."""
+    import cocomix.train.checkpoint as ck
+    from cocomix.errors import CheckpointWriteError
+
+    run = small_run(store_dir, steps=6, save_every=3, eval_every=0, log_every=1)
+    out = tmp_path / "run"
+
+    def full_disk(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(28, os.strerror(28))
+
+    monkeypatch.setattr(ck, "_write_files", full_disk)
+    with pytest.raises(CheckpointWriteError, match=r"step_0000003: cannot write the checkpoint"):
+        train(run, out, quiet=True)
+    assert (out / "config.json").is_file() and [e["step"] for e in _train_events(out)] == [1, 2, 3]
+    monkeypatch.undo()
+    assert train(run, out, resume=True, quiet=True).steps == 6
+
+
 def test_a_second_job_on_a_locked_run_never_reads_its_checkpoints(store_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The run's lock is taken before its checkpoints are verified: a duplicate `--resume` job fails at once and

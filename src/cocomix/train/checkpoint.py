@@ -37,7 +37,7 @@ from cocomix.atomic import atomic_write_text, fsync_dir, fsync_file, fsync_folde
 from cocomix.config import RunConfig
 from cocomix.config_io import run_config
 from cocomix.digest import file_sha256
-from cocomix.errors import CheckpointError, CocomixError, load_failure
+from cocomix.errors import CheckpointError, CheckpointWriteError, CocomixError, load_failure
 
 CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -162,7 +162,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
         if isinstance(e, (OSError, RuntimeError)):  # torch's writer reports ENOSPC as a RuntimeError
             kept = "the previous checkpoint is intact: " if (root / "latest").is_file() else ""
-            raise CheckpointError(f"{final}: cannot write the checkpoint ({' '.join(str(e).split())[:200]}); "
+            raise CheckpointWriteError(f"{final}: cannot write the checkpoint ({' '.join(str(e).split())[:200]}); "
                                   f"{kept}free space and rerun with --resume") from None
         raise
     if final.exists():

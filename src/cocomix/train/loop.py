@@ -25,7 +25,7 @@ from cocomix.atomic import atomic_write_text
 from cocomix.config import RunConfig, TrainConfig
 from cocomix.data import TokenStore, WindowSampler
 from cocomix.data.store import check_vocab
-from cocomix.errors import CheckpointError, ConfigError, DataError
+from cocomix.errors import CheckpointError, CheckpointWriteError, ConfigError, DataError
 from cocomix.eval.perplexity import evaluate_loss
 from cocomix.flops import LMShape, plugin_note, recorded_teacher, run_flops, teacher_shape
 from cocomix.methods import METHODS, Batch, Method
@@ -198,8 +198,8 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         try:
             return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note,
                                  stop_hint, on_stop)
-        except (DataError, CheckpointError):  # bad input, not a divergence (its metrics show what happened)
-            if before is not None:
+        except (DataError, CheckpointError) as e:  # bad input, not a divergence (its metrics show what happened)
+            if before is not None and not isinstance(e, CheckpointWriteError):  # a full disk: the logs are kept
                 undo_unsaved_start(run_dir, before)
             raise
     finally:

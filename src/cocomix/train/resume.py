@@ -71,7 +71,8 @@ def undo_unsaved_start(run_dir: Path, before: set[str]) -> None:
     damaged target cache: a DataError or CheckpointError, not a divergence) before its first checkpoint: remove
     what it wrote into `run_dir` (the entries not in `before`: config.json, metrics.jsonl, log folders), so that
     the same command, once the input is fixed, starts again instead of being told the folder holds a run. A run
-    that saved a checkpoint is left as it is."""
+    that saved a checkpoint is left as it is, and so is one whose first checkpoint could not be written (a
+    `CheckpointWriteError`: the caller does not call this)."""
     import shutil
 
     if has_checkpoint(run_dir):
