@@ -138,6 +138,10 @@ def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> N
     f = _run(tmp_path / "b", "ntp-seed4", "ntp", 4, [5.0, 3.0], 1e6, eval_batches=3)
     with pytest.raises(CocomixError, match=r"train\.eval_batches"):  # a loss measured on other windows
         group_runs([a, f])
+    h0 = _run(tmp_path / "b", "fsdp", "ntp", 0, [5.0, 3.0], 1e6, parallel="fsdp")
+    h1 = _run(tmp_path / "b", "fsdp-seed1", "ntp", 1, [5.0, 3.0], 1e6, parallel="fsdp", fsdp_param_dtype="bfloat16")
+    with pytest.raises(CocomixError, match=r"train\.fsdp_param_dtype"):  # bf16 compute: another precision
+        group_runs([h0, h1])
     old = json.loads((a / "config.json").read_text())
     del old["train"]["chunked_lm_loss"]  # written by an older cocomix: the default is filled in
     g = _run(tmp_path / "b", "ntp-seed5", "ntp", 5, [5.0, 3.0], 1e6)

@@ -27,15 +27,16 @@ from cocomix.train.checkpoint import (
 )
 
 # may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
-_RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel", "train.fsdp_param_dtype")
+_RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel")
 # settings a resume may change because the weights do not depend on them (up to the device's rounding)
 _OPERATIONAL = ("train.device", "train.compile", "train.activation_checkpointing", "train.chunked_lm_loss",
                 "train.keep_checkpoints",
                 "train.log_backends", "train.log_every", "train.eval_every", "train.eval_batches",
                 "train.save_every")
 # settings a resume may change on purpose (after a divergence: rewind to the last good checkpoint with a lower
-# learning rate or tighter clipping); the change is printed, and the run no longer equals an uninterrupted one
-_ADJUSTABLE = ("train.lr", "train.min_lr_ratio", "train.grad_clip", "train.max_bad_steps")
+# learning rate or tighter clipping; FSDP's compute precision, which a run moved to DDP or one process must set to
+# float32); the change is printed, and the run no longer equals an uninterrupted one
+_ADJUSTABLE = ("train.lr", "train.min_lr_ratio", "train.grad_clip", "train.max_bad_steps", "train.fsdp_param_dtype")
 # paths a resume may change (files moved to node-local scratch, another machine) because their content is checked:
 # the token store against the identity each checkpoint records, a target cache against the run's settings
 _RELOCATABLE = ("data.path", "concept.cache")
