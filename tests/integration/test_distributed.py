@@ -271,3 +271,34 @@ def test_perplexity_eval_under_torchrun_splits_the_windows_and_prints_once(singl
     want = json.loads(one.stdout)
     assert len(lines) == 1 and lines[0]["windows"] == want["windows"] > 3, (lines, want)
     assert abs(lines[0]["loss"] - want["loss"]) <= 1e-6 * want["loss"]
+
+
+def test_bad_input_that_only_another_rank_reads_leaves_no_run_behind(store_dir: Path, tmp_path: Path) -> None:
+    """A token id beyond the vocabulary in the windows rank 1 reads first: rank 1 fails with the store's one-line
+    error, rank 0 (which holds the run folder) is stopped by its watcher and undoes what the fresh run wrote, as
+    one process failing on it does, so the same --out starts once the store is fixed."""
+    import numpy as np
+
+    from cocomix.data.sampler import WindowSampler
+
+    store, out, T = tmp_path / "store", tmp_path / "run", 32
+    shutil.copytree(store_dir, store)
+    dtype = json.loads((store / "meta.json").read_text())["dtype"]
+    clean = np.fromfile(store / "train.bin", dtype=dtype)
+    chunks = clean.size // T
+    first = set(WindowSampler(chunks, 1, 2, 1, world_size=2, rank=0).indices(0, 0))  # rank 0's first windows
+    poisoned = clean.copy()
+    for c in set(range(chunks)) - first:
+        poisoned[c * T + T // 2] = 999
+    poisoned.tofile(store / "train.bin")
+    kv = ["model.vocab_size=320", "model.context_length=64", f"data.path={store}", f"data.seq_len={T}",
+          "data.window_offset=fixed", "train.steps=2", "train.micro_batch_size=2", "train.eval_every=0",
+          "train.save_every=2", "train.warmup_steps=1", "train.device=cpu", "train.seed=1"]
+    sets = [x for s in kv for x in ("--set", s)]
+    r = _train("tiny", sets, out, procs=2)
+    assert r.returncode != 0 and "token id 999" in r.stderr and "stopping because rank 1 failed" in r.stderr, \
+        r.stderr[-3000:]
+    assert not (out / "config.json").exists() and not (out / "metrics.jsonl").exists(), sorted(os.listdir(out))
+    clean.tofile(store / "train.bin")
+    r = _train("tiny", sets, out)
+    assert r.returncode == 0, r.stderr[-2000:]

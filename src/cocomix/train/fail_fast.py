@@ -21,8 +21,10 @@ Leaving the guard stops the watcher and waits for it (at most `poll + JOIN_SECON
 inside a store call while the process group is destroyed, or the interpreter exits, can abort the process.
 
 Before it ends its process the watcher runs the callbacks registered with `on_stop` (the metrics logger's close,
-which flushes TensorBoard and finishes wandb), each in a thread given at most `CLEANUP_SECONDS`: the main
-thread is blocked, so a sink that needs it must not hold the exit up.
+which flushes TensorBoard and finishes wandb; a fresh run's undo of what it wrote when the other rank failed on bad
+input), last registered first, each in a thread given at most `CLEANUP_SECONDS`: the main thread is blocked, so a
+sink that needs it must not hold the exit up. The failing rank also announces its exception's class name, which the
+stopped ranks' callbacks read as `failed_error`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def _keys() -> tuple[str, str]:
     return f"cocomix/attempt_{attempt}/failed_rank", f"cocomix/attempt_{attempt}/acks"
 
 
+def _error_key(failed_key: str) -> str:
+    """Where the failing rank writes its exception's class name (before `failed_key`, which the watchers poll)."""
+    return failed_key.replace("failed_rank", "failed_error")
+
+
 
 def _default_store() -> Any | None:
     """The default process group's store, or None where this torch does not expose it (no watcher then)."""
@@ -81,13 +88,16 @@ class FailFast:
         self._failed_here = False  # this rank announced a failure: its own watcher leaves it to the raise
         self._thread: threading.Thread | None = None
         self._on_stop: list[Callable[[], object]] = []
+        self.failed_error: str | None = None
+        """On a rank the watcher stops: the class name of the failing rank's exception (e.g. "DataError")."""
 
     def on_stop(self, callback: Callable[[], object]) -> None:
-        """Run `callback` (in a bounded thread) if the watcher ends this process because another rank failed."""
+        """Run `callback` (in a bounded thread) if the watcher ends this process because another rank failed;
+        callbacks run last registered first (as an exit stack unwinds)."""
         self._on_stop.append(callback)
 
     def _cleanup(self) -> None:
-        for callback in self._on_stop:
+        for callback in reversed(self._on_stop):
             worker = threading.Thread(target=_quietly, args=(callback,), name="cocomix-fail-fast-cleanup",
                                       daemon=True)
             worker.start()
@@ -111,6 +121,8 @@ class FailFast:
                     lost = 0
                     continue
                 failed = store.get(key).decode()
+                error = _error_key(key)
+                self.failed_error = store.get(error).decode() if store.check([error]) else None
             except Exception:  # the store is unreachable: its host (rank 0 under env://, else the agent) is gone
                 lost += 1
                 if lost < LOST_STORE_POLLS or self._failed_here or self._done.is_set():
@@ -137,16 +149,17 @@ class FailFast:
         if exc is not None and self.store is not None and not isinstance(exc, (KeyboardInterrupt, GeneratorExit,
                                                                                Stopped)):
             self._failed_here = True
-            self._announce()
+            self._announce(type(exc).__name__)
         self._done.set()
         if self._thread is not None:  # a watcher still inside a store call when the process ends (or the group is
             self._thread.join(self.poll + JOIN_SECONDS)  # destroyed) can abort it ("terminate called ...")
         return False
 
-    def _announce(self) -> None:
+    def _announce(self, error: str) -> None:
         key, acks = _keys()
         try:
-            if not self.store.check([key]):  # the first failure names the rank; later ones keep it
+            if not self.store.check([key]):  # the first failure names the rank (and its error); later ones keep it
+                self.store.set(_error_key(key), error)
                 self.store.set(key, str(self.ctx.rank))
             deadline = time.monotonic() + 2 * self.poll
             while time.monotonic() < deadline and self.store.add(acks, 0) < self.ctx.world_size - 1:

@@ -49,6 +49,9 @@ from cocomix.train.resume import (
     undo_unsaved_start,
 )
 
+# bad input, which a fresh run undoes (a full disk is none), by the class name a rank announces through `FailFast`
+_BAD_INPUT = (DataError.__name__, CheckpointError.__name__)
+
 
 @dataclass
 class TrainResult:
@@ -136,7 +139,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, quiet: bool
     try:
         # a rank that fails stops the others at once, not after the collective timeout
         with rng, FailFast(ctx) as fail_fast:
-            result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint, fail_fast.on_stop)
+            result = _train(run, Path(run_dir), resume, quiet, ctx, device, stop_hint, fail_fast)
             dd.barrier(ctx)  # every rank has finished (a rank failing before it still stops the others)
     finally:
         torch.set_float32_matmul_precision(matmul_precision)
@@ -156,7 +159,7 @@ def _injected_nan_steps() -> set[int]:
 
 
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext,
-           device: torch.device, stop_hint: str, on_stop: Callable[[Callable[[], object]], None]) -> TrainResult:
+           device: torch.device, stop_hint: str, fail_fast: FailFast) -> TrainResult:
     tc = run.train
     dd.check_support(ctx, tc.parallel, device)  # before the run folder is made
     try:
@@ -195,9 +198,11 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         # a fresh run's own files, removed again if it fails on bad input before its first checkpoint
         before = ({p.name for p in run_dir.iterdir()} if ckpt is None and ctx.is_main
                   and not (run_dir / "config.json").exists() else None)
+        if before is not None:  # another rank's bad input (a chunk only it reads): this rank's watcher ends it
+            fail_fast.on_stop(lambda: fail_fast.failed_error in _BAD_INPUT and undo_unsaved_start(run_dir, before))
         try:
             return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note,
-                                 stop_hint, on_stop)
+                                 stop_hint, fail_fast.on_stop)
         except (DataError, CheckpointError) as e:  # bad input, not a divergence (its metrics show what happened)
             if before is not None and not isinstance(e, CheckpointWriteError):  # a full disk: the logs are kept
                 undo_unsaved_start(run_dir, before)
