@@ -190,15 +190,15 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size,
                                from_rank0=(lambda v: dd.from_rank0(v, ctx, device)) if ctx.active else None,
                                notes=notes)
-        fresh_note = ""
-        if resume and ckpt is None and ctx.is_main:  # e.g. the first submission of a job that is always launched
-            # with --resume, or one killed before its first checkpoint (said once the run has set up and starts)
+        fresh_note = ""  # e.g. the first submission of a job always launched with --resume, or one killed before
+        if resume and ckpt is None and ctx.is_main:  # its first checkpoint (said once the run has set up and starts)
             fresh_note = notes[0] if notes else f"cocomix: note: nothing to resume in {run_dir}; starting the run " \
                                                 "from step 0"
-        # a fresh run's own files, removed again if it fails on bad input before its first checkpoint
+        # a fresh run's own files, removed again if it fails on bad input before its first checkpoint (also bad
+        # input only another rank read: this rank's watcher then ends it)
         before = ({p.name for p in run_dir.iterdir()} if ckpt is None and ctx.is_main
                   and not (run_dir / "config.json").exists() else None)
-        if before is not None:  # another rank's bad input (a chunk only it reads): this rank's watcher ends it
+        if before is not None:
             fail_fast.on_stop(lambda: fail_fast.failed_error in _BAD_INPUT and undo_unsaved_start(run_dir, before))
         try:
             return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note,
