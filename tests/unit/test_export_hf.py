@@ -6,6 +6,7 @@ bad files). Tiny random models only; nothing is downloaded.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -100,10 +101,11 @@ def test_config_fields(tmp_path: Path) -> None:
     assert not ll.tie_word_embeddings and not ll.attention_bias and not ll.mlp_bias
     rope = getattr(ll, "rope_parameters", None) or {"rope_theta": ll.rope_theta}
     assert rope["rope_theta"] == 500.0
-    export_hf(tiny_model(flavour="llama"), tmp_path / "hf")
+    export_hf(tiny_model(flavour="llama", rope_theta=500.0), tmp_path / "hf")
     data = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert data["model_type"] == "llama" and data["architectures"] == ["LlamaForCausalLM"]
     assert data.get("dtype", data.get("torch_dtype")) == "float32"
+    assert data["rope_theta"] == 500.0  # top level too, where transformers 4 reads it (5 reads rope_parameters)
 
 
 def test_state_dict_layout() -> None:
@@ -196,6 +198,20 @@ def test_refuses_non_empty_target_and_seam_models(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp dirs left behind
 
 
+def test_a_failed_export_leaves_no_folder_it_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while writing (or a full disk): neither the target, its temporary folder nor the parent folders
+    made for it are left; a parent that existed stays."""
+    (tmp_path / "kept").mkdir()
+
+    def interrupted(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("safetensors.torch.save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_hf(tiny_model(flavour="gpt2"), tmp_path / "kept" / "a" / "b" / "out")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
+
+
 def test_an_empty_folder_through_a_symlink_is_filled_and_the_current_folder_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_model(flavour="gpt2")
@@ -277,6 +293,12 @@ def test_tokenizer_files_are_copied(tmp_path: Path) -> None:
     assert not (plain / "generation_config.json").exists()  # nothing to suppress
     with pytest.raises(CheckpointError, match="vocab_size"):
         export_hf(tiny_model(flavour="llama"), tmp_path / "small", tokenizer_dir=tok_dir)
+    bare = tmp_path / "bare"  # a tokenizer.json alone, naming no eos: found as `load_tokenizer` finds it
+    bare.mkdir()
+    shutil.copyfile(tok_dir / "tokenizer.json", bare / "tokenizer.json")
+    folder = export_hf(tiny_model(flavour="llama", vocab_size=288), tmp_path / "hf-bare", tokenizer_dir=bare)
+    assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
+    assert transformers.AutoTokenizer.from_pretrained(folder).eos_token_id == eos
 
 
 def test_a_tokenizer_with_gaps_in_its_ids_suppresses_only_the_ids_above_its_largest(tmp_path: Path) -> None:

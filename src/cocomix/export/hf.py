@@ -85,6 +85,16 @@ def _transformers_major() -> int:
     return int(transformers.__version__.split(".")[0])
 
 
+def _add_legacy_rope_theta(path: Path, cfg: ModelConfig) -> None:
+    """A llama config.json written by transformers 5 holds RoPE's theta only in `rope_parameters`, which a
+    transformers 4 release (the pyproject floor is 4.56) ignores for its default 10000: the top-level `rope_theta`
+    is written too, which transformers 5 reads the same."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if cfg.flavour == "llama" and "rope_theta" not in data:
+        data["rope_theta"] = cfg.rope_theta
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def hf_config(cfg: ModelConfig, bos_token_id: int | None = None, eos_token_id: int | None = None
               ) -> PretrainedConfig:
     """The `GPT2Config` (gpt2 flavour) or `LlamaConfig` (llama flavour) of a model built from `cfg`."""
@@ -124,9 +134,10 @@ def _special_token(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> tuple[dict[str, int | None], int]:
-    """bos/eos ids named by the tokenizer folder (tokenizer_config.json, else special_tokens_map.json), and the
-    tokenizer's size (its largest id + 1)."""
+def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> tuple[dict[str, int | None], int, str | None]:
+    """bos/eos ids named by the tokenizer folder (tokenizer_config.json, else special_tokens_map.json; with no eos
+    named, the first of `<|endoftext|>`, `</s>`, ... the tokenizer holds, as `load_tokenizer` reads it), and the
+    tokenizer's size (its largest id + 1), and the eos token."""
     from tokenizers import Tokenizer
 
     try:
@@ -148,22 +159,29 @@ def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> tuple[dict[s
             except ValueError as e:
                 raise CheckpointError(f"{p}: not valid JSON ({e})") from None
             names.update({k: data[k] for k in ("bos_token", "eos_token") if k in data})
+    if _special_token(names.get("eos_token")) is None:  # as `load_tokenizer` finds a store's end-of-text token
+        from cocomix.data.tokenizer import _FALLBACK_EOS
+
+        names["eos_token"] = next((t for t in _FALLBACK_EOS if tok.token_to_id(t) is not None), None)
     ids: dict[str, int | None] = {}
     for key in ("bos_token", "eos_token"):
         token = _special_token(names.get(key))
         ids[f"{key}_id"] = tok.token_to_id(token) if token is not None else None
-    return ids, n
+    return ids, n, _special_token(names.get("eos_token"))
 
 
-def _write_tokenizer_config(path: Path, context_length: int) -> None:
+def _write_tokenizer_config(path: Path, context_length: int, eos_token: str | None) -> None:
     """tokenizer_config.json with `model_max_length` = the model's context (`truncation=True` in transformers then
-    cuts to what the model can read); the store's own config, if any, keeps its other keys."""
+    cuts to what the model can read) and `eos_token` where it named none; the store's own config, if any, keeps its
+    other keys."""
     try:
         tok_cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except ValueError as e:
         raise CheckpointError(f"{path}: unreadable tokenizer config ({e})") from None
     tok_cfg = tok_cfg if isinstance(tok_cfg, dict) else {}
     tok_cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
+    if eos_token is not None and "eos_token" not in tok_cfg:
+        tok_cfg["eos_token"] = eos_token
     tok_cfg["model_max_length"] = context_length
     path.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -194,24 +212,28 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
     if tok_dir is not None and not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{tok_dir}: no tokenizer.json to export")
     state = hf_state_dict(model)  # raises for seam models before anything is written
-    special, n_tokens = _tokenizer_special_ids(tok_dir, model.cfg.vocab_size) if tok_dir is not None else ({}, 0)
+    special, n_tokens, eos = (_tokenizer_special_ids(tok_dir, model.cfg.vocab_size) if tok_dir is not None
+                              else ({}, 0, None))
     config = hf_config(model.cfg, **special)
 
     check_out_folder(out)  # a file on the way: said as such, not as "File exists"
+    made = [p for p in out.parents if not p.exists()]  # folders created for it: removed again if it fails
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
+        _remove_empty(made)
         raise CheckpointError(f"{out}: cannot create the export folder there ({e.strerror or e})") from None
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         os.chmod(tmp / WEIGHTS_NAME, 0o644)  # safetensors creates it 0600: readable by the users of the folder
         config.save_pretrained(str(tmp))
+        _add_legacy_rope_theta(tmp / "config.json", model.cfg)
         if tok_dir is not None:
             for fname in TOKENIZER_FILES:
                 if (tok_dir / fname).is_file():
                     shutil.copyfile(tok_dir / fname, tmp / fname)
-            _write_tokenizer_config(tmp / "tokenizer_config.json", model.cfg.context_length)
+            _write_tokenizer_config(tmp / "tokenizer_config.json", model.cfg.context_length, eos)
             if n_tokens < model.cfg.vocab_size:  # ids above the tokenizer's: never generated (as `cocomix generate`)
                 from transformers import GenerationConfig
 
@@ -223,10 +245,21 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
         fsync_dir(out.parent)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise CheckpointError(f"{out}: export failed ({e})") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
     return out
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) where they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
