@@ -91,7 +91,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44) -> str:
-    wrap = lambda text: sum((textwrap.wrap(line, width) or [""] for line in text.split("\n")), [])  # noqa: E731
+    """Two continuations in columns; control and format characters of the generated text (an ANSI escape, a
+    right-to-left override) shown as escapes, as every other corpus text printed to the terminal."""
+    from cocomix.interpret.labels import visible
+
+    wrap = lambda text: sum((textwrap.wrap(visible(line), width) or [""]  # noqa: E731
+                             for line in text.split("\n")), [])
     a, b = wrap(left[1]), wrap(right[1])
     lines = [f"{left[0]:<{width}} │ {right[0]}", f"{'─' * width}─┼─{'─' * width}"]
     lines += [f"{x:<{width}} │ {y}" for x, y in zip(a + [""] * (len(b) - len(a)), b + [""] * (len(a) - len(b)),

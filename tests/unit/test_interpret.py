@@ -142,6 +142,17 @@ def test_characters_split_over_byte_tokens_show_whole(tmp_path: Path) -> None:
     assert "share of its strongest teacher contexts" in page
     bare = write_html([TokenConcepts(0, "a", [(3, 1.0, 0.5)])], ConceptBook.empty(C), tmp_path / "e.html", "t")
     assert "no describe-concepts labels were given (pass --concepts DIR)" in bare.read_text()
+    # the title (a run folder's name, which Linux may hand over with a lone surrogate) is shown escaped too
+    titled = write_html(rows, _book(tmp_path), tmp_path / "n.html", "run\udcff \u202eevil").read_text()
+    assert "<title>run\\udcff \\u202eevil</title>" in titled and "\u202e" not in titled
+
+
+def test_steered_continuations_reach_the_terminal_escaped() -> None:
+    from cocomix.cli_interpret import _side_by_side
+
+    shown = _side_by_side(("a", "ok \x1b[2J\x1b]0;pwned\x07 text \u202eevil\nline two"), ("b", "x"))
+    assert "\x1b" not in shown and "\u202e" not in shown and "\\x1b[2J" in shown and "\\u202eevil" in shown
+    assert shown.splitlines()[3].startswith("line two")
 
 
 def test_steering_errors_name_the_problem() -> None:
@@ -302,6 +313,18 @@ def test_steering_summary_ratios() -> None:
     assert math.isclose(s["ratio_max_alpha_over_zero"], 0.3 / 0.1) and math.isclose(s["ratio_min_alpha_over_zero"],
                                                                                       0.025 / 0.1)
     assert math.isclose(s["fluency_cost_max_alpha"], 1.0) and "teacher_ratio_max_alpha_over_zero" not in s
+    # per concept: #1 0.4 / 0.1 = 4×, #2 0.2 / 0.1 = 2×: geometric mean √8; α = −10: 0.5× and 0×
+    assert s["per_concept_ratio_max_alpha_over_zero"] == pytest.approx({"1": 4.0, "2": 2.0})
+    assert math.isclose(s["geomean_ratio_max_alpha_over_zero"], math.sqrt(8.0))
+    assert s["geomean_ratio_min_alpha_over_zero"] == 0.0 and s["concepts_without_base"] == 0
+    high = [r | {"activation_rate": 0.9} if r["concept"] == 2 else r for r in rows]  # one saturated concept
+    h = summarize(high, (-10.0, 0.0, 1.0, 10.0))  # its 1× weighs most in the ratio of means, one vote in the other
+    assert math.isclose(h["ratio_max_alpha_over_zero"], 1.3 / 1.0)
+    assert math.isclose(h["geomean_ratio_max_alpha_over_zero"], 2.0)
+    unseen = [r | {"activation_rate": 0.0} if r["concept"] == 2 and r["alpha"] == 0.0 else r for r in rows]
+    u = summarize(unseen, (-10.0, 0.0, 1.0, 10.0))
+    assert u["per_concept_ratio_max_alpha_over_zero"]["2"] is None and u["concepts_without_base"] == 1
+    assert math.isclose(u["geomean_ratio_max_alpha_over_zero"], 4.0)
     for r in rows:  # the unsteered α = 1 at 0.2, apart from α = 0's 0.1: each ratio has its own base
         r["activation_rate"] = 0.2 if r["alpha"] == 1.0 else r["activation_rate"]
     s = summarize(rows, (-10.0, 0.0, 1.0, 10.0))

@@ -162,6 +162,7 @@ def write_html(rows: list[TokenConcepts], book: ConceptBook, path: str | Path, t
                      f"<td class=\"concepts\">{cells}</td>"
                      f"<td>{html.escape(visible(ctx) if ctx else '—')}</td></tr>")
     table.append("</table>")
+    title = visible(title)  # (a run folder's name: no bidi override, and a lone surrogate cannot be written)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{_GENERATOR}"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>Hover a token to see the concepts the student predicts there "

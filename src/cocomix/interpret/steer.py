@@ -1,12 +1,13 @@
 """Steering (paper §3.2, after Templeton et al. 2024): multiply chosen concepts by α at generation time.
 
-Student: at every position the predicted logits z_t[c] of the chosen concepts are multiplied by α before the
-TopK and the compression (`ConceptSeam.steer`), so the concept vector mixed after each token changes. A concept
-whose scaled logit still ranks below the mix_k largest is not mixed and steering it has no effect there: that is
-the defined behaviour, not an error, and `StudentSteering.mixed` reports how often each concept was mixed, with
-and without steering. α = 1 is the unsteered model, α = 0 removes the concept's logit (a logit of 0 can still
-rank among the mix_k largest, which have no ReLU: it is then counted as mixed with weight 0), α < 0 flips its
-sign. A run trained with `concept.mixing=none` never mixes concepts: steering it is refused.
+Student: at every position the predicted logits z_t[c] of the chosen concepts are multiplied by α before the TopK
+and the compression (`ConceptSeam.steer`), so the concept vector mixed after each token changes. A concept whose
+scaled logit still ranks below the mix_k largest is not mixed and steering it has no effect there: that is the
+defined behaviour, not an error, and `StudentSteering.mixed` reports how often each concept was mixed, with and
+without steering. α = 1 is the unsteered model, α = 0 sets the concept's logit to 0 (the paper's multiplication,
+not a mask: where the mix_k-th largest logit is negative, a 0 still ranks among the mix_k largest, which have no
+ReLU, and is counted as mixed with weight 0, pushing out the concept that held that slot), α < 0 flips its sign. A
+run trained with `concept.mixing=none` never mixes concepts: steering it is refused.
 
 Teacher (the paper's cross-check): the SAE latent c at the teacher's `teacher_layer` is multiplied by α in the
 residual stream, h ← h + Σ_c (α_c − 1) · a_c · std · W_dec[:, c] (a_c its TopK activation, std the SAE's input

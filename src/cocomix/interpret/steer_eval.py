@@ -21,6 +21,7 @@ keeping those whose describe-concepts label is consistent (`labels.ConceptLabel.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -189,7 +190,12 @@ def steering_eval(model: Transformer, teacher: Teacher, sae: TopKSAE, store: Tok
 
 def summarize(rows: list[dict[str, Any]], alphas: Sequence[float]) -> dict[str, Any]:
     """Mean over concepts per α, and the ratios the acceptance asks for (α = max vs 0, α = min vs 0; also against
-    the unsteered α = 1); with the teacher check, the same for the teacher steered through its SAE latent."""
+    the unsteered α = 1); with the teacher check, the same for the teacher steered through its SAE latent.
+
+    Two averages of "how much α raises a concept": the ratio of the mean rates (`ratio_*`: concepts weighted by
+    their rate, so one already active at most positions weighs most) and the geometric mean of the per-concept
+    ratios (`geomean_ratio_*`: each concept one vote; concepts never active at α = 0 left out, their count in
+    `concepts_without_base`)."""
     keys = [k for k in ("activation_rate", "mixed", "teacher_nll", "teacher_steered_rate", "teacher_steered_nll")
             if rows and k in rows[0]]
     mean = {a: {k: sum(r[k] for r in rows if r["alpha"] == a) / max(1, sum(r["alpha"] == a for r in rows))
@@ -200,7 +206,22 @@ def summarize(rows: list[dict[str, Any]], alphas: Sequence[float]) -> dict[str, 
         base = mean[over][key]
         return mean[a][key] / base if base > 0 else None
 
-    out = {"mean": {str(a): v for a, v in mean.items()}, "ratio_max_alpha_over_zero": ratio(hi),
+    def per_concept(a: float) -> dict[str, float | None]:
+        rate = {(r["concept"], r["alpha"]): r["activation_rate"] for r in rows}
+        return {str(c): (rate[c, a] / rate[c, 0.0] if rate[c, 0.0] > 0 else None)
+                for c in dict.fromkeys(r["concept"] for r in rows)}
+
+    def geomean(ratios: dict[str, float | None]) -> float | None:
+        known = [v for v in ratios.values() if v is not None]
+        if not known or min(known) <= 0:  # a concept never active at that α: no finite mean of logs
+            return 0.0 if known else None
+        return math.exp(sum(math.log(v) for v in known) / len(known))
+
+    by_hi, by_lo = per_concept(hi), per_concept(lo)
+    out = {"per_concept_ratio_max_alpha_over_zero": by_hi, "per_concept_ratio_min_alpha_over_zero": by_lo,
+           "geomean_ratio_max_alpha_over_zero": geomean(by_hi), "geomean_ratio_min_alpha_over_zero": geomean(by_lo),
+           "concepts_without_base": sum(v is None for v in by_hi.values())}
+    out |= {"mean": {str(a): v for a, v in mean.items()}, "ratio_max_alpha_over_zero": ratio(hi),
            "ratio_min_alpha_over_zero": ratio(lo), "ratio_max_alpha_over_one": ratio(hi, over=1.0),
            "ratio_min_alpha_over_one": ratio(lo, over=1.0), "max_alpha": hi, "min_alpha": lo,
            "fluency_cost_max_alpha": mean[hi]["teacher_nll"] - mean[1.0]["teacher_nll"]}
@@ -242,13 +263,24 @@ def write_steering_report(result: dict[str, Any], out_dir: str | Path) -> Path:
     lines.append("")
     fmt = (lambda v, base=0: f"n/a (rate 0 at α = {base})" if v is None else f"{v:.2f}×")  # noqa: E731
     negative = s["min_alpha"] < 0  # without a negative α there is no "lowered" comparison to state
+    geo = s.get("geomean_ratio_max_alpha_over_zero")
     lines += [f"- α = {s['max_alpha']:g} vs α = 0: mean activation rate {fmt(s['ratio_max_alpha_over_zero'])}"
               + (f"; α = {s['min_alpha']:g} vs α = 0: {fmt(s['ratio_min_alpha_over_zero'])}." if negative else ".")
               + f" Against the unsteered α = 1: {fmt(s.get('ratio_max_alpha_over_one'), 1)}"
               + (f" and {fmt(s.get('ratio_min_alpha_over_one'), 1)}." if negative else "."),
+              *([f"- Per concept (each one vote): α = {s['max_alpha']:g} vs α = 0 "
+                 + ", ".join(f"#{c} {fmt(v)}" for c, v in s["per_concept_ratio_max_alpha_over_zero"].items())
+                 + f"; geometric mean {fmt(geo)}"
+                 + (f", α = {s['min_alpha']:g} vs 0 {fmt(s['geomean_ratio_min_alpha_over_zero'])}" if negative
+                    else "")
+                 + (f" ({s['concepts_without_base']} concept(s) never active at α = 0 left out)."
+                    if s["concepts_without_base"] else ".")] if "per_concept_ratio_max_alpha_over_zero" in s
+                else []),
               *(["- A negative α flips the sign of the concept's logit: a concept whose predicted logit is usually "
                  "negative then rises into the TopK and is mixed *more* (see the mixed shares), so α < 0 does not "
-                 "suppress it; α = 0 removes its logit."] if negative else []),
+                 "suppress it; α = 0 sets its logit to 0, which leaves the TopK where the mix_k-th largest logit is "
+                 "above 0 and, where it is below, takes a slot (with weight 0) from the concept that held it."]
+                if negative else []),
               *([f"- Reference, the teacher steered through the same SAE latents (the paper's cross-check): "
                  f"α = {s['max_alpha']:g} vs 0 {fmt(s['teacher_ratio_max_alpha_over_zero'])}"
                  + (f", α = {s['min_alpha']:g} vs 0 {fmt(s['teacher_ratio_min_alpha_over_zero'])}." if negative
