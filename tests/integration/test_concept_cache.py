@@ -93,6 +93,20 @@ def test_interrupted_extraction_resumes_to_identical_files(store_dir: Path, tmp_
         assert (full_cache / name).read_bytes() == (tmp_path / "resumed" / name).read_bytes()
 
 
+def test_a_resume_from_moved_parts_keeps_what_made_the_targets(store_dir: Path, tmp_path: Path,
+                                                              parts: tuple[Path, Path], full_cache: Path) -> None:
+    """The teacher and SAE copied elsewhere (matched by content) finish an interrupted extraction; meta.json still
+    names what made the targets, so the cache's fingerprint — which runs trained from it record — is the one an
+    uninterrupted extraction gives."""
+    moved = (tmp_path / "teacher", tmp_path / "sae")
+    shutil.copytree(parts[0], moved[0])
+    shutil.copytree(parts[1], moved[1]) if parts[1].is_dir() else shutil.copyfile(parts[1], moved[1])
+    _extract(store_dir, tmp_path / "c", parts, max_windows=7)
+    meta = _extract(store_dir, tmp_path / "c", moved)
+    assert meta["complete"] and (meta["teacher"], meta["sae"]) == (str(parts[0]), str(parts[1]))
+    assert TargetCache.open(tmp_path / "c").fingerprint() == TargetCache.open(full_cache).fingerprint()
+
+
 def test_a_resume_never_fills_counted_windows_with_zeros(store_dir: Path, tmp_path: Path,
                                                          parts: tuple[Path, Path], full_cache: Path) -> None:
     """progress.json counts windows done: without meta.json the extraction starts again from window 0 (not from

@@ -145,7 +145,15 @@ def _start(out: Path, meta: dict[str, Any]) -> dict[str, int]:
         raise CheckpointError(f"{prog_path}: expected each split's count of finished windows, got {saved!r}; "
                               "delete the cache folder to extract again")
     if (out / "meta.json").is_file() and any(done.values()):
-        _check_matches(out, _read_cache_meta(out), meta)
+        stored = _read_cache_meta(out)
+        _check_matches(out, stored, meta)
+        # what made the targets stays as recorded (a teacher or SAE matched by content at another path, keys an
+        # older cache lacks): runs trained from the cache recorded its `fingerprint`, which must not change
+        for key in MATCH_KEYS:
+            if key in stored:
+                meta[key] = stored[key]
+            else:
+                meta.pop(key, None)
         for split in SPLITS:  # the windows progress.json counts as done must be on disk, whole
             path, n = out / f"targets_{split}.bin", meta["windows"][split]
             size = n * (meta["seq_len"] - 1) * meta["k_attr"] * np.dtype(meta["dtype"]).itemsize
