@@ -35,28 +35,31 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         base = merge_config(get_preset(args.preset).to_dict(), load_config_file(args.config))
     elif args.config:
         base = load_config_file(args.config)
-        left_out = [name for name in ("model", "data", "train") if name not in base]
+        left_out = [name for name in ("method", "model", "data", "train") if name not in base]
         foreign = set(base) - {f.name for f in dataclasses.fields(RunConfig)}  # another tool's file: refused below
         if left_out and not foreign:
-            shapes = " (model: GPT-2 124M's shapes)" if "model" in left_out else ""
+            shapes = "; ".join(what for name, what in (("method", "method: ntp, the baseline"),
+                                                       ("model", "model: GPT-2 124M's shapes")) if name in left_out)
+            shapes = f" ({shapes})" if shapes else ""
             warnings.warn(f"--config {args.config} leaves out {', '.join(left_out)}: those fields take RunConfig's "
                           f"defaults{shapes}, see --print-config; --preset NAME --config FILE starts from a preset "
                           "instead", CocomixWarning, stacklevel=2)
     elif args.preset:
         base = get_preset(args.preset).to_dict()
-    elif getattr(args, "resume", False) and args.out and (Path(args.out) / "config.json").is_file():
-        base = read_run_config(Path(args.out)).to_dict()
-    elif args.command == "train" and getattr(args, "resume", False) and args.out:
-        from cocomix.outputs import output_kind
+    elif getattr(args, "resume", False) and args.out:
+        from cocomix.outputs import RUN, output_kind
 
         out = Path(args.out)
         kind = output_kind(out) if out.is_dir() else None
-        if kind:  # another command's output: no run can start there either
+        if kind not in (None, RUN):  # another command's output (an exported model's config.json is no run's)
             raise CocomixError(f"--out {out}: holds {kind}, not a run, so there is nothing to --resume; choose "
                                "another --out")
-        what = "has no run (no config.json)" if out.is_dir() else "does not exist"
-        raise CocomixError(f"--out {out}: {what}, so --resume has no config to continue; give --preset NAME or "
-                           "--config FILE to start a run there")
+        if (out / "config.json").is_file():
+            base = read_run_config(out).to_dict()
+        else:
+            what = "has no run (no config.json)" if out.is_dir() else "does not exist"
+            raise CocomixError(f"--out {out}: {what}, so --resume has no config to continue; give --preset NAME "
+                               "or --config FILE to start a run there")
     elif args.command == "train":
         raise CocomixError("train: give --preset NAME or --config FILE (or --resume an existing --out)")
     else:

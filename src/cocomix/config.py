@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,16 @@ FLAVOURS = ("gpt2", "llama")
 PRECISIONS = ("auto", "fp32", "bf16")
 LOG_BACKENDS = ("tensorboard", "wandb")
 WINDOW_OFFSETS = ("random", "fixed")
+
+
+def _int(v: Any) -> bool:
+    """An int, not a bool (which Python counts as one)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check(cond: bool, name: str, expected: str, value: Any) -> None:
@@ -67,18 +78,18 @@ class ModelConfig:
         _check(self.flavour in FLAVOURS, "model.flavour", f"one of {FLAVOURS}", self.flavour)
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "context_length"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"model.{name}", "a positive integer", v)
+            _check(_int(v) and v > 0, f"model.{name}", "a positive integer", v)
         _check(self.n_layer <= 10_000, "model.n_layer", "at most 10000 blocks", self.n_layer)  # (per-block tuples)
         _check(self.d_model % self.n_head == 0, "model.n_head", f"a divisor of d_model={self.d_model}",
                self.n_head)
         if self.flavour == "llama":
             _check(self.head_dim % 2 == 0, "model.n_head", "a value giving an even head_dim (RoPE)", self.n_head)
-        _check(self.d_mlp is None or (isinstance(self.d_mlp, int) and self.d_mlp > 0), "model.d_mlp",
+        _check(self.d_mlp is None or (_int(self.d_mlp) and self.d_mlp > 0), "model.d_mlp",
                "a positive integer or null", self.d_mlp)
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", "a value in [0, 1)", self.dropout)
-        _check(self.norm_eps > 0, "model.norm_eps", "a positive number", self.norm_eps)
-        _check(self.init_std > 0, "model.init_std", "a positive number", self.init_std)
-        _check(self.rope_theta > 0, "model.rope_theta", "a positive number", self.rope_theta)
+        _check(_num(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "a value in [0, 1)", self.dropout)
+        for name in ("norm_eps", "init_std", "rope_theta"):
+            v = getattr(self, name)
+            _check(_num(v) and v > 0, f"model.{name}", "a finite positive number", v)
 
     @property
     def head_dim(self) -> int:
@@ -114,7 +125,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.path, str) and self.path != "", "data.path", "a directory path", self.path)
-        _check(isinstance(self.seq_len, int) and self.seq_len >= 2, "data.seq_len", "an integer >= 2",
+        _check(_int(self.seq_len) and self.seq_len >= 2, "data.seq_len", "an integer >= 2",
                self.seq_len)
         _check(self.window_offset in WINDOW_OFFSETS, "data.window_offset", f"one of {WINDOW_OFFSETS}",
                self.window_offset)
@@ -197,30 +208,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum", "max_bad_steps"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"train.{name}", "a positive integer", v)
+            _check(_int(v) and v > 0, f"train.{name}", "a positive integer", v)
         for name in ("eval_every", "eval_batches", "save_every", "log_every", "keep_checkpoints", "seed"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 0, f"train.{name}", "a non-negative integer", v)
+            _check(_int(v) and v >= 0, f"train.{name}", "a non-negative integer", v)
         _check(self.seed < 2**64, "train.seed", "an integer below 2**64 (torch's seed range)", self.seed)
         _check(self.log_every > 0, "train.log_every", "a positive integer", self.log_every)
         _check(self.keep_checkpoints > 0, "train.keep_checkpoints", "a positive integer", self.keep_checkpoints)
-        _check(self.lr > 0, "train.lr", "a positive number", self.lr)
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "a value in [0, 1]", self.min_lr_ratio)
-        _check(self.warmup_steps is None or (isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps),
+        _check(_num(self.lr) and self.lr > 0, "train.lr", "a finite positive number", self.lr)
+        _check(_num(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "a value in [0, 1]",
+               self.min_lr_ratio)
+        _check(self.warmup_steps is None or (_int(self.warmup_steps) and 0 <= self.warmup_steps),
                "train.warmup_steps", "a non-negative integer or null", self.warmup_steps)
-        _check(0.0 <= self.beta1 < 1.0, "train.beta1", "a value in [0, 1)", self.beta1)
-        _check(0.0 <= self.beta2 < 1.0, "train.beta2", "a value in [0, 1)", self.beta2)
-        _check(self.eps > 0, "train.eps", "a positive number", self.eps)
-        _check(self.weight_decay >= 0, "train.weight_decay", "a non-negative number", self.weight_decay)
-        _check(self.grad_clip >= 0, "train.grad_clip", "a non-negative number", self.grad_clip)
+        _check(_num(self.beta1) and 0.0 <= self.beta1 < 1.0, "train.beta1", "a value in [0, 1)", self.beta1)
+        _check(_num(self.beta2) and 0.0 <= self.beta2 < 1.0, "train.beta2", "a value in [0, 1)", self.beta2)
+        _check(_num(self.eps) and self.eps > 0, "train.eps", "a finite positive number", self.eps)
+        for name in ("weight_decay", "grad_clip"):
+            v = getattr(self, name)
+            _check(_num(v) and v >= 0, f"train.{name}", "a finite non-negative number", v)
         _check(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", self.precision)
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "train.device",
+        _check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?", self.device)
+               is not None, "train.device",
                "auto, cpu, cuda or cuda:N", self.device)
         _check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp or fsdp", self.parallel)
         _check(self.fsdp_param_dtype in ("float32", "bfloat16"), "train.fsdp_param_dtype", "float32 or bfloat16",
                self.fsdp_param_dtype)
         _check(self.fsdp_param_dtype == "float32" or self.parallel == "fsdp", "train.fsdp_param_dtype",
                "float32 unless train.parallel is fsdp (DDP has no parameter dtype policy)", self.fsdp_param_dtype)
+        _check(isinstance(self.log_backends, (list, tuple)), "train.log_backends", "a list of backends",
+               self.log_backends)
+        object.__setattr__(self, "log_backends", tuple(self.log_backends))  # hashable, equal after a JSON round trip
         for b in self.log_backends:
             _check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
         _check(len(set(self.log_backends)) == len(self.log_backends), "train.log_backends", "each backend at most "
@@ -318,17 +335,17 @@ class ConceptConfig:
     def __post_init__(self) -> None:
         for name in ("n_latents", "k_attr", "mix_k", "d_teacher"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v > 0, f"concept.{name}", "a positive integer", v)
+            _check(_int(v) and v > 0, f"concept.{name}", "a positive integer", v)
         for name in ("teacher_layer", "concept_layer"):
             v = getattr(self, name)
-            _check(isinstance(v, int) and v >= 0, f"concept.{name}", "a non-negative integer", v)
-        _check(self.sae_k is None or (isinstance(self.sae_k, int) and self.sae_k > 0), "concept.sae_k",
+            _check(_int(v) and v >= 0, f"concept.{name}", "a non-negative integer", v)
+        _check(self.sae_k is None or (_int(self.sae_k) and self.sae_k > 0), "concept.sae_k",
                "a positive integer or null", self.sae_k)
         _check(self.mix_k <= self.n_latents, "concept.mix_k", f"at most n_latents={self.n_latents}", self.mix_k)
         _check(self.k_attr <= self.n_latents, "concept.k_attr", f"at most n_latents={self.n_latents}", self.k_attr)
         for name in ("lambda_concept", "lambda_kd"):
             v = getattr(self, name)
-            _check(math.isfinite(v) and v >= 0, f"concept.{name}", "a finite number >= 0", v)
+            _check(_num(v) and v >= 0, f"concept.{name}", "a finite number >= 0", v)
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
                               ("attribution_loss", ATTRIBUTION_LOSSES), ("gradient_at", GRADIENT_POINTS),
                               ("mixing", MIXINGS),

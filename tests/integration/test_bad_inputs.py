@@ -87,7 +87,7 @@ CASES = [
     ("train-no-config", ["train", "--out", "{root}/o1"], "give --preset NAME or --config FILE"),
     ("train-unknown-preset", ["train", "--preset", "nope", "--out", "{root}/o2"], "unknown preset 'nope'"),
     ("train-negative-lr", ["train", "--config", "{root}/run.json", "--set", "train.lr=-1", "--out", "{root}/o3"],
-     "train.lr: expected a positive number, got -1.0"),
+     "train.lr: expected a finite positive number, got -1.0"),
     ("train-zero-steps", ["train", "--config", "{root}/run.json", "--set", "train.steps=0", "--out", "{root}/o4"],
      "train.steps: expected a positive integer, got 0"),
     ("train-bad-precision", ["train", "--config", "{root}/run.json", "--set", "train.precision=fp8", "--out",

@@ -38,7 +38,7 @@ def test_train_config_rejects_bad_values() -> None:
 
 @pytest.mark.parametrize("build,field", [
     (lambda: TrainConfig(min_lr_ratio=1.5), r"train\.min_lr_ratio: expected a value in \[0, 1\]"),
-    (lambda: TrainConfig(grad_clip=-1.0), r"train\.grad_clip: expected a non-negative number"),
+    (lambda: TrainConfig(grad_clip=-1.0), r"train\.grad_clip: expected a finite non-negative number"),
     (lambda: TrainConfig(keep_checkpoints=0), r"train\.keep_checkpoints: expected a positive integer"),
     (lambda: TrainConfig(beta2=1.0), r"train\.beta2: expected a value in \[0, 1\)"),  # AdamW divides by 1 - beta2
     (lambda: ConceptConfig(n_latents=8, mix_k=9, k_attr=4), r"concept\.mix_k: expected at most n_latents=8"),
@@ -51,6 +51,30 @@ def test_train_config_rejects_bad_values() -> None:
 def test_out_of_range_settings_are_refused_by_name(build: Callable[[], object], field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         build()
+
+
+@pytest.mark.parametrize("build,field", [
+    (lambda: TrainConfig(steps=True), r"train\.steps: expected a positive integer, got True"),
+    (lambda: ModelConfig(n_head=True, d_model=8), r"model\.n_head: expected a positive integer"),
+    (lambda: TrainConfig(lr=float("inf")), r"train\.lr: expected a finite positive number"),
+    (lambda: TrainConfig(weight_decay=float("inf")), r"train\.weight_decay: expected a finite non-negative"),
+    (lambda: ModelConfig(norm_eps=float("inf")), r"model\.norm_eps: expected a finite positive number"),
+    (lambda: TrainConfig(lr="1e-3"), r"train\.lr: expected a finite positive number, got '1e-3'"),
+    (lambda: ModelConfig(dropout=None), r"model\.dropout: expected a value in \[0, 1\), got None"),
+    (lambda: TrainConfig(device=None), r"train\.device: expected auto, cpu, cuda or cuda:N, got None"),
+    (lambda: TrainConfig(device="cudax"), r"train\.device"),
+    (lambda: TrainConfig(device="cuda:01"), r"train\.device"),
+    (lambda: TrainConfig(log_backends="tensorboard"), r"train\.log_backends: expected a list of backends"),
+    (lambda: ConceptConfig(lambda_concept=True), r"concept\.lambda_concept: expected a finite number >= 0"),
+])
+def test_the_library_api_refuses_what_the_command_line_does(build: Callable[[], object], field: str) -> None:
+    """The dataclasses themselves, not only `--set`'s parsing: a bool is no integer, infinity no learning rate,
+    a string no number — each a ConfigError naming the field, not a TypeError later."""
+    with pytest.raises(ConfigError, match=field):
+        build()
+    assert TrainConfig(device="cuda:1").device == "cuda:1"
+    listed = RunConfig(train=TrainConfig(log_backends=["tensorboard"]))  # a list from Python code: kept as a tuple
+    assert hash(listed) and run_config(json.loads(listed.to_json())) == listed
 
 
 def test_the_boundaries_of_those_ranges_are_accepted() -> None:
@@ -232,6 +256,14 @@ def test_config_files(tmp_path) -> None:
     (tmp_path / "hf" / "model.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match="hf: holds a model folder, not a run"):
         load_config_file(tmp_path / "hf")
+    from tests.cli import run_cli
+
+    r = run_cli("train", "--resume", "--out", str(tmp_path / "hf"), "--print-config")  # ... nor one to resume
+    assert r.returncode == 2 and "holds a model folder, not a run, so there is nothing to --resume" in r.stderr
+    (tmp_path / "deep").mkdir()  # nesting deeper than the JSON parser recurses: a one-line error too
+    (tmp_path / "deep" / "config.json").write_text("[" * 100_000)
+    r = run_cli("train", "--resume", "--out", str(tmp_path / "deep"), "--print-config")
+    assert r.returncode == 2 and "config.json: not valid JSON (RecursionError" in r.stderr, r.stderr
 
 
 def test_cached_targets_need_fixed_windows() -> None:
@@ -288,8 +320,9 @@ def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path: Path
     assert printed["model"]["d_model"] == tiny["model"]["d_model"] and printed["data"] == tiny["data"]
     r = run_cli("train", "--config", str(tmp_path / "part.json"), "--print-config")
     assert r.returncode == 0 and json.loads(r.stdout)["model"]["d_model"] == 768
-    assert r.stderr.startswith(f"cocomix: warning: --config {tmp_path / 'part.json'} leaves out data: those fields "
-                               "take RunConfig's defaults") and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"cocomix: warning: --config {tmp_path / 'part.json'} leaves out method, data: those "
+                               "fields take RunConfig's defaults (method: ntp, the baseline)") and \
+        r.stderr.count("\n") == 1
     # concept settings on the command line of an NTP run change nothing: said; on a CoCoMix run, nothing said
     r = run_cli("train", "--preset", "tiny", "--set", "concept.cache=targets", "--print-config")
     assert r.returncode == 0 and r.stderr == ("cocomix: warning: --set concept.cache: method ntp does not read this "

@@ -146,7 +146,7 @@ def _read_run(path: Path) -> RunCurve:
     try:
         config = json.loads((path / "config.json").read_text())
         lines = (path / "metrics.jsonl").read_text().splitlines()
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         what, run = what_is(path), f" ({path.parent.parent})" if path.parent.name == "checkpoints" else ""
         raise CocomixError(f"{path}: {what}, not a run; give a run directory{run}" if what else  # a checkpoint, ...
                            f"{path}: not a finished cocomix run (config.json / metrics.jsonl unreadable: "

@@ -311,8 +311,8 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
     try:
         data = json.loads(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # (RecursionError: nesting deeper than the parser recurses)
+        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
     if isinstance(data, dict) and "auxk_alpha" in data and "model" not in data:
         raise CheckpointError(f"{run_dir}: a train-sae output (its SAE is {run_dir / 'sae'}), not a model run")
     missing = [k for k in ("method", "model", "data", "train") if k not in data] if isinstance(data, dict) else []
