@@ -380,8 +380,10 @@ def test_an_sae_folder_is_identified_by_the_files_load_sae_reads(tmp_path: Path)
     the `.cache/` that a hub download leaves in the folder (rewritten on every download) do not change it, so a
     resume from a re-downloaded copy is not refused; other weights do. A clean folder keeps the hash of the whole
     folder, which earlier records hold."""
-    from cocomix.concepts.identity import sae_sha256
+    from cocomix.concepts.identity import sae_sha256, same_sae
+    from cocomix.config import ConceptConfig
     from cocomix.digest import file_sha256
+    from cocomix.errors import ConfigError
 
     folder = save_saelens(_trained_like_sae(True), tmp_path / "sae")
     clean = sae_sha256(str(folder), 2)
@@ -392,6 +394,26 @@ def test_an_sae_folder_is_identified_by_the_files_load_sae_reads(tmp_path: Path)
     assert sae_sha256(str(folder), 2) == clean != file_sha256(folder)
     save_saelens(_trained_like_sae(False), folder)
     assert sae_sha256(str(folder), 2) != clean
+    # records made before hold the whole folder's hash: still the same SAE for caches, checkpoints and labels
+    from cocomix.concepts.cache import _check_matches
+    from cocomix.config import RunConfig
+    from cocomix.train.resume import check_same_inputs
+
+    (folder / "sparsity.safetensors").write_bytes(b"log feature sparsity")  # what a SAELens download holds
+    legacy = file_sha256(folder)
+    assert legacy != sae_sha256(str(folder), 2) and same_sae(legacy, str(folder), 2)
+    assert not same_sae("0" * 64, str(folder), 2) and not same_sae(legacy, str(tmp_path / "gone"), 2)
+    stored = {"sae": "/elsewhere/sae", "sae_sha256": legacy, "teacher_layer": 2}
+    _check_matches(tmp_path, stored, {"sae": str(folder), "sae_sha256": sae_sha256(str(folder), 2),
+                                      "teacher_layer": 2})  # no error
+    with pytest.raises(ConfigError, match="made with sae_sha256"):
+        _check_matches(tmp_path, {**stored, "sae_sha256": "0" * 64}, {"sae": str(folder), "sae_sha256":
+                                                                        sae_sha256(str(folder), 2), "teacher_layer": 2})
+    run = RunConfig(concept=ConceptConfig(sae=str(folder), teacher_layer=2))
+    now = {"concept.sae": sae_sha256(str(folder), 2)}
+    check_same_inputs({"inputs": {"concept.sae": legacy}}, now, run, tmp_path)  # no error
+    with pytest.raises(CheckpointError, match="holds another sae"):
+        check_same_inputs({"inputs": {"concept.sae": "0" * 64}}, now, run, tmp_path)
     sparse = _write_sparsify(tmp_path / "sparse", {"k": K, "num_latents": C, "d_in": D}, _sparsify_weights())
     before = sae_sha256(str(sparse), 0)
     (sparse / "README.md").write_text("notes")

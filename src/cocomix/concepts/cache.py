@@ -26,7 +26,7 @@ import torch
 
 from cocomix.atomic import atomic_write_text, check_out_folder
 from cocomix.concepts.attribution import INVALID, check_target_options, compute_targets
-from cocomix.concepts.identity import sae_sha256, teacher_fingerprint
+from cocomix.concepts.identity import sae_sha256, same_sae, teacher_fingerprint
 from cocomix.data import TokenStore
 from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
 from cocomix.progress import ProgressLine
@@ -277,6 +277,9 @@ def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) 
                 key in _NOT_RECORDED_BEFORE and key not in stored):
             continue
         value = stored.get(key, _OLD_DEFAULTS.get(key))
+        if key == "sae_sha256" and by_content and expected.get("sae") and same_sae(value, expected["sae"],
+                                                                                  expected.get("teacher_layer")):
+            continue  # (a cache made before: the hash of the SAE's whole folder)
         if key in expected and value != expected[key]:
             raise ConfigError(f"{out / 'meta.json'}: concept cache was made with {key}={value!r}, "
                               f"not {expected[key]!r} as asked here; use another cache directory")

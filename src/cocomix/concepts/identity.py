@@ -1,4 +1,5 @@
-"""What a teacher and an SAE are, by content: `sae_sha256` (the SAE's files) and `teacher_fingerprint` (a local
+"""What a teacher and an SAE are, by content: `sae_sha256` (the SAE's files; `same_sae` compares a record with a
+path, older records' whole-folder hash included) and `teacher_fingerprint` (a local
 teacher's weights, sampled). Target caches, runs (in every checkpoint), `train-sae` outputs and concept labels
 record them, so that a file moved to another path still matches and the same path holding other weights does not.
 
@@ -10,10 +11,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from cocomix.digest import files_sha256
+from cocomix.digest import file_sha256, files_sha256
 
 
-def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
+def sae_sha256(sae_spec: str, teacher_layer: int | None) -> str | None:
     """The SAE's content hash, or None for a spec that is no local path: sha256 of the files `load_sae` reads
     (`cocomix.sae.formats.sae_files`: a SAELens or sparsify folder's cfg.json then weights, in a folder of
     sparsify hookpoints the teacher_layer's), so that a README or a hub download's `.cache/` beside them does not
@@ -22,6 +23,18 @@ def sae_sha256(sae_spec: str, teacher_layer: int) -> str | None:
     from cocomix.sae.formats import sae_files
 
     return files_sha256(sae_files(sae_spec, teacher_layer)) if Path(sae_spec).exists() else None
+
+
+def same_sae(recorded: str, sae_spec: str, teacher_layer: int | None) -> bool:
+    """Whether the SAE at `sae_spec` is the one a record's `sae_sha256` names: the hash now, or the hash of its
+    whole folder, which cocomix recorded before 2026-12-02 (checkpoints, target caches, concept labels; it differs
+    from the hash now where other files lie beside the SAE's, as a hub download's `sparsity.safetensors`)."""
+    from cocomix.sae.formats import sae_path
+
+    if not Path(sae_spec).exists():
+        return False
+    return recorded == sae_sha256(sae_spec, teacher_layer) or recorded == file_sha256(sae_path(sae_spec,
+                                                                                               teacher_layer))
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

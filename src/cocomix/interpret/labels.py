@@ -113,14 +113,14 @@ class ConceptBook:
         """CocomixError when these labels describe another SAE or layer than a run's `concept.sae` and
         `concept.teacher_layer`, a warning for another teacher than `concept.teacher` (each compared when both
         sides know it: a content hash of local files, so a moved file still matches; hub names are not compared)."""
-        from cocomix.concepts.identity import sae_sha256, teacher_fingerprint
+        from cocomix.concepts.identity import same_sae, teacher_fingerprint
 
         got = self.source
         if isinstance(got.get("teacher_layer"), int) and got["teacher_layer"] != teacher_layer:
             raise CocomixError(f"--concepts {where}: describes teacher_layer {got['teacher_layer']}'s latents, the "
                                f"run's concepts are teacher_layer {teacher_layer}'s")
-        if got.get("sae_sha256") and sae and Path(sae).exists() and got["sae_sha256"] != sae_sha256(sae,
-                                                                                                  teacher_layer):
+        if got.get("sae_sha256") and sae and Path(sae).exists() and not same_sae(got["sae_sha256"], sae,
+                                                                                 teacher_layer):
             raise CocomixError(f"--concepts {where}: describes another SAE ({got.get('sae')!r}) than the run's "
                                f"concept.sae {sae!r} (their files differ); describe that one with describe-concepts")
         if got.get("teacher_fingerprint") and teacher:

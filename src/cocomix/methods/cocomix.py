@@ -196,6 +196,6 @@ def open_cache(path: str, run: RunConfig, store: TokenStore) -> TargetCache:
     if c.sae_k is not None:
         expect["sae_k"] = c.sae_k
     if c.sae and Path(c.sae).exists():  # the SAE by content (its path may differ between machines)
-        expect["sae_sha256"] = sae_sha256(c.sae, c.teacher_layer)
+        expect.update(sae=c.sae, sae_sha256=sae_sha256(c.sae, c.teacher_layer))
     with named_by("concept.cache"):  # a damaged cache or one made otherwise: named by the setting that gave it
         return TargetCache.open(path, expect=expect)

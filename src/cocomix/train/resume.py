@@ -292,8 +292,11 @@ def store_identity(store: TokenStore) -> dict[str, object]:
 def check_same_inputs(state: dict, now: dict[str, str], run: RunConfig, ckpt: Path) -> None:
     """CheckpointError when a teacher or SAE the checkpoint recorded (`Method.input_fingerprints`) is not what the
     config names now: a path moved to other weights, or another path given on resume that holds other files."""
+    from cocomix.concepts.identity import same_sae
+
     for key, value in (state.get("inputs") or {}).items():
-        if now.get(key) != value:
+        if now.get(key) != value and not (key == "concept.sae" and now.get(key) and isinstance(value, str)
+                                          and same_sae(value, run.concept.sae, run.concept.teacher_layer)):
             section, _, field = key.partition(".")
             path = getattr(getattr(run, section), field)
             why = (f"holds another {field} than the one {ckpt} was trained with (its content differs from what "
