@@ -23,8 +23,10 @@ inside a store call while the process group is destroyed, or the interpreter exi
 Before it ends its process the watcher runs the callbacks registered with `on_stop` (the metrics logger's close,
 which flushes TensorBoard and finishes wandb; a fresh run's undo of what it wrote when the other rank failed on bad
 input), last registered first, each in a thread given at most `CLEANUP_SECONDS`: the main thread is blocked, so a
-sink that needs it must not hold the exit up. The failing rank also announces its exception's class name, which the
-stopped ranks' callbacks read as `failed_error`.
+sink that needs it must not hold the exit up. The failing rank announces its exception's class names (its class
+and bases) with its rank, in one value, which the stopped ranks' callbacks read as `failed_errors`; a stopped rank
+ends `GRACE_SECONDS` after its callbacks, so that the failing rank has printed its error when torchrun's agent,
+seeing one worker exit, ends the others.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ POLL_SECONDS = 3.0
 CLEANUP_SECONDS = 10.0
 LOST_STORE_POLLS = 3  # polls in a row that cannot reach the store before a rank takes it for its host's end
 JOIN_SECONDS = 5.0  # how long leaving the guard waits, past one poll, for the watcher's store call to return
+GRACE_SECONDS = 1.0  # how long a stopped rank lets the failing one (which saw its ack) print its error before it ends:
+# torchrun's agent ends every worker once one has exited, and the reason is in the failing rank's output
 
 
 def _keys() -> tuple[str, str]:
@@ -54,10 +58,6 @@ def _keys() -> tuple[str, str]:
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return f"cocomix/attempt_{attempt}/failed_rank", f"cocomix/attempt_{attempt}/acks"
 
-
-def _error_key(failed_key: str) -> str:
-    """Where the failing rank writes its exception's class name (before `failed_key`, which the watchers poll)."""
-    return failed_key.replace("failed_rank", "failed_error")
 
 
 
@@ -88,8 +88,9 @@ class FailFast:
         self._failed_here = False  # this rank announced a failure: its own watcher leaves it to the raise
         self._thread: threading.Thread | None = None
         self._on_stop: list[Callable[[], object]] = []
-        self.failed_error: str | None = None
-        """On a rank the watcher stops: the class name of the failing rank's exception (e.g. "DataError")."""
+        self.failed_errors: tuple[str, ...] = ()
+        """On a rank the watcher stops: the class names of the failing rank's exception and its bases (e.g.
+        ("DataError", "CocomixError", "Exception", ...)); empty when none was announced."""
 
     def on_stop(self, callback: Callable[[], object]) -> None:
         """Run `callback` (in a bounded thread) if the watcher ends this process because another rank failed;
@@ -120,9 +121,8 @@ class FailFast:
                 if not store.check([key]):
                     lost = 0
                     continue
-                failed = store.get(key).decode()
-                error = _error_key(key)
-                self.failed_error = store.get(error).decode() if store.check([error]) else None
+                failed, _, errors = store.get(key).decode().partition(":")  # "RANK:Class,Base,..."
+                self.failed_errors = tuple(e for e in errors.split(",") if e)
             except Exception:  # the store is unreachable: its host (rank 0 under env://, else the agent) is gone
                 lost += 1
                 if lost < LOST_STORE_POLLS or self._failed_here or self._done.is_set():
@@ -141,6 +141,7 @@ class FailFast:
         print(f"cocomix: rank {self.ctx.rank}: stopping because {why}; no checkpoint is written for the unfinished "
               "step", file=sys.stderr, flush=True)
         self._cleanup()
+        time.sleep(GRACE_SECONDS)
         os._exit(EXIT_CODE)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -149,7 +150,7 @@ class FailFast:
         if exc is not None and self.store is not None and not isinstance(exc, (KeyboardInterrupt, GeneratorExit,
                                                                                Stopped)):
             self._failed_here = True
-            self._announce(type(exc).__name__)
+            self._announce(",".join(c.__name__ for c in type(exc).__mro__))
         self._done.set()
         if self._thread is not None:  # a watcher still inside a store call when the process ends (or the group is
             self._thread.join(self.poll + JOIN_SECONDS)  # destroyed) can abort it ("terminate called ...")
@@ -158,9 +159,8 @@ class FailFast:
     def _announce(self, error: str) -> None:
         key, acks = _keys()
         try:
-            if not self.store.check([key]):  # the first failure names the rank (and its error); later ones keep it
-                self.store.set(_error_key(key), error)
-                self.store.set(key, str(self.ctx.rank))
+            if not self.store.check([key]):  # the first failure names the rank and its error; later ones keep it
+                self.store.set(key, f"{self.ctx.rank}:{error}")
             deadline = time.monotonic() + 2 * self.poll
             while time.monotonic() < deadline and self.store.add(acks, 0) < self.ctx.world_size - 1:
                 time.sleep(0.1)

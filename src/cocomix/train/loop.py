@@ -10,10 +10,12 @@ checkpoints, and a run may resume on a different number of processes with the sa
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,8 +51,12 @@ from cocomix.train.resume import (
     undo_unsaved_start,
 )
 
-# bad input, which a fresh run undoes (a full disk is none), by the class name a rank announces through `FailFast`
-_BAD_INPUT = (DataError.__name__, CheckpointError.__name__)
+
+def _bad_input(classes: tuple[str, ...]) -> bool:
+    """Whether another rank failed on bad input, which a fresh run undoes (a full disk is none), by the class names
+    (its exception's and their bases) it announced through `FailFast`."""
+    return bool({DataError.__name__, CheckpointError.__name__} & set(classes)) and \
+        CheckpointWriteError.__name__ not in classes
 
 
 @dataclass
@@ -198,11 +204,13 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         # input only another rank read: this rank's watcher then ends it)
         before = ({p.name for p in run_dir.iterdir()} if ckpt is None and ctx.is_main
                   and not (run_dir / "config.json").exists() else None)
+        save_gate = threading.Lock()  # a checkpoint being saved is not undone under it, nor one started after
         if before is not None:
-            fail_fast.on_stop(lambda: fail_fast.failed_error in _BAD_INPUT and undo_unsaved_start(run_dir, before))
+            fail_fast.on_stop(lambda: _bad_input(fail_fast.failed_errors) and save_gate.acquire()
+                              and undo_unsaved_start(run_dir, before))  # (the gate stays held: the process ends)
         try:
             return _train_locked(run, run_dir, quiet, ctx, device, tc, store, sampler, ckpt, fresh_note,
-                                 stop_hint, fail_fast.on_stop)
+                                 stop_hint, fail_fast.on_stop, save_gate)
         except (DataError, CheckpointError) as e:  # bad input, not a divergence (its metrics show what happened)
             if before is not None and not isinstance(e, CheckpointWriteError):  # a full disk: the logs are kept
                 undo_unsaved_start(run_dir, before)
@@ -215,7 +223,8 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
 def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContext, device: torch.device,
                   tc: TrainConfig, store: TokenStore, sampler: WindowSampler, ckpt: Path | None,
                   fresh_note: str = "", stop_hint: str = "continue with --resume",
-                  on_stop: Callable[[Callable[[], object]], None] | None = None) -> TrainResult:
+                  on_stop: Callable[[Callable[[], object]], None] | None = None,
+                  save_gate: threading.Lock | None = None) -> TrainResult:
 
     torch.manual_seed(tc.seed)
     method: Method = METHODS[run.method](run)
@@ -377,14 +386,15 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                     # every rank resumes the interval from the ranks' mean sums: the logged mean over ranks is linear
                     log_interval = interval.state(dd.mean_over_ranks(interval.sums, ctx))
                     if ctx.is_main:
-                        last_ckpt = save_checkpoint(
-                            run_dir, done, weights, optim_state,
-                            {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
-                             "train_s": train_seconds(), "global_batch": sampler.global_batch,
-                             "world_size": ctx.world_size, "cpu_threads": torch.get_num_threads(),
-                             "skipped_steps": bad.total,
-                             "bad_steps_in_a_row": bad.in_a_row, "log_interval": log_interval,
-                             "store": identity, "inputs": inputs}, tc.keep_checkpoints)
+                        with save_gate or contextlib.nullcontext():
+                            last_ckpt = save_checkpoint(
+                                run_dir, done, weights, optim_state,
+                                {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
+                                 "train_s": train_seconds(), "global_batch": sampler.global_batch,
+                                 "world_size": ctx.world_size, "cpu_threads": torch.get_num_threads(),
+                                 "skipped_steps": bad.total, "bad_steps_in_a_row": bad.in_a_row,
+                                 "log_interval": log_interval, "store": identity, "inputs": inputs},
+                                tc.keep_checkpoints)
                     else:  # the folder rank 0 wrote: what every rank names as the last good checkpoint
                         last_ckpt = run_dir / CKPT_DIR / f"step_{done:07d}"
                     meter.exclude(time.perf_counter() - t_save)
