@@ -18,28 +18,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cocomix.errors import ConfigError
+from cocomix.config_checks import check, is_int, is_num
 
 FLAVOURS = ("gpt2", "llama")
 PRECISIONS = ("auto", "fp32", "bf16")
 LOG_BACKENDS = ("tensorboard", "wandb")
 WINDOW_OFFSETS = ("random", "fixed")
-
-
-def _int(v: Any) -> bool:
-    """An int, not a bool (which Python counts as one)."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> bool:
-    """A finite int or float, not a bool."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check(cond: bool, name: str, expected: str, value: Any) -> None:
-    if not cond:
-        shown = repr(value)
-        raise ConfigError(f"{name}: expected {expected}, got {shown if len(shown) <= 80 else shown[:77] + '...'}")
 
 
 @dataclass(frozen=True)
@@ -75,21 +59,23 @@ class ModelConfig:
     """Std of the normal init; residual output projections use init_std / sqrt(2·n_layer) (GPT-2)."""
 
     def __post_init__(self) -> None:
-        _check(self.flavour in FLAVOURS, "model.flavour", f"one of {FLAVOURS}", self.flavour)
+        check(self.flavour in FLAVOURS, "model.flavour", f"one of {FLAVOURS}", self.flavour)
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "context_length"):
             v = getattr(self, name)
-            _check(_int(v) and v > 0, f"model.{name}", "a positive integer", v)
-        _check(self.n_layer <= 10_000, "model.n_layer", "at most 10000 blocks", self.n_layer)  # (per-block tuples)
-        _check(self.d_model % self.n_head == 0, "model.n_head", f"a divisor of d_model={self.d_model}",
+            check(is_int(v) and v > 0, f"model.{name}", "a positive integer", v)
+        check(self.n_layer <= 10_000, "model.n_layer", "at most 10000 blocks", self.n_layer)  # (per-block tuples)
+        check(self.d_model % self.n_head == 0, "model.n_head", f"a divisor of d_model={self.d_model}",
                self.n_head)
         if self.flavour == "llama":
-            _check(self.head_dim % 2 == 0, "model.n_head", "a value giving an even head_dim (RoPE)", self.n_head)
-        _check(self.d_mlp is None or (_int(self.d_mlp) and self.d_mlp > 0), "model.d_mlp",
+            check(self.head_dim % 2 == 0, "model.n_head", "a value giving an even head_dim (RoPE)", self.n_head)
+        check(self.d_mlp is None or (is_int(self.d_mlp) and self.d_mlp > 0), "model.d_mlp",
                "a positive integer or null", self.d_mlp)
-        _check(_num(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "a value in [0, 1)", self.dropout)
+        check(is_num(self.dropout) and 0.0 <= self.dropout < 1.0, "model.dropout", "a value in [0, 1)", self.dropout)
         for name in ("norm_eps", "init_std", "rope_theta"):
             v = getattr(self, name)
-            _check(_num(v) and v > 0, f"model.{name}", "a finite positive number", v)
+            check(is_num(v) and v > 0, f"model.{name}", "a finite positive number", v)
+        check(isinstance(self.tie_embeddings, bool), "model.tie_embeddings", "true or false", self.tie_embeddings)
+        check(self.bias is None or isinstance(self.bias, bool), "model.bias", "true, false or null", self.bias)
 
     @property
     def head_dim(self) -> int:
@@ -124,10 +110,10 @@ class DataConfig:
     always the fixed chunks."""
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.path, str) and self.path != "", "data.path", "a directory path", self.path)
-        _check(_int(self.seq_len) and self.seq_len >= 2, "data.seq_len", "an integer >= 2",
+        check(isinstance(self.path, str) and self.path != "", "data.path", "a directory path", self.path)
+        check(is_int(self.seq_len) and self.seq_len >= 2, "data.seq_len", "an integer >= 2",
                self.seq_len)
-        _check(self.window_offset in WINDOW_OFFSETS, "data.window_offset", f"one of {WINDOW_OFFSETS}",
+        check(self.window_offset in WINDOW_OFFSETS, "data.window_offset", f"one of {WINDOW_OFFSETS}",
                self.window_offset)
 
 
@@ -208,39 +194,41 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "micro_batch_size", "grad_accum", "max_bad_steps"):
             v = getattr(self, name)
-            _check(_int(v) and v > 0, f"train.{name}", "a positive integer", v)
+            check(is_int(v) and v > 0, f"train.{name}", "a positive integer", v)
         for name in ("eval_every", "eval_batches", "save_every", "log_every", "keep_checkpoints", "seed"):
             v = getattr(self, name)
-            _check(_int(v) and v >= 0, f"train.{name}", "a non-negative integer", v)
-        _check(self.seed < 2**64, "train.seed", "an integer below 2**64 (torch's seed range)", self.seed)
-        _check(self.log_every > 0, "train.log_every", "a positive integer", self.log_every)
-        _check(self.keep_checkpoints > 0, "train.keep_checkpoints", "a positive integer", self.keep_checkpoints)
-        _check(_num(self.lr) and self.lr > 0, "train.lr", "a finite positive number", self.lr)
-        _check(_num(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "a value in [0, 1]",
+            check(is_int(v) and v >= 0, f"train.{name}", "a non-negative integer", v)
+        check(self.seed < 2**64, "train.seed", "an integer below 2**64 (torch's seed range)", self.seed)
+        check(self.log_every > 0, "train.log_every", "a positive integer", self.log_every)
+        check(self.keep_checkpoints > 0, "train.keep_checkpoints", "a positive integer", self.keep_checkpoints)
+        check(is_num(self.lr) and self.lr > 0, "train.lr", "a finite positive number", self.lr)
+        check(is_num(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "a value in [0, 1]",
                self.min_lr_ratio)
-        _check(self.warmup_steps is None or (_int(self.warmup_steps) and 0 <= self.warmup_steps),
+        check(self.warmup_steps is None or (is_int(self.warmup_steps) and 0 <= self.warmup_steps),
                "train.warmup_steps", "a non-negative integer or null", self.warmup_steps)
-        _check(_num(self.beta1) and 0.0 <= self.beta1 < 1.0, "train.beta1", "a value in [0, 1)", self.beta1)
-        _check(_num(self.beta2) and 0.0 <= self.beta2 < 1.0, "train.beta2", "a value in [0, 1)", self.beta2)
-        _check(_num(self.eps) and self.eps > 0, "train.eps", "a finite positive number", self.eps)
+        check(is_num(self.beta1) and 0.0 <= self.beta1 < 1.0, "train.beta1", "a value in [0, 1)", self.beta1)
+        check(is_num(self.beta2) and 0.0 <= self.beta2 < 1.0, "train.beta2", "a value in [0, 1)", self.beta2)
+        check(is_num(self.eps) and self.eps > 0, "train.eps", "a finite positive number", self.eps)
         for name in ("weight_decay", "grad_clip"):
             v = getattr(self, name)
-            _check(_num(v) and v >= 0, f"train.{name}", "a finite non-negative number", v)
-        _check(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", self.precision)
-        _check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?", self.device)
+            check(is_num(v) and v >= 0, f"train.{name}", "a finite non-negative number", v)
+        for name in ("decay_all_params", "compile", "activation_checkpointing", "chunked_lm_loss"):
+            check(isinstance(getattr(self, name), bool), f"train.{name}", "true or false", getattr(self, name))
+        check(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", self.precision)
+        check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?", self.device)
                is not None, "train.device",
                "auto, cpu, cuda or cuda:N", self.device)
-        _check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp or fsdp", self.parallel)
-        _check(self.fsdp_param_dtype in ("float32", "bfloat16"), "train.fsdp_param_dtype", "float32 or bfloat16",
+        check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp or fsdp", self.parallel)
+        check(self.fsdp_param_dtype in ("float32", "bfloat16"), "train.fsdp_param_dtype", "float32 or bfloat16",
                self.fsdp_param_dtype)
-        _check(self.fsdp_param_dtype == "float32" or self.parallel == "fsdp", "train.fsdp_param_dtype",
+        check(self.fsdp_param_dtype == "float32" or self.parallel == "fsdp", "train.fsdp_param_dtype",
                "float32 unless train.parallel is fsdp (DDP has no parameter dtype policy)", self.fsdp_param_dtype)
-        _check(isinstance(self.log_backends, (list, tuple)), "train.log_backends", "a list of backends",
+        check(isinstance(self.log_backends, (list, tuple)), "train.log_backends", "a list of backends",
                self.log_backends)
         object.__setattr__(self, "log_backends", tuple(self.log_backends))  # hashable, equal after a JSON round trip
         for b in self.log_backends:
-            _check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
-        _check(len(set(self.log_backends)) == len(self.log_backends), "train.log_backends", "each backend at most "
+            check(b in LOG_BACKENDS, "train.log_backends", f"entries from {LOG_BACKENDS}", b)
+        check(len(set(self.log_backends)) == len(self.log_backends), "train.log_backends", "each backend at most "
                "once", list(self.log_backends))
 
     @property
@@ -335,17 +323,19 @@ class ConceptConfig:
     def __post_init__(self) -> None:
         for name in ("n_latents", "k_attr", "mix_k", "d_teacher"):
             v = getattr(self, name)
-            _check(_int(v) and v > 0, f"concept.{name}", "a positive integer", v)
+            check(is_int(v) and v > 0, f"concept.{name}", "a positive integer", v)
         for name in ("teacher_layer", "concept_layer"):
             v = getattr(self, name)
-            _check(_int(v) and v >= 0, f"concept.{name}", "a non-negative integer", v)
-        _check(self.sae_k is None or (_int(self.sae_k) and self.sae_k > 0), "concept.sae_k",
+            check(is_int(v) and v >= 0, f"concept.{name}", "a non-negative integer", v)
+        check(self.sae_k is None or (is_int(self.sae_k) and self.sae_k > 0), "concept.sae_k",
                "a positive integer or null", self.sae_k)
-        _check(self.mix_k <= self.n_latents, "concept.mix_k", f"at most n_latents={self.n_latents}", self.mix_k)
-        _check(self.k_attr <= self.n_latents, "concept.k_attr", f"at most n_latents={self.n_latents}", self.k_attr)
+        check(self.mix_k <= self.n_latents, "concept.mix_k", f"at most n_latents={self.n_latents}", self.mix_k)
+        check(self.k_attr <= self.n_latents, "concept.k_attr", f"at most n_latents={self.n_latents}", self.k_attr)
         for name in ("lambda_concept", "lambda_kd"):
             v = getattr(self, name)
-            _check(_num(v) and v >= 0, f"concept.{name}", "a finite number >= 0", v)
+            check(is_num(v) and v >= 0, f"concept.{name}", "a finite number >= 0", v)
+        check(isinstance(self.mask_last_position, bool), "concept.mask_last_position", "true or false",
+               self.mask_last_position)
         for name, allowed in (("selection", SELECTIONS), ("multiplier", MULTIPLIERS),
                               ("attribution_loss", ATTRIBUTION_LOSSES), ("gradient_at", GRADIENT_POINTS),
                               ("mixing", MIXINGS),
@@ -353,14 +343,14 @@ class ConceptConfig:
                               ("hidden_loss_reduction", HIDDEN_LOSS_REDUCTIONS),
                               ("pause_slot", PAUSE_SLOTS), ("teacher_precision", TEACHER_PRECISIONS),
                               ("teacher_dtype", TEACHER_DTYPES)):
-            _check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
+            check(getattr(self, name) in allowed, f"concept.{name}", f"one of {allowed}", getattr(self, name))
         if self.selection == "activation":
-            _check((self.multiplier, self.attribution_loss, self.gradient_at) == ("activation", "window_mean",
+            check((self.multiplier, self.attribution_loss, self.gradient_at) == ("activation", "window_mean",
                                                                                   "residual"),
                    "concept.selection", "'attribution' with multiplier / attribution_loss / gradient_at options "
                    "(selection=activation takes the most active latents, no attribution)", self.selection)
         if self.gradient_at == "reconstruction":
-            _check(self.attribution_loss == "next_token" and self.selection == "attribution", "concept.gradient_at",
+            check(self.attribution_loss == "next_token" and self.selection == "attribution", "concept.gradient_at",
                    "'residual' unless attribution_loss=next_token and selection=attribution (Eq. 1 runs the teacher "
                    "from D(c_t) for position t's own loss)", self.gradient_at)
 
@@ -383,21 +373,21 @@ class RunConfig:
 
         if self.method not in METHODS:  # another package's method (a `cocomix.methods` entry point)
             load_method_plugins(METHODS)
-        _check(self.method in METHODS, "method", f"one of {sorted(METHODS)} (or a `cocomix.methods` entry point)",
+        check(self.method in METHODS, "method", f"one of {sorted(METHODS)} (or a `cocomix.methods` entry point)",
                self.method)
         if self.method == "cocomix" or self.method in PAUSING:
-            _check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
+            check(0 < self.concept.concept_layer < self.model.n_layer, "concept.concept_layer",
                    f"a block index in [1, {self.model.n_layer - 1}] (model.n_layer={self.model.n_layer})",
                    self.concept.concept_layer)
         c = self.concept  # (other methods ignore the concept section, cache included: NTP baselines copy it)
         reads_cache = self.method == "cocomix" and c.target == "concepts" and c.lambda_concept > 0
-        _check(not (c.cache and self.method == "cocomix" and not reads_cache), "concept.cache", "empty with "
+        check(not (c.cache and self.method == "cocomix" and not reads_cache), "concept.cache", "empty with "
                "concept.target=hidden or concept.lambda_concept=0 (no concept targets are read: the cache would be "
                "ignored)", c.cache)
-        _check(not (c.cache and reads_cache and self.data.window_offset != "fixed"),
+        check(not (c.cache and reads_cache and self.data.window_offset != "fixed"),
                "data.window_offset", "'fixed' with concept.cache (cached targets belong to the fixed windows; "
                "random crops need online targets)", self.data.window_offset)
-        _check(self.data.seq_len <= self.model.context_length, "data.seq_len",
+        check(self.data.seq_len <= self.model.context_length, "data.seq_len",
                f"at most model.context_length={self.model.context_length}", self.data.seq_len)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from cocomix.config import RunConfig, _check
+from cocomix.config import RunConfig
+from cocomix.config_checks import check
 from cocomix.errors import ConfigError
 
 
@@ -36,24 +37,24 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         kinds = " or ".join(_describe(a) for a in args if a is not type(None))
         if type(None) in args:
             kinds += " or null"
-        _check(False, name, kinds, value)
+        check(False, name, kinds, value)
     if origin is tuple:
-        _check(isinstance(value, (list, tuple)), name, 'a list, e.g. ["a", "b"]', value)
+        check(isinstance(value, (list, tuple)), name, 'a list, e.g. ["a", "b"]', value)
         (item,) = typing.get_args(tp)[:1]
         return tuple(_coerce(v, item, name) for v in value)
     if tp is bool:
-        _check(isinstance(value, bool), name, "true or false", value)
+        check(isinstance(value, bool), name, "true or false", value)
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
-        _check(abs(value) <= 2**64, name, "an integer of magnitude at most 2**64", value)
+        check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        check(abs(value) <= 2**64, name, "an integer of magnitude at most 2**64", value)
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value), name,
+        check(isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value), name,
                "a finite number", value)
         return float(value)
     if tp is str:
-        _check(isinstance(value, str), name, "a string", value)
+        check(isinstance(value, str), name, "a string", value)
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, name)
@@ -77,7 +78,7 @@ def _finite(value: int | float) -> bool:
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass `cls` from a nested dict, rejecting unknown keys and ill-typed values by name."""
     where = prefix or "config"
-    _check(isinstance(data, dict), where, "a mapping", data)
+    check(isinstance(data, dict), where, "a mapping", data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

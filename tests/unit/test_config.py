@@ -66,6 +66,9 @@ def test_out_of_range_settings_are_refused_by_name(build: Callable[[], object], 
     (lambda: TrainConfig(device="cuda:01"), r"train\.device"),
     (lambda: TrainConfig(log_backends="tensorboard"), r"train\.log_backends: expected a list of backends"),
     (lambda: ConceptConfig(lambda_concept=True), r"concept\.lambda_concept: expected a finite number >= 0"),
+    (lambda: TrainConfig(compile="false"), r"train\.compile: expected true or false, got 'false'"),  # (truthy)
+    (lambda: ModelConfig(bias=0), r"model\.bias: expected true, false or null"),
+    (lambda: ConceptConfig(mask_last_position=None), r"concept\.mask_last_position: expected true or false"),
 ])
 def test_the_library_api_refuses_what_the_command_line_does(build: Callable[[], object], field: str) -> None:
     """The dataclasses themselves, not only `--set`'s parsing: a bool is no integer, infinity no learning rate,

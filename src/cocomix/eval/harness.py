@@ -12,8 +12,8 @@ paper's downstream tasks, §3 Table 1; no paper equation).
   run's `data.seq_len`, the windows it was trained on, unless `max_length=N` (model_args) asks for up to the
   model's `context_length` (lm-eval's HF model takes the model's positions, but a cocomix run may be built with
   more positions than it trained: those are untrained). A continuation with no
-  tokens of its own (empty, or merged into the context's last token) or longer than the context cannot be
-  scored: a one-line error, where lm-eval's HF model stops on an assertion.
+  tokens of its own (empty, or merged into the context's last token) or longer than the scored length cannot
+  be scored: a one-line error, where lm-eval's HF model stops on an assertion.
 * `loglikelihood_rolling(text)`: the whole text's log-likelihood in disjoint windows of the scored length
   (lm-eval's `get_rolling_token_windows`), starting from the end-of-text token.
 * `generate_until(context, {until, max_gen_toks, do_sample, temperature, top_k, top_p})`: KV-cached generation,
@@ -174,7 +174,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
         for x, (_, cont) in zip(inputs, pairs, strict=True):
             if len(cont) > len(x):
-                raise ConfigError(f"--tasks: a request's continuation is {len(cont)} tokens, more than the model's "
+                raise ConfigError(f"--tasks: a request's continuation is {len(cont)} tokens, more than "
                                   f"{self._length_name} {self.max_length} can score")
         order = sorted(range(len(pairs)), key=lambda i: -len(inputs[i]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)

@@ -58,7 +58,8 @@ def sae_path(spec: str | Path, teacher_layer: int | None = None) -> Path:
 
 
 def sae_files(spec: str | Path, teacher_layer: int | None = None) -> list[Path]:
-    """The files `load_sae` reads for `spec`, in sorted order: an OpenAI file itself; a SAELens or sparsify
+    """The files `load_sae` takes `spec`'s weights and settings from, in sorted order (a sparsify run's
+    config.json, read only to name its hookpoints, is not among them): an OpenAI file itself; a SAELens or sparsify
     folder's cfg.json and weights (not a README, nor the `.cache/` a hub download leaves, which change on every
     download); any other folder's files (which `load_sae` refuses)."""
     path = sae_path(spec, teacher_layer)

@@ -163,7 +163,7 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
         if isinstance(e, (OSError, RuntimeError)):  # torch's writer reports ENOSPC as a RuntimeError
             kept = "the previous checkpoint is intact: " if (root / "latest").is_file() else ""
             raise CheckpointWriteError(f"{final}: cannot write the checkpoint ({' '.join(str(e).split())[:200]}); "
-                                  f"{kept}free space and rerun with --resume") from None
+                                       f"{kept}free space and rerun with --resume") from None
         raise
     if final.exists():
         _remove(final)
