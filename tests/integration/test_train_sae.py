@@ -167,6 +167,11 @@ def test_a_finished_run_rerun_returns_its_report_without_recomputing(store_dir: 
     again = train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
     assert again.fvu == first.fvu and again.l0 == first.l0
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics  # one eval event, not two
+    import shutil  # its checkpoints deleted (several times the SAE's size): still finished, not trained again
+
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    again = train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    assert again.fvu == first.fvu and (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
 
 
 def test_a_rerun_compares_the_store_and_teacher_by_content_not_by_the_path_given(
@@ -203,6 +208,11 @@ def test_a_rerun_compares_the_store_and_teacher_by_content_not_by_the_path_given
     shutil.rmtree(tmp_path / "b" / "store")
     shutil.copytree(store_dir, tmp_path / "b" / "store")
     with pytest.raises(training.CocomixError, match="trained on another teacher than --teacher teacher"):
+        train_sae(cfg, out, Teacher.from_pretrained("./teacher", 1), quiet=True)
+    inputs = json.loads((out / "inputs.json").read_text())  # as if trained from the hub's "teacher"
+    (out / "inputs.json").write_text(json.dumps({**inputs, "teacher_fingerprint": None}))
+    with pytest.raises(training.CocomixError, match="trained on the hub's 'teacher', but --teacher teacher now "
+                                                    "names a local folder"):
         train_sae(cfg, out, Teacher.from_pretrained("./teacher", 1), quiet=True)
 
 

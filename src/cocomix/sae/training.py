@@ -41,7 +41,7 @@ from torch import nn
 
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
-from cocomix.errors import CocomixError, ConfigError, Stopped
+from cocomix.errors import CheckpointError, CocomixError, ConfigError, Stopped
 from cocomix.progress import format_duration
 from cocomix.sae import ranks
 from cocomix.sae.activations import ActivationChunks
@@ -156,11 +156,18 @@ def check_out(cfg: SAETrainConfig, out: Path) -> None:
 
 
 def _finished_report(cfg: SAETrainConfig, out: Path) -> SAEReport | None:
-    """The stored report of a run in `out` that already trained all `cfg.steps` and wrote its SAE, else None."""
+    """The stored report of a run in `out` that already trained all `cfg.steps` and wrote its SAE, else None.
+    summary.json is written last, so it and `sae/` say so on their own: its checkpoints may have been deleted
+    since (they are several times the SAE's size), which must not start the training again."""
     from cocomix.train.checkpoint import read_state
 
-    ckpt = latest_checkpoint(out)
-    if ckpt is None or read_state(ckpt)["step"] < cfg.steps or not (out / "sae").is_dir():
+    if not (out / "sae").is_dir() or not (out / "summary.json").is_file():
+        return None
+    try:
+        ckpt = latest_checkpoint(out)
+    except CheckpointError:  # `latest` naming a deleted step folder: the summary stands
+        ckpt = None
+    if ckpt is not None and read_state(ckpt)["step"] < cfg.steps:
         return None
     try:
         stored = json.loads((out / "summary.json").read_text(encoding="utf-8"))
