@@ -129,7 +129,7 @@ def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any) -> None:
             except (OSError, ValueError, AttributeError):
                 pass  # (an unreadable cache records nothing to compare with)
     for where, sha in known:
-        if given is not None and isinstance(sha, str) and not same_sae(sha, path, c.teacher_layer):
+        if given is not None and isinstance(sha, str) and sha != given and not same_sae(sha, path, c.teacher_layer):
             raise CocomixError(f"--sae {path}: not the SAE the student's concepts refer to (its files differ from "
                                f"{where}); give the SAE the run was trained with")
 

@@ -206,6 +206,17 @@ def test_a_run_with_another_teacher_layer_or_sae_is_refused_the_cache(store_dir:
     shutil.copytree(parts[0], moved)
     assert open_cache(str(full_cache), dataclasses.replace(
         run, concept=dataclasses.replace(run.concept, teacher=str(moved))), store).meta["teacher_layer"] == 1
+    # a cache made before cocomix hashed only the SAE's own files records its whole folder's hash: still its SAE
+    from cocomix.digest import file_sha256
+
+    downloaded, older = tmp_path / "downloaded-sae", tmp_path / "older-cache"
+    shutil.copytree(parts[1], downloaded)
+    (downloaded / "sparsity.safetensors").write_bytes(b"log sparsity")  # beside the weights, as SAELens's hub has
+    shutil.copytree(full_cache, older)
+    meta = json.loads((older / "meta.json").read_text())
+    (older / "meta.json").write_text(json.dumps({**meta, "sae_sha256": file_sha256(downloaded)}))
+    assert open_cache(str(older), dataclasses.replace(
+        run, concept=dataclasses.replace(run.concept, sae=str(downloaded))), store).meta["teacher_layer"] == 1
     other_sae, other_teacher = tmp_path / "other-sae", tmp_path / "other-teacher"
     for src, dst in ((parts[1], other_sae), (parts[0], other_teacher)):
         shutil.copytree(src, dst)

@@ -212,7 +212,7 @@ def test_a_rerun_compares_the_store_and_teacher_by_content_not_by_the_path_given
     inputs = json.loads((out / "inputs.json").read_text())  # as if trained from the hub's "teacher"
     (out / "inputs.json").write_text(json.dumps({**inputs, "teacher_fingerprint": None}))
     with pytest.raises(training.CocomixError, match="trained on the hub's 'teacher', but --teacher teacher now "
-                                                    "names a local folder"):
+                                                    "names a local path"):
         train_sae(cfg, out, Teacher.from_pretrained("./teacher", 1), quiet=True)
 
 

@@ -299,10 +299,11 @@ def test_tokenizer_files_are_copied(tmp_path: Path) -> None:
     folder = export_hf(tiny_model(flavour="llama", vocab_size=288), tmp_path / "hf-bare", tokenizer_dir=bare)
     assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
     assert transformers.AutoTokenizer.from_pretrained(folder).eos_token_id == eos
-    (bare / "tokenizer_config.json").write_text('{"eos_token": null}')  # a null names none either
-    folder = export_hf(tiny_model(flavour="llama", vocab_size=288), tmp_path / "hf-null", tokenizer_dir=bare)
-    assert json.loads((folder / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
-    assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
+    for i, named in enumerate(("null", '""')):  # a null or empty name names none either
+        (bare / "tokenizer_config.json").write_text(f'{{"eos_token": {named}}}')
+        folder = export_hf(tiny_model(flavour="llama", vocab_size=288), tmp_path / f"hf-{i}", tokenizer_dir=bare)
+        assert json.loads((folder / "tokenizer_config.json").read_text())["eos_token"] == "<|endoftext|>"
+        assert json.loads((folder / "config.json").read_text())["eos_token_id"] == eos
 
 
 def test_a_tokenizer_with_gaps_in_its_ids_suppresses_only_the_ids_above_its_largest(tmp_path: Path) -> None:

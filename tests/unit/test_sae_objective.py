@@ -149,6 +149,7 @@ def test_learning_rate_schedule_warms_up_holds_and_decays_to_zero() -> None:
     ({"decay_fraction": "0.2"}, "decay_fraction: expected a finite number >= 0, got '0.2'"),
     ({"lr": True}, "lr: expected a finite number >= 0, got True"),  # (Adam at lr 1.0 otherwise)
     ({"auxk_alpha": True}, "auxk_alpha: expected a finite number"),
+    ({"normalize": "false"}, "normalize: expected true or false, got 'false'"),
     ({"teacher_layer": -1}, "teacher_layer: expected a non-negative integer"),
 ])
 def test_bad_settings_name_the_field(change: dict, message: str) -> None:

@@ -277,8 +277,8 @@ def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) 
                 key in _NOT_RECORDED_BEFORE and key not in stored):
             continue
         value = stored.get(key, _OLD_DEFAULTS.get(key))
-        if key == "sae_sha256" and by_content and expected.get("sae") and same_sae(value, expected["sae"],
-                                                                                  expected.get("teacher_layer")):
+        if key == "sae_sha256" and by_content and value != expected.get(key) and expected.get("sae") and \
+                same_sae(value, expected["sae"], expected.get("teacher_layer")):
             continue  # (a cache made before: the hash of the SAE's whole folder)
         if key in expected and value != expected[key]:
             raise ConfigError(f"{out / 'meta.json'}: concept cache was made with {key}={value!r}, "

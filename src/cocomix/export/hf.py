@@ -158,8 +158,8 @@ def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> tuple[dict[s
                 data = json.loads(p.read_text())
             except ValueError as e:
                 raise CheckpointError(f"{p}: not valid JSON ({e})") from None
-            if isinstance(data, dict):  # (a null names nothing: the other file's, or the fallback below)
-                names.update({k: data[k] for k in ("bos_token", "eos_token") if data.get(k) is not None})
+            if isinstance(data, dict):  # (a null or "" names nothing: the other file's, or the fallback below)
+                names.update({k: data[k] for k in ("bos_token", "eos_token") if _special_token(data.get(k))})
     if _special_token(names.get("eos_token")) is None:  # as `load_tokenizer` finds a store's end-of-text token
         from cocomix.data.tokenizer import _FALLBACK_EOS
 
@@ -181,7 +181,7 @@ def _write_tokenizer_config(path: Path, context_length: int, eos_token: str | No
         raise CheckpointError(f"{path}: unreadable tokenizer config ({e})") from None
     tok_cfg = tok_cfg if isinstance(tok_cfg, dict) else {}
     tok_cfg.setdefault("tokenizer_class", "PreTrainedTokenizerFast")
-    if eos_token is not None and tok_cfg.get("eos_token") is None:
+    if eos_token is not None and not _special_token(tok_cfg.get("eos_token")):
         tok_cfg["eos_token"] = eos_token
     tok_cfg["model_max_length"] = context_length
     path.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

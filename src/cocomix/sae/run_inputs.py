@@ -58,7 +58,7 @@ def check_rerun_inputs(cfg: SAETrainConfig, stored: SAETrainConfig, out: Path, r
                            f"{cfg.teacher!r}); use another --out")
     if before is None and now["teacher_fingerprint"] is not None:  # the name now finds local weights
         raise CocomixError(f"{out}: its SAE was trained on the hub's {stored.teacher!r}, but --teacher "
-                           f"{cfg.teacher} now names a local folder (here, {Path(cfg.teacher).resolve()}); run from "
+                           f"{cfg.teacher} now names a local path (here, {Path(cfg.teacher).resolve()}); run from "
                            "another folder or use another --out")
     if before is not None and now["teacher_fingerprint"] != before:
         raise CocomixError(f"{out}: its SAE was trained on another teacher than --teacher {cfg.teacher} (its weights "

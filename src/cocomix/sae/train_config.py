@@ -96,6 +96,8 @@ class SAETrainConfig:
                 raise ConfigError(f"{name}: expected a finite number >= 0, got {value!r}")
         if self.teacher_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {self.teacher_dtype!r}")
+        if not isinstance(self.normalize, bool):  # ("false" would be true)
+            raise ConfigError(f"normalize: expected true or false, got {self.normalize!r}")
         if self.decay_fraction > 1:
             raise ConfigError(f"decay_fraction: expected a number in [0, 1], got {self.decay_fraction!r}")
         if self.n_latents and self.k > self.n_latents:

@@ -59,8 +59,6 @@ def _keys() -> tuple[str, str]:
     return f"cocomix/attempt_{attempt}/failed_rank", f"cocomix/attempt_{attempt}/acks"
 
 
-
-
 def _default_store() -> Any | None:
     """The default process group's store, or None where this torch does not expose it (no watcher then)."""
     getter = getattr(dist.distributed_c10d, "_get_default_store", None)

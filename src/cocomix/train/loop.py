@@ -204,7 +204,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         # input only another rank read: this rank's watcher then ends it)
         before = ({p.name for p in run_dir.iterdir()} if ckpt is None and ctx.is_main
                   and not (run_dir / "config.json").exists() else None)
-        save_gate = threading.Lock()  # a checkpoint being saved is not undone under it, nor one started after
+        save_gate = threading.Lock()  # no undo during a checkpoint save (within the 10 s the watcher waits), none after
         if before is not None:
             fail_fast.on_stop(lambda: _bad_input(fail_fast.failed_errors) and save_gate.acquire()
                               and undo_unsaved_start(run_dir, before))  # (the gate stays held: the process ends)
