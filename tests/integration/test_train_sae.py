@@ -174,6 +174,22 @@ def test_a_finished_run_rerun_returns_its_report_without_recomputing(store_dir: 
     assert again.fvu == first.fvu and (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
 
 
+def test_an_evaluation_cut_short_is_done_again_and_logged_once(store_dir: Path, teacher_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """Stopped after the final eval event was logged but before summary.json: the rerun evaluates from the final
+    checkpoint and metrics.jsonl holds one eval event, as an uninterrupted run's."""
+    cfg = _cfg(store_dir, teacher_dir, steps=10, checkpoint_every=0)
+    first = train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    (tmp_path / "run" / "summary.json").unlink()
+    again = train_sae(cfg, tmp_path / "run", Teacher.from_pretrained(teacher_dir, 1), quiet=True)
+    assert again.fvu == first.fvu and (tmp_path / "run" / "summary.json").is_file()
+    events = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in events].count("eval") == 1
+    assert [e for e in events if e["kind"] != "eval"] == [json.loads(x) for x in metrics.splitlines()
+                                                          if json.loads(x)["kind"] != "eval"]
+
+
 def test_a_rerun_compares_the_store_and_teacher_by_content_not_by_the_path_given(
         store_dir: Path, teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil

@@ -88,6 +88,7 @@ class SAEReport:
     """Latents that never fired on the (much shorter) held-out evaluation tokens: dead or merely rare."""
     eval_tokens: int
     wall_clock_s: float
+    """Seconds of the process that finished the run (a resumed run's last part only)."""
     fvu_normalized_excl_first: float = float("nan")
     """`fvu_normalized` with each window's position 0 left out: the figure `describe-concepts` reports and the SAE
     fit check compares with FVU_WARN (a GPT-2-like teacher's first position has a far larger norm); NaN in a
@@ -290,6 +291,10 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
     def open_log() -> None:
         atomic_write_text(out / "config.json", cfg.to_json())
         atomic_write_text(out / INPUTS, json.dumps(run_inputs(cfg), indent=2) + "\n")  # (checked by a rerun)
+        log = out / "metrics.jsonl"
+        if resumed and start >= cfg.steps and log.is_file():  # evaluating again: an earlier attempt's eval goes
+            lines = log.read_text(errors="replace").splitlines()
+            atomic_write_text(log, "".join(ln + "\n" for ln in lines if '"kind": "eval"' not in ln))
         loggers[0] = MetricsLogger(out, resume_step=start if resumed else None, quiet=quiet)
 
     dd.main_rank_does(open_log, ctx, device)
