@@ -16,6 +16,27 @@ from pathlib import Path
 from typing import BinaryIO
 
 
+def _umask() -> int:
+    """The process's umask: read from /proc where Linux shows it (reading it through `os.umask` means setting it,
+    which another thread creating a file at that moment would see), else that way."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_mode(folder: bool = False) -> int:
+    """The permissions a plain `open` / `mkdir` gives under the process's umask (files written through a temporary
+    name — mkstemp, mkdtemp, safetensors — are created 0600 / 0700)."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
 def shown_path(path: str | Path) -> str:
     """`path` as text every writer accepts (a report, a plot label): bytes that are not UTF-8 as `\\xNN`."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
@@ -96,10 +117,14 @@ def fsync_folder(directory: Path) -> None:
 def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces `path` on a clean exit; on an exception the temp file is removed."""
     path = Path(path)
+    try:  # the file it replaces keeps its permissions; a new one gets those the umask gives (mkstemp makes 0600)
+        mode = os.stat(path).st_mode & 0o7777
+    except OSError:
+        mode = ordinary_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the final file ordinary permissions
+            os.chmod(tmp, mode)
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

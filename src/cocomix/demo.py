@@ -256,11 +256,12 @@ def _finished(run_dir: Path, run: RunConfig) -> bool:
     except Exception:  # noqa: BLE001 - a damaged run is resumed (and reported) by train itself
         return False
     if done:
-        try:
-            prepare_run_dir(run, run_dir, resume=True)
+        try:  # (the checkpoint checked against its manifest: a damaged final one is set aside for the one before)
+            ckpt = prepare_run_dir(run, run_dir, resume=True)
         except CheckpointError as e:
             raise CocomixError(f"{run_dir}: holds a finished run with other settings ({e}); use another --out, or "
                                "remove it to train it again") from None
+        done = ckpt is not None and read_state(ckpt)["step"] >= run.train.steps  # else the stage resumes it
     return done
 
 
@@ -333,7 +334,7 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Teac
     """Report sections: the student's predicted concepts on a validation passage, one steered generation and the
     steering metric (`cocomix.interpret`; what `cocomix inspect`, `steer` and `steer-eval` print)."""
     from cocomix.interpret.inspect import inspect_ids
-    from cocomix.interpret.labels import ConceptBook
+    from cocomix.interpret.labels import ConceptBook, visible
     from cocomix.interpret.steer import steer_student
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
     from cocomix.runs import load_run
@@ -359,7 +360,9 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Teac
     concept = metric["concepts"][0]  # the student's most frequent well-described top-1 concept
     prompt = torch.tensor([tok.encode("KING HENRY:\n")])
     outs = {a: steer_student(model, prompt, [concept], [a], 40) for a in (1.0, 10.0)}
-    text = {a: tok.decode(o.tokens[0, prompt.shape[1]:].tolist()).strip()[:300] for a, o in outs.items()}
+    raw = {a: tok.decode(o.tokens[0, prompt.shape[1]:].tolist()) for a, o in outs.items()}
+    # (a continuation of whitespace only, e.g. 40 newlines from a steered newline concept, shown by its marks)
+    text = {a: t.strip()[:300] or f"(whitespace only: {visible(t)[:120]})" for a, t in raw.items()}
     steer = [f"Concept {name(concept)}; greedy continuation of `KING HENRY:` and a newline (`cocomix steer --prompt "
              "$'KING HENRY:\\n'`) with its predicted logit × α at every "
              f"position (mixed at {outs[1.0].mixed[0]:.0%} of the generating positions unsteered, "

@@ -151,10 +151,24 @@ class PerPositionGradients:
                               "run (see the warning above); use gradient_at=residual")
         return self.next_token_mode
 
+    def _own_position_leak(self, one: torch.Tensor) -> float:
+        """Under the switched pass, the largest gradient of position T−2's own loss at the positions before it, on
+        one row (1, T): exactly 0, in any precision, when positions meet only in attention (the switch detaches the
+        other positions' keys and values); not 0 for a block that mixes them otherwise (a convolution, a state
+        space layer beside the attention), which the tolerance of the numeric check could let pass at 16 bits."""
+        T = one.shape[1]
+        if T < 3:
+            return 0.0
+        with own_position(self.model, Streams()), torch.enable_grad():
+            _, leaf, nll = self._whole_nll(one)
+            (grad,) = torch.autograd.grad(nll[0, T - 2], leaf)  # (1, T, d)
+        return float(grad[0, :T - 2].abs().max())
+
     def _own_position_ok(self, ids: torch.Tensor) -> bool:
         """Whether own-position attention gives this model's Eq. 1 gradient: decided once, on the first row of
         the first batch. Every decoder block's attention must have run through it (a model computing attention
-        itself is not switched), and the gradient must match per-position backward passes at three positions
+        itself is not switched), no position's own loss may reach earlier positions under it (`_own_position_leak`:
+        exact, whatever the precision), and the gradient must match per-position backward passes at three positions
         (relative error ≤ 1e-3 at each; 5e-2 for 16-bit weights, under autocast or with TF32 matmuls). A model it
         cannot serve falls back, with a warning (T/GRAD_CHUNK batched calls)."""
         if self.next_token_mode is None:
@@ -172,6 +186,9 @@ class PerPositionGradients:
                 if len(streams.layers) < len(self.blocks):
                     why = (f"only {len(streams.layers)} of its {len(self.blocks)} blocks ran their attention through "
                            "transformers' attention interface")
+                elif (leak := self._own_position_leak(one)) > 0:
+                    why = (f"its positions also mix outside attention (the switched pass leaves a gradient of "
+                           f"{leak:.2g} from one position's loss at earlier positions)")
                 else:
                     checkpointed_blocks = self.checkpointed
                     self._uncheckpoint_blocks()  # the reference: plain per-position backward passes

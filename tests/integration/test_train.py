@@ -1007,3 +1007,20 @@ def test_training_sets_tf32_before_the_method_set_up_and_restores_the_callers_pr
     assert before == "highest"  # the default, so that "high" below can be told from it
     train(small_run(store_dir, steps=2, eval_every=0, save_every=0), tmp_path / "run", quiet=True)
     assert seen == ["high"] and torch.get_float32_matmul_precision() == before
+
+
+def test_the_demo_does_not_take_a_run_whose_final_checkpoint_is_damaged_for_finished(store_dir: Path,
+                                                                                    tmp_path: Path) -> None:
+    """`make demo` / `make experiment` skip a finished stage: one whose final checkpoint no longer matches its
+    manifest is set aside for the one before, and the stage resumes from there instead of reporting that one."""
+    from cocomix.demo import _finished
+
+    run = small_run(store_dir, steps=4, save_every=2, eval_every=0, keep_checkpoints=2)
+    train(run, tmp_path / "r", quiet=True)
+    assert _finished(tmp_path / "r", run)
+    weights = tmp_path / "r" / "checkpoints" / "step_0000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert not _finished(tmp_path / "r", run)
+    assert resolve_checkpoint(tmp_path / "r")[1].name == "step_0000002"

@@ -9,19 +9,26 @@ from pathlib import Path
 from cocomix.atomic import atomic_write_text, atomic_writer
 
 
-def test_atomically_written_files_are_readable_by_others_as_ordinary_files_are(tmp_path: Path) -> None:
-    """0644, what `open` gives under the usual umask 022 (set explicitly: mkstemp's 0600 would hide checkpoints and
-    configs from the rest of a group sharing run folders)."""
-    old = os.umask(0o077)
+def test_atomically_written_files_get_the_permissions_open_would_give(tmp_path: Path) -> None:
+    """What `open` gives under the umask (0644 under the usual 022, 0600 under a private 077; not mkstemp's 0600
+    always, which would hide checkpoints and configs from a group sharing run folders), and a file replaced keeps
+    its own."""
+    old = os.umask(0o022)
     try:
-        with atomic_writer(tmp_path / "a.bin") as handle:
-            handle.write(b"\x00\x01")
-        atomic_write_text(tmp_path / "b.txt", "text\n")
+        for mask, mode in ((0o022, 0o644), (0o077, 0o600)):
+            os.umask(mask)
+            with atomic_writer(tmp_path / f"a{mask}.bin") as handle:
+                handle.write(b"\x00\x01")
+            atomic_write_text(tmp_path / f"b{mask}.txt", "text\n")
+            assert {(tmp_path / n).stat().st_mode & 0o777 for n in (f"a{mask}.bin", f"b{mask}.txt")} == {mode}
+        (tmp_path / "c.txt").write_text("old")
+        os.chmod(tmp_path / "c.txt", 0o640)
+        atomic_write_text(tmp_path / "c.txt", "new")
+        assert (tmp_path / "c.txt").stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
-    assert (tmp_path / "a.bin").read_bytes() == b"\x00\x01" and (tmp_path / "b.txt").read_text() == "text\n"
-    assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("a.bin", "b.txt")} == {0o644}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt"]  # no temp file left
+    assert (tmp_path / "a18.bin").read_bytes() == b"\x00\x01" and (tmp_path / "b18.txt").read_text() == "text\n"
+    assert len(list(tmp_path.iterdir())) == 5  # no temp file left
 
 
 def test_each_output_kind_is_told_by_its_marking_files(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cocomix.atomic import check_out_folder, fsync_dir, fsync_folder
+from cocomix.atomic import check_out_folder, fsync_dir, fsync_folder, ordinary_mode
 from cocomix.config import ModelConfig
 from cocomix.errors import CheckpointError
 from cocomix.export.hf_names import TOKENIZER_FILES, WEIGHTS_NAME, fresh_tensor, gpt2_transposed, name_map
@@ -227,7 +227,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
         raise CheckpointError(f"{out}: cannot create the export folder there ({e.strerror or e})") from None
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        os.chmod(tmp / WEIGHTS_NAME, 0o644)  # safetensors creates it 0600: readable by the users of the folder
+        os.chmod(tmp / WEIGHTS_NAME, ordinary_mode())  # safetensors creates it 0600: as the umask gives
         config.save_pretrained(str(tmp))
         _add_legacy_rope_theta(tmp / "config.json", model.cfg)
         if tok_dir is not None:
@@ -240,7 +240,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
 
                 GenerationConfig(**{k: v for k, v in special.items() if v is not None},
                                  suppress_tokens=list(range(n_tokens, model.cfg.vocab_size))).save_pretrained(str(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        os.chmod(tmp, ordinary_mode(folder=True))  # mkdtemp makes it 0700
         fsync_folder(tmp)
         os.replace(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one
         fsync_dir(out.parent)

@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_save
 
-from cocomix.atomic import atomic_write_bytes, atomic_write_text, fsync_dir
+from cocomix.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, ordinary_mode
 from cocomix.errors import CheckpointError
 from cocomix.sae._io import check_shape, common_dtype, get_int, get_tensor, read_json, read_safetensors
 from cocomix.sae.sparsify import hookpoint_block
@@ -233,7 +233,7 @@ def save_saelens(sae: TopKSAE, folder: str | Path, metadata: dict[str, Any] | No
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     old: Path | None = None
     try:
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, ordinary_mode(folder=True))  # (mkdtemp makes it 0700)
         atomic_write_bytes(tmp / WEIGHTS_NAME, blob)
         atomic_write_text(tmp / CFG_NAME, cfg_text)
         fsync_dir(tmp)

@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cocomix.atomic import atomic_write_text, fsync_dir, fsync_file, fsync_folder
+from cocomix.atomic import atomic_write_text, fsync_dir, fsync_file, fsync_folder, ordinary_mode
 from cocomix.config import RunConfig
 from cocomix.config_io import run_config
 from cocomix.digest import file_sha256
@@ -181,7 +181,7 @@ def _write_files(tmp: Path, step: int, model: torch.nn.Module | dict[str, torch.
                  optimizer: torch.optim.Optimizer | dict[str, Any], state: dict[str, Any]) -> None:
     weights = _dedup(model) if isinstance(model, dict) else model_state(model)
     save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    os.chmod(tmp / "model.safetensors", 0o644)  # safetensors creates it 0600, unlike every other file here
+    os.chmod(tmp / "model.safetensors", ordinary_mode())  # safetensors creates it 0600, unlike every other file
     torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_initialized():  # this process's device (training sets it current): every rank's advances
