@@ -35,8 +35,10 @@ def _hf_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
                   **kwargs: object) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query (B, H, T, hd), key/value (B, H_kv, T, hd) ->
     ((B, T, H, hd), no weights)."""
-    if kwargs.get("s_aux") is not None:
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         raise Unsupported("attention sinks")
+    if any(kwargs.get(name) is not None for name in ("indices", "block_indices", "topk_indices")):
+        raise Unsupported("sparse attention (the keys each query reads are selected)")  # (DeepSeek-V3.2's indexer)
     if kwargs.get("position_bias") is not None:
         raise Unsupported("a position bias passed to attention")
     if dropout:

@@ -181,6 +181,8 @@ class PerPositionGradients:
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - Unsupported, or a model whose own code breaks when switched
+                if "out of memory" in str(e) or "can't allocate" in str(e):  # (the CPU's, a plain RuntimeError)
+                    raise
                 why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             else:
                 if len(streams.layers) < len(self.blocks):

@@ -321,3 +321,17 @@ def test_the_reconstruction_gradient_needs_own_position_attention() -> None:
         teacher.residual_and_grad(ids, loss="next_token", reconstruct=lambda h: h)
     with pytest.raises(ConfigError, match="needs attribution_loss=next_token"):
         teacher.residual_and_grad(torch.randint(0, 97, (2, 8)), reconstruct=lambda h: h)
+
+
+@pytest.mark.parametrize("kwarg,why", [("s_aux", "attention sinks"), ("sinks", "attention sinks"),
+                                       ("indices", "sparse attention"), ("block_indices", "sparse attention")])
+def test_attention_arguments_the_switch_cannot_honour_are_refused(kwarg: str, why: str) -> None:
+    """An attention call carrying sinks or a sparse selection of keys (DeepSeek-V3.2's indexer): the switched
+    attention would compute dense softmax attention instead, so the teacher is not served (it falls back)."""
+    from torch import nn
+
+    from cocomix.teacher_attention import Unsupported, _hf_attention
+
+    q = torch.zeros(1, 2, 3, 4)
+    with pytest.raises(Unsupported, match=why):
+        _hf_attention(nn.Module(), q, q, q, None, **{kwarg: torch.zeros(1)})
