@@ -118,7 +118,7 @@ def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces `path` on a clean exit; on an exception the temp file is removed."""
     path = Path(path)
     try:  # the file it replaces keeps its permissions; a new one gets those the umask gives (mkstemp makes 0600)
-        mode = os.stat(path).st_mode & 0o7777
+        mode = os.stat(path).st_mode & 0o777
     except OSError:
         mode = ordinary_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

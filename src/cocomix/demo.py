@@ -362,7 +362,8 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Teac
     outs = {a: steer_student(model, prompt, [concept], [a], 40) for a in (1.0, 10.0)}
     raw = {a: tok.decode(o.tokens[0, prompt.shape[1]:].tolist()) for a, o in outs.items()}
     # (a continuation of whitespace only, e.g. 40 newlines from a steered newline concept, shown by its marks)
-    text = {a: t.strip()[:300] or f"(whitespace only: {visible(t)[:120]})" for a, t in raw.items()}
+    text = {a: t.strip()[:300] or f"({len(t)} whitespace characters: {visible(t).replace(' ', '␠')[:120]})"
+            for a, t in raw.items()}
     steer = [f"Concept {name(concept)}; greedy continuation of `KING HENRY:` and a newline (`cocomix steer --prompt "
              "$'KING HENRY:\\n'`) with its predicted logit × α at every "
              f"position (mixed at {outs[1.0].mixed[0]:.0%} of the generating positions unsteered, "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cocomix.errors import CocomixWarning, ConfigError
@@ -160,9 +161,18 @@ class PerPositionGradients:
         if T < 3:
             return 0.0
         with own_position(self.model, Streams()), torch.enable_grad():
-            _, leaf, nll = self._whole_nll(one)
-            (grad,) = torch.autograd.grad(nll[0, T - 2], leaf)  # (1, T, d)
-        return float(grad[0, :T - 2].abs().max())
+            if self._can_split(one):  # the head on position T−2 alone: no (T, V) logits, as the split intends
+                trunk, head = self._split()
+                final = trunk(one)  # (1, T, d_final)
+                leaf = self._take_leaf(one)
+                logit = F.linear(final[0, T - 2], head.weight, head.bias).float()  # (V,)
+                loss = F.cross_entropy(logit[None], one[0, T - 1:T])
+            else:
+                _, leaf, nll = self._whole_nll(one)
+                loss = nll[0, T - 2]
+            (grad,) = torch.autograd.grad(loss, leaf)  # (1, T, d)
+        leak = float(grad[0, :T - 2].abs().max())
+        return leak if leak == leak else float("inf")  # (NaN: no proof of zero)
 
     def _own_position_ok(self, ids: torch.Tensor) -> bool:
         """Whether own-position attention gives this model's Eq. 1 gradient: decided once, on the first row of
@@ -181,7 +191,8 @@ class PerPositionGradients:
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - Unsupported, or a model whose own code breaks when switched
-                if "out of memory" in str(e) or "can't allocate" in str(e):  # (the CPU's, a plain RuntimeError)
+                if isinstance(e, MemoryError) or any(m in str(e) for m in ("out of memory", "can't allocate",
+                                                                            "not enough memory")):  # (CPU's)
                     raise
                 why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             else:
