@@ -89,7 +89,7 @@ def teacher_flops(shape: LMShape, seq_len: int, layer: int, backward: bool) -> f
 
 def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:
     """What training would count for `run`'s teacher and SAE, read from files without loading the teacher (for
-    `cocomix flops`; training counts the loaded parts, `train.loop.flops_per_token`): the teacher shape a target
+    `cocomix flops`; training counts the loaded parts, `train.setup.flops_per_token`): the teacher shape a target
     cache recorded (None otherwise: `run_flops` then counts the named teacher), the SAE's k — concept.sae_k, else
     the cache's, else the SAE file's — and where k came from (32, the paper's, when none of these says)."""
     c = run.concept

@@ -62,7 +62,7 @@ def test_cached_targets_equal_online_targets(store_dir: Path, tmp_path: Path, pa
     assert cache.meta["dtype"] == "uint16"
     teacher = Teacher.from_pretrained(parts[0], layer=1)
     assert cache.meta["teacher_shape"]["d_model"] == 32 and len(cache.meta["teacher_shape"]["block_params"]) == len(
-        teacher.blocks)  # what a run reading the cache is charged (cocomix.train.loop.flops_per_token)
+        teacher.blocks)  # what a run reading the cache is charged (cocomix.train.setup.flops_per_token)
     store = TokenStore.open(store_dir)
     teacher, sae = Teacher.from_pretrained(parts[0], layer=1), load_sae(str(parts[1]))
     for split, chunk_ids in (("train", [0, 5, 17, 3]), ("val", [0, 1])):
