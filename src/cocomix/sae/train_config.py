@@ -22,6 +22,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from cocomix.config_checks import check, is_int, is_num
 from cocomix.errors import ConfigError
 
 
@@ -81,23 +82,19 @@ class SAETrainConfig:
                     "eval_tokens", "log_every")
         for name in positive:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+            check(is_int(value) and value >= 1, name, "a positive integer", value)
         for name in ("n_latents", "k_aux", "dead_tokens", "warmup_steps", "checkpoint_every", "seed",
                      "teacher_layer"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"{name}: expected a non-negative integer, got {value!r}")
+            check(is_int(value) and value >= 0, name, "a non-negative integer", value)
         if self.seed >= 2**64:
             raise ConfigError(f"seed: expected an integer below 2**64 (torch's seed range), got {self.seed}")
         for name in ("lr", "auxk_alpha", "decay_fraction"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{name}: expected a finite number >= 0, got {value!r}")
+            check(is_num(value) and value >= 0, name, "a finite number >= 0", value)
         if self.teacher_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"teacher_dtype: expected 'float32' or 'bfloat16', got {self.teacher_dtype!r}")
-        if not isinstance(self.normalize, bool):  # ("false" would be true)
-            raise ConfigError(f"normalize: expected true or false, got {self.normalize!r}")
+        check(isinstance(self.normalize, bool), "normalize", "true or false", self.normalize)  # ("false": true)
         if self.decay_fraction > 1:
             raise ConfigError(f"decay_fraction: expected a number in [0, 1], got {self.decay_fraction!r}")
         if self.n_latents and self.k > self.n_latents:
