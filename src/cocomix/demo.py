@@ -244,8 +244,9 @@ def _cell(text: str) -> str:
 
 
 def _finished(run_dir: Path, run: RunConfig) -> bool:
-    """Whether run_dir holds `run` trained to the end. A run there with other settings (a longer one, an edited
-    preset) is an error: reusing it would report numbers of a run the report does not describe."""
+    """Whether run_dir holds `run` trained to the end. A finished run there that cannot be resumed as `run` (other
+    settings, as a longer one or an edited preset, or no checkpoint that verifies) is an error naming the reason:
+    reusing it would report numbers of a run the report does not describe."""
     from cocomix.errors import CheckpointError
     from cocomix.train.checkpoint import latest_checkpoint, read_state
     from cocomix.train.resume import prepare_run_dir
@@ -259,7 +260,7 @@ def _finished(run_dir: Path, run: RunConfig) -> bool:
         try:  # (the checkpoint checked against its manifest: a damaged final one is set aside for the one before)
             ckpt = prepare_run_dir(run, run_dir, resume=True)
         except CheckpointError as e:
-            raise CocomixError(f"{run_dir}: holds a finished run with other settings ({e}); use another --out, or "
+            raise CocomixError(f"{run_dir}: holds a finished run this demo cannot reuse ({e}); use another --out, or "
                                "remove it to train it again") from None
         done = ckpt is not None and read_state(ckpt)["step"] >= run.train.steps  # else the stage resumes it
     return done

@@ -70,7 +70,7 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     with pytest.raises(CocomixError, match="teacher_steps 30 -> 40"):
         run_demo(tmp_path / "data", out, steps={**steps, "teacher": 40}, source=f"text:{docs}")
     # a finished student with other settings is not reported as this one
-    with pytest.raises(CocomixError, match="ntp: holds a finished run with other settings"):
+    with pytest.raises(CocomixError, match="ntp: holds a finished run this demo cannot reuse"):
         run_demo(tmp_path / "data", out, steps={**steps, "student": 20}, source=f"text:{docs}")
     # nor is a token store prepared from another corpus trained on
     with pytest.raises(CocomixError, match="holds a token store prepared from"):

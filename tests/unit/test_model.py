@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cocomix.errors import ConfigError
 from cocomix.model import KVCache, Seam, Transformer, generate, interleave, read_slots
 from cocomix.model.generate import sample_next
 from tests.conftest import tiny_model_config
@@ -85,6 +86,17 @@ def test_generation_never_samples_ids_beyond_the_tokenizer() -> None:
         limited, logits = generate(model, prompt, 30, temperature=temperature, vocab_limit=40,
                                    generator=torch.Generator().manual_seed(0))
         assert int(limited[:, 3:].max()) < 40 and bool(torch.isneginf(logits[..., 40:]).all())
+
+
+def test_generation_takes_any_integer_prompt_dtype_and_refuses_bools() -> None:
+    model = Transformer(tiny_model_config()).eval()
+    prompt = torch.randint(0, 97, (2, 3))
+    want, _ = generate(model, prompt, 4, temperature=0.0)
+    for dtype in (torch.int32, torch.int16, torch.uint8):  # the embedding itself takes int64 / int32 only
+        got, _ = generate(model, prompt.to(dtype), 4, temperature=0.0)
+        assert torch.equal(got, want)
+    with pytest.raises(ConfigError, match="prompt: expected a non-empty"):
+        generate(model, prompt > 40, 4)
 
 
 def test_generation_keeps_one_row_of_logits_per_step_not_the_prompts(monkeypatch: pytest.MonkeyPatch) -> None:

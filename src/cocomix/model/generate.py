@@ -76,9 +76,11 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
     padded beyond its tokenizer's (`model.vocab_size` larger, as nanoGPT's 50304) never emits an id the tokenizer
     cannot decode; those logits stay −inf in step_logits.
     """
-    if prompt.dim() != 2 or prompt.shape[1] == 0 or prompt.is_floating_point() or prompt.is_complex():
+    if prompt.dim() != 2 or prompt.shape[1] == 0 or prompt.is_floating_point() or prompt.is_complex() or \
+            prompt.dtype == torch.bool:
         raise ConfigError("prompt: expected a non-empty (B, P) tensor of integer token ids")
     check_ids(prompt, model.cfg.vocab_size)
+    prompt = prompt.long()  # (B, P) the embedding takes int64 / int32 ids only (an int16 / uint8 prompt is fine too)
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     limit = model.cfg.context_length
     if prompt.shape[1] + max_new_tokens > limit:
