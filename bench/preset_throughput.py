@@ -138,8 +138,11 @@ def main() -> None:
     import torch
 
     name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "cpu"
+    # what the runs are trained with, kept with the figures (a --set train.compile=true run is not the default one)
+    settings = {"steps": args.steps, "grad_accum": args.grad_accum, "log_every": args.log_every, "words": args.words,
+                "set": args.set}
     results: dict[str, Any] = {"device": args.device, "device_name": name, "torch": torch.__version__,
-                               "peak_tflops": peak, "steps": args.steps, "presets": {}}
+                               "peak_tflops": peak, **settings, "presets": {}}
     for name in args.presets.split(","):
         run = get_preset(name)
         sets = [f"data.path={store}", f"train.steps={args.steps}", f"train.device={args.device}",
@@ -152,8 +155,16 @@ def main() -> None:
         out = work / name
         cmd = [sys.executable, "-m", "cocomix", "train", "--preset", name, "--out", str(out)]
         cmd += [x for kv in sets + args.set for x in ("--set", kv)]
+        made_with = out / "preset_throughput.json"  # the settings a run in --work was started with
         if (out / "config.json").exists():
+            before = json.loads(made_with.read_text()) if made_with.is_file() else None
+            if before is not None and before != {**settings, "device": args.device}:
+                sys.exit(f"{out}: trained with {before}, not {settings | {'device': args.device}}; give another "
+                         "--work (its figures would otherwise be re-read as this call's)")
             cmd.append("--resume")  # a rerun finishes (or just re-reads) the same run
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            made_with.write_text(json.dumps({**settings, "device": args.device}))
         print(f"[preset_throughput] {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         r = subprocess.run(cmd, env=env, stdout=sys.stderr)  # stdout: this script's JSON alone
         if r.returncode != 0:

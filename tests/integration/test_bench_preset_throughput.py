@@ -32,3 +32,8 @@ def test_preset_throughput_trains_each_preset_and_reports_mfu(tmp_path: Path) ->
     assert ntp["model_flops_per_token"] == ntp["student_flops_per_token"]
     config = json.loads((tmp_path / "work" / "tiny-cocomix" / "config.json").read_text())
     assert config["concept"]["teacher"].endswith("teacher") and config["train"]["steps"] == 4
+    assert out["set"] == ["train.micro_batch_size=2"] and out["steps"] == 4 and out["grad_accum"] == 1
+    # a rerun into the same --work with other settings is refused: it would re-read these runs' figures as its own
+    r = subprocess.run([*cmd, "--set", "train.compile=true"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert r.returncode != 0 and "give another --work" in r.stderr and not r.stdout
