@@ -92,11 +92,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44) -> str:
     """Two continuations in columns; control and format characters of the generated text (an ANSI escape, a
-    right-to-left override) shown as escapes, as every other corpus text printed to the terminal."""
-    from cocomix.interpret.labels import visible
+    right-to-left override) shown as escapes, as every other corpus text printed to the terminal; one of whitespace
+    only by its marks (blank columns otherwise)."""
+    from cocomix.shown_text import visible, whitespace_only
 
     wrap = lambda text: sum((textwrap.wrap(visible(line), width) or [""]  # noqa: E731
-                             for line in text.split("\n")), [])
+                             for line in (whitespace_only(text, 4 * width) or text).split("\n")), [])
     a, b = wrap(left[1]), wrap(right[1])
     lines = [f"{left[0]:<{width}} │ {right[0]}", f"{'─' * width}─┼─{'─' * width}"]
     lines += [f"{x:<{width}} │ {y}" for x, y in zip(a + [""] * (len(b) - len(a)), b + [""] * (len(a) - len(b)),
@@ -250,6 +251,7 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
     cfg = SteerEvalConfig(alphas=alphas, n_prompts=args.prompts, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           n_concepts=args.n_concepts, seed=args.seed, teacher_check=args.teacher_check)
+    cfg.check(model.cfg.context_length)  # before the teacher and SAE are loaded and checked
     if not args.concept and not args.concepts:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
     teacher, sae = _teacher_and_sae(args, run, next(model.parameters()).device, ckpt, book)

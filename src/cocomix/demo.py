@@ -335,10 +335,11 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Teac
     """Report sections: the student's predicted concepts on a validation passage, one steered generation and the
     steering metric (`cocomix.interpret`; what `cocomix inspect`, `steer` and `steer-eval` print)."""
     from cocomix.interpret.inspect import inspect_ids
-    from cocomix.interpret.labels import ConceptBook, visible
+    from cocomix.interpret.labels import ConceptBook
     from cocomix.interpret.steer import steer_student
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
     from cocomix.runs import load_run
+    from cocomix.shown_text import whitespace_only
 
     _, _, model, _ = load_run(out / "cocomix")
     book = ConceptBook.load(out / "concepts")
@@ -363,8 +364,7 @@ def _inspect_and_steer(out: Path, store: TokenStore, seq_len: int, teacher: Teac
     outs = {a: steer_student(model, prompt, [concept], [a], 40) for a in (1.0, 10.0)}
     raw = {a: tok.decode(o.tokens[0, prompt.shape[1]:].tolist()) for a, o in outs.items()}
     # (a continuation of whitespace only, e.g. 40 newlines from a steered newline concept, shown by its marks)
-    text = {a: t.strip()[:300] or f"({len(t)} whitespace characters: {visible(t).replace(' ', '␠')[:120]})"
-            for a, t in raw.items()}
+    text = {a: whitespace_only(t) or t.strip()[:300] for a, t in raw.items()}
     steer = [f"Concept {name(concept)}; greedy continuation of `KING HENRY:` and a newline (`cocomix steer --prompt "
              "$'KING HENRY:\\n'`) with its predicted logit × α at every "
              f"position (mixed at {outs[1.0].mixed[0]:.0%} of the generating positions unsteered, "

@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -753,3 +754,24 @@ def test_describe_concepts_under_torchrun_finds_what_one_process_finds(store_dir
     assert b.pop("fvu") == pytest.approx(a.pop("fvu"), rel=1e-12)
     assert a == b and sum(c["count"] for c in a["latents"]) > 0 and a["positions"] == 11 * 32
     assert sum(len(c["examples"]) for c in a["latents"]) > 20
+
+
+def test_concepts_md_shows_control_characters_of_the_corpus_escaped(tmp_path: Path) -> None:
+    """A token decoding to an ANSI escape or a right-to-left override reaches concepts.md escaped (`cat` of the
+    file would otherwise clear the terminal); newlines keep their spaced ⏎ and pipes their backslash."""
+    from cocomix.concepts.describe import write_report
+
+    pieces = ["a", "b", "\x1b[2J", "\u202e", "\t", "|", "\n", "c"]
+
+    class Store:  # the two things write_report reads: the tokenizer and the split's token stream
+        def tokenizer(self) -> object:
+            return type("Tok", (), {"decode": staticmethod(lambda ids: "".join(pieces[i] for i in ids))})()
+
+        def tokens(self, split: str) -> np.ndarray:
+            return np.arange(8, dtype=np.uint16)
+
+    stats = {"counts": torch.tensor([1]), "positions": torch.tensor(8), "values": torch.tensor([[2.0]]),
+             "windows": torch.tensor([[0]]), "token_positions": torch.tensor([[3]])}
+    write_report(stats, Store(), tmp_path / "r", "train", 8, context=4)  # type: ignore[arg-type]
+    line = next(ln for ln in (tmp_path / "r" / "concepts.md").read_text().splitlines() if ln.startswith("- "))
+    assert line == "- 2.000: ab\\x1b[2J«\\u202e»⇥\\| ⏎ c"

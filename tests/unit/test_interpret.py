@@ -153,6 +153,10 @@ def test_steered_continuations_reach_the_terminal_escaped() -> None:
     shown = _side_by_side(("a", "ok \x1b[2J\x1b]0;pwned\x07 text \u202eevil\nline two"), ("b", "x"))
     assert "\x1b" not in shown and "\u202e" not in shown and "\\x1b[2J" in shown and "\\u202eevil" in shown
     assert shown.splitlines()[3].startswith("line two")
+    # a continuation of whitespace only shows its marks, not a blank column
+    blank = _side_by_side(("a", "   "), ("b", "\n\n\n"), width=30).splitlines()[2]
+    assert blank == f"{'(3 whitespace characters: ␠␠␠)':<30} │ (3 whitespace characters: ⏎⏎⏎)"
+    assert "(nothing generated)" in _side_by_side(("a", ""), ("b", "x"))
 
 
 def test_steering_errors_name_the_problem() -> None:
@@ -171,6 +175,21 @@ def test_alpha_one_is_the_unsteered_model() -> None:
     plain, _ = generate(model, prompt, 12, temperature=0.0)
     steered = steer_student(model, prompt, [4, 9], [1.0, 1.0], 12)
     assert torch.equal(steered.tokens, plain) and model.seam._steer is None and model.seam.last_topk is None
+
+
+def test_a_model_left_in_train_mode_is_read_without_dropout_and_left_as_it_came() -> None:
+    run = RunConfig(method="cocomix", data=DataConfig(seq_len=16),
+                    model=ModelConfig(vocab_size=97, n_layer=4, n_head=4, d_model=32, context_length=64, dropout=0.5),
+                    concept=ConceptConfig(n_latents=C, concept_layer=2, mix_k=8, k_attr=4))
+    model = CoCoMix(run).build_model().eval()
+    prompt, ids = torch.randint(0, 97, (2, 6)), list(range(1, 13))
+    want = steer_student(model, prompt, [3, 5], [3.0, 3.0], 10)
+    rows = inspect_ids(model, ids, _decode)
+    model.train()
+    torch.manual_seed(0)
+    got = steer_student(model, prompt, [3, 5], [3.0, 3.0], 10)
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.mixed, want.mixed) and model.training
+    assert inspect_ids(model, ids, _decode) == rows and model.training
 
 
 def test_a_concept_outside_the_topk_is_reported_and_changes_nothing() -> None:

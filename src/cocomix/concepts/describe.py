@@ -25,6 +25,7 @@ from cocomix.data.tokenizer import token_in_context
 from cocomix.errors import ConfigError, DataError
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import FVUSums, warn_if_unfit
+from cocomix.shown_text import visible
 from cocomix.train import distributed as dd
 from cocomix.train.distributed import DistContext
 
@@ -178,7 +179,7 @@ def write_report(stats: dict[str, torch.Tensor], store: TokenStore, out_dir: str
             kept.append((ex["window"], ex["position"], ex["text"]))
             shown.setdefault(ex["text"], [ex["activation"], 0, 0])[1] += 1
         for text, (activation, times, neighbours) in shown.items():
-            text = text.replace("\n", " ⏎ ").replace("|", "\\|")
+            text = visible(text.replace("\n", " ⏎ ")).replace("|", "\\|")  # (an ANSI escape in the corpus: shown)
             lines.append(f"- {activation:.3f}: {text}" + (f" (×{times})" if times > 1 else "")
                          + (f" (+{neighbours} at neighbouring tokens)" if neighbours else ""))
         lines.append("")

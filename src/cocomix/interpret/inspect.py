@@ -10,7 +10,8 @@ concepts.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,18 @@ def mixing_seam(model: Transformer, what: str) -> ConceptSeam:
     return seam
 
 
+@contextmanager
+def eval_mode(model: Transformer) -> Iterator[None]:
+    """The model in eval mode (no dropout) for what is read off it, and back in the mode it came in afterwards: a
+    library caller's model left in train mode must not give dropout-perturbed concepts."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def inspect_ids(model: Transformer, ids: list[int], decode: Callable[[list[int]], str],
                 top: int = 5) -> list[TokenConcepts]:
@@ -66,7 +79,8 @@ def inspect_ids(model: Transformer, ids: list[int], decode: Callable[[list[int]]
     if not 0 < top <= seam.n_latents:
         raise CocomixError(f"--top: expected 1..{seam.n_latents}, got {top}")
     device = next(model.parameters()).device
-    out = model(torch.tensor([ids], device=device), concept_logits=True)
+    with eval_mode(model):
+        out = model(torch.tensor([ids], device=device), concept_logits=True)
     logits = out.aux["concept_logits"][0].float()                                        # (T, C)
     probs = torch.softmax(logits, dim=-1)                                                # (T, C)
     values, indices = torch.topk(logits, top, dim=-1)                                    # (T, top)

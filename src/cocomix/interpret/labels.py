@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from cocomix.errors import CocomixError, CocomixWarning
+from cocomix.shown_text import visible
 
 _MARKED = re.compile(r"«(.*?)»", re.S)
 
@@ -44,17 +44,6 @@ class ConceptLabel:
         if not self.context:
             return "(never fired)"
         return f"«{visible(self.token)}» {self.consistency:.0%}"
-
-
-_MARKS = {"\n": "⏎", "\t": "⇥", "\r": "␍"}
-
-
-def visible(text: str, keep: str = "") -> str:
-    """Corpus text safe for one line of a terminal or a Markdown cell: newline, tab and carriage return as
-    marks, every other control or format character (ANSI escapes, zero-width marks) as a \\xNN / \\uNNNN
-    escape; characters in `keep` stay as they are (the HTML page keeps its line breaks)."""
-    return "".join(ch if ch in keep else _MARKS.get(ch) or (ascii(ch)[1:-1] if unicodedata.category(ch)[0] == "C"
-                                                               else ch) for ch in text)
 
 
 def _label(entry: dict) -> ConceptLabel:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cocomix.errors import CocomixError
-from cocomix.interpret.inspect import mixing_seam
+from cocomix.interpret.inspect import eval_mode, mixing_seam
 from cocomix.model import Transformer, generate
 from cocomix.model.generate import check_sampling, restrict_vocab, sample_next
 
@@ -92,7 +92,8 @@ def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[i
     try:
         tokens, _ = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                              eos_id=eos_id, generator=generator, vocab_limit=vocab_limit)
-        model(tokens)  # one full pass records the TopK at every position (equal to the cached steps)
+        with eval_mode(model):  # (generate ran in eval mode too)
+            model(tokens)  # one full pass records the TopK at every position (equal to the cached steps)
         hits = (seam.last_topk[:, :tokens.shape[1] - 1, :, None] == idx).any(dim=2)   # (B, S - 1, n)
         mixed = hits[:, prompt.shape[1] - 1:].float().mean(dim=(0, 1))                  # (n,)
         ever_mixed = hits.flatten(0, 1).any(dim=0)                                      # (n,)

@@ -32,10 +32,11 @@ import torch
 from cocomix.atomic import atomic_write_text, atomic_writer
 from cocomix.data import TokenStore
 from cocomix.errors import CocomixError
-from cocomix.interpret.inspect import mixing_seam
+from cocomix.interpret.inspect import eval_mode, mixing_seam
 from cocomix.interpret.labels import ConceptBook
 from cocomix.interpret.steer import active_rate, check_steering, steer_student, steer_teacher
 from cocomix.model import Transformer
+from cocomix.model.generate import check_sampling
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
 
@@ -64,6 +65,7 @@ class SteerEvalConfig:
                             ("--max-new-tokens", self.max_new_tokens), ("--n-concepts", self.n_concepts)):
             if value < 1:
                 raise CocomixError(f"{flag}: expected an integer >= 1, got {value}")
+        check_sampling(self.max_new_tokens, self.temperature, self.top_k, None)
         if self.prompt_len + self.max_new_tokens > context_length:
             raise CocomixError(f"steer-eval: --prompt-len + --max-new-tokens must be at most the context length "
                                f"{context_length}, got {self.prompt_len + self.max_new_tokens}")
@@ -93,7 +95,8 @@ def choose_concepts(model: Transformer, store: TokenStore, book: ConceptBook, n:
                            "to choose concepts on; give a store with one (--data)")
     for w in range(min(windows, store.num_chunks(split, seq_len))):  # one window at a time: (T, C) logits at most
         ids = store.batch(split, [w], seq_len).to(device)                                    # (1, T)
-        top1 = model(ids, concept_logits=True).aux["concept_logits"].argmax(dim=-1).flatten()  # (T,)
+        with eval_mode(model):
+            top1 = model(ids, concept_logits=True).aux["concept_logits"].argmax(dim=-1).flatten()  # (T,)
         counts += torch.bincount(top1.cpu(), minlength=len(book))
     ranked = [int(c) for c in torch.argsort(counts, descending=True, stable=True) if counts[c] > 0]
     fired = [c for c in ranked if book[c].frequency > 0]
