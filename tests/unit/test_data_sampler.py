@@ -98,3 +98,15 @@ def test_random_window_offsets_follow_the_official_crops() -> None:
                 chunks, offsets = rand.windows(step, m)
                 got = ranks[r].windows(step, m)
                 assert got == (chunks[2 * r:2 * r + 2], offsets[2 * r:2 * r + 2])
+
+
+def test_seeds_past_32_bits_give_their_own_orders_not_shifted_copies_of_small_seeds() -> None:
+    """numpy reads 2**32 + 1 as the words [1, 1]: seeded with (seed, epoch) as is, seed 2**32 + 1 at epoch 0 would
+    be seed 1 at epoch 1 (and 2**32 at epoch 0 seed 0 at epoch 0). Seeds below 2**32 keep the orders they had."""
+    small, large = WindowSampler(50, 1, 10, seq_len=8), WindowSampler(50, 2**32 + 1, 10, seq_len=8)
+    assert not np.array_equal(large.perm(0), small.perm(1))
+    assert not np.array_equal(large.offsets(0), small.offsets(1))
+    assert not np.array_equal(WindowSampler(50, 2**32, 10).perm(0), WindowSampler(50, 0, 10).perm(0))
+    assert not np.array_equal(large.perm(0), WindowSampler(50, 2**33 + 1, 10).perm(0))
+    assert np.array_equal(small.perm(1), np.random.default_rng([1, 1]).permutation(50))  # as every run before
+    assert np.array_equal(small.offsets(1)[:-1], np.random.default_rng([1, 1, 1]).integers(0, 9, size=50)[:-1])

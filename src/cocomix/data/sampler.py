@@ -24,6 +24,16 @@ from cocomix.errors import DataError
 _CACHED_EPOCHS = 2
 
 
+def seeded_rng(seed: int, *words: int) -> np.random.Generator:
+    """A generator seeded with (seed, *words), each word < 2**32. numpy reads an integer of the entropy list as
+    however many 32-bit words it takes and pads with zeros, so [2**32 + 1, 0] and [1, 1] would be one generator
+    (two seeds, epoch-shifted copies of one order): a seed of 2**32 and above is given as two fixed words, with a
+    spawn key no smaller seed has. Below 2**32 the entropy is [seed, *words], as every run before had it."""
+    if seed < 2**32:
+        return np.random.default_rng([seed, *words])
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, *words], spawn_key=(1,)))
+
+
 class WindowSampler:
     """Chunk ids per (optimizer step, micro-batch) for one rank; see the module docstring for the order."""
 
@@ -64,7 +74,7 @@ class WindowSampler:
         if epoch not in self._perms:
             if len(self._perms) >= _CACHED_EPOCHS:
                 self._perms.pop(min(self._perms))
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.num_chunks)
+            self._perms[epoch] = seeded_rng(self.seed, epoch).permutation(self.num_chunks)
         return self._perms[epoch]
 
     def offsets(self, epoch: int) -> np.ndarray:
@@ -75,7 +85,7 @@ class WindowSampler:
             if self.seq_len == 0:
                 self._offsets[epoch] = np.zeros(self.num_chunks, dtype=np.int64)
             else:
-                rng = np.random.default_rng([self.seed, epoch, 1])  # a stream apart from the permutation's
+                rng = seeded_rng(self.seed, epoch, 1)  # a stream apart from the permutation's
                 r = rng.integers(0, self.seq_len + 1, size=self.num_chunks, dtype=np.int64)
                 r[-1] = rng.integers(0, self.spare + 1)
                 self._offsets[epoch] = r

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from cocomix.data import TokenStore
-from cocomix.data.sampler import WindowSampler
+from cocomix.data.sampler import WindowSampler, seeded_rng
 from cocomix.train import distributed as dd
 from cocomix.train.distributed import DistContext
 
@@ -71,7 +70,7 @@ class ActivationChunks:
         if c != self._chunk_id:
             self._chunk = None  # free the old chunk before computing the next one
             acts = self.shared_hidden("train", self.sampler.indices(c, 0))
-            perm = torch.from_numpy(np.random.default_rng([self.seed, c]).permutation(acts.shape[0]))
+            perm = torch.from_numpy(seeded_rng(self.seed, c).permutation(acts.shape[0]))
             self._chunk, self._chunk_id = acts[perm.to(acts.device)], c
         return self._chunk
 
