@@ -257,6 +257,8 @@ CASES = [
      "holds a token store, not a run"),
     ("generate-past-the-context", ["generate", "{run}", "--prompt", "the", "--max-new-tokens", "500"],
      "--max-new-tokens: 500 new tokens after a prompt of 2 tokens exceed the model's context_length 32"),
+    ("generate-prompt-filling-the-context", ["generate", "{run}", "--prompt", "the king " * 40],
+     "--prompt: 82 tokens fill the model's context_length 32 and leave no room for a new token; shorten the prompt"),
     ("steer-sae-without-teacher-check", ["steer", "{run}", "--prompt", "the", "--concept", "1", "--alpha", "10",
                                          "--sae", "{root}/nosae"],
      "--sae: used only by --teacher-check; add --teacher-check or drop --sae"),

@@ -93,6 +93,8 @@ def test_bad_arguments_are_errors_and_the_mode_is_restored() -> None:
     model = _model("ntp").train()
     for prompts, match in (([], "at least one prompt"), ([[1, 2], []], "at least one prompt"),
                            ([[1] * 60, [2]], r"max_new_tokens: 5 new tokens after a prompt of 60 tokens exceed"),
+                           ([[2], [1] * 64], "prompts: the longest has 64 tokens, which fill the model's "
+                                             "context_length 64 and leave no room"),
                            ([[1, 2], [model.cfg.vocab_size]], rf"prompts: token id {model.cfg.vocab_size} is outside "
                                                               rf"the model's vocabulary \[0, {model.cfg.vocab_size}\)"),
                            ([[-1]], "prompts: token id -1 is outside"), ([[1.5]], "integer token ids"),

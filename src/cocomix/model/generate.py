@@ -83,6 +83,9 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
     prompt = prompt.long()  # (B, P) the embedding takes int64 / int32 ids only (an int16 / uint8 prompt is fine too)
     check_sampling(max_new_tokens, temperature, top_k, top_p)
     limit = model.cfg.context_length
+    if prompt.shape[1] >= limit:  # (no --max-new-tokens would do: the prompt is what to change)
+        raise ConfigError(f"prompt: {prompt.shape[1]} tokens fill the model's context_length {limit} and leave no "
+                          "room for a new token; shorten the prompt")
     if prompt.shape[1] + max_new_tokens > limit:
         n = prompt.shape[1]
         raise ConfigError(f"max_new_tokens: {max_new_tokens} new tokens after a prompt of {n} token{'s' * (n != 1)} "

@@ -50,6 +50,9 @@ def generate_ragged(model: Transformer, prompts: Sequence[Sequence[int]], max_ne
         raise ConfigError("prompts: expected lists of integer token ids")
     check_ids(torch.tensor([int(t) for t in flat]), model.cfg.vocab_size, "prompts")
     limit, longest = model.cfg.context_length, max(lengths)
+    if longest >= limit:
+        raise ConfigError(f"prompts: the longest has {longest} tokens, which fill the model's context_length {limit} "
+                          "and leave no room for a new token; shorten it")
     if longest + max_new_tokens > limit:
         raise ConfigError(f"max_new_tokens: {max_new_tokens} new tokens after a prompt of {longest} tokens exceed "
                           f"the model's context_length {limit}; shorten the prompt or generate fewer tokens")
