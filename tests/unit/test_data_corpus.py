@@ -78,6 +78,13 @@ def test_jsonl_errors_name_the_exact_line_and_text_sources_drop_a_bom(tmp_path: 
     (tmp_path / "half.jsonl").write_text('{"text": "fine"}\n{"text": "cut \\ud83d emoji"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"half\.jsonl: line 2: field 'text' holds an unpaired surrogate"):
         list(iter_documents(f"jsonl:{tmp_path / 'half.jsonl'}"))
+    # what json.loads refuses with other errors than JSONDecodeError: a huge integer, nesting past the recursion limit
+    (tmp_path / "big.jsonl").write_text('{"text": "a"}\n{"text": "b", "n": ' + "1" * 5000 + "}\n")
+    with pytest.raises(DataError, match=r"big\.jsonl: line 2: not valid JSON \(Exceeds the limit \(4300 digits\)"):
+        list(iter_documents(f"jsonl:{tmp_path / 'big.jsonl'}"))
+    (tmp_path / "deep.jsonl").write_text('{"text": "b", "n": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(DataError, match=r"deep\.jsonl: line 1: not valid JSON \(nested too deeply\)"):
+        list(iter_documents(f"jsonl:{tmp_path / 'deep.jsonl'}"))
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\r\n{"text": "second"}\r\n')
     assert [d.text for d in iter_documents(f"jsonl:{tmp_path / 'bom.jsonl'}")] == ["first", "second"]
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfBOM first")

@@ -440,6 +440,13 @@ def test_file_names_that_are_not_utf8_are_split_and_recorded(tmp_path: Path) -> 
                    progress=False)
     assert meta["val_documents"] >= 1 and all("\ufffd" in n for n in meta["val_names"])
     assert json.loads((tmp_path / "s" / "meta.json").read_text(encoding="utf-8"))["val_names"] == meta["val_names"]
+    # a source folder whose own name is not UTF-8 (as the library takes it from os.fsdecode) is recorded escaped;
+    # it failed writing meta.json, after the old store's streams had been replaced (the store lost)
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9-docs")
+    os.rename(folder, odd)
+    again = prepare(f"text:{odd}", tmp_path / "s", tokenizer=str(tmp_path / "s" / "tokenizer"), val_fraction=0.3,
+                    overwrite=True, progress=False)
+    assert again["source"].endswith("caf\\udce9-docs") and TokenStore.open(tmp_path / "s").meta == again
 
 
 def test_a_streamed_hf_source_prepares_the_same_store(tmp_path: Path, offline_datasets: Any) -> None:

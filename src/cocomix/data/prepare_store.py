@@ -235,19 +235,11 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
                 _pending(out, split).unlink(missing_ok=True)
             raise DataError(f"source {source!r}: val_fraction {val_fraction} holds out no text (too little text "
                             "to split); give more text or a larger --val-fraction")
-        tok.to_json()  # what tok.save writes, rendered while the old store is whole (a failure here loses nothing)
-        # The new streams are complete. From here until meta.json is rewritten the folder is marked incomplete
-        # (no meta.json: the store does not open) and ours (the marker: a rerun may replace it without --overwrite)
-        atomic_write_text(out / INCOMPLETE, "a cocomix prepare was replacing this store\n")
-        (out / META_FILE).unlink(missing_ok=True)
-        for split in SPLITS:
-            os.replace(_pending(out, split), out / f"{split}.bin")
-        fsync_dir(out)
-        tok.save(out / TOKENIZER_DIR)
         meta = {
             "format_version": FORMAT_VERSION,
-            "source": source,
-            "tokenizer": tokenizer,
+            # (a path whose bytes are not UTF-8, as Python hands it over, recorded with its \udcXX escapes)
+            "source": source.encode("utf-8", "backslashreplace").decode("utf-8"),
+            "tokenizer": tokenizer.encode("utf-8", "backslashreplace").decode("utf-8"),
             "vocab_size": tok.vocab_size,
             "eos_id": tok.eos_id,
             "eos_token": tok.eos_token,
@@ -260,7 +252,17 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
             "val_documents": counts["val_documents"],
             "val_names": counts["val_names"],
         }
-        atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        meta_text = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"  # what can fail, before the swap
+        tok.to_json()  # what tok.save writes, rendered while the old store is whole (a failure here loses nothing)
+        # The new streams are complete. From here until meta.json is rewritten the folder is marked incomplete
+        # (no meta.json: the store does not open) and ours (the marker: a rerun may replace it without --overwrite)
+        atomic_write_text(out / INCOMPLETE, "a cocomix prepare was replacing this store\n")
+        (out / META_FILE).unlink(missing_ok=True)
+        for split in SPLITS:
+            os.replace(_pending(out, split), out / f"{split}.bin")
+        fsync_dir(out)
+        tok.save(out / TOKENIZER_DIR)
+        atomic_write_text(out / META_FILE, meta_text)
         (out / INCOMPLETE).unlink(missing_ok=True)
     except OSError as e:
         raise DataError(f"{out}: cannot write the token store ({e.strerror or e})") from e

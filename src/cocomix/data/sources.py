@@ -175,8 +175,10 @@ def read_jsonl(path_str: str, field: str) -> Iterator[tuple[str, str]]:
                     continue
                 try:
                     record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{file}: line {lineno}: not valid JSON ({e.msg})") from e
+                except (ValueError, RecursionError) as e:  # (an integer of > 4300 digits, nesting too deep)
+                    why = e.msg if isinstance(e, json.JSONDecodeError) else \
+                        "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+                    raise DataError(f"{file}: line {lineno}: not valid JSON ({why})") from None
                 text = record.get(field) if isinstance(record, dict) else None
                 if text is None and isinstance(record, dict) and field in record:
                     continue  # a null text, skipped as an hf: dataset's None row is
