@@ -58,6 +58,11 @@ def test_adopted_streams_open_as_the_same_store_without_being_rewritten(prepared
     assert (adopted.batch("train", [0, 3], 16) == reference.batch("train", [0, 3], 16)).all()
     with pytest.raises(DataError, match=r"already a token store \(meta\.json exists\)"):
         adopt(bins, tokenizer=str(prepared / "tokenizer"), progress=False)
+    # a meta.json cut short: the store says how to adopt again, and adopting again writes it from the streams
+    (bins / "meta.json").write_text((bins / "meta.json").read_text()[:100])
+    with pytest.raises(DataError, match=r"not valid JSON .*`cocomix prepare --adopt .* --tokenizer TOKENIZER` again"):
+        TokenStore.open(bins)
+    assert adopt(bins, tokenizer=str(prepared / "tokenizer"), progress=False) == meta == TokenStore.open(bins).meta
 
 
 def _write(path: Path, ids: list[int], dtype: str = "<u2") -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from cocomix.atomic import atomic_write_text
 from cocomix.data.prepare_store import dtype_name
-from cocomix.data.store import DTYPES, FORMAT_VERSION, INCOMPLETE, META_FILE, SPLITS, TOKENIZER_DIR
+from cocomix.data.store import DTYPES, FORMAT_VERSION, INCOMPLETE, META_FILE, SPLITS, TOKENIZER_DIR, TokenStore
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer
 from cocomix.errors import DataError
 
@@ -86,7 +86,12 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
         raise DataError(f"--adopt {out}: {'not a folder' if out.exists() else 'does not exist'} (expected the "
                         "folder holding train.bin and val.bin)")
     if (out / META_FILE).exists():
-        raise DataError(f"--adopt {out}: already a token store ({META_FILE} exists); train on it as it is")
+        try:  # a meta.json that does not open (cut short, edited by hand) is written again from the streams
+            TokenStore.open(out)
+        except DataError as e:
+            print(f"prepare --adopt: {e}; adopting the streams again replaces it", file=sys.stderr, flush=True)
+        else:
+            raise DataError(f"--adopt {out}: already a token store ({META_FILE} exists); train on it as it is")
     if (out / INCOMPLETE).exists():  # its streams may be half old, half new: not nanoGPT's files
         raise DataError(f"--adopt {out}: a cocomix prepare was interrupted while writing this store; run that "
                         "prepare again")

@@ -95,7 +95,8 @@ class TokenStore:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise DataError(f"{meta_path}: not valid JSON ({e}); prepare the store again") from e
+            raise DataError(f"{meta_path}: not valid JSON ({e}); prepare the store again (streams adopted in place: "
+                            f"`cocomix prepare --adopt {path} --tokenizer TOKENIZER` again)") from e
         store = cls(path, _validate_meta(meta_path, meta))
         for split in SPLITS:
             bin_path = path / f"{split}.bin"
