@@ -19,9 +19,9 @@ at the capture block: the blocks above it and the LM head are never run.
 
 from __future__ import annotations
 
-import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,7 @@ class Teacher(PerPositionGradients):
         self._leaf: torch.Tensor | None = None
         self._stop_at_capture = False
         self._replace: torch.Tensor | None = None
+        self._armed = 0  # >0 while one of this Teacher's own forwards runs: the capture hook acts only then
         self.blocks[layer].register_forward_hook(self._capture)
         self._split_ok: bool | None = None  # trunk + chunked head equals the whole model (checked on first use)
         # an HF model builds no KV cache here: it would hold every layer's keys and values for nothing, and blocks
@@ -203,9 +204,23 @@ class Teacher(PerPositionGradients):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @contextmanager
+    def _capturing(self) -> Iterator[None]:
+        """Arm the capture hook for one of this Teacher's forwards. Outside them the hook leaves the block's output
+        alone: the model runs as it would without the Teacher (another Teacher on the same model capturing at
+        another block, a user's own forward keeping its gradient path)."""
+        self._armed += 1
+        try:
+            yield
+        finally:
+            self._armed -= 1
+
     def _capture(self, module: nn.Module, args: tuple, output: object) -> object:
-        """Replace the block's hidden-state output by a leaf that requires grad (the attribution point): the output
-        itself, or `_replace` (the SAE reconstruction, for `gradient_at="reconstruction"`)."""
+        """While armed (`_capturing`), replace the block's hidden-state output by a leaf that requires grad (the
+        attribution point): the output itself, or `_replace` (the SAE reconstruction, for
+        `gradient_at="reconstruction"`)."""
+        if not self._armed:
+            return None
         hidden = output[0] if isinstance(output, tuple) else output
         source = hidden if self._replace is None else self._replace.to(hidden.dtype)
         leaf = source.detach().requires_grad_(True)
@@ -218,65 +233,11 @@ class Teacher(PerPositionGradients):
     def from_pretrained(cls, name_or_path: str | Path, layer: int, device: str | torch.device = "cpu",
                         dtype: torch.dtype = torch.float32, layer_field: str = "teacher_layer") -> Teacher:
         """An HF causal LM (`AutoModelForCausalLM.from_pretrained`, name or local folder) or a cocomix run/checkpoint
-        directory (one holding `config.json` of a cocomix run or `checkpoints/`); `layer_field` names the setting
-        that gave `layer`, for the error when the teacher has no such block."""
-        text = str(name_or_path)
-        local = text.startswith((".", "~")) or Path(text).is_absolute() or text.count("/") > 1  # never a hub id
-        path = Path(text).expanduser()
-        name_or_path = str(path) if local else text
-        if local and not path.exists():
-            raise CheckpointError(f"{name_or_path}: no such folder (a teacher is a cocomix run, a local Hugging "
-                                  "Face model folder or a hub name)")
-        owner = text.partition("/")[0]
-        # `runs/teach` next to a local runs/ folder is likely a mistyped path, but a hub owner's name may be a local
-        # folder too (models downloaded by owner/name): said now, before the hub's retries, and in the error
-        from cocomix.outputs import workspace
+        directory (`cocomix.teacher_load.load_teacher`); `layer_field` names the setting that gave `layer`, for the
+        error when the teacher has no such block."""
+        from cocomix.teacher_load import load_teacher
 
-        typo = (f" (and no local folder {text}, though {owner}/ is one here: a mistyped path?)"
-                if not local and "/" in text and owner and Path(owner).is_dir() and not path.exists() else "")
-        if typo and workspace(Path(owner)):  # cocomix outputs, not models kept by owner/name: no hub retries
-            raise CheckpointError(f"{text}: no such folder, and {owner}/ here holds cocomix outputs (a mistyped "
-                                  "path?); a teacher is a cocomix run, a local Hugging Face model folder or a hub name")
-        if typo:
-            print(f"cocomix: note: teacher {text}: no such local folder, though {owner}/ is one here; reading it as "
-                  "a Hugging Face hub name", file=sys.stderr)
-        if (path / "checkpoints").is_dir() or (path / "state.json").is_file():
-            from cocomix.runs import load_run
-
-            run, _, model, ckpt = load_run(path, device=device)
-            teacher = cls(model.to(dtype), layer, layer_field)
-            teacher.tokenizer_source = ("run", ckpt)
-            teacher.run = run
-            return teacher
-        if path.is_dir() and not (path / "config.json").is_file():  # not a model: say what is, not transformers'
-            from cocomix.outputs import output_kind
-
-            kind = output_kind(path)
-            inside = sorted(p.parent.name for p in path.glob("*/config.json"))[:5]
-            raise CheckpointError(f"{name_or_path}: " + (f"holds {kind}, not a teacher" if kind else
-                                                         "neither a cocomix run nor a model folder (no config.json)")
-                                  + (f"; its subfolders {', '.join(inside)} have a config.json" if inside else ""))
-        try:
-            from transformers import AutoModelForCausalLM
-        except ImportError:
-            raise ConfigError("teacher: loading a Hugging Face teacher needs transformers (pip install "
-                              "transformers)") from None
-        try:
-            from transformers.utils import logging as hf_logging
-
-            bar = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # our commands report progress themselves; keep stderr readable
-            try:
-                model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
-            finally:
-                if bar:
-                    hf_logging.enable_progress_bar()
-        except Exception as e:  # noqa: BLE001 - OSError, ValueError, a damaged safetensors header, an unpickling error
-            raise CheckpointError(f"{name_or_path}: cannot load a causal LM teacher ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}){typo}") from None
-        teacher = cls(model.to(device), layer, layer_field)
-        teacher.tokenizer_source = ("hf", path) if local or path.is_dir() else ("hub", text)
-        return teacher
+        return load_teacher(cls, name_or_path, layer, device, dtype, layer_field)
 
     @torch.no_grad()
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
@@ -284,7 +245,8 @@ class Teacher(PerPositionGradients):
         forward ends there (nothing above the capture block runs)."""
         self._stop_at_capture = True
         try:
-            self.model(ids, **self._kw)
+            with self._capturing():
+                self.model(ids, **self._kw)
         except _Captured:
             pass
         finally:
@@ -294,7 +256,8 @@ class Teacher(PerPositionGradients):
     @torch.no_grad()
     def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
-        logits = _logits(self.model(ids, **self._kw))
+        with self._capturing():
+            logits = _logits(self.model(ids, **self._kw))
         return logits, self._take_leaf(ids).detach()
 
     def residual_and_grad(self, ids: torch.Tensor, loss: str = "window_mean",
@@ -334,7 +297,8 @@ class Teacher(PerPositionGradients):
 
     def _whole_nll(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), the captured leaf, per-position NLL (B, T-1) in fp32 at least)."""
-        logits = _logits(self.model(ids, **self._kw))  # (B, T, V)
+        with self._capturing():
+            logits = _logits(self.model(ids, **self._kw))  # (B, T, V)
         leaf = self._take_leaf(ids)
         B, T, V = logits.shape
         flat = logits[:, :-1].reshape(-1, V)
@@ -359,11 +323,11 @@ class Teacher(PerPositionGradients):
         return leaf
 
     def _split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None:
-        """(trunk: ids -> final normed hidden states, the linear LM head), or None when the model has no such
-        split (no base model, a non-linear head, logit soft-capping or scaling in the config)."""
+        """(trunk: ids -> final normed hidden states, capturing at `layer`; the linear LM head), or None when the
+        model has no such split (no base model, a non-linear head, logit soft-capping or scaling in the config)."""
         m = self.model
         if hasattr(m, "final_hidden") and isinstance(getattr(m, "lm_head", None), nn.Linear):  # cocomix model
-            return (lambda ids: m.final_hidden(ids)[0]), m.lm_head
+            return self._armed_trunk(lambda ids: m.final_hidden(ids)[0]), m.lm_head
         base = getattr(m, "base_model", None)
         head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
         cfg = getattr(m, "config", None)
@@ -374,7 +338,13 @@ class Teacher(PerPositionGradients):
                 return None
             if any(getattr(c, name, None) not in (None, 1, 1.0) for name in _LOGIT_SCALES):
                 return None
-        return (lambda ids: base(ids, **self._kw).last_hidden_state), head
+        return self._armed_trunk(lambda ids: base(ids, **self._kw).last_hidden_state), head
+
+    def _armed_trunk(self, trunk: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(ids: torch.Tensor) -> torch.Tensor:
+            with self._capturing():
+                return trunk(ids)
+        return run
 
     @torch.no_grad()
     def _can_split(self, ids: torch.Tensor) -> bool:
@@ -386,7 +356,7 @@ class Teacher(PerPositionGradients):
                 trunk, head = split
                 one = ids[:1]
                 part = chunked_nll(trunk(one), head.weight, head.bias, one)
-                logits = _logits(self.model(one, **self._kw))
+                logits = _logits(self.model(one, **self._kw))  # (not captured: the hook is not armed)
                 whole = F.cross_entropy(logits[0, :-1].to(part.dtype), one[0, 1:])
                 ok = bool(torch.isclose(part, whole, rtol=split_rtol(logits), atol=1e-5))
                 if not ok:  # a split that exists but computes another function: said, as it costs memory
