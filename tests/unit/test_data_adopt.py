@@ -73,6 +73,7 @@ def _write(path: Path, ids: list[int], dtype: str = "<u2") -> None:
     ("odd", r"train\.bin: 7 bytes is not a whole number of uint16 ids"),
     ("big_id", r"train\.bin: token 1 is id 4000, not below the tokenizer's vocabulary of 300"),
     ("no_eos", r"val\.bin: ends with id 5, not the end-of-document id 0"),
+    ("no_eos_at_all", r"val\.bin: holds no end-of-document id 0 .* at all; .*prepare such text with `cocomix prepare`"),
     ("no_val", r"no val\.bin \(expected nanoGPT-style train\.bin and val\.bin\)"),
     ("empty_train", r"train\.bin is empty"),
     ("uint32", r"train\.bin: every second uint16 is 0, as in uint32 ids"),
@@ -89,6 +90,8 @@ def test_streams_that_do_not_fit_the_tokenizer_are_refused_and_nothing_is_writte
         _write(bins / "train.bin", [5, 4000, 6, eos])
     elif damage == "no_eos":
         _write(bins / "val.bin", [7, eos, 5])
+    elif damage == "no_eos_at_all":  # as nanoGPT's shakespeare prepare.py writes its stream
+        _write(bins / "val.bin", [7, 8, 5])
     elif damage == "no_val":
         (bins / "val.bin").unlink()
     elif damage == "uint32":  # the same ids written 4 bytes each: size, ids and final eos all pass as uint16
@@ -101,6 +104,7 @@ def test_streams_that_do_not_fit_the_tokenizer_are_refused_and_nothing_is_writte
     with pytest.raises(DataError, match=message):
         adopt(bins, tokenizer=str(prepared / "tokenizer"), progress=False)
     assert not (bins / "meta.json").exists() and not (bins / "tokenizer").exists()
+    assert not (bins / ".lock").exists()  # nor a lock file left in the user's folder
 
 
 def test_cli_adopt_and_its_one_line_errors(prepared: Path, tmp_path: Path) -> None:

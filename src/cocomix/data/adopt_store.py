@@ -11,12 +11,14 @@ Checks, each a one-line DataError naming the file: both streams exist and hold w
 tokenizer's vocabulary needs (and, for uint16, do not look like uint32 ids: every second one 0); the train stream
 is not empty; no interrupted cocomix prepare left the folder; every id is below the vocabulary size; each
 non-empty stream ends with the end-of-document id (nanoGPT appends it to every document, so a stream that does not
-was written with another tokenizer or is truncated). A folder that cannot be written (a read-only mount) is refused
+was written with another tokenizer or is truncated; one with none at all, like nanoGPT's shakespeare stream, is
+sent to `cocomix prepare`). A refused adoption leaves the folder as it was (no lock file). A folder that cannot be written (a read-only mount) is refused
 with the recipe: link the streams into a writable folder and adopt that one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -66,6 +68,11 @@ def _scan(path: Path, dtype: np.dtype, tok: TextTokenizer, progress: bool) -> tu
         if time.monotonic() - last_report >= 5.0:
             last_report = time.monotonic()
             _say(progress, f"{path.name}: checked {start + block.size:,} of {n:,} ids")
+    if documents == 0:  # nanoGPT's shakespeare prepare.py, for one, encodes its text without document ends
+        raise DataError(f"{path}: holds no end-of-document id {tok.eos_id} ({tok.eos_token!r}) at all; a store needs "
+                        "one after every document (nanoGPT's OpenWebText streams have them; its shakespeare stream "
+                        "is one text without): prepare such text with `cocomix prepare`, or give the tokenizer "
+                        "that wrote the stream")
     if int(ids[-1]) != tok.eos_id:
         raise DataError(f"{path}: ends with id {int(ids[-1])}, not the end-of-document id {tok.eos_id} "
                         f"({tok.eos_token!r}) that follows every document; written with another tokenizer, "
@@ -106,13 +113,14 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
                         "wrote them (gpt2 for nanoGPT's and the official code's OpenWebText)")
     tok = load_tokenizer(tokenizer)
     name = dtype_name(tok.vocab_size)  # what `prepare` would have written
+    had_lock = (out / LOCK_NAME).exists()  # a refused adoption leaves the folder as it found it
     try:  # RunLock's file, made here first so that a folder on a read-only mount is told what to do instead
         os.close(os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644))
     except OSError as e:
         raise DataError(f"--adopt {out}: cannot write there ({e.strerror or e}); adopting adds {TOKENIZER_DIR}/ and "
                         f"{META_FILE} beside the streams: link them into a writable folder (mkdir D; ln -s "
                         f"{out.resolve()}/train.bin {out.resolve()}/val.bin D/) and adopt D") from e
-    lock = RunLock(out, instead="let it finish")
+    lock, adopted = RunLock(out, instead="let it finish"), False
     try:
         counts = {}
         for split in SPLITS:
@@ -136,10 +144,14 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
                 "val_names": [],
             }
             atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+            adopted = True
         except OSError as e:
             raise DataError(f"--adopt {out}: cannot write {TOKENIZER_DIR}/ and {META_FILE} there "
                             f"({e.strerror or e})") from e
     finally:
+        if not adopted and not had_lock:
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()  # still locked: a waiting adopt then locks a file of its own
         lock.release()
     _say(progress, f"{out} is a token store: {counts['train_tokens']:,} train tokens ({counts['train_documents']:,} "
                    f"documents), {counts['val_tokens']:,} val tokens, vocab {tok.vocab_size}")
