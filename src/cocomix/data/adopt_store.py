@@ -12,8 +12,8 @@ tokenizer's vocabulary needs (and, for uint16, do not look like uint32 ids: ever
 is not empty; no interrupted cocomix prepare left the folder; every id is below the vocabulary size; each
 non-empty stream ends with the end-of-document id (nanoGPT appends it to every document, so a stream that does not
 was written with another tokenizer or is truncated; one with none at all, like nanoGPT's shakespeare stream, is
-sent to `cocomix prepare`). A refused adoption leaves the folder as it was (no lock file). A folder that cannot be written (a read-only mount) is refused
-with the recipe: link the streams into a writable folder and adopt that one.
+sent to `cocomix prepare`). A refused adoption leaves the folder as it was (no lock file). A folder that cannot be
+written (a read-only mount) is refused with the recipe: link the streams into a writable folder and adopt that one.
 """
 
 from __future__ import annotations
