@@ -342,3 +342,26 @@ def test_another_sae_of_the_same_shape_alphas_in_any_order_and_an_empty_val_spli
         r = _cli(*args)
         assert r.returncode == 2 and "its val split holds no window of the run's seq_len 32 tokens" in r.stderr, \
             r.stderr
+
+
+def test_a_store_shorter_than_a_window_is_said_not_a_traceback(runs: dict[str, Path], store_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """`--data` a store whose splits hold less than one seq_len window: steer --teacher-check reads its fit check in
+    shorter windows, or notes that it skipped it (it raised a ValueError)."""
+    import numpy as np
+
+    from cocomix.data.adopt_store import adopt
+    from cocomix.data.store import TokenStore
+
+    eos = TokenStore.open(store_dir).eos_id
+    ids = np.fromfile(store_dir / "train.bin", dtype="<u2")
+    for tokens, said in ((20, None), (4, "the SAE's fit to the teacher is not checked")):
+        small = tmp_path / f"small{tokens}"
+        small.mkdir()
+        for split in ("train", "val"):
+            np.append(ids[:tokens - 1][ids[:tokens - 1] != eos], eos).astype("<u2").tofile(small / f"{split}.bin")
+        adopt(small, tokenizer=str(store_dir / "tokenizer"), progress=False)
+        r = _cli("steer", str(runs["cocomix"]), "--data", str(small), "--prompt", "the king", "--concept", "5",
+                 "--alpha", "10", "--max-new-tokens", "4", "--teacher-check")
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "teacher, SAE latent steered" in r.stdout and (said is None or said in r.stderr), r.stderr

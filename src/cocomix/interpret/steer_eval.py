@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -134,11 +135,19 @@ def check_fit_on_store(teacher: Teacher, sae: TopKSAE, store: TokenStore, split:
                        window: int) -> float:
     """`check_sae_fit` (warns as `--sae` when the SAE does not describe the teacher's block) on the first windows
     of `split`, cut to `window` tokens: at least FIT_POSITIONS positions (short texts: more windows), so that the
-    FVU is no small-sample figure. Returns the FVU."""
+    FVU is no small-sample figure. A split shorter than one window of seq_len (a small `--data`) is read in windows
+    of `window` tokens; one shorter than that is not checked (a note says so). Returns the FVU (NaN unchecked)."""
+
     window = min(window, seq_len)
     per_window = max(1, window - 1)  # (position 0 of each is left out)
-    fit_windows = max(1, min(store.num_chunks(split, seq_len), -(-FIT_POSITIONS // per_window)))
-    ids = store.batch(split, list(range(fit_windows)), seq_len)[:, :window]  # (fit_windows, window)
+    stride = seq_len if store.num_chunks(split, seq_len) else window
+    available = store.num_chunks(split, stride)
+    if not available:
+        print(f"steer: note: split {split!r} of {store.path} holds {store.num_tokens(split)} tokens, fewer than "
+              f"{window}; the SAE's fit to the teacher is not checked", file=sys.stderr)
+        return float("nan")
+    fit_windows = min(available, -(-FIT_POSITIONS // per_window))
+    ids = store.batch(split, list(range(fit_windows)), stride)[:, :window]  # (fit_windows, window)
     return check_sae_fit(teacher, sae, ids.to(teacher.device), "--sae")
 
 
@@ -146,7 +155,6 @@ def steering_eval(model: Transformer, teacher: Teacher, sae: TopKSAE, store: Tok
                   cfg: SteerEvalConfig, seq_len: int, concepts: Sequence[int] | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Every (concept, α): activation rate, share of positions where the concept was mixed, teacher NLL."""
-    import sys
 
     seam = mixing_seam(model, "steering")
     cfg.check(model.cfg.context_length)
