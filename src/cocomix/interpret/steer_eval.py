@@ -137,7 +137,6 @@ def check_fit_on_store(teacher: Teacher, sae: TopKSAE, store: TokenStore, split:
     of `split`, cut to `window` tokens: at least FIT_POSITIONS positions (short texts: more windows), so that the
     FVU is no small-sample figure. A split shorter than one window of seq_len (a small `--data`) is read in windows
     of `window` tokens; one shorter than that is not checked (a note says so). Returns the FVU (NaN unchecked)."""
-
     window = min(window, seq_len)
     per_window = max(1, window - 1)  # (position 0 of each is left out)
     stride = seq_len if store.num_chunks(split, seq_len) else window
