@@ -276,6 +276,9 @@ def test_dtype_choice_and_a_uint32_store(tmp_path: Path) -> None:
         (tmp_path / "meta.json").write_text(json.dumps({**meta, "dtype": bad}), encoding="utf-8")
         with pytest.raises(DataError, match=r"meta.json: dtype: expected one of \['uint16', 'uint32'\], got "):
             TokenStore.open(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "dtype": "uint16", "train_tokens": 8}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"meta.json: dtype uint16 holds ids below 65536, but vocab_size is 100000"):
+        TokenStore.open(tmp_path)  # (its 16 bytes would read as 8 wrong uint16 ids)
 
 
 def test_a_second_prepare_into_a_locked_folder_is_refused(tmp_path: Path) -> None:

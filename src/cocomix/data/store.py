@@ -46,6 +46,9 @@ def _validate_meta(meta_path: Path, meta: Any) -> dict:
                         f"reads ({FORMAT_VERSION}); upgrade cocomix or prepare the data again")
     if not isinstance(meta["dtype"], str) or meta["dtype"] not in DTYPES:
         raise DataError(f"{meta_path}: dtype: expected one of {sorted(DTYPES)}, got {meta['dtype']!r}")
+    if meta["vocab_size"] > (top := int(np.iinfo(DTYPES[meta["dtype"]]).max) + 1):  # (a hand-edited meta.json)
+        raise DataError(f"{meta_path}: dtype {meta['dtype']} holds ids below {top}, but vocab_size is "
+                        f"{meta['vocab_size']}; the streams were written as uint32 (prepare the store again)")
     if not 0 <= meta["eos_id"] < meta["vocab_size"]:
         raise DataError(f"{meta_path}: eos_id {meta['eos_id']} is not below vocab_size {meta['vocab_size']}")
     return meta
