@@ -559,3 +559,23 @@ def test_a_tokenizer_without_an_unknown_token_prepares_a_corpus_it_covers(store_
     (tmp_path / "tok" / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(DataError, match=r"cannot encode 'The quick brown fox.*a vocabulary without an unknown token"):
         _from_transformers(str(tmp_path / "tok"))
+
+
+def test_a_replaced_tokenizer_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from cocomix.data import prepare
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text(" ".join(f"word{i} thing{i % 7}" for i in range(400)))
+    for vocab in (280, 330):
+        prepare(f"text:{tmp_path / 'docs'}", tmp_path / f"s{vocab}", tokenizer=f"bpe:{vocab}", val_fraction=0.0,
+                progress=False)
+    store, other = TokenStore.open(tmp_path / "s280"), TokenStore.open(tmp_path / "s330")
+    assert store.tokenizer().vocab_size == store.vocab_size != other.vocab_size  # (a small text: fewer merges)
+    assert other.eos_id == store.eos_id  # the eos check alone lets it pass
+    shutil.copy(tmp_path / "s330" / "tokenizer" / "tokenizer.json", tmp_path / "s280" / "tokenizer" / "tokenizer.json")
+    said = (rf"tokenizer\.json: a vocabulary of {other.vocab_size} differs from meta\.json's vocab_size "
+            rf"{store.vocab_size}; the store's tokenizer was replaced")
+    with pytest.raises(DataError, match=said):
+        store.tokenizer()

@@ -177,6 +177,9 @@ class TokenStore:
         tok = load_tokenizer(str(path))
         if tok.eos_id != self.eos_id:
             raise DataError(f"{path}: eos id {tok.eos_id} differs from {META_FILE}'s eos_id {self.eos_id}")
+        if tok.vocab_size != self.vocab_size:  # another tokenizer put in its place: its ids mean other tokens
+            raise DataError(f"{path}: a vocabulary of {tok.vocab_size} differs from {META_FILE}'s vocab_size "
+                            f"{self.vocab_size}; the store's tokenizer was replaced (prepare the store again)")
         return tok
 
     def _blocks(self, split: str) -> Iterator[np.ndarray]:
