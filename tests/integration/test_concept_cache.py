@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -137,7 +138,7 @@ def test_a_resumed_run_takes_a_copy_of_its_cache_but_not_another_sae_s(
     """A cache-only run (no teacher, no SAE named: nothing else to compare) records what made its targets in every
     checkpoint: a resume may read a copy of the cache elsewhere, not targets of another SAE."""
     from cocomix.config import ConceptConfig, DataConfig, RunConfig, TrainConfig
-    from cocomix.errors import CheckpointError
+    from cocomix.errors import CheckpointError, CocomixWarning
     from cocomix.train import train
 
     other_sae = tmp_path / "other-sae"
@@ -164,6 +165,12 @@ def test_a_resumed_run_takes_a_copy_of_its_cache_but_not_another_sae_s(
     with pytest.raises(CheckpointError, match=r"^concept\.cache: .*other-cache' holds another cache than the one"):
         train(run(tmp_path / "other-cache", 6), tmp_path / "r", resume=True, quiet=True)
     assert train(run(tmp_path / "copy", 6), tmp_path / "r", resume=True, quiet=True).steps == 6
+    # a teacher precision for online targets is said to be unused, not silently dropped
+    autocast = run(full_cache, 1)
+    autocast = dataclasses.replace(autocast, concept=dataclasses.replace(autocast.concept,
+                                                                       teacher_precision="autocast"))
+    with pytest.warns(CocomixWarning, match=r"concept\.teacher_precision=autocast: unused with concept\.cache"):
+        train(autocast, tmp_path / "r-autocast", quiet=True)
 
 
 def test_completeness_is_per_split(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path]) -> None:

@@ -15,13 +15,14 @@ state with a 2-layer MLP under an ℓ1 / ℓ2 / cosine loss, then compress and m
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from cocomix.errors import ConfigError, named_by
+from cocomix.errors import CocomixWarning, ConfigError, named_by
 from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
 from cocomix.model.concept import ConceptSeam, HiddenSeam, normalize
@@ -102,6 +103,10 @@ class CoCoMix(Method):
                               "activation selection does not have)")
         if c.target == "concepts" and c.cache:
             self.cache = open_cache(c.cache, self.run, store)
+            if c.teacher_precision != "fp32":  # no teacher runs: the setting would be silently without effect
+                warnings.warn(f"concept.teacher_precision={c.teacher_precision}: unused with concept.cache (no "
+                              "teacher runs in training; extract-concepts computed the cached targets in fp32)",
+                              CocomixWarning, stacklevel=2)
             return
         if not c.teacher:
             raise ConfigError("concept.teacher: CoCoMix needs a teacher (HF name/folder or cocomix run) unless "
