@@ -63,6 +63,12 @@ def test_adopted_streams_open_as_the_same_store_without_being_rewritten(prepared
     with pytest.raises(DataError, match=r"not valid JSON .*`cocomix prepare --adopt .* --tokenizer TOKENIZER` again"):
         TokenStore.open(bins)
     assert adopt(bins, tokenizer=str(prepared / "tokenizer"), progress=False) == meta == TokenStore.open(bins).meta
+    # a meta.json that reads but does not open (a newer cocomix's, streams of other sizes) stays: refused as before
+    newer = {**meta, "format_version": meta["format_version"] + 1, "val_names": ["kept"]}
+    (bins / "meta.json").write_text(json.dumps(newer))
+    with pytest.raises(DataError, match=r"already a token store \(meta\.json exists\)"):
+        adopt(bins, tokenizer=str(prepared / "tokenizer"), progress=False)
+    assert json.loads((bins / "meta.json").read_text()) == newer
 
 
 def _write(path: Path, ids: list[int], dtype: str = "<u2") -> None:
@@ -148,3 +154,14 @@ def test_a_folder_that_cannot_be_written_is_refused_with_the_link_recipe_and_lin
     assert store_identity(adopted) == store_identity(reference)
     assert (adopted.batch("val", [0, 1], 16) == reference.batch("val", [0, 1], 16)).all()
     assert sorted(p.name for p in bins.iterdir()) == ["train.bin", "val.bin"]  # nothing written beside the originals
+
+
+def test_another_output_with_a_meta_json_is_refused_without_a_readopt_note(
+        prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "meta.json").write_text("{")  # a concept cache's, cut short
+    (cache / "progress.json").write_text("{}")
+    with pytest.raises(DataError, match=r"holds a concept cache, not token streams"):
+        adopt(cache, tokenizer=str(prepared / "tokenizer"), progress=False)
+    assert "adopting the streams again" not in capsys.readouterr().err

@@ -29,7 +29,7 @@ import numpy as np
 
 from cocomix.atomic import atomic_write_text
 from cocomix.data.prepare_store import dtype_name
-from cocomix.data.store import DTYPES, FORMAT_VERSION, INCOMPLETE, META_FILE, SPLITS, TOKENIZER_DIR, TokenStore
+from cocomix.data.store import DTYPES, FORMAT_VERSION, INCOMPLETE, META_FILE, SPLITS, TOKENIZER_DIR, unreadable_meta
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer
 from cocomix.errors import DataError
 
@@ -92,13 +92,12 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
     if not out.is_dir():
         raise DataError(f"--adopt {out}: {'not a folder' if out.exists() else 'does not exist'} (expected the "
                         "folder holding train.bin and val.bin)")
-    if (out / META_FILE).exists():
-        try:  # a meta.json that does not open (cut short, edited by hand) is written again from the streams
-            TokenStore.open(out)
-        except DataError as e:
-            print(f"prepare --adopt: {e}; adopting the streams again replaces it", file=sys.stderr, flush=True)
-        else:
+    if (out / META_FILE).exists() and output_kind(out) in (None, STORE):  # (another output: refused below)
+        why = unreadable_meta(out / META_FILE)  # one that cannot be read at all (cut short, damaged): adopted again
+        if why is None:
             raise DataError(f"--adopt {out}: already a token store ({META_FILE} exists); train on it as it is")
+        print(f"prepare --adopt: {out / META_FILE}: {why}; adopting the streams again replaces it", file=sys.stderr,
+              flush=True)
     if (out / INCOMPLETE).exists():  # its streams may be half old, half new: not nanoGPT's files
         raise DataError(f"--adopt {out}: a cocomix prepare was interrupted while writing this store; run that "
                         "prepare again")

@@ -54,6 +54,19 @@ def _validate_meta(meta_path: Path, meta: Any) -> dict:
     return meta
 
 
+def unreadable_meta(meta_path: Path) -> str | None:
+    """Why `meta_path` cannot be read as a store's meta.json at all (not JSON, not an object, a required key
+    missing: cut short or damaged), or None when it can (whatever else may be wrong with the store)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"not valid JSON ({e})"
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    missing = [k for k in (*_REQUIRED_INT_KEYS, "dtype") if k not in meta]
+    return f"missing key {missing[0]!r}" if missing else None
+
+
 def _check_store_folder(path: Path) -> None:
     """DataError naming what `path` is when it is plainly not a token store: a file (a store's meta.json, say),
     another command's output (a concept cache also has a meta.json), or a folder whose subfolders hold stores."""
@@ -179,7 +192,8 @@ class TokenStore:
             raise DataError(f"{path}: eos id {tok.eos_id} differs from {META_FILE}'s eos_id {self.eos_id}")
         if tok.vocab_size != self.vocab_size:  # another tokenizer put in its place: its ids mean other tokens
             raise DataError(f"{path}: a vocabulary of {tok.vocab_size} differs from {META_FILE}'s vocab_size "
-                            f"{self.vocab_size}; the store's tokenizer was replaced (prepare the store again)")
+                            f"{self.vocab_size}; the store's tokenizer was replaced or {META_FILE} edited (prepare "
+                            "the store again)")
         return tok
 
     def _blocks(self, split: str) -> Iterator[np.ndarray]:

@@ -105,8 +105,8 @@ class CoCoMix(Method):
             self.cache = open_cache(c.cache, self.run, store)
             if c.teacher_precision != "fp32":  # no teacher runs: the setting would be silently without effect
                 warnings.warn(f"concept.teacher_precision={c.teacher_precision}: unused with concept.cache (no "
-                              "teacher runs in training; extract-concepts computed the cached targets in fp32)",
-                              CocomixWarning, stacklevel=2)
+                              "teacher runs in training; extract-concepts computed the cached targets without "
+                              "autocast)", CocomixWarning, stacklevel=2)
             return
         if not c.teacher:
             raise ConfigError("concept.teacher: CoCoMix needs a teacher (HF name/folder or cocomix run) unless "
