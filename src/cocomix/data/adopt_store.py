@@ -96,7 +96,7 @@ def adopt(folder: str | Path, tokenizer: str = "gpt2", progress: bool = True) ->
         why = unreadable_meta(out / META_FILE)  # one that cannot be read at all (cut short, damaged): adopted again
         if why is None:
             raise DataError(f"--adopt {out}: already a token store ({META_FILE} exists); train on it as it is")
-        print(f"prepare --adopt: {out / META_FILE}: {why}; adopting the streams again replaces it", file=sys.stderr,
+        print(f"prepare --adopt: {why.partition('; ')[0]}; adopting the streams again replaces it", file=sys.stderr,
               flush=True)
     if (out / INCOMPLETE).exists():  # its streams may be half old, half new: not nanoGPT's files
         raise DataError(f"--adopt {out}: a cocomix prepare was interrupted while writing this store; run that "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +30,35 @@ _REQUIRED_INT_KEYS = ("format_version", "vocab_size", "eos_id", "train_tokens", 
 _ENTROPY_BLOCK = 1 << 24  # tokens per np.bincount call in unigram_entropy
 
 
-def _validate_meta(meta_path: Path, meta: Any) -> dict:
+def _read_meta(meta_path: Path) -> dict:
+    """meta.json parsed, holding every required key; DataError when it cannot be read at all (cut short,
+    damaged)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{meta_path}: not valid JSON ({e}); prepare the store again (streams adopted in place: "
+                        f"`cocomix prepare --adopt {meta_path.parent} --tokenizer TOKENIZER` again)") from e
     if not isinstance(meta, dict):
         raise DataError(f"{meta_path}: expected a JSON object")
     for key in (*_REQUIRED_INT_KEYS, "dtype"):
         if key not in meta:
             raise DataError(f"{meta_path}: missing key {key!r} (corrupt or truncated; prepare it again)")
+    return meta
+
+
+def unreadable_meta(meta_path: Path) -> str | None:
+    """Why `meta_path` cannot be read as a store's meta.json at all (`_read_meta`'s error), or None when it can
+    (whatever else may be wrong with the store)."""
+    try:
+        _read_meta(meta_path)
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def _validate_meta(meta_path: Path) -> dict:
+    """meta.json read (`_read_meta`) and its values checked."""
+    meta = _read_meta(meta_path)
     for key in _REQUIRED_INT_KEYS:
         value = meta[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -52,19 +74,6 @@ def _validate_meta(meta_path: Path, meta: Any) -> dict:
     if not 0 <= meta["eos_id"] < meta["vocab_size"]:
         raise DataError(f"{meta_path}: eos_id {meta['eos_id']} is not below vocab_size {meta['vocab_size']}")
     return meta
-
-
-def unreadable_meta(meta_path: Path) -> str | None:
-    """Why `meta_path` cannot be read as a store's meta.json at all (not JSON, not an object, a required key
-    missing: cut short or damaged), or None when it can (whatever else may be wrong with the store)."""
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return f"not valid JSON ({e})"
-    if not isinstance(meta, dict):
-        return "not a JSON object"
-    missing = [k for k in (*_REQUIRED_INT_KEYS, "dtype") if k not in meta]
-    return f"missing key {missing[0]!r}" if missing else None
 
 
 def _check_store_folder(path: Path) -> None:
@@ -108,12 +117,8 @@ class TokenStore:
                                 "--tokenizer TOKENIZER` makes nanoGPT-style streams a token store in place")
             hint = "" if path.is_dir() else " (the folder does not exist)"
             raise DataError(f"{meta_path}: missing{hint}; run `cocomix prepare` to build the token store")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise DataError(f"{meta_path}: not valid JSON ({e}); prepare the store again (streams adopted in place: "
-                            f"`cocomix prepare --adopt {path} --tokenizer TOKENIZER` again)") from e
-        store = cls(path, _validate_meta(meta_path, meta))
+        meta = _validate_meta(meta_path)
+        store = cls(path, meta)
         for split in SPLITS:
             bin_path = path / f"{split}.bin"
             if not bin_path.is_file():
