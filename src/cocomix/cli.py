@@ -33,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cocomix import __version__, cli_parser
+from cocomix import __version__, cli_parser, strict_json
 from cocomix.cli_concepts import add_concept_commands
 from cocomix.cli_interpret import add_interpret_commands
 from cocomix.cli_parser import (
@@ -99,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         limit=args.limit or None, device=str(resolve_device(args.device, "--device")), dtype=args.dtype,
                         batch_size=args.batch_size, max_batch_size=most, data=args.data, max_length=args.seq_len)
         if res is not None:  # (under torchrun, rank 0 prints for every rank)
-            print(json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2, default=str))
+            print(strict_json.dumps({"checkpoint": res["checkpoint"], "results": res["results"]}, indent=2,
+                                    default=str))
         return 0
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--seq-len", args.seq_len, 2),
                                ("--batches", args.batches, 0)):
@@ -133,7 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     finally:
         dd.teardown(ctx)
     if ctx.is_main:
-        print(json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype, **res}))
+        print(strict_json.dumps({"checkpoint": str(ckpt), "split": split, "seq_len": seq_len, "dtype": args.dtype,
+                                 **res}))
     return 0
 
 

@@ -4,6 +4,7 @@ a direct computation with the model."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -475,6 +476,11 @@ def test_adapter_arguments_are_checked_and_limit_zero_means_every_example(cocomi
                           ({"max_batch_size": "auto"}, "max_batch_size"), ({"device": "gpu"}, "--device")):
         with pytest.raises(ConfigError, match=field):
             CocomixLM(cocomix_run, **kwargs)
+    # through lm-eval's model_args the user names the field, not the flag of `cocomix eval`: both are said
+    for kwargs, named in (({"dtype": "float16"}, "dtype (eval --dtype)"), ({"batch_size": 0}, "batch_size (eval"),
+                          ({"max_batch_size": 0}, "max_batch_size (eval"), ({"device": "gpu"}, "device (eval")):
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            CocomixLM.create_from_arg_string(f"run={cocomix_run}," + ",".join(f"{k}={v}" for k, v in kwargs.items()))
     res = run_tasks(cocomix_run, ["shakespeare_mc"], include_path=_task_dir(tmp_path), limit=0, log_samples=True)
     assert len(res["samples"]["shakespeare_mc"]) == 24
 
@@ -506,6 +512,9 @@ def test_auto_batch_size_halves_until_a_batch_fits_and_is_fixed_on_a_cpu(cocomix
     lm = CocomixLM(cocomix_run, batch_size="auto:2", max_batch_size=32)
     with pytest.warns(UserWarning, match=f"--batch-size auto on cpu: {CPU_AUTO}"):
         assert lm.batch_size == CPU_AUTO
+    lm = CocomixLM(cocomix_run, batch_size="auto", max_batch_size=2)  # the user's bound holds on a CPU too
+    with pytest.warns(UserWarning, match="--batch-size auto on cpu: 2 "):
+        assert lm.batch_size == 2
     # the detection a GPU runs: real scoring forwards of the full context, halving from max_batch_size
     lm = CocomixLM(cocomix_run, batch_size="auto", max_batch_size=32)
     real, probed = lm._probe, []

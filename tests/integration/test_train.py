@@ -1024,3 +1024,32 @@ def test_the_demo_does_not_take_a_run_whose_final_checkpoint_is_damaged_for_fini
     weights.write_bytes(bytes(data))
     assert not _finished(tmp_path / "r", run)
     assert resolve_checkpoint(tmp_path / "r")[1].name == "step_0000002"
+
+
+def test_eval_prints_json_that_strict_readers_take_for_a_diverged_run(store_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's json writes NaN / Infinity bare, which jq and JavaScript refuse: a diverged checkpoint's loss, or
+    lm-eval's standard error of a one-example task, is printed as the string "NaN" / "Infinity" instead."""
+    import cocomix.eval
+    import cocomix.eval.tasks
+    from cocomix.strict_json import dumps
+
+    def strict(text: str) -> dict:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text}"))
+
+    assert strict(dumps({"a": [float("nan"), (float("-inf"), 1.5)], "b": float("inf")})) == {
+        "a": ["NaN", ["-Infinity", 1.5]], "b": "Infinity"}
+    out = tmp_path / "run"
+    train(small_run(store_dir, steps=2, save_every=2, eval_every=0), out, quiet=True)
+    real = cocomix.eval.evaluate_loss
+
+    def diverged(*args: object, **kwargs: object) -> dict:
+        return {**real(*args, **kwargs), "loss": float("nan"), "ppl": float("inf")}
+
+    monkeypatch.setattr(cocomix.eval, "evaluate_loss", diverged)
+    r = run_cli("eval", "--run", str(out), "--batches", "1")
+    assert r.returncode == 0 and strict(r.stdout)["loss"] == "NaN" and strict(r.stdout)["ppl"] == "Infinity"
+    monkeypatch.setattr(cocomix.eval.tasks, "run_tasks", lambda *a, **k: {
+        "checkpoint": "c", "results": {"t": {"acc,none": 1.0, "acc_stderr,none": float("nan")}}})
+    r = run_cli("eval", "--run", str(out), "--tasks", "t")
+    assert r.returncode == 0 and strict(r.stdout)["results"]["t"]["acc_stderr,none"] == "NaN"

@@ -81,20 +81,23 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         from cocomix.train.fail_fast import FailFast
 
         if dtype not in _DTYPES:
-            raise ConfigError(f"--dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
-        self._batch_asked = parse_batch_size(batch_size)  # lm-eval's --batch_size is a string: "8", "auto"
+            raise ConfigError(f"dtype (eval --dtype): expected one of {sorted(_DTYPES)}, got {dtype!r}")
+        # lm-eval's --batch_size is a string: "8", "auto"; the fields are named both ways (lm-eval's model_args and
+        # `cocomix eval`'s flags)
+        self._batch_asked = parse_batch_size(batch_size, "batch_size (eval --batch-size)")
         try:  # an integer >= 1 ("8" from lm-eval's model_args); 'auto' is no bound
             max_batch = parse_batch_size(max_batch_size, "max_batch_size")
         except ConfigError:
             max_batch = None
         if not isinstance(max_batch, int):
-            raise ConfigError(f"max_batch_size: expected an integer >= 1, got {max_batch_size!r}")
+            raise ConfigError(f"max_batch_size (eval --max-batch-size): expected an integer >= 1, "
+                              f"got {max_batch_size!r}")
         self.max_batch_size = max_batch
         self._batch: int | None = None if self._batch_asked == "auto" else int(self._batch_asked)
         # under torchrun: join the process group (gloo on CPU, NCCL on CUDA; cuda:LOCAL_RANK), and lm-eval gives each
         # rank its share of the documents and gathers the metrics on rank 0 through the collectives below
         self._ctx = dd.context_from_env()
-        device = str(dd.setup(self._ctx, resolve_device(device, field="--device")))
+        device = str(dd.setup(self._ctx, resolve_device(device, field="device (eval --device)")))
         self._rank, self._world_size = self._ctx.rank, self._ctx.world_size
         with FailFast(self._ctx):  # a rank that cannot load the run stops the others at once
             self.run_cfg, _, self.model, self.checkpoint = load_run(run, device=device)
@@ -116,9 +119,9 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         is made, the smallest over the ranks)."""
         if self._batch is None:
             if self._device.type != "cuda":
-                self._warn_once("batch", f"--batch-size auto on {self._device.type}: {CPU_AUTO} (only a GPU reports "
-                                "running out of memory, which finding the largest batch needs)")
-                self._batch = CPU_AUTO
+                self._batch = min(CPU_AUTO, self.max_batch_size)  # --max-batch-size bounds auto here too
+                self._warn_once("batch", f"--batch-size auto on {self._device.type}: {self._batch} (only a GPU "
+                                "reports running out of memory, which finding the largest batch needs)")
             else:
                 self._batch = largest_fitting(self._probe, self.max_batch_size)
             if self._world_size > 1:
