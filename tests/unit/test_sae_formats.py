@@ -555,6 +555,8 @@ def test_sparsify_runs_of_several_seeds_save_a_folder_per_seed(tmp_path: Path) -
         ({"normalize_decoder": True, "multi_topk": True, "W_extra": None}, "unexpected tensors"),
         ({"num_latents": C * 2}, "128 latents"),
         ({"d_in": D + 1}, "d_in=17"),
+        ({"num_latents": 0, "expansion_factor": "4"}, r"'expansion_factor' must be an integer >= 1, got '4'"),
+        ({"num_latents": "x"}, r"'num_latents' must be an integer >= 0, got 'x'"),
     ],
 )
 def test_sparsify_refusals(tmp_path: Path, change: dict, message: str) -> None:
@@ -695,3 +697,78 @@ def test_an_openai_file_in_the_published_layout_is_checked_against_the_teacher_l
     plain = tmp_path / "sae.pt"  # any other name: nothing to check
     torch.save(_openai_sd(), plain)
     assert load_sae(plain, teacher_layer=3).hook_name is None
+
+
+def test_degenerate_tensors_and_dtypes_are_one_line_errors(tmp_path: Path) -> None:
+    """What a file may hold but an SAE cannot run on: a sparse tensor (torch.load's weights_only allows one), an
+    empty weight, float8 (no isfinite, no matmul: SAELens's own str_to_dtype refuses it), a scaling factor of
+    another length than the latents."""
+    sd = _openai_sd()
+    sd["encoder.weight"] = sd["encoder.weight"].to_sparse()
+    torch.save(sd, tmp_path / "sparse.pt")
+    with pytest.raises(CheckpointError, match=r"sparse\.pt: 'encoder\.weight' must be a dense, non-empty 2-D "
+                                              r"tensor.*torch\.sparse_coo"):
+        load_sae(tmp_path / "sparse.pt")
+    sd = _openai_sd()
+    sd["encoder.weight"], sd["pre_bias"] = torch.zeros(C, 0), torch.zeros(0)
+    torch.save(sd, tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match=r"empty\.pt: '(encoder\.weight|pre_bias)' must be a dense, non-empty"):
+        load_sae(tmp_path / "empty.pt")
+    w = _saelens_weights()
+    folder = _write_saelens(tmp_path / "f8", {**V6, "dtype": "float8_e4m3fn"}, w)
+    with pytest.raises(CheckpointError, match=r"cfg\.json: 'dtype' 'float8_e4m3fn' is not one of float32"):
+        load_saelens(folder)
+    folder = _write_saelens(tmp_path / "unknown", {**V6, "dtype": "float33"}, w)
+    with pytest.raises(CheckpointError, match=r"'dtype' 'float33' is not one of"):
+        load_saelens(folder)
+    folder = _write_saelens(tmp_path / "f8w", V6, w)
+    save_file({k: v.to(torch.float8_e4m3fn) for k, v in w.items()}, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(CheckpointError, match=r"'W_enc' must be a dense, non-empty 2-D tensor.*float8"):
+        load_saelens(tmp_path / "f8w")
+    folder = _write_saelens(tmp_path / "scale", V6, {**w, "scaling_factor": torch.ones(3)})
+    with pytest.raises(CheckpointError, match=r"'scaling_factor' has shape \(3,\), expected \(64,\)"):
+        load_saelens(folder)
+
+
+def test_an_sae_path_may_start_with_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`~/saes/l5.pt` in a config file, as concept.teacher and data.path take it: loaded, hashed and compared."""
+    from cocomix.concepts.identity import sae_sha256, same_sae
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(_openai_sd(), tmp_path / "s.pt")
+    assert load_sae("~/s.pt").k == K and sae_path("~/s.pt") == tmp_path / "s.pt"
+    digest = sae_sha256("~/s.pt", None)
+    assert digest is not None and digest == sae_sha256(str(tmp_path / "s.pt"), None)
+    assert same_sae(digest, "~/s.pt", None)
+
+
+def test_a_folder_it_may_not_read_beside_sparsify_saes_is_no_traceback(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scanning a folder for sparsify hookpoints meets another user's private folder (a mount's lost+found):
+    that child is not an SAE; an unreadable spec folder itself is one line naming it."""
+    import errno
+    import os
+
+    root = tmp_path / "run"
+    _write_sparsify(root / "layers.2", {"k": K, "num_latents": C, "d_in": D}, _sparsify_weights())
+    (root / "config.json").write_text(json.dumps({"hookpoints": ["layers.2"]}))
+    (root / "locked").mkdir()
+    real_stat = Path.stat
+
+    def stat(self: Path, *args: object, **kwargs: object) -> os.stat_result:
+        if "locked" in self.parts and self.name != "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path):  # noqa: ANN202
+        if self.name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert load_sae(root, teacher_layer=2).hook_block == 2
+    with pytest.raises(CheckpointError, match=r"locked/sae_weights\.safetensors: cannot read \(Permission denied\)"):
+        load_sae(root / "locked", teacher_layer=2)

@@ -22,7 +22,7 @@ def sae_sha256(sae_spec: str, teacher_layer: int | None) -> str | None:
     recorded before."""
     from cocomix.sae.formats import sae_files
 
-    return files_sha256(sae_files(sae_spec, teacher_layer)) if Path(sae_spec).exists() else None
+    return files_sha256(sae_files(sae_spec, teacher_layer)) if Path(sae_spec).expanduser().exists() else None
 
 
 def same_sae(recorded: str, sae_spec: str, teacher_layer: int | None) -> bool:
@@ -31,7 +31,7 @@ def same_sae(recorded: str, sae_spec: str, teacher_layer: int | None) -> bool:
     from the hash now where other files lie beside the SAE's, as a hub download's `sparsity.safetensors`)."""
     from cocomix.sae.formats import sae_path
 
-    if not Path(sae_spec).exists():
+    if not Path(sae_spec).expanduser().exists():
         return False
     return recorded == sae_sha256(sae_spec, teacher_layer) or recorded == file_sha256(sae_path(sae_spec,
                                                                                                teacher_layer))

@@ -58,15 +58,23 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+# the dtypes an SAE file may hold (SAELens's `str_to_dtype` takes these too; float8 has no isfinite, no matmul)
+SAE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
 def get_tensor(tensors: Mapping[str, Any], key: str, path: Path, ndim: int) -> Tensor:
-    """`tensors[key]`, checked to be a floating-point tensor with `ndim` dimensions."""
+    """`tensors[key]`, checked to be a dense, non-empty tensor of one of SAE_DTYPES with `ndim` dimensions."""
     if key not in tensors:
         present = ", ".join(sorted(map(str, tensors))) or "none"
         raise CheckpointError(f"{path}: missing tensor {key!r} (present: {present})")
     value = tensors[key]
-    if not isinstance(value, Tensor) or not value.is_floating_point() or value.ndim != ndim:
-        got = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
-        raise CheckpointError(f"{path}: {key!r} must be a {ndim}-D floating-point tensor, got {got}")
+    if (not isinstance(value, Tensor) or value.dtype not in SAE_DTYPES or value.ndim != ndim
+            or value.layout != torch.strided or value.numel() == 0):
+        got = (f"shape {tuple(value.shape)} {value.dtype}" + ("" if value.layout == torch.strided else
+                                                              f" {value.layout}")
+               if isinstance(value, Tensor) else type(value).__name__)
+        raise CheckpointError(f"{path}: {key!r} must be a dense, non-empty {ndim}-D tensor of float32, float64, "
+                              f"float16 or bfloat16, got {got}")
     return value
 
 

@@ -51,9 +51,12 @@ def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None =
 def sae_path(spec: str | Path, teacher_layer: int | None = None) -> Path:
     """The file or folder that holds the SAE `spec` names: `spec` itself, or in a folder of sparsify hookpoints the
     one for `teacher_layer` (what `load_sae` reads, and what target caches hash)."""
-    path = Path(spec)
-    if path.is_dir() and _folder_format(path) is None:
-        return hookpoint_folder(path, teacher_layer) or path
+    path = Path(spec).expanduser()  # (`~/saes/l5.pt` in a config file, as concept.teacher takes it)
+    try:
+        if path.is_dir() and _folder_format(path) is None:
+            return hookpoint_folder(path, teacher_layer) or path
+    except OSError as e:  # a folder this user may not read
+        raise CheckpointError(f"{e.filename or path}: cannot read ({e.strerror})") from None
     return path
 
 

@@ -50,7 +50,15 @@ from safetensors.torch import save as safetensors_save
 
 from cocomix.atomic import atomic_write_bytes, atomic_write_text, fsync_dir, ordinary_mode
 from cocomix.errors import CheckpointError
-from cocomix.sae._io import check_shape, common_dtype, get_int, get_tensor, read_json, read_safetensors
+from cocomix.sae._io import (
+    SAE_DTYPES,
+    check_shape,
+    common_dtype,
+    get_int,
+    get_tensor,
+    read_json,
+    read_safetensors,
+)
 from cocomix.sae.sparsify import hookpoint_block
 from cocomix.sae.topk import TopKSAE
 
@@ -146,9 +154,15 @@ def load_saelens(folder: str | Path) -> TopKSAE:
         raise CheckpointError(f"{weights_path}: unexpected tensors {extra} for a TopK SAE (expected {WHAT})")
     name = cfg["dtype"].removeprefix("torch.") if isinstance(cfg.get("dtype"), str) else ""
     dtype = getattr(torch, name, None) if name else None  # "float32" or, from older writers, "torch.float32"
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:  # SAELens computes in its config's dtype
+    if name and dtype not in SAE_DTYPES:  # (as SAELens's str_to_dtype: float8 has no matmul, no isfinite)
+        raise CheckpointError(f"{cfg_path}: 'dtype' {cfg['dtype']!r} is not one of float32, float64, float16, "
+                              "bfloat16")
+    if dtype is not None:  # SAELens computes in its config's dtype
         tensors = {name: t.to(dtype) for name, t in tensors.items()}
     d_in, d_sae = tensors["W_enc"].shape
+    for key in SCALING_KEYS:  # (all ones, checked above: one per latent)
+        if key in sd:
+            check_shape(weights_path, key, sd[key], (d_sae,))
     for key, expected in (("d_in", d_in), ("d_sae", d_sae)):
         if key in cfg and cfg[key] != expected:
             raise CheckpointError(f"{cfg_path}: {key}={cfg[key]!r} but W_enc in {weights_path.name} gives {expected}")

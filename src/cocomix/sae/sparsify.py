@@ -63,12 +63,18 @@ def _run_hookpoints(run: Path) -> list[str] | None:
 
 
 def _is_sae(folder: Path) -> bool:
-    return (folder / WEIGHTS_NAME).is_file() and (folder / CFG_NAME).is_file()
+    try:  # (a folder this user may not read, beside the SAEs: not one of them)
+        return (folder / WEIGHTS_NAME).is_file() and (folder / CFG_NAME).is_file()
+    except OSError:
+        return False
 
 
 def _seeds(hook: Path) -> list[Path]:
     """The `seedN` SAE folders under a hookpoint folder of a run trained with several `init_seeds`."""
-    return sorted(p for p in hook.iterdir() if _SEED.fullmatch(p.name) and _is_sae(p)) if hook.is_dir() else []
+    try:
+        return sorted(p for p in hook.iterdir() if _SEED.fullmatch(p.name) and _is_sae(p)) if hook.is_dir() else []
+    except OSError:
+        return []
 
 
 def _one_seed(hook: Path) -> Path:
@@ -138,9 +144,9 @@ def load_sparsify(folder: str | Path) -> TopKSAE:
     n_latents, d_in = tensors["encoder.weight"].shape
     if "d_in" in cfg and cfg["d_in"] != d_in:
         raise CheckpointError(f"{cfg_path}: d_in={cfg['d_in']!r} but encoder.weight gives {d_in}")
-    expected_latents = cfg.get("num_latents") or 0
-    if not expected_latents and cfg.get("expansion_factor"):
-        expected_latents = cfg["expansion_factor"] * d_in
+    expected_latents = get_int(cfg, "num_latents", cfg_path, minimum=0) if cfg.get("num_latents") is not None else 0
+    if not expected_latents and cfg.get("expansion_factor"):  # (0 or absent: the width the weights have)
+        expected_latents = get_int(cfg, "expansion_factor", cfg_path) * d_in
     if expected_latents and expected_latents != n_latents:
         raise CheckpointError(f"{cfg_path}: the config gives {expected_latents} latents, encoder.weight {n_latents}")
     check_shape(weights_path, "encoder.bias", tensors["encoder.bias"], (n_latents,))
