@@ -192,15 +192,13 @@ class TrainConfig:
     """Steps with a non-finite loss or gradient are skipped; this many in a row stop the run."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "micro_batch_size", "grad_accum", "max_bad_steps"):
+        for name in ("steps", "micro_batch_size", "grad_accum", "max_bad_steps", "log_every", "keep_checkpoints"):
             v = getattr(self, name)
             check(is_int(v) and v > 0, f"train.{name}", "a positive integer", v)
-        for name in ("eval_every", "eval_batches", "save_every", "log_every", "keep_checkpoints", "seed"):
+        for name in ("eval_every", "eval_batches", "save_every", "seed"):
             v = getattr(self, name)
             check(is_int(v) and v >= 0, f"train.{name}", "a non-negative integer", v)
         check(self.seed < 2**64, "train.seed", "an integer below 2**64 (torch's seed range)", self.seed)
-        check(self.log_every > 0, "train.log_every", "a positive integer", self.log_every)
-        check(self.keep_checkpoints > 0, "train.keep_checkpoints", "a positive integer", self.keep_checkpoints)
         check(is_num(self.lr) and self.lr > 0, "train.lr", "a finite positive number", self.lr)
         check(is_num(self.min_lr_ratio) and 0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", "a value in [0, 1]",
                self.min_lr_ratio)
@@ -216,8 +214,7 @@ class TrainConfig:
             check(isinstance(getattr(self, name), bool), f"train.{name}", "true or false", getattr(self, name))
         check(self.precision in PRECISIONS, "train.precision", f"one of {PRECISIONS}", self.precision)
         check(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:(0|[1-9][0-9]*))?", self.device)
-               is not None, "train.device",
-               "auto, cpu, cuda or cuda:N", self.device)
+               is not None, "train.device", "auto, cpu, cuda or cuda:N", self.device)
         check(self.parallel in ("ddp", "fsdp"), "train.parallel", "ddp or fsdp", self.parallel)
         check(self.fsdp_param_dtype in ("float32", "bfloat16"), "train.fsdp_param_dtype", "float32 or bfloat16",
                self.fsdp_param_dtype)
@@ -321,6 +318,9 @@ class ConceptConfig:
     teacher information; used by `tiny-pause`, where the bare vector stays at the unigram plateau)."""
 
     def __post_init__(self) -> None:
+        for name in ("teacher", "sae", "cache"):  # (a Path is no JSON: config.json could not be written)
+            check(isinstance(getattr(self, name), str), f"concept.{name}", "a string (a path or hub name; '' for "
+                   "none)", getattr(self, name))
         for name in ("n_latents", "k_attr", "mix_k", "d_teacher"):
             v = getattr(self, name)
             check(is_int(v) and v > 0, f"concept.{name}", "a positive integer", v)
@@ -371,6 +371,9 @@ class RunConfig:
         from cocomix.methods import METHODS, PAUSING
         from cocomix.methods.plugins import load_method_plugins
 
+        for f in dataclasses.fields(self)[1:]:  # the sections, each of its own class (library callers)
+            check(isinstance(getattr(self, f.name), f.default_factory), f.name, f"a {f.default_factory.__name__}",
+                   type(getattr(self, f.name)).__name__)
         if self.method not in METHODS:  # another package's method (a `cocomix.methods` entry point)
             load_method_plugins(METHODS)
         check(self.method in METHODS, "method", f"one of {sorted(METHODS)} (or a `cocomix.methods` entry point)",

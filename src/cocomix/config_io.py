@@ -85,7 +85,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     if unknown:
         raise ConfigError(f"{prefix + '.' if prefix else ''}{unknown[0]}: unknown field "
                           f"(known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()}
+    # a section given as null (YAML's empty `train:` converted to JSON) is one left out: its defaults
+    kwargs = {k: _coerce(v, hints[k], f"{prefix + '.' if prefix else ''}{k}") for k, v in data.items()
+              if not (v is None and dataclasses.is_dataclass(hints[k]))}
     return cls(**kwargs)
 
 
@@ -149,9 +151,12 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def merge_config(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `over`'s values in place of its own, section by section (a config file on top of a preset)."""
+    """`base` with `over`'s values in place of its own, section by section (a config file on top of a preset); a
+    section `over` gives as null is one it leaves out: `base`'s stays."""
     out = json.loads(json.dumps(base))
     for key, value in over.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_config(out[key], value)
         else:

@@ -69,6 +69,12 @@ def test_out_of_range_settings_are_refused_by_name(build: Callable[[], object], 
     (lambda: TrainConfig(compile="false"), r"train\.compile: expected true or false, got 'false'"),  # (truthy)
     (lambda: ModelConfig(bias=0), r"model\.bias: expected true, false or null"),
     (lambda: ConceptConfig(mask_last_position=None), r"concept\.mask_last_position: expected true or false"),
+    # a Path is no JSON (config.json could not be written after the teacher loaded), None no path
+    (lambda: ConceptConfig(teacher=Path("runs/demo/teacher")), r"concept\.teacher: expected a string .*PosixPath"),
+    (lambda: ConceptConfig(cache=Path("cache")), r"concept\.cache: expected a string"),
+    (lambda: ConceptConfig(sae=None), r"concept\.sae: expected a string \(a path or hub name; '' for none\), got None"),
+    (lambda: RunConfig(model={"n_layer": 2}), r"^model: expected a ModelConfig, got 'dict'$"),
+    (lambda: RunConfig(train={}), r"^train: expected a TrainConfig, got 'dict'$"),
 ])
 def test_the_library_api_refuses_what_the_command_line_does(build: Callable[[], object], field: str) -> None:
     """The dataclasses themselves, not only `--set`'s parsing: a bool is no integer, infinity no learning rate,
@@ -339,3 +345,16 @@ def test_a_config_file_on_top_of_a_preset_and_a_partial_file_said(tmp_path: Path
     assert r.returncode == 0 and r.stderr.startswith("cocomix: warning: --set concept.cache: method kd does not read")
     r = run_cli("train", "--preset", "tiny-cocomix", "--set", "concept.lambda_concept=0.2", "--print-config")
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_a_null_section_in_a_file_is_one_it_leaves_out_with_or_without_overrides() -> None:
+    """`"train": null` over a preset (a YAML-to-JSON converter writes an empty `train:` so) was an error alone and,
+    with a `--set`, silently became the defaults in place of the preset's section: now the preset's section stays
+    either way, and a file alone takes the defaults for it, as for a section it leaves out."""
+    preset = get_preset("gpt2-69m-cocomix")
+    base = merge_config(preset.to_dict(), {"train": None, "model": {"dropout": 0.0}})
+    assert run_config(base).train == preset.train and run_config(base).model.dropout == 0.0
+    assert run_config(apply_overrides(base, ["train.lr=3e-4"])).train == dataclasses.replace(preset.train, lr=3e-4)
+    alone = {**preset.to_dict(), "concept": None}
+    assert run_config(alone).concept == ConceptConfig() == run_config({k: v for k, v in alone.items()
+                                                                        if k != "concept"}).concept
