@@ -32,7 +32,8 @@ def _teacher_and_sae(args: argparse.Namespace, device: Any = None) -> tuple[Teac
     device = device if device is not None else resolve_device(args.device, "--device")
     teacher = Teacher.from_pretrained(args.teacher, args.teacher_layer, device=device,
                                       dtype=teacher_dtype(args.teacher_dtype), layer_field="--teacher-layer")
-    sae = load_sae(args.sae, k=args.sae_k, teacher_layer=args.teacher_layer).to(teacher.device)
+    sae = load_sae(args.sae, k=args.sae_k, teacher_layer=args.teacher_layer, layer_field="--teacher-layer")
+    sae = sae.to(teacher.device)
     return teacher, teacher.fit_sae(sae)
 
 
@@ -90,12 +91,16 @@ def _add_sae_train_args(s: argparse.ArgumentParser) -> None:
 
 def cmd_extract_concepts(args: argparse.Namespace) -> int:
     from cocomix.atomic import check_out_folder
-    from cocomix.concepts.cache import extract_concepts
+    from cocomix.concepts.attribution import check_option_names
+    from cocomix.concepts.cache import check_extract_args, extract_concepts
     from cocomix.train import distributed as dd
     from cocomix.train.device import resolve_device
     from cocomix.train.fail_fast import FailFast
 
-    check_out_folder(args.out)  # before the teacher and SAE load
+    check_out_folder(args.out)  # before the teacher and SAE load, as every option that does not need them
+    splits = tuple(s.strip() for s in args.splits.split(","))
+    check_extract_args(splits, args.batch_size)
+    check_option_names(args.k_attr, args.selection, args.multiplier, args.attribution_loss, args.gradient_at)
     warn_on_rank0_only()
     # under torchrun: every rank runs the teacher on its own device (cuda:LOCAL_RANK, or the CPU with gloo) over its
     # share of each round of windows; rank 0 writes the cache and prints
@@ -108,7 +113,7 @@ def cmd_extract_concepts(args: argparse.Namespace) -> int:
                                     k_attr=args.k_attr, selection=args.selection, multiplier=args.multiplier,
                                     attribution_loss=args.attribution_loss, gradient_at=args.gradient_at,
                                     seq_len=args.seq_len, batch_size=args.batch_size,
-                                    splits=tuple(args.splits.split(",")), ctx=ctx)
+                                    splits=splits, ctx=ctx)
     finally:
         dd.teardown(ctx)
     if not ctx.is_main:

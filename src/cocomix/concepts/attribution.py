@@ -91,25 +91,34 @@ def dense_preactivation_targets(grad: torch.Tensor, pre: torch.Tensor, W_dec: to
     return torch.cat(out).view(B, T, k_attr)
 
 
-def check_target_options(sae: TopKSAE, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
-                         gradient_at: str) -> None:
-    """ConfigError for target options that do not fit together or the SAE (before any work is done)."""
+def check_option_names(k_attr: int, selection: str, multiplier: str, attribution_loss: str,
+                       gradient_at: str) -> None:
+    """ConfigError for target options that are unknown or do not fit together (no SAE needed: a command checks
+    them before the teacher and SAE load)."""
     for name, value, allowed in (("multiplier", multiplier, MULTIPLIERS), ("selection", selection, SELECTIONS),
                                  ("attribution_loss", attribution_loss, ATTRIBUTION_LOSSES),
                                  ("gradient_at", gradient_at, GRADIENT_POINTS)):
         if value not in allowed:
             raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
-    if not 1 <= k_attr <= sae.k:
-        raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
-    if sae.n_latents < sae.k + k_attr:  # select_targets fills from the ids below k + k_attr
-        raise ConfigError(f"SAE with {sae.n_latents} latents: need at least sae k + k_attr = {sae.k + k_attr} "
-                          "latents to choose targets from")
+    if isinstance(k_attr, bool) or not isinstance(k_attr, int) or k_attr < 1:
+        raise ConfigError(f"k_attr: expected an integer >= 1, got {k_attr!r}")
     if selection == "activation" and (multiplier, attribution_loss, gradient_at) != (
             "activation", "window_mean", "residual"):
         raise ConfigError("selection=activation takes the most active latents: multiplier, attribution_loss and "
                           "gradient_at apply to selection=attribution only; leave them at their defaults")
     if gradient_at == "reconstruction" and attribution_loss != "next_token":
         raise ConfigError("gradient_at=reconstruction: needs attribution_loss=next_token (paper Eq. 1)")
+
+
+def check_target_options(sae: TopKSAE, k_attr: int, selection: str, multiplier: str, attribution_loss: str,
+                         gradient_at: str) -> None:
+    """ConfigError for target options that do not fit together or the SAE (before any work is done)."""
+    check_option_names(k_attr, selection, multiplier, attribution_loss, gradient_at)
+    if not 1 <= k_attr <= sae.k:
+        raise ConfigError(f"k_attr: expected an integer in [1, sae k={sae.k}], got {k_attr}")
+    if sae.n_latents < sae.k + k_attr:  # select_targets fills from the ids below k + k_attr
+        raise ConfigError(f"SAE with {sae.n_latents} latents: need at least sae k + k_attr = {sae.k + k_attr} "
+                          "latents to choose targets from")
 
 
 @torch.no_grad()

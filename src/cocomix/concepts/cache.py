@@ -63,6 +63,15 @@ def _dtype(n_latents: int) -> np.dtype:
     return np.dtype(np.uint16) if n_latents <= 65536 else np.dtype(np.int32)
 
 
+def check_extract_args(splits: tuple[str, ...], batch_size: int) -> None:
+    """ConfigError for `splits` other than distinct names among SPLITS, or a batch size below 1 (checked before
+    the teacher and SAE load too)."""
+    if not splits or any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits):
+        raise ConfigError(f"splits: expected distinct names among {', '.join(SPLITS)}, got {','.join(splits)!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
+
+
 def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Teacher, sae: TopKSAE, *, teacher_spec: str,
                      sae_spec: str, k_attr: int = 4, selection: str = "attribution", multiplier: str = "activation",
                      attribution_loss: str = "window_mean", gradient_at: str = "residual", seq_len: int = 1024,
@@ -75,10 +84,7 @@ def extract_concepts(store_path: str | Path, out_dir: str | Path, teacher: Teach
     round of windows and rank 0 writes: the file one process with the same batch size writes.
     """
     ctx = ctx or DistContext()
-    if not splits or any(s not in SPLITS for s in splits) or len(set(splits)) != len(splits):
-        raise ConfigError(f"splits: expected distinct names among {', '.join(SPLITS)}, got {','.join(splits)!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size: expected an integer >= 1, got {batch_size!r}")
+    check_extract_args(splits, batch_size)
     check_target_options(sae, k_attr, selection, multiplier, attribution_loss, gradient_at)
     _check_out(Path(out_dir))
     store = TokenStore.open(store_path)
