@@ -51,6 +51,7 @@ from cocomix.cli_parser import (
 from cocomix.cli_run import add_run_commands, add_setup_commands
 from cocomix.errors import CocomixError, ConfigError, Stopped
 from cocomix.eval.batch_size import DEFAULT_MAX, parse_batch_size
+from cocomix.seeding import torch_seed
 
 
 def _batch_size_arg(text: str) -> int | str:
@@ -159,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = tok.encode(args.prompt)
     if not ids:
         raise CocomixError("--prompt: encodes to no tokens; give some text")
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(torch_seed(args.seed))
     for i in range(args.num_samples):
         out, _ = generate(model, torch.tensor([ids], device=device), args.max_new_tokens,
                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from cocomix.atomic import check_out_folder
 from cocomix.cli_parser import DEVICE_HELP, add_run, seed_arg, utf8_text
 from cocomix.errors import CocomixError
+from cocomix.seeding import torch_seed
 
 if TYPE_CHECKING:
     from cocomix.sae.topk import TopKSAE
@@ -193,7 +194,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         check_fit_on_store(teacher, sae, store, split, run.data.seq_len, len(ids) + args.max_new_tokens)
     outs = {}
     for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
-        gen = torch.Generator(device=device).manual_seed(args.seed)
+        gen = torch.Generator(device=device).manual_seed(torch_seed(args.seed))
         outs[name] = steer_student(model, prompt, concepts, a, args.max_new_tokens, args.temperature, args.top_k,
                                    generator=gen, vocab_limit=tok.vocab_size)
     what = ", ".join(f"#{c} × {a:g}" + (f" ({book[c].short().strip('()')})" if book[c].described else "")
@@ -213,7 +214,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     if args.teacher_check:
         t_out, active = {}, {}
         for name, a in (("unsteered", [1.0] * len(concepts)), ("steered", alphas)):
-            gen = torch.Generator(device=device).manual_seed(args.seed)
+            gen = torch.Generator(device=device).manual_seed(torch_seed(args.seed))
             tokens = steer_teacher(teacher, sae, prompt, concepts, a, args.max_new_tokens, args.temperature,
                                    args.top_k, gen, vocab_limit=tok.vocab_size)
             t_out[name] = tok.decode(tokens[0, len(ids):].tolist())

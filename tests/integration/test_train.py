@@ -1026,6 +1026,99 @@ def test_the_demo_does_not_take_a_run_whose_final_checkpoint_is_damaged_for_fini
     assert resolve_checkpoint(tmp_path / "r")[1].name == "step_0000002"
 
 
+def test_seeds_that_differ_above_32_bits_start_from_other_weights(store_dir: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's CPU generator keeps the low 32 bits of a seed: 1 and 2**32 + 1 drew the same initial weights (and
+    dropout masks). A seed below 2**32 keeps the weights it always had."""
+    import cocomix.train.loop as loop
+    from cocomix.seeding import torch_seed
+
+    built: list[dict[str, torch.Tensor]] = []
+    real = loop.build_student
+
+    def recorded(*args: object, **kwargs: object) -> torch.nn.Module:
+        model = real(*args, **kwargs)
+        built.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(loop, "build_student", recorded)
+    for i, seed in enumerate((1, 2**32 + 1, 2**40 + 1)):
+        train(small_run(store_dir, steps=1, save_every=1, eval_every=0, seed=seed), tmp_path / f"s{i}", quiet=True)
+    assert [torch_seed(s) for s in (0, 1, 2**32 - 1)] == [0, 1, 2**32 - 1]
+    assert all(0 <= torch_seed(s) < 2**32 for s in (2**32, 2**63, 2**64 - 1))
+    torch.manual_seed(1)  # seed 1 draws what it drew before
+    run = small_run(store_dir)
+    reference = real(loop.METHODS["ntp"](run), run, torch.device("cpu"))
+    assert all(torch.equal(v, built[0][k]) for k, v in reference.state_dict().items())
+    for other in built[1:]:
+        assert not torch.equal(other["wte.weight"], built[0]["wte.weight"])
+    assert not torch.equal(built[1]["wte.weight"], built[2]["wte.weight"])
+
+
+def test_fsdp_bf16_parameters_on_one_process_are_refused_not_ignored(store_dir: Path, tmp_path: Path) -> None:
+    """One process trains the model unwrapped: `fsdp_param_dtype=bfloat16` would silently train fp32 (a 2-process
+    bf16 FSDP run resumed on one process, say) while its config.json said bfloat16."""
+    from cocomix.errors import ConfigError
+
+    run = small_run(store_dir, steps=2, save_every=2, eval_every=0, parallel="fsdp", fsdp_param_dtype="bfloat16")
+    with pytest.raises(ConfigError, match=r"^train\.fsdp_param_dtype=bfloat16: FSDP shards across 2 or more "
+                                          r"processes.*set train\.fsdp_param_dtype=float32"):
+        train(run, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+    train(dataclasses.replace(run, train=dataclasses.replace(run.train, fsdp_param_dtype="float32")),
+          tmp_path / "run", quiet=True)  # fp32 FSDP on one process: the plain model, as before
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "tensorboard", "wandb_run_id"])
+def test_a_fresh_run_never_deletes_log_files_that_are_not_its_own(store_dir: Path, tmp_path: Path,
+                                                                  name: str) -> None:
+    """A run starting from step 0 clears metrics.jsonl, tensorboard/ and wandb_run_id (an earlier attempt's); in
+    a folder that holds no run they are someone else's: refused, and left as they were."""
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True) if name == "tensorboard" else out.mkdir()
+    mine = out / "tensorboard" / "events.other" if name == "tensorboard" else out / name
+    mine.write_text("not cocomix's\n")
+    for resume in (False, True):
+        with pytest.raises(CocomixError, match=rf"{re.escape(str(out / name))}: a new run writes its own there"):
+            train(small_run(store_dir, steps=2, save_every=2, eval_every=0), out, resume=resume, quiet=True)
+        assert mine.read_text() == "not cocomix's\n" and not (out / "config.json").exists()
+    # a run that never reached a checkpoint (config.json written) starts again and clears its own logs
+    shutil.rmtree(out)
+    run = small_run(store_dir, steps=2, save_every=2, eval_every=0)
+    train(run, out, quiet=True)
+    shutil.rmtree(out / "checkpoints")
+    (out / "metrics.jsonl").write_text('{"kind": "train", "step": 99}\n')
+    train(run, out, resume=True, quiet=True)
+    assert '"step": 99' not in (out / "metrics.jsonl").read_text()
+
+
+def test_a_resume_compares_the_split_compile_and_device_with_the_checkpoint_not_config_json(
+        store_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.json holds the last attempt's settings, also one killed before it saved: the checkpoint's own split
+    (4 × 2) decides whether a dropout run continues on another random path; so do train.compile and the device."""
+    from cocomix.train.resume import prepare_run_dir
+
+    out = tmp_path / "run"
+    saved = small_run(store_dir, steps=4, save_every=2, eval_every=0)  # micro 4 × accumulation 2, dropout 0.1
+    train(dataclasses.replace(saved, train=dataclasses.replace(saved.train, steps=2)), out, quiet=True)
+    state = json.loads(next((out / "checkpoints").glob("step_*/state.json")).read_text())
+    assert state["split"] == [4, 2] and state["compile"] is False and state["device_type"] == "cpu"
+    resplit = dataclasses.replace(saved, train=dataclasses.replace(saved.train, micro_batch_size=2, grad_accum=4))
+    (out / "config.json").write_text(resplit.to_json())  # as a 2 × 4 attempt killed before its first checkpoint
+    capsys.readouterr()
+    prepare_run_dir(resplit, out, resume=True, device_type="cpu")
+    assert "another split of the global batch (micro-batch × accumulation × processes 4 × 2 × 1 -> 2 × 4 × 1)" \
+        in capsys.readouterr().err
+    (out / "config.json").write_text(resplit.to_json())
+    prepare_run_dir(saved, out, resume=True, device_type="cpu")  # back to the checkpoint's own split: no note
+    assert "cocomix: note" not in capsys.readouterr().err
+    compiled = dataclasses.replace(saved, train=dataclasses.replace(saved.train, compile=True))
+    prepare_run_dir(compiled, out, resume=True, device_type="cuda")
+    err = capsys.readouterr().err
+    assert "train.compile False -> True and model.dropout 0.1: compiled and eager code draw other dropout" in err
+    assert "resuming on cuda where" in err and "was written on cpu" in err and "other dropout masks" in err
+
+
 def test_eval_prints_json_that_strict_readers_take_for_a_diverged_run(store_dir: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Python's json writes NaN / Infinity bare, which jq and JavaScript refuse: a diverged checkpoint's loss, or

@@ -40,6 +40,7 @@ from cocomix.model import Transformer
 from cocomix.model.generate import check_sampling
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
+from cocomix.seeding import torch_seed
 
 if TYPE_CHECKING:
     from cocomix.sae.topk import TopKSAE
@@ -177,14 +178,14 @@ def steering_eval(model: Transformer, teacher: Teacher, sae: TopKSAE, store: Tok
     line = ProgressLine("steer-eval", len(concepts), unit="concepts", enabled=progress)
     for i, c in enumerate(concepts):
         for alpha in cfg.alphas:
-            gen = torch.Generator(device=device).manual_seed(cfg.seed)  # same random stream for every α
+            gen = torch.Generator(device=device).manual_seed(torch_seed(cfg.seed))  # same random stream for every α
             out = steer_student(model, prompts, [c], [alpha], cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                                 generator=gen, vocab_limit=store.vocab_size)
             rate, nll = read_continuations(teacher, sae, out.tokens, cfg.prompt_len, [c])
             row = {"concept": c, "alpha": alpha, "activation_rate": float(rate[0]), "mixed": float(out.mixed[0]),
                    "teacher_nll": nll}
             if cfg.teacher_check:
-                gen = torch.Generator(device=device).manual_seed(cfg.seed)
+                gen = torch.Generator(device=device).manual_seed(torch_seed(cfg.seed))
                 t_out = steer_teacher(teacher, sae, prompts, [c], [alpha], cfg.max_new_tokens, cfg.temperature,
                                       cfg.top_k, generator=gen, vocab_limit=store.vocab_size)
                 t_rate, t_nll = read_continuations(teacher, sae, t_out, cfg.prompt_len, [c])

@@ -51,6 +51,7 @@ from cocomix.sae.run_inputs import INPUTS, RELOCATABLE, check_rerun_inputs, read
 from cocomix.sae.saelens import save_saelens
 from cocomix.sae.topk import TopKSAE
 from cocomix.sae.train_config import SAETrainConfig
+from cocomix.seeding import torch_seed
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from cocomix.train.distributed import DistContext
@@ -279,7 +280,7 @@ def _train(cfg: SAETrainConfig, out: Path, teacher: Teacher, store: TokenStore, 
 
     resumed, start = dd.on_main_rank(load, 2, ctx, device)
     if not resumed:  # a fresh run: chunk 0 initialises the SAE (a resumed one computes no chunk before its own)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(torch_seed(cfg.seed))
         initialize(sae, chunks.chunk(0)[:INIT_SAMPLE].to(sae.W_enc.dtype), gen)  # (INIT_SAMPLE, d)
     ranks.broadcast_state(state, optimizer, resumed, ctx)  # every rank starts from rank 0's state
     share = None  # this rank's rows of every step's batch (torchrun)

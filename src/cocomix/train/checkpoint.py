@@ -266,7 +266,8 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("train_loss", "val_loss"), (int, float, type(None))),
     **dict.fromkeys(("tokens", "global_batch", "world_size", "skipped_steps", "bad_steps_in_a_row"), (int,)),
     "cpu_threads": (int, type(None)), "train_s": (int, float), "log_interval": (dict, type(None)),
-    "store": (dict, type(None)), "inputs": (dict,), "manifest": (bool,),
+    "store": (dict, type(None)), "inputs": (dict,), "manifest": (bool,), "split": (list,), "compile": (bool,),
+    "device_type": (str,),
 }
 
 

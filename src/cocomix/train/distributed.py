@@ -102,10 +102,15 @@ def teardown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def check_support(ctx: DistContext, parallel: str, device: torch.device) -> None:
+def check_support(ctx: DistContext, parallel: str, device: torch.device, param_dtype: str = "float32") -> None:
     """ConfigError, before any work, where this torch cannot run `parallel` on `device`: FSDP2 on CPU (gloo)
     needs torch 2.7 or newer, whose CPU streams have the `record_event` FSDP2 calls (2.6 fails in the first
-    forward with an AttributeError); on GPUs torch 2.6 runs it."""
+    forward with an AttributeError); on GPUs torch 2.6 runs it. Also where FSDP's `param_dtype` would be ignored:
+    one process trains the model unwrapped (`wrap`), so bf16 parameters would silently be fp32 ones."""
+    if not ctx.active and parallel == "fsdp" and param_dtype != "float32":
+        raise ConfigError(f"train.fsdp_param_dtype={param_dtype}: FSDP shards across 2 or more processes; one "
+                          "process trains the model unwrapped in float32 (bf16 autocast on GPUs) and would ignore "
+                          "it: set train.fsdp_param_dtype=float32 (also to resume an FSDP run on one process)")
     if ctx.active and parallel == "fsdp" and device.type == "cpu" and not hasattr(torch.cpu.Stream, "record_event"):
         raise ConfigError(f"train.parallel=fsdp: FSDP2 on CPU needs torch 2.7 or newer (this is torch "
                           f"{torch.__version__}); use train.parallel=ddp, GPUs, or a newer torch")

@@ -31,6 +31,7 @@ from cocomix.errors import CheckpointError, CheckpointWriteError, ConfigError, D
 from cocomix.eval.perplexity import evaluate_loss
 from cocomix.methods import METHODS, Batch, Method
 from cocomix.progress import format_duration
+from cocomix.seeding import torch_seed
 from cocomix.teacher_precision import cuda_matmul_precision
 from cocomix.train import distributed as dd
 from cocomix.train.checkpoint import CKPT_DIR, load_model_weights, load_optimizer_and_rng, read_state, save_checkpoint
@@ -129,7 +130,7 @@ def _injected_nan_steps() -> set[int]:
 def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.DistContext,
            device: torch.device, stop_hint: str, fail_fast: FailFast) -> TrainResult:
     tc = run.train
-    dd.check_support(ctx, tc.parallel, device)  # before the run folder is made
+    dd.check_support(ctx, tc.parallel, device, tc.fsdp_param_dtype)  # before the run folder is made
     try:
         store = TokenStore.open(run.data.path)
     except DataError as e:
@@ -157,7 +158,7 @@ def _train(run: RunConfig, run_dir: Path, resume: bool, quiet: bool, ctx: dd.Dis
         notes: list[str] = []
         ckpt = prepare_run_dir(run, run_dir, resume, ctx.world_size,
                                from_rank0=(lambda v: dd.from_rank0(v, ctx, device)) if ctx.active else None,
-                               notes=notes)
+                               notes=notes, device_type=device.type)
         fresh_note = ""  # e.g. the first submission of a job always launched with --resume, or one killed before
         if resume and ckpt is None and ctx.is_main:  # its first checkpoint (said once the run has set up and starts)
             fresh_note = notes[0] if notes else f"cocomix: note: nothing to resume in {run_dir}; starting the run " \
@@ -188,7 +189,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                   on_stop: Callable[[Callable[[], object]], None] | None = None,
                   save_gate: threading.Lock | None = None) -> TrainResult:
 
-    torch.manual_seed(tc.seed)
+    torch.manual_seed(torch_seed(tc.seed))
     method: Method = METHODS[run.method](run)
     model = build_student(method, run, device)
     model.checkpoint_blocks = tc.activation_checkpointing
@@ -290,7 +291,7 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                     ids = store.batch("train", chunk_ids, run.data.seq_len, offsets)
                     ids = ids.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ids
                     if per_rank_dropout:  # each rank its own masks, a pure function of the position in the run
-                        torch.manual_seed(dropout_seed(tc.seed, step, micro, ctx.rank))
+                        torch.manual_seed(dropout_seed(torch_seed(tc.seed), step, micro, ctx.rank))
                     # a cached target belongs to a fixed chunk: shifted windows have none (the config refuses both)
                     window = None if sampler.seq_len else chunk_ids
                     with dd.grad_sync(module, ctx, tc.parallel, sync=micro == tc.grad_accum - 1):
@@ -354,6 +355,8 @@ def _train_locked(run: RunConfig, run_dir: Path, quiet: bool, ctx: dd.DistContex
                                 {"train_loss": train_loss, "val_loss": val_loss, "tokens": done * tokens_per_step,
                                  "train_s": train_seconds(), "global_batch": sampler.global_batch,
                                  "world_size": ctx.world_size, "cpu_threads": torch.get_num_threads(),
+                                 "split": [tc.micro_batch_size, tc.grad_accum], "compile": tc.compile,
+                                 "device_type": device.type,
                                  "skipped_steps": bad.total, "bad_steps_in_a_row": bad.in_a_row,
                                  "log_interval": log_interval, "store": identity, "inputs": inputs},
                                 tc.keep_checkpoints)

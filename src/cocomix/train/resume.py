@@ -48,10 +48,15 @@ _RELOCATABLE_BY_CONTENT = ("concept.teacher", "concept.sae")
 RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
 
 
+# what a run logs into its folder (`MetricsLogger`), cleared when the run starts again from step 0
+RUN_LOGS = ("metrics.jsonl", "tensorboard", "wandb_run_id")
+
+
 def check_run_folder(run_dir: Path) -> None:
     """CocomixError for an --out that is a file, or a folder that holds another kind of output (a checkpoint, a
     token store, an SAE, a concept cache): a run is never written into it. Anything else a job may put there
-    first (its scheduler's log, a `tee` file) is fine. Cheap; called before the run is locked."""
+    first (its scheduler's log, a `tee` file) is fine, except the names of a run's own logs (RUN_LOGS) in a folder
+    that holds no run yet: a run starting from step 0 clears those. Cheap; called before the run is locked."""
     check_out_folder(run_dir)
     kind = output_kind(run_dir)
     if kind not in (None, RUN):
@@ -59,6 +64,13 @@ def check_run_folder(run_dir: Path) -> None:
     ckpts = run_dir / CKPT_DIR
     if ckpts.exists() and not ckpts.is_dir():  # found before the run writes anything, not at its first save
         raise CocomixError(f"{ckpts}: not a folder, but the run keeps its checkpoints there; move it away")
+    # no run here (checkpoints without config.json are prepare_run_dir's error): logs a fresh run would clear are
+    # someone else's
+    if not (run_dir / "config.json").exists() and not ckpts.exists():
+        for name in RUN_LOGS:
+            if (run_dir / name).exists() or (run_dir / name).is_symlink():
+                raise CocomixError(f"{run_dir / name}: a new run writes its own there, and this folder holds no "
+                                   "cocomix run; move it away or choose another --out")
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -87,9 +99,11 @@ def undo_unsaved_start(run_dir: Path, before: set[str]) -> None:
 
 
 def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int = 1,
-                    from_rank0: Callable[[int], int] | None = None, notes: list[str] | None = None) -> Path | None:
+                    from_rank0: Callable[[int], int] | None = None, notes: list[str] | None = None,
+                    device_type: str | None = None) -> Path | None:
     """Create/validate the run directory; returns the checkpoint to resume from (None for a fresh run). `notes`
     receives the note of a resume that starts from step 0 (for the caller to print once the run has set up).
+    `device_type` (cpu, cuda) is the one this process trains on, compared with the checkpoint's.
     Under torchrun `from_rank0` broadcasts rank 0's integer to every rank (a collective): rank 0 alone hashes the
     checkpoints against their manifests and the others take the step it chose, instead of every rank reading and
     hashing the whole checkpoint again."""
@@ -174,16 +188,40 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, world_size: int
                     f"{run_dir}: cannot resume with a global batch of {now} windows (micro_batch_size "
                     f"{run.train.micro_batch_size} × grad_accum {run.train.grad_accum} × {world_size} processes); "
                     f"the run was saved with {saved} — change train.micro_batch_size or train.grad_accum to match")
-            split = (stored.train.micro_batch_size, stored.train.grad_accum, state.get("world_size", 1))
-            resplit = split != (run.train.micro_batch_size, run.train.grad_accum, world_size)
-            if resplit and run.model.dropout > 0 and os.environ.get("RANK", "0") == "0":
-                print(f"cocomix: note: resuming with another split of the global batch (micro-batch × accumulation × "
-                      f"processes {split[0]} × {split[1]} × {split[2]} -> {run.train.micro_batch_size} × "
-                      f"{run.train.grad_accum} × {world_size}) and model.dropout {run.model.dropout}: dropout masks "
-                      "follow the micro-batches, so the run continues on another random path than an "
-                      "uninterrupted one (same data, same expectation; equal only without dropout)",
-                      file=sys.stderr)
+            if os.environ.get("RANK", "0") == "0":
+                for note in resume_notes(run, stored, state, world_size, device_type, ckpt):
+                    print(note, file=sys.stderr)
     return ckpt
+
+
+def resume_notes(run: RunConfig, stored: RunConfig, state: dict, world_size: int, device_type: str | None,
+                 ckpt: Path) -> list[str]:
+    """What a resume from `ckpt` (its state.json `state`; `stored`: the run's config.json) with `run` changes
+    that the weights depend on beyond a setting's own effect, said as notes: another split of the global batch,
+    train.compile or device under dropout draw other masks, another device type rounds otherwise. The split, the
+    compile flag and the device the checkpoint was trained with are read from its state.json (config.json holds
+    the last attempt's, which may have stopped before it saved), from config.json for older checkpoints."""
+    notes, tc, dropout = [], run.train, run.model.dropout
+    split = (*state.get("split", (stored.train.micro_batch_size, stored.train.grad_accum)),
+             state.get("world_size", 1))
+    if dropout > 0 and tuple(split) != (tc.micro_batch_size, tc.grad_accum, world_size):
+        notes.append(f"cocomix: note: resuming with another split of the global batch (micro-batch × accumulation "
+                     f"× processes {split[0]} × {split[1]} × {split[2]} -> {tc.micro_batch_size} × {tc.grad_accum} "
+                     f"× {world_size}) and model.dropout {dropout}: dropout masks follow the micro-batches, so the "
+                     "run continues on another random path than an uninterrupted one (same data, same "
+                     "expectation; equal only without dropout)")
+    compiled = state.get("compile", stored.train.compile)
+    if dropout > 0 and compiled != tc.compile:
+        notes.append(f"cocomix: note: resuming with train.compile {compiled} -> {tc.compile} and model.dropout "
+                     f"{dropout}: compiled and eager code draw other dropout masks from the same seed, so the run "
+                     "continues on another random path than an uninterrupted one")
+    saved_on = state.get("device_type")
+    if device_type is not None and saved_on is not None and saved_on != device_type:
+        notes.append(f"cocomix: note: resuming on {device_type} where {ckpt} was written on {saved_on}: another "
+                     "device rounds otherwise (and precision=auto means bf16 autocast on a GPU, fp32 on a CPU)"
+                     + (" and draws other dropout masks" if dropout > 0 else "")
+                     + ", so the run equals an uninterrupted one only up to that")
+    return notes
 
 
 ADJUSTED = "adjusted.jsonl"
