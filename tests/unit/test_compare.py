@@ -172,6 +172,8 @@ def test_runs_that_are_not_seeds_of_one_run_are_not_grouped(tmp_path: Path) -> N
     m0 = _run(tmp_path / "b", "mix", "cocomix", 0, [5.0, 3.0], 1e6)
     with pytest.raises(CocomixError, match=r"concept\.k_attr"):
         group_runs([m0, seed_with(m0, "mix-seed1", 1, k_attr=2)])
+    # CoCoMix reads every concept setting but λ_KD and the pause slot's form
+    assert len(group_runs([m0, seed_with(m0, "mix-seed2", 2, lambda_kd=0.5, pause_slot="token")])[0].runs) == 2
 
 
 def test_seeds_are_lined_up_by_step_and_non_finite_losses_left_out(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ state with a 2-layer MLP under an ℓ1 / ℓ2 / cosine loss, then compress and m
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from cocomix.config import ConceptConfig
 from cocomix.errors import CocomixWarning, ConfigError, named_by
 from cocomix.methods.base import Batch, Method
 from cocomix.model import Transformer
@@ -72,6 +74,10 @@ class CoCoMix(Method):
     """Continuous Concept Mixing: concept prediction from the student's hidden state and concept-vector mixing."""
 
     name = "cocomix"
+    # every concept.* setting but KD's weight and the pause slot's form (the ablations that leave some unread —
+    # lambda_concept=0, target=hidden — still list them: a change is refused rather than guessed harmless)
+    concept_settings = tuple(f"concept.{f.name}" for f in dataclasses.fields(ConceptConfig)
+                             if f.name not in ("lambda_kd", "pause_slot"))
 
     def __init__(self, run: RunConfig) -> None:
         super().__init__(run)
