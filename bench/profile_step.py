@@ -110,7 +110,7 @@ def teacher_timed(step: Step, regions: Regions) -> Iterator[None]:
     if step.online_targets is not None:
         name, owner = "targets", method
     elif getattr(method, "teacher", None) is not None:  # KD: the teacher's logits
-        name, owner = "forward_pass", method.teacher
+        name, owner = "logits", method.teacher
     else:
         yield
         return

@@ -254,6 +254,12 @@ class Teacher(PerPositionGradients):
         return self._take_leaf(ids).detach()
 
     @torch.no_grad()
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> logits (B, T, V), no gradient, nothing captured (KD reads the logits only: a teacher whose
+        capture block's output is no (B, T, d) tensor distils all the same)."""
+        return _logits(self.model(ids, **self._kw))
+
+    @torch.no_grad()
     def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
         with self._capturing():

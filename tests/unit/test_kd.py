@@ -88,3 +88,40 @@ def test_kd_takes_a_teacher_shallower_than_concept_teacher_layer(tmp_path) -> No
     method.prepare(torch.device("cpu"), SimpleNamespace(vocab_size=97, path=tmp_path))
     total, _ = method.loss(method.build_model(), Batch(torch.randint(0, 97, (2, 16))))
     assert torch.isfinite(total)
+
+
+class _StackedStreams(torch.nn.Module):
+    """A causal LM whose blocks pass a stack of (B, T, d) streams (as Gemma 3n's AltUp does): no one residual
+    stream to capture, logits all the same (each position sees itself and the past only)."""
+
+    def __init__(self, vocab: int = 97, d: int = 16) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(d, d) for _ in range(2))
+        self.head = torch.nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor, **_: object) -> tuple[torch.Tensor]:
+        x = self.emb(ids)
+        streams = torch.stack([x, x.cumsum(1)])  # (2, B, T, d)
+        for block in self.blocks:
+            streams = torch.tanh(block(streams))
+        return (self.head(streams[0] + streams[1]),)
+
+
+def test_kd_distils_a_teacher_whose_blocks_pass_no_single_residual_stream() -> None:
+    """KD reads the teacher's logits only: a teacher whose capture block outputs a stack of streams (an error for
+    concept targets, which read the residual stream) distils as any other."""
+    from cocomix.errors import ConfigError
+
+    cfg = ModelConfig(vocab_size=97, n_layer=2, n_head=2, d_model=16, context_length=32)
+    method = KD(RunConfig(method="kd", model=cfg, data=DataConfig(seq_len=16), concept=ConceptConfig(lambda_kd=0.3)))
+    torch.manual_seed(1)
+    method.teacher = Teacher(_StackedStreams().eval(), layer=0)
+    ids = torch.randint(0, 97, (2, 16))
+    with pytest.raises(ConfigError, match=r"outputs a tensor of shape \(2, 2, 16, 16\), not one"):
+        method.teacher.forward_pass(ids)  # what concept targets need: refused
+    student = method.build_model()
+    _, metrics = method.loss(student, Batch(ids))
+    with torch.no_grad():
+        s_logits, t_logits = student(ids).logits, method.teacher.model(ids)[0]
+    assert float(metrics["kd_loss"]) == pytest.approx(float(_kl_by_hand(t_logits, s_logits)), rel=1e-5)

@@ -78,8 +78,8 @@ def test_kd_teacher_logits_follow_the_precision(precision: str, dtype: torch.dty
     method = KD(run)
     method.teacher = Teacher(Transformer(tiny_model_config(n_layer=3)).eval(), layer=1)
     dtypes = []
-    real = method.teacher.forward_pass
-    method.teacher.forward_pass = lambda ids: (lambda out: (dtypes.append(out[0].dtype), out)[1])(real(ids))
+    real = method.teacher.logits
+    method.teacher.logits = lambda ids: (lambda out: (dtypes.append(out.dtype), out)[1])(real(ids))
     with torch.autocast(**BF16):
         method.loss(method.build_model(), Batch(torch.randint(0, 97, (2, 16)), None))
     assert dtypes == [dtype]

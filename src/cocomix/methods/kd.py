@@ -62,7 +62,7 @@ class KD(Method):
             raise RuntimeError("KD.prepare() was not called before training")
         lam = self.run.concept.lambda_kd
         with teacher_precision(self.run.concept.teacher_precision, batch.ids.device):
-            teacher_logits, _ = self.teacher.forward_pass(batch.ids)
+            teacher_logits = self.teacher.logits(batch.ids)  # (B, T, V)
         if self.run.train.chunked_lm_loss:  # NLL and KL through the student's head in row chunks
             out = model(batch.ids, lm_loss=True, teacher_logits=teacher_logits, lambda_kd=lam)
             total, ntp, kl = out.loss, out.aux["lm_nll"], out.aux["lm_kl"]
