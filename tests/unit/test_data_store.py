@@ -402,6 +402,39 @@ def test_one_line_and_indented_documents_are_cut_too(store_dir: Path, monkeypatc
         assert np.array_equal(got, whole) and len(pieces) > len(text) // 600 and max(pieces) < 1000
 
 
+def test_lines_ending_in_punctuation_are_cut_for_a_llama3_style_pre_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Llama 3's, Qwen 2's and GPT-4o's pre-tokenizers glue punctuation to the line break after it: a cut before
+    such a line break fails the check, so a document of prose or code lines (". \n", "; \n", "{\n") was encoded
+    whole after CUT_TRIES failures; it is cut before a space instead, to the same ids."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from cocomix.data import long_text
+    from cocomix.data.tokenizer import TextTokenizer
+
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    lines = ["It was the best of times, it was the worst of times.", "Call me Ishmael; some years ago;",
+             "if (x) {", "And so it goes,"]
+    text = "\n".join(f"{lines[i % 4]} {i}." for i in range(400))
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|end_of_text|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    tok = TextTokenizer(bpe, 0)
+    monkeypatch.setattr(long_text, "PIECE_CHARS", 300)
+    monkeypatch.setattr(long_text, "MARGIN", 64)
+    calls: list[list[str]] = []
+    real = tok.encode_ordinary_batch
+    monkeypatch.setattr(tok, "encode_ordinary_batch", lambda texts: calls.append(texts) or real(texts))
+    got = long_text.encode_long(tok, text, np.dtype(np.uint32))
+    pieces = [len(t) for batch in calls if len(batch) != 3 for t in batch]  # the encoding calls (not checks)
+    assert np.array_equal(got, np.asarray(real([text])[0], dtype=np.uint32))
+    assert len(pieces) > len(text) // 600 and max(pieces) < 1000
+
+
 def test_bpe_training_reads_long_documents_in_pieces_with_the_same_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     from cocomix.data import long_text
     from cocomix.data.tokenizer import train_bpe
