@@ -133,6 +133,9 @@ def test_hf_source_on_save_to_disk_folders_and_single_files(tmp_path: Path, offl
         train["text"][:2] + held["text"][-1:]
     with pytest.raises(DataError, match=r"split 'train'.*the folder's splits: mytrain, mytest"):
         list(iter_documents(f"hf:{tmp_path / 'dict'}"))
+    # a split name the slice syntax cannot spell, which `datasets` saves and loads
+    datasets.DatasetDict({"train-clean": train, "test": held}).save_to_disk(str(tmp_path / "dashed"))
+    assert [d.text for d in iter_documents(f"hf:{tmp_path / 'dashed'}@train-clean")] == train["text"]
     train.save_to_disk(str(tmp_path / "one"))
     assert [d.name for d in iter_documents(f"hf:{tmp_path / 'one'}@train[-2:]")] == ["one[0]", "one[1]"]
     assert len(list(iter_documents(f"hf:{tmp_path / 'one'}"))) == 10

@@ -79,6 +79,11 @@ def test_autotokenizer_loads_the_saved_folder(tok: TextTokenizer, tmp_path: Path
     via = _from_transformers(str(tmp_path / "tk"))  # the path load_tokenizer takes for hub names
     assert via.encode(text) == tok.encode(text) and via.eos_id == tok.eos_id
     assert via.vocab_size == tok.vocab_size
+    assert hf.unk_token is None  # a byte-level BPE has no unknown token (the end-of-text one was named so)
+    sp = _byte_fallback_tokenizer()
+    sp.save(tmp_path / "sp")
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "sp"))
+    assert (hf.unk_token, hf.unk_token_id, hf.eos_token) == ("<unk>", 0, "</s>")
 
 
 def test_missing_or_bad_tokenizer_files(tmp_path: Path) -> None:
@@ -248,3 +253,36 @@ def test_a_replacement_character_of_the_text_itself_stays_with_its_token(tok: Te
         left, here, right = token_in_context(tok.decode, ids, at)
         assert left + here + right == text
         assert here == texts[at] or (texts[at] == "" and here == next(t for t in texts[at:] if t))
+
+
+def _byte_fallback_tokenizer() -> TextTokenizer:
+    """A Llama-2 / SentencePiece-style tokenizer: "▁" for spaces, characters outside its vocabulary as one
+    <0xNN> token per UTF-8 byte (byte fallback), a decoder that strips the leading space."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ("▁", "T", "o", "b", "e", "r", "To", "▁To", "▁b", "▁be", "▁o", "▁or"):
+        vocab[piece] = len(vocab)
+    merges = [("T", "o"), ("▁", "To"), ("▁", "b"), ("▁b", "e"), ("▁", "o"), ("▁o", "r")]
+    sp = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    sp.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    sp.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    return TextTokenizer(sp, 2)
+
+
+def test_byte_fallback_tokenizers_give_each_character_to_the_token_completing_it() -> None:
+    """A byte-fallback tokenizer decodes each byte of a cut character as its own U+FFFD, and a run of byte tokens
+    together: "日" complete, the first byte of "本" turns the run back into four U+FFFD. Prefixes that add a U+FFFD
+    were taken for complete text, and a prefix that no longer starts with the text so far sent `token_texts` to
+    decoding every token alone (spaces stripped, each byte a U+FFFD) in `inspect` and `describe-concepts`."""
+    tok = _byte_fallback_tokenizer()
+    ids = tok.encode("To be 日本 or")
+    prefixes = [tok.decode(ids[:k + 1]) for k in range(len(ids))]
+    assert prefixes[3:7] == ["To be \ufffd", "To be \ufffd\ufffd", "To be 日", "To be " + "\ufffd" * 4]
+    texts = tok.token_texts(ids)
+    assert texts == ["To", " be", " ", "", "", "日", "", "", "本", " or"] and "".join(texts) == tok.decode(ids)
+    assert [token_in_context(tok.decode, ids, at)[1] for at in range(len(ids))] == [
+        "To", " be", " ", "日", "日", "日", "本", "本", "本", " or"]
+    assert token_in_context(tok.decode, ids, 4) == ("To be ", "日", "本 or")
+    assert token_in_context(tok.decode, ids, 7) == ("To be 日", "本", " or")

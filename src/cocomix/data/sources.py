@@ -240,6 +240,8 @@ def _from_disk(spec: str, datasets: Any, folder: Path, split: str) -> Any:
         raise DataError(f"source 'hf:{spec}': {folder} holds {marker}, but datasets.load_from_disk cannot read it as "
                         f"a saved dataset ({type(e).__name__}: {first_line})") from None
     splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    if split in splits:  # a name the slice syntax cannot spell (`train-clean`): `datasets` saves and loads it
+        return splits[split]
     try:
         instruction = datasets.ReadInstruction.from_spec(split)
         parts = instruction.to_absolute({name: len(d) for name, d in splits.items()})

@@ -13,7 +13,8 @@ No paper equation.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,26 @@ EOS_TOKEN = "<|endoftext|>"
 _FALLBACK_EOS = (EOS_TOKEN, "</s>", "<eos>", "<|end_of_text|>")
 
 
-def _incomplete(text: str, after: str) -> bool:
-    """Whether the "\ufffd" that decoded `text` ends with stands for the first bytes of a character the next token
-    goes on with: `after` (the text one token later) is the same (that token added bytes to it) or no longer
-    starts with it (that token completed another character). A "\ufffd" the text itself holds stays in `after`,
-    followed by what the next token adds."""
-    return text.endswith("\ufffd") and (after == text or not after.startswith(text))
+def _pending(text: str, later: Iterable[str]) -> int:
+    """How many "\ufffd" at the end of `text` (a decoded prefix of ids) stand for the bytes of a character that
+    tokens after it go on with, given the prefixes one, two, … tokens longer (`later`). A byte-level BPE decodes a
+    cut character as one "\ufffd", which the next prefix repeats (that token added bytes to it) until the
+    completing token replaces it; a byte-fallback tokenizer (Llama 2's, Mistral's, SentencePiece's) gives one per
+    byte, so the next prefixes add "\ufffd"s. The first later prefix that does more decides: one that no longer
+    starts with `text` replaced them (the characters they share with it are settled); one that goes on from `text`
+    leaves them as the text's own (as scraped text holds them) — unless the next prefix repeated `text`, whose
+    last "\ufffd" was then the start of a character that came out as U+FFFD itself. 0 when `text` ends otherwise."""
+    if not text.endswith("\ufffd"):
+        return 0
+    repeated = None
+    for after in later:
+        repeated = after == text if repeated is None else repeated
+        if after.startswith(text) and not after[len(text):].strip("\ufffd"):  # the same, or more "\ufffd"
+            continue
+        if not after.startswith(text):
+            return len(text) - len(os.path.commonprefix([text, after]))
+        break
+    return 1 if repeated else 0
 
 
 def token_texts(decode: Callable[[list[int]], str], ids: list[int]) -> list[str]:
@@ -41,15 +56,21 @@ def token_texts(decode: Callable[[list[int]], str], ids: list[int]) -> list[str]
     "—" in a small BPE) into replacement characters "\ufffd"; here such a character belongs to the token that
     completes it, and the tokens before it in the character get "" (so does a "\ufffd" of the text itself, as
     scraped text holds). Prefixes are decoded in turn (O(n²) in tokens: meant for a window or a context, not a
-    corpus); a tokenizer whose decoded prefixes are not prefixes of the whole (a decoder that rewrites earlier
-    text) falls back to decoding each token alone.
+    corpus). A byte-fallback decoder decodes a run of byte tokens together, so the first byte of the next
+    character turns the whole run, the completed character before it too, back into "\ufffd"s until that one is
+    complete: such a token gets "" as well (at the end of `ids`, bytes cut off so are left out). A tokenizer whose
+    decoded prefixes are otherwise not prefixes of the whole (a decoder that rewrites earlier text) falls back to
+    decoding each token alone.
     """
     prefixes = [decode(list(ids[:t + 1])) for t in range(len(ids))]
     out, done = [], ""
     for t, text in enumerate(prefixes):
         if not text.startswith(done):
+            if not text[len(os.path.commonprefix([text, done])):].strip("\ufffd"):  # a byte run decoded anew
+                out.append("")
+                continue
             return [decode([i]) for i in ids]
-        if t + 1 < len(ids) and _incomplete(text, prefixes[t + 1]):  # a character still missing bytes: wait
+        if t + 1 < len(ids) and _pending(text, prefixes[t + 1:]):  # a character still missing bytes: wait
             out.append("")
             continue
         out.append(text[len(done):])
@@ -61,12 +82,20 @@ def token_in_context(decode: Callable[[list[int]], str], ids: list[int], at: int
     """(text before, text of, text after) token `at` of `ids`, cut at character boundaries: a character whose
     bytes token `at` starts or continues is given whole to it (as `token_texts` gives it to the token completing
     it), and bytes of a character cut off at either end of `ids` are dropped, so none of the three holds a
-    replacement character made by a cut. A few decodes, whatever len(ids)."""
+    replacement character made by a cut. A few decodes, whatever len(ids) (a few more per byte of a character
+    that a byte-fallback decoder shows as "\ufffd"s again while token `at` is read: see `token_texts`)."""
+    def later(end: int) -> Iterator[str]:  # the prefixes of ids[:end + 1], ids[:end + 2], …
+        return (decode(list(ids[:k + 1])) for k in range(end, len(ids)))
+
     left, upto, whole = decode(list(ids[:at])), decode(list(ids[:at + 1])), decode(list(ids))
-    stable = left[:-1] if _incomplete(left, upto) else left  # a character token `at` continues belongs to it
     end = at + 1
-    while end < len(ids) and _incomplete(upto, after := decode(list(ids[:end + 1]))):  # it needs more bytes
-        end, upto = end + 1, after
+    while end < len(ids) and _pending(upto, later(end)):  # the character token `at` is in needs more bytes
+        end, upto = end + 1, decode(list(ids[:end + 1]))
+    # the text before it: the longest prefix ids[:k], k <= at, that `upto` goes on from and whose last character
+    # is complete (a character token `at` continues belongs to it)
+    k, stable = at, left
+    while k > 0 and (not upto.startswith(stable) or _pending(stable, later(k))):
+        k, stable = k - 1, decode(list(ids[:k - 1]))
     if not (upto.startswith(stable) and whole.startswith(upto)):  # a decoder that rewrites earlier text
         return left, decode([ids[at]]), decode(list(ids[at + 1:]))
     left, here, right = stable.lstrip("\ufffd"), upto[len(stable):], whole[len(upto):].rstrip("\ufffd")
@@ -147,17 +176,22 @@ class TextTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         eos = self.eos_token
+        model = json.loads(self._tok.to_str())["model"]  # its unknown token, where it has one (a byte-level BPE
+        unk_token = model.get("unk_token")  # has none; a SentencePiece one its <unk>, a Unigram one by id)
+        if unk_token is None and isinstance(model.get("unk_id"), int) and model.get("vocab"):
+            unk_token = model["vocab"][model["unk_id"]][0]
+        unk = {"unk_token": unk_token} if isinstance(unk_token, str) else {}
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "eos_token": eos,
             "bos_token": eos,
-            "unk_token": eos,
+            **unk,
             "add_bos_token": False,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1_000_000_000,
         }
-        special = {"eos_token": eos, "bos_token": eos, "unk_token": eos}
+        special = {"eos_token": eos, "bos_token": eos, **unk}
         atomic_write_text(directory / "tokenizer.json", self.to_json())
         atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
         atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
