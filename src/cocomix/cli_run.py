@@ -57,7 +57,8 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
         if (out / "config.json").is_file():
             base = read_run_config(out).to_dict()
         else:
-            what = "has no run (no config.json)" if out.is_dir() else "does not exist"
+            what = ("has no run (no config.json)" if out.is_dir() else "is a file, not a run folder"
+                    if out.exists() else "does not exist")
             raise CocomixError(f"--out {out}: {what}, so --resume has no config to continue; give --preset NAME "
                                "or --config FILE to start a run there")
     elif args.command == "train":

@@ -87,18 +87,21 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
     teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
                                       train=dataclasses.replace(teacher_run.train, steps=steps["teacher"],
                                                                 eval_every=steps["teacher"]))
-    stage("teacher", _finished(out / "teacher", teacher_run), lambda: train_stage(teacher_run, out / "teacher"),
-          timings)
+    teacher_done = _finished(out / "teacher", teacher_run)
+    _check_made_from(out, "teacher", teacher_done, ["teacher-sae", *_cache_names(selections)])
+    stage("teacher", teacher_done, lambda: train_stage(teacher_run, out / "teacher"), timings)
     sae_cfg = SAETrainConfig(teacher=str(out / "teacher"), teacher_layer=TEACHER_LAYER, data=str(data),
                              seq_len=teacher_run.data.seq_len, expansion=SAE_EXPANSION, steps=steps["sae"],
                              warmup_steps=min(100, steps["sae"] // 5),
                              checkpoint_every=100, log_every=50, device="cpu")
-    stage("sae", (out / "teacher-sae" / "summary.json").is_file(),
+    sae_done = (out / "teacher-sae" / "summary.json").is_file()
+    _check_made_from(out, "teacher-sae", sae_done, _cache_names(selections))
+    stage("sae", sae_done,
           lambda: train_sae(sae_cfg, out / "teacher-sae", Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)),
           timings)
     sae_path = out / "teacher-sae" / "sae"
-    for selection in selections:
-        cache = out / ("targets" if selection == "attribution" else f"targets-{selection}")
+    for selection, name in zip(selections, _cache_names(selections), strict=True):
+        cache = out / name
 
         def extract(cache: Path = cache, selection: str = selection) -> None:
             teacher = Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)
@@ -110,6 +113,22 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
     return load_sae(str(sae_path)).n_latents
 
 
+def _cache_names(selections: tuple[str, ...]) -> list[str]:
+    """OUT's target caches: `targets` for attribution, `targets-SELECTION` for another selection rule."""
+    return ["targets" if s == "attribution" else f"targets-{s}" for s in selections]
+
+
+def _check_made_from(out: Path, name: str, done: bool, downstream: list[str]) -> None:
+    """Stages are reused by existence: a stage about to run again (OUT/`name` deleted, or left unfinished) while
+    outputs made from its earlier result are still there would leave them in use, made from another teacher or
+    SAE; an error names them instead (they are the demo's own, but not removed without being asked)."""
+    stale = [d for d in downstream if (out / d).exists()]
+    if not done and stale:
+        raise CocomixError(f"{out / name}: missing or unfinished, but {', '.join(stale)} in {out} were made from "
+                           f"it; remove {'them' if len(stale) > 1 else 'it'} (or the folder {out}) to make them "
+                           "again from a new one")
+
+
 def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
     """Stages are reused by existence, so an output folder must not mix settings: a call records the corpus and
     the teacher / SAE step counts in OUT/stages.json, and once any stage's output is in OUT a later call with
@@ -117,7 +136,7 @@ def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
     shorter one); before that (a call that failed in its data stage) the stamp is replaced. A stamp written before a
     key existed is completed with it."""
     path = out / "stages.json"
-    made = any(p.name not in ("stages.json", ".lock") for p in out.iterdir()) if out.is_dir() else False
+    made = any(p.is_dir() for p in out.iterdir()) if out.is_dir() else False  # stages are folders (a log is not)
     if path.exists() and made:  # (a stamp with no stage made after it, as a call whose data stage failed, is redone)
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
@@ -216,7 +235,7 @@ def run_demo(data_dir: str | Path = "data/shakespeare", out_dir: str | Path = "r
 
     `source` is any `cocomix prepare` source (the tests use a small text corpus); `steps` overrides STEPS.
     """
-    data, out = Path(data_dir), Path(out_dir)
+    data, out = Path(data_dir).expanduser(), Path(out_dir).expanduser()  # (`--data=~/store` reaches us as is)
     steps = {**STEPS, **(steps or {})}
     timings: dict[str, float | None] = {}
     make_out(out, data)

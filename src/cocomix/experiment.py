@@ -78,7 +78,7 @@ def run_experiment(data_dir: str | Path = "data/shakespeare", out_dir: str | Pat
                    seeds: int = 3, steps: dict[str, int] | None = None, source: str = "shakespeare",
                    variants: tuple[str, ...] = VARIANTS) -> dict[str, Any]:
     """Train every variant × seed (resuming finished work), compare, write OUT/experiment.md."""
-    data, out = Path(data_dir), Path(out_dir)
+    data, out = Path(data_dir).expanduser(), Path(out_dir).expanduser()  # (`--data=~/store` reaches us as is)
     steps = {**STEPS, **(steps or {})}
     timings: dict[str, float | None] = {}
     make_out(out, data)

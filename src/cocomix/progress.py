@@ -27,7 +27,7 @@ class ProgressLine:
         self.tty = sys.stderr.isatty()
         self.interval = interval if self.tty else log_interval
         self.t0 = self.last = time.perf_counter()
-        self.open = False
+        self.open, self.width = False, 0
 
     def update(self, done: int) -> None:
         now = time.perf_counter()
@@ -38,13 +38,13 @@ class ProgressLine:
         eta = (self.total - done) / rate if rate > 0 else 0.0
         pace = f"{rate:.1f}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s per {self.unit.removesuffix('s')}"
         text = f"{self.label}: {done}/{self.total} {self.unit} ({pace}, eta {format_duration(eta)})"
-        if self.tty:
-            print(f"\r{text}", end="", file=sys.stderr, flush=True)
-            self.open = True
+        if self.tty:  # (padded over what a longer line before it left: "eta 3m10s)" after "eta 0m33s)")
+            print(f"\r{text.ljust(self.width)}", end="", file=sys.stderr, flush=True)
+            self.open, self.width = True, len(text)
         else:
             print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.open:
             print(file=sys.stderr, flush=True)
-            self.open = False
+            self.open, self.width = False, 0

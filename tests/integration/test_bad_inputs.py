@@ -345,6 +345,8 @@ CASES = [
      "with a dotted field name"),
     ("train-config-not-json-or-toml", ["train", "--config", "{root}/afile", "--out", "{root}/o41"],
      "afile: expected a .json or .toml config file"),
+    ("train-resume-a-file", ["train", "--resume", "--out", "{root}/afile"],
+     "--out {root}/afile: is a file, not a run folder, so --resume has no config to continue"),
     ("train-resume-a-store", ["train", "--resume", "--out", "{store}"],
      "holds a token store, not a run, so there is nothing to --resume; choose another --out"),
     ("train-damaged-tokenizer", ["train", "--config", "{root}/run.json", "--set", "data.path={root}/badtok-store",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,12 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     with pytest.raises(CocomixError, match="holds a token store prepared from"):
         run_demo(tmp_path / "data", tmp_path / "other", steps=steps, source="shakespeare")
     assert not (tmp_path / "other" / "stages.json").exists()  # refused before anything was written
+    # a teacher trained again (its folder deleted) would sit beside an SAE and targets made from the old one
+    shutil.rmtree(out / "teacher")
+    with pytest.raises(CocomixError, match=r"teacher: missing or unfinished, but teacher-sae, targets in .* were "
+                                           r"made from it; remove them"):
+        run_demo(tmp_path / "data", out, steps=steps, source=f"text:{docs}")
+    assert not (out / "teacher").exists()  # refused before training it
 
 
 def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: pytest.MonkeyPatch,
@@ -129,7 +136,8 @@ def test_an_out_or_data_folder_holding_other_output_is_refused_before_anything_i
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no stages.json, no new folder
 
 
-def test_a_call_that_failed_before_making_a_stage_does_not_pin_its_settings(tmp_path: Path) -> None:
+def test_a_call_that_failed_before_making_a_stage_does_not_pin_its_settings(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """OUT/stages.json pins the settings the teacher, SAE and targets were made with; a call whose data stage
     failed made none of them, so the corrected call (other --steps) is not refused for its stamp."""
     missing = f"text:{tmp_path / 'no-such-docs'}"
@@ -138,6 +146,7 @@ def test_a_call_that_failed_before_making_a_stage_does_not_pin_its_settings(tmp_
         with pytest.raises(CocomixError, match="no-such-docs") as failed:
             run_demo(tmp_path / "data", tmp_path / "out", steps=steps, source=missing)
         assert "other settings" not in str(failed.value)
+        (tmp_path / "out" / "slurm-1.out").write_text("a job's log in OUT is no stage\n")
     assert json.loads((tmp_path / "out" / "stages.json").read_text())["teacher_steps"] == 9
     (tmp_path / "out" / "teacher").mkdir()  # once a stage is made, its settings hold
     with pytest.raises(CocomixError, match="teacher_steps 9 -> 5"):
@@ -146,6 +155,12 @@ def test_a_call_that_failed_before_making_a_stage_does_not_pin_its_settings(tmp_
     (tmp_path / "out" / "ntp").mkdir()
     with pytest.raises(CocomixError, match="teacher_steps 9 -> 5"):
         run_demo(tmp_path / "data", tmp_path / "out", steps=small, source=missing)
+    # `--out=~/demo` reaches the demo unexpanded: its folders are made in the home folder, not in ./~
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CocomixError, match="no-such-docs"):
+        run_demo("~/data", "~/demo", steps=small, source=missing)
+    assert (tmp_path / "home" / "demo" / "stages.json").is_file() and not (tmp_path / "~").exists()
     # --data = --out: refused before anything is written (the store would land in the demo's folder)
     with pytest.raises(CocomixError, match="the same folder as --out"):
         run_demo(tmp_path / "same", tmp_path / "same", steps=small, source=missing)

@@ -50,3 +50,21 @@ def test_each_output_kind_is_told_by_its_marking_files(tmp_path: Path) -> None:
     assert output_kind(folder("cache-train", "targets_train.bin", "meta.json")) == "a concept cache"
     assert output_kind(folder("store", "train.bin", "meta.json")) == "a token store"
     assert output_kind(folder("log-only", "slurm-123.out")) is None and output_kind(tmp_path / "missing") is None
+
+
+def test_a_relative_out_inside_a_runs_checkpoints_folder_is_refused(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """`new` or `.` from a working folder inside run/checkpoints: its parents are the run's too."""
+    import pytest
+
+    from cocomix.atomic import check_out_folder
+    from cocomix.errors import ConfigError
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_0000002").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    monkeypatch.chdir(run / "checkpoints")
+    for out in ("new", ".", "step_0000002/x"):
+        with pytest.raises(ConfigError, match="inside the checkpoints folder of the run"):
+            check_out_folder(out)
+    monkeypatch.chdir(tmp_path)
+    assert check_out_folder("elsewhere") == Path("elsewhere")

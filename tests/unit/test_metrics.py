@@ -156,6 +156,28 @@ def test_progress_line_rate_and_eta_count_from_its_start(monkeypatch: pytest.Mon
     assert capsys.readouterr().err.strip() == "extract: 30/100 windows (2.0/s, eta 0m35s)"
 
 
+def test_a_shorter_progress_line_covers_the_longer_one_before_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the line is rewritten after `\r`: a shorter text is padded over what the longer one left
+    ("eta 0m33s)eta 3m10s)" before)."""
+    import io
+
+    from cocomix import progress
+
+    err = io.StringIO()
+    err.isatty = lambda: True  # type: ignore[method-assign]
+    monkeypatch.setattr(progress.sys, "stderr", err)
+    clock = iter([0.0, 1.0, 1000.0, 1001.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    line = progress.ProgressLine("extract", 10_000, interval=0.0)
+    line.update(1)  # 1 window in 1 s
+    line.update(30)  # 30 in 1000 s: "33.3 s per window", a longer line ...
+    line.update(5000)  # ... then a shorter one, padded over it
+    frames = err.getvalue().split("\r")[1:]
+    assert frames[1].startswith("extract: 30/10000 windows (33.3 s per window, eta ")
+    assert frames[2].rstrip() == "extract: 5000/10000 windows (5.0/s, eta 16m41s)"
+    assert len(frames[2]) == len(frames[1]) and frames[2].endswith(" ")
+
+
 def test_a_restart_from_step_0_drops_what_an_earlier_attempt_logged(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that never reached a checkpoint starts again (resume_step None): its metrics.jsonl, TensorBoard
