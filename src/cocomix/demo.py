@@ -193,6 +193,9 @@ def make_out(out: Path, data: Path | None = None) -> None:
     if data is not None:
         if data.resolve() == out.resolve():
             raise CocomixError(f"--data {data}: the same folder as --out; the token store needs a folder of its own")
+        if data.resolve().is_relative_to(out.resolve()):  # (in a stage's folder it would be refused as output)
+            raise CocomixError(f"--data {data}: inside --out {out}, whose folders are the demo's stages; give the "
+                               "token store a folder outside it")
         check_out_folder(data, "--data", own=(STORE,))
     try:
         out.mkdir(parents=True, exist_ok=True)

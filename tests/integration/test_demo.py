@@ -164,4 +164,6 @@ def test_a_call_that_failed_before_making_a_stage_does_not_pin_its_settings(tmp_
     # --data = --out: refused before anything is written (the store would land in the demo's folder)
     with pytest.raises(CocomixError, match="the same folder as --out"):
         run_demo(tmp_path / "same", tmp_path / "same", steps=small, source=missing)
+    with pytest.raises(CocomixError, match=r"--data .*same/teacher: inside --out .*same, whose folders are the demo"):
+        run_demo(tmp_path / "same" / "teacher", tmp_path / "same", steps=small, source=missing)
     assert not (tmp_path / "same").exists()
