@@ -106,8 +106,9 @@ def _side_by_side(left: tuple[str, str], right: tuple[str, str], width: int = 44
     return "\n".join(lines)
 
 
-def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any) -> None:
-    """CocomixError when `--sae` is another SAE than the one the student's concept indices refer to: its content
+def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any, named: str | None = None) -> None:
+    """CocomixError when `--sae` (or the run's concept.sae, `named` so) is another SAE than the one the student's
+    concept indices refer to (a file remade at the same path after training, say): its content
     hash against the checkpoint's record of the SAE it trained with and the concept labels' source; without
     either (a run trained before checkpoints recorded it, no --concepts), against the run's concept.sae where it
     still exists and its target cache's meta (those are read from here, and `--sae` is often given because they
@@ -132,8 +133,28 @@ def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any) -> None:
                 pass  # (an unreadable cache records nothing to compare with)
     for where, sha in known:
         if given is not None and isinstance(sha, str) and sha != given and not same_sae(sha, path, c.teacher_layer):
-            raise CocomixError(f"--sae {path}: not the SAE the student's concepts refer to (its files differ from "
-                               f"{where}); give the SAE the run was trained with")
+            raise CocomixError(f"{named or f'--sae {path}'}: not the SAE the student's concepts refer to (its files "
+                               f"differ from {where}); give the SAE the run was trained with"
+                               + (" as --sae" if named else ""))
+
+
+def _check_teacher(spec: str, ckpt: Path, named: str) -> None:
+    """A warning when the teacher at `spec` is a local one whose weights differ from those the checkpoint recorded
+    of its teacher (a teacher run trained on after, say): its residual stream is not the one the SAE's concepts
+    and the student's predictions were made from."""
+    import warnings
+
+    from cocomix.concepts.identity import teacher_fingerprint
+    from cocomix.train.checkpoint import read_state
+
+    recorded = (read_state(ckpt).get("inputs") or {}).get("concept.teacher")
+    try:
+        now = teacher_fingerprint(spec)
+    except CocomixError:  # a teacher run without checkpoints now: nothing to compare with
+        now = None
+    if isinstance(recorded, str) and now is not None and now != recorded:
+        warnings.warn(f"{named}: its weights differ from those of the teacher {ckpt} was trained with (as its "
+                      "record says); concepts are read on another teacher's residual stream", stacklevel=2)
 
 
 def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any, ckpt: Path, book: Any,
@@ -159,8 +180,10 @@ def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any, ckpt: Path
         sae = load_sae(args.sae or c.sae, k=c.sae_k, teacher_layer=c.teacher_layer)
     except CocomixError as e:
         raise (e if args.sae else hint(e, "sae", "--sae", c.sae)) from None
-    if args.sae and sae.n_latents == c.n_latents and sae.d_in == teacher.width:  # (other shapes: said later)
-        _check_given_sae(args.sae, run, ckpt, book)
+    if sae.n_latents == c.n_latents and sae.d_in == teacher.width:  # (other shapes: said later)
+        _check_given_sae(args.sae or c.sae, run, ckpt, book, None if args.sae else f"the run's concept.sae {c.sae!r}")
+    _check_teacher(args.teacher or c.teacher, ckpt, f"--teacher {args.teacher}" if args.teacher else
+                   f"the run's concept.teacher {c.teacher!r}")
     return teacher, teacher.fit_sae(sae.to(device))
 
 

@@ -169,6 +169,19 @@ def test_steering_errors_name_the_problem() -> None:
             check_steering(C, concepts, alphas)
 
 
+def test_concepts_and_alphas_chosen_with_numpy_are_taken() -> None:
+    """Indices from np.argsort / an α from a numpy array are numbers too (they were "expected an index")."""
+    import numpy as np
+
+    model = _model()
+    prompt = torch.randint(0, 97, (2, 6))
+    check_steering(C, [np.int64(3), np.int32(5)], [np.float32(2.0), np.float64(-1.0)])
+    got = steer_student(model, prompt, [np.int64(3)], [np.float32(5.0)], 4)
+    assert torch.equal(got.tokens, steer_student(model, prompt, [3], [5.0], 4).tokens)
+    with pytest.raises(CocomixError, match="index in"):
+        check_steering(C, [np.int64(80)], [1.0])
+
+
 def test_alpha_one_is_the_unsteered_model() -> None:
     model = _model()
     prompt = torch.randint(0, 97, (3, 8))

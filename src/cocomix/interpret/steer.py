@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,7 +48,7 @@ def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[flo
     if len(alphas) != len(concepts):
         raise CocomixError(f"--alpha: expected one α per concept ({len(concepts)}), got {len(alphas)}")
     for c in concepts:
-        if not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < n_latents:
+        if not isinstance(c, numbers.Integral) or isinstance(c, bool) or not 0 <= c < n_latents:  # (numpy's too)
             raise CocomixError(f"--concept: expected an index in [0, {n_latents - 1}], got {c!r}")
     if len(set(concepts)) != len(concepts):
         raise CocomixError(f"--concept: each concept at most once, got {list(concepts)}")
@@ -57,7 +58,7 @@ def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[flo
 
 def check_alpha(a: object, flag: str = "--alpha") -> None:
     """CocomixError naming `flag` for an α that is not a finite number or exceeds MAX_ALPHA in size."""
-    if not isinstance(a, int | float) or isinstance(a, bool) or not math.isfinite(a):
+    if not isinstance(a, numbers.Real) or isinstance(a, bool) or not math.isfinite(a):
         raise CocomixError(f"{flag}: expected a finite number, got {a!r}")
     if abs(a) > MAX_ALPHA:
         raise CocomixError(f"{flag}: expected |α| <= {MAX_ALPHA:g}, got {a!r} (the paper steers with -10 ... 10; a "
