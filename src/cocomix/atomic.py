@@ -71,7 +71,7 @@ def check_out_folder(path: str | Path, flag: str = "--out", own: tuple[str, ...]
             break
     from cocomix.outputs import RUN, output_kind
 
-    where = out.absolute()  # (`new` or `.` with the working folder inside checkpoints/: its parents too)
+    where = Path(os.path.abspath(out))  # (`new` or `.` with the working folder inside checkpoints/; `..` resolved)
     for p in (where, *where.parents):  # a run's checkpoints/ folder holds its checkpoints only (pruned, resumed from)
         if p.name == "checkpoints" and output_kind(p.parent) == RUN:
             raise ConfigError(f"{flag} {out}: inside the checkpoints folder of the run {p.parent}; choose a folder "

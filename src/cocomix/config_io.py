@@ -144,6 +144,10 @@ def apply_overrides(base: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node, cls = node[p], section
         tp = _field_types(cls).get(parts[-1])
         value = raw.strip() if tp is str and not raw.strip().startswith('"') else _parse_value(raw)
+        if dataclasses.is_dataclass(tp) and value is None:  # (a file's null section is one it leaves out; here,
+            # over a preset, it would silently put the defaults in place of the preset's section)
+            raise ConfigError(f"--set {item.strip()!r}: {key.strip()} is a section; set its fields "
+                              f"({key.strip()}.FIELD=VALUE) or leave it out")
         if dataclasses.is_dataclass(tp) and isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
             value = merge_config(node[parts[-1]], value)  # `model={"n_layer": 2}` sets one field, as --config does
         node[parts[-1]] = value

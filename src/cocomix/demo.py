@@ -34,6 +34,7 @@ import torch
 from cocomix.atomic import atomic_write_text, check_out_folder
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore, prepare
+from cocomix.demo_checks import cache_names, check_made_from, check_stamp, store_ready
 from cocomix.errors import CocomixError, Stopped
 from cocomix.outputs import DEMO, STORE
 from cocomix.presets import get_preset
@@ -79,28 +80,27 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
     from cocomix.sae.training import train_sae
     from cocomix.teacher import Teacher
 
-    # (the store's path is not stamped: `_store_ready` checks what it holds, and a moved checkout stays usable)
-    ready = _store_ready(data, source)  # another store at --data is refused before anything is written
-    _check_stamp(out, {"source": source, "teacher_steps": steps["teacher"], "sae_steps": steps["sae"]})
+    # (the store's path is not stamped: `store_ready` checks what it holds, and a moved checkout stays usable)
+    ready = store_ready(data, source, TOKENIZER)  # another store at --data is refused before anything is written
+    check_stamp(out, {"source": source, "teacher_steps": steps["teacher"], "sae_steps": steps["sae"]})
     stage("data", ready, lambda: prepare(source, data, tokenizer=TOKENIZER), timings)
     teacher_run = get_preset("tiny")
     teacher_run = dataclasses.replace(teacher_run, data=dataclasses.replace(teacher_run.data, path=str(data)),
                                       train=dataclasses.replace(teacher_run.train, steps=steps["teacher"],
                                                                 eval_every=steps["teacher"]))
-    teacher_done = _finished(out / "teacher", teacher_run)
-    _check_made_from(out, "teacher", teacher_done, ["teacher-sae", *_cache_names(selections)])
-    stage("teacher", teacher_done, lambda: train_stage(teacher_run, out / "teacher"), timings)
+    stage("teacher", _finished(out / "teacher", teacher_run), lambda: train_stage(teacher_run, out / "teacher"),
+          timings)
+    check_made_from(out, cache_names(selections))  # (a teacher trained again elsewhere: other weights)
     sae_cfg = SAETrainConfig(teacher=str(out / "teacher"), teacher_layer=TEACHER_LAYER, data=str(data),
                              seq_len=teacher_run.data.seq_len, expansion=SAE_EXPANSION, steps=steps["sae"],
                              warmup_steps=min(100, steps["sae"] // 5),
                              checkpoint_every=100, log_every=50, device="cpu")
-    sae_done = (out / "teacher-sae" / "summary.json").is_file()
-    _check_made_from(out, "teacher-sae", sae_done, _cache_names(selections))
-    stage("sae", sae_done,
+    stage("sae", (out / "teacher-sae" / "summary.json").is_file(),
           lambda: train_sae(sae_cfg, out / "teacher-sae", Teacher.from_pretrained(out / "teacher", TEACHER_LAYER)),
           timings)
     sae_path = out / "teacher-sae" / "sae"
-    for selection, name in zip(selections, _cache_names(selections), strict=True):
+    check_made_from(out, cache_names(selections), sae_path)
+    for selection, name in zip(selections, cache_names(selections), strict=True):
         cache = out / name
 
         def extract(cache: Path = cache, selection: str = selection) -> None:
@@ -111,64 +111,6 @@ def concept_stages(data: Path, out: Path, steps: dict[str, int], source: str, ti
 
         stage(cache.name, _cache_complete(cache), extract, timings)
     return load_sae(str(sae_path)).n_latents
-
-
-def _cache_names(selections: tuple[str, ...]) -> list[str]:
-    """OUT's target caches: `targets` for attribution, `targets-SELECTION` for another selection rule."""
-    return ["targets" if s == "attribution" else f"targets-{s}" for s in selections]
-
-
-def _check_made_from(out: Path, name: str, done: bool, downstream: list[str]) -> None:
-    """Stages are reused by existence: a stage about to run again (OUT/`name` deleted, or left unfinished) while
-    outputs made from its earlier result are still there would leave them in use, made from another teacher or
-    SAE; an error names them instead (they are the demo's own, but not removed without being asked)."""
-    stale = [d for d in downstream if (out / d).exists()]
-    if not done and stale:
-        raise CocomixError(f"{out / name}: missing or unfinished, but {', '.join(stale)} in {out} were made from "
-                           f"it; remove {'them' if len(stale) > 1 else 'it'} (or the folder {out}) to make them "
-                           "again from a new one")
-
-
-def _check_stamp(out: Path, stamp: dict[str, Any]) -> None:
-    """Stages are reused by existence, so an output folder must not mix settings: a call records the corpus and
-    the teacher / SAE step counts in OUT/stages.json, and once any stage's output is in OUT a later call with
-    others is an error (a longer teacher would otherwise sit next to an SAE and targets made from the
-    shorter one); before that (a call that failed in its data stage) the stamp is replaced. A stamp written before a
-    key existed is completed with it."""
-    path = out / "stages.json"
-    made = any(p.is_dir() for p in out.iterdir()) if out.is_dir() else False  # stages are folders (a log is not)
-    if path.exists() and made:  # (a stamp with no stage made after it, as a call whose data stage failed, is redone)
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise CocomixError(f"{path}: unreadable ({e}); remove the folder {out} to start over") from None
-        if not isinstance(old, dict):
-            raise CocomixError(f"{path}: expected a JSON object; remove the folder {out} to start over")
-        changed = ", ".join(f"{k} {old[k]!r} -> {v!r}" for k, v in stamp.items() if k in old and old[k] != v)
-        if changed:
-            raise CocomixError(f"{out}: its teacher, SAE and targets were made with other settings ({changed}); "
-                               "use another --out, or remove the folder to start over")
-        if stamp.keys() <= old.keys():
-            return
-    atomic_write_text(path, json.dumps(stamp, indent=2))
-
-
-def _store_ready(data: Path, source: str) -> bool:
-    """Whether DATA already holds the demo's token store (prepared from `source` with the demo's tokenizer); a
-    store prepared from something else is an error rather than silently trained on."""
-    if data.exists() and not data.is_dir():
-        raise CocomixError(f"--data {data}: a file, not a token store folder; give another --data")
-    try:
-        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError) as e:
-        raise CocomixError(f"{data / 'meta.json'}: unreadable ({e}); remove {data} to prepare it again") from None
-    got = (meta.get("source"), meta.get("tokenizer")) if isinstance(meta, dict) else None
-    if got != (source, TOKENIZER):
-        raise CocomixError(f"{data}: holds a token store prepared from {got!r}, not the demo's "
-                           f"{(source, TOKENIZER)!r}; give another --data, or remove it to prepare it again")
-    return True
 
 
 def train_stage(run: RunConfig, run_dir: Path) -> None:

@@ -77,12 +77,23 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     with pytest.raises(CocomixError, match="holds a token store prepared from"):
         run_demo(tmp_path / "data", tmp_path / "other", steps=steps, source="shakespeare")
     assert not (tmp_path / "other" / "stages.json").exists()  # refused before anything was written
-    # a teacher trained again (its folder deleted) would sit beside an SAE and targets made from the old one
-    shutil.rmtree(out / "teacher")
-    with pytest.raises(CocomixError, match=r"teacher: missing or unfinished, but teacher-sae, targets in .* were "
-                                           r"made from it; remove them"):
+    # a teacher trained again to other weights (another machine or thread count) would sit beside an SAE and
+    # targets made from the old one: refused, by content (as if they recorded another teacher)
+    inputs, meta = out / "teacher-sae" / "inputs.json", out / "targets" / "meta.json"
+    saved = inputs.read_text(), meta.read_text()
+    for path in (inputs, meta):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "teacher_fingerprint": "0" * 64}))
+    with pytest.raises(CocomixError, match=r"teacher-sae, targets were made from another teacher than the one "
+                                           r"there now \(the weights differ\); remove them"):
         run_demo(tmp_path / "data", out, steps=steps, source=f"text:{docs}")
-    assert not (out / "teacher").exists()  # refused before training it
+    inputs.write_text(saved[0])
+    meta.write_text(json.dumps({**json.loads(saved[1]), "sae_sha256": "0" * 64}))  # targets of another SAE
+    with pytest.raises(CocomixError, match=r"targets was made from another teacher or SAE than the one there now"):
+        run_demo(tmp_path / "data", out, steps=steps, source=f"text:{docs}")
+    meta.write_text(saved[1])
+    shutil.rmtree(out / "teacher")  # trained again to the same weights (same machine, same threads): all reused
+    again = run_demo(tmp_path / "data", out, steps=steps, source=f"text:{docs}")
+    assert again["val_loss"] == result["val_loss"] and "teacher" not in again["reused_stages"]
 
 
 def test_a_training_stage_stopped_by_a_signal_stops_the_pipeline(monkeypatch: pytest.MonkeyPatch,

@@ -1146,3 +1146,38 @@ def test_eval_prints_json_that_strict_readers_take_for_a_diverged_run(store_dir:
         "checkpoint": "c", "results": {"t": {"acc,none": 1.0, "acc_stderr,none": float("nan")}}})
     r = run_cli("eval", "--run", str(out), "--tasks", "t")
     assert r.returncode == 0 and strict(r.stdout)["results"]["t"]["acc_stderr,none"] == "NaN"
+
+
+def test_a_start_whose_logging_backend_fails_leaves_no_logs_that_block_the_rerun(
+        store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorBoard makes its folder at once; wandb failing after it (no API key, Ctrl-C during wandb.init) ended the
+    start with `tensorboard/` left and no config.json, and the rerun the error advises was refused for a log folder
+    that is no run's: the failed start removes what it made."""
+    import types
+
+    class Writer:  # as torch's SummaryWriter: its folder and an events file at construction
+        def __init__(self, logdir: str, purge_step: int | None = None) -> None:
+            Path(logdir).mkdir(parents=True, exist_ok=True)
+            (Path(logdir) / "events.out.tfevents.0").write_text("")
+
+        def add_scalar(self, *args: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    def no_key(**kwargs: object) -> None:
+        raise RuntimeError("api_key not configured (no-tty)")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=no_key))
+    from cocomix.errors import ConfigError
+
+    run = small_run(store_dir, steps=2, save_every=2, eval_every=0, log_backends=("tensorboard", "wandb"))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="wandb could not start"):
+        train(run, out, quiet=True)
+    assert not (out / "tensorboard").exists() and not (out / "wandb_run_id").exists()
+    fixed = dataclasses.replace(run, train=dataclasses.replace(run.train, log_backends=("tensorboard",)))
+    train(fixed, out, quiet=True)
+    assert (out / "tensorboard" / "events.out.tfevents.0").is_file() and (out / "checkpoints").is_dir()

@@ -66,5 +66,7 @@ def test_a_relative_out_inside_a_runs_checkpoints_folder_is_refused(tmp_path: Pa
     for out in ("new", ".", "step_0000002/x"):
         with pytest.raises(ConfigError, match="inside the checkpoints folder of the run"):
             check_out_folder(out)
+    monkeypatch.chdir(run / "checkpoints" / "step_0000002")
+    assert check_out_folder("../../../exported") == Path("../../../exported")  # `..` leaves the run
     monkeypatch.chdir(tmp_path)
     assert check_out_folder("elsewhere") == Path("elsewhere")

@@ -355,6 +355,8 @@ def test_a_null_section_in_a_file_is_one_it_leaves_out_with_or_without_overrides
     base = merge_config(preset.to_dict(), {"train": None, "model": {"dropout": 0.0}})
     assert run_config(base).train == preset.train and run_config(base).model.dropout == 0.0
     assert run_config(apply_overrides(base, ["train.lr=3e-4"])).train == dataclasses.replace(preset.train, lr=3e-4)
+    with pytest.raises(ConfigError, match=r"^--set 'train=null': train is a section; set its fields"):
+        apply_overrides(preset.to_dict(), ["train=null"])  # (it put the defaults in place of the preset's)
     alone = {**preset.to_dict(), "concept": None}
     assert run_config(alone).concept == ConceptConfig() == run_config({k: v for k, v in alone.items()
                                                                         if k != "concept"}).concept

@@ -82,8 +82,9 @@ def token_in_context(decode: Callable[[list[int]], str], ids: list[int], at: int
     """(text before, text of, text after) token `at` of `ids`, cut at character boundaries: a character whose
     bytes token `at` starts or continues is given whole to it (as `token_texts` gives it to the token completing
     it), and bytes of a character cut off at either end of `ids` are dropped, so none of the three holds a
-    replacement character made by a cut. A few decodes, whatever len(ids) (a few more per byte of a character
-    that a byte-fallback decoder shows as "\ufffd"s again while token `at` is read: see `token_texts`)."""
+    replacement character made by a cut — for a byte-level BPE: a byte-fallback decoder shows the rest of a byte
+    run that a window cuts into as "\ufffd"s, which are dropped with the characters they hide. A few decodes, and
+    one more per "\ufffd" the text holds or a byte run shows around token `at`."""
     def later(end: int) -> Iterator[str]:  # the prefixes of ids[:end + 1], ids[:end + 2], …
         return (decode(list(ids[:k + 1])) for k in range(end, len(ids)))
 

@@ -46,6 +46,20 @@ class MetricsLogger:
             shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
             (run_dir / "wandb_run_id").unlink(missing_ok=True)  # (a new wandb run, not the failed attempt's)
         self.sinks: list[Any] = []
+        try:
+            self._open_sinks(run_dir, backends, resume_step, config)
+        except BaseException:  # a backend that cannot start (wandb without a key), Ctrl-C during wandb.init
+            self.close()
+            if resume_step is None:  # what this start made is its own: gone, so that the fixed rerun starts clean
+                import shutil  # (`check_run_folder` refuses these names in a folder without a run)
+
+                shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+                (run_dir / "wandb_run_id").unlink(missing_ok=True)
+            raise
+
+    def _open_sinks(self, run_dir: Path, backends: tuple[str, ...], resume_step: int | None,
+                    config: dict | None) -> None:
+        """Start the TensorBoard writer / wandb run of `backends` (see `__init__`)."""
         for name in backends:
             if name == "tensorboard":
                 try:
@@ -73,7 +87,6 @@ class MetricsLogger:
                     sink = wandb.init(project="cocomix", dir=str(run_dir), config=config, name=run_dir.name,
                                       id=run_id, resume="allow")
                 except Exception as e:  # no API key, no network, a bad WANDB_* setting: wandb raises many types
-                    self.close()  # a TensorBoard writer opened before it
                     first = (str(e).strip().splitlines() or [""])[0]
                     raise ConfigError(f"train.log_backends: wandb could not start ({type(e).__name__}: {first}); "
                                       "log in with `wandb login`, or set WANDB_MODE=offline") from None
