@@ -138,25 +138,6 @@ def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any, named: str | No
                                + (" as --sae" if named else ""))
 
 
-def _check_teacher(spec: str, ckpt: Path, named: str) -> None:
-    """A warning when the teacher at `spec` is a local one whose weights differ from those the checkpoint recorded
-    of its teacher (a teacher run trained on after, say): its residual stream is not the one the SAE's concepts
-    and the student's predictions were made from."""
-    import warnings
-
-    from cocomix.concepts.identity import teacher_fingerprint
-    from cocomix.train.checkpoint import read_state
-
-    recorded = (read_state(ckpt).get("inputs") or {}).get("concept.teacher")
-    try:
-        now = teacher_fingerprint(spec)
-    except CocomixError:  # a teacher run without checkpoints now: nothing to compare with
-        now = None
-    if isinstance(recorded, str) and now is not None and now != recorded:
-        warnings.warn(f"{named}: its weights differ from those of the teacher {ckpt} was trained with (as its "
-                      "record says); concepts are read on another teacher's residual stream", stacklevel=2)
-
-
 def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any, ckpt: Path, book: Any,
                      ) -> tuple[Teacher, TopKSAE]:
     """The teacher and SAE of `--teacher` / `--sae`, else of the run's concept.teacher / concept.sae (paths
@@ -182,8 +163,6 @@ def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any, ckpt: Path
         raise (e if args.sae else hint(e, "sae", "--sae", c.sae)) from None
     if sae.n_latents == c.n_latents and sae.d_in == teacher.width:  # (other shapes: said later)
         _check_given_sae(args.sae or c.sae, run, ckpt, book, None if args.sae else f"the run's concept.sae {c.sae!r}")
-    _check_teacher(args.teacher or c.teacher, ckpt, f"--teacher {args.teacher}" if args.teacher else
-                   f"the run's concept.teacher {c.teacher!r}")
     return teacher, teacher.fit_sae(sae.to(device))
 
 

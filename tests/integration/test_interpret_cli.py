@@ -331,16 +331,6 @@ def test_another_sae_of_the_same_shape_alphas_in_any_order_and_an_empty_val_spli
     assert r.returncode == 2 and not r.stdout, r.stderr
     assert f"the run's concept.sae '{tmp_path / 'other-sae'}': not the SAE the student's concepts refer to" in \
         r.stderr and "give the SAE the run was trained with as --sae" in r.stderr
-    # a teacher whose weights differ from the recorded ones reads concepts on another residual stream: warned
-    from safetensors.torch import load_file, save_file
-
-    shutil.copytree(concept_parts[0], tmp_path / "other-teacher")
-    weights = tmp_path / "other-teacher" / "model.safetensors"
-    save_file({k: v * 1.5 for k, v in load_file(str(weights)).items()}, str(weights), metadata={"format": "pt"})
-    r = _cli(*base[:-1], str(tmp_path / "other-teacher"), "--sae", str(tmp_path / "same-sae"))
-    assert r.returncode == 0 and f"--teacher {tmp_path / 'other-teacher'}: its weights differ from those of the " \
-        "teacher" in r.stderr, r.stderr
-    assert "weights differ" not in _cli(*base, "--sae", str(tmp_path / "same-sae")).stderr
     out = tmp_path / "steering"
     r = _cli("steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=10,0,1,-10", "--prompts", "2",
              "--prompt-len", "4", "--max-new-tokens", "2", "--out", str(out))
