@@ -28,6 +28,22 @@ def _step_of(line: str) -> int | None:
     return event.get("step", 0) if isinstance(event, dict) else None
 
 
+# what a run logs into its folder, cleared when the run starts again from step 0
+RUN_LOGS = ("metrics.jsonl", "tensorboard", "wandb_run_id")
+
+
+def clear_run_logs(run_dir: Path) -> None:
+    """Remove RUN_LOGS from `run_dir` (a file, or TensorBoard's folder)."""
+    import shutil
+
+    for name in RUN_LOGS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 class MetricsLogger:
     """Appends events to run_dir/metrics.jsonl and mirrors scalars to the configured backends."""
 
@@ -40,21 +56,14 @@ class MetricsLogger:
                     if _step_of(ln) is not None and _step_of(ln) <= resume_step]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
         elif resume_step is None:  # a run (re)starting from step 0: nothing an earlier attempt logged is its own
-            import shutil
-
-            self.path.unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-            (run_dir / "wandb_run_id").unlink(missing_ok=True)  # (a new wandb run, not the failed attempt's)
+            clear_run_logs(run_dir)  # (wandb_run_id too: a new wandb run, not the failed attempt's)
         self.sinks: list[Any] = []
         try:
             self._open_sinks(run_dir, backends, resume_step, config)
         except BaseException:  # a backend that cannot start (wandb without a key), Ctrl-C during wandb.init
             self.close()
             if resume_step is None:  # what this start made is its own: gone, so that the fixed rerun starts clean
-                import shutil  # (`check_run_folder` refuses these names in a folder without a run)
-
-                shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-                (run_dir / "wandb_run_id").unlink(missing_ok=True)
+                clear_run_logs(run_dir)  # (`check_run_folder` refuses these names in a folder without a run)
             raise
 
     def _open_sinks(self, run_dir: Path, backends: tuple[str, ...], resume_step: int | None,

@@ -25,6 +25,7 @@ from cocomix.train.checkpoint import (
     step_folders,
     verify_checkpoint,
 )
+from cocomix.train.metrics import RUN_LOGS
 
 # may change on resume as long as micro_batch_size · grad_accum · world size (the global batch) stays the same
 _RESHARDABLE = ("train.micro_batch_size", "train.grad_accum", "train.parallel")
@@ -46,10 +47,6 @@ _RELOCATABLE_BY_CONTENT = ("concept.teacher", "concept.sae")
 # settings that do not shape a run's result (beyond the device's rounding): seeds that `compare` groups may
 # differ in these (and in train.seed) only
 RESULT_NEUTRAL = _RESHARDABLE + _OPERATIONAL + _RELOCATABLE
-
-
-# what a run logs into its folder (`MetricsLogger`), cleared when the run starts again from step 0
-RUN_LOGS = ("metrics.jsonl", "tensorboard", "wandb_run_id")
 
 
 def check_run_folder(run_dir: Path) -> None:
