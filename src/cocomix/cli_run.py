@@ -106,7 +106,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                            "other sources")
     meta = prepare(args.source, out, tokenizer=args.tokenizer or "bpe:4096", overwrite=args.overwrite,
                    streaming=args.streaming,
-                   val_fraction=0.05 if args.val_fraction is None else args.val_fraction, split_by=args.split_by)
+                   val_fraction=args.val_fraction, split_by=args.split_by)
     if meta["val_tokens"] == 0:  # said once the store is written: an error before it stays the one line
         print("cocomix: note: no validation text was held out (--val-fraction 0): `cocomix train` and `train-sae` "
               "evaluate on the val split and will refuse this store; `extract-concepts --splits train` reads it",

@@ -20,12 +20,23 @@ def test_shakespeare_has_38_plays_and_fixed_val_plays() -> None:
     assert set(SHAKESPEARE_VAL_PLAYS) <= set(names)
     assert {name.split("/")[0] for name in SHAKESPEARE_VAL_PLAYS} == {"tragedies", "comedies", "histories"}
 
-    train, val = split_documents("shakespeare", val_fraction=0.5)  # the fraction does not matter here
+    train, val = split_documents("shakespeare")
     assert sorted(d.name for d in val) == sorted(SHAKESPEARE_VAL_PLAYS)
     assert len(train) == 35 and not {d.name for d in train} & set(SHAKESPEARE_VAL_PLAYS)
     val_share = sum(len(d.text) for d in val) / sum(len(d.text) for d in train + val)
     assert 0.06 < val_share < 0.09
     assert all("**" not in d.text for d in train + val)
+
+
+def test_shakespeare_refuses_a_val_fraction_or_split_by_it_would_ignore(tmp_path: Path) -> None:
+    from cocomix.data import prepare
+
+    for kwargs, field in (({"val_fraction": 0.5}, "val_fraction"), ({"split_by": "content"}, "split_by")):
+        with pytest.raises(DataError, match=f"^{field}: the embedded shakespeare corpus holds out fixed plays"):
+            list(iter_split("shakespeare", **kwargs))
+        with pytest.raises(DataError, match=f"^{field}: the embedded shakespeare"):
+            prepare("shakespeare", tmp_path / "store", progress=False, **kwargs)
+        assert not (tmp_path / "store").exists()  # refused before the folder was made
 
 
 def test_shakespeare_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:

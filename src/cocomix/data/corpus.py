@@ -11,15 +11,15 @@ Source strings:
 
 Rows or files that are empty, None or whitespace only are no documents (skipped, keeping their row numbers).
 
-Splitting: Shakespeare holds out the fixed plays `SHAKESPEARE_VAL_PLAYS`. Any other source sends a document to
-validation when a 64-bit BLAKE2b hash of its name (or, with `split_by="content"`, of its text: copies of one
-text then fall on one side, and inserting documents moves no other) falls below `val_fraction` of its range, so
-about that fraction of documents go to val, the same ones on every run (stores prepared before 2026-11-29 used CRC-32,
-whose linearity made names that differ in a few digits — `dataset[199]` — fall together: a few hundred rows
-could give one validation document, or twice the intended share). If that leaves val empty, the last
-document goes there; a source with a single document is cut at the paragraph break nearest to
-`1 - val_fraction` of its length. The split streams: only one document is held back, so large datasets need
-not fit in memory.
+Splitting: Shakespeare holds out the fixed plays `SHAKESPEARE_VAL_PLAYS` (and refuses `val_fraction` and `split_by`,
+which it would ignore). Any other source sends a document to validation when a 64-bit BLAKE2b hash of its name (or,
+with `split_by="content"`, of its text: copies of one text then fall on one side, and inserting documents moves no
+other) falls below `val_fraction` of its range, so about that fraction of documents go to val, the same ones on
+every run (stores prepared before 2026-11-29 used CRC-32, whose linearity made names that differ in a few digits —
+`dataset[199]` — fall together: a few hundred rows could give one validation document, or twice the intended share).
+If that leaves val empty, the last document goes there; a source with a single document is cut at the paragraph
+break nearest to `1 - val_fraction` of its length. The split streams: only one document is held back, so large
+datasets need not fit in memory.
 
 No paper equation.
 """
@@ -35,6 +35,7 @@ from cocomix.data import shakespeare, sources
 from cocomix.data.shakespeare import SHAKESPEARE_VAL_PLAYS
 from cocomix.errors import DataError
 
+VAL_FRACTION = 0.05  # the default share of documents held out (sources other than shakespeare)
 SOURCE_FORMS = ("'shakespeare'", "'text:<path>[#<separator>]'", "'jsonl:<path>[#<field>]'",
                 "'hf:<dataset>[:<config>][@<split>][#<field>]'")
 
@@ -124,10 +125,16 @@ def _split_single(doc: Document, val_fraction: float) -> Iterator[tuple[str, Doc
 SPLIT_BY = ("name", "content")
 
 
-def iter_split(source: str, val_fraction: float = 0.05, streaming: bool = False,
+def iter_split(source: str, val_fraction: float | None = None, streaming: bool = False,
                split_by: str = "name") -> Iterator[tuple[str, Document]]:
     """Yield ("train" | "val", document) for every document of `source`, streaming (one held back); `split_by`
-    hashes each document's name or its text."""
+    hashes each document's name or its text. `val_fraction` defaults to VAL_FRACTION; the shakespeare corpus holds
+    out fixed plays and refuses both options (they would be ignored)."""
+    if source == "shakespeare" and (val_fraction is not None or split_by != "name"):
+        field = "val_fraction" if val_fraction is not None else "split_by"
+        raise DataError(f"{field}: the embedded shakespeare corpus holds out fixed plays; the option is for other "
+                        "sources")
+    val_fraction = VAL_FRACTION if val_fraction is None else val_fraction
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction: expected a number in [0, 1), got {val_fraction!r}")
     if split_by not in SPLIT_BY:
@@ -165,7 +172,7 @@ def iter_split(source: str, val_fraction: float = 0.05, streaming: bool = False,
     yield ("val" if to_val else "train"), held
 
 
-def split_documents(source: str, val_fraction: float = 0.05) -> tuple[list[Document], list[Document]]:
+def split_documents(source: str, val_fraction: float | None = None) -> tuple[list[Document], list[Document]]:
     """(train documents, val documents) of `source`; see the module docstring for the rule."""
     train: list[Document] = []
     val: list[Document] = []

@@ -21,7 +21,7 @@ import numpy as np
 
 from cocomix.atomic import atomic_write_text, atomic_writer, check_utf8_path, fsync_dir
 from cocomix.data import long_text
-from cocomix.data.corpus import Document, iter_split
+from cocomix.data.corpus import VAL_FRACTION, Document, iter_split
 from cocomix.data.store import (
     DTYPES,
     FORMAT_VERSION,
@@ -190,14 +190,15 @@ def _write_streams(out: Path, tok: TextTokenizer, documents: _Documents, dtype: 
     return {**counts, "val_names": val_names}
 
 
-def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_fraction: float = 0.05,
+def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_fraction: float | None = None,
             overwrite: bool = False, progress: bool = True, streaming: bool = False, split_by: str = "name") -> dict:
     """Tokenize `source` into a token store at `out_dir`; return its meta (also written to meta.json).
 
     `tokenizer` is `bpe:<vocab_size>` (train a byte-level BPE on the train documents only) or a spec for
     `load_tokenizer`. See `corpus.py` for the source forms and the train/val split. `streaming` streams an `hf:`
     dataset instead of downloading and converting it first (read twice with `bpe:`: once to train, once to encode);
-    `split_by` ("name" or "content") is what the split hashes.
+    `split_by` ("name" or "content") is what the split hashes. `val_fraction` defaults to 0.05; the shakespeare
+    corpus holds out fixed plays and refuses `val_fraction` and `split_by`.
     """
     from cocomix.train.guard import RunLock  # here: cocomix.train imports this module
 
@@ -208,7 +209,8 @@ def prepare(source: str, out_dir: str | Path, tokenizer: str = "bpe:4096", val_f
     try:
         _check_out_dir(out, overwrite)  # again under the lock: a concurrent prepare may have finished meanwhile
         documents = partial(iter_split, source, val_fraction, streaming, split_by)
-        return _prepare(source, out, tokenizer, val_fraction, _Progress(progress), documents, split_by)
+        fraction = VAL_FRACTION if val_fraction is None else val_fraction
+        return _prepare(source, out, tokenizer, fraction, _Progress(progress), documents, split_by)
     finally:
         lock.release(remove_empty_dir=created)
 
