@@ -689,32 +689,45 @@ dd.teardown(ctx)
 """
 
 
-def test_two_processes_write_the_one_process_cache_and_a_stopped_one_resumes_on_one(
-        store_dir: Path, tmp_path: Path, parts: tuple[Path, Path], full_cache: Path) -> None:
-    """extract-concepts under torchrun (2 gloo processes): each round's batches are split between the ranks and rank
-    0 writes them, so the files are the one-process files byte for byte; a 2-process extraction stopped after 13
-    windows (a round cut short: rank 1 gets one window of it) resumes in one process to the same files."""
-    args = ["extract-concepts", "--data", str(store_dir), "--teacher", str(parts[0]), "--teacher-layer", "1",
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _extract_args(store_dir: Path, parts: tuple[Path, Path]) -> list[str]:
+    return ["extract-concepts", "--data", str(store_dir), "--teacher", str(parts[0]), "--teacher-layer", "1",
             "--sae", str(parts[1]), "--seq-len", "32", "--batch-size", "4", "--device", "cpu"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    r = subprocess.run([*torchrun, "-m", "cocomix", *args, "--out", str(tmp_path / "two")], capture_output=True,
-                       text=True, timeout=300)
+
+
+def _same_files(a: Path, b: Path) -> None:
+    for name in ("targets_train.bin", "targets_val.bin"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    meta_a, meta_b = (json.loads((p / "meta.json").read_text()) for p in (a, b))
+    assert meta_a == meta_b
+
+
+def test_two_processes_write_the_one_process_cache(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path],
+                                                   full_cache: Path) -> None:
+    """extract-concepts under torchrun (2 gloo processes): each round's batches are split between the ranks and rank
+    0 writes them, so the files are the one-process files byte for byte."""
+    r = subprocess.run([*TORCHRUN, "-m", "cocomix", *_extract_args(store_dir, parts), "--out", str(tmp_path / "two")],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('"complete"') == 1 and json.loads(r.stdout)["complete"]  # rank 0 alone prints
     assert r.stderr.count("cocomix: warning: --sae: the SAE leaves") == 1  # ... and warns (the random test SAE)
+    _same_files(tmp_path / "two", full_cache)
 
-    def same_files(a: Path, b: Path) -> None:
-        for name in ("targets_train.bin", "targets_val.bin"):
-            assert (a / name).read_bytes() == (b / name).read_bytes(), name
-        meta_a, meta_b = (json.loads((p / "meta.json").read_text()) for p in (a, b))
-        assert meta_a == meta_b
 
-    same_files(tmp_path / "two", full_cache)
+@pytest.mark.slow  # ~50 s on 2 cores: three torchrun launches (`make test-slow`)
+def test_a_stopped_two_process_extraction_resumes_on_one(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path],
+                                                         full_cache: Path) -> None:
+    """A 2-process extraction stopped after 13 windows (a round cut short: rank 1 gets one window of it), or by a
+    SIGTERM on rank 1 alone, resumes in one process to the one-process files; a lock rank 0 cannot take stops every
+    rank with one line."""
+    args = _extract_args(store_dir, parts)
     script = tmp_path / "partial.py"
     script.write_text(PARTIAL_UNDER_TORCHRUN)
 
     def partial(out: Path, windows: int, signal_rank: int) -> str:
-        r = subprocess.run([*torchrun, str(script), str(store_dir), str(out), str(parts[0]), str(parts[1]),
+        r = subprocess.run([*TORCHRUN, str(script), str(store_dir), str(out), str(parts[0]), str(parts[1]),
                             str(windows), str(signal_rank)], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
         assert r.returncode == 0, r.stderr[-3000:]
@@ -729,13 +742,13 @@ def test_two_processes_write_the_one_process_cache_and_a_stopped_one_resumes_on_
     for out in ("resumed", "signalled"):
         r = run_cli(*args, "--out", str(tmp_path / out))
         assert r.returncode == 0, r.stderr[-2000:]
-        same_files(tmp_path / out, full_cache)
+        _same_files(tmp_path / out, full_cache)
     # rank 0 cannot lock the folder (another writer holds it): every rank stops with a one-line error, none waits
     from cocomix.train.guard import RunLock
 
     held = RunLock(tmp_path / "held")
     try:
-        r = subprocess.run([*torchrun, "-m", "cocomix", *args, "--out", str(tmp_path / "held")], capture_output=True,
+        r = subprocess.run([*TORCHRUN, "-m", "cocomix", *args, "--out", str(tmp_path / "held")], capture_output=True,
                            text=True, timeout=300)
     finally:
         held.release()
@@ -753,8 +766,8 @@ def test_describe_concepts_under_torchrun_finds_what_one_process_finds(store_dir
             "--device", "cpu"]
     one = run_cli(*args, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                        "cocomix", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*TORCHRUN, "-m", "cocomix", *args, "--out", str(tmp_path / "two")], capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('"report"') == 1 and r.stderr.count("the SAE leaves") == 1  # rank 0 alone reports
     a, b = (json.loads((tmp_path / d / "concepts.json").read_text()) for d in ("one", "two"))

@@ -23,14 +23,19 @@ def test_full_demo_writes_the_report(tmp_path: Path) -> None:
 
 def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every stage of `make demo` (prepare, teacher, SAE, targets, both students, report), 30 steps each, on a
-    small text corpus instead of the 1.3M-token Shakespeare one."""
+    """Every stage of `make demo` (prepare, teacher, SAE, targets, both students, report), 15 or 20 steps, on a
+    small text corpus instead of the 1.3M-token Shakespeare one, and a steering metric of 2 concepts × 4 prompts
+    × 8 tokens instead of 5 × 24 × 32."""
+    import cocomix.demo
+
+    monkeypatch.setattr(cocomix.demo, "STEER_EVAL", {"n_prompts": 4, "prompt_len": 16, "max_new_tokens": 8,
+                                                     "n_concepts": 2})
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(30):
         (docs / f"doc{i:02d}.txt").write_text("\n".join(f"{LINES[(i + j) % len(LINES)]} {i * j % 11}"
                                                         for j in range(80)))
-    steps = {"teacher": 30, "sae": 30, "student": 30}
+    steps = {"teacher": 15, "sae": 15, "student": 20}
     result = run_demo(tmp_path / "data", tmp_path / "run", steps=steps, source=f"text:{docs}")
     out = tmp_path / "run"
     for f in ("report.md", "loss_vs_tokens.png", "loss_vs_flops.png", "compare.md", "concepts/concepts.md",
@@ -51,9 +56,7 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     vocab = json.loads((tmp_path / "data" / "meta.json").read_text())["vocab_size"]
     assert all(math.isfinite(v) and v < math.log(vocab) for v in result["val_loss"].values())  # learnt something
     # everything reused (the report, which is rebuilt from the runs every time, is replaced by a recorder here)
-    import cocomix.demo
-
-    seen: dict = {}
+    real_report, seen = cocomix.demo.write_report, {}
 
     def report(data, out, runs, seconds, reused, steps, source):  # noqa: ANN001, ANN202
         seen.update(seconds=dict(seconds), reused=list(reused), runs=runs)
@@ -66,13 +69,13 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     # a reused stage's time is the one measured when it ran
     assert all(seen["seconds"][k] == again["stage_seconds"][k] == result["stage_seconds"][k] for k in trained)
     assert json.loads((out / "demo_result.json").read_text())["reused_stages"] == again["reused_stages"]
-    monkeypatch.undo()
+    monkeypatch.setattr(cocomix.demo, "write_report", real_report)
     # a longer teacher into the same folder would sit next to the SAE and targets of the short one: refused
-    with pytest.raises(CocomixError, match="teacher_steps 30 -> 40"):
+    with pytest.raises(CocomixError, match="teacher_steps 15 -> 40"):
         run_demo(tmp_path / "data", out, steps={**steps, "teacher": 40}, source=f"text:{docs}")
     # a finished student with other settings is not reported as this one
     with pytest.raises(CocomixError, match="ntp: holds a finished run this demo cannot reuse"):
-        run_demo(tmp_path / "data", out, steps={**steps, "student": 20}, source=f"text:{docs}")
+        run_demo(tmp_path / "data", out, steps={**steps, "student": 10}, source=f"text:{docs}")
     # nor is a token store prepared from another corpus trained on
     with pytest.raises(CocomixError, match="holds a token store prepared from"):
         run_demo(tmp_path / "data", tmp_path / "other", steps=steps, source="shakespeare")

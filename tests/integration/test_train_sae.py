@@ -304,44 +304,58 @@ dd.teardown(ctx)
 """
 
 
-def test_two_processes_take_the_one_process_steps_and_a_stopped_run_resumes_on_one(
-        store_dir: Path, teacher_dir: Path, tmp_path: Path) -> None:
-    """train-sae under torchrun (2 gloo processes): the ranks share each chunk's teacher batches and each step's
-    rows and sum their gradients, so they follow the one-process run (equal up to the order of float sums: the
-    logged FVU within 1e-5, weights within 1e-5); rank 0 alone writes and prints. A SIGTERM on rank 1 alone
-    stops both after a checkpoint, which one process resumes to the same SAE."""
-    cfg = _cfg(store_dir, teacher_dir, steps=24, checkpoint_every=8, log_every=4)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _sae_flags(store_dir: Path, teacher_dir: Path) -> list[str]:
     settings = {**SMALL, "steps": 24, "checkpoint_every": 8, "log_every": 4, "teacher": teacher_dir,
                 "teacher_layer": 1, "data": store_dir, "device": "cpu"}
-    flags = [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+
+
+def _train_fvu(out: Path) -> list[float]:
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [e["fvu"] for e in events if e["kind"] == "train"]
+
+
+def _close_to(one: Path, out: Path) -> None:
+    """`out` followed the run in `one`: the logged FVU, the weights (up to the order of float sums) and summary."""
+    assert _train_fvu(out) == pytest.approx(_train_fvu(one), rel=1e-5)
+    a, b = _weights(one), _weights(out)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
+    summaries = [json.loads((p / "summary.json").read_text()) for p in (one, out)]
+    assert summaries[1]["fvu"] == pytest.approx(summaries[0]["fvu"], rel=1e-5)
+    assert summaries[1]["dead_fraction"] == summaries[0]["dead_fraction"]
+
+
+def test_two_processes_take_the_one_process_steps(store_dir: Path, teacher_dir: Path, tmp_path: Path) -> None:
+    """train-sae under torchrun (2 gloo processes): the ranks share each chunk's teacher batches and each step's
+    rows and sum their gradients, so they follow the one-process run (equal up to the order of float sums: the
+    logged FVU within 1e-5, weights within 1e-5); rank 0 alone writes and prints."""
+    flags = _sae_flags(store_dir, teacher_dir)
     one = run_cli("train-sae", *flags, "--out", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    r = subprocess.run([*torchrun, "-m", "cocomix", "train-sae", *flags, "--out", str(tmp_path / "two")],
+    r = subprocess.run([*TORCHRUN, "-m", "cocomix", "train-sae", *flags, "--out", str(tmp_path / "two")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('"fvu"') == 1 and r.stderr.count("train-sae done") == 1  # rank 0 alone reports
     assert "× 2 processes" in r.stderr
+    assert len(_train_fvu(tmp_path / "two")) == 6
+    _close_to(tmp_path / "one", tmp_path / "two")
 
-    def train_fvu(out: Path) -> list[float]:
-        events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        return [e["fvu"] for e in events if e["kind"] == "train"]
 
-    def close_to_one(out: Path) -> None:
-        assert train_fvu(out) == pytest.approx(train_fvu(tmp_path / "one"), rel=1e-5)
-        a, b = _weights(tmp_path / "one"), _weights(out)
-        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-5) for k in a)
-        summaries = [json.loads((p / "summary.json").read_text()) for p in (tmp_path / "one", out)]
-        assert summaries[1]["fvu"] == pytest.approx(summaries[0]["fvu"], rel=1e-5)
-        assert summaries[1]["dead_fraction"] == summaries[0]["dead_fraction"]
-
-    assert len(train_fvu(tmp_path / "two")) == 6
-    close_to_one(tmp_path / "two")
+@pytest.mark.slow  # ~30 s on 2 cores: two torchrun launches and two runs (`make test-slow`)
+def test_a_stopped_two_process_run_resumes_on_one(store_dir: Path, teacher_dir: Path, tmp_path: Path) -> None:
+    """A SIGTERM on rank 1 alone stops both ranks after a checkpoint, which one process resumes to the SAE of an
+    uninterrupted one-process run; what rank 0 alone reads can fail there alone: every rank stops with one line."""
+    flags = _sae_flags(store_dir, teacher_dir)
+    one = run_cli("train-sae", *flags, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
     config = tmp_path / "cfg.json"
-    config.write_text(cfg.to_json())
+    config.write_text(_cfg(store_dir, teacher_dir, steps=24, checkpoint_every=8, log_every=4).to_json())
     script = tmp_path / "signalled.py"
     script.write_text(SIGNALLED_UNDER_TORCHRUN)
-    r = subprocess.run([*torchrun, str(script), str(config), str(tmp_path / "stopped")], capture_output=True,
+    r = subprocess.run([*TORCHRUN, str(script), str(config), str(tmp_path / "stopped")], capture_output=True,
                        text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -349,9 +363,8 @@ def test_two_processes_take_the_one_process_steps_and_a_stopped_run_resumes_on_o
     assert not (tmp_path / "stopped" / "sae").exists()
     resumed = run_cli("train-sae", *flags, "--out", str(tmp_path / "stopped"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    close_to_one(tmp_path / "stopped")
-    # what rank 0 alone reads can fail there alone: every rank stops with one line, none waits for it
-    r = subprocess.run([*torchrun, "-m", "cocomix", "train-sae", *flags, "--k", "8", "--out", str(tmp_path / "one")],
+    _close_to(tmp_path / "one", tmp_path / "stopped")
+    r = subprocess.run([*TORCHRUN, "-m", "cocomix", "train-sae", *flags, "--k", "8", "--out", str(tmp_path / "one")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "holds an SAE training run with other settings (k" in r.stderr, r.stderr[-3000:]
     assert "rank 1: rank 0 stopped with an error" in r.stderr
