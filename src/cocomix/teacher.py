@@ -66,6 +66,15 @@ def split_rtol(logits: torch.Tensor) -> float:
     return max(1e-4, 2 * eps)
 
 
+def check_ids(ids: torch.Tensor, min_tokens: int = 1) -> None:
+    """ConfigError unless `ids` is a (batch, tokens) tensor of integer token ids with at least `min_tokens` tokens."""
+    if not (isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] >= min_tokens
+            and not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)):
+        got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ConfigError(f"teacher: expected integer token ids of shape (batch, tokens) with at least {min_tokens} "
+                          f"token{'s' * (min_tokens != 1)}, got {got}")
+
+
 class Teacher(PerPositionGradients):
     """A frozen causal LM with a capture point at the output of block `layer`."""
 
@@ -81,7 +90,8 @@ class Teacher(PerPositionGradients):
         self._stop_at_capture = False
         self._replace: torch.Tensor | None = None
         self._armed = 0  # >0 while one of this Teacher's own forwards runs: the capture hook acts only then
-        self.blocks[layer].register_forward_hook(self._capture)
+        self._hook = self.blocks[layer].register_forward_hook(self._capture)
+        self._forwards: list[Any] = []  # while checkpointed: the blocks' own forwards (accelerate's hooks) or None
         self._split_ok: bool | None = None  # trunk + chunked head equals the whole model (checked on first use)
         # an HF model builds no KV cache here: it would hold every layer's keys and values for nothing, and blocks
         # recomputed by activation checkpointing would append theirs twice (a multimodal model keeps use_cache in
@@ -106,15 +116,29 @@ class Teacher(PerPositionGradients):
         without a graph anyway."""
         if self.checkpointed:
             return
+        self._forwards = [block.__dict__.get("forward") for block in self.blocks[self.layer + 1:]]
         for block in self.blocks[self.layer + 1:]:
             block.forward = checkpointed(block.forward)
         self.checkpointed = True
 
     def _uncheckpoint_blocks(self) -> None:
-        """Undo `checkpoint_blocks` (the batched per-position backward of a fallback does not go through it)."""
-        for block in self.blocks[self.layer + 1:]:
-            block.__dict__.pop("forward", None)
+        """Undo `checkpoint_blocks` (the batched per-position backward of a fallback does not go through it); a
+        forward set on a block before it (accelerate's device hooks) is put back."""
+        if not self.checkpointed:
+            return
+        for block, own in zip(self.blocks[self.layer + 1:], self._forwards, strict=True):
+            if own is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = own
         self.checkpointed = False
+
+    def close(self) -> None:
+        """Leave the model as it was before this Teacher: the capture hook removed, checkpointed blocks restored
+        (several Teachers on one model, e.g. a sweep over layers, each add a hook until closed)."""
+        self._hook.remove()
+        self._uncheckpoint_blocks()
+        self._leaf = None
 
     @property
     def vocab_size(self) -> int:
@@ -161,23 +185,11 @@ class Teacher(PerPositionGradients):
         return limit if learned else None
 
     def check_store(self, store: TokenStore, seq_len: int, length: str = "seq_len") -> None:
-        """ConfigError when the teacher cannot read the store's windows: ids it cannot embed or that stand for
-        other tokens (a different tokenizer), windows longer than its position table, or windows with no next
-        token to predict. `length` names the setting that gave `seq_len`, for the message."""
-        if store.vocab_size > self.vocab_size:
-            raise ConfigError(f"{store.path}: token store vocab_size {store.vocab_size} exceeds the teacher's "
-                              f"{self.vocab_size}; prepare the data with the teacher's tokenizer")
-        if seq_len < 2:
-            raise ConfigError(f"{length}: expected at least 2 tokens per window (one next-token prediction), got "
-                              f"{seq_len}")
-        limit = self.max_positions
-        if limit is not None and seq_len > limit:
-            raise ConfigError(f"{length}: {seq_len}-token windows exceed the teacher's {limit} positions; use "
-                              f"at most {limit}")
-        if self.tokenizer_source is not None:  # last: it may only warn (no tokenizer to check against)
-            from cocomix.teacher_tokenizer import check_teacher_tokenizer
+        """ConfigError when the teacher cannot read the store's windows (`teacher_tokenizer.check_teacher_store`);
+        `length` names the setting that gave `seq_len`, for the message."""
+        from cocomix.teacher_tokenizer import check_teacher_store
 
-            check_teacher_tokenizer(*self.tokenizer_source, store)
+        check_teacher_store(self, store, seq_len, length)
 
     @property
     def norm_kind(self) -> str | None:
@@ -243,6 +255,7 @@ class Teacher(PerPositionGradients):
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient); the
         forward ends there (nothing above the capture block runs)."""
+        check_ids(ids)
         self._stop_at_capture = True
         try:
             with self._capturing():
@@ -257,11 +270,13 @@ class Teacher(PerPositionGradients):
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, V), no gradient, nothing captured (KD reads the logits only: a teacher whose
         capture block's output is no (B, T, d) tensor distils all the same)."""
+        check_ids(ids)
         return _logits(self.model(ids, **self._kw))
 
     @torch.no_grad()
     def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
+        check_ids(ids)
         with self._capturing():
             logits = _logits(self.model(ids, **self._kw))
         return logits, self._take_leaf(ids).detach()
@@ -280,6 +295,7 @@ class Teacher(PerPositionGradients):
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
+        check_ids(ids, 2)  # (a next token to predict)
         if reconstruct is not None:
             if loss != "next_token":
                 raise ConfigError("gradient_at=reconstruction: needs attribution_loss=next_token (Eq. 1 runs the "
@@ -364,6 +380,9 @@ class Teacher(PerPositionGradients):
                 part = chunked_nll(trunk(one), head.weight, head.bias, one)
                 logits = _logits(self.model(one, **self._kw))  # (not captured: the hook is not armed)
                 whole = F.cross_entropy(logits[0, :-1].to(part.dtype), one[0, 1:])
+                if not bool(torch.isfinite(part) & torch.isfinite(whole)):  # (overflow): decided on a later window
+                    self._leaf = None
+                    return False
                 ok = bool(torch.isclose(part, whole, rtol=split_rtol(logits), atol=1e-5))
                 if not ok:  # a split that exists but computes another function: said, as it costs memory
                     warnings.warn(f"teacher: its final hidden states through its LM head give loss {float(part):.6g}"

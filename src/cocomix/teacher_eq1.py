@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cocomix.errors import CocomixWarning, ConfigError
+from cocomix.errors import CocomixError, CocomixWarning, ConfigError
 from cocomix.model.chunked_nll import chunked_nll
 from cocomix.model.own_position import Streams
 from cocomix.teacher_attention import Unsupported, own_position
@@ -54,6 +54,7 @@ class PerPositionGradients:
         next_token_mode: str | None
         _leaf: torch.Tensor | None
         _replace: torch.Tensor | None
+        _kw: dict[str, bool]
 
         def _can_split(self, ids: torch.Tensor) -> bool: ...
         def _split(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Linear] | None: ...
@@ -194,6 +195,9 @@ class PerPositionGradients:
                 if isinstance(e, MemoryError) or any(m in str(e) for m in ("out of memory", "can't allocate",
                                                                             "not enough memory")):  # (CPU's)
                     raise
+                if isinstance(e, CocomixError) or not isinstance(e, Unsupported) and _plain_forward_fails(self, one):
+                    self._leaf = None  # the input, the device or the architecture, not the switch: nothing decided
+                    raise
                 why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"
             else:
                 if len(streams.layers) < len(self.blocks):
@@ -226,6 +230,16 @@ class PerPositionGradients:
                               f"({why}); one backward pass per position instead (about {calls} batched "
                               f"call{'s' * (calls != 1)} per batch)", CocomixWarning, stacklevel=3)
         return self.next_token_mode == "own_position"
+
+
+def _plain_forward_fails(teacher: PerPositionGradients, one: torch.Tensor) -> bool:
+    """Whether the unswitched model fails on `one` too (ids it cannot embed, a device error)."""
+    try:
+        with torch.no_grad():
+            teacher.model(one, **teacher._kw)
+    except Exception:  # noqa: BLE001 - any failure: the switched pass's error is then not the switch's
+        return True
+    return False
 
 
 def _own_position_grad(out: torch.Tensor, leaf: torch.Tensor, seed: torch.Tensor | None,

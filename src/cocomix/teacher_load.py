@@ -52,9 +52,12 @@ def load_teacher(cls: type[Teacher], name_or_path: str | Path, layer: int, devic
         teacher.tokenizer_source = ("run", ckpt)
         teacher.run = run
         return teacher
-    if path.is_dir() and not (path / "config.json").is_file():  # not a model: say what is, not transformers'
-        from cocomix.outputs import output_kind
+    from cocomix.outputs import RUN, output_kind
 
+    if output_kind(path) == RUN:  # a run's config.json and metrics, no checkpoint: not for transformers to read
+        raise CheckpointError(f"{name_or_path}: holds a cocomix run with no checkpoint yet; give it once it has "
+                              "saved one (train.save_every), or another teacher")
+    if path.is_dir() and not (path / "config.json").is_file():  # not a model: say what is, not transformers'
         kind = output_kind(path)
         inside = sorted(p.parent.name for p in path.glob("*/config.json"))[:5]
         raise CheckpointError(f"{name_or_path}: " + (f"holds {kind}, not a teacher" if kind else

@@ -1,5 +1,8 @@
-"""Does a token store speak the teacher's tokenizer? (The teacher reads the store's ids as its own tokens: paper
-§2.1's concepts are only the teacher's if the ids mean the same text.)
+"""Can the teacher read a token store, and does the store speak its tokenizer? (The teacher reads the store's ids as
+its own tokens: paper §2.1's concepts are only the teacher's if the ids mean the same text.)
+
+`check_teacher_store(teacher, store, seq_len, length)`: ids the teacher can embed, windows its position table holds
+with a next token to predict, then the tokenizer check below.
 
 `check_teacher_tokenizer(kind, where, store)`: for a cocomix run as teacher ("run", its checkpoint), the tokenizer
 hash the run recorded must be the store's (`runs.check_tokenizer`); for a local Hugging Face folder ("hf", the
@@ -21,8 +24,27 @@ from cocomix.errors import CocomixWarning, ConfigError
 
 if TYPE_CHECKING:
     from cocomix.data.store import TokenStore
+    from cocomix.teacher import Teacher
 
 _HINT = "prepare the data with the teacher's tokenizer (cocomix prepare --tokenizer ...)"
+
+
+def check_teacher_store(teacher: Teacher, store: TokenStore, seq_len: int, length: str = "seq_len") -> None:
+    """ConfigError when `teacher` cannot read the store's windows: ids it cannot embed or that stand for other
+    tokens (a different tokenizer), windows longer than its position table, or windows with no next token to
+    predict. `length` names the setting that gave `seq_len`, for the message."""
+    if store.vocab_size > teacher.vocab_size:
+        raise ConfigError(f"{store.path}: token store vocab_size {store.vocab_size} exceeds the teacher's "
+                          f"{teacher.vocab_size}; prepare the data with the teacher's tokenizer")
+    if seq_len < 2:
+        raise ConfigError(f"{length}: expected at least 2 tokens per window (one next-token prediction), got "
+                          f"{seq_len}")
+    limit = teacher.max_positions
+    if limit is not None and seq_len > limit:
+        raise ConfigError(f"{length}: {seq_len}-token windows exceed the teacher's {limit} positions; use at most "
+                          f"{limit}")
+    if teacher.tokenizer_source is not None:  # last: it may only warn (no tokenizer to check against)
+        check_teacher_tokenizer(*teacher.tokenizer_source, store)
 
 
 def check_teacher_tokenizer(kind: str, where: Path | str, store: TokenStore) -> None:

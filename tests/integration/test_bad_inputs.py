@@ -77,6 +77,9 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
         nan_sae.W_dec[3, 1] = float("nan")
     save_saelens(nan_sae, root / "nan-sae")
     (root / "date.toml").write_text("[train]\nsteps = 3\nstart = 2024-01-01\n")
+    (root / "unsaved-run").mkdir()  # a run stopped before its first checkpoint: config.json and metrics only
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(root / "run" / name, root / "unsaved-run" / name)
     kept = ("run", "store", "ckfile-run", "nomodel-run")
     return {"root": root, "store": store, "run": root / "run", "teacher": concept_parts[0],
             "sae": concept_parts[1], "hash": {name: _tree_hash(root / name) for name in kept}}
@@ -251,6 +254,10 @@ CASES = [
     ("extract-teacher-not-a-model", ["extract-concepts", "--data", "{store}", "--teacher", "{root}/empty-docs",
                                      "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--out",
                                      "{root}/e9"], "empty-docs: neither a cocomix run nor a model folder"),
+    ("extract-teacher-a-run-before-its-first-checkpoint", ["extract-concepts", "--data", "{store}", "--teacher",
+                                                           "{root}/unsaved-run", "--teacher-layer", "1", "--sae",
+                                                           "{sae}", "--seq-len", "32", "--out", "{root}/e11"],
+     "unsaved-run: holds a cocomix run with no checkpoint yet"),
     ("extract-teacher-a-store", ["extract-concepts", "--data", "{store}", "--teacher", "{store}",
                                  "--teacher-layer", "1", "--sae", "{sae}", "--seq-len", "32", "--out",
                                  "{root}/e10"], "store: holds a token store, not a teacher"),
