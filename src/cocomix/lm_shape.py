@@ -209,7 +209,8 @@ def _setting(config: Any, name: str) -> Any:
 def _key_limits(config: Any, n_layer: int) -> tuple[int, ...]:
     """Per-block key limits (`LMShape.key_limits`) of an HF config: its `layer_types` with `sliding_window` for
     sliding blocks and `attention_chunk_size` for chunked ones (or transformers 4's `layers_block_type`, whose
-    "attention" blocks are windowed by `attention_window_size` where one is set: RecurrentGemma);
+    "attention" blocks are windowed by `attention_window_size` where one is set: RecurrentGemma; or GPT-Neo's
+    `attention_layers`, whose "local" blocks see `window_size` keys);
     `sliding_window` on every block of a config without layer types (Mistral); () where all blocks are global
     or the config does not say."""
     window = _setting(config, "sliding_window")
@@ -223,6 +224,9 @@ def _key_limits(config: Any, n_layer: int) -> tuple[int, ...]:
         if types and isinstance(local, int) and local > 0:
             types = ["sliding_attention" if kind == "attention" else kind for kind in types]
             window = local
+    neo, neo_window = _setting(config, "attention_layers"), _setting(config, "window_size")
+    if not types and isinstance(neo, (list, tuple)) and isinstance(neo_window, int) and neo_window > 0:  # GPT-Neo
+        types, window = ["sliding_attention" if kind == "local" else "full_attention" for kind in neo], neo_window
     if not isinstance(types, (list, tuple)) or len(types) != n_layer:
         return (window,) * n_layer if window and not types else ()
     out = tuple(window if kind in _WINDOWED else chunk if kind in _CHUNKED else

@@ -232,6 +232,10 @@ def test_steering_scales_the_chosen_logits_before_the_topk() -> None:
         seam.steer(torch.tensor([weakest]))  # concepts without their α
     with pytest.raises(ValueError, match=r"\(2,\), got \(1,\)"):
         seam.steer(torch.tensor([1, 2]), torch.tensor([3.0]))
+    n = seam.predictor.out_features  # indices checked when set, not at the next forward
+    for bad in ([n], [-1], [4, 4]):
+        with pytest.raises(ValueError, match=rf"^steer: expected distinct concept indices in \[0, {n - 1}\]"):
+            seam.steer(torch.tensor(bad), torch.ones(len(bad)))
 
 
 @pytest.mark.parametrize("pause_slot", ["vector", "token"])

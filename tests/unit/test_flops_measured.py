@@ -379,7 +379,9 @@ def test_blocks_without_softmax_attention_count_none() -> None:
     ({"layer_types": ["linear_attention", "mlp", "full_attention"]}, (-1, -1, 0)),  # Nemotron-H's MLP-only blocks
     ({"layers_block_type": ["recurrent", "recurrent", "attention"], "attention_window_size": 2048},
      (-1, -1, 2048)),  # transformers 4's RecurrentGemma: local attention blocks
-], ids=["mistral", "global", "llama4-chunked", "jamba-4.x", "mismatched", "nemotron-h", "recurrentgemma-4.x"])
+    ({"attention_layers": ["global", "local", "global"], "window_size": 256}, (0, 256, 0)),  # GPT-Neo
+], ids=["mistral", "global", "llama4-chunked", "jamba-4.x", "mismatched", "nemotron-h", "recurrentgemma-4.x",
+        "gpt-neo"])
 def test_key_limits_are_read_from_the_layer_types(config: dict[str, Any], want: tuple[int, ...]) -> None:
     from cocomix.lm_shape import _key_limits
 

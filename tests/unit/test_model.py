@@ -243,6 +243,22 @@ def test_a_temperature_too_small_for_fp32_samples_the_argmax() -> None:
         check_sampling(1, float("inf"), None, None)
 
 
+def test_counts_that_are_not_integers_and_an_empty_vocabulary_are_refused_before_generating() -> None:
+    """A fractional max_new_tokens or top_k, or a vocab_limit < 1 (every logit −inf), is a ConfigError up front, in
+    `generate` and `generate_ragged` alike (a ragged row never reached 2.5 new tokens and ran to the context
+    limit; greedy decoding over an empty vocabulary returned token 0)."""
+    from cocomix.model.generate_ragged import generate_ragged
+
+    model = Transformer(tiny_model_config("gpt2")).eval()
+    for kw, field in (({"max_new_tokens": 2.5}, "max_new_tokens"), ({"top_k": 2.5}, "top_k"),
+                      ({"vocab_limit": 0, "temperature": 0.0}, "vocab_limit")):
+        args = {"max_new_tokens": 3, **kw}
+        with pytest.raises(ConfigError, match=f"^{field}: expected"):
+            generate(model, torch.tensor([[1, 2]]), **args)
+        with pytest.raises(ConfigError, match=f"^{field}: expected"):
+            generate_ragged(model, [[1, 2], [3]], **args)
+
+
 def test_temperature_sharpens_or_flattens_the_distribution() -> None:
     """Logits [1, 0]: token 0 is drawn with probability σ(1/T): 0.881 at T = 0.5, 0.731 at T = 1, 0.622 at T = 2."""
     logits = torch.tensor([[1.0, 0.0]]).expand(4000, 2)

@@ -81,6 +81,11 @@ class ConceptSeam(Seam):
         if concepts is not None and (alphas is None or alphas.shape != concepts.shape):
             got = None if alphas is None else tuple(alphas.shape)
             raise ValueError(f"steer: expected alphas of the concepts' shape {tuple(concepts.shape)}, got {got}")
+        if concepts is not None:  # (index_copy would fail at the next forward, or take one of two repeats)
+            n, c = self.predictor.out_features, concepts.long()
+            outside = c.numel() > 0 and not 0 <= int(c.min()) <= int(c.max()) < n
+            if c.dim() != 1 or outside or c.unique().numel() < c.numel():
+                raise ValueError(f"steer: expected distinct concept indices in [0, {n - 1}], got {c.tolist()}")
         self._steer = None if concepts is None else (concepts.long(), alphas.float())
 
     def concept_logits(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:

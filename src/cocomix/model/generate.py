@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -49,14 +50,21 @@ def check_ids(ids: torch.Tensor, vocab_size: int, what: str = "prompt") -> None:
         raise ConfigError(f"{what}: token id {bad} is outside the model's vocabulary [0, {vocab_size})")
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+def _whole(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+                   vocab_limit: int | None = None) -> None:
     """ConfigError naming the first sampling argument outside its range."""
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens}")
+    if not _whole(max_new_tokens) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens!r}")
     if not 0.0 <= temperature < float("inf"):
         raise ConfigError(f"temperature: expected a finite number >= 0 (0 is greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"top_k: expected an integer >= 1, got {top_k}")
+    if top_k is not None and (not _whole(top_k) or top_k < 1):
+        raise ConfigError(f"top_k: expected an integer >= 1, got {top_k!r}")
+    if vocab_limit is not None and (not _whole(vocab_limit) or vocab_limit < 1):  # (every logit −inf otherwise)
+        raise ConfigError(f"vocab_limit: expected the tokenizer's size, an integer >= 1, got {vocab_limit!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p: expected a number in (0, 1], got {top_p}")
 
@@ -81,7 +89,7 @@ def generate(model: Transformer, prompt: torch.Tensor, max_new_tokens: int, temp
         raise ConfigError("prompt: expected a non-empty (B, P) tensor of integer token ids")
     check_ids(prompt, model.cfg.vocab_size)
     prompt = prompt.long()  # (B, P) the embedding takes int64 / int32 ids only (an int16 / uint8 prompt is fine too)
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_limit)
     limit = model.cfg.context_length
     if prompt.shape[1] >= limit:  # (no --max-new-tokens would do: the prompt is what to change)
         raise ConfigError(f"prompt: {prompt.shape[1]} tokens fill the model's context_length {limit} and leave no "

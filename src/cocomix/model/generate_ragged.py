@@ -44,7 +44,7 @@ def generate_ragged(model: Transformer, prompts: Sequence[Sequence[int]], max_ne
     lengths = [len(p) for p in prompts]
     if not lengths or min(lengths) == 0:
         raise ConfigError("prompts: expected at least one prompt, each of at least one token id")
-    check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_limit)
     flat = [t for p in prompts for t in p]
     if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in flat):
         raise ConfigError("prompts: expected lists of integer token ids")
