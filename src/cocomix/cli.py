@@ -180,7 +180,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.no_tokenizer and args.data is not None:
         raise CocomixError("--data: read for the tokenizer only; drop it, or drop --no-tokenizer")
     if not args.no_tokenizer:
-        tok_dir = Path(args.data or run.data.path) / "tokenizer"
+        tok_dir = Path(args.data or run.data.path).expanduser() / "tokenizer"
         if not tok_dir.is_dir():
             raise CocomixError(f"{tok_dir}: tokenizer not found; point --data at the run's token store or pass "
                                "--no-tokenizer to export the weights alone")
@@ -334,6 +334,8 @@ PATH_OPTIONS = ("out", "data", "html", "config", "run", "teacher", "sae", "conce
 
 def main(argv: Sequence[str] | None = None) -> int:
     short_warnings()
+    if "utf" not in (getattr(sys.stdout, "encoding", None) or "utf").lower() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # (a Latin-1 locale: λ, ≥ in tables, generated text)
     parser = build_parser()
     cli_parser.ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
@@ -344,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for dest in PATH_OPTIONS:  # "" is no path: read as the current folder it would be written or read there
         if getattr(args, dest, None) == "" and command.get_default(dest) != "":  # (given, not a command's default)
             command.error(f"argument --{dest.replace('_', '-')}: expected a path, got an empty string")
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value.startswith("~"):  # `--out=~/x`: the shell expands `--out ~/x` only
+            setattr(args, dest, os.path.expanduser(value))
     try:
         _check_torchrun(args.command)
         code = args.func(args)

@@ -28,7 +28,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[RunC
     """(config, method, model in eval mode, checkpoint dir) from a run directory or a checkpoint directory."""
     run_dir, ckpt = resolve_checkpoint(path)
     try:
-        verify_checkpoint(ckpt)
+        verify_checkpoint(ckpt, only=("model.safetensors", "state.json"))  # (not the optimizer state)
     except CheckpointError as e:
         others = [d for d in step_folders(run_dir / CKPT_DIR) if d != ckpt and (d / "state.json").is_file()]
         hint = (f"give another of the run's checkpoint folders instead (e.g. {others[-1]})" if others else

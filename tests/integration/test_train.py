@@ -808,6 +808,27 @@ def test_damage_past_the_first_mebibyte_of_a_checkpoint_file_is_found(tmp_path: 
         verify_checkpoint(ckpt)
 
 
+def test_loading_a_run_for_inference_checks_its_weights_not_its_optimizer_state(store_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """`load_run` (eval, generate, export, steer, a run as teacher) verifies model.safetensors and state.json
+    against the manifest and leaves optimizer.pt — twice the weights, never read there — to resume."""
+    from cocomix.runs import load_run
+
+    train(small_run(store_dir, steps=2, eval_every=0, save_every=0), tmp_path / "r", quiet=True)
+    ckpt = tmp_path / "r" / "checkpoints" / "step_0000002"
+    for name, refused in (("optimizer.pt", False), ("model.safetensors", True), ("state.json", True)):
+        original = (ckpt / name).read_bytes()
+        (ckpt / name).write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+        if refused:
+            with pytest.raises(CheckpointError, match=f"{name}: does not match its checksum"):
+                load_run(tmp_path / "r")
+        else:
+            assert load_run(tmp_path / "r")[3] == ckpt
+            r = run_cli("train", "--out", str(tmp_path / "r"), "--resume")  # resuming reads it: refused there
+            assert r.returncode == 2 and "optimizer.pt: does not match its checksum" in r.stderr, r.stderr
+        (ckpt / name).write_bytes(original)
+
+
 def test_resume_of_an_empty_out_starts_the_run_and_says_so(store_dir: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     train(small_run(store_dir, steps=1, eval_every=0, eval_batches=1), tmp_path / "new", resume=True, quiet=True)

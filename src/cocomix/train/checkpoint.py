@@ -43,8 +43,10 @@ CKPT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 
 
-def verify_checkpoint(ckpt: Path) -> None:
-    """CheckpointError when a file listed in the checkpoint's manifest is missing or differs from it."""
+def verify_checkpoint(ckpt: Path, only: tuple[str, ...] | None = None) -> None:
+    """CheckpointError when a file listed in the checkpoint's manifest (of those named in `only`, where given: a
+    model loaded for inference needs no optimizer state, twice the weights' size to read) is missing or differs
+    from it."""
     path = ckpt / MANIFEST
     if not path.is_file():  # written before manifests existed: the files must at least read as what they are
         if _says_manifest(ckpt):  # ... unless its state.json says it had one: lost (a partial copy), so damaged
@@ -59,6 +61,8 @@ def verify_checkpoint(ckpt: Path) -> None:
     if not isinstance(files, dict) or not all(isinstance(w, dict) for w in files.values()):
         raise CheckpointError(f"{path}: unreadable manifest (expected 'files' to map names to {{bytes, sha256}})")
     for name, want in files.items():
+        if only is not None and name not in only:
+            continue
         f = ckpt / name
         try:
             if not f.is_file():
