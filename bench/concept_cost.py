@@ -40,7 +40,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.repeats < 1 or args.threads < 0:
+        p.error(f"--repeats / --threads: expected repeats >= 1 and threads >= 0, got {args.repeats} and "
+                f"{args.threads}")
+    return args
 
 
 def timed(fn) -> float:

@@ -41,7 +41,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--no-per-position", action="store_true",
                    help="skip the per-position passes (T/32 backward passes: minutes on long windows)")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.repeats < 1 or args.threads < 0:
+        p.error(f"--repeats / --threads: expected repeats >= 1 and threads >= 0, got {args.repeats} and "
+                f"{args.threads}")
+    return args
 
 
 def timed(fn: Callable[[], object]) -> float:

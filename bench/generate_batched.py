@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from cocomix.errors import ConfigError
 from cocomix.methods import METHODS
 from cocomix.model import generate, generate_ragged
 from cocomix.presets import get_preset
@@ -72,10 +73,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    for flag in ("prompts", "min_len", "new", "batch_size", "repeats"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')}: expected an integer >= 1, got {getattr(args, flag)}")
+    if args.max_len < args.min_len:
+        ap.error(f"--max-len {args.max_len}: expected at least --min-len {args.min_len}")
+    try:
+        run = get_preset(args.preset)
+    except ConfigError as e:
+        ap.error(str(e))
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    run = get_preset(args.preset)
     model = METHODS[run.method](run).build_model().to(device).eval()
     if args.max_len + args.new > model.cfg.context_length:
         raise SystemExit(f"--max-len + --new exceed the preset's context_length {model.cfg.context_length}")

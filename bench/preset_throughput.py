@@ -124,15 +124,29 @@ def main() -> None:
         p.error(f"--steps {args.steps}: give at least 2 × --log-every ({2 * args.log_every}); the first logged "
                 "interval holds start-up and torch.compile and is left out of the rates")
     sys.path.insert(0, str(ROOT / "src"))
+    from cocomix.atomic import atomic_write_text
     from cocomix.data import prepare
+    from cocomix.errors import ConfigError
     from cocomix.methods import DISTILLING
     from cocomix.presets import get_preset
 
+    names = args.presets.split(",")
+    if len(set(names)) < len(names):
+        p.error(f"--presets {args.presets}: each preset once")
+    try:  # every name checked before any data is made or any preset trains
+        runs = {name: get_preset(name) for name in names}
+    except ConfigError as e:
+        p.error(str(e))
     work = Path(args.work)
-    store = work / "data"
+    store, stamp = work / "data", work / "data.json"  # the corpus size the store was made with
     if not (store / "meta.json").is_file():
         synthetic_corpus(work / "corpus", args.words)
         prepare(f"text:{work / 'corpus'}", store, tokenizer="bpe:4096", val_fraction=0.05, progress=False)
+        atomic_write_text(stamp, json.dumps({"words": args.words}))
+    made = json.loads(stamp.read_text())["words"] if stamp.is_file() else None
+    if made != args.words:
+        sys.exit(f"{store}: a token store of {made if made is not None else 'an unknown number of'} words, not "
+                 f"--words {args.words}; give another --work")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     peak = peak_tflops(args.device, args.peak_tflops)
     import torch
@@ -143,8 +157,7 @@ def main() -> None:
                 "set": args.set}
     results: dict[str, Any] = {"device": args.device, "device_name": name, "torch": torch.__version__,
                                "peak_tflops": peak, **settings, "presets": {}}
-    for name in args.presets.split(","):
-        run = get_preset(name)
+    for name, run in runs.items():
         sets = [f"data.path={store}", f"train.steps={args.steps}", f"train.device={args.device}",
                 f"train.grad_accum={args.grad_accum}", "train.eval_every=0", "train.eval_batches=1",
                 "train.save_every=0", f"train.log_every={args.log_every}",
@@ -164,13 +177,13 @@ def main() -> None:
             cmd.append("--resume")  # a rerun finishes (or just re-reads) the same run
         else:
             out.mkdir(parents=True, exist_ok=True)
-            made_with.write_text(json.dumps({**settings, "device": args.device}))
+            atomic_write_text(made_with, json.dumps({**settings, "device": args.device}))
         print(f"[preset_throughput] {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         r = subprocess.run(cmd, env=env, stdout=sys.stderr)  # stdout: this script's JSON alone
         if r.returncode != 0:
             sys.exit(f"{name}: cocomix train exited with {r.returncode}")
         results["presets"][name] = summarise(out, peak)
-    (work / "throughput.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(work / "throughput.json", json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
 

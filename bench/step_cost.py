@@ -284,13 +284,13 @@ def memory_of(name: str, args: argparse.Namespace) -> dict[str, float]:
     gc.collect()
     base = _vm("VmRSS")
     step, ids = first_step(args.seq_len, args.batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        resident = torch.cuda.memory_allocated()
+    if device.type == "cuda":  # (the --device given, not the current one: cuda:1 is not cuda:0)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
         step(ids, 0)
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
         return {"peak_mib": peak / 2**20, "step_transient_mib": (peak - resident) / 2**20}
     resident = _vm("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -312,6 +312,8 @@ def memory_subprocess(cmd: list[str], what: str) -> dict[str, Any]:
 
 def main() -> None:
     args = parse_args()
+    if args.threads < 0:
+        sys.exit(f"--threads: expected a thread count >= 1 (0: torch's default), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_of:
@@ -322,6 +324,8 @@ def main() -> None:
         sys.exit(f"--methods: expected comma-separated names from {ALL}")
     for why in filter(None, map(check_name, names)):
         sys.exit(f"--methods: {why}")
+    if len(set(names)) < len(names):  # (a repeat would be stepped twice a round, and its pairing fail at the end)
+        sys.exit(f"--methods: each method once, got {args.methods}")
     if args.warmup < 0 or args.rounds < (0 if args.memory_only else 1):
         sys.exit(f"--rounds / --warmup: expected rounds >= 1 and warmup >= 0, got {args.rounds} and {args.warmup}")
     device = torch.device(args.device)

@@ -37,3 +37,13 @@ def test_preset_throughput_trains_each_preset_and_reports_mfu(tmp_path: Path) ->
     r = subprocess.run([*cmd, "--set", "train.compile=true"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert r.returncode != 0 and "give another --work" in r.stderr and not r.stdout
+    # ... and so is one with another corpus size, whose store it would otherwise train on and report as its own
+    r = subprocess.run([*cmd[:cmd.index("--words") + 1], "9000", *cmd[cmd.index("--words") + 2:]],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "a token store of 8000 words, not --words 9000" in r.stderr, r.stderr[-2000:]
+    # a preset name that does not exist is refused before anything is made or trained
+    bad = [*cmd[:cmd.index("--presets") + 1], "tiny,tiny-cocomx", *cmd[cmd.index("--presets") + 2:]]
+    bad[bad.index("--work") + 1] = str(tmp_path / "other")
+    r = subprocess.run(bad, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "unknown preset 'tiny-cocomx'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "other").exists()

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -55,3 +57,28 @@ def test_concept_cost_times_the_targets_against_the_forward() -> None:
     out = json.loads(r.stdout)
     assert len(out["forward_ms_all"]) == len(out["targets_ms_all"]) == 2
     assert math.isfinite(out["ratio_targets_over_forward"]) and out["ratio_targets_over_forward"] > 0
+
+
+
+def test_arguments_that_would_fail_after_the_work_are_refused_before_it(monkeypatch: pytest.MonkeyPatch,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """A count of 0 (an empty median at the end), reversed lengths, a method given twice (stepped twice a round,
+    its pairing failing after every round was timed), a negative thread count: one line, no traceback (the
+    scripts run in this process: refused before any work)."""
+    import runpy
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # (step_cost imports its neighbours)
+    for script, args, said in (
+            ("eq1_gradient.py", ("--repeats", "0"), "expected repeats >= 1"),
+            ("concept_cost.py", ("--threads", "-1"), "threads >= 0"),
+            ("generate_batched.py", ("--min-len", "20", "--max-len", "10"), "--max-len 10: expected at least"),
+            ("generate_batched.py", ("--preset", "tiny-cocomx"), "unknown preset 'tiny-cocomx'"),
+            ("step_cost.py", ("--shape", "tiny", "--methods", "ntp,cocomix,ntp", "--no-memory"),
+             "--methods: each method once"),
+            ("step_cost.py", ("--shape", "tiny", "--threads", "-1"), "--threads: expected a thread count >= 1")):
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        with pytest.raises(SystemExit) as exc:
+            runpy.run_path(str(ROOT / "bench" / script), run_name="__main__")
+        code = exc.value.code  # argparse's usage and error on stderr, or SystemExit(message) (printed at exit)
+        text = capsys.readouterr().err + (code if isinstance(code, str) else "")
+        assert code not in (0, None) and said in text.strip().splitlines()[-1], (script, text)  # (after usage)
