@@ -140,13 +140,17 @@ def main() -> None:
     work = Path(args.work)
     store, stamp = work / "data", work / "data.json"  # the corpus size the store was made with
     if not (store / "meta.json").is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, json.dumps({"words": args.words}))  # first: a store is never left without it
         synthetic_corpus(work / "corpus", args.words)
         prepare(f"text:{work / 'corpus'}", store, tokenizer="bpe:4096", val_fraction=0.05, progress=False)
+    elif not stamp.is_file():  # a --work from before the stamp: its runs' own records say what it was made with
+        print(f"[preset_throughput] {stamp}: missing; taking the store as made with --words {args.words}",
+              file=sys.stderr)
         atomic_write_text(stamp, json.dumps({"words": args.words}))
-    made = json.loads(stamp.read_text())["words"] if stamp.is_file() else None
+    made = json.loads(stamp.read_text())["words"]
     if made != args.words:
-        sys.exit(f"{store}: a token store of {made if made is not None else 'an unknown number of'} words, not "
-                 f"--words {args.words}; give another --work")
+        sys.exit(f"{store}: a token store of {made} words, not --words {args.words}; give another --work")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     peak = peak_tflops(args.device, args.peak_tflops)
     import torch

@@ -21,7 +21,10 @@ def is_num(v: Any) -> bool:
     """A finite int or float, not a bool (nor an int too large for a float: math.isfinite would overflow)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
-    return math.isfinite(v) if isinstance(v, float) else abs(v) < 2 ** 1024
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def check(cond: bool, name: str, expected: str, value: Any) -> None:

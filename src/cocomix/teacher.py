@@ -66,13 +66,15 @@ def split_rtol(logits: torch.Tensor) -> float:
     return max(1e-4, 2 * eps)
 
 
-def check_ids(ids: torch.Tensor, min_tokens: int = 1) -> None:
-    """ConfigError unless `ids` is a (batch, tokens) tensor of integer token ids with at least `min_tokens` tokens."""
+def check_ids(ids: torch.Tensor, min_tokens: int = 1) -> torch.Tensor:
+    """`ids` as int64 (what embeddings and the next-token loss take), or a ConfigError unless it is a (batch, tokens)
+    tensor of integer token ids with at least `min_tokens` tokens."""
     if not (isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] >= min_tokens
             and not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool)):
         got = f"{ids.dtype} of shape {tuple(ids.shape)}" if isinstance(ids, torch.Tensor) else type(ids).__name__
         raise ConfigError(f"teacher: expected integer token ids of shape (batch, tokens) with at least {min_tokens} "
                           f"token{'s' * (min_tokens != 1)}, got {got}")
+    return ids.long()
 
 
 class Teacher(PerPositionGradients):
@@ -135,7 +137,8 @@ class Teacher(PerPositionGradients):
 
     def close(self) -> None:
         """Leave the model as it was before this Teacher: the capture hook removed, checkpointed blocks restored
-        (several Teachers on one model, e.g. a sweep over layers, each add a hook until closed)."""
+        (several Teachers on one model, e.g. a sweep over layers, each add a hook until closed; checkpointing ones
+        are closed last first, as each restores the forwards it found)."""
         self._hook.remove()
         self._uncheckpoint_blocks()
         self._leaf = None
@@ -255,7 +258,7 @@ class Teacher(PerPositionGradients):
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient); the
         forward ends there (nothing above the capture block runs)."""
-        check_ids(ids)
+        ids = check_ids(ids)
         self._stop_at_capture = True
         try:
             with self._capturing():
@@ -270,13 +273,13 @@ class Teacher(PerPositionGradients):
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, V), no gradient, nothing captured (KD reads the logits only: a teacher whose
         capture block's output is no (B, T, d) tensor distils all the same)."""
-        check_ids(ids)
+        ids = check_ids(ids)
         return _logits(self.model(ids, **self._kw))
 
     @torch.no_grad()
     def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
-        check_ids(ids)
+        ids = check_ids(ids)
         with self._capturing():
             logits = _logits(self.model(ids, **self._kw))
         return logits, self._take_leaf(ids).detach()
@@ -295,7 +298,7 @@ class Teacher(PerPositionGradients):
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
-        check_ids(ids, 2)  # (a next token to predict)
+        ids = check_ids(ids, 2)  # (a next token to predict)
         if reconstruct is not None:
             if loss != "next_token":
                 raise ConfigError("gradient_at=reconstruction: needs attribution_loss=next_token (Eq. 1 runs the "
@@ -380,7 +383,7 @@ class Teacher(PerPositionGradients):
                 part = chunked_nll(trunk(one), head.weight, head.bias, one)
                 logits = _logits(self.model(one, **self._kw))  # (not captured: the hook is not armed)
                 whole = F.cross_entropy(logits[0, :-1].to(part.dtype), one[0, 1:])
-                if not bool(torch.isfinite(part) & torch.isfinite(whole)):  # (overflow): decided on a later window
+                if not bool(torch.isfinite(whole)):  # (the model's own loss overflowed): decided on a later window
                     self._leaf = None
                     return False
                 ok = bool(torch.isclose(part, whole, rtol=split_rtol(logits), atol=1e-5))

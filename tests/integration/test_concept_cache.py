@@ -707,21 +707,33 @@ def _same_files(a: Path, b: Path) -> None:
 def test_two_processes_write_the_one_process_cache(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path],
                                                    full_cache: Path) -> None:
     """extract-concepts under torchrun (2 gloo processes): each round's batches are split between the ranks and rank
-    0 writes them, so the files are the one-process files byte for byte."""
+    0 writes them, so the files are the one-process files byte for byte; a failure on rank 0 alone stops every
+    rank (`on_main_rank`), none waits."""
     r = subprocess.run([*TORCHRUN, "-m", "cocomix", *_extract_args(store_dir, parts), "--out", str(tmp_path / "two")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('"complete"') == 1 and json.loads(r.stdout)["complete"]  # rank 0 alone prints
     assert r.stderr.count("cocomix: warning: --sae: the SAE leaves") == 1  # ... and warns (the random test SAE)
     _same_files(tmp_path / "two", full_cache)
+    args = _extract_args(store_dir, parts)
+    # rank 0 cannot lock the folder (another writer holds it): every rank stops with a one-line error, none waits
+    from cocomix.train.guard import RunLock
+
+    held = RunLock(tmp_path / "held")
+    try:
+        r = subprocess.run([*TORCHRUN, "-m", "cocomix", *args, "--out", str(tmp_path / "held")], capture_output=True,
+                           text=True, timeout=300)
+    finally:
+        held.release()
+    assert r.returncode != 0 and "another cocomix process is writing this directory" in r.stderr
+    assert "rank 1: rank 0 stopped with an error" in r.stderr
 
 
-@pytest.mark.slow  # ~50 s on 2 cores: three torchrun launches (`make test-slow`)
+@pytest.mark.slow  # ~40 s on 2 cores: two torchrun launches (`make test-slow`)
 def test_a_stopped_two_process_extraction_resumes_on_one(store_dir: Path, tmp_path: Path, parts: tuple[Path, Path],
                                                          full_cache: Path) -> None:
     """A 2-process extraction stopped after 13 windows (a round cut short: rank 1 gets one window of it), or by a
-    SIGTERM on rank 1 alone, resumes in one process to the one-process files; a lock rank 0 cannot take stops every
-    rank with one line."""
+    SIGTERM on rank 1 alone, resumes in one process to the one-process files."""
     args = _extract_args(store_dir, parts)
     script = tmp_path / "partial.py"
     script.write_text(PARTIAL_UNDER_TORCHRUN)
@@ -743,17 +755,6 @@ def test_a_stopped_two_process_extraction_resumes_on_one(store_dir: Path, tmp_pa
         r = run_cli(*args, "--out", str(tmp_path / out))
         assert r.returncode == 0, r.stderr[-2000:]
         _same_files(tmp_path / out, full_cache)
-    # rank 0 cannot lock the folder (another writer holds it): every rank stops with a one-line error, none waits
-    from cocomix.train.guard import RunLock
-
-    held = RunLock(tmp_path / "held")
-    try:
-        r = subprocess.run([*TORCHRUN, "-m", "cocomix", *args, "--out", str(tmp_path / "held")], capture_output=True,
-                           text=True, timeout=300)
-    finally:
-        held.release()
-    assert r.returncode != 0 and "another cocomix process is writing this directory" in r.stderr
-    assert "rank 1: rank 0 stopped with an error" in r.stderr
 
 
 def test_describe_concepts_under_torchrun_finds_what_one_process_finds(store_dir: Path, tmp_path: Path,

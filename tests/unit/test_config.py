@@ -61,6 +61,7 @@ def test_out_of_range_settings_are_refused_by_name(build: Callable[[], object], 
     (lambda: ModelConfig(norm_eps=float("inf")), r"model\.norm_eps: expected a finite positive number"),
     (lambda: TrainConfig(lr="1e-3"), r"train\.lr: expected a finite positive number, got '1e-3'"),
     (lambda: TrainConfig(lr=10**400), r"train\.lr: expected a finite positive number, got 1000"),  # (no float)
+    (lambda: TrainConfig(lr=2**1024 - 1), r"train\.lr: expected a finite positive number"),  # rounds up to 2**1024
     (lambda: ModelConfig(dropout=None), r"model\.dropout: expected a value in \[0, 1\), got None"),
     (lambda: TrainConfig(device=None), r"train\.device: expected auto, cpu, cuda or cuda:N, got None"),
     (lambda: TrainConfig(device="cudax"), r"train\.device"),

@@ -96,8 +96,10 @@ def test_bad_ids_are_one_line_errors_and_decide_nothing() -> None:
         teacher.residual_and_grad(bad, "next_token")
     assert teacher.next_token_mode is None and teacher.checkpointed and teacher._leaf is None
     bad[0, 3] = 5
-    teacher.residual_and_grad(bad, "next_token")
+    want = teacher.residual_and_grad(bad, "next_token")  # int32 ids too: taken as int64, the same gradient
     assert teacher.next_token_mode == "own_position"
+    assert torch.equal(teacher.residual_and_grad(bad.int(), "next_token").grad, want.grad)
+    assert torch.equal(teacher.hidden(bad.to(torch.int16)), teacher.hidden(bad))
 
 
 def test_a_non_finite_first_window_leaves_the_split_undecided() -> None:
