@@ -66,7 +66,7 @@ def split_rtol(logits: torch.Tensor) -> float:
     return max(1e-4, 2 * eps)
 
 
-def check_ids(ids: torch.Tensor, min_tokens: int = 1) -> torch.Tensor:
+def as_token_ids(ids: torch.Tensor, min_tokens: int = 1) -> torch.Tensor:
     """`ids` as int64 (what embeddings and the next-token loss take), or a ConfigError unless it is a (batch, tokens)
     tensor of integer token ids with at least `min_tokens` tokens."""
     if not (isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] >= min_tokens
@@ -258,7 +258,7 @@ class Teacher(PerPositionGradients):
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> residual stream (B, T, d_con) at the output of block teacher_layer (no gradient); the
         forward ends there (nothing above the capture block runs)."""
-        ids = check_ids(ids)
+        ids = as_token_ids(ids)
         self._stop_at_capture = True
         try:
             with self._capturing():
@@ -273,13 +273,13 @@ class Teacher(PerPositionGradients):
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> logits (B, T, V), no gradient, nothing captured (KD reads the logits only: a teacher whose
         capture block's output is no (B, T, d) tensor distils all the same)."""
-        ids = check_ids(ids)
+        ids = as_token_ids(ids)
         return _logits(self.model(ids, **self._kw))
 
     @torch.no_grad()
     def forward_pass(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (B, T) -> (logits (B, T, V), residual stream (B, T, d_con) at teacher_layer), no gradient."""
-        ids = check_ids(ids)
+        ids = as_token_ids(ids)
         with self._capturing():
             logits = _logits(self.model(ids, **self._kw))
         return logits, self._take_leaf(ids).detach()
@@ -298,7 +298,7 @@ class Teacher(PerPositionGradients):
         """
         if loss not in ATTRIBUTION_LOSSES:
             raise ConfigError(f"attribution_loss: expected one of {ATTRIBUTION_LOSSES}, got {loss!r}")
-        ids = check_ids(ids, 2)  # (a next token to predict)
+        ids = as_token_ids(ids, 2)  # (a next token to predict)
         if reconstruct is not None:
             if loss != "next_token":
                 raise ConfigError("gradient_at=reconstruction: needs attribution_loss=next_token (Eq. 1 runs the "

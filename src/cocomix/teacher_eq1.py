@@ -195,7 +195,7 @@ class PerPositionGradients:
                 if isinstance(e, MemoryError) or any(m in str(e) for m in ("out of memory", "can't allocate",
                                                                             "not enough memory")):  # (CPU's)
                     raise
-                if isinstance(e, CocomixError) or not isinstance(e, Unsupported) and _plain_forward_fails(self, one):
+                if isinstance(e, CocomixError) or (not isinstance(e, Unsupported) and _plain_forward_fails(self, one)):
                     self._leaf = None  # the input, the device or the architecture, not the switch: nothing decided
                     raise
                 why = str(e) if isinstance(e, Unsupported) else f"{type(e).__name__}: {e}"

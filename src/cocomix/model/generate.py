@@ -50,20 +50,21 @@ def check_ids(ids: torch.Tensor, vocab_size: int, what: str = "prompt") -> None:
         raise ConfigError(f"{what}: token id {bad} is outside the model's vocabulary [0, {vocab_size})")
 
 
-def _whole(x: object) -> bool:
+def whole_number(x: object) -> bool:
+    """An integer of any integral type (numpy's too), not a bool."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
                    vocab_limit: int | None = None) -> None:
     """ConfigError naming the first sampling argument outside its range."""
-    if not _whole(max_new_tokens) or max_new_tokens < 1:
+    if not whole_number(max_new_tokens) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens: expected an integer >= 1, got {max_new_tokens!r}")
     if not 0.0 <= temperature < float("inf"):
         raise ConfigError(f"temperature: expected a finite number >= 0 (0 is greedy), got {temperature}")
-    if top_k is not None and (not _whole(top_k) or top_k < 1):
+    if top_k is not None and (not whole_number(top_k) or top_k < 1):
         raise ConfigError(f"top_k: expected an integer >= 1, got {top_k!r}")
-    if vocab_limit is not None and (not _whole(vocab_limit) or vocab_limit < 1):  # (every logit −inf otherwise)
+    if vocab_limit is not None and (not whole_number(vocab_limit) or vocab_limit < 1):  # (every logit −inf otherwise)
         raise ConfigError(f"vocab_limit: expected the tokenizer's size, an integer >= 1, got {vocab_limit!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p: expected a number in (0, 1], got {top_p}")

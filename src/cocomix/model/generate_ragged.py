@@ -13,14 +13,13 @@ generator, so a prompt's continuation depends on its batch-mates and their order
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 
 from cocomix.errors import ConfigError
 from cocomix.model.attention import KVCache
-from cocomix.model.generate import check_ids, check_sampling, restrict_vocab, sample_next
+from cocomix.model.generate import check_ids, check_sampling, restrict_vocab, sample_next, whole_number
 from cocomix.model.transformer import Transformer
 
 
@@ -46,7 +45,7 @@ def generate_ragged(model: Transformer, prompts: Sequence[Sequence[int]], max_ne
         raise ConfigError("prompts: expected at least one prompt, each of at least one token id")
     check_sampling(max_new_tokens, temperature, top_k, top_p, vocab_limit)
     flat = [t for p in prompts for t in p]
-    if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in flat):
+    if not all(map(whole_number, flat)):
         raise ConfigError("prompts: expected lists of integer token ids")
     check_ids(torch.tensor([int(t) for t in flat]), model.cfg.vocab_size, "prompts")
     limit, longest = model.cfg.context_length, max(lengths)
