@@ -2,12 +2,14 @@
 
 A reader therefore sees either the old file or the complete new one, never a partial write. `check_out_folder`
 refuses, before a command does its work, an output folder that a file stands in the way of, whose path is not
-UTF-8 (`check_utf8_path`), or (`own=`) that holds another command's output (no paper equation).
+UTF-8 (`check_utf8_path`), or (`own=`) that holds another command's output. `reserve_file` allocates a file to be
+written through a memory map, so that a full disk is an error rather than a SIGBUS (no paper equation).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -146,3 +148,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace `path` with `text` (UTF-8) atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def reserve_file(path: str | Path, nbytes: int) -> None:
+    """Create `path` (if need be) with `nbytes` of disk allocated. A memory-mapped file made by truncating is
+    sparse: a disk that fills while it is written through the map kills the process with SIGBUS, no message,
+    where allocating up front makes a full disk an OSError (ENOSPC, naming `path`) before any work."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if os.fstat(fd).st_size < nbytes:
+            os.ftruncate(fd, nbytes)
+        if hasattr(os, "posix_fallocate"):  # (not on macOS or Windows: the file stays sparse there)
+            try:
+                os.posix_fallocate(fd, 0, nbytes)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # (a file system that cannot reserve: sparse)
+                    raise OSError(e.errno, e.strerror, str(path)) from None
+    finally:
+        os.close(fd)
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove `folders` (give them deepest first) where they are empty: the ones a failed command created."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass

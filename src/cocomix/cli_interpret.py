@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cocomix import json_text
 from cocomix.atomic import check_out_folder
 from cocomix.cli_parser import DEVICE_HELP, add_run, seed_arg, utf8_text
 from cocomix.errors import CocomixError
@@ -113,7 +114,6 @@ def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any, named: str | No
     either (a run trained before checkpoints recorded it, no --concepts), against the run's concept.sae where it
     still exists and its target cache's meta (those are read from here, and `--sae` is often given because they
     no longer name the run's SAE). Nothing found: nothing to compare."""
-    import json
 
     from cocomix.concepts.identity import sae_sha256, same_sae
     from cocomix.train.checkpoint import read_state
@@ -127,7 +127,7 @@ def _check_given_sae(path: str, run: Any, ckpt: Path, book: Any, named: str | No
             known.append((f"the run's concept.sae {c.sae}", sae_sha256(c.sae, c.teacher_layer)))
         elif c.cache and (Path(c.cache) / "meta.json").is_file():
             try:
-                meta = json.loads((Path(c.cache) / "meta.json").read_text(encoding="utf-8"))
+                meta = json_text.loads((Path(c.cache) / "meta.json").read_text(encoding="utf-8"))
                 known.append((f"the run's concept.cache {c.cache}", meta.get("sae_sha256")))
             except (OSError, ValueError, AttributeError):
                 pass  # (an unreadable cache records nothing to compare with)

@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from cocomix import json_text
 from cocomix.config import RunConfig
 from cocomix.config_checks import check
 from cocomix.errors import ConfigError
@@ -198,7 +199,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         else:
-            data = json.loads(text, object_pairs_hook=_unique_keys)  # TOML refuses a repeated key itself
+            data = json_text.loads(text, object_pairs_hook=_unique_keys)  # TOML refuses a repeated key itself
     except (ValueError, RecursionError) as e:
         raise ConfigError(f"{p}: not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
     if not isinstance(data, dict):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cocomix import json_text
 from cocomix.atomic import atomic_write_text, check_out_folder
 from cocomix.config import RunConfig
 from cocomix.data import TokenStore, prepare
@@ -164,7 +165,7 @@ def stage(name: str, done: bool, fn: Any, timings: dict[str, float | None]) -> N
 def _earlier_timings(path: Path) -> dict[str, float]:
     """Stage times an earlier run of the pipeline measured (its result JSON), to report for reused stages."""
     try:
-        old = json.loads(path.read_text(encoding="utf-8")).get("stage_seconds", {})
+        old = json_text.loads(path.read_text(encoding="utf-8")).get("stage_seconds", {})
         return {k: float(v) for k, v in old.items() if isinstance(v, (int, float))}
     except (OSError, ValueError, AttributeError):
         return {}
@@ -235,7 +236,7 @@ def _finished(run_dir: Path, run: RunConfig) -> bool:
 
 def _cache_complete(path: Path) -> bool:
     try:
-        return bool(json.loads((path / "meta.json").read_text()).get("complete"))
+        return bool(json_text.loads((path / "meta.json").read_text()).get("complete"))
     except (OSError, ValueError):
         return False
 
@@ -265,7 +266,7 @@ def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dic
     stats = describe_concepts(store, teacher, sae, seq_len, split="val", max_windows=400, progress=False)
     write_concepts(stats, store, out / "concepts", "val", seq_len)
     inspected, steer, steering = _inspect_and_steer(out, store, seq_len, teacher, sae)
-    sae_summary = json.loads((out / "teacher-sae" / "summary.json").read_text())
+    sae_summary = json_text.loads((out / "teacher-sae" / "summary.json").read_text())
     tm = read_run_config(out / "teacher").model
     coco, corpus = runs["cocomix"], "Shakespeare" if source == "shakespeare" else f"`{_cell(source)}`"
     lines = [

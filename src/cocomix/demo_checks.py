@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cocomix import json_text
 from cocomix.atomic import atomic_write_text
 from cocomix.errors import CocomixError
 
@@ -33,7 +34,7 @@ def check_made_from(out: Path, caches: list[str], sae: Path | None = None) -> No
     metas = {}
     for name in caches:
         try:
-            metas[name] = json.loads((out / name / "meta.json").read_text(encoding="utf-8"))
+            metas[name] = json_text.loads((out / name / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):  # no cache yet (or a damaged one, which its stage redoes)
             continue
         recorded[name] = metas[name].get("teacher_fingerprint") if isinstance(metas[name], dict) else None
@@ -58,7 +59,7 @@ def check_stamp(out: Path, stamp: dict[str, Any]) -> None:
     made = any(p.is_dir() for p in out.iterdir()) if out.is_dir() else False  # stages are folders (a log is not)
     if path.exists() and made:  # (a stamp with no stage made after it, as a call whose data stage failed, is redone)
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
+            old = json_text.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise CocomixError(f"{path}: unreadable ({e}); remove the folder {out} to start over") from None
         if not isinstance(old, dict):
@@ -78,7 +79,7 @@ def store_ready(data: Path, source: str, tokenizer: str) -> bool:
     if data.exists() and not data.is_dir():
         raise CocomixError(f"--data {data}: a file, not a token store folder; give another --data")
     try:
-        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+        meta = json_text.loads((data / "meta.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         return False
     except (OSError, ValueError) as e:

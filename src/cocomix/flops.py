@@ -40,10 +40,10 @@ targets cost nothing at training time; `cached_targets` reports what they would 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
+from cocomix import json_text
 from cocomix.config import ModelConfig, RunConfig
 from cocomix.lm_shape import LMShape, concept_predictor, gpt2_small, recorded_teacher, teacher_shape
 from cocomix.methods import DISTILLING, PAUSING
@@ -98,7 +98,7 @@ def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:
     meta: Any = {}
     if c.cache:
         try:
-            meta = json.loads((Path(c.cache) / "meta.json").read_text())
+            meta = json_text.loads((Path(c.cache) / "meta.json").read_text())
         except (OSError, ValueError):
             meta = {}
         meta = meta if isinstance(meta, dict) else {}

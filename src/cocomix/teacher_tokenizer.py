@@ -15,11 +15,11 @@ tokenizer that cannot be read (a folder of weights only) is not checked, with a 
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cocomix import json_text
 from cocomix.errors import CocomixWarning, ConfigError
 
 if TYPE_CHECKING:
@@ -78,9 +78,9 @@ def folder_vocab(folder: Path) -> dict[str, int] | None:
 
             return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab(with_added_tokens=True)
         if (folder / "vocab.json").is_file():
-            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            vocab = json_text.loads((folder / "vocab.json").read_text(encoding="utf-8"))
             if (folder / "added_tokens.json").is_file():
-                vocab = {**vocab, **json.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))}
+                vocab = {**vocab, **json_text.loads((folder / "added_tokens.json").read_text(encoding="utf-8"))}
             return vocab if isinstance(vocab, dict) else None
     except Exception:  # noqa: BLE001 - an unreadable tokenizer is not checked; loading the model said what it could
         return None

@@ -281,6 +281,16 @@ def test_generation_options_are_read_as_lm_eval_normalises_them(cocomix_run: Pat
         assert seen[-1] == want, (kwargs, seen[-1])
     with pytest.raises(ConfigError, match=r"generation option num_beams=4 is not supported"):
         lm.generate_until([SimpleNamespace(args=("To be", {"num_beams": 4, "max_gen_toks": 2}))])
+    # an option of the wrong type is refused, not converted into another request (3.9 tokens, "false" as true)
+    for bad, said in [({"max_gen_toks": "lots"}, "max_gen_toks='lots': expected an integer"),
+                      ({"max_gen_toks": None, "max_new_tokens": 3.9}, "max_new_tokens=3.9: expected an integer"),
+                      ({"max_gen_toks": True}, "max_gen_toks=True: expected an integer"),
+                      ({"do_sample": "false"}, "do_sample='false': expected true or false"),
+                      ({"do_sample": True, "temperature": "hot"}, "temperature='hot': expected a number"),
+                      ({"do_sample": True, "top_p": "x"}, "top_p='x': expected a number"),
+                      ({"do_sample": True, "top_k": 2.5}, "top_k=2.5: expected an integer")]:
+        with pytest.raises(ConfigError, match=re.escape(f"--tasks: generation option {said}")):
+            lm.generate_until([SimpleNamespace(args=("To be", {"max_gen_toks": 2, **bad}))])
     # the stop strings end a row as soon as its decoded new text holds one (`generate_ragged`'s `stop`)
     stops = []
     monkeypatch.setattr(cm, "generate_ragged", lambda *a, **kw: stops.append(kw["stop"]) or real(*a, **kw))

@@ -448,3 +448,30 @@ def test_a_short_run_wall_clock_keeps_a_tenth(tmp_path: Path) -> None:
     longer = _run(tmp_path, "longer", "cocomix", 0, [5.1, 4.8], 1e6, steps=[3, 6])  # 12 s
     table = compare([short, longer], tmp_path / "out")["table"]
     assert "| 4.0 s |" in table and "| 12 s |" in table, table
+
+
+def test_a_compare_that_fails_leaves_no_output_folder_and_skips_a_line_nested_too_deep(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds without a shared evaluation step are refused before `--out` (and the folders above it) are made; a
+    plot that fails takes the folders it made with it; a metrics.jsonl line nested past the JSON parser's depth
+    is skipped as a damaged line, not a traceback."""
+    import cocomix.eval.compare as cmp
+
+    a = _run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.0], 1e6, steps=[100, 200])
+    b = _run(tmp_path, "ntp-seed1", "ntp", 1, [5.0, 4.0], 1e6, steps=[150, 250])
+    with pytest.raises(CocomixError, match="share no evaluation step"):
+        compare([a, b], tmp_path / "new" / "out")
+    assert not (tmp_path / "new").exists()
+    with (a / "metrics.jsonl").open("a") as fh:
+        fh.write("\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    monkeypatch.setattr(cmp, "plot", lambda groups, out, x: (out / f"loss_vs_{x}.png").write_bytes(b"") or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        compare([a], tmp_path / "new" / "out")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "loss_vs_tokens.png").write_bytes(b"old")
+    with pytest.raises(ZeroDivisionError):
+        compare([a], tmp_path / "kept")
+    assert (tmp_path / "kept" / "loss_vs_tokens.png").exists()  # a folder given existing keeps what it held
+    monkeypatch.undo()
+    assert compare([a], tmp_path / "new" / "out")["groups"][0].final()[0] == pytest.approx(4.0)

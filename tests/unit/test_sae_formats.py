@@ -7,6 +7,7 @@ that format's own encode/decode written out directly. The official anchor checks
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -103,6 +104,29 @@ def test_openai_pt_saved_by_a_recent_torch_keeps_the_activation_copies(tmp_path:
     with pytest.raises(CheckpointError, match=rf"odd\.pt: activation\.k is {K + 1} but activation_state_dict\.k "
                                               rf"is {K}"):
         load_openai(tmp_path / "odd.pt")
+
+
+def test_odd_openai_contents_and_k_values_are_one_line_errors(tmp_path: Path) -> None:
+    """What a .pt may unpickle to beyond what OpenAI writes (keys that are not names, a tensor where the activation
+    copy holds an int, a tensor without values) and a TopK size that is no whole number are CheckpointErrors
+    naming the file, not a TypeError / RuntimeError from comparing them, nor an SAE of a truncated k."""
+    cases = [({0: torch.zeros(1), "zz": torch.zeros(1)}, r"unexpected entries \[0, 'zz'\]"),
+             ({"activation.k": torch.tensor([K, K])}, r"activation\.k is tensor\(\[6, 6\]\) but"),
+             ({"encoder.weight": torch.empty(C, D, device="meta")}, r"'encoder\.weight' must be .* on meta")]
+    for i, (change, said) in enumerate(cases):
+        torch.save({**_openai_sd(), **change}, tmp_path / f"odd{i}.pt")
+        with pytest.raises(CheckpointError, match=rf"odd{i}\.pt: .*{said}"):
+            load_openai(tmp_path / f"odd{i}.pt")
+    sd = {key: v for key, v in _openai_sd().items() if isinstance(v, torch.Tensor)}
+    save_file(sd, str(tmp_path / "sae.safetensors"), metadata={"format": "pt"})
+    torch.save(_openai_sd(), tmp_path / "sae.pt")
+    for path in (tmp_path / "sae.safetensors", tmp_path / "sae.pt"):
+        for k in (4.7, "4", True, 0, float(K)):
+            for load in (load_openai, load_sae):
+                with pytest.raises(CheckpointError, match=rf"sae\.\w+: k must be a whole number >= 1 \(the SAE's "
+                                                          rf"TopK size\), got {re.escape(repr(k))}"):
+                    load(path, k=k)
+    assert load_sae(tmp_path / "sae.safetensors", k=K).k == load_sae(tmp_path / "sae.pt", k=K).k == K
 
 
 def test_openai_safetensors_needs_k(tmp_path: Path) -> None:

@@ -18,13 +18,15 @@ reads), and reading a split that is not complete is an error, never the zero-fil
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from cocomix.atomic import atomic_write_text, check_out_folder
+from cocomix import json_text
+from cocomix.atomic import atomic_write_text, check_out_folder, reserve_file
 from cocomix.concepts.attribution import INVALID, check_target_options, compute_targets
 from cocomix.concepts.identity import sae_sha256, same_sae, teacher_fingerprint
 from cocomix.data import TokenStore
@@ -196,8 +198,10 @@ def _extract(store: TokenStore, out: Path, teacher: Teacher, sae: TopKSAE, signa
         if n == 0:
             continue
         path = out / f"targets_{split}.bin"
-        mm = np.memmap(path, dtype=dtype, mode="r+" if path.is_file() else "w+",
-                       shape=(n, seq_len - 1, k_attr)) if ctx.is_main else None
+        shape = (n, seq_len - 1, k_attr)
+        if ctx.is_main:
+            reserve_file(path, math.prod(shape) * np.dtype(dtype).itemsize)
+        mm = np.memmap(path, dtype=dtype, mode="r+", shape=shape) if ctx.is_main else None
         start = done[split]
         line = ProgressLine(f"extract-concepts {split}", n, start=start, enabled=progress and ctx.is_main)
         while start < n and budget > 0:
@@ -264,7 +268,7 @@ def _read_cache_meta(out: Path) -> dict[str, Any]:
 
 def _read_cache_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json_text.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable ({type(e).__name__}); delete the cache folder to extract "
                               "again") from None
@@ -346,7 +350,7 @@ class TargetCache:
             raise DataError(f"{path}: holds {kind}, not a concept cache (the folder `cocomix extract-concepts` "
                             "wrote)")
         try:
-            meta = json.loads((path / "meta.json").read_text())
+            meta = json_text.loads((path / "meta.json").read_text())
         except (OSError, ValueError) as e:
             raise DataError(f"{path / 'meta.json'}: missing or unreadable concept cache ({e})") from None
         if not isinstance(meta, dict):

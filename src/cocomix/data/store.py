@@ -9,13 +9,13 @@ atomically and `meta.json` last, so a folder with a `meta.json` is a complete st
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cocomix import json_text
 from cocomix.data.tokenizer import TextTokenizer, load_tokenizer
 from cocomix.errors import DataError
 
@@ -34,7 +34,7 @@ def _read_meta(meta_path: Path) -> dict:
     """meta.json parsed, holding every required key; DataError when it cannot be read at all (cut short,
     damaged)."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json_text.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"{meta_path}: not valid JSON ({e}); prepare the store again (streams adopted in place: "
                         f"`cocomix prepare --adopt {meta_path.parent} --tokenizer TOKENIZER` again)") from e

@@ -20,6 +20,7 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from cocomix import json_text
 from cocomix.atomic import atomic_write_text
 from cocomix.errors import DataError
 
@@ -241,7 +242,7 @@ def _eos_from_config(directory: Path) -> str | None:
         if not path.is_file():
             continue
         try:
-            eos: Any = json.loads(path.read_text(encoding="utf-8")).get("eos_token")
+            eos: Any = json_text.loads(path.read_text(encoding="utf-8")).get("eos_token")
         except (OSError, ValueError, AttributeError) as e:
             raise DataError(f"{path}: not a valid JSON object ({e})") from e
         if isinstance(eos, dict):  # AddedToken serialised as {"content": ...}
@@ -318,7 +319,7 @@ def _is_cocomix_run(path: Path) -> dict | None:
     if not ((path / "checkpoints").is_dir() or (path / "metrics.jsonl").is_file()):
         return None
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        config = json_text.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) and "method" in config and isinstance(config.get("data"), dict) else None

@@ -27,7 +27,6 @@ No paper equation.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -36,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cocomix.atomic import atomic_write_text, shown_path
+from cocomix import json_text
+from cocomix.atomic import atomic_write_text, remove_empty_folders, shown_path
 from cocomix.errors import CocomixError
 from cocomix.eval.compare_plot import plot
 from cocomix.eval.recorded_store import recorded_store
@@ -144,9 +144,9 @@ def read_run(path: str | Path) -> RunCurve:
 
 def _read_run(path: Path) -> RunCurve:
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = json_text.loads((path / "config.json").read_text())
         lines = (path / "metrics.jsonl").read_text().splitlines()
-    except (OSError, ValueError, RecursionError) as e:
+    except (OSError, ValueError) as e:
         what, run = what_is(path), f" ({path.parent.parent})" if path.parent.name == "checkpoints" else ""
         raise CocomixError(f"{path}: {what}, not a run; give a run directory{run}" if what else  # a checkpoint, ...
                            f"{path}: not a finished cocomix run (config.json / metrics.jsonl unreadable: "
@@ -154,7 +154,7 @@ def _read_run(path: Path) -> RunCurve:
     events = []
     for line in lines:
         try:
-            event = json.loads(line)
+            event = json_text.loads(line)
         except ValueError:
             continue  # a line cut by a crash
         if isinstance(event, dict):
@@ -373,17 +373,27 @@ def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None 
                          reference)
     if reference is not None and reference not in {g.label for g in groups}:
         raise CocomixError(f"--reference: {reference!r} is not one of the runs ({', '.join(g.label for g in groups)})")
+    md = table(groups, reference)  # (checks that each group's seeds share evaluation steps: before any writing)
     if before_writing is not None:
         before_writing()
     out = Path(out_dir)
+    made = [p for p in (out, *out.parents) if not p.exists()]  # folders created for it: removed again on failure
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        remove_empty_folders(made)
         raise CocomixError(f"--out {out}: cannot create the output folder ({e.strerror or e})") from None
-    md = table(groups, reference)
-    files = [plot(groups, out, "tokens"), plot(groups, out, "flops")]
-    body = ("# Run comparison\n\n" + md + "\nToken efficiency: how many fewer training tokens the run needs to "
-            "reach the reference's final validation loss (mean curves, linear interpolation between evaluations).\n"
-            "\n![validation loss vs tokens](loss_vs_tokens.png)\n\n![validation loss vs FLOPs](loss_vs_flops.png)\n")
-    atomic_write_text(out / "compare.md", body)
+    try:
+        files = [plot(groups, out, "tokens"), plot(groups, out, "flops")]
+        body = ("# Run comparison\n\n" + md + "\nToken efficiency: how many fewer training tokens the run needs "
+                "to reach the reference's final validation loss (mean curves, linear interpolation between "
+                "evaluations).\n\n![validation loss vs tokens](loss_vs_tokens.png)\n\n"
+                "![validation loss vs FLOPs](loss_vs_flops.png)\n")
+        atomic_write_text(out / "compare.md", body)
+    except BaseException:
+        if made:  # a folder made here goes again, with the plots written into it (an existing one keeps them)
+            for f in ("loss_vs_tokens.png", "loss_vs_flops.png"):
+                (out / f).unlink(missing_ok=True)
+            remove_empty_folders(made)
+        raise
     return {"table": md, "groups": groups, "files": [out / "compare.md", *files]}

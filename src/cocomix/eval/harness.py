@@ -277,10 +277,10 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
         until = kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         # lm-eval's aliases, in its priority order, and its default of 256
-        asked = next((kwargs[k] for k in _MAX_NEW_ALIASES if kwargs.get(k) is not None), DEFAULT_MAX_GEN_TOKS)
+        alias = next((k for k in _MAX_NEW_ALIASES if kwargs.get(k) is not None), None)
+        max_new = _gen_option(alias, kwargs[alias], whole=True) if alias else DEFAULT_MAX_GEN_TOKS
         for k in _MAX_NEW_ALIASES:
             kwargs.pop(k, None)
-        max_new = int(asked)
         if not 1 <= max_new < self.max_length:
             limit = self.model.cfg.context_length
             more = f", or eval --seq-len up to the model's context_length {limit}" if self.max_length < limit else ""
@@ -288,10 +288,15 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
                               f"({self._length_name} {self.max_length} must keep room for the prompt; "
                               f"set max_gen_toks in the task's generation_kwargs{more})")
         do_sample = kwargs.pop("do_sample", None)
+        if do_sample is not None and not isinstance(do_sample, bool):
+            raise ConfigError(f"--tasks: generation option do_sample={do_sample!r}: expected true or false")
         # sampling when asked, or (do_sample unset) at a temperature above 0; HF's default temperature is 1
         temperature = kwargs.pop("temperature", None)
-        temperature = float(temperature if temperature is not None else (1.0 if do_sample else 0.0))
+        temperature = (_gen_option("temperature", temperature) if temperature is not None
+                       else (1.0 if do_sample else 0.0))
         top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
+        top_k = None if top_k is None else _gen_option("top_k", top_k, whole=True)
+        top_p = None if top_p is None else _gen_option("top_p", top_p)
         for key, neutral in _NEUTRAL_GEN_KWARGS.items():
             if kwargs.get(key, neutral) == neutral:
                 kwargs.pop(key, None)
@@ -304,7 +309,7 @@ class CocomixLM(LM):  # type: ignore[misc,valid-type]
             return until, max_new, {"temperature": 0.0}
         # an unset top_k is HF generate's default of 50 (`GenerationConfig`), as lm-eval's HF model samples; 0 is off
         return until, max_new, {"temperature": temperature, "top_k": HF_TOP_K if top_k is None else (top_k or None),
-                                "top_p": None if top_p is None or float(top_p) >= 1.0 else float(top_p)}
+                                "top_p": None if top_p is None or top_p >= 1.0 else top_p}
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> CocomixLM:
@@ -370,3 +375,16 @@ def _register() -> None:
 
 
 _register()
+
+
+def _gen_option(key: str, value: Any, whole: bool = False) -> Any:
+    """A task's numeric generation option: an integer (`whole`) or a real number, else a ConfigError naming it
+    (a string, a bool or 3.9 tokens would otherwise be converted into another request than the task's)."""
+    import numbers
+
+    from cocomix.model.generate import whole_number
+
+    if not (whole_number(value) if whole else isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        raise ConfigError(f"--tasks: generation option {key}={value!r}: expected "
+                          f"{'an integer' if whole else 'a number'}")
+    return int(value) if whole else float(value)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
-from cocomix.atomic import check_out_folder, fsync_dir, fsync_folder, ordinary_mode
+from cocomix import json_text
+from cocomix.atomic import check_out_folder, fsync_dir, fsync_folder, ordinary_mode, remove_empty_folders
 from cocomix.config import ModelConfig
 from cocomix.errors import CheckpointError
 from cocomix.export.hf_names import TOKENIZER_FILES, WEIGHTS_NAME, fresh_tensor, gpt2_transposed, name_map
@@ -89,7 +91,7 @@ def _add_legacy_rope_theta(path: Path, cfg: ModelConfig) -> None:
     """A llama config.json written by transformers 5 holds RoPE's theta only in `rope_parameters`, which a
     transformers 4 release (the pyproject floor is 4.56) ignores for its default 10000: the top-level `rope_theta`
     is written too, which transformers 5 reads the same."""
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json_text.loads(path.read_text(encoding="utf-8"))
     if cfg.flavour == "llama" and "rope_theta" not in data:
         data["rope_theta"] = cfg.rope_theta
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -155,7 +157,7 @@ def _tokenizer_special_ids(tokenizer_dir: Path, vocab_size: int) -> tuple[dict[s
         p = tokenizer_dir / fname
         if p.is_file():
             try:
-                data = json.loads(p.read_text())
+                data = json_text.loads(p.read_text())
             except ValueError as e:
                 raise CheckpointError(f"{p}: not valid JSON ({e})") from None
             if isinstance(data, dict):  # (a null or "" names nothing: the other file's, or the fallback below)
@@ -176,7 +178,7 @@ def _write_tokenizer_config(path: Path, context_length: int, eos_token: str | No
     cuts to what the model can read) and `eos_token` where it named none; the store's own config, if any, keeps its
     other keys."""
     try:
-        tok_cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        tok_cfg = json_text.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except ValueError as e:
         raise CheckpointError(f"{path}: unreadable tokenizer config ({e})") from None
     tok_cfg = tok_cfg if isinstance(tok_cfg, dict) else {}
@@ -223,7 +225,7 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as e:
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise CheckpointError(f"{out}: cannot create the export folder there ({e.strerror or e})") from None
     try:
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -244,23 +246,12 @@ def export_hf(model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path
         fsync_folder(tmp)
         os.replace(tmp, out)  # atomic; replaces an empty directory, fails on a non-empty one
         fsync_dir(out.parent)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # (safetensors' writer reports a full disk as a SafetensorError)
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(made)
-        raise CheckpointError(f"{out}: export failed ({e})") from e
+        remove_empty_folders(made)
+        raise CheckpointError(f"{out}: export failed ({' '.join(str(e).split())[:200]})") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise
     return out
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove `folders` (deepest first) where they are empty."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
-
-

@@ -9,12 +9,12 @@ No paper equation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cocomix import json_text
 from cocomix.config import ModelConfig
 from cocomix.errors import CheckpointError, ConfigError
 from cocomix.export.hf_names import (
@@ -35,7 +35,7 @@ def _read_hf_config(folder: Path) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"{p}: missing (not a Hugging Face model folder)")
     try:
-        data = json.loads(p.read_text())
+        data = json_text.loads(p.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -59,7 +59,26 @@ def _llama_rope_theta(hf: dict[str, Any], where: Path) -> float:
         raise CheckpointError(f"{where}: RoPE type {rope_type!r} is not supported (only 'default')")
     if params.get("partial_rotary_factor", 1.0) != 1.0:
         raise CheckpointError(f"{where}: partial rotary embeddings are not supported")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if "rope_theta" in params:
+        return _field(params, "rope_theta", None, float, where)
+    return _field(hf, "rope_theta", 10000.0, float, where)
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+def _field(hf: dict[str, Any], key: str, default: Any, kind: type, where: Path, null_default: bool = False) -> Any:
+    """`hf[key]` (`default` when absent, or null with `null_default`) checked to be of `kind` (bool, int or
+    float: an integer is a float, a bool is neither); CheckpointError naming the field otherwise (a "false"
+    string is no false, 32.9 no width: converting them would build another model than the file's)."""
+    value = hf.get(key, default)
+    if value is None and null_default:
+        value = default
+    ok = isinstance(value, bool) if kind is bool else (
+        isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
+    if not ok:
+        raise CheckpointError(f"{where}: {key}: expected {_KINDS[kind]}, got {value!r}")
+    return kind(value)
 
 
 def model_config_from_hf(folder: str | Path) -> ModelConfig:
@@ -77,45 +96,50 @@ def model_config_from_hf(folder: str | Path) -> ModelConfig:
         if not cond:
             raise CheckpointError(f"{where}: {what} is not supported by cocomix models")
 
+    def get(key: str, default: Any, kind: type, null_default: bool = False) -> Any:
+        return _field(hf, key, default, kind, where, null_default)
+
     try:
         if kind == "gpt2":
-            d = int(hf.get("n_embd", 768))
+            d = get("n_embd", 768, int)
             need(hf.get("activation_function", "gelu_new") in GPT2_ACTIVATIONS,
                  f"activation_function={hf.get('activation_function')!r}")
             need(hf.get("scale_attn_weights", True), "scale_attn_weights=false")
             need(not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx=true")
             need(not hf.get("add_cross_attention", False), "add_cross_attention=true")
-            n_inner = hf.get("n_inner")
+            n_inner = get("n_inner", None, int) if hf.get("n_inner") is not None else None
             return ModelConfig(
-                flavour="gpt2", vocab_size=int(hf.get("vocab_size", 50257)),
-                n_layer=int(hf.get("n_layer", 12)), n_head=int(hf.get("n_head", 12)), d_model=d,
-                d_mlp=None if n_inner is None or n_inner == 4 * d else int(n_inner),
-                context_length=int(hf.get("n_positions", 1024)), dropout=float(hf.get("resid_pdrop", 0.1)),
-                bias=None, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-                norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-                init_std=float(hf.get("initializer_range", 0.02)),
+                flavour="gpt2", vocab_size=get("vocab_size", 50257, int),
+                n_layer=get("n_layer", 12, int), n_head=get("n_head", 12, int), d_model=d,
+                d_mlp=None if n_inner is None or n_inner == 4 * d else n_inner,
+                context_length=get("n_positions", 1024, int), dropout=get("resid_pdrop", 0.1, float),
+                bias=None, tie_embeddings=get("tie_word_embeddings", True, bool),
+                norm_eps=get("layer_norm_epsilon", 1e-5, float),
+                init_std=get("initializer_range", 0.02, float),
             )
         if kind == "llama":
-            d, heads = int(hf.get("hidden_size", 4096)), int(hf.get("num_attention_heads", 32))
+            d, heads = get("hidden_size", 4096, int), get("num_attention_heads", 32, int)
+            if heads < 1:
+                raise CheckpointError(f"{where}: num_attention_heads: expected an integer >= 1, got {heads}")
             need(hf.get("hidden_act", "silu") == "silu", f"hidden_act={hf.get('hidden_act')!r}")
-            kv = hf.get("num_key_value_heads") or heads
-            need(kv == heads, f"grouped-query attention (num_key_value_heads={kv} < {heads})")
-            head_dim = hf.get("head_dim") or d // heads
+            kv = get("num_key_value_heads", heads, int, null_default=True)
+            need(kv == heads, f"grouped-query attention (num_key_value_heads={kv} with {heads} heads)")
+            head_dim = get("head_dim", d // heads, int, null_default=True)
             need(head_dim * heads == d, f"head_dim={head_dim} with hidden_size={d}, heads={heads}")
-            need(int(hf.get("pretraining_tp", 1) or 1) == 1, "pretraining_tp > 1")
-            attn_bias, mlp_bias = bool(hf.get("attention_bias", False)), bool(hf.get("mlp_bias", False))
+            need(get("pretraining_tp", 1, int, null_default=True) == 1, "pretraining_tp > 1")
+            attn_bias, mlp_bias = get("attention_bias", False, bool), get("mlp_bias", False, bool)
             need(attn_bias == mlp_bias, f"attention_bias={attn_bias} with mlp_bias={mlp_bias}")
-            width = int(hf.get("intermediate_size", 11008))
+            width = get("intermediate_size", 11008, int)
             base = ModelConfig(flavour="llama", d_model=d, n_head=heads)
             return ModelConfig(
-                flavour="llama", vocab_size=int(hf.get("vocab_size", 32000)),
-                n_layer=int(hf.get("num_hidden_layers", 32)), n_head=heads, d_model=d,
+                flavour="llama", vocab_size=get("vocab_size", 32000, int),
+                n_layer=get("num_hidden_layers", 32, int), n_head=heads, d_model=d,
                 d_mlp=None if width == base.mlp_width else width,
-                context_length=int(hf.get("max_position_embeddings", 2048)),
-                dropout=float(hf.get("attention_dropout", 0.0) or 0.0), bias=True if attn_bias else None,
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=_llama_rope_theta(hf, where),
-                init_std=float(hf.get("initializer_range", 0.02)),
+                context_length=get("max_position_embeddings", 2048, int),
+                dropout=get("attention_dropout", 0.0, float, null_default=True), bias=True if attn_bias else None,
+                tie_embeddings=get("tie_word_embeddings", False, bool),
+                norm_eps=get("rms_norm_eps", 1e-6, float), rope_theta=_llama_rope_theta(hf, where),
+                init_std=get("initializer_range", 0.02, float),
             )
     except ConfigError as e:
         raise CheckpointError(f"{where}: {e}") from None
@@ -133,7 +157,7 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         files = [single]
     elif index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = json_text.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{index}: malformed index ({e})") from None
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):

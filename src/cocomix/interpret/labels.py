@@ -10,13 +10,13 @@ No paper equation.
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from cocomix import json_text
 from cocomix.errors import CocomixError, CocomixWarning
 from cocomix.shown_text import visible
 
@@ -81,7 +81,7 @@ class ConceptBook:
         if not p.is_file():
             raise CocomixError(f"--concepts {path}: no concepts.json there (give a describe-concepts output folder)")
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json_text.loads(p.read_text(encoding="utf-8"))
             latents = data["latents"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CocomixError(f"{p}: not a describe-concepts concepts.json ({type(e).__name__}: {e})") from None

@@ -7,7 +7,6 @@ Nothing here unpickles arbitrary objects: safetensors files hold tensors only, a
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from cocomix import json_text
 from cocomix.errors import CheckpointError, load_failure
 
 
@@ -50,8 +50,8 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found (expected {what})")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json_text.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # (ValueError: JSONDecodeError, UnicodeDecodeError, nesting too deep)
         raise CheckpointError(f"{path}: not valid JSON (expected {what}): {exc}") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object ({what}), got {type(data).__name__}")
@@ -69,13 +69,20 @@ def get_tensor(tensors: Mapping[str, Any], key: str, path: Path, ndim: int) -> T
         raise CheckpointError(f"{path}: missing tensor {key!r} (present: {present})")
     value = tensors[key]
     if (not isinstance(value, Tensor) or value.dtype not in SAE_DTYPES or value.ndim != ndim
-            or value.layout != torch.strided or value.numel() == 0):
+            or value.layout != torch.strided or value.numel() == 0 or value.is_meta):  # (meta: no values)
         got = (f"shape {tuple(value.shape)} {value.dtype}" + ("" if value.layout == torch.strided else
-                                                              f" {value.layout}")
+                                                              f" {value.layout}") + (" on meta" * value.is_meta)
                if isinstance(value, Tensor) else type(value).__name__)
         raise CheckpointError(f"{path}: {key!r} must be a dense, non-empty {ndim}-D tensor of float32, float64, "
                               f"float16 or bfloat16, got {got}")
     return value
+
+
+def check_k(path: str | Path, k: Any) -> None:
+    """CheckpointError unless the TopK size asked for is None (the file's) or a whole number >= 1 (4.7, "4" and
+    True are not: converting them would load another SAE than asked for)."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise CheckpointError(f"{path}: k must be a whole number >= 1 (the SAE's TopK size), got {k!r}")
 
 
 def check_shape(path: Path, key: str, value: Tensor, expected: tuple[int, ...]) -> None:

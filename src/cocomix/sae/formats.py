@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cocomix.errors import CheckpointError, ConfigError
 from cocomix.sae import saelens, sparsify
+from cocomix.sae._io import check_k
 from cocomix.sae.openai import load_openai
 from cocomix.sae.saelens import load_saelens, save_saelens
 from cocomix.sae.sparsify import hookpoint_folder, load_sparsify
@@ -31,6 +32,7 @@ def load_sae(spec: str | Path, k: int | None = None, teacher_layer: int | None =
     output (a named hook that is no block's residual output, e.g. an MLP output, is refused), and a folder of
     sparsify hookpoints resolves to the one for that layer. `layer_field` names the setting that gave
     `teacher_layer`, for the error (`train`: concept.teacher_layer)."""
+    check_k(spec, k)
     sae = _load(sae_path(spec, teacher_layer), k)
     for name, tensor in [*sae.named_parameters(), *sae.named_buffers()]:
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):  # NaN concepts, "fvu": NaN in JSON

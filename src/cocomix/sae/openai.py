@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cocomix.errors import CheckpointError
-from cocomix.sae._io import check_shape, common_dtype, get_tensor, read_safetensors, read_torch_weights
+from cocomix.sae._io import check_k, check_shape, common_dtype, get_tensor, read_safetensors, read_torch_weights
 from cocomix.sae.saelens import hook_block
 from cocomix.sae.topk import TopKSAE
 
@@ -54,7 +54,7 @@ def _from_tensors(path: Path, sd: Mapping[str, Any], k: int, normalize: bool, po
         "latent_bias": get_tensor(sd, "latent_bias", path, 1),
         "decoder.weight": get_tensor(sd, "decoder.weight", path, 2),
     }
-    extra = sorted(set(sd) - set(tensors) - set(STATISTICS) - set(NON_TENSOR) - set(ACTIVATION_COPIES))
+    extra = sorted(set(sd) - set(tensors) - set(STATISTICS) - set(NON_TENSOR) - set(ACTIVATION_COPIES), key=str)
     if extra:  # OpenAI's from_state_dict loads strictly: a tensor it does not know is another kind of model
         raise CheckpointError(f"{path}: unexpected entries {extra} (expected {WHAT}, the statistics "
                               f"{', '.join(STATISTICS)} and {', '.join(NON_TENSOR)})")
@@ -100,13 +100,14 @@ def load_openai(path: str | Path, k: int | None = None) -> TopKSAE:
 
 
 def _load_openai(path: Path, k: int | None) -> TopKSAE:
+    check_k(path, k)
     if path.suffix == ".safetensors":
         tensors = read_safetensors(path, WHAT)
         if k is None:
             raise CheckpointError(f"{path}: a safetensors OpenAI SAE stores no activation, so no TopK size; give "
                                   "its k (concept.sae_k in a run config, --sae-k on extract-concepts and "
                                   "describe-concepts)")
-        return _from_tensors(path, tensors, int(k), normalize=True, postact="relu")
+        return _from_tensors(path, tensors, k, normalize=True, postact="relu")
 
     sd = read_torch_weights(path, WHAT)
     if not isinstance(sd, Mapping):
@@ -122,11 +123,13 @@ def _load_openai(path: Path, k: int | None) -> TopKSAE:
     file_k = state["k"]
     if isinstance(file_k, bool) or not isinstance(file_k, int):
         raise CheckpointError(f"{path}: activation_state_dict.k must be an integer, got {file_k!r}")
-    if k is not None and int(k) != file_k:
+    if k is not None and k != file_k:
         raise CheckpointError(f"{path}: k={k} was given but the file's TopK has k={file_k}")
     postact = _postact(path, state.get("postact_fn", "ReLU"))
     for key, field in ACTIVATION_COPIES.items():  # a home-saved file's second copy must say the same
-        if key in sd and sd[key] != state.get(field, "ReLU" if field == "postact_fn" else None):
+        copy = sd.get(key)  # (an int or a name as written; a tensor or anything else there is no copy of them)
+        if key in sd and (type(copy) not in (int, str) or copy != state.get(field, "ReLU" if field == "postact_fn"
+                                                                           else None)):
             raise CheckpointError(f"{path}: {key} is {sd[key]!r} but activation_state_dict.{field} is "
                                   f"{state.get(field)!r}")
     # OpenAI's from_state_dict: normalize = (activation == "TopK")

@@ -11,9 +11,9 @@ No paper equation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from cocomix import json_text
 from cocomix.errors import CocomixError
 from cocomix.sae.train_config import SAETrainConfig
 
@@ -35,7 +35,7 @@ def run_inputs(cfg: SAETrainConfig) -> dict[str, object]:
 def read_inputs(out: Path) -> dict | None:
     """The inputs recorded in `out`, or None for a run that predates them (or whose record is unreadable)."""
     try:
-        recorded = json.loads((out / INPUTS).read_text(encoding="utf-8"))
+        recorded = json_text.loads((out / INPUTS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return recorded if isinstance(recorded, dict) and isinstance(recorded.get("store"), dict) else None

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from cocomix import json_text
 from cocomix.atomic import atomic_write_text
 from cocomix.data import TokenStore
 from cocomix.errors import CheckpointError, CocomixError, ConfigError, Stopped
@@ -139,10 +140,11 @@ def check_out(cfg: SAETrainConfig, out: Path) -> None:
         from cocomix.outputs import RUN, output_kind
 
         kind = output_kind(out)  # (an SAE run not finished yet looks like a model run: config, checkpoints, log)
-        if kind not in (None, RUN, "a train-sae output") or (kind == RUN and '"auxk_alpha"' not in path.read_text()):
+        text = path.read_bytes().decode("utf-8", errors="replace")  # (bytes not UTF-8: not JSON, said below)
+        if kind not in (None, RUN, "a train-sae output") or (kind == RUN and '"auxk_alpha"' not in text):
             raise CocomixError(f"{out}: holds {kind}, not an SAE training run; use another --out")
         try:
-            stored = SAETrainConfig.from_dict(json.loads(path.read_text()))
+            stored = SAETrainConfig.from_dict(json_text.loads(text))
         except (ValueError, TypeError, AttributeError, ConfigError) as e:
             raise CocomixError(f"{path}: unreadable SAE training config ({e})") from None
         recorded = read_inputs(out)  # None for a run from before inputs.json: its paths are compared as given
@@ -172,7 +174,7 @@ def _finished_report(cfg: SAETrainConfig, out: Path) -> SAEReport | None:
     if ckpt is not None and read_state(ckpt)["step"] < cfg.steps:
         return None
     try:
-        stored = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        stored = json_text.loads((out / "summary.json").read_text(encoding="utf-8"))
         return SAEReport(**{**stored, "out_dir": out})
     except (OSError, ValueError, TypeError):
         return None  # no usable summary: evaluate again

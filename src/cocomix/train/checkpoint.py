@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cocomix import json_text
 from cocomix.atomic import atomic_write_text, fsync_dir, fsync_file, fsync_folder, ordinary_mode
 from cocomix.config import RunConfig
 from cocomix.config_io import run_config
@@ -55,7 +56,7 @@ def verify_checkpoint(ckpt: Path, only: tuple[str, ...] | None = None) -> None:
         _readable_without_manifest(ckpt)
         return
     try:
-        files = json.loads(path.read_text())["files"]
+        files = json_text.loads(path.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: unreadable manifest ({type(e).__name__})") from None
     if not isinstance(files, dict) or not all(isinstance(w, dict) for w in files.values()):
@@ -78,7 +79,7 @@ def _says_manifest(ckpt: Path) -> bool:
     """Whether the checkpoint's state.json records that a manifest was written with it (every checkpoint since
     that record exists; an unreadable state.json is the manifest-less path's to report)."""
     try:
-        return json.loads((ckpt / "state.json").read_text()).get("manifest") is True
+        return json_text.loads((ckpt / "state.json").read_text()).get("manifest") is True
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -164,8 +165,8 @@ def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module | dict[str,
             fsync_file(run_dir / "metrics.jsonl")  # the log up to this step is as durable as the checkpoint
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk must not stay full of a half checkpoint
-        if isinstance(e, (OSError, RuntimeError)):  # torch's writer reports ENOSPC as a RuntimeError
-            kept = "the previous checkpoint is intact: " if (root / "latest").is_file() else ""
+        if isinstance(e, (OSError, RuntimeError, SafetensorError)):  # (ENOSPC as torch's / safetensors' writer
+            kept = "the previous checkpoint is intact: " if (root / "latest").is_file() else ""  # reports it)
             raise CheckpointWriteError(f"{final}: cannot write the checkpoint ({' '.join(str(e).split())[:200]}); "
                                        f"{kept}free space and rerun with --resume") from None
         raise
@@ -245,7 +246,7 @@ def read_state(ckpt: Path) -> dict[str, Any]:
     one its `step_N` folder names) and its other records of the types written (a damaged or edited file)."""
     path = ckpt / "state.json"
     try:
-        state = json.loads(path.read_text())
+        state = json_text.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
@@ -258,11 +259,19 @@ def read_state(ckpt: Path) -> dict[str, Any]:
         value = state.get(key)
         negative = key not in ("train_loss", "val_loss") and isinstance(value, (int, float)) and value < 0
         typed = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))  # (a loss: <0, NaN)
-        sums = value.get("sums", {}) if key == "log_interval" and isinstance(value, dict) else {}
-        if key in state and (not typed or negative or not isinstance(sums, dict)):
+        if key in state and (not typed or negative or (key == "log_interval" and not _interval_state(value))):
             raise CheckpointError(f"{path}: {key} is {value!r}, not what a checkpoint records; the checkpoint is "
                                   "damaged")
     return state
+
+
+def _interval_state(value: Any) -> bool:
+    """Whether `value` is what `IntervalMeans.state` writes (or None): a count and the sums of numbers."""
+    if value is None:
+        return True
+    count, sums = value.get("count"), value.get("sums")
+    return (isinstance(count, int) and not isinstance(count, bool) and count >= 0 and isinstance(sums, dict)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sums.values()))
 
 
 # the types of what `save_checkpoint`'s callers record in state.json (None: not known, e.g. no evaluation yet)
@@ -315,12 +324,13 @@ def read_run_config(run_dir: Path) -> RunConfig:
     if not path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
     try:
-        data = json.loads(path.read_text())
-    except (ValueError, RecursionError) as e:  # (RecursionError: nesting deeper than the parser recurses)
-        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+        data = json_text.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if isinstance(data, dict) and "auxk_alpha" in data and "model" not in data:
         raise CheckpointError(f"{run_dir}: a train-sae output (its SAE is {run_dir / 'sae'}), not a model run")
-    missing = [k for k in ("method", "model", "data", "train") if k not in data] if isinstance(data, dict) else []
+    missing = ([k for k in ("method", "model", "data", "train") if not isinstance(data.get(k), str if k == "method"
+                else dict)] if isinstance(data, dict) else [])  # (a null section would be read as its defaults)
     if missing:  # every run writes them all: defaults in their place would build another model than the weights'
         raise CheckpointError(f"{path}: no {', '.join(missing)} section; the run wrote every section, so the file "
                               "was damaged or edited (restore it)")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from cocomix import json_text
 from cocomix.atomic import atomic_write_text
 from cocomix.errors import ConfigError
 
@@ -22,10 +23,11 @@ from cocomix.errors import ConfigError
 def _step_of(line: str) -> int | None:
     """The step of one metrics.jsonl line, or None for a blank or damaged line (e.g. cut by a crash)."""
     try:
-        event = json.loads(line)
+        event = json_text.loads(line)
     except ValueError:
         return None
-    return event.get("step", 0) if isinstance(event, dict) else None
+    step = event.get("step", 0) if isinstance(event, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None  # ("5", 2.5: an edited line)
 
 
 # what a run logs into its folder, cleared when the run starts again from step 0
