@@ -26,7 +26,8 @@ activation gradients (1× its forward) when the LM loss reaches it through the c
 `none`).
 
 Targets online (CoCoMix): teacher forward + backward to `teacher_layer` (above), SAE encode 2·d_con·C and the
-attribution gather 2·k·d_con (2·d_con·C more for the pre-activation multiplier; the per-position "next_token"
+attribution gather 2·k·d_con (the pre-activation multiplier instead takes the gradient against every latent's
+decoder column, 2·d_con·C, and gathers nothing; the per-position "next_token"
 gradient costs the same: one backward pass through own-position attention, `Teacher.residual_and_grad`; a teacher
 that fails its own-position check instead repeats the backward through the blocks above `teacher_layer` per
 position, which is not counted here). `gradient_at="reconstruction"` adds a teacher forward (the first pass, on the
@@ -102,6 +103,10 @@ def config_parts(run: RunConfig) -> tuple[LMShape | None, int, str]:
         except (OSError, ValueError):
             meta = {}
         meta = meta if isinstance(meta, dict) else {}
+        if meta:  # (a record that reads but is damaged: said, not a traceback below)
+            from cocomix.concepts.cache import check_meta_types
+
+            check_meta_types(Path(c.cache) / "meta.json", meta)
     shape = recorded_teacher(meta)
     if c.sae_k:
         return shape, c.sae_k, "concept.sae_k"
@@ -154,12 +159,11 @@ def run_flops(run: RunConfig, teacher: LMShape | None = None, sae_k: int = 32) -
             out["teacher"] = lm_prefix_forward(teacher, T, c.teacher_layer)
         else:
             out["teacher"] = teacher_flops(teacher, T, c.teacher_layer, True)
-            out["sae"] += 2.0 * sae_k * d_con
             if c.gradient_at == "reconstruction":
                 out["teacher"] += lm_forward(teacher, T)
                 out["sae"] += 2.0 * d_con * c.n_latents + 2.0 * sae_k * d_con
-            if c.multiplier == "pre_activation":
-                out["sae"] += 2.0 * d_con * c.n_latents
+            # the gradient against the active latents' decoder columns, or against all of them (pre-activation)
+            out["sae"] += 2.0 * d_con * (c.n_latents if c.multiplier == "pre_activation" else sae_k)
     out["total"] = out["student"] + out["teacher"] + out["sae"]
     out["cached_targets"] = 0.0
     if run.method == "cocomix" and c.cache and c.target == "concepts" and c.lambda_concept > 0:

@@ -296,6 +296,12 @@ def recorded_teacher(meta: Mapping[str, Any]) -> LMShape | None:
         named = teacher_shape(meta["teacher"])
         if named is not None:
             return named
+    return shape_record(rec)
+
+
+def shape_record(rec: Mapping[str, Any]) -> LMShape:
+    """The LMShape a `teacher_shape` record holds; KeyError, TypeError, ValueError or AttributeError where the
+    record is malformed (a damaged or edited meta.json)."""
     seam = rec.get("seam_layer")
     return LMShape(tuple(int(p) for p in rec["block_params"]), int(rec["d_model"]), int(rec["vocab_size"]),
                    None if seam is None else int(seam), int(rec.get("seam_positions", 1)),

@@ -63,6 +63,7 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
             progress=False)  # the same text under another tokenizer
     save_saelens(TopKSAE(16, 64, 4), root / "narrow-sae")  # reads 16-wide activations; the teacher's are 32
     save_saelens(TopKSAE(32, 256, 8), root / "block1-sae", metadata={"hook_name": "blocks.1.hook_resid_post"})
+    save_saelens(TopKSAE(32, 34, 32), root / "crowded-sae")  # k = 32 of 34 latents: no room for 4 targets beside
     shutil.copytree(concept_parts[0], root / "cut-teacher")  # weights file cut in the middle of its header
     (root / "cut-teacher" / "model.safetensors").write_bytes((root / "cut-teacher" / "model.safetensors")
                                                              .read_bytes()[:6])
@@ -144,6 +145,12 @@ CASES = [
                                                   "--set", "model.vocab_size=320", "--set", "concept.teacher={teacher}",
                                                   "--set", "concept.sae={root}/block1-sae", "--out", "{root}/o21"],
      "data.seq_len: 128-token windows exceed the teacher's 64 positions; use at most 64"),
+    ("train-cocomix-sae-too-narrow", ["train", "--preset", "tiny-cocomix", "--set", "data.path={store}", "--set",
+                                      "model.vocab_size=320", "--set", "concept.teacher={teacher}", "--set",
+                                      "concept.sae={root}/crowded-sae", "--set", "concept.teacher_layer=1", "--set",
+                                      "concept.n_latents=34", "--set", "concept.sae_k=32", "--set", "data.seq_len=64",
+                                      "--out", "{root}/o21b"],
+     "concept.sae: 34 latents; targets are chosen among at least its k + concept.k_attr = 36"),
     ("train-bad-set-syntax", ["train", "--config", "{root}/run.json", "--set", "train.lr", "--out", "{root}/o18"],
      "KEY=VALUE"),
     ("cli-unknown-command", ["frobnicate"], "invalid choice"),

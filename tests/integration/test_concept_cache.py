@@ -248,6 +248,7 @@ def test_a_cache_only_run_opens_and_another_store_or_a_damaged_file_is_refused(
     import numpy as np
 
     from cocomix.config import ConceptConfig, DataConfig, RunConfig
+    from cocomix.flops import config_parts
     from cocomix.methods.cocomix import open_cache
 
     run = RunConfig(method="cocomix", model=ModelConfig(vocab_size=320, n_layer=4, n_head=2, d_model=32,
@@ -281,10 +282,18 @@ def test_a_cache_only_run_opens_and_another_store_or_a_damaged_file_is_refused(
     meta = json.loads((damaged / "meta.json").read_text())
     for key, value, said in (("windows", {"train": "806"}, "windows is {'train': '806'}, expected a count"),
                              ("windows", [1], "windows is \\[1\\]"), ("dtype", 5, "dtype is 5, expected an integer"),
-                             ("dtype", "float32", "dtype is 'float32'"), ("k_attr", "4", "k_attr is '4'")):
+                             ("dtype", "float32", "dtype is 'float32'"), ("k_attr", "4", "k_attr is '4'"),
+                             ("sae_k", "32", "sae_k is '32', expected an integer >= 1"),  # (the FLOPs count's)
+                             ("teacher_shape", {"d_model": 32}, "teacher_shape is {'d_model': 32}, expected the"),
+                             ("teacher_shape", {**meta["teacher_shape"], "block_params": 5}, "teacher_shape is")):
         (damaged / "meta.json").write_text(json.dumps({**meta, key: value}))
         with pytest.raises(DataError, match=f"meta.json: {said}.*damaged: extract it again"):
             TargetCache.open(damaged)
+        cfg = dataclasses.replace(run, concept=dataclasses.replace(run.concept, cache=str(damaged), sae_k=None))
+        with pytest.raises(DataError, match=f"meta.json: {said}.*damaged: extract it again"):
+            config_parts(cfg)  # (what `cocomix flops` counts from the cache)
+    assert config_parts(dataclasses.replace(run, concept=dataclasses.replace(run.concept, sae_k=None)))[1] == \
+        meta["sae_k"]
     (damaged / "meta.json").write_text(json.dumps({**meta, "format_version": 2}))  # a newer cocomix's cache
     with pytest.raises(DataError, match="format_version is 2; this cocomix reads concept caches of format 1 to 1"):
         TargetCache.open(damaged)

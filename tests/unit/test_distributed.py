@@ -47,11 +47,36 @@ def test_cuda_device_of_each_process_is_indexed_and_made_current(monkeypatch: py
     assert dd.setup(one, torch.device("cpu")) == torch.device("cpu") and len(current) == 2
     for visible, local_rank, want in ((8, 3, 3), (1, 3, 0)):
         monkeypatch.setattr(torch.cuda, "device_count", lambda v=visible: v)
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
         got = dd.setup(dd.DistContext(3, 4, local_rank), torch.device("cuda"))
         assert got == torch.device("cuda", want) == current[-1]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     with pytest.raises(ConfigError, match="LOCAL_RANK=5: this node shows 4 GPUs"):
         dd.setup(dd.DistContext(5, 8, 5), torch.device("cuda"))
+    # a launcher that sets no LOCAL_RANK would put a node's ranks on one GPU: said where the node shows several
+    monkeypatch.delenv("LOCAL_RANK")
+    with pytest.raises(ConfigError, match="^environment LOCAL_RANK: not set, while this node shows 4 GPUs"):
+        dd.setup(dd.DistContext(1, 2, 0), torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU shown to each process: cuda:0
+    assert dd.setup(dd.DistContext(1, 2, 0), torch.device("cuda")) == torch.device("cuda", 0)
+
+
+def test_a_process_group_without_torchruns_environment_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WORLD_SIZE > 1 without RANK or the rendezvous address: torch's env:// start would fail with a ValueError
+    traceback; said in one line before any group is joined (and before a run folder exists)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(dd.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dd.dist, "init_process_group", lambda *a, **k: pytest.fail("joined without the environment"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ctx = dd.context_from_env()
+    with pytest.raises(ConfigError, match=r"^environment RANK, MASTER_ADDR, MASTER_PORT: not set, while "
+                                          r"WORLD_SIZE=2 asks for that many processes; start them with torchrun"):
+        dd.setup(ctx, torch.device("cpu"))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(ConfigError, match=r"^environment MASTER_PORT: not set"):
+        dd.setup(ctx, torch.device("cpu"))
 
 
 def test_optimizer_state_names_become_positions() -> None:

@@ -214,14 +214,16 @@ def test_block_shapes_from_the_config_equal_the_built_model(flavour: str) -> Non
 
 def test_addition_mixing_and_the_pre_activation_multiplier_are_counted_as_they_run() -> None:
     """mixing=add keeps one position per token in the upper blocks (no interleaving); the pre-activation
-    multiplier reads every latent's score: one more dense 2·768·32768 product with the gradient."""
+    multiplier reads every latent's score: a dense 2·768·32768 product with the gradient in place of the gather of
+    the 32 active latents' decoder columns (2·32·768)."""
     run = get_preset("gpt2-69m-cocomix")
     add = run_flops(dataclasses.replace(run, concept=dataclasses.replace(run.concept, mixing="add")))
     # 8 blocks at one position over 1024 keys, LM head, concept head and compression; training × 3
     forward = 8 * (2 * 3_145_728 + 4 * 1024 * 512) + 51_463_168 + 33_587_200
     assert _close(add["student"], 3 * forward)
     pre = run_flops(dataclasses.replace(run, concept=dataclasses.replace(run.concept, multiplier="pre_activation")))
-    assert _close(pre["sae"] - run_flops(run)["sae"], 2 * 768 * 32768)
+    assert _close(pre["sae"] - run_flops(run)["sae"], 2 * 768 * 32768 - 2 * 32 * 768)
+    assert _close(pre["sae"], 2 * (2 * 768 * 32768))  # encode + the dense product
 
 
 def test_an_untied_head_and_the_concept_biases_are_active_parameters() -> None:

@@ -31,6 +31,7 @@ from cocomix.concepts.attribution import INVALID, check_target_options, compute_
 from cocomix.concepts.identity import sae_sha256, same_sae, teacher_fingerprint
 from cocomix.data import TokenStore
 from cocomix.errors import CheckpointError, ConfigError, DataError, Stopped
+from cocomix.lm_shape import LMShape, shape_record
 from cocomix.progress import ProgressLine
 from cocomix.sae.fit import check_sae_fit
 from cocomix.teacher_precision import cuda_matmul_precision
@@ -56,8 +57,6 @@ _NOT_RECORDED_BEFORE = ("train_sampled_sha256", "val_sampled_sha256")  # not com
 def _shape(teacher: Teacher) -> dict[str, Any]:
     """The teacher's `cocomix.lm_shape.LMShape` as JSON: matmul weights per block, width, output vocabulary (and a
     cocomix run's seam)."""
-    from cocomix.lm_shape import LMShape
-
     return LMShape.of_teacher(teacher).to_json()
 
 
@@ -295,7 +294,7 @@ def _check_matches(out: Path, stored: dict[str, Any], expected: dict[str, Any]) 
                               f"not {expected[key]!r} as asked here; use another cache directory")
 
 
-def _check_meta_types(where: Path, meta: Any) -> None:
+def check_meta_types(where: Path, meta: Any) -> None:
     """DataError unless a cache's meta.json has the shapes reading it relies on (a damaged or edited file)."""
     def bad(what: str) -> DataError:
         return DataError(f"{where}: {what}; the concept cache's meta.json is damaged: extract it again")
@@ -320,6 +319,14 @@ def _check_meta_types(where: Path, meta: Any) -> None:
         dtype = None
     if dtype is None or dtype.kind not in "iu":
         raise bad(f"dtype is {meta.get('dtype')!r}, expected an integer dtype name such as 'int32'")
+    sae_k, rec = meta.get("sae_k"), meta.get("teacher_shape")  # (what the FLOPs count reads; absent in old caches)
+    if sae_k is not None and (not isinstance(sae_k, int) or isinstance(sae_k, bool) or sae_k < 1):
+        raise bad(f"sae_k is {sae_k!r}, expected an integer >= 1")
+    try:
+        if rec is not None:
+            shape_record(rec)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise bad(f"teacher_shape is {str(rec)[:80]}, expected the teacher's shape as cocomix records it") from None
 
 
 class TargetCache:
@@ -361,7 +368,7 @@ class TargetCache:
                                 "reads the train split: run `cocomix extract-concepts --splits train` on it")
             raise DataError(f"{path}: concept extraction of the train split is incomplete; run `cocomix "
                             "extract-concepts` again (with train in --splits) to resume it")
-        _check_meta_types(path / "meta.json", meta)
+        check_meta_types(path / "meta.json", meta)
         _check_matches(path, meta, expect or {})
         return cls(path, meta)
 

@@ -146,6 +146,9 @@ class CoCoMix(Method):
                 self.teacher.decide_next_token(first, c.gradient_at)
         if c.k_attr > self.sae.k:
             raise ConfigError(f"concept.k_attr: at most the SAE's k={self.sae.k}, got {c.k_attr}")
+        if self.sae.n_latents < self.sae.k + c.k_attr:  # (`check_target_options`, which the first step would say)
+            raise ConfigError(f"concept.sae: {self.sae.n_latents} latents; targets are chosen among at least its "
+                              f"k + concept.k_attr = {self.sae.k + c.k_attr}")
 
     @property
     def unused_parameters(self) -> bool:

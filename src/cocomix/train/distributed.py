@@ -78,8 +78,16 @@ def setup(ctx: DistContext, device: torch.device) -> torch.device:
             device = device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         return device
+    if not dist.is_initialized():  # (torch's env:// start needs these; its own error is a traceback)
+        missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            raise ConfigError(f"environment {', '.join(missing)}: not set, while WORLD_SIZE={ctx.world_size} "
+                              "asks for that many processes; start them with torchrun, which sets these")
     if device.type == "cuda":
         visible = torch.cuda.device_count()
+        if visible > 1 and not os.environ.get("LOCAL_RANK"):  # every rank of the node would take cuda:0
+            raise ConfigError(f"environment LOCAL_RANK: not set, while this node shows {visible} GPUs; start the "
+                              "processes with torchrun, which sets it (or show each process one GPU)")
         if visible > 1 and ctx.local_rank >= visible:
             raise ConfigError(f"environment LOCAL_RANK={ctx.local_rank}: this node shows {visible} GPUs; start at "
                               f"most {visible} processes per node (--nproc_per_node)")
