@@ -210,8 +210,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _stage_steps(args: argparse.Namespace) -> dict[str, int] | None:
     """--steps for every stage of demo / experiment (None: the defaults), checked before any stage runs."""
-    if args.steps < 0:
-        raise CocomixError(f"--steps: expected a positive integer (0: the defaults), got {args.steps}")
+    if not 0 <= args.steps < 2**63:  # (a run's config holds integers up to 2**64: one it could not read back)
+        raise CocomixError(f"--steps: expected a positive integer below 2**63 (0: the defaults), got {args.steps}")
     return {"teacher": args.steps, "sae": args.steps, "student": args.steps} if args.steps else None
 
 
@@ -357,9 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CocomixError as e:
         if args.debug:
             raise
-        given = [form for v in vars(args).values() if isinstance(v, str)  # (paths the message may start with,
-                 for form in (v, str(Path(v)))]                         # as given and as a library writes them)
-        message = as_flag(" ".join(str(e).split()), parser, args.command, given)
+        values = [x for v in vars(args).values() for x in (v if isinstance(v, list) else [v]) if isinstance(x, str)]
+        given = [form for v in values for form in (v, str(Path(v)))]  # (paths the message may name, as given and
+        message = as_flag(" ".join(str(e).split()), parser, args.command, given)  # as a library writes them)
         print("cocomix: error: " + message, file=sys.stderr)  # always one line
         return 2
     except BrokenPipeError:  # `cocomix … | head`: the reader left; what it did not read is no error of ours

@@ -238,7 +238,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
 def cmd_steer_eval(args: argparse.Namespace) -> int:
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
 
-    check_out_folder(args.out, own=("a steering metric (steer-eval)",), replaces=True)  # before the evaluation
+    check_out_folder(args.out, own=("a steering metric (steer-eval)",))  # (its note once the inputs are checked)
     try:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
@@ -251,13 +251,17 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
         raise CocomixError(f"--alphas: {args.alphas!r} repeats a value; give each α once")
     alphas = sorted(alphas)  # the report's rows and the plot's lines in α order, however they were typed
     run, model, store, book, ckpt = _open(args)
+    if args.concept and args.n_concepts is not None:  # (it would be ignored: the concepts are given)
+        raise CocomixError("--n-concepts: chooses concepts when no --concept is given; give one or the other")
     cfg = SteerEvalConfig(alphas=alphas, n_prompts=args.prompts, prompt_len=args.prompt_len,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          n_concepts=args.n_concepts, seed=args.seed, teacher_check=args.teacher_check)
+                          n_concepts=5 if args.n_concepts is None else args.n_concepts, seed=args.seed,
+                          teacher_check=args.teacher_check)
     cfg.check(model.cfg.context_length)  # before the teacher and SAE are loaded and checked
     if not args.concept and not args.concepts:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
     teacher, sae = _teacher_and_sae(args, run, next(model.parameters()).device, ckpt, book)
+    check_out_folder(args.out, own=("a steering metric (steer-eval)",), replaces=True)  # before the evaluation
     result = steering_eval(model, teacher, sae, store, book, cfg, run.data.seq_len, concepts=args.concept)
     out = write_steering_report(result, args.out)
     print((out / "steering.md").read_text(encoding="utf-8"))
@@ -270,11 +274,12 @@ def cmd_compression(args: argparse.Namespace) -> int:
     from cocomix.interpret.inspect import concept_seam
     from cocomix.runs import load_run
 
-    check_out_folder(args.out, own=("a compression analysis",), replaces=True)
-    _, _, model, _ = load_run(args.run)
-    concept_seam(model)
+    check_out_folder(args.out, own=("a compression analysis",))
     if not 0 < args.threshold < float("inf"):
         raise CocomixError(f"--threshold: expected a finite number > 0, got {args.threshold}")
+    _, _, model, _ = load_run(args.run)
+    concept_seam(model)
+    check_out_folder(args.out, own=("a compression analysis",), replaces=True)  # (the note, inputs checked)
     summary = compression_report(model, args.out, args.threshold)
     print(json.dumps({**summary, "plot": str(Path(args.out) / "compression.png")}))
     return 0
@@ -322,7 +327,8 @@ def add_interpret_commands(sub: argparse._SubParsersAction) -> None:
     _common(s)
     s.add_argument("--concept", type=int, action="append", default=None,
                    help="concepts to steer (default: chosen from --concepts automatically)")
-    s.add_argument("--n-concepts", type=int, default=5, help="concepts chosen automatically")
+    s.add_argument("--n-concepts", type=int, default=None,
+                   help="concepts chosen automatically when no --concept is given (default 5)")
     s.add_argument("--alphas", default="-10,-5,0,1,5,10",
                    help="comma-separated α values; must include 0 and 1 (write --alphas=-10,0,1,10)")
     s.add_argument("--prompts", type=int, default=24, help="validation windows used as prompts")

@@ -66,10 +66,26 @@ def as_flag(message: str, parser: argparse.ArgumentParser, command: str, given: 
         candidate = "--" + name.replace("_", "-")
         return candidate if candidate in options else None
 
+    given = [g for g in given if isinstance(g, str) and g]
     name, sep, rest = message.partition(": ")
     if sep and name.replace("_", "").isalpha() and name.islower() and flag(name) and name not in given:
         message = f"{flag(name)}: {rest}"
-    return _SETTING_EQ.sub(lambda m: f"{flag(m[1])} {m[2]}" if flag(m[1]) else m[0], message)
+    kept = [(i, i + len(g)) for g in given for i in _occurrences(message, g)]  # a folder called `seed=1`
+
+    def rename(m: re.Match[str]) -> str:
+        inside = any(start <= m.start() and m.end() <= end for start, end in kept)
+        return f"{flag(m[1])} {m[2]}" if flag(m[1]) and not inside else m[0]
+
+    return _SETTING_EQ.sub(rename, message)
+
+
+def _occurrences(text: str, part: str) -> list[int]:
+    """Where `part` starts in `text`, every time."""
+    found, i = [], text.find(part)
+    while i >= 0:
+        found.append(i)
+        i = text.find(part, i + 1)
+    return found
 
 
 def warn_on_rank0_only() -> bool:

@@ -31,13 +31,18 @@ def run_config_from(args: argparse.Namespace) -> RunConfig:
     from cocomix.presets import get_preset
     from cocomix.train.checkpoint import read_run_config
 
+    given = load_config_file(args.config) if args.config else {}
+    sections = [f.name for f in dataclasses.fields(RunConfig)]
+    foreign = sorted(set(given) - set(sections))
+    if foreign and len(foreign) == len(given):  # (a misspelt section beside known ones: the field error names it)
+        raise CocomixError(f"--config {args.config}: not a cocomix run config (its fields {', '.join(foreign[:4])}"
+                           f"{', …' if len(foreign) > 4 else ''} are none of a run's: {', '.join(sections)})")
     if args.config and args.preset:  # the file's fields on top of the preset's
-        base = merge_config(get_preset(args.preset).to_dict(), load_config_file(args.config))
+        base = merge_config(get_preset(args.preset).to_dict(), given)
     elif args.config:
-        base = load_config_file(args.config)
+        base = given
         left_out = [name for name in ("method", "model", "data", "train") if name not in base]
-        foreign = set(base) - {f.name for f in dataclasses.fields(RunConfig)}  # another tool's file: refused below
-        if left_out and not foreign:
+        if left_out and not foreign:  # (another tool's file beside run fields: refused below)
             shapes = "; ".join(what for name, what in (("method", "method: ntp, the baseline"),
                                                        ("model", "model: GPT-2 124M's shapes")) if name in left_out)
             shapes = f" ({shapes})" if shapes else ""

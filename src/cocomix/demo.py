@@ -236,9 +236,10 @@ def _finished(run_dir: Path, run: RunConfig) -> bool:
 
 def _cache_complete(path: Path) -> bool:
     try:
-        return bool(json_text.loads((path / "meta.json").read_text()).get("complete"))
+        meta = json_text.loads((path / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return isinstance(meta, dict) and bool(meta.get("complete"))  # (anything else: extracted again)
 
 
 def write_report(data: Path, out: Path, runs: dict[str, RunConfig], timings: dict[str, float], reused: list[str],

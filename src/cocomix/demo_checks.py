@@ -78,9 +78,16 @@ def store_ready(data: Path, source: str, tokenizer: str) -> bool:
     store prepared from something else is an error rather than silently trained on."""
     if data.exists() and not data.is_dir():
         raise CocomixError(f"--data {data}: a file, not a token store folder; give another --data")
+    from cocomix.data.store import INCOMPLETE, TOKENIZER_DIR
+
     try:
         meta = json_text.loads((data / "meta.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
+        streams = [n for n in ("train.bin", "val.bin", TOKENIZER_DIR) if (data / n).exists()]
+        if streams and not (data / INCOMPLETE).exists():  # nanoGPT's streams, say: never replaced unasked (and
+            # prepare's own refusal would name its --out and --overwrite, not the demo's)
+            raise CocomixError(f"--data {data}: holds {', '.join(streams)} but no meta.json, so not a cocomix token "
+                               "store; give another --data") from None
         return False
     except (OSError, ValueError) as e:
         raise CocomixError(f"{data / 'meta.json'}: unreadable ({e}); remove {data} to prepare it again") from None

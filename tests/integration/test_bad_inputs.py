@@ -42,6 +42,7 @@ def world(store_dir: Path, concept_parts: tuple[Path, Path], tmp_path_factory: p
     (root / "bad.json").write_text("{not json")
     (root / "wrongtype.json").write_text(json.dumps({**json.loads(run.to_json()), "train": {"steps": "many"}}))
     (root / "afile").write_text("x")
+    (root / "sae-config.json").write_text(json.dumps({"auxk_alpha": 1 / 32, "k": 32, "steps": 500}))  # train-sae's
     (root / "sae-run" / "sae").mkdir(parents=True)  # what train-sae writes around its SAE
     (root / "sae-run" / "summary.json").write_text("{}")
     (root / "empty-docs").mkdir()
@@ -151,6 +152,10 @@ CASES = [
                                       "concept.n_latents=34", "--set", "concept.sae_k=32", "--set", "data.seq_len=64",
                                       "--out", "{root}/o21b"],
      "concept.sae: 34 latents; targets are chosen among at least its k + concept.k_attr = 36"),
+    ("train-config-of-another-tool", ["train", "--config", "{root}/sae-config.json", "--out", "{root}/o18b"],
+     "--config {root}/sae-config.json: not a cocomix run config (its fields auxk_alpha, k, steps are none of a "
+     "run's: method, model, data, train, concept)"),
+    ("flops-config-of-another-tool", ["flops", "--config", "{root}/sae-config.json"], "not a cocomix run config"),
     ("train-bad-set-syntax", ["train", "--config", "{root}/run.json", "--set", "train.lr", "--out", "{root}/o18"],
      "KEY=VALUE"),
     ("cli-unknown-command", ["frobnicate"], "invalid choice"),
@@ -182,7 +187,9 @@ CASES = [
     ("experiment-no-seeds", ["experiment", "--seeds", "0", "--out", "{root}/exp0"],
      "--seeds: expected a positive integer, got 0"),
     ("demo-negative-steps", ["demo", "--steps", "-5", "--out", "{root}/demo0"],
-     "--steps: expected a positive integer (0: the defaults), got -5"),
+     "--steps: expected a positive integer below 2**63 (0: the defaults), got -5"),
+    ("experiment-steps-no-config-can-hold", ["experiment", "--steps", "100000000000000000000", "--out", "{root}/ex1"],
+     "--steps: expected a positive integer below 2**63 (0: the defaults), got 100000000000000000000"),
     ("generate-no-samples", ["generate", "--run", "{run}", "--prompt", "the", "--num-samples", "0"],
      "--num-samples: expected a positive integer, got 0"),
     ("export-missing-run", ["export", "--run", "{root}/norun", "--out", "{root}/hf"],

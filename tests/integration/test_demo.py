@@ -80,6 +80,12 @@ def test_demo_pipeline_runs_on_a_few_steps_and_reuses_finished_stages(tmp_path: 
     with pytest.raises(CocomixError, match="holds a token store prepared from"):
         run_demo(tmp_path / "data", tmp_path / "other", steps=steps, source="shakespeare")
     assert not (tmp_path / "other" / "stages.json").exists()  # refused before anything was written
+    (tmp_path / "nano").mkdir()  # nanoGPT's streams without a meta.json: not the demo's to replace
+    (tmp_path / "nano" / "train.bin").write_bytes(b"\0\0")
+    with pytest.raises(CocomixError, match=f"^--data {tmp_path / 'nano'}: holds train.bin but no meta.json, so not "
+                                           "a cocomix token store; give another --data$"):
+        run_demo(tmp_path / "nano", tmp_path / "other", steps=steps, source=f"text:{docs}")
+    assert not (tmp_path / "other" / "stages.json").exists() and (tmp_path / "nano" / "train.bin").stat().st_size == 2
     # a teacher trained again to other weights (another machine or thread count) would sit beside an SAE and
     # targets made from the old one: refused, by content (as if they recorded another teacher)
     inputs, meta = out / "teacher-sae" / "inputs.json", out / "targets" / "meta.json"

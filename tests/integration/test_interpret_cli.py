@@ -109,6 +109,15 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
     assert 0.0 <= summary["fraction_near_initial"] <= 1.0 and summary["initial_norm"] > 0
     r = _cli("compression", str(runs["cocomix"]), "--out", str(runs["root"] / "comp"))  # its own output: replaced
     assert r.returncode == 0 and "holds a compression analysis; this run will replace it" in r.stderr
+    # an argument error into an existing output replaces nothing: one line, no note that it would
+    for args, said in [(["compression", str(runs["cocomix"]), "--threshold", "0", "--out", str(runs["root"] / "comp")],
+                        "--threshold: expected a finite number > 0"),
+                       (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=1,2", "--out", str(out)],
+                        "--alphas: include 1 (unsteered) and 0"),
+                       (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--prompts", "0", "--out", str(out)],
+                        "prompts")]:
+        r = _cli(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr
 
 
 def test_steer_eval_steers_student_and_teacher_with_every_alpha(runs: dict[str, Path],
@@ -165,6 +174,8 @@ def test_interpret_bad_inputs_are_one_line_errors(runs: dict[str, Path], store_d
              "argparse reads '-10,0,1' as an option: write --alphas=-10,0,1"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,nan", "--out", str(root / "se2")],
              "--alphas: expected a finite number, got nan"),
+            (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--n-concepts", "4", "--out", str(root / "se7")],
+             "--n-concepts: chooses concepts when no --concept is given; give one or the other"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1,-2e4", "--out", str(root / "se5")],
              "--alphas: expected |α| <= 10000, got -20000.0"),
             (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=0,1", "--temperature=-1", "--out",

@@ -216,7 +216,8 @@ def test_a_seed_cut_short_is_compared_at_the_last_shared_point(tmp_path: Path) -
     assert token_efficiency(coco, ntp) == pytest.approx(1 - (204800 + 102400 * 0.4) / 307200, rel=1e-6)
 
 
-def test_a_seed_cut_short_is_compared_at_the_shared_evaluation_and_a_bound_is_marked(tmp_path: Path) -> None:
+def test_a_seed_cut_short_is_compared_at_the_shared_evaluation_and_a_bound_is_marked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tokens and FLOPs come from the evaluation the loss is read at (not each seed's own last one), the cut is
     said, and an efficiency whose first evaluation already beats the reference is shown as a lower bound."""
     runs = [_run(tmp_path, "ntp-seed0", "ntp", 0, [5.0, 4.5, 4.2, 4.0], 1e6),
@@ -235,6 +236,8 @@ def test_a_seed_cut_short_is_compared_at_the_shared_evaluation_and_a_bound_is_ma
     assert "≥: the run's first evaluation already reached" in res["table"]
     # the reference may be given as one of its runs' paths: the same table
     assert compare(runs, tmp_path / "out2", reference=str(runs[1]))["table"] == res["table"]
+    monkeypatch.setenv("HOME", str(tmp_path))  # and from the home folder, as `--reference=~/…` reaches it
+    assert compare(runs, tmp_path / "out3", reference=f"~/{runs[1].name}")["table"] == res["table"]
 
 
 def test_a_malformed_metrics_event_names_metrics_jsonl(tmp_path: Path) -> None:

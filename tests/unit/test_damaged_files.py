@@ -193,3 +193,14 @@ def test_a_memory_mapped_file_is_allocated_before_it_is_written(tmp_path: Path,
     monkeypatch.setattr(os, "posix_fallocate", refuse(errno.EOPNOTSUPP), raising=False)
     atomic.reserve_file(tmp_path / "sparse.bin", 1 << 20)
     assert (tmp_path / "sparse.bin").stat().st_size == 1 << 20
+
+
+def test_the_demo_reads_a_target_cache_meta_that_is_no_object_as_not_complete(tmp_path: Path) -> None:
+    from cocomix.demo import _cache_complete
+
+    for text, complete in (('{"complete": true}', True), ('{"complete": false}', False), ("[]", False),
+                           ("null", False), (DEEP, False), ("{", False)):
+        (tmp_path / "meta.json").write_text(text)
+        assert _cache_complete(tmp_path) is complete, text
+    (tmp_path / "meta.json").write_bytes(b"\xff")
+    assert _cache_complete(tmp_path) is False

@@ -369,8 +369,8 @@ def compare(paths: list[str | Path], out_dir: str | Path, reference: str | None 
         raise CocomixError("compare: give at least one run directory")
     groups = group_runs(paths)
     if reference is not None and reference not in {g.label for g in groups}:  # a run's path names its group
-        reference = next((g.label for g in groups for r in g.runs if r.path.resolve() == Path(reference).resolve()),
-                         reference)
+        asked = Path(reference).expanduser().resolve()  # (`--reference=~/runs/ntp`: no shell expands it there)
+        reference = next((g.label for g in groups for r in g.runs if r.path.resolve() == asked), reference)
     if reference is not None and reference not in {g.label for g in groups}:
         raise CocomixError(f"--reference: {reference!r} is not one of the runs ({', '.join(g.label for g in groups)})")
     md = table(groups, reference)  # (checks that each group's seeds share evaluation steps: before any writing)
