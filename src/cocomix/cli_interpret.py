@@ -169,6 +169,7 @@ def _teacher_and_sae(args: argparse.Namespace, run: Any, device: Any, ckpt: Path
 def cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
+    from cocomix.interpret.inspect import mixing_seam
     from cocomix.interpret.steer import check_steering, steer_student, steer_teacher, teacher_activity
     from cocomix.interpret.steer_eval import check_fit_on_store, check_teacher_and_sae
     from cocomix.model.generate import check_sampling
@@ -181,7 +182,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     alphas = args.alpha * len(concepts) if len(args.alpha) == 1 else args.alpha
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, None)
     run, model, store, book, ckpt = _open(args)
-    check_steering(model.seam.n_latents, concepts, alphas)
+    check_steering(mixing_seam(model, "steering").n_latents, concepts, alphas)  # (before any teacher is loaded)
     tok = store.tokenizer()
     ids = tok.encode(args.prompt)
     if not ids:
@@ -236,6 +237,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_steer_eval(args: argparse.Namespace) -> int:
+    from cocomix.interpret.inspect import mixing_seam
+    from cocomix.interpret.steer import check_alpha, check_steering
     from cocomix.interpret.steer_eval import SteerEvalConfig, steering_eval, write_steering_report
 
     check_out_folder(args.out, own=("a steering metric (steer-eval)",))  # (its note once the inputs are checked)
@@ -243,8 +246,6 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
         alphas = tuple(float(a) for a in args.alphas.split(","))
     except ValueError:
         raise CocomixError(f"--alphas: expected comma-separated numbers, got {args.alphas!r}") from None
-    from cocomix.interpret.steer import check_alpha
-
     for a in alphas:
         check_alpha(a, "--alphas")
     if len(set(alphas)) != len(alphas):
@@ -258,7 +259,10 @@ def cmd_steer_eval(args: argparse.Namespace) -> int:
                           n_concepts=5 if args.n_concepts is None else args.n_concepts, seed=args.seed,
                           teacher_check=args.teacher_check)
     cfg.check(model.cfg.context_length)  # before the teacher and SAE are loaded and checked
-    if not args.concept and not args.concepts:
+    seam = mixing_seam(model, "steering")
+    if args.concept:
+        check_steering(seam.n_latents, args.concept, [1.0] * len(args.concept))
+    elif not args.concepts:
         raise CocomixError("--concepts: needed to choose well-described concepts automatically (or pass --concept)")
     teacher, sae = _teacher_and_sae(args, run, next(model.parameters()).device, ckpt, book)
     check_out_folder(args.out, own=("a steering metric (steer-eval)",), replaces=True)  # before the evaluation

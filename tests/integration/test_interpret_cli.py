@@ -115,7 +115,9 @@ def test_steer_eval_and_compression_write_reports(runs: dict[str, Path]) -> None
                        (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--alphas=1,2", "--out", str(out)],
                         "--alphas: include 1 (unsteered) and 0"),
                        (["steer-eval", str(runs["cocomix"]), "--concept", "1", "--prompts", "0", "--out", str(out)],
-                        "prompts")]:
+                        "prompts"),
+                       (["steer-eval", str(runs["cocomix"]), "--concept", "999", "--out", str(out)],  # (before the
+                        "--concept: expected an index in [0, 255], got 999")]:                  # teacher loads)
         r = _cli(*args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and said in r.stderr, r.stderr
 

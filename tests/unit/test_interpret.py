@@ -529,3 +529,81 @@ def test_steer_eval_chooses_the_most_predicted_well_described_concepts_then_fill
     assert choose_concepts(model, store, book, 2, "val", 12, windows=1) == [3, 1]  # window 0 only: 3, 1 and 4
     with pytest.raises(CocomixError, match="none of the student's predicted concepts ever fired"):
         choose(3, [entry(0.0, 1.0)] * 6)
+
+
+def test_indices_from_numpy_and_torch_arrays_are_taken_whole() -> None:
+    """`np.argsort(scores)[-2:]` and `torch.topk(...).indices` are what a user picks concepts with: read as the
+    numbers they hold (not the truth value of an array, nor "expected an index" for a 0-d tensor in range)."""
+    import numpy as np
+
+    model, (teacher, sae) = _model(), _teacher_and_sae()
+    prompt = torch.randint(0, 97, (2, 6))
+    want = steer_student(model, prompt, [3, 5], [5.0, 5.0], 4)
+    for concepts, alphas in ((np.array([3, 5]), np.array([5.0, 5.0])), (torch.tensor([3, 5]), torch.tensor([5.0, 5.0])),
+                             ((3, 5), (5.0, 5.0))):
+        got = steer_student(model, prompt, concepts, alphas, 4)
+        assert torch.equal(got.tokens, want.tokens) and torch.equal(got.mixed, want.mixed)
+    one = steer_student(model, prompt, torch.tensor(3), torch.tensor(5.0), 4)
+    assert torch.equal(one.tokens, steer_student(model, prompt, [3], [5.0], 4).tokens)
+    assert torch.equal(steer_teacher(teacher, sae, prompt, np.array([5]), np.array([3.0]), 3),
+                       steer_teacher(teacher, sae, prompt, [5], [3.0], 3))
+    with pytest.raises(CocomixError, match=r"--concept: expected an index in \[0, 79\], got 80"):
+        check_steering(C, np.array([80]), np.array([1.0]))
+
+
+def test_the_mixed_share_leaves_out_the_padding_after_a_rows_end_of_text() -> None:
+    """`generate` pads a row that drew the end-of-text token with it until every row ends: those are no generating
+    positions, so `mixed` counts the real ones only (and equals the share over all of them without an eos_id)."""
+    model = _model()
+    prompt = torch.randint(0, 97, (2, 6))
+    plain = steer_student(model, prompt, [3, 8], [1.0, 1.0], 12)
+    eos = int(plain.tokens[0, 8])  # row 0's third new token ends it
+    out = steer_student(model, prompt, [3, 8], [1.0, 1.0], 12, eos_id=eos)
+    tokens, P = out.tokens, prompt.shape[1]
+    with torch.no_grad():  # the mix_k = 8 concepts each position mixed
+        topk = torch.topk(model(tokens, concept_logits=True).aux["concept_logits"], 8, dim=-1).indices  # (B, S, 8)
+    hits = (topk[:, :-1, :, None] == torch.tensor([3, 8])).any(dim=2)                     # (B, S - 1, 2)
+    real = torch.ones(hits.shape[:2], dtype=torch.bool)
+    for b in range(2):
+        ends = (tokens[b, P:-1] == eos).nonzero()
+        if len(ends):
+            real[b, P + int(ends[0]):] = False  # generating from the end-of-text token: padding
+    want = (hits & real[..., None])[:, P - 1:].sum(dim=(0, 1)) / real[:, P - 1:].sum()
+    assert not real.all() and torch.allclose(out.mixed, want)
+    assert torch.equal(out.ever_mixed, (hits & real[..., None]).flatten(0, 1).any(dim=0))
+
+
+@torch.no_grad()
+def test_the_teacher_edit_acts_where_the_activity_count_says_a_latent_is_active() -> None:
+    """An SAE without a ReLU (OpenAI's `Identity` post-activation) can hold a latent in its TopK with a negative
+    value: not active for `teacher_activity`, so not edited either (a latent that is not active is unchanged)."""
+    sae = TopKSAE(16, 64, 32, postact="identity")
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0.0, 0.5)
+    h = torch.randn(2, 7, 16)
+    values, indices, _ = sae.encode(h)
+    negative = values < 0
+    assert negative.any()
+    c = int(indices[negative][0])
+    only_negative = not ((indices == c) & (values > 0)).any()
+    got = _LatentScale(sae, [c], [10.0])(None, (), h)
+    edited = (got - h).abs().amax(dim=-1) > 0                                               # (2, 7)
+    assert torch.equal(edited, ((indices == c) & (values > 0)).any(dim=-1)) and (only_negative or edited.any())
+
+
+def test_library_steering_and_inspection_check_their_token_ids_up_front() -> None:
+    teacher, sae = _teacher_and_sae()
+    model = _model()
+    for prompt, said in ((torch.tensor([[1, 120]]), "token id 120 is outside the model's vocabulary"),
+                         (torch.tensor([[1.0, 2.0]]), "integer")):
+        with pytest.raises(CocomixError, match=said):
+            steer_teacher(teacher, sae, prompt, [5], [3.0], 2)
+    with pytest.raises(CocomixError, match="prompt \\+ max_new_tokens: 70 tokens exceed the teacher's 64 positions"):
+        steer_teacher(teacher, sae, torch.randint(0, 97, (1, 10)), [5], [3.0], 60)
+    with pytest.raises(CocomixError, match="vocab_limit"):
+        steer_teacher(teacher, sae, torch.randint(0, 97, (1, 4)), [5], [3.0], 2, vocab_limit=0)
+    with pytest.raises(CocomixError, match="--text: token id 200 is outside the model's vocabulary"):
+        inspect_ids(model, [1, 200], _decode)
+    with pytest.raises(CocomixError, match="prompt: expected a \\(batch, tokens\\) tensor"):
+        steer_student(model, [[1, 2], [3]], [3], [2.0], 2)

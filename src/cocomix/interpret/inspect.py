@@ -78,6 +78,9 @@ def inspect_ids(model: Transformer, ids: list[int], decode: Callable[[list[int]]
                            f"{model.cfg.context_length}; give a shorter text")
     if not 0 < top <= seam.n_latents:
         raise CocomixError(f"--top: expected 1..{seam.n_latents}, got {top}")
+    from cocomix.model.generate import check_ids
+
+    check_ids(torch.tensor(ids), model.cfg.vocab_size, "--text")  # (a store of another tokenizer's ids)
     device = next(model.parameters()).device
     with eval_mode(model):
         out = model(torch.tensor([ids], device=device), concept_logits=True)

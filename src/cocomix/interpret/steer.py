@@ -40,9 +40,17 @@ if TYPE_CHECKING:
 MAX_ALPHA = 1e4  # far beyond the paper's ±10, far below what overflows fp32 / bf16 logits (~1e30 on small models)
 
 
+def as_list(values: Any) -> list:
+    """Concept indices or α values as a list: a numpy array or torch tensor (`np.argsort(...)[-5:]`, `topk`'s
+    indices) as Python numbers, a sequence as it is."""
+    values = values.tolist() if hasattr(values, "tolist") else values
+    return list(values) if hasattr(values, "__iter__") else [values]  # (a 0-d array's tolist: one number)
+
+
 def check_steering(n_latents: int, concepts: Sequence[int], alphas: Sequence[float]) -> None:
     """CocomixError for concept indices outside [0, n_latents), repeated concepts, a count mismatch or an α that
     is not finite or exceeds MAX_ALPHA in size."""
+    concepts, alphas = as_list(concepts), as_list(alphas)
     if not concepts:
         raise CocomixError("--concept: give at least one concept index")
     if len(alphas) != len(concepts):
@@ -70,8 +78,9 @@ class StudentSteering:
     tokens: torch.Tensor
     """(B, P + N) prompt and continuation."""
     mixed: torch.Tensor
-    """(n,) share of the generating positions (the prompt's last and every generated one but the last) where each
-    steered concept was among the mix_k mixed concepts."""
+    """(n,) share of the generating positions (the prompt's last and every generated one but the last, up to
+    each row's end-of-text token: not the padding after it) where each steered concept was among the mix_k mixed
+    concepts."""
     ever_mixed: torch.Tensor
     """(n,) bool: whether each concept was mixed at any position but the last, prompt included (steering edits
     every position, and an edit in the prompt reaches the continuation through attention): False means
@@ -86,9 +95,12 @@ def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[i
     """Generate from prompt (B, P) with concept logits × α at every position (α = 1 everywhere: unsteered);
     `vocab_limit`: the tokenizer's size, ids at and above it are never sampled (`generate`)."""
     seam = mixing_seam(model, "steering")
+    concepts, alphas = as_list(concepts), as_list(alphas)
     check_steering(seam.n_latents, concepts, alphas)
-    device = prompt.device
-    idx = torch.tensor(list(concepts), device=device)
+    if not isinstance(prompt, torch.Tensor):
+        raise CocomixError("prompt: expected a (batch, tokens) tensor of token ids, the prompts of one length")
+    device, P = prompt.device, prompt.shape[1]
+    idx = torch.tensor(concepts, device=device)
     seam.steer(idx, torch.tensor([float(a) for a in alphas], device=device))
     try:
         tokens, _ = generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
@@ -96,8 +108,12 @@ def steer_student(model: Transformer, prompt: torch.Tensor, concepts: Sequence[i
         with eval_mode(model):  # (generate ran in eval mode too)
             model(tokens)  # one full pass records the TopK at every position (equal to the cached steps)
         hits = (seam.last_topk[:, :tokens.shape[1] - 1, :, None] == idx).any(dim=2)   # (B, S - 1, n)
-        mixed = hits[:, prompt.shape[1] - 1:].float().mean(dim=(0, 1))                  # (n,)
-        ever_mixed = hits.flatten(0, 1).any(dim=0)                                      # (n,)
+        # a row that drew the end-of-text token is padded with it until every row ends: no generating positions
+        ended = ((tokens[:, P:-1] == eos_id).cumsum(dim=1) > 0 if eos_id is not None
+                 else torch.zeros_like(tokens[:, P:-1], dtype=torch.bool))             # (B, N - 1)
+        real = torch.cat((torch.ones_like(tokens[:, :P], dtype=torch.bool), ~ended), dim=1)[..., None]  # (B, S - 1, 1)
+        mixed = ((hits & real)[:, P - 1:].sum(dim=(0, 1)) / real[:, P - 1:].sum().clamp(min=1)).float()  # (n,)
+        ever_mixed = (hits & real).flatten(0, 1).any(dim=0)                             # (n,)
     finally:
         seam.steer(None)
         seam.last_topk = None
@@ -116,7 +132,8 @@ class _LatentScale:
         h = output[0] if isinstance(output, tuple) else output                        # (B, S, d)
         values, indices, info = self.sae.encode(h.to(self.sae.W_dec.dtype))            # (B, S, k)
         idx, scale = self.idx.to(h.device), self.scale.to(h.device, values.dtype)
-        act = (values[..., None] * (indices[..., None] == idx)).sum(dim=2)              # (B, S, n) a_c
+        # a_c where the latent is active (in the TopK above 0, as `active_rate` counts it; a ReLU SAE's TopK is)
+        act = (values.clamp(min=0)[..., None] * (indices[..., None] == idx)).sum(dim=2)  # (B, S, n)
         delta = (act * scale) @ self.sae.W_dec[:, idx].T                                # (B, S, d)
         if "std" in info:
             delta = delta * info["std"]
@@ -160,10 +177,18 @@ def steer_teacher(teacher: Teacher, sae: TopKSAE, prompt: torch.Tensor, concepts
     the tokens up to it, so the cached keys and values are the ones a full recomputation would give.
     `use_cache=False` recomputes the whole sequence per token (the reference it is tested against), as does a
     model without a KV cache."""
-    from cocomix.teacher import _logits
+    from cocomix.model.generate import check_ids
+    from cocomix.teacher import _logits, as_token_ids
 
+    concepts, alphas = as_list(concepts), as_list(alphas)
     check_steering(sae.n_latents, concepts, alphas)
-    check_sampling(max_new_tokens, temperature, top_k, None)
+    check_sampling(max_new_tokens, temperature, top_k, None, vocab_limit)
+    prompt = as_token_ids(prompt)
+    check_ids(prompt, teacher.vocab_size)
+    limit = teacher.max_positions
+    if limit is not None and prompt.shape[1] + max_new_tokens > limit:  # (else an error after generating)
+        raise CocomixError(f"prompt + max_new_tokens: {prompt.shape[1] + max_new_tokens} tokens exceed the "
+                           f"teacher's {limit} positions")
     handle = teacher.blocks[teacher.layer].register_forward_hook(_LatentScale(sae, concepts, alphas))
     own = isinstance(teacher.model, Transformer)
     cache: Any = teacher.model.new_cache() if use_cache and own else None

@@ -35,7 +35,7 @@ from cocomix.data import TokenStore
 from cocomix.errors import CocomixError
 from cocomix.interpret.inspect import eval_mode, mixing_seam
 from cocomix.interpret.labels import ConceptBook
-from cocomix.interpret.steer import active_rate, check_steering, steer_student, steer_teacher
+from cocomix.interpret.steer import active_rate, as_list, check_steering, steer_student, steer_teacher
 from cocomix.model import Transformer
 from cocomix.model.generate import check_sampling
 from cocomix.progress import ProgressLine
@@ -163,6 +163,7 @@ def steering_eval(model: Transformer, teacher: Teacher, sae: TopKSAE, store: Tok
         raise CocomixError(f"--prompt-len: prompts are cut from windows of the run's seq_len {seq_len}; expected at "
                            f"most {seq_len}, got {cfg.prompt_len}")
     teacher.check_store(store, cfg.prompt_len + cfg.max_new_tokens, "--prompt-len + --max-new-tokens")
+    concepts = as_list(concepts) if concepts is not None else []  # (a numpy array of indices too)
     if not concepts:
         concepts = choose_concepts(model, store, book, cfg.n_concepts, cfg.split, seq_len)
         if len(concepts) < cfg.n_concepts:
