@@ -383,9 +383,17 @@ def test_a_line_break_separator_splits_crlf_and_cr_files_as_lf_ones(tmp_path: Pa
 
 
 def test_separator_source_errors_are_one_line(tmp_path: Path) -> None:
-    (tmp_path / "a#b.txt").write_text("x")  # an existing path with '#' is taken whole
+    (tmp_path / "a#b.txt").write_text("xby")  # an existing path with '#' is taken whole
     assert [d.name for d in iter_documents(f"text:{tmp_path / 'a#b.txt'}")] == ["a#b.txt"]
-    assert [d.name for d in iter_documents(f"text:{tmp_path / 'a#b.txt'}#b")] == ["a#b.txt#0"]  # then cut at b
+    assert [d.name for d in iter_documents(f"text:{tmp_path / 'a#b.txt'}#b")] == ["a#b.txt#0", "a#b.txt#1"]  # cut
+    # a separator found nowhere (mistyped, or `#\n\n` as a shell passes it: a backslash and an n) would run every
+    # document of a file into the next: said, with the fix
+    for sep in ("<|end_of_text|>", "\\n\\n"):
+        with pytest.raises(DataError, match=r"the separator .* occurs nowhere in .*a#b\.txt, so it would be one "
+                                            r"document per file; check it"):
+            list(iter_documents(f"text:{tmp_path / 'a#b.txt'}#{sep}"))
+    (tmp_path / "end.txt").write_text(f"one story{EOT}")  # a separator that ends the file still cuts it
+    assert [d.text for d in iter_documents(f"text:{tmp_path / 'end.txt'}#{EOT}")] == ["one story"]
     with pytest.raises(DataError, match="empty separator"):
         list(iter_documents(f"text:{tmp_path / 'a#b.txt'}#"))
     with pytest.raises(DataError, match=r"nope\.txt does not exist .*#SEPARATOR"):
@@ -461,3 +469,35 @@ def test_a_stream_that_fails_while_read_and_a_folder_named_dot(tmp_path: Path, o
     (folder / "a.jsonl").write_text((folder / "a.jsonl").read_text() + '{"text": "broken\n')
     with pytest.raises(DataError, match=r"^source 'hf:\.': reading the rows after the first \d+ failed: "):
         list(iter_documents("hf:.", streaming=True))
+
+
+def test_linked_folders_are_read_once_and_a_pipe_is_named_as_one(tmp_path: Path) -> None:
+    """A corpus folder made of links to datasets is read through them (`Path.rglob` skips linked folders), a link
+    back to an ancestor is read once, hidden files and folders stay skipped; a pipe (`text:<(cat …)`) is said to
+    be one, not "does not exist"."""
+    import os
+
+    (tmp_path / "ext" / "books").mkdir(parents=True)
+    (tmp_path / "ext" / "books" / "b1.txt").write_text("book one")
+    (tmp_path / "ext" / "books" / "rows.jsonl").write_text('{"text": "row"}\n')
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "local.txt").write_text("local")
+    (corpus / ".hidden.txt").write_text("a copy")
+    (corpus / "books").symlink_to(tmp_path / "ext" / "books", target_is_directory=True)
+    (corpus / "books" / "loop").symlink_to(corpus, target_is_directory=True)  # back to an ancestor
+    assert [(d.name, d.text) for d in iter_documents(f"text:{corpus}")] == [("books/b1.txt", "book one"),
+                                                                            ("local.txt", "local")]
+    assert [d.text for d in iter_documents(f"jsonl:{corpus}")] == ["row"]
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for source in (f"text:{fifo}", f"jsonl:{fifo}"):
+        with pytest.raises(DataError, match=r"pipe\.txt is not a regular file \(a pipe or device\? prepare reads"):
+            list(iter_documents(source))
+
+
+def test_a_byte_order_mark_inside_a_file_is_dropped_from_its_document(tmp_path: Path) -> None:
+    """Files joined with `cat` keep each one's byte-order mark: every piece loses it, as a file of its own would."""
+    bom = "\ufeff"
+    (tmp_path / "a.txt").write_text(f"{bom}hello{EOT}{bom}second{EOT}\n{bom} third")
+    assert [d.text for d in iter_documents(f"text:{tmp_path / 'a.txt'}#{EOT}")] == ["hello", "second", "third"]

@@ -148,6 +148,33 @@ def test_failed_overwrite_keeps_the_old_store(corpus: Path, store_dir: Path, tmp
     assert not list(out.glob(".*.new")) and not list(out.glob(".*.tmp"))
 
 
+def test_a_full_disk_after_encoding_leaves_no_streams_behind(corpus: Path, store_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk the new streams just filled fails the next write: the streams (corpus-sized, hidden) go with the
+    failure, a folder the call made goes too, and a rerun does not find the last attempt's streams beside its own."""
+    import errno
+
+    import cocomix.data.prepare_store as ps
+
+    real = ps.atomic_write_text
+
+    def full(path: Path, text: str) -> None:
+        if Path(path).name == ps.INCOMPLETE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(ps, "atomic_write_text", full)
+    out = tmp_path / "new"
+    with pytest.raises(DataError, match=r"new: cannot write the token store \(No space left on device\)"):
+        prepare(f"text:{corpus}", out, tokenizer=str(store_dir / "tokenizer"), progress=False)
+    assert not out.exists()
+    monkeypatch.undo()
+    out.mkdir()
+    (out / ".train.bin.new").write_bytes(b"\0" * 1000)  # what a killed call leaves
+    prepare(f"text:{corpus}", out, tokenizer=str(store_dir / "tokenizer"), progress=False)
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".new", ".tmp"))]
+
+
 def test_prepare_with_a_saved_tokenizer_and_progress(corpus: Path, store_dir: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     meta = prepare(f"text:{corpus}", tmp_path / "s", tokenizer=str(store_dir / "tokenizer"), val_fraction=0.2)

@@ -160,7 +160,8 @@ def _write_streams(out: Path, tok: TextTokenizer, documents: _Documents, dtype: 
 
     Nothing the store already holds is touched here, so a source that fails half-way leaves it intact.
     """
-    for split in SPLITS:  # a killed prepare's partial streams (atomic_writer's temp files), possibly corpus-sized
+    for split in SPLITS:  # a killed prepare's streams (atomic_writer's temp files, or whole ones it had not yet
+        _pending(out, split).unlink(missing_ok=True)  # swapped in), possibly corpus-sized
         for stale in out.glob(f".{_pending(out, split).name}.*.tmp"):
             stale.unlink(missing_ok=True)
     counts = {f"{split}_{kind}": 0 for split in SPLITS for kind in ("tokens", "documents")}
@@ -223,18 +224,12 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
     try:
         counts = _write_streams(out, tok, documents, DTYPES[name], log)
         if counts["train_tokens"] == 0:  # every document hashed into validation
-            for split in SPLITS:
-                _pending(out, split).unlink(missing_ok=True)
             raise DataError(f"source {source!r}: val_fraction {val_fraction} leaves no training text (too few "
                             "documents to split); give more text or a smaller --val-fraction")
         if counts["train_tokens"] == counts["train_documents"]:  # every document's ids: its end-of-text alone
-            for split in SPLITS:
-                _pending(out, split).unlink(missing_ok=True)
             raise DataError(f"tokenizer {tokenizer!r}: encodes every document of {source!r} to no tokens (a "
                             f"vocabulary of {tok.vocab_size}: an untrained or empty tokenizer?); give a usable one")
         if val_fraction > 0 and counts["val_tokens"] == 0:  # training would only find out at its first eval
-            for split in SPLITS:
-                _pending(out, split).unlink(missing_ok=True)
             raise DataError(f"source {source!r}: val_fraction {val_fraction} holds out no text (too little text "
                             "to split); give more text or a larger --val-fraction")
         meta = {
@@ -266,8 +261,12 @@ def _prepare(source: str, out: Path, tokenizer: str, val_fraction: float, log: _
         tok.save(out / TOKENIZER_DIR)
         atomic_write_text(out / META_FILE, meta_text)
         (out / INCOMPLETE).unlink(missing_ok=True)
-    except OSError as e:
-        raise DataError(f"{out}: cannot write the token store ({e.strerror or e})") from e
+    except BaseException as e:  # the new streams go (they may be corpus-sized; a rerun encodes again)
+        for split in SPLITS:
+            _pending(out, split).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise DataError(f"{out}: cannot write the token store ({e.strerror or e})") from e
+        raise
     docs = {s: f"{meta[f'{s}_documents']} document{'s' * (meta[f'{s}_documents'] != 1)}" for s in SPLITS}
     log(f"wrote {out}: {meta['train_tokens']:,} train tokens ({docs['train']}), "
         f"{meta['val_tokens']:,} val tokens ({docs['val']}), vocab {meta['vocab_size']}",

@@ -35,9 +35,30 @@ def _read_utf8(path: Path) -> str:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
-def _hidden(relative: Path) -> bool:
-    """Under a hidden folder or hidden itself (`.ipynb_checkpoints/`, `.git/`): copies, not the corpus."""
-    return any(part.startswith(".") for part in relative.parts)
+def _tree_files(root: Path, suffix: str) -> list[Path]:
+    """The files named *`suffix` under `root`, neither hidden nor in a hidden folder (`.ipynb_checkpoints/`,
+    `.git/`: copies, not the corpus), through linked folders too (a corpus made of links to datasets;
+    `Path.rglob` does not enter them), each real folder once (a link to an ancestor would loop)."""
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder) / n for n in names if n.endswith(suffix) and not n.startswith(".")
+                  and (Path(folder) / n).is_file()]
+    return found
+
+
+def _not_a_file(path: Path, what: str) -> str:
+    """Why `path` is neither a file nor a folder we read: missing, or something else (a pipe is read once, and
+    `prepare` reads its source more than once)."""
+    if not path.exists():
+        return f"{path} does not exist (expected {what})"
+    return f"{path} is not a regular file (a pipe or device? prepare reads its source more than once: write it to " \
+           f"a file; expected {what})"
 
 
 def split_text_spec(spec: str) -> tuple[str, str | None]:
@@ -69,7 +90,8 @@ def _decode_piece(path: Path, raw: bytes, offset: int | None, first: bool, index
         skipped = len(_BOM) if first and raw.startswith(_BOM) else 0
         where = f"piece {index}" if offset is None else f"byte {offset + skipped + e.start}"
         raise DataError(f"{path}: not valid UTF-8 text ({where})") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    return text.removeprefix("\ufeff").strip()  # (a byte-order mark of a file `cat` into the middle of this one)
 
 
 def _read_block(handle: BinaryIO, block: int, newlines: bool) -> bytes:
@@ -120,25 +142,30 @@ def read_text(path_str: str, separator: str | None = None) -> Iterator[tuple[str
     `file#N` (N counts the pieces, empty ones too), each without its surrounding whitespace; empty ones skipped."""
     path = Path(path_str).expanduser()
     if path.is_file():
-        yield from _file_documents(path, path.name, separator)
-        return
-    if not path.is_dir():
-        raise DataError(f"source 'text:{path_str}': {path} does not exist (expected a .txt file or a folder)")
-    files = sorted((p.relative_to(path).as_posix(), p) for p in path.rglob("*.txt") if p.is_file()
-                   and not _hidden(p.relative_to(path)))
-    if not files:
-        raise DataError(f"source 'text:{path_str}': no *.txt files under {path} (hidden folders are skipped)")
+        files = [(path.name, path)]
+    elif path.is_dir():
+        files = sorted((p.relative_to(path).as_posix(), p) for p in _tree_files(path, ".txt"))
+        if not files:
+            raise DataError(f"source 'text:{path_str}': no *.txt files under {path} (hidden folders are skipped)")
+    else:
+        raise DataError(f"source 'text:{path_str}': {_not_a_file(path, 'a .txt file or a folder')}")
+    pieces = [1]  # the most pieces a file was cut into (empty ones too)
     for name, file in files:
-        yield from _file_documents(file, name, separator)
+        yield from _file_documents(file, name, separator, pieces)
+    if separator is not None and pieces[0] == 1:  # every document would run into the next with no boundary
+        raise DataError(f"source 'text:{path_str}#{separator}': the separator {separator!r} occurs nowhere in "
+                        f"{path}, so it would be one document per file; check it (a shell passes '#\\n' as a "
+                        "backslash and an n: write $'…'), or leave out '#…' for one document per file")
 
 
-def _file_documents(path: Path, name: str, separator: str | None) -> Iterator[tuple[str, str]]:
+def _file_documents(path: Path, name: str, separator: str | None, pieces: list[int]) -> Iterator[tuple[str, str]]:
     if separator is None:
         text = _read_utf8(path)
         if text:
             yield name, text
         return
     for index, text in _split_file(path, separator):
+        pieces[0] = max(pieces[0], index + 1)
         if text:
             yield f"{name}#{index}", text
 
@@ -148,11 +175,11 @@ def _jsonl_files(path_str: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.jsonl") if p.is_file() and not _hidden(p.relative_to(path)))
+        files = sorted(_tree_files(path, ".jsonl"))
         if files:
             return files
         raise DataError(f"source 'jsonl:{path_str}': no *.jsonl files under {path} (hidden folders are skipped)")
-    raise DataError(f"source 'jsonl:{path_str}': {path} does not exist (expected a .jsonl file or a folder)")
+    raise DataError(f"source 'jsonl:{path_str}': {_not_a_file(path, 'a .jsonl file or a folder')}")
 
 
 def read_jsonl(path_str: str, field: str) -> Iterator[tuple[str, str]]:
