@@ -152,7 +152,8 @@ def _block_weights(block: nn.Module, top_k: int | None) -> int:
     """Matmul weights a token uses in one block: the 2-D weight of every nn.Linear (subclasses included: Falcon's
     FalconLinear) and HF Conv1D, and of a mixture of experts what a token runs: its router (a module with a `top_k`
     and a 2-D `weight`, when it is no nn.Linear) in full, and top_k of the E experts, held as 3-D parameters of E
-    matrices in a module with `num_experts` (`transformers` 5) or as an `experts` ModuleList of E MLPs (4). top_k
+    matrices in a module with `num_experts` (`transformers` 5), as 2-D stacks of E matrices in one with
+    `moe_num_experts` (DBRX), or as an `experts` ModuleList of E MLPs (4). top_k
     is a module's own (the router's, or the MoE block's), else `top_k` (the config's `num_experts_per_tok`);
     experts whose top_k cannot be told are counted whole (a list) or not at all (3-D)."""
     own = [m.top_k for m in block.modules() if isinstance(getattr(m, "top_k", None), int)]
@@ -172,6 +173,9 @@ def _block_weights(block: nn.Module, top_k: int | None) -> int:
         if k is not None and not linear and isinstance(experts, int) and experts > 0:
             n += sum(p[0].numel() * k for p in module.parameters(recurse=False)
                      if p.dim() == 3 and p.shape[0] == experts)  # a token's top_k experts
+        stacked = getattr(module, "moe_num_experts", None)  # DBRX: the E experts' matrices stacked as 2-D (E·m, d)
+        if k is not None and isinstance(stacked, int) and stacked > 0:
+            n += sum(p.numel() * k / stacked for p in module.parameters(recurse=False) if p.dim() == 2)
     return round(n)
 
 

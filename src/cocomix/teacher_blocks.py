@@ -25,8 +25,14 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
         return model.blocks
     n = getattr(text_config(model), "num_hidden_layers", None)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    root = decoder if isinstance(decoder, nn.Module) else model
-    for _, module in root.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and (n is None or len(module) == n):
-            return module
+    # (ModernBERT-decoder's `get_decoder()` is its output projection, which holds no blocks: the model is searched)
+    roots = [decoder, model] if isinstance(decoder, nn.Module) and decoder is not model else [model]
+    for root in roots:
+        lists = [(name, m) for name, m in root.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+        found = next((m for _, m in lists if n is None or len(m) == n), None)
+        # a config whose num_hidden_layers counts other blocks (BART's and Marian's: the encoder's) still names
+        # the decoder's list by its usual attribute
+        found = found or next((m for name, m in lists if name.rpartition(".")[2] in ("layers", "h", "blocks")), None)
+        if found is not None:
+            return found
     raise CheckpointError(f"{type(model).__name__}: cannot find its list of decoder blocks")

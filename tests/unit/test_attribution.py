@@ -443,3 +443,30 @@ def test_the_decoder_blocks_are_the_module_list_of_num_hidden_layers() -> None:
 
     model = Model()
     assert find_blocks(model) is model.layers
+
+
+def test_decoder_blocks_are_found_where_get_decoder_or_num_hidden_layers_points_elsewhere() -> None:
+    """ModernBERT-decoder's `get_decoder()` is its output projection (no blocks there: the model is searched);
+    BART's `num_hidden_layers` counts its encoder's layers (the decoder's `layers` are taken). Either is a teacher
+    whose block output is captured with its gradient."""
+    import transformers as tf
+
+    from cocomix.teacher_blocks import find_blocks
+
+    torch.manual_seed(0)
+    modern = tf.ModernBertDecoderForCausalLM(tf.ModernBertDecoderConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_hidden_layers=2,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0, cls_token_id=0, sep_token_id=0)).eval()
+    bart = tf.BartForCausalLM(tf.BartConfig(vocab_size=97, d_model=32, encoder_layers=4, decoder_layers=2,
+                                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48,
+                                            decoder_ffn_dim=48, max_position_embeddings=64)).eval()
+    assert find_blocks(modern) is modern.model.layers and find_blocks(bart) is bart.model.decoder.layers
+    ids = torch.randint(1, 97, (2, 8))
+    for model in (modern, bart):
+        seen: list[torch.Tensor] = []
+        handle = find_blocks(model)[1].register_forward_hook(lambda m, a, out, seen=seen: seen.append(
+            (out[0] if isinstance(out, tuple) else out).detach().clone()))
+        model(ids)
+        handle.remove()
+        got = Teacher(model, 1).residual_and_grad(ids)
+        assert torch.allclose(got.hidden, seen[0]) and got.grad.abs().sum() > 0

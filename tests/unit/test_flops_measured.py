@@ -226,6 +226,11 @@ def _hf(arch: str) -> torch.nn.Module:
     if arch == "gpt-oss":  # expert biases, (E, d, 2m) layout
         return tf.GptOssForCausalLM(tf.GptOssConfig(**moe, num_hidden_layers=2, num_local_experts=4, head_dim=8,
                                                     layer_types=["full_attention"] * 2))
+    if arch == "dbrx":  # the E experts' matrices stacked as 2-D (E·m, d) parameters of one module
+        attn = {"kv_n_heads": 2, "rope_theta": 1e4, "clip_qkv": 8.0}
+        ffn = {"ffn_hidden_size": 48, "moe_num_experts": 4, "moe_top_k": 2}
+        return tf.DbrxForCausalLM(tf.DbrxConfig(vocab_size=V, d_model=D, n_heads=4, n_layers=2, attn_config=attn,
+                                                ffn_config=ffn))
     moe["num_key_value_heads"] = 4  # deepseek-v3: MLA (query·key 4 × 16, value 4 × 6), a dense block, experts
     return tf.DeepseekV3ForCausalLM(tf.DeepseekV3Config(
         **moe, num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=4, moe_intermediate_size=24,
@@ -233,7 +238,7 @@ def _hf(arch: str) -> torch.nn.Module:
         v_head_dim=6))
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "mixtral", "qwen2-moe", "gpt-oss", "deepseek-v3"])
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "mixtral", "qwen2-moe", "gpt-oss", "dbrx", "deepseek-v3"])
 def test_hf_teachers_of_other_shapes_are_counted_as_they_run(arch: str) -> None:
     """Attention wider or narrower than d (head_dim · heads, MLA), and mixtures of experts as `transformers` 5
     holds them (3-D parameters: a token runs its router and its top_k experts): the forward and the attribution
@@ -252,7 +257,7 @@ def test_hf_teachers_of_other_shapes_are_counted_as_they_run(arch: str) -> None:
     last = 2.0 * D * V / T if teacher._split_ok else 0.0
     assert teacher._split_ok is (arch != "gemma2")
     assert count.total / ids.numel() == teacher_flops(shape, T, 0, True) - 2 * last
-    if arch in ("mixtral", "qwen2-moe", "gpt-oss", "deepseek-v3"):  # without the model config the routers' top_k
+    if arch in ("mixtral", "qwen2-moe", "gpt-oss", "dbrx", "deepseek-v3"):  # without the model config: routers' top_k
         assert LMShape.from_module(None, teacher.blocks, D, V).block_params == shape.block_params
 
 
